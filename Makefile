@@ -1,0 +1,88 @@
+# doppel: `make run` and `make test` set up everything they need on a fresh machine and
+# skip what is already there. See README.md.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+CARGO_LEPTOS_VERSION := 0.3.11
+# wasm-bindgen-cli must match the wasm-bindgen crate in Cargo.lock exactly.
+WASM_BINDGEN_VERSION := $(shell awk '/^name = "wasm-bindgen"$$/ { getline; gsub(/"/, "", $$3); print $$3; exit }' Cargo.lock)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+STAMP := target/.setup
+
+# cargo-installed tools, and wasm-opt from the pinned npm package binaryen.
+export PATH := $(HOME)/.cargo/bin:$(CURDIR)/end2end/node_modules/.bin:$(PATH)
+
+.PHONY: help setup run build test lint unit e2e dev clean
+
+help:
+	@echo "make run    set up, build (release) and start doppel on http://127.0.0.1:3000"
+	@echo "make test   set up, then fmt, clippy, unit/integration and browser tests"
+	@echo "make dev    cargo leptos watch (rebuilds on change)"
+
+setup: $(STAMP)/toolchain $(STAMP)/cargo-leptos-$(CARGO_LEPTOS_VERSION) \
+       $(STAMP)/wasm-bindgen-$(WASM_BINDGEN_VERSION) $(STAMP)/npm $(STAMP)/chromium
+
+$(STAMP)/toolchain: rust-toolchain.toml
+	@mkdir -p $(STAMP)
+	rustup toolchain install
+	@touch $@
+
+$(STAMP)/cargo-leptos-$(CARGO_LEPTOS_VERSION): | $(STAMP)/toolchain
+	@if cargo leptos --version 2>/dev/null | grep -qF '$(CARGO_LEPTOS_VERSION)'; then \
+	  echo "cargo-leptos $(CARGO_LEPTOS_VERSION) present"; \
+	else \
+	  echo "installing cargo-leptos $(CARGO_LEPTOS_VERSION) (about 13 minutes on 2 cores)"; \
+	  cargo install cargo-leptos --version $(CARGO_LEPTOS_VERSION) --locked --features no_downloads; \
+	fi
+	@touch $@
+
+# Not --locked: the CLI's own lock file names a webpki-roots version the registry lacks.
+$(STAMP)/wasm-bindgen-$(WASM_BINDGEN_VERSION): | $(STAMP)/toolchain
+	@if wasm-bindgen --version 2>/dev/null | grep -qF '$(WASM_BINDGEN_VERSION)'; then \
+	  echo "wasm-bindgen $(WASM_BINDGEN_VERSION) present"; \
+	else \
+	  cargo install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION); \
+	fi
+	@touch $@
+
+$(STAMP)/npm: end2end/package.json end2end/package-lock.json
+	@mkdir -p $(STAMP)
+	cd end2end && npm ci --no-audit --no-fund
+	@touch $@
+
+$(STAMP)/chromium:
+	@mkdir -p $(STAMP)
+	@if command -v chromium >/dev/null; then \
+	  echo "chromium present"; \
+	else \
+	  $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; \
+	fi
+	@touch $@
+
+build: setup
+	cargo leptos build --release
+
+run: build
+	./target/release/doppel serve
+
+dev: setup
+	cargo leptos watch
+
+lint: setup
+	cargo fmt --all --check
+	cargo clippy -p doppel -p app --all-targets -- -D warnings
+	cargo clippy -p frontend --target wasm32-unknown-unknown -- -D warnings
+
+unit: setup
+	cargo test -p doppel -p app
+
+e2e: build
+	end2end/run.sh
+
+test: lint unit e2e
+
+clean:
+	cargo clean
+	rm -rf end2end/node_modules end2end/test-results end2end/playwright-report

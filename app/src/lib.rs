@@ -1,0 +1,58 @@
+//! The doppel console: pages, components, the types shared with the REST API, and the
+//! server functions. Compiled twice: with `ssr` into the server, with `hydrate` into WASM.
+
+pub mod format;
+pub mod model;
+pub mod server_fns;
+
+#[cfg(feature = "ssr")]
+pub mod backend;
+
+mod pages;
+
+use leptos::prelude::*;
+use leptos_meta::{provide_meta_context, MetaTags, Stylesheet, Title};
+use leptos_router::{
+    components::{ParentRoute, Route, Router, Routes},
+    path,
+};
+
+/// The HTML document around the app, rendered by the server only.
+pub fn shell(options: LeptosOptions) -> impl IntoView {
+    view! {
+        <!DOCTYPE html>
+        <html lang="en">
+            <head>
+                <meta charset="utf-8"/>
+                <meta name="viewport" content="width=device-width, initial-scale=1"/>
+                <link rel="icon" href="/favicon.svg" type="image/svg+xml"/>
+                <AutoReload options=options.clone()/>
+                <HydrationScripts options/>
+                <MetaTags/>
+            </head>
+            <body>
+                <App/>
+            </body>
+        </html>
+    }
+}
+
+#[component]
+pub fn App() -> impl IntoView {
+    provide_meta_context();
+
+    view! {
+        <Stylesheet id="leptos" href="/pkg/doppel.css"/>
+        <Title text="doppel"/>
+        <Router>
+            <Routes fallback=pages::NotFound>
+                <Route path=path!("/login") view=pages::LoginPage/>
+                <ParentRoute path=path!("") view=pages::Layout>
+                    <Route path=path!("") view=pages::ContainersPage/>
+                    <Route path=path!("/containers") view=pages::ContainersPage/>
+                    <Route path=path!("/containers/:id") view=pages::ContainerPage/>
+                </ParentRoute>
+            </Routes>
+        </Router>
+    }
+}

@@ -1,0 +1,431 @@
+//! Types shared by the REST API, the server functions and the console.
+//!
+//! They are the wire format of `/api/v1` (serde) and the props of the pages, so the two
+//! transports cannot drift apart.
+
+use serde::{Deserialize, Serialize};
+
+/// Unix time in milliseconds (UTC). Portable across SQLite and PostgreSQL and cheap to
+/// format identically on the server and in the browser (no hydration mismatch).
+pub type Millis = i64;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserInfo {
+    pub id: String,
+    pub name: String,
+    /// Platform administrators see every project and the paths on disk.
+    pub is_admin: bool,
+}
+
+/// A user's role in a project. Ordered: each role can do what the ones before it can.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Viewer,
+    Operator,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "viewer" => Some(Role::Viewer),
+            "operator" => Some(Role::Operator),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Project {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    /// The caller's role here; `None` for a platform admin who is not a member.
+    pub role: Option<Role>,
+    pub created_at: Millis,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Server {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    /// The storage root on disk; shown to platform admins only.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub storage_root: Option<String>,
+    pub created_at: Millis,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContainerStatus {
+    Copying,
+    Syncing,
+    Running,
+    Stopped,
+    Failed,
+    Deleting,
+}
+
+impl ContainerStatus {
+    pub const ALL: [ContainerStatus; 6] = [
+        ContainerStatus::Copying,
+        ContainerStatus::Syncing,
+        ContainerStatus::Running,
+        ContainerStatus::Stopped,
+        ContainerStatus::Failed,
+        ContainerStatus::Deleting,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContainerStatus::Copying => "copying",
+            ContainerStatus::Syncing => "syncing",
+            ContainerStatus::Running => "running",
+            ContainerStatus::Stopped => "stopped",
+            ContainerStatus::Failed => "failed",
+            ContainerStatus::Deleting => "deleting",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ContainerStatus> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+}
+
+/// A link to another container (lineage). Only containers the caller may see are linked.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerRef {
+    pub id: String,
+    pub name: String,
+    pub project_id: String,
+    pub project_name: String,
+}
+
+/// One row of the containers list.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerSummary {
+    pub id: String,
+    pub name: String,
+    pub status: ContainerStatus,
+    pub project_id: String,
+    pub project_name: String,
+    pub server_id: String,
+    pub server_name: String,
+    /// For a copy: the id of the container it was copied from (always present for a copy).
+    pub source_id: Option<String>,
+    /// For a copy whose source the caller may see: the source itself.
+    pub source: Option<ContainerRef>,
+    pub created_at: Millis,
+}
+
+/// A firewall (ACL) rule of a container.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FirewallRule {
+    /// `ingress` or `egress`.
+    pub direction: String,
+    /// `tcp`, `udp`, `icmp` or `any`.
+    pub protocol: String,
+    /// A port or range such as `443` or `8000-8100`; absent for all ports.
+    pub port: Option<String>,
+    /// The peer network, e.g. `0.0.0.0/0`.
+    pub cidr: String,
+    /// `allow` or `deny`.
+    pub action: String,
+}
+
+/// A network attachment / setting of a container.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkRule {
+    pub interface: String,
+    pub network: String,
+    /// A static IPv4 address with prefix, or absent for DHCP.
+    pub ipv4: Option<String>,
+    pub mtu: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub id: String,
+    pub name: String,
+    pub created_at: Millis,
+    pub file_count: i64,
+    pub size_bytes: i64,
+}
+
+/// Everything about one container.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerDetail {
+    #[serde(flatten)]
+    pub summary: ContainerSummary,
+    /// Why the container is in its status (e.g. the error of a failed copy).
+    pub status_reason: Option<String>,
+    pub ssh_public_key: Option<String>,
+    pub firewall_rules: Vec<FirewallRule>,
+    pub network_rules: Vec<NetworkRule>,
+    pub snapshots: Vec<Snapshot>,
+    /// Copies of this container that the caller may see.
+    pub copies: Vec<ContainerRef>,
+    /// For a copy: the source state (manifest root) it last matched, and when.
+    pub source_state: Option<String>,
+    pub last_synced_at: Option<Millis>,
+    pub file_count: i64,
+    pub size_bytes: i64,
+    pub updated_at: Millis,
+    /// The container's root directory on disk; shown to platform admins only.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub root_path: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    Copy,
+    Sync,
+}
+
+impl JobKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Copy => "copy",
+            JobKind::Sync => "sync",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<JobKind> {
+        match s {
+            "copy" => Some(JobKind::Copy),
+            "sync" => Some(JobKind::Sync),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobStatus {
+    pub const ALL: [JobStatus; 5] = [
+        JobStatus::Queued,
+        JobStatus::Running,
+        JobStatus::Succeeded,
+        JobStatus::Failed,
+        JobStatus::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Running => "running",
+            JobStatus::Succeeded => "succeeded",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<JobStatus> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Succeeded | JobStatus::Failed | JobStatus::Cancelled
+        )
+    }
+}
+
+/// Live progress of a job; totals are known once planning is done.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct JobProgress {
+    pub bytes_done: u64,
+    pub bytes_total: Option<u64>,
+    pub files_done: u64,
+    pub files_total: Option<u64>,
+    pub bytes_per_second: Option<f64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: String,
+    pub kind: JobKind,
+    pub status: JobStatus,
+    /// `scan`, `plan`, `transfer`, `verify` or `commit` while running.
+    pub phase: Option<String>,
+    pub project_id: String,
+    /// The container the job creates (copy) or updates (sync).
+    pub container_id: String,
+    pub source_container_id: String,
+    pub progress: Option<JobProgress>,
+    pub summary: Option<serde_json::Value>,
+    pub error: Option<String>,
+    pub created_at: Millis,
+    pub started_at: Option<Millis>,
+    pub finished_at: Option<Millis>,
+}
+
+/// What every error of the API and of the server functions carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    InvalidRequest,
+    Conflict,
+    Unprocessable,
+    Internal,
+}
+
+impl ErrorCode {
+    /// The HTTP status that goes with the code.
+    pub fn status(self) -> u16 {
+        match self {
+            ErrorCode::Unauthorized => 401,
+            ErrorCode::Forbidden => 403,
+            ErrorCode::NotFound => 404,
+            ErrorCode::InvalidRequest => 400,
+            ErrorCode::Conflict => 409,
+            ErrorCode::Unprocessable => 422,
+            ErrorCode::Internal => 500,
+        }
+    }
+}
+
+/// An error for a user: a stable code and a sentence that says what to do.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            message: message.into(),
+        }
+    }
+    pub fn unauthorized() -> Self {
+        Self::new(
+            ErrorCode::Unauthorized,
+            "authentication required: log in, or send Authorization: Bearer <token>",
+        )
+    }
+    pub fn not_found(what: &str, id: &str) -> Self {
+        Self::new(ErrorCode::NotFound, format!("{what} {id:?} not found"))
+    }
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Forbidden, message)
+    }
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidRequest, message)
+    }
+    pub fn internal() -> Self {
+        Self::new(
+            ErrorCode::Internal,
+            "internal error; the server log has the details",
+        )
+    }
+}
+
+impl leptos::server_fn::error::FromServerFnError for ApiError {
+    type Encoder = leptos::server_fn::codec::JsonEncoding;
+
+    fn from_server_fn_error(value: leptos::server_fn::error::ServerFnErrorErr) -> Self {
+        use leptos::server_fn::error::ServerFnErrorErr as E;
+        let code = match value {
+            E::Args(_) | E::MissingArg(_) | E::Deserialization(_) => ErrorCode::InvalidRequest,
+            _ => ErrorCode::Internal,
+        };
+        ApiError::new(code, value.to_string())
+    }
+}
+
+/// `true` for a 24-digit lowercase hex id, the form of every doppel id.
+pub fn is_valid_id(id: &str) -> bool {
+    id.len() == 24 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// The rule for container names (shared with the console, which validates as you type):
+/// 1 to 63 characters, ASCII letters, digits and hyphens, starting with a letter and not
+/// ending with a hyphen, so a name is also a valid host name.
+pub fn validate_container_name(name: &str) -> Result<(), String> {
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes.len() > 63 {
+        return Err("a name has 1 to 63 characters".into());
+    }
+    if !bytes[0].is_ascii_alphabetic() {
+        return Err("a name starts with a letter".into());
+    }
+    if bytes[bytes.len() - 1] == b'-' {
+        return Err("a name does not end with a hyphen".into());
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-'))
+    {
+        return Err(format!(
+            "a name has only letters, digits and hyphens (not {c:?})"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_names_follow_host_name_rules() {
+        for ok in ["web", "web-app-staging", "a1", &"x".repeat(63)] {
+            assert_eq!(validate_container_name(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "1web",
+            "-web",
+            "web-",
+            "web app",
+            "wéb",
+            "web_app",
+            &"x".repeat(64),
+        ] {
+            assert!(validate_container_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ids_are_24_lowercase_hex() {
+        assert!(is_valid_id("507f1f77bcf86cd799439011"));
+        assert!(!is_valid_id("507F1F77BCF86CD799439011"));
+        assert!(!is_valid_id("507f1f77bcf86cd79943901"));
+        assert!(!is_valid_id("../../etc/passwd0000000"));
+    }
+
+    #[test]
+    fn error_codes_map_to_their_statuses() {
+        assert_eq!(ErrorCode::NotFound.status(), 404);
+        assert_eq!(ErrorCode::Unprocessable.status(), 422);
+        let json = serde_json::to_value(ApiError::unauthorized()).unwrap();
+        assert_eq!(json["code"], "unauthorized");
+    }
+}

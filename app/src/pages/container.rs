@@ -1,0 +1,219 @@
+use leptos::prelude::*;
+use leptos_meta::Title;
+use leptos_router::hooks::use_params_map;
+
+use super::widgets::{ErrorBox, Loading, StatusBadge};
+use crate::format;
+use crate::model::ContainerDetail;
+use crate::server_fns::get_container;
+
+/// One container: details, snapshots, rules, lineage.
+#[component]
+pub fn ContainerPage() -> impl IntoView {
+    let params = use_params_map();
+    let id = move || params.with(|p| p.get("id").unwrap_or_default());
+    let container = Resource::new(id, get_container);
+    view! {
+        <Suspense fallback=Loading>
+            {move || Suspend::new(async move {
+                match container.await {
+                    Ok(c) => view! { <ContainerView c/> }.into_any(),
+                    Err(error) => view! { <ErrorBox error/> }.into_any(),
+                }
+            })}
+        </Suspense>
+    }
+}
+
+#[component]
+fn ContainerView(c: ContainerDetail) -> impl IntoView {
+    let s = c.summary;
+    let title = format!("{} · doppel", s.name);
+    let lineage = match (s.source, s.source_id) {
+        (Some(src), _) => view! {
+            <dt>"Copy of"</dt>
+            <dd>
+                <a href=format!("/containers/{}", src.id)>{src.name}</a>
+                " in " {src.project_name}
+            </dd>
+        }
+        .into_any(),
+        (None, Some(id)) => view! {
+            <dt>"Copy of"</dt>
+            <dd><code>{id}</code> " (in a project you cannot see)"</dd>
+        }
+        .into_any(),
+        (None, None) => ().into_any(),
+    };
+    let synced = c.last_synced_at.map(|t| {
+        view! {
+            <dt>"Last matched source"</dt>
+            <dd>{format::utc(t)}</dd>
+        }
+    });
+    let root = c.root_path.map(|p| {
+        view! {
+            <dt>"Root on disk"</dt>
+            <dd><code>{p}</code></dd>
+        }
+    });
+    let reason = c
+        .status_reason
+        .map(|r| view! { <p class="error-box">{r}</p> });
+    view! {
+        <Title text=title/>
+        <div class="page-head">
+            <h1>{s.name.clone()} " " <StatusBadge status=s.status/></h1>
+        </div>
+        {reason}
+        <section class="card">
+            <h2>"Details"</h2>
+            <dl class="details">
+                <dt>"ID"</dt>
+                <dd><code>{s.id.clone()}</code></dd>
+                <dt>"Project"</dt>
+                <dd><a href=format!("/containers?project={}", s.project_id)>{s.project_name}</a></dd>
+                <dt>"Server"</dt>
+                <dd>{s.server_name}</dd>
+                {lineage}
+                {synced}
+                <dt>"Files"</dt>
+                <dd>{c.file_count} " files, " {format::bytes(c.size_bytes)}</dd>
+                <dt>"SSH key"</dt>
+                <dd>
+                    {match c.ssh_public_key {
+                        Some(k) => view! { <code class="key">{k}</code> }.into_any(),
+                        None => view! { <span class="muted">"none"</span> }.into_any(),
+                    }}
+                </dd>
+                <dt>"Created"</dt>
+                <dd>{format::utc(s.created_at)}</dd>
+                {root}
+            </dl>
+        </section>
+        <section class="card">
+            <h2>"Snapshots"</h2>
+            {if c.snapshots.is_empty() {
+                view! { <p class="muted">"No snapshots."</p> }.into_any()
+            } else {
+                view! {
+                    <table class="grid snapshots">
+                        <thead>
+                            <tr>
+                                <th scope="col">"Name"</th>
+                                <th scope="col">"Taken"</th>
+                                <th scope="col">"Files"</th>
+                                <th scope="col">"Size"</th>
+                            </tr>
+                        </thead>
+                        <tbody>
+                            {c.snapshots
+                                .into_iter()
+                                .map(|snap| view! {
+                                    <tr>
+                                        <td data-label="Name">{snap.name}</td>
+                                        <td data-label="Taken">{format::utc(snap.created_at)}</td>
+                                        <td data-label="Files">{snap.file_count}</td>
+                                        <td data-label="Size">{format::bytes(snap.size_bytes)}</td>
+                                    </tr>
+                                })
+                                .collect_view()}
+                        </tbody>
+                    </table>
+                }
+                    .into_any()
+            }}
+        </section>
+        <div class="two-col">
+            <section class="card">
+                <h2>"Firewall rules"</h2>
+                {if c.firewall_rules.is_empty() {
+                    view! { <p class="muted">"No firewall rules."</p> }.into_any()
+                } else {
+                    view! {
+                        <table class="grid rules">
+                            <thead>
+                                <tr>
+                                    <th scope="col">"Direction"</th>
+                                    <th scope="col">"Protocol"</th>
+                                    <th scope="col">"Port"</th>
+                                    <th scope="col">"Peer"</th>
+                                    <th scope="col">"Action"</th>
+                                </tr>
+                            </thead>
+                            <tbody>
+                                {c.firewall_rules
+                                    .into_iter()
+                                    .map(|r| view! {
+                                        <tr>
+                                            <td data-label="Direction">{r.direction}</td>
+                                            <td data-label="Protocol">{r.protocol}</td>
+                                            <td data-label="Port">{r.port.unwrap_or_else(|| "all".into())}</td>
+                                            <td data-label="Peer">{r.cidr}</td>
+                                            <td data-label="Action">{r.action}</td>
+                                        </tr>
+                                    })
+                                    .collect_view()}
+                            </tbody>
+                        </table>
+                    }
+                        .into_any()
+                }}
+            </section>
+            <section class="card">
+                <h2>"Network"</h2>
+                {if c.network_rules.is_empty() {
+                    view! { <p class="muted">"No network settings."</p> }.into_any()
+                } else {
+                    view! {
+                        <table class="grid rules">
+                            <thead>
+                                <tr>
+                                    <th scope="col">"Interface"</th>
+                                    <th scope="col">"Network"</th>
+                                    <th scope="col">"IPv4"</th>
+                                    <th scope="col">"MTU"</th>
+                                </tr>
+                            </thead>
+                            <tbody>
+                                {c.network_rules
+                                    .into_iter()
+                                    .map(|r| view! {
+                                        <tr>
+                                            <td data-label="Interface">{r.interface}</td>
+                                            <td data-label="Network">{r.network}</td>
+                                            <td data-label="IPv4">{r.ipv4.unwrap_or_else(|| "DHCP".into())}</td>
+                                            <td data-label="MTU">{r.mtu.map(|m| m.to_string()).unwrap_or_else(|| "default".into())}</td>
+                                        </tr>
+                                    })
+                                    .collect_view()}
+                            </tbody>
+                        </table>
+                    }
+                        .into_any()
+                }}
+            </section>
+        </div>
+        <section class="card">
+            <h2>"Copies"</h2>
+            {if c.copies.is_empty() {
+                view! { <p class="muted">"No copies of this container."</p> }.into_any()
+            } else {
+                view! {
+                    <ul class="copies">
+                        {c.copies
+                            .into_iter()
+                            .map(|r| view! {
+                                <li>
+                                    <a href=format!("/containers/{}", r.id)>{r.name}</a>
+                                    " in " {r.project_name}
+                                </li>
+                            })
+                            .collect_view()}
+                    </ul>
+                }
+                    .into_any()
+            }}
+        </section>
+    }
+}

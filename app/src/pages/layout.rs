@@ -1,0 +1,53 @@
+use leptos::prelude::*;
+use leptos_router::components::{Outlet, A};
+
+use crate::server_fns::whoami;
+
+/// Navigation around every page but the login.
+#[component]
+pub fn Layout() -> impl IntoView {
+    let me = Resource::new(|| (), |_| whoami());
+    view! {
+        <header class="topbar">
+            <a class="brand" href="/">"doppel"</a>
+            <nav aria-label="Main">
+                <A href="/containers">"Containers"</A>
+            </nav>
+            <div class="user">
+                <Suspense fallback=|| ()>
+                    {move || Suspend::new(async move {
+                        match me.await {
+                            Ok(Some(user)) => {
+                                view! {
+                                    <span class="user-name">{user.name}</span>
+                                    <form method="post" action="/auth/logout">
+                                        <button type="submit" class="link">"Log out"</button>
+                                    </form>
+                                }
+                                    .into_any()
+                            }
+                            _ => view! { <a href="/login">"Log in"</a> }.into_any(),
+                        }
+                    })}
+                </Suspense>
+            </div>
+        </header>
+        <main class="content">
+            <Outlet/>
+        </main>
+    }
+}
+
+#[component]
+pub fn NotFound() -> impl IntoView {
+    #[cfg(feature = "ssr")]
+    if let Some(resp) = use_context::<leptos_axum::ResponseOptions>() {
+        resp.set_status(http::StatusCode::NOT_FOUND);
+    }
+    view! {
+        <main class="content">
+            <h1>"Page not found"</h1>
+            <p><a href="/containers">"Back to the containers"</a></p>
+        </main>
+    }
+}

@@ -1,0 +1,28 @@
+//! Small pieces the pages share.
+
+use leptos::prelude::*;
+
+use crate::model::{ApiError, ContainerStatus, ErrorCode};
+
+#[component]
+pub fn StatusBadge(status: ContainerStatus) -> impl IntoView {
+    view! { <span class=format!("badge status-{}", status.as_str())>{status.as_str()}</span> }
+}
+
+/// How a page shows an error from the backend; an expired session links to the login.
+#[component]
+pub fn ErrorBox(error: ApiError) -> impl IntoView {
+    let login = (error.code == ErrorCode::Unauthorized)
+        .then(|| view! { " " <a href="/login">"Log in again"</a> });
+    view! {
+        <div class="error-box" role="alert">
+            <strong>{error.message}</strong>
+            {login}
+        </div>
+    }
+}
+
+#[component]
+pub fn Loading() -> impl IntoView {
+    view! { <p class="loading">"Loading…"</p> }
+}

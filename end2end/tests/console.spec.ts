@@ -1,0 +1,84 @@
+import { test, expect, Page } from '@playwright/test';
+
+const password = process.env.DOPPEL_PASSWORD ?? '';
+
+/** Collects every error and warning the page logs; the console must stay clean. */
+function watchConsole(page: Page): string[] {
+  const problems: string[] = [];
+  page.on('console', (msg) => {
+    if (msg.type() === 'error' || msg.type() === 'warning') {
+      problems.push(`${msg.type()}: ${msg.text()}`);
+    }
+  });
+  page.on('pageerror', (err) => problems.push(`pageerror: ${err.message}`));
+  return problems;
+}
+
+async function logIn(page: Page, user: string) {
+  await page.getByLabel('User name').fill(user);
+  await page.getByLabel('Password').fill(password);
+  await page.getByRole('button', { name: 'Log in' }).click();
+}
+
+test('log in, browse containers and open a container', async ({ page }) => {
+  const problems = watchConsole(page);
+
+  await page.goto('/containers');
+  await expect(page).toHaveURL(/\/login\?next=/);
+  await logIn(page, 'admin');
+  await expect(page).toHaveURL(/\/containers$/);
+  await expect(page.locator('body')).toHaveAttribute('data-hydrated', 'true');
+
+  await expect(page.getByRole('heading', { name: 'Containers' })).toBeVisible();
+  const staging = page.locator('tr', { hasText: 'web-app-staging' });
+  await expect(staging).toContainText('copy of web-app');
+  await expect(staging).toContainText('local-b');
+  await expect(page.locator('tbody tr')).toHaveCount(5);
+
+  // Filter by project, client-side after hydration.
+  await page.getByLabel('Project').selectOption({ label: 'data-pipeline' });
+  await page.getByRole('button', { name: 'Filter' }).click();
+  await expect(page).toHaveURL(/project=/);
+  await expect(page.locator('tbody tr')).toHaveCount(2);
+  await expect(page.locator('tbody')).toContainText('db-primary');
+
+  // Open a container through a client-side navigation.
+  await page.getByRole('link', { name: 'db-primary' }).click();
+  await expect(page.getByRole('heading', { level: 1 })).toContainText('db-primary');
+  await expect(page.getByText('nightly')).toBeVisible();
+  await expect(page.getByText('data-backend')).toBeVisible();
+
+  // And a copy, loaded directly (server-rendered, then hydrated).
+  await page.goto('/containers');
+  await page.getByRole('link', { name: 'web-app-staging' }).click();
+  await expect(page.getByRole('heading', { level: 1 })).toContainText('web-app-staging');
+  await expect(page.getByText('Copy of')).toBeVisible();
+  await page.getByRole('link', { name: 'web-app', exact: true }).click();
+  await expect(page.getByRole('heading', { level: 1 })).toContainText('web-app');
+  await expect(page.getByRole('cell', { name: '443' })).toBeVisible();
+  await expect(page.getByText('before-upgrade')).toBeVisible();
+
+  await page.screenshot({ path: 'test-results/container-page.png', fullPage: true });
+  expect(problems).toEqual([]);
+});
+
+test('a project member sees only their projects, and a wrong password is refused', async ({ page }) => {
+  const problems = watchConsole(page);
+  await page.goto('/login');
+  await page.getByLabel('User name').fill('alice');
+  await page.getByLabel('Password').fill('not her password');
+  await page.getByRole('button', { name: 'Log in' }).click();
+  await expect(page.getByRole('alert')).toContainText('Wrong user name or password');
+
+  await logIn(page, 'alice');
+  await expect(page).toHaveURL(/\/containers$/);
+  await expect(page.locator('tbody tr')).toHaveCount(3);
+  await expect(page.locator('tbody')).not.toContainText('db-primary');
+  await expect(page.locator('.user-name')).toHaveText('alice');
+
+  await page.getByRole('button', { name: 'Log out' }).click();
+  await expect(page).toHaveURL(/\/login/);
+  await page.goto('/containers');
+  await expect(page).toHaveURL(/\/login/);
+  expect(problems).toEqual([]);
+});

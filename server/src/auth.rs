@@ -1,0 +1,335 @@
+//! Users, passwords, API tokens and console sessions.
+//!
+//! Passwords are stored as argon2id PHC strings; tokens and session ids are 256-bit random
+//! secrets of which only a BLAKE3 hash is stored, so a leaked database grants no access.
+
+use app::model::UserInfo;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use sqlx::Row;
+
+use crate::db::Db;
+use crate::ids::{new_id, new_secret, now_ms, secret_hash};
+
+/// API tokens start with this, so they are recognisable in logs and secret scanners.
+pub const TOKEN_PREFIX: &str = "dpl_";
+/// The console's session cookie.
+pub const SESSION_COOKIE: &str = "doppel_session";
+/// How long a console session lasts.
+pub const SESSION_TTL_MS: i64 = 7 * 24 * 3600 * 1000;
+/// The platform administrator created on first start.
+pub const ADMIN_USER: &str = "admin";
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("no user named {0:?}")]
+    NoSuchUser(String),
+    #[error("the password must have at least 8 characters")]
+    WeakPassword,
+    #[error("a user named {0:?} already exists")]
+    UserExists(String),
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("password hashing failed: {0}")]
+    Hash(String),
+}
+
+pub fn hash_password(password: &str) -> Result<String, AuthError> {
+    let mut salt_bytes = [0u8; 16];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut salt_bytes);
+    let salt = SaltString::encode_b64(&salt_bytes).map_err(|e| AuthError::Hash(e.to_string()))?;
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| AuthError::Hash(e.to_string()))
+}
+
+fn verify_password(password: &str, phc: &str) -> bool {
+    PasswordHash::new(phc)
+        .map(|parsed| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok()
+        })
+        .unwrap_or(false)
+}
+
+/// A random password for the first admin: 20 characters without look-alikes.
+pub fn random_password() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"abcdefghjkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut rng = rand::rng();
+    (0..20)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+fn user_from_row(row: &sqlx::sqlite::SqliteRow) -> UserInfo {
+    UserInfo {
+        id: row.get("id"),
+        name: row.get("name"),
+        is_admin: row.get::<i64, _>("is_admin") != 0,
+    }
+}
+
+pub async fn find_user(db: &Db, name: &str) -> Result<Option<UserInfo>, sqlx::Error> {
+    let row = sqlx::query("SELECT id, name, is_admin FROM users WHERE name = $1")
+        .bind(name)
+        .fetch_optional(db)
+        .await?;
+    Ok(row.as_ref().map(user_from_row))
+}
+
+/// Creates a user; `password` may be `None` for a user who cannot log in until one is set.
+pub async fn create_user(
+    db: &Db,
+    name: &str,
+    password: Option<&str>,
+    is_admin: bool,
+) -> Result<UserInfo, AuthError> {
+    let hash = match password {
+        Some(p) if p.chars().count() < 8 => return Err(AuthError::WeakPassword),
+        Some(p) => Some(hash_password(p)?),
+        None => None,
+    };
+    let id = new_id();
+    let res = sqlx::query(
+        "INSERT INTO users (id, name, password_hash, is_admin, created_at) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(&id)
+    .bind(name)
+    .bind(hash)
+    .bind(i64::from(is_admin))
+    .bind(now_ms())
+    .execute(db)
+    .await;
+    match res {
+        Ok(_) => Ok(UserInfo {
+            id,
+            name: name.to_string(),
+            is_admin,
+        }),
+        Err(e) if crate::db::is_unique_violation(&e) => Err(AuthError::UserExists(name.into())),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Sets a user's password and ends their console sessions.
+pub async fn set_password(db: &Db, name: &str, password: &str) -> Result<(), AuthError> {
+    if password.chars().count() < 8 {
+        return Err(AuthError::WeakPassword);
+    }
+    let user = find_user(db, name)
+        .await?
+        .ok_or_else(|| AuthError::NoSuchUser(name.into()))?;
+    let hash = hash_password(password)?;
+    let mut tx = db.begin().await?;
+    sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
+        .bind(hash)
+        .bind(&user.id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM sessions WHERE user_id = $1")
+        .bind(&user.id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Checks a user name and password; `None` for any mismatch (no hint which part was wrong).
+pub async fn check_login(
+    db: &Db,
+    name: &str,
+    password: &str,
+) -> Result<Option<UserInfo>, sqlx::Error> {
+    let row = sqlx::query("SELECT id, name, is_admin, password_hash FROM users WHERE name = $1")
+        .bind(name)
+        .fetch_optional(db)
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    let phc: Option<String> = row.get("password_hash");
+    let phc = phc.unwrap_or_default();
+    let password = password.to_string();
+    // argon2 is deliberately slow: keep it off the async workers.
+    let ok = tokio::task::spawn_blocking(move || verify_password(&password, &phc))
+        .await
+        .unwrap_or(false);
+    Ok(ok.then(|| user_from_row(&row)))
+}
+
+/// Creates the platform admin with a random password if there are no users yet.
+/// Returns the password when it did, so the caller can show it once.
+pub async fn bootstrap_admin(db: &Db) -> Result<Option<String>, AuthError> {
+    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users")
+        .fetch_one(db)
+        .await?;
+    if count > 0 {
+        return Ok(None);
+    }
+    let password = random_password();
+    match create_user(db, ADMIN_USER, Some(&password), true).await {
+        Ok(_) => Ok(Some(password)),
+        // Another process (a subcommand beside the server) won the race: fine.
+        Err(AuthError::UserExists(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Issues a new API token for `user_name`; the token is returned once and only its hash kept.
+pub async fn create_token(db: &Db, user_name: &str, label: &str) -> Result<String, AuthError> {
+    let user = find_user(db, user_name)
+        .await?
+        .ok_or_else(|| AuthError::NoSuchUser(user_name.into()))?;
+    let token = format!("{TOKEN_PREFIX}{}", new_secret());
+    sqlx::query("INSERT INTO api_tokens (id, user_id, token_hash, name, created_at) VALUES ($1, $2, $3, $4, $5)")
+        .bind(new_id())
+        .bind(&user.id)
+        .bind(secret_hash(&token))
+        .bind(label)
+        .bind(now_ms())
+        .execute(db)
+        .await?;
+    Ok(token)
+}
+
+pub async fn user_for_token(db: &Db, token: &str) -> Result<Option<UserInfo>, sqlx::Error> {
+    let hash = secret_hash(token);
+    let row = sqlx::query(
+        "SELECT u.id, u.name, u.is_admin FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash = $1",
+    )
+    .bind(&hash)
+    .fetch_optional(db)
+    .await?;
+    if row.is_some() {
+        sqlx::query("UPDATE api_tokens SET last_used_at = $1 WHERE token_hash = $2")
+            .bind(now_ms())
+            .bind(&hash)
+            .execute(db)
+            .await?;
+    }
+    Ok(row.as_ref().map(user_from_row))
+}
+
+/// Starts a console session; returns the cookie value.
+pub async fn create_session(db: &Db, user: &UserInfo) -> Result<String, sqlx::Error> {
+    let secret = new_secret();
+    let now = now_ms();
+    sqlx::query(
+        "INSERT INTO sessions (id_hash, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(secret_hash(&secret))
+    .bind(&user.id)
+    .bind(now)
+    .bind(now + SESSION_TTL_MS)
+    .execute(db)
+    .await?;
+    Ok(secret)
+}
+
+pub async fn user_for_session(db: &Db, secret: &str) -> Result<Option<UserInfo>, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT u.id, u.name, u.is_admin FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id_hash = $1 AND s.expires_at > $2",
+    )
+    .bind(secret_hash(secret))
+    .bind(now_ms())
+    .fetch_optional(db)
+    .await?;
+    Ok(row.as_ref().map(user_from_row))
+}
+
+pub async fn end_session(db: &Db, secret: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM sessions WHERE id_hash = $1 OR expires_at <= $2")
+        .bind(secret_hash(secret))
+        .bind(now_ms())
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn db() -> (tempfile::TempDir, Db) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let db = crate::db::connect(&url).await.unwrap();
+        (dir, db)
+    }
+
+    #[tokio::test]
+    async fn first_admin_gets_a_random_password_once() {
+        let (_d, db) = db().await;
+        let pw = bootstrap_admin(&db).await.unwrap().expect("created");
+        assert_eq!(pw.len(), 20);
+        assert!(bootstrap_admin(&db).await.unwrap().is_none());
+        let user = check_login(&db, ADMIN_USER, &pw)
+            .await
+            .unwrap()
+            .expect("login works");
+        assert!(user.is_admin);
+        assert!(check_login(&db, ADMIN_USER, "wrong-password")
+            .await
+            .unwrap()
+            .is_none());
+        assert!(check_login(&db, "nobody", &pw).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn tokens_and_sessions_resolve_to_their_user_and_can_end() {
+        let (_d, db) = db().await;
+        let alice = create_user(&db, "alice", Some("correct horse"), false)
+            .await
+            .unwrap();
+        let token = create_token(&db, "alice", "ci").await.unwrap();
+        assert!(token.starts_with(TOKEN_PREFIX));
+        assert_eq!(
+            user_for_token(&db, &token).await.unwrap(),
+            Some(alice.clone())
+        );
+        assert_eq!(user_for_token(&db, "dpl_bogus").await.unwrap(), None);
+        let stored: String = sqlx::query_scalar("SELECT token_hash FROM api_tokens")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        assert_ne!(stored, token, "only the hash is stored");
+
+        let session = create_session(&db, &alice).await.unwrap();
+        assert_eq!(
+            user_for_session(&db, &session).await.unwrap(),
+            Some(alice.clone())
+        );
+        end_session(&db, &session).await.unwrap();
+        assert_eq!(user_for_session(&db, &session).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn set_password_rejects_weak_passwords_and_ends_sessions() {
+        let (_d, db) = db().await;
+        let bob = create_user(&db, "bob", None, false).await.unwrap();
+        assert!(
+            check_login(&db, "bob", "").await.unwrap().is_none(),
+            "no password, no login"
+        );
+        assert!(matches!(
+            set_password(&db, "bob", "short").await,
+            Err(AuthError::WeakPassword)
+        ));
+        assert!(matches!(
+            set_password(&db, "carol", "long enough").await,
+            Err(AuthError::NoSuchUser(_))
+        ));
+        let session = create_session(&db, &bob).await.unwrap();
+        set_password(&db, "bob", "long enough").await.unwrap();
+        assert!(check_login(&db, "bob", "long enough")
+            .await
+            .unwrap()
+            .is_some());
+        assert_eq!(user_for_session(&db, &session).await.unwrap(), None);
+        assert!(matches!(
+            create_user(&db, "bob", None, false).await,
+            Err(AuthError::UserExists(_))
+        ));
+    }
+}

@@ -1,0 +1,42 @@
+//! Settings shared by every subcommand: where the data lives.
+
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug)]
+pub struct DataConfig {
+    pub data_dir: PathBuf,
+    /// `None`: a SQLite file in the data dir.
+    pub database_url: Option<String>,
+}
+
+impl DataConfig {
+    pub fn database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}", self.data_dir.join("doppel.db").display()),
+        }
+    }
+
+    /// Where the storage roots of the embedded servers live.
+    pub fn servers_dir(&self) -> PathBuf {
+        self.data_dir.join("servers")
+    }
+}
+
+/// The directory of a server's storage root that holds container trees.
+pub fn containers_dir(storage_root: &Path) -> PathBuf {
+    storage_root.join("containers")
+}
+
+/// A container's root directory on its server.
+pub fn container_root(storage_root: &Path, container_id: &str) -> PathBuf {
+    containers_dir(storage_root).join(container_id)
+}
+
+/// A snapshot's frozen tree on the container's server.
+pub fn snapshot_root(storage_root: &Path, container_id: &str, snapshot_id: &str) -> PathBuf {
+    storage_root
+        .join("snapshots")
+        .join(container_id)
+        .join(snapshot_id)
+}

@@ -1,0 +1,188 @@
+//! The `doppel` command line.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use doppel::config::DataConfig;
+use doppel::inventory::{self, NewContainer};
+use doppel::serve::{self, ServeConfig};
+use doppel::{auth, db};
+
+#[derive(Parser)]
+#[command(
+    name = "doppel",
+    version,
+    about = "Copy containers into other projects and servers, and keep the copies in sync."
+)]
+struct Cli {
+    #[command(flatten)]
+    data: DataArgs,
+    #[command(flatten)]
+    serve: ServeArgs,
+    /// Log as JSON lines instead of readable text.
+    #[arg(long, global = true, env = "DOPPEL_LOG_JSON")]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Args)]
+struct DataArgs {
+    /// Where doppel keeps its database and the storage roots of its servers.
+    #[arg(long, global = true, env = "DOPPEL_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+    /// Database URL; default: a SQLite file in the data dir.
+    #[arg(long, global = true, env = "DOPPEL_DATABASE_URL")]
+    database_url: Option<String>,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(
+        long,
+        global = true,
+        env = "DOPPEL_ADDR",
+        default_value = "127.0.0.1:3000"
+    )]
+    addr: SocketAddr,
+    /// Do not seed demo data on a first start.
+    #[arg(long, global = true, env = "DOPPEL_NO_DEMO")]
+    no_demo: bool,
+    /// The built console (cargo-leptos output).
+    #[arg(
+        long,
+        global = true,
+        env = "LEPTOS_SITE_ROOT",
+        default_value = "target/site"
+    )]
+    site_root: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the console and the REST API (the default).
+    Serve,
+    /// API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Users.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Create a container whose root is a copy of DIR; prints its id.
+    Import {
+        dir: PathBuf,
+        #[arg(long)]
+        project: String,
+        #[arg(long)]
+        server: String,
+        #[arg(long)]
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Print a new API token for a user, alone on stdout.
+    Create {
+        #[arg(long)]
+        user: String,
+        /// A label to recognise the token by.
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Read a new password from stdin and set it (ends the user's console sessions).
+    SetPassword { name: String },
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,sqlx=warn,tower_http=warn".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_json);
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("doppel: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let data = DataConfig {
+        data_dir: cli.data.data_dir,
+        database_url: cli.data.database_url,
+    };
+    let command = cli.command.unwrap_or(Command::Serve);
+    if let Command::Serve = command {
+        return serve::run(ServeConfig {
+            addr: cli.serve.addr,
+            data,
+            demo: !cli.serve.no_demo,
+            site_root: cli.serve.site_root,
+        })
+        .await;
+    }
+    std::fs::create_dir_all(&data.data_dir)?;
+    let pool = db::connect(&data.database_url()).await?;
+    if let Some(password) = auth::bootstrap_admin(&pool).await? {
+        eprintln!(
+            "created user {:?} with password {password} (shown once)",
+            auth::ADMIN_USER
+        );
+    }
+    match command {
+        Command::Serve => unreachable!("handled above"),
+        Command::Token(TokenCommand::Create { user, label }) => {
+            println!("{}", auth::create_token(&pool, &user, &label).await?);
+        }
+        Command::User(UserCommand::SetPassword { name }) => {
+            let mut input = String::new();
+            std::io::stdin().read_to_string(&mut input)?;
+            let password = input.trim_end_matches(['\r', '\n']);
+            auth::set_password(&pool, &name, password).await?;
+            eprintln!("password of {name:?} updated");
+        }
+        Command::Import {
+            dir,
+            project,
+            server,
+            name,
+        } => {
+            let id = inventory::import_container(
+                &pool,
+                NewContainer {
+                    project_id: project,
+                    server_id: server,
+                    name,
+                    ..Default::default()
+                },
+                &dir,
+            )
+            .await?;
+            println!("{id}");
+        }
+    }
+    pool.close().await;
+    Ok(())
+}

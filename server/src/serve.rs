@@ -1,0 +1,114 @@
+//! `doppel serve`: open the data, seed the demo on a first start, serve HTTP until a signal.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use leptos::prelude::LeptosOptions;
+
+use crate::config::DataConfig;
+use crate::service::Service;
+use crate::web::{self, AppState};
+use crate::{auth, db, seed};
+
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    pub addr: SocketAddr,
+    pub data: DataConfig,
+    /// Seed demo data when the database has no projects.
+    pub demo: bool,
+    /// Where the built console (JS, WASM, CSS) lives; cargo-leptos writes it to target/site.
+    pub site_root: PathBuf,
+}
+
+/// What a started (but not yet listening) doppel consists of.
+pub struct Prepared {
+    pub router: axum::Router,
+    pub service: Arc<Service>,
+    /// The first admin's password, when this start created it.
+    pub admin_password: Option<String>,
+}
+
+pub fn leptos_options(cfg: &ServeConfig) -> LeptosOptions {
+    // cargo-leptos sets LEPTOS_* at build time and for `cargo leptos watch`; the builder's
+    // values are what a plain `doppel serve` needs.
+    let env = match std::env::var("LEPTOS_ENV").as_deref() {
+        Ok("DEV") | Ok("dev") => leptos::config::Env::DEV,
+        _ => leptos::config::Env::PROD,
+    };
+    let reload_port = std::env::var("LEPTOS_RELOAD_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(3001);
+    LeptosOptions::builder()
+        .output_name("doppel")
+        .site_root(cfg.site_root.display().to_string())
+        .site_pkg_dir("pkg")
+        .site_addr(cfg.addr)
+        .env(env)
+        .reload_port(reload_port)
+        .build()
+}
+
+pub async fn prepare(cfg: &ServeConfig) -> anyhow::Result<Prepared> {
+    std::fs::create_dir_all(&cfg.data.data_dir)?;
+    let pool = db::connect(&cfg.data.database_url()).await?;
+    let admin_password = auth::bootstrap_admin(&pool).await?;
+    if cfg.demo && seed::seed_if_empty(&pool, &cfg.data).await? {
+        tracing::info!("seeded demo data (start with --no-demo to skip this)");
+    }
+    let service = Arc::new(Service::new(pool, cfg.data.clone()));
+    let router = web::router(AppState {
+        service: service.clone(),
+        leptos_options: leptos_options(cfg),
+    });
+    Ok(Prepared {
+        router,
+        service,
+        admin_password,
+    })
+}
+
+pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
+    let prepared = prepare(&cfg).await?;
+    let listener = tokio::net::TcpListener::bind(cfg.addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.addr))?;
+    let url = format!("http://{}", listener.local_addr()?);
+    if let Some(password) = &prepared.admin_password {
+        println!(
+            "\n  doppel first start: log in at {url}/login\n    user:     {}\n    password: {password}\n  This password is shown once. Change it with: doppel user set-password {}\n",
+            auth::ADMIN_USER,
+            auth::ADMIN_USER
+        );
+    }
+    if !cfg.site_root.join("pkg").exists() {
+        tracing::warn!(site_root = %cfg.site_root.display(), "no built console here; run `make run` (or cargo leptos build) first");
+    }
+    tracing::info!(%url, data_dir = %cfg.data.data_dir.display(), "doppel listening");
+    axum::serve(listener, prepared.router)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    prepared.service.db.close().await;
+    tracing::info!("doppel stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,376 @@
+//! The service layer: every business rule and authorisation check, shared by the REST
+//! handlers and the console's server functions (through [`app::backend::Backend`]).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use app::backend::Backend;
+use app::model::*;
+use sqlx::Row;
+
+use crate::config::{container_root, DataConfig};
+use crate::db::Db;
+
+pub struct Service {
+    pub db: Db,
+    pub data: DataConfig,
+}
+
+/// Logs an unexpected failure and gives the user a generic error (details stay in the log).
+pub fn internal(err: impl std::fmt::Display) -> ApiError {
+    tracing::error!(error = %err, "internal error");
+    ApiError::internal()
+}
+
+/// Filters for listing jobs.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobFilter {
+    pub container_id: Option<String>,
+    pub project_id: Option<String>,
+    pub status: Option<String>,
+    pub kind: Option<String>,
+}
+
+#[derive(sqlx::FromRow)]
+struct ContainerRow {
+    id: String,
+    name: String,
+    status: String,
+    status_reason: Option<String>,
+    project_id: String,
+    project_name: String,
+    server_id: String,
+    server_name: String,
+    storage_root: String,
+    ssh_public_key: Option<String>,
+    firewall_rules: String,
+    network_rules: String,
+    source_container_id: Option<String>,
+    source_state: Option<String>,
+    last_synced_at: Option<i64>,
+    file_count: i64,
+    size_bytes: i64,
+    created_at: i64,
+    updated_at: i64,
+    src_name: Option<String>,
+    src_project_id: Option<String>,
+    src_project_name: Option<String>,
+}
+
+const CONTAINER_SELECT: &str = "SELECT c.id, c.name, c.status, c.status_reason, c.project_id,
+        p.name AS project_name, c.server_id, s.name AS server_name, s.storage_root,
+        c.ssh_public_key, c.firewall_rules, c.network_rules, c.source_container_id,
+        c.source_state, c.last_synced_at, c.file_count, c.size_bytes, c.created_at, c.updated_at,
+        src.name AS src_name, src.project_id AS src_project_id, sp.name AS src_project_name
+    FROM containers c
+    JOIN projects p ON p.id = c.project_id
+    JOIN servers s ON s.id = c.server_id
+    LEFT JOIN containers src ON src.id = c.source_container_id
+    LEFT JOIN projects sp ON sp.id = src.project_id";
+
+/// The projects a user may see, with their role in each (`None`: admin, not a member).
+struct Visibility {
+    roles: HashMap<String, Option<Role>>,
+}
+
+impl Visibility {
+    fn can_see(&self, project_id: &str) -> bool {
+        self.roles.contains_key(project_id)
+    }
+}
+
+impl ContainerRow {
+    fn summary(&self, vis: &Visibility) -> ContainerSummary {
+        let source = match (&self.source_container_id, &self.src_project_id) {
+            (Some(id), Some(pid)) if vis.can_see(pid) => Some(ContainerRef {
+                id: id.clone(),
+                name: self.src_name.clone().unwrap_or_default(),
+                project_id: pid.clone(),
+                project_name: self.src_project_name.clone().unwrap_or_default(),
+            }),
+            _ => None,
+        };
+        ContainerSummary {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            // The CHECK constraint guarantees a known status.
+            status: ContainerStatus::parse(&self.status).unwrap_or(ContainerStatus::Failed),
+            project_id: self.project_id.clone(),
+            project_name: self.project_name.clone(),
+            server_id: self.server_id.clone(),
+            server_name: self.server_name.clone(),
+            source_id: self.source_container_id.clone(),
+            source,
+            created_at: self.created_at,
+        }
+    }
+}
+
+fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
+    if is_valid_id(id) {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(format!(
+            "{what} {id:?} is not a valid id (24 lowercase hex digits)"
+        )))
+    }
+}
+
+impl Service {
+    pub fn new(db: Db, data: DataConfig) -> Self {
+        Service { db, data }
+    }
+
+    async fn visibility(&self, user: &UserInfo) -> Result<Visibility, ApiError> {
+        let mut roles = HashMap::new();
+        if user.is_admin {
+            let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM projects")
+                .fetch_all(&self.db)
+                .await
+                .map_err(internal)?;
+            roles.extend(ids.into_iter().map(|id| (id, None)));
+        }
+        let rows = sqlx::query("SELECT project_id, role FROM memberships WHERE user_id = $1")
+            .bind(&user.id)
+            .fetch_all(&self.db)
+            .await
+            .map_err(internal)?;
+        for row in rows {
+            let role: String = row.get("role");
+            roles.insert(row.get("project_id"), Role::parse(&role));
+        }
+        Ok(Visibility { roles })
+    }
+
+    /// A container the user may see, or 404 whether it exists or not (no leak).
+    async fn visible_container(
+        &self,
+        user: &UserInfo,
+        id: &str,
+    ) -> Result<(ContainerRow, Visibility), ApiError> {
+        check_id("container id", id)?;
+        let vis = self.visibility(user).await?;
+        let row: Option<ContainerRow> =
+            sqlx::query_as(&format!("{CONTAINER_SELECT} WHERE c.id = $1"))
+                .bind(id)
+                .fetch_optional(&self.db)
+                .await
+                .map_err(internal)?;
+        match row {
+            Some(row) if vis.can_see(&row.project_id) => Ok((row, vis)),
+            _ => Err(ApiError::not_found("container", id)),
+        }
+    }
+
+    pub async fn list_jobs(
+        &self,
+        user: &UserInfo,
+        filter: &JobFilter,
+    ) -> Result<Vec<Job>, ApiError> {
+        let vis = self.visibility(user).await?;
+        if let Some(id) = &filter.container_id {
+            check_id("container_id", id)?;
+        }
+        if let Some(id) = &filter.project_id {
+            check_id("project_id", id)?;
+            if !vis.can_see(id) {
+                return Err(ApiError::not_found("project", id));
+            }
+        }
+        if let Some(s) = &filter.status {
+            JobStatus::parse(s).ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "status {s:?} is not one of queued, running, succeeded, failed, cancelled"
+                ))
+            })?;
+        }
+        if let Some(k) = &filter.kind {
+            JobKind::parse(k)
+                .ok_or_else(|| ApiError::invalid(format!("kind {k:?} is not one of copy, sync")))?;
+        }
+        let rows = sqlx::query(
+            "SELECT * FROM jobs
+             WHERE ($1 IS NULL OR container_id = $1 OR source_container_id = $1)
+               AND ($2 IS NULL OR project_id = $2)
+               AND ($3 IS NULL OR status = $3)
+               AND ($4 IS NULL OR kind = $4)
+             ORDER BY created_at DESC, id DESC LIMIT 500",
+        )
+        .bind(&filter.container_id)
+        .bind(&filter.project_id)
+        .bind(&filter.status)
+        .bind(&filter.kind)
+        .fetch_all(&self.db)
+        .await
+        .map_err(internal)?;
+        Ok(rows
+            .iter()
+            .filter(|r| vis.can_see(r.get::<&str, _>("project_id")))
+            .map(job_from_row)
+            .collect())
+    }
+
+    pub async fn get_job(&self, user: &UserInfo, id: &str) -> Result<Job, ApiError> {
+        check_id("job id", id)?;
+        let vis = self.visibility(user).await?;
+        let row = sqlx::query("SELECT * FROM jobs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.db)
+            .await
+            .map_err(internal)?;
+        match row {
+            Some(r) if vis.can_see(r.get::<&str, _>("project_id")) => Ok(job_from_row(&r)),
+            _ => Err(ApiError::not_found("job", id)),
+        }
+    }
+}
+
+fn job_from_row(r: &sqlx::sqlite::SqliteRow) -> Job {
+    let json = |col: &str| -> Option<serde_json::Value> {
+        r.get::<Option<String>, _>(col)
+            .and_then(|s| serde_json::from_str(&s).ok())
+    };
+    Job {
+        id: r.get("id"),
+        kind: JobKind::parse(r.get("kind")).unwrap_or(JobKind::Copy),
+        status: JobStatus::parse(r.get("status")).unwrap_or(JobStatus::Failed),
+        phase: r.get("phase"),
+        project_id: r.get("project_id"),
+        container_id: r.get("container_id"),
+        source_container_id: r.get("source_container_id"),
+        progress: json("progress").and_then(|v| serde_json::from_value(v).ok()),
+        summary: json("summary"),
+        error: r.get("error"),
+        created_at: r.get("created_at"),
+        started_at: r.get("started_at"),
+        finished_at: r.get("finished_at"),
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for Service {
+    async fn list_projects(&self, user: &UserInfo) -> Result<Vec<Project>, ApiError> {
+        let vis = self.visibility(user).await?;
+        let rows =
+            sqlx::query("SELECT id, name, description, created_at FROM projects ORDER BY name")
+                .fetch_all(&self.db)
+                .await
+                .map_err(internal)?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                let id: String = r.get("id");
+                let role = *vis.roles.get(&id)?;
+                Some(Project {
+                    id,
+                    name: r.get("name"),
+                    description: r.get("description"),
+                    role,
+                    created_at: r.get("created_at"),
+                })
+            })
+            .collect())
+    }
+
+    async fn list_servers(&self, user: &UserInfo) -> Result<Vec<Server>, ApiError> {
+        let rows = sqlx::query(
+            "SELECT id, name, description, storage_root, created_at FROM servers ORDER BY name",
+        )
+        .fetch_all(&self.db)
+        .await
+        .map_err(internal)?;
+        Ok(rows
+            .iter()
+            .map(|r| Server {
+                id: r.get("id"),
+                name: r.get("name"),
+                description: r.get("description"),
+                storage_root: user.is_admin.then(|| r.get("storage_root")),
+                created_at: r.get("created_at"),
+            })
+            .collect())
+    }
+
+    async fn list_containers(
+        &self,
+        user: &UserInfo,
+        project_id: Option<&str>,
+    ) -> Result<Vec<ContainerSummary>, ApiError> {
+        let vis = self.visibility(user).await?;
+        if let Some(pid) = project_id {
+            check_id("project_id", pid)?;
+            if !vis.can_see(pid) {
+                return Err(ApiError::not_found("project", pid));
+            }
+        }
+        let rows: Vec<ContainerRow> = sqlx::query_as(&format!(
+            "{CONTAINER_SELECT} WHERE ($1 IS NULL OR c.project_id = $1) ORDER BY p.name, c.name"
+        ))
+        .bind(project_id)
+        .fetch_all(&self.db)
+        .await
+        .map_err(internal)?;
+        Ok(rows
+            .iter()
+            .filter(|r| vis.can_see(&r.project_id))
+            .map(|r| r.summary(&vis))
+            .collect())
+    }
+
+    async fn get_container(&self, user: &UserInfo, id: &str) -> Result<ContainerDetail, ApiError> {
+        let (row, vis) = self.visible_container(user, id).await?;
+        let snapshots = sqlx::query(
+            "SELECT id, name, created_at, file_count, size_bytes FROM snapshots WHERE container_id = $1 ORDER BY created_at DESC, name",
+        )
+        .bind(id)
+        .fetch_all(&self.db)
+        .await
+        .map_err(internal)?
+        .iter()
+        .map(|r| Snapshot {
+            id: r.get("id"),
+            name: r.get("name"),
+            created_at: r.get("created_at"),
+            file_count: r.get("file_count"),
+            size_bytes: r.get("size_bytes"),
+        })
+        .collect();
+        let copies = sqlx::query(
+            "SELECT c.id, c.name, c.project_id, p.name AS project_name FROM containers c
+             JOIN projects p ON p.id = c.project_id WHERE c.source_container_id = $1 ORDER BY p.name, c.name",
+        )
+        .bind(id)
+        .fetch_all(&self.db)
+        .await
+        .map_err(internal)?
+        .iter()
+        .filter(|r| vis.can_see(r.get::<&str, _>("project_id")))
+        .map(|r| ContainerRef {
+            id: r.get("id"),
+            name: r.get("name"),
+            project_id: r.get("project_id"),
+            project_name: r.get("project_name"),
+        })
+        .collect();
+        Ok(ContainerDetail {
+            summary: row.summary(&vis),
+            status_reason: row.status_reason,
+            ssh_public_key: row.ssh_public_key,
+            firewall_rules: serde_json::from_str(&row.firewall_rules).map_err(internal)?,
+            network_rules: serde_json::from_str(&row.network_rules).map_err(internal)?,
+            snapshots,
+            copies,
+            source_state: row.source_state,
+            last_synced_at: row.last_synced_at,
+            file_count: row.file_count,
+            size_bytes: row.size_bytes,
+            updated_at: row.updated_at,
+            root_path: user.is_admin.then(|| {
+                container_root(Path::new(&row.storage_root), &row.id)
+                    .display()
+                    .to_string()
+            }),
+        })
+    }
+}

@@ -1,0 +1,276 @@
+//! The HTTP server's shape: the REST API, the console (Leptos SSR + hydration), login and
+//! logout, and the middleware that resolves who is calling.
+
+use std::sync::Arc;
+
+use app::backend::{CurrentUser, SharedBackend};
+use app::{shell, App};
+use axum::extract::rejection::FormRejection;
+use axum::extract::{FromRef, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use leptos::prelude::*;
+use leptos_axum::{generate_route_list, LeptosRoutes};
+use serde::Deserialize;
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::auth::{self, SESSION_COOKIE, SESSION_TTL_MS};
+use crate::rest::{self, BadCredentials};
+use crate::service::Service;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub service: Arc<Service>,
+    pub leptos_options: LeptosOptions,
+}
+
+impl FromRef<AppState> for LeptosOptions {
+    fn from_ref(s: &AppState) -> Self {
+        s.leptos_options.clone()
+    }
+}
+
+impl FromRef<AppState> for Arc<Service> {
+    fn from_ref(s: &AppState) -> Self {
+        s.service.clone()
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let backend: SharedBackend = state.service.clone();
+    let routes = generate_route_list(App);
+    let options = state.leptos_options.clone();
+    Router::new()
+        .nest("/api/v1", rest::routes())
+        .route("/auth/login", post(login))
+        .route("/auth/logout", post(logout))
+        .route("/healthz", get(|| async { "ok" }))
+        .leptos_routes_with_context(
+            &state,
+            routes,
+            move || provide_context(backend.clone()),
+            move || shell(options.clone()),
+        )
+        .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            resolve_caller,
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("same-origin"),
+        ))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// The value of a cookie in the request, if present.
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// Pages of the console that need a login; everything else (API, assets, login itself)
+/// answers for itself.
+fn is_console_page(path: &str) -> bool {
+    !(path.starts_with("/api/")
+        || path.starts_with("/pkg/")
+        || path.starts_with("/auth/")
+        || path == "/login"
+        || path == "/healthz"
+        || path.starts_with("/favicon"))
+}
+
+/// Resolves the caller (Bearer token first, else the session cookie) into a `CurrentUser`
+/// request extension, and sends a visitor without a session from a console page to the login.
+async fn resolve_caller(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let db = &state.service.db;
+    let headers = req.headers();
+    let has_auth_header = headers.contains_key(header::AUTHORIZATION);
+    let lookup = if has_auth_header {
+        match bearer_token(headers) {
+            Some(token) => auth::user_for_token(db, token).await,
+            None => Ok(None),
+        }
+    } else if let Some(secret) = cookie(headers, SESSION_COOKIE) {
+        // An expired or unknown cookie is the same as none: the login page, not an error.
+        auth::user_for_session(db, secret).await
+    } else {
+        Ok(None)
+    };
+    let user = lookup.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "credential lookup failed");
+        None
+    });
+    match user {
+        Some(user) => {
+            req.extensions_mut().insert(CurrentUser(user));
+        }
+        None => {
+            if has_auth_header {
+                req.extensions_mut().insert(BadCredentials);
+            }
+            if req.method() == Method::GET && is_console_page(req.uri().path()) {
+                let target = req
+                    .uri()
+                    .path_and_query()
+                    .map(|pq| pq.as_str())
+                    .unwrap_or("/");
+                return Redirect::to(&format!("/login?next={}", percent_encode(target)))
+                    .into_response();
+            }
+        }
+    }
+    next.run(req).await
+}
+
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    username: String,
+    password: String,
+    next: Option<String>,
+}
+
+/// Only same-site paths are followed after login (no open redirect).
+fn safe_next(next: Option<&str>) -> &str {
+    match next {
+        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n,
+        _ => "/containers",
+    }
+}
+
+async fn login(
+    State(state): State<AppState>,
+    form: Result<Form<LoginForm>, FormRejection>,
+) -> Response {
+    let Ok(Form(form)) = form else {
+        return Redirect::to("/login?error=1").into_response();
+    };
+    let db = &state.service.db;
+    let user = match auth::check_login(db, form.username.trim(), &form.password).await {
+        Ok(Some(user)) => user,
+        Ok(None) => {
+            tracing::info!(user = %form.username, "failed login");
+            return Redirect::to("/login?error=1").into_response();
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "login failed");
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "login is unavailable; try again",
+            )
+                .into_response();
+        }
+    };
+    match auth::create_session(db, &user).await {
+        Ok(secret) => {
+            let cookie = format!(
+                "{SESSION_COOKIE}={secret}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}",
+                SESSION_TTL_MS / 1000
+            );
+            let mut resp = Redirect::to(safe_next(form.next.as_deref())).into_response();
+            if let Ok(v) = HeaderValue::from_str(&cookie) {
+                resp.headers_mut().insert(header::SET_COOKIE, v);
+            }
+            resp
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "creating a session failed");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "login is unavailable; try again",
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(secret) = cookie(&headers, SESSION_COOKIE) {
+        if let Err(e) = auth::end_session(&state.service.db, secret).await {
+            tracing::error!(error = %e, "ending a session failed");
+        }
+    }
+    let mut resp = Redirect::to("/login").into_response();
+    resp.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static("doppel_session=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0"),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_after_login_stays_on_this_site() {
+        assert_eq!(
+            safe_next(Some("/containers/abc?x=1")),
+            "/containers/abc?x=1"
+        );
+        assert_eq!(safe_next(Some("//evil.example")), "/containers");
+        assert_eq!(safe_next(Some("https://evil.example")), "/containers");
+        assert_eq!(safe_next(Some("/\\evil.example")), "/containers");
+        assert_eq!(safe_next(None), "/containers");
+    }
+
+    #[test]
+    fn cookies_are_found_among_others() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; doppel_session=xyz; b=2"),
+        );
+        assert_eq!(cookie(&h, SESSION_COOKIE), Some("xyz"));
+        assert_eq!(cookie(&h, "c"), None);
+    }
+
+    #[test]
+    fn console_pages_need_a_login_but_assets_and_api_do_not() {
+        assert!(is_console_page("/"));
+        assert!(is_console_page("/containers/abc"));
+        assert!(!is_console_page("/login"));
+        assert!(!is_console_page("/pkg/doppel.js"));
+        assert!(!is_console_page("/api/v1/containers"));
+        assert_eq!(
+            percent_encode("/containers?project=a b"),
+            "/containers%3Fproject%3Da%20b"
+        );
+    }
+}

@@ -1,0 +1,352 @@
+//! The REST read API over real HTTP against a real doppel with demo data.
+
+mod common;
+
+use common::TestServer;
+use serde_json::Value;
+
+fn names(list: &Value) -> Vec<String> {
+    let mut v: Vec<String> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["name"].as_str().unwrap().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn requests_without_valid_credentials_get_401_json() {
+    let s = TestServer::start().await;
+    let resp = TestServer::client()
+        .get(s.url("/api/v1/containers"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    assert!(resp.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .starts_with("Bearer"));
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unauthorized");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("Bearer"));
+
+    for bad in ["dpl_0000", "", "Basic abc"] {
+        let resp = TestServer::client()
+            .get(s.url("/api/v1/projects"))
+            .header("authorization", format!("Bearer {bad}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401, "token {bad:?}");
+    }
+}
+
+#[tokio::test]
+async fn admin_sees_the_demo_inventory() {
+    let s = TestServer::start().await;
+    let (st, body) = s.get("/api/v1/projects", &s.admin_token).await;
+    assert_eq!(st, 200);
+    assert_eq!(names(&body["projects"]), ["data-pipeline", "web-platform"]);
+    let (_, body) = s.get("/api/v1/servers", &s.admin_token).await;
+    assert_eq!(names(&body["servers"]), ["local-a", "local-b", "local-c"]);
+    assert!(
+        body["servers"][0]["storage_root"].is_string(),
+        "admins see paths"
+    );
+    let (_, body) = s.get("/api/v1/containers", &s.admin_token).await;
+    assert_eq!(
+        names(&body["containers"]),
+        [
+            "db-primary",
+            "edge-proxy",
+            "etl-worker",
+            "web-app",
+            "web-app-staging"
+        ]
+    );
+    let staging = body["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "web-app-staging")
+        .unwrap();
+    assert_eq!(staging["source"]["name"], "web-app");
+    assert_eq!(staging["server_name"], "local-b");
+}
+
+#[tokio::test]
+async fn container_detail_has_snapshots_rules_lineage_and_a_real_root() {
+    let s = TestServer::start().await;
+    let id = s.container_id("web-app").await;
+    let (st, c) = s
+        .get(&format!("/api/v1/containers/{id}"), &s.admin_token)
+        .await;
+    assert_eq!(st, 200, "{c}");
+    assert_eq!(c["name"], "web-app");
+    assert_eq!(c["status"], "running");
+    assert_eq!(c["snapshots"][0]["name"], "before-upgrade");
+    assert_eq!(c["firewall_rules"].as_array().unwrap().len(), 3);
+    assert_eq!(c["firewall_rules"][0]["port"], "443");
+    assert_eq!(c["network_rules"][0]["network"], "web-frontend");
+    assert_eq!(names(&c["copies"]), ["web-app-staging"]);
+    assert!(c["ssh_public_key"]
+        .as_str()
+        .unwrap()
+        .starts_with("ssh-ed25519 "));
+    let root = std::path::PathBuf::from(c["root_path"].as_str().unwrap());
+    assert!(
+        root.join("etc/hostname").is_file(),
+        "the tree exists on disk"
+    );
+    assert!(std::fs::symlink_metadata(root.join("srv/web-app/current"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    let stats = doppel::storage::tree_stats(&root).unwrap();
+    assert_eq!(c["file_count"], stats.files);
+    assert_eq!(c["size_bytes"], stats.bytes);
+
+    // The copy has its own tree, same content, and no inherited key.
+    let copy_id = s.container_id("web-app-staging").await;
+    let (_, copy) = s
+        .get(&format!("/api/v1/containers/{copy_id}"), &s.admin_token)
+        .await;
+    assert_eq!(copy["source"]["id"], id.as_str());
+    assert!(copy["ssh_public_key"].is_null());
+    let copy_root = std::path::PathBuf::from(copy["root_path"].as_str().unwrap());
+    assert_ne!(copy_root, root);
+    assert_eq!(
+        std::fs::read(copy_root.join("var/lib/web-app/data-00.db")).unwrap(),
+        std::fs::read(root.join("var/lib/web-app/data-00.db")).unwrap()
+    );
+}
+
+#[tokio::test]
+async fn membership_limits_what_a_user_sees() {
+    let s = TestServer::start().await;
+    let (st, body) = s.get("/api/v1/projects", &s.alice_token).await;
+    assert_eq!(st, 200);
+    assert_eq!(names(&body["projects"]), ["web-platform"]);
+    assert_eq!(body["projects"][0]["role"], "operator");
+    let (_, body) = s.get("/api/v1/containers", &s.alice_token).await;
+    assert_eq!(
+        names(&body["containers"]),
+        ["edge-proxy", "web-app", "web-app-staging"]
+    );
+
+    // Another project's container and the project itself look exactly like missing ones.
+    let hidden = s.container_id("db-primary").await;
+    let (st, body) = s
+        .get(&format!("/api/v1/containers/{hidden}"), &s.alice_token)
+        .await;
+    assert_eq!(st, 404);
+    let (_, missing) = s
+        .get(
+            "/api/v1/containers/000000000000000000000000",
+            &s.alice_token,
+        )
+        .await;
+    assert_eq!(body["error"]["code"], missing["error"]["code"]);
+    let (_, admin_projects) = s.get("/api/v1/projects", &s.admin_token).await;
+    let data_pid = admin_projects["projects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "data-pipeline")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (st, _) = s
+        .get(
+            &format!("/api/v1/containers?project_id={data_pid}"),
+            &s.alice_token,
+        )
+        .await;
+    assert_eq!(st, 404);
+    let (st, _) = s
+        .get(
+            &format!("/api/v1/jobs?project_id={data_pid}"),
+            &s.alice_token,
+        )
+        .await;
+    assert_eq!(st, 404);
+
+    // No paths on disk for non-admins.
+    let web = s.container_id("web-app").await;
+    let (_, c) = s
+        .get(&format!("/api/v1/containers/{web}"), &s.alice_token)
+        .await;
+    assert!(c.get("root_path").is_none());
+    let (_, servers) = s.get("/api/v1/servers", &s.alice_token).await;
+    assert!(servers["servers"][0].get("storage_root").is_none());
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_4xx_never_a_500() {
+    let s = TestServer::start().await;
+    let cases = [
+        ("/api/v1/containers/not-an-id", 400, "invalid_request"),
+        (
+            "/api/v1/containers/000000000000000000000000",
+            404,
+            "not_found",
+        ),
+        ("/api/v1/containers?project_id=xyz", 400, "invalid_request"),
+        ("/api/v1/containers?bogus=1", 400, "invalid_request"),
+        ("/api/v1/jobs?status=done", 400, "invalid_request"),
+        ("/api/v1/jobs?kind=move", 400, "invalid_request"),
+        ("/api/v1/jobs/000000000000000000000000", 404, "not_found"),
+        ("/api/v1/jobs/ZZZ", 400, "invalid_request"),
+        ("/api/v1/nope", 404, "not_found"),
+    ];
+    for (path, status, code) in cases {
+        let (st, body) = s.get(path, &s.admin_token).await;
+        assert_eq!(st, status, "{path}: {body}");
+        assert_eq!(body["error"]["code"], code, "{path}: {body}");
+        assert!(!body["error"]["message"].as_str().unwrap().is_empty());
+    }
+    let resp = TestServer::client()
+        .delete(s.url("/api/v1/projects"))
+        .bearer_auth(&s.admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 405);
+    let (st, body) = s.get("/api/v1/jobs", &s.admin_token).await;
+    assert_eq!(st, 200);
+    assert_eq!(body["jobs"], serde_json::json!([]));
+}
+
+#[tokio::test]
+async fn console_login_sets_a_session_cookie_that_works_for_pages_and_api() {
+    let s = TestServer::start().await;
+    let client = TestServer::client();
+
+    // A page without a session redirects to the login, remembering where to go back.
+    let resp = client
+        .get(s.url("/containers?project=x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 303);
+    assert_eq!(
+        resp.headers()["location"],
+        "/login?next=/containers%3Fproject%3Dx"
+    );
+
+    let resp = client
+        .post(s.url("/auth/login"))
+        .form(&[("username", "admin"), ("password", "wrong-password")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 303);
+    assert_eq!(resp.headers()["location"], "/login?error=1");
+    assert!(resp.headers().get("set-cookie").is_none());
+
+    let resp = client
+        .post(s.url("/auth/login"))
+        .form(&[
+            ("username", "admin"),
+            ("password", s.admin_password.as_str()),
+            ("next", "/containers"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 303);
+    assert_eq!(resp.headers()["location"], "/containers");
+    let set_cookie = resp.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Lax"),
+        "{set_cookie}"
+    );
+    let cookie = set_cookie.split(';').next().unwrap().to_string();
+
+    // The server renders the page with the data in it (SSR through the server functions).
+    let html = client
+        .get(s.url("/containers"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("web-app-staging"), "SSR lists containers");
+    assert!(html.contains("/pkg/doppel.js"), "hydration scripts");
+    let id = s.container_id("db-primary").await;
+    let html = client
+        .get(s.url(&format!("/containers/{id}")))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        html.contains("nightly") && html.contains("data-backend"),
+        "container page"
+    );
+
+    // The session cookie also authenticates the API (EventSource cannot send headers).
+    let resp = client
+        .get(s.url("/api/v1/projects"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
+    let resp = client
+        .post(s.url("/auth/logout"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 303);
+    let resp = client
+        .get(s.url("/api/v1/projects"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401, "the session ended");
+}
+
+#[tokio::test]
+async fn server_functions_refuse_anonymous_callers() {
+    let s = TestServer::start().await;
+    let html = TestServer::client()
+        .get(s.url("/login"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("User name"));
+    // Find the list_containers server function's URL in the registered paths and call it.
+    let path = leptos::server_fn::axum::server_fn_paths()
+        .map(|(p, _)| p)
+        .find(|p| p.contains("list_containers"))
+        .expect("server function registered");
+    let resp = TestServer::client()
+        .post(s.url(path))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("")
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_client_error() || resp.status().is_server_error());
+    let body = resp.text().await.unwrap();
+    assert!(body.contains("unauthorized"), "{body}");
+}

@@ -1,0 +1,132 @@
+//! The `doppel` binary's admin subcommands, run as a user would.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+fn doppel(data: &std::path::Path, args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_doppel"))
+        .arg("--data-dir")
+        .arg(data)
+        .args(args)
+        .env_remove("DOPPEL_DATABASE_URL")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[tokio::test]
+async fn token_user_and_import_work_from_the_command_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+
+    let out = doppel(&data, &["token", "create", "--user", "admin"], "");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        stdout.lines().count(),
+        1,
+        "the token alone on stdout: {stdout:?}"
+    );
+    let token = stdout.trim();
+    assert!(token.starts_with("dpl_") && token.len() == 68, "{token}");
+
+    let out = doppel(&data, &["token", "create", "--user", "nobody"], "");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no user named \"nobody\""));
+
+    let out = doppel(
+        &data,
+        &["user", "set-password", "admin"],
+        "a new long password\n",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = doppel(&data, &["user", "set-password", "admin"], "short\n");
+    assert!(!out.status.success());
+
+    let url = format!("sqlite://{}", data.join("doppel.db").display());
+    let db = doppel::db::connect(&url).await.unwrap();
+    assert!(
+        doppel::auth::check_login(&db, "admin", "a new long password")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let project = doppel::inventory::create_project(&db, "p", "")
+        .await
+        .unwrap();
+    let config = doppel::config::DataConfig {
+        data_dir: data.clone(),
+        database_url: None,
+    };
+    let server = doppel::inventory::create_server(&db, &config, "s1", "")
+        .await
+        .unwrap();
+
+    let tree = tmp.path().join("tree");
+    std::fs::create_dir_all(tree.join("etc")).unwrap();
+    std::fs::write(tree.join("etc/motd"), b"hello\n").unwrap();
+    let out = doppel(
+        &data,
+        &[
+            "import",
+            tree.to_str().unwrap(),
+            "--project",
+            &project,
+            "--server",
+            &server,
+            "--name",
+            "imported",
+        ],
+        "",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(app::model::is_valid_id(&id), "{id}");
+    let root = data.join("servers/s1/containers").join(&id);
+    assert_eq!(std::fs::read(root.join("etc/motd")).unwrap(), b"hello\n");
+
+    // A taken name is refused with a clear message, and nothing is created.
+    let out = doppel(
+        &data,
+        &[
+            "import",
+            tree.to_str().unwrap(),
+            "--project",
+            &project,
+            "--server",
+            &server,
+            "--name",
+            "imported",
+        ],
+        "",
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+    assert_eq!(
+        std::fs::read_dir(data.join("servers/s1/containers"))
+            .unwrap()
+            .count(),
+        1
+    );
+}

@@ -1,0 +1,96 @@
+//! A real doppel on a random loopback port with its own temporary data dir.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use doppel::config::DataConfig;
+use doppel::serve::{self, ServeConfig};
+use doppel::service::Service;
+
+pub struct TestServer {
+    pub base: String,
+    pub service: Arc<Service>,
+    pub admin_token: String,
+    pub alice_token: String,
+    pub admin_password: String,
+    pub data_dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        let data_dir = tempfile::tempdir().unwrap();
+        let cfg = ServeConfig {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data: DataConfig {
+                data_dir: data_dir.path().to_path_buf(),
+                database_url: None,
+            },
+            demo: true,
+            site_root: data_dir.path().join("site"),
+        };
+        let prepared = serve::prepare(&cfg).await.expect("doppel starts");
+        let admin_password = prepared
+            .admin_password
+            .clone()
+            .expect("first start creates the admin");
+        let listener = tokio::net::TcpListener::bind(cfg.addr).await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            axum::serve(listener, prepared.router).await.unwrap();
+        });
+        let db = &prepared.service.db;
+        let admin_token = doppel::auth::create_token(db, "admin", "test")
+            .await
+            .unwrap();
+        let alice_token = doppel::auth::create_token(db, "alice", "test")
+            .await
+            .unwrap();
+        TestServer {
+            base,
+            service: prepared.service,
+            admin_token,
+            alice_token,
+            admin_password,
+            data_dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// A client that does not follow redirects, so tests see them.
+    pub fn client() -> reqwest::Client {
+        reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap()
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> (u16, serde_json::Value) {
+        let resp = Self::client()
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let body = resp.json().await.unwrap_or(serde_json::Value::Null);
+        (status, body)
+    }
+
+    /// The id of the container with this name (as the admin sees it).
+    pub async fn container_id(&self, name: &str) -> String {
+        let (_, body) = self.get("/api/v1/containers", &self.admin_token).await;
+        body["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no container {name}"))["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+}
