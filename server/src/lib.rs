@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod config;
 pub mod db;
+pub mod engine;
 pub mod ids;
 pub mod inventory;
 pub mod rest;

@@ -1,0 +1,358 @@
+//! Filesystem access that never leaves a root: every path is resolved one component at a
+//! time from a directory descriptor with `O_NOFOLLOW`, so no symlink, `..` or concurrent
+//! rename inside an (untrusted) container tree can make doppel read or write outside it.
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
+
+use super::manifest::{Entry, Kind};
+
+pub fn to_io(e: rustix::io::Errno) -> io::Error {
+    io::Error::from(e)
+}
+
+/// Opens a trusted directory (a path doppel itself owns).
+pub fn open_dir(path: &Path) -> io::Result<OwnedFd> {
+    rfs::open(
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(to_io)
+}
+
+/// Opens the directory `name` in `dir`, refusing symlinks.
+pub fn open_dir_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<OwnedFd> {
+    rfs::openat(
+        dir,
+        OsStr::from_bytes(name),
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(to_io)
+}
+
+/// Opens the regular file `name` in `dir` for reading, refusing symlinks and anything that
+/// is not a regular file (a FIFO would block).
+pub fn open_file_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<std::fs::File> {
+    let fd = rfs::openat(
+        dir,
+        OsStr::from_bytes(name),
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+        Mode::empty(),
+    )
+    .map_err(to_io)?;
+    let st = rfs::fstat(&fd).map_err(to_io)?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        return Err(io::Error::other("not a regular file"));
+    }
+    Ok(std::fs::File::from(fd))
+}
+
+/// Creates a new file (never follows or reuses an existing name).
+pub fn create_file_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<std::fs::File> {
+    let fd = rfs::openat(
+        dir,
+        OsStr::from_bytes(name),
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
+    .map_err(to_io)?;
+    Ok(std::fs::File::from(fd))
+}
+
+pub fn stat_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<rfs::Stat> {
+    rfs::statat(dir, OsStr::from_bytes(name), AtFlags::SYMLINK_NOFOLLOW).map_err(to_io)
+}
+
+pub fn kind_of(st: &rfs::Stat) -> Kind {
+    match FileType::from_raw_mode(st.st_mode) {
+        FileType::Directory => Kind::Dir,
+        FileType::RegularFile => Kind::File,
+        FileType::Symlink => Kind::Symlink,
+        FileType::Fifo => Kind::Fifo,
+        _ => Kind::Special,
+    }
+}
+
+pub fn mtime_ns(st: &rfs::Stat) -> i64 {
+    st.st_mtime as i64 * 1_000_000_000 + st.st_mtime_nsec as i64
+}
+
+pub fn ctime_ns(st: &rfs::Stat) -> i64 {
+    st.st_ctime as i64 * 1_000_000_000 + st.st_ctime_nsec as i64
+}
+
+fn timestamps(mtime_ns: i64) -> Timestamps {
+    let t = Timespec {
+        tv_sec: mtime_ns.div_euclid(1_000_000_000),
+        tv_nsec: mtime_ns.rem_euclid(1_000_000_000) as _,
+    };
+    Timestamps {
+        last_access: t,
+        last_modification: t,
+    }
+}
+
+/// Reads the extended attributes of an open file or directory, sorted by name.
+pub fn read_xattrs(fd: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let size = match rfs::flistxattr_query(fd) {
+        Ok(n) => n,
+        Err(rustix::io::Errno::OPNOTSUPP) => return Ok(Vec::new()),
+        Err(e) => return Err(to_io(e)),
+    };
+    if size == 0 {
+        return Ok(Vec::new());
+    }
+    let mut names = vec![0u8; size];
+    let n = rfs::flistxattr(fd, &mut names[..]).map_err(to_io)?;
+    let mut out = Vec::new();
+    for name in names[..n].split(|&c| c == 0).filter(|n| !n.is_empty()) {
+        let cname = std::ffi::CString::new(name).map_err(|_| io::Error::other("bad xattr name"))?;
+        let len = match rfs::fgetxattr_query(fd, cname.as_c_str()) {
+            Ok(len) => len,
+            Err(rustix::io::Errno::NODATA) => continue,
+            Err(e) => return Err(to_io(e)),
+        };
+        let mut value = vec![0u8; len];
+        let got = rfs::fgetxattr(fd, cname.as_c_str(), &mut value[..]).map_err(to_io)?;
+        value.truncate(got);
+        out.push((name.to_vec(), value));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Applies owner, mode, xattrs and mtime of `e` to an open file or directory. Owner first:
+/// chown clears setuid/setgid bits, which the mode then restores.
+pub fn apply_meta_fd(fd: BorrowedFd<'_>, e: &Entry) -> io::Result<()> {
+    match rfs::fchown(
+        fd,
+        Some(rfs::Uid::from_raw(e.uid)),
+        Some(rfs::Gid::from_raw(e.gid)),
+    ) {
+        Ok(()) | Err(rustix::io::Errno::PERM) => {}
+        Err(err) => return Err(to_io(err)),
+    }
+    rfs::fchmod(fd, Mode::from_raw_mode(e.mode)).map_err(to_io)?;
+    let current = read_xattrs(fd)?;
+    for (k, _) in &current {
+        if !e.xattrs.iter().any(|(n, _)| n == k) {
+            let name = std::ffi::CString::new(k.clone())
+                .map_err(|_| io::Error::other("bad xattr name"))?;
+            let _ = rfs::fremovexattr(fd, name.as_c_str());
+        }
+    }
+    for (k, v) in &e.xattrs {
+        if current.iter().any(|(n, cv)| n == k && cv == v) {
+            continue;
+        }
+        let name =
+            std::ffi::CString::new(k.clone()).map_err(|_| io::Error::other("bad xattr name"))?;
+        rfs::fsetxattr(fd, name.as_c_str(), v, rfs::XattrFlags::empty()).map_err(to_io)?;
+    }
+    rfs::futimens(fd, &timestamps(e.mtime_ns)).map_err(to_io)
+}
+
+/// Applies metadata to `name` in `dir` without following it: symlinks get owner and
+/// mtime; files, directories and FIFOs everything (opened with O_NOFOLLOW first).
+pub fn apply_meta_at(dir: BorrowedFd<'_>, name: &[u8], e: &Entry) -> io::Result<()> {
+    let os = OsStr::from_bytes(name);
+    match e.kind {
+        Kind::Symlink => {
+            match rfs::chownat(
+                dir,
+                os,
+                Some(rfs::Uid::from_raw(e.uid)),
+                Some(rfs::Gid::from_raw(e.gid)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            ) {
+                Ok(()) | Err(rustix::io::Errno::PERM) => {}
+                Err(err) => return Err(to_io(err)),
+            }
+            rfs::utimensat(dir, os, &timestamps(e.mtime_ns), AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(to_io)
+        }
+        Kind::Dir => apply_meta_fd(open_dir_at(dir, name)?.as_fd(), e),
+        Kind::File | Kind::Fifo => {
+            // O_PATH cannot fchmod; open for reading without following (NONBLOCK: FIFOs).
+            let fd = rfs::openat(
+                dir,
+                os,
+                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+                Mode::empty(),
+            )
+            .map_err(to_io)?;
+            apply_meta_fd(fd.as_fd(), e)
+        }
+        Kind::Special => Ok(()),
+    }
+}
+
+/// Removes `name` from `dir` whatever it is; a directory with everything below it (never
+/// following symlinks). Missing is fine.
+pub fn remove_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
+    let st = match stat_at(dir, name) {
+        Ok(st) => st,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let os = OsStr::from_bytes(name);
+    if kind_of(&st) == Kind::Dir {
+        let sub = open_dir_at(dir, name)?;
+        for child in list_dir(sub.as_fd())? {
+            remove_at(sub.as_fd(), &child)?;
+        }
+        rfs::unlinkat(dir, os, AtFlags::REMOVEDIR).map_err(to_io)
+    } else {
+        rfs::unlinkat(dir, os, AtFlags::empty()).map_err(to_io)
+    }
+}
+
+/// The names in a directory (without `.` and `..`), sorted bytewise.
+pub fn list_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<Vec<u8>>> {
+    let mut names = Vec::new();
+    for entry in rfs::Dir::read_from(dir).map_err(to_io)? {
+        let entry = entry.map_err(to_io)?;
+        let name = entry.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            names.push(name.to_vec());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+pub fn mkdir_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
+    rfs::mkdirat(dir, OsStr::from_bytes(name), Mode::from_raw_mode(0o700)).map_err(to_io)
+}
+
+pub fn symlink_at(target: &[u8], dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
+    rfs::symlinkat(OsStr::from_bytes(target), dir, OsStr::from_bytes(name)).map_err(to_io)
+}
+
+pub fn mkfifo_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
+    rfs::mknodat(
+        dir,
+        OsStr::from_bytes(name),
+        FileType::Fifo,
+        Mode::from_raw_mode(0o600),
+        0,
+    )
+    .map_err(to_io)
+}
+
+pub fn link_at(
+    from_dir: BorrowedFd<'_>,
+    from: &[u8],
+    to_dir: BorrowedFd<'_>,
+    to: &[u8],
+) -> io::Result<()> {
+    rfs::linkat(
+        from_dir,
+        OsStr::from_bytes(from),
+        to_dir,
+        OsStr::from_bytes(to),
+        AtFlags::empty(),
+    )
+    .map_err(to_io)
+}
+
+pub fn rename_at(
+    from_dir: BorrowedFd<'_>,
+    from: &[u8],
+    to_dir: BorrowedFd<'_>,
+    to: &[u8],
+) -> io::Result<()> {
+    rfs::renameat(
+        from_dir,
+        OsStr::from_bytes(from),
+        to_dir,
+        OsStr::from_bytes(to),
+    )
+    .map_err(to_io)
+}
+
+pub fn syncfs(fd: BorrowedFd<'_>) -> io::Result<()> {
+    rfs::syncfs(fd).map_err(to_io)
+}
+
+/// Splits `a/b/c` into (`a/b`, `c`).
+pub fn split_parent(path: &[u8]) -> (&[u8], &[u8]) {
+    match path.iter().rposition(|&c| c == b'/') {
+        Some(i) => (&path[..i], &path[i + 1..]),
+        None => (&[], path),
+    }
+}
+
+/// Opens parent directories of a sequence of paths beneath a root, keeping the chain of
+/// open directories so that sorted paths cost one `openat` per new directory.
+pub struct Walker {
+    root: OwnedFd,
+    stack: Vec<(Vec<u8>, OwnedFd)>,
+}
+
+impl Walker {
+    pub fn new(root: OwnedFd) -> Walker {
+        Walker {
+            root,
+            stack: Vec::new(),
+        }
+    }
+
+    pub fn root(&self) -> BorrowedFd<'_> {
+        self.root.as_fd()
+    }
+
+    /// The open directory `dir` (a relative path; empty for the root).
+    pub fn dir(&mut self, dir: &[u8]) -> io::Result<BorrowedFd<'_>> {
+        let comps: Vec<&[u8]> = if dir.is_empty() {
+            Vec::new()
+        } else {
+            dir.split(|&c| c == b'/').collect()
+        };
+        let common = self
+            .stack
+            .iter()
+            .zip(&comps)
+            .take_while(|((name, _), c)| name.as_slice() == **c)
+            .count();
+        self.stack.truncate(common);
+        for comp in &comps[common..] {
+            if comp.is_empty() || *comp == b"." || *comp == b".." {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "invalid path component",
+                ));
+            }
+            let parent = self
+                .stack
+                .last()
+                .map(|(_, fd)| fd.as_fd())
+                .unwrap_or(self.root.as_fd());
+            let fd = open_dir_at(parent, comp)?;
+            self.stack.push((comp.to_vec(), fd));
+        }
+        Ok(self
+            .stack
+            .last()
+            .map(|(_, fd)| fd.as_fd())
+            .unwrap_or(self.root.as_fd()))
+    }
+
+    /// The parent directory of `path`, opened, and the last component.
+    pub fn parent<'p>(&mut self, path: &'p [u8]) -> io::Result<(BorrowedFd<'_>, &'p [u8])> {
+        let (dir, name) = split_parent(path);
+        Ok((self.dir(dir)?, name))
+    }
+
+    /// Forgets the open chain (after the tree changed shape).
+    pub fn reset(&mut self) {
+        self.stack.clear();
+    }
+}

@@ -1,0 +1,543 @@
+//! Manifests: the state of a container tree as a sorted list of entries, its binary
+//! encoding (the same one the wire uses), its root hash, and the diff of two manifests.
+
+use std::cmp::Ordering;
+use std::io;
+
+/// What kind of filesystem object an entry is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Dir,
+    File,
+    Symlink,
+    Fifo,
+    /// Character or block devices and sockets: recorded and reported, never copied.
+    Special,
+}
+
+impl Kind {
+    fn code(self) -> u8 {
+        match self {
+            Kind::Dir => 1,
+            Kind::File => 2,
+            Kind::Symlink => 3,
+            Kind::Fifo => 4,
+            Kind::Special => 5,
+        }
+    }
+    fn from_code(c: u8) -> io::Result<Kind> {
+        Ok(match c {
+            1 => Kind::Dir,
+            2 => Kind::File,
+            3 => Kind::Symlink,
+            4 => Kind::Fifo,
+            5 => Kind::Special,
+            _ => return Err(bad("unknown entry kind")),
+        })
+    }
+}
+
+/// A content-defined chunk of a large file (for deltas).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Chunk {
+    pub offset: u64,
+    pub len: u32,
+    pub hash: [u8; 32],
+}
+
+/// One filesystem object. `path` is relative to the root, components joined by `/`, raw
+/// bytes (names may be any bytes but `/` and NUL).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub path: Vec<u8>,
+    pub kind: Kind,
+    /// Permission bits including setuid/setgid/sticky (no file type bits).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Content length for files; 0 otherwise.
+    pub size: u64,
+    pub mtime_ns: i64,
+    /// Symlink target.
+    pub target: Vec<u8>,
+    /// BLAKE3 of a file's content.
+    pub hash: [u8; 32],
+    /// For the second and later names of a hard-linked file: the first name.
+    pub link_to: Option<Vec<u8>>,
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    pub rdev: u64,
+    // Quick-check data, not part of the entry's identity: an unchanged (size, mtime, ctime,
+    // inode) means the content need not be read again.
+    pub ino: u64,
+    pub ctime_ns: i64,
+    /// Content-defined chunks of large files, for deltas.
+    pub chunks: Vec<Chunk>,
+}
+
+impl Entry {
+    pub fn new(path: Vec<u8>, kind: Kind) -> Entry {
+        Entry {
+            path,
+            kind,
+            mode: 0,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            mtime_ns: 0,
+            target: Vec::new(),
+            hash: [0; 32],
+            link_to: None,
+            xattrs: Vec::new(),
+            rdev: 0,
+            ino: 0,
+            ctime_ns: 0,
+            chunks: Vec::new(),
+        }
+    }
+
+    /// Same content (what would have to be transferred), ignoring metadata.
+    pub fn same_content(&self, other: &Entry) -> bool {
+        self.kind == other.kind
+            && self.link_to == other.link_to
+            && match self.kind {
+                Kind::File => self.size == other.size && self.hash == other.hash,
+                Kind::Symlink => self.target == other.target,
+                Kind::Special | Kind::Fifo => self.rdev == other.rdev,
+                Kind::Dir => true,
+            }
+    }
+
+    /// Same metadata (mode, owner, mtime, xattrs). A directory's mtime moves whenever an
+    /// entry in it changes, so it is not part of what makes two directories differ.
+    pub fn same_metadata(&self, other: &Entry) -> bool {
+        self.mode == other.mode
+            && self.uid == other.uid
+            && self.gid == other.gid
+            && (self.kind == Kind::Dir || self.mtime_ns == other.mtime_ns)
+            && self.xattrs == other.xattrs
+    }
+
+    /// Content whose bytes have to be produced on the target (regular, not a hard link).
+    pub fn has_data(&self) -> bool {
+        self.kind == Kind::File && self.link_to.is_none()
+    }
+
+    pub fn display_path(&self) -> String {
+        String::from_utf8_lossy(&self.path).into_owned()
+    }
+}
+
+/// Orders paths component by component, so that a directory's descendants follow it
+/// directly (`a`, `a/b`, `a-b`): the order a depth-first walk produces.
+pub fn path_cmp(a: &[u8], b: &[u8]) -> Ordering {
+    a.split(|&c| c == b'/').cmp(b.split(|&c| c == b'/'))
+}
+
+/// `true` if `path` is a valid relative path: non-empty components, none `.` or `..`, no NUL.
+pub fn valid_path(path: &[u8]) -> bool {
+    !path.is_empty()
+        && !path.contains(&0)
+        && path
+            .split(|&c| c == b'/')
+            .all(|c| !c.is_empty() && c != b"." && c != b"..")
+}
+
+/// A tree's state: entries sorted by [`path_cmp`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Manifest {
+    pub entries: Vec<Entry>,
+}
+
+impl Manifest {
+    /// The BLAKE3 over every entry's identity (content and metadata, not quick-check data):
+    /// two trees with the same root hash are the same.
+    pub fn root_hash(&self) -> [u8; 32] {
+        let mut h = blake3::Hasher::new();
+        let mut enc = Enc::default();
+        for e in &self.entries {
+            enc.buf.clear();
+            enc.identity(e);
+            h.update(&(enc.buf.len() as u64).to_le_bytes());
+            h.update(&enc.buf);
+        }
+        *h.finalize().as_bytes()
+    }
+
+    pub fn root_hex(&self) -> String {
+        hex::encode(self.root_hash())
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.entries
+            .iter()
+            .filter(|e| e.has_data())
+            .map(|e| e.size)
+            .sum()
+    }
+
+    pub fn files(&self) -> u64 {
+        self.entries.iter().filter(|e| e.kind == Kind::File).count() as u64
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut enc = Enc::default();
+        enc.buf.extend_from_slice(MAGIC);
+        enc.u64(self.entries.len() as u64);
+        for e in &self.entries {
+            enc.entry(e);
+        }
+        enc.buf
+    }
+
+    pub fn decode(buf: &[u8]) -> io::Result<Manifest> {
+        let rest = buf
+            .strip_prefix(MAGIC)
+            .ok_or_else(|| bad("not a doppel manifest"))?;
+        let mut dec = Dec::new(rest);
+        let n = dec.u64()?;
+        let mut entries = Vec::with_capacity(n.min(1 << 20) as usize);
+        for _ in 0..n {
+            entries.push(dec.entry()?);
+        }
+        Ok(Manifest { entries })
+    }
+
+    /// Loads a manifest file; a missing file is an empty manifest.
+    pub fn load(path: &std::path::Path) -> io::Result<Option<Manifest>> {
+        match std::fs::read(path) {
+            Ok(buf) => Manifest::decode(&buf).map(Some),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes atomically (temp file + rename). Durability comes from the caller's syncfs.
+    pub fn store(&self, path: &std::path::Path) -> io::Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+        std::fs::write(&tmp, self.encode())?;
+        std::fs::rename(&tmp, path)
+    }
+}
+
+const MAGIC: &[u8] = b"DPLMAN1\n";
+
+pub(crate) fn bad(msg: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.to_string())
+}
+
+/// A little-endian binary encoder shared by manifests and the wire protocol.
+#[derive(Default)]
+pub struct Enc {
+    pub buf: Vec<u8>,
+}
+
+impl Enc {
+    pub fn u8(&mut self, v: u8) {
+        self.buf.push(v);
+    }
+    pub fn u32(&mut self, v: u32) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+    pub fn u64(&mut self, v: u64) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+    pub fn i64(&mut self, v: i64) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+    pub fn bytes(&mut self, v: &[u8]) {
+        self.u32(v.len() as u32);
+        self.buf.extend_from_slice(v);
+    }
+    pub fn hash(&mut self, v: &[u8; 32]) {
+        self.buf.extend_from_slice(v);
+    }
+
+    /// The fields that make an entry what it is (hashed into the root hash).
+    fn identity(&mut self, e: &Entry) {
+        self.bytes(&e.path);
+        self.u8(e.kind.code());
+        self.u32(e.mode);
+        self.u32(e.uid);
+        self.u32(e.gid);
+        // Directory mtimes and sizes depend on the filesystem; they are not content.
+        if e.kind != Kind::Dir {
+            self.u64(e.size);
+            self.i64(e.mtime_ns);
+        }
+        self.bytes(&e.target);
+        self.hash(&e.hash);
+        match &e.link_to {
+            Some(l) => {
+                self.u8(1);
+                self.bytes(l);
+            }
+            None => self.u8(0),
+        }
+        self.u32(e.xattrs.len() as u32);
+        for (k, v) in &e.xattrs {
+            self.bytes(k);
+            self.bytes(v);
+        }
+        self.u64(e.rdev);
+    }
+
+    pub fn entry(&mut self, e: &Entry) {
+        self.identity(e);
+        if e.kind == Kind::Dir {
+            self.u64(e.size);
+            self.i64(e.mtime_ns);
+        }
+        self.u64(e.ino);
+        self.i64(e.ctime_ns);
+        self.chunks(&e.chunks);
+    }
+
+    pub fn chunks(&mut self, chunks: &[Chunk]) {
+        self.u32(chunks.len() as u32);
+        for c in chunks {
+            self.u64(c.offset);
+            self.u32(c.len);
+            self.hash(&c.hash);
+        }
+    }
+}
+
+pub struct Dec<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Dec<'a> {
+    pub fn new(buf: &'a [u8]) -> Self {
+        Dec { buf }
+    }
+    fn take(&mut self, n: usize) -> io::Result<&'a [u8]> {
+        if self.buf.len() < n {
+            return Err(bad("truncated record"));
+        }
+        let (a, b) = self.buf.split_at(n);
+        self.buf = b;
+        Ok(a)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+    pub fn u8(&mut self) -> io::Result<u8> {
+        Ok(self.take(1)?[0])
+    }
+    pub fn u32(&mut self) -> io::Result<u32> {
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().unwrap_or_default(),
+        ))
+    }
+    pub fn u64(&mut self) -> io::Result<u64> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().unwrap_or_default(),
+        ))
+    }
+    pub fn i64(&mut self) -> io::Result<i64> {
+        Ok(i64::from_le_bytes(
+            self.take(8)?.try_into().unwrap_or_default(),
+        ))
+    }
+    pub fn bytes(&mut self) -> io::Result<Vec<u8>> {
+        let n = self.u32()? as usize;
+        Ok(self.take(n)?.to_vec())
+    }
+    pub fn hash(&mut self) -> io::Result<[u8; 32]> {
+        let mut h = [0u8; 32];
+        h.copy_from_slice(self.take(32)?);
+        Ok(h)
+    }
+
+    pub fn entry(&mut self) -> io::Result<Entry> {
+        let path = self.bytes()?;
+        if !valid_path(&path) {
+            return Err(bad("invalid path in manifest"));
+        }
+        let kind = Kind::from_code(self.u8()?)?;
+        let mut e = Entry::new(path, kind);
+        e.mode = self.u32()?;
+        e.uid = self.u32()?;
+        e.gid = self.u32()?;
+        if kind != Kind::Dir {
+            e.size = self.u64()?;
+            e.mtime_ns = self.i64()?;
+        }
+        e.target = self.bytes()?;
+        e.hash = self.hash()?;
+        if self.u8()? == 1 {
+            let l = self.bytes()?;
+            if !valid_path(&l) {
+                return Err(bad("invalid hard link path"));
+            }
+            e.link_to = Some(l);
+        }
+        let n = self.u32()?;
+        for _ in 0..n {
+            e.xattrs.push((self.bytes()?, self.bytes()?));
+        }
+        e.rdev = self.u64()?;
+        if kind == Kind::Dir {
+            e.size = self.u64()?;
+            e.mtime_ns = self.i64()?;
+        }
+        e.ino = self.u64()?;
+        e.ctime_ns = self.i64()?;
+        e.chunks = self.chunks()?;
+        Ok(e)
+    }
+
+    pub fn chunks(&mut self) -> io::Result<Vec<Chunk>> {
+        let n = self.u32()?;
+        let mut v = Vec::with_capacity(n.min(1 << 16) as usize);
+        for _ in 0..n {
+            v.push(Chunk {
+                offset: self.u64()?,
+                len: self.u32()?,
+                hash: self.hash()?,
+            });
+        }
+        Ok(v)
+    }
+}
+
+/// How an entry of the new state relates to the old one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    Added,
+    /// Content (or type) differs.
+    Changed,
+    MetadataOnly,
+    Unchanged,
+}
+
+/// Pairs every entry of `new` with its counterpart in `old`, and lists what `old` has that
+/// `new` lacks (deleted). Both manifests must be sorted by [`path_cmp`].
+pub fn diff<'a>(
+    old: &'a Manifest,
+    new: &'a Manifest,
+) -> (Vec<(Change, &'a Entry, Option<&'a Entry>)>, Vec<&'a Entry>) {
+    let (mut i, mut j) = (0, 0);
+    let (mut pairs, mut deleted) = (Vec::with_capacity(new.entries.len()), Vec::new());
+    while i < old.entries.len() || j < new.entries.len() {
+        let ord = match (old.entries.get(i), new.entries.get(j)) {
+            (Some(o), Some(n)) => path_cmp(&o.path, &n.path),
+            (Some(_), None) => Ordering::Less,
+            (None, _) => Ordering::Greater,
+        };
+        match ord {
+            Ordering::Less => {
+                deleted.push(&old.entries[i]);
+                i += 1;
+            }
+            Ordering::Greater => {
+                pairs.push((Change::Added, &new.entries[j], None));
+                j += 1;
+            }
+            Ordering::Equal => {
+                let (o, n) = (&old.entries[i], &new.entries[j]);
+                let change = if !n.same_content(o) {
+                    Change::Changed
+                } else if !n.same_metadata(o) {
+                    Change::MetadataOnly
+                } else {
+                    Change::Unchanged
+                };
+                pairs.push((change, n, Some(o)));
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    (pairs, deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str, content: &[u8]) -> Entry {
+        let mut e = Entry::new(path.as_bytes().to_vec(), Kind::File);
+        e.size = content.len() as u64;
+        e.hash = *blake3::hash(content).as_bytes();
+        e.mode = 0o644;
+        e
+    }
+
+    #[test]
+    fn descendants_sort_right_after_their_directory() {
+        let mut v = vec!["a-b", "a/b", "a", "a/b/c", "b", "a.txt"];
+        v.sort_by(|x, y| path_cmp(x.as_bytes(), y.as_bytes()));
+        assert_eq!(v, ["a", "a/b", "a/b/c", "a-b", "a.txt", "b"]);
+    }
+
+    #[test]
+    fn invalid_paths_are_refused() {
+        for p in ["", "/a", "a//b", "a/", "..", "a/../b", "./a", "a\0b"] {
+            assert!(!valid_path(p.as_bytes()), "{p:?}");
+        }
+        assert!(valid_path(b"a/b c/\xff\n"));
+    }
+
+    #[test]
+    fn encoding_round_trips_and_root_hash_ignores_quick_check_data() {
+        let mut a = file("dir/f", b"hello");
+        a.xattrs.push((b"user.k".to_vec(), b"v".to_vec()));
+        a.chunks.push(Chunk {
+            offset: 0,
+            len: 5,
+            hash: a.hash,
+        });
+        let mut l = Entry::new(b"link".to_vec(), Kind::Symlink);
+        l.target = b"/etc/passwd".to_vec();
+        let m = Manifest {
+            entries: vec![Entry::new(b"dir".to_vec(), Kind::Dir), a, l],
+        };
+        let back = Manifest::decode(&m.encode()).unwrap();
+        assert_eq!(back, m);
+        let mut m2 = m.clone();
+        m2.entries[1].ino = 99;
+        m2.entries[1].ctime_ns = 5;
+        assert_eq!(m.root_hash(), m2.root_hash());
+        m2.entries[1].mode = 0o600;
+        assert_ne!(m.root_hash(), m2.root_hash());
+        assert!(Manifest::decode(b"garbage").is_err());
+        assert!(Manifest::decode(&m.encode()[..20]).is_err());
+    }
+
+    #[test]
+    fn diff_classifies_every_entry() {
+        let old = Manifest {
+            entries: vec![
+                file("a", b"1"),
+                file("b", b"2"),
+                file("c", b"3"),
+                file("d", b"4"),
+            ],
+        };
+        let mut b = file("b", b"2");
+        b.mode = 0o600;
+        let new = Manifest {
+            entries: vec![file("a", b"1"), b, file("c", b"333"), file("e", b"5")],
+        };
+        let (pairs, deleted) = diff(&old, &new);
+        let kinds: Vec<_> = pairs
+            .iter()
+            .map(|(c, e, _)| (c, e.display_path()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (&Change::Unchanged, "a".to_string()),
+                (&Change::MetadataOnly, "b".into()),
+                (&Change::Changed, "c".into()),
+                (&Change::Added, "e".into())
+            ]
+        );
+        assert_eq!(deleted.len(), 1);
+        assert_eq!(deleted[0].path, b"d");
+    }
+}

@@ -1,0 +1,320 @@
+//! The copy and sync engine: moves container filesystems between server roots, fully
+//! (copy) or incrementally (sync), safely and with progress. No web or database types:
+//! the job runner and the benchmark drive it through [`copy`], [`sync`] and [`verify`].
+//!
+//! Shape of a run: scan (manifests, quick-check cache) -> plan (diff, totals) -> transfer
+//! (sender and receiver threads talking frames over a byte stream; every file hashed as it
+//! is written and checked before it can become visible) -> commit (one durability barrier,
+//! then renames; a marker file makes an interrupted commit repair itself on the next run).
+
+pub mod fsx;
+pub mod manifest;
+pub mod scan;
+mod transfer;
+pub mod wire;
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub use manifest::{Entry, Kind, Manifest};
+
+/// Where a tree lives and where the engine keeps its state about it (its manifest, which
+/// doubles as the quick-check cache, and a work dir for staged content). The state dir
+/// must be on the same filesystem as the root, so staged files can be renamed into place.
+#[derive(Clone, Debug)]
+pub struct Place {
+    pub root: PathBuf,
+    pub state_dir: PathBuf,
+}
+
+impl Place {
+    pub fn new(root: impl Into<PathBuf>, state_dir: impl Into<PathBuf>) -> Place {
+        Place {
+            root: root.into(),
+            state_dir: state_dir.into(),
+        }
+    }
+    pub fn manifest_path(&self) -> PathBuf {
+        self.state_dir.join("manifest")
+    }
+    pub fn work_dir(&self) -> PathBuf {
+        self.state_dir.join("work")
+    }
+    fn commit_marker(&self) -> PathBuf {
+        self.work_dir().join("COMMITTING")
+    }
+    /// The last committed (or scanned) state, if any.
+    pub fn load_manifest(&self) -> io::Result<Option<Manifest>> {
+        Manifest::load(&self.manifest_path())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Scan,
+    Plan,
+    Transfer,
+    Verify,
+    Commit,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Scan => "scan",
+            Phase::Plan => "plan",
+            Phase::Transfer => "transfer",
+            Phase::Verify => "verify",
+            Phase::Commit => "commit",
+        }
+    }
+}
+
+/// A progress report. Totals are known once planning is done.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Progress {
+    pub phase: Phase,
+    pub bytes_done: u64,
+    pub bytes_total: Option<u64>,
+    pub files_done: u64,
+    pub files_total: Option<u64>,
+    pub elapsed: Duration,
+    /// Bytes per second in this phase so far.
+    pub rate: f64,
+}
+
+type ProgressFn = dyn Fn(&Progress) + Send + Sync;
+type FailFn = dyn Fn(&str) -> io::Result<()> + Send + Sync;
+
+/// How a caller steers a run: progress reports, cancellation, and (for tests) failure
+/// injection at named points.
+#[derive(Clone, Default)]
+pub struct Control {
+    cancel: Arc<AtomicBool>,
+    progress: Option<Arc<ProgressFn>>,
+    failpoint: Option<Arc<FailFn>>,
+    state: Arc<ProgressState>,
+}
+
+#[derive(Default)]
+struct ProgressState {
+    bytes: AtomicU64,
+    files: AtomicU64,
+    last_report: Mutex<Option<Instant>>,
+    phase: Mutex<Option<(Phase, Option<u64>, Option<u64>, Instant)>>,
+}
+
+impl Control {
+    pub fn new() -> Control {
+        Control::default()
+    }
+
+    pub fn with_progress(mut self, f: impl Fn(&Progress) + Send + Sync + 'static) -> Control {
+        self.progress = Some(Arc::new(f));
+        self
+    }
+
+    /// `f` is called at named points and may fail the run there (crash tests).
+    pub fn with_failpoint(
+        mut self,
+        f: impl Fn(&str) -> io::Result<()> + Send + Sync + 'static,
+    ) -> Control {
+        self.failpoint = Some(Arc::new(f));
+        self
+    }
+
+    /// The flag that cancels the run when set.
+    pub fn cancel_flag(&self) -> Arc<AtomicBool> {
+        self.cancel.clone()
+    }
+
+    pub fn cancel(&self) {
+        self.cancel.store(true, Ordering::Relaxed);
+    }
+
+    fn check(&self) -> Result<(), EngineError> {
+        if self.cancel.load(Ordering::Relaxed) {
+            Err(EngineError::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn fail(&self, point: &str) -> Result<(), EngineError> {
+        match &self.failpoint {
+            Some(f) => f(point).map_err(|source| EngineError::Io {
+                context: format!("at {point}"),
+                source,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn phase(&self, phase: Phase, bytes_total: Option<u64>, files_total: Option<u64>) {
+        self.state.bytes.store(0, Ordering::Relaxed);
+        self.state.files.store(0, Ordering::Relaxed);
+        if let Ok(mut p) = self.state.phase.lock() {
+            *p = Some((phase, bytes_total, files_total, Instant::now()));
+        }
+        self.report(true);
+    }
+
+    fn add_progress(&self, bytes: u64, files: u64) {
+        self.state.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.state.files.fetch_add(files, Ordering::Relaxed);
+        self.report(false);
+    }
+
+    /// Reports at most every 50 ms, except phase changes and the end of a phase.
+    fn report(&self, force: bool) {
+        let Some(cb) = &self.progress else { return };
+        if !force {
+            let Ok(mut last) = self.state.last_report.lock() else {
+                return;
+            };
+            if last.is_some_and(|t| t.elapsed() < Duration::from_millis(50)) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let Some((phase, bytes_total, files_total, started)) =
+            self.state.phase.lock().ok().and_then(|p| *p)
+        else {
+            return;
+        };
+        let elapsed = started.elapsed();
+        let bytes_done = self.state.bytes.load(Ordering::Relaxed);
+        cb(&Progress {
+            phase,
+            bytes_done,
+            bytes_total,
+            files_done: self.state.files.load(Ordering::Relaxed),
+            files_total,
+            elapsed,
+            rate: bytes_done as f64 / elapsed.as_secs_f64().max(1e-3),
+        });
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("cancelled")]
+    Cancelled,
+    #[error("{context}: {source}")]
+    Io { context: String, source: io::Error },
+    #[error("integrity check failed: {0}")]
+    Integrity(String),
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl EngineError {
+    fn io(context: &'static str) -> impl Fn(io::Error) -> EngineError {
+        move |source| EngineError::Io {
+            context: context.to_string(),
+            source,
+        }
+    }
+    fn io_path<'a>(what: &'static str, path: &'a Path) -> impl Fn(io::Error) -> EngineError + 'a {
+        move |source| EngineError::Io {
+            context: format!("{what} {}", path.display()),
+            source,
+        }
+    }
+}
+
+/// What a copy or sync did.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Summary {
+    pub files_added: u64,
+    pub files_changed: u64,
+    pub files_deleted: u64,
+    pub files_unchanged: u64,
+    /// Entries whose content was the same but metadata (mode, owner, mtime, xattrs) not.
+    pub metadata_only: u64,
+    /// Regular files and content bytes of the resulting tree.
+    pub tree_files: u64,
+    pub tree_bytes: u64,
+    /// Everything that crossed the sender/receiver stream.
+    pub bytes_sent: u64,
+    /// Literal content in that stream (whole files and the literal parts of deltas).
+    pub content_bytes: u64,
+    /// Bytes the receiver produced from what it already had (delta copies, reused files).
+    pub reused_bytes: u64,
+    /// Files sent as deltas against their previous version.
+    pub delta_files: u64,
+    /// Entries changed on the target itself since its last sync (overwritten).
+    pub drift: u64,
+    pub drift_paths: Vec<String>,
+    /// Device files and sockets in the source, which are not copied.
+    pub skipped_special: Vec<String>,
+    /// Files that kept changing while being read; the next sync picks them up.
+    pub unstable: Vec<String>,
+    pub duration_ms: u64,
+    /// The resulting tree's manifest root (BLAKE3, hex).
+    pub root_hash: String,
+    /// An interrupted earlier run was repaired first.
+    pub recovered: bool,
+}
+
+/// Copies the tree at `src.root` to `dst.root`, which must not exist. The copy appears at
+/// `dst.root` complete and verified, or not at all.
+pub fn copy(src: &Place, dst: &Place, ctl: &Control) -> Result<Summary, EngineError> {
+    transfer::copy(src, dst, ctl)
+}
+
+/// Brings the tree at `dst.root` (an earlier copy of `src`) to `src`'s current state,
+/// sending only what changed.
+pub fn sync(src: &Place, dst: &Place, ctl: &Control) -> Result<Summary, EngineError> {
+    transfer::sync(src, dst, ctl)
+}
+
+/// Re-reads a tree and compares it with its recorded manifest.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct VerifyReport {
+    pub ok: bool,
+    pub expected_root: String,
+    pub actual_root: String,
+    /// Paths that differ (first 100).
+    pub differences: Vec<String>,
+}
+
+pub fn verify(place: &Place, ctl: &Control) -> Result<VerifyReport, EngineError> {
+    let expected = place
+        .load_manifest()
+        .map_err(EngineError::io("reading the manifest"))?
+        .ok_or_else(|| EngineError::Refused("no manifest recorded for this tree".into()))?;
+    // No cache: every byte is read again.
+    let (actual, _) = scan::scan(&place.root, None, true, ctl)?;
+    let (pairs, deleted) = manifest::diff(&expected, &actual);
+    let mut differences: Vec<String> = pairs
+        .iter()
+        .filter(|(c, _, _)| *c != manifest::Change::Unchanged)
+        .map(|(_, e, _)| e.display_path())
+        .chain(deleted.iter().map(|e| e.display_path()))
+        .collect();
+    differences.truncate(100);
+    Ok(VerifyReport {
+        ok: differences.is_empty() && expected.root_hash() == actual.root_hash(),
+        expected_root: expected.root_hex(),
+        actual_root: actual.root_hex(),
+        differences,
+    })
+}
+
+/// Scans a tree (with its place's cache) and records the result as its manifest: what a
+/// snapshot or a first import does.
+pub fn record(place: &Place, ctl: &Control) -> Result<Manifest, EngineError> {
+    let cache = place.load_manifest().ok().flatten();
+    let (m, _) = scan::scan(&place.root, cache.as_ref(), true, ctl)?;
+    m.store(&place.manifest_path())
+        .map_err(EngineError::io("writing the manifest"))?;
+    Ok(m)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,893 @@
+//! Copy and sync: the coordinator, the sender and the receiver.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{self, Write};
+use std::os::fd::AsFd;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::time::Instant;
+
+use super::fsx::{self, split_parent, Walker};
+use super::manifest::{diff, path_cmp, Change, Chunk, Entry, Kind, Manifest};
+use super::scan::{self, chunked_file_hash, hash_reader, CHUNKED_FILE_MIN};
+use super::wire::{self, Frame, FrameReader, FrameWriter, PipeReader, PipeWriter, WireStats};
+use super::{Control, EngineError, Phase, Place, Summary};
+
+fn io_err(context: &'static str) -> impl Fn(io::Error) -> EngineError {
+    EngineError::io(context)
+}
+
+fn remove_tree(path: &Path) -> Result<(), EngineError> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => {
+            fs::remove_dir_all(path).map_err(EngineError::io_path("removing", path))
+        }
+        Ok(_) => fs::remove_file(path).map_err(EngineError::io_path("removing", path)),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Writes the commit marker durably: from here on, an interruption means "repair".
+fn write_marker(place: &Place) -> Result<(), EngineError> {
+    let path = place.commit_marker();
+    let mut f = fs::File::create(&path).map_err(io_err("writing the commit marker"))?;
+    f.write_all(b"commit in progress\n")
+        .map_err(io_err("writing the commit marker"))?;
+    f.sync_all().map_err(io_err("writing the commit marker"))
+}
+
+fn without_specials(m: &Manifest) -> Manifest {
+    Manifest {
+        entries: m
+            .entries
+            .iter()
+            .filter(|e| e.kind != Kind::Special)
+            .cloned()
+            .collect(),
+    }
+}
+
+/// Reads back the metadata of every entry of `want` under `root` (not following links),
+/// keeping content identity (hashes, targets, xattrs) from `want`, whose content the
+/// receiver verified as it wrote it. Comparing its root hash with `want`'s checks that
+/// everything landed where and how it should.
+fn restat(root: &Path, want: &Manifest) -> Result<Manifest, EngineError> {
+    let mut walker =
+        Walker::new(fsx::open_dir(root).map_err(EngineError::io_path("opening", root))?);
+    let mut out = Vec::with_capacity(want.entries.len());
+    for w in &want.entries {
+        let (dir, name) = walker
+            .parent(&w.path)
+            .map_err(io_err("re-reading the target"))?;
+        let st = fsx::stat_at(dir, name).map_err(io_err("re-reading the target"))?;
+        let mut e = w.clone();
+        e.kind = fsx::kind_of(&st);
+        e.mode = st.st_mode & 0o7777;
+        e.uid = st.st_uid;
+        e.gid = st.st_gid;
+        e.ino = st.st_ino;
+        e.ctime_ns = fsx::ctime_ns(&st);
+        if e.kind != Kind::Dir {
+            e.mtime_ns = fsx::mtime_ns(&st);
+            e.size = st.st_size as u64;
+        }
+        out.push(e);
+    }
+    Ok(Manifest { entries: out })
+}
+
+fn check_roots(want: &Manifest, got: &Manifest) -> Result<(), EngineError> {
+    if want.root_hash() == got.root_hash() {
+        return Ok(());
+    }
+    let first = want
+        .entries
+        .iter()
+        .zip(&got.entries)
+        .find(|(a, b)| !(a.same_content(b) && a.same_metadata(b)))
+        .map(|(a, b)| format!("{:?}: want {a:?}, found {b:?}", a.display_path()))
+        .unwrap_or_default();
+    Err(EngineError::Integrity(format!(
+        "the target differs from the plan: {first}"
+    )))
+}
+
+// ---------------------------------------------------------------------------------------
+// Copy
+
+pub(super) fn copy(src: &Place, dst: &Place, ctl: &Control) -> Result<Summary, EngineError> {
+    let started = Instant::now();
+    let work = dst.work_dir();
+    let mut recovered = false;
+    if dst.commit_marker().exists() {
+        // An earlier copy was interrupted while committing: its result is not trusted.
+        remove_tree(&dst.root)?;
+        recovered = true;
+    } else if fs::symlink_metadata(&dst.root).is_ok() {
+        return Err(EngineError::Refused(format!(
+            "the target {} already exists",
+            dst.root.display()
+        )));
+    }
+    if work.exists() {
+        remove_tree(&work)?;
+        recovered = true;
+    }
+    let staging = work.join("root");
+    fs::create_dir_all(&staging).map_err(EngineError::io_path("creating", &staging))?;
+    let result = copy_staged(src, dst, &staging, ctl);
+    match &result {
+        Ok(_) => {
+            let _ = fs::remove_dir_all(&work);
+        }
+        Err(_) => {
+            if !dst.commit_marker().exists() {
+                let _ = fs::remove_dir_all(&work);
+            }
+        }
+    }
+    result.map(|mut s| {
+        s.recovered = recovered;
+        s.duration_ms = started.elapsed().as_millis() as u64;
+        s
+    })
+}
+
+fn copy_staged(
+    src: &Place,
+    dst: &Place,
+    staging: &Path,
+    ctl: &Control,
+) -> Result<Summary, EngineError> {
+    let cache = src.load_manifest().ok().flatten();
+    // Stat only: the sender hashes each file while sending it (one read, not two).
+    let (mut m, report) = scan::scan(&src.root, cache.as_ref(), false, ctl)?;
+    ctl.phase(Phase::Plan, None, None);
+    let total_bytes = m.bytes();
+    let total_files = m.entries.iter().filter(|e| e.kind != Kind::Special).count() as u64;
+    ctl.phase(Phase::Transfer, Some(total_bytes), Some(total_files));
+
+    let (w, r) = wire::pipe();
+    let (sent, received) = std::thread::scope(|s| {
+        let sender = s.spawn(|| send_copy(&src.root, &mut m, w, ctl));
+        let received = receive(Mode::Copy, staging, staging, r, None, ctl);
+        (sender.join(), received)
+    });
+    let received = received?;
+    let (stats, unstable) =
+        sent.map_err(|_| EngineError::Integrity("the sender panicked".into()))??;
+
+    ctl.phase(Phase::Verify, None, None);
+    let want = without_specials(&m);
+    let got = restat(staging, &want)?;
+    check_roots(&want, &got)?;
+
+    ctl.phase(Phase::Commit, None, None);
+    got.store(&dst.manifest_path())
+        .map_err(io_err("writing the target manifest"))?;
+    // The source's manifest is its quick-check cache for the next sync (kept outside the
+    // container root: the source tree itself is never written).
+    let _ = m.store(&src.manifest_path());
+    write_marker(dst)?;
+    let staging_fd = fsx::open_dir(staging).map_err(io_err("opening the staging tree"))?;
+    fsx::syncfs(staging_fd.as_fd()).map_err(io_err("syncfs"))?;
+    ctl.fail("copy:before-rename")?;
+    if let Some(parent) = dst.root.parent() {
+        fs::create_dir_all(parent).map_err(EngineError::io_path("creating", parent))?;
+    }
+    fs::rename(staging, &dst.root).map_err(EngineError::io_path(
+        "moving the copy into place at",
+        &dst.root,
+    ))?;
+    if let Some(parent) = dst.root.parent() {
+        if let Ok(d) = fs::File::open(parent) {
+            let _ = d.sync_all();
+        }
+    }
+    let _ = fs::remove_file(dst.commit_marker());
+    Ok(Summary {
+        files_added: want.entries.len() as u64,
+        tree_files: got.files(),
+        tree_bytes: got.bytes(),
+        bytes_sent: stats.total,
+        content_bytes: stats.data,
+        reused_bytes: received.reused_bytes,
+        skipped_special: report.specials,
+        unstable: report.unstable.into_iter().chain(unstable).collect(),
+        root_hash: got.root_hex(),
+        ..Summary::default()
+    })
+}
+
+/// Sends every entry of `m` with its content, hashing files as it reads them and
+/// recording the hashes in `m`. Returns the stream's counters and files that changed
+/// while read.
+fn send_copy(
+    root: &Path,
+    m: &mut Manifest,
+    out: PipeWriter,
+    ctl: &Control,
+) -> Result<(WireStats, Vec<String>), EngineError> {
+    let mut fw = FrameWriter::new(out);
+    let mut walker =
+        Walker::new(fsx::open_dir(root).map_err(EngineError::io_path("opening", root))?);
+    let mut gone = Vec::new();
+    let mut unstable = Vec::new();
+    let mut hashes: HashMap<Vec<u8>, [u8; 32]> = HashMap::new();
+    for (i, e) in m.entries.iter_mut().enumerate() {
+        ctl.check()?;
+        match e.kind {
+            Kind::Special => continue,
+            Kind::File if e.link_to.is_none() => {
+                let file = match walker
+                    .parent(&e.path)
+                    .and_then(|(dir, name)| fsx::open_file_at(dir, name))
+                {
+                    Ok(f) => f,
+                    // Vanished or replaced since the scan: not part of this copy.
+                    Err(_) => {
+                        gone.push(i);
+                        continue;
+                    }
+                };
+                if e.hash == [0; 32] {
+                    e.xattrs = fsx::read_xattrs(file.as_fd()).map_err(io_err("reading xattrs"))?;
+                }
+                fw.send(&Frame::Entry(e.clone()))
+                    .map_err(io_err("sending"))?;
+                let (hash, chunks, len) = hash_reader(&file, e.size, ctl, |data, _| fw.data(data))?;
+                if len != e.size {
+                    unstable.push(e.display_path());
+                    e.size = len;
+                }
+                e.hash = hash;
+                e.chunks = chunks.clone();
+                hashes.insert(e.path.clone(), hash);
+                fw.send(&Frame::FileEnd {
+                    hash,
+                    size: len,
+                    chunks,
+                })
+                .map_err(io_err("sending"))?;
+            }
+            Kind::File => {
+                if let Some(h) = e.link_to.as_ref().and_then(|l| hashes.get(l)) {
+                    e.hash = *h;
+                }
+                fw.send(&Frame::Entry(e.clone()))
+                    .map_err(io_err("sending"))?;
+            }
+            _ => fw
+                .send(&Frame::Entry(e.clone()))
+                .map_err(io_err("sending"))?,
+        }
+    }
+    for i in gone.into_iter().rev() {
+        m.entries.remove(i);
+    }
+    fw.send(&Frame::Done).map_err(io_err("sending"))?;
+    fw.flush().map_err(io_err("sending"))?;
+    Ok((fw.stats, unstable))
+}
+
+// ---------------------------------------------------------------------------------------
+// Receiver
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Build a fresh tree in place (the staging root).
+    Copy,
+    /// Stage changed content in a work dir; change the tree only at commit.
+    Sync,
+}
+
+/// A change the receiver staged for the commit (sync).
+enum Pending {
+    Delete(Vec<u8>),
+    /// Content staged in the work dir under `tmp`, verified, metadata applied.
+    Place {
+        tmp: Vec<u8>,
+        e: Entry,
+    },
+    /// A directory, symlink, FIFO or hard link to create (replacing what is there).
+    Create(Entry),
+    /// Only metadata changes.
+    Meta(Entry),
+}
+
+struct Received {
+    pending: Vec<Pending>,
+    reused_bytes: u64,
+}
+
+/// Applies frames from the stream. `root` is the tree being built (copy) or synced (sync);
+/// `stage` is where sync content goes first; `current` is the target's current manifest
+/// (sync), from which deltas and reuse draw.
+fn receive(
+    mode: Mode,
+    root: &Path,
+    stage: &Path,
+    input: PipeReader,
+    current: Option<&Manifest>,
+    ctl: &Control,
+) -> Result<Received, EngineError> {
+    let mut fr = FrameReader::new(input);
+    let mut walker = Walker::new(fsx::open_dir(root).map_err(io_err("opening the target"))?);
+    // A second walker for a second path at once (hard-link sources, reused files).
+    let mut other = Walker::new(fsx::open_dir(root).map_err(io_err("opening the target"))?);
+    let stage_fd = fsx::open_dir(stage).map_err(io_err("opening the work dir"))?;
+    let current: HashMap<&[u8], &Entry> = current
+        .map(|m| m.entries.iter().map(|e| (e.path.as_slice(), e)).collect())
+        .unwrap_or_default();
+    let mut dirs = Vec::new();
+    let mut out = Received {
+        pending: Vec::new(),
+        reused_bytes: 0,
+    };
+    let mut seq = 0u64;
+    loop {
+        ctl.check()?;
+        let frame = fr.next().map_err(io_err("receiving"))?;
+        let e = match frame {
+            Frame::Done => break,
+            Frame::Delete { path } if mode == Mode::Sync => {
+                out.pending.push(Pending::Delete(path));
+                ctl.add_progress(0, 1);
+                continue;
+            }
+            Frame::Meta(e) if mode == Mode::Sync => {
+                out.pending.push(Pending::Meta(e));
+                ctl.add_progress(0, 1);
+                continue;
+            }
+            Frame::Entry(e) => e,
+            _ => return Err(EngineError::Integrity("unexpected frame".into())),
+        };
+        if e.has_data() {
+            let (dir, name) = match mode {
+                Mode::Copy => walker
+                    .parent(&e.path)
+                    .map_err(io_err("opening a directory"))?,
+                Mode::Sync => {
+                    seq += 1;
+                    (stage_fd.as_fd(), &b""[..])
+                }
+            };
+            let tmp_name = seq.to_string().into_bytes();
+            let name = if mode == Mode::Sync {
+                &tmp_name[..]
+            } else {
+                name
+            };
+            let mut file = fsx::create_file_at(dir, name).map_err(io_err("creating a file"))?;
+            // The version the target has now, for deltas.
+            let old = match (mode, current.get(e.path.as_slice())) {
+                (Mode::Sync, Some(c)) if c.kind == Kind::File && !c.chunks.is_empty() => {
+                    let (d, n) = other
+                        .parent(&e.path)
+                        .map_err(io_err("opening a directory"))?;
+                    fsx::open_file_at(d, n).ok()
+                }
+                _ => None,
+            };
+            let (hash, size, chunks, reused) =
+                receive_content(&mut fr, &mut file, &e, old.as_ref(), &mut other, ctl)?;
+            out.reused_bytes += reused;
+            let mut e = e;
+            e.hash = hash;
+            e.size = size;
+            e.chunks = chunks;
+            fsx::apply_meta_fd(file.as_fd(), &e).map_err(io_err("setting metadata"))?;
+            ctl.fail("receive:file")?;
+            ctl.add_progress(0, 1);
+            match mode {
+                Mode::Copy => {}
+                Mode::Sync => out.pending.push(Pending::Place { tmp: tmp_name, e }),
+            }
+            continue;
+        }
+        ctl.add_progress(0, 1);
+        if mode == Mode::Sync {
+            out.pending.push(Pending::Create(e));
+            continue;
+        }
+        let (dir, name) = walker
+            .parent(&e.path)
+            .map_err(io_err("opening a directory"))?;
+        create_entry(dir, name, &e, &mut other)?;
+        if e.kind == Kind::Dir {
+            dirs.push(e);
+        } else {
+            fsx::apply_meta_at(dir, name, &e).map_err(io_err("setting metadata"))?;
+        }
+    }
+    // Directory metadata last, deepest first: creating children moves a directory's mtime.
+    for d in dirs.iter().rev() {
+        let (dir, name) = walker
+            .parent(&d.path)
+            .map_err(io_err("opening a directory"))?;
+        fsx::apply_meta_at(dir, name, d).map_err(io_err("setting metadata"))?;
+    }
+    Ok(out)
+}
+
+/// Creates a directory, symlink, FIFO or hard link named `name` in `dir`.
+fn create_entry(
+    dir: std::os::fd::BorrowedFd<'_>,
+    name: &[u8],
+    e: &Entry,
+    other: &mut Walker,
+) -> Result<(), EngineError> {
+    match (e.kind, &e.link_to) {
+        (Kind::Dir, _) => fsx::mkdir_at(dir, name).map_err(io_err("creating a directory")),
+        (Kind::Symlink, _) => {
+            fsx::symlink_at(&e.target, dir, name).map_err(io_err("creating a symlink"))
+        }
+        (Kind::Fifo, _) => fsx::mkfifo_at(dir, name).map_err(io_err("creating a FIFO")),
+        (Kind::File, Some(first)) => {
+            let (fdir, fname) = other.parent(first).map_err(io_err("opening a directory"))?;
+            fsx::link_at(fdir, fname, dir, name).map_err(io_err("creating a hard link"))
+        }
+        _ => Err(EngineError::Integrity(format!(
+            "cannot create {:?}",
+            e.display_path()
+        ))),
+    }
+}
+
+/// Receives one file's content into `out`, hashing as it writes; fails unless the result
+/// is exactly what the sender announced. Returns (hash, size, chunks, reused bytes).
+fn receive_content(
+    fr: &mut FrameReader<PipeReader>,
+    out: &mut fs::File,
+    e: &Entry,
+    old: Option<&fs::File>,
+    other: &mut Walker,
+    ctl: &Control,
+) -> Result<([u8; 32], u64, Vec<Chunk>, u64), EngineError> {
+    let chunked = e.size >= CHUNKED_FILE_MIN;
+    let mut whole = blake3::Hasher::new();
+    let mut chunks: Vec<Chunk> = Vec::new();
+    let mut written = 0u64;
+    let mut reused = 0u64;
+    let mut from_reuse: Option<([u8; 32], Vec<Chunk>)> = None;
+    let mut buf = Vec::new();
+    loop {
+        match fr.next().map_err(io_err("receiving"))? {
+            Frame::Data(d) => {
+                out.write_all(&d).map_err(io_err("writing a file"))?;
+                if chunked {
+                    chunks.push(Chunk {
+                        offset: written,
+                        len: d.len() as u32,
+                        hash: *blake3::hash(&d).as_bytes(),
+                    });
+                } else {
+                    whole.update(&d);
+                }
+                written += d.len() as u64;
+                ctl.add_progress(d.len() as u64, 0);
+            }
+            Frame::CopyOld { offset, len } => {
+                let old =
+                    old.ok_or_else(|| EngineError::Integrity("delta without a base".into()))?;
+                if !chunked || len > 8 << 20 {
+                    return Err(EngineError::Integrity("bad delta range".into()));
+                }
+                buf.resize(len as usize, 0);
+                old.read_exact_at(&mut buf, offset)
+                    .map_err(io_err("reading the previous version"))?;
+                out.write_all(&buf).map_err(io_err("writing a file"))?;
+                chunks.push(Chunk {
+                    offset: written,
+                    len: len as u32,
+                    hash: *blake3::hash(&buf).as_bytes(),
+                });
+                written += len;
+                reused += len;
+                ctl.add_progress(len, 0);
+            }
+            Frame::Reuse { from } => {
+                let (d, n) = other.parent(&from).map_err(io_err("opening a directory"))?;
+                let src = fsx::open_file_at(d, n).map_err(io_err("opening a file to reuse"))?;
+                let (hash, c, len) = hash_reader(&src, e.size, ctl, |data, _| out.write_all(data))?;
+                written += len;
+                reused += len;
+                ctl.add_progress(len, 0);
+                from_reuse = Some((hash, c));
+            }
+            Frame::FileEnd {
+                hash,
+                size,
+                chunks: announced,
+            } => {
+                let (got, got_chunks) = match from_reuse {
+                    Some(r) => r,
+                    None if chunked => (chunked_file_hash(&chunks), chunks),
+                    None => (*whole.finalize().as_bytes(), Vec::new()),
+                };
+                if got != hash || written != size || (chunked && got_chunks != announced) {
+                    return Err(EngineError::Integrity(format!(
+                        "{:?}: received content does not match its hash",
+                        e.display_path()
+                    )));
+                }
+                return Ok((got, written, got_chunks, reused));
+            }
+            _ => {
+                return Err(EngineError::Integrity(
+                    "unexpected frame inside a file".into(),
+                ))
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Sync
+
+pub(super) fn sync(src: &Place, dst: &Place, ctl: &Control) -> Result<Summary, EngineError> {
+    let started = Instant::now();
+    let work = dst.work_dir();
+    let interrupted_commit = dst.commit_marker().exists();
+    let recovered = work.exists();
+    if recovered {
+        remove_tree(&work)?;
+    }
+    if !dst.root.is_dir() {
+        return Err(EngineError::Refused(format!(
+            "the target {} does not exist",
+            dst.root.display()
+        )));
+    }
+    // After an interrupted commit the target's recorded state cannot be trusted: scan it
+    // without the cache, so every file is read and the diff is against what is really there.
+    let old = if interrupted_commit {
+        None
+    } else {
+        dst.load_manifest()
+            .map_err(io_err("reading the target manifest"))?
+    };
+    let src_cache = src.load_manifest().ok().flatten();
+    let (s_man, s_report) = scan::scan(&src.root, src_cache.as_ref(), true, ctl)?;
+    let (t_man, _) = scan::scan(&dst.root, old.as_ref(), true, ctl)?;
+
+    ctl.phase(Phase::Plan, None, None);
+    let mut summary = Summary {
+        recovered,
+        ..Summary::default()
+    };
+    if let Some(old) = &old {
+        let (pairs, deleted) = diff(old, &t_man);
+        for (c, e, _) in &pairs {
+            if *c != Change::Unchanged {
+                summary.drift += 1;
+                summary.drift_paths.push(e.display_path());
+            }
+        }
+        summary.drift += deleted.len() as u64;
+        summary
+            .drift_paths
+            .extend(deleted.iter().map(|e| e.display_path()));
+        summary.drift_paths.truncate(20);
+    }
+    let mut want = without_specials(&s_man);
+    let (pairs, deleted) = diff(&t_man, &want);
+    let mut bytes_total = 0;
+    for (c, e, _) in &pairs {
+        match c {
+            Change::Added => summary.files_added += 1,
+            Change::Changed => summary.files_changed += 1,
+            Change::MetadataOnly => summary.metadata_only += 1,
+            Change::Unchanged => summary.files_unchanged += 1,
+        }
+        if matches!(c, Change::Added | Change::Changed) && e.has_data() {
+            bytes_total += e.size;
+        }
+    }
+    summary.files_deleted = deleted.len() as u64;
+    let files_total =
+        summary.files_added + summary.files_changed + summary.metadata_only + summary.files_deleted;
+    summary.skipped_special = s_report.specials.clone();
+    summary.unstable = s_report.unstable.clone();
+
+    if files_total > 0 {
+        ctl.phase(Phase::Transfer, Some(bytes_total), Some(files_total));
+        let stage = work.join("stage");
+        fs::create_dir_all(&stage).map_err(EngineError::io_path("creating", &stage))?;
+        let deleted_paths: Vec<Vec<u8>> = deleted.iter().map(|e| e.path.clone()).collect();
+        let changes: Vec<(Change, Entry)> = pairs
+            .iter()
+            .filter(|(c, _, _)| *c != Change::Unchanged)
+            .map(|(c, e, _)| (*c, (*e).clone()))
+            .collect();
+        let result = (|| {
+            let (w, r) = wire::pipe();
+            let (sent, received) = std::thread::scope(|s| {
+                let sender =
+                    s.spawn(|| send_sync(&src.root, &changes, &deleted_paths, &t_man, w, ctl));
+                let received = receive(Mode::Sync, &dst.root, &stage, r, Some(&t_man), ctl);
+                (sender.join(), received)
+            });
+            let received = received?;
+            let sent = sent.map_err(|_| EngineError::Integrity("the sender panicked".into()))??;
+            ctl.fail("sync:after-transfer")?;
+            Ok::<_, EngineError>((sent, received))
+        })();
+        let (sent, received) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                // Nothing of the target was touched yet: roll back the staged content.
+                let _ = fs::remove_dir_all(&work);
+                return Err(e);
+            }
+        };
+        summary.bytes_sent = sent.stats.total;
+        summary.content_bytes = sent.stats.data;
+        summary.delta_files = sent.delta_files;
+        summary.reused_bytes = received.reused_bytes;
+        // Files that changed between the scan and the send: record what was really sent.
+        for (path, hash, size, chunks) in sent.reread {
+            if let Some(e) = want.entries.iter_mut().find(|e| e.path == path) {
+                e.hash = hash;
+                e.size = size;
+                e.chunks = chunks;
+                summary.unstable.push(e.display_path());
+            }
+        }
+
+        ctl.phase(Phase::Commit, None, Some(received.pending.len() as u64));
+        write_marker(dst)?;
+        let root_fd = fsx::open_dir(&dst.root).map_err(io_err("opening the target"))?;
+        fsx::syncfs(root_fd.as_fd()).map_err(io_err("syncfs"))?;
+        apply_pending(&dst.root, &stage, received.pending, &t_man, &want, ctl)?;
+    }
+
+    ctl.phase(Phase::Verify, None, None);
+    let got = restat(&dst.root, &want)?;
+    check_roots(&want, &got)?;
+    got.store(&dst.manifest_path())
+        .map_err(io_err("writing the target manifest"))?;
+    let _ = s_man.store(&src.manifest_path());
+    if files_total > 0 || interrupted_commit {
+        let root_fd = fsx::open_dir(&dst.root).map_err(io_err("opening the target"))?;
+        fsx::syncfs(root_fd.as_fd()).map_err(io_err("syncfs"))?;
+    }
+    let _ = fs::remove_dir_all(&work);
+    summary.recovered |= interrupted_commit;
+    summary.tree_files = got.files();
+    summary.tree_bytes = got.bytes();
+    summary.root_hash = got.root_hex();
+    summary.duration_ms = started.elapsed().as_millis() as u64;
+    Ok(summary)
+}
+
+struct Sent {
+    stats: WireStats,
+    delta_files: u64,
+    /// Files whose content differed from the scan when read for sending.
+    reread: Vec<(Vec<u8>, [u8; 32], u64, Vec<Chunk>)>,
+}
+
+fn send_sync(
+    root: &Path,
+    changes: &[(Change, Entry)],
+    deleted: &[Vec<u8>],
+    target: &Manifest,
+    out: PipeWriter,
+    ctl: &Control,
+) -> Result<Sent, EngineError> {
+    let mut fw = FrameWriter::new(out);
+    let mut walker =
+        Walker::new(fsx::open_dir(root).map_err(EngineError::io_path("opening", root))?);
+    let by_path: HashMap<&[u8], &Entry> = target
+        .entries
+        .iter()
+        .map(|e| (e.path.as_slice(), e))
+        .collect();
+    let by_hash: HashMap<[u8; 32], &[u8]> = target
+        .entries
+        .iter()
+        .filter(|e| e.has_data() && e.hash != [0; 32])
+        .map(|e| (e.hash, e.path.as_slice()))
+        .collect();
+    let mut sent = Sent {
+        stats: WireStats::default(),
+        delta_files: 0,
+        reread: Vec::new(),
+    };
+    for path in deleted {
+        fw.send(&Frame::Delete { path: path.clone() })
+            .map_err(io_err("sending"))?;
+    }
+    for (change, e) in changes {
+        ctl.check()?;
+        if *change == Change::MetadataOnly {
+            fw.send(&Frame::Meta(e.clone()))
+                .map_err(io_err("sending"))?;
+            continue;
+        }
+        fw.send(&Frame::Entry(e.clone()))
+            .map_err(io_err("sending"))?;
+        if !e.has_data() {
+            continue;
+        }
+        // Content the target already has, under any name: nothing to send.
+        if let Some(from) = by_hash.get(&e.hash) {
+            fw.send(&Frame::Reuse {
+                from: from.to_vec(),
+            })
+            .map_err(io_err("sending"))?;
+            fw.send(&Frame::FileEnd {
+                hash: e.hash,
+                size: e.size,
+                chunks: e.chunks.clone(),
+            })
+            .map_err(io_err("sending"))?;
+            continue;
+        }
+        let (dir, name) = walker
+            .parent(&e.path)
+            .map_err(io_err("opening a source directory"))?;
+        let file = fsx::open_file_at(dir, name).map_err(io_err("opening a source file"))?;
+        // A large file whose previous version the target has: send only new chunks.
+        let base: Option<HashMap<[u8; 32], (u64, u32)>> = by_path
+            .get(e.path.as_slice())
+            .filter(|t| t.kind == Kind::File && !t.chunks.is_empty() && e.size >= CHUNKED_FILE_MIN)
+            .map(|t| {
+                t.chunks
+                    .iter()
+                    .map(|c| (c.hash, (c.offset, c.len)))
+                    .collect()
+            });
+        if base.is_some() {
+            sent.delta_files += 1;
+        }
+        let (hash, chunks, len) =
+            hash_reader(&file, e.size, ctl, |data, chunk| match (chunk, &base) {
+                (Some(c), Some(base)) => match base.get(&c.hash) {
+                    Some(&(offset, len)) if len == c.len => fw.send(&Frame::CopyOld {
+                        offset,
+                        len: len as u64,
+                    }),
+                    _ => fw.data(data),
+                },
+                _ => fw.data(data),
+            })?;
+        if hash != e.hash || len != e.size {
+            sent.reread
+                .push((e.path.clone(), hash, len, chunks.clone()));
+        }
+        fw.send(&Frame::FileEnd {
+            hash,
+            size: len,
+            chunks,
+        })
+        .map_err(io_err("sending"))?;
+    }
+    fw.send(&Frame::Done).map_err(io_err("sending"))?;
+    fw.flush().map_err(io_err("sending"))?;
+    sent.stats = fw.stats;
+    Ok(sent)
+}
+
+/// The commit of a sync: removals deepest first, then creations and placements in path
+/// order (parents before children), then metadata, then the mtimes of every directory
+/// whose contents changed.
+fn apply_pending(
+    root: &Path,
+    stage: &Path,
+    pending: Vec<Pending>,
+    current: &Manifest,
+    want: &Manifest,
+    ctl: &Control,
+) -> Result<(), EngineError> {
+    let current: HashMap<&[u8], &Entry> = current
+        .entries
+        .iter()
+        .map(|e| (e.path.as_slice(), e))
+        .collect();
+    let stage_fd = fsx::open_dir(stage).map_err(io_err("opening the work dir"))?;
+    let mut walker = Walker::new(fsx::open_dir(root).map_err(io_err("opening the target"))?);
+    let mut other = Walker::new(fsx::open_dir(root).map_err(io_err("opening the target"))?);
+    let mut touched_dirs: Vec<Vec<u8>> = Vec::new();
+
+    // 1. Removals: deleted paths, and whatever stands where an entry of another kind (or
+    //    a link, symlink or FIFO, which cannot be replaced in one rename) must go.
+    let mut removals: Vec<&[u8]> = Vec::new();
+    for p in &pending {
+        match p {
+            Pending::Delete(path) => removals.push(path),
+            Pending::Place { e, .. } | Pending::Create(e) => {
+                if let Some(c) = current.get(e.path.as_slice()) {
+                    let replace_in_one_rename = c.kind == Kind::File
+                        && c.link_to.is_none()
+                        && matches!(p, Pending::Place { .. });
+                    let keep_dir = c.kind == Kind::Dir && e.kind == Kind::Dir;
+                    if !replace_in_one_rename && !keep_dir {
+                        removals.push(&e.path);
+                    }
+                }
+            }
+            Pending::Meta(_) => {}
+        }
+    }
+    removals.sort_by(|a, b| path_cmp(b, a));
+    for path in removals {
+        ctl.fail("sync:commit-op")?;
+        let (dir, name) = walker.parent(path).map_err(io_err("opening a directory"))?;
+        fsx::remove_at(dir, name).map_err(io_err("removing"))?;
+        touched_dirs.push(split_parent(path).0.to_vec());
+    }
+    walker.reset();
+    other.reset();
+
+    // 2. Creations and placements, parents first.
+    let mut metas = Vec::new();
+    for p in &pending {
+        match p {
+            Pending::Delete(_) => {}
+            Pending::Place { tmp, e } => {
+                ctl.fail("sync:commit-op")?;
+                let (dir, name) = walker
+                    .parent(&e.path)
+                    .map_err(io_err("opening a directory"))?;
+                fsx::rename_at(stage_fd.as_fd(), tmp, dir, name)
+                    .map_err(io_err("placing a file"))?;
+                touched_dirs.push(split_parent(&e.path).0.to_vec());
+            }
+            Pending::Create(e) => {
+                ctl.fail("sync:commit-op")?;
+                let exists_as_dir = e.kind == Kind::Dir
+                    && current
+                        .get(e.path.as_slice())
+                        .is_some_and(|c| c.kind == Kind::Dir);
+                let (dir, name) = walker
+                    .parent(&e.path)
+                    .map_err(io_err("opening a directory"))?;
+                if !exists_as_dir {
+                    create_entry(dir, name, e, &mut other)?;
+                }
+                touched_dirs.push(split_parent(&e.path).0.to_vec());
+                metas.push(e);
+            }
+            Pending::Meta(e) => metas.push(e),
+        }
+    }
+    // 3. Metadata of what was created or changed in place (directories come in step 4).
+    for e in metas {
+        if e.kind == Kind::Dir {
+            touched_dirs.push(e.path.clone());
+            continue;
+        }
+        if e.kind == Kind::File && e.link_to.is_some() {
+            // A hard link shares its first name's inode and metadata.
+            continue;
+        }
+        let (dir, name) = walker
+            .parent(&e.path)
+            .map_err(io_err("opening a directory"))?;
+        fsx::apply_meta_at(dir, name, e).map_err(io_err("setting metadata"))?;
+    }
+    // 4. Directories whose entries changed get their recorded metadata back, deepest first.
+    touched_dirs.retain(|d| !d.is_empty());
+    touched_dirs.sort_by(|a, b| path_cmp(b, a));
+    touched_dirs.dedup();
+    let want_dirs: HashMap<&[u8], &Entry> = want
+        .entries
+        .iter()
+        .filter(|e| e.kind == Kind::Dir)
+        .map(|e| (e.path.as_slice(), e))
+        .collect();
+    for d in touched_dirs {
+        // Every ancestor's mtime is unaffected, but the directory itself moved.
+        if let Some(e) = want_dirs.get(d.as_slice()) {
+            let (dir, name) = walker
+                .parent(&e.path)
+                .map_err(io_err("opening a directory"))?;
+            fsx::apply_meta_at(dir, name, e).map_err(io_err("setting metadata"))?;
+        }
+    }
+    Ok(())
+}
