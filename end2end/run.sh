@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Runs the Playwright tests against a real doppel: the release build, a fresh data dir with
-# demo data, a free loopback port, and an admin password set the scripted way.
+# demo data, a free loopback port, and passwords set the scripted way (stdin).
 set -euo pipefail
 cd "$(dirname "$0")"
 
 bin=../target/release/doppel
 [ -x "$bin" ] || { echo "run.sh: $bin is missing; run 'make build' first" >&2; exit 1; }
 tmp=$(mktemp -d)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+port=$(node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})')
 export DOPPEL_DATA_DIR="$tmp/data" LEPTOS_SITE_ROOT=../target/site
 
 "$bin" serve --addr "127.0.0.1:$port" >"$tmp/server.log" 2>&1 &
@@ -20,13 +20,22 @@ cleanup() {
 }
 trap cleanup EXIT
 
+up=0
 for _ in $(seq 1 120); do
-  if curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null 2>&1; then break; fi
-  kill -0 "$pid" 2>/dev/null || { echo "doppel exited:" >&2; cat "$tmp/server.log" >&2; exit 1; }
+  if node -e "fetch('http://127.0.0.1:$port/healthz').then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"; then
+    up=1
+    break
+  fi
+  kill -0 "$pid" 2>/dev/null || break
   sleep 0.5
 done
+if [ "$up" != 1 ]; then
+  echo "run.sh: doppel did not come up:" >&2
+  cat "$tmp/server.log" >&2
+  exit 1
+fi
 
-password=$(python3 -c 'import secrets; print(secrets.token_urlsafe(18))')
+password=$(node -e 'console.log(require("crypto").randomBytes(18).toString("base64url"))')
 printf '%s\n' "$password" | "$bin" user set-password admin
 printf '%s\n' "$password" | "$bin" user set-password alice
 

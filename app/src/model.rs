@@ -122,8 +122,8 @@ pub struct ContainerSummary {
     pub project_name: String,
     pub server_id: String,
     pub server_name: String,
-    /// For a copy: the id of the container it was copied from (always present for a copy).
-    pub source_id: Option<String>,
+    /// Whether this container was created by copy (and so can be synced).
+    pub is_copy: bool,
     /// For a copy whose source the caller may see: the source itself.
     pub source: Option<ContainerRef>,
     pub created_at: Millis,

@@ -20,6 +20,9 @@ pub const SESSION_TTL_MS: i64 = 7 * 24 * 3600 * 1000;
 /// The platform administrator created on first start.
 pub const ADMIN_USER: &str = "admin";
 
+static VERIFY_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+static DUMMY_HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     #[error("no user named {0:?}")]
@@ -147,15 +150,25 @@ pub async fn check_login(
         .bind(name)
         .fetch_optional(db)
         .await?;
-    let Some(row) = row else { return Ok(None) };
-    let phc: Option<String> = row.get("password_hash");
-    let phc = phc.unwrap_or_default();
+    // An unknown user (or one without a password) costs the same work as a wrong password,
+    // so response times do not tell which user names exist.
+    let phc: Option<String> = row.as_ref().and_then(|r| r.get("password_hash"));
+    let phc = phc.unwrap_or_else(|| {
+        DUMMY_HASH
+            .get_or_init(|| hash_password("not-a-password").unwrap_or_default())
+            .clone()
+    });
     let password = password.to_string();
-    // argon2 is deliberately slow: keep it off the async workers.
+    // argon2 is deliberately slow and memory-hungry: at most a few at once, off the async
+    // workers, so a flood of login attempts cannot exhaust the machine.
+    let _permit = VERIFY_SLOTS.acquire().await;
     let ok = tokio::task::spawn_blocking(move || verify_password(&password, &phc))
         .await
         .unwrap_or(false);
-    Ok(ok.then(|| user_from_row(&row)))
+    Ok(match row {
+        Some(row) if ok => Some(user_from_row(&row)),
+        _ => None,
+    })
 }
 
 /// Creates the platform admin with a random password if there are no users yet.

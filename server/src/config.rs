@@ -40,3 +40,27 @@ pub fn snapshot_root(storage_root: &Path, container_id: &str, snapshot_id: &str)
         .join(container_id)
         .join(snapshot_id)
 }
+
+/// The engine's view of a container: its root and its state (manifest, work dir), both
+/// on the server's filesystem so staged files can be renamed into place.
+pub fn container_place(storage_root: &Path, container_id: &str) -> crate::engine::Place {
+    crate::engine::Place::new(
+        container_root(storage_root, container_id),
+        storage_root.join("state").join(container_id),
+    )
+}
+
+pub fn snapshot_place(
+    storage_root: &Path,
+    container_id: &str,
+    snapshot_id: &str,
+) -> crate::engine::Place {
+    crate::engine::Place::new(
+        snapshot_root(storage_root, container_id, snapshot_id),
+        storage_root
+            .join("state")
+            .join(container_id)
+            .join("snapshots")
+            .join(snapshot_id),
+    )
+}

@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use app::model::{validate_container_name, ContainerStatus, FirewallRule, NetworkRule, Role};
 use sqlx::Row;
 
-use crate::config::{container_root, snapshot_root, DataConfig};
+use crate::config::{container_place, snapshot_place, DataConfig};
 use crate::db::{is_unique_violation, Db};
+use crate::engine::{self, Control, Place, Summary};
 use crate::ids::{new_id, now_ms};
-use crate::storage;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InventoryError {
@@ -28,6 +28,8 @@ pub enum InventoryError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("copying {path}: {message}")]
+    Copy { path: PathBuf, message: String },
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
 }
@@ -37,6 +39,21 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> InventoryError + '_ {
         path: path.to_path_buf(),
         source,
     }
+}
+
+/// A whole-tree copy through the engine, off the async workers.
+async fn run_copy(src: Place, dst: Place) -> Result<Summary, InventoryError> {
+    let path = src.root.clone();
+    tokio::task::spawn_blocking(move || engine::copy(&src, &dst, &Control::new()))
+        .await
+        .map_err(|e| InventoryError::Io {
+            path: path.clone(),
+            source: std::io::Error::other(e),
+        })?
+        .map_err(|e| InventoryError::Copy {
+            path,
+            message: e.to_string(),
+        })
 }
 
 pub async fn create_project(
@@ -159,18 +176,14 @@ pub async fn import_container(
     }
     let root = storage_root(db, &new.server_id).await?;
     let id = new_id();
-    let dest = container_root(&root, &id);
-    let src = tree.to_path_buf();
-    let copy_dest = dest.clone();
-    let stats = tokio::task::spawn_blocking(move || storage::copy_tree(&src, &copy_dest))
-        .await
-        .map_err(|e| InventoryError::Io {
-            path: tree.into(),
-            source: std::io::Error::other(e),
-        })?
-        .map_err(io_err(tree))?;
-    for skipped in &stats.skipped {
-        tracing::warn!(path = %skipped.display(), "special file (device, FIFO or socket) not imported");
+    let dest = container_place(&root, &id);
+    // The imported directory gets a throwaway state dir: doppel never writes beside it.
+    let scratch = root.join("state").join(format!("import-{id}"));
+    let stats = run_copy(Place::new(tree, &scratch), dest.clone()).await;
+    let _ = std::fs::remove_dir_all(&scratch);
+    let stats = stats?;
+    for skipped in &stats.skipped_special {
+        tracing::warn!(path = %skipped, "device file or socket not imported");
     }
     let now = now_ms();
     let status = new.status.unwrap_or(ContainerStatus::Running);
@@ -190,13 +203,14 @@ pub async fn import_container(
     .bind(serde_json::to_string(&new.network_rules).unwrap_or_else(|_| "[]".into()))
     .bind(&new.source_container_id)
     .bind(new.source_container_id.as_ref().map(|_| now))
-    .bind(stats.files as i64)
-    .bind(stats.bytes as i64)
+    .bind(stats.tree_files as i64)
+    .bind(stats.tree_bytes as i64)
     .bind(now)
     .execute(db)
     .await;
     if let Err(e) = res {
-        let _ = std::fs::remove_dir_all(&dest);
+        let _ = std::fs::remove_dir_all(&dest.root);
+        let _ = std::fs::remove_dir_all(&dest.state_dir);
         return Err(if is_unique_violation(&e) {
             InventoryError::Exists(format!(
                 "a container named {:?} or with this SSH key",
@@ -226,31 +240,22 @@ pub async fn create_snapshot(
         .ok_or_else(|| InventoryError::NoContainer(container_id.into()))?;
     let root = PathBuf::from(row.get::<String, _>("storage_root"));
     let id = new_id();
-    let (src, dest) = (
-        container_root(&root, container_id),
-        snapshot_root(&root, container_id, &id),
-    );
-    let copy_dest = dest.clone();
-    let stats = tokio::task::spawn_blocking(move || storage::copy_tree(&src, &copy_dest))
-        .await
-        .map_err(|e| InventoryError::Io {
-            path: dest.clone(),
-            source: std::io::Error::other(e),
-        })?
-        .map_err(io_err(&dest))?;
+    let dest = snapshot_place(&root, container_id, &id);
+    let stats = run_copy(container_place(&root, container_id), dest.clone()).await?;
     let res = sqlx::query(
         "INSERT INTO snapshots (id, container_id, name, file_count, size_bytes, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(&id)
     .bind(container_id)
     .bind(name)
-    .bind(stats.files as i64)
-    .bind(stats.bytes as i64)
+    .bind(stats.tree_files as i64)
+    .bind(stats.tree_bytes as i64)
     .bind(now_ms())
     .execute(db)
     .await;
     if let Err(e) = res {
-        let _ = std::fs::remove_dir_all(&dest);
+        let _ = std::fs::remove_dir_all(&dest.root);
+        let _ = std::fs::remove_dir_all(&dest.state_dir);
         return Err(if is_unique_violation(&e) {
             InventoryError::Exists(format!("a snapshot named {name:?} of this container"))
         } else {

@@ -11,5 +11,4 @@ pub mod rest;
 pub mod seed;
 pub mod serve;
 pub mod service;
-pub mod storage;
 pub mod web;

@@ -4,7 +4,7 @@
 
 use app::backend::{Backend, CurrentUser};
 use app::model::{ApiError, ErrorCode, UserInfo};
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::{header, request::Parts, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -72,6 +72,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, RestError> {
     q.map(|Query(v)| v)
         .map_err(|e| ApiError::invalid(format!("bad query string: {}", e.body_text())).into())
+}
+
+/// A path parameter that fails to decode becomes a 400 in the API's error format.
+fn path(p: Result<Path<String>, PathRejection>) -> Result<String, RestError> {
+    p.map(|Path(v)| v)
+        .map_err(|e| ApiError::invalid(format!("bad path: {}", e.body_text())).into())
 }
 
 pub fn routes() -> Router<AppState> {
@@ -149,8 +155,9 @@ async fn list_containers(
 async fn get_container(
     State(st): State<AppState>,
     Caller(user): Caller,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<app::model::ContainerDetail> {
+    let id = path(id)?;
     Ok(Json(st.service.get_container(&user, &id).await?))
 }
 
@@ -167,7 +174,8 @@ async fn list_jobs(
 async fn get_job(
     State(st): State<AppState>,
     Caller(user): Caller,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<app::model::Job> {
+    let id = path(id)?;
     Ok(Json(st.service.get_job(&user, &id).await?))
 }

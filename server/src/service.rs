@@ -100,7 +100,7 @@ impl ContainerRow {
             project_name: self.project_name.clone(),
             server_id: self.server_id.clone(),
             server_name: self.server_name.clone(),
-            source_id: self.source_container_id.clone(),
+            is_copy: self.source_container_id.is_some(),
             source,
             created_at: self.created_at,
         }
@@ -195,12 +195,15 @@ impl Service {
                AND ($2 IS NULL OR project_id = $2)
                AND ($3 IS NULL OR status = $3)
                AND ($4 IS NULL OR kind = $4)
+               AND ($5 = 1 OR project_id IN (SELECT project_id FROM memberships WHERE user_id = $6))
              ORDER BY created_at DESC, id DESC LIMIT 500",
         )
         .bind(&filter.container_id)
         .bind(&filter.project_id)
         .bind(&filter.status)
         .bind(&filter.kind)
+        .bind(i64::from(user.is_admin))
+        .bind(&user.id)
         .fetch_all(&self.db)
         .await
         .map_err(internal)?;

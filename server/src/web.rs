@@ -42,6 +42,7 @@ impl FromRef<AppState> for Arc<Service> {
 
 pub fn router(state: AppState) -> Router {
     let backend: SharedBackend = state.service.clone();
+    let fallback_backend = backend.clone();
     let routes = generate_route_list(App);
     let options = state.leptos_options.clone();
     Router::new()
@@ -55,7 +56,12 @@ pub fn router(state: AppState) -> Router {
             move || provide_context(backend.clone()),
             move || shell(options.clone()),
         )
-        .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))
+        .fallback(leptos_axum::file_and_error_handler_with_context::<
+            AppState,
+            _,
+        >(
+            move || provide_context(fallback_backend.clone()), shell
+        ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             resolve_caller,
@@ -110,7 +116,9 @@ async fn resolve_caller(State(state): State<AppState>, mut req: Request, next: N
             Some(token) => auth::user_for_token(db, token).await,
             None => Ok(None),
         }
-    } else if let Some(secret) = cookie(headers, SESSION_COOKIE) {
+    } else if let Some(secret) =
+        cookie(headers, SESSION_COOKIE).filter(|_| same_origin(req.method(), headers))
+    {
         // An expired or unknown cookie is the same as none: the login page, not an error.
         auth::user_for_session(db, secret).await
     } else {
@@ -142,6 +150,28 @@ async fn resolve_caller(State(state): State<AppState>, mut req: Request, next: N
     next.run(req).await
 }
 
+/// Cross-site request forgery guard for cookie-authenticated requests that change things:
+/// a browser says where a request comes from (Sec-Fetch-Site, Origin); anything but this
+/// site does not get the session. Bearer tokens are not sent by browsers on their own.
+fn same_origin(method: &Method, headers: &HeaderMap) -> bool {
+    if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        return true;
+    }
+    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        return site == "same-origin" || site == "none";
+    }
+    match (headers.get(header::ORIGIN), headers.get(header::HOST)) {
+        (Some(origin), Some(host)) => {
+            let origin = origin.to_str().unwrap_or("");
+            let host = host.to_str().unwrap_or("");
+            origin == format!("http://{host}") || origin == format!("https://{host}")
+        }
+        (Some(_), None) => false,
+        // No browser origin information: not a browser-driven cross-site request.
+        (None, _) => true,
+    }
+}
+
 fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
@@ -166,10 +196,19 @@ struct LoginForm {
     next: Option<String>,
 }
 
-/// Only same-site paths are followed after login (no open redirect).
+/// Only same-site paths are followed after login (no open redirect): a path starting
+/// with one `/`, of visible ASCII only (browsers drop tabs and newlines in a Location,
+/// which would turn `/\t/evil` into `//evil`).
 fn safe_next(next: Option<&str>) -> &str {
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n,
+        Some(n)
+            if n.starts_with('/')
+                && !n.starts_with("//")
+                && !n.starts_with("/\\")
+                && n.bytes().all(|b| (0x21..=0x7e).contains(&b) && b != b'\\') =>
+        {
+            n
+        }
         _ => "/containers",
     }
 }
@@ -247,7 +286,37 @@ mod tests {
         assert_eq!(safe_next(Some("//evil.example")), "/containers");
         assert_eq!(safe_next(Some("https://evil.example")), "/containers");
         assert_eq!(safe_next(Some("/\\evil.example")), "/containers");
+        assert_eq!(safe_next(Some("/\t/evil.example")), "/containers");
+        assert_eq!(safe_next(Some("/x\n")), "/containers");
         assert_eq!(safe_next(None), "/containers");
+    }
+
+    #[test]
+    fn cookie_sessions_refuse_cross_site_writes() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("127.0.0.1:3000"));
+        assert!(
+            same_origin(&Method::POST, &h),
+            "no browser headers: a script"
+        );
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://127.0.0.1:3000"),
+        );
+        assert!(same_origin(&Method::POST, &h));
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://evil.example"),
+        );
+        assert!(!same_origin(&Method::POST, &h));
+        assert!(
+            same_origin(&Method::GET, &h),
+            "reads are not forgery targets"
+        );
+        h.insert("sec-fetch-site", HeaderValue::from_static("cross-site"));
+        assert!(!same_origin(&Method::POST, &h));
+        h.insert("sec-fetch-site", HeaderValue::from_static("same-origin"));
+        assert!(same_origin(&Method::POST, &h));
     }
 
     #[test]

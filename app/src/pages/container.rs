@@ -29,7 +29,7 @@ pub fn ContainerPage() -> impl IntoView {
 fn ContainerView(c: ContainerDetail) -> impl IntoView {
     let s = c.summary;
     let title = format!("{} · doppel", s.name);
-    let lineage = match (s.source, s.source_id) {
+    let lineage = match (s.source, s.is_copy) {
         (Some(src), _) => view! {
             <dt>"Copy of"</dt>
             <dd>
@@ -38,12 +38,12 @@ fn ContainerView(c: ContainerDetail) -> impl IntoView {
             </dd>
         }
         .into_any(),
-        (None, Some(id)) => view! {
+        (None, true) => view! {
             <dt>"Copy of"</dt>
-            <dd><code>{id}</code> " (in a project you cannot see)"</dd>
+            <dd>"a container in a project you cannot see"</dd>
         }
         .into_any(),
-        (None, None) => ().into_any(),
+        (None, false) => ().into_any(),
     };
     let synced = c.last_synced_at.map(|t| {
         view! {

@@ -73,7 +73,7 @@ fn ContainerTable(list: Vec<ContainerSummary>) -> impl IntoView {
                 {list
                     .into_iter()
                     .map(|c| {
-                        let lineage = match (&c.source, &c.source_id) {
+                        let lineage = match (&c.source, c.is_copy) {
                             (Some(src), _) => {
                                 view! {
                                     "copy of "
@@ -81,8 +81,8 @@ fn ContainerTable(list: Vec<ContainerSummary>) -> impl IntoView {
                                 }
                                     .into_any()
                             }
-                            (None, Some(_)) => view! { "copy (source not visible)" }.into_any(),
-                            (None, None) => view! { <span class="muted">"original"</span> }.into_any(),
+                            (None, true) => view! { "copy (source not visible)" }.into_any(),
+                            (None, false) => view! { <span class="muted">"original"</span> }.into_any(),
                         };
                         view! {
                             <tr data-container-id=c.id.clone()>

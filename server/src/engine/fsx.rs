@@ -81,11 +81,11 @@ pub fn kind_of(st: &rfs::Stat) -> Kind {
 }
 
 pub fn mtime_ns(st: &rfs::Stat) -> i64 {
-    st.st_mtime as i64 * 1_000_000_000 + st.st_mtime_nsec as i64
+    st.st_mtime * 1_000_000_000 + st.st_mtime_nsec as i64
 }
 
 pub fn ctime_ns(st: &rfs::Stat) -> i64 {
-    st.st_ctime as i64 * 1_000_000_000 + st.st_ctime_nsec as i64
+    st.st_ctime * 1_000_000_000 + st.st_ctime_nsec as i64
 }
 
 fn timestamps(mtime_ns: i64) -> Timestamps {

@@ -414,12 +414,12 @@ pub enum Change {
     Unchanged,
 }
 
+/// An entry of the new state, how it changed, and its old counterpart.
+pub type Pair<'a> = (Change, &'a Entry, Option<&'a Entry>);
+
 /// Pairs every entry of `new` with its counterpart in `old`, and lists what `old` has that
 /// `new` lacks (deleted). Both manifests must be sorted by [`path_cmp`].
-pub fn diff<'a>(
-    old: &'a Manifest,
-    new: &'a Manifest,
-) -> (Vec<(Change, &'a Entry, Option<&'a Entry>)>, Vec<&'a Entry>) {
+pub fn diff<'a>(old: &'a Manifest, new: &'a Manifest) -> (Vec<Pair<'a>>, Vec<&'a Entry>) {
     let (mut i, mut j) = (0, 0);
     let (mut pairs, mut deleted) = (Vec::with_capacity(new.entries.len()), Vec::new());
     while i < old.entries.len() || j < new.entries.len() {

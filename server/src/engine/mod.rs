@@ -100,12 +100,15 @@ pub struct Control {
     state: Arc<ProgressState>,
 }
 
+type PhaseState = (Phase, Option<u64>, Option<u64>, Instant);
+
 #[derive(Default)]
 struct ProgressState {
     bytes: AtomicU64,
     files: AtomicU64,
     last_report: Mutex<Option<Instant>>,
-    phase: Mutex<Option<(Phase, Option<u64>, Option<u64>, Instant)>>,
+    /// The current phase, its totals and when it began.
+    phase: Mutex<Option<PhaseState>>,
 }
 
 impl Control {

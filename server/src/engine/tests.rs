@@ -434,7 +434,7 @@ fn hostile_trees_never_make_the_engine_touch_anything_outside_the_roots() {
     write(&src.root.join(weird), b"non-utf8 name");
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &src.root.join("fifo"),
+        src.root.join("fifo"),
         rustix::fs::FileType::Fifo,
         rustix::fs::Mode::from_raw_mode(0o644),
         0,
@@ -447,7 +447,7 @@ fn hostile_trees_never_make_the_engine_touch_anything_outside_the_roots() {
     if is_root {
         rustix::fs::mknodat(
             rustix::fs::CWD,
-            &src.root.join("null-dev"),
+            src.root.join("null-dev"),
             rustix::fs::FileType::CharacterDevice,
             rustix::fs::Mode::from_raw_mode(0o666),
             rustix::fs::makedev(1, 3),

@@ -328,7 +328,7 @@ fn receive(
     let mut seq = 0u64;
     loop {
         ctl.check()?;
-        let frame = fr.next().map_err(io_err("receiving"))?;
+        let frame = fr.read_frame().map_err(io_err("receiving"))?;
         let e = match frame {
             Frame::Done => break,
             Frame::Delete { path } if mode == Mode::Sync => {
@@ -454,7 +454,7 @@ fn receive_content(
     let mut from_reuse: Option<([u8; 32], Vec<Chunk>)> = None;
     let mut buf = Vec::new();
     loop {
-        match fr.next().map_err(io_err("receiving"))? {
+        match fr.read_frame().map_err(io_err("receiving"))? {
             Frame::Data(d) => {
                 out.write_all(&d).map_err(io_err("writing a file"))?;
                 if chunked {
@@ -663,11 +663,14 @@ pub(super) fn sync(src: &Place, dst: &Place, ctl: &Control) -> Result<Summary, E
     Ok(summary)
 }
 
+/// A file read again for sending: (path, hash, size, chunks) of what was really sent.
+type Reread = (Vec<u8>, [u8; 32], u64, Vec<Chunk>);
+
 struct Sent {
     stats: WireStats,
     delta_files: u64,
     /// Files whose content differed from the scan when read for sending.
-    reread: Vec<(Vec<u8>, [u8; 32], u64, Vec<Chunk>)>,
+    reread: Vec<Reread>,
 }
 
 fn send_sync(

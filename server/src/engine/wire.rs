@@ -138,7 +138,7 @@ impl<R: Read> FrameReader<R> {
         }
     }
 
-    pub fn next(&mut self) -> io::Result<Frame> {
+    pub fn read_frame(&mut self) -> io::Result<Frame> {
         let mut h = [0u8; 5];
         self.inner.read_exact(&mut h)?;
         let len = u32::from_le_bytes([h[1], h[2], h[3], h[4]]) as usize;
@@ -295,12 +295,12 @@ mod tests {
         });
         let mut fr = FrameReader::new(r);
         let got: Vec<_> = (0..sent.len())
-            .map(|_| format!("{:?}", fr.next().unwrap()))
+            .map(|_| format!("{:?}", fr.read_frame().unwrap()))
             .collect();
         assert_eq!(got, sent);
         let stats = t.join().unwrap();
         assert_eq!(stats.data, 3);
-        assert!(fr.next().is_err(), "end of stream");
+        assert!(fr.read_frame().is_err(), "end of stream");
     }
 
     #[test]
@@ -311,7 +311,7 @@ mod tests {
             vec![6, 6, 0, 0, 0, 2, 0, 0, 0, b'.', b'.'],
         ] {
             let mut fr = FrameReader::new(&bytes[..]);
-            assert!(fr.next().is_err(), "{bytes:?}");
+            assert!(fr.read_frame().is_err(), "{bytes:?}");
         }
     }
 }
