@@ -14,7 +14,7 @@ STAMP := target/.setup
 # cargo-installed tools, and wasm-opt from the pinned npm package binaryen.
 export PATH := $(HOME)/.cargo/bin:$(CURDIR)/end2end/node_modules/.bin:$(PATH)
 
-.PHONY: help setup run build test lint unit e2e dev clean
+.PHONY: help setup run build test lint unit e2e dev clean bench
 
 help:
 	@echo "make run    set up, build (release) and start doppel on http://127.0.0.1:3000"
@@ -86,3 +86,8 @@ test: lint unit e2e
 clean:
 	cargo clean
 	rm -rf end2end/node_modules end2end/test-results end2end/playwright-report
+
+# The engine against rsync and cp (BENCH_SCALE=0.1 for a quick look). Not part of `make test`.
+bench: setup
+	@command -v rsync >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y rsync; }
+	cargo bench -p doppel --bench engine

@@ -295,6 +295,18 @@ impl Enc {
         self.chunks(&e.chunks);
     }
 
+    /// An entry as it travels: no quick-check data or chunk lists (the receiver's own).
+    pub fn wire_entry(&mut self, e: &Entry) {
+        self.identity(e);
+        if e.kind == Kind::Dir {
+            self.u64(e.size);
+            self.i64(e.mtime_ns);
+        }
+        self.u64(0);
+        self.i64(0);
+        self.chunks(&[]);
+    }
+
     pub fn chunks(&mut self, chunks: &[Chunk]) {
         self.u32(chunks.len() as u32);
         for c in chunks {

@@ -107,6 +107,8 @@ struct ProgressState {
     bytes: AtomicU64,
     files: AtomicU64,
     last_report: Mutex<Option<Instant>>,
+    /// Time spent in each phase so far (milliseconds).
+    timings: Mutex<std::collections::BTreeMap<&'static str, u64>>,
     /// The current phase, its totals and when it began.
     phase: Mutex<Option<PhaseState>>,
 }
@@ -160,10 +162,32 @@ impl Control {
     fn phase(&self, phase: Phase, bytes_total: Option<u64>, files_total: Option<u64>) {
         self.state.bytes.store(0, Ordering::Relaxed);
         self.state.files.store(0, Ordering::Relaxed);
+        self.close_phase();
         if let Ok(mut p) = self.state.phase.lock() {
             *p = Some((phase, bytes_total, files_total, Instant::now()));
         }
         self.report(true);
+    }
+
+    /// Adds the running phase's time to the timings.
+    fn close_phase(&self) {
+        let Ok(p) = self.state.phase.lock() else { return };
+        if let (Some((phase, _, _, started)), Ok(mut t)) = (*p, self.state.timings.lock()) {
+            *t.entry(phase.as_str()).or_default() += started.elapsed().as_millis() as u64;
+        }
+    }
+
+    /// Where the time went: milliseconds per phase (call once, at the end of a run).
+    fn timings(&self) -> std::collections::BTreeMap<String, u64> {
+        self.close_phase();
+        if let Ok(mut p) = self.state.phase.lock() {
+            *p = None;
+        }
+        self.state
+            .timings
+            .lock()
+            .map(|t| t.iter().map(|(k, v)| (k.to_string(), *v)).collect())
+            .unwrap_or_default()
     }
 
     fn add_progress(&self, bytes: u64, files: u64) {
@@ -262,6 +286,8 @@ pub struct Summary {
     pub root_hash: String,
     /// An interrupted earlier run was repaired first.
     pub recovered: bool,
+    /// Milliseconds spent per phase (scan, plan, transfer, verify, commit).
+    pub phase_ms: std::collections::BTreeMap<String, u64>,
 }
 
 /// Copies the tree at `src.root` to `dst.root`, which must not exist. The copy appears at

@@ -15,9 +15,9 @@ use super::{Control, EngineError, Phase};
 /// Files from this size on are cut into content-defined chunks, so a later change can be
 /// sent as a delta.
 pub const CHUNKED_FILE_MIN: u64 = 1 << 20;
-const CDC_MIN: u32 = 16 * 1024;
-const CDC_AVG: u32 = 64 * 1024;
-const CDC_MAX: u32 = 256 * 1024;
+const CDC_MIN: u32 = 4 * 1024;
+const CDC_AVG: u32 = 16 * 1024;
+const CDC_MAX: u32 = 64 * 1024;
 
 /// What a scan found besides the manifest.
 #[derive(Debug, Default, Clone)]

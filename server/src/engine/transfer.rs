@@ -130,6 +130,7 @@ pub(super) fn copy(src: &Place, dst: &Place, ctl: &Control) -> Result<Summary, E
     result.map(|mut s| {
         s.recovered = recovered;
         s.duration_ms = started.elapsed().as_millis() as u64;
+        s.phase_ms = ctl.timings();
         s
     })
 }
@@ -242,13 +243,9 @@ fn send_copy(
                     e.size = len;
                 }
                 e.hash = hash;
-                e.chunks = chunks.clone();
+                e.chunks = chunks;
                 hashes.insert(e.path.clone(), hash);
-                fw.send(&Frame::FileEnd {
-                    hash,
-                    size: len,
-                    chunks,
-                })
+                fw.send(&Frame::FileEnd { hash, size: len })
                 .map_err(io_err("sending"))?;
             }
             Kind::File => {
@@ -497,17 +494,13 @@ fn receive_content(
                 ctl.add_progress(len, 0);
                 from_reuse = Some((hash, c));
             }
-            Frame::FileEnd {
-                hash,
-                size,
-                chunks: announced,
-            } => {
+            Frame::FileEnd { hash, size } => {
                 let (got, got_chunks) = match from_reuse {
                     Some(r) => r,
                     None if chunked => (chunked_file_hash(&chunks), chunks),
                     None => (*whole.finalize().as_bytes(), Vec::new()),
                 };
-                if got != hash || written != size || (chunked && got_chunks != announced) {
+                if got != hash || written != size {
                     return Err(EngineError::Integrity(format!(
                         "{:?}: received content does not match its hash",
                         e.display_path()
@@ -660,6 +653,7 @@ pub(super) fn sync(src: &Place, dst: &Place, ctl: &Control) -> Result<Summary, E
     summary.tree_bytes = got.bytes();
     summary.root_hash = got.root_hex();
     summary.duration_ms = started.elapsed().as_millis() as u64;
+    summary.phase_ms = ctl.timings();
     Ok(summary)
 }
 
@@ -725,7 +719,6 @@ fn send_sync(
             fw.send(&Frame::FileEnd {
                 hash: e.hash,
                 size: e.size,
-                chunks: e.chunks.clone(),
             })
             .map_err(io_err("sending"))?;
             continue;
@@ -762,11 +755,7 @@ fn send_sync(
             sent.reread
                 .push((e.path.clone(), hash, len, chunks.clone()));
         }
-        fw.send(&Frame::FileEnd {
-            hash,
-            size: len,
-            chunks,
-        })
+        fw.send(&Frame::FileEnd { hash, size: len })
         .map_err(io_err("sending"))?;
     }
     fw.send(&Frame::Done).map_err(io_err("sending"))?;

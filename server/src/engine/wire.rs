@@ -5,7 +5,7 @@
 use std::io::{self, Read, Write};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
-use super::manifest::{bad, Chunk, Dec, Enc, Entry};
+use super::manifest::{bad, Dec, Enc, Entry};
 
 /// Largest frame a receiver accepts (a data frame is at most one chunk or read buffer).
 const MAX_FRAME: usize = 8 << 20;
@@ -22,11 +22,8 @@ pub enum Frame {
     /// The whole content of another file the receiver already has (rename, duplicate).
     Reuse { from: Vec<u8> },
     /// End of a file's content: what the receiver must have written.
-    FileEnd {
-        hash: [u8; 32],
-        size: u64,
-        chunks: Vec<Chunk>,
-    },
+    /// (Chunk lists do not travel: the receiver cuts the same chunks, the hash covers them.)
+    FileEnd { hash: [u8; 32], size: u64 },
     /// Only the metadata of this (existing, same-content) entry changes.
     Meta(Entry),
     /// Remove this path (and anything below it).
@@ -83,7 +80,7 @@ impl<W: Write> FrameWriter<W> {
         self.enc.buf.clear();
         let tag = match frame {
             Frame::Entry(e) => {
-                self.enc.entry(e);
+                self.enc.wire_entry(e);
                 1
             }
             Frame::Data(_) => unreachable!("handled above"),
@@ -96,10 +93,9 @@ impl<W: Write> FrameWriter<W> {
                 self.enc.bytes(from);
                 4
             }
-            Frame::FileEnd { hash, size, chunks } => {
+            Frame::FileEnd { hash, size } => {
                 self.enc.hash(hash);
                 self.enc.u64(*size);
-                self.enc.chunks(chunks);
                 5
             }
             Frame::Delete { path } => {
@@ -108,7 +104,7 @@ impl<W: Write> FrameWriter<W> {
             }
             Frame::Done => 7,
             Frame::Meta(e) => {
-                self.enc.entry(e);
+                self.enc.wire_entry(e);
                 8
             }
         };
@@ -161,7 +157,6 @@ impl<R: Read> FrameReader<R> {
             5 => Frame::FileEnd {
                 hash: d.hash()?,
                 size: d.u64()?,
-                chunks: d.chunks()?,
             },
             6 => Frame::Delete {
                 path: checked_path(d.bytes()?)?,
@@ -270,15 +265,7 @@ mod tests {
             Frame::Reuse {
                 from: b"x/y".to_vec(),
             },
-            Frame::FileEnd {
-                hash: [7; 32],
-                size: 3,
-                chunks: vec![Chunk {
-                    offset: 0,
-                    len: 3,
-                    hash: [1; 32],
-                }],
-            },
+            Frame::FileEnd { hash: [7; 32], size: 3 },
             Frame::Delete {
                 path: b"gone".to_vec(),
             },

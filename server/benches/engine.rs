@@ -1,0 +1,274 @@
+//! `make bench`: doppel's engine against rsync and cp, in one run, on one machine.
+//!
+//! Builds a deterministic reference tree (about 1 GB at BENCH_SCALE=1: 40,000 files of
+//! 1-64 KiB in 2,000 directories, four 100 MiB files, 400 symlinks, hard links), then times
+//! a full copy (doppel, `rsync -a`, `cp -a`), a sync after a "1 %" change (doppel against
+//! `rsync -a --delete --no-whole-file`), and a sync with nothing changed. Each doppel run is
+//! a child process, so its peak memory (RSS) is measured alone. The page cache is warm for
+//! every contender and `sync` runs before each timing, so nobody pays for another's writes.
+//! doppel's times include its durability barrier (syncfs); rsync and cp do not sync.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{symlink, FileExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use doppel::engine::{self, Control, Place, Summary};
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn fill(&mut self, buf: &mut [u8]) {
+        for c in buf.chunks_mut(8) {
+            let v = self.next().to_le_bytes();
+            c.copy_from_slice(&v[..c.len()]);
+        }
+    }
+}
+
+fn scaled(n: f64, scale: f64) -> usize {
+    ((n * scale).round() as usize).max(1)
+}
+
+fn build_tree(root: &Path, scale: f64) -> (usize, Vec<PathBuf>) {
+    let mut rng = Rng(0x5eed);
+    let dirs = scaled(2000.0, scale);
+    let files = scaled(40_000.0, scale);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut paths = Vec::with_capacity(files);
+    for d in 0..dirs {
+        fs::create_dir_all(root.join(format!("d{:02}/s{d:04}", d % 50))).unwrap();
+    }
+    for i in 0..files {
+        let len = 1024 + (rng.next() % (63 * 1024)) as usize;
+        rng.fill(&mut buf[..len]);
+        let p = root.join(format!("d{:02}/s{:04}/f{i:05}.dat", (i % dirs) % 50, i % dirs));
+        fs::write(&p, &buf[..len]).unwrap();
+        paths.push(p);
+    }
+    let big = scaled(100.0 * 1024.0 * 1024.0, scale);
+    let mut chunk = vec![0u8; 1 << 20];
+    for b in 0..4 {
+        let mut f = fs::File::create(root.join(format!("big{b}.img"))).unwrap();
+        let mut left = big;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            rng.fill(&mut chunk[..n]);
+            f.write_all(&chunk[..n]).unwrap();
+            left -= n;
+        }
+    }
+    for s in 0..scaled(400.0, scale) {
+        symlink(format!("../s{:04}/f{s:05}.dat", s % dirs), root.join(format!("d{:02}/link{s:04}", s % 50))).unwrap();
+    }
+    for h in 0..scaled(40.0, scale) {
+        fs::hard_link(&paths[h * 7], root.join(format!("d{:02}/hard{h:03}", h % 50))).unwrap();
+    }
+    (files, paths)
+}
+
+/// The "1 %" change: rewrites, additions, deletions, chmods, and four 1 MiB overwrites
+/// inside the big files.
+fn change_tree(root: &Path, paths: &[PathBuf], scale: f64) {
+    let mut rng = Rng(0xc0ffee);
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = paths.len();
+    for i in 0..scaled(400.0, scale) {
+        let p = &paths[(i * 97 + 13) % n];
+        let len = 1024 + (rng.next() % (63 * 1024)) as usize;
+        rng.fill(&mut buf[..len]);
+        fs::write(p, &buf[..len]).unwrap();
+    }
+    for i in 0..scaled(50.0, scale) {
+        rng.fill(&mut buf[..8192]);
+        fs::write(root.join(format!("d{:02}/added{i:03}.dat", i % 50)), &buf[..8192]).unwrap();
+    }
+    for i in 0..scaled(50.0, scale) {
+        let _ = fs::remove_file(&paths[(i * 131 + 7) % n]);
+    }
+    for i in 0..scaled(50.0, scale) {
+        let p = &paths[(i * 61 + 3) % n];
+        if p.exists() {
+            fs::set_permissions(p, fs::Permissions::from_mode(0o600)).unwrap();
+        }
+    }
+    let mut mib = vec![0u8; 1 << 20];
+    for b in 0..4 {
+        rng.fill(&mut mib);
+        let f = fs::OpenOptions::new().write(true).open(root.join(format!("big{b}.img"))).unwrap();
+        let len = f.metadata().unwrap().len();
+        f.write_all_at(&mib[..(len as usize / 2).min(mib.len())], len / 3).unwrap();
+    }
+}
+
+fn sync_all() {
+    let _ = Command::new("sync").status();
+}
+
+/// Reads every file once so all contenders start from a warm page cache.
+fn warm(root: &Path) {
+    let _ = Command::new("sh")
+        .arg("-c")
+        .arg(format!("find '{}' -type f -exec cat {{}} + > /dev/null", root.display()))
+        .status();
+}
+
+fn timed(mut cmd: Command) -> (f64, String) {
+    sync_all();
+    let t = Instant::now();
+    let out = cmd.output().expect("run");
+    let secs = t.elapsed().as_secs_f64();
+    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    (secs, String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn children_peak_rss_mb() -> f64 {
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    ru.ru_maxrss as f64 / 1024.0
+}
+
+/// This binary again, running one engine operation (so it is measured alone).
+fn doppel_op(op: &str, src: &Place, dst: &Place) -> Command {
+    let mut c = Command::new(std::env::current_exe().unwrap());
+    c.args([op])
+        .arg(&src.root)
+        .arg(&src.state_dir)
+        .arg(&dst.root)
+        .arg(&dst.state_dir);
+    c
+}
+
+fn run_child(args: &[String]) {
+    let src = Place::new(&args[2], &args[3]);
+    let dst = Place::new(&args[4], &args[5]);
+    let ctl = Control::new();
+    let s = match args[1].as_str() {
+        "__copy" => engine::copy(&src, &dst, &ctl),
+        "__sync" => engine::sync(&src, &dst, &ctl),
+        _ => unreachable!(),
+    }
+    .unwrap_or_else(|e| {
+        eprintln!("{e}");
+        std::process::exit(1)
+    });
+    println!("{}", serde_json::to_string(&s).unwrap());
+}
+
+fn rsync_sent_bytes(stats: &str) -> u64 {
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix("Total bytes sent: "))
+        .map(|v| v.replace(',', "").trim().parse().unwrap_or(0))
+        .unwrap_or(0)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() == 6 && args[1].starts_with("__") {
+        return run_child(&args);
+    }
+    let scale: f64 = std::env::var("BENCH_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1.0);
+    let dir = std::env::var("BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench"));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    let dir = dir.canonicalize().unwrap();
+    let place = |n: &str| Place::new(dir.join("roots").join(n), dir.join("state").join(n));
+    let src = place("src");
+
+    println!("doppel engine benchmark, BENCH_SCALE={scale}, in {}", dir.display());
+    let t = Instant::now();
+    let (files, paths) = build_tree(&src.root, scale);
+    println!("built the tree: {files} small files + 4 big ones in {:.1} s", t.elapsed().as_secs_f64());
+    warm(&src.root);
+
+    // Copy.
+    let dcopy = place("doppel");
+    let (copy_doppel, out) = timed(doppel_op("__copy", &src, &dcopy));
+    let peak_rss = children_peak_rss_mb();
+    let copy_summary: Summary = serde_json::from_str(out.trim()).unwrap();
+    let rs_dst = dir.join("roots/rsync");
+    let (copy_rsync, _) = timed({
+        let mut c = Command::new("rsync");
+        c.arg("-a").arg(format!("{}/", src.root.display())).arg(&rs_dst);
+        c
+    });
+    let (copy_cp, _) = timed({
+        let mut c = Command::new("cp");
+        c.arg("-a").arg(&src.root).arg(dir.join("roots/cp"));
+        c
+    });
+
+    // Sync after the 1 % change.
+    change_tree(&src.root, &paths, scale);
+    warm(&src.root);
+    let (sync_doppel, out) = timed(doppel_op("__sync", &src, &dcopy));
+    let sync_summary: Summary = serde_json::from_str(out.trim()).unwrap();
+    let (sync_rsync, stats) = timed({
+        let mut c = Command::new("rsync");
+        c.args(["-a", "--delete", "--no-whole-file", "--stats"])
+            .arg(format!("{}/", src.root.display()))
+            .arg(&rs_dst);
+        c
+    });
+    let rsync_bytes = rsync_sent_bytes(&stats);
+    // Both copies must now equal the source.
+    let (check, _) = timed({
+        let mut c = Command::new("diff");
+        c.arg("-r").arg("--no-dereference").arg(&src.root).arg(&dcopy.root);
+        c
+    });
+    let _ = check;
+
+    // Nothing changed.
+    let (noop, out) = timed(doppel_op("__sync", &src, &dcopy));
+    let noop_summary: Summary = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(noop_summary.bytes_sent, 0);
+
+    let mb = |b: u64| b as f64 / 1e6;
+    println!();
+    println!("| operation | doppel | rsync | cp -a |");
+    println!("|---|---|---|---|");
+    println!("| copy (s) | {copy_doppel:.2} | {copy_rsync:.2} | {copy_cp:.2} |");
+    println!("| sync after 1 % change (s) | {sync_doppel:.2} | {sync_rsync:.2} | |");
+    println!(
+        "| sync bytes sent (MB) | {:.2} | {:.2} | |",
+        mb(sync_summary.bytes_sent),
+        mb(rsync_bytes)
+    );
+    println!("| no-op sync (s) | {noop:.3} | | |");
+    println!();
+    println!(
+        "copy: {} files, {:.1} MB; sync: +{} ~{} -{} meta {} delta files {}, content {:.2} MB, reused {:.2} MB",
+        copy_summary.tree_files,
+        mb(copy_summary.tree_bytes),
+        sync_summary.files_added,
+        sync_summary.files_changed,
+        sync_summary.files_deleted,
+        sync_summary.metadata_only,
+        sync_summary.delta_files,
+        mb(sync_summary.content_bytes),
+        mb(sync_summary.reused_bytes)
+    );
+    println!("doppel phases (ms): copy {:?}; sync {:?}; no-op sync {:?}", copy_summary.phase_ms, sync_summary.phase_ms, noop_summary.phase_ms);
+    println!("doppel_peak_rss_mb_during_copy {peak_rss:.1}");
+    println!("copy_time_ratio_vs_rsync {:.3}", copy_doppel / copy_rsync);
+    println!("sync_time_ratio_vs_rsync {:.3}", sync_doppel / sync_rsync);
+    println!(
+        "sync_bytes_ratio_vs_rsync {:.3}",
+        sync_summary.bytes_sent as f64 / rsync_bytes.max(1) as f64
+    );
+    println!("noop_sync_seconds {noop:.3}");
+    if std::env::var("BENCH_KEEP").is_err() {
+        let _ = fs::remove_dir_all(&dir);
+    }
+}
