@@ -49,7 +49,11 @@ fn build_tree(root: &Path, scale: f64) -> (usize, Vec<PathBuf>) {
     for i in 0..files {
         let len = 1024 + (rng.next() % (63 * 1024)) as usize;
         rng.fill(&mut buf[..len]);
-        let p = root.join(format!("d{:02}/s{:04}/f{i:05}.dat", (i % dirs) % 50, i % dirs));
+        let p = root.join(format!(
+            "d{:02}/s{:04}/f{i:05}.dat",
+            (i % dirs) % 50,
+            i % dirs
+        ));
         fs::write(&p, &buf[..len]).unwrap();
         paths.push(p);
     }
@@ -66,10 +70,18 @@ fn build_tree(root: &Path, scale: f64) -> (usize, Vec<PathBuf>) {
         }
     }
     for s in 0..scaled(400.0, scale) {
-        symlink(format!("../s{:04}/f{s:05}.dat", s % dirs), root.join(format!("d{:02}/link{s:04}", s % 50))).unwrap();
+        symlink(
+            format!("../s{:04}/f{s:05}.dat", s % dirs),
+            root.join(format!("d{:02}/link{s:04}", s % 50)),
+        )
+        .unwrap();
     }
     for h in 0..scaled(40.0, scale) {
-        fs::hard_link(&paths[h * 7], root.join(format!("d{:02}/hard{h:03}", h % 50))).unwrap();
+        fs::hard_link(
+            &paths[h * 7],
+            root.join(format!("d{:02}/hard{h:03}", h % 50)),
+        )
+        .unwrap();
     }
     (files, paths)
 }
@@ -88,7 +100,11 @@ fn change_tree(root: &Path, paths: &[PathBuf], scale: f64) {
     }
     for i in 0..scaled(50.0, scale) {
         rng.fill(&mut buf[..8192]);
-        fs::write(root.join(format!("d{:02}/added{i:03}.dat", i % 50)), &buf[..8192]).unwrap();
+        fs::write(
+            root.join(format!("d{:02}/added{i:03}.dat", i % 50)),
+            &buf[..8192],
+        )
+        .unwrap();
     }
     for i in 0..scaled(50.0, scale) {
         let _ = fs::remove_file(&paths[(i * 131 + 7) % n]);
@@ -102,9 +118,13 @@ fn change_tree(root: &Path, paths: &[PathBuf], scale: f64) {
     let mut mib = vec![0u8; 1 << 20];
     for b in 0..4 {
         rng.fill(&mut mib);
-        let f = fs::OpenOptions::new().write(true).open(root.join(format!("big{b}.img"))).unwrap();
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(root.join(format!("big{b}.img")))
+            .unwrap();
         let len = f.metadata().unwrap().len();
-        f.write_all_at(&mib[..(len as usize / 2).min(mib.len())], len / 3).unwrap();
+        f.write_all_at(&mib[..(len as usize / 2).min(mib.len())], len / 3)
+            .unwrap();
     }
 }
 
@@ -116,7 +136,10 @@ fn sync_all() {
 fn warm(root: &Path) {
     let _ = Command::new("sh")
         .arg("-c")
-        .arg(format!("find '{}' -type f -exec cat {{}} + > /dev/null", root.display()))
+        .arg(format!(
+            "find '{}' -type f -exec cat {{}} + > /dev/null",
+            root.display()
+        ))
         .status();
 }
 
@@ -125,7 +148,11 @@ fn timed(mut cmd: Command) -> (f64, String) {
     let t = Instant::now();
     let out = cmd.output().expect("run");
     let secs = t.elapsed().as_secs_f64();
-    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     (secs, String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
@@ -175,7 +202,10 @@ fn main() {
     if args.len() == 6 && args[1].starts_with("__") {
         return run_child(&args);
     }
-    let scale: f64 = std::env::var("BENCH_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1.0);
+    let scale: f64 = std::env::var("BENCH_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0);
     let dir = std::env::var("BENCH_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench"));
@@ -185,10 +215,16 @@ fn main() {
     let place = |n: &str| Place::new(dir.join("roots").join(n), dir.join("state").join(n));
     let src = place("src");
 
-    println!("doppel engine benchmark, BENCH_SCALE={scale}, in {}", dir.display());
+    println!(
+        "doppel engine benchmark, BENCH_SCALE={scale}, in {}",
+        dir.display()
+    );
     let t = Instant::now();
     let (files, paths) = build_tree(&src.root, scale);
-    println!("built the tree: {files} small files + 4 big ones in {:.1} s", t.elapsed().as_secs_f64());
+    println!(
+        "built the tree: {files} small files + 4 big ones in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
     warm(&src.root);
 
     // Copy.
@@ -199,7 +235,9 @@ fn main() {
     let rs_dst = dir.join("roots/rsync");
     let (copy_rsync, _) = timed({
         let mut c = Command::new("rsync");
-        c.arg("-a").arg(format!("{}/", src.root.display())).arg(&rs_dst);
+        c.arg("-a")
+            .arg(format!("{}/", src.root.display()))
+            .arg(&rs_dst);
         c
     });
     let (copy_cp, _) = timed({
@@ -224,7 +262,10 @@ fn main() {
     // Both copies must now equal the source.
     let (check, _) = timed({
         let mut c = Command::new("diff");
-        c.arg("-r").arg("--no-dereference").arg(&src.root).arg(&dcopy.root);
+        c.arg("-r")
+            .arg("--no-dereference")
+            .arg(&src.root)
+            .arg(&dcopy.root);
         c
     });
     let _ = check;
@@ -259,7 +300,10 @@ fn main() {
         mb(sync_summary.content_bytes),
         mb(sync_summary.reused_bytes)
     );
-    println!("doppel phases (ms): copy {:?}; sync {:?}; no-op sync {:?}", copy_summary.phase_ms, sync_summary.phase_ms, noop_summary.phase_ms);
+    println!(
+        "doppel phases (ms): copy {:?}; sync {:?}; no-op sync {:?}",
+        copy_summary.phase_ms, sync_summary.phase_ms, noop_summary.phase_ms
+    );
     println!("doppel_peak_rss_mb_during_copy {peak_rss:.1}");
     println!("copy_time_ratio_vs_rsync {:.3}", copy_doppel / copy_rsync);
     println!("sync_time_ratio_vs_rsync {:.3}", sync_doppel / sync_rsync);

@@ -171,7 +171,9 @@ impl Control {
 
     /// Adds the running phase's time to the timings.
     fn close_phase(&self) {
-        let Ok(p) = self.state.phase.lock() else { return };
+        let Ok(p) = self.state.phase.lock() else {
+            return;
+        };
         if let (Some((phase, _, _, started)), Ok(mut t)) = (*p, self.state.timings.lock()) {
             *t.entry(phase.as_str()).or_default() += started.elapsed().as_millis() as u64;
         }
@@ -318,6 +320,7 @@ pub fn verify(place: &Place, ctl: &Control) -> Result<VerifyReport, EngineError>
         .map_err(EngineError::io("reading the manifest"))?
         .ok_or_else(|| EngineError::Refused("no manifest recorded for this tree".into()))?;
     // No cache: every byte is read again.
+    ctl.phase(Phase::Verify, None, None);
     let (actual, _) = scan::scan(&place.root, None, true, ctl)?;
     let (pairs, deleted) = manifest::diff(&expected, &actual);
     let mut differences: Vec<String> = pairs
@@ -339,6 +342,7 @@ pub fn verify(place: &Place, ctl: &Control) -> Result<VerifyReport, EngineError>
 /// snapshot or a first import does.
 pub fn record(place: &Place, ctl: &Control) -> Result<Manifest, EngineError> {
     let cache = place.load_manifest().ok().flatten();
+    ctl.phase(Phase::Scan, None, None);
     let (m, _) = scan::scan(&place.root, cache.as_ref(), true, ctl)?;
     m.store(&place.manifest_path())
         .map_err(EngineError::io("writing the manifest"))?;

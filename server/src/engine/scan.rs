@@ -10,7 +10,7 @@ use rustix::fs as rfs;
 
 use super::fsx::{self, ctime_ns, kind_of, mtime_ns};
 use super::manifest::{Chunk, Entry, Kind, Manifest};
-use super::{Control, EngineError, Phase};
+use super::{Control, EngineError};
 
 /// Files from this size on are cut into content-defined chunks, so a later change can be
 /// sent as a delta.
@@ -111,7 +111,6 @@ pub fn scan(
         links: HashMap::new(),
         report: ScanReport::default(),
     };
-    ctl.phase(Phase::Scan, None, None);
     s.walk(root_fd.as_fd(), &[])?;
     Ok((Manifest { entries: s.entries }, s.report))
 }

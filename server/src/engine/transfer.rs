@@ -143,6 +143,7 @@ fn copy_staged(
 ) -> Result<Summary, EngineError> {
     let cache = src.load_manifest().ok().flatten();
     // Stat only: the sender hashes each file while sending it (one read, not two).
+    ctl.phase(Phase::Scan, None, None);
     let (mut m, report) = scan::scan(&src.root, cache.as_ref(), false, ctl)?;
     ctl.phase(Phase::Plan, None, None);
     let total_bytes = m.bytes();
@@ -246,7 +247,7 @@ fn send_copy(
                 e.chunks = chunks;
                 hashes.insert(e.path.clone(), hash);
                 fw.send(&Frame::FileEnd { hash, size: len })
-                .map_err(io_err("sending"))?;
+                    .map_err(io_err("sending"))?;
             }
             Kind::File => {
                 if let Some(h) = e.link_to.as_ref().and_then(|l| hashes.get(l)) {
@@ -543,8 +544,19 @@ pub(super) fn sync(src: &Place, dst: &Place, ctl: &Control) -> Result<Summary, E
             .map_err(io_err("reading the target manifest"))?
     };
     let src_cache = src.load_manifest().ok().flatten();
-    let (s_man, s_report) = scan::scan(&src.root, src_cache.as_ref(), true, ctl)?;
-    let (t_man, _) = scan::scan(&dst.root, old.as_ref(), true, ctl)?;
+    // Both trees at once: each scan is mostly waiting on metadata syscalls.
+    ctl.phase(Phase::Scan, None, None);
+    let (s_scan, t_scan) = std::thread::scope(|s| {
+        let t = s.spawn(|| scan::scan(&dst.root, old.as_ref(), true, ctl));
+        let src_result = scan::scan(&src.root, src_cache.as_ref(), true, ctl);
+        (src_result, t.join())
+    });
+    let (s_man, s_report) = s_scan?;
+    let (t_man, t_report) =
+        t_scan.map_err(|_| EngineError::Integrity("the target scan panicked".into()))??;
+    // Whether the recorded manifests still describe the trees (then they need no rewrite).
+    let t_recorded = old.is_some() && t_report.hashed_files == 0;
+    let s_recorded = src_cache.is_some() && s_report.hashed_files == 0;
 
     ctl.phase(Phase::Plan, None, None);
     let mut summary = Summary {
@@ -638,11 +650,20 @@ pub(super) fn sync(src: &Place, dst: &Place, ctl: &Control) -> Result<Summary, E
     }
 
     ctl.phase(Phase::Verify, None, None);
-    let got = restat(&dst.root, &want)?;
+    // Nothing changed: the target scan just read back exactly this state.
+    let got = if files_total == 0 {
+        t_man
+    } else {
+        restat(&dst.root, &want)?
+    };
     check_roots(&want, &got)?;
-    got.store(&dst.manifest_path())
-        .map_err(io_err("writing the target manifest"))?;
-    let _ = s_man.store(&src.manifest_path());
+    if files_total > 0 || !t_recorded || summary.drift > 0 {
+        got.store(&dst.manifest_path())
+            .map_err(io_err("writing the target manifest"))?;
+    }
+    if !s_recorded {
+        let _ = s_man.store(&src.manifest_path());
+    }
     if files_total > 0 || interrupted_commit {
         let root_fd = fsx::open_dir(&dst.root).map_err(io_err("opening the target"))?;
         fsx::syncfs(root_fd.as_fd()).map_err(io_err("syncfs"))?;
@@ -740,8 +761,13 @@ fn send_sync(
         if base.is_some() {
             sent.delta_files += 1;
         }
-        let (hash, chunks, len) =
-            hash_reader(&file, e.size, ctl, |data, chunk| match (chunk, &base) {
+        let (hash, chunks, len) = match &base {
+            // The scan already cut this file into chunks: send the new ones by reading
+            // just their ranges, and skip reading what the target has.
+            Some(base) if !e.chunks.is_empty() => {
+                send_known_chunks(&file, &e.chunks, base, &mut fw, ctl)?
+            }
+            _ => hash_reader(&file, e.size, ctl, |data, chunk| match (chunk, &base) {
                 (Some(c), Some(base)) => match base.get(&c.hash) {
                     Some(&(offset, len)) if len == c.len => fw.send(&Frame::CopyOld {
                         offset,
@@ -750,18 +776,72 @@ fn send_sync(
                     _ => fw.data(data),
                 },
                 _ => fw.data(data),
-            })?;
+            })?,
+        };
         if hash != e.hash || len != e.size {
             sent.reread
                 .push((e.path.clone(), hash, len, chunks.clone()));
         }
         fw.send(&Frame::FileEnd { hash, size: len })
-        .map_err(io_err("sending"))?;
+            .map_err(io_err("sending"))?;
     }
     fw.send(&Frame::Done).map_err(io_err("sending"))?;
     fw.flush().map_err(io_err("sending"))?;
     sent.stats = fw.stats;
     Ok(sent)
+}
+
+/// Sends a file as the chunks its scan recorded: chunks the target has as `CopyOld`, the
+/// others read (by range) and sent. If the file changed since the scan, the data read is
+/// what is sent, and the returned hash says so (the caller records it).
+fn send_known_chunks(
+    file: &fs::File,
+    chunks: &[Chunk],
+    base: &HashMap<[u8; 32], (u64, u32)>,
+    fw: &mut FrameWriter<PipeWriter>,
+    ctl: &Control,
+) -> Result<([u8; 32], Vec<Chunk>, u64), EngineError> {
+    let mut sent = Vec::with_capacity(chunks.len());
+    let mut buf = Vec::new();
+    let mut total = 0u64;
+    for c in chunks {
+        ctl.check()?;
+        if let Some(&(offset, len)) = base.get(&c.hash).filter(|(_, len)| *len == c.len) {
+            fw.send(&Frame::CopyOld {
+                offset,
+                len: len as u64,
+            })
+            .map_err(io_err("sending"))?;
+            sent.push(Chunk {
+                offset: total,
+                len,
+                hash: c.hash,
+            });
+            total += len as u64;
+            continue;
+        }
+        buf.resize(c.len as usize, 0);
+        let mut got = 0;
+        while got < buf.len() {
+            match file.read_at(&mut buf[got..], c.offset + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io_err("reading a source file")(e)),
+            }
+        }
+        if got == 0 {
+            break; // shrank since the scan
+        }
+        fw.data(&buf[..got]).map_err(io_err("sending"))?;
+        sent.push(Chunk {
+            offset: total,
+            len: got as u32,
+            hash: *blake3::hash(&buf[..got]).as_bytes(),
+        });
+        total += got as u64;
+    }
+    Ok((chunked_file_hash(&sent), sent, total))
 }
 
 /// The commit of a sync: removals deepest first, then creations and placements in path

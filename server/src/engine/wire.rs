@@ -265,7 +265,10 @@ mod tests {
             Frame::Reuse {
                 from: b"x/y".to_vec(),
             },
-            Frame::FileEnd { hash: [7; 32], size: 3 },
+            Frame::FileEnd {
+                hash: [7; 32],
+                size: 3,
+            },
             Frame::Delete {
                 path: b"gone".to_vec(),
             },
