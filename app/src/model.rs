@@ -255,11 +255,17 @@ impl JobStatus {
 /// Live progress of a job; totals are known once planning is done.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct JobProgress {
+    /// `scan`, `plan`, `transfer`, `verify` or `commit`.
+    pub phase: String,
     pub bytes_done: u64,
     pub bytes_total: Option<u64>,
     pub files_done: u64,
     pub files_total: Option<u64>,
+    /// Of the transfer, once totals are known (0 to 100).
+    pub percent: Option<f64>,
     pub bytes_per_second: Option<f64>,
+    /// Estimated seconds left in the transfer.
+    pub eta_seconds: Option<f64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -279,6 +285,46 @@ pub struct Job {
     pub created_at: Millis,
     pub started_at: Option<Millis>,
     pub finished_at: Option<Millis>,
+    /// Where to read this job, and its live event stream (server-sent events).
+    pub url: String,
+    pub events_url: String,
+}
+
+/// A job event, as streamed over server-sent events (`event:` is `kind`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobEvent {
+    /// Increasing across all jobs; a reconnecting client sends the last one it saw.
+    pub id: u64,
+    /// `progress` while running, `status` on a status change; the last event of a job has
+    /// status `succeeded`, `failed` or `cancelled` and carries the summary or error.
+    pub kind: String,
+    pub job: Job,
+}
+
+/// The body of `POST /api/v1/containers/{id}/copy` (the contract's fields).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CopyRequest {
+    pub target_project_id: String,
+    #[serde(default)]
+    pub target_server_id: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub ssh_public_key: Option<String>,
+    #[serde(default)]
+    pub source_snapshot: Option<String>,
+    #[serde(default)]
+    pub copy_firewall_rules: bool,
+    #[serde(default)]
+    pub copy_network_rules: bool,
+}
+
+/// What a copy request starts: the new container and the job that fills it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CopyStarted {
+    pub container: ContainerDetail,
+    pub job: Job,
 }
 
 /// What every error of the API and of the server functions carries.

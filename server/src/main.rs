@@ -52,6 +52,17 @@ struct ServeArgs {
     /// Do not seed demo data on a first start.
     #[arg(long, global = true, env = "DOPPEL_NO_DEMO")]
     no_demo: bool,
+    /// How many copy and sync jobs run at once.
+    #[arg(long, global = true, env = "DOPPEL_MAX_JOBS", default_value_t = 2)]
+    max_jobs: usize,
+    /// How many of them at once on one target server.
+    #[arg(
+        long,
+        global = true,
+        env = "DOPPEL_MAX_JOBS_PER_SERVER",
+        default_value_t = 1
+    )]
+    max_jobs_per_server: usize,
     /// The built console (cargo-leptos output).
     #[arg(
         long,
@@ -140,6 +151,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             data,
             demo: !cli.serve.no_demo,
             site_root: cli.serve.site_root,
+            limits: doppel::jobs::Limits {
+                global: cli.serve.max_jobs,
+                per_server: cli.serve.max_jobs_per_server,
+            },
         })
         .await;
     }

@@ -4,11 +4,11 @@
 
 use app::backend::{Backend, CurrentUser};
 use app::model::{ApiError, ErrorCode, UserInfo};
-use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequestParts, Path, Query, State};
-use axum::http::{header, request::Parts, HeaderValue, StatusCode};
+use axum::http::{header, request::Parts, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
@@ -86,8 +86,17 @@ pub fn routes() -> Router<AppState> {
         .route("/servers", get(list_servers))
         .route("/containers", get(list_containers))
         .route("/containers/{id}", get(get_container))
+        .route("/containers/{id}/copy", post(copy_container))
+        .route("/containers/{id}/sync", post(sync_container))
+        .route(
+            "/containers/{id}/snapshots",
+            get(list_snapshots).post(create_snapshot),
+        )
         .route("/jobs", get(list_jobs))
         .route("/jobs/{id}", get(get_job))
+        .route("/jobs/{id}/cancel", post(cancel_job))
+        .route("/jobs/{id}/events", get(job_events))
+        .route("/events", get(all_events))
         .route("/openapi.json", get(openapi))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -178,4 +187,130 @@ async fn get_job(
 ) -> ApiResult<app::model::Job> {
     let id = path(id)?;
     Ok(Json(st.service.get_job(&user, &id).await?))
+}
+
+/// A JSON body that fails to parse: 400 for malformed JSON or a missing content type, 422
+/// for well-formed JSON with wrong, missing or unknown fields.
+fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, RestError> {
+    b.map(|Json(v)| v).map_err(|e| {
+        let code = match e {
+            JsonRejection::JsonDataError(_) => ErrorCode::Unprocessable,
+            _ => ErrorCode::InvalidRequest,
+        };
+        ApiError::new(code, format!("bad request body: {}", e.body_text())).into()
+    })
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, RestError> {
+    match headers.get("idempotency-key") {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .map(|s| Some(s.to_string()))
+            .map_err(|_| ApiError::invalid("Idempotency-Key must be visible ASCII").into()),
+    }
+}
+
+/// 202 Accepted, pointing at the job to follow.
+fn accepted<T: serde::Serialize>(job_url: &str, body: &T) -> Response {
+    let mut resp = (StatusCode::ACCEPTED, Json(body)).into_response();
+    if let Ok(v) = HeaderValue::from_str(job_url) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
+async fn copy_container(
+    State(st): State<AppState>,
+    Caller(user): Caller,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    req: Result<Json<app::model::CopyRequest>, JsonRejection>,
+) -> Result<Response, RestError> {
+    let id = path(id)?;
+    let key = idempotency_key(&headers)?;
+    let req = body(req)?;
+    let started = st
+        .service
+        .start_copy(&user, &id, req, key.as_deref())
+        .await?;
+    Ok(accepted(&started.job.url, &started))
+}
+
+async fn sync_container(
+    State(st): State<AppState>,
+    Caller(user): Caller,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Response, RestError> {
+    let id = path(id)?;
+    let key = idempotency_key(&headers)?;
+    let job = st.service.start_sync(&user, &id, key.as_deref()).await?;
+    Ok(accepted(&job.url, &serde_json::json!({ "job": job })))
+}
+
+async fn cancel_job(
+    State(st): State<AppState>,
+    Caller(user): Caller,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<serde_json::Value> {
+    let id = path(id)?;
+    let job = st.service.cancel_job(&user, &id).await?;
+    Ok(Json(json!({ "job": job })))
+}
+
+async fn list_snapshots(
+    State(st): State<AppState>,
+    Caller(user): Caller,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<serde_json::Value> {
+    let id = path(id)?;
+    let snapshots = st.service.list_snapshots(&user, &id).await?;
+    Ok(Json(json!({ "snapshots": snapshots })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SnapshotRequest {
+    name: String,
+}
+
+async fn create_snapshot(
+    State(st): State<AppState>,
+    Caller(user): Caller,
+    id: Result<Path<String>, PathRejection>,
+    req: Result<Json<SnapshotRequest>, JsonRejection>,
+) -> Result<Response, RestError> {
+    let id = path(id)?;
+    let req = body(req)?;
+    let snap = st.service.create_snapshot(&user, &id, &req.name).await?;
+    Ok((StatusCode::CREATED, Json(snap)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    last_event_id: Option<u64>,
+}
+
+async fn job_events(
+    State(st): State<AppState>,
+    Caller(user): Caller,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    q: Result<Query<EventsQuery>, QueryRejection>,
+) -> Result<Response, RestError> {
+    let id = path(id)?;
+    let after = crate::sse::resume_point(&headers, query(q)?.last_event_id)?;
+    Ok(crate::sse::job_stream(&st.service, &user, &id, after).await?)
+}
+
+async fn all_events(
+    State(st): State<AppState>,
+    Caller(user): Caller,
+    headers: HeaderMap,
+    q: Result<Query<EventsQuery>, QueryRejection>,
+) -> Result<Response, RestError> {
+    let after = crate::sse::resume_point(&headers, query(q)?.last_event_id)?;
+    Ok(crate::sse::all_stream(&st.service, &user, after).await?)
 }

@@ -19,6 +19,8 @@ pub struct ServeConfig {
     pub demo: bool,
     /// Where the built console (JS, WASM, CSS) lives; cargo-leptos writes it to target/site.
     pub site_root: PathBuf,
+    /// How many jobs run at once.
+    pub limits: crate::jobs::Limits,
 }
 
 /// What a started (but not yet listening) doppel consists of.
@@ -57,7 +59,11 @@ pub async fn prepare(cfg: &ServeConfig) -> anyhow::Result<Prepared> {
     if cfg.demo && seed::seed_if_empty(&pool, &cfg.data).await? {
         tracing::info!("seeded demo data (start with --no-demo to skip this)");
     }
-    let service = Arc::new(Service::new(pool, cfg.data.clone()));
+    let service = Arc::new(Service::new(pool, cfg.data.clone(), cfg.limits));
+    let resumed = service.jobs.recover().await?;
+    if resumed > 0 {
+        tracing::info!(resumed, "resumed jobs interrupted by the last stop");
+    }
     let router = web::router(AppState {
         service: service.clone(),
         leptos_options: leptos_options(cfg),

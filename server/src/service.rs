@@ -14,6 +14,7 @@ use crate::db::Db;
 pub struct Service {
     pub db: Db,
     pub data: DataConfig,
+    pub jobs: std::sync::Arc<crate::jobs::JobRunner>,
 }
 
 /// Logs an unexpected failure and gives the user a generic error (details stay in the log).
@@ -118,8 +119,17 @@ fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
 }
 
 impl Service {
-    pub fn new(db: Db, data: DataConfig) -> Self {
-        Service { db, data }
+    pub fn new(db: Db, data: DataConfig, limits: crate::jobs::Limits) -> Self {
+        let jobs = crate::jobs::JobRunner::new(db.clone(), limits);
+        Service { db, data, jobs }
+    }
+
+    /// The caller's projects and role in each (`None`: a platform admin, not a member).
+    pub(crate) async fn visibility_roles(
+        &self,
+        user: &UserInfo,
+    ) -> Result<HashMap<String, Option<Role>>, ApiError> {
+        Ok(self.visibility(user).await?.roles)
     }
 
     async fn visibility(&self, user: &UserInfo) -> Result<Visibility, ApiError> {
@@ -229,7 +239,7 @@ impl Service {
     }
 }
 
-fn job_from_row(r: &sqlx::sqlite::SqliteRow) -> Job {
+pub(crate) fn job_from_row(r: &sqlx::sqlite::SqliteRow) -> Job {
     let json = |col: &str| -> Option<serde_json::Value> {
         r.get::<Option<String>, _>(col)
             .and_then(|s| serde_json::from_str(&s).ok())
@@ -248,6 +258,8 @@ fn job_from_row(r: &sqlx::sqlite::SqliteRow) -> Job {
         created_at: r.get("created_at"),
         started_at: r.get("started_at"),
         finished_at: r.get("finished_at"),
+        url: format!("/api/v1/jobs/{}", r.get::<&str, _>("id")),
+        events_url: format!("/api/v1/jobs/{}/events", r.get::<&str, _>("id")),
     }
 }
 

@@ -93,6 +93,28 @@ fn check_roots(want: &Manifest, got: &Manifest) -> Result<(), EngineError> {
     )))
 }
 
+/// Combines the results of the two ends. When one end fails, the other sees the stream
+/// break; the error worth reporting is the first cause: a cancellation, else the end that
+/// did not just see the other one go away.
+fn join_ends<S, R>(
+    sent: std::thread::Result<Result<S, EngineError>>,
+    received: Result<R, EngineError>,
+    ctl: &Control,
+) -> Result<(S, R), EngineError> {
+    let sent = sent.unwrap_or_else(|_| Err(EngineError::Integrity("the sender panicked".into())));
+    ctl.check()?;
+    let broken = |e: &EngineError| {
+        matches!(e, EngineError::Io { source, .. }
+            if matches!(source.kind(), io::ErrorKind::UnexpectedEof | io::ErrorKind::BrokenPipe))
+    };
+    match (sent, received) {
+        (Ok(s), Ok(r)) => Ok((s, r)),
+        (Err(se), Err(re)) if broken(&re) && !broken(&se) => Err(se),
+        (_, Err(re)) => Err(re),
+        (Err(se), Ok(_)) => Err(se),
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Copy
 
@@ -156,9 +178,7 @@ fn copy_staged(
         let received = receive(Mode::Copy, staging, staging, r, None, ctl);
         (sender.join(), received)
     });
-    let received = received?;
-    let (stats, unstable) =
-        sent.map_err(|_| EngineError::Integrity("the sender panicked".into()))??;
+    let ((stats, unstable), received) = join_ends(sent, received, ctl)?;
 
     ctl.phase(Phase::Verify, None, None);
     let want = without_specials(&m);
@@ -615,8 +635,7 @@ pub(super) fn sync(src: &Place, dst: &Place, ctl: &Control) -> Result<Summary, E
                 let received = receive(Mode::Sync, &dst.root, &stage, r, Some(&t_man), ctl);
                 (sender.join(), received)
             });
-            let received = received?;
-            let sent = sent.map_err(|_| EngineError::Integrity("the sender panicked".into()))??;
+            let (sent, received) = join_ends(sent, received, ctl)?;
             ctl.fail("sync:after-transfer")?;
             Ok::<_, EngineError>((sent, received))
         })();

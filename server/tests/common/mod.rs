@@ -28,6 +28,7 @@ impl TestServer {
             },
             demo: true,
             site_root: data_dir.path().join("site"),
+            limits: Default::default(),
         };
         let prepared = serve::prepare(&cfg).await.expect("doppel starts");
         let admin_password = prepared

@@ -1,0 +1,440 @@
+//! The job runner: runs queued copy and sync jobs with bounded concurrency (globally and per
+//! target server), streams their progress to the event hub, keeps the database truthful,
+//! and after a restart resumes whatever was queued or running.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use app::model::{ContainerStatus, Job, JobKind, JobProgress, JobStatus};
+use sqlx::Row;
+use tokio::sync::Semaphore;
+
+use crate::config::{container_place, snapshot_place};
+use crate::db::Db;
+use crate::engine::{self, Control, EngineError, Progress};
+use crate::events::EventHub;
+use crate::ids::now_ms;
+use crate::service::job_from_row;
+
+/// What a job needs beyond its row, as accepted (the `params` column).
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct JobParams {
+    /// Copy from this snapshot of the source instead of its live state.
+    pub source_snapshot_id: Option<String>,
+    /// Sync: the target's status before the sync, restored after it.
+    pub previous_status: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub global: usize,
+    pub per_server: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            global: 2,
+            per_server: 1,
+        }
+    }
+}
+
+pub struct JobRunner {
+    db: Db,
+    pub hub: Arc<EventHub>,
+    global: Arc<Semaphore>,
+    per_server_limit: usize,
+    per_server: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Controls of queued and running jobs, to cancel them.
+    active: Mutex<HashMap<String, Control>>,
+}
+
+/// At most this many progress events per second per job (the final state always goes).
+const EVENT_INTERVAL: Duration = Duration::from_millis(100);
+/// How often running progress is written to the database.
+const DB_INTERVAL: Duration = Duration::from_secs(1);
+
+impl JobRunner {
+    pub fn new(db: Db, limits: Limits) -> Arc<JobRunner> {
+        Arc::new(JobRunner {
+            db,
+            hub: Arc::new(EventHub::new()),
+            global: Arc::new(Semaphore::new(limits.global.max(1))),
+            per_server_limit: limits.per_server.max(1),
+            per_server: Mutex::new(HashMap::new()),
+            active: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn server_slot(&self, server_id: &str) -> Arc<Semaphore> {
+        let mut map = self.per_server.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(server_id.to_string())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.per_server_limit)))
+            .clone()
+    }
+
+    /// Starts running a queued job in the background.
+    pub fn spawn(self: &Arc<Self>, job_id: String) {
+        let ctl = Control::new();
+        self.active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(job_id.clone(), ctl.clone());
+        let runner = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = runner.run(&job_id, ctl).await {
+                tracing::error!(job = %job_id, error = %e, "job bookkeeping failed");
+            }
+            runner
+                .active
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&job_id);
+        });
+    }
+
+    /// Asks a queued or running job to stop. `false` if it is not active here.
+    pub fn cancel(&self, job_id: &str) -> bool {
+        match self
+            .active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(job_id)
+        {
+            Some(ctl) => {
+                ctl.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// After a start: jobs that were queued or running when doppel stopped run again. The
+    /// engine repairs or rolls back whatever an interruption left on disk.
+    pub async fn recover(self: &Arc<Self>) -> Result<usize, sqlx::Error> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM jobs WHERE status IN ('queued', 'running') ORDER BY created_at",
+        )
+        .fetch_all(&self.db)
+        .await?;
+        for id in &ids {
+            sqlx::query("UPDATE jobs SET status = 'queued', phase = NULL WHERE id = $1")
+                .bind(id)
+                .execute(&self.db)
+                .await?;
+            tracing::info!(job = %id, "resuming a job interrupted by a restart");
+            self.spawn(id.clone());
+        }
+        Ok(ids.len())
+    }
+
+    pub async fn load(&self, job_id: &str) -> Result<Job, sqlx::Error> {
+        let row = sqlx::query("SELECT * FROM jobs WHERE id = $1")
+            .bind(job_id)
+            .fetch_one(&self.db)
+            .await?;
+        Ok(job_from_row(&row))
+    }
+
+    async fn publish_status(&self, job_id: &str) -> Result<(), sqlx::Error> {
+        let job = self.load(job_id).await?;
+        self.hub.publish("status", job);
+        Ok(())
+    }
+
+    async fn run(self: &Arc<Self>, job_id: &str, ctl: Control) -> Result<(), sqlx::Error> {
+        let row = sqlx::query(
+            "SELECT j.kind, j.params, j.container_id, j.source_container_id,
+                    t.server_id AS target_server, ts.storage_root AS target_root,
+                    ss.storage_root AS source_root
+             FROM jobs j
+             JOIN containers t ON t.id = j.container_id
+             JOIN servers ts ON ts.id = t.server_id
+             JOIN containers s ON s.id = j.source_container_id
+             JOIN servers ss ON ss.id = s.server_id
+             WHERE j.id = $1",
+        )
+        .bind(job_id)
+        .fetch_one(&self.db)
+        .await?;
+        let kind = JobKind::parse(row.get("kind")).unwrap_or(JobKind::Copy);
+        let params: JobParams = serde_json::from_str(row.get("params")).unwrap_or_default();
+        let target_id: String = row.get("container_id");
+        let source_id: String = row.get("source_container_id");
+        let target_root = PathBuf::from(row.get::<String, _>("target_root"));
+        let source_root = PathBuf::from(row.get::<String, _>("source_root"));
+
+        // Wait for a slot: globally, then on the target server.
+        let _global = self.global.clone().acquire_owned().await;
+        let _server = self
+            .server_slot(row.get("target_server"))
+            .acquire_owned()
+            .await;
+        let cancelled_while_queued = self.load(job_id).await?.status == JobStatus::Cancelled;
+        if cancelled_while_queued {
+            return self
+                .finish(
+                    job_id,
+                    kind,
+                    &target_id,
+                    &params,
+                    Err(EngineError::Cancelled),
+                )
+                .await;
+        }
+
+        let now = now_ms();
+        sqlx::query("UPDATE jobs SET status = 'running', started_at = COALESCE(started_at, $1), phase = 'scan' WHERE id = $2")
+            .bind(now)
+            .bind(job_id)
+            .execute(&self.db)
+            .await?;
+        if kind == JobKind::Sync {
+            set_container_status(&self.db, &target_id, ContainerStatus::Syncing, None).await?;
+        }
+        self.publish_status(job_id).await?;
+
+        let src = match &params.source_snapshot_id {
+            Some(snap) => snapshot_place(&source_root, &source_id, snap),
+            None => container_place(&source_root, &source_id),
+        };
+        let dst = container_place(&target_root, &target_id);
+        let reporter = Arc::new(ProgressReporter::new(self.clone(), job_id.to_string()));
+        let r2 = reporter.clone();
+        let ctl = ctl.with_progress(move |p| r2.report(p));
+        let result = tokio::task::spawn_blocking(move || match kind {
+            JobKind::Copy => engine::copy(&src, &dst, &ctl),
+            JobKind::Sync => engine::sync(&src, &dst, &ctl),
+        })
+        .await
+        .unwrap_or_else(|e| Err(EngineError::Integrity(format!("the job panicked: {e}"))));
+        reporter.flush().await;
+        self.finish(job_id, kind, &target_id, &params, result).await
+    }
+
+    async fn finish(
+        &self,
+        job_id: &str,
+        kind: JobKind,
+        target_id: &str,
+        params: &JobParams,
+        result: Result<engine::Summary, EngineError>,
+    ) -> Result<(), sqlx::Error> {
+        let now = now_ms();
+        let previous = params
+            .previous_status
+            .as_deref()
+            .and_then(ContainerStatus::parse)
+            .unwrap_or(ContainerStatus::Running);
+        match &result {
+            Ok(summary) => {
+                let summary_json = serde_json::to_string(summary).unwrap_or_default();
+                sqlx::query(
+                    "UPDATE jobs SET status = 'succeeded', phase = NULL, summary = $1, error = NULL, finished_at = $2 WHERE id = $3",
+                )
+                .bind(summary_json)
+                .bind(now)
+                .bind(job_id)
+                .execute(&self.db)
+                .await?;
+                // A copy starts automatically; a sync returns the target to its status.
+                let status = if kind == JobKind::Copy {
+                    ContainerStatus::Running
+                } else {
+                    previous
+                };
+                sqlx::query(
+                    "UPDATE containers SET status = $1, status_reason = NULL, source_state = $2,
+                        last_synced_at = $3, file_count = $4, size_bytes = $5, updated_at = $3
+                     WHERE id = $6",
+                )
+                .bind(status.as_str())
+                .bind(&summary.root_hash)
+                .bind(now)
+                .bind(summary.tree_files as i64)
+                .bind(summary.tree_bytes as i64)
+                .bind(target_id)
+                .execute(&self.db)
+                .await?;
+            }
+            Err(err) => {
+                let (status, message) = match err {
+                    EngineError::Cancelled => (JobStatus::Cancelled, "cancelled".to_string()),
+                    e => (JobStatus::Failed, e.to_string()),
+                };
+                sqlx::query("UPDATE jobs SET status = $1, phase = NULL, error = $2, finished_at = $3 WHERE id = $4")
+                    .bind(status.as_str())
+                    .bind(&message)
+                    .bind(now)
+                    .bind(job_id)
+                    .execute(&self.db)
+                    .await?;
+                // A copy that did not finish leaves no tree: the container is failed. A
+                // sync that did not finish left the copy as it was: its status comes back.
+                let (cstatus, reason) = match kind {
+                    JobKind::Copy => (
+                        ContainerStatus::Failed,
+                        format!("copy {}: {message}", status.as_str()),
+                    ),
+                    JobKind::Sync => (
+                        previous,
+                        format!("last sync {}: {message}", status.as_str()),
+                    ),
+                };
+                set_container_status(&self.db, target_id, cstatus, Some(&reason)).await?;
+                if status == JobStatus::Failed {
+                    tracing::warn!(job = %job_id, error = %message, "job failed");
+                }
+            }
+        }
+        self.publish_status(job_id).await
+    }
+}
+
+pub async fn set_container_status(
+    db: &Db,
+    id: &str,
+    status: ContainerStatus,
+    reason: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE containers SET status = $1, status_reason = $2, updated_at = $3 WHERE id = $4",
+    )
+    .bind(status.as_str())
+    .bind(reason)
+    .bind(now_ms())
+    .bind(id)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Turns engine progress into job events (at most 10 a second) and database updates
+/// (about once a second). Called from the engine's threads.
+struct ProgressReporter {
+    runner: Arc<JobRunner>,
+    job_id: String,
+    handle: tokio::runtime::Handle,
+    state: Mutex<ReporterState>,
+    /// Updates in flight; the final status waits for them, so it is always the last event.
+    pending: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+#[derive(Default)]
+struct ReporterState {
+    last_event: Option<Instant>,
+    last_db: Option<Instant>,
+    last_phase: Option<engine::Phase>,
+    latest: Option<JobProgress>,
+}
+
+impl ProgressReporter {
+    fn new(runner: Arc<JobRunner>, job_id: String) -> Self {
+        ProgressReporter {
+            runner,
+            job_id,
+            handle: tokio::runtime::Handle::current(),
+            state: Mutex::new(ReporterState::default()),
+            pending: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn report(&self, p: &Progress) {
+        let progress = to_job_progress(p);
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let phase_changed = st.last_phase != Some(p.phase);
+        let done = p.bytes_total.is_some_and(|t| p.bytes_done >= t)
+            && p.files_total.is_some_and(|t| p.files_done >= t);
+        st.latest = Some(progress.clone());
+        let event_due =
+            phase_changed || done || st.last_event.is_none_or(|t| t.elapsed() >= EVENT_INTERVAL);
+        let db_due = phase_changed || st.last_db.is_none_or(|t| t.elapsed() >= DB_INTERVAL);
+        st.last_phase = Some(p.phase);
+        if event_due {
+            st.last_event = Some(Instant::now());
+        }
+        if db_due {
+            st.last_db = Some(Instant::now());
+        }
+        drop(st);
+        if !event_due && !db_due {
+            return;
+        }
+        let runner = self.runner.clone();
+        let job_id = self.job_id.clone();
+        // The engine runs on a blocking thread: hand the async work to the runtime.
+        let task = self.handle.spawn(async move {
+            let json = serde_json::to_string(&progress).unwrap_or_default();
+            if db_due {
+                let _ = sqlx::query("UPDATE jobs SET phase = $1, progress = $2 WHERE id = $3 AND status = 'running'")
+                    .bind(&progress.phase)
+                    .bind(&json)
+                    .bind(&job_id)
+                    .execute(&runner.db)
+                    .await;
+            }
+            if event_due {
+                if let Ok(mut job) = runner.load(&job_id).await {
+                    job.phase = Some(progress.phase.clone());
+                    job.progress = Some(progress);
+                    runner.hub.publish("progress", job);
+                }
+            }
+        });
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        pending.retain(|t| !t.is_finished());
+        pending.push(task);
+    }
+
+    /// Writes the last progress seen, so the finished job shows where it ended.
+    async fn flush(&self) {
+        let tasks = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in tasks {
+            let _ = t.await;
+        }
+        let latest = self
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .latest
+            .clone();
+        if let Some(p) = latest {
+            let _ = sqlx::query("UPDATE jobs SET progress = $1 WHERE id = $2")
+                .bind(serde_json::to_string(&p).unwrap_or_default())
+                .bind(&self.job_id)
+                .execute(&self.runner.db)
+                .await;
+        }
+    }
+}
+
+fn to_job_progress(p: &Progress) -> JobProgress {
+    let percent = match (p.phase, p.bytes_total) {
+        (engine::Phase::Transfer, Some(0)) => Some(100.0),
+        (engine::Phase::Transfer, Some(t)) => {
+            Some((p.bytes_done as f64 * 100.0 / t as f64).min(100.0))
+        }
+        (engine::Phase::Verify | engine::Phase::Commit, _) => Some(100.0),
+        _ => None,
+    };
+    let rate = (p.rate > 0.0).then_some(p.rate);
+    let eta = match (p.bytes_total, rate) {
+        (Some(t), Some(r)) if p.phase == engine::Phase::Transfer => {
+            Some(t.saturating_sub(p.bytes_done) as f64 / r)
+        }
+        _ => None,
+    };
+    JobProgress {
+        phase: p.phase.as_str().to_string(),
+        bytes_done: p.bytes_done,
+        bytes_total: p.bytes_total,
+        files_done: p.files_done,
+        files_total: p.files_total,
+        percent,
+        bytes_per_second: rate,
+        eta_seconds: eta,
+    }
+}

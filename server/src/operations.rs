@@ -1,0 +1,551 @@
+//! Starting copies and syncs, cancelling jobs, and snapshots: the business rules behind
+//! the API's write endpoints (validation, authorisation, idempotency), shared by REST and
+//! the console. The work itself is the job runner's.
+
+use app::model::*;
+use sqlx::Row;
+
+use crate::db::is_unique_violation;
+use crate::ids::{new_id, now_ms};
+use crate::jobs::JobParams;
+use crate::service::{internal, Service};
+
+/// Who may change things in a project: its operators and admins, and platform admins.
+fn require_operator(role: Option<&Option<Role>>, what: &str) -> Result<(), ApiError> {
+    match role {
+        None => Err(ApiError::new(
+            ErrorCode::NotFound,
+            format!("{what} not found"),
+        )),
+        Some(None) => Ok(()),
+        Some(Some(r)) if *r >= Role::Operator => Ok(()),
+        Some(Some(_)) => Err(ApiError::forbidden(format!(
+            "your role in this project is viewer; {what} needs operator or admin"
+        ))),
+    }
+}
+
+/// Checks an OpenSSH public key (`type base64 [comment]`) and returns it normalised.
+pub fn parse_ssh_public_key(key: &str) -> Result<String, String> {
+    const TYPES: [&str; 8] = [
+        "ssh-ed25519",
+        "ssh-rsa",
+        "ecdsa-sha2-nistp256",
+        "ecdsa-sha2-nistp384",
+        "ecdsa-sha2-nistp521",
+        "sk-ssh-ed25519@openssh.com",
+        "sk-ecdsa-sha2-nistp256@openssh.com",
+        "ssh-dss",
+    ];
+    let key = key.trim();
+    if key.contains(['\n', '\r']) {
+        return Err("an SSH public key is one line".into());
+    }
+    let mut parts = key.split_whitespace();
+    let (Some(kind), Some(b64)) = (parts.next(), parts.next()) else {
+        return Err("expected `<type> <base64> [comment]`, as in a .pub file".into());
+    };
+    if !TYPES.contains(&kind) {
+        return Err(format!("unknown key type {kind:?}"));
+    }
+    use base64::Engine;
+    let blob = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|_| "the key data is not valid base64".to_string())?;
+    // The blob starts with its own type as an SSH string: it must agree.
+    let inner = blob
+        .get(..4)
+        .map(|l| u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize)
+        .and_then(|n| blob.get(4..4 + n));
+    if inner != Some(kind.as_bytes()) || blob.len() < 4 + kind.len() + 16 {
+        return Err("the key data does not match its type".into());
+    }
+    let comment: Vec<&str> = parts.collect();
+    Ok(if comment.is_empty() {
+        format!("{kind} {b64}")
+    } else {
+        format!("{kind} {b64} {}", comment.join(" "))
+    })
+}
+
+/// The `type base64` part that identifies a key (comments do not make keys different).
+fn key_identity(key: &str) -> String {
+    key.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
+}
+
+fn check_idempotency_key(key: Option<&str>) -> Result<Option<String>, ApiError> {
+    match key {
+        None => Ok(None),
+        Some(k)
+            if !k.is_empty() && k.len() <= 200 && k.bytes().all(|b| (0x21..=0x7e).contains(&b)) =>
+        {
+            Ok(Some(k.to_string()))
+        }
+        Some(_) => Err(ApiError::invalid(
+            "Idempotency-Key must be 1 to 200 visible ASCII characters",
+        )),
+    }
+}
+
+impl Service {
+    async fn job_by_idempotency_key(
+        &self,
+        user: &UserInfo,
+        key: &str,
+    ) -> Result<Option<Job>, ApiError> {
+        let row =
+            sqlx::query("SELECT * FROM jobs WHERE requested_by = $1 AND idempotency_key = $2")
+                .bind(&user.id)
+                .bind(key)
+                .fetch_optional(&self.db)
+                .await
+                .map_err(internal)?;
+        Ok(row.as_ref().map(crate::service::job_from_row))
+    }
+
+    /// `POST /containers/{id}/copy`: validates everything, creates the container (status
+    /// `copying`) and its job in one transaction, and queues the job.
+    pub async fn start_copy(
+        &self,
+        user: &UserInfo,
+        source_id: &str,
+        req: CopyRequest,
+        idempotency_key: Option<&str>,
+    ) -> Result<CopyStarted, ApiError> {
+        use app::backend::Backend;
+        let idem = check_idempotency_key(idempotency_key)?;
+        if let Some(key) = &idem {
+            if let Some(job) = self.job_by_idempotency_key(user, key).await? {
+                let container = self.get_container(user, &job.container_id).await?;
+                return Ok(CopyStarted { container, job });
+            }
+        }
+        let source = self.get_container(user, source_id).await?;
+        let vis = self.visibility_roles(user).await?;
+        if !is_valid_id(&req.target_project_id) {
+            return Err(ApiError::invalid(
+                "target_project_id must be 24 lowercase hex digits",
+            ));
+        }
+        require_operator(vis.get(&req.target_project_id), "the target project")?;
+        let server_id = req
+            .target_server_id
+            .clone()
+            .unwrap_or_else(|| source.summary.server_id.clone());
+        if !is_valid_id(&server_id) {
+            return Err(ApiError::invalid(
+                "target_server_id must be 24 lowercase hex digits",
+            ));
+        }
+        let server_exists: Option<String> =
+            sqlx::query_scalar("SELECT id FROM servers WHERE id = $1")
+                .bind(&server_id)
+                .fetch_optional(&self.db)
+                .await
+                .map_err(internal)?;
+        if server_exists.is_none() {
+            return Err(ApiError::not_found("server", &server_id));
+        }
+        let snapshot_id = match &req.source_snapshot {
+            None => None,
+            Some(s) => Some(
+                source
+                    .snapshots
+                    .iter()
+                    .find(|snap| snap.name == *s || snap.id == *s)
+                    .map(|snap| snap.id.clone())
+                    .ok_or_else(|| {
+                        ApiError::new(
+                            ErrorCode::Unprocessable,
+                            format!("source_snapshot {s:?} is not a snapshot of this container"),
+                        )
+                    })?,
+            ),
+        };
+        let key = match &req.ssh_public_key {
+            None => None,
+            Some(k) => Some(parse_ssh_public_key(k).map_err(|m| {
+                ApiError::new(ErrorCode::Unprocessable, format!("ssh_public_key: {m}"))
+            })?),
+        };
+        if let Some(k) = &key {
+            let ident = key_identity(k);
+            let taken: Option<String> = sqlx::query_scalar(
+                "SELECT id FROM containers WHERE ssh_public_key = $1 OR ssh_public_key LIKE $2",
+            )
+            .bind(&ident)
+            .bind(format!("{ident} %"))
+            .fetch_optional(&self.db)
+            .await
+            .map_err(internal)?;
+            if taken.is_some() {
+                return Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    "ssh_public_key is already used by another container; keys are unique",
+                ));
+            }
+        }
+        let name = match &req.name {
+            Some(n) => {
+                validate_container_name(n)
+                    .map_err(|m| ApiError::new(ErrorCode::Unprocessable, format!("name: {m}")))?;
+                if self.name_taken(&req.target_project_id, n).await? {
+                    return Err(ApiError::new(
+                        ErrorCode::Conflict,
+                        format!("a container named {n:?} already exists in the target project"),
+                    ));
+                }
+                n.clone()
+            }
+            None => {
+                self.generate_name(&req.target_project_id, &source.summary.name)
+                    .await?
+            }
+        };
+
+        let id = new_id();
+        let job_id = new_id();
+        let now = now_ms();
+        let firewall = if req.copy_firewall_rules {
+            source.firewall_rules.clone()
+        } else {
+            Vec::new()
+        };
+        let network = if req.copy_network_rules {
+            source.network_rules.clone()
+        } else {
+            Vec::new()
+        };
+        let params = JobParams {
+            source_snapshot_id: snapshot_id,
+            previous_status: None,
+        };
+        let mut tx = self.db.begin().await.map_err(internal)?;
+        let res = sqlx::query(
+            "INSERT INTO containers (id, name, project_id, server_id, status, ssh_public_key,
+                firewall_rules, network_rules, source_container_id, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, 'copying', $5, $6, $7, $8, $9, $9)",
+        )
+        .bind(&id)
+        .bind(&name)
+        .bind(&req.target_project_id)
+        .bind(&server_id)
+        .bind(&key)
+        .bind(serde_json::to_string(&firewall).map_err(internal)?)
+        .bind(serde_json::to_string(&network).map_err(internal)?)
+        .bind(source_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await;
+        if let Err(e) = res {
+            return Err(if is_unique_violation(&e) {
+                ApiError::new(
+                    ErrorCode::Conflict,
+                    "the name or SSH key was taken meanwhile; try again",
+                )
+            } else {
+                internal(e)
+            });
+        }
+        let res = sqlx::query(
+            "INSERT INTO jobs (id, kind, status, project_id, container_id, source_container_id,
+                requested_by, params, idempotency_key, created_at)
+             VALUES ($1, 'copy', 'queued', $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&job_id)
+        .bind(&req.target_project_id)
+        .bind(&id)
+        .bind(source_id)
+        .bind(&user.id)
+        .bind(serde_json::to_string(&params).map_err(internal)?)
+        .bind(&idem)
+        .bind(now)
+        .execute(&mut *tx)
+        .await;
+        match res {
+            Ok(_) => tx.commit().await.map_err(internal)?,
+            // The same key raced in from a retry: answer with the job that won.
+            Err(e) if is_unique_violation(&e) && idem.is_some() => {
+                drop(tx);
+                let job = self
+                    .job_by_idempotency_key(user, idem.as_deref().unwrap_or_default())
+                    .await?
+                    .ok_or_else(ApiError::internal)?;
+                let container = self.get_container(user, &job.container_id).await?;
+                return Ok(CopyStarted { container, job });
+            }
+            Err(e) => return Err(internal(e)),
+        }
+        self.jobs.spawn(job_id.clone());
+        let job = self.jobs.load(&job_id).await.map_err(internal)?;
+        self.jobs.hub.publish("status", job.clone());
+        let container = self.get_container(user, &id).await?;
+        Ok(CopyStarted { container, job })
+    }
+
+    async fn name_taken(&self, project_id: &str, name: &str) -> Result<bool, ApiError> {
+        let taken: Option<String> =
+            sqlx::query_scalar("SELECT id FROM containers WHERE project_id = $1 AND name = $2")
+                .bind(project_id)
+                .bind(name)
+                .fetch_optional(&self.db)
+                .await
+                .map_err(internal)?;
+        Ok(taken.is_some())
+    }
+
+    /// `<source>-copy`, then `<source>-copy-2`, `-3`, ...: the first free name.
+    pub async fn generate_name(&self, project_id: &str, source: &str) -> Result<String, ApiError> {
+        let base: String = source
+            .chars()
+            .take(50)
+            .collect::<String>()
+            .trim_end_matches('-')
+            .to_string();
+        for n in 1..1000 {
+            let candidate = if n == 1 {
+                format!("{base}-copy")
+            } else {
+                format!("{base}-copy-{n}")
+            };
+            if !self.name_taken(project_id, &candidate).await? {
+                return Ok(candidate);
+            }
+        }
+        Err(ApiError::new(ErrorCode::Conflict, "no free name; give one"))
+    }
+
+    /// `POST /containers/{id}/sync`: one sync at a time per container (a second request
+    /// gets 409 naming the running job).
+    pub async fn start_sync(
+        &self,
+        user: &UserInfo,
+        id: &str,
+        idempotency_key: Option<&str>,
+    ) -> Result<Job, ApiError> {
+        use app::backend::Backend;
+        let idem = check_idempotency_key(idempotency_key)?;
+        if let Some(key) = &idem {
+            if let Some(job) = self.job_by_idempotency_key(user, key).await? {
+                return Ok(job);
+            }
+        }
+        let c = self.get_container(user, id).await?;
+        let vis = self.visibility_roles(user).await?;
+        require_operator(vis.get(&c.summary.project_id), "syncing this container")?;
+        let source_id: Option<String> =
+            sqlx::query_scalar("SELECT source_container_id FROM containers WHERE id = $1")
+                .bind(id)
+                .fetch_one(&self.db)
+                .await
+                .map_err(internal)?;
+        let Some(source_id) = source_id else {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                "this container was not created by copy, so it has no source to sync from",
+            ));
+        };
+        let source_status: Option<String> =
+            sqlx::query_scalar("SELECT status FROM containers WHERE id = $1")
+                .bind(&source_id)
+                .fetch_optional(&self.db)
+                .await
+                .map_err(internal)?;
+        match source_status.as_deref() {
+            None | Some("deleting") => {
+                return Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    "the source of this copy no longer exists",
+                ))
+            }
+            Some("copying") | Some("failed") => {
+                return Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    "the source has no complete tree to sync from",
+                ))
+            }
+            _ => {}
+        }
+        let previous = c.summary.status;
+        if matches!(
+            previous,
+            ContainerStatus::Copying | ContainerStatus::Deleting
+        ) {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!(
+                    "the container is {}; it can be synced once that is done",
+                    previous.as_str()
+                ),
+            ));
+        }
+        let (previous, reason_ok) = match previous {
+            // A copy whose first copy failed has no tree: sync cannot repair that.
+            ContainerStatus::Failed if c.file_count == 0 && c.source_state.is_none() => {
+                (previous, false)
+            }
+            ContainerStatus::Syncing | ContainerStatus::Failed => (ContainerStatus::Running, true),
+            p => (p, true),
+        };
+        if !reason_ok {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                "the copy never completed; make a new copy",
+            ));
+        }
+        let job_id = new_id();
+        let params = JobParams {
+            source_snapshot_id: None,
+            previous_status: Some(previous.as_str().into()),
+        };
+        // The partial unique index on active syncs makes "one at a time" hold under races.
+        let res = sqlx::query(
+            "INSERT INTO jobs (id, kind, status, project_id, container_id, source_container_id,
+                requested_by, params, idempotency_key, created_at)
+             SELECT $1, 'sync', 'queued', $2, $3, $4, $5, $6, $7, $8
+             WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE container_id = $3 AND status IN ('queued', 'running'))",
+        )
+        .bind(&job_id)
+        .bind(&c.summary.project_id)
+        .bind(id)
+        .bind(&source_id)
+        .bind(&user.id)
+        .bind(serde_json::to_string(&params).map_err(internal)?)
+        .bind(&idem)
+        .bind(now_ms())
+        .execute(&self.db)
+        .await
+        .map_err(internal)?;
+        if res.rows_affected() == 0 {
+            let running: Option<String> = sqlx::query_scalar(
+                "SELECT id FROM jobs WHERE container_id = $1 AND status IN ('queued', 'running') LIMIT 1",
+            )
+            .bind(id)
+            .fetch_optional(&self.db)
+            .await
+            .map_err(internal)?;
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!(
+                    "a job is already running for this container: {}",
+                    running
+                        .map(|j| format!("/api/v1/jobs/{j}"))
+                        .unwrap_or_default()
+                ),
+            ));
+        }
+        self.jobs.spawn(job_id.clone());
+        let job = self.jobs.load(&job_id).await.map_err(internal)?;
+        self.jobs.hub.publish("status", job.clone());
+        Ok(job)
+    }
+
+    /// `POST /jobs/{id}/cancel`.
+    pub async fn cancel_job(&self, user: &UserInfo, id: &str) -> Result<Job, ApiError> {
+        let job = self.get_job(user, id).await?;
+        let vis = self.visibility_roles(user).await?;
+        require_operator(vis.get(&job.project_id), "cancelling this job")?;
+        if job.status.is_final() {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!("the job has already {}", job.status.as_str()),
+            ));
+        }
+        // A queued job is marked at once (the runner sees it when it gets a slot); a
+        // running one stops at its next check and the runner records it.
+        sqlx::query("UPDATE jobs SET status = 'cancelled' WHERE id = $1 AND status = 'queued'")
+            .bind(id)
+            .execute(&self.db)
+            .await
+            .map_err(internal)?;
+        self.jobs.cancel(id);
+        self.get_job(user, id).await
+    }
+
+    pub async fn list_snapshots(
+        &self,
+        user: &UserInfo,
+        container_id: &str,
+    ) -> Result<Vec<Snapshot>, ApiError> {
+        use app::backend::Backend;
+        Ok(self.get_container(user, container_id).await?.snapshots)
+    }
+
+    /// `POST /containers/{id}/snapshots`: freezes the current tree under a name.
+    pub async fn create_snapshot(
+        &self,
+        user: &UserInfo,
+        container_id: &str,
+        name: &str,
+    ) -> Result<Snapshot, ApiError> {
+        use app::backend::Backend;
+        let c = self.get_container(user, container_id).await?;
+        let vis = self.visibility_roles(user).await?;
+        require_operator(vis.get(&c.summary.project_id), "taking a snapshot")?;
+        validate_container_name(name)
+            .map_err(|m| ApiError::new(ErrorCode::Unprocessable, format!("name: {m}")))?;
+        if c.snapshots.iter().any(|s| s.name == name) {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!("a snapshot named {name:?} exists"),
+            ));
+        }
+        if matches!(
+            c.summary.status,
+            ContainerStatus::Copying | ContainerStatus::Failed
+        ) {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                "the container has no complete tree yet",
+            ));
+        }
+        let id = crate::inventory::create_snapshot(&self.db, container_id, name)
+            .await
+            .map_err(|e| match e {
+                crate::inventory::InventoryError::Exists(m) => {
+                    ApiError::new(ErrorCode::Conflict, format!("{m} already exists"))
+                }
+                e => internal(e),
+            })?;
+        let row = sqlx::query(
+            "SELECT id, name, created_at, file_count, size_bytes FROM snapshots WHERE id = $1",
+        )
+        .bind(&id)
+        .fetch_one(&self.db)
+        .await
+        .map_err(internal)?;
+        Ok(Snapshot {
+            id: row.get("id"),
+            name: row.get("name"),
+            created_at: row.get("created_at"),
+            file_count: row.get("file_count"),
+            size_bytes: row.get("size_bytes"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ssh_keys_are_parsed_not_just_pattern_matched() {
+        // A real ed25519 key (test data only).
+        let k = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4f me@laptop";
+        assert!(
+            parse_ssh_public_key(&format!("{k}\nssh-rsa AAAA")).is_err(),
+            "one line only"
+        );
+        assert_eq!(parse_ssh_public_key(&format!("  {k}\n")).unwrap(), k);
+        assert_eq!(parse_ssh_public_key("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4f  a b").unwrap(), "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4f a b");
+        assert!(parse_ssh_public_key("ssh-ed25519").is_err());
+        assert!(parse_ssh_public_key("ssh-foo AAAA").is_err());
+        assert!(parse_ssh_public_key("ssh-ed25519 not*base64").is_err());
+        // Valid base64 of a blob announcing another type.
+        assert!(parse_ssh_public_key("ssh-ed25519 AAAAB3NzaC1yc2EAAAADAQABAAABAQC7").is_err());
+        assert_eq!(
+            key_identity(k),
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4f"
+        );
+    }
+}

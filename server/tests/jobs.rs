@@ -1,0 +1,729 @@
+//! Copy and sync over the API: the contract's curl examples run as written, validation and
+//! authorisation, idempotency, snapshots, cancellation and server-sent events.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::TestServer;
+use serde_json::{json, Value};
+
+async fn wait_job(s: &TestServer, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (st, job) = s.get(&format!("/api/v1/jobs/{id}"), &s.admin_token).await;
+        assert_eq!(st, 200, "{job}");
+        if ["succeeded", "failed", "cancelled"].contains(&job["status"].as_str().unwrap()) {
+            return job;
+        }
+        assert!(Instant::now() < deadline, "job {id} did not finish: {job}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn project_id(s: &TestServer, name: &str) -> String {
+    let (_, body) = s.get("/api/v1/projects", &s.admin_token).await;
+    body["projects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+async fn server_id(s: &TestServer, name: &str) -> String {
+    let (_, body) = s.get("/api/v1/servers", &s.admin_token).await;
+    body["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+async fn post(
+    s: &TestServer,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+    key: Option<&str>,
+) -> (u16, Value, Option<String>) {
+    let mut req = TestServer::client().post(s.url(path)).bearer_auth(token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    if let Some(k) = key {
+        req = req.header("idempotency-key", k);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let location = resp
+        .headers()
+        .get("location")
+        .map(|v| v.to_str().unwrap().to_string());
+    (status, resp.json().await.unwrap_or(Value::Null), location)
+}
+
+/// Runs curl (asynchronously: the server under test shares this runtime).
+async fn curl(args: &[&str]) -> (u16, Value) {
+    let out = tokio::process::Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .await
+        .expect("curl runs");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (
+        code.trim().parse().unwrap(),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
+}
+
+fn tree_root(c: &Value) -> std::path::PathBuf {
+    std::path::PathBuf::from(c["root_path"].as_str().unwrap())
+}
+
+#[tokio::test]
+async fn the_contract_curl_examples_work_as_written() {
+    let s = TestServer::start().await;
+    let source = s.container_id("web-app").await;
+    let target_project = project_id(&s, "data-pipeline").await;
+    let target_server = server_id(&s, "local-c").await;
+
+    // POST /copy, exactly the contract's example with real ids.
+    let (status, body) = curl(&[
+        "-X",
+        "POST",
+        &s.url(&format!("/api/v1/containers/{source}/copy")),
+        "-H",
+        &format!("Authorization: Bearer {}", s.admin_token),
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        &format!(
+            r#"{{
+    "target_project_id": "{target_project}",
+    "target_server_id": "{target_server}",
+    "name": "web-app-staging",
+    "copy_firewall_rules": true,
+    "copy_network_rules": true
+  }}"#
+        ),
+    ])
+    .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["container"]["status"], "copying");
+    assert_eq!(body["container"]["name"], "web-app-staging");
+    let job = &body["job"];
+    assert_eq!(job["kind"], "copy");
+    assert_eq!(
+        job["url"],
+        format!("/api/v1/jobs/{}", job["id"].as_str().unwrap())
+    );
+    assert_eq!(
+        job["events_url"],
+        format!("/api/v1/jobs/{}/events", job["id"].as_str().unwrap())
+    );
+    let done = wait_job(&s, job["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["progress"]["percent"], 100.0);
+
+    let copy_id = body["container"]["id"].as_str().unwrap().to_string();
+    let (_, copy) = s
+        .get(&format!("/api/v1/containers/{copy_id}"), &s.admin_token)
+        .await;
+    let (_, src) = s
+        .get(&format!("/api/v1/containers/{source}"), &s.admin_token)
+        .await;
+    assert_eq!(copy["status"], "running", "a copy starts automatically");
+    assert_eq!(copy["server_name"], "local-c");
+    assert_eq!(copy["project_name"], "data-pipeline");
+    assert_eq!(copy["firewall_rules"], src["firewall_rules"]);
+    assert_eq!(copy["network_rules"], src["network_rules"]);
+    assert!(copy["ssh_public_key"].is_null(), "never inherited");
+    assert_eq!(copy["source"]["id"], source.as_str());
+    assert_eq!(copy["file_count"], src["file_count"]);
+    assert!(copy["source_state"].is_string());
+    let (src_root, copy_root) = (tree_root(&src), tree_root(&copy));
+    assert_eq!(
+        std::fs::read(copy_root.join("var/lib/web-app/data-00.db")).unwrap(),
+        std::fs::read(src_root.join("var/lib/web-app/data-00.db")).unwrap()
+    );
+
+    // Change the source, then POST /sync exactly as the contract shows.
+    std::fs::write(src_root.join("etc/web-app/config.toml"), b"port = 9090\n").unwrap();
+    std::fs::write(src_root.join("etc/new-file"), b"added").unwrap();
+    std::fs::remove_file(src_root.join("var/log/web-app/access-01.log")).unwrap();
+    let (status, body) = curl(&[
+        "-X",
+        "POST",
+        &s.url(&format!("/api/v1/containers/{copy_id}/sync")),
+        "-H",
+        &format!("Authorization: Bearer {}", s.admin_token),
+    ])
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let done = wait_job(&s, body["job"]["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let summary = &done["summary"];
+    assert_eq!(summary["files_added"], 1, "{summary}");
+    assert_eq!(summary["files_deleted"], 1, "{summary}");
+    assert!(summary["files_changed"].as_u64().unwrap() >= 1, "{summary}");
+    assert_eq!(summary["drift"], 0);
+    assert!(
+        summary["bytes_sent"].as_u64().unwrap() < 100_000,
+        "only the change travels: {summary}"
+    );
+    assert_eq!(
+        std::fs::read(copy_root.join("etc/web-app/config.toml")).unwrap(),
+        b"port = 9090\n"
+    );
+    assert!(!copy_root.join("var/log/web-app/access-01.log").exists());
+    let (_, copy) = s
+        .get(&format!("/api/v1/containers/{copy_id}"), &s.admin_token)
+        .await;
+    assert_eq!(
+        copy["status"], "running",
+        "back to its status after the sync"
+    );
+}
+
+#[tokio::test]
+async fn copy_validation_answers_each_mistake_with_its_status() {
+    let s = TestServer::start().await;
+    let source = s.container_id("web-app").await;
+    let web = project_id(&s, "web-platform").await;
+    let data = project_id(&s, "data-pipeline").await;
+    let copy = |body: Value| {
+        let s = &s;
+        let source = source.clone();
+        async move {
+            post(
+                s,
+                &format!("/api/v1/containers/{source}/copy"),
+                &s.admin_token,
+                Some(body),
+                None,
+            )
+            .await
+        }
+    };
+    let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4f me@laptop";
+    let cases: Vec<(Value, u16, &str)> = vec![
+        (json!({}), 422, "unprocessable"),
+        (
+            json!({"target_project_id": web, "colour": "red"}),
+            422,
+            "unprocessable",
+        ),
+        (
+            json!({"target_project_id": web, "copy_firewall_rules": "yes"}),
+            422,
+            "unprocessable",
+        ),
+        (json!({"target_project_id": "nope"}), 400, "invalid_request"),
+        (
+            json!({"target_project_id": "000000000000000000000000"}),
+            404,
+            "not_found",
+        ),
+        (
+            json!({"target_project_id": web, "target_server_id": "000000000000000000000000"}),
+            404,
+            "not_found",
+        ),
+        (
+            json!({"target_project_id": web, "name": "Bad Name!"}),
+            422,
+            "unprocessable",
+        ),
+        (
+            json!({"target_project_id": web, "name": "web-app-staging"}),
+            409,
+            "conflict",
+        ),
+        (
+            json!({"target_project_id": web, "ssh_public_key": "ssh-ed25519 garbage"}),
+            422,
+            "unprocessable",
+        ),
+        (
+            json!({"target_project_id": web, "source_snapshot": "no-such-snapshot"}),
+            422,
+            "unprocessable",
+        ),
+    ];
+    for (body, status, code) in cases {
+        let (st, resp, _) = copy(body.clone()).await;
+        assert_eq!(st, status, "{body}: {resp}");
+        assert_eq!(resp["error"]["code"], code, "{body}: {resp}");
+    }
+    let resp = TestServer::client()
+        .post(s.url(&format!("/api/v1/containers/{source}/copy")))
+        .bearer_auth(&s.admin_token)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let (st, _, _) = post(
+        &s,
+        "/api/v1/containers/000000000000000000000000/copy",
+        &s.admin_token,
+        Some(json!({"target_project_id": web})),
+        None,
+    )
+    .await;
+    assert_eq!(st, 404);
+
+    // Defaults: generated name, same server, no rules; a key is unique across containers.
+    let (st, first, location) =
+        copy(json!({"target_project_id": data, "ssh_public_key": key})).await;
+    assert_eq!(st, 202, "{first}");
+    assert_eq!(first["container"]["name"], "web-app-copy");
+    assert_eq!(first["container"]["server_name"], "local-a");
+    assert_eq!(first["container"]["firewall_rules"], json!([]));
+    assert_eq!(first["container"]["network_rules"], json!([]));
+    assert_eq!(location.as_deref(), first["job"]["url"].as_str());
+    let (st, resp, _) = copy(
+        json!({"target_project_id": data, "ssh_public_key": key.replace("me@laptop", "other")}),
+    )
+    .await;
+    assert_eq!(st, 409, "same key, other comment: {resp}");
+    let (st, second, _) = copy(json!({"target_project_id": data})).await;
+    assert_eq!(st, 202);
+    assert_eq!(second["container"]["name"], "web-app-copy-2");
+    wait_job(&s, first["job"]["id"].as_str().unwrap()).await;
+    wait_job(&s, second["job"]["id"].as_str().unwrap()).await;
+}
+
+#[tokio::test]
+async fn members_cannot_copy_from_or_into_other_projects_nor_see_their_jobs() {
+    let s = TestServer::start().await;
+    let web_app = s.container_id("web-app").await;
+    let db_primary = s.container_id("db-primary").await;
+    let web = project_id(&s, "web-platform").await;
+    let data = project_id(&s, "data-pipeline").await;
+    let t = &s.alice_token;
+    let (st, _, _) = post(
+        &s,
+        &format!("/api/v1/containers/{db_primary}/copy"),
+        t,
+        Some(json!({"target_project_id": web})),
+        None,
+    )
+    .await;
+    assert_eq!(st, 404, "copy from a project she cannot see");
+    let (st, _, _) = post(
+        &s,
+        &format!("/api/v1/containers/{web_app}/copy"),
+        t,
+        Some(json!({"target_project_id": data})),
+        None,
+    )
+    .await;
+    assert_eq!(st, 404, "copy into a project she cannot see");
+    let (st, ok, _) = post(
+        &s,
+        &format!("/api/v1/containers/{web_app}/copy"),
+        t,
+        Some(json!({"target_project_id": web})),
+        None,
+    )
+    .await;
+    assert_eq!(st, 202, "operator in her project: {ok}");
+    wait_job(&s, ok["job"]["id"].as_str().unwrap()).await;
+
+    // The admin's job in the other project is invisible to her, in lists, by id and live.
+    let (_, theirs, _) = post(
+        &s,
+        &format!("/api/v1/containers/{db_primary}/copy"),
+        &s.admin_token,
+        Some(json!({"target_project_id": data})),
+        None,
+    )
+    .await;
+    let their_job = theirs["job"]["id"].as_str().unwrap().to_string();
+    wait_job(&s, &their_job).await;
+    let (st, _) = s.get(&format!("/api/v1/jobs/{their_job}"), t).await;
+    assert_eq!(st, 404);
+    let (st, _) = s.get(&format!("/api/v1/jobs/{their_job}/events"), t).await;
+    assert_eq!(st, 404);
+    let (_, jobs) = s.get("/api/v1/jobs", t).await;
+    assert!(jobs["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|j| j["project_id"] == web.as_str()));
+    let (st, _, _) = post(
+        &s,
+        &format!("/api/v1/jobs/{their_job}/cancel"),
+        t,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(st, 404);
+
+    // A viewer may look but not copy or sync.
+    let db = &s.service.db;
+    let viewer = doppel::auth::create_user(db, "victor", None, false)
+        .await
+        .unwrap();
+    doppel::inventory::add_member(db, &web, &viewer.id, app::model::Role::Viewer)
+        .await
+        .unwrap();
+    let vt = doppel::auth::create_token(db, "victor", "t").await.unwrap();
+    let (st, body, _) = post(
+        &s,
+        &format!("/api/v1/containers/{web_app}/copy"),
+        &vt,
+        Some(json!({"target_project_id": web})),
+        None,
+    )
+    .await;
+    assert_eq!(st, 403, "{body}");
+    let staging = s.container_id("web-app-staging").await;
+    let (st, _, _) = post(
+        &s,
+        &format!("/api/v1/containers/{staging}/sync"),
+        &vt,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(st, 403);
+}
+
+#[tokio::test]
+async fn retries_with_an_idempotency_key_get_the_same_job() {
+    let s = TestServer::start().await;
+    let source = s.container_id("web-app").await;
+    let web = project_id(&s, "web-platform").await;
+    let path = format!("/api/v1/containers/{source}/copy");
+    let body = json!({"target_project_id": web, "name": "once"});
+    let (st, a, _) = post(
+        &s,
+        &path,
+        &s.admin_token,
+        Some(body.clone()),
+        Some("retry-123"),
+    )
+    .await;
+    assert_eq!(st, 202);
+    let (st, b, _) = post(&s, &path, &s.admin_token, Some(body), Some("retry-123")).await;
+    assert_eq!(st, 202, "{b}");
+    assert_eq!(a["job"]["id"], b["job"]["id"]);
+    assert_eq!(a["container"]["id"], b["container"]["id"]);
+    wait_job(&s, a["job"]["id"].as_str().unwrap()).await;
+    let (_, list) = s.get("/api/v1/containers", &s.admin_token).await;
+    let named_once = list["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["name"] == "once")
+        .count();
+    assert_eq!(named_once, 1);
+
+    let staging = s.container_id("web-app-staging").await;
+    let sync = format!("/api/v1/containers/{staging}/sync");
+    let (_, x, _) = post(&s, &sync, &s.admin_token, None, Some("sync-1")).await;
+    let (_, y, _) = post(&s, &sync, &s.admin_token, None, Some("sync-1")).await;
+    assert_eq!(x["job"]["id"], y["job"]["id"]);
+    wait_job(&s, x["job"]["id"].as_str().unwrap()).await;
+}
+
+#[tokio::test]
+async fn sync_rules_originals_running_jobs_and_snapshots() {
+    let s = TestServer::start().await;
+    let web_app = s.container_id("web-app").await;
+    let (st, body, _) = post(
+        &s,
+        &format!("/api/v1/containers/{web_app}/sync"),
+        &s.admin_token,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(st, 409, "an original has no source: {body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("not created by copy"));
+
+    // Snapshots: take one, change the source, copy from the snapshot: the old state.
+    let (st, snap, _) = post(
+        &s,
+        &format!("/api/v1/containers/{web_app}/snapshots"),
+        &s.admin_token,
+        Some(json!({"name": "pre-change"})),
+        None,
+    )
+    .await;
+    assert_eq!(st, 201, "{snap}");
+    let (st, _, _) = post(
+        &s,
+        &format!("/api/v1/containers/{web_app}/snapshots"),
+        &s.admin_token,
+        Some(json!({"name": "pre-change"})),
+        None,
+    )
+    .await;
+    assert_eq!(st, 409);
+    let (_, list) = s
+        .get(
+            &format!("/api/v1/containers/{web_app}/snapshots"),
+            &s.admin_token,
+        )
+        .await;
+    assert!(list["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|x| x["name"] == "pre-change"));
+    let (_, src) = s
+        .get(&format!("/api/v1/containers/{web_app}"), &s.admin_token)
+        .await;
+    let src_root = tree_root(&src);
+    std::fs::write(src_root.join("etc/hostname"), b"changed-after-snapshot\n").unwrap();
+    let web = project_id(&s, "web-platform").await;
+    let (st, started, _) = post(
+        &s,
+        &format!("/api/v1/containers/{web_app}/copy"),
+        &s.admin_token,
+        Some(
+            json!({"target_project_id": web, "name": "from-snap", "source_snapshot": "pre-change"}),
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(st, 202, "{started}");
+    let done = wait_job(&s, started["job"]["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let (_, copy) = s
+        .get(
+            &format!(
+                "/api/v1/containers/{}",
+                started["container"]["id"].as_str().unwrap()
+            ),
+            &s.admin_token,
+        )
+        .await;
+    assert_eq!(
+        std::fs::read(tree_root(&copy).join("etc/hostname")).unwrap(),
+        b"web-app\n"
+    );
+
+    // One sync at a time: a second request while one is queued or running is a 409 that
+    // names the running job (the first may already be done on a fast machine).
+    let staging = s.container_id("web-app-staging").await;
+    let (st1, first, _) = post(
+        &s,
+        &format!("/api/v1/containers/{staging}/sync"),
+        &s.admin_token,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(st1, 202);
+    let (st2, second, _) = post(
+        &s,
+        &format!("/api/v1/containers/{staging}/sync"),
+        &s.admin_token,
+        None,
+        None,
+    )
+    .await;
+    if st2 == 409 {
+        assert!(second["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(first["job"]["id"].as_str().unwrap()));
+    } else {
+        assert_eq!(st2, 202);
+        wait_job(&s, second["job"]["id"].as_str().unwrap()).await;
+    }
+    wait_job(&s, first["job"]["id"].as_str().unwrap()).await;
+}
+
+#[tokio::test]
+async fn a_cancelled_copy_leaves_a_truthful_state() {
+    let s = TestServer::start().await;
+    let source = s.container_id("db-primary").await;
+    let data = project_id(&s, "data-pipeline").await;
+    let (_, started, _) = post(
+        &s,
+        &format!("/api/v1/containers/{source}/copy"),
+        &s.admin_token,
+        Some(json!({"target_project_id": data, "name": "to-cancel"})),
+        None,
+    )
+    .await;
+    let job_id = started["job"]["id"].as_str().unwrap().to_string();
+    let (st, _, _) = post(
+        &s,
+        &format!("/api/v1/jobs/{job_id}/cancel"),
+        &s.admin_token,
+        None,
+        None,
+    )
+    .await;
+    let done = wait_job(&s, &job_id).await;
+    let (_, c) = s
+        .get(
+            &format!(
+                "/api/v1/containers/{}",
+                started["container"]["id"].as_str().unwrap()
+            ),
+            &s.admin_token,
+        )
+        .await;
+    match done["status"].as_str().unwrap() {
+        "cancelled" => {
+            assert_eq!(st, 200);
+            assert_eq!(c["status"], "failed");
+            assert!(c["status_reason"].as_str().unwrap().contains("cancelled"));
+            assert!(!tree_root(&c).exists(), "no half copy on disk");
+        }
+        // The copy won the race: then the cancel was refused and the copy is whole.
+        "succeeded" => {
+            assert_eq!(c["status"], "running");
+            assert!(st == 409 || st == 200);
+        }
+        other => panic!("unexpected final status {other}: {done}"),
+    }
+    let (st, body, _) = post(
+        &s,
+        &format!("/api/v1/jobs/{job_id}/cancel"),
+        &s.admin_token,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(st, 409, "a finished job cannot be cancelled: {body}");
+}
+
+/// Reads server-sent events from a response until `stop` says so or the stream ends.
+async fn read_events(
+    resp: reqwest::Response,
+    mut stop: impl FnMut(&Value) -> bool,
+) -> Vec<(u64, String, Value)> {
+    use futures::StreamExt;
+    let mut events = Vec::new();
+    let mut buf = String::new();
+    let mut stream = resp.bytes_stream();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while let Ok(Some(chunk)) = tokio::time::timeout_at(deadline, stream.next()).await {
+        buf.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+        while let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            let (mut id, mut kind, mut data) = (None, String::new(), String::new());
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("id:") {
+                    id = v.trim().parse().ok();
+                } else if let Some(v) = line.strip_prefix("event:") {
+                    kind = v.trim().to_string();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push_str(v.trim());
+                }
+            }
+            if let Some(id) = id {
+                let v: Value = serde_json::from_str(&data).unwrap();
+                let done = stop(&v);
+                events.push((id, kind, v));
+                if done {
+                    return events;
+                }
+            }
+        }
+    }
+    events
+}
+
+#[tokio::test]
+async fn job_events_stream_to_the_end_and_resume_without_loss() {
+    let s = TestServer::start().await;
+    let source = s.container_id("db-primary").await;
+    let data = project_id(&s, "data-pipeline").await;
+    let (_, started, _) = post(
+        &s,
+        &format!("/api/v1/containers/{source}/copy"),
+        &s.admin_token,
+        Some(json!({"target_project_id": data, "name": "watched"})),
+        None,
+    )
+    .await;
+    let events_url = started["job"]["events_url"].as_str().unwrap().to_string();
+
+    let resp = TestServer::client()
+        .get(s.url(&events_url))
+        .bearer_auth(&s.admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    assert_eq!(resp.headers()["x-accel-buffering"], "no");
+    let all = read_events(resp, |_| false).await;
+    let last = all.last().expect("events");
+    assert_eq!(
+        last.2["job"]["status"], "succeeded",
+        "the stream ends with the final state"
+    );
+    assert!(last.2["job"]["summary"]["tree_files"].as_u64().unwrap() > 0);
+    assert!(all.windows(2).all(|w| w[0].0 < w[1].0), "ids increase");
+    let progress: Vec<u64> = all
+        .iter()
+        .filter(|e| e.1 == "progress" && e.2["job"]["progress"]["phase"] == "transfer")
+        .map(|e| e.2["job"]["progress"]["bytes_done"].as_u64().unwrap())
+        .collect();
+    assert!(
+        progress.windows(2).all(|w| w[0] <= w[1]),
+        "monotonic: {progress:?}"
+    );
+
+    // Reconnect after the second event: the rest comes, nothing lost, nothing repeated.
+    let resp = TestServer::client()
+        .get(s.url(&events_url))
+        .bearer_auth(&s.admin_token)
+        .send()
+        .await
+        .unwrap();
+    let mut n = 0;
+    let first_two = read_events(resp, |_| {
+        n += 1;
+        n == 2
+    })
+    .await;
+    let resume_after = first_two.last().unwrap().0;
+    let resp = TestServer::client()
+        .get(s.url(&events_url))
+        .bearer_auth(&s.admin_token)
+        .header("last-event-id", resume_after.to_string())
+        .send()
+        .await
+        .unwrap();
+    let rest = read_events(resp, |_| false).await;
+    let ids: Vec<u64> = first_two.iter().chain(&rest).map(|e| e.0).collect();
+    let expected: Vec<u64> = all.iter().map(|e| e.0).collect();
+    assert_eq!(ids, expected);
+
+    // The all-jobs stream replays from a Last-Event-ID too.
+    let resp = TestServer::client()
+        .get(s.url("/api/v1/events"))
+        .bearer_auth(&s.admin_token)
+        .header("last-event-id", (expected[0] - 1).to_string())
+        .send()
+        .await
+        .unwrap();
+    let replayed = read_events(resp, |v| v["job"]["status"] == "succeeded").await;
+    assert_eq!(replayed.last().unwrap().0, *expected.last().unwrap());
+}
