@@ -14,7 +14,7 @@ STAMP := target/.setup
 # cargo-installed tools, and wasm-opt from the pinned npm package binaryen.
 export PATH := $(HOME)/.cargo/bin:$(CURDIR)/end2end/node_modules/.bin:$(PATH)
 
-.PHONY: help setup run build test lint unit e2e dev clean bench
+.PHONY: help setup run build test lint unit e2e dev clean bench load
 
 help:
 	@echo "make run    set up, build (release) and start doppel on http://127.0.0.1:3000"
@@ -91,3 +91,7 @@ clean:
 bench: setup
 	@command -v rsync >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y rsync; }
 	cargo bench -p doppel --bench engine
+
+# 200 concurrent copy requests and 500 SSE subscribers against a real doppel (prints figures).
+load: setup
+	ulimit -n 8192 2>/dev/null; cargo bench -p doppel --bench load

@@ -298,6 +298,8 @@ pub struct JobEvent {
     /// `progress` while running, `status` on a status change; the last event of a job has
     /// status `succeeded`, `failed` or `cancelled` and carries the summary or error.
     pub kind: String,
+    /// When the event was published (Unix ms).
+    pub at: Millis,
     pub job: Job,
 }
 

@@ -209,14 +209,18 @@ pub async fn create_token(db: &Db, user_name: &str, label: &str) -> Result<Strin
 pub async fn user_for_token(db: &Db, token: &str) -> Result<Option<UserInfo>, sqlx::Error> {
     let hash = secret_hash(token);
     let row = sqlx::query(
-        "SELECT u.id, u.name, u.is_admin FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash = $1",
+        "SELECT u.id, u.name, u.is_admin, t.last_used_at FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash = $1",
     )
     .bind(&hash)
     .fetch_optional(db)
     .await?;
-    if row.is_some() {
+    // Record use at most once a minute: a write per request would serialise all requests
+    // on the database's write lock.
+    let now = now_ms();
+    let last: Option<i64> = row.as_ref().and_then(|r| r.get("last_used_at"));
+    if row.is_some() && last.is_none_or(|t| now - t > 60_000) {
         sqlx::query("UPDATE api_tokens SET last_used_at = $1 WHERE token_hash = $2")
-            .bind(now_ms())
+            .bind(now)
             .bind(&hash)
             .execute(db)
             .await?;

@@ -12,15 +12,28 @@ use tokio::sync::broadcast;
 /// Events kept for replay (across all jobs).
 const REPLAY: usize = 20_000;
 
+/// An event and its JSON, serialised once however many clients receive it.
+pub struct Published {
+    pub ev: JobEvent,
+    pub json: String,
+}
+
 pub struct EventHub {
     next_id: AtomicU64,
-    recent: Mutex<VecDeque<Arc<JobEvent>>>,
-    tx: broadcast::Sender<Arc<JobEvent>>,
+    recent: Mutex<VecDeque<Arc<Published>>>,
+    tx: broadcast::Sender<Arc<Published>>,
 }
 
 impl Default for EventHub {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+impl Published {
+    pub fn new(ev: JobEvent) -> Published {
+        let json = serde_json::to_string(&ev).unwrap_or_default();
+        Published { ev, json }
     }
 }
 
@@ -41,14 +54,16 @@ impl EventHub {
         self.next_id.load(Ordering::SeqCst)
     }
 
-    pub fn publish(&self, kind: &str, job: Job) -> Arc<JobEvent> {
+    pub fn publish(&self, kind: &str, job: Job) -> Arc<Published> {
         let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
         // Id and order are assigned under the lock, so the buffer and the channel agree.
-        let ev = Arc::new(JobEvent {
+        let ev = JobEvent {
             id: self.next_id.fetch_add(1, Ordering::SeqCst),
             kind: kind.to_string(),
+            at: crate::ids::now_ms(),
             job,
-        });
+        };
+        let ev = Arc::new(Published::new(ev));
         if recent.len() == REPLAY {
             recent.pop_front();
         }
@@ -62,27 +77,27 @@ impl EventHub {
     pub fn subscribe(
         &self,
         after: Option<u64>,
-    ) -> (Vec<Arc<JobEvent>>, broadcast::Receiver<Arc<JobEvent>>) {
+    ) -> (Vec<Arc<Published>>, broadcast::Receiver<Arc<Published>>) {
         let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
         let replay = match after {
-            Some(id) => recent.iter().filter(|e| e.id > id).cloned().collect(),
+            Some(id) => recent.iter().filter(|e| e.ev.id > id).cloned().collect(),
             None => Vec::new(),
         };
         (replay, self.tx.subscribe())
     }
 
     /// Buffered events after `after` (to catch up after a lagging receiver).
-    pub fn since(&self, after: u64) -> Vec<Arc<JobEvent>> {
+    pub fn since(&self, after: u64) -> Vec<Arc<Published>> {
         let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-        recent.iter().filter(|e| e.id > after).cloned().collect()
+        recent.iter().filter(|e| e.ev.id > after).cloned().collect()
     }
 
     /// The buffered events of one job.
-    pub fn of_job(&self, job_id: &str) -> Vec<Arc<JobEvent>> {
+    pub fn of_job(&self, job_id: &str) -> Vec<Arc<Published>> {
         let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
         recent
             .iter()
-            .filter(|e| e.job.id == job_id)
+            .filter(|e| e.ev.job.id == job_id)
             .cloned()
             .collect()
     }

@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use futures::stream::{self, Stream, StreamExt};
 use tokio::sync::broadcast::{self, error::RecvError};
 
-use crate::events::EventHub;
+use crate::events::{EventHub, Published};
 use crate::service::Service;
 
 /// The id to resume after: the `Last-Event-ID` header, or `?last_event_id=` (for clients
@@ -31,12 +31,11 @@ pub fn resume_point(headers: &HeaderMap, query: Option<u64>) -> Result<Option<u6
     }
 }
 
-fn to_sse(ev: &JobEvent) -> Event {
+fn to_sse(p: &Published) -> Event {
     Event::default()
-        .id(ev.id.to_string())
-        .event(ev.kind.clone())
-        .json_data(ev)
-        .unwrap_or_else(|_| Event::default().comment("unserialisable event"))
+        .id(p.ev.id.to_string())
+        .event(p.ev.kind.clone())
+        .data(p.json.as_str())
 }
 
 fn respond(stream: impl Stream<Item = Result<Event, Infallible>> + Send + 'static) -> Response {
@@ -58,10 +57,10 @@ fn respond(stream: impl Stream<Item = Result<Event, Infallible>> + Send + 'stati
 }
 
 struct Live {
-    rx: broadcast::Receiver<Arc<JobEvent>>,
+    rx: broadcast::Receiver<Arc<Published>>,
     hub: Arc<EventHub>,
     /// Events to send before reading the channel again (replay, catch-up).
-    queue: std::collections::VecDeque<Arc<JobEvent>>,
+    queue: std::collections::VecDeque<Arc<Published>>,
     last: u64,
     done: bool,
 }
@@ -71,11 +70,11 @@ impl Live {
     async fn next(
         &mut self,
         keep: &(dyn Fn(&JobEvent) -> bool + Send + Sync),
-    ) -> Option<Arc<JobEvent>> {
+    ) -> Option<Arc<Published>> {
         loop {
             if let Some(ev) = self.queue.pop_front() {
-                if ev.id > self.last && keep(&ev) {
-                    self.last = ev.id;
+                if ev.ev.id > self.last && keep(&ev.ev) {
+                    self.last = ev.ev.id;
                     return Some(ev);
                 }
                 continue;
@@ -99,9 +98,9 @@ pub async fn job_stream(
     let job = service.get_job(user, job_id).await?;
     let hub = service.jobs.hub.clone();
     let (_, rx) = hub.subscribe(None);
-    let mut queue: std::collections::VecDeque<Arc<JobEvent>> = hub.of_job(job_id).into();
+    let mut queue: std::collections::VecDeque<Arc<Published>> = hub.of_job(job_id).into();
     let last = after.unwrap_or(0);
-    if queue.iter().all(|e| e.id <= last) {
+    if queue.iter().all(|e| e.ev.id <= last) {
         // Nothing buffered to replay (e.g. after a restart): start from the current state.
         let id = hub.peek_id().saturating_sub(1).max(last + 1);
         let kind = if job.status.is_final() {
@@ -110,11 +109,12 @@ pub async fn job_stream(
             "progress"
         };
         if after.is_none() || job.status.is_final() {
-            queue.push_back(Arc::new(JobEvent {
+            queue.push_back(Arc::new(Published::new(JobEvent {
                 id,
                 kind: kind.into(),
+                at: crate::ids::now_ms(),
                 job,
-            }));
+            })));
         }
     }
     let id = job_id.to_string();
@@ -131,7 +131,7 @@ pub async fn job_stream(
         }
         let keep = |e: &JobEvent| e.job.id == id;
         let ev = live.next(&keep).await?;
-        live.done = ev.job.status.is_final();
+        live.done = ev.ev.job.status.is_final();
         Some((Ok::<_, Infallible>(to_sse(&ev)), (live, id)))
     });
     Ok(respond(stream.boxed()))

@@ -7,12 +7,18 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn doppel(data: &std::path::Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_doppel"));
-    c.arg("--data-dir").arg(data).env_remove("DOPPEL_DATABASE_URL");
+    c.arg("--data-dir")
+        .arg(data)
+        .env_remove("DOPPEL_DATABASE_URL");
     c
 }
 
@@ -43,10 +49,19 @@ async fn a_copy_interrupted_by_kill_9_is_resumed_after_the_restart() {
 
     // A project, a server and a container big enough that the copy takes a while.
     std::fs::create_dir_all(&data).unwrap();
-    let db = doppel::db::connect(&format!("sqlite://{}", data.join("doppel.db").display())).await.unwrap();
-    let project = doppel::inventory::create_project(&db, "p", "").await.unwrap();
-    let cfg = doppel::config::DataConfig { data_dir: data.clone(), database_url: None };
-    let server = doppel::inventory::create_server(&db, &cfg, "s1", "").await.unwrap();
+    let db = doppel::db::connect(&format!("sqlite://{}", data.join("doppel.db").display()))
+        .await
+        .unwrap();
+    let project = doppel::inventory::create_project(&db, "p", "")
+        .await
+        .unwrap();
+    let cfg = doppel::config::DataConfig {
+        data_dir: data.clone(),
+        database_url: None,
+    };
+    let server = doppel::inventory::create_server(&db, &cfg, "s1", "")
+        .await
+        .unwrap();
     db.close().await;
     let tree = tmp.path().join("tree");
     let mut seed = 1u64;
@@ -63,12 +78,28 @@ async fn a_copy_interrupted_by_kill_9_is_resumed_after_the_restart() {
         std::fs::write(dir.join(format!("f{i}")), &buf).unwrap();
     }
     let out = doppel(&data)
-        .args(["import", tree.to_str().unwrap(), "--project", &project, "--server", &server, "--name", "big"])
+        .args([
+            "import",
+            tree.to_str().unwrap(),
+            "--project",
+            &project,
+            "--server",
+            &server,
+            "--name",
+            "big",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let source = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    let out = doppel(&data).args(["token", "create", "--user", "admin"]).output().unwrap();
+    let out = doppel(&data)
+        .args(["token", "create", "--user", "admin"])
+        .output()
+        .unwrap();
     let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
 
     let mut server_proc = start(&data, port);
@@ -89,7 +120,15 @@ async fn a_copy_interrupted_by_kill_9_is_resumed_after_the_restart() {
     // Kill it hard once the transfer is under way.
     let deadline = Instant::now() + Duration::from_secs(30);
     let interrupted = loop {
-        let job: Value = client.get(&job_url).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+        let job: Value = client
+            .get(&job_url)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         if job["phase"] == "transfer" {
             break true;
         }
@@ -106,16 +145,30 @@ async fn a_copy_interrupted_by_kill_9_is_resumed_after_the_restart() {
     wait_up(&client, &base).await;
     let deadline = Instant::now() + Duration::from_secs(120);
     let job = loop {
-        let job: Value = client.get(&job_url).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+        let job: Value = client
+            .get(&job_url)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         if job["status"] != "queued" && job["status"] != "running" {
             break job;
         }
-        assert!(Instant::now() < deadline, "the resumed copy did not finish: {job}");
+        assert!(
+            Instant::now() < deadline,
+            "the resumed copy did not finish: {job}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(job["status"], "succeeded", "{job}");
     if interrupted {
-        assert_eq!(job["summary"]["recovered"], true, "the engine cleaned up the killed attempt: {job}");
+        assert_eq!(
+            job["summary"]["recovered"], true,
+            "the engine cleaned up the killed attempt: {job}"
+        );
     }
     let c: Value = client
         .get(format!("{base}/api/v1/containers/{copy_id}"))
@@ -130,11 +183,24 @@ async fn a_copy_interrupted_by_kill_9_is_resumed_after_the_restart() {
     let root = std::path::PathBuf::from(c["root_path"].as_str().unwrap());
     for i in [0, 17, 47] {
         let rel = format!("d{}/f{i}", i % 4);
-        assert_eq!(std::fs::read(root.join(&rel)).unwrap(), std::fs::read(tree.join(&rel)).unwrap(), "{rel}");
+        assert_eq!(
+            std::fs::read(root.join(&rel)).unwrap(),
+            std::fs::read(tree.join(&rel)).unwrap(),
+            "{rel}"
+        );
     }
     assert_eq!(c["file_count"], 48);
-    let state = root.parent().unwrap().parent().unwrap().join("state").join(&copy_id);
-    assert!(!state.join("work").exists(), "no leftovers of the interrupted attempt");
+    let state = root
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("state")
+        .join(&copy_id);
+    assert!(
+        !state.join("work").exists(),
+        "no leftovers of the interrupted attempt"
+    );
     server_proc.kill().unwrap();
     server_proc.wait().unwrap();
 }

@@ -1,0 +1,222 @@
+//! `make load`: a real doppel (the release binary, demo data, loopback only) takes 200
+//! concurrent copy requests while 500 clients hold `/api/v1/events` open. Prints POST
+//! latency (p50, p99), event delivery lag (server publish -> client receipt, p50, p99) and
+//! doppel's peak memory. A script, not a test: it prints figures and never fails on them.
+//! LOAD_POSTS and LOAD_SUBSCRIBERS change the numbers.
+
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn peak_rss_mb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+#[tokio::main]
+async fn main() {
+    let posts = env_or("LOAD_POSTS", 200);
+    let subscribers = env_or("LOAD_SUBSCRIBERS", 500);
+    let bin = env!("CARGO_BIN_EXE_doppel");
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut server = Command::new(bin)
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .build()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while client.get(format!("{base}/healthz")).send().await.is_err() {
+        assert!(Instant::now() < deadline, "doppel did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = Command::new(bin)
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["token", "create", "--user", "admin"])
+        .output()
+        .unwrap();
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let containers: serde_json::Value = client
+        .get(format!("{base}/api/v1/containers"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let pick = |name: &str| -> serde_json::Value {
+        containers["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    let source = pick("edge-proxy");
+    let source_id = source["id"].as_str().unwrap().to_string();
+    let project = source["project_id"].as_str().unwrap().to_string();
+    println!(
+        "doppel load: {posts} concurrent copy requests, {subscribers} SSE subscribers, {base}"
+    );
+
+    // Subscribers: each records the lag of every event it receives.
+    let lags = Arc::new(Mutex::new(Vec::<f64>::new()));
+    let finals = Arc::new(AtomicU64::new(0));
+    let connected = Arc::new(AtomicU64::new(0));
+    let mut subs = Vec::new();
+    for _ in 0..subscribers {
+        let (client, base, token) = (client.clone(), base.clone(), token.clone());
+        let (lags, finals, connected) = (lags.clone(), finals.clone(), connected.clone());
+        subs.push(tokio::spawn(async move {
+            let resp = client
+                .get(format!("{base}/api/v1/events"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap();
+            connected.fetch_add(1, Ordering::SeqCst);
+            let mut stream = resp.bytes_stream();
+            let mut buf = String::new();
+            let mut mine = Vec::new();
+            while let Some(Ok(chunk)) = stream.next().await {
+                buf.push_str(&String::from_utf8_lossy(&chunk));
+                while let Some(end) = buf.find("\n\n") {
+                    let block: String = buf.drain(..end + 2).collect();
+                    if let Some(data) = block.lines().find_map(|l| l.strip_prefix("data:")) {
+                        let v: serde_json::Value = serde_json::from_str(data.trim()).unwrap();
+                        mine.push((now_ms() - v["at"].as_i64().unwrap()) as f64);
+                        if v["kind"] == "status" && v["job"]["status"] == "succeeded" {
+                            finals.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                }
+                if mine.len() % 64 == 0 {
+                    lags.lock().unwrap().append(&mut mine);
+                }
+            }
+            lags.lock().unwrap().append(&mut mine);
+        }));
+    }
+    while connected.load(Ordering::SeqCst) < subscribers as u64 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // 200 copy requests at once.
+    let started = Instant::now();
+    let mut handles = Vec::new();
+    for i in 0..posts {
+        let (client, base, token, source_id, project) = (
+            client.clone(),
+            base.clone(),
+            token.clone(),
+            source_id.clone(),
+            project.clone(),
+        );
+        handles.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let resp = client
+                .post(format!("{base}/api/v1/containers/{source_id}/copy"))
+                .bearer_auth(&token)
+                .json(
+                    &serde_json::json!({"target_project_id": project, "name": format!("load-{i}")}),
+                )
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            (t.elapsed().as_secs_f64() * 1000.0, status)
+        }));
+    }
+    let mut post_ms = Vec::new();
+    let mut accepted = 0;
+    for h in handles {
+        let (ms, status) = h.await.unwrap();
+        post_ms.push(ms);
+        accepted += usize::from(status == 202);
+    }
+    let posting = started.elapsed();
+    // Wait until every subscriber has seen every job succeed (or give up after 10 minutes).
+    let want = (posts * subscribers) as u64;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while finals.load(Ordering::SeqCst) < want && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let all_done = started.elapsed();
+    let rss = peak_rss_mb(server.id());
+    server.kill().unwrap();
+    server.wait().unwrap();
+    for s in subs {
+        let _ = s.await;
+    }
+
+    post_ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let mut lags = lags.lock().unwrap().clone();
+    lags.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    println!();
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!(
+        "| copy requests accepted (202) | {accepted} of {posts} in {:.2} s |",
+        posting.as_secs_f64()
+    );
+    println!(
+        "| all {posts} copies done, seen by all {subscribers} subscribers | {:.1} s |",
+        all_done.as_secs_f64()
+    );
+    println!("| events delivered | {} |", lags.len());
+    println!();
+    println!("post_p50_ms {:.1}", percentile(&post_ms, 0.50));
+    println!("post_p99_ms {:.1}", percentile(&post_ms, 0.99));
+    println!("event_lag_p50_ms {:.1}", percentile(&lags, 0.50));
+    println!("event_lag_p99_ms {:.1}", percentile(&lags, 0.99));
+    println!("doppel_peak_rss_mb {rss:.1}");
+}
