@@ -52,12 +52,14 @@ $(STAMP)/npm: end2end/package.json end2end/package-lock.json
 	cd end2end && npm ci --no-audit --no-fund
 	@touch $@
 
+# Debian packages: Chromium for the browser tests, curl for the API tests (the contract's
+# examples are run with curl, as written).
 $(STAMP)/chromium:
 	@mkdir -p $(STAMP)
-	@if command -v chromium >/dev/null; then \
-	  echo "chromium present"; \
+	@if command -v chromium >/dev/null && command -v curl >/dev/null; then \
+	  echo "chromium and curl present"; \
 	else \
-	  $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; \
+	  $(SUDO) apt-get update && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y chromium curl; \
 	fi
 	@touch $@
 
