@@ -70,6 +70,23 @@ async fn post(
     (status, resp.json().await.unwrap_or(Value::Null), location)
 }
 
+/// `POST /containers/{source}/copy` as the holder of `token`.
+async fn copy_as(
+    s: &TestServer,
+    token: &str,
+    source: &str,
+    body: Value,
+) -> (u16, Value, Option<String>) {
+    post(
+        s,
+        &format!("/api/v1/containers/{source}/copy"),
+        token,
+        Some(body),
+        None,
+    )
+    .await
+}
+
 /// Runs curl (asynchronously: the server under test shares this runtime).
 async fn curl(args: &[&str]) -> (u16, Value) {
     let out = tokio::process::Command::new("curl")
@@ -313,42 +330,20 @@ async fn members_cannot_copy_from_or_into_other_projects_nor_see_their_jobs() {
     let web = project_id(&s, "web-platform").await;
     let data = project_id(&s, "data-pipeline").await;
     let t = &s.alice_token;
-    let (st, _, _) = post(
-        &s,
-        &format!("/api/v1/containers/{db_primary}/copy"),
-        t,
-        Some(json!({"target_project_id": web})),
-        None,
-    )
-    .await;
+    let (st, _, _) = copy_as(&s, t, &db_primary, json!({"target_project_id": web})).await;
     assert_eq!(st, 404, "copy from a project she cannot see");
-    let (st, _, _) = post(
-        &s,
-        &format!("/api/v1/containers/{web_app}/copy"),
-        t,
-        Some(json!({"target_project_id": data})),
-        None,
-    )
-    .await;
+    let (st, _, _) = copy_as(&s, t, &web_app, json!({"target_project_id": data})).await;
     assert_eq!(st, 404, "copy into a project she cannot see");
-    let (st, ok, _) = post(
-        &s,
-        &format!("/api/v1/containers/{web_app}/copy"),
-        t,
-        Some(json!({"target_project_id": web})),
-        None,
-    )
-    .await;
+    let (st, ok, _) = copy_as(&s, t, &web_app, json!({"target_project_id": web})).await;
     assert_eq!(st, 202, "operator in her project: {ok}");
     wait_job(&s, ok["job"]["id"].as_str().unwrap()).await;
 
     // The admin's job in the other project is invisible to her, in lists, by id and live.
-    let (_, theirs, _) = post(
+    let (_, theirs, _) = copy_as(
         &s,
-        &format!("/api/v1/containers/{db_primary}/copy"),
         &s.admin_token,
-        Some(json!({"target_project_id": data})),
-        None,
+        &db_primary,
+        json!({"target_project_id": data}),
     )
     .await;
     let their_job = theirs["job"]["id"].as_str().unwrap().to_string();
@@ -382,14 +377,7 @@ async fn members_cannot_copy_from_or_into_other_projects_nor_see_their_jobs() {
         .await
         .unwrap();
     let vt = doppel::auth::create_token(db, "victor", "t").await.unwrap();
-    let (st, body, _) = post(
-        &s,
-        &format!("/api/v1/containers/{web_app}/copy"),
-        &vt,
-        Some(json!({"target_project_id": web})),
-        None,
-    )
-    .await;
+    let (st, body, _) = copy_as(&s, &vt, &web_app, json!({"target_project_id": web})).await;
     assert_eq!(st, 403, "{body}");
     let staging = s.container_id("web-app-staging").await;
     let (st, _, _) = post(
@@ -559,12 +547,11 @@ async fn a_cancelled_copy_leaves_a_truthful_state() {
     let s = TestServer::start().await;
     let source = s.container_id("db-primary").await;
     let data = project_id(&s, "data-pipeline").await;
-    let (_, started, _) = post(
+    let (_, started, _) = copy_as(
         &s,
-        &format!("/api/v1/containers/{source}/copy"),
         &s.admin_token,
-        Some(json!({"target_project_id": data, "name": "to-cancel"})),
-        None,
+        &source,
+        json!({"target_project_id": data, "name": "to-cancel"}),
     )
     .await;
     let job_id = started["job"]["id"].as_str().unwrap().to_string();
@@ -653,12 +640,11 @@ async fn job_events_stream_to_the_end_and_resume_without_loss() {
     let s = TestServer::start().await;
     let source = s.container_id("db-primary").await;
     let data = project_id(&s, "data-pipeline").await;
-    let (_, started, _) = post(
+    let (_, started, _) = copy_as(
         &s,
-        &format!("/api/v1/containers/{source}/copy"),
         &s.admin_token,
-        Some(json!({"target_project_id": data, "name": "watched"})),
-        None,
+        &source,
+        json!({"target_project_id": data, "name": "watched"}),
     )
     .await;
     let events_url = started["job"]["events_url"].as_str().unwrap().to_string();

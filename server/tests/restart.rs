@@ -31,6 +31,18 @@ fn start(data: &std::path::Path, port: u16) -> Child {
         .unwrap()
 }
 
+async fn get_json(client: &reqwest::Client, url: impl reqwest::IntoUrl, token: &str) -> Value {
+    client
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 async fn wait_up(client: &reqwest::Client, base: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while client.get(format!("{base}/healthz")).send().await.is_err() {
@@ -120,15 +132,7 @@ async fn a_copy_interrupted_by_kill_9_is_resumed_after_the_restart() {
     // Kill it hard once the transfer is under way.
     let deadline = Instant::now() + Duration::from_secs(30);
     let interrupted = loop {
-        let job: Value = client
-            .get(&job_url)
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let job: Value = get_json(&client, &job_url, &token).await;
         if job["phase"] == "transfer" {
             break true;
         }
@@ -145,15 +149,7 @@ async fn a_copy_interrupted_by_kill_9_is_resumed_after_the_restart() {
     wait_up(&client, &base).await;
     let deadline = Instant::now() + Duration::from_secs(120);
     let job = loop {
-        let job: Value = client
-            .get(&job_url)
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let job: Value = get_json(&client, &job_url, &token).await;
         if job["status"] != "queued" && job["status"] != "running" {
             break job;
         }
