@@ -18,6 +18,14 @@ pub trait Backend: Send + Sync + 'static {
         project_id: Option<&str>,
     ) -> Result<Vec<ContainerSummary>, ApiError>;
     async fn get_container(&self, user: &UserInfo, id: &str) -> Result<ContainerDetail, ApiError>;
+    async fn copy_container(
+        &self,
+        user: &UserInfo,
+        source_id: &str,
+        req: CopyRequest,
+    ) -> Result<CopyStarted, ApiError>;
+    async fn sync_container(&self, user: &UserInfo, id: &str) -> Result<Job, ApiError>;
+    async fn stop_job(&self, user: &UserInfo, id: &str) -> Result<Job, ApiError>;
 }
 
 /// The backend as stored in Leptos context.

@@ -1,3 +1,4 @@
+#![recursion_limit = "512"]
 //! The doppel console: pages, components, the types shared with the REST API, and the
 //! server functions. Compiled twice: with `ssr` into the server, with `hydrate` into WASM.
 

@@ -1,6 +1,9 @@
 //! Server functions: the console's calls into the backend. Each is a thin shim that finds
 //! the caller and forwards to the shared [`Backend`](crate::backend::Backend).
 
+// The copy form posts the contract's fields one by one, so its server function takes many.
+#![allow(clippy::too_many_arguments)]
+
 use leptos::prelude::*;
 
 use crate::model::*;
@@ -46,4 +49,62 @@ pub async fn list_containers(
 pub async fn get_container(id: String) -> Result<ContainerDetail, ApiError> {
     let (backend, user) = caller().await?;
     backend.get_container(&user, &id).await
+}
+
+#[server]
+pub async fn list_servers() -> Result<Vec<Server>, ApiError> {
+    let (backend, user) = caller().await?;
+    backend.list_servers(&user).await
+}
+
+/// A request the backend refused for a reason the user can fix (a taken name, a bad key)
+/// comes back as `Ok(Err(..))`: an expected answer, not a failed call (which a browser
+/// would log as an error).
+pub type Answer<T> = Result<Result<T, ApiError>, ApiError>;
+
+#[cfg(feature = "ssr")]
+fn answer<T>(r: Result<T, ApiError>) -> Answer<T> {
+    match r {
+        Err(e) if e.code == ErrorCode::Internal || e.code == ErrorCode::Unauthorized => Err(e),
+        other => Ok(other),
+    }
+}
+
+/// The copy dialog's form: every field of the contract, as a form posts them (empty text
+/// means "not given", a checked box is "on").
+#[server]
+pub async fn copy_container(
+    id: String,
+    target_project_id: String,
+    target_server_id: Option<String>,
+    name: Option<String>,
+    ssh_public_key: Option<String>,
+    source_snapshot: Option<String>,
+    copy_firewall_rules: Option<String>,
+    copy_network_rules: Option<String>,
+) -> Answer<CopyStarted> {
+    let (backend, user) = caller().await?;
+    let given = |v: Option<String>| v.map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+    let req = CopyRequest {
+        target_project_id,
+        target_server_id: given(target_server_id),
+        name: given(name),
+        ssh_public_key: given(ssh_public_key),
+        source_snapshot: given(source_snapshot),
+        copy_firewall_rules: copy_firewall_rules.is_some(),
+        copy_network_rules: copy_network_rules.is_some(),
+    };
+    answer(backend.copy_container(&user, &id, req).await)
+}
+
+#[server]
+pub async fn sync_container(id: String) -> Answer<Job> {
+    let (backend, user) = caller().await?;
+    answer(backend.sync_container(&user, &id).await)
+}
+
+#[server]
+pub async fn cancel_job(id: String) -> Answer<Job> {
+    let (backend, user) = caller().await?;
+    answer(backend.stop_job(&user, &id).await)
 }

@@ -1,4 +1,6 @@
 import { test, expect, Page } from '@playwright/test';
+import * as fs from 'fs';
+import * as path from 'path';
 
 const password = process.env.DOPPEL_PASSWORD ?? '';
 
@@ -45,7 +47,7 @@ test('log in, browse containers and open a container', async ({ page }) => {
   // Open a container through a client-side navigation.
   await page.getByRole('link', { name: 'db-primary' }).click();
   await expect(page.getByRole('heading', { level: 1 })).toContainText('db-primary');
-  await expect(page.getByText('nightly')).toBeVisible();
+  await expect(page.getByRole('cell', { name: 'nightly' })).toBeVisible();
   await expect(page.getByText('data-backend')).toBeVisible();
 
   // And a copy, loaded directly (server-rendered, then hydrated).
@@ -56,7 +58,7 @@ test('log in, browse containers and open a container', async ({ page }) => {
   await page.getByRole('link', { name: 'web-app', exact: true }).click();
   await expect(page.getByRole('heading', { level: 1 })).toContainText('web-app');
   await expect(page.getByRole('cell', { name: '443' })).toBeVisible();
-  await expect(page.getByText('before-upgrade')).toBeVisible();
+  await expect(page.getByRole('cell', { name: 'before-upgrade' })).toBeVisible();
 
   await page.screenshot({ path: 'test-results/container-page.png', fullPage: true });
   expect(problems).toEqual([]);
@@ -80,5 +82,56 @@ test('a project member sees only their projects, and a wrong password is refused
   await expect(page).toHaveURL(/\/login/);
   await page.goto('/containers');
   await expect(page).toHaveURL(/\/login/);
+  expect(problems).toEqual([]);
+});
+
+test('copy a container through the dialog, then change the source and sync, live', async ({ page }) => {
+  const problems = watchConsole(page);
+  await page.goto('/login');
+  await logIn(page, 'admin');
+  await expect(page.locator('body')).toHaveAttribute('data-hydrated', 'true');
+  await page.locator('td[data-label="Name"] a').getByText('web-app', { exact: true }).click();
+  await expect(page.getByRole('heading', { level: 1 })).toContainText('web-app');
+  const rootPath = (await page.locator('dt:has-text("Root on disk") + dd').innerText()).trim();
+
+  await page.getByRole('button', { name: 'Copy container' }).click();
+  const dialog = page.getByRole('dialog');
+  await expect(dialog).toBeVisible();
+  await expect(dialog.getByLabel('Name')).toHaveAttribute('placeholder', 'web-app-copy');
+  await expect(dialog.getByLabel('Target server')).toContainText("(the source's server)");
+
+  // The name is checked as it is typed.
+  await dialog.getByLabel('Name').fill('Bad Name');
+  await expect(dialog.locator('#copy-name-error')).toContainText('letters, digits and hyphens');
+  // The server's answers land next to their field.
+  await dialog.getByLabel('Name').fill('web-app-e2e');
+  await dialog.getByLabel(/SSH public key/).fill('ssh-ed25519 nonsense');
+  await dialog.getByRole('button', { name: 'Copy', exact: true }).click();
+  await expect(dialog.getByText(/ssh_public_key: /)).toBeVisible();
+  await dialog.getByLabel(/SSH public key/).fill('');
+  await dialog.getByLabel('Name').fill('edge-proxy');
+  await dialog.getByRole('button', { name: 'Copy', exact: true }).click();
+  await expect(dialog.getByText(/already exists in the target project/)).toBeVisible();
+
+  // A valid copy: progress to 100 %, then the new container, running.
+  await dialog.getByLabel('Name').fill('web-app-e2e');
+  await dialog.getByLabel(/Copy firewall rules/).check();
+  await dialog.getByRole('button', { name: 'Copy', exact: true }).click();
+  await expect(dialog.locator('.live-job .percent')).toHaveText('100 %', { timeout: 30_000 });
+  await expect(dialog.locator('.live-job h2')).toContainText('succeeded');
+  await page.screenshot({ path: 'test-results/copy-dialog.png' });
+  await dialog.getByRole('link', { name: 'Open the container' }).click();
+  await expect(page.getByRole('heading', { level: 1 })).toContainText('web-app-e2e');
+  await expect(page.locator('h1 .badge')).toHaveText('running');
+  await expect(page.getByRole('cell', { name: '443' })).toBeVisible();
+
+  // Change the source on disk, then "Sync now" on the copy shows what changed.
+  fs.writeFileSync(path.join(rootPath, 'etc', 'added-by-e2e'), 'new file\n');
+  await page.getByRole('button', { name: 'Sync now' }).click();
+  const job = page.locator('.live-job');
+  await expect(job.locator('h2')).toContainText('succeeded', { timeout: 30_000 });
+  await expect(job).toContainText('1 added, 0 changed, 0 deleted');
+  await expect(job).toContainText('drift found on the copy: 0');
+  await page.screenshot({ path: 'test-results/sync-now.png', fullPage: true });
   expect(problems).toEqual([]);
 });

@@ -1,3 +1,4 @@
+#![recursion_limit = "512"]
 //! doppel's server: the REST API, the console's backend, auth, the database and the storage
 //! engine. `main.rs` is only the command line; everything here is testable on its own.
 

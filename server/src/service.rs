@@ -388,4 +388,21 @@ impl Backend for Service {
             }),
         })
     }
+
+    async fn copy_container(
+        &self,
+        user: &UserInfo,
+        source_id: &str,
+        req: CopyRequest,
+    ) -> Result<CopyStarted, ApiError> {
+        self.start_copy(user, source_id, req, None).await
+    }
+
+    async fn sync_container(&self, user: &UserInfo, id: &str) -> Result<Job, ApiError> {
+        self.start_sync(user, id, None).await
+    }
+
+    async fn stop_job(&self, user: &UserInfo, id: &str) -> Result<Job, ApiError> {
+        self.cancel_job(user, id).await
+    }
 }

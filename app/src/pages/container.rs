@@ -2,6 +2,7 @@ use leptos::prelude::*;
 use leptos_meta::Title;
 use leptos_router::hooks::use_params_map;
 
+use super::copy_dialog::{CopyDialog, SyncNow};
 use super::widgets::{ErrorBox, Loading, StatusBadge};
 use crate::format;
 use crate::model::ContainerDetail;
@@ -27,6 +28,16 @@ pub fn ContainerPage() -> impl IntoView {
 
 #[component]
 fn ContainerView(c: ContainerDetail) -> impl IntoView {
+    let copy_dialog = view! { <CopyDialog c=c.clone()/> };
+    let sync_now = c.summary.is_copy.then(|| {
+        view! {
+            <section class="card sync-card">
+                <h2>"Sync with the source"</h2>
+                <p class="muted">"Brings this copy up to the source's current state, sending only what changed. Changes made on the copy itself are overwritten and reported as drift."</p>
+                <SyncNow id=c.summary.id.clone()/>
+            </section>
+        }
+    });
     let s = c.summary;
     let title = format!("{} · doppel", s.name);
     let lineage = match (s.source, s.is_copy) {
@@ -64,8 +75,10 @@ fn ContainerView(c: ContainerDetail) -> impl IntoView {
         <Title text=title/>
         <div class="page-head">
             <h1>{s.name.clone()} " " <StatusBadge status=s.status/></h1>
+            <div class="actions">{copy_dialog}</div>
         </div>
         {reason}
+        {sync_now}
         <section class="card">
             <h2>"Details"</h2>
             <dl class="details">

@@ -3,7 +3,9 @@
 
 mod container;
 mod containers;
+mod copy_dialog;
 mod layout;
+mod live_job;
 mod login;
 mod widgets;
 

@@ -1,0 +1,126 @@
+//! A job followed live over server-sent events: phase, a progress bar, bytes and files of
+//! total, rate and ETA (announced politely to screen readers), then the summary.
+
+use leptos::prelude::*;
+
+use crate::format;
+use crate::model::{Job, JobStatus};
+use crate::server_fns::CancelJob;
+
+#[component]
+pub fn LiveJob(job: Job) -> impl IntoView {
+    let state = RwSignal::new(job.clone());
+    // Only in the browser: EventSource reconnects by itself (sending Last-Event-ID), and
+    // the stream ends with the job's final state.
+    #[cfg(feature = "hydrate")]
+    {
+        let url = job.events_url.clone();
+        Effect::new(move |started: Option<()>| {
+            if started.is_some() || state.get_untracked().status.is_final() {
+                return;
+            }
+            let url = url.clone();
+            leptos::task::spawn_local(async move {
+                use futures::StreamExt;
+                let Ok(mut es) = gloo_net::eventsource::futures::EventSource::new(&url) else {
+                    return;
+                };
+                let (Ok(progress), Ok(status)) = (es.subscribe("progress"), es.subscribe("status"))
+                else {
+                    return;
+                };
+                let mut events = futures::stream::select(progress, status);
+                while let Some(item) = events.next().await {
+                    let Ok((_, msg)) = item else { continue };
+                    let Some(text) = msg.data().as_string() else {
+                        continue;
+                    };
+                    if let Ok(ev) = serde_json::from_str::<crate::model::JobEvent>(&text) {
+                        let done = ev.job.status.is_final();
+                        state.set(ev.job);
+                        if done {
+                            break;
+                        }
+                    }
+                }
+                es.close();
+            });
+        });
+    }
+    let cancel = ServerAction::<CancelJob>::new();
+    Effect::new(move |_| {
+        if let Some(Ok(Ok(job))) = cancel.value().get() {
+            state.set(job);
+        }
+    });
+    let kind = job.kind;
+    view! {
+        <section class="card live-job" data-job-id=job.id.clone()>
+            <h2>{move || format!("{} job: {}", kind.as_str(), state.with(|j| j.status.as_str()))}</h2>
+            <div aria-live="polite" class="job-progress">
+                {move || {
+                    let j = state.get();
+                    let p = j.progress.clone().unwrap_or_default();
+                    let percent = match j.status {
+                        JobStatus::Succeeded => 100.0,
+                        _ => p.percent.unwrap_or(0.0),
+                    };
+                    let phase = j.phase.clone().unwrap_or_else(|| j.status.as_str().to_string());
+                    view! {
+                        <p class="phase">"Phase: " <strong>{phase}</strong></p>
+                        <progress max="100" value=format!("{percent:.0}") aria-label="Progress"></progress>
+                        <span class="percent">{format!("{percent:.0} %")}</span>
+                        <p class="muted">
+                            {format!(
+                                "{} of {} · {} of {} files",
+                                format::bytes(p.bytes_done as i64),
+                                p.bytes_total.map(|b| format::bytes(b as i64)).unwrap_or_else(|| "?".into()),
+                                p.files_done,
+                                p.files_total.map(|f| f.to_string()).unwrap_or_else(|| "?".into()),
+                            )}
+                            {p.bytes_per_second.map(|r| format!(" · {}/s", format::bytes(r as i64)))}
+                            {p.eta_seconds.filter(|_| !j.status.is_final()).map(|s| format!(" · about {s:.0} s left"))}
+                        </p>
+                    }
+                }}
+            </div>
+            {move || {
+                let j = state.get();
+                match j.status {
+                    JobStatus::Succeeded => view! { <JobSummary job=j/> }.into_any(),
+                    JobStatus::Failed | JobStatus::Cancelled => view! {
+                        <p class="error-box" role="alert">{j.error.clone().unwrap_or_default()}</p>
+                    }
+                    .into_any(),
+                    _ => view! {
+                        <ActionForm action=cancel>
+                            <input type="hidden" name="id" value=j.id.clone()/>
+                            <button type="submit">"Cancel"</button>
+                        </ActionForm>
+                    }
+                    .into_any(),
+                }
+            }}
+        </section>
+    }
+}
+
+#[component]
+fn JobSummary(job: Job) -> impl IntoView {
+    let s = job.summary.clone().unwrap_or_default();
+    let n = |k: &str| s.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+    let link = view! {
+        <a href=format!("/containers/{}", job.container_id)>"Open the container"</a>
+    };
+    view! {
+        <div class="job-summary">
+            <p><strong>"Done."</strong> " " {link}</p>
+            <ul>
+                <li>{format!("{} added, {} changed, {} deleted, {} metadata only", n("files_added"), n("files_changed"), n("files_deleted"), n("metadata_only"))}</li>
+                <li>{format!("{} sent for a tree of {}", format::bytes(n("bytes_sent") as i64), format::bytes(n("tree_bytes") as i64))}</li>
+                <li>{format!("drift found on the copy: {}", n("drift"))}</li>
+                <li>{format!("took {:.1} s", n("duration_ms") as f64 / 1000.0)}</li>
+            </ul>
+        </div>
+    }
+}
