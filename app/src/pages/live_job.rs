@@ -65,11 +65,16 @@ pub fn LiveJob(job: Job) -> impl IntoView {
                         JobStatus::Succeeded => 100.0,
                         _ => p.percent.unwrap_or(0.0),
                     };
-                    let phase = j.phase.clone().unwrap_or_else(|| j.status.as_str().to_string());
+                    let phase = if j.status.is_final() {
+                        "done".to_string()
+                    } else {
+                        j.phase.clone().unwrap_or_else(|| j.status.as_str().to_string())
+                    };
                     view! {
                         <p class="phase">"Phase: " <strong>{phase}</strong></p>
                         <progress max="100" value=format!("{percent:.0}") aria-label="Progress"></progress>
                         <span class="percent">{format!("{percent:.0} %")}</span>
+                        {(!j.status.is_final()).then(|| view! {
                         <p class="muted">
                             {format!(
                                 "{} of {} · {} of {} files",
@@ -81,6 +86,7 @@ pub fn LiveJob(job: Job) -> impl IntoView {
                             {p.bytes_per_second.map(|r| format!(" · {}/s", format::bytes(r as i64)))}
                             {p.eta_seconds.filter(|_| !j.status.is_final()).map(|s| format!(" · about {s:.0} s left"))}
                         </p>
+                        })}
                     }
                 }}
             </div>
