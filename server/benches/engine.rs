@@ -17,21 +17,7 @@ use std::time::Instant;
 
 use doppel::engine::{self, Control, Place, Summary};
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn fill(&mut self, buf: &mut [u8]) {
-        for c in buf.chunks_mut(8) {
-            let v = self.next().to_le_bytes();
-            c.copy_from_slice(&v[..c.len()]);
-        }
-    }
-}
+use doppel::seed::Rng;
 
 fn scaled(n: f64, scale: f64) -> usize {
     ((n * scale).round() as usize).max(1)
@@ -47,7 +33,7 @@ fn build_tree(root: &Path, scale: f64) -> (usize, Vec<PathBuf>) {
         fs::create_dir_all(root.join(format!("d{:02}/s{d:04}", d % 50))).unwrap();
     }
     for i in 0..files {
-        let len = 1024 + (rng.next() % (63 * 1024)) as usize;
+        let len = 1024 + (rng.next_u64() % (63 * 1024)) as usize;
         rng.fill(&mut buf[..len]);
         let p = root.join(format!(
             "d{:02}/s{:04}/f{i:05}.dat",
@@ -94,7 +80,7 @@ fn change_tree(root: &Path, paths: &[PathBuf], scale: f64) {
     let n = paths.len();
     for i in 0..scaled(400.0, scale) {
         let p = &paths[(i * 97 + 13) % n];
-        let len = 1024 + (rng.next() % (63 * 1024)) as usize;
+        let len = 1024 + (rng.next_u64() % (63 * 1024)) as usize;
         rng.fill(&mut buf[..len]);
         fs::write(p, &buf[..len]).unwrap();
     }

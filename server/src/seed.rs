@@ -13,21 +13,33 @@ use crate::config::DataConfig;
 use crate::db::Db;
 use crate::inventory::{self, InventoryError, NewContainer};
 
-/// A small deterministic generator (xorshift64*), so every demo tree is the same.
-struct Rng(u64);
+/// A small deterministic generator (xorshift64*), so every demo tree is the same; tests and
+/// benchmarks use it for their generated trees too. The seed must not be zero.
+pub struct Rng(pub u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
-    fn fill(&mut self, buf: &mut [u8]) {
+    pub fn fill(&mut self, buf: &mut [u8]) {
         for chunk in buf.chunks_mut(8) {
-            let v = self.next().to_le_bytes();
+            let v = self.next_u64().to_le_bytes();
             chunk.copy_from_slice(&v[..chunk.len()]);
         }
+    }
+
+    /// A number below `n` (0 for `n` = 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        let mut v = vec![0u8; n];
+        self.fill(&mut v);
+        v
     }
 }
 
@@ -73,7 +85,7 @@ pub fn demo_tree(root: &Path, seed: u64, app: &str, mb: usize) -> std::io::Resul
     )?;
     for release in ["v1", "v2"] {
         for i in 0..40 {
-            let len = 512 + (rng.next() % 16_384) as usize;
+            let len = 512 + (rng.next_u64() % 16_384) as usize;
             random_file(
                 root,
                 &format!("srv/{app}/releases/{release}/assets/asset-{i:03}.bin"),
@@ -96,7 +108,7 @@ pub fn demo_tree(root: &Path, seed: u64, app: &str, mb: usize) -> std::io::Resul
                 format!(
                     "2026-11-{day:02}T{:02}:00:00Z {app} request {i} ok {}\n",
                     i % 24,
-                    rng.next() % 1000
+                    rng.next_u64() % 1000
                 )
             })
             .collect();

@@ -14,21 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use super::*;
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
+use crate::seed::Rng;
 
 /// What a tree looks like, read with std::fs alone.
 #[derive(Debug, PartialEq)]
@@ -220,7 +206,7 @@ fn random_changes(root: &Path, rng: &mut Rng) {
         }
     }
     write(
-        &root.join(format!("new/dir/added-{}", rng.next())),
+        &root.join(format!("new/dir/added-{}", rng.next_u64())),
         &rng.bytes(5000),
     );
     // A file becomes a directory, a directory a file, a symlink changes target.
