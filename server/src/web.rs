@@ -108,6 +108,11 @@ fn is_console_page(path: &str) -> bool {
 /// Resolves the caller (Bearer token first, else the session cookie) into a `CurrentUser`
 /// request extension, and sends a visitor without a session from a console page to the login.
 async fn resolve_caller(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    // Static assets are public and frequent: no credential lookups for them.
+    let path = req.uri().path();
+    if path.starts_with("/pkg/") || path.starts_with("/favicon") || path == "/healthz" {
+        return next.run(req).await;
+    }
     let db = &state.service.db;
     let headers = req.headers();
     let has_auth_header = headers.contains_key(header::AUTHORIZATION);
