@@ -366,39 +366,30 @@ impl Service {
             }
             _ => {}
         }
-        let previous = c.summary.status;
-        if matches!(
-            previous,
-            ContainerStatus::Copying | ContainerStatus::Deleting
-        ) {
-            return Err(ApiError::new(
-                ErrorCode::Conflict,
-                format!(
+        let conflict = |m: String| ApiError::new(ErrorCode::Conflict, m);
+        // The status to come back to after the sync.
+        let previous = match c.summary.status {
+            s @ (ContainerStatus::Copying | ContainerStatus::Deleting) => {
+                return Err(conflict(format!(
                     "the container is {}; it can be synced once that is done",
-                    previous.as_str()
-                ),
-            ));
-        }
-        let (previous, reason_ok) = match previous {
-            // A copy whose first copy failed has no tree: sync cannot repair that.
-            ContainerStatus::Failed if c.file_count == 0 && c.source_state.is_none() => {
-                (previous, false)
+                    s.as_str()
+                )))
             }
-            ContainerStatus::Syncing | ContainerStatus::Failed => (ContainerStatus::Running, true),
-            p => (p, true),
+            // A copy that never completed has no tree: a sync cannot repair that.
+            ContainerStatus::Failed if c.source_state.is_none() => {
+                return Err(conflict("the copy never completed; make a new copy".into()))
+            }
+            // Still "syncing" after a crash, or failed: a completed sync leaves it running.
+            ContainerStatus::Syncing | ContainerStatus::Failed => ContainerStatus::Running,
+            s => s,
         };
-        if !reason_ok {
-            return Err(ApiError::new(
-                ErrorCode::Conflict,
-                "the copy never completed; make a new copy",
-            ));
-        }
         let job_id = new_id();
         let params = JobParams {
             source_snapshot_id: None,
             previous_status: Some(previous.as_str().into()),
         };
-        // The partial unique index on active syncs makes "one at a time" hold under races.
+        // Insert only if no job is active for this container, in one statement: SQLite runs
+        // writes one at a time, so two racing requests cannot both get in.
         let res = sqlx::query(
             "INSERT INTO jobs (id, kind, status, project_id, container_id, source_container_id,
                 requested_by, params, idempotency_key, created_at)
