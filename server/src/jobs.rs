@@ -195,14 +195,15 @@ impl JobRunner {
         if kind == JobKind::Sync {
             set_container_status(&self.db, &target_id, ContainerStatus::Syncing, None).await?;
         }
-        self.publish_status(job_id).await?;
+        let running = self.load(job_id).await?;
+        self.hub.publish("status", running.clone());
 
         let src = match &params.source_snapshot_id {
             Some(snap) => snapshot_place(&source_root, &source_id, snap),
             None => container_place(&source_root, &source_id),
         };
         let dst = container_place(&target_root, &target_id);
-        let reporter = Arc::new(ProgressReporter::new(self.clone(), job_id.to_string()));
+        let reporter = Arc::new(ProgressReporter::new(self.clone(), running));
         let r2 = reporter.clone();
         let ctl = ctl.with_progress(move |p| r2.report(p));
         let result = tokio::task::spawn_blocking(move || match kind {
@@ -317,6 +318,9 @@ pub async fn set_container_status(
 struct ProgressReporter {
     runner: Arc<JobRunner>,
     job_id: String,
+    /// The job as it runs; progress events are this plus the latest progress (no database
+    /// read per event: nothing else about a running job changes).
+    running: Job,
     handle: tokio::runtime::Handle,
     state: Mutex<ReporterState>,
     /// Updates in flight; the final status waits for them, so it is always the last event.
@@ -332,10 +336,11 @@ struct ReporterState {
 }
 
 impl ProgressReporter {
-    fn new(runner: Arc<JobRunner>, job_id: String) -> Self {
+    fn new(runner: Arc<JobRunner>, running: Job) -> Self {
         ProgressReporter {
             runner,
-            job_id,
+            job_id: running.id.clone(),
+            running,
             handle: tokio::runtime::Handle::current(),
             state: Mutex::new(ReporterState::default()),
             pending: Mutex::new(Vec::new()),
@@ -365,6 +370,7 @@ impl ProgressReporter {
         }
         let runner = self.runner.clone();
         let job_id = self.job_id.clone();
+        let mut job = self.running.clone();
         // The engine runs on a blocking thread: hand the async work to the runtime.
         let task = self.handle.spawn(async move {
             let json = serde_json::to_string(&progress).unwrap_or_default();
@@ -377,11 +383,9 @@ impl ProgressReporter {
                     .await;
             }
             if event_due {
-                if let Ok(mut job) = runner.load(&job_id).await {
-                    job.phase = Some(progress.phase.clone());
-                    job.progress = Some(progress);
-                    runner.hub.publish("progress", job);
-                }
+                job.phase = Some(progress.phase.clone());
+                job.progress = Some(progress);
+                runner.hub.publish("progress", job);
             }
         });
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
