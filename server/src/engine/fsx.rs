@@ -54,12 +54,29 @@ pub fn open_file_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<std::fs::Fil
     Ok(std::fs::File::from(fd))
 }
 
-/// Creates a new file (never follows or reuses an existing name).
+/// Opens an existing regular file for writing in place (never through a symlink).
+pub fn open_file_for_patch_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<std::fs::File> {
+    let fd = rfs::openat(
+        dir,
+        OsStr::from_bytes(name),
+        OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+        Mode::empty(),
+    )
+    .map_err(to_io)?;
+    let st = rfs::fstat(&fd).map_err(to_io)?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        return Err(io::Error::other("not a regular file"));
+    }
+    Ok(std::fs::File::from(fd))
+}
+
+/// Creates a new file (never follows or reuses an existing name). Readable too: a staged
+/// patch is read back when it has to become a whole file.
 pub fn create_file_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<std::fs::File> {
     let fd = rfs::openat(
         dir,
         OsStr::from_bytes(name),
-        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::from_raw_mode(0o600),
     )
     .map_err(to_io)?;
@@ -280,6 +297,17 @@ pub fn rename_at(
 
 pub fn syncfs(fd: BorrowedFd<'_>) -> io::Result<()> {
     rfs::syncfs(fd).map_err(to_io)
+}
+
+/// Starts writing a finished file's dirty pages to disk without waiting for them. The one
+/// syncfs before a commit then finds most of the data already written instead of
+/// flushing the whole tree at once; errors are ignored (syncfs reports the real ones).
+pub fn start_writeback(fd: BorrowedFd<'_>) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain syscall on a valid, borrowed descriptor; no memory is passed.
+    unsafe {
+        libc::sync_file_range(fd.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+    }
 }
 
 /// Splits `a/b/c` into (`a/b`, `c`).

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use rustix::fs as rfs;
@@ -109,10 +109,13 @@ pub fn scan(
         ctl,
         entries: Vec::new(),
         links: HashMap::new(),
+        link_fixups: Vec::new(),
+        deferred: Vec::new(),
+        lost: Vec::new(),
         report: ScanReport::default(),
     };
     s.walk(root_fd.as_fd(), &[])?;
-    Ok((Manifest { entries: s.entries }, s.report))
+    s.finish()
 }
 
 struct Scanner<'a> {
@@ -122,6 +125,12 @@ struct Scanner<'a> {
     entries: Vec<Entry>,
     /// (dev, inode) of multiply-linked files -> index of their first entry.
     links: HashMap<(u64, u64), usize>,
+    /// (hard link, its first file): the link takes the first file's hash at the end.
+    link_fixups: Vec<(usize, usize)>,
+    /// Large files still to hash.
+    deferred: Vec<Deferred>,
+    /// Entries to leave out: files that could not be read in a stable state.
+    lost: Vec<usize>,
     report: ScanReport,
 }
 
@@ -175,10 +184,8 @@ impl Scanner<'_> {
                     if st.st_nlink > 1 {
                         let key = (st.st_dev as u64, st.st_ino);
                         if let Some(&first) = self.links.get(&key) {
-                            let f = &self.entries[first];
-                            e.link_to = Some(f.path.clone());
-                            e.hash = f.hash;
-                            e.xattrs = f.xattrs.clone();
+                            e.link_to = Some(self.entries[first].path.clone());
+                            self.link_fixups.push((self.entries.len(), first));
                             self.entries.push(e);
                             continue;
                         }
@@ -219,44 +226,166 @@ impl Scanner<'_> {
             self.entries.push(e);
             return Ok(());
         }
-        for _attempt in 0..3 {
-            let file = match fsx::open_file_at(dir, name) {
-                Ok(f) => f,
-                Err(_) => break,
-            };
-            let before =
-                rfs::fstat(&file).map_err(|x| EngineError::io("reading metadata")(x.into()))?;
-            e.xattrs = fsx::read_xattrs(file.as_fd()).map_err(EngineError::io("reading xattrs"))?;
-            let res = hash_reader(&file, before.st_size as u64, self.ctl, |_, _| Ok(()));
-            let after =
-                rfs::fstat(&file).map_err(|x| EngineError::io("reading metadata")(x.into()))?;
-            match res {
-                Ok((hash, chunks, len))
-                    if after.st_size as u64 == len
-                        && mtime_ns(&after) == mtime_ns(&before)
-                        && after.st_ino == e.ino =>
-                {
-                    e.hash = hash;
-                    e.chunks = chunks;
-                    e.size = len;
-                    e.mtime_ns = mtime_ns(&after);
-                    e.ctime_ns = ctime_ns(&after);
-                    e.mode = after.st_mode & 0o7777;
-                    self.report.hashed_files += 1;
-                    self.report.hashed_bytes += len;
-                    self.ctl.add_progress(len, 1);
-                    self.entries.push(e);
-                    return Ok(());
-                }
-                Ok(_) => continue,
-                Err(err) => return Err(err),
+        if e.size >= CHUNKED_FILE_MIN {
+            // Large files are hashed in batches on every core once the walk has moved on:
+            // a sync that touched a few big files is bound by hashing them.
+            let dir = dir
+                .try_clone_to_owned()
+                .map_err(EngineError::io("duplicating a directory handle"))?;
+            self.deferred.push(Deferred {
+                index: self.entries.len(),
+                dir,
+                name: name.to_vec(),
+            });
+            self.entries.push(e);
+            if self.deferred.len() >= DEFERRED_BATCH {
+                self.hash_deferred()?;
             }
+            return Ok(());
         }
-        // Still changing after three reads (or replaced by a non-file): leave it out of this
-        // state rather than record a hash that matches no moment of the file.
-        self.report.unstable.push(e.display_path());
+        if hash_file(dir, name, &mut e, self.ctl)? {
+            self.report.hashed_files += 1;
+            self.report.hashed_bytes += e.size;
+        } else {
+            self.lost.push(self.entries.len());
+        }
+        // Pushed even when lost, so that indices (hard links) stay aligned until `finish`.
+        self.entries.push(e);
         Ok(())
     }
+
+    /// Hashes the deferred large files, spread over the available cores.
+    fn hash_deferred(&mut self) -> Result<(), EngineError> {
+        let batch = std::mem::take(&mut self.deferred);
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, 4)
+            .min(batch.len());
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let entries = &self.entries;
+        let ctl = self.ctl;
+        let results: Vec<Result<Vec<(usize, Entry, bool)>, EngineError>> =
+            std::thread::scope(|s| {
+                let workers: Vec<_> = (0..threads)
+                    .map(|_| {
+                        s.spawn(|| {
+                            let mut done = Vec::new();
+                            loop {
+                                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                let Some(d) = batch.get(i) else {
+                                    return Ok(done);
+                                };
+                                let mut e = entries[d.index].clone();
+                                let stable = hash_file(d.dir.as_fd(), &d.name, &mut e, ctl)?;
+                                done.push((d.index, e, stable));
+                            }
+                        })
+                    })
+                    .collect();
+                workers
+                    .into_iter()
+                    .map(|w| {
+                        w.join().unwrap_or_else(|_| {
+                            Err(EngineError::Integrity("a hashing thread panicked".into()))
+                        })
+                    })
+                    .collect()
+            });
+        for r in results {
+            for (index, e, stable) in r? {
+                if stable {
+                    self.report.hashed_files += 1;
+                    self.report.hashed_bytes += e.size;
+                    self.entries[index] = e;
+                } else {
+                    self.lost.push(index);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the scan: hashes what is still deferred, gives hard links their first file's
+    /// hash, and leaves out files that could not be read in a stable state (and links to
+    /// them).
+    fn finish(mut self) -> Result<(Manifest, ScanReport), EngineError> {
+        self.hash_deferred()?;
+        let mut lost = vec![false; self.entries.len()];
+        for &i in &self.lost {
+            lost[i] = true;
+            self.report.unstable.push(self.entries[i].display_path());
+        }
+        for &(link, first) in &self.link_fixups {
+            if lost[first] {
+                lost[link] = true;
+                self.report.unstable.push(self.entries[link].display_path());
+            } else {
+                self.entries[link].hash = self.entries[first].hash;
+                self.entries[link].xattrs = self.entries[first].xattrs.clone();
+            }
+        }
+        let entries = self
+            .entries
+            .into_iter()
+            .zip(lost)
+            .filter_map(|(e, lost)| (!lost).then_some(e))
+            .collect();
+        Ok((Manifest { entries }, self.report))
+    }
+}
+
+/// Large files waiting to be hashed in parallel: each keeps its directory open, so it is
+/// opened beneath the root like any other.
+const DEFERRED_BATCH: usize = 32;
+
+struct Deferred {
+    index: usize,
+    dir: OwnedFd,
+    name: Vec<u8>,
+}
+
+/// Reads and hashes one file into `e`, retrying while it changes under the read. False when
+/// it vanished, was replaced by a non-file, or kept changing after three reads: such a file
+/// is left out of the state rather than recorded with a hash that matches no moment of it.
+fn hash_file(
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+    e: &mut Entry,
+    ctl: &Control,
+) -> Result<bool, EngineError> {
+    for _attempt in 0..3 {
+        let file = match fsx::open_file_at(dir, name) {
+            Ok(f) => f,
+            Err(_) => break,
+        };
+        let before =
+            rfs::fstat(&file).map_err(|x| EngineError::io("reading metadata")(x.into()))?;
+        e.xattrs = fsx::read_xattrs(file.as_fd()).map_err(EngineError::io("reading xattrs"))?;
+        let res = hash_reader(&file, before.st_size as u64, ctl, |_, _| Ok(()));
+        let after = rfs::fstat(&file).map_err(|x| EngineError::io("reading metadata")(x.into()))?;
+        match res {
+            Ok((hash, chunks, len))
+                if after.st_size as u64 == len
+                    && mtime_ns(&after) == mtime_ns(&before)
+                    && after.st_ino == e.ino =>
+            {
+                e.hash = hash;
+                e.chunks = chunks;
+                e.size = len;
+                e.mtime_ns = mtime_ns(&after);
+                e.ctime_ns = ctime_ns(&after);
+                e.mode = after.st_mode & 0o7777;
+                ctl.add_progress(len, 1);
+                return Ok(true);
+            }
+            Ok(_) => continue,
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(false)
 }
 
 fn read_link(dir: BorrowedFd<'_>, name: &[u8]) -> Result<Vec<u8>, EngineError> {

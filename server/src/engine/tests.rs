@@ -202,6 +202,17 @@ fn random_changes(root: &Path, rng: &mut Rng) {
                 }
             }
             5 => set_mtime(&path, 1_700_000_000 + i as u64),
+            6 => {
+                // Bytes inserted near the start: later content moves (a delta that cannot be
+                // applied in place).
+                let old = fs::read(&path).unwrap();
+                if old.len() > 300_000 {
+                    let mut new = old[..1000].to_vec();
+                    new.extend_from_slice(&rng.bytes(777));
+                    new.extend_from_slice(&old[1000..]);
+                    write(&path, &new);
+                }
+            }
             _ => {}
         }
     }
@@ -355,8 +366,15 @@ fn sync_sends_deltas_for_large_files_and_nothing_for_renames() {
     use std::os::unix::fs::FileExt;
     f.write_all_at(&rng.bytes(1 << 20), 3 << 20).unwrap();
     fs::rename(src.root.join("other.img"), src.root.join("moved.img")).unwrap();
+    let inode = |p: &Path| fs::metadata(p).unwrap().ino();
+    let big_inode = inode(&dst.root.join("big.img"));
     let s = sync(&src, &dst, &Control::new()).unwrap();
     assert_same_tree(&src.root, &dst.root);
+    assert_eq!(
+        inode(&dst.root.join("big.img")),
+        big_inode,
+        "an overwrite in place is applied in place, not by rewriting the file"
+    );
     assert_eq!(s.delta_files, 1);
     assert!(s.content_bytes >= 1 << 20, "{s:?}");
     assert!(
@@ -368,6 +386,16 @@ fn sync_sends_deltas_for_large_files_and_nothing_for_renames() {
         "{s:?}"
     );
     assert_eq!((s.files_added, s.files_changed, s.files_deleted), (1, 1, 1));
+
+    // Bytes inserted at the front move everything after them: still a delta, now applied
+    // by building the new version beside the old one.
+    let mut shifted = b"a new header line\n".to_vec();
+    shifted.extend_from_slice(&fs::read(src.root.join("big.img")).unwrap());
+    write(&src.root.join("big.img"), &shifted);
+    let s = sync(&src, &dst, &Control::new()).unwrap();
+    assert_same_tree(&src.root, &dst.root);
+    assert_eq!(s.delta_files, 1);
+    assert!(s.content_bytes < 200 << 10, "{s:?}");
 }
 
 #[test]

@@ -52,11 +52,30 @@ fn without_specials(m: &Manifest) -> Manifest {
 /// keeping content identity (hashes, targets, xattrs) from `want`, whose content the
 /// receiver verified as it wrote it. Comparing its root hash with `want`'s checks that
 /// everything landed where and how it should.
-fn restat(root: &Path, want: &Manifest) -> Result<Manifest, EngineError> {
+fn restat(
+    root: &Path,
+    want: &Manifest,
+    before: Option<&Manifest>,
+) -> Result<Manifest, EngineError> {
     let mut walker =
         Walker::new(fsx::open_dir(root).map_err(EngineError::io_path("opening", root))?);
     let mut out = Vec::with_capacity(want.entries.len());
+    let mut old = before.map_or(&[][..], |m| &m.entries[..]).iter().peekable();
     for w in &want.entries {
+        // A file that a sync found already as wanted was not touched by it: the state its
+        // scan just read is current. (Directories are re-read: their entries changed.)
+        while old
+            .peek()
+            .is_some_and(|o| path_cmp(&o.path, &w.path) == std::cmp::Ordering::Less)
+        {
+            old.next();
+        }
+        if let Some(o) = old.peek().filter(|o| {
+            o.path == w.path && o.kind != Kind::Dir && o.same_content(w) && o.same_metadata(w)
+        }) {
+            out.push((*o).clone());
+            continue;
+        }
         let (dir, name) = walker
             .parent(&w.path)
             .map_err(io_err("re-reading the target"))?;
@@ -184,7 +203,7 @@ fn copy_staged(
 
     ctl.phase(Phase::Verify, None, None);
     let want = without_specials(&m);
-    let got = restat(staging, &want)?;
+    let got = restat(staging, &want, None)?;
     let root_hash = check_roots(&want, &got)?;
 
     ctl.phase(Phase::Commit, None, None);
@@ -310,6 +329,13 @@ enum Pending {
         tmp: Vec<u8>,
         e: Entry,
     },
+    /// A large file changed only in place: the new ranges are staged in the work dir under
+    /// `tmp` (at `(file offset, staged offset, len)`), the rest of the file stays as it is.
+    Patch {
+        tmp: Vec<u8>,
+        ranges: Vec<(u64, u64, u64)>,
+        e: Entry,
+    },
     /// A directory, symlink, FIFO or hard link to create (replacing what is there).
     Create(Entry),
     /// Only metadata changes.
@@ -340,6 +366,11 @@ fn receive(
     let current: HashMap<&[u8], &Entry> = current
         .map(|m| m.entries.iter().map(|e| (e.path.as_slice(), e)).collect())
         .unwrap_or_default();
+    // Names that other names are hard links of: never changed in place.
+    let linked: std::collections::HashSet<&[u8]> = current
+        .values()
+        .filter_map(|e| e.link_to.as_deref())
+        .collect();
     let mut dirs = Vec::new();
     let mut out = Received {
         pending: Vec::new(),
@@ -374,7 +405,7 @@ fn receive(
                     (stage_fd.as_fd(), &b""[..])
                 }
             };
-            let tmp_name = seq.to_string().into_bytes();
+            let mut tmp_name = seq.to_string().into_bytes();
             let name = if mode == Mode::Sync {
                 &tmp_name[..]
             } else {
@@ -391,14 +422,63 @@ fn receive(
                 }
                 _ => None,
             };
-            let (hash, size, chunks, reused) =
-                receive_content(&mut fr, &mut file, &e, old.as_ref(), &mut other, ctl)?;
-            out.reused_bytes += reused;
+            // A large file the target has under the same name, alone on its inode, may be
+            // changed in place: only its new ranges are written.
+            let base = match (&old, current.get(e.path.as_slice())) {
+                (Some(_), Some(c)) if c.link_to.is_none() && !linked.contains(c.path.as_slice()) => {
+                    Some(*c)
+                }
+                _ => None,
+            };
+            let got = receive_content(
+                &mut fr,
+                &mut file,
+                &e,
+                old.as_ref(),
+                base,
+                &mut other,
+                ctl,
+            )?;
+            out.reused_bytes += got.reused;
             let mut e = e;
-            e.hash = hash;
-            e.size = size;
-            e.chunks = chunks;
+            e.hash = got.hash;
+            e.size = got.size;
+            e.chunks = got.chunks;
+            match got.patch {
+                Some(ops) if ops.iter().all(|op| op.old.is_none_or(|o| o == op.at)) => {
+                    fsx::start_writeback(file.as_fd());
+                    let ranges = ops
+                        .iter()
+                        .filter(|op| op.old.is_none())
+                        .map(|op| (op.at, op.staged, op.len))
+                        .collect();
+                    ctl.fail("receive:file")?;
+                    ctl.add_progress(0, 1);
+                    out.pending.push(Pending::Patch {
+                        tmp: tmp_name,
+                        ranges,
+                        e,
+                    });
+                    continue;
+                }
+                Some(ops) => {
+                    // Content moved within the file: build the whole new version after all.
+                    seq += 1;
+                    let full_name = seq.to_string().into_bytes();
+                    let mut full = fsx::create_file_at(stage_fd.as_fd(), &full_name)
+                        .map_err(io_err("creating a file"))?;
+                    let old = old.as_ref().expect("patches have a base");
+                    assemble(&mut full, &file, old, &ops, base.expect("patches have a base"))?;
+                    drop(file);
+                    fsx::remove_at(stage_fd.as_fd(), &tmp_name)
+                        .map_err(io_err("removing a staged file"))?;
+                    file = full;
+                    tmp_name = full_name;
+                }
+                None => {}
+            }
             fsx::apply_meta_fd(file.as_fd(), &e).map_err(io_err("setting metadata"))?;
+            fsx::start_writeback(file.as_fd());
             ctl.fail("receive:file")?;
             ctl.add_progress(0, 1);
             match mode {
@@ -456,17 +536,48 @@ fn create_entry(
     }
 }
 
+/// One piece of a file received as a patch: `len` bytes at `at` in the new version, from
+/// the previous version at `old`, or else from the staged file at `staged`.
+struct PatchOp {
+    at: u64,
+    old: Option<u64>,
+    staged: u64,
+    len: u64,
+}
+
+/// What `receive_content` got.
+struct Content {
+    hash: [u8; 32],
+    size: u64,
+    chunks: Vec<Chunk>,
+    reused: u64,
+    /// For a patch: how the new version is made of the previous one and the staged bytes.
+    patch: Option<Vec<PatchOp>>,
+}
+
 /// Receives one file's content into `out`, hashing as it writes; fails unless the result
-/// is exactly what the sender announced. Returns (hash, size, chunks, reused bytes).
+/// is exactly what the sender announced.
+///
+/// With a `base` (a large file the target has, whose chunk hashes its scan just recorded),
+/// only new bytes go to `out`, and ranges of the previous version are recorded, not copied:
+/// their hashes come from the base's chunk list. The caller applies such a patch in place
+/// when every kept range stays where it was, and assembles the whole file otherwise.
 fn receive_content(
     fr: &mut FrameReader<PipeReader>,
     out: &mut fs::File,
     e: &Entry,
     old: Option<&fs::File>,
+    base: Option<&Entry>,
     other: &mut Walker,
     ctl: &Control,
-) -> Result<([u8; 32], u64, Vec<Chunk>, u64), EngineError> {
+) -> Result<Content, EngineError> {
     let chunked = e.size >= CHUNKED_FILE_MIN;
+    let base_chunks: HashMap<u64, &Chunk> = base
+        .filter(|_| chunked)
+        .map(|b| b.chunks.iter().map(|c| (c.offset, c)).collect())
+        .unwrap_or_default();
+    let mut patch: Option<Vec<PatchOp>> = (!base_chunks.is_empty()).then(Vec::new);
+    let mut staged = 0u64;
     let mut whole = blake3::Hasher::new();
     let mut chunks: Vec<Chunk> = Vec::new();
     let mut written = 0u64;
@@ -486,6 +597,15 @@ fn receive_content(
                 } else {
                     whole.update(&d);
                 }
+                if let Some(ops) = &mut patch {
+                    ops.push(PatchOp {
+                        at: written,
+                        old: None,
+                        staged,
+                        len: d.len() as u64,
+                    });
+                    staged += d.len() as u64;
+                }
                 written += d.len() as u64;
                 ctl.add_progress(d.len() as u64, 0);
             }
@@ -495,20 +615,48 @@ fn receive_content(
                 if !chunked || len > 8 << 20 {
                     return Err(EngineError::Integrity("bad delta range".into()));
                 }
-                buf.resize(len as usize, 0);
-                old.read_exact_at(&mut buf, offset)
-                    .map_err(io_err("reading the previous version"))?;
-                out.write_all(&buf).map_err(io_err("writing a file"))?;
+                let known = base_chunks
+                    .get(&offset)
+                    .filter(|c| c.len as u64 == len)
+                    .map(|c| c.hash);
+                let hash = match (&mut patch, known) {
+                    (Some(ops), Some(hash)) => {
+                        ops.push(PatchOp {
+                            at: written,
+                            old: Some(offset),
+                            staged: 0,
+                            len,
+                        });
+                        hash
+                    }
+                    // The sender draws its ranges from the same chunk list.
+                    (Some(_), None) => {
+                        return Err(EngineError::Integrity(
+                            "a delta range that is not a chunk of the previous version".into(),
+                        ))
+                    }
+                    (None, _) => {
+                        buf.resize(len as usize, 0);
+                        old.read_exact_at(&mut buf, offset)
+                            .map_err(io_err("reading the previous version"))?;
+                        out.write_all(&buf).map_err(io_err("writing a file"))?;
+                        *blake3::hash(&buf).as_bytes()
+                    }
+                };
                 chunks.push(Chunk {
                     offset: written,
                     len: len as u32,
-                    hash: *blake3::hash(&buf).as_bytes(),
+                    hash,
                 });
                 written += len;
                 reused += len;
                 ctl.add_progress(len, 0);
             }
             Frame::Reuse { from } => {
+                if written > 0 {
+                    return Err(EngineError::Integrity("reuse inside a file".into()));
+                }
+                patch = None;
                 let (d, n) = other.parent(&from).map_err(io_err("opening a directory"))?;
                 let src = fsx::open_file_at(d, n).map_err(io_err("opening a file to reuse"))?;
                 let (hash, c, len) = hash_reader(&src, e.size, ctl, |data, _| out.write_all(data))?;
@@ -529,7 +677,13 @@ fn receive_content(
                         e.display_path()
                     )));
                 }
-                return Ok((got, written, got_chunks, reused));
+                return Ok(Content {
+                    hash: got,
+                    size: written,
+                    chunks: got_chunks,
+                    reused,
+                    patch,
+                });
             }
             _ => {
                 return Err(EngineError::Integrity(
@@ -538,6 +692,39 @@ fn receive_content(
             }
         }
     }
+}
+
+/// Builds the whole new version of a patched file into `full`, checking every range kept
+/// from the previous version against the hash its chunk list recorded.
+fn assemble(
+    full: &mut fs::File,
+    staged: &fs::File,
+    old: &fs::File,
+    ops: &[PatchOp],
+    base: &Entry,
+) -> Result<(), EngineError> {
+    let known: HashMap<u64, [u8; 32]> = base.chunks.iter().map(|c| (c.offset, c.hash)).collect();
+    let mut buf = Vec::new();
+    for op in ops {
+        buf.resize(op.len as usize, 0);
+        match op.old {
+            Some(o) => {
+                old.read_exact_at(&mut buf, o)
+                    .map_err(io_err("reading the previous version"))?;
+                if known.get(&o) != Some(blake3::hash(&buf).as_bytes()) {
+                    return Err(EngineError::Integrity(format!(
+                        "{:?} changed on the target during the sync",
+                        base.display_path()
+                    )));
+                }
+            }
+            None => staged
+                .read_exact_at(&mut buf, op.staged)
+                .map_err(io_err("reading a staged file"))?,
+        }
+        full.write_all(&buf).map_err(io_err("writing a file"))?;
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -675,7 +862,7 @@ pub(super) fn sync(src: &Place, dst: &Place, ctl: &Control) -> Result<Summary, E
     let got = if files_total == 0 {
         t_man
     } else {
-        restat(&dst.root, &want)?
+        restat(&dst.root, &want, Some(&t_man))?
     };
     // Nothing changed: the diff already compared every entry, one root hash is enough.
     let root_hash = if files_total == 0 {
@@ -897,6 +1084,8 @@ fn apply_pending(
     for p in &pending {
         match p {
             Pending::Delete(path) => removals.push(path),
+            // Same file, same inode: nothing to remove.
+            Pending::Patch { .. } => {}
             Pending::Place { e, .. } | Pending::Create(e) => {
                 if let Some(c) = current.get(e.path.as_slice()) {
                     let replace_in_one_rename = c.kind == Kind::File
@@ -934,6 +1123,28 @@ fn apply_pending(
                 fsx::rename_at(stage_fd.as_fd(), tmp, dir, name)
                     .map_err(io_err("placing a file"))?;
                 touched_dirs.push(split_parent(&e.path).0.to_vec());
+            }
+            Pending::Patch { tmp, ranges, e } => {
+                ctl.fail("sync:commit-op")?;
+                let staged = fsx::open_file_at(stage_fd.as_fd(), tmp)
+                    .map_err(io_err("opening a staged file"))?;
+                let (dir, name) = walker
+                    .parent(&e.path)
+                    .map_err(io_err("opening a directory"))?;
+                let target =
+                    fsx::open_file_for_patch_at(dir, name).map_err(io_err("opening a file"))?;
+                let mut buf = Vec::new();
+                for &(at, from, len) in ranges {
+                    buf.resize(len as usize, 0);
+                    staged
+                        .read_exact_at(&mut buf, from)
+                        .map_err(io_err("reading a staged file"))?;
+                    target
+                        .write_all_at(&buf, at)
+                        .map_err(io_err("patching a file"))?;
+                }
+                target.set_len(e.size).map_err(io_err("patching a file"))?;
+                fsx::apply_meta_fd(target.as_fd(), e).map_err(io_err("setting metadata"))?;
             }
             Pending::Create(e) => {
                 ctl.fail("sync:commit-op")?;
