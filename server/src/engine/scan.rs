@@ -267,33 +267,32 @@ impl Scanner<'_> {
         let next = std::sync::atomic::AtomicUsize::new(0);
         let entries = &self.entries;
         let ctl = self.ctl;
-        let results: Vec<Result<Vec<(usize, Entry, bool)>, EngineError>> =
-            std::thread::scope(|s| {
-                let workers: Vec<_> = (0..threads)
-                    .map(|_| {
-                        s.spawn(|| {
-                            let mut done = Vec::new();
-                            loop {
-                                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                let Some(d) = batch.get(i) else {
-                                    return Ok(done);
-                                };
-                                let mut e = entries[d.index].clone();
-                                let stable = hash_file(d.dir.as_fd(), &d.name, &mut e, ctl)?;
-                                done.push((d.index, e, stable));
-                            }
-                        })
+        let results: Vec<Result<Vec<Hashed>, EngineError>> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut done = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some(d) = batch.get(i) else {
+                                return Ok(done);
+                            };
+                            let mut e = entries[d.index].clone();
+                            let stable = hash_file(d.dir.as_fd(), &d.name, &mut e, ctl)?;
+                            done.push((d.index, e, stable));
+                        }
                     })
-                    .collect();
-                workers
-                    .into_iter()
-                    .map(|w| {
-                        w.join().unwrap_or_else(|_| {
-                            Err(EngineError::Integrity("a hashing thread panicked".into()))
-                        })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| {
+                    w.join().unwrap_or_else(|_| {
+                        Err(EngineError::Integrity("a hashing thread panicked".into()))
                     })
-                    .collect()
-            });
+                })
+                .collect()
+        });
         for r in results {
             for (index, e, stable) in r? {
                 if stable {
@@ -340,6 +339,9 @@ impl Scanner<'_> {
 /// Large files waiting to be hashed in parallel: each keeps its directory open, so it is
 /// opened beneath the root like any other.
 const DEFERRED_BATCH: usize = 32;
+
+/// A deferred file after hashing: (its index, its entry, whether it read stably).
+type Hashed = (usize, Entry, bool);
 
 struct Deferred {
     index: usize,

@@ -425,20 +425,14 @@ fn receive(
             // A large file the target has under the same name, alone on its inode, may be
             // changed in place: only its new ranges are written.
             let base = match (&old, current.get(e.path.as_slice())) {
-                (Some(_), Some(c)) if c.link_to.is_none() && !linked.contains(c.path.as_slice()) => {
+                (Some(_), Some(c))
+                    if c.link_to.is_none() && !linked.contains(c.path.as_slice()) =>
+                {
                     Some(*c)
                 }
                 _ => None,
             };
-            let got = receive_content(
-                &mut fr,
-                &mut file,
-                &e,
-                old.as_ref(),
-                base,
-                &mut other,
-                ctl,
-            )?;
+            let got = receive_content(&mut fr, &mut file, &e, old.as_ref(), base, &mut other, ctl)?;
             out.reused_bytes += got.reused;
             let mut e = e;
             e.hash = got.hash;
@@ -468,7 +462,13 @@ fn receive(
                     let mut full = fsx::create_file_at(stage_fd.as_fd(), &full_name)
                         .map_err(io_err("creating a file"))?;
                     let old = old.as_ref().expect("patches have a base");
-                    assemble(&mut full, &file, old, &ops, base.expect("patches have a base"))?;
+                    assemble(
+                        &mut full,
+                        &file,
+                        old,
+                        &ops,
+                        base.expect("patches have a base"),
+                    )?;
                     drop(file);
                     fsx::remove_at(stage_fd.as_fd(), &tmp_name)
                         .map_err(io_err("removing a staged file"))?;
