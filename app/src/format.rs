@@ -46,9 +46,44 @@ pub fn bytes(n: i64) -> String {
     format!("{v:.1} {}", UNITS[unit])
 }
 
+/// `just now`, `5 min ago`, `3 h ago`, `2 days ago`: how long before `now` `then` was.
+pub fn ago(now: Millis, then: Millis) -> String {
+    let s = (now - then).max(0) / 1000;
+    match s {
+        0..=59 => "just now".into(),
+        60..=3599 => format!("{} min ago", s / 60),
+        3600..=86_399 => format!("{} h ago", s / 3600),
+        86_400..=172_799 => "1 day ago".into(),
+        _ => format!("{} days ago", s / 86_400),
+    }
+}
+
+/// `850 ms`, `12.3 s`, `4 min 05 s`
+pub fn duration(ms: u64) -> String {
+    match ms {
+        0..=999 => format!("{ms} ms"),
+        1000..=59_999 => format!("{:.1} s", ms as f64 / 1000.0),
+        _ => format!("{} min {:02} s", ms / 60_000, (ms % 60_000) / 1000),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ago_and_duration_read_naturally() {
+        let now = 1_000_000_000_000;
+        assert_eq!(ago(now, now - 5_000), "just now");
+        assert_eq!(ago(now, now - 5 * 60_000), "5 min ago");
+        assert_eq!(ago(now, now - 3 * 3_600_000), "3 h ago");
+        assert_eq!(ago(now, now - 30 * 3_600_000), "1 day ago");
+        assert_eq!(ago(now, now - 72 * 3_600_000), "3 days ago");
+        assert_eq!(ago(now, now + 10_000), "just now");
+        assert_eq!(duration(850), "850 ms");
+        assert_eq!(duration(12_340), "12.3 s");
+        assert_eq!(duration(245_000), "4 min 05 s");
+    }
 
     #[test]
     fn utc_formats_known_instants() {

@@ -52,6 +52,8 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("") view=pages::ContainersPage/>
                     <Route path=path!("/containers") view=pages::ContainersPage/>
                     <Route path=path!("/containers/:id") view=pages::ContainerPage/>
+                    <Route path=path!("/sync-status") view=pages::SyncStatusPage/>
+                    <Route path=path!("/jobs") view=pages::JobsPage/>
                 </ParentRoute>
             </Routes>
         </Router>

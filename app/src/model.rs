@@ -290,6 +290,68 @@ pub struct Job {
     pub events_url: String,
 }
 
+/// One finished run of a copy (its first copy, or a sync), for the sync status page.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SyncRun {
+    pub job_id: String,
+    pub kind: JobKind,
+    pub status: JobStatus,
+    pub finished_at: Millis,
+    pub duration_ms: Option<u64>,
+    /// Bytes that crossed the wire (content and deltas); none for a failed run.
+    pub bytes_sent: Option<u64>,
+    pub tree_bytes: Option<u64>,
+    pub error: Option<String>,
+}
+
+/// Where a copy stands against its source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Freshness {
+    /// The source is in the state the copy last matched.
+    Current,
+    /// The source changed since (or the copy never matched its live state).
+    Stale,
+    /// The source was deleted or its tree cannot be read.
+    SourceMissing,
+}
+
+impl Freshness {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Freshness::Current => "current",
+            Freshness::Stale => "stale",
+            Freshness::SourceMissing => "source missing",
+        }
+    }
+}
+
+/// A copy as a team lead sees it on the sync status page.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CopyStatus {
+    /// The copy (its `source` is set when the caller may see the source).
+    pub copy: ContainerSummary,
+    pub freshness: Freshness,
+    /// When the copy last matched its source (its first copy or last successful sync).
+    pub last_synced_at: Option<Millis>,
+    /// The latest finished run, successful or not.
+    pub last_run: Option<SyncRun>,
+    /// A copy or sync of this copy that is queued or running now.
+    pub running_job: Option<Job>,
+    /// Failed runs since the last success (0: not failing).
+    pub failures_in_row: u32,
+    pub last_error: Option<String>,
+    /// Recent finished runs, oldest first (at most 12), for the chart.
+    pub history: Vec<SyncRun>,
+    pub size_bytes: i64,
+}
+
+impl CopyStatus {
+    pub fn failing(&self) -> bool {
+        self.failures_in_row > 0
+    }
+}
+
 /// A job event, as streamed over server-sent events (`event:` is `kind`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobEvent {

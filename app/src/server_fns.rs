@@ -57,6 +57,28 @@ pub async fn list_servers() -> Result<Vec<Server>, ApiError> {
     backend.list_servers(&user).await
 }
 
+/// Every copy the user can see with its sync status, and the server's clock (so that
+/// "5 min ago" reads the same on the server and in the browser).
+#[server]
+pub async fn sync_status() -> Result<(Millis, Vec<CopyStatus>), ApiError> {
+    let (backend, user) = caller().await?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as Millis);
+    Ok((now, backend.sync_status(&user).await?))
+}
+
+/// Recent jobs, newest first, filtered by kind and status (empty: any).
+#[server]
+pub async fn list_jobs(
+    kind: Option<String>,
+    status: Option<String>,
+) -> Result<Vec<Job>, ApiError> {
+    let (backend, user) = caller().await?;
+    let given = |v: Option<String>| v.filter(|s| !s.is_empty());
+    backend.recent_jobs(&user, given(kind), given(status)).await
+}
+
 /// A request the backend refused for a reason the user can fix (a taken name, a bad key)
 /// comes back as `Ok(Err(..))`: an expected answer, not a failed call (which a browser
 /// would log as an error).

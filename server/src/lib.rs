@@ -16,4 +16,5 @@ pub mod seed;
 pub mod serve;
 pub mod service;
 pub mod sse;
+pub mod sync_status;
 pub mod web;

@@ -97,6 +97,7 @@ pub fn routes() -> Router<AppState> {
         .route("/jobs/{id}/cancel", post(cancel_job))
         .route("/jobs/{id}/events", get(job_events))
         .route("/events", get(all_events))
+        .route("/sync-status", get(sync_status))
         .route("/openapi.json", get(openapi))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -178,6 +179,14 @@ async fn list_jobs(
     let filter = query(q)?;
     let jobs = st.service.list_jobs(&user, &filter).await?;
     Ok(Json(json!({ "jobs": jobs })))
+}
+
+async fn sync_status(
+    State(st): State<AppState>,
+    Caller(user): Caller,
+) -> ApiResult<serde_json::Value> {
+    let copies = st.service.copy_statuses(&user).await?;
+    Ok(Json(json!({ "copies": copies })))
 }
 
 async fn get_job(

@@ -34,32 +34,32 @@ pub struct JobFilter {
 }
 
 #[derive(sqlx::FromRow)]
-struct ContainerRow {
-    id: String,
-    name: String,
-    status: String,
-    status_reason: Option<String>,
-    project_id: String,
-    project_name: String,
-    server_id: String,
-    server_name: String,
-    storage_root: String,
-    ssh_public_key: Option<String>,
-    firewall_rules: String,
-    network_rules: String,
-    source_container_id: Option<String>,
-    source_state: Option<String>,
-    last_synced_at: Option<i64>,
-    file_count: i64,
-    size_bytes: i64,
-    created_at: i64,
-    updated_at: i64,
-    src_name: Option<String>,
-    src_project_id: Option<String>,
-    src_project_name: Option<String>,
+pub(crate) struct ContainerRow {
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) status: String,
+    pub(crate) status_reason: Option<String>,
+    pub(crate) project_id: String,
+    pub(crate) project_name: String,
+    pub(crate) server_id: String,
+    pub(crate) server_name: String,
+    pub(crate) storage_root: String,
+    pub(crate) ssh_public_key: Option<String>,
+    pub(crate) firewall_rules: String,
+    pub(crate) network_rules: String,
+    pub(crate) source_container_id: Option<String>,
+    pub(crate) source_state: Option<String>,
+    pub(crate) last_synced_at: Option<i64>,
+    pub(crate) file_count: i64,
+    pub(crate) size_bytes: i64,
+    pub(crate) created_at: i64,
+    pub(crate) updated_at: i64,
+    pub(crate) src_name: Option<String>,
+    pub(crate) src_project_id: Option<String>,
+    pub(crate) src_project_name: Option<String>,
 }
 
-const CONTAINER_SELECT: &str = "SELECT c.id, c.name, c.status, c.status_reason, c.project_id,
+pub(crate) const CONTAINER_SELECT: &str = "SELECT c.id, c.name, c.status, c.status_reason, c.project_id,
         p.name AS project_name, c.server_id, s.name AS server_name, s.storage_root,
         c.ssh_public_key, c.firewall_rules, c.network_rules, c.source_container_id,
         c.source_state, c.last_synced_at, c.file_count, c.size_bytes, c.created_at, c.updated_at,
@@ -71,18 +71,18 @@ const CONTAINER_SELECT: &str = "SELECT c.id, c.name, c.status, c.status_reason, 
     LEFT JOIN projects sp ON sp.id = src.project_id";
 
 /// The projects a user may see, with their role in each (`None`: admin, not a member).
-struct Visibility {
+pub(crate) struct Visibility {
     roles: HashMap<String, Option<Role>>,
 }
 
 impl Visibility {
-    fn can_see(&self, project_id: &str) -> bool {
+    pub(crate) fn can_see(&self, project_id: &str) -> bool {
         self.roles.contains_key(project_id)
     }
 }
 
 impl ContainerRow {
-    fn summary(&self, vis: &Visibility) -> ContainerSummary {
+    pub(crate) fn summary(&self, vis: &Visibility) -> ContainerSummary {
         let source = match (&self.source_container_id, &self.src_project_id) {
             (Some(id), Some(pid)) if vis.can_see(pid) => Some(ContainerRef {
                 id: id.clone(),
@@ -132,7 +132,7 @@ impl Service {
         Ok(self.visibility(user).await?.roles)
     }
 
-    async fn visibility(&self, user: &UserInfo) -> Result<Visibility, ApiError> {
+    pub(crate) async fn visibility(&self, user: &UserInfo) -> Result<Visibility, ApiError> {
         let mut roles = HashMap::new();
         if user.is_admin {
             let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM projects")
@@ -404,5 +404,23 @@ impl Backend for Service {
 
     async fn stop_job(&self, user: &UserInfo, id: &str) -> Result<Job, ApiError> {
         self.cancel_job(user, id).await
+    }
+
+    async fn sync_status(&self, user: &UserInfo) -> Result<Vec<CopyStatus>, ApiError> {
+        self.copy_statuses(user).await
+    }
+
+    async fn recent_jobs(
+        &self,
+        user: &UserInfo,
+        kind: Option<String>,
+        status: Option<String>,
+    ) -> Result<Vec<Job>, ApiError> {
+        let filter = JobFilter {
+            kind,
+            status,
+            ..JobFilter::default()
+        };
+        self.list_jobs(user, &filter).await
     }
 }

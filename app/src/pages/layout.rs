@@ -12,6 +12,8 @@ pub fn Layout() -> impl IntoView {
             <a class="brand" href="/">"doppel"</a>
             <nav aria-label="Main">
                 <A href="/containers">"Containers"</A>
+                <A href="/sync-status">"Sync status"</A>
+                <A href="/jobs">"Jobs"</A>
             </nav>
             <div class="user">
                 <Suspense fallback=|| ()>

@@ -130,3 +130,74 @@ fn JobSummary(job: Job) -> impl IntoView {
         </div>
     }
 }
+
+/// Follows every job the user may see (`/api/v1/events`) while the calling component is
+/// mounted, handing each event to `on_event`. In the browser only: the server renders the
+/// state as loaded. EventSource reconnects by itself and resumes with Last-Event-ID.
+pub fn follow_all_jobs(on_event: impl Fn(crate::model::JobEvent) + 'static) {
+    #[cfg(feature = "hydrate")]
+    {
+        use futures::StreamExt;
+        let (abort, registration) = futures::future::AbortHandle::new_pair();
+        let task = async move {
+            let Ok(mut es) = gloo_net::eventsource::futures::EventSource::new("/api/v1/events")
+            else {
+                return;
+            };
+            let (Ok(progress), Ok(status)) = (es.subscribe("progress"), es.subscribe("status"))
+            else {
+                return;
+            };
+            let mut events = futures::stream::select(progress, status);
+            while let Some(item) = events.next().await {
+                let Ok((_, msg)) = item else { continue };
+                if let Some(ev) = msg
+                    .data()
+                    .as_string()
+                    .and_then(|t| serde_json::from_str::<crate::model::JobEvent>(&t).ok())
+                {
+                    on_event(ev);
+                }
+            }
+        };
+        leptos::task::spawn_local(async move {
+            let _ = futures::future::Abortable::new(task, registration).await;
+        });
+        // Leaving the page drops the stream, which closes the connection.
+        on_cleanup(move || abort.abort());
+    }
+    #[cfg(not(feature = "hydrate"))]
+    let _ = on_event;
+}
+
+/// A compact progress bar for a job in a table row.
+#[component]
+pub fn JobProgressBar(job: Job) -> impl IntoView {
+    let p = job.progress.clone().unwrap_or_default();
+    let percent = match job.status {
+        JobStatus::Succeeded => 100.0,
+        _ => p.percent.unwrap_or(0.0),
+    };
+    let phase = job
+        .phase
+        .clone()
+        .unwrap_or_else(|| job.status.as_str().to_string());
+    let detail = match (p.bytes_total, p.bytes_per_second) {
+        (Some(total), rate) => format!(
+            "{} of {}{}",
+            format::bytes(p.bytes_done as i64),
+            format::bytes(total as i64),
+            rate.map(|r| format!(" · {}/s", format::bytes(r as i64)))
+                .unwrap_or_default()
+        ),
+        _ => String::new(),
+    };
+    view! {
+        <div class="row-progress">
+            <span class="phase">{phase}</span>
+            <progress max="100" value=format!("{percent:.0}") aria-label="Progress"></progress>
+            <span class="percent">{format!("{percent:.0} %")}</span>
+            <span class="muted small">{detail}</span>
+        </div>
+    }
+}

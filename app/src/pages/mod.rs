@@ -4,12 +4,16 @@
 mod container;
 mod containers;
 mod copy_dialog;
+mod jobs;
 mod layout;
 mod live_job;
 mod login;
+mod sync_status;
 mod widgets;
 
 pub use container::ContainerPage;
 pub use containers::ContainersPage;
+pub use jobs::JobsPage;
 pub use layout::{Layout, NotFound};
 pub use login::LoginPage;
+pub use sync_status::SyncStatusPage;

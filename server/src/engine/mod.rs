@@ -349,5 +349,17 @@ pub fn record(place: &Place, ctl: &Control) -> Result<Manifest, EngineError> {
     Ok(m)
 }
 
+/// The state (manifest root) a tree is in now, as cheaply as possible: metadata only, with
+/// the tree's quick-check cache. A file the cache cannot vouch for counts as changed (its
+/// hash is unknown, so the root differs from every recorded state), so comparing the result
+/// with the state a copy last matched answers "did the source change since?" without
+/// reading any content. Device files are left out, as copies leave them out.
+pub fn probe(place: &Place) -> Result<String, EngineError> {
+    let cache = place.load_manifest().ok().flatten();
+    let (mut m, _) = scan::scan(&place.root, cache.as_ref(), false, &Control::new())?;
+    m.entries.retain(|e| e.kind != manifest::Kind::Special);
+    Ok(m.root_hex())
+}
+
 #[cfg(test)]
 mod tests;

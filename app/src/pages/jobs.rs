@@ -1,0 +1,166 @@
+//! Running and recent jobs, filterable by kind and status, with live progress.
+
+use std::collections::HashMap;
+
+use leptos::prelude::*;
+use leptos_meta::Title;
+use leptos_router::{components::Form, hooks::use_query_map};
+
+use super::live_job::{follow_all_jobs, JobProgressBar};
+use super::widgets::{ErrorBox, Loading};
+use crate::format;
+use crate::model::{Job, JobKind, JobStatus};
+use crate::server_fns::list_jobs;
+
+#[component]
+pub fn JobsPage() -> impl IntoView {
+    let query = use_query_map();
+    let filter = move || {
+        query.with(|q| {
+            (
+                q.get("kind").filter(|k| !k.is_empty()),
+                q.get("status").filter(|s| !s.is_empty()),
+            )
+        })
+    };
+    // Bumped when a job starts or ends: the list is loaded again.
+    let version = RwSignal::new(0u32);
+    let jobs = Resource::new(
+        move || (filter(), version.get()),
+        |((kind, status), _)| list_jobs(kind, status),
+    );
+    let live: RwSignal<HashMap<String, Job>> = RwSignal::new(HashMap::new());
+    follow_all_jobs(move |ev| {
+        if ev.kind == "status" {
+            version.update(|v| *v += 1);
+        }
+        live.update(|m| {
+            m.insert(ev.job.id.clone(), ev.job);
+        });
+    });
+    let selected = move |name: &'static str, value: &'static str| {
+        move || {
+            let (kind, status) = filter();
+            let current = if name == "kind" { kind } else { status };
+            current.as_deref().unwrap_or("") == value
+        }
+    };
+    view! {
+        <Title text="Jobs · doppel"/>
+        <div class="page-head">
+            <h1>"Jobs"</h1>
+            <div class="filters">
+            <Form method="GET" action="">
+                <label for="kind">"Kind"</label>
+                <select id="kind" name="kind">
+                    <option value="" selected=selected("kind", "")>"any"</option>
+                    {[JobKind::Copy, JobKind::Sync]
+                        .into_iter()
+                        .map(|k| view! { <option value=k.as_str() selected=selected("kind", k.as_str())>{k.as_str()}</option> })
+                        .collect_view()}
+                </select>
+                <label for="status">"Status"</label>
+                <select id="status" name="status">
+                    <option value="" selected=selected("status", "")>"any"</option>
+                    {JobStatus::ALL
+                        .into_iter()
+                        .map(|s| view! { <option value=s.as_str() selected=selected("status", s.as_str())>{s.as_str()}</option> })
+                        .collect_view()}
+                </select>
+                <button type="submit">"Filter"</button>
+            </Form>
+            </div>
+        </div>
+        <Transition fallback=Loading>
+            {move || Suspend::new(async move {
+                match jobs.await {
+                    Ok(list) => view! { <JobTable list live/> }.into_any(),
+                    Err(error) => view! { <ErrorBox error/> }.into_any(),
+                }
+            })}
+        </Transition>
+    }
+}
+
+#[component]
+fn JobTable(list: Vec<Job>, live: RwSignal<HashMap<String, Job>>) -> impl IntoView {
+    if list.is_empty() {
+        return view! { <p class="empty">"No jobs match."</p> }.into_any();
+    }
+    view! {
+        <table class="grid jobs">
+            <thead>
+                <tr>
+                    <th scope="col">"Job"</th>
+                    <th scope="col">"Container"</th>
+                    <th scope="col">"Status"</th>
+                    <th scope="col">"Progress or result"</th>
+                    <th scope="col">"Started"</th>
+                </tr>
+            </thead>
+            <tbody>
+                {list
+                    .into_iter()
+                    .take(200)
+                    .map(|job| {
+                        let id = job.id.clone();
+                        let loaded = job.clone();
+                        // The live version of the job once an event arrived, else as loaded.
+                        let current = move || {
+                            live.with(|m| m.get(&id).cloned()).unwrap_or_else(|| loaded.clone())
+                        };
+                        let status_of = current.clone();
+                        let progress_of = current.clone();
+                        view! {
+                            <tr data-job-id=job.id.clone()>
+                                <td data-label="Job">
+                                    {job.kind.as_str()} " "
+                                    <a href=job.url.clone() class="muted small mono">{job.id.clone()}</a>
+                                </td>
+                                <td data-label="Container">
+                                    <a href=format!("/containers/{}", job.container_id)>"target"</a>
+                                    " from "
+                                    <a href=format!("/containers/{}", job.source_container_id)>"source"</a>
+                                </td>
+                                <td data-label="Status">
+                                    {move || {
+                                        let s = status_of().status;
+                                        view! { <span class=format!("badge job-{}", s.as_str())>{s.as_str()}</span> }
+                                    }}
+                                </td>
+                                <td data-label="Progress or result">
+                                    {move || {
+                                        let j = progress_of();
+                                        match j.status {
+                                            JobStatus::Queued | JobStatus::Running => view! { <JobProgressBar job=j/> }.into_any(),
+                                            JobStatus::Succeeded => view! { <span class="small">{outcome(&j)}</span> }.into_any(),
+                                            _ => view! { <span class="row-error">{j.error.clone().unwrap_or_default()}</span> }.into_any(),
+                                        }
+                                    }}
+                                </td>
+                                <td data-label="Started">
+                                    <time>{format::utc(job.started_at.unwrap_or(job.created_at))}</time>
+                                </td>
+                            </tr>
+                        }
+                    })
+                    .collect_view()}
+            </tbody>
+        </table>
+    }
+    .into_any()
+}
+
+/// "+3 ~12 -1 · 1.2 MiB sent in 2.1 s" from a finished job's summary.
+fn outcome(j: &Job) -> String {
+    let s = j.summary.clone().unwrap_or_default();
+    let n = |k: &str| s.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+    format!(
+        "+{} ~{} -{} · {} sent in {}",
+        n("files_added"),
+        n("files_changed"),
+        n("files_deleted"),
+        format::bytes(n("bytes_sent") as i64),
+        format::duration(n("duration_ms")),
+    )
+}

@@ -1,0 +1,153 @@
+//! The sync status of every copy a user can see: is it current with its source, how did
+//! its recent syncs go, is one running. Read side of the service, for the team lead's page
+//! (and `GET /api/v1/sync-status`).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use app::model::*;
+use sqlx::Row;
+
+use crate::config::container_place;
+use crate::service::{internal, job_from_row, ContainerRow, Service, CONTAINER_SELECT};
+
+/// Runs per copy kept for the history chart.
+const HISTORY: usize = 12;
+
+impl Service {
+    pub async fn copy_statuses(&self, user: &UserInfo) -> Result<Vec<CopyStatus>, ApiError> {
+        let vis = self.visibility(user).await?;
+        let rows: Vec<ContainerRow> = sqlx::query_as(&format!(
+            "{CONTAINER_SELECT} WHERE c.source_container_id IS NOT NULL ORDER BY p.name, c.name"
+        ))
+        .fetch_all(&self.db)
+        .await
+        .map_err(internal)?;
+        let rows: Vec<ContainerRow> = rows
+            .into_iter()
+            .filter(|r| vis.can_see(&r.project_id))
+            .collect();
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+
+        // The newest jobs of every copy, newest first (a window keeps it one query).
+        let job_rows = sqlx::query(
+            "SELECT * FROM (
+                SELECT j.*, ROW_NUMBER() OVER (
+                    PARTITION BY j.container_id ORDER BY j.created_at DESC, j.id DESC) AS rn
+                FROM jobs j JOIN containers c ON c.id = j.container_id
+                WHERE c.source_container_id IS NOT NULL) t
+             WHERE rn <= $1 ORDER BY container_id, created_at DESC, id DESC",
+        )
+        .bind((HISTORY + 8) as i64)
+        .fetch_all(&self.db)
+        .await
+        .map_err(internal)?;
+        let mut jobs: HashMap<String, Vec<Job>> = HashMap::new();
+        for r in &job_rows {
+            let job = job_from_row(r);
+            jobs.entry(job.container_id.clone()).or_default().push(job);
+        }
+
+        // Where each source lives, to ask whether it changed since.
+        let sources: HashMap<String, String> = sqlx::query(
+            "SELECT c.id, s.storage_root FROM containers c JOIN servers s ON s.id = c.server_id
+             WHERE c.id IN (SELECT source_container_id FROM containers
+                            WHERE source_container_id IS NOT NULL)",
+        )
+        .fetch_all(&self.db)
+        .await
+        .map_err(internal)?
+        .iter()
+        .map(|r| (r.get("id"), r.get("storage_root")))
+        .collect();
+        let wanted: Vec<(String, String)> = rows
+            .iter()
+            .filter_map(|r| r.source_container_id.clone())
+            .filter_map(|id| sources.get(&id).map(|root| (id, root.clone())))
+            .collect::<HashMap<_, _>>()
+            .into_iter()
+            .collect();
+        // Metadata-only scans with each source's quick-check cache: no content is read.
+        let states: HashMap<String, Option<String>> = tokio::task::spawn_blocking(move || {
+            wanted
+                .into_iter()
+                .map(|(id, root)| {
+                    let state = crate::engine::probe(&container_place(Path::new(&root), &id));
+                    (id, state.ok())
+                })
+                .collect()
+        })
+        .await
+        .map_err(internal)?;
+
+        Ok(rows
+            .iter()
+            .map(|row| {
+                let jobs = jobs.remove(&row.id).unwrap_or_default();
+                let source_state = row
+                    .source_container_id
+                    .as_ref()
+                    .and_then(|id| states.get(id).cloned().flatten());
+                let freshness = match source_state {
+                    None => Freshness::SourceMissing,
+                    Some(now) if row.source_state.as_deref() == Some(now.as_str()) => {
+                        Freshness::Current
+                    }
+                    Some(_) => Freshness::Stale,
+                };
+                copy_status(row.summary(&vis), row, freshness, jobs)
+            })
+            .collect())
+    }
+}
+
+/// Assembles one copy's status from its jobs, newest first.
+fn copy_status(
+    copy: ContainerSummary,
+    row: &ContainerRow,
+    freshness: Freshness,
+    jobs: Vec<Job>,
+) -> CopyStatus {
+    let running_job = jobs.iter().find(|j| !j.status.is_final()).cloned();
+    let finished: Vec<SyncRun> = jobs
+        .iter()
+        .filter(|j| j.status.is_final())
+        .map(sync_run)
+        .collect();
+    // Failures since the last success; a cancelled run neither breaks nor extends a streak.
+    let failures: Vec<&SyncRun> = finished
+        .iter()
+        .filter(|r| r.status != JobStatus::Cancelled)
+        .take_while(|r| r.status == JobStatus::Failed)
+        .collect();
+    CopyStatus {
+        copy,
+        freshness,
+        last_synced_at: row.last_synced_at,
+        last_run: finished.first().cloned(),
+        running_job,
+        failures_in_row: failures.len() as u32,
+        last_error: failures.first().and_then(|r| r.error.clone()),
+        history: finished.iter().take(HISTORY).rev().cloned().collect(),
+        size_bytes: row.size_bytes,
+    }
+}
+
+fn sync_run(j: &Job) -> SyncRun {
+    let n = |k: &str| j.summary.as_ref().and_then(|s| s.get(k)).and_then(|v| v.as_u64());
+    SyncRun {
+        job_id: j.id.clone(),
+        kind: j.kind,
+        status: j.status,
+        finished_at: j.finished_at.unwrap_or(j.created_at),
+        duration_ms: match (j.started_at, j.finished_at) {
+            (Some(a), Some(b)) if b >= a => Some((b - a) as u64),
+            _ => None,
+        },
+        bytes_sent: n("bytes_sent"),
+        tree_bytes: n("tree_bytes"),
+        error: j.error.clone(),
+    }
+}
