@@ -70,10 +70,7 @@ pub async fn sync_status() -> Result<(Millis, Vec<CopyStatus>), ApiError> {
 
 /// Recent jobs, newest first, filtered by kind and status (empty: any).
 #[server]
-pub async fn list_jobs(
-    kind: Option<String>,
-    status: Option<String>,
-) -> Result<Vec<Job>, ApiError> {
+pub async fn list_jobs(kind: Option<String>, status: Option<String>) -> Result<Vec<Job>, ApiError> {
     let (backend, user) = caller().await?;
     let given = |v: Option<String>| v.filter(|s| !s.is_empty());
     backend.recent_jobs(&user, given(kind), given(status)).await

@@ -36,6 +36,7 @@ test('log in, browse containers and open a container', async ({ page }) => {
   await expect(staging).toContainText('copy of web-app');
   await expect(staging).toContainText('local-b');
   await expect(page.locator('tbody tr')).toHaveCount(5);
+  await page.screenshot({ path: 'test-results/containers-page.png', fullPage: true });
 
   // Filter by project, client-side after hydration.
   await page.getByLabel('Project').selectOption({ label: 'data-pipeline' });
@@ -133,5 +134,65 @@ test('copy a container through the dialog, then change the source and sync, live
   await expect(job).toContainText('1 added, 0 changed, 0 deleted');
   await expect(job).toContainText('drift found on the copy: 0');
   await page.screenshot({ path: 'test-results/sync-now.png', fullPage: true });
+  expect(problems).toEqual([]);
+});
+
+test('a failing sync shows as failing on the sync status page, and recovers', async ({ page }) => {
+  const problems = watchConsole(page);
+  await page.goto('/login');
+  await logIn(page, 'admin');
+  await expect(page.locator('body')).toHaveAttribute('data-hydrated', 'true');
+  await page.locator('td[data-label="Name"] a').getByText('web-app', { exact: true }).click();
+  await expect(page.getByRole('heading', { level: 1 })).toContainText('web-app');
+  const rootPath = (await page.locator('dt:has-text("Root on disk") + dd').innerText()).trim();
+
+  await page.getByRole('link', { name: 'Sync status' }).click();
+  await expect(page.getByRole('heading', { name: 'Sync status' })).toBeVisible();
+  const row = page.locator('tr', { hasText: 'web-app-staging' });
+  await expect(row).toHaveAttribute('data-failing', 'false');
+
+  // The source's tree disappears: the next sync fails, and the row says so, live.
+  const away = `${rootPath}.away`;
+  fs.renameSync(rootPath, away);
+  try {
+    await row.getByRole('button', { name: 'Sync now' }).click();
+    await expect(row).toHaveAttribute('data-failing', 'true', { timeout: 30_000 });
+    await expect(row).toContainText('failing (1 in a row)');
+    await expect(row).toHaveAttribute('data-freshness', 'source missing');
+    await expect(row.locator('.row-error')).not.toBeEmpty();
+    await expect(row.locator('svg.history .bar.run-failed')).toHaveCount(1);
+    await page.screenshot({ path: 'test-results/sync-status.png', fullPage: true });
+
+    // Only the failing copies, through the filter (a shareable URL).
+    await page.getByLabel('Show').selectOption('failing');
+    await page.getByRole('button', { name: 'Apply' }).click();
+    await expect(page).toHaveURL(/show=failing/);
+    await expect(page.locator('tbody tr')).toHaveCount(1);
+  } finally {
+    fs.renameSync(away, rootPath);
+  }
+
+  // Source back: a sync of the selection brings the copy back to current.
+  await row.getByRole('checkbox').check();
+  await page.getByRole('button', { name: 'Sync selected (1)' }).click();
+  await expect(page.locator('.bulk-outcome')).toContainText('started');
+  await expect(page.locator('tbody tr')).toHaveCount(0, { timeout: 30_000 });
+  await page.getByLabel('Show').selectOption('');
+  await page.getByRole('button', { name: 'Apply' }).click();
+  await expect(row).toHaveAttribute('data-failing', 'false');
+  await expect(row).toHaveAttribute('data-freshness', 'current');
+
+  // The jobs page lists the failed sync with its error.
+  await page.getByRole('link', { name: 'Jobs' }).click();
+  await expect(page.getByRole('heading', { name: 'Jobs' })).toBeVisible();
+  await page.getByLabel('Status').selectOption('failed');
+  await page.getByRole('button', { name: 'Filter' }).click();
+  await expect(page).toHaveURL(/status=failed/);
+  await expect(page.locator('tbody tr')).toHaveCount(1);
+  await expect(page.locator('tbody tr .row-error')).not.toBeEmpty();
+  await page.getByLabel('Status').selectOption('');
+  await page.getByRole('button', { name: 'Filter' }).click();
+  await expect(page.locator('tbody tr').first()).toContainText('succeeded');
+  await page.screenshot({ path: 'test-results/jobs-page.png', fullPage: true });
   expect(problems).toEqual([]);
 });

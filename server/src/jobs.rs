@@ -203,6 +203,16 @@ impl JobRunner {
             None => container_place(&source_root, &source_id),
         };
         let dst = container_place(&target_root, &target_id);
+        // Longest first, so that a tree inside a storage root is named as the tree.
+        let mut names: Vec<(String, &str)> = vec![
+            (src.root.display().to_string(), "the source tree"),
+            (dst.root.display().to_string(), "the target tree"),
+            (src.state_dir.display().to_string(), "the source's state"),
+            (dst.state_dir.display().to_string(), "the target's state"),
+            (source_root.display().to_string(), "the source server"),
+            (target_root.display().to_string(), "the target server"),
+        ];
+        names.sort_by_key(|(path, _)| std::cmp::Reverse(path.len()));
         let reporter = Arc::new(ProgressReporter::new(self.clone(), running));
         let r2 = reporter.clone();
         let ctl = ctl.with_progress(move |p| r2.report(p));
@@ -211,7 +221,8 @@ impl JobRunner {
             JobKind::Sync => engine::sync(&src, &dst, &ctl),
         })
         .await
-        .unwrap_or_else(|e| Err(EngineError::Integrity(format!("the job panicked: {e}"))));
+        .unwrap_or_else(|e| Err(EngineError::Integrity(format!("the job panicked: {e}"))))
+        .map_err(|e| without_paths(e, &names));
         reporter.flush().await;
         self.finish(job_id, kind, &target_id, &params, result).await
     }
@@ -292,6 +303,26 @@ impl JobRunner {
             }
         }
         self.publish_status(job_id).await
+    }
+}
+
+/// Job errors are read by project members, who are not told where servers keep their
+/// trees: paths on a server are named by what they are ("the source tree: No such file").
+fn without_paths(e: EngineError, names: &[(String, &str)]) -> EngineError {
+    let clean = |mut text: String| {
+        for (path, name) in names {
+            text = text.replace(path.as_str(), name);
+        }
+        text
+    };
+    match e {
+        EngineError::Io { context, source } => EngineError::Io {
+            context: clean(context),
+            source,
+        },
+        EngineError::Integrity(m) => EngineError::Integrity(clean(m)),
+        EngineError::Refused(m) => EngineError::Refused(clean(m)),
+        EngineError::Cancelled => EngineError::Cancelled,
     }
 }
 

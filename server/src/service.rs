@@ -59,7 +59,8 @@ pub(crate) struct ContainerRow {
     pub(crate) src_project_name: Option<String>,
 }
 
-pub(crate) const CONTAINER_SELECT: &str = "SELECT c.id, c.name, c.status, c.status_reason, c.project_id,
+pub(crate) const CONTAINER_SELECT: &str =
+    "SELECT c.id, c.name, c.status, c.status_reason, c.project_id,
         p.name AS project_name, c.server_id, s.name AS server_name, s.storage_root,
         c.ssh_public_key, c.firewall_rules, c.network_rules, c.source_container_id,
         c.source_state, c.last_synced_at, c.file_count, c.size_bytes, c.created_at, c.updated_at,

@@ -136,7 +136,12 @@ fn copy_status(
 }
 
 fn sync_run(j: &Job) -> SyncRun {
-    let n = |k: &str| j.summary.as_ref().and_then(|s| s.get(k)).and_then(|v| v.as_u64());
+    let n = |k: &str| {
+        j.summary
+            .as_ref()
+            .and_then(|s| s.get(k))
+            .and_then(|v| v.as_u64())
+    };
     SyncRun {
         job_id: j.id.clone(),
         kind: j.kind,

@@ -713,3 +713,107 @@ async fn job_events_stream_to_the_end_and_resume_without_loss() {
     let replayed = read_events(resp, |v| v["job"]["status"] == "succeeded").await;
     assert_eq!(replayed.last().unwrap().0, *expected.last().unwrap());
 }
+
+#[tokio::test]
+async fn sync_status_tells_current_stale_and_failing_copies_apart() {
+    let s = TestServer::start().await;
+    let admin = &s.admin_token;
+    let web_app = s.container_id("web-app").await;
+    let web = project_id(&s, "web-platform").await;
+    let (st, started, _) = copy_as(
+        &s,
+        admin,
+        &web_app,
+        json!({"target_project_id": web, "name": "status-probe"}),
+    )
+    .await;
+    assert_eq!(st, 202, "{started}");
+    let copy_id = started["container"]["id"].as_str().unwrap().to_string();
+    wait_job(&s, started["job"]["id"].as_str().unwrap()).await;
+    let row = |body: &Value| {
+        body["copies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["copy"]["id"] == copy_id.as_str())
+            .cloned()
+            .expect("the copy is listed")
+    };
+    let sync = || async {
+        let (st, job, _) = post(
+            &s,
+            &format!("/api/v1/containers/{copy_id}/sync"),
+            admin,
+            None,
+            None,
+        )
+        .await;
+        assert_eq!(st, 202, "{job}");
+        wait_job(&s, job["job"]["id"].as_str().unwrap()).await
+    };
+
+    let (st, body) = s.get("/api/v1/sync-status", admin).await;
+    assert_eq!(st, 200, "{body}");
+    let r = row(&body);
+    assert_eq!(r["freshness"], "current", "{r}");
+    assert_eq!(r["failures_in_row"], 0);
+    assert_eq!(r["history"].as_array().unwrap().len(), 1);
+    assert_eq!(r["last_run"]["kind"], "copy");
+    assert!(r["last_run"]["bytes_sent"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(r["copy"]["source"]["id"], web_app.as_str());
+
+    // The source changes: the copy is stale until synced.
+    let (_, src) = s.get(&format!("/api/v1/containers/{web_app}"), admin).await;
+    let root = tree_root(&src);
+    std::fs::write(root.join("status-probe.txt"), b"changed on the source").unwrap();
+    let (_, body) = s.get("/api/v1/sync-status", admin).await;
+    assert_eq!(row(&body)["freshness"], "stale");
+
+    // The source's tree goes away: syncs fail, and keep counting until one succeeds.
+    let away = root.with_extension("away");
+    std::fs::rename(&root, &away).unwrap();
+    assert_eq!(sync().await["status"], "failed");
+    assert_eq!(sync().await["status"], "failed");
+    let (_, body) = s.get("/api/v1/sync-status", admin).await;
+    let r = row(&body);
+    assert_eq!(r["failures_in_row"], 2, "{r}");
+    assert_eq!(r["freshness"], "source_missing");
+    let error = r["last_error"].as_str().unwrap();
+    assert!(error.contains("the source tree"), "{error}");
+    assert!(
+        !error.contains(s.data_dir.path().to_str().unwrap()),
+        "no server paths in errors members read: {error}"
+    );
+    assert_eq!(r["last_run"]["status"], "failed");
+
+    std::fs::rename(&away, &root).unwrap();
+    assert_eq!(sync().await["status"], "succeeded");
+    let (_, body) = s.get("/api/v1/sync-status", admin).await;
+    let r = row(&body);
+    assert_eq!(r["failures_in_row"], 0, "{r}");
+    assert_eq!(r["freshness"], "current");
+    assert!(r["last_error"].is_null());
+    let statuses: Vec<&str> = r["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["succeeded", "failed", "failed", "succeeded"]);
+
+    // Alice sees the copies of her projects only.
+    let (_, mine) = s.get("/api/v1/projects", &s.alice_token).await;
+    let hers: Vec<&str> = mine["projects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    let (st, body) = s.get("/api/v1/sync-status", &s.alice_token).await;
+    assert_eq!(st, 200);
+    let copies = body["copies"].as_array().unwrap();
+    assert!(!copies.is_empty());
+    assert!(copies
+        .iter()
+        .all(|c| hers.contains(&c["copy"]["project_id"].as_str().unwrap())));
+}

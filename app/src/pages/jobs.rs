@@ -10,7 +10,7 @@ use super::live_job::{follow_all_jobs, JobProgressBar};
 use super::widgets::{ErrorBox, Loading};
 use crate::format;
 use crate::model::{Job, JobKind, JobStatus};
-use crate::server_fns::list_jobs;
+use crate::server_fns::{list_containers, list_jobs};
 
 #[component]
 pub fn JobsPage() -> impl IntoView {
@@ -29,6 +29,8 @@ pub fn JobsPage() -> impl IntoView {
         move || (filter(), version.get()),
         |((kind, status), _)| list_jobs(kind, status),
     );
+    // Names for the containers jobs refer to (jobs carry ids only).
+    let containers = Resource::new(|| (), |_| list_containers(None));
     let live: RwSignal<HashMap<String, Job>> = RwSignal::new(HashMap::new());
     follow_all_jobs(move |ev| {
         if ev.kind == "status" {
@@ -73,8 +75,14 @@ pub fn JobsPage() -> impl IntoView {
         </div>
         <Transition fallback=Loading>
             {move || Suspend::new(async move {
+                let names: HashMap<String, String> = containers
+                    .await
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|c| (c.id, c.name))
+                    .collect();
                 match jobs.await {
-                    Ok(list) => view! { <JobTable list live/> }.into_any(),
+                    Ok(list) => view! { <JobTable list live names/> }.into_any(),
                     Err(error) => view! { <ErrorBox error/> }.into_any(),
                 }
             })}
@@ -83,7 +91,12 @@ pub fn JobsPage() -> impl IntoView {
 }
 
 #[component]
-fn JobTable(list: Vec<Job>, live: RwSignal<HashMap<String, Job>>) -> impl IntoView {
+fn JobTable(
+    list: Vec<Job>,
+    live: RwSignal<HashMap<String, Job>>,
+    names: HashMap<String, String>,
+) -> impl IntoView {
+    let name = move |id: &str| names.get(id).cloned().unwrap_or_else(|| "(not visible)".into());
     if list.is_empty() {
         return view! { <p class="empty">"No jobs match."</p> }.into_any();
     }
@@ -118,9 +131,11 @@ fn JobTable(list: Vec<Job>, live: RwSignal<HashMap<String, Job>>) -> impl IntoVi
                                     <a href=job.url.clone() class="muted small mono">{job.id.clone()}</a>
                                 </td>
                                 <td data-label="Container">
-                                    <a href=format!("/containers/{}", job.container_id)>"target"</a>
-                                    " from "
-                                    <a href=format!("/containers/{}", job.source_container_id)>"source"</a>
+                                    <a href=format!("/containers/{}", job.container_id)>{name(&job.container_id)}</a>
+                                    <span class="muted small">
+                                        " from "
+                                        <a href=format!("/containers/{}", job.source_container_id)>{name(&job.source_container_id)}</a>
+                                    </span>
                                 </td>
                                 <td data-label="Status">
                                     {move || {

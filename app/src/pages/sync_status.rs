@@ -78,15 +78,19 @@ pub fn SyncStatusPage() -> impl IntoView {
         }
     });
 
+    // Kept outside the rows, which are rebuilt whenever the list is loaded again.
+    let selected: RwSignal<HashSet<String>> = RwSignal::new(HashSet::new());
+
     view! {
         <Title text="Sync status · doppel"/>
         <div class="page-head">
             <h1>"Sync status"</h1>
+            <SyncSelected selected/>
         </div>
         <Transition fallback=Loading>
             {move || Suspend::new(async move {
                 match status.await {
-                    Ok((now, list)) => view! { <StatusView now list view=view_settings live/> }.into_any(),
+                    Ok((now, list)) => view! { <StatusView now list view=view_settings live selected/> }.into_any(),
                     Err(error) => view! { <ErrorBox error/> }.into_any(),
                 }
             })}
@@ -100,6 +104,7 @@ fn StatusView(
     list: Vec<CopyStatus>,
     view: Memo<View>,
     live: RwSignal<HashMap<String, Job>>,
+    selected: RwSignal<HashSet<String>>,
 ) -> impl IntoView {
     let counts = (
         list.len(),
@@ -118,7 +123,6 @@ fn StatusView(
         .into_iter()
         .collect();
     projects.sort_by(|a, b| a.1.cmp(&b.1));
-    let selected: RwSignal<HashSet<String>> = RwSignal::new(HashSet::new());
     let rows = move || {
         let v = view.get();
         let mut shown: Vec<CopyStatus> = list.iter().filter(|c| v.keeps(c)).cloned().collect();
@@ -167,7 +171,6 @@ fn StatusView(
             <button type="submit">"Apply"</button>
         </Form>
         </div>
-        <SyncSelected selected/>
         {move || {
             let rows = rows();
             if rows.is_empty() {
@@ -366,7 +369,7 @@ fn CopyRow(
 }
 
 /// Recent runs as a small SVG: a bar per run for the bytes it sent (red when it failed),
-/// and a line for how long each took. Each bar has a tooltip with the figures.
+/// and a dot for how long each took. Each bar has a tooltip with the figures.
 #[component]
 fn HistoryChart(runs: Vec<SyncRun>) -> impl IntoView {
     if runs.is_empty() {
@@ -412,25 +415,28 @@ fn HistoryChart(runs: Vec<SyncRun>) -> impl IntoView {
             }
         })
         .collect_view();
-    let line: String = runs
+    let dots = runs
         .iter()
         .enumerate()
-        .map(|(i, r)| {
+        .filter_map(|(i, r)| {
+            let ms = r.duration_ms?;
             let x = i as f64 * slot + slot / 2.0;
-            let y = H - 2.0 - r.duration_ms.unwrap_or(0) as f64 / max_ms * (H - 6.0);
-            format!("{x:.1},{y:.1}")
+            let y = H - 3.0 - ms as f64 / max_ms * (H - 6.0);
+            Some(view! { <circle class="duration" cx=format!("{x:.1}") cy=format!("{y:.1}") r="1.8"/> })
         })
-        .collect::<Vec<_>>()
-        .join(" ");
-    let failed = runs.iter().filter(|r| r.status == JobStatus::Failed).count();
+        .collect_view();
+    let failed = runs
+        .iter()
+        .filter(|r| r.status == JobStatus::Failed)
+        .count();
     let label = format!(
-        "{} recent runs, {failed} failed; bars: bytes sent, line: duration",
+        "{} recent runs, {failed} failed; bars: bytes sent, dots: duration",
         runs.len()
     );
     view! {
         <svg class="history" role="img" aria-label=label width=W height=H viewBox=format!("0 0 {W} {H}")>
             {bars}
-            <polyline class="duration" points=line fill="none"/>
+            {dots}
         </svg>
     }
     .into_any()
