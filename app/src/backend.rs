@@ -26,6 +26,7 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<CopyStarted, ApiError>;
     async fn sync_container(&self, user: &UserInfo, id: &str) -> Result<Job, ApiError>;
     async fn stop_job(&self, user: &UserInfo, id: &str) -> Result<Job, ApiError>;
+    async fn job(&self, user: &UserInfo, id: &str) -> Result<Job, ApiError>;
     /// Every copy the user can see, with how current it is and its recent syncs.
     async fn sync_status(&self, user: &UserInfo) -> Result<Vec<CopyStatus>, ApiError>;
     /// Recent jobs the user can see, newest first; `kind` and `status` filter.

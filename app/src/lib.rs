@@ -15,7 +15,7 @@ use leptos::prelude::*;
 use leptos_meta::{provide_meta_context, MetaTags, Stylesheet, Title};
 use leptos_router::{
     components::{ParentRoute, Route, Router, Routes},
-    path,
+    path, SsrMode,
 };
 
 /// The HTML document around the app, rendered by the server only.
@@ -38,6 +38,9 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
     }
 }
 
+/// Every page is rendered whole before it is sent (`SsrMode::Async`): the data pages need is
+/// a few local queries, and a complete page works in a browser without JavaScript (or
+/// before the WASM arrives), where streamed-out-of-order fragments would stay "Loading…".
 #[component]
 pub fn App() -> impl IntoView {
     provide_meta_context();
@@ -47,13 +50,14 @@ pub fn App() -> impl IntoView {
         <Title text="doppel"/>
         <Router>
             <Routes fallback=pages::NotFound>
-                <Route path=path!("/login") view=pages::LoginPage/>
-                <ParentRoute path=path!("") view=pages::Layout>
-                    <Route path=path!("") view=pages::ContainersPage/>
-                    <Route path=path!("/containers") view=pages::ContainersPage/>
-                    <Route path=path!("/containers/:id") view=pages::ContainerPage/>
-                    <Route path=path!("/sync-status") view=pages::SyncStatusPage/>
-                    <Route path=path!("/jobs") view=pages::JobsPage/>
+                <Route path=path!("/login") view=pages::LoginPage ssr=SsrMode::Async/>
+                <ParentRoute path=path!("") view=pages::Layout ssr=SsrMode::Async>
+                    <Route path=path!("") view=pages::ContainersPage ssr=SsrMode::Async/>
+                    <Route path=path!("/containers") view=pages::ContainersPage ssr=SsrMode::Async/>
+                    <Route path=path!("/containers/:id") view=pages::ContainerPage ssr=SsrMode::Async/>
+                    <Route path=path!("/containers/:id/copy") view=pages::CopyPage ssr=SsrMode::Async/>
+                    <Route path=path!("/sync-status") view=pages::SyncStatusPage ssr=SsrMode::Async/>
+                    <Route path=path!("/jobs") view=pages::JobsPage ssr=SsrMode::Async/>
                 </ParentRoute>
             </Routes>
         </Router>

@@ -113,7 +113,84 @@ pub async fn copy_container(
         copy_firewall_rules: copy_firewall_rules.is_some(),
         copy_network_rules: copy_network_rules.is_some(),
     };
-    answer(backend.copy_container(&user, &id, req).await)
+    let result = backend.copy_container(&user, &id, req.clone()).await;
+    if plain_form_post().await {
+        // No JavaScript: answer with a page. The new container with its job, or the form
+        // again with what was sent and why it was refused.
+        match &result {
+            Ok(started) => leptos_axum::redirect(&format!(
+                "/containers/{}?job={}",
+                started.container.summary.id, started.job.id
+            )),
+            Err(e) => {
+                let mut q = vec![
+                    ("error", e.message.clone()),
+                    ("target_project_id", req.target_project_id),
+                ];
+                for (k, v) in [
+                    ("target_server_id", req.target_server_id),
+                    ("name", req.name),
+                    ("ssh_public_key", req.ssh_public_key),
+                    ("source_snapshot", req.source_snapshot),
+                ] {
+                    q.extend(v.map(|v| (k, v)));
+                }
+                for (k, on) in [
+                    ("copy_firewall_rules", req.copy_firewall_rules),
+                    ("copy_network_rules", req.copy_network_rules),
+                ] {
+                    if on {
+                        q.push((k, "on".into()));
+                    }
+                }
+                let query: Vec<String> = q
+                    .iter()
+                    .map(|(k, v)| format!("{k}={}", percent_encode(v)))
+                    .collect();
+                leptos_axum::redirect(&format!(
+                    "/containers/{}/copy?{}",
+                    percent_encode(&id),
+                    query.join("&")
+                ));
+            }
+        }
+    }
+    answer(result)
+}
+
+/// Whether the request is a plain HTML form post (no JavaScript): the browser asks for a
+/// page, where the server function client asks for data.
+#[cfg(feature = "ssr")]
+async fn plain_form_post() -> bool {
+    let parts: Option<http::request::Parts> = leptos_axum::extract().await.ok();
+    parts
+        .and_then(|p| {
+            p.headers
+                .get(http::header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.contains("text/html"))
+        })
+        .unwrap_or(false)
+}
+
+/// Percent-encodes a query string value (everything but unreserved characters).
+#[cfg(feature = "ssr")]
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// One job, as the caller may see it.
+#[server]
+pub async fn get_job(id: String) -> Result<Job, ApiError> {
+    let (backend, user) = caller().await?;
+    backend.job(&user, &id).await
 }
 
 #[server]

@@ -196,3 +196,37 @@ test('a failing sync shows as failing on the sync status page, and recovers', as
   await page.screenshot({ path: 'test-results/jobs-page.png', fullPage: true });
   expect(problems).toEqual([]);
 });
+
+test.describe('without JavaScript', () => {
+  test.use({ javaScriptEnabled: false });
+
+  test('the copy form works as a plain form, with errors by their fields', async ({ page }) => {
+    await page.goto('/login');
+    await logIn(page, 'admin');
+    await expect(page).toHaveURL(/\/containers$/);
+    await page.locator('td[data-label="Name"] a').getByText('web-app', { exact: true }).click();
+    await expect(page.getByRole('heading', { level: 1 })).toContainText('web-app');
+
+    // "Copy container" is a link to the form on a page of its own.
+    await page.getByRole('button', { name: 'Copy container' }).click();
+    await expect(page).toHaveURL(/\/containers\/[0-9a-f]{24}\/copy$/);
+    await expect(page.getByLabel('Target server')).toContainText("(the source's server)");
+
+    // A taken name: the same form again, with what was typed and the error by the field.
+    await page.getByLabel('Name').fill('edge-proxy');
+    await page.getByLabel(/Copy firewall rules/).check();
+    await page.getByRole('button', { name: 'Copy', exact: true }).click();
+    await expect(page).toHaveURL(/\/copy\?error=/);
+    await expect(page.locator('.field-error', { hasText: 'already exists in the target project' })).toBeVisible();
+    await expect(page.getByLabel('Name')).toHaveValue('edge-proxy');
+    await expect(page.getByLabel(/Copy firewall rules/)).toBeChecked();
+
+    // A good one: the new container's page, with its job.
+    await page.getByLabel('Name').fill('web-app-nojs');
+    await page.getByRole('button', { name: 'Copy', exact: true }).click();
+    await expect(page).toHaveURL(/\/containers\/[0-9a-f]{24}\?job=[0-9a-f]{24}$/);
+    await expect(page.getByRole('heading', { level: 1 })).toContainText('web-app-nojs');
+    await expect(page.locator('.live-job')).toBeVisible();
+    await page.screenshot({ path: 'test-results/copy-without-javascript.png', fullPage: true });
+  });
+});

@@ -407,6 +407,10 @@ impl Backend for Service {
         self.cancel_job(user, id).await
     }
 
+    async fn job(&self, user: &UserInfo, id: &str) -> Result<Job, ApiError> {
+        self.get_job(user, id).await
+    }
+
     async fn sync_status(&self, user: &UserInfo) -> Result<Vec<CopyStatus>, ApiError> {
         self.copy_statuses(user).await
     }

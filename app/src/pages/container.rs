@@ -1,12 +1,13 @@
 use leptos::prelude::*;
 use leptos_meta::Title;
-use leptos_router::hooks::use_params_map;
+use leptos_router::hooks::{use_params_map, use_query_map};
 
 use super::copy_dialog::{CopyDialog, SyncNow};
+use super::live_job::LiveJob;
 use super::widgets::{ErrorBox, Loading, StatusBadge};
 use crate::format;
 use crate::model::ContainerDetail;
-use crate::server_fns::get_container;
+use crate::server_fns::{get_container, get_job};
 
 /// One container: details, snapshots, rules, lineage.
 #[component]
@@ -14,7 +15,21 @@ pub fn ContainerPage() -> impl IntoView {
     let params = use_params_map();
     let id = move || params.with(|p| p.get("id").unwrap_or_default());
     let container = Resource::new(id, get_container);
+    // `?job=ID`: a job this page was reached for (a copy started by a plain form post).
+    let query = use_query_map();
+    let job = Resource::new(
+        move || query.with(|q| q.get("job")),
+        |id| async move {
+            match id {
+                Some(id) => get_job(id).await.ok(),
+                None => None,
+            }
+        },
+    );
     view! {
+        <Suspense fallback=|| ()>
+            {move || Suspend::new(async move { job.await.map(|job| view! { <LiveJob job/> }) })}
+        </Suspense>
         <Suspense fallback=Loading>
             {move || Suspend::new(async move {
                 match container.await {

@@ -1,5 +1,6 @@
-//! "Copy container": a modal dialog with every field of the copy contract. It submits
-//! through a server function; the server's errors appear next to their field; once
+//! "Copy container": a modal dialog with every field of the copy contract (and the same
+//! form as a page of its own, for browsers without JavaScript or before hydration). It
+//! submits through a server function; the server's errors appear next to their field; once
 //! accepted, the job is followed live.
 
 use leptos::html::Dialog;
@@ -29,153 +30,276 @@ fn field_of(message: &str) -> &'static str {
     ""
 }
 
+/// What the copy form shows when it is drawn again after a plain (no-JavaScript) post was
+/// refused: the values as sent, and the server's error. Read from the query string.
+#[derive(Clone, Debug, Default)]
+pub struct Prefill {
+    pub project: String,
+    pub server: String,
+    pub name: String,
+    pub key: String,
+    pub snapshot: String,
+    pub firewall: bool,
+    pub network: bool,
+    pub error: Option<String>,
+}
+
+impl Prefill {
+    pub fn from_query(q: &leptos_router::params::ParamsMap) -> Prefill {
+        let get = |k: &str| q.get(k).unwrap_or_default();
+        Prefill {
+            project: get("target_project_id"),
+            server: get("target_server_id"),
+            name: get("name"),
+            key: get("ssh_public_key"),
+            snapshot: get("source_snapshot"),
+            firewall: q.get("copy_firewall_rules").is_some(),
+            network: q.get("copy_network_rules").is_some(),
+            error: q.get("error").filter(|e| !e.is_empty()),
+        }
+    }
+}
+
+/// "Copy container": a link to the copy page, which the browser follows before the page is
+/// hydrated; once hydrated, it opens the same form in a modal dialog instead.
 #[component]
 pub fn CopyDialog(c: ContainerDetail) -> impl IntoView {
     let dialog = NodeRef::<Dialog>::new();
     let action = ServerAction::<CopyContainer>::new();
-    let projects = Resource::new(|| (), |_| list_projects());
-    let servers = Resource::new(|| (), |_| list_servers());
-    let name_error = RwSignal::new(String::new());
-    let default_name = format!("{}-copy", c.summary.name);
-    let source_server = c.summary.server_id.clone();
-    let source_project = c.summary.project_id.clone();
-    let fw = c.firewall_rules.len();
-    let net = c.network_rules.len();
-    let snapshots = c.snapshots.clone();
     // Leaving the page closes the dialog (it is modal: it would block the next page).
     on_cleanup(move || {
         if let Some(d) = dialog.get_untracked() {
             d.close();
         }
     });
-    let error_for = move |field: &'static str| {
-        move || match action.value().get().map(Result::flatten) {
-            Some(Err(e)) if field_of(&e.message) == field => {
-                Some(view! { <p class="field-error" role="alert">{e.message}</p> })
-            }
-            _ => None,
+    let close = move || {
+        if let Some(d) = dialog.get() {
+            d.close();
         }
     };
-    let general_error = move || match action.value().get().map(Result::flatten) {
-        Some(Err(e)) if field_of(&e.message).is_empty() => Some(view! { <ErrorBox error=e/> }),
-        _ => None,
-    };
     view! {
-        <button type="button" class="primary" on:click=move |_| {
-            if let Some(d) = dialog.get() {
-                let _ = d.show_modal();
+        <a
+            href=format!("/containers/{}/copy", c.summary.id)
+            class="button primary"
+            role="button"
+            on:click=move |ev| {
+                if let Some(d) = dialog.get() {
+                    ev.prevent_default();
+                    let _ = d.show_modal();
+                }
             }
-        }>"Copy container"</button>
+        >
+            "Copy container"
+        </a>
         <dialog node_ref=dialog class="dialog" aria-labelledby="copy-title">
             <h2 id="copy-title">"Copy " {c.summary.name.clone()}</h2>
-            <ActionForm action=action attr:class="copy-form">
-                <input type="hidden" name="id" value=c.summary.id.clone()/>
-                <label for="copy-project">"Target project"</label>
-                <Suspense fallback=|| view! { <select id="copy-project" name="target_project_id"></select> }>
-                    {
-                        let source_project = source_project.clone();
-                        move || {
-                            let source_project = source_project.clone();
-                            Suspend::new(async move {
-                                // Only projects where the user may create containers.
-                                let list: Vec<_> = projects
-                                    .await
-                                    .unwrap_or_default()
-                                    .into_iter()
-                                    .filter(|p| p.role.is_none_or(|r| r >= Role::Operator))
-                                    .collect();
-                                view! {
-                                    <select id="copy-project" name="target_project_id" required>
-                                        {list
-                                            .into_iter()
-                                            .map(|p| {
-                                                let sel = p.id == source_project;
-                                                view! { <option value=p.id selected=sel>{p.name}</option> }
-                                            })
-                                            .collect_view()}
-                                    </select>
-                                }
-                            })
-                        }
-                    }
-                </Suspense>
-                {error_for("target_project_id")}
-                <label for="copy-server">"Target server"</label>
-                <Suspense fallback=|| view! { <select id="copy-server" name="target_server_id"></select> }>
-                    {
-                        let source_server = source_server.clone();
-                        move || {
-                            let source_server = source_server.clone();
-                            Suspend::new(async move {
-                                let list = servers.await.unwrap_or_default();
-                                view! {
-                                    <select id="copy-server" name="target_server_id">
-                                        {list
-                                            .into_iter()
-                                            .map(|s| {
-                                                let same = s.id == source_server;
-                                                let label = if same { format!("{} (the source's server)", s.name) } else { s.name };
-                                                view! { <option value=s.id selected=same>{label}</option> }
-                                            })
-                                            .collect_view()}
-                                    </select>
-                                }
-                            })
-                        }
-                    }
-                </Suspense>
-                {error_for("target_server_id")}
-                <label for="copy-name">"Name"</label>
-                <input
-                    id="copy-name"
-                    name="name"
-                    placeholder=default_name
-                    autocomplete="off"
-                    aria-describedby="copy-name-error"
-                    on:input=move |ev| {
-                        let v = event_target_value(&ev);
-                        name_error.set(if v.is_empty() { String::new() } else { validate_container_name(&v).err().unwrap_or_default() });
-                    }
-                />
-                <p id="copy-name-error" class="field-error" role="alert" hidden=move || name_error.with(|e| e.is_empty())>
-                    {move || name_error.get()}
-                </p>
-                {error_for("name")}
-                <label for="copy-key">"SSH public key " <span class="muted">"(optional; never copied from the source)"</span></label>
-                <textarea id="copy-key" name="ssh_public_key" rows="2" placeholder="ssh-ed25519 AAAA… you@host"></textarea>
-                {error_for("ssh_public_key")}
-                <label for="copy-snapshot">"Source state"</label>
-                <select id="copy-snapshot" name="source_snapshot">
-                    <option value="" selected>"Latest state"</option>
-                    {snapshots.into_iter().map(|s| view! { <option value=s.name.clone()>{format!("snapshot {}", s.name)}</option> }).collect_view()}
-                </select>
-                {error_for("source_snapshot")}
-                <label class="check">
-                    <input type="checkbox" name="copy_firewall_rules"/>
-                    {format!("Copy firewall rules ({fw} rule{})", if fw == 1 { "" } else { "s" })}
-                </label>
-                <label class="check">
-                    <input type="checkbox" name="copy_network_rules"/>
-                    {format!("Copy network settings ({net} setting{})", if net == 1 { "" } else { "s" })}
-                </label>
-                {general_error}
-                <div class="dialog-buttons">
-                    <button type="button" on:click=move |_| {
-                        if let Some(d) = dialog.get() {
-                            d.close();
-                        }
-                    }>"Close"</button>
-                    <button type="submit" class="primary" disabled=move || action.pending().get()>"Copy"</button>
-                </div>
-            </ActionForm>
-            {move || match action.value().get().map(Result::flatten) {
-                Some(Ok(started)) => Some(view! {
-                    <p>"Copying into " <a href=format!("/containers/{}", started.container.summary.id)>{started.container.summary.name.clone()}</a></p>
-                    <LiveJob job=started.job/>
-                }),
-                _ => None,
-            }}
+            <CopyForm c action prefill=Prefill::default() close=Some(Callback::new(move |_| close()))/>
         </dialog>
+    }
+}
+
+/// The copy form on a page of its own: what "Copy container" opens before hydration, and
+/// where a refused plain form post comes back to, with its values and the error.
+#[component]
+pub fn CopyPage() -> impl IntoView {
+    let params = leptos_router::hooks::use_params_map();
+    let query = leptos_router::hooks::use_query_map();
+    let id = move || params.with(|p| p.get("id").unwrap_or_default());
+    let container = Resource::new(id, crate::server_fns::get_container);
+    view! {
+        <Suspense fallback=super::widgets::Loading>
+            {move || Suspend::new(async move {
+                match container.await {
+                    Ok(c) => {
+                        let prefill = query.with_untracked(Prefill::from_query);
+                        let action = ServerAction::<CopyContainer>::new();
+                        view! {
+                            <leptos_meta::Title text=format!("Copy {} · doppel", c.summary.name)/>
+                            <div class="page-head">
+                                <h1>"Copy " {c.summary.name.clone()}</h1>
+                            </div>
+                            <section class="card copy-page">
+                                <CopyForm c action prefill close=None/>
+                            </section>
+                        }
+                            .into_any()
+                    }
+                    Err(error) => view! { <ErrorBox error/> }.into_any(),
+                }
+            })}
+        </Suspense>
+    }
+}
+
+/// Every field of the copy contract. Submits through the `copy_container` server function:
+/// with JavaScript as an action (errors by their fields, then the job live below), without
+/// it as a plain form post that the server answers with a redirect.
+#[component]
+fn CopyForm(
+    c: ContainerDetail,
+    action: ServerAction<CopyContainer>,
+    prefill: Prefill,
+    /// Closes the dialog; on the page, a link back to the container instead.
+    close: Option<Callback<()>>,
+) -> impl IntoView {
+    let back = format!("/containers/{}", c.summary.id);
+    let projects = Resource::new(|| (), |_| list_projects());
+    let servers = Resource::new(|| (), |_| list_servers());
+    let name_error = RwSignal::new(String::new());
+    let default_name = format!("{}-copy", c.summary.name);
+    let chosen_server = Some(prefill.server.clone())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| c.summary.server_id.clone());
+    let source_server = c.summary.server_id.clone();
+    let chosen_project = Some(prefill.project.clone())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| c.summary.project_id.clone());
+    let fw = c.firewall_rules.len();
+    let net = c.network_rules.len();
+    let snapshots = c.snapshots.clone();
+    let chosen_snapshot = prefill.snapshot.clone();
+    // The latest error: the action's, or the one a plain form post came back with.
+    let posted_error = prefill.error.clone();
+    let error = move || match action.value().get().map(Result::flatten) {
+        Some(Err(e)) => Some(e.message),
+        Some(Ok(_)) => None,
+        None => posted_error.clone(),
+    };
+    let error_for = {
+        let error = error.clone();
+        move |field: &'static str| {
+            let error = error.clone();
+            move || {
+                error()
+                    .filter(|m| field_of(m) == field)
+                    .map(|m| view! { <p class="field-error" role="alert">{m}</p> })
+            }
+        }
+    };
+    let general_error = {
+        let error = error.clone();
+        move || {
+            error()
+                .filter(|m| field_of(m).is_empty())
+                .map(|m| view! { <p class="error-box" role="alert">{m}</p> })
+        }
+    };
+    view! {
+        <ActionForm action=action attr:class="copy-form">
+            <input type="hidden" name="id" value=c.summary.id.clone()/>
+            <label for="copy-project">"Target project"</label>
+            <Suspense fallback=|| view! { <select id="copy-project" name="target_project_id"></select> }>
+                {
+                    let chosen_project = chosen_project.clone();
+                    move || {
+                        let chosen_project = chosen_project.clone();
+                        Suspend::new(async move {
+                            // Only projects where the user may create containers.
+                            let list: Vec<_> = projects
+                                .await
+                                .unwrap_or_default()
+                                .into_iter()
+                                .filter(|p| p.role.is_none_or(|r| r >= Role::Operator))
+                                .collect();
+                            view! {
+                                <select id="copy-project" name="target_project_id" required>
+                                    {list
+                                        .into_iter()
+                                        .map(|p| {
+                                            let sel = p.id == chosen_project;
+                                            view! { <option value=p.id selected=sel>{p.name}</option> }
+                                        })
+                                        .collect_view()}
+                                </select>
+                            }
+                        })
+                    }
+                }
+            </Suspense>
+            {error_for("target_project_id")}
+            <label for="copy-server">"Target server"</label>
+            <Suspense fallback=|| view! { <select id="copy-server" name="target_server_id"></select> }>
+                {
+                    let chosen_server = chosen_server.clone();
+                    let source_server = source_server.clone();
+                    move || {
+                        let chosen_server = chosen_server.clone();
+                        let source_server = source_server.clone();
+                        Suspend::new(async move {
+                            let list = servers.await.unwrap_or_default();
+                            view! {
+                                <select id="copy-server" name="target_server_id">
+                                    {list
+                                        .into_iter()
+                                        .map(|s| {
+                                            let sel = s.id == chosen_server;
+                                            let label = if s.id == source_server { format!("{} (the source's server)", s.name) } else { s.name };
+                                            view! { <option value=s.id selected=sel>{label}</option> }
+                                        })
+                                        .collect_view()}
+                                </select>
+                            }
+                        })
+                    }
+                }
+            </Suspense>
+            {error_for("target_server_id")}
+            <label for="copy-name">"Name"</label>
+            <input
+                id="copy-name"
+                name="name"
+                value=prefill.name.clone()
+                placeholder=default_name
+                autocomplete="off"
+                aria-describedby="copy-name-error"
+                on:input=move |ev| {
+                    let v = event_target_value(&ev);
+                    name_error.set(if v.is_empty() { String::new() } else { validate_container_name(&v).err().unwrap_or_default() });
+                }
+            />
+            <p id="copy-name-error" class="field-error" role="alert" hidden=move || name_error.with(|e| e.is_empty())>
+                {move || name_error.get()}
+            </p>
+            {error_for("name")}
+            <label for="copy-key">"SSH public key " <span class="muted">"(optional; never copied from the source)"</span></label>
+            <textarea id="copy-key" name="ssh_public_key" rows="2" placeholder="ssh-ed25519 AAAA… you@host">{prefill.key.clone()}</textarea>
+            {error_for("ssh_public_key")}
+            <label for="copy-snapshot">"Source state"</label>
+            <select id="copy-snapshot" name="source_snapshot">
+                <option value="" selected=chosen_snapshot.is_empty()>"Latest state"</option>
+                {snapshots
+                    .into_iter()
+                    .map(|s| {
+                        let sel = s.name == chosen_snapshot;
+                        view! { <option value=s.name.clone() selected=sel>{format!("snapshot {}", s.name)}</option> }
+                    })
+                    .collect_view()}
+            </select>
+            {error_for("source_snapshot")}
+            <label class="check">
+                <input type="checkbox" name="copy_firewall_rules" checked=prefill.firewall/>
+                {format!("Copy firewall rules ({fw} rule{})", if fw == 1 { "" } else { "s" })}
+            </label>
+            <label class="check">
+                <input type="checkbox" name="copy_network_rules" checked=prefill.network/>
+                {format!("Copy network settings ({net} setting{})", if net == 1 { "" } else { "s" })}
+            </label>
+            {general_error}
+            <div class="dialog-buttons">
+                {match close {
+                    Some(close) => view! { <button type="button" on:click=move |_| close.run(())>"Close"</button> }.into_any(),
+                    None => view! { <a href=back class="button">"Back to the container"</a> }.into_any(),
+                }}
+                <button type="submit" class="primary" disabled=move || action.pending().get()>"Copy"</button>
+            </div>
+        </ActionForm>
+        {move || match action.value().get().map(Result::flatten) {
+            Some(Ok(started)) => Some(view! {
+                <p>"Copying into " <a href=format!("/containers/{}", started.container.summary.id)>{started.container.summary.name.clone()}</a></p>
+                <LiveJob job=started.job/>
+            }),
+            _ => None,
+        }}
     }
 }
 

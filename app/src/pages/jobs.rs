@@ -96,7 +96,12 @@ fn JobTable(
     live: RwSignal<HashMap<String, Job>>,
     names: HashMap<String, String>,
 ) -> impl IntoView {
-    let name = move |id: &str| names.get(id).cloned().unwrap_or_else(|| "(not visible)".into());
+    let name = move |id: &str| {
+        names
+            .get(id)
+            .cloned()
+            .unwrap_or_else(|| "(not visible)".into())
+    };
     if list.is_empty() {
         return view! { <p class="empty">"No jobs match."</p> }.into_any();
     }

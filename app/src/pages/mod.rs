@@ -13,6 +13,7 @@ mod widgets;
 
 pub use container::ContainerPage;
 pub use containers::ContainersPage;
+pub use copy_dialog::CopyPage;
 pub use jobs::JobsPage;
 pub use layout::{Layout, NotFound};
 pub use login::LoginPage;
