@@ -14,7 +14,7 @@ STAMP := target/.setup
 # cargo-installed tools, and wasm-opt from the pinned npm package binaryen.
 export PATH := $(HOME)/.cargo/bin:$(CURDIR)/end2end/node_modules/.bin:$(PATH)
 
-.PHONY: help setup run build test lint unit e2e dev clean bench load
+.PHONY: size help setup run build test lint unit e2e dev clean bench load
 
 help:
 	@echo "make run    set up, build (release) and start doppel on http://127.0.0.1:3000"
@@ -65,6 +65,11 @@ $(STAMP)/chromium:
 
 build: setup
 	cargo leptos build --release
+	node scripts/precompress.mjs target/site/pkg
+
+# What the browser downloads (raw, gzip, brotli) and the server's render time of the pages.
+size: build
+	node scripts/size.mjs
 
 run: build
 	./target/release/doppel serve

@@ -45,7 +45,15 @@ pub fn router(state: AppState) -> Router {
     let fallback_backend = backend.clone();
     let routes = generate_route_list(App);
     let options = state.leptos_options.clone();
+    // The console's JS, WASM and CSS: brotli or gzip copies made at build time
+    // (scripts/precompress.mjs) go to browsers that accept them; the plain file otherwise.
+    let pkg_dir =
+        std::path::Path::new(options.site_root.as_ref()).join(options.site_pkg_dir.as_ref());
+    let pkg = tower_http::services::ServeDir::new(pkg_dir)
+        .precompressed_br()
+        .precompressed_gzip();
     Router::new()
+        .nest_service("/pkg", pkg)
         .nest("/api/v1", rest::routes())
         .route("/auth/login", post(login))
         .route("/auth/logout", post(logout))
