@@ -216,12 +216,11 @@ impl JobRunner {
         let reporter = Arc::new(ProgressReporter::new(self.clone(), running));
         let r2 = reporter.clone();
         let ctl = ctl.with_progress(move |p| r2.report(p));
-        let result = tokio::task::spawn_blocking(move || match kind {
+        let result = run_in_background(move || match kind {
             JobKind::Copy => engine::copy(&src, &dst, &ctl),
             JobKind::Sync => engine::sync(&src, &dst, &ctl),
         })
         .await
-        .unwrap_or_else(|e| Err(EngineError::Integrity(format!("the job panicked: {e}"))))
         .map_err(|e| without_paths(e, &names));
         reporter.flush().await;
         self.finish(job_id, kind, &target_id, &params, result).await
@@ -304,6 +303,31 @@ impl JobRunner {
         }
         self.publish_status(job_id).await
     }
+}
+
+/// Runs a job's engine work on a thread of its own at a lower CPU priority (nice 10): a
+/// copy may use the machine fully, but requests and event streams come first, so the API
+/// stays responsive while copies run.
+async fn run_in_background(
+    work: impl FnOnce() -> Result<engine::Summary, EngineError> + Send + 'static,
+) -> Result<engine::Summary, EngineError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("doppel-job".into())
+        .spawn(move || {
+            // SAFETY: a plain syscall; on Linux, `who = 0` is the calling thread only.
+            unsafe {
+                libc::setpriority(libc::PRIO_PROCESS, 0, 10);
+            }
+            let _ = tx.send(work());
+        });
+    if let Err(e) = spawned {
+        return Err(EngineError::Integrity(format!(
+            "cannot start the job thread: {e}"
+        )));
+    }
+    rx.await
+        .unwrap_or_else(|_| Err(EngineError::Integrity("the job panicked".into())))
 }
 
 /// Job errors are read by project members, who are not told where servers keep their

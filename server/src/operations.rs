@@ -120,8 +120,12 @@ impl Service {
                 return Ok(CopyStarted { container, job });
             }
         }
-        let source = self.get_container(user, source_id).await?;
-        let vis = self.visibility_roles(user).await?;
+        // One visibility lookup serves the source and the target project.
+        let (source_row, visibility) = self.visible_container(user, source_id).await?;
+        let source = self
+            .container_detail(user, source_row, &visibility, false)
+            .await?;
+        let vis = &visibility.roles;
         if !is_valid_id(&req.target_project_id) {
             return Err(ApiError::invalid(
                 "target_project_id must be 24 lowercase hex digits",
@@ -137,15 +141,20 @@ impl Service {
                 "target_server_id must be 24 lowercase hex digits",
             ));
         }
-        let server_exists: Option<String> =
-            sqlx::query_scalar("SELECT id FROM servers WHERE id = $1")
-                .bind(&server_id)
-                .fetch_optional(&self.db)
-                .await
-                .map_err(internal)?;
-        if server_exists.is_none() {
+        // The target server exists (the project does: the caller's role in it was found),
+        // and the names and place the answer shows.
+        let target: Option<(String, String, String)> = sqlx::query_as(
+            "SELECT p.name, s.name, s.storage_root FROM projects p, servers s
+             WHERE p.id = $1 AND s.id = $2",
+        )
+        .bind(&req.target_project_id)
+        .bind(&server_id)
+        .fetch_optional(&self.db)
+        .await
+        .map_err(internal)?;
+        let Some((project_name, server_name, storage_root)) = target else {
             return Err(ApiError::not_found("server", &server_id));
-        }
+        };
         let snapshot_id = match &req.source_snapshot {
             None => None,
             Some(s) => Some(
@@ -276,10 +285,61 @@ impl Service {
             }
             Err(e) => return Err(internal(e)),
         }
-        self.jobs.spawn(job_id.clone());
-        let job = self.jobs.load(&job_id).await.map_err(internal)?;
+        // The answer is what was just written: no need to read it back.
+        let job = Job {
+            id: job_id.clone(),
+            kind: JobKind::Copy,
+            status: JobStatus::Queued,
+            phase: None,
+            project_id: req.target_project_id.clone(),
+            container_id: id.clone(),
+            source_container_id: source_id.to_string(),
+            progress: None,
+            summary: None,
+            error: None,
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+            url: format!("/api/v1/jobs/{job_id}"),
+            events_url: format!("/api/v1/jobs/{job_id}/events"),
+        };
         self.jobs.hub.publish("status", job.clone());
-        let container = self.get_container(user, &id).await?;
+        self.jobs.spawn(job_id);
+        let container = ContainerDetail {
+            summary: ContainerSummary {
+                id: id.clone(),
+                name,
+                status: ContainerStatus::Copying,
+                project_id: req.target_project_id,
+                project_name,
+                server_id,
+                server_name,
+                is_copy: true,
+                source: Some(ContainerRef {
+                    id: source.summary.id.clone(),
+                    name: source.summary.name.clone(),
+                    project_id: source.summary.project_id.clone(),
+                    project_name: source.summary.project_name.clone(),
+                }),
+                created_at: now,
+            },
+            status_reason: None,
+            ssh_public_key: key,
+            firewall_rules: firewall,
+            network_rules: network,
+            snapshots: Vec::new(),
+            copies: Vec::new(),
+            source_state: None,
+            last_synced_at: None,
+            file_count: 0,
+            size_bytes: 0,
+            updated_at: now,
+            root_path: user.is_admin.then(|| {
+                crate::config::container_root(std::path::Path::new(&storage_root), &id)
+                    .display()
+                    .to_string()
+            }),
+        };
         Ok(CopyStarted { container, job })
     }
 

@@ -73,7 +73,7 @@ pub(crate) const CONTAINER_SELECT: &str =
 
 /// The projects a user may see, with their role in each (`None`: admin, not a member).
 pub(crate) struct Visibility {
-    roles: HashMap<String, Option<Role>>,
+    pub(crate) roles: HashMap<String, Option<Role>>,
 }
 
 impl Visibility {
@@ -155,7 +155,7 @@ impl Service {
     }
 
     /// A container the user may see, or 404 whether it exists or not (no leak).
-    async fn visible_container(
+    pub(crate) async fn visible_container(
         &self,
         user: &UserInfo,
         id: &str,
@@ -172,6 +172,73 @@ impl Service {
             Some(row) if vis.can_see(&row.project_id) => Ok((row, vis)),
             _ => Err(ApiError::not_found("container", id)),
         }
+    }
+
+    /// A container's full detail from its row; `with_copies` also lists its copies.
+    pub(crate) async fn container_detail(
+        &self,
+        user: &UserInfo,
+        row: ContainerRow,
+        vis: &Visibility,
+        with_copies: bool,
+    ) -> Result<ContainerDetail, ApiError> {
+        let id = row.id.as_str();
+        let snapshots = sqlx::query(
+            "SELECT id, name, created_at, file_count, size_bytes FROM snapshots WHERE container_id = $1 ORDER BY created_at DESC, name",
+        )
+        .bind(id)
+        .fetch_all(&self.db)
+        .await
+        .map_err(internal)?
+        .iter()
+        .map(|r| Snapshot {
+            id: r.get("id"),
+            name: r.get("name"),
+            created_at: r.get("created_at"),
+            file_count: r.get("file_count"),
+            size_bytes: r.get("size_bytes"),
+        })
+        .collect();
+        let copies = if !with_copies {
+            Vec::new()
+        } else {
+            sqlx::query(
+            "SELECT c.id, c.name, c.project_id, p.name AS project_name FROM containers c
+             JOIN projects p ON p.id = c.project_id WHERE c.source_container_id = $1 ORDER BY p.name, c.name",
+        )
+        .bind(id)
+        .fetch_all(&self.db)
+        .await
+        .map_err(internal)?
+        .iter()
+        .filter(|r| vis.can_see(r.get::<&str, _>("project_id")))
+        .map(|r| ContainerRef {
+            id: r.get("id"),
+            name: r.get("name"),
+            project_id: r.get("project_id"),
+            project_name: r.get("project_name"),
+        })
+        .collect()
+        };
+        Ok(ContainerDetail {
+            summary: row.summary(vis),
+            status_reason: row.status_reason,
+            ssh_public_key: row.ssh_public_key,
+            firewall_rules: serde_json::from_str(&row.firewall_rules).map_err(internal)?,
+            network_rules: serde_json::from_str(&row.network_rules).map_err(internal)?,
+            snapshots,
+            copies,
+            source_state: row.source_state,
+            last_synced_at: row.last_synced_at,
+            file_count: row.file_count,
+            size_bytes: row.size_bytes,
+            updated_at: row.updated_at,
+            root_path: user.is_admin.then(|| {
+                container_root(Path::new(&row.storage_root), &row.id)
+                    .display()
+                    .to_string()
+            }),
+        })
     }
 
     pub async fn list_jobs(
@@ -336,58 +403,7 @@ impl Backend for Service {
 
     async fn get_container(&self, user: &UserInfo, id: &str) -> Result<ContainerDetail, ApiError> {
         let (row, vis) = self.visible_container(user, id).await?;
-        let snapshots = sqlx::query(
-            "SELECT id, name, created_at, file_count, size_bytes FROM snapshots WHERE container_id = $1 ORDER BY created_at DESC, name",
-        )
-        .bind(id)
-        .fetch_all(&self.db)
-        .await
-        .map_err(internal)?
-        .iter()
-        .map(|r| Snapshot {
-            id: r.get("id"),
-            name: r.get("name"),
-            created_at: r.get("created_at"),
-            file_count: r.get("file_count"),
-            size_bytes: r.get("size_bytes"),
-        })
-        .collect();
-        let copies = sqlx::query(
-            "SELECT c.id, c.name, c.project_id, p.name AS project_name FROM containers c
-             JOIN projects p ON p.id = c.project_id WHERE c.source_container_id = $1 ORDER BY p.name, c.name",
-        )
-        .bind(id)
-        .fetch_all(&self.db)
-        .await
-        .map_err(internal)?
-        .iter()
-        .filter(|r| vis.can_see(r.get::<&str, _>("project_id")))
-        .map(|r| ContainerRef {
-            id: r.get("id"),
-            name: r.get("name"),
-            project_id: r.get("project_id"),
-            project_name: r.get("project_name"),
-        })
-        .collect();
-        Ok(ContainerDetail {
-            summary: row.summary(&vis),
-            status_reason: row.status_reason,
-            ssh_public_key: row.ssh_public_key,
-            firewall_rules: serde_json::from_str(&row.firewall_rules).map_err(internal)?,
-            network_rules: serde_json::from_str(&row.network_rules).map_err(internal)?,
-            snapshots,
-            copies,
-            source_state: row.source_state,
-            last_synced_at: row.last_synced_at,
-            file_count: row.file_count,
-            size_bytes: row.size_bytes,
-            updated_at: row.updated_at,
-            root_path: user.is_admin.then(|| {
-                container_root(Path::new(&row.storage_root), &row.id)
-                    .display()
-                    .to_string()
-            }),
-        })
+        self.container_detail(user, row, &vis, true).await
     }
 
     async fn copy_container(
