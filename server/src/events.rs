@@ -12,10 +12,11 @@ use tokio::sync::broadcast;
 /// Events kept for replay (across all jobs).
 const REPLAY: usize = 20_000;
 
-/// An event and its JSON, serialised once however many clients receive it.
+/// An event and its server-sent-event frame (`id`, `event`, `data` lines), formatted once
+/// however many clients receive it; clients share the bytes.
 pub struct Published {
     pub ev: JobEvent,
-    pub json: String,
+    pub frame: axum::body::Bytes,
 }
 
 pub struct EventHub {
@@ -32,8 +33,13 @@ impl Default for EventHub {
 
 impl Published {
     pub fn new(ev: JobEvent) -> Published {
+        // Compact JSON has no line breaks, so the data fits on one `data:` line.
         let json = serde_json::to_string(&ev).unwrap_or_default();
-        Published { ev, json }
+        let frame = format!("id: {}\nevent: {}\ndata: {json}\n\n", ev.id, ev.kind);
+        Published {
+            ev,
+            frame: frame.into(),
+        }
     }
 }
 

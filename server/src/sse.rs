@@ -8,11 +8,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use app::model::{ApiError, JobEvent, UserInfo};
+use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderValue};
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use futures::stream::{self, Stream, StreamExt};
-use tokio::sync::broadcast::{self, error::RecvError};
+use bytes::BytesMut;
+use futures::stream::{self, Stream};
+use tokio::sync::broadcast::{
+    self,
+    error::{RecvError, TryRecvError},
+};
 
 use crate::events::{EventHub, Published};
 use crate::service::Service;
@@ -31,23 +35,20 @@ pub fn resume_point(headers: &HeaderMap, query: Option<u64>) -> Result<Option<u6
     }
 }
 
-fn to_sse(p: &Published) -> Event {
-    Event::default()
-        .id(p.ev.id.to_string())
-        .event(p.ev.kind.clone())
-        .data(p.json.as_str())
-}
+/// A keep-alive comment, sent when nothing else was for this long.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// Events that are ready together go out in one write, up to this many bytes.
+const BATCH_BYTES: usize = 64 * 1024;
 
-fn respond(stream: impl Stream<Item = Result<Event, Infallible>> + Send + 'static) -> Response {
-    let mut resp = Sse::new(stream)
-        .keep_alive(
-            KeepAlive::new()
-                .interval(Duration::from_secs(15))
-                .text("keep-alive"),
-        )
-        .into_response();
-    // No proxy buffering or transforming: events must arrive as they happen.
+/// A `text/event-stream` response of pre-formatted frames. Nothing may buffer or
+/// transform it on the way: events must arrive as they happen.
+fn respond(stream: impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static) -> Response {
+    let mut resp = Body::from_stream(stream).into_response();
     let h = resp.headers_mut();
+    h.insert(
+        "content-type",
+        HeaderValue::from_static("text/event-stream"),
+    );
     h.insert(
         "cache-control",
         HeaderValue::from_static("no-cache, no-transform"),
@@ -65,11 +66,20 @@ struct Live {
     done: bool,
 }
 
+/// What a stream sends next.
+enum Next {
+    Frames(Bytes),
+    KeepAlive,
+    End,
+}
+
 impl Live {
-    /// The next event that passes `keep`, catching up from the buffer if the channel lagged.
+    /// The next event that passes `keep`, catching up from the buffer if the channel
+    /// lagged; with `wait` false, only one that is ready now.
     async fn next(
         &mut self,
         keep: &(dyn Fn(&JobEvent) -> bool + Send + Sync),
+        wait: bool,
     ) -> Option<Arc<Published>> {
         loop {
             if let Some(ev) = self.queue.pop_front() {
@@ -79,13 +89,82 @@ impl Live {
                 }
                 continue;
             }
-            match self.rx.recv().await {
+            let got = if wait {
+                self.rx.recv().await
+            } else {
+                match self.rx.try_recv() {
+                    Ok(ev) => Ok(ev),
+                    Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
+                    Err(TryRecvError::Closed) => Err(RecvError::Closed),
+                    Err(TryRecvError::Empty) => return None,
+                }
+            };
+            match got {
                 Ok(ev) => self.queue.push_back(ev),
                 Err(RecvError::Lagged(_)) => self.queue.extend(self.hub.since(self.last)),
-                Err(RecvError::Closed) => return None,
+                Err(RecvError::Closed) => {
+                    self.done = true;
+                    return None;
+                }
             }
         }
     }
+
+    /// Waits for the next event, then takes every other event that is ready too: one
+    /// write for many (a burst of jobs costs each client a few writes, not one per event).
+    /// `last` says whether an event ends the stream (it is still sent).
+    async fn next_batch(
+        &mut self,
+        keep: &(dyn Fn(&JobEvent) -> bool + Send + Sync),
+        last: &(dyn Fn(&JobEvent) -> bool + Send + Sync),
+    ) -> Next {
+        if self.done {
+            return Next::End;
+        }
+        let first = match tokio::time::timeout(KEEP_ALIVE, self.next(keep, true)).await {
+            Err(_) => return Next::KeepAlive,
+            Ok(None) => return Next::End,
+            Ok(Some(ev)) => ev,
+        };
+        if last(&first.ev) {
+            self.done = true;
+        }
+        let mut more = Vec::new();
+        let mut size = first.frame.len();
+        while !self.done && size < BATCH_BYTES {
+            let Some(ev) = self.next(keep, false).await else {
+                break;
+            };
+            size += ev.frame.len();
+            self.done = last(&ev.ev);
+            more.push(ev);
+        }
+        if more.is_empty() {
+            return Next::Frames(first.frame.clone());
+        }
+        let mut buf = BytesMut::with_capacity(size);
+        buf.extend_from_slice(&first.frame);
+        for ev in more {
+            buf.extend_from_slice(&ev.frame);
+        }
+        Next::Frames(buf.freeze())
+    }
+}
+
+/// Turns a live subscription into the response body's chunks.
+fn frames(
+    live: Live,
+    keep: impl Fn(&JobEvent) -> bool + Send + Sync + 'static,
+    last: impl Fn(&JobEvent) -> bool + Send + Sync + 'static,
+) -> impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static {
+    stream::unfold((live, keep, last), |(mut live, keep, last)| async move {
+        let chunk = match live.next_batch(&keep, &last).await {
+            Next::End => return None,
+            Next::KeepAlive => Bytes::from_static(b": keep-alive\n\n"),
+            Next::Frames(b) => b,
+        };
+        Some((Ok(chunk), (live, keep, last)))
+    })
 }
 
 /// One job's events, ending after its final event.
@@ -125,16 +204,9 @@ pub async fn job_stream(
         last,
         done: false,
     };
-    let stream = stream::unfold((live, id), |(mut live, id)| async move {
-        if live.done {
-            return None;
-        }
-        let keep = |e: &JobEvent| e.job.id == id;
-        let ev = live.next(&keep).await?;
-        live.done = ev.ev.job.status.is_final();
-        Some((Ok::<_, Infallible>(to_sse(&ev)), (live, id)))
-    });
-    Ok(respond(stream.boxed()))
+    let keep = move |e: &JobEvent| e.job.id == id;
+    let end = |e: &JobEvent| e.job.status.is_final();
+    Ok(respond(frames(live, keep, end)))
 }
 
 /// Every visible job's events, until the client goes away.
@@ -153,10 +225,74 @@ pub async fn all_stream(
         last: after.unwrap_or(0),
         done: false,
     };
-    let stream = stream::unfold((live, projects), |(mut live, projects)| async move {
-        let keep = |e: &JobEvent| projects.contains(&e.job.project_id);
-        let ev = live.next(&keep).await?;
-        Some((Ok::<_, Infallible>(to_sse(&ev)), (live, projects)))
-    });
-    Ok(respond(stream.boxed()))
+    let keep = move |e: &JobEvent| projects.contains(&e.job.project_id);
+    Ok(respond(frames(live, keep, |_: &JobEvent| false)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use app::model::{Job, JobKind, JobStatus};
+
+    fn job(id: &str, status: JobStatus) -> Job {
+        Job {
+            id: id.into(),
+            kind: JobKind::Copy,
+            status,
+            phase: None,
+            project_id: "p".into(),
+            container_id: "c".into(),
+            source_container_id: "s".into(),
+            progress: None,
+            summary: None,
+            error: None,
+            created_at: 0,
+            started_at: None,
+            finished_at: None,
+            url: String::new(),
+            events_url: String::new(),
+        }
+    }
+
+    fn live(hub: &Arc<EventHub>) -> Live {
+        let (_, rx) = hub.subscribe(None);
+        Live {
+            rx,
+            hub: hub.clone(),
+            queue: Default::default(),
+            last: 0,
+            done: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn ready_events_go_out_together_and_a_job_stream_ends_with_its_final_event() {
+        let hub = Arc::new(EventHub::new());
+        let mut all = live(&hub);
+        let mut one = live(&hub);
+        hub.publish("status", job("a", JobStatus::Running));
+        hub.publish("progress", job("b", JobStatus::Running));
+        hub.publish("status", job("a", JobStatus::Succeeded));
+        hub.publish("status", job("a", JobStatus::Succeeded));
+
+        let Next::Frames(chunk) = all.next_batch(&|_| true, &|_| false).await else {
+            panic!("frames expected");
+        };
+        let text = std::str::from_utf8(&chunk).unwrap();
+        assert_eq!(text.matches("\n\n").count(), 4, "{text}");
+        assert!(text.starts_with("id: ") && text.contains("event: progress\ndata: {"));
+
+        let keep = |e: &JobEvent| e.job.id == "a";
+        let end = |e: &JobEvent| e.job.status.is_final();
+        let Next::Frames(chunk) = one.next_batch(&keep, &end).await else {
+            panic!("frames expected");
+        };
+        let text = std::str::from_utf8(&chunk).unwrap();
+        assert_eq!(
+            text.matches("\n\n").count(),
+            2,
+            "other jobs' events and anything after the end are left out: {text}"
+        );
+        assert!(matches!(one.next_batch(&keep, &end).await, Next::End));
+    }
 }
