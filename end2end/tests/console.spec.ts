@@ -22,6 +22,16 @@ async function logIn(page: Page, user: string) {
   await page.getByRole('button', { name: 'Log in' }).click();
 }
 
+/** Logs in as the admin and opens the web-app container; returns its root on disk. */
+async function openWebAppAsAdmin(page: Page): Promise<string> {
+  await page.goto('/login');
+  await logIn(page, 'admin');
+  await expect(page.locator('body')).toHaveAttribute('data-hydrated', 'true');
+  await page.locator('td[data-label="Name"] a').getByText('web-app', { exact: true }).click();
+  await expect(page.getByRole('heading', { level: 1 })).toContainText('web-app');
+  return (await page.locator('dt:has-text("Root on disk") + dd').innerText()).trim();
+}
+
 test('log in, browse containers and open a container', async ({ page }) => {
   const problems = watchConsole(page);
 
@@ -88,12 +98,7 @@ test('a project member sees only their projects, and a wrong password is refused
 
 test('copy a container through the dialog, then change the source and sync, live', async ({ page }) => {
   const problems = watchConsole(page);
-  await page.goto('/login');
-  await logIn(page, 'admin');
-  await expect(page.locator('body')).toHaveAttribute('data-hydrated', 'true');
-  await page.locator('td[data-label="Name"] a').getByText('web-app', { exact: true }).click();
-  await expect(page.getByRole('heading', { level: 1 })).toContainText('web-app');
-  const rootPath = (await page.locator('dt:has-text("Root on disk") + dd').innerText()).trim();
+  const rootPath = await openWebAppAsAdmin(page);
 
   await page.getByRole('button', { name: 'Copy container' }).click();
   const dialog = page.getByRole('dialog');
@@ -139,12 +144,7 @@ test('copy a container through the dialog, then change the source and sync, live
 
 test('a failing sync shows as failing on the sync status page, and recovers', async ({ page }) => {
   const problems = watchConsole(page);
-  await page.goto('/login');
-  await logIn(page, 'admin');
-  await expect(page.locator('body')).toHaveAttribute('data-hydrated', 'true');
-  await page.locator('td[data-label="Name"] a').getByText('web-app', { exact: true }).click();
-  await expect(page.getByRole('heading', { level: 1 })).toContainText('web-app');
-  const rootPath = (await page.locator('dt:has-text("Root on disk") + dd').innerText()).trim();
+  const rootPath = await openWebAppAsAdmin(page);
 
   await page.getByRole('link', { name: 'Sync status' }).click();
   await expect(page.getByRole('heading', { name: 'Sync status' })).toBeVisible();

@@ -10,41 +10,12 @@ use crate::server_fns::CancelJob;
 #[component]
 pub fn LiveJob(job: Job) -> impl IntoView {
     let state = RwSignal::new(job.clone());
-    // Only in the browser: EventSource reconnects by itself (sending Last-Event-ID), and
-    // the stream ends with the job's final state.
-    #[cfg(feature = "hydrate")]
-    {
-        let url = job.events_url.clone();
-        Effect::new(move |started: Option<()>| {
-            if started.is_some() || state.get_untracked().status.is_final() {
-                return;
-            }
-            let url = url.clone();
-            leptos::task::spawn_local(async move {
-                use futures::StreamExt;
-                let Ok(mut es) = gloo_net::eventsource::futures::EventSource::new(&url) else {
-                    return;
-                };
-                let (Ok(progress), Ok(status)) = (es.subscribe("progress"), es.subscribe("status"))
-                else {
-                    return;
-                };
-                let mut events = futures::stream::select(progress, status);
-                while let Some(item) = events.next().await {
-                    let Ok((_, msg)) = item else { continue };
-                    let Some(text) = msg.data().as_string() else {
-                        continue;
-                    };
-                    if let Ok(ev) = serde_json::from_str::<crate::model::JobEvent>(&text) {
-                        let done = ev.job.status.is_final();
-                        state.set(ev.job);
-                        if done {
-                            break;
-                        }
-                    }
-                }
-                es.close();
-            });
+    // The stream ends with the job's final state.
+    if !job.status.is_final() {
+        follow(job.events_url.clone(), move |ev| {
+            let done = ev.job.status.is_final();
+            state.set(ev.job);
+            !done
         });
     }
     let cancel = ServerAction::<CancelJob>::new();
@@ -132,16 +103,24 @@ fn JobSummary(job: Job) -> impl IntoView {
 }
 
 /// Follows every job the user may see (`/api/v1/events`) while the calling component is
-/// mounted, handing each event to `on_event`. In the browser only: the server renders the
-/// state as loaded. EventSource reconnects by itself and resumes with Last-Event-ID.
+/// mounted, handing each event to `on_event`.
 pub fn follow_all_jobs(on_event: impl Fn(crate::model::JobEvent) + 'static) {
+    follow("/api/v1/events".into(), move |ev| {
+        on_event(ev);
+        true
+    });
+}
+
+/// Reads the job events at `url` while the calling component is mounted and `on_event`
+/// returns true. In the browser only (the server renders the state as loaded): EventSource
+/// reconnects by itself and resumes with Last-Event-ID.
+fn follow(url: String, on_event: impl Fn(crate::model::JobEvent) -> bool + 'static) {
     #[cfg(feature = "hydrate")]
     {
         use futures::StreamExt;
         let (abort, registration) = futures::future::AbortHandle::new_pair();
         let task = async move {
-            let Ok(mut es) = gloo_net::eventsource::futures::EventSource::new("/api/v1/events")
-            else {
+            let Ok(mut es) = gloo_net::eventsource::futures::EventSource::new(&url) else {
                 return;
             };
             let (Ok(progress), Ok(status)) = (es.subscribe("progress"), es.subscribe("status"))
@@ -151,12 +130,14 @@ pub fn follow_all_jobs(on_event: impl Fn(crate::model::JobEvent) + 'static) {
             let mut events = futures::stream::select(progress, status);
             while let Some(item) = events.next().await {
                 let Ok((_, msg)) = item else { continue };
-                if let Some(ev) = msg
+                let event = msg
                     .data()
                     .as_string()
-                    .and_then(|t| serde_json::from_str::<crate::model::JobEvent>(&t).ok())
-                {
-                    on_event(ev);
+                    .and_then(|t| serde_json::from_str::<crate::model::JobEvent>(&t).ok());
+                if let Some(ev) = event {
+                    if !on_event(ev) {
+                        break;
+                    }
                 }
             }
         };
@@ -167,7 +148,7 @@ pub fn follow_all_jobs(on_event: impl Fn(crate::model::JobEvent) + 'static) {
         on_cleanup(move || abort.abort());
     }
     #[cfg(not(feature = "hydrate"))]
-    let _ = on_event;
+    let _ = (url, on_event);
 }
 
 /// A compact progress bar for a job in a table row.

@@ -40,26 +40,19 @@ pub fn open_dir_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<OwnedFd> {
 /// Opens the regular file `name` in `dir` for reading, refusing symlinks and anything that
 /// is not a regular file (a FIFO would block).
 pub fn open_file_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<std::fs::File> {
-    let fd = rfs::openat(
-        dir,
-        OsStr::from_bytes(name),
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
-        Mode::empty(),
-    )
-    .map_err(to_io)?;
-    let st = rfs::fstat(&fd).map_err(to_io)?;
-    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
-        return Err(io::Error::other("not a regular file"));
-    }
-    Ok(std::fs::File::from(fd))
+    open_regular_at(dir, name, OFlags::RDONLY)
 }
 
 /// Opens an existing regular file for writing in place (never through a symlink).
 pub fn open_file_for_patch_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<std::fs::File> {
+    open_regular_at(dir, name, OFlags::WRONLY)
+}
+
+fn open_regular_at(dir: BorrowedFd<'_>, name: &[u8], access: OFlags) -> io::Result<std::fs::File> {
     let fd = rfs::openat(
         dir,
         OsStr::from_bytes(name),
-        OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+        access | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
         Mode::empty(),
     )
     .map_err(to_io)?;
