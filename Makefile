@@ -64,7 +64,7 @@ $(STAMP)/chromium:
 	@touch $@
 
 build: setup
-	cargo leptos build --release
+	cargo leptos build --release --split
 	node scripts/precompress.mjs target/site/pkg
 
 # What the browser downloads (raw, gzip, brotli) and the server's render time of the pages.

@@ -15,7 +15,7 @@ use leptos::prelude::*;
 use leptos_meta::{provide_meta_context, MetaTags, Stylesheet, Title};
 use leptos_router::{
     components::{ParentRoute, Route, Router, Routes},
-    path, SsrMode,
+    path, Lazy, SsrMode,
 };
 
 /// The HTML document around the app, rendered by the server only.
@@ -54,10 +54,10 @@ pub fn App() -> impl IntoView {
                 <ParentRoute path=path!("") view=pages::Layout ssr=SsrMode::Async>
                     <Route path=path!("") view=pages::ContainersPage ssr=SsrMode::Async/>
                     <Route path=path!("/containers") view=pages::ContainersPage ssr=SsrMode::Async/>
-                    <Route path=path!("/containers/:id") view=pages::ContainerPage ssr=SsrMode::Async/>
-                    <Route path=path!("/containers/:id/copy") view=pages::CopyPage ssr=SsrMode::Async/>
-                    <Route path=path!("/sync-status") view=pages::SyncStatusPage ssr=SsrMode::Async/>
-                    <Route path=path!("/jobs") view=pages::JobsPage ssr=SsrMode::Async/>
+                    <Route path=path!("/containers/:id") view={Lazy::<pages::ContainerRoute>::new()} ssr=SsrMode::Async/>
+                    <Route path=path!("/containers/:id/copy") view={Lazy::<pages::CopyRoute>::new()} ssr=SsrMode::Async/>
+                    <Route path=path!("/sync-status") view={Lazy::<pages::SyncStatusRoute>::new()} ssr=SsrMode::Async/>
+                    <Route path=path!("/jobs") view={Lazy::<pages::JobsRoute>::new()} ssr=SsrMode::Async/>
                 </ParentRoute>
             </Routes>
         </Router>

@@ -182,8 +182,10 @@ test('a failing sync shows as failing on the sync status page, and recovers', as
   await expect(row).toHaveAttribute('data-failing', 'false');
   await expect(row).toHaveAttribute('data-freshness', 'current');
 
-  // The jobs page lists the failed sync with its error.
-  await page.getByRole('link', { name: 'Jobs' }).click();
+  // The jobs page lists the failed sync with its error (loaded directly: a lazily loaded
+  // page's code arrives before it hydrates).
+  await page.goto('/jobs');
+  await expect(page.locator('body')).toHaveAttribute('data-hydrated', 'true');
   await expect(page.getByRole('heading', { name: 'Jobs' })).toBeVisible();
   await page.getByLabel('Status').selectOption('failed');
   await page.getByRole('button', { name: 'Filter' }).click();

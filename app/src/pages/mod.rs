@@ -18,3 +18,31 @@ pub use jobs::JobsPage;
 pub use layout::{Layout, NotFound};
 pub use login::LoginPage;
 pub use sync_status::SyncStatusPage;
+
+// Pages other than the first ones a user sees are lazy routes: their code is a separate
+// WASM chunk (`cargo leptos build --split`), fetched when the page is first opened, so the
+// initial download stays small.
+use leptos::prelude::*;
+use leptos_router::{lazy_route, LazyRoute};
+
+macro_rules! lazy_page {
+    ($route:ident, $page:ident) => {
+        pub struct $route;
+
+        #[lazy_route]
+        impl LazyRoute for $route {
+            fn data() -> Self {
+                $route
+            }
+
+            fn view(_this: Self) -> AnyView {
+                view! { <$page/> }.into_any()
+            }
+        }
+    };
+}
+
+lazy_page!(ContainerRoute, ContainerPage);
+lazy_page!(CopyRoute, CopyPage);
+lazy_page!(SyncStatusRoute, SyncStatusPage);
+lazy_page!(JobsRoute, JobsPage);
