@@ -6,7 +6,7 @@ use leptos::prelude::*;
 use leptos_meta::Title;
 use leptos_router::{components::Form, hooks::use_query_map};
 
-use super::live_job::{follow_all_jobs, JobProgressBar};
+use super::live_job::{follow_all_jobs, reloader, JobProgressBar};
 use super::widgets::{ErrorBox, Loading};
 use crate::format;
 use crate::model::{Job, JobKind, JobStatus};
@@ -32,9 +32,10 @@ pub fn JobsPage() -> impl IntoView {
     // Names for the containers jobs refer to (jobs carry ids only).
     let containers = Resource::new(|| (), |_| list_containers(None));
     let live: RwSignal<HashMap<String, Job>> = RwSignal::new(HashMap::new());
+    let reload = reloader(version);
     follow_all_jobs(move |ev| {
         if ev.kind == "status" {
-            version.update(|v| *v += 1);
+            reload();
         }
         live.update(|m| {
             m.insert(ev.job.id.clone(), ev.job);

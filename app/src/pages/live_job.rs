@@ -182,3 +182,26 @@ pub fn JobProgressBar(job: Job) -> impl IntoView {
         </div>
     }
 }
+
+/// A function that reloads a page's data (bumps `version`) soon, at most twice a second
+/// however often it is called: a burst of job events reloads the page once, not once per
+/// event.
+pub fn reloader(version: RwSignal<u32>) -> impl Fn() + Copy + 'static {
+    let pending = StoredValue::new(false);
+    move || {
+        if pending.get_value() {
+            return;
+        }
+        pending.set_value(true);
+        #[cfg(feature = "hydrate")]
+        set_timeout(
+            move || {
+                pending.set_value(false);
+                version.update(|v| *v += 1);
+            },
+            std::time::Duration::from_millis(500),
+        );
+        #[cfg(not(feature = "hydrate"))]
+        let _ = version;
+    }
+}

@@ -8,7 +8,7 @@ use leptos::prelude::*;
 use leptos_meta::Title;
 use leptos_router::{components::Form, hooks::use_query_map};
 
-use super::live_job::{follow_all_jobs, JobProgressBar};
+use super::live_job::{follow_all_jobs, reloader, JobProgressBar};
 use super::widgets::{ErrorBox, Loading, StatusBadge};
 use crate::format;
 use crate::model::{CopyStatus, Freshness, Job, JobStatus, Millis, SyncRun};
@@ -64,13 +64,14 @@ pub fn SyncStatusPage() -> impl IntoView {
     let status = Resource::new(move || version.get(), |_| sync_status());
     // Live progress of running jobs, by the copy they work on.
     let live: RwSignal<HashMap<String, Job>> = RwSignal::new(HashMap::new());
+    let reload = reloader(version);
     follow_all_jobs(move |ev| {
         let job = ev.job;
         if ev.kind == "status" {
             live.update(|m| {
                 m.remove(&job.container_id);
             });
-            version.update(|v| *v += 1);
+            reload();
         } else {
             live.update(|m| {
                 m.insert(job.container_id.clone(), job);
