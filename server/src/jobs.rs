@@ -13,7 +13,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::{container_place, snapshot_place};
 use crate::db::Db;
-use crate::engine::{self, Control, EngineError, Progress};
+use crate::engine::{self, Control, EngineError, Place, Progress};
 use crate::events::EventHub;
 use crate::ids::now_ms;
 use crate::service::job_from_row;
@@ -167,12 +167,11 @@ impl JobRunner {
         let target_root = PathBuf::from(row.get::<String, _>("target_root"));
         let source_root = PathBuf::from(row.get::<String, _>("source_root"));
 
+        let target_server: String = row.get("target_server");
+
         // Wait for a slot: globally, then on the target server.
         let _global = self.global.clone().acquire_owned().await;
-        let _server = self
-            .server_slot(row.get("target_server"))
-            .acquire_owned()
-            .await;
+        let _server = self.server_slot(&target_server).acquire_owned().await;
         let cancelled_while_queued = self.load(job_id).await?.status == JobStatus::Cancelled;
         if cancelled_while_queued {
             return self
@@ -203,6 +202,28 @@ impl JobRunner {
             None => container_place(&source_root, &source_id),
         };
         let dst = container_place(&target_root, &target_id);
+        // A copy takes content its target server already holds from there: the most recently
+        // updated settled containers on that server (other than the source) are offered to
+        // the engine.
+        let local: Vec<Place> = if kind == JobKind::Copy {
+            sqlx::query_scalar::<_, String>(
+                "SELECT id FROM containers
+                 WHERE server_id = $1 AND id <> $2 AND id <> $3
+                   AND status IN ('running', 'stopped')
+                 ORDER BY updated_at DESC LIMIT 8",
+            )
+            .bind(&target_server)
+            .bind(&target_id)
+            // Reading the source there would be no cheaper than reading it here.
+            .bind(&source_id)
+            .fetch_all(&self.db)
+            .await?
+            .iter()
+            .map(|id| container_place(&target_root, id))
+            .collect()
+        } else {
+            Vec::new()
+        };
         // Longest first, so that a tree inside a storage root is named as the tree.
         let mut names: Vec<(String, &str)> = vec![
             (src.root.display().to_string(), "the source tree"),
@@ -217,7 +238,7 @@ impl JobRunner {
         let r2 = reporter.clone();
         let ctl = ctl.with_progress(move |p| r2.report(p));
         let result = run_in_background(move || match kind {
-            JobKind::Copy => engine::copy(&src, &dst, &ctl),
+            JobKind::Copy => engine::copy_reusing(&src, &dst, &local, &ctl),
             JobKind::Sync => engine::sync(&src, &dst, &ctl),
         })
         .await

@@ -817,3 +817,31 @@ async fn sync_status_tells_current_stale_and_failing_copies_apart() {
         .iter()
         .all(|c| hers.contains(&c["copy"]["project_id"].as_str().unwrap())));
 }
+
+#[tokio::test]
+async fn a_copy_takes_what_its_target_server_already_holds() {
+    let s = TestServer::start().await;
+    let web_app = s.container_id("web-app").await;
+    let web = project_id(&s, "web-platform").await;
+    let empty_server = server_id(&s, "local-c").await;
+    let mut summaries = Vec::new();
+    for name in ["reuse-first", "reuse-second"] {
+        let (st, started, _) = copy_as(
+            &s,
+            &s.admin_token,
+            &web_app,
+            json!({"target_project_id": web, "target_server_id": empty_server, "name": name}),
+        )
+        .await;
+        assert_eq!(st, 202, "{started}");
+        let job = wait_job(&s, started["job"]["id"].as_str().unwrap()).await;
+        assert_eq!(job["status"], "succeeded", "{job}");
+        summaries.push(job["summary"].clone());
+    }
+    let n = |v: &Value, k: &str| v[k].as_u64().unwrap();
+    let (first, second) = (&summaries[0], &summaries[1]);
+    assert_eq!(n(first, "content_bytes"), n(first, "tree_bytes"), "{first}");
+    assert!(n(first, "tree_bytes") > 0);
+    assert_eq!(n(second, "content_bytes"), 0, "all of it was on local-c: {second}");
+    assert_eq!(n(second, "reused_bytes"), n(second, "tree_bytes"), "{second}");
+}

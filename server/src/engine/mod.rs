@@ -295,7 +295,20 @@ pub struct Summary {
 /// Copies the tree at `src.root` to `dst.root`, which must not exist. The copy appears at
 /// `dst.root` complete and verified, or not at all.
 pub fn copy(src: &Place, dst: &Place, ctl: &Control) -> Result<Summary, EngineError> {
-    transfer::copy(src, dst, ctl)
+    transfer::copy(src, dst, &[], ctl)
+}
+
+/// [`copy`], taking content the target's server already holds in other trees (`local`,
+/// each with its recorded manifest) from there instead of sending it. A file is offered
+/// only while it still matches its manifest entry (size, mtime, ctime, inode), and what is
+/// taken is hashed and checked like sent content.
+pub fn copy_reusing(
+    src: &Place,
+    dst: &Place,
+    local: &[Place],
+    ctl: &Control,
+) -> Result<Summary, EngineError> {
+    transfer::copy(src, dst, local, ctl)
 }
 
 /// Brings the tree at `dst.root` (an earlier copy of `src`) to `src`'s current state,

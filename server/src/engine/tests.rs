@@ -654,3 +654,24 @@ fn verify_finds_corruption() {
     assert!(!report.ok);
     assert_eq!(report.differences, [victim.to_string_lossy().to_string()]);
 }
+
+#[test]
+fn a_first_copy_takes_what_the_target_server_already_holds_and_nothing_stale() {
+    let env = Env::new();
+    let (src, first, second) = (env.place("src"), env.place("first"), env.place("second"));
+    let mut rng = Rng(21);
+    random_tree(&src.root, &mut rng, 30);
+    let unique = rng.bytes(70_000);
+    write(&src.root.join("unique.bin"), &unique);
+    copy(&src, &first, &Control::new()).unwrap();
+    // The first copy's version of one file changes after its manifest was recorded: it is
+    // no longer offered, so that file is sent.
+    write(&first.root.join("unique.bin"), b"changed on the first copy");
+
+    let s = copy_reusing(&src, &second, &[first.clone()], &Control::new()).unwrap();
+    assert_same_tree(&src.root, &second.root);
+    no_debris(&second);
+    assert_eq!(s.content_bytes, unique.len() as u64, "{s:?}");
+    assert!(s.reused_bytes > 0, "{s:?}");
+    assert_eq!(s.reused_bytes + s.content_bytes, s.tree_bytes, "{s:?}");
+}

@@ -139,7 +139,12 @@ fn join_ends<S, R>(
 // ---------------------------------------------------------------------------------------
 // Copy
 
-pub(super) fn copy(src: &Place, dst: &Place, ctl: &Control) -> Result<Summary, EngineError> {
+pub(super) fn copy(
+    src: &Place,
+    dst: &Place,
+    local: &[Place],
+    ctl: &Control,
+) -> Result<Summary, EngineError> {
     let started = Instant::now();
     let work = dst.work_dir();
     let mut recovered = false;
@@ -159,7 +164,7 @@ pub(super) fn copy(src: &Place, dst: &Place, ctl: &Control) -> Result<Summary, E
     }
     let staging = work.join("root");
     fs::create_dir_all(&staging).map_err(EngineError::io_path("creating", &staging))?;
-    let result = copy_staged(src, dst, &staging, ctl);
+    let result = copy_staged(src, dst, &staging, local, ctl);
     match &result {
         Ok(_) => {
             let _ = fs::remove_dir_all(&work);
@@ -182,6 +187,7 @@ fn copy_staged(
     src: &Place,
     dst: &Place,
     staging: &Path,
+    local: &[Place],
     ctl: &Control,
 ) -> Result<Summary, EngineError> {
     let cache = src.load_manifest().ok().flatten();
@@ -193,10 +199,12 @@ fn copy_staged(
     let total_files = m.entries.iter().filter(|e| e.kind != Kind::Special).count() as u64;
     ctl.phase(Phase::Transfer, Some(total_bytes), Some(total_files));
 
+    // The receiver's offer: content its server holds already, by hash.
+    let offer = local_content(local, &m);
     let (w, r) = wire::pipe();
     let (sent, received) = std::thread::scope(|s| {
-        let sender = s.spawn(|| send_copy(&src.root, &mut m, w, ctl));
-        let received = receive(Mode::Copy, staging, staging, r, None, ctl);
+        let sender = s.spawn(|| send_copy(&src.root, &mut m, &offer, w, ctl));
+        let received = receive(Mode::Copy, staging, staging, r, None, local, ctl);
         (sender.join(), received)
     });
     let ((stats, unstable), received) = join_ends(sent, received, ctl)?;
@@ -249,6 +257,7 @@ fn copy_staged(
 fn send_copy(
     root: &Path,
     m: &mut Manifest,
+    offer: &HashMap<[u8; 32], (u32, Vec<u8>)>,
     out: PipeWriter,
     ctl: &Control,
 ) -> Result<(WireStats, Vec<String>), EngineError> {
@@ -262,6 +271,26 @@ fn send_copy(
         ctl.check()?;
         match e.kind {
             Kind::Special => continue,
+            // Content the receiver's server holds (known from the source's cache: the scan
+            // found the file unchanged): no need to read or send it.
+            Kind::File
+                if e.link_to.is_none() && e.hash != [0; 32] && offer.contains_key(&e.hash) =>
+            {
+                let (tree, from) = &offer[&e.hash];
+                fw.send(&Frame::Entry(e.clone()))
+                    .map_err(io_err("sending"))?;
+                fw.send(&Frame::ReuseLocal {
+                    tree: *tree,
+                    from: from.clone(),
+                })
+                .map_err(io_err("sending"))?;
+                fw.send(&Frame::FileEnd {
+                    hash: e.hash,
+                    size: e.size,
+                })
+                .map_err(io_err("sending"))?;
+                hashes.insert(e.path.clone(), e.hash);
+            }
             Kind::File if e.link_to.is_none() => {
                 let file = match walker
                     .parent(&e.path)
@@ -356,8 +385,13 @@ fn receive(
     stage: &Path,
     input: PipeReader,
     current: Option<&Manifest>,
+    local: &[Place],
     ctl: &Control,
 ) -> Result<Received, EngineError> {
+    let mut local = LocalTrees {
+        places: local,
+        open: local.iter().map(|_| None).collect(),
+    };
     let mut fr = FrameReader::new(input);
     let mut walker = Walker::new(fsx::open_dir(root).map_err(io_err("opening the target"))?);
     // A second walker for a second path at once (hard-link sources, reused files).
@@ -432,7 +466,16 @@ fn receive(
                 }
                 _ => None,
             };
-            let got = receive_content(&mut fr, &mut file, &e, old.as_ref(), base, &mut other, ctl)?;
+            let got = receive_content(
+                &mut fr,
+                &mut file,
+                &e,
+                old.as_ref(),
+                base,
+                &mut other,
+                &mut local,
+                ctl,
+            )?;
             out.reused_bytes += got.reused;
             let mut e = e;
             e.hash = got.hash;
@@ -536,6 +579,75 @@ fn create_entry(
     }
 }
 
+/// Other trees on the receiver's server that content may be taken from, opened when first
+/// used (always beneath their roots, like the tree being built).
+struct LocalTrees<'a> {
+    places: &'a [Place],
+    open: Vec<Option<Walker>>,
+}
+
+impl LocalTrees<'_> {
+    fn walker(&mut self, tree: u32) -> Result<&mut Walker, EngineError> {
+        let i = tree as usize;
+        let place = self
+            .places
+            .get(i)
+            .ok_or_else(|| EngineError::Integrity("reuse from an unknown tree".into()))?;
+        if self.open[i].is_none() {
+            let fd = fsx::open_dir(&place.root).map_err(io_err("opening a local tree"))?;
+            self.open[i] = Some(Walker::new(fd));
+        }
+        Ok(self.open[i].as_mut().expect("opened above"))
+    }
+}
+
+/// What the receiver's server holds of the content `m` needs: for each hash, a tree (index
+/// into `local`) and a path there. Only files that still match their tree's recorded
+/// manifest entry are offered, so the offer is current; what is taken is hashed and checked
+/// again as it is written.
+fn local_content(local: &[Place], m: &Manifest) -> HashMap<[u8; 32], (u32, Vec<u8>)> {
+    let wanted: std::collections::HashSet<[u8; 32]> = m
+        .entries
+        .iter()
+        .filter(|e| e.kind == Kind::File && e.link_to.is_none() && e.hash != [0; 32] && e.size > 0)
+        .map(|e| e.hash)
+        .collect();
+    let mut offer = HashMap::new();
+    for (i, place) in local.iter().enumerate() {
+        if offer.len() == wanted.len() {
+            break;
+        }
+        let (Ok(Some(manifest)), Ok(root)) = (place.load_manifest(), fsx::open_dir(&place.root))
+        else {
+            continue;
+        };
+        let mut walker = Walker::new(root);
+        for e in &manifest.entries {
+            if e.kind != Kind::File
+                || e.link_to.is_some()
+                || !wanted.contains(&e.hash)
+                || offer.contains_key(&e.hash)
+            {
+                continue;
+            }
+            let Ok((dir, name)) = walker.parent(&e.path) else {
+                continue;
+            };
+            let still = fsx::stat_at(dir, name).is_ok_and(|st| {
+                fsx::kind_of(&st) == Kind::File
+                    && st.st_size as u64 == e.size
+                    && fsx::mtime_ns(&st) == e.mtime_ns
+                    && fsx::ctime_ns(&st) == e.ctime_ns
+                    && st.st_ino == e.ino
+            });
+            if still {
+                offer.insert(e.hash, (i as u32, e.path.clone()));
+            }
+        }
+    }
+    offer
+}
+
 /// One piece of a file received as a patch: `len` bytes at `at` in the new version, from
 /// the previous version at `old`, or else from the staged file at `staged`.
 struct PatchOp {
@@ -569,6 +681,7 @@ fn receive_content(
     old: Option<&fs::File>,
     base: Option<&Entry>,
     other: &mut Walker,
+    local: &mut LocalTrees<'_>,
     ctl: &Control,
 ) -> Result<Content, EngineError> {
     let chunked = e.size >= CHUNKED_FILE_MIN;
@@ -658,6 +771,22 @@ fn receive_content(
                 }
                 patch = None;
                 let (d, n) = other.parent(&from).map_err(io_err("opening a directory"))?;
+                let src = fsx::open_file_at(d, n).map_err(io_err("opening a file to reuse"))?;
+                let (hash, c, len) = hash_reader(&src, e.size, ctl, |data, _| out.write_all(data))?;
+                written += len;
+                reused += len;
+                ctl.add_progress(len, 0);
+                from_reuse = Some((hash, c));
+            }
+            Frame::ReuseLocal { tree, from } => {
+                if written > 0 {
+                    return Err(EngineError::Integrity("reuse inside a file".into()));
+                }
+                patch = None;
+                let walker = local.walker(tree)?;
+                let (d, n) = walker
+                    .parent(&from)
+                    .map_err(io_err("opening a directory"))?;
                 let src = fsx::open_file_at(d, n).map_err(io_err("opening a file to reuse"))?;
                 let (hash, c, len) = hash_reader(&src, e.size, ctl, |data, _| out.write_all(data))?;
                 written += len;
@@ -821,7 +950,7 @@ pub(super) fn sync(src: &Place, dst: &Place, ctl: &Control) -> Result<Summary, E
             let (sent, received) = std::thread::scope(|s| {
                 let sender =
                     s.spawn(|| send_sync(&src.root, &changes, &deleted_paths, &t_man, w, ctl));
-                let received = receive(Mode::Sync, &dst.root, &stage, r, Some(&t_man), ctl);
+                let received = receive(Mode::Sync, &dst.root, &stage, r, Some(&t_man), &[], ctl);
                 (sender.join(), received)
             });
             let (sent, received) = join_ends(sent, received, ctl)?;

@@ -21,6 +21,9 @@ pub enum Frame {
     CopyOld { offset: u64, len: u64 },
     /// The whole content of another file the receiver already has (rename, duplicate).
     Reuse { from: Vec<u8> },
+    /// The whole content of a file in another tree on the receiver's server, one of those
+    /// the receiver offered before the transfer (`tree` indexes that offer).
+    ReuseLocal { tree: u32, from: Vec<u8> },
     /// End of a file's content: what the receiver must have written.
     /// (Chunk lists do not travel: the receiver cuts the same chunks, the hash covers them.)
     FileEnd { hash: [u8; 32], size: u64 },
@@ -102,6 +105,11 @@ impl<W: Write> FrameWriter<W> {
                 self.enc.bytes(path);
                 6
             }
+            Frame::ReuseLocal { tree, from } => {
+                self.enc.u32(*tree);
+                self.enc.bytes(from);
+                9
+            }
             Frame::Done => 7,
             Frame::Meta(e) => {
                 self.enc.wire_entry(e);
@@ -163,6 +171,10 @@ impl<R: Read> FrameReader<R> {
             },
             7 => Frame::Done,
             8 => Frame::Meta(d.entry()?),
+            9 => Frame::ReuseLocal {
+                tree: d.u32()?,
+                from: checked_path(d.bytes()?)?,
+            },
             _ => return Err(bad("unknown frame")),
         };
         if !d.is_empty() {
