@@ -842,6 +842,14 @@ async fn a_copy_takes_what_its_target_server_already_holds() {
     let (first, second) = (&summaries[0], &summaries[1]);
     assert_eq!(n(first, "content_bytes"), n(first, "tree_bytes"), "{first}");
     assert!(n(first, "tree_bytes") > 0);
-    assert_eq!(n(second, "content_bytes"), 0, "all of it was on local-c: {second}");
-    assert_eq!(n(second, "reused_bytes"), n(second, "tree_bytes"), "{second}");
+    assert_eq!(
+        n(second, "content_bytes"),
+        0,
+        "all of it was on local-c: {second}"
+    );
+    assert_eq!(
+        n(second, "reused_bytes"),
+        n(second, "tree_bytes"),
+        "{second}"
+    );
 }

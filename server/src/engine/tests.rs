@@ -668,7 +668,7 @@ fn a_first_copy_takes_what_the_target_server_already_holds_and_nothing_stale() {
     // no longer offered, so that file is sent.
     write(&first.root.join("unique.bin"), b"changed on the first copy");
 
-    let s = copy_reusing(&src, &second, &[first.clone()], &Control::new()).unwrap();
+    let s = copy_reusing(&src, &second, std::slice::from_ref(&first), &Control::new()).unwrap();
     assert_same_tree(&src.root, &second.root);
     no_debris(&second);
     assert_eq!(s.content_bytes, unique.len() as u64, "{s:?}");

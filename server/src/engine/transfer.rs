@@ -674,6 +674,10 @@ struct Content {
 /// only new bytes go to `out`, and ranges of the previous version are recorded, not copied:
 /// their hashes come from the base's chunk list. The caller applies such a patch in place
 /// when every kept range stays where it was, and assembles the whole file otherwise.
+// The stream, the file being written, its entry, the previous version (file and chunk
+// list) and the three places content may be taken from: all needed, none related enough
+// to bundle.
+#[allow(clippy::too_many_arguments)]
 fn receive_content(
     fr: &mut FrameReader<PipeReader>,
     out: &mut fs::File,
