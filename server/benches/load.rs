@@ -4,12 +4,14 @@
 //! doppel's peak memory. A script, not a test: it prints figures and never fails on them.
 //! LOAD_POSTS and LOAD_SUBSCRIBERS change the numbers.
 
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+
+#[path = "../tests/common/process.rs"]
+mod process;
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -50,48 +52,22 @@ fn peak_rss_mb(pid: u32) -> f64 {
 async fn main() {
     let posts = env_or("LOAD_POSTS", 200);
     let subscribers = env_or("LOAD_SUBSCRIBERS", 500);
-    let bin = env!("CARGO_BIN_EXE_doppel");
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = process::free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let mut server = Command::new(bin)
-        .arg("--data-dir")
-        .arg(&data)
-        .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut server = process::serve(&data, port, true);
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(1024)
         .build()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while client.get(format!("{base}/healthz")).send().await.is_err() {
-        assert!(Instant::now() < deadline, "doppel did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let out = Command::new(bin)
-        .arg("--data-dir")
-        .arg(&data)
+    process::wait_up(&client, &base).await;
+    let out = process::doppel(&data)
         .args(["token", "create", "--user", "admin"])
         .output()
         .unwrap();
     let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    let containers: serde_json::Value = client
-        .get(format!("{base}/api/v1/containers"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let containers = process::get_json(&client, format!("{base}/api/v1/containers"), &token).await;
     let pick = |name: &str| -> serde_json::Value {
         containers["containers"]
             .as_array()

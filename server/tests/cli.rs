@@ -1,14 +1,14 @@
 //! The `doppel` binary's admin subcommands, run as a user would.
 
 use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
+
+#[path = "common/process.rs"]
+mod process;
 
 fn doppel(data: &std::path::Path, args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_doppel"))
-        .arg("--data-dir")
-        .arg(data)
+    let mut child = process::doppel(data)
         .args(args)
-        .env_remove("DOPPEL_DATABASE_URL")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -68,16 +68,7 @@ async fn token_user_and_import_work_from_the_command_line() {
             .unwrap()
             .is_some()
     );
-    let project = doppel::inventory::create_project(&db, "p", "")
-        .await
-        .unwrap();
-    let config = doppel::config::DataConfig {
-        data_dir: data.clone(),
-        database_url: None,
-    };
-    let server = doppel::inventory::create_server(&db, &config, "s1", "")
-        .await
-        .unwrap();
+    let (project, server) = process::project_and_server(&db, &data).await;
 
     let tree = tmp.path().join("tree");
     std::fs::create_dir_all(tree.join("etc")).unwrap();

@@ -1,55 +1,13 @@
 //! kill -9 during a copy, start again: the job resumes and both containers end consistent.
 //! Runs the real binary, as an operator would.
 
-use std::process::{Child, Command, Stdio};
+#[path = "common/process.rs"]
+mod process;
+
 use std::time::{Duration, Instant};
 
+use process::{doppel, free_port, get_json, project_and_server, wait_up};
 use serde_json::Value;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn doppel(data: &std::path::Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_doppel"));
-    c.arg("--data-dir")
-        .arg(data)
-        .env_remove("DOPPEL_DATABASE_URL");
-    c
-}
-
-fn start(data: &std::path::Path, port: u16) -> Child {
-    doppel(data)
-        .args(["serve", "--no-demo", "--addr", &format!("127.0.0.1:{port}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-async fn get_json(client: &reqwest::Client, url: impl reqwest::IntoUrl, token: &str) -> Value {
-    client
-        .get(url)
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
-async fn wait_up(client: &reqwest::Client, base: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while client.get(format!("{base}/healthz")).send().await.is_err() {
-        assert!(Instant::now() < deadline, "doppel did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_interrupted_by_kill_9_is_resumed_after_the_restart() {
@@ -64,16 +22,7 @@ async fn a_copy_interrupted_by_kill_9_is_resumed_after_the_restart() {
     let db = doppel::db::connect(&format!("sqlite://{}", data.join("doppel.db").display()))
         .await
         .unwrap();
-    let project = doppel::inventory::create_project(&db, "p", "")
-        .await
-        .unwrap();
-    let cfg = doppel::config::DataConfig {
-        data_dir: data.clone(),
-        database_url: None,
-    };
-    let server = doppel::inventory::create_server(&db, &cfg, "s1", "")
-        .await
-        .unwrap();
+    let (project, server) = project_and_server(&db, &data).await;
     db.close().await;
     let tree = tmp.path().join("tree");
     let mut seed = 1u64;
@@ -114,7 +63,7 @@ async fn a_copy_interrupted_by_kill_9_is_resumed_after_the_restart() {
         .unwrap();
     let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
 
-    let mut server_proc = start(&data, port);
+    let mut server_proc = process::serve(&data, port, false);
     wait_up(&client, &base).await;
     let resp: Value = client
         .post(format!("{base}/api/v1/containers/{source}/copy"))
@@ -145,7 +94,7 @@ async fn a_copy_interrupted_by_kill_9_is_resumed_after_the_restart() {
     server_proc.kill().unwrap();
     server_proc.wait().unwrap();
 
-    let mut server_proc = start(&data, port);
+    let mut server_proc = process::serve(&data, port, false);
     wait_up(&client, &base).await;
     let deadline = Instant::now() + Duration::from_secs(120);
     let job = loop {
@@ -166,15 +115,12 @@ async fn a_copy_interrupted_by_kill_9_is_resumed_after_the_restart() {
             "the engine cleaned up the killed attempt: {job}"
         );
     }
-    let c: Value = client
-        .get(format!("{base}/api/v1/containers/{copy_id}"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let c = get_json(
+        &client,
+        format!("{base}/api/v1/containers/{copy_id}"),
+        &token,
+    )
+    .await;
     assert_eq!(c["status"], "running");
     let root = std::path::PathBuf::from(c["root_path"].as_str().unwrap());
     for i in [0, 17, 47] {

@@ -279,16 +279,11 @@ fn send_copy(
                 let (tree, from) = &offer[&e.hash];
                 fw.send(&Frame::Entry(e.clone()))
                     .map_err(io_err("sending"))?;
-                fw.send(&Frame::ReuseLocal {
+                let from = Frame::ReuseLocal {
                     tree: *tree,
                     from: from.clone(),
-                })
-                .map_err(io_err("sending"))?;
-                fw.send(&Frame::FileEnd {
-                    hash: e.hash,
-                    size: e.size,
-                })
-                .map_err(io_err("sending"))?;
+                };
+                send_reused(&mut fw, from, e)?;
                 hashes.insert(e.path.clone(), e.hash);
             }
             Kind::File if e.link_to.is_none() => {
@@ -337,6 +332,21 @@ fn send_copy(
     fw.send(&Frame::Done).map_err(io_err("sending"))?;
     fw.flush().map_err(io_err("sending"))?;
     Ok((fw.stats, unstable))
+}
+
+/// A file's whole content taken from elsewhere on the receiver's side (`from`: a `Reuse`
+/// or `ReuseLocal` frame), then the end of the file the receiver must check it against.
+fn send_reused(
+    fw: &mut FrameWriter<PipeWriter>,
+    from: Frame,
+    e: &Entry,
+) -> Result<(), EngineError> {
+    fw.send(&from).map_err(io_err("sending"))?;
+    fw.send(&Frame::FileEnd {
+        hash: e.hash,
+        size: e.size,
+    })
+    .map_err(io_err("sending"))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1079,15 +1089,10 @@ fn send_sync(
         }
         // Content the target already has, under any name: nothing to send.
         if let Some(from) = by_hash.get(&e.hash) {
-            fw.send(&Frame::Reuse {
+            let from = Frame::Reuse {
                 from: from.to_vec(),
-            })
-            .map_err(io_err("sending"))?;
-            fw.send(&Frame::FileEnd {
-                hash: e.hash,
-                size: e.size,
-            })
-            .map_err(io_err("sending"))?;
+            };
+            send_reused(&mut fw, from, e)?;
             continue;
         }
         let (dir, name) = walker
