@@ -1,5 +1,6 @@
 //! `make load`: a real doppel (the release binary, demo data, loopback only) takes 200
-//! concurrent copy requests while 500 clients hold `/api/v1/events` open. Prints POST
+//! concurrent copy requests (on kept-alive connections) while 500 clients hold
+//! `/api/v1/events` open. Prints POST
 //! latency (p50, p99), event delivery lag (server publish -> client receipt, p50, p99) and
 //! doppel's peak memory. A script, not a test: it prints figures and never fails on them.
 //! LOAD_POSTS and LOAD_SUBSCRIBERS change the numbers.
@@ -32,6 +33,19 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
         return f64::NAN;
     }
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// CPU time (user + system) a process has used so far, in milliseconds.
+fn cpu_ms(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces), from field 3 on.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0.0))
+        .collect();
+    let ticks = f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0);
+    ticks * 1000.0 / 100.0
 }
 
 fn peak_rss_mb(pid: u32) -> f64 {
@@ -126,7 +140,20 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
+    // Clients keep their connections (HTTP keep-alive): open one per request beforehand, so
+    // what is measured is doppel answering, not TCP handshakes on a loaded loopback.
+    let warm: Vec<_> = (0..posts)
+        .map(|_| {
+            let (client, base) = (client.clone(), base.clone());
+            tokio::spawn(async move { client.get(format!("{base}/healthz")).send().await })
+        })
+        .collect();
+    for w in warm {
+        let _ = w.await;
+    }
+
     // 200 copy requests at once.
+    let (server_cpu0, client_cpu0) = (cpu_ms(server.id()), cpu_ms(std::process::id()));
     let started = Instant::now();
     let mut handles = Vec::new();
     for i in 0..posts {
@@ -160,6 +187,8 @@ async fn main() {
         accepted += usize::from(status == 202);
     }
     let posting = started.elapsed();
+    let server_cpu = cpu_ms(server.id()) - server_cpu0;
+    let client_cpu = cpu_ms(std::process::id()) - client_cpu0;
     // Wait until every subscriber has seen every job succeed (or give up after 10 minutes).
     let want = (posts * subscribers) as u64;
     let deadline = Instant::now() + Duration::from_secs(600);
@@ -187,6 +216,9 @@ async fn main() {
     println!(
         "| all {posts} copies done, seen by all {subscribers} subscribers | {:.1} s |",
         all_done.as_secs_f64()
+    );
+    println!(
+        "| CPU while posting: doppel / this client | {server_cpu:.0} ms / {client_cpu:.0} ms |"
     );
     println!("| events delivered | {} |", lags.len());
     println!();

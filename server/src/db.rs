@@ -17,9 +17,14 @@ pub async fn connect(url: &str) -> Result<Db, sqlx::Error> {
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
         .foreign_keys(true)
-        .busy_timeout(Duration::from_secs(10));
+        .busy_timeout(Duration::from_secs(10))
+        // Pages come from the page cache by memory mapping, not a read() per page.
+        .pragma("mmap_size", "268435456");
     let pool = SqlitePoolOptions::new()
         .max_connections(8)
+        // An embedded database's connection cannot go stale: no ping round-trip to the
+        // connection's thread before every statement.
+        .test_before_acquire(false)
         .connect_with(opts)
         .await?;
     sqlx::migrate!("./migrations").run(&pool).await?;

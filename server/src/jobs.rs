@@ -139,13 +139,10 @@ impl JobRunner {
         Ok(job_from_row(&row))
     }
 
-    async fn publish_status(&self, job_id: &str) -> Result<(), sqlx::Error> {
-        let job = self.load(job_id).await?;
-        self.hub.publish("status", job);
-        Ok(())
-    }
-
     async fn run(self: &Arc<Self>, job_id: &str, ctl: Control) -> Result<(), sqlx::Error> {
+        // Wait for a slot, globally first: a burst of queued jobs then costs the database
+        // nothing until each job's turn comes.
+        let _global = self.global.clone().acquire_owned().await;
         let row = sqlx::query(
             "SELECT j.kind, j.params, j.container_id, j.source_container_id,
                     t.server_id AS target_server, ts.storage_root AS target_root,
@@ -169,11 +166,19 @@ impl JobRunner {
 
         let target_server: String = row.get("target_server");
 
-        // Wait for a slot: globally, then on the target server.
-        let _global = self.global.clone().acquire_owned().await;
+        // Then on the target server.
         let _server = self.server_slot(&target_server).acquire_owned().await;
-        let cancelled_while_queued = self.load(job_id).await?.status == JobStatus::Cancelled;
-        if cancelled_while_queued {
+        // Running now, unless it was cancelled while it waited.
+        let running = sqlx::query(
+            "UPDATE jobs SET status = 'running', started_at = COALESCE(started_at, $1), phase = 'scan'
+             WHERE id = $2 AND status IN ('queued', 'running') RETURNING *",
+        )
+        .bind(now_ms())
+        .bind(job_id)
+        .fetch_optional(&self.db)
+        .await?
+        .map(|row| job_from_row(&row));
+        let Some(running) = running else {
             return self
                 .finish(
                     job_id,
@@ -183,18 +188,10 @@ impl JobRunner {
                     Err(EngineError::Cancelled),
                 )
                 .await;
-        }
-
-        let now = now_ms();
-        sqlx::query("UPDATE jobs SET status = 'running', started_at = COALESCE(started_at, $1), phase = 'scan' WHERE id = $2")
-            .bind(now)
-            .bind(job_id)
-            .execute(&self.db)
-            .await?;
+        };
         if kind == JobKind::Sync {
             set_container_status(&self.db, &target_id, ContainerStatus::Syncing, None).await?;
         }
-        let running = self.load(job_id).await?;
         self.hub.publish("status", running.clone());
 
         let src = match &params.source_snapshot_id {
@@ -261,16 +258,17 @@ impl JobRunner {
             .as_deref()
             .and_then(ContainerStatus::parse)
             .unwrap_or(ContainerStatus::Running);
-        match &result {
+        let row = match &result {
             Ok(summary) => {
                 let summary_json = serde_json::to_string(summary).unwrap_or_default();
-                sqlx::query(
-                    "UPDATE jobs SET status = 'succeeded', phase = NULL, summary = $1, error = NULL, finished_at = $2 WHERE id = $3",
+                let row = sqlx::query(
+                    "UPDATE jobs SET status = 'succeeded', phase = NULL, summary = $1, error = NULL, finished_at = $2
+                     WHERE id = $3 RETURNING *",
                 )
                 .bind(summary_json)
                 .bind(now)
                 .bind(job_id)
-                .execute(&self.db)
+                .fetch_one(&self.db)
                 .await?;
                 // A copy starts automatically; a sync returns the target to its status.
                 let status = if kind == JobKind::Copy {
@@ -291,19 +289,23 @@ impl JobRunner {
                 .bind(target_id)
                 .execute(&self.db)
                 .await?;
+                row
             }
             Err(err) => {
                 let (status, message) = match err {
                     EngineError::Cancelled => (JobStatus::Cancelled, "cancelled".to_string()),
                     e => (JobStatus::Failed, e.to_string()),
                 };
-                sqlx::query("UPDATE jobs SET status = $1, phase = NULL, error = $2, finished_at = $3 WHERE id = $4")
-                    .bind(status.as_str())
-                    .bind(&message)
-                    .bind(now)
-                    .bind(job_id)
-                    .execute(&self.db)
-                    .await?;
+                let row = sqlx::query(
+                    "UPDATE jobs SET status = $1, phase = NULL, error = $2, finished_at = $3
+                     WHERE id = $4 RETURNING *",
+                )
+                .bind(status.as_str())
+                .bind(&message)
+                .bind(now)
+                .bind(job_id)
+                .fetch_one(&self.db)
+                .await?;
                 // A copy that did not finish leaves no tree: the container is failed. A
                 // sync that did not finish left the copy as it was: its status comes back.
                 let (cstatus, reason) = match kind {
@@ -320,9 +322,11 @@ impl JobRunner {
                 if status == JobStatus::Failed {
                     tracing::warn!(job = %job_id, error = %message, "job failed");
                 }
+                row
             }
-        }
-        self.publish_status(job_id).await
+        };
+        self.hub.publish("status", job_from_row(&row));
+        Ok(())
     }
 }
 

@@ -122,9 +122,7 @@ impl Service {
         }
         // One visibility lookup serves the source and the target project.
         let (source_row, visibility) = self.visible_container(user, source_id).await?;
-        let source = self
-            .container_detail(user, source_row, &visibility, false)
-            .await?;
+        let source = source_row.summary(&visibility);
         let vis = &visibility.roles;
         if !is_valid_id(&req.target_project_id) {
             return Err(ApiError::invalid(
@@ -135,7 +133,7 @@ impl Service {
         let server_id = req
             .target_server_id
             .clone()
-            .unwrap_or_else(|| source.summary.server_id.clone());
+            .unwrap_or_else(|| source.server_id.clone());
         if !is_valid_id(&server_id) {
             return Err(ApiError::invalid(
                 "target_server_id must be 24 lowercase hex digits",
@@ -158,17 +156,20 @@ impl Service {
         let snapshot_id = match &req.source_snapshot {
             None => None,
             Some(s) => Some(
-                source
-                    .snapshots
-                    .iter()
-                    .find(|snap| snap.name == *s || snap.id == *s)
-                    .map(|snap| snap.id.clone())
-                    .ok_or_else(|| {
-                        ApiError::new(
-                            ErrorCode::Unprocessable,
-                            format!("source_snapshot {s:?} is not a snapshot of this container"),
-                        )
-                    })?,
+                sqlx::query_scalar::<_, String>(
+                    "SELECT id FROM snapshots WHERE container_id = $1 AND (name = $2 OR id = $2)",
+                )
+                .bind(source_id)
+                .bind(s)
+                .fetch_optional(&self.db)
+                .await
+                .map_err(internal)?
+                .ok_or_else(|| {
+                    ApiError::new(
+                        ErrorCode::Unprocessable,
+                        format!("source_snapshot {s:?} is not a snapshot of this container"),
+                    )
+                })?,
             ),
         };
         let key = match &req.ssh_public_key {
@@ -198,16 +199,11 @@ impl Service {
             Some(n) => {
                 validate_container_name(n)
                     .map_err(|m| ApiError::new(ErrorCode::Unprocessable, format!("name: {m}")))?;
-                if self.name_taken(&req.target_project_id, n).await? {
-                    return Err(ApiError::new(
-                        ErrorCode::Conflict,
-                        format!("a container named {n:?} already exists in the target project"),
-                    ));
-                }
+                // Taken or not, the insert below says: UNIQUE (project_id, name).
                 n.clone()
             }
             None => {
-                self.generate_name(&req.target_project_id, &source.summary.name)
+                self.generate_name(&req.target_project_id, &source.name)
                     .await?
             }
         };
@@ -216,12 +212,12 @@ impl Service {
         let job_id = new_id();
         let now = now_ms();
         let firewall = if req.copy_firewall_rules {
-            source.firewall_rules.clone()
+            serde_json::from_str(&source_row.firewall_rules).map_err(internal)?
         } else {
             Vec::new()
         };
         let network = if req.copy_network_rules {
-            source.network_rules.clone()
+            serde_json::from_str(&source_row.network_rules).map_err(internal)?
         } else {
             Vec::new()
         };
@@ -248,10 +244,18 @@ impl Service {
         .await;
         if let Err(e) = res {
             return Err(if is_unique_violation(&e) {
-                ApiError::new(
-                    ErrorCode::Conflict,
-                    "the name or SSH key was taken meanwhile; try again",
-                )
+                // SQLite names the columns of the constraint that failed.
+                if e.to_string().contains("containers.name") {
+                    ApiError::new(
+                        ErrorCode::Conflict,
+                        format!("a container named {name:?} already exists in the target project"),
+                    )
+                } else {
+                    ApiError::new(
+                        ErrorCode::Conflict,
+                        "ssh_public_key is already used by another container; keys are unique",
+                    )
+                }
             } else {
                 internal(e)
             });
@@ -316,10 +320,10 @@ impl Service {
                 server_name,
                 is_copy: true,
                 source: Some(ContainerRef {
-                    id: source.summary.id.clone(),
-                    name: source.summary.name.clone(),
-                    project_id: source.summary.project_id.clone(),
-                    project_name: source.summary.project_name.clone(),
+                    id: source.id.clone(),
+                    name: source.name.clone(),
+                    project_id: source.project_id.clone(),
+                    project_name: source.project_name.clone(),
                 }),
                 created_at: now,
             },
@@ -343,18 +347,8 @@ impl Service {
         Ok(CopyStarted { container, job })
     }
 
-    async fn name_taken(&self, project_id: &str, name: &str) -> Result<bool, ApiError> {
-        let taken: Option<String> =
-            sqlx::query_scalar("SELECT id FROM containers WHERE project_id = $1 AND name = $2")
-                .bind(project_id)
-                .bind(name)
-                .fetch_optional(&self.db)
-                .await
-                .map_err(internal)?;
-        Ok(taken.is_some())
-    }
-
-    /// `<source>-copy`, then `<source>-copy-2`, `-3`, ...: the first free name.
+    /// `<source>-copy`, then `<source>-copy-2`, `-3`, ...: the first free name (one query,
+    /// however many copies exist).
     pub async fn generate_name(&self, project_id: &str, source: &str) -> Result<String, ApiError> {
         let base: String = source
             .chars()
@@ -362,17 +356,25 @@ impl Service {
             .collect::<String>()
             .trim_end_matches('-')
             .to_string();
-        for n in 1..1000 {
-            let candidate = if n == 1 {
-                format!("{base}-copy")
-            } else {
-                format!("{base}-copy-{n}")
-            };
-            if !self.name_taken(project_id, &candidate).await? {
-                return Ok(candidate);
-            }
-        }
-        Err(ApiError::new(ErrorCode::Conflict, "no free name; give one"))
+        let prefix = format!("{base}-copy");
+        let taken: std::collections::HashSet<String> = sqlx::query_scalar(
+            "SELECT name FROM containers WHERE project_id = $1 AND substr(name, 1, $2) = $3",
+        )
+        .bind(project_id)
+        .bind(prefix.chars().count() as i64)
+        .bind(&prefix)
+        .fetch_all(&self.db)
+        .await
+        .map_err(internal)?
+        .into_iter()
+        .collect();
+        (1..1000)
+            .map(|n| match n {
+                1 => prefix.clone(),
+                n => format!("{prefix}-{n}"),
+            })
+            .find(|candidate| !taken.contains(candidate))
+            .ok_or_else(|| ApiError::new(ErrorCode::Conflict, "no free name; give one"))
     }
 
     /// `POST /containers/{id}/sync`: one sync at a time per container (a second request

@@ -134,23 +134,25 @@ impl Service {
     }
 
     pub(crate) async fn visibility(&self, user: &UserInfo) -> Result<Visibility, ApiError> {
-        let mut roles = HashMap::new();
-        if user.is_admin {
-            let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM projects")
-                .fetch_all(&self.db)
-                .await
-                .map_err(internal)?;
-            roles.extend(ids.into_iter().map(|id| (id, None)));
-        }
-        let rows = sqlx::query("SELECT project_id, role FROM memberships WHERE user_id = $1")
-            .bind(&user.id)
-            .fetch_all(&self.db)
-            .await
-            .map_err(internal)?;
-        for row in rows {
-            let role: String = row.get("role");
-            roles.insert(row.get("project_id"), Role::parse(&role));
-        }
+        // One statement: every project for a platform admin (full rights everywhere, member
+        // or not), the member's projects for anyone else.
+        let rows = sqlx::query(
+            "SELECT p.id, CASE WHEN $2 THEN NULL ELSE m.role END AS role
+             FROM projects p LEFT JOIN memberships m ON m.project_id = p.id AND m.user_id = $1
+             WHERE $2 OR m.user_id IS NOT NULL",
+        )
+        .bind(&user.id)
+        .bind(user.is_admin)
+        .fetch_all(&self.db)
+        .await
+        .map_err(internal)?;
+        let roles = rows
+            .iter()
+            .map(|row| {
+                let role: Option<String> = row.get("role");
+                (row.get("id"), role.as_deref().and_then(Role::parse))
+            })
+            .collect();
         Ok(Visibility { roles })
     }
 

@@ -39,6 +39,10 @@ pub fn resume_point(headers: &HeaderMap, query: Option<u64>) -> Result<Option<u6
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// Events that are ready together go out in one write, up to this many bytes.
 const BATCH_BYTES: usize = 64 * 1024;
+/// After a write, a stream waits this long before the next one: events of a burst (200
+/// jobs queued at once, progress of many jobs) then cost each client a few writes instead
+/// of one wake-up and write per event. The first event after a quiet spell goes at once.
+const COALESCE: Duration = Duration::from_millis(25);
 
 /// A `text/event-stream` response of pre-formatted frames. Nothing may buffer or
 /// transform it on the way: events must arrive as they happen.
@@ -64,6 +68,8 @@ struct Live {
     queue: std::collections::VecDeque<Arc<Published>>,
     last: u64,
     done: bool,
+    /// When the last frames went out (see `COALESCE`).
+    last_write: Option<tokio::time::Instant>,
 }
 
 /// What a stream sends next.
@@ -121,6 +127,9 @@ impl Live {
         if self.done {
             return Next::End;
         }
+        if let Some(at) = self.last_write {
+            tokio::time::sleep_until(at + COALESCE).await;
+        }
         let first = match tokio::time::timeout(KEEP_ALIVE, self.next(keep, true)).await {
             Err(_) => return Next::KeepAlive,
             Ok(None) => return Next::End,
@@ -139,6 +148,7 @@ impl Live {
             self.done = last(&ev.ev);
             more.push(ev);
         }
+        self.last_write = Some(tokio::time::Instant::now());
         if more.is_empty() {
             return Next::Frames(first.frame.clone());
         }
@@ -203,6 +213,7 @@ pub async fn job_stream(
         queue,
         last,
         done: false,
+        last_write: None,
     };
     let keep = move |e: &JobEvent| e.job.id == id;
     let end = |e: &JobEvent| e.job.status.is_final();
@@ -224,6 +235,7 @@ pub async fn all_stream(
         queue: replay.into(),
         last: after.unwrap_or(0),
         done: false,
+        last_write: None,
     };
     let keep = move |e: &JobEvent| projects.contains(&e.job.project_id);
     Ok(respond(frames(live, keep, |_: &JobEvent| false)))
@@ -262,6 +274,7 @@ mod tests {
             queue: Default::default(),
             last: 0,
             done: false,
+            last_write: None,
         }
     }
 
@@ -294,5 +307,38 @@ mod tests {
             "other jobs' events and anything after the end are left out: {text}"
         );
         assert!(matches!(one.next_batch(&keep, &end).await, Next::End));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn events_soon_after_a_write_wait_to_go_out_together() {
+        let hub = Arc::new(EventHub::new());
+        let mut all = live(&hub);
+        let t0 = tokio::time::Instant::now();
+        hub.publish("status", job("a", JobStatus::Running));
+        let Next::Frames(first) = all.next_batch(&|_| true, &|_| false).await else {
+            panic!("frames expected");
+        };
+        assert_eq!(
+            std::str::from_utf8(&first).unwrap().matches("\n\n").count(),
+            1
+        );
+        assert_eq!(t0.elapsed(), Duration::ZERO, "the first event goes at once");
+
+        // Two events 10 ms apart, right after that write: one write, 25 ms after the first.
+        let publisher = {
+            let hub = hub.clone();
+            tokio::spawn(async move {
+                hub.publish("progress", job("b", JobStatus::Running));
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                hub.publish("progress", job("c", JobStatus::Running));
+            })
+        };
+        let Next::Frames(second) = all.next_batch(&|_| true, &|_| false).await else {
+            panic!("frames expected");
+        };
+        publisher.await.unwrap();
+        let text = std::str::from_utf8(&second).unwrap();
+        assert_eq!(text.matches("\n\n").count(), 2, "{text}");
+        assert_eq!(t0.elapsed(), COALESCE);
     }
 }

@@ -282,6 +282,12 @@ async fn copy_validation_answers_each_mistake_with_its_status() {
         assert_eq!(st, status, "{body}: {resp}");
         assert_eq!(resp["error"]["code"], code, "{body}: {resp}");
     }
+    // A taken name is named as such (the unique index decides, the message explains).
+    let (_, resp, _) = copy(json!({"target_project_id": web, "name": "web-app-staging"})).await;
+    assert_eq!(
+        resp["error"]["message"],
+        "a container named \"web-app-staging\" already exists in the target project"
+    );
     let resp = TestServer::client()
         .post(s.url(&format!("/api/v1/containers/{source}/copy")))
         .bearer_auth(&s.admin_token)
