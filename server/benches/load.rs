@@ -14,6 +14,20 @@ use futures::StreamExt;
 #[path = "../tests/common/process.rs"]
 mod process;
 
+/// The fields of an event the subscribers look at.
+#[derive(serde::Deserialize)]
+struct Event<'a> {
+    at: i64,
+    kind: &'a str,
+    #[serde(borrow)]
+    job: EventJob<'a>,
+}
+
+#[derive(serde::Deserialize)]
+struct EventJob<'a> {
+    status: &'a str,
+}
+
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
@@ -115,21 +129,30 @@ async fn main() {
                 .unwrap();
             connected.fetch_add(1, Ordering::SeqCst);
             let mut stream = resp.bytes_stream();
-            let mut buf = String::new();
+            let mut buf: Vec<u8> = Vec::new();
             let mut mine = Vec::new();
             while let Some(Ok(chunk)) = stream.next().await {
-                buf.push_str(&String::from_utf8_lossy(&chunk));
-                while let Some(end) = buf.find("\n\n") {
-                    let block: String = buf.drain(..end + 2).collect();
-                    if let Some(data) = block.lines().find_map(|l| l.strip_prefix("data:")) {
-                        let v: serde_json::Value = serde_json::from_str(data.trim()).unwrap();
-                        mine.push((now_ms() - v["at"].as_i64().unwrap()) as f64);
-                        if v["kind"] == "status" && v["job"]["status"] == "succeeded" {
-                            finals.fetch_add(1, Ordering::SeqCst);
-                        }
+                buf.extend_from_slice(&chunk);
+                // Whole events only; the client stays cheap (borrowed fields, no JSON tree)
+                // so that its own parsing is not what the lag measures.
+                let mut start = 0;
+                while let Some(end) = buf[start..].windows(2).position(|w| w == b"\n\n") {
+                    let block = &buf[start..start + end];
+                    start += end + 2;
+                    let Some(data) = block
+                        .split(|&b| b == b'\n')
+                        .find_map(|l| l.strip_prefix(b"data:"))
+                    else {
+                        continue;
+                    };
+                    let ev: Event = serde_json::from_slice(data).unwrap();
+                    mine.push((now_ms() - ev.at) as f64);
+                    if ev.kind == "status" && ev.job.status == "succeeded" {
+                        finals.fetch_add(1, Ordering::SeqCst);
                     }
                 }
-                if mine.len() % 64 == 0 {
+                buf.drain(..start);
+                if mine.len() >= 64 {
                     lags.lock().unwrap().append(&mut mine);
                 }
             }
