@@ -1,15 +1,18 @@
 //! Scanning a tree into a manifest, with a quick-check cache: a file whose size, mtime,
 //! ctime and inode match the cached entry keeps its cached hash and is never read again.
 
+use std::cmp::Ordering;
 use std::collections::HashMap;
-use std::io::{self, Read};
+use std::fs::File;
+use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use rustix::fs as rfs;
 
 use super::fsx::{self, ctime_ns, kind_of, mtime_ns};
-use super::manifest::{Chunk, Entry, Kind, Manifest};
+use super::manifest::{path_cmp, Chunk, Entry, Kind, Manifest};
 use super::{Control, EngineError};
 
 /// Files from this size on are cut into content-defined chunks, so a later change can be
@@ -46,7 +49,7 @@ pub fn chunked_file_hash(chunks: &[Chunk]) -> [u8; 32] {
 /// Reads a file to its end, returning its hash, chunk list (large files) and length.
 /// `each` sees the content in the pieces it was hashed in (chunks for large files).
 pub fn hash_reader(
-    mut r: impl Read,
+    file: &File,
     size_hint: u64,
     ctl: &Control,
     mut each: impl FnMut(&[u8], Option<&Chunk>) -> io::Result<()>,
@@ -56,9 +59,7 @@ pub fn hash_reader(
         let mut buf = vec![0u8; 256 * 1024];
         let mut total = 0u64;
         loop {
-            let n = r
-                .read(&mut buf)
-                .map_err(EngineError::io("reading a file"))?;
+            let n = read_at(file, &mut buf, total)?;
             if n == 0 {
                 break;
             }
@@ -72,23 +73,132 @@ pub fn hash_reader(
         return Ok((*h.finalize().as_bytes(), Vec::new(), total));
     }
     let mut chunks = Vec::new();
-    let mut total = 0u64;
-    for chunk in fastcdc::v2020::StreamCDC::new(r, CDC_MIN, CDC_AVG, CDC_MAX) {
-        let chunk = chunk.map_err(|e| EngineError::Io {
-            context: "reading a file".into(),
-            source: io::Error::other(e.to_string()),
-        })?;
+    let total = cdc_chunks(file, 0, u64::MAX, ctl, |offset, data| {
         let c = Chunk {
-            offset: chunk.offset,
-            len: chunk.length as u32,
-            hash: *blake3::hash(&chunk.data).as_bytes(),
+            offset,
+            len: data.len() as u32,
+            hash: *blake3::hash(data).as_bytes(),
         };
-        each(&chunk.data, Some(&c)).map_err(EngineError::io("sending a file"))?;
-        total += chunk.length as u64;
+        each(data, Some(&c)).map_err(EngineError::io("sending a file"))?;
         chunks.push(c);
-        ctl.check()?;
-    }
+        Ok(true)
+    })?;
     Ok((chunked_file_hash(&chunks), chunks, total))
+}
+
+fn read_at(file: &File, buf: &mut [u8], offset: u64) -> Result<usize, EngineError> {
+    loop {
+        match file.read_at(buf, offset) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => return r.map_err(EngineError::io("reading a file")),
+        }
+    }
+}
+
+/// Bytes read ahead for the chunker: many chunks per read, none copied or allocated alone.
+const CDC_WINDOW: usize = 1 << 20;
+
+/// Cuts `file` from `start` (up to `end` or its end) into content-defined chunks and hands
+/// each to `each` (offset, bytes) until it returns false. Returns the offset reached.
+///
+/// The cuts are those of chunking the whole file from 0, provided `start` is one of its
+/// cuts: a cut depends only on the bytes after its chunk's start, at most `CDC_MAX` of them,
+/// so a chunk is only cut once that many bytes (or the end) are in the window.
+fn cdc_chunks(
+    file: &File,
+    start: u64,
+    end: u64,
+    ctl: &Control,
+    mut each: impl FnMut(u64, &[u8]) -> Result<bool, EngineError>,
+) -> Result<u64, EngineError> {
+    let mut buf = vec![0u8; CDC_WINDOW];
+    // `buf[..len]` holds the file from offset `pos`.
+    let (mut pos, mut len) = (start, 0usize);
+    loop {
+        let mut at_end = false;
+        while len < buf.len() {
+            let want = (buf.len() - len)
+                .min(usize::try_from(end - (pos + len as u64)).unwrap_or(usize::MAX));
+            if want == 0 {
+                at_end = true;
+                break;
+            }
+            let n = read_at(file, &mut buf[len..len + want], pos + len as u64)?;
+            if n == 0 {
+                at_end = true;
+                break;
+            }
+            len += n;
+        }
+        if len == 0 {
+            return Ok(pos);
+        }
+        let mut used = 0usize;
+        for c in fastcdc::v2020::FastCDC::new(&buf[..len], CDC_MIN, CDC_AVG, CDC_MAX) {
+            if !at_end && len - c.offset < CDC_MAX as usize {
+                break;
+            }
+            ctl.check()?;
+            let go_on = each(pos + c.offset as u64, &buf[c.offset..c.offset + c.length])?;
+            used = c.offset + c.length;
+            if !go_on {
+                return Ok(pos + used as u64);
+            }
+        }
+        buf.copy_within(used..len, 0);
+        pos += used as u64;
+        len -= used;
+    }
+}
+
+/// Hashes a large file whose earlier chunk list is known (its quick check failed): a chunk
+/// still at its offset with the same bytes is kept after one BLAKE3 pass, without running
+/// the chunker over it; the chunker runs only from a chunk that differs, until one of its
+/// cuts lands on an earlier chunk's start again. Since a cut depends only on the bytes
+/// after its chunk's start (at most `CDC_MAX`, fewer near the end), the result is the
+/// same as chunking the whole file. Returns (hash, chunks, bytes read up to `size`).
+fn hash_with_earlier_chunks(
+    file: &File,
+    size: u64,
+    earlier: &[Chunk],
+    earlier_size: u64,
+    ctl: &Control,
+) -> Result<([u8; 32], Vec<Chunk>, u64), EngineError> {
+    let starts_at = |pos: u64| earlier.binary_search_by_key(&pos, |c| c.offset).ok();
+    let mut chunks = Vec::new();
+    let mut buf = vec![0u8; CDC_MAX as usize];
+    let mut pos = 0u64;
+    while pos < size {
+        ctl.check()?;
+        if let Some(i) = starts_at(pos) {
+            let c = &earlier[i];
+            let end = pos + u64::from(c.len);
+            // The cut saw the same bytes and the same room before the end of the file.
+            let room = |file_size: u64| (file_size - pos).min(u64::from(CDC_MAX));
+            if end <= size && end <= earlier_size && room(size) == room(earlier_size) {
+                let n = read_at(file, &mut buf[..c.len as usize], pos)?;
+                if n == c.len as usize && blake3::hash(&buf[..n]).as_bytes() == &c.hash {
+                    chunks.push(c.clone());
+                    pos = end;
+                    continue;
+                }
+            }
+        }
+        let reached = cdc_chunks(file, pos, size, ctl, |offset, data| {
+            chunks.push(Chunk {
+                offset,
+                len: data.len() as u32,
+                hash: *blake3::hash(data).as_bytes(),
+            });
+            // Back to comparing once a cut meets an earlier chunk's start.
+            Ok(starts_at(offset + data.len() as u64).is_none())
+        })?;
+        if reached == pos {
+            break; // the file ended early (it shrank): the caller sees the short length
+        }
+        pos = reached;
+    }
+    Ok((chunked_file_hash(&chunks), chunks, pos))
 }
 
 /// Scans the tree at `root`. With `hash_content` false, files the cache cannot vouch for
@@ -100,14 +210,16 @@ pub fn scan(
     ctl: &Control,
 ) -> Result<(Manifest, ScanReport), EngineError> {
     let root_fd = fsx::open_dir(root).map_err(EngineError::io_path("opening", root))?;
-    let cache: HashMap<&[u8], &Entry> = cache
-        .map(|m| m.entries.iter().map(|e| (e.path.as_slice(), e)).collect())
-        .unwrap_or_default();
+    let cached = cache.map_or(&[][..], |m| m.entries.as_slice());
     let mut s = Scanner {
-        cache,
+        cache: CacheCursor {
+            entries: cached,
+            next: 0,
+        },
         hash_content,
         ctl,
-        entries: Vec::new(),
+        // Room for the tree as it was: no regrowing (copying) a large list entry by entry.
+        entries: Vec::with_capacity(cached.len() + 64),
         links: HashMap::new(),
         link_fixups: Vec::new(),
         deferred: Vec::new(),
@@ -118,8 +230,32 @@ pub fn scan(
     s.finish()
 }
 
+/// The cached manifest, looked up in walk order: the walk visits paths in the order a
+/// manifest is sorted in ([`path_cmp`]), so a cursor that only moves forward finds every
+/// entry, with no index to build. (An unsorted cache would only cost cache misses.)
+struct CacheCursor<'a> {
+    entries: &'a [Entry],
+    next: usize,
+}
+
+impl<'a> CacheCursor<'a> {
+    fn get(&mut self, path: &[u8]) -> Option<&'a Entry> {
+        while let Some(e) = self.entries.get(self.next) {
+            match path_cmp(&e.path, path) {
+                Ordering::Less => self.next += 1,
+                Ordering::Equal => {
+                    self.next += 1;
+                    return Some(e);
+                }
+                Ordering::Greater => return None,
+            }
+        }
+        None
+    }
+}
+
 struct Scanner<'a> {
-    cache: HashMap<&'a [u8], &'a Entry>,
+    cache: CacheCursor<'a>,
     hash_content: bool,
     ctl: &'a Control,
     entries: Vec<Entry>,
@@ -128,7 +264,7 @@ struct Scanner<'a> {
     /// (hard link, its first file): the link takes the first file's hash at the end.
     link_fixups: Vec<(usize, usize)>,
     /// Large files still to hash.
-    deferred: Vec<Deferred>,
+    deferred: Vec<Deferred<'a>>,
     /// Entries to leave out: files that could not be read in a stable state.
     lost: Vec<usize>,
     report: ScanReport,
@@ -205,7 +341,8 @@ impl Scanner<'_> {
     }
 
     fn file(&mut self, dir: BorrowedFd<'_>, name: &[u8], mut e: Entry) -> Result<(), EngineError> {
-        if let Some(c) = self.cache.get(e.path.as_slice()) {
+        let cached = self.cache.get(&e.path);
+        if let Some(c) = cached {
             if c.kind == Kind::File
                 && c.link_to.is_none()
                 && c.size == e.size
@@ -236,6 +373,8 @@ impl Scanner<'_> {
                 index: self.entries.len(),
                 dir,
                 name: name.to_vec(),
+                // Its earlier chunks, if it had any: most of them are usually still there.
+                earlier: cached.filter(|c| c.kind == Kind::File && !c.chunks.is_empty()),
             });
             self.entries.push(e);
             if self.deferred.len() >= DEFERRED_BATCH {
@@ -243,7 +382,7 @@ impl Scanner<'_> {
             }
             return Ok(());
         }
-        if hash_file(dir, name, &mut e, self.ctl)? {
+        if hash_file(dir, name, &mut e, None, self.ctl)? {
             self.report.hashed_files += 1;
             self.report.hashed_bytes += e.size;
         } else {
@@ -278,7 +417,7 @@ impl Scanner<'_> {
                                 return Ok(done);
                             };
                             let mut e = entries[d.index].clone();
-                            let stable = hash_file(d.dir.as_fd(), &d.name, &mut e, ctl)?;
+                            let stable = hash_file(d.dir.as_fd(), &d.name, &mut e, d.earlier, ctl)?;
                             done.push((d.index, e, stable));
                         }
                     })
@@ -343,10 +482,11 @@ const DEFERRED_BATCH: usize = 32;
 /// A deferred file after hashing: (its index, its entry, whether it read stably).
 type Hashed = (usize, Entry, bool);
 
-struct Deferred {
+struct Deferred<'a> {
     index: usize,
     dir: OwnedFd,
     name: Vec<u8>,
+    earlier: Option<&'a Entry>,
 }
 
 /// Reads and hashes one file into `e`, retrying while it changes under the read. False when
@@ -356,6 +496,7 @@ fn hash_file(
     dir: BorrowedFd<'_>,
     name: &[u8],
     e: &mut Entry,
+    earlier: Option<&Entry>,
     ctl: &Control,
 ) -> Result<bool, EngineError> {
     for _attempt in 0..3 {
@@ -366,7 +507,13 @@ fn hash_file(
         let before =
             rfs::fstat(&file).map_err(|x| EngineError::io("reading metadata")(x.into()))?;
         e.xattrs = fsx::read_xattrs(file.as_fd()).map_err(EngineError::io("reading xattrs"))?;
-        let res = hash_reader(&file, before.st_size as u64, ctl, |_, _| Ok(()));
+        let size = before.st_size as u64;
+        let res = match earlier {
+            Some(old) if size >= CHUNKED_FILE_MIN => {
+                hash_with_earlier_chunks(&file, size, &old.chunks, old.size, ctl)
+            }
+            _ => hash_reader(&file, size, ctl, |_, _| Ok(())),
+        };
         let after = rfs::fstat(&file).map_err(|x| EngineError::io("reading metadata")(x.into()))?;
         match res {
             Ok((hash, chunks, len))
@@ -395,4 +542,110 @@ fn read_link(dir: BorrowedFd<'_>, name: &[u8]) -> Result<Vec<u8>, EngineError> {
     rfs::readlinkat(dir, std::ffi::OsStr::from_bytes(name), Vec::new())
         .map(|c| c.into_bytes())
         .map_err(|e| EngineError::io("reading a symlink")(e.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::seed::Rng;
+
+    fn file_with(dir: &tempfile::TempDir, name: &str, data: &[u8]) -> File {
+        let path = dir.path().join(name);
+        std::fs::write(&path, data).unwrap();
+        File::open(path).unwrap()
+    }
+
+    /// The reference: the crate's stream chunker over the whole file.
+    fn stream_chunks(data: &[u8]) -> Vec<(u64, usize)> {
+        fastcdc::v2020::StreamCDC::new(data, CDC_MIN, CDC_AVG, CDC_MAX)
+            .map(|c| {
+                let c = c.unwrap();
+                (c.offset, c.length)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn windowed_chunking_cuts_where_the_stream_chunker_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rng = Rng(7);
+        // Sizes around the window and the chunk limits, and a run of zeros (max-size cuts).
+        for (i, len) in [
+            0,
+            100,
+            5000,
+            70_000,
+            CDC_WINDOW - 1,
+            CDC_WINDOW + 1,
+            3 * CDC_WINDOW + 12_345,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut data = vec![0u8; len];
+            rng.fill(&mut data);
+            if len > 400_000 {
+                data[200_000..400_000].fill(0);
+            }
+            let f = file_with(&dir, &format!("f{i}"), &data);
+            let mut got = Vec::new();
+            let reached = cdc_chunks(&f, 0, u64::MAX, &Control::new(), |o, d| {
+                got.push((o, d.len()));
+                Ok(true)
+            })
+            .unwrap();
+            assert_eq!(reached, len as u64);
+            assert_eq!(got, stream_chunks(&data), "length {len}");
+        }
+    }
+
+    #[test]
+    fn rehashing_with_earlier_chunks_equals_hashing_from_scratch() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rng = Rng(11);
+        let mut base = vec![0u8; 3 * CDC_WINDOW + 777];
+        rng.fill(&mut base);
+        let ctl = Control::new();
+        let old = file_with(&dir, "old", &base);
+        let (_, earlier, old_size) =
+            hash_reader(&old, base.len() as u64, &ctl, |_, _| Ok(())).unwrap();
+        assert!(earlier.len() > 100);
+
+        let mut patch = vec![0u8; 100_000];
+        rng.fill(&mut patch);
+        let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
+        let mut v = base.clone();
+        v[1_000_000..1_100_000].copy_from_slice(&patch);
+        cases.push(("overwritten in the middle", v));
+        let mut v = base.clone();
+        v.splice(500_000..500_000, patch[..3000].iter().copied());
+        cases.push(("bytes inserted", v));
+        let mut v = base.clone();
+        v.drain(2_000_000..2_000_100);
+        cases.push(("bytes removed", v));
+        let mut v = base.clone();
+        v.extend_from_slice(&patch);
+        cases.push(("appended", v));
+        cases.push(("truncated", base[..2_500_000].to_vec()));
+        cases.push((
+            "just over the size that is chunked",
+            base[..CHUNKED_FILE_MIN as usize + 10].to_vec(),
+        ));
+        cases.push(("unchanged", base.clone()));
+        let mut v = base.clone();
+        v[0] ^= 1;
+        let last = v.len() - 1;
+        v[last] ^= 1;
+        cases.push(("first and last byte flipped", v));
+
+        for (what, data) in cases {
+            let f = file_with(&dir, "new", &data);
+            let fresh = hash_reader(&f, data.len() as u64, &ctl, |_, _| Ok(())).unwrap();
+            let reused =
+                hash_with_earlier_chunks(&f, data.len() as u64, &earlier, old_size, &ctl).unwrap();
+            assert_eq!(reused.2, data.len() as u64, "{what}");
+            assert_eq!(reused.1, fresh.1, "{what}: chunks");
+            assert_eq!(reused.0, fresh.0, "{what}: hash");
+        }
+    }
 }

@@ -37,15 +37,10 @@ fn write_marker(place: &Place) -> Result<(), EngineError> {
     f.sync_all().map_err(io_err("writing the commit marker"))
 }
 
-fn without_specials(m: &Manifest) -> Manifest {
-    Manifest {
-        entries: m
-            .entries
-            .iter()
-            .filter(|e| e.kind != Kind::Special)
-            .cloned()
-            .collect(),
-    }
+/// What a target holds of a source state: device files and sockets are reported, not copied.
+fn without_specials(mut m: Manifest) -> Manifest {
+    m.entries.retain(|e| e.kind != Kind::Special);
+    m
 }
 
 /// Reads back the metadata of every entry of `want` under `root` (not following links),
@@ -210,7 +205,7 @@ fn copy_staged(
     let ((stats, unstable), received) = join_ends(sent, received, ctl)?;
 
     ctl.phase(Phase::Verify, None, None);
-    let want = without_specials(&m);
+    let want = without_specials(m.clone());
     let got = restat(staging, &want, None)?;
     let root_hash = check_roots(&want, &got)?;
 
@@ -887,24 +882,29 @@ pub(super) fn sync(src: &Place, dst: &Place, ctl: &Control) -> Result<Summary, E
             dst.root.display()
         )));
     }
-    // After an interrupted commit the target's recorded state cannot be trusted: scan it
-    // without the cache, so every file is read and the diff is against what is really there.
-    let old = if interrupted_commit {
-        None
-    } else {
-        dst.load_manifest()
-            .map_err(io_err("reading the target manifest"))?
-    };
-    let src_cache = src.load_manifest().ok().flatten();
-    // Both trees at once: each scan is mostly waiting on metadata syscalls.
+    // Both trees at once, each with its recorded manifest as quick-check cache: each scan
+    // is mostly waiting on metadata syscalls.
     ctl.phase(Phase::Scan, None, None);
-    let (s_scan, t_scan) = std::thread::scope(|s| {
-        let t = s.spawn(|| scan::scan(&dst.root, old.as_ref(), true, ctl));
+    let (src_cache, s_scan, t_scan) = std::thread::scope(|s| {
+        let t = s.spawn(|| {
+            // After an interrupted commit the target's recorded state cannot be trusted:
+            // scan it without the cache, so every file is read and the diff is against
+            // what is really there.
+            let old = if interrupted_commit {
+                None
+            } else {
+                dst.load_manifest()
+                    .map_err(io_err("reading the target manifest"))?
+            };
+            let scanned = scan::scan(&dst.root, old.as_ref(), true, ctl)?;
+            Ok::<_, EngineError>((old, scanned))
+        });
+        let src_cache = src.load_manifest().ok().flatten();
         let src_result = scan::scan(&src.root, src_cache.as_ref(), true, ctl);
-        (src_result, t.join())
+        (src_cache, src_result, t.join())
     });
     let (s_man, s_report) = s_scan?;
-    let (t_man, t_report) =
+    let (old, (t_man, t_report)) =
         t_scan.map_err(|_| EngineError::Integrity("the target scan panicked".into()))??;
     // Whether the recorded manifests still describe the trees (then they need no rewrite).
     let t_recorded = old.is_some() && t_report.hashed_files == 0;
@@ -929,7 +929,11 @@ pub(super) fn sync(src: &Place, dst: &Place, ctl: &Control) -> Result<Summary, E
             .extend(deleted.iter().map(|e| e.display_path()));
         summary.drift_paths.truncate(20);
     }
-    let mut want = without_specials(&s_man);
+    if !s_recorded {
+        // The source's quick-check cache for the next sync.
+        let _ = s_man.store(&src.manifest_path());
+    }
+    let mut want = without_specials(s_man);
     let (pairs, deleted) = diff(&t_man, &want);
     let mut bytes_total = 0;
     for (c, e, _) in &pairs {
@@ -1016,9 +1020,6 @@ pub(super) fn sync(src: &Place, dst: &Place, ctl: &Control) -> Result<Summary, E
     if files_total > 0 || !t_recorded || summary.drift > 0 {
         got.store(&dst.manifest_path())
             .map_err(io_err("writing the target manifest"))?;
-    }
-    if !s_recorded {
-        let _ = s_man.store(&src.manifest_path());
     }
     if files_total > 0 || interrupted_commit {
         let root_fd = fsx::open_dir(&dst.root).map_err(io_err("opening the target"))?;
