@@ -2,11 +2,13 @@
 //!
 //! Builds a deterministic reference tree (about 1 GB at BENCH_SCALE=1: 40,000 files of
 //! 1-64 KiB in 2,000 directories, four 100 MiB files, 400 symlinks, hard links), then times
-//! a full copy (doppel, `rsync -a`, `cp -a`), a sync after a "1 %" change (doppel against
-//! `rsync -a --delete --no-whole-file`), and a sync with nothing changed. Each doppel run is
-//! a child process, so its peak memory (RSS) is measured alone. The page cache is warm for
-//! every contender and `sync` runs before each timing, so nobody pays for another's writes.
-//! doppel's times include its durability barrier (syncfs); rsync and cp do not sync.
+//! a full copy (doppel, `rsync -a`, `cp -a`; each twice, in opposite orders, best time
+//! kept), a sync after a "1 %" change (doppel against `rsync -a --delete --no-whole-file`),
+//! and a sync with nothing changed. Each doppel run is a child process, so its peak memory
+//! (RSS) is measured alone. The page cache is warm for every contender and `sync` runs
+//! before each timing, so nobody pays for another's writes. doppel's times include its
+//! durability barrier (syncfs); rsync and cp do not sync, so their copies are also timed
+//! with the `sync` that makes them durable.
 
 use std::fs;
 use std::io::Write;
@@ -142,6 +144,15 @@ fn timed(mut cmd: Command) -> (f64, String) {
     (secs, String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Runs `cmd` after a `sync`; returns its time and its time including the `sync` that
+/// makes what it wrote durable.
+fn timed_then_synced(cmd: Command) -> (f64, f64) {
+    let (t, _) = timed(cmd);
+    let start = Instant::now();
+    sync_all();
+    (t, t + start.elapsed().as_secs_f64())
+}
+
 fn children_peak_rss_mb() -> f64 {
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
@@ -213,24 +224,56 @@ fn main() {
     );
     warm(&src.root);
 
-    // Copy.
+    // Copy. Each contender twice, in opposite orders, keeping its best time: creating
+    // files gets slower or faster as the filesystem's state drifts during a run (on ext4
+    // without a journal, inodes freed in the last minutes are skipped at a cost), and no
+    // contender should be favoured by its place in the line. Each copy's `sync` afterwards
+    // is timed too: doppel's copy is durable when it ends, the others' are not yet.
     let dcopy = place("doppel");
-    let (copy_doppel, out) = timed(doppel_op("__copy", &src, &dcopy));
-    let peak_rss = children_peak_rss_mb();
-    let copy_summary: Summary = serde_json::from_str(out.trim()).unwrap();
     let rs_dst = dir.join("roots/rsync");
-    let (copy_rsync, _) = timed({
-        let mut c = Command::new("rsync");
-        c.arg("-a")
-            .arg(format!("{}/", src.root.display()))
-            .arg(&rs_dst);
-        c
-    });
-    let (copy_cp, _) = timed({
-        let mut c = Command::new("cp");
-        c.arg("-a").arg(&src.root).arg(dir.join("roots/cp"));
-        c
-    });
+    let cp_dst = dir.join("roots/cp");
+    let mut copy_doppel = f64::MAX;
+    let (mut copy_rsync, mut copy_cp) = ((f64::MAX, f64::MAX), (f64::MAX, f64::MAX));
+    let mut copy_summary = None;
+    let mut peak_rss = 0.0;
+    for round in 0..2 {
+        let suffix = if round == 0 { "" } else { "-2" };
+        let mut run_doppel = || {
+            let to = place(&format!("doppel{suffix}"));
+            let (t, out) = timed(doppel_op("__copy", &src, &to));
+            copy_doppel = copy_doppel.min(t);
+            if round == 0 {
+                // The largest child so far (only small helpers ran before it).
+                peak_rss = children_peak_rss_mb();
+                copy_summary = Some(serde_json::from_str::<Summary>(out.trim()).unwrap());
+            }
+        };
+        let rsync = || {
+            let mut c = Command::new("rsync");
+            c.arg("-a")
+                .arg(format!("{}/", src.root.display()))
+                .arg(format!("{}{suffix}", rs_dst.display()));
+            timed_then_synced(c)
+        };
+        let cp = || {
+            let mut c = Command::new("cp");
+            c.arg("-a")
+                .arg(&src.root)
+                .arg(format!("{}{suffix}", cp_dst.display()));
+            timed_then_synced(c)
+        };
+        let best = |a: (f64, f64), b: (f64, f64)| (a.0.min(b.0), a.1.min(b.1));
+        if round == 0 {
+            run_doppel();
+            copy_rsync = best(copy_rsync, rsync());
+            copy_cp = best(copy_cp, cp());
+        } else {
+            copy_cp = best(copy_cp, cp());
+            copy_rsync = best(copy_rsync, rsync());
+            run_doppel();
+        }
+    }
+    let copy_summary = copy_summary.unwrap();
 
     // Sync after the 1 % change.
     change_tree(&src.root, &paths, scale);
@@ -265,7 +308,14 @@ fn main() {
     println!();
     println!("| operation | doppel | rsync | cp -a |");
     println!("|---|---|---|---|");
-    println!("| copy (s) | {copy_doppel:.2} | {copy_rsync:.2} | {copy_cp:.2} |");
+    println!(
+        "| copy (s, best of 2) | {copy_doppel:.2} | {:.2} | {:.2} |",
+        copy_rsync.0, copy_cp.0
+    );
+    println!(
+        "| copy until durable (s, best of 2; + sync for rsync and cp) | {copy_doppel:.2} | {:.2} | {:.2} |",
+        copy_rsync.1, copy_cp.1
+    );
     println!("| sync after 1 % change (s) | {sync_doppel:.2} | {sync_rsync:.2} | |");
     println!(
         "| sync bytes sent (MB) | {:.2} | {:.2} | |",
@@ -291,7 +341,11 @@ fn main() {
         copy_summary.phase_ms, sync_summary.phase_ms, noop_summary.phase_ms
     );
     println!("doppel_peak_rss_mb_during_copy {peak_rss:.1}");
-    println!("copy_time_ratio_vs_rsync {:.3}", copy_doppel / copy_rsync);
+    println!("copy_time_ratio_vs_rsync {:.3}", copy_doppel / copy_rsync.0);
+    println!(
+        "copy_time_ratio_vs_rsync_then_sync {:.3}",
+        copy_doppel / copy_rsync.1
+    );
     println!("sync_time_ratio_vs_rsync {:.3}", sync_doppel / sync_rsync);
     println!(
         "sync_bytes_ratio_vs_rsync {:.3}",
