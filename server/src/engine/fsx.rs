@@ -2,7 +2,7 @@
 //! time from a directory descriptor with `O_NOFOLLOW`, so no symlink, `..` or concurrent
 //! rename inside an (untrusted) container tree can make doppel read or write outside it.
 
-use std::ffi::OsStr;
+use std::ffi::{CStr, OsStr};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -109,33 +109,127 @@ fn timestamps(mtime_ns: i64) -> Timestamps {
     }
 }
 
-/// Reads the extended attributes of an open file or directory, sorted by name.
-pub fn read_xattrs(fd: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let size = match rfs::flistxattr_query(fd) {
-        Ok(n) => n,
-        Err(rustix::io::Errno::OPNOTSUPP) => return Ok(Vec::new()),
-        Err(e) => return Err(to_io(e)),
-    };
-    if size == 0 {
-        return Ok(Vec::new());
+/// Where extended attributes are read or written: an open file or directory, or a symlink
+/// itself. A symlink cannot be opened for xattr calls, and their `*at` forms only exist
+/// from Linux 6.13, so it is named as `/proc/self/fd/<dir>/<name>`: the directory is
+/// reached through its open descriptor, and the `l*` calls do not follow the final
+/// component (`name`, a single component). Only `trusted.` and `security.` names can exist
+/// on a symlink.
+enum XattrOf<'a> {
+    Fd(BorrowedFd<'a>),
+    Link(std::path::PathBuf),
+}
+
+impl XattrOf<'_> {
+    fn link(dir: BorrowedFd<'_>, name: &[u8]) -> XattrOf<'static> {
+        use std::os::fd::AsRawFd;
+        let mut path = std::path::PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+        path.push(OsStr::from_bytes(name));
+        XattrOf::Link(path)
     }
-    let mut names = vec![0u8; size];
-    let n = rfs::flistxattr(fd, &mut names[..]).map_err(to_io)?;
-    let mut out = Vec::new();
-    for name in names[..n].split(|&c| c == 0).filter(|n| !n.is_empty()) {
-        let cname = std::ffi::CString::new(name).map_err(|_| io::Error::other("bad xattr name"))?;
-        let len = match rfs::fgetxattr_query(fd, cname.as_c_str()) {
-            Ok(len) => len,
-            Err(rustix::io::Errno::NODATA) => continue,
+
+    fn list_size(&self) -> rustix::io::Result<usize> {
+        match self {
+            XattrOf::Fd(fd) => rfs::flistxattr_query(fd),
+            XattrOf::Link(p) => rfs::llistxattr_query(p),
+        }
+    }
+
+    fn list(&self, buf: &mut [u8]) -> rustix::io::Result<usize> {
+        match self {
+            XattrOf::Fd(fd) => rfs::flistxattr(fd, buf),
+            XattrOf::Link(p) => rfs::llistxattr(p, buf),
+        }
+    }
+
+    fn value_size(&self, name: &CStr) -> rustix::io::Result<usize> {
+        match self {
+            XattrOf::Fd(fd) => rfs::fgetxattr_query(fd, name),
+            XattrOf::Link(p) => rfs::lgetxattr_query(p, name),
+        }
+    }
+
+    fn get(&self, name: &CStr, buf: &mut [u8]) -> rustix::io::Result<usize> {
+        match self {
+            XattrOf::Fd(fd) => rfs::fgetxattr(fd, name, buf),
+            XattrOf::Link(p) => rfs::lgetxattr(p, name, buf),
+        }
+    }
+
+    fn set(&self, name: &CStr, value: &[u8]) -> rustix::io::Result<()> {
+        let flags = rfs::XattrFlags::empty();
+        match self {
+            XattrOf::Fd(fd) => rfs::fsetxattr(fd, name, value, flags),
+            XattrOf::Link(p) => rfs::lsetxattr(p, name, value, flags),
+        }
+    }
+
+    fn remove(&self, name: &CStr) -> rustix::io::Result<()> {
+        match self {
+            XattrOf::Fd(fd) => rfs::fremovexattr(fd, name),
+            XattrOf::Link(p) => rfs::lremovexattr(p, name),
+        }
+    }
+
+    /// Every extended attribute, sorted by name.
+    fn read(&self) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let size = match self.list_size() {
+            Ok(n) => n,
+            Err(rustix::io::Errno::OPNOTSUPP) => return Ok(Vec::new()),
             Err(e) => return Err(to_io(e)),
         };
-        let mut value = vec![0u8; len];
-        let got = rfs::fgetxattr(fd, cname.as_c_str(), &mut value[..]).map_err(to_io)?;
-        value.truncate(got);
-        out.push((name.to_vec(), value));
+        if size == 0 {
+            return Ok(Vec::new());
+        }
+        let mut names = vec![0u8; size];
+        let n = self.list(&mut names[..]).map_err(to_io)?;
+        let mut out = Vec::new();
+        for name in names[..n].split(|&c| c == 0).filter(|n| !n.is_empty()) {
+            let cname = xattr_name(name)?;
+            let len = match self.value_size(&cname) {
+                Ok(len) => len,
+                Err(rustix::io::Errno::NODATA) => continue,
+                Err(e) => return Err(to_io(e)),
+            };
+            let mut value = vec![0u8; len];
+            let got = self.get(&cname, &mut value[..]).map_err(to_io)?;
+            value.truncate(got);
+            out.push((name.to_vec(), value));
+        }
+        out.sort();
+        Ok(out)
     }
-    out.sort();
-    Ok(out)
+
+    /// Makes the extended attributes exactly `want` (touching only those that differ).
+    fn write(&self, want: &[(Vec<u8>, Vec<u8>)]) -> io::Result<()> {
+        let current = self.read()?;
+        for (k, _) in &current {
+            if !want.iter().any(|(n, _)| n == k) {
+                let _ = self.remove(&xattr_name(k)?);
+            }
+        }
+        for (k, v) in want {
+            if current.iter().any(|(n, cv)| n == k && cv == v) {
+                continue;
+            }
+            self.set(&xattr_name(k)?, v).map_err(to_io)?;
+        }
+        Ok(())
+    }
+}
+
+fn xattr_name(name: &[u8]) -> io::Result<std::ffi::CString> {
+    std::ffi::CString::new(name).map_err(|_| io::Error::other("bad xattr name"))
+}
+
+/// Reads the extended attributes of an open file or directory, sorted by name.
+pub fn read_xattrs(fd: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    XattrOf::Fd(fd).read()
+}
+
+/// Reads the extended attributes of the symlink `name` in `dir` (not of what it points to).
+pub fn read_link_xattrs(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    XattrOf::link(dir, name).read()
 }
 
 /// Applies owner, mode, xattrs and mtime of `e` to an open file or directory. Owner first:
@@ -150,27 +244,12 @@ pub fn apply_meta_fd(fd: BorrowedFd<'_>, e: &Entry) -> io::Result<()> {
         Err(err) => return Err(to_io(err)),
     }
     rfs::fchmod(fd, Mode::from_raw_mode(e.mode)).map_err(to_io)?;
-    let current = read_xattrs(fd)?;
-    for (k, _) in &current {
-        if !e.xattrs.iter().any(|(n, _)| n == k) {
-            let name = std::ffi::CString::new(k.clone())
-                .map_err(|_| io::Error::other("bad xattr name"))?;
-            let _ = rfs::fremovexattr(fd, name.as_c_str());
-        }
-    }
-    for (k, v) in &e.xattrs {
-        if current.iter().any(|(n, cv)| n == k && cv == v) {
-            continue;
-        }
-        let name =
-            std::ffi::CString::new(k.clone()).map_err(|_| io::Error::other("bad xattr name"))?;
-        rfs::fsetxattr(fd, name.as_c_str(), v, rfs::XattrFlags::empty()).map_err(to_io)?;
-    }
+    XattrOf::Fd(fd).write(&e.xattrs)?;
     rfs::futimens(fd, &timestamps(e.mtime_ns)).map_err(to_io)
 }
 
-/// Applies metadata to `name` in `dir` without following it: symlinks get owner and
-/// mtime; files, directories and FIFOs everything (opened with O_NOFOLLOW first).
+/// Applies metadata to `name` in `dir` without following it: symlinks get owner, xattrs
+/// and mtime; files, directories and FIFOs everything (opened with O_NOFOLLOW first).
 pub fn apply_meta_at(dir: BorrowedFd<'_>, name: &[u8], e: &Entry) -> io::Result<()> {
     let os = OsStr::from_bytes(name);
     match e.kind {
@@ -185,6 +264,7 @@ pub fn apply_meta_at(dir: BorrowedFd<'_>, name: &[u8], e: &Entry) -> io::Result<
                 Ok(()) | Err(rustix::io::Errno::PERM) => {}
                 Err(err) => return Err(to_io(err)),
             }
+            XattrOf::link(dir, name).write(&e.xattrs)?;
             rfs::utimensat(dir, os, &timestamps(e.mtime_ns), AtFlags::SYMLINK_NOFOLLOW)
                 .map_err(to_io)
         }

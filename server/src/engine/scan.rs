@@ -313,6 +313,21 @@ impl Scanner<'_> {
                 Kind::Symlink => {
                     e.target = read_link(dir, &name)?;
                     e.size = e.target.len() as u64;
+                    // Setting an xattr moves ctime: an unchanged link keeps its cached ones.
+                    e.xattrs = match self.cache.get(&e.path) {
+                        Some(c)
+                            if c.kind == Kind::Symlink
+                                && c.ctime_ns == e.ctime_ns
+                                && c.ino == e.ino =>
+                        {
+                            c.xattrs.clone()
+                        }
+                        _ => match fsx::read_link_xattrs(dir, &name) {
+                            Ok(x) => x,
+                            Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+                            Err(err) => return Err(EngineError::io("reading xattrs")(err)),
+                        },
+                    };
                     self.entries.push(e);
                 }
                 Kind::File => {
