@@ -235,7 +235,9 @@ impl JobRunner {
         let r2 = reporter.clone();
         let ctl = ctl.with_progress(move |p| r2.report(p));
         let result = run_in_background(move || match kind {
-            JobKind::Copy => engine::copy_reusing(&src, &dst, &local, &ctl),
+            // The target is this job's new container: if a run before a restart already
+            // finished its tree, it is brought up to date rather than refused.
+            JobKind::Copy => engine::resume_copy(&src, &dst, &local, &ctl),
             JobKind::Sync => engine::sync(&src, &dst, &ctl),
         })
         .await

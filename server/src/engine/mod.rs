@@ -311,6 +311,23 @@ pub fn copy_reusing(
     transfer::copy(src, dst, local, ctl)
 }
 
+/// [`copy_reusing`] for a copy that may have run before: a job resumed after a restart.
+/// If an earlier attempt already put its complete tree at `dst.root` (it stopped after the
+/// commit, before its caller recorded the result), that tree is brought up to `src` by a
+/// [`sync`] instead of being refused as an existing target. Only for a target that
+/// belongs to this copy alone (a job's new container).
+pub fn resume_copy(
+    src: &Place,
+    dst: &Place,
+    local: &[Place],
+    ctl: &Control,
+) -> Result<Summary, EngineError> {
+    if dst.root.is_dir() && !dst.commit_marker().exists() {
+        return sync(src, dst, ctl);
+    }
+    copy_reusing(src, dst, local, ctl)
+}
+
 /// Brings the tree at `dst.root` (an earlier copy of `src`) to `src`'s current state,
 /// sending only what changed.
 pub fn sync(src: &Place, dst: &Place, ctl: &Control) -> Result<Summary, EngineError> {

@@ -739,3 +739,96 @@ fn a_first_copy_takes_what_the_target_server_already_holds_and_nothing_stale() {
     assert!(s.reused_bytes > 0, "{s:?}");
     assert_eq!(s.reused_bytes + s.content_bytes, s.tree_bytes, "{s:?}");
 }
+
+/// Set in a child process (this test binary, run again) to make it perform one engine
+/// operation: `copy:<base dir>` or `sync:<base dir>`.
+const CHILD_OP: &str = "DOPPEL_ENGINE_TEST_CHILD_OP";
+
+/// Runs `op` on `<base>/roots/src` -> `<base>/roots/<dst>` in a child process; `kill_after`
+/// kills it with SIGKILL after that long. Returns (whether it was killed before it ended,
+/// how long it ran).
+fn run_child(op: &str, base: &Path, dst: &str, kill_after: Option<Duration>) -> (bool, Duration) {
+    use std::process::{Command, Stdio};
+    let started = std::time::Instant::now();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "engine::tests::copies_and_syncs_killed_at_any_moment_converge_when_run_again",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_OP, format!("{op}:{dst}:{}", base.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    if let Some(after) = kill_after {
+        std::thread::sleep(after);
+        let _ = child.kill(); // SIGKILL; fails only if it already ended
+    }
+    let status = child.wait().unwrap();
+    let killed = std::os::unix::process::ExitStatusExt::signal(&status) == Some(9);
+    assert!(killed || status.success(), "the child failed: {status:?}");
+    (killed, started.elapsed())
+}
+
+/// The crash test with a real kill: copies and syncs killed with SIGKILL at spread
+/// moments of their run (in a child process), then run again as a resumed job would: the
+/// target ends equal to the source, with nothing temporary left.
+#[test]
+fn copies_and_syncs_killed_at_any_moment_converge_when_run_again() {
+    if let Ok(spec) = std::env::var(CHILD_OP) {
+        let mut parts = spec.splitn(3, ':');
+        let (op, dst, base) = (
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+        );
+        let place = |n: &str| {
+            Place::new(
+                Path::new(base).join("roots").join(n),
+                Path::new(base).join("state").join(n),
+            )
+        };
+        let (src, dst) = (place("src"), place(dst));
+        match op {
+            "copy" => resume_copy(&src, &dst, &[], &Control::new()).map(drop),
+            _ => sync(&src, &dst, &Control::new()).map(drop),
+        }
+        .unwrap();
+        return;
+    }
+    let env = Env::new();
+    let src = env.place("src");
+    random_tree(&src.root, &mut Rng(77), 400);
+    const ROUNDS: u32 = 6;
+    // How long a whole copy takes here, child start included: the kills are spread over it.
+    let (_, whole) = run_child("copy", &env.base, "timing", None);
+    let mut interrupted = 0;
+    for round in 0..ROUNDS {
+        let dst = format!("copy{round}");
+        let at = whole * (2 * round + 1) / (2 * ROUNDS);
+        interrupted += u32::from(run_child("copy", &env.base, &dst, Some(at)).0);
+        let dst = env.place(&dst);
+        resume_copy(&src, &dst, &[], &Control::new()).unwrap();
+        assert_same_tree(&src.root, &dst.root);
+        no_debris(&dst);
+    }
+    println!("copy: {interrupted} of {ROUNDS} kills landed inside (a whole run: {whole:?})");
+    assert!(interrupted > 0, "no kill landed inside a copy");
+
+    random_changes(&src.root, &mut Rng(78));
+    let (_, whole) = run_child("sync", &env.base, "timing", None);
+    let mut interrupted = 0;
+    for round in 0..ROUNDS {
+        let dst = format!("copy{round}");
+        let at = whole * (2 * round + 1) / (2 * ROUNDS);
+        interrupted += u32::from(run_child("sync", &env.base, &dst, Some(at)).0);
+        let dst = env.place(&dst);
+        sync(&src, &dst, &Control::new()).unwrap();
+        assert_same_tree(&src.root, &dst.root);
+        no_debris(&dst);
+    }
+    println!("sync: {interrupted} of {ROUNDS} kills landed inside (a whole run: {whole:?})");
+    assert!(interrupted > 0, "no kill landed inside a sync");
+}
