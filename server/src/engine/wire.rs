@@ -196,13 +196,17 @@ fn checked_path(p: Vec<u8>) -> io::Result<Vec<u8>> {
 /// channel (so a slow receiver slows the sender down instead of growing memory).
 pub fn pipe() -> (PipeWriter, PipeReader) {
     let (tx, rx) = sync_channel(8);
+    // Read buffers go back to the writer: no new megabyte allocated per megabyte sent.
+    let (back, spare) = sync_channel(8);
     (
         PipeWriter {
             tx,
+            spare,
             buf: Vec::with_capacity(PIPE_BUF),
         },
         PipeReader {
             rx,
+            back,
             cur: Vec::new(),
             pos: 0,
         },
@@ -213,6 +217,7 @@ const PIPE_BUF: usize = 1 << 20;
 
 pub struct PipeWriter {
     tx: SyncSender<Vec<u8>>,
+    spare: Receiver<Vec<u8>>,
     buf: Vec<u8>,
 }
 
@@ -229,7 +234,11 @@ impl Write for PipeWriter {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let full = std::mem::replace(&mut self.buf, Vec::with_capacity(PIPE_BUF));
+        let next = self
+            .spare
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(PIPE_BUF));
+        let full = std::mem::replace(&mut self.buf, next);
         self.tx
             .send(full)
             .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "receiver gone"))
@@ -238,6 +247,7 @@ impl Write for PipeWriter {
 
 pub struct PipeReader {
     rx: Receiver<Vec<u8>>,
+    back: SyncSender<Vec<u8>>,
     cur: Vec<u8>,
     pos: usize,
 }
@@ -247,7 +257,11 @@ impl Read for PipeReader {
         while self.pos >= self.cur.len() {
             match self.rx.recv() {
                 Ok(buf) => {
-                    self.cur = buf;
+                    let mut used = std::mem::replace(&mut self.cur, buf);
+                    if used.capacity() >= PIPE_BUF {
+                        used.clear();
+                        let _ = self.back.try_send(used);
+                    }
                     self.pos = 0;
                 }
                 Err(_) => return Ok(0),
