@@ -8,7 +8,8 @@ use sqlx::Row;
 use crate::db::is_unique_violation;
 use crate::ids::{new_id, now_ms};
 use crate::jobs::JobParams;
-use crate::service::{internal, Service};
+use crate::service::{check_id, internal, ContainerRow, Service, Visibility, CONTAINER_SELECT};
+use sqlx::FromRow;
 
 /// Who may change things in a project: its operators and admins, and platform admins.
 fn require_operator(role: Option<&Option<Role>>, what: &str) -> Result<(), ApiError> {
@@ -120,8 +121,46 @@ impl Service {
                 return Ok(CopyStarted { container, job });
             }
         }
-        // One visibility lookup serves the source and the target project.
-        let (source_row, visibility) = self.visible_container(user, source_id).await?;
+        // One statement answers everything the request is checked against: the source, the
+        // caller's membership in its project and in the target project, and the target
+        // project's and server's names (NULL when they do not exist).
+        check_id("container id", source_id)?;
+        let ctx = sqlx::query(&format!(
+            "SELECT x.*,
+                (SELECT role FROM memberships WHERE project_id = x.project_id AND user_id = $2)
+                    AS member_of_source,
+                (SELECT role FROM memberships WHERE project_id = $3 AND user_id = $2)
+                    AS member_of_target,
+                (SELECT name FROM projects WHERE id = $3) AS target_project_name,
+                (SELECT name FROM servers WHERE id = COALESCE($4, x.server_id))
+                    AS target_server_name,
+                (SELECT storage_root FROM servers WHERE id = COALESCE($4, x.server_id))
+                    AS target_storage_root
+             FROM ({CONTAINER_SELECT} WHERE c.id = $1) x"
+        ))
+        .bind(source_id)
+        .bind(&user.id)
+        .bind(&req.target_project_id)
+        .bind(&req.target_server_id)
+        .fetch_optional(&self.db)
+        .await
+        .map_err(internal)?;
+        let Some(ctx) = ctx else {
+            return Err(ApiError::not_found("container", source_id));
+        };
+        let source_row = ContainerRow::from_row(&ctx).map_err(internal)?;
+        let target_project_name: Option<String> = ctx.get("target_project_name");
+        let visibility = Visibility::of(
+            user,
+            std::iter::once((source_row.project_id.clone(), ctx.get("member_of_source"))).chain(
+                target_project_name
+                    .is_some()
+                    .then(|| (req.target_project_id.clone(), ctx.get("member_of_target"))),
+            ),
+        );
+        if !visibility.can_see(&source_row.project_id) {
+            return Err(ApiError::not_found("container", source_id));
+        }
         let source = source_row.summary(&visibility);
         let vis = &visibility.roles;
         if !is_valid_id(&req.target_project_id) {
@@ -139,18 +178,11 @@ impl Service {
                 "target_server_id must be 24 lowercase hex digits",
             ));
         }
-        // The target server exists (the project does: the caller's role in it was found),
-        // and the names and place the answer shows.
-        let target: Option<(String, String, String)> = sqlx::query_as(
-            "SELECT p.name, s.name, s.storage_root FROM projects p, servers s
-             WHERE p.id = $1 AND s.id = $2",
-        )
-        .bind(&req.target_project_id)
-        .bind(&server_id)
-        .fetch_optional(&self.db)
-        .await
-        .map_err(internal)?;
-        let Some((project_name, server_name, storage_root)) = target else {
+        let (Some(project_name), Some(server_name), Some(storage_root)) = (
+            target_project_name,
+            ctx.get::<Option<String>, _>("target_server_name"),
+            ctx.get::<Option<String>, _>("target_storage_root"),
+        ) else {
             return Err(ApiError::not_found("server", &server_id));
         };
         let snapshot_id = match &req.source_snapshot {

@@ -77,6 +77,24 @@ pub(crate) struct Visibility {
 }
 
 impl Visibility {
+    /// The rule, in one place: a platform admin sees every project, with full rights
+    /// whether a member or not; anyone else sees the projects they are a member of, with
+    /// their role there. `projects` are (project id, the user's membership role if any).
+    pub(crate) fn of(
+        user: &UserInfo,
+        projects: impl IntoIterator<Item = (String, Option<String>)>,
+    ) -> Visibility {
+        let roles = projects
+            .into_iter()
+            .filter_map(|(id, member)| match (user.is_admin, member) {
+                (true, _) => Some((id, None)),
+                (false, Some(role)) => Some((id, Role::parse(&role))),
+                (false, None) => None,
+            })
+            .collect();
+        Visibility { roles }
+    }
+
     pub(crate) fn can_see(&self, project_id: &str) -> bool {
         self.roles.contains_key(project_id)
     }
@@ -109,7 +127,7 @@ impl ContainerRow {
     }
 }
 
-fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
+pub(crate) fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
     if is_valid_id(id) {
         Ok(())
     } else {
@@ -134,11 +152,10 @@ impl Service {
     }
 
     pub(crate) async fn visibility(&self, user: &UserInfo) -> Result<Visibility, ApiError> {
-        // One statement: every project for a platform admin (full rights everywhere, member
-        // or not), the member's projects for anyone else.
+        // One statement: every project for a platform admin, the member's for anyone else.
         let rows = sqlx::query(
-            "SELECT p.id, CASE WHEN $2 THEN NULL ELSE m.role END AS role
-             FROM projects p LEFT JOIN memberships m ON m.project_id = p.id AND m.user_id = $1
+            "SELECT p.id, m.role FROM projects p
+             LEFT JOIN memberships m ON m.project_id = p.id AND m.user_id = $1
              WHERE $2 OR m.user_id IS NOT NULL",
         )
         .bind(&user.id)
@@ -146,14 +163,10 @@ impl Service {
         .fetch_all(&self.db)
         .await
         .map_err(internal)?;
-        let roles = rows
-            .iter()
-            .map(|row| {
-                let role: Option<String> = row.get("role");
-                (row.get("id"), role.as_deref().and_then(Role::parse))
-            })
-            .collect();
-        Ok(Visibility { roles })
+        Ok(Visibility::of(
+            user,
+            rows.iter().map(|row| (row.get("id"), row.get("role"))),
+        ))
     }
 
     /// A container the user may see, or 404 whether it exists or not (no leak).
