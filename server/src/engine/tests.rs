@@ -667,6 +667,29 @@ fn a_sync_interrupted_anywhere_converges_on_the_next_run() {
 }
 
 #[test]
+fn a_resumed_copy_whose_tree_was_already_committed_brings_it_up_to_date() {
+    let env = Env::new();
+    let (src, dst) = (env.place("src"), env.place("dst"));
+    random_tree(&src.root, &mut Rng(21), 20);
+    resume_copy(&src, &dst, &[], &Control::new()).unwrap();
+    // The process stopped after the commit, before its job was recorded; meanwhile the
+    // source changed. Run again, the copy is not refused: it is synced.
+    random_changes(&src.root, &mut Rng(22));
+    let s = resume_copy(&src, &dst, &[], &Control::new()).unwrap();
+    assert!(
+        s.files_added + s.files_changed + s.files_deleted > 0,
+        "{s:?}"
+    );
+    assert_same_tree(&src.root, &dst.root);
+    no_debris(&dst);
+    // A plain copy onto it is still refused.
+    assert!(matches!(
+        copy(&src, &dst, &Control::new()),
+        Err(EngineError::Refused(_))
+    ));
+}
+
+#[test]
 fn cancelling_a_copy_leaves_nothing_behind() {
     let env = Env::new();
     let (src, dst) = (env.place("src"), env.place("dst"));
