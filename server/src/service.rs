@@ -88,7 +88,8 @@ impl Visibility {
             .into_iter()
             .filter_map(|(id, member)| match (user.is_admin, member) {
                 (true, _) => Some((id, None)),
-                (false, Some(role)) => Some((id, Role::parse(&role))),
+                // (The schema allows only known roles; anything else gets the least.)
+                (false, Some(role)) => Some((id, Some(Role::parse(&role).unwrap_or(Role::Viewer)))),
                 (false, None) => None,
             })
             .collect();
