@@ -690,6 +690,35 @@ fn a_resumed_copy_whose_tree_was_already_committed_brings_it_up_to_date() {
 }
 
 #[test]
+fn after_a_sync_the_recorded_state_matches_the_disk_so_the_next_scan_reads_nothing() {
+    let env = Env::new();
+    let (src, dst) = (env.place("src"), env.place("dst"));
+    fs::create_dir_all(&src.root).unwrap();
+    for name in ["a", "c", "plain"] {
+        write(&src.root.join(name), name.as_bytes());
+    }
+    fs::hard_link(src.root.join("a"), src.root.join("b")).unwrap();
+    copy(&src, &dst, &Control::new()).unwrap();
+    // Unlinking one name of an inode, or linking a new one, moves the other names' ctime.
+    fs::remove_file(src.root.join("b")).unwrap();
+    fs::hard_link(src.root.join("c"), src.root.join("e")).unwrap();
+    write(&src.root.join("plain"), b"changed");
+    sync(&src, &dst, &Control::new()).unwrap();
+    assert_same_tree(&src.root, &dst.root);
+    let recorded = dst.load_manifest().unwrap().unwrap();
+    for e in recorded.entries.iter().filter(|e| e.kind == Kind::File) {
+        let st = fs::symlink_metadata(dst.root.join(std::ffi::OsStr::from_bytes(&e.path))).unwrap();
+        let ctime = st.ctime() * 1_000_000_000 + st.ctime_nsec();
+        assert_eq!(
+            (e.ino, e.ctime_ns),
+            (st.ino(), ctime),
+            "{}: the quick-check data recorded after the sync is stale",
+            e.display_path()
+        );
+    }
+}
+
+#[test]
 fn cancelling_a_copy_leaves_nothing_behind() {
     let env = Env::new();
     let (src, dst) = (env.place("src"), env.place("dst"));

@@ -55,7 +55,16 @@ fn restat(
     let mut walker =
         Walker::new(fsx::open_dir(root).map_err(EngineError::io_path("opening", root))?);
     let mut out = Vec::with_capacity(want.entries.len());
-    let mut old = before.map_or(&[][..], |m| &m.entries[..]).iter().peekable();
+    let before = before.map_or(&[][..], |m| &m.entries[..]);
+    // Names of an inode with several links, before or after: linking or unlinking another
+    // name of the same inode moves its ctime, though the entry itself did not change.
+    let multiply_linked: std::collections::HashSet<&[u8]> = before
+        .iter()
+        .chain(&want.entries)
+        .filter_map(|e| e.link_to.as_deref().map(|first| [first, e.path.as_slice()]))
+        .flatten()
+        .collect();
+    let mut old = before.iter().peekable();
     for w in &want.entries {
         // A file that a sync found already as wanted was not touched by it: the state its
         // scan just read is current. (Directories are re-read: their entries changed.)
@@ -66,7 +75,11 @@ fn restat(
             old.next();
         }
         if let Some(o) = old.peek().filter(|o| {
-            o.path == w.path && o.kind != Kind::Dir && o.same_content(w) && o.same_metadata(w)
+            o.path == w.path
+                && o.kind != Kind::Dir
+                && o.same_content(w)
+                && o.same_metadata(w)
+                && !multiply_linked.contains(o.path.as_slice())
         }) {
             out.push((*o).clone());
             continue;
