@@ -3,13 +3,12 @@
 //! the console. The work itself is the job runner's.
 
 use app::model::*;
-use sqlx::Row;
+use sqlx::{FromRow, Row};
 
 use crate::db::is_unique_violation;
 use crate::ids::{new_id, now_ms};
 use crate::jobs::JobParams;
 use crate::service::{check_id, internal, ContainerRow, Service, Visibility, CONTAINER_SELECT};
-use sqlx::FromRow;
 
 /// Who may change things in a project: its operators and admins, and platform admins.
 fn require_operator(role: Option<&Option<Role>>, what: &str) -> Result<(), ApiError> {
@@ -276,8 +275,12 @@ impl Service {
         .await;
         if let Err(e) = res {
             return Err(if is_unique_violation(&e) {
-                // SQLite names the columns of the constraint that failed.
-                if e.to_string().contains("containers.name") {
+                // Which constraint: SQLite names its columns in the message ("containers.
+                // project_id, containers.name"), PostgreSQL gives the constraint's name.
+                let on_name = e
+                    .as_database_error()
+                    .is_some_and(|d| d.constraint().unwrap_or(d.message()).contains("name"));
+                if on_name {
                     ApiError::new(
                         ErrorCode::Conflict,
                         format!("a container named {name:?} already exists in the target project"),
