@@ -140,9 +140,6 @@ impl JobRunner {
     }
 
     async fn run(self: &Arc<Self>, job_id: &str, ctl: Control) -> Result<(), sqlx::Error> {
-        // Wait for a slot, globally first: a burst of queued jobs then costs the database
-        // nothing until each job's turn comes.
-        let _global = self.global.clone().acquire_owned().await;
         let row = sqlx::query(
             "SELECT j.kind, j.params, j.container_id, j.source_container_id,
                     t.server_id AS target_server, ts.storage_root AS target_root,
@@ -166,8 +163,10 @@ impl JobRunner {
 
         let target_server: String = row.get("target_server");
 
-        // Then on the target server.
+        // Wait for a slot on the target server, then globally: a job waiting for a busy
+        // server holds no global slot, so jobs for other servers are not held up behind it.
         let _server = self.server_slot(&target_server).acquire_owned().await;
+        let _global = self.global.clone().acquire_owned().await;
         // Running now, unless it was cancelled while it waited.
         let running = sqlx::query(
             "UPDATE jobs SET status = 'running', started_at = COALESCE(started_at, $1), phase = 'scan'

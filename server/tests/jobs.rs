@@ -859,3 +859,85 @@ async fn a_copy_takes_what_its_target_server_already_holds() {
         "{second}"
     );
 }
+
+/// The runner's limits (2 jobs at once, 1 per target server by default): never exceeded,
+/// and a job for a free server does not wait behind jobs queued for a busy one.
+#[tokio::test]
+async fn jobs_run_within_their_limits_and_a_busy_server_does_not_hold_up_another() {
+    let s = TestServer::start().await;
+    let web_app = s.container_id("web-app").await;
+    let web = project_id(&s, "web-platform").await;
+    let (busy, free) = (
+        server_id(&s, "local-b").await,
+        server_id(&s, "local-c").await,
+    );
+    // Copies that take a while (32 MiB more to copy), so that all four are queued while the
+    // first runs.
+    let (_, detail) = s
+        .get(&format!("/api/v1/containers/{web_app}"), &s.admin_token)
+        .await;
+    let root = std::path::PathBuf::from(detail["root_path"].as_str().unwrap());
+    let mut rng = doppel::seed::Rng(3);
+    std::fs::write(root.join("limits.bin"), rng.bytes(32 << 20)).unwrap();
+    let events = TestServer::client()
+        .get(s.url("/api/v1/events"))
+        .bearer_auth(&s.admin_token)
+        .send()
+        .await
+        .unwrap();
+    let mut server_of = std::collections::HashMap::new();
+    for (i, server) in [&busy, &busy, &busy, &free].into_iter().enumerate() {
+        let (st, started, _) = copy_as(
+            &s,
+            &s.admin_token,
+            &web_app,
+            json!({"target_project_id": web, "target_server_id": server, "name": format!("limits-{i}")}),
+        )
+        .await;
+        assert_eq!(st, 202, "{started}");
+        server_of.insert(
+            started["job"]["id"].as_str().unwrap().to_string(),
+            server.clone(),
+        );
+    }
+    let mut finished = 0;
+    let events = read_events(events, |e| {
+        let done = e["job"]["status"] == "succeeded" || e["job"]["status"] == "failed";
+        finished += usize::from(e["kind"] == "status" && done);
+        finished == 4
+    })
+    .await;
+
+    // Replay the job lifecycle in event order (a job's final event is published before its
+    // slots are released, so the order is exact).
+    let mut running: Vec<String> = Vec::new();
+    let (mut max_total, mut busy_finished, mut free_started_after) = (0, 0, None);
+    for (_, kind, e) in &events {
+        let id = e["job"]["id"].as_str().unwrap().to_string();
+        if kind != "status" || !server_of.contains_key(&id) {
+            continue;
+        }
+        match e["job"]["status"].as_str().unwrap() {
+            "running" if !running.contains(&id) => {
+                running.push(id.clone());
+                max_total = max_total.max(running.len());
+                let on_busy = running.iter().filter(|j| server_of[*j] == busy).count();
+                assert!(on_busy <= 1, "two jobs at once on one server");
+                if server_of[&id] == free {
+                    free_started_after = Some(busy_finished);
+                }
+            }
+            "succeeded" | "failed" => {
+                assert_eq!(e["job"]["status"], "succeeded", "{e}");
+                running.retain(|j| *j != id);
+                busy_finished += usize::from(server_of[&id] == busy);
+            }
+            _ => {}
+        }
+    }
+    assert!(max_total <= 2, "more than 2 jobs at once");
+    assert!(
+        free_started_after.is_some_and(|n| n < 2),
+        "the job for the free server waited for {free_started_after:?} jobs of the busy one"
+    );
+}
