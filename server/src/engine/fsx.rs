@@ -121,11 +121,17 @@ enum XattrOf<'a> {
 }
 
 impl XattrOf<'_> {
-    fn link(dir: BorrowedFd<'_>, name: &[u8]) -> XattrOf<'static> {
+    /// `None` without a mounted /proc: then symlinks are taken to have no xattrs (rather
+    /// than every symlink failing to read).
+    fn link(dir: BorrowedFd<'_>, name: &[u8]) -> Option<XattrOf<'static>> {
         use std::os::fd::AsRawFd;
+        static PROC_FD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        if !*PROC_FD.get_or_init(|| Path::new("/proc/self/fd").is_dir()) {
+            return None;
+        }
         let mut path = std::path::PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
         path.push(OsStr::from_bytes(name));
-        XattrOf::Link(path)
+        Some(XattrOf::Link(path))
     }
 
     fn list_size(&self) -> rustix::io::Result<usize> {
@@ -229,7 +235,7 @@ pub fn read_xattrs(fd: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
 
 /// Reads the extended attributes of the symlink `name` in `dir` (not of what it points to).
 pub fn read_link_xattrs(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    XattrOf::link(dir, name).read()
+    XattrOf::link(dir, name).map_or(Ok(Vec::new()), |x| x.read())
 }
 
 /// Applies owner, mode, xattrs and mtime of `e` to an open file or directory. Owner first:
@@ -264,7 +270,11 @@ pub fn apply_meta_at(dir: BorrowedFd<'_>, name: &[u8], e: &Entry) -> io::Result<
                 Ok(()) | Err(rustix::io::Errno::PERM) => {}
                 Err(err) => return Err(to_io(err)),
             }
-            XattrOf::link(dir, name).write(&e.xattrs)?;
+            match XattrOf::link(dir, name) {
+                Some(x) => x.write(&e.xattrs)?,
+                None if e.xattrs.is_empty() => {}
+                None => return Err(io::Error::other("setting a symlink's xattrs needs /proc")),
+            }
             rfs::utimensat(dir, os, &timestamps(e.mtime_ns), AtFlags::SYMLINK_NOFOLLOW)
                 .map_err(to_io)
         }
