@@ -131,11 +131,9 @@ impl Service {
                 (SELECT role FROM memberships WHERE project_id = $3 AND user_id = $2)
                     AS member_of_target,
                 (SELECT name FROM projects WHERE id = $3) AS target_project_name,
-                (SELECT name FROM servers WHERE id = COALESCE($4, x.server_id))
-                    AS target_server_name,
-                (SELECT storage_root FROM servers WHERE id = COALESCE($4, x.server_id))
-                    AS target_storage_root
-             FROM ({CONTAINER_SELECT} WHERE c.id = $1) x"
+                ts.name AS target_server_name, ts.storage_root AS target_storage_root
+             FROM ({CONTAINER_SELECT} WHERE c.id = $1) x
+             LEFT JOIN servers ts ON ts.id = COALESCE($4, x.server_id)"
         ))
         .bind(source_id)
         .bind(&user.id)

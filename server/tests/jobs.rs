@@ -876,7 +876,7 @@ async fn jobs_run_within_their_limits_and_a_busy_server_does_not_hold_up_another
     let (_, detail) = s
         .get(&format!("/api/v1/containers/{web_app}"), &s.admin_token)
         .await;
-    let root = std::path::PathBuf::from(detail["root_path"].as_str().unwrap());
+    let root = tree_root(&detail);
     let mut rng = doppel::seed::Rng(3);
     std::fs::write(root.join("limits.bin"), rng.bytes(32 << 20)).unwrap();
     let events = TestServer::client()

@@ -76,7 +76,8 @@ pub fn hash_reader(
         return Ok((*h.finalize().as_bytes(), Vec::new(), total));
     }
     let mut chunks = Vec::new();
-    let total = cdc_chunks(file, 0, u64::MAX, ctl, |offset, data| {
+    let mut window = vec![0u8; CDC_WINDOW];
+    let total = cdc_chunks(file, 0, u64::MAX, &mut window, ctl, |offset, data| {
         let c = Chunk {
             offset,
             len: data.len() as u32,
@@ -103,6 +104,8 @@ const CDC_WINDOW: usize = 1 << 20;
 
 /// Cuts `file` from `start` (up to `end` or its end) into content-defined chunks and hands
 /// each to `each` (offset, bytes) until it returns false. Returns the offset reached.
+/// `buf` is the read-ahead window (at least `CDC_MAX` bytes; `CDC_WINDOW` reads many
+/// chunks at once).
 ///
 /// The cuts are those of chunking the whole file from 0, provided `start` is one of its
 /// cuts: a cut depends only on the bytes after its chunk's start, at most `CDC_MAX` of them,
@@ -111,10 +114,11 @@ fn cdc_chunks(
     file: &File,
     start: u64,
     end: u64,
+    buf: &mut [u8],
     ctl: &Control,
     mut each: impl FnMut(u64, &[u8]) -> Result<bool, EngineError>,
 ) -> Result<u64, EngineError> {
-    let mut buf = vec![0u8; CDC_WINDOW];
+    debug_assert!(buf.len() >= CDC_MAX as usize);
     // `buf[..len]` holds the file from offset `pos`.
     let (mut pos, mut len) = (start, 0usize);
     loop {
@@ -169,7 +173,8 @@ fn hash_with_earlier_chunks(
 ) -> Result<([u8; 32], Vec<Chunk>, u64), EngineError> {
     let starts_at = |pos: u64| earlier.binary_search_by_key(&pos, |c| c.offset).ok();
     let mut chunks = Vec::new();
-    let mut buf = vec![0u8; CDC_MAX as usize];
+    // One window for the whole file: for comparing a chunk, and for the chunker.
+    let mut buf = vec![0u8; CDC_WINDOW];
     let mut pos = 0u64;
     while pos < size {
         ctl.check()?;
@@ -187,7 +192,7 @@ fn hash_with_earlier_chunks(
                 }
             }
         }
-        let reached = cdc_chunks(file, pos, size, ctl, |offset, data| {
+        let reached = cdc_chunks(file, pos, size, &mut buf, ctl, |offset, data| {
             chunks.push(Chunk {
                 offset,
                 len: data.len() as u32,
@@ -607,10 +612,17 @@ mod tests {
             }
             let f = file_with(&dir, &format!("f{i}"), &data);
             let mut got = Vec::new();
-            let reached = cdc_chunks(&f, 0, u64::MAX, &Control::new(), |o, d| {
-                got.push((o, d.len()));
-                Ok(true)
-            })
+            let reached = cdc_chunks(
+                &f,
+                0,
+                u64::MAX,
+                &mut vec![0u8; CDC_WINDOW],
+                &Control::new(),
+                |o, d| {
+                    got.push((o, d.len()));
+                    Ok(true)
+                },
+            )
             .unwrap();
             assert_eq!(reached, len as u64);
             assert_eq!(got, stream_chunks(&data), "length {len}");

@@ -274,11 +274,13 @@ impl Env {
         Env { _tmp: tmp, base }
     }
     fn place(&self, name: &str) -> Place {
-        Place::new(
-            self.base.join("roots").join(name),
-            self.base.join("state").join(name),
-        )
+        place_in(&self.base, name)
     }
+}
+
+/// A tree `name` with its state dir under `base` (as an `Env` lays them out).
+fn place_in(base: &Path, name: &str) -> Place {
+    Place::new(base.join("roots").join(name), base.join("state").join(name))
 }
 
 fn no_debris(p: &Place) {
@@ -836,51 +838,42 @@ fn copies_and_syncs_killed_at_any_moment_converge_when_run_again() {
             parts.next().unwrap(),
             parts.next().unwrap(),
         );
-        let place = |n: &str| {
-            Place::new(
-                Path::new(base).join("roots").join(n),
-                Path::new(base).join("state").join(n),
-            )
-        };
-        let (src, dst) = (place("src"), place(dst));
-        match op {
-            "copy" => resume_copy(&src, &dst, &[], &Control::new()).map(drop),
-            _ => sync(&src, &dst, &Control::new()).map(drop),
-        }
-        .unwrap();
+        let base = Path::new(base);
+        run_op(op, &place_in(base, "src"), &place_in(base, dst));
         return;
     }
     let env = Env::new();
     let src = env.place("src");
     random_tree(&src.root, &mut Rng(77), 400);
     const ROUNDS: u32 = 6;
-    // How long a whole copy takes here, child start included: the kills are spread over it.
-    let (_, whole) = run_child("copy", &env.base, "timing", None);
-    let mut interrupted = 0;
-    for round in 0..ROUNDS {
-        let dst = format!("copy{round}");
-        let at = whole * (2 * round + 1) / (2 * ROUNDS);
-        interrupted += u32::from(run_child("copy", &env.base, &dst, Some(at)).0);
-        let dst = env.place(&dst);
-        resume_copy(&src, &dst, &[], &Control::new()).unwrap();
-        assert_same_tree(&src.root, &dst.root);
-        no_debris(&dst);
+    // Copies into fresh targets, then syncs of those copies after a change.
+    for op in ["copy", "sync"] {
+        if op == "sync" {
+            random_changes(&src.root, &mut Rng(78));
+        }
+        // How long a whole run takes here, child start included: kills are spread over it.
+        let (_, whole) = run_child(op, &env.base, "timing", None);
+        let mut interrupted = 0;
+        for round in 0..ROUNDS {
+            let dst = format!("copy{round}");
+            let at = whole * (2 * round + 1) / (2 * ROUNDS);
+            interrupted += u32::from(run_child(op, &env.base, &dst, Some(at)).0);
+            // Run again, as a resumed job would.
+            let dst = env.place(&dst);
+            run_op(op, &src, &dst);
+            assert_same_tree(&src.root, &dst.root);
+            no_debris(&dst);
+        }
+        println!("{op}: {interrupted} of {ROUNDS} kills landed inside (a whole run: {whole:?})");
+        assert!(interrupted > 0, "no kill landed inside a {op}");
     }
-    println!("copy: {interrupted} of {ROUNDS} kills landed inside (a whole run: {whole:?})");
-    assert!(interrupted > 0, "no kill landed inside a copy");
+}
 
-    random_changes(&src.root, &mut Rng(78));
-    let (_, whole) = run_child("sync", &env.base, "timing", None);
-    let mut interrupted = 0;
-    for round in 0..ROUNDS {
-        let dst = format!("copy{round}");
-        let at = whole * (2 * round + 1) / (2 * ROUNDS);
-        interrupted += u32::from(run_child("sync", &env.base, &dst, Some(at)).0);
-        let dst = env.place(&dst);
-        sync(&src, &dst, &Control::new()).unwrap();
-        assert_same_tree(&src.root, &dst.root);
-        no_debris(&dst);
+/// The operation the crash test kills and runs again, as the job runner runs it.
+fn run_op(op: &str, src: &Place, dst: &Place) {
+    match op {
+        "copy" => resume_copy(src, dst, &[], &Control::new()).map(drop),
+        _ => sync(src, dst, &Control::new()).map(drop),
     }
-    println!("sync: {interrupted} of {ROUNDS} kills landed inside (a whole run: {whole:?})");
-    assert!(interrupted > 0, "no kill landed inside a sync");
+    .unwrap();
 }

@@ -787,25 +787,18 @@ fn receive_content(
                 reused += len;
                 ctl.add_progress(len, 0);
             }
-            Frame::Reuse { from } => {
+            // The whole content of a file the receiver's side holds: in this tree, or in
+            // another tree on its server. Only where it is found differs.
+            frame @ (Frame::Reuse { .. } | Frame::ReuseLocal { .. }) => {
                 if written > 0 {
                     return Err(EngineError::Integrity("reuse inside a file".into()));
                 }
                 patch = None;
-                let (d, n) = other.parent(&from).map_err(io_err("opening a directory"))?;
-                let src = fsx::open_file_at(d, n).map_err(io_err("opening a file to reuse"))?;
-                let (hash, c, len) = hash_reader(&src, e.size, ctl, |data, _| out.write_all(data))?;
-                written += len;
-                reused += len;
-                ctl.add_progress(len, 0);
-                from_reuse = Some((hash, c));
-            }
-            Frame::ReuseLocal { tree, from } => {
-                if written > 0 {
-                    return Err(EngineError::Integrity("reuse inside a file".into()));
-                }
-                patch = None;
-                let walker = local.walker(tree)?;
+                let (walker, from) = match frame {
+                    Frame::ReuseLocal { tree, from } => (local.walker(tree)?, from),
+                    Frame::Reuse { from } => (&mut *other, from),
+                    _ => unreachable!("matched above"),
+                };
                 let (d, n) = walker
                     .parent(&from)
                     .map_err(io_err("opening a directory"))?;
