@@ -33,9 +33,22 @@ impl Default for EventHub {
 
 impl Published {
     pub fn new(ev: JobEvent) -> Published {
-        // Compact JSON has no line breaks, so the data fits on one `data:` line.
-        let json = serde_json::to_string(&ev).unwrap_or_default();
-        let frame = format!("id: {}\nevent: {}\ndata: {json}\n\n", ev.id, ev.kind);
+        let job = serde_json::to_string(&ev.job).unwrap_or_default();
+        Published::with_job_json(ev, &job)
+    }
+
+    /// The frame around the job's JSON, already serialized: `publish` serializes the job
+    /// before it takes the hub's lock, and only numbers the event under it. The data is
+    /// what serde writes for a `JobEvent` (fields in order; compact JSON has no line
+    /// breaks, so it fits on one `data:` line).
+    fn with_job_json(ev: JobEvent, job: &str) -> Published {
+        let kind = serde_json::to_string(&ev.kind).unwrap_or_default();
+        let frame = format!(
+            "id: {id}\nevent: {}\ndata: {{\"id\":{id},\"kind\":{kind},\"at\":{},\"job\":{job}}}\n\n",
+            ev.kind,
+            ev.at,
+            id = ev.id,
+        );
         Published {
             ev,
             frame: frame.into(),
@@ -61,6 +74,8 @@ impl EventHub {
     }
 
     pub fn publish(&self, kind: &str, job: Job) -> Arc<Published> {
+        // The costly part (the job's JSON) outside the lock.
+        let job_json = serde_json::to_string(&job).unwrap_or_default();
         let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
         // Id and order are assigned under the lock, so the buffer and the channel agree.
         let ev = JobEvent {
@@ -69,7 +84,7 @@ impl EventHub {
             at: crate::ids::now_ms(),
             job,
         };
-        let ev = Arc::new(Published::new(ev));
+        let ev = Arc::new(Published::with_job_json(ev, &job_json));
         if recent.len() == REPLAY {
             recent.pop_front();
         }

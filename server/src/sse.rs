@@ -341,4 +341,21 @@ mod tests {
         assert_eq!(text.matches("\n\n").count(), 2, "{text}");
         assert_eq!(t0.elapsed(), COALESCE);
     }
+
+    #[test]
+    fn a_published_frame_carries_exactly_its_events_json() {
+        let hub = EventHub::new();
+        let mut j = job("a\"b", JobStatus::Failed);
+        j.error = Some("line one\nline \"two\"".into());
+        j.summary = Some(serde_json::json!({"files_added": 3, "drift_paths": ["x\ny"]}));
+        let p = hub.publish("status", j);
+        let text = std::str::from_utf8(&p.frame).unwrap();
+        let data = text.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+        assert_eq!(data, serde_json::to_string(&p.ev).unwrap());
+        assert!(text.starts_with(&format!("id: {}\nevent: status\n", p.ev.id)));
+        assert!(
+            text.ends_with("}\n\n") && text.matches('\n').count() == 4,
+            "{text:?}"
+        );
+    }
 }
