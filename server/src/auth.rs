@@ -78,7 +78,7 @@ fn user_from_row(row: &sqlx::sqlite::SqliteRow) -> UserInfo {
 pub async fn find_user(db: &Db, name: &str) -> Result<Option<UserInfo>, sqlx::Error> {
     let row = sqlx::query("SELECT id, name, is_admin FROM users WHERE name = $1")
         .bind(name)
-        .fetch_optional(db)
+        .fetch_optional(&db.read)
         .await?;
     Ok(row.as_ref().map(user_from_row))
 }
@@ -104,7 +104,7 @@ pub async fn create_user(
     .bind(hash)
     .bind(i64::from(is_admin))
     .bind(now_ms())
-    .execute(db)
+    .execute(&db.write)
     .await;
     match res {
         Ok(_) => Ok(UserInfo {
@@ -126,7 +126,7 @@ pub async fn set_password(db: &Db, name: &str, password: &str) -> Result<(), Aut
         .await?
         .ok_or_else(|| AuthError::NoSuchUser(name.into()))?;
     let hash = hash_password(password)?;
-    let mut tx = db.begin().await?;
+    let mut tx = db.write.begin().await?;
     sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
         .bind(hash)
         .bind(&user.id)
@@ -148,7 +148,7 @@ pub async fn check_login(
 ) -> Result<Option<UserInfo>, sqlx::Error> {
     let row = sqlx::query("SELECT id, name, is_admin, password_hash FROM users WHERE name = $1")
         .bind(name)
-        .fetch_optional(db)
+        .fetch_optional(&db.read)
         .await?;
     // An unknown user (or one without a password) costs the same work as a wrong password,
     // so response times do not tell which user names exist.
@@ -175,7 +175,7 @@ pub async fn check_login(
 /// Returns the password when it did, so the caller can show it once.
 pub async fn bootstrap_admin(db: &Db) -> Result<Option<String>, AuthError> {
     let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users")
-        .fetch_one(db)
+        .fetch_one(&db.read)
         .await?;
     if count > 0 {
         return Ok(None);
@@ -201,7 +201,7 @@ pub async fn create_token(db: &Db, user_name: &str, label: &str) -> Result<Strin
         .bind(secret_hash(&token))
         .bind(label)
         .bind(now_ms())
-        .execute(db)
+        .execute(&db.write)
         .await?;
     Ok(token)
 }
@@ -212,7 +212,7 @@ pub async fn user_for_token(db: &Db, token: &str) -> Result<Option<UserInfo>, sq
         "SELECT u.id, u.name, u.is_admin, t.last_used_at FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash = $1",
     )
     .bind(&hash)
-    .fetch_optional(db)
+    .fetch_optional(&db.read)
     .await?;
     // Record use at most once a minute: a write per request would serialise all requests
     // on the database's write lock.
@@ -222,7 +222,7 @@ pub async fn user_for_token(db: &Db, token: &str) -> Result<Option<UserInfo>, sq
         sqlx::query("UPDATE api_tokens SET last_used_at = $1 WHERE token_hash = $2")
             .bind(now)
             .bind(&hash)
-            .execute(db)
+            .execute(&db.write)
             .await?;
     }
     Ok(row.as_ref().map(user_from_row))
@@ -239,7 +239,7 @@ pub async fn create_session(db: &Db, user: &UserInfo) -> Result<String, sqlx::Er
     .bind(&user.id)
     .bind(now)
     .bind(now + SESSION_TTL_MS)
-    .execute(db)
+    .execute(&db.write)
     .await?;
     Ok(secret)
 }
@@ -250,7 +250,7 @@ pub async fn user_for_session(db: &Db, secret: &str) -> Result<Option<UserInfo>,
     )
     .bind(secret_hash(secret))
     .bind(now_ms())
-    .fetch_optional(db)
+    .fetch_optional(&db.read)
     .await?;
     Ok(row.as_ref().map(user_from_row))
 }
@@ -259,7 +259,7 @@ pub async fn end_session(db: &Db, secret: &str) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM sessions WHERE id_hash = $1 OR expires_at <= $2")
         .bind(secret_hash(secret))
         .bind(now_ms())
-        .execute(db)
+        .execute(&db.write)
         .await?;
     Ok(())
 }
@@ -307,7 +307,7 @@ mod tests {
         );
         assert_eq!(user_for_token(&db, "dpl_bogus").await.unwrap(), None);
         let stored: String = sqlx::query_scalar("SELECT token_hash FROM api_tokens")
-            .fetch_one(&db)
+            .fetch_one(&db.read)
             .await
             .unwrap();
         assert_ne!(stored, token, "only the hash is stored");

@@ -67,7 +67,7 @@ pub async fn create_project(
         .bind(name)
         .bind(description)
         .bind(now_ms())
-        .execute(db)
+        .execute(&db.write)
         .await
         .map_err(|e| {
             if is_unique_violation(&e) {
@@ -100,7 +100,7 @@ pub async fn create_server(
         .bind(description)
         .bind(root.display().to_string())
         .bind(now_ms())
-        .execute(db)
+        .execute(&db.write)
         .await
         .map_err(|e| if is_unique_violation(&e) { InventoryError::Exists(format!("server {name:?}")) } else { e.into() })?;
     Ok(id)
@@ -116,7 +116,7 @@ pub async fn add_member(
         .bind(project_id)
         .bind(user_id)
         .bind(role.as_str())
-        .execute(db)
+        .execute(&db.write)
         .await?;
     Ok(())
 }
@@ -124,7 +124,7 @@ pub async fn add_member(
 async fn storage_root(db: &Db, server_id: &str) -> Result<PathBuf, InventoryError> {
     let root: Option<String> = sqlx::query_scalar("SELECT storage_root FROM servers WHERE id = $1")
         .bind(server_id)
-        .fetch_optional(db)
+        .fetch_optional(&db.read)
         .await?;
     root.map(PathBuf::from)
         .ok_or_else(|| InventoryError::NoServer(server_id.into()))
@@ -157,7 +157,7 @@ pub async fn import_container(
     })?;
     let exists: Option<String> = sqlx::query_scalar("SELECT id FROM projects WHERE id = $1")
         .bind(&new.project_id)
-        .fetch_optional(db)
+        .fetch_optional(&db.read)
         .await?;
     if exists.is_none() {
         return Err(InventoryError::NoProject(new.project_id));
@@ -166,7 +166,7 @@ pub async fn import_container(
         sqlx::query_scalar("SELECT id FROM containers WHERE project_id = $1 AND name = $2")
             .bind(&new.project_id)
             .bind(&new.name)
-            .fetch_optional(db)
+            .fetch_optional(&db.read)
             .await?;
     if taken.is_some() {
         return Err(InventoryError::Exists(format!(
@@ -206,7 +206,7 @@ pub async fn import_container(
     .bind(stats.tree_files as i64)
     .bind(stats.tree_bytes as i64)
     .bind(now)
-    .execute(db)
+    .execute(&db.write)
     .await;
     if let Err(e) = res {
         let _ = std::fs::remove_dir_all(&dest.root);
@@ -235,7 +235,7 @@ pub async fn create_snapshot(
     })?;
     let row = sqlx::query("SELECT c.id, s.storage_root FROM containers c JOIN servers s ON s.id = c.server_id WHERE c.id = $1")
         .bind(container_id)
-        .fetch_optional(db)
+        .fetch_optional(&db.read)
         .await?
         .ok_or_else(|| InventoryError::NoContainer(container_id.into()))?;
     let root = PathBuf::from(row.get::<String, _>("storage_root"));
@@ -251,7 +251,7 @@ pub async fn create_snapshot(
     .bind(stats.tree_files as i64)
     .bind(stats.tree_bytes as i64)
     .bind(now_ms())
-    .execute(db)
+    .execute(&db.write)
     .await;
     if let Err(e) = res {
         let _ = std::fs::remove_dir_all(&dest.root);

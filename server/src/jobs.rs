@@ -118,12 +118,12 @@ impl JobRunner {
         let ids: Vec<String> = sqlx::query_scalar(
             "SELECT id FROM jobs WHERE status IN ('queued', 'running') ORDER BY created_at",
         )
-        .fetch_all(&self.db)
+        .fetch_all(&self.db.read)
         .await?;
         for id in &ids {
             sqlx::query("UPDATE jobs SET status = 'queued', phase = NULL WHERE id = $1")
                 .bind(id)
-                .execute(&self.db)
+                .execute(&self.db.write)
                 .await?;
             tracing::info!(job = %id, "resuming a job interrupted by a restart");
             self.spawn(id.clone());
@@ -134,7 +134,7 @@ impl JobRunner {
     pub async fn load(&self, job_id: &str) -> Result<Job, sqlx::Error> {
         let row = sqlx::query("SELECT * FROM jobs WHERE id = $1")
             .bind(job_id)
-            .fetch_one(&self.db)
+            .fetch_one(&self.db.read)
             .await?;
         Ok(job_from_row(&row))
     }
@@ -152,7 +152,7 @@ impl JobRunner {
              WHERE j.id = $1",
         )
         .bind(job_id)
-        .fetch_one(&self.db)
+        .fetch_one(&self.db.read)
         .await?;
         let kind = JobKind::parse(row.get("kind")).unwrap_or(JobKind::Copy);
         let params: JobParams = serde_json::from_str(row.get("params")).unwrap_or_default();
@@ -174,7 +174,7 @@ impl JobRunner {
         )
         .bind(now_ms())
         .bind(job_id)
-        .fetch_optional(&self.db)
+        .fetch_optional(&self.db.write)
         .await?
         .map(|row| job_from_row(&row));
         let Some(running) = running else {
@@ -212,7 +212,7 @@ impl JobRunner {
             .bind(&target_id)
             // Reading the source there would be no cheaper than reading it here.
             .bind(&source_id)
-            .fetch_all(&self.db)
+            .fetch_all(&self.db.read)
             .await?
             .iter()
             .map(|id| container_place(&target_root, id))
@@ -269,7 +269,7 @@ impl JobRunner {
                 .bind(summary_json)
                 .bind(now)
                 .bind(job_id)
-                .fetch_one(&self.db)
+                .fetch_one(&self.db.write)
                 .await?;
                 // A copy starts automatically; a sync returns the target to its status.
                 let status = if kind == JobKind::Copy {
@@ -288,7 +288,7 @@ impl JobRunner {
                 .bind(summary.tree_files as i64)
                 .bind(summary.tree_bytes as i64)
                 .bind(target_id)
-                .execute(&self.db)
+                .execute(&self.db.write)
                 .await?;
                 row
             }
@@ -305,7 +305,7 @@ impl JobRunner {
                 .bind(&message)
                 .bind(now)
                 .bind(job_id)
-                .fetch_one(&self.db)
+                .fetch_one(&self.db.write)
                 .await?;
                 // A copy that did not finish leaves no tree: the container is failed. A
                 // sync that did not finish left the copy as it was: its status comes back.
@@ -389,7 +389,7 @@ pub async fn set_container_status(
     .bind(reason)
     .bind(now_ms())
     .bind(id)
-    .execute(db)
+    .execute(&db.write)
     .await?;
     Ok(())
 }
@@ -460,7 +460,7 @@ impl ProgressReporter {
                     .bind(&progress.phase)
                     .bind(&json)
                     .bind(&job_id)
-                    .execute(&runner.db)
+                    .execute(&runner.db.write)
                     .await;
             }
             if event_due {
@@ -490,7 +490,7 @@ impl ProgressReporter {
             let _ = sqlx::query("UPDATE jobs SET progress = $1 WHERE id = $2")
                 .bind(serde_json::to_string(&p).unwrap_or_default())
                 .bind(&self.job_id)
-                .execute(&self.runner.db)
+                .execute(&self.runner.db.write)
                 .await;
         }
     }

@@ -97,7 +97,7 @@ impl Service {
             sqlx::query("SELECT * FROM jobs WHERE requested_by = $1 AND idempotency_key = $2")
                 .bind(&user.id)
                 .bind(key)
-                .fetch_optional(&self.db)
+                .fetch_optional(&self.db.read)
                 .await
                 .map_err(internal)?;
         Ok(row.as_ref().map(crate::service::job_from_row))
@@ -139,7 +139,7 @@ impl Service {
         .bind(&user.id)
         .bind(&req.target_project_id)
         .bind(&req.target_server_id)
-        .fetch_optional(&self.db)
+        .fetch_optional(&self.db.read)
         .await
         .map_err(internal)?;
         let Some(ctx) = ctx else {
@@ -190,7 +190,7 @@ impl Service {
                 )
                 .bind(source_id)
                 .bind(s)
-                .fetch_optional(&self.db)
+                .fetch_optional(&self.db.read)
                 .await
                 .map_err(internal)?
                 .ok_or_else(|| {
@@ -214,7 +214,7 @@ impl Service {
             )
             .bind(&ident)
             .bind(format!("{ident} %"))
-            .fetch_optional(&self.db)
+            .fetch_optional(&self.db.read)
             .await
             .map_err(internal)?;
             if taken.is_some() {
@@ -254,7 +254,7 @@ impl Service {
             source_snapshot_id: snapshot_id,
             previous_status: None,
         };
-        let mut tx = self.db.begin().await.map_err(internal)?;
+        let mut tx = self.db.write.begin().await.map_err(internal)?;
         let res = sqlx::query(
             "INSERT INTO containers (id, name, project_id, server_id, status, ssh_public_key,
                 firewall_rules, network_rules, source_container_id, created_at, updated_at)
@@ -396,7 +396,7 @@ impl Service {
         .bind(project_id)
         .bind(prefix.chars().count() as i64)
         .bind(&prefix)
-        .fetch_all(&self.db)
+        .fetch_all(&self.db.read)
         .await
         .map_err(internal)?
         .into_iter()
@@ -431,7 +431,7 @@ impl Service {
         let source_id: Option<String> =
             sqlx::query_scalar("SELECT source_container_id FROM containers WHERE id = $1")
                 .bind(id)
-                .fetch_one(&self.db)
+                .fetch_one(&self.db.read)
                 .await
                 .map_err(internal)?;
         let Some(source_id) = source_id else {
@@ -443,7 +443,7 @@ impl Service {
         let source_status: Option<String> =
             sqlx::query_scalar("SELECT status FROM containers WHERE id = $1")
                 .bind(&source_id)
-                .fetch_optional(&self.db)
+                .fetch_optional(&self.db.read)
                 .await
                 .map_err(internal)?;
         match source_status.as_deref() {
@@ -499,7 +499,7 @@ impl Service {
         .bind(serde_json::to_string(&params).map_err(internal)?)
         .bind(&idem)
         .bind(now_ms())
-        .execute(&self.db)
+        .execute(&self.db.write)
         .await
         .map_err(internal)?;
         if res.rows_affected() == 0 {
@@ -507,7 +507,7 @@ impl Service {
                 "SELECT id FROM jobs WHERE container_id = $1 AND status IN ('queued', 'running') LIMIT 1",
             )
             .bind(id)
-            .fetch_optional(&self.db)
+            .fetch_optional(&self.db.read)
             .await
             .map_err(internal)?;
             return Err(ApiError::new(
@@ -541,7 +541,7 @@ impl Service {
         // running one stops at its next check and the runner records it.
         sqlx::query("UPDATE jobs SET status = 'cancelled' WHERE id = $1 AND status = 'queued'")
             .bind(id)
-            .execute(&self.db)
+            .execute(&self.db.write)
             .await
             .map_err(internal)?;
         self.jobs.cancel(id);
@@ -597,7 +597,7 @@ impl Service {
             "SELECT id, name, created_at, file_count, size_bytes FROM snapshots WHERE id = $1",
         )
         .bind(&id)
-        .fetch_one(&self.db)
+        .fetch_one(&self.db.read)
         .await
         .map_err(internal)?;
         Ok(Snapshot {

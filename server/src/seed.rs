@@ -166,7 +166,7 @@ fn rules_web() -> (Vec<FirewallRule>, Vec<NetworkRule>) {
 /// Seeds the demo data if the database has no projects yet. Returns whether it did.
 pub async fn seed_if_empty(db: &Db, data: &DataConfig) -> Result<bool, InventoryError> {
     let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM projects")
-        .fetch_one(db)
+        .fetch_one(&db.read)
         .await?;
     if count > 0 {
         return Ok(false);
@@ -224,7 +224,7 @@ pub async fn seed_if_empty(db: &Db, data: &DataConfig) -> Result<bool, Inventory
     let web_root = {
         let root: String = sqlx::query_scalar("SELECT storage_root FROM servers WHERE id = $1")
             .bind(&a)
-            .fetch_one(db)
+            .fetch_one(&db.read)
             .await?;
         crate::config::container_root(Path::new(&root), &web_app)
     };

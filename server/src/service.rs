@@ -161,7 +161,7 @@ impl Service {
         )
         .bind(&user.id)
         .bind(user.is_admin)
-        .fetch_all(&self.db)
+        .fetch_all(&self.db.read)
         .await
         .map_err(internal)?;
         Ok(Visibility::of(
@@ -181,7 +181,7 @@ impl Service {
         let row: Option<ContainerRow> =
             sqlx::query_as(&format!("{CONTAINER_SELECT} WHERE c.id = $1"))
                 .bind(id)
-                .fetch_optional(&self.db)
+                .fetch_optional(&self.db.read)
                 .await
                 .map_err(internal)?;
         match row {
@@ -203,7 +203,7 @@ impl Service {
             "SELECT id, name, created_at, file_count, size_bytes FROM snapshots WHERE container_id = $1 ORDER BY created_at DESC, name",
         )
         .bind(id)
-        .fetch_all(&self.db)
+        .fetch_all(&self.db.read)
         .await
         .map_err(internal)?
         .iter()
@@ -223,7 +223,7 @@ impl Service {
              JOIN projects p ON p.id = c.project_id WHERE c.source_container_id = $1 ORDER BY p.name, c.name",
         )
         .bind(id)
-        .fetch_all(&self.db)
+        .fetch_all(&self.db.read)
         .await
         .map_err(internal)?
         .iter()
@@ -298,7 +298,7 @@ impl Service {
         .bind(&filter.kind)
         .bind(i64::from(user.is_admin))
         .bind(&user.id)
-        .fetch_all(&self.db)
+        .fetch_all(&self.db.read)
         .await
         .map_err(internal)?;
         Ok(rows
@@ -313,7 +313,7 @@ impl Service {
         let vis = self.visibility(user).await?;
         let row = sqlx::query("SELECT * FROM jobs WHERE id = $1")
             .bind(id)
-            .fetch_optional(&self.db)
+            .fetch_optional(&self.db.read)
             .await
             .map_err(internal)?;
         match row {
@@ -353,7 +353,7 @@ impl Backend for Service {
         let vis = self.visibility(user).await?;
         let rows =
             sqlx::query("SELECT id, name, description, created_at FROM projects ORDER BY name")
-                .fetch_all(&self.db)
+                .fetch_all(&self.db.read)
                 .await
                 .map_err(internal)?;
         Ok(rows
@@ -376,7 +376,7 @@ impl Backend for Service {
         let rows = sqlx::query(
             "SELECT id, name, description, storage_root, created_at FROM servers ORDER BY name",
         )
-        .fetch_all(&self.db)
+        .fetch_all(&self.db.read)
         .await
         .map_err(internal)?;
         Ok(rows
@@ -407,7 +407,7 @@ impl Backend for Service {
             "{CONTAINER_SELECT} WHERE ($1 IS NULL OR c.project_id = $1) ORDER BY p.name, c.name"
         ))
         .bind(project_id)
-        .fetch_all(&self.db)
+        .fetch_all(&self.db.read)
         .await
         .map_err(internal)?;
         Ok(rows

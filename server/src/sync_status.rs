@@ -20,7 +20,7 @@ impl Service {
         let rows: Vec<ContainerRow> = sqlx::query_as(&format!(
             "{CONTAINER_SELECT} WHERE c.source_container_id IS NOT NULL ORDER BY p.name, c.name"
         ))
-        .fetch_all(&self.db)
+        .fetch_all(&self.db.read)
         .await
         .map_err(internal)?;
         let rows: Vec<ContainerRow> = rows
@@ -41,7 +41,7 @@ impl Service {
              WHERE rn <= $1 ORDER BY container_id, created_at DESC, id DESC",
         )
         .bind((HISTORY + 8) as i64)
-        .fetch_all(&self.db)
+        .fetch_all(&self.db.read)
         .await
         .map_err(internal)?;
         let mut jobs: HashMap<String, Vec<Job>> = HashMap::new();
@@ -56,7 +56,7 @@ impl Service {
              WHERE c.id IN (SELECT source_container_id FROM containers
                             WHERE source_container_id IS NOT NULL)",
         )
-        .fetch_all(&self.db)
+        .fetch_all(&self.db.read)
         .await
         .map_err(internal)?
         .iter()
