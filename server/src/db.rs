@@ -10,20 +10,41 @@
 //! writers queue in order and none ever sleeps, while `read` (read-only connections,
 //! which WAL lets run beside the writer) serves every query that changes nothing. A write
 //! sent to `read` by mistake fails loudly (SQLITE_READONLY) instead of racing.
+//!
+//! Writes on the hot paths (accepting a copy, a job's status) go through `Db::transact`:
+//! a task takes every write queued at that moment and runs them in one transaction, each
+//! in a savepoint of its own (group commit). A burst of requests then costs one commit,
+//! one connection checkout and one checkout test, not one of each per request; and since
+//! the task, not the request, runs the write, a client that hangs up mid-request cannot
+//! leave a write half done.
 
 use std::str::FromStr;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::SqlitePool;
+use sqlx::{Connection, SqliteConnection, SqlitePool};
+use tokio::sync::{mpsc, oneshot};
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Db {
     /// Read-only connections, for queries that change nothing.
     pub read: SqlitePool,
     /// The single connection every write (and every write transaction) goes through.
     pub write: SqlitePool,
+    /// Writes waiting for the group-commit task (`transact`).
+    batched: mpsc::UnboundedSender<Batched>,
 }
+
+/// Most writes one group commit takes.
+const MAX_BATCH: usize = 256;
+
+/// A queued write: runs its statements in its savepoint and says whether they succeeded
+/// (then `Some`, to hear later whether the transaction committed) or failed (its caller
+/// already has the error; the savepoint is rolled back).
+type Batched =
+    Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Option<Committed>> + Send>;
+type Committed = Box<dyn FnOnce(Result<(), String>) + Send>;
 
 /// Opens (creating if needed) the database at `url` and brings its schema up to date.
 pub async fn connect(url: &str) -> Result<Db, sqlx::Error> {
@@ -49,7 +70,89 @@ pub async fn connect(url: &str) -> Result<Db, sqlx::Error> {
         .test_before_acquire(false)
         .connect_with(opts.create_if_missing(false).read_only(true))
         .await?;
-    Ok(Db { read, write })
+    let (batched, queue) = mpsc::unbounded_channel();
+    tokio::spawn(group_commit(write.clone(), queue));
+    Ok(Db {
+        read,
+        write,
+        batched,
+    })
+}
+
+/// Takes every write queued at the moment and runs them in one transaction.
+async fn group_commit(pool: SqlitePool, mut queue: mpsc::UnboundedReceiver<Batched>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let mut committed = Vec::with_capacity(batch.len());
+        let outcome = run_batch(&pool, &mut batch, &mut committed).await;
+        // A write that never ran (the database failed first) is dropped: its caller
+        // hears that the writer stopped.
+        batch.clear();
+        let outcome = outcome.map_err(|e| e.to_string());
+        if let Err(e) = &outcome {
+            tracing::error!(error = %e, "a group of database writes failed to commit");
+        }
+        for done in committed {
+            done(outcome.clone());
+        }
+    }
+}
+
+async fn run_batch(
+    pool: &SqlitePool,
+    batch: &mut Vec<Batched>,
+    committed: &mut Vec<Committed>,
+) -> Result<(), sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    let mut tx = conn.begin().await?;
+    for write in batch.drain(..) {
+        let mut savepoint = tx.begin().await?;
+        match write(&mut savepoint).await {
+            Some(done) => {
+                savepoint.commit().await?;
+                committed.push(done);
+            }
+            None => savepoint.rollback().await?,
+        }
+    }
+    tx.commit().await
+}
+
+impl Db {
+    /// Runs `write` in a transaction of its own: all of its statements take effect, or
+    /// (when it returns an error) none. It shares one commit with the writes queued beside
+    /// it, and answers once that commit is done.
+    pub async fn transact<T, E, F>(&self, write: F) -> Result<T, E>
+    where
+        F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T, E>> + Send + 'static,
+        T: Send + 'static,
+        E: From<sqlx::Error> + Send + 'static,
+    {
+        let (answer, answered) = oneshot::channel::<Result<T, E>>();
+        let queued: Batched = Box::new(move |conn| {
+            Box::pin(async move {
+                match write(conn).await {
+                    Ok(value) => Some(Box::new(move |outcome: Result<(), String>| {
+                        let _ = answer.send(
+                            outcome
+                                .map(|()| value)
+                                .map_err(|e| E::from(sqlx::Error::Protocol(e))),
+                        );
+                    }) as Committed),
+                    Err(e) => {
+                        let _ = answer.send(Err(e));
+                        None
+                    }
+                }
+            })
+        });
+        self.batched
+            .send(queued)
+            .map_err(|_| E::from(sqlx::Error::PoolClosed))?;
+        answered
+            .await
+            .map_err(|_| E::from(sqlx::Error::WorkerCrashed))?
+    }
 }
 
 /// `true` when `err` is a violation of a UNIQUE constraint (a name or key already taken).
@@ -62,5 +165,89 @@ impl Db {
     pub async fn close(&self) {
         self.read.close().await;
         self.write.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn db() -> (tempfile::TempDir, Db) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let db = connect(&url).await.unwrap();
+        sqlx::query("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER)")
+            .execute(&db.write)
+            .await
+            .unwrap();
+        (dir, db)
+    }
+
+    /// Inserts (k, v) and then (k2, v): the second fails when k2 is taken, and then the
+    /// first must not stay either.
+    async fn insert_pair(db: &Db, k: &str, k2: &str, v: i64) -> Result<i64, sqlx::Error> {
+        let (k, k2) = (k.to_string(), k2.to_string());
+        db.transact(move |c| {
+            Box::pin(async move {
+                for key in [&k, &k2] {
+                    sqlx::query("INSERT INTO t (k, v) VALUES ($1, $2)")
+                        .bind(key)
+                        .bind(v)
+                        .execute(&mut *c)
+                        .await?;
+                }
+                Ok(v)
+            })
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn writes_queued_together_commit_together_and_a_failed_one_leaves_nothing() {
+        let (_d, db) = db().await;
+        // 100 writes at once: one in ten collides with a key taken before.
+        insert_pair(&db, "taken", "taken-too", 0).await.unwrap();
+        let writes = (1..=100).map(|i| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                let second = if i % 10 == 0 {
+                    "taken".to_string()
+                } else {
+                    format!("b{i}")
+                };
+                insert_pair(&db, &format!("a{i}"), &second, i).await
+            })
+        });
+        let results = futures::future::join_all(writes).await;
+        for (i, r) in (1..=100).zip(results) {
+            match r.unwrap() {
+                Ok(v) => assert_eq!(v, i, "each write gets its own answer"),
+                Err(e) => {
+                    assert_eq!(i % 10, 0, "write {i} failed: {e}");
+                    assert!(is_unique_violation(&e), "{e}");
+                }
+            }
+        }
+        let rows: Vec<(String, i64)> = sqlx::query_as("SELECT k, v FROM t ORDER BY v, k")
+            .fetch_all(&db.read)
+            .await
+            .unwrap();
+        let mut want = vec![("taken".to_string(), 0), ("taken-too".to_string(), 0)];
+        for i in (1..=100).filter(|i| i % 10 != 0) {
+            want.push((format!("a{i}"), i));
+            want.push((format!("b{i}"), i));
+        }
+        want.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
+        assert_eq!(rows, want, "the failed writes left no half behind");
+    }
+
+    #[tokio::test]
+    async fn the_read_pool_refuses_writes() {
+        let (_d, db) = db().await;
+        let err = sqlx::query("INSERT INTO t (k, v) VALUES ('x', 1)")
+            .execute(&db.read)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("readonly"), "{err}");
     }
 }

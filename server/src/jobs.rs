@@ -167,16 +167,33 @@ impl JobRunner {
         // server holds no global slot, so jobs for other servers are not held up behind it.
         let _server = self.server_slot(&target_server).acquire_owned().await;
         let _global = self.global.clone().acquire_owned().await;
-        // Running now, unless it was cancelled while it waited.
-        let running = sqlx::query(
-            "UPDATE jobs SET status = 'running', started_at = COALESCE(started_at, $1), phase = 'scan'
-             WHERE id = $2 AND status IN ('queued', 'running') RETURNING *",
-        )
-        .bind(now_ms())
-        .bind(job_id)
-        .fetch_optional(&self.db.write)
-        .await?
-        .map(|row| job_from_row(&row));
+        // Running now, unless it was cancelled while it waited; a sync's target shows
+        // `syncing` from the same commit on.
+        let (id, is_sync) = (job_id.to_string(), kind == JobKind::Sync);
+        let target = target_id.clone();
+        let running = self
+            .db
+            .transact(move |c| {
+                Box::pin(async move {
+                    let now = now_ms();
+                    let running = sqlx::query(
+                        "UPDATE jobs SET status = 'running', started_at = COALESCE(started_at, $1),
+                            phase = 'scan'
+                         WHERE id = $2 AND status IN ('queued', 'running') RETURNING *",
+                    )
+                    .bind(now)
+                    .bind(&id)
+                    .fetch_optional(&mut *c)
+                    .await?
+                    .map(|row| job_from_row(&row));
+                    if running.is_some() && is_sync {
+                        set_container_status(c, &target, ContainerStatus::Syncing, None, now)
+                            .await?;
+                    }
+                    Ok::<_, sqlx::Error>(running)
+                })
+            })
+            .await?;
         let Some(running) = running else {
             return self
                 .finish(
@@ -185,12 +202,10 @@ impl JobRunner {
                     &target_id,
                     &params,
                     Err(EngineError::Cancelled),
+                    None,
                 )
                 .await;
         };
-        if kind == JobKind::Sync {
-            set_container_status(&self.db, &target_id, ContainerStatus::Syncing, None).await?;
-        }
         self.hub.publish("status", running.clone());
 
         let src = match &params.source_snapshot_id {
@@ -241,10 +256,12 @@ impl JobRunner {
         })
         .await
         .map_err(|e| without_paths(e, &names));
-        reporter.flush().await;
-        self.finish(job_id, kind, &target_id, &params, result).await
+        let last_progress = reporter.flush().await;
+        self.finish(job_id, kind, &target_id, &params, result, last_progress)
+            .await
     }
 
+    /// Records how a job ended, the job and its container in one commit, and says so.
     async fn finish(
         &self,
         job_id: &str,
@@ -252,80 +269,101 @@ impl JobRunner {
         target_id: &str,
         params: &JobParams,
         result: Result<engine::Summary, EngineError>,
+        last_progress: Option<String>,
     ) -> Result<(), sqlx::Error> {
-        let now = now_ms();
         let previous = params
             .previous_status
             .as_deref()
             .and_then(ContainerStatus::parse)
             .unwrap_or(ContainerStatus::Running);
-        let row = match &result {
-            Ok(summary) => {
-                let summary_json = serde_json::to_string(summary).unwrap_or_default();
-                let row = sqlx::query(
-                    "UPDATE jobs SET status = 'succeeded', phase = NULL, summary = $1, error = NULL, finished_at = $2
-                     WHERE id = $3 RETURNING *",
-                )
-                .bind(summary_json)
-                .bind(now)
-                .bind(job_id)
-                .fetch_one(&self.db.write)
-                .await?;
-                // A copy starts automatically; a sync returns the target to its status.
-                let status = if kind == JobKind::Copy {
-                    ContainerStatus::Running
-                } else {
-                    previous
-                };
-                sqlx::query(
-                    "UPDATE containers SET status = $1, status_reason = NULL, source_state = $2,
-                        last_synced_at = $3, file_count = $4, size_bytes = $5, updated_at = $3
-                     WHERE id = $6",
-                )
-                .bind(status.as_str())
-                .bind(&summary.root_hash)
-                .bind(now)
-                .bind(summary.tree_files as i64)
-                .bind(summary.tree_bytes as i64)
-                .bind(target_id)
-                .execute(&self.db.write)
-                .await?;
-                row
+        let (job_id, target_id) = (job_id.to_string(), target_id.to_string());
+        if let Err(e) = &result {
+            if !matches!(e, EngineError::Cancelled) {
+                tracing::warn!(job = %job_id, error = %e, "job failed");
             }
-            Err(err) => {
-                let (status, message) = match err {
-                    EngineError::Cancelled => (JobStatus::Cancelled, "cancelled".to_string()),
-                    e => (JobStatus::Failed, e.to_string()),
-                };
-                let row = sqlx::query(
-                    "UPDATE jobs SET status = $1, phase = NULL, error = $2, finished_at = $3
-                     WHERE id = $4 RETURNING *",
-                )
-                .bind(status.as_str())
-                .bind(&message)
-                .bind(now)
-                .bind(job_id)
-                .fetch_one(&self.db.write)
-                .await?;
-                // A copy that did not finish leaves no tree: the container is failed. A
-                // sync that did not finish left the copy as it was: its status comes back.
-                let (cstatus, reason) = match kind {
-                    JobKind::Copy => (
-                        ContainerStatus::Failed,
-                        format!("copy {}: {message}", status.as_str()),
-                    ),
-                    JobKind::Sync => (
-                        previous,
-                        format!("last sync {}: {message}", status.as_str()),
-                    ),
-                };
-                set_container_status(&self.db, target_id, cstatus, Some(&reason)).await?;
-                if status == JobStatus::Failed {
-                    tracing::warn!(job = %job_id, error = %message, "job failed");
-                }
-                row
-            }
-        };
+        }
+        let row = self
+            .db
+            .transact(move |c| {
+                Box::pin(async move {
+                    let now = now_ms();
+                    match &result {
+                        Ok(summary) => {
+                            let row = sqlx::query(
+                                "UPDATE jobs SET status = 'succeeded', phase = NULL, summary = $1,
+                                    error = NULL, finished_at = $2,
+                                    progress = COALESCE($4, progress)
+                                 WHERE id = $3 RETURNING *",
+                            )
+                            .bind(serde_json::to_string(summary).unwrap_or_default())
+                            .bind(now)
+                            .bind(&job_id)
+                            .bind(&last_progress)
+                            .fetch_one(&mut *c)
+                            .await?;
+                            // A copy starts automatically; a sync returns the target to
+                            // its status.
+                            let status = if kind == JobKind::Copy {
+                                ContainerStatus::Running
+                            } else {
+                                previous
+                            };
+                            sqlx::query(
+                                "UPDATE containers SET status = $1, status_reason = NULL,
+                                    source_state = $2, last_synced_at = $3, file_count = $4,
+                                    size_bytes = $5, updated_at = $3
+                                 WHERE id = $6",
+                            )
+                            .bind(status.as_str())
+                            .bind(&summary.root_hash)
+                            .bind(now)
+                            .bind(summary.tree_files as i64)
+                            .bind(summary.tree_bytes as i64)
+                            .bind(&target_id)
+                            .execute(&mut *c)
+                            .await?;
+                            Ok(row)
+                        }
+                        Err(err) => {
+                            let (status, message) = match err {
+                                EngineError::Cancelled => {
+                                    (JobStatus::Cancelled, "cancelled".to_string())
+                                }
+                                e => (JobStatus::Failed, e.to_string()),
+                            };
+                            let row = sqlx::query(
+                                "UPDATE jobs SET status = $1, phase = NULL, error = $2,
+                                    finished_at = $3, progress = COALESCE($5, progress)
+                                 WHERE id = $4 RETURNING *",
+                            )
+                            .bind(status.as_str())
+                            .bind(&message)
+                            .bind(now)
+                            .bind(&job_id)
+                            .bind(&last_progress)
+                            .fetch_one(&mut *c)
+                            .await?;
+                            // A copy that did not finish leaves no tree: the container is
+                            // failed. A sync that did not finish left the copy as it was:
+                            // its status comes back.
+                            let (cstatus, reason) = match kind {
+                                JobKind::Copy => (
+                                    ContainerStatus::Failed,
+                                    format!("copy {}: {message}", status.as_str()),
+                                ),
+                                JobKind::Sync => (
+                                    previous,
+                                    format!("last sync {}: {message}", status.as_str()),
+                                ),
+                            };
+                            set_container_status(c, &target_id, cstatus, Some(&reason), now)
+                                .await?;
+                            Ok::<_, sqlx::Error>(row)
+                        }
+                    }
+                })
+            })
+            .await?;
         self.hub.publish("status", job_from_row(&row));
         Ok(())
     }
@@ -376,20 +414,21 @@ fn without_paths(e: EngineError, names: &[(String, &str)]) -> EngineError {
     }
 }
 
-pub async fn set_container_status(
-    db: &Db,
+async fn set_container_status(
+    c: &mut sqlx::SqliteConnection,
     id: &str,
     status: ContainerStatus,
     reason: Option<&str>,
+    now: i64,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE containers SET status = $1, status_reason = $2, updated_at = $3 WHERE id = $4",
     )
     .bind(status.as_str())
     .bind(reason)
-    .bind(now_ms())
+    .bind(now)
     .bind(id)
-    .execute(&db.write)
+    .execute(c)
     .await?;
     Ok(())
 }
@@ -456,11 +495,22 @@ impl ProgressReporter {
         let task = self.handle.spawn(async move {
             let json = serde_json::to_string(&progress).unwrap_or_default();
             if db_due {
-                let _ = sqlx::query("UPDATE jobs SET phase = $1, progress = $2 WHERE id = $3 AND status = 'running'")
-                    .bind(&progress.phase)
-                    .bind(&json)
-                    .bind(&job_id)
-                    .execute(&runner.db.write)
+                let phase = progress.phase.clone();
+                let _ = runner
+                    .db
+                    .transact(move |c| {
+                        Box::pin(async move {
+                            sqlx::query(
+                                "UPDATE jobs SET phase = $1, progress = $2
+                                 WHERE id = $3 AND status = 'running'",
+                            )
+                            .bind(&phase)
+                            .bind(&json)
+                            .bind(&job_id)
+                            .execute(c)
+                            .await
+                        })
+                    })
                     .await;
             }
             if event_due {
@@ -474,8 +524,9 @@ impl ProgressReporter {
         pending.push(task);
     }
 
-    /// Writes the last progress seen, so the finished job shows where it ended.
-    async fn flush(&self) {
+    /// Waits for the progress already handed out, and gives the last progress seen (as
+    /// JSON), for the finished job to show where it ended.
+    async fn flush(&self) -> Option<String> {
         let tasks = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
         for t in tasks {
             let _ = t.await;
@@ -486,13 +537,7 @@ impl ProgressReporter {
             .unwrap_or_else(|e| e.into_inner())
             .latest
             .clone();
-        if let Some(p) = latest {
-            let _ = sqlx::query("UPDATE jobs SET progress = $1 WHERE id = $2")
-                .bind(serde_json::to_string(&p).unwrap_or_default())
-                .bind(&self.job_id)
-                .execute(&self.runner.db.write)
-                .await;
-        }
+        latest.map(|p| serde_json::to_string(&p).unwrap_or_default())
     }
 }
 

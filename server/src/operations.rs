@@ -87,6 +87,94 @@ fn check_idempotency_key(key: Option<&str>) -> Result<Option<String>, ApiError> 
     }
 }
 
+/// The rows a copy request creates: the new container (status `copying`) and its job.
+struct NewCopy {
+    id: String,
+    job_id: String,
+    name: String,
+    project_id: String,
+    server_id: String,
+    source_id: String,
+    ssh_public_key: Option<String>,
+    firewall_rules: String,
+    network_rules: String,
+    requested_by: String,
+    params: String,
+    idempotency_key: Option<String>,
+    now: i64,
+}
+
+/// Why the rows of a copy were not written: a unique index said no, or the database failed.
+enum Refusal {
+    NameTaken,
+    KeyTaken,
+    SameIdempotencyKey,
+    Db(sqlx::Error),
+}
+
+impl From<sqlx::Error> for Refusal {
+    fn from(e: sqlx::Error) -> Self {
+        Refusal::Db(e)
+    }
+}
+
+impl NewCopy {
+    async fn insert(self, c: &mut sqlx::SqliteConnection) -> Result<(), Refusal> {
+        let res = sqlx::query(
+            "INSERT INTO containers (id, name, project_id, server_id, status, ssh_public_key,
+                firewall_rules, network_rules, source_container_id, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, 'copying', $5, $6, $7, $8, $9, $9)",
+        )
+        .bind(&self.id)
+        .bind(&self.name)
+        .bind(&self.project_id)
+        .bind(&self.server_id)
+        .bind(&self.ssh_public_key)
+        .bind(&self.firewall_rules)
+        .bind(&self.network_rules)
+        .bind(&self.source_id)
+        .bind(self.now)
+        .execute(&mut *c)
+        .await;
+        match res {
+            // Which constraint: SQLite names its columns in the message ("containers.
+            // project_id, containers.name"), PostgreSQL gives the constraint's name.
+            Err(e) if is_unique_violation(&e) => {
+                let on_name = e
+                    .as_database_error()
+                    .is_some_and(|d| d.constraint().unwrap_or(d.message()).contains("name"));
+                return Err(if on_name {
+                    Refusal::NameTaken
+                } else {
+                    Refusal::KeyTaken
+                });
+            }
+            res => res?,
+        };
+        let res = sqlx::query(
+            "INSERT INTO jobs (id, kind, status, project_id, container_id, source_container_id,
+                requested_by, params, idempotency_key, created_at)
+             VALUES ($1, 'copy', 'queued', $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&self.job_id)
+        .bind(&self.project_id)
+        .bind(&self.id)
+        .bind(&self.source_id)
+        .bind(&self.requested_by)
+        .bind(&self.params)
+        .bind(&self.idempotency_key)
+        .bind(self.now)
+        .execute(&mut *c)
+        .await;
+        match res {
+            Err(e) if is_unique_violation(&e) && self.idempotency_key.is_some() => {
+                Err(Refusal::SameIdempotencyKey)
+            }
+            res => res.map(drop).map_err(Refusal::Db),
+        }
+    }
+}
+
 impl Service {
     async fn job_by_idempotency_key(
         &self,
@@ -254,65 +342,42 @@ impl Service {
             source_snapshot_id: snapshot_id,
             previous_status: None,
         };
-        let mut tx = self.db.write.begin().await.map_err(internal)?;
-        let res = sqlx::query(
-            "INSERT INTO containers (id, name, project_id, server_id, status, ssh_public_key,
-                firewall_rules, network_rules, source_container_id, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, 'copying', $5, $6, $7, $8, $9, $9)",
-        )
-        .bind(&id)
-        .bind(&name)
-        .bind(&req.target_project_id)
-        .bind(&server_id)
-        .bind(&key)
-        .bind(serde_json::to_string(&firewall).map_err(internal)?)
-        .bind(serde_json::to_string(&network).map_err(internal)?)
-        .bind(source_id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await;
-        if let Err(e) = res {
-            return Err(if is_unique_violation(&e) {
-                // Which constraint: SQLite names its columns in the message ("containers.
-                // project_id, containers.name"), PostgreSQL gives the constraint's name.
-                let on_name = e
-                    .as_database_error()
-                    .is_some_and(|d| d.constraint().unwrap_or(d.message()).contains("name"));
-                if on_name {
-                    ApiError::new(
-                        ErrorCode::Conflict,
-                        format!("a container named {name:?} already exists in the target project"),
-                    )
-                } else {
-                    ApiError::new(
-                        ErrorCode::Conflict,
-                        "ssh_public_key is already used by another container; keys are unique",
-                    )
-                }
-            } else {
-                internal(e)
-            });
-        }
-        let res = sqlx::query(
-            "INSERT INTO jobs (id, kind, status, project_id, container_id, source_container_id,
-                requested_by, params, idempotency_key, created_at)
-             VALUES ($1, 'copy', 'queued', $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(&job_id)
-        .bind(&req.target_project_id)
-        .bind(&id)
-        .bind(source_id)
-        .bind(&user.id)
-        .bind(serde_json::to_string(&params).map_err(internal)?)
-        .bind(&idem)
-        .bind(now)
-        .execute(&mut *tx)
-        .await;
-        match res {
-            Ok(_) => tx.commit().await.map_err(internal)?,
+        // Both rows in one atomic write (group-committed with the writes queued beside it).
+        let row = NewCopy {
+            id: id.clone(),
+            job_id: job_id.clone(),
+            name: name.clone(),
+            project_id: req.target_project_id.clone(),
+            server_id: server_id.clone(),
+            source_id: source_id.to_string(),
+            ssh_public_key: key.clone(),
+            firewall_rules: serde_json::to_string(&firewall).map_err(internal)?,
+            network_rules: serde_json::to_string(&network).map_err(internal)?,
+            requested_by: user.id.clone(),
+            params: serde_json::to_string(&params).map_err(internal)?,
+            idempotency_key: idem.clone(),
+            now,
+        };
+        match self
+            .db
+            .transact(move |c| Box::pin(async move { row.insert(c).await }))
+            .await
+        {
+            Ok(()) => {}
+            Err(Refusal::NameTaken) => {
+                return Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    format!("a container named {name:?} already exists in the target project"),
+                ))
+            }
+            Err(Refusal::KeyTaken) => {
+                return Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    "ssh_public_key is already used by another container; keys are unique",
+                ))
+            }
             // The same key raced in from a retry: answer with the job that won.
-            Err(e) if is_unique_violation(&e) && idem.is_some() => {
-                drop(tx);
+            Err(Refusal::SameIdempotencyKey) => {
                 let job = self
                     .job_by_idempotency_key(user, idem.as_deref().unwrap_or_default())
                     .await?
@@ -320,7 +385,7 @@ impl Service {
                 let container = self.get_container(user, &job.container_id).await?;
                 return Ok(CopyStarted { container, job });
             }
-            Err(e) => return Err(internal(e)),
+            Err(Refusal::Db(e)) => return Err(internal(e)),
         }
         // The answer is what was just written: no need to read it back.
         let job = Job {
@@ -520,9 +585,10 @@ impl Service {
                 ),
             ));
         }
-        self.jobs.spawn(job_id.clone());
+        // Announced as queued before the runner can announce it running.
         let job = self.jobs.load(&job_id).await.map_err(internal)?;
         self.jobs.hub.publish("status", job.clone());
+        self.jobs.spawn(job_id);
         Ok(job)
     }
 

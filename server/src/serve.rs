@@ -92,7 +92,9 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         tracing::warn!(site_root = %cfg.site_root.display(), "no built console here; run `make run` (or cargo leptos build) first");
     }
     tracing::info!(%url, data_dir = %cfg.data.data_dir.display(), "doppel listening");
-    axum::serve(listener, prepared.router)
+    // `into_make_service` turns the routes into services once; `serve(listener, router)`
+    // would rebuild the whole route table for every new connection.
+    axum::serve(listener, prepared.router.into_make_service())
         .with_graceful_shutdown(shutdown_signal())
         .await?;
     prepared.service.db.close().await;
