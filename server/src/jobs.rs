@@ -27,6 +27,17 @@ pub struct JobParams {
     pub previous_status: Option<String>,
 }
 
+/// What the runner needs to start a job: the rows it acts on and where their trees are.
+pub struct JobStart {
+    pub kind: JobKind,
+    pub params: JobParams,
+    pub target_id: String,
+    pub source_id: String,
+    pub target_server: String,
+    pub target_root: PathBuf,
+    pub source_root: PathBuf,
+}
+
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     pub global: usize,
@@ -76,8 +87,9 @@ impl JobRunner {
             .clone()
     }
 
-    /// Starts running a queued job in the background.
-    pub fn spawn(self: &Arc<Self>, job_id: String) {
+    /// Starts running a queued job in the background. `start`: what the job needs, when
+    /// the caller has it at hand (it is read from the database otherwise).
+    pub fn spawn(self: &Arc<Self>, job_id: String, start: Option<JobStart>) {
         let ctl = Control::new();
         self.active
             .lock()
@@ -85,7 +97,7 @@ impl JobRunner {
             .insert(job_id.clone(), ctl.clone());
         let runner = self.clone();
         tokio::spawn(async move {
-            if let Err(e) = runner.run(&job_id, ctl).await {
+            if let Err(e) = runner.run(&job_id, start, ctl).await {
                 tracing::error!(job = %job_id, error = %e, "job bookkeeping failed");
             }
             runner
@@ -126,7 +138,7 @@ impl JobRunner {
                 .execute(&self.db.write)
                 .await?;
             tracing::info!(job = %id, "resuming a job interrupted by a restart");
-            self.spawn(id.clone());
+            self.spawn(id.clone(), None);
         }
         Ok(ids.len())
     }
@@ -139,7 +151,8 @@ impl JobRunner {
         Ok(job_from_row(&row))
     }
 
-    async fn run(self: &Arc<Self>, job_id: &str, ctl: Control) -> Result<(), sqlx::Error> {
+    /// What a job needs to start, from the database (after a restart, or for a sync).
+    async fn load_start(&self, job_id: &str) -> Result<JobStart, sqlx::Error> {
         let row = sqlx::query(
             "SELECT j.kind, j.params, j.container_id, j.source_container_id,
                     t.server_id AS target_server, ts.storage_root AS target_root,
@@ -154,14 +167,36 @@ impl JobRunner {
         .bind(job_id)
         .fetch_one(&self.db.read)
         .await?;
-        let kind = JobKind::parse(row.get("kind")).unwrap_or(JobKind::Copy);
-        let params: JobParams = serde_json::from_str(row.get("params")).unwrap_or_default();
-        let target_id: String = row.get("container_id");
-        let source_id: String = row.get("source_container_id");
-        let target_root = PathBuf::from(row.get::<String, _>("target_root"));
-        let source_root = PathBuf::from(row.get::<String, _>("source_root"));
+        Ok(JobStart {
+            kind: JobKind::parse(row.get("kind")).unwrap_or(JobKind::Copy),
+            params: serde_json::from_str(row.get("params")).unwrap_or_default(),
+            target_id: row.get("container_id"),
+            source_id: row.get("source_container_id"),
+            target_server: row.get("target_server"),
+            target_root: PathBuf::from(row.get::<String, _>("target_root")),
+            source_root: PathBuf::from(row.get::<String, _>("source_root")),
+        })
+    }
 
-        let target_server: String = row.get("target_server");
+    async fn run(
+        self: &Arc<Self>,
+        job_id: &str,
+        start: Option<JobStart>,
+        ctl: Control,
+    ) -> Result<(), sqlx::Error> {
+        let start = match start {
+            Some(start) => start,
+            None => self.load_start(job_id).await?,
+        };
+        let JobStart {
+            kind,
+            params,
+            target_id,
+            source_id,
+            target_server,
+            target_root,
+            source_root,
+        } = start;
 
         // Wait for a slot on the target server, then globally: a job waiting for a busy
         // server holds no global slot, so jobs for other servers are not held up behind it.

@@ -7,7 +7,7 @@ use sqlx::{FromRow, Row};
 
 use crate::db::is_unique_violation;
 use crate::ids::{new_id, now_ms};
-use crate::jobs::JobParams;
+use crate::jobs::{JobParams, JobStart};
 use crate::service::{check_id, internal, ContainerRow, Service, Visibility, CONTAINER_SELECT};
 
 /// Who may change things in a project: its operators and admins, and platform admins.
@@ -406,7 +406,19 @@ impl Service {
             events_url: format!("/api/v1/jobs/{job_id}/events"),
         };
         self.jobs.hub.publish("status", job.clone());
-        self.jobs.spawn(job_id);
+        // The runner starts from what was checked here, without reading it back.
+        self.jobs.spawn(
+            job_id,
+            Some(JobStart {
+                kind: JobKind::Copy,
+                params,
+                target_id: id.clone(),
+                source_id: source_id.to_string(),
+                target_server: server_id.clone(),
+                target_root: storage_root.clone().into(),
+                source_root: source_row.storage_root.clone().into(),
+            }),
+        );
         let container = ContainerDetail {
             summary: ContainerSummary {
                 id: id.clone(),
@@ -588,7 +600,7 @@ impl Service {
         // Announced as queued before the runner can announce it running.
         let job = self.jobs.load(&job_id).await.map_err(internal)?;
         self.jobs.hub.publish("status", job.clone());
-        self.jobs.spawn(job_id);
+        self.jobs.spawn(job_id, None);
         Ok(job)
     }
 
