@@ -228,6 +228,59 @@ pub async fn user_for_token(db: &Db, token: &str) -> Result<Option<UserInfo>, sq
     Ok(row.as_ref().map(user_from_row))
 }
 
+/// API tokens verified in the last moments, so a client firing requests does not cost a
+/// database lookup for each. Only tokens found are kept, each for `ttl` (2 s in the
+/// server): a token taken out of the database stops working within that time. Console
+/// sessions are not cached: a logout takes effect at once.
+pub struct TokenCache {
+    ttl: std::time::Duration,
+    verified: std::sync::Mutex<std::collections::HashMap<String, (UserInfo, std::time::Instant)>>,
+}
+
+impl TokenCache {
+    /// Most tokens kept; when full it starts over (a real server has a handful).
+    const MAX: usize = 10_000;
+
+    pub fn new(ttl: std::time::Duration) -> TokenCache {
+        TokenCache {
+            ttl,
+            verified: Default::default(),
+        }
+    }
+
+    /// The user `token` belongs to, as `user_for_token` says, at most `ttl` ago.
+    pub async fn user(&self, db: &Db, token: &str) -> Result<Option<UserInfo>, sqlx::Error> {
+        let hash = secret_hash(token);
+        let fresh = |(user, at): &(UserInfo, std::time::Instant)| {
+            (at.elapsed() < self.ttl).then(|| user.clone())
+        };
+        if let Some(user) = self.lock().get(&hash).and_then(fresh) {
+            return Ok(Some(user));
+        }
+        let user = user_for_token(db, token).await?;
+        let mut verified = self.lock();
+        match &user {
+            Some(u) => {
+                if verified.len() >= Self::MAX {
+                    verified.clear();
+                }
+                verified.insert(hash, (u.clone(), std::time::Instant::now()));
+            }
+            None => {
+                verified.remove(&hash);
+            }
+        }
+        Ok(user)
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (UserInfo, std::time::Instant)>>
+    {
+        self.verified.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// Starts a console session; returns the cookie value.
 pub async fn create_session(db: &Db, user: &UserInfo) -> Result<String, sqlx::Error> {
     let secret = new_secret();
@@ -319,6 +372,27 @@ mod tests {
         );
         end_session(&db, &session).await.unwrap();
         assert_eq!(user_for_session(&db, &session).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_cached_token_is_checked_again_once_its_time_is_up() {
+        let (_d, db) = db().await;
+        let alice = create_user(&db, "alice", Some("correct horse"), false)
+            .await
+            .unwrap();
+        let token = create_token(&db, "alice", "ci").await.unwrap();
+        let cache = TokenCache::new(std::time::Duration::from_millis(300));
+        assert_eq!(cache.user(&db, &token).await.unwrap(), Some(alice.clone()));
+        assert_eq!(cache.user(&db, "dpl_bogus").await.unwrap(), None);
+        sqlx::query("DELETE FROM api_tokens")
+            .execute(&db.write)
+            .await
+            .unwrap();
+        // Within its time the answer comes from memory, without the database...
+        assert_eq!(cache.user(&db, &token).await.unwrap(), Some(alice));
+        // ...and after it, the token is looked up again: gone.
+        tokio::time::sleep(std::time::Duration::from_millis(350)).await;
+        assert_eq!(cache.user(&db, &token).await.unwrap(), None);
     }
 
     #[tokio::test]

@@ -15,6 +15,8 @@ pub struct Service {
     pub db: Db,
     pub data: DataConfig,
     pub jobs: std::sync::Arc<crate::jobs::JobRunner>,
+    /// API tokens verified in the last 2 s (see `TokenCache`).
+    pub tokens: crate::auth::TokenCache,
 }
 
 /// Logs an unexpected failure and gives the user a generic error (details stay in the log).
@@ -141,7 +143,12 @@ pub(crate) fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
 impl Service {
     pub fn new(db: Db, data: DataConfig, limits: crate::jobs::Limits) -> Self {
         let jobs = crate::jobs::JobRunner::new(db.clone(), limits);
-        Service { db, data, jobs }
+        Service {
+            db,
+            data,
+            jobs,
+            tokens: crate::auth::TokenCache::new(std::time::Duration::from_secs(2)),
+        }
     }
 
     /// The caller's projects and role in each (`None`: a platform admin, not a member).

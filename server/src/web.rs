@@ -126,7 +126,7 @@ async fn resolve_caller(State(state): State<AppState>, mut req: Request, next: N
     let has_auth_header = headers.contains_key(header::AUTHORIZATION);
     let lookup = if has_auth_header {
         match bearer_token(headers) {
-            Some(token) => auth::user_for_token(db, token).await,
+            Some(token) => state.service.tokens.user(db, token).await,
             None => Ok(None),
         }
     } else if let Some(secret) =
