@@ -478,7 +478,7 @@ struct ProgressReporter {
     running: Job,
     handle: tokio::runtime::Handle,
     state: Mutex<ReporterState>,
-    /// Updates in flight; the final status waits for them, so it is always the last event.
+    /// Database writes in flight; the final status waits for them, so it is written last.
     pending: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -488,6 +488,10 @@ struct ReporterState {
     last_db: Option<Instant>,
     last_phase: Option<engine::Phase>,
     latest: Option<JobProgress>,
+    /// The publication of a state held back by the interval.
+    trail: Option<tokio::task::JoinHandle<()>>,
+    /// The job has ended: nothing more is published.
+    finished: bool,
 }
 
 impl ProgressReporter {
@@ -502,76 +506,102 @@ impl ProgressReporter {
         }
     }
 
-    fn report(&self, p: &Progress) {
+    fn report(self: &Arc<Self>, p: &Progress) {
         let progress = to_job_progress(p);
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let phase_changed = st.last_phase != Some(p.phase);
-        let done = p.bytes_total.is_some_and(|t| p.bytes_done >= t)
-            && p.files_total.is_some_and(|t| p.files_done >= t);
         st.latest = Some(progress.clone());
-        let event_due =
-            phase_changed || done || st.last_event.is_none_or(|t| t.elapsed() >= EVENT_INTERVAL);
+        // At most one event per interval, phase changes included (a short copy goes
+        // through four phases in a few milliseconds); a state held back goes out at the
+        // end of the interval (`trail`) unless the final status comes first.
+        let event_due = st.last_event.is_none_or(|t| t.elapsed() >= EVENT_INTERVAL);
+        // The database keeps every phase (readers of `GET /jobs/{id}` see it move).
         let db_due = phase_changed || st.last_db.is_none_or(|t| t.elapsed() >= DB_INTERVAL);
         st.last_phase = Some(p.phase);
         if event_due {
             st.last_event = Some(Instant::now());
+            // Published here, under the lock: events leave in the order of the reports.
+            self.publish(progress.clone());
         }
         if db_due {
             st.last_db = Some(Instant::now());
         }
+        if !event_due && st.trail.is_none() && !st.finished {
+            let wait = st
+                .last_event
+                .map(|t| EVENT_INTERVAL.saturating_sub(t.elapsed()))
+                .unwrap_or_default();
+            let me = self.clone();
+            st.trail = Some(self.handle.spawn(async move {
+                tokio::time::sleep(wait).await;
+                // Published under the lock: `flush` marks the job finished under it, so
+                // this event cannot come after the final status.
+                let mut st = me.state.lock().unwrap_or_else(|e| e.into_inner());
+                st.trail = None;
+                // Finished, or an event went out meanwhile.
+                if st.finished || st.last_event.is_some_and(|t| t.elapsed() < EVENT_INTERVAL) {
+                    return;
+                }
+                st.last_event = Some(Instant::now());
+                if let Some(progress) = st.latest.clone() {
+                    me.publish(progress);
+                }
+            }));
+        }
         drop(st);
-        if !event_due && !db_due {
+        if !db_due {
             return;
         }
-        let runner = self.runner.clone();
+        let db = self.runner.db.clone();
         let job_id = self.job_id.clone();
-        let mut job = self.running.clone();
-        // The engine runs on a blocking thread: hand the async work to the runtime.
+        // The engine runs on a blocking thread: hand the database write to the runtime.
         let task = self.handle.spawn(async move {
             let json = serde_json::to_string(&progress).unwrap_or_default();
-            if db_due {
-                let phase = progress.phase.clone();
-                let _ = runner
-                    .db
-                    .transact(move |c| {
-                        Box::pin(async move {
-                            sqlx::query(
-                                "UPDATE jobs SET phase = $1, progress = $2
+            let phase = progress.phase.clone();
+            let _ = db
+                .transact(move |c| {
+                    Box::pin(async move {
+                        sqlx::query(
+                            "UPDATE jobs SET phase = $1, progress = $2
                                  WHERE id = $3 AND status = 'running'",
-                            )
-                            .bind(&phase)
-                            .bind(&json)
-                            .bind(&job_id)
-                            .execute(c)
-                            .await
-                        })
+                        )
+                        .bind(&phase)
+                        .bind(&json)
+                        .bind(&job_id)
+                        .execute(c)
+                        .await
                     })
-                    .await;
-            }
-            if event_due {
-                job.phase = Some(progress.phase.clone());
-                job.progress = Some(progress);
-                runner.hub.publish("progress", job);
-            }
+                })
+                .await;
         });
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         pending.retain(|t| !t.is_finished());
         pending.push(task);
     }
 
-    /// Waits for the progress already handed out, and gives the last progress seen (as
-    /// JSON), for the finished job to show where it ended.
+    fn publish(&self, progress: JobProgress) {
+        let mut job = self.running.clone();
+        job.phase = Some(progress.phase.clone());
+        job.progress = Some(progress);
+        self.runner.hub.publish("progress", job);
+    }
+
+    /// Waits for the progress writes already handed out (a state held back is dropped: the
+    /// final status says more), and gives the last progress seen (as JSON), for the finished job
+    /// to show where it ended.
     async fn flush(&self) -> Option<String> {
+        let latest = {
+            let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.finished = true;
+            if let Some(trail) = st.trail.take() {
+                trail.abort();
+            }
+            st.latest.clone()
+        };
         let tasks = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
         for t in tasks {
             let _ = t.await;
         }
-        let latest = self
-            .state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .latest
-            .clone();
         latest.map(|p| serde_json::to_string(&p).unwrap_or_default())
     }
 }
@@ -601,5 +631,88 @@ fn to_job_progress(p: &Progress) -> JobProgress {
         percent,
         bytes_per_second: rate,
         eta_seconds: eta,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job() -> Job {
+        Job {
+            id: "0123456789abcdef01234567".into(),
+            kind: JobKind::Copy,
+            status: JobStatus::Running,
+            phase: None,
+            project_id: String::new(),
+            container_id: String::new(),
+            source_container_id: String::new(),
+            progress: None,
+            summary: None,
+            error: None,
+            created_at: 0,
+            started_at: None,
+            finished_at: None,
+            url: String::new(),
+            events_url: String::new(),
+        }
+    }
+
+    fn at(phase: engine::Phase, bytes_done: u64) -> Progress {
+        Progress {
+            phase,
+            bytes_done,
+            bytes_total: Some(100),
+            files_done: 0,
+            files_total: Some(1),
+            elapsed: Duration::ZERO,
+            rate: 0.0,
+        }
+    }
+
+    /// The phases of each progress event published so far.
+    fn phases(
+        rx: &mut tokio::sync::broadcast::Receiver<Arc<crate::events::Published>>,
+    ) -> Vec<String> {
+        std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|e| e.ev.job.phase.clone().unwrap_or_default())
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn progress_events_come_at_most_every_interval_and_a_held_back_state_follows() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let runner = JobRunner::new(crate::db::connect(&url).await.unwrap(), Limits::default());
+        let (_, mut rx) = runner.hub.subscribe(None);
+        let reporter = Arc::new(ProgressReporter::new(runner.clone(), job()));
+        // A short copy: four phases within a few milliseconds.
+        for phase in [
+            engine::Phase::Scan,
+            engine::Phase::Transfer,
+            engine::Phase::Verify,
+        ] {
+            reporter.report(&at(phase, 50));
+        }
+        assert_eq!(phases(&mut rx), ["scan"], "only the first goes at once");
+        tokio::time::sleep(EVENT_INTERVAL + EVENT_INTERVAL / 2).await;
+        assert_eq!(
+            phases(&mut rx),
+            ["verify"],
+            "the state held back goes out at the end of the interval"
+        );
+        // Held back again, but the job ends first: nothing after its end.
+        reporter.report(&at(engine::Phase::Commit, 100));
+        reporter.report(&at(engine::Phase::Commit, 100));
+        let before = phases(&mut rx);
+        assert!(before.len() <= 1, "{before:?}");
+        let last = reporter.flush().await.expect("the last progress");
+        assert!(last.contains("\"commit\""), "{last}");
+        tokio::time::sleep(EVENT_INTERVAL * 2).await;
+        assert_eq!(
+            phases(&mut rx),
+            Vec::<String>::new(),
+            "nothing after the end"
+        );
     }
 }
