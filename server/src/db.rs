@@ -40,10 +40,10 @@ pub struct Db {
 const MAX_BATCH: usize = 256;
 
 /// A queued write: runs its statements in its savepoint and says whether they succeeded
-/// (then `Some`, to hear later whether the transaction committed) or failed (its caller
-/// already has the error; the savepoint is rolled back).
+/// (else the savepoint is rolled back), and how to answer its caller once the transaction
+/// has committed (or failed to).
 type Batched =
-    Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Option<Committed>> + Send>;
+    Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, (bool, Committed)> + Send>;
 type Committed = Box<dyn FnOnce(Result<(), String>) + Send>;
 
 /// Opens (creating if needed) the database at `url` and brings its schema up to date.
@@ -56,7 +56,10 @@ pub async fn connect(url: &str) -> Result<Db, sqlx::Error> {
         // Only other processes (the admin subcommands) can hold the write lock now.
         .busy_timeout(Duration::from_secs(10))
         // Pages come from the page cache by memory mapping, not a read() per page.
-        .pragma("mmap_size", "268435456");
+        .pragma("mmap_size", "268435456")
+        // Savepoint journals and sort buffers in memory, not in temporary files (group
+        // commit opens a savepoint per write).
+        .pragma("temp_store", "memory");
     // An embedded database's connection cannot go stale: no ping round-trip to the
     // connection's thread before every statement.
     let write = SqlitePoolOptions::new()
@@ -105,16 +108,21 @@ async fn run_batch(
 ) -> Result<(), sqlx::Error> {
     let mut conn = pool.acquire().await?;
     let mut tx = conn.begin().await?;
+    // One savepoint, kept open from write to write: released and taken again in one round
+    // trip after a write that succeeded; rolled back to (which keeps it) after one that
+    // failed.
+    sqlx::query("SAVEPOINT write").execute(&mut *tx).await?;
     for write in batch.drain(..) {
-        let mut savepoint = tx.begin().await?;
-        match write(&mut savepoint).await {
-            Some(done) => {
-                savepoint.commit().await?;
-                committed.push(done);
-            }
-            None => savepoint.rollback().await?,
-        }
+        let (ok, done) = write(&mut tx).await;
+        committed.push(done);
+        let next = if ok {
+            "RELEASE write; SAVEPOINT write"
+        } else {
+            "ROLLBACK TO write"
+        };
+        sqlx::query(next).execute(&mut *tx).await?;
     }
+    sqlx::query("RELEASE write").execute(&mut *tx).await?;
     tx.commit().await
 }
 
@@ -131,19 +139,17 @@ impl Db {
         let (answer, answered) = oneshot::channel::<Result<T, E>>();
         let queued: Batched = Box::new(move |conn| {
             Box::pin(async move {
-                match write(conn).await {
-                    Ok(value) => Some(Box::new(move |outcome: Result<(), String>| {
-                        let _ = answer.send(
-                            outcome
-                                .map(|()| value)
-                                .map_err(|e| E::from(sqlx::Error::Protocol(e))),
-                        );
-                    }) as Committed),
-                    Err(e) => {
-                        let _ = answer.send(Err(e));
-                        None
-                    }
-                }
+                let result = write(conn).await;
+                let ok = result.is_ok();
+                // Answered after the commit, failures too: a caller told "taken" can then
+                // read whatever took it.
+                let done = move |outcome: Result<(), String>| {
+                    let _ = answer.send(match outcome {
+                        Err(e) if ok => Err(E::from(sqlx::Error::Protocol(e))),
+                        _ => result,
+                    });
+                };
+                (ok, Box::new(done) as Committed)
             })
         });
         self.batched

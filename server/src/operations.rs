@@ -119,11 +119,15 @@ impl From<sqlx::Error> for Refusal {
 }
 
 impl NewCopy {
+    /// Both rows in one round trip to the database (two statements in one query).
     async fn insert(self, c: &mut sqlx::SqliteConnection) -> Result<(), Refusal> {
         let res = sqlx::query(
             "INSERT INTO containers (id, name, project_id, server_id, status, ssh_public_key,
                 firewall_rules, network_rules, source_container_id, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, 'copying', $5, $6, $7, $8, $9, $9)",
+             VALUES ($1, $2, $3, $4, 'copying', $5, $6, $7, $8, $9, $9);
+             INSERT INTO jobs (id, kind, status, project_id, container_id, source_container_id,
+                requested_by, params, idempotency_key, created_at)
+             VALUES ($10, 'copy', 'queued', $3, $1, $8, $11, $12, $13, $9)",
         )
         .bind(&self.id)
         .bind(&self.name)
@@ -134,41 +138,27 @@ impl NewCopy {
         .bind(&self.network_rules)
         .bind(&self.source_id)
         .bind(self.now)
-        .execute(&mut *c)
-        .await;
-        match res {
-            // Which constraint: SQLite names its columns in the message ("containers.
-            // project_id, containers.name"), PostgreSQL gives the constraint's name.
-            Err(e) if is_unique_violation(&e) => {
-                let on_name = e
-                    .as_database_error()
-                    .is_some_and(|d| d.constraint().unwrap_or(d.message()).contains("name"));
-                return Err(if on_name {
-                    Refusal::NameTaken
-                } else {
-                    Refusal::KeyTaken
-                });
-            }
-            res => res?,
-        };
-        let res = sqlx::query(
-            "INSERT INTO jobs (id, kind, status, project_id, container_id, source_container_id,
-                requested_by, params, idempotency_key, created_at)
-             VALUES ($1, 'copy', 'queued', $2, $3, $4, $5, $6, $7, $8)",
-        )
         .bind(&self.job_id)
-        .bind(&self.project_id)
-        .bind(&self.id)
-        .bind(&self.source_id)
         .bind(&self.requested_by)
         .bind(&self.params)
         .bind(&self.idempotency_key)
-        .bind(self.now)
-        .execute(&mut *c)
+        .execute(c)
         .await;
         match res {
-            Err(e) if is_unique_violation(&e) && self.idempotency_key.is_some() => {
-                Err(Refusal::SameIdempotencyKey)
+            // Which index said no: SQLite names its columns in the message ("containers.
+            // project_id, containers.name"), PostgreSQL gives the constraint's name.
+            Err(e) if is_unique_violation(&e) => {
+                let on = |column: &str| {
+                    e.as_database_error()
+                        .is_some_and(|d| d.constraint().unwrap_or(d.message()).contains(column))
+                };
+                Err(if on("idempotency_key") {
+                    Refusal::SameIdempotencyKey
+                } else if on("name") {
+                    Refusal::NameTaken
+                } else {
+                    Refusal::KeyTaken
+                })
             }
             res => res.map(drop).map_err(Refusal::Db),
         }
@@ -358,12 +348,23 @@ impl Service {
             idempotency_key: idem.clone(),
             now,
         };
-        match self
+        let written = self
             .db
             .transact(move |c| Box::pin(async move { row.insert(c).await }))
-            .await
+            .await;
+        // A retry that raced its first attempt (the same idempotency key, so the same name
+        // too) is answered with the job that won, which is committed by now.
+        if let (Err(Refusal::NameTaken | Refusal::SameIdempotencyKey), Some(key)) =
+            (&written, &idem)
         {
+            if let Some(job) = self.job_by_idempotency_key(user, key).await? {
+                let container = self.get_container(user, &job.container_id).await?;
+                return Ok(CopyStarted { container, job });
+            }
+        }
+        match written {
             Ok(()) => {}
+            Err(Refusal::SameIdempotencyKey) => return Err(ApiError::internal()),
             Err(Refusal::NameTaken) => {
                 return Err(ApiError::new(
                     ErrorCode::Conflict,
@@ -375,15 +376,6 @@ impl Service {
                     ErrorCode::Conflict,
                     "ssh_public_key is already used by another container; keys are unique",
                 ))
-            }
-            // The same key raced in from a retry: answer with the job that won.
-            Err(Refusal::SameIdempotencyKey) => {
-                let job = self
-                    .job_by_idempotency_key(user, idem.as_deref().unwrap_or_default())
-                    .await?
-                    .ok_or_else(ApiError::internal)?;
-                let container = self.get_container(user, &job.container_id).await?;
-                return Ok(CopyStarted { container, job });
             }
             Err(Refusal::Db(e)) => return Err(internal(e)),
         }

@@ -436,6 +436,41 @@ async fn retries_with_an_idempotency_key_get_the_same_job() {
 }
 
 #[tokio::test]
+async fn concurrent_retries_with_one_idempotency_key_make_one_copy() {
+    let s = TestServer::start().await;
+    let source = s.container_id("web-app").await;
+    let web = project_id(&s, "web-platform").await;
+    let path = format!("/api/v1/containers/{source}/copy");
+    let body = json!({"target_project_id": web, "name": "racing"});
+    // Sent together, so they pass the key's first check before any of them is written.
+    let answers = futures::future::join_all((0..8).map(|_| {
+        post(
+            &s,
+            &path,
+            &s.admin_token,
+            Some(body.clone()),
+            Some("race-1"),
+        )
+    }))
+    .await;
+    let first = &answers[0].1;
+    for (st, answer, _) in &answers {
+        assert_eq!(*st, 202, "{answer}");
+        assert_eq!(answer["job"]["id"], first["job"]["id"]);
+        assert_eq!(answer["container"]["id"], first["container"]["id"]);
+    }
+    wait_job(&s, first["job"]["id"].as_str().unwrap()).await;
+    let (_, list) = s.get("/api/v1/containers", &s.admin_token).await;
+    let racing = list["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["name"] == "racing")
+        .count();
+    assert_eq!(racing, 1);
+}
+
+#[tokio::test]
 async fn sync_rules_originals_running_jobs_and_snapshots() {
     let s = TestServer::start().await;
     let web_app = s.container_id("web-app").await;
