@@ -313,6 +313,8 @@ async fn main() {
     println!("post_p50_ms {:.1}", percentile(&post_ms, 0.50));
     println!("post_p99_ms {:.1}", percentile(&post_ms, 0.99));
     println!("event_lag_p50_ms {:.1}", percentile(&lags, 0.50));
+    println!("event_lag_p90_ms {:.1}", percentile(&lags, 0.90));
     println!("event_lag_p99_ms {:.1}", percentile(&lags, 0.99));
+    println!("event_lag_max_ms {:.1}", percentile(&lags, 1.0));
     println!("doppel_peak_rss_mb {rss:.1}");
 }

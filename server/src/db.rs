@@ -18,10 +18,12 @@
 //! the task, not the request, runs the write, a client that hangs up mid-request cannot
 //! leave a write half done.
 
+use std::panic::AssertUnwindSafe;
 use std::str::FromStr;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use futures::FutureExt;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Connection, SqliteConnection, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
@@ -113,8 +115,18 @@ async fn run_batch(
     // failed.
     sqlx::query("SAVEPOINT write").execute(&mut *tx).await?;
     for write in batch.drain(..) {
-        let (ok, done) = write(&mut tx).await;
-        committed.push(done);
+        // A write that panics is rolled back like one that failed (its caller hears that
+        // the writer failed it); the writer itself carries on for everyone else.
+        let ok = match AssertUnwindSafe(write(&mut tx)).catch_unwind().await {
+            Ok((ok, done)) => {
+                committed.push(done);
+                ok
+            }
+            Err(_) => {
+                tracing::error!("a database write panicked; it was rolled back");
+                false
+            }
+        };
         let next = if ok {
             "RELEASE write; SAVEPOINT write"
         } else {
@@ -245,6 +257,37 @@ mod tests {
         }
         want.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
         assert_eq!(rows, want, "the failed writes left no half behind");
+    }
+
+    #[tokio::test]
+    async fn a_write_that_panics_fails_alone_and_the_writer_carries_on() {
+        let (_d, db) = db().await;
+        let panicked = tokio::spawn({
+            let db = db.clone();
+            async move {
+                db.transact(|c| {
+                    Box::pin(async move {
+                        sqlx::query("INSERT INTO t (k, v) VALUES ('half', 1)")
+                            .execute(&mut *c)
+                            .await?;
+                        if c.ping().await.is_ok() {
+                            panic!("a bug in a write");
+                        }
+                        Ok::<_, sqlx::Error>(())
+                    })
+                })
+                .await
+            }
+        });
+        let after = insert_pair(&db, "x", "y", 7);
+        let (panicked, after) = tokio::join!(panicked, after);
+        assert!(panicked.unwrap().is_err(), "its caller hears of it");
+        assert_eq!(after.unwrap(), 7, "later writes still work");
+        let keys: Vec<String> = sqlx::query_scalar("SELECT k FROM t ORDER BY k")
+            .fetch_all(&db.read)
+            .await
+            .unwrap();
+        assert_eq!(keys, ["x", "y"], "nothing of the panicked write stays");
     }
 
     #[tokio::test]
