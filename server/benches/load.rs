@@ -30,8 +30,10 @@ fn read_event(block: &[u8]) -> Option<(i64, bool)> {
         .ok()?
         .parse()
         .ok()?;
-    let success = find(block, b"\nevent: status\n").is_some()
-        && find(block, b"\"status\":\"succeeded\"").is_some();
+    // Only a status event (its kind is on the line before `data:`) is searched further.
+    let kind_line = &block[..from];
+    let success = find(kind_line, b"\nevent: status\n").is_some()
+        && find(&block[from..], b"\"status\":\"succeeded\"").is_some();
     Some((at, success))
 }
 
