@@ -45,8 +45,9 @@ const MAX_BATCH: usize = 256;
 /// (else the savepoint is rolled back), and how to answer its caller once the transaction
 /// has committed (or failed to).
 type Batched =
-    Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, (bool, Committed)> + Send>;
-type Committed = Box<dyn FnOnce(Result<(), String>) + Send>;
+    Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, (bool, Answer)> + Send>;
+/// Answers a write's caller, given how its transaction ended.
+type Answer = Box<dyn FnOnce(Result<(), String>) + Send>;
 
 /// Opens (creating if needed) the database at `url` and brings its schema up to date.
 pub async fn connect(url: &str) -> Result<Db, sqlx::Error> {
@@ -88,8 +89,8 @@ pub async fn connect(url: &str) -> Result<Db, sqlx::Error> {
 async fn group_commit(pool: SqlitePool, mut queue: mpsc::UnboundedReceiver<Batched>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let mut committed = Vec::with_capacity(batch.len());
-        let outcome = run_batch(&pool, &mut batch, &mut committed).await;
+        let mut answers = Vec::with_capacity(batch.len());
+        let outcome = run_batch(&pool, &mut batch, &mut answers).await;
         // A write that never ran (the database failed first) is dropped: its caller
         // hears that the writer stopped.
         batch.clear();
@@ -97,8 +98,8 @@ async fn group_commit(pool: SqlitePool, mut queue: mpsc::UnboundedReceiver<Batch
         if let Err(e) = &outcome {
             tracing::error!(error = %e, "a group of database writes failed to commit");
         }
-        for done in committed {
-            done(outcome.clone());
+        for answer in answers {
+            answer(outcome.clone());
         }
     }
 }
@@ -106,7 +107,7 @@ async fn group_commit(pool: SqlitePool, mut queue: mpsc::UnboundedReceiver<Batch
 async fn run_batch(
     pool: &SqlitePool,
     batch: &mut Vec<Batched>,
-    committed: &mut Vec<Committed>,
+    answers: &mut Vec<Answer>,
 ) -> Result<(), sqlx::Error> {
     let mut conn = pool.acquire().await?;
     let mut tx = conn.begin().await?;
@@ -118,8 +119,8 @@ async fn run_batch(
         // A write that panics is rolled back like one that failed (its caller hears that
         // the writer failed it); the writer itself carries on for everyone else.
         let ok = match AssertUnwindSafe(write(&mut tx)).catch_unwind().await {
-            Ok((ok, done)) => {
-                committed.push(done);
+            Ok((ok, answer)) => {
+                answers.push(answer);
                 ok
             }
             Err(_) => {
@@ -161,7 +162,7 @@ impl Db {
                         _ => result,
                     });
                 };
-                (ok, Box::new(done) as Committed)
+                (ok, Box::new(done) as Answer)
             })
         });
         self.batched

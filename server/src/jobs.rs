@@ -311,91 +311,71 @@ impl JobRunner {
             .as_deref()
             .and_then(ContainerStatus::parse)
             .unwrap_or(ContainerStatus::Running);
-        let (job_id, target_id) = (job_id.to_string(), target_id.to_string());
-        if let Err(e) = &result {
-            if !matches!(e, EngineError::Cancelled) {
+        let (status, error) = match &result {
+            Ok(_) => (JobStatus::Succeeded, None),
+            Err(EngineError::Cancelled) => (JobStatus::Cancelled, Some("cancelled".to_string())),
+            Err(e) => {
                 tracing::warn!(job = %job_id, error = %e, "job failed");
+                (JobStatus::Failed, Some(e.to_string()))
             }
-        }
+        };
+        // A finished copy starts automatically and a sync returns its target to its status.
+        // A copy that did not finish leaves no tree: the container is failed. A sync that
+        // did not finish left the copy as it was: its status comes back.
+        let (container_status, reason) = match (&error, kind) {
+            (None, JobKind::Copy) => (ContainerStatus::Running, None),
+            (None, JobKind::Sync) => (previous, None),
+            (Some(m), JobKind::Copy) => (
+                ContainerStatus::Failed,
+                Some(format!("copy {}: {m}", status.as_str())),
+            ),
+            (Some(m), JobKind::Sync) => (
+                previous,
+                Some(format!("last sync {}: {m}", status.as_str())),
+            ),
+        };
+        let summary = result.ok();
+        let (job_id, target_id) = (job_id.to_string(), target_id.to_string());
         let row = self
             .db
             .transact(move |c| {
                 Box::pin(async move {
                     let now = now_ms();
-                    match &result {
-                        Ok(summary) => {
-                            let row = sqlx::query(
-                                "UPDATE jobs SET status = 'succeeded', phase = NULL, summary = $1,
-                                    error = NULL, finished_at = $2,
-                                    progress = COALESCE($4, progress)
-                                 WHERE id = $3 RETURNING *",
-                            )
-                            .bind(serde_json::to_string(summary).unwrap_or_default())
-                            .bind(now)
-                            .bind(&job_id)
-                            .bind(&last_progress)
-                            .fetch_one(&mut *c)
-                            .await?;
-                            // A copy starts automatically; a sync returns the target to
-                            // its status.
-                            let status = if kind == JobKind::Copy {
-                                ContainerStatus::Running
-                            } else {
-                                previous
-                            };
-                            sqlx::query(
-                                "UPDATE containers SET status = $1, status_reason = NULL,
-                                    source_state = $2, last_synced_at = $3, file_count = $4,
-                                    size_bytes = $5, updated_at = $3
-                                 WHERE id = $6",
-                            )
-                            .bind(status.as_str())
-                            .bind(&summary.root_hash)
-                            .bind(now)
-                            .bind(summary.tree_files as i64)
-                            .bind(summary.tree_bytes as i64)
-                            .bind(&target_id)
-                            .execute(&mut *c)
-                            .await?;
-                            Ok(row)
-                        }
-                        Err(err) => {
-                            let (status, message) = match err {
-                                EngineError::Cancelled => {
-                                    (JobStatus::Cancelled, "cancelled".to_string())
-                                }
-                                e => (JobStatus::Failed, e.to_string()),
-                            };
-                            let row = sqlx::query(
-                                "UPDATE jobs SET status = $1, phase = NULL, error = $2,
-                                    finished_at = $3, progress = COALESCE($5, progress)
-                                 WHERE id = $4 RETURNING *",
-                            )
-                            .bind(status.as_str())
-                            .bind(&message)
-                            .bind(now)
-                            .bind(&job_id)
-                            .bind(&last_progress)
-                            .fetch_one(&mut *c)
-                            .await?;
-                            // A copy that did not finish leaves no tree: the container is
-                            // failed. A sync that did not finish left the copy as it was:
-                            // its status comes back.
-                            let (cstatus, reason) = match kind {
-                                JobKind::Copy => (
-                                    ContainerStatus::Failed,
-                                    format!("copy {}: {message}", status.as_str()),
-                                ),
-                                JobKind::Sync => (
-                                    previous,
-                                    format!("last sync {}: {message}", status.as_str()),
-                                ),
-                            };
-                            set_container_status(c, &target_id, cstatus, Some(&reason), now)
-                                .await?;
-                            Ok::<_, sqlx::Error>(row)
-                        }
+                    let row = sqlx::query(
+                        "UPDATE jobs SET status = $1, phase = NULL, summary = $2, error = $3,
+                            finished_at = $4, progress = COALESCE($5, progress)
+                         WHERE id = $6 RETURNING *",
+                    )
+                    .bind(status.as_str())
+                    .bind(
+                        summary
+                            .as_ref()
+                            .map(|s| serde_json::to_string(s).unwrap_or_default()),
+                    )
+                    .bind(&error)
+                    .bind(now)
+                    .bind(&last_progress)
+                    .bind(&job_id)
+                    .fetch_one(&mut *c)
+                    .await?;
+                    set_container_status(c, &target_id, container_status, reason.as_deref(), now)
+                        .await?;
+                    // What the tree now is, for the next sync and the sync status page.
+                    if let Some(summary) = &summary {
+                        sqlx::query(
+                            "UPDATE containers SET source_state = $1, last_synced_at = $2,
+                                file_count = $3, size_bytes = $4
+                             WHERE id = $5",
+                        )
+                        .bind(&summary.root_hash)
+                        .bind(now)
+                        .bind(summary.tree_files as i64)
+                        .bind(summary.tree_bytes as i64)
+                        .bind(&target_id)
+                        .execute(&mut *c)
+                        .await?;
                     }
+                    Ok::<_, sqlx::Error>(row)
                 })
             })
             .await?;
