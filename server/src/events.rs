@@ -123,3 +123,25 @@ impl EventHub {
             .collect()
     }
 }
+
+/// A job to publish in tests: only its id and status matter to the hub and the streams.
+#[cfg(test)]
+pub(crate) fn test_job(id: &str, status: app::model::JobStatus) -> Job {
+    Job {
+        id: id.into(),
+        kind: app::model::JobKind::Copy,
+        status,
+        phase: None,
+        project_id: "p".into(),
+        container_id: "c".into(),
+        source_container_id: "s".into(),
+        progress: None,
+        summary: None,
+        error: None,
+        created_at: 0,
+        started_at: None,
+        finished_at: None,
+        url: String::new(),
+        events_url: String::new(),
+    }
+}

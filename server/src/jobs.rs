@@ -618,26 +618,6 @@ fn to_job_progress(p: &Progress) -> JobProgress {
 mod tests {
     use super::*;
 
-    fn job() -> Job {
-        Job {
-            id: "0123456789abcdef01234567".into(),
-            kind: JobKind::Copy,
-            status: JobStatus::Running,
-            phase: None,
-            project_id: String::new(),
-            container_id: String::new(),
-            source_container_id: String::new(),
-            progress: None,
-            summary: None,
-            error: None,
-            created_at: 0,
-            started_at: None,
-            finished_at: None,
-            url: String::new(),
-            events_url: String::new(),
-        }
-    }
-
     fn at(phase: engine::Phase, bytes_done: u64) -> Progress {
         Progress {
             phase,
@@ -665,7 +645,8 @@ mod tests {
         let url = format!("sqlite://{}", dir.path().join("t.db").display());
         let runner = JobRunner::new(crate::db::connect(&url).await.unwrap(), Limits::default());
         let (_, mut rx) = runner.hub.subscribe(None);
-        let reporter = Arc::new(ProgressReporter::new(runner.clone(), job()));
+        let job = crate::events::test_job("a", JobStatus::Running);
+        let reporter = Arc::new(ProgressReporter::new(runner.clone(), job));
         // A short copy: four phases within a few milliseconds.
         for phase in [
             engine::Phase::Scan,

@@ -244,27 +244,8 @@ pub async fn all_stream(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use app::model::{Job, JobKind, JobStatus};
-
-    fn job(id: &str, status: JobStatus) -> Job {
-        Job {
-            id: id.into(),
-            kind: JobKind::Copy,
-            status,
-            phase: None,
-            project_id: "p".into(),
-            container_id: "c".into(),
-            source_container_id: "s".into(),
-            progress: None,
-            summary: None,
-            error: None,
-            created_at: 0,
-            started_at: None,
-            finished_at: None,
-            url: String::new(),
-            events_url: String::new(),
-        }
-    }
+    use crate::events::test_job as job;
+    use app::model::JobStatus;
 
     fn live(hub: &Arc<EventHub>) -> Live {
         let (_, rx) = hub.subscribe(None);

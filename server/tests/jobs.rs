@@ -397,6 +397,17 @@ async fn members_cannot_copy_from_or_into_other_projects_nor_see_their_jobs() {
     assert_eq!(st, 403);
 }
 
+/// How many containers the admin sees with this name.
+async fn containers_named(s: &TestServer, name: &str) -> usize {
+    let (_, list) = s.get("/api/v1/containers", &s.admin_token).await;
+    list["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["name"] == name)
+        .count()
+}
+
 #[tokio::test]
 async fn retries_with_an_idempotency_key_get_the_same_job() {
     let s = TestServer::start().await;
@@ -418,14 +429,7 @@ async fn retries_with_an_idempotency_key_get_the_same_job() {
     assert_eq!(a["job"]["id"], b["job"]["id"]);
     assert_eq!(a["container"]["id"], b["container"]["id"]);
     wait_job(&s, a["job"]["id"].as_str().unwrap()).await;
-    let (_, list) = s.get("/api/v1/containers", &s.admin_token).await;
-    let named_once = list["containers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| c["name"] == "once")
-        .count();
-    assert_eq!(named_once, 1);
+    assert_eq!(containers_named(&s, "once").await, 1);
 
     let staging = s.container_id("web-app-staging").await;
     let sync = format!("/api/v1/containers/{staging}/sync");
@@ -460,14 +464,7 @@ async fn concurrent_retries_with_one_idempotency_key_make_one_copy() {
         assert_eq!(answer["container"]["id"], first["container"]["id"]);
     }
     wait_job(&s, first["job"]["id"].as_str().unwrap()).await;
-    let (_, list) = s.get("/api/v1/containers", &s.admin_token).await;
-    let racing = list["containers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| c["name"] == "racing")
-        .count();
-    assert_eq!(racing, 1);
+    assert_eq!(containers_named(&s, "racing").await, 1);
 }
 
 #[tokio::test]
