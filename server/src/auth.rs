@@ -3,6 +3,10 @@
 //! Passwords are stored as argon2id PHC strings; tokens and session ids are 256-bit random
 //! secrets of which only a BLAKE3 hash is stored, so a leaked database grants no access.
 
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
 use app::model::UserInfo;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
@@ -233,15 +237,16 @@ pub async fn user_for_token(db: &Db, token: &str) -> Result<Option<UserInfo>, sq
 /// server): a token taken out of the database stops working within that time. Console
 /// sessions are not cached: a logout takes effect at once.
 pub struct TokenCache {
-    ttl: std::time::Duration,
-    verified: std::sync::Mutex<std::collections::HashMap<String, (UserInfo, std::time::Instant)>>,
+    ttl: Duration,
+    /// Token hash -> its user, and when that was read from the database.
+    verified: Mutex<HashMap<String, (UserInfo, Instant)>>,
 }
 
 impl TokenCache {
     /// Most tokens kept; when full it starts over (a real server has a handful).
     const MAX: usize = 10_000;
 
-    pub fn new(ttl: std::time::Duration) -> TokenCache {
+    pub fn new(ttl: Duration) -> TokenCache {
         TokenCache {
             ttl,
             verified: Default::default(),
@@ -251,9 +256,8 @@ impl TokenCache {
     /// The user `token` belongs to, as `user_for_token` says, at most `ttl` ago.
     pub async fn user(&self, db: &Db, token: &str) -> Result<Option<UserInfo>, sqlx::Error> {
         let hash = secret_hash(token);
-        let fresh = |(user, at): &(UserInfo, std::time::Instant)| {
-            (at.elapsed() < self.ttl).then(|| user.clone())
-        };
+        let fresh =
+            |(user, at): &(UserInfo, Instant)| (at.elapsed() < self.ttl).then(|| user.clone());
         if let Some(user) = self.lock().get(&hash).and_then(fresh) {
             return Ok(Some(user));
         }
@@ -264,7 +268,7 @@ impl TokenCache {
                 if verified.len() >= Self::MAX {
                     verified.clear();
                 }
-                verified.insert(hash, (u.clone(), std::time::Instant::now()));
+                verified.insert(hash, (u.clone(), Instant::now()));
             }
             None => {
                 verified.remove(&hash);
@@ -273,10 +277,7 @@ impl TokenCache {
         Ok(user)
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (UserInfo, std::time::Instant)>>
-    {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, (UserInfo, Instant)>> {
         self.verified.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -381,7 +382,7 @@ mod tests {
             .await
             .unwrap();
         let token = create_token(&db, "alice", "ci").await.unwrap();
-        let cache = TokenCache::new(std::time::Duration::from_millis(300));
+        let cache = TokenCache::new(Duration::from_millis(300));
         assert_eq!(cache.user(&db, &token).await.unwrap(), Some(alice.clone()));
         assert_eq!(cache.user(&db, "dpl_bogus").await.unwrap(), None);
         sqlx::query("DELETE FROM api_tokens")
@@ -391,7 +392,7 @@ mod tests {
         // Within its time the answer comes from memory, without the database...
         assert_eq!(cache.user(&db, &token).await.unwrap(), Some(alice));
         // ...and after it, the token is looked up again: gone.
-        tokio::time::sleep(std::time::Duration::from_millis(350)).await;
+        tokio::time::sleep(Duration::from_millis(350)).await;
         assert_eq!(cache.user(&db, &token).await.unwrap(), None);
     }
 
