@@ -6,22 +6,38 @@
 //! LOAD_POSTS and LOAD_SUBSCRIBERS change the numbers.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use memchr::memmem;
 
 #[path = "../tests/common/process.rs"]
 mod process;
+
+/// Searchers built once: building a `memmem` finder per search cost the client more CPU
+/// than doppel spent sending the burst (perf), and the client shares doppel's two cores.
+struct Finders {
+    end: memmem::Finder<'static>,
+    at: memmem::Finder<'static>,
+    status: memmem::Finder<'static>,
+    succeeded: memmem::Finder<'static>,
+}
+
+static FIND: LazyLock<Finders> = LazyLock::new(|| Finders {
+    end: memmem::Finder::new(b"\n\n"),
+    at: memmem::Finder::new(b"\"at\":"),
+    status: memmem::Finder::new(b"\nevent: status\n"),
+    succeeded: memmem::Finder::new(b"\"status\":\"succeeded\""),
+});
 
 /// When an event was published, and whether it is a job's success, read straight from its
 /// frame: 500 subscribers receive 100,000 events within the burst on the same two cores,
 /// and parsing each whole would make the client's own work what the lag measures. (The
 /// JSON of events is checked by the API tests.)
 fn read_event(block: &[u8]) -> Option<(i64, bool)> {
-    use memchr::memmem::find;
     // `at` comes before the job in an event, so the first one is the event's.
-    let from = find(block, b"\"at\":")? + 5;
+    let from = FIND.at.find(block)? + 5;
     let digits = block[from..]
         .iter()
         .take_while(|b| b.is_ascii_digit())
@@ -31,10 +47,25 @@ fn read_event(block: &[u8]) -> Option<(i64, bool)> {
         .parse()
         .ok()?;
     // Only a status event (its kind is on the line before `data:`) is searched further.
-    let kind_line = &block[..from];
-    let success = find(kind_line, b"\nevent: status\n").is_some()
-        && find(&block[from..], b"\"status\":\"succeeded\"").is_some();
+    let success =
+        FIND.status.find(&block[..from]).is_some() && FIND.succeeded.find(&block[from..]).is_some();
     Some((at, success))
+}
+
+/// Reads the whole events at the start of `data` into `lags` (publish time, lag) and counts
+/// successes; says how many bytes it used (the rest is an event still arriving).
+fn read_events(data: &[u8], lags: &mut Vec<(i64, f64)>, successes: &mut u64) -> usize {
+    let mut start = 0;
+    while let Some(end) = FIND.end.find(&data[start..]) {
+        let block = &data[start..start + end];
+        start += end + 2;
+        // A keep-alive comment has no `at`.
+        if let Some((at, success)) = read_event(block) {
+            lags.push((at, (now_ms() - at) as f64));
+            *successes += u64::from(success);
+        }
+    }
+    start
 }
 
 fn env_or(name: &str, default: usize) -> usize {
@@ -83,6 +114,32 @@ fn peak_rss_mb(pid: u32) -> f64 {
         })
         .map(|kb| kb / 1024.0)
         .unwrap_or(f64::NAN)
+}
+
+/// Lag percentiles of the events published in each `TIMELINE_MS` slot after `start_ms`, as
+/// table rows: shows whether lag comes from the burst of POSTs or from the jobs running.
+fn lag_timeline(timed: &[(i64, f64)], start_ms: i64) -> Vec<String> {
+    const TIMELINE_MS: i64 = 250;
+    let mut slots: std::collections::BTreeMap<i64, Vec<f64>> = Default::default();
+    for &(at, lag) in timed {
+        let slot = (at - start_ms).max(0) / TIMELINE_MS;
+        slots.entry(slot).or_default().push(lag);
+    }
+    slots
+        .into_iter()
+        .map(|(slot, mut lags)| {
+            lags.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            format!(
+                "| {}-{} | {} | {:.0} | {:.0} | {:.0} |",
+                slot * TIMELINE_MS,
+                (slot + 1) * TIMELINE_MS,
+                lags.len(),
+                percentile(&lags, 0.5),
+                percentile(&lags, 0.99),
+                percentile(&lags, 1.0)
+            )
+        })
+        .collect()
 }
 
 /// The client that posts copy requests.
@@ -189,8 +246,9 @@ async fn main() {
         "doppel load: {posts} concurrent copy requests, {subscribers} SSE subscribers, {base}"
     );
 
-    // Subscribers: each records the lag of every event it receives.
-    let lags = Arc::new(Mutex::new(Vec::<f64>::new()));
+    // Subscribers: each records the lag of every event it receives:
+    // (publish time in ms since the epoch, lag in ms) of every event received.
+    let lags = Arc::new(Mutex::new(Vec::<(i64, f64)>::new()));
     let finals = Arc::new(AtomicU64::new(0));
     let connected = Arc::new(AtomicU64::new(0));
     let mut subs = Vec::new();
@@ -206,24 +264,21 @@ async fn main() {
                 .unwrap();
             connected.fetch_add(1, Ordering::SeqCst);
             let mut stream = resp.bytes_stream();
-            let mut buf: Vec<u8> = Vec::new();
+            // The part of an event that has not fully arrived; chunks usually hold whole
+            // events (doppel writes whole frames), which are read in place.
+            let mut partial: Vec<u8> = Vec::new();
             let mut mine = Vec::new();
+            let mut successes = 0;
             while let Some(Ok(chunk)) = stream.next().await {
-                buf.extend_from_slice(&chunk);
-                // Whole events only.
-                let mut start = 0;
-                while let Some(end) = memchr::memmem::find(&buf[start..], b"\n\n") {
-                    let block = &buf[start..start + end];
-                    start += end + 2;
-                    let Some((at, success)) = read_event(block) else {
-                        continue; // a keep-alive comment
-                    };
-                    mine.push((now_ms() - at) as f64);
-                    if success {
-                        finals.fetch_add(1, Ordering::SeqCst);
-                    }
+                if partial.is_empty() {
+                    let used = read_events(&chunk, &mut mine, &mut successes);
+                    partial.extend_from_slice(&chunk[used..]);
+                } else {
+                    partial.extend_from_slice(&chunk);
+                    let used = read_events(&partial, &mut mine, &mut successes);
+                    partial.drain(..used);
                 }
-                buf.drain(..start);
+                finals.fetch_add(std::mem::take(&mut successes), Ordering::Relaxed);
                 if mine.len() >= 64 {
                     lags.lock().unwrap().append(&mut mine);
                 }
@@ -239,6 +294,7 @@ async fn main() {
     // are other clients (browsers), and sharing one runtime would make each POST's time
     // include this process's own queue of SSE frames to parse.
     let started = Instant::now();
+    let started_ms = now_ms();
     let server_pid = server.id();
     let poster = std::thread::spawn(move || {
         tokio::runtime::Builder::new_current_thread()
@@ -292,7 +348,9 @@ async fn main() {
     }
 
     post_ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let mut lags = lags.lock().unwrap().clone();
+    let timed = lags.lock().unwrap().clone();
+    let timeline = lag_timeline(&timed, started_ms);
+    let mut lags: Vec<f64> = timed.iter().map(|&(_, lag)| lag).collect();
     lags.sort_by(|a, b| a.partial_cmp(b).unwrap());
     println!();
     println!("| measure | value |");
@@ -311,6 +369,14 @@ async fn main() {
         "| CPU while posting: doppel / this client | {server_cpu:.0} ms / {client_cpu:.0} ms |"
     );
     println!("| events delivered | {} |", lags.len());
+    println!();
+    println!("Event lag by when the event was published (ms after the burst began):");
+    println!();
+    println!("| published | events | lag p50 | lag p99 | lag max |");
+    println!("|---|---|---|---|---|");
+    for row in timeline {
+        println!("{row}");
+    }
     println!();
     println!("post_p50_ms {:.1}", percentile(&post_ms, 0.50));
     println!("post_p99_ms {:.1}", percentile(&post_ms, 0.99));
