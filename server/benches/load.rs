@@ -89,16 +89,30 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-/// CPU time (user + system) a process has used so far, in milliseconds.
-fn cpu_ms(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces), from field 3 on.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<f64> = rest
-        .split_whitespace()
-        .map(|v| v.parse().unwrap_or(0.0))
-        .collect();
-    let ticks = f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0);
+/// CPU time (user + system) a process's threads have used so far, in milliseconds,
+/// leaving out threads named `skip` (doppel's engine threads: a job copying beside the burst
+/// is not what a copy request costs).
+fn cpu_ms(pid: u32, skip: Option<&str>) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return f64::NAN;
+    };
+    let mut ticks = 0.0;
+    for task in tasks.flatten() {
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // The command name is in parentheses and may hold spaces; fields follow it.
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let comm = head.split_once('(').map(|(_, c)| c).unwrap_or("");
+        if skip == Some(comm) {
+            continue;
+        }
+        let f: Vec<f64> = rest
+            .split_whitespace()
+            .map(|v| v.parse().unwrap_or(0.0))
+            .collect();
+        ticks += f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0);
+    }
     ticks * 1000.0 / 100.0
 }
 
@@ -169,7 +183,9 @@ impl Poster {
         for w in warm {
             let _ = w.await;
         }
-        let (server_cpu0, client_cpu0) = (cpu_ms(self.server), cpu_ms(std::process::id()));
+        let server_cpu = || cpu_ms(self.server, Some("doppel-job"));
+        let client_cpu = || cpu_ms(std::process::id(), None);
+        let (server_cpu0, client_cpu0) = (server_cpu(), client_cpu());
         let started = Instant::now();
         let url = format!("{}/api/v1/containers/{}/copy", self.base, self.source_id);
         let handles: Vec<_> = (0..posts)
@@ -193,8 +209,8 @@ impl Poster {
         }
         Burst {
             took: started.elapsed(),
-            server_cpu: cpu_ms(self.server) - server_cpu0,
-            client_cpu: cpu_ms(std::process::id()) - client_cpu0,
+            server_cpu: server_cpu() - server_cpu0,
+            client_cpu: client_cpu() - client_cpu0,
             post_ms,
             accepted,
         }
@@ -295,6 +311,10 @@ async fn main() {
     // include this process's own queue of SSE frames to parse.
     let started = Instant::now();
     let started_ms = now_ms();
+    let whole_run_cpu0 = (
+        cpu_ms(server.id(), Some("doppel-job")),
+        cpu_ms(std::process::id(), None),
+    );
     let server_pid = server.id();
     let poster = std::thread::spawn(move || {
         tokio::runtime::Builder::new_current_thread()
@@ -314,12 +334,15 @@ async fn main() {
                     server: server_pid,
                 };
                 let mut burst = poster.burst(posts, "").await;
-                // LOAD_ROUNDS > 1 repeats the burst on the same connections (for profiles;
-                // the CPU and time figures are the first burst's).
+                // LOAD_ROUNDS > 1 repeats the burst on the same connections (for profiles,
+                // and steadier figures).
                 for round in 1..rounds {
                     let more = poster.burst(posts, &format!("r{round}-")).await;
                     burst.post_ms.extend(more.post_ms);
                     burst.accepted += more.accepted;
+                    burst.took += more.took;
+                    burst.server_cpu += more.server_cpu;
+                    burst.client_cpu += more.client_cpu;
                 }
                 burst
             })
@@ -340,6 +363,10 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let all_done = started.elapsed();
+    let whole_run_cpu = (
+        cpu_ms(server.id(), Some("doppel-job")) - whole_run_cpu0.0,
+        cpu_ms(std::process::id(), None) - whole_run_cpu0.1,
+    );
     let rss = peak_rss_mb(server.id());
     server.kill().unwrap();
     server.wait().unwrap();
@@ -366,7 +393,23 @@ async fn main() {
         all_done.as_secs_f64()
     );
     println!(
-        "| CPU while posting: doppel / this client | {server_cpu:.0} ms / {client_cpu:.0} ms |"
+        "| CPU while posting: doppel (engine threads left out) / this client | {server_cpu:.0} ms / {client_cpu:.0} ms |"
+    );
+    println!();
+    let per_post = |ms: f64| ms * 1000.0 / (posts * rounds) as f64;
+    println!("doppel_cpu_per_post_us {:.0}", per_post(server_cpu));
+    println!("client_cpu_per_post_us {:.0}", per_post(client_cpu));
+    // The whole run's CPU (requests, jobs' bookkeeping and every event stream; engine
+    // threads left out) per thousand events delivered: steadier than latencies on a shared
+    // machine, for comparing builds.
+    let per_k_events = |ms: f64| ms * 1000.0 / lags.len().max(1) as f64;
+    println!(
+        "doppel_cpu_per_1k_events_ms {:.1}",
+        per_k_events(whole_run_cpu.0)
+    );
+    println!(
+        "client_cpu_per_1k_events_ms {:.1}",
+        per_k_events(whole_run_cpu.1)
     );
     println!("| events delivered | {} |", lags.len());
     println!();
