@@ -66,7 +66,7 @@ pub async fn prepare(cfg: &ServeConfig) -> anyhow::Result<Prepared> {
     }
     let router = web::router(AppState {
         service: service.clone(),
-        leptos_options: leptos_options(cfg),
+        leptos_options: Arc::new(leptos_options(cfg)),
     });
     Ok(Prepared {
         router,

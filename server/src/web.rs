@@ -25,12 +25,14 @@ use crate::service::Service;
 #[derive(Clone)]
 pub struct AppState {
     pub service: Arc<Service>,
-    pub leptos_options: LeptosOptions,
+    /// Behind an `Arc`: axum clones the state for every extractor of every request, and
+    /// the options are a dozen strings only the console's routes read.
+    pub leptos_options: Arc<LeptosOptions>,
 }
 
 impl FromRef<AppState> for LeptosOptions {
     fn from_ref(s: &AppState) -> Self {
-        s.leptos_options.clone()
+        (*s.leptos_options).clone()
     }
 }
 
@@ -44,7 +46,7 @@ pub fn router(state: AppState) -> Router {
     let backend: SharedBackend = state.service.clone();
     let fallback_backend = backend.clone();
     let routes = generate_route_list(App);
-    let options = state.leptos_options.clone();
+    let options = (*state.leptos_options).clone();
     // The console's JS, WASM and CSS: brotli or gzip copies made at build time
     // (scripts/precompress.mjs) go to browsers that accept them; the plain file otherwise.
     let pkg_dir =
