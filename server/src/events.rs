@@ -1,28 +1,85 @@
-//! The in-process event hub: every job event gets an increasing id, goes to live
-//! subscribers (a broadcast channel) and into a replay buffer, so a client that reconnects
-//! with `Last-Event-ID` misses nothing still buffered.
+//! The in-process event hub: every job event gets an increasing id and goes into a replay
+//! buffer, so a client that reconnects with `Last-Event-ID` misses nothing still buffered.
+//! Live subscribers get events in batches: everything published within one `COALESCE`
+//! window, with its frames already joined, so 500 subscribers of a burst each write one
+//! shared buffer instead of each receiving, filtering and copying every event.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use app::model::{Job, JobEvent};
-use tokio::sync::broadcast;
+use axum::body::Bytes;
+use bytes::BytesMut;
+use tokio::sync::{broadcast, Notify};
 
 /// Events kept for replay (across all jobs).
 const REPLAY: usize = 20_000;
+/// After a batch goes out, the next waits this long: events of a burst (200 jobs queued at
+/// once, progress of many jobs) then cost each client a few writes instead of one wake-up
+/// and write per event. The first event after a quiet spell goes at once.
+pub const COALESCE: Duration = Duration::from_millis(25);
 
 /// An event and its server-sent-event frame (`id`, `event`, `data` lines), formatted once
 /// however many clients receive it; clients share the bytes.
 pub struct Published {
     pub ev: JobEvent,
-    pub frame: axum::body::Bytes,
+    pub frame: Bytes,
+}
+
+/// Consecutive events published within one `COALESCE` window, in id order.
+pub struct Batch {
+    pub events: Vec<Arc<Published>>,
+    /// Every event's frame, joined: what a subscriber that keeps them all writes.
+    pub frames: Bytes,
+    /// The projects of the batch's jobs (each once): a subscriber that sees them all
+    /// writes `frames` without looking at single events.
+    pub projects: Vec<String>,
+}
+
+impl Batch {
+    fn new(events: Vec<Arc<Published>>) -> Batch {
+        let mut frames = BytesMut::with_capacity(events.iter().map(|e| e.frame.len()).sum());
+        let mut projects: Vec<String> = Vec::new();
+        for e in &events {
+            frames.extend_from_slice(&e.frame);
+            if !projects.contains(&e.ev.job.project_id) {
+                projects.push(e.ev.job.project_id.clone());
+            }
+        }
+        Batch {
+            events,
+            frames: frames.freeze(),
+            projects,
+        }
+    }
+
+    /// The id of its first event (batches are never empty).
+    pub fn first_id(&self) -> u64 {
+        self.events.first().map_or(0, |e| e.ev.id)
+    }
+
+    pub fn last_id(&self) -> u64 {
+        self.events.last().map_or(0, |e| e.ev.id)
+    }
+}
+
+struct Buffers {
+    /// The last `REPLAY` events.
+    recent: VecDeque<Arc<Published>>,
+    /// Events not yet in a batch; only gathered once someone has subscribed.
+    pending: Vec<Arc<Published>>,
+    /// Whether the task that sends batches runs (it starts with the first subscriber).
+    batching: bool,
 }
 
 pub struct EventHub {
     next_id: AtomicU64,
-    recent: Mutex<VecDeque<Arc<Published>>>,
-    tx: broadcast::Sender<Arc<Published>>,
+    buffers: Mutex<Buffers>,
+    tx: broadcast::Sender<Arc<Batch>>,
+    /// Wakes the batching task when an event is pending.
+    wake: Notify,
 }
 
 impl Default for EventHub {
@@ -63,9 +120,18 @@ impl EventHub {
         let start = crate::ids::now_ms().max(0) as u64 * 1000;
         EventHub {
             next_id: AtomicU64::new(start),
-            recent: Mutex::new(VecDeque::with_capacity(1024)),
+            buffers: Mutex::new(Buffers {
+                recent: VecDeque::with_capacity(1024),
+                pending: Vec::new(),
+                batching: false,
+            }),
             tx: broadcast::channel(4096).0,
+            wake: Notify::new(),
         }
+    }
+
+    fn buffers(&self) -> std::sync::MutexGuard<'_, Buffers> {
+        self.buffers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The id the next event will get.
@@ -76,8 +142,8 @@ impl EventHub {
     pub fn publish(&self, kind: &str, job: Job) -> Arc<Published> {
         // The costly part (the job's JSON) outside the lock.
         let job_json = serde_json::to_string(&job).unwrap_or_default();
-        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-        // Id and order are assigned under the lock, so the buffer and the channel agree.
+        let mut buffers = self.buffers();
+        // Id and order are assigned under the lock, so the buffer and the batches agree.
         let ev = JobEvent {
             id: self.next_id.fetch_add(1, Ordering::SeqCst),
             kind: kind.to_string(),
@@ -85,38 +151,73 @@ impl EventHub {
             job,
         };
         let ev = Arc::new(Published::with_job_json(ev, &job_json));
-        if recent.len() == REPLAY {
-            recent.pop_front();
+        if buffers.recent.len() == REPLAY {
+            buffers.recent.pop_front();
         }
-        recent.push_back(ev.clone());
-        let _ = self.tx.send(ev.clone());
+        buffers.recent.push_back(ev.clone());
+        if buffers.batching {
+            buffers.pending.push(ev.clone());
+            drop(buffers);
+            self.wake.notify_one();
+        }
         ev
     }
 
-    /// Buffered events after `after` (none without it), and a receiver for everything
-    /// later, with no gap between the two.
+    /// Buffered events after `after`, the id a subscriber has seen up to (`after`, or the
+    /// last id published: without `after` only later events are wanted), and a receiver of
+    /// every later batch, with no gap between the two. A batch may repeat events the
+    /// replay holds; ids tell them apart.
     pub fn subscribe(
-        &self,
+        self: &Arc<Self>,
         after: Option<u64>,
-    ) -> (Vec<Arc<Published>>, broadcast::Receiver<Arc<Published>>) {
-        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+    ) -> (Vec<Arc<Published>>, u64, broadcast::Receiver<Arc<Batch>>) {
+        let mut buffers = self.buffers();
+        if !buffers.batching {
+            buffers.batching = true;
+            tokio::spawn(self.clone().send_batches());
+        }
+        let seen = after.unwrap_or_else(|| self.peek_id().saturating_sub(1));
         let replay = match after {
-            Some(id) => recent.iter().filter(|e| e.ev.id > id).cloned().collect(),
+            Some(id) => buffers
+                .recent
+                .iter()
+                .filter(|e| e.ev.id > id)
+                .cloned()
+                .collect(),
             None => Vec::new(),
         };
-        (replay, self.tx.subscribe())
+        (replay, seen, self.tx.subscribe())
+    }
+
+    /// Sends what is pending as one batch, then lets the next gather for `COALESCE`.
+    async fn send_batches(self: Arc<Self>) {
+        loop {
+            self.wake.notified().await;
+            let events = std::mem::take(&mut self.buffers().pending);
+            if events.is_empty() {
+                continue;
+            }
+            let _ = self.tx.send(Arc::new(Batch::new(events)));
+            tokio::time::sleep(COALESCE).await;
+        }
     }
 
     /// Buffered events after `after` (to catch up after a lagging receiver).
     pub fn since(&self, after: u64) -> Vec<Arc<Published>> {
-        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-        recent.iter().filter(|e| e.ev.id > after).cloned().collect()
+        let buffers = self.buffers();
+        buffers
+            .recent
+            .iter()
+            .filter(|e| e.ev.id > after)
+            .cloned()
+            .collect()
     }
 
     /// The buffered events of one job.
     pub fn of_job(&self, job_id: &str) -> Vec<Arc<Published>> {
-        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-        recent
+        let buffers = self.buffers();
+        buffers
+            .recent
             .iter()
             .filter(|e| e.ev.job.id == job_id)
             .cloned()

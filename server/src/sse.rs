@@ -2,7 +2,7 @@
 //! job) or every job the caller may see (`/events`). Event ids let a reconnecting client
 //! resume with `Last-Event-ID` without missing anything still buffered.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,12 +13,9 @@ use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use bytes::BytesMut;
 use futures::stream::{self, Stream};
-use tokio::sync::broadcast::{
-    self,
-    error::{RecvError, TryRecvError},
-};
+use tokio::sync::broadcast::{self, error::RecvError};
 
-use crate::events::{EventHub, Published};
+use crate::events::{Batch, EventHub, Published};
 use crate::service::Service;
 
 /// The id to resume after: the `Last-Event-ID` header, or `?last_event_id=` (for clients
@@ -37,12 +34,6 @@ pub fn resume_point(headers: &HeaderMap, query: Option<u64>) -> Result<Option<u6
 
 /// A keep-alive comment, sent when nothing else was for this long.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
-/// Events that are ready together go out in one write, up to this many bytes.
-const BATCH_BYTES: usize = 64 * 1024;
-/// After a write, a stream waits this long before the next one: events of a burst (200
-/// jobs queued at once, progress of many jobs) then cost each client a few writes instead
-/// of one wake-up and write per event. The first event after a quiet spell goes at once.
-const COALESCE: Duration = Duration::from_millis(25);
 
 /// A `text/event-stream` response of pre-formatted frames. Nothing may buffer or
 /// transform it on the way: events must arrive as they happen.
@@ -61,15 +52,48 @@ fn respond(stream: impl Stream<Item = Result<Bytes, Infallible>> + Send + 'stati
     resp
 }
 
+/// Which events a stream sends, and which one ends it.
+enum Filter {
+    /// One job's, up to and including its final event.
+    Job(String),
+    /// Every job's in these projects (`None`: every project, for a platform admin).
+    Projects(Option<HashSet<String>>),
+}
+
+impl Filter {
+    fn keeps(&self, ev: &JobEvent) -> bool {
+        match self {
+            Filter::Job(id) => ev.job.id == *id,
+            Filter::Projects(None) => true,
+            Filter::Projects(Some(set)) => set.contains(&ev.job.project_id),
+        }
+    }
+
+    fn ends_with(&self, ev: &JobEvent) -> bool {
+        matches!(self, Filter::Job(_)) && ev.job.status.is_final()
+    }
+
+    /// Whether every event of `batch` goes out, so its joined frames can be written as
+    /// they are.
+    fn keeps_all(&self, batch: &Batch) -> bool {
+        match self {
+            Filter::Job(_) => false,
+            Filter::Projects(None) => true,
+            Filter::Projects(Some(set)) => batch.projects.iter().all(|p| set.contains(p)),
+        }
+    }
+}
+
 struct Live {
-    rx: broadcast::Receiver<Arc<Published>>,
+    rx: broadcast::Receiver<Arc<Batch>>,
     hub: Arc<EventHub>,
-    /// Events to send before reading the channel again (replay, catch-up).
-    queue: std::collections::VecDeque<Arc<Published>>,
+    filter: Filter,
+    /// Events to look at before reading the channel again (replay, catch-up, or a batch
+    /// this stream sends only part of).
+    queue: VecDeque<Arc<Published>>,
+    /// The last event id sent (or not wanted).
     last: u64,
     done: bool,
-    /// When the last frames went out (see `COALESCE`).
-    last_write: Option<tokio::time::Instant>,
 }
 
 /// What a stream sends next.
@@ -80,100 +104,71 @@ enum Next {
 }
 
 impl Live {
-    /// The next event that passes `keep`, catching up from the buffer if the channel
-    /// lagged; with `wait` false, only one that is ready now.
-    async fn next(
-        &mut self,
-        keep: &(dyn Fn(&JobEvent) -> bool + Send + Sync),
-        wait: bool,
-    ) -> Option<Arc<Published>> {
+    /// The next frames to write: queued events, or the next batch (shared as it is when
+    /// every event in it goes out: the usual case, with no work per event).
+    async fn next_batch(&mut self) -> Next {
         loop {
-            if let Some(ev) = self.queue.pop_front() {
-                if ev.ev.id > self.last && keep(&ev.ev) {
-                    self.last = ev.ev.id;
-                    return Some(ev);
-                }
-                continue;
+            if self.done {
+                return Next::End;
             }
-            let got = if wait {
-                self.rx.recv().await
-            } else {
-                match self.rx.try_recv() {
-                    Ok(ev) => Ok(ev),
-                    Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
-                    Err(TryRecvError::Closed) => Err(RecvError::Closed),
-                    Err(TryRecvError::Empty) => return None,
+            if let Some(frames) = self.take_queued() {
+                return Next::Frames(frames);
+            }
+            let batch = match tokio::time::timeout(KEEP_ALIVE, self.rx.recv()).await {
+                Err(_) => return Next::KeepAlive,
+                Ok(Ok(batch)) => batch,
+                Ok(Err(RecvError::Lagged(_))) => {
+                    self.queue.extend(self.hub.since(self.last));
+                    continue;
                 }
+                Ok(Err(RecvError::Closed)) => return Next::End,
             };
-            match got {
-                Ok(ev) => self.queue.push_back(ev),
-                Err(RecvError::Lagged(_)) => self.queue.extend(self.hub.since(self.last)),
-                Err(RecvError::Closed) => {
-                    self.done = true;
-                    return None;
-                }
+            if batch.first_id() > self.last && self.filter.keeps_all(&batch) {
+                self.last = batch.last_id();
+                return Next::Frames(batch.frames.clone());
             }
+            self.queue.extend(batch.events.iter().cloned());
         }
     }
 
-    /// Waits for the next event, then takes every other event that is ready too: one
-    /// write for many (a burst of jobs costs each client a few writes, not one per event).
-    /// `last` says whether an event ends the stream (it is still sent).
-    async fn next_batch(
-        &mut self,
-        keep: &(dyn Fn(&JobEvent) -> bool + Send + Sync),
-        last: &(dyn Fn(&JobEvent) -> bool + Send + Sync),
-    ) -> Next {
-        if self.done {
-            return Next::End;
+    /// The queued events this stream sends, joined (none left: `None`).
+    fn take_queued(&mut self) -> Option<Bytes> {
+        let mut out: Vec<Arc<Published>> = Vec::new();
+        while let Some(ev) = self.queue.pop_front() {
+            if ev.ev.id <= self.last || !self.filter.keeps(&ev.ev) {
+                continue;
+            }
+            self.last = ev.ev.id;
+            let end = self.filter.ends_with(&ev.ev);
+            out.push(ev);
+            if end {
+                self.done = true;
+                self.queue.clear();
+            }
         }
-        if let Some(at) = self.last_write {
-            tokio::time::sleep_until(at + COALESCE).await;
+        match out.as_slice() {
+            [] => None,
+            [one] => Some(one.frame.clone()),
+            many => {
+                let mut buf = BytesMut::with_capacity(many.iter().map(|e| e.frame.len()).sum());
+                for ev in many {
+                    buf.extend_from_slice(&ev.frame);
+                }
+                Some(buf.freeze())
+            }
         }
-        let first = match tokio::time::timeout(KEEP_ALIVE, self.next(keep, true)).await {
-            Err(_) => return Next::KeepAlive,
-            Ok(None) => return Next::End,
-            Ok(Some(ev)) => ev,
-        };
-        if last(&first.ev) {
-            self.done = true;
-        }
-        let mut more = Vec::new();
-        let mut size = first.frame.len();
-        while !self.done && size < BATCH_BYTES {
-            let Some(ev) = self.next(keep, false).await else {
-                break;
-            };
-            size += ev.frame.len();
-            self.done = last(&ev.ev);
-            more.push(ev);
-        }
-        self.last_write = Some(tokio::time::Instant::now());
-        if more.is_empty() {
-            return Next::Frames(first.frame.clone());
-        }
-        let mut buf = BytesMut::with_capacity(size);
-        buf.extend_from_slice(&first.frame);
-        for ev in more {
-            buf.extend_from_slice(&ev.frame);
-        }
-        Next::Frames(buf.freeze())
     }
 }
 
 /// Turns a live subscription into the response body's chunks.
-fn frames(
-    live: Live,
-    keep: impl Fn(&JobEvent) -> bool + Send + Sync + 'static,
-    last: impl Fn(&JobEvent) -> bool + Send + Sync + 'static,
-) -> impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static {
-    stream::unfold((live, keep, last), |(mut live, keep, last)| async move {
-        let chunk = match live.next_batch(&keep, &last).await {
+fn frames(live: Live) -> impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static {
+    stream::unfold(live, |mut live| async move {
+        let chunk = match live.next_batch().await {
             Next::End => return None,
             Next::KeepAlive => Bytes::from_static(b": keep-alive\n\n"),
             Next::Frames(b) => b,
         };
-        Some((Ok(chunk), (live, keep, last)))
+        Some((Ok(chunk), live))
     })
 }
 
@@ -186,8 +181,8 @@ pub async fn job_stream(
 ) -> Result<Response, ApiError> {
     let job = service.get_job(user, job_id).await?;
     let hub = service.jobs.hub.clone();
-    let (_, rx) = hub.subscribe(None);
-    let mut queue: std::collections::VecDeque<Arc<Published>> = hub.of_job(job_id).into();
+    let (_, _, rx) = hub.subscribe(None);
+    let mut queue: VecDeque<Arc<Published>> = hub.of_job(job_id).into();
     let last = after.unwrap_or(0);
     if queue.iter().all(|e| e.ev.id <= last) {
         // Nothing buffered to replay (e.g. after a restart): start from the current state.
@@ -206,18 +201,15 @@ pub async fn job_stream(
             })));
         }
     }
-    let id = job_id.to_string();
     let live = Live {
         rx,
         hub,
+        filter: Filter::Job(job_id.to_string()),
         queue,
         last,
         done: false,
-        last_write: None,
     };
-    let keep = move |e: &JobEvent| e.job.id == id;
-    let end = |e: &JobEvent| e.job.status.is_final();
-    Ok(respond(frames(live, keep, end)))
+    Ok(respond(frames(live)))
 }
 
 /// Every visible job's events, until the client goes away.
@@ -226,59 +218,60 @@ pub async fn all_stream(
     user: &UserInfo,
     after: Option<u64>,
 ) -> Result<Response, ApiError> {
-    let projects: HashSet<String> = service.visibility_roles(user).await?.into_keys().collect();
+    let projects = if user.is_admin {
+        None
+    } else {
+        Some(service.visibility_roles(user).await?.into_keys().collect())
+    };
     let hub = service.jobs.hub.clone();
-    let (replay, rx) = hub.subscribe(after);
+    let (replay, seen, rx) = hub.subscribe(after);
     let live = Live {
         rx,
         hub,
+        filter: Filter::Projects(projects),
         queue: replay.into(),
-        last: after.unwrap_or(0),
+        last: seen,
         done: false,
-        last_write: None,
     };
-    let keep = move |e: &JobEvent| projects.contains(&e.job.project_id);
-    Ok(respond(frames(live, keep, |_: &JobEvent| false)))
+    Ok(respond(frames(live)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::test_job as job;
+    use crate::events::{test_job as job, COALESCE};
     use app::model::JobStatus;
 
-    fn live(hub: &Arc<EventHub>) -> Live {
-        let (_, rx) = hub.subscribe(None);
+    fn live(hub: &Arc<EventHub>, filter: Filter) -> Live {
+        let (_, last, rx) = hub.subscribe(None);
         Live {
             rx,
             hub: hub.clone(),
+            filter,
             queue: Default::default(),
-            last: 0,
+            last,
             done: false,
-            last_write: None,
         }
     }
 
     #[tokio::test]
     async fn ready_events_go_out_together_and_a_job_stream_ends_with_its_final_event() {
         let hub = Arc::new(EventHub::new());
-        let mut all = live(&hub);
-        let mut one = live(&hub);
+        let mut all = live(&hub, Filter::Projects(None));
+        let mut one = live(&hub, Filter::Job("a".into()));
         hub.publish("status", job("a", JobStatus::Running));
         hub.publish("progress", job("b", JobStatus::Running));
         hub.publish("status", job("a", JobStatus::Succeeded));
         hub.publish("status", job("a", JobStatus::Succeeded));
 
-        let Next::Frames(chunk) = all.next_batch(&|_| true, &|_| false).await else {
+        let Next::Frames(chunk) = all.next_batch().await else {
             panic!("frames expected");
         };
         let text = std::str::from_utf8(&chunk).unwrap();
         assert_eq!(text.matches("\n\n").count(), 4, "{text}");
         assert!(text.starts_with("id: ") && text.contains("event: progress\ndata: {"));
 
-        let keep = |e: &JobEvent| e.job.id == "a";
-        let end = |e: &JobEvent| e.job.status.is_final();
-        let Next::Frames(chunk) = one.next_batch(&keep, &end).await else {
+        let Next::Frames(chunk) = one.next_batch().await else {
             panic!("frames expected");
         };
         let text = std::str::from_utf8(&chunk).unwrap();
@@ -287,16 +280,16 @@ mod tests {
             2,
             "other jobs' events and anything after the end are left out: {text}"
         );
-        assert!(matches!(one.next_batch(&keep, &end).await, Next::End));
+        assert!(matches!(one.next_batch().await, Next::End));
     }
 
     #[tokio::test(start_paused = true)]
     async fn events_soon_after_a_write_wait_to_go_out_together() {
         let hub = Arc::new(EventHub::new());
-        let mut all = live(&hub);
+        let mut all = live(&hub, Filter::Projects(None));
         let t0 = tokio::time::Instant::now();
         hub.publish("status", job("a", JobStatus::Running));
-        let Next::Frames(first) = all.next_batch(&|_| true, &|_| false).await else {
+        let Next::Frames(first) = all.next_batch().await else {
             panic!("frames expected");
         };
         assert_eq!(
@@ -314,13 +307,60 @@ mod tests {
                 hub.publish("progress", job("c", JobStatus::Running));
             })
         };
-        let Next::Frames(second) = all.next_batch(&|_| true, &|_| false).await else {
+        let Next::Frames(second) = all.next_batch().await else {
             panic!("frames expected");
         };
         publisher.await.unwrap();
         let text = std::str::from_utf8(&second).unwrap();
         assert_eq!(text.matches("\n\n").count(), 2, "{text}");
         assert_eq!(t0.elapsed(), COALESCE);
+    }
+
+    fn in_project(id: &str, project: &str) -> app::model::Job {
+        let mut j = job(id, JobStatus::Running);
+        j.project_id = project.into();
+        j
+    }
+
+    fn event_ids(chunk: &Bytes) -> Vec<String> {
+        std::str::from_utf8(chunk)
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .map(|d| serde_json::from_str::<JobEvent>(d).unwrap().job.id)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_stream_sends_only_its_projects_and_one_that_sees_all_shares_the_batch() {
+        let hub = Arc::new(EventHub::new());
+        hub.publish("status", in_project("before", "p1"));
+        let mut admin = live(&hub, Filter::Projects(None));
+        let mut member = live(&hub, Filter::Projects(Some(HashSet::from(["p1".into()]))));
+        let mut everything = live(
+            &hub,
+            Filter::Projects(Some(HashSet::from(["p1".into(), "p2".into()]))),
+        );
+        for (id, project) in [("a", "p1"), ("b", "p2"), ("c", "p1")] {
+            hub.publish("status", in_project(id, project));
+        }
+        let frames = |next| match next {
+            Next::Frames(b) => b,
+            _ => panic!("frames expected"),
+        };
+        let (a, m, e) = (
+            frames(admin.next_batch().await),
+            frames(member.next_batch().await),
+            frames(everything.next_batch().await),
+        );
+        assert_eq!(
+            event_ids(&a),
+            ["a", "b", "c"],
+            "nothing from before subscribing"
+        );
+        assert_eq!(event_ids(&m), ["a", "c"], "no event of another project");
+        assert_eq!(event_ids(&e), ["a", "b", "c"]);
+        assert_eq!(a.as_ptr(), e.as_ptr(), "one buffer shared, not copied");
     }
 
     #[test]
