@@ -17,6 +17,8 @@ pub struct Service {
     pub jobs: std::sync::Arc<crate::jobs::JobRunner>,
     /// API tokens verified in the last 2 s (see `TokenCache`).
     pub tokens: crate::auth::TokenCache,
+    /// Walks of sources under way, shared by sync status loads (see `SharedProbes`).
+    pub probes: crate::sync_status::SharedProbes,
 }
 
 /// Logs an unexpected failure and gives the user a generic error (details stay in the log).
@@ -148,6 +150,7 @@ impl Service {
             data,
             jobs,
             tokens: crate::auth::TokenCache::new(std::time::Duration::from_secs(2)),
+            probes: Default::default(),
         }
     }
 

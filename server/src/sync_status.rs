@@ -4,15 +4,49 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use app::model::*;
+use futures::StreamExt;
 use sqlx::Row;
+use tokio::sync::OnceCell;
 
 use crate::config::container_place;
 use crate::service::{internal, job_from_row, ContainerRow, Service, CONTAINER_SELECT};
 
 /// Runs per copy kept for the history chart.
 const HISTORY: usize = 12;
+/// Sources walked at once for one page.
+const PROBES_AT_ONCE: usize = 4;
+
+/// Walks of sources under way (each a probe: a metadata-only walk of a source's tree).
+/// Sync status loads that come while a source is being walked (several team leads, the
+/// page reloading as jobs start and end) wait for that walk instead of starting another:
+/// one walk per source at a time, however many loads. A finished walk is not reused: the
+/// next load sees changes made since.
+#[derive(Default)]
+pub struct SharedProbes {
+    running: Mutex<HashMap<String, Arc<OnceCell<Option<String>>>>>,
+}
+
+impl SharedProbes {
+    /// The state of source `id` from `probe` (run on a blocking thread), or from the walk
+    /// of it already under way. `None` when it cannot be read (missing).
+    pub async fn get(
+        &self,
+        id: &str,
+        probe: impl FnOnce() -> Option<String> + Send + 'static,
+    ) -> Option<String> {
+        let walk = {
+            let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+            running.retain(|_, walk| !walk.initialized());
+            running.entry(id.to_string()).or_default().clone()
+        };
+        walk.get_or_init(|| async move { tokio::task::spawn_blocking(probe).await.ok().flatten() })
+            .await
+            .clone()
+    }
+}
 
 impl Service {
     pub async fn copy_statuses(&self, user: &UserInfo) -> Result<Vec<CopyStatus>, ApiError> {
@@ -70,17 +104,18 @@ impl Service {
             .into_iter()
             .collect();
         // Metadata-only scans with each source's quick-check cache: no content is read.
-        let states: HashMap<String, Option<String>> = tokio::task::spawn_blocking(move || {
-            wanted
-                .into_iter()
-                .map(|(id, root)| {
-                    let state = crate::engine::probe(&container_place(Path::new(&root), &id));
-                    (id, state.ok())
-                })
-                .collect()
-        })
-        .await
-        .map_err(internal)?;
+        let states: HashMap<String, Option<String>> = futures::stream::iter(wanted)
+            .map(|(id, root)| async move {
+                let place = container_place(Path::new(&root), &id);
+                let state = self
+                    .probes
+                    .get(&id, move || crate::engine::probe(&place).ok())
+                    .await;
+                (id, state)
+            })
+            .buffer_unordered(PROBES_AT_ONCE)
+            .collect()
+            .await;
 
         Ok(rows
             .iter()
@@ -154,5 +189,47 @@ fn sync_run(j: &Job) -> SyncRun {
         bytes_sent: n("bytes_sent"),
         tree_bytes: n("tree_bytes"),
         error: j.error.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn loads_during_a_walk_share_it_and_a_later_load_walks_again() {
+        let shared = SharedProbes::default();
+        let walks = Arc::new(AtomicUsize::new(0));
+        let walk = || {
+            let walks = walks.clone();
+            move || {
+                let n = walks.fetch_add(1, Ordering::SeqCst) + 1;
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                Some(format!("state {n}"))
+            }
+        };
+        let (a, b, c) = tokio::join!(
+            shared.get("src", walk()),
+            shared.get("src", walk()),
+            shared.get("src", walk()),
+        );
+        assert_eq!(walks.load(Ordering::SeqCst), 1, "one walk for three loads");
+        assert_eq!(
+            (a.as_deref(), b, c),
+            (Some("state 1"), a.clone(), a.clone())
+        );
+        let other = shared.get("other", walk()).await;
+        assert_eq!(
+            other.as_deref(),
+            Some("state 2"),
+            "each source its own walk"
+        );
+        let later = shared.get("src", walk()).await;
+        assert_eq!(
+            later.as_deref(),
+            Some("state 3"),
+            "a finished walk is not reused"
+        );
     }
 }
