@@ -230,5 +230,9 @@ test.describe('without JavaScript', () => {
     await expect(page.getByRole('heading', { level: 1 })).toContainText('web-app-nojs');
     await expect(page.locator('.live-job')).toBeVisible();
     await page.screenshot({ path: 'test-results/copy-without-javascript.png', fullPage: true });
+    // Nothing follows the job live without JavaScript: the page reloads itself until the
+    // copy is done, with no reload by hand.
+    await expect(page.getByRole('heading', { level: 1 }).locator('.badge')).toHaveText('running', { timeout: 30_000 });
+    await expect(page.locator('.live-job h2')).toContainText('succeeded');
   });
 });

@@ -4,9 +4,9 @@ use leptos_router::hooks::{use_params_map, use_query_map};
 
 use super::copy_dialog::{CopyDialog, SyncNow};
 use super::live_job::LiveJob;
-use super::widgets::{ErrorBox, Loading, StatusBadge};
+use super::widgets::{ErrorBox, Loading, ReloadWithoutScript, StatusBadge};
 use crate::format;
-use crate::model::ContainerDetail;
+use crate::model::{ContainerDetail, ContainerStatus};
 use crate::server_fns::{get_container, get_job};
 
 /// One container: details, snapshots, rules, lineage.
@@ -86,8 +86,16 @@ fn ContainerView(c: ContainerDetail) -> impl IntoView {
     let reason = c
         .status_reason
         .map(|r| view! { <p class="error-box">{r}</p> });
+    // A copy or sync under way: after a copy or "Sync now" posted as a plain form, the
+    // page follows it by reloading.
+    let reload = matches!(
+        s.status,
+        ContainerStatus::Copying | ContainerStatus::Syncing
+    )
+    .then(|| view! { <ReloadWithoutScript/> });
     view! {
         <Title text=title/>
+        {reload}
         <div class="page-head">
             <h1>{s.name.clone()} " " <StatusBadge status=s.status/></h1>
             <div class="actions">{copy_dialog}</div>

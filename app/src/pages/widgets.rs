@@ -22,6 +22,14 @@ pub fn ErrorBox(error: ApiError) -> impl IntoView {
     }
 }
 
+/// Without JavaScript nothing follows a job live, so a page showing one still under way
+/// reloads itself every 2 s (a refresh inside `noscript`: browsers running scripts ignore
+/// it, and the live view updates them instead). Set as inner HTML so hydration leaves it be.
+#[component]
+pub fn ReloadWithoutScript() -> impl IntoView {
+    view! { <noscript inner_html=r#"<meta http-equiv="refresh" content="2">"#></noscript> }
+}
+
 #[component]
 pub fn Loading() -> impl IntoView {
     view! { <p class="loading">"Loading…"</p> }
