@@ -12,8 +12,9 @@
 //! sent to `read` by mistake fails loudly (SQLITE_READONLY) instead of racing.
 //!
 //! Writes on the hot paths (accepting a copy, a job's status) go through `Db::transact`:
-//! a task takes every write queued at that moment and runs them in one transaction, each
-//! in a savepoint of its own (group commit). A burst of requests then costs one commit,
+//! a task takes every write queued at that moment and runs them in one transaction (group
+//! commit): first as they are, and only if one of them fails, again with a savepoint each,
+//! so the failed one is undone alone. A burst of requests then costs one commit,
 //! one connection checkout and one checkout test, not one of each per request; and since
 //! the task, not the request, runs the write, a client that hangs up mid-request cannot
 //! leave a write half done.
@@ -35,19 +36,57 @@ pub struct Db {
     /// The single connection every write (and every write transaction) goes through.
     pub write: SqlitePool,
     /// Writes waiting for the group-commit task (`transact`).
-    batched: mpsc::UnboundedSender<Batched>,
+    batched: mpsc::UnboundedSender<Box<dyn Queued>>,
 }
 
 /// Most writes one group commit takes.
 const MAX_BATCH: usize = 256;
 
-/// A queued write: runs its statements in its savepoint and says whether they succeeded
-/// (else the savepoint is rolled back), and how to answer its caller once the transaction
-/// has committed (or failed to).
-type Batched =
-    Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, (bool, Answer)> + Send>;
-/// Answers a write's caller, given how its transaction ended.
-type Answer = Box<dyn FnOnce(Result<(), String>) + Send>;
+/// A queued write. It may run twice: first in a pass without savepoints (the usual case,
+/// where every write of the batch succeeds: one round trip to the connection's thread per
+/// statement, nothing more), then, if a write of the batch failed, again in a pass where
+/// each write has a savepoint of its own (the first pass is rolled back whole).
+trait Queued: Send {
+    /// Runs the write's statements; says whether they succeeded.
+    fn run<'c>(&'c mut self, conn: &'c mut SqliteConnection) -> BoxFuture<'c, bool>;
+    /// Answers the caller, given how the transaction ended.
+    fn answer(self: Box<Self>, outcome: Result<(), String>);
+}
+
+struct Write<F, T, E> {
+    write: F,
+    /// The outcome of the write's last run (`None`: it never ran, or panicked).
+    result: Option<Result<T, E>>,
+    caller: oneshot::Sender<Result<T, E>>,
+}
+
+impl<F, T, E> Queued for Write<F, T, E>
+where
+    F: for<'c> Fn(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T, E>> + Send,
+    T: Send,
+    E: From<sqlx::Error> + Send,
+{
+    fn run<'c>(&'c mut self, conn: &'c mut SqliteConnection) -> BoxFuture<'c, bool> {
+        self.result = None;
+        Box::pin(async move {
+            let result = (self.write)(conn).await;
+            let ok = result.is_ok();
+            self.result = Some(result);
+            ok
+        })
+    }
+
+    fn answer(self: Box<Self>, outcome: Result<(), String>) {
+        let failed = |e: String| Err(E::from(sqlx::Error::Protocol(e)));
+        // Failures are answered after the commit too: a caller told "taken" can then read
+        // whatever took it.
+        let _ = self.caller.send(match (outcome, self.result) {
+            (Err(e), None | Some(Ok(_))) => failed(e),
+            (_, Some(result)) => result,
+            (Ok(()), None) => failed("the write panicked; it was rolled back".into()),
+        });
+    }
+}
 
 /// Opens (creating if needed) the database at `url` and brings its schema up to date.
 pub async fn connect(url: &str) -> Result<Db, sqlx::Error> {
@@ -86,49 +125,56 @@ pub async fn connect(url: &str) -> Result<Db, sqlx::Error> {
 }
 
 /// Takes every write queued at the moment and runs them in one transaction.
-async fn group_commit(pool: SqlitePool, mut queue: mpsc::UnboundedReceiver<Batched>) {
+async fn group_commit(pool: SqlitePool, mut queue: mpsc::UnboundedReceiver<Box<dyn Queued>>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let mut answers = Vec::with_capacity(batch.len());
-        let outcome = run_batch(&pool, &mut batch, &mut answers).await;
-        // A write that never ran (the database failed first) is dropped: its caller
-        // hears that the writer stopped.
-        batch.clear();
-        let outcome = outcome.map_err(|e| e.to_string());
+        let outcome = run_batch(&pool, &mut batch)
+            .await
+            .map_err(|e| e.to_string());
         if let Err(e) = &outcome {
             tracing::error!(error = %e, "a group of database writes failed to commit");
         }
-        for answer in answers {
-            answer(outcome.clone());
+        for write in batch.drain(..) {
+            write.answer(outcome.clone());
         }
     }
 }
 
-async fn run_batch(
-    pool: &SqlitePool,
-    batch: &mut Vec<Batched>,
-    answers: &mut Vec<Answer>,
-) -> Result<(), sqlx::Error> {
+/// Runs one write, and says whether it succeeded. A write that panics counts as failed
+/// (its caller hears that the writer failed it); the writer carries on for everyone else.
+async fn run_one(write: &mut Box<dyn Queued>, conn: &mut SqliteConnection) -> bool {
+    AssertUnwindSafe(write.run(conn))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|_| {
+            tracing::error!("a database write panicked; it was rolled back");
+            false
+        })
+}
+
+async fn run_batch(pool: &SqlitePool, batch: &mut [Box<dyn Queued>]) -> Result<(), sqlx::Error> {
     let mut conn = pool.acquire().await?;
+    // First pass, no savepoints: each write costs only its own statements.
     let mut tx = conn.begin().await?;
-    // One savepoint, kept open from write to write: released and taken again in one round
-    // trip after a write that succeeded; rolled back to (which keeps it) after one that
-    // failed.
+    let mut all_ok = true;
+    for write in batch.iter_mut() {
+        if !run_one(write, &mut tx).await {
+            all_ok = false;
+            break;
+        }
+    }
+    if all_ok {
+        return tx.commit().await;
+    }
+    tx.rollback().await?;
+    // A write failed: all of them again, each in a savepoint, so a failed one is undone
+    // alone. One savepoint, kept open from write to write: released and taken again in one
+    // round trip after a write that succeeded; rolled back to (which keeps it) after one
+    // that failed.
+    let mut tx = conn.begin().await?;
     sqlx::query("SAVEPOINT write").execute(&mut *tx).await?;
-    for write in batch.drain(..) {
-        // A write that panics is rolled back like one that failed (its caller hears that
-        // the writer failed it); the writer itself carries on for everyone else.
-        let ok = match AssertUnwindSafe(write(&mut tx)).catch_unwind().await {
-            Ok((ok, answer)) => {
-                answers.push(answer);
-                ok
-            }
-            Err(_) => {
-                tracing::error!("a database write panicked; it was rolled back");
-                false
-            }
-        };
-        let next = if ok {
+    for write in batch.iter_mut() {
+        let next = if run_one(write, &mut tx).await {
             "RELEASE write; SAVEPOINT write"
         } else {
             "ROLLBACK TO write"
@@ -143,27 +189,19 @@ impl Db {
     /// Runs `write` in a transaction of its own: all of its statements take effect, or
     /// (when it returns an error) none. It shares one commit with the writes queued beside
     /// it, and answers once that commit is done.
+    ///
+    /// `write` may run twice (see `Queued`): it must do nothing but its statements.
     pub async fn transact<T, E, F>(&self, write: F) -> Result<T, E>
     where
-        F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T, E>> + Send + 'static,
+        F: for<'c> Fn(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T, E>> + Send + 'static,
         T: Send + 'static,
         E: From<sqlx::Error> + Send + 'static,
     {
-        let (answer, answered) = oneshot::channel::<Result<T, E>>();
-        let queued: Batched = Box::new(move |conn| {
-            Box::pin(async move {
-                let result = write(conn).await;
-                let ok = result.is_ok();
-                // Answered after the commit, failures too: a caller told "taken" can then
-                // read whatever took it.
-                let done = move |outcome: Result<(), String>| {
-                    let _ = answer.send(match outcome {
-                        Err(e) if ok => Err(E::from(sqlx::Error::Protocol(e))),
-                        _ => result,
-                    });
-                };
-                (ok, Box::new(done) as Answer)
-            })
+        let (caller, answered) = oneshot::channel::<Result<T, E>>();
+        let queued: Box<dyn Queued> = Box::new(Write {
+            write,
+            result: None,
+            caller,
         });
         self.batched
             .send(queued)
@@ -207,6 +245,7 @@ mod tests {
     async fn insert_pair(db: &Db, k: &str, k2: &str, v: i64) -> Result<i64, sqlx::Error> {
         let (k, k2) = (k.to_string(), k2.to_string());
         db.transact(move |c| {
+            let (k, k2) = (k.clone(), k2.clone());
             Box::pin(async move {
                 for key in [&k, &k2] {
                     sqlx::query("INSERT INTO t (k, v) VALUES ($1, $2)")

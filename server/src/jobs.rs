@@ -209,6 +209,7 @@ impl JobRunner {
         let running = self
             .db
             .transact(move |c| {
+                let (id, target) = (id.clone(), target.clone());
                 Box::pin(async move {
                     let now = now_ms();
                     let running = sqlx::query(
@@ -339,6 +340,9 @@ impl JobRunner {
         let row = self
             .db
             .transact(move |c| {
+                let (summary, error, reason) = (summary.clone(), error.clone(), reason.clone());
+                let (last_progress, job_id, target_id) =
+                    (last_progress.clone(), job_id.clone(), target_id.clone());
                 Box::pin(async move {
                     let now = now_ms();
                     let row = sqlx::query(
@@ -544,6 +548,7 @@ impl ProgressReporter {
             let phase = progress.phase.clone();
             let _ = db
                 .transact(move |c| {
+                    let (phase, json, job_id) = (phase.clone(), json.clone(), job_id.clone());
                     Box::pin(async move {
                         sqlx::query(
                             "UPDATE jobs SET phase = $1, progress = $2

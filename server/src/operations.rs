@@ -88,6 +88,7 @@ fn check_idempotency_key(key: Option<&str>) -> Result<Option<String>, ApiError> 
 }
 
 /// The rows a copy request creates: the new container (status `copying`) and its job.
+#[derive(Clone)]
 struct NewCopy {
     id: String,
     job_id: String,
@@ -350,7 +351,10 @@ impl Service {
         };
         let written = self
             .db
-            .transact(move |c| Box::pin(async move { row.insert(c).await }))
+            .transact(move |c| {
+                let row = row.clone();
+                Box::pin(async move { row.insert(c).await })
+            })
             .await;
         // A retry that raced its first attempt (the same idempotency key, so the same name
         // too) is answered with the job that won, which is committed by now.
