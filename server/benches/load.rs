@@ -418,15 +418,17 @@ async fn main() {
     // The whole run's CPU (requests, jobs' bookkeeping and every event stream; engine
     // threads left out) per thousand events delivered: steadier than latencies on a shared
     // machine, for comparing builds.
-    let per_k_events = |ms: f64| ms * 1000.0 / lags.len().max(1) as f64;
-    println!(
-        "doppel_cpu_per_1k_events_ms {:.1}",
-        per_k_events(whole_run_cpu.0)
-    );
-    println!(
-        "client_cpu_per_1k_events_ms {:.1}",
-        per_k_events(whole_run_cpu.1)
-    );
+    if !lags.is_empty() {
+        let per_k_events = |ms: f64| ms * 1000.0 / lags.len() as f64;
+        println!(
+            "doppel_cpu_per_1k_events_ms {:.1}",
+            per_k_events(whole_run_cpu.0)
+        );
+        println!(
+            "client_cpu_per_1k_events_ms {:.1}",
+            per_k_events(whole_run_cpu.1)
+        );
+    }
     println!("| events delivered | {} |", lags.len());
     println!();
     println!("Event lag by when the event was published (ms after the burst began):");

@@ -14,9 +14,13 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// `doppel --data-dir DATA`, ignoring any database URL from the environment.
+/// `doppel --data-dir DATA`, ignoring any database URL from the environment. The binary is
+/// this build's, or `DOPPEL_LOAD_BIN` (`scripts/load-compare.sh` runs `make load` against
+/// several builds in turn).
 pub fn doppel(data: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_doppel"));
+    let bin =
+        std::env::var_os("DOPPEL_LOAD_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_doppel").into());
+    let mut c = Command::new(bin);
     c.arg("--data-dir")
         .arg(data)
         .env_remove("DOPPEL_DATABASE_URL");
