@@ -329,6 +329,15 @@ mod tests {
         (dir, db)
     }
 
+    /// A user "alice" and an API token of hers.
+    async fn alice_with_token(db: &Db) -> (UserInfo, String) {
+        let alice = create_user(db, "alice", Some("correct horse"), false)
+            .await
+            .unwrap();
+        let token = create_token(db, "alice", "ci").await.unwrap();
+        (alice, token)
+    }
+
     #[tokio::test]
     async fn first_admin_gets_a_random_password_once() {
         let (_d, db) = db().await;
@@ -350,10 +359,7 @@ mod tests {
     #[tokio::test]
     async fn tokens_and_sessions_resolve_to_their_user_and_can_end() {
         let (_d, db) = db().await;
-        let alice = create_user(&db, "alice", Some("correct horse"), false)
-            .await
-            .unwrap();
-        let token = create_token(&db, "alice", "ci").await.unwrap();
+        let (alice, token) = alice_with_token(&db).await;
         assert!(token.starts_with(TOKEN_PREFIX));
         assert_eq!(
             user_for_token(&db, &token).await.unwrap(),
@@ -378,10 +384,7 @@ mod tests {
     #[tokio::test]
     async fn a_cached_token_is_checked_again_once_its_time_is_up() {
         let (_d, db) = db().await;
-        let alice = create_user(&db, "alice", Some("correct horse"), false)
-            .await
-            .unwrap();
-        let token = create_token(&db, "alice", "ci").await.unwrap();
+        let (alice, token) = alice_with_token(&db).await;
         let cache = TokenCache::new(Duration::from_millis(300));
         assert_eq!(cache.user(&db, &token).await.unwrap(), Some(alice.clone()));
         assert_eq!(cache.user(&db, "dpl_bogus").await.unwrap(), None);

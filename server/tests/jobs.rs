@@ -399,21 +399,24 @@ async fn members_cannot_copy_from_or_into_other_projects_nor_see_their_jobs() {
 
 /// How many containers the admin sees with this name.
 async fn containers_named(s: &TestServer, name: &str) -> usize {
-    let (_, list) = s.get("/api/v1/containers", &s.admin_token).await;
-    list["containers"]
-        .as_array()
-        .unwrap()
+    s.containers()
+        .await
         .iter()
         .filter(|c| c["name"] == name)
         .count()
 }
 
+/// The copy endpoint of "web-app" and the id of the "web-platform" project.
+async fn web_app_copy(s: &TestServer) -> (String, String) {
+    let source = s.container_id("web-app").await;
+    let web = project_id(s, "web-platform").await;
+    (format!("/api/v1/containers/{source}/copy"), web)
+}
+
 #[tokio::test]
 async fn retries_with_an_idempotency_key_get_the_same_job() {
     let s = TestServer::start().await;
-    let source = s.container_id("web-app").await;
-    let web = project_id(&s, "web-platform").await;
-    let path = format!("/api/v1/containers/{source}/copy");
+    let (path, web) = web_app_copy(&s).await;
     let body = json!({"target_project_id": web, "name": "once"});
     let (st, a, _) = post(
         &s,
@@ -442,9 +445,7 @@ async fn retries_with_an_idempotency_key_get_the_same_job() {
 #[tokio::test]
 async fn concurrent_retries_with_one_idempotency_key_make_one_copy() {
     let s = TestServer::start().await;
-    let source = s.container_id("web-app").await;
-    let web = project_id(&s, "web-platform").await;
-    let path = format!("/api/v1/containers/{source}/copy");
+    let (path, web) = web_app_copy(&s).await;
     let body = json!({"target_project_id": web, "name": "racing"});
     // Sent together, so they pass the key's first check before any of them is written.
     let answers = futures::future::join_all((0..8).map(|_| {

@@ -81,12 +81,16 @@ impl TestServer {
         (status, body)
     }
 
+    /// Every container the admin sees.
+    pub async fn containers(&self) -> Vec<serde_json::Value> {
+        let (_, body) = self.get("/api/v1/containers", &self.admin_token).await;
+        body["containers"].as_array().unwrap().clone()
+    }
+
     /// The id of the container with this name (as the admin sees it).
     pub async fn container_id(&self, name: &str) -> String {
-        let (_, body) = self.get("/api/v1/containers", &self.admin_token).await;
-        body["containers"]
-            .as_array()
-            .unwrap()
+        self.containers()
+            .await
             .iter()
             .find(|c| c["name"] == name)
             .unwrap_or_else(|| panic!("no container {name}"))["id"]
