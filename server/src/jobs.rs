@@ -12,7 +12,7 @@ use sqlx::Row;
 use tokio::sync::Semaphore;
 
 use crate::config::{container_place, snapshot_place};
-use crate::db::Db;
+use crate::db::{execute, query_first, Db, DbError, SyncConn};
 use crate::engine::{self, Control, EngineError, Place, Progress};
 use crate::events::EventHub;
 use crate::ids::now_ms;
@@ -183,7 +183,7 @@ impl JobRunner {
         job_id: &str,
         start: Option<JobStart>,
         ctl: Control,
-    ) -> Result<(), sqlx::Error> {
+    ) -> Result<(), DbError> {
         let start = match start {
             Some(start) => start,
             None => self.load_start(job_id).await?,
@@ -209,25 +209,19 @@ impl JobRunner {
         let running = self
             .db
             .transact(move |c| {
-                let (id, target) = (id.clone(), target.clone());
-                Box::pin(async move {
-                    let now = now_ms();
-                    let running = sqlx::query(
-                        "UPDATE jobs SET status = 'running', started_at = COALESCE(started_at, $1),
-                            phase = 'scan'
-                         WHERE id = $2 AND status IN ('queued', 'running') RETURNING *",
-                    )
-                    .bind(now)
-                    .bind(&id)
-                    .fetch_optional(&mut *c)
-                    .await?
-                    .map(|row| job_from_row(&row));
-                    if running.is_some() && is_sync {
-                        set_container_status(c, &target, ContainerStatus::Syncing, None, now)
-                            .await?;
-                    }
-                    Ok::<_, sqlx::Error>(running)
-                })
+                let now = now_ms();
+                let running = query_first(
+                    c,
+                    "UPDATE jobs SET status = 'running', started_at = COALESCE(started_at, $1),
+                        phase = 'scan'
+                     WHERE id = $2 AND status IN ('queued', 'running') RETURNING *",
+                    &[&now, &id],
+                    |row| job_from_row(row),
+                )?;
+                if running.is_some() && is_sync {
+                    set_container_status(c, &target, ContainerStatus::Syncing, None, now)?;
+                }
+                Ok::<_, rusqlite::Error>(running)
             })
             .await?;
         let Some(running) = running else {
@@ -306,7 +300,7 @@ impl JobRunner {
         params: &JobParams,
         result: Result<engine::Summary, EngineError>,
         last_progress: Option<String>,
-    ) -> Result<(), sqlx::Error> {
+    ) -> Result<(), DbError> {
         let previous = params
             .previous_status
             .as_deref()
@@ -337,53 +331,50 @@ impl JobRunner {
         };
         let summary = result.ok();
         let (job_id, target_id) = (job_id.to_string(), target_id.to_string());
-        let row = self
+        let summary_json = summary
+            .as_ref()
+            .map(|s| serde_json::to_string(s).unwrap_or_default());
+        let job = self
             .db
             .transact(move |c| {
-                let (summary, error, reason) = (summary.clone(), error.clone(), reason.clone());
-                let (last_progress, job_id, target_id) =
-                    (last_progress.clone(), job_id.clone(), target_id.clone());
-                Box::pin(async move {
-                    let now = now_ms();
-                    let row = sqlx::query(
-                        "UPDATE jobs SET status = $1, phase = NULL, summary = $2, error = $3,
-                            finished_at = $4, progress = COALESCE($5, progress)
-                         WHERE id = $6 RETURNING *",
-                    )
-                    .bind(status.as_str())
-                    .bind(
-                        summary
-                            .as_ref()
-                            .map(|s| serde_json::to_string(s).unwrap_or_default()),
-                    )
-                    .bind(&error)
-                    .bind(now)
-                    .bind(&last_progress)
-                    .bind(&job_id)
-                    .fetch_one(&mut *c)
-                    .await?;
-                    set_container_status(c, &target_id, container_status, reason.as_deref(), now)
-                        .await?;
-                    // What the tree now is, for the next sync and the sync status page.
-                    if let Some(summary) = &summary {
-                        sqlx::query(
-                            "UPDATE containers SET source_state = $1, last_synced_at = $2,
-                                file_count = $3, size_bytes = $4
-                             WHERE id = $5",
-                        )
-                        .bind(&summary.root_hash)
-                        .bind(now)
-                        .bind(summary.tree_files as i64)
-                        .bind(summary.tree_bytes as i64)
-                        .bind(&target_id)
-                        .execute(&mut *c)
-                        .await?;
-                    }
-                    Ok::<_, sqlx::Error>(row)
-                })
+                let now = now_ms();
+                let job = query_first(
+                    c,
+                    "UPDATE jobs SET status = $1, phase = NULL, summary = $2, error = $3,
+                        finished_at = $4, progress = COALESCE($5, progress)
+                     WHERE id = $6 RETURNING *",
+                    &[
+                        &status.as_str(),
+                        &summary_json,
+                        &error,
+                        &now,
+                        &last_progress,
+                        &job_id,
+                    ],
+                    |row| job_from_row(row),
+                )?
+                .ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+                set_container_status(c, &target_id, container_status, reason.as_deref(), now)?;
+                // What the tree now is, for the next sync and the sync status page.
+                if let Some(summary) = &summary {
+                    execute(
+                        c,
+                        "UPDATE containers SET source_state = $1, last_synced_at = $2,
+                            file_count = $3, size_bytes = $4
+                         WHERE id = $5",
+                        &[
+                            &summary.root_hash,
+                            &now,
+                            &(summary.tree_files as i64),
+                            &(summary.tree_bytes as i64),
+                            &target_id,
+                        ],
+                    )?;
+                }
+                Ok::<_, rusqlite::Error>(job)
             })
             .await?;
-        self.hub.publish("status", job_from_row(&row));
+        self.hub.publish("status", job);
         Ok(())
     }
 }
@@ -437,23 +428,19 @@ fn without_paths(e: EngineError, names: &[(String, &str)]) -> EngineError {
     }
 }
 
-async fn set_container_status(
-    c: &mut sqlx::SqliteConnection,
+fn set_container_status(
+    c: &SyncConn,
     id: &str,
     status: ContainerStatus,
     reason: Option<&str>,
     now: i64,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
+) -> rusqlite::Result<()> {
+    execute(
+        c,
         "UPDATE containers SET status = $1, status_reason = $2, updated_at = $3 WHERE id = $4",
+        &[&status.as_str(), &reason, &now, &id],
     )
-    .bind(status.as_str())
-    .bind(reason)
-    .bind(now)
-    .bind(id)
-    .execute(c)
-    .await?;
-    Ok(())
+    .map(drop)
 }
 
 /// Turns engine progress into job events (at most 10 a second) and database updates
@@ -548,18 +535,12 @@ impl ProgressReporter {
             let phase = progress.phase.clone();
             let _ = db
                 .transact(move |c| {
-                    let (phase, json, job_id) = (phase.clone(), json.clone(), job_id.clone());
-                    Box::pin(async move {
-                        sqlx::query(
-                            "UPDATE jobs SET phase = $1, progress = $2
-                                 WHERE id = $3 AND status = 'running'",
-                        )
-                        .bind(&phase)
-                        .bind(&json)
-                        .bind(&job_id)
-                        .execute(c)
-                        .await
-                    })
+                    execute(
+                        c,
+                        "UPDATE jobs SET phase = $1, progress = $2
+                             WHERE id = $3 AND status = 'running'",
+                        &[&phase, &json, &job_id],
+                    )
                 })
                 .await;
         });

@@ -3,9 +3,11 @@
 //! the console. The work itself is the job runner's.
 
 use app::model::*;
-use sqlx::{FromRow, Row};
+use std::sync::LazyLock;
 
-use crate::db::is_unique_violation;
+use sqlx::Row;
+
+use crate::db::{execute, query_first, unique_violation, Cols, SyncConn};
 use crate::ids::{new_id, now_ms};
 use crate::jobs::{JobParams, JobStart};
 use crate::service::{check_id, internal, ContainerRow, Service, Visibility, CONTAINER_SELECT};
@@ -88,7 +90,6 @@ fn check_idempotency_key(key: Option<&str>) -> Result<Option<String>, ApiError> 
 }
 
 /// The rows a copy request creates: the new container (status `copying`) and its job.
-#[derive(Clone)]
 struct NewCopy {
     id: String,
     job_id: String,
@@ -110,60 +111,87 @@ enum Refusal {
     NameTaken,
     KeyTaken,
     SameIdempotencyKey,
-    Db(sqlx::Error),
+    Db(rusqlite::Error),
 }
 
-impl From<sqlx::Error> for Refusal {
-    fn from(e: sqlx::Error) -> Self {
-        Refusal::Db(e)
+impl From<rusqlite::Error> for Refusal {
+    fn from(e: rusqlite::Error) -> Self {
+        // Which index said no: SQLite names its columns in the message ("UNIQUE constraint
+        // failed: containers.project_id, containers.name").
+        match unique_violation(&e) {
+            Some(m) if m.contains("idempotency_key") => Refusal::SameIdempotencyKey,
+            Some(m) if m.contains("name") => Refusal::NameTaken,
+            Some(_) => Refusal::KeyTaken,
+            None => Refusal::Db(e),
+        }
     }
 }
 
 impl NewCopy {
-    /// Both rows in one round trip to the database (two statements in one query).
-    async fn insert(self, c: &mut sqlx::SqliteConnection) -> Result<(), Refusal> {
-        let res = sqlx::query(
+    /// Both rows, in the caller's transaction.
+    fn insert(&self, c: &SyncConn) -> Result<(), Refusal> {
+        execute(
+            c,
             "INSERT INTO containers (id, name, project_id, server_id, status, ssh_public_key,
                 firewall_rules, network_rules, source_container_id, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, 'copying', $5, $6, $7, $8, $9, $9);
-             INSERT INTO jobs (id, kind, status, project_id, container_id, source_container_id,
+             VALUES ($1, $2, $3, $4, 'copying', $5, $6, $7, $8, $9, $9)",
+            &[
+                &self.id,
+                &self.name,
+                &self.project_id,
+                &self.server_id,
+                &self.ssh_public_key,
+                &self.firewall_rules,
+                &self.network_rules,
+                &self.source_id,
+                &self.now,
+            ],
+        )?;
+        execute(
+            c,
+            "INSERT INTO jobs (id, kind, status, project_id, container_id, source_container_id,
                 requested_by, params, idempotency_key, created_at)
-             VALUES ($10, 'copy', 'queued', $3, $1, $8, $11, $12, $13, $9)",
-        )
-        .bind(&self.id)
-        .bind(&self.name)
-        .bind(&self.project_id)
-        .bind(&self.server_id)
-        .bind(&self.ssh_public_key)
-        .bind(&self.firewall_rules)
-        .bind(&self.network_rules)
-        .bind(&self.source_id)
-        .bind(self.now)
-        .bind(&self.job_id)
-        .bind(&self.requested_by)
-        .bind(&self.params)
-        .bind(&self.idempotency_key)
-        .execute(c)
-        .await;
-        match res {
-            // Which index said no: SQLite names its columns in the message ("containers.
-            // project_id, containers.name"), PostgreSQL gives the constraint's name.
-            Err(e) if is_unique_violation(&e) => {
-                let on = |column: &str| {
-                    e.as_database_error()
-                        .is_some_and(|d| d.constraint().unwrap_or(d.message()).contains(column))
-                };
-                Err(if on("idempotency_key") {
-                    Refusal::SameIdempotencyKey
-                } else if on("name") {
-                    Refusal::NameTaken
-                } else {
-                    Refusal::KeyTaken
-                })
-            }
-            res => res.map(drop).map_err(Refusal::Db),
-        }
+             VALUES ($1, 'copy', 'queued', $2, $3, $4, $5, $6, $7, $8)",
+            &[
+                &self.job_id,
+                &self.project_id,
+                &self.id,
+                &self.source_id,
+                &self.requested_by,
+                &self.params,
+                &self.idempotency_key,
+                &self.now,
+            ],
+        )?;
+        Ok(())
     }
+}
+
+/// Everything a copy request is checked against, in one statement: the source, the caller's
+/// membership in its project and in the target project, and the target project's and
+/// server's names (NULL when they do not exist).
+static COPY_CONTEXT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT x.*,
+            (SELECT role FROM memberships WHERE project_id = x.project_id AND user_id = $2)
+                AS member_of_source,
+            (SELECT role FROM memberships WHERE project_id = $3 AND user_id = $2)
+                AS member_of_target,
+            (SELECT name FROM projects WHERE id = $3) AS target_project_name,
+            ts.name AS target_server_name, ts.storage_root AS target_storage_root
+         FROM ({CONTAINER_SELECT} WHERE c.id = $1) x
+         LEFT JOIN servers ts ON ts.id = COALESCE($4, x.server_id)"
+    )
+});
+
+/// A row of `COPY_CONTEXT`.
+struct CopyContext {
+    source: ContainerRow,
+    member_of_source: Option<String>,
+    member_of_target: Option<String>,
+    target_project_name: Option<String>,
+    target_server_name: Option<String>,
+    target_storage_root: Option<String>,
 }
 
 impl Service {
@@ -199,39 +227,40 @@ impl Service {
                 return Ok(CopyStarted { container, job });
             }
         }
-        // One statement answers everything the request is checked against: the source, the
-        // caller's membership in its project and in the target project, and the target
-        // project's and server's names (NULL when they do not exist).
         check_id("container id", source_id)?;
-        let ctx = sqlx::query(&format!(
-            "SELECT x.*,
-                (SELECT role FROM memberships WHERE project_id = x.project_id AND user_id = $2)
-                    AS member_of_source,
-                (SELECT role FROM memberships WHERE project_id = $3 AND user_id = $2)
-                    AS member_of_target,
-                (SELECT name FROM projects WHERE id = $3) AS target_project_name,
-                ts.name AS target_server_name, ts.storage_root AS target_storage_root
-             FROM ({CONTAINER_SELECT} WHERE c.id = $1) x
-             LEFT JOIN servers ts ON ts.id = COALESCE($4, x.server_id)"
-        ))
-        .bind(source_id)
-        .bind(&user.id)
-        .bind(&req.target_project_id)
-        .bind(&req.target_server_id)
-        .fetch_optional(&self.db.read)
-        .await
-        .map_err(internal)?;
+        let ctx = self
+            .db
+            .read_now(|c| {
+                query_first(
+                    c,
+                    &COPY_CONTEXT,
+                    &[
+                        &source_id,
+                        &user.id,
+                        &req.target_project_id,
+                        &req.target_server_id,
+                    ],
+                    |r| CopyContext {
+                        source: ContainerRow::from_cols(r),
+                        member_of_source: r.col("member_of_source"),
+                        member_of_target: r.col("member_of_target"),
+                        target_project_name: r.col("target_project_name"),
+                        target_server_name: r.col("target_server_name"),
+                        target_storage_root: r.col("target_storage_root"),
+                    },
+                )
+            })
+            .map_err(internal)?;
         let Some(ctx) = ctx else {
             return Err(ApiError::not_found("container", source_id));
         };
-        let source_row = ContainerRow::from_row(&ctx).map_err(internal)?;
-        let target_project_name: Option<String> = ctx.get("target_project_name");
+        let source_row = ctx.source;
         let visibility = Visibility::of(
             user,
-            std::iter::once((source_row.project_id.clone(), ctx.get("member_of_source"))).chain(
-                target_project_name
+            std::iter::once((source_row.project_id.clone(), ctx.member_of_source)).chain(
+                ctx.target_project_name
                     .is_some()
-                    .then(|| (req.target_project_id.clone(), ctx.get("member_of_target"))),
+                    .then(|| (req.target_project_id.clone(), ctx.member_of_target)),
             ),
         );
         if !visibility.can_see(&source_row.project_id) {
@@ -255,9 +284,9 @@ impl Service {
             ));
         }
         let (Some(project_name), Some(server_name), Some(storage_root)) = (
-            target_project_name,
-            ctx.get::<Option<String>, _>("target_server_name"),
-            ctx.get::<Option<String>, _>("target_storage_root"),
+            ctx.target_project_name,
+            ctx.target_server_name,
+            ctx.target_storage_root,
         ) else {
             return Err(ApiError::not_found("server", &server_id));
         };
@@ -349,13 +378,7 @@ impl Service {
             idempotency_key: idem.clone(),
             now,
         };
-        let written = self
-            .db
-            .transact(move |c| {
-                let row = row.clone();
-                Box::pin(async move { row.insert(c).await })
-            })
-            .await;
+        let written = self.db.transact(move |c| row.insert(c)).await;
         // A retry that raced its first attempt (the same idempotency key, so the same name
         // too) is answered with the job that won, which is committed by now.
         if let (Err(Refusal::NameTaken | Refusal::SameIdempotencyKey), Some(key)) =

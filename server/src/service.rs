@@ -9,7 +9,7 @@ use app::model::*;
 use sqlx::Row;
 
 use crate::config::{container_root, DataConfig};
-use crate::db::Db;
+use crate::db::{Cols, Db};
 
 pub struct Service {
     pub db: Db,
@@ -37,7 +37,7 @@ pub struct JobFilter {
     pub kind: Option<String>,
 }
 
-#[derive(sqlx::FromRow)]
+/// A row of `CONTAINER_SELECT`.
 pub(crate) struct ContainerRow {
     pub(crate) id: String,
     pub(crate) name: String,
@@ -106,6 +106,33 @@ impl Visibility {
 }
 
 impl ContainerRow {
+    pub(crate) fn from_cols(r: &impl Cols) -> Self {
+        ContainerRow {
+            id: r.col("id"),
+            name: r.col("name"),
+            status: r.col("status"),
+            status_reason: r.col("status_reason"),
+            project_id: r.col("project_id"),
+            project_name: r.col("project_name"),
+            server_id: r.col("server_id"),
+            server_name: r.col("server_name"),
+            storage_root: r.col("storage_root"),
+            ssh_public_key: r.col("ssh_public_key"),
+            firewall_rules: r.col("firewall_rules"),
+            network_rules: r.col("network_rules"),
+            source_container_id: r.col("source_container_id"),
+            source_state: r.col("source_state"),
+            last_synced_at: r.col("last_synced_at"),
+            file_count: r.col("file_count"),
+            size_bytes: r.col("size_bytes"),
+            created_at: r.col("created_at"),
+            updated_at: r.col("updated_at"),
+            src_name: r.col("src_name"),
+            src_project_id: r.col("src_project_id"),
+            src_project_name: r.col("src_project_name"),
+        }
+    }
+
     pub(crate) fn summary(&self, vis: &Visibility) -> ContainerSummary {
         let source = match (&self.source_container_id, &self.src_project_id) {
             (Some(id), Some(pid)) if vis.can_see(pid) => Some(ContainerRef {
@@ -333,27 +360,34 @@ impl Service {
     }
 }
 
-pub(crate) fn job_from_row(r: &sqlx::sqlite::SqliteRow) -> Job {
+impl sqlx::FromRow<'_, sqlx::sqlite::SqliteRow> for ContainerRow {
+    fn from_row(r: &sqlx::sqlite::SqliteRow) -> sqlx::Result<Self> {
+        Ok(ContainerRow::from_cols(r))
+    }
+}
+
+pub(crate) fn job_from_row(r: &impl Cols) -> Job {
     let json = |col: &str| -> Option<serde_json::Value> {
-        r.get::<Option<String>, _>(col)
+        r.col::<Option<String>>(col)
             .and_then(|s| serde_json::from_str(&s).ok())
     };
+    let id: String = r.col("id");
     Job {
-        id: r.get("id"),
-        kind: JobKind::parse(r.get("kind")).unwrap_or(JobKind::Copy),
-        status: JobStatus::parse(r.get("status")).unwrap_or(JobStatus::Failed),
-        phase: r.get("phase"),
-        project_id: r.get("project_id"),
-        container_id: r.get("container_id"),
-        source_container_id: r.get("source_container_id"),
+        kind: JobKind::parse(&r.col::<String>("kind")).unwrap_or(JobKind::Copy),
+        status: JobStatus::parse(&r.col::<String>("status")).unwrap_or(JobStatus::Failed),
+        phase: r.col("phase"),
+        project_id: r.col("project_id"),
+        container_id: r.col("container_id"),
+        source_container_id: r.col("source_container_id"),
         progress: json("progress").and_then(|v| serde_json::from_value(v).ok()),
         summary: json("summary"),
-        error: r.get("error"),
-        created_at: r.get("created_at"),
-        started_at: r.get("started_at"),
-        finished_at: r.get("finished_at"),
-        url: format!("/api/v1/jobs/{}", r.get::<&str, _>("id")),
-        events_url: format!("/api/v1/jobs/{}/events", r.get::<&str, _>("id")),
+        error: r.col("error"),
+        created_at: r.col("created_at"),
+        started_at: r.col("started_at"),
+        finished_at: r.col("finished_at"),
+        url: format!("/api/v1/jobs/{id}"),
+        events_url: format!("/api/v1/jobs/{id}/events"),
+        id,
     }
 }
 
