@@ -2,7 +2,9 @@
 //! concurrent copy requests (on kept-alive connections) while 500 clients hold
 //! `/api/v1/events` open. Prints POST
 //! latency (p50, p99), event delivery lag (server publish -> client receipt, p50, p99) and
-//! doppel's peak memory. A script, not a test: it prints figures and never fails on them.
+//! doppel's peak memory, and a baseline measured just before in the same run: the same
+//! burst of requests, refused once read. A script, not a test: it prints figures and never
+//! fails on them.
 //! LOAD_POSTS and LOAD_SUBSCRIBERS change the numbers.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -172,7 +174,9 @@ impl Poster {
     /// doppel answering, not TCP handshakes on a loaded loopback), then sends `posts` copy
     /// requests at once (names `load-<prefix><n>`). Says each one's time (ms), how many
     /// were accepted, how long the burst took, and the CPU doppel and this process used.
-    async fn burst(&self, posts: usize, prefix: &str) -> Burst {
+    /// `prefix` None: the baseline, requests doppel refuses once their JSON is read (an
+    /// unknown field): what any request costs on this machine, with nothing to copy.
+    async fn burst(&self, posts: usize, prefix: Option<&str>) -> Burst {
         let warm: Vec<_> = (0..posts)
             .map(|_| {
                 let client = self.client.clone();
@@ -190,9 +194,12 @@ impl Poster {
         let url = format!("{}/api/v1/containers/{}/copy", self.base, self.source_id);
         let handles: Vec<_> = (0..posts)
             .map(|i| {
-                let request = self.client.post(&url).bearer_auth(&self.token).json(
-                    &serde_json::json!({"target_project_id": self.project, "name": format!("load-{prefix}{i}")}),
-                );
+                let mut body = serde_json::json!({"target_project_id": self.project});
+                match prefix {
+                    Some(prefix) => body["name"] = format!("load-{prefix}{i}").into(),
+                    None => body["unknown_field"] = format!("load-{i}").into(),
+                }
+                let request = self.client.post(&url).bearer_auth(&self.token).json(&body);
                 tokio::spawn(async move {
                     let t = Instant::now();
                     let status = request.send().await.unwrap().status().as_u16();
@@ -349,27 +356,35 @@ async fn main() {
                     project,
                     server: server_pid,
                 };
-                let mut burst = poster.burst(posts, "").await;
+                let baseline = poster.burst(posts, None).await;
+                assert_eq!(baseline.accepted, 0, "the baseline's requests are refused");
+                let mut burst = poster.burst(posts, Some("")).await;
                 // LOAD_ROUNDS > 1 repeats the burst on the same connections (for profiles,
                 // and steadier figures).
                 for round in 1..rounds {
-                    let more = poster.burst(posts, &format!("r{round}-")).await;
+                    let more = poster.burst(posts, Some(&format!("r{round}-"))).await;
                     burst.post_ms.extend(more.post_ms);
                     burst.accepted += more.accepted;
                     burst.took += more.took;
                     burst.server_cpu += more.server_cpu;
                     burst.client_cpu += more.client_cpu;
                 }
-                burst
+                (baseline, burst)
             })
     });
-    let Burst {
-        mut post_ms,
-        accepted,
-        took: posting,
-        server_cpu,
-        client_cpu,
-    } = tokio::task::spawn_blocking(move || poster.join().unwrap())
+    let (
+        Burst {
+            post_ms: mut baseline_ms,
+            ..
+        },
+        Burst {
+            mut post_ms,
+            accepted,
+            took: posting,
+            server_cpu,
+            client_cpu,
+        },
+    ) = tokio::task::spawn_blocking(move || poster.join().unwrap())
         .await
         .unwrap();
     // Wait until every subscriber has seen every job succeed (or give up after 10 minutes).
@@ -391,6 +406,7 @@ async fn main() {
     }
 
     post_ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    baseline_ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let timed = lags.lock().unwrap().clone();
     let timeline = lag_timeline(&timed, started_ms);
     let mut lags: Vec<f64> = timed.iter().map(|&(_, lag)| lag).collect();
@@ -441,6 +457,13 @@ async fn main() {
     println!();
     println!("post_p50_ms {:.1}", percentile(&post_ms, 0.50));
     println!("post_p99_ms {:.1}", percentile(&post_ms, 0.99));
+    // The same burst of requests refused once read, just before: what HTTP, the token
+    // check and JSON cost here, with the client on the same cores.
+    println!("baseline_post_p99_ms {:.1}", percentile(&baseline_ms, 0.99));
+    println!(
+        "post_p99_vs_baseline {:.1}",
+        percentile(&post_ms, 0.99) / percentile(&baseline_ms, 0.99)
+    );
     println!("event_lag_p50_ms {:.1}", percentile(&lags, 0.50));
     println!("event_lag_p90_ms {:.1}", percentile(&lags, 0.90));
     println!("event_lag_p99_ms {:.1}", percentile(&lags, 0.99));
