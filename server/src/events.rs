@@ -16,9 +16,10 @@ use tokio::sync::{broadcast, Notify};
 
 /// Events kept for replay (across all jobs).
 const REPLAY: usize = 20_000;
-/// After a batch goes out, the next waits this long: events of a burst (200 jobs queued at
+/// A batch goes out this long after its first event: events of a burst (200 jobs queued at
 /// once, progress of many jobs) then cost each client a few writes instead of one wake-up
-/// and write per event. The first event after a quiet spell goes at once.
+/// and write per event. Even the first event of a burst waits: sent at once, it alone would
+/// cost every subscriber a write while the burst's requests wait for the cores (`make load`).
 pub const COALESCE: Duration = Duration::from_millis(25);
 
 /// An event and its server-sent-event frame (`id`, `event`, `data` lines), formatted once
@@ -189,16 +190,16 @@ impl EventHub {
         (replay, seen, self.tx.subscribe())
     }
 
-    /// Sends what is pending as one batch, then lets the next gather for `COALESCE`.
+    /// Sends what is pending as one batch, `COALESCE` after the first event of the batch.
     async fn send_batches(self: Arc<Self>) {
         loop {
             self.wake.notified().await;
+            tokio::time::sleep(COALESCE).await;
             let events = std::mem::take(&mut self.buffers().pending);
             if events.is_empty() {
                 continue;
             }
             let _ = self.tx.send(Arc::new(Batch::new(events)));
-            tokio::time::sleep(COALESCE).await;
         }
     }
 
