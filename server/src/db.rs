@@ -296,24 +296,25 @@ fn open_read_only(path: &Path) -> rusqlite::Result<SyncConn> {
 }
 
 /// A cached statement with `args` bound to `$1`, `$2` … by number (SQLite numbers named
-/// parameters in order of appearance, which need not be theirs).
+/// parameters in order of appearance, which need not be theirs). Every argument must be
+/// used.
 pub fn prepare<'c>(
     conn: &'c SyncConn,
     sql: &str,
     args: &[&dyn ToSql],
 ) -> rusqlite::Result<CachedStatement<'c>> {
     let mut stmt = conn.prepare_cached(sql)?;
-    if stmt.parameter_count() != args.len() {
-        return Err(rusqlite::Error::InvalidParameterCount(
-            args.len(),
-            stmt.parameter_count(),
-        ));
+    let count = stmt.parameter_count();
+    if count != args.len() {
+        return Err(rusqlite::Error::InvalidParameterCount(args.len(), count));
     }
-    for (n, arg) in args.iter().enumerate() {
-        let name = format!("${}", n + 1);
-        let index = stmt
-            .parameter_index(&name)?
-            .ok_or(rusqlite::Error::InvalidParameterName(name))?;
+    for index in 1..=count {
+        let name = stmt.parameter_name(index).unwrap_or("?");
+        let arg = name
+            .strip_prefix('$')
+            .and_then(|n| n.parse::<usize>().ok())
+            .and_then(|n| args.get(n.checked_sub(1)?))
+            .ok_or_else(|| rusqlite::Error::InvalidParameterName(name.to_string()))?;
         stmt.raw_bind_parameter(index, arg)?;
     }
     Ok(stmt)
@@ -496,6 +497,16 @@ mod tests {
         assert_eq!(other.unwrap().as_deref(), Some("b"));
         let none = db.read_now(|c| query_first(c, sql, &[&"a", &4], |r| r.col::<String>("k")));
         assert_eq!(none.unwrap(), None);
+        let short = db.read_now(|c| query_first(c, sql, &[&"a"], |r| r.col::<String>("k")));
+        assert!(
+            matches!(
+                short,
+                Err(DbError::Sqlite(rusqlite::Error::InvalidParameterCount(
+                    1, 2
+                )))
+            ),
+            "{short:?}"
+        );
         let err = db
             .read_now(|c| execute(c, "INSERT INTO t (k, v) VALUES ('x', 1)", &[]))
             .unwrap_err();
