@@ -11,6 +11,13 @@ use doppel::inventory::{self, NewContainer};
 use doppel::serve::{self, ServeConfig};
 use doppel::{auth, db};
 
+/// mimalloc instead of glibc's allocator: a copy request allocates a lot of small things
+/// (headers, JSON, rows), and glibc's malloc and free were about a tenth of doppel's CPU in a
+/// burst (perf). `make load`, 4 interleaved runs: POST p99 21.2 -> 18.7 ms (medians),
+/// peak memory 40 -> 70 MB.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "doppel",
