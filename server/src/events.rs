@@ -39,19 +39,31 @@ pub struct Batch {
     pub projects: Vec<String>,
 }
 
+/// The frames of `events`, in order, as one buffer (a single event's is shared, not copied).
+pub fn join_frames(events: &[Arc<Published>]) -> Bytes {
+    match events {
+        [one] => one.frame.clone(),
+        many => {
+            let mut buf = BytesMut::with_capacity(many.iter().map(|e| e.frame.len()).sum());
+            for e in many {
+                buf.extend_from_slice(&e.frame);
+            }
+            buf.freeze()
+        }
+    }
+}
+
 impl Batch {
     fn new(events: Vec<Arc<Published>>) -> Batch {
-        let mut frames = BytesMut::with_capacity(events.iter().map(|e| e.frame.len()).sum());
         let mut projects: Vec<String> = Vec::new();
         for e in &events {
-            frames.extend_from_slice(&e.frame);
             if !projects.contains(&e.ev.job.project_id) {
                 projects.push(e.ev.job.project_id.clone());
             }
         }
         Batch {
+            frames: join_frames(&events),
             events,
-            frames: frames.freeze(),
             projects,
         }
     }

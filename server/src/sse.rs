@@ -11,11 +11,10 @@ use app::model::{ApiError, JobEvent, UserInfo};
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use bytes::BytesMut;
 use futures::stream::{self, Stream};
 use tokio::sync::broadcast::{self, error::RecvError};
 
-use crate::events::{Batch, EventHub, Published};
+use crate::events::{join_frames, Batch, EventHub, Published};
 use crate::service::Service;
 
 /// The id to resume after: the `Last-Event-ID` header, or `?last_event_id=` (for clients
@@ -146,17 +145,7 @@ impl Live {
                 self.queue.clear();
             }
         }
-        match out.as_slice() {
-            [] => None,
-            [one] => Some(one.frame.clone()),
-            many => {
-                let mut buf = BytesMut::with_capacity(many.iter().map(|e| e.frame.len()).sum());
-                for ev in many {
-                    buf.extend_from_slice(&ev.frame);
-                }
-                Some(buf.freeze())
-            }
-        }
+        (!out.is_empty()).then(|| join_frames(&out))
     }
 }
 
