@@ -1,4 +1,5 @@
-//! The database: two sqlx pools on one file, with the embedded migrations applied.
+//! The database: two sqlx pools on one file (and, for the hot paths, rusqlite on the same
+//! connections' library), with the embedded migrations applied.
 //!
 //! SQLite by default (a file in the data dir, WAL mode so the admin subcommands can work
 //! beside a running server). The SQL elsewhere sticks to what PostgreSQL also accepts.
@@ -14,8 +15,8 @@
 //! Writes on the hot paths (accepting a copy, a job's status) go through `Db::transact`:
 //! a task takes every write queued at that moment and runs them in one transaction (group
 //! commit): first as they are, and only if one of them fails, again with a savepoint each,
-//! so the failed one is undone alone. A burst of requests then costs one commit,
-//! one connection checkout and one checkout test, not one of each per request; and since
+//! so the failed one is undone alone. A burst of requests then costs one commit and one
+//! connection checkout, not one of each per request; and since
 //! the task, not the request, runs the write, a client that hangs up mid-request cannot
 //! leave a write half done.
 //!
@@ -143,9 +144,13 @@ pub async fn connect(url: &str) -> Result<Db, sqlx::Error> {
         .connect_with(opts.clone())
         .await?;
     sqlx::migrate!("./migrations").run(&write).await?;
+    // One read connection opened now: the first request does not pay for it, and a
+    // database that cannot be read this way fails the start, not a request.
+    let path = opts.get_filename().to_path_buf();
+    let first = open_read_only(&path).map_err(|e| sqlx::Error::Configuration(e.into()))?;
     let sync_reads = Arc::new(SyncReads {
-        path: opts.get_filename().to_path_buf(),
-        idle: Mutex::new(Vec::new()),
+        path,
+        idle: Mutex::new(vec![first]),
     });
     let read = SqlitePoolOptions::new()
         .max_connections(8)

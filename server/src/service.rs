@@ -159,6 +159,13 @@ impl ContainerRow {
     }
 }
 
+/// `query_as` reads `CONTAINER_SELECT` rows with the same mapping.
+impl sqlx::FromRow<'_, sqlx::sqlite::SqliteRow> for ContainerRow {
+    fn from_row(r: &sqlx::sqlite::SqliteRow) -> sqlx::Result<Self> {
+        Ok(ContainerRow::from_cols(r))
+    }
+}
+
 pub(crate) fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
     if is_valid_id(id) {
         Ok(())
@@ -357,12 +364,6 @@ impl Service {
             Some(r) if vis.can_see(r.get::<&str, _>("project_id")) => Ok(job_from_row(&r)),
             _ => Err(ApiError::not_found("job", id)),
         }
-    }
-}
-
-impl sqlx::FromRow<'_, sqlx::sqlite::SqliteRow> for ContainerRow {
-    fn from_row(r: &sqlx::sqlite::SqliteRow) -> sqlx::Result<Self> {
-        Ok(ContainerRow::from_cols(r))
     }
 }
 
