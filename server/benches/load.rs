@@ -118,6 +118,16 @@ fn cpu_ms(pid: u32, skip: Option<&str>) -> f64 {
     ticks * 1000.0 / 100.0
 }
 
+/// doppel's CPU so far, its engine threads left out.
+fn doppel_cpu_ms(pid: u32) -> f64 {
+    cpu_ms(pid, Some("doppel-job"))
+}
+
+/// This process's CPU so far.
+fn own_cpu_ms() -> f64 {
+    cpu_ms(std::process::id(), None)
+}
+
 fn peak_rss_mb(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -187,9 +197,7 @@ impl Poster {
         for w in warm {
             let _ = w.await;
         }
-        let server_cpu = || cpu_ms(self.server, Some("doppel-job"));
-        let client_cpu = || cpu_ms(std::process::id(), None);
-        let (server_cpu0, client_cpu0) = (server_cpu(), client_cpu());
+        let (server_cpu0, client_cpu0) = (doppel_cpu_ms(self.server), own_cpu_ms());
         let started = Instant::now();
         let url = format!("{}/api/v1/containers/{}/copy", self.base, self.source_id);
         let handles: Vec<_> = (0..posts)
@@ -216,8 +224,8 @@ impl Poster {
         }
         Burst {
             took: started.elapsed(),
-            server_cpu: server_cpu() - server_cpu0,
-            client_cpu: client_cpu() - client_cpu0,
+            server_cpu: doppel_cpu_ms(self.server) - server_cpu0,
+            client_cpu: own_cpu_ms() - client_cpu0,
             post_ms,
             accepted,
         }
@@ -334,10 +342,7 @@ async fn main() {
     // include this process's own queue of SSE frames to parse.
     let started = Instant::now();
     let started_ms = now_ms();
-    let whole_run_cpu0 = (
-        cpu_ms(server.id(), Some("doppel-job")),
-        cpu_ms(std::process::id(), None),
-    );
+    let whole_run_cpu0 = (doppel_cpu_ms(server.id()), own_cpu_ms());
     let server_pid = server.id();
     let poster = std::thread::spawn(move || {
         tokio::runtime::Builder::new_current_thread()
@@ -395,8 +400,8 @@ async fn main() {
     }
     let all_done = started.elapsed();
     let whole_run_cpu = (
-        cpu_ms(server.id(), Some("doppel-job")) - whole_run_cpu0.0,
-        cpu_ms(std::process::id(), None) - whole_run_cpu0.1,
+        doppel_cpu_ms(server.id()) - whole_run_cpu0.0,
+        own_cpu_ms() - whole_run_cpu0.1,
     );
     let rss = peak_rss_mb(server.id());
     server.kill().unwrap();
