@@ -9,6 +9,12 @@ CARGO_LEPTOS_VERSION := 0.3.11
 # wasm-bindgen-cli must match the wasm-bindgen crate in Cargo.lock exactly.
 WASM_BINDGEN_VERSION := $(shell awk '/^name = "wasm-bindgen"$$/ { getline; gsub(/"/, "", $$3); print $$3; exit }' Cargo.lock)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# Build tools (cargo-leptos, wasm-bindgen-cli) only orchestrate a build: they are built
+# without LTO, at opt-level 1 and in many codegen units. Their own release profiles
+# (LTO, one codegen unit) made the fresh-machine set-up of `make run` take 47 minutes.
+TOOL_PROFILE := CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=256 \
+  CARGO_PROFILE_RELEASE_OPT_LEVEL=1 CARGO_PROFILE_RELEASE_DEBUG=false \
+  CARGO_PROFILE_RELEASE_STRIP=true CARGO_PROFILE_RELEASE_INCREMENTAL=false
 STAMP := target/.setup
 
 # cargo-installed tools, and wasm-opt from the pinned npm package binaryen.
@@ -33,8 +39,8 @@ $(STAMP)/cargo-leptos-$(CARGO_LEPTOS_VERSION): | $(STAMP)/toolchain
 	@if cargo leptos --version 2>/dev/null | grep -qF '$(CARGO_LEPTOS_VERSION)'; then \
 	  echo "cargo-leptos $(CARGO_LEPTOS_VERSION) present"; \
 	else \
-	  echo "installing cargo-leptos $(CARGO_LEPTOS_VERSION) (about 13 minutes on 2 cores)"; \
-	  cargo install cargo-leptos --version $(CARGO_LEPTOS_VERSION) --locked --features no_downloads; \
+	  echo "installing cargo-leptos $(CARGO_LEPTOS_VERSION)"; \
+	  $(TOOL_PROFILE) cargo install cargo-leptos --version $(CARGO_LEPTOS_VERSION) --locked --features no_downloads; \
 	fi
 	@touch $@
 
@@ -43,7 +49,7 @@ $(STAMP)/wasm-bindgen-$(WASM_BINDGEN_VERSION): | $(STAMP)/toolchain
 	@if wasm-bindgen --version 2>/dev/null | grep -qF '$(WASM_BINDGEN_VERSION)'; then \
 	  echo "wasm-bindgen $(WASM_BINDGEN_VERSION) present"; \
 	else \
-	  cargo install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION); \
+	  $(TOOL_PROFILE) cargo install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION); \
 	fi
 	@touch $@
 
@@ -95,10 +101,12 @@ clean:
 	rm -rf end2end/node_modules end2end/test-results end2end/playwright-report
 
 # The engine against rsync and cp (BENCH_SCALE=0.1 for a quick look). Not part of `make test`.
+# Benches build with the `perf` profile into target/perf/: target/release/doppel stays the
+# server cargo-leptos built (a plain cargo build of it would serve a console it cannot find).
 bench: setup
 	@command -v rsync >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y rsync; }
-	cargo bench -p doppel --bench engine
+	cargo bench --profile perf -p doppel --bench engine
 
 # 200 concurrent copy requests and 500 SSE subscribers against a real doppel (prints figures).
 load: setup
-	ulimit -n 8192 2>/dev/null; cargo bench -p doppel --bench load
+	ulimit -n 8192 2>/dev/null; cargo bench --profile perf -p doppel --bench load

@@ -15,7 +15,7 @@ if [ $# -lt 2 ]; then
 fi
 runs=$1
 shift
-bench=$(cargo bench -p doppel --bench load --no-run 2>&1 \
+bench=$(cargo bench --profile perf -p doppel --bench load --no-run 2>&1 \
   | sed -n 's/.*Executable benches\/load.rs (\(.*\))/\1/p' | tail -1)
 [ -x "$bench" ] || { echo "cannot build the load bench" >&2; exit 1; }
 ulimit -n 8192 2>/dev/null || true

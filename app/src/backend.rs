@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 use crate::model::*;
 
+/// Every operation of the service, under the one name the REST handlers, the server
+/// functions and the service share.
 #[async_trait::async_trait]
 pub trait Backend: Send + Sync + 'static {
     async fn list_projects(&self, user: &UserInfo) -> Result<Vec<Project>, ApiError>;
@@ -18,24 +20,38 @@ pub trait Backend: Send + Sync + 'static {
         project_id: Option<&str>,
     ) -> Result<Vec<ContainerSummary>, ApiError>;
     async fn get_container(&self, user: &UserInfo, id: &str) -> Result<ContainerDetail, ApiError>;
+    /// Starts a copy; a retry with the same `idempotency_key` gets the same copy.
     async fn copy_container(
         &self,
         user: &UserInfo,
         source_id: &str,
         req: CopyRequest,
+        idempotency_key: Option<&str>,
     ) -> Result<CopyStarted, ApiError>;
-    async fn sync_container(&self, user: &UserInfo, id: &str) -> Result<Job, ApiError>;
-    async fn stop_job(&self, user: &UserInfo, id: &str) -> Result<Job, ApiError>;
-    async fn job(&self, user: &UserInfo, id: &str) -> Result<Job, ApiError>;
-    /// Every copy the user can see, with how current it is and its recent syncs.
-    async fn sync_status(&self, user: &UserInfo) -> Result<Vec<CopyStatus>, ApiError>;
-    /// Recent jobs the user can see, newest first; `kind` and `status` filter.
-    async fn recent_jobs(
+    /// Starts a sync of a copy with its source (one at a time per copy).
+    async fn sync_container(
         &self,
         user: &UserInfo,
-        kind: Option<String>,
-        status: Option<String>,
-    ) -> Result<Vec<Job>, ApiError>;
+        id: &str,
+        idempotency_key: Option<&str>,
+    ) -> Result<Job, ApiError>;
+    async fn list_snapshots(
+        &self,
+        user: &UserInfo,
+        container_id: &str,
+    ) -> Result<Vec<Snapshot>, ApiError>;
+    async fn create_snapshot(
+        &self,
+        user: &UserInfo,
+        container_id: &str,
+        name: &str,
+    ) -> Result<Snapshot, ApiError>;
+    async fn get_job(&self, user: &UserInfo, id: &str) -> Result<Job, ApiError>;
+    /// Jobs the user can see, newest first, as `filter` narrows them.
+    async fn list_jobs(&self, user: &UserInfo, filter: &JobFilter) -> Result<Vec<Job>, ApiError>;
+    async fn cancel_job(&self, user: &UserInfo, id: &str) -> Result<Job, ApiError>;
+    /// Every copy the user can see, with how current it is and its recent syncs.
+    async fn sync_status(&self, user: &UserInfo) -> Result<Vec<CopyStatus>, ApiError>;
 }
 
 /// The backend as stored in Leptos context.
@@ -45,3 +61,16 @@ pub type SharedBackend = Arc<dyn Backend>;
 /// session middleware; server functions read it from there.
 #[derive(Clone, Debug)]
 pub struct CurrentUser(pub UserInfo);
+
+/// Percent-encodes a URL query value (or path) for a redirect: everything but RFC 3986's
+/// unreserved characters and `/`. One rule for the server's redirects and the console's.
+pub fn percent_encode(s: &str) -> String {
+    use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+    const KEEP: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~')
+        .remove(b'/');
+    utf8_percent_encode(s, KEEP).to_string()
+}

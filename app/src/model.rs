@@ -74,17 +74,15 @@ pub enum ContainerStatus {
     Running,
     Stopped,
     Failed,
-    Deleting,
 }
 
 impl ContainerStatus {
-    pub const ALL: [ContainerStatus; 6] = [
+    pub const ALL: [ContainerStatus; 5] = [
         ContainerStatus::Copying,
         ContainerStatus::Syncing,
         ContainerStatus::Running,
         ContainerStatus::Stopped,
         ContainerStatus::Failed,
-        ContainerStatus::Deleting,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -94,7 +92,6 @@ impl ContainerStatus {
             ContainerStatus::Running => "running",
             ContainerStatus::Stopped => "stopped",
             ContainerStatus::Failed => "failed",
-            ContainerStatus::Deleting => "deleting",
         }
     }
 
@@ -290,6 +287,18 @@ pub struct Job {
     pub events_url: String,
 }
 
+impl Job {
+    /// Where a job is read (`url`): part of the contract, so every job carries it.
+    pub fn url_of(id: &str) -> String {
+        format!("/api/v1/jobs/{id}")
+    }
+
+    /// A job's live event stream (`events_url`).
+    pub fn events_url_of(id: &str) -> String {
+        format!("/api/v1/jobs/{id}/events")
+    }
+}
+
 /// One finished run of a copy (its first copy, or a sync), for the sync status page.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SyncRun {
@@ -317,7 +326,8 @@ pub enum Freshness {
 }
 
 impl Freshness {
-    pub fn as_str(self) -> &'static str {
+    /// How the console says it.
+    pub fn label(self) -> &'static str {
         match self {
             Freshness::Current => "current",
             Freshness::Stale => "stale",
@@ -352,6 +362,24 @@ impl CopyStatus {
     }
 }
 
+/// What a job event says: a status change, or progress while running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    Status,
+    Progress,
+}
+
+impl EventKind {
+    /// The name in the stream (`event:`), as serde writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Status => "status",
+            EventKind::Progress => "progress",
+        }
+    }
+}
+
 /// A job event, as streamed over server-sent events (`event:` is `kind`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobEvent {
@@ -359,10 +387,22 @@ pub struct JobEvent {
     pub id: u64,
     /// `progress` while running, `status` on a status change; the last event of a job has
     /// status `succeeded`, `failed` or `cancelled` and carries the summary or error.
-    pub kind: String,
+    pub kind: EventKind,
     /// When the event was published (Unix ms).
     pub at: Millis,
     pub job: Job,
+}
+
+/// Filters for listing jobs (`GET /api/v1/jobs?...`); every one is optional.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobFilter {
+    /// Jobs of this container: its copy (when it is the new container or the source) and
+    /// its syncs.
+    pub container_id: Option<String>,
+    pub project_id: Option<String>,
+    pub status: Option<String>,
+    pub kind: Option<String>,
 }
 
 /// The body of `POST /api/v1/containers/{id}/copy` (the contract's fields).
@@ -425,6 +465,10 @@ impl ErrorCode {
 pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
+    /// The request field the error is about, when it is about one (a form shows the
+    /// message next to that field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
 }
 
 impl ApiError {
@@ -432,7 +476,14 @@ impl ApiError {
         ApiError {
             code,
             message: message.into(),
+            field: None,
         }
+    }
+
+    /// The same error, about the request field `field`.
+    pub fn on_field(mut self, field: &str) -> Self {
+        self.field = Some(field.to_string());
+        self
     }
     pub fn unauthorized() -> Self {
         Self::new(

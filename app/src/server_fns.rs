@@ -73,7 +73,12 @@ pub async fn sync_status() -> Result<(Millis, Vec<CopyStatus>), ApiError> {
 pub async fn list_jobs(kind: Option<String>, status: Option<String>) -> Result<Vec<Job>, ApiError> {
     let (backend, user) = caller().await?;
     let given = |v: Option<String>| v.filter(|s| !s.is_empty());
-    backend.recent_jobs(&user, given(kind), given(status)).await
+    let filter = JobFilter {
+        kind: given(kind),
+        status: given(status),
+        ..JobFilter::default()
+    };
+    backend.list_jobs(&user, &filter).await
 }
 
 /// A request the backend refused for a reason the user can fix (a taken name, a bad key)
@@ -113,7 +118,7 @@ pub async fn copy_container(
         copy_firewall_rules: copy_firewall_rules.is_some(),
         copy_network_rules: copy_network_rules.is_some(),
     };
-    let result = backend.copy_container(&user, &id, req.clone()).await;
+    let result = backend.copy_container(&user, &id, req.clone(), None).await;
     if plain_form_post().await {
         // No JavaScript: answer with a page. The new container with its job, or the form
         // again with what was sent and why it was refused.
@@ -127,6 +132,7 @@ pub async fn copy_container(
                     ("error", e.message.clone()),
                     ("target_project_id", req.target_project_id),
                 ];
+                q.extend(e.field.clone().map(|f| ("error_field", f)));
                 for (k, v) in [
                     ("target_server_id", req.target_server_id),
                     ("name", req.name),
@@ -145,11 +151,11 @@ pub async fn copy_container(
                 }
                 let query: Vec<String> = q
                     .iter()
-                    .map(|(k, v)| format!("{k}={}", percent_encode(v)))
+                    .map(|(k, v)| format!("{k}={}", crate::backend::percent_encode(v)))
                     .collect();
                 leptos_axum::redirect(&format!(
                     "/containers/{}/copy?{}",
-                    percent_encode(&id),
+                    crate::backend::percent_encode(&id),
                     query.join("&")
                 ));
             }
@@ -173,34 +179,21 @@ async fn plain_form_post() -> bool {
         .unwrap_or(false)
 }
 
-/// Percent-encodes a query string value (everything but unreserved characters).
-#[cfg(feature = "ssr")]
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// One job, as the caller may see it.
 #[server]
 pub async fn get_job(id: String) -> Result<Job, ApiError> {
     let (backend, user) = caller().await?;
-    backend.job(&user, &id).await
+    backend.get_job(&user, &id).await
 }
 
 #[server]
 pub async fn sync_container(id: String) -> Answer<Job> {
     let (backend, user) = caller().await?;
-    answer(backend.sync_container(&user, &id).await)
+    answer(backend.sync_container(&user, &id, None).await)
 }
 
 #[server]
 pub async fn cancel_job(id: String) -> Answer<Job> {
     let (backend, user) = caller().await?;
-    answer(backend.stop_job(&user, &id).await)
+    answer(backend.cancel_job(&user, &id).await)
 }

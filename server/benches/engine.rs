@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use doppel::engine::{self, Control, Place, Summary};
 
-use doppel::seed::Rng;
+use doppel::rng::Rng;
 
 fn scaled(n: f64, scale: f64) -> usize {
     ((n * scale).round() as usize).max(1)

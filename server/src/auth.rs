@@ -3,8 +3,8 @@
 //! Passwords are stored as argon2id PHC strings; tokens and session ids are 256-bit random
 //! secrets of which only a BLAKE3 hash is stored, so a leaked database grants no access.
 
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use app::model::UserInfo;
@@ -12,8 +12,8 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use argon2::Argon2;
 use sqlx::Row;
 
-use crate::db::Db;
 use crate::ids::{new_id, new_secret, now_ms, secret_hash};
+use crate::store::Db;
 
 /// API tokens start with this, so they are recognisable in logs and secret scanners.
 pub const TOKEN_PREFIX: &str = "dpl_";
@@ -116,7 +116,7 @@ pub async fn create_user(
             name: name.to_string(),
             is_admin,
         }),
-        Err(e) if crate::db::is_unique_violation(&e) => Err(AuthError::UserExists(name.into())),
+        Err(e) if crate::store::is_unique_violation(&e) => Err(AuthError::UserExists(name.into())),
         Err(e) => Err(e.into()),
     }
 }
@@ -278,7 +278,7 @@ impl TokenCache {
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, (UserInfo, Instant)>> {
-        self.verified.lock().unwrap_or_else(|e| e.into_inner())
+        self.verified.lock()
     }
 }
 
@@ -325,7 +325,7 @@ mod tests {
     async fn db() -> (tempfile::TempDir, Db) {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("t.db").display());
-        let db = crate::db::connect(&url).await.unwrap();
+        let db = crate::store::connect(&url).await.unwrap();
         (dir, db)
     }
 

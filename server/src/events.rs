@@ -6,10 +6,12 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
-use app::model::{Job, JobEvent};
+use app::model::{EventKind, Job, JobEvent};
 use axum::body::Bytes;
 use bytes::BytesMut;
 use tokio::sync::{broadcast, Notify};
@@ -112,10 +114,9 @@ impl Published {
     /// what serde writes for a `JobEvent` (fields in order; compact JSON has no line
     /// breaks, so it fits on one `data:` line).
     fn with_job_json(ev: JobEvent, job: &str) -> Published {
-        let kind = serde_json::to_string(&ev.kind).unwrap_or_default();
+        let kind = ev.kind.as_str();
         let frame = format!(
-            "id: {id}\nevent: {}\ndata: {{\"id\":{id},\"kind\":{kind},\"at\":{},\"job\":{job}}}\n\n",
-            ev.kind,
+            "id: {id}\nevent: {kind}\ndata: {{\"id\":{id},\"kind\":\"{kind}\",\"at\":{},\"job\":{job}}}\n\n",
             ev.at,
             id = ev.id,
         );
@@ -143,8 +144,8 @@ impl EventHub {
         }
     }
 
-    fn buffers(&self) -> std::sync::MutexGuard<'_, Buffers> {
-        self.buffers.lock().unwrap_or_else(|e| e.into_inner())
+    fn buffers(&self) -> parking_lot::MutexGuard<'_, Buffers> {
+        self.buffers.lock()
     }
 
     /// The id the next event will get.
@@ -152,14 +153,14 @@ impl EventHub {
         self.next_id.load(Ordering::SeqCst)
     }
 
-    pub fn publish(&self, kind: &str, job: Job) -> Arc<Published> {
+    pub fn publish(&self, kind: EventKind, job: Job) -> Arc<Published> {
         // The costly part (the job's JSON) outside the lock.
         let job_json = serde_json::to_string(&job).unwrap_or_default();
         let mut buffers = self.buffers();
         // Id and order are assigned under the lock, so the buffer and the batches agree.
         let ev = JobEvent {
             id: self.next_id.fetch_add(1, Ordering::SeqCst),
-            kind: kind.to_string(),
+            kind,
             at: crate::ids::now_ms(),
             job,
         };

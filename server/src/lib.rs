@@ -1,20 +1,23 @@
 #![recursion_limit = "512"]
 //! doppel's server: the REST API, the console's backend, auth, the database and the storage
 //! engine. `main.rs` is only the command line; everything here is testable on its own.
+//!
+//! Layers, each using only those below it (`tests/layers.rs` checks the `use` lines):
+//! `serve` (composition root) > `http` > `seed` > `service` > `jobs`, `auth` > `store`,
+//! `events` > `config` > `engine`, `ids`, `rng`. See ARCHITECTURE.md.
 
 pub mod auth;
 pub mod config;
-pub mod db;
 pub mod engine;
-pub mod events;
-pub mod ids;
-pub mod inventory;
-pub mod jobs;
-pub mod operations;
-pub mod rest;
-pub mod seed;
+mod events;
+mod http;
+mod ids;
+mod jobs;
+pub mod rng;
+mod seed;
 pub mod serve;
 pub mod service;
-pub mod sse;
-pub mod sync_status;
-pub mod web;
+pub mod store;
+
+pub use http::OPENAPI;
+pub use jobs::Limits;

@@ -7,9 +7,9 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use doppel::config::DataConfig;
-use doppel::inventory::{self, NewContainer};
 use doppel::serve::{self, ServeConfig};
-use doppel::{auth, db};
+use doppel::service::inventory::{self, NewContainer};
+use doppel::{auth, store};
 
 /// mimalloc instead of glibc's allocator: a copy request allocates a lot of small things
 /// (headers, JSON, rows), and glibc's malloc and free were about a tenth of doppel's CPU in a
@@ -158,7 +158,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             data,
             demo: !cli.serve.no_demo,
             site_root: cli.serve.site_root,
-            limits: doppel::jobs::Limits {
+            limits: doppel::Limits {
                 global: cli.serve.max_jobs,
                 per_server: cli.serve.max_jobs_per_server,
             },
@@ -166,7 +166,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .await;
     }
     std::fs::create_dir_all(&data.data_dir)?;
-    let pool = db::connect(&data.database_url()).await?;
+    let pool = store::connect(&data.database_url()).await?;
     if let Some(password) = auth::bootstrap_admin(&pool).await? {
         eprintln!(
             "created user {:?} with password {password} (shown once)",

@@ -7,9 +7,10 @@ use std::sync::Arc;
 use leptos::prelude::LeptosOptions;
 
 use crate::config::DataConfig;
+use crate::http::{self, AppState};
+use crate::jobs::Limits;
 use crate::service::Service;
-use crate::web::{self, AppState};
-use crate::{auth, db, seed};
+use crate::{auth, seed, store};
 
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
@@ -20,7 +21,7 @@ pub struct ServeConfig {
     /// Where the built console (JS, WASM, CSS) lives; cargo-leptos writes it to target/site.
     pub site_root: PathBuf,
     /// How many jobs run at once.
-    pub limits: crate::jobs::Limits,
+    pub limits: Limits,
 }
 
 /// What a started (but not yet listening) doppel consists of.
@@ -54,17 +55,17 @@ pub fn leptos_options(cfg: &ServeConfig) -> LeptosOptions {
 
 pub async fn prepare(cfg: &ServeConfig) -> anyhow::Result<Prepared> {
     std::fs::create_dir_all(&cfg.data.data_dir)?;
-    let pool = db::connect(&cfg.data.database_url()).await?;
+    let pool = store::connect(&cfg.data.database_url()).await?;
     let admin_password = auth::bootstrap_admin(&pool).await?;
     if cfg.demo && seed::seed_if_empty(&pool, &cfg.data).await? {
         tracing::info!("seeded demo data (start with --no-demo to skip this)");
     }
-    let service = Arc::new(Service::new(pool, cfg.data.clone(), cfg.limits));
-    let resumed = service.jobs.recover().await?;
+    let service = Arc::new(Service::new(pool, cfg.limits));
+    let resumed = service.resume_jobs().await?;
     if resumed > 0 {
         tracing::info!(resumed, "resumed jobs interrupted by the last stop");
     }
-    let router = web::router(AppState {
+    let router = http::router(AppState {
         service: service.clone(),
         leptos_options: Arc::new(leptos_options(cfg)),
     });
@@ -97,7 +98,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     axum::serve(listener, prepared.router.into_make_service())
         .with_graceful_shutdown(shutdown_signal())
         .await?;
-    prepared.service.db.close().await;
+    prepared.service.close().await;
     tracing::info!("doppel stopped");
     Ok(())
 }

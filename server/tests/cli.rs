@@ -61,7 +61,7 @@ async fn token_user_and_import_work_from_the_command_line() {
     assert!(!out.status.success());
 
     let url = format!("sqlite://{}", data.join("doppel.db").display());
-    let db = doppel::db::connect(&url).await.unwrap();
+    let db = doppel::store::connect(&url).await.unwrap();
     assert!(
         doppel::auth::check_login(&db, "admin", "a new long password")
             .await

@@ -375,11 +375,11 @@ async fn members_cannot_copy_from_or_into_other_projects_nor_see_their_jobs() {
     assert_eq!(st, 404);
 
     // A viewer may look but not copy or sync.
-    let db = &s.service.db;
+    let db = s.service.db();
     let viewer = doppel::auth::create_user(db, "victor", None, false)
         .await
         .unwrap();
-    doppel::inventory::add_member(db, &web, &viewer.id, app::model::Role::Viewer)
+    doppel::service::inventory::add_member(db, &web, &viewer.id, app::model::Role::Viewer)
         .await
         .unwrap();
     let vt = doppel::auth::create_token(db, "victor", "t").await.unwrap();
@@ -910,7 +910,7 @@ async fn jobs_run_within_their_limits_and_a_busy_server_does_not_hold_up_another
         .get(&format!("/api/v1/containers/{web_app}"), &s.admin_token)
         .await;
     let root = tree_root(&detail);
-    let mut rng = doppel::seed::Rng(3);
+    let mut rng = doppel::rng::Rng(3);
     std::fs::write(root.join("limits.bin"), rng.bytes(32 << 20)).unwrap();
     let events = TestServer::client()
         .get(s.url("/api/v1/events"))

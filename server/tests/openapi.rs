@@ -33,7 +33,7 @@ async fn every_documented_operation_answers_as_documented() {
     assert_eq!(st, 200);
     assert_eq!(
         spec,
-        serde_json::from_str::<Value>(doppel::rest::OPENAPI).unwrap()
+        serde_json::from_str::<Value>(doppel::OPENAPI).unwrap()
     );
     // An original container (so sync answers 409) and a job id that does not exist.
     let container = s.container_id("web-app").await;

@@ -19,7 +19,7 @@ async fn a_copy_interrupted_by_kill_9_is_resumed_after_the_restart() {
 
     // A project, a server and a container big enough that the copy takes a while.
     std::fs::create_dir_all(&data).unwrap();
-    let db = doppel::db::connect(&format!("sqlite://{}", data.join("doppel.db").display()))
+    let db = doppel::store::connect(&format!("sqlite://{}", data.join("doppel.db").display()))
         .await
         .unwrap();
     let (project, server) = project_and_server(&db, &data).await;

@@ -11,24 +11,15 @@ use super::widgets::ErrorBox;
 use crate::model::{validate_container_name, ContainerDetail, Role};
 use crate::server_fns::{list_projects, list_servers, CopyContainer, SyncContainer};
 
-/// Which form field a server error is about (its message starts with the field's name).
-fn field_of(message: &str) -> &'static str {
-    for field in [
-        "name",
-        "ssh_public_key",
-        "source_snapshot",
-        "target_server_id",
-        "target_project_id",
-    ] {
-        if message.starts_with(&format!("{field}:")) || message.contains(&format!("{field} ")) {
-            return field;
-        }
-    }
-    if message.contains("a container named") {
-        return "name";
-    }
-    ""
-}
+/// The form's fields that show their own errors; an error about anything else shows above
+/// the buttons.
+const FIELDS: [&str; 5] = [
+    "name",
+    "ssh_public_key",
+    "source_snapshot",
+    "target_server_id",
+    "target_project_id",
+];
 
 /// What the copy form shows when it is drawn again after a plain (no-JavaScript) post was
 /// refused: the values as sent, and the server's error. Read from the query string.
@@ -41,7 +32,8 @@ pub struct Prefill {
     pub snapshot: String,
     pub firewall: bool,
     pub network: bool,
-    pub error: Option<String>,
+    /// The server's error, and the field it is about (empty: none in particular).
+    pub error: Option<(String, String)>,
 }
 
 impl Prefill {
@@ -55,7 +47,10 @@ impl Prefill {
             snapshot: get("source_snapshot"),
             firewall: q.get("copy_firewall_rules").is_some(),
             network: q.get("copy_network_rules").is_some(),
-            error: q.get("error").filter(|e| !e.is_empty()),
+            error: q
+                .get("error")
+                .filter(|e| !e.is_empty())
+                .map(|e| (get("error_field"), e)),
         }
     }
 }
@@ -160,8 +155,9 @@ fn CopyForm(
     let chosen_snapshot = prefill.snapshot.clone();
     // The latest error: the action's, or the one a plain form post came back with.
     let posted_error = prefill.error.clone();
+    // (field, message); the field is empty when the error is about none in particular.
     let error = move || match action.value().get().map(Result::flatten) {
-        Some(Err(e)) => Some(e.message),
+        Some(Err(e)) => Some((e.field.unwrap_or_default(), e.message)),
         Some(Ok(_)) => None,
         None => posted_error.clone(),
     };
@@ -171,8 +167,8 @@ fn CopyForm(
             let error = error.clone();
             move || {
                 error()
-                    .filter(|m| field_of(m) == field)
-                    .map(|m| view! { <p class="field-error" role="alert">{m}</p> })
+                    .filter(|(f, _)| f == field)
+                    .map(|(_, m)| view! { <p class="field-error" role="alert">{m}</p> })
             }
         }
     };
@@ -180,8 +176,8 @@ fn CopyForm(
         let error = error.clone();
         move || {
             error()
-                .filter(|m| field_of(m).is_empty())
-                .map(|m| view! { <p class="error-box" role="alert">{m}</p> })
+                .filter(|(f, _)| !FIELDS.contains(&f.as_str()))
+                .map(|(_, m)| view! { <p class="error-box" role="alert">{m}</p> })
         }
     };
     view! {

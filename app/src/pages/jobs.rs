@@ -9,7 +9,7 @@ use leptos_router::{components::Form, hooks::use_query_map};
 use super::live_job::{follow_all_jobs, reloader, JobProgressBar};
 use super::widgets::{ErrorBox, Loading};
 use crate::format;
-use crate::model::{Job, JobKind, JobStatus};
+use crate::model::{EventKind, Job, JobKind, JobStatus};
 use crate::server_fns::{list_containers, list_jobs};
 
 #[component]
@@ -34,7 +34,7 @@ pub fn JobsPage() -> impl IntoView {
     let live: RwSignal<HashMap<String, Job>> = RwSignal::new(HashMap::new());
     let reload = reloader(version);
     follow_all_jobs(move |ev| {
-        if ev.kind == "status" {
+        if ev.kind == EventKind::Status {
             reload();
         }
         live.update(|m| {

@@ -123,8 +123,11 @@ fn follow(url: String, on_event: impl Fn(crate::model::JobEvent) -> bool + 'stat
             let Ok(mut es) = gloo_net::eventsource::futures::EventSource::new(&url) else {
                 return;
             };
-            let (Ok(progress), Ok(status)) = (es.subscribe("progress"), es.subscribe("status"))
-            else {
+            use crate::model::EventKind;
+            let (Ok(progress), Ok(status)) = (
+                es.subscribe(EventKind::Progress.as_str()),
+                es.subscribe(EventKind::Status.as_str()),
+            ) else {
                 return;
             };
             let mut events = futures::stream::select(progress, status);

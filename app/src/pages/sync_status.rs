@@ -11,7 +11,7 @@ use leptos_router::{components::Form, hooks::use_query_map};
 use super::live_job::{follow_all_jobs, reloader, JobProgressBar};
 use super::widgets::{ErrorBox, Loading, StatusBadge};
 use crate::format;
-use crate::model::{CopyStatus, Freshness, Job, JobStatus, Millis, SyncRun};
+use crate::model::{CopyStatus, EventKind, Freshness, Job, JobStatus, Millis, SyncRun};
 use crate::server_fns::{sync_container, sync_status, SyncContainer};
 
 /// The page's view settings, from the query string (`?show=stale&project=ID&sort=failures`),
@@ -67,7 +67,7 @@ pub fn SyncStatusPage() -> impl IntoView {
     let reload = reloader(version);
     follow_all_jobs(move |ev| {
         let job = ev.job;
-        if ev.kind == "status" {
+        if ev.kind == EventKind::Status {
             live.update(|m| {
                 m.remove(&job.container_id);
             });
@@ -271,7 +271,7 @@ fn CopyRow(
             Freshness::SourceMissing => "badge sync-failing",
         }
     };
-    let state_text = c.freshness.as_str();
+    let state_text = c.freshness.label();
     let failing = c.failing().then(|| {
         let n = c.failures_in_row;
         view! {

@@ -368,17 +368,6 @@ pub fn verify(place: &Place, ctl: &Control) -> Result<VerifyReport, EngineError>
     })
 }
 
-/// Scans a tree (with its place's cache) and records the result as its manifest: what a
-/// snapshot or a first import does.
-pub fn record(place: &Place, ctl: &Control) -> Result<Manifest, EngineError> {
-    let cache = place.load_manifest().ok().flatten();
-    ctl.phase(Phase::Scan, None, None);
-    let (m, _) = scan::scan(&place.root, cache.as_ref(), true, ctl)?;
-    m.store(&place.manifest_path())
-        .map_err(EngineError::io("writing the manifest"))?;
-    Ok(m)
-}
-
 /// The state (manifest root) a tree is in now, as cheaply as possible: metadata only, with
 /// the tree's quick-check cache. A file the cache cannot vouch for counts as changed (its
 /// hash is unknown, so the root differs from every recorded state), so comparing the result

@@ -570,7 +570,7 @@ fn read_link(dir: BorrowedFd<'_>, name: &[u8]) -> Result<Vec<u8>, EngineError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::seed::Rng;
+    use crate::rng::Rng;
 
     fn file_with(dir: &tempfile::TempDir, name: &str, data: &[u8]) -> File {
         let path = dir.path().join(name);

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use super::*;
 
-use crate::seed::Rng;
+use crate::rng::Rng;
 
 /// What a tree looks like, read with std::fs alone.
 #[derive(Debug, PartialEq)]

@@ -40,7 +40,7 @@ impl TestServer {
         tokio::spawn(async move {
             axum::serve(listener, prepared.router).await.unwrap();
         });
-        let db = &prepared.service.db;
+        let db = prepared.service.db();
         let admin_token = doppel::auth::create_token(db, "admin", "test")
             .await
             .unwrap();

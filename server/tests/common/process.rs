@@ -66,15 +66,15 @@ pub async fn get_json(
 }
 
 /// A project "p" and a server "s1" in the database of `data`: (project id, server id).
-pub async fn project_and_server(db: &doppel::db::Db, data: &Path) -> (String, String) {
-    let project = doppel::inventory::create_project(db, "p", "")
+pub async fn project_and_server(db: &doppel::store::Db, data: &Path) -> (String, String) {
+    let project = doppel::service::inventory::create_project(db, "p", "")
         .await
         .unwrap();
     let config = doppel::config::DataConfig {
         data_dir: data.to_path_buf(),
         database_url: None,
     };
-    let server = doppel::inventory::create_server(db, &config, "s1", "")
+    let server = doppel::service::inventory::create_server(db, &config, "s1", "")
         .await
         .unwrap();
     (project, server)

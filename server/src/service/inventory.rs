@@ -7,9 +7,9 @@ use app::model::{validate_container_name, ContainerStatus, FirewallRule, Network
 use sqlx::Row;
 
 use crate::config::{container_place, snapshot_place, DataConfig};
-use crate::db::{is_unique_violation, Db};
 use crate::engine::{self, Control, Place, Summary};
 use crate::ids::{new_id, now_ms};
+use crate::store::{is_unique_violation, Db};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InventoryError {

@@ -1,107 +1,30 @@
-//! The HTTP server's shape: the REST API, the console (Leptos SSR + hydration), login and
-//! logout, and the middleware that resolves who is calling.
+//! Who is calling: a Bearer token or the console's session cookie becomes the request's
+//! `CurrentUser`; login and logout; the guards around cookies (same-site writes only, no
+//! open redirect after login).
 
-use std::sync::Arc;
-
-use app::backend::{CurrentUser, SharedBackend};
-use app::{shell, App};
+use app::backend::{percent_encode, CurrentUser};
 use axum::extract::rejection::FormRejection;
-use axum::extract::{FromRef, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
-use axum::middleware::{self, Next};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::{get, post};
-use axum::{Form, Router};
-use leptos::prelude::*;
-use leptos_axum::{generate_route_list, LeptosRoutes};
+use axum::Form;
 use serde::Deserialize;
-use tower_http::set_header::SetResponseHeaderLayer;
-use tower_http::trace::TraceLayer;
 
-use crate::auth::{self, SESSION_COOKIE, SESSION_TTL_MS};
-use crate::rest::{self, BadCredentials};
-use crate::service::Service;
-
-#[derive(Clone)]
-pub struct AppState {
-    pub service: Arc<Service>,
-    /// Behind an `Arc`: axum clones the state for every extractor of every request, and
-    /// the options are a dozen strings only the console's routes read.
-    pub leptos_options: Arc<LeptosOptions>,
-}
-
-impl FromRef<AppState> for LeptosOptions {
-    fn from_ref(s: &AppState) -> Self {
-        (*s.leptos_options).clone()
-    }
-}
-
-impl FromRef<AppState> for Arc<Service> {
-    fn from_ref(s: &AppState) -> Self {
-        s.service.clone()
-    }
-}
-
-pub fn router(state: AppState) -> Router {
-    let backend: SharedBackend = state.service.clone();
-    let fallback_backend = backend.clone();
-    let routes = generate_route_list(App);
-    let options = (*state.leptos_options).clone();
-    // The console's JS, WASM and CSS: brotli or gzip copies made at build time
-    // (scripts/precompress.mjs) go to browsers that accept them; the plain file otherwise.
-    let pkg_dir =
-        std::path::Path::new(options.site_root.as_ref()).join(options.site_pkg_dir.as_ref());
-    let pkg = tower_http::services::ServeDir::new(pkg_dir)
-        .precompressed_br()
-        .precompressed_gzip();
-    Router::new()
-        .nest_service("/pkg", pkg)
-        .nest("/api/v1", rest::routes())
-        .route("/auth/login", post(login))
-        .route("/auth/logout", post(logout))
-        .route("/healthz", get(|| async { "ok" }))
-        .leptos_routes_with_context(
-            &state,
-            routes,
-            move || provide_context(backend.clone()),
-            move || shell(options.clone()),
-        )
-        .fallback(leptos_axum::file_and_error_handler_with_context::<
-            AppState,
-            _,
-        >(
-            move || provide_context(fallback_backend.clone()), shell
-        ))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            resolve_caller,
-        ))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        ))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::X_FRAME_OPTIONS,
-            HeaderValue::from_static("DENY"),
-        ))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::REFERRER_POLICY,
-            HeaderValue::from_static("same-origin"),
-        ))
-        .layer(TraceLayer::new_for_http())
-        .with_state(state)
-}
+use super::api::BadCredentials;
+use super::AppState;
+use crate::auth::{SESSION_COOKIE, SESSION_TTL_MS};
 
 /// The value of a cookie in the request, if present.
-fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
+        .flat_map(cookie::Cookie::split_parse)
+        .filter_map(Result::ok)
+        .find(|c| c.name() == name)
+        .map(|c| c.value().to_string())
 }
 
 /// Pages of the console that need a login; everything else (API, assets, login itself)
@@ -117,25 +40,29 @@ fn is_console_page(path: &str) -> bool {
 
 /// Resolves the caller (Bearer token first, else the session cookie) into a `CurrentUser`
 /// request extension, and sends a visitor without a session from a console page to the login.
-async fn resolve_caller(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+pub(super) async fn resolve_caller(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     // Static assets are public and frequent: no credential lookups for them.
     let path = req.uri().path();
     if path.starts_with("/pkg/") || path.starts_with("/favicon") || path == "/healthz" {
         return next.run(req).await;
     }
-    let db = &state.service.db;
+    let service = &state.service;
     let headers = req.headers();
     let has_auth_header = headers.contains_key(header::AUTHORIZATION);
     let lookup = if has_auth_header {
         match bearer_token(headers) {
-            Some(token) => state.service.tokens.user(db, token).await,
+            Some(token) => service.user_for_token(token).await,
             None => Ok(None),
         }
     } else if let Some(secret) =
         cookie(headers, SESSION_COOKIE).filter(|_| same_origin(req.method(), headers))
     {
         // An expired or unknown cookie is the same as none: the login page, not an error.
-        auth::user_for_session(db, secret).await
+        service.user_for_session(&secret).await
     } else {
         Ok(None)
     };
@@ -193,19 +120,8 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 #[derive(Deserialize)]
-struct LoginForm {
+pub(super) struct LoginForm {
     username: String,
     password: String,
     next: Option<String>,
@@ -228,31 +144,19 @@ fn safe_next(next: Option<&str>) -> &str {
     }
 }
 
-async fn login(
+pub(super) async fn login(
     State(state): State<AppState>,
     form: Result<Form<LoginForm>, FormRejection>,
 ) -> Response {
     let Ok(Form(form)) = form else {
         return Redirect::to("/login?error=1").into_response();
     };
-    let db = &state.service.db;
-    let user = match auth::check_login(db, form.username.trim(), &form.password).await {
-        Ok(Some(user)) => user,
-        Ok(None) => {
-            tracing::info!(user = %form.username, "failed login");
-            return Redirect::to("/login?error=1").into_response();
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "login failed");
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "login is unavailable; try again",
-            )
-                .into_response();
-        }
-    };
-    match auth::create_session(db, &user).await {
-        Ok(secret) => {
+    match state
+        .service
+        .log_in(form.username.trim(), &form.password)
+        .await
+    {
+        Ok(Some(secret)) => {
             let cookie = format!(
                 "{SESSION_COOKIE}={secret}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}",
                 SESSION_TTL_MS / 1000
@@ -263,8 +167,12 @@ async fn login(
             }
             resp
         }
+        Ok(None) => {
+            tracing::info!(user = %form.username, "failed login");
+            Redirect::to("/login?error=1").into_response()
+        }
         Err(e) => {
-            tracing::error!(error = %e, "creating a session failed");
+            tracing::error!(error = %e, "login failed");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "login is unavailable; try again",
@@ -274,9 +182,9 @@ async fn login(
     }
 }
 
-async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Response {
+pub(super) async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if let Some(secret) = cookie(&headers, SESSION_COOKIE) {
-        if let Err(e) = auth::end_session(&state.service.db, secret).await {
+        if let Err(e) = state.service.log_out(&secret).await {
             tracing::error!(error = %e, "ending a session failed");
         }
     }
@@ -341,7 +249,7 @@ mod tests {
             header::COOKIE,
             HeaderValue::from_static("a=1; doppel_session=xyz; b=2"),
         );
-        assert_eq!(cookie(&h, SESSION_COOKIE), Some("xyz"));
+        assert_eq!(cookie(&h, SESSION_COOKIE).as_deref(), Some("xyz"));
         assert_eq!(cookie(&h, "c"), None);
     }
 

@@ -4,15 +4,18 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use app::model::*;
 use futures::StreamExt;
 use sqlx::Row;
 use tokio::sync::OnceCell;
 
+use super::{internal, Service};
 use crate::config::container_place;
-use crate::service::{internal, job_from_row, ContainerRow, Service, CONTAINER_SELECT};
+use crate::store::{job_from_row, ContainerRow, CONTAINER_SELECT};
 
 /// Runs per copy kept for the history chart.
 const HISTORY: usize = 12;
@@ -38,7 +41,7 @@ impl SharedProbes {
         probe: impl FnOnce() -> Option<String> + Send + 'static,
     ) -> Option<String> {
         let walk = {
-            let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+            let mut running = self.running.lock();
             running.retain(|_, walk| !walk.initialized());
             running.entry(id.to_string()).or_default().clone()
         };
@@ -49,7 +52,7 @@ impl SharedProbes {
 }
 
 impl Service {
-    pub async fn copy_statuses(&self, user: &UserInfo) -> Result<Vec<CopyStatus>, ApiError> {
+    pub async fn sync_status(&self, user: &UserInfo) -> Result<Vec<CopyStatus>, ApiError> {
         let vis = self.visibility(user).await?;
         let rows: Vec<ContainerRow> = sqlx::query_as(&format!(
             "{CONTAINER_SELECT} WHERE c.source_container_id IS NOT NULL ORDER BY p.name, c.name"

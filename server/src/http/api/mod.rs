@@ -2,19 +2,29 @@
 //! layer and shape JSON. Errors are `{"error": {"code", "message"}}` with the status of the
 //! code; a malformed request is a 400, never a 500.
 
-use app::backend::{Backend, CurrentUser};
+mod containers;
+mod jobs;
+mod openapi;
+mod sse;
+mod sync_status;
+
+use app::backend::CurrentUser;
 use app::model::{ApiError, ErrorCode, UserInfo};
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query};
 use axum::http::{header, request::Parts, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
 use serde_json::json;
 
-use crate::service::JobFilter;
-use crate::web::AppState;
+use super::AppState;
+use containers::*;
+use jobs::*;
+use openapi::openapi;
+pub use openapi::OPENAPI;
+use sse::{all_events, job_events};
+use sync_status::sync_status;
 
 /// The API's error response.
 pub struct RestError(pub ApiError);
@@ -103,13 +113,6 @@ pub fn routes() -> Router<AppState> {
         .method_not_allowed_fallback(method_not_allowed)
 }
 
-/// The OpenAPI description of this API (kept true by `tests/openapi.rs`).
-pub const OPENAPI: &str = include_str!("openapi.json");
-
-async fn openapi() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
-}
-
 async fn not_found() -> RestError {
     ApiError::new(
         ErrorCode::NotFound,
@@ -125,77 +128,6 @@ async fn method_not_allowed() -> Response {
     .into_response();
     *resp.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
     resp
-}
-
-async fn list_projects(
-    State(st): State<AppState>,
-    Caller(user): Caller,
-) -> ApiResult<serde_json::Value> {
-    let projects = st.service.list_projects(&user).await?;
-    Ok(Json(json!({ "projects": projects })))
-}
-
-async fn list_servers(
-    State(st): State<AppState>,
-    Caller(user): Caller,
-) -> ApiResult<serde_json::Value> {
-    let servers = st.service.list_servers(&user).await?;
-    Ok(Json(json!({ "servers": servers })))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ContainerQuery {
-    project_id: Option<String>,
-}
-
-async fn list_containers(
-    State(st): State<AppState>,
-    Caller(user): Caller,
-    q: Result<Query<ContainerQuery>, QueryRejection>,
-) -> ApiResult<serde_json::Value> {
-    let q = query(q)?;
-    let containers = st
-        .service
-        .list_containers(&user, q.project_id.as_deref())
-        .await?;
-    Ok(Json(json!({ "containers": containers })))
-}
-
-async fn get_container(
-    State(st): State<AppState>,
-    Caller(user): Caller,
-    id: Result<Path<String>, PathRejection>,
-) -> ApiResult<app::model::ContainerDetail> {
-    let id = path(id)?;
-    Ok(Json(st.service.get_container(&user, &id).await?))
-}
-
-async fn list_jobs(
-    State(st): State<AppState>,
-    Caller(user): Caller,
-    q: Result<Query<JobFilter>, QueryRejection>,
-) -> ApiResult<serde_json::Value> {
-    let filter = query(q)?;
-    let jobs = st.service.list_jobs(&user, &filter).await?;
-    Ok(Json(json!({ "jobs": jobs })))
-}
-
-async fn sync_status(
-    State(st): State<AppState>,
-    Caller(user): Caller,
-) -> ApiResult<serde_json::Value> {
-    let copies = st.service.copy_statuses(&user).await?;
-    Ok(Json(json!({ "copies": copies })))
-}
-
-async fn get_job(
-    State(st): State<AppState>,
-    Caller(user): Caller,
-    id: Result<Path<String>, PathRejection>,
-) -> ApiResult<app::model::Job> {
-    let id = path(id)?;
-    Ok(Json(st.service.get_job(&user, &id).await?))
 }
 
 /// A JSON body that fails to parse: 400 for malformed JSON or a missing content type, 422
@@ -227,99 +159,4 @@ fn accepted<T: serde::Serialize>(job_url: &str, body: &T) -> Response {
         resp.headers_mut().insert(header::LOCATION, v);
     }
     resp
-}
-
-async fn copy_container(
-    State(st): State<AppState>,
-    Caller(user): Caller,
-    id: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
-    req: Result<Json<app::model::CopyRequest>, JsonRejection>,
-) -> Result<Response, RestError> {
-    let id = path(id)?;
-    let key = idempotency_key(&headers)?;
-    let req = body(req)?;
-    let started = st
-        .service
-        .start_copy(&user, &id, req, key.as_deref())
-        .await?;
-    Ok(accepted(&started.job.url, &started))
-}
-
-async fn sync_container(
-    State(st): State<AppState>,
-    Caller(user): Caller,
-    id: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
-) -> Result<Response, RestError> {
-    let id = path(id)?;
-    let key = idempotency_key(&headers)?;
-    let job = st.service.start_sync(&user, &id, key.as_deref()).await?;
-    Ok(accepted(&job.url, &serde_json::json!({ "job": job })))
-}
-
-async fn cancel_job(
-    State(st): State<AppState>,
-    Caller(user): Caller,
-    id: Result<Path<String>, PathRejection>,
-) -> ApiResult<serde_json::Value> {
-    let id = path(id)?;
-    let job = st.service.cancel_job(&user, &id).await?;
-    Ok(Json(json!({ "job": job })))
-}
-
-async fn list_snapshots(
-    State(st): State<AppState>,
-    Caller(user): Caller,
-    id: Result<Path<String>, PathRejection>,
-) -> ApiResult<serde_json::Value> {
-    let id = path(id)?;
-    let snapshots = st.service.list_snapshots(&user, &id).await?;
-    Ok(Json(json!({ "snapshots": snapshots })))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SnapshotRequest {
-    name: String,
-}
-
-async fn create_snapshot(
-    State(st): State<AppState>,
-    Caller(user): Caller,
-    id: Result<Path<String>, PathRejection>,
-    req: Result<Json<SnapshotRequest>, JsonRejection>,
-) -> Result<Response, RestError> {
-    let id = path(id)?;
-    let req = body(req)?;
-    let snap = st.service.create_snapshot(&user, &id, &req.name).await?;
-    Ok((StatusCode::CREATED, Json(snap)).into_response())
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EventsQuery {
-    last_event_id: Option<u64>,
-}
-
-async fn job_events(
-    State(st): State<AppState>,
-    Caller(user): Caller,
-    id: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
-    q: Result<Query<EventsQuery>, QueryRejection>,
-) -> Result<Response, RestError> {
-    let id = path(id)?;
-    let after = crate::sse::resume_point(&headers, query(q)?.last_event_id)?;
-    Ok(crate::sse::job_stream(&st.service, &user, &id, after).await?)
-}
-
-async fn all_events(
-    State(st): State<AppState>,
-    Caller(user): Caller,
-    headers: HeaderMap,
-    q: Result<Query<EventsQuery>, QueryRejection>,
-) -> Result<Response, RestError> {
-    let after = crate::sse::resume_point(&headers, query(q)?.last_event_id)?;
-    Ok(crate::sse::all_stream(&st.service, &user, after).await?)
 }

@@ -7,7 +7,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use app::model::{ApiError, JobEvent, UserInfo};
+use app::model::{ApiError, EventKind, JobEvent, UserInfo};
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
@@ -15,11 +15,17 @@ use futures::stream::{self, Stream};
 use tokio::sync::broadcast::{self, error::RecvError};
 
 use crate::events::{join_frames, Batch, EventHub, Published};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use serde::Deserialize;
+
+use super::{path, query, Caller, RestError};
+use crate::http::AppState;
 use crate::service::Service;
 
 /// The id to resume after: the `Last-Event-ID` header, or `?last_event_id=` (for clients
 /// that cannot set headers on a first connection).
-pub fn resume_point(headers: &HeaderMap, query: Option<u64>) -> Result<Option<u64>, ApiError> {
+fn resume_point(headers: &HeaderMap, query: Option<u64>) -> Result<Option<u64>, ApiError> {
     match headers.get("last-event-id") {
         Some(v) => v
             .to_str()
@@ -162,14 +168,14 @@ fn frames(live: Live) -> impl Stream<Item = Result<Bytes, Infallible>> + Send + 
 }
 
 /// One job's events, ending after its final event.
-pub async fn job_stream(
+async fn job_stream(
     service: &Service,
     user: &UserInfo,
     job_id: &str,
     after: Option<u64>,
 ) -> Result<Response, ApiError> {
     let job = service.get_job(user, job_id).await?;
-    let hub = service.jobs.hub.clone();
+    let hub = service.events().clone();
     let (_, _, rx) = hub.subscribe(None);
     let mut queue: VecDeque<Arc<Published>> = hub.of_job(job_id).into();
     let last = after.unwrap_or(0);
@@ -177,14 +183,14 @@ pub async fn job_stream(
         // Nothing buffered to replay (e.g. after a restart): start from the current state.
         let id = hub.peek_id().saturating_sub(1).max(last + 1);
         let kind = if job.status.is_final() {
-            "status"
+            EventKind::Status
         } else {
-            "progress"
+            EventKind::Progress
         };
         if after.is_none() || job.status.is_final() {
             queue.push_back(Arc::new(Published::new(JobEvent {
                 id,
-                kind: kind.into(),
+                kind,
                 at: crate::ids::now_ms(),
                 job,
             })));
@@ -202,17 +208,13 @@ pub async fn job_stream(
 }
 
 /// Every visible job's events, until the client goes away.
-pub async fn all_stream(
+async fn all_stream(
     service: &Service,
     user: &UserInfo,
     after: Option<u64>,
 ) -> Result<Response, ApiError> {
-    let projects = if user.is_admin {
-        None
-    } else {
-        Some(service.visibility_roles(user).await?.into_keys().collect())
-    };
-    let hub = service.jobs.hub.clone();
+    let projects = service.visible_projects(user).await?;
+    let hub = service.events().clone();
     let (replay, seen, rx) = hub.subscribe(after);
     let live = Live {
         rx,
@@ -223,6 +225,34 @@ pub async fn all_stream(
         done: false,
     };
     Ok(respond(frames(live)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct EventsQuery {
+    last_event_id: Option<u64>,
+}
+
+pub(super) async fn job_events(
+    State(st): State<AppState>,
+    Caller(user): Caller,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    q: Result<Query<EventsQuery>, QueryRejection>,
+) -> Result<Response, RestError> {
+    let id = path(id)?;
+    let after = resume_point(&headers, query(q)?.last_event_id)?;
+    Ok(job_stream(&st.service, &user, &id, after).await?)
+}
+
+pub(super) async fn all_events(
+    State(st): State<AppState>,
+    Caller(user): Caller,
+    headers: HeaderMap,
+    q: Result<Query<EventsQuery>, QueryRejection>,
+) -> Result<Response, RestError> {
+    let after = resume_point(&headers, query(q)?.last_event_id)?;
+    Ok(all_stream(&st.service, &user, after).await?)
 }
 
 #[cfg(test)]
@@ -248,10 +278,10 @@ mod tests {
         let hub = Arc::new(EventHub::new());
         let mut all = live(&hub, Filter::Projects(None));
         let mut one = live(&hub, Filter::Job("a".into()));
-        hub.publish("status", job("a", JobStatus::Running));
-        hub.publish("progress", job("b", JobStatus::Running));
-        hub.publish("status", job("a", JobStatus::Succeeded));
-        hub.publish("status", job("a", JobStatus::Succeeded));
+        hub.publish(EventKind::Status, job("a", JobStatus::Running));
+        hub.publish(EventKind::Progress, job("b", JobStatus::Running));
+        hub.publish(EventKind::Status, job("a", JobStatus::Succeeded));
+        hub.publish(EventKind::Status, job("a", JobStatus::Succeeded));
 
         let Next::Frames(chunk) = all.next_batch().await else {
             panic!("frames expected");
@@ -282,9 +312,9 @@ mod tests {
         let publisher = {
             let hub = hub.clone();
             tokio::spawn(async move {
-                hub.publish("status", job("a", JobStatus::Running));
+                hub.publish(EventKind::Status, job("a", JobStatus::Running));
                 tokio::time::sleep(Duration::from_millis(10)).await;
-                hub.publish("progress", job("b", JobStatus::Running));
+                hub.publish(EventKind::Progress, job("b", JobStatus::Running));
             })
         };
         let Next::Frames(first) = all.next_batch().await else {
@@ -297,7 +327,7 @@ mod tests {
         // A lone event later: it too goes a window after it was published.
         tokio::time::sleep(Duration::from_millis(100)).await;
         let t1 = tokio::time::Instant::now();
-        hub.publish("progress", job("c", JobStatus::Running));
+        hub.publish(EventKind::Progress, job("c", JobStatus::Running));
         let Next::Frames(second) = all.next_batch().await else {
             panic!("frames expected");
         };
@@ -323,7 +353,7 @@ mod tests {
     #[tokio::test]
     async fn a_stream_sends_only_its_projects_and_one_that_sees_all_shares_the_batch() {
         let hub = Arc::new(EventHub::new());
-        hub.publish("status", in_project("before", "p1"));
+        hub.publish(EventKind::Status, in_project("before", "p1"));
         let mut admin = live(&hub, Filter::Projects(None));
         let mut member = live(&hub, Filter::Projects(Some(HashSet::from(["p1".into()]))));
         let mut everything = live(
@@ -331,7 +361,7 @@ mod tests {
             Filter::Projects(Some(HashSet::from(["p1".into(), "p2".into()]))),
         );
         for (id, project) in [("a", "p1"), ("b", "p2"), ("c", "p1")] {
-            hub.publish("status", in_project(id, project));
+            hub.publish(EventKind::Status, in_project(id, project));
         }
         let frames = |next| match next {
             Next::Frames(b) => b,
@@ -358,7 +388,7 @@ mod tests {
         let mut j = job("a\"b", JobStatus::Failed);
         j.error = Some("line one\nline \"two\"".into());
         j.summary = Some(serde_json::json!({"files_added": 3, "drift_paths": ["x\ny"]}));
-        let p = hub.publish("status", j);
+        let p = hub.publish(EventKind::Status, j);
         let text = std::str::from_utf8(&p.frame).unwrap();
         let data = text.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
         assert_eq!(data, serde_json::to_string(&p.ev).unwrap());

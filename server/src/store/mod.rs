@@ -28,20 +28,23 @@
 //! connections of its own. Their SQL is the same portable SQL (`$1` parameters, bound by
 //! number: `prepare`).
 
-use std::panic::AssertUnwindSafe;
+mod commit;
+mod rows;
+mod sql;
+
+pub(crate) use rows::{job_from_row, ContainerRow, CONTAINER_SELECT};
+pub(crate) use sql::{execute, is_unique_violation, query_first, unique_violation, Cols};
+
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rusqlite::types::{FromSql, ToSql};
-use rusqlite::{CachedStatement, OpenFlags};
-use sqlx::sqlite::{
-    Sqlite, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
-};
+use parking_lot::Mutex;
+use rusqlite::OpenFlags;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
-use tokio::sync::{mpsc, oneshot};
+use std::sync::Arc;
+use tokio::sync::mpsc;
 
 /// A connection for synchronous statements: the writer's (in `Db::transact`) or a read
 /// connection (in `Db::read_now`).
@@ -54,7 +57,7 @@ pub struct Db {
     /// The single connection every write (and every write transaction) goes through.
     pub write: SqlitePool,
     /// Writes waiting for the group-commit task (`transact`).
-    batched: mpsc::UnboundedSender<Box<dyn Queued>>,
+    batched: mpsc::UnboundedSender<Box<dyn commit::Queued>>,
     /// Idle read-only connections for `read_now`.
     sync_reads: Arc<SyncReads>,
 }
@@ -66,60 +69,6 @@ pub enum DbError {
     Sqlx(#[from] sqlx::Error),
     #[error(transparent)]
     Sqlite(#[from] rusqlite::Error),
-}
-
-/// Most writes one group commit takes.
-const MAX_BATCH: usize = 256;
-
-/// A queued write. It may run twice: first in a pass without savepoints (the usual case,
-/// where every write of the batch succeeds), then, if a write of the batch failed, again in
-/// a pass where each write has a savepoint of its own (the first pass is rolled back whole).
-trait Queued: Send {
-    /// Runs the write's statements; says whether they succeeded.
-    fn run(&mut self, conn: &SyncConn) -> bool;
-    /// Answers the caller, given how the transaction ended.
-    fn answer(self: Box<Self>, outcome: Result<(), String>);
-}
-
-struct Write<F, T, E> {
-    write: F,
-    /// The outcome of the write's last run (`None`: it never ran, or panicked).
-    result: Option<Result<T, E>>,
-    caller: oneshot::Sender<Result<T, E>>,
-}
-
-/// An error that SQLite did not raise (a failed batch, a panicked write), as rusqlite's.
-fn failure(message: String) -> rusqlite::Error {
-    rusqlite::Error::SqliteFailure(
-        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
-        Some(message),
-    )
-}
-
-impl<F, T, E> Queued for Write<F, T, E>
-where
-    F: Fn(&SyncConn) -> Result<T, E> + Send,
-    T: Send,
-    E: From<rusqlite::Error> + Send,
-{
-    fn run(&mut self, conn: &SyncConn) -> bool {
-        self.result = None;
-        let result = (self.write)(conn);
-        let ok = result.is_ok();
-        self.result = Some(result);
-        ok
-    }
-
-    fn answer(self: Box<Self>, outcome: Result<(), String>) {
-        let failed = |e: String| Err(E::from(failure(e)));
-        // Failures are answered after the commit too: a caller told "taken" can then read
-        // whatever took it.
-        let _ = self.caller.send(match (outcome, self.result) {
-            (Err(e), None | Some(Ok(_))) => failed(e),
-            (_, Some(result)) => result,
-            (Ok(()), None) => failed("the write panicked; it was rolled back".into()),
-        });
-    }
 }
 
 /// Opens (creating if needed) the database at `url` and brings its schema up to date.
@@ -158,7 +107,7 @@ pub async fn connect(url: &str) -> Result<Db, sqlx::Error> {
         .connect_with(opts.create_if_missing(false).read_only(true))
         .await?;
     let (batched, queue) = mpsc::unbounded_channel();
-    tokio::spawn(group_commit(write.clone(), queue));
+    tokio::spawn(commit::group_commit(write.clone(), queue));
     Ok(Db {
         read,
         write,
@@ -170,92 +119,7 @@ pub async fn connect(url: &str) -> Result<Db, sqlx::Error> {
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 const MMAP_SIZE: &str = "268435456";
 
-/// Takes every write queued at the moment and runs them in one transaction.
-async fn group_commit(pool: SqlitePool, mut queue: mpsc::UnboundedReceiver<Box<dyn Queued>>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let outcome = commit_batch(&pool, &mut batch)
-            .await
-            .map_err(|e| e.to_string());
-        if let Err(e) = &outcome {
-            tracing::error!(error = %e, "a group of database writes failed to commit");
-        }
-        for write in batch.drain(..) {
-            write.answer(outcome.clone());
-        }
-    }
-}
-
-/// Runs a batch on the write connection, taken from sqlx for the time: no sqlx statement
-/// runs on it meanwhile, and the batch leaves no transaction open behind it.
-async fn commit_batch(pool: &SqlitePool, batch: &mut [Box<dyn Queued>]) -> Result<(), DbError> {
-    let mut conn = pool.acquire().await?;
-    let mut handle = conn.lock_handle().await?;
-    // SAFETY: the handle is a live connection, locked for us until `handle` is dropped, which
-    // is after `sync`; a connection made from a handle does not close it.
-    let sync = unsafe { SyncConn::from_handle(handle.as_raw_handle().as_ptr())? };
-    let result = run_batch(&sync, batch);
-    if result.is_err() && !sync.is_autocommit() {
-        let _ = sync.execute_batch("ROLLBACK");
-    }
-    drop(sync);
-    drop(handle);
-    Ok(result?)
-}
-
-/// Runs one write, and says whether it succeeded. A write that panics counts as failed
-/// (its caller hears that the writer failed it); the writer carries on for everyone else.
-fn run_one(write: &mut Box<dyn Queued>, conn: &SyncConn) -> bool {
-    std::panic::catch_unwind(AssertUnwindSafe(|| write.run(conn))).unwrap_or_else(|_| {
-        tracing::error!("a database write panicked; it was rolled back");
-        false
-    })
-}
-
-fn run_batch(conn: &SyncConn, batch: &mut [Box<dyn Queued>]) -> rusqlite::Result<()> {
-    // First pass, no savepoints: each write costs only its own statements.
-    conn.execute_batch("BEGIN")?;
-    if batch.iter_mut().all(|write| run_one(write, conn)) {
-        return conn.execute_batch("COMMIT");
-    }
-    conn.execute_batch("ROLLBACK")?;
-    // A write failed: all of them again, each in a savepoint, so a failed one is undone
-    // alone. One savepoint, kept open from write to write: released and taken again after a
-    // write that succeeded; rolled back to (which keeps it) after one that failed.
-    conn.execute_batch("BEGIN; SAVEPOINT write")?;
-    for write in batch.iter_mut() {
-        conn.execute_batch(if run_one(write, conn) {
-            "RELEASE write; SAVEPOINT write"
-        } else {
-            "ROLLBACK TO write"
-        })?;
-    }
-    conn.execute_batch("RELEASE write; COMMIT")
-}
-
 impl Db {
-    /// Runs `write` in a transaction of its own: all of its statements take effect, or
-    /// (when it returns an error) none. It shares one commit with the writes queued beside
-    /// it, and answers once that commit is done.
-    ///
-    /// `write` may run twice (see `Queued`): it must do nothing but its statements.
-    pub async fn transact<T, E, F>(&self, write: F) -> Result<T, E>
-    where
-        F: Fn(&SyncConn) -> Result<T, E> + Send + 'static,
-        T: Send + 'static,
-        E: From<rusqlite::Error> + Send + 'static,
-    {
-        let (caller, answered) = oneshot::channel::<Result<T, E>>();
-        let queued: Box<dyn Queued> = Box::new(Write {
-            write,
-            result: None,
-            caller,
-        });
-        let gone = || E::from(failure("the database writer has stopped".into()));
-        self.batched.send(queued).map_err(|_| gone())?;
-        answered.await.map_err(|_| gone())?
-    }
-
     /// Runs `read` on this thread, on a read-only connection: for short reads on the hot
     /// paths (a few tens of microseconds, which a request would spend waiting for the
     /// answer from a connection's thread anyway). WAL readers never wait for the writer.
@@ -264,13 +128,13 @@ impl Db {
         read: impl FnOnce(&SyncConn) -> rusqlite::Result<T>,
     ) -> Result<T, DbError> {
         let reads = &self.sync_reads;
-        let idle = reads.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let idle = reads.idle.lock().pop();
         let conn = match idle {
             Some(conn) => conn,
             None => open_read_only(&reads.path)?,
         };
         let result = read(&conn);
-        let mut idle = reads.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = reads.idle.lock();
         if idle.len() < SyncReads::MAX_IDLE {
             idle.push(conn);
         }
@@ -300,99 +164,10 @@ fn open_read_only(path: &Path) -> rusqlite::Result<SyncConn> {
     Ok(conn)
 }
 
-/// A cached statement with `args` bound to `$1`, `$2` … by number (SQLite numbers named
-/// parameters in order of appearance, which need not be theirs). Every argument must be
-/// used.
-pub fn prepare<'c>(
-    conn: &'c SyncConn,
-    sql: &str,
-    args: &[&dyn ToSql],
-) -> rusqlite::Result<CachedStatement<'c>> {
-    let mut stmt = conn.prepare_cached(sql)?;
-    let count = stmt.parameter_count();
-    if count != args.len() {
-        return Err(rusqlite::Error::InvalidParameterCount(args.len(), count));
-    }
-    for index in 1..=count {
-        let name = stmt.parameter_name(index).unwrap_or("?");
-        let arg = name
-            .strip_prefix('$')
-            .and_then(|n| n.parse::<usize>().ok())
-            .and_then(|n| args.get(n.checked_sub(1)?))
-            .ok_or_else(|| rusqlite::Error::InvalidParameterName(name.to_string()))?;
-        stmt.raw_bind_parameter(index, arg)?;
-    }
-    Ok(stmt)
-}
-
-/// Runs a statement that returns no rows; says how many rows it changed.
-pub fn execute(conn: &SyncConn, sql: &str, args: &[&dyn ToSql]) -> rusqlite::Result<usize> {
-    prepare(conn, sql, args)?.raw_execute()
-}
-
-/// The first row a statement returns, if any, as `map` makes it.
-pub fn query_first<T>(
-    conn: &SyncConn,
-    sql: &str,
-    args: &[&dyn ToSql],
-    map: impl FnOnce(&rusqlite::Row) -> T,
-) -> rusqlite::Result<Option<T>> {
-    let mut stmt = prepare(conn, sql, args)?;
-    let mut rows = stmt.raw_query();
-    Ok(rows.next()?.map(map))
-}
-
-/// A type a column can be read as, by either driver.
-pub trait ColumnType: for<'r> sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite> + FromSql {}
-impl<T> ColumnType for T where T: for<'r> sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite> + FromSql {}
-
-/// A row of either driver, read by column name: one mapping per type serves both. A column
-/// missing or of another type is a bug in the query beside the mapping, and panics (as
-/// sqlx's `Row::get` does).
-pub trait Cols {
-    fn col<T: ColumnType>(&self, name: &str) -> T;
-}
-
-impl Cols for SqliteRow {
-    fn col<T: ColumnType>(&self, name: &str) -> T {
-        sqlx::Row::get(self, name)
-    }
-}
-
-impl Cols for rusqlite::Row<'_> {
-    fn col<T: ColumnType>(&self, name: &str) -> T {
-        self.get(name)
-            .unwrap_or_else(|e| panic!("column {name}: {e}"))
-    }
-}
-
-/// `true` when `err` is a violation of a UNIQUE constraint (a name or key already taken).
-pub fn is_unique_violation(err: &sqlx::Error) -> bool {
-    matches!(err, sqlx::Error::Database(e) if e.is_unique_violation())
-}
-
-/// The message of a UNIQUE constraint's violation (it names the columns: "UNIQUE
-/// constraint failed: containers.project_id, containers.name"), if `err` is one.
-pub fn unique_violation(err: &rusqlite::Error) -> Option<&str> {
-    match err {
-        rusqlite::Error::SqliteFailure(e, message)
-            if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
-                || e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY =>
-        {
-            Some(message.as_deref().unwrap_or(""))
-        }
-        _ => None,
-    }
-}
-
 impl Db {
     /// Closes both pools (the writer last, so the WAL is checkpointed by the last one out).
     pub async fn close(&self) {
-        self.sync_reads
-            .idle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        self.sync_reads.idle.lock().clear();
         self.read.close().await;
         self.write.close().await;
     }

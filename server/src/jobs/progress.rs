@@ -1,0 +1,254 @@
+//! A running job's progress: events at most every `EVENT_INTERVAL`, database updates
+//! about every `DB_INTERVAL` and at each phase, and rate and ETA for the console.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use app::model::{EventKind, Job, JobProgress};
+use parking_lot::Mutex;
+
+use super::JobRunner;
+use crate::engine::{self, Progress};
+use crate::store::execute;
+
+/// At most this many progress events per second per job (the final state always goes).
+pub(super) const EVENT_INTERVAL: Duration = Duration::from_millis(100);
+/// How often running progress is written to the database.
+const DB_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Turns engine progress into job events (at most 10 a second) and database updates
+/// (about once a second). Called from the engine's threads.
+pub(super) struct ProgressReporter {
+    runner: Arc<JobRunner>,
+    job_id: String,
+    /// The job as it runs; progress events are this plus the latest progress (no database
+    /// read per event: nothing else about a running job changes).
+    running: Job,
+    handle: tokio::runtime::Handle,
+    state: Mutex<ReporterState>,
+    /// Database writes in flight; the final status waits for them, so it is written last.
+    pending: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+#[derive(Default)]
+struct ReporterState {
+    last_event: Option<Instant>,
+    last_db: Option<Instant>,
+    last_phase: Option<engine::Phase>,
+    latest: Option<JobProgress>,
+    /// The publication of a state held back by the interval.
+    trail: Option<tokio::task::JoinHandle<()>>,
+    /// The job has ended: nothing more is published.
+    finished: bool,
+}
+
+impl ProgressReporter {
+    pub(super) fn new(runner: Arc<JobRunner>, running: Job) -> Self {
+        ProgressReporter {
+            runner,
+            job_id: running.id.clone(),
+            running,
+            handle: tokio::runtime::Handle::current(),
+            state: Mutex::new(ReporterState::default()),
+            pending: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub(super) fn report(self: &Arc<Self>, p: &Progress) {
+        let progress = to_job_progress(p);
+        let mut st = self.state.lock();
+        let phase_changed = st.last_phase != Some(p.phase);
+        st.latest = Some(progress.clone());
+        // At most one event per interval, phase changes included (a short copy goes
+        // through four phases in a few milliseconds); a state held back goes out at the
+        // end of the interval (`trail`) unless the final status comes first.
+        let event_due = st.last_event.is_none_or(|t| t.elapsed() >= EVENT_INTERVAL);
+        // The database keeps every phase (readers of `GET /jobs/{id}` see it move).
+        let db_due = phase_changed || st.last_db.is_none_or(|t| t.elapsed() >= DB_INTERVAL);
+        st.last_phase = Some(p.phase);
+        if event_due {
+            st.last_event = Some(Instant::now());
+            // Published here, under the lock: events leave in the order of the reports.
+            self.publish(progress.clone());
+        }
+        if db_due {
+            st.last_db = Some(Instant::now());
+        }
+        if !event_due && st.trail.is_none() && !st.finished {
+            let wait = st
+                .last_event
+                .map(|t| EVENT_INTERVAL.saturating_sub(t.elapsed()))
+                .unwrap_or_default();
+            let me = self.clone();
+            st.trail = Some(self.handle.spawn(async move {
+                tokio::time::sleep(wait).await;
+                // Published under the lock: `flush` marks the job finished under it, so
+                // this event cannot come after the final status.
+                let mut st = me.state.lock();
+                st.trail = None;
+                // Finished, or an event went out meanwhile.
+                if st.finished || st.last_event.is_some_and(|t| t.elapsed() < EVENT_INTERVAL) {
+                    return;
+                }
+                st.last_event = Some(Instant::now());
+                if let Some(progress) = st.latest.clone() {
+                    me.publish(progress);
+                }
+            }));
+        }
+        drop(st);
+        if !db_due {
+            return;
+        }
+        let db = self.runner.db.clone();
+        let job_id = self.job_id.clone();
+        // The engine runs on a blocking thread: hand the database write to the runtime.
+        let task = self.handle.spawn(async move {
+            let json = serde_json::to_string(&progress).unwrap_or_default();
+            let phase = progress.phase.clone();
+            let _ = db
+                .transact(move |c| {
+                    execute(
+                        c,
+                        "UPDATE jobs SET phase = $1, progress = $2
+                             WHERE id = $3 AND status = 'running'",
+                        &[&phase, &json, &job_id],
+                    )
+                })
+                .await;
+        });
+        let mut pending = self.pending.lock();
+        pending.retain(|t| !t.is_finished());
+        pending.push(task);
+    }
+
+    fn publish(&self, progress: JobProgress) {
+        let mut job = self.running.clone();
+        job.phase = Some(progress.phase.clone());
+        job.progress = Some(progress);
+        self.runner.hub.publish(EventKind::Progress, job);
+    }
+
+    /// Waits for the progress writes already handed out (a state held back is dropped: the
+    /// final status says more), and gives the last progress seen (as JSON), for the finished job
+    /// to show where it ended.
+    pub(super) async fn flush(&self) -> Option<String> {
+        let latest = {
+            let mut st = self.state.lock();
+            st.finished = true;
+            if let Some(trail) = st.trail.take() {
+                trail.abort();
+            }
+            st.latest.clone()
+        };
+        let tasks = std::mem::take(&mut *self.pending.lock());
+        for t in tasks {
+            let _ = t.await;
+        }
+        latest.map(|p| serde_json::to_string(&p).unwrap_or_default())
+    }
+}
+
+fn to_job_progress(p: &Progress) -> JobProgress {
+    let percent = match (p.phase, p.bytes_total) {
+        (engine::Phase::Transfer, Some(0)) => Some(100.0),
+        (engine::Phase::Transfer, Some(t)) => {
+            Some((p.bytes_done as f64 * 100.0 / t as f64).min(100.0))
+        }
+        (engine::Phase::Verify | engine::Phase::Commit, _) => Some(100.0),
+        _ => None,
+    };
+    let rate = (p.rate > 0.0).then_some(p.rate);
+    let eta = match (p.bytes_total, rate) {
+        (Some(t), Some(r)) if p.phase == engine::Phase::Transfer => {
+            Some(t.saturating_sub(p.bytes_done) as f64 / r)
+        }
+        _ => None,
+    };
+    JobProgress {
+        phase: p.phase.as_str().to_string(),
+        bytes_done: p.bytes_done,
+        bytes_total: p.bytes_total,
+        files_done: p.files_done,
+        files_total: p.files_total,
+        percent,
+        bytes_per_second: rate,
+        eta_seconds: eta,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jobs::Limits;
+    use app::model::JobStatus;
+
+    fn at(phase: engine::Phase, bytes_done: u64) -> Progress {
+        Progress {
+            phase,
+            bytes_done,
+            bytes_total: Some(100),
+            files_done: 0,
+            files_total: Some(1),
+            elapsed: Duration::ZERO,
+            rate: 0.0,
+        }
+    }
+
+    /// The phases of each progress event published after event `seen` (which it moves on).
+    fn phases(hub: &crate::events::EventHub, seen: &mut u64) -> Vec<String> {
+        let published = hub.since(*seen);
+        if let Some(last) = published.last() {
+            *seen = last.ev.id;
+        }
+        published
+            .iter()
+            .map(|e| e.ev.job.phase.clone().unwrap_or_default())
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn progress_events_come_at_most_every_interval_and_a_held_back_state_follows() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let runner = JobRunner::new(
+            crate::store::connect(&url).await.unwrap(),
+            Limits::default(),
+        );
+        let mut seen = runner.hub.peek_id().saturating_sub(1);
+        let job = crate::events::test_job("a", JobStatus::Running);
+        let reporter = Arc::new(ProgressReporter::new(runner.clone(), job));
+        // A short copy: four phases within a few milliseconds.
+        for phase in [
+            engine::Phase::Scan,
+            engine::Phase::Transfer,
+            engine::Phase::Verify,
+        ] {
+            reporter.report(&at(phase, 50));
+        }
+        assert_eq!(
+            phases(&runner.hub, &mut seen),
+            ["scan"],
+            "only the first goes at once"
+        );
+        tokio::time::sleep(EVENT_INTERVAL + EVENT_INTERVAL / 2).await;
+        assert_eq!(
+            phases(&runner.hub, &mut seen),
+            ["verify"],
+            "the state held back goes out at the end of the interval"
+        );
+        // Held back again, but the job ends first: nothing after its end.
+        reporter.report(&at(engine::Phase::Commit, 100));
+        reporter.report(&at(engine::Phase::Commit, 100));
+        let before = phases(&runner.hub, &mut seen);
+        assert!(before.len() <= 1, "{before:?}");
+        let last = reporter.flush().await.expect("the last progress");
+        assert!(last.contains("\"commit\""), "{last}");
+        tokio::time::sleep(EVENT_INTERVAL * 2).await;
+        assert_eq!(
+            phases(&runner.hub, &mut seen),
+            Vec::<String>::new(),
+            "nothing after the end"
+        );
+    }
+}

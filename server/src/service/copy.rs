@@ -1,0 +1,571 @@
+//! Starting a copy: validation, authorisation and idempotency, then the new container
+//! (status `copying`) and its job in one commit, handed to the job runner. The work itself
+//! is the runner's.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::LazyLock;
+
+use app::model::*;
+
+use super::jobs::check_idempotency_key;
+use super::visibility::Visibility;
+use super::{check_id, internal, Service};
+use crate::config::container_root;
+use crate::ids::{new_id, now_ms};
+use crate::jobs::{JobParams, JobStart};
+use crate::store::{
+    execute, query_first, unique_violation, Cols, ContainerRow, SyncConn, CONTAINER_SELECT,
+};
+
+/// Checks an OpenSSH public key (`type base64 [comment]`) and returns it normalised.
+pub fn parse_ssh_public_key(key: &str) -> Result<String, String> {
+    const TYPES: [&str; 8] = [
+        "ssh-ed25519",
+        "ssh-rsa",
+        "ecdsa-sha2-nistp256",
+        "ecdsa-sha2-nistp384",
+        "ecdsa-sha2-nistp521",
+        "sk-ssh-ed25519@openssh.com",
+        "sk-ecdsa-sha2-nistp256@openssh.com",
+        "ssh-dss",
+    ];
+    let key = key.trim();
+    if key.contains(['\n', '\r']) {
+        return Err("an SSH public key is one line".into());
+    }
+    let mut parts = key.split_whitespace();
+    let (Some(kind), Some(b64)) = (parts.next(), parts.next()) else {
+        return Err("expected `<type> <base64> [comment]`, as in a .pub file".into());
+    };
+    if !TYPES.contains(&kind) {
+        return Err(format!("unknown key type {kind:?}"));
+    }
+    use base64::Engine;
+    let blob = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|_| "the key data is not valid base64".to_string())?;
+    // The blob starts with its own type as an SSH string: it must agree.
+    let inner = blob
+        .get(..4)
+        .map(|l| u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize)
+        .and_then(|n| blob.get(4..4 + n));
+    if inner != Some(kind.as_bytes()) || blob.len() < 4 + kind.len() + 16 {
+        return Err("the key data does not match its type".into());
+    }
+    let comment: Vec<&str> = parts.collect();
+    Ok(if comment.is_empty() {
+        format!("{kind} {b64}")
+    } else {
+        format!("{kind} {b64} {}", comment.join(" "))
+    })
+}
+
+/// The `type base64` part that identifies a key (comments do not make keys different).
+fn key_identity(key: &str) -> String {
+    key.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
+}
+
+/// The rows a copy request creates: the new container (status `copying`) and its job.
+#[derive(Clone)]
+struct NewCopy {
+    id: String,
+    job_id: String,
+    name: String,
+    project_id: String,
+    server_id: String,
+    source_id: String,
+    ssh_public_key: Option<String>,
+    firewall_rules: String,
+    network_rules: String,
+    requested_by: String,
+    params: String,
+    idempotency_key: Option<String>,
+    now: i64,
+}
+
+/// Why the rows of a copy were not written: a unique index said no, or the database failed.
+enum Refusal {
+    NameTaken,
+    KeyTaken,
+    SameIdempotencyKey,
+    Db(rusqlite::Error),
+}
+
+impl From<rusqlite::Error> for Refusal {
+    fn from(e: rusqlite::Error) -> Self {
+        // Which index said no: SQLite names its columns in the message ("UNIQUE constraint
+        // failed: containers.project_id, containers.name").
+        match unique_violation(&e) {
+            Some(m) if m.contains("idempotency_key") => Refusal::SameIdempotencyKey,
+            Some(m) if m.contains("name") => Refusal::NameTaken,
+            Some(_) => Refusal::KeyTaken,
+            None => Refusal::Db(e),
+        }
+    }
+}
+
+impl NewCopy {
+    /// The job as written.
+    fn job(&self) -> Job {
+        Job {
+            id: self.job_id.clone(),
+            kind: JobKind::Copy,
+            status: JobStatus::Queued,
+            phase: None,
+            project_id: self.project_id.clone(),
+            container_id: self.id.clone(),
+            source_container_id: self.source_id.clone(),
+            progress: None,
+            summary: None,
+            error: None,
+            created_at: self.now,
+            started_at: None,
+            finished_at: None,
+            url: Job::url_of(&self.job_id),
+            events_url: Job::events_url_of(&self.job_id),
+        }
+    }
+
+    /// The container as written, as `user` sees it.
+    fn container(
+        &self,
+        user: &UserInfo,
+        source: &ContainerSummary,
+        target: Target,
+    ) -> Result<ContainerDetail, ApiError> {
+        Ok(ContainerDetail {
+            summary: ContainerSummary {
+                id: self.id.clone(),
+                name: self.name.clone(),
+                status: ContainerStatus::Copying,
+                project_id: target.project_id,
+                project_name: target.project_name,
+                server_id: target.server_id,
+                server_name: target.server_name,
+                is_copy: true,
+                source: Some(ContainerRef {
+                    id: source.id.clone(),
+                    name: source.name.clone(),
+                    project_id: source.project_id.clone(),
+                    project_name: source.project_name.clone(),
+                }),
+                created_at: self.now,
+            },
+            status_reason: None,
+            ssh_public_key: self.ssh_public_key.clone(),
+            firewall_rules: serde_json::from_str(&self.firewall_rules).map_err(internal)?,
+            network_rules: serde_json::from_str(&self.network_rules).map_err(internal)?,
+            snapshots: Vec::new(),
+            copies: Vec::new(),
+            source_state: None,
+            last_synced_at: None,
+            file_count: 0,
+            size_bytes: 0,
+            updated_at: self.now,
+            root_path: user.is_admin.then(|| {
+                container_root(Path::new(&target.storage_root), &self.id)
+                    .display()
+                    .to_string()
+            }),
+        })
+    }
+
+    /// Both rows, in the caller's transaction.
+    fn insert(&self, c: &SyncConn) -> Result<(), Refusal> {
+        execute(
+            c,
+            "INSERT INTO containers (id, name, project_id, server_id, status, ssh_public_key,
+                firewall_rules, network_rules, source_container_id, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, 'copying', $5, $6, $7, $8, $9, $9)",
+            &[
+                &self.id,
+                &self.name,
+                &self.project_id,
+                &self.server_id,
+                &self.ssh_public_key,
+                &self.firewall_rules,
+                &self.network_rules,
+                &self.source_id,
+                &self.now,
+            ],
+        )?;
+        execute(
+            c,
+            "INSERT INTO jobs (id, kind, status, project_id, container_id, source_container_id,
+                requested_by, params, idempotency_key, created_at)
+             VALUES ($1, 'copy', 'queued', $2, $3, $4, $5, $6, $7, $8)",
+            &[
+                &self.job_id,
+                &self.project_id,
+                &self.id,
+                &self.source_id,
+                &self.requested_by,
+                &self.params,
+                &self.idempotency_key,
+                &self.now,
+            ],
+        )?;
+        Ok(())
+    }
+}
+
+/// Everything a copy request is checked against, in one statement: the source, the caller's
+/// membership in its project and in the target project, and the target project's and
+/// server's names (NULL when they do not exist).
+static COPY_CONTEXT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT x.*,
+            (SELECT role FROM memberships WHERE project_id = x.project_id AND user_id = $2)
+                AS member_of_source,
+            (SELECT role FROM memberships WHERE project_id = $3 AND user_id = $2)
+                AS member_of_target,
+            (SELECT name FROM projects WHERE id = $3) AS target_project_name,
+            ts.name AS target_server_name, ts.storage_root AS target_storage_root
+         FROM ({CONTAINER_SELECT} WHERE c.id = $1) x
+         LEFT JOIN servers ts ON ts.id = COALESCE($4, x.server_id)"
+    )
+});
+
+/// A row of `COPY_CONTEXT`.
+struct CopyContext {
+    source: ContainerRow,
+    member_of_source: Option<String>,
+    member_of_target: Option<String>,
+    target_project_name: Option<String>,
+    target_server_name: Option<String>,
+    target_storage_root: Option<String>,
+}
+
+/// Where a copy goes, once the caller may put it there.
+struct Target {
+    project_id: String,
+    project_name: String,
+    server_id: String,
+    server_name: String,
+    storage_root: String,
+}
+
+const KEY_TAKEN: &str = "ssh_public_key is already used by another container; keys are unique";
+
+impl Service {
+    /// `POST /containers/{id}/copy`: validates everything, creates the container (status
+    /// `copying`) and its job in one commit, and queues the job.
+    pub async fn copy_container(
+        &self,
+        user: &UserInfo,
+        source_id: &str,
+        req: CopyRequest,
+        idempotency_key: Option<&str>,
+    ) -> Result<CopyStarted, ApiError> {
+        let idem = check_idempotency_key(idempotency_key)?;
+        if let Some(started) = self.copy_started_with(user, idem.as_deref()).await? {
+            return Ok(started);
+        }
+        check_id("container id", source_id)?;
+        let (source, visibility, target) = self.copy_source_and_target(user, source_id, &req)?;
+        let snapshot_id = self
+            .snapshot_of(source_id, req.source_snapshot.as_deref())
+            .await?;
+        let key = self.unused_ssh_key(req.ssh_public_key.as_deref()).await?;
+        let name = match &req.name {
+            Some(n) => {
+                validate_container_name(n).map_err(|m| {
+                    ApiError::new(ErrorCode::Unprocessable, format!("name: {m}")).on_field("name")
+                })?;
+                // Taken or not, the insert says: UNIQUE (project_id, name).
+                n.clone()
+            }
+            None => self.generate_name(&target.project_id, &source.name).await?,
+        };
+        // The source's rules as stored, or none.
+        let rules = |copy: bool, json: &str| if copy { json.to_string() } else { "[]".into() };
+        let params = JobParams {
+            source_snapshot_id: snapshot_id,
+            previous_status: None,
+        };
+        let row = NewCopy {
+            id: new_id(),
+            job_id: new_id(),
+            name,
+            project_id: target.project_id.clone(),
+            server_id: target.server_id.clone(),
+            source_id: source_id.to_string(),
+            ssh_public_key: key,
+            firewall_rules: rules(req.copy_firewall_rules, &source.firewall_rules),
+            network_rules: rules(req.copy_network_rules, &source.network_rules),
+            requested_by: user.id.clone(),
+            params: serde_json::to_string(&params).map_err(internal)?,
+            idempotency_key: idem,
+            now: now_ms(),
+        };
+        if let Some(started) = self.admit_copy(user, &row).await? {
+            return Ok(started);
+        }
+        // The answer is what was just written: no need to read it back.
+        let job = row.job();
+        self.jobs.hub.publish(EventKind::Status, job.clone());
+        // The runner starts from what was checked here, without reading it back.
+        self.jobs.spawn(
+            job.id.clone(),
+            Some(JobStart {
+                kind: JobKind::Copy,
+                params,
+                target_id: row.id.clone(),
+                source_id: row.source_id.clone(),
+                target_server: target.server_id.clone(),
+                target_root: target.storage_root.clone().into(),
+                source_root: source.storage_root.clone().into(),
+            }),
+        );
+        let container = row.container(user, &source.summary(&visibility), target)?;
+        Ok(CopyStarted { container, job })
+    }
+
+    /// The copy this user already started with this idempotency key, if any.
+    async fn copy_started_with(
+        &self,
+        user: &UserInfo,
+        idempotency_key: Option<&str>,
+    ) -> Result<Option<CopyStarted>, ApiError> {
+        let Some(key) = idempotency_key else {
+            return Ok(None);
+        };
+        match self.job_by_idempotency_key(user, key).await? {
+            Some(job) => {
+                let container = self.get_container(user, &job.container_id).await?;
+                Ok(Some(CopyStarted { container, job }))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The source (visible to the caller) and the target (where the caller may create
+    /// containers), from one read.
+    fn copy_source_and_target(
+        &self,
+        user: &UserInfo,
+        source_id: &str,
+        req: &CopyRequest,
+    ) -> Result<(ContainerRow, Visibility, Target), ApiError> {
+        let ctx = self
+            .db
+            .read_now(|c| {
+                query_first(
+                    c,
+                    &COPY_CONTEXT,
+                    &[
+                        &source_id,
+                        &user.id,
+                        &req.target_project_id,
+                        &req.target_server_id,
+                    ],
+                    |r| CopyContext {
+                        source: ContainerRow::from_cols(r),
+                        member_of_source: r.col("member_of_source"),
+                        member_of_target: r.col("member_of_target"),
+                        target_project_name: r.col("target_project_name"),
+                        target_server_name: r.col("target_server_name"),
+                        target_storage_root: r.col("target_storage_root"),
+                    },
+                )
+            })
+            .map_err(internal)?;
+        let Some(ctx) = ctx else {
+            return Err(ApiError::not_found("container", source_id));
+        };
+        let source = ctx.source;
+        let visibility = Visibility::of(
+            user,
+            std::iter::once((source.project_id.clone(), ctx.member_of_source)).chain(
+                ctx.target_project_name
+                    .is_some()
+                    .then(|| (req.target_project_id.clone(), ctx.member_of_target)),
+            ),
+        );
+        if !visibility.can_see(&source.project_id) {
+            return Err(ApiError::not_found("container", source_id));
+        }
+        if !is_valid_id(&req.target_project_id) {
+            return Err(
+                ApiError::invalid("target_project_id must be 24 lowercase hex digits")
+                    .on_field("target_project_id"),
+            );
+        }
+        visibility
+            .require_operator(&req.target_project_id, "the target project")
+            .map_err(|e| e.on_field("target_project_id"))?;
+        let server_id = req
+            .target_server_id
+            .clone()
+            .unwrap_or_else(|| source.server_id.clone());
+        if !is_valid_id(&server_id) {
+            return Err(
+                ApiError::invalid("target_server_id must be 24 lowercase hex digits")
+                    .on_field("target_server_id"),
+            );
+        }
+        let (Some(project_name), Some(server_name), Some(storage_root)) = (
+            ctx.target_project_name,
+            ctx.target_server_name,
+            ctx.target_storage_root,
+        ) else {
+            return Err(ApiError::not_found("server", &server_id).on_field("target_server_id"));
+        };
+        let target = Target {
+            project_id: req.target_project_id.clone(),
+            project_name,
+            server_id,
+            server_name,
+            storage_root,
+        };
+        Ok((source, visibility, target))
+    }
+
+    /// The id of the source's snapshot named (by name or id) in the request.
+    async fn snapshot_of(
+        &self,
+        source_id: &str,
+        snapshot: Option<&str>,
+    ) -> Result<Option<String>, ApiError> {
+        let Some(s) = snapshot else {
+            return Ok(None);
+        };
+        let id = sqlx::query_scalar::<_, String>(
+            "SELECT id FROM snapshots WHERE container_id = $1 AND (name = $2 OR id = $2)",
+        )
+        .bind(source_id)
+        .bind(s)
+        .fetch_optional(&self.db.read)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::Unprocessable,
+                format!("source_snapshot {s:?} is not a snapshot of this container"),
+            )
+            .on_field("source_snapshot")
+        })?;
+        Ok(Some(id))
+    }
+
+    /// The request's SSH key, normalised, if no container uses it yet.
+    async fn unused_ssh_key(&self, key: Option<&str>) -> Result<Option<String>, ApiError> {
+        let Some(key) = key else {
+            return Ok(None);
+        };
+        let key = parse_ssh_public_key(key).map_err(|m| {
+            ApiError::new(ErrorCode::Unprocessable, format!("ssh_public_key: {m}"))
+                .on_field("ssh_public_key")
+        })?;
+        let ident = key_identity(&key);
+        let taken: Option<String> = sqlx::query_scalar(
+            "SELECT id FROM containers WHERE ssh_public_key = $1 OR ssh_public_key LIKE $2",
+        )
+        .bind(&ident)
+        .bind(format!("{ident} %"))
+        .fetch_optional(&self.db.read)
+        .await
+        .map_err(internal)?;
+        match taken {
+            Some(_) => {
+                Err(ApiError::new(ErrorCode::Conflict, KEY_TAKEN).on_field("ssh_public_key"))
+            }
+            None => Ok(Some(key)),
+        }
+    }
+
+    /// Writes both rows in one atomic write (group-committed with the writes queued beside
+    /// it). `Some`: a retry that raced its first attempt, answered with the copy that won.
+    async fn admit_copy(
+        &self,
+        user: &UserInfo,
+        row: &NewCopy,
+    ) -> Result<Option<CopyStarted>, ApiError> {
+        let insert = row.clone();
+        let written = self.db.transact(move |c| insert.insert(c)).await;
+        // The same idempotency key means the same name too: the job that won is committed
+        // by now.
+        if let Err(Refusal::NameTaken | Refusal::SameIdempotencyKey) = &written {
+            if let Some(started) = self
+                .copy_started_with(user, row.idempotency_key.as_deref())
+                .await?
+            {
+                return Ok(Some(started));
+            }
+        }
+        match written {
+            Ok(()) => Ok(None),
+            Err(Refusal::SameIdempotencyKey) => Err(ApiError::internal()),
+            Err(Refusal::NameTaken) => Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!(
+                    "a container named {:?} already exists in the target project",
+                    row.name
+                ),
+            )
+            .on_field("name")),
+            Err(Refusal::KeyTaken) => {
+                Err(ApiError::new(ErrorCode::Conflict, KEY_TAKEN).on_field("ssh_public_key"))
+            }
+            Err(Refusal::Db(e)) => Err(internal(e)),
+        }
+    }
+
+    /// `<source>-copy`, then `<source>-copy-2`, `-3`, ...: the first free name (one query,
+    /// however many copies exist).
+    async fn generate_name(&self, project_id: &str, source: &str) -> Result<String, ApiError> {
+        let base: String = source
+            .chars()
+            .take(50)
+            .collect::<String>()
+            .trim_end_matches('-')
+            .to_string();
+        let prefix = format!("{base}-copy");
+        let taken: HashSet<String> = sqlx::query_scalar(
+            "SELECT name FROM containers WHERE project_id = $1 AND substr(name, 1, $2) = $3",
+        )
+        .bind(project_id)
+        .bind(prefix.chars().count() as i64)
+        .bind(&prefix)
+        .fetch_all(&self.db.read)
+        .await
+        .map_err(internal)?
+        .into_iter()
+        .collect();
+        (1..1000)
+            .map(|n| match n {
+                1 => prefix.clone(),
+                n => format!("{prefix}-{n}"),
+            })
+            .find(|candidate| !taken.contains(candidate))
+            .ok_or_else(|| ApiError::new(ErrorCode::Conflict, "no free name; give one"))
+    }
+}
+
+#[cfg(test)]
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ssh_keys_are_parsed_not_just_pattern_matched() {
+        // A real ed25519 key (test data only).
+        let k = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4f me@laptop";
+        assert!(
+            parse_ssh_public_key(&format!("{k}\nssh-rsa AAAA")).is_err(),
+            "one line only"
+        );
+        assert_eq!(parse_ssh_public_key(&format!("  {k}\n")).unwrap(), k);
+        assert_eq!(parse_ssh_public_key("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4f  a b").unwrap(), "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4f a b");
+        assert!(parse_ssh_public_key("ssh-ed25519").is_err());
+        assert!(parse_ssh_public_key("ssh-foo AAAA").is_err());
+        assert!(parse_ssh_public_key("ssh-ed25519 not*base64").is_err());
+        // Valid base64 of a blob announcing another type.
+        assert!(parse_ssh_public_key("ssh-ed25519 AAAAB3NzaC1yc2EAAAADAQABAAABAQC7").is_err());
+        assert_eq!(
+            key_identity(k),
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4f"
+        );
+    }
+}

@@ -1,0 +1,163 @@
+//! The service layer: every business rule and authorisation check, shared by the REST
+//! handlers and the console's server functions. One name per operation: the methods here
+//! carry the names of [`app::backend::Backend`]'s, which the REST handlers and the server
+//! functions call alike. Each family of operations has its own file; none of them knows
+//! about HTTP.
+
+mod containers;
+mod copy;
+pub mod inventory;
+mod jobs;
+mod sessions;
+mod snapshots;
+mod sync;
+mod sync_status;
+mod visibility;
+
+use std::sync::Arc;
+
+use app::backend::Backend;
+use app::model::*;
+
+use crate::auth::TokenCache;
+use crate::events::EventHub;
+use crate::jobs::{JobRunner, Limits};
+use crate::store::{Db, DbError};
+
+pub use copy::parse_ssh_public_key;
+use sync_status::SharedProbes;
+
+pub struct Service {
+    db: Db,
+    jobs: Arc<JobRunner>,
+    /// API tokens verified in the last 2 s (see `TokenCache`).
+    tokens: TokenCache,
+    /// Walks of sources under way, shared by sync status loads (see `SharedProbes`).
+    probes: SharedProbes,
+}
+
+/// Logs an unexpected failure and gives the user a generic error (details stay in the log).
+fn internal(err: impl std::fmt::Display) -> ApiError {
+    tracing::error!(error = %err, "internal error");
+    ApiError::internal()
+}
+
+/// An id from a request: 24 lowercase hex digits, or a 400 saying so.
+fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
+    if is_valid_id(id) {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(format!(
+            "{what} {id:?} is not a valid id (24 lowercase hex digits)"
+        )))
+    }
+}
+
+impl Service {
+    pub fn new(db: Db, limits: Limits) -> Self {
+        let jobs = JobRunner::new(db.clone(), limits);
+        Service {
+            db,
+            jobs,
+            tokens: TokenCache::new(std::time::Duration::from_secs(2)),
+            probes: SharedProbes::default(),
+        }
+    }
+
+    /// The event hub every job's events go through (the HTTP layer streams it).
+    pub fn events(&self) -> &Arc<EventHub> {
+        &self.jobs.hub
+    }
+
+    /// After a start: resumes the jobs a stop interrupted; says how many.
+    pub async fn resume_jobs(&self) -> Result<usize, DbError> {
+        self.jobs.recover().await
+    }
+
+    /// Closes the database (at a graceful stop).
+    pub async fn close(&self) {
+        self.db.close().await;
+    }
+
+    /// The database, for the demo data and tests that set up rows directly.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+}
+
+/// The console's server functions call the service through this trait (`app` cannot name
+/// this crate). Each method is the service's method of the same name.
+#[async_trait::async_trait]
+impl Backend for Service {
+    async fn list_projects(&self, user: &UserInfo) -> Result<Vec<Project>, ApiError> {
+        Service::list_projects(self, user).await
+    }
+
+    async fn list_servers(&self, user: &UserInfo) -> Result<Vec<Server>, ApiError> {
+        Service::list_servers(self, user).await
+    }
+
+    async fn list_containers(
+        &self,
+        user: &UserInfo,
+        project_id: Option<&str>,
+    ) -> Result<Vec<ContainerSummary>, ApiError> {
+        Service::list_containers(self, user, project_id).await
+    }
+
+    async fn get_container(&self, user: &UserInfo, id: &str) -> Result<ContainerDetail, ApiError> {
+        Service::get_container(self, user, id).await
+    }
+
+    async fn copy_container(
+        &self,
+        user: &UserInfo,
+        source_id: &str,
+        req: CopyRequest,
+        idempotency_key: Option<&str>,
+    ) -> Result<CopyStarted, ApiError> {
+        Service::copy_container(self, user, source_id, req, idempotency_key).await
+    }
+
+    async fn sync_container(
+        &self,
+        user: &UserInfo,
+        id: &str,
+        idempotency_key: Option<&str>,
+    ) -> Result<Job, ApiError> {
+        Service::sync_container(self, user, id, idempotency_key).await
+    }
+
+    async fn list_snapshots(
+        &self,
+        user: &UserInfo,
+        container_id: &str,
+    ) -> Result<Vec<Snapshot>, ApiError> {
+        Service::list_snapshots(self, user, container_id).await
+    }
+
+    async fn create_snapshot(
+        &self,
+        user: &UserInfo,
+        container_id: &str,
+        name: &str,
+    ) -> Result<Snapshot, ApiError> {
+        Service::create_snapshot(self, user, container_id, name).await
+    }
+
+    async fn get_job(&self, user: &UserInfo, id: &str) -> Result<Job, ApiError> {
+        Service::get_job(self, user, id).await
+    }
+
+    async fn list_jobs(&self, user: &UserInfo, filter: &JobFilter) -> Result<Vec<Job>, ApiError> {
+        Service::list_jobs(self, user, filter).await
+    }
+
+    async fn cancel_job(&self, user: &UserInfo, id: &str) -> Result<Job, ApiError> {
+        Service::cancel_job(self, user, id).await
+    }
+
+    async fn sync_status(&self, user: &UserInfo) -> Result<Vec<CopyStatus>, ApiError> {
+        Service::sync_status(self, user).await
+    }
+}

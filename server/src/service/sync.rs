@@ -1,0 +1,125 @@
+//! Syncing a copy with its source: one sync at a time per container.
+
+use app::model::*;
+
+use super::jobs::check_idempotency_key;
+use super::{internal, Service};
+use crate::ids::{new_id, now_ms};
+use crate::jobs::JobParams;
+
+impl Service {
+    /// `POST /containers/{id}/sync`: one sync at a time per container (a second request
+    /// gets 409 naming the running job).
+    pub async fn sync_container(
+        &self,
+        user: &UserInfo,
+        id: &str,
+        idempotency_key: Option<&str>,
+    ) -> Result<Job, ApiError> {
+        let idem = check_idempotency_key(idempotency_key)?;
+        if let Some(key) = &idem {
+            if let Some(job) = self.job_by_idempotency_key(user, key).await? {
+                return Ok(job);
+            }
+        }
+        let c = self.get_container(user, id).await?;
+        self.visibility(user)
+            .await?
+            .require_operator(&c.summary.project_id, "syncing this container")?;
+        let source_id: Option<String> =
+            sqlx::query_scalar("SELECT source_container_id FROM containers WHERE id = $1")
+                .bind(id)
+                .fetch_one(&self.db.read)
+                .await
+                .map_err(internal)?;
+        let Some(source_id) = source_id else {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                "this container was not created by copy, so it has no source to sync from",
+            ));
+        };
+        let source_status: Option<String> =
+            sqlx::query_scalar("SELECT status FROM containers WHERE id = $1")
+                .bind(&source_id)
+                .fetch_optional(&self.db.read)
+                .await
+                .map_err(internal)?;
+        match source_status.as_deref().and_then(ContainerStatus::parse) {
+            None => {
+                return Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    "the source of this copy no longer exists",
+                ))
+            }
+            Some(ContainerStatus::Copying | ContainerStatus::Failed) => {
+                return Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    "the source has no complete tree to sync from",
+                ))
+            }
+            _ => {}
+        }
+        let conflict = |m: String| ApiError::new(ErrorCode::Conflict, m);
+        // The status to come back to after the sync.
+        let previous = match c.summary.status {
+            s @ ContainerStatus::Copying => {
+                return Err(conflict(format!(
+                    "the container is {}; it can be synced once that is done",
+                    s.as_str()
+                )))
+            }
+            // A copy that never completed has no tree: a sync cannot repair that.
+            ContainerStatus::Failed if c.source_state.is_none() => {
+                return Err(conflict("the copy never completed; make a new copy".into()))
+            }
+            // Still "syncing" after a crash, or failed: a completed sync leaves it running.
+            ContainerStatus::Syncing | ContainerStatus::Failed => ContainerStatus::Running,
+            s => s,
+        };
+        let job_id = new_id();
+        let params = JobParams {
+            source_snapshot_id: None,
+            previous_status: Some(previous.as_str().into()),
+        };
+        // Insert only if no job is active for this container, in one statement: SQLite runs
+        // writes one at a time, so two racing requests cannot both get in.
+        let res = sqlx::query(
+            "INSERT INTO jobs (id, kind, status, project_id, container_id, source_container_id,
+                requested_by, params, idempotency_key, created_at)
+             SELECT $1, 'sync', 'queued', $2, $3, $4, $5, $6, $7, $8
+             WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE container_id = $3 AND status IN ('queued', 'running'))",
+        )
+        .bind(&job_id)
+        .bind(&c.summary.project_id)
+        .bind(id)
+        .bind(&source_id)
+        .bind(&user.id)
+        .bind(serde_json::to_string(&params).map_err(internal)?)
+        .bind(&idem)
+        .bind(now_ms())
+        .execute(&self.db.write)
+        .await
+        .map_err(internal)?;
+        if res.rows_affected() == 0 {
+            let running: Option<String> = sqlx::query_scalar(
+                "SELECT id FROM jobs WHERE container_id = $1 AND status IN ('queued', 'running') LIMIT 1",
+            )
+            .bind(id)
+            .fetch_optional(&self.db.read)
+            .await
+            .map_err(internal)?;
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!(
+                    "a job is already running for this container: {}",
+                    running.map(|j| Job::url_of(&j)).unwrap_or_default()
+                ),
+            ));
+        }
+        // Announced as queued before the runner can announce it running.
+        let job = self.jobs.load(&job_id).await.map_err(internal)?;
+        self.jobs.hub.publish(EventKind::Status, job.clone());
+        self.jobs.spawn(job_id, None);
+        Ok(job)
+    }
+}

@@ -1,0 +1,153 @@
+//! Group commit: every write queued at one moment runs in one transaction, on the one
+//! write connection (see the module above for why).
+
+use std::panic::AssertUnwindSafe;
+
+use sqlx::SqlitePool;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Db, DbError, SyncConn};
+
+/// Most writes one group commit takes.
+const MAX_BATCH: usize = 256;
+
+/// A queued write. It may run twice: first in a pass without savepoints (the usual case,
+/// where every write of the batch succeeds), then, if a write of the batch failed, again in
+/// a pass where each write has a savepoint of its own (the first pass is rolled back whole).
+pub(super) trait Queued: Send {
+    /// Runs the write's statements; says whether they succeeded.
+    fn run(&mut self, conn: &SyncConn) -> bool;
+    /// Answers the caller, given how the transaction ended.
+    fn answer(self: Box<Self>, outcome: Result<(), String>);
+}
+
+struct Write<F, T, E> {
+    write: F,
+    /// The outcome of the write's last run (`None`: it never ran, or panicked).
+    result: Option<Result<T, E>>,
+    caller: oneshot::Sender<Result<T, E>>,
+}
+
+/// An error that SQLite did not raise (a failed batch, a panicked write), as rusqlite's.
+fn failure(message: String) -> rusqlite::Error {
+    rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+        Some(message),
+    )
+}
+
+impl<F, T, E> Queued for Write<F, T, E>
+where
+    F: Fn(&SyncConn) -> Result<T, E> + Send,
+    T: Send,
+    E: From<rusqlite::Error> + Send,
+{
+    fn run(&mut self, conn: &SyncConn) -> bool {
+        self.result = None;
+        let result = (self.write)(conn);
+        let ok = result.is_ok();
+        self.result = Some(result);
+        ok
+    }
+
+    fn answer(self: Box<Self>, outcome: Result<(), String>) {
+        let failed = |e: String| Err(E::from(failure(e)));
+        // Failures are answered after the commit too: a caller told "taken" can then read
+        // whatever took it.
+        let _ = self.caller.send(match (outcome, self.result) {
+            (Err(e), None | Some(Ok(_))) => failed(e),
+            (_, Some(result)) => result,
+            (Ok(()), None) => failed("the write panicked; it was rolled back".into()),
+        });
+    }
+}
+
+/// Takes every write queued at the moment and runs them in one transaction.
+pub(super) async fn group_commit(
+    pool: SqlitePool,
+    mut queue: mpsc::UnboundedReceiver<Box<dyn Queued>>,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let outcome = commit_batch(&pool, &mut batch)
+            .await
+            .map_err(|e| e.to_string());
+        if let Err(e) = &outcome {
+            tracing::error!(error = %e, "a group of database writes failed to commit");
+        }
+        for write in batch.drain(..) {
+            write.answer(outcome.clone());
+        }
+    }
+}
+
+/// Runs a batch on the write connection, taken from sqlx for the time: no sqlx statement
+/// runs on it meanwhile, and the batch leaves no transaction open behind it.
+async fn commit_batch(pool: &SqlitePool, batch: &mut [Box<dyn Queued>]) -> Result<(), DbError> {
+    let mut conn = pool.acquire().await?;
+    let mut handle = conn.lock_handle().await?;
+    // SAFETY: the handle is a live connection, locked for us until `handle` is dropped, which
+    // is after `sync`; a connection made from a handle does not close it.
+    let sync = unsafe { SyncConn::from_handle(handle.as_raw_handle().as_ptr())? };
+    let result = run_batch(&sync, batch);
+    if result.is_err() && !sync.is_autocommit() {
+        let _ = sync.execute_batch("ROLLBACK");
+    }
+    drop(sync);
+    drop(handle);
+    Ok(result?)
+}
+
+/// Runs one write, and says whether it succeeded. A write that panics counts as failed
+/// (its caller hears that the writer failed it); the writer carries on for everyone else.
+fn run_one(write: &mut Box<dyn Queued>, conn: &SyncConn) -> bool {
+    std::panic::catch_unwind(AssertUnwindSafe(|| write.run(conn))).unwrap_or_else(|_| {
+        tracing::error!("a database write panicked; it was rolled back");
+        false
+    })
+}
+
+fn run_batch(conn: &SyncConn, batch: &mut [Box<dyn Queued>]) -> rusqlite::Result<()> {
+    // First pass, no savepoints: each write costs only its own statements.
+    conn.execute_batch("BEGIN")?;
+    if batch.iter_mut().all(|write| run_one(write, conn)) {
+        return conn.execute_batch("COMMIT");
+    }
+    conn.execute_batch("ROLLBACK")?;
+    // A write failed: all of them again, each in a savepoint, so a failed one is undone
+    // alone. One savepoint, kept open from write to write: released and taken again after a
+    // write that succeeded; rolled back to (which keeps it) after one that failed.
+    conn.execute_batch("BEGIN; SAVEPOINT write")?;
+    for write in batch.iter_mut() {
+        conn.execute_batch(if run_one(write, conn) {
+            "RELEASE write; SAVEPOINT write"
+        } else {
+            "ROLLBACK TO write"
+        })?;
+    }
+    conn.execute_batch("RELEASE write; COMMIT")
+}
+
+impl Db {
+    /// Runs `write` in a transaction of its own: all of its statements take effect, or
+    /// (when it returns an error) none. It shares one commit with the writes queued beside
+    /// it, and answers once that commit is done.
+    ///
+    /// `write` may run twice (see `Queued`): it must do nothing but its statements.
+    pub async fn transact<T, E, F>(&self, write: F) -> Result<T, E>
+    where
+        F: Fn(&SyncConn) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<rusqlite::Error> + Send + 'static,
+    {
+        let (caller, answered) = oneshot::channel::<Result<T, E>>();
+        let queued: Box<dyn Queued> = Box::new(Write {
+            write,
+            result: None,
+            caller,
+        });
+        let gone = || E::from(failure("the database writer has stopped".into()));
+        self.batched.send(queued).map_err(|_| gone())?;
+        answered.await.map_err(|_| gone())?
+    }
+}
