@@ -10,25 +10,28 @@ CARGO_LEPTOS_VERSION := 0.3.11
 WASM_BINDGEN_VERSION := $(shell awk '/^name = "wasm-bindgen"$$/ { getline; gsub(/"/, "", $$3); print $$3; exit }' Cargo.lock)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Build tools (cargo-leptos, wasm-bindgen-cli) only orchestrate a build: they are built
-# without LTO, at opt-level 1 and in many codegen units. Their own release profiles
-# (LTO, one codegen unit) made the fresh-machine set-up of `make run` take 47 minutes.
+# without optimisation, LTO or debug info, in many codegen units. cargo-leptos's own release
+# profile (fat LTO, one codegen unit) made the fresh-machine set-up of `make run` take 47
+# minutes; what they do themselves (split and bind a few MB of WASM) takes seconds either way.
 TOOL_PROFILE := CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=256 \
-  CARGO_PROFILE_RELEASE_OPT_LEVEL=1 CARGO_PROFILE_RELEASE_DEBUG=false \
+  CARGO_PROFILE_RELEASE_OPT_LEVEL=0 CARGO_PROFILE_RELEASE_DEBUG=false \
   CARGO_PROFILE_RELEASE_STRIP=true CARGO_PROFILE_RELEASE_INCREMENTAL=false
 STAMP := target/.setup
 
 # cargo-installed tools, and wasm-opt from the pinned npm package binaryen.
 export PATH := $(HOME)/.cargo/bin:$(CURDIR)/end2end/node_modules/.bin:$(PATH)
 
-.PHONY: size help setup run build test lint unit e2e dev clean bench load
+.PHONY: size help setup setup-test run build test lint unit e2e dev clean bench load
 
 help:
 	@echo "make run    set up, build (release) and start doppel on http://127.0.0.1:3000"
 	@echo "make test   set up, then fmt, clippy, unit/integration and browser tests"
 	@echo "make dev    cargo leptos watch (rebuilds on change)"
 
+# What a build needs; the browser tests also need Chromium (`make run` does not wait for it).
 setup: $(STAMP)/toolchain $(STAMP)/cargo-leptos-$(CARGO_LEPTOS_VERSION) \
-       $(STAMP)/wasm-bindgen-$(WASM_BINDGEN_VERSION) $(STAMP)/npm $(STAMP)/chromium
+       $(STAMP)/wasm-bindgen-$(WASM_BINDGEN_VERSION) $(STAMP)/npm
+setup-test: setup $(STAMP)/chromium
 
 $(STAMP)/toolchain: rust-toolchain.toml
 	@mkdir -p $(STAMP)
@@ -83,15 +86,15 @@ run: build
 dev: setup
 	cargo leptos watch
 
-lint: setup
+lint: setup-test
 	cargo fmt --all --check
 	cargo clippy -p doppel -p app --all-targets -- -D warnings
 	cargo clippy -p frontend --target wasm32-unknown-unknown -- -D warnings
 
-unit: setup
+unit: setup-test
 	cargo test -p doppel -p app
 
-e2e: build
+e2e: build setup-test
 	end2end/run.sh
 
 test: lint unit e2e

@@ -41,6 +41,14 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> InventoryError + '_ {
     }
 }
 
+/// Servers, containers and snapshots share the naming rule of containers.
+fn valid_name(name: &str) -> Result<(), InventoryError> {
+    validate_container_name(name).map_err(|reason| InventoryError::BadName {
+        name: name.into(),
+        reason,
+    })
+}
+
 /// A whole-tree copy through the engine, off the async workers.
 async fn run_copy(src: Place, dst: Place) -> Result<Summary, InventoryError> {
     let path = src.root.clone();
@@ -86,10 +94,7 @@ pub async fn create_server(
     name: &str,
     description: &str,
 ) -> Result<String, InventoryError> {
-    validate_container_name(name).map_err(|reason| InventoryError::BadName {
-        name: name.into(),
-        reason,
-    })?;
+    valid_name(name)?;
     let root = data.servers_dir().join(name);
     std::fs::create_dir_all(root.join("containers")).map_err(io_err(&root))?;
     let root = root.canonicalize().map_err(io_err(&root))?;
@@ -151,10 +156,7 @@ pub async fn import_container(
     new: NewContainer,
     tree: &Path,
 ) -> Result<String, InventoryError> {
-    validate_container_name(&new.name).map_err(|reason| InventoryError::BadName {
-        name: new.name.clone(),
-        reason,
-    })?;
+    valid_name(&new.name)?;
     let exists: Option<String> = sqlx::query_scalar("SELECT id FROM projects WHERE id = $1")
         .bind(&new.project_id)
         .fetch_optional(&db.read)
@@ -229,10 +231,7 @@ pub async fn create_snapshot(
     container_id: &str,
     name: &str,
 ) -> Result<String, InventoryError> {
-    validate_container_name(name).map_err(|reason| InventoryError::BadName {
-        name: name.into(),
-        reason,
-    })?;
+    valid_name(name)?;
     let row = sqlx::query("SELECT c.id, s.storage_root FROM containers c JOIN servers s ON s.id = c.server_id WHERE c.id = $1")
         .bind(container_id)
         .fetch_optional(&db.read)
