@@ -249,11 +249,84 @@ impl JobStatus {
     }
 }
 
+/// Where a running job is: it scans, plans, transfers, verifies and commits, in that order.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobPhase {
+    #[default]
+    Scan,
+    Plan,
+    Transfer,
+    Verify,
+    Commit,
+}
+
+impl JobPhase {
+    pub const ALL: [JobPhase; 5] = [
+        JobPhase::Scan,
+        JobPhase::Plan,
+        JobPhase::Transfer,
+        JobPhase::Verify,
+        JobPhase::Commit,
+    ];
+
+    /// The name in JSON and in the database, as serde writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobPhase::Scan => "scan",
+            JobPhase::Plan => "plan",
+            JobPhase::Transfer => "transfer",
+            JobPhase::Verify => "verify",
+            JobPhase::Commit => "commit",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<JobPhase> {
+        Self::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+}
+
+/// What a finished copy or sync did (`Job::summary`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct JobSummary {
+    pub files_added: u64,
+    pub files_changed: u64,
+    pub files_deleted: u64,
+    pub files_unchanged: u64,
+    /// Entries whose content was the same but metadata (mode, owner, mtime, xattrs) not.
+    pub metadata_only: u64,
+    /// Regular files and content bytes of the resulting tree.
+    pub tree_files: u64,
+    pub tree_bytes: u64,
+    /// Everything that crossed the sender/receiver stream.
+    pub bytes_sent: u64,
+    /// Literal content in that stream (whole files and the literal parts of deltas).
+    pub content_bytes: u64,
+    /// Bytes the target produced from what it already had (delta copies, reused files).
+    pub reused_bytes: u64,
+    /// Files sent as deltas against their previous version.
+    pub delta_files: u64,
+    /// Entries changed on the copy itself since its last sync (overwritten).
+    pub drift: u64,
+    pub drift_paths: Vec<String>,
+    /// Device files and sockets in the source, which are not copied.
+    pub skipped_special: Vec<String>,
+    /// Files that kept changing while being read; the next sync picks them up.
+    pub unstable: Vec<String>,
+    pub duration_ms: u64,
+    /// The resulting tree's manifest root (BLAKE3, hex).
+    pub root_hash: String,
+    /// An interrupted earlier run was repaired first.
+    pub recovered: bool,
+    /// Milliseconds spent per phase (scan, plan, transfer, verify, commit).
+    pub phase_ms: std::collections::BTreeMap<String, u64>,
+}
+
 /// Live progress of a job; totals are known once planning is done.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct JobProgress {
-    /// `scan`, `plan`, `transfer`, `verify` or `commit`.
-    pub phase: String,
+    pub phase: JobPhase,
     pub bytes_done: u64,
     pub bytes_total: Option<u64>,
     pub files_done: u64,
@@ -270,14 +343,15 @@ pub struct Job {
     pub id: String,
     pub kind: JobKind,
     pub status: JobStatus,
-    /// `scan`, `plan`, `transfer`, `verify` or `commit` while running.
-    pub phase: Option<String>,
+    /// While running.
+    pub phase: Option<JobPhase>,
     pub project_id: String,
     /// The container the job creates (copy) or updates (sync).
     pub container_id: String,
     pub source_container_id: String,
     pub progress: Option<JobProgress>,
-    pub summary: Option<serde_json::Value>,
+    /// Once succeeded.
+    pub summary: Option<JobSummary>,
     pub error: Option<String>,
     pub created_at: Millis,
     pub started_at: Option<Millis>,

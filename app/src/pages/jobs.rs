@@ -175,13 +175,12 @@ fn JobTable(
 /// "+3 ~12 -1 · 1.2 MiB sent in 2.1 s" from a finished job's summary.
 fn outcome(j: &Job) -> String {
     let s = j.summary.clone().unwrap_or_default();
-    let n = |k: &str| s.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
     format!(
         "+{} ~{} -{} · {} sent in {}",
-        n("files_added"),
-        n("files_changed"),
-        n("files_deleted"),
-        format::bytes(n("bytes_sent") as i64),
-        format::duration(n("duration_ms")),
+        s.files_added,
+        s.files_changed,
+        s.files_deleted,
+        format::bytes(s.bytes_sent as i64),
+        format::duration(s.duration_ms),
     )
 }

@@ -39,7 +39,7 @@ pub fn LiveJob(job: Job) -> impl IntoView {
                     let phase = if j.status.is_final() {
                         "done".to_string()
                     } else {
-                        j.phase.clone().unwrap_or_else(|| j.status.as_str().to_string())
+                        j.phase.map_or_else(|| j.status.as_str(), |p| p.as_str()).to_string()
                     };
                     view! {
                         <p class="phase">"Phase: " <strong>{phase}</strong></p>
@@ -85,7 +85,6 @@ pub fn LiveJob(job: Job) -> impl IntoView {
 #[component]
 fn JobSummary(job: Job) -> impl IntoView {
     let s = job.summary.clone().unwrap_or_default();
-    let n = |k: &str| s.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
     let link = view! {
         <a href=format!("/containers/{}", job.container_id)>"Open the container"</a>
     };
@@ -93,10 +92,10 @@ fn JobSummary(job: Job) -> impl IntoView {
         <div class="job-summary">
             <p><strong>"Done."</strong> " " {link}</p>
             <ul>
-                <li>{format!("{} added, {} changed, {} deleted, {} metadata only", n("files_added"), n("files_changed"), n("files_deleted"), n("metadata_only"))}</li>
-                <li>{format!("{} sent for a tree of {}", format::bytes(n("bytes_sent") as i64), format::bytes(n("tree_bytes") as i64))}</li>
-                <li>{format!("drift found on the copy: {}", n("drift"))}</li>
-                <li>{format!("took {:.1} s", n("duration_ms") as f64 / 1000.0)}</li>
+                <li>{format!("{} added, {} changed, {} deleted, {} metadata only", s.files_added, s.files_changed, s.files_deleted, s.metadata_only)}</li>
+                <li>{format!("{} sent for a tree of {}", format::bytes(s.bytes_sent as i64), format::bytes(s.tree_bytes as i64))}</li>
+                <li>{format!("drift found on the copy: {}", s.drift)}</li>
+                <li>{format!("took {:.1} s", s.duration_ms as f64 / 1000.0)}</li>
             </ul>
         </div>
     }
@@ -164,8 +163,7 @@ pub fn JobProgressBar(job: Job) -> impl IntoView {
     };
     let phase = job
         .phase
-        .clone()
-        .unwrap_or_else(|| job.status.as_str().to_string());
+        .map_or_else(|| job.status.as_str(), |p| p.as_str());
     let detail = match (p.bytes_total, p.bytes_per_second) {
         (Some(total), rate) => format!(
             "{} of {}{}",

@@ -1,7 +1,7 @@
 //! How a job ends: the job's status and error, and its container's status and reason, from
 //! the engine's result; written in one commit, then announced.
 
-use app::model::{ContainerStatus, EventKind, JobKind, JobStatus};
+use app::model::{ContainerStatus, EventKind, JobKind, JobStatus, JobSummary};
 
 use super::{JobParams, JobRunner};
 use crate::engine::{self, EngineError};
@@ -47,7 +47,7 @@ impl JobRunner {
                 Some(format!("last sync {}: {m}", status.as_str())),
             ),
         };
-        let summary = result.ok();
+        let summary = result.ok().map(summary_of);
         let (job_id, target_id) = (job_id.to_string(), target_id.to_string());
         let summary_json = summary
             .as_ref()
@@ -94,6 +94,53 @@ impl JobRunner {
             .await?;
         self.hub.publish(EventKind::Status, job);
         Ok(())
+    }
+}
+
+/// The engine's account of a run, as the API shows it. Every field is named, so a field
+/// added to the engine's summary does not compile until it is placed here.
+fn summary_of(s: engine::Summary) -> JobSummary {
+    let engine::Summary {
+        files_added,
+        files_changed,
+        files_deleted,
+        files_unchanged,
+        metadata_only,
+        tree_files,
+        tree_bytes,
+        bytes_sent,
+        content_bytes,
+        reused_bytes,
+        delta_files,
+        drift,
+        drift_paths,
+        skipped_special,
+        unstable,
+        duration_ms,
+        root_hash,
+        recovered,
+        phase_ms,
+    } = s;
+    JobSummary {
+        files_added,
+        files_changed,
+        files_deleted,
+        files_unchanged,
+        metadata_only,
+        tree_files,
+        tree_bytes,
+        bytes_sent,
+        content_bytes,
+        reused_bytes,
+        delta_files,
+        drift,
+        drift_paths,
+        skipped_special,
+        unstable,
+        duration_ms,
+        root_hash,
+        recovered,
+        phase_ms,
     }
 }
 

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use app::model::{ContainerStatus, EventKind, Job, JobKind};
+use app::model::{ContainerStatus, EventKind, Job, JobKind, JobPhase};
 use parking_lot::Mutex;
 use sqlx::Row;
 use tokio::sync::Semaphore;
@@ -202,9 +202,9 @@ impl JobRunner {
                 let running = query_first(
                     c,
                     "UPDATE jobs SET status = 'running', started_at = COALESCE(started_at, $1),
-                        phase = 'scan'
+                        phase = $3
                      WHERE id = $2 AND status IN ('queued', 'running') RETURNING *",
-                    &[&now, &id],
+                    &[&now, &id, &JobPhase::Scan.as_str()],
                     |row| job_from_row(row),
                 )?;
                 if running.is_some() && is_sync {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use app::model::{EventKind, Job, JobProgress};
+use app::model::{EventKind, Job, JobPhase, JobProgress};
 use parking_lot::Mutex;
 
 use super::JobRunner;
@@ -105,7 +105,7 @@ impl ProgressReporter {
         // The engine runs on a blocking thread: hand the database write to the runtime.
         let task = self.handle.spawn(async move {
             let json = serde_json::to_string(&progress).unwrap_or_default();
-            let phase = progress.phase.clone();
+            let phase = progress.phase.as_str();
             let _ = db
                 .transact(move |c| {
                     execute(
@@ -124,7 +124,7 @@ impl ProgressReporter {
 
     fn publish(&self, progress: JobProgress) {
         let mut job = self.running.clone();
-        job.phase = Some(progress.phase.clone());
+        job.phase = Some(progress.phase);
         job.progress = Some(progress);
         self.runner.hub.publish(EventKind::Progress, job);
     }
@@ -149,6 +149,17 @@ impl ProgressReporter {
     }
 }
 
+/// The engine's phase as the API names it.
+pub(super) fn phase_of(p: engine::Phase) -> JobPhase {
+    match p {
+        engine::Phase::Scan => JobPhase::Scan,
+        engine::Phase::Plan => JobPhase::Plan,
+        engine::Phase::Transfer => JobPhase::Transfer,
+        engine::Phase::Verify => JobPhase::Verify,
+        engine::Phase::Commit => JobPhase::Commit,
+    }
+}
+
 fn to_job_progress(p: &Progress) -> JobProgress {
     let percent = match (p.phase, p.bytes_total) {
         (engine::Phase::Transfer, Some(0)) => Some(100.0),
@@ -166,7 +177,7 @@ fn to_job_progress(p: &Progress) -> JobProgress {
         _ => None,
     };
     JobProgress {
-        phase: p.phase.as_str().to_string(),
+        phase: phase_of(p.phase),
         bytes_done: p.bytes_done,
         bytes_total: p.bytes_total,
         files_done: p.files_done,
@@ -203,7 +214,13 @@ mod tests {
         }
         published
             .iter()
-            .map(|e| e.ev.job.phase.clone().unwrap_or_default())
+            .map(|e| {
+                e.ev.job
+                    .phase
+                    .map(|p| p.as_str())
+                    .unwrap_or_default()
+                    .to_string()
+            })
             .collect()
     }
 

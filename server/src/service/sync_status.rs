@@ -174,12 +174,6 @@ fn copy_status(
 }
 
 fn sync_run(j: &Job) -> SyncRun {
-    let n = |k: &str| {
-        j.summary
-            .as_ref()
-            .and_then(|s| s.get(k))
-            .and_then(|v| v.as_u64())
-    };
     SyncRun {
         job_id: j.id.clone(),
         kind: j.kind,
@@ -189,8 +183,8 @@ fn sync_run(j: &Job) -> SyncRun {
             (Some(a), Some(b)) if b >= a => Some((b - a) as u64),
             _ => None,
         },
-        bytes_sent: n("bytes_sent"),
-        tree_bytes: n("tree_bytes"),
+        bytes_sent: j.summary.as_ref().map(|s| s.bytes_sent),
+        tree_bytes: j.summary.as_ref().map(|s| s.tree_bytes),
         error: j.error.clone(),
     }
 }

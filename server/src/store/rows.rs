@@ -1,6 +1,6 @@
 //! Rows that several parts read, with their one mapping (either driver, through `Cols`).
 
-use app::model::{Job, JobKind, JobStatus};
+use app::model::{Job, JobKind, JobPhase, JobStatus};
 
 use super::Cols;
 
@@ -81,21 +81,20 @@ impl sqlx::FromRow<'_, sqlx::sqlite::SqliteRow> for ContainerRow {
 
 /// A row of `jobs` (`SELECT *`) as the API shows it.
 pub(crate) fn job_from_row(r: &impl Cols) -> Job {
-    let json = |col: &str| -> Option<serde_json::Value> {
-        r.col::<Option<String>>(col)
-            .and_then(|s| serde_json::from_str(&s).ok())
-    };
+    let json = |col: &str| r.col::<Option<String>>(col);
     let id: String = r.col("id");
     Job {
         // The CHECK constraints guarantee a known kind and status.
         kind: JobKind::parse(&r.col::<String>("kind")).unwrap_or(JobKind::Copy),
         status: JobStatus::parse(&r.col::<String>("status")).unwrap_or(JobStatus::Failed),
-        phase: r.col("phase"),
+        phase: r
+            .col::<Option<String>>("phase")
+            .and_then(|p| JobPhase::parse(&p)),
         project_id: r.col("project_id"),
         container_id: r.col("container_id"),
         source_container_id: r.col("source_container_id"),
-        progress: json("progress").and_then(|v| serde_json::from_value(v).ok()),
-        summary: json("summary"),
+        progress: json("progress").and_then(|s| serde_json::from_str(&s).ok()),
+        summary: json("summary").and_then(|s| serde_json::from_str(&s).ok()),
         error: r.col("error"),
         created_at: r.col("created_at"),
         started_at: r.col("started_at"),

@@ -387,7 +387,11 @@ mod tests {
         let hub = EventHub::new();
         let mut j = job("a\"b", JobStatus::Failed);
         j.error = Some("line one\nline \"two\"".into());
-        j.summary = Some(serde_json::json!({"files_added": 3, "drift_paths": ["x\ny"]}));
+        j.summary = Some(app::model::JobSummary {
+            files_added: 3,
+            drift_paths: vec!["x\ny".into()],
+            ..Default::default()
+        });
         let p = hub.publish(EventKind::Status, j);
         let text = std::str::from_utf8(&p.frame).unwrap();
         let data = text.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
