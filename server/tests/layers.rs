@@ -23,7 +23,7 @@ const LAYERS: &[(&str, u32)] = &[
 ];
 
 /// Modules that may name a database driver (`sqlx`, `rusqlite`).
-const DATABASE: &[&str] = &["store", "auth", "jobs", "service", "seed"];
+const DATABASE: &[&str] = &["store", "auth", "service", "seed"];
 
 fn rank(module: &str) -> Option<u32> {
     LAYERS.iter().find(|(m, _)| *m == module).map(|(_, r)| *r)

@@ -1,12 +1,11 @@
 //! How a job ends: the job's status and error, and its container's status and reason, from
 //! the engine's result; written in one commit, then announced.
 
-use app::model::{ContainerStatus, EventKind, JobKind, JobStatus, JobSummary};
+use app::model::{ContainerStatus, EventKind, JobKind, JobProgress, JobStatus, JobSummary};
 
 use super::{JobParams, JobRunner};
 use crate::engine::{self, EngineError};
-use crate::ids::now_ms;
-use crate::store::{execute, job_from_row, query_first, DbError, SyncConn};
+use crate::store::{DbError, JobEnd};
 
 impl JobRunner {
     /// Records how a job ended, the job and its container in one commit, and says so.
@@ -17,7 +16,7 @@ impl JobRunner {
         target_id: &str,
         params: &JobParams,
         result: Result<engine::Summary, EngineError>,
-        last_progress: Option<String>,
+        last_progress: Option<JobProgress>,
     ) -> Result<(), DbError> {
         let previous = params
             .previous_status
@@ -47,49 +46,17 @@ impl JobRunner {
                 Some(format!("last sync {}: {m}", status.as_str())),
             ),
         };
-        let summary = result.ok().map(summary_of);
-        let (job_id, target_id) = (job_id.to_string(), target_id.to_string());
-        let summary_json = summary
-            .as_ref()
-            .map(|s| serde_json::to_string(s).unwrap_or_default());
         let job = self
             .db
-            .transact(move |c| {
-                let now = now_ms();
-                let job = query_first(
-                    c,
-                    "UPDATE jobs SET status = $1, phase = NULL, summary = $2, error = $3,
-                        finished_at = $4, progress = COALESCE($5, progress)
-                     WHERE id = $6 RETURNING *",
-                    &[
-                        &status.as_str(),
-                        &summary_json,
-                        &error,
-                        &now,
-                        &last_progress,
-                        &job_id,
-                    ],
-                    |row| job_from_row(row),
-                )?
-                .ok_or(rusqlite::Error::QueryReturnedNoRows)?;
-                set_container_status(c, &target_id, container_status, reason.as_deref(), now)?;
-                // What the tree now is, for the next sync and the sync status page.
-                if let Some(summary) = &summary {
-                    execute(
-                        c,
-                        "UPDATE containers SET source_state = $1, last_synced_at = $2,
-                            file_count = $3, size_bytes = $4
-                         WHERE id = $5",
-                        &[
-                            &summary.root_hash,
-                            &now,
-                            &(summary.tree_files as i64),
-                            &(summary.tree_bytes as i64),
-                            &target_id,
-                        ],
-                    )?;
-                }
-                Ok::<_, rusqlite::Error>(job)
+            .finish_job(JobEnd {
+                job_id: job_id.to_string(),
+                status,
+                error,
+                summary: result.ok().map(summary_of),
+                last_progress,
+                target_id: target_id.to_string(),
+                container_status,
+                container_reason: reason,
             })
             .await?;
         self.hub.publish(EventKind::Status, job);
@@ -142,20 +109,4 @@ fn summary_of(s: engine::Summary) -> JobSummary {
         recovered,
         phase_ms,
     }
-}
-
-/// A container's status and why, in the caller's transaction.
-pub(super) fn set_container_status(
-    c: &SyncConn,
-    id: &str,
-    status: ContainerStatus,
-    reason: Option<&str>,
-    now: i64,
-) -> rusqlite::Result<()> {
-    execute(
-        c,
-        "UPDATE containers SET status = $1, status_reason = $2, updated_at = $3 WHERE id = $4",
-        &[&status.as_str(), &reason, &now, &id],
-    )
-    .map(drop)
 }

@@ -10,17 +10,14 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use app::model::{ContainerStatus, EventKind, Job, JobKind, JobPhase};
+use app::model::{EventKind, JobKind};
 use parking_lot::Mutex;
-use sqlx::Row;
 use tokio::sync::Semaphore;
 
 use crate::config::{container_place, snapshot_place};
 use crate::engine::{self, Control, EngineError, Place};
 use crate::events::EventHub;
-use crate::ids::now_ms;
-use crate::store::{job_from_row, query_first, Db, DbError};
-use finish::set_container_status;
+use crate::store::{Db, DbError};
 use progress::ProgressReporter;
 use thread::{run_in_background, without_paths};
 
@@ -116,54 +113,25 @@ impl JobRunner {
     /// After a start: jobs that were queued or running when doppel stopped run again. The
     /// engine repairs or rolls back whatever an interruption left on disk.
     pub async fn recover(self: &Arc<Self>) -> Result<usize, DbError> {
-        let ids: Vec<String> = sqlx::query_scalar(
-            "SELECT id FROM jobs WHERE status IN ('queued', 'running') ORDER BY created_at",
-        )
-        .fetch_all(&self.db.read)
-        .await?;
+        let ids = self.db.requeue_interrupted_jobs().await?;
         for id in &ids {
-            sqlx::query("UPDATE jobs SET status = 'queued', phase = NULL WHERE id = $1")
-                .bind(id)
-                .execute(&self.db.write)
-                .await?;
             tracing::info!(job = %id, "resuming a job interrupted by a restart");
             self.spawn(id.clone(), None);
         }
         Ok(ids.len())
     }
 
-    pub async fn load(&self, job_id: &str) -> Result<Job, sqlx::Error> {
-        let row = sqlx::query("SELECT * FROM jobs WHERE id = $1")
-            .bind(job_id)
-            .fetch_one(&self.db.read)
-            .await?;
-        Ok(job_from_row(&row))
-    }
-
     /// What a job needs to start, from the database (after a restart, or for a sync).
-    async fn load_start(&self, job_id: &str) -> Result<JobStart, sqlx::Error> {
-        let row = sqlx::query(
-            "SELECT j.kind, j.params, j.container_id, j.source_container_id,
-                    t.server_id AS target_server, ts.storage_root AS target_root,
-                    ss.storage_root AS source_root
-             FROM jobs j
-             JOIN containers t ON t.id = j.container_id
-             JOIN servers ts ON ts.id = t.server_id
-             JOIN containers s ON s.id = j.source_container_id
-             JOIN servers ss ON ss.id = s.server_id
-             WHERE j.id = $1",
-        )
-        .bind(job_id)
-        .fetch_one(&self.db.read)
-        .await?;
+    async fn load_start(&self, job_id: &str) -> Result<JobStart, DbError> {
+        let t = self.db.job_targets(job_id).await?;
         Ok(JobStart {
-            kind: JobKind::parse(row.get("kind")).unwrap_or(JobKind::Copy),
-            params: serde_json::from_str(row.get("params")).unwrap_or_default(),
-            target_id: row.get("container_id"),
-            source_id: row.get("source_container_id"),
-            target_server: row.get("target_server"),
-            target_root: PathBuf::from(row.get::<String, _>("target_root")),
-            source_root: PathBuf::from(row.get::<String, _>("source_root")),
+            kind: t.kind,
+            params: serde_json::from_str(&t.params).unwrap_or_default(),
+            target_id: t.target_id,
+            source_id: t.source_id,
+            target_server: t.target_server,
+            target_root: t.target_root,
+            source_root: t.source_root,
         })
     }
 
@@ -193,26 +161,8 @@ impl JobRunner {
         let _global = self.global.clone().acquire_owned().await;
         // Running now, unless it was cancelled while it waited; a sync's target shows
         // `syncing` from the same commit on.
-        let (id, is_sync) = (job_id.to_string(), kind == JobKind::Sync);
-        let target = target_id.clone();
-        let running = self
-            .db
-            .transact(move |c| {
-                let now = now_ms();
-                let running = query_first(
-                    c,
-                    "UPDATE jobs SET status = 'running', started_at = COALESCE(started_at, $1),
-                        phase = $3
-                     WHERE id = $2 AND status IN ('queued', 'running') RETURNING *",
-                    &[&now, &id, &JobPhase::Scan.as_str()],
-                    |row| job_from_row(row),
-                )?;
-                if running.is_some() && is_sync {
-                    set_container_status(c, &target, ContainerStatus::Syncing, None, now)?;
-                }
-                Ok::<_, rusqlite::Error>(running)
-            })
-            .await?;
+        let syncing = (kind == JobKind::Sync).then_some(target_id.as_str());
+        let running = self.db.start_job(job_id, syncing).await?;
         let Some(running) = running else {
             return self
                 .finish(
@@ -236,21 +186,13 @@ impl JobRunner {
         // updated settled containers on that server (other than the source) are offered to
         // the engine.
         let local: Vec<Place> = if kind == JobKind::Copy {
-            sqlx::query_scalar::<_, String>(
-                "SELECT id FROM containers
-                 WHERE server_id = $1 AND id <> $2 AND id <> $3
-                   AND status IN ('running', 'stopped')
-                 ORDER BY updated_at DESC LIMIT 8",
-            )
-            .bind(&target_server)
-            .bind(&target_id)
-            // Reading the source there would be no cheaper than reading it here.
-            .bind(&source_id)
-            .fetch_all(&self.db.read)
-            .await?
-            .iter()
-            .map(|id| container_place(&target_root, id))
-            .collect()
+            // (Reading the source there would be no cheaper than reading it here.)
+            self.db
+                .settled_containers_on(&target_server, [&target_id, &source_id], 8)
+                .await?
+                .iter()
+                .map(|id| container_place(&target_root, id))
+                .collect()
         } else {
             Vec::new()
         };

@@ -9,7 +9,6 @@ use parking_lot::Mutex;
 
 use super::JobRunner;
 use crate::engine::{self, Progress};
-use crate::store::execute;
 
 /// At most this many progress events per second per job (the final state always goes).
 pub(super) const EVENT_INTERVAL: Duration = Duration::from_millis(100);
@@ -100,22 +99,11 @@ impl ProgressReporter {
         if !db_due {
             return;
         }
-        let db = self.runner.db.clone();
+        let runner = self.runner.clone();
         let job_id = self.job_id.clone();
         // The engine runs on a blocking thread: hand the database write to the runtime.
         let task = self.handle.spawn(async move {
-            let json = serde_json::to_string(&progress).unwrap_or_default();
-            let phase = progress.phase.as_str();
-            let _ = db
-                .transact(move |c| {
-                    execute(
-                        c,
-                        "UPDATE jobs SET phase = $1, progress = $2
-                             WHERE id = $3 AND status = 'running'",
-                        &[&phase, &json, &job_id],
-                    )
-                })
-                .await;
+            let _ = runner.db.record_progress(&job_id, &progress).await;
         });
         let mut pending = self.pending.lock();
         pending.retain(|t| !t.is_finished());
@@ -132,7 +120,7 @@ impl ProgressReporter {
     /// Waits for the progress writes already handed out (a state held back is dropped: the
     /// final status says more), and gives the last progress seen (as JSON), for the finished job
     /// to show where it ended.
-    pub(super) async fn flush(&self) -> Option<String> {
+    pub(super) async fn flush(&self) -> Option<JobProgress> {
         let latest = {
             let mut st = self.state.lock();
             st.finished = true;
@@ -145,7 +133,7 @@ impl ProgressReporter {
         for t in tasks {
             let _ = t.await;
         }
-        latest.map(|p| serde_json::to_string(&p).unwrap_or_default())
+        latest
     }
 }
 
@@ -260,7 +248,7 @@ mod tests {
         let before = phases(&runner.hub, &mut seen);
         assert!(before.len() <= 1, "{before:?}");
         let last = reporter.flush().await.expect("the last progress");
-        assert!(last.contains("\"commit\""), "{last}");
+        assert_eq!(last.phase, JobPhase::Commit, "{last:?}");
         tokio::time::sleep(EVENT_INTERVAL * 2).await;
         assert_eq!(
             phases(&runner.hub, &mut seen),

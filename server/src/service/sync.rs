@@ -117,7 +117,12 @@ impl Service {
             ));
         }
         // Announced as queued before the runner can announce it running.
-        let job = self.jobs.load(&job_id).await.map_err(internal)?;
+        let job = self
+            .db
+            .job(&job_id)
+            .await
+            .map_err(internal)?
+            .ok_or_else(ApiError::internal)?;
         self.jobs.hub.publish(EventKind::Status, job.clone());
         self.jobs.spawn(job_id, None);
         Ok(job)

@@ -29,9 +29,11 @@
 //! number: `prepare`).
 
 mod commit;
+mod jobs;
 mod rows;
 mod sql;
 
+pub(crate) use jobs::JobEnd;
 pub(crate) use rows::{job_from_row, ContainerRow, CONTAINER_SELECT};
 pub(crate) use sql::{execute, is_unique_violation, query_first, unique_violation, Cols};
 

@@ -1,0 +1,239 @@
+//! The `jobs` table, as the job runner reads and writes it: what a job needs to start, and
+//! its running, progress and end (group-committed: they come in bursts).
+
+use std::path::PathBuf;
+
+use app::model::{ContainerStatus, Job, JobKind, JobPhase, JobProgress, JobStatus, JobSummary};
+use sqlx::Row;
+
+use super::{execute, job_from_row, query_first, Db, DbError, SyncConn};
+use crate::ids::now_ms;
+
+/// What a job acts on and where the trees are, as the database has it.
+pub(crate) struct JobTargets {
+    pub(crate) kind: JobKind,
+    /// The job's parameters as accepted (JSON).
+    pub(crate) params: String,
+    pub(crate) target_id: String,
+    pub(crate) source_id: String,
+    pub(crate) target_server: String,
+    pub(crate) target_root: PathBuf,
+    pub(crate) source_root: PathBuf,
+}
+
+/// How a job ended, for `Db::finish_job`.
+pub(crate) struct JobEnd {
+    pub(crate) job_id: String,
+    pub(crate) status: JobStatus,
+    pub(crate) error: Option<String>,
+    pub(crate) summary: Option<JobSummary>,
+    /// The last progress seen, kept on the finished job to show where it ended.
+    pub(crate) last_progress: Option<JobProgress>,
+    pub(crate) target_id: String,
+    pub(crate) container_status: ContainerStatus,
+    pub(crate) container_reason: Option<String>,
+}
+
+impl Db {
+    pub(crate) async fn job(&self, id: &str) -> Result<Option<Job>, DbError> {
+        let row = sqlx::query("SELECT * FROM jobs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.read)
+            .await?;
+        Ok(row.as_ref().map(job_from_row))
+    }
+
+    /// Jobs that a stop left queued or running, oldest first, queued again.
+    pub(crate) async fn requeue_interrupted_jobs(&self) -> Result<Vec<String>, DbError> {
+        let ids: Vec<String> =
+            sqlx::query_scalar("SELECT id FROM jobs WHERE status IN ($1, $2) ORDER BY created_at")
+                .bind(JobStatus::Queued.as_str())
+                .bind(JobStatus::Running.as_str())
+                .fetch_all(&self.read)
+                .await?;
+        for id in &ids {
+            sqlx::query("UPDATE jobs SET status = $1, phase = NULL WHERE id = $2")
+                .bind(JobStatus::Queued.as_str())
+                .bind(id)
+                .execute(&self.write)
+                .await?;
+        }
+        Ok(ids)
+    }
+
+    /// What a job acts on (after a restart, or for a sync).
+    pub(crate) async fn job_targets(&self, job_id: &str) -> Result<JobTargets, DbError> {
+        let row = sqlx::query(
+            "SELECT j.kind, j.params, j.container_id, j.source_container_id,
+                    t.server_id AS target_server, ts.storage_root AS target_root,
+                    ss.storage_root AS source_root
+             FROM jobs j
+             JOIN containers t ON t.id = j.container_id
+             JOIN servers ts ON ts.id = t.server_id
+             JOIN containers s ON s.id = j.source_container_id
+             JOIN servers ss ON ss.id = s.server_id
+             WHERE j.id = $1",
+        )
+        .bind(job_id)
+        .fetch_one(&self.read)
+        .await?;
+        Ok(JobTargets {
+            // The CHECK constraint guarantees a known kind.
+            kind: JobKind::parse(row.get("kind")).unwrap_or(JobKind::Copy),
+            params: row.get("params"),
+            target_id: row.get("container_id"),
+            source_id: row.get("source_container_id"),
+            target_server: row.get("target_server"),
+            target_root: PathBuf::from(row.get::<String, _>("target_root")),
+            source_root: PathBuf::from(row.get::<String, _>("source_root")),
+        })
+    }
+
+    /// The settled containers on a server, most recently updated first, but `excluded`:
+    /// trees a copy onto that server may take content from.
+    pub(crate) async fn settled_containers_on(
+        &self,
+        server_id: &str,
+        excluded: [&str; 2],
+        limit: i64,
+    ) -> Result<Vec<String>, DbError> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM containers
+             WHERE server_id = $1 AND id <> $2 AND id <> $3 AND status IN ($4, $5)
+             ORDER BY updated_at DESC LIMIT $6",
+        )
+        .bind(server_id)
+        .bind(excluded[0])
+        .bind(excluded[1])
+        .bind(ContainerStatus::Running.as_str())
+        .bind(ContainerStatus::Stopped.as_str())
+        .bind(limit)
+        .fetch_all(&self.read)
+        .await?)
+    }
+
+    /// Marks a queued (or interrupted) job running, unless it was cancelled meanwhile
+    /// (`None`); `syncing`: its target shows `syncing` from the same commit on.
+    pub(crate) async fn start_job(
+        &self,
+        job_id: &str,
+        syncing: Option<&str>,
+    ) -> Result<Option<Job>, DbError> {
+        let (id, target) = (job_id.to_string(), syncing.map(str::to_string));
+        Ok(self
+            .transact(move |c| {
+                let now = now_ms();
+                let running = query_first(
+                    c,
+                    "UPDATE jobs SET status = $3, started_at = COALESCE(started_at, $1), phase = $4
+                     WHERE id = $2 AND status IN ($5, $3) RETURNING *",
+                    &[
+                        &now,
+                        &id,
+                        &JobStatus::Running.as_str(),
+                        &JobPhase::Scan.as_str(),
+                        &JobStatus::Queued.as_str(),
+                    ],
+                    |row| job_from_row(row),
+                )?;
+                if let (Some(_), Some(target)) = (&running, &target) {
+                    set_container_status(c, target, ContainerStatus::Syncing, None, now)?;
+                }
+                Ok::<_, rusqlite::Error>(running)
+            })
+            .await?)
+    }
+
+    /// A running job's progress.
+    pub(crate) async fn record_progress(
+        &self,
+        job_id: &str,
+        progress: &JobProgress,
+    ) -> Result<(), DbError> {
+        let json = serde_json::to_string(progress).unwrap_or_default();
+        let (id, phase) = (job_id.to_string(), progress.phase.as_str());
+        self.transact(move |c| {
+            execute(
+                c,
+                "UPDATE jobs SET phase = $1, progress = $2 WHERE id = $3 AND status = $4",
+                &[&phase, &json, &id, &JobStatus::Running.as_str()],
+            )
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// A job's end, its container's status and (when it succeeded) what the tree now is,
+    /// in one commit. Returns the job as it ended.
+    pub(crate) async fn finish_job(&self, end: JobEnd) -> Result<Job, DbError> {
+        let summary_json = end
+            .summary
+            .as_ref()
+            .map(|s| serde_json::to_string(s).unwrap_or_default());
+        let progress_json = end
+            .last_progress
+            .as_ref()
+            .map(|p| serde_json::to_string(p).unwrap_or_default());
+        Ok(self
+            .transact(move |c| {
+                let now = now_ms();
+                let job = query_first(
+                    c,
+                    "UPDATE jobs SET status = $1, phase = NULL, summary = $2, error = $3,
+                        finished_at = $4, progress = COALESCE($5, progress)
+                     WHERE id = $6 RETURNING *",
+                    &[
+                        &end.status.as_str(),
+                        &summary_json,
+                        &end.error,
+                        &now,
+                        &progress_json,
+                        &end.job_id,
+                    ],
+                    |row| job_from_row(row),
+                )?
+                .ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+                set_container_status(
+                    c,
+                    &end.target_id,
+                    end.container_status,
+                    end.container_reason.as_deref(),
+                    now,
+                )?;
+                // What the tree now is, for the next sync and the sync status page.
+                if let Some(summary) = &end.summary {
+                    execute(
+                        c,
+                        "UPDATE containers SET source_state = $1, last_synced_at = $2,
+                            file_count = $3, size_bytes = $4
+                         WHERE id = $5",
+                        &[
+                            &summary.root_hash,
+                            &now,
+                            &(summary.tree_files as i64),
+                            &(summary.tree_bytes as i64),
+                            &end.target_id,
+                        ],
+                    )?;
+                }
+                Ok::<_, rusqlite::Error>(job)
+            })
+            .await?)
+    }
+}
+
+/// A container's status and why, in the caller's transaction.
+fn set_container_status(
+    c: &SyncConn,
+    id: &str,
+    status: ContainerStatus,
+    reason: Option<&str>,
+    now: i64,
+) -> rusqlite::Result<()> {
+    execute(
+        c,
+        "UPDATE containers SET status = $1, status_reason = $2, updated_at = $3 WHERE id = $4",
+        &[&status.as_str(), &reason, &now, &id],
+    )
+    .map(drop)
+}
