@@ -10,10 +10,9 @@ use std::time::{Duration, Instant};
 use app::model::UserInfo;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
-use sqlx::Row;
 
 use crate::ids::{new_id, new_secret, now_ms, secret_hash};
-use crate::store::Db;
+use crate::store::{Db, DbError};
 
 /// API tokens start with this, so they are recognisable in logs and secret scanners.
 pub const TOKEN_PREFIX: &str = "dpl_";
@@ -36,7 +35,7 @@ pub enum AuthError {
     #[error("a user named {0:?} already exists")]
     UserExists(String),
     #[error("database: {0}")]
-    Db(#[from] sqlx::Error),
+    Db(#[from] DbError),
     #[error("password hashing failed: {0}")]
     Hash(String),
 }
@@ -71,20 +70,8 @@ pub fn random_password() -> String {
         .collect()
 }
 
-fn user_from_row(row: &sqlx::sqlite::SqliteRow) -> UserInfo {
-    UserInfo {
-        id: row.get("id"),
-        name: row.get("name"),
-        is_admin: row.get::<i64, _>("is_admin") != 0,
-    }
-}
-
-pub async fn find_user(db: &Db, name: &str) -> Result<Option<UserInfo>, sqlx::Error> {
-    let row = sqlx::query("SELECT id, name, is_admin FROM users WHERE name = $1")
-        .bind(name)
-        .fetch_optional(&db.read)
-        .await?;
-    Ok(row.as_ref().map(user_from_row))
+pub async fn find_user(db: &Db, name: &str) -> Result<Option<UserInfo>, DbError> {
+    db.user_named(name).await
 }
 
 /// Creates a user; `password` may be `None` for a user who cannot log in until one is set.
@@ -99,24 +86,14 @@ pub async fn create_user(
         Some(p) => Some(hash_password(p)?),
         None => None,
     };
-    let id = new_id();
-    let res = sqlx::query(
-        "INSERT INTO users (id, name, password_hash, is_admin, created_at) VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(&id)
-    .bind(name)
-    .bind(hash)
-    .bind(i64::from(is_admin))
-    .bind(now_ms())
-    .execute(&db.write)
-    .await;
-    match res {
-        Ok(_) => Ok(UserInfo {
-            id,
-            name: name.to_string(),
-            is_admin,
-        }),
-        Err(e) if crate::store::is_unique_violation(&e) => Err(AuthError::UserExists(name.into())),
+    let user = UserInfo {
+        id: new_id(),
+        name: name.to_string(),
+        is_admin,
+    };
+    match db.insert_user(&user, hash.as_deref(), now_ms()).await {
+        Ok(()) => Ok(user),
+        Err(e) if e.is_unique_violation() => Err(AuthError::UserExists(name.into())),
         Err(e) => Err(e.into()),
     }
 }
@@ -130,33 +107,15 @@ pub async fn set_password(db: &Db, name: &str, password: &str) -> Result<(), Aut
         .await?
         .ok_or_else(|| AuthError::NoSuchUser(name.into()))?;
     let hash = hash_password(password)?;
-    let mut tx = db.write.begin().await?;
-    sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
-        .bind(hash)
-        .bind(&user.id)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("DELETE FROM sessions WHERE user_id = $1")
-        .bind(&user.id)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    Ok(())
+    Ok(db.set_password_hash(&user.id, &hash).await?)
 }
 
 /// Checks a user name and password; `None` for any mismatch (no hint which part was wrong).
-pub async fn check_login(
-    db: &Db,
-    name: &str,
-    password: &str,
-) -> Result<Option<UserInfo>, sqlx::Error> {
-    let row = sqlx::query("SELECT id, name, is_admin, password_hash FROM users WHERE name = $1")
-        .bind(name)
-        .fetch_optional(&db.read)
-        .await?;
+pub async fn check_login(db: &Db, name: &str, password: &str) -> Result<Option<UserInfo>, DbError> {
+    let found = db.user_with_password(name).await?;
     // An unknown user (or one without a password) costs the same work as a wrong password,
     // so response times do not tell which user names exist.
-    let phc: Option<String> = row.as_ref().and_then(|r| r.get("password_hash"));
+    let phc: Option<String> = found.as_ref().and_then(|(_, phc)| phc.clone());
     let phc = phc.unwrap_or_else(|| {
         DUMMY_HASH
             .get_or_init(|| hash_password("not-a-password").unwrap_or_default())
@@ -169,19 +128,13 @@ pub async fn check_login(
     let ok = tokio::task::spawn_blocking(move || verify_password(&password, &phc))
         .await
         .unwrap_or(false);
-    Ok(match row {
-        Some(row) if ok => Some(user_from_row(&row)),
-        _ => None,
-    })
+    Ok(found.filter(|_| ok).map(|(user, _)| user))
 }
 
 /// Creates the platform admin with a random password if there are no users yet.
 /// Returns the password when it did, so the caller can show it once.
 pub async fn bootstrap_admin(db: &Db) -> Result<Option<String>, AuthError> {
-    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users")
-        .fetch_one(&db.read)
-        .await?;
-    if count > 0 {
+    if db.user_count().await? > 0 {
         return Ok(None);
     }
     let password = random_password();
@@ -199,37 +152,23 @@ pub async fn create_token(db: &Db, user_name: &str, label: &str) -> Result<Strin
         .await?
         .ok_or_else(|| AuthError::NoSuchUser(user_name.into()))?;
     let token = format!("{TOKEN_PREFIX}{}", new_secret());
-    sqlx::query("INSERT INTO api_tokens (id, user_id, token_hash, name, created_at) VALUES ($1, $2, $3, $4, $5)")
-        .bind(new_id())
-        .bind(&user.id)
-        .bind(secret_hash(&token))
-        .bind(label)
-        .bind(now_ms())
-        .execute(&db.write)
+    db.insert_token(&new_id(), &user.id, &secret_hash(&token), label, now_ms())
         .await?;
     Ok(token)
 }
 
-pub async fn user_for_token(db: &Db, token: &str) -> Result<Option<UserInfo>, sqlx::Error> {
+pub async fn user_for_token(db: &Db, token: &str) -> Result<Option<UserInfo>, DbError> {
     let hash = secret_hash(token);
-    let row = sqlx::query(
-        "SELECT u.id, u.name, u.is_admin, t.last_used_at FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash = $1",
-    )
-    .bind(&hash)
-    .fetch_optional(&db.read)
-    .await?;
+    let found = db.token_user(&hash).await?;
     // Record use at most once a minute: a write per request would serialise all requests
     // on the database's write lock.
     let now = now_ms();
-    let last: Option<i64> = row.as_ref().and_then(|r| r.get("last_used_at"));
-    if row.is_some() && last.is_none_or(|t| now - t > 60_000) {
-        sqlx::query("UPDATE api_tokens SET last_used_at = $1 WHERE token_hash = $2")
-            .bind(now)
-            .bind(&hash)
-            .execute(&db.write)
-            .await?;
+    if let Some((_, last)) = &found {
+        if last.is_none_or(|t| now - t > 60_000) {
+            db.touch_token(&hash, now).await?;
+        }
     }
-    Ok(row.as_ref().map(user_from_row))
+    Ok(found.map(|(user, _)| user))
 }
 
 /// API tokens verified in the last moments, so a client firing requests does not cost a
@@ -254,7 +193,7 @@ impl TokenCache {
     }
 
     /// The user `token` belongs to, as `user_for_token` says, at most `ttl` ago.
-    pub async fn user(&self, db: &Db, token: &str) -> Result<Option<UserInfo>, sqlx::Error> {
+    pub async fn user(&self, db: &Db, token: &str) -> Result<Option<UserInfo>, DbError> {
         let hash = secret_hash(token);
         let fresh =
             |(user, at): &(UserInfo, Instant)| (at.elapsed() < self.ttl).then(|| user.clone());
@@ -283,39 +222,20 @@ impl TokenCache {
 }
 
 /// Starts a console session; returns the cookie value.
-pub async fn create_session(db: &Db, user: &UserInfo) -> Result<String, sqlx::Error> {
+pub async fn create_session(db: &Db, user: &UserInfo) -> Result<String, DbError> {
     let secret = new_secret();
     let now = now_ms();
-    sqlx::query(
-        "INSERT INTO sessions (id_hash, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
-    )
-    .bind(secret_hash(&secret))
-    .bind(&user.id)
-    .bind(now)
-    .bind(now + SESSION_TTL_MS)
-    .execute(&db.write)
-    .await?;
+    db.insert_session(&secret_hash(&secret), &user.id, now, now + SESSION_TTL_MS)
+        .await?;
     Ok(secret)
 }
 
-pub async fn user_for_session(db: &Db, secret: &str) -> Result<Option<UserInfo>, sqlx::Error> {
-    let row = sqlx::query(
-        "SELECT u.id, u.name, u.is_admin FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id_hash = $1 AND s.expires_at > $2",
-    )
-    .bind(secret_hash(secret))
-    .bind(now_ms())
-    .fetch_optional(&db.read)
-    .await?;
-    Ok(row.as_ref().map(user_from_row))
+pub async fn user_for_session(db: &Db, secret: &str) -> Result<Option<UserInfo>, DbError> {
+    db.session_user(&secret_hash(secret), now_ms()).await
 }
 
-pub async fn end_session(db: &Db, secret: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM sessions WHERE id_hash = $1 OR expires_at <= $2")
-        .bind(secret_hash(secret))
-        .bind(now_ms())
-        .execute(&db.write)
-        .await?;
-    Ok(())
+pub async fn end_session(db: &Db, secret: &str) -> Result<(), DbError> {
+    db.delete_session(&secret_hash(secret), now_ms()).await
 }
 
 #[cfg(test)]

@@ -136,10 +136,7 @@ fn rules_web() -> (Vec<FirewallRule>, Vec<NetworkRule>) {
 
 /// Seeds the demo data if the database has no projects yet. Returns whether it did.
 pub async fn seed_if_empty(db: &Db, data: &DataConfig) -> Result<bool, InventoryError> {
-    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM projects")
-        .fetch_one(&db.read)
-        .await?;
-    if count > 0 {
+    if !db.projects().await?.is_empty() {
         return Ok(false);
     }
     let web = inventory::create_project(db, "web-platform", "Customer-facing web services").await?;
@@ -193,10 +190,10 @@ pub async fn seed_if_empty(db: &Db, data: &DataConfig) -> Result<bool, Inventory
     .await?;
     inventory::create_snapshot(db, &web_app, "before-upgrade").await?;
     let web_root = {
-        let root: String = sqlx::query_scalar("SELECT storage_root FROM servers WHERE id = $1")
-            .bind(&a)
-            .fetch_one(&db.read)
-            .await?;
+        let root = db
+            .server_storage_root(&a)
+            .await?
+            .ok_or_else(|| InventoryError::NoServer(a.clone()))?;
         crate::config::container_root(Path::new(&root), &web_app)
     };
     inventory::import_container(

@@ -2,9 +2,7 @@
 //! (status `copying`) and its job in one commit, handed to the job runner. The work itself
 //! is the runner's.
 
-use std::collections::HashSet;
 use std::path::Path;
-use std::sync::LazyLock;
 
 use app::model::*;
 
@@ -14,9 +12,7 @@ use super::{check_id, internal, Service};
 use crate::config::container_root;
 use crate::ids::{new_id, now_ms};
 use crate::jobs::{JobParams, JobStart};
-use crate::store::{
-    execute, query_first, unique_violation, Cols, ContainerRow, SyncConn, CONTAINER_SELECT,
-};
+use crate::store::{ContainerRow, NewCopy, Refusal};
 
 /// Checks an OpenSSH public key (`type base64 [comment]`) and returns it normalised.
 pub fn parse_ssh_public_key(key: &str) -> Result<String, String> {
@@ -64,45 +60,6 @@ pub fn parse_ssh_public_key(key: &str) -> Result<String, String> {
 /// The `type base64` part that identifies a key (comments do not make keys different).
 fn key_identity(key: &str) -> String {
     key.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
-}
-
-/// The rows a copy request creates: the new container (status `copying`) and its job.
-#[derive(Clone)]
-struct NewCopy {
-    id: String,
-    job_id: String,
-    name: String,
-    project_id: String,
-    server_id: String,
-    source_id: String,
-    ssh_public_key: Option<String>,
-    firewall_rules: String,
-    network_rules: String,
-    requested_by: String,
-    params: String,
-    idempotency_key: Option<String>,
-    now: i64,
-}
-
-/// Why the rows of a copy were not written: a unique index said no, or the database failed.
-enum Refusal {
-    NameTaken,
-    KeyTaken,
-    SameIdempotencyKey,
-    Db(rusqlite::Error),
-}
-
-impl From<rusqlite::Error> for Refusal {
-    fn from(e: rusqlite::Error) -> Self {
-        // Which index said no: SQLite names its columns in the message ("UNIQUE constraint
-        // failed: containers.project_id, containers.name").
-        match unique_violation(&e) {
-            Some(m) if m.contains("idempotency_key") => Refusal::SameIdempotencyKey,
-            Some(m) if m.contains("name") => Refusal::NameTaken,
-            Some(_) => Refusal::KeyTaken,
-            None => Refusal::Db(e),
-        }
-    }
 }
 
 impl NewCopy {
@@ -170,71 +127,6 @@ impl NewCopy {
             }),
         })
     }
-
-    /// Both rows, in the caller's transaction.
-    fn insert(&self, c: &SyncConn) -> Result<(), Refusal> {
-        execute(
-            c,
-            "INSERT INTO containers (id, name, project_id, server_id, status, ssh_public_key,
-                firewall_rules, network_rules, source_container_id, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, 'copying', $5, $6, $7, $8, $9, $9)",
-            &[
-                &self.id,
-                &self.name,
-                &self.project_id,
-                &self.server_id,
-                &self.ssh_public_key,
-                &self.firewall_rules,
-                &self.network_rules,
-                &self.source_id,
-                &self.now,
-            ],
-        )?;
-        execute(
-            c,
-            "INSERT INTO jobs (id, kind, status, project_id, container_id, source_container_id,
-                requested_by, params, idempotency_key, created_at)
-             VALUES ($1, 'copy', 'queued', $2, $3, $4, $5, $6, $7, $8)",
-            &[
-                &self.job_id,
-                &self.project_id,
-                &self.id,
-                &self.source_id,
-                &self.requested_by,
-                &self.params,
-                &self.idempotency_key,
-                &self.now,
-            ],
-        )?;
-        Ok(())
-    }
-}
-
-/// Everything a copy request is checked against, in one statement: the source, the caller's
-/// membership in its project and in the target project, and the target project's and
-/// server's names (NULL when they do not exist).
-static COPY_CONTEXT: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "SELECT x.*,
-            (SELECT role FROM memberships WHERE project_id = x.project_id AND user_id = $2)
-                AS member_of_source,
-            (SELECT role FROM memberships WHERE project_id = $3 AND user_id = $2)
-                AS member_of_target,
-            (SELECT name FROM projects WHERE id = $3) AS target_project_name,
-            ts.name AS target_server_name, ts.storage_root AS target_storage_root
-         FROM ({CONTAINER_SELECT} WHERE c.id = $1) x
-         LEFT JOIN servers ts ON ts.id = COALESCE($4, x.server_id)"
-    )
-});
-
-/// A row of `COPY_CONTEXT`.
-struct CopyContext {
-    source: ContainerRow,
-    member_of_source: Option<String>,
-    member_of_target: Option<String>,
-    target_project_name: Option<String>,
-    target_server_name: Option<String>,
-    target_storage_root: Option<String>,
 }
 
 /// Where a copy goes, once the caller may put it there.
@@ -350,26 +242,12 @@ impl Service {
     ) -> Result<(ContainerRow, Visibility, Target), ApiError> {
         let ctx = self
             .db
-            .read_now(|c| {
-                query_first(
-                    c,
-                    &COPY_CONTEXT,
-                    &[
-                        &source_id,
-                        &user.id,
-                        &req.target_project_id,
-                        &req.target_server_id,
-                    ],
-                    |r| CopyContext {
-                        source: ContainerRow::from_cols(r),
-                        member_of_source: r.col("member_of_source"),
-                        member_of_target: r.col("member_of_target"),
-                        target_project_name: r.col("target_project_name"),
-                        target_server_name: r.col("target_server_name"),
-                        target_storage_root: r.col("target_storage_root"),
-                    },
-                )
-            })
+            .copy_context(
+                source_id,
+                &user.id,
+                &req.target_project_id,
+                req.target_server_id.as_deref(),
+            )
             .map_err(internal)?;
         let Some(ctx) = ctx else {
             return Err(ApiError::not_found("container", source_id));
@@ -431,21 +309,18 @@ impl Service {
         let Some(s) = snapshot else {
             return Ok(None);
         };
-        let id = sqlx::query_scalar::<_, String>(
-            "SELECT id FROM snapshots WHERE container_id = $1 AND (name = $2 OR id = $2)",
-        )
-        .bind(source_id)
-        .bind(s)
-        .fetch_optional(&self.db.read)
-        .await
-        .map_err(internal)?
-        .ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::Unprocessable,
-                format!("source_snapshot {s:?} is not a snapshot of this container"),
-            )
-            .on_field("source_snapshot")
-        })?;
+        let id = self
+            .db
+            .snapshot_id(source_id, s)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::Unprocessable,
+                    format!("source_snapshot {s:?} is not a snapshot of this container"),
+                )
+                .on_field("source_snapshot")
+            })?;
         Ok(Some(id))
     }
 
@@ -458,21 +333,15 @@ impl Service {
             ApiError::new(ErrorCode::Unprocessable, format!("ssh_public_key: {m}"))
                 .on_field("ssh_public_key")
         })?;
-        let ident = key_identity(&key);
-        let taken: Option<String> = sqlx::query_scalar(
-            "SELECT id FROM containers WHERE ssh_public_key = $1 OR ssh_public_key LIKE $2",
-        )
-        .bind(&ident)
-        .bind(format!("{ident} %"))
-        .fetch_optional(&self.db.read)
-        .await
-        .map_err(internal)?;
-        match taken {
-            Some(_) => {
-                Err(ApiError::new(ErrorCode::Conflict, KEY_TAKEN).on_field("ssh_public_key"))
-            }
-            None => Ok(Some(key)),
+        let taken = self
+            .db
+            .ssh_key_in_use(&key_identity(&key))
+            .await
+            .map_err(internal)?;
+        if taken {
+            return Err(ApiError::new(ErrorCode::Conflict, KEY_TAKEN).on_field("ssh_public_key"));
         }
+        Ok(Some(key))
     }
 
     /// Writes both rows in one atomic write (group-committed with the writes queued beside
@@ -482,8 +351,7 @@ impl Service {
         user: &UserInfo,
         row: &NewCopy,
     ) -> Result<Option<CopyStarted>, ApiError> {
-        let insert = row.clone();
-        let written = self.db.transact(move |c| insert.insert(c)).await;
+        let written = self.db.admit_copy(row.clone()).await;
         // The same idempotency key means the same name too: the job that won is committed
         // by now.
         if let Err(Refusal::NameTaken | Refusal::SameIdempotencyKey) = &written {
@@ -522,17 +390,11 @@ impl Service {
             .trim_end_matches('-')
             .to_string();
         let prefix = format!("{base}-copy");
-        let taken: HashSet<String> = sqlx::query_scalar(
-            "SELECT name FROM containers WHERE project_id = $1 AND substr(name, 1, $2) = $3",
-        )
-        .bind(project_id)
-        .bind(prefix.chars().count() as i64)
-        .bind(&prefix)
-        .fetch_all(&self.db.read)
-        .await
-        .map_err(internal)?
-        .into_iter()
-        .collect();
+        let taken = self
+            .db
+            .names_starting_with(project_id, &prefix)
+            .await
+            .map_err(internal)?;
         (1..1000)
             .map(|n| match n {
                 1 => prefix.clone(),

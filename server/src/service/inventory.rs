@@ -4,12 +4,11 @@
 use std::path::{Path, PathBuf};
 
 use app::model::{validate_container_name, ContainerStatus, FirewallRule, NetworkRule, Role};
-use sqlx::Row;
 
 use crate::config::{container_place, snapshot_place, DataConfig};
 use crate::engine::{self, Control, Place, Summary};
 use crate::ids::{new_id, now_ms};
-use crate::store::{is_unique_violation, Db};
+use crate::store::{Db, DbError, ImportedContainer, NewSnapshot, ServerRow};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InventoryError {
@@ -31,13 +30,22 @@ pub enum InventoryError {
     #[error("copying {path}: {message}")]
     Copy { path: PathBuf, message: String },
     #[error("database: {0}")]
-    Db(#[from] sqlx::Error),
+    Db(#[from] DbError),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> InventoryError + '_ {
     move |source| InventoryError::Io {
         path: path.to_path_buf(),
         source,
+    }
+}
+
+/// `Exists` (named by `what`) when a unique index said no, else the database's error.
+fn exists_or(e: DbError, what: impl FnOnce() -> String) -> InventoryError {
+    if e.is_unique_violation() {
+        InventoryError::Exists(what())
+    } else {
+        e.into()
     }
 }
 
@@ -70,20 +78,9 @@ pub async fn create_project(
     description: &str,
 ) -> Result<String, InventoryError> {
     let id = new_id();
-    sqlx::query("INSERT INTO projects (id, name, description, created_at) VALUES ($1, $2, $3, $4)")
-        .bind(&id)
-        .bind(name)
-        .bind(description)
-        .bind(now_ms())
-        .execute(&db.write)
+    db.insert_project(&id, name, description, now_ms())
         .await
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                InventoryError::Exists(format!("project {name:?}"))
-            } else {
-                e.into()
-            }
-        })?;
+        .map_err(|e| exists_or(e, || format!("project {name:?}")))?;
     Ok(id)
 }
 
@@ -98,17 +95,17 @@ pub async fn create_server(
     let root = data.servers_dir().join(name);
     std::fs::create_dir_all(root.join("containers")).map_err(io_err(&root))?;
     let root = root.canonicalize().map_err(io_err(&root))?;
-    let id = new_id();
-    sqlx::query("INSERT INTO servers (id, name, description, storage_root, created_at) VALUES ($1, $2, $3, $4, $5)")
-        .bind(&id)
-        .bind(name)
-        .bind(description)
-        .bind(root.display().to_string())
-        .bind(now_ms())
-        .execute(&db.write)
+    let row = ServerRow {
+        id: new_id(),
+        name: name.to_string(),
+        description: description.to_string(),
+        storage_root: root.display().to_string(),
+        created_at: now_ms(),
+    };
+    db.insert_server(&row)
         .await
-        .map_err(|e| if is_unique_violation(&e) { InventoryError::Exists(format!("server {name:?}")) } else { e.into() })?;
-    Ok(id)
+        .map_err(|e| exists_or(e, || format!("server {name:?}")))?;
+    Ok(row.id)
 }
 
 pub async fn add_member(
@@ -117,21 +114,13 @@ pub async fn add_member(
     user_id: &str,
     role: Role,
 ) -> Result<(), InventoryError> {
-    sqlx::query("INSERT INTO memberships (project_id, user_id, role) VALUES ($1, $2, $3)")
-        .bind(project_id)
-        .bind(user_id)
-        .bind(role.as_str())
-        .execute(&db.write)
-        .await?;
-    Ok(())
+    Ok(db.insert_membership(project_id, user_id, role).await?)
 }
 
 async fn storage_root(db: &Db, server_id: &str) -> Result<PathBuf, InventoryError> {
-    let root: Option<String> = sqlx::query_scalar("SELECT storage_root FROM servers WHERE id = $1")
-        .bind(server_id)
-        .fetch_optional(&db.read)
-        .await?;
-    root.map(PathBuf::from)
+    db.server_storage_root(server_id)
+        .await?
+        .map(PathBuf::from)
         .ok_or_else(|| InventoryError::NoServer(server_id.into()))
 }
 
@@ -157,20 +146,14 @@ pub async fn import_container(
     tree: &Path,
 ) -> Result<String, InventoryError> {
     valid_name(&new.name)?;
-    let exists: Option<String> = sqlx::query_scalar("SELECT id FROM projects WHERE id = $1")
-        .bind(&new.project_id)
-        .fetch_optional(&db.read)
-        .await?;
-    if exists.is_none() {
+    if !db.project_exists(&new.project_id).await? {
         return Err(InventoryError::NoProject(new.project_id));
     }
-    let taken: Option<String> =
-        sqlx::query_scalar("SELECT id FROM containers WHERE project_id = $1 AND name = $2")
-            .bind(&new.project_id)
-            .bind(&new.name)
-            .fetch_optional(&db.read)
-            .await?;
-    if taken.is_some() {
+    if db
+        .container_named(&new.project_id, &new.name)
+        .await?
+        .is_some()
+    {
         return Err(InventoryError::Exists(format!(
             "a container named {:?} in this project",
             new.name
@@ -189,38 +172,30 @@ pub async fn import_container(
     }
     let now = now_ms();
     let status = new.status.unwrap_or(ContainerStatus::Running);
-    let res = sqlx::query(
-        "INSERT INTO containers (id, name, project_id, server_id, status, ssh_public_key,
-            firewall_rules, network_rules, source_container_id, last_synced_at,
-            file_count, size_bytes, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13)",
-    )
-    .bind(&id)
-    .bind(&new.name)
-    .bind(&new.project_id)
-    .bind(&new.server_id)
-    .bind(status.as_str())
-    .bind(&new.ssh_public_key)
-    .bind(serde_json::to_string(&new.firewall_rules).unwrap_or_else(|_| "[]".into()))
-    .bind(serde_json::to_string(&new.network_rules).unwrap_or_else(|_| "[]".into()))
-    .bind(&new.source_container_id)
-    .bind(new.source_container_id.as_ref().map(|_| now))
-    .bind(stats.tree_files as i64)
-    .bind(stats.tree_bytes as i64)
-    .bind(now)
-    .execute(&db.write)
-    .await;
+    let res = db
+        .insert_imported(ImportedContainer {
+            id: &id,
+            name: &new.name,
+            project_id: &new.project_id,
+            server_id: &new.server_id,
+            status,
+            ssh_public_key: new.ssh_public_key.as_deref(),
+            firewall_rules: serde_json::to_string(&new.firewall_rules)
+                .unwrap_or_else(|_| "[]".into()),
+            network_rules: serde_json::to_string(&new.network_rules)
+                .unwrap_or_else(|_| "[]".into()),
+            source_container_id: new.source_container_id.as_deref(),
+            file_count: stats.tree_files as i64,
+            size_bytes: stats.tree_bytes as i64,
+            now,
+        })
+        .await;
     if let Err(e) = res {
         let _ = std::fs::remove_dir_all(&dest.root);
         let _ = std::fs::remove_dir_all(&dest.state_dir);
-        return Err(if is_unique_violation(&e) {
-            InventoryError::Exists(format!(
-                "a container named {:?} or with this SSH key",
-                new.name
-            ))
-        } else {
-            e.into()
-        });
+        return Err(exists_or(e, || {
+            format!("a container named {:?} or with this SSH key", new.name)
+        }));
     }
     Ok(id)
 }
@@ -232,34 +207,30 @@ pub async fn create_snapshot(
     name: &str,
 ) -> Result<String, InventoryError> {
     valid_name(name)?;
-    let row = sqlx::query("SELECT c.id, s.storage_root FROM containers c JOIN servers s ON s.id = c.server_id WHERE c.id = $1")
-        .bind(container_id)
-        .fetch_optional(&db.read)
+    let root = db
+        .container_storage_root(container_id)
         .await?
+        .map(PathBuf::from)
         .ok_or_else(|| InventoryError::NoContainer(container_id.into()))?;
-    let root = PathBuf::from(row.get::<String, _>("storage_root"));
     let id = new_id();
     let dest = snapshot_place(&root, container_id, &id);
     let stats = run_copy(container_place(&root, container_id), dest.clone()).await?;
-    let res = sqlx::query(
-        "INSERT INTO snapshots (id, container_id, name, file_count, size_bytes, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(&id)
-    .bind(container_id)
-    .bind(name)
-    .bind(stats.tree_files as i64)
-    .bind(stats.tree_bytes as i64)
-    .bind(now_ms())
-    .execute(&db.write)
-    .await;
+    let res = db
+        .insert_snapshot(NewSnapshot {
+            id: &id,
+            container_id,
+            name,
+            file_count: stats.tree_files as i64,
+            size_bytes: stats.tree_bytes as i64,
+            created_at: now_ms(),
+        })
+        .await;
     if let Err(e) = res {
         let _ = std::fs::remove_dir_all(&dest.root);
         let _ = std::fs::remove_dir_all(&dest.state_dir);
-        return Err(if is_unique_violation(&e) {
-            InventoryError::Exists(format!("a snapshot named {name:?} of this container"))
-        } else {
-            e.into()
-        });
+        return Err(exists_or(e, || {
+            format!("a snapshot named {name:?} of this container")
+        }));
     }
     Ok(id)
 }

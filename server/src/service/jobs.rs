@@ -1,10 +1,8 @@
 //! Reading and cancelling jobs, and the idempotency keys of the requests that start them.
 
 use app::model::*;
-use sqlx::Row;
 
 use super::{check_id, internal, Service};
-use crate::store::job_from_row;
 
 impl Service {
     pub async fn list_jobs(
@@ -33,41 +31,22 @@ impl Service {
             JobKind::parse(k)
                 .ok_or_else(|| ApiError::invalid(format!("kind {k:?} is not one of copy, sync")))?;
         }
-        let rows = sqlx::query(
-            "SELECT * FROM jobs
-             WHERE ($1 IS NULL OR container_id = $1 OR source_container_id = $1)
-               AND ($2 IS NULL OR project_id = $2)
-               AND ($3 IS NULL OR status = $3)
-               AND ($4 IS NULL OR kind = $4)
-               AND ($5 = 1 OR project_id IN (SELECT project_id FROM memberships WHERE user_id = $6))
-             ORDER BY created_at DESC, id DESC LIMIT 500",
-        )
-        .bind(&filter.container_id)
-        .bind(&filter.project_id)
-        .bind(&filter.status)
-        .bind(&filter.kind)
-        .bind(i64::from(user.is_admin))
-        .bind(&user.id)
-        .fetch_all(&self.db.read)
-        .await
-        .map_err(internal)?;
-        Ok(rows
-            .iter()
-            .filter(|r| vis.can_see(r.get::<&str, _>("project_id")))
-            .map(job_from_row)
+        let jobs = self
+            .db
+            .jobs(filter, &user.id, user.is_admin)
+            .await
+            .map_err(internal)?;
+        Ok(jobs
+            .into_iter()
+            .filter(|j| vis.can_see(&j.project_id))
             .collect())
     }
 
     pub async fn get_job(&self, user: &UserInfo, id: &str) -> Result<Job, ApiError> {
         check_id("job id", id)?;
         let vis = self.visibility(user).await?;
-        let row = sqlx::query("SELECT * FROM jobs WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.db.read)
-            .await
-            .map_err(internal)?;
-        match row {
-            Some(r) if vis.can_see(r.get::<&str, _>("project_id")) => Ok(job_from_row(&r)),
+        match self.db.job(id).await.map_err(internal)? {
+            Some(job) if vis.can_see(&job.project_id) => Ok(job),
             _ => Err(ApiError::not_found("job", id)),
         }
     }
@@ -86,11 +65,7 @@ impl Service {
         }
         // A queued job is marked at once (the runner sees it when it gets a slot); a
         // running one stops at its next check and the runner records it.
-        sqlx::query("UPDATE jobs SET status = 'cancelled' WHERE id = $1 AND status = 'queued'")
-            .bind(id)
-            .execute(&self.db.write)
-            .await
-            .map_err(internal)?;
+        self.db.cancel_if_queued(id).await.map_err(internal)?;
         self.jobs.cancel(id);
         self.get_job(user, id).await
     }
@@ -101,14 +76,10 @@ impl Service {
         user: &UserInfo,
         key: &str,
     ) -> Result<Option<Job>, ApiError> {
-        let row =
-            sqlx::query("SELECT * FROM jobs WHERE requested_by = $1 AND idempotency_key = $2")
-                .bind(&user.id)
-                .bind(key)
-                .fetch_optional(&self.db.read)
-                .await
-                .map_err(internal)?;
-        Ok(row.as_ref().map(job_from_row))
+        self.db
+            .job_by_idempotency_key(&user.id, key)
+            .await
+            .map_err(internal)
     }
 }
 

@@ -10,12 +10,12 @@ use crate::store::DbError;
 impl Service {
     /// The user an API token belongs to (`None`: no such token).
     pub async fn user_for_token(&self, token: &str) -> Result<Option<UserInfo>, DbError> {
-        Ok(self.tokens.user(&self.db, token).await?)
+        self.tokens.user(&self.db, token).await
     }
 
     /// The user of a live console session (`None`: unknown or expired).
     pub async fn user_for_session(&self, secret: &str) -> Result<Option<UserInfo>, DbError> {
-        Ok(auth::user_for_session(&self.db, secret).await?)
+        auth::user_for_session(&self.db, secret).await
     }
 
     /// Checks a name and password and starts a session: its cookie value, or `None` when
@@ -29,6 +29,6 @@ impl Service {
 
     /// Ends a session (and clears expired ones).
     pub async fn log_out(&self, secret: &str) -> Result<(), DbError> {
-        Ok(auth::end_session(&self.db, secret).await?)
+        auth::end_session(&self.db, secret).await
     }
 }

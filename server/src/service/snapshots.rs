@@ -1,7 +1,6 @@
 //! Snapshots: a container's tree frozen under a name.
 
 use app::model::*;
-use sqlx::Row;
 
 use super::{internal, Service};
 
@@ -50,19 +49,10 @@ impl Service {
                 }
                 e => internal(e),
             })?;
-        let row = sqlx::query(
-            "SELECT id, name, created_at, file_count, size_bytes FROM snapshots WHERE id = $1",
-        )
-        .bind(&id)
-        .fetch_one(&self.db.read)
-        .await
-        .map_err(internal)?;
-        Ok(Snapshot {
-            id: row.get("id"),
-            name: row.get("name"),
-            created_at: row.get("created_at"),
-            file_count: row.get("file_count"),
-            size_bytes: row.get("size_bytes"),
-        })
+        self.db
+            .snapshot(&id)
+            .await
+            .map_err(internal)?
+            .ok_or_else(ApiError::internal)
     }
 }

@@ -6,6 +6,7 @@ use super::jobs::check_idempotency_key;
 use super::{internal, Service};
 use crate::ids::{new_id, now_ms};
 use crate::jobs::JobParams;
+use crate::store::NewSync;
 
 impl Service {
     /// `POST /containers/{id}/sync`: one sync at a time per container (a second request
@@ -26,25 +27,19 @@ impl Service {
         self.visibility(user)
             .await?
             .require_operator(&c.summary.project_id, "syncing this container")?;
-        let source_id: Option<String> =
-            sqlx::query_scalar("SELECT source_container_id FROM containers WHERE id = $1")
-                .bind(id)
-                .fetch_one(&self.db.read)
-                .await
-                .map_err(internal)?;
+        let source_id = self.db.source_of(id).await.map_err(internal)?;
         let Some(source_id) = source_id else {
             return Err(ApiError::new(
                 ErrorCode::Conflict,
                 "this container was not created by copy, so it has no source to sync from",
             ));
         };
-        let source_status: Option<String> =
-            sqlx::query_scalar("SELECT status FROM containers WHERE id = $1")
-                .bind(&source_id)
-                .fetch_optional(&self.db.read)
-                .await
-                .map_err(internal)?;
-        match source_status.as_deref().and_then(ContainerStatus::parse) {
+        let source_status = self
+            .db
+            .container_status(&source_id)
+            .await
+            .map_err(internal)?;
+        match source_status {
             None => {
                 return Err(ApiError::new(
                     ErrorCode::Conflict,
@@ -81,33 +76,22 @@ impl Service {
             source_snapshot_id: None,
             previous_status: Some(previous.as_str().into()),
         };
-        // Insert only if no job is active for this container, in one statement: SQLite runs
-        // writes one at a time, so two racing requests cannot both get in.
-        let res = sqlx::query(
-            "INSERT INTO jobs (id, kind, status, project_id, container_id, source_container_id,
-                requested_by, params, idempotency_key, created_at)
-             SELECT $1, 'sync', 'queued', $2, $3, $4, $5, $6, $7, $8
-             WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE container_id = $3 AND status IN ('queued', 'running'))",
-        )
-        .bind(&job_id)
-        .bind(&c.summary.project_id)
-        .bind(id)
-        .bind(&source_id)
-        .bind(&user.id)
-        .bind(serde_json::to_string(&params).map_err(internal)?)
-        .bind(&idem)
-        .bind(now_ms())
-        .execute(&self.db.write)
-        .await
-        .map_err(internal)?;
-        if res.rows_affected() == 0 {
-            let running: Option<String> = sqlx::query_scalar(
-                "SELECT id FROM jobs WHERE container_id = $1 AND status IN ('queued', 'running') LIMIT 1",
-            )
-            .bind(id)
-            .fetch_optional(&self.db.read)
+        let queued = self
+            .db
+            .queue_sync(NewSync {
+                job_id: job_id.clone(),
+                project_id: c.summary.project_id.clone(),
+                container_id: id.to_string(),
+                source_id,
+                requested_by: user.id.clone(),
+                params: serde_json::to_string(&params).map_err(internal)?,
+                idempotency_key: idem,
+                now: now_ms(),
+            })
             .await
             .map_err(internal)?;
+        if !queued {
+            let running = self.db.active_job_of(id).await.map_err(internal)?;
             return Err(ApiError::new(
                 ErrorCode::Conflict,
                 format!(

@@ -10,12 +10,11 @@ use parking_lot::Mutex;
 
 use app::model::*;
 use futures::StreamExt;
-use sqlx::Row;
 use tokio::sync::OnceCell;
 
 use super::{internal, Service};
 use crate::config::container_place;
-use crate::store::{job_from_row, ContainerRow, CONTAINER_SELECT};
+use crate::store::ContainerRow;
 
 /// Runs per copy kept for the history chart.
 const HISTORY: usize = 12;
@@ -54,12 +53,7 @@ impl SharedProbes {
 impl Service {
     pub async fn sync_status(&self, user: &UserInfo) -> Result<Vec<CopyStatus>, ApiError> {
         let vis = self.visibility(user).await?;
-        let rows: Vec<ContainerRow> = sqlx::query_as(&format!(
-            "{CONTAINER_SELECT} WHERE c.source_container_id IS NOT NULL ORDER BY p.name, c.name"
-        ))
-        .fetch_all(&self.db.read)
-        .await
-        .map_err(internal)?;
+        let rows = self.db.copies().await.map_err(internal)?;
         let rows: Vec<ContainerRow> = rows
             .into_iter()
             .filter(|r| vis.can_see(&r.project_id))
@@ -68,37 +62,19 @@ impl Service {
             return Ok(Vec::new());
         }
 
-        // The newest jobs of every copy, newest first (a window keeps it one query).
-        let job_rows = sqlx::query(
-            "SELECT * FROM (
-                SELECT j.*, ROW_NUMBER() OVER (
-                    PARTITION BY j.container_id ORDER BY j.created_at DESC, j.id DESC) AS rn
-                FROM jobs j JOIN containers c ON c.id = j.container_id
-                WHERE c.source_container_id IS NOT NULL) t
-             WHERE rn <= $1 ORDER BY container_id, created_at DESC, id DESC",
-        )
-        .bind((HISTORY + 8) as i64)
-        .fetch_all(&self.db.read)
-        .await
-        .map_err(internal)?;
+        // The newest jobs of every copy, newest first.
+        let recent = self
+            .db
+            .recent_jobs_of_copies((HISTORY + 8) as i64)
+            .await
+            .map_err(internal)?;
         let mut jobs: HashMap<String, Vec<Job>> = HashMap::new();
-        for r in &job_rows {
-            let job = job_from_row(r);
+        for job in recent {
             jobs.entry(job.container_id.clone()).or_default().push(job);
         }
 
         // Where each source lives, to ask whether it changed since.
-        let sources: HashMap<String, String> = sqlx::query(
-            "SELECT c.id, s.storage_root FROM containers c JOIN servers s ON s.id = c.server_id
-             WHERE c.id IN (SELECT source_container_id FROM containers
-                            WHERE source_container_id IS NOT NULL)",
-        )
-        .fetch_all(&self.db.read)
-        .await
-        .map_err(internal)?
-        .iter()
-        .map(|r| (r.get("id"), r.get("storage_root")))
-        .collect();
+        let sources = self.db.storage_roots_of_sources().await.map_err(internal)?;
         let wanted: Vec<(String, String)> = rows
             .iter()
             .filter_map(|r| r.source_container_id.clone())

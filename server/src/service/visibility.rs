@@ -4,7 +4,6 @@
 use std::collections::{HashMap, HashSet};
 
 use app::model::*;
-use sqlx::Row;
 
 use super::{internal, Service};
 use crate::store::ContainerRow;
@@ -71,20 +70,12 @@ impl Service {
 
     pub(super) async fn visibility(&self, user: &UserInfo) -> Result<Visibility, ApiError> {
         // One statement: every project for a platform admin, the member's for anyone else.
-        let rows = sqlx::query(
-            "SELECT p.id, m.role FROM projects p
-             LEFT JOIN memberships m ON m.project_id = p.id AND m.user_id = $1
-             WHERE $2 OR m.user_id IS NOT NULL",
-        )
-        .bind(&user.id)
-        .bind(user.is_admin)
-        .fetch_all(&self.db.read)
-        .await
-        .map_err(internal)?;
-        Ok(Visibility::of(
-            user,
-            rows.iter().map(|row| (row.get("id"), row.get("role"))),
-        ))
+        let memberships = self
+            .db
+            .project_memberships(&user.id, user.is_admin)
+            .await
+            .map_err(internal)?;
+        Ok(Visibility::of(user, memberships))
     }
 }
 

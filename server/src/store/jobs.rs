@@ -3,7 +3,9 @@
 
 use std::path::PathBuf;
 
-use app::model::{ContainerStatus, Job, JobKind, JobPhase, JobProgress, JobStatus, JobSummary};
+use app::model::{
+    ContainerStatus, Job, JobFilter, JobKind, JobPhase, JobProgress, JobStatus, JobSummary,
+};
 use sqlx::Row;
 
 use super::{execute, job_from_row, query_first, Db, DbError, SyncConn};
@@ -34,7 +36,130 @@ pub(crate) struct JobEnd {
     pub(crate) container_reason: Option<String>,
 }
 
+/// A sync's job row, for `Db::queue_sync`.
+pub(crate) struct NewSync {
+    pub(crate) job_id: String,
+    pub(crate) project_id: String,
+    pub(crate) container_id: String,
+    pub(crate) source_id: String,
+    pub(crate) requested_by: String,
+    pub(crate) params: String,
+    pub(crate) idempotency_key: Option<String>,
+    pub(crate) now: i64,
+}
+
 impl Db {
+    /// Jobs as `filter` narrows them, newest first (at most 500), of every project when
+    /// `all`, else of the projects `user_id` is a member of.
+    pub(crate) async fn jobs(
+        &self,
+        filter: &JobFilter,
+        user_id: &str,
+        all: bool,
+    ) -> Result<Vec<Job>, DbError> {
+        let rows = sqlx::query(
+            "SELECT * FROM jobs
+             WHERE ($1 IS NULL OR container_id = $1 OR source_container_id = $1)
+               AND ($2 IS NULL OR project_id = $2)
+               AND ($3 IS NULL OR status = $3)
+               AND ($4 IS NULL OR kind = $4)
+               AND ($5 = 1 OR project_id IN (SELECT project_id FROM memberships WHERE user_id = $6))
+             ORDER BY created_at DESC, id DESC LIMIT 500",
+        )
+        .bind(&filter.container_id)
+        .bind(&filter.project_id)
+        .bind(&filter.status)
+        .bind(&filter.kind)
+        .bind(i64::from(all))
+        .bind(user_id)
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows.iter().map(job_from_row).collect())
+    }
+
+    /// The newest `per_copy` jobs of every copy, newest first (a window keeps it one query).
+    pub(crate) async fn recent_jobs_of_copies(&self, per_copy: i64) -> Result<Vec<Job>, DbError> {
+        let rows = sqlx::query(
+            "SELECT * FROM (
+                SELECT j.*, ROW_NUMBER() OVER (
+                    PARTITION BY j.container_id ORDER BY j.created_at DESC, j.id DESC) AS rn
+                FROM jobs j JOIN containers c ON c.id = j.container_id
+                WHERE c.source_container_id IS NOT NULL) t
+             WHERE rn <= $1 ORDER BY container_id, created_at DESC, id DESC",
+        )
+        .bind(per_copy)
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows.iter().map(job_from_row).collect())
+    }
+
+    /// The job a user started with this idempotency key, if any.
+    pub(crate) async fn job_by_idempotency_key(
+        &self,
+        user_id: &str,
+        key: &str,
+    ) -> Result<Option<Job>, DbError> {
+        let row =
+            sqlx::query("SELECT * FROM jobs WHERE requested_by = $1 AND idempotency_key = $2")
+                .bind(user_id)
+                .bind(key)
+                .fetch_optional(&self.read)
+                .await?;
+        Ok(row.as_ref().map(job_from_row))
+    }
+
+    /// Cancels a job that is still queued (a running one is stopped by its runner).
+    pub(crate) async fn cancel_if_queued(&self, id: &str) -> Result<(), DbError> {
+        sqlx::query("UPDATE jobs SET status = $1 WHERE id = $2 AND status = $3")
+            .bind(JobStatus::Cancelled.as_str())
+            .bind(id)
+            .bind(JobStatus::Queued.as_str())
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    /// Queues a sync unless a job is queued or running for its container, in one statement:
+    /// SQLite runs writes one at a time, so two racing requests cannot both get in. `false`:
+    /// one is.
+    pub(crate) async fn queue_sync(&self, s: NewSync) -> Result<bool, DbError> {
+        let res = sqlx::query(
+            "INSERT INTO jobs (id, kind, status, project_id, container_id, source_container_id,
+                requested_by, params, idempotency_key, created_at)
+             SELECT $1, $9, $10, $2, $3, $4, $5, $6, $7, $8
+             WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE container_id = $3 AND status IN ($10, $11))",
+        )
+        .bind(&s.job_id)
+        .bind(&s.project_id)
+        .bind(&s.container_id)
+        .bind(&s.source_id)
+        .bind(&s.requested_by)
+        .bind(&s.params)
+        .bind(&s.idempotency_key)
+        .bind(s.now)
+        .bind(JobKind::Sync.as_str())
+        .bind(JobStatus::Queued.as_str())
+        .bind(JobStatus::Running.as_str())
+        .execute(&self.write)
+        .await?;
+        Ok(res.rows_affected() > 0)
+    }
+
+    /// The job queued or running for a container, if any.
+    pub(crate) async fn active_job_of(
+        &self,
+        container_id: &str,
+    ) -> Result<Option<String>, DbError> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM jobs WHERE container_id = $1 AND status IN ($2, $3) LIMIT 1",
+        )
+        .bind(container_id)
+        .bind(JobStatus::Queued.as_str())
+        .bind(JobStatus::Running.as_str())
+        .fetch_optional(&self.read)
+        .await?)
+    }
+
     pub(crate) async fn job(&self, id: &str) -> Result<Option<Job>, DbError> {
         let row = sqlx::query("SELECT * FROM jobs WHERE id = $1")
             .bind(id)

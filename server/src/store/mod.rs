@@ -29,12 +29,19 @@
 //! number: `prepare`).
 
 mod commit;
+mod containers;
 mod jobs;
+mod projects;
 mod rows;
+mod snapshots;
 mod sql;
+mod users;
 
-pub(crate) use jobs::JobEnd;
+pub(crate) use containers::{ImportedContainer, NewCopy, Refusal};
+pub(crate) use jobs::{JobEnd, NewSync};
+pub(crate) use projects::ServerRow;
 pub(crate) use rows::{job_from_row, ContainerRow, CONTAINER_SELECT};
+pub(crate) use snapshots::NewSnapshot;
 pub(crate) use sql::{execute, is_unique_violation, query_first, unique_violation, Cols};
 
 use std::path::{Path, PathBuf};
@@ -55,9 +62,9 @@ pub use rusqlite::Connection as SyncConn;
 #[derive(Clone)]
 pub struct Db {
     /// Read-only connections, for queries that change nothing.
-    pub read: SqlitePool,
+    pub(crate) read: SqlitePool,
     /// The single connection every write (and every write transaction) goes through.
-    pub write: SqlitePool,
+    pub(crate) write: SqlitePool,
     /// Writes waiting for the group-commit task (`transact`).
     batched: mpsc::UnboundedSender<Box<dyn commit::Queued>>,
     /// Idle read-only connections for `read_now`.
@@ -71,6 +78,16 @@ pub enum DbError {
     Sqlx(#[from] sqlx::Error),
     #[error(transparent)]
     Sqlite(#[from] rusqlite::Error),
+}
+
+impl DbError {
+    /// A UNIQUE constraint said no (a name or key already taken).
+    pub fn is_unique_violation(&self) -> bool {
+        match self {
+            DbError::Sqlx(e) => is_unique_violation(e),
+            DbError::Sqlite(e) => unique_violation(e).is_some(),
+        }
+    }
 }
 
 /// Opens (creating if needed) the database at `url` and brings its schema up to date.

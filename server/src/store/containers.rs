@@ -1,0 +1,343 @@
+//! Containers: rows read with their project's, server's and source's names
+//! (`ContainerRow`), and what copies, imports and syncs read and write of them.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::LazyLock;
+
+use app::model::{ContainerRef, ContainerStatus, JobKind, JobStatus};
+use sqlx::Row;
+
+use super::{
+    execute, query_first, unique_violation, Cols, ContainerRow, Db, DbError, SyncConn,
+    CONTAINER_SELECT,
+};
+
+/// The rows a copy request creates: the new container (status `copying`) and its job.
+#[derive(Clone)]
+pub(crate) struct NewCopy {
+    pub(crate) id: String,
+    pub(crate) job_id: String,
+    pub(crate) name: String,
+    pub(crate) project_id: String,
+    pub(crate) server_id: String,
+    pub(crate) source_id: String,
+    pub(crate) ssh_public_key: Option<String>,
+    pub(crate) firewall_rules: String,
+    pub(crate) network_rules: String,
+    pub(crate) requested_by: String,
+    pub(crate) params: String,
+    pub(crate) idempotency_key: Option<String>,
+    pub(crate) now: i64,
+}
+
+/// Why the rows of a copy were not written: a unique index said no, or the database failed.
+pub(crate) enum Refusal {
+    NameTaken,
+    KeyTaken,
+    SameIdempotencyKey,
+    Db(rusqlite::Error),
+}
+
+impl From<rusqlite::Error> for Refusal {
+    fn from(e: rusqlite::Error) -> Self {
+        // Which index said no: SQLite names its columns in the message ("UNIQUE constraint
+        // failed: containers.project_id, containers.name").
+        match unique_violation(&e) {
+            Some(m) if m.contains("idempotency_key") => Refusal::SameIdempotencyKey,
+            Some(m) if m.contains("name") => Refusal::NameTaken,
+            Some(_) => Refusal::KeyTaken,
+            None => Refusal::Db(e),
+        }
+    }
+}
+
+impl NewCopy {
+    /// Both rows, in the caller's transaction.
+    fn insert(&self, c: &SyncConn) -> Result<(), Refusal> {
+        execute(
+            c,
+            "INSERT INTO containers (id, name, project_id, server_id, status, ssh_public_key,
+                firewall_rules, network_rules, source_container_id, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $10, $5, $6, $7, $8, $9, $9)",
+            &[
+                &self.id,
+                &self.name,
+                &self.project_id,
+                &self.server_id,
+                &self.ssh_public_key,
+                &self.firewall_rules,
+                &self.network_rules,
+                &self.source_id,
+                &self.now,
+                &ContainerStatus::Copying.as_str(),
+            ],
+        )?;
+        execute(
+            c,
+            "INSERT INTO jobs (id, kind, status, project_id, container_id, source_container_id,
+                requested_by, params, idempotency_key, created_at)
+             VALUES ($1, $9, $10, $2, $3, $4, $5, $6, $7, $8)",
+            &[
+                &self.job_id,
+                &self.project_id,
+                &self.id,
+                &self.source_id,
+                &self.requested_by,
+                &self.params,
+                &self.idempotency_key,
+                &self.now,
+                &JobKind::Copy.as_str(),
+                &JobStatus::Queued.as_str(),
+            ],
+        )?;
+        Ok(())
+    }
+}
+
+/// Everything a copy request is checked against, in one statement: the source, the caller's
+/// membership in its project and in the target project, and the target project's and
+/// server's names (NULL when they do not exist).
+static COPY_CONTEXT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT x.*,
+            (SELECT role FROM memberships WHERE project_id = x.project_id AND user_id = $2)
+                AS member_of_source,
+            (SELECT role FROM memberships WHERE project_id = $3 AND user_id = $2)
+                AS member_of_target,
+            (SELECT name FROM projects WHERE id = $3) AS target_project_name,
+            ts.name AS target_server_name, ts.storage_root AS target_storage_root
+         FROM ({CONTAINER_SELECT} WHERE c.id = $1) x
+         LEFT JOIN servers ts ON ts.id = COALESCE($4, x.server_id)"
+    )
+});
+
+/// A row of `COPY_CONTEXT`.
+pub(crate) struct CopyContext {
+    pub(crate) source: ContainerRow,
+    pub(crate) member_of_source: Option<String>,
+    pub(crate) member_of_target: Option<String>,
+    pub(crate) target_project_name: Option<String>,
+    pub(crate) target_server_name: Option<String>,
+    pub(crate) target_storage_root: Option<String>,
+}
+
+/// A container imported from a directory (the CLI, the demo data).
+pub(crate) struct ImportedContainer<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) name: &'a str,
+    pub(crate) project_id: &'a str,
+    pub(crate) server_id: &'a str,
+    pub(crate) status: ContainerStatus,
+    pub(crate) ssh_public_key: Option<&'a str>,
+    pub(crate) firewall_rules: String,
+    pub(crate) network_rules: String,
+    pub(crate) source_container_id: Option<&'a str>,
+    pub(crate) file_count: i64,
+    pub(crate) size_bytes: i64,
+    pub(crate) now: i64,
+}
+
+impl Db {
+    pub(crate) async fn container(&self, id: &str) -> Result<Option<ContainerRow>, DbError> {
+        Ok(
+            sqlx::query_as(&format!("{CONTAINER_SELECT} WHERE c.id = $1"))
+                .bind(id)
+                .fetch_optional(&self.read)
+                .await?,
+        )
+    }
+
+    /// Every container (of one project, if given), by project and name.
+    pub(crate) async fn containers(
+        &self,
+        project_id: Option<&str>,
+    ) -> Result<Vec<ContainerRow>, DbError> {
+        Ok(sqlx::query_as(&format!(
+            "{CONTAINER_SELECT} WHERE ($1 IS NULL OR c.project_id = $1) ORDER BY p.name, c.name"
+        ))
+        .bind(project_id)
+        .fetch_all(&self.read)
+        .await?)
+    }
+
+    /// Every container made by copy, by project and name.
+    pub(crate) async fn copies(&self) -> Result<Vec<ContainerRow>, DbError> {
+        Ok(sqlx::query_as(&format!(
+            "{CONTAINER_SELECT} WHERE c.source_container_id IS NOT NULL ORDER BY p.name, c.name"
+        ))
+        .fetch_all(&self.read)
+        .await?)
+    }
+
+    /// The copies of a container, by project and name.
+    pub(crate) async fn copies_of(&self, id: &str) -> Result<Vec<ContainerRef>, DbError> {
+        let rows = sqlx::query(
+            "SELECT c.id, c.name, c.project_id, p.name AS project_name FROM containers c
+             JOIN projects p ON p.id = c.project_id WHERE c.source_container_id = $1
+             ORDER BY p.name, c.name",
+        )
+        .bind(id)
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| ContainerRef {
+                id: r.get("id"),
+                name: r.get("name"),
+                project_id: r.get("project_id"),
+                project_name: r.get("project_name"),
+            })
+            .collect())
+    }
+
+    /// The storage root of every container that is the source of a copy, by its id.
+    pub(crate) async fn storage_roots_of_sources(
+        &self,
+    ) -> Result<HashMap<String, String>, DbError> {
+        let rows = sqlx::query(
+            "SELECT c.id, s.storage_root FROM containers c JOIN servers s ON s.id = c.server_id
+             WHERE c.id IN (SELECT source_container_id FROM containers
+                            WHERE source_container_id IS NOT NULL)",
+        )
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get("id"), r.get("storage_root")))
+            .collect())
+    }
+
+    /// The storage root of a container's server.
+    pub(crate) async fn container_storage_root(&self, id: &str) -> Result<Option<String>, DbError> {
+        Ok(sqlx::query_scalar(
+            "SELECT s.storage_root FROM containers c JOIN servers s ON s.id = c.server_id
+             WHERE c.id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.read)
+        .await?)
+    }
+
+    /// The container a copy was made from (`None`: not a copy, or no such container).
+    pub(crate) async fn source_of(&self, id: &str) -> Result<Option<String>, DbError> {
+        let source: Option<Option<String>> =
+            sqlx::query_scalar("SELECT source_container_id FROM containers WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.read)
+                .await?;
+        Ok(source.flatten())
+    }
+
+    /// A container's status (`None`: no such container).
+    pub(crate) async fn container_status(
+        &self,
+        id: &str,
+    ) -> Result<Option<ContainerStatus>, DbError> {
+        let status: Option<String> =
+            sqlx::query_scalar("SELECT status FROM containers WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.read)
+                .await?;
+        Ok(status.as_deref().and_then(ContainerStatus::parse))
+    }
+
+    /// The id of the container of this name in this project, if any.
+    pub(crate) async fn container_named(
+        &self,
+        project_id: &str,
+        name: &str,
+    ) -> Result<Option<String>, DbError> {
+        Ok(
+            sqlx::query_scalar("SELECT id FROM containers WHERE project_id = $1 AND name = $2")
+                .bind(project_id)
+                .bind(name)
+                .fetch_optional(&self.read)
+                .await?,
+        )
+    }
+
+    /// The names in a project that start with `prefix`.
+    pub(crate) async fn names_starting_with(
+        &self,
+        project_id: &str,
+        prefix: &str,
+    ) -> Result<HashSet<String>, DbError> {
+        let names: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM containers WHERE project_id = $1 AND substr(name, 1, $2) = $3",
+        )
+        .bind(project_id)
+        .bind(prefix.chars().count() as i64)
+        .bind(prefix)
+        .fetch_all(&self.read)
+        .await?;
+        Ok(names.into_iter().collect())
+    }
+
+    /// Whether a container holds the SSH key `identity` (its `type base64`, any comment).
+    pub(crate) async fn ssh_key_in_use(&self, identity: &str) -> Result<bool, DbError> {
+        let taken: Option<String> = sqlx::query_scalar(
+            "SELECT id FROM containers WHERE ssh_public_key = $1 OR ssh_public_key LIKE $2",
+        )
+        .bind(identity)
+        .bind(format!("{identity} %"))
+        .fetch_optional(&self.read)
+        .await?;
+        Ok(taken.is_some())
+    }
+
+    /// Everything a copy request is checked against, read on this thread (`COPY_CONTEXT`).
+    pub(crate) fn copy_context(
+        &self,
+        source_id: &str,
+        user_id: &str,
+        target_project_id: &str,
+        target_server_id: Option<&str>,
+    ) -> Result<Option<CopyContext>, DbError> {
+        self.read_now(|c| {
+            query_first(
+                c,
+                &COPY_CONTEXT,
+                &[&source_id, &user_id, &target_project_id, &target_server_id],
+                |r| CopyContext {
+                    source: ContainerRow::from_cols(r),
+                    member_of_source: r.col("member_of_source"),
+                    member_of_target: r.col("member_of_target"),
+                    target_project_name: r.col("target_project_name"),
+                    target_server_name: r.col("target_server_name"),
+                    target_storage_root: r.col("target_storage_root"),
+                },
+            )
+        })
+    }
+
+    /// Writes a copy's two rows in one atomic write, group-committed with the writes queued
+    /// beside it.
+    pub(crate) async fn admit_copy(&self, copy: NewCopy) -> Result<(), Refusal> {
+        self.transact(move |c| copy.insert(c)).await
+    }
+
+    pub(crate) async fn insert_imported(&self, c: ImportedContainer<'_>) -> Result<(), DbError> {
+        sqlx::query(
+            "INSERT INTO containers (id, name, project_id, server_id, status, ssh_public_key,
+                firewall_rules, network_rules, source_container_id, last_synced_at,
+                file_count, size_bytes, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13)",
+        )
+        .bind(c.id)
+        .bind(c.name)
+        .bind(c.project_id)
+        .bind(c.server_id)
+        .bind(c.status.as_str())
+        .bind(c.ssh_public_key)
+        .bind(&c.firewall_rules)
+        .bind(&c.network_rules)
+        .bind(c.source_container_id)
+        .bind(c.source_container_id.map(|_| c.now))
+        .bind(c.file_count)
+        .bind(c.size_bytes)
+        .bind(c.now)
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+}

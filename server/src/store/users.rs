@@ -1,0 +1,173 @@
+//! Users, API tokens and console sessions (tokens and sessions by the hash of their secret).
+
+use app::model::UserInfo;
+use sqlx::sqlite::SqliteRow;
+use sqlx::Row;
+
+use super::{Db, DbError};
+
+fn user(row: &SqliteRow) -> UserInfo {
+    UserInfo {
+        id: row.get("id"),
+        name: row.get("name"),
+        is_admin: row.get::<i64, _>("is_admin") != 0,
+    }
+}
+
+impl Db {
+    pub(crate) async fn user_named(&self, name: &str) -> Result<Option<UserInfo>, DbError> {
+        let row = sqlx::query("SELECT id, name, is_admin FROM users WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.read)
+            .await?;
+        Ok(row.as_ref().map(user))
+    }
+
+    /// A user and their password hash (`None`: no password set), by name.
+    pub(crate) async fn user_with_password(
+        &self,
+        name: &str,
+    ) -> Result<Option<(UserInfo, Option<String>)>, DbError> {
+        let row =
+            sqlx::query("SELECT id, name, is_admin, password_hash FROM users WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&self.read)
+                .await?;
+        Ok(row.map(|r| (user(&r), r.get("password_hash"))))
+    }
+
+    pub(crate) async fn user_count(&self) -> Result<i64, DbError> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM users")
+            .fetch_one(&self.read)
+            .await?)
+    }
+
+    pub(crate) async fn insert_user(
+        &self,
+        user: &UserInfo,
+        password_hash: Option<&str>,
+        now: i64,
+    ) -> Result<(), DbError> {
+        sqlx::query(
+            "INSERT INTO users (id, name, password_hash, is_admin, created_at)
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&user.id)
+        .bind(&user.name)
+        .bind(password_hash)
+        .bind(i64::from(user.is_admin))
+        .bind(now)
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
+    /// Sets a user's password hash and ends their sessions, in one transaction.
+    pub(crate) async fn set_password_hash(&self, user_id: &str, hash: &str) -> Result<(), DbError> {
+        let mut tx = self.write.begin().await?;
+        sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
+            .bind(hash)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM sessions WHERE user_id = $1")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub(crate) async fn insert_token(
+        &self,
+        id: &str,
+        user_id: &str,
+        token_hash: &str,
+        label: &str,
+        now: i64,
+    ) -> Result<(), DbError> {
+        sqlx::query(
+            "INSERT INTO api_tokens (id, user_id, token_hash, name, created_at)
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(id)
+        .bind(user_id)
+        .bind(token_hash)
+        .bind(label)
+        .bind(now)
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
+    /// The user of a token and when it was last used.
+    pub(crate) async fn token_user(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<(UserInfo, Option<i64>)>, DbError> {
+        let row = sqlx::query(
+            "SELECT u.id, u.name, u.is_admin, t.last_used_at
+             FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash = $1",
+        )
+        .bind(token_hash)
+        .fetch_optional(&self.read)
+        .await?;
+        Ok(row.map(|r| (user(&r), r.get("last_used_at"))))
+    }
+
+    pub(crate) async fn touch_token(&self, token_hash: &str, now: i64) -> Result<(), DbError> {
+        sqlx::query("UPDATE api_tokens SET last_used_at = $1 WHERE token_hash = $2")
+            .bind(now)
+            .bind(token_hash)
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn insert_session(
+        &self,
+        id_hash: &str,
+        user_id: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<(), DbError> {
+        sqlx::query(
+            "INSERT INTO sessions (id_hash, user_id, created_at, expires_at)
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(id_hash)
+        .bind(user_id)
+        .bind(now)
+        .bind(expires_at)
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
+    /// The user of a session that has not expired at `now`.
+    pub(crate) async fn session_user(
+        &self,
+        id_hash: &str,
+        now: i64,
+    ) -> Result<Option<UserInfo>, DbError> {
+        let row = sqlx::query(
+            "SELECT u.id, u.name, u.is_admin FROM sessions s JOIN users u ON u.id = s.user_id
+             WHERE s.id_hash = $1 AND s.expires_at > $2",
+        )
+        .bind(id_hash)
+        .bind(now)
+        .fetch_optional(&self.read)
+        .await?;
+        Ok(row.as_ref().map(user))
+    }
+
+    /// Ends a session, and every session expired at `now`.
+    pub(crate) async fn delete_session(&self, id_hash: &str, now: i64) -> Result<(), DbError> {
+        sqlx::query("DELETE FROM sessions WHERE id_hash = $1 OR expires_at <= $2")
+            .bind(id_hash)
+            .bind(now)
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+}
