@@ -1,0 +1,199 @@
+//! A copy: stage a new tree, verify it, make it durable, then rename it into place.
+
+use super::receive::*;
+use super::*;
+
+pub(in crate::engine) fn copy(
+    src: &Place,
+    dst: &Place,
+    local: &[Place],
+    ctl: &Control,
+) -> Result<Summary, EngineError> {
+    let started = Instant::now();
+    let work = dst.work_dir();
+    let mut recovered = false;
+    if dst.commit_marker().exists() {
+        // An earlier copy was interrupted while committing: its result is not trusted.
+        remove_tree(&dst.root)?;
+        recovered = true;
+    } else if fs::symlink_metadata(&dst.root).is_ok() {
+        return Err(EngineError::Refused(format!(
+            "the target {} already exists",
+            dst.root.display()
+        )));
+    }
+    if work.exists() {
+        remove_tree(&work)?;
+        recovered = true;
+    }
+    let staging = work.join("root");
+    fs::create_dir_all(&staging).map_err(EngineError::io_path("creating", &staging))?;
+    let result = copy_staged(src, dst, &staging, local, ctl);
+    match &result {
+        Ok(_) => {
+            let _ = fs::remove_dir_all(&work);
+        }
+        Err(_) => {
+            if !dst.commit_marker().exists() {
+                let _ = fs::remove_dir_all(&work);
+            }
+        }
+    }
+    result.map(|mut s| {
+        s.recovered = recovered;
+        s.duration_ms = started.elapsed().as_millis() as u64;
+        s.phase_ms = ctl.timings();
+        s
+    })
+}
+
+pub(super) fn copy_staged(
+    src: &Place,
+    dst: &Place,
+    staging: &Path,
+    local: &[Place],
+    ctl: &Control,
+) -> Result<Summary, EngineError> {
+    let cache = src.load_manifest().ok().flatten();
+    // Stat only: the sender hashes each file while sending it (one read, not two).
+    ctl.phase(Phase::Scan, None, None);
+    let (mut m, report) = scan::scan(&src.root, cache.as_ref(), false, ctl)?;
+    ctl.phase(Phase::Plan, None, None);
+    let total_bytes = m.bytes();
+    let total_files = m.entries.iter().filter(|e| e.kind != Kind::Special).count() as u64;
+    ctl.phase(Phase::Transfer, Some(total_bytes), Some(total_files));
+
+    // The receiver's offer: content its server holds already, by hash.
+    let offer = local_content(local, &m);
+    let (w, r) = wire::pipe();
+    let (sent, received) = std::thread::scope(|s| {
+        let sender = s.spawn(|| send_copy(&src.root, &mut m, &offer, w, ctl));
+        let received = receive(Mode::Copy, staging, staging, r, None, local, ctl);
+        (sender.join(), received)
+    });
+    let ((stats, unstable), received) = join_ends(sent, received, ctl)?;
+
+    ctl.phase(Phase::Verify, None, None);
+    let want = without_specials(m.clone());
+    let got = restat(staging, &want, None)?;
+    let root_hash = check_roots(&want, &got)?;
+
+    ctl.phase(Phase::Commit, None, None);
+    got.store(&dst.manifest_path())
+        .map_err(io_err("writing the target manifest"))?;
+    // The source's manifest is its quick-check cache for the next sync (kept outside the
+    // container root: the source tree itself is never written).
+    let _ = m.store(&src.manifest_path());
+    write_marker(dst)?;
+    let staging_fd = fsx::open_dir(staging).map_err(io_err("opening the staging tree"))?;
+    fsx::syncfs(staging_fd.as_fd()).map_err(io_err("syncfs"))?;
+    ctl.fail("copy:before-rename")?;
+    if let Some(parent) = dst.root.parent() {
+        fs::create_dir_all(parent).map_err(EngineError::io_path("creating", parent))?;
+    }
+    fs::rename(staging, &dst.root).map_err(EngineError::io_path(
+        "moving the copy into place at",
+        &dst.root,
+    ))?;
+    if let Some(parent) = dst.root.parent() {
+        if let Ok(d) = fs::File::open(parent) {
+            let _ = d.sync_all();
+        }
+    }
+    let _ = fs::remove_file(dst.commit_marker());
+    Ok(Summary {
+        files_added: want.entries.len() as u64,
+        tree_files: got.files(),
+        tree_bytes: got.bytes(),
+        bytes_sent: stats.total,
+        content_bytes: stats.data,
+        reused_bytes: received.reused_bytes,
+        skipped_special: report.specials,
+        unstable: report.unstable.into_iter().chain(unstable).collect(),
+        root_hash,
+        ..Summary::default()
+    })
+}
+
+/// Sends every entry of `m` with its content, hashing files as it reads them and
+/// recording the hashes in `m`. Returns the stream's counters and files that changed
+/// while read.
+pub(super) fn send_copy(
+    root: &Path,
+    m: &mut Manifest,
+    offer: &HashMap<[u8; 32], (u32, Vec<u8>)>,
+    out: PipeWriter,
+    ctl: &Control,
+) -> Result<(WireStats, Vec<String>), EngineError> {
+    let mut fw = FrameWriter::new(out);
+    let mut walker =
+        Walker::new(fsx::open_dir(root).map_err(EngineError::io_path("opening", root))?);
+    let mut gone = Vec::new();
+    let mut unstable = Vec::new();
+    let mut hashes: HashMap<Vec<u8>, [u8; 32]> = HashMap::new();
+    for (i, e) in m.entries.iter_mut().enumerate() {
+        ctl.check()?;
+        match e.kind {
+            Kind::Special => continue,
+            // Content the receiver's server holds (known from the source's cache: the scan
+            // found the file unchanged): no need to read or send it.
+            Kind::File
+                if e.link_to.is_none() && e.hash != [0; 32] && offer.contains_key(&e.hash) =>
+            {
+                let (tree, from) = &offer[&e.hash];
+                fw.send(&Frame::Entry(e.clone()))
+                    .map_err(io_err("sending"))?;
+                let from = Frame::ReuseLocal {
+                    tree: *tree,
+                    from: from.clone(),
+                };
+                send_reused(&mut fw, from, e)?;
+                hashes.insert(e.path.clone(), e.hash);
+            }
+            Kind::File if e.link_to.is_none() => {
+                let file = match walker
+                    .parent(&e.path)
+                    .and_then(|(dir, name)| fsx::open_file_at(dir, name))
+                {
+                    Ok(f) => f,
+                    // Vanished or replaced since the scan: not part of this copy.
+                    Err(_) => {
+                        gone.push(i);
+                        continue;
+                    }
+                };
+                if e.hash == [0; 32] {
+                    e.xattrs = fsx::read_xattrs(file.as_fd()).map_err(io_err("reading xattrs"))?;
+                }
+                fw.send(&Frame::Entry(e.clone()))
+                    .map_err(io_err("sending"))?;
+                let (hash, chunks, len) = hash_reader(&file, e.size, ctl, |data, _| fw.data(data))?;
+                if len != e.size {
+                    unstable.push(e.display_path());
+                    e.size = len;
+                }
+                e.hash = hash;
+                e.chunks = chunks;
+                hashes.insert(e.path.clone(), hash);
+                fw.send(&Frame::FileEnd { hash, size: len })
+                    .map_err(io_err("sending"))?;
+            }
+            Kind::File => {
+                if let Some(h) = e.link_to.as_ref().and_then(|l| hashes.get(l)) {
+                    e.hash = *h;
+                }
+                fw.send(&Frame::Entry(e.clone()))
+                    .map_err(io_err("sending"))?;
+            }
+            _ => fw
+                .send(&Frame::Entry(e.clone()))
+                .map_err(io_err("sending"))?,
+        }
+    }
+    for i in gone.into_iter().rev() {
+        m.entries.remove(i);
+    }
+    fw.send(&Frame::Done).map_err(io_err("sending"))?;
+    fw.flush().map_err(io_err("sending"))?;
+    Ok((fw.stats, unstable))
+}

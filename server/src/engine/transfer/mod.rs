@@ -1,0 +1,167 @@
+//! Copy and sync: the coordinator, the sender and the receiver.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{self, Write};
+use std::os::fd::AsFd;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::time::Instant;
+
+use super::fsx::{self, split_parent, Walker};
+use super::manifest::{diff, path_cmp, Change, Chunk, Entry, Kind, Manifest};
+use super::scan::{self, chunked_file_hash, hash_reader, CHUNKED_FILE_MIN};
+use super::wire::{self, Frame, FrameReader, FrameWriter, PipeReader, PipeWriter, WireStats};
+use super::{Control, EngineError, Phase, Place, Summary};
+
+mod copy;
+mod receive;
+mod sync;
+
+pub(super) use copy::copy;
+pub(super) use sync::sync;
+
+fn io_err(context: &'static str) -> impl Fn(io::Error) -> EngineError {
+    EngineError::io(context)
+}
+
+fn remove_tree(path: &Path) -> Result<(), EngineError> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => {
+            fs::remove_dir_all(path).map_err(EngineError::io_path("removing", path))
+        }
+        Ok(_) => fs::remove_file(path).map_err(EngineError::io_path("removing", path)),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Writes the commit marker durably: from here on, an interruption means "repair".
+fn write_marker(place: &Place) -> Result<(), EngineError> {
+    let path = place.commit_marker();
+    let mut f = fs::File::create(&path).map_err(io_err("writing the commit marker"))?;
+    f.write_all(b"commit in progress\n")
+        .map_err(io_err("writing the commit marker"))?;
+    f.sync_all().map_err(io_err("writing the commit marker"))
+}
+
+/// What a target holds of a source state: device files and sockets are reported, not copied.
+fn without_specials(mut m: Manifest) -> Manifest {
+    m.entries.retain(|e| e.kind != Kind::Special);
+    m
+}
+
+/// Reads back the metadata of every entry of `want` under `root` (not following links),
+/// keeping content identity (hashes, targets, xattrs) from `want`, whose content the
+/// receiver verified as it wrote it. Comparing its root hash with `want`'s checks that
+/// everything landed where and how it should.
+fn restat(
+    root: &Path,
+    want: &Manifest,
+    before: Option<&Manifest>,
+) -> Result<Manifest, EngineError> {
+    let mut walker =
+        Walker::new(fsx::open_dir(root).map_err(EngineError::io_path("opening", root))?);
+    let mut out = Vec::with_capacity(want.entries.len());
+    let before = before.map_or(&[][..], |m| &m.entries[..]);
+    // Names of an inode with several links, before or after: linking or unlinking another
+    // name of the same inode moves its ctime, though the entry itself did not change.
+    let multiply_linked: std::collections::HashSet<&[u8]> = before
+        .iter()
+        .chain(&want.entries)
+        .filter_map(|e| e.link_to.as_deref().map(|first| [first, e.path.as_slice()]))
+        .flatten()
+        .collect();
+    let mut old = before.iter().peekable();
+    for w in &want.entries {
+        // A file that a sync found already as wanted was not touched by it: the state its
+        // scan just read is current. (Directories are re-read: their entries changed.)
+        while old
+            .peek()
+            .is_some_and(|o| path_cmp(&o.path, &w.path) == std::cmp::Ordering::Less)
+        {
+            old.next();
+        }
+        if let Some(o) = old.peek().filter(|o| {
+            o.path == w.path
+                && o.kind != Kind::Dir
+                && o.same_content(w)
+                && o.same_metadata(w)
+                && !multiply_linked.contains(o.path.as_slice())
+        }) {
+            out.push((*o).clone());
+            continue;
+        }
+        let (dir, name) = walker
+            .parent(&w.path)
+            .map_err(io_err("re-reading the target"))?;
+        let st = fsx::stat_at(dir, name).map_err(io_err("re-reading the target"))?;
+        let mut e = w.clone();
+        e.kind = fsx::kind_of(&st);
+        e.mode = st.st_mode & 0o7777;
+        e.uid = st.st_uid;
+        e.gid = st.st_gid;
+        e.ino = st.st_ino;
+        e.ctime_ns = fsx::ctime_ns(&st);
+        if e.kind != Kind::Dir {
+            e.mtime_ns = fsx::mtime_ns(&st);
+            e.size = st.st_size as u64;
+        }
+        out.push(e);
+    }
+    Ok(Manifest { entries: out })
+}
+
+/// Compares the two trees' root hashes; returns the (common) root as hex.
+fn check_roots(want: &Manifest, got: &Manifest) -> Result<String, EngineError> {
+    let root = got.root_hash();
+    if want.root_hash() == root {
+        return Ok(hex::encode(root));
+    }
+    let first = want
+        .entries
+        .iter()
+        .zip(&got.entries)
+        .find(|(a, b)| !(a.same_content(b) && a.same_metadata(b)))
+        .map(|(a, b)| format!("{:?}: want {a:?}, found {b:?}", a.display_path()))
+        .unwrap_or_default();
+    Err(EngineError::Integrity(format!(
+        "the target differs from the plan: {first}"
+    )))
+}
+
+/// Combines the results of the two ends. When one end fails, the other sees the stream
+/// break; the error worth reporting is the first cause: a cancellation, else the end that
+/// did not just see the other one go away.
+fn join_ends<S, R>(
+    sent: std::thread::Result<Result<S, EngineError>>,
+    received: Result<R, EngineError>,
+    ctl: &Control,
+) -> Result<(S, R), EngineError> {
+    let sent = sent.unwrap_or_else(|_| Err(EngineError::Integrity("the sender panicked".into())));
+    ctl.check()?;
+    let broken = |e: &EngineError| {
+        matches!(e, EngineError::Io { source, .. }
+            if matches!(source.kind(), io::ErrorKind::UnexpectedEof | io::ErrorKind::BrokenPipe))
+    };
+    match (sent, received) {
+        (Ok(s), Ok(r)) => Ok((s, r)),
+        (Err(se), Err(re)) if broken(&re) && !broken(&se) => Err(se),
+        (_, Err(re)) => Err(re),
+        (Err(se), Ok(_)) => Err(se),
+    }
+}
+
+/// A file's whole content taken from elsewhere on the receiver's side (`from`: a `Reuse`
+/// or `ReuseLocal` frame), then the end of the file the receiver must check it against.
+fn send_reused(
+    fw: &mut FrameWriter<PipeWriter>,
+    from: Frame,
+    e: &Entry,
+) -> Result<(), EngineError> {
+    fw.send(&from).map_err(io_err("sending"))?;
+    fw.send(&Frame::FileEnd {
+        hash: e.hash,
+        size: e.size,
+    })
+    .map_err(io_err("sending"))
+}

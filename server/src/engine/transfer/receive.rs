@@ -1,0 +1,516 @@
+//! The receiving end of a copy or sync: applies frames, hashing everything it writes, and
+//! takes content from what the target's server already holds (its previous version,
+//! other trees) instead of the stream where it can.
+
+use super::*;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Mode {
+    /// Build a fresh tree in place (the staging root).
+    Copy,
+    /// Stage changed content in a work dir; change the tree only at commit.
+    Sync,
+}
+
+/// A change the receiver staged for the commit (sync).
+pub(super) enum Pending {
+    Delete(Vec<u8>),
+    /// Content staged in the work dir under `tmp`, verified, metadata applied.
+    Place {
+        tmp: Vec<u8>,
+        e: Entry,
+    },
+    /// A large file changed only in place: the new ranges are staged in the work dir under
+    /// `tmp` (at `(file offset, staged offset, len)`), the rest of the file stays as it is.
+    Patch {
+        tmp: Vec<u8>,
+        ranges: Vec<(u64, u64, u64)>,
+        e: Entry,
+    },
+    /// A directory, symlink, FIFO or hard link to create (replacing what is there).
+    Create(Entry),
+    /// Only metadata changes.
+    Meta(Entry),
+}
+
+pub(super) struct Received {
+    pub(super) pending: Vec<Pending>,
+    pub(super) reused_bytes: u64,
+}
+
+/// Applies frames from the stream. `root` is the tree being built (copy) or synced (sync);
+/// `stage` is where sync content goes first; `current` is the target's current manifest
+/// (sync), from which deltas and reuse draw.
+pub(super) fn receive(
+    mode: Mode,
+    root: &Path,
+    stage: &Path,
+    input: PipeReader,
+    current: Option<&Manifest>,
+    local: &[Place],
+    ctl: &Control,
+) -> Result<Received, EngineError> {
+    let mut local = LocalTrees {
+        places: local,
+        open: local.iter().map(|_| None).collect(),
+    };
+    let mut fr = FrameReader::new(input);
+    let mut walker = Walker::new(fsx::open_dir(root).map_err(io_err("opening the target"))?);
+    // A second walker for a second path at once (hard-link sources, reused files).
+    let mut other = Walker::new(fsx::open_dir(root).map_err(io_err("opening the target"))?);
+    let stage_fd = fsx::open_dir(stage).map_err(io_err("opening the work dir"))?;
+    let current: HashMap<&[u8], &Entry> = current
+        .map(|m| m.entries.iter().map(|e| (e.path.as_slice(), e)).collect())
+        .unwrap_or_default();
+    // Names that other names are hard links of: never changed in place.
+    let linked: std::collections::HashSet<&[u8]> = current
+        .values()
+        .filter_map(|e| e.link_to.as_deref())
+        .collect();
+    let mut dirs = Vec::new();
+    let mut out = Received {
+        pending: Vec::new(),
+        reused_bytes: 0,
+    };
+    let mut seq = 0u64;
+    loop {
+        ctl.check()?;
+        let frame = fr.read_frame().map_err(io_err("receiving"))?;
+        let e = match frame {
+            Frame::Done => break,
+            Frame::Delete { path } if mode == Mode::Sync => {
+                out.pending.push(Pending::Delete(path));
+                ctl.add_progress(0, 1);
+                continue;
+            }
+            Frame::Meta(e) if mode == Mode::Sync => {
+                out.pending.push(Pending::Meta(e));
+                ctl.add_progress(0, 1);
+                continue;
+            }
+            Frame::Entry(e) => e,
+            _ => return Err(EngineError::Integrity("unexpected frame".into())),
+        };
+        if e.has_data() {
+            let (dir, name) = match mode {
+                Mode::Copy => walker
+                    .parent(&e.path)
+                    .map_err(io_err("opening a directory"))?,
+                Mode::Sync => {
+                    seq += 1;
+                    (stage_fd.as_fd(), &b""[..])
+                }
+            };
+            let mut tmp_name = seq.to_string().into_bytes();
+            let name = if mode == Mode::Sync {
+                &tmp_name[..]
+            } else {
+                name
+            };
+            let mut file = fsx::create_file_at(dir, name).map_err(io_err("creating a file"))?;
+            // The version the target has now, for deltas.
+            let old = match (mode, current.get(e.path.as_slice())) {
+                (Mode::Sync, Some(c)) if c.kind == Kind::File && !c.chunks.is_empty() => {
+                    let (d, n) = other
+                        .parent(&e.path)
+                        .map_err(io_err("opening a directory"))?;
+                    fsx::open_file_at(d, n).ok()
+                }
+                _ => None,
+            };
+            // A large file the target has under the same name, alone on its inode, may be
+            // changed in place: only its new ranges are written.
+            let base = match (&old, current.get(e.path.as_slice())) {
+                (Some(_), Some(c))
+                    if c.link_to.is_none() && !linked.contains(c.path.as_slice()) =>
+                {
+                    Some(*c)
+                }
+                _ => None,
+            };
+            let got = receive_content(
+                &mut fr,
+                &mut file,
+                &e,
+                old.as_ref(),
+                base,
+                &mut other,
+                &mut local,
+                ctl,
+            )?;
+            out.reused_bytes += got.reused;
+            let mut e = e;
+            e.hash = got.hash;
+            e.size = got.size;
+            e.chunks = got.chunks;
+            match got.patch {
+                Some(ops) if ops.iter().all(|op| op.old.is_none_or(|o| o == op.at)) => {
+                    fsx::start_writeback(file.as_fd());
+                    let ranges = ops
+                        .iter()
+                        .filter(|op| op.old.is_none())
+                        .map(|op| (op.at, op.staged, op.len))
+                        .collect();
+                    ctl.fail("receive:file")?;
+                    ctl.add_progress(0, 1);
+                    out.pending.push(Pending::Patch {
+                        tmp: tmp_name,
+                        ranges,
+                        e,
+                    });
+                    continue;
+                }
+                Some(ops) => {
+                    // Content moved within the file: build the whole new version after all.
+                    seq += 1;
+                    let full_name = seq.to_string().into_bytes();
+                    let mut full = fsx::create_file_at(stage_fd.as_fd(), &full_name)
+                        .map_err(io_err("creating a file"))?;
+                    let old = old.as_ref().expect("patches have a base");
+                    assemble(
+                        &mut full,
+                        &file,
+                        old,
+                        &ops,
+                        base.expect("patches have a base"),
+                    )?;
+                    drop(file);
+                    fsx::remove_at(stage_fd.as_fd(), &tmp_name)
+                        .map_err(io_err("removing a staged file"))?;
+                    file = full;
+                    tmp_name = full_name;
+                }
+                None => {}
+            }
+            fsx::apply_meta_fd(file.as_fd(), &e).map_err(io_err("setting metadata"))?;
+            fsx::start_writeback(file.as_fd());
+            ctl.fail("receive:file")?;
+            ctl.add_progress(0, 1);
+            match mode {
+                Mode::Copy => {}
+                Mode::Sync => out.pending.push(Pending::Place { tmp: tmp_name, e }),
+            }
+            continue;
+        }
+        ctl.add_progress(0, 1);
+        if mode == Mode::Sync {
+            out.pending.push(Pending::Create(e));
+            continue;
+        }
+        let (dir, name) = walker
+            .parent(&e.path)
+            .map_err(io_err("opening a directory"))?;
+        create_entry(dir, name, &e, &mut other)?;
+        if e.kind == Kind::Dir {
+            dirs.push(e);
+        } else {
+            fsx::apply_meta_at(dir, name, &e).map_err(io_err("setting metadata"))?;
+        }
+    }
+    // Directory metadata last, deepest first: creating children moves a directory's mtime.
+    for d in dirs.iter().rev() {
+        let (dir, name) = walker
+            .parent(&d.path)
+            .map_err(io_err("opening a directory"))?;
+        fsx::apply_meta_at(dir, name, d).map_err(io_err("setting metadata"))?;
+    }
+    Ok(out)
+}
+
+/// Creates a directory, symlink, FIFO or hard link named `name` in `dir`.
+pub(super) fn create_entry(
+    dir: std::os::fd::BorrowedFd<'_>,
+    name: &[u8],
+    e: &Entry,
+    other: &mut Walker,
+) -> Result<(), EngineError> {
+    match (e.kind, &e.link_to) {
+        (Kind::Dir, _) => fsx::mkdir_at(dir, name).map_err(io_err("creating a directory")),
+        (Kind::Symlink, _) => {
+            fsx::symlink_at(&e.target, dir, name).map_err(io_err("creating a symlink"))
+        }
+        (Kind::Fifo, _) => fsx::mkfifo_at(dir, name).map_err(io_err("creating a FIFO")),
+        (Kind::File, Some(first)) => {
+            let (fdir, fname) = other.parent(first).map_err(io_err("opening a directory"))?;
+            fsx::link_at(fdir, fname, dir, name).map_err(io_err("creating a hard link"))
+        }
+        _ => Err(EngineError::Integrity(format!(
+            "cannot create {:?}",
+            e.display_path()
+        ))),
+    }
+}
+
+/// Other trees on the receiver's server that content may be taken from, opened when first
+/// used (always beneath their roots, like the tree being built).
+pub(super) struct LocalTrees<'a> {
+    pub(super) places: &'a [Place],
+    pub(super) open: Vec<Option<Walker>>,
+}
+
+impl LocalTrees<'_> {
+    fn walker(&mut self, tree: u32) -> Result<&mut Walker, EngineError> {
+        let i = tree as usize;
+        let place = self
+            .places
+            .get(i)
+            .ok_or_else(|| EngineError::Integrity("reuse from an unknown tree".into()))?;
+        if self.open[i].is_none() {
+            let fd = fsx::open_dir(&place.root).map_err(io_err("opening a local tree"))?;
+            self.open[i] = Some(Walker::new(fd));
+        }
+        Ok(self.open[i].as_mut().expect("opened above"))
+    }
+}
+
+/// What the receiver's server holds of the content `m` needs: for each hash, a tree (index
+/// into `local`) and a path there. Only files that still match their tree's recorded
+/// manifest entry are offered, so the offer is current; what is taken is hashed and checked
+/// again as it is written.
+pub(super) fn local_content(local: &[Place], m: &Manifest) -> HashMap<[u8; 32], (u32, Vec<u8>)> {
+    let wanted: std::collections::HashSet<[u8; 32]> = m
+        .entries
+        .iter()
+        .filter(|e| e.kind == Kind::File && e.link_to.is_none() && e.hash != [0; 32] && e.size > 0)
+        .map(|e| e.hash)
+        .collect();
+    let mut offer = HashMap::new();
+    for (i, place) in local.iter().enumerate() {
+        if offer.len() == wanted.len() {
+            break;
+        }
+        let (Ok(Some(manifest)), Ok(root)) = (place.load_manifest(), fsx::open_dir(&place.root))
+        else {
+            continue;
+        };
+        let mut walker = Walker::new(root);
+        for e in &manifest.entries {
+            if e.kind != Kind::File
+                || e.link_to.is_some()
+                || !wanted.contains(&e.hash)
+                || offer.contains_key(&e.hash)
+            {
+                continue;
+            }
+            let Ok((dir, name)) = walker.parent(&e.path) else {
+                continue;
+            };
+            let still = fsx::stat_at(dir, name).is_ok_and(|st| {
+                fsx::kind_of(&st) == Kind::File
+                    && st.st_size as u64 == e.size
+                    && fsx::mtime_ns(&st) == e.mtime_ns
+                    && fsx::ctime_ns(&st) == e.ctime_ns
+                    && st.st_ino == e.ino
+            });
+            if still {
+                offer.insert(e.hash, (i as u32, e.path.clone()));
+            }
+        }
+    }
+    offer
+}
+
+/// One piece of a file received as a patch: `len` bytes at `at` in the new version, from
+/// the previous version at `old`, or else from the staged file at `staged`.
+pub(super) struct PatchOp {
+    pub(super) at: u64,
+    pub(super) old: Option<u64>,
+    pub(super) staged: u64,
+    pub(super) len: u64,
+}
+
+/// What `receive_content` got.
+pub(super) struct Content {
+    pub(super) hash: [u8; 32],
+    pub(super) size: u64,
+    pub(super) chunks: Vec<Chunk>,
+    pub(super) reused: u64,
+    /// For a patch: how the new version is made of the previous one and the staged bytes.
+    pub(super) patch: Option<Vec<PatchOp>>,
+}
+
+/// Receives one file's content into `out`, hashing as it writes; fails unless the result
+/// is exactly what the sender announced.
+///
+/// With a `base` (a large file the target has, whose chunk hashes its scan just recorded),
+/// only new bytes go to `out`, and ranges of the previous version are recorded, not copied:
+/// their hashes come from the base's chunk list. The caller applies such a patch in place
+/// when every kept range stays where it was, and assembles the whole file otherwise.
+// The stream, the file being written, its entry, the previous version (file and chunk
+// list) and the three places content may be taken from: all needed, none related enough
+// to bundle.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn receive_content(
+    fr: &mut FrameReader<PipeReader>,
+    out: &mut fs::File,
+    e: &Entry,
+    old: Option<&fs::File>,
+    base: Option<&Entry>,
+    other: &mut Walker,
+    local: &mut LocalTrees<'_>,
+    ctl: &Control,
+) -> Result<Content, EngineError> {
+    let chunked = e.size >= CHUNKED_FILE_MIN;
+    let base_chunks: HashMap<u64, &Chunk> = base
+        .filter(|_| chunked)
+        .map(|b| b.chunks.iter().map(|c| (c.offset, c)).collect())
+        .unwrap_or_default();
+    let mut patch: Option<Vec<PatchOp>> = (!base_chunks.is_empty()).then(Vec::new);
+    let mut staged = 0u64;
+    let mut whole = blake3::Hasher::new();
+    let mut chunks: Vec<Chunk> = Vec::new();
+    let mut written = 0u64;
+    let mut reused = 0u64;
+    let mut from_reuse: Option<([u8; 32], Vec<Chunk>)> = None;
+    let mut buf = Vec::new();
+    loop {
+        match fr.read_frame().map_err(io_err("receiving"))? {
+            Frame::Data(d) => {
+                out.write_all(&d).map_err(io_err("writing a file"))?;
+                if chunked {
+                    chunks.push(Chunk {
+                        offset: written,
+                        len: d.len() as u32,
+                        hash: *blake3::hash(&d).as_bytes(),
+                    });
+                } else {
+                    whole.update(&d);
+                }
+                if let Some(ops) = &mut patch {
+                    ops.push(PatchOp {
+                        at: written,
+                        old: None,
+                        staged,
+                        len: d.len() as u64,
+                    });
+                    staged += d.len() as u64;
+                }
+                written += d.len() as u64;
+                ctl.add_progress(d.len() as u64, 0);
+            }
+            Frame::CopyOld { offset, len } => {
+                let old =
+                    old.ok_or_else(|| EngineError::Integrity("delta without a base".into()))?;
+                if !chunked || len > 8 << 20 {
+                    return Err(EngineError::Integrity("bad delta range".into()));
+                }
+                let known = base_chunks
+                    .get(&offset)
+                    .filter(|c| c.len as u64 == len)
+                    .map(|c| c.hash);
+                let hash = match (&mut patch, known) {
+                    (Some(ops), Some(hash)) => {
+                        ops.push(PatchOp {
+                            at: written,
+                            old: Some(offset),
+                            staged: 0,
+                            len,
+                        });
+                        hash
+                    }
+                    // The sender draws its ranges from the same chunk list.
+                    (Some(_), None) => {
+                        return Err(EngineError::Integrity(
+                            "a delta range that is not a chunk of the previous version".into(),
+                        ))
+                    }
+                    (None, _) => {
+                        buf.resize(len as usize, 0);
+                        old.read_exact_at(&mut buf, offset)
+                            .map_err(io_err("reading the previous version"))?;
+                        out.write_all(&buf).map_err(io_err("writing a file"))?;
+                        *blake3::hash(&buf).as_bytes()
+                    }
+                };
+                chunks.push(Chunk {
+                    offset: written,
+                    len: len as u32,
+                    hash,
+                });
+                written += len;
+                reused += len;
+                ctl.add_progress(len, 0);
+            }
+            // The whole content of a file the receiver's side holds: in this tree, or in
+            // another tree on its server. Only where it is found differs.
+            frame @ (Frame::Reuse { .. } | Frame::ReuseLocal { .. }) => {
+                if written > 0 {
+                    return Err(EngineError::Integrity("reuse inside a file".into()));
+                }
+                patch = None;
+                let (walker, from) = match frame {
+                    Frame::ReuseLocal { tree, from } => (local.walker(tree)?, from),
+                    Frame::Reuse { from } => (&mut *other, from),
+                    _ => unreachable!("matched above"),
+                };
+                let (d, n) = walker
+                    .parent(&from)
+                    .map_err(io_err("opening a directory"))?;
+                let src = fsx::open_file_at(d, n).map_err(io_err("opening a file to reuse"))?;
+                let (hash, c, len) = hash_reader(&src, e.size, ctl, |data, _| out.write_all(data))?;
+                written += len;
+                reused += len;
+                ctl.add_progress(len, 0);
+                from_reuse = Some((hash, c));
+            }
+            Frame::FileEnd { hash, size } => {
+                let (got, got_chunks) = match from_reuse {
+                    Some(r) => r,
+                    None if chunked => (chunked_file_hash(&chunks), chunks),
+                    None => (*whole.finalize().as_bytes(), Vec::new()),
+                };
+                if got != hash || written != size {
+                    return Err(EngineError::Integrity(format!(
+                        "{:?}: received content does not match its hash",
+                        e.display_path()
+                    )));
+                }
+                return Ok(Content {
+                    hash: got,
+                    size: written,
+                    chunks: got_chunks,
+                    reused,
+                    patch,
+                });
+            }
+            _ => {
+                return Err(EngineError::Integrity(
+                    "unexpected frame inside a file".into(),
+                ))
+            }
+        }
+    }
+}
+
+/// Builds the whole new version of a patched file into `full`, checking every range kept
+/// from the previous version against the hash its chunk list recorded.
+pub(super) fn assemble(
+    full: &mut fs::File,
+    staged: &fs::File,
+    old: &fs::File,
+    ops: &[PatchOp],
+    base: &Entry,
+) -> Result<(), EngineError> {
+    let known: HashMap<u64, [u8; 32]> = base.chunks.iter().map(|c| (c.offset, c.hash)).collect();
+    let mut buf = Vec::new();
+    for op in ops {
+        buf.resize(op.len as usize, 0);
+        match op.old {
+            Some(o) => {
+                old.read_exact_at(&mut buf, o)
+                    .map_err(io_err("reading the previous version"))?;
+                if known.get(&o) != Some(blake3::hash(&buf).as_bytes()) {
+                    return Err(EngineError::Integrity(format!(
+                        "{:?} changed on the target during the sync",
+                        base.display_path()
+                    )));
+                }
+            }
+            None => staged
+                .read_exact_at(&mut buf, op.staged)
+                .map_err(io_err("reading a staged file"))?,
+        }
+        full.write_all(&buf).map_err(io_err("writing a file"))?;
+    }
+    Ok(())
+}

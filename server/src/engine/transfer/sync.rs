@@ -1,0 +1,480 @@
+//! A sync: stage what changed, verify it, write the commit marker, apply, verify again.
+
+use super::receive::*;
+use super::*;
+
+pub(in crate::engine) fn sync(
+    src: &Place,
+    dst: &Place,
+    ctl: &Control,
+) -> Result<Summary, EngineError> {
+    let started = Instant::now();
+    let work = dst.work_dir();
+    let interrupted_commit = dst.commit_marker().exists();
+    let recovered = work.exists();
+    if recovered {
+        remove_tree(&work)?;
+    }
+    if !dst.root.is_dir() {
+        return Err(EngineError::Refused(format!(
+            "the target {} does not exist",
+            dst.root.display()
+        )));
+    }
+    // Both trees at once, each with its recorded manifest as quick-check cache: each scan
+    // is mostly waiting on metadata syscalls.
+    ctl.phase(Phase::Scan, None, None);
+    let (src_cache, s_scan, t_scan) = std::thread::scope(|s| {
+        let t = s.spawn(|| {
+            // After an interrupted commit the target's recorded state cannot be trusted:
+            // scan it without the cache, so every file is read and the diff is against
+            // what is really there.
+            let old = if interrupted_commit {
+                None
+            } else {
+                dst.load_manifest()
+                    .map_err(io_err("reading the target manifest"))?
+            };
+            let scanned = scan::scan(&dst.root, old.as_ref(), true, ctl)?;
+            Ok::<_, EngineError>((old, scanned))
+        });
+        let src_cache = src.load_manifest().ok().flatten();
+        let src_result = scan::scan(&src.root, src_cache.as_ref(), true, ctl);
+        (src_cache, src_result, t.join())
+    });
+    let (s_man, s_report) = s_scan?;
+    let (old, (t_man, t_report)) =
+        t_scan.map_err(|_| EngineError::Integrity("the target scan panicked".into()))??;
+    // Whether the recorded manifests still describe the trees (then they need no rewrite).
+    let t_recorded = old.is_some() && t_report.hashed_files == 0;
+    let s_recorded = src_cache.is_some() && s_report.hashed_files == 0;
+
+    ctl.phase(Phase::Plan, None, None);
+    let mut summary = Summary {
+        recovered,
+        ..Summary::default()
+    };
+    if let Some(old) = &old {
+        let (pairs, deleted) = diff(old, &t_man);
+        for (c, e, _) in &pairs {
+            if *c != Change::Unchanged {
+                summary.drift += 1;
+                summary.drift_paths.push(e.display_path());
+            }
+        }
+        summary.drift += deleted.len() as u64;
+        summary
+            .drift_paths
+            .extend(deleted.iter().map(|e| e.display_path()));
+        summary.drift_paths.truncate(20);
+    }
+    if !s_recorded {
+        // The source's quick-check cache for the next sync.
+        let _ = s_man.store(&src.manifest_path());
+    }
+    let mut want = without_specials(s_man);
+    let (pairs, deleted) = diff(&t_man, &want);
+    let mut bytes_total = 0;
+    for (c, e, _) in &pairs {
+        match c {
+            Change::Added => summary.files_added += 1,
+            Change::Changed => summary.files_changed += 1,
+            Change::MetadataOnly => summary.metadata_only += 1,
+            Change::Unchanged => summary.files_unchanged += 1,
+        }
+        if matches!(c, Change::Added | Change::Changed) && e.has_data() {
+            bytes_total += e.size;
+        }
+    }
+    summary.files_deleted = deleted.len() as u64;
+    let files_total =
+        summary.files_added + summary.files_changed + summary.metadata_only + summary.files_deleted;
+    summary.skipped_special = s_report.specials.clone();
+    summary.unstable = s_report.unstable.clone();
+
+    if files_total > 0 {
+        ctl.phase(Phase::Transfer, Some(bytes_total), Some(files_total));
+        let stage = work.join("stage");
+        fs::create_dir_all(&stage).map_err(EngineError::io_path("creating", &stage))?;
+        let deleted_paths: Vec<Vec<u8>> = deleted.iter().map(|e| e.path.clone()).collect();
+        let changes: Vec<(Change, Entry)> = pairs
+            .iter()
+            .filter(|(c, _, _)| *c != Change::Unchanged)
+            .map(|(c, e, _)| (*c, (*e).clone()))
+            .collect();
+        let result = (|| {
+            let (w, r) = wire::pipe();
+            let (sent, received) = std::thread::scope(|s| {
+                let sender =
+                    s.spawn(|| send_sync(&src.root, &changes, &deleted_paths, &t_man, w, ctl));
+                let received = receive(Mode::Sync, &dst.root, &stage, r, Some(&t_man), &[], ctl);
+                (sender.join(), received)
+            });
+            let (sent, received) = join_ends(sent, received, ctl)?;
+            ctl.fail("sync:after-transfer")?;
+            Ok::<_, EngineError>((sent, received))
+        })();
+        let (sent, received) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                // Nothing of the target was touched yet: roll back the staged content.
+                let _ = fs::remove_dir_all(&work);
+                return Err(e);
+            }
+        };
+        summary.bytes_sent = sent.stats.total;
+        summary.content_bytes = sent.stats.data;
+        summary.delta_files = sent.delta_files;
+        summary.reused_bytes = received.reused_bytes;
+        // Files that changed between the scan and the send: record what was really sent.
+        for (path, hash, size, chunks) in sent.reread {
+            if let Some(e) = want.entries.iter_mut().find(|e| e.path == path) {
+                e.hash = hash;
+                e.size = size;
+                e.chunks = chunks;
+                summary.unstable.push(e.display_path());
+            }
+        }
+
+        ctl.phase(Phase::Commit, None, Some(received.pending.len() as u64));
+        write_marker(dst)?;
+        let root_fd = fsx::open_dir(&dst.root).map_err(io_err("opening the target"))?;
+        fsx::syncfs(root_fd.as_fd()).map_err(io_err("syncfs"))?;
+        apply_pending(&dst.root, &stage, received.pending, &t_man, &want, ctl)?;
+    }
+
+    ctl.phase(Phase::Verify, None, None);
+    // Nothing changed: the target scan just read back exactly this state.
+    let got = if files_total == 0 {
+        t_man
+    } else {
+        restat(&dst.root, &want, Some(&t_man))?
+    };
+    // Nothing changed: the diff already compared every entry, one root hash is enough.
+    let root_hash = if files_total == 0 {
+        got.root_hex()
+    } else {
+        check_roots(&want, &got)?
+    };
+    if files_total > 0 || !t_recorded || summary.drift > 0 {
+        got.store(&dst.manifest_path())
+            .map_err(io_err("writing the target manifest"))?;
+    }
+    if files_total > 0 || interrupted_commit {
+        let root_fd = fsx::open_dir(&dst.root).map_err(io_err("opening the target"))?;
+        fsx::syncfs(root_fd.as_fd()).map_err(io_err("syncfs"))?;
+    }
+    let _ = fs::remove_dir_all(&work);
+    summary.recovered |= interrupted_commit;
+    summary.tree_files = got.files();
+    summary.tree_bytes = got.bytes();
+    summary.root_hash = root_hash;
+    summary.duration_ms = started.elapsed().as_millis() as u64;
+    summary.phase_ms = ctl.timings();
+    Ok(summary)
+}
+
+/// A file read again for sending: (path, hash, size, chunks) of what was really sent.
+pub(super) type Reread = (Vec<u8>, [u8; 32], u64, Vec<Chunk>);
+
+pub(super) struct Sent {
+    pub(super) stats: WireStats,
+    pub(super) delta_files: u64,
+    /// Files whose content differed from the scan when read for sending.
+    pub(super) reread: Vec<Reread>,
+}
+
+pub(super) fn send_sync(
+    root: &Path,
+    changes: &[(Change, Entry)],
+    deleted: &[Vec<u8>],
+    target: &Manifest,
+    out: PipeWriter,
+    ctl: &Control,
+) -> Result<Sent, EngineError> {
+    let mut fw = FrameWriter::new(out);
+    let mut walker =
+        Walker::new(fsx::open_dir(root).map_err(EngineError::io_path("opening", root))?);
+    let by_path: HashMap<&[u8], &Entry> = target
+        .entries
+        .iter()
+        .map(|e| (e.path.as_slice(), e))
+        .collect();
+    let by_hash: HashMap<[u8; 32], &[u8]> = target
+        .entries
+        .iter()
+        .filter(|e| e.has_data() && e.hash != [0; 32])
+        .map(|e| (e.hash, e.path.as_slice()))
+        .collect();
+    let mut sent = Sent {
+        stats: WireStats::default(),
+        delta_files: 0,
+        reread: Vec::new(),
+    };
+    for path in deleted {
+        fw.send(&Frame::Delete { path: path.clone() })
+            .map_err(io_err("sending"))?;
+    }
+    for (change, e) in changes {
+        ctl.check()?;
+        if *change == Change::MetadataOnly {
+            fw.send(&Frame::Meta(e.clone()))
+                .map_err(io_err("sending"))?;
+            continue;
+        }
+        fw.send(&Frame::Entry(e.clone()))
+            .map_err(io_err("sending"))?;
+        if !e.has_data() {
+            continue;
+        }
+        // Content the target already has, under any name: nothing to send.
+        if let Some(from) = by_hash.get(&e.hash) {
+            let from = Frame::Reuse {
+                from: from.to_vec(),
+            };
+            send_reused(&mut fw, from, e)?;
+            continue;
+        }
+        let (dir, name) = walker
+            .parent(&e.path)
+            .map_err(io_err("opening a source directory"))?;
+        let file = fsx::open_file_at(dir, name).map_err(io_err("opening a source file"))?;
+        // A large file whose previous version the target has: send only new chunks.
+        let base: Option<HashMap<[u8; 32], (u64, u32)>> = by_path
+            .get(e.path.as_slice())
+            .filter(|t| t.kind == Kind::File && !t.chunks.is_empty() && e.size >= CHUNKED_FILE_MIN)
+            .map(|t| {
+                t.chunks
+                    .iter()
+                    .map(|c| (c.hash, (c.offset, c.len)))
+                    .collect()
+            });
+        if base.is_some() {
+            sent.delta_files += 1;
+        }
+        let (hash, chunks, len) = match &base {
+            // The scan already cut this file into chunks: send the new ones by reading
+            // just their ranges, and skip reading what the target has.
+            Some(base) if !e.chunks.is_empty() => {
+                send_known_chunks(&file, &e.chunks, base, &mut fw, ctl)?
+            }
+            _ => hash_reader(&file, e.size, ctl, |data, chunk| match (chunk, &base) {
+                (Some(c), Some(base)) => match base.get(&c.hash) {
+                    Some(&(offset, len)) if len == c.len => fw.send(&Frame::CopyOld {
+                        offset,
+                        len: len as u64,
+                    }),
+                    _ => fw.data(data),
+                },
+                _ => fw.data(data),
+            })?,
+        };
+        if hash != e.hash || len != e.size {
+            sent.reread
+                .push((e.path.clone(), hash, len, chunks.clone()));
+        }
+        fw.send(&Frame::FileEnd { hash, size: len })
+            .map_err(io_err("sending"))?;
+    }
+    fw.send(&Frame::Done).map_err(io_err("sending"))?;
+    fw.flush().map_err(io_err("sending"))?;
+    sent.stats = fw.stats;
+    Ok(sent)
+}
+
+/// Sends a file as the chunks its scan recorded: chunks the target has as `CopyOld`, the
+/// others read (by range) and sent. If the file changed since the scan, the data read is
+/// what is sent, and the returned hash says so (the caller records it).
+pub(super) fn send_known_chunks(
+    file: &fs::File,
+    chunks: &[Chunk],
+    base: &HashMap<[u8; 32], (u64, u32)>,
+    fw: &mut FrameWriter<PipeWriter>,
+    ctl: &Control,
+) -> Result<([u8; 32], Vec<Chunk>, u64), EngineError> {
+    let mut sent = Vec::with_capacity(chunks.len());
+    let mut buf = Vec::new();
+    let mut total = 0u64;
+    for c in chunks {
+        ctl.check()?;
+        if let Some(&(offset, len)) = base.get(&c.hash).filter(|(_, len)| *len == c.len) {
+            fw.send(&Frame::CopyOld {
+                offset,
+                len: len as u64,
+            })
+            .map_err(io_err("sending"))?;
+            sent.push(Chunk {
+                offset: total,
+                len,
+                hash: c.hash,
+            });
+            total += len as u64;
+            continue;
+        }
+        buf.resize(c.len as usize, 0);
+        let mut got = 0;
+        while got < buf.len() {
+            match file.read_at(&mut buf[got..], c.offset + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io_err("reading a source file")(e)),
+            }
+        }
+        if got == 0 {
+            break; // shrank since the scan
+        }
+        fw.data(&buf[..got]).map_err(io_err("sending"))?;
+        sent.push(Chunk {
+            offset: total,
+            len: got as u32,
+            hash: *blake3::hash(&buf[..got]).as_bytes(),
+        });
+        total += got as u64;
+    }
+    Ok((chunked_file_hash(&sent), sent, total))
+}
+
+/// The commit of a sync: removals deepest first, then creations and placements in path
+/// order (parents before children), then metadata, then the mtimes of every directory
+/// whose contents changed.
+pub(super) fn apply_pending(
+    root: &Path,
+    stage: &Path,
+    pending: Vec<Pending>,
+    current: &Manifest,
+    want: &Manifest,
+    ctl: &Control,
+) -> Result<(), EngineError> {
+    let current: HashMap<&[u8], &Entry> = current
+        .entries
+        .iter()
+        .map(|e| (e.path.as_slice(), e))
+        .collect();
+    let stage_fd = fsx::open_dir(stage).map_err(io_err("opening the work dir"))?;
+    let mut walker = Walker::new(fsx::open_dir(root).map_err(io_err("opening the target"))?);
+    let mut other = Walker::new(fsx::open_dir(root).map_err(io_err("opening the target"))?);
+    let mut touched_dirs: Vec<Vec<u8>> = Vec::new();
+
+    // 1. Removals: deleted paths, and whatever stands where an entry of another kind (or
+    //    a link, symlink or FIFO, which cannot be replaced in one rename) must go.
+    let mut removals: Vec<&[u8]> = Vec::new();
+    for p in &pending {
+        match p {
+            Pending::Delete(path) => removals.push(path),
+            // Same file, same inode: nothing to remove.
+            Pending::Patch { .. } => {}
+            Pending::Place { e, .. } | Pending::Create(e) => {
+                if let Some(c) = current.get(e.path.as_slice()) {
+                    let replace_in_one_rename = c.kind == Kind::File
+                        && c.link_to.is_none()
+                        && matches!(p, Pending::Place { .. });
+                    let keep_dir = c.kind == Kind::Dir && e.kind == Kind::Dir;
+                    if !replace_in_one_rename && !keep_dir {
+                        removals.push(&e.path);
+                    }
+                }
+            }
+            Pending::Meta(_) => {}
+        }
+    }
+    removals.sort_by(|a, b| path_cmp(b, a));
+    for path in removals {
+        ctl.fail("sync:commit-op")?;
+        let (dir, name) = walker.parent(path).map_err(io_err("opening a directory"))?;
+        fsx::remove_at(dir, name).map_err(io_err("removing"))?;
+        touched_dirs.push(split_parent(path).0.to_vec());
+    }
+    walker.reset();
+    other.reset();
+
+    // 2. Creations and placements, parents first.
+    let mut metas = Vec::new();
+    for p in &pending {
+        match p {
+            Pending::Delete(_) => {}
+            Pending::Place { tmp, e } => {
+                ctl.fail("sync:commit-op")?;
+                let (dir, name) = walker
+                    .parent(&e.path)
+                    .map_err(io_err("opening a directory"))?;
+                fsx::rename_at(stage_fd.as_fd(), tmp, dir, name)
+                    .map_err(io_err("placing a file"))?;
+                touched_dirs.push(split_parent(&e.path).0.to_vec());
+            }
+            Pending::Patch { tmp, ranges, e } => {
+                ctl.fail("sync:commit-op")?;
+                let staged = fsx::open_file_at(stage_fd.as_fd(), tmp)
+                    .map_err(io_err("opening a staged file"))?;
+                let (dir, name) = walker
+                    .parent(&e.path)
+                    .map_err(io_err("opening a directory"))?;
+                let target =
+                    fsx::open_file_for_patch_at(dir, name).map_err(io_err("opening a file"))?;
+                let mut buf = Vec::new();
+                for &(at, from, len) in ranges {
+                    buf.resize(len as usize, 0);
+                    staged
+                        .read_exact_at(&mut buf, from)
+                        .map_err(io_err("reading a staged file"))?;
+                    target
+                        .write_all_at(&buf, at)
+                        .map_err(io_err("patching a file"))?;
+                }
+                target.set_len(e.size).map_err(io_err("patching a file"))?;
+                fsx::apply_meta_fd(target.as_fd(), e).map_err(io_err("setting metadata"))?;
+            }
+            Pending::Create(e) => {
+                ctl.fail("sync:commit-op")?;
+                let exists_as_dir = e.kind == Kind::Dir
+                    && current
+                        .get(e.path.as_slice())
+                        .is_some_and(|c| c.kind == Kind::Dir);
+                let (dir, name) = walker
+                    .parent(&e.path)
+                    .map_err(io_err("opening a directory"))?;
+                if !exists_as_dir {
+                    create_entry(dir, name, e, &mut other)?;
+                }
+                touched_dirs.push(split_parent(&e.path).0.to_vec());
+                metas.push(e);
+            }
+            Pending::Meta(e) => metas.push(e),
+        }
+    }
+    // 3. Metadata of what was created or changed in place (directories come in step 4).
+    for e in metas {
+        if e.kind == Kind::Dir {
+            touched_dirs.push(e.path.clone());
+            continue;
+        }
+        if e.kind == Kind::File && e.link_to.is_some() {
+            // A hard link shares its first name's inode and metadata.
+            continue;
+        }
+        let (dir, name) = walker
+            .parent(&e.path)
+            .map_err(io_err("opening a directory"))?;
+        fsx::apply_meta_at(dir, name, e).map_err(io_err("setting metadata"))?;
+    }
+    // 4. Directories whose entries changed get their recorded metadata back, deepest first.
+    touched_dirs.retain(|d| !d.is_empty());
+    touched_dirs.sort_by(|a, b| path_cmp(b, a));
+    touched_dirs.dedup();
+    let want_dirs: HashMap<&[u8], &Entry> = want
+        .entries
+        .iter()
+        .filter(|e| e.kind == Kind::Dir)
+        .map(|e| (e.path.as_slice(), e))
+        .collect();
+    for d in touched_dirs {
+        // Every ancestor's mtime is unaffected, but the directory itself moved.
+        if let Some(e) = want_dirs.get(d.as_slice()) {
+            let (dir, name) = walker
+                .parent(&e.path)
+                .map_err(io_err("opening a directory"))?;
+            fsx::apply_meta_at(dir, name, e).map_err(io_err("setting metadata"))?;
+        }
+    }
+    Ok(())
+}
