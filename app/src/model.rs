@@ -18,6 +18,7 @@ pub struct UserInfo {
 }
 
 /// A user's role in a project. Ordered: each role can do what the ones before it can.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
@@ -45,6 +46,7 @@ impl Role {
     }
 }
 
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Project {
     pub id: String,
@@ -55,6 +57,7 @@ pub struct Project {
     pub created_at: Millis,
 }
 
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Server {
     pub id: String,
@@ -66,6 +69,7 @@ pub struct Server {
     pub created_at: Millis,
 }
 
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ContainerStatus {
@@ -101,6 +105,7 @@ impl ContainerStatus {
 }
 
 /// A link to another container (lineage). Only containers the caller may see are linked.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerRef {
     pub id: String,
@@ -110,6 +115,7 @@ pub struct ContainerRef {
 }
 
 /// One row of the containers list.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerSummary {
     pub id: String,
@@ -127,6 +133,7 @@ pub struct ContainerSummary {
 }
 
 /// A firewall (ACL) rule of a container.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FirewallRule {
     /// `ingress` or `egress`.
@@ -142,6 +149,7 @@ pub struct FirewallRule {
 }
 
 /// A network attachment / setting of a container.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkRule {
     pub interface: String,
@@ -151,6 +159,7 @@ pub struct NetworkRule {
     pub mtu: Option<u32>,
 }
 
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
     pub id: String,
@@ -161,6 +170,7 @@ pub struct Snapshot {
 }
 
 /// Everything about one container.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerDetail {
     #[serde(flatten)]
@@ -184,6 +194,7 @@ pub struct ContainerDetail {
     pub root_path: Option<String>,
 }
 
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobKind {
@@ -208,6 +219,7 @@ impl JobKind {
     }
 }
 
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobStatus {
@@ -250,6 +262,7 @@ impl JobStatus {
 }
 
 /// Where a running job is: it scans, plans, transfers, verifies and commits, in that order.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobPhase {
@@ -287,6 +300,7 @@ impl JobPhase {
 }
 
 /// What a finished copy or sync did (`Job::summary`).
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct JobSummary {
@@ -324,6 +338,7 @@ pub struct JobSummary {
 }
 
 /// Live progress of a job; totals are known once planning is done.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct JobProgress {
     pub phase: JobPhase,
@@ -338,6 +353,7 @@ pub struct JobProgress {
     pub eta_seconds: Option<f64>,
 }
 
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Job {
     pub id: String,
@@ -374,6 +390,7 @@ impl Job {
 }
 
 /// One finished run of a copy (its first copy, or a sync), for the sync status page.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SyncRun {
     pub job_id: String,
@@ -388,6 +405,7 @@ pub struct SyncRun {
 }
 
 /// Where a copy stands against its source.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Freshness {
@@ -411,6 +429,7 @@ impl Freshness {
 }
 
 /// A copy as a team lead sees it on the sync status page.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CopyStatus {
     /// The copy (its `source` is set when the caller may see the source).
@@ -437,6 +456,7 @@ impl CopyStatus {
 }
 
 /// What a job event says: a status change, or progress while running.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
@@ -455,6 +475,7 @@ impl EventKind {
 }
 
 /// A job event, as streamed over server-sent events (`event:` is `kind`).
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobEvent {
     /// Increasing across all jobs; a reconnecting client sends the last one it saw.
@@ -468,6 +489,7 @@ pub struct JobEvent {
 }
 
 /// Filters for listing jobs (`GET /api/v1/jobs?...`); every one is optional.
+#[cfg_attr(feature = "ssr", derive(utoipa::IntoParams), into_params(parameter_in = Query))]
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobFilter {
@@ -480,6 +502,7 @@ pub struct JobFilter {
 }
 
 /// The body of `POST /api/v1/containers/{id}/copy` (the contract's fields).
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CopyRequest {
@@ -499,6 +522,7 @@ pub struct CopyRequest {
 }
 
 /// What a copy request starts: the new container and the job that fills it.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CopyStarted {
     pub container: ContainerDetail,
@@ -506,6 +530,7 @@ pub struct CopyStarted {
 }
 
 /// What every error of the API and of the server functions carries.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
@@ -534,6 +559,7 @@ impl ErrorCode {
 }
 
 /// An error for a user: a stable code and a sentence that says what to do.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("{message}")]
 pub struct ApiError {

@@ -19,5 +19,5 @@ pub mod serve;
 pub mod service;
 pub mod store;
 
-pub use http::OPENAPI;
+pub use http::openapi_document;
 pub use jobs::Limits;

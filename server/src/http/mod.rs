@@ -21,7 +21,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::service::Service;
 
-pub use api::OPENAPI;
+pub use api::document as openapi_document;
 
 #[derive(Clone)]
 pub struct AppState {

@@ -1,66 +1,126 @@
 //! `/projects`, `/servers`, `/containers` and a container's copy, sync and snapshots.
 
+use app::model::{ContainerDetail, CopyRequest, CopyStarted, Project, Server, Snapshot};
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
-use super::{accepted, body, idempotency_key, path, query, ApiResult, Caller, RestError};
+use super::{
+    accepted, body, idempotency_key, path, query, ApiResult, Caller, JobAnswer, ReadErrors,
+    RestError, WriteErrors,
+};
 use crate::http::AppState;
 
+#[derive(Serialize, ToSchema)]
+pub(super) struct ProjectList {
+    projects: Vec<Project>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(super) struct ServerList {
+    servers: Vec<Server>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(super) struct ContainerList {
+    containers: Vec<app::model::ContainerSummary>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(super) struct SnapshotList {
+    snapshots: Vec<Snapshot>,
+}
+
+/// Projects the caller is a member of (all, for a platform admin)
+#[utoipa::path(get, path = "/projects", responses((status = 200, body = ProjectList), ReadErrors))]
 pub(super) async fn list_projects(
     State(st): State<AppState>,
     Caller(user): Caller,
-) -> ApiResult<serde_json::Value> {
+) -> ApiResult<ProjectList> {
     let projects = st.service.list_projects(&user).await?;
-    Ok(Json(json!({ "projects": projects })))
+    Ok(Json(ProjectList { projects }))
 }
 
+/// Servers containers can live on (their storage roots shown to platform admins only)
+#[utoipa::path(get, path = "/servers", responses((status = 200, body = ServerList), ReadErrors))]
 pub(super) async fn list_servers(
     State(st): State<AppState>,
     Caller(user): Caller,
-) -> ApiResult<serde_json::Value> {
+) -> ApiResult<ServerList> {
     let servers = st.service.list_servers(&user).await?;
-    Ok(Json(json!({ "servers": servers })))
+    Ok(Json(ServerList { servers }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ContainerQuery {
+    /// Only the containers of this project
     pub(super) project_id: Option<String>,
 }
 
+/// Containers the caller may see
+#[utoipa::path(
+    get,
+    path = "/containers",
+    params(ContainerQuery),
+    responses((status = 200, body = ContainerList), ReadErrors)
+)]
 pub(super) async fn list_containers(
     State(st): State<AppState>,
     Caller(user): Caller,
     q: Result<Query<ContainerQuery>, QueryRejection>,
-) -> ApiResult<serde_json::Value> {
+) -> ApiResult<ContainerList> {
     let q = query(q)?;
     let containers = st
         .service
         .list_containers(&user, q.project_id.as_deref())
         .await?;
-    Ok(Json(json!({ "containers": containers })))
+    Ok(Json(ContainerList { containers }))
 }
 
+/// One container with snapshots, rules and lineage
+#[utoipa::path(
+    get,
+    path = "/containers/{id}",
+    params(("id" = String, Path, description = "The container's id (24 lowercase hex digits)")),
+    responses((status = 200, body = ContainerDetail), ReadErrors)
+)]
 pub(super) async fn get_container(
     State(st): State<AppState>,
     Caller(user): Caller,
     id: Result<Path<String>, PathRejection>,
-) -> ApiResult<app::model::ContainerDetail> {
+) -> ApiResult<ContainerDetail> {
     let id = path(id)?;
     Ok(Json(st.service.get_container(&user, &id).await?))
 }
 
+/// Copy a container into a project and onto a server (asynchronous)
+///
+/// The answer is the new container (status `copying`) and its job; `Location` names the
+/// job. `target_server_id` defaults to the source's server, `name` to `<source>-copy`
+/// (then `-copy-2`, ...); the SSH key is never inherited.
+#[utoipa::path(
+    post,
+    path = "/containers/{id}/copy",
+    params(
+        ("id" = String, Path, description = "The source container"),
+        ("Idempotency-Key" = Option<String>, Header,
+            description = "A retried request with the same key returns the same job instead of starting another"),
+    ),
+    request_body = CopyRequest,
+    responses((status = 202, body = CopyStarted, description = "Accepted: the new container and its job"), WriteErrors)
+)]
 pub(super) async fn copy_container(
     State(st): State<AppState>,
     Caller(user): Caller,
     id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
-    req: Result<Json<app::model::CopyRequest>, JsonRejection>,
+    req: Result<Json<CopyRequest>, JsonRejection>,
 ) -> Result<Response, RestError> {
     let id = path(id)?;
     let key = idempotency_key(&headers)?;
@@ -72,6 +132,20 @@ pub(super) async fn copy_container(
     Ok(accepted(&started.job.url, &started))
 }
 
+/// Bring a copy up to date with its source, incrementally (asynchronous)
+///
+/// One at a time per container: a second request gets 409 naming the running job. Only for
+/// containers created by copy (409 otherwise).
+#[utoipa::path(
+    post,
+    path = "/containers/{id}/sync",
+    params(
+        ("id" = String, Path, description = "The copy"),
+        ("Idempotency-Key" = Option<String>, Header,
+            description = "A retried request with the same key returns the same job instead of starting another"),
+    ),
+    responses((status = 202, body = JobAnswer, description = "Accepted: the sync's job"), WriteErrors)
+)]
 pub(super) async fn sync_container(
     State(st): State<AppState>,
     Caller(user): Caller,
@@ -84,25 +158,42 @@ pub(super) async fn sync_container(
         .service
         .sync_container(&user, &id, key.as_deref())
         .await?;
-    Ok(accepted(&job.url, &serde_json::json!({ "job": job })))
+    let url = job.url.clone();
+    Ok(accepted(&url, &JobAnswer { job }))
 }
 
+/// A container's snapshots
+#[utoipa::path(
+    get,
+    path = "/containers/{id}/snapshots",
+    params(("id" = String, Path, description = "The container")),
+    responses((status = 200, body = SnapshotList), ReadErrors)
+)]
 pub(super) async fn list_snapshots(
     State(st): State<AppState>,
     Caller(user): Caller,
     id: Result<Path<String>, PathRejection>,
-) -> ApiResult<serde_json::Value> {
+) -> ApiResult<SnapshotList> {
     let id = path(id)?;
     let snapshots = st.service.list_snapshots(&user, &id).await?;
-    Ok(Json(json!({ "snapshots": snapshots })))
+    Ok(Json(SnapshotList { snapshots }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct SnapshotRequest {
+    /// Letters, digits and hyphens, unique among the container's snapshots
     pub(super) name: String,
 }
 
+/// Freeze the container's current tree under a name
+#[utoipa::path(
+    post,
+    path = "/containers/{id}/snapshots",
+    params(("id" = String, Path, description = "The container")),
+    request_body = SnapshotRequest,
+    responses((status = 201, body = Snapshot, description = "Created"), WriteErrors)
+)]
 pub(super) async fn create_snapshot(
     State(st): State<AppState>,
     Caller(user): Caller,

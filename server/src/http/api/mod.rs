@@ -9,22 +9,105 @@ mod sse;
 mod sync_status;
 
 use app::backend::CurrentUser;
-use app::model::{ApiError, ErrorCode, UserInfo};
+use app::model::{ApiError, ErrorCode, Job, UserInfo};
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequestParts, Path, Query};
 use axum::http::{header, request::Parts, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::{IntoResponses, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::AppState;
-use containers::*;
-use jobs::*;
-use openapi::openapi;
-pub use openapi::OPENAPI;
-use sse::{all_events, job_events};
-use sync_status::sync_status;
+
+/// The REST API's routes and their OpenAPI document, from the same list: an operation is
+/// documented exactly when it is routed.
+fn routes_and_document() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(openapi::Header::openapi())
+        .routes(routes!(containers::list_projects))
+        .routes(routes!(containers::list_servers))
+        .routes(routes!(containers::list_containers))
+        .routes(routes!(containers::get_container))
+        .routes(routes!(containers::copy_container))
+        .routes(routes!(containers::sync_container))
+        .routes(routes!(
+            containers::list_snapshots,
+            containers::create_snapshot
+        ))
+        .routes(routes!(jobs::list_jobs))
+        .routes(routes!(jobs::get_job))
+        .routes(routes!(jobs::cancel_job))
+        .routes(routes!(sse::job_events))
+        .routes(routes!(sse::all_events))
+        .routes(routes!(sync_status::sync_status))
+        .routes(routes!(openapi::openapi))
+        .split_for_parts()
+}
+
+pub fn routes() -> Router<AppState> {
+    routes_and_document()
+        .0
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+}
+
+/// The OpenAPI document of the REST API, as `/api/v1/openapi.json` serves it.
+pub fn document() -> String {
+    openapi::DOCUMENT.clone()
+}
+
+/// The body of every error answer.
+#[derive(Serialize, ToSchema)]
+struct ErrorBody {
+    error: ApiError,
+}
+
+/// An answer that is one job (`{"job": ...}`).
+#[derive(Serialize, ToSchema)]
+struct JobAnswer {
+    job: Job,
+}
+
+/// The errors a read may answer with.
+#[derive(IntoResponses)]
+#[allow(dead_code)] // Only described: the answers are `RestError`s.
+enum ReadErrors {
+    #[response(status = 400, description = "Bad request (a malformed id or query)")]
+    BadRequest(ErrorBody),
+    #[response(status = 401, description = "No or invalid credentials")]
+    Unauthorized(ErrorBody),
+    #[response(status = 404, description = "Not found, or not visible to the caller")]
+    NotFound(ErrorBody),
+}
+
+/// The errors a write may answer with.
+#[derive(IntoResponses)]
+#[allow(dead_code)] // Only described: the answers are `RestError`s.
+enum WriteErrors {
+    #[response(
+        status = 400,
+        description = "Bad request (malformed JSON, id or header)"
+    )]
+    BadRequest(ErrorBody),
+    #[response(status = 401, description = "No or invalid credentials")]
+    Unauthorized(ErrorBody),
+    #[response(status = 403, description = "Forbidden: the caller's role is too low")]
+    Forbidden(ErrorBody),
+    #[response(status = 404, description = "Not found, or not visible to the caller")]
+    NotFound(ErrorBody),
+    #[response(
+        status = 409,
+        description = "Conflict (a taken name or key, a job already running)"
+    )]
+    Conflict(ErrorBody),
+    #[response(
+        status = 422,
+        description = "Unprocessable: a field is missing, unknown or invalid"
+    )]
+    Unprocessable(ErrorBody),
+}
 
 /// The API's error response.
 pub struct RestError(pub ApiError);
@@ -39,8 +122,9 @@ impl IntoResponse for RestError {
     fn into_response(self) -> Response {
         let status =
             StatusCode::from_u16(self.0.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let mut resp = (status, Json(json!({ "error": self.0 }))).into_response();
-        if self.0.code == ErrorCode::Unauthorized {
+        let unauthorized = self.0.code == ErrorCode::Unauthorized;
+        let mut resp = (status, Json(ErrorBody { error: self.0 })).into_response();
+        if unauthorized {
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"doppel\""),
@@ -88,29 +172,6 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, RestError> {
 fn path(p: Result<Path<String>, PathRejection>) -> Result<String, RestError> {
     p.map(|Path(v)| v)
         .map_err(|e| ApiError::invalid(format!("bad path: {}", e.body_text())).into())
-}
-
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/projects", get(list_projects))
-        .route("/servers", get(list_servers))
-        .route("/containers", get(list_containers))
-        .route("/containers/{id}", get(get_container))
-        .route("/containers/{id}/copy", post(copy_container))
-        .route("/containers/{id}/sync", post(sync_container))
-        .route(
-            "/containers/{id}/snapshots",
-            get(list_snapshots).post(create_snapshot),
-        )
-        .route("/jobs", get(list_jobs))
-        .route("/jobs/{id}", get(get_job))
-        .route("/jobs/{id}/cancel", post(cancel_job))
-        .route("/jobs/{id}/events", get(job_events))
-        .route("/events", get(all_events))
-        .route("/sync-status", get(sync_status))
-        .route("/openapi.json", get(openapi))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
 }
 
 async fn not_found() -> RestError {

@@ -19,9 +19,10 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use serde::Deserialize;
 
-use super::{path, query, Caller, RestError};
+use super::{path, query, Caller, ReadErrors, RestError};
 use crate::http::AppState;
 use crate::service::Service;
+use utoipa::IntoParams;
 
 /// The id to resume after: the `Last-Event-ID` header, or `?last_event_id=` (for clients
 /// that cannot set headers on a first connection).
@@ -227,12 +228,32 @@ async fn all_stream(
     Ok(respond(frames(live)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct EventsQuery {
+    /// Resume after this event id (as the Last-Event-ID header, for clients that cannot set
+    /// headers)
     last_event_id: Option<u64>,
 }
 
+/// Live events of one job; the stream ends after the job's final event
+///
+/// Each event has an `id` (resume with Last-Event-ID), an `event` (`progress` or `status`)
+/// and `data`, a JobEvent as JSON. Progress comes at most every 100 ms.
+#[utoipa::path(
+    get,
+    path = "/jobs/{id}/events",
+    params(
+        ("id" = String, Path, description = "The job's id"),
+        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event id"),
+        EventsQuery,
+    ),
+    responses(
+        (status = 200, description = "A text/event-stream of job events", content_type = "text/event-stream", body = JobEvent),
+        ReadErrors
+    )
+)]
 pub(super) async fn job_events(
     State(st): State<AppState>,
     Caller(user): Caller,
@@ -245,6 +266,19 @@ pub(super) async fn job_events(
     Ok(job_stream(&st.service, &user, &id, after).await?)
 }
 
+/// Live events of every job the caller may see
+#[utoipa::path(
+    get,
+    path = "/events",
+    params(
+        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event id"),
+        EventsQuery,
+    ),
+    responses(
+        (status = 200, description = "A text/event-stream of job events", content_type = "text/event-stream", body = JobEvent),
+        ReadErrors
+    )
+)]
 pub(super) async fn all_events(
     State(st): State<AppState>,
     Caller(user): Caller,
