@@ -18,11 +18,7 @@ impl JobRunner {
         result: Result<engine::Summary, EngineError>,
         last_progress: Option<JobProgress>,
     ) -> Result<(), DbError> {
-        let previous = params
-            .previous_status
-            .as_deref()
-            .and_then(ContainerStatus::parse)
-            .unwrap_or(ContainerStatus::Running);
+        let previous = params.previous_status.unwrap_or(ContainerStatus::Running);
         let (status, error) = match &result {
             Ok(_) => (JobStatus::Succeeded, None),
             Err(EngineError::Cancelled) => (JobStatus::Cancelled, Some("cancelled".to_string())),

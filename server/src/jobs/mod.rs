@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use app::model::{EventKind, JobKind};
+use app::model::{ContainerStatus, EventKind, JobKind};
 use parking_lot::Mutex;
 use tokio::sync::Semaphore;
 
@@ -27,7 +27,7 @@ pub struct JobParams {
     /// Copy from this snapshot of the source instead of its live state.
     pub source_snapshot_id: Option<String>,
     /// Sync: the target's status before the sync, restored after it.
-    pub previous_status: Option<String>,
+    pub previous_status: Option<ContainerStatus>,
 }
 
 /// What the runner needs to start a job: the rows it acts on and where their trees are.

@@ -74,7 +74,7 @@ impl Service {
         let job_id = new_id();
         let params = JobParams {
             source_snapshot_id: None,
-            previous_status: Some(previous.as_str().into()),
+            previous_status: Some(previous),
         };
         let queued = self
             .db
