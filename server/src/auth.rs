@@ -308,10 +308,7 @@ mod tests {
         let cache = TokenCache::new(Duration::from_millis(300));
         assert_eq!(cache.user(&db, &token).await.unwrap(), Some(alice.clone()));
         assert_eq!(cache.user(&db, "dpl_bogus").await.unwrap(), None);
-        sqlx::query("DELETE FROM api_tokens")
-            .execute(&db.write)
-            .await
-            .unwrap();
+        db.write("DELETE FROM api_tokens", vec![]).await.unwrap();
         // Within its time the answer comes from memory, without the database...
         assert_eq!(cache.user(&db, &token).await.unwrap(), Some(alice));
         // ...and after it, the token is looked up again: gone.

@@ -2,11 +2,13 @@
 //! write connection (see the module above for why).
 
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 
-use sqlx::SqlitePool;
+use parking_lot::Mutex;
+use rusqlite::types::{ToSql, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Db, DbError, SyncConn};
+use super::{execute, Db, DbError, SyncConn};
 
 /// Most writes one group commit takes.
 const MAX_BATCH: usize = 256;
@@ -62,16 +64,14 @@ where
     }
 }
 
-/// Takes every write queued at the moment and runs them in one transaction.
+/// Takes every write queued at the moment and runs them in one transaction, on the writer.
 pub(super) async fn group_commit(
-    pool: SqlitePool,
+    writer: Arc<Mutex<SyncConn>>,
     mut queue: mpsc::UnboundedReceiver<Box<dyn Queued>>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let outcome = commit_batch(&pool, &mut batch)
-            .await
-            .map_err(|e| e.to_string());
+        let outcome = commit_batch(&writer.lock(), &mut batch).map_err(|e| e.to_string());
         if let Err(e) = &outcome {
             tracing::error!(error = %e, "a group of database writes failed to commit");
         }
@@ -81,21 +81,13 @@ pub(super) async fn group_commit(
     }
 }
 
-/// Runs a batch on the write connection, taken from sqlx for the time: no sqlx statement
-/// runs on it meanwhile, and the batch leaves no transaction open behind it.
-async fn commit_batch(pool: &SqlitePool, batch: &mut [Box<dyn Queued>]) -> Result<(), DbError> {
-    let mut conn = pool.acquire().await?;
-    let mut handle = conn.lock_handle().await?;
-    // SAFETY: the handle is a live connection, locked for us until `handle` is dropped, which
-    // is after `sync`; a connection made from a handle does not close it.
-    let sync = unsafe { SyncConn::from_handle(handle.as_raw_handle().as_ptr())? };
-    let result = run_batch(&sync, batch);
-    if result.is_err() && !sync.is_autocommit() {
-        let _ = sync.execute_batch("ROLLBACK");
+/// Runs a batch on the writer; the batch leaves no transaction open behind it.
+fn commit_batch(conn: &SyncConn, batch: &mut [Box<dyn Queued>]) -> rusqlite::Result<()> {
+    let result = run_batch(conn, batch);
+    if result.is_err() && !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
     }
-    drop(sync);
-    drop(handle);
-    Ok(result?)
+    result
 }
 
 /// Runs one write, and says whether it succeeded. A write that panics counts as failed
@@ -129,6 +121,20 @@ fn run_batch(conn: &SyncConn, batch: &mut [Box<dyn Queued>]) -> rusqlite::Result
 }
 
 impl Db {
+    /// Runs one statement as a write of its own (group-committed with the writes queued
+    /// beside it); says how many rows it changed.
+    pub(crate) async fn write(
+        &self,
+        sql: &'static str,
+        args: Vec<Value>,
+    ) -> Result<usize, DbError> {
+        self.transact(move |c| {
+            let args: Vec<&dyn ToSql> = args.iter().map(|v| v as &dyn ToSql).collect();
+            Ok(execute(c, sql, &args)?)
+        })
+        .await
+    }
+
     /// Runs `write` in a transaction of its own: all of its statements take effect, or
     /// (when it returns an error) none. It shares one commit with the writes queued beside
     /// it, and answers once that commit is done.

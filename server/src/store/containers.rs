@@ -8,7 +8,7 @@ use app::model::{ContainerRef, ContainerStatus, JobKind, JobStatus};
 use sqlx::Row;
 
 use super::{
-    execute, query_first, unique_violation, Cols, ContainerRow, Db, DbError, SyncConn,
+    execute, query_first, unique_violation, Arg, Cols, ContainerRow, Db, DbError, SyncConn,
     CONTAINER_SELECT,
 };
 
@@ -317,26 +317,27 @@ impl Db {
     }
 
     pub(crate) async fn insert_imported(&self, c: ImportedContainer<'_>) -> Result<(), DbError> {
-        sqlx::query(
+        self.write(
             "INSERT INTO containers (id, name, project_id, server_id, status, ssh_public_key,
                 firewall_rules, network_rules, source_container_id, last_synced_at,
                 file_count, size_bytes, created_at, updated_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13)",
+            vec![
+                Arg::arg(c.id),
+                Arg::arg(c.name),
+                Arg::arg(c.project_id),
+                Arg::arg(c.server_id),
+                Arg::arg(c.status.as_str()),
+                Arg::arg(c.ssh_public_key),
+                Arg::arg(&c.firewall_rules),
+                Arg::arg(&c.network_rules),
+                Arg::arg(c.source_container_id),
+                Arg::arg(c.source_container_id.map(|_| c.now)),
+                Arg::arg(c.file_count),
+                Arg::arg(c.size_bytes),
+                Arg::arg(c.now),
+            ],
         )
-        .bind(c.id)
-        .bind(c.name)
-        .bind(c.project_id)
-        .bind(c.server_id)
-        .bind(c.status.as_str())
-        .bind(c.ssh_public_key)
-        .bind(&c.firewall_rules)
-        .bind(&c.network_rules)
-        .bind(c.source_container_id)
-        .bind(c.source_container_id.map(|_| c.now))
-        .bind(c.file_count)
-        .bind(c.size_bytes)
-        .bind(c.now)
-        .execute(&self.write)
         .await?;
         Ok(())
     }

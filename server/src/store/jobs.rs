@@ -8,7 +8,7 @@ use app::model::{
 };
 use sqlx::Row;
 
-use super::{execute, job_from_row, query_first, Db, DbError, SyncConn};
+use super::{execute, job_from_row, query_first, Arg, Db, DbError, SyncConn};
 use crate::ids::now_ms;
 
 /// What a job acts on and where the trees are, as the database has it.
@@ -110,12 +110,15 @@ impl Db {
 
     /// Cancels a job that is still queued (a running one is stopped by its runner).
     pub(crate) async fn cancel_if_queued(&self, id: &str) -> Result<(), DbError> {
-        sqlx::query("UPDATE jobs SET status = $1 WHERE id = $2 AND status = $3")
-            .bind(JobStatus::Cancelled.as_str())
-            .bind(id)
-            .bind(JobStatus::Queued.as_str())
-            .execute(&self.write)
-            .await?;
+        self.write(
+            "UPDATE jobs SET status = $1 WHERE id = $2 AND status = $3",
+            vec![
+                Arg::arg(JobStatus::Cancelled.as_str()),
+                Arg::arg(id),
+                Arg::arg(JobStatus::Queued.as_str()),
+            ],
+        )
+        .await?;
         Ok(())
     }
 
@@ -123,26 +126,15 @@ impl Db {
     /// SQLite runs writes one at a time, so two racing requests cannot both get in. `false`:
     /// one is.
     pub(crate) async fn queue_sync(&self, s: NewSync) -> Result<bool, DbError> {
-        let res = sqlx::query(
+        let res = self.write(
             "INSERT INTO jobs (id, kind, status, project_id, container_id, source_container_id,
                 requested_by, params, idempotency_key, created_at)
              SELECT $1, $9, $10, $2, $3, $4, $5, $6, $7, $8
              WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE container_id = $3 AND status IN ($10, $11))",
+            vec![Arg::arg(&s.job_id), Arg::arg(&s.project_id), Arg::arg(&s.container_id), Arg::arg(&s.source_id), Arg::arg(&s.requested_by), Arg::arg(&s.params), Arg::arg(&s.idempotency_key), Arg::arg(s.now), Arg::arg(JobKind::Sync.as_str()), Arg::arg(JobStatus::Queued.as_str()), Arg::arg(JobStatus::Running.as_str())],
         )
-        .bind(&s.job_id)
-        .bind(&s.project_id)
-        .bind(&s.container_id)
-        .bind(&s.source_id)
-        .bind(&s.requested_by)
-        .bind(&s.params)
-        .bind(&s.idempotency_key)
-        .bind(s.now)
-        .bind(JobKind::Sync.as_str())
-        .bind(JobStatus::Queued.as_str())
-        .bind(JobStatus::Running.as_str())
-        .execute(&self.write)
         .await?;
-        Ok(res.rows_affected() > 0)
+        Ok(res > 0)
     }
 
     /// The job queued or running for a container, if any.
@@ -177,11 +169,11 @@ impl Db {
                 .fetch_all(&self.read)
                 .await?;
         for id in &ids {
-            sqlx::query("UPDATE jobs SET status = $1, phase = NULL WHERE id = $2")
-                .bind(JobStatus::Queued.as_str())
-                .bind(id)
-                .execute(&self.write)
-                .await?;
+            self.write(
+                "UPDATE jobs SET status = $1, phase = NULL WHERE id = $2",
+                vec![Arg::arg(JobStatus::Queued.as_str()), Arg::arg(id)],
+            )
+            .await?;
         }
         Ok(ids)
     }

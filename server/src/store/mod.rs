@@ -1,32 +1,30 @@
-//! The database: two sqlx pools on one file (and, for the hot paths, rusqlite on the same
-//! connections' library), with the embedded migrations applied.
+//! The database, and the only module that names a database driver: the rest of doppel asks
+//! it by name (`Db::container`, `Db::finish_job`, ...), so another database can sit beside
+//! SQLite here.
 //!
 //! SQLite by default (a file in the data dir, WAL mode so the admin subcommands can work
-//! beside a running server). The SQL elsewhere sticks to what PostgreSQL also accepts.
+//! beside a running server). The SQL sticks to what PostgreSQL also accepts: `$n`
+//! parameters, BIGINT millisecond times, TEXT JSON, no SQLite-only functions.
 //!
-//! Reads and writes go through different pools. SQLite lets one connection write at a
-//! time; when several connections of one process race for that lock, the losers sleep in
+//! Reads and writes go through different connections. SQLite lets one connection write at
+//! a time; when several connections of one process race for that lock, the losers sleep in
 //! SQLite's busy handler (1, 2, 5, 10 … ms) and a burst of requests waits on sleeps while
-//! the cores idle. So every write goes through the one connection of `write`, where
-//! writers queue in order and none ever sleeps, while `read` (read-only connections,
-//! which WAL lets run beside the writer) serves every query that changes nothing. A write
-//! sent to `read` by mistake fails loudly (SQLITE_READONLY) instead of racing.
+//! the cores idle. So every write goes through one connection, the writer, where writers
+//! queue in order and none ever sleeps, while `read` (read-only sqlx connections, which WAL
+//! lets run beside the writer) serves every query that changes nothing.
 //!
-//! Writes on the hot paths (accepting a copy, a job's status) go through `Db::transact`:
-//! a task takes every write queued at that moment and runs them in one transaction (group
-//! commit): first as they are, and only if one of them fails, again with a savepoint each,
-//! so the failed one is undone alone. A burst of requests then costs one commit and one
-//! connection checkout, not one of each per request; and since
-//! the task, not the request, runs the write, a client that hangs up mid-request cannot
-//! leave a write half done.
+//! Writes go through `Db::transact` (and `Db::write`, one statement): a task takes every
+//! write queued at that moment and runs them in one transaction on the writer (group
+//! commit, `commit.rs`): first as they are, and only if one of them fails, again with a
+//! savepoint each, so the failed one is undone alone. A burst of requests then costs one
+//! commit, not one per request; and since the task, not the request, runs the write, a
+//! client that hangs up mid-request cannot leave a write half done.
 //!
-//! The hot paths use rusqlite, over the same SQLite library as sqlx: sqlx runs each
-//! statement on a thread of the connection's own and sends the request and every row
-//! across, which was most of what a copy request cost (`make load`, perf). Group commit
-//! runs its writes synchronously on the write connection's handle, locked from sqlx for the
-//! batch; `Db::read_now` runs a short read on the calling thread, over read-only
-//! connections of its own. Their SQL is the same portable SQL (`$1` parameters, bound by
-//! number: `prepare`).
+//! The writer and `Db::read_now` (a short read on the calling thread, for the copy
+//! request) use rusqlite over the same SQLite library as sqlx: sqlx runs each statement on a
+//! thread of the connection's own and sends the request and every row across, which was
+//! most of what a copy request cost (`make load`, perf). Their SQL is the same portable
+//! SQL (`$1` parameters, bound by number: `sql.rs`).
 
 mod commit;
 mod containers;
@@ -42,7 +40,7 @@ pub(crate) use jobs::{JobEnd, NewSync};
 pub(crate) use projects::ServerRow;
 pub(crate) use rows::{job_from_row, ContainerRow, CONTAINER_SELECT};
 pub(crate) use snapshots::NewSnapshot;
-pub(crate) use sql::{execute, is_unique_violation, query_first, unique_violation, Cols};
+pub(crate) use sql::{execute, is_unique_violation, query_first, unique_violation, Arg, Cols};
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -63,8 +61,8 @@ pub use rusqlite::Connection as SyncConn;
 pub struct Db {
     /// Read-only connections, for queries that change nothing.
     pub(crate) read: SqlitePool,
-    /// The single connection every write (and every write transaction) goes through.
-    pub(crate) write: SqlitePool,
+    /// The one connection every write goes through, from the group-commit task.
+    writer: Arc<Mutex<SyncConn>>,
     /// Writes waiting for the group-commit task (`transact`).
     batched: mpsc::UnboundedSender<Box<dyn commit::Queued>>,
     /// Idle read-only connections for `read_now`.
@@ -104,18 +102,20 @@ pub async fn connect(url: &str) -> Result<Db, sqlx::Error> {
         // Savepoint journals and sort buffers in memory, not in temporary files (group
         // commit opens a savepoint per write).
         .pragma("temp_store", "memory");
-    // An embedded database's connection cannot go stale: no ping round-trip to the
-    // connection's thread before every statement.
-    let write = SqlitePoolOptions::new()
+    // The schema, brought up to date over a connection of its own (it also makes the file
+    // and sets WAL mode, which stays with the file).
+    let migrator = SqlitePoolOptions::new()
         .max_connections(1)
-        .test_before_acquire(false)
         .connect_with(opts.clone())
         .await?;
-    sqlx::migrate!("./migrations").run(&write).await?;
+    sqlx::migrate!("./migrations").run(&migrator).await?;
+    migrator.close().await;
+    let path = opts.get_filename().to_path_buf();
+    let config = |e: rusqlite::Error| sqlx::Error::Configuration(e.into());
+    let writer = Arc::new(Mutex::new(open_writer(&path).map_err(config)?));
     // One read connection opened now: the first request does not pay for it, and a
     // database that cannot be read this way fails the start, not a request.
-    let path = opts.get_filename().to_path_buf();
-    let first = open_read_only(&path).map_err(|e| sqlx::Error::Configuration(e.into()))?;
+    let first = open_read_only(&path).map_err(config)?;
     let sync_reads = Arc::new(SyncReads {
         path,
         idle: Mutex::new(vec![first]),
@@ -126,10 +126,10 @@ pub async fn connect(url: &str) -> Result<Db, sqlx::Error> {
         .connect_with(opts.create_if_missing(false).read_only(true))
         .await?;
     let (batched, queue) = mpsc::unbounded_channel();
-    tokio::spawn(commit::group_commit(write.clone(), queue));
+    tokio::spawn(commit::group_commit(writer.clone(), queue));
     Ok(Db {
         read,
-        write,
+        writer,
         batched,
         sync_reads,
     })
@@ -172,6 +172,24 @@ impl SyncReads {
     const MAX_IDLE: usize = 8;
 }
 
+/// The writer: foreign keys enforced; a writing admin subcommand beside the server is
+/// waited for, not failed.
+fn open_writer(path: &Path) -> rusqlite::Result<SyncConn> {
+    let conn = SyncConn::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "mmap_size", MMAP_SIZE)?;
+    // Savepoint journals and sort buffers in memory, not in temporary files (group commit
+    // may take a savepoint per write).
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
 fn open_read_only(path: &Path) -> rusqlite::Result<SyncConn> {
     let conn = SyncConn::open_with_flags(
         path,
@@ -184,11 +202,15 @@ fn open_read_only(path: &Path) -> rusqlite::Result<SyncConn> {
 }
 
 impl Db {
-    /// Closes both pools (the writer last, so the WAL is checkpointed by the last one out).
+    /// Closes the read pool, then folds the WAL into the database file (at a graceful stop).
     pub async fn close(&self) {
         self.sync_reads.idle.lock().clear();
         self.read.close().await;
-        self.write.close().await;
+        // The writer folds the WAL into the database file: the last one out.
+        let _ = self
+            .writer
+            .lock()
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
     }
 }
 
@@ -200,8 +222,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("t.db").display());
         let db = connect(&url).await.unwrap();
-        sqlx::query("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER)")
-            .execute(&db.write)
+        db.write("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER)", vec![])
             .await
             .unwrap();
         (dir, db)

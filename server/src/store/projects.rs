@@ -3,7 +3,7 @@
 use app::model::{Project, Role, Server};
 use sqlx::Row;
 
-use super::{Db, DbError};
+use super::{Arg, Db, DbError};
 
 /// A server's row.
 pub(crate) struct ServerRow {
@@ -83,14 +83,15 @@ impl Db {
         description: &str,
         now: i64,
     ) -> Result<(), DbError> {
-        sqlx::query(
+        self.write(
             "INSERT INTO projects (id, name, description, created_at) VALUES ($1, $2, $3, $4)",
+            vec![
+                Arg::arg(id),
+                Arg::arg(name),
+                Arg::arg(description),
+                Arg::arg(now),
+            ],
         )
-        .bind(id)
-        .bind(name)
-        .bind(description)
-        .bind(now)
-        .execute(&self.write)
         .await?;
         Ok(())
     }
@@ -101,12 +102,15 @@ impl Db {
         user_id: &str,
         role: Role,
     ) -> Result<(), DbError> {
-        sqlx::query("INSERT INTO memberships (project_id, user_id, role) VALUES ($1, $2, $3)")
-            .bind(project_id)
-            .bind(user_id)
-            .bind(role.as_str())
-            .execute(&self.write)
-            .await?;
+        self.write(
+            "INSERT INTO memberships (project_id, user_id, role) VALUES ($1, $2, $3)",
+            vec![
+                Arg::arg(project_id),
+                Arg::arg(user_id),
+                Arg::arg(role.as_str()),
+            ],
+        )
+        .await?;
         Ok(())
     }
 
@@ -139,16 +143,17 @@ impl Db {
     }
 
     pub(crate) async fn insert_server(&self, row: &ServerRow) -> Result<(), DbError> {
-        sqlx::query(
+        self.write(
             "INSERT INTO servers (id, name, description, storage_root, created_at)
              VALUES ($1, $2, $3, $4, $5)",
+            vec![
+                Arg::arg(&row.id),
+                Arg::arg(&row.name),
+                Arg::arg(&row.description),
+                Arg::arg(&row.storage_root),
+                Arg::arg(row.created_at),
+            ],
         )
-        .bind(&row.id)
-        .bind(&row.name)
-        .bind(&row.description)
-        .bind(&row.storage_root)
-        .bind(row.created_at)
-        .execute(&self.write)
         .await?;
         Ok(())
     }

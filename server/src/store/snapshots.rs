@@ -4,7 +4,7 @@ use app::model::Snapshot;
 use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 
-use super::{Db, DbError};
+use super::{Arg, Db, DbError};
 
 const SNAPSHOT_SELECT: &str = "SELECT id, name, created_at, file_count, size_bytes FROM snapshots";
 
@@ -64,17 +64,18 @@ impl Db {
     }
 
     pub(crate) async fn insert_snapshot(&self, s: NewSnapshot<'_>) -> Result<(), DbError> {
-        sqlx::query(
+        self.write(
             "INSERT INTO snapshots (id, container_id, name, file_count, size_bytes, created_at)
              VALUES ($1, $2, $3, $4, $5, $6)",
+            vec![
+                Arg::arg(s.id),
+                Arg::arg(s.container_id),
+                Arg::arg(s.name),
+                Arg::arg(s.file_count),
+                Arg::arg(s.size_bytes),
+                Arg::arg(s.created_at),
+            ],
         )
-        .bind(s.id)
-        .bind(s.container_id)
-        .bind(s.name)
-        .bind(s.file_count)
-        .bind(s.size_bytes)
-        .bind(s.created_at)
-        .execute(&self.write)
         .await?;
         Ok(())
     }

@@ -1,7 +1,7 @@
 //! Running the portable SQL (`$1` parameters) on a synchronous connection, and reading
 //! rows of either driver with one mapping.
 
-use rusqlite::types::{FromSql, ToSql};
+use rusqlite::types::{FromSql, ToSql, Value};
 use rusqlite::CachedStatement;
 use sqlx::sqlite::{Sqlite, SqliteRow};
 
@@ -89,5 +89,41 @@ pub fn unique_violation(err: &rusqlite::Error) -> Option<&str> {
             Some(message.as_deref().unwrap_or(""))
         }
         _ => None,
+    }
+}
+
+/// A statement's argument as an owned value: `Db::write` keeps its arguments, since a
+/// group-committed write may run twice.
+pub(crate) trait Arg {
+    fn arg(self) -> Value;
+}
+
+impl Arg for &str {
+    fn arg(self) -> Value {
+        Value::Text(self.to_owned())
+    }
+}
+
+impl Arg for &String {
+    fn arg(self) -> Value {
+        Value::Text(self.clone())
+    }
+}
+
+impl Arg for i64 {
+    fn arg(self) -> Value {
+        Value::Integer(self)
+    }
+}
+
+impl<T: Arg> Arg for Option<T> {
+    fn arg(self) -> Value {
+        self.map_or(Value::Null, Arg::arg)
+    }
+}
+
+impl Arg for &Option<String> {
+    fn arg(self) -> Value {
+        self.as_deref().arg()
     }
 }

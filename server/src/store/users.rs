@@ -4,7 +4,7 @@ use app::model::UserInfo;
 use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 
-use super::{Db, DbError};
+use super::{execute, Arg, Db, DbError};
 
 fn user(row: &SqliteRow) -> UserInfo {
     UserInfo {
@@ -48,34 +48,34 @@ impl Db {
         password_hash: Option<&str>,
         now: i64,
     ) -> Result<(), DbError> {
-        sqlx::query(
+        self.write(
             "INSERT INTO users (id, name, password_hash, is_admin, created_at)
              VALUES ($1, $2, $3, $4, $5)",
+            vec![
+                Arg::arg(&user.id),
+                Arg::arg(&user.name),
+                Arg::arg(password_hash),
+                Arg::arg(i64::from(user.is_admin)),
+                Arg::arg(now),
+            ],
         )
-        .bind(&user.id)
-        .bind(&user.name)
-        .bind(password_hash)
-        .bind(i64::from(user.is_admin))
-        .bind(now)
-        .execute(&self.write)
         .await?;
         Ok(())
     }
 
     /// Sets a user's password hash and ends their sessions, in one transaction.
     pub(crate) async fn set_password_hash(&self, user_id: &str, hash: &str) -> Result<(), DbError> {
-        let mut tx = self.write.begin().await?;
-        sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
-            .bind(hash)
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("DELETE FROM sessions WHERE user_id = $1")
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
+        let (user_id, hash) = (user_id.to_string(), hash.to_string());
+        self.transact(move |c| {
+            execute(
+                c,
+                "UPDATE users SET password_hash = $1 WHERE id = $2",
+                &[&hash, &user_id],
+            )?;
+            execute(c, "DELETE FROM sessions WHERE user_id = $1", &[&user_id])?;
+            Ok::<_, DbError>(())
+        })
+        .await
     }
 
     pub(crate) async fn insert_token(
@@ -86,16 +86,17 @@ impl Db {
         label: &str,
         now: i64,
     ) -> Result<(), DbError> {
-        sqlx::query(
+        self.write(
             "INSERT INTO api_tokens (id, user_id, token_hash, name, created_at)
              VALUES ($1, $2, $3, $4, $5)",
+            vec![
+                Arg::arg(id),
+                Arg::arg(user_id),
+                Arg::arg(token_hash),
+                Arg::arg(label),
+                Arg::arg(now),
+            ],
         )
-        .bind(id)
-        .bind(user_id)
-        .bind(token_hash)
-        .bind(label)
-        .bind(now)
-        .execute(&self.write)
         .await?;
         Ok(())
     }
@@ -116,11 +117,11 @@ impl Db {
     }
 
     pub(crate) async fn touch_token(&self, token_hash: &str, now: i64) -> Result<(), DbError> {
-        sqlx::query("UPDATE api_tokens SET last_used_at = $1 WHERE token_hash = $2")
-            .bind(now)
-            .bind(token_hash)
-            .execute(&self.write)
-            .await?;
+        self.write(
+            "UPDATE api_tokens SET last_used_at = $1 WHERE token_hash = $2",
+            vec![Arg::arg(now), Arg::arg(token_hash)],
+        )
+        .await?;
         Ok(())
     }
 
@@ -131,15 +132,16 @@ impl Db {
         now: i64,
         expires_at: i64,
     ) -> Result<(), DbError> {
-        sqlx::query(
+        self.write(
             "INSERT INTO sessions (id_hash, user_id, created_at, expires_at)
              VALUES ($1, $2, $3, $4)",
+            vec![
+                Arg::arg(id_hash),
+                Arg::arg(user_id),
+                Arg::arg(now),
+                Arg::arg(expires_at),
+            ],
         )
-        .bind(id_hash)
-        .bind(user_id)
-        .bind(now)
-        .bind(expires_at)
-        .execute(&self.write)
         .await?;
         Ok(())
     }
@@ -163,11 +165,11 @@ impl Db {
 
     /// Ends a session, and every session expired at `now`.
     pub(crate) async fn delete_session(&self, id_hash: &str, now: i64) -> Result<(), DbError> {
-        sqlx::query("DELETE FROM sessions WHERE id_hash = $1 OR expires_at <= $2")
-            .bind(id_hash)
-            .bind(now)
-            .execute(&self.write)
-            .await?;
+        self.write(
+            "DELETE FROM sessions WHERE id_hash = $1 OR expires_at <= $2",
+            vec![Arg::arg(id_hash), Arg::arg(now)],
+        )
+        .await?;
         Ok(())
     }
 }
