@@ -3,9 +3,9 @@
 # cores): runs the load N times per build, the builds taking turns, and prints each
 # figure's median and range per build.
 #
-#   scripts/load-compare.sh 5 /tmp/doppel-before target/release/doppel
+#   scripts/load-compare.sh 5 /tmp/doppel-before target/perf/doppel
 #
-# Copy a build aside first (cp target/release/doppel /tmp/doppel-before). LOAD_POSTS,
+# Copy a build aside first (cp target/perf/doppel /tmp/doppel-before). LOAD_POSTS,
 # LOAD_SUBSCRIBERS and LOAD_ROUNDS pass through.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -29,6 +29,7 @@
 mod commit;
 mod containers;
 mod jobs;
+mod migrate;
 mod projects;
 mod rows;
 mod snapshots;
@@ -102,17 +103,13 @@ pub async fn connect(url: &str) -> Result<Db, sqlx::Error> {
         // Savepoint journals and sort buffers in memory, not in temporary files (group
         // commit opens a savepoint per write).
         .pragma("temp_store", "memory");
-    // The schema, brought up to date over a connection of its own (it also makes the file
-    // and sets WAL mode, which stays with the file).
-    let migrator = SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect_with(opts.clone())
-        .await?;
-    sqlx::migrate!("./migrations").run(&migrator).await?;
-    migrator.close().await;
     let path = opts.get_filename().to_path_buf();
     let config = |e: rusqlite::Error| sqlx::Error::Configuration(e.into());
-    let writer = Arc::new(Mutex::new(open_writer(&path).map_err(config)?));
+    // The writer makes the file if needed, sets WAL mode (which stays with the file) and
+    // brings the schema up to date.
+    let writer = open_writer(&path).map_err(config)?;
+    migrate::migrate(&writer).map_err(config)?;
+    let writer = Arc::new(Mutex::new(writer));
     // One read connection opened now: the first request does not pay for it, and a
     // database that cannot be read this way fails the start, not a request.
     let first = open_read_only(&path).map_err(config)?;
@@ -177,9 +174,12 @@ impl SyncReads {
 fn open_writer(path: &Path) -> rusqlite::Result<SyncConn> {
     let conn = SyncConn::open_with_flags(
         path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))?;
     conn.pragma_update(None, "foreign_keys", true)?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "mmap_size", MMAP_SIZE)?;
