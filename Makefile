@@ -86,7 +86,7 @@ run: build
 dev: setup
 	cargo leptos watch
 
-lint: setup-test
+lint: setup
 	cargo fmt --all --check
 	cargo clippy -p doppel -p app --all-targets -- -D warnings
 	cargo clippy -p frontend --target wasm32-unknown-unknown -- -D warnings

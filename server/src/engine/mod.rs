@@ -256,41 +256,9 @@ impl EngineError {
     }
 }
 
-/// What a copy or sync did.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Summary {
-    pub files_added: u64,
-    pub files_changed: u64,
-    pub files_deleted: u64,
-    pub files_unchanged: u64,
-    /// Entries whose content was the same but metadata (mode, owner, mtime, xattrs) not.
-    pub metadata_only: u64,
-    /// Regular files and content bytes of the resulting tree.
-    pub tree_files: u64,
-    pub tree_bytes: u64,
-    /// Everything that crossed the sender/receiver stream.
-    pub bytes_sent: u64,
-    /// Literal content in that stream (whole files and the literal parts of deltas).
-    pub content_bytes: u64,
-    /// Bytes the receiver produced from what it already had (delta copies, reused files).
-    pub reused_bytes: u64,
-    /// Files sent as deltas against their previous version.
-    pub delta_files: u64,
-    /// Entries changed on the target itself since its last sync (overwritten).
-    pub drift: u64,
-    pub drift_paths: Vec<String>,
-    /// Device files and sockets in the source, which are not copied.
-    pub skipped_special: Vec<String>,
-    /// Files that kept changing while being read; the next sync picks them up.
-    pub unstable: Vec<String>,
-    pub duration_ms: u64,
-    /// The resulting tree's manifest root (BLAKE3, hex).
-    pub root_hash: String,
-    /// An interrupted earlier run was repaired first.
-    pub recovered: bool,
-    /// Milliseconds spent per phase (scan, plan, transfer, verify, commit).
-    pub phase_ms: std::collections::BTreeMap<String, u64>,
-}
+/// What a copy or sync did. It is the job summary the API shows, defined once in the wire
+/// model (plain data: counts, paths, timings), so the runner passes it on as it is.
+pub use app::model::JobSummary as Summary;
 
 /// Copies the tree at `src.root` to `dst.root`, which must not exist. The copy appears at
 /// `dst.root` complete and verified, or not at all.

@@ -1,7 +1,7 @@
 //! How a job ends: the job's status and error, and its container's status and reason, from
 //! the engine's result; written in one commit, then announced.
 
-use app::model::{ContainerStatus, EventKind, JobKind, JobProgress, JobStatus, JobSummary};
+use app::model::{ContainerStatus, EventKind, JobKind, JobProgress, JobStatus};
 
 use super::{JobParams, JobRunner};
 use crate::engine::{self, EngineError};
@@ -48,7 +48,7 @@ impl JobRunner {
                 job_id: job_id.to_string(),
                 status,
                 error,
-                summary: result.ok().map(summary_of),
+                summary: result.ok(),
                 last_progress,
                 target_id: target_id.to_string(),
                 container_status,
@@ -57,52 +57,5 @@ impl JobRunner {
             .await?;
         self.hub.publish(EventKind::Status, job);
         Ok(())
-    }
-}
-
-/// The engine's account of a run, as the API shows it. Every field is named, so a field
-/// added to the engine's summary does not compile until it is placed here.
-fn summary_of(s: engine::Summary) -> JobSummary {
-    let engine::Summary {
-        files_added,
-        files_changed,
-        files_deleted,
-        files_unchanged,
-        metadata_only,
-        tree_files,
-        tree_bytes,
-        bytes_sent,
-        content_bytes,
-        reused_bytes,
-        delta_files,
-        drift,
-        drift_paths,
-        skipped_special,
-        unstable,
-        duration_ms,
-        root_hash,
-        recovered,
-        phase_ms,
-    } = s;
-    JobSummary {
-        files_added,
-        files_changed,
-        files_deleted,
-        files_unchanged,
-        metadata_only,
-        tree_files,
-        tree_bytes,
-        bytes_sent,
-        content_bytes,
-        reused_bytes,
-        delta_files,
-        drift,
-        drift_paths,
-        skipped_special,
-        unstable,
-        duration_ms,
-        root_hash,
-        recovered,
-        phase_ms,
     }
 }
