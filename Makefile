@@ -5,23 +5,30 @@ SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
 
+# Only `make dev` (cargo leptos watch) uses cargo-leptos; `make build` does its steps itself.
 CARGO_LEPTOS_VERSION := 0.3.11
 # wasm-bindgen-cli must match the wasm-bindgen crate in Cargo.lock exactly.
 WASM_BINDGEN_VERSION := $(shell awk '/^name = "wasm-bindgen"$$/ { getline; gsub(/"/, "", $$3); print $$3; exit }' Cargo.lock)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-# Build tools (cargo-leptos, wasm-bindgen-cli) only orchestrate a build: they are built
-# without optimisation, LTO or debug info, in many codegen units. cargo-leptos's own release
-# profile (fat LTO, one codegen unit) made the fresh-machine set-up of `make run` take 47
-# minutes; what they do themselves (split and bind a few MB of WASM) takes seconds either way.
+# Build tools only orchestrate a build: they are built without optimisation, LTO or debug
+# info, in many codegen units. cargo-leptos's own release profile (fat LTO, one codegen unit)
+# made the fresh-machine set-up of `make run` take 47 minutes.
 TOOL_PROFILE := CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=256 \
   CARGO_PROFILE_RELEASE_OPT_LEVEL=0 CARGO_PROFILE_RELEASE_DEBUG=false \
   CARGO_PROFILE_RELEASE_STRIP=true CARGO_PROFILE_RELEASE_INCREMENTAL=false
+# What cargo-leptos tells a build. The server needs LEPTOS_OUTPUT_NAME at compile time:
+# without it leptos's hydration script asks for /pkg/doppel_bg.wasm, which is not there.
+LEPTOS_ENV := LEPTOS_OUTPUT_NAME=doppel LEPTOS_SITE_ROOT=target/site LEPTOS_SITE_PKG_DIR=pkg \
+  LEPTOS_SITE_ADDR=127.0.0.1:3000 LEPTOS_RELOAD_PORT=3001 LEPTOS_LIB_DIR=frontend \
+  LEPTOS_BIN_DIR=server LEPTOS_JS_MINIFY=true LEPTOS_HASH_FILES=false
+# Cuts the WASM at the lazy routes (tools/wasm-split); built here, in seconds.
+WASM_SPLIT := target/tools/release/doppel-wasm-split
 STAMP := target/.setup
 
 # cargo-installed tools, and wasm-opt from the pinned npm package binaryen.
 export PATH := $(HOME)/.cargo/bin:$(CURDIR)/end2end/node_modules/.bin:$(PATH)
 
-.PHONY: size help setup setup-test run build test lint unit e2e dev clean bench load
+.PHONY: size help setup setup-test run build server site test lint unit e2e dev clean bench load
 
 help:
 	@echo "make run    set up, build (release) and start doppel on http://127.0.0.1:3000"
@@ -29,8 +36,7 @@ help:
 	@echo "make dev    cargo leptos watch (rebuilds on change)"
 
 # What a build needs; the browser tests also need Chromium (`make run` does not wait for it).
-setup: $(STAMP)/toolchain $(STAMP)/cargo-leptos-$(CARGO_LEPTOS_VERSION) \
-       $(STAMP)/wasm-bindgen-$(WASM_BINDGEN_VERSION) $(STAMP)/npm
+setup: $(STAMP)/toolchain $(STAMP)/wasm-bindgen-$(WASM_BINDGEN_VERSION) $(WASM_SPLIT) $(STAMP)/npm
 setup-test: setup $(STAMP)/chromium
 
 $(STAMP)/toolchain: rust-toolchain.toml
@@ -42,14 +48,17 @@ $(STAMP)/cargo-leptos-$(CARGO_LEPTOS_VERSION): | $(STAMP)/toolchain
 	@if cargo leptos --version 2>/dev/null | grep -qF '$(CARGO_LEPTOS_VERSION)'; then \
 	  echo "cargo-leptos $(CARGO_LEPTOS_VERSION) present"; \
 	else \
-	  echo "installing cargo-leptos $(CARGO_LEPTOS_VERSION)"; \
+	  echo "installing cargo-leptos $(CARGO_LEPTOS_VERSION) (for make dev)"; \
 	  $(TOOL_PROFILE) cargo install cargo-leptos --version $(CARGO_LEPTOS_VERSION) --locked --features no_downloads; \
 	fi
 	@touch $@
 
+$(WASM_SPLIT): tools/wasm-split/Cargo.toml tools/wasm-split/Cargo.lock tools/wasm-split/src/main.rs | $(STAMP)/toolchain
+	+cargo build --release --locked --manifest-path tools/wasm-split/Cargo.toml --target-dir target/tools
+
 # Not --locked: the CLI's own lock file names a webpki-roots version the registry lacks.
 $(STAMP)/wasm-bindgen-$(WASM_BINDGEN_VERSION): | $(STAMP)/toolchain
-	@if wasm-bindgen --version 2>/dev/null | grep -qF '$(WASM_BINDGEN_VERSION)'; then \
+	+@if wasm-bindgen --version 2>/dev/null | grep -qF '$(WASM_BINDGEN_VERSION)'; then \
 	  echo "wasm-bindgen $(WASM_BINDGEN_VERSION) present"; \
 	else \
 	  $(TOOL_PROFILE) cargo install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION); \
@@ -72,9 +81,18 @@ $(STAMP)/chromium:
 	fi
 	@touch $@
 
-build: setup
-	cargo leptos build --release --split
+# The server and the site are built side by side (the site's tools install meanwhile), and
+# every cargo in them shares make's three job slots (the `+` lines): on two cores this keeps
+# a fresh machine's first `make run` short without running a dozen compilers at once.
+build: $(STAMP)/toolchain
+	$(MAKE) --no-print-directory -j3 server site
 	node scripts/precompress.mjs target/site/pkg
+
+server: $(STAMP)/toolchain
+	+$(LEPTOS_ENV) cargo build --release -p doppel --bin doppel
+
+site: $(STAMP)/wasm-bindgen-$(WASM_BINDGEN_VERSION) $(WASM_SPLIT) $(STAMP)/npm
+	+$(LEPTOS_ENV) WASM_SPLIT=$(WASM_SPLIT) scripts/build-site.sh
 
 # What the browser downloads (raw, gzip, brotli) and the server's render time of the pages.
 size: build
@@ -83,7 +101,7 @@ size: build
 run: build
 	./target/release/doppel serve
 
-dev: setup
+dev: setup $(STAMP)/cargo-leptos-$(CARGO_LEPTOS_VERSION)
 	cargo leptos watch
 
 lint: setup
@@ -105,7 +123,7 @@ clean:
 
 # The engine against rsync and cp (BENCH_SCALE=0.1 for a quick look). Not part of `make test`.
 # Benches build with the `perf` profile into target/perf/: target/release/doppel stays the
-# server cargo-leptos built (a plain cargo build of it would serve a console it cannot find).
+# server `make build` built (one built without LEPTOS_ENV would serve a console it cannot find).
 bench: setup
 	@command -v rsync >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y rsync; }
 	cargo bench --profile perf -p doppel --bench engine

@@ -14,7 +14,7 @@ const bin = 'target/release/doppel';
 const kb = (n) => `${(n / 1024).toFixed(1)} KiB`;
 
 // Every page needs the main module and its JS; other pages' code comes in chunks
-// (`cargo leptos build --split`), listed per page in __wasm_split_manifest.json.
+// (`tools/wasm-split`), listed per page in __wasm_split_manifest.json.
 const measure = (name) => {
   const raw = fs.readFileSync(path.join(pkg, name));
   return {

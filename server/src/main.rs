@@ -70,7 +70,7 @@ struct ServeArgs {
         default_value_t = 1
     )]
     max_jobs_per_server: usize,
-    /// The built console (cargo-leptos output).
+    /// The built console (`make build` writes it to target/site).
     #[arg(
         long,
         global = true,

@@ -18,7 +18,7 @@ pub struct ServeConfig {
     pub data: DataConfig,
     /// Seed demo data when the database has no projects.
     pub demo: bool,
-    /// Where the built console (JS, WASM, CSS) lives; cargo-leptos writes it to target/site.
+    /// Where the built console (JS, WASM, CSS) lives; `make build` writes it to target/site.
     pub site_root: PathBuf,
     /// How many jobs run at once.
     pub limits: Limits,
@@ -33,7 +33,7 @@ pub struct Prepared {
 }
 
 pub fn leptos_options(cfg: &ServeConfig) -> LeptosOptions {
-    // cargo-leptos sets LEPTOS_* at build time and for `cargo leptos watch`; the builder's
+    // `make build` (and `cargo leptos watch`) set LEPTOS_* at build time; the builder's
     // values are what a plain `doppel serve` needs.
     let env = match std::env::var("LEPTOS_ENV").as_deref() {
         Ok("DEV") | Ok("dev") => leptos::config::Env::DEV,
@@ -90,7 +90,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         );
     }
     if !cfg.site_root.join("pkg").exists() {
-        tracing::warn!(site_root = %cfg.site_root.display(), "no built console here; run `make run` (or cargo leptos build) first");
+        tracing::warn!(site_root = %cfg.site_root.display(), "no built console here; run `make run` (or make build) first");
     }
     tracing::info!(%url, data_dir = %cfg.data.data_dir.display(), "doppel listening");
     // `into_make_service` turns the routes into services once; `serve(listener, router)`

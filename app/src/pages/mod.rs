@@ -20,7 +20,7 @@ pub use login::LoginPage;
 pub use sync_status::SyncStatusPage;
 
 // Pages other than the first ones a user sees are lazy routes: their code is a separate
-// WASM chunk (`cargo leptos build --split`), fetched when the page is first opened, so the
+// WASM chunk (cut by `tools/wasm-split` in `make build`), fetched when the page is first opened, so the
 // initial download stays small.
 use leptos::prelude::*;
 use leptos_router::{lazy_route, LazyRoute};
