@@ -58,9 +58,31 @@ fn open_regular_at(dir: BorrowedFd<'_>, name: &[u8], access: OFlags) -> io::Resu
     .map_err(to_io)?;
     let st = rfs::fstat(&fd).map_err(to_io)?;
     if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
-        return Err(io::Error::other("not a regular file"));
+        return Err(io::Error::other(NotRegular));
     }
     Ok(std::fs::File::from(fd))
+}
+
+/// What [`open_file_at`] answers for a name that is no longer a regular file.
+#[derive(Debug)]
+pub struct NotRegular;
+
+impl std::fmt::Display for NotRegular {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("not a regular file")
+    }
+}
+
+impl std::error::Error for NotRegular {}
+
+/// Whether opening an entry a scan saw failed because the entry is gone or was replaced
+/// since (deleted, renamed, now a symlink or another kind): the tree changed, and the entry
+/// is simply not part of the state being read. Any other failure (permission, no more
+/// descriptors, an I/O error) means content doppel cannot read, and must fail the job.
+pub fn is_gone(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::NotFound
+        || matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR))
+        || e.get_ref().is_some_and(|inner| inner.is::<NotRegular>())
 }
 
 /// Creates a new file (never follows or reuses an existing name). Readable too: a staged
@@ -296,21 +318,94 @@ pub fn apply_meta_at(dir: BorrowedFd<'_>, name: &[u8], e: &Entry) -> io::Result<
 
 /// Removes `name` from `dir` whatever it is; a directory with everything below it (never
 /// following symlinks). Missing is fine.
+///
+/// Iterative, with at most [`REMOVE_OPEN_DIRS`] directories open however deep the tree is
+/// (a container's owner can build one 100,000 levels deep): a directory met below that many
+/// is first moved up to the top of what is being removed, and removed from there.
 pub fn remove_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
     let st = match stat_at(dir, name) {
         Ok(st) => st,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
     };
-    let os = OsStr::from_bytes(name);
-    if kind_of(&st) == Kind::Dir {
-        let sub = open_dir_at(dir, name)?;
-        for child in list_dir(sub.as_fd())? {
-            remove_at(sub.as_fd(), &child)?;
+    if kind_of(&st) != Kind::Dir {
+        return unlink_at(dir, name, false);
+    }
+    struct Level {
+        fd: OwnedFd,
+        name: Vec<u8>,
+        children: std::vec::IntoIter<Vec<u8>>,
+    }
+    let open = |parent: BorrowedFd<'_>, name: &[u8]| -> io::Result<Level> {
+        let fd = open_dir_at(parent, name)?;
+        let children = list_dir(fd.as_fd())?.into_iter();
+        Ok(Level {
+            fd,
+            name: name.to_vec(),
+            children,
+        })
+    };
+    let mut stack = vec![open(dir, name)?];
+    let mut moved = 0u64;
+    while let Some(level) = stack.last_mut() {
+        let Some(child) = level.children.next() else {
+            // Listed again before it goes: directories moved up into the top level (and
+            // anything created meanwhile) are in it now.
+            let again = list_dir(level.fd.as_fd())?;
+            if !again.is_empty() {
+                level.children = again.into_iter();
+                continue;
+            }
+            let done = stack.pop().expect("a level");
+            let parent = stack.last().map_or(dir, |l| l.fd.as_fd());
+            unlink_at(parent, &done.name, true)?;
+            continue;
+        };
+        let fd = stack.last().expect("a level").fd.as_fd();
+        let st = match stat_at(fd, &child) {
+            Ok(st) => st,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        if kind_of(&st) != Kind::Dir {
+            unlink_at(fd, &child, false)?;
+        } else if stack.len() < REMOVE_OPEN_DIRS {
+            let next = open(fd, &child)?;
+            stack.push(next);
+        } else {
+            // Too deep to keep every parent open: move it to the top, under a new name.
+            loop {
+                moved += 1;
+                let to = format!(".doppel-removing-{moved}");
+                match rfs::renameat_with(
+                    fd,
+                    OsStr::from_bytes(&child),
+                    stack[0].fd.as_fd(),
+                    OsStr::from_bytes(to.as_bytes()),
+                    rfs::RenameFlags::NOREPLACE,
+                ) {
+                    Ok(()) => break,
+                    Err(rustix::io::Errno::EXIST) => continue,
+                    Err(e) => return Err(to_io(e)),
+                }
+            }
         }
-        rfs::unlinkat(dir, os, AtFlags::REMOVEDIR).map_err(to_io)
+    }
+    Ok(())
+}
+
+/// How many directories [`remove_at`] keeps open at once.
+pub const REMOVE_OPEN_DIRS: usize = 64;
+
+fn unlink_at(dir: BorrowedFd<'_>, name: &[u8], is_dir: bool) -> io::Result<()> {
+    let flags = if is_dir {
+        AtFlags::REMOVEDIR
     } else {
-        rfs::unlinkat(dir, os, AtFlags::empty()).map_err(to_io)
+        AtFlags::empty()
+    };
+    match rfs::unlinkat(dir, OsStr::from_bytes(name), flags) {
+        Err(rustix::io::Errno::NOENT) => Ok(()),
+        r => r.map_err(to_io),
     }
 }
 

@@ -234,7 +234,7 @@ pub fn scan(
         lost: Vec::new(),
         report: ScanReport::default(),
     };
-    s.walk(root_fd.as_fd(), &[])?;
+    s.walk(root_fd)?;
     s.finish()
 }
 
@@ -278,89 +278,166 @@ struct Scanner<'a> {
     report: ScanReport,
 }
 
+/// A directory the walk is in: open, with the names it has yet to visit.
+struct Level {
+    fd: OwnedFd,
+    prefix: Vec<u8>,
+    names: std::vec::IntoIter<Vec<u8>>,
+}
+
+/// How many directories deep a tree may be. Deeper trees are refused with a clear error:
+/// a walk keeps one descriptor open per level, and paths that long (beyond PATH_MAX for any
+/// realistic names) are out of reach of the tools a container runs anyway.
+pub const MAX_DEPTH: usize = 1024;
+
+/// An entry the scan cannot read (permission, no descriptors left, an I/O error): the scan
+/// fails rather than leave it out of a state that would then look complete.
+fn unreadable(what: &str, path: &[u8], err: io::Error) -> EngineError {
+    EngineError::Io {
+        context: format!("{what} {}", shortened(&String::from_utf8_lossy(path))),
+        source: err,
+    }
+}
+
+/// A path for an error message: its start and end when it is very long.
+fn shortened(path: &str) -> String {
+    const KEEP: usize = 120;
+    let chars: Vec<char> = path.chars().collect();
+    if chars.len() <= 2 * KEEP {
+        return path.to_string();
+    }
+    let head: String = chars[..KEEP].iter().collect();
+    let tail: String = chars[chars.len() - KEEP..].iter().collect();
+    format!("{head}…{tail} ({} characters)", chars.len())
+}
+
 impl Scanner<'_> {
-    fn walk(&mut self, dir: BorrowedFd<'_>, prefix: &[u8]) -> Result<(), EngineError> {
-        let names = fsx::list_dir(dir).map_err(EngineError::io("listing a directory"))?;
-        for name in names {
+    /// Visits the tree depth first in manifest order, with a stack of open directories
+    /// instead of recursion: a tree of any depth cannot overflow the thread's stack, and
+    /// one deeper than [`MAX_DEPTH`] fails the scan with an error that says so.
+    fn walk(&mut self, root: OwnedFd) -> Result<(), EngineError> {
+        let names = fsx::list_dir(root.as_fd()).map_err(EngineError::io("listing a directory"))?;
+        let mut stack = vec![Level {
+            fd: root,
+            prefix: Vec::new(),
+            names: names.into_iter(),
+        }];
+        while let Some(level) = stack.last_mut() {
+            let Some(name) = level.names.next() else {
+                stack.pop();
+                continue;
+            };
             self.ctl.check()?;
-            let mut path = prefix.to_vec();
+            let mut path = level.prefix.clone();
             if !path.is_empty() {
                 path.push(b'/');
             }
             path.extend_from_slice(&name);
-            let st = match fsx::stat_at(dir, &name) {
-                Ok(st) => st,
-                // Vanished since the listing: it is simply not part of this state.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(EngineError::io("reading metadata")(e)),
-            };
-            let kind = kind_of(&st);
-            let mut e = Entry::new(path, kind);
-            e.mode = st.st_mode & 0o7777;
-            e.uid = st.st_uid;
-            e.gid = st.st_gid;
-            e.mtime_ns = mtime_ns(&st);
-            e.ctime_ns = ctime_ns(&st);
-            e.ino = st.st_ino;
-            match kind {
-                Kind::Dir => {
-                    let sub = match fsx::open_dir_at(dir, &name) {
-                        Ok(fd) => fd,
-                        // Replaced by something else since the stat: skip it, report it.
-                        Err(_) => {
-                            self.report.unstable.push(e.display_path());
-                            continue;
-                        }
-                    };
-                    e.xattrs =
-                        fsx::read_xattrs(sub.as_fd()).map_err(EngineError::io("reading xattrs"))?;
-                    let path = e.path.clone();
-                    self.entries.push(e);
-                    self.walk(sub.as_fd(), &path)?;
-                }
-                Kind::Symlink => {
-                    e.target = read_link(dir, &name)?;
-                    e.size = e.target.len() as u64;
-                    // Setting an xattr moves ctime: an unchanged link keeps its cached ones.
-                    e.xattrs = match self.cache.get(&e.path) {
-                        Some(c)
-                            if c.kind == Kind::Symlink
-                                && c.ctime_ns == e.ctime_ns
-                                && c.ino == e.ino =>
-                        {
-                            c.xattrs.clone()
-                        }
-                        _ => match fsx::read_link_xattrs(dir, &name) {
-                            Ok(x) => x,
-                            Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
-                            Err(err) => return Err(EngineError::io("reading xattrs")(err)),
-                        },
-                    };
-                    self.entries.push(e);
-                }
-                Kind::File => {
-                    e.size = st.st_size as u64;
-                    if st.st_nlink > 1 {
-                        let key = (st.st_dev as u64, st.st_ino);
-                        if let Some(&first) = self.links.get(&key) {
-                            e.link_to = Some(self.entries[first].path.clone());
-                            self.link_fixups.push((self.entries.len(), first));
-                            self.entries.push(e);
-                            continue;
-                        }
-                        self.links.insert(key, self.entries.len());
-                    }
-                    self.file(dir, &name, e)?;
-                }
-                Kind::Fifo => self.entries.push(e),
-                Kind::Special => {
-                    e.rdev = st.st_rdev;
-                    self.report.specials.push(e.display_path());
-                    self.entries.push(e);
-                }
+            let depth = stack.len();
+            let dir = stack.last().expect("a level").fd.as_fd();
+            if let Some(sub) = self.entry(dir, &name, path, depth)? {
+                stack.push(sub);
             }
         }
         Ok(())
+    }
+
+    /// Records the entry `name` of `dir` (at `path`, `depth` directories below the root);
+    /// for a directory, returns it opened and listed, for the walk to descend into.
+    fn entry(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        name: &[u8],
+        path: Vec<u8>,
+        depth: usize,
+    ) -> Result<Option<Level>, EngineError> {
+        let st = match fsx::stat_at(dir, name) {
+            Ok(st) => st,
+            // Vanished since the listing: it is simply not part of this state.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(unreadable("reading the metadata of", &path, e)),
+        };
+        let kind = kind_of(&st);
+        let mut e = Entry::new(path, kind);
+        e.mode = st.st_mode & 0o7777;
+        e.uid = st.st_uid;
+        e.gid = st.st_gid;
+        e.mtime_ns = mtime_ns(&st);
+        e.ctime_ns = ctime_ns(&st);
+        e.ino = st.st_ino;
+        match kind {
+            Kind::Dir => {
+                if depth >= MAX_DEPTH {
+                    return Err(EngineError::Refused(format!(
+                        "the tree is more than {MAX_DEPTH} directories deep (at {}); doppel \
+                         copies trees up to {MAX_DEPTH} levels",
+                        shortened(&e.display_path())
+                    )));
+                }
+                let sub = match fsx::open_dir_at(dir, name) {
+                    Ok(fd) => fd,
+                    // Deleted or replaced by something else since the stat: the tree changed
+                    // under the scan; it is reported, and not part of this state.
+                    Err(err) if fsx::is_gone(&err) => {
+                        self.report.unstable.push(e.display_path());
+                        return Ok(None);
+                    }
+                    Err(err) => return Err(unreadable("opening the directory", &e.path, err)),
+                };
+                e.xattrs = fsx::read_xattrs(sub.as_fd())
+                    .map_err(|err| unreadable("reading the xattrs of", &e.path, err))?;
+                let names = fsx::list_dir(sub.as_fd())
+                    .map_err(|err| unreadable("listing the directory", &e.path, err))?;
+                let prefix = e.path.clone();
+                self.entries.push(e);
+                return Ok(Some(Level {
+                    fd: sub,
+                    prefix,
+                    names: names.into_iter(),
+                }));
+            }
+            Kind::Symlink => {
+                e.target = read_link(dir, name)?;
+                e.size = e.target.len() as u64;
+                // Setting an xattr moves ctime: an unchanged link keeps its cached ones.
+                e.xattrs = match self.cache.get(&e.path) {
+                    Some(c)
+                        if c.kind == Kind::Symlink
+                            && c.ctime_ns == e.ctime_ns
+                            && c.ino == e.ino =>
+                    {
+                        c.xattrs.clone()
+                    }
+                    _ => match fsx::read_link_xattrs(dir, name) {
+                        Ok(x) => x,
+                        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+                        Err(err) => return Err(EngineError::io("reading xattrs")(err)),
+                    },
+                };
+                self.entries.push(e);
+            }
+            Kind::File => {
+                e.size = st.st_size as u64;
+                if st.st_nlink > 1 {
+                    let key = (st.st_dev as u64, st.st_ino);
+                    if let Some(&first) = self.links.get(&key) {
+                        e.link_to = Some(self.entries[first].path.clone());
+                        self.link_fixups.push((self.entries.len(), first));
+                        self.entries.push(e);
+                        return Ok(None);
+                    }
+                    self.links.insert(key, self.entries.len());
+                }
+                self.file(dir, name, e)?;
+            }
+            Kind::Fifo => self.entries.push(e),
+            Kind::Special => {
+                e.rdev = st.st_rdev;
+                self.report.specials.push(e.display_path());
+                self.entries.push(e);
+            }
+        }
+        Ok(None)
     }
 
     fn file(&mut self, dir: BorrowedFd<'_>, name: &[u8], mut e: Entry) -> Result<(), EngineError> {
@@ -514,7 +591,8 @@ struct Deferred<'a> {
 
 /// Reads and hashes one file into `e`, retrying while it changes under the read. False when
 /// it vanished, was replaced by a non-file, or kept changing after three reads: such a file
-/// is left out of the state rather than recorded with a hash that matches no moment of it.
+/// is left out of the state (and listed as unstable in the summary) rather than recorded
+/// with a hash that matches no moment of it. A file that cannot be opened is an error.
 fn hash_file(
     dir: BorrowedFd<'_>,
     name: &[u8],
@@ -525,7 +603,8 @@ fn hash_file(
     for _attempt in 0..3 {
         let file = match fsx::open_file_at(dir, name) {
             Ok(f) => f,
-            Err(_) => break,
+            Err(err) if fsx::is_gone(&err) => break,
+            Err(err) => return Err(unreadable("opening the file", &e.path, err)),
         };
         let before =
             rfs::fstat(&file).map_err(|x| EngineError::io("reading metadata")(x.into()))?;

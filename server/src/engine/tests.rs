@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::Write;
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -876,4 +877,71 @@ fn run_op(op: &str, src: &Place, dst: &Place) {
         _ => sync(src, dst, &Control::new()).map(drop),
     }
     .unwrap();
+}
+
+/// `levels` nested directories `d/d/...` under `root`, with a file at the bottom; made one
+/// level at a time from the last directory's descriptor (no path is ever that long).
+fn deep_tree(root: &Path, levels: usize) {
+    fs::create_dir_all(root).unwrap();
+    let mut dir = fsx::open_dir(root).unwrap();
+    for _ in 0..levels {
+        fsx::mkdir_at(dir.as_fd(), b"d").unwrap();
+        dir = fsx::open_dir_at(dir.as_fd(), b"d").unwrap();
+    }
+    use std::io::Write as _;
+    let mut f = fsx::create_file_at(dir.as_fd(), b"bottom").unwrap();
+    f.write_all(b"the end").unwrap();
+}
+
+#[test]
+fn a_tree_deeper_than_the_limit_fails_cleanly_and_is_removed_without_recursion() {
+    let env = Env::new();
+    let (src, dst) = (env.place("src"), env.place("dst"));
+    // 100,000 levels: a recursive walk on a 2 MiB thread overflows its stack (and aborts
+    // the process) long before the bottom.
+    deep_tree(&src.root, 100_000);
+    // Removed even if an assertion fails (the temp dir's own removal recurses).
+    struct Remove(PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            if let Ok(parent) = fsx::open_dir(self.0.parent().unwrap()) {
+                let _ = fsx::remove_at(parent.as_fd(), self.0.file_name().unwrap().as_bytes());
+            }
+        }
+    }
+    let _cleanup = Remove(src.root.clone());
+    let err = scan::scan(&src.root, None, true, &Control::new()).unwrap_err();
+    assert!(matches!(err, EngineError::Refused(_)), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!("more than {} directories deep", scan::MAX_DEPTH)),
+        "{msg}"
+    );
+    assert!(msg.len() < 1000, "the error names the path in short: {msg}");
+    let err = copy(&src, &dst, &Control::new()).unwrap_err();
+    assert!(matches!(err, EngineError::Refused(_)), "{err}");
+    assert!(!dst.root.exists());
+    no_debris(&dst);
+    // Removing it keeps a bounded number of directories open, and leaves nothing behind.
+    let parent = fsx::open_dir(src.root.parent().unwrap()).unwrap();
+    fsx::remove_at(parent.as_fd(), b"src").unwrap();
+    assert!(!src.root.exists());
+    assert_eq!(fs::read_dir(src.root.parent().unwrap()).unwrap().count(), 0);
+}
+
+#[test]
+fn a_tree_just_within_the_depth_limit_copies_and_syncs() {
+    let env = Env::new();
+    let (src, dst) = (env.place("src"), env.place("dst"));
+    deep_tree(&src.root, scan::MAX_DEPTH - 1);
+    copy(&src, &dst, &Control::new()).unwrap();
+    assert_same_tree(&src.root, &dst.root);
+    // One more level on the source: the sync is refused and the copy stays as it was.
+    let bottom = (0..scan::MAX_DEPTH - 1).fold(src.root.clone(), |p, _| p.join("d"));
+    fs::create_dir(bottom.join("d")).unwrap();
+    let err = sync(&src, &dst, &Control::new()).unwrap_err();
+    assert!(matches!(err, EngineError::Refused(_)), "{err}");
+    fs::remove_dir(bottom.join("d")).unwrap();
+    assert_same_tree(&src.root, &dst.root);
+    no_debris(&dst);
 }

@@ -156,10 +156,18 @@ pub(super) fn send_copy(
                     .and_then(|(dir, name)| fsx::open_file_at(dir, name))
                 {
                     Ok(f) => f,
-                    // Vanished or replaced since the scan: not part of this copy.
-                    Err(_) => {
+                    // Vanished or replaced since the scan: not part of this copy (and said so
+                    // in the summary). Anything else is content the copy would lack.
+                    Err(err) if fsx::is_gone(&err) => {
+                        unstable.push(e.display_path());
                         gone.push(i);
                         continue;
+                    }
+                    Err(err) => {
+                        return Err(EngineError::Io {
+                            context: format!("opening {}", e.display_path()),
+                            source: err,
+                        })
                     }
                 };
                 if e.hash == [0; 32] {

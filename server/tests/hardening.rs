@@ -1,0 +1,183 @@
+//! Hostile trees and hostile requests against the real binary: doppel answers, fails the
+//! job that cannot be done with an error that says why, and starts cleanly afterwards.
+
+#[path = "common/process.rs"]
+mod process;
+
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use doppel::engine::fsx;
+use process::{doppel, free_port, get_json, wait_up};
+use serde_json::{json, Value};
+
+/// `levels` nested directories `d/d/...` in `root`, made from the last one's descriptor.
+fn deep_tree(root: &Path, levels: usize) {
+    let mut dir = fsx::open_dir(root).unwrap();
+    fsx::mkdir_at(dir.as_fd(), b"deep").unwrap();
+    dir = fsx::open_dir_at(dir.as_fd(), b"deep").unwrap();
+    for _ in 0..levels {
+        fsx::mkdir_at(dir.as_fd(), b"d").unwrap();
+        dir = fsx::open_dir_at(dir.as_fd(), b"d").unwrap();
+    }
+}
+
+/// Removes `root/deep` when dropped, test failed or not (a recursive removal would overflow).
+struct RemoveDeep(PathBuf);
+
+impl Drop for RemoveDeep {
+    fn drop(&mut self) {
+        if let Ok(dir) = fsx::open_dir(&self.0) {
+            let _ = fsx::remove_at(dir.as_fd(), b"deep");
+        }
+    }
+}
+
+/// Kills the server when dropped.
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = client.post(url).bearer_auth(token);
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn finished(client: &reqwest::Client, url: &str, token: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let job = get_json(client, url, token).await;
+        if job["status"] != "queued" && job["status"] != "running" {
+            return job;
+        }
+        assert!(Instant::now() < deadline, "the job did not end: {job}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn token(data: &Path) -> String {
+    let out = doppel(data)
+        .args(["token", "create", "--user", "admin"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_100000_deep_tree_fails_its_jobs_and_never_takes_doppel_down() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let mut server = Server(process::serve(&data, port, true));
+    wait_up(&client, &base).await;
+    let token = token(&data);
+    let containers = get_json(&client, format!("{base}/api/v1/containers"), &token).await;
+    let id_of = |name: &str| -> String {
+        containers["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no {name}"))["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (source, copy) = (id_of("web-app"), id_of("web-app-staging"));
+    let c = get_json(
+        &client,
+        format!("{base}/api/v1/containers/{source}"),
+        &token,
+    )
+    .await;
+    let root = PathBuf::from(c["root_path"].as_str().unwrap());
+    let _cleanup = RemoveDeep(root.clone());
+    deep_tree(&root, 100_000);
+
+    // The sync status page scans the sources of copies: it answers.
+    let resp = client
+        .get(format!("{base}/api/v1/sync-status"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
+    // A sync and a copy of it fail, saying why.
+    let (st, body) = post(
+        &client,
+        &format!("{base}/api/v1/containers/{copy}/sync"),
+        &token,
+        None,
+    )
+    .await;
+    assert_eq!(st, 202, "{body}");
+    let sync_url = format!("{base}{}", body["job"]["url"].as_str().unwrap());
+    let job = finished(&client, &sync_url, &token).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert!(
+        job["error"].as_str().unwrap().contains("directories deep"),
+        "{job}"
+    );
+    let (st, body) = post(
+        &client,
+        &format!("{base}/api/v1/containers/{source}/copy"),
+        &token,
+        Some(json!({"target_project_id": c["project_id"], "name": "deep-copy"})),
+    )
+    .await;
+    assert_eq!(st, 202, "{body}");
+    let copy_url = format!("{base}{}", body["job"]["url"].as_str().unwrap());
+    let job = finished(&client, &copy_url, &token).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert!(
+        job["error"].as_str().unwrap().contains("directories deep"),
+        "{job}"
+    );
+    let c = get_json(&client, format!("{base}/api/v1/containers/{copy}"), &token).await;
+    assert_eq!(
+        c["status"], "running",
+        "the copy keeps its last good state: {c}"
+    );
+
+    // Still up; and after a hard stop it starts cleanly, with the jobs as they ended.
+    assert!(client
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .is_success());
+    server.0.kill().unwrap();
+    server.0.wait().unwrap();
+    let _server = Server(process::serve(&data, port, true));
+    wait_up(&client, &base).await;
+    let job = get_json(&client, &sync_url, &token).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    let resp = client
+        .get(format!("{base}/api/v1/sync-status"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
