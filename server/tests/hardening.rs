@@ -181,3 +181,130 @@ async fn a_100000_deep_tree_fails_its_jobs_and_never_takes_doppel_down() {
         .unwrap();
     assert_eq!(resp.status(), 200);
 }
+
+/// doppel as an unprivileged user (nobody), which is what makes a mode-000 entry unreadable.
+fn as_nobody(mut c: std::process::Command) -> std::process::Command {
+    use std::os::unix::process::CommandExt;
+    c.uid(NOBODY).gid(NOBODY);
+    c
+}
+
+const NOBODY: u32 = 65534;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_file_or_directory_fails_the_job_instead_of_going_missing() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::os::unix::fs::chown(&data, Some(NOBODY), Some(NOBODY)).unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let mut serve = as_nobody(doppel(&data));
+    serve
+        .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let _server = Server(serve.spawn().unwrap());
+    wait_up(&client, &base).await;
+    let out = as_nobody(doppel(&data))
+        .args(["token", "create", "--user", "admin"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let containers = get_json(&client, format!("{base}/api/v1/containers"), &token).await;
+    let id_of = |name: &str| -> String {
+        containers["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no {name}"))["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (source, copy) = (id_of("web-app"), id_of("web-app-staging"));
+    let c = get_json(
+        &client,
+        format!("{base}/api/v1/containers/{source}"),
+        &token,
+    )
+    .await;
+    let root = PathBuf::from(c["root_path"].as_str().unwrap());
+    std::fs::create_dir(root.join("private")).unwrap();
+    std::fs::write(root.join("private/key"), b"k").unwrap();
+    std::fs::write(root.join("secret.txt"), b"s").unwrap();
+    let mode = |p: &str, m: u32| {
+        std::fs::set_permissions(root.join(p), std::fs::Permissions::from_mode(m)).unwrap()
+    };
+    mode("private", 0o000);
+    mode("secret.txt", 0o000);
+
+    let copy_once = |name: &'static str| {
+        let (client, base, token, project) = (
+            client.clone(),
+            base.clone(),
+            token.clone(),
+            c["project_id"].clone(),
+        );
+        let source = source.clone();
+        async move {
+            let (st, body) = post(
+                &client,
+                &format!("{base}/api/v1/containers/{source}/copy"),
+                &token,
+                Some(json!({"target_project_id": project, "name": name})),
+            )
+            .await;
+            assert_eq!(st, 202, "{body}");
+            let url = format!("{base}{}", body["job"]["url"].as_str().unwrap());
+            finished(&client, &url, &token).await
+        }
+    };
+    // The walk meets the directory first, then (once it is readable) the file.
+    let job = copy_once("copy-1").await;
+    assert_eq!(job["status"], "failed", "{job}");
+    let error = job["error"].as_str().unwrap();
+    assert!(
+        error.contains("private") && error.contains("ermission denied"),
+        "{job}"
+    );
+    mode("private", 0o755);
+    let job = copy_once("copy-2").await;
+    assert_eq!(job["status"], "failed", "{job}");
+    let error = job["error"].as_str().unwrap();
+    assert!(
+        error.contains("secret.txt") && error.contains("ermission denied"),
+        "{job}"
+    );
+    // A sync needs every file too; the copy it would update stays as it was.
+    let (st, body) = post(
+        &client,
+        &format!("{base}/api/v1/containers/{copy}/sync"),
+        &token,
+        None,
+    )
+    .await;
+    assert_eq!(st, 202, "{body}");
+    let url = format!("{base}{}", body["job"]["url"].as_str().unwrap());
+    let job = finished(&client, &url, &token).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert!(
+        job["error"].as_str().unwrap().contains("secret.txt"),
+        "{job}"
+    );
+    let c = get_json(&client, format!("{base}/api/v1/containers/{copy}"), &token).await;
+    assert_eq!(c["status"], "running", "{c}");
+    assert!(!PathBuf::from(c["root_path"].as_str().unwrap())
+        .join("secret.txt")
+        .exists());
+    mode("secret.txt", 0o644);
+}
