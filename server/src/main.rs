@@ -78,6 +78,24 @@ struct ServeArgs {
         default_value = "target/site"
     )]
     site_root: PathBuf,
+    /// Seconds a client may take to send a request's head (or, kept alive, the next one).
+    #[arg(
+        long,
+        global = true,
+        env = "DOPPEL_HEADER_TIMEOUT",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    header_timeout: u64,
+    /// How many client connections are served at once (event streams included).
+    #[arg(
+        long,
+        global = true,
+        env = "DOPPEL_MAX_CONNECTIONS",
+        default_value_t = 4096,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    max_connections: u64,
 }
 
 #[derive(Subcommand)]
@@ -161,6 +179,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             limits: doppel::Limits {
                 global: cli.serve.max_jobs,
                 per_server: cli.serve.max_jobs_per_server,
+            },
+            conn: doppel::serve::ConnLimits {
+                header_timeout: std::time::Duration::from_secs(cli.serve.header_timeout),
+                max_connections: cli.serve.max_connections as usize,
+                ..Default::default()
             },
         })
         .await;

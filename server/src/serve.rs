@@ -7,6 +7,7 @@ use std::sync::Arc;
 use leptos::prelude::LeptosOptions;
 
 use crate::config::DataConfig;
+pub use crate::http::listener::{serve as serve_http, ConnLimits};
 use crate::http::{self, AppState};
 use crate::jobs::Limits;
 use crate::service::Service;
@@ -22,6 +23,8 @@ pub struct ServeConfig {
     pub site_root: PathBuf,
     /// How many jobs run at once.
     pub limits: Limits,
+    /// Header timeout and connection cap.
+    pub conn: ConnLimits,
 }
 
 /// What a started (but not yet listening) doppel consists of.
@@ -93,11 +96,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         tracing::warn!(site_root = %cfg.site_root.display(), "no built console here; run `make run` (or make build) first");
     }
     tracing::info!(%url, data_dir = %cfg.data.data_dir.display(), "doppel listening");
-    // `into_make_service` turns the routes into services once; `serve(listener, router)`
-    // would rebuild the whole route table for every new connection.
-    axum::serve(listener, prepared.router.into_make_service())
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    http::listener::serve(listener, prepared.router, &cfg.conn, shutdown_signal()).await;
     prepared.service.close().await;
     tracing::info!("doppel stopped");
     Ok(())

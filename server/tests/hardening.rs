@@ -308,3 +308,116 @@ async fn an_unreadable_file_or_directory_fails_the_job_instead_of_going_missing(
         .exists());
     mode("secret.txt", 0o644);
 }
+
+/// Whether the server closed `conn` (read returns end of file or an error) within `limit`.
+async fn closed_within(conn: &mut tokio::net::TcpStream, limit: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, conn.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue, // a response; keep reading until the close
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_sent_and_idle_connections_are_closed_but_event_streams_are_not() {
+    use tokio::io::AsyncWriteExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let mut serve = doppel(&data);
+    serve
+        .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
+        .args(["--header-timeout", "2", "--max-connections", "8"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let _server = Server(serve.spawn().unwrap());
+    wait_up(&client, &base).await;
+    let token = token(&data);
+
+    // An event stream, open before the slow clients come and kept past several timeouts.
+    let mut events = client
+        .get(format!("{base}/api/v1/events"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), 200);
+
+    // Seven clients that never finish their request head: with the stream they take all
+    // eight connection slots.
+    let mut slow = Vec::new();
+    for _ in 0..7 {
+        let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        slow.push(c);
+    }
+    // A real request waits for a free slot instead of failing, and gets one once the
+    // header timeout has closed the slow clients.
+    let resp = tokio::time::timeout(
+        Duration::from_secs(30),
+        reqwest::Client::new().get(format!("{base}/healthz")).send(),
+    )
+    .await
+    .expect("answered once the slow clients are gone")
+    .unwrap();
+    assert!(resp.status().is_success());
+    for c in &mut slow {
+        assert!(
+            closed_within(c, Duration::from_secs(20)).await,
+            "a half-sent request was closed"
+        );
+    }
+    // A kept-alive connection that goes quiet after its request is closed too.
+    let mut idle = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(
+        closed_within(&mut idle, Duration::from_secs(20)).await,
+        "an idle connection was closed"
+    );
+
+    // The stream outlived all of that, and still delivers: a sync now shows up on it.
+    let containers = get_json(&client, format!("{base}/api/v1/containers"), &token).await;
+    let copy = containers["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "web-app-staging")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (st, body) = post(
+        &client,
+        &format!("{base}/api/v1/containers/{copy}/sync"),
+        &token,
+        None,
+    )
+    .await;
+    assert_eq!(st, 202, "{body}");
+    let job_id = body["job"]["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = String::new();
+    while !seen.contains(&job_id) {
+        let chunk = tokio::time::timeout_at(deadline.into(), events.chunk())
+            .await
+            .expect("the event stream delivers the sync's events")
+            .unwrap()
+            .expect("the event stream is still open");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+}

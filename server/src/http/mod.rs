@@ -3,6 +3,7 @@
 //! (`session.rs`). Handlers parse and shape; the service decides.
 
 mod api;
+pub(crate) mod listener;
 mod session;
 
 use std::sync::Arc;

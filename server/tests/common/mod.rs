@@ -29,6 +29,7 @@ impl TestServer {
             demo: true,
             site_root: data_dir.path().join("site"),
             limits: Default::default(),
+            conn: Default::default(),
         };
         let prepared = serve::prepare(&cfg).await.expect("doppel starts");
         let admin_password = prepared
@@ -38,7 +39,9 @@ impl TestServer {
         let listener = tokio::net::TcpListener::bind(cfg.addr).await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move {
-            axum::serve(listener, prepared.router).await.unwrap();
+            let limits = doppel::serve::ConnLimits::default();
+            doppel::serve::serve_http(listener, prepared.router, &limits, std::future::pending())
+                .await;
         });
         let db = prepared.service.db();
         let admin_token = doppel::auth::create_token(db, "admin", "test")
