@@ -74,7 +74,7 @@ impl Service {
     }
 
     /// A container's full detail from its row, with its snapshots and visible copies.
-    async fn container_detail(
+    pub(super) async fn container_detail(
         &self,
         user: &UserInfo,
         row: ContainerRow,

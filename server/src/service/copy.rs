@@ -264,6 +264,7 @@ impl Service {
         if !visibility.can_see(&source.project_id) {
             return Err(ApiError::not_found("container", source_id));
         }
+        visibility.require_source_operator(&source.project_id, "copying this container")?;
         if !is_valid_id(&req.target_project_id) {
             return Err(
                 ApiError::invalid("target_project_id must be 24 lowercase hex digits")

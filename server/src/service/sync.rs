@@ -18,15 +18,19 @@ impl Service {
         idempotency_key: Option<&str>,
     ) -> Result<Job, ApiError> {
         let idem = check_idempotency_key(idempotency_key)?;
+        // Rights are checked on every request, replays included: a user who lost access to
+        // either project since cannot even learn how an earlier sync went this way.
+        let (row, vis) = self.visible_container(user, id).await?;
+        vis.require_operator(&row.project_id, "syncing this container")?;
+        if let Some(source_project) = &row.src_project_id {
+            vis.require_source_operator(source_project, "syncing from the source")?;
+        }
         if let Some(key) = &idem {
             if let Some(job) = self.job_by_idempotency_key(user, key).await? {
                 return Ok(job);
             }
         }
-        let c = self.get_container(user, id).await?;
-        self.visibility(user)
-            .await?
-            .require_operator(&c.summary.project_id, "syncing this container")?;
+        let c = self.container_detail(user, row, &vis).await?;
         let source_id = self.db.source_of(id).await.map_err(internal)?;
         let Some(source_id) = source_id else {
             return Err(ApiError::new(

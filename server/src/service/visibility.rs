@@ -52,6 +52,28 @@ impl Visibility {
             ))),
         }
     }
+
+    /// Taking data out of a project (copying a container, syncing a copy from it) needs the
+    /// same rights as changing it: a viewer may look, not clone. Unlike
+    /// [`Self::require_operator`], a project the user cannot see is a 403 here: the
+    /// container asked about is visible, only its source's project is not.
+    pub(super) fn require_source_operator(
+        &self,
+        project_id: &str,
+        what: &str,
+    ) -> Result<(), ApiError> {
+        match self.roles.get(project_id) {
+            Some(None) => Ok(()),
+            Some(Some(r)) if *r >= Role::Operator => Ok(()),
+            Some(Some(_)) => Err(ApiError::forbidden(format!(
+                "your role in the source's project is viewer; {what} needs operator or admin there"
+            ))),
+            None => Err(ApiError::forbidden(format!(
+                "{what} needs operator or admin in the source's project, and you are not a \
+                 member of it"
+            ))),
+        }
+    }
 }
 
 impl Service {

@@ -1,0 +1,334 @@
+//! Who may do what, as one table: every REST route and event stream, for a platform admin,
+//! a project admin, an operator, a viewer and a non-member of a project, on that project's
+//! containers and jobs ("own") and on another project's ("other").
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use app::model::Role;
+use common::TestServer;
+use serde_json::{json, Value};
+
+const WHO: [&str; 5] = [
+    "platform admin",
+    "project admin",
+    "operator",
+    "viewer",
+    "non-member",
+];
+
+async fn call(
+    s: &TestServer,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let url = s.url(&format!("/api/v1{path}"));
+    let client = TestServer::client();
+    let mut req = match method {
+        "GET" => client.get(url),
+        _ => client.post(url),
+    };
+    req = req.bearer_auth(token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let is_stream = resp
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v.to_str().unwrap_or("").starts_with("text/event-stream"));
+    // An event stream never ends: its status is the answer.
+    let body = if is_stream {
+        Value::Null
+    } else {
+        resp.json().await.unwrap_or(Value::Null)
+    };
+    (status, body)
+}
+
+async fn wait_idle(s: &TestServer, job: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, j) = s.get(&format!("/api/v1/jobs/{job}"), &s.admin_token).await;
+        if !["queued", "running"].contains(&j["status"].as_str().unwrap_or("")) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "job {job} did not end");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn user(s: &TestServer, name: &str, roles: &[(&str, Role)]) -> String {
+    let db = s.service.db();
+    let u = doppel::auth::create_user(db, name, None, false)
+        .await
+        .unwrap();
+    for (project, role) in roles {
+        doppel::service::inventory::add_member(db, project, &u.id, *role)
+            .await
+            .unwrap();
+    }
+    doppel::auth::create_token(db, name, "t").await.unwrap()
+}
+
+fn find(list: &Value, key: &str, name: &str) -> String {
+    list[key]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == name)
+        .unwrap_or_else(|| panic!("no {name}"))["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_authorisation_matrix() {
+    let s = TestServer::start().await;
+    let (_, projects) = s.get("/api/v1/projects", &s.admin_token).await;
+    let own_p = find(&projects, "projects", "web-platform");
+    let other_p = find(&projects, "projects", "data-pipeline");
+    let tokens = [
+        s.admin_token.clone(),
+        user(&s, "pat", &[(&own_p, Role::Admin)]).await,
+        s.alice_token.clone(), // the demo's operator of web-platform
+        user(&s, "victor", &[(&own_p, Role::Viewer)]).await,
+        user(&s, "nora", &[]).await,
+    ];
+    let (_, containers) = s.get("/api/v1/containers", &s.admin_token).await;
+    let own_c = find(&containers, "containers", "web-app");
+    let own_copy = find(&containers, "containers", "web-app-staging");
+    let other_c = find(&containers, "containers", "db-primary");
+    // A copy in the other project, and a job in each.
+    let (st, body) = call(
+        &s,
+        &s.admin_token,
+        "POST",
+        &format!("/containers/{other_c}/copy"),
+        Some(json!({"target_project_id": other_p, "name": "db-copy"})),
+    )
+    .await;
+    assert_eq!(st, 202, "{body}");
+    let other_copy = body["container"]["id"].as_str().unwrap().to_string();
+    let other_job = body["job"]["id"].as_str().unwrap().to_string();
+    wait_idle(&s, &other_job).await;
+    let (st, body) = call(
+        &s,
+        &s.admin_token,
+        "POST",
+        &format!("/containers/{own_copy}/sync"),
+        None,
+    )
+    .await;
+    assert_eq!(st, 202, "{body}");
+    let own_job = body["job"]["id"].as_str().unwrap().to_string();
+    wait_idle(&s, &own_job).await;
+
+    let all_ok = [200; 5];
+    let members = [200, 200, 200, 200, 404];
+    let writers = |ok: u16| [ok, ok, ok, 403, 404];
+    let admin_only = |ok: u16| [ok, 404, 404, 404, 404];
+    // (method, path on own, path on other, body, expected on own, expected on other)
+    type Row = (
+        &'static str,
+        String,
+        String,
+        Option<Value>,
+        [u16; 5],
+        [u16; 5],
+    );
+    let rows: Vec<Row> = vec![
+        (
+            "GET",
+            "/projects".into(),
+            "/projects".into(),
+            None,
+            all_ok,
+            all_ok,
+        ),
+        (
+            "GET",
+            "/servers".into(),
+            "/servers".into(),
+            None,
+            all_ok,
+            all_ok,
+        ),
+        (
+            "GET",
+            "/containers".into(),
+            "/containers".into(),
+            None,
+            all_ok,
+            all_ok,
+        ),
+        ("GET", "/jobs".into(), "/jobs".into(), None, all_ok, all_ok),
+        (
+            "GET",
+            "/sync-status".into(),
+            "/sync-status".into(),
+            None,
+            all_ok,
+            all_ok,
+        ),
+        (
+            "GET",
+            "/events".into(),
+            "/events".into(),
+            None,
+            all_ok,
+            all_ok,
+        ),
+        (
+            "GET",
+            format!("/containers/{own_c}"),
+            format!("/containers/{other_c}"),
+            None,
+            members,
+            admin_only(200),
+        ),
+        (
+            "GET",
+            format!("/containers/{own_c}/snapshots"),
+            format!("/containers/{other_c}/snapshots"),
+            None,
+            members,
+            admin_only(200),
+        ),
+        (
+            "POST",
+            format!("/containers/{own_c}/snapshots"),
+            format!("/containers/{other_c}/snapshots"),
+            Some(json!({})),
+            writers(201),
+            admin_only(201),
+        ),
+        (
+            "GET",
+            format!("/jobs/{own_job}"),
+            format!("/jobs/{other_job}"),
+            None,
+            members,
+            admin_only(200),
+        ),
+        (
+            "GET",
+            format!("/jobs/{own_job}/events"),
+            format!("/jobs/{other_job}/events"),
+            None,
+            members,
+            admin_only(200),
+        ),
+        // The jobs have ended: whoever may cancel learns it is too late.
+        (
+            "POST",
+            format!("/jobs/{own_job}/cancel"),
+            format!("/jobs/{other_job}/cancel"),
+            None,
+            writers(409),
+            admin_only(409),
+        ),
+        (
+            "POST",
+            format!("/containers/{own_copy}/sync"),
+            format!("/containers/{other_copy}/sync"),
+            None,
+            writers(202),
+            admin_only(202),
+        ),
+        (
+            "POST",
+            format!("/containers/{own_c}/copy"),
+            format!("/containers/{other_c}/copy"),
+            Some(json!({})),
+            writers(202),
+            admin_only(202),
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (method, own_path, other_path, body, want_own, want_other) in rows {
+        for (side, path, want, project) in [
+            ("own", &own_path, want_own, &own_p),
+            ("other", &other_path, want_other, &other_p),
+        ] {
+            for (i, token) in tokens.iter().enumerate() {
+                let body = body.clone().map(|mut b| {
+                    if path.ends_with("/copy") {
+                        b = json!({"target_project_id": project, "name": format!("m-{side}-{i}")});
+                    } else if path.ends_with("/snapshots") {
+                        b = json!({"name": format!("m-{side}-{i}")});
+                    }
+                    b
+                });
+                let (st, answer) = call(&s, token, method, path, body).await;
+                if st != want[i] {
+                    failures.push(format!(
+                        "{method} {path} ({side}) as {}: {st}, want {}: {answer}",
+                        WHO[i], want[i]
+                    ));
+                }
+                if let Some(job) = answer["job"]["id"].as_str() {
+                    wait_idle(&s, job).await;
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Taking data out of a project needs operator rights there: a viewer of the source who
+/// operates another project cannot copy into it, nor keep syncing a copy from a project they
+/// are not (or no longer) an operator of.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copying_or_syncing_out_of_a_project_needs_operator_rights_on_the_source() {
+    let s = TestServer::start().await;
+    let (_, projects) = s.get("/api/v1/projects", &s.admin_token).await;
+    let web = find(&projects, "projects", "web-platform");
+    let data = find(&projects, "projects", "data-pipeline");
+    let (_, containers) = s.get("/api/v1/containers", &s.admin_token).await;
+    let web_app = find(&containers, "containers", "web-app");
+    let olga = user(&s, "olga", &[(&web, Role::Viewer), (&data, Role::Operator)]).await;
+    let (st, body) = call(
+        &s,
+        &olga,
+        "POST",
+        &format!("/containers/{web_app}/copy"),
+        Some(json!({"target_project_id": data, "name": "exfil"})),
+    )
+    .await;
+    assert_eq!(st, 403, "{body}");
+    assert!(body.to_string().contains("source"), "{body}");
+    // An admin made a copy of web-app in data-pipeline: its operator there may not sync it
+    // from web-platform, where they only view.
+    let (st, body) = call(
+        &s,
+        &s.admin_token,
+        "POST",
+        &format!("/containers/{web_app}/copy"),
+        Some(json!({"target_project_id": data, "name": "web-in-data"})),
+    )
+    .await;
+    assert_eq!(st, 202, "{body}");
+    let copy = body["container"]["id"].as_str().unwrap().to_string();
+    wait_idle(&s, body["job"]["id"].as_str().unwrap()).await;
+    let (st, body) = call(&s, &olga, "POST", &format!("/containers/{copy}/sync"), None).await;
+    assert_eq!(st, 403, "{body}");
+    let sam = user(&s, "sam", &[(&data, Role::Operator)]).await;
+    let (st, body) = call(&s, &sam, "POST", &format!("/containers/{copy}/sync"), None).await;
+    assert_eq!(st, 403, "{body}");
+    assert!(body.to_string().contains("not a member"), "{body}");
+    // An operator of both projects may.
+    let otto = user(
+        &s,
+        "otto",
+        &[(&web, Role::Operator), (&data, Role::Operator)],
+    )
+    .await;
+    let (st, body) = call(&s, &otto, "POST", &format!("/containers/{copy}/sync"), None).await;
+    assert_eq!(st, 202, "{body}");
+}
