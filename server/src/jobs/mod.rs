@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use app::model::{ContainerStatus, EventKind, JobKind};
 use parking_lot::Mutex;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
 use crate::config::{container_place, snapshot_place};
 use crate::engine::{self, Control, EngineError, Place};
@@ -62,8 +62,9 @@ pub struct JobRunner {
     global: Arc<Semaphore>,
     per_server_limit: usize,
     per_server: Mutex<HashMap<String, Arc<Semaphore>>>,
-    /// Controls of queued and running jobs, to cancel them.
-    active: Mutex<HashMap<String, Control>>,
+    /// Controls of queued and running jobs, to cancel them (the notification wakes a job
+    /// still waiting for a slot).
+    active: Mutex<HashMap<String, (Control, Arc<Notify>)>>,
 }
 
 impl JobRunner {
@@ -89,10 +90,13 @@ impl JobRunner {
     /// the caller has it at hand (it is read from the database otherwise).
     pub fn spawn(self: &Arc<Self>, job_id: String, start: Option<JobStart>) {
         let ctl = Control::new();
-        self.active.lock().insert(job_id.clone(), ctl.clone());
+        let cancelled = Arc::new(Notify::new());
+        self.active
+            .lock()
+            .insert(job_id.clone(), (ctl.clone(), cancelled.clone()));
         let runner = self.clone();
         tokio::spawn(async move {
-            if let Err(e) = runner.run(&job_id, start, ctl).await {
+            if let Err(e) = runner.run(&job_id, start, ctl, &cancelled).await {
                 tracing::error!(job = %job_id, error = %e, "job bookkeeping failed");
             }
             runner.active.lock().remove(&job_id);
@@ -102,8 +106,10 @@ impl JobRunner {
     /// Asks a queued or running job to stop. `false` if it is not active here.
     pub fn cancel(&self, job_id: &str) -> bool {
         match self.active.lock().get(job_id) {
-            Some(ctl) => {
+            Some((ctl, cancelled)) => {
                 ctl.cancel();
+                // Stored if the job is not waiting yet: it is seen whenever it starts to.
+                cancelled.notify_one();
                 true
             }
             None => false,
@@ -113,6 +119,13 @@ impl JobRunner {
     /// After a start: jobs that were queued or running when doppel stopped run again. The
     /// engine repairs or rolls back whatever an interruption left on disk.
     pub async fn recover(self: &Arc<Self>) -> Result<usize, DbError> {
+        for id in self.db.cancelled_jobs_left_unfinished().await? {
+            tracing::info!(job = %id, "finishing a job cancelled before the last stop");
+            let s = self.load_start(&id).await?;
+            let cancelled = Err(EngineError::Cancelled);
+            self.finish(&id, s.kind, &s.target_id, &s.params, cancelled, None)
+                .await?;
+        }
         let ids = self.db.requeue_interrupted_jobs().await?;
         for id in &ids {
             tracing::info!(job = %id, "resuming a job interrupted by a restart");
@@ -140,6 +153,7 @@ impl JobRunner {
         job_id: &str,
         start: Option<JobStart>,
         ctl: Control,
+        cancelled: &Notify,
     ) -> Result<(), DbError> {
         let start = match start {
             Some(start) => start,
@@ -157,8 +171,17 @@ impl JobRunner {
 
         // Wait for a slot on the target server, then globally: a job waiting for a busy
         // server holds no global slot, so jobs for other servers are not held up behind it.
-        let _server = self.server_slot(&target_server).acquire_owned().await;
-        let _global = self.global.clone().acquire_owned().await;
+        // A job cancelled while it waits stops waiting: its copy is marked failed (or its
+        // sync target put back) now, not when a slot frees.
+        let slots = async {
+            let server = self.server_slot(&target_server).acquire_owned().await;
+            let global = self.global.clone().acquire_owned().await;
+            (server, global)
+        };
+        let _slots = tokio::select! {
+            slots = slots => Some(slots),
+            () = cancelled.notified() => None,
+        };
         // Running now, unless it was cancelled while it waited; a sync's target shows
         // `syncing` from the same commit on.
         let syncing = (kind == JobKind::Sync).then_some(target_id.as_str());
@@ -220,5 +243,14 @@ impl JobRunner {
         let last_progress = reporter.flush().await;
         self.finish(job_id, kind, &target_id, &params, result, last_progress)
             .await
+    }
+}
+
+#[cfg(test)]
+impl JobRunner {
+    /// Takes every global job slot, so jobs queued meanwhile stay queued.
+    pub(crate) async fn hold_every_slot(&self) -> tokio::sync::OwnedSemaphorePermit {
+        let n = self.global.available_permits() as u32;
+        self.global.clone().acquire_many_owned(n).await.unwrap()
     }
 }

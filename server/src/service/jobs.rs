@@ -97,3 +97,98 @@ pub(super) fn check_idempotency_key(key: Option<&str>) -> Result<Option<String>,
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use app::model::*;
+
+    use crate::config::DataConfig;
+    use crate::jobs::Limits;
+    use crate::serve::{prepare, ServeConfig};
+    use crate::service::Service;
+
+    async fn start(data_dir: &std::path::Path) -> std::sync::Arc<Service> {
+        let cfg = ServeConfig {
+            addr: ([127, 0, 0, 1], 0).into(),
+            data: DataConfig {
+                data_dir: data_dir.to_path_buf(),
+                database_url: None,
+            },
+            demo: true,
+            site_root: data_dir.join("site"),
+            limits: Limits {
+                global: 1,
+                per_server: 1,
+            },
+            conn: Default::default(),
+        };
+        prepare(&cfg).await.unwrap().service
+    }
+
+    async fn admin(svc: &Service) -> UserInfo {
+        let token = crate::auth::create_token(svc.db(), "admin", "t").await.unwrap();
+        svc.user_for_token(&token).await.unwrap().unwrap()
+    }
+
+    async fn status_becomes(svc: &Service, user: &UserInfo, id: &str, want: ContainerStatus) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let c = svc.get_container(user, id).await.unwrap();
+            if c.summary.status == want {
+                return;
+            }
+            assert!(Instant::now() < deadline, "still {:?}", c.summary.status);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A queued copy (every job slot held) of web-app.
+    async fn queued_copy(svc: &Service, user: &UserInfo, name: &str) -> CopyStarted {
+        let web_app = svc
+            .list_containers(user, None)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|c| c.name == "web-app")
+            .unwrap();
+        let req = CopyRequest {
+            target_project_id: web_app.project_id.clone(),
+            name: Some(name.into()),
+            ..Default::default()
+        };
+        let started = svc
+            .copy_container(user, &web_app.id, req, None)
+            .await
+            .unwrap();
+        assert_eq!(started.job.status, JobStatus::Queued);
+        started
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_copy_cancelled_while_queued_fails_at_once_and_after_a_restart() {
+        let tmp = tempfile::tempdir().unwrap();
+        let svc = start(tmp.path()).await;
+        let user = admin(&svc).await;
+        let held = svc.jobs.hold_every_slot().await;
+        let started = queued_copy(&svc, &user, "cancelled-early").await;
+        svc.cancel_job(&user, &started.job.id).await.unwrap();
+        // Not `copying` until a slot frees: failed now, with the slots still held.
+        status_becomes(&svc, &user, &started.container.summary.id, ContainerStatus::Failed).await;
+
+        // Cancelled, then doppel stops before the runner finished the job: the next start
+        // does it (the slots stay held, so this runner never gets to).
+        let started = queued_copy(&svc, &user, "cancelled-then-stopped").await;
+        svc.db().cancel_if_queued(&started.job.id).await.unwrap();
+        std::mem::forget(held);
+        let again = start(tmp.path()).await;
+        let c = again
+            .get_container(&user, &started.container.summary.id)
+            .await
+            .unwrap();
+        assert_eq!(c.summary.status, ContainerStatus::Failed, "{c:?}");
+        let job = again.get_job(&user, &started.job.id).await.unwrap();
+        assert_eq!(job.status, JobStatus::Cancelled);
+    }
+}

@@ -178,6 +178,30 @@ impl Db {
         Ok(ids)
     }
 
+    /// Jobs cancelled while queued whose container still says `copying` or `syncing`: the
+    /// cancel was recorded but doppel stopped before it finished the job (put the container
+    /// back, or mark the copy failed). Only a container's latest job counts, and only while
+    /// no other job is queued or running for it.
+    pub(crate) async fn cancelled_jobs_left_unfinished(&self) -> Result<Vec<String>, DbError> {
+        let ids = sqlx::query_scalar(
+            "SELECT j.id FROM jobs j JOIN containers c ON c.id = j.container_id
+             WHERE j.status = $1 AND c.status IN ($2, $3)
+               AND j.created_at = (SELECT MAX(l.created_at) FROM jobs l
+                                   WHERE l.container_id = c.id)
+               AND NOT EXISTS (SELECT 1 FROM jobs q WHERE q.container_id = c.id
+                               AND q.status IN ($4, $5))
+             ORDER BY j.created_at",
+        )
+        .bind(JobStatus::Cancelled.as_str())
+        .bind(ContainerStatus::Copying.as_str())
+        .bind(ContainerStatus::Syncing.as_str())
+        .bind(JobStatus::Queued.as_str())
+        .bind(JobStatus::Running.as_str())
+        .fetch_all(&self.read)
+        .await?;
+        Ok(ids)
+    }
+
     /// What a job acts on (after a restart, or for a sync).
     pub(crate) async fn job_targets(&self, job_id: &str) -> Result<JobTargets, DbError> {
         let row = sqlx::query(
