@@ -540,7 +540,11 @@ pub enum ErrorCode {
     InvalidRequest,
     Conflict,
     Unprocessable,
+    /// A per-user limit is reached (event streams open at once).
+    TooManyRequests,
     Internal,
+    /// doppel cannot do it now (its database does not answer); try again later.
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -553,7 +557,9 @@ impl ErrorCode {
             ErrorCode::InvalidRequest => 400,
             ErrorCode::Conflict => 409,
             ErrorCode::Unprocessable => 422,
+            ErrorCode::TooManyRequests => 429,
             ErrorCode::Internal => 500,
+            ErrorCode::Unavailable => 503,
         }
     }
 }
@@ -599,6 +605,12 @@ impl ApiError {
     }
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::InvalidRequest, message)
+    }
+    pub fn unavailable() -> Self {
+        Self::new(
+            ErrorCode::Unavailable,
+            "doppel cannot reach its database right now; try again in a moment",
+        )
     }
     pub fn internal() -> Self {
         Self::new(

@@ -18,6 +18,8 @@ use tokio::sync::{broadcast, Notify};
 
 /// Events kept for replay (across all jobs).
 const REPLAY: usize = 20_000;
+/// The most events one reconnecting stream is sent from the buffer.
+pub const REPLAY_PER_STREAM: usize = 1_000;
 /// A batch goes out this long after its first event: events of a burst (200 jobs queued at
 /// once, progress of many jobs) then cost each client a few writes instead of one wake-up
 /// and write per event. Even the first event of a burst waits: sent at once, it alone would
@@ -190,14 +192,23 @@ impl EventHub {
             buffers.batching = true;
             tokio::spawn(self.clone().send_batches());
         }
+        // An id not issued yet (from before a restart, or made up) resumes nothing.
+        let after = after.filter(|&id| id < self.peek_id());
         let seen = after.unwrap_or_else(|| self.peek_id().saturating_sub(1));
         let replay = match after {
-            Some(id) => buffers
-                .recent
-                .iter()
-                .filter(|e| e.ev.id > id)
-                .cloned()
-                .collect(),
+            Some(id) => {
+                let mut replay: Vec<_> = buffers
+                    .recent
+                    .iter()
+                    .filter(|e| e.ev.id > id)
+                    .cloned()
+                    .collect();
+                // A client far behind gets the newest events (each carries its job's whole
+                // state), not the whole buffer on every reconnect.
+                let skip = replay.len().saturating_sub(REPLAY_PER_STREAM);
+                replay.drain(..skip);
+                replay
+            }
             None => Vec::new(),
         };
         (replay, seen, self.tx.subscribe())
@@ -258,5 +269,32 @@ pub(crate) fn test_job(id: &str, status: app::model::JobStatus) -> Job {
         finished_at: None,
         url: String::new(),
         events_url: String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use app::model::JobStatus;
+
+    #[tokio::test]
+    async fn a_resume_replays_at_most_the_newest_events_and_a_future_id_replays_none() {
+        let hub = Arc::new(EventHub::new());
+        for i in 0..REPLAY_PER_STREAM + 500 {
+            hub.publish(EventKind::Progress, test_job(&format!("j{i}"), JobStatus::Running));
+        }
+        let newest = hub.peek_id() - 1;
+        let (replay, seen, _rx) = hub.subscribe(Some(0));
+        assert_eq!(seen, 0);
+        assert_eq!(replay.len(), REPLAY_PER_STREAM);
+        assert_eq!(replay.last().unwrap().ev.id, newest);
+        assert!(replay.windows(2).all(|w| w[0].ev.id + 1 == w[1].ev.id));
+        let (replay, seen, _rx) = hub.subscribe(Some(newest - 3));
+        assert_eq!(replay.len(), 3);
+        assert_eq!(seen, newest - 3);
+        // From the future (before a restart, or made up): live from now on, nothing skipped.
+        let (replay, seen, _rx) = hub.subscribe(Some(u64::MAX));
+        assert!(replay.is_empty());
+        assert_eq!(seen, newest);
     }
 }

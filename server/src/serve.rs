@@ -68,10 +68,7 @@ pub async fn prepare(cfg: &ServeConfig) -> anyhow::Result<Prepared> {
     if resumed > 0 {
         tracing::info!(resumed, "resumed jobs interrupted by the last stop");
     }
-    let router = http::router(AppState {
-        service: service.clone(),
-        leptos_options: Arc::new(leptos_options(cfg)),
-    });
+    let router = http::router(AppState::new(service.clone(), leptos_options(cfg)));
     Ok(Prepared {
         router,
         service,

@@ -4,7 +4,7 @@
 
 mod api;
 pub(crate) mod listener;
-mod session;
+pub(crate) mod session;
 
 use std::sync::Arc;
 
@@ -30,6 +30,18 @@ pub struct AppState {
     /// Behind an `Arc`: axum clones the state for every extractor of every request, and
     /// the options are a dozen strings only the console's routes read.
     pub leptos_options: Arc<LeptosOptions>,
+    /// Event streams open per user (capped).
+    pub(crate) streams: Arc<api::StreamSlots>,
+}
+
+impl AppState {
+    pub fn new(service: Arc<Service>, leptos_options: LeptosOptions) -> AppState {
+        AppState {
+            service,
+            leptos_options: Arc::new(leptos_options),
+            streams: Default::default(),
+        }
+    }
 }
 
 impl FromRef<AppState> for LeptosOptions {

@@ -11,9 +11,12 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
 use serde::Deserialize;
 
-use super::api::BadCredentials;
+use app::model::{ApiError, UserInfo};
+
+use super::api::{BadCredentials, RestError};
 use super::AppState;
 use crate::auth::{SESSION_COOKIE, SESSION_TTL_MS};
+use crate::service::Service;
 
 /// The value of a cookie in the request, if present.
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
@@ -66,12 +69,20 @@ pub(super) async fn resolve_caller(
     } else {
         Ok(None)
     };
-    let user = lookup.unwrap_or_else(|e| {
-        tracing::error!(error = %e, "credential lookup failed");
-        None
-    });
+    let user = match lookup {
+        Ok(user) => user,
+        // Not a 401: the credential may well be good, and a client that drops its token
+        // on a 401 would be wrong to.
+        Err(e) => {
+            tracing::error!(error = %e, "credential lookup failed");
+            return RestError(ApiError::unavailable()).into_response();
+        }
+    };
     match user {
         Some(user) => {
+            if let Some(credential) = Credential::of(headers) {
+                req.extensions_mut().insert(credential);
+            }
             req.extensions_mut().insert(CurrentUser(user));
         }
         None => {
@@ -90,6 +101,38 @@ pub(super) async fn resolve_caller(
         }
     }
     next.run(req).await
+}
+
+/// The credential a request was let in with, kept for long-lived responses (event streams)
+/// to check again while they last: a logout, an expired session or a removed token ends them.
+#[derive(Clone)]
+pub(crate) enum Credential {
+    Token(String),
+    Session(String),
+}
+
+impl Credential {
+    /// The one `resolve_caller` used: the Bearer token, else the session cookie.
+    fn of(headers: &HeaderMap) -> Option<Credential> {
+        if headers.contains_key(header::AUTHORIZATION) {
+            bearer_token(headers).map(|t| Credential::Token(t.to_string()))
+        } else {
+            cookie(headers, SESSION_COOKIE).map(Credential::Session)
+        }
+    }
+
+    /// Who the credential stands for now (`None`: nobody any more).
+    pub(crate) async fn user(&self, service: &Service) -> Option<UserInfo> {
+        let found = match self {
+            Credential::Token(t) => service.user_for_token(t).await,
+            Credential::Session(s) => service.user_for_session(s).await,
+        };
+        // A database that does not answer ends nothing: the next check decides.
+        found.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "checking a stream's credential failed");
+            None
+        })
+    }
 }
 
 /// Cross-site request forgery guard for cookie-authenticated requests that change things:

@@ -128,7 +128,9 @@ mod tests {
     }
 
     async fn admin(svc: &Service) -> UserInfo {
-        let token = crate::auth::create_token(svc.db(), "admin", "t").await.unwrap();
+        let token = crate::auth::create_token(svc.db(), "admin", "t")
+            .await
+            .unwrap();
         svc.user_for_token(&token).await.unwrap().unwrap()
     }
 
@@ -175,7 +177,13 @@ mod tests {
         let started = queued_copy(&svc, &user, "cancelled-early").await;
         svc.cancel_job(&user, &started.job.id).await.unwrap();
         // Not `copying` until a slot frees: failed now, with the slots still held.
-        status_becomes(&svc, &user, &started.container.summary.id, ContainerStatus::Failed).await;
+        status_becomes(
+            &svc,
+            &user,
+            &started.container.summary.id,
+            ContainerStatus::Failed,
+        )
+        .await;
 
         // Cancelled, then doppel stops before the runner finished the job: the next start
         // does it (the slots stay held, so this runner never gets to).

@@ -8,6 +8,8 @@ mod openapi;
 mod sse;
 mod sync_status;
 
+pub(crate) use sse::StreamSlots;
+
 use app::backend::CurrentUser;
 use app::model::{ApiError, ErrorCode, Job, UserInfo};
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
@@ -80,6 +82,8 @@ enum ReadErrors {
     Unauthorized(ErrorBody),
     #[response(status = 404, description = "Not found, or not visible to the caller")]
     NotFound(ErrorBody),
+    #[response(status = 503, description = "The database does not answer; try again")]
+    Unavailable(ErrorBody),
 }
 
 /// The errors a write may answer with.
@@ -107,6 +111,8 @@ enum WriteErrors {
         description = "Unprocessable: a field is missing, unknown or invalid"
     )]
     Unprocessable(ErrorBody),
+    #[response(status = 503, description = "The database does not answer; try again")]
+    Unavailable(ErrorBody),
 }
 
 /// The API's error response.

@@ -2,15 +2,16 @@
 //! job) or every job the caller may see (`/events`). Event ids let a reconnecting client
 //! resume with `Last-Event-ID` without missing anything still buffered.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use app::model::{ApiError, EventKind, JobEvent, UserInfo};
+use app::model::{ApiError, ErrorCode, EventKind, JobEvent, UserInfo};
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use futures::stream::{self, Stream};
 use tokio::sync::broadcast::{self, error::RecvError};
 
@@ -20,6 +21,7 @@ use axum::extract::{Path, Query, State};
 use serde::Deserialize;
 
 use super::{path, query, Caller, ReadErrors, RestError};
+use crate::http::session::Credential;
 use crate::http::AppState;
 use crate::service::Service;
 use utoipa::IntoParams;
@@ -40,6 +42,65 @@ fn resume_point(headers: &HeaderMap, query: Option<u64>) -> Result<Option<u64>, 
 
 /// A keep-alive comment, sent when nothing else was for this long.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// How often an open stream checks its caller again: a logout, an expired session, a
+/// removed token or a lost membership ends it (or narrows it) within this time.
+const RECHECK: Duration = Duration::from_secs(5);
+
+/// Event streams one user may have open at once (a console tab holds one or two).
+pub(crate) const STREAMS_PER_USER: usize = 32;
+
+/// The event streams open per user.
+#[derive(Default)]
+pub(crate) struct StreamSlots {
+    open: parking_lot::Mutex<HashMap<String, usize>>,
+}
+
+/// One open stream's place, given back when the stream ends (the body is dropped).
+struct StreamSlot {
+    slots: Arc<StreamSlots>,
+    user: String,
+}
+
+impl StreamSlots {
+    fn take(self: &Arc<Self>, user: &UserInfo) -> Result<StreamSlot, ApiError> {
+        let mut open = self.open.lock();
+        let n = open.entry(user.id.clone()).or_insert(0);
+        if *n >= STREAMS_PER_USER {
+            return Err(ApiError::new(
+                ErrorCode::TooManyRequests,
+                format!(
+                    "{STREAMS_PER_USER} event streams are open for this user already; close one first"
+                ),
+            ));
+        }
+        *n += 1;
+        Ok(StreamSlot {
+            slots: self.clone(),
+            user: user.id.clone(),
+        })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self.slots.open.lock();
+        if let Some(n) = open.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.user);
+            }
+        }
+    }
+}
+
+/// Who a stream is for, checked again every [`RECHECK`].
+struct Recheck {
+    service: Arc<Service>,
+    credential: Option<Credential>,
+    due: tokio::time::Instant,
+    _slot: StreamSlot,
+}
 
 /// A `text/event-stream` response of pre-formatted frames. Nothing may buffer or
 /// transform it on the way: events must arrive as they happen.
@@ -92,6 +153,8 @@ impl Filter {
 
 struct Live {
     rx: broadcast::Receiver<Arc<Batch>>,
+    /// `None` only in unit tests of the event logic.
+    recheck: Option<Recheck>,
     hub: Arc<EventHub>,
     filter: Filter,
     /// Events to look at before reading the channel again (replay, catch-up, or a batch
@@ -120,7 +183,22 @@ impl Live {
             if let Some(frames) = self.take_queued() {
                 return Next::Frames(frames);
             }
-            let batch = match tokio::time::timeout(KEEP_ALIVE, self.rx.recv()).await {
+            let now = tokio::time::Instant::now();
+            if self.recheck.as_ref().is_some_and(|r| r.due <= now) && !self.recheck().await {
+                return Next::End;
+            }
+            let wait = self.recheck.as_ref().map_or(KEEP_ALIVE, |r| {
+                r.due.saturating_duration_since(now).min(KEEP_ALIVE)
+            });
+            let batch = match tokio::time::timeout(wait, self.rx.recv()).await {
+                Err(_)
+                    if self
+                        .recheck
+                        .as_ref()
+                        .is_some_and(|r| r.due <= tokio::time::Instant::now()) =>
+                {
+                    continue
+                }
                 Err(_) => return Next::KeepAlive,
                 Ok(Ok(batch)) => batch,
                 Ok(Err(RecvError::Lagged(_))) => {
@@ -134,6 +212,32 @@ impl Live {
                 return Next::Frames(batch.frames.clone());
             }
             self.queue.extend(batch.events.iter().cloned());
+        }
+    }
+
+    /// Checks the caller again; narrows what the stream sends to what they may see now.
+    /// `false`: the stream must end (logged out, token removed, job no longer visible).
+    async fn recheck(&mut self) -> bool {
+        let Some(r) = &mut self.recheck else {
+            return true;
+        };
+        r.due = tokio::time::Instant::now() + RECHECK;
+        let user = match &r.credential {
+            Some(c) => c.user(&r.service).await,
+            None => None,
+        };
+        let Some(user) = user else {
+            return false;
+        };
+        match &self.filter {
+            Filter::Job(id) => r.service.get_job(&user, id).await.is_ok(),
+            Filter::Projects(_) => match r.service.visible_projects(&user).await {
+                Ok(projects) => {
+                    self.filter = Filter::Projects(projects);
+                    true
+                }
+                Err(_) => false,
+            },
         }
     }
 
@@ -174,15 +278,19 @@ async fn job_stream(
     user: &UserInfo,
     job_id: &str,
     after: Option<u64>,
+    recheck: Recheck,
 ) -> Result<Response, ApiError> {
     let job = service.get_job(user, job_id).await?;
     let hub = service.events().clone();
     let (_, _, rx) = hub.subscribe(None);
     let mut queue: VecDeque<Arc<Published>> = hub.of_job(job_id).into();
+    // An id this doppel has not issued yet (one from before a restart, or made up) is no
+    // place to resume from: the stream starts from the job's current state.
+    let after = after.filter(|&a| a < hub.peek_id());
     let last = after.unwrap_or(0);
     if queue.iter().all(|e| e.ev.id <= last) {
         // Nothing buffered to replay (e.g. after a restart): start from the current state.
-        let id = hub.peek_id().saturating_sub(1).max(last + 1);
+        let id = hub.peek_id().saturating_sub(1).max(last.saturating_add(1));
         let kind = if job.status.is_final() {
             EventKind::Status
         } else {
@@ -199,6 +307,7 @@ async fn job_stream(
     }
     let live = Live {
         rx,
+        recheck: Some(recheck),
         hub,
         filter: Filter::Job(job_id.to_string()),
         queue,
@@ -213,12 +322,14 @@ async fn all_stream(
     service: &Service,
     user: &UserInfo,
     after: Option<u64>,
+    recheck: Recheck,
 ) -> Result<Response, ApiError> {
     let projects = service.visible_projects(user).await?;
     let hub = service.events().clone();
     let (replay, seen, rx) = hub.subscribe(after);
     let live = Live {
         rx,
+        recheck: Some(recheck),
         hub,
         filter: Filter::Projects(projects),
         queue: replay.into(),
@@ -257,13 +368,29 @@ pub(super) struct EventsQuery {
 pub(super) async fn job_events(
     State(st): State<AppState>,
     Caller(user): Caller,
+    credential: Option<Extension<Credential>>,
     id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     q: Result<Query<EventsQuery>, QueryRejection>,
 ) -> Result<Response, RestError> {
     let id = path(id)?;
     let after = resume_point(&headers, query(q)?.last_event_id)?;
-    Ok(job_stream(&st.service, &user, &id, after).await?)
+    let recheck = recheck_for(&st, &user, credential)?;
+    Ok(job_stream(&st.service, &user, &id, after, recheck).await?)
+}
+
+/// A stream's place among the user's (or 429) and what it needs to check them again.
+fn recheck_for(
+    st: &AppState,
+    user: &UserInfo,
+    credential: Option<Extension<Credential>>,
+) -> Result<Recheck, ApiError> {
+    Ok(Recheck {
+        _slot: st.streams.take(user)?,
+        service: st.service.clone(),
+        credential: credential.map(|Extension(c)| c),
+        due: tokio::time::Instant::now() + RECHECK,
+    })
 }
 
 /// Live events of every job the caller may see
@@ -282,11 +409,13 @@ pub(super) async fn job_events(
 pub(super) async fn all_events(
     State(st): State<AppState>,
     Caller(user): Caller,
+    credential: Option<Extension<Credential>>,
     headers: HeaderMap,
     q: Result<Query<EventsQuery>, QueryRejection>,
 ) -> Result<Response, RestError> {
     let after = resume_point(&headers, query(q)?.last_event_id)?;
-    Ok(all_stream(&st.service, &user, after).await?)
+    let recheck = recheck_for(&st, &user, credential)?;
+    Ok(all_stream(&st.service, &user, after, recheck).await?)
 }
 
 #[cfg(test)]
@@ -299,6 +428,7 @@ mod tests {
         let (_, last, rx) = hub.subscribe(None);
         Live {
             rx,
+            recheck: None,
             hub: hub.clone(),
             filter,
             queue: Default::default(),
