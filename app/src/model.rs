@@ -324,10 +324,16 @@ pub struct JobSummary {
     /// Entries changed on the copy itself since its last sync (overwritten).
     pub drift: u64,
     pub drift_paths: Vec<String>,
-    /// Device files and sockets in the source, which are not copied.
+    /// Device files and sockets in the source, which are not copied (at most the first
+    /// 100; `skipped_special_count` has them all).
     pub skipped_special: Vec<String>,
-    /// Files that kept changing while being read; the next sync picks them up.
+    #[serde(default)]
+    pub skipped_special_count: u64,
+    /// Files that kept changing while being read, or vanished between the scan and the
+    /// read; the next sync picks them up (at most 100; `unstable_count` has them all).
     pub unstable: Vec<String>,
+    #[serde(default)]
+    pub unstable_count: u64,
     pub duration_ms: u64,
     /// The resulting tree's manifest root (BLAKE3, hex).
     pub root_hash: String,

@@ -26,12 +26,39 @@ const CDC_MAX: u32 = 64 * 1024;
 #[derive(Debug, Default, Clone)]
 pub struct ScanReport {
     /// Device files and sockets (recorded, not copied).
-    pub specials: Vec<String>,
-    /// Files that kept changing while being read (their last read state is recorded).
-    pub unstable: Vec<String>,
+    pub specials: Listed,
+    /// Files that kept changing while being read (left out of the state).
+    pub unstable: Listed,
     /// Files whose content was read and hashed (cache misses).
     pub hashed_files: u64,
     pub hashed_bytes: u64,
+}
+
+/// How many paths of one kind a summary lists; the counts are exact. A tree with a million
+/// sockets must not make a summary of tens of megabytes, stored and streamed.
+pub const LISTED_PATHS: usize = 100;
+
+/// Paths of one kind a job reports: the first [`LISTED_PATHS`], and how many there were.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Listed {
+    pub paths: Vec<String>,
+    pub count: u64,
+}
+
+impl Listed {
+    /// Counts one; formats its path only while the list has room.
+    pub fn push(&mut self, path: impl FnOnce() -> String) {
+        self.count += 1;
+        if self.paths.len() < LISTED_PATHS {
+            self.paths.push(path());
+        }
+    }
+
+    pub fn extend(&mut self, other: Listed) {
+        self.count += other.count;
+        let room = LISTED_PATHS.saturating_sub(self.paths.len());
+        self.paths.extend(other.paths.into_iter().take(room));
+    }
 }
 
 /// The hash of a chunked file: BLAKE3 over its chunk list. Deterministic for the content,
@@ -379,7 +406,7 @@ impl Scanner<'_> {
                     // Deleted or replaced by something else since the stat: the tree changed
                     // under the scan; it is reported, and not part of this state.
                     Err(err) if fsx::is_gone(&err) => {
-                        self.report.unstable.push(e.display_path());
+                        self.report.unstable.push(|| e.display_path());
                         return Ok(None);
                     }
                     Err(err) => return Err(unreadable("opening the directory", &e.path, err)),
@@ -433,7 +460,7 @@ impl Scanner<'_> {
             Kind::Fifo => self.entries.push(e),
             Kind::Special => {
                 e.rdev = st.st_rdev;
-                self.report.specials.push(e.display_path());
+                self.report.specials.push(|| e.display_path());
                 self.entries.push(e);
             }
         }
@@ -554,12 +581,12 @@ impl Scanner<'_> {
         let mut lost = vec![false; self.entries.len()];
         for &i in &self.lost {
             lost[i] = true;
-            self.report.unstable.push(self.entries[i].display_path());
+            self.report.unstable.push(|| self.entries[i].display_path());
         }
         for &(link, first) in &self.link_fixups {
             if lost[first] {
                 lost[link] = true;
-                self.report.unstable.push(self.entries[link].display_path());
+                self.report.unstable.push(|| self.entries[link].display_path());
             } else {
                 self.entries[link].hash = self.entries[first].hash;
                 self.entries[link].xattrs = self.entries[first].xattrs.clone();

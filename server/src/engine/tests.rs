@@ -945,3 +945,23 @@ fn a_tree_just_within_the_depth_limit_copies_and_syncs() {
     assert_same_tree(&src.root, &dst.root);
     no_debris(&dst);
 }
+
+#[test]
+fn summaries_list_a_bounded_number_of_paths_and_count_them_all() {
+    let env = Env::new();
+    let (src, dst) = (env.place("src"), env.place("dst"));
+    fs::create_dir_all(&src.root).unwrap();
+    let n = scan::LISTED_PATHS * 3;
+    // Sockets are recorded, not copied: each one is a path in the summary.
+    let _sockets: Vec<_> = (0..n)
+        .map(|i| std::os::unix::net::UnixListener::bind(src.root.join(format!("s{i}"))).unwrap())
+        .collect();
+    let s = copy(&src, &dst, &Control::new()).unwrap();
+    assert_eq!(s.skipped_special.len(), scan::LISTED_PATHS);
+    assert_eq!(s.skipped_special_count, n as u64);
+    let s = sync(&src, &dst, &Control::new()).unwrap();
+    assert_eq!(s.skipped_special.len(), scan::LISTED_PATHS);
+    assert_eq!(s.skipped_special_count, n as u64);
+    let json = serde_json::to_string(&s).unwrap();
+    assert!(json.len() < 10_000, "{} bytes", json.len());
+}

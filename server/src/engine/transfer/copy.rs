@@ -71,7 +71,9 @@ pub(super) fn copy_staged(
         let received = receive(Mode::Copy, staging, staging, r, None, local, ctl);
         (sender.join(), received)
     });
-    let ((stats, unstable), received) = join_ends(sent, received, ctl)?;
+    let ((stats, sent_unstable), received) = join_ends(sent, received, ctl)?;
+    let mut unstable = report.unstable;
+    unstable.extend(sent_unstable);
 
     ctl.phase(Phase::Verify, None, None);
     let want = without_specials(m.clone());
@@ -108,8 +110,10 @@ pub(super) fn copy_staged(
         bytes_sent: stats.total,
         content_bytes: stats.data,
         reused_bytes: received.reused_bytes,
-        skipped_special: report.specials,
-        unstable: report.unstable.into_iter().chain(unstable).collect(),
+        skipped_special: report.specials.paths,
+        skipped_special_count: report.specials.count,
+        unstable: unstable.paths,
+        unstable_count: unstable.count,
         root_hash,
         ..Summary::default()
     })
@@ -124,12 +128,12 @@ pub(super) fn send_copy(
     offer: &HashMap<[u8; 32], (u32, Vec<u8>)>,
     out: PipeWriter,
     ctl: &Control,
-) -> Result<(WireStats, Vec<String>), EngineError> {
+) -> Result<(WireStats, Listed), EngineError> {
     let mut fw = FrameWriter::new(out);
     let mut walker =
         Walker::new(fsx::open_dir(root).map_err(EngineError::io_path("opening", root))?);
     let mut gone = Vec::new();
-    let mut unstable = Vec::new();
+    let mut unstable = Listed::default();
     let mut hashes: HashMap<Vec<u8>, [u8; 32]> = HashMap::new();
     for (i, e) in m.entries.iter_mut().enumerate() {
         ctl.check()?;
@@ -159,7 +163,7 @@ pub(super) fn send_copy(
                     // Vanished or replaced since the scan: not part of this copy (and said so
                     // in the summary). Anything else is content the copy would lack.
                     Err(err) if fsx::is_gone(&err) => {
-                        unstable.push(e.display_path());
+                        unstable.push(|| e.display_path());
                         gone.push(i);
                         continue;
                     }
@@ -177,7 +181,7 @@ pub(super) fn send_copy(
                     .map_err(io_err("sending"))?;
                 let (hash, chunks, len) = hash_reader(&file, e.size, ctl, |data, _| fw.data(data))?;
                 if len != e.size {
-                    unstable.push(e.display_path());
+                    unstable.push(|| e.display_path());
                     e.size = len;
                 }
                 e.hash = hash;

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use super::fsx::{self, split_parent, Walker};
 use super::manifest::{diff, path_cmp, Change, Chunk, Entry, Kind, Manifest};
-use super::scan::{self, chunked_file_hash, hash_reader, CHUNKED_FILE_MIN};
+use super::scan::{self, chunked_file_hash, hash_reader, Listed, CHUNKED_FILE_MIN};
 use super::wire::{self, Frame, FrameReader, FrameWriter, PipeReader, PipeWriter, WireStats};
 use super::{Control, EngineError, Phase, Place, Summary};
 

@@ -89,8 +89,9 @@ pub(in crate::engine) fn sync(
     summary.files_deleted = deleted.len() as u64;
     let files_total =
         summary.files_added + summary.files_changed + summary.metadata_only + summary.files_deleted;
-    summary.skipped_special = s_report.specials.clone();
-    summary.unstable = s_report.unstable.clone();
+    summary.skipped_special = s_report.specials.paths.clone();
+    summary.skipped_special_count = s_report.specials.count;
+    let mut unstable = s_report.unstable.clone();
 
     if files_total > 0 {
         ctl.phase(Phase::Transfer, Some(bytes_total), Some(files_total));
@@ -132,7 +133,7 @@ pub(in crate::engine) fn sync(
                 e.hash = hash;
                 e.size = size;
                 e.chunks = chunks;
-                summary.unstable.push(e.display_path());
+                unstable.push(|| e.display_path());
             }
         }
 
@@ -166,6 +167,8 @@ pub(in crate::engine) fn sync(
     }
     let _ = fs::remove_dir_all(&work);
     summary.recovered |= interrupted_commit;
+    summary.unstable = unstable.paths;
+    summary.unstable_count = unstable.count;
     summary.tree_files = got.files();
     summary.tree_bytes = got.bytes();
     summary.root_hash = root_hash;
