@@ -281,7 +281,10 @@ mod tests {
     async fn a_resume_replays_at_most_the_newest_events_and_a_future_id_replays_none() {
         let hub = Arc::new(EventHub::new());
         for i in 0..REPLAY_PER_STREAM + 500 {
-            hub.publish(EventKind::Progress, test_job(&format!("j{i}"), JobStatus::Running));
+            hub.publish(
+                EventKind::Progress,
+                test_job(&format!("j{i}"), JobStatus::Running),
+            );
         }
         let newest = hub.peek_id() - 1;
         let (replay, seen, _rx) = hub.subscribe(Some(0));

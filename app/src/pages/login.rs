@@ -7,7 +7,13 @@ use leptos_router::hooks::use_query_map;
 #[component]
 pub fn LoginPage() -> impl IntoView {
     let query = use_query_map();
-    let failed = move || query.with(|q| q.get("error").is_some());
+    let error = move || query.with(|q| q.get("error"));
+    let failed = move || error().is_some();
+    // `wait`: the server refused the attempt after too many failures.
+    let message = move || match error().as_deref() {
+        Some("wait") => "Too many failed attempts. Wait a minute, then try again.",
+        _ => "Wrong user name or password.",
+    };
     let next = move || query.with(|q| q.get("next").unwrap_or_default());
     view! {
         <Title text="Log in · doppel"/>
@@ -16,7 +22,7 @@ pub fn LoginPage() -> impl IntoView {
                 <h1 class="brand">"doppel"</h1>
                 <p class="muted">"Copy containers, keep the copies in sync."</p>
                 <Show when=failed>
-                    <p class="error-box" role="alert">"Wrong user name or password."</p>
+                    <p class="error-box" role="alert">{message}</p>
                 </Show>
                 <input type="hidden" name="next" value=next/>
                 <label for="username">"User name"</label>

@@ -586,7 +586,9 @@ impl Scanner<'_> {
         for &(link, first) in &self.link_fixups {
             if lost[first] {
                 lost[link] = true;
-                self.report.unstable.push(|| self.entries[link].display_path());
+                self.report
+                    .unstable
+                    .push(|| self.entries[link].display_path());
             } else {
                 self.entries[link].hash = self.entries[first].hash;
                 self.entries[link].xattrs = self.entries[first].xattrs.clone();

@@ -4,7 +4,10 @@
 
 use app::backend::{percent_encode, CurrentUser};
 use axum::extract::rejection::FormRejection;
-use axum::extract::{Request, State};
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
@@ -16,7 +19,7 @@ use app::model::{ApiError, UserInfo};
 use super::api::{BadCredentials, RestError};
 use super::AppState;
 use crate::auth::{SESSION_COOKIE, SESSION_TTL_MS};
-use crate::service::Service;
+use crate::service::{LoginOutcome, Service};
 
 /// The value of a cookie in the request, if present.
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
@@ -101,6 +104,49 @@ pub(super) async fn resolve_caller(
         }
     }
     next.run(req).await
+}
+
+fn cross_site_refused() -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        "cross-site request refused: log in and out from doppel's own pages",
+    )
+        .into_response()
+}
+
+/// `; Secure` when the browser reached doppel over HTTPS: directly (not supported yet) or
+/// through a proxy that says so. Only ever restricts the cookie, so the header is trusted.
+fn secure_attribute(headers: &HeaderMap) -> &'static str {
+    let forwarded_https = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("https"))
+        || headers
+            .get(header::FORWARDED)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.to_ascii_lowercase().contains("proto=https"));
+    if forwarded_https {
+        "; Secure"
+    } else {
+        ""
+    }
+}
+
+/// The client's address (from the connection; unspecified when unknown, e.g. in tests
+/// that call the router directly).
+pub(super) struct ClientAddr(pub IpAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientAddr(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip()),
+        ))
+    }
 }
 
 /// The credential a request was let in with, kept for long-lived responses (event streams)
@@ -189,20 +235,26 @@ fn safe_next(next: Option<&str>) -> &str {
 
 pub(super) async fn login(
     State(state): State<AppState>,
+    ClientAddr(from): ClientAddr,
+    headers: HeaderMap,
     form: Result<Form<LoginForm>, FormRejection>,
 ) -> Response {
+    if !same_origin(&Method::POST, &headers) {
+        return cross_site_refused();
+    }
     let Ok(Form(form)) = form else {
         return Redirect::to("/login?error=1").into_response();
     };
     match state
         .service
-        .log_in(form.username.trim(), &form.password)
+        .log_in(form.username.trim(), &form.password, from)
         .await
     {
-        Ok(Some(secret)) => {
+        Ok(LoginOutcome::Session(secret)) => {
             let cookie = format!(
-                "{SESSION_COOKIE}={secret}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}",
-                SESSION_TTL_MS / 1000
+                "{SESSION_COOKIE}={secret}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{}",
+                SESSION_TTL_MS / 1000,
+                secure_attribute(&headers)
             );
             let mut resp = Redirect::to(safe_next(form.next.as_deref())).into_response();
             if let Ok(v) = HeaderValue::from_str(&cookie) {
@@ -210,9 +262,18 @@ pub(super) async fn login(
             }
             resp
         }
-        Ok(None) => {
-            tracing::info!(user = %form.username, "failed login");
+        Ok(LoginOutcome::Wrong) => {
+            // Debug formatting: a name with line breaks cannot forge log lines.
+            tracing::info!(user = ?form.username, client = %from, "failed login");
             Redirect::to("/login?error=1").into_response()
+        }
+        Ok(LoginOutcome::Wait(wait)) => {
+            tracing::info!(user = ?form.username, client = %from, "login refused: too many failures");
+            let mut resp = Redirect::to("/login?error=wait").into_response();
+            if let Ok(v) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
+                resp.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            resp
         }
         Err(e) => {
             tracing::error!(error = %e, "login failed");
@@ -226,6 +287,10 @@ pub(super) async fn login(
 }
 
 pub(super) async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    // Another site cannot log a user out (nor, above, in as someone else).
+    if !same_origin(&Method::POST, &headers) {
+        return cross_site_refused();
+    }
     if let Some(secret) = cookie(&headers, SESSION_COOKIE) {
         if let Err(e) = state.service.log_out(&secret).await {
             tracing::error!(error = %e, "ending a session failed");

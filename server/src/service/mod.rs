@@ -8,6 +8,7 @@ mod containers;
 mod copy;
 pub mod inventory;
 mod jobs;
+mod login_throttle;
 mod sessions;
 mod snapshots;
 mod sync;
@@ -25,6 +26,7 @@ use crate::jobs::{JobRunner, Limits};
 use crate::store::{Db, DbError};
 
 pub use copy::parse_ssh_public_key;
+pub use sessions::LoginOutcome;
 use sync_status::SharedProbes;
 
 pub struct Service {
@@ -32,6 +34,8 @@ pub struct Service {
     jobs: Arc<JobRunner>,
     /// API tokens verified in the last 2 s (see `TokenCache`).
     tokens: TokenCache,
+    /// Failed logins per name and address (see `LoginThrottle`).
+    logins: login_throttle::LoginThrottle,
     /// Walks of sources under way, shared by sync status loads (see `SharedProbes`).
     probes: SharedProbes,
 }
@@ -60,6 +64,7 @@ impl Service {
             db,
             jobs,
             tokens: TokenCache::new(std::time::Duration::from_secs(2)),
+            logins: Default::default(),
             probes: SharedProbes::default(),
         }
     }

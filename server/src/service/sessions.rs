@@ -1,6 +1,9 @@
 //! Who is calling: API tokens (answered from `TokenCache` for 2 s), console sessions, login
 //! and logout. The HTTP layer asks here; the rules and the database stay below it.
 
+use std::net::IpAddr;
+use std::time::Duration;
+
 use app::model::UserInfo;
 
 use super::Service;
@@ -18,12 +21,28 @@ impl Service {
         auth::user_for_session(&self.db, secret).await
     }
 
-    /// Checks a name and password and starts a session: its cookie value, or `None` when
-    /// the name or the password is wrong (which one is not said).
-    pub async fn log_in(&self, name: &str, password: &str) -> Result<Option<String>, DbError> {
+    /// Checks a name and password from a client's address and starts a session. After
+    /// repeated failures the attempt is refused without checking (see `LoginThrottle`).
+    pub async fn log_in(
+        &self,
+        name: &str,
+        password: &str,
+        from: IpAddr,
+    ) -> Result<LoginOutcome, DbError> {
+        if let Err(wait) = self.logins.check(name, from) {
+            return Ok(LoginOutcome::Wait(wait));
+        }
         match auth::check_login(&self.db, name, password).await? {
-            Some(user) => Ok(Some(auth::create_session(&self.db, &user).await?)),
-            None => Ok(None),
+            Some(user) => {
+                self.logins.succeeded(name, from);
+                Ok(LoginOutcome::Session(
+                    auth::create_session(&self.db, &user).await?,
+                ))
+            }
+            None => {
+                self.logins.failed(name, from);
+                Ok(LoginOutcome::Wrong)
+            }
         }
     }
 
@@ -31,4 +50,14 @@ impl Service {
     pub async fn log_out(&self, secret: &str) -> Result<(), DbError> {
         auth::end_session(&self.db, secret).await
     }
+}
+
+/// How a login attempt went.
+pub enum LoginOutcome {
+    /// In: the new session's cookie value.
+    Session(String),
+    /// The name or the password is wrong (which one is not said).
+    Wrong,
+    /// Too many failures lately: not checked; try again after this long.
+    Wait(Duration),
 }
