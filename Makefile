@@ -28,7 +28,7 @@ STAMP := target/.setup
 # cargo-installed tools, and wasm-opt from the pinned npm package binaryen.
 export PATH := $(HOME)/.cargo/bin:$(CURDIR)/end2end/node_modules/.bin:$(PATH)
 
-.PHONY: size help setup setup-test run build server site test lint unit e2e dev clean bench load
+.PHONY: size help setup setup-test run build server site test lint unit e2e api-fuzz dev clean bench load
 
 help:
 	@echo "make run    set up, build (release) and start doppel on http://127.0.0.1:3000"
@@ -37,7 +37,7 @@ help:
 
 # What a build needs; the browser tests also need Chromium (`make run` does not wait for it).
 setup: $(STAMP)/toolchain $(STAMP)/wasm-bindgen-$(WASM_BINDGEN_VERSION) $(WASM_SPLIT) $(STAMP)/npm
-setup-test: setup $(STAMP)/chromium
+setup-test: setup $(STAMP)/chromium $(STAMP)/schemathesis
 
 $(STAMP)/toolchain: rust-toolchain.toml
 	@mkdir -p $(STAMP)
@@ -84,6 +84,15 @@ $(STAMP)/chromium:
 # The server and the site are built side by side (the site's tools install meanwhile), and
 # every cargo in them shares make's three job slots (the `+` lines): on two cores this keeps
 # a fresh machine's first `make run` short without running a dozen compilers at once.
+# Schemathesis, pinned with everything it uses, in a virtualenv of its own.
+$(STAMP)/schemathesis: scripts/schemathesis-requirements.txt
+	@mkdir -p $(STAMP)
+	@python3 -m venv --help >/dev/null 2>&1 || { $(SUDO) apt-get update && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y python3 python3-venv; }
+	rm -rf target/schemathesis-venv
+	python3 -m venv target/schemathesis-venv
+	target/schemathesis-venv/bin/pip install --quiet --disable-pip-version-check -r scripts/schemathesis-requirements.txt
+	@touch $@
+
 build: $(STAMP)/toolchain
 	$(MAKE) --no-print-directory -j3 server site
 	node scripts/precompress.mjs target/site/pkg
@@ -115,7 +124,12 @@ unit: setup-test
 e2e: build setup-test
 	end2end/run.sh
 
-test: lint unit e2e
+# Generated requests over the whole REST API (scripts/api-fuzz.sh): no 5xx, nothing the
+# OpenAPI document does not describe.
+api-fuzz: build setup-test
+	scripts/api-fuzz.sh
+
+test: lint unit e2e api-fuzz
 
 clean:
 	cargo clean

@@ -501,9 +501,16 @@ pub struct JobEvent {
 pub struct JobFilter {
     /// Jobs of this container: its copy (when it is the new container or the source) and
     /// its syncs.
+    #[cfg_attr(feature = "ssr", param(pattern = "^[0-9a-f]{24}$"))]
     pub container_id: Option<String>,
+    #[cfg_attr(feature = "ssr", param(pattern = "^[0-9a-f]{24}$"))]
     pub project_id: Option<String>,
+    #[cfg_attr(
+        feature = "ssr",
+        param(pattern = "^(queued|running|succeeded|failed|cancelled)$")
+    )]
     pub status: Option<String>,
+    #[cfg_attr(feature = "ssr", param(pattern = "^(copy|sync)$"))]
     pub kind: Option<String>,
 }
 
@@ -512,14 +519,32 @@ pub struct JobFilter {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CopyRequest {
+    #[cfg_attr(feature = "ssr", schema(pattern = "^[0-9a-f]{24}$"))]
     pub target_project_id: String,
     #[serde(default)]
+    #[cfg_attr(feature = "ssr", schema(pattern = "^[0-9a-f]{24}$"))]
     pub target_server_id: Option<String>,
     #[serde(default)]
+    #[cfg_attr(
+        feature = "ssr",
+        schema(pattern = "^[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+    )]
     pub name: Option<String>,
+    /// An OpenSSH public key (`<type> <base64> [comment]`), unique among containers.
     #[serde(default)]
+    #[cfg_attr(
+        feature = "ssr",
+        schema(
+            pattern = "^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/]+=*( [^\\n]*)?$"
+        )
+    )]
     pub ssh_public_key: Option<String>,
+    /// A snapshot of the source, by id or name.
     #[serde(default)]
+    #[cfg_attr(
+        feature = "ssr",
+        schema(pattern = "^([0-9a-f]{24}|[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)$")
+    )]
     pub source_snapshot: Option<String>,
     #[serde(default)]
     pub copy_firewall_rules: bool,

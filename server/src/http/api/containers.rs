@@ -60,6 +60,7 @@ pub(super) async fn list_servers(
 #[into_params(parameter_in = Query)]
 pub(super) struct ContainerQuery {
     /// Only the containers of this project
+    #[param(pattern = "^[0-9a-f]{24}$")]
     pub(super) project_id: Option<String>,
 }
 
@@ -87,7 +88,7 @@ pub(super) async fn list_containers(
 #[utoipa::path(
     get,
     path = "/containers/{id}",
-    params(("id" = String, Path, description = "The container's id (24 lowercase hex digits)")),
+    params(("id" = String, Path, description = "The container's id (24 lowercase hex digits)", pattern = "^[0-9a-f]{24}$")),
     responses((status = 200, body = ContainerDetail), ReadErrors)
 )]
 pub(super) async fn get_container(
@@ -108,8 +109,8 @@ pub(super) async fn get_container(
     post,
     path = "/containers/{id}/copy",
     params(
-        ("id" = String, Path, description = "The source container"),
-        ("Idempotency-Key" = Option<String>, Header,
+        ("id" = String, Path, description = "The source container", pattern = "^[0-9a-f]{24}$"),
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,200}$",
             description = "A retried request with the same key returns the same job instead of starting another"),
     ),
     request_body = CopyRequest,
@@ -140,8 +141,8 @@ pub(super) async fn copy_container(
     post,
     path = "/containers/{id}/sync",
     params(
-        ("id" = String, Path, description = "The copy"),
-        ("Idempotency-Key" = Option<String>, Header,
+        ("id" = String, Path, description = "The copy", pattern = "^[0-9a-f]{24}$"),
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,200}$",
             description = "A retried request with the same key returns the same job instead of starting another"),
     ),
     responses((status = 202, body = JobAnswer, description = "Accepted: the sync's job"), WriteErrors)
@@ -166,7 +167,7 @@ pub(super) async fn sync_container(
 #[utoipa::path(
     get,
     path = "/containers/{id}/snapshots",
-    params(("id" = String, Path, description = "The container")),
+    params(("id" = String, Path, description = "The container", pattern = "^[0-9a-f]{24}$")),
     responses((status = 200, body = SnapshotList), ReadErrors)
 )]
 pub(super) async fn list_snapshots(
@@ -183,6 +184,7 @@ pub(super) async fn list_snapshots(
 #[serde(deny_unknown_fields)]
 pub(super) struct SnapshotRequest {
     /// Letters, digits and hyphens, unique among the container's snapshots
+    #[schema(pattern = "^[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")]
     pub(super) name: String,
 }
 
@@ -190,7 +192,7 @@ pub(super) struct SnapshotRequest {
 #[utoipa::path(
     post,
     path = "/containers/{id}/snapshots",
-    params(("id" = String, Path, description = "The container")),
+    params(("id" = String, Path, description = "The container", pattern = "^[0-9a-f]{24}$")),
     request_body = SnapshotRequest,
     responses((status = 201, body = Snapshot, description = "Created"), WriteErrors)
 )]

@@ -36,7 +36,7 @@ pub(super) async fn list_jobs(
 #[utoipa::path(
     get,
     path = "/jobs/{id}",
-    params(("id" = String, Path, description = "The job's id")),
+    params(("id" = String, Path, description = "The job's id", pattern = "^[0-9a-f]{24}$")),
     responses((status = 200, body = Job), ReadErrors)
 )]
 pub(super) async fn get_job(
@@ -55,7 +55,7 @@ pub(super) async fn get_job(
 #[utoipa::path(
     post,
     path = "/jobs/{id}/cancel",
-    params(("id" = String, Path, description = "The job's id")),
+    params(("id" = String, Path, description = "The job's id", pattern = "^[0-9a-f]{24}$")),
     responses((status = 200, body = JobAnswer), WriteErrors)
 )]
 pub(super) async fn cancel_job(

@@ -356,7 +356,7 @@ pub(super) struct EventsQuery {
     get,
     path = "/jobs/{id}/events",
     params(
-        ("id" = String, Path, description = "The job's id"),
+        ("id" = String, Path, description = "The job's id", pattern = "^[0-9a-f]{24}$"),
         ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event id"),
         EventsQuery,
     ),
