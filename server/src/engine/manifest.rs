@@ -221,13 +221,28 @@ impl Manifest {
     }
 
     /// Writes atomically (temp file + rename). Durability comes from the caller's syncfs.
+    /// Writes the manifest to `path` atomically: a temp file of this writer's own (several
+    /// threads may store one container's manifest at once: a job and a status probe), made
+    /// durable, then renamed over the old one.
     pub fn store(&self, path: &std::path::Path) -> io::Result<()> {
+        use std::io::Write as _;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-        std::fs::write(&tmp, self.encode())?;
-        std::fs::rename(&tmp, path)
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let tmp = path.with_extension(format!("tmp-{}-{n}", std::process::id()));
+        let written = (|| {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&self.encode())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, path)
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written
     }
 }
 

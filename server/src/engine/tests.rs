@@ -965,3 +965,33 @@ fn summaries_list_a_bounded_number_of_paths_and_count_them_all() {
     let json = serde_json::to_string(&s).unwrap();
     assert!(json.len() < 10_000, "{} bytes", json.len());
 }
+
+#[test]
+fn concurrent_stores_of_one_manifest_never_leave_a_torn_file() {
+    let env = Env::new();
+    let (a, b) = (env.place("a"), env.place("b"));
+    random_tree(&a.root, &mut Rng(1), 200);
+    random_tree(&b.root, &mut Rng(2), 20);
+    let (ma, _) = scan::scan(&a.root, None, true, &Control::new()).unwrap();
+    let (mb, _) = scan::scan(&b.root, None, true, &Control::new()).unwrap();
+    let path = env.base.join("state/x/manifest");
+    ma.store(&path).unwrap();
+    let path = path.as_path();
+    std::thread::scope(|s| {
+        for m in [&ma, &mb] {
+            s.spawn(move || {
+                for _ in 0..100 {
+                    m.store(path).unwrap();
+                }
+            });
+        }
+        s.spawn(|| {
+            for _ in 0..200 {
+                let got = Manifest::load(path).unwrap().unwrap();
+                assert!(got == ma || got == mb, "a torn manifest");
+            }
+        });
+    });
+    // No temp files left behind.
+    assert_eq!(fs::read_dir(path.parent().unwrap()).unwrap().count(), 1);
+}

@@ -12,7 +12,9 @@ use std::sync::Arc;
 
 use app::model::{ContainerStatus, EventKind, JobKind};
 use parking_lot::Mutex;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{
+    Notify, OwnedRwLockReadGuard, OwnedRwLockWriteGuard, OwnedSemaphorePermit, RwLock, Semaphore,
+};
 
 use crate::config::{container_place, snapshot_place};
 use crate::engine::{self, Control, EngineError, Place};
@@ -62,9 +64,26 @@ pub struct JobRunner {
     global: Arc<Semaphore>,
     per_server_limit: usize,
     per_server: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// One readers-writer lock per container: a sync writes its target, copies, syncs and
+    /// snapshots read their sources. So nothing reads a tree while a sync changes it, and
+    /// two syncs never write one container.
+    locks: Mutex<HashMap<String, Arc<RwLock<()>>>>,
     /// Controls of queued and running jobs, to cancel them (the notification wakes a job
     /// still waiting for a slot).
     active: Mutex<HashMap<String, (Control, Arc<Notify>)>>,
+}
+
+/// A container lock held by a job or snapshot (until it is dropped).
+#[allow(dead_code)] // Held, never read.
+pub(crate) enum ContainerGuard {
+    Read(OwnedRwLockReadGuard<()>),
+    Write(OwnedRwLockWriteGuard<()>),
+}
+
+/// Held while a snapshot copies its container (see [`JobRunner::hold_for_snapshot`]).
+pub struct SnapshotHold {
+    _slots: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+    _locks: Vec<ContainerGuard>,
 }
 
 impl JobRunner {
@@ -75,6 +94,7 @@ impl JobRunner {
             global: Arc::new(Semaphore::new(limits.global.max(1))),
             per_server_limit: limits.per_server.max(1),
             per_server: Mutex::new(HashMap::new()),
+            locks: Mutex::new(HashMap::new()),
             active: Mutex::new(HashMap::new()),
         })
     }
@@ -84,6 +104,52 @@ impl JobRunner {
         map.entry(server_id.to_string())
             .or_insert_with(|| Arc::new(Semaphore::new(self.per_server_limit)))
             .clone()
+    }
+
+    /// Waits for the containers' locks: `reads` shared, `writes` exclusive. Taken in one
+    /// order (by id) by everyone, and only by holders of a job slot, who wait for nothing
+    /// else: no two holders can wait for each other.
+    pub(crate) async fn lock_containers(
+        &self,
+        reads: &[&str],
+        writes: &[&str],
+    ) -> Vec<ContainerGuard> {
+        let mut wanted: Vec<(&str, bool)> = writes.iter().map(|id| (*id, true)).collect();
+        for id in reads {
+            if !writes.contains(id) {
+                wanted.push((id, false));
+            }
+        }
+        wanted.sort();
+        wanted.dedup_by(|a, b| a.0 == b.0);
+        let mut guards = Vec::with_capacity(wanted.len());
+        for (id, write) in wanted {
+            let lock = self.locks.lock().entry(id.to_string()).or_default().clone();
+            guards.push(if write {
+                ContainerGuard::Write(lock.write_owned().await)
+            } else {
+                ContainerGuard::Read(lock.read_owned().await)
+            });
+        }
+        guards
+    }
+
+    /// What a snapshot of a container holds while it copies the tree: a job slot on its
+    /// server and a global one (snapshots count against the same limits as jobs), and the
+    /// container's lock shared (no sync changes it meanwhile).
+    pub async fn hold_for_snapshot(&self, server_id: &str, container_id: &str) -> SnapshotHold {
+        let closed = "the job semaphores are never closed";
+        let server = self
+            .server_slot(server_id)
+            .acquire_owned()
+            .await
+            .expect(closed);
+        let global = self.global.clone().acquire_owned().await.expect(closed);
+        let locks = self.lock_containers(&[container_id], &[]).await;
+        SnapshotHold {
+            _slots: (server, global),
+            _locks: locks,
+        }
     }
 
     /// Starts running a queued job in the background. `start`: what the job needs, when
@@ -176,7 +242,11 @@ impl JobRunner {
         let slots = async {
             let server = self.server_slot(&target_server).acquire_owned().await;
             let global = self.global.clone().acquire_owned().await;
-            (server, global)
+            // The source is read; the target written (a new copy's too, for form's sake).
+            let locks = self
+                .lock_containers(&[source_id.as_str()], &[target_id.as_str()])
+                .await;
+            (server, global, locks)
         };
         let _slots = tokio::select! {
             slots = slots => Some(slots),

@@ -199,4 +199,92 @@ mod tests {
         let job = again.get_job(&user, &started.job.id).await.unwrap();
         assert_eq!(job.status, JobStatus::Cancelled);
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn copies_and_snapshots_of_a_container_wait_while_it_is_written() {
+        let tmp = tempfile::tempdir().unwrap();
+        let svc = start(tmp.path()).await;
+        let user = admin(&svc).await;
+        let web_app = svc
+            .list_containers(&user, None)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|c| c.name == "web-app")
+            .unwrap();
+        // What a sync of web-app would hold while it changes the tree.
+        let writing = svc.jobs.lock_containers(&[], &[&web_app.id]).await;
+        let snapshot = {
+            let svc = svc.clone();
+            let (user, id) = (user.clone(), web_app.id.clone());
+            tokio::spawn(async move { svc.create_snapshot(&user, &id, "during-sync").await })
+        };
+        let req = CopyRequest {
+            target_project_id: web_app.project_id.clone(),
+            name: Some("copy-during-sync".into()),
+            ..Default::default()
+        };
+        let copy = svc
+            .copy_container(&user, &web_app.id, req, None)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!snapshot.is_finished(), "the snapshot waits for the writer");
+        let job = svc.get_job(&user, &copy.job.id).await.unwrap();
+        assert_eq!(
+            job.status,
+            JobStatus::Queued,
+            "the copy waits for the writer"
+        );
+        drop(writing);
+        let snap = snapshot.await.unwrap().unwrap();
+        assert_eq!(snap.name, "during-sync");
+        status_becomes(
+            &svc,
+            &user,
+            &copy.container.summary.id,
+            ContainerStatus::Running,
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_start_removes_snapshot_trees_no_snapshot_records() {
+        let tmp = tempfile::tempdir().unwrap();
+        let svc = start(tmp.path()).await;
+        let user = admin(&svc).await;
+        let web_app = svc
+            .list_containers(&user, None)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|c| c.name == "web-app")
+            .unwrap();
+        let kept = svc.list_snapshots(&user, &web_app.id).await.unwrap();
+        assert!(!kept.is_empty(), "the demo has a snapshot");
+        let root = svc
+            .db()
+            .servers()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|s| s.id == web_app.server_id)
+            .unwrap()
+            .storage_root;
+        let orphan = crate::config::snapshot_place(
+            std::path::Path::new(&root),
+            &web_app.id,
+            &crate::ids::new_id(),
+        );
+        std::fs::create_dir_all(orphan.root.join("etc")).unwrap();
+        std::fs::write(orphan.root.join("etc/half"), b"x").unwrap();
+        std::fs::create_dir_all(&orphan.state_dir).unwrap();
+        let again = start(tmp.path()).await;
+        assert!(!orphan.root.exists() && !orphan.state_dir.exists());
+        let still = again.list_snapshots(&user, &web_app.id).await.unwrap();
+        assert_eq!(still, kept);
+        let place =
+            crate::config::snapshot_place(std::path::Path::new(&root), &web_app.id, &kept[0].id);
+        assert!(place.root.exists(), "recorded snapshots stay");
+    }
 }

@@ -76,6 +76,7 @@ impl Service {
 
     /// After a start: resumes the jobs a stop interrupted; says how many.
     pub async fn resume_jobs(&self) -> Result<usize, DbError> {
+        self.collect_orphan_snapshots().await?;
         self.jobs.recover().await
     }
 

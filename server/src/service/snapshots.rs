@@ -1,8 +1,15 @@
 //! Snapshots: a container's tree frozen under a name.
 
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
 use app::model::*;
 
 use super::{internal, Service};
+use crate::config::{snapshot_place, snapshot_root};
+use crate::engine::fsx;
+use crate::store::DbError;
 
 impl Service {
     pub async fn list_snapshots(
@@ -41,18 +48,97 @@ impl Service {
                 "the container has no complete tree yet",
             ));
         }
-        let id = super::inventory::create_snapshot(&self.db, container_id, name)
-            .await
-            .map_err(|e| match e {
-                super::inventory::InventoryError::Exists(m) => {
-                    ApiError::new(ErrorCode::Conflict, format!("{m} already exists"))
-                }
-                e => internal(e),
-            })?;
+        // A task of its own: the tree is copied and recorded (or removed) even if the client
+        // goes away meanwhile, so no half-made or unrecorded tree is left behind.
+        let (db, jobs) = (self.db.clone(), self.jobs.clone());
+        let (server, container, name) = (
+            c.summary.server_id.clone(),
+            container_id.to_string(),
+            name.to_string(),
+        );
+        let task = tokio::spawn(async move {
+            let _held = jobs.hold_for_snapshot(&server, &container).await;
+            super::inventory::create_snapshot(&db, &container, &name).await
+        });
+        let id = task.await.map_err(internal)?.map_err(|e| match e {
+            super::inventory::InventoryError::Exists(m) => {
+                ApiError::new(ErrorCode::Conflict, format!("{m} already exists"))
+            }
+            e => internal(e),
+        })?;
         self.db
             .snapshot(&id)
             .await
             .map_err(internal)?
             .ok_or_else(ApiError::internal)
     }
+
+    /// Removes snapshot trees no snapshot row names: left by a stop in the middle of taking
+    /// one (before its row was written). Run at start, before anything else takes one.
+    pub(super) async fn collect_orphan_snapshots(&self) -> Result<usize, DbError> {
+        let known = self.db.snapshot_ids().await?;
+        let roots: Vec<PathBuf> = self
+            .db
+            .servers()
+            .await?
+            .into_iter()
+            .map(|s| PathBuf::from(s.storage_root))
+            .collect();
+        let removed = tokio::task::spawn_blocking(move || {
+            let mut removed = 0;
+            for root in roots {
+                for (container, snapshot) in snapshot_dirs(&root) {
+                    if known.contains(&snapshot) {
+                        continue;
+                    }
+                    let place = snapshot_place(&root, &container, &snapshot);
+                    let gone = [&place.root, &place.state_dir].into_iter().all(|dir| {
+                        let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+                            return false;
+                        };
+                        fsx::open_dir(parent)
+                            .and_then(|p| fsx::remove_at(p.as_fd(), name.as_bytes()))
+                            .map_err(|e| {
+                                tracing::warn!(dir = %dir.display(), error = %e, "removing an orphan snapshot failed")
+                            })
+                            .is_ok()
+                    });
+                    if gone {
+                        tracing::info!(container, snapshot, "removed a snapshot tree left by an interrupted snapshot");
+                        removed += 1;
+                    }
+                }
+            }
+            removed
+        })
+        .await
+        .unwrap_or(0);
+        Ok(removed)
+    }
+}
+
+/// (container id, snapshot id) of every snapshot tree under a storage root.
+fn snapshot_dirs(root: &Path) -> Vec<(String, String)> {
+    let ids_in = |dir: &Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| is_valid_id(n))
+            .collect()
+    };
+    let base = snapshot_root(root, "x", "y");
+    let base = base
+        .parent()
+        .and_then(Path::parent)
+        .expect("<root>/snapshots/<c>/<s>");
+    ids_in(base)
+        .into_iter()
+        .flat_map(|c| {
+            ids_in(&base.join(&c))
+                .into_iter()
+                .map(move |s| (c.clone(), s))
+        })
+        .collect()
 }

@@ -40,6 +40,14 @@ impl Db {
         Ok(rows.iter().map(snapshot).collect())
     }
 
+    /// The ids of every snapshot recorded (to find trees nobody recorded).
+    pub(crate) async fn snapshot_ids(&self) -> Result<std::collections::HashSet<String>, DbError> {
+        let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM snapshots")
+            .fetch_all(&self.read)
+            .await?;
+        Ok(ids.into_iter().collect())
+    }
+
     pub(crate) async fn snapshot(&self, id: &str) -> Result<Option<Snapshot>, DbError> {
         let row = sqlx::query(&format!("{SNAPSHOT_SELECT} WHERE id = $1"))
             .bind(id)
