@@ -571,11 +571,13 @@ pub enum ErrorCode {
     InvalidRequest,
     Conflict,
     Unprocessable,
-    /// A per-user limit is reached (event streams open at once).
+    /// A per-user or per-project limit is reached (jobs queued, event streams open).
     TooManyRequests,
     Internal,
     /// doppel cannot do it now (its database does not answer); try again later.
     Unavailable,
+    /// The target server has not enough free space for it.
+    InsufficientStorage,
 }
 
 impl ErrorCode {
@@ -591,6 +593,7 @@ impl ErrorCode {
             ErrorCode::TooManyRequests => 429,
             ErrorCode::Internal => 500,
             ErrorCode::Unavailable => 503,
+            ErrorCode::InsufficientStorage => 507,
         }
     }
 }

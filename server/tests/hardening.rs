@@ -421,3 +421,149 @@ async fn half_sent_and_idle_connections_are_closed_but_event_streams_are_not() {
         seen.push_str(&String::from_utf8_lossy(&chunk));
     }
 }
+
+/// A tmpfs of `size` mounted at `dir` for the test, unmounted when dropped (failed or not).
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mounting a tmpfs (this test runs as root)");
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+fn free_mib(dir: &Path) -> u64 {
+    doppel::engine::fsx::free_space(dir).unwrap().0 >> 20
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_fails_the_copy_cleanly_and_doppel_goes_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let _fs = Tmpfs::mount(&data, "96m");
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let mut server = Server(process::serve(&data, port, true));
+    wait_up(&client, &base).await;
+    let token = token(&data);
+    let containers = get_json(&client, format!("{base}/api/v1/containers"), &token).await;
+    let web_app = containers["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "web-app")
+        .unwrap()
+        .clone();
+    let id = web_app["id"].as_str().unwrap().to_string();
+    let c = get_json(&client, format!("{base}/api/v1/containers/{id}"), &token).await;
+    let root = PathBuf::from(c["root_path"].as_str().unwrap());
+    // The source grows behind doppel's back: its recorded size still says 3 MB, so the
+    // copy is let in, and runs out of space half way.
+    let big: Vec<u8> = (0..60u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::write(root.join("grown.bin"), &big).unwrap();
+    let free_before = free_mib(&data);
+    assert!(
+        free_before < 60,
+        "the copy cannot fit: {free_before} MiB free"
+    );
+    let copy = |name: &'static str| {
+        let (client, base, token, project, id) = (
+            client.clone(),
+            base.clone(),
+            token.clone(),
+            web_app["project_id"].clone(),
+            id.clone(),
+        );
+        async move {
+            post(
+                &client,
+                &format!("{base}/api/v1/containers/{id}/copy"),
+                &token,
+                Some(json!({"target_project_id": project, "name": name})),
+            )
+            .await
+        }
+    };
+    let (st, body) = copy("too-big").await;
+    assert_eq!(st, 202, "{body}");
+    let job_url = format!("{base}{}", body["job"]["url"].as_str().unwrap());
+    let copy_id = body["container"]["id"].as_str().unwrap().to_string();
+    let job = finished(&client, &job_url, &token).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert!(
+        job["error"].as_str().unwrap().contains("No space left"),
+        "{job}"
+    );
+    // The space is given back: nothing staged remains.
+    let c = get_json(
+        &client,
+        format!("{base}/api/v1/containers/{copy_id}"),
+        &token,
+    )
+    .await;
+    assert_eq!(c["status"], "failed", "{c}");
+    assert!(!PathBuf::from(c["root_path"].as_str().unwrap()).exists());
+    let free_after = free_mib(&data);
+    assert!(
+        free_after + 2 >= free_before,
+        "{free_after} MiB free after, {free_before} before"
+    );
+    // The database still writes, tokens still work, and the server answers.
+    let out = doppel(&data)
+        .args(["token", "create", "--user", "admin"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A snapshot of the grown tree cannot fit either: a clear 507, and nothing kept.
+    let (st, body) = post(
+        &client,
+        &format!("{base}/api/v1/containers/{id}/snapshots"),
+        &token,
+        Some(json!({"name": "after-the-full-disk"})),
+    )
+    .await;
+    assert_eq!(st, 507, "{body}");
+    assert!(free_mib(&data) + 2 >= free_before, "the snapshot's space is given back");
+    // Now that the recorded size is known to be too big, copies are refused up front.
+    std::fs::remove_file(root.join("grown.bin")).unwrap();
+    let ballast = data.join("ballast");
+    let room = free_mib(&data).saturating_sub(2);
+    std::fs::write(&ballast, vec![0u8; (room as usize) << 20]).unwrap();
+    let (st, body) = copy("no-room").await;
+    assert_eq!(st, 507, "{body}");
+    assert!(body.to_string().contains("not enough space"), "{body}");
+    std::fs::remove_file(&ballast).unwrap();
+    let (st, body) = copy("fits-now").await;
+    assert_eq!(st, 202, "{body}");
+    let job = finished(
+        &client,
+        &format!("{base}{}", body["job"]["url"].as_str().unwrap()),
+        &token,
+    )
+    .await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    server.0.kill().unwrap();
+    server.0.wait().unwrap();
+}

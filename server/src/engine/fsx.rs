@@ -473,6 +473,16 @@ pub fn rename_at(
     .map_err(to_io)
 }
 
+/// (free, total) bytes of the filesystem holding `path`; free is what an unprivileged
+/// writer can still write.
+pub fn free_space(path: &Path) -> io::Result<(u64, u64)> {
+    let st = rfs::statvfs(path).map_err(to_io)?;
+    Ok((
+        st.f_bavail.saturating_mul(st.f_frsize),
+        st.f_blocks.saturating_mul(st.f_frsize),
+    ))
+}
+
 pub fn syncfs(fd: BorrowedFd<'_>) -> io::Result<()> {
     rfs::syncfs(fd).map_err(to_io)
 }

@@ -10,6 +10,7 @@ use super::jobs::check_idempotency_key;
 use super::visibility::Visibility;
 use super::{check_id, internal, Service};
 use crate::config::container_root;
+use crate::engine::fsx;
 use crate::ids::{new_id, now_ms};
 use crate::jobs::{JobParams, JobStart};
 use crate::store::{ContainerRow, NewCopy, Refusal};
@@ -138,6 +139,41 @@ struct Target {
     storage_root: String,
 }
 
+/// What a copy must leave free on its target's filesystem beyond the tree itself: room for
+/// the database and the manifests, and for the source to have grown a little. 64 MiB, or a
+/// twentieth of a smaller filesystem.
+const FREE_SPACE_RESERVE: u64 = 64 << 20;
+
+/// A copy of `size` bytes onto `target` fits, or 507 saying how much is missing. (A tree
+/// that grew since it was last measured can still fill the disk: then the job fails, and
+/// the engine gives the space back.)
+fn check_free_space(target: &Target, size: i64) -> Result<(), ApiError> {
+    let (free, total) = match fsx::free_space(Path::new(&target.storage_root)) {
+        Ok(space) => space,
+        Err(e) => {
+            tracing::warn!(server = %target.server_name, error = %e, "cannot read free space");
+            return Ok(());
+        }
+    };
+    let reserve = FREE_SPACE_RESERVE.min(total / 20);
+    let need = (size.max(0) as u64).saturating_add(reserve);
+    if need > free {
+        return Err(ApiError::new(
+            ErrorCode::InsufficientStorage,
+            format!(
+                "not enough space on server {}: the copy needs about {} MiB ({} MiB of data \
+                 and {} MiB to spare), {} MiB are free",
+                target.server_name,
+                need.div_ceil(1 << 20),
+                (size.max(0) as u64).div_ceil(1 << 20),
+                reserve.div_ceil(1 << 20),
+                free >> 20
+            ),
+        ));
+    }
+    Ok(())
+}
+
 const KEY_TAKEN: &str = "ssh_public_key is already used by another container; keys are unique";
 
 impl Service {
@@ -170,6 +206,8 @@ impl Service {
             }
             None => self.generate_name(&target.project_id, &source.name).await?,
         };
+        self.admit_new_job(user, &target.project_id).await?;
+        check_free_space(&target, source.size_bytes)?;
         // The source's rules as stored, or none.
         let rules = |copy: bool, json: &str| if copy { json.to_string() } else { "[]".into() };
         let params = JobParams {

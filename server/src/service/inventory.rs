@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use app::model::{validate_container_name, ContainerStatus, FirewallRule, NetworkRule, Role};
 
 use crate::config::{container_place, snapshot_place, DataConfig};
-use crate::engine::{self, Control, Place, Summary};
+use crate::engine::{self, Control, EngineError, Place, Summary};
 use crate::ids::{new_id, now_ms};
 use crate::store::{Db, DbError, ImportedContainer, NewSnapshot, ServerRow};
 
@@ -29,6 +29,9 @@ pub enum InventoryError {
     },
     #[error("copying {path}: {message}")]
     Copy { path: PathBuf, message: String },
+    /// The filesystem filled up during the copy (what was written is removed again).
+    #[error("copying {path}: no space left on the server")]
+    NoSpace { path: PathBuf },
     #[error("database: {0}")]
     Db(#[from] DbError),
 }
@@ -66,9 +69,14 @@ async fn run_copy(src: Place, dst: Place) -> Result<Summary, InventoryError> {
             path: path.clone(),
             source: std::io::Error::other(e),
         })?
-        .map_err(|e| InventoryError::Copy {
-            path,
-            message: e.to_string(),
+        .map_err(|e| match e {
+            EngineError::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull => {
+                InventoryError::NoSpace { path }
+            }
+            e => InventoryError::Copy {
+                path,
+                message: e.to_string(),
+            },
         })
 }
 

@@ -70,6 +70,34 @@ impl Service {
         self.get_job(user, id).await
     }
 
+    /// Refuses a new job when its user, or the project it is for, has too many queued or
+    /// running already: one user cannot fill the queue (and the disks) for everyone.
+    pub(super) async fn admit_new_job(
+        &self,
+        user: &UserInfo,
+        project_id: &str,
+    ) -> Result<(), ApiError> {
+        let (by_user, in_project) = self
+            .db
+            .active_jobs_of(&user.id, project_id)
+            .await
+            .map_err(internal)?;
+        let too_many = |m: String| Err(ApiError::new(ErrorCode::TooManyRequests, m));
+        if by_user >= JOBS_PER_USER {
+            return too_many(format!(
+                "you have {by_user} copy and sync jobs queued or running (at most \
+                 {JOBS_PER_USER}); wait for some to finish"
+            ));
+        }
+        if in_project >= JOBS_PER_PROJECT {
+            return too_many(format!(
+                "the project has {in_project} copy and sync jobs queued or running (at most \
+                 {JOBS_PER_PROJECT}); wait for some to finish"
+            ));
+        }
+        Ok(())
+    }
+
     /// The job this user started with this idempotency key, if any.
     pub(super) async fn job_by_idempotency_key(
         &self,
@@ -82,6 +110,11 @@ impl Service {
             .map_err(internal)
     }
 }
+
+/// Copy and sync jobs one user may have queued or running at once.
+pub const JOBS_PER_USER: u64 = 20;
+/// And one project (whoever started them).
+pub const JOBS_PER_PROJECT: u64 = 50;
 
 /// An `Idempotency-Key` as given: 1 to 200 visible ASCII characters.
 pub(super) fn check_idempotency_key(key: Option<&str>) -> Result<Option<String>, ApiError> {
@@ -286,5 +319,63 @@ mod tests {
         let place =
             crate::config::snapshot_place(std::path::Path::new(&root), &web_app.id, &kept[0].id);
         assert!(place.root.exists(), "recorded snapshots stay");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_user_queueing_more_than_the_cap_gets_429_and_others_jobs_still_run() {
+        let tmp = tempfile::tempdir().unwrap();
+        let svc = start(tmp.path()).await;
+        let user = admin(&svc).await;
+        let held = svc.jobs.hold_every_slot().await;
+        for i in 0..super::JOBS_PER_USER {
+            queued_copy(&svc, &user, &format!("queued-{i}")).await;
+        }
+        let web_app = svc
+            .list_containers(&user, None)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|c| c.name == "web-app")
+            .unwrap();
+        let req = CopyRequest {
+            target_project_id: web_app.project_id.clone(),
+            name: Some("one-too-many".into()),
+            ..Default::default()
+        };
+        let err = svc
+            .copy_container(&user, &web_app.id, req, None)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::TooManyRequests, "{err}");
+        assert!(err.message.contains("wait for some to finish"), "{err}");
+        let staging = svc
+            .list_containers(&user, None)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|c| c.name == "web-app-staging")
+            .unwrap();
+        let err = svc
+            .sync_container(&user, &staging.id, None)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::TooManyRequests, "{err}");
+        // Another user (the demo's operator) still gets a job in, and it runs.
+        let token = crate::auth::create_token(svc.db(), "alice", "t")
+            .await
+            .unwrap();
+        let alice = svc.user_for_token(&token).await.unwrap().unwrap();
+        let job = svc.sync_container(&alice, &staging.id, None).await.unwrap();
+        drop(held);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let j = svc.get_job(&alice, &job.id).await.unwrap();
+            if j.status.is_final() {
+                assert_eq!(j.status, JobStatus::Succeeded, "{j:?}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "alice's sync did not run");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }

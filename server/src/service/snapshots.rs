@@ -64,6 +64,10 @@ impl Service {
             super::inventory::InventoryError::Exists(m) => {
                 ApiError::new(ErrorCode::Conflict, format!("{m} already exists"))
             }
+            super::inventory::InventoryError::NoSpace { .. } => ApiError::new(
+                ErrorCode::InsufficientStorage,
+                "not enough space on the container's server for this snapshot; nothing was kept",
+            ),
             e => internal(e),
         })?;
         self.db

@@ -75,6 +75,7 @@ impl Service {
             ContainerStatus::Syncing | ContainerStatus::Failed => ContainerStatus::Running,
             s => s,
         };
+        self.admit_new_job(user, &c.summary.project_id).await?;
         let job_id = new_id();
         let params = JobParams {
             source_snapshot_id: None,

@@ -178,6 +178,28 @@ impl Db {
         Ok(ids)
     }
 
+    /// Jobs queued or running that `user_id` started, and in `project_id`.
+    pub(crate) async fn active_jobs_of(
+        &self,
+        user_id: &str,
+        project_id: &str,
+    ) -> Result<(u64, u64), DbError> {
+        let (by_user, in_project): (Option<i64>, Option<i64>) = sqlx::query_as(
+            "SELECT SUM(requested_by = $1), SUM(project_id = $2) FROM jobs
+             WHERE status IN ($3, $4)",
+        )
+        .bind(user_id)
+        .bind(project_id)
+        .bind(JobStatus::Queued.as_str())
+        .bind(JobStatus::Running.as_str())
+        .fetch_one(&self.read)
+        .await?;
+        Ok((
+            by_user.unwrap_or(0).max(0) as u64,
+            in_project.unwrap_or(0).max(0) as u64,
+        ))
+    }
+
     /// Jobs cancelled while queued whose container still says `copying` or `syncing`: the
     /// cancel was recorded but doppel stopped before it finished the job (put the container
     /// back, or mark the copy failed). Only a container's latest job counts, and only while

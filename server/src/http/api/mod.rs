@@ -111,8 +111,18 @@ enum WriteErrors {
         description = "Unprocessable: a field is missing, unknown or invalid"
     )]
     Unprocessable(ErrorBody),
+    #[response(
+        status = 429,
+        description = "Too many jobs queued or running for this user or project"
+    )]
+    TooManyRequests(ErrorBody),
     #[response(status = 503, description = "The database does not answer; try again")]
     Unavailable(ErrorBody),
+    #[response(
+        status = 507,
+        description = "Not enough free space on the target server for a copy"
+    )]
+    InsufficientStorage(ErrorBody),
 }
 
 /// The API's error response.
