@@ -974,3 +974,70 @@ async fn jobs_run_within_their_limits_and_a_busy_server_does_not_hold_up_another
         "the job for the free server waited for {free_started_after:?} jobs of the busy one"
     );
 }
+
+/// `chattr +i` on a directory until dropped: even root cannot rename into it.
+struct Immutable(std::path::PathBuf);
+
+impl Immutable {
+    fn set(dir: &std::path::Path) -> Immutable {
+        let st = std::process::Command::new("chattr").arg("+i").arg(dir).status().unwrap();
+        assert!(st.success(), "chattr +i (ext4 and root, as in CI)");
+        Immutable(dir.to_path_buf())
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr").arg("-i").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_that_fails_while_applying_its_changes_marks_the_copy_failed_until_the_next_one() {
+    let s = TestServer::start().await;
+    let web_app = s.container_id("web-app").await;
+    let staging = s.container_id("web-app-staging").await;
+    let root_of = |c: &Value| std::path::PathBuf::from(c["root_path"].as_str().unwrap());
+    let (_, src) = s.get(&format!("/api/v1/containers/{web_app}"), &s.admin_token).await;
+    let (_, dst) = s.get(&format!("/api/v1/containers/{staging}"), &s.admin_token).await;
+    let (src, dst) = (root_of(&src), root_of(&dst));
+    let sync = || async {
+        let (st, body, _) = post(
+            &s,
+            &format!("/api/v1/containers/{staging}/sync"),
+            &s.admin_token,
+            None,
+            None,
+        )
+        .await;
+        assert_eq!(st, 202, "{body}");
+        wait_job(&s, body["job"]["id"].as_str().unwrap()).await
+    };
+    for dir in ["aaa-first", "zzz-last"] {
+        std::fs::create_dir(src.join(dir)).unwrap();
+        std::fs::write(src.join(dir).join("f"), b"old").unwrap();
+    }
+    assert_eq!(sync().await["status"], "succeeded");
+    for dir in ["aaa-first", "zzz-last"] {
+        std::fs::write(src.join(dir).join("f"), b"new content").unwrap();
+    }
+    // The second change cannot be applied: the sync stops half way through its commit.
+    let frozen = Immutable::set(&dst.join("zzz-last"));
+    let job = sync().await;
+    assert_eq!(job["status"], "failed", "{job}");
+    let (_, c) = s.get(&format!("/api/v1/containers/{staging}"), &s.admin_token).await;
+    assert_eq!(c["status"], "failed", "not `running` with a half-applied tree: {c}");
+    assert!(
+        c["status_reason"].as_str().unwrap().contains("partly updated"),
+        "{c}"
+    );
+    assert_eq!(std::fs::read(dst.join("aaa-first/f")).unwrap(), b"new content");
+    assert_eq!(std::fs::read(dst.join("zzz-last/f")).unwrap(), b"old");
+    // The next sync completes it.
+    drop(frozen);
+    let job = sync().await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let (_, c) = s.get(&format!("/api/v1/containers/{staging}"), &s.admin_token).await;
+    assert_eq!(c["status"], "running", "{c}");
+    assert_eq!(std::fs::read(dst.join("zzz-last/f")).unwrap(), b"new content");
+}

@@ -46,6 +46,11 @@ impl Place {
     fn commit_marker(&self) -> PathBuf {
         self.work_dir().join("COMMITTING")
     }
+    /// Whether a sync stopped while applying its changes: the tree is partly old, partly
+    /// new, until the next sync completes the commit.
+    pub fn commit_pending(&self) -> bool {
+        self.commit_marker().exists()
+    }
     /// The last committed (or scanned) state, if any.
     pub fn load_manifest(&self) -> io::Result<Option<Manifest>> {
         Manifest::load(&self.manifest_path())
@@ -239,6 +244,10 @@ pub enum EngineError {
     Integrity(String),
     #[error("{0}")]
     Refused(String),
+    /// A sync failed while applying its changes (the cause): the target is partly updated
+    /// until the next sync completes it.
+    #[error("{0}; the copy is partly updated: sync again to complete it")]
+    Incomplete(String),
 }
 
 impl EngineError {

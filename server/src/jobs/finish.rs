@@ -37,6 +37,11 @@ impl JobRunner {
                 ContainerStatus::Failed,
                 Some(format!("copy {}: {m}", status.as_str())),
             ),
+            // Stopped half way through applying its changes: not as it was, not current.
+            (Some(m), JobKind::Sync) if matches!(result, Err(EngineError::Incomplete(_))) => (
+                ContainerStatus::Failed,
+                Some(format!("last sync {}: {m}", status.as_str())),
+            ),
             (Some(m), JobKind::Sync) => (
                 previous,
                 Some(format!("last sync {}: {m}", status.as_str())),

@@ -302,6 +302,7 @@ impl JobRunner {
         let reporter = Arc::new(ProgressReporter::new(self.clone(), running));
         let r2 = reporter.clone();
         let ctl = ctl.with_progress(move |p| r2.report(p));
+        let target = dst.clone();
         let result = run_in_background(move || match kind {
             // The target is this job's new container: if a run before a restart already
             // finished its tree, it is brought up to date rather than refused.
@@ -311,6 +312,12 @@ impl JobRunner {
         .await
         .map_err(|e| without_paths(e, &names));
         let last_progress = reporter.flush().await;
+        let result = match result {
+            Err(e) if kind == JobKind::Sync && target.commit_pending() => {
+                Err(EngineError::Incomplete(e.to_string()))
+            }
+            r => r,
+        };
         self.finish(job_id, kind, &target_id, &params, result, last_progress)
             .await
     }

@@ -47,6 +47,7 @@ pub(super) fn without_paths(e: EngineError, names: &[(String, &str)]) -> EngineE
         },
         EngineError::Integrity(m) => EngineError::Integrity(clean(m)),
         EngineError::Refused(m) => EngineError::Refused(clean(m)),
+        EngineError::Incomplete(m) => EngineError::Incomplete(clean(m)),
         EngineError::Cancelled => EngineError::Cancelled,
     }
 }
