@@ -545,7 +545,10 @@ async fn a_full_disk_fails_the_copy_cleanly_and_doppel_goes_on() {
     )
     .await;
     assert_eq!(st, 507, "{body}");
-    assert!(free_mib(&data) + 2 >= free_before, "the snapshot's space is given back");
+    assert!(
+        free_mib(&data) + 2 >= free_before,
+        "the snapshot's space is given back"
+    );
     // Now that the recorded size is known to be too big, copies are refused up front.
     std::fs::remove_file(root.join("grown.bin")).unwrap();
     let ballast = data.join("ballast");

@@ -980,7 +980,11 @@ struct Immutable(std::path::PathBuf);
 
 impl Immutable {
     fn set(dir: &std::path::Path) -> Immutable {
-        let st = std::process::Command::new("chattr").arg("+i").arg(dir).status().unwrap();
+        let st = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(dir)
+            .status()
+            .unwrap();
         assert!(st.success(), "chattr +i (ext4 and root, as in CI)");
         Immutable(dir.to_path_buf())
     }
@@ -988,7 +992,10 @@ impl Immutable {
 
 impl Drop for Immutable {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("chattr").arg("-i").arg(&self.0).status();
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(&self.0)
+            .status();
     }
 }
 
@@ -998,8 +1005,12 @@ async fn a_sync_that_fails_while_applying_its_changes_marks_the_copy_failed_unti
     let web_app = s.container_id("web-app").await;
     let staging = s.container_id("web-app-staging").await;
     let root_of = |c: &Value| std::path::PathBuf::from(c["root_path"].as_str().unwrap());
-    let (_, src) = s.get(&format!("/api/v1/containers/{web_app}"), &s.admin_token).await;
-    let (_, dst) = s.get(&format!("/api/v1/containers/{staging}"), &s.admin_token).await;
+    let (_, src) = s
+        .get(&format!("/api/v1/containers/{web_app}"), &s.admin_token)
+        .await;
+    let (_, dst) = s
+        .get(&format!("/api/v1/containers/{staging}"), &s.admin_token)
+        .await;
     let (src, dst) = (root_of(&src), root_of(&dst));
     let sync = || async {
         let (st, body, _) = post(
@@ -1025,19 +1036,96 @@ async fn a_sync_that_fails_while_applying_its_changes_marks_the_copy_failed_unti
     let frozen = Immutable::set(&dst.join("zzz-last"));
     let job = sync().await;
     assert_eq!(job["status"], "failed", "{job}");
-    let (_, c) = s.get(&format!("/api/v1/containers/{staging}"), &s.admin_token).await;
-    assert_eq!(c["status"], "failed", "not `running` with a half-applied tree: {c}");
+    let (_, c) = s
+        .get(&format!("/api/v1/containers/{staging}"), &s.admin_token)
+        .await;
+    assert_eq!(
+        c["status"], "failed",
+        "not `running` with a half-applied tree: {c}"
+    );
     assert!(
-        c["status_reason"].as_str().unwrap().contains("partly updated"),
+        c["status_reason"]
+            .as_str()
+            .unwrap()
+            .contains("partly updated"),
         "{c}"
     );
-    assert_eq!(std::fs::read(dst.join("aaa-first/f")).unwrap(), b"new content");
+    assert_eq!(
+        std::fs::read(dst.join("aaa-first/f")).unwrap(),
+        b"new content"
+    );
     assert_eq!(std::fs::read(dst.join("zzz-last/f")).unwrap(), b"old");
     // The next sync completes it.
     drop(frozen);
     let job = sync().await;
     assert_eq!(job["status"], "succeeded", "{job}");
-    let (_, c) = s.get(&format!("/api/v1/containers/{staging}"), &s.admin_token).await;
+    let (_, c) = s
+        .get(&format!("/api/v1/containers/{staging}"), &s.admin_token)
+        .await;
     assert_eq!(c["status"], "running", "{c}");
-    assert_eq!(std::fs::read(dst.join("zzz-last/f")).unwrap(), b"new content");
+    assert_eq!(
+        std::fs::read(dst.join("zzz-last/f")).unwrap(),
+        b"new content"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_copy_takes_content_only_from_trees_of_its_own_projects() {
+    use doppel::service::inventory::{create_project, import_container, NewContainer};
+    let s = TestServer::start().await;
+    let db = s.service.db();
+    let web = project_id(&s, "web-platform").await;
+    let web_app = s.container_id("web-app").await;
+    let (_, c) = s
+        .get(&format!("/api/v1/containers/{web_app}"), &s.admin_token)
+        .await;
+    let tree = std::path::PathBuf::from(c["root_path"].as_str().unwrap());
+    let empty_server = server_id(&s, "local-c").await;
+    let import = |project: String, name: &'static str| {
+        let tree = tree.clone();
+        let server = empty_server.clone();
+        async move {
+            let new = NewContainer {
+                project_id: project,
+                server_id: server,
+                name: name.into(),
+                status: None,
+                ssh_public_key: None,
+                firewall_rules: Vec::new(),
+                network_rules: Vec::new(),
+                source_container_id: None,
+            };
+            import_container(db, new, &tree).await.unwrap()
+        }
+    };
+    let copy_to_c = |name: &'static str| {
+        let (web, server, web_app) = (web.clone(), empty_server.clone(), web_app.clone());
+        let s = &s;
+        async move {
+            let (st, body, _) = post(
+                s,
+                &format!("/api/v1/containers/{web_app}/copy"),
+                &s.alice_token,
+                Some(json!({"target_project_id": web, "target_server_id": server, "name": name})),
+                None,
+            )
+            .await;
+            assert_eq!(st, 202, "{body}");
+            wait_job(s, body["job"]["id"].as_str().unwrap()).await
+        }
+    };
+    // Another tenant holds the same files on the target server: none of it is used (nor
+    // does reused_bytes say they are there).
+    let other = create_project(db, "other-tenant", "").await.unwrap();
+    import(other, "their-copy").await;
+    let job = copy_to_c("first").await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["summary"]["reused_bytes"], 0, "{job}");
+    // The copy's own project may be used.
+    let job = copy_to_c("second").await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert!(
+        job["summary"]["reused_bytes"].as_u64().unwrap() > 0,
+        "{job}"
+    );
 }

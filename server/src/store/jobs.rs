@@ -252,7 +252,8 @@ impl Db {
         })
     }
 
-    /// The settled containers on a server, most recently updated first, but `excluded`:
+    /// The settled containers on a server in the projects of `excluded` (the copy and its
+    /// source), most recently updated first, but those two:
     /// trees a copy onto that server may take content from.
     pub(crate) async fn settled_containers_on(
         &self,
@@ -260,9 +261,13 @@ impl Db {
         excluded: [&str; 2],
         limit: i64,
     ) -> Result<Vec<String>, DbError> {
+        // Only the projects of the copy and of its source: trees its requester may read.
+        // Content from other tenants' trees would tell (reused_bytes) whether they hold a
+        // given file, and let them fail the copy by changing it at the right moment.
         Ok(sqlx::query_scalar(
             "SELECT id FROM containers
              WHERE server_id = $1 AND id <> $2 AND id <> $3 AND status IN ($4, $5)
+               AND project_id IN (SELECT project_id FROM containers WHERE id IN ($2, $3))
              ORDER BY updated_at DESC LIMIT $6",
         )
         .bind(server_id)
