@@ -48,18 +48,30 @@ pub fn open_file_for_patch_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<st
     open_regular_at(dir, name, OFlags::WRONLY)
 }
 
+/// Opens `name` for reading or writing only if it is a regular file, without ever opening
+/// anything else: it is first taken as a path (O_PATH, which opens no device, FIFO or
+/// socket), checked, then reopened through /proc for the access wanted. A device node a
+/// tenant put (or swapped in) there is never opened, so opening cannot rewind a tape or
+/// block on a terminal.
 fn open_regular_at(dir: BorrowedFd<'_>, name: &[u8], access: OFlags) -> io::Result<std::fs::File> {
-    let fd = rfs::openat(
+    use std::os::fd::AsRawFd;
+    let path = rfs::openat(
         dir,
         OsStr::from_bytes(name),
-        access | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
     )
     .map_err(to_io)?;
-    let st = rfs::fstat(&fd).map_err(to_io)?;
+    let st = rfs::fstat(&path).map_err(to_io)?;
     if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
         return Err(io::Error::other(NotRegular));
     }
+    let fd = rfs::open(
+        format!("/proc/self/fd/{}", path.as_raw_fd()),
+        access | OFlags::CLOEXEC | OFlags::NONBLOCK,
+        Mode::empty(),
+    )
+    .map_err(to_io)?;
     Ok(std::fs::File::from(fd))
 }
 
@@ -112,12 +124,18 @@ pub fn kind_of(st: &rfs::Stat) -> Kind {
     }
 }
 
+/// Nanoseconds since the epoch; times past 2262 (beyond i64 nanoseconds) are clamped, not
+/// wrapped: a tenant's `touch -d 2300-01-01` cannot crash or confuse doppel.
 pub fn mtime_ns(st: &rfs::Stat) -> i64 {
-    st.st_mtime * 1_000_000_000 + st.st_mtime_nsec as i64
+    nanos(st.st_mtime, st.st_mtime_nsec as i64)
 }
 
 pub fn ctime_ns(st: &rfs::Stat) -> i64 {
-    st.st_ctime * 1_000_000_000 + st.st_ctime_nsec as i64
+    nanos(st.st_ctime, st.st_ctime_nsec as i64)
+}
+
+fn nanos(secs: i64, nsec: i64) -> i64 {
+    secs.saturating_mul(1_000_000_000).saturating_add(nsec)
 }
 
 fn timestamps(mtime_ns: i64) -> Timestamps {

@@ -995,3 +995,74 @@ fn concurrent_stores_of_one_manifest_never_leave_a_torn_file() {
     // No temp files left behind.
     assert_eq!(fs::read_dir(path.parent().unwrap()).unwrap().count(), 1);
 }
+
+#[test]
+fn opening_a_file_never_opens_what_is_not_a_regular_file() {
+    let env = Env::new();
+    fs::create_dir_all(&env.base).unwrap();
+    let fifo = env.base.join("p");
+    let dir = fsx::open_dir(&env.base).unwrap();
+    fsx::mkfifo_at(dir.as_fd(), b"p").unwrap();
+    // A writer blocks until someone opens the FIFO for reading: opening it is observable.
+    let writer = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || fs::OpenOptions::new().write(true).open(fifo).map(drop))
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let err = fsx::open_file_at(dir.as_fd(), b"p").unwrap_err();
+    assert!(fsx::is_gone(&err), "refused as not a regular file: {err}");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!writer.is_finished(), "the FIFO was opened");
+    drop(fs::File::open(&fifo).unwrap());
+    writer.join().unwrap().unwrap();
+}
+
+#[test]
+fn times_past_2262_are_clamped_not_wrapped() {
+    let env = Env::new();
+    let (src, dst) = (env.place("src"), env.place("dst"));
+    fs::create_dir_all(&src.root).unwrap();
+    write(&src.root.join("future"), b"x");
+    let f = fs::File::options()
+        .write(true)
+        .open(src.root.join("future"))
+        .unwrap();
+    // 2300-01-01.
+    let t = SystemTime::UNIX_EPOCH + Duration::from_secs(10_413_792_000);
+    f.set_modified(t).unwrap();
+    let s = copy(&src, &dst, &Control::new()).unwrap();
+    assert_eq!(s.tree_files, 1);
+    let m = Manifest::load(&dst.manifest_path()).unwrap().unwrap();
+    let e = m.entries.iter().find(|e| e.path == b"future").unwrap();
+    assert_eq!(e.mtime_ns, i64::MAX, "clamped");
+    sync(&src, &dst, &Control::new()).unwrap();
+}
+
+#[test]
+fn a_sync_never_writes_through_a_hard_link_to_outside_the_tree() {
+    let env = Env::new();
+    let (src, dst) = (env.place("src"), env.place("dst"));
+    fs::create_dir_all(&src.root).unwrap();
+    // Large enough to be patched in place rather than replaced.
+    let mut data: Vec<u8> = (0..(4u32 << 20))
+        .map(|i| (i.wrapping_mul(2654435761) >> 7) as u8)
+        .collect();
+    write(&src.root.join("big"), &data);
+    copy(&src, &dst, &Control::new()).unwrap();
+    // Someone links the copy's file from outside the tree.
+    let outside = env.base.join("outside");
+    fs::hard_link(dst.root.join("big"), &outside).unwrap();
+    let before = fs::read(&outside).unwrap();
+    data[1 << 20..(1 << 20) + 10].copy_from_slice(b"0123456789");
+    write(&src.root.join("big"), &data);
+    let s = sync(&src, &dst, &Control::new()).unwrap();
+    assert_eq!(s.files_changed, 1);
+    assert_eq!(fs::read(dst.root.join("big")).unwrap(), data);
+    assert_eq!(
+        fs::read(&outside).unwrap(),
+        before,
+        "the outside name is untouched"
+    );
+    assert_eq!(fs::metadata(dst.root.join("big")).unwrap().nlink(), 1);
+    assert_same_tree(&src.root, &dst.root);
+}

@@ -338,6 +338,38 @@ pub(super) fn send_known_chunks(
     Ok((chunked_file_hash(&sent), sent, total))
 }
 
+/// A patched file's new version as a file of its own: the old content, the staged ranges
+/// over it, then renamed over the old name (which keeps its other names as they were).
+/// Redone from the start if a commit is resumed.
+fn rewrite_whole(
+    stage: BorrowedFd<'_>,
+    tmp: &[u8],
+    staged: &fs::File,
+    ranges: &[(u64, u64, u64)],
+    e: &Entry,
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+) -> Result<(), EngineError> {
+    let whole_name = [tmp, b".whole"].concat();
+    fsx::remove_at(stage, &whole_name).map_err(io_err("removing a staged file"))?;
+    let mut whole = fsx::create_file_at(stage, &whole_name).map_err(io_err("creating a file"))?;
+    let old = fsx::open_file_at(dir, name).map_err(io_err("opening a file"))?;
+    io::copy(&mut &old, &mut whole).map_err(io_err("copying a file"))?;
+    let mut buf = Vec::new();
+    for &(at, from, len) in ranges {
+        buf.resize(len as usize, 0);
+        staged
+            .read_exact_at(&mut buf, from)
+            .map_err(io_err("reading a staged file"))?;
+        whole
+            .write_all_at(&buf, at)
+            .map_err(io_err("writing a file"))?;
+    }
+    whole.set_len(e.size).map_err(io_err("writing a file"))?;
+    fsx::apply_meta_fd(whole.as_fd(), e).map_err(io_err("setting metadata"))?;
+    fsx::rename_at(stage, &whole_name, dir, name).map_err(io_err("placing a file"))
+}
+
 /// The commit of a sync: removals deepest first, then creations and placements in path
 /// order (parents before children), then metadata, then the mtimes of every directory
 /// whose contents changed.
@@ -414,6 +446,23 @@ pub(super) fn apply_pending(
                     .map_err(io_err("opening a directory"))?;
                 let target =
                     fsx::open_file_for_patch_at(dir, name).map_err(io_err("opening a file"))?;
+                let nlink = std::os::unix::fs::MetadataExt::nlink(
+                    &target.metadata().map_err(io_err("reading metadata"))?,
+                );
+                if nlink > 1
+                    && !want
+                        .entries
+                        .iter()
+                        .any(|x| x.link_to.as_ref() == Some(&e.path))
+                {
+                    // Its other names are not this tree's files (a hard link from outside, or
+                    // one the new state no longer has): patching in place would write through
+                    // them. A whole new file takes its place instead.
+                    drop(target);
+                    rewrite_whole(stage_fd.as_fd(), tmp, &staged, ranges, e, dir, name)?;
+                    touched_dirs.push(split_parent(&e.path).0.to_vec());
+                    continue;
+                }
                 let mut buf = Vec::new();
                 for &(at, from, len) in ranges {
                     buf.resize(len as usize, 0);
