@@ -1129,3 +1129,47 @@ async fn a_first_copy_takes_content_only_from_trees_of_its_own_projects() {
         "{job}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_stands_for_one_request() {
+    let s = TestServer::start().await;
+    let web = project_id(&s, "web-platform").await;
+    let web_app = s.container_id("web-app").await;
+    let staging = s.container_id("web-app-staging").await;
+    let copy = |name: &'static str, key: &'static str| {
+        let (s, web, web_app) = (&s, web.clone(), web_app.clone());
+        async move {
+            post(
+                s,
+                &format!("/api/v1/containers/{web_app}/copy"),
+                &s.admin_token,
+                Some(json!({"target_project_id": web, "name": name})),
+                Some(key),
+            )
+            .await
+        }
+    };
+    let (st, first, _) = copy("once", "key-1").await;
+    assert_eq!(st, 202, "{first}");
+    let (st, again, _) = copy("once", "key-1").await;
+    assert_eq!(st, 202, "{again}");
+    assert_eq!(
+        again["job"]["id"], first["job"]["id"],
+        "a retry gets the same job"
+    );
+    // The same key with another body is not a retry.
+    let (st, other, _) = copy("another-name", "key-1").await;
+    assert_eq!(st, 422, "{other}");
+    assert!(other.to_string().contains("different request"), "{other}");
+    wait_job(&s, first["job"]["id"].as_str().unwrap()).await;
+    // Nor is the same key on another operation.
+    let (st, body, _) = post(
+        &s,
+        &format!("/api/v1/containers/{staging}/sync"),
+        &s.admin_token,
+        None,
+        Some("key-1"),
+    )
+    .await;
+    assert_eq!(st, 422, "{body}");
+}

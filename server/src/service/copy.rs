@@ -6,7 +6,7 @@ use std::path::Path;
 
 use app::model::*;
 
-use super::jobs::check_idempotency_key;
+use super::jobs::{check_idempotency_key, request_fingerprint};
 use super::visibility::Visibility;
 use super::{check_id, internal, Service};
 use crate::config::container_root;
@@ -187,7 +187,12 @@ impl Service {
         idempotency_key: Option<&str>,
     ) -> Result<CopyStarted, ApiError> {
         let idem = check_idempotency_key(idempotency_key)?;
-        if let Some(started) = self.copy_started_with(user, idem.as_deref()).await? {
+        let body = serde_json::to_string(&req).map_err(internal)?;
+        let fingerprint = request_fingerprint(&["copy", source_id, &body]);
+        if let Some(started) = self
+            .copy_started_with(user, idem.as_deref(), &fingerprint)
+            .await?
+        {
             return Ok(started);
         }
         check_id("container id", source_id)?;
@@ -226,6 +231,7 @@ impl Service {
             network_rules: rules(req.copy_network_rules, &source.network_rules),
             requested_by: user.id.clone(),
             params: serde_json::to_string(&params).map_err(internal)?,
+            request_fingerprint: idem.is_some().then(|| fingerprint.clone()),
             idempotency_key: idem,
             now: now_ms(),
         };
@@ -257,11 +263,12 @@ impl Service {
         &self,
         user: &UserInfo,
         idempotency_key: Option<&str>,
+        fingerprint: &str,
     ) -> Result<Option<CopyStarted>, ApiError> {
         let Some(key) = idempotency_key else {
             return Ok(None);
         };
-        match self.job_by_idempotency_key(user, key).await? {
+        match self.job_by_idempotency_key(user, key, fingerprint).await? {
             Some(job) => {
                 let container = self.get_container(user, &job.container_id).await?;
                 Ok(Some(CopyStarted { container, job }))
@@ -395,7 +402,11 @@ impl Service {
         // by now.
         if let Err(Refusal::NameTaken | Refusal::SameIdempotencyKey) = &written {
             if let Some(started) = self
-                .copy_started_with(user, row.idempotency_key.as_deref())
+                .copy_started_with(
+                    user,
+                    row.idempotency_key.as_deref(),
+                    row.request_fingerprint.as_deref().unwrap_or_default(),
+                )
                 .await?
             {
                 return Ok(Some(started));

@@ -98,16 +98,32 @@ impl Service {
         Ok(())
     }
 
-    /// The job this user started with this idempotency key, if any.
+    /// The job this user started with this idempotency key, if any. The key stands for
+    /// one request: used again for a different one (`fingerprint` differs), it is refused
+    /// rather than answered with a job the request did not ask for.
     pub(super) async fn job_by_idempotency_key(
         &self,
         user: &UserInfo,
         key: &str,
+        fingerprint: &str,
     ) -> Result<Option<Job>, ApiError> {
-        self.db
+        match self
+            .db
             .job_by_idempotency_key(&user.id, key)
             .await
-            .map_err(internal)
+            .map_err(internal)?
+        {
+            Some((job, Some(first))) if first != fingerprint => Err(ApiError::new(
+                ErrorCode::Unprocessable,
+                format!(
+                    "this Idempotency-Key was already used for a different request (job {}); \
+                     send a new key with a new request",
+                    Job::url_of(&job.id)
+                ),
+            )),
+            Some((job, _)) => Ok(Some(job)),
+            None => Ok(None),
+        }
     }
 }
 
@@ -115,6 +131,16 @@ impl Service {
 pub const JOBS_PER_USER: u64 = 20;
 /// And one project (whoever started them).
 pub const JOBS_PER_PROJECT: u64 = 50;
+
+/// What a request with an Idempotency-Key was: its operation, target and body, hashed.
+pub(super) fn request_fingerprint(parts: &[&str]) -> String {
+    let mut h = blake3::Hasher::new();
+    for p in parts {
+        h.update(&(p.len() as u64).to_le_bytes());
+        h.update(p.as_bytes());
+    }
+    h.finalize().to_hex().to_string()
+}
 
 /// An `Idempotency-Key` as given: 1 to 200 visible ASCII characters.
 pub(super) fn check_idempotency_key(key: Option<&str>) -> Result<Option<String>, ApiError> {

@@ -2,7 +2,7 @@
 
 use app::model::*;
 
-use super::jobs::check_idempotency_key;
+use super::jobs::{check_idempotency_key, request_fingerprint};
 use super::{internal, Service};
 use crate::ids::{new_id, now_ms};
 use crate::jobs::JobParams;
@@ -26,7 +26,8 @@ impl Service {
             vis.require_source_operator(source_project, "syncing from the source")?;
         }
         if let Some(key) = &idem {
-            if let Some(job) = self.job_by_idempotency_key(user, key).await? {
+            let fingerprint = request_fingerprint(&["sync", id]);
+            if let Some(job) = self.job_by_idempotency_key(user, key, &fingerprint).await? {
                 return Ok(job);
             }
         }
@@ -90,6 +91,7 @@ impl Service {
                 source_id,
                 requested_by: user.id.clone(),
                 params: serde_json::to_string(&params).map_err(internal)?,
+                request_fingerprint: idem.is_some().then(|| request_fingerprint(&["sync", id])),
                 idempotency_key: idem,
                 now: now_ms(),
             })

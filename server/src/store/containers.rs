@@ -27,6 +27,8 @@ pub(crate) struct NewCopy {
     pub(crate) requested_by: String,
     pub(crate) params: String,
     pub(crate) idempotency_key: Option<String>,
+    /// With a key: what the request was (see `request_fingerprint`).
+    pub(crate) request_fingerprint: Option<String>,
     pub(crate) now: i64,
 }
 
@@ -75,8 +77,8 @@ impl NewCopy {
         execute(
             c,
             "INSERT INTO jobs (id, kind, status, project_id, container_id, source_container_id,
-                requested_by, params, idempotency_key, created_at)
-             VALUES ($1, $9, $10, $2, $3, $4, $5, $6, $7, $8)",
+                requested_by, params, idempotency_key, created_at, request_fingerprint)
+             VALUES ($1, $9, $10, $2, $3, $4, $5, $6, $7, $8, $11)",
             &[
                 &self.job_id,
                 &self.project_id,
@@ -88,6 +90,7 @@ impl NewCopy {
                 &self.now,
                 &JobKind::Copy.as_str(),
                 &JobStatus::Queued.as_str(),
+                &self.request_fingerprint,
             ],
         )?;
         Ok(())

@@ -45,6 +45,7 @@ pub(crate) struct NewSync {
     pub(crate) requested_by: String,
     pub(crate) params: String,
     pub(crate) idempotency_key: Option<String>,
+    pub(crate) request_fingerprint: Option<String>,
     pub(crate) now: i64,
 }
 
@@ -93,19 +94,22 @@ impl Db {
         Ok(rows.iter().map(job_from_row).collect())
     }
 
-    /// The job a user started with this idempotency key, if any.
+    /// The job a user started with this idempotency key, if any, and the fingerprint of
+    /// the request that started it (`None` for jobs from before fingerprints).
     pub(crate) async fn job_by_idempotency_key(
         &self,
         user_id: &str,
         key: &str,
-    ) -> Result<Option<Job>, DbError> {
+    ) -> Result<Option<(Job, Option<String>)>, DbError> {
         let row =
             sqlx::query("SELECT * FROM jobs WHERE requested_by = $1 AND idempotency_key = $2")
                 .bind(user_id)
                 .bind(key)
                 .fetch_optional(&self.read)
                 .await?;
-        Ok(row.as_ref().map(job_from_row))
+        Ok(row
+            .as_ref()
+            .map(|r| (job_from_row(r), r.get("request_fingerprint"))))
     }
 
     /// Cancels a job that is still queued (a running one is stopped by its runner).
@@ -128,10 +132,10 @@ impl Db {
     pub(crate) async fn queue_sync(&self, s: NewSync) -> Result<bool, DbError> {
         let res = self.write(
             "INSERT INTO jobs (id, kind, status, project_id, container_id, source_container_id,
-                requested_by, params, idempotency_key, created_at)
-             SELECT $1, $9, $10, $2, $3, $4, $5, $6, $7, $8
+                requested_by, params, idempotency_key, created_at, request_fingerprint)
+             SELECT $1, $9, $10, $2, $3, $4, $5, $6, $7, $8, $12
              WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE container_id = $3 AND status IN ($10, $11))",
-            vec![Arg::arg(&s.job_id), Arg::arg(&s.project_id), Arg::arg(&s.container_id), Arg::arg(&s.source_id), Arg::arg(&s.requested_by), Arg::arg(&s.params), Arg::arg(&s.idempotency_key), Arg::arg(s.now), Arg::arg(JobKind::Sync.as_str()), Arg::arg(JobStatus::Queued.as_str()), Arg::arg(JobStatus::Running.as_str())],
+            vec![Arg::arg(&s.job_id), Arg::arg(&s.project_id), Arg::arg(&s.container_id), Arg::arg(&s.source_id), Arg::arg(&s.requested_by), Arg::arg(&s.params), Arg::arg(&s.idempotency_key), Arg::arg(s.now), Arg::arg(JobKind::Sync.as_str()), Arg::arg(JobStatus::Queued.as_str()), Arg::arg(JobStatus::Running.as_str()), Arg::arg(&s.request_fingerprint)],
         )
         .await?;
         Ok(res > 0)

@@ -4,7 +4,10 @@
 use super::SyncConn;
 
 /// Every migration, oldest first; a migration is never changed once released.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/0001_initial.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/0001_initial.sql"),
+    include_str!("../../migrations/0002_request_fingerprint.sql"),
+];
 
 pub(super) fn migrate(conn: &SyncConn) -> rusqlite::Result<()> {
     let mut applied: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
