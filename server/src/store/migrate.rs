@@ -78,7 +78,7 @@ mod tests {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
         assert_eq!(version, MIGRATIONS.len() as i64, "the later migrations ran");
-        old.execute("SELECT request_fingerprint FROM jobs", [])
+        old.prepare("SELECT request_fingerprint FROM jobs")
             .expect("migration 2 added its column");
     }
 }
