@@ -332,3 +332,228 @@ async fn copying_or_syncing_out_of_a_project_needs_operator_rights_on_the_source
     let (st, body) = call(&s, &otto, "POST", &format!("/containers/{copy}/sync"), None).await;
     assert_eq!(st, 202, "{body}");
 }
+
+/// What a server function answered: `ok`, or the error code it carried (in the body of an
+/// error status, or inside an `Answer`'s `Err`).
+fn outcome(status: u16, body: &Value) -> String {
+    fn code(v: &Value) -> Option<String> {
+        match v {
+            Value::Object(m) => m
+                .get("code")
+                .and_then(|c| c.as_str().map(str::to_string))
+                .or_else(|| m.get("Err").and_then(code)),
+            _ => None,
+        }
+    }
+    match code(body) {
+        Some(c) => c,
+        None if status < 300 => "ok".into(),
+        None => format!("status {status}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_authorisation_matrix_of_the_console_server_functions() {
+    let s = TestServer::start().await;
+    let db = s.service.db();
+    let (_, projects) = s.get("/api/v1/projects", &s.admin_token).await;
+    let own_p = find(&projects, "projects", "web-platform");
+    let other_p = find(&projects, "projects", "data-pipeline");
+    let (_, containers) = s.get("/api/v1/containers", &s.admin_token).await;
+    let own_c = find(&containers, "containers", "web-app");
+    let own_copy = find(&containers, "containers", "web-app-staging");
+    let other_c = find(&containers, "containers", "db-primary");
+    let (st, body) = call(
+        &s,
+        &s.admin_token,
+        "POST",
+        &format!("/containers/{other_c}/copy"),
+        Some(json!({"target_project_id": other_p, "name": "db-copy"})),
+    )
+    .await;
+    assert_eq!(st, 202, "{body}");
+    let other_copy = body["container"]["id"].as_str().unwrap().to_string();
+    let other_job = body["job"]["id"].as_str().unwrap().to_string();
+    wait_idle(&s, &other_job).await;
+    let (_, body) = call(
+        &s,
+        &s.admin_token,
+        "POST",
+        &format!("/containers/{own_copy}/sync"),
+        None,
+    )
+    .await;
+    let own_job = body["job"]["id"].as_str().unwrap().to_string();
+    wait_idle(&s, &own_job).await;
+
+    // Console sessions for each role.
+    let password = "correct horse battery staple";
+    let names = ["admin", "pat", "alice", "victor", "nora"];
+    for (name, role) in [
+        ("pat", Some(Role::Admin)),
+        ("victor", Some(Role::Viewer)),
+        ("nora", None),
+    ] {
+        let u = doppel::auth::create_user(db, name, None, false)
+            .await
+            .unwrap();
+        if let Some(role) = role {
+            doppel::service::inventory::add_member(db, &own_p, &u.id, role)
+                .await
+                .unwrap();
+        }
+    }
+    let mut cookies = Vec::new();
+    for name in names {
+        doppel::auth::set_password(db, name, password)
+            .await
+            .unwrap();
+        let resp = TestServer::client()
+            .post(s.url("/auth/login"))
+            .form(&[("username", name), ("password", password)])
+            .send()
+            .await
+            .unwrap();
+        let cookie = resp.headers()["set-cookie"].to_str().unwrap();
+        cookies.push(cookie.split(';').next().unwrap().to_string());
+    }
+    let path_of = |f: &str| {
+        leptos::server_fn::axum::server_fn_paths()
+            .map(|(p, _)| p)
+            .find(|p| p.rsplit('/').next().unwrap().starts_with(f))
+            .unwrap_or_else(|| panic!("server function {f}"))
+            .to_string()
+    };
+    let all_ok = ["ok"; 5];
+    let members = ["ok", "ok", "ok", "ok", "not_found"];
+    let writers = |ok: &'static str| [ok, ok, ok, "forbidden", "not_found"];
+    let admin_only = |ok: &'static str| [ok, "not_found", "not_found", "not_found", "not_found"];
+    // (function, args on own, args on other, expected on own, on other)
+    type Row = (
+        &'static str,
+        Vec<(&'static str, String)>,
+        Vec<(&'static str, String)>,
+        [&'static str; 5],
+        [&'static str; 5],
+    );
+    let rows: Vec<Row> = vec![
+        ("whoami", vec![], vec![], all_ok, all_ok),
+        ("list_projects", vec![], vec![], all_ok, all_ok),
+        ("list_servers", vec![], vec![], all_ok, all_ok),
+        ("sync_status", vec![], vec![], all_ok, all_ok),
+        ("list_jobs", vec![], vec![], all_ok, all_ok),
+        (
+            "list_containers",
+            vec![("project_id", own_p.clone())],
+            vec![("project_id", other_p.clone())],
+            members,
+            admin_only("ok"),
+        ),
+        (
+            "get_container",
+            vec![("id", own_c.clone())],
+            vec![("id", other_c.clone())],
+            members,
+            admin_only("ok"),
+        ),
+        (
+            "get_job",
+            vec![("id", own_job.clone())],
+            vec![("id", other_job.clone())],
+            members,
+            admin_only("ok"),
+        ),
+        (
+            "cancel_job",
+            vec![("id", own_job.clone())],
+            vec![("id", other_job.clone())],
+            writers("conflict"),
+            admin_only("conflict"),
+        ),
+        (
+            "sync_container",
+            vec![("id", own_copy.clone())],
+            vec![("id", other_copy.clone())],
+            writers("ok"),
+            admin_only("ok"),
+        ),
+        (
+            "copy_container",
+            vec![("id", own_c.clone()), ("target_project_id", own_p.clone())],
+            vec![
+                ("id", other_c.clone()),
+                ("target_project_id", other_p.clone()),
+            ],
+            writers("ok"),
+            admin_only("ok"),
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (f, own_args, other_args, want_own, want_other) in rows {
+        let path = path_of(f);
+        for (side, args, want) in [
+            ("own", &own_args, want_own),
+            ("other", &other_args, want_other),
+        ] {
+            for (i, cookie) in cookies.iter().enumerate() {
+                let mut form = args.clone();
+                if f == "copy_container" {
+                    form.push(("name", format!("sf-{side}-{i}")));
+                }
+                let resp = TestServer::client()
+                    .post(s.url(&path))
+                    .header("cookie", cookie)
+                    .form(&form)
+                    .send()
+                    .await
+                    .unwrap();
+                let status = resp.status().as_u16();
+                let body: Value = resp.json().await.unwrap_or(Value::Null);
+                let got = outcome(status, &body);
+                if got != want[i] {
+                    failures.push(format!(
+                        "{f} ({side}) as {}: {got}, want {}: {body}",
+                        WHO[i], want[i]
+                    ));
+                }
+                for job in [&body["Ok"]["job"]["id"], &body["Ok"]["id"]] {
+                    if let Some(job) = job.as_str().filter(|_| f != "get_job" && f != "cancel_job")
+                    {
+                        wait_idle(&s, job).await;
+                    }
+                }
+            }
+        }
+    }
+    // And without a session, every one of them is refused.
+    for f in [
+        "list_projects",
+        "get_container",
+        "copy_container",
+        "sync_container",
+        "cancel_job",
+    ] {
+        let form = [
+            ("id", own_c.as_str()),
+            ("target_project_id", own_p.as_str()),
+        ];
+        let form = if f == "copy_container" {
+            &form[..]
+        } else {
+            &form[..1]
+        };
+        let resp = TestServer::client()
+            .post(s.url(&path_of(f)))
+            .form(form)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        let got = outcome(status, &body);
+        if got != "unauthorized" {
+            failures.push(format!("{f} without a session: {got}: {body}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
