@@ -36,7 +36,7 @@ wasm-bindgen --target=web --keep-lld-exports --no-demangle --no-typescript \
 # The server's hydration script asks for /pkg/<name>.wasm.
 mv "$next/${name}_bg.wasm" "$next/$name.wasm"
 for module in "$next"/*.wasm; do
-  "$bin/wasm-opt" -Oz --enable-bulk-memory --enable-nontrapping-float-to-int "$module" -o "$module"
+  "$bin/wasm-opt" --quiet -Oz --enable-bulk-memory --enable-nontrapping-float-to-int "$module" -o "$module"
 done
 # wasm-bindgen imports the split loader once per chunk under one key; the duplicates are
 # the same module, so the warning about them says nothing.

@@ -87,26 +87,29 @@ fn find(list: &Value, key: &str, name: &str) -> String {
         .to_string()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_authorisation_matrix() {
-    let s = TestServer::start().await;
+/// The two projects, a container, a copy and a finished job in each, as the admin made them.
+struct World {
+    own_p: String,
+    other_p: String,
+    own_c: String,
+    own_copy: String,
+    other_c: String,
+    other_copy: String,
+    own_job: String,
+    other_job: String,
+}
+
+async fn world(s: &TestServer) -> World {
     let (_, projects) = s.get("/api/v1/projects", &s.admin_token).await;
     let own_p = find(&projects, "projects", "web-platform");
     let other_p = find(&projects, "projects", "data-pipeline");
-    let tokens = [
-        s.admin_token.clone(),
-        user(&s, "pat", &[(&own_p, Role::Admin)]).await,
-        s.alice_token.clone(), // the demo's operator of web-platform
-        user(&s, "victor", &[(&own_p, Role::Viewer)]).await,
-        user(&s, "nora", &[]).await,
-    ];
     let (_, containers) = s.get("/api/v1/containers", &s.admin_token).await;
     let own_c = find(&containers, "containers", "web-app");
     let own_copy = find(&containers, "containers", "web-app-staging");
     let other_c = find(&containers, "containers", "db-primary");
     // A copy in the other project, and a job in each.
     let (st, body) = call(
-        &s,
+        s,
         &s.admin_token,
         "POST",
         &format!("/containers/{other_c}/copy"),
@@ -116,9 +119,9 @@ async fn the_authorisation_matrix() {
     assert_eq!(st, 202, "{body}");
     let other_copy = body["container"]["id"].as_str().unwrap().to_string();
     let other_job = body["job"]["id"].as_str().unwrap().to_string();
-    wait_idle(&s, &other_job).await;
+    wait_idle(s, &other_job).await;
     let (st, body) = call(
-        &s,
+        s,
         &s.admin_token,
         "POST",
         &format!("/containers/{own_copy}/sync"),
@@ -127,7 +130,39 @@ async fn the_authorisation_matrix() {
     .await;
     assert_eq!(st, 202, "{body}");
     let own_job = body["job"]["id"].as_str().unwrap().to_string();
-    wait_idle(&s, &own_job).await;
+    wait_idle(s, &own_job).await;
+    World {
+        own_p,
+        other_p,
+        own_c,
+        own_copy,
+        other_c,
+        other_copy,
+        own_job,
+        other_job,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_authorisation_matrix() {
+    let s = TestServer::start().await;
+    let World {
+        own_p,
+        other_p,
+        own_c,
+        own_copy,
+        other_c,
+        other_copy,
+        own_job,
+        other_job,
+    } = world(&s).await;
+    let tokens = [
+        s.admin_token.clone(),
+        user(&s, "pat", &[(&own_p, Role::Admin)]).await,
+        s.alice_token.clone(), // the demo's operator of web-platform
+        user(&s, "victor", &[(&own_p, Role::Viewer)]).await,
+        user(&s, "nora", &[]).await,
+    ];
 
     let all_ok = [200; 5];
     let members = [200, 200, 200, 200, 404];
@@ -356,35 +391,16 @@ fn outcome(status: u16, body: &Value) -> String {
 async fn the_authorisation_matrix_of_the_console_server_functions() {
     let s = TestServer::start().await;
     let db = s.service.db();
-    let (_, projects) = s.get("/api/v1/projects", &s.admin_token).await;
-    let own_p = find(&projects, "projects", "web-platform");
-    let other_p = find(&projects, "projects", "data-pipeline");
-    let (_, containers) = s.get("/api/v1/containers", &s.admin_token).await;
-    let own_c = find(&containers, "containers", "web-app");
-    let own_copy = find(&containers, "containers", "web-app-staging");
-    let other_c = find(&containers, "containers", "db-primary");
-    let (st, body) = call(
-        &s,
-        &s.admin_token,
-        "POST",
-        &format!("/containers/{other_c}/copy"),
-        Some(json!({"target_project_id": other_p, "name": "db-copy"})),
-    )
-    .await;
-    assert_eq!(st, 202, "{body}");
-    let other_copy = body["container"]["id"].as_str().unwrap().to_string();
-    let other_job = body["job"]["id"].as_str().unwrap().to_string();
-    wait_idle(&s, &other_job).await;
-    let (_, body) = call(
-        &s,
-        &s.admin_token,
-        "POST",
-        &format!("/containers/{own_copy}/sync"),
-        None,
-    )
-    .await;
-    let own_job = body["job"]["id"].as_str().unwrap().to_string();
-    wait_idle(&s, &own_job).await;
+    let World {
+        own_p,
+        other_p,
+        own_c,
+        own_copy,
+        other_c,
+        other_copy,
+        own_job,
+        other_job,
+    } = world(&s).await;
 
     // Console sessions for each role.
     let password = "correct horse battery staple";

@@ -59,6 +59,26 @@ async fn post(
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
+/// Starts a sync of `copy` and waits for its end: (the job's URL, the job).
+async fn sync_and_wait(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    copy: &str,
+) -> (String, Value) {
+    let (st, body) = post(
+        client,
+        &format!("{base}/api/v1/containers/{copy}/sync"),
+        token,
+        None,
+    )
+    .await;
+    assert_eq!(st, 202, "{body}");
+    let url = format!("{base}{}", body["job"]["url"].as_str().unwrap());
+    let job = finished(client, &url, token).await;
+    (url, job)
+}
+
 async fn finished(client: &reqwest::Client, url: &str, token: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -69,6 +89,21 @@ async fn finished(client: &reqwest::Client, url: &str, token: &str) -> Value {
         assert!(Instant::now() < deadline, "the job did not end: {job}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The container of this name, in full (`GET /containers/{id}`).
+async fn container(client: &reqwest::Client, base: &str, token: &str, name: &str) -> Value {
+    let list = get_json(client, format!("{base}/api/v1/containers"), token).await;
+    let id = list["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no {name}"))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    get_json(client, format!("{base}/api/v1/containers/{id}"), token).await
 }
 
 fn token(data: &Path) -> String {
@@ -90,25 +125,12 @@ async fn a_100000_deep_tree_fails_its_jobs_and_never_takes_doppel_down() {
     let mut server = Server(process::serve(&data, port, true));
     wait_up(&client, &base).await;
     let token = token(&data);
-    let containers = get_json(&client, format!("{base}/api/v1/containers"), &token).await;
-    let id_of = |name: &str| -> String {
-        containers["containers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["name"] == name)
-            .unwrap_or_else(|| panic!("no {name}"))["id"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
-    let (source, copy) = (id_of("web-app"), id_of("web-app-staging"));
-    let c = get_json(
-        &client,
-        format!("{base}/api/v1/containers/{source}"),
-        &token,
-    )
-    .await;
+    let c = container(&client, &base, &token, "web-app").await;
+    let source = c["id"].as_str().unwrap().to_string();
+    let copy = container(&client, &base, &token, "web-app-staging").await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let root = PathBuf::from(c["root_path"].as_str().unwrap());
     let _cleanup = RemoveDeep(root.clone());
     deep_tree(&root, 100_000);
@@ -123,16 +145,7 @@ async fn a_100000_deep_tree_fails_its_jobs_and_never_takes_doppel_down() {
     assert_eq!(resp.status(), 200);
 
     // A sync and a copy of it fail, saying why.
-    let (st, body) = post(
-        &client,
-        &format!("{base}/api/v1/containers/{copy}/sync"),
-        &token,
-        None,
-    )
-    .await;
-    assert_eq!(st, 202, "{body}");
-    let sync_url = format!("{base}{}", body["job"]["url"].as_str().unwrap());
-    let job = finished(&client, &sync_url, &token).await;
+    let (sync_url, job) = sync_and_wait(&client, &base, &token, &copy).await;
     assert_eq!(job["status"], "failed", "{job}");
     assert!(
         job["error"].as_str().unwrap().contains("directories deep"),
@@ -219,25 +232,12 @@ async fn an_unreadable_file_or_directory_fails_the_job_instead_of_going_missing(
         String::from_utf8_lossy(&out.stderr)
     );
     let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    let containers = get_json(&client, format!("{base}/api/v1/containers"), &token).await;
-    let id_of = |name: &str| -> String {
-        containers["containers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["name"] == name)
-            .unwrap_or_else(|| panic!("no {name}"))["id"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
-    let (source, copy) = (id_of("web-app"), id_of("web-app-staging"));
-    let c = get_json(
-        &client,
-        format!("{base}/api/v1/containers/{source}"),
-        &token,
-    )
-    .await;
+    let c = container(&client, &base, &token, "web-app").await;
+    let source = c["id"].as_str().unwrap().to_string();
+    let copy = container(&client, &base, &token, "web-app-staging").await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let root = PathBuf::from(c["root_path"].as_str().unwrap());
     std::fs::create_dir(root.join("private")).unwrap();
     std::fs::write(root.join("private/key"), b"k").unwrap();
@@ -286,16 +286,7 @@ async fn an_unreadable_file_or_directory_fails_the_job_instead_of_going_missing(
         "{job}"
     );
     // A sync needs every file too; the copy it would update stays as it was.
-    let (st, body) = post(
-        &client,
-        &format!("{base}/api/v1/containers/{copy}/sync"),
-        &token,
-        None,
-    )
-    .await;
-    assert_eq!(st, 202, "{body}");
-    let url = format!("{base}{}", body["job"]["url"].as_str().unwrap());
-    let job = finished(&client, &url, &token).await;
+    let (url, job) = sync_and_wait(&client, &base, &token, &copy).await;
     assert_eq!(job["status"], "failed", "{job}");
     assert!(
         job["error"].as_str().unwrap().contains("secret.txt"),
@@ -391,13 +382,7 @@ async fn half_sent_and_idle_connections_are_closed_but_event_streams_are_not() {
     );
 
     // The stream outlived all of that, and still delivers: a sync now shows up on it.
-    let containers = get_json(&client, format!("{base}/api/v1/containers"), &token).await;
-    let copy = containers["containers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "web-app-staging")
-        .unwrap()["id"]
+    let copy = container(&client, &base, &token, "web-app-staging").await["id"]
         .as_str()
         .unwrap()
         .to_string();
@@ -462,17 +447,9 @@ async fn a_full_disk_fails_the_copy_cleanly_and_doppel_goes_on() {
     let mut server = Server(process::serve(&data, port, true));
     wait_up(&client, &base).await;
     let token = token(&data);
-    let containers = get_json(&client, format!("{base}/api/v1/containers"), &token).await;
-    let web_app = containers["containers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "web-app")
-        .unwrap()
-        .clone();
+    let web_app = container(&client, &base, &token, "web-app").await;
     let id = web_app["id"].as_str().unwrap().to_string();
-    let c = get_json(&client, format!("{base}/api/v1/containers/{id}"), &token).await;
-    let root = PathBuf::from(c["root_path"].as_str().unwrap());
+    let root = PathBuf::from(web_app["root_path"].as_str().unwrap());
     // The source grows behind doppel's back: its recorded size still says 3 MB, so the
     // copy is let in, and runs out of space half way.
     let big: Vec<u8> = (0..60u32 << 20)

@@ -1159,7 +1159,7 @@ async fn an_idempotency_key_stands_for_one_request() {
     );
     // The same key with another body is not a retry.
     let (st, other, _) = copy("another-name", "key-1").await;
-    assert_eq!(st, 422, "{other}");
+    assert_eq!(st, 409, "{other}");
     assert!(other.to_string().contains("different request"), "{other}");
     wait_job(&s, first["job"]["id"].as_str().unwrap()).await;
     // Nor is the same key on another operation.
@@ -1171,5 +1171,5 @@ async fn an_idempotency_key_stands_for_one_request() {
         Some("key-1"),
     )
     .await;
-    assert_eq!(st, 422, "{body}");
+    assert_eq!(st, 409, "{body}");
 }

@@ -113,8 +113,10 @@ impl Service {
             .await
             .map_err(internal)?
         {
+            // 409, as for any request that conflicts with what the server holds (here: what
+            // the key was first used for).
             Some((job, Some(first))) if first != fingerprint => Err(ApiError::new(
-                ErrorCode::Unprocessable,
+                ErrorCode::Conflict,
                 format!(
                     "this Idempotency-Key was already used for a different request (job {}); \
                      send a new key with a new request",
@@ -205,15 +207,19 @@ mod tests {
         }
     }
 
-    /// A queued copy (every job slot held) of web-app.
-    async fn queued_copy(svc: &Service, user: &UserInfo, name: &str) -> CopyStarted {
-        let web_app = svc
-            .list_containers(user, None)
+    /// The container of this name.
+    async fn named(svc: &Service, user: &UserInfo, name: &str) -> ContainerSummary {
+        svc.list_containers(user, None)
             .await
             .unwrap()
             .into_iter()
-            .find(|c| c.name == "web-app")
-            .unwrap();
+            .find(|c| c.name == name)
+            .unwrap()
+    }
+
+    /// A queued copy (every job slot held) of web-app.
+    async fn queued_copy(svc: &Service, user: &UserInfo, name: &str) -> CopyStarted {
+        let web_app = named(svc, user, "web-app").await;
         let req = CopyRequest {
             target_project_id: web_app.project_id.clone(),
             name: Some(name.into()),
@@ -264,13 +270,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let svc = start(tmp.path()).await;
         let user = admin(&svc).await;
-        let web_app = svc
-            .list_containers(&user, None)
-            .await
-            .unwrap()
-            .into_iter()
-            .find(|c| c.name == "web-app")
-            .unwrap();
+        let web_app = named(&svc, &user, "web-app").await;
         // What a sync of web-app would hold while it changes the tree.
         let writing = svc.jobs.lock_containers(&[], &[&web_app.id]).await;
         let snapshot = {
@@ -312,13 +312,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let svc = start(tmp.path()).await;
         let user = admin(&svc).await;
-        let web_app = svc
-            .list_containers(&user, None)
-            .await
-            .unwrap()
-            .into_iter()
-            .find(|c| c.name == "web-app")
-            .unwrap();
+        let web_app = named(&svc, &user, "web-app").await;
         let kept = svc.list_snapshots(&user, &web_app.id).await.unwrap();
         assert!(!kept.is_empty(), "the demo has a snapshot");
         let root = svc
@@ -356,13 +350,7 @@ mod tests {
         for i in 0..super::JOBS_PER_USER {
             queued_copy(&svc, &user, &format!("queued-{i}")).await;
         }
-        let web_app = svc
-            .list_containers(&user, None)
-            .await
-            .unwrap()
-            .into_iter()
-            .find(|c| c.name == "web-app")
-            .unwrap();
+        let web_app = named(&svc, &user, "web-app").await;
         let req = CopyRequest {
             target_project_id: web_app.project_id.clone(),
             name: Some("one-too-many".into()),
@@ -374,13 +362,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.code, ErrorCode::TooManyRequests, "{err}");
         assert!(err.message.contains("wait for some to finish"), "{err}");
-        let staging = svc
-            .list_containers(&user, None)
-            .await
-            .unwrap()
-            .into_iter()
-            .find(|c| c.name == "web-app-staging")
-            .unwrap();
+        let staging = named(&svc, &user, "web-app-staging").await;
         let err = svc
             .sync_container(&user, &staging.id, None)
             .await

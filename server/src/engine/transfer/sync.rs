@@ -338,6 +338,26 @@ pub(super) fn send_known_chunks(
     Ok((chunked_file_hash(&sent), sent, total))
 }
 
+/// Writes the staged ranges of a patch, `(at, from, len)`: `len` bytes from `from` in
+/// `staged` to `at` in `target`.
+fn write_ranges(
+    staged: &fs::File,
+    target: &fs::File,
+    ranges: &[(u64, u64, u64)],
+) -> Result<(), EngineError> {
+    let mut buf = Vec::new();
+    for &(at, from, len) in ranges {
+        buf.resize(len as usize, 0);
+        staged
+            .read_exact_at(&mut buf, from)
+            .map_err(io_err("reading a staged file"))?;
+        target
+            .write_all_at(&buf, at)
+            .map_err(io_err("patching a file"))?;
+    }
+    Ok(())
+}
+
 /// A patched file's new version as a file of its own: the old content, the staged ranges
 /// over it, then renamed over the old name (which keeps its other names as they were).
 /// Redone from the start if a commit is resumed.
@@ -355,16 +375,7 @@ fn rewrite_whole(
     let mut whole = fsx::create_file_at(stage, &whole_name).map_err(io_err("creating a file"))?;
     let old = fsx::open_file_at(dir, name).map_err(io_err("opening a file"))?;
     io::copy(&mut &old, &mut whole).map_err(io_err("copying a file"))?;
-    let mut buf = Vec::new();
-    for &(at, from, len) in ranges {
-        buf.resize(len as usize, 0);
-        staged
-            .read_exact_at(&mut buf, from)
-            .map_err(io_err("reading a staged file"))?;
-        whole
-            .write_all_at(&buf, at)
-            .map_err(io_err("writing a file"))?;
-    }
+    write_ranges(staged, &whole, ranges)?;
     whole.set_len(e.size).map_err(io_err("writing a file"))?;
     fsx::apply_meta_fd(whole.as_fd(), e).map_err(io_err("setting metadata"))?;
     fsx::rename_at(stage, &whole_name, dir, name).map_err(io_err("placing a file"))
@@ -463,16 +474,7 @@ pub(super) fn apply_pending(
                     touched_dirs.push(split_parent(&e.path).0.to_vec());
                     continue;
                 }
-                let mut buf = Vec::new();
-                for &(at, from, len) in ranges {
-                    buf.resize(len as usize, 0);
-                    staged
-                        .read_exact_at(&mut buf, from)
-                        .map_err(io_err("reading a staged file"))?;
-                    target
-                        .write_all_at(&buf, at)
-                        .map_err(io_err("patching a file"))?;
-                }
+                write_ranges(&staged, &target, ranges)?;
                 target.set_len(e.size).map_err(io_err("patching a file"))?;
                 fsx::apply_meta_fd(target.as_fd(), e).map_err(io_err("setting metadata"))?;
             }
