@@ -286,7 +286,7 @@ async fn an_unreadable_file_or_directory_fails_the_job_instead_of_going_missing(
         "{job}"
     );
     // A sync needs every file too; the copy it would update stays as it was.
-    let (url, job) = sync_and_wait(&client, &base, &token, &copy).await;
+    let (_, job) = sync_and_wait(&client, &base, &token, &copy).await;
     assert_eq!(job["status"], "failed", "{job}");
     assert!(
         job["error"].as_str().unwrap().contains("secret.txt"),
