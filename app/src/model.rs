@@ -334,9 +334,18 @@ pub struct JobSummary {
     pub unstable: Vec<String>,
     #[serde(default)]
     pub unstable_count: u64,
+    /// The copy's own identity files (host name, machine id, SSH host keys, root's
+    /// authorized_keys): made new by a copy, kept as they are by a sync.
+    #[serde(default)]
+    pub identity_files: Vec<String>,
     pub duration_ms: u64,
     /// The resulting tree's manifest root (BLAKE3, hex).
     pub root_hash: String,
+    /// The source's state the copy was brought to (its manifest root): what the sync
+    /// status compares the source with. It differs from `root_hash` by the copy's own
+    /// identity files.
+    #[serde(default)]
+    pub source_root_hash: String,
     /// An interrupted earlier run was repaired first.
     pub recovered: bool,
     /// Milliseconds spent per phase (scan, plan, transfer, verify, commit).

@@ -520,7 +520,7 @@ async fn sync_rules_originals_running_jobs_and_snapshots() {
         .get(&format!("/api/v1/containers/{web_app}"), &s.admin_token)
         .await;
     let src_root = tree_root(&src);
-    std::fs::write(src_root.join("etc/hostname"), b"changed-after-snapshot\n").unwrap();
+    std::fs::write(src_root.join("added-after-snapshot"), b"new\n").unwrap();
     let web = project_id(&s, "web-platform").await;
     let (st, started, _) = post(
         &s,
@@ -544,9 +544,14 @@ async fn sync_rules_originals_running_jobs_and_snapshots() {
             &s.admin_token,
         )
         .await;
+    assert!(
+        !tree_root(&copy).join("added-after-snapshot").exists(),
+        "the copy is of the snapshot, not of the live tree"
+    );
     assert_eq!(
         std::fs::read(tree_root(&copy).join("etc/hostname")).unwrap(),
-        b"web-app\n"
+        b"from-snap\n",
+        "and a machine of its own"
     );
 
     // One sync at a time: a second request while one is queued or running is a 409 that
@@ -881,14 +886,17 @@ async fn a_copy_takes_what_its_target_server_already_holds() {
     let (first, second) = (&summaries[0], &summaries[1]);
     assert_eq!(n(first, "content_bytes"), n(first, "tree_bytes"), "{first}");
     assert!(n(first, "tree_bytes") > 0);
-    assert_eq!(
-        n(second, "content_bytes"),
-        0,
-        "all of it was on local-c: {second}"
-    );
+    // All of it was on local-c but the first copy's own host name, which differs.
+    let (_, src) = s
+        .get(&format!("/api/v1/containers/{web_app}"), &s.admin_token)
+        .await;
+    let hostname = std::fs::metadata(tree_root(&src).join("etc/hostname"))
+        .unwrap()
+        .len();
+    assert_eq!(n(second, "content_bytes"), hostname, "{second}");
     assert_eq!(
         n(second, "reused_bytes"),
-        n(second, "tree_bytes"),
+        n(second, "tree_bytes") - hostname,
         "{second}"
     );
 }
@@ -1172,4 +1180,88 @@ async fn an_idempotency_key_stands_for_one_request() {
     )
     .await;
     assert_eq!(st, 409, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_gets_its_own_identity_and_never_the_source_s_keys() {
+    let s = TestServer::start().await;
+    let web = project_id(&s, "web-platform").await;
+    let web_app = s.container_id("web-app").await;
+    let (_, c) = s
+        .get(&format!("/api/v1/containers/{web_app}"), &s.admin_token)
+        .await;
+    let src = std::path::PathBuf::from(c["root_path"].as_str().unwrap());
+    for (path, content) in [
+        ("etc/hostname", "web-app\n"),
+        ("etc/machine-id", "0123456789abcdef0123456789abcdef\n"),
+        (
+            "etc/ssh/ssh_host_ed25519_key",
+            "the source's private host key\n",
+        ),
+        (
+            "root/.ssh/authorized_keys",
+            "ssh-ed25519 AAAA whoever-could-log-into-the-source\n",
+        ),
+    ] {
+        std::fs::create_dir_all(src.join(path).parent().unwrap()).unwrap();
+        std::fs::write(src.join(path), content).unwrap();
+    }
+    let key =
+        ssh_key::PrivateKey::random(&mut ssh_key::rand_core::OsRng, ssh_key::Algorithm::Ed25519)
+            .unwrap()
+            .public_key()
+            .to_openssh()
+            .unwrap();
+    let (st, body, _) = post(
+        &s,
+        &format!("/api/v1/containers/{web_app}/copy"),
+        &s.admin_token,
+        Some(json!({"target_project_id": web, "name": "new-machine", "ssh_public_key": key})),
+        None,
+    )
+    .await;
+    assert_eq!(st, 202, "{body}");
+    let job = wait_job(&s, body["job"]["id"].as_str().unwrap()).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let copy_id = body["container"]["id"].as_str().unwrap().to_string();
+    let (_, c) = s
+        .get(&format!("/api/v1/containers/{copy_id}"), &s.admin_token)
+        .await;
+    let dst = std::path::PathBuf::from(c["root_path"].as_str().unwrap());
+    let read = |p: &str| std::fs::read_to_string(dst.join(p)).unwrap();
+    assert_eq!(read("etc/hostname"), "new-machine\n");
+    assert_ne!(read("etc/machine-id"), "0123456789abcdef0123456789abcdef\n");
+    assert!(read("etc/ssh/ssh_host_ed25519_key").contains("OPENSSH PRIVATE KEY"));
+    assert_eq!(
+        read("root/.ssh/authorized_keys"),
+        format!("{key}\n"),
+        "exactly the given key"
+    );
+    let listed = job["summary"]["identity_files"].to_string();
+    assert!(
+        listed.contains("etc/hostname") && listed.contains("authorized_keys"),
+        "{job}"
+    );
+    // A sync brings the source's changes and keeps the copy's identity.
+    std::fs::write(
+        src.join("root/.ssh/authorized_keys"),
+        "ssh-ed25519 AAAA someone-new\n",
+    )
+    .unwrap();
+    std::fs::write(src.join("etc/new-file"), "x").unwrap();
+    let (st, body, _) = post(
+        &s,
+        &format!("/api/v1/containers/{copy_id}/sync"),
+        &s.admin_token,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(st, 202, "{body}");
+    let job = wait_job(&s, body["job"]["id"].as_str().unwrap()).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["summary"]["drift"], 0, "{job}");
+    assert_eq!(read("etc/new-file"), "x");
+    assert_eq!(read("etc/hostname"), "new-machine\n");
+    assert_eq!(read("root/.ssh/authorized_keys"), format!("{key}\n"));
 }

@@ -8,6 +8,7 @@
 //! then renames; a marker file makes an interrupted commit repair itself on the next run).
 
 pub mod fsx;
+pub mod identity;
 pub mod manifest;
 pub mod scan;
 mod transfer;
@@ -308,7 +309,20 @@ pub fn resume_copy(
 /// Brings the tree at `dst.root` (an earlier copy of `src`) to `src`'s current state,
 /// sending only what changed.
 pub fn sync(src: &Place, dst: &Place, ctl: &Control) -> Result<Summary, EngineError> {
-    transfer::sync(src, dst, ctl)
+    transfer::sync(src, dst, &|_| false, ctl)
+}
+
+/// [`sync`], leaving the target's entries at the paths `keep` names as they are (neither
+/// overwritten, removed nor counted as drift): a copy's own identity
+/// ([`identity::is_identity_path`]). The kept paths are listed in the summary's
+/// `identity_files`.
+pub fn sync_keeping(
+    src: &Place,
+    dst: &Place,
+    keep: &dyn Fn(&[u8]) -> bool,
+    ctl: &Control,
+) -> Result<Summary, EngineError> {
+    transfer::sync(src, dst, keep, ctl)
 }
 
 /// Re-reads a tree and compares it with its recorded manifest.

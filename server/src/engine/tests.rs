@@ -1066,3 +1066,140 @@ fn a_sync_never_writes_through_a_hard_link_to_outside_the_tree() {
     assert_eq!(fs::metadata(dst.root.join("big")).unwrap().nlink(), 1);
     assert_same_tree(&src.root, &dst.root);
 }
+
+/// A root filesystem's identity files, as a source would have them.
+fn machine(root: &Path) {
+    write(&root.join("etc/hostname"), b"source\n");
+    write(
+        &root.join("etc/machine-id"),
+        b"0123456789abcdef0123456789abcdef\n",
+    );
+    write(
+        &root.join("etc/ssh/ssh_host_ed25519_key"),
+        b"source ed25519 private\n",
+    );
+    write(
+        &root.join("etc/ssh/ssh_host_ed25519_key.pub"),
+        b"source ed25519 public\n",
+    );
+    write(
+        &root.join("etc/ssh/ssh_host_rsa_key"),
+        b"source rsa private\n",
+    );
+    write(
+        &root.join("etc/ssh/sshd_config"),
+        b"PermitRootLogin prohibit-password\n",
+    );
+    write(
+        &root.join("root/.ssh/authorized_keys"),
+        b"ssh-ed25519 AAAA source-admin\n",
+    );
+    write(&root.join("var/www/index.html"), b"<h1>hello</h1>\n");
+}
+
+const KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl copy@test";
+
+#[test]
+fn a_copy_is_a_new_machine_and_a_sync_keeps_its_identity() {
+    let env = Env::new();
+    let (src, dst) = (env.place("src"), env.place("dst"));
+    machine(&src.root);
+    copy(&src, &dst, &Control::new()).unwrap();
+    let id = identity::Identity {
+        hostname: "web-copy",
+        ssh_public_key: Some(KEY),
+    };
+    let written = identity::make_new_machine(&dst, &id).unwrap();
+    assert_eq!(written.len(), 7, "{written:?}");
+    let read = |p: &str| fs::read_to_string(dst.root.join(p)).unwrap();
+    assert_eq!(read("etc/hostname"), "web-copy\n");
+    let machine_id = read("etc/machine-id");
+    assert_eq!(machine_id.trim().len(), 32);
+    assert_ne!(machine_id, "0123456789abcdef0123456789abcdef\n");
+    let ed = ssh_key::PrivateKey::from_openssh(read("etc/ssh/ssh_host_ed25519_key")).unwrap();
+    assert_eq!(ed.algorithm(), ssh_key::Algorithm::Ed25519);
+    let rsa = ssh_key::PrivateKey::from_openssh(read("etc/ssh/ssh_host_rsa_key")).unwrap();
+    assert!(matches!(rsa.algorithm(), ssh_key::Algorithm::Rsa { .. }));
+    assert!(read("etc/ssh/ssh_host_ed25519_key.pub").starts_with("ssh-ed25519 "));
+    let mode = fs::metadata(dst.root.join("etc/ssh/ssh_host_rsa_key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(
+        !dst.root.join("etc/ssh/ssh_host_ecdsa_key").exists(),
+        "only the types the tree had"
+    );
+    assert_eq!(read("root/.ssh/authorized_keys"), format!("{KEY}\n"));
+    assert_eq!(
+        read("etc/ssh/sshd_config"),
+        "PermitRootLogin prohibit-password\n"
+    );
+    // The recorded state includes them: no drift on the next sync.
+    let before: Vec<_> = [
+        "etc/hostname",
+        "etc/machine-id",
+        "etc/ssh/ssh_host_rsa_key",
+        "root/.ssh/authorized_keys",
+    ]
+    .iter()
+    .map(|p| read(p))
+    .collect();
+    // The source changes, its identity too: a sync brings the rest, keeps the copy's own.
+    write(&src.root.join("var/www/index.html"), b"<h1>changed</h1>\n");
+    write(&src.root.join("etc/hostname"), b"renamed-source\n");
+    write(
+        &src.root.join("root/.ssh/authorized_keys"),
+        b"ssh-ed25519 AAAA another-admin\n",
+    );
+    let s = sync_keeping(&src, &dst, &identity::is_identity_path, &Control::new()).unwrap();
+    assert_eq!(read("var/www/index.html"), "<h1>changed</h1>\n");
+    let after: Vec<_> = [
+        "etc/hostname",
+        "etc/machine-id",
+        "etc/ssh/ssh_host_rsa_key",
+        "root/.ssh/authorized_keys",
+    ]
+    .iter()
+    .map(|p| read(p))
+    .collect();
+    assert_eq!(after, before, "the copy's identity is kept");
+    assert_eq!(s.drift, 0, "{s:?}");
+    assert_eq!(s.files_changed, 1, "only the page: {s:?}");
+    assert!(
+        s.identity_files
+            .iter()
+            .any(|p| p.contains("authorized_keys")),
+        "{s:?}"
+    );
+    assert!(verify(&dst, &Control::new()).unwrap().ok);
+    // Without a key, root may not log in at all.
+    let (src2, dst2) = (env.place("src2"), env.place("dst2"));
+    machine(&src2.root);
+    copy(&src2, &dst2, &Control::new()).unwrap();
+    let none = identity::Identity {
+        hostname: "no-key",
+        ssh_public_key: None,
+    };
+    identity::make_new_machine(&dst2, &none).unwrap();
+    assert!(!dst2.root.join("root/.ssh/authorized_keys").exists());
+}
+
+#[test]
+fn a_copy_s_identity_is_never_written_through_a_symlink() {
+    let env = Env::new();
+    let dst = env.place("dst");
+    let outside = env.base.join("outside-etc");
+    fs::create_dir_all(&outside).unwrap();
+    write(&outside.join("hostname"), b"host\n");
+    fs::create_dir_all(&dst.root).unwrap();
+    symlink(&outside, dst.root.join("etc")).unwrap();
+    let id = identity::Identity {
+        hostname: "x",
+        ssh_public_key: Some(KEY),
+    };
+    let written = identity::make_new_machine(&dst, &id).unwrap();
+    assert!(written.is_empty(), "{written:?}");
+    assert_eq!(fs::read(outside.join("hostname")).unwrap(), b"host\n");
+}

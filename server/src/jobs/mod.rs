@@ -303,11 +303,32 @@ impl JobRunner {
         let r2 = reporter.clone();
         let ctl = ctl.with_progress(move |p| r2.report(p));
         let target = dst.clone();
+        // A copy is a new machine: its name and the one key root accepts.
+        let (hostname, ssh_key) = match kind {
+            JobKind::Copy => self
+                .db
+                .container(&target_id)
+                .await?
+                .map(|c| (c.name, c.ssh_public_key))
+                .unwrap_or_default(),
+            JobKind::Sync => Default::default(),
+        };
         let result = run_in_background(move || match kind {
             // The target is this job's new container: if a run before a restart already
             // finished its tree, it is brought up to date rather than refused.
-            JobKind::Copy => engine::resume_copy(&src, &dst, &local, &ctl),
-            JobKind::Sync => engine::sync(&src, &dst, &ctl),
+            JobKind::Copy => {
+                let mut summary = engine::resume_copy(&src, &dst, &local, &ctl)?;
+                let id = engine::identity::Identity {
+                    hostname: &hostname,
+                    ssh_public_key: ssh_key.as_deref(),
+                };
+                summary.identity_files = engine::identity::make_new_machine(&dst, &id)?;
+                Ok(summary)
+            }
+            // The copy keeps its own identity files.
+            JobKind::Sync => {
+                engine::sync_keeping(&src, &dst, &engine::identity::is_identity_path, &ctl)
+            }
         })
         .await
         .map_err(|e| without_paths(e, &names));

@@ -380,7 +380,12 @@ impl Db {
                             file_count = $3, size_bytes = $4
                          WHERE id = $5",
                         &[
-                            &summary.root_hash,
+                            // (Summaries from before source_root_hash have only root_hash.)
+                            if summary.source_root_hash.is_empty() {
+                                &summary.root_hash
+                            } else {
+                                &summary.source_root_hash
+                            },
                             &now,
                             &(summary.tree_files as i64),
                             &(summary.tree_bytes as i64),

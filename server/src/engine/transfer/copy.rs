@@ -114,6 +114,7 @@ pub(super) fn copy_staged(
         skipped_special_count: report.specials.count,
         unstable: unstable.paths,
         unstable_count: unstable.count,
+        source_root_hash: root_hash.clone(),
         root_hash,
         ..Summary::default()
     })

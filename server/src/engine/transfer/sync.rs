@@ -6,6 +6,7 @@ use super::*;
 pub(in crate::engine) fn sync(
     src: &Place,
     dst: &Place,
+    keep: &dyn Fn(&[u8]) -> bool,
     ctl: &Control,
 ) -> Result<Summary, EngineError> {
     let started = Instant::now();
@@ -56,12 +57,14 @@ pub(in crate::engine) fn sync(
     };
     if let Some(old) = &old {
         let (pairs, deleted) = diff(old, &t_man);
+        // The copy's own identity files are its business, not drift.
         for (c, e, _) in &pairs {
-            if *c != Change::Unchanged {
+            if *c != Change::Unchanged && !keep(&e.path) {
                 summary.drift += 1;
                 summary.drift_paths.push(e.display_path());
             }
         }
+        let deleted: Vec<_> = deleted.iter().filter(|e| !keep(&e.path)).collect();
         summary.drift += deleted.len() as u64;
         summary
             .drift_paths
@@ -72,7 +75,10 @@ pub(in crate::engine) fn sync(
         // The source's quick-check cache for the next sync.
         let _ = s_man.store(&src.manifest_path());
     }
-    let mut want = without_specials(s_man);
+    let want = without_specials(s_man);
+    // The source's state, which the sync status compares against.
+    summary.source_root_hash = want.root_hex();
+    let mut want = keeping(want, &t_man, keep, &mut summary.identity_files);
     let (pairs, deleted) = diff(&t_man, &want);
     let mut bytes_total = 0;
     for (c, e, _) in &pairs {
@@ -175,6 +181,38 @@ pub(in crate::engine) fn sync(
     summary.duration_ms = started.elapsed().as_millis() as u64;
     summary.phase_ms = ctl.timings();
     Ok(summary)
+}
+
+/// The state to reach: the source's, but at the paths `keep` names, the target's entry as
+/// it is (a regular file whose directory the new state still has) or none. Those land in
+/// `kept`.
+fn keeping(
+    mut want: Manifest,
+    target: &Manifest,
+    keep: &dyn Fn(&[u8]) -> bool,
+    kept: &mut Vec<String>,
+) -> Manifest {
+    want.entries.retain(|e| !keep(&e.path));
+    let dirs: std::collections::HashSet<&[u8]> = want
+        .entries
+        .iter()
+        .filter(|e| e.kind == Kind::Dir)
+        .map(|e| e.path.as_slice())
+        .collect();
+    let mine: Vec<Entry> = target
+        .entries
+        .iter()
+        .filter(|e| keep(&e.path) && e.kind == Kind::File && e.link_to.is_none())
+        .filter(|e| {
+            let parent = split_parent(&e.path).0;
+            parent.is_empty() || dirs.contains(parent)
+        })
+        .cloned()
+        .collect();
+    kept.extend(mine.iter().map(|e| e.display_path()));
+    want.entries.extend(mine);
+    want.entries.sort_by(|a, b| path_cmp(&a.path, &b.path));
+    want
 }
 
 /// A file read again for sending: (path, hash, size, chunks) of what was really sent.
