@@ -424,14 +424,7 @@ async fn the_authorisation_matrix_of_the_console_server_functions() {
         doppel::auth::set_password(db, name, password)
             .await
             .unwrap();
-        let resp = TestServer::client()
-            .post(s.url("/auth/login"))
-            .form(&[("username", name), ("password", password)])
-            .send()
-            .await
-            .unwrap();
-        let cookie = resp.headers()["set-cookie"].to_str().unwrap();
-        cookies.push(cookie.split(';').next().unwrap().to_string());
+        cookies.push(s.session(name, password).await);
     }
     let path_of = |f: &str| {
         leptos::server_fn::axum::server_fn_paths()

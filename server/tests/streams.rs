@@ -7,21 +7,6 @@ use std::time::Duration;
 
 use common::TestServer;
 
-async fn login(s: &TestServer) -> String {
-    let resp = TestServer::client()
-        .post(s.url("/auth/login"))
-        .form(&[
-            ("username", "admin"),
-            ("password", s.admin_password.as_str()),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 303);
-    let set_cookie = resp.headers()["set-cookie"].to_str().unwrap();
-    set_cookie.split(';').next().unwrap().to_string()
-}
-
 /// Reads the stream until it ends; `false` if it is still open after `limit`.
 async fn ends_within(resp: &mut reqwest::Response, limit: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + limit;
@@ -37,7 +22,7 @@ async fn ends_within(resp: &mut reqwest::Response, limit: Duration) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_ends_after_its_session_is_logged_out() {
     let s = TestServer::start().await;
-    let cookie = login(&s).await;
+    let cookie = s.session("admin", &s.admin_password).await;
     let client = TestServer::client();
     let mut all = client
         .get(s.url("/api/v1/events"))

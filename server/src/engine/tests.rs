@@ -1069,32 +1069,24 @@ fn a_sync_never_writes_through_a_hard_link_to_outside_the_tree() {
 
 /// A root filesystem's identity files, as a source would have them.
 fn machine(root: &Path) {
-    write(&root.join("etc/hostname"), b"source\n");
-    write(
-        &root.join("etc/machine-id"),
-        b"0123456789abcdef0123456789abcdef\n",
-    );
-    write(
-        &root.join("etc/ssh/ssh_host_ed25519_key"),
-        b"source ed25519 private\n",
-    );
-    write(
-        &root.join("etc/ssh/ssh_host_ed25519_key.pub"),
-        b"source ed25519 public\n",
-    );
-    write(
-        &root.join("etc/ssh/ssh_host_rsa_key"),
-        b"source rsa private\n",
-    );
-    write(
-        &root.join("etc/ssh/sshd_config"),
-        b"PermitRootLogin prohibit-password\n",
-    );
-    write(
-        &root.join("root/.ssh/authorized_keys"),
-        b"ssh-ed25519 AAAA source-admin\n",
-    );
-    write(&root.join("var/www/index.html"), b"<h1>hello</h1>\n");
+    for (path, content) in [
+        ("etc/hostname", "source\n"),
+        ("etc/machine-id", "0123456789abcdef0123456789abcdef\n"),
+        ("etc/ssh/ssh_host_ed25519_key", "source ed25519 private\n"),
+        (
+            "etc/ssh/ssh_host_ed25519_key.pub",
+            "source ed25519 public\n",
+        ),
+        ("etc/ssh/ssh_host_rsa_key", "source rsa private\n"),
+        ("etc/ssh/sshd_config", "PermitRootLogin prohibit-password\n"),
+        (
+            "root/.ssh/authorized_keys",
+            "ssh-ed25519 AAAA source-admin\n",
+        ),
+        ("var/www/index.html", "<h1>hello</h1>\n"),
+    ] {
+        write(&root.join(path), content.as_bytes());
+    }
 }
 
 const KEY: &str =
@@ -1137,15 +1129,16 @@ fn a_copy_is_a_new_machine_and_a_sync_keeps_its_identity() {
         "PermitRootLogin prohibit-password\n"
     );
     // The recorded state includes them: no drift on the next sync.
-    let before: Vec<_> = [
-        "etc/hostname",
-        "etc/machine-id",
-        "etc/ssh/ssh_host_rsa_key",
-        "root/.ssh/authorized_keys",
-    ]
-    .iter()
-    .map(|p| read(p))
-    .collect();
+    let identity_now = || {
+        [
+            "etc/hostname",
+            "etc/machine-id",
+            "etc/ssh/ssh_host_rsa_key",
+            "root/.ssh/authorized_keys",
+        ]
+        .map(read)
+    };
+    let before = identity_now();
     // The source changes, its identity too: a sync brings the rest, keeps the copy's own.
     write(&src.root.join("var/www/index.html"), b"<h1>changed</h1>\n");
     write(&src.root.join("etc/hostname"), b"renamed-source\n");
@@ -1155,15 +1148,7 @@ fn a_copy_is_a_new_machine_and_a_sync_keeps_its_identity() {
     );
     let s = sync_keeping(&src, &dst, &identity::is_identity_path, &Control::new()).unwrap();
     assert_eq!(read("var/www/index.html"), "<h1>changed</h1>\n");
-    let after: Vec<_> = [
-        "etc/hostname",
-        "etc/machine-id",
-        "etc/ssh/ssh_host_rsa_key",
-        "root/.ssh/authorized_keys",
-    ]
-    .iter()
-    .map(|p| read(p))
-    .collect();
+    let after = identity_now();
     assert_eq!(after, before, "the copy's identity is kept");
     assert_eq!(s.drift, 0, "{s:?}");
     assert_eq!(s.files_changed, 1, "only the page: {s:?}");

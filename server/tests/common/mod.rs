@@ -84,6 +84,19 @@ impl TestServer {
         (status, body)
     }
 
+    /// Logs in through the console's form: the session cookie (`name=value`).
+    pub async fn session(&self, user: &str, password: &str) -> String {
+        let resp = Self::client()
+            .post(self.url("/auth/login"))
+            .form(&[("username", user), ("password", password)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 303);
+        let set_cookie = resp.headers()["set-cookie"].to_str().unwrap();
+        set_cookie.split(';').next().unwrap().to_string()
+    }
+
     /// Every container the admin sees.
     pub async fn containers(&self) -> Vec<serde_json::Value> {
         let (_, body) = self.get("/api/v1/containers", &self.admin_token).await;
