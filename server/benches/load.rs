@@ -245,6 +245,16 @@ async fn main() {
     let posts = env_or("LOAD_POSTS", 200);
     let rounds = env_or("LOAD_ROUNDS", 1).max(1);
     let subscribers = env_or("LOAD_SUBSCRIBERS", 500);
+    // One admin posts every copy and opens every stream here: lift the per-user and
+    // per-project caps (a real crowd is many users). Environment, not flags, so builds that
+    // predate the caps (scripts/load-compare.sh) start the same way.
+    for var in [
+        "DOPPEL_MAX_QUEUED_JOBS_PER_USER",
+        "DOPPEL_MAX_QUEUED_JOBS_PER_PROJECT",
+        "DOPPEL_MAX_STREAMS_PER_USER",
+    ] {
+        std::env::set_var(var, "1000000");
+    }
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let port = process::free_port();

@@ -96,6 +96,18 @@ struct ServeArgs {
         value_parser = clap::value_parser!(u64).range(1..)
     )]
     max_connections: u64,
+    /// Event streams one user may have open at once.
+    #[arg(long, global = true, env = "DOPPEL_MAX_STREAMS_PER_USER", default_value_t = 32,
+        value_parser = clap::value_parser!(u64).range(1..))]
+    max_streams_per_user: u64,
+    /// Copy and sync jobs one user may have queued or running at once.
+    #[arg(long, global = true, env = "DOPPEL_MAX_QUEUED_JOBS_PER_USER", default_value_t = 20,
+        value_parser = clap::value_parser!(u64).range(1..))]
+    max_queued_jobs_per_user: u64,
+    /// Copy and sync jobs one project may have queued or running at once.
+    #[arg(long, global = true, env = "DOPPEL_MAX_QUEUED_JOBS_PER_PROJECT", default_value_t = 50,
+        value_parser = clap::value_parser!(u64).range(1..))]
+    max_queued_jobs_per_project: u64,
 }
 
 #[derive(Subcommand)]
@@ -179,10 +191,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             limits: doppel::Limits {
                 global: cli.serve.max_jobs,
                 per_server: cli.serve.max_jobs_per_server,
+                per_user: cli.serve.max_queued_jobs_per_user,
+                per_project: cli.serve.max_queued_jobs_per_project,
             },
             conn: doppel::serve::ConnLimits {
                 header_timeout: std::time::Duration::from_secs(cli.serve.header_timeout),
                 max_connections: cli.serve.max_connections as usize,
+                streams_per_user: cli.serve.max_streams_per_user as usize,
                 ..Default::default()
             },
         })

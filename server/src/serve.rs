@@ -68,7 +68,11 @@ pub async fn prepare(cfg: &ServeConfig) -> anyhow::Result<Prepared> {
     if resumed > 0 {
         tracing::info!(resumed, "resumed jobs interrupted by the last stop");
     }
-    let router = http::router(AppState::new(service.clone(), leptos_options(cfg)));
+    let router = http::router(AppState::new(
+        service.clone(),
+        leptos_options(cfg),
+        cfg.conn.streams_per_user,
+    ));
     Ok(Prepared {
         router,
         service,

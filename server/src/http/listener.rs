@@ -29,6 +29,8 @@ pub struct ConnLimits {
     pub max_connections: usize,
     /// How long a stop waits for requests in flight before it closes their connections.
     pub stop_grace: Duration,
+    /// Event streams one user may have open at once.
+    pub streams_per_user: usize,
 }
 
 impl Default for ConnLimits {
@@ -37,6 +39,7 @@ impl Default for ConnLimits {
             header_timeout: Duration::from_secs(10),
             max_connections: 4096,
             stop_grace: Duration::from_secs(10),
+            streams_per_user: 32,
         }
     }
 }

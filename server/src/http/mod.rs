@@ -35,11 +35,15 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(service: Arc<Service>, leptos_options: LeptosOptions) -> AppState {
+    pub fn new(
+        service: Arc<Service>,
+        leptos_options: LeptosOptions,
+        streams_per_user: usize,
+    ) -> AppState {
         AppState {
             service,
             leptos_options: Arc::new(leptos_options),
-            streams: Default::default(),
+            streams: Arc::new(api::StreamSlots::new(streams_per_user)),
         }
     }
 }

@@ -43,10 +43,15 @@ pub struct JobStart {
     pub source_root: PathBuf,
 }
 
+/// How many jobs run at once, and how many one user or project may have queued or running.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     pub global: usize,
     pub per_server: usize,
+    /// Queued or running jobs one user may have (`--max-queued-jobs-per-user`).
+    pub per_user: u64,
+    /// Queued or running jobs one project may have, whoever started them.
+    pub per_project: u64,
 }
 
 impl Default for Limits {
@@ -54,6 +59,8 @@ impl Default for Limits {
         Limits {
             global: 2,
             per_server: 1,
+            per_user: 20,
+            per_project: 50,
         }
     }
 }

@@ -80,19 +80,19 @@ impl Service {
         let (by_user, in_project) = self
             .db
             .active_jobs_of(&user.id, project_id)
-            .await
             .map_err(internal)?;
         let too_many = |m: String| Err(ApiError::new(ErrorCode::TooManyRequests, m));
-        if by_user >= JOBS_PER_USER {
+        let (per_user, per_project) = (self.limits.per_user, self.limits.per_project);
+        if by_user >= per_user {
             return too_many(format!(
                 "you have {by_user} copy and sync jobs queued or running (at most \
-                 {JOBS_PER_USER}); wait for some to finish"
+                 {per_user}); wait for some to finish"
             ));
         }
-        if in_project >= JOBS_PER_PROJECT {
+        if in_project >= per_project {
             return too_many(format!(
                 "the project has {in_project} copy and sync jobs queued or running (at most \
-                 {JOBS_PER_PROJECT}); wait for some to finish"
+                 {per_project}); wait for some to finish"
             ));
         }
         Ok(())
@@ -128,11 +128,6 @@ impl Service {
         }
     }
 }
-
-/// Copy and sync jobs one user may have queued or running at once.
-pub const JOBS_PER_USER: u64 = 20;
-/// And one project (whoever started them).
-pub const JOBS_PER_PROJECT: u64 = 50;
 
 /// What a request with an Idempotency-Key was: its operation, target and body, hashed.
 pub(super) fn request_fingerprint(parts: &[&str]) -> String {
@@ -182,6 +177,7 @@ mod tests {
             limits: Limits {
                 global: 1,
                 per_server: 1,
+                ..Default::default()
             },
             conn: Default::default(),
         };
@@ -347,7 +343,7 @@ mod tests {
         let svc = start(tmp.path()).await;
         let user = admin(&svc).await;
         let held = svc.jobs.hold_every_slot().await;
-        for i in 0..super::JOBS_PER_USER {
+        for i in 0..Limits::default().per_user {
             queued_copy(&svc, &user, &format!("queued-{i}")).await;
         }
         let web_app = named(&svc, &user, "web-app").await;

@@ -32,6 +32,8 @@ use sync_status::SharedProbes;
 pub struct Service {
     db: Db,
     jobs: Arc<JobRunner>,
+    /// The job limits it was started with (the caps per user and project are checked here).
+    limits: Limits,
     /// API tokens verified in the last 2 s (see `TokenCache`).
     tokens: TokenCache,
     /// Failed logins per name and address (see `LoginThrottle`).
@@ -63,6 +65,7 @@ impl Service {
         Service {
             db,
             jobs,
+            limits,
             tokens: TokenCache::new(std::time::Duration::from_secs(2)),
             logins: Default::default(),
             probes: SharedProbes::default(),

@@ -182,26 +182,28 @@ impl Db {
         Ok(ids)
     }
 
-    /// Jobs queued or running that `user_id` started, and in `project_id`.
-    pub(crate) async fn active_jobs_of(
+    /// Jobs queued or running that `user_id` started, and in `project_id`. Read on the
+    /// calling thread (like the copy admission's context): it is on the path of every copy
+    /// and sync request, and a burst of them should not queue for the async pool.
+    pub(crate) fn active_jobs_of(
         &self,
         user_id: &str,
         project_id: &str,
     ) -> Result<(u64, u64), DbError> {
-        let (by_user, in_project): (Option<i64>, Option<i64>) = sqlx::query_as(
-            "SELECT SUM(requested_by = $1), SUM(project_id = $2) FROM jobs
-             WHERE status IN ($3, $4)",
-        )
-        .bind(user_id)
-        .bind(project_id)
-        .bind(JobStatus::Queued.as_str())
-        .bind(JobStatus::Running.as_str())
-        .fetch_one(&self.read)
-        .await?;
-        Ok((
-            by_user.unwrap_or(0).max(0) as u64,
-            in_project.unwrap_or(0).max(0) as u64,
-        ))
+        let (queued, running) = (JobStatus::Queued.as_str(), JobStatus::Running.as_str());
+        let counts = self.read_now(|c| {
+            query_first(
+                c,
+                "SELECT COALESCE(SUM(requested_by = $1), 0) AS by_user,
+                        COALESCE(SUM(project_id = $2), 0) AS in_project
+                 FROM jobs WHERE status IN ($3, $4)",
+                &[&user_id, &project_id, &queued, &running],
+                |r| Ok::<_, rusqlite::Error>((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+            )?
+            .transpose()
+        })?;
+        let (by_user, in_project) = counts.unwrap_or((0, 0));
+        Ok((by_user.max(0) as u64, in_project.max(0) as u64))
     }
 
     /// Jobs cancelled while queued whose container still says `copying` or `syncing`: the

@@ -47,12 +47,9 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// removed token or a lost membership ends it (or narrows it) within this time.
 const RECHECK: Duration = Duration::from_secs(5);
 
-/// Event streams one user may have open at once (a console tab holds one or two).
-pub(crate) const STREAMS_PER_USER: usize = 32;
-
-/// The event streams open per user.
-#[derive(Default)]
+/// The event streams open per user, at most `cap` each (a console tab holds one or two).
 pub(crate) struct StreamSlots {
+    cap: usize,
     open: parking_lot::Mutex<HashMap<String, usize>>,
 }
 
@@ -63,14 +60,22 @@ struct StreamSlot {
 }
 
 impl StreamSlots {
+    pub(crate) fn new(cap: usize) -> StreamSlots {
+        StreamSlots {
+            cap: cap.max(1),
+            open: Default::default(),
+        }
+    }
+
     fn take(self: &Arc<Self>, user: &UserInfo) -> Result<StreamSlot, ApiError> {
         let mut open = self.open.lock();
         let n = open.entry(user.id.clone()).or_insert(0);
-        if *n >= STREAMS_PER_USER {
+        if *n >= self.cap {
             return Err(ApiError::new(
                 ErrorCode::TooManyRequests,
                 format!(
-                    "{STREAMS_PER_USER} event streams are open for this user already; close one first"
+                    "{} event streams are open for this user already; close one first",
+                    self.cap
                 ),
             ));
         }
