@@ -66,12 +66,31 @@ fn open_regular_at(dir: BorrowedFd<'_>, name: &[u8], access: OFlags) -> io::Resu
     if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
         return Err(io::Error::other(NotRegular));
     }
-    let fd = rfs::open(
+    let reopened = rfs::open(
         format!("/proc/self/fd/{}", path.as_raw_fd()),
         access | OFlags::CLOEXEC | OFlags::NONBLOCK,
         Mode::empty(),
-    )
-    .map_err(to_io)?;
+    );
+    let fd = match reopened {
+        Ok(fd) => fd,
+        // No /proc (a minimal sandbox): open the name again, and check that it is still
+        // the regular file just seen (a swap in between is refused, though it was opened).
+        Err(rustix::io::Errno::NOENT) => {
+            let fd = rfs::openat(
+                dir,
+                OsStr::from_bytes(name),
+                access | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+                Mode::empty(),
+            )
+            .map_err(to_io)?;
+            let now = rfs::fstat(&fd).map_err(to_io)?;
+            if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino) {
+                return Err(io::Error::other(NotRegular));
+            }
+            fd
+        }
+        Err(e) => return Err(to_io(e)),
+    };
     Ok(std::fs::File::from(fd))
 }
 
