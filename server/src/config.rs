@@ -33,10 +33,15 @@ pub fn container_root(storage_root: &Path, container_id: &str) -> PathBuf {
     containers_dir(storage_root).join(container_id)
 }
 
+/// The directory of a server's storage root that holds snapshot trees, one directory per
+/// container.
+pub fn snapshots_dir(storage_root: &Path) -> PathBuf {
+    storage_root.join("snapshots")
+}
+
 /// A snapshot's frozen tree on the container's server.
 pub fn snapshot_root(storage_root: &Path, container_id: &str, snapshot_id: &str) -> PathBuf {
-    storage_root
-        .join("snapshots")
+    snapshots_dir(storage_root)
         .join(container_id)
         .join(snapshot_id)
 }

@@ -84,9 +84,11 @@ pub fn make_new_machine(place: &Place, id: &Identity<'_>) -> Result<Vec<String>,
                 if !is_file(ssh.as_fd(), name.as_bytes())? {
                     continue;
                 }
-                let key = ssh_key::PrivateKey::random(&mut rand_core_rng(), algorithm)
-                    .map_err(|e| EngineError::Refused(format!("making a {kind} host key: {e}")))?;
-                let mut key = key;
+                let mut key =
+                    ssh_key::PrivateKey::random(&mut ssh_key::rand_core::OsRng, algorithm)
+                        .map_err(|e| {
+                            EngineError::Refused(format!("making a {kind} host key: {e}"))
+                        })?;
                 key.set_comment(format!("root@{}", id.hostname));
                 let private = key
                     .to_openssh(ssh_key::LineEnding::LF)
@@ -128,7 +130,7 @@ pub fn make_new_machine(place: &Place, id: &Identity<'_>) -> Result<Vec<String>,
                     )?;
                     written.push("root/.ssh/authorized_keys".to_string());
                 }
-                None if exists(ssh.as_fd(), b"authorized_keys")? => {
+                None if kind_at(ssh.as_fd(), b"authorized_keys")?.is_some() => {
                     fsx::remove_at(ssh.as_fd(), b"authorized_keys")
                         .map_err(EngineError::io("removing root's authorized_keys"))?;
                     written.push("root/.ssh/authorized_keys".to_string());
@@ -147,37 +149,27 @@ pub fn make_new_machine(place: &Place, id: &Identity<'_>) -> Result<Vec<String>,
     Ok(written)
 }
 
-/// The OS random source, as the key generator wants it.
-fn rand_core_rng() -> ssh_key::rand_core::OsRng {
-    ssh_key::rand_core::OsRng
-}
-
-/// The directory `name` in `parent`, if it is one (a symlink is not followed: `None`).
-fn dir(parent: BorrowedFd<'_>, name: &[u8]) -> Result<Option<OwnedFd>, EngineError> {
-    match fsx::stat_at(parent, name) {
-        Ok(st) if fsx::kind_of(&st) == Kind::Dir => fsx::open_dir_at(parent, name)
-            .map(Some)
-            .map_err(EngineError::io("opening a directory of the copy")),
-        Ok(_) => Ok(None),
+/// What `name` in `dir` is, without following it (`None`: nothing there).
+fn kind_at(dir: BorrowedFd<'_>, name: &[u8]) -> Result<Option<Kind>, EngineError> {
+    match fsx::stat_at(dir, name) {
+        Ok(st) => Ok(Some(fsx::kind_of(&st))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(EngineError::io("reading the copy")(e)),
     }
 }
 
-fn is_file(dir: BorrowedFd<'_>, name: &[u8]) -> Result<bool, EngineError> {
-    match fsx::stat_at(dir, name) {
-        Ok(st) => Ok(fsx::kind_of(&st) == Kind::File),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(EngineError::io("reading the copy")(e)),
+/// The directory `name` in `parent`, if it is one (a symlink is not followed: `None`).
+fn dir(parent: BorrowedFd<'_>, name: &[u8]) -> Result<Option<OwnedFd>, EngineError> {
+    if kind_at(parent, name)? != Some(Kind::Dir) {
+        return Ok(None);
     }
+    fsx::open_dir_at(parent, name)
+        .map(Some)
+        .map_err(EngineError::io("opening a directory of the copy"))
 }
 
-fn exists(dir: BorrowedFd<'_>, name: &[u8]) -> Result<bool, EngineError> {
-    match fsx::stat_at(dir, name) {
-        Ok(_) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(EngineError::io("reading the copy")(e)),
-    }
+fn is_file(dir: BorrowedFd<'_>, name: &[u8]) -> Result<bool, EngineError> {
+    Ok(kind_at(dir, name)? == Some(Kind::File))
 }
 
 /// Replaces `name` in `dir` with `content` (mode `mode`, owned by the directory's owner),

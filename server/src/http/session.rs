@@ -59,18 +59,11 @@ pub(super) async fn resolve_caller(
     let service = &state.service;
     let headers = req.headers();
     let has_auth_header = headers.contains_key(header::AUTHORIZATION);
-    let lookup = if has_auth_header {
-        match bearer_token(headers) {
-            Some(token) => service.user_for_token(token).await,
-            None => Ok(None),
-        }
-    } else if let Some(secret) =
-        cookie(headers, SESSION_COOKIE).filter(|_| same_origin(req.method(), headers))
-    {
-        // An expired or unknown cookie is the same as none: the login page, not an error.
-        service.user_for_session(&secret).await
-    } else {
-        Ok(None)
+    let credential = Credential::of(headers, req.method());
+    // An expired or unknown cookie is the same as none: the login page, not an error.
+    let lookup = match &credential {
+        Some(c) => c.lookup(service).await,
+        None => Ok(None),
     };
     let user = match lookup {
         Ok(user) => user,
@@ -83,7 +76,7 @@ pub(super) async fn resolve_caller(
     };
     match user {
         Some(user) => {
-            if let Some(credential) = Credential::of(headers) {
+            if let Some(credential) = credential {
                 req.extensions_mut().insert(credential);
             }
             req.extensions_mut().insert(CurrentUser(user));
@@ -158,23 +151,33 @@ pub(crate) enum Credential {
 }
 
 impl Credential {
-    /// The one `resolve_caller` used: the Bearer token, else the session cookie.
-    fn of(headers: &HeaderMap) -> Option<Credential> {
+    /// What a request offers: the Bearer token when it has an Authorization header (a
+    /// malformed one offers nothing), else the session cookie, which is only taken for
+    /// same-site writes.
+    fn of(headers: &HeaderMap, method: &Method) -> Option<Credential> {
         if headers.contains_key(header::AUTHORIZATION) {
             bearer_token(headers).map(|t| Credential::Token(t.to_string()))
         } else {
-            cookie(headers, SESSION_COOKIE).map(Credential::Session)
+            cookie(headers, SESSION_COOKIE)
+                .filter(|_| same_origin(method, headers))
+                .map(Credential::Session)
         }
     }
 
-    /// Who the credential stands for now (`None`: nobody any more).
-    pub(crate) async fn user(&self, service: &Service) -> Option<UserInfo> {
-        let found = match self {
+    /// Who the credential stands for (`None`: nobody, or nobody any more); `Err`: the
+    /// database did not answer (said in the log, not to the client).
+    async fn lookup(&self, service: &Service) -> Result<Option<UserInfo>, String> {
+        match self {
             Credential::Token(t) => service.user_for_token(t).await,
             Credential::Session(s) => service.user_for_session(s).await,
-        };
-        // A database that does not answer ends nothing: the next check decides.
-        found.unwrap_or_else(|e| {
+        }
+        .map_err(|e| e.to_string())
+    }
+
+    /// [`Self::lookup`] for a stream checking its caller again: a database that does not
+    /// answer ends the stream (the client reconnects and is checked afresh).
+    pub(crate) async fn user(&self, service: &Service) -> Option<UserInfo> {
+        self.lookup(service).await.unwrap_or_else(|e| {
             tracing::warn!(error = %e, "checking a stream's credential failed");
             None
         })

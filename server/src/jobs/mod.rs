@@ -41,6 +41,10 @@ pub struct JobStart {
     pub target_server: String,
     pub target_root: PathBuf,
     pub source_root: PathBuf,
+    /// The target's name and the one key root may log in with: what a copy makes its new
+    /// identity from (see `engine::identity`).
+    pub target_name: String,
+    pub target_ssh_key: Option<String>,
 }
 
 /// How many jobs run at once, and how many one user or project may have queued or running.
@@ -218,6 +222,8 @@ impl JobRunner {
             target_server: t.target_server,
             target_root: t.target_root,
             source_root: t.source_root,
+            target_name: t.target_name,
+            target_ssh_key: t.target_ssh_key,
         })
     }
 
@@ -240,6 +246,8 @@ impl JobRunner {
             target_server,
             target_root,
             source_root,
+            target_name,
+            target_ssh_key,
         } = start;
 
         // Wait for a slot on the target server, then globally: a job waiting for a busy
@@ -310,24 +318,14 @@ impl JobRunner {
         let r2 = reporter.clone();
         let ctl = ctl.with_progress(move |p| r2.report(p));
         let target = dst.clone();
-        // A copy is a new machine: its name and the one key root accepts.
-        let (hostname, ssh_key) = match kind {
-            JobKind::Copy => self
-                .db
-                .container(&target_id)
-                .await?
-                .map(|c| (c.name, c.ssh_public_key))
-                .unwrap_or_default(),
-            JobKind::Sync => Default::default(),
-        };
         let result = run_in_background(move || match kind {
             // The target is this job's new container: if a run before a restart already
             // finished its tree, it is brought up to date rather than refused.
             JobKind::Copy => {
                 let mut summary = engine::resume_copy(&src, &dst, &local, &ctl)?;
                 let id = engine::identity::Identity {
-                    hostname: &hostname,
-                    ssh_public_key: ssh_key.as_deref(),
+                    hostname: &target_name,
+                    ssh_public_key: target_ssh_key.as_deref(),
                 };
                 summary.identity_files = engine::identity::make_new_machine(&dst, &id)?;
                 Ok(summary)

@@ -252,6 +252,8 @@ impl Service {
                 target_server: target.server_id.clone(),
                 target_root: target.storage_root.clone().into(),
                 source_root: source.storage_root.clone().into(),
+                target_name: row.name.clone(),
+                target_ssh_key: row.ssh_public_key.clone(),
             }),
         );
         let container = row.container(user, &source.summary(&visibility), target)?;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use app::model::*;
 
 use super::{internal, Service};
-use crate::config::{snapshot_place, snapshot_root};
+use crate::config::{snapshot_place, snapshots_dir};
 use crate::engine::fsx;
 use crate::store::DbError;
 
@@ -132,12 +132,8 @@ fn snapshot_dirs(root: &Path) -> Vec<(String, String)> {
             .filter(|n| is_valid_id(n))
             .collect()
     };
-    let base = snapshot_root(root, "x", "y");
-    let base = base
-        .parent()
-        .and_then(Path::parent)
-        .expect("<root>/snapshots/<c>/<s>");
-    ids_in(base)
+    let base = snapshots_dir(root);
+    ids_in(&base)
         .into_iter()
         .flat_map(|c| {
             ids_in(&base.join(&c))

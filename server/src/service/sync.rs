@@ -25,14 +25,14 @@ impl Service {
         if let Some(source_project) = &row.src_project_id {
             vis.require_source_operator(source_project, "syncing from the source")?;
         }
+        let fingerprint = request_fingerprint(&["sync", id]);
         if let Some(key) = &idem {
-            let fingerprint = request_fingerprint(&["sync", id]);
             if let Some(job) = self.job_by_idempotency_key(user, key, &fingerprint).await? {
                 return Ok(job);
             }
         }
+        let source_id = row.source_container_id.clone();
         let c = self.container_detail(user, row, &vis).await?;
-        let source_id = self.db.source_of(id).await.map_err(internal)?;
         let Some(source_id) = source_id else {
             return Err(ApiError::new(
                 ErrorCode::Conflict,
@@ -91,7 +91,7 @@ impl Service {
                 source_id,
                 requested_by: user.id.clone(),
                 params: serde_json::to_string(&params).map_err(internal)?,
-                request_fingerprint: idem.is_some().then(|| request_fingerprint(&["sync", id])),
+                request_fingerprint: idem.is_some().then_some(fingerprint),
                 idempotency_key: idem,
                 now: now_ms(),
             })

@@ -221,16 +221,6 @@ impl Db {
         .await?)
     }
 
-    /// The container a copy was made from (`None`: not a copy, or no such container).
-    pub(crate) async fn source_of(&self, id: &str) -> Result<Option<String>, DbError> {
-        let source: Option<Option<String>> =
-            sqlx::query_scalar("SELECT source_container_id FROM containers WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&self.read)
-                .await?;
-        Ok(source.flatten())
-    }
-
     /// A container's status (`None`: no such container).
     pub(crate) async fn container_status(
         &self,

@@ -21,6 +21,9 @@ pub(crate) struct JobTargets {
     pub(crate) target_server: String,
     pub(crate) target_root: PathBuf,
     pub(crate) source_root: PathBuf,
+    /// The target's name and SSH key: a copy's new identity.
+    pub(crate) target_name: String,
+    pub(crate) target_ssh_key: Option<String>,
 }
 
 /// How a job ended, for `Db::finish_job`.
@@ -235,7 +238,8 @@ impl Db {
         let row = sqlx::query(
             "SELECT j.kind, j.params, j.container_id, j.source_container_id,
                     t.server_id AS target_server, ts.storage_root AS target_root,
-                    ss.storage_root AS source_root
+                    ss.storage_root AS source_root, t.name AS target_name,
+                    t.ssh_public_key AS target_ssh_key
              FROM jobs j
              JOIN containers t ON t.id = j.container_id
              JOIN servers ts ON ts.id = t.server_id
@@ -255,6 +259,8 @@ impl Db {
             target_server: row.get("target_server"),
             target_root: PathBuf::from(row.get::<String, _>("target_root")),
             source_root: PathBuf::from(row.get::<String, _>("source_root")),
+            target_name: row.get("target_name"),
+            target_ssh_key: row.get("target_ssh_key"),
         })
     }
 
@@ -382,12 +388,9 @@ impl Db {
                             file_count = $3, size_bytes = $4
                          WHERE id = $5",
                         &[
-                            // (Summaries from before source_root_hash have only root_hash.)
-                            if summary.source_root_hash.is_empty() {
-                                &summary.root_hash
-                            } else {
-                                &summary.source_root_hash
-                            },
+                            // The source's state it matches (its own tree differs by its
+                            // identity files).
+                            &summary.source_root_hash,
                             &now,
                             &(summary.tree_files as i64),
                             &(summary.tree_bytes as i64),
