@@ -37,7 +37,7 @@ help:
 
 # What a build needs; the browser tests also need Chromium (`make run` does not wait for it).
 setup: $(STAMP)/toolchain $(STAMP)/wasm-bindgen-$(WASM_BINDGEN_VERSION) $(WASM_SPLIT) $(STAMP)/npm
-setup-test: setup $(STAMP)/chromium $(STAMP)/schemathesis
+setup-test: setup $(STAMP)/chromium $(STAMP)/schemathesis $(STAMP)/runtime
 
 $(STAMP)/toolchain: rust-toolchain.toml
 	@mkdir -p $(STAMP)
@@ -81,6 +81,18 @@ $(STAMP)/chromium:
 	fi
 	@touch $@
 
+# Debian packages containers run with: runc (the OCI runtime), iproute2 (network namespaces,
+# veths, bridges), nftables (firewall rules) and busybox-static (the demo's root filesystems).
+$(STAMP)/runtime:
+	@mkdir -p $(STAMP)
+	@if command -v runc >/dev/null && command -v nft >/dev/null && command -v ip >/dev/null \
+	    && { [ -x /bin/busybox ] || [ -x /usr/bin/busybox ]; }; then \
+	  echo "runc, nftables, iproute2 and busybox present"; \
+	else \
+	  $(SUDO) apt-get update && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y runc nftables iproute2 busybox-static; \
+	fi
+	@touch $@
+
 # The server and the site are built side by side (the site's tools install meanwhile), and
 # every cargo in them shares make's three job slots (the `+` lines): on two cores this keeps
 # a fresh machine's first `make run` short without running a dozen compilers at once.
@@ -107,7 +119,7 @@ site: $(STAMP)/wasm-bindgen-$(WASM_BINDGEN_VERSION) $(WASM_SPLIT) $(STAMP)/npm
 size: build
 	node scripts/size.mjs
 
-run: build
+run: build $(STAMP)/runtime
 	./target/release/doppel serve
 
 dev: setup $(STAMP)/cargo-leptos-$(CARGO_LEPTOS_VERSION)

@@ -52,6 +52,20 @@ pub trait Backend: Send + Sync + 'static {
     async fn cancel_job(&self, user: &UserInfo, id: &str) -> Result<Job, ApiError>;
     /// Every copy the user can see, with how current it is and its recent syncs.
     async fn sync_status(&self, user: &UserInfo) -> Result<Vec<CopyStatus>, ApiError>;
+    /// Starts a stopped container (a running one stays as it is).
+    async fn start_container(&self, user: &UserInfo, id: &str)
+        -> Result<ContainerDetail, ApiError>;
+    /// Stops a running container (SIGTERM, a grace period, SIGKILL).
+    async fn stop_container(&self, user: &UserInfo, id: &str) -> Result<ContainerDetail, ApiError>;
+    async fn restart_container(
+        &self,
+        user: &UserInfo,
+        id: &str,
+    ) -> Result<ContainerDetail, ApiError>;
+    /// The last lines its process wrote.
+    async fn container_logs(&self, user: &UserInfo, id: &str) -> Result<ContainerLogs, ApiError>;
+    /// Whether containers can run on this doppel, and why not.
+    fn health(&self) -> Health;
 }
 
 /// The backend as stored in Leptos context.

@@ -159,6 +159,94 @@ pub struct NetworkRule {
     pub mtu: Option<u32>,
 }
 
+/// What a container runs: its process, started by the OCI runtime in the container's
+/// root. A copy carries it.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerCommand {
+    /// The argv, e.g. `["/bin/httpd", "-f", "-p", "80"]`; empty: nothing to run (the
+    /// container cannot start).
+    pub args: Vec<String>,
+    /// `NAME=value` entries (`PATH` defaults to the usual directories).
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// The working directory, absolute; `/` when absent.
+    #[serde(default = "root_dir")]
+    pub cwd: String,
+}
+
+fn root_dir() -> String {
+    "/".to_string()
+}
+
+impl ContainerCommand {
+    /// Why this command cannot be a container's, if it cannot.
+    pub fn problem(&self) -> Option<(&'static str, String)> {
+        if self.args.len() > 256 || self.args.iter().any(|a| a.len() > 4096) {
+            return Some(("args", "at most 256 arguments of 4096 bytes each".into()));
+        }
+        if self.args.first().is_some_and(|a| a.is_empty()) {
+            return Some(("args", "the program (the first argument) is empty".into()));
+        }
+        if self.args.iter().chain(&self.env).any(|a| a.contains('\0')) {
+            return Some(("args", "arguments and environment hold no NUL bytes".into()));
+        }
+        if self.env.len() > 256 || self.env.iter().any(|e| e.len() > 4096) {
+            return Some(("env", "at most 256 entries of 4096 bytes each".into()));
+        }
+        if let Some(e) = self
+            .env
+            .iter()
+            .find(|e| e.split_once('=').is_none_or(|(k, _)| k.is_empty()))
+        {
+            return Some(("env", format!("{e:?} is not NAME=value")));
+        }
+        if !self.cwd.starts_with('/') || self.cwd.len() > 4096 || self.cwd.contains('\0') {
+            return Some(("cwd", format!("{:?} is not an absolute path", self.cwd)));
+        }
+        None
+    }
+}
+
+/// One interface of a container's network namespace, as doppel set it up.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Interface {
+    /// Its name inside the container, e.g. `eth0`.
+    pub interface: String,
+    /// The network (a bridge on the server's host) it is on.
+    pub network: String,
+    /// Its IPv4 address with the network's prefix, e.g. `10.88.0.2/24`.
+    pub ipv4: String,
+    pub mac: String,
+}
+
+/// The last lines a container's process wrote (stdout and stderr, interleaved).
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerLogs {
+    pub lines: Vec<String>,
+}
+
+/// Whether this doppel can run containers, and why not.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuntimeHealth {
+    pub available: bool,
+    /// Why containers cannot run here (they stay `stopped` with this reason).
+    pub reason: Option<String>,
+}
+
+/// `GET /healthz`.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// `ok` while doppel serves.
+    pub status: String,
+    pub runtime: RuntimeHealth,
+}
+
 #[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
@@ -180,6 +268,15 @@ pub struct ContainerDetail {
     pub ssh_public_key: Option<String>,
     pub firewall_rules: Vec<FirewallRule>,
     pub network_rules: Vec<NetworkRule>,
+    /// What it runs.
+    pub command: ContainerCommand,
+    /// When its process last started, and (once it ended) when it ended and how.
+    pub started_at: Option<Millis>,
+    pub stopped_at: Option<Millis>,
+    /// 128 + n when the process was killed by signal n.
+    pub exit_code: Option<i64>,
+    /// Its interfaces, once it has started; the first one's address is where it answers.
+    pub interfaces: Vec<Interface>,
     pub snapshots: Vec<Snapshot>,
     /// Copies of this container that the caller may see.
     pub copies: Vec<ContainerRef>,
@@ -348,6 +445,13 @@ pub struct JobSummary {
     pub source_root_hash: String,
     /// An interrupted earlier run was repaired first.
     pub recovered: bool,
+    /// What differs from what was asked, e.g. a copied static address that would clash
+    /// on the target's network, replaced by a new one.
+    #[serde(default)]
+    pub notes: Vec<String>,
+    /// A sync of a running copy: how long its process was stopped (for the final delta).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downtime_ms: Option<u64>,
     /// Milliseconds spent per phase (scan, plan, transfer, verify, commit).
     pub phase_ms: std::collections::BTreeMap<String, u64>,
 }

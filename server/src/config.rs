@@ -69,3 +69,9 @@ pub fn snapshot_place(
             .join(snapshot_id),
     )
 }
+
+/// A container's runtime bundle on its server: runc's `config.json`, the process's log and
+/// its exit record. Beside the tree, never inside it (a sync would carry it).
+pub fn runtime_dir(storage_root: &Path, container_id: &str) -> PathBuf {
+    storage_root.join("runtime").join(container_id)
+}

@@ -3,8 +3,8 @@
 //! engine. `main.rs` is only the command line; everything here is testable on its own.
 //!
 //! Layers, each using only those below it (`tests/layers.rs` checks the `use` lines):
-//! `serve` (composition root) > `http` > `seed` > `service` > `jobs`, `auth` > `store`,
-//! `events` > `config` > `engine`, `ids`, `rng`. See ARCHITECTURE.md.
+//! `serve` (composition root) > `http` > `seed` > `service` > `jobs` > `lifecycle`, `auth` >
+//! `store`, `events` > `config` > `engine`, `runtime`, `ids`, `rng`. See ARCHITECTURE.md.
 
 pub mod auth;
 pub mod config;
@@ -13,7 +13,9 @@ mod events;
 mod http;
 mod ids;
 mod jobs;
+mod lifecycle;
 pub mod rng;
+pub mod runtime;
 mod seed;
 pub mod serve;
 pub mod service;

@@ -108,6 +108,16 @@ struct ServeArgs {
     #[arg(long, global = true, env = "DOPPEL_MAX_QUEUED_JOBS_PER_PROJECT", default_value_t = 50,
         value_parser = clap::value_parser!(u64).range(1..))]
     max_queued_jobs_per_project: u64,
+    /// Do not run containers (they stay stopped, saying why); otherwise doppel runs them
+    /// with runc when it is root and runc, ip and nft are installed.
+    #[arg(long, global = true, env = "DOPPEL_NO_RUNTIME")]
+    no_runtime: bool,
+    /// The IPv4 addresses containers' networks are taken from, a /24 per network; no other
+    /// interface of this host may use them.
+    #[arg(long, global = true, env = "DOPPEL_CONTAINER_NETWORK",
+        default_value = doppel::serve::RuntimeConfig::DEFAULT_NETWORK,
+        value_parser = doppel::runtime::Ipv4Net::parse)]
+    container_network: doppel::runtime::Ipv4Net,
 }
 
 #[derive(Subcommand)]
@@ -129,6 +139,19 @@ enum Command {
         server: String,
         #[arg(long)]
         name: String,
+    },
+    /// (Internal) The process that runs one container for doppel: `runc run` in its own
+    /// session, its output into a bounded log, its end into the bundle's `exit`.
+    #[command(hide = true)]
+    Shim {
+        #[arg(long)]
+        runc: PathBuf,
+        #[arg(long)]
+        state: PathBuf,
+        #[arg(long)]
+        bundle: PathBuf,
+        #[arg(long)]
+        id: String,
     },
 }
 
@@ -163,11 +186,34 @@ fn init_logging(json: bool) {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Shim {
+        runc,
+        state,
+        bundle,
+        id,
+    }) = cli.command
+    {
+        // No async runtime, no logging setup: a small process that lives as long as its
+        // container.
+        let code = doppel::runtime::shim::run(&doppel::runtime::shim::ShimArgs {
+            runc,
+            state,
+            bundle,
+            id,
+        });
+        return ExitCode::from(code as u8);
+    }
     init_logging(cli.log_json);
-    match run(cli).await {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("doppel: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("doppel: {e:#}");
@@ -200,6 +246,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 streams_per_user: cli.serve.max_streams_per_user as usize,
                 ..Default::default()
             },
+            runtime: doppel::serve::RuntimeConfig {
+                disabled: cli.serve.no_runtime,
+                network: cli.serve.container_network,
+                ..doppel::serve::RuntimeConfig::this_binary()
+            },
         })
         .await;
     }
@@ -212,7 +263,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         );
     }
     match command {
-        Command::Serve => unreachable!("handled above"),
+        Command::Serve | Command::Shim { .. } => unreachable!("handled above"),
         Command::Token(TokenCommand::Create { user, label }) => {
             println!("{}", auth::create_token(&pool, &user, &label).await?);
         }

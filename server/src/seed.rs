@@ -6,11 +6,12 @@ use std::io::Write;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::Path;
 
-use app::model::{ContainerStatus, FirewallRule, NetworkRule, Role};
+use app::model::{ContainerCommand, FirewallRule, NetworkRule, Role};
 
 use crate::auth;
 use crate::config::DataConfig;
 use crate::rng::Rng;
+use crate::runtime::Ipv4Net;
 use crate::service::inventory::{self, InventoryError, NewContainer};
 use crate::store::Db;
 
@@ -106,10 +107,128 @@ pub fn demo_tree(root: &Path, seed: u64, app: &str, mb: usize) -> std::io::Resul
     )?;
     fs::create_dir_all(root.join("tmp"))?;
     fs::set_permissions(root.join("tmp"), fs::Permissions::from_mode(0o1777))?;
-    Ok(())
+    rootfs(root, app, &mut rng)
 }
 
-fn rules_web() -> (Vec<FirewallRule>, Vec<NetworkRule>) {
+/// Where Debian's busybox-static puts its binary.
+const BUSYBOX: [&str; 2] = ["/bin/busybox", "/usr/bin/busybox"];
+/// The busybox applets a demo container has as commands.
+const APPLETS: [&str; 16] = [
+    "sh", "httpd", "hostname", "cat", "ls", "echo", "sleep", "ps", "wget", "env", "date", "ip",
+    "ifconfig", "vi", "grep", "kill",
+];
+
+/// The command of a demo container: busybox's httpd serves `/www` on port 80; the shell
+/// before it ends on SIGTERM (a process 1 has no default signal handlers).
+pub fn demo_command() -> ContainerCommand {
+    ContainerCommand {
+        args: vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            "trap 'echo stopping; exit 0' TERM; echo \"serving /www on port 80 as $(hostname)\"; \
+             httpd -f -vv -p 80 -h /www & wait"
+                .into(),
+        ],
+        env: vec!["LANG=C.UTF-8".into()],
+        cwd: "/".into(),
+    }
+}
+
+/// Makes a demo tree a minimal root filesystem that runs: Debian's static busybox (when
+/// installed; without it the container cannot start, and says so), the directories a
+/// runtime mounts over, `/etc` files, an SSH host key and root's `authorized_keys` (which
+/// a copy must not inherit), and a web page whose CGI script tells the host name.
+fn rootfs(root: &Path, app: &str, rng: &mut Rng) -> std::io::Result<()> {
+    for dir in [
+        "bin",
+        "proc",
+        "sys",
+        "dev",
+        "root/.ssh",
+        "www/cgi-bin",
+        "etc/ssh",
+    ] {
+        fs::create_dir_all(root.join(dir))?;
+    }
+    if let Some(busybox) = BUSYBOX.iter().map(Path::new).find(|p| p.is_file()) {
+        fs::copy(busybox, root.join("bin/busybox"))?;
+        fs::set_permissions(root.join("bin/busybox"), fs::Permissions::from_mode(0o755))?;
+        for applet in APPLETS {
+            symlink("busybox", root.join("bin").join(applet))?;
+        }
+    }
+    write(
+        root,
+        "etc/passwd",
+        b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+        0o644,
+    )?;
+    write(root, "etc/group", b"root:x:0:\nnogroup:x:65534:\n", 0o644)?;
+    let mut id = [0u8; 16];
+    rng.fill(&mut id);
+    write(
+        root,
+        "etc/machine-id",
+        format!("{}\n", hex::encode(id)).as_bytes(),
+        0o444,
+    )?;
+    let mut seed = [0u8; 32];
+    rng.fill(&mut seed);
+    let key = ssh_key::PrivateKey::from(ssh_key::private::Ed25519Keypair::from_seed(&seed));
+    let private = key
+        .to_openssh(ssh_key::LineEnding::LF)
+        .map_err(std::io::Error::other)?;
+    let public = key
+        .public_key()
+        .to_openssh()
+        .map_err(std::io::Error::other)?;
+    write(
+        root,
+        "etc/ssh/ssh_host_ed25519_key",
+        private.as_bytes(),
+        0o600,
+    )?;
+    write(
+        root,
+        "etc/ssh/ssh_host_ed25519_key.pub",
+        format!("{public} root@{app}\n").as_bytes(),
+        0o644,
+    )?;
+    write(
+        root,
+        "root/.ssh/authorized_keys",
+        format!("{public} admin-of-{app}\n").as_bytes(),
+        0o600,
+    )?;
+    write(
+        root,
+        "www/index.html",
+        format!(
+            "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{app}</title></head>\n\
+             <body><h1>{app}</h1>\n<p>This page is served by busybox httpd from the container's \
+             own root.</p>\n<p>Host: <iframe src=\"cgi-bin/host\" height=\"40\"></iframe></p>\n\
+             </body></html>\n"
+        )
+        .as_bytes(),
+        0o644,
+    )?;
+    write(
+        root,
+        "www/cgi-bin/host",
+        b"#!/bin/sh\necho 'Content-Type: text/plain'\necho\nhostname\n",
+        0o755,
+    )
+}
+
+/// web-app's rules: its page (port 80) and SSH from private addresses (the host reaches
+/// containers from its bridges' addresses), nothing else in; a static address on a
+/// network of its own, taken from the container network so it fits any host.
+fn rules_web(pool: Ipv4Net) -> (Vec<FirewallRule>, Vec<NetworkRule>) {
+    let frontend = pool
+        .subnet(200, 24.max(pool.prefix))
+        .or_else(|| pool.subnet(0, 24.max(pool.prefix)))
+        .unwrap_or(pool);
+    let address = frontend.host(10).unwrap_or(frontend.network());
     let rule = |direction: &str, protocol: &str, port: Option<&str>, cidr: &str, action: &str| {
         FirewallRule {
             direction: direction.into(),
@@ -121,23 +240,28 @@ fn rules_web() -> (Vec<FirewallRule>, Vec<NetworkRule>) {
     };
     (
         vec![
-            rule("ingress", "tcp", Some("443"), "0.0.0.0/0", "allow"),
+            rule("ingress", "tcp", Some("80"), "10.0.0.0/8", "allow"),
             rule("ingress", "tcp", Some("22"), "10.0.0.0/8", "allow"),
             rule("ingress", "any", None, "0.0.0.0/0", "deny"),
         ],
         vec![NetworkRule {
             interface: "eth0".into(),
             network: "web-frontend".into(),
-            ipv4: Some("10.20.0.10/24".into()),
+            ipv4: Some(format!("{address}/{}", frontend.prefix)),
             mtu: Some(1450),
         }],
     )
 }
 
-/// Seeds the demo data if the database has no projects yet. Returns whether it did.
-pub async fn seed_if_empty(db: &Db, data: &DataConfig) -> Result<bool, InventoryError> {
+/// Seeds the demo data if the database has no projects yet: `None` if it did not, else
+/// the containers to start (all but edge-proxy, which shows a stopped container).
+pub async fn seed_if_empty(
+    db: &Db,
+    data: &DataConfig,
+    pool: Ipv4Net,
+) -> Result<Option<Vec<String>>, InventoryError> {
     if !db.projects().await?.is_empty() {
-        return Ok(false);
+        return Ok(None);
     }
     let web = inventory::create_project(db, "web-platform", "Customer-facing web services").await?;
     let data_proj =
@@ -171,7 +295,7 @@ pub async fn seed_if_empty(db: &Db, data: &DataConfig) -> Result<bool, Inventory
         })?;
         Ok(dir)
     };
-    let (fw, net) = rules_web();
+    let (fw, net) = rules_web(pool);
     let web_app = inventory::import_container(
         db,
         NewContainer {
@@ -183,6 +307,7 @@ pub async fn seed_if_empty(db: &Db, data: &DataConfig) -> Result<bool, Inventory
             ),
             firewall_rules: fw,
             network_rules: net,
+            command: demo_command(),
             ..Default::default()
         },
         &make("web-app", 1, 3)?,
@@ -196,13 +321,14 @@ pub async fn seed_if_empty(db: &Db, data: &DataConfig) -> Result<bool, Inventory
             .ok_or_else(|| InventoryError::NoServer(a.clone()))?;
         crate::config::container_root(Path::new(&root), &web_app)
     };
-    inventory::import_container(
+    let staging = inventory::import_container(
         db,
         NewContainer {
             project_id: web.clone(),
             server_id: b.clone(),
             name: "web-app-staging".into(),
             source_container_id: Some(web_app.clone()),
+            command: demo_command(),
             ..Default::default()
         },
         &web_root,
@@ -214,7 +340,7 @@ pub async fn seed_if_empty(db: &Db, data: &DataConfig) -> Result<bool, Inventory
             project_id: web.clone(),
             server_id: a.clone(),
             name: "edge-proxy".into(),
-            status: Some(ContainerStatus::Stopped),
+            command: demo_command(),
             ..Default::default()
         },
         &make("edge-proxy", 2, 1)?,
@@ -232,25 +358,27 @@ pub async fn seed_if_empty(db: &Db, data: &DataConfig) -> Result<bool, Inventory
                 ipv4: None,
                 mtu: None,
             }],
+            command: demo_command(),
             ..Default::default()
         },
         &make("db-primary", 3, 4)?,
     )
     .await?;
     inventory::create_snapshot(db, &db_primary, "nightly").await?;
-    inventory::import_container(
+    let etl = inventory::import_container(
         db,
         NewContainer {
             project_id: data_proj.clone(),
             server_id: a.clone(),
             name: "etl-worker".into(),
+            command: demo_command(),
             ..Default::default()
         },
         &make("etl-worker", 4, 2)?,
     )
     .await?;
     let _ = fs::remove_dir_all(&scratch);
-    Ok(true)
+    Ok(Some(vec![web_app, staging, db_primary, etl]))
 }
 
 fn tempfile_dir(data: &DataConfig) -> Result<std::path::PathBuf, InventoryError> {

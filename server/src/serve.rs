@@ -10,6 +10,8 @@ use crate::config::DataConfig;
 pub use crate::http::listener::{serve as serve_http, ConnLimits};
 use crate::http::{self, AppState};
 use crate::jobs::Limits;
+use crate::lifecycle::Lifecycle;
+use crate::runtime::{Ipv4Net, Runtime};
 use crate::service::Service;
 use crate::{auth, seed, store};
 
@@ -25,6 +27,33 @@ pub struct ServeConfig {
     pub limits: Limits,
     /// Header timeout and connection cap.
     pub conn: ConnLimits,
+    /// Running containers: runc, networks.
+    pub runtime: RuntimeConfig,
+}
+
+/// How containers run here.
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    /// `--no-runtime`: containers never start (they stay `stopped`, saying why).
+    pub disabled: bool,
+    /// The addresses containers' networks are taken from (`--container-network`), a /24
+    /// for each network.
+    pub network: Ipv4Net,
+    /// The binary that runs `doppel shim` (this one, normally).
+    pub shim_exe: PathBuf,
+}
+
+impl RuntimeConfig {
+    pub const DEFAULT_NETWORK: &'static str = "10.88.0.0/16";
+
+    /// Containers run with the default network, through this very binary's shim.
+    pub fn this_binary() -> RuntimeConfig {
+        RuntimeConfig {
+            disabled: false,
+            network: Ipv4Net::parse(Self::DEFAULT_NETWORK).expect("a valid network"),
+            shim_exe: std::env::current_exe().unwrap_or_else(|_| "doppel".into()),
+        }
+    }
 }
 
 /// What a started (but not yet listening) doppel consists of.
@@ -60,10 +89,27 @@ pub async fn prepare(cfg: &ServeConfig) -> anyhow::Result<Prepared> {
     std::fs::create_dir_all(&cfg.data.data_dir)?;
     let pool = store::connect(&cfg.data.database_url()).await?;
     let admin_password = auth::bootstrap_admin(&pool).await?;
-    if cfg.demo && seed::seed_if_empty(&pool, &cfg.data).await? {
-        tracing::info!("seeded demo data (start with --no-demo to skip this)");
+    let runtime = Runtime::detect(
+        &cfg.data.data_dir,
+        cfg.runtime.shim_exe.clone(),
+        cfg.runtime.network,
+        cfg.runtime.disabled,
+    )
+    .await;
+    if let Some(why) = runtime.unavailable() {
+        tracing::warn!("containers cannot run here: {why}; they stay stopped");
     }
-    let service = Arc::new(Service::new(pool, cfg.limits));
+    let lifecycle = Lifecycle::new(pool.clone(), Arc::new(runtime));
+    let service = Arc::new(Service::new(pool.clone(), cfg.limits, lifecycle));
+    service.watch_containers().await?;
+    if cfg.demo {
+        if let Some(to_start) = seed::seed_if_empty(&pool, &cfg.data, cfg.runtime.network).await? {
+            tracing::info!("seeded demo data (start with --no-demo to skip this)");
+            for id in to_start {
+                service.start_unattended(&id).await?;
+            }
+        }
+    }
     let resumed = service.resume_jobs().await?;
     if resumed > 0 {
         tracing::info!(resumed, "resumed jobs interrupted by the last stop");

@@ -98,7 +98,7 @@ async fn container_detail_has_snapshots_rules_lineage_and_a_real_root() {
     assert_eq!(c["status"], "running");
     assert_eq!(c["snapshots"][0]["name"], "before-upgrade");
     assert_eq!(c["firewall_rules"].as_array().unwrap().len(), 3);
-    assert_eq!(c["firewall_rules"][0]["port"], "443");
+    assert_eq!(c["firewall_rules"][0]["port"], "80");
     assert_eq!(c["network_rules"][0]["network"], "web-frontend");
     assert_eq!(names(&c["copies"]), ["web-app-staging"]);
     assert!(c["ssh_public_key"]

@@ -34,16 +34,6 @@ impl Drop for RemoveDeep {
     }
 }
 
-/// Kills the server when dropped.
-struct Server(std::process::Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 async fn post(
     client: &reqwest::Client,
     url: &str,
@@ -122,7 +112,7 @@ async fn a_100000_deep_tree_fails_its_jobs_and_never_takes_doppel_down() {
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
-    let mut server = Server(process::serve(&data, port, true));
+    let mut server = process::serve(&data, port, true);
     wait_up(&client, &base).await;
     let token = token(&data);
     let c = container(&client, &base, &token, "web-app").await;
@@ -180,9 +170,9 @@ async fn a_100000_deep_tree_fails_its_jobs_and_never_takes_doppel_down() {
         .unwrap()
         .status()
         .is_success());
-    server.0.kill().unwrap();
-    server.0.wait().unwrap();
-    let _server = Server(process::serve(&data, port, true));
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let _server = process::serve(&data, port, true);
     wait_up(&client, &base).await;
     let job = get_json(&client, &sync_url, &token).await;
     assert_eq!(job["status"], "failed", "{job}");
@@ -220,7 +210,7 @@ async fn an_unreadable_file_or_directory_fails_the_job_instead_of_going_missing(
         .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
-    let _server = Server(serve.spawn().unwrap());
+    let _server = process::Serving::adopt(serve.spawn().unwrap(), &data);
     wait_up(&client, &base).await;
     let out = as_nobody(doppel(&data))
         .args(["token", "create", "--user", "admin"])
@@ -234,10 +224,17 @@ async fn an_unreadable_file_or_directory_fails_the_job_instead_of_going_missing(
     let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
     let c = container(&client, &base, &token, "web-app").await;
     let source = c["id"].as_str().unwrap().to_string();
-    let copy = container(&client, &base, &token, "web-app-staging").await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let staging = container(&client, &base, &token, "web-app-staging").await;
+    let copy = staging["id"].as_str().unwrap().to_string();
+    // Not root: doppel runs no containers, and says why.
+    assert_eq!(staging["status"], "stopped", "{staging}");
+    assert!(
+        staging["status_reason"]
+            .as_str()
+            .unwrap()
+            .contains("not running as root"),
+        "{staging}"
+    );
     let root = PathBuf::from(c["root_path"].as_str().unwrap());
     std::fs::create_dir(root.join("private")).unwrap();
     std::fs::write(root.join("private/key"), b"k").unwrap();
@@ -293,7 +290,7 @@ async fn an_unreadable_file_or_directory_fails_the_job_instead_of_going_missing(
         "{job}"
     );
     let c = get_json(&client, format!("{base}/api/v1/containers/{copy}"), &token).await;
-    assert_eq!(c["status"], "running", "{c}");
+    assert_eq!(c["status"], staging["status"], "as before the sync: {c}");
     assert!(!PathBuf::from(c["root_path"].as_str().unwrap())
         .join("secret.txt")
         .exists());
@@ -326,9 +323,11 @@ async fn half_sent_and_idle_connections_are_closed_but_event_streams_are_not() {
     serve
         .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
         .args(["--header-timeout", "2", "--max-connections", "8"])
+        .arg("--container-network")
+        .arg(process::test_network().to_string())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
-    let _server = Server(serve.spawn().unwrap());
+    let _server = process::Serving::adopt(serve.spawn().unwrap(), &data);
     wait_up(&client, &base).await;
     let token = token(&data);
 
@@ -440,11 +439,13 @@ fn free_mib(dir: &Path) -> u64 {
 async fn a_full_disk_fails_the_copy_cleanly_and_doppel_goes_on() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let _fs = Tmpfs::mount(&data, "96m");
+    // The demo data (about 40 MiB, busybox in each tree) fits; the grown source's copy
+    // does not.
+    let _fs = Tmpfs::mount(&data, "112m");
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
-    let mut server = Server(process::serve(&data, port, true));
+    let mut server = process::serve(&data, port, true);
     wait_up(&client, &base).await;
     let token = token(&data);
     let web_app = container(&client, &base, &token, "web-app").await;
@@ -544,6 +545,6 @@ async fn a_full_disk_fails_the_copy_cleanly_and_doppel_goes_on() {
     )
     .await;
     assert_eq!(job["status"], "succeeded", "{job}");
-    server.0.kill().unwrap();
-    server.0.wait().unwrap();
+    server.kill().unwrap();
+    server.wait().unwrap();
 }

@@ -886,17 +886,26 @@ async fn a_copy_takes_what_its_target_server_already_holds() {
     let (first, second) = (&summaries[0], &summaries[1]);
     assert_eq!(n(first, "content_bytes"), n(first, "tree_bytes"), "{first}");
     assert!(n(first, "tree_bytes") > 0);
-    // All of it was on local-c but the first copy's own host name, which differs.
+    // All of it was on local-c but the first copy's own identity files (host name,
+    // machine id, host keys, authorized_keys), which differ from the source's.
     let (_, src) = s
         .get(&format!("/api/v1/containers/{web_app}"), &s.admin_token)
         .await;
-    let hostname = std::fs::metadata(tree_root(&src).join("etc/hostname"))
+    let identity: u64 = second["identity_files"]
+        .as_array()
         .unwrap()
-        .len();
-    assert_eq!(n(second, "content_bytes"), hostname, "{second}");
+        .iter()
+        .map(|p| {
+            std::fs::metadata(tree_root(&src).join(p.as_str().unwrap()))
+                .unwrap()
+                .len()
+        })
+        .sum();
+    assert!(identity > 0);
+    assert_eq!(n(second, "content_bytes"), identity, "{second}");
     assert_eq!(
         n(second, "reused_bytes"),
-        n(second, "tree_bytes") - hostname,
+        n(second, "tree_bytes") - identity,
         "{second}"
     );
 }
@@ -1097,10 +1106,10 @@ async fn a_first_copy_takes_content_only_from_trees_of_its_own_projects() {
                 project_id: project,
                 server_id: server,
                 name: name.into(),
-                status: None,
                 ssh_public_key: None,
                 firewall_rules: Vec::new(),
                 network_rules: Vec::new(),
+                command: Default::default(),
                 source_container_id: None,
             };
             import_container(db, new, &tree).await.unwrap()

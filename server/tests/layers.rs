@@ -11,15 +11,17 @@ const LAYERS: &[(&str, u32)] = &[
     ("ids", 0),
     ("rng", 0),
     ("engine", 1),
+    ("runtime", 1),
     ("config", 2),
     ("store", 3),
     ("events", 3),
     ("auth", 4),
-    ("jobs", 4),
-    ("service", 5),
-    ("seed", 6),
-    ("http", 7),
-    ("serve", 8),
+    ("lifecycle", 4),
+    ("jobs", 5),
+    ("service", 6),
+    ("seed", 7),
+    ("http", 8),
+    ("serve", 9),
 ];
 
 /// The one module that may name a database driver (`sqlx`, `rusqlite`): everything else

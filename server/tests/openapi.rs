@@ -53,6 +53,7 @@ async fn every_documented_operation_answers_as_documented() {
                 "get" => TestServer::client().get(url),
                 // Empty bodies: a validation error, which must be documented too.
                 "post" => TestServer::client().post(url).json(&serde_json::json!({})),
+                "put" => TestServer::client().put(url).json(&serde_json::json!({})),
                 m => panic!("{path}: method {m} not covered"),
             };
             let resp = req.bearer_auth(&s.admin_token).send().await.unwrap();

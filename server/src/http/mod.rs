@@ -60,6 +60,13 @@ impl FromRef<AppState> for Arc<Service> {
     }
 }
 
+/// Serving, and whether containers can run here (and why not).
+async fn healthz(
+    axum::extract::State(st): axum::extract::State<AppState>,
+) -> axum::Json<app::model::Health> {
+    axum::Json(st.service.health())
+}
+
 pub fn router(state: AppState) -> Router {
     let backend: SharedBackend = state.service.clone();
     let fallback_backend = backend.clone();
@@ -77,7 +84,7 @@ pub fn router(state: AppState) -> Router {
         .nest("/api/v1", api::routes())
         .route("/auth/login", post(session::login))
         .route("/auth/logout", post(session::logout))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .leptos_routes_with_context(
             &state,
             routes,

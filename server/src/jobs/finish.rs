@@ -27,11 +27,23 @@ impl JobRunner {
                 (JobStatus::Failed, Some(e.to_string()))
             }
         };
-        // A finished copy starts automatically and a sync returns its target to its status.
-        // A copy that did not finish leaves no tree: the container is failed. A sync that
-        // did not finish left the copy as it was: its status comes back.
+        // A finished copy starts automatically (before the job ends, so whoever sees the job
+        // done sees the copy running, or stopped with the reason it is not), and a sync
+        // returns its target to its status. A copy that did not finish leaves no tree: the
+        // container is failed. A sync that did not finish left the copy as it was: its
+        // status comes back.
+        let mut result = result;
         let (container_status, reason) = match (&error, kind) {
-            (None, JobKind::Copy) => (ContainerStatus::Running, None),
+            (None, JobKind::Copy) => {
+                let started = self
+                    .lifecycle
+                    .start(target_id, &[ContainerStatus::Copying])
+                    .await?;
+                if let Ok(summary) = &mut result {
+                    summary.notes.extend(started.notes);
+                }
+                (started.status, started.reason)
+            }
             (None, JobKind::Sync) => (previous, None),
             (Some(m), JobKind::Copy) => (
                 ContainerStatus::Failed,

@@ -19,6 +19,7 @@ use tokio::sync::{
 use crate::config::{container_place, snapshot_place};
 use crate::engine::{self, Control, EngineError, Place};
 use crate::events::EventHub;
+use crate::lifecycle::Lifecycle;
 use crate::store::{Db, DbError};
 use progress::ProgressReporter;
 use thread::{run_in_background, without_paths};
@@ -82,6 +83,8 @@ pub struct JobRunner {
     /// Controls of queued and running jobs, to cancel them (the notification wakes a job
     /// still waiting for a slot).
     active: Mutex<HashMap<String, (Control, Arc<Notify>)>>,
+    /// Starts a finished copy (a copy is a container that runs).
+    lifecycle: Arc<Lifecycle>,
 }
 
 /// A container lock held by a job or snapshot (until it is dropped).
@@ -98,7 +101,7 @@ pub struct SnapshotHold {
 }
 
 impl JobRunner {
-    pub fn new(db: Db, limits: Limits) -> Arc<JobRunner> {
+    pub fn new(db: Db, limits: Limits, lifecycle: Arc<Lifecycle>) -> Arc<JobRunner> {
         Arc::new(JobRunner {
             db,
             hub: Arc::new(EventHub::new()),
@@ -107,6 +110,7 @@ impl JobRunner {
             per_server: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
             active: Mutex::new(HashMap::new()),
+            lifecycle,
         })
     }
 

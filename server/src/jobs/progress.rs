@@ -216,10 +216,10 @@ mod tests {
     async fn progress_events_come_at_most_every_interval_and_a_held_back_state_follows() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("t.db").display());
-        let runner = JobRunner::new(
-            crate::store::connect(&url).await.unwrap(),
-            Limits::default(),
-        );
+        let db = crate::store::connect(&url).await.unwrap();
+        let runtime = crate::runtime::Runtime::none("a unit test");
+        let lifecycle = crate::lifecycle::Lifecycle::new(db.clone(), Arc::new(runtime));
+        let runner = JobRunner::new(db, Limits::default(), lifecycle);
         let mut seen = runner.hub.peek_id().saturating_sub(1);
         let job = crate::events::test_job("a", JobStatus::Running);
         let reporter = Arc::new(ProgressReporter::new(runner.clone(), job));

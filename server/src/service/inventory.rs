@@ -3,7 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use app::model::{validate_container_name, ContainerStatus, FirewallRule, NetworkRule, Role};
+use app::model::{
+    validate_container_name, ContainerCommand, ContainerStatus, FirewallRule, NetworkRule, Role,
+};
 
 use crate::config::{container_place, snapshot_place, DataConfig};
 use crate::engine::{self, Control, EngineError, Place, Summary};
@@ -138,10 +140,11 @@ pub struct NewContainer {
     pub project_id: String,
     pub server_id: String,
     pub name: String,
-    pub status: Option<ContainerStatus>,
     pub ssh_public_key: Option<String>,
     pub firewall_rules: Vec<FirewallRule>,
     pub network_rules: Vec<NetworkRule>,
+    /// What it runs (empty: nothing; it cannot start until it has a command).
+    pub command: ContainerCommand,
     /// For a copy made outside the job runner (demo data): its source and matched state.
     pub source_container_id: Option<String>,
 }
@@ -179,7 +182,9 @@ pub async fn import_container(
         tracing::warn!(path = %skipped, "device file or socket not imported");
     }
     let now = now_ms();
-    let status = new.status.unwrap_or(ContainerStatus::Running);
+    // An imported container runs only once started: no status claims a process that
+    // does not exist.
+    let status = ContainerStatus::Stopped;
     let res = db
         .insert_imported(ImportedContainer {
             id: &id,
@@ -192,6 +197,7 @@ pub async fn import_container(
                 .unwrap_or_else(|_| "[]".into()),
             network_rules: serde_json::to_string(&new.network_rules)
                 .unwrap_or_else(|_| "[]".into()),
+            command: serde_json::to_string(&new.command).unwrap_or_else(|_| "{}".into()),
             source_container_id: new.source_container_id.as_deref(),
             file_count: stats.tree_files as i64,
             size_bytes: stats.tree_bytes as i64,

@@ -9,6 +9,7 @@ mod copy;
 pub mod inventory;
 mod jobs;
 mod login_throttle;
+mod running;
 mod sessions;
 mod snapshots;
 mod sync;
@@ -23,9 +24,11 @@ use app::model::*;
 use crate::auth::TokenCache;
 use crate::events::EventHub;
 use crate::jobs::{JobRunner, Limits};
+use crate::lifecycle::Lifecycle;
 use crate::store::{Db, DbError};
 
 pub use copy::parse_ssh_public_key;
+pub use running::{MAX_LOG_LINES, MAX_STOP_GRACE_S};
 pub use sessions::LoginOutcome;
 use sync_status::SharedProbes;
 
@@ -40,6 +43,8 @@ pub struct Service {
     logins: login_throttle::LoginThrottle,
     /// Walks of sources under way, shared by sync status loads (see `SharedProbes`).
     probes: SharedProbes,
+    /// Containers' processes (start, stop, the watch that keeps statuses true).
+    lifecycle: Arc<Lifecycle>,
 }
 
 /// Logs an unexpected failure and gives the user a generic error (details stay in the log).
@@ -60,8 +65,8 @@ fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
 }
 
 impl Service {
-    pub fn new(db: Db, limits: Limits) -> Self {
-        let jobs = JobRunner::new(db.clone(), limits);
+    pub fn new(db: Db, limits: Limits, lifecycle: Arc<Lifecycle>) -> Self {
+        let jobs = JobRunner::new(db.clone(), limits, lifecycle.clone());
         Service {
             db,
             jobs,
@@ -69,7 +74,28 @@ impl Service {
             tokens: TokenCache::new(std::time::Duration::from_secs(2)),
             logins: Default::default(),
             probes: SharedProbes::default(),
+            lifecycle,
         }
+    }
+
+    /// After a start: every container's status from what runs (containers outlive doppel),
+    /// then a check every few seconds for as long as doppel runs.
+    pub async fn watch_containers(&self) -> Result<(), DbError> {
+        self.lifecycle.reconcile(true).await?;
+        self.lifecycle.watch();
+        Ok(())
+    }
+
+    /// Starts a container without a caller (the demo data's first start).
+    pub async fn start_unattended(&self, id: &str) -> Result<(), DbError> {
+        let outcome = self
+            .lifecycle
+            .start(id, &[ContainerStatus::Stopped])
+            .await?;
+        if let Some(reason) = outcome.reason {
+            tracing::warn!(container = %id, %reason, "not started");
+        }
+        Ok(())
     }
 
     /// The event hub every job's events go through (the HTTP layer streams it).
@@ -168,5 +194,33 @@ impl Backend for Service {
 
     async fn sync_status(&self, user: &UserInfo) -> Result<Vec<CopyStatus>, ApiError> {
         Service::sync_status(self, user).await
+    }
+
+    async fn start_container(
+        &self,
+        user: &UserInfo,
+        id: &str,
+    ) -> Result<ContainerDetail, ApiError> {
+        Service::start_container(self, user, id).await
+    }
+
+    async fn stop_container(&self, user: &UserInfo, id: &str) -> Result<ContainerDetail, ApiError> {
+        Service::stop_container(self, user, id, None).await
+    }
+
+    async fn restart_container(
+        &self,
+        user: &UserInfo,
+        id: &str,
+    ) -> Result<ContainerDetail, ApiError> {
+        Service::restart_container(self, user, id, None).await
+    }
+
+    async fn container_logs(&self, user: &UserInfo, id: &str) -> Result<ContainerLogs, ApiError> {
+        Service::container_logs(self, user, id, None).await
+    }
+
+    fn health(&self) -> Health {
+        Service::health(self)
     }
 }

@@ -24,6 +24,7 @@ pub(crate) struct NewCopy {
     pub(crate) ssh_public_key: Option<String>,
     pub(crate) firewall_rules: String,
     pub(crate) network_rules: String,
+    pub(crate) command: String,
     pub(crate) requested_by: String,
     pub(crate) params: String,
     pub(crate) idempotency_key: Option<String>,
@@ -59,8 +60,8 @@ impl NewCopy {
         execute(
             c,
             "INSERT INTO containers (id, name, project_id, server_id, status, ssh_public_key,
-                firewall_rules, network_rules, source_container_id, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $10, $5, $6, $7, $8, $9, $9)",
+                firewall_rules, network_rules, source_container_id, created_at, updated_at, command)
+             VALUES ($1, $2, $3, $4, $10, $5, $6, $7, $8, $9, $9, $11)",
             &[
                 &self.id,
                 &self.name,
@@ -72,6 +73,7 @@ impl NewCopy {
                 &self.source_id,
                 &self.now,
                 &ContainerStatus::Copying.as_str(),
+                &self.command,
             ],
         )?;
         execute(
@@ -134,6 +136,7 @@ pub(crate) struct ImportedContainer<'a> {
     pub(crate) ssh_public_key: Option<&'a str>,
     pub(crate) firewall_rules: String,
     pub(crate) network_rules: String,
+    pub(crate) command: String,
     pub(crate) source_container_id: Option<&'a str>,
     pub(crate) file_count: i64,
     pub(crate) size_bytes: i64,
@@ -313,8 +316,8 @@ impl Db {
         self.write(
             "INSERT INTO containers (id, name, project_id, server_id, status, ssh_public_key,
                 firewall_rules, network_rules, source_container_id, last_synced_at,
-                file_count, size_bytes, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13)",
+                file_count, size_bytes, created_at, updated_at, command)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $14)",
             vec![
                 Arg::arg(c.id),
                 Arg::arg(c.name),
@@ -329,6 +332,7 @@ impl Db {
                 Arg::arg(c.file_count),
                 Arg::arg(c.size_bytes),
                 Arg::arg(c.now),
+                Arg::arg(&c.command),
             ],
         )
         .await?;

@@ -7,6 +7,7 @@ use super::SyncConn;
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0001_initial.sql"),
     include_str!("../../migrations/0002_request_fingerprint.sql"),
+    include_str!("../../migrations/0003_running_containers.sql"),
 ];
 
 pub(super) fn migrate(conn: &SyncConn) -> rusqlite::Result<()> {

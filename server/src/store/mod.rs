@@ -32,6 +32,7 @@ mod jobs;
 mod migrate;
 mod projects;
 mod rows;
+mod runs;
 mod snapshots;
 mod sql;
 mod users;
@@ -40,6 +41,7 @@ pub(crate) use containers::{ImportedContainer, NewCopy, Refusal};
 pub(crate) use jobs::{JobEnd, NewSync};
 pub(crate) use projects::ServerRow;
 pub(crate) use rows::{job_from_row, ContainerRow, CONTAINER_SELECT};
+pub(crate) use runs::{JsonColumn, NetworkRow, RunRecord};
 pub(crate) use snapshots::NewSnapshot;
 pub(crate) use sql::{execute, is_unique_violation, query_first, unique_violation, Arg, Cols};
 

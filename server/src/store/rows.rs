@@ -26,6 +26,13 @@ pub(crate) struct ContainerRow {
     pub(crate) size_bytes: i64,
     pub(crate) created_at: i64,
     pub(crate) updated_at: i64,
+    /// JSON: the process (`app::model::ContainerCommand`).
+    pub(crate) command: String,
+    pub(crate) started_at: Option<i64>,
+    pub(crate) stopped_at: Option<i64>,
+    pub(crate) exit_code: Option<i64>,
+    /// JSON: the interfaces of its namespace (`app::model::Interface`).
+    pub(crate) interfaces: String,
     pub(crate) src_name: Option<String>,
     pub(crate) src_project_id: Option<String>,
     pub(crate) src_project_name: Option<String>,
@@ -36,6 +43,7 @@ pub(crate) const CONTAINER_SELECT: &str =
         p.name AS project_name, c.server_id, s.name AS server_name, s.storage_root,
         c.ssh_public_key, c.firewall_rules, c.network_rules, c.source_container_id,
         c.source_state, c.last_synced_at, c.file_count, c.size_bytes, c.created_at, c.updated_at,
+        c.command, c.started_at, c.stopped_at, c.exit_code, c.interfaces,
         src.name AS src_name, src.project_id AS src_project_id, sp.name AS src_project_name
     FROM containers c
     JOIN projects p ON p.id = c.project_id
@@ -65,6 +73,11 @@ impl ContainerRow {
             size_bytes: r.col("size_bytes"),
             created_at: r.col("created_at"),
             updated_at: r.col("updated_at"),
+            command: r.col("command"),
+            started_at: r.col("started_at"),
+            stopped_at: r.col("stopped_at"),
+            exit_code: r.col("exit_code"),
+            interfaces: r.col("interfaces"),
             src_name: r.col("src_name"),
             src_project_id: r.col("src_project_id"),
             src_project_name: r.col("src_project_name"),

@@ -5,8 +5,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use doppel::config::DataConfig;
-use doppel::serve::{self, ServeConfig};
+use doppel::serve::{self, RuntimeConfig, ServeConfig};
 use doppel::service::Service;
+
+#[path = "process.rs"]
+pub mod process;
+
+pub use process::test_network;
 
 pub struct TestServer {
     pub base: String,
@@ -30,6 +35,11 @@ impl TestServer {
             site_root: data_dir.path().join("site"),
             limits: Default::default(),
             conn: Default::default(),
+            runtime: RuntimeConfig {
+                disabled: false,
+                network: test_network(),
+                shim_exe: env!("CARGO_BIN_EXE_doppel").into(),
+            },
         };
         let prepared = serve::prepare(&cfg).await.expect("doppel starts");
         let admin_password = prepared
@@ -57,6 +67,24 @@ impl TestServer {
             alice_token,
             admin_password,
             data_dir,
+        }
+    }
+
+    /// Waits until the container has this status (or panics after `secs`).
+    pub async fn wait_status(&self, id: &str, want: &str, secs: u64) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            let (_, c) = self
+                .get(&format!("/api/v1/containers/{id}"), &self.admin_token)
+                .await;
+            if c["status"] == want {
+                return c;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "container {id} is not {want} after {secs} s: {c}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
     }
 
@@ -113,5 +141,13 @@ impl TestServer {
             .as_str()
             .unwrap()
             .to_string()
+    }
+}
+
+/// Whatever a test's doppel ran on this host (containers, namespaces, veths, bridges) goes
+/// with it, whether the test passed or not.
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        doppel::runtime::purge(self.data_dir.path());
     }
 }

@@ -4,7 +4,19 @@
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+
+/// A container network of its own for each doppel a test starts: tests run side by side on
+/// one host, and two bridges with one subnet would make both unreachable (doppel refuses
+/// a network another interface already uses).
+pub fn test_network() -> doppel::runtime::Ipv4Net {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let second = 100 + (std::process::id() % 100);
+    let third = (n % 16) * 16;
+    doppel::runtime::Ipv4Net::parse(&format!("10.{second}.{third}.0/20")).unwrap()
+}
 
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -27,17 +39,63 @@ pub fn doppel(data: &Path) -> Command {
     c
 }
 
-/// `doppel serve` on a loopback port, with or without the demo data.
-pub fn serve(data: &Path, port: u16, demo: bool) -> Child {
+/// A `doppel serve` process. When dropped: killed, and whatever it ran on this host
+/// (containers, namespaces, veths, bridges) removed, test passed or not.
+pub struct Serving {
+    child: Child,
+    data: std::path::PathBuf,
+}
+
+impl Serving {
+    /// A doppel started otherwise (another user, other flags), removed the same way.
+    pub fn adopt(child: Child, data: &Path) -> Serving {
+        Serving {
+            child,
+            data: data.to_path_buf(),
+        }
+    }
+}
+
+impl std::ops::Deref for Serving {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.child
+    }
+}
+
+impl std::ops::DerefMut for Serving {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.child
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        doppel::runtime::purge(&self.data);
+    }
+}
+
+/// `doppel serve` on a loopback port, with or without the demo data, with a container
+/// network of its own.
+pub fn serve(data: &Path, port: u16, demo: bool) -> Serving {
     let mut c = doppel(data);
-    c.args(["serve", "--addr", &format!("127.0.0.1:{port}")]);
+    c.args(["serve", "--addr", &format!("127.0.0.1:{port}")])
+        .arg("--container-network")
+        .arg(test_network().to_string());
     if !demo {
         c.arg("--no-demo");
     }
-    c.stdout(Stdio::null())
+    let child = c
+        .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap()
+        .unwrap();
+    Serving {
+        child,
+        data: data.to_path_buf(),
+    }
 }
 
 /// Waits until the server at `base` answers its health check.

@@ -5,6 +5,7 @@
 mod containers;
 mod jobs;
 mod openapi;
+mod running;
 mod sse;
 mod sync_status;
 
@@ -38,6 +39,13 @@ fn routes_and_document() -> (Router<AppState>, utoipa::openapi::OpenApi) {
             containers::list_snapshots,
             containers::create_snapshot
         ))
+        .routes(routes!(running::start_container))
+        .routes(routes!(running::stop_container))
+        .routes(routes!(running::restart_container))
+        .routes(routes!(running::container_logs))
+        .routes(routes!(running::set_command))
+        .routes(routes!(running::set_firewall_rules))
+        .routes(routes!(running::set_network_rules))
         .routes(routes!(jobs::list_jobs))
         .routes(routes!(jobs::get_job))
         .routes(routes!(jobs::cancel_job))

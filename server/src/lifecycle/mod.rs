@@ -1,0 +1,374 @@
+//! Containers' processes, kept true: start, stop and restart through the runtime, each
+//! recorded in the database, and a watch that notices a process that ended (every
+//! `WATCH_EVERY`) and, at doppel's start, corrects every status from what runc reports.
+//! Containers outlive doppel (their shims are not its children), so a restart re-attaches.
+
+mod network;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use app::model::{ContainerCommand, ContainerStatus, FirewallRule};
+use parking_lot::Mutex;
+
+use crate::config::{container_root, runtime_dir};
+use crate::runtime::{oci, shim, Observed, RunSpec, Runtime};
+use crate::store::{ContainerRow, Db, DbError, JsonColumn, RunRecord};
+
+/// How often running containers are checked.
+pub const WATCH_EVERY: Duration = Duration::from_secs(2);
+
+/// Statuses a start or stop may change (never a job's `copying` or `syncing`).
+const SETTLED: [ContainerStatus; 3] = [
+    ContainerStatus::Running,
+    ContainerStatus::Stopped,
+    ContainerStatus::Failed,
+];
+
+pub struct Lifecycle {
+    db: Db,
+    pub runtime: Arc<Runtime>,
+    /// One start, stop or check at a time per container.
+    busy: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Address and subnet planning, one at a time.
+    allocating: tokio::sync::Mutex<()>,
+}
+
+/// How a container stands after a start or stop.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub status: ContainerStatus,
+    pub reason: Option<String>,
+    /// What the start did other than asked (a copy's clashing address replaced).
+    pub notes: Vec<String>,
+}
+
+impl Outcome {
+    fn stopped(reason: Option<String>) -> Outcome {
+        Outcome {
+            status: ContainerStatus::Stopped,
+            reason,
+            notes: Vec::new(),
+        }
+    }
+}
+
+impl RunRecord {
+    fn running(now: i64) -> RunRecord {
+        RunRecord {
+            status: ContainerStatus::Running,
+            reason: None,
+            started_at: Some(now),
+            stopped_at: None,
+            exit_code: None,
+        }
+    }
+
+    fn not_started(reason: &str) -> RunRecord {
+        RunRecord {
+            status: ContainerStatus::Stopped,
+            reason: Some(reason.to_string()),
+            started_at: None,
+            stopped_at: None,
+            exit_code: None,
+        }
+    }
+}
+
+impl Lifecycle {
+    pub fn new(db: Db, runtime: Arc<Runtime>) -> Arc<Lifecycle> {
+        Arc::new(Lifecycle {
+            db,
+            runtime,
+            busy: Mutex::new(HashMap::new()),
+            allocating: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    fn lock_of(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.busy.lock().entry(id.to_string()).or_default().clone()
+    }
+
+    fn bundle(row: &ContainerRow) -> PathBuf {
+        runtime_dir(Path::new(&row.storage_root), &row.id)
+    }
+
+    /// Starts a container whose status is one of `from` (the lifecycle's own statuses, or
+    /// `copying` for a copy that just finished) and records how that went: `running`, or
+    /// `stopped` with the reason. A container already running stays as it is.
+    pub async fn start(&self, id: &str, from: &[ContainerStatus]) -> Result<Outcome, DbError> {
+        let lock = self.lock_of(id);
+        let _one = lock.lock().await;
+        let Some(row) = self.db.container(id).await? else {
+            return Ok(Outcome::stopped(Some("no such container".into())));
+        };
+        if row.status == ContainerStatus::Running.as_str() {
+            return Ok(Outcome {
+                status: ContainerStatus::Running,
+                reason: None,
+                notes: Vec::new(),
+            });
+        }
+        let mut notes = Vec::new();
+        let now = crate::ids::now_ms();
+        let (record, reason) = match self.launch(&row, &mut notes).await {
+            Ok(Observed::Running { .. }) => (RunRecord::running(now), None),
+            Ok(Observed::Exited(exit)) => {
+                let reason = format!("its process exited at once with code {}", exit.code);
+                let record = RunRecord {
+                    status: ContainerStatus::Stopped,
+                    reason: Some(reason.clone()),
+                    started_at: Some(now),
+                    stopped_at: Some(exit.at),
+                    exit_code: Some(exit.code as i64),
+                };
+                (record, Some(reason))
+            }
+            Ok(Observed::Gone) => {
+                let reason = "start failed: no process".to_string();
+                (RunRecord::not_started(&reason), Some(reason))
+            }
+            Err(reason) => (RunRecord::not_started(&reason), Some(reason)),
+        };
+        let status = record.status;
+        self.db.record_run(id, record, from).await?;
+        Ok(Outcome {
+            status,
+            reason,
+            notes,
+        })
+    }
+
+    /// What a start does on the host; `Err` is the reason it did not start.
+    async fn launch(
+        &self,
+        row: &ContainerRow,
+        notes: &mut Vec<String>,
+    ) -> Result<Observed, String> {
+        if let Some(why) = self.runtime.unavailable() {
+            return Err(format!("not started: no container runtime here ({why})"));
+        }
+        let command: ContainerCommand = serde_json::from_str(&row.command)
+            .map_err(|e| format!("not started: its command cannot be read ({e})"))?;
+        if command.args.is_empty() {
+            return Err(format!(
+                "not started: it has no command (set one with PUT /api/v1/containers/{}/command)",
+                row.id
+            ));
+        }
+        let firewall: Vec<FirewallRule> = serde_json::from_str(&row.firewall_rules)
+            .map_err(|e| format!("not started: its firewall rules cannot be read ({e})"))?;
+        let plan = self
+            .plan_network(row)
+            .await
+            .map_err(|e| format!("not started: {e}"))?;
+        notes.extend(plan.notes);
+        let json = serde_json::to_string(&plan.interfaces).unwrap_or_else(|_| "[]".into());
+        if json != row.interfaces {
+            self.db
+                .set_container_json(&row.id, JsonColumn::Interfaces, json)
+                .await
+                .map_err(|e| format!("not started: {e}"))?;
+        }
+        let rootfs = container_root(Path::new(&row.storage_root), &row.id);
+        let bundle = Self::bundle(row);
+        let spec = RunSpec {
+            id: &row.id,
+            bundle: &bundle,
+            rootfs: &rootfs,
+            hostname: &row.name,
+            process: oci::ProcessSpec {
+                args: &command.args,
+                env: &command.env,
+                cwd: &command.cwd,
+            },
+            attachments: &plan.attachments,
+            firewall: &firewall,
+        };
+        self.runtime
+            .start(&spec)
+            .await
+            .map_err(|e| format!("start failed: {e}"))
+    }
+
+    /// Stops a container (SIGTERM, `grace`, SIGKILL) and records how its process ended.
+    pub async fn stop(&self, id: &str, grace: Duration) -> Result<Outcome, DbError> {
+        let lock = self.lock_of(id);
+        let _one = lock.lock().await;
+        self.stop_locked(id, grace).await
+    }
+
+    async fn stop_locked(&self, id: &str, grace: Duration) -> Result<Outcome, DbError> {
+        let Some(row) = self.db.container(id).await? else {
+            return Ok(Outcome::stopped(None));
+        };
+        let status = ContainerStatus::parse(&row.status).unwrap_or(ContainerStatus::Stopped);
+        if status != ContainerStatus::Running {
+            // Nothing runs; a stop says so and changes nothing (idempotent).
+            return Ok(Outcome {
+                status,
+                reason: row.status_reason,
+                notes: Vec::new(),
+            });
+        }
+        let exit = if self.runtime.unavailable().is_some() {
+            None
+        } else {
+            self.runtime
+                .stop(id, &Self::bundle(&row), interface_count(&row), grace)
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::warn!(container = %id, error = %e, "stop");
+                    None
+                })
+        };
+        let record = RunRecord {
+            status: ContainerStatus::Stopped,
+            reason: None,
+            started_at: row.started_at,
+            stopped_at: Some(exit.map_or_else(crate::ids::now_ms, |e| e.at)),
+            exit_code: exit.map(|e| e.code as i64),
+        };
+        self.db.record_run(id, record, &SETTLED).await?;
+        Ok(Outcome::stopped(None))
+    }
+
+    /// Stop, then start, as one step no other start or stop comes between.
+    pub async fn restart(&self, id: &str, grace: Duration) -> Result<Outcome, DbError> {
+        let lock = self.lock_of(id);
+        let outcome = {
+            let _one = lock.lock().await;
+            self.stop_locked(id, grace).await?
+        };
+        if outcome.status != ContainerStatus::Stopped {
+            return Ok(outcome);
+        }
+        // `start` takes the lock again; a stop that slips in between wins, as it should.
+        self.start(id, &SETTLED).await
+    }
+
+    /// Loads a container's firewall rules again while it runs.
+    pub(crate) async fn apply_firewall(
+        &self,
+        row: &ContainerRow,
+        rules: &[FirewallRule],
+    ) -> Result<(), String> {
+        if row.status != ContainerStatus::Running.as_str() || self.runtime.unavailable().is_some() {
+            return Ok(());
+        }
+        self.runtime
+            .apply_firewall(&row.id, rules)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// The last lines of a container's output.
+    pub(crate) fn logs(&self, row: &ContainerRow, lines: usize) -> Vec<String> {
+        shim::tail(&Self::bundle(row), lines)
+    }
+
+    /// Makes every status true: a `running` container whose process ended is `stopped`
+    /// with its exit code; with `at_start`, a `stopped` one runc still runs is `running`.
+    pub async fn reconcile(&self, at_start: bool) -> Result<(), DbError> {
+        let mut rows = self.db.containers_in(ContainerStatus::Running).await?;
+        if at_start {
+            rows.extend(self.db.containers_in(ContainerStatus::Stopped).await?);
+        }
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let listed = match self.runtime.unavailable() {
+            Some(_) => Default::default(),
+            None => match self.runtime.list().await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "runc list");
+                    return Ok(());
+                }
+            },
+        };
+        for row in rows {
+            let lock = self.lock_of(&row.id);
+            // A start or stop under way will record the truth itself.
+            let Ok(_one) = lock.try_lock() else { continue };
+            let observed = Runtime::observe(&listed, &row.id, &Self::bundle(&row));
+            let running = row.status == ContainerStatus::Running.as_str();
+            let record = match (running, observed) {
+                (true, Observed::Running { .. }) => continue,
+                (false, Observed::Running { .. }) => RunRecord {
+                    status: ContainerStatus::Running,
+                    reason: None,
+                    started_at: row.started_at,
+                    stopped_at: None,
+                    exit_code: None,
+                },
+                (false, _) => continue,
+                (true, Observed::Exited(exit)) => RunRecord {
+                    status: ContainerStatus::Stopped,
+                    reason: Some(format!("its process exited with code {}", exit.code)),
+                    started_at: row.started_at,
+                    stopped_at: Some(exit.at),
+                    exit_code: Some(exit.code as i64),
+                },
+                (true, Observed::Gone) => RunRecord {
+                    status: ContainerStatus::Stopped,
+                    reason: Some(match self.runtime.unavailable() {
+                        Some(why) => format!("not running: no container runtime here ({why})"),
+                        None => {
+                            "its process is gone and left no exit code (the host restarted?)".into()
+                        }
+                    }),
+                    started_at: row.started_at,
+                    stopped_at: Some(crate::ids::now_ms()),
+                    exit_code: None,
+                },
+            };
+            let stopping = record.status == ContainerStatus::Stopped;
+            let from = if running {
+                ContainerStatus::Running
+            } else {
+                ContainerStatus::Stopped
+            };
+            if self.db.record_run(&row.id, record, &[from]).await? && stopping {
+                tracing::info!(container = %row.id, name = %row.name, "process ended");
+                if self.runtime.unavailable().is_none() {
+                    // Its network goes with it.
+                    let _ = self
+                        .runtime
+                        .stop(
+                            &row.id,
+                            &Self::bundle(&row),
+                            interface_count(&row),
+                            Duration::ZERO,
+                        )
+                        .await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks running containers every `WATCH_EVERY`, for as long as doppel runs.
+    pub fn watch(self: &Arc<Self>) {
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(WATCH_EVERY).await;
+                let Some(me) = me.upgrade() else { return };
+                if let Err(e) = me.reconcile(false).await {
+                    tracing::warn!(error = %e, "checking containers");
+                }
+            }
+        });
+    }
+}
+
+/// How many interfaces a container was started with (their host ends are named by number).
+fn interface_count(row: &ContainerRow) -> usize {
+    serde_json::from_str::<Vec<app::model::Interface>>(&row.interfaces)
+        .map(|v| v.len())
+        .unwrap_or(0)
+        .max(1)
+}

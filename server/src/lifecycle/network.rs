@@ -1,0 +1,226 @@
+//! Where a container's interfaces go: its network rules (or one `eth0` on its server's
+//! `default` network), each network a bridge and a subnet made on first use, and an
+//! address no other container of that network has.
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+
+use app::model::{Interface, NetworkRule};
+
+use super::Lifecycle;
+use crate::runtime::{Attachment, Ipv4Net, Runtime};
+use crate::store::{ContainerRow, NetworkRow};
+
+/// A container's network as its next start sets it up.
+pub(super) struct Plan {
+    pub(super) attachments: Vec<Attachment>,
+    pub(super) interfaces: Vec<Interface>,
+    /// What was not as its rules asked (a copy's clashing static address replaced).
+    pub(super) notes: Vec<String>,
+}
+
+/// The network a container without network rules is on.
+const DEFAULT_NETWORK: &str = "default";
+/// Each network made without a static address gets a subnet of this size from the pool.
+const SUBNET_PREFIX: u8 = 24;
+
+impl Lifecycle {
+    /// The attachments of a container's next start and the interfaces to record; an error
+    /// says what in its rules cannot be honoured.
+    pub(super) async fn plan_network(&self, row: &ContainerRow) -> Result<Plan, String> {
+        let rules: Vec<NetworkRule> = serde_json::from_str(&row.network_rules)
+            .map_err(|e| format!("its network rules cannot be read: {e}"))?;
+        let rules = if rules.is_empty() {
+            vec![NetworkRule {
+                interface: "eth0".into(),
+                network: DEFAULT_NETWORK.into(),
+                ipv4: None,
+                mtu: None,
+            }]
+        } else {
+            rules
+        };
+        let before: Vec<Interface> = serde_json::from_str(&row.interfaces).unwrap_or_default();
+        // One plan at a time: two starts never take one address or one subnet.
+        let _one = self.allocating.lock().await;
+        let others: Vec<Interface> = self
+            .db
+            .interfaces_on_server(&row.server_id, &row.id)
+            .await
+            .map_err(|e| e.to_string())?
+            .iter()
+            .flat_map(|j| serde_json::from_str::<Vec<Interface>>(j).unwrap_or_default())
+            .collect();
+        let first_start_of_copy = row.source_container_id.is_some() && before.is_empty();
+        let mut attachments = Vec::new();
+        let mut interfaces = Vec::new();
+        let mut notes = Vec::new();
+        for (n, rule) in rules.iter().enumerate() {
+            let network = self.network(&row.server_id, rule).await?;
+            let net = Ipv4Net::parse(&network.cidr)
+                .map_err(|e| format!("network {}: {e}", rule.network))?;
+            let taken: HashSet<Ipv4Addr> = others
+                .iter()
+                .chain(&interfaces)
+                .filter(|i| i.network == rule.network)
+                .filter_map(|i| address_of(&i.ipv4))
+                .collect();
+            // The address it had, while nobody else took it; else the lowest free.
+            let free = || {
+                before
+                    .iter()
+                    .find(|i| i.interface == rule.interface && i.network == rule.network)
+                    .and_then(|i| address_of(&i.ipv4))
+                    .filter(|a| usable(net, *a) && !taken.contains(a))
+                    .or_else(|| {
+                        (2..)
+                            .map_while(|k| net.host(k))
+                            .find(|a| !taken.contains(a))
+                    })
+                    .ok_or_else(|| format!("network {} ({net}) is full", rule.network))
+            };
+            let address = match &rule.ipv4 {
+                Some(wanted) => {
+                    let a = address_of(wanted).ok_or_else(|| {
+                        format!(
+                            "{wanted:?} (interface {}) is not an IPv4 address",
+                            rule.interface
+                        )
+                    })?;
+                    let problem = if !usable(net, a) {
+                        Some(format!(
+                            "is not a container address of network {} ({net})",
+                            rule.network
+                        ))
+                    } else if taken.contains(&a) {
+                        Some(format!(
+                            "is another container's on network {}",
+                            rule.network
+                        ))
+                    } else {
+                        None
+                    };
+                    match problem {
+                        None => a,
+                        // A copy's first start: its source's static address would clash, so
+                        // it gets a new one (and the copy's job says so).
+                        Some(p) if first_start_of_copy => {
+                            let a2 = free()?;
+                            notes.push(format!(
+                                "interface {}: {a} {p}; the copy got {a2} instead",
+                                rule.interface
+                            ));
+                            a2
+                        }
+                        Some(p) => {
+                            return Err(format!("{a} (interface {}) {p}", rule.interface));
+                        }
+                    }
+                }
+                None => free()?,
+            };
+            let mac = Runtime::mac(&row.id, &rule.interface);
+            interfaces.push(Interface {
+                interface: rule.interface.clone(),
+                network: rule.network.clone(),
+                ipv4: format!("{address}/{}", net.prefix),
+                mac: mac.clone(),
+            });
+            attachments.push(Attachment {
+                iface: rule.interface.clone(),
+                host_end: self.runtime.host_end(&row.id, n),
+                bridge: self.runtime.bridge(network.number as u32),
+                network: net,
+                address,
+                mac,
+                mtu: rule.mtu,
+            });
+        }
+        Ok(Plan {
+            attachments,
+            interfaces,
+            notes,
+        })
+    }
+
+    /// The network a rule names on this server, made when it does not exist: its subnet
+    /// is the static address's network, or the next free one of the pool.
+    async fn network(&self, server_id: &str, rule: &NetworkRule) -> Result<NetworkRow, String> {
+        let all = self.db.networks().await.map_err(|e| e.to_string())?;
+        if let Some(n) = all
+            .iter()
+            .find(|n| n.server_id == server_id && n.name == rule.network)
+        {
+            return Ok(n.clone());
+        }
+        let nets: Vec<Ipv4Net> = all
+            .iter()
+            .filter_map(|n| Ipv4Net::parse(&n.cidr).ok())
+            .collect();
+        let overlaps = |a: &Ipv4Net| {
+            nets.iter()
+                .any(|b| a.contains(b.network()) || b.contains(a.network()))
+        };
+        let cidr = match &rule.ipv4 {
+            Some(wanted) => {
+                let (addr, prefix) = wanted.split_once('/').unwrap_or((wanted, "24"));
+                let a: Ipv4Addr = addr
+                    .parse()
+                    .map_err(|_| format!("{wanted:?} is not an IPv4 address"))?;
+                let prefix: u8 = prefix
+                    .parse()
+                    .ok()
+                    .filter(|p| (8..=30).contains(p))
+                    .ok_or_else(|| format!("{wanted:?}: the prefix length is 8 to 30"))?;
+                let mask = u32::MAX << (32 - prefix);
+                let net = Ipv4Net {
+                    base: Ipv4Addr::from(u32::from(a) & mask),
+                    prefix,
+                };
+                // Taken on this host (the same name on another server, say): the
+                // network gets a subnet of the pool, and the static address is checked
+                // against that.
+                if overlaps(&net) {
+                    None
+                } else {
+                    Some(net)
+                }
+            }
+            None => None,
+        };
+        let cidr = match cidr {
+            Some(net) => net,
+            None => {
+                let pool = self.runtime.network;
+                (0..)
+                    .map_while(|k| pool.subnet(k, SUBNET_PREFIX.max(pool.prefix)))
+                    .find(|n| !overlaps(n))
+                    .ok_or_else(|| format!("no free subnet left in {pool}"))?
+            }
+        };
+        let row = NetworkRow {
+            server_id: server_id.to_string(),
+            name: rule.network.clone(),
+            cidr: cidr.to_string(),
+            number: all.iter().map(|n| n.number + 1).max().unwrap_or(0),
+        };
+        self.db
+            .insert_network(&row)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(row)
+    }
+}
+
+/// The address of `a.b.c.d/n` (or a bare `a.b.c.d`).
+fn address_of(cidr: &str) -> Option<Ipv4Addr> {
+    cidr.split('/').next()?.parse().ok()
+}
+
+/// Whether a container may have this address of `net`: inside it, neither the network's
+/// nor its broadcast address, and not the gateway (the bridge's).
+fn usable(net: Ipv4Net, a: Ipv4Addr) -> bool {
+    net.contains(a)
+        && Some(a) != net.host(1)
+        && net.host(u32::from(a) - u32::from(net.network())).is_some()
+}

@@ -1,0 +1,434 @@
+//! Running containers on this host: runc through OCI bundles, a shim per container
+//! (`shim.rs`), network namespaces and bridges (`net.rs`), nftables inside each namespace
+//! (`firewall.rs`). Host mechanics only: no database, no web types; the `lifecycle` layer
+//! decides when, and records what happened.
+//!
+//! A container's bundle directory (`config.json`, the shim's log and exit record) is given
+//! by the caller; runc's own state lives under `<data dir>/runc`, so two doppels on one
+//! host (tests) never see each other's containers. Host-wide names (namespaces, bridges,
+//! veth ends) carry a tag of the data dir for the same reason.
+
+pub mod firewall;
+pub mod net;
+pub mod oci;
+pub mod shim;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use app::model::FirewallRule;
+
+pub use net::{Attachment, Ipv4Net};
+pub use shim::Exit;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("no container runtime here: {0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Command(String),
+    #[error("network: {0}")]
+    Network(String),
+    #[error("firewall: {0}")]
+    Firewall(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("the process did not start within {0} s")]
+    StartTimeout(u64),
+}
+
+/// A program found on this host, in PATH or the system's sbin directories (where Debian
+/// puts runc, ip and nft, and a non-login root shell may not look).
+fn find(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
+
+/// Runs a host tool; its output, or an error with what it said.
+pub(crate) async fn command(
+    program: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Result<String, RuntimeError> {
+    use tokio::io::AsyncWriteExt;
+    let path = find(program)
+        .ok_or_else(|| RuntimeError::Unavailable(format!("{program} is not installed")))?;
+    let mut child = tokio::process::Command::new(path)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            std::process::Stdio::piped()
+        } else {
+            std::process::Stdio::null()
+        })
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(text.as_bytes()).await?;
+    }
+    let out = child.wait_with_output().await?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        let said = String::from_utf8_lossy(&out.stderr);
+        Err(RuntimeError::Command(format!(
+            "{program} {}: {}",
+            args.join(" "),
+            said.trim()
+        )))
+    }
+}
+
+/// What runc says of one container.
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct RuncState {
+    pub id: String,
+    pub pid: i64,
+    /// `created`, `running`, `paused` or `stopped`.
+    pub status: String,
+}
+
+/// What is true of a container's process now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Observed {
+    Running {
+        pid: i64,
+    },
+    Exited(Exit),
+    /// No process and no record of its end (e.g. the host rebooted).
+    Gone,
+}
+
+/// What starting a container needs.
+pub struct RunSpec<'a> {
+    pub id: &'a str,
+    /// Where `config.json`, the log and the exit record go (not inside the tree).
+    pub bundle: &'a Path,
+    pub rootfs: &'a Path,
+    pub hostname: &'a str,
+    pub process: oci::ProcessSpec<'a>,
+    pub attachments: &'a [Attachment],
+    pub firewall: &'a [FirewallRule],
+}
+
+/// The container runtime of this host, or why there is none.
+pub struct Runtime {
+    /// `Err`: why containers cannot run here (said at start, in /healthz and the console).
+    available: Result<(), String>,
+    /// runc's state directory (`--root`).
+    state: PathBuf,
+    /// The binary that runs `doppel shim`.
+    shim_exe: PathBuf,
+    /// Four hex digits of the data dir, in every host-wide name.
+    tag: String,
+    /// The network containers' subnets are taken from.
+    pub network: Ipv4Net,
+}
+
+/// How long a started process has to show up in runc's state.
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a killed process has to end before runc deletes it by force.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+
+impl Runtime {
+    /// Looks for what running containers needs: root, runc, ip and nft. `disabled` is the
+    /// operator's choice (`--no-runtime`).
+    pub async fn detect(
+        data_dir: &Path,
+        shim_exe: PathBuf,
+        network: Ipv4Net,
+        disabled: bool,
+    ) -> Runtime {
+        let data_dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+        let tag = tag_of(&data_dir);
+        let available = if disabled {
+            Err("disabled with --no-runtime".to_string())
+        } else {
+            Self::check().await
+        };
+        Runtime {
+            available,
+            state: data_dir.join("runc"),
+            shim_exe,
+            tag,
+            network,
+        }
+    }
+
+    /// A runtime that runs nothing, saying `why`.
+    pub fn none(why: &str) -> Runtime {
+        Runtime {
+            available: Err(why.to_string()),
+            state: PathBuf::new(),
+            shim_exe: PathBuf::new(),
+            tag: String::new(),
+            network: Ipv4Net::parse("10.88.0.0/16").expect("a valid network"),
+        }
+    }
+
+    async fn check() -> Result<(), String> {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(
+                "doppel is not running as root (runc and network namespaces need it)".into(),
+            );
+        }
+        for (program, arg, package) in [
+            ("runc", "--version", "runc"),
+            ("ip", "-V", "iproute2"),
+            ("nft", "--version", "nftables"),
+        ] {
+            command(program, &[arg], None)
+                .await
+                .map_err(|e| format!("{e} (install the Debian package {package})"))?;
+        }
+        Ok(())
+    }
+
+    /// `None` when containers can run here, else why not.
+    pub fn unavailable(&self) -> Option<&str> {
+        self.available.as_ref().err().map(String::as_str)
+    }
+
+    fn ready(&self) -> Result<(), RuntimeError> {
+        self.available.clone().map_err(RuntimeError::Unavailable)
+    }
+
+    /// The network namespace of a container.
+    pub fn netns(&self, id: &str) -> String {
+        format!("doppel-{}-{id}", self.tag)
+    }
+
+    /// The bridge of the `n`th network (at most 15 bytes, as interface names are).
+    pub fn bridge(&self, n: u32) -> String {
+        format!("dpb{}n{n}", self.tag)
+    }
+
+    /// The host's end of a container's `n`th interface.
+    pub fn host_end(&self, id: &str, n: usize) -> String {
+        let h = blake3::hash(id.as_bytes()).to_hex();
+        format!("dpv{}{}{n}", self.tag, &h[..6])
+    }
+
+    fn host_ends(&self, id: &str, count: usize) -> Vec<String> {
+        (0..count).map(|n| self.host_end(id, n)).collect()
+    }
+
+    /// A container interface's MAC address: locally administered, from the container's id
+    /// and the interface (so a copy, a new id, always has new ones).
+    pub fn mac(id: &str, iface: &str) -> String {
+        let h = blake3::hash(format!("{id}/{iface}").as_bytes());
+        let b = h.as_bytes();
+        format!(
+            "02:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4]
+        )
+    }
+
+    async fn runc(&self, args: &[&str]) -> Result<String, RuntimeError> {
+        let state = self.state.display().to_string();
+        let mut all = vec!["--root", state.as_str()];
+        all.extend_from_slice(args);
+        command("runc", &all, None).await
+    }
+
+    /// Every container runc knows of under our state directory.
+    pub async fn list(&self) -> Result<HashMap<String, RuncState>, RuntimeError> {
+        self.ready()?;
+        if !self.state.exists() {
+            return Ok(HashMap::new());
+        }
+        let out = self.runc(&["list", "--format", "json"]).await?;
+        // runc prints `null` when there are none.
+        let states: Option<Vec<RuncState>> = serde_json::from_str(out.trim())
+            .map_err(|e| RuntimeError::Command(format!("runc list: {e}")))?;
+        Ok(states
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| (s.id.clone(), s))
+            .collect())
+    }
+
+    /// The truth about one container, from runc's list (`listed`) and its exit record.
+    pub fn observe(listed: &HashMap<String, RuncState>, id: &str, bundle: &Path) -> Observed {
+        match listed.get(id) {
+            Some(s) if s.status == "running" || s.status == "created" || s.status == "paused" => {
+                Observed::Running { pid: s.pid }
+            }
+            _ => match shim::read_exit(bundle) {
+                Some(exit) => Observed::Exited(exit),
+                None => Observed::Gone,
+            },
+        }
+    }
+
+    /// Starts a container: its network, its firewall, its bundle, then its shim; returns
+    /// once runc runs the process (or it has already ended).
+    pub async fn start(&self, spec: &RunSpec<'_>) -> Result<Observed, RuntimeError> {
+        self.ready()?;
+        std::fs::create_dir_all(spec.bundle)?;
+        std::fs::create_dir_all(&self.state)?;
+        // A container left by runc (it deletes those it ran to their end; a killed runc may not).
+        if self.list().await?.contains_key(spec.id) {
+            self.runc(&["delete", "--force", spec.id]).await?;
+        }
+        let _ = std::fs::remove_file(spec.bundle.join(shim::EXIT));
+        let netns = self.netns(spec.id);
+        net::setup(&netns, spec.attachments).await?;
+        let result = self.launch(spec, &netns).await;
+        if !matches!(result, Ok(Observed::Running { .. })) {
+            net::teardown(&netns, &self.host_ends(spec.id, spec.attachments.len())).await;
+        }
+        result
+    }
+
+    async fn launch(&self, spec: &RunSpec<'_>, netns: &str) -> Result<Observed, RuntimeError> {
+        firewall::apply(netns, spec.firewall).await?;
+        let config = oci::spec(
+            spec.rootfs,
+            spec.hostname,
+            &spec.process,
+            &net::netns_path(netns),
+        );
+        let json = serde_json::to_vec_pretty(&config).map_err(std::io::Error::other)?;
+        std::fs::write(spec.bundle.join("config.json"), json)?;
+        let mut shim = tokio::process::Command::new(&self.shim_exe);
+        shim.arg("shim")
+            .arg("--runc")
+            .arg(find("runc").unwrap_or_else(|| "runc".into()))
+            .arg("--state")
+            .arg(&self.state)
+            .arg("--bundle")
+            .arg(spec.bundle)
+            .arg("--id")
+            .arg(spec.id)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        // SAFETY: setsid is async-signal-safe; the shim leaves doppel's session, so a signal
+        // to doppel's terminal or process group does not reach the containers.
+        unsafe {
+            shim.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        let mut child = shim.spawn()?;
+        // Reaped whenever it ends (if doppel is still here then).
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+        });
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let listed = self.list().await?;
+            match Self::observe(&listed, spec.id, spec.bundle) {
+                Observed::Running { pid } if listed[spec.id].status == "running" => {
+                    return Ok(Observed::Running { pid })
+                }
+                Observed::Exited(exit) => return Ok(Observed::Exited(exit)),
+                _ if Instant::now() > deadline => {
+                    let _ = self.runc(&["delete", "--force", spec.id]).await;
+                    return Err(RuntimeError::StartTimeout(START_TIMEOUT.as_secs()));
+                }
+                _ => tokio::time::sleep(Duration::from_millis(25)).await,
+            }
+        }
+    }
+
+    /// Stops a container: SIGTERM, `grace` to end, then SIGKILL; removes its network.
+    /// Returns how the process ended (`None`: it left no record).
+    pub async fn stop(
+        &self,
+        id: &str,
+        bundle: &Path,
+        interfaces: usize,
+        grace: Duration,
+    ) -> Result<Option<Exit>, RuntimeError> {
+        self.ready()?;
+        let mut exit = shim::read_exit(bundle);
+        if exit.is_none() && self.list().await?.contains_key(id) {
+            let _ = self.runc(&["kill", id, "TERM"]).await;
+            exit = wait_exit(bundle, grace).await;
+            if exit.is_none() {
+                let _ = self.runc(&["kill", id, "KILL"]).await;
+                exit = wait_exit(bundle, KILL_WAIT).await;
+            }
+            if exit.is_none() {
+                let _ = self.runc(&["delete", "--force", id]).await;
+                exit = wait_exit(bundle, KILL_WAIT).await;
+            }
+        }
+        net::teardown(&self.netns(id), &self.host_ends(id, interfaces)).await;
+        Ok(exit)
+    }
+
+    /// Loads a running container's firewall rules again (after they changed).
+    pub async fn apply_firewall(
+        &self,
+        id: &str,
+        rules: &[FirewallRule],
+    ) -> Result<(), RuntimeError> {
+        self.ready()?;
+        firewall::apply(&self.netns(id), rules).await
+    }
+}
+
+async fn wait_exit(bundle: &Path, within: Duration) -> Option<Exit> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(exit) = shim::read_exit(bundle) {
+            return Some(exit);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The tag of a data dir in host-wide names.
+fn tag_of(data_dir: &Path) -> String {
+    blake3::hash(data_dir.as_os_str().as_encoded_bytes()).to_hex()[..4].to_string()
+}
+
+/// Removes every container, network namespace, veth and bridge of the doppel whose data
+/// dir this is: what a test ends with, whether it passed or not. doppel itself never does
+/// this (its containers outlive it).
+pub fn purge(data_dir: &Path) {
+    use std::process::Command;
+    let data_dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    let tag = tag_of(&data_dir);
+    let run = |program: &str, args: &[&str]| -> String {
+        find(program)
+            .and_then(|p| Command::new(p).args(args).output().ok())
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    let state = data_dir.join("runc").display().to_string();
+    if Path::new(&state).exists() {
+        for id in run("runc", &["--root", &state, "list", "-q"]).lines() {
+            run("runc", &["--root", &state, "kill", id, "KILL"]);
+            run("runc", &["--root", &state, "delete", "--force", id]);
+        }
+    }
+    let ns_prefix = format!("doppel-{tag}-");
+    for line in run("ip", &["netns", "list"]).lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        if name.starts_with(&ns_prefix) {
+            run("ip", &["netns", "delete", name]);
+        }
+    }
+    for line in run("ip", &["-o", "link", "show"]).lines() {
+        // "12: dpvab12cd34ef0@if11: <...>"
+        let name = line.split(':').nth(1).unwrap_or("").trim();
+        let name = name.split('@').next().unwrap_or("");
+        if name.starts_with(&format!("dpv{tag}")) || name.starts_with(&format!("dpb{tag}")) {
+            run("ip", &["link", "delete", name]);
+        }
+    }
+}

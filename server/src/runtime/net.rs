@@ -1,0 +1,234 @@
+//! A container's network: its own namespace, and for each interface a veth whose other end
+//! is on a bridge of its network on this host. Bridges get the network's first address
+//! (so the host reaches every container) and no route beyond: traffic stays on this host.
+//! Driven through iproute2's `ip`, as an operator would.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use super::{command, RuntimeError};
+
+/// An IPv4 network: its base address and prefix length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ipv4Net {
+    pub base: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl Ipv4Net {
+    /// `a.b.c.d/n`, with `a.b.c.d` the network's base (no host bits set).
+    pub fn parse(s: &str) -> Result<Ipv4Net, String> {
+        let (addr, prefix) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not a network such as 10.88.0.0/16"))?;
+        let base: Ipv4Addr = addr
+            .parse()
+            .map_err(|_| format!("{addr:?} is not an IPv4 address"))?;
+        let prefix: u8 = prefix
+            .parse()
+            .ok()
+            .filter(|p| *p <= 30)
+            .ok_or_else(|| format!("{prefix:?} is not a prefix length from 0 to 30"))?;
+        let net = Ipv4Net { base, prefix };
+        if net.network() != base {
+            return Err(format!(
+                "{s} has host bits set; the network is {}/{prefix}",
+                net.network()
+            ));
+        }
+        Ok(net)
+    }
+
+    fn mask(&self) -> u32 {
+        if self.prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - self.prefix)
+        }
+    }
+
+    pub fn network(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.base) & self.mask())
+    }
+
+    pub fn contains(&self, a: Ipv4Addr) -> bool {
+        u32::from(a) & self.mask() == u32::from(self.network())
+    }
+
+    /// The `n`th address of the network (0 is the network itself).
+    pub fn host(&self, n: u32) -> Option<Ipv4Addr> {
+        let size = 1u64 << (32 - self.prefix);
+        // Neither the network's nor its broadcast address.
+        (n > 0 && (n as u64) < size - 1).then(|| Ipv4Addr::from(u32::from(self.network()) + n))
+    }
+
+    /// The `n`th subnet of length `prefix` inside this one.
+    pub fn subnet(&self, n: u32, prefix: u8) -> Option<Ipv4Net> {
+        if prefix < self.prefix || prefix > 30 || (n as u64) >= 1u64 << (prefix - self.prefix) {
+            return None;
+        }
+        let base = u32::from(self.network()) + (n << (32 - prefix));
+        Some(Ipv4Net {
+            base: Ipv4Addr::from(base),
+            prefix,
+        })
+    }
+}
+
+impl std::fmt::Display for Ipv4Net {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.network(), self.prefix)
+    }
+}
+
+/// One interface of a container, as it will be set up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attachment {
+    /// The name inside the container, e.g. `eth0`.
+    pub iface: String,
+    /// The host's end of the veth (at most 15 bytes).
+    pub host_end: String,
+    /// The bridge of its network, and the network (the bridge has its first address).
+    pub bridge: String,
+    pub network: Ipv4Net,
+    pub address: Ipv4Addr,
+    pub mac: String,
+    pub mtu: Option<u32>,
+}
+
+/// Where a named network namespace lives (`ip netns add` makes it there).
+pub fn netns_path(name: &str) -> PathBuf {
+    PathBuf::from("/run/netns").join(name)
+}
+
+async fn ip(args: &[&str]) -> Result<String, RuntimeError> {
+    command("ip", args, None).await
+}
+
+/// The bridge of a network, made when missing. A network whose addresses another
+/// interface of this host already uses is refused: its routes would be ambiguous.
+pub async fn ensure_bridge(bridge: &str, network: Ipv4Net) -> Result<(), RuntimeError> {
+    let gateway = network.host(1).ok_or_else(|| {
+        RuntimeError::Network(format!("{network} has no room for a gateway address"))
+    })?;
+    if ip(&["link", "show", "dev", bridge]).await.is_ok() {
+        return ip(&["link", "set", bridge, "up"]).await.map(drop);
+    }
+    let addrs = ip(&["-4", "-o", "addr", "show"]).await?;
+    for line in addrs.lines() {
+        // "3: eth0    inet 10.0.0.5/24 brd ... scope global eth0"
+        let mut words = line.split_whitespace();
+        let dev = words.nth(1).unwrap_or("");
+        let Some(cidr) = words.skip_while(|w| *w != "inet").nth(1) else {
+            continue;
+        };
+        let (addr, _) = cidr.split_once('/').unwrap_or((cidr, ""));
+        if let Ok(a) = addr.parse::<Ipv4Addr>() {
+            if network.contains(a) {
+                return Err(RuntimeError::Network(format!(
+                    "network {network} overlaps {dev}'s address {cidr} on this host; choose another with --container-network"
+                )));
+            }
+        }
+    }
+    ip(&["link", "add", bridge, "type", "bridge"]).await?;
+    ip(&[
+        "addr",
+        "add",
+        &format!("{gateway}/{}", network.prefix),
+        "dev",
+        bridge,
+    ])
+    .await?;
+    ip(&["link", "set", bridge, "up"]).await.map(drop)
+}
+
+/// A new namespace `netns` with the loopback up and each attachment set up. A namespace
+/// of that name left from before is replaced.
+pub async fn setup(netns: &str, attachments: &[Attachment]) -> Result<(), RuntimeError> {
+    let ends: Vec<String> = attachments.iter().map(|a| a.host_end.clone()).collect();
+    teardown(netns, &ends).await;
+    ip(&["netns", "add", netns]).await?;
+    let result = async {
+        ip(&["-n", netns, "link", "set", "lo", "up"]).await?;
+        for a in attachments {
+            ensure_bridge(&a.bridge, a.network).await?;
+            ip(&[
+                "link",
+                "add",
+                &a.host_end,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &a.iface,
+                "netns",
+                netns,
+            ])
+            .await?;
+            let mtu = a.mtu.map(|m| m.to_string());
+            if let Some(mtu) = &mtu {
+                ip(&["link", "set", &a.host_end, "mtu", mtu]).await?;
+                ip(&["-n", netns, "link", "set", &a.iface, "mtu", mtu]).await?;
+            }
+            ip(&["link", "set", &a.host_end, "master", &a.bridge, "up"]).await?;
+            ip(&["-n", netns, "link", "set", &a.iface, "address", &a.mac]).await?;
+            ip(&[
+                "-n",
+                netns,
+                "addr",
+                "add",
+                &format!("{}/{}", a.address, a.network.prefix),
+                "dev",
+                &a.iface,
+            ])
+            .await?;
+            ip(&["-n", netns, "link", "set", &a.iface, "up"]).await?;
+        }
+        Ok(())
+    }
+    .await;
+    if result.is_err() {
+        teardown(netns, &ends).await;
+    }
+    result
+}
+
+/// Removes the namespace (its veth ends go with it) and any host end left behind.
+pub async fn teardown(netns: &str, host_ends: &[String]) {
+    let _ = ip(&["netns", "delete", netns]).await;
+    for end in host_ends {
+        // Gone with the namespace, unless the namespace was gone first.
+        if ip(&["link", "show", "dev", end]).await.is_ok() {
+            let _ = ip(&["link", "delete", end]).await;
+        }
+    }
+}
+
+/// Removes a bridge (when the last of its containers is gone; tests clean up with it).
+pub async fn remove_bridge(bridge: &str) {
+    let _ = ip(&["link", "delete", bridge, "type", "bridge"]).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn networks_parse_and_divide() {
+        let n = Ipv4Net::parse("10.88.0.0/16").unwrap();
+        assert_eq!(n.subnet(3, 24).unwrap().to_string(), "10.88.3.0/24");
+        assert_eq!(n.subnet(256, 24), None);
+        let s = n.subnet(3, 24).unwrap();
+        assert_eq!(s.host(1), Some(Ipv4Addr::new(10, 88, 3, 1)));
+        assert_eq!(s.host(254), Some(Ipv4Addr::new(10, 88, 3, 254)));
+        assert_eq!(s.host(255), None, "the broadcast address");
+        assert_eq!(s.host(0), None);
+        assert!(s.contains(Ipv4Addr::new(10, 88, 3, 77)));
+        assert!(!s.contains(Ipv4Addr::new(10, 88, 4, 77)));
+        assert!(Ipv4Net::parse("10.88.0.1/16").is_err(), "host bits");
+        assert!(Ipv4Net::parse("10.88.0.0/31").is_err());
+        assert!(Ipv4Net::parse("10.88.0.0").is_err());
+        assert!(Ipv4Net::parse("nonsense/8").is_err());
+    }
+}

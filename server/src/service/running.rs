@@ -1,0 +1,284 @@
+//! Running containers: start, stop, restart, their output, and the settings that shape a
+//! run (command, firewall rules, network rules). Authorised like a copy: operators and
+//! admins of the container's project act, viewers read.
+
+use std::time::Duration;
+
+use app::model::*;
+
+use super::{internal, Service};
+use crate::runtime::firewall;
+use crate::store::{ContainerRow, JsonColumn};
+
+/// A stop's default grace before SIGKILL, and the most a caller may ask for.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+pub const MAX_STOP_GRACE_S: u64 = 300;
+/// Lines of output a logs request gets by default, and at most.
+pub const LOG_LINES: usize = 100;
+pub const MAX_LOG_LINES: usize = 1000;
+
+fn conflict(m: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorCode::Conflict, m)
+}
+
+/// A job (copy, sync) writes the tree: nothing starts or stops meanwhile.
+fn not_during_a_job(row: &ContainerRow, what: &str) -> Result<ContainerStatus, ApiError> {
+    let status = ContainerStatus::parse(&row.status).unwrap_or(ContainerStatus::Stopped);
+    match status {
+        ContainerStatus::Copying | ContainerStatus::Syncing => Err(conflict(format!(
+            "{} is {}; {what} it once that job has ended",
+            row.name,
+            status.as_str()
+        ))),
+        _ => Ok(status),
+    }
+}
+
+impl Service {
+    /// A container the user may change, with its status (not while a job writes it).
+    async fn operable(
+        &self,
+        user: &UserInfo,
+        id: &str,
+        what: &str,
+    ) -> Result<(ContainerRow, ContainerStatus), ApiError> {
+        let (row, vis) = self.visible_container(user, id).await?;
+        vis.require_operator(&row.project_id, &format!("{what} a container"))?;
+        let status = not_during_a_job(&row, what)?;
+        Ok((row, status))
+    }
+
+    async fn detail_now(&self, user: &UserInfo, id: &str) -> Result<ContainerDetail, ApiError> {
+        self.get_container(user, id).await
+    }
+
+    /// Starts a stopped container; a running one stays as it is. A start that does not get
+    /// the process running is a 409 with the reason (recorded on the container too).
+    pub async fn start_container(
+        &self,
+        user: &UserInfo,
+        id: &str,
+    ) -> Result<ContainerDetail, ApiError> {
+        let (row, status) = self.operable(user, id, "start").await?;
+        if status == ContainerStatus::Failed {
+            return Err(conflict(format!(
+                "{} failed ({}); sync it or copy it again before starting it",
+                row.name,
+                row.status_reason.as_deref().unwrap_or("no reason recorded")
+            )));
+        }
+        let outcome = self
+            .lifecycle
+            .start(id, &[ContainerStatus::Stopped])
+            .await
+            .map_err(internal)?;
+        if outcome.status != ContainerStatus::Running {
+            return Err(conflict(format!(
+                "{} did not start: {}",
+                row.name,
+                outcome.reason.as_deref().unwrap_or("it is not stopped")
+            )));
+        }
+        self.detail_now(user, id).await
+    }
+
+    /// Stops a running container: SIGTERM, `grace` (default 10 s), then SIGKILL. A stopped
+    /// one stays as it is.
+    pub async fn stop_container(
+        &self,
+        user: &UserInfo,
+        id: &str,
+        grace: Option<Duration>,
+    ) -> Result<ContainerDetail, ApiError> {
+        self.operable(user, id, "stop").await?;
+        self.lifecycle
+            .stop(id, grace.unwrap_or(STOP_GRACE))
+            .await
+            .map_err(internal)?;
+        self.detail_now(user, id).await
+    }
+
+    /// Stops (if it runs) and starts a container.
+    pub async fn restart_container(
+        &self,
+        user: &UserInfo,
+        id: &str,
+        grace: Option<Duration>,
+    ) -> Result<ContainerDetail, ApiError> {
+        let (row, status) = self.operable(user, id, "restart").await?;
+        if status == ContainerStatus::Failed {
+            return Err(conflict(format!(
+                "{} failed; sync it or copy it again before starting it",
+                row.name
+            )));
+        }
+        let outcome = self
+            .lifecycle
+            .restart(id, grace.unwrap_or(STOP_GRACE))
+            .await
+            .map_err(internal)?;
+        if outcome.status != ContainerStatus::Running {
+            return Err(conflict(format!(
+                "{} did not start again: {}",
+                row.name,
+                outcome.reason.as_deref().unwrap_or("it is not stopped")
+            )));
+        }
+        self.detail_now(user, id).await
+    }
+
+    /// The last `lines` lines (default 100, at most 1000) its process wrote.
+    pub async fn container_logs(
+        &self,
+        user: &UserInfo,
+        id: &str,
+        lines: Option<usize>,
+    ) -> Result<ContainerLogs, ApiError> {
+        let (row, _) = self.visible_container(user, id).await?;
+        let lines = lines.unwrap_or(LOG_LINES);
+        if lines == 0 || lines > MAX_LOG_LINES {
+            return Err(
+                ApiError::invalid(format!("lines is 1 to {MAX_LOG_LINES}")).on_field("lines")
+            );
+        }
+        let lifecycle = self.lifecycle.clone();
+        let lines = tokio::task::spawn_blocking(move || lifecycle.logs(&row, lines))
+            .await
+            .map_err(internal)?;
+        Ok(ContainerLogs { lines })
+    }
+
+    /// What the container runs from its next start on.
+    pub async fn set_command(
+        &self,
+        user: &UserInfo,
+        id: &str,
+        command: ContainerCommand,
+    ) -> Result<ContainerDetail, ApiError> {
+        let (row, vis) = self.visible_container(user, id).await?;
+        vis.require_operator(&row.project_id, "changing a container")?;
+        if let Some((field, why)) = command.problem() {
+            return Err(ApiError::new(ErrorCode::Unprocessable, why).on_field(field));
+        }
+        let json = serde_json::to_string(&command).map_err(internal)?;
+        self.db
+            .set_container_json(id, JsonColumn::Command, json)
+            .await
+            .map_err(internal)?;
+        self.detail_now(user, id).await
+    }
+
+    /// Replaces the firewall rules; a running container gets them at once.
+    pub async fn set_firewall_rules(
+        &self,
+        user: &UserInfo,
+        id: &str,
+        rules: Vec<FirewallRule>,
+    ) -> Result<ContainerDetail, ApiError> {
+        let (row, vis) = self.visible_container(user, id).await?;
+        vis.require_operator(&row.project_id, "changing a container")?;
+        if rules.len() > 256 {
+            return Err(ApiError::new(ErrorCode::Unprocessable, "at most 256 rules"));
+        }
+        if let Err((at, why)) = firewall::validate(&rules) {
+            return Err(
+                ApiError::new(ErrorCode::Unprocessable, format!("rule {at}: {why}"))
+                    .on_field(&format!("rules[{at}]")),
+            );
+        }
+        let json = serde_json::to_string(&rules).map_err(internal)?;
+        self.db
+            .set_container_json(id, JsonColumn::FirewallRules, json)
+            .await
+            .map_err(internal)?;
+        if let Err(e) = self.lifecycle.apply_firewall(&row, &rules).await {
+            tracing::warn!(container = %id, error = %e, "firewall not applied");
+            return Err(conflict(format!(
+                "the rules are saved but not yet in force in the running container ({e}); restart it"
+            )));
+        }
+        self.detail_now(user, id).await
+    }
+
+    /// Replaces the network rules; they take effect at the next start.
+    pub async fn set_network_rules(
+        &self,
+        user: &UserInfo,
+        id: &str,
+        rules: Vec<NetworkRule>,
+    ) -> Result<ContainerDetail, ApiError> {
+        let (row, vis) = self.visible_container(user, id).await?;
+        vis.require_operator(&row.project_id, "changing a container")?;
+        if let Some((at, why)) = network_rules_problem(&rules) {
+            return Err(
+                ApiError::new(ErrorCode::Unprocessable, format!("rule {at}: {why}"))
+                    .on_field(&format!("rules[{at}]")),
+            );
+        }
+        let json = serde_json::to_string(&rules).map_err(internal)?;
+        self.db
+            .set_container_json(id, JsonColumn::NetworkRules, json)
+            .await
+            .map_err(internal)?;
+        self.detail_now(user, id).await
+    }
+
+    /// `GET /healthz`: serving, and whether containers can run here.
+    pub fn health(&self) -> Health {
+        let reason = self.lifecycle.runtime.unavailable().map(str::to_string);
+        Health {
+            status: "ok".into(),
+            runtime: RuntimeHealth {
+                available: reason.is_none(),
+                reason,
+            },
+        }
+    }
+}
+
+/// The first network rule that cannot be set up, and why.
+pub fn network_rules_problem(rules: &[NetworkRule]) -> Option<(usize, String)> {
+    if rules.len() > 8 {
+        return Some((8, "a container has at most 8 interfaces".into()));
+    }
+    for (i, r) in rules.iter().enumerate() {
+        let iface_ok = !r.interface.is_empty()
+            && r.interface.len() <= 15
+            && r.interface != "lo"
+            && r.interface
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        if !iface_ok {
+            return Some((
+                i,
+                format!(
+                    "interface {:?} is not a name of 1 to 15 letters, digits, '_', '.' or '-' (and not lo)",
+                    r.interface
+                ),
+            ));
+        }
+        if rules[..i].iter().any(|o| o.interface == r.interface) {
+            return Some((i, format!("interface {} appears twice", r.interface)));
+        }
+        if let Err(e) = validate_container_name(&r.network) {
+            return Some((i, format!("network {:?}: {e}", r.network)));
+        }
+        if let Some(a) = &r.ipv4 {
+            let (addr, prefix) = a.split_once('/').unwrap_or((a, "24"));
+            let ok = addr.parse::<std::net::Ipv4Addr>().is_ok()
+                && prefix.parse::<u8>().is_ok_and(|p| (8..=30).contains(&p));
+            if !ok {
+                return Some((
+                    i,
+                    format!("{a:?} is not an IPv4 address with a prefix of 8 to 30, such as 10.10.0.5/24"),
+                ));
+            }
+        }
+        if let Some(mtu) = r.mtu {
+            if !(576..=9000).contains(&mtu) {
+                return Some((i, format!("mtu {mtu} is not from 576 to 9000")));
+            }
+        }
+    }
+    None
+}

@@ -1,0 +1,518 @@
+//! Containers that really run: runc, a network namespace each, nftables, as root (like CI).
+//! Each test's doppel has a network of its own; whatever it ran is removed when it ends
+//! (`TestServer`'s drop, `Purge` for the one that runs the binary).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{process, TestServer};
+use serde_json::{json, Value};
+
+/// A client for containers' addresses: no proxy, short timeouts (a dropped packet is an
+/// unreachable page, not a hung test).
+fn direct() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap()
+}
+
+/// The address a container answers on (its first interface's).
+fn address(c: &Value) -> String {
+    let cidr = c["interfaces"][0]["ipv4"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no interface: {c}"));
+    cidr.split('/').next().unwrap().to_string()
+}
+
+/// The page at `path` of a container's port 80, or the error.
+async fn page(c: &Value, path: &str) -> Result<String, String> {
+    let resp = direct()
+        .get(format!("http://{}{path}", address(c)))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if !resp.status().is_success() {
+        return Err(format!("status {}", resp.status()));
+    }
+    resp.text().await.map_err(|e| e.to_string())
+}
+
+async fn send(
+    s: &TestServer,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = TestServer::client()
+        .request(method, s.url(path))
+        .bearer_auth(&s.admin_token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn post(s: &TestServer, path: &str, body: Option<Value>) -> (u16, Value) {
+    send(s, reqwest::Method::POST, path, body).await
+}
+
+async fn container(s: &TestServer, id: &str) -> Value {
+    s.get(&format!("/api/v1/containers/{id}"), &s.admin_token)
+        .await
+        .1
+}
+
+/// Copies `source` and waits for the job's end: (the copy, the job).
+async fn copy(s: &TestServer, source: &str, body: Value) -> (Value, Value) {
+    let (st, started) = post(s, &format!("/api/v1/containers/{source}/copy"), Some(body)).await;
+    assert_eq!(st, 202, "{started}");
+    let job = wait_job(s, started["job"]["url"].as_str().unwrap()).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let id = started["container"]["id"].as_str().unwrap();
+    (container(s, id).await, job)
+}
+
+async fn wait_job(s: &TestServer, url: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, job) = s.get(url, &s.admin_token).await;
+        if job["status"] != "queued" && job["status"] != "running" {
+            return job;
+        }
+        assert!(Instant::now() < deadline, "job did not end: {job}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn project_id(s: &TestServer, name: &str) -> String {
+    let (_, body) = s.get("/api/v1/projects", &s.admin_token).await;
+    body["projects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn root(c: &Value) -> PathBuf {
+    PathBuf::from(c["root_path"].as_str().unwrap())
+}
+
+fn read(root: &Path, rel: &str) -> String {
+    std::fs::read_to_string(root.join(rel)).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_runs_on_its_own_address_as_a_new_machine() {
+    let s = TestServer::start().await;
+    let web = project_id(&s, "web-platform").await;
+    let source_id = s.container_id("web-app").await;
+    let source = container(&s, &source_id).await;
+    assert_eq!(
+        source["status"], "running",
+        "the demo's web-app runs: {source}"
+    );
+    assert!(page(&source, "/")
+        .await
+        .unwrap()
+        .contains("<h1>web-app</h1>"));
+    assert_eq!(
+        page(&source, "/cgi-bin/host").await.unwrap().trim(),
+        "web-app"
+    );
+
+    let key =
+        ssh_key::PrivateKey::random(&mut ssh_key::rand_core::OsRng, ssh_key::Algorithm::Ed25519)
+            .unwrap()
+            .public_key()
+            .to_openssh()
+            .unwrap();
+    let key = key.as_str();
+    let (copy, job) = copy(
+        &s,
+        &source_id,
+        json!({"target_project_id": web, "name": "web-app-run", "ssh_public_key": key,
+               "copy_network_rules": true}),
+    )
+    .await;
+    assert_eq!(
+        copy["status"], "running",
+        "a copy starts automatically: {copy}"
+    );
+    assert!(copy["started_at"].is_i64());
+    assert_eq!(
+        copy["command"], source["command"],
+        "the copy runs what its source runs"
+    );
+
+    // Its own address on the same network: the source's static address was taken, so the
+    // copy got another, and its job says so.
+    let (a, b) = (address(&source), address(&copy));
+    assert_ne!(a, b);
+    assert_eq!(copy["interfaces"][0]["network"], "web-frontend");
+    assert_ne!(copy["interfaces"][0]["mac"], source["interfaces"][0]["mac"]);
+    let notes = job["summary"]["notes"].to_string();
+    assert!(notes.contains(&a) && notes.contains(&b), "{job}");
+
+    // The source's content, the copy's own name.
+    assert_eq!(
+        page(&copy, "/").await.unwrap(),
+        page(&source, "/").await.unwrap()
+    );
+    assert_eq!(
+        page(&copy, "/cgi-bin/host").await.unwrap().trim(),
+        "web-app-run"
+    );
+
+    // A new machine: hostname, machine-id, host keys, authorized_keys.
+    let (src, dst) = (root(&source), root(&copy));
+    assert_eq!(read(&dst, "etc/hostname").trim(), "web-app-run");
+    assert_ne!(read(&dst, "etc/machine-id"), read(&src, "etc/machine-id"));
+    assert_eq!(read(&dst, "etc/machine-id").trim().len(), 32);
+    assert_ne!(
+        read(&dst, "etc/ssh/ssh_host_ed25519_key"),
+        read(&src, "etc/ssh/ssh_host_ed25519_key")
+    );
+    assert_eq!(read(&dst, "root/.ssh/authorized_keys").trim(), key);
+    let source_keys = read(&src, "root/.ssh/authorized_keys");
+    assert!(!source_keys.is_empty());
+    assert!(!read(&dst, "root/.ssh/authorized_keys")
+        .contains(source_keys.split_whitespace().nth(1).unwrap()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn firewall_rules_are_enforced_in_the_namespace_and_copied_only_when_asked() {
+    let s = TestServer::start().await;
+    let web = project_id(&s, "web-platform").await;
+    let id = s.container_id("web-app").await;
+    let c = container(&s, &id).await;
+    assert!(
+        page(&c, "/").await.is_ok(),
+        "its rules allow port 80 from 10/8"
+    );
+
+    let deny = json!({"rules": [
+        {"direction": "ingress", "protocol": "tcp", "port": "80", "cidr": "0.0.0.0/0", "action": "deny"}
+    ]});
+    let (st, body) = send(
+        &s,
+        reqwest::Method::PUT,
+        &format!("/api/v1/containers/{id}/firewall-rules"),
+        Some(deny.clone()),
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    assert!(
+        page(&c, "/").await.is_err(),
+        "denied at once in the running container"
+    );
+
+    // Copied when asked, not otherwise.
+    let (with, _) = copy(
+        &s,
+        &id,
+        json!({"target_project_id": web, "name": "fw-copied", "copy_firewall_rules": true}),
+    )
+    .await;
+    let (without, _) = copy(
+        &s,
+        &id,
+        json!({"target_project_id": web, "name": "fw-not-copied"}),
+    )
+    .await;
+    assert_eq!(with["status"], "running");
+    assert_eq!(without["status"], "running");
+    assert!(
+        page(&with, "/").await.is_err(),
+        "the copied deny rule holds: {with}"
+    );
+    assert!(
+        page(&without, "/").await.is_ok(),
+        "no rules, nothing denied: {without}"
+    );
+
+    // Rules checked in order, first match wins: allow from this host's bridge first.
+    let gateway = {
+        let a: std::net::Ipv4Addr = address(&c).parse().unwrap();
+        let o = a.octets();
+        format!("{}.{}.{}.1", o[0], o[1], o[2])
+    };
+    let allow_then_deny = json!({"rules": [
+        {"direction": "ingress", "protocol": "tcp", "port": "80", "cidr": format!("{gateway}/32"), "action": "allow"},
+        {"direction": "ingress", "protocol": "tcp", "port": "80", "cidr": "0.0.0.0/0", "action": "deny"}
+    ]});
+    let (st, _) = send(
+        &s,
+        reqwest::Method::PUT,
+        &format!("/api/v1/containers/{id}/firewall-rules"),
+        Some(allow_then_deny),
+    )
+    .await;
+    assert_eq!(st, 200);
+    assert!(
+        page(&c, "/").await.is_ok(),
+        "the first matching rule allows"
+    );
+
+    // Bad rules: 422 naming the rule, nothing changed.
+    let bad = json!({"rules": [
+        {"direction": "ingress", "protocol": "icmp", "port": "80", "cidr": "0.0.0.0/0", "action": "deny"}
+    ]});
+    let (st, body) = send(
+        &s,
+        reqwest::Method::PUT,
+        &format!("/api/v1/containers/{id}/firewall-rules"),
+        Some(bad),
+    )
+    .await;
+    assert_eq!(st, 422, "{body}");
+    assert_eq!(body["error"]["field"], "rules[0]");
+    assert!(page(&c, "/").await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_start_restart_and_a_process_that_exits() {
+    let s = TestServer::start().await;
+    let id = s.container_id("etl-worker").await;
+    let c = container(&s, &id).await;
+    assert_eq!(c["status"], "running");
+    assert!(page(&c, "/").await.is_ok());
+
+    let (st, stopped) = post(&s, &format!("/api/v1/containers/{id}/stop"), None).await;
+    assert_eq!(st, 200, "{stopped}");
+    assert_eq!(stopped["status"], "stopped");
+    assert_eq!(
+        stopped["exit_code"], 0,
+        "its shell ends on SIGTERM: {stopped}"
+    );
+    assert!(page(&c, "/").await.is_err(), "nothing answers");
+    // Idempotent.
+    let (st, again) = post(&s, &format!("/api/v1/containers/{id}/stop"), None).await;
+    assert_eq!((st, &again["status"]), (200, &json!("stopped")));
+
+    let (st, started) = post(&s, &format!("/api/v1/containers/{id}/start"), None).await;
+    assert_eq!(st, 200, "{started}");
+    assert_eq!(started["status"], "running");
+    assert_eq!(address(&started), address(&c), "its address stays its own");
+    assert!(page(&started, "/").await.is_ok());
+    let (st, _) = post(&s, &format!("/api/v1/containers/{id}/start"), None).await;
+    assert_eq!(st, 200, "starting a running container changes nothing");
+
+    let (st, restarted) = post(
+        &s,
+        &format!("/api/v1/containers/{id}/restart?timeout=2"),
+        None,
+    )
+    .await;
+    assert_eq!(st, 200, "{restarted}");
+    assert_eq!(restarted["status"], "running");
+    assert!(restarted["started_at"].as_i64() > started["started_at"].as_i64());
+
+    let (_, logs) = s
+        .get(
+            &format!("/api/v1/containers/{id}/logs?lines=50"),
+            &s.admin_token,
+        )
+        .await;
+    let text = logs["lines"].to_string();
+    assert!(
+        text.contains("serving /www on port 80 as etl-worker"),
+        "{logs}"
+    );
+    assert!(
+        text.contains("stopping"),
+        "the first run's end is in the log: {logs}"
+    );
+
+    // A process that ends on its own: stopped, with its exit code, within a few seconds.
+    let cmd = json!({"args": ["/bin/sh", "-c", "echo about to fail; sleep 1; exit 3"]});
+    let (st, body) = send(
+        &s,
+        reqwest::Method::PUT,
+        &format!("/api/v1/containers/{id}/command"),
+        Some(cmd),
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    let (st, _) = post(
+        &s,
+        &format!("/api/v1/containers/{id}/restart?timeout=0"),
+        None,
+    )
+    .await;
+    assert_eq!(st, 200);
+    let ended = s.wait_status(&id, "stopped", 10).await;
+    assert_eq!(ended["exit_code"], 3, "{ended}");
+    assert!(ended["status_reason"].as_str().unwrap().contains("code 3"));
+
+    // One that cannot start at all: 409 with the reason, recorded.
+    let cmd = json!({"args": ["/no/such/program"]});
+    send(
+        &s,
+        reqwest::Method::PUT,
+        &format!("/api/v1/containers/{id}/command"),
+        Some(cmd),
+    )
+    .await;
+    let (st, body) = post(&s, &format!("/api/v1/containers/{id}/start"), None).await;
+    assert_eq!(st, 409, "{body}");
+    let c = container(&s, &id).await;
+    assert_eq!(c["status"], "stopped");
+
+    // Bad commands and limits: 422 / 400, nothing stored.
+    for bad in [
+        json!({"args": [""]}),
+        json!({"args": ["x"], "cwd": "relative"}),
+        json!({"args": ["x"], "env": ["NOEQUALS"]}),
+    ] {
+        let (st, body) = send(
+            &s,
+            reqwest::Method::PUT,
+            &format!("/api/v1/containers/{id}/command"),
+            Some(bad),
+        )
+        .await;
+        assert_eq!(st, 422, "{body}");
+    }
+    let (st, _) = post(
+        &s,
+        &format!("/api/v1/containers/{id}/stop?timeout=301"),
+        None,
+    )
+    .await;
+    assert_eq!(st, 400);
+    let (st, _) = s
+        .get(
+            &format!("/api/v1/containers/{id}/logs?lines=0"),
+            &s.admin_token,
+        )
+        .await;
+    assert_eq!(st, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_operators_start_and_stop() {
+    let s = TestServer::start().await;
+    // alice is an operator of web-platform only.
+    let data_db = s.container_id("db-primary").await;
+    let resp = TestServer::client()
+        .post(s.url(&format!("/api/v1/containers/{data_db}/stop")))
+        .bearer_auth(&s.alice_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404, "a container alice cannot see");
+    assert_eq!(container(&s, &data_db).await["status"], "running");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_outlive_a_kill_9_and_every_status_is_true_after_the_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let port = process::free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let network = common::test_network().to_string();
+    // Both starts on one network, as an operator's would be.
+    let serve = || {
+        let child = process::doppel(&data)
+            .args([
+                "serve",
+                "--addr",
+                &format!("127.0.0.1:{port}"),
+                "--container-network",
+                &network,
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        process::Serving::adopt(child, &data)
+    };
+    let mut doppel = serve();
+    process::wait_up(&client, &base).await;
+    let out = process::doppel(&data)
+        .args(["token", "create", "--user", "admin"])
+        .output()
+        .unwrap();
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let list = process::get_json(&client, format!("{base}/api/v1/containers"), &token).await;
+    let by_name = |list: &Value, name: &str| -> String {
+        list["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let web = by_name(&list, "web-app");
+    let etl = by_name(&list, "etl-worker");
+    let get = |id: String| {
+        let (client, base, token) = (client.clone(), base.clone(), token.clone());
+        async move { process::get_json(&client, format!("{base}/api/v1/containers/{id}"), &token).await }
+    };
+    let before = get(web.clone()).await;
+    assert_eq!(before["status"], "running", "{before}");
+    assert_eq!(get(etl.clone()).await["status"], "running");
+
+    doppel.kill().unwrap();
+    doppel.wait().unwrap();
+    // While doppel is gone: web-app keeps serving; etl-worker's process is killed.
+    assert!(
+        page(&before, "/").await.is_ok(),
+        "containers run without doppel"
+    );
+    let runc_state = data.join("runc").display().to_string();
+    let killed = std::process::Command::new("runc")
+        .args(["--root", &runc_state, "kill", &etl, "KILL"])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let mut doppel = serve();
+    process::wait_up(&client, &base).await;
+    let web_after = get(web.clone()).await;
+    assert_eq!(web_after["status"], "running", "re-attached: {web_after}");
+    assert_eq!(
+        web_after["started_at"], before["started_at"],
+        "the same process"
+    );
+    let etl_after = get(etl.clone()).await;
+    assert_eq!(etl_after["status"], "stopped", "{etl_after}");
+    assert_eq!(
+        etl_after["exit_code"], 137,
+        "killed by SIGKILL: {etl_after}"
+    );
+    // And the watch goes on: a stop through runc, behind doppel's back, is noticed.
+    std::process::Command::new("runc")
+        .args(["--root", &runc_state, "kill", &web, "KILL"])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let c = get(web.clone()).await;
+        if c["status"] == "stopped" {
+            assert_eq!(c["exit_code"], 137);
+            break;
+        }
+        assert!(Instant::now() < deadline, "not noticed: {c}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    doppel.kill().unwrap();
+    doppel.wait().unwrap();
+}
