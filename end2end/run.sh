@@ -10,11 +10,14 @@ tmp=$(mktemp -d)
 port=$(node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})')
 export DOPPEL_DATA_DIR="$tmp/data" LEPTOS_SITE_ROOT=../target/site
 
-"$bin" serve --addr "127.0.0.1:$port" >"$tmp/server.log" 2>&1 &
+# Containers run (as root): on a network of their own, so a `make run` beside is no bother.
+"$bin" serve --addr "127.0.0.1:$port" --container-network 10.90.0.0/16 >"$tmp/server.log" 2>&1 &
 pid=$!
 cleanup() {
   kill "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
+  # Containers outlive doppel: end them, their namespaces and bridges.
+  "$bin" purge-containers 2>/dev/null || true
   mkdir -p test-results && cp "$tmp/server.log" test-results/server.log 2>/dev/null || true
   rm -rf "$tmp"
 }

@@ -19,11 +19,13 @@ st=target/schemathesis-venv/bin/schemathesis
 tmp=$(mktemp -d)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 export DOPPEL_DATA_DIR="$tmp/data"
-"$bin" serve --addr "127.0.0.1:$port" >"$tmp/server.log" 2>&1 &
+"$bin" serve --addr "127.0.0.1:$port" --container-network 10.91.0.0/16 >"$tmp/server.log" 2>&1 &
 pid=$!
 cleanup() {
   kill "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
+  # Containers outlive doppel: end them, their namespaces and bridges.
+  "$bin" purge-containers 2>/dev/null || true
   rm -rf "$tmp"
 }
 trap cleanup EXIT

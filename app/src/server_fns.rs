@@ -197,3 +197,43 @@ pub async fn cancel_job(id: String) -> Answer<Job> {
     let (backend, user) = caller().await?;
     answer(backend.cancel_job(&user, &id).await)
 }
+
+/// Starts, stops or restarts a container (`action`: `start`, `stop` or `restart`); the
+/// container as it is afterwards. Without JavaScript the browser goes back to its page.
+#[server]
+pub async fn container_action(id: String, action: String) -> Answer<ContainerDetail> {
+    let (backend, user) = caller().await?;
+    let result = match action.as_str() {
+        "start" => backend.start_container(&user, &id).await,
+        "stop" => backend.stop_container(&user, &id).await,
+        "restart" => backend.restart_container(&user, &id).await,
+        other => Err(ApiError::invalid(format!(
+            "{other:?} is not start, stop or restart"
+        ))),
+    };
+    if plain_form_post().await {
+        let back = format!("/containers/{}", crate::backend::percent_encode(&id));
+        match &result {
+            Ok(_) => leptos_axum::redirect(&back),
+            Err(e) => leptos_axum::redirect(&format!(
+                "{back}?error={}",
+                crate::backend::percent_encode(&e.message)
+            )),
+        }
+    }
+    answer(result)
+}
+
+/// The last lines a container's process wrote.
+#[server]
+pub async fn get_container_logs(id: String) -> Result<ContainerLogs, ApiError> {
+    let (backend, user) = caller().await?;
+    backend.container_logs(&user, &id).await
+}
+
+/// Whether containers can run on this doppel (and why not).
+#[server]
+pub async fn get_runtime_health() -> Result<RuntimeHealth, ApiError> {
+    let (backend, _) = caller().await?;
+    Ok(backend.health().runtime)
+}

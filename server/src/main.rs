@@ -140,6 +140,9 @@ enum Command {
         #[arg(long)]
         name: String,
     },
+    /// Kill every container of this data dir and remove their network namespaces, veths
+    /// and bridges (containers outlive doppel; this is how a test or a wiped host ends them).
+    PurgeContainers,
     /// (Internal) The process that runs one container for doppel: `runc run` in its own
     /// session, its output into a bounded log, its end into the bundle's `exit`.
     #[command(hide = true)]
@@ -228,6 +231,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         database_url: cli.data.database_url,
     };
     let command = cli.command.unwrap_or(Command::Serve);
+    if let Command::PurgeContainers = command {
+        doppel::runtime::purge(&data.data_dir);
+        eprintln!("removed every container of {}", data.data_dir.display());
+        return Ok(());
+    }
     if let Command::Serve = command {
         return serve::run(ServeConfig {
             addr: cli.serve.addr,
@@ -263,7 +271,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         );
     }
     match command {
-        Command::Serve | Command::Shim { .. } => unreachable!("handled above"),
+        Command::Serve | Command::Shim { .. } | Command::PurgeContainers => {
+            unreachable!("handled above")
+        }
         Command::Token(TokenCommand::Create { user, label }) => {
             println!("{}", auth::create_token(&pool, &user, &label).await?);
         }

@@ -200,17 +200,28 @@ fn rootfs(root: &Path, app: &str, rng: &mut Rng) -> std::io::Result<()> {
         format!("{public} admin-of-{app}\n").as_bytes(),
         0o600,
     )?;
+    // The page is `content.html` (what a user edits); `cgi-bin/index.cgi` (busybox httpd
+    // runs it for `/` when there is no index.html) wraps it with the host name, in the
+    // page and in an `X-Hostname` header: a copy shows the same content under its own name.
     write(
         root,
-        "www/index.html",
+        "www/content.html",
         format!(
-            "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{app}</title></head>\n\
-             <body><h1>{app}</h1>\n<p>This page is served by busybox httpd from the container's \
-             own root.</p>\n<p>Host: <iframe src=\"cgi-bin/host\" height=\"40\"></iframe></p>\n\
-             </body></html>\n"
+            "<h1>{app}</h1>\n<p>This page is served by busybox httpd from the container's own \
+             root.</p>\n"
         )
         .as_bytes(),
         0o644,
+    )?;
+    write(
+        root,
+        "www/cgi-bin/index.cgi",
+        b"#!/bin/sh\nhost=$(hostname)\necho 'Content-Type: text/html; charset=utf-8'\n\
+          echo \"X-Hostname: $host\"\necho\n\
+          echo \"<!doctype html><html><head><meta charset=utf-8><title>$host</title></head><body>\"\n\
+          echo \"<p class=host>Served by <b>$host</b></p>\"\ncat /www/content.html\n\
+          echo '</body></html>'\n",
+        0o755,
     )?;
     write(
         root,

@@ -166,9 +166,13 @@ async fn a_copy_runs_on_its_own_address_as_a_new_machine() {
 
     // The source's content, the copy's own name.
     assert_eq!(
-        page(&copy, "/").await.unwrap(),
-        page(&source, "/").await.unwrap()
+        page(&copy, "/content.html").await.unwrap(),
+        page(&source, "/content.html").await.unwrap()
     );
+    assert!(page(&copy, "/")
+        .await
+        .unwrap()
+        .contains("Served by <b>web-app-run</b>"));
     assert_eq!(
         page(&copy, "/cgi-bin/host").await.unwrap().trim(),
         "web-app-run"
@@ -515,4 +519,73 @@ async fn containers_outlive_a_kill_9_and_every_status_is_true_after_the_restart(
     }
     doppel.kill().unwrap();
     doppel.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_serves_the_page_sandboxed_without_doppel_credentials() {
+    let s = TestServer::start().await;
+    let id = s.container_id("web-app").await;
+    let c = container(&s, &id).await;
+    // A page that shows what the container was sent.
+    let echo = root(&c).join("www/cgi-bin/echo");
+    std::fs::write(
+        &echo,
+        "#!/bin/sh\necho 'Content-Type: text/plain'\necho 'Set-Cookie: doppel_session=stolen; Path=/'\necho\nenv\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&echo, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let cookie = s.session("admin", &s.admin_password).await;
+    let base = s.base.clone();
+    let get = |path: String, cookie: Option<String>| {
+        let url = format!("{base}{path}");
+        async move {
+            let mut req = TestServer::client().get(url);
+            if let Some(c) = cookie {
+                req = req.header("cookie", c);
+            }
+            req.send().await.unwrap()
+        }
+    };
+
+    let resp = get(format!("/containers/{id}/open/"), Some(cookie.clone())).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-hostname"], "web-app");
+    let csp = resp.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(csp.starts_with("sandbox"), "{csp}");
+    assert!(resp.text().await.unwrap().contains("<h1>web-app</h1>"));
+
+    let resp = get(
+        format!("/containers/{id}/open/cgi-bin/echo?x=1"),
+        Some(cookie.clone()),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers().get("set-cookie").is_none(),
+        "a page sets no doppel cookie"
+    );
+    let env = resp.text().await.unwrap();
+    let session_value = cookie.split('=').nth(1).unwrap();
+    assert!(env.contains("QUERY_STRING=x=1"), "{env}");
+    assert!(
+        !env.contains(session_value),
+        "the visitor's session never reaches the page: {env}"
+    );
+
+    // Without a login: to the login page. A viewer-less stranger: 404. Stopped: 409.
+    let resp = get(format!("/containers/{id}/open/"), None).await;
+    assert_eq!(resp.status(), 303);
+    let (st, _) = post(&s, &format!("/api/v1/containers/{id}/stop?timeout=1"), None).await;
+    assert_eq!(st, 200);
+    let resp = get(format!("/containers/{id}/open/"), Some(cookie.clone())).await;
+    assert_eq!(resp.status(), 409);
+    let resp = get(
+        "/containers/000000000000000000000000/open/".into(),
+        Some(cookie),
+    )
+    .await;
+    assert_eq!(resp.status(), 404);
 }

@@ -4,17 +4,23 @@ use leptos_router::hooks::{use_params_map, use_query_map};
 
 use super::copy_dialog::{CopyDialog, SyncNow};
 use super::live_job::LiveJob;
+use super::process::ProcessCard;
 use super::widgets::{ErrorBox, Loading, ReloadWithoutScript, StatusBadge};
 use crate::format;
 use crate::model::{ContainerDetail, ContainerStatus};
-use crate::server_fns::{get_container, get_job};
+use crate::server_fns::{get_container, get_job, ContainerAction};
 
 /// One container: details, snapshots, rules, lineage.
 #[component]
 pub fn ContainerPage() -> impl IntoView {
     let params = use_params_map();
     let id = move || params.with(|p| p.get("id").unwrap_or_default());
-    let container = Resource::new(id, get_container);
+    // Start, stop and restart; each one done reloads the container.
+    let action = ServerAction::<ContainerAction>::new();
+    let container = Resource::new(
+        move || (id(), action.version().get()),
+        |(id, _)| get_container(id),
+    );
     // `?job=ID`: a job this page was reached for (a copy started by a plain form post).
     let query = use_query_map();
     let job = Resource::new(
@@ -26,14 +32,21 @@ pub fn ContainerPage() -> impl IntoView {
             }
         },
     );
+    // `?error=`: why a start, stop or restart posted without JavaScript was refused.
+    let refused = move || {
+        query.with(|q| q.get("error")).map(|message| {
+            view! { <p class="error-box" role="alert">{message}</p> }
+        })
+    };
     view! {
+        {refused}
         <Suspense fallback=|| ()>
             {move || Suspend::new(async move { job.await.map(|job| view! { <LiveJob job/> }) })}
         </Suspense>
         <Suspense fallback=Loading>
             {move || Suspend::new(async move {
                 match container.await {
-                    Ok(c) => view! { <ContainerView c/> }.into_any(),
+                    Ok(c) => view! { <ContainerView c action/> }.into_any(),
                     Err(error) => view! { <ErrorBox error/> }.into_any(),
                 }
             })}
@@ -42,8 +55,9 @@ pub fn ContainerPage() -> impl IntoView {
 }
 
 #[component]
-fn ContainerView(c: ContainerDetail) -> impl IntoView {
+fn ContainerView(c: ContainerDetail, action: ServerAction<ContainerAction>) -> impl IntoView {
     let copy_dialog = view! { <CopyDialog c=c.clone()/> };
+    let process = view! { <ProcessCard c=c.clone() action/> };
     let sync_now = c.summary.is_copy.then(|| {
         view! {
             <section class="card sync-card">
@@ -101,6 +115,7 @@ fn ContainerView(c: ContainerDetail) -> impl IntoView {
             <div class="actions">{copy_dialog}</div>
         </div>
         {reason}
+        {process}
         {sync_now}
         <section class="card">
             <h2>"Details"</h2>

@@ -1,12 +1,13 @@
 use leptos::prelude::*;
 use leptos_router::components::{Outlet, A};
 
-use crate::server_fns::whoami;
+use crate::server_fns::{get_runtime_health, whoami};
 
 /// Navigation around every page but the login.
 #[component]
 pub fn Layout() -> impl IntoView {
     let me = Resource::new(|| (), |_| whoami());
+    let runtime = Resource::new(|| (), |_| get_runtime_health());
     view! {
         <header class="topbar">
             <a class="brand" href="/">"doppel"</a>
@@ -34,6 +35,20 @@ pub fn Layout() -> impl IntoView {
                 </Suspense>
             </div>
         </header>
+        <Suspense fallback=|| ()>
+            {move || Suspend::new(async move {
+                match runtime.await {
+                    Ok(r) if !r.available => Some(view! {
+                        <p class="warning-box runtime-missing" role="status">
+                            "Containers cannot run on this doppel: "
+                            {r.reason.unwrap_or_default()}
+                            ". They stay stopped; copies and syncs work."
+                        </p>
+                    }),
+                    _ => None,
+                }
+            })}
+        </Suspense>
         <main class="content">
             <Outlet/>
         </main>

@@ -8,6 +8,7 @@ mod jobs;
 mod layout;
 mod live_job;
 mod login;
+mod process;
 mod sync_status;
 mod widgets;
 

@@ -4,6 +4,7 @@
 
 mod api;
 pub(crate) mod listener;
+mod open;
 pub(crate) mod session;
 
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use app::{shell, App};
 use axum::extract::FromRef;
 use axum::http::{header, HeaderValue};
 use axum::middleware;
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::Router;
 use leptos::prelude::*;
 use leptos_axum::{generate_route_list, LeptosRoutes};
@@ -85,6 +86,9 @@ pub fn router(state: AppState) -> Router {
         .route("/auth/login", post(session::login))
         .route("/auth/logout", post(session::logout))
         .route("/healthz", get(healthz))
+        .route("/containers/{id}/open", get(open::open_root))
+        .route("/containers/{id}/open/", any(open::open_index))
+        .route("/containers/{id}/open/{*rest}", any(open::open_page))
         .leptos_routes_with_context(
             &state,
             routes,

@@ -177,10 +177,12 @@ impl Lifecycle {
                     base: Ipv4Addr::from(u32::from(a) & mask),
                     prefix,
                 };
-                // Taken on this host (the same name on another server, say): the
+                // Taken on this host (the same name on another server, say), or outside
+                // the container network (a rule from before the pool changed): the
                 // network gets a subnet of the pool, and the static address is checked
                 // against that.
-                if overlaps(&net) {
+                let pool = self.runtime.network;
+                if overlaps(&net) || !pool.contains(net.network()) || net.prefix < pool.prefix {
                     None
                 } else {
                     Some(net)

@@ -7,7 +7,7 @@ use std::time::Duration;
 use app::model::*;
 
 use super::{internal, Service};
-use crate::runtime::firewall;
+use crate::runtime::{firewall, Ipv4Net};
 use crate::store::{ContainerRow, JsonColumn};
 
 /// A stop's default grace before SIGKILL, and the most a caller may ask for.
@@ -209,7 +209,7 @@ impl Service {
     ) -> Result<ContainerDetail, ApiError> {
         let (row, vis) = self.visible_container(user, id).await?;
         vis.require_operator(&row.project_id, "changing a container")?;
-        if let Some((at, why)) = network_rules_problem(&rules) {
+        if let Some((at, why)) = network_rules_problem(&rules, self.lifecycle.runtime.network) {
             return Err(
                 ApiError::new(ErrorCode::Unprocessable, format!("rule {at}: {why}"))
                     .on_field(&format!("rules[{at}]")),
@@ -221,6 +221,25 @@ impl Service {
             .await
             .map_err(internal)?;
         self.detail_now(user, id).await
+    }
+
+    /// Where a running container's page answers (its first interface, port 80), for the
+    /// console's Open link; whoever may see the container may open it.
+    pub async fn open_address(
+        &self,
+        user: &UserInfo,
+        id: &str,
+    ) -> Result<std::net::SocketAddr, ApiError> {
+        let (row, _) = self.visible_container(user, id).await?;
+        if row.status != ContainerStatus::Running.as_str() {
+            return Err(conflict(format!("{} is not running", row.name)));
+        }
+        let interfaces: Vec<Interface> = serde_json::from_str(&row.interfaces).map_err(internal)?;
+        let address = interfaces
+            .first()
+            .and_then(|i| i.ipv4.split('/').next()?.parse::<std::net::Ipv4Addr>().ok())
+            .ok_or_else(|| conflict(format!("{} has no address", row.name)))?;
+        Ok(std::net::SocketAddr::from((address, 80)))
     }
 
     /// `GET /healthz`: serving, and whether containers can run here.
@@ -236,8 +255,9 @@ impl Service {
     }
 }
 
-/// The first network rule that cannot be set up, and why.
-pub fn network_rules_problem(rules: &[NetworkRule]) -> Option<(usize, String)> {
+/// The first network rule that cannot be set up, and why. Static addresses come from the
+/// container network (`pool`): doppel puts no bridge on the host's other networks.
+pub fn network_rules_problem(rules: &[NetworkRule], pool: Ipv4Net) -> Option<(usize, String)> {
     if rules.len() > 8 {
         return Some((8, "a container has at most 8 interfaces".into()));
     }
@@ -265,13 +285,23 @@ pub fn network_rules_problem(rules: &[NetworkRule]) -> Option<(usize, String)> {
         }
         if let Some(a) = &r.ipv4 {
             let (addr, prefix) = a.split_once('/').unwrap_or((a, "24"));
-            let ok = addr.parse::<std::net::Ipv4Addr>().is_ok()
-                && prefix.parse::<u8>().is_ok_and(|p| (8..=30).contains(&p));
-            if !ok {
-                return Some((
-                    i,
-                    format!("{a:?} is not an IPv4 address with a prefix of 8 to 30, such as 10.10.0.5/24"),
-                ));
+            let parsed = addr.parse::<std::net::Ipv4Addr>().ok();
+            let prefix_ok = prefix
+                .parse::<u8>()
+                .is_ok_and(|p| p >= pool.prefix && p <= 30);
+            match parsed {
+                Some(a) if prefix_ok && pool.contains(a) => {}
+                _ => {
+                    return Some((
+                        i,
+                        format!(
+                            "{a:?} is not an address of this doppel's container network {pool} \
+                             (with a prefix from {} to 30), such as {}/24",
+                            pool.prefix,
+                            pool.host(5).unwrap_or(pool.base)
+                        ),
+                    ))
+                }
             }
         }
         if let Some(mtu) = r.mtu {
