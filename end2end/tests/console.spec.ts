@@ -59,7 +59,7 @@ test('log in, browse containers and open a container', async ({ page }) => {
   await page.getByRole('link', { name: 'db-primary' }).click();
   await expect(page.getByRole('heading', { level: 1 })).toContainText('db-primary');
   await expect(page.getByRole('cell', { name: 'nightly' })).toBeVisible();
-  await expect(page.getByText('data-backend')).toBeVisible();
+  await expect(page.getByRole('cell', { name: 'data-backend' })).toBeVisible();
 
   // And a copy, loaded directly (server-rendered, then hydrated).
   await page.goto('/containers');
@@ -68,7 +68,7 @@ test('log in, browse containers and open a container', async ({ page }) => {
   await expect(page.getByText('Copy of')).toBeVisible();
   await page.getByRole('link', { name: 'web-app', exact: true }).click();
   await expect(page.getByRole('heading', { level: 1 })).toContainText('web-app');
-  await expect(page.getByRole('cell', { name: '443' })).toBeVisible();
+  await expect(page.getByRole('cell', { name: '80', exact: true })).toBeVisible();
   await expect(page.getByRole('cell', { name: 'before-upgrade' })).toBeVisible();
 
   await page.screenshot({ path: 'test-results/container-page.png', fullPage: true });
@@ -129,7 +129,7 @@ test('copy a container through the dialog, then change the source and sync, live
   await dialog.getByRole('link', { name: 'Open the container' }).click();
   await expect(page.getByRole('heading', { level: 1 })).toContainText('web-app-e2e');
   await expect(page.locator('h1 .badge')).toHaveText('running');
-  await expect(page.getByRole('cell', { name: '443' })).toBeVisible();
+  await expect(page.getByRole('cell', { name: '80', exact: true })).toBeVisible();
 
   // Change the source on disk, then "Sync now" on the copy shows what changed.
   fs.writeFileSync(path.join(rootPath, 'etc', 'added-by-e2e'), 'new file\n');
@@ -139,6 +139,61 @@ test('copy a container through the dialog, then change the source and sync, live
   await expect(job).toContainText('1 added, 0 changed, 0 deleted');
   await expect(job).toContainText('drift found on the copy: 0');
   await page.screenshot({ path: 'test-results/sync-now.png', fullPage: true });
+  expect(problems).toEqual([]);
+});
+
+test('a copy runs: open its page, sync an edit of the source into it, stop and start it', async ({ page, context }) => {
+  const problems = watchConsole(page);
+  const rootPath = await openWebAppAsAdmin(page);
+  const badge = page.locator('h1 .badge');
+  await expect(badge).toHaveText('running');
+  await expect(page.locator('.process-card')).toContainText('eth0');
+
+  // The source's own page, through doppel (sandboxed: it is the tenant's).
+  const [source] = await Promise.all([
+    context.waitForEvent('page'),
+    page.getByRole('link', { name: 'Open', exact: true }).click(),
+  ]);
+  await expect(source.locator('p.host')).toContainText('web-app');
+  await expect(source.locator('h1')).toHaveText('web-app');
+  await source.close();
+
+  // Copy it in the console; the copy runs.
+  await page.getByRole('button', { name: 'Copy container' }).click();
+  const dialog = page.getByRole('dialog');
+  await dialog.getByLabel('Name').fill('web-app-live');
+  await dialog.getByRole('button', { name: 'Copy', exact: true }).click();
+  await expect(dialog.locator('.live-job h2')).toContainText('succeeded', { timeout: 30_000 });
+  await dialog.getByRole('link', { name: 'Open the container' }).click();
+  await expect(page.getByRole('heading', { level: 1 })).toContainText('web-app-live');
+  await expect(badge).toHaveText('running');
+
+  // Its page: the source's content under its own host name.
+  const [copy] = await Promise.all([
+    context.waitForEvent('page'),
+    page.getByRole('link', { name: 'Open', exact: true }).click(),
+  ]);
+  await expect(copy.locator('p.host')).toContainText('web-app-live');
+  await expect(copy.locator('h1')).toHaveText('web-app');
+
+  // Edit the source's page, Sync now: the copy's page changes.
+  fs.writeFileSync(path.join(rootPath, 'www', 'content.html'), '<h1>web-app, edited</h1>\n');
+  await page.getByRole('button', { name: 'Sync now' }).click();
+  await expect(page.locator('.live-job h2')).toContainText('succeeded', { timeout: 30_000 });
+  await copy.reload();
+  await expect(copy.locator('h1')).toHaveText('web-app, edited');
+  await expect(copy.locator('p.host')).toContainText('web-app-live');
+
+  // Stop it: nothing to open; start it again: the page is back.
+  await page.getByRole('button', { name: 'Stop', exact: true }).click();
+  await expect(badge).toHaveText('stopped', { timeout: 20_000 });
+  await expect(page.getByRole('link', { name: 'Open', exact: true })).toHaveCount(0);
+  await expect(page.locator('.process-card')).toContainText('exit code 0');
+  await page.getByRole('button', { name: 'Start', exact: true }).click();
+  await expect(badge).toHaveText('running', { timeout: 20_000 });
+  await copy.reload();
+  await expect(copy.locator('h1')).toHaveText('web-app, edited');
+  await page.screenshot({ path: 'test-results/running-copy.png', fullPage: true });
   expect(problems).toEqual([]);
 });
 
