@@ -136,15 +136,25 @@ pub struct ContainerSummary {
 #[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FirewallRule {
-    /// `ingress` or `egress`.
+    /// `ingress` (packets coming in, by their source) or `egress` (going out, by their
+    /// destination).
+    #[cfg_attr(feature = "ssr", schema(pattern = "^(ingress|egress)$"))]
     pub direction: String,
     /// `tcp`, `udp`, `icmp` or `any`.
+    #[cfg_attr(feature = "ssr", schema(pattern = "^(tcp|udp|icmp|any)$"))]
     pub protocol: String,
-    /// A port or range such as `443` or `8000-8100`; absent for all ports.
+    /// A port or range such as `443` or `8000-8100` (tcp and udp only); absent for all
+    /// ports.
+    #[cfg_attr(feature = "ssr", schema(pattern = "^[0-9]{1,5}(-[0-9]{1,5})?$"))]
     pub port: Option<String>,
-    /// The peer network, e.g. `0.0.0.0/0`.
+    /// The peer: an IPv4 network such as `10.0.0.0/8`, or one address.
+    #[cfg_attr(
+        feature = "ssr",
+        schema(pattern = "^[0-9]{1,3}(\\.[0-9]{1,3}){3}(/[0-9]{1,2})?$")
+    )]
     pub cidr: String,
-    /// `allow` or `deny`.
+    /// `allow` or `deny` (the packet is dropped).
+    #[cfg_attr(feature = "ssr", schema(pattern = "^(allow|deny)$"))]
     pub action: String,
 }
 
@@ -152,10 +162,23 @@ pub struct FirewallRule {
 #[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkRule {
+    /// The interface's name in the container, e.g. `eth0`.
+    #[cfg_attr(feature = "ssr", schema(pattern = "^[A-Za-z0-9_.-]{1,15}$"))]
     pub interface: String,
+    /// The network (a bridge of the container's server) it is on.
+    #[cfg_attr(
+        feature = "ssr",
+        schema(pattern = "^[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+    )]
     pub network: String,
-    /// A static IPv4 address with prefix, or absent for DHCP.
+    /// A static IPv4 address with its prefix, from doppel's container network
+    /// (`--container-network`); absent: one is allocated and kept.
+    #[cfg_attr(
+        feature = "ssr",
+        schema(pattern = "^[0-9]{1,3}(\\.[0-9]{1,3}){3}(/[0-9]{1,2})?$")
+    )]
     pub ipv4: Option<String>,
+    #[cfg_attr(feature = "ssr", schema(minimum = 576, maximum = 9000))]
     pub mtu: Option<u32>,
 }
 
@@ -167,12 +190,15 @@ pub struct NetworkRule {
 pub struct ContainerCommand {
     /// The argv, e.g. `["/bin/httpd", "-f", "-p", "80"]`; empty: nothing to run (the
     /// container cannot start).
+    #[cfg_attr(feature = "ssr", schema(max_items = 256))]
     pub args: Vec<String>,
     /// `NAME=value` entries (`PATH` defaults to the usual directories).
     #[serde(default)]
+    #[cfg_attr(feature = "ssr", schema(max_items = 256))]
     pub env: Vec<String>,
     /// The working directory, absolute; `/` when absent.
     #[serde(default = "root_dir")]
+    #[cfg_attr(feature = "ssr", schema(pattern = "^/[^\\u0000]{0,4095}$"))]
     pub cwd: String,
 }
 

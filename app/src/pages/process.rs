@@ -20,7 +20,9 @@ pub fn ProcessCard(c: ContainerDetail, action: ServerAction<ContainerAction>) ->
         view! { <code class="command">{c.command.args.join(" ")}</code> }.into_any()
     };
     let since = match (running, c.started_at, c.stopped_at) {
-        (true, Some(t), _) => Some(view! { <dt>"Running since"</dt> <dd>{format::utc(t)}</dd> }.into_any()),
+        (true, Some(t), _) => {
+            Some(view! { <dt>"Running since"</dt> <dd>{format::utc(t)}</dd> }.into_any())
+        }
         (false, _, Some(t)) => Some(
             view! {
                 <dt>"Stopped"</dt>

@@ -147,6 +147,7 @@ pub(super) async fn set_command(
 #[serde(deny_unknown_fields)]
 pub(super) struct FirewallRules {
     /// In order: the first rule that matches a packet decides
+    #[schema(max_items = 256)]
     rules: Vec<FirewallRule>,
 }
 
@@ -182,6 +183,7 @@ pub(super) async fn set_firewall_rules(
 #[serde(deny_unknown_fields)]
 pub(super) struct NetworkRules {
     /// One per interface (none: `eth0` on the server's `default` network)
+    #[schema(max_items = 8)]
     rules: Vec<NetworkRule>,
 }
 
