@@ -589,3 +589,60 @@ async fn open_serves_the_page_sandboxed_without_doppel_credentials() {
     .await;
     assert_eq!(resp.status(), 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_of_a_running_copy_is_down_only_for_its_final_pass() {
+    let s = TestServer::start().await;
+    let web = project_id(&s, "web-platform").await;
+    let source_id = s.container_id("web-app").await;
+    let source = container(&s, &source_id).await;
+    let (copy, _) = copy(
+        &s,
+        &source_id,
+        json!({"target_project_id": web, "name": "web-app-synced"}),
+    )
+    .await;
+    assert_eq!(copy["status"], "running");
+    let id = copy["id"].as_str().unwrap().to_string();
+
+    std::fs::write(root(&source).join("www/content.html"), "<h1>edited</h1>\n").unwrap();
+    let (st, body) = post(&s, &format!("/api/v1/containers/{id}/sync"), None).await;
+    assert_eq!(st, 202, "{body}");
+    let job = wait_job(&s, body["job"]["url"].as_str().unwrap()).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let downtime = job["summary"]["downtime_ms"]
+        .as_u64()
+        .expect("downtime reported");
+    assert!(downtime < 15_000, "{job}");
+    assert_eq!(job["summary"]["files_changed"], 1, "{job}");
+    let after = container(&s, &id).await;
+    assert_eq!(after["status"], "running", "{after}");
+    assert!(
+        after["started_at"].as_i64() > copy["started_at"].as_i64(),
+        "started again"
+    );
+    assert_eq!(
+        page(&after, "/content.html").await.unwrap(),
+        "<h1>edited</h1>\n"
+    );
+    assert!(page(&after, "/")
+        .await
+        .unwrap()
+        .contains("Served by <b>web-app-synced</b>"));
+    assert_eq!(
+        read(&root(&after), "etc/hostname").trim(),
+        "web-app-synced",
+        "identity kept"
+    );
+
+    // A stopped copy stays stopped, with no downtime to speak of.
+    let (st, _) = post(&s, &format!("/api/v1/containers/{id}/stop"), None).await;
+    assert_eq!(st, 200);
+    std::fs::write(root(&source).join("www/content.html"), "<h1>again</h1>\n").unwrap();
+    let (_, body) = post(&s, &format!("/api/v1/containers/{id}/sync"), None).await;
+    let job = wait_job(&s, body["job"]["url"].as_str().unwrap()).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert!(job["summary"].get("downtime_ms").is_none(), "{job}");
+    assert_eq!(container(&s, &id).await["status"], "stopped");
+    assert_eq!(read(&root(&after), "www/content.html"), "<h1>again</h1>\n");
+}

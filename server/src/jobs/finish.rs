@@ -5,6 +5,7 @@ use app::model::{ContainerStatus, EventKind, JobKind, JobProgress, JobStatus};
 
 use super::{JobParams, JobRunner};
 use crate::engine::{self, EngineError};
+use crate::lifecycle::Outcome;
 use crate::store::{DbError, JobEnd};
 
 impl JobRunner {
@@ -17,6 +18,7 @@ impl JobRunner {
         params: &JobParams,
         result: Result<engine::Summary, EngineError>,
         last_progress: Option<JobProgress>,
+        restarted: Option<Outcome>,
     ) -> Result<(), DbError> {
         let previous = params.previous_status.unwrap_or(ContainerStatus::Running);
         let (status, error) = match &result {
@@ -33,8 +35,9 @@ impl JobRunner {
         // container is failed. A sync that did not finish left the copy as it was: its
         // status comes back.
         let mut result = result;
-        let (container_status, reason) = match (&error, kind) {
-            (None, JobKind::Copy) => {
+        let incomplete = matches!(result, Err(EngineError::Incomplete(_)));
+        let (container_status, reason) = match (&error, kind, restarted) {
+            (None, JobKind::Copy, _) => {
                 let started = self
                     .lifecycle
                     .start(target_id, &[ContainerStatus::Copying])
@@ -44,17 +47,26 @@ impl JobRunner {
                 }
                 (started.status, started.reason)
             }
-            (None, JobKind::Sync) => (previous, None),
-            (Some(m), JobKind::Copy) => (
+            // A running copy stopped for the final pass: as its start again went.
+            (_, JobKind::Sync, Some(o)) if !incomplete => {
+                let reason = match (&error, o.reason) {
+                    (Some(m), Some(r)) => Some(format!("last sync {}: {m}; {r}", status.as_str())),
+                    (Some(m), None) => Some(format!("last sync {}: {m}", status.as_str())),
+                    (None, r) => r,
+                };
+                (o.status, reason)
+            }
+            (None, JobKind::Sync, _) => (previous, None),
+            (Some(m), JobKind::Copy, _) => (
                 ContainerStatus::Failed,
                 Some(format!("copy {}: {m}", status.as_str())),
             ),
             // Stopped half way through applying its changes: not as it was, not current.
-            (Some(m), JobKind::Sync) if matches!(result, Err(EngineError::Incomplete(_))) => (
+            (Some(m), JobKind::Sync, _) if incomplete => (
                 ContainerStatus::Failed,
                 Some(format!("last sync {}: {m}", status.as_str())),
             ),
-            (Some(m), JobKind::Sync) => (
+            (Some(m), JobKind::Sync, _) => (
                 previous,
                 Some(format!("last sync {}: {m}", status.as_str())),
             ),

@@ -204,7 +204,7 @@ impl JobRunner {
             tracing::info!(job = %id, "finishing a job cancelled before the last stop");
             let s = self.load_start(&id).await?;
             let cancelled = Err(EngineError::Cancelled);
-            self.finish(&id, s.kind, &s.target_id, &s.params, cancelled, None)
+            self.finish(&id, s.kind, &s.target_id, &s.params, cancelled, None, None)
                 .await?;
         }
         let ids = self.db.requeue_interrupted_jobs().await?;
@@ -284,6 +284,7 @@ impl JobRunner {
                     &params,
                     Err(EngineError::Cancelled),
                     None,
+                    None,
                 )
                 .await;
         };
@@ -322,6 +323,7 @@ impl JobRunner {
         let r2 = reporter.clone();
         let ctl = ctl.with_progress(move |p| r2.report(p));
         let target = dst.clone();
+        let (src2, dst2, ctl2) = (src.clone(), dst.clone(), ctl.clone());
         let result = run_in_background(move || match kind {
             // The target is this job's new container: if a run before a restart already
             // finished its tree, it is brought up to date rather than refused.
@@ -341,6 +343,46 @@ impl JobRunner {
         })
         .await
         .map_err(|e| without_paths(e, &names));
+        // A sync of a running copy: the pass above ran while it ran; now it stops, a final
+        // pass brings the changes made meanwhile, and it starts again. Its downtime is only
+        // that final pass.
+        let mut restarted = None;
+        let result = match result {
+            Ok(first)
+                if kind == JobKind::Sync
+                    && params.previous_status == Some(ContainerStatus::Running) =>
+            {
+                let started = std::time::Instant::now();
+                if self.lifecycle.stop_for_job(&target_id).await? {
+                    let last = run_in_background(move || {
+                        engine::sync_keeping(
+                            &src2,
+                            &dst2,
+                            &engine::identity::is_identity_path,
+                            &ctl2,
+                        )
+                    })
+                    .await
+                    .map_err(|e| without_paths(e, &names));
+                    let result = match last {
+                        Ok(last) => Ok(two_passes(first, last, started.elapsed())),
+                        Err(e) => Err(e),
+                    };
+                    // Back up unless the tree is half changed (the container is failed then).
+                    if !matches!(&result, Err(_) if target.commit_pending()) {
+                        restarted = Some(
+                            self.lifecycle
+                                .start(&target_id, &[ContainerStatus::Syncing])
+                                .await?,
+                        );
+                    }
+                    result
+                } else {
+                    Ok(first)
+                }
+            }
+            r => r,
+        };
         let last_progress = reporter.flush().await;
         let result = match result {
             Err(e) if kind == JobKind::Sync && target.commit_pending() => {
@@ -348,8 +390,51 @@ impl JobRunner {
             }
             r => r,
         };
-        self.finish(job_id, kind, &target_id, &params, result, last_progress)
-            .await
+        self.finish(
+            job_id,
+            kind,
+            &target_id,
+            &params,
+            result,
+            last_progress,
+            restarted,
+        )
+        .await
+    }
+}
+
+/// The summary of a sync done in two passes (while the copy ran, then stopped): what both
+/// changed, the tree as the last left it, and how long the copy was down.
+fn two_passes(
+    first: engine::Summary,
+    last: engine::Summary,
+    downtime: std::time::Duration,
+) -> engine::Summary {
+    let mut phase_ms = first.phase_ms;
+    for (phase, ms) in last.phase_ms {
+        *phase_ms.entry(phase).or_default() += ms;
+    }
+    let mut drift_paths = first.drift_paths;
+    drift_paths.extend(last.drift_paths);
+    let mut notes = first.notes;
+    notes.extend(last.notes);
+    engine::Summary {
+        files_added: first.files_added + last.files_added,
+        files_changed: first.files_changed + last.files_changed,
+        files_deleted: first.files_deleted + last.files_deleted,
+        metadata_only: first.metadata_only + last.metadata_only,
+        bytes_sent: first.bytes_sent + last.bytes_sent,
+        content_bytes: first.content_bytes + last.content_bytes,
+        reused_bytes: first.reused_bytes + last.reused_bytes,
+        delta_files: first.delta_files + last.delta_files,
+        drift: first.drift + last.drift,
+        drift_paths,
+        duration_ms: first.duration_ms + last.duration_ms,
+        recovered: first.recovered || last.recovered,
+        phase_ms,
+        notes,
+        downtime_ms: Some(downtime.as_millis() as u64),
+        ..last
     }
 }
 

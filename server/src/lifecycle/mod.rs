@@ -17,6 +17,9 @@ use crate::config::{container_root, runtime_dir};
 use crate::runtime::{oci, shim, Observed, RunSpec, Runtime};
 use crate::store::{ContainerRow, Db, DbError, JsonColumn, RunRecord};
 
+/// How long a copy's process has to end when a sync stops it for its final pass.
+const STOP_FOR_SYNC: Duration = Duration::from_secs(10);
+
 /// How often running containers are checked.
 pub const WATCH_EVERY: Duration = Duration::from_secs(2);
 
@@ -233,6 +236,56 @@ impl Lifecycle {
         };
         self.db.record_run(id, record, &SETTLED).await?;
         Ok(Outcome::stopped(None))
+    }
+
+    /// A sync's final pass: stops the copy's process if it runs (its status stays the
+    /// job's `syncing`); says whether it did. The sync starts it again with `start`.
+    pub async fn stop_for_job(&self, id: &str) -> Result<bool, DbError> {
+        let lock = self.lock_of(id);
+        let _one = lock.lock().await;
+        if self.runtime.unavailable().is_some() {
+            return Ok(false);
+        }
+        let Some(row) = self.db.container(id).await? else {
+            return Ok(false);
+        };
+        let listed = match self.runtime.list().await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(container = %id, error = %e, "runc list");
+                return Ok(false);
+            }
+        };
+        if !matches!(
+            Runtime::observe(&listed, id, &Self::bundle(&row)),
+            Observed::Running { .. }
+        ) {
+            return Ok(false);
+        }
+        let exit = self
+            .runtime
+            .stop(
+                id,
+                &Self::bundle(&row),
+                interface_count(&row),
+                STOP_FOR_SYNC,
+            )
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!(container = %id, error = %e, "stop for a sync");
+                None
+            });
+        let record = RunRecord {
+            status: ContainerStatus::Syncing,
+            reason: None,
+            started_at: row.started_at,
+            stopped_at: Some(exit.map_or_else(crate::ids::now_ms, |e| e.at)),
+            exit_code: exit.map(|e| e.code as i64),
+        };
+        self.db
+            .record_run(id, record, &[ContainerStatus::Syncing])
+            .await?;
+        Ok(true)
     }
 
     /// Stop, then start, as one step no other start or stop comes between.
