@@ -599,7 +599,8 @@ async fn a_sync_of_a_running_copy_is_down_only_for_its_final_pass() {
     let (copy, _) = copy(
         &s,
         &source_id,
-        json!({"target_project_id": web, "name": "web-app-synced"}),
+        // Its static address is replaced at its first start, and stays so on the next.
+        json!({"target_project_id": web, "name": "web-app-synced", "copy_network_rules": true}),
     )
     .await;
     assert_eq!(copy["status"], "running");

@@ -66,18 +66,18 @@ impl Lifecycle {
                 .filter_map(|i| address_of(&i.ipv4))
                 .collect();
             // The address it had, while nobody else took it; else the lowest free.
+            let kept = before
+                .iter()
+                .find(|i| i.interface == rule.interface && i.network == rule.network)
+                .and_then(|i| address_of(&i.ipv4))
+                .filter(|a| usable(net, *a) && !taken.contains(a));
             let free = || {
-                before
-                    .iter()
-                    .find(|i| i.interface == rule.interface && i.network == rule.network)
-                    .and_then(|i| address_of(&i.ipv4))
-                    .filter(|a| usable(net, *a) && !taken.contains(a))
-                    .or_else(|| {
-                        (2..)
-                            .map_while(|k| net.host(k))
-                            .find(|a| !taken.contains(a))
-                    })
-                    .ok_or_else(|| format!("network {} ({net}) is full", rule.network))
+                kept.or_else(|| {
+                    (2..)
+                        .map_while(|k| net.host(k))
+                        .find(|a| !taken.contains(a))
+                })
+                .ok_or_else(|| format!("network {} ({net}) is full", rule.network))
             };
             let address = match &rule.ipv4 {
                 Some(wanted) => {
@@ -104,6 +104,8 @@ impl Lifecycle {
                         None => a,
                         // A copy's first start: its source's static address would clash, so
                         // it gets a new one (and the copy's job says so).
+                        // Replaced at the copy's first start: it stays replaced.
+                        Some(_) if row.source_container_id.is_some() && kept.is_some() => free()?,
                         Some(p) if first_start_of_copy => {
                             let a2 = free()?;
                             notes.push(format!(
