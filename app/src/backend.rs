@@ -52,6 +52,8 @@ pub trait Backend: Send + Sync + 'static {
     async fn cancel_job(&self, user: &UserInfo, id: &str) -> Result<Job, ApiError>;
     /// Every copy the user can see, with how current it is and its recent syncs.
     async fn sync_status(&self, user: &UserInfo) -> Result<Vec<CopyStatus>, ApiError>;
+    /// Starts a job that stops the container and removes it (its copies stay).
+    async fn delete_container(&self, user: &UserInfo, id: &str) -> Result<Job, ApiError>;
     /// Starts a stopped container (a running one stays as it is).
     async fn start_container(&self, user: &UserInfo, id: &str)
         -> Result<ContainerDetail, ApiError>;

@@ -78,15 +78,18 @@ pub enum ContainerStatus {
     Running,
     Stopped,
     Failed,
+    /// A delete job is removing it.
+    Deleting,
 }
 
 impl ContainerStatus {
-    pub const ALL: [ContainerStatus; 5] = [
+    pub const ALL: [ContainerStatus; 6] = [
         ContainerStatus::Copying,
         ContainerStatus::Syncing,
         ContainerStatus::Running,
         ContainerStatus::Stopped,
         ContainerStatus::Failed,
+        ContainerStatus::Deleting,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -96,6 +99,7 @@ impl ContainerStatus {
             ContainerStatus::Running => "running",
             ContainerStatus::Stopped => "stopped",
             ContainerStatus::Failed => "failed",
+            ContainerStatus::Deleting => "deleting",
         }
     }
 
@@ -323,6 +327,8 @@ pub struct ContainerDetail {
 pub enum JobKind {
     Copy,
     Sync,
+    /// Stops a container and removes its tree, state and snapshots.
+    Delete,
 }
 
 impl JobKind {
@@ -330,6 +336,7 @@ impl JobKind {
         match self {
             JobKind::Copy => "copy",
             JobKind::Sync => "sync",
+            JobKind::Delete => "delete",
         }
     }
 
@@ -337,6 +344,7 @@ impl JobKind {
         match s {
             "copy" => Some(JobKind::Copy),
             "sync" => Some(JobKind::Sync),
+            "delete" => Some(JobKind::Delete),
             _ => None,
         }
     }
@@ -649,7 +657,7 @@ pub struct JobFilter {
         param(pattern = "^(queued|running|succeeded|failed|cancelled)$")
     )]
     pub status: Option<String>,
-    #[cfg_attr(feature = "ssr", param(pattern = "^(copy|sync)$"))]
+    #[cfg_attr(feature = "ssr", param(pattern = "^(copy|sync|delete)$"))]
     pub kind: Option<String>,
 }
 

@@ -237,3 +237,30 @@ pub async fn get_runtime_health() -> Result<RuntimeHealth, ApiError> {
     let (backend, _) = caller().await?;
     Ok(backend.health().runtime)
 }
+
+/// Deletes a container once its name is typed again (`confirm`); the delete's job.
+/// Without JavaScript the browser goes to the jobs page.
+#[server]
+pub async fn delete_container(id: String, confirm: String) -> Answer<Job> {
+    let (backend, user) = caller().await?;
+    let result = match backend.get_container(&user, &id).await {
+        Ok(c) if confirm.trim() == c.summary.name => backend.delete_container(&user, &id).await,
+        Ok(c) => Err(ApiError::new(
+            ErrorCode::Unprocessable,
+            format!("type {:?} to confirm the delete", c.summary.name),
+        )
+        .on_field("confirm")),
+        Err(e) => Err(e),
+    };
+    if plain_form_post().await {
+        match &result {
+            Ok(_) => leptos_axum::redirect("/jobs?kind=delete"),
+            Err(e) => leptos_axum::redirect(&format!(
+                "/containers/{}?error={}",
+                crate::backend::percent_encode(&id),
+                crate::backend::percent_encode(&e.message)
+            )),
+        }
+    }
+    answer(result)
+}

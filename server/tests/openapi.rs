@@ -43,7 +43,8 @@ async fn every_documented_operation_answers_as_documented() {
         for (method, op) in ops.as_object().unwrap() {
             operations += 1;
             let is_job = path.starts_with("/jobs/{id}");
-            let id = if is_job {
+            // A delete would take the container from the operations after it: an unknown one.
+            let id = if is_job || method == "delete" {
                 "000000000000000000000000"
             } else {
                 container.as_str()
@@ -54,6 +55,7 @@ async fn every_documented_operation_answers_as_documented() {
                 // Empty bodies: a validation error, which must be documented too.
                 "post" => TestServer::client().post(url).json(&serde_json::json!({})),
                 "put" => TestServer::client().put(url).json(&serde_json::json!({})),
+                "delete" => TestServer::client().delete(url),
                 m => panic!("{path}: method {m} not covered"),
             };
             let resp = req.bearer_auth(&s.admin_token).send().await.unwrap();

@@ -647,3 +647,92 @@ async fn a_sync_of_a_running_copy_is_down_only_for_its_final_pass() {
     assert_eq!(container(&s, &id).await["status"], "stopped");
     assert_eq!(read(&root(&after), "www/content.html"), "<h1>again</h1>\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_stops_and_removes_a_container_and_its_copies_stay() {
+    let s = TestServer::start().await;
+    let web = project_id(&s, "web-platform").await;
+    let id = s.container_id("web-app").await;
+    let c = container(&s, &id).await;
+    assert_eq!(c["status"], "running");
+    let tree = root(&c);
+    let server_root = tree.parent().unwrap().parent().unwrap().to_path_buf();
+
+    // Not by someone who cannot see it.
+    let data_db = s.container_id("db-primary").await;
+    let resp = TestServer::client()
+        .delete(s.url(&format!("/api/v1/containers/{data_db}")))
+        .bearer_auth(&s.alice_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+
+    let (st, body) = send(
+        &s,
+        reqwest::Method::DELETE,
+        &format!("/api/v1/containers/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(st, 202, "{body}");
+    assert_eq!(body["job"]["kind"], "delete");
+    let job = wait_job(&s, body["job"]["url"].as_str().unwrap()).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+
+    let (st, _) = s
+        .get(&format!("/api/v1/containers/{id}"), &s.admin_token)
+        .await;
+    assert_eq!(st, 404, "gone from the API");
+    assert!(s.containers().await.iter().all(|c| c["id"] != id.as_str()));
+    assert!(!tree.exists(), "its tree is removed");
+    assert!(
+        !server_root.join("snapshots").join(&id).exists(),
+        "and its snapshots"
+    );
+    assert!(
+        !server_root.join("state").join(&id).exists(),
+        "and its engine state"
+    );
+    assert!(
+        !server_root.join("runtime").join(&id).exists(),
+        "and its bundle"
+    );
+    assert!(page(&c, "/").await.is_err(), "its process is stopped");
+    let namespaces = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&namespaces.stdout).contains(&id),
+        "its namespace is gone"
+    );
+
+    // Its copy stays, and says why it cannot be synced.
+    let staging = s.container_id("web-app-staging").await;
+    let (st, body) = post(&s, &format!("/api/v1/containers/{staging}/sync"), None).await;
+    assert_eq!(st, 409, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("deleted"),
+        "{body}"
+    );
+    // Its name is free again; a second delete finds nothing.
+    let (copy, _) = copy(
+        &s,
+        &staging,
+        json!({"target_project_id": web, "name": "web-app"}),
+    )
+    .await;
+    assert_eq!(copy["status"], "running");
+    let (st, _) = send(
+        &s,
+        reqwest::Method::DELETE,
+        &format!("/api/v1/containers/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(st, 404);
+}

@@ -4,7 +4,7 @@ use leptos_router::hooks::{use_params_map, use_query_map};
 
 use super::copy_dialog::{CopyDialog, SyncNow};
 use super::live_job::LiveJob;
-use super::process::ProcessCard;
+use super::process::{DeleteCard, ProcessCard};
 use super::widgets::{ErrorBox, Loading, ReloadWithoutScript, StatusBadge};
 use crate::format;
 use crate::model::{ContainerDetail, ContainerStatus};
@@ -58,6 +58,7 @@ pub fn ContainerPage() -> impl IntoView {
 fn ContainerView(c: ContainerDetail, action: ServerAction<ContainerAction>) -> impl IntoView {
     let copy_dialog = view! { <CopyDialog c=c.clone()/> };
     let process = view! { <ProcessCard c=c.clone() action/> };
+    let delete = view! { <DeleteCard id=c.summary.id.clone() name=c.summary.name.clone()/> };
     let sync_now = c.summary.is_copy.then(|| {
         view! {
             <section class="card sync-card">
@@ -266,5 +267,6 @@ fn ContainerView(c: ContainerDetail, action: ServerAction<ContainerAction>) -> i
                     .into_any()
             }}
         </section>
+        {delete}
     }
 }

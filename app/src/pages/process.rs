@@ -3,10 +3,11 @@
 
 use leptos::prelude::*;
 
+use super::live_job::LiveJob;
 use super::widgets::ErrorBox;
 use crate::format;
 use crate::model::{ContainerDetail, ContainerStatus};
-use crate::server_fns::{get_container_logs, ContainerAction};
+use crate::server_fns::{get_container_logs, ContainerAction, DeleteContainer};
 
 #[component]
 pub fn ProcessCard(c: ContainerDetail, action: ServerAction<ContainerAction>) -> impl IntoView {
@@ -96,6 +97,33 @@ pub fn ProcessCard(c: ContainerDetail, action: ServerAction<ContainerAction>) ->
                         }
                     })}
                 </Suspense>
+            </details>
+        </section>
+    }
+}
+
+/// Deleting the container, once its name is typed again; the delete's job followed live.
+#[component]
+pub fn DeleteCard(id: String, name: String) -> impl IntoView {
+    let action = ServerAction::<DeleteContainer>::new();
+    view! {
+        <section class="card danger-zone">
+            <details>
+                <summary>"Delete this container…"</summary>
+                <p class="muted">
+                    "Stops it and removes its files, snapshots and network. Its copies stay; they can no longer be synced."
+                </p>
+                <ActionForm action=action attr:class="inline-form">
+                    <input type="hidden" name="id" value=id/>
+                    <label for="delete-confirm">{format!("Type {name} to confirm")}</label>
+                    <input id="delete-confirm" name="confirm" autocomplete="off"/>
+                    <button type="submit" class="danger" disabled=move || action.pending().get()>"Delete"</button>
+                </ActionForm>
+                {move || match action.value().get().map(Result::flatten) {
+                    Some(Ok(job)) => view! { <LiveJob job/> <p><a href="/containers">"Back to the containers"</a></p> }.into_any(),
+                    Some(Err(error)) => view! { <ErrorBox error/> }.into_any(),
+                    None => ().into_any(),
+                }}
             </details>
         </section>
     }

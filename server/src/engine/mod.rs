@@ -266,6 +266,30 @@ impl EngineError {
     }
 }
 
+/// Removes each tree (a deleted container's root, state, snapshots, bundle) without
+/// recursion and without following links; one that does not exist is skipped.
+pub fn remove_trees(paths: &[PathBuf]) -> Result<(), EngineError> {
+    use std::os::fd::AsFd;
+    use std::os::unix::ffi::OsStrExt;
+    for path in paths {
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            continue;
+        };
+        let dir = match fsx::open_dir(parent) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(EngineError::io_path("opening", parent)(e)),
+        };
+        match fsx::remove_at(dir.as_fd(), name.as_bytes()) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(EngineError::io_path("removing", path)(e))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// What a copy or sync did. It is the job summary the API shows, defined once in the wire
 /// model (plain data: counts, paths, timings), so the runner passes it on as it is.
 pub use app::model::JobSummary as Summary;

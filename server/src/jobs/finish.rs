@@ -37,6 +37,13 @@ impl JobRunner {
         let mut result = result;
         let incomplete = matches!(result, Err(EngineError::Incomplete(_)));
         let (container_status, reason) = match (&error, kind, restarted) {
+            // Deleted: the row stays for its jobs (marked deleted in the same commit).
+            (None, JobKind::Delete, _) => (ContainerStatus::Deleting, None),
+            // Part of it may be gone: not usable, and a delete again finishes it.
+            (Some(m), JobKind::Delete, _) => (
+                ContainerStatus::Failed,
+                Some(format!("delete {}: {m}; delete it again", status.as_str())),
+            ),
             (None, JobKind::Copy, _) => {
                 let started = self
                     .lifecycle
@@ -71,6 +78,7 @@ impl JobRunner {
                 Some(format!("last sync {}: {m}", status.as_str())),
             ),
         };
+        let deleted = kind == JobKind::Delete && error.is_none();
         let job = self
             .db
             .finish_job(JobEnd {
@@ -82,6 +90,7 @@ impl JobRunner {
                 target_id: target_id.to_string(),
                 container_status,
                 container_reason: reason,
+                deleted,
             })
             .await?;
         self.hub.publish(EventKind::Status, job);

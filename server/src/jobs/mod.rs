@@ -273,8 +273,12 @@ impl JobRunner {
         };
         // Running now, unless it was cancelled while it waited; a sync's target shows
         // `syncing` from the same commit on.
-        let syncing = (kind == JobKind::Sync).then_some(target_id.as_str());
-        let running = self.db.start_job(job_id, syncing).await?;
+        let during = match kind {
+            JobKind::Copy => None,
+            JobKind::Sync => Some((target_id.as_str(), ContainerStatus::Syncing)),
+            JobKind::Delete => Some((target_id.as_str(), ContainerStatus::Deleting)),
+        };
+        let running = self.db.start_job(job_id, during).await?;
         let Some(running) = running else {
             return self
                 .finish(
@@ -289,6 +293,12 @@ impl JobRunner {
                 .await;
         };
         self.hub.publish(EventKind::Status, running.clone());
+        if kind == JobKind::Delete {
+            let result = self.remove_container(&target_id, &target_root).await;
+            return self
+                .finish(job_id, kind, &target_id, &params, result, None, None)
+                .await;
+        }
 
         let src = match &params.source_snapshot_id {
             Some(snap) => snapshot_place(&source_root, &source_id, snap),
@@ -340,6 +350,7 @@ impl JobRunner {
             JobKind::Sync => {
                 engine::sync_keeping(&src, &dst, &engine::identity::is_identity_path, &ctl)
             }
+            JobKind::Delete => Err(EngineError::Refused("a delete has no transfer".into())),
         })
         .await
         .map_err(|e| without_paths(e, &names));
@@ -353,7 +364,11 @@ impl JobRunner {
                     && params.previous_status == Some(ContainerStatus::Running) =>
             {
                 let started = std::time::Instant::now();
-                if self.lifecycle.stop_for_job(&target_id).await? {
+                if self
+                    .lifecycle
+                    .stop_for_job(&target_id, ContainerStatus::Syncing)
+                    .await?
+                {
                     let last = run_in_background(move || {
                         engine::sync_keeping(
                             &src2,
@@ -400,6 +415,40 @@ impl JobRunner {
             restarted,
         )
         .await
+    }
+}
+
+impl JobRunner {
+    /// A delete: the process stopped (its network goes with it), then the tree, the
+    /// engine's state, the snapshots and the runtime bundle removed.
+    async fn remove_container(
+        &self,
+        id: &str,
+        storage_root: &std::path::Path,
+    ) -> Result<engine::Summary, EngineError> {
+        let stopped = self
+            .lifecycle
+            .stop_for_job(id, ContainerStatus::Deleting)
+            .await
+            .map_err(|e| EngineError::Refused(format!("stopping it: {e}")))?;
+        let place = container_place(storage_root, id);
+        let trees = vec![
+            place.root.clone(),
+            place.state_dir.clone(),
+            crate::config::snapshots_dir(storage_root).join(id),
+            crate::config::runtime_dir(storage_root, id),
+        ];
+        let started = std::time::Instant::now();
+        run_in_background(move || engine::remove_trees(&trees).map(|()| Default::default()))
+            .await?;
+        let mut summary = engine::Summary {
+            duration_ms: started.elapsed().as_millis() as u64,
+            ..Default::default()
+        };
+        if stopped {
+            summary.notes.push("its process was stopped".into());
+        }
+        Ok(summary)
     }
 }
 

@@ -238,9 +238,10 @@ impl Lifecycle {
         Ok(Outcome::stopped(None))
     }
 
-    /// A sync's final pass: stops the copy's process if it runs (its status stays the
-    /// job's `syncing`); says whether it did. The sync starts it again with `start`.
-    pub async fn stop_for_job(&self, id: &str) -> Result<bool, DbError> {
+    /// A sync's final pass or a delete: stops the container's process if it runs (its
+    /// status stays the job's, `during`); says whether it did. A sync starts it again with
+    /// `start`.
+    pub async fn stop_for_job(&self, id: &str, during: ContainerStatus) -> Result<bool, DbError> {
         let lock = self.lock_of(id);
         let _one = lock.lock().await;
         if self.runtime.unavailable().is_some() {
@@ -276,15 +277,13 @@ impl Lifecycle {
                 None
             });
         let record = RunRecord {
-            status: ContainerStatus::Syncing,
+            status: during,
             reason: None,
             started_at: row.started_at,
             stopped_at: Some(exit.map_or_else(crate::ids::now_ms, |e| e.at)),
             exit_code: exit.map(|e| e.code as i64),
         };
-        self.db
-            .record_run(id, record, &[ContainerStatus::Syncing])
-            .await?;
+        self.db.record_run(id, record, &[during]).await?;
         Ok(true)
     }
 

@@ -319,6 +319,12 @@ impl Service {
             return Err(ApiError::not_found("container", source_id));
         }
         visibility.require_source_operator(&source.project_id, "copying this container")?;
+        if source.status == ContainerStatus::Deleting.as_str() {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!("{} is being deleted", source.name),
+            ));
+        }
         if !is_valid_id(&req.target_project_id) {
             return Err(
                 ApiError::invalid("target_project_id must be 24 lowercase hex digits")

@@ -6,6 +6,7 @@
 
 mod containers;
 mod copy;
+mod delete;
 pub mod inventory;
 mod jobs;
 mod login_throttle;
@@ -194,6 +195,10 @@ impl Backend for Service {
 
     async fn sync_status(&self, user: &UserInfo) -> Result<Vec<CopyStatus>, ApiError> {
         Service::sync_status(self, user).await
+    }
+
+    async fn delete_container(&self, user: &UserInfo, id: &str) -> Result<Job, ApiError> {
+        Service::delete_container(self, user, id, None).await
     }
 
     async fn start_container(

@@ -25,11 +25,13 @@ fn conflict(m: impl Into<String>) -> ApiError {
 fn not_during_a_job(row: &ContainerRow, what: &str) -> Result<ContainerStatus, ApiError> {
     let status = ContainerStatus::parse(&row.status).unwrap_or(ContainerStatus::Stopped);
     match status {
-        ContainerStatus::Copying | ContainerStatus::Syncing => Err(conflict(format!(
-            "{} is {}; {what} it once that job has ended",
-            row.name,
-            status.as_str()
-        ))),
+        ContainerStatus::Copying | ContainerStatus::Syncing | ContainerStatus::Deleting => {
+            Err(conflict(format!(
+                "{} is {}; {what} it once that job has ended",
+                row.name,
+                status.as_str()
+            )))
+        }
         _ => Ok(status),
     }
 }

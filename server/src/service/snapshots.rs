@@ -41,7 +41,7 @@ impl Service {
         }
         if matches!(
             c.summary.status,
-            ContainerStatus::Copying | ContainerStatus::Failed
+            ContainerStatus::Copying | ContainerStatus::Failed | ContainerStatus::Deleting
         ) {
             return Err(ApiError::new(
                 ErrorCode::Conflict,

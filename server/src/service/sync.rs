@@ -48,7 +48,13 @@ impl Service {
             None => {
                 return Err(ApiError::new(
                     ErrorCode::Conflict,
-                    "the source of this copy no longer exists",
+                    "the source of this copy was deleted: there is nothing to sync from",
+                ))
+            }
+            Some(ContainerStatus::Deleting) => {
+                return Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    "the source of this copy is being deleted",
                 ))
             }
             Some(ContainerStatus::Copying | ContainerStatus::Failed) => {
@@ -62,7 +68,7 @@ impl Service {
         let conflict = |m: String| ApiError::new(ErrorCode::Conflict, m);
         // The status to come back to after the sync.
         let previous = match c.summary.status {
-            s @ ContainerStatus::Copying => {
+            s @ (ContainerStatus::Copying | ContainerStatus::Deleting) => {
                 return Err(conflict(format!(
                     "the container is {}; it can be synced once that is done",
                     s.as_str()
@@ -84,7 +90,8 @@ impl Service {
         };
         let queued = self
             .db
-            .queue_sync(NewSync {
+            .queue_job(NewSync {
+                kind: JobKind::Sync,
                 job_id: job_id.clone(),
                 project_id: c.summary.project_id.clone(),
                 container_id: id.to_string(),

@@ -179,7 +179,8 @@ impl Db {
     pub(crate) async fn copies_of(&self, id: &str) -> Result<Vec<ContainerRef>, DbError> {
         let rows = sqlx::query(
             "SELECT c.id, c.name, c.project_id, p.name AS project_name FROM containers c
-             JOIN projects p ON p.id = c.project_id WHERE c.source_container_id = $1
+             JOIN projects p ON p.id = c.project_id
+             WHERE c.source_container_id = $1 AND c.deleted_at IS NULL
              ORDER BY p.name, c.name",
         )
         .bind(id)
@@ -202,7 +203,7 @@ impl Db {
     ) -> Result<HashMap<String, String>, DbError> {
         let rows = sqlx::query(
             "SELECT c.id, s.storage_root FROM containers c JOIN servers s ON s.id = c.server_id
-             WHERE c.id IN (SELECT source_container_id FROM containers
+             WHERE c.deleted_at IS NULL AND c.id IN (SELECT source_container_id FROM containers
                             WHERE source_container_id IS NOT NULL)",
         )
         .fetch_all(&self.read)
@@ -217,7 +218,7 @@ impl Db {
     pub(crate) async fn container_storage_root(&self, id: &str) -> Result<Option<String>, DbError> {
         Ok(sqlx::query_scalar(
             "SELECT s.storage_root FROM containers c JOIN servers s ON s.id = c.server_id
-             WHERE c.id = $1",
+             WHERE c.id = $1 AND c.deleted_at IS NULL",
         )
         .bind(id)
         .fetch_optional(&self.read)
@@ -229,11 +230,12 @@ impl Db {
         &self,
         id: &str,
     ) -> Result<Option<ContainerStatus>, DbError> {
-        let status: Option<String> =
-            sqlx::query_scalar("SELECT status FROM containers WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&self.read)
-                .await?;
+        let status: Option<String> = sqlx::query_scalar(
+            "SELECT status FROM containers WHERE id = $1 AND deleted_at IS NULL",
+        )
+        .bind(id)
+        .fetch_optional(&self.read)
+        .await?;
         Ok(status.as_deref().and_then(ContainerStatus::parse))
     }
 
@@ -243,13 +245,13 @@ impl Db {
         project_id: &str,
         name: &str,
     ) -> Result<Option<String>, DbError> {
-        Ok(
-            sqlx::query_scalar("SELECT id FROM containers WHERE project_id = $1 AND name = $2")
-                .bind(project_id)
-                .bind(name)
-                .fetch_optional(&self.read)
-                .await?,
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM containers WHERE project_id = $1 AND name = $2 AND deleted_at IS NULL",
         )
+        .bind(project_id)
+        .bind(name)
+        .fetch_optional(&self.read)
+        .await?)
     }
 
     /// The names in a project that start with `prefix`.
@@ -259,7 +261,8 @@ impl Db {
         prefix: &str,
     ) -> Result<HashSet<String>, DbError> {
         let names: Vec<String> = sqlx::query_scalar(
-            "SELECT name FROM containers WHERE project_id = $1 AND substr(name, 1, $2) = $3",
+            "SELECT name FROM containers WHERE project_id = $1 AND substr(name, 1, $2) = $3
+                AND deleted_at IS NULL",
         )
         .bind(project_id)
         .bind(prefix.chars().count() as i64)
@@ -272,7 +275,8 @@ impl Db {
     /// Whether a container holds the SSH key `identity` (its `type base64`, any comment).
     pub(crate) async fn ssh_key_in_use(&self, identity: &str) -> Result<bool, DbError> {
         let taken: Option<String> = sqlx::query_scalar(
-            "SELECT id FROM containers WHERE ssh_public_key = $1 OR ssh_public_key LIKE $2",
+            "SELECT id FROM containers WHERE (ssh_public_key = $1 OR ssh_public_key LIKE $2)
+                AND deleted_at IS NULL",
         )
         .bind(identity)
         .bind(format!("{identity} %"))

@@ -37,10 +37,13 @@ pub(crate) struct JobEnd {
     pub(crate) target_id: String,
     pub(crate) container_status: ContainerStatus,
     pub(crate) container_reason: Option<String>,
+    /// A delete that succeeded: the container is marked deleted in the same commit.
+    pub(crate) deleted: bool,
 }
 
-/// A sync's job row, for `Db::queue_sync`.
+/// A sync's or a delete's job row, for `Db::queue_job`.
 pub(crate) struct NewSync {
+    pub(crate) kind: JobKind,
     pub(crate) job_id: String,
     pub(crate) project_id: String,
     pub(crate) container_id: String,
@@ -129,16 +132,16 @@ impl Db {
         Ok(())
     }
 
-    /// Queues a sync unless a job is queued or running for its container, in one statement:
-    /// SQLite runs writes one at a time, so two racing requests cannot both get in. `false`:
-    /// one is.
-    pub(crate) async fn queue_sync(&self, s: NewSync) -> Result<bool, DbError> {
+    /// Queues a sync or a delete unless a job is queued or running for its container, in
+    /// one statement: SQLite runs writes one at a time, so two racing requests cannot both
+    /// get in. `false`: one is.
+    pub(crate) async fn queue_job(&self, s: NewSync) -> Result<bool, DbError> {
         let res = self.write(
             "INSERT INTO jobs (id, kind, status, project_id, container_id, source_container_id,
                 requested_by, params, idempotency_key, created_at, request_fingerprint)
              SELECT $1, $9, $10, $2, $3, $4, $5, $6, $7, $8, $12
              WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE container_id = $3 AND status IN ($10, $11))",
-            vec![Arg::arg(&s.job_id), Arg::arg(&s.project_id), Arg::arg(&s.container_id), Arg::arg(&s.source_id), Arg::arg(&s.requested_by), Arg::arg(&s.params), Arg::arg(&s.idempotency_key), Arg::arg(s.now), Arg::arg(JobKind::Sync.as_str()), Arg::arg(JobStatus::Queued.as_str()), Arg::arg(JobStatus::Running.as_str()), Arg::arg(&s.request_fingerprint)],
+            vec![Arg::arg(&s.job_id), Arg::arg(&s.project_id), Arg::arg(&s.container_id), Arg::arg(&s.source_id), Arg::arg(&s.requested_by), Arg::arg(&s.params), Arg::arg(&s.idempotency_key), Arg::arg(s.now), Arg::arg(s.kind.as_str()), Arg::arg(JobStatus::Queued.as_str()), Arg::arg(JobStatus::Running.as_str()), Arg::arg(&s.request_fingerprint)],
         )
         .await?;
         Ok(res > 0)
@@ -279,6 +282,7 @@ impl Db {
         Ok(sqlx::query_scalar(
             "SELECT id FROM containers
              WHERE server_id = $1 AND id <> $2 AND id <> $3 AND status IN ($4, $5)
+               AND deleted_at IS NULL
                AND project_id IN (SELECT project_id FROM containers WHERE id IN ($2, $3))
              ORDER BY updated_at DESC LIMIT $6",
         )
@@ -297,9 +301,9 @@ impl Db {
     pub(crate) async fn start_job(
         &self,
         job_id: &str,
-        syncing: Option<&str>,
+        target: Option<(&str, ContainerStatus)>,
     ) -> Result<Option<Job>, DbError> {
-        let (id, target) = (job_id.to_string(), syncing.map(str::to_string));
+        let (id, target) = (job_id.to_string(), target.map(|(t, s)| (t.to_string(), s)));
         Ok(self
             .transact(move |c| {
                 let now = now_ms();
@@ -316,8 +320,8 @@ impl Db {
                     ],
                     |row| job_from_row(row),
                 )?;
-                if let (Some(_), Some(target)) = (&running, &target) {
-                    set_container_status(c, target, ContainerStatus::Syncing, None, now)?;
+                if let (Some(_), Some((target, status))) = (&running, &target) {
+                    set_container_status(c, target, *status, None, now)?;
                 }
                 Ok::<_, rusqlite::Error>(running)
             })
@@ -380,8 +384,22 @@ impl Db {
                     end.container_reason.as_deref(),
                     now,
                 )?;
-                // What the tree now is, for the next sync and the sync status page.
-                if let Some(summary) = &end.summary {
+                // A deleted container: out of every list, its name and key free, its
+                // snapshots' records gone with their trees.
+                if end.deleted {
+                    execute(
+                        c,
+                        "UPDATE containers SET deleted_at = $1, name = name || '~deleted~' || id,
+                            ssh_public_key = NULL, interfaces = '[]' WHERE id = $2",
+                        &[&now, &end.target_id],
+                    )?;
+                    execute(
+                        c,
+                        "DELETE FROM snapshots WHERE container_id = $1",
+                        &[&end.target_id],
+                    )?;
+                } else if let Some(summary) = &end.summary {
+                    // What the tree now is, for the next sync and the sync status page.
                     execute(
                         c,
                         "UPDATE containers SET source_state = $1, last_synced_at = $2,

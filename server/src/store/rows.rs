@@ -38,6 +38,7 @@ pub(crate) struct ContainerRow {
     pub(crate) src_project_name: Option<String>,
 }
 
+/// Deleted containers (`deleted_at`) are left out, and so is a copy's deleted source.
 pub(crate) const CONTAINER_SELECT: &str =
     "SELECT c.id, c.name, c.status, c.status_reason, c.project_id,
         p.name AS project_name, c.server_id, s.name AS server_name, s.storage_root,
@@ -45,10 +46,10 @@ pub(crate) const CONTAINER_SELECT: &str =
         c.source_state, c.last_synced_at, c.file_count, c.size_bytes, c.created_at, c.updated_at,
         c.command, c.started_at, c.stopped_at, c.exit_code, c.interfaces,
         src.name AS src_name, src.project_id AS src_project_id, sp.name AS src_project_name
-    FROM containers c
+    FROM (SELECT * FROM containers WHERE deleted_at IS NULL) c
     JOIN projects p ON p.id = c.project_id
     JOIN servers s ON s.id = c.server_id
-    LEFT JOIN containers src ON src.id = c.source_container_id
+    LEFT JOIN containers src ON src.id = c.source_container_id AND src.deleted_at IS NULL
     LEFT JOIN projects sp ON sp.id = src.project_id";
 
 impl ContainerRow {

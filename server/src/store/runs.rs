@@ -113,7 +113,7 @@ impl Db {
     ) -> Result<Vec<String>, DbError> {
         Ok(sqlx::query_scalar(
             "SELECT interfaces FROM containers WHERE server_id = $1 AND id <> $2
-                AND interfaces <> '[]'",
+                AND interfaces <> '[]' AND deleted_at IS NULL",
         )
         .bind(server_id)
         .bind(except)

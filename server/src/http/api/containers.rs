@@ -100,6 +100,37 @@ pub(super) async fn get_container(
     Ok(Json(st.service.get_container(&user, &id).await?))
 }
 
+/// Delete a container (asynchronous)
+///
+/// A job stops its process and removes its tree, state, snapshots and network; the answer
+/// is the job (`Location` names it). Its copies stay: their syncs answer 409 from then on.
+/// 409 while another job is queued or running for it.
+#[utoipa::path(
+    delete,
+    path = "/containers/{id}",
+    params(
+        ("id" = String, Path, description = "The container", pattern = "^[0-9a-f]{24}$"),
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,200}$",
+            description = "A retried request with the same key returns the same job instead of starting another"),
+    ),
+    responses((status = 202, body = JobAnswer, description = "Accepted: the delete's job"), WriteErrors)
+)]
+pub(super) async fn delete_container(
+    State(st): State<AppState>,
+    Caller(user): Caller,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Response, RestError> {
+    let id = path(id)?;
+    let key = idempotency_key(&headers)?;
+    let job = st
+        .service
+        .delete_container(&user, &id, key.as_deref())
+        .await?;
+    let url = job.url.clone();
+    Ok(accepted(&url, &JobAnswer { job }))
+}
+
 /// Copy a container into a project and onto a server (asynchronous)
 ///
 /// The answer is the new container (status `copying`) and its job; `Location` names the

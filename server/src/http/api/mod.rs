@@ -32,7 +32,10 @@ fn routes_and_document() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(containers::list_projects))
         .routes(routes!(containers::list_servers))
         .routes(routes!(containers::list_containers))
-        .routes(routes!(containers::get_container))
+        .routes(routes!(
+            containers::get_container,
+            containers::delete_container
+        ))
         .routes(routes!(containers::copy_container))
         .routes(routes!(containers::sync_container))
         .routes(routes!(
