@@ -8,6 +8,26 @@ use crate::engine::{self, EngineError};
 use crate::lifecycle::Outcome;
 use crate::store::{DbError, JobEnd};
 
+/// How a job's work ended.
+pub(super) struct Ended {
+    pub(super) result: Result<engine::Summary, EngineError>,
+    /// The last progress reported, kept on the finished job.
+    pub(super) last_progress: Option<JobProgress>,
+    /// A sync of a running copy: how starting it again after the final pass went.
+    pub(super) restarted: Option<Outcome>,
+}
+
+impl Ended {
+    /// Ended before any work (cancelled while queued, a delete's own path).
+    pub(super) fn with(result: Result<engine::Summary, EngineError>) -> Ended {
+        Ended {
+            result,
+            last_progress: None,
+            restarted: None,
+        }
+    }
+}
+
 impl JobRunner {
     /// Records how a job ended, the job and its container in one commit, and says so.
     pub(super) async fn finish(
@@ -16,10 +36,13 @@ impl JobRunner {
         kind: JobKind,
         target_id: &str,
         params: &JobParams,
-        result: Result<engine::Summary, EngineError>,
-        last_progress: Option<JobProgress>,
-        restarted: Option<Outcome>,
+        ended: Ended,
     ) -> Result<(), DbError> {
+        let Ended {
+            result,
+            last_progress,
+            restarted,
+        } = ended;
         let previous = params.previous_status.unwrap_or(ContainerStatus::Running);
         let (status, error) = match &result {
             Ok(_) => (JobStatus::Succeeded, None),

@@ -3,6 +3,8 @@
 //! and after a restart resumes whatever was queued or running.
 
 mod finish;
+
+use finish::Ended;
 mod progress;
 mod thread;
 
@@ -204,7 +206,7 @@ impl JobRunner {
             tracing::info!(job = %id, "finishing a job cancelled before the last stop");
             let s = self.load_start(&id).await?;
             let cancelled = Err(EngineError::Cancelled);
-            self.finish(&id, s.kind, &s.target_id, &s.params, cancelled, None, None)
+            self.finish(&id, s.kind, &s.target_id, &s.params, Ended::with(cancelled))
                 .await?;
         }
         let ids = self.db.requeue_interrupted_jobs().await?;
@@ -286,9 +288,7 @@ impl JobRunner {
                     kind,
                     &target_id,
                     &params,
-                    Err(EngineError::Cancelled),
-                    None,
-                    None,
+                    Ended::with(Err(EngineError::Cancelled)),
                 )
                 .await;
         };
@@ -296,7 +296,7 @@ impl JobRunner {
         if kind == JobKind::Delete {
             let result = self.remove_container(&target_id, &target_root).await;
             return self
-                .finish(job_id, kind, &target_id, &params, result, None, None)
+                .finish(job_id, kind, &target_id, &params, Ended::with(result))
                 .await;
         }
 
@@ -384,7 +384,7 @@ impl JobRunner {
                         Err(e) => Err(e),
                     };
                     // Back up unless the tree is half changed (the container is failed then).
-                    if !matches!(&result, Err(_) if target.commit_pending()) {
+                    if !(result.is_err() && target.commit_pending()) {
                         restarted = Some(
                             self.lifecycle
                                 .start(&target_id, &[ContainerStatus::Syncing])
@@ -405,16 +405,12 @@ impl JobRunner {
             }
             r => r,
         };
-        self.finish(
-            job_id,
-            kind,
-            &target_id,
-            &params,
+        let ended = Ended {
             result,
             last_progress,
             restarted,
-        )
-        .await
+        };
+        self.finish(job_id, kind, &target_id, &params, ended).await
     }
 }
 
