@@ -329,14 +329,37 @@ pub enum JobKind {
     Sync,
     /// Stops a container and removes its tree, state and snapshots.
     Delete,
+    /// A container's process started, stopped or restarted: done when asked (the request
+    /// answers when it is), recorded as a job so it shows live and in the history.
+    Start,
+    Stop,
+    Restart,
 }
 
 impl JobKind {
+    pub const ALL: [JobKind; 6] = [
+        JobKind::Copy,
+        JobKind::Sync,
+        JobKind::Delete,
+        JobKind::Start,
+        JobKind::Stop,
+        JobKind::Restart,
+    ];
+
+    /// A job the runner does (queued, resumed after a restart); the others are done by the
+    /// request that records them.
+    pub fn is_queued_work(self) -> bool {
+        matches!(self, JobKind::Copy | JobKind::Sync | JobKind::Delete)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             JobKind::Copy => "copy",
             JobKind::Sync => "sync",
             JobKind::Delete => "delete",
+            JobKind::Start => "start",
+            JobKind::Stop => "stop",
+            JobKind::Restart => "restart",
         }
     }
 
@@ -345,6 +368,9 @@ impl JobKind {
             "copy" => Some(JobKind::Copy),
             "sync" => Some(JobKind::Sync),
             "delete" => Some(JobKind::Delete),
+            "start" => Some(JobKind::Start),
+            "stop" => Some(JobKind::Stop),
+            "restart" => Some(JobKind::Restart),
             _ => None,
         }
     }
@@ -657,7 +683,10 @@ pub struct JobFilter {
         param(pattern = "^(queued|running|succeeded|failed|cancelled)$")
     )]
     pub status: Option<String>,
-    #[cfg_attr(feature = "ssr", param(pattern = "^(copy|sync|delete)$"))]
+    #[cfg_attr(
+        feature = "ssr",
+        param(pattern = "^(copy|sync|delete|start|stop|restart)$")
+    )]
     pub kind: Option<String>,
 }
 

@@ -3,11 +3,13 @@
 -- are freed for others.
 ALTER TABLE containers ADD COLUMN deleted_at BIGINT;
 
--- A delete is a job: jobs.kind gains 'delete'. SQLite cannot change a CHECK constraint,
--- so the table is made again (no table references jobs).
+-- A delete is a job, and a start, stop or restart is recorded as one (done at once, shown
+-- live and in the history): jobs.kind gains them. SQLite cannot change a CHECK
+-- constraint, so the table is made again (no table references jobs).
 CREATE TABLE jobs_new (
     id                  TEXT PRIMARY KEY,
-    kind                TEXT NOT NULL CHECK (kind IN ('copy', 'sync', 'delete')),
+    kind                TEXT NOT NULL CHECK (kind IN
+                          ('copy', 'sync', 'delete', 'start', 'stop', 'restart')),
     status              TEXT NOT NULL CHECK (status IN
                           ('queued', 'running', 'succeeded', 'failed', 'cancelled')),
     phase               TEXT,

@@ -292,8 +292,31 @@ async fn stop_start_restart_and_a_process_that_exits() {
     assert_eq!(c["status"], "running");
     assert!(page(&c, "/").await.is_ok());
 
+    // Every start, stop and restart shows live on the event streams, as a job.
+    let mut events = TestServer::client()
+        .get(s.url("/api/v1/events"))
+        .bearer_auth(&s.admin_token)
+        .send()
+        .await
+        .unwrap();
     let (st, stopped) = post(&s, &format!("/api/v1/containers/{id}/stop"), None).await;
     assert_eq!(st, 200, "{stopped}");
+    let mut seen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(seen.contains("\"kind\":\"stop\"") && seen.contains("\"status\":\"succeeded\"")) {
+        assert!(
+            Instant::now() < deadline,
+            "no stop job on the stream: {seen}"
+        );
+        let chunk = tokio::time::timeout(Duration::from_secs(10), events.chunk())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(seen.contains(&id), "{seen}");
+    drop(events);
     assert_eq!(stopped["status"], "stopped");
     assert_eq!(
         stopped["exit_code"], 0,
@@ -372,6 +395,19 @@ async fn stop_start_restart_and_a_process_that_exits() {
     assert_eq!(st, 409, "{body}");
     let c = container(&s, &id).await;
     assert_eq!(c["status"], "stopped");
+    // ... and in the history: the failed start with its reason.
+    let (_, jobs) = s
+        .get(
+            &format!("/api/v1/jobs?container_id={id}&kind=start"),
+            &s.admin_token,
+        )
+        .await;
+    let last = &jobs["jobs"][0];
+    assert_eq!(last["status"], "failed", "{jobs}");
+    assert!(
+        last["error"].as_str().unwrap().contains("did not start"),
+        "{jobs}"
+    );
 
     // Bad commands and limits: 422 / 400, nothing stored.
     for bad in [

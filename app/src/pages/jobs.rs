@@ -57,7 +57,7 @@ pub fn JobsPage() -> impl IntoView {
                 <label for="kind">"Kind"</label>
                 <select id="kind" name="kind">
                     <option value="" selected=selected("kind", "")>"any"</option>
-                    {[JobKind::Copy, JobKind::Sync, JobKind::Delete]
+                    {JobKind::ALL
                         .into_iter()
                         .map(|k| view! { <option value=k.as_str() selected=selected("kind", k.as_str())>{k.as_str()}</option> })
                         .collect_view()}

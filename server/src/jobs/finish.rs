@@ -60,6 +60,8 @@ impl JobRunner {
         let mut result = result;
         let incomplete = matches!(result, Err(EngineError::Incomplete(_)));
         let (container_status, reason) = match (&error, kind, restarted) {
+            // Recorded by their requests, never run here.
+            (_, JobKind::Start | JobKind::Stop | JobKind::Restart, _) => (previous, None),
             // Deleted: the row stays for its jobs (marked deleted in the same commit).
             (None, JobKind::Delete, _) => (ContainerStatus::Deleting, None),
             // Part of it may be gone: not usable, and a delete again finishes it.

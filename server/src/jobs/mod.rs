@@ -244,6 +244,11 @@ impl JobRunner {
             Some(start) => start,
             None => self.load_start(job_id).await?,
         };
+        if !start.kind.is_queued_work() {
+            // Done by its request, never queued: nothing to run.
+            tracing::error!(job = %job_id, kind = start.kind.as_str(), "not a job for the runner");
+            return Ok(());
+        }
         let JobStart {
             kind,
             params,
@@ -279,6 +284,7 @@ impl JobRunner {
             JobKind::Copy => None,
             JobKind::Sync => Some((target_id.as_str(), ContainerStatus::Syncing)),
             JobKind::Delete => Some((target_id.as_str(), ContainerStatus::Deleting)),
+            JobKind::Start | JobKind::Stop | JobKind::Restart => None,
         };
         let running = self.db.start_job(job_id, during).await?;
         let Some(running) = running else {
@@ -350,7 +356,9 @@ impl JobRunner {
             JobKind::Sync => {
                 engine::sync_keeping(&src, &dst, &engine::identity::is_identity_path, &ctl)
             }
-            JobKind::Delete => Err(EngineError::Refused("a delete has no transfer".into())),
+            JobKind::Delete | JobKind::Start | JobKind::Stop | JobKind::Restart => Err(
+                EngineError::Refused(format!("a {} has no transfer", kind.as_str())),
+            ),
         })
         .await
         .map_err(|e| without_paths(e, &names));

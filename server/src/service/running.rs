@@ -7,8 +7,10 @@ use std::time::Duration;
 use app::model::*;
 
 use super::{internal, Service};
+use crate::ids::{new_id, now_ms};
+use crate::lifecycle::Outcome;
 use crate::runtime::{firewall, Ipv4Net};
-use crate::store::{ContainerRow, JsonColumn};
+use crate::store::{ContainerRow, JsonColumn, NewSync};
 
 /// A stop's default grace before SIGKILL, and the most a caller may ask for.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -19,6 +21,30 @@ pub const MAX_LOG_LINES: usize = 1000;
 
 fn conflict(m: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::Conflict, m)
+}
+
+/// A failed container (a copy or sync that did not complete) has no tree to run.
+fn refuse_failed(row: &ContainerRow, status: ContainerStatus) -> Result<(), ApiError> {
+    if status != ContainerStatus::Failed {
+        return Ok(());
+    }
+    Err(conflict(format!(
+        "{} failed ({}); sync it or copy it again before starting it",
+        row.name,
+        row.status_reason.as_deref().unwrap_or("no reason recorded")
+    )))
+}
+
+/// A start's outcome as an answer: running, or a 409 with the reason.
+fn started(row: &ContainerRow, outcome: Outcome, failed: &str) -> Result<(), ApiError> {
+    if outcome.status == ContainerStatus::Running {
+        return Ok(());
+    }
+    Err(conflict(format!(
+        "{} {failed}: {}",
+        row.name,
+        outcome.reason.as_deref().unwrap_or("it is not stopped")
+    )))
 }
 
 /// A job (copy, sync) writes the tree: nothing starts or stops meanwhile.
@@ -54,6 +80,47 @@ impl Service {
         self.get_container(user, id).await
     }
 
+    /// Does a start, stop or restart recorded as a job of `kind` (running, then how it
+    /// ended), each change announced on the event streams like any job's.
+    async fn recorded(
+        &self,
+        user: &UserInfo,
+        row: &ContainerRow,
+        kind: JobKind,
+        op: impl std::future::Future<Output = Result<(), ApiError>>,
+    ) -> Result<(), ApiError> {
+        let job = self
+            .db
+            .record_op(NewSync {
+                kind,
+                job_id: new_id(),
+                project_id: row.project_id.clone(),
+                container_id: row.id.clone(),
+                source_id: row.id.clone(),
+                requested_by: user.id.clone(),
+                params: "{}".into(),
+                idempotency_key: None,
+                request_fingerprint: None,
+                now: now_ms(),
+            })
+            .await
+            .map_err(internal)?;
+        let job_id = job.id.clone();
+        self.jobs.hub.publish(EventKind::Status, job);
+        let result = op.await;
+        let (status, error) = match &result {
+            Ok(()) => (JobStatus::Succeeded, None),
+            Err(e) => (JobStatus::Failed, Some(e.message.clone())),
+        };
+        let job = self
+            .db
+            .end_op(&job_id, status, error)
+            .await
+            .map_err(internal)?;
+        self.jobs.hub.publish(EventKind::Status, job);
+        result
+    }
+
     /// Starts a stopped container; a running one stays as it is. A start that does not get
     /// the process running is a 409 with the reason (recorded on the container too).
     pub async fn start_container(
@@ -62,25 +129,16 @@ impl Service {
         id: &str,
     ) -> Result<ContainerDetail, ApiError> {
         let (row, status) = self.operable(user, id, "start").await?;
-        if status == ContainerStatus::Failed {
-            return Err(conflict(format!(
-                "{} failed ({}); sync it or copy it again before starting it",
-                row.name,
-                row.status_reason.as_deref().unwrap_or("no reason recorded")
-            )));
-        }
-        let outcome = self
-            .lifecycle
-            .start(id, &[ContainerStatus::Stopped])
-            .await
-            .map_err(internal)?;
-        if outcome.status != ContainerStatus::Running {
-            return Err(conflict(format!(
-                "{} did not start: {}",
-                row.name,
-                outcome.reason.as_deref().unwrap_or("it is not stopped")
-            )));
-        }
+        refuse_failed(&row, status)?;
+        let start = async {
+            let outcome = self
+                .lifecycle
+                .start(id, &[ContainerStatus::Stopped])
+                .await
+                .map_err(internal)?;
+            started(&row, outcome, "did not start")
+        };
+        self.recorded(user, &row, JobKind::Start, start).await?;
         self.detail_now(user, id).await
     }
 
@@ -92,11 +150,15 @@ impl Service {
         id: &str,
         grace: Option<Duration>,
     ) -> Result<ContainerDetail, ApiError> {
-        self.operable(user, id, "stop").await?;
-        self.lifecycle
-            .stop(id, grace.unwrap_or(STOP_GRACE))
-            .await
-            .map_err(internal)?;
+        let (row, _) = self.operable(user, id, "stop").await?;
+        let stop = async {
+            self.lifecycle
+                .stop(id, grace.unwrap_or(STOP_GRACE))
+                .await
+                .map(drop)
+                .map_err(internal)
+        };
+        self.recorded(user, &row, JobKind::Stop, stop).await?;
         self.detail_now(user, id).await
     }
 
@@ -108,24 +170,16 @@ impl Service {
         grace: Option<Duration>,
     ) -> Result<ContainerDetail, ApiError> {
         let (row, status) = self.operable(user, id, "restart").await?;
-        if status == ContainerStatus::Failed {
-            return Err(conflict(format!(
-                "{} failed; sync it or copy it again before starting it",
-                row.name
-            )));
-        }
-        let outcome = self
-            .lifecycle
-            .restart(id, grace.unwrap_or(STOP_GRACE))
-            .await
-            .map_err(internal)?;
-        if outcome.status != ContainerStatus::Running {
-            return Err(conflict(format!(
-                "{} did not start again: {}",
-                row.name,
-                outcome.reason.as_deref().unwrap_or("it is not stopped")
-            )));
-        }
+        refuse_failed(&row, status)?;
+        let restart = async {
+            let outcome = self
+                .lifecycle
+                .restart(id, grace.unwrap_or(STOP_GRACE))
+                .await
+                .map_err(internal)?;
+            started(&row, outcome, "did not start again")
+        };
+        self.recorded(user, &row, JobKind::Restart, restart).await?;
         self.detail_now(user, id).await
     }
 

@@ -147,6 +147,54 @@ impl Db {
         Ok(res > 0)
     }
 
+    /// A start, stop or restart, recorded as a running job (its request does it).
+    pub(crate) async fn record_op(&self, s: NewSync) -> Result<Job, DbError> {
+        Ok(self
+            .transact(move |c| {
+                query_first(
+                    c,
+                    "INSERT INTO jobs (id, kind, status, project_id, container_id,
+                        source_container_id, requested_by, params, created_at, started_at)
+                     VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8, $8) RETURNING *",
+                    &[
+                        &s.job_id,
+                        &s.kind.as_str(),
+                        &JobStatus::Running.as_str(),
+                        &s.project_id,
+                        &s.container_id,
+                        &s.requested_by,
+                        &s.params,
+                        &s.now,
+                    ],
+                    |row| job_from_row(row),
+                )?
+                .ok_or(rusqlite::Error::QueryReturnedNoRows)
+            })
+            .await?)
+    }
+
+    /// How a recorded start, stop or restart ended.
+    pub(crate) async fn end_op(
+        &self,
+        job_id: &str,
+        status: JobStatus,
+        error: Option<String>,
+    ) -> Result<Job, DbError> {
+        let id = job_id.to_string();
+        Ok(self
+            .transact(move |c| {
+                query_first(
+                    c,
+                    "UPDATE jobs SET status = $1, error = $2, finished_at = $3 WHERE id = $4
+                     RETURNING *",
+                    &[&status.as_str(), &error, &now_ms(), &id],
+                    |row| job_from_row(row),
+                )?
+                .ok_or(rusqlite::Error::QueryReturnedNoRows)
+            })
+            .await?)
+    }
+
     /// The job queued or running for a container, if any.
     pub(crate) async fn active_job_of(
         &self,
@@ -172,6 +220,23 @@ impl Db {
 
     /// Jobs that a stop left queued or running, oldest first, queued again.
     pub(crate) async fn requeue_interrupted_jobs(&self) -> Result<Vec<String>, DbError> {
+        // A start, stop or restart is done by its request: one a stop interrupted ended
+        // there (the lifecycle corrects the container's status from what runs).
+        self.write(
+            "UPDATE jobs SET status = $1, phase = NULL, finished_at = $2,
+                error = 'interrupted by a stop of doppel'
+             WHERE status IN ($3, $4) AND kind IN ($5, $6, $7)",
+            vec![
+                Arg::arg(JobStatus::Failed.as_str()),
+                Arg::arg(now_ms()),
+                Arg::arg(JobStatus::Queued.as_str()),
+                Arg::arg(JobStatus::Running.as_str()),
+                Arg::arg(JobKind::Start.as_str()),
+                Arg::arg(JobKind::Stop.as_str()),
+                Arg::arg(JobKind::Restart.as_str()),
+            ],
+        )
+        .await?;
         let ids: Vec<String> =
             sqlx::query_scalar("SELECT id FROM jobs WHERE status IN ($1, $2) ORDER BY created_at")
                 .bind(JobStatus::Queued.as_str())
