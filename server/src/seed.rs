@@ -112,9 +112,10 @@ pub fn demo_tree(root: &Path, seed: u64, app: &str, mb: usize) -> std::io::Resul
 
 /// Where Debian's busybox-static puts its binary.
 const BUSYBOX: [&str; 2] = ["/bin/busybox", "/usr/bin/busybox"];
-/// The busybox applets a demo container has as commands.
+/// The busybox applets a demo container has as commands (not Debian's static wget: it
+/// crashes on its first connection).
 const APPLETS: [&str; 16] = [
-    "sh", "httpd", "hostname", "cat", "ls", "echo", "sleep", "ps", "wget", "env", "date", "ip",
+    "sh", "httpd", "hostname", "cat", "ls", "echo", "sleep", "ps", "nc", "env", "date", "ip",
     "ifconfig", "vi", "grep", "kill",
 ];
 

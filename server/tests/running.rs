@@ -268,6 +268,65 @@ async fn firewall_rules_are_enforced_in_the_namespace_and_copied_only_when_asked
         "the first matching rule allows"
     );
 
+    // Traffic stays on this host, and the host keeps to itself: a container cannot open a
+    // connection to the host (its bridge's address), though the host reaches it.
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // Whatever connects is answered by a close (so a probe that gets through says so).
+    let acceptor = listener.try_clone().unwrap();
+    std::thread::spawn(move || {
+        for conn in acceptor.incoming() {
+            drop(conn);
+        }
+    });
+    // Its own network's gateway: the host's address on its bridge.
+    let host = {
+        let a: std::net::Ipv4Addr = address(&without).parse().unwrap();
+        let o = a.octets();
+        format!("{}.{}.{}.1", o[0], o[1], o[2])
+    };
+    let probe = json!({"args": ["/bin/sh", "-c", format!(
+        // nc connects (to the container's own page), so a failure is the block.
+        "httpd -p 80 -h /www; nc -w 3 127.0.0.1 80 </dev/null && echo SELF-OK; \
+         if nc -w 3 {host} {port} </dev/null; then echo REACHED; else echo BLOCKED; fi; sleep 60"
+    )]});
+    let probe_id = without["id"].as_str().unwrap().to_string();
+    send(
+        &s,
+        reqwest::Method::PUT,
+        &format!("/api/v1/containers/{probe_id}/command"),
+        Some(probe),
+    )
+    .await;
+    let (st, body) = post(
+        &s,
+        &format!("/api/v1/containers/{probe_id}/restart?timeout=1"),
+        None,
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let said = loop {
+        let (_, logs) = s
+            .get(
+                &format!("/api/v1/containers/{probe_id}/logs"),
+                &s.admin_token,
+            )
+            .await;
+        let text = logs["lines"].to_string();
+        if text.contains("REACHED") || text.contains("BLOCKED") {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "the probe said nothing: {logs}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(said.contains("SELF-OK"), "the probe works: {said}");
+    assert!(
+        said.contains("BLOCKED"),
+        "a container reached the host: {said}"
+    );
+    drop(listener);
+
     // Bad rules: 422 naming the rule, nothing changed.
     let bad = json!({"rules": [
         {"direction": "ingress", "protocol": "icmp", "port": "80", "cidr": "0.0.0.0/0", "action": "deny"}
@@ -611,6 +670,43 @@ async fn open_serves_the_page_sandboxed_without_doppel_credentials() {
         "the visitor's session never reaches the page: {env}"
     );
 
+    // Its headers: its own pass, none that act on doppel's origin; its redirects stay
+    // inside it.
+    let redirect = root(&c).join("www/cgi-bin/go");
+    std::fs::write(
+        &redirect,
+        "#!/bin/sh\necho 'Status: 302 Found'\necho \"Location: $QUERY_STRING\"\necho 'Clear-Site-Data: \"cookies\"'\necho 'X-Served-By: the-page'\necho\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &redirect,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let resp = get(
+        format!("/containers/{id}/open/cgi-bin/go?/elsewhere"),
+        Some(cookie.clone()),
+    )
+    .await;
+    assert_eq!(resp.status(), 302);
+    assert_eq!(
+        resp.headers()["location"],
+        format!("/containers/{id}/open/elsewhere")
+    );
+    assert_eq!(resp.headers()["x-served-by"], "the-page");
+    assert!(resp.headers().get("clear-site-data").is_none());
+    let resp = get(
+        format!("/containers/{id}/open/cgi-bin/go?https://elsewhere.example/"),
+        Some(cookie.clone()),
+    )
+    .await;
+    assert!(
+        resp.headers().get("location").is_none(),
+        "no way out of doppel's origin"
+    );
+    let resp = get("/containers/%0A/open".into(), Some(cookie.clone())).await;
+    assert_eq!(resp.status(), 404);
+
     // Without a login: to the login page. A viewer-less stranger: 404. Stopped: 409.
     let resp = get(format!("/containers/{id}/open/"), None).await;
     assert_eq!(resp.status(), 303);
@@ -771,4 +867,38 @@ async fn delete_stops_and_removes_a_container_and_its_copies_stay() {
     )
     .await;
     assert_eq!(st, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_started_together_get_addresses_of_their_own() {
+    let s = TestServer::start().await;
+    let etl = s.container_id("etl-worker").await;
+    let edge = s.container_id("edge-proxy").await;
+    let (st, _) = post(
+        &s,
+        &format!("/api/v1/containers/{etl}/stop?timeout=1"),
+        None,
+    )
+    .await;
+    assert_eq!(st, 200);
+    // Neither has an address kept from before on this network: both are planned now.
+    for id in [&etl, &edge] {
+        let body = json!({"rules": [{"interface": "eth0", "network": "fresh"}]});
+        let (st, b) = send(
+            &s,
+            reqwest::Method::PUT,
+            &format!("/api/v1/containers/{id}/network-rules"),
+            Some(body),
+        )
+        .await;
+        assert_eq!(st, 200, "{b}");
+    }
+    let (start_etl, start_edge) = (
+        format!("/api/v1/containers/{etl}/start"),
+        format!("/api/v1/containers/{edge}/start"),
+    );
+    let (a, b) = tokio::join!(post(&s, &start_etl, None), post(&s, &start_edge, None));
+    assert_eq!((a.0, b.0), (200, 200), "{a:?} {b:?}");
+    assert_ne!(address(&a.1), address(&b.1));
+    assert!(page(&a.1, "/").await.is_ok() && page(&b.1, "/").await.is_ok());
 }

@@ -36,17 +36,20 @@ fn text(status: StatusCode, message: impl Into<String>) -> Response {
 }
 
 /// `/containers/{id}/open` without the slash: relative links need it.
-pub(super) async fn open_root(Path(id): Path<String>) -> Redirect {
-    Redirect::permanent(&format!("/containers/{id}/open/"))
+pub(super) async fn open_root(Path(id): Path<String>) -> Response {
+    if !app::model::is_valid_id(&id) {
+        return text(StatusCode::NOT_FOUND, "no such container");
+    }
+    Redirect::permanent(&format!("/containers/{id}/open/")).into_response()
 }
 
 pub(super) async fn open_page(
     State(st): State<AppState>,
     user: Option<Extension<CurrentUser>>,
-    Path((id, rest)): Path<(String, String)>,
+    Path((id, _)): Path<(String, String)>,
     req: Request,
 ) -> Response {
-    open(st, user, id, rest, req).await
+    open(st, user, id, req).await
 }
 
 pub(super) async fn open_index(
@@ -55,14 +58,56 @@ pub(super) async fn open_index(
     Path(id): Path<String>,
     req: Request,
 ) -> Response {
-    open(st, user, id, String::new(), req).await
+    open(st, user, id, req).await
+}
+
+/// Response headers a page may send through doppel: its content's description and
+/// caching, and its own `X-` headers; nothing that acts on doppel's origin (cookies, site
+/// data, CORS, HSTS, refresh). `Location` is handled on its own.
+fn passes(name: &header::HeaderName) -> bool {
+    const KEPT: [header::HeaderName; 12] = [
+        header::CONTENT_TYPE,
+        header::CONTENT_LENGTH,
+        header::CONTENT_ENCODING,
+        header::CONTENT_LANGUAGE,
+        header::CONTENT_RANGE,
+        header::ACCEPT_RANGES,
+        header::ETAG,
+        header::LAST_MODIFIED,
+        header::CACHE_CONTROL,
+        header::EXPIRES,
+        header::VARY,
+        header::DATE,
+    ];
+    let n = name.as_str();
+    KEPT.contains(name)
+        || (n.starts_with("x-")
+            && !matches!(
+                n,
+                "x-frame-options"
+                    | "x-content-type-options"
+                    | "x-xss-protection"
+                    | "x-permitted-cross-domain-policies"
+            ))
+}
+
+/// A redirect the page sends, kept inside it: a path of the page's own becomes the same
+/// path under `prefix`; anything else (another site, a scheme) is dropped.
+fn inside(location: &str, prefix: &str) -> Option<String> {
+    if location.starts_with("//") || location.contains("://") || location.contains('\\') {
+        return None;
+    }
+    Some(match location.strip_prefix('/') {
+        Some(path) => format!("{prefix}/{path}"),
+        // Relative: the browser resolves it against the page it is on.
+        None => location.to_string(),
+    })
 }
 
 async fn open(
     st: AppState,
     user: Option<Extension<CurrentUser>>,
     id: String,
-    rest: String,
     req: Request,
 ) -> Response {
     let Some(Extension(CurrentUser(user))) = user else {
@@ -85,7 +130,14 @@ async fn open(
             return text(status, e.message);
         }
     };
-    let mut target = format!("/{rest}");
+    // The path as the browser sent it (still percent-encoded), under the page's root.
+    let prefix = format!("/containers/{id}/open");
+    let path = req.uri().path().strip_prefix(&prefix).unwrap_or("/");
+    let mut target = if path.is_empty() {
+        "/".to_string()
+    } else {
+        path.to_string()
+    };
     if let Some(q) = req.uri().query() {
         target.push('?');
         target.push_str(q);
@@ -128,7 +180,23 @@ async fn open(
         Err(_) => return unreachable("no answer within 30 s".into()),
     };
     let (mut parts, body) = resp.into_parts();
-    parts.headers.remove(header::SET_COOKIE);
+    let location = parts
+        .headers
+        .get(header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|l| inside(l, &prefix))
+        .and_then(|l| HeaderValue::from_str(&l).ok());
+    let kept: Vec<_> = parts
+        .headers
+        .iter()
+        .filter(|(name, _)| passes(name))
+        .map(|(n, v)| (n.clone(), v.clone()))
+        .collect();
+    parts.headers.clear();
+    parts.headers.extend(kept);
+    if let Some(l) = location {
+        parts.headers.insert(header::LOCATION, l);
+    }
     // Sandboxed: an opaque origin without scripts; it may only frame and load itself.
     parts.headers.insert(
         header::CONTENT_SECURITY_POLICY,

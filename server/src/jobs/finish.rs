@@ -64,6 +64,10 @@ impl JobRunner {
             (_, JobKind::Start | JobKind::Stop | JobKind::Restart, _) => (previous, None),
             // Deleted: the row stays for its jobs (marked deleted in the same commit).
             (None, JobKind::Delete, _) => (ContainerStatus::Deleting, None),
+            // Cancelled before it began: nothing was touched.
+            (Some(_), JobKind::Delete, _) if matches!(result, Err(EngineError::Cancelled)) => {
+                (previous, Some("delete cancelled".into()))
+            }
             // Part of it may be gone: not usable, and a delete again finishes it.
             (Some(m), JobKind::Delete, _) => (
                 ContainerStatus::Failed,

@@ -401,6 +401,10 @@ impl JobRunner {
                     }
                     result
                 } else {
+                    // Nothing ran to stop (it ended before or during the pass): stopped.
+                    restarted = Some(crate::lifecycle::Outcome::stopped(Some(
+                        "its process was not running when the sync ended".into(),
+                    )));
                     Ok(first)
                 }
             }

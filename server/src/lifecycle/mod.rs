@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 
 use crate::config::{container_root, runtime_dir};
 use crate::runtime::{oci, shim, Observed, RunSpec, Runtime};
-use crate::store::{ContainerRow, Db, DbError, JsonColumn, RunRecord};
+use crate::store::{ContainerRow, Db, DbError, RunRecord};
 
 /// How long a copy's process has to end when a sync stops it for its final pass.
 const STOP_FOR_SYNC: Duration = Duration::from_secs(10);
@@ -49,7 +49,7 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    fn stopped(reason: Option<String>) -> Outcome {
+    pub fn stopped(reason: Option<String>) -> Outcome {
         Outcome {
             status: ContainerStatus::Stopped,
             reason,
@@ -107,10 +107,19 @@ impl Lifecycle {
         let Some(row) = self.db.container(id).await? else {
             return Ok(Outcome::stopped(Some("no such container".into())));
         };
-        if row.status == ContainerStatus::Running.as_str() {
+        let status = ContainerStatus::parse(&row.status).unwrap_or(ContainerStatus::Failed);
+        if status == ContainerStatus::Running {
             return Ok(Outcome {
                 status: ContainerStatus::Running,
                 reason: None,
+                notes: Vec::new(),
+            });
+        }
+        // Changed since the caller looked (a job took it): not this start's to touch.
+        if !from.contains(&status) {
+            return Ok(Outcome {
+                status,
+                reason: Some(format!("it is {} now", status.as_str())),
                 notes: Vec::new(),
             });
         }
@@ -136,7 +145,20 @@ impl Lifecycle {
             Err(reason) => (RunRecord::not_started(&reason), Some(reason)),
         };
         let status = record.status;
-        self.db.record_run(id, record, from).await?;
+        if !self.db.record_run(id, record, from).await? && status == ContainerStatus::Running {
+            // A job took the container between the check and the record: its process must
+            // not run unrecorded.
+            let _ = self
+                .runtime
+                .stop(
+                    id,
+                    &Self::bundle(&row),
+                    interface_count(&row),
+                    Duration::ZERO,
+                )
+                .await;
+            return Ok(Outcome::stopped(Some("it changed while starting".into())));
+        }
         Ok(Outcome {
             status,
             reason,
@@ -168,13 +190,6 @@ impl Lifecycle {
             .await
             .map_err(|e| format!("not started: {e}"))?;
         notes.extend(plan.notes);
-        let json = serde_json::to_string(&plan.interfaces).unwrap_or_else(|_| "[]".into());
-        if json != row.interfaces {
-            self.db
-                .set_container_json(&row.id, JsonColumn::Interfaces, json)
-                .await
-                .map_err(|e| format!("not started: {e}"))?;
-        }
         let rootfs = container_root(Path::new(&row.storage_root), &row.id);
         let bundle = Self::bundle(row);
         let spec = RunSpec {
@@ -302,16 +317,21 @@ impl Lifecycle {
     }
 
     /// Loads a container's firewall rules again while it runs.
-    pub(crate) async fn apply_firewall(
-        &self,
-        row: &ContainerRow,
-        rules: &[FirewallRule],
-    ) -> Result<(), String> {
+    pub(crate) async fn apply_firewall(&self, id: &str) -> Result<(), String> {
+        // Under the container's lock, with the rules as stored now: a start under way
+        // loads them itself, and two changes end with the last one in force.
+        let lock = self.lock_of(id);
+        let _one = lock.lock().await;
+        let Some(row) = self.db.container(id).await.map_err(|e| e.to_string())? else {
+            return Ok(());
+        };
         if row.status != ContainerStatus::Running.as_str() || self.runtime.unavailable().is_some() {
             return Ok(());
         }
+        let rules: Vec<FirewallRule> =
+            serde_json::from_str(&row.firewall_rules).map_err(|e| e.to_string())?;
         self.runtime
-            .apply_firewall(&row.id, rules)
+            .apply_firewall(id, &rules)
             .await
             .map_err(|e| e.to_string())
     }
@@ -345,6 +365,11 @@ impl Lifecycle {
             let lock = self.lock_of(&row.id);
             // A start or stop under way will record the truth itself.
             let Ok(_one) = lock.try_lock() else { continue };
+            // Started, stopped or restarted since the list was read: next round.
+            match self.db.container(&row.id).await? {
+                Some(now) if now.status == row.status && now.started_at == row.started_at => {}
+                _ => continue,
+            }
             let observed = Runtime::observe(&listed, &row.id, &Self::bundle(&row));
             let running = row.status == ContainerStatus::Running.as_str();
             let record = match (running, observed) {

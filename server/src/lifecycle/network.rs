@@ -9,12 +9,11 @@ use app::model::{Interface, NetworkRule};
 
 use super::Lifecycle;
 use crate::runtime::{Attachment, Ipv4Net, Runtime};
-use crate::store::{ContainerRow, NetworkRow};
+use crate::store::{ContainerRow, JsonColumn, NetworkRow};
 
 /// A container's network as its next start sets it up.
 pub(super) struct Plan {
     pub(super) attachments: Vec<Attachment>,
-    pub(super) interfaces: Vec<Interface>,
     /// What was not as its rules asked (a copy's clashing static address replaced).
     pub(super) notes: Vec<String>,
 }
@@ -138,11 +137,16 @@ impl Lifecycle {
                 mtu: rule.mtu,
             });
         }
-        Ok(Plan {
-            attachments,
-            interfaces,
-            notes,
-        })
+        // Recorded before the allocation lock is let go: the next plan sees these addresses
+        // taken.
+        let json = serde_json::to_string(&interfaces).unwrap_or_else(|_| "[]".into());
+        if json != row.interfaces {
+            self.db
+                .set_container_json(&row.id, JsonColumn::Interfaces, json)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(Plan { attachments, notes })
     }
 
     /// The network a rule names on this server, made when it does not exist: its subnet

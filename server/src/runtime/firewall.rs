@@ -4,7 +4,9 @@
 //! the first that matches decides; `ingress` rules match packets coming in (by their
 //! source), `egress` rules packets going out (by their destination); what no rule matches
 //! is allowed. Replies of allowed connections are always allowed (the firewall is stateful),
-//! and so is the container's own loopback. `deny` drops the packet silently.
+//! and so is the container's own loopback. `deny` drops the packet silently. Containers
+//! have IPv4 only: IPv6 (link-local addresses come with every interface) is dropped both
+//! ways, so no rule can be bypassed over it.
 
 use app::model::FirewallRule;
 
@@ -96,14 +98,16 @@ pub fn ruleset(rules: &[FirewallRule]) -> Result<String, String> {
          table inet doppel {{\n\
          \x20 chain ingress {{\n\
          \x20   type filter hook input priority 0; policy accept;\n\
-         \x20   ct state established,related accept\n\
          \x20   iif lo accept\n\
+         \x20   meta nfproto ipv6 drop\n\
+         \x20   ct state established,related accept\n\
          {ingress}\
          \x20 }}\n\
          \x20 chain egress {{\n\
          \x20   type filter hook output priority 0; policy accept;\n\
-         \x20   ct state established,related accept\n\
          \x20   oif lo accept\n\
+         \x20   meta nfproto ipv6 drop\n\
+         \x20   ct state established,related accept\n\
          {egress}\
          \x20 }}\n\
          }}\n"
@@ -160,6 +164,11 @@ mod tests {
         assert!(text.contains("ip daddr 192.168.1.7/32 udp dport 5000-5100 drop"));
         assert!(text.contains("ip saddr 0.0.0.0/0 meta l4proto icmp accept"));
         assert!(text.contains("ip daddr 0.0.0.0/0 drop"));
+        assert_eq!(
+            text.matches("meta nfproto ipv6 drop").count(),
+            2,
+            "no way around over IPv6"
+        );
     }
 
     #[test]

@@ -128,6 +128,8 @@ pub struct Runtime {
     tag: String,
     /// The network containers' subnets are taken from.
     pub network: Ipv4Net,
+    /// Whether this doppel's host table (`net::guard_host`) is in place.
+    host_guarded: std::sync::atomic::AtomicBool,
 }
 
 /// How long a started process has to show up in runc's state.
@@ -157,6 +159,7 @@ impl Runtime {
             shim_exe,
             tag,
             network,
+            host_guarded: Default::default(),
         }
     }
 
@@ -168,6 +171,7 @@ impl Runtime {
             shim_exe: PathBuf::new(),
             tag: String::new(),
             network: Ipv4Net::parse("10.88.0.0/16").expect("a valid network"),
+            host_guarded: Default::default(),
         }
     }
 
@@ -206,13 +210,20 @@ impl Runtime {
 
     /// The bridge of the `n`th network (at most 15 bytes, as interface names are).
     pub fn bridge(&self, n: u32) -> String {
-        format!("dpb{}n{n}", self.tag)
+        format!("{}n{n}", self.bridge_prefix())
     }
 
-    /// The host's end of a container's `n`th interface.
+    /// What every bridge of this doppel's name starts with.
+    fn bridge_prefix(&self) -> String {
+        format!("dpb{}", self.tag)
+    }
+
+    /// The host's end of a container's `n`th interface (n < 8): 15 bytes, 28 bits of the
+    /// container's id (two containers sharing them: about one chance in 500 at 1,000
+    /// containers of one doppel).
     pub fn host_end(&self, id: &str, n: usize) -> String {
         let h = blake3::hash(id.as_bytes()).to_hex();
-        format!("dpv{}{}{n}", self.tag, &h[..6])
+        format!("dpv{}{}{n}", self.tag, &h[..7])
     }
 
     fn host_ends(&self, id: &str, count: usize) -> Vec<String> {
@@ -271,15 +282,35 @@ impl Runtime {
     /// once runc runs the process (or it has already ended).
     pub async fn start(&self, spec: &RunSpec<'_>) -> Result<Observed, RuntimeError> {
         self.ready()?;
+        // Only root reads a bundle (its config.json holds the environment) or enters the
+        // trees (a tenant's setuid file is no way in for the host's other users).
+        use std::os::unix::fs::PermissionsExt;
         std::fs::create_dir_all(spec.bundle)?;
+        for dir in [spec.bundle.parent(), spec.rootfs.parent()]
+            .into_iter()
+            .flatten()
+        {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+        std::fs::set_permissions(spec.bundle, std::fs::Permissions::from_mode(0o700))?;
         std::fs::create_dir_all(&self.state)?;
         // A container left by runc (it deletes those it ran to their end; a killed runc may not).
         if self.list().await?.contains_key(spec.id) {
             self.runc(&["delete", "--force", spec.id]).await?;
         }
         let _ = std::fs::remove_file(spec.bundle.join(shim::EXIT));
+        if !self
+            .host_guarded
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            if let Err(e) = net::guard_host(&self.tag, &self.bridge_prefix()).await {
+                self.host_guarded
+                    .store(false, std::sync::atomic::Ordering::SeqCst);
+                return Err(e);
+            }
+        }
         let netns = self.netns(spec.id);
-        net::setup(&netns, spec.attachments).await?;
+        net::setup(&netns, spec.attachments, &self.bridge_prefix()).await?;
         let result = self.launch(spec, &netns).await;
         if !matches!(result, Ok(Observed::Running { .. })) {
             net::teardown(&netns, &self.host_ends(spec.id, spec.attachments.len())).await;
@@ -416,6 +447,7 @@ pub fn purge(data_dir: &Path) {
             run("runc", &["--root", &state, "delete", "--force", id]);
         }
     }
+    run("nft", &["delete", "table", "inet", &net::host_table(&tag)]);
     let ns_prefix = format!("doppel-{tag}-");
     for line in run("ip", &["netns", "list"]).lines() {
         let name = line.split_whitespace().next().unwrap_or("");

@@ -105,30 +105,78 @@ async fn ip(args: &[&str]) -> Result<String, RuntimeError> {
     command("ip", args, None).await
 }
 
-/// The bridge of a network, made when missing. A network whose addresses another
-/// interface of this host already uses is refused: its routes would be ambiguous.
-pub async fn ensure_bridge(bridge: &str, network: Ipv4Net) -> Result<(), RuntimeError> {
+/// Bridges are made one at a time on this host (two first starts on a new network would
+/// both try to make its bridge).
+static BRIDGES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The IPv4 networks this host already has: its interfaces' and its routes' (a VPN's
+/// routes have no local address), except the default route and `ours`' bridges.
+async fn host_networks(ours: &str) -> Result<Vec<(Ipv4Net, String)>, RuntimeError> {
+    let mut nets = Vec::new();
+    let parse = |cidr: &str| -> Option<Ipv4Net> {
+        let (addr, prefix) = cidr.split_once('/').unwrap_or((cidr, "32"));
+        let a: Ipv4Addr = addr.parse().ok()?;
+        let prefix: u8 = prefix.parse().ok().filter(|p| *p <= 32)?;
+        let mask = if prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - prefix)
+        };
+        Some(Ipv4Net {
+            base: Ipv4Addr::from(u32::from(a) & mask),
+            prefix,
+        })
+    };
+    for line in ip(&["-4", "-o", "addr", "show"]).await?.lines() {
+        // "3: eth0    inet 10.0.0.5/24 brd ... scope global eth0"
+        let mut words = line.split_whitespace();
+        let dev = words.nth(1).unwrap_or("").to_string();
+        if let Some(net) = words.skip_while(|w| *w != "inet").nth(1).and_then(parse) {
+            if !dev.starts_with(ours) {
+                nets.push((net, dev));
+            }
+        }
+    }
+    for line in ip(&["-4", "route", "show", "table", "all"]).await?.lines() {
+        // "10.8.0.0/16 via 10.0.0.1 dev tun0", "local 10.0.0.5 dev eth0 table local ..."
+        let mut words = line.split_whitespace().peekable();
+        if matches!(words.peek(), Some(&("local" | "broadcast" | "unicast"))) {
+            words.next();
+        }
+        let Some(dest) = words.next() else { continue };
+        let dev = line
+            .split_whitespace()
+            .skip_while(|w| *w != "dev")
+            .nth(1)
+            .unwrap_or("")
+            .to_string();
+        if dest == "default" || dev.starts_with(ours) || dev == "lo" {
+            continue;
+        }
+        if let Some(net) = parse(dest) {
+            nets.push((net, dev));
+        }
+    }
+    Ok(nets)
+}
+
+/// The bridge of a network, made when missing. A network that overlaps one this host
+/// already has (an interface's or a route's, either way round) is refused: its routes
+/// would be ambiguous, and doppel would take traffic that is not its own.
+/// `ours`: the prefix of this doppel's bridges.
+pub async fn ensure_bridge(bridge: &str, network: Ipv4Net, ours: &str) -> Result<(), RuntimeError> {
+    let _one = BRIDGES.lock().await;
     let gateway = network.host(1).ok_or_else(|| {
         RuntimeError::Network(format!("{network} has no room for a gateway address"))
     })?;
     if ip(&["link", "show", "dev", bridge]).await.is_ok() {
         return ip(&["link", "set", bridge, "up"]).await.map(drop);
     }
-    let addrs = ip(&["-4", "-o", "addr", "show"]).await?;
-    for line in addrs.lines() {
-        // "3: eth0    inet 10.0.0.5/24 brd ... scope global eth0"
-        let mut words = line.split_whitespace();
-        let dev = words.nth(1).unwrap_or("");
-        let Some(cidr) = words.skip_while(|w| *w != "inet").nth(1) else {
-            continue;
-        };
-        let (addr, _) = cidr.split_once('/').unwrap_or((cidr, ""));
-        if let Ok(a) = addr.parse::<Ipv4Addr>() {
-            if network.contains(a) {
-                return Err(RuntimeError::Network(format!(
-                    "network {network} overlaps {dev}'s address {cidr} on this host; choose another with --container-network"
-                )));
-            }
+    for (net, dev) in host_networks(ours).await? {
+        if net.contains(network.network()) || network.contains(net.network()) {
+            return Err(RuntimeError::Network(format!(
+                "network {network} overlaps {net} of {dev} on this host; choose another with --container-network"
+            )));
         }
     }
     ip(&["link", "add", bridge, "type", "bridge"]).await?;
@@ -143,16 +191,47 @@ pub async fn ensure_bridge(bridge: &str, network: Ipv4Net) -> Result<(), Runtime
     ip(&["link", "set", bridge, "up"]).await.map(drop)
 }
 
+/// The host side of containers' networks: a connection a container opens to the host
+/// itself (its bridge's address, or any other of the host's) is dropped; the host's own
+/// connections to containers, and their replies, pass. One table per doppel, made again
+/// whole each time (nft applies it in one transaction).
+pub async fn guard_host(tag: &str, ours: &str) -> Result<(), RuntimeError> {
+    let table = host_table(tag);
+    let text = format!(
+        "table inet {table}\n\
+         delete table inet {table}\n\
+         table inet {table} {{\n\
+         \x20 chain input {{\n\
+         \x20   type filter hook input priority 0; policy accept;\n\
+         \x20   iifname \"{ours}*\" ct state established,related accept\n\
+         \x20   iifname \"{ours}*\" drop\n\
+         \x20 }}\n\
+         }}\n"
+    );
+    super::command("nft", &["-f", "-"], Some(&text))
+        .await
+        .map(drop)
+}
+
+/// The host nftables table of the doppel with this tag.
+pub fn host_table(tag: &str) -> String {
+    format!("doppel_{tag}")
+}
+
 /// A new namespace `netns` with the loopback up and each attachment set up. A namespace
 /// of that name left from before is replaced.
-pub async fn setup(netns: &str, attachments: &[Attachment]) -> Result<(), RuntimeError> {
+pub async fn setup(
+    netns: &str,
+    attachments: &[Attachment],
+    ours: &str,
+) -> Result<(), RuntimeError> {
     let ends: Vec<String> = attachments.iter().map(|a| a.host_end.clone()).collect();
     teardown(netns, &ends).await;
     ip(&["netns", "add", netns]).await?;
     let result = async {
         ip(&["-n", netns, "link", "set", "lo", "up"]).await?;
         for a in attachments {
-            ensure_bridge(&a.bridge, a.network).await?;
+            ensure_bridge(&a.bridge, a.network, ours).await?;
             ip(&[
                 "link",
                 "add",

@@ -71,9 +71,23 @@ pub struct Mount {
 #[serde(rename_all = "camelCase")]
 pub struct Linux {
     pub namespaces: Vec<Namespace>,
+    pub resources: Resources,
     pub masked_paths: Vec<&'static str>,
     pub readonly_paths: Vec<&'static str>,
 }
+
+#[derive(Serialize)]
+pub struct Resources {
+    pub pids: Pids,
+}
+
+#[derive(Serialize)]
+pub struct Pids {
+    pub limit: i64,
+}
+
+/// At most this many processes in one container: a fork bomb stays inside its cgroup.
+pub const PIDS_LIMIT: i64 = 4096;
 
 #[derive(Serialize)]
 pub struct Namespace {
@@ -190,6 +204,9 @@ pub fn spec(rootfs: &Path, hostname: &str, process: &ProcessSpec<'_>, netns: &Pa
                 ns("uts"),
                 ns("mount"),
             ],
+            resources: Resources {
+                pids: Pids { limit: PIDS_LIMIT },
+            },
             masked_paths: vec![
                 "/proc/acpi",
                 "/proc/asound",

@@ -79,14 +79,28 @@ fn supervise(args: &ShimArgs) -> std::io::Result<i32> {
         // `cmd` and its copies of the pipe's writing end are dropped here: the pipe ends
         // when runc and the container's processes have closed theirs.
     };
+    // The pipe is drained to its end whatever happens to the log (a full disk loses
+    // output, never the process: a container that cannot write would block on its pipe).
     let mut buf = vec![0u8; 16 * 1024];
+    let mut lost = false;
     loop {
         match reader.read(&mut buf) {
             Ok(0) => break,
-            Ok(n) => append(&args.bundle, &buf[..n])?,
+            Ok(n) => {
+                if append(&args.bundle, &buf[..n]).is_err() {
+                    lost = true;
+                }
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+            // Cannot read the pipe any more: still wait for runc, the end is what counts.
+            Err(_) => break,
         }
+    }
+    if lost {
+        let _ = append(
+            &args.bundle,
+            b"doppel shim: some output was lost (the log could not be written)\n",
+        );
     }
     let status = child.wait()?;
     use std::os::unix::process::ExitStatusExt;

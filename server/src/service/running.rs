@@ -36,13 +36,12 @@ fn refuse_failed(row: &ContainerRow, status: ContainerStatus) -> Result<(), ApiE
 }
 
 /// A start's outcome as an answer: running, or a 409 with the reason.
-fn started(row: &ContainerRow, outcome: Outcome, failed: &str) -> Result<(), ApiError> {
+fn started(name: &str, outcome: Outcome, failed: &str) -> Result<(), ApiError> {
     if outcome.status == ContainerStatus::Running {
         return Ok(());
     }
     Err(conflict(format!(
-        "{} {failed}: {}",
-        row.name,
+        "{name} {failed}: {}",
         outcome.reason.as_deref().unwrap_or("it is not stopped")
     )))
 }
@@ -81,13 +80,14 @@ impl Service {
     }
 
     /// Does a start, stop or restart recorded as a job of `kind` (running, then how it
-    /// ended), each change announced on the event streams like any job's.
+    /// ended), each change announced on the event streams like any job's. The work runs
+    /// in a task of its own: a client that goes away does not leave it half done.
     async fn recorded(
         &self,
         user: &UserInfo,
         row: &ContainerRow,
         kind: JobKind,
-        op: impl std::future::Future<Output = Result<(), ApiError>>,
+        op: impl std::future::Future<Output = Result<(), ApiError>> + Send + 'static,
     ) -> Result<(), ApiError> {
         let job = self
             .db
@@ -105,20 +105,29 @@ impl Service {
             })
             .await
             .map_err(internal)?;
-        let job_id = job.id.clone();
-        self.jobs.hub.publish(EventKind::Status, job);
-        let result = op.await;
-        let (status, error) = match &result {
-            Ok(()) => (JobStatus::Succeeded, None),
-            Err(e) => (JobStatus::Failed, Some(e.message.clone())),
+        let Some(job) = job else {
+            let running = self.db.active_job_of(&row.id).await.map_err(internal)?;
+            return Err(conflict(format!(
+                "a job is queued or running for {}; try again once it has ended: {}",
+                row.name,
+                running.map(|j| Job::url_of(&j)).unwrap_or_default()
+            )));
         };
-        let job = self
-            .db
-            .end_op(&job_id, status, error)
-            .await
-            .map_err(internal)?;
-        self.jobs.hub.publish(EventKind::Status, job);
-        result
+        let (db, hub) = (self.db.clone(), self.jobs.hub.clone());
+        let job_id = job.id.clone();
+        hub.publish(EventKind::Status, job);
+        tokio::spawn(async move {
+            let result = op.await;
+            let (status, error) = match &result {
+                Ok(()) => (JobStatus::Succeeded, None),
+                Err(e) => (JobStatus::Failed, Some(e.message.clone())),
+            };
+            let job = db.end_op(&job_id, status, error).await.map_err(internal)?;
+            hub.publish(EventKind::Status, job);
+            result
+        })
+        .await
+        .map_err(internal)?
     }
 
     /// Starts a stopped container; a running one stays as it is. A start that does not get
@@ -130,13 +139,13 @@ impl Service {
     ) -> Result<ContainerDetail, ApiError> {
         let (row, status) = self.operable(user, id, "start").await?;
         refuse_failed(&row, status)?;
-        let start = async {
-            let outcome = self
-                .lifecycle
-                .start(id, &[ContainerStatus::Stopped])
+        let (lifecycle, name, cid) = (self.lifecycle.clone(), row.name.clone(), row.id.clone());
+        let start = async move {
+            let outcome = lifecycle
+                .start(&cid, &[ContainerStatus::Stopped])
                 .await
                 .map_err(internal)?;
-            started(&row, outcome, "did not start")
+            started(&name, outcome, "did not start")
         };
         self.recorded(user, &row, JobKind::Start, start).await?;
         self.detail_now(user, id).await
@@ -151,9 +160,10 @@ impl Service {
         grace: Option<Duration>,
     ) -> Result<ContainerDetail, ApiError> {
         let (row, _) = self.operable(user, id, "stop").await?;
-        let stop = async {
-            self.lifecycle
-                .stop(id, grace.unwrap_or(STOP_GRACE))
+        let (lifecycle, cid) = (self.lifecycle.clone(), row.id.clone());
+        let stop = async move {
+            lifecycle
+                .stop(&cid, grace.unwrap_or(STOP_GRACE))
                 .await
                 .map(drop)
                 .map_err(internal)
@@ -171,13 +181,13 @@ impl Service {
     ) -> Result<ContainerDetail, ApiError> {
         let (row, status) = self.operable(user, id, "restart").await?;
         refuse_failed(&row, status)?;
-        let restart = async {
-            let outcome = self
-                .lifecycle
-                .restart(id, grace.unwrap_or(STOP_GRACE))
+        let (lifecycle, name, cid) = (self.lifecycle.clone(), row.name.clone(), row.id.clone());
+        let restart = async move {
+            let outcome = lifecycle
+                .restart(&cid, grace.unwrap_or(STOP_GRACE))
                 .await
                 .map_err(internal)?;
-            started(&row, outcome, "did not start again")
+            started(&name, outcome, "did not start again")
         };
         self.recorded(user, &row, JobKind::Restart, restart).await?;
         self.detail_now(user, id).await
@@ -247,7 +257,7 @@ impl Service {
             .set_container_json(id, JsonColumn::FirewallRules, json)
             .await
             .map_err(internal)?;
-        if let Err(e) = self.lifecycle.apply_firewall(&row, &rules).await {
+        if let Err(e) = self.lifecycle.apply_firewall(id).await {
             tracing::warn!(container = %id, error = %e, "firewall not applied");
             return Err(conflict(format!(
                 "the rules are saved but not yet in force in the running container ({e}); restart it"

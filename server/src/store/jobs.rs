@@ -147,15 +147,19 @@ impl Db {
         Ok(res > 0)
     }
 
-    /// A start, stop or restart, recorded as a running job (its request does it).
-    pub(crate) async fn record_op(&self, s: NewSync) -> Result<Job, DbError> {
+    /// A start, stop or restart, recorded as a running job (its request does it), unless
+    /// a job is queued or running for the container (`None`).
+    pub(crate) async fn record_op(&self, s: NewSync) -> Result<Option<Job>, DbError> {
         Ok(self
             .transact(move |c| {
                 query_first(
                     c,
                     "INSERT INTO jobs (id, kind, status, project_id, container_id,
                         source_container_id, requested_by, params, created_at, started_at)
-                     VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8, $8) RETURNING *",
+                     SELECT $1, $2, $3, $4, $5, $5, $6, $7, $8, $8
+                     WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE container_id = $5
+                        AND status IN ($3, $9))
+                     RETURNING *",
                     &[
                         &s.job_id,
                         &s.kind.as_str(),
@@ -165,10 +169,10 @@ impl Db {
                         &s.requested_by,
                         &s.params,
                         &s.now,
+                        &JobStatus::Queued.as_str(),
                     ],
                     |row| job_from_row(row),
-                )?
-                .ok_or(rusqlite::Error::QueryReturnedNoRows)
+                )
             })
             .await?)
     }

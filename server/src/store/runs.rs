@@ -69,8 +69,8 @@ impl Db {
         .await?)
     }
 
-    /// Sets one of a container's JSON settings: `command`, `firewall_rules` or
-    /// `network_rules` (new network rules also drop the interfaces planned from the old).
+    /// Sets one of a container's JSON settings: `command`, `firewall_rules`,
+    /// `network_rules` or `interfaces`.
     pub(crate) async fn set_container_json(
         &self,
         id: &str,
@@ -84,9 +84,10 @@ impl Db {
             JsonColumn::FirewallRules => {
                 "UPDATE containers SET firewall_rules = $2, updated_at = $3 WHERE id = $1"
             }
+            // The interfaces stay what runs (and their addresses its) until the next start
+            // plans them from the new rules.
             JsonColumn::NetworkRules => {
-                "UPDATE containers SET network_rules = $2, interfaces = '[]', updated_at = $3
-                 WHERE id = $1"
+                "UPDATE containers SET network_rules = $2, updated_at = $3 WHERE id = $1"
             }
             JsonColumn::Interfaces => {
                 "UPDATE containers SET interfaces = $2, updated_at = $3 WHERE id = $1"
