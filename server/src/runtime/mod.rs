@@ -422,6 +422,19 @@ async fn wait_exit(bundle: &Path, within: Duration) -> Option<Exit> {
     }
 }
 
+/// Whether a process of this host has `needle` among its arguments (a shim's `--state`,
+/// runc's `--root`).
+fn process_mentions(needle: &str) -> bool {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    procs.flatten().any(|p| {
+        std::fs::read(p.path().join("cmdline"))
+            .map(|c| c.split(|b| *b == 0).any(|arg| arg == needle.as_bytes()))
+            .unwrap_or(false)
+    })
+}
+
 /// The tag of a data dir in host-wide names.
 fn tag_of(data_dir: &Path) -> String {
     blake3::hash(data_dir.as_os_str().as_encoded_bytes()).to_hex()[..4].to_string()
@@ -441,11 +454,19 @@ pub fn purge(data_dir: &Path) {
             .unwrap_or_default()
     };
     let state = data_dir.join("runc").display().to_string();
-    if Path::new(&state).exists() {
-        for id in run("runc", &["--root", &state, "list", "-q"]).lines() {
-            run("runc", &["--root", &state, "kill", id, "KILL"]);
-            run("runc", &["--root", &state, "delete", "--force", id]);
+    // A shim started just now may not have its container in runc's state yet: kill what
+    // runc lists, and look again while any shim or runc of this data dir still runs.
+    for _ in 0..100 {
+        if Path::new(&state).exists() {
+            for id in run("runc", &["--root", &state, "list", "-q"]).lines() {
+                run("runc", &["--root", &state, "kill", id, "KILL"]);
+                run("runc", &["--root", &state, "delete", "--force", id]);
+            }
         }
+        if !process_mentions(&state) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
     run("nft", &["delete", "table", "inet", &net::host_table(&tag)]);
     let ns_prefix = format!("doppel-{tag}-");

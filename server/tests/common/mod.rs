@@ -145,9 +145,13 @@ impl TestServer {
 }
 
 /// Whatever a test's doppel ran on this host (containers, namespaces, veths, bridges) goes
-/// with it, whether the test passed or not.
+/// with it, whether the test passed or not. A job of the test may still start a container
+/// after this (the test's runtime goes on a moment longer), so the data dir is kept, and
+/// purged again when the test binary exits.
 impl Drop for TestServer {
     fn drop(&mut self) {
         doppel::runtime::purge(self.data_dir.path());
+        let dir = std::mem::replace(&mut self.data_dir, tempfile::tempdir().unwrap());
+        process::purge_at_exit(dir);
     }
 }

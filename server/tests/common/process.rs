@@ -77,6 +77,28 @@ impl Drop for Serving {
     }
 }
 
+/// Data dirs whose containers are purged (again) when the test binary exits, and which
+/// are removed only then.
+static AT_EXIT: std::sync::Mutex<Vec<tempfile::TempDir>> = std::sync::Mutex::new(Vec::new());
+
+extern "C" fn purge_all() {
+    let dirs = std::mem::take(&mut *AT_EXIT.lock().unwrap_or_else(|e| e.into_inner()));
+    for dir in &dirs {
+        doppel::runtime::purge(dir.path());
+    }
+}
+
+/// Keeps `dir` until the test binary exits, and purges its containers then.
+pub fn purge_at_exit(dir: tempfile::TempDir) {
+    static REGISTERED: std::sync::Once = std::sync::Once::new();
+    // SAFETY: atexit only records the function; purge_all touches nothing torn down at
+    // exit (a static mutex, files, child processes).
+    REGISTERED.call_once(|| unsafe {
+        libc::atexit(purge_all);
+    });
+    AT_EXIT.lock().unwrap_or_else(|e| e.into_inner()).push(dir);
+}
+
 /// `doppel serve` on a loopback port, with or without the demo data, with a container
 /// network of its own.
 pub fn serve(data: &Path, port: u16, demo: bool) -> Serving {
