@@ -142,7 +142,7 @@ test('copy a container through the dialog, then change the source and sync, live
   expect(problems).toEqual([]);
 });
 
-test('a copy runs: open its page, sync an edit of the source into it, stop and start it', async ({ page, context }) => {
+test('a copy runs: open its page, sync an edit of the source into it, stop, start and delete it', async ({ page, context }) => {
   const problems = watchConsole(page);
   const rootPath = await openWebAppAsAdmin(page);
   const badge = page.locator('h1 .badge');
@@ -194,6 +194,16 @@ test('a copy runs: open its page, sync an edit of the source into it, stop and s
   await copy.reload();
   await expect(copy.locator('h1')).toHaveText('web-app, edited');
   await page.screenshot({ path: 'test-results/running-copy.png', fullPage: true });
+  await copy.close();
+
+  // Delete it: the name typed again, the job followed live, and it is gone.
+  await page.getByText('Delete this container…').click();
+  await page.getByLabel('Type web-app-live to confirm').fill('web-app-live');
+  await page.getByRole('button', { name: 'Delete', exact: true }).click();
+  await expect(page.locator('.danger-zone .live-job h2')).toContainText('succeeded', { timeout: 30_000 });
+  await page.goto('/containers');
+  await expect(page.getByRole('heading', { name: 'Containers' })).toBeVisible();
+  await expect(page.getByRole('link', { name: 'web-app-live' })).toHaveCount(0);
   expect(problems).toEqual([]);
 });
 
