@@ -3,36 +3,10 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::TestServer;
 use serde_json::{json, Value};
-
-async fn wait_job(s: &TestServer, id: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (st, job) = s.get(&format!("/api/v1/jobs/{id}"), &s.admin_token).await;
-        assert_eq!(st, 200, "{job}");
-        if ["succeeded", "failed", "cancelled"].contains(&job["status"].as_str().unwrap()) {
-            return job;
-        }
-        assert!(Instant::now() < deadline, "job {id} did not finish: {job}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn project_id(s: &TestServer, name: &str) -> String {
-    let (_, body) = s.get("/api/v1/projects", &s.admin_token).await;
-    body["projects"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == name)
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
 
 async fn server_id(s: &TestServer, name: &str) -> String {
     let (_, body) = s.get("/api/v1/servers", &s.admin_token).await;
@@ -111,7 +85,7 @@ fn tree_root(c: &Value) -> std::path::PathBuf {
 async fn the_contract_curl_examples_work_as_written() {
     let s = TestServer::start().await;
     let source = s.container_id("web-app").await;
-    let target_project = project_id(&s, "data-pipeline").await;
+    let target_project = s.project_id("data-pipeline").await;
     let target_server = server_id(&s, "local-c").await;
 
     // POST /copy, exactly the contract's example with real ids.
@@ -148,7 +122,7 @@ async fn the_contract_curl_examples_work_as_written() {
         job["events_url"],
         format!("/api/v1/jobs/{}/events", job["id"].as_str().unwrap())
     );
-    let done = wait_job(&s, job["id"].as_str().unwrap()).await;
+    let done = s.wait_job(job["id"].as_str().unwrap()).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["progress"]["percent"], 100.0);
 
@@ -187,7 +161,7 @@ async fn the_contract_curl_examples_work_as_written() {
     ])
     .await;
     assert_eq!(status, 202, "{body}");
-    let done = wait_job(&s, body["job"]["id"].as_str().unwrap()).await;
+    let done = s.wait_job(body["job"]["id"].as_str().unwrap()).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     let summary = &done["summary"];
     assert_eq!(summary["files_added"], 1, "{summary}");
@@ -216,8 +190,8 @@ async fn the_contract_curl_examples_work_as_written() {
 async fn copy_validation_answers_each_mistake_with_its_status() {
     let s = TestServer::start().await;
     let source = s.container_id("web-app").await;
-    let web = project_id(&s, "web-platform").await;
-    let data = project_id(&s, "data-pipeline").await;
+    let web = s.project_id("web-platform").await;
+    let data = s.project_id("data-pipeline").await;
     let copy = |body: Value| {
         let s = &s;
         let source = source.clone();
@@ -324,8 +298,8 @@ async fn copy_validation_answers_each_mistake_with_its_status() {
     let (st, second, _) = copy(json!({"target_project_id": data})).await;
     assert_eq!(st, 202);
     assert_eq!(second["container"]["name"], "web-app-copy-2");
-    wait_job(&s, first["job"]["id"].as_str().unwrap()).await;
-    wait_job(&s, second["job"]["id"].as_str().unwrap()).await;
+    s.wait_job(first["job"]["id"].as_str().unwrap()).await;
+    s.wait_job(second["job"]["id"].as_str().unwrap()).await;
 }
 
 #[tokio::test]
@@ -333,8 +307,8 @@ async fn members_cannot_copy_from_or_into_other_projects_nor_see_their_jobs() {
     let s = TestServer::start().await;
     let web_app = s.container_id("web-app").await;
     let db_primary = s.container_id("db-primary").await;
-    let web = project_id(&s, "web-platform").await;
-    let data = project_id(&s, "data-pipeline").await;
+    let web = s.project_id("web-platform").await;
+    let data = s.project_id("data-pipeline").await;
     let t = &s.alice_token;
     let (st, _, _) = copy_as(&s, t, &db_primary, json!({"target_project_id": web})).await;
     assert_eq!(st, 404, "copy from a project she cannot see");
@@ -342,7 +316,7 @@ async fn members_cannot_copy_from_or_into_other_projects_nor_see_their_jobs() {
     assert_eq!(st, 404, "copy into a project she cannot see");
     let (st, ok, _) = copy_as(&s, t, &web_app, json!({"target_project_id": web})).await;
     assert_eq!(st, 202, "operator in her project: {ok}");
-    wait_job(&s, ok["job"]["id"].as_str().unwrap()).await;
+    s.wait_job(ok["job"]["id"].as_str().unwrap()).await;
 
     // The admin's job in the other project is invisible to her, in lists, by id and live.
     let (_, theirs, _) = copy_as(
@@ -353,7 +327,7 @@ async fn members_cannot_copy_from_or_into_other_projects_nor_see_their_jobs() {
     )
     .await;
     let their_job = theirs["job"]["id"].as_str().unwrap().to_string();
-    wait_job(&s, &their_job).await;
+    s.wait_job(&their_job).await;
     let (st, _) = s.get(&format!("/api/v1/jobs/{their_job}"), t).await;
     assert_eq!(st, 404);
     let (st, _) = s.get(&format!("/api/v1/jobs/{their_job}/events"), t).await;
@@ -409,7 +383,7 @@ async fn containers_named(s: &TestServer, name: &str) -> usize {
 /// The copy endpoint of "web-app" and the id of the "web-platform" project.
 async fn web_app_copy(s: &TestServer) -> (String, String) {
     let source = s.container_id("web-app").await;
-    let web = project_id(s, "web-platform").await;
+    let web = s.project_id("web-platform").await;
     (format!("/api/v1/containers/{source}/copy"), web)
 }
 
@@ -431,7 +405,7 @@ async fn retries_with_an_idempotency_key_get_the_same_job() {
     assert_eq!(st, 202, "{b}");
     assert_eq!(a["job"]["id"], b["job"]["id"]);
     assert_eq!(a["container"]["id"], b["container"]["id"]);
-    wait_job(&s, a["job"]["id"].as_str().unwrap()).await;
+    s.wait_job(a["job"]["id"].as_str().unwrap()).await;
     assert_eq!(containers_named(&s, "once").await, 1);
 
     let staging = s.container_id("web-app-staging").await;
@@ -439,7 +413,7 @@ async fn retries_with_an_idempotency_key_get_the_same_job() {
     let (_, x, _) = post(&s, &sync, &s.admin_token, None, Some("sync-1")).await;
     let (_, y, _) = post(&s, &sync, &s.admin_token, None, Some("sync-1")).await;
     assert_eq!(x["job"]["id"], y["job"]["id"]);
-    wait_job(&s, x["job"]["id"].as_str().unwrap()).await;
+    s.wait_job(x["job"]["id"].as_str().unwrap()).await;
 }
 
 #[tokio::test]
@@ -464,7 +438,7 @@ async fn concurrent_retries_with_one_idempotency_key_make_one_copy() {
         assert_eq!(answer["job"]["id"], first["job"]["id"]);
         assert_eq!(answer["container"]["id"], first["container"]["id"]);
     }
-    wait_job(&s, first["job"]["id"].as_str().unwrap()).await;
+    s.wait_job(first["job"]["id"].as_str().unwrap()).await;
     assert_eq!(containers_named(&s, "racing").await, 1);
 }
 
@@ -521,7 +495,7 @@ async fn sync_rules_originals_running_jobs_and_snapshots() {
         .await;
     let src_root = tree_root(&src);
     std::fs::write(src_root.join("added-after-snapshot"), b"new\n").unwrap();
-    let web = project_id(&s, "web-platform").await;
+    let web = s.project_id("web-platform").await;
     let (st, started, _) = post(
         &s,
         &format!("/api/v1/containers/{web_app}/copy"),
@@ -533,7 +507,7 @@ async fn sync_rules_originals_running_jobs_and_snapshots() {
     )
     .await;
     assert_eq!(st, 202, "{started}");
-    let done = wait_job(&s, started["job"]["id"].as_str().unwrap()).await;
+    let done = s.wait_job(started["job"]["id"].as_str().unwrap()).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     let (_, copy) = s
         .get(
@@ -581,16 +555,16 @@ async fn sync_rules_originals_running_jobs_and_snapshots() {
             .contains(first["job"]["id"].as_str().unwrap()));
     } else {
         assert_eq!(st2, 202);
-        wait_job(&s, second["job"]["id"].as_str().unwrap()).await;
+        s.wait_job(second["job"]["id"].as_str().unwrap()).await;
     }
-    wait_job(&s, first["job"]["id"].as_str().unwrap()).await;
+    s.wait_job(first["job"]["id"].as_str().unwrap()).await;
 }
 
 #[tokio::test]
 async fn a_cancelled_copy_leaves_a_truthful_state() {
     let s = TestServer::start().await;
     let source = s.container_id("db-primary").await;
-    let data = project_id(&s, "data-pipeline").await;
+    let data = s.project_id("data-pipeline").await;
     let (_, started, _) = copy_as(
         &s,
         &s.admin_token,
@@ -607,7 +581,7 @@ async fn a_cancelled_copy_leaves_a_truthful_state() {
         None,
     )
     .await;
-    let done = wait_job(&s, &job_id).await;
+    let done = s.wait_job(&job_id).await;
     let (_, c) = s
         .get(
             &format!(
@@ -683,7 +657,7 @@ async fn read_events(
 async fn job_events_stream_to_the_end_and_resume_without_loss() {
     let s = TestServer::start().await;
     let source = s.container_id("db-primary").await;
-    let data = project_id(&s, "data-pipeline").await;
+    let data = s.project_id("data-pipeline").await;
     let (_, started, _) = copy_as(
         &s,
         &s.admin_token,
@@ -763,7 +737,7 @@ async fn sync_status_tells_current_stale_and_failing_copies_apart() {
     let s = TestServer::start().await;
     let admin = &s.admin_token;
     let web_app = s.container_id("web-app").await;
-    let web = project_id(&s, "web-platform").await;
+    let web = s.project_id("web-platform").await;
     let (st, started, _) = copy_as(
         &s,
         admin,
@@ -773,7 +747,7 @@ async fn sync_status_tells_current_stale_and_failing_copies_apart() {
     .await;
     assert_eq!(st, 202, "{started}");
     let copy_id = started["container"]["id"].as_str().unwrap().to_string();
-    wait_job(&s, started["job"]["id"].as_str().unwrap()).await;
+    s.wait_job(started["job"]["id"].as_str().unwrap()).await;
     let row = |body: &Value| {
         body["copies"]
             .as_array()
@@ -793,7 +767,7 @@ async fn sync_status_tells_current_stale_and_failing_copies_apart() {
         )
         .await;
         assert_eq!(st, 202, "{job}");
-        wait_job(&s, job["job"]["id"].as_str().unwrap()).await
+        s.wait_job(job["job"]["id"].as_str().unwrap()).await
     };
 
     let (st, body) = s.get("/api/v1/sync-status", admin).await;
@@ -866,7 +840,7 @@ async fn sync_status_tells_current_stale_and_failing_copies_apart() {
 async fn a_copy_takes_what_its_target_server_already_holds() {
     let s = TestServer::start().await;
     let web_app = s.container_id("web-app").await;
-    let web = project_id(&s, "web-platform").await;
+    let web = s.project_id("web-platform").await;
     let empty_server = server_id(&s, "local-c").await;
     let mut summaries = Vec::new();
     for name in ["reuse-first", "reuse-second"] {
@@ -878,7 +852,7 @@ async fn a_copy_takes_what_its_target_server_already_holds() {
         )
         .await;
         assert_eq!(st, 202, "{started}");
-        let job = wait_job(&s, started["job"]["id"].as_str().unwrap()).await;
+        let job = s.wait_job(started["job"]["id"].as_str().unwrap()).await;
         assert_eq!(job["status"], "succeeded", "{job}");
         summaries.push(job["summary"].clone());
     }
@@ -916,7 +890,7 @@ async fn a_copy_takes_what_its_target_server_already_holds() {
 async fn jobs_run_within_their_limits_and_a_busy_server_does_not_hold_up_another() {
     let s = TestServer::start().await;
     let web_app = s.container_id("web-app").await;
-    let web = project_id(&s, "web-platform").await;
+    let web = s.project_id("web-platform").await;
     let (busy, free) = (
         server_id(&s, "local-b").await,
         server_id(&s, "local-c").await,
@@ -1039,7 +1013,7 @@ async fn a_sync_that_fails_while_applying_its_changes_marks_the_copy_failed_unti
         )
         .await;
         assert_eq!(st, 202, "{body}");
-        wait_job(&s, body["job"]["id"].as_str().unwrap()).await
+        s.wait_job(body["job"]["id"].as_str().unwrap()).await
     };
     for dir in ["aaa-first", "zzz-last"] {
         std::fs::create_dir(src.join(dir)).unwrap();
@@ -1091,7 +1065,7 @@ async fn a_first_copy_takes_content_only_from_trees_of_its_own_projects() {
     use doppel::service::inventory::{create_project, import_container, NewContainer};
     let s = TestServer::start().await;
     let db = s.service.db();
-    let web = project_id(&s, "web-platform").await;
+    let web = s.project_id("web-platform").await;
     let web_app = s.container_id("web-app").await;
     let (_, c) = s
         .get(&format!("/api/v1/containers/{web_app}"), &s.admin_token)
@@ -1128,7 +1102,7 @@ async fn a_first_copy_takes_content_only_from_trees_of_its_own_projects() {
             )
             .await;
             assert_eq!(st, 202, "{body}");
-            wait_job(s, body["job"]["id"].as_str().unwrap()).await
+            s.wait_job(body["job"]["id"].as_str().unwrap()).await
         }
     };
     // Another tenant holds the same files on the target server: none of it is used (nor
@@ -1150,7 +1124,7 @@ async fn a_first_copy_takes_content_only_from_trees_of_its_own_projects() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idempotency_key_stands_for_one_request() {
     let s = TestServer::start().await;
-    let web = project_id(&s, "web-platform").await;
+    let web = s.project_id("web-platform").await;
     let web_app = s.container_id("web-app").await;
     let staging = s.container_id("web-app-staging").await;
     let copy = |name: &'static str, key: &'static str| {
@@ -1178,7 +1152,7 @@ async fn an_idempotency_key_stands_for_one_request() {
     let (st, other, _) = copy("another-name", "key-1").await;
     assert_eq!(st, 409, "{other}");
     assert!(other.to_string().contains("different request"), "{other}");
-    wait_job(&s, first["job"]["id"].as_str().unwrap()).await;
+    s.wait_job(first["job"]["id"].as_str().unwrap()).await;
     // Nor is the same key on another operation.
     let (st, body, _) = post(
         &s,
@@ -1194,7 +1168,7 @@ async fn an_idempotency_key_stands_for_one_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_gets_its_own_identity_and_never_the_source_s_keys() {
     let s = TestServer::start().await;
-    let web = project_id(&s, "web-platform").await;
+    let web = s.project_id("web-platform").await;
     let web_app = s.container_id("web-app").await;
     let (_, c) = s
         .get(&format!("/api/v1/containers/{web_app}"), &s.admin_token)
@@ -1230,7 +1204,7 @@ async fn a_copy_gets_its_own_identity_and_never_the_source_s_keys() {
     )
     .await;
     assert_eq!(st, 202, "{body}");
-    let job = wait_job(&s, body["job"]["id"].as_str().unwrap()).await;
+    let job = s.wait_job(body["job"]["id"].as_str().unwrap()).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     let copy_id = body["container"]["id"].as_str().unwrap().to_string();
     let (_, c) = s
@@ -1267,7 +1241,7 @@ async fn a_copy_gets_its_own_identity_and_never_the_source_s_keys() {
     )
     .await;
     assert_eq!(st, 202, "{body}");
-    let job = wait_job(&s, body["job"]["id"].as_str().unwrap()).await;
+    let job = s.wait_job(body["job"]["id"].as_str().unwrap()).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     assert_eq!(job["summary"]["drift"], 0, "{job}");
     assert_eq!(read("etc/new-file"), "x");

@@ -73,35 +73,10 @@ async fn container(s: &TestServer, id: &str) -> Value {
 async fn copy(s: &TestServer, source: &str, body: Value) -> (Value, Value) {
     let (st, started) = post(s, &format!("/api/v1/containers/{source}/copy"), Some(body)).await;
     assert_eq!(st, 202, "{started}");
-    let job = wait_job(s, started["job"]["url"].as_str().unwrap()).await;
+    let job = s.wait_job(started["job"]["url"].as_str().unwrap()).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     let id = started["container"]["id"].as_str().unwrap();
     (container(s, id).await, job)
-}
-
-async fn wait_job(s: &TestServer, url: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (_, job) = s.get(url, &s.admin_token).await;
-        if job["status"] != "queued" && job["status"] != "running" {
-            return job;
-        }
-        assert!(Instant::now() < deadline, "job did not end: {job}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn project_id(s: &TestServer, name: &str) -> String {
-    let (_, body) = s.get("/api/v1/projects", &s.admin_token).await;
-    body["projects"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == name)
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string()
 }
 
 fn root(c: &Value) -> PathBuf {
@@ -115,7 +90,7 @@ fn read(root: &Path, rel: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_runs_on_its_own_address_as_a_new_machine() {
     let s = TestServer::start().await;
-    let web = project_id(&s, "web-platform").await;
+    let web = s.project_id("web-platform").await;
     let source_id = s.container_id("web-app").await;
     let source = container(&s, &source_id).await;
     assert_eq!(
@@ -197,7 +172,7 @@ async fn a_copy_runs_on_its_own_address_as_a_new_machine() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn firewall_rules_are_enforced_in_the_namespace_and_copied_only_when_asked() {
     let s = TestServer::start().await;
-    let web = project_id(&s, "web-platform").await;
+    let web = s.project_id("web-platform").await;
     let id = s.container_id("web-app").await;
     let c = container(&s, &id).await;
     assert!(
@@ -725,7 +700,7 @@ async fn open_serves_the_page_sandboxed_without_doppel_credentials() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sync_of_a_running_copy_is_down_only_for_its_final_pass() {
     let s = TestServer::start().await;
-    let web = project_id(&s, "web-platform").await;
+    let web = s.project_id("web-platform").await;
     let source_id = s.container_id("web-app").await;
     let source = container(&s, &source_id).await;
     let (copy, _) = copy(
@@ -741,7 +716,7 @@ async fn a_sync_of_a_running_copy_is_down_only_for_its_final_pass() {
     std::fs::write(root(&source).join("www/content.html"), "<h1>edited</h1>\n").unwrap();
     let (st, body) = post(&s, &format!("/api/v1/containers/{id}/sync"), None).await;
     assert_eq!(st, 202, "{body}");
-    let job = wait_job(&s, body["job"]["url"].as_str().unwrap()).await;
+    let job = s.wait_job(body["job"]["url"].as_str().unwrap()).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     let downtime = job["summary"]["downtime_ms"]
         .as_u64()
@@ -773,7 +748,7 @@ async fn a_sync_of_a_running_copy_is_down_only_for_its_final_pass() {
     assert_eq!(st, 200);
     std::fs::write(root(&source).join("www/content.html"), "<h1>again</h1>\n").unwrap();
     let (_, body) = post(&s, &format!("/api/v1/containers/{id}/sync"), None).await;
-    let job = wait_job(&s, body["job"]["url"].as_str().unwrap()).await;
+    let job = s.wait_job(body["job"]["url"].as_str().unwrap()).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     assert!(job["summary"].get("downtime_ms").is_none(), "{job}");
     assert_eq!(container(&s, &id).await["status"], "stopped");
@@ -783,7 +758,7 @@ async fn a_sync_of_a_running_copy_is_down_only_for_its_final_pass() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_stops_and_removes_a_container_and_its_copies_stay() {
     let s = TestServer::start().await;
-    let web = project_id(&s, "web-platform").await;
+    let web = s.project_id("web-platform").await;
     let id = s.container_id("web-app").await;
     let c = container(&s, &id).await;
     assert_eq!(c["status"], "running");
@@ -809,7 +784,7 @@ async fn delete_stops_and_removes_a_container_and_its_copies_stay() {
     .await;
     assert_eq!(st, 202, "{body}");
     assert_eq!(body["job"]["kind"], "delete");
-    let job = wait_job(&s, body["job"]["url"].as_str().unwrap()).await;
+    let job = s.wait_job(body["job"]["url"].as_str().unwrap()).await;
     assert_eq!(job["status"], "succeeded", "{job}");
 
     let (st, _) = s

@@ -7,7 +7,7 @@ use super::jobs::{check_idempotency_key, request_fingerprint};
 use super::{internal, Service};
 use crate::ids::{new_id, now_ms};
 use crate::jobs::JobParams;
-use crate::store::NewSync;
+use crate::store::NewJob;
 
 impl Service {
     /// `DELETE /containers/{id}`: operators and admins of its project; not while another
@@ -29,46 +29,23 @@ impl Service {
         vis.require_operator(&row.project_id, "deleting a container")?;
         let status = ContainerStatus::parse(&row.status).unwrap_or(ContainerStatus::Stopped);
         self.admit_new_job(user, &row.project_id).await?;
-        let job_id = new_id();
         let params = JobParams {
             source_snapshot_id: None,
             previous_status: Some(status),
         };
-        let queued = self
-            .db
-            .queue_job(NewSync {
-                kind: JobKind::Delete,
-                job_id: job_id.clone(),
-                project_id: row.project_id.clone(),
-                container_id: id.to_string(),
-                // A delete reads nothing else: its "source" is the container itself.
-                source_id: id.to_string(),
-                requested_by: user.id.clone(),
-                params: serde_json::to_string(&params).map_err(internal)?,
-                request_fingerprint: idem.is_some().then_some(fingerprint),
-                idempotency_key: idem,
-                now: now_ms(),
-            })
-            .await
-            .map_err(internal)?;
-        if !queued {
-            let running = self.db.active_job_of(id).await.map_err(internal)?;
-            return Err(ApiError::new(
-                ErrorCode::Conflict,
-                format!(
-                    "a job is already running for this container; delete it once that has ended: {}",
-                    running.map(|j| Job::url_of(&j)).unwrap_or_default()
-                ),
-            ));
-        }
-        let job = self
-            .db
-            .job(&job_id)
-            .await
-            .map_err(internal)?
-            .ok_or_else(ApiError::internal)?;
-        self.jobs.hub.publish(EventKind::Status, job.clone());
-        self.jobs.spawn(job_id, None);
-        Ok(job)
+        self.queue_and_run(NewJob {
+            kind: JobKind::Delete,
+            job_id: new_id(),
+            project_id: row.project_id.clone(),
+            container_id: id.to_string(),
+            // A delete reads nothing else: its "source" is the container itself.
+            source_id: id.to_string(),
+            requested_by: user.id.clone(),
+            params: serde_json::to_string(&params).map_err(internal)?,
+            request_fingerprint: idem.is_some().then_some(fingerprint),
+            idempotency_key: idem,
+            now: now_ms(),
+        })
+        .await
     }
 }

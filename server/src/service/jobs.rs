@@ -3,8 +3,42 @@
 use app::model::*;
 
 use super::{check_id, internal, Service};
+use crate::store::NewJob;
 
 impl Service {
+    /// Queues a sync or a delete unless a job is queued or running for its container (409
+    /// naming that one), announces it as queued, and hands it to the runner.
+    pub(super) async fn queue_and_run(&self, new: NewJob) -> Result<Job, ApiError> {
+        let (job_id, container_id) = (new.job_id.clone(), new.container_id.clone());
+        if !self.db.queue_job(new).await.map_err(internal)? {
+            return Err(self.job_in_the_way(&container_id).await);
+        }
+        // Announced as queued before the runner can announce it running.
+        let job = self
+            .db
+            .job(&job_id)
+            .await
+            .map_err(internal)?
+            .ok_or_else(ApiError::internal)?;
+        self.jobs.hub.publish(EventKind::Status, job.clone());
+        self.jobs.spawn(job_id, None);
+        Ok(job)
+    }
+
+    /// The 409 for a request that must wait for the job queued or running for a container.
+    pub(super) async fn job_in_the_way(&self, container_id: &str) -> ApiError {
+        match self.db.active_job_of(container_id).await {
+            Ok(running) => ApiError::new(
+                ErrorCode::Conflict,
+                format!(
+                    "a job is already queued or running for this container; try again once it has ended: {}",
+                    running.map(|j| Job::url_of(&j)).unwrap_or_default()
+                ),
+            ),
+            Err(e) => internal(e),
+        }
+    }
+
     pub async fn list_jobs(
         &self,
         user: &UserInfo,

@@ -10,7 +10,7 @@ use super::{internal, Service};
 use crate::ids::{new_id, now_ms};
 use crate::lifecycle::Outcome;
 use crate::runtime::{firewall, Ipv4Net};
-use crate::store::{ContainerRow, JsonColumn, NewSync};
+use crate::store::{ContainerRow, JsonColumn, NewJob};
 
 /// A stop's default grace before SIGKILL, and the most a caller may ask for.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -91,7 +91,7 @@ impl Service {
     ) -> Result<(), ApiError> {
         let job = self
             .db
-            .record_op(NewSync {
+            .record_op(NewJob {
                 kind,
                 job_id: new_id(),
                 project_id: row.project_id.clone(),
@@ -106,12 +106,7 @@ impl Service {
             .await
             .map_err(internal)?;
         let Some(job) = job else {
-            let running = self.db.active_job_of(&row.id).await.map_err(internal)?;
-            return Err(conflict(format!(
-                "a job is queued or running for {}; try again once it has ended: {}",
-                row.name,
-                running.map(|j| Job::url_of(&j)).unwrap_or_default()
-            )));
+            return Err(self.job_in_the_way(&row.id).await);
         };
         let (db, hub) = (self.db.clone(), self.jobs.hub.clone());
         let job_id = job.id.clone();

@@ -6,7 +6,7 @@ use super::jobs::{check_idempotency_key, request_fingerprint};
 use super::{internal, Service};
 use crate::ids::{new_id, now_ms};
 use crate::jobs::JobParams;
-use crate::store::NewSync;
+use crate::store::NewJob;
 
 impl Service {
     /// `POST /containers/{id}/sync`: one sync at a time per container (a second request
@@ -83,46 +83,22 @@ impl Service {
             s => s,
         };
         self.admit_new_job(user, &c.summary.project_id).await?;
-        let job_id = new_id();
         let params = JobParams {
             source_snapshot_id: None,
             previous_status: Some(previous),
         };
-        let queued = self
-            .db
-            .queue_job(NewSync {
-                kind: JobKind::Sync,
-                job_id: job_id.clone(),
-                project_id: c.summary.project_id.clone(),
-                container_id: id.to_string(),
-                source_id,
-                requested_by: user.id.clone(),
-                params: serde_json::to_string(&params).map_err(internal)?,
-                request_fingerprint: idem.is_some().then_some(fingerprint),
-                idempotency_key: idem,
-                now: now_ms(),
-            })
-            .await
-            .map_err(internal)?;
-        if !queued {
-            let running = self.db.active_job_of(id).await.map_err(internal)?;
-            return Err(ApiError::new(
-                ErrorCode::Conflict,
-                format!(
-                    "a job is already running for this container: {}",
-                    running.map(|j| Job::url_of(&j)).unwrap_or_default()
-                ),
-            ));
-        }
-        // Announced as queued before the runner can announce it running.
-        let job = self
-            .db
-            .job(&job_id)
-            .await
-            .map_err(internal)?
-            .ok_or_else(ApiError::internal)?;
-        self.jobs.hub.publish(EventKind::Status, job.clone());
-        self.jobs.spawn(job_id, None);
-        Ok(job)
+        self.queue_and_run(NewJob {
+            kind: JobKind::Sync,
+            job_id: new_id(),
+            project_id: c.summary.project_id.clone(),
+            container_id: id.to_string(),
+            source_id,
+            requested_by: user.id.clone(),
+            params: serde_json::to_string(&params).map_err(internal)?,
+            request_fingerprint: idem.is_some().then_some(fingerprint),
+            idempotency_key: idem,
+            now: now_ms(),
+        })
+        .await
     }
 }

@@ -41,8 +41,9 @@ pub(crate) struct JobEnd {
     pub(crate) deleted: bool,
 }
 
-/// A sync's or a delete's job row, for `Db::queue_job`.
-pub(crate) struct NewSync {
+/// A job row made by a request (a sync, a delete, a start, stop or restart): for
+/// `Db::queue_job` and `Db::record_op`.
+pub(crate) struct NewJob {
     pub(crate) kind: JobKind,
     pub(crate) job_id: String,
     pub(crate) project_id: String,
@@ -135,7 +136,7 @@ impl Db {
     /// Queues a sync or a delete unless a job is queued or running for its container, in
     /// one statement: SQLite runs writes one at a time, so two racing requests cannot both
     /// get in. `false`: one is.
-    pub(crate) async fn queue_job(&self, s: NewSync) -> Result<bool, DbError> {
+    pub(crate) async fn queue_job(&self, s: NewJob) -> Result<bool, DbError> {
         let res = self.write(
             "INSERT INTO jobs (id, kind, status, project_id, container_id, source_container_id,
                 requested_by, params, idempotency_key, created_at, request_fingerprint)
@@ -149,7 +150,7 @@ impl Db {
 
     /// A start, stop or restart, recorded as a running job (its request does it), unless
     /// a job is queued or running for the container (`None`).
-    pub(crate) async fn record_op(&self, s: NewSync) -> Result<Option<Job>, DbError> {
+    pub(crate) async fn record_op(&self, s: NewJob) -> Result<Option<Job>, DbError> {
         Ok(self
             .transact(move |c| {
                 query_first(

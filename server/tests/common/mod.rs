@@ -88,6 +88,42 @@ impl TestServer {
         }
     }
 
+    /// Waits for a job's end (its id, or its `url`) and returns it.
+    pub async fn wait_job(&self, id_or_url: &str) -> serde_json::Value {
+        let path = if id_or_url.starts_with('/') {
+            id_or_url.to_string()
+        } else {
+            format!("/api/v1/jobs/{id_or_url}")
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let (st, job) = self.get(&path, &self.admin_token).await;
+            assert_eq!(st, 200, "{job}");
+            if ["succeeded", "failed", "cancelled"].contains(&job["status"].as_str().unwrap()) {
+                return job;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "job {id_or_url} did not finish: {job}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The id of the project with this name.
+    pub async fn project_id(&self, name: &str) -> String {
+        let (_, body) = self.get("/api/v1/projects", &self.admin_token).await;
+        body["projects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("no project {name}"))["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
