@@ -66,6 +66,27 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<ContainerDetail, ApiError>;
     /// The last lines its process wrote.
     async fn container_logs(&self, user: &UserInfo, id: &str) -> Result<ContainerLogs, ApiError>;
+    /// What it runs from its next start.
+    async fn set_command(
+        &self,
+        user: &UserInfo,
+        id: &str,
+        command: ContainerCommand,
+    ) -> Result<ContainerDetail, ApiError>;
+    /// Its firewall rules (in force at once while it runs).
+    async fn set_firewall_rules(
+        &self,
+        user: &UserInfo,
+        id: &str,
+        rules: Vec<FirewallRule>,
+    ) -> Result<ContainerDetail, ApiError>;
+    /// Its network rules (from its next start).
+    async fn set_network_rules(
+        &self,
+        user: &UserInfo,
+        id: &str,
+        rules: Vec<NetworkRule>,
+    ) -> Result<ContainerDetail, ApiError>;
     /// Whether containers can run on this doppel, and why not.
     fn health(&self) -> Health;
 }

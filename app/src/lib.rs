@@ -4,6 +4,7 @@
 
 pub mod format;
 pub mod model;
+pub mod rules_text;
 pub mod server_fns;
 
 #[cfg(feature = "ssr")]

@@ -264,3 +264,68 @@ pub async fn delete_container(id: String, confirm: String) -> Answer<Job> {
     }
     answer(result)
 }
+
+/// After a settings form: the container again, or (without JavaScript) its page, with the
+/// error when there is one.
+#[cfg(feature = "ssr")]
+async fn back_to_container(id: &str, result: Answer<ContainerDetail>) -> Answer<ContainerDetail> {
+    if plain_form_post().await {
+        let back = format!("/containers/{}", crate::backend::percent_encode(id));
+        match &result {
+            Ok(Err(e)) => leptos_axum::redirect(&format!(
+                "{back}?error={}",
+                crate::backend::percent_encode(&e.message)
+            )),
+            _ => leptos_axum::redirect(&back),
+        }
+    }
+    result
+}
+
+/// What the container runs: arguments and environment one per line, and a directory.
+#[server]
+pub async fn set_command(
+    id: String,
+    args: String,
+    env: String,
+    cwd: String,
+) -> Answer<ContainerDetail> {
+    let (backend, user) = caller().await?;
+    let command = ContainerCommand {
+        args: crate::rules_text::parse_list(&args),
+        env: crate::rules_text::parse_list(&env),
+        cwd: if cwd.trim().is_empty() {
+            "/".into()
+        } else {
+            cwd.trim().to_string()
+        },
+    };
+    let result = answer(backend.set_command(&user, &id, command).await);
+    back_to_container(&id, result).await
+}
+
+/// The firewall rules, one per line (`rules_text`).
+#[server]
+pub async fn set_firewall_rules(id: String, rules: String) -> Answer<ContainerDetail> {
+    let (backend, user) = caller().await?;
+    let result = match crate::rules_text::parse_firewall(&rules) {
+        Ok(rules) => answer(backend.set_firewall_rules(&user, &id, rules).await),
+        Err(e) => Ok(Err(
+            ApiError::new(ErrorCode::Unprocessable, e).on_field("rules")
+        )),
+    };
+    back_to_container(&id, result).await
+}
+
+/// The network rules, one per line (`rules_text`).
+#[server]
+pub async fn set_network_rules(id: String, rules: String) -> Answer<ContainerDetail> {
+    let (backend, user) = caller().await?;
+    let result = match crate::rules_text::parse_network(&rules) {
+        Ok(rules) => answer(backend.set_network_rules(&user, &id, rules).await),
+        Err(e) => Ok(Err(
+            ApiError::new(ErrorCode::Unprocessable, e).on_field("rules")
+        )),
+    };
+    back_to_container(&id, result).await
+}

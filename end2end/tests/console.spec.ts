@@ -194,6 +194,14 @@ test('a copy runs: open its page, sync an edit of the source into it, stop, star
   await copy.reload();
   await expect(copy.locator('h1')).toHaveText('web-app, edited');
   await page.screenshot({ path: 'test-results/running-copy.png', fullPage: true });
+
+  // A firewall rule typed in the console is in force at once: the page no longer answers.
+  await page.getByText('Edit the firewall rules').click();
+  await page.locator('#firewall-rules').fill('ingress tcp 80 0.0.0.0/0 deny\n');
+  await page.getByRole('button', { name: 'Save the firewall rules' }).click();
+  await expect(page.getByRole('cell', { name: 'deny' })).toBeVisible();
+  const blocked = await copy.request.get(copy.url(), { failOnStatusCode: false, timeout: 20_000 });
+  expect(blocked.status()).toBe(502);
   await copy.close();
 
   // Delete it: the name typed again, the job followed live, and it is gone.

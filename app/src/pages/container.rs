@@ -5,6 +5,7 @@ use leptos_router::hooks::{use_params_map, use_query_map};
 use super::copy_dialog::{CopyDialog, SyncNow};
 use super::live_job::LiveJob;
 use super::process::{DeleteCard, ProcessCard};
+use super::settings::{CommandEditor, Edits, FirewallEditor, NetworkEditor};
 use super::widgets::{ErrorBox, Loading, ReloadWithoutScript, StatusBadge};
 use crate::format;
 use crate::model::{ContainerDetail, ContainerStatus};
@@ -17,8 +18,9 @@ pub fn ContainerPage() -> impl IntoView {
     let id = move || params.with(|p| p.get("id").unwrap_or_default());
     // Start, stop and restart; each one done reloads the container.
     let action = ServerAction::<ContainerAction>::new();
+    let edits = Edits::new();
     let container = Resource::new(
-        move || (id(), action.version().get()),
+        move || (id(), action.version().get() + edits.version()),
         |(id, _)| get_container(id),
     );
     // `?job=ID`: a job this page was reached for (a copy started by a plain form post).
@@ -46,7 +48,7 @@ pub fn ContainerPage() -> impl IntoView {
         <Suspense fallback=Loading>
             {move || Suspend::new(async move {
                 match container.await {
-                    Ok(c) => view! { <ContainerView c action/> }.into_any(),
+                    Ok(c) => view! { <ContainerView c action edits/> }.into_any(),
                     Err(error) => view! { <ErrorBox error/> }.into_any(),
                 }
             })}
@@ -55,9 +57,22 @@ pub fn ContainerPage() -> impl IntoView {
 }
 
 #[component]
-fn ContainerView(c: ContainerDetail, action: ServerAction<ContainerAction>) -> impl IntoView {
+fn ContainerView(
+    c: ContainerDetail,
+    action: ServerAction<ContainerAction>,
+    edits: Edits,
+) -> impl IntoView {
     let copy_dialog = view! { <CopyDialog c=c.clone()/> };
-    let process = view! { <ProcessCard c=c.clone() action/> };
+    let process = view! {
+        <ProcessCard c=c.clone() action/>
+        <CommandEditor id=c.summary.id.clone() command=c.command.clone() action=edits.command/>
+    };
+    let firewall_editor = view! {
+        <FirewallEditor id=c.summary.id.clone() rules=c.firewall_rules.clone() action=edits.firewall/>
+    };
+    let network_editor = view! {
+        <NetworkEditor id=c.summary.id.clone() rules=c.network_rules.clone() action=edits.network/>
+    };
     let delete = view! { <DeleteCard id=c.summary.id.clone() name=c.summary.name.clone()/> };
     let sync_now = c.summary.is_copy.then(|| {
         view! {
@@ -211,6 +226,7 @@ fn ContainerView(c: ContainerDetail, action: ServerAction<ContainerAction>) -> i
                     }
                         .into_any()
                 }}
+                {firewall_editor}
             </section>
             <section class="card">
                 <h2>"Network"</h2>
@@ -234,7 +250,7 @@ fn ContainerView(c: ContainerDetail, action: ServerAction<ContainerAction>) -> i
                                         <tr>
                                             <td data-label="Interface">{r.interface}</td>
                                             <td data-label="Network">{r.network}</td>
-                                            <td data-label="IPv4">{r.ipv4.unwrap_or_else(|| "DHCP".into())}</td>
+                                            <td data-label="IPv4">{r.ipv4.unwrap_or_else(|| "allocated".into())}</td>
                                             <td data-label="MTU">{r.mtu.map(|m| m.to_string()).unwrap_or_else(|| "default".into())}</td>
                                         </tr>
                                     })
@@ -244,6 +260,7 @@ fn ContainerView(c: ContainerDetail, action: ServerAction<ContainerAction>) -> i
                     }
                         .into_any()
                 }}
+                {network_editor}
             </section>
         </div>
         <section class="card">

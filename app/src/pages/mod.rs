@@ -9,6 +9,7 @@ mod layout;
 mod live_job;
 mod login;
 mod process;
+mod settings;
 mod sync_status;
 mod widgets;
 

@@ -225,6 +225,33 @@ impl Backend for Service {
         Service::container_logs(self, user, id, None).await
     }
 
+    async fn set_command(
+        &self,
+        user: &UserInfo,
+        id: &str,
+        command: ContainerCommand,
+    ) -> Result<ContainerDetail, ApiError> {
+        Service::set_command(self, user, id, command).await
+    }
+
+    async fn set_firewall_rules(
+        &self,
+        user: &UserInfo,
+        id: &str,
+        rules: Vec<FirewallRule>,
+    ) -> Result<ContainerDetail, ApiError> {
+        Service::set_firewall_rules(self, user, id, rules).await
+    }
+
+    async fn set_network_rules(
+        &self,
+        user: &UserInfo,
+        id: &str,
+        rules: Vec<NetworkRule>,
+    ) -> Result<ContainerDetail, ApiError> {
+        Service::set_network_rules(self, user, id, rules).await
+    }
+
     fn health(&self) -> Health {
         Service::health(self)
     }
