@@ -15,6 +15,72 @@ pub struct UserInfo {
     pub name: String,
     /// Platform administrators see every project and the paths on disk.
     pub is_admin: bool,
+    /// What the credential of this request may do (an API token's scope); a console
+    /// session may do all its user may.
+    #[serde(skip)]
+    pub scope: TokenScope,
+}
+
+/// What an API token may do beyond being its user: nothing more, sometimes less.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenScope {
+    /// Reads only: every write answers 403.
+    pub read_only: bool,
+    /// Only these projects (of those its user may see); `None`: all of them.
+    pub projects: Option<Vec<String>>,
+}
+
+impl TokenScope {
+    /// Whether the credential may do everything its user may.
+    pub fn is_full(&self) -> bool {
+        !self.read_only && self.projects.is_none()
+    }
+}
+
+/// One of a user's API tokens (never its secret, which is shown once).
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiToken {
+    pub id: String,
+    pub name: String,
+    pub created_at: Millis,
+    /// When it was last used (to the minute).
+    pub last_used_at: Option<Millis>,
+    /// When it stops working; `None`: never.
+    pub expires_at: Option<Millis>,
+    pub read_only: bool,
+    /// The projects it is limited to; `None`: all its user may see.
+    pub projects: Option<Vec<String>>,
+}
+
+/// `POST /api/v1/tokens`.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewToken {
+    /// What it is for, e.g. `ci-deploy` (1 to 100 characters).
+    #[cfg_attr(feature = "ssr", schema(min_length = 1, max_length = 100))]
+    pub name: String,
+    /// When it stops working (Unix ms, in the future, at most ten years ahead); absent:
+    /// never.
+    #[serde(default)]
+    pub expires_at: Option<Millis>,
+    /// Reads only.
+    #[serde(default)]
+    pub read_only: bool,
+    /// Limited to these projects (ids of projects the user may see; at least one).
+    #[serde(default)]
+    #[cfg_attr(feature = "ssr", schema(min_items = 1, max_items = 100))]
+    pub projects: Option<Vec<String>>,
+}
+
+/// A new token: the secret, shown this once.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreatedToken {
+    pub token: ApiToken,
+    /// `Authorization: Bearer <secret>`; not stored, not shown again.
+    pub secret: String,
 }
 
 /// A user's role in a project. Ordered: each role can do what the ones before it can.

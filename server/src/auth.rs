@@ -7,7 +7,7 @@ use parking_lot::{Mutex, MutexGuard};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use app::model::UserInfo;
+use app::model::{ApiToken, TokenScope, UserInfo};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 
@@ -90,6 +90,7 @@ pub async fn create_user(
         id: new_id(),
         name: name.to_string(),
         is_admin,
+        scope: Default::default(),
     };
     match db.insert_user(&user, hash.as_deref(), now_ms()).await {
         Ok(()) => Ok(user),
@@ -147,28 +148,54 @@ pub async fn bootstrap_admin(db: &Db) -> Result<Option<String>, AuthError> {
 }
 
 /// Issues a new API token for `user_name`; the token is returned once and only its hash kept.
+/// A token for a user by name, with every right of the user and no expiry (the CLI's).
 pub async fn create_token(db: &Db, user_name: &str, label: &str) -> Result<String, AuthError> {
     let user = find_user(db, user_name)
         .await?
         .ok_or_else(|| AuthError::NoSuchUser(user_name.into()))?;
-    let token = format!("{TOKEN_PREFIX}{}", new_secret());
-    db.insert_token(&new_id(), &user.id, &secret_hash(&token), label, now_ms())
-        .await?;
-    Ok(token)
+    let (_, secret) = issue_token(db, &user.id, label, None, &TokenScope::default()).await?;
+    Ok(secret)
 }
 
+/// A new token of a user: its record and its secret (shown once; only its hash is kept).
+pub async fn issue_token(
+    db: &Db,
+    user_id: &str,
+    name: &str,
+    expires_at: Option<i64>,
+    scope: &TokenScope,
+) -> Result<(ApiToken, String), DbError> {
+    let secret = format!("{TOKEN_PREFIX}{}", new_secret());
+    let token = ApiToken {
+        id: new_id(),
+        name: name.to_string(),
+        created_at: now_ms(),
+        last_used_at: None,
+        expires_at,
+        read_only: scope.read_only,
+        projects: scope.projects.clone(),
+    };
+    db.insert_token(&token, user_id, &secret_hash(&secret))
+        .await?;
+    Ok((token, secret))
+}
+
+/// The user of a token that exists and has not expired, with the token's scope.
 pub async fn user_for_token(db: &Db, token: &str) -> Result<Option<UserInfo>, DbError> {
     let hash = secret_hash(token);
-    let found = db.token_user(&hash).await?;
+    let now = now_ms();
+    let Some((user, last, expires)) = db.token_user(&hash).await? else {
+        return Ok(None);
+    };
+    if expires.is_some_and(|at| at <= now) {
+        return Ok(None);
+    }
     // Record use at most once a minute: a write per request would serialise all requests
     // on the database's write lock.
-    let now = now_ms();
-    if let Some((_, last)) = &found {
-        if last.is_none_or(|t| now - t > 60_000) {
-            db.touch_token(&hash, now).await?;
-        }
+    if last.is_none_or(|t| now - t > 60_000) {
+        db.touch_token(&hash, now).await?;
     }
-    Ok(found.map(|(user, _)| user))
+    Ok(Some(user))
 }
 
 /// API tokens verified in the last moments, so a client firing requests does not cost a
@@ -214,6 +241,11 @@ impl TokenCache {
             }
         }
         Ok(user)
+    }
+
+    /// Forgets every token of a user (one was revoked: it stops working now, not in `ttl`).
+    pub fn forget_user(&self, user_id: &str) {
+        self.lock().retain(|_, (u, _)| u.id != user_id);
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, (UserInfo, Instant)>> {

@@ -62,8 +62,11 @@ impl Service {
             })?;
         }
         if let Some(k) = &filter.kind {
-            JobKind::parse(k)
-                .ok_or_else(|| ApiError::invalid(format!("kind {k:?} is not one of copy, sync")))?;
+            JobKind::parse(k).ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "kind {k:?} is not one of copy, sync, delete, start, stop, restart"
+                ))
+            })?;
         }
         let jobs = self
             .db

@@ -15,6 +15,7 @@ mod sessions;
 mod snapshots;
 mod sync;
 mod sync_status;
+mod tokens;
 mod visibility;
 
 use std::sync::Arc;

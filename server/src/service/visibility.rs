@@ -11,6 +11,8 @@ use crate::store::ContainerRow;
 /// The projects a user may see, with their role in each (`None`: admin, not a member).
 pub(super) struct Visibility {
     pub(super) roles: HashMap<String, Option<Role>>,
+    /// A read-only API token: every write is refused.
+    read_only: bool,
 }
 
 impl Visibility {
@@ -21,8 +23,16 @@ impl Visibility {
         user: &UserInfo,
         projects: impl IntoIterator<Item = (String, Option<String>)>,
     ) -> Visibility {
+        // An API token limited to some projects sees those of them only.
+        let scoped = |id: &String| {
+            user.scope
+                .projects
+                .as_ref()
+                .is_none_or(|allowed| allowed.contains(id))
+        };
         let roles = projects
             .into_iter()
+            .filter(|(id, _)| scoped(id))
             .filter_map(|(id, member)| match (user.is_admin, member) {
                 (true, _) => Some((id, None)),
                 // (The schema allows only known roles; anything else gets the least.)
@@ -30,7 +40,20 @@ impl Visibility {
                 (false, None) => None,
             })
             .collect();
-        Visibility { roles }
+        Visibility {
+            roles,
+            read_only: user.scope.read_only,
+        }
+    }
+
+    /// A read-only token's 403, for any write.
+    fn refuse_read_only(&self, what: &str) -> Result<(), ApiError> {
+        if self.read_only {
+            return Err(ApiError::forbidden(format!(
+                "this API token is read-only; {what} needs a token that may write"
+            )));
+        }
+        Ok(())
     }
 
     pub(super) fn can_see(&self, project_id: &str) -> bool {
@@ -40,6 +63,9 @@ impl Visibility {
     /// Who may change things in a project: its operators and admins, and platform admins.
     /// A project the user cannot see is a 404, as if it did not exist.
     pub(super) fn require_operator(&self, project_id: &str, what: &str) -> Result<(), ApiError> {
+        if self.can_see(project_id) {
+            self.refuse_read_only(what)?;
+        }
         match self.roles.get(project_id) {
             None => Err(ApiError::new(
                 ErrorCode::NotFound,
@@ -62,6 +88,7 @@ impl Visibility {
         project_id: &str,
         what: &str,
     ) -> Result<(), ApiError> {
+        self.refuse_read_only(what)?;
         match self.roles.get(project_id) {
             Some(None) => Ok(()),
             Some(Some(r)) if *r >= Role::Operator => Ok(()),
@@ -82,7 +109,7 @@ impl Service {
         &self,
         user: &UserInfo,
     ) -> Result<Option<HashSet<String>>, ApiError> {
-        if user.is_admin {
+        if user.is_admin && user.scope.projects.is_none() {
             return Ok(None);
         }
         Ok(Some(

@@ -9,6 +9,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0002_request_fingerprint.sql"),
     include_str!("../../migrations/0003_running_containers.sql"),
     include_str!("../../migrations/0004_deleting_containers.sql"),
+    include_str!("../../migrations/0005_token_scopes.sql"),
 ];
 
 pub(super) fn migrate(conn: &SyncConn) -> rusqlite::Result<()> {

@@ -1,6 +1,6 @@
 //! Users, API tokens and console sessions (tokens and sessions by the hash of their secret).
 
-use app::model::UserInfo;
+use app::model::{ApiToken, TokenScope, UserInfo};
 use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 
@@ -11,7 +11,26 @@ fn user(row: &SqliteRow) -> UserInfo {
         id: row.get("id"),
         name: row.get("name"),
         is_admin: row.get::<i64, _>("is_admin") != 0,
+        scope: TokenScope::default(),
     }
+}
+
+fn token(row: &SqliteRow) -> ApiToken {
+    ApiToken {
+        id: row.get("id"),
+        name: row.get("name"),
+        created_at: row.get("created_at"),
+        last_used_at: row.get("last_used_at"),
+        expires_at: row.get("expires_at"),
+        read_only: row.get::<i64, _>("read_only") != 0,
+        projects: projects_of(row),
+    }
+}
+
+/// A token's projects column (JSON), or `None` for all.
+fn projects_of(row: &SqliteRow) -> Option<Vec<String>> {
+    row.get::<Option<String>, _>("projects")
+        .and_then(|j| serde_json::from_str(&j).ok())
 }
 
 impl Db {
@@ -80,40 +99,78 @@ impl Db {
 
     pub(crate) async fn insert_token(
         &self,
-        id: &str,
+        t: &ApiToken,
         user_id: &str,
         token_hash: &str,
-        label: &str,
-        now: i64,
     ) -> Result<(), DbError> {
+        let projects = t
+            .projects
+            .as_ref()
+            .map(|p| serde_json::to_string(p).unwrap_or_else(|_| "[]".into()));
         self.write(
-            "INSERT INTO api_tokens (id, user_id, token_hash, name, created_at)
-             VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO api_tokens (id, user_id, token_hash, name, created_at, expires_at,
+                read_only, projects)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             vec![
-                Arg::arg(id),
+                Arg::arg(&t.id),
                 Arg::arg(user_id),
                 Arg::arg(token_hash),
-                Arg::arg(label),
-                Arg::arg(now),
+                Arg::arg(&t.name),
+                Arg::arg(t.created_at),
+                Arg::arg(t.expires_at),
+                Arg::arg(t.read_only as i64),
+                Arg::arg(&projects),
             ],
         )
         .await?;
         Ok(())
     }
 
-    /// The user of a token and when it was last used.
+    /// The user of a token (with the token's scope), when it was last used and when it
+    /// expires.
     pub(crate) async fn token_user(
         &self,
         token_hash: &str,
-    ) -> Result<Option<(UserInfo, Option<i64>)>, DbError> {
+    ) -> Result<Option<(UserInfo, Option<i64>, Option<i64>)>, DbError> {
         let row = sqlx::query(
-            "SELECT u.id, u.name, u.is_admin, t.last_used_at
+            "SELECT u.id, u.name, u.is_admin, t.last_used_at, t.expires_at, t.read_only,
+                t.projects
              FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash = $1",
         )
         .bind(token_hash)
         .fetch_optional(&self.read)
         .await?;
-        Ok(row.map(|r| (user(&r), r.get("last_used_at"))))
+        Ok(row.map(|r| {
+            let mut u = user(&r);
+            u.scope = TokenScope {
+                read_only: r.get::<i64, _>("read_only") != 0,
+                projects: projects_of(&r),
+            };
+            (u, r.get("last_used_at"), r.get("expires_at"))
+        }))
+    }
+
+    /// A user's tokens, newest first.
+    pub(crate) async fn tokens_of(&self, user_id: &str) -> Result<Vec<ApiToken>, DbError> {
+        let rows = sqlx::query(
+            "SELECT id, name, created_at, last_used_at, expires_at, read_only, projects
+             FROM api_tokens WHERE user_id = $1 ORDER BY created_at DESC, id DESC",
+        )
+        .bind(user_id)
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows.iter().map(token).collect())
+    }
+
+    /// Removes one of a user's tokens; whether there was one.
+    pub(crate) async fn delete_token(&self, user_id: &str, id: &str) -> Result<bool, DbError> {
+        let n = self
+            .write(
+                "DELETE FROM api_tokens WHERE user_id = $1 AND id = $2",
+                vec![Arg::arg(user_id), Arg::arg(id)],
+            )
+            .await?;
+        Ok(n > 0)
     }
 
     pub(crate) async fn touch_token(&self, token_hash: &str, now: i64) -> Result<(), DbError> {

@@ -8,6 +8,7 @@ mod openapi;
 mod running;
 mod sse;
 mod sync_status;
+mod tokens;
 
 pub(crate) use sse::StreamSlots;
 
@@ -55,6 +56,8 @@ fn routes_and_document() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(sse::job_events))
         .routes(routes!(sse::all_events))
         .routes(routes!(sync_status::sync_status))
+        .routes(routes!(tokens::list_tokens, tokens::create_token))
+        .routes(routes!(tokens::revoke_token))
         .routes(routes!(openapi::openapi))
         .split_for_parts()
 }

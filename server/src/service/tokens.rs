@@ -1,0 +1,94 @@
+//! A user's API tokens: list, create (a name, an expiry, a scope), revoke. Each user
+//! manages their own, with a console session or a token that may do all they may: a
+//! limited token cannot make itself a wider one.
+
+use app::model::*;
+
+use super::{check_id, internal, Service};
+use crate::auth;
+
+/// The furthest a token may expire: ten years ahead.
+const MAX_LIFETIME_MS: i64 = 10 * 366 * 24 * 3600 * 1000;
+
+impl Service {
+    fn may_manage_tokens(user: &UserInfo) -> Result<(), ApiError> {
+        if user.scope.is_full() {
+            return Ok(());
+        }
+        Err(ApiError::forbidden(
+            "tokens are managed with a console session or a token without limits",
+        ))
+    }
+
+    /// The caller's tokens, newest first.
+    pub async fn list_tokens(&self, user: &UserInfo) -> Result<Vec<ApiToken>, ApiError> {
+        self.db.tokens_of(&user.id).await.map_err(internal)
+    }
+
+    /// A new token of the caller; its secret is in the answer and nowhere else.
+    pub async fn create_token(
+        &self,
+        user: &UserInfo,
+        req: NewToken,
+    ) -> Result<CreatedToken, ApiError> {
+        Self::may_manage_tokens(user)?;
+        let unprocessable =
+            |field: &str, m: String| ApiError::new(ErrorCode::Unprocessable, m).on_field(field);
+        let name = req.name.trim();
+        if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+            return Err(unprocessable(
+                "name",
+                "name: 1 to 100 characters, no control characters".into(),
+            ));
+        }
+        let now = crate::ids::now_ms();
+        if let Some(at) = req.expires_at {
+            if at <= now || at > now + MAX_LIFETIME_MS {
+                return Err(unprocessable(
+                    "expires_at",
+                    "expires_at: a time in the future (Unix ms), at most ten years ahead".into(),
+                ));
+            }
+        }
+        if let Some(projects) = &req.projects {
+            if projects.is_empty() || projects.len() > 100 {
+                return Err(unprocessable(
+                    "projects",
+                    "projects: 1 to 100 project ids (leave it out for all)".into(),
+                ));
+            }
+            let vis = self.visibility(user).await?;
+            for p in projects {
+                check_id("project id", p).map_err(|e| e.on_field("projects"))?;
+                if !vis.can_see(p) {
+                    return Err(ApiError::not_found("project", p).on_field("projects"));
+                }
+            }
+        }
+        let mut projects = req.projects;
+        if let Some(p) = &mut projects {
+            p.sort();
+            p.dedup();
+        }
+        let scope = TokenScope {
+            read_only: req.read_only,
+            projects,
+        };
+        let (token, secret) = auth::issue_token(&self.db, &user.id, name, req.expires_at, &scope)
+            .await
+            .map_err(internal)?;
+        Ok(CreatedToken { token, secret })
+    }
+
+    /// Revokes one of the caller's tokens: it stops working at once (open event streams
+    /// made with it end at their next check, within seconds).
+    pub async fn revoke_token(&self, user: &UserInfo, id: &str) -> Result<(), ApiError> {
+        check_id("token id", id)?;
+        Self::may_manage_tokens(user)?;
+        if !self.db.delete_token(&user.id, id).await.map_err(internal)? {
+            return Err(ApiError::not_found("token", id));
+        }
+        self.tokens.forget_user(&user.id);
+        Ok(())
+    }
+}
