@@ -58,8 +58,16 @@ pub struct ApiToken {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewToken {
-    /// What it is for, e.g. `ci-deploy` (1 to 100 characters).
-    #[cfg_attr(feature = "ssr", schema(min_length = 1, max_length = 100))]
+    /// What it is for, e.g. `ci-deploy` (1 to 100 characters, not only spaces, no control
+    /// characters).
+    #[cfg_attr(
+        feature = "ssr",
+        schema(
+            min_length = 1,
+            max_length = 100,
+            pattern = "^[^\\u0000-\\u001f\\u007f]*[^\\s\\u0000-\\u001f\\u007f][^\\u0000-\\u001f\\u007f]*$"
+        )
+    )]
     pub name: String,
     /// When it stops working (Unix ms, in the future, at most ten years ahead); absent:
     /// never.
@@ -121,6 +129,70 @@ pub struct Project {
     /// The caller's role here; `None` for a platform admin who is not a member.
     pub role: Option<Role>,
     pub created_at: Millis,
+}
+
+/// A member of a project.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub user_id: String,
+    pub user_name: String,
+    pub role: Role,
+}
+
+/// `POST /api/v1/projects`.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewProject {
+    /// Letters, digits and hyphens, unique among projects.
+    #[cfg_attr(
+        feature = "ssr",
+        schema(pattern = "^[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+    )]
+    pub name: String,
+    /// At most 500 characters, no control characters but line breaks.
+    #[cfg_attr(
+        feature = "ssr",
+        schema(
+            max_length = 500,
+            pattern = "^[^\\u0000-\\u0009\\u000b-\\u001f\\u007f]*$"
+        )
+    )]
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// `PATCH /api/v1/projects/{id}`: what changes (absent: stays).
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectRequest {
+    /// Letters, digits and hyphens, unique among projects.
+    #[cfg_attr(
+        feature = "ssr",
+        schema(pattern = "^[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+    )]
+    #[serde(default)]
+    pub name: Option<String>,
+    /// At most 500 characters, no control characters but line breaks.
+    #[cfg_attr(
+        feature = "ssr",
+        schema(
+            max_length = 500,
+            pattern = "^[^\\u0000-\\u0009\\u000b-\\u001f\\u007f]*$"
+        )
+    )]
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// `PUT /api/v1/projects/{id}/members/{user}`.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberRequest {
+    pub role: Role,
 }
 
 #[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]

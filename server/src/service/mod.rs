@@ -10,6 +10,7 @@ mod delete;
 pub mod inventory;
 mod jobs;
 mod login_throttle;
+mod projects;
 mod running;
 mod sessions;
 mod snapshots;

@@ -35,7 +35,10 @@ impl Service {
         let unprocessable =
             |field: &str, m: String| ApiError::new(ErrorCode::Unprocessable, m).on_field(field);
         let name = req.name.trim();
-        if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+        if name.is_empty()
+            || name.chars().count() > 100
+            || name.chars().any(|c| c.is_ascii_control())
+        {
             return Err(unprocessable(
                 "name",
                 "name: 1 to 100 characters, no control characters".into(),

@@ -79,6 +79,24 @@ impl Visibility {
         }
     }
 
+    /// Who may change a project itself and its members: its admins and platform admins.
+    /// A project the user cannot see is a 404.
+    pub(super) fn require_project_admin(
+        &self,
+        project_id: &str,
+        what: &str,
+    ) -> Result<(), ApiError> {
+        match self.roles.get(project_id) {
+            None => Err(ApiError::not_found("project", project_id)),
+            Some(_) if self.read_only => self.refuse_read_only(what),
+            Some(None) | Some(Some(Role::Admin)) => Ok(()),
+            Some(Some(r)) => Err(ApiError::forbidden(format!(
+                "your role in this project is {}; {what} needs admin",
+                r.as_str()
+            ))),
+        }
+    }
+
     /// Taking data out of a project (copying a container, syncing a copy from it) needs the
     /// same rights as changing it: a viewer may look, not clone. Unlike
     /// [`Self::require_operator`], a project the user cannot see is a 403 here: the

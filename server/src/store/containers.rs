@@ -109,7 +109,8 @@ static COPY_CONTEXT: LazyLock<String> = LazyLock::new(|| {
                 AS member_of_source,
             (SELECT role FROM memberships WHERE project_id = $3 AND user_id = $2)
                 AS member_of_target,
-            (SELECT name FROM projects WHERE id = $3) AS target_project_name,
+            (SELECT name FROM projects WHERE id = $3 AND deleted_at IS NULL)
+                AS target_project_name,
             ts.name AS target_server_name, ts.storage_root AS target_storage_root
          FROM ({CONTAINER_SELECT} WHERE c.id = $1) x
          LEFT JOIN servers ts ON ts.id = COALESCE($4, x.server_id)"

@@ -10,6 +10,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0003_running_containers.sql"),
     include_str!("../../migrations/0004_deleting_containers.sql"),
     include_str!("../../migrations/0005_token_scopes.sql"),
+    include_str!("../../migrations/0006_project_admin.sql"),
 ];
 
 pub(super) fn migrate(conn: &SyncConn) -> rusqlite::Result<()> {

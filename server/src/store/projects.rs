@@ -1,9 +1,9 @@
 //! Projects, their members, and servers.
 
-use app::model::{Project, Role, Server};
+use app::model::{Member, Project, Role, Server};
 use sqlx::Row;
 
-use super::{Arg, Db, DbError};
+use super::{execute, Arg, Db, DbError};
 
 /// A server's row.
 pub(crate) struct ServerRow {
@@ -38,7 +38,7 @@ impl Db {
         let rows = sqlx::query(
             "SELECT p.id, m.role FROM projects p
              LEFT JOIN memberships m ON m.project_id = p.id AND m.user_id = $1
-             WHERE $2 OR m.user_id IS NOT NULL",
+             WHERE ($2 OR m.user_id IS NOT NULL) AND p.deleted_at IS NULL",
         )
         .bind(user_id)
         .bind(all)
@@ -52,10 +52,12 @@ impl Db {
 
     /// Every project by name, with no role filled in.
     pub(crate) async fn projects(&self) -> Result<Vec<Project>, DbError> {
-        let rows =
-            sqlx::query("SELECT id, name, description, created_at FROM projects ORDER BY name")
-                .fetch_all(&self.read)
-                .await?;
+        let rows = sqlx::query(
+            "SELECT id, name, description, created_at FROM projects WHERE deleted_at IS NULL
+                 ORDER BY name",
+        )
+        .fetch_all(&self.read)
+        .await?;
         Ok(rows
             .iter()
             .map(|r| Project {
@@ -69,10 +71,11 @@ impl Db {
     }
 
     pub(crate) async fn project_exists(&self, id: &str) -> Result<bool, DbError> {
-        let found: Option<String> = sqlx::query_scalar("SELECT id FROM projects WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.read)
-            .await?;
+        let found: Option<String> =
+            sqlx::query_scalar("SELECT id FROM projects WHERE id = $1 AND deleted_at IS NULL")
+                .bind(id)
+                .fetch_optional(&self.read)
+                .await?;
         Ok(found.is_some())
     }
 
@@ -112,6 +115,100 @@ impl Db {
         )
         .await?;
         Ok(())
+    }
+
+    /// Changes a project's name and description; `false`: no such project.
+    pub(crate) async fn update_project(
+        &self,
+        id: &str,
+        name: &str,
+        description: &str,
+    ) -> Result<bool, DbError> {
+        let n = self
+            .write(
+                "UPDATE projects SET name = $2, description = $3
+                 WHERE id = $1 AND deleted_at IS NULL",
+                vec![Arg::arg(id), Arg::arg(name), Arg::arg(description)],
+            )
+            .await?;
+        Ok(n > 0)
+    }
+
+    /// Deletes a project that holds no container, in one statement: `false` when it holds
+    /// one (or is gone). Its row stays for its jobs, out of every read, its name freed; its
+    /// memberships go.
+    pub(crate) async fn delete_empty_project(&self, id: &str) -> Result<bool, DbError> {
+        let id = id.to_string();
+        let now = crate::ids::now_ms();
+        self.transact(move |c| {
+            let n = execute(
+                c,
+                "UPDATE projects SET deleted_at = $2, name = name || '~deleted~' || id
+                 WHERE id = $1 AND deleted_at IS NULL AND NOT EXISTS
+                    (SELECT 1 FROM containers WHERE project_id = $1 AND deleted_at IS NULL)",
+                &[&id, &now],
+            )?;
+            if n > 0 {
+                execute(c, "DELETE FROM memberships WHERE project_id = $1", &[&id])?;
+            }
+            Ok::<_, rusqlite::Error>(n > 0)
+        })
+        .await
+        .map_err(DbError::from)
+    }
+
+    /// A project's members by name.
+    pub(crate) async fn members_of(&self, project_id: &str) -> Result<Vec<Member>, DbError> {
+        let rows = sqlx::query(
+            "SELECT u.id, u.name, m.role FROM memberships m JOIN users u ON u.id = m.user_id
+             WHERE m.project_id = $1 ORDER BY u.name",
+        )
+        .bind(project_id)
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| Member {
+                user_id: r.get("id"),
+                user_name: r.get("name"),
+                role: Role::parse(&r.get::<String, _>("role")).unwrap_or(Role::Viewer),
+            })
+            .collect())
+    }
+
+    /// Gives a user a role in a project (a member already: the new role).
+    pub(crate) async fn set_membership(
+        &self,
+        project_id: &str,
+        user_id: &str,
+        role: Role,
+    ) -> Result<(), DbError> {
+        self.write(
+            "INSERT INTO memberships (project_id, user_id, role) VALUES ($1, $2, $3)
+             ON CONFLICT (project_id, user_id) DO UPDATE SET role = excluded.role",
+            vec![
+                Arg::arg(project_id),
+                Arg::arg(user_id),
+                Arg::arg(role.as_str()),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Takes a user out of a project; whether they were in it.
+    pub(crate) async fn delete_membership(
+        &self,
+        project_id: &str,
+        user_id: &str,
+    ) -> Result<bool, DbError> {
+        let n = self
+            .write(
+                "DELETE FROM memberships WHERE project_id = $1 AND user_id = $2",
+                vec![Arg::arg(project_id), Arg::arg(user_id)],
+            )
+            .await?;
+        Ok(n > 0)
     }
 
     /// Every server by name.

@@ -5,6 +5,7 @@
 mod containers;
 mod jobs;
 mod openapi;
+mod projects;
 mod running;
 mod sse;
 mod sync_status;
@@ -30,7 +31,10 @@ use super::AppState;
 /// documented exactly when it is routed.
 fn routes_and_document() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     OpenApiRouter::with_openapi(openapi::Header::openapi())
-        .routes(routes!(containers::list_projects))
+        .routes(routes!(containers::list_projects, projects::create_project))
+        .routes(routes!(projects::update_project, projects::delete_project))
+        .routes(routes!(projects::list_members))
+        .routes(routes!(projects::set_member, projects::remove_member))
         .routes(routes!(containers::list_servers))
         .routes(routes!(containers::list_containers))
         .routes(routes!(

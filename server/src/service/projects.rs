@@ -1,0 +1,200 @@
+//! Projects and their members. Platform admins make and delete projects; a project's
+//! admins (and platform admins) rename it and manage its members. A member removed loses
+//! access at once: every request reads the memberships afresh (event streams within
+//! their next check).
+
+use app::model::*;
+
+use super::{check_id, internal, Service};
+
+fn unprocessable(field: &str, message: String) -> ApiError {
+    ApiError::new(ErrorCode::Unprocessable, message).on_field(field)
+}
+
+fn check_name(name: &str) -> Result<(), ApiError> {
+    validate_container_name(name).map_err(|m| {
+        unprocessable(
+            "name",
+            format!("name: {}", m.replace("a name", "a project name")),
+        )
+    })
+}
+
+fn check_description(d: &str) -> Result<(), ApiError> {
+    if d.chars().count() > 500 || d.chars().any(|c| c.is_ascii_control() && c != '\n') {
+        return Err(unprocessable(
+            "description",
+            "description: at most 500 characters, no control characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+impl Service {
+    /// Platform admins only, with a credential that may write.
+    fn require_platform_admin(user: &UserInfo, what: &str) -> Result<(), ApiError> {
+        if !user.is_admin {
+            return Err(ApiError::forbidden(format!(
+                "{what} is for platform admins"
+            )));
+        }
+        if user.scope.read_only {
+            return Err(ApiError::forbidden(format!(
+                "this API token is read-only; {what} needs a token that may write"
+            )));
+        }
+        Ok(())
+    }
+
+    /// `POST /projects`: a new project (its maker is a platform admin, so no membership).
+    pub async fn create_project(
+        &self,
+        user: &UserInfo,
+        req: NewProject,
+    ) -> Result<Project, ApiError> {
+        Self::require_platform_admin(user, "making a project")?;
+        let name = req.name;
+        check_name(&name)?;
+        let description = req.description.unwrap_or_default();
+        check_description(&description)?;
+        let id = crate::ids::new_id();
+        let now = crate::ids::now_ms();
+        match self.db.insert_project(&id, &name, &description, now).await {
+            Ok(()) => Ok(Project {
+                id,
+                name,
+                description,
+                role: None,
+                created_at: now,
+            }),
+            Err(e) if e.is_unique_violation() => Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!("a project named {name:?} exists"),
+            )
+            .on_field("name")),
+            Err(e) => Err(internal(e)),
+        }
+    }
+
+    /// `PATCH /projects/{id}`: a new name or description (project admins).
+    pub async fn update_project(
+        &self,
+        user: &UserInfo,
+        id: &str,
+        req: ProjectRequest,
+    ) -> Result<Project, ApiError> {
+        check_id("project id", id)?;
+        let vis = self.visibility(user).await?;
+        vis.require_project_admin(id, "changing this project")?;
+        let current = self
+            .db
+            .projects()
+            .await
+            .map_err(internal)?
+            .into_iter()
+            .find(|p| p.id == id)
+            .ok_or_else(|| ApiError::not_found("project", id))?;
+        let name = req.name.unwrap_or(current.name);
+        check_name(&name)?;
+        let description = req.description.unwrap_or(current.description);
+        check_description(&description)?;
+        match self.db.update_project(id, &name, &description).await {
+            Ok(true) => {}
+            Ok(false) => return Err(ApiError::not_found("project", id)),
+            Err(e) if e.is_unique_violation() => {
+                return Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    format!("a project named {name:?} exists"),
+                )
+                .on_field("name"))
+            }
+            Err(e) => return Err(internal(e)),
+        }
+        Ok(Project {
+            id: id.to_string(),
+            name,
+            description,
+            role: vis.roles.get(id).copied().flatten(),
+            created_at: current.created_at,
+        })
+    }
+
+    /// `DELETE /projects/{id}`: platform admins; refused (409) while it holds containers.
+    pub async fn delete_project(&self, user: &UserInfo, id: &str) -> Result<(), ApiError> {
+        check_id("project id", id)?;
+        let vis = self.visibility(user).await?;
+        if !vis.can_see(id) {
+            return Err(ApiError::not_found("project", id));
+        }
+        Self::require_platform_admin(user, "deleting a project")?;
+        if self.db.delete_empty_project(id).await.map_err(internal)? {
+            return Ok(());
+        }
+        Err(ApiError::new(
+            ErrorCode::Conflict,
+            "the project holds containers: delete them (or copy them elsewhere) first",
+        ))
+    }
+
+    /// `GET /projects/{id}/members`: for whoever sees the project.
+    pub async fn list_members(&self, user: &UserInfo, id: &str) -> Result<Vec<Member>, ApiError> {
+        check_id("project id", id)?;
+        if !self.visibility(user).await?.can_see(id) {
+            return Err(ApiError::not_found("project", id));
+        }
+        self.db.members_of(id).await.map_err(internal)
+    }
+
+    /// `PUT /projects/{id}/members/{user}`: gives a user (by name) a role there.
+    pub async fn set_member(
+        &self,
+        user: &UserInfo,
+        id: &str,
+        member: &str,
+        role: Role,
+    ) -> Result<Member, ApiError> {
+        check_id("project id", id)?;
+        self.visibility(user)
+            .await?
+            .require_project_admin(id, "managing this project's members")?;
+        let who = crate::auth::find_user(&self.db, member)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| ApiError::not_found("user", member))?;
+        self.db
+            .set_membership(id, &who.id, role)
+            .await
+            .map_err(internal)?;
+        Ok(Member {
+            user_id: who.id,
+            user_name: who.name,
+            role,
+        })
+    }
+
+    /// `DELETE /projects/{id}/members/{user}`: takes a user out (at once).
+    pub async fn remove_member(
+        &self,
+        user: &UserInfo,
+        id: &str,
+        member: &str,
+    ) -> Result<(), ApiError> {
+        check_id("project id", id)?;
+        self.visibility(user)
+            .await?
+            .require_project_admin(id, "managing this project's members")?;
+        let who = crate::auth::find_user(&self.db, member)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| ApiError::not_found("user", member))?;
+        if !self
+            .db
+            .delete_membership(id, &who.id)
+            .await
+            .map_err(internal)?
+        {
+            return Err(ApiError::not_found("member", member));
+        }
+        Ok(())
+    }
+}
