@@ -62,7 +62,12 @@ impl Service {
             }
             let vis = self.visibility(user).await?;
             for p in projects {
-                check_id("project id", p).map_err(|e| e.on_field("projects"))?;
+                if !is_valid_id(p) {
+                    return Err(unprocessable(
+                        "projects",
+                        format!("projects: {p:?} is not a project id (24 lowercase hex digits)"),
+                    ));
+                }
                 if !vis.can_see(p) {
                     return Err(ApiError::not_found("project", p).on_field("projects"));
                 }

@@ -54,10 +54,18 @@ pub(super) async fn update_project(
     State(st): State<AppState>,
     Caller(user): Caller,
     id: Result<Path<String>, PathRejection>,
-    req: Result<Json<ProjectRequest>, JsonRejection>,
+    req: Result<Json<serde_json::Map<String, serde_json::Value>>, JsonRejection>,
 ) -> ApiResult<Project> {
     let id = path(id)?;
-    let req = body(req)?;
+    // An object, read as one: every field is optional, and serde would also take an
+    // array for this struct (`[null, null]`).
+    let req: ProjectRequest = serde_json::from_value(serde_json::Value::Object(body(req)?))
+        .map_err(|e| {
+            RestError(app::model::ApiError::new(
+                app::model::ErrorCode::Unprocessable,
+                e.to_string(),
+            ))
+        })?;
     Ok(Json(st.service.update_project(&user, &id, req).await?))
 }
 
