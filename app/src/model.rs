@@ -21,6 +21,65 @@ pub struct UserInfo {
     pub scope: TokenScope,
 }
 
+/// A user as platform admins manage them.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserAccount {
+    pub id: String,
+    pub name: String,
+    pub is_admin: bool,
+    /// Cannot log in; their sessions and tokens do not work.
+    pub disabled: bool,
+    pub created_at: Millis,
+}
+
+/// `POST /api/v1/users`.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewUser {
+    /// Letters, digits and hyphens, starting with a letter (as container names).
+    #[cfg_attr(
+        feature = "ssr",
+        schema(pattern = "^[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+    )]
+    pub name: String,
+    /// A platform admin (sees and may do everything).
+    #[serde(default)]
+    pub is_admin: bool,
+}
+
+/// A new user, or a reset: the password, shown this once.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserWithPassword {
+    pub user: UserAccount,
+    /// Give it to the user; they change it (`POST /api/v1/me/password`). Not shown again.
+    pub password: String,
+}
+
+/// `PATCH /api/v1/users/{name}`: what changes (absent: stays).
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserChange {
+    #[serde(default)]
+    pub is_admin: Option<bool>,
+    #[serde(default)]
+    pub disabled: Option<bool>,
+}
+
+/// `POST /api/v1/me/password`.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordChange {
+    pub current: String,
+    /// At least 8 characters.
+    #[cfg_attr(feature = "ssr", schema(min_length = 8))]
+    pub new: String,
+}
+
 /// What an API token may do beyond being its user: nothing more, sometimes less.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenScope {

@@ -17,6 +17,7 @@ mod snapshots;
 mod sync;
 mod sync_status;
 mod tokens;
+mod users;
 mod visibility;
 
 use std::sync::Arc;

@@ -32,7 +32,7 @@ fn check_description(d: &str) -> Result<(), ApiError> {
 
 impl Service {
     /// Platform admins only, with a credential that may write.
-    fn require_platform_admin(user: &UserInfo, what: &str) -> Result<(), ApiError> {
+    pub(super) fn require_platform_admin(user: &UserInfo, what: &str) -> Result<(), ApiError> {
         if !user.is_admin {
             return Err(ApiError::forbidden(format!(
                 "{what} is for platform admins"

@@ -11,6 +11,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0004_deleting_containers.sql"),
     include_str!("../../migrations/0005_token_scopes.sql"),
     include_str!("../../migrations/0006_project_admin.sql"),
+    include_str!("../../migrations/0007_disabled_users.sql"),
 ];
 
 pub(super) fn migrate(conn: &SyncConn) -> rusqlite::Result<()> {

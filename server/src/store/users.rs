@@ -1,6 +1,6 @@
 //! Users, API tokens and console sessions (tokens and sessions by the hash of their secret).
 
-use app::model::{ApiToken, TokenScope, UserInfo};
+use app::model::{ApiToken, TokenScope, UserAccount, UserInfo};
 use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 
@@ -47,12 +47,58 @@ impl Db {
         &self,
         name: &str,
     ) -> Result<Option<(UserInfo, Option<String>)>, DbError> {
-        let row =
-            sqlx::query("SELECT id, name, is_admin, password_hash FROM users WHERE name = $1")
-                .bind(name)
-                .fetch_optional(&self.read)
-                .await?;
+        let row = sqlx::query(
+            "SELECT id, name, is_admin, password_hash FROM users
+                 WHERE name = $1 AND disabled_at IS NULL",
+        )
+        .bind(name)
+        .fetch_optional(&self.read)
+        .await?;
         Ok(row.map(|r| (user(&r), r.get("password_hash"))))
+    }
+
+    /// Every user by name, with whether they are disabled.
+    pub(crate) async fn users(&self) -> Result<Vec<UserAccount>, DbError> {
+        let rows = sqlx::query(
+            "SELECT id, name, is_admin, disabled_at, created_at FROM users ORDER BY name",
+        )
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| UserAccount {
+                id: r.get("id"),
+                name: r.get("name"),
+                is_admin: r.get::<i64, _>("is_admin") != 0,
+                disabled: r.get::<Option<i64>, _>("disabled_at").is_some(),
+                created_at: r.get("created_at"),
+            })
+            .collect())
+    }
+
+    /// Makes a user a platform admin or not, disabled or not (disabling ends their
+    /// sessions); whether the user exists.
+    pub(crate) async fn set_user_flags(
+        &self,
+        user_id: &str,
+        is_admin: bool,
+        disabled: bool,
+    ) -> Result<bool, DbError> {
+        let (user_id, now) = (user_id.to_string(), crate::ids::now_ms());
+        self.transact(move |c| {
+            let n = execute(
+                c,
+                "UPDATE users SET is_admin = $2,
+                    disabled_at = CASE WHEN $3 THEN COALESCE(disabled_at, $4) ELSE NULL END
+                 WHERE id = $1",
+                &[&user_id, &i64::from(is_admin), &disabled, &now],
+            )?;
+            if disabled {
+                execute(c, "DELETE FROM sessions WHERE user_id = $1", &[&user_id])?;
+            }
+            Ok::<_, DbError>(n > 0)
+        })
+        .await
     }
 
     pub(crate) async fn user_count(&self) -> Result<i64, DbError> {
@@ -135,7 +181,8 @@ impl Db {
         let row = sqlx::query(
             "SELECT u.id, u.name, u.is_admin, t.last_used_at, t.expires_at, t.read_only,
                 t.projects
-             FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash = $1",
+             FROM api_tokens t JOIN users u ON u.id = t.user_id
+             WHERE t.token_hash = $1 AND u.disabled_at IS NULL",
         )
         .bind(token_hash)
         .fetch_optional(&self.read)
@@ -211,7 +258,7 @@ impl Db {
     ) -> Result<Option<UserInfo>, DbError> {
         let row = sqlx::query(
             "SELECT u.id, u.name, u.is_admin FROM sessions s JOIN users u ON u.id = s.user_id
-             WHERE s.id_hash = $1 AND s.expires_at > $2",
+             WHERE s.id_hash = $1 AND s.expires_at > $2 AND u.disabled_at IS NULL",
         )
         .bind(id_hash)
         .bind(now)

@@ -10,6 +10,7 @@ mod running;
 mod sse;
 mod sync_status;
 mod tokens;
+mod users;
 
 pub(crate) use sse::StreamSlots;
 
@@ -62,6 +63,10 @@ fn routes_and_document() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(sync_status::sync_status))
         .routes(routes!(tokens::list_tokens, tokens::create_token))
         .routes(routes!(tokens::revoke_token))
+        .routes(routes!(users::list_users, users::create_user))
+        .routes(routes!(users::update_user))
+        .routes(routes!(users::reset_password))
+        .routes(routes!(users::change_own_password))
         .routes(routes!(openapi::openapi))
         .split_for_parts()
 }
