@@ -87,6 +87,18 @@ pub trait Backend: Send + Sync + 'static {
         id: &str,
         rules: Vec<NetworkRule>,
     ) -> Result<ContainerDetail, ApiError>;
+    /// The caller's API tokens.
+    async fn list_tokens(&self, user: &UserInfo) -> Result<Vec<ApiToken>, ApiError>;
+    /// A new token of the caller (its secret in the answer only).
+    async fn create_token(&self, user: &UserInfo, req: NewToken) -> Result<CreatedToken, ApiError>;
+    /// Revokes one of the caller's tokens.
+    async fn revoke_token(&self, user: &UserInfo, id: &str) -> Result<(), ApiError>;
+    /// Changes the caller's password (the current one required).
+    async fn change_own_password(
+        &self,
+        user: &UserInfo,
+        change: PasswordChange,
+    ) -> Result<(), ApiError>;
     /// Whether containers can run on this doppel, and why not.
     fn health(&self) -> Health;
 }

@@ -59,6 +59,7 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("/containers/:id/copy") view={Lazy::<pages::CopyRoute>::new()} ssr=SsrMode::Async/>
                     <Route path=path!("/sync-status") view={Lazy::<pages::SyncStatusRoute>::new()} ssr=SsrMode::Async/>
                     <Route path=path!("/jobs") view={Lazy::<pages::JobsRoute>::new()} ssr=SsrMode::Async/>
+                    <Route path=path!("/settings") view={Lazy::<pages::SettingsRoute>::new()} ssr=SsrMode::Async/>
                 </ParentRoute>
             </Routes>
         </Router>

@@ -329,3 +329,64 @@ pub async fn set_network_rules(id: String, rules: String) -> Answer<ContainerDet
     };
     back_to_container(&id, result).await
 }
+
+/// The caller's API tokens.
+#[server]
+pub async fn list_my_tokens() -> Result<Vec<ApiToken>, ApiError> {
+    let (backend, user) = caller().await?;
+    backend.list_tokens(&user).await
+}
+
+/// A new API token of the caller: a name, an expiry in days (empty: never), read-only or
+/// not. The secret is in the answer, once.
+#[server]
+pub async fn create_my_token(
+    name: String,
+    expires_in_days: Option<String>,
+    read_only: Option<String>,
+) -> Answer<CreatedToken> {
+    let (backend, user) = caller().await?;
+    let days = expires_in_days
+        .map(|d| d.trim().to_string())
+        .filter(|d| !d.is_empty());
+    let expires_at = match days.map(|d| d.parse::<u32>()) {
+        None => None,
+        Some(Ok(d)) if (1..=3650).contains(&d) => Some(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |t| t.as_millis() as Millis)
+                + i64::from(d) * 86_400_000,
+        ),
+        Some(_) => {
+            return Ok(Err(ApiError::new(
+                ErrorCode::Unprocessable,
+                "expires in: a number of days from 1 to 3650, or empty for never",
+            )
+            .on_field("expires_in_days")))
+        }
+    };
+    let req = NewToken {
+        name,
+        expires_at,
+        read_only: read_only.is_some(),
+        projects: None,
+    };
+    answer(backend.create_token(&user, req).await)
+}
+
+#[server]
+pub async fn revoke_my_token(id: String) -> Answer<()> {
+    let (backend, user) = caller().await?;
+    answer(backend.revoke_token(&user, &id).await)
+}
+
+/// Changes the caller's password; their console sessions end (this one too).
+#[server]
+pub async fn change_my_password(current: String, new: String) -> Answer<()> {
+    let (backend, user) = caller().await?;
+    answer(
+        backend
+            .change_own_password(&user, PasswordChange { current, new })
+            .await,
+    )
+}

@@ -215,6 +215,32 @@ test('a copy runs: open its page, sync an edit of the source into it, stop, star
   expect(problems).toEqual([]);
 });
 
+test('settings: make an API token, use it, revoke it', async ({ page, request }) => {
+  const problems = watchConsole(page);
+  await page.goto('/login');
+  await logIn(page, 'admin');
+  await expect(page.locator('body')).toHaveAttribute('data-hydrated', 'true');
+  await page.getByRole('link', { name: 'admin' }).click();
+  await expect(page.getByRole('heading', { name: 'Settings' })).toBeVisible();
+
+  await page.getByLabel('Name').fill('e2e-token');
+  await page.getByLabel('Read only').check();
+  await page.getByRole('button', { name: 'Create token' }).click();
+  const secret = (await page.locator('code.secret').innerText()).trim();
+  expect(secret.length).toBeGreaterThan(20);
+  const row = page.locator('tr', { hasText: 'e2e-token' });
+  await expect(row).toContainText('read only');
+
+  const auth = { headers: { Authorization: `Bearer ${secret}` } };
+  expect((await request.get('/api/v1/projects', auth)).status()).toBe(200);
+  expect((await request.post('/api/v1/projects', { ...auth, data: { name: 'nope' } })).status()).toBe(403);
+
+  await row.getByRole('button', { name: 'Revoke e2e-token' }).click();
+  await expect(page.locator('tr', { hasText: 'e2e-token' })).toHaveCount(0);
+  expect((await request.get('/api/v1/projects', auth)).status()).toBe(401);
+  expect(problems).toEqual([]);
+});
+
 test('a failing sync shows as failing on the sync status page, and recovers', async ({ page }) => {
   const problems = watchConsole(page);
   const rootPath = await openWebAppAsAdmin(page);

@@ -22,7 +22,7 @@ pub fn Layout() -> impl IntoView {
                         match me.await {
                             Ok(Some(user)) => {
                                 view! {
-                                    <span class="user-name">{user.name}</span>
+                                    <a class="user-name" href="/settings">{user.name}</a>
                                     <form method="post" action="/auth/logout">
                                         <button type="submit" class="link">"Log out"</button>
                                     </form>

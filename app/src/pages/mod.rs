@@ -1,6 +1,7 @@
 //! The console's pages. Each loads its data through a server function in a `Resource`,
 //! so it renders on the server and hydrates without a second fetch.
 
+mod account;
 mod container;
 mod containers;
 mod copy_dialog;
@@ -13,6 +14,7 @@ mod settings;
 mod sync_status;
 mod widgets;
 
+pub use account::SettingsPage;
 pub use container::ContainerPage;
 pub use containers::ContainersPage;
 pub use copy_dialog::CopyPage;
@@ -48,3 +50,4 @@ lazy_page!(ContainerRoute, ContainerPage);
 lazy_page!(CopyRoute, CopyPage);
 lazy_page!(SyncStatusRoute, SyncStatusPage);
 lazy_page!(JobsRoute, JobsPage);
+lazy_page!(SettingsRoute, SettingsPage);

@@ -255,6 +255,26 @@ impl Backend for Service {
         Service::set_network_rules(self, user, id, rules).await
     }
 
+    async fn list_tokens(&self, user: &UserInfo) -> Result<Vec<ApiToken>, ApiError> {
+        Service::list_tokens(self, user).await
+    }
+
+    async fn create_token(&self, user: &UserInfo, req: NewToken) -> Result<CreatedToken, ApiError> {
+        Service::create_token(self, user, req).await
+    }
+
+    async fn revoke_token(&self, user: &UserInfo, id: &str) -> Result<(), ApiError> {
+        Service::revoke_token(self, user, id).await
+    }
+
+    async fn change_own_password(
+        &self,
+        user: &UserInfo,
+        change: PasswordChange,
+    ) -> Result<(), ApiError> {
+        Service::change_own_password(self, user, change).await
+    }
+
     fn health(&self) -> Health {
         Service::health(self)
     }
