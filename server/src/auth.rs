@@ -83,7 +83,7 @@ pub async fn create_user(
 ) -> Result<UserInfo, AuthError> {
     let hash = match password {
         Some(p) if p.chars().count() < 8 => return Err(AuthError::WeakPassword),
-        Some(p) => Some(hash_password(p)?),
+        Some(p) => Some(hash_off_thread(p).await?),
         None => None,
     };
     let user = UserInfo {
@@ -99,6 +99,16 @@ pub async fn create_user(
     }
 }
 
+/// `hash_password` off the async workers, a few at a time (argon2 is slow and takes memory
+/// on purpose: a burst of password changes must not stall every request).
+async fn hash_off_thread(password: &str) -> Result<String, AuthError> {
+    let _permit = VERIFY_SLOTS.acquire().await;
+    let password = password.to_string();
+    tokio::task::spawn_blocking(move || hash_password(&password))
+        .await
+        .map_err(|e| AuthError::Hash(e.to_string()))?
+}
+
 /// Sets a user's password and ends their console sessions.
 pub async fn set_password(db: &Db, name: &str, password: &str) -> Result<(), AuthError> {
     if password.chars().count() < 8 {
@@ -107,7 +117,7 @@ pub async fn set_password(db: &Db, name: &str, password: &str) -> Result<(), Aut
     let user = find_user(db, name)
         .await?
         .ok_or_else(|| AuthError::NoSuchUser(name.into()))?;
-    let hash = hash_password(password)?;
+    let hash = hash_off_thread(password).await?;
     Ok(db.set_password_hash(&user.id, &hash).await?)
 }
 
@@ -182,6 +192,11 @@ pub async fn issue_token(
 
 /// The user of a token that exists and has not expired, with the token's scope.
 pub async fn user_for_token(db: &Db, token: &str) -> Result<Option<UserInfo>, DbError> {
+    Ok(token_lookup(db, token).await?.map(|(user, _)| user))
+}
+
+/// [`user_for_token`], and when the token expires.
+async fn token_lookup(db: &Db, token: &str) -> Result<Option<(UserInfo, Option<i64>)>, DbError> {
     let hash = secret_hash(token);
     let now = now_ms();
     let Some((user, last, expires)) = db.token_user(&hash).await? else {
@@ -195,7 +210,7 @@ pub async fn user_for_token(db: &Db, token: &str) -> Result<Option<UserInfo>, Db
     if last.is_none_or(|t| now - t > 60_000) {
         db.touch_token(&hash, now).await?;
     }
-    Ok(Some(user))
+    Ok(Some((user, expires)))
 }
 
 /// API tokens verified in the last moments, so a client firing requests does not cost a
@@ -204,8 +219,18 @@ pub async fn user_for_token(db: &Db, token: &str) -> Result<Option<UserInfo>, Db
 /// sessions are not cached: a logout takes effect at once.
 pub struct TokenCache {
     ttl: Duration,
-    /// Token hash -> its user, and when that was read from the database.
-    verified: Mutex<HashMap<String, (UserInfo, Instant)>>,
+    /// Token hash -> its user, when that was read from the database, and when the token
+    /// expires.
+    verified: Mutex<HashMap<String, Verified>>,
+    /// Bumped by every `forget_user`: a lookup that began before one is not cached (it
+    /// may have read what was just revoked).
+    generation: std::sync::atomic::AtomicU64,
+}
+
+struct Verified {
+    user: UserInfo,
+    at: Instant,
+    expires_at: Option<i64>,
 }
 
 impl TokenCache {
@@ -216,39 +241,57 @@ impl TokenCache {
         TokenCache {
             ttl,
             verified: Default::default(),
+            generation: Default::default(),
         }
     }
 
-    /// The user `token` belongs to, as `user_for_token` says, at most `ttl` ago.
+    /// The user `token` belongs to, as `user_for_token` says, at most `ttl` ago (and never
+    /// past the token's expiry).
     pub async fn user(&self, db: &Db, token: &str) -> Result<Option<UserInfo>, DbError> {
+        use std::sync::atomic::Ordering;
         let hash = secret_hash(token);
-        let fresh =
-            |(user, at): &(UserInfo, Instant)| (at.elapsed() < self.ttl).then(|| user.clone());
+        let now = now_ms();
+        let fresh = |v: &Verified| {
+            (v.at.elapsed() < self.ttl && v.expires_at.is_none_or(|at| at > now))
+                .then(|| v.user.clone())
+        };
         if let Some(user) = self.lock().get(&hash).and_then(fresh) {
             return Ok(Some(user));
         }
-        let user = user_for_token(db, token).await?;
+        let generation = self.generation.load(Ordering::SeqCst);
+        let found = token_lookup(db, token).await?;
         let mut verified = self.lock();
-        match &user {
-            Some(u) => {
+        match &found {
+            Some((user, expires_at)) if self.generation.load(Ordering::SeqCst) == generation => {
                 if verified.len() >= Self::MAX {
                     verified.clear();
                 }
-                verified.insert(hash, (u.clone(), Instant::now()));
+                verified.insert(
+                    hash,
+                    Verified {
+                        user: user.clone(),
+                        at: Instant::now(),
+                        expires_at: *expires_at,
+                    },
+                );
             }
+            Some(_) => {}
             None => {
                 verified.remove(&hash);
             }
         }
-        Ok(user)
+        Ok(found.map(|(user, _)| user))
     }
 
-    /// Forgets every token of a user (one was revoked: it stops working now, not in `ttl`).
+    /// Forgets every token of a user (one was revoked, or the user changed): they answer
+    /// from the database from now on, not after `ttl`.
     pub fn forget_user(&self, user_id: &str) {
-        self.lock().retain(|_, (u, _)| u.id != user_id);
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.lock().retain(|_, v| v.user.id != user_id);
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, (UserInfo, Instant)>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Verified>> {
         self.verified.lock()
     }
 }

@@ -178,8 +178,9 @@ async fn admins_make_projects_and_project_admins_manage_members() {
     )
     .await;
     assert_eq!(st, 204);
-    let (_, projects) = s.get("/api/v1/projects", &s.admin_token).await;
-    assert!(!projects.to_string().contains("staging-eu"));
+    let (st, projects) = s.get("/api/v1/projects", &s.admin_token).await;
+    assert_eq!(st, 200);
+    assert!(!projects.to_string().contains("staging-eu"), "{projects}");
     let (st, p) = call(
         &s,
         Method::POST,

@@ -255,3 +255,91 @@ async fn an_expired_token_is_refused_and_bad_requests_say_why() {
     .await;
     assert_eq!(st, 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limited_admin_token_has_no_admin_power() {
+    let s = TestServer::start().await;
+    let web = s.project_id("web-platform").await;
+    let (limited, _) = create(&s, json!({"name": "web-ci", "projects": [web]})).await;
+    let (ro, _) = create(&s, json!({"name": "all-ro", "read_only": true})).await;
+    let staging = s.container_id("web-app-staging").await;
+    for token in [&limited, &ro] {
+        for (method, path, body) in [
+            (reqwest::Method::GET, "/api/v1/users".to_string(), None),
+            (
+                reqwest::Method::POST,
+                "/api/v1/users".to_string(),
+                Some(json!({"name": "eve", "is_admin": true})),
+            ),
+            (
+                reqwest::Method::POST,
+                "/api/v1/users/admin/password".to_string(),
+                None,
+            ),
+            (
+                reqwest::Method::PATCH,
+                "/api/v1/users/alice".to_string(),
+                Some(json!({"is_admin": true})),
+            ),
+            (
+                reqwest::Method::POST,
+                "/api/v1/projects".to_string(),
+                Some(json!({"name": "mine"})),
+            ),
+            (
+                reqwest::Method::POST,
+                "/api/v1/tokens".to_string(),
+                Some(json!({"name": "wider"})),
+            ),
+        ] {
+            if token == &ro && method == reqwest::Method::GET {
+                continue; // reading the users is an admin's read
+            }
+            let (st, body) = call(&s, method.clone(), &path, token, body).await;
+            assert_eq!(st, 403, "{method} {path}: {body}");
+        }
+    }
+    // And a read-only token writes nothing anywhere.
+    for (method, path, body) in [
+        (
+            reqwest::Method::POST,
+            format!("/api/v1/containers/{staging}/sync"),
+            None,
+        ),
+        (
+            reqwest::Method::POST,
+            format!("/api/v1/containers/{staging}/snapshots"),
+            Some(json!({"name": "snap"})),
+        ),
+        (
+            reqwest::Method::POST,
+            format!("/api/v1/containers/{staging}/restart"),
+            None,
+        ),
+        (
+            reqwest::Method::PUT,
+            format!("/api/v1/containers/{staging}/command"),
+            Some(json!({"args": ["/bin/sh"]})),
+        ),
+        (
+            reqwest::Method::PUT,
+            format!("/api/v1/containers/{staging}/network-rules"),
+            Some(json!({"rules": []})),
+        ),
+        (
+            reqwest::Method::PATCH,
+            format!("/api/v1/projects/{web}"),
+            Some(json!({"description": "x"})),
+        ),
+        (
+            reqwest::Method::PUT,
+            format!("/api/v1/projects/{web}/members/alice"),
+            Some(json!({"role": "admin"})),
+        ),
+    ] {
+        let (st, body) = call(&s, method.clone(), &path, &ro, body).await;
+        assert_eq!(st, 403, "{method} {path}: {body}");
+    }
+    let (_, users) = s.get("/api/v1/users", &s.admin_token).await;
+    assert!(!users.to_string().contains("\"eve\""));
+}

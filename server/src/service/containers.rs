@@ -26,7 +26,7 @@ impl Service {
         let servers = self.db.servers().await.map_err(internal)?;
         Ok(servers
             .into_iter()
-            .map(|s| s.shown(user.is_admin))
+            .map(|s| s.shown(user.is_admin && user.scope.projects.is_none()))
             .collect())
     }
 
@@ -107,7 +107,7 @@ impl Service {
             file_count: row.file_count,
             size_bytes: row.size_bytes,
             updated_at: row.updated_at,
-            root_path: user.is_admin.then(|| {
+            root_path: (user.is_admin && user.scope.projects.is_none()).then(|| {
                 container_root(Path::new(&row.storage_root), &row.id)
                     .display()
                     .to_string()

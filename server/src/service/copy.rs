@@ -126,7 +126,7 @@ impl NewCopy {
             file_count: 0,
             size_bytes: 0,
             updated_at: self.now,
-            root_path: user.is_admin.then(|| {
+            root_path: (user.is_admin && user.scope.projects.is_none()).then(|| {
                 container_root(Path::new(&target.storage_root), &self.id)
                     .display()
                     .to_string()
@@ -440,6 +440,9 @@ impl Service {
             .on_field("name")),
             Err(Refusal::KeyTaken) => {
                 Err(ApiError::new(ErrorCode::Conflict, KEY_TAKEN).on_field("ssh_public_key"))
+            }
+            Err(Refusal::ProjectGone) => {
+                Err(ApiError::not_found("project", &row.project_id).on_field("target_project_id"))
             }
             Err(Refusal::Db(e)) => Err(internal(e)),
         }

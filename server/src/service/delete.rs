@@ -19,14 +19,16 @@ impl Service {
         idempotency_key: Option<&str>,
     ) -> Result<Job, ApiError> {
         let idem = check_idempotency_key(idempotency_key)?;
+        // Rights are checked on every request, replays included (as for a sync). A replay
+        // after the container is gone finds it no more: 404, the delete is done.
+        let (row, vis) = self.visible_container(user, id).await?;
+        vis.require_operator(&row.project_id, "deleting a container")?;
         let fingerprint = request_fingerprint(&["delete", id]);
         if let Some(key) = &idem {
             if let Some(job) = self.job_by_idempotency_key(user, key, &fingerprint).await? {
                 return Ok(job);
             }
         }
-        let (row, vis) = self.visible_container(user, id).await?;
-        vis.require_operator(&row.project_id, "deleting a container")?;
         let status = ContainerStatus::parse(&row.status).unwrap_or(ContainerStatus::Stopped);
         self.admit_new_job(user, &row.project_id).await?;
         let params = JobParams {

@@ -70,7 +70,12 @@ impl Service {
         }
         let jobs = self
             .db
-            .jobs(filter, &user.id, user.is_admin)
+            .jobs(
+                filter,
+                &user.id,
+                user.is_admin,
+                user.scope.projects.as_deref(),
+            )
             .await
             .map_err(internal)?;
         Ok(jobs

@@ -38,9 +38,11 @@ impl Service {
                 "{what} is for platform admins"
             )));
         }
-        if user.scope.read_only {
+        // A limited token (read-only, or for some projects) is never a platform admin's
+        // whole power: it could make itself a full admin otherwise.
+        if !user.scope.is_full() {
             return Err(ApiError::forbidden(format!(
-                "this API token is read-only; {what} needs a token that may write"
+                "{what} needs a console session or an API token without limits"
             )));
         }
         Ok(())

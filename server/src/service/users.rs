@@ -19,9 +19,9 @@ fn account(user: &UserInfo, created_at: Millis) -> UserAccount {
 impl Service {
     /// `GET /users`: platform admins.
     pub async fn list_users(&self, user: &UserInfo) -> Result<Vec<UserAccount>, ApiError> {
-        if !user.is_admin {
+        if !user.is_admin || user.scope.projects.is_some() {
             return Err(ApiError::forbidden(
-                "the list of users is for platform admins",
+                "the list of users is for platform admins (with a token for every project)",
             ));
         }
         self.db.users().await.map_err(internal)

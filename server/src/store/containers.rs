@@ -38,6 +38,8 @@ pub(crate) enum Refusal {
     NameTaken,
     KeyTaken,
     SameIdempotencyKey,
+    /// The target project was deleted meanwhile.
+    ProjectGone,
     Db(rusqlite::Error),
 }
 
@@ -57,11 +59,14 @@ impl From<rusqlite::Error> for Refusal {
 impl NewCopy {
     /// Both rows, in the caller's transaction.
     fn insert(&self, c: &SyncConn) -> Result<(), Refusal> {
-        execute(
+        // Only into a project that still exists: a delete of it checked for containers in
+        // its own write, and writes run one at a time.
+        let inserted = execute(
             c,
             "INSERT INTO containers (id, name, project_id, server_id, status, ssh_public_key,
                 firewall_rules, network_rules, source_container_id, created_at, updated_at, command)
-             VALUES ($1, $2, $3, $4, $10, $5, $6, $7, $8, $9, $9, $11)",
+             SELECT $1, $2, $3, $4, $10, $5, $6, $7, $8, $9, $9, $11
+             WHERE EXISTS (SELECT 1 FROM projects WHERE id = $3 AND deleted_at IS NULL)",
             &[
                 &self.id,
                 &self.name,
@@ -76,6 +81,9 @@ impl NewCopy {
                 &self.command,
             ],
         )?;
+        if inserted == 0 {
+            return Err(Refusal::ProjectGone);
+        }
         execute(
             c,
             "INSERT INTO jobs (id, kind, status, project_id, container_id, source_container_id,

@@ -58,30 +58,49 @@ pub(crate) struct NewJob {
 
 impl Db {
     /// Jobs as `filter` narrows them, newest first (at most 500), of every project when
-    /// `all`, else of the projects `user_id` is a member of.
+    /// `all`, else of the projects `user_id` is a member of; and of `only` these projects
+    /// when given (an API token's scope). Never of a deleted project.
     pub(crate) async fn jobs(
         &self,
         filter: &JobFilter,
         user_id: &str,
         all: bool,
+        only: Option<&[String]>,
     ) -> Result<Vec<Job>, DbError> {
-        let rows = sqlx::query(
+        // The scope is in the statement, not applied after the limit: 500 jobs of other
+        // projects must not hide this one's.
+        let scope = match only {
+            Some(ids) if ids.is_empty() => " AND 1 = 0".to_string(),
+            Some(ids) => format!(
+                " AND project_id IN ({})",
+                (0..ids.len())
+                    .map(|i| format!("${}", i + 7))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            None => String::new(),
+        };
+        let sql = format!(
             "SELECT * FROM jobs
              WHERE ($1 IS NULL OR container_id = $1 OR source_container_id = $1)
                AND ($2 IS NULL OR project_id = $2)
                AND ($3 IS NULL OR status = $3)
                AND ($4 IS NULL OR kind = $4)
                AND ($5 = 1 OR project_id IN (SELECT project_id FROM memberships WHERE user_id = $6))
-             ORDER BY created_at DESC, id DESC LIMIT 500",
-        )
-        .bind(&filter.container_id)
-        .bind(&filter.project_id)
-        .bind(&filter.status)
-        .bind(&filter.kind)
-        .bind(i64::from(all))
-        .bind(user_id)
-        .fetch_all(&self.read)
-        .await?;
+               AND project_id IN (SELECT id FROM projects WHERE deleted_at IS NULL){scope}
+             ORDER BY created_at DESC, id DESC LIMIT 500"
+        );
+        let mut query = sqlx::query(&sql)
+            .bind(&filter.container_id)
+            .bind(&filter.project_id)
+            .bind(&filter.status)
+            .bind(&filter.kind)
+            .bind(i64::from(all))
+            .bind(user_id);
+        for id in only.unwrap_or_default() {
+            query = query.bind(id);
+        }
+        let rows = query.fetch_all(&self.read).await?;
         Ok(rows.iter().map(job_from_row).collect())
     }
 

@@ -29,8 +29,12 @@ fn token(row: &SqliteRow) -> ApiToken {
 
 /// A token's projects column (JSON), or `None` for all.
 fn projects_of(row: &SqliteRow) -> Option<Vec<String>> {
-    row.get::<Option<String>, _>("projects")
-        .and_then(|j| serde_json::from_str(&j).ok())
+    let json = row.get::<Option<String>, _>("projects")?;
+    // A scope that cannot be read grants nothing, never everything.
+    Some(serde_json::from_str(&json).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "an API token's projects cannot be read");
+        Vec::new()
+    }))
 }
 
 impl Db {
