@@ -70,7 +70,7 @@ impl Db {
         // The scope is in the statement, not applied after the limit: 500 jobs of other
         // projects must not hide this one's.
         let scope = match only {
-            Some(ids) if ids.is_empty() => " AND 1 = 0".to_string(),
+            Some([]) => " AND 1 = 0".to_string(),
             Some(ids) => format!(
                 " AND project_id IN ({})",
                 (0..ids.len())
