@@ -4,25 +4,7 @@
 mod common;
 
 use common::TestServer;
-use serde_json::{json, Value};
-
-async fn call(
-    s: &TestServer,
-    method: reqwest::Method,
-    path: &str,
-    token: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut req = TestServer::client()
-        .request(method, s.url(path))
-        .bearer_auth(token);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.unwrap();
-    let st = resp.status().as_u16();
-    (st, resp.json().await.unwrap_or(Value::Null))
-}
+use serde_json::json;
 
 use reqwest::Method;
 
@@ -30,46 +12,46 @@ use reqwest::Method;
 async fn admins_make_projects_and_project_admins_manage_members() {
     let s = TestServer::start().await;
     // Only platform admins make projects.
-    let (st, _) = call(
-        &s,
-        Method::POST,
-        "/api/v1/projects",
-        &s.alice_token,
-        Some(json!({"name": "alices"})),
-    )
-    .await;
+    let (st, _) = s
+        .call(
+            Method::POST,
+            "/api/v1/projects",
+            &s.alice_token,
+            Some(json!({"name": "alices"})),
+        )
+        .await;
     assert_eq!(st, 403);
-    let (st, p) = call(
-        &s,
-        Method::POST,
-        "/api/v1/projects",
-        &s.admin_token,
-        Some(json!({"name": "staging", "description": "Pre-production copies"})),
-    )
-    .await;
+    let (st, p) = s
+        .call(
+            Method::POST,
+            "/api/v1/projects",
+            &s.admin_token,
+            Some(json!({"name": "staging", "description": "Pre-production copies"})),
+        )
+        .await;
     assert_eq!(st, 201, "{p}");
     let id = p["id"].as_str().unwrap().to_string();
-    let (st, e) = call(
-        &s,
-        Method::POST,
-        "/api/v1/projects",
-        &s.admin_token,
-        Some(json!({"name": "staging"})),
-    )
-    .await;
+    let (st, e) = s
+        .call(
+            Method::POST,
+            "/api/v1/projects",
+            &s.admin_token,
+            Some(json!({"name": "staging"})),
+        )
+        .await;
     assert_eq!(
         (st, e["error"]["field"].as_str()),
         (409, Some("name")),
         "{e}"
     );
-    let (st, e) = call(
-        &s,
-        Method::POST,
-        "/api/v1/projects",
-        &s.admin_token,
-        Some(json!({"name": "Bad Name"})),
-    )
-    .await;
+    let (st, e) = s
+        .call(
+            Method::POST,
+            "/api/v1/projects",
+            &s.admin_token,
+            Some(json!({"name": "Bad Name"})),
+        )
+        .await;
     assert_eq!(st, 422, "{e}");
 
     // alice cannot see it until she is a member.
@@ -77,44 +59,43 @@ async fn admins_make_projects_and_project_admins_manage_members() {
         .get(&format!("/api/v1/projects/{id}/members"), &s.alice_token)
         .await;
     assert_eq!(st, 404);
-    let (st, m) = call(
-        &s,
-        Method::PUT,
-        &format!("/api/v1/projects/{id}/members/alice"),
-        &s.admin_token,
-        Some(json!({"role": "viewer"})),
-    )
-    .await;
+    let (st, m) = s
+        .call(
+            Method::PUT,
+            &format!("/api/v1/projects/{id}/members/alice"),
+            &s.admin_token,
+            Some(json!({"role": "viewer"})),
+        )
+        .await;
     assert_eq!(st, 200, "{m}");
     assert_eq!(m["role"], "viewer");
     let (_, projects) = s.get("/api/v1/projects", &s.alice_token).await;
     assert!(projects.to_string().contains("staging"), "{projects}");
     // A viewer cannot manage members or rename; an admin of the project can.
-    let (st, _) = call(
-        &s,
-        Method::PUT,
-        &format!("/api/v1/projects/{id}/members/alice"),
-        &s.alice_token,
-        Some(json!({"role": "admin"})),
-    )
-    .await;
+    let (st, _) = s
+        .call(
+            Method::PUT,
+            &format!("/api/v1/projects/{id}/members/alice"),
+            &s.alice_token,
+            Some(json!({"role": "admin"})),
+        )
+        .await;
     assert_eq!(st, 403, "no promoting oneself");
-    call(
-        &s,
+    s.call(
         Method::PUT,
         &format!("/api/v1/projects/{id}/members/alice"),
         &s.admin_token,
         Some(json!({"role": "admin"})),
     )
     .await;
-    let (st, renamed) = call(
-        &s,
-        Method::PATCH,
-        &format!("/api/v1/projects/{id}"),
-        &s.alice_token,
-        Some(json!({"name": "staging-eu"})),
-    )
-    .await;
+    let (st, renamed) = s
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/projects/{id}"),
+            &s.alice_token,
+            Some(json!({"name": "staging-eu"})),
+        )
+        .await;
     assert_eq!(st, 200, "{renamed}");
     assert_eq!(
         renamed["description"], "Pre-production copies",
@@ -124,25 +105,25 @@ async fn admins_make_projects_and_project_admins_manage_members() {
         .get(&format!("/api/v1/projects/{id}/members"), &s.alice_token)
         .await;
     assert_eq!(members["members"][0]["user_name"], "alice");
-    let (st, _) = call(
-        &s,
-        Method::PUT,
-        &format!("/api/v1/projects/{id}/members/nobody"),
-        &s.alice_token,
-        Some(json!({"role": "viewer"})),
-    )
-    .await;
+    let (st, _) = s
+        .call(
+            Method::PUT,
+            &format!("/api/v1/projects/{id}/members/nobody"),
+            &s.alice_token,
+            Some(json!({"role": "viewer"})),
+        )
+        .await;
     assert_eq!(st, 404, "no such user");
 
     // Removed: out at once.
-    let (st, _) = call(
-        &s,
-        Method::DELETE,
-        &format!("/api/v1/projects/{id}/members/alice"),
-        &s.admin_token,
-        None,
-    )
-    .await;
+    let (st, _) = s
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/projects/{id}/members/alice"),
+            &s.admin_token,
+            None,
+        )
+        .await;
     assert_eq!(st, 204);
     let (st, _) = s
         .get(&format!("/api/v1/projects/{id}/members"), &s.alice_token)
@@ -151,58 +132,58 @@ async fn admins_make_projects_and_project_admins_manage_members() {
 
     // Only platform admins delete, and only an empty project.
     let web = s.project_id("web-platform").await;
-    let (st, _) = call(
-        &s,
-        Method::DELETE,
-        &format!("/api/v1/projects/{web}"),
-        &s.alice_token,
-        None,
-    )
-    .await;
+    let (st, _) = s
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/projects/{web}"),
+            &s.alice_token,
+            None,
+        )
+        .await;
     assert_eq!(st, 403, "alice (operator of web-platform) cannot delete it");
-    let (st, e) = call(
-        &s,
-        Method::DELETE,
-        &format!("/api/v1/projects/{web}"),
-        &s.admin_token,
-        None,
-    )
-    .await;
+    let (st, e) = s
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/projects/{web}"),
+            &s.admin_token,
+            None,
+        )
+        .await;
     assert_eq!(st, 409, "it holds containers: {e}");
-    let (st, _) = call(
-        &s,
-        Method::DELETE,
-        &format!("/api/v1/projects/{id}"),
-        &s.admin_token,
-        None,
-    )
-    .await;
+    let (st, _) = s
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/projects/{id}"),
+            &s.admin_token,
+            None,
+        )
+        .await;
     assert_eq!(st, 204);
     let (st, projects) = s.get("/api/v1/projects", &s.admin_token).await;
     assert_eq!(st, 200);
     assert!(!projects.to_string().contains("staging-eu"), "{projects}");
-    let (st, p) = call(
-        &s,
-        Method::POST,
-        "/api/v1/projects",
-        &s.admin_token,
-        Some(json!({"name": "staging-eu"})),
-    )
-    .await;
+    let (st, p) = s
+        .call(
+            Method::POST,
+            "/api/v1/projects",
+            &s.admin_token,
+            Some(json!({"name": "staging-eu"})),
+        )
+        .await;
     assert_eq!(st, 201, "the name is free again: {p}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_member_copies_into_their_project_and_a_removed_one_cannot() {
     let s = TestServer::start().await;
-    let (_, p) = call(
-        &s,
-        Method::POST,
-        "/api/v1/projects",
-        &s.admin_token,
-        Some(json!({"name": "team-b"})),
-    )
-    .await;
+    let (_, p) = s
+        .call(
+            Method::POST,
+            "/api/v1/projects",
+            &s.admin_token,
+            Some(json!({"name": "team-b"})),
+        )
+        .await;
     let id = p["id"].as_str().unwrap().to_string();
     let web_app = s.container_id("web-app").await;
     let copy = |token: String| {
@@ -220,8 +201,7 @@ async fn a_new_member_copies_into_their_project_and_a_removed_one_cannot() {
         }
     };
     assert_eq!(copy(s.alice_token.clone()).await, 404, "not hers");
-    call(
-        &s,
+    s.call(
         Method::PUT,
         &format!("/api/v1/projects/{id}/members/alice"),
         &s.admin_token,
@@ -233,8 +213,7 @@ async fn a_new_member_copies_into_their_project_and_a_removed_one_cannot() {
         202,
         "an operator copies into it"
     );
-    call(
-        &s,
+    s.call(
         Method::DELETE,
         &format!("/api/v1/projects/{id}/members/alice"),
         &s.admin_token,

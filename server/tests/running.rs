@@ -48,15 +48,7 @@ async fn send(
     path: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let mut req = TestServer::client()
-        .request(method, s.url(path))
-        .bearer_auth(&s.admin_token);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
+    s.call(method, path, &s.admin_token, body).await
 }
 
 async fn post(s: &TestServer, path: &str, body: Option<Value>) -> (u16, Value) {

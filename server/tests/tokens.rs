@@ -8,33 +8,15 @@ use std::time::{Duration, Instant};
 use common::TestServer;
 use serde_json::{json, Value};
 
-async fn call(
-    s: &TestServer,
-    method: reqwest::Method,
-    path: &str,
-    token: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut req = TestServer::client()
-        .request(method, s.url(path))
-        .bearer_auth(token);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.unwrap();
-    let st = resp.status().as_u16();
-    (st, resp.json().await.unwrap_or(Value::Null))
-}
-
 async fn create(s: &TestServer, body: Value) -> (String, Value) {
-    let (st, created) = call(
-        s,
-        reqwest::Method::POST,
-        "/api/v1/tokens",
-        &s.admin_token,
-        Some(body),
-    )
-    .await;
+    let (st, created) = s
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/tokens",
+            &s.admin_token,
+            Some(body),
+        )
+        .await;
     assert_eq!(st, 201, "{created}");
     (
         created["secret"].as_str().unwrap().to_string(),
@@ -65,14 +47,14 @@ async fn a_token_is_made_listed_used_and_revoked_at_once() {
     let (_, theirs) = s.get("/api/v1/tokens", &s.alice_token).await;
     assert!(!theirs.to_string().contains(token["id"].as_str().unwrap()));
     let id = token["id"].as_str().unwrap();
-    let (st, _) = call(
-        &s,
-        reqwest::Method::DELETE,
-        &format!("/api/v1/tokens/{id}"),
-        &s.alice_token,
-        None,
-    )
-    .await;
+    let (st, _) = s
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/tokens/{id}"),
+            &s.alice_token,
+            None,
+        )
+        .await;
     assert_eq!(st, 404);
 
     // An event stream open with it ends once it is revoked.
@@ -83,14 +65,14 @@ async fn a_token_is_made_listed_used_and_revoked_at_once() {
         .await
         .unwrap();
     assert_eq!(stream.status(), 200);
-    let (st, _) = call(
-        &s,
-        reqwest::Method::DELETE,
-        &format!("/api/v1/tokens/{id}"),
-        &s.admin_token,
-        None,
-    )
-    .await;
+    let (st, _) = s
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/tokens/{id}"),
+            &s.admin_token,
+            None,
+        )
+        .await;
     assert_eq!(st, 204);
     let (st, _) = s.get("/api/v1/containers", &secret).await;
     assert_eq!(st, 401, "revoked: refused at once");
@@ -102,14 +84,14 @@ async fn a_token_is_made_listed_used_and_revoked_at_once() {
             Err(_) => panic!("the stream of a revoked token goes on"),
         }
     }
-    let (st, _) = call(
-        &s,
-        reqwest::Method::DELETE,
-        &format!("/api/v1/tokens/{id}"),
-        &s.admin_token,
-        None,
-    )
-    .await;
+    let (st, _) = s
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/tokens/{id}"),
+            &s.admin_token,
+            None,
+        )
+        .await;
     assert_eq!(st, 404, "gone");
 }
 
@@ -153,7 +135,7 @@ async fn a_read_only_token_reads_and_cannot_write() {
             Some(json!({"name": "wider"})),
         ),
     ] {
-        let (st, body) = call(&s, method.clone(), &path, &ro, body).await;
+        let (st, body) = s.call(method.clone(), &path, &ro, body).await;
         assert_eq!(st, 403, "{method} {path}: {body}");
     }
     let (_, c) = s
@@ -186,26 +168,26 @@ async fn a_token_limited_to_a_project_sees_only_that_project() {
         .await;
     assert_eq!(st, 404, "the other project is out of its sight");
     let web_app = s.container_id("web-app").await;
-    let (st, body) = call(
-        &s,
-        reqwest::Method::POST,
-        &format!("/api/v1/containers/{web_app}/copy"),
-        &scoped,
-        Some(json!({"target_project_id": data})),
-    )
-    .await;
+    let (st, body) = s
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/v1/containers/{web_app}/copy"),
+            &scoped,
+            Some(json!({"target_project_id": data})),
+        )
+        .await;
     assert!(
         st == 404 || st == 403,
         "no copy into a project it is not for: {st} {body}"
     );
-    let (st, _) = call(
-        &s,
-        reqwest::Method::POST,
-        &format!("/api/v1/containers/{web_app}/copy"),
-        &scoped,
-        Some(json!({"target_project_id": web, "name": "scoped-copy"})),
-    )
-    .await;
+    let (st, _) = s
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/v1/containers/{web_app}/copy"),
+            &scoped,
+            Some(json!({"target_project_id": web, "name": "scoped-copy"})),
+        )
+        .await;
     assert_eq!(st, 202, "within its project it writes");
 }
 
@@ -232,27 +214,27 @@ async fn an_expired_token_is_refused_and_bad_requests_say_why() {
             "projects",
         ),
     ] {
-        let (st, err) = call(
-            &s,
-            reqwest::Method::POST,
-            "/api/v1/tokens",
-            &s.admin_token,
-            Some(body.clone()),
-        )
-        .await;
+        let (st, err) = s
+            .call(
+                reqwest::Method::POST,
+                "/api/v1/tokens",
+                &s.admin_token,
+                Some(body.clone()),
+            )
+            .await;
         assert!(st == 422 || st == 404, "{body}: {st} {err}");
         assert_eq!(err["error"]["field"], field, "{err}");
     }
     // alice cannot limit a token to a project she is not in.
     let data = s.project_id("data-pipeline").await;
-    let (st, _) = call(
-        &s,
-        reqwest::Method::POST,
-        "/api/v1/tokens",
-        &s.alice_token,
-        Some(json!({"name": "x", "projects": [data]})),
-    )
-    .await;
+    let (st, _) = s
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/tokens",
+            &s.alice_token,
+            Some(json!({"name": "x", "projects": [data]})),
+        )
+        .await;
     assert_eq!(st, 404);
 }
 
@@ -295,7 +277,7 @@ async fn a_limited_admin_token_has_no_admin_power() {
             if token == &ro && method == reqwest::Method::GET {
                 continue; // reading the users is an admin's read
             }
-            let (st, body) = call(&s, method.clone(), &path, token, body).await;
+            let (st, body) = s.call(method.clone(), &path, token, body).await;
             assert_eq!(st, 403, "{method} {path}: {body}");
         }
     }
@@ -337,7 +319,7 @@ async fn a_limited_admin_token_has_no_admin_power() {
             Some(json!({"role": "admin"})),
         ),
     ] {
-        let (st, body) = call(&s, method.clone(), &path, &ro, body).await;
+        let (st, body) = s.call(method.clone(), &path, &ro, body).await;
         assert_eq!(st, 403, "{method} {path}: {body}");
     }
     let (_, users) = s.get("/api/v1/users", &s.admin_token).await;

@@ -5,25 +5,7 @@ mod common;
 
 use common::TestServer;
 use reqwest::Method;
-use serde_json::{json, Value};
-
-async fn call(
-    s: &TestServer,
-    method: Method,
-    path: &str,
-    token: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut req = TestServer::client()
-        .request(method, s.url(path))
-        .bearer_auth(token);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.unwrap();
-    let st = resp.status().as_u16();
-    (st, resp.json().await.unwrap_or(Value::Null))
-}
+use serde_json::json;
 
 /// Whether a console login with this name and password works.
 async fn logs_in(s: &TestServer, name: &str, password: &str) -> bool {
@@ -39,40 +21,44 @@ async fn logs_in(s: &TestServer, name: &str, password: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admins_make_disable_and_reset_users() {
     let s = TestServer::start().await;
-    let (st, _) = call(&s, Method::GET, "/api/v1/users", &s.alice_token, None).await;
+    let (st, _) = s
+        .call(Method::GET, "/api/v1/users", &s.alice_token, None)
+        .await;
     assert_eq!(st, 403, "not for alice");
-    let (st, _) = call(
-        &s,
-        Method::POST,
-        "/api/v1/users",
-        &s.alice_token,
-        Some(json!({"name": "eve"})),
-    )
-    .await;
+    let (st, _) = s
+        .call(
+            Method::POST,
+            "/api/v1/users",
+            &s.alice_token,
+            Some(json!({"name": "eve"})),
+        )
+        .await;
     assert_eq!(st, 403);
 
-    let (st, made) = call(
-        &s,
-        Method::POST,
-        "/api/v1/users",
-        &s.admin_token,
-        Some(json!({"name": "bob"})),
-    )
-    .await;
+    let (st, made) = s
+        .call(
+            Method::POST,
+            "/api/v1/users",
+            &s.admin_token,
+            Some(json!({"name": "bob"})),
+        )
+        .await;
     assert_eq!(st, 201, "{made}");
     let password = made["password"].as_str().unwrap().to_string();
     assert!(password.len() >= 16);
     assert!(logs_in(&s, "bob", &password).await, "bob logs in with it");
-    let (st, _) = call(
-        &s,
-        Method::POST,
-        "/api/v1/users",
-        &s.admin_token,
-        Some(json!({"name": "bob"})),
-    )
-    .await;
+    let (st, _) = s
+        .call(
+            Method::POST,
+            "/api/v1/users",
+            &s.admin_token,
+            Some(json!({"name": "bob"})),
+        )
+        .await;
     assert_eq!(st, 409);
-    let (_, list) = call(&s, Method::GET, "/api/v1/users", &s.admin_token, None).await;
+    let (_, list) = s
+        .call(Method::GET, "/api/v1/users", &s.admin_token, None)
+        .await;
     assert!(list["users"]
         .as_array()
         .unwrap()
@@ -86,14 +72,14 @@ async fn admins_make_disable_and_reset_users() {
     let cookie = s.session("bob", &password).await;
     let (st, _) = s.get("/api/v1/projects", &bobs_token).await;
     assert_eq!(st, 200);
-    let (st, u) = call(
-        &s,
-        Method::PATCH,
-        "/api/v1/users/bob",
-        &s.admin_token,
-        Some(json!({"disabled": true})),
-    )
-    .await;
+    let (st, u) = s
+        .call(
+            Method::PATCH,
+            "/api/v1/users/bob",
+            &s.admin_token,
+            Some(json!({"disabled": true})),
+        )
+        .await;
     assert_eq!((st, &u["disabled"]), (200, &json!(true)), "{u}");
     let (st, _) = s.get("/api/v1/projects", &bobs_token).await;
     assert_eq!(st, 401, "his token stops at once");
@@ -105,8 +91,7 @@ async fn admins_make_disable_and_reset_users() {
         .unwrap();
     assert_eq!(resp.status(), 401, "his session too");
     assert!(!logs_in(&s, "bob", &password).await);
-    call(
-        &s,
+    s.call(
         Method::PATCH,
         "/api/v1/users/bob",
         &s.admin_token,
@@ -117,8 +102,7 @@ async fn admins_make_disable_and_reset_users() {
     assert_eq!(st, 200, "enabled again");
 
     // Promoted: he sees every project.
-    call(
-        &s,
+    s.call(
         Method::PATCH,
         "/api/v1/users/bob",
         &s.admin_token,
@@ -129,116 +113,116 @@ async fn admins_make_disable_and_reset_users() {
     assert_eq!(projects["projects"].as_array().unwrap().len(), 2);
 
     // Reset: the old password no longer works, the new one does.
-    let (st, reset) = call(
-        &s,
-        Method::POST,
-        "/api/v1/users/bob/password",
-        &s.admin_token,
-        None,
-    )
-    .await;
+    let (st, reset) = s
+        .call(
+            Method::POST,
+            "/api/v1/users/bob/password",
+            &s.admin_token,
+            None,
+        )
+        .await;
     assert_eq!(st, 200, "{reset}");
     assert!(!logs_in(&s, "bob", &password).await);
     assert!(logs_in(&s, "bob", reset["password"].as_str().unwrap()).await);
 
     // Nobody locks themselves out.
-    let (st, _) = call(
-        &s,
-        Method::PATCH,
-        "/api/v1/users/admin",
-        &s.admin_token,
-        Some(json!({"disabled": true})),
-    )
-    .await;
+    let (st, _) = s
+        .call(
+            Method::PATCH,
+            "/api/v1/users/admin",
+            &s.admin_token,
+            Some(json!({"disabled": true})),
+        )
+        .await;
     assert_eq!(st, 409);
-    let (st, _) = call(
-        &s,
-        Method::PATCH,
-        "/api/v1/users/admin",
-        &s.admin_token,
-        Some(json!({"is_admin": false})),
-    )
-    .await;
+    let (st, _) = s
+        .call(
+            Method::PATCH,
+            "/api/v1/users/admin",
+            &s.admin_token,
+            Some(json!({"is_admin": false})),
+        )
+        .await;
     assert_eq!(st, 409);
-    let (st, _) = call(
-        &s,
-        Method::PATCH,
-        "/api/v1/users/nobody",
-        &s.admin_token,
-        Some(json!({"disabled": true})),
-    )
-    .await;
+    let (st, _) = s
+        .call(
+            Method::PATCH,
+            "/api/v1/users/nobody",
+            &s.admin_token,
+            Some(json!({"disabled": true})),
+        )
+        .await;
     assert_eq!(st, 404);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_changes_their_own_password() {
     let s = TestServer::start().await;
-    let (_, made) = call(
-        &s,
-        Method::POST,
-        "/api/v1/users",
-        &s.admin_token,
-        Some(json!({"name": "carol"})),
-    )
-    .await;
+    let (_, made) = s
+        .call(
+            Method::POST,
+            "/api/v1/users",
+            &s.admin_token,
+            Some(json!({"name": "carol"})),
+        )
+        .await;
     let first = made["password"].as_str().unwrap().to_string();
     let token = doppel::auth::create_token(s.service.db(), "carol", "t")
         .await
         .unwrap();
-    let (st, e) = call(
-        &s,
-        Method::POST,
-        "/api/v1/me/password",
-        &token,
-        Some(json!({"current": "wrong-one", "new": "a-new-password"})),
-    )
-    .await;
+    let (st, e) = s
+        .call(
+            Method::POST,
+            "/api/v1/me/password",
+            &token,
+            Some(json!({"current": "wrong-one", "new": "a-new-password"})),
+        )
+        .await;
     assert_eq!(
         (st, e["error"]["field"].as_str()),
         (403, Some("current")),
         "{e}"
     );
-    let (st, e) = call(
-        &s,
-        Method::POST,
-        "/api/v1/me/password",
-        &token,
-        Some(json!({"current": first, "new": "short"})),
-    )
-    .await;
+    let (st, e) = s
+        .call(
+            Method::POST,
+            "/api/v1/me/password",
+            &token,
+            Some(json!({"current": first, "new": "short"})),
+        )
+        .await;
     assert_eq!(st, 422, "{e}");
-    let (st, _) = call(
-        &s,
-        Method::POST,
-        "/api/v1/me/password",
-        &token,
-        Some(json!({"current": first, "new": "a-new-password"})),
-    )
-    .await;
+    let (st, _) = s
+        .call(
+            Method::POST,
+            "/api/v1/me/password",
+            &token,
+            Some(json!({"current": first, "new": "a-new-password"})),
+        )
+        .await;
     assert_eq!(st, 204);
     assert!(!logs_in(&s, "carol", &first).await);
     assert!(logs_in(&s, "carol", "a-new-password").await);
     // A limited token cannot.
     let (ro, _) = {
-        let (st, c) = call(
-            &s,
-            Method::POST,
-            "/api/v1/tokens",
-            &token,
-            Some(json!({"name": "ro", "read_only": true})),
-        )
-        .await;
+        let (st, c) = s
+            .call(
+                Method::POST,
+                "/api/v1/tokens",
+                &token,
+                Some(json!({"name": "ro", "read_only": true})),
+            )
+            .await;
         assert_eq!(st, 201, "{c}");
         (c["secret"].as_str().unwrap().to_string(), ())
     };
-    let (st, _) = call(
-        &s,
-        Method::POST,
-        "/api/v1/me/password",
-        &ro,
-        Some(json!({"current": "a-new-password", "new": "another-one"})),
-    )
-    .await;
+    let (st, _) = s
+        .call(
+            Method::POST,
+            "/api/v1/me/password",
+            &ro,
+            Some(json!({"current": "a-new-password", "new": "another-one"})),
+        )
+        .await;
     assert_eq!(st, 403);
 }

@@ -148,6 +148,25 @@ impl TestServer {
         (status, body)
     }
 
+    /// Any request with a token and an optional JSON body: its status and JSON answer.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut req = Self::client()
+            .request(method, self.url(path))
+            .bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
     /// Logs in through the console's form: the session cookie (`name=value`).
     pub async fn session(&self, user: &str, password: &str) -> String {
         let resp = Self::client()
