@@ -19,6 +19,51 @@ pub struct UserInfo {
     /// session may do all its user may.
     #[serde(skip)]
     pub scope: TokenScope,
+    /// Where the request came from (for the audit log).
+    #[serde(skip)]
+    pub from: Option<std::net::IpAddr>,
+}
+
+/// One entry of the audit log.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub id: String,
+    pub at: Millis,
+    pub actor_id: Option<String>,
+    pub actor_name: String,
+    /// What was done, e.g. `container.copy`, `member.set`, `token.create`, `login`.
+    pub action: String,
+    pub project_id: Option<String>,
+    /// What it was done to (an id, or a user's name).
+    pub target: String,
+    /// The client's address.
+    pub address: String,
+    /// `ok`, `refused` (an error the caller can fix) or `failed`.
+    pub result: String,
+    /// The error, when there was one.
+    pub detail: Option<String>,
+}
+
+/// `GET /api/v1/audit`: filters and paging.
+#[cfg_attr(feature = "ssr", derive(utoipa::IntoParams))]
+#[cfg_attr(feature = "ssr", into_params(parameter_in = Query))]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditFilter {
+    /// Only this project's entries.
+    #[cfg_attr(feature = "ssr", param(pattern = "^[0-9a-f]{24}$"))]
+    pub project_id: Option<String>,
+    /// Only this user's (by name).
+    pub actor: Option<String>,
+    /// Only this action.
+    pub action: Option<String>,
+    /// Entries before this one (its id): the next page.
+    #[cfg_attr(feature = "ssr", param(pattern = "^[0-9a-f]{24}$"))]
+    pub before: Option<String>,
+    /// How many (default 100, at most 500).
+    #[cfg_attr(feature = "ssr", param(minimum = 1, maximum = 500))]
+    pub limit: Option<u32>,
 }
 
 /// A user as platform admins manage them.

@@ -91,6 +91,7 @@ pub async fn create_user(
         name: name.to_string(),
         is_admin,
         scope: Default::default(),
+        from: None,
     };
     match db.insert_user(&user, hash.as_deref(), now_ms()).await {
         Ok(()) => Ok(user),

@@ -75,7 +75,12 @@ pub(super) async fn resolve_caller(
         }
     };
     match user {
-        Some(user) => {
+        Some(mut user) => {
+            // Where it came from, for the audit log.
+            user.from = req
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip());
             if let Some(credential) = credential {
                 req.extensions_mut().insert(credential);
             }

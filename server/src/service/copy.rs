@@ -191,80 +191,87 @@ impl Service {
         req: CopyRequest,
         idempotency_key: Option<&str>,
     ) -> Result<CopyStarted, ApiError> {
-        let idem = check_idempotency_key(idempotency_key)?;
-        let body = serde_json::to_string(&req).map_err(internal)?;
-        let fingerprint = request_fingerprint(&["copy", source_id, &body]);
-        if let Some(started) = self
-            .copy_started_with(user, idem.as_deref(), &fingerprint)
-            .await?
-        {
-            return Ok(started);
-        }
-        check_id("container id", source_id)?;
-        let (source, visibility, target) = self.copy_source_and_target(user, source_id, &req)?;
-        let snapshot_id = self
-            .snapshot_of(source_id, req.source_snapshot.as_deref())
-            .await?;
-        let key = self.unused_ssh_key(req.ssh_public_key.as_deref()).await?;
-        let name = match &req.name {
-            Some(n) => {
-                validate_container_name(n).map_err(|m| {
-                    ApiError::new(ErrorCode::Unprocessable, format!("name: {m}")).on_field("name")
-                })?;
-                // Taken or not, the insert says: UNIQUE (project_id, name).
-                n.clone()
+        let project = is_valid_id(&req.target_project_id).then(|| req.target_project_id.clone());
+        let target = source_id.to_string();
+        self.audited(user, "container.copy", &target, project, async {
+            let idem = check_idempotency_key(idempotency_key)?;
+            let body = serde_json::to_string(&req).map_err(internal)?;
+            let fingerprint = request_fingerprint(&["copy", source_id, &body]);
+            if let Some(started) = self
+                .copy_started_with(user, idem.as_deref(), &fingerprint)
+                .await?
+            {
+                return Ok(started);
             }
-            None => self.generate_name(&target.project_id, &source.name).await?,
-        };
-        self.admit_new_job(user, &target.project_id).await?;
-        check_free_space(&target, source.size_bytes)?;
-        // The source's rules as stored, or none.
-        let rules = |copy: bool, json: &str| if copy { json.to_string() } else { "[]".into() };
-        let params = JobParams {
-            source_snapshot_id: snapshot_id,
-            previous_status: None,
-        };
-        let row = NewCopy {
-            id: new_id(),
-            job_id: new_id(),
-            name,
-            project_id: target.project_id.clone(),
-            server_id: target.server_id.clone(),
-            source_id: source_id.to_string(),
-            ssh_public_key: key,
-            firewall_rules: rules(req.copy_firewall_rules, &source.firewall_rules),
-            network_rules: rules(req.copy_network_rules, &source.network_rules),
-            // What runs in it runs in its copy (with the copy's own identity and address).
-            command: source.command.clone(),
-            requested_by: user.id.clone(),
-            params: serde_json::to_string(&params).map_err(internal)?,
-            request_fingerprint: idem.is_some().then(|| fingerprint.clone()),
-            idempotency_key: idem,
-            now: now_ms(),
-        };
-        if let Some(started) = self.admit_copy(user, &row).await? {
-            return Ok(started);
-        }
-        // The answer is what was just written: no need to read it back.
-        let job = row.job();
-        self.jobs.hub.publish(EventKind::Status, job.clone());
-        // The runner starts from what was checked here, without reading it back.
-        self.jobs.spawn(
-            job.id.clone(),
-            Some(JobStart {
-                kind: JobKind::Copy,
-                params,
-                target_id: row.id.clone(),
-                source_id: row.source_id.clone(),
-                target_server: target.server_id.clone(),
-                target_root: target.storage_root.clone().into(),
-                source_root: source.storage_root.clone().into(),
-                target_name: row.name.clone(),
-                target_ssh_key: row.ssh_public_key.clone(),
-            }),
-        );
-        let container = row.container(user, &source.summary(&visibility), target)?;
-        Ok(CopyStarted { container, job })
+            check_id("container id", source_id)?;
+            let (source, visibility, target) =
+                self.copy_source_and_target(user, source_id, &req)?;
+            let snapshot_id = self
+                .snapshot_of(source_id, req.source_snapshot.as_deref())
+                .await?;
+            let key = self.unused_ssh_key(req.ssh_public_key.as_deref()).await?;
+            let name = match &req.name {
+                Some(n) => {
+                    validate_container_name(n).map_err(|m| {
+                        ApiError::new(ErrorCode::Unprocessable, format!("name: {m}"))
+                            .on_field("name")
+                    })?;
+                    // Taken or not, the insert says: UNIQUE (project_id, name).
+                    n.clone()
+                }
+                None => self.generate_name(&target.project_id, &source.name).await?,
+            };
+            self.admit_new_job(user, &target.project_id).await?;
+            check_free_space(&target, source.size_bytes)?;
+            // The source's rules as stored, or none.
+            let rules = |copy: bool, json: &str| if copy { json.to_string() } else { "[]".into() };
+            let params = JobParams {
+                source_snapshot_id: snapshot_id,
+                previous_status: None,
+            };
+            let row = NewCopy {
+                id: new_id(),
+                job_id: new_id(),
+                name,
+                project_id: target.project_id.clone(),
+                server_id: target.server_id.clone(),
+                source_id: source_id.to_string(),
+                ssh_public_key: key,
+                firewall_rules: rules(req.copy_firewall_rules, &source.firewall_rules),
+                network_rules: rules(req.copy_network_rules, &source.network_rules),
+                // What runs in it runs in its copy (with the copy's own identity and address).
+                command: source.command.clone(),
+                requested_by: user.id.clone(),
+                params: serde_json::to_string(&params).map_err(internal)?,
+                request_fingerprint: idem.is_some().then(|| fingerprint.clone()),
+                idempotency_key: idem,
+                now: now_ms(),
+            };
+            if let Some(started) = self.admit_copy(user, &row).await? {
+                return Ok(started);
+            }
+            // The answer is what was just written: no need to read it back.
+            let job = row.job();
+            self.jobs.hub.publish(EventKind::Status, job.clone());
+            // The runner starts from what was checked here, without reading it back.
+            self.jobs.spawn(
+                job.id.clone(),
+                Some(JobStart {
+                    kind: JobKind::Copy,
+                    params,
+                    target_id: row.id.clone(),
+                    source_id: row.source_id.clone(),
+                    target_server: target.server_id.clone(),
+                    target_root: target.storage_root.clone().into(),
+                    source_root: source.storage_root.clone().into(),
+                    target_name: row.name.clone(),
+                    target_ssh_key: row.ssh_public_key.clone(),
+                }),
+            );
+            let container = row.container(user, &source.summary(&visibility), target)?;
+            Ok(CopyStarted { container, job })
+        })
+        .await
     }
 
     /// The copy this user already started with this idempotency key, if any.

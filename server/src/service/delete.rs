@@ -18,35 +18,40 @@ impl Service {
         id: &str,
         idempotency_key: Option<&str>,
     ) -> Result<Job, ApiError> {
-        let idem = check_idempotency_key(idempotency_key)?;
-        // Rights are checked on every request, replays included (as for a sync). A replay
-        // after the container is gone finds it no more: 404, the delete is done.
-        let (row, vis) = self.visible_container(user, id).await?;
-        vis.require_operator(&row.project_id, "deleting a container")?;
-        let fingerprint = request_fingerprint(&["delete", id]);
-        if let Some(key) = &idem {
-            if let Some(job) = self.job_by_idempotency_key(user, key, &fingerprint).await? {
-                return Ok(job);
+        let project = self.project_of(id).await;
+        let target = id.to_string();
+        self.audited(user, "container.delete", &target, project, async {
+            let idem = check_idempotency_key(idempotency_key)?;
+            // Rights are checked on every request, replays included (as for a sync). A replay
+            // after the container is gone finds it no more: 404, the delete is done.
+            let (row, vis) = self.visible_container(user, id).await?;
+            vis.require_operator(&row.project_id, "deleting a container")?;
+            let fingerprint = request_fingerprint(&["delete", id]);
+            if let Some(key) = &idem {
+                if let Some(job) = self.job_by_idempotency_key(user, key, &fingerprint).await? {
+                    return Ok(job);
+                }
             }
-        }
-        let status = ContainerStatus::parse(&row.status).unwrap_or(ContainerStatus::Stopped);
-        self.admit_new_job(user, &row.project_id).await?;
-        let params = JobParams {
-            source_snapshot_id: None,
-            previous_status: Some(status),
-        };
-        self.queue_and_run(NewJob {
-            kind: JobKind::Delete,
-            job_id: new_id(),
-            project_id: row.project_id.clone(),
-            container_id: id.to_string(),
-            // A delete reads nothing else: its "source" is the container itself.
-            source_id: id.to_string(),
-            requested_by: user.id.clone(),
-            params: serde_json::to_string(&params).map_err(internal)?,
-            request_fingerprint: idem.is_some().then_some(fingerprint),
-            idempotency_key: idem,
-            now: now_ms(),
+            let status = ContainerStatus::parse(&row.status).unwrap_or(ContainerStatus::Stopped);
+            self.admit_new_job(user, &row.project_id).await?;
+            let params = JobParams {
+                source_snapshot_id: None,
+                previous_status: Some(status),
+            };
+            self.queue_and_run(NewJob {
+                kind: JobKind::Delete,
+                job_id: new_id(),
+                project_id: row.project_id.clone(),
+                container_id: id.to_string(),
+                // A delete reads nothing else: its "source" is the container itself.
+                source_id: id.to_string(),
+                requested_by: user.id.clone(),
+                params: serde_json::to_string(&params).map_err(internal)?,
+                request_fingerprint: idem.is_some().then_some(fingerprint),
+                idempotency_key: idem,
+                now: now_ms(),
+            })
+            .await
         })
         .await
     }

@@ -95,21 +95,26 @@ impl Service {
 
     /// `POST /jobs/{id}/cancel`.
     pub async fn cancel_job(&self, user: &UserInfo, id: &str) -> Result<Job, ApiError> {
-        let job = self.get_job(user, id).await?;
-        self.visibility(user)
-            .await?
-            .require_operator(&job.project_id, "cancelling this job")?;
-        if job.status.is_final() {
-            return Err(ApiError::new(
-                ErrorCode::Conflict,
-                format!("the job has already {}", job.status.as_str()),
-            ));
-        }
-        // A queued job is marked at once (the runner sees it when it gets a slot); a
-        // running one stops at its next check and the runner records it.
-        self.db.cancel_if_queued(id).await.map_err(internal)?;
-        self.jobs.cancel(id);
-        self.get_job(user, id).await
+        let project = self.project_of_job(id).await;
+        let target = id.to_string();
+        self.audited(user, "job.cancel", &target, project, async {
+            let job = self.get_job(user, id).await?;
+            self.visibility(user)
+                .await?
+                .require_operator(&job.project_id, "cancelling this job")?;
+            if job.status.is_final() {
+                return Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    format!("the job has already {}", job.status.as_str()),
+                ));
+            }
+            // A queued job is marked at once (the runner sees it when it gets a slot); a
+            // running one stops at its next check and the runner records it.
+            self.db.cancel_if_queued(id).await.map_err(internal)?;
+            self.jobs.cancel(id);
+            self.get_job(user, id).await
+        })
+        .await
     }
 
     /// Refuses a new job when its user, or the project it is for, has too many queued or

@@ -4,6 +4,7 @@
 //! functions call alike. Each family of operations has its own file; none of them knows
 //! about HTTP.
 
+mod audit;
 mod containers;
 mod copy;
 mod delete;

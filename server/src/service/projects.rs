@@ -54,28 +54,33 @@ impl Service {
         user: &UserInfo,
         req: NewProject,
     ) -> Result<Project, ApiError> {
-        Self::require_platform_admin(user, "making a project")?;
-        let name = req.name;
-        check_name(&name)?;
-        let description = req.description.unwrap_or_default();
-        check_description(&description)?;
-        let id = crate::ids::new_id();
-        let now = crate::ids::now_ms();
-        match self.db.insert_project(&id, &name, &description, now).await {
-            Ok(()) => Ok(Project {
-                id,
-                name,
-                description,
-                role: None,
-                created_at: now,
-            }),
-            Err(e) if e.is_unique_violation() => Err(ApiError::new(
-                ErrorCode::Conflict,
-                format!("a project named {name:?} exists"),
-            )
-            .on_field("name")),
-            Err(e) => Err(internal(e)),
-        }
+        let project = None;
+        let target = req.name.clone();
+        self.audited(user, "project.create", &target, project, async {
+            Self::require_platform_admin(user, "making a project")?;
+            let name = req.name;
+            check_name(&name)?;
+            let description = req.description.unwrap_or_default();
+            check_description(&description)?;
+            let id = crate::ids::new_id();
+            let now = crate::ids::now_ms();
+            match self.db.insert_project(&id, &name, &description, now).await {
+                Ok(()) => Ok(Project {
+                    id,
+                    name,
+                    description,
+                    role: None,
+                    created_at: now,
+                }),
+                Err(e) if e.is_unique_violation() => Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    format!("a project named {name:?} exists"),
+                )
+                .on_field("name")),
+                Err(e) => Err(internal(e)),
+            }
+        })
+        .await
     }
 
     /// `PATCH /projects/{id}`: a new name or description (project admins).
@@ -85,57 +90,67 @@ impl Service {
         id: &str,
         req: ProjectRequest,
     ) -> Result<Project, ApiError> {
-        check_id("project id", id)?;
-        let vis = self.visibility(user).await?;
-        vis.require_project_admin(id, "changing this project")?;
-        let current = self
-            .db
-            .projects()
-            .await
-            .map_err(internal)?
-            .into_iter()
-            .find(|p| p.id == id)
-            .ok_or_else(|| ApiError::not_found("project", id))?;
-        let name = req.name.unwrap_or(current.name);
-        check_name(&name)?;
-        let description = req.description.unwrap_or(current.description);
-        check_description(&description)?;
-        match self.db.update_project(id, &name, &description).await {
-            Ok(true) => {}
-            Ok(false) => return Err(ApiError::not_found("project", id)),
-            Err(e) if e.is_unique_violation() => {
-                return Err(ApiError::new(
-                    ErrorCode::Conflict,
-                    format!("a project named {name:?} exists"),
-                )
-                .on_field("name"))
+        let project = is_valid_id(id).then(|| id.to_string());
+        let target = id.to_string();
+        self.audited(user, "project.update", &target, project, async {
+            check_id("project id", id)?;
+            let vis = self.visibility(user).await?;
+            vis.require_project_admin(id, "changing this project")?;
+            let current = self
+                .db
+                .projects()
+                .await
+                .map_err(internal)?
+                .into_iter()
+                .find(|p| p.id == id)
+                .ok_or_else(|| ApiError::not_found("project", id))?;
+            let name = req.name.unwrap_or(current.name);
+            check_name(&name)?;
+            let description = req.description.unwrap_or(current.description);
+            check_description(&description)?;
+            match self.db.update_project(id, &name, &description).await {
+                Ok(true) => {}
+                Ok(false) => return Err(ApiError::not_found("project", id)),
+                Err(e) if e.is_unique_violation() => {
+                    return Err(ApiError::new(
+                        ErrorCode::Conflict,
+                        format!("a project named {name:?} exists"),
+                    )
+                    .on_field("name"))
+                }
+                Err(e) => return Err(internal(e)),
             }
-            Err(e) => return Err(internal(e)),
-        }
-        Ok(Project {
-            id: id.to_string(),
-            name,
-            description,
-            role: vis.roles.get(id).copied().flatten(),
-            created_at: current.created_at,
+            Ok(Project {
+                id: id.to_string(),
+                name,
+                description,
+                role: vis.roles.get(id).copied().flatten(),
+                created_at: current.created_at,
+            })
         })
+        .await
     }
 
     /// `DELETE /projects/{id}`: platform admins; refused (409) while it holds containers.
     pub async fn delete_project(&self, user: &UserInfo, id: &str) -> Result<(), ApiError> {
-        check_id("project id", id)?;
-        let vis = self.visibility(user).await?;
-        if !vis.can_see(id) {
-            return Err(ApiError::not_found("project", id));
-        }
-        Self::require_platform_admin(user, "deleting a project")?;
-        if self.db.delete_empty_project(id).await.map_err(internal)? {
-            return Ok(());
-        }
-        Err(ApiError::new(
-            ErrorCode::Conflict,
-            "the project holds containers: delete them (or copy them elsewhere) first",
-        ))
+        let project = is_valid_id(id).then(|| id.to_string());
+        let target = id.to_string();
+        self.audited(user, "project.delete", &target, project, async {
+            check_id("project id", id)?;
+            let vis = self.visibility(user).await?;
+            if !vis.can_see(id) {
+                return Err(ApiError::not_found("project", id));
+            }
+            Self::require_platform_admin(user, "deleting a project")?;
+            if self.db.delete_empty_project(id).await.map_err(internal)? {
+                return Ok(());
+            }
+            Err(ApiError::new(
+                ErrorCode::Conflict,
+                "the project holds containers: delete them (or copy them elsewhere) first",
+            ))
+        })
+        .await
     }
 
     /// `GET /projects/{id}/members`: for whoever sees the project.
@@ -155,23 +170,28 @@ impl Service {
         member: &str,
         role: Role,
     ) -> Result<Member, ApiError> {
-        check_id("project id", id)?;
-        self.visibility(user)
-            .await?
-            .require_project_admin(id, "managing this project's members")?;
-        let who = crate::auth::find_user(&self.db, member)
-            .await
-            .map_err(internal)?
-            .ok_or_else(|| ApiError::not_found("user", member))?;
-        self.db
-            .set_membership(id, &who.id, role)
-            .await
-            .map_err(internal)?;
-        Ok(Member {
-            user_id: who.id,
-            user_name: who.name,
-            role,
+        let project = is_valid_id(id).then(|| id.to_string());
+        let target = member.to_string();
+        self.audited(user, "member.set", &target, project, async {
+            check_id("project id", id)?;
+            self.visibility(user)
+                .await?
+                .require_project_admin(id, "managing this project's members")?;
+            let who = crate::auth::find_user(&self.db, member)
+                .await
+                .map_err(internal)?
+                .ok_or_else(|| ApiError::not_found("user", member))?;
+            self.db
+                .set_membership(id, &who.id, role)
+                .await
+                .map_err(internal)?;
+            Ok(Member {
+                user_id: who.id,
+                user_name: who.name,
+                role,
+            })
         })
+        .await
     }
 
     /// `DELETE /projects/{id}/members/{user}`: takes a user out (at once).
@@ -181,22 +201,27 @@ impl Service {
         id: &str,
         member: &str,
     ) -> Result<(), ApiError> {
-        check_id("project id", id)?;
-        self.visibility(user)
-            .await?
-            .require_project_admin(id, "managing this project's members")?;
-        let who = crate::auth::find_user(&self.db, member)
-            .await
-            .map_err(internal)?
-            .ok_or_else(|| ApiError::not_found("user", member))?;
-        if !self
-            .db
-            .delete_membership(id, &who.id)
-            .await
-            .map_err(internal)?
-        {
-            return Err(ApiError::not_found("member", member));
-        }
-        Ok(())
+        let project = is_valid_id(id).then(|| id.to_string());
+        let target = member.to_string();
+        self.audited(user, "member.remove", &target, project, async {
+            check_id("project id", id)?;
+            self.visibility(user)
+                .await?
+                .require_project_admin(id, "managing this project's members")?;
+            let who = crate::auth::find_user(&self.db, member)
+                .await
+                .map_err(internal)?
+                .ok_or_else(|| ApiError::not_found("user", member))?;
+            if !self
+                .db
+                .delete_membership(id, &who.id)
+                .await
+                .map_err(internal)?
+            {
+                return Err(ApiError::not_found("member", member));
+            }
+            Ok(())
+        })
+        .await
     }
 }

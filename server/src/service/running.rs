@@ -132,18 +132,23 @@ impl Service {
         user: &UserInfo,
         id: &str,
     ) -> Result<ContainerDetail, ApiError> {
-        let (row, status) = self.operable(user, id, "start").await?;
-        refuse_failed(&row, status)?;
-        let (lifecycle, name, cid) = (self.lifecycle.clone(), row.name.clone(), row.id.clone());
-        let start = async move {
-            let outcome = lifecycle
-                .start(&cid, &[ContainerStatus::Stopped])
-                .await
-                .map_err(internal)?;
-            started(&name, outcome, "did not start")
-        };
-        self.recorded(user, &row, JobKind::Start, start).await?;
-        self.detail_now(user, id).await
+        let project = self.project_of(id).await;
+        let target = id.to_string();
+        self.audited(user, "container.start", &target, project, async {
+            let (row, status) = self.operable(user, id, "start").await?;
+            refuse_failed(&row, status)?;
+            let (lifecycle, name, cid) = (self.lifecycle.clone(), row.name.clone(), row.id.clone());
+            let start = async move {
+                let outcome = lifecycle
+                    .start(&cid, &[ContainerStatus::Stopped])
+                    .await
+                    .map_err(internal)?;
+                started(&name, outcome, "did not start")
+            };
+            self.recorded(user, &row, JobKind::Start, start).await?;
+            self.detail_now(user, id).await
+        })
+        .await
     }
 
     /// Stops a running container: SIGTERM, `grace` (default 10 s), then SIGKILL. A stopped
@@ -154,17 +159,22 @@ impl Service {
         id: &str,
         grace: Option<Duration>,
     ) -> Result<ContainerDetail, ApiError> {
-        let (row, _) = self.operable(user, id, "stop").await?;
-        let (lifecycle, cid) = (self.lifecycle.clone(), row.id.clone());
-        let stop = async move {
-            lifecycle
-                .stop(&cid, grace.unwrap_or(STOP_GRACE))
-                .await
-                .map(drop)
-                .map_err(internal)
-        };
-        self.recorded(user, &row, JobKind::Stop, stop).await?;
-        self.detail_now(user, id).await
+        let project = self.project_of(id).await;
+        let target = id.to_string();
+        self.audited(user, "container.stop", &target, project, async {
+            let (row, _) = self.operable(user, id, "stop").await?;
+            let (lifecycle, cid) = (self.lifecycle.clone(), row.id.clone());
+            let stop = async move {
+                lifecycle
+                    .stop(&cid, grace.unwrap_or(STOP_GRACE))
+                    .await
+                    .map(drop)
+                    .map_err(internal)
+            };
+            self.recorded(user, &row, JobKind::Stop, stop).await?;
+            self.detail_now(user, id).await
+        })
+        .await
     }
 
     /// Stops (if it runs) and starts a container.
@@ -174,18 +184,23 @@ impl Service {
         id: &str,
         grace: Option<Duration>,
     ) -> Result<ContainerDetail, ApiError> {
-        let (row, status) = self.operable(user, id, "restart").await?;
-        refuse_failed(&row, status)?;
-        let (lifecycle, name, cid) = (self.lifecycle.clone(), row.name.clone(), row.id.clone());
-        let restart = async move {
-            let outcome = lifecycle
-                .restart(&cid, grace.unwrap_or(STOP_GRACE))
-                .await
-                .map_err(internal)?;
-            started(&name, outcome, "did not start again")
-        };
-        self.recorded(user, &row, JobKind::Restart, restart).await?;
-        self.detail_now(user, id).await
+        let project = self.project_of(id).await;
+        let target = id.to_string();
+        self.audited(user, "container.restart", &target, project, async {
+            let (row, status) = self.operable(user, id, "restart").await?;
+            refuse_failed(&row, status)?;
+            let (lifecycle, name, cid) = (self.lifecycle.clone(), row.name.clone(), row.id.clone());
+            let restart = async move {
+                let outcome = lifecycle
+                    .restart(&cid, grace.unwrap_or(STOP_GRACE))
+                    .await
+                    .map_err(internal)?;
+                started(&name, outcome, "did not start again")
+            };
+            self.recorded(user, &row, JobKind::Restart, restart).await?;
+            self.detail_now(user, id).await
+        })
+        .await
     }
 
     /// The last `lines` lines (default 100, at most 1000) its process wrote.
@@ -216,17 +231,22 @@ impl Service {
         id: &str,
         command: ContainerCommand,
     ) -> Result<ContainerDetail, ApiError> {
-        let (row, vis) = self.visible_container(user, id).await?;
-        vis.require_operator(&row.project_id, "changing a container")?;
-        if let Some((field, why)) = command.problem() {
-            return Err(ApiError::new(ErrorCode::Unprocessable, why).on_field(field));
-        }
-        let json = serde_json::to_string(&command).map_err(internal)?;
-        self.db
-            .set_container_json(id, JsonColumn::Command, json)
-            .await
-            .map_err(internal)?;
-        self.detail_now(user, id).await
+        let project = self.project_of(id).await;
+        let target = id.to_string();
+        self.audited(user, "container.set_command", &target, project, async {
+            let (row, vis) = self.visible_container(user, id).await?;
+            vis.require_operator(&row.project_id, "changing a container")?;
+            if let Some((field, why)) = command.problem() {
+                return Err(ApiError::new(ErrorCode::Unprocessable, why).on_field(field));
+            }
+            let json = serde_json::to_string(&command).map_err(internal)?;
+            self.db
+                .set_container_json(id, JsonColumn::Command, json)
+                .await
+                .map_err(internal)?;
+            self.detail_now(user, id).await
+        })
+        .await
     }
 
     /// Replaces the firewall rules; a running container gets them at once.
@@ -236,29 +256,34 @@ impl Service {
         id: &str,
         rules: Vec<FirewallRule>,
     ) -> Result<ContainerDetail, ApiError> {
-        let (row, vis) = self.visible_container(user, id).await?;
-        vis.require_operator(&row.project_id, "changing a container")?;
-        if rules.len() > 256 {
-            return Err(ApiError::new(ErrorCode::Unprocessable, "at most 256 rules"));
-        }
-        if let Err((at, why)) = firewall::validate(&rules) {
-            return Err(
-                ApiError::new(ErrorCode::Unprocessable, format!("rule {at}: {why}"))
-                    .on_field(&format!("rules[{at}]")),
-            );
-        }
-        let json = serde_json::to_string(&rules).map_err(internal)?;
-        self.db
-            .set_container_json(id, JsonColumn::FirewallRules, json)
-            .await
-            .map_err(internal)?;
-        if let Err(e) = self.lifecycle.apply_firewall(id).await {
-            tracing::warn!(container = %id, error = %e, "firewall not applied");
-            return Err(conflict(format!(
-                "the rules are saved but not yet in force in the running container ({e}); restart it"
-            )));
-        }
-        self.detail_now(user, id).await
+        let project = self.project_of(id).await;
+        let target = id.to_string();
+        self.audited(user, "container.set_firewall_rules", &target, project, async {
+            let (row, vis) = self.visible_container(user, id).await?;
+            vis.require_operator(&row.project_id, "changing a container")?;
+            if rules.len() > 256 {
+                return Err(ApiError::new(ErrorCode::Unprocessable, "at most 256 rules"));
+            }
+            if let Err((at, why)) = firewall::validate(&rules) {
+                return Err(
+                    ApiError::new(ErrorCode::Unprocessable, format!("rule {at}: {why}"))
+                        .on_field(&format!("rules[{at}]")),
+                );
+            }
+            let json = serde_json::to_string(&rules).map_err(internal)?;
+            self.db
+                .set_container_json(id, JsonColumn::FirewallRules, json)
+                .await
+                .map_err(internal)?;
+            if let Err(e) = self.lifecycle.apply_firewall(id).await {
+                tracing::warn!(container = %id, error = %e, "firewall not applied");
+                return Err(conflict(format!(
+                    "the rules are saved but not yet in force in the running container ({e}); restart it"
+                )));
+            }
+            self.detail_now(user, id).await
+        })
+        .await
     }
 
     /// Replaces the network rules; they take effect at the next start.
@@ -268,20 +293,34 @@ impl Service {
         id: &str,
         rules: Vec<NetworkRule>,
     ) -> Result<ContainerDetail, ApiError> {
-        let (row, vis) = self.visible_container(user, id).await?;
-        vis.require_operator(&row.project_id, "changing a container")?;
-        if let Some((at, why)) = network_rules_problem(&rules, self.lifecycle.runtime.network) {
-            return Err(
-                ApiError::new(ErrorCode::Unprocessable, format!("rule {at}: {why}"))
-                    .on_field(&format!("rules[{at}]")),
-            );
-        }
-        let json = serde_json::to_string(&rules).map_err(internal)?;
-        self.db
-            .set_container_json(id, JsonColumn::NetworkRules, json)
-            .await
-            .map_err(internal)?;
-        self.detail_now(user, id).await
+        let project = self.project_of(id).await;
+        let target = id.to_string();
+        self.audited(
+            user,
+            "container.set_network_rules",
+            &target,
+            project,
+            async {
+                let (row, vis) = self.visible_container(user, id).await?;
+                vis.require_operator(&row.project_id, "changing a container")?;
+                if let Some((at, why)) =
+                    network_rules_problem(&rules, self.lifecycle.runtime.network)
+                {
+                    return Err(ApiError::new(
+                        ErrorCode::Unprocessable,
+                        format!("rule {at}: {why}"),
+                    )
+                    .on_field(&format!("rules[{at}]")));
+                }
+                let json = serde_json::to_string(&rules).map_err(internal)?;
+                self.db
+                    .set_container_json(id, JsonColumn::NetworkRules, json)
+                    .await
+                    .map_err(internal)?;
+                self.detail_now(user, id).await
+            },
+        )
+        .await
     }
 
     /// Where a running container's page answers (its first interface, port 80), for the

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use app::model::UserInfo;
 
+use super::audit::Actor;
 use super::Service;
 use crate::auth;
 use crate::store::DbError;
@@ -29,18 +30,33 @@ impl Service {
         password: &str,
         from: IpAddr,
     ) -> Result<LoginOutcome, DbError> {
+        // Every attempt is in the audit log (the name as typed, capped).
+        let typed: String = name.chars().take(100).collect();
+        let refused = |why: &str| app::model::ApiError::forbidden(why);
         if let Err(wait) = self.logins.check(name, from) {
+            let e = refused("too many failed logins: not checked");
+            self.record(anonymous(&typed, from), "login", &typed, None, Some(&e))
+                .await;
             return Ok(LoginOutcome::Wait(wait));
         }
         match auth::check_login(&self.db, name, password).await? {
             Some(user) => {
                 self.logins.succeeded(name, from);
+                let actor = Actor {
+                    user: Some(&user),
+                    name: &user.name,
+                    address: Some(from),
+                };
+                self.record(actor, "login", &user.name, None, None).await;
                 Ok(LoginOutcome::Session(
                     auth::create_session(&self.db, &user).await?,
                 ))
             }
             None => {
                 self.logins.failed(name, from);
+                let e = refused("wrong user name or password");
+                self.record(anonymous(&typed, from), "login", &typed, None, Some(&e))
+                    .await;
                 Ok(LoginOutcome::Wrong)
             }
         }
@@ -49,6 +65,15 @@ impl Service {
     /// Ends a session (and clears expired ones).
     pub async fn log_out(&self, secret: &str) -> Result<(), DbError> {
         auth::end_session(&self.db, secret).await
+    }
+}
+
+/// A login attempt's actor: the name typed, from where.
+fn anonymous(name: &str, from: IpAddr) -> Actor<'_> {
+    Actor {
+        user: None,
+        name,
+        address: Some(from),
     }
 }
 

@@ -27,54 +27,59 @@ impl Service {
         container_id: &str,
         name: &str,
     ) -> Result<Snapshot, ApiError> {
-        let c = self.get_container(user, container_id).await?;
-        self.visibility(user)
-            .await?
-            .require_operator(&c.summary.project_id, "taking a snapshot")?;
-        validate_container_name(name)
-            .map_err(|m| ApiError::new(ErrorCode::Unprocessable, format!("name: {m}")))?;
-        if c.snapshots.iter().any(|s| s.name == name) {
-            return Err(ApiError::new(
-                ErrorCode::Conflict,
-                format!("a snapshot named {name:?} exists"),
-            ));
-        }
-        if matches!(
-            c.summary.status,
-            ContainerStatus::Copying | ContainerStatus::Failed | ContainerStatus::Deleting
-        ) {
-            return Err(ApiError::new(
-                ErrorCode::Conflict,
-                "the container has no complete tree yet",
-            ));
-        }
-        // A task of its own: the tree is copied and recorded (or removed) even if the client
-        // goes away meanwhile, so no half-made or unrecorded tree is left behind.
-        let (db, jobs) = (self.db.clone(), self.jobs.clone());
-        let (server, container, name) = (
-            c.summary.server_id.clone(),
-            container_id.to_string(),
-            name.to_string(),
-        );
-        let task = tokio::spawn(async move {
-            let _held = jobs.hold_for_snapshot(&server, &container).await;
-            super::inventory::create_snapshot(&db, &container, &name).await
-        });
-        let id = task.await.map_err(internal)?.map_err(|e| match e {
-            super::inventory::InventoryError::Exists(m) => {
-                ApiError::new(ErrorCode::Conflict, format!("{m} already exists"))
+        let project = self.project_of(container_id).await;
+        let target = container_id.to_string();
+        self.audited(user, "snapshot.create", &target, project, async {
+            let c = self.get_container(user, container_id).await?;
+            self.visibility(user)
+                .await?
+                .require_operator(&c.summary.project_id, "taking a snapshot")?;
+            validate_container_name(name)
+                .map_err(|m| ApiError::new(ErrorCode::Unprocessable, format!("name: {m}")))?;
+            if c.snapshots.iter().any(|s| s.name == name) {
+                return Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    format!("a snapshot named {name:?} exists"),
+                ));
             }
-            super::inventory::InventoryError::NoSpace { .. } => ApiError::new(
-                ErrorCode::InsufficientStorage,
-                "not enough space on the container's server for this snapshot; nothing was kept",
-            ),
-            e => internal(e),
-        })?;
-        self.db
-            .snapshot(&id)
-            .await
-            .map_err(internal)?
-            .ok_or_else(ApiError::internal)
+            if matches!(
+                c.summary.status,
+                ContainerStatus::Copying | ContainerStatus::Failed | ContainerStatus::Deleting
+            ) {
+                return Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    "the container has no complete tree yet",
+                ));
+            }
+            // A task of its own: the tree is copied and recorded (or removed) even if the client
+            // goes away meanwhile, so no half-made or unrecorded tree is left behind.
+            let (db, jobs) = (self.db.clone(), self.jobs.clone());
+            let (server, container, name) = (
+                c.summary.server_id.clone(),
+                container_id.to_string(),
+                name.to_string(),
+            );
+            let task = tokio::spawn(async move {
+                let _held = jobs.hold_for_snapshot(&server, &container).await;
+                super::inventory::create_snapshot(&db, &container, &name).await
+            });
+            let id = task.await.map_err(internal)?.map_err(|e| match e {
+                super::inventory::InventoryError::Exists(m) => {
+                    ApiError::new(ErrorCode::Conflict, format!("{m} already exists"))
+                }
+                super::inventory::InventoryError::NoSpace { .. } => ApiError::new(
+                    ErrorCode::InsufficientStorage,
+                    "not enough space on the container's server for this snapshot; nothing was kept",
+                ),
+                e => internal(e),
+            })?;
+            self.db
+                .snapshot(&id)
+                .await
+                .map_err(internal)?
+                .ok_or_else(ApiError::internal)
+        })
+        .await
     }
 
     /// Removes snapshot trees no snapshot row names: left by a stop in the middle of taking

@@ -43,27 +43,32 @@ impl Service {
         user: &UserInfo,
         req: NewUser,
     ) -> Result<UserWithPassword, ApiError> {
-        Self::require_platform_admin(user, "making a user")?;
-        validate_container_name(&req.name).map_err(|m| {
-            ApiError::new(
-                ErrorCode::Unprocessable,
-                format!("name: {}", m.replace("a name", "a user name")),
-            )
-            .on_field("name")
-        })?;
-        let password = auth::random_password();
-        match auth::create_user(&self.db, &req.name, Some(&password), req.is_admin).await {
-            Ok(made) => Ok(UserWithPassword {
-                user: account(&made, crate::ids::now_ms()),
-                password,
-            }),
-            Err(AuthError::UserExists(_)) => Err(ApiError::new(
-                ErrorCode::Conflict,
-                format!("a user named {:?} exists", req.name),
-            )
-            .on_field("name")),
-            Err(e) => Err(internal(e)),
-        }
+        let project = None;
+        let target = req.name.clone();
+        self.audited(user, "user.create", &target, project, async {
+            Self::require_platform_admin(user, "making a user")?;
+            validate_container_name(&req.name).map_err(|m| {
+                ApiError::new(
+                    ErrorCode::Unprocessable,
+                    format!("name: {}", m.replace("a name", "a user name")),
+                )
+                .on_field("name")
+            })?;
+            let password = auth::random_password();
+            match auth::create_user(&self.db, &req.name, Some(&password), req.is_admin).await {
+                Ok(made) => Ok(UserWithPassword {
+                    user: account(&made, crate::ids::now_ms()),
+                    password,
+                }),
+                Err(AuthError::UserExists(_)) => Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    format!("a user named {:?} exists", req.name),
+                )
+                .on_field("name")),
+                Err(e) => Err(internal(e)),
+            }
+        })
+        .await
     }
 
     /// `PATCH /users/{name}`: platform admin or not, disabled or not. Nobody disables or
@@ -74,25 +79,30 @@ impl Service {
         name: &str,
         change: UserChange,
     ) -> Result<UserAccount, ApiError> {
-        Self::require_platform_admin(user, "changing a user")?;
-        let mut target = self.account_named(name).await?;
-        let is_admin = change.is_admin.unwrap_or(target.is_admin);
-        let disabled = change.disabled.unwrap_or(target.disabled);
-        if target.id == user.id && (disabled || !is_admin) {
-            return Err(ApiError::new(
-                ErrorCode::Conflict,
-                "you cannot disable yourself or take your own admin rights; another admin can",
-            ));
-        }
-        self.db
-            .set_user_flags(&target.id, is_admin, disabled)
-            .await
-            .map_err(internal)?;
-        // Their tokens answer from the database again (refused, when disabled).
-        self.tokens.forget_user(&target.id);
-        target.is_admin = is_admin;
-        target.disabled = disabled;
-        Ok(target)
+        let project = None;
+        let target = name.to_string();
+        self.audited(user, "user.update", &target, project, async {
+            Self::require_platform_admin(user, "changing a user")?;
+            let mut target = self.account_named(name).await?;
+            let is_admin = change.is_admin.unwrap_or(target.is_admin);
+            let disabled = change.disabled.unwrap_or(target.disabled);
+            if target.id == user.id && (disabled || !is_admin) {
+                return Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    "you cannot disable yourself or take your own admin rights; another admin can",
+                ));
+            }
+            self.db
+                .set_user_flags(&target.id, is_admin, disabled)
+                .await
+                .map_err(internal)?;
+            // Their tokens answer from the database again (refused, when disabled).
+            self.tokens.forget_user(&target.id);
+            target.is_admin = is_admin;
+            target.disabled = disabled;
+            Ok(target)
+        })
+        .await
     }
 
     /// `POST /users/{name}/password`: a new random password (shown once); their console
@@ -102,16 +112,21 @@ impl Service {
         user: &UserInfo,
         name: &str,
     ) -> Result<UserWithPassword, ApiError> {
-        Self::require_platform_admin(user, "resetting a password")?;
-        let target = self.account_named(name).await?;
-        let password = auth::random_password();
-        auth::set_password(&self.db, name, &password)
-            .await
-            .map_err(internal)?;
-        Ok(UserWithPassword {
-            user: target,
-            password,
+        let project = None;
+        let target = name.to_string();
+        self.audited(user, "user.reset_password", &target, project, async {
+            Self::require_platform_admin(user, "resetting a password")?;
+            let target = self.account_named(name).await?;
+            let password = auth::random_password();
+            auth::set_password(&self.db, name, &password)
+                .await
+                .map_err(internal)?;
+            Ok(UserWithPassword {
+                user: target,
+                password,
+            })
         })
+        .await
     }
 
     /// `POST /me/password`: with the current one, and a session or a token without limits.
@@ -121,25 +136,32 @@ impl Service {
         user: &UserInfo,
         change: PasswordChange,
     ) -> Result<(), ApiError> {
-        if !user.scope.is_full() {
-            return Err(ApiError::forbidden(
-                "a password is changed with a console session or a token without limits",
-            ));
-        }
-        let checked = auth::check_login(&self.db, &user.name, &change.current)
-            .await
-            .map_err(internal)?;
-        if checked.is_none() {
-            return Err(ApiError::forbidden("the current password is wrong").on_field("current"));
-        }
-        match auth::set_password(&self.db, &user.name, &change.new).await {
-            Ok(()) => Ok(()),
-            Err(AuthError::WeakPassword) => Err(ApiError::new(
-                ErrorCode::Unprocessable,
-                "new: at least 8 characters",
-            )
-            .on_field("new")),
-            Err(e) => Err(internal(e)),
-        }
+        let project = None;
+        let target = user.name.clone();
+        self.audited(user, "user.change_password", &target, project, async {
+            if !user.scope.is_full() {
+                return Err(ApiError::forbidden(
+                    "a password is changed with a console session or a token without limits",
+                ));
+            }
+            let checked = auth::check_login(&self.db, &user.name, &change.current)
+                .await
+                .map_err(internal)?;
+            if checked.is_none() {
+                return Err(
+                    ApiError::forbidden("the current password is wrong").on_field("current")
+                );
+            }
+            match auth::set_password(&self.db, &user.name, &change.new).await {
+                Ok(()) => Ok(()),
+                Err(AuthError::WeakPassword) => Err(ApiError::new(
+                    ErrorCode::Unprocessable,
+                    "new: at least 8 characters",
+                )
+                .on_field("new")),
+                Err(e) => Err(internal(e)),
+            }
+        })
+        .await
     }
 }

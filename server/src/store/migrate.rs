@@ -12,6 +12,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0005_token_scopes.sql"),
     include_str!("../../migrations/0006_project_admin.sql"),
     include_str!("../../migrations/0007_disabled_users.sql"),
+    include_str!("../../migrations/0008_audit.sql"),
 ];
 
 pub(super) fn migrate(conn: &SyncConn) -> rusqlite::Result<()> {

@@ -26,6 +26,7 @@
 //! most of what a copy request cost (`make load`, perf). Their SQL is the same portable
 //! SQL (`$1` parameters, bound by number: `sql.rs`).
 
+mod audit;
 mod commit;
 mod containers;
 mod jobs;

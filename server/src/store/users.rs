@@ -12,6 +12,7 @@ fn user(row: &SqliteRow) -> UserInfo {
         name: row.get("name"),
         is_admin: row.get::<i64, _>("is_admin") != 0,
         scope: TokenScope::default(),
+        from: None,
     }
 }
 

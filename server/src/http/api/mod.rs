@@ -2,6 +2,7 @@
 //! layer and shape JSON. Errors are `{"error": {"code", "message"}}` with the status of the
 //! code; a malformed request is a 400, never a 500.
 
+mod audit;
 mod containers;
 mod jobs;
 mod openapi;
@@ -61,6 +62,7 @@ fn routes_and_document() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(sse::job_events))
         .routes(routes!(sse::all_events))
         .routes(routes!(sync_status::sync_status))
+        .routes(routes!(audit::list_audit))
         .routes(routes!(tokens::list_tokens, tokens::create_token))
         .routes(routes!(tokens::revoke_token))
         .routes(routes!(users::list_users, users::create_user))

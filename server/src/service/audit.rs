@@ -1,0 +1,154 @@
+//! The audit log: every write (and every login) is recorded with who, when, from where,
+//! what and how it ended. Platform admins read all of it; a project's admins read their
+//! project's entries. Nothing changes or removes an entry.
+
+use std::future::Future;
+
+use app::model::*;
+
+use super::{check_id, internal, Service};
+
+/// Entries a page holds by default, and at most.
+const PAGE: u32 = 100;
+const MAX_PAGE: u32 = 500;
+
+/// Who did it: a user (`None` for a login of an unknown name), the name as given, and
+/// the address the request came from.
+pub(super) struct Actor<'a> {
+    pub(super) user: Option<&'a UserInfo>,
+    pub(super) name: &'a str,
+    pub(super) address: Option<std::net::IpAddr>,
+}
+
+/// An id that sorts by the millisecond: 12 hex digits of time, 12 random.
+fn entry_id() -> String {
+    format!(
+        "{:012x}{}",
+        crate::ids::now_ms().max(0),
+        &crate::ids::new_id()[12..]
+    )
+}
+
+impl Service {
+    /// Runs `work` and records how it went: `ok`, `refused` (an error the caller can fix)
+    /// or `failed`. `project`: the project it concerns, when known.
+    pub(super) async fn audited<T>(
+        &self,
+        user: &UserInfo,
+        action: &str,
+        target: &str,
+        project: Option<String>,
+        work: impl Future<Output = Result<T, ApiError>>,
+    ) -> Result<T, ApiError> {
+        let result = work.await;
+        self.record(
+            Actor {
+                user: Some(user),
+                name: &user.name,
+                address: user.from,
+            },
+            action,
+            target,
+            project,
+            result.as_ref().err(),
+        )
+        .await;
+        result
+    }
+
+    /// Appends an entry; a failure to is logged, and the request it records stands.
+    pub(super) async fn record(
+        &self,
+        actor: Actor<'_>,
+        action: &str,
+        target: &str,
+        project: Option<String>,
+        error: Option<&ApiError>,
+    ) {
+        let result = match error.map(|e| e.code) {
+            None => "ok",
+            Some(ErrorCode::Internal | ErrorCode::Unavailable) => "failed",
+            Some(_) => "refused",
+        };
+        let entry = AuditEntry {
+            id: entry_id(),
+            at: crate::ids::now_ms(),
+            actor_id: actor.user.map(|u| u.id.clone()),
+            actor_name: actor.name.to_string(),
+            action: action.to_string(),
+            project_id: project,
+            target: target.to_string(),
+            address: actor
+                .address
+                .map_or_else(|| "unknown".to_string(), |a| a.to_string()),
+            result: result.to_string(),
+            detail: error.map(|e| e.message.clone()),
+        };
+        if let Err(e) = self.db.append_audit(&entry).await {
+            tracing::error!(error = %e, action, target, "audit entry not written");
+        }
+    }
+
+    /// The project of a container (for its entries), when it exists.
+    pub(super) async fn project_of(&self, container_id: &str) -> Option<String> {
+        if !is_valid_id(container_id) {
+            return None;
+        }
+        self.db
+            .container(container_id)
+            .await
+            .ok()
+            .flatten()
+            .map(|c| c.project_id)
+    }
+
+    /// The project of a job (for its entries), when it exists.
+    pub(super) async fn project_of_job(&self, job_id: &str) -> Option<String> {
+        if !is_valid_id(job_id) {
+            return None;
+        }
+        self.db
+            .job(job_id)
+            .await
+            .ok()
+            .flatten()
+            .map(|j| j.project_id)
+    }
+
+    /// `GET /audit`: platform admins see everything; a project's admins their projects'.
+    pub async fn list_audit(
+        &self,
+        user: &UserInfo,
+        filter: &AuditFilter,
+    ) -> Result<Vec<AuditEntry>, ApiError> {
+        for id in [&filter.project_id, &filter.before].into_iter().flatten() {
+            check_id("id", id)?;
+        }
+        let limit = filter.limit.unwrap_or(PAGE);
+        if limit == 0 || limit > MAX_PAGE {
+            return Err(ApiError::invalid(format!("limit is 1 to {MAX_PAGE}")).on_field("limit"));
+        }
+        let everything = user.is_admin && user.scope.projects.is_none();
+        let projects: Option<Vec<String>> = if everything {
+            None
+        } else {
+            let vis = self.visibility(user).await?;
+            let admin_of: Vec<String> = vis
+                .roles
+                .iter()
+                .filter(|(_, role)| matches!(role, None | Some(Role::Admin)))
+                .map(|(id, _)| id.clone())
+                .collect();
+            if admin_of.is_empty() {
+                return Err(ApiError::forbidden(
+                    "the audit log is for platform admins and project admins",
+                ));
+            }
+            Some(admin_of)
+        };
+        self.db
+            .audit(filter, projects.as_deref(), limit)
+            .await
+            .map_err(internal)
+    }
+}

@@ -1,0 +1,86 @@
+//! The audit log: appended to, read with filters and pages; never changed.
+
+use app::model::{AuditEntry, AuditFilter};
+use sqlx::Row;
+
+use super::{Arg, Db, DbError};
+
+impl Db {
+    /// Appends one entry.
+    pub(crate) async fn append_audit(&self, e: &AuditEntry) -> Result<(), DbError> {
+        self.write(
+            "INSERT INTO audit (id, at, actor_id, actor_name, action, project_id, target,
+                address, result, detail)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            vec![
+                Arg::arg(&e.id),
+                Arg::arg(e.at),
+                Arg::arg(&e.actor_id),
+                Arg::arg(&e.actor_name),
+                Arg::arg(&e.action),
+                Arg::arg(&e.project_id),
+                Arg::arg(&e.target),
+                Arg::arg(&e.address),
+                Arg::arg(&e.result),
+                Arg::arg(&e.detail),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Entries as `filter` narrows them, newest first: all of them (`projects` = `None`),
+    /// or those of these projects only.
+    pub(crate) async fn audit(
+        &self,
+        filter: &AuditFilter,
+        projects: Option<&[String]>,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, DbError> {
+        let scope = match projects {
+            None => String::new(),
+            Some([]) => " AND 1 = 0".to_string(),
+            Some(ids) => format!(
+                " AND project_id IN ({})",
+                (0..ids.len())
+                    .map(|i| format!("${}", i + 6))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        // Ids grow with time (`ids::new_id`): "before" an entry is a smaller id.
+        let sql = format!(
+            "SELECT * FROM audit
+             WHERE ($1 IS NULL OR project_id = $1)
+               AND ($2 IS NULL OR actor_name = $2)
+               AND ($3 IS NULL OR action = $3)
+               AND ($4 IS NULL OR id < $4){scope}
+             ORDER BY id DESC LIMIT $5"
+        );
+        let mut query = sqlx::query(&sql)
+            .bind(&filter.project_id)
+            .bind(&filter.actor)
+            .bind(&filter.action)
+            .bind(&filter.before)
+            .bind(i64::from(limit));
+        for id in projects.unwrap_or_default() {
+            query = query.bind(id);
+        }
+        let rows = query.fetch_all(&self.read).await?;
+        Ok(rows
+            .iter()
+            .map(|r| AuditEntry {
+                id: r.get("id"),
+                at: r.get("at"),
+                actor_id: r.get("actor_id"),
+                actor_name: r.get("actor_name"),
+                action: r.get("action"),
+                project_id: r.get("project_id"),
+                target: r.get("target"),
+                address: r.get("address"),
+                result: r.get("result"),
+                detail: r.get("detail"),
+            })
+            .collect())
+    }
+}
