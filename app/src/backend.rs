@@ -87,6 +87,12 @@ pub trait Backend: Send + Sync + 'static {
         id: &str,
         rules: Vec<NetworkRule>,
     ) -> Result<ContainerDetail, ApiError>;
+    /// The audit log as the caller may read it.
+    async fn list_audit(
+        &self,
+        user: &UserInfo,
+        filter: &AuditFilter,
+    ) -> Result<Vec<AuditEntry>, ApiError>;
     /// The caller's API tokens.
     async fn list_tokens(&self, user: &UserInfo) -> Result<Vec<ApiToken>, ApiError>;
     /// A new token of the caller (its secret in the answer only).

@@ -60,6 +60,7 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("/sync-status") view={Lazy::<pages::SyncStatusRoute>::new()} ssr=SsrMode::Async/>
                     <Route path=path!("/jobs") view={Lazy::<pages::JobsRoute>::new()} ssr=SsrMode::Async/>
                     <Route path=path!("/settings") view={Lazy::<pages::SettingsRoute>::new()} ssr=SsrMode::Async/>
+                    <Route path=path!("/audit") view={Lazy::<pages::AuditRoute>::new()} ssr=SsrMode::Async/>
                 </ParentRoute>
             </Routes>
         </Router>

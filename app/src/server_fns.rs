@@ -390,3 +390,22 @@ pub async fn change_my_password(current: String, new: String) -> Answer<()> {
             .await,
     )
 }
+
+/// The audit log, newest first, as `AuditFilter` narrows it (empty fields: any).
+#[server]
+pub async fn list_audit(
+    actor: Option<String>,
+    action: Option<String>,
+    before: Option<String>,
+) -> Result<Vec<AuditEntry>, ApiError> {
+    let (backend, user) = caller().await?;
+    let given = |v: Option<String>| v.map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+    let filter = AuditFilter {
+        actor: given(actor),
+        action: given(action),
+        before: given(before),
+        limit: Some(100),
+        ..AuditFilter::default()
+    };
+    backend.list_audit(&user, &filter).await
+}

@@ -215,7 +215,7 @@ test('a copy runs: open its page, sync an edit of the source into it, stop, star
   expect(problems).toEqual([]);
 });
 
-test('settings: make an API token, use it, revoke it', async ({ page, request }) => {
+test('settings: make an API token, use it, revoke it, and find it all in the audit log', async ({ page, request }) => {
   const problems = watchConsole(page);
   await page.goto('/login');
   await logIn(page, 'admin');
@@ -238,6 +238,17 @@ test('settings: make an API token, use it, revoke it', async ({ page, request })
   await row.getByRole('button', { name: 'Revoke e2e-token' }).click();
   await expect(page.locator('tr', { hasText: 'e2e-token' })).toHaveCount(0);
   expect((await request.get('/api/v1/projects', auth)).status()).toBe(401);
+
+  // The audit log has both, with who did them; and the refused write of the read-only token.
+  await page.getByRole('link', { name: 'Audit' }).click();
+  await expect(page.getByRole('heading', { name: 'Audit log' })).toBeVisible();
+  await expect(page.locator('tr', { hasText: 'token.create' }).first()).toContainText('admin');
+  await expect(page.locator('tr', { hasText: 'token.revoke' }).first()).toContainText('ok');
+  await expect(page.locator('tr.audit-refused', { hasText: 'project.create' }).first()).toBeVisible();
+  await page.getByLabel('Action').fill('token.revoke');
+  await page.getByRole('button', { name: 'Filter' }).click();
+  await expect(page).toHaveURL(/action=token.revoke/);
+  await expect(page.locator('tbody tr')).toHaveCount(1);
   expect(problems).toEqual([]);
 });
 

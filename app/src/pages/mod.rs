@@ -2,6 +2,7 @@
 //! so it renders on the server and hydrates without a second fetch.
 
 mod account;
+mod audit;
 mod container;
 mod containers;
 mod copy_dialog;
@@ -15,6 +16,7 @@ mod sync_status;
 mod widgets;
 
 pub use account::SettingsPage;
+pub use audit::AuditPage;
 pub use container::ContainerPage;
 pub use containers::ContainersPage;
 pub use copy_dialog::CopyPage;
@@ -51,3 +53,4 @@ lazy_page!(CopyRoute, CopyPage);
 lazy_page!(SyncStatusRoute, SyncStatusPage);
 lazy_page!(JobsRoute, JobsPage);
 lazy_page!(SettingsRoute, SettingsPage);
+lazy_page!(AuditRoute, AuditPage);

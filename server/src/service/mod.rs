@@ -256,6 +256,14 @@ impl Backend for Service {
         Service::set_network_rules(self, user, id, rules).await
     }
 
+    async fn list_audit(
+        &self,
+        user: &UserInfo,
+        filter: &AuditFilter,
+    ) -> Result<Vec<AuditEntry>, ApiError> {
+        Service::list_audit(self, user, filter).await
+    }
+
     async fn list_tokens(&self, user: &UserInfo) -> Result<Vec<ApiToken>, ApiError> {
         Service::list_tokens(self, user).await
     }
