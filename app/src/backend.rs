@@ -87,6 +87,35 @@ pub trait Backend: Send + Sync + 'static {
         id: &str,
         rules: Vec<NetworkRule>,
     ) -> Result<ContainerDetail, ApiError>;
+    /// Users (platform admins).
+    async fn list_users(&self, user: &UserInfo) -> Result<Vec<UserAccount>, ApiError>;
+    async fn create_user(
+        &self,
+        user: &UserInfo,
+        req: NewUser,
+    ) -> Result<UserWithPassword, ApiError>;
+    async fn update_user(
+        &self,
+        user: &UserInfo,
+        name: &str,
+        change: UserChange,
+    ) -> Result<UserAccount, ApiError>;
+    async fn reset_password(
+        &self,
+        user: &UserInfo,
+        name: &str,
+    ) -> Result<UserWithPassword, ApiError>;
+    /// Projects and members.
+    async fn create_project(&self, user: &UserInfo, req: NewProject) -> Result<Project, ApiError>;
+    async fn list_members(&self, user: &UserInfo, id: &str) -> Result<Vec<Member>, ApiError>;
+    async fn set_member(
+        &self,
+        user: &UserInfo,
+        id: &str,
+        member: &str,
+        role: Role,
+    ) -> Result<Member, ApiError>;
+    async fn remove_member(&self, user: &UserInfo, id: &str, member: &str) -> Result<(), ApiError>;
     /// The audit log as the caller may read it.
     async fn list_audit(
         &self,

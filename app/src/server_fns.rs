@@ -409,3 +409,92 @@ pub async fn list_audit(
     };
     backend.list_audit(&user, &filter).await
 }
+
+/// Every user (platform admins; anyone else gets 403).
+#[server]
+pub async fn list_users() -> Result<Vec<UserAccount>, ApiError> {
+    let (backend, user) = caller().await?;
+    backend.list_users(&user).await
+}
+
+/// A new user; the answer holds their password, once.
+#[server]
+pub async fn create_user(name: String, is_admin: Option<String>) -> Answer<UserWithPassword> {
+    let (backend, user) = caller().await?;
+    let req = NewUser {
+        name: name.trim().to_string(),
+        is_admin: is_admin.is_some(),
+    };
+    answer(backend.create_user(&user, req).await)
+}
+
+/// `change`: `disable`, `enable`, `make-admin` or `remove-admin`.
+#[server]
+pub async fn change_user(name: String, change: String) -> Answer<UserAccount> {
+    let (backend, user) = caller().await?;
+    let change = match change.as_str() {
+        "disable" => UserChange {
+            disabled: Some(true),
+            ..Default::default()
+        },
+        "enable" => UserChange {
+            disabled: Some(false),
+            ..Default::default()
+        },
+        "make-admin" => UserChange {
+            is_admin: Some(true),
+            ..Default::default()
+        },
+        "remove-admin" => UserChange {
+            is_admin: Some(false),
+            ..Default::default()
+        },
+        other => return Ok(Err(ApiError::invalid(format!("{other:?} is not a change")))),
+    };
+    answer(backend.update_user(&user, &name, change).await)
+}
+
+/// A new random password for a user, shown once.
+#[server]
+pub async fn reset_user_password(name: String) -> Answer<UserWithPassword> {
+    let (backend, user) = caller().await?;
+    answer(backend.reset_password(&user, &name).await)
+}
+
+#[server]
+pub async fn create_project(name: String, description: Option<String>) -> Answer<Project> {
+    let (backend, user) = caller().await?;
+    let req = NewProject {
+        name: name.trim().to_string(),
+        description: description.filter(|d| !d.trim().is_empty()),
+    };
+    answer(backend.create_project(&user, req).await)
+}
+
+#[server]
+pub async fn list_members(project_id: String) -> Result<Vec<Member>, ApiError> {
+    let (backend, user) = caller().await?;
+    backend.list_members(&user, &project_id).await
+}
+
+/// Gives a user (by name) a role in a project.
+#[server]
+pub async fn set_member(project_id: String, user_name: String, role: String) -> Answer<Member> {
+    let (backend, user) = caller().await?;
+    let Some(role) = Role::parse(&role) else {
+        return Ok(Err(
+            ApiError::invalid("role is viewer, operator or admin").on_field("role")
+        ));
+    };
+    answer(
+        backend
+            .set_member(&user, &project_id, user_name.trim(), role)
+            .await,
+    )
+}
+
+#[server]
+pub async fn remove_member(project_id: String, user_name: String) -> Answer<()> {
+    let (backend, user) = caller().await?;
+    answer(backend.remove_member(&user, &project_id, &user_name).await)
+}

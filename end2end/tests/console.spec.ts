@@ -252,6 +252,64 @@ test('settings: make an API token, use it, revoke it, and find it all in the aud
   expect(problems).toEqual([]);
 });
 
+test('an admin makes a project and a user; the user works in it; the admin sees it in the audit log', async ({ page }) => {
+  const problems = watchConsole(page);
+  await page.goto('/login');
+  await logIn(page, 'admin');
+  await expect(page.locator('body')).toHaveAttribute('data-hydrated', 'true');
+  await page.getByRole('link', { name: 'Admin' }).click();
+  await expect(page.getByRole('heading', { name: 'Administration' })).toBeVisible();
+
+  await page.getByLabel('Name', { exact: true }).first().fill('dana');
+  await page.getByRole('button', { name: 'Create user' }).click();
+  const password = (await page.locator('code.secret').innerText()).trim();
+  await expect(page.getByRole('cell', { name: 'dana', exact: true })).toBeVisible();
+
+  await page.locator('#new-project-name').fill('team-e2e');
+  await page.getByRole('button', { name: 'Create project' }).click();
+  await expect(page.getByRole('heading', { name: 'team-e2e' })).toBeVisible();
+  await page.getByLabel('Add to team-e2e (or change the role of)').fill('dana');
+  await page.getByLabel('Role in team-e2e').selectOption('operator');
+  await page.getByRole('button', { name: 'Save member' }).last().click();
+  await expect(page.locator('.project-members', { hasText: 'team-e2e' })).toContainText('dana: operator');
+
+  // Something to work on in the new project: a copy of web-app, made by the admin.
+  await page.goto('/containers');
+  await page.locator('td[data-label="Name"] a').getByText('web-app', { exact: true }).click();
+  await page.getByRole('button', { name: 'Copy container' }).click();
+  const dialog = page.getByRole('dialog');
+  await dialog.getByLabel('Target project').selectOption({ label: 'team-e2e' });
+  await dialog.getByLabel('Name').fill('team-app');
+  await dialog.getByRole('button', { name: 'Copy', exact: true }).click();
+  await expect(dialog.locator('.live-job h2')).toContainText('succeeded', { timeout: 30_000 });
+  await page.keyboard.press('Escape');
+  await page.getByRole('button', { name: 'Log out' }).click();
+
+  // dana: only that project, and she copies in it.
+  await page.goto('/login');
+  await page.getByLabel('User name').fill('dana');
+  await page.getByLabel('Password').fill(password);
+  await page.getByRole('button', { name: 'Log in' }).click();
+  await expect(page.locator('body')).toHaveAttribute('data-hydrated', 'true');
+  await expect(page.locator('tbody tr')).toHaveCount(1);
+  await expect(page.locator('tbody')).toContainText('team-e2e');
+  await page.getByRole('link', { name: 'team-app' }).click();
+  await page.getByRole('button', { name: 'Copy container' }).click();
+  await dialog.getByLabel('Name').fill('danas-copy');
+  await dialog.getByRole('button', { name: 'Copy', exact: true }).click();
+  await expect(dialog.locator('.live-job h2')).toContainText('succeeded', { timeout: 30_000 });
+  await page.keyboard.press('Escape');
+  await page.getByRole('button', { name: 'Log out' }).click();
+
+  // The admin sees her copy in the audit log.
+  await page.goto('/login');
+  await logIn(page, 'admin');
+  await page.goto('/audit?actor=dana');
+  await expect(page.locator('tr', { hasText: 'container.copy' }).first()).toContainText('ok');
+  await expect(page.locator('tr', { hasText: 'login' }).first()).toContainText('dana');
+  expect(problems).toEqual([]);
+});
+
 test('a failing sync shows as failing on the sync status page, and recovers', async ({ page }) => {
   const problems = watchConsole(page);
   const rootPath = await openWebAppAsAdmin(page);

@@ -16,6 +16,7 @@ pub fn Layout() -> impl IntoView {
                 <A href="/sync-status">"Sync status"</A>
                 <A href="/jobs">"Jobs"</A>
                 <A href="/audit">"Audit"</A>
+                <A href="/admin">"Admin"</A>
             </nav>
             <div class="user">
                 <Suspense fallback=|| ()>

@@ -2,6 +2,7 @@
 //! so it renders on the server and hydrates without a second fetch.
 
 mod account;
+mod admin;
 mod audit;
 mod container;
 mod containers;
@@ -16,6 +17,7 @@ mod sync_status;
 mod widgets;
 
 pub use account::SettingsPage;
+pub use admin::AdminPage;
 pub use audit::AuditPage;
 pub use container::ContainerPage;
 pub use containers::ContainersPage;
@@ -54,3 +56,4 @@ lazy_page!(SyncStatusRoute, SyncStatusPage);
 lazy_page!(JobsRoute, JobsPage);
 lazy_page!(SettingsRoute, SettingsPage);
 lazy_page!(AuditRoute, AuditPage);
+lazy_page!(AdminRoute, AdminPage);

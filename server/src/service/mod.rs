@@ -256,6 +256,57 @@ impl Backend for Service {
         Service::set_network_rules(self, user, id, rules).await
     }
 
+    async fn list_users(&self, user: &UserInfo) -> Result<Vec<UserAccount>, ApiError> {
+        Service::list_users(self, user).await
+    }
+
+    async fn create_user(
+        &self,
+        user: &UserInfo,
+        req: NewUser,
+    ) -> Result<UserWithPassword, ApiError> {
+        Service::create_user(self, user, req).await
+    }
+
+    async fn update_user(
+        &self,
+        user: &UserInfo,
+        name: &str,
+        change: UserChange,
+    ) -> Result<UserAccount, ApiError> {
+        Service::update_user(self, user, name, change).await
+    }
+
+    async fn reset_password(
+        &self,
+        user: &UserInfo,
+        name: &str,
+    ) -> Result<UserWithPassword, ApiError> {
+        Service::reset_password(self, user, name).await
+    }
+
+    async fn create_project(&self, user: &UserInfo, req: NewProject) -> Result<Project, ApiError> {
+        Service::create_project(self, user, req).await
+    }
+
+    async fn list_members(&self, user: &UserInfo, id: &str) -> Result<Vec<Member>, ApiError> {
+        Service::list_members(self, user, id).await
+    }
+
+    async fn set_member(
+        &self,
+        user: &UserInfo,
+        id: &str,
+        member: &str,
+        role: Role,
+    ) -> Result<Member, ApiError> {
+        Service::set_member(self, user, id, member, role).await
+    }
+
+    async fn remove_member(&self, user: &UserInfo, id: &str, member: &str) -> Result<(), ApiError> {
+        Service::remove_member(self, user, id, member).await
+    }
+
     async fn list_audit(
         &self,
         user: &UserInfo,
