@@ -220,7 +220,7 @@ test('settings: make an API token, use it, revoke it, and find it all in the aud
   await page.goto('/login');
   await logIn(page, 'admin');
   await expect(page.locator('body')).toHaveAttribute('data-hydrated', 'true');
-  await page.getByRole('link', { name: 'admin' }).click();
+  await page.getByRole('link', { name: 'admin', exact: true }).click();
   await expect(page.getByRole('heading', { name: 'Settings' })).toBeVisible();
 
   await page.getByLabel('Name').fill('e2e-token');
@@ -257,7 +257,7 @@ test('an admin makes a project and a user; the user works in it; the admin sees 
   await page.goto('/login');
   await logIn(page, 'admin');
   await expect(page.locator('body')).toHaveAttribute('data-hydrated', 'true');
-  await page.getByRole('link', { name: 'Admin' }).click();
+  await page.getByRole('link', { name: 'Admin', exact: true }).click();
   await expect(page.getByRole('heading', { name: 'Administration' })).toBeVisible();
 
   await page.getByLabel('Name', { exact: true }).first().fill('dana');
@@ -268,10 +268,11 @@ test('an admin makes a project and a user; the user works in it; the admin sees 
   await page.locator('#new-project-name').fill('team-e2e');
   await page.getByRole('button', { name: 'Create project' }).click();
   await expect(page.getByRole('heading', { name: 'team-e2e' })).toBeVisible();
-  await page.getByLabel('Add to team-e2e (or change the role of)').fill('dana');
-  await page.getByLabel('Role in team-e2e').selectOption('operator');
-  await page.getByRole('button', { name: 'Save member' }).last().click();
-  await expect(page.locator('.project-members', { hasText: 'team-e2e' })).toContainText('dana: operator');
+  const team = page.locator('.project-members', { hasText: 'team-e2e' });
+  await team.getByLabel('Add to team-e2e (or change the role of)').fill('dana');
+  await team.getByLabel('Role in team-e2e').selectOption('operator');
+  await team.getByRole('button', { name: 'Save member' }).click();
+  await expect(team).toContainText('dana: operator');
 
   // Something to work on in the new project: a copy of web-app, made by the admin.
   await page.goto('/containers');
