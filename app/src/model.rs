@@ -30,10 +30,14 @@ pub struct UserInfo {
 pub struct AuditEntry {
     pub id: String,
     pub at: Millis,
+    /// Absent for a login attempt with an unknown name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub actor_id: Option<String>,
     pub actor_name: String,
     /// What was done, e.g. `container.copy`, `member.set`, `token.create`, `login`.
     pub action: String,
+    /// Absent when it concerns no project (tokens, users, logins) or none was known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub project_id: Option<String>,
     /// What it was done to (an id, or a user's name).
     pub target: String,
