@@ -180,6 +180,7 @@ pub async fn ensure_bridge(bridge: &str, network: Ipv4Net, ours: &str) -> Result
         }
     }
     ip(&["link", "add", bridge, "type", "bridge"]).await?;
+    no_ipv6(bridge);
     ip(&[
         "addr",
         "add",
@@ -218,6 +219,17 @@ pub fn host_table(tag: &str) -> String {
     format!("doppel_{tag}")
 }
 
+/// No IPv6 on a host-side interface of doppel's (before it is up, so it never gets a
+/// link-local address). Containers have IPv4 only; and a new address on the host is a
+/// "network change" to every program watching (a browser drops its requests in flight).
+/// Where the kernel has no IPv6 there is nothing to turn off.
+fn no_ipv6(iface: &str) {
+    let _ = std::fs::write(
+        format!("/proc/sys/net/ipv6/conf/{iface}/disable_ipv6"),
+        b"1",
+    );
+}
+
 /// A new namespace `netns` with the loopback up and each attachment set up. A namespace
 /// of that name left from before is replaced.
 pub async fn setup(
@@ -250,6 +262,7 @@ pub async fn setup(
                 ip(&["link", "set", &a.host_end, "mtu", mtu]).await?;
                 ip(&["-n", netns, "link", "set", &a.iface, "mtu", mtu]).await?;
             }
+            no_ipv6(&a.host_end);
             ip(&["link", "set", &a.host_end, "master", &a.bridge, "up"]).await?;
             ip(&["-n", netns, "link", "set", &a.iface, "address", &a.mac]).await?;
             ip(&[
