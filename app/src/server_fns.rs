@@ -211,17 +211,7 @@ pub async fn container_action(id: String, action: String) -> Answer<ContainerDet
             "{other:?} is not start, stop or restart"
         ))),
     };
-    if plain_form_post().await {
-        let back = format!("/containers/{}", crate::backend::percent_encode(&id));
-        match &result {
-            Ok(_) => leptos_axum::redirect(&back),
-            Err(e) => leptos_axum::redirect(&format!(
-                "{back}?error={}",
-                crate::backend::percent_encode(&e.message)
-            )),
-        }
-    }
-    answer(result)
+    back_to_container(&id, answer(result)).await
 }
 
 /// The last lines a container's process wrote.

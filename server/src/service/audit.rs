@@ -9,7 +9,7 @@ use app::model::*;
 use super::{check_id, internal, Service};
 
 /// Entries a page holds by default, and at most.
-const PAGE: u32 = 100;
+pub const AUDIT_PAGE: u32 = 100;
 const MAX_PAGE: u32 = 500;
 
 /// Who did it: a user (`None` for a login of an unknown name), the name as given, and
@@ -124,7 +124,7 @@ impl Service {
         for id in [&filter.project_id, &filter.before].into_iter().flatten() {
             check_id("id", id)?;
         }
-        let limit = filter.limit.unwrap_or(PAGE);
+        let limit = filter.limit.unwrap_or(AUDIT_PAGE);
         if limit == 0 || limit > MAX_PAGE {
             return Err(ApiError::invalid(format!("limit is 1 to {MAX_PAGE}")).on_field("limit"));
         }

@@ -32,6 +32,7 @@ use crate::jobs::{JobRunner, Limits};
 use crate::lifecycle::Lifecycle;
 use crate::store::{Db, DbError};
 
+pub use audit::AUDIT_PAGE;
 pub use copy::parse_ssh_public_key;
 pub use running::{MAX_LOG_LINES, MAX_STOP_GRACE_S};
 pub use sessions::LoginOutcome;
@@ -56,6 +57,18 @@ pub struct Service {
 fn internal(err: impl std::fmt::Display) -> ApiError {
     tracing::error!(error = %err, "internal error");
     ApiError::internal()
+}
+
+/// What only a credential with every right of its user may do (a console session, or an
+/// API token neither read-only nor limited to projects): manage tokens, users, projects
+/// and one's password. A limited token could widen itself otherwise.
+fn require_full_credential(user: &UserInfo, what: &str) -> Result<(), ApiError> {
+    if user.scope.is_full() {
+        return Ok(());
+    }
+    Err(ApiError::forbidden(format!(
+        "{what} needs a console session or an API token without limits"
+    )))
 }
 
 /// An id from a request: 24 lowercase hex digits, or a 400 saying so.

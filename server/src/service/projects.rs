@@ -5,7 +5,7 @@
 
 use app::model::*;
 
-use super::{check_id, internal, Service};
+use super::{check_id, internal, require_full_credential, Service};
 
 fn unprocessable(field: &str, message: String) -> ApiError {
     ApiError::new(ErrorCode::Unprocessable, message).on_field(field)
@@ -38,14 +38,7 @@ impl Service {
                 "{what} is for platform admins"
             )));
         }
-        // A limited token (read-only, or for some projects) is never a platform admin's
-        // whole power: it could make itself a full admin otherwise.
-        if !user.scope.is_full() {
-            return Err(ApiError::forbidden(format!(
-                "{what} needs a console session or an API token without limits"
-            )));
-        }
-        Ok(())
+        require_full_credential(user, what)
     }
 
     /// `POST /projects`: a new project (its maker is a platform admin, so no membership).

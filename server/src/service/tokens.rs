@@ -4,22 +4,13 @@
 
 use app::model::*;
 
-use super::{check_id, internal, Service};
+use super::{check_id, internal, require_full_credential, Service};
 use crate::auth;
 
 /// The furthest a token may expire: ten years ahead.
 const MAX_LIFETIME_MS: i64 = 10 * 366 * 24 * 3600 * 1000;
 
 impl Service {
-    fn may_manage_tokens(user: &UserInfo) -> Result<(), ApiError> {
-        if user.scope.is_full() {
-            return Ok(());
-        }
-        Err(ApiError::forbidden(
-            "tokens are managed with a console session or a token without limits",
-        ))
-    }
-
     /// The caller's tokens, newest first.
     pub async fn list_tokens(&self, user: &UserInfo) -> Result<Vec<ApiToken>, ApiError> {
         self.db.tokens_of(&user.id).await.map_err(internal)
@@ -34,7 +25,7 @@ impl Service {
         let project = None;
         let target = req.name.clone();
         self.audited(user, "token.create", &target, project, async {
-            Self::may_manage_tokens(user)?;
+            require_full_credential(user, "managing tokens")?;
             let unprocessable =
                 |field: &str, m: String| ApiError::new(ErrorCode::Unprocessable, m).on_field(field);
             let name = req.name.trim();
@@ -104,7 +95,7 @@ impl Service {
         let target = id.to_string();
         self.audited(user, "token.revoke", &target, project, async {
             check_id("token id", id)?;
-            Self::may_manage_tokens(user)?;
+            require_full_credential(user, "managing tokens")?;
             if !self.db.delete_token(&user.id, id).await.map_err(internal)? {
                 return Err(ApiError::not_found("token", id));
             }

@@ -3,7 +3,7 @@
 
 use app::model::*;
 
-use super::{internal, Service};
+use super::{internal, require_full_credential, Service};
 use crate::auth::{self, AuthError};
 
 fn account(user: &UserInfo, created_at: Millis) -> UserAccount {
@@ -139,11 +139,7 @@ impl Service {
         let project = None;
         let target = user.name.clone();
         self.audited(user, "user.change_password", &target, project, async {
-            if !user.scope.is_full() {
-                return Err(ApiError::forbidden(
-                    "a password is changed with a console session or a token without limits",
-                ));
-            }
+            require_full_credential(user, "changing a password")?;
             let checked = auth::check_login(&self.db, &user.name, &change.current)
                 .await
                 .map_err(internal)?;

@@ -33,7 +33,7 @@ pub(super) async fn list_audit(
     q: Result<Query<AuditFilter>, QueryRejection>,
 ) -> ApiResult<AuditPage> {
     let filter = query(q)?;
-    let limit = filter.limit.unwrap_or(100) as usize;
+    let limit = filter.limit.unwrap_or(crate::service::AUDIT_PAGE) as usize;
     let entries = st.service.list_audit(&user, &filter).await?;
     let next_before = (entries.len() == limit)
         .then(|| entries.last().map(|e| e.id.clone()))

@@ -244,6 +244,16 @@ fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, RestError> {
     })
 }
 
+/// A body that must be a JSON object, for structs whose fields are all optional: serde
+/// would also read one from an array (`[null, null]`), which is no such request.
+type ObjectBody = Result<Json<serde_json::Map<String, serde_json::Value>>, JsonRejection>;
+
+fn object_body<T: serde::de::DeserializeOwned>(b: ObjectBody) -> Result<T, RestError> {
+    serde_json::from_value(serde_json::Value::Object(body(b)?)).map_err(|e| {
+        ApiError::new(ErrorCode::Unprocessable, format!("bad request body: {e}")).into()
+    })
+}
+
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, RestError> {
     match headers.get("idempotency-key") {
         None => Ok(None),

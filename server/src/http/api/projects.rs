@@ -9,7 +9,9 @@ use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::{body, path, ApiResult, Caller, ReadErrors, RestError, WriteErrors};
+use super::{
+    body, object_body, path, ApiResult, Caller, ObjectBody, ReadErrors, RestError, WriteErrors,
+};
 use crate::http::AppState;
 
 #[derive(Serialize, ToSchema)]
@@ -54,18 +56,10 @@ pub(super) async fn update_project(
     State(st): State<AppState>,
     Caller(user): Caller,
     id: Result<Path<String>, PathRejection>,
-    req: Result<Json<serde_json::Map<String, serde_json::Value>>, JsonRejection>,
+    req: ObjectBody,
 ) -> ApiResult<Project> {
     let id = path(id)?;
-    // An object, read as one: every field is optional, and serde would also take an
-    // array for this struct (`[null, null]`).
-    let req: ProjectRequest = serde_json::from_value(serde_json::Value::Object(body(req)?))
-        .map_err(|e| {
-            RestError(app::model::ApiError::new(
-                app::model::ErrorCode::Unprocessable,
-                e.to_string(),
-            ))
-        })?;
+    let req: ProjectRequest = object_body(req)?;
     Ok(Json(st.service.update_project(&user, &id, req).await?))
 }
 

@@ -9,7 +9,9 @@ use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::{body, path, ApiResult, Caller, ReadErrors, RestError, WriteErrors};
+use super::{
+    body, object_body, path, ApiResult, Caller, ObjectBody, ReadErrors, RestError, WriteErrors,
+};
 use crate::http::AppState;
 
 #[derive(Serialize, ToSchema)]
@@ -58,17 +60,10 @@ pub(super) async fn update_user(
     State(st): State<AppState>,
     Caller(user): Caller,
     name: Result<Path<String>, PathRejection>,
-    req: Result<Json<serde_json::Map<String, serde_json::Value>>, JsonRejection>,
+    req: ObjectBody,
 ) -> ApiResult<UserAccount> {
     let name = path(name)?;
-    // An object, read as one: serde would also take an array for this struct.
-    let change: UserChange = serde_json::from_value(serde_json::Value::Object(body(req)?))
-        .map_err(|e| {
-            RestError(app::model::ApiError::new(
-                app::model::ErrorCode::Unprocessable,
-                e.to_string(),
-            ))
-        })?;
+    let change: UserChange = object_body(req)?;
     Ok(Json(st.service.update_user(&user, &name, change).await?))
 }
 
