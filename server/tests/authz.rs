@@ -26,12 +26,8 @@ async fn call(
     body: Option<Value>,
 ) -> (u16, Value) {
     let url = s.url(&format!("/api/v1{path}"));
-    let client = TestServer::client();
-    let mut req = match method {
-        "GET" => client.get(url),
-        _ => client.post(url),
-    };
-    req = req.bearer_auth(token);
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut req = TestServer::client().request(method, url).bearer_auth(token);
     if let Some(b) = body {
         req = req.json(&b);
     }
@@ -316,6 +312,308 @@ async fn the_authorisation_matrix() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// The same table for running containers, deleting them, and administration: tokens,
+/// projects, members, users and the audit log. A path may differ per caller (a container
+/// or a member of their own to delete), so each side holds one path per caller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_authorisation_matrix_of_lifecycle_and_administration() {
+    let s = TestServer::start().await;
+    let World {
+        own_p,
+        other_p,
+        own_c,
+        other_c,
+        ..
+    } = world(&s).await;
+    let tokens = [
+        s.admin_token.clone(),
+        user(&s, "pat", &[(&own_p, Role::Admin)]).await,
+        s.alice_token.clone(),
+        user(&s, "victor", &[(&own_p, Role::Viewer)]).await,
+        user(&s, "nora", &[]).await,
+    ];
+    // Per caller: a copy of their own to delete, and a member to remove, on each side.
+    let mut doomed: [Vec<String>; 2] = Default::default();
+    for (side, (project, source)) in [(&own_p, &own_c), (&other_p, &other_c)].iter().enumerate() {
+        for i in 0..5 {
+            let (st, body) = call(
+                &s,
+                &s.admin_token,
+                "POST",
+                &format!("/containers/{source}/copy"),
+                Some(json!({"target_project_id": project, "name": format!("doomed-{side}-{i}")})),
+            )
+            .await;
+            assert_eq!(st, 202, "{body}");
+            wait_idle(&s, body["job"]["id"].as_str().unwrap()).await;
+            doomed[side].push(body["container"]["id"].as_str().unwrap().to_string());
+        }
+    }
+    for i in 0..5 {
+        doppel::auth::create_user(s.service.db(), &format!("member{i}"), None, false)
+            .await
+            .unwrap();
+        for project in [&own_p, &other_p] {
+            let (st, body) = call(
+                &s,
+                &s.admin_token,
+                "PUT",
+                &format!("/projects/{project}/members/member{i}"),
+                Some(json!({"role": "viewer"})),
+            )
+            .await;
+            assert_eq!(st, 200, "{body}");
+        }
+    }
+    let (st, spare) = call(
+        &s,
+        &s.admin_token,
+        "POST",
+        "/tokens",
+        Some(json!({"name": "spare"})),
+    )
+    .await;
+    assert_eq!(st, 201, "{spare}");
+    let spare = spare["token"]["id"].as_str().unwrap().to_string();
+    let (_, detail) = s
+        .get(&format!("/api/v1/containers/{own_c}"), &s.admin_token)
+        .await;
+    let command = json!(detail["command"]);
+    let network = json!({"rules": detail["network_rules"]});
+
+    let members = [200, 200, 200, 200, 404];
+    let writers = |ok: u16| [ok, ok, ok, 403, 404];
+    let project_admins = |ok: u16| [ok, ok, 403, 403, 404];
+    let admin_only = |ok: u16| [ok, 404, 404, 404, 404];
+    let platform_admins = |ok: u16| [ok, 403, 403, 403, 403];
+    let same = |p: String| vec![p; 5];
+    let each = |f: &dyn Fn(usize) -> String| (0..5).map(f).collect::<Vec<_>>();
+    // (method, paths on own, paths on other, body, expected on own, expected on other);
+    // the administration of the platform has no "other" side (an empty list).
+    type Row = (
+        &'static str,
+        Vec<String>,
+        Vec<String>,
+        Option<Value>,
+        [u16; 5],
+        [u16; 5],
+    );
+    let own_verb = |verb: &str| same(format!("/containers/{own_c}/{verb}"));
+    let other_verb = |verb: &str| same(format!("/containers/{other_c}/{verb}"));
+    let rows: Vec<Row> = vec![
+        (
+            "POST",
+            own_verb("stop"),
+            other_verb("stop"),
+            None,
+            writers(200),
+            admin_only(200),
+        ),
+        (
+            "POST",
+            own_verb("start"),
+            other_verb("start"),
+            None,
+            writers(200),
+            admin_only(200),
+        ),
+        (
+            "POST",
+            own_verb("restart"),
+            other_verb("restart"),
+            None,
+            writers(200),
+            admin_only(200),
+        ),
+        (
+            "GET",
+            own_verb("logs"),
+            other_verb("logs"),
+            None,
+            members,
+            admin_only(200),
+        ),
+        (
+            "PUT",
+            own_verb("command"),
+            other_verb("command"),
+            Some(command),
+            writers(200),
+            admin_only(200),
+        ),
+        (
+            "PUT",
+            own_verb("firewall-rules"),
+            other_verb("firewall-rules"),
+            Some(json!({"rules": []})),
+            writers(200),
+            admin_only(200),
+        ),
+        (
+            "PUT",
+            own_verb("network-rules"),
+            other_verb("network-rules"),
+            Some(network),
+            writers(200),
+            admin_only(200),
+        ),
+        (
+            "DELETE",
+            doomed[0]
+                .iter()
+                .map(|id| format!("/containers/{id}"))
+                .collect(),
+            doomed[1]
+                .iter()
+                .map(|id| format!("/containers/{id}"))
+                .collect(),
+            None,
+            writers(202),
+            admin_only(202),
+        ),
+        (
+            "GET",
+            same(format!("/projects/{own_p}/members")),
+            same(format!("/projects/{other_p}/members")),
+            None,
+            members,
+            admin_only(200),
+        ),
+        (
+            "PUT",
+            same(format!("/projects/{own_p}/members/member0")),
+            same(format!("/projects/{other_p}/members/member0")),
+            Some(json!({"role": "operator"})),
+            project_admins(200),
+            admin_only(200),
+        ),
+        (
+            "DELETE",
+            each(&|i| format!("/projects/{own_p}/members/member{i}")),
+            each(&|i| format!("/projects/{other_p}/members/member{i}")),
+            None,
+            project_admins(204),
+            admin_only(204),
+        ),
+        (
+            "PATCH",
+            same(format!("/projects/{own_p}")),
+            same(format!("/projects/{other_p}")),
+            Some(json!({"description": "changed"})),
+            project_admins(200),
+            admin_only(200),
+        ),
+        // Both hold containers: even a platform admin is refused, after the rights check.
+        (
+            "DELETE",
+            same(format!("/projects/{own_p}")),
+            same(format!("/projects/{other_p}")),
+            None,
+            [409, 403, 403, 403, 404],
+            admin_only(409),
+        ),
+        (
+            "POST",
+            each(&|i| format!("/projects?n=p{i}")),
+            vec![],
+            Some(json!({})),
+            platform_admins(201),
+            [0; 5],
+        ),
+        (
+            "GET",
+            same("/tokens".into()),
+            vec![],
+            None,
+            [200; 5],
+            [0; 5],
+        ),
+        (
+            "POST",
+            same("/tokens".into()),
+            vec![],
+            Some(json!({"name": "more"})),
+            [201; 5],
+            [0; 5],
+        ),
+        // Someone else's token is not there for anyone but its owner.
+        (
+            "DELETE",
+            same(format!("/tokens/{spare}")),
+            vec![],
+            None,
+            admin_only(204),
+            [0; 5],
+        ),
+        (
+            "GET",
+            same("/users".into()),
+            vec![],
+            None,
+            platform_admins(200),
+            [0; 5],
+        ),
+        (
+            "POST",
+            each(&|i| format!("/users?n=u{i}")),
+            vec![],
+            Some(json!({})),
+            platform_admins(201),
+            [0; 5],
+        ),
+        (
+            "PATCH",
+            same("/users/member1".into()),
+            vec![],
+            Some(json!({"is_admin": false})),
+            platform_admins(200),
+            [0; 5],
+        ),
+        (
+            "POST",
+            same("/users/member1/password".into()),
+            vec![],
+            None,
+            platform_admins(200),
+            [0; 5],
+        ),
+        (
+            "GET",
+            same("/audit".into()),
+            vec![],
+            None,
+            [200, 200, 403, 403, 403],
+            [0; 5],
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (method, own_paths, other_paths, body, want_own, want_other) in rows {
+        for (side, paths, want) in [
+            ("own", &own_paths, want_own),
+            ("other", &other_paths, want_other),
+        ] {
+            for (i, (token, path)) in tokens.iter().zip(paths).enumerate() {
+                // A name of the caller's own where the row makes something.
+                let (path, body) = match path.split_once("?n=") {
+                    Some((path, name)) => (path.to_string(), Some(json!({"name": name}))),
+                    None => (path.clone(), body.clone()),
+                };
+                let (st, answer) = call(&s, token, method, &path, body).await;
+                if st != want[i] {
+                    failures.push(format!(
+                        "{method} {path} ({side}) as {}: {st}, want {}: {answer}",
+                        WHO[i], want[i]
+                    ));
+                }
+                if let Some(job) = answer["job"]["id"].as_str() {
+                    wait_idle(&s, job).await;
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 /// Taking data out of a project needs operator rights there: a viewer of the source who
 /// operates another project cannot copy into it, nor keep syncing a copy from a project they
 /// are not (or no longer) an operator of.
@@ -437,6 +735,9 @@ async fn the_authorisation_matrix_of_the_console_server_functions() {
     let members = ["ok", "ok", "ok", "ok", "not_found"];
     let writers = |ok: &'static str| [ok, ok, ok, "forbidden", "not_found"];
     let admin_only = |ok: &'static str| [ok, "not_found", "not_found", "not_found", "not_found"];
+    let project_admins = ["ok", "ok", "forbidden", "forbidden", "not_found"];
+    let platform_admins = ["ok", "forbidden", "forbidden", "forbidden", "forbidden"];
+    let audit_readers = ["ok", "ok", "forbidden", "forbidden", "forbidden"];
     // (function, args on own, args on other, expected on own, on other)
     type Row = (
         &'static str,
@@ -496,6 +797,66 @@ async fn the_authorisation_matrix_of_the_console_server_functions() {
             writers("ok"),
             admin_only("ok"),
         ),
+        (
+            "get_container_logs",
+            vec![("id", own_c.clone())],
+            vec![("id", other_c.clone())],
+            members,
+            admin_only("ok"),
+        ),
+        (
+            "container_action",
+            vec![("id", own_c.clone()), ("action", "restart".into())],
+            vec![("id", other_c.clone()), ("action", "restart".into())],
+            writers("ok"),
+            admin_only("ok"),
+        ),
+        (
+            "list_members",
+            vec![("project_id", own_p.clone())],
+            vec![("project_id", other_p.clone())],
+            members,
+            admin_only("ok"),
+        ),
+        // The platform admin's own membership changes nobody's sight.
+        (
+            "set_member",
+            vec![
+                ("project_id", own_p.clone()),
+                ("user_name", "admin".into()),
+                ("role", "admin".into()),
+            ],
+            vec![
+                ("project_id", other_p.clone()),
+                ("user_name", "admin".into()),
+                ("role", "admin".into()),
+            ],
+            project_admins,
+            admin_only("ok"),
+        ),
+        ("list_my_tokens", vec![], vec![], all_ok, all_ok),
+        ("list_audit", vec![], vec![], audit_readers, audit_readers),
+        (
+            "list_users",
+            vec![],
+            vec![],
+            platform_admins,
+            platform_admins,
+        ),
+        (
+            "create_project",
+            vec![],
+            vec![],
+            platform_admins,
+            platform_admins,
+        ),
+        (
+            "create_user",
+            vec![],
+            vec![],
+            platform_admins,
+            platform_admins,
+        ),
     ];
     let mut failures = Vec::new();
     for (f, own_args, other_args, want_own, want_other) in rows {
@@ -506,7 +867,7 @@ async fn the_authorisation_matrix_of_the_console_server_functions() {
         ] {
             for (i, cookie) in cookies.iter().enumerate() {
                 let mut form = args.clone();
-                if f == "copy_container" {
+                if ["copy_container", "create_project", "create_user"].contains(&f) {
                     form.push(("name", format!("sf-{side}-{i}")));
                 }
                 let resp = TestServer::client()
