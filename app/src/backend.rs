@@ -107,6 +107,13 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<UserWithPassword, ApiError>;
     /// Projects and members.
     async fn create_project(&self, user: &UserInfo, req: NewProject) -> Result<Project, ApiError>;
+    async fn update_project(
+        &self,
+        user: &UserInfo,
+        id: &str,
+        req: ProjectRequest,
+    ) -> Result<Project, ApiError>;
+    async fn delete_project(&self, user: &UserInfo, id: &str) -> Result<(), ApiError>;
     async fn list_members(&self, user: &UserInfo, id: &str) -> Result<Vec<Member>, ApiError>;
     async fn set_member(
         &self,

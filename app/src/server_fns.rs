@@ -461,6 +461,41 @@ pub async fn create_project(name: String, description: Option<String>) -> Answer
     answer(backend.create_project(&user, req).await)
 }
 
+/// A project's new name and description (its admins).
+#[server]
+pub async fn update_project(
+    project_id: String,
+    name: String,
+    description: Option<String>,
+) -> Answer<Project> {
+    let (backend, user) = caller().await?;
+    let req = ProjectRequest {
+        name: Some(name.trim().to_string()),
+        description: Some(description.unwrap_or_default().trim().to_string()),
+    };
+    answer(backend.update_project(&user, &project_id, req).await)
+}
+
+/// Deletes a project that holds no containers (platform admins), once its name is typed.
+#[server]
+pub async fn delete_project(project_id: String, confirm: String) -> Answer<()> {
+    let (backend, user) = caller().await?;
+    let project = backend
+        .list_projects(&user)
+        .await?
+        .into_iter()
+        .find(|p| p.id == project_id);
+    answer(match project {
+        Some(p) if confirm.trim() == p.name => backend.delete_project(&user, &project_id).await,
+        Some(p) => Err(ApiError::new(
+            ErrorCode::Unprocessable,
+            format!("type {:?} to confirm the delete", p.name),
+        )
+        .on_field("confirm")),
+        None => Err(ApiError::not_found("project", &project_id)),
+    })
+}
+
 #[server]
 pub async fn list_members(project_id: String) -> Result<Vec<Member>, ApiError> {
     let (backend, user) = caller().await?;

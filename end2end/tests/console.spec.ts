@@ -274,6 +274,21 @@ test('an admin makes a project and a user; the user works in it; the admin sees 
   await team.getByRole('button', { name: 'Save member' }).click();
   await expect(team).toContainText('dana: operator');
 
+  // Projects are described, renamed and deleted here too.
+  await page.getByLabel('Description of team-e2e').fill('The e2e team');
+  await page.getByRole('button', { name: 'Save team-e2e' }).click();
+  await page.locator('#new-project-name').fill('scratch-e2e');
+  await page.getByRole('button', { name: 'Create project' }).click();
+  await page.getByLabel('Name of scratch-e2e').fill('scratch-renamed');
+  await page.getByRole('button', { name: 'Save scratch-e2e' }).click();
+  await expect(page.getByRole('heading', { name: 'scratch-renamed' })).toBeVisible();
+  await page.getByLabel('Type scratch-renamed to delete it').fill('scratch-renamed');
+  await page.getByRole('button', { name: 'Delete scratch-renamed' }).click();
+  await expect(page.getByRole('heading', { name: 'scratch-renamed' })).toHaveCount(0);
+  await page.reload();
+  await expect(page.getByLabel('Description of team-e2e')).toHaveValue('The e2e team');
+  await expect(page.getByText('scratch-')).toHaveCount(0);
+
   // Something to work on in the new project: a copy of web-app, made by the admin.
   await page.goto('/containers');
   await page.locator('td[data-label="Name"] a').getByText('web-app', { exact: true }).click();
@@ -305,6 +320,13 @@ test('an admin makes a project and a user; the user works in it; the admin sees 
   // The admin sees her copy in the audit log.
   await page.goto('/login');
   await logIn(page, 'admin');
+  // A project that holds containers is not deleted: the reason is shown.
+  await page.goto('/admin');
+  await expect(page.locator('body')).toHaveAttribute('data-hydrated', 'true');
+  await page.getByLabel('Type team-e2e to delete it').fill('team-e2e');
+  await page.getByRole('button', { name: 'Delete team-e2e' }).click();
+  await expect(page.locator('.error-box', { hasText: 'the project holds containers' })).toBeVisible();
+  await expect(page.getByRole('heading', { name: 'team-e2e' })).toBeVisible();
   await page.goto('/audit?actor=dana');
   await expect(page.locator('tr', { hasText: 'container.copy' }).first()).toContainText('ok');
   await expect(page.locator('tr', { hasText: 'login' }).first()).toContainText('dana');

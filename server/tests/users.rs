@@ -226,3 +226,47 @@ async fn a_user_changes_their_own_password() {
         .await;
     assert_eq!(st, 403);
 }
+
+/// Guessing one's current password through `/me/password` (a stolen session or token) is
+/// slowed down as guessing it at the login form is: after five wrong ones, even the right
+/// one waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guessing_the_current_password_is_throttled() {
+    let s = TestServer::start().await;
+    let (_, made) = s
+        .call(
+            Method::POST,
+            "/api/v1/users",
+            &s.admin_token,
+            Some(json!({"name": "gus"})),
+        )
+        .await;
+    let password = made["password"].as_str().unwrap().to_string();
+    let token = doppel::auth::create_token(s.service.db(), "gus", "t")
+        .await
+        .unwrap();
+    let change = |current: &str| json!({"current": current, "new": "a-new-password"});
+    for i in 0..5 {
+        let (st, e) = s
+            .call(
+                Method::POST,
+                "/api/v1/me/password",
+                &token,
+                Some(change(&format!("guess-{i}"))),
+            )
+            .await;
+        assert_eq!(st, 403, "{e}");
+    }
+    let (st, e) = s
+        .call(
+            Method::POST,
+            "/api/v1/me/password",
+            &token,
+            Some(change(&password)),
+        )
+        .await;
+    assert_eq!(st, 429, "{e}");
+    assert_eq!(e["error"]["field"], "current", "{e}");
+    // The login form counts the same failures.
+    assert!(!logs_in(&s, "gus", &password).await);
+}

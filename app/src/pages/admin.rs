@@ -7,8 +7,8 @@ use leptos_meta::Title;
 use super::widgets::{ErrorBox, Loading};
 use crate::model::{ApiError, Project, Role};
 use crate::server_fns::{
-    list_members, list_projects, list_users, ChangeUser, CreateProject, CreateUser, RemoveMember,
-    ResetUserPassword, SetMember,
+    list_members, list_projects, list_users, ChangeUser, CreateProject, CreateUser, DeleteProject,
+    RemoveMember, ResetUserPassword, SetMember, UpdateProject,
 };
 
 /// A password shown once, or the error of the last attempt.
@@ -38,7 +38,18 @@ pub fn AdminPage() -> impl IntoView {
         move || (create_user.version().get(), change_user.version().get()),
         |_| list_users(),
     );
-    let projects = Resource::new(move || create_project.version().get(), |_| list_projects());
+    let update_project = ServerAction::<UpdateProject>::new();
+    let delete_project = ServerAction::<DeleteProject>::new();
+    let projects = Resource::new(
+        move || {
+            (
+                create_project.version().get(),
+                update_project.version().get(),
+                delete_project.version().get(),
+            )
+        },
+        |_| list_projects(),
+    );
     view! {
         <Title text="Administration · doppel"/>
         <div class="page-head">
@@ -108,11 +119,15 @@ pub fn AdminPage() -> impl IntoView {
             <h2>"Projects"</h2>
             <Suspense fallback=Loading>
                 {move || Suspend::new(async move {
+                    // Only platform admins may list users, and only they delete projects.
+                    let platform_admin = users.await.is_ok();
                     match projects.await {
                         Ok(list) => list
                             .into_iter()
                             .filter(|p| matches!(p.role, None | Some(Role::Admin)))
-                            .map(|p| view! { <ProjectMembers project=p/> })
+                            .map(|p| view! {
+                                <ProjectCard project=p update=update_project delete=delete_project platform_admin/>
+                            })
                             .collect_view()
                             .into_any(),
                         Err(error) => view! { <ErrorBox error/> }.into_any(),
@@ -129,7 +144,59 @@ pub fn AdminPage() -> impl IntoView {
                 <button type="submit" class="primary">"Create project"</button>
             </ActionForm>
             {move || create_project.value().get().map(Result::flatten).and_then(Result::err).map(|error| view! { <ErrorBox error/> })}
+            {move || update_project.value().get().map(Result::flatten).and_then(Result::err).map(|error| view! { <ErrorBox error/> })}
+            {move || delete_project.value().get().map(Result::flatten).and_then(Result::err).map(|error| view! { <ErrorBox error/> })}
         </section>
+    }
+}
+
+/// A project: its name and description (its admins), its delete (platform admins, once the
+/// name is typed, refused while it holds containers) and its members.
+#[component]
+fn ProjectCard(
+    project: Project,
+    update: ServerAction<UpdateProject>,
+    delete: ServerAction<DeleteProject>,
+    platform_admin: bool,
+) -> impl IntoView {
+    let Project {
+        id,
+        name,
+        description,
+        ..
+    } = project.clone();
+    let field = |what: &str| format!("project-{what}-{id}");
+    let (name_field, description_field, confirm_field) =
+        (field("name"), field("description"), field("confirm"));
+    let (delete_id, delete_label, confirm_label) = (
+        id.clone(),
+        format!("Delete {name}"),
+        format!("Type {name} to delete it"),
+    );
+    let delete_form = platform_admin.then(move || {
+        view! {
+            <ActionForm action=delete attr:class="inline-form delete-project">
+                <input type="hidden" name="project_id" value=delete_id/>
+                <label for=confirm_field.clone()>{confirm_label}</label>
+                <input id=confirm_field name="confirm" autocomplete="off" required/>
+                <button type="submit" class="danger">{delete_label}</button>
+            </ActionForm>
+        }
+    });
+    view! {
+        <div class="project-card">
+            <h3>{name.clone()}</h3>
+            <ActionForm action=update attr:class="stacked-form">
+                <input type="hidden" name="project_id" value=id/>
+                <label for=name_field.clone()>{format!("Name of {name}")}</label>
+                <input id=name_field name="name" value=name.clone() required/>
+                <label for=description_field.clone()>{format!("Description of {name}")}</label>
+                <textarea id=description_field name="description" rows="2">{description}</textarea>
+                <button type="submit">{format!("Save {name}")}</button>
+            </ActionForm>
+            <ProjectMembers project/>
+            {delete_form}
+        </div>
     }
 }
 
@@ -146,7 +213,7 @@ fn ProjectMembers(project: Project) -> impl IntoView {
     let pid = project.id.clone();
     view! {
         <div class="project-members">
-            <h3>{project.name.clone()}</h3>
+            <h4>"Members"</h4>
             <Suspense fallback=Loading>
                 {move || {
                     let pid = pid.clone();

@@ -302,6 +302,19 @@ impl Backend for Service {
         Service::create_project(self, user, req).await
     }
 
+    async fn update_project(
+        &self,
+        user: &UserInfo,
+        id: &str,
+        req: ProjectRequest,
+    ) -> Result<Project, ApiError> {
+        Service::update_project(self, user, id, req).await
+    }
+
+    async fn delete_project(&self, user: &UserInfo, id: &str) -> Result<(), ApiError> {
+        Service::delete_project(self, user, id).await
+    }
+
     async fn list_members(&self, user: &UserInfo, id: &str) -> Result<Vec<Member>, ApiError> {
         Service::list_members(self, user, id).await
     }

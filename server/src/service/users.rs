@@ -1,6 +1,8 @@
 //! Users: platform admins list, create (a password shown once), change (admin, disabled)
 //! and reset them; each user changes their own password.
 
+use std::net::{IpAddr, Ipv4Addr};
+
 use app::model::*;
 
 use super::{internal, require_full_credential, Service};
@@ -140,14 +142,29 @@ impl Service {
         let target = user.name.clone();
         self.audited(user, "user.change_password", &target, project, async {
             require_full_credential(user, "changing a password")?;
+            // Guessing the current password from a stolen session is slowed down like
+            // guessing it at the login form, with the same counts.
+            let from = user.from.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+            if let Err(wait) = self.logins.check(&user.name, from) {
+                return Err(ApiError::new(
+                    ErrorCode::TooManyRequests,
+                    format!(
+                        "too many wrong passwords: try again in {} s",
+                        wait.as_secs().max(1)
+                    ),
+                )
+                .on_field("current"));
+            }
             let checked = auth::check_login(&self.db, &user.name, &change.current)
                 .await
                 .map_err(internal)?;
             if checked.is_none() {
+                self.logins.failed(&user.name, from);
                 return Err(
                     ApiError::forbidden("the current password is wrong").on_field("current")
                 );
             }
+            self.logins.succeeded(&user.name, from);
             match auth::set_password(&self.db, &user.name, &change.new).await {
                 Ok(()) => Ok(()),
                 Err(AuthError::WeakPassword) => Err(ApiError::new(
