@@ -14,6 +14,11 @@ use crate::model::*;
 pub trait Backend: Send + Sync + 'static {
     async fn list_projects(&self, user: &UserInfo) -> Result<Vec<Project>, ApiError>;
     async fn list_servers(&self, user: &UserInfo) -> Result<Vec<Server>, ApiError>;
+    async fn add_server(
+        &self,
+        user: &UserInfo,
+        req: NewServer,
+    ) -> Result<ServerWithJoinToken, ApiError>;
     async fn list_containers(
         &self,
         user: &UserInfo,

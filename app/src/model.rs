@@ -309,10 +309,96 @@ pub struct Server {
     pub id: String,
     pub name: String,
     pub description: String,
-    /// The storage root on disk; shown to platform admins only.
+    /// The storage root on disk; shown to platform admins only (an agent's is on its host).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub storage_root: Option<String>,
     pub created_at: Millis,
+    /// `embedded`: a storage root of the control plane's own host; `agent`: a host running
+    /// `doppel agent`.
+    pub kind: ServerKind,
+    pub state: ServerState,
+    /// Why it is offline (the last call's error), or what it waits for.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub state_reason: Option<String>,
+    /// When the control plane last heard from it.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub last_seen_at: Option<Millis>,
+    /// The doppel version it runs.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub version: Option<String>,
+    /// Free and total bytes of its storage root's filesystem, as last seen.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub free_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub total_bytes: Option<u64>,
+    /// Containers on it (as recorded by the control plane).
+    pub container_count: u64,
+    /// Where the control plane reaches the agent, and its certificate's SHA-256; platform
+    /// admins only.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub agent_address: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub agent_fingerprint: Option<String>,
+    /// A pending server: until when its join token is good.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub join_expires_at: Option<Millis>,
+}
+
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServerKind {
+    Embedded,
+    Agent,
+}
+
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServerState {
+    /// Answering (an embedded server always is).
+    Online,
+    /// An agent that has not answered for a few seconds.
+    Offline,
+    /// Made, waiting for its agent to join with the token.
+    Pending,
+}
+
+impl ServerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerState::Online => "online",
+            ServerState::Offline => "offline",
+            ServerState::Pending => "pending",
+        }
+    }
+}
+
+/// `POST /api/v1/servers`: a server whose host joins later.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewServer {
+    /// Letters, digits and hyphens, unique among servers.
+    #[cfg_attr(
+        feature = "ssr",
+        schema(pattern = "^[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+    )]
+    pub name: String,
+    /// At most 500 characters, no control characters but line breaks.
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// A new server and the one-time token its host joins with.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerWithJoinToken {
+    pub server: Server,
+    /// For `doppel agent join URL TOKEN` on the new host: good once, until
+    /// `server.join_expires_at`. It holds this control plane's certificate fingerprint, so
+    /// the agent knows whom it joins.
+    pub join_token: String,
 }
 
 #[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]

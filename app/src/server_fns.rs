@@ -461,6 +461,28 @@ pub async fn create_project(name: String, description: Option<String>) -> Answer
     answer(backend.create_project(&user, req).await)
 }
 
+/// Every server with its state, and the server's clock (for "seen 3 s ago").
+#[server]
+pub async fn server_overview() -> Result<(Millis, Vec<Server>), ApiError> {
+    let (backend, user) = caller().await?;
+    let servers = backend.list_servers(&user).await?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as Millis);
+    Ok((now, servers))
+}
+
+/// A server on another host (platform admins); the answer holds its one-time join token.
+#[server]
+pub async fn add_server(name: String, description: Option<String>) -> Answer<ServerWithJoinToken> {
+    let (backend, user) = caller().await?;
+    let req = NewServer {
+        name: name.trim().to_string(),
+        description: description.filter(|d| !d.trim().is_empty()),
+    };
+    answer(backend.add_server(&user, req).await)
+}
+
 /// A project's new name and description (its admins).
 #[server]
 pub async fn update_project(

@@ -17,6 +17,11 @@ impl DataConfig {
         }
     }
 
+    /// This process's certificate and key (mutual TLS with agents or the control plane).
+    pub fn identity_dir(&self) -> PathBuf {
+        self.data_dir.join("identity")
+    }
+
     /// Where the storage roots of the embedded servers live.
     pub fn servers_dir(&self) -> PathBuf {
         self.data_dir.join("servers")

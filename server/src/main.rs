@@ -118,12 +118,56 @@ struct ServeArgs {
         default_value = doppel::serve::RuntimeConfig::DEFAULT_NETWORK,
         value_parser = doppel::runtime::Ipv4Net::parse)]
     container_network: doppel::runtime::Ipv4Net,
+    /// Where other hosts join as servers (`doppel agent join https://ADDR TOKEN`), over TLS
+    /// with this control plane's certificate; e.g. 0.0.0.0:7443. Unset: no host can join.
+    #[arg(long, global = true, env = "DOPPEL_AGENTS_ADDR")]
+    agents_addr: Option<SocketAddr>,
+}
+
+#[derive(Subcommand)]
+enum ServerCommand {
+    /// A server on another host: prints the one-time token its host joins with (good for
+    /// an hour): `doppel agent join https://<this host's --agents-addr> TOKEN` there.
+    Add {
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+}
+
+#[derive(Args)]
+struct AgentArgs {
+    #[command(subcommand)]
+    command: Option<AgentCommand>,
+    /// Where the agent listens for its control plane.
+    #[arg(long, env = "DOPPEL_AGENT_LISTEN", default_value = "0.0.0.0:7700")]
+    listen: SocketAddr,
+    /// host:port the control plane calls this agent at; default: the address it joins
+    /// from, with the --listen port.
+    #[arg(long, env = "DOPPEL_AGENT_ADVERTISE")]
+    advertise: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum AgentCommand {
+    /// Join a control plane with a token from `doppel server add`, then serve it.
+    Join {
+        /// The control plane's agent port, e.g. https://cp.example:7443.
+        url: String,
+        token: String,
+    },
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Serve the console and the REST API (the default).
     Serve,
+    /// Servers on other hosts.
+    #[command(subcommand)]
+    Server(ServerCommand),
+    /// Run this host as a server of a control plane (its data dir holds its storage root,
+    /// its certificate and whom it joined).
+    Agent(AgentArgs),
     /// API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -236,6 +280,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         eprintln!("removed every container of {}", data.data_dir.display());
         return Ok(());
     }
+    if let Command::Agent(args) = command {
+        let cfg = doppel::agent::AgentConfig {
+            data_dir: data.data_dir,
+            listen: args.listen,
+            advertise: args.advertise,
+        };
+        if let Some(AgentCommand::Join { url, token }) = args.command {
+            let joined = doppel::agent::join(&cfg, &url, &token).await?;
+            eprintln!(
+                "joined as server {:?}; the control plane calls this host at {}",
+                joined.server_name, joined.address
+            );
+        }
+        return doppel::agent::run(&cfg, serve::shutdown_signal()).await;
+    }
     if let Command::Serve = command {
         return serve::run(ServeConfig {
             addr: cli.serve.addr,
@@ -259,6 +318,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 network: cli.serve.container_network,
                 ..doppel::serve::RuntimeConfig::this_binary()
             },
+            agents_addr: cli.serve.agents_addr,
         })
         .await;
     }
@@ -271,8 +331,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         );
     }
     match command {
-        Command::Serve | Command::Shim { .. } | Command::PurgeContainers => {
+        Command::Serve | Command::Shim { .. } | Command::PurgeContainers | Command::Agent(_) => {
             unreachable!("handled above")
+        }
+        Command::Server(ServerCommand::Add { name, description }) => {
+            let token = inventory::add_agent_server(&pool, &data, &name, &description).await?;
+            eprintln!(
+                "server {name:?} waits for its host (for an hour). On that host run:\n  doppel agent join https://<this host's --agents-addr> TOKEN\nwith this token:"
+            );
+            println!("{token}");
         }
         Command::Token(TokenCommand::Create { user, label }) => {
             println!("{}", auth::create_token(&pool, &user, &label).await?);

@@ -11,8 +11,10 @@ pub use crate::http::listener::{serve as serve_http, ConnLimits};
 use crate::http::{self, AppState};
 use crate::jobs::Limits;
 use crate::lifecycle::Lifecycle;
+use crate::remote::Agents;
 use crate::runtime::{Ipv4Net, Runtime};
 use crate::service::Service;
+use crate::tls::{self, ClientPins, Identity};
 use crate::{auth, seed, store};
 
 #[derive(Clone, Debug)]
@@ -29,6 +31,9 @@ pub struct ServeConfig {
     pub conn: ConnLimits,
     /// Running containers: runc, networks.
     pub runtime: RuntimeConfig,
+    /// `--agents-addr`: where hosts join as servers (`doppel agent join`), over TLS with
+    /// this control plane's certificate. None: no host can join.
+    pub agents_addr: Option<SocketAddr>,
 }
 
 /// How containers run here.
@@ -59,6 +64,8 @@ impl RuntimeConfig {
 /// What a started (but not yet listening) doppel consists of.
 pub struct Prepared {
     pub router: axum::Router,
+    /// The agent port's routes (joining).
+    pub agents_router: axum::Router,
     pub service: Arc<Service>,
     /// The first admin's password, when this start created it.
     pub admin_password: Option<String>,
@@ -100,7 +107,17 @@ pub async fn prepare(cfg: &ServeConfig) -> anyhow::Result<Prepared> {
         tracing::warn!("containers cannot run here: {why}; they stay stopped");
     }
     let lifecycle = Lifecycle::new(pool.clone(), Arc::new(runtime));
-    let service = Arc::new(Service::new(pool.clone(), cfg.limits, lifecycle));
+    let identity = Identity::load_or_create(&cfg.data.identity_dir(), "doppel-control-plane")
+        .map_err(|e| anyhow::anyhow!("this control plane's certificate: {e}"))?;
+    let agents = Agents::new(identity);
+    let service = Arc::new(Service::new(
+        pool.clone(),
+        cfg.limits,
+        lifecycle,
+        agents.clone(),
+    ));
+    service.load_agents().await?;
+    agents.spawn_monitor();
     service.watch_containers().await?;
     if cfg.demo {
         if let Some(to_start) = seed::seed_if_empty(&pool, &cfg.data, cfg.runtime.network).await? {
@@ -121,6 +138,7 @@ pub async fn prepare(cfg: &ServeConfig) -> anyhow::Result<Prepared> {
     ));
     Ok(Prepared {
         router,
+        agents_router: http::agents::router(service.clone()),
         service,
         admin_password,
     })
@@ -142,6 +160,21 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     if !cfg.site_root.join("pkg").exists() {
         tracing::warn!(site_root = %cfg.site_root.display(), "no built console here; run `make run` (or make build) first");
     }
+    if let Some(addr) = cfg.agents_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen for agents on {addr}: {e}"))?;
+        // Any client certificate: a joining host proves it holds its key; its token says
+        // whether it may join.
+        let tls = tls::server_config(prepared.service.identity(), ClientPins::Any)?;
+        tracing::info!(%addr, fingerprint = %prepared.service.identity().fingerprint, "hosts join at https://{addr}");
+        tokio::spawn(tls::serve(
+            listener,
+            tls,
+            prepared.agents_router.clone(),
+            shutdown_signal(),
+        ));
+    }
     tracing::info!(%url, data_dir = %cfg.data.data_dir.display(), "doppel listening");
     http::listener::serve(listener, prepared.router, &cfg.conn, shutdown_signal()).await;
     prepared.service.close().await;
@@ -149,7 +182,8 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -12,16 +12,19 @@ const LAYERS: &[(&str, u32)] = &[
     ("rng", 0),
     ("engine", 1),
     ("runtime", 1),
+    ("tls", 1),
     ("config", 2),
     ("store", 3),
     ("events", 3),
     ("auth", 4),
     ("lifecycle", 4),
+    ("remote", 4),
     ("jobs", 5),
     ("service", 6),
     ("seed", 7),
     ("http", 8),
     ("serve", 9),
+    ("agent", 9),
 ];
 
 /// The one module that may name a database driver (`sqlx`, `rusqlite`): everything else

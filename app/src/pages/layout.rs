@@ -15,6 +15,7 @@ pub fn Layout() -> impl IntoView {
                 <A href="/containers">"Containers"</A>
                 <A href="/sync-status">"Sync status"</A>
                 <A href="/jobs">"Jobs"</A>
+                <A href="/servers">"Servers"</A>
                 <A href="/audit">"Audit"</A>
                 <A href="/admin">"Admin"</A>
             </nav>

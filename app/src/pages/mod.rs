@@ -12,6 +12,7 @@ mod layout;
 mod live_job;
 mod login;
 mod process;
+mod servers;
 mod settings;
 mod sync_status;
 mod widgets;
@@ -25,6 +26,7 @@ pub use copy_dialog::CopyPage;
 pub use jobs::JobsPage;
 pub use layout::{Layout, NotFound};
 pub use login::LoginPage;
+pub use servers::ServersPage;
 pub use sync_status::SyncStatusPage;
 
 // Pages other than the first ones a user sees are lazy routes: their code is a separate
@@ -57,3 +59,4 @@ lazy_page!(JobsRoute, JobsPage);
 lazy_page!(SettingsRoute, SettingsPage);
 lazy_page!(AuditRoute, AuditPage);
 lazy_page!(AdminRoute, AdminPage);
+lazy_page!(ServersRoute, ServersPage);

@@ -2,6 +2,7 @@
 //! its server functions), login and logout, and the middleware that resolves who is calling
 //! (`session.rs`). Handlers parse and shape; the service decides.
 
+pub(crate) mod agents;
 mod api;
 pub(crate) mod listener;
 mod open;

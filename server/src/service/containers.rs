@@ -1,4 +1,4 @@
-//! Reading projects, servers and containers.
+//! Reading projects and containers.
 
 use std::path::Path;
 
@@ -19,14 +19,6 @@ impl Service {
                 let role = *vis.roles.get(&p.id)?;
                 Some(Project { role, ..p })
             })
-            .collect())
-    }
-
-    pub async fn list_servers(&self, user: &UserInfo) -> Result<Vec<Server>, ApiError> {
-        let servers = self.db.servers().await.map_err(internal)?;
-        Ok(servers
-            .into_iter()
-            .map(|s| s.shown(user.is_admin && user.scope.projects.is_none()))
             .collect())
     }
 

@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use app::model::{
-    validate_container_name, ContainerCommand, ContainerStatus, FirewallRule, NetworkRule, Role,
+    validate_container_name, ContainerCommand, ContainerStatus, FirewallRule, NetworkRule,
+    NewServer, Role,
 };
 
 use crate::config::{container_place, snapshot_place, DataConfig};
@@ -105,13 +106,13 @@ pub async fn create_server(
     let root = data.servers_dir().join(name);
     std::fs::create_dir_all(root.join("containers")).map_err(io_err(&root))?;
     let root = root.canonicalize().map_err(io_err(&root))?;
-    let row = ServerRow {
-        id: new_id(),
-        name: name.to_string(),
-        description: description.to_string(),
-        storage_root: root.display().to_string(),
-        created_at: now_ms(),
-    };
+    let mut row = ServerRow::embedded(
+        new_id(),
+        name.to_string(),
+        root.display().to_string(),
+        now_ms(),
+    );
+    row.description = description.to_string();
     db.insert_server(&row)
         .await
         .map_err(|e| exists_or(e, || format!("server {name:?}")))?;
@@ -247,4 +248,22 @@ pub async fn create_snapshot(
         }));
     }
     Ok(id)
+}
+
+/// `doppel server add NAME`: a server whose host joins later; its one-time join token.
+pub async fn add_agent_server(
+    db: &Db,
+    data: &DataConfig,
+    name: &str,
+    description: &str,
+) -> anyhow::Result<String> {
+    let me = crate::tls::Identity::load_or_create(&data.identity_dir(), "doppel-control-plane")?;
+    let req = NewServer {
+        name: name.to_string(),
+        description: Some(description.to_string()),
+    };
+    let (_, token) = super::servers::add_pending_server(db, me.fingerprint, req)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    Ok(token)
 }

@@ -233,6 +233,7 @@ mod tests {
                 disabled: true,
                 ..RuntimeConfig::this_binary()
             },
+            agents_addr: None,
         };
         prepare(&cfg).await.unwrap().service
     }

@@ -13,6 +13,7 @@ mod jobs;
 mod login_throttle;
 mod projects;
 mod running;
+mod servers;
 mod sessions;
 mod snapshots;
 mod sync;
@@ -30,11 +31,13 @@ use crate::auth::TokenCache;
 use crate::events::EventHub;
 use crate::jobs::{JobRunner, Limits};
 use crate::lifecycle::Lifecycle;
+use crate::remote::Agents;
 use crate::store::{Db, DbError};
 
 pub use audit::AUDIT_PAGE;
 pub use copy::parse_ssh_public_key;
 pub use running::{MAX_LOG_LINES, MAX_STOP_GRACE_S};
+pub use servers::JOIN_TOKEN_TTL_MS;
 pub use sessions::LoginOutcome;
 use sync_status::SharedProbes;
 
@@ -51,6 +54,8 @@ pub struct Service {
     probes: SharedProbes,
     /// Containers' processes (start, stop, the watch that keeps statuses true).
     lifecycle: Arc<Lifecycle>,
+    /// Servers on other hosts: their clients and what was last heard from them.
+    agents: Arc<Agents>,
 }
 
 /// Logs an unexpected failure and gives the user a generic error (details stay in the log).
@@ -83,7 +88,7 @@ fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
 }
 
 impl Service {
-    pub fn new(db: Db, limits: Limits, lifecycle: Arc<Lifecycle>) -> Self {
+    pub fn new(db: Db, limits: Limits, lifecycle: Arc<Lifecycle>, agents: Arc<Agents>) -> Self {
         let jobs = JobRunner::new(db.clone(), limits, lifecycle.clone());
         Service {
             db,
@@ -93,6 +98,7 @@ impl Service {
             logins: Default::default(),
             probes: SharedProbes::default(),
             lifecycle,
+            agents,
         }
     }
 
@@ -148,6 +154,14 @@ impl Backend for Service {
 
     async fn list_servers(&self, user: &UserInfo) -> Result<Vec<Server>, ApiError> {
         Service::list_servers(self, user).await
+    }
+
+    async fn add_server(
+        &self,
+        user: &UserInfo,
+        req: NewServer,
+    ) -> Result<ServerWithJoinToken, ApiError> {
+        Service::add_server(self, user, req).await
     }
 
     async fn list_containers(

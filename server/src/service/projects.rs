@@ -11,7 +11,7 @@ fn unprocessable(field: &str, message: String) -> ApiError {
     ApiError::new(ErrorCode::Unprocessable, message).on_field(field)
 }
 
-fn check_name(name: &str) -> Result<(), ApiError> {
+pub(super) fn check_name(name: &str) -> Result<(), ApiError> {
     validate_container_name(name).map_err(|m| {
         unprocessable(
             "name",
@@ -20,7 +20,7 @@ fn check_name(name: &str) -> Result<(), ApiError> {
     })
 }
 
-fn check_description(d: &str) -> Result<(), ApiError> {
+pub(super) fn check_description(d: &str) -> Result<(), ApiError> {
     if d.chars().count() > 500 || d.chars().any(|c| c.is_ascii_control() && c != '\n') {
         return Err(unprocessable(
             "description",

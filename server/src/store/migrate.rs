@@ -13,6 +13,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0006_project_admin.sql"),
     include_str!("../../migrations/0007_disabled_users.sql"),
     include_str!("../../migrations/0008_audit.sql"),
+    include_str!("../../migrations/0009_agents.sql"),
 ];
 
 pub(super) fn migrate(conn: &SyncConn) -> rusqlite::Result<()> {

@@ -1,29 +1,74 @@
 //! Projects, their members, and servers.
 
-use app::model::{Member, Project, Role, Server};
+use app::model::{Member, Project, Role, ServerKind};
 use sqlx::Row;
 
-use super::{execute, Arg, Db, DbError};
+use super::{execute, query_first, Arg, Db, DbError};
 
 /// A server's row.
 pub(crate) struct ServerRow {
     pub(crate) id: String,
     pub(crate) name: String,
     pub(crate) description: String,
+    /// An embedded server's storage root; empty for an agent (its root is on its host).
     pub(crate) storage_root: String,
     pub(crate) created_at: i64,
+    pub(crate) kind: ServerKind,
+    pub(crate) agent_address: Option<String>,
+    pub(crate) agent_fingerprint: Option<String>,
+    pub(crate) join_expires_at: Option<i64>,
+    pub(crate) joined_at: Option<i64>,
 }
 
 impl ServerRow {
-    /// The server as `GET /servers` shows it; the storage root to platform admins only.
-    pub(crate) fn shown(self, with_root: bool) -> Server {
-        Server {
-            id: self.id,
-            name: self.name,
-            description: self.description,
-            storage_root: with_root.then_some(self.storage_root),
-            created_at: self.created_at,
+    pub(crate) fn embedded(id: String, name: String, storage_root: String, now: i64) -> ServerRow {
+        ServerRow {
+            id,
+            name,
+            description: String::new(),
+            storage_root,
+            created_at: now,
+            kind: ServerKind::Embedded,
+            agent_address: None,
+            agent_fingerprint: None,
+            join_expires_at: None,
+            joined_at: None,
         }
+    }
+}
+
+/// What a join changed: the server the agent now is.
+pub(crate) struct JoinedAgent {
+    pub(crate) id: String,
+    pub(crate) name: String,
+}
+
+fn kind_str(kind: ServerKind) -> &'static str {
+    match kind {
+        ServerKind::Embedded => "embedded",
+        ServerKind::Agent => "agent",
+    }
+}
+
+const SERVER_COLUMNS: &str = "id, name, description, storage_root, created_at, kind, \
+    agent_address, agent_fingerprint, join_expires_at, joined_at";
+
+fn server_row(r: &sqlx::sqlite::SqliteRow) -> ServerRow {
+    ServerRow {
+        id: r.get("id"),
+        name: r.get("name"),
+        description: r.get("description"),
+        storage_root: r.get("storage_root"),
+        created_at: r.get("created_at"),
+        kind: if r.get::<String, _>("kind") == "agent" {
+            ServerKind::Agent
+        } else {
+            ServerKind::Embedded
+        },
+        agent_address: r.get("agent_address"),
+        agent_fingerprint: r.get("agent_fingerprint"),
+        join_expires_at: r.get("join_expires_at"),
+        joined_at: r.get("joined_at"),
     }
 }
 
@@ -213,21 +258,90 @@ impl Db {
 
     /// Every server by name.
     pub(crate) async fn servers(&self) -> Result<Vec<ServerRow>, DbError> {
+        let sql = format!("SELECT {SERVER_COLUMNS} FROM servers ORDER BY name");
+        let rows = sqlx::query(&sql).fetch_all(&self.read).await?;
+        Ok(rows.iter().map(server_row).collect())
+    }
+
+    /// Containers per server id (deleted ones left out).
+    pub(crate) async fn container_counts(&self) -> Result<Vec<(String, i64)>, DbError> {
         let rows = sqlx::query(
-            "SELECT id, name, description, storage_root, created_at FROM servers ORDER BY name",
+            "SELECT server_id, COUNT(*) AS n FROM containers WHERE deleted_at IS NULL
+             GROUP BY server_id",
         )
         .fetch_all(&self.read)
         .await?;
         Ok(rows
             .iter()
-            .map(|r| ServerRow {
-                id: r.get("id"),
-                name: r.get("name"),
-                description: r.get("description"),
-                storage_root: r.get("storage_root"),
-                created_at: r.get("created_at"),
-            })
+            .map(|r| (r.get("server_id"), r.get("n")))
             .collect())
+    }
+
+    /// A server waiting for its agent: its join token's hash and expiry.
+    pub(crate) async fn insert_pending_agent(
+        &self,
+        row: &ServerRow,
+        token_hash: &str,
+    ) -> Result<(), DbError> {
+        self.write(
+            "INSERT INTO servers (id, name, description, storage_root, created_at, kind,
+                join_token_hash, join_expires_at)
+             VALUES ($1, $2, $3, '', $4, $5, $6, $7)",
+            vec![
+                Arg::arg(&row.id),
+                Arg::arg(&row.name),
+                Arg::arg(&row.description),
+                Arg::arg(row.created_at),
+                Arg::arg(kind_str(ServerKind::Agent)),
+                Arg::arg(token_hash),
+                Arg::arg(row.join_expires_at),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Uses a join token: the pending server it belongs to, if it is good (unused, not
+    /// expired), now pins `fingerprint` at `address`. The token is gone either way once
+    /// used: a second join with it finds nothing.
+    pub(crate) async fn join_agent(
+        &self,
+        token_hash: &str,
+        fingerprint: &str,
+        address: &str,
+        now: i64,
+    ) -> Result<Option<JoinedAgent>, DbError> {
+        let (token_hash, fingerprint, address) = (
+            token_hash.to_string(),
+            fingerprint.to_string(),
+            address.to_string(),
+        );
+        self.transact(move |c| {
+            let found = query_first(
+                c,
+                "SELECT id, name FROM servers WHERE join_token_hash = $1 AND kind = $2
+                    AND join_expires_at > $3",
+                &[&token_hash, &kind_str(ServerKind::Agent), &now],
+                |r| -> rusqlite::Result<JoinedAgent> {
+                    Ok(JoinedAgent {
+                        id: r.get(0)?,
+                        name: r.get(1)?,
+                    })
+                },
+            )?
+            .transpose()?;
+            let Some(found) = found else {
+                return Ok(None);
+            };
+            execute(
+                c,
+                "UPDATE servers SET agent_fingerprint = $1, agent_address = $2, joined_at = $3,
+                    join_token_hash = NULL, join_expires_at = NULL WHERE id = $4",
+                &[&fingerprint, &address, &now, &found.id],
+            )?;
+            Ok::<_, DbError>(Some(found))
+        })
+        .await
     }
 
     pub(crate) async fn server_storage_root(&self, id: &str) -> Result<Option<String>, DbError> {

@@ -40,6 +40,7 @@ impl TestServer {
                 network: test_network(),
                 shim_exe: env!("CARGO_BIN_EXE_doppel").into(),
             },
+            agents_addr: None,
         };
         let prepared = serve::prepare(&cfg).await.expect("doppel starts");
         let admin_password = prepared

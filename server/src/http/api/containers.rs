@@ -1,6 +1,9 @@
 //! `/projects`, `/servers`, `/containers` and a container's copy, sync and snapshots.
 
-use app::model::{ContainerDetail, CopyRequest, CopyStarted, Project, Server, Snapshot};
+use app::model::{
+    ContainerDetail, CopyRequest, CopyStarted, NewServer, Project, Server, ServerWithJoinToken,
+    Snapshot,
+};
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -45,7 +48,8 @@ pub(super) async fn list_projects(
     Ok(Json(ProjectList { projects }))
 }
 
-/// Servers containers can live on (their storage roots shown to platform admins only)
+/// Servers containers can live on, with their state (online, offline, pending), free space
+/// and container count; where they are to platform admins only
 #[utoipa::path(get, path = "/servers", responses((status = 200, body = ServerList), ReadErrors))]
 pub(super) async fn list_servers(
     State(st): State<AppState>,
@@ -53,6 +57,24 @@ pub(super) async fn list_servers(
 ) -> ApiResult<ServerList> {
     let servers = st.service.list_servers(&user).await?;
     Ok(Json(ServerList { servers }))
+}
+
+/// Add a server on another host (platform admins): the answer holds the one-time token
+/// its host joins with (`doppel agent join URL TOKEN`)
+#[utoipa::path(
+    post,
+    path = "/servers",
+    request_body = NewServer,
+    responses((status = 201, body = ServerWithJoinToken, description = "Added: waiting for its host"), WriteErrors)
+)]
+pub(super) async fn add_server(
+    State(st): State<AppState>,
+    Caller(user): Caller,
+    req: Result<Json<NewServer>, JsonRejection>,
+) -> Result<Response, RestError> {
+    let req = body(req)?;
+    let added = st.service.add_server(&user, req).await?;
+    Ok((StatusCode::CREATED, Json(added)).into_response())
 }
 
 #[derive(Deserialize, IntoParams)]

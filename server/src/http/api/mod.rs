@@ -37,7 +37,7 @@ fn routes_and_document() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(projects::update_project, projects::delete_project))
         .routes(routes!(projects::list_members))
         .routes(routes!(projects::set_member, projects::remove_member))
-        .routes(routes!(containers::list_servers))
+        .routes(routes!(containers::list_servers, containers::add_server))
         .routes(routes!(containers::list_containers))
         .routes(routes!(
             containers::get_container,

@@ -1,0 +1,145 @@
+//! Servers (`/servers`): where containers live, online or not, their free space and
+//! containers; platform admins add a server on another host here (a one-time join token).
+//! The list refreshes every 2 s while the page is open, so a host that goes down shows as
+//! offline within seconds.
+
+use std::time::Duration;
+
+use leptos::prelude::*;
+use leptos_meta::Title;
+
+use super::widgets::{ErrorBox, Loading};
+use crate::format;
+use crate::model::{Millis, Server, ServerKind, ServerState};
+use crate::server_fns::{server_overview, AddServer};
+
+#[component]
+pub fn ServersPage() -> impl IntoView {
+    let add = ServerAction::<AddServer>::new();
+    let tick = RwSignal::new(0u64);
+    Effect::new(move |_| {
+        set_interval(move || tick.update(|t| *t += 1), Duration::from_secs(2));
+    });
+    let servers = Resource::new(
+        move || (tick.get(), add.version().get()),
+        |_| server_overview(),
+    );
+    view! {
+        <Title text="Servers · doppel"/>
+        <div class="page-head">
+            <h1>"Servers"</h1>
+        </div>
+        <Transition fallback=Loading>
+            {move || Suspend::new(async move {
+                match servers.await {
+                    Ok((now, list)) => view! { <ServerTable now list/> }.into_any(),
+                    Err(error) => view! { <ErrorBox error/> }.into_any(),
+                }
+            })}
+        </Transition>
+        <section class="card">
+            <h2>"Add a server on another host"</h2>
+            <p class="muted">
+                "Platform admins add a server here; its host joins with the token, once, within the hour: "
+                <code>"doppel agent join https://<this control plane's --agents-addr> TOKEN"</code>
+            </p>
+            <ActionForm action=add attr:class="stacked-form">
+                <label for="new-server-name">"Name"</label>
+                <input id="new-server-name" name="name" required/>
+                <label for="new-server-description">"Description"</label>
+                <input id="new-server-description" name="description"/>
+                <button type="submit" class="primary">"Add server"</button>
+            </ActionForm>
+            {move || match add.value().get().map(Result::flatten) {
+                Some(Ok(added)) => view! {
+                    <div class="notice" role="status">
+                        <p>"Join token of " <strong>{added.server.name.clone()}</strong> ", shown once:"</p>
+                        <code class="secret">{added.join_token}</code>
+                    </div>
+                }
+                .into_any(),
+                Some(Err(error)) => view! { <ErrorBox error/> }.into_any(),
+                None => ().into_any(),
+            }}
+        </section>
+    }
+}
+
+fn state_badge(s: &Server) -> impl IntoView {
+    let class = match s.state {
+        ServerState::Online => "badge sync-current",
+        ServerState::Offline => "badge sync-failing",
+        ServerState::Pending => "badge sync-stale",
+    };
+    view! {
+        <span class=class>{s.state.as_str()}</span>
+        {s.state_reason.clone().map(|r| view! { <span class="muted small">{r}</span> })}
+    }
+}
+
+#[component]
+fn ServerTable(now: Millis, list: Vec<Server>) -> impl IntoView {
+    let admin = list
+        .iter()
+        .any(|s| s.storage_root.is_some() || s.agent_address.is_some());
+    view! {
+        <table class="grid servers">
+            <thead>
+                <tr>
+                    <th scope="col">"Name"</th>
+                    <th scope="col">"State"</th>
+                    <th scope="col">"Kind"</th>
+                    <th scope="col">"Last seen"</th>
+                    <th scope="col">"Version"</th>
+                    <th scope="col">"Free space"</th>
+                    <th scope="col">"Containers"</th>
+                    {admin.then(|| view! { <th scope="col">"Where"</th> })}
+                </tr>
+            </thead>
+            <tbody>
+                {list.into_iter().map(|s| {
+                    let seen = s.last_seen_at.map(|t| view! {
+                        <time title=format::utc(t)>{seconds_ago(now, t)}</time>
+                    });
+                    let space = match (s.free_bytes, s.total_bytes) {
+                        (Some(free), Some(total)) => format!(
+                            "{} of {}",
+                            format::bytes(free as i64),
+                            format::bytes(total as i64)
+                        ),
+                        _ => "—".into(),
+                    };
+                    let place = s
+                        .agent_address
+                        .clone()
+                        .map(|a| match &s.agent_fingerprint {
+                            Some(fp) => format!("{a} (certificate {}…)", &fp[..fp.len().min(16)]),
+                            None => a,
+                        })
+                        .or_else(|| s.storage_root.clone());
+                    view! {
+                        <tr data-server=s.name.clone()>
+                            <td data-label="Name">{s.name.clone()}</td>
+                            <td data-label="State">{state_badge(&s)}</td>
+                            <td data-label="Kind">{match s.kind { ServerKind::Embedded => "this host", ServerKind::Agent => "agent" }}</td>
+                            <td data-label="Last seen">{seen}</td>
+                            <td data-label="Version">{s.version.clone().unwrap_or_default()}</td>
+                            <td data-label="Free space">{space}</td>
+                            <td data-label="Containers">{s.container_count}</td>
+                            {admin.then(|| view! { <td data-label="Where" class="small">{place}</td> })}
+                        </tr>
+                    }
+                }).collect_view()}
+            </tbody>
+        </table>
+    }
+}
+
+/// "now", "3 s ago", then as `format::ago` says it.
+fn seconds_ago(now: Millis, then: Millis) -> String {
+    match (now - then).max(0) / 1000 {
+        0 => "now".into(),
+        s @ 1..=59 => format!("{s} s ago"),
+        _ => format::ago(now, then),
+    }
+}

@@ -1,0 +1,197 @@
+//! `doppel agent`: a host that is one server of a control plane. It owns its storage root
+//! (and, as the work moves here, its containers and engine state); the control plane keeps
+//! the database, the API and the jobs, and calls it over mutual TLS. It answers only the
+//! certificate of the control plane it joined.
+//!
+//! Its data dir holds `identity/` (its certificate and key), `agent.json` (whom it joined)
+//! and `storage/` (its storage root).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context};
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use crate::remote::protocol::{
+    parse_join_token, AgentStatus, ErrorAnswer, JoinAnswer, JoinRequest, PROTOCOL,
+};
+use crate::tls::{self, ClientPins, Fingerprint, Identity};
+
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub data_dir: PathBuf,
+    /// Where it listens for the control plane (and, later, other agents).
+    pub listen: SocketAddr,
+    /// host:port the control plane should call, when not the address it joins from with
+    /// the listen port.
+    pub advertise: Option<String>,
+}
+
+impl AgentConfig {
+    fn state_file(&self) -> PathBuf {
+        self.data_dir.join("agent.json")
+    }
+
+    fn storage_root(&self) -> PathBuf {
+        self.data_dir.join("storage")
+    }
+
+    fn identity(&self) -> anyhow::Result<Identity> {
+        Identity::load_or_create(&self.data_dir.join("identity"), "doppel-agent")
+            .context("this agent's certificate")
+    }
+}
+
+/// What an agent keeps of its join.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Joined {
+    pub server_id: String,
+    pub server_name: String,
+    /// The control plane's certificate fingerprint: the only client it answers.
+    pub control_plane: String,
+    /// Where the control plane calls it.
+    pub address: String,
+}
+
+fn read_joined(path: &Path) -> anyhow::Result<Option<Joined>> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(
+            serde_json::from_slice(&bytes)
+                .with_context(|| format!("reading {}", path.display()))?,
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// `doppel agent join URL TOKEN`: joins the control plane at `url` (its agent port) with a
+/// token from `doppel server add`, and records whom it joined.
+pub async fn join(cfg: &AgentConfig, url: &str, token: &str) -> anyhow::Result<Joined> {
+    if let Some(j) = read_joined(&cfg.state_file())? {
+        bail!(
+            "this agent has joined already, as server {:?}; to join again, remove {}",
+            j.server_name,
+            cfg.state_file().display()
+        );
+    }
+    let (secret, control_plane) = parse_join_token(token).ok_or_else(|| {
+        anyhow!("this is not a join token (doppel-join-1.<secret>.<fingerprint>); make one with `doppel server add NAME`")
+    })?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    let me = cfg.identity()?;
+    let client = tls::client(&me, control_plane, std::time::Duration::from_secs(15))
+        .map_err(|e| anyhow!("{e}"))?;
+    let base = url.trim_end_matches('/');
+    let base = if base.contains("://") {
+        base.to_string()
+    } else {
+        format!("https://{base}")
+    };
+    let resp = client
+        .post(format!("{base}/v1/join"))
+        .json(&JoinRequest {
+            secret,
+            address: cfg.advertise.clone(),
+            port: cfg.listen.port(),
+            protocol: PROTOCOL,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        })
+        .send()
+        .await
+        .map_err(|e| {
+            anyhow!(
+                "cannot reach the control plane at {base}: {} (is it started with --agents-addr, and is this its token?)",
+                crate::remote::describe(&e)
+            )
+        })?;
+    if !resp.status().is_success() {
+        let status = resp.status();
+        let why = resp
+            .json::<ErrorAnswer>()
+            .await
+            .map(|e| e.error)
+            .unwrap_or_else(|_| status.to_string());
+        bail!("the control plane refused the join: {why}");
+    }
+    let answer: JoinAnswer = resp.json().await.context("the control plane's answer")?;
+    let joined = Joined {
+        server_id: answer.server_id,
+        server_name: answer.server_name,
+        control_plane: control_plane.to_string(),
+        address: answer.address,
+    };
+    let text = serde_json::to_vec_pretty(&joined)?;
+    let tmp = cfg.data_dir.join(".agent.json.tmp");
+    std::fs::write(&tmp, text).context("writing agent.json")?;
+    std::fs::rename(&tmp, cfg.state_file()).context("writing agent.json")?;
+    Ok(joined)
+}
+
+struct AgentState {
+    joined: Joined,
+    storage_root: PathBuf,
+}
+
+/// `doppel agent`: serves the control plane it joined until `stop` resolves.
+pub async fn run(
+    cfg: &AgentConfig,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let joined = read_joined(&cfg.state_file())?.ok_or_else(|| {
+        anyhow!(
+            "this agent has not joined a control plane yet: run `doppel agent join URL TOKEN` (no {})",
+            cfg.state_file().display()
+        )
+    })?;
+    let control_plane = Fingerprint::parse(&joined.control_plane)
+        .ok_or_else(|| anyhow!("agent.json: a bad control plane fingerprint"))?;
+    let me = cfg.identity()?;
+    let storage_root = cfg.storage_root();
+    std::fs::create_dir_all(crate::config::containers_dir(&storage_root))
+        .with_context(|| format!("creating {}", storage_root.display()))?;
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("listening on {}", cfg.listen))?;
+    let tls = tls::server_config(&me, ClientPins::only([control_plane]))?;
+    tracing::info!(
+        server = %joined.server_name,
+        listen = %cfg.listen,
+        fingerprint = %me.fingerprint,
+        "doppel agent serving its control plane"
+    );
+    let state = Arc::new(AgentState {
+        joined,
+        storage_root,
+    });
+    let router = Router::new()
+        .route("/v1/status", get(status))
+        .with_state(state);
+    tls::serve(listener, tls, router, stop).await;
+    Ok(())
+}
+
+async fn status(State(st): State<Arc<AgentState>>) -> Json<AgentStatus> {
+    let root = st.storage_root.clone();
+    let (free, total, containers) = tokio::task::spawn_blocking(move || {
+        let (free, total) = crate::engine::fsx::free_space(&root).unwrap_or((0, 0));
+        let containers = std::fs::read_dir(crate::config::containers_dir(&root))
+            .map(|d| d.filter_map(Result::ok).count() as u64)
+            .unwrap_or(0);
+        (free, total, containers)
+    })
+    .await
+    .unwrap_or((0, 0, 0));
+    Json(AgentStatus {
+        server_id: st.joined.server_id.clone(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        protocol: PROTOCOL,
+        free_bytes: free,
+        total_bytes: total,
+        containers,
+    })
+}

@@ -1,0 +1,246 @@
+//! Servers: the embedded ones (storage roots of this host) and agents on other hosts.
+//! Platform admins add a server, which gives a one-time join token; `doppel agent join`
+//! on the new host uses it (through the control plane's agent port), and from then on the
+//! control plane calls that agent, pinning the certificate it joined with.
+
+use std::net::SocketAddr;
+
+use app::model::*;
+
+use super::audit::Actor;
+use super::projects::{check_description, check_name};
+use super::{internal, Service};
+use crate::ids::{new_id, new_secret, now_ms, secret_hash};
+use crate::remote::protocol::{join_token, JoinAnswer, JoinRequest, PROTOCOL};
+use crate::store::{Db, ServerRow};
+use crate::tls::Fingerprint;
+
+/// How long a join token is good for.
+pub const JOIN_TOKEN_TTL_MS: i64 = 60 * 60 * 1000;
+
+/// A pending server and its join token (for the API, and the CLI on the control plane's
+/// host): the token carries `control_plane`, this control plane's certificate fingerprint.
+pub(super) async fn add_pending_server(
+    db: &Db,
+    control_plane: Fingerprint,
+    req: NewServer,
+) -> Result<(ServerRow, String), ApiError> {
+    check_name(&req.name).map_err(|e| ApiError {
+        message: e.message.replace("project name", "server name"),
+        ..e
+    })?;
+    let description = req.description.unwrap_or_default();
+    check_description(&description)?;
+    let secret = new_secret();
+    let now = now_ms();
+    let mut row = ServerRow::embedded(new_id(), req.name.clone(), String::new(), now);
+    row.kind = ServerKind::Agent;
+    row.description = description;
+    row.join_expires_at = Some(now + JOIN_TOKEN_TTL_MS);
+    match db.insert_pending_agent(&row, &secret_hash(&secret)).await {
+        Ok(()) => Ok((row, join_token(&secret, control_plane))),
+        Err(e) if e.is_unique_violation() => Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!("a server named {:?} exists", req.name),
+        )
+        .on_field("name")),
+        Err(e) => Err(internal(e)),
+    }
+}
+
+impl Service {
+    /// `GET /servers`: every server with its state; where and which certificate to platform
+    /// admins only.
+    pub async fn list_servers(&self, user: &UserInfo) -> Result<Vec<Server>, ApiError> {
+        let (rows, counts) =
+            tokio::try_join!(self.db.servers(), self.db.container_counts()).map_err(internal)?;
+        let admin = user.is_admin && user.scope.projects.is_none();
+        let mut servers = Vec::with_capacity(rows.len());
+        for row in rows {
+            let count = counts
+                .iter()
+                .find(|(id, _)| *id == row.id)
+                .map_or(0, |(_, n)| *n as u64);
+            servers.push(self.shown(row, count, admin).await);
+        }
+        Ok(servers)
+    }
+
+    /// A server row as the API shows it, with what is known of it now.
+    async fn shown(&self, row: ServerRow, container_count: u64, admin: bool) -> Server {
+        let mut s = Server {
+            id: row.id,
+            name: row.name,
+            description: row.description,
+            storage_root: None,
+            created_at: row.created_at,
+            kind: row.kind,
+            state: ServerState::Online,
+            state_reason: None,
+            last_seen_at: None,
+            version: None,
+            free_bytes: None,
+            total_bytes: None,
+            container_count,
+            agent_address: None,
+            agent_fingerprint: None,
+            join_expires_at: None,
+        };
+        match row.kind {
+            ServerKind::Embedded => {
+                s.version = Some(env!("CARGO_PKG_VERSION").to_string());
+                s.last_seen_at = Some(now_ms());
+                let root = std::path::PathBuf::from(&row.storage_root);
+                if let Ok(Ok((free, total))) =
+                    tokio::task::spawn_blocking(move || crate::engine::fsx::free_space(&root)).await
+                {
+                    s.free_bytes = Some(free);
+                    s.total_bytes = Some(total);
+                }
+                s.storage_root = admin.then_some(row.storage_root);
+            }
+            ServerKind::Agent if row.joined_at.is_none() => {
+                s.state = ServerState::Pending;
+                s.join_expires_at = row.join_expires_at;
+                s.state_reason = Some(match row.join_expires_at {
+                    Some(t) if t > now_ms() => "waiting for its host to join".into(),
+                    _ => "its join token expired: add the server again".into(),
+                });
+            }
+            ServerKind::Agent => {
+                let view = self.agents.view(&s.id).unwrap_or_default();
+                s.state = if view.online {
+                    ServerState::Online
+                } else {
+                    ServerState::Offline
+                };
+                s.state_reason = view.reason;
+                s.last_seen_at = view.last_seen_ms;
+                if let Some(st) = view.status {
+                    s.version = Some(st.version);
+                    s.free_bytes = Some(st.free_bytes);
+                    s.total_bytes = Some(st.total_bytes);
+                }
+                if admin {
+                    s.agent_address = row.agent_address;
+                    s.agent_fingerprint = row.agent_fingerprint;
+                }
+            }
+        }
+        s
+    }
+
+    /// `POST /servers` (platform admins): a pending server and its one-time join token.
+    pub async fn add_server(
+        &self,
+        user: &UserInfo,
+        req: NewServer,
+    ) -> Result<ServerWithJoinToken, ApiError> {
+        let target = req.name.clone();
+        self.audited(user, "server.add", &target, None, async {
+            Self::require_platform_admin(user, "adding a server")?;
+            self.add_pending_server(req).await
+        })
+        .await
+    }
+
+    async fn add_pending_server(&self, req: NewServer) -> Result<ServerWithJoinToken, ApiError> {
+        let (row, join_token) =
+            add_pending_server(&self.db, self.agents.fingerprint(), req).await?;
+        Ok(ServerWithJoinToken {
+            server: self.shown(row, 0, true).await,
+            join_token,
+        })
+    }
+
+    /// An agent joins (the control plane's agent port): its token must be good, and from
+    /// now on its certificate (`peer`) is the server's. Recorded in the audit log either way.
+    pub async fn join_agent(
+        &self,
+        req: JoinRequest,
+        peer: Fingerprint,
+        from: SocketAddr,
+    ) -> Result<JoinAnswer, ApiError> {
+        let from_text = from.ip().to_string();
+        let result = self.join(req, peer, from).await;
+        let target = result.as_ref().map_or("", |a| a.server_name.as_str());
+        let actor = Actor {
+            user: None,
+            name: "agent",
+            address: Some(from.ip()),
+        };
+        self.record(actor, "server.join", target, None, result.as_ref().err())
+            .await;
+        if let Err(e) = &result {
+            tracing::warn!(from = %from_text, error = %e, "an agent's join was refused");
+        }
+        result
+    }
+
+    async fn join(
+        &self,
+        req: JoinRequest,
+        peer: Fingerprint,
+        from: SocketAddr,
+    ) -> Result<JoinAnswer, ApiError> {
+        if req.protocol != PROTOCOL {
+            return Err(ApiError::invalid(format!(
+                "this control plane speaks agent protocol {PROTOCOL}, the agent {} (doppel {}): run the same doppel version",
+                req.protocol, req.version
+            )));
+        }
+        let address = match req.address.as_deref().map(str::trim) {
+            Some(a) if !a.is_empty() => a.to_string(),
+            _ => SocketAddr::new(from.ip(), req.port).to_string(),
+        };
+        if address.len() > 255
+            || address.chars().any(|c| c.is_whitespace() || c.is_control())
+            || !address.contains(':')
+        {
+            return Err(ApiError::invalid(format!("{address:?} is not a host:port")));
+        }
+        let joined = self
+            .db
+            .join_agent(
+                &secret_hash(&req.secret),
+                &peer.to_string(),
+                &address,
+                now_ms(),
+            )
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| ApiError::forbidden("this join token is unknown, used or expired"))?;
+        self.agents
+            .set(&joined.id, &address, peer)
+            .map_err(internal)?;
+        tracing::info!(server = %joined.name, %address, fingerprint = %peer, "an agent joined");
+        Ok(JoinAnswer {
+            server_id: joined.id,
+            server_name: joined.name,
+            address,
+        })
+    }
+
+    /// This control plane's certificate (its agent port serves it).
+    pub fn identity(&self) -> &crate::tls::Identity {
+        self.agents.identity()
+    }
+
+    /// At start: every joined agent into the monitor.
+    pub async fn load_agents(&self) -> Result<(), crate::store::DbError> {
+        for row in self.db.servers().await? {
+            if let (ServerKind::Agent, Some(address), Some(fp)) = (
+                row.kind,
+                &row.agent_address,
+                row.agent_fingerprint
+                    .as_deref()
+                    .and_then(Fingerprint::parse),
+            ) {
+                if let Err(e) = self.agents.set(&row.id, address, fp) {
+                    tracing::error!(server = %row.name, error = %e, "cannot call this agent");
+                }
+            }
+        }
+        Ok(())
+    }
+}
