@@ -358,6 +358,15 @@ impl Service {
         ) else {
             return Err(ApiError::not_found("server", &server_id).on_field("target_server_id"));
         };
+        if storage_root.is_empty() {
+            // An agent's: the data path between hosts is the next step of servers on other
+            // hosts; until then a copy stays on this host's servers.
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!("server {server_name} is on another host: copies onto other hosts are not supported yet"),
+            )
+            .on_field("target_server_id"));
+        }
         let target = Target {
             project_id: req.target_project_id.clone(),
             project_name,

@@ -91,6 +91,8 @@ impl Service {
             .servers()
             .await?
             .into_iter()
+            // An agent's storage root is on its own host.
+            .filter(|s| s.kind == app::model::ServerKind::Embedded)
             .map(|s| PathBuf::from(s.storage_root))
             .collect();
         let removed = tokio::task::spawn_blocking(move || {

@@ -344,10 +344,12 @@ impl Db {
         .await
     }
 
+    /// An embedded server's storage root (None for an agent, whose root is on its host).
     pub(crate) async fn server_storage_root(&self, id: &str) -> Result<Option<String>, DbError> {
         Ok(
-            sqlx::query_scalar("SELECT storage_root FROM servers WHERE id = $1")
+            sqlx::query_scalar("SELECT storage_root FROM servers WHERE id = $1 AND kind = $2")
                 .bind(id)
+                .bind(kind_str(ServerKind::Embedded))
                 .fetch_optional(&self.read)
                 .await?,
         )

@@ -11,6 +11,9 @@ use doppel::service::Service;
 #[path = "process.rs"]
 pub mod process;
 
+#[path = "lab.rs"]
+pub mod lab;
+
 pub use process::test_network;
 
 pub struct TestServer {

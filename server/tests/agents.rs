@@ -1,0 +1,403 @@
+//! Servers on other hosts, across a real network: a control plane and agents, each its own
+//! `doppel` process in its own network namespace (tests/common/lab.rs). Joining with a
+//! one-time token, the pinned certificates both ways, and a server's state as the control
+//! plane sees it (online, offline within seconds, online again).
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::lab::{Lab, Running};
+use serde_json::{json, Value};
+
+fn doppel() -> String {
+    env!("CARGO_BIN_EXE_doppel").to_string()
+}
+
+/// A control plane in the lab's host `cp`: the console on :3000, the agent port on :7443.
+struct ControlPlane {
+    _process: Running,
+    base: String,
+    join_url: String,
+    token: String,
+    data: std::path::PathBuf,
+}
+
+async fn control_plane(lab: &Lab, dir: &Path) -> ControlPlane {
+    let data = dir.join("cp");
+    let addr = lab.addr("cp");
+    let mut c = lab.command("cp", doppel());
+    c.arg("--data-dir")
+        .arg(&data)
+        .args(["serve", "--no-demo", "--no-runtime"])
+        .args(["--addr", &format!("{addr}:3000")])
+        .args(["--agents-addr", &format!("{addr}:7443")])
+        .env_remove("DOPPEL_DATABASE_URL");
+    let process = Running::spawn(c, &dir.join("cp.log"));
+    let base = format!("http://{addr}:3000");
+    common::process::wait_up(&common::TestServer::client(), &base).await;
+    let out = Command::new(doppel())
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["token", "create", "--user", "admin"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ControlPlane {
+        _process: process,
+        base,
+        join_url: format!("https://{addr}:7443"),
+        token: String::from_utf8(out.stdout).unwrap().trim().to_string(),
+        data,
+    }
+}
+
+impl ControlPlane {
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = common::TestServer::client()
+            .request(method, format!("{}/api/v1{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn server(&self, name: &str) -> Value {
+        let (st, list) = self.call(reqwest::Method::GET, "/servers", None).await;
+        assert_eq!(st, 200, "{list}");
+        list["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no server {name}: {list}"))
+    }
+
+    /// Waits until the server is in this state; its last view.
+    async fn wait_state(&self, name: &str, state: &str, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let s = self.server(name).await;
+            if s["state"] == state {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} not {state} within {within:?}: {s}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn add_server(&self, name: &str) -> String {
+        let (st, added) = self
+            .call(
+                reqwest::Method::POST,
+                "/servers",
+                Some(json!({"name": name})),
+            )
+            .await;
+        assert_eq!(st, 201, "{added}");
+        assert_eq!(added["server"]["state"], "pending", "{added}");
+        added["join_token"].as_str().unwrap().to_string()
+    }
+}
+
+/// `doppel agent [join URL TOKEN]` on the lab's host, listening on :7700.
+fn agent(lab: &Lab, host: &str, data: &Path, join: Option<(&str, &str)>, log: &Path) -> Running {
+    let mut c = lab.command(host, doppel());
+    c.arg("--data-dir")
+        .arg(data)
+        .args(["agent", "--listen", &format!("{}:7700", lab.addr(host))]);
+    if let Some((url, token)) = join {
+        c.args(["join", url, token]);
+    }
+    Running::spawn(c, log)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_joins_once_and_its_state_is_seen_within_seconds() {
+    let lab = Lab::new(&["cp", "b"]);
+    let dir = tempfile::tempdir().unwrap();
+    let cp = control_plane(&lab, dir.path()).await;
+    let token = cp.add_server("b").await;
+    assert!(token.starts_with("doppel-join-1."), "{token}");
+
+    // The agent joins and serves: online, with what it reports.
+    let b_data = dir.path().join("b");
+    let mut b = agent(
+        &lab,
+        "b",
+        &b_data,
+        Some((&cp.join_url, &token)),
+        &dir.path().join("b.log"),
+    );
+    let seen = cp.wait_state("b", "online", Duration::from_secs(20)).await;
+    assert_eq!(seen["kind"], "agent", "{seen}");
+    assert_eq!(
+        seen["agent_address"],
+        format!("{}:7700", lab.addr("b")),
+        "{seen}"
+    );
+    assert_eq!(seen["version"], env!("CARGO_PKG_VERSION"), "{seen}");
+    assert!(seen["free_bytes"].as_u64().unwrap() > 0, "{seen}");
+    assert_eq!(seen["container_count"], 0, "{seen}");
+    let b_identity =
+        doppel::tls::Identity::load_or_create(&b_data.join("identity"), "unused").unwrap();
+    assert_eq!(
+        seen["agent_fingerprint"],
+        b_identity.fingerprint.to_string(),
+        "the pinned certificate is the agent's"
+    );
+
+    // The token is spent: another host cannot join with it.
+    let again = lab
+        .command("b", doppel())
+        .arg("--data-dir")
+        .arg(dir.path().join("b2"))
+        .args([
+            "agent",
+            "--listen",
+            &format!("{}:7701", lab.addr("b")),
+            "join",
+            &cp.join_url,
+            &token,
+        ])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains("unknown, used or expired"), "{err}");
+
+    // Killed: offline within seconds, with a reason; started again: online.
+    b.kill();
+    let t = Instant::now();
+    let off = cp.wait_state("b", "offline", Duration::from_secs(10)).await;
+    assert!(
+        t.elapsed() < Duration::from_secs(6),
+        "offline after {:?}",
+        t.elapsed()
+    );
+    assert!(
+        off["state_reason"].as_str().is_some_and(|r| !r.is_empty()),
+        "{off}"
+    );
+    assert!(off["last_seen_at"].as_i64().is_some(), "{off}");
+    let _b = agent(&lab, "b", &b_data, None, &dir.path().join("b-again.log"));
+    cp.wait_state("b", "online", Duration::from_secs(20)).await;
+
+    // The link cut: offline; restored: online.
+    lab.cut("b");
+    cp.wait_state("b", "offline", Duration::from_secs(10)).await;
+    lab.restore("b");
+    cp.wait_state("b", "online", Duration::from_secs(20)).await;
+
+    // Both joins are in the audit log, the refused one too.
+    let (_, audit) = cp
+        .call(reqwest::Method::GET, "/audit?action=server.join", None)
+        .await;
+    let results: Vec<&str> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["result"].as_str().unwrap())
+        .collect();
+    assert_eq!(results.len(), 2, "{audit}");
+    assert!(
+        results.contains(&"ok") && results.contains(&"refused"),
+        "{audit}"
+    );
+    drop(cp);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_pinned_certificates_are_answered_both_ways() {
+    let lab = Lab::new(&["cp", "b", "mallory"]);
+    let dir = tempfile::tempdir().unwrap();
+    let cp = control_plane(&lab, dir.path()).await;
+    let token = cp.add_server("b").await;
+    let b_data = dir.path().join("b");
+    let b = agent(
+        &lab,
+        "b",
+        &b_data,
+        Some((&cp.join_url, &token)),
+        &dir.path().join("b.log"),
+    );
+    cp.wait_state("b", "online", Duration::from_secs(20)).await;
+    let b_fp = doppel::tls::Identity::load_or_create(&b_data.join("identity"), "unused")
+        .unwrap()
+        .fingerprint;
+
+    // An agent answers no one but its control plane: a client with another certificate
+    // (that even pins the agent's correctly) is refused in the handshake.
+    let stranger =
+        doppel::tls::Identity::load_or_create(&dir.path().join("stranger"), "x").unwrap();
+    let client = doppel::tls::client(&stranger, b_fp, Duration::from_secs(5)).unwrap();
+    let refused = client
+        .get(format!("https://{}:7700/v1/status", lab.addr("b")))
+        .send()
+        .await;
+    assert!(
+        refused.is_err(),
+        "the agent answered a stranger: {refused:?}"
+    );
+
+    // A forged agent at b's address (another key, b's agent.json copied) is refused by
+    // the control plane: b stays offline, and says why.
+    drop(b);
+    let forged = dir.path().join("forged");
+    std::fs::create_dir_all(&forged).unwrap();
+    std::fs::copy(b_data.join("agent.json"), forged.join("agent.json")).unwrap();
+    let _forged = agent(&lab, "b", &forged, None, &dir.path().join("forged.log"));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let s = cp.wait_state("b", "offline", Duration::from_secs(1)).await;
+    let reason = s["state_reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_lowercase();
+    assert!(reason.contains("certificate"), "{s}");
+
+    // A token's control plane fingerprint is checked before the secret is sent: a token
+    // altered to name another control plane does not join.
+    let token2 = cp.add_server("c").await;
+    let (secret_part, _) = token2.rsplit_once('.').unwrap();
+    let wrong = format!("{secret_part}.{}", "00".repeat(32));
+    let out = lab
+        .command("mallory", doppel())
+        .arg("--data-dir")
+        .arg(dir.path().join("mallory"))
+        .args([
+            "agent",
+            "--listen",
+            &format!("{}:7700", lab.addr("mallory")),
+            "join",
+            &cp.join_url,
+            &wrong,
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
+    assert!(err.contains("certificate"), "{err}");
+    // And c still waits for its host, whose real token still works.
+    assert_eq!(cp.server("c").await["state"], "pending");
+    let _c = agent(
+        &lab,
+        "mallory",
+        &dir.path().join("c"),
+        Some((&cp.join_url, &token2)),
+        &dir.path().join("c.log"),
+    );
+    cp.wait_state("c", "online", Duration::from_secs(20)).await;
+    let _ = cp.data.as_path();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adding_a_server_is_for_platform_admins_and_names_are_checked() {
+    let s = common::TestServer::start().await;
+    let (st, e) = s
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/servers",
+            &s.alice_token,
+            Some(json!({"name": "x"})),
+        )
+        .await;
+    assert_eq!(st, 403, "{e}");
+    let (st, e) = s
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/servers",
+            &s.admin_token,
+            Some(json!({"name": "no spaces"})),
+        )
+        .await;
+    assert_eq!(
+        (st, e["error"]["field"].as_str()),
+        (422, Some("name")),
+        "{e}"
+    );
+    let (st, added) = s
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/servers",
+            &s.admin_token,
+            Some(json!({"name": "far"})),
+        )
+        .await;
+    assert_eq!(st, 201, "{added}");
+    let (st, e) = s
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/servers",
+            &s.admin_token,
+            Some(json!({"name": "far"})),
+        )
+        .await;
+    assert_eq!(st, 409, "{e}");
+    // Nothing is copied onto it yet (the data path between hosts comes next), with a clear
+    // answer rather than a tree written somewhere on this host.
+    let web_app = s.container_id("web-app").await;
+    let project = s.project_id("web-platform").await;
+    let far_id = added["server"]["id"].as_str().unwrap();
+    let (st, e) = s
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/v1/containers/{web_app}/copy"),
+            &s.admin_token,
+            Some(json!({"target_project_id": project, "target_server_id": far_id})),
+        )
+        .await;
+    assert_eq!(
+        (st, e["error"]["field"].as_str()),
+        (409, Some("target_server_id")),
+        "{e}"
+    );
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("another host"),
+        "{e}"
+    );
+    // Everyone sees it pending; only platform admins see where servers are.
+    let (_, list) = s.get("/api/v1/servers", &s.alice_token).await;
+    let far = list["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == "far")
+        .unwrap();
+    assert_eq!(far["state"], "pending", "{far}");
+    assert!(
+        list["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|x| x.get("storage_root").is_none()),
+        "{list}"
+    );
+    let (_, list) = s.get("/api/v1/servers", &s.admin_token).await;
+    let embedded = list["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["kind"] == "embedded")
+        .unwrap();
+    assert_eq!(embedded["state"], "online", "{embedded}");
+    assert!(
+        embedded["storage_root"].is_string() && embedded["free_bytes"].as_u64().unwrap() > 0,
+        "{embedded}"
+    );
+}
