@@ -9,6 +9,17 @@ pub(in crate::engine) fn copy(
     local: &[Place],
     ctl: &Control,
 ) -> Result<Summary, EngineError> {
+    copy_into(dst, ctl, |staging| copy_staged(src, dst, staging, local, ctl))
+}
+
+/// Lays a new tree down at `dst`: `fill` builds it in a staging dir and moves it into place
+/// (see [`finish_copy`]). What an interrupted earlier run left is repaired first; a staging
+/// dir that did not commit is removed, whatever happens.
+pub(in crate::engine) fn copy_into(
+    dst: &Place,
+    ctl: &Control,
+    fill: impl FnOnce(&Path) -> Result<Summary, EngineError>,
+) -> Result<Summary, EngineError> {
     let started = Instant::now();
     let work = dst.work_dir();
     let mut recovered = false;
@@ -28,7 +39,7 @@ pub(in crate::engine) fn copy(
     }
     let staging = work.join("root");
     fs::create_dir_all(&staging).map_err(EngineError::io_path("creating", &staging))?;
-    let result = copy_staged(src, dst, &staging, local, ctl);
+    let result = fill(&staging);
     match &result {
         Ok(_) => {
             let _ = fs::remove_dir_all(&work);
@@ -47,6 +58,39 @@ pub(in crate::engine) fn copy(
     })
 }
 
+/// The source's side of a copy, first: a stat-only scan (the sender hashes each file while
+/// sending it: one read, not two), and the totals as progress.
+pub(in crate::engine) fn scan_source(
+    src: &Place,
+    ctl: &Control,
+) -> Result<(Manifest, scan::ScanReport), EngineError> {
+    let cache = src.load_manifest().ok().flatten();
+    ctl.phase(Phase::Scan, None, None);
+    let (m, report) = scan::scan(&src.root, cache.as_ref(), false, ctl)?;
+    ctl.phase(Phase::Plan, None, None);
+    let total_bytes = m.bytes();
+    let total_files = m.entries.iter().filter(|e| e.kind != Kind::Special).count() as u64;
+    ctl.phase(Phase::Transfer, Some(total_bytes), Some(total_files));
+    Ok((m, report))
+}
+
+/// What the source's side adds to a copy's summary: what it sent, skipped and saw change.
+pub(in crate::engine) fn source_facts(
+    summary: &mut Summary,
+    report: scan::ScanReport,
+    sent_unstable: Listed,
+    stats: WireStats,
+) {
+    let mut unstable = report.unstable;
+    unstable.extend(sent_unstable);
+    summary.bytes_sent = stats.total;
+    summary.content_bytes = stats.data;
+    summary.skipped_special = report.specials.paths;
+    summary.skipped_special_count = report.specials.count;
+    summary.unstable = unstable.paths;
+    summary.unstable_count = unstable.count;
+}
+
 pub(super) fn copy_staged(
     src: &Place,
     dst: &Place,
@@ -54,15 +98,7 @@ pub(super) fn copy_staged(
     local: &[Place],
     ctl: &Control,
 ) -> Result<Summary, EngineError> {
-    let cache = src.load_manifest().ok().flatten();
-    // Stat only: the sender hashes each file while sending it (one read, not two).
-    ctl.phase(Phase::Scan, None, None);
-    let (mut m, report) = scan::scan(&src.root, cache.as_ref(), false, ctl)?;
-    ctl.phase(Phase::Plan, None, None);
-    let total_bytes = m.bytes();
-    let total_files = m.entries.iter().filter(|e| e.kind != Kind::Special).count() as u64;
-    ctl.phase(Phase::Transfer, Some(total_bytes), Some(total_files));
-
+    let (mut m, report) = scan_source(src, ctl)?;
     // The receiver's offer: content its server holds already, by hash.
     let offer = local_content(local, &m);
     let (w, r) = wire::pipe();
@@ -72,9 +108,23 @@ pub(super) fn copy_staged(
         (sender.join(), received)
     });
     let ((stats, sent_unstable), received) = join_ends(sent, received, ctl)?;
-    let mut unstable = report.unstable;
-    unstable.extend(sent_unstable);
+    // The source's manifest is its quick-check cache for the next sync (kept outside the
+    // container root: the source tree itself is never written).
+    let _ = m.store(&src.manifest_path());
+    let mut summary = finish_copy(dst, staging, &m, ctl)?;
+    summary.reused_bytes = received.reused_bytes;
+    source_facts(&mut summary, report, sent_unstable, stats);
+    Ok(summary)
+}
 
+/// The target's side of a copy, last: the staged tree checked against `m` (the source's
+/// manifest as sent), made durable, then moved into place.
+pub(in crate::engine) fn finish_copy(
+    dst: &Place,
+    staging: &Path,
+    m: &Manifest,
+    ctl: &Control,
+) -> Result<Summary, EngineError> {
     ctl.phase(Phase::Verify, None, None);
     let want = without_specials(m.clone());
     let got = restat(staging, &want, None)?;
@@ -83,9 +133,6 @@ pub(super) fn copy_staged(
     ctl.phase(Phase::Commit, None, None);
     got.store(&dst.manifest_path())
         .map_err(io_err("writing the target manifest"))?;
-    // The source's manifest is its quick-check cache for the next sync (kept outside the
-    // container root: the source tree itself is never written).
-    let _ = m.store(&src.manifest_path());
     write_marker(dst)?;
     let staging_fd = fsx::open_dir(staging).map_err(io_err("opening the staging tree"))?;
     fsx::syncfs(staging_fd.as_fd()).map_err(io_err("syncfs"))?;
@@ -107,13 +154,6 @@ pub(super) fn copy_staged(
         files_added: want.entries.len() as u64,
         tree_files: got.files(),
         tree_bytes: got.bytes(),
-        bytes_sent: stats.total,
-        content_bytes: stats.data,
-        reused_bytes: received.reused_bytes,
-        skipped_special: report.specials.paths,
-        skipped_special_count: report.specials.count,
-        unstable: unstable.paths,
-        unstable_count: unstable.count,
         source_root_hash: root_hash.clone(),
         root_hash,
         ..Summary::default()

@@ -1,5 +1,7 @@
 //! A sync: stage what changed, verify it, write the commit marker, apply, verify again.
 
+use std::path::PathBuf;
+
 use super::receive::*;
 use super::*;
 
@@ -10,10 +12,73 @@ pub(in crate::engine) fn sync(
     ctl: &Control,
 ) -> Result<Summary, EngineError> {
     let started = Instant::now();
+    let prepared = prepare_target(dst)?;
+    // Both trees at once, each with its recorded manifest as quick-check cache: each scan
+    // is mostly waiting on metadata syscalls.
+    ctl.phase(Phase::Scan, None, None);
+    let (s_scan, t_scan) = std::thread::scope(|s| {
+        let t = s.spawn(|| scan_target(dst, prepared, ctl));
+        let src_result = scan_sync_source(src, ctl);
+        (src_result, t.join())
+    });
+    let (s_man, s_report) = s_scan?;
+    let target = t_scan.map_err(|_| EngineError::Integrity("the target scan panicked".into()))??;
+
+    ctl.phase(Phase::Plan, None, None);
+    let mut summary = Summary::default();
+    drift(&target, keep, &mut summary);
+    let mut plan = plan(s_man, &s_report, &target.man, keep, &mut summary, ctl);
+    let received = if plan.files_total > 0 {
+        let stage = stage_dir(dst)?;
+        let result = (|| {
+            let (w, r) = wire::pipe();
+            let (sent, received) = std::thread::scope(|s| {
+                let man = &target.man;
+                let (changes, deleted) = (&plan.changes, &plan.deleted);
+                let sender = s.spawn(|| send_sync(&src.root, changes, deleted, man, w, ctl));
+                let received = receive(Mode::Sync, &dst.root, &stage, r, Some(man), &[], ctl);
+                (sender.join(), received)
+            });
+            let (sent, received) = join_ends(sent, received, ctl)?;
+            ctl.fail("sync:after-transfer")?;
+            Ok::<_, EngineError>((sent, received))
+        })();
+        let (sent, received) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                // Nothing of the target was touched yet: roll back the staged content.
+                let _ = fs::remove_dir_all(dst.work_dir());
+                return Err(e);
+            }
+        };
+        plan.sent(sent, &mut summary);
+        Some(received)
+    } else {
+        None
+    };
+    commit_sync(dst, target, &plan.want, received, &mut summary, ctl)?;
+    plan.finish(&mut summary);
+    summary.duration_ms = started.elapsed().as_millis() as u64;
+    summary.phase_ms = ctl.timings();
+    Ok(summary)
+}
+
+/// Whether an earlier sync of `dst` was interrupted while committing (its recorded state
+/// cannot be trusted then), and whether it left a work dir (removed here).
+#[derive(Clone, Copy)]
+pub(in crate::engine) struct Prepared {
+    interrupted_commit: bool,
+    recovered: bool,
+}
+
+/// The target's side, first: an interrupted run's work dir removed; the target must exist.
+pub(in crate::engine) fn prepare_target(dst: &Place) -> Result<Prepared, EngineError> {
     let work = dst.work_dir();
-    let interrupted_commit = dst.commit_marker().exists();
-    let recovered = work.exists();
-    if recovered {
+    let prepared = Prepared {
+        interrupted_commit: dst.commit_marker().exists(),
+        recovered: work.exists(),
+    };
+    if prepared.recovered {
         remove_tree(&work)?;
     }
     if !dst.root.is_dir() {
@@ -22,64 +87,105 @@ pub(in crate::engine) fn sync(
             dst.root.display()
         )));
     }
-    // Both trees at once, each with its recorded manifest as quick-check cache: each scan
-    // is mostly waiting on metadata syscalls.
-    ctl.phase(Phase::Scan, None, None);
-    let (src_cache, s_scan, t_scan) = std::thread::scope(|s| {
-        let t = s.spawn(|| {
-            // After an interrupted commit the target's recorded state cannot be trusted:
-            // scan it without the cache, so every file is read and the diff is against
-            // what is really there.
-            let old = if interrupted_commit {
-                None
-            } else {
-                dst.load_manifest()
-                    .map_err(io_err("reading the target manifest"))?
-            };
-            let scanned = scan::scan(&dst.root, old.as_ref(), true, ctl)?;
-            Ok::<_, EngineError>((old, scanned))
-        });
-        let src_cache = src.load_manifest().ok().flatten();
-        let src_result = scan::scan(&src.root, src_cache.as_ref(), true, ctl);
-        (src_cache, src_result, t.join())
-    });
-    let (s_man, s_report) = s_scan?;
-    let (old, (t_man, t_report)) =
-        t_scan.map_err(|_| EngineError::Integrity("the target scan panicked".into()))??;
-    // Whether the recorded manifests still describe the trees (then they need no rewrite).
-    let t_recorded = old.is_some() && t_report.hashed_files == 0;
-    let s_recorded = src_cache.is_some() && s_report.hashed_files == 0;
+    Ok(prepared)
+}
 
-    ctl.phase(Phase::Plan, None, None);
-    let mut summary = Summary {
-        recovered,
-        ..Summary::default()
+/// The target as it is, and as it was recorded.
+pub(in crate::engine) struct TargetState {
+    prepared: Prepared,
+    /// Its recorded manifest (none after an interrupted commit).
+    old: Option<Manifest>,
+    pub(in crate::engine) man: Manifest,
+    /// Whether the recorded manifest still describes the tree (then it needs no rewrite).
+    recorded: bool,
+}
+
+pub(in crate::engine) fn scan_target(
+    dst: &Place,
+    prepared: Prepared,
+    ctl: &Control,
+) -> Result<TargetState, EngineError> {
+    // After an interrupted commit the target's recorded state cannot be trusted: scan it
+    // without the cache, so every file is read and the diff is against what is really
+    // there.
+    let old = if prepared.interrupted_commit {
+        None
+    } else {
+        dst.load_manifest()
+            .map_err(io_err("reading the target manifest"))?
     };
-    if let Some(old) = &old {
-        let (pairs, deleted) = diff(old, &t_man);
-        // The copy's own identity files are its business, not drift.
-        for (c, e, _) in &pairs {
-            if *c != Change::Unchanged && !keep(&e.path) {
-                summary.drift += 1;
-                summary.drift_paths.push(e.display_path());
-            }
-        }
-        let deleted: Vec<_> = deleted.iter().filter(|e| !keep(&e.path)).collect();
-        summary.drift += deleted.len() as u64;
-        summary
-            .drift_paths
-            .extend(deleted.iter().map(|e| e.display_path()));
-        summary.drift_paths.truncate(20);
-    }
-    if !s_recorded {
+    let (man, report) = scan::scan(&dst.root, old.as_ref(), true, ctl)?;
+    Ok(TargetState {
+        prepared,
+        recorded: old.is_some() && report.hashed_files == 0,
+        old,
+        man,
+    })
+}
+
+/// The source's side, first: its scan with its quick-check cache, which is updated.
+pub(in crate::engine) fn scan_sync_source(
+    src: &Place,
+    ctl: &Control,
+) -> Result<(Manifest, scan::ScanReport), EngineError> {
+    let src_cache = src.load_manifest().ok().flatten();
+    let (s_man, s_report) = scan::scan(&src.root, src_cache.as_ref(), true, ctl)?;
+    if !(src_cache.is_some() && s_report.hashed_files == 0) {
         // The source's quick-check cache for the next sync.
         let _ = s_man.store(&src.manifest_path());
     }
+    Ok((s_man, s_report))
+}
+
+/// Changes made to the target since it was last synced (its own identity files aside).
+pub(in crate::engine) fn drift(
+    target: &TargetState,
+    keep: &dyn Fn(&[u8]) -> bool,
+    summary: &mut Summary,
+) {
+    summary.recovered = target.prepared.recovered;
+    let Some(old) = &target.old else {
+        return;
+    };
+    let (pairs, deleted) = diff(old, &target.man);
+    // The copy's own identity files are its business, not drift.
+    for (c, e, _) in &pairs {
+        if *c != Change::Unchanged && !keep(&e.path) {
+            summary.drift += 1;
+            summary.drift_paths.push(e.display_path());
+        }
+    }
+    let deleted: Vec<_> = deleted.iter().filter(|e| !keep(&e.path)).collect();
+    summary.drift += deleted.len() as u64;
+    summary
+        .drift_paths
+        .extend(deleted.iter().map(|e| e.display_path()));
+    summary.drift_paths.truncate(20);
+}
+
+/// What a sync sends and the state it reaches.
+pub(in crate::engine) struct Plan {
+    pub(in crate::engine) want: Manifest,
+    pub(in crate::engine) changes: Vec<(Change, Entry)>,
+    pub(in crate::engine) deleted: Vec<Vec<u8>>,
+    pub(in crate::engine) files_total: u64,
+    unstable: Listed,
+}
+
+/// The source's side: the state to reach and the changes that lead there from `target`.
+pub(in crate::engine) fn plan(
+    s_man: Manifest,
+    s_report: &scan::ScanReport,
+    target: &Manifest,
+    keep: &dyn Fn(&[u8]) -> bool,
+    summary: &mut Summary,
+    ctl: &Control,
+) -> Plan {
     let want = without_specials(s_man);
     // The source's state, which the sync status compares against.
     summary.source_root_hash = want.root_hex();
-    let mut want = keeping(want, &t_man, keep, &mut summary.identity_files);
-    let (pairs, deleted) = diff(&t_man, &want);
+    let want = keeping(want, target, keep, &mut summary.identity_files);
+    let (pairs, deleted) = diff(target, &want);
     let mut bytes_total = 0;
     for (c, e, _) in &pairs {
         match c {
@@ -97,90 +203,100 @@ pub(in crate::engine) fn sync(
         summary.files_added + summary.files_changed + summary.metadata_only + summary.files_deleted;
     summary.skipped_special = s_report.specials.paths.clone();
     summary.skipped_special_count = s_report.specials.count;
-    let mut unstable = s_report.unstable.clone();
-
+    let deleted = deleted.iter().map(|e| e.path.clone()).collect();
+    let changes = pairs
+        .iter()
+        .filter(|(c, _, _)| *c != Change::Unchanged)
+        .map(|(c, e, _)| (*c, (*e).clone()))
+        .collect();
     if files_total > 0 {
         ctl.phase(Phase::Transfer, Some(bytes_total), Some(files_total));
-        let stage = work.join("stage");
-        fs::create_dir_all(&stage).map_err(EngineError::io_path("creating", &stage))?;
-        let deleted_paths: Vec<Vec<u8>> = deleted.iter().map(|e| e.path.clone()).collect();
-        let changes: Vec<(Change, Entry)> = pairs
-            .iter()
-            .filter(|(c, _, _)| *c != Change::Unchanged)
-            .map(|(c, e, _)| (*c, (*e).clone()))
-            .collect();
-        let result = (|| {
-            let (w, r) = wire::pipe();
-            let (sent, received) = std::thread::scope(|s| {
-                let sender =
-                    s.spawn(|| send_sync(&src.root, &changes, &deleted_paths, &t_man, w, ctl));
-                let received = receive(Mode::Sync, &dst.root, &stage, r, Some(&t_man), &[], ctl);
-                (sender.join(), received)
-            });
-            let (sent, received) = join_ends(sent, received, ctl)?;
-            ctl.fail("sync:after-transfer")?;
-            Ok::<_, EngineError>((sent, received))
-        })();
-        let (sent, received) = match result {
-            Ok(r) => r,
-            Err(e) => {
-                // Nothing of the target was touched yet: roll back the staged content.
-                let _ = fs::remove_dir_all(&work);
-                return Err(e);
-            }
-        };
+    }
+    Plan {
+        unstable: s_report.unstable.clone(),
+        want,
+        changes,
+        deleted,
+        files_total,
+    }
+}
+
+impl Plan {
+    /// What the sender did: its counters, and files that changed between the scan and the
+    /// send (the state records what was really sent).
+    pub(in crate::engine) fn sent(&mut self, sent: Sent, summary: &mut Summary) {
         summary.bytes_sent = sent.stats.total;
         summary.content_bytes = sent.stats.data;
         summary.delta_files = sent.delta_files;
-        summary.reused_bytes = received.reused_bytes;
-        // Files that changed between the scan and the send: record what was really sent.
         for (path, hash, size, chunks) in sent.reread {
-            if let Some(e) = want.entries.iter_mut().find(|e| e.path == path) {
+            if let Some(e) = self.want.entries.iter_mut().find(|e| e.path == path) {
                 e.hash = hash;
                 e.size = size;
                 e.chunks = chunks;
-                unstable.push(|| e.display_path());
+                self.unstable.push(|| e.display_path());
             }
         }
+    }
 
+    pub(in crate::engine) fn finish(self, summary: &mut Summary) {
+        summary.unstable = self.unstable.paths;
+        summary.unstable_count = self.unstable.count;
+    }
+}
+
+/// The target's stage for a sync's content, in its work dir.
+pub(in crate::engine) fn stage_dir(dst: &Place) -> Result<PathBuf, EngineError> {
+    let stage = dst.work_dir().join("stage");
+    fs::create_dir_all(&stage).map_err(EngineError::io_path("creating", &stage))?;
+    Ok(stage)
+}
+
+/// The target's side, last: the staged changes applied (behind the commit marker), the
+/// tree verified against `want`, its manifest recorded, all made durable.
+pub(in crate::engine) fn commit_sync(
+    dst: &Place,
+    target: TargetState,
+    want: &Manifest,
+    received: Option<Received>,
+    summary: &mut Summary,
+    ctl: &Control,
+) -> Result<(), EngineError> {
+    let changed = received.is_some();
+    if let Some(received) = received {
+        summary.reused_bytes = received.reused_bytes;
         ctl.phase(Phase::Commit, None, Some(received.pending.len() as u64));
         write_marker(dst)?;
         let root_fd = fsx::open_dir(&dst.root).map_err(io_err("opening the target"))?;
         fsx::syncfs(root_fd.as_fd()).map_err(io_err("syncfs"))?;
-        apply_pending(&dst.root, &stage, received.pending, &t_man, &want, ctl)?;
+        let stage = dst.work_dir().join("stage");
+        apply_pending(&dst.root, &stage, received.pending, &target.man, want, ctl)?;
     }
 
     ctl.phase(Phase::Verify, None, None);
-    // Nothing changed: the target scan just read back exactly this state.
-    let got = if files_total == 0 {
-        t_man
+    // Nothing changed: the target scan just read back exactly this state, and the diff
+    // already compared every entry: one root hash is enough.
+    let (got, root_hash) = if changed {
+        let got = restat(&dst.root, want, Some(&target.man))?;
+        let root_hash = check_roots(want, &got)?;
+        (got, root_hash)
     } else {
-        restat(&dst.root, &want, Some(&t_man))?
+        let root_hash = target.man.root_hex();
+        (target.man, root_hash)
     };
-    // Nothing changed: the diff already compared every entry, one root hash is enough.
-    let root_hash = if files_total == 0 {
-        got.root_hex()
-    } else {
-        check_roots(&want, &got)?
-    };
-    if files_total > 0 || !t_recorded || summary.drift > 0 {
+    if changed || !target.recorded || summary.drift > 0 {
         got.store(&dst.manifest_path())
             .map_err(io_err("writing the target manifest"))?;
     }
-    if files_total > 0 || interrupted_commit {
+    if changed || target.prepared.interrupted_commit {
         let root_fd = fsx::open_dir(&dst.root).map_err(io_err("opening the target"))?;
         fsx::syncfs(root_fd.as_fd()).map_err(io_err("syncfs"))?;
     }
-    let _ = fs::remove_dir_all(&work);
-    summary.recovered |= interrupted_commit;
-    summary.unstable = unstable.paths;
-    summary.unstable_count = unstable.count;
+    let _ = fs::remove_dir_all(dst.work_dir());
+    summary.recovered |= target.prepared.interrupted_commit;
     summary.tree_files = got.files();
     summary.tree_bytes = got.bytes();
     summary.root_hash = root_hash;
-    summary.duration_ms = started.elapsed().as_millis() as u64;
-    summary.phase_ms = ctl.timings();
-    Ok(summary)
+    Ok(())
 }
 
 /// The state to reach: the source's, but at the paths `keep` names, the target's entry as
