@@ -21,6 +21,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub use manifest::{Entry, Kind, Manifest};
+/// Copy and sync between two servers' processes, over one connection (see `transfer/peer.rs`).
+pub use transfer::{
+    receive_copy_from, receive_sync_from, send_copy_to, send_sync_to, Duplex, Peer,
+};
 
 /// Where a tree lives and where the engine keeps its state about it (its manifest, which
 /// doubles as the quick-check cache, and a work dir for staged content). The state dir

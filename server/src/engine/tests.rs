@@ -1188,3 +1188,118 @@ fn a_copy_s_identity_is_never_written_through_a_symlink() {
     assert!(written.is_empty(), "{written:?}");
     assert_eq!(fs::read(outside.join("hostname")).unwrap(), b"host\n");
 }
+
+/// The two halves of a copy or sync between processes, here two threads joined by a real
+/// socket (a Unix socket pair): the source's half on one end, the target's on the other.
+fn across<S: Send, T: Send>(
+    source: impl FnOnce(&mut dyn Duplex) -> S + Send,
+    target: impl FnOnce(&mut dyn Duplex) -> T + Send,
+) -> (S, T) {
+    let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+    std::thread::scope(|s| {
+        let t = s.spawn(move || target(&mut Peer::new(b)));
+        let out = source(&mut Peer::new(a));
+        (out, t.join().unwrap())
+    })
+}
+
+#[test]
+fn copies_and_syncs_between_two_ends_of_a_connection_reach_equality() {
+    let keep_identity = &identity::is_identity_path;
+    for seed in [5u64, 11] {
+        let env = Env::new();
+        let (src, dst) = (env.place("src"), env.place("dst"));
+        let mut rng = Rng(seed * 104_729);
+        random_tree(&src.root, &mut rng, 40);
+        let (sent, received) = across(
+            |c| send_copy_to(&src, c, &Control::new()),
+            |c| receive_copy_from(&dst, c, &Control::new()),
+        );
+        let (sent, received) = (sent.unwrap(), received.unwrap());
+        assert_same_tree(&src.root, &dst.root);
+        no_debris(&dst);
+        assert_eq!(sent.root_hash, received.root_hash);
+        assert!(sent.bytes_sent > 0 && sent.tree_files > 0, "{sent:?}");
+        for round in 0..3 {
+            random_changes(&src.root, &mut rng);
+            let (sent, received) = across(
+                |c| send_sync_to(&src, c, keep_identity, &Control::new()),
+                |c| receive_sync_from(&dst, c, keep_identity, &Control::new()),
+            );
+            let sent = sent.unwrap_or_else(|e| panic!("seed {seed} round {round}: {e}"));
+            received.unwrap();
+            assert_same_tree(&src.root, &dst.root);
+            no_debris(&dst);
+            assert!(sent.files_added + sent.files_changed + sent.files_deleted > 0);
+            assert_eq!(sent.source_root_hash, sent.root_hash, "{sent:?}");
+        }
+        // Nothing changed: no content crosses, and what does is small (two manifests).
+        let (sent, _) = across(
+            |c| send_sync_to(&src, c, keep_identity, &Control::new()),
+            |c| receive_sync_from(&dst, c, keep_identity, &Control::new()),
+        );
+        let sent = sent.unwrap();
+        assert_eq!(
+            (sent.bytes_sent, sent.content_bytes, sent.files_changed),
+            (0, 0, 0)
+        );
+        // Changes on the copy are drift, reported by the target's half, and undone.
+        write(&dst.root.join("a/edited-on-the-copy"), b"x");
+        let (sent, _) = across(
+            |c| send_sync_to(&src, c, keep_identity, &Control::new()),
+            |c| receive_sync_from(&dst, c, keep_identity, &Control::new()),
+        );
+        assert_eq!(sent.unwrap().drift, 1);
+        assert_same_tree(&src.root, &dst.root);
+    }
+}
+
+#[test]
+fn a_half_that_fails_ends_both_cleanly_and_leaves_no_tree() {
+    let env = Env::new();
+    let (src, dst) = (env.place("src"), env.place("dst"));
+    random_tree(&src.root, &mut Rng(17), 40);
+    // The source stops before it sends a thing (cancelled): the target lays nothing down.
+    let ctl = Control::new();
+    ctl.cancel();
+    let (sent, received) = across(
+        |c| send_copy_to(&src, c, &ctl),
+        |c| receive_copy_from(&dst, c, &Control::new()),
+    );
+    assert!(matches!(sent, Err(EngineError::Cancelled)), "{sent:?}");
+    assert!(received.is_err());
+    assert!(!dst.root.exists());
+    no_debris(&dst);
+    // The target fails mid-transfer (its fifth file): the source, still sending, is not
+    // left blocked, and learns why; nothing is laid down.
+    let (failing, _) = fail_at(5);
+    let (sent, received) = across(
+        |c| send_copy_to(&src, c, &Control::new()),
+        |c| receive_copy_from(&dst, c, &failing),
+    );
+    let err = sent.unwrap_err().to_string();
+    assert!(err.contains("the target server"), "{err}");
+    assert!(received.is_err());
+    assert!(!dst.root.exists());
+    no_debris(&dst);
+    // The target refuses (its tree exists): the source learns why, from the target.
+    fs::create_dir_all(&dst.root).unwrap();
+    let (sent, received) = across(
+        |c| send_copy_to(&src, c, &Control::new()),
+        |c| receive_copy_from(&dst, c, &Control::new()),
+    );
+    let err = sent.unwrap_err().to_string();
+    assert!(
+        err.contains("the target server") && err.contains("already exists"),
+        "{err}"
+    );
+    assert!(received.is_err());
+    // A sync's target that fails verification: its reply says so, the source reports it.
+    let missing = env.place("missing");
+    let (sent, _) = across(
+        |c| send_sync_to(&src, c, &|_| false, &Control::new()),
+        |c| receive_sync_from(&missing, c, &|_| false, &Control::new()),
+    );
+    let err = sent.unwrap_err().to_string();
+    assert!(err.contains("does not exist"), "{err}");
+}

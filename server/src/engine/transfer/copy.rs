@@ -9,7 +9,9 @@ pub(in crate::engine) fn copy(
     local: &[Place],
     ctl: &Control,
 ) -> Result<Summary, EngineError> {
-    copy_into(dst, ctl, |staging| copy_staged(src, dst, staging, local, ctl))
+    copy_into(dst, ctl, |staging| {
+        copy_staged(src, dst, staging, local, ctl)
+    })
 }
 
 /// Lays a new tree down at `dst`: `fill` builds it in a staging dir and moves it into place

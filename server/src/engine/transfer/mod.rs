@@ -15,10 +15,12 @@ use super::wire::{self, Frame, FrameReader, FrameWriter, PipeReader, PipeWriter,
 use super::{Control, EngineError, Phase, Place, Summary};
 
 mod copy;
+mod peer;
 mod receive;
 mod sync;
 
 pub(super) use copy::copy;
+pub use peer::{receive_copy_from, receive_sync_from, send_copy_to, send_sync_to, Duplex, Peer};
 pub(super) use sync::sync;
 
 fn io_err(context: &'static str) -> impl Fn(io::Error) -> EngineError {

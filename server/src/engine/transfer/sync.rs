@@ -22,7 +22,8 @@ pub(in crate::engine) fn sync(
         (src_result, t.join())
     });
     let (s_man, s_report) = s_scan?;
-    let target = t_scan.map_err(|_| EngineError::Integrity("the target scan panicked".into()))??;
+    let target =
+        t_scan.map_err(|_| EngineError::Integrity("the target scan panicked".into()))??;
 
     ctl.phase(Phase::Plan, None, None);
     let mut summary = Summary::default();

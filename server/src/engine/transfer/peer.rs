@@ -1,0 +1,457 @@
+//! Copy and sync between two processes (two hosts): the source's half and the target's
+//! half of each, talking over one byte stream in both directions (a TLS connection; any
+//! `Read + Write`). The halves are those the local copy and sync compose in one process;
+//! only how they meet differs.
+//!
+//! On the stream, in turn:
+//! - copy: target -> ready (its new tree can be laid down); source -> frames (as a
+//!   sub-stream), then the manifest as sent; target -> reply.
+//! - sync: target -> its manifest; source -> how many changes, their frames (if any), the
+//!   state to reach; target -> reply.
+//!
+//! A sub-stream is the frame stream cut into pieces (`u32` length, bytes) ended by an empty
+//! piece, so the target knows where frames end even when the source gave up half way. A
+//! message is a tag byte, a `u64` length and its bytes. The reply is JSON: the target's
+//! part of the summary, or why it failed. A side that fails still reads the other to its
+//! end before replying, so neither is left writing into a connection nobody reads.
+
+use std::io::{BufReader, Read, Write};
+
+use super::copy::{copy_into, finish_copy, scan_source, send_copy, source_facts};
+use super::receive::{receive, Mode};
+use super::sync::{
+    commit_sync, drift, plan, prepare_target, scan_sync_source, scan_target, send_sync, stage_dir,
+};
+use super::*;
+
+/// Both directions of a connection.
+pub trait Duplex: Read + Write + Send {}
+impl<T: Read + Write + Send> Duplex for T {}
+
+/// A connection with reads buffered (frame headers are a few bytes each).
+pub struct Peer<T: Duplex> {
+    inner: BufReader<T>,
+}
+
+impl<T: Duplex> Peer<T> {
+    pub fn new(inner: T) -> Peer<T> {
+        Peer {
+            inner: BufReader::with_capacity(256 << 10, inner),
+        }
+    }
+}
+
+impl<T: Duplex> Read for Peer<T> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf)
+    }
+}
+
+impl<T: Duplex> Write for Peer<T> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.get_mut().write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.get_mut().flush()
+    }
+}
+
+const MANIFEST: u8 = 1;
+const TARGET_MANIFEST: u8 = 2;
+const CHANGES: u8 = 3;
+const ABORT: u8 = 4;
+const REPLY: u8 = 5;
+const READY: u8 = 6;
+/// The largest message (a manifest of some million entries fits).
+const MAX_MESSAGE: u64 = 1 << 30;
+const PIECE: usize = 256 << 10;
+
+fn peer_err(context: &'static str) -> impl Fn(io::Error) -> EngineError {
+    move |source| EngineError::Io {
+        context: format!("{context} (the other server)"),
+        source,
+    }
+}
+
+fn write_message(out: &mut dyn Write, tag: u8, bytes: &[u8]) -> io::Result<()> {
+    let mut head = [0u8; 9];
+    head[0] = tag;
+    head[1..].copy_from_slice(&(bytes.len() as u64).to_le_bytes());
+    out.write_all(&head)?;
+    out.write_all(bytes)?;
+    out.flush()
+}
+
+/// The next message: its tag and bytes.
+fn read_message(input: &mut dyn Read) -> io::Result<(u8, Vec<u8>)> {
+    let mut head = [0u8; 9];
+    input.read_exact(&mut head)?;
+    let len = u64::from_le_bytes(head[1..].try_into().expect("8 bytes"));
+    if len > MAX_MESSAGE {
+        return Err(super::super::manifest::bad("a message too large"));
+    }
+    let mut bytes = vec![0u8; len as usize];
+    input.read_exact(&mut bytes)?;
+    Ok((head[0], bytes))
+}
+
+/// Sends what the pipe carries as a sub-stream, then its end.
+fn forward_out(mut from: wire::PipeReader, out: &mut dyn Write) -> io::Result<()> {
+    let mut buf = vec![0u8; PIECE];
+    loop {
+        let n = from.read(&mut buf)?;
+        out.write_all(&(n as u32).to_le_bytes())?;
+        if n == 0 {
+            return out.flush();
+        }
+        out.write_all(&buf[..n])?;
+    }
+}
+
+/// Reads a sub-stream into the pipe, to its end: once the pipe's reader is gone (the
+/// receiver failed), the rest is read and dropped, so the sender is never left blocked.
+fn forward_in(input: &mut dyn Read, into: wire::PipeWriter) -> io::Result<()> {
+    let mut into = Some(into);
+    let mut buf = vec![0u8; PIECE];
+    loop {
+        let mut len = [0u8; 4];
+        input.read_exact(&mut len)?;
+        let n = u32::from_le_bytes(len) as usize;
+        if n == 0 {
+            if let Some(mut w) = into.take() {
+                w.flush()?;
+            }
+            return Ok(());
+        }
+        if n > buf.len() {
+            return Err(super::super::manifest::bad("a piece too large"));
+        }
+        input.read_exact(&mut buf[..n])?;
+        if let Some(w) = into.as_mut() {
+            if w.write_all(&buf[..n]).is_err() {
+                into = None;
+            }
+        }
+    }
+}
+
+/// The target's answer: its part of the summary, or why it failed (and whether the target
+/// tree is left partly changed).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Reply {
+    summary: Option<Summary>,
+    error: Option<String>,
+    #[serde(default)]
+    incomplete: bool,
+}
+
+fn reply(out: &mut dyn Write, dst: &Place, result: &Result<Summary, EngineError>) {
+    let r = match result {
+        Ok(s) => Reply {
+            summary: Some(s.clone()),
+            error: None,
+            incomplete: false,
+        },
+        Err(e) => Reply {
+            summary: None,
+            error: Some(e.to_string()),
+            incomplete: dst.commit_pending(),
+        },
+    };
+    let bytes = serde_json::to_vec(&r).unwrap_or_default();
+    // Best effort: the source may be gone already.
+    let _ = write_message(out, REPLY, &bytes);
+}
+
+/// The target's reply, as the source reads it.
+fn read_reply(input: &mut dyn Read) -> Result<Summary, EngineError> {
+    let (tag, bytes) = read_message(input).map_err(peer_err("reading the target's answer"))?;
+    if tag != REPLY {
+        return Err(EngineError::Integrity(
+            "the target answered out of turn".into(),
+        ));
+    }
+    let r: Reply = serde_json::from_slice(&bytes)
+        .map_err(|e| EngineError::Integrity(format!("the target's answer: {e}")))?;
+    match (r.summary, r.error) {
+        (Some(s), None) => Ok(s),
+        (_, error) => {
+            let why = format!("the target server: {}", error.unwrap_or_default());
+            Err(if r.incomplete {
+                EngineError::Incomplete(why)
+            } else {
+                EngineError::Refused(why)
+            })
+        }
+    }
+}
+
+/// After the source's own failure: the target is told (and cleans up), and its reply read.
+fn abort(stream: &mut dyn Duplex, why: &EngineError) {
+    let _ = write_message(stream, ABORT, why.to_string().as_bytes());
+    let _ = read_message(stream);
+}
+
+/// The frames of `send` through the stream, as a sub-stream; the sender's result.
+fn send_frames<S: Send>(
+    stream: &mut dyn Duplex,
+    ctl: &Control,
+    send: impl FnOnce(wire::PipeWriter) -> Result<S, EngineError> + Send,
+) -> Result<S, EngineError> {
+    let (w, r) = wire::pipe();
+    let (sent, forwarded) = std::thread::scope(|s| {
+        let sender = s.spawn(|| send(w));
+        let forwarded = forward_out(r, stream);
+        (sender.join(), forwarded)
+    });
+    let sent = sent.unwrap_or_else(|_| Err(EngineError::Integrity("the sender panicked".into())));
+    ctl.check()?;
+    // When the connection failed, the sender saw only its pipe close: the connection's
+    // error is the cause.
+    match (sent, forwarded) {
+        (Ok(s), Ok(())) => Ok(s),
+        (Err(e), Ok(())) => Err(e),
+        (Err(EngineError::Cancelled), Err(_)) => Err(EngineError::Cancelled),
+        (_, Err(e)) => Err(peer_err("sending")(e)),
+    }
+}
+
+/// The frames of a sub-stream applied by `receive`; the receiver's result.
+fn receive_frames<R: Send>(
+    stream: &mut dyn Duplex,
+    receive: impl FnOnce(wire::PipeReader) -> Result<R, EngineError> + Send,
+) -> Result<R, EngineError> {
+    let (w, r) = wire::pipe();
+    let (forwarded, received) = std::thread::scope(|s| {
+        let reader = s.spawn(|| forward_in(stream, w));
+        let received = receive(r);
+        (reader.join(), received)
+    });
+    let forwarded =
+        forwarded.unwrap_or_else(|_| Err(super::super::manifest::bad("the reader panicked")));
+    match (forwarded, received) {
+        (Err(e), _) => Err(peer_err("receiving")(e)),
+        (Ok(()), received) => received,
+    }
+}
+
+/// The source's half of a copy to another server: scan, send, then the manifest as sent;
+/// the summary with the target's part.
+pub fn send_copy_to(
+    src: &Place,
+    stream: &mut dyn Duplex,
+    ctl: &Control,
+) -> Result<Summary, EngineError> {
+    let started = Instant::now();
+    let scanned = scan_source(src, ctl);
+    // The target says first whether it can take the tree at all.
+    let (tag, bytes) = read_message(stream).map_err(peer_err("reading the target's answer"))?;
+    if tag != READY {
+        return Err(read_reply_after(tag, &bytes));
+    }
+    let (mut m, report) = match scanned {
+        Ok(r) => r,
+        Err(e) => {
+            // The target waits for frames: an empty sub-stream, then why.
+            let _ = stream.write_all(&0u32.to_le_bytes());
+            abort(stream, &e);
+            return Err(e);
+        }
+    };
+    let offer = HashMap::new();
+    let root = &src.root;
+    let sent = send_frames(stream, ctl, |w| send_copy(root, &mut m, &offer, w, ctl));
+    let (stats, sent_unstable) = match sent {
+        Ok(s) => s,
+        Err(e) => {
+            abort(stream, &e);
+            return Err(e);
+        }
+    };
+    let _ = m.store(&src.manifest_path());
+    write_message(stream, MANIFEST, &m.encode()).map_err(peer_err("sending the manifest"))?;
+    let mut summary = read_reply(stream)?;
+    source_facts(&mut summary, report, sent_unstable, stats);
+    summary.duration_ms = started.elapsed().as_millis() as u64;
+    summary.phase_ms.extend(ctl.timings());
+    Ok(summary)
+}
+
+/// The target's half of a copy from another server: the tree laid down at `dst` (new),
+/// verified against the source's manifest, committed; the reply sent. Also its result here.
+pub fn receive_copy_from(
+    dst: &Place,
+    stream: &mut dyn Duplex,
+    ctl: &Control,
+) -> Result<Summary, EngineError> {
+    let result = copy_into(dst, ctl, |staging| {
+        write_message(stream, READY, &[]).map_err(peer_err("answering"))?;
+        let received = receive_frames(stream, |r| {
+            receive(Mode::Copy, staging, staging, r, None, &[], ctl)
+        });
+        // The source's next message (the manifest, or why it stopped) is read even after a
+        // failure here, before the reply.
+        let next = read_message(stream).map_err(peer_err("reading the manifest"));
+        let received = received?;
+        let (tag, bytes) = next?;
+        if tag == ABORT {
+            return Err(EngineError::Refused(format!(
+                "the source gave up: {}",
+                String::from_utf8_lossy(&bytes)
+            )));
+        }
+        if tag != MANIFEST {
+            return Err(EngineError::Integrity("no manifest from the source".into()));
+        }
+        let m = Manifest::decode(&bytes).map_err(peer_err("reading the manifest"))?;
+        let mut summary = finish_copy(dst, staging, &m, ctl)?;
+        summary.reused_bytes = received.reused_bytes;
+        Ok(summary)
+    });
+    reply(stream, dst, &result);
+    result
+}
+
+/// The source's half of a sync to another server: the target's manifest read, the plan
+/// made, the changes sent, then the state to reach; the summary with the target's part.
+pub fn send_sync_to(
+    src: &Place,
+    stream: &mut dyn Duplex,
+    keep: &dyn Fn(&[u8]) -> bool,
+    ctl: &Control,
+) -> Result<Summary, EngineError> {
+    let started = Instant::now();
+    ctl.phase(Phase::Scan, None, None);
+    let scanned = scan_sync_source(src, ctl);
+    let (tag, bytes) = read_message(stream).map_err(peer_err("reading the target's manifest"))?;
+    if tag != TARGET_MANIFEST {
+        return Err(read_reply_after(tag, &bytes));
+    }
+    let (s_man, s_report) = match scanned {
+        Ok(s) => s,
+        Err(e) => {
+            abort(stream, &e);
+            return Err(e);
+        }
+    };
+    let t_man = Manifest::decode(&bytes).map_err(peer_err("reading the target's manifest"))?;
+    ctl.phase(Phase::Plan, None, None);
+    let mut summary = Summary::default();
+    let mut plan = plan(s_man, &s_report, &t_man, keep, &mut summary, ctl);
+    write_message(stream, CHANGES, &plan.files_total.to_le_bytes()).map_err(peer_err("sending"))?;
+    if plan.files_total > 0 {
+        let (changes, deleted, root) = (&plan.changes, &plan.deleted, &src.root);
+        let sent = send_frames(stream, ctl, |w| {
+            send_sync(root, changes, deleted, &t_man, w, ctl)
+        });
+        match sent {
+            Ok(sent) => plan.sent(sent, &mut summary),
+            Err(e) => {
+                abort(stream, &e);
+                return Err(e);
+            }
+        }
+    }
+    write_message(stream, MANIFEST, &plan.want.encode())
+        .map_err(peer_err("sending the state to reach"))?;
+    let theirs = read_reply(stream)?;
+    plan.finish(&mut summary);
+    summary.drift = theirs.drift;
+    summary.drift_paths = theirs.drift_paths;
+    summary.recovered = theirs.recovered;
+    summary.reused_bytes = theirs.reused_bytes;
+    summary.tree_files = theirs.tree_files;
+    summary.tree_bytes = theirs.tree_bytes;
+    summary.root_hash = theirs.root_hash;
+    summary.duration_ms = started.elapsed().as_millis() as u64;
+    summary.phase_ms = ctl.timings();
+    for (phase, ms) in theirs.phase_ms {
+        summary
+            .phase_ms
+            .entry(format!("target {phase}"))
+            .or_insert(ms);
+    }
+    Ok(summary)
+}
+
+/// A reply where another message was due: the target failed before the transfer.
+fn read_reply_after(tag: u8, bytes: &[u8]) -> EngineError {
+    if tag != REPLY {
+        return EngineError::Integrity("the target answered out of turn".into());
+    }
+    let mut framed = vec![REPLY];
+    framed.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+    framed.extend_from_slice(bytes);
+    match read_reply(&mut framed.as_slice()) {
+        Err(e) => e,
+        Ok(_) => EngineError::Integrity("the target ended the sync early".into()),
+    }
+}
+
+/// The target's half of a sync from another server: its tree scanned and its manifest
+/// sent, the changes staged, then applied (behind the commit marker) and verified against
+/// the state the source sends; the reply sent. Also its result here.
+pub fn receive_sync_from(
+    dst: &Place,
+    stream: &mut dyn Duplex,
+    keep: &dyn Fn(&[u8]) -> bool,
+    ctl: &Control,
+) -> Result<Summary, EngineError> {
+    let started = Instant::now();
+    let result = (|| {
+        let prepared = prepare_target(dst)?;
+        ctl.phase(Phase::Scan, None, None);
+        let target = scan_target(dst, prepared, ctl)?;
+        let mut summary = Summary::default();
+        drift(&target, keep, &mut summary);
+        write_message(stream, TARGET_MANIFEST, &target.man.encode())
+            .map_err(peer_err("sending the manifest"))?;
+        let (tag, bytes) = read_message(stream).map_err(peer_err("reading the plan"))?;
+        if tag == ABORT {
+            return Err(EngineError::Refused(format!(
+                "the source gave up: {}",
+                String::from_utf8_lossy(&bytes)
+            )));
+        }
+        let files_total = match <[u8; 8]>::try_from(bytes.as_slice()) {
+            Ok(b) if tag == CHANGES => u64::from_le_bytes(b),
+            _ => return Err(EngineError::Integrity("no plan from the source".into())),
+        };
+        ctl.phase(Phase::Transfer, None, Some(files_total));
+        let received = if files_total > 0 {
+            let stage = stage_dir(dst)?;
+            let current = &target.man;
+            let received = receive_frames(stream, |r| {
+                receive(Mode::Sync, &dst.root, &stage, r, Some(current), &[], ctl)
+            });
+            match received {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    let _ = fs::remove_dir_all(dst.work_dir());
+                    // The source's next message (its state, or why it stopped) is read
+                    // before the reply.
+                    let _ = read_message(stream);
+                    return Err(e);
+                }
+            }
+        } else {
+            None
+        };
+        let (tag, bytes) = read_message(stream).map_err(peer_err("reading the state"))?;
+        if tag != MANIFEST {
+            let _ = fs::remove_dir_all(dst.work_dir());
+            return Err(EngineError::Refused(format!(
+                "the source gave up: {}",
+                String::from_utf8_lossy(&bytes)
+            )));
+        }
+        let want = Manifest::decode(&bytes).map_err(peer_err("reading the state"))?;
+        commit_sync(dst, target, &want, received, &mut summary, ctl)?;
+        summary.duration_ms = started.elapsed().as_millis() as u64;
+        summary.phase_ms = ctl.timings();
+        Ok(summary)
+    })();
+    reply(stream, dst, &result);
+    result
+}
