@@ -209,6 +209,13 @@ impl ClientPins {
         ClientPins::Only(Arc::new(RwLock::new(pins.into_iter().collect())))
     }
 
+    /// From now on these (a set of pins only).
+    pub fn replace(&self, pins: impl IntoIterator<Item = Fingerprint>) {
+        if let ClientPins::Only(set) = self {
+            *set.write() = pins.into_iter().collect();
+        }
+    }
+
     pub fn allows(&self, fp: &Fingerprint) -> bool {
         match self {
             ClientPins::Only(set) => set.read().contains(fp),
@@ -302,8 +309,9 @@ pub struct Peer {
     pub address: std::net::SocketAddr,
 }
 
-/// Serves `router` over TLS on `listener` until `stop` resolves: each connection's
-/// handshake (at most 10 s) must pass `config`'s client check; its requests carry [`Peer`].
+/// Serves `router` over TLS on `listener` until `stop` resolves (connections under way go
+/// on until the process ends): each connection's handshake (at most 10 s) must pass
+/// `config`'s client check; its requests carry [`Peer`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     config: Arc<rustls::ServerConfig>,
@@ -311,7 +319,6 @@ pub async fn serve(
     stop: impl std::future::Future<Output = ()>,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(stop);
     loop {
         let (tcp, address) = tokio::select! {
@@ -325,15 +332,15 @@ pub async fn serve(
             },
             () = &mut stop => break,
         };
+        let _ = tcp.set_nodelay(true);
         let (acceptor, router) = (acceptor.clone(), router.clone());
-        let watcher = graceful.watcher();
         tokio::spawn(async move {
             let handshake =
                 tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp));
             let tls = match handshake.await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
-                    tracing::info!(error = %e, "TLS handshake refused");
+                    tracing::info!(error = %e, %address, "TLS handshake refused");
                     return;
                 }
                 Err(_) => return,
@@ -356,12 +363,13 @@ pub async fn serve(
                     tower::ServiceExt::oneshot(router.clone(), req)
                 },
             );
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(tls), service);
-            let _ = watcher.watch(conn).await;
+            // Upgrades: a transfer turns its request's connection into the engine's stream.
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .with_upgrades()
+                .await;
         });
     }
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), graceful.shutdown()).await;
 }
 
 /// A client for one pinned server, presenting `me` (HTTP/1.1 over TLS).

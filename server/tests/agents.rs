@@ -26,12 +26,18 @@ struct ControlPlane {
 }
 
 async fn control_plane(lab: &Lab, dir: &Path) -> ControlPlane {
+    control_plane_with(lab, dir, false).await
+}
+
+/// With `demo`, the demo's projects and containers (on this host's servers).
+async fn control_plane_with(lab: &Lab, dir: &Path, demo: bool) -> ControlPlane {
     let data = dir.join("cp");
     let addr = lab.addr("cp");
     let mut c = lab.command("cp", doppel());
     c.arg("--data-dir")
         .arg(&data)
-        .args(["serve", "--no-demo", "--no-runtime"])
+        .args(["serve", "--no-runtime"])
+        .args(if demo { &[][..] } else { &["--no-demo"][..] })
         .args(["--addr", &format!("{addr}:3000")])
         .args(["--agents-addr", &format!("{addr}:7443")])
         .env_remove("DOPPEL_DATABASE_URL");
@@ -346,8 +352,8 @@ async fn adding_a_server_is_for_platform_admins_and_names_are_checked() {
         )
         .await;
     assert_eq!(st, 409, "{e}");
-    // Nothing is copied onto it yet (the data path between hosts comes next), with a clear
-    // answer rather than a tree written somewhere on this host.
+    // Nothing is copied onto it before its host joins: a clear answer, and no tree written
+    // anywhere on this host.
     let web_app = s.container_id("web-app").await;
     let project = s.project_id("web-platform").await;
     let far_id = added["server"]["id"].as_str().unwrap();
@@ -368,7 +374,7 @@ async fn adding_a_server_is_for_platform_admins_and_names_are_checked() {
         e["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("another host"),
+            .contains("no host yet"),
         "{e}"
     );
     // Everyone sees it pending; only platform admins see where servers are.
@@ -400,4 +406,259 @@ async fn adding_a_server_is_for_platform_admins_and_names_are_checked() {
         embedded["storage_root"].is_string() && embedded["free_bytes"].as_u64().unwrap() > 0,
         "{embedded}"
     );
+}
+
+/// Every regular file and symlink under `root` (relative path -> content or link target,
+/// and mode), the copy's own identity files left out.
+fn tree(root: &Path) -> std::collections::BTreeMap<String, (Vec<u8>, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let rel = path
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .to_string();
+            if doppel::engine::identity::is_identity_path(rel.as_bytes()) {
+                continue;
+            }
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let mode = meta.permissions().mode();
+            if meta.is_dir() {
+                stack.push(path);
+                out.insert(rel, (Vec::new(), mode));
+            } else if meta.file_type().is_symlink() {
+                let target = std::fs::read_link(&path).unwrap();
+                out.insert(rel, (target.as_os_str().as_encoded_bytes().to_vec(), mode));
+            } else if meta.is_file() {
+                out.insert(rel, (std::fs::read(&path).unwrap(), mode));
+            }
+        }
+    }
+    out
+}
+
+fn assert_same(a: &Path, b: &Path) {
+    let (ta, tb) = (tree(a), tree(b));
+    assert!(!ta.is_empty(), "{} is empty", a.display());
+    let differing: Vec<&String> = ta
+        .keys()
+        .chain(tb.keys())
+        .filter(|k| ta.get(*k) != tb.get(*k))
+        .take(5)
+        .collect();
+    assert!(
+        differing.is_empty(),
+        "{} and {} differ at {differing:?}",
+        a.display(),
+        b.display()
+    );
+}
+
+impl ControlPlane {
+    async fn id_of(&self, name: &str) -> String {
+        let (_, list) = self.call(reqwest::Method::GET, "/containers", None).await;
+        list["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no container {name}: {list}"))["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    async fn server_id(&self, name: &str) -> String {
+        self.server(name).await["id"].as_str().unwrap().to_string()
+    }
+
+    /// A job's end (it must succeed).
+    async fn succeeded(&self, job: &Value) -> Value {
+        let id = job["id"].as_str().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (_, j) = self
+                .call(reqwest::Method::GET, &format!("/jobs/{id}"), None)
+                .await;
+            match j["status"].as_str().unwrap() {
+                "succeeded" => return j,
+                "failed" | "cancelled" => panic!("job failed: {j}"),
+                _ => {}
+            }
+            assert!(Instant::now() < deadline, "job did not end: {j}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The contract's copy: the new container's id, once its job succeeded.
+    async fn copy(&self, source: &str, project: &str, server: &str, name: &str) -> (String, Value) {
+        let (st, started) = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/containers/{source}/copy"),
+                Some(json!({
+                    "target_project_id": project,
+                    "target_server_id": server,
+                    "name": name,
+                    "copy_firewall_rules": true,
+                    "copy_network_rules": true
+                })),
+            )
+            .await;
+        assert_eq!(st, 202, "{started}");
+        let job = self.succeeded(&started["job"]).await;
+        (
+            started["container"]["id"].as_str().unwrap().to_string(),
+            job,
+        )
+    }
+
+    /// The contract's sync: its job, once it succeeded.
+    async fn sync(&self, copy: &str) -> Value {
+        let (st, started) = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/containers/{copy}/sync"),
+                None,
+            )
+            .await;
+        assert_eq!(st, 202, "{started}");
+        self.succeeded(&started["job"]).await
+    }
+
+    async fn root_here(&self, id: &str) -> std::path::PathBuf {
+        let (_, c) = self
+            .call(reqwest::Method::GET, &format!("/containers/{id}"), None)
+            .await;
+        c["root_path"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no root: {c}"))
+            .into()
+    }
+}
+
+/// A container's tree on an agent whose data dir is `data`.
+fn root_on(data: &Path, id: &str) -> std::path::PathBuf {
+    data.join("storage").join("containers").join(id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_and_syncs_cross_hosts_in_every_direction() {
+    let lab = Lab::new(&["cp", "b", "c"]);
+    let dir = tempfile::tempdir().unwrap();
+    let cp = control_plane_with(&lab, dir.path(), true).await;
+    let (b_data, c_data) = (dir.path().join("b"), dir.path().join("c"));
+    let mut agents = Vec::new();
+    for (name, data) in [("b", &b_data), ("c", &c_data)] {
+        let token = cp.add_server(name).await;
+        agents.push(agent(
+            &lab,
+            name,
+            data,
+            Some((&cp.join_url, &token)),
+            &dir.path().join(format!("{name}.log")),
+        ));
+        cp.wait_state(name, "online", Duration::from_secs(20)).await;
+    }
+    let project = {
+        let (_, list) = cp.call(reqwest::Method::GET, "/projects", None).await;
+        list["projects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "web-platform")
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (b, c) = (cp.server_id("b").await, cp.server_id("c").await);
+    let local = cp.server_id("local-b").await;
+    let web_app = cp.id_of("web-app").await;
+    let web_root = cp.root_here(&web_app).await;
+
+    // This host -> b: the whole tree arrives, a new machine (its own hostname).
+    let (on_b, job) = cp.copy(&web_app, &project, &b, "web-on-b").await;
+    assert_same(&web_root, &root_on(&b_data, &on_b));
+    assert!(job["summary"]["bytes_sent"].as_u64().unwrap() > 0, "{job}");
+    assert!(
+        !job["summary"]["identity_files"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "{job}"
+    );
+    let hostname = std::fs::read_to_string(root_on(&b_data, &on_b).join("etc/hostname")).unwrap();
+    assert_eq!(hostname.trim(), "web-on-b");
+    // Containers on agents do not run yet: stopped, saying why.
+    let (_, detail) = cp
+        .call(reqwest::Method::GET, &format!("/containers/{on_b}"), None)
+        .await;
+    assert_eq!(detail["status"], "stopped", "{detail}");
+    assert!(
+        detail["status_reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("other hosts"),
+        "{detail}"
+    );
+    // b -> c, agent to agent.
+    let (on_c, _) = cp.copy(&on_b, &project, &c, "web-on-c").await;
+    assert_same(&web_root, &root_on(&c_data, &on_c));
+    // c -> this host.
+    let (home, _) = cp.copy(&on_c, &project, &local, "web-home").await;
+    assert_same(&web_root, &cp.root_here(&home).await);
+
+    // The source changes; each sync brings exactly that, and the copy keeps its identity.
+    std::fs::write(
+        web_root.join("www/content.html"),
+        b"changed at the source\n",
+    )
+    .unwrap();
+    let job = cp.sync(&on_b).await;
+    assert!(
+        job["summary"]["files_changed"].as_u64().unwrap() >= 1,
+        "{job}"
+    );
+    assert_same(&web_root, &root_on(&b_data, &on_b));
+    let hostname = std::fs::read_to_string(root_on(&b_data, &on_b).join("etc/hostname")).unwrap();
+    assert_eq!(hostname.trim(), "web-on-b");
+    let job = cp.sync(&on_c).await;
+    assert_same(&web_root, &root_on(&c_data, &on_c));
+    assert!(
+        job["summary"]["files_changed"].as_u64().unwrap() >= 1,
+        "{job}"
+    );
+    cp.sync(&home).await;
+    assert_same(&web_root, &cp.root_here(&home).await);
+    // Nothing changed: a sync sends no content.
+    let job = cp.sync(&on_c).await;
+    assert_eq!(job["summary"]["content_bytes"], 0, "{job}");
+
+    // The sync status knows copies whose sources are on agents are current.
+    let (_, status) = cp.call(reqwest::Method::GET, "/sync-status", None).await;
+    let row = status["copies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["copy"]["id"] == on_c.as_str())
+        .unwrap();
+    assert_eq!(row["freshness"], "current", "{row}");
+
+    // Deleted on c: its tree goes from c.
+    let (st, started) = cp
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/containers/{on_c}"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 202, "{started}");
+    cp.succeeded(&started["job"]).await;
+    assert!(!root_on(&c_data, &on_c).exists());
+    drop(agents);
 }

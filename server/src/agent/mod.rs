@@ -12,8 +12,7 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context};
 use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use crate::remote::protocol::{
@@ -132,9 +131,30 @@ pub async fn join(cfg: &AgentConfig, url: &str, token: &str) -> anyhow::Result<J
     Ok(joined)
 }
 
-struct AgentState {
+mod work;
+
+/// What the agent's handlers share.
+pub(crate) struct AgentState {
     joined: Joined,
     storage_root: PathBuf,
+    me: Identity,
+    control_plane: Fingerprint,
+    /// Who may connect: its control plane, and the peers of transfers it expects.
+    pins: ClientPins,
+    /// Transfers announced by the control plane, by ticket, until used or expired.
+    expected: parking_lot::Mutex<std::collections::HashMap<String, work::Expected>>,
+}
+
+impl AgentState {
+    /// The pins: the control plane, and the peer of each transfer still expected.
+    fn repin(&self) {
+        let now = std::time::Instant::now();
+        let mut expected = self.expected.lock();
+        expected.retain(|_, e| e.until > now);
+        let peers: Vec<Fingerprint> = expected.values().map(|e| e.peer).collect();
+        self.pins
+            .replace(std::iter::once(self.control_plane).chain(peers));
+    }
 }
 
 /// `doppel agent`: serves the control plane it joined until `stop` resolves.
@@ -157,7 +177,8 @@ pub async fn run(
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("listening on {}", cfg.listen))?;
-    let tls = tls::server_config(&me, ClientPins::only([control_plane]))?;
+    let pins = ClientPins::only([control_plane]);
+    let tls = tls::server_config(&me, pins.clone())?;
     tracing::info!(
         server = %joined.server_name,
         listen = %cfg.listen,
@@ -167,11 +188,12 @@ pub async fn run(
     let state = Arc::new(AgentState {
         joined,
         storage_root,
+        me,
+        control_plane,
+        pins,
+        expected: Default::default(),
     });
-    let router = Router::new()
-        .route("/v1/status", get(status))
-        .with_state(state);
-    tls::serve(listener, tls, router, stop).await;
+    tls::serve(listener, tls, work::router(state), stop).await;
     Ok(())
 }
 

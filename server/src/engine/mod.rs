@@ -62,7 +62,7 @@ impl Place {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     Scan,
@@ -85,7 +85,7 @@ impl Phase {
 }
 
 /// A progress report. Totals are known once planning is done.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Progress {
     pub phase: Phase,
     pub bytes_done: u64,
@@ -149,6 +149,17 @@ impl Control {
 
     pub fn cancel(&self) {
         self.cancel.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+    }
+
+    /// Passes on a report made elsewhere (another server's half of a transfer).
+    pub fn relay(&self, p: &Progress) {
+        if let Some(cb) = &self.progress {
+            cb(p);
+        }
     }
 
     fn check(&self) -> Result<(), EngineError> {

@@ -22,6 +22,8 @@ use crate::config::{container_place, snapshot_place};
 use crate::engine::{self, Control, EngineError, Place};
 use crate::events::EventHub;
 use crate::lifecycle::Lifecycle;
+use crate::remote::protocol::{NewIdentity, TransferMode};
+use crate::remote::{Agents, TransferRequest, Where};
 use crate::store::{Db, DbError};
 use progress::ProgressReporter;
 use thread::{run_in_background, without_paths};
@@ -42,6 +44,8 @@ pub struct JobStart {
     pub target_id: String,
     pub source_id: String,
     pub target_server: String,
+    pub source_server: String,
+    /// Storage roots of this process's servers (empty for an agent's: its own host's).
     pub target_root: PathBuf,
     pub source_root: PathBuf,
     /// The target's name and the one key root may log in with: what a copy makes its new
@@ -87,6 +91,8 @@ pub struct JobRunner {
     active: Mutex<HashMap<String, (Control, Arc<Notify>)>>,
     /// Starts a finished copy (a copy is a container that runs).
     lifecycle: Arc<Lifecycle>,
+    /// Servers on other hosts: transfers to, from and between them.
+    agents: Arc<Agents>,
 }
 
 /// A container lock held by a job or snapshot (until it is dropped).
@@ -103,7 +109,12 @@ pub struct SnapshotHold {
 }
 
 impl JobRunner {
-    pub fn new(db: Db, limits: Limits, lifecycle: Arc<Lifecycle>) -> Arc<JobRunner> {
+    pub fn new(
+        db: Db,
+        limits: Limits,
+        lifecycle: Arc<Lifecycle>,
+        agents: Arc<Agents>,
+    ) -> Arc<JobRunner> {
         Arc::new(JobRunner {
             db,
             hub: Arc::new(EventHub::new()),
@@ -113,6 +124,7 @@ impl JobRunner {
             locks: Mutex::new(HashMap::new()),
             active: Mutex::new(HashMap::new()),
             lifecycle,
+            agents,
         })
     }
 
@@ -226,6 +238,7 @@ impl JobRunner {
             target_id: t.target_id,
             source_id: t.source_id,
             target_server: t.target_server,
+            source_server: t.source_server,
             target_root: t.target_root,
             source_root: t.source_root,
             target_name: t.target_name,
@@ -255,6 +268,7 @@ impl JobRunner {
             target_id,
             source_id,
             target_server,
+            source_server,
             target_root,
             source_root,
             target_name,
@@ -300,10 +314,43 @@ impl JobRunner {
         };
         self.hub.publish(EventKind::Status, running.clone());
         if kind == JobKind::Delete {
-            let result = self.remove_container(&target_id, &target_root).await;
+            let result = if self.agents.is_agent(&target_server) {
+                // Containers do not run on agents yet: only trees to remove.
+                let started = std::time::Instant::now();
+                self.agents
+                    .remove_container(&target_server, &target_id)
+                    .await
+                    .map(|()| engine::Summary {
+                        duration_ms: started.elapsed().as_millis() as u64,
+                        ..Default::default()
+                    })
+            } else {
+                self.remove_container(&target_id, &target_root).await
+            };
             return self
                 .finish(job_id, kind, &target_id, &params, Ended::with(result))
                 .await;
+        }
+        if self.agents.is_agent(&source_server) || self.agents.is_agent(&target_server) {
+            let reporter = Arc::new(ProgressReporter::new(self.clone(), running));
+            let r2 = reporter.clone();
+            let ctl = ctl.with_progress(move |p| r2.report(p));
+            let result = self
+                .across_hosts(
+                    kind,
+                    &params,
+                    (&source_id, &source_server, &source_root),
+                    (&target_id, &target_server, &target_root),
+                    (&target_name, target_ssh_key.as_deref()),
+                    ctl,
+                )
+                .await;
+            let ended = Ended {
+                result,
+                last_progress: reporter.flush().await,
+                restarted: None,
+            };
+            return self.finish(job_id, kind, &target_id, &params, ended).await;
         }
 
         let src = match &params.source_snapshot_id {
@@ -427,6 +474,80 @@ impl JobRunner {
 }
 
 impl JobRunner {
+    /// A copy or sync with an end on another host (see `remote::transfer`); then a new
+    /// copy's identity, made on its server.
+    async fn across_hosts(
+        &self,
+        kind: JobKind,
+        params: &JobParams,
+        (source_id, source_server, source_root): (&str, &str, &std::path::Path),
+        (target_id, target_server, target_root): (&str, &str, &std::path::Path),
+        (hostname, ssh_public_key): (&str, Option<&str>),
+        ctl: Control,
+    ) -> Result<engine::Summary, EngineError> {
+        let mode = match kind {
+            JobKind::Copy => TransferMode::Copy,
+            JobKind::Sync => TransferMode::Sync,
+            other => {
+                return Err(EngineError::Refused(format!(
+                    "a {} has no transfer",
+                    other.as_str()
+                )))
+            }
+        };
+        let snapshot = params.source_snapshot_id.as_deref();
+        let source = if self.agents.is_agent(source_server) {
+            Where::Agent(source_server.to_string())
+        } else {
+            Where::Here(match snapshot {
+                Some(snap) => snapshot_place(source_root, source_id, snap),
+                None => container_place(source_root, source_id),
+            })
+        };
+        let target_here = container_place(target_root, target_id);
+        let target = if self.agents.is_agent(target_server) {
+            Where::Agent(target_server.to_string())
+        } else {
+            Where::Here(target_here.clone())
+        };
+        let request = TransferRequest {
+            mode,
+            source,
+            source_container: source_id,
+            snapshot,
+            target,
+            target_container: target_id,
+        };
+        let mut summary = self.agents.transfer(request, ctl).await?;
+        if kind == JobKind::Copy {
+            summary.identity_files = if self.agents.is_agent(target_server) {
+                let identity = NewIdentity {
+                    hostname: hostname.to_string(),
+                    ssh_public_key: ssh_public_key.map(str::to_string),
+                };
+                self.agents
+                    .make_identity(target_server, target_id, identity)
+                    .await?
+            } else {
+                let (hostname, key) = (hostname.to_string(), ssh_public_key.map(str::to_string));
+                run_in_background(move || {
+                    let id = engine::identity::Identity {
+                        hostname: &hostname,
+                        ssh_public_key: key.as_deref(),
+                    };
+                    let identity_files = engine::identity::make_new_machine(&target_here, &id)?;
+                    Ok(engine::Summary {
+                        identity_files,
+                        ..Default::default()
+                    })
+                })
+                .await?
+                .identity_files
+            };
+        }
+        Ok(summary)
+    }
+
     /// A delete: the process stopped (its network goes with it), then the tree, the
     /// engine's state, the snapshots and the runtime bundle removed.
     async fn remove_container(

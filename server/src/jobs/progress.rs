@@ -219,7 +219,9 @@ mod tests {
         let db = crate::store::connect(&url).await.unwrap();
         let runtime = crate::runtime::Runtime::none("a unit test");
         let lifecycle = crate::lifecycle::Lifecycle::new(db.clone(), Arc::new(runtime));
-        let runner = JobRunner::new(db, Limits::default(), lifecycle);
+        let me = crate::tls::Identity::load_or_create(&dir.path().join("identity"), "t").unwrap();
+        let agents = crate::remote::Agents::new(me);
+        let runner = JobRunner::new(db, Limits::default(), lifecycle, agents);
         let mut seen = runner.hub.peek_id().saturating_sub(1);
         let job = crate::events::test_job("a", JobStatus::Running);
         let reporter = Arc::new(ProgressReporter::new(runner.clone(), job));

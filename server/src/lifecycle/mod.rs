@@ -172,6 +172,12 @@ impl Lifecycle {
         row: &ContainerRow,
         notes: &mut Vec<String>,
     ) -> Result<Observed, String> {
+        if row.storage_root.is_empty() {
+            return Err(
+                "not started: containers on other hosts (agents) do not run yet; its tree is there"
+                    .into(),
+            );
+        }
         if let Some(why) = self.runtime.unavailable() {
             return Err(format!("not started: no container runtime here ({why})"));
         }
@@ -338,6 +344,10 @@ impl Lifecycle {
 
     /// The last lines of a container's output.
     pub(crate) fn logs(&self, row: &ContainerRow, lines: usize) -> Vec<String> {
+        if row.storage_root.is_empty() {
+            // On another host, where containers do not run yet.
+            return Vec::new();
+        }
         shim::tail(&Self::bundle(row), lines)
     }
 
@@ -362,6 +372,10 @@ impl Lifecycle {
             },
         };
         for row in rows {
+            if row.storage_root.is_empty() {
+                // On another host (an agent): not run by this process.
+                continue;
+            }
             let lock = self.lock_of(&row.id);
             // A start or stop under way will record the truth itself.
             let Ok(_one) = lock.try_lock() else { continue };

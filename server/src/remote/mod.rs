@@ -4,6 +4,9 @@
 //! [`OFFLINE_AFTER`] is offline, with the last error as the reason.
 
 pub mod protocol;
+mod transfer;
+
+pub use transfer::{send_half, TransferRequest, Where};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -34,7 +37,11 @@ pub struct AgentView {
 
 struct Agent {
     address: String,
+    pin: Fingerprint,
+    /// Status calls (a short timeout).
     client: reqwest::Client,
+    /// Transfers and other work (no overall timeout: a transfer takes what it takes).
+    worker: reqwest::Client,
     last_seen: Option<(Instant, i64)>,
     status: Option<AgentStatus>,
     error: Option<String>,
@@ -66,17 +73,32 @@ impl Agents {
     /// Adds (or replaces, after a new join) the agent of a server.
     pub fn set(&self, server_id: &str, address: &str, pin: Fingerprint) -> Result<(), String> {
         let client = tls::client(&self.me, pin, CALL_TIMEOUT)?;
+        let worker = tls::client(&self.me, pin, Duration::from_secs(7 * 24 * 3600))?;
         self.agents.lock().insert(
             server_id.to_string(),
             Agent {
                 address: address.to_string(),
+                pin,
                 client,
+                worker,
                 last_seen: None,
                 status: None,
                 error: Some("not heard from yet".into()),
             },
         );
         Ok(())
+    }
+
+    /// Whether the server is another host's (a joined agent).
+    pub fn is_agent(&self, server_id: &str) -> bool {
+        self.agents.lock().contains_key(server_id)
+    }
+
+    /// Where an agent is, its certificate, and a client for work on it.
+    fn reach(&self, server_id: &str) -> Option<(String, Fingerprint, reqwest::Client)> {
+        let agents = self.agents.lock();
+        let a = agents.get(server_id)?;
+        Some((a.address.clone(), a.pin, a.worker.clone()))
     }
 
     pub fn view(&self, server_id: &str) -> Option<AgentView> {

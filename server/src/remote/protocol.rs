@@ -47,6 +47,90 @@ pub struct AgentStatus {
     pub containers: u64,
 }
 
+/// What a transfer does to its target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransferMode {
+    /// A new tree (a new copy).
+    Copy,
+    /// An existing copy brought up to its source (its own identity files kept).
+    Sync,
+}
+
+/// A new copy's identity: made on its server once its tree is there.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NewIdentity {
+    pub hostname: String,
+    pub ssh_public_key: Option<String>,
+}
+
+/// The header that names a transfer's ticket on `/v1/transfer` and `/v1/pull`.
+pub const TICKET_HEADER: &str = "x-doppel-ticket";
+/// The protocol a transfer's connection is upgraded to.
+pub const TRANSFER_UPGRADE: &str = "doppel-transfer/1";
+
+/// `POST /v1/expect`, control plane -> the target's agent: a transfer with this ticket
+/// will come from the peer with this certificate (it is let in for it, for a minute).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    pub ticket: String,
+    pub mode: TransferMode,
+    pub container_id: String,
+    /// The sending peer's certificate fingerprint.
+    pub peer: String,
+    /// A copy's new identity.
+    #[serde(default)]
+    pub identity: Option<NewIdentity>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ExpectAnswer {
+    /// A copy's tree is there, complete, already (an earlier run committed before its job
+    /// could record it): it is brought up to date by a sync instead.
+    pub exists: bool,
+}
+
+/// `POST /v1/send`, control plane -> the source's agent: send this tree to the target's
+/// agent. The answer is JSON lines: progress, then how it ended.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendRequest {
+    pub ticket: String,
+    pub mode: TransferMode,
+    pub container_id: String,
+    #[serde(default)]
+    pub snapshot_id: Option<String>,
+    /// The target agent: host:port and certificate fingerprint.
+    pub to: String,
+    pub to_fingerprint: String,
+}
+
+/// `POST /v1/pull` (upgraded), control plane -> the source's agent: send this tree over
+/// this very connection (the control plane's own server receives it).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PullRequest {
+    pub mode: TransferMode,
+    pub container_id: String,
+    #[serde(default)]
+    pub snapshot_id: Option<String>,
+}
+
+/// One line of a `/v1/send` answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SendLine {
+    Progress(crate::engine::Progress),
+    Done(Box<app::model::JobSummary>),
+    Failed {
+        error: String,
+        /// The target is partly changed (a sync failed while committing).
+        incomplete: bool,
+        cancelled: bool,
+    },
+}
+
 /// A join token as the operator copies it: `doppel-join-1.<secret>.<fingerprint>`. The
 /// fingerprint is the control plane's certificate's, so the joining agent knows whom it
 /// talks to before it sends the secret.

@@ -99,7 +99,10 @@ impl Service {
             file_count: row.file_count,
             size_bytes: row.size_bytes,
             updated_at: row.updated_at,
-            root_path: (user.is_admin && user.scope.projects.is_none()).then(|| {
+            root_path: (user.is_admin
+                && user.scope.projects.is_none()
+                && !row.storage_root.is_empty())
+            .then(|| {
                 container_root(Path::new(&row.storage_root), &row.id)
                     .display()
                     .to_string()

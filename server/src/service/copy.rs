@@ -126,7 +126,10 @@ impl NewCopy {
             file_count: 0,
             size_bytes: 0,
             updated_at: self.now,
-            root_path: (user.is_admin && user.scope.projects.is_none()).then(|| {
+            root_path: (user.is_admin
+                && user.scope.projects.is_none()
+                && !target.storage_root.is_empty())
+            .then(|| {
                 container_root(Path::new(&target.storage_root), &self.id)
                     .display()
                     .to_string()
@@ -152,8 +155,18 @@ const FREE_SPACE_RESERVE: u64 = 64 << 20;
 /// A copy of `size` bytes onto `target` fits, or 507 saying how much is missing. (A tree
 /// that grew since it was last measured can still fill the disk: then the job fails, and
 /// the engine gives the space back.)
-fn check_free_space(target: &Target, size: i64) -> Result<(), ApiError> {
-    let (free, total) = match fsx::free_space(Path::new(&target.storage_root)) {
+fn check_free_space(
+    target: &Target,
+    agent_space: Option<(u64, u64)>,
+    size: i64,
+) -> Result<(), ApiError> {
+    // An agent's as it last said; this host's read now.
+    let space = match agent_space {
+        Some(space) => Ok(space),
+        None if target.storage_root.is_empty() => return Ok(()),
+        None => fsx::free_space(Path::new(&target.storage_root)),
+    };
+    let (free, total) = match space {
         Ok(space) => space,
         Err(e) => {
             tracing::warn!(server = %target.server_name, error = %e, "cannot read free space");
@@ -222,7 +235,12 @@ impl Service {
                 None => self.generate_name(&target.project_id, &source.name).await?,
             };
             self.admit_new_job(user, &target.project_id).await?;
-            check_free_space(&target, source.size_bytes)?;
+            let agent_space = self
+                .agents
+                .view(&target.server_id)
+                .and_then(|v| v.status)
+                .map(|st| (st.free_bytes, st.total_bytes));
+            check_free_space(&target, agent_space, source.size_bytes)?;
             // The source's rules as stored, or none.
             let rules = |copy: bool, json: &str| if copy { json.to_string() } else { "[]".into() };
             let params = JobParams {
@@ -262,6 +280,7 @@ impl Service {
                     target_id: row.id.clone(),
                     source_id: row.source_id.clone(),
                     target_server: target.server_id.clone(),
+                    source_server: source.server_id.clone(),
                     target_root: target.storage_root.clone().into(),
                     source_root: source.storage_root.clone().into(),
                     target_name: row.name.clone(),
@@ -358,12 +377,10 @@ impl Service {
         ) else {
             return Err(ApiError::not_found("server", &server_id).on_field("target_server_id"));
         };
-        if storage_root.is_empty() {
-            // An agent's: the data path between hosts is the next step of servers on other
-            // hosts; until then a copy stays on this host's servers.
+        if storage_root.is_empty() && !self.agents.is_agent(&server_id) {
             return Err(ApiError::new(
                 ErrorCode::Conflict,
-                format!("server {server_name} is on another host: copies onto other hosts are not supported yet"),
+                format!("server {server_name} has no host yet: it joins with `doppel agent join`"),
             )
             .on_field("target_server_id"));
         }

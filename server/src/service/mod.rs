@@ -89,7 +89,7 @@ fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
 
 impl Service {
     pub fn new(db: Db, limits: Limits, lifecycle: Arc<Lifecycle>, agents: Arc<Agents>) -> Self {
-        let jobs = JobRunner::new(db.clone(), limits, lifecycle.clone());
+        let jobs = JobRunner::new(db.clone(), limits, lifecycle.clone(), agents.clone());
         Service {
             db,
             jobs,

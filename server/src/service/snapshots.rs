@@ -51,6 +51,12 @@ impl Service {
                     "the container has no complete tree yet",
                 ));
             }
+            if self.agents.is_agent(&c.summary.server_id) {
+                return Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    "snapshots of containers on other hosts (agents) are not supported yet",
+                ));
+            }
             // A task of its own: the tree is copied and recorded (or removed) even if the client
             // goes away meanwhile, so no half-made or unrecorded tree is left behind.
             let (db, jobs) = (self.db.clone(), self.jobs.clone());

@@ -75,21 +75,25 @@ impl Service {
 
         // Where each source lives, to ask whether it changed since.
         let sources = self.db.storage_roots_of_sources().await.map_err(internal)?;
-        let wanted: Vec<(String, String)> = rows
+        let wanted: Vec<(String, (String, String))> = rows
             .iter()
             .filter_map(|r| r.source_container_id.clone())
-            .filter_map(|id| sources.get(&id).map(|root| (id, root.clone())))
+            .filter_map(|id| sources.get(&id).map(|at| (id, at.clone())))
             .collect::<HashMap<_, _>>()
             .into_iter()
             .collect();
-        // Metadata-only scans with each source's quick-check cache: no content is read.
+        // Metadata-only scans with each source's quick-check cache: no content is read. A
+        // source on another host is scanned there.
         let states: HashMap<String, Option<String>> = futures::stream::iter(wanted)
-            .map(|(id, root)| async move {
-                let place = container_place(Path::new(&root), &id);
-                let state = self
-                    .probes
-                    .get(&id, move || crate::engine::probe(&place).ok())
-                    .await;
+            .map(|(id, (server, root))| async move {
+                let state = if self.agents.is_agent(&server) {
+                    self.agents.probe(&server, &id).await.ok()
+                } else {
+                    let place = container_place(Path::new(&root), &id);
+                    self.probes
+                        .get(&id, move || crate::engine::probe(&place).ok())
+                        .await
+                };
                 (id, state)
             })
             .buffer_unordered(PROBES_AT_ONCE)

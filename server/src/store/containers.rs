@@ -206,12 +206,14 @@ impl Db {
             .collect())
     }
 
-    /// The storage root of every container that is the source of a copy, by its id.
+    /// The server and its storage root (empty for an agent's) of every container that is
+    /// the source of a copy, by its id.
     pub(crate) async fn storage_roots_of_sources(
         &self,
-    ) -> Result<HashMap<String, String>, DbError> {
+    ) -> Result<HashMap<String, (String, String)>, DbError> {
         let rows = sqlx::query(
-            "SELECT c.id, s.storage_root FROM containers c JOIN servers s ON s.id = c.server_id
+            "SELECT c.id, c.server_id, s.storage_root FROM containers c
+             JOIN servers s ON s.id = c.server_id
              WHERE c.deleted_at IS NULL AND c.id IN (SELECT source_container_id FROM containers
                             WHERE source_container_id IS NOT NULL)",
         )
@@ -219,15 +221,16 @@ impl Db {
         .await?;
         Ok(rows
             .iter()
-            .map(|r| (r.get("id"), r.get("storage_root")))
+            .map(|r| (r.get("id"), (r.get("server_id"), r.get("storage_root"))))
             .collect())
     }
 
-    /// The storage root of a container's server.
+    /// The storage root of a container's server (None for a container on an agent: its
+    /// root is on the agent's host).
     pub(crate) async fn container_storage_root(&self, id: &str) -> Result<Option<String>, DbError> {
         Ok(sqlx::query_scalar(
             "SELECT s.storage_root FROM containers c JOIN servers s ON s.id = c.server_id
-             WHERE c.id = $1 AND c.deleted_at IS NULL",
+             WHERE c.id = $1 AND c.deleted_at IS NULL AND s.storage_root <> ''",
         )
         .bind(id)
         .fetch_optional(&self.read)

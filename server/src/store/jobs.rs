@@ -19,6 +19,7 @@ pub(crate) struct JobTargets {
     pub(crate) target_id: String,
     pub(crate) source_id: String,
     pub(crate) target_server: String,
+    pub(crate) source_server: String,
     pub(crate) target_root: PathBuf,
     pub(crate) source_root: PathBuf,
     /// The target's name and SSH key: a copy's new identity.
@@ -329,7 +330,8 @@ impl Db {
     pub(crate) async fn job_targets(&self, job_id: &str) -> Result<JobTargets, DbError> {
         let row = sqlx::query(
             "SELECT j.kind, j.params, j.container_id, j.source_container_id,
-                    t.server_id AS target_server, ts.storage_root AS target_root,
+                    t.server_id AS target_server, s.server_id AS source_server,
+                    ts.storage_root AS target_root,
                     ss.storage_root AS source_root, t.name AS target_name,
                     t.ssh_public_key AS target_ssh_key
              FROM jobs j
@@ -349,6 +351,7 @@ impl Db {
             target_id: row.get("container_id"),
             source_id: row.get("source_container_id"),
             target_server: row.get("target_server"),
+            source_server: row.get("source_server"),
             target_root: PathBuf::from(row.get::<String, _>("target_root")),
             source_root: PathBuf::from(row.get::<String, _>("source_root")),
             target_name: row.get("target_name"),

@@ -1,0 +1,420 @@
+//! What an agent does for its control plane: transfers (expected from a peer, sent to a
+//! peer, or pulled by the control plane itself), a new copy's identity, and deletes.
+//! Every route answers only the control plane's certificate, but `/v1/transfer`, which
+//! answers only the peer a ticket names (once, within a minute).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Extension, Json, Router};
+
+use super::AgentState;
+use crate::config::{container_place, runtime_dir, snapshot_place, snapshots_dir};
+use crate::engine::{self, identity, Control, EngineError, Peer as Stream, Place};
+use crate::remote::protocol::{
+    ErrorAnswer, Expect, ExpectAnswer, NewIdentity, PullRequest, SendLine, SendRequest,
+    TransferMode, TICKET_HEADER, TRANSFER_UPGRADE,
+};
+use crate::remote::send_half;
+use crate::tls::{self, Fingerprint, Peer};
+
+/// How long an announced transfer waits for its peer.
+const EXPECT_FOR: Duration = Duration::from_secs(60);
+
+pub(super) struct Expected {
+    pub(super) peer: Fingerprint,
+    pub(super) until: Instant,
+    mode: TransferMode,
+    container_id: String,
+}
+
+pub(super) fn router(state: Arc<AgentState>) -> Router {
+    let control = Router::new()
+        .route("/v1/status", get(super::status))
+        .route("/v1/expect", post(expect))
+        .route("/v1/send", post(send))
+        .route("/v1/pull", post(pull))
+        .route("/v1/containers/{id}", delete(remove))
+        .route("/v1/containers/{id}/identity", post(make_identity))
+        .route("/v1/containers/{id}/probe", get(probe))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            only_control_plane,
+        ));
+    Router::new()
+        .route("/v1/transfer", post(transfer))
+        .merge(control)
+        .with_state(state)
+}
+
+fn refused(status: StatusCode, error: impl Into<String>) -> Response {
+    Refused(status, error.into()).into_response()
+}
+
+/// A request refused: its status and why.
+struct Refused(StatusCode, String);
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        (self.0, Json(ErrorAnswer { error: self.1 })).into_response()
+    }
+}
+
+async fn only_control_plane(
+    State(st): State<Arc<AgentState>>,
+    Extension(peer): Extension<Peer>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if peer.fingerprint != st.control_plane {
+        return refused(StatusCode::FORBIDDEN, "only the control plane may ask this");
+    }
+    next.run(req).await
+}
+
+/// A container id from the control plane: 24 hex digits (it names directories).
+fn checked_id(id: &str) -> Result<&str, Refused> {
+    if app::model::is_valid_id(id) {
+        Ok(id)
+    } else {
+        Err(Refused(
+            StatusCode::BAD_REQUEST,
+            format!("{id:?} is not an id"),
+        ))
+    }
+}
+
+fn engine_failure(e: &EngineError, place: Option<&Place>) -> SendLine {
+    SendLine::Failed {
+        error: e.to_string(),
+        incomplete: matches!(e, EngineError::Incomplete(_))
+            || place.is_some_and(Place::commit_pending),
+        cancelled: matches!(e, EngineError::Cancelled),
+    }
+}
+
+async fn expect(State(st): State<Arc<AgentState>>, Json(req): Json<Expect>) -> Response {
+    let id = match checked_id(&req.container_id) {
+        Ok(id) => id.to_string(),
+        Err(r) => return r.into_response(),
+    };
+    let Some(peer) = Fingerprint::parse(&req.peer) else {
+        return refused(StatusCode::BAD_REQUEST, "a bad peer fingerprint");
+    };
+    // A copy whose tree an earlier run committed (its job could not record it) is brought
+    // up to date by a sync instead.
+    let dst = container_place(&st.storage_root, &id);
+    let exists = req.mode == TransferMode::Copy && dst.root.is_dir() && !dst.commit_pending();
+    let mode = if exists { TransferMode::Sync } else { req.mode };
+    st.expected.lock().insert(
+        req.ticket,
+        Expected {
+            peer,
+            until: Instant::now() + EXPECT_FOR,
+            mode,
+            container_id: id,
+        },
+    );
+    st.repin();
+    Json(ExpectAnswer { exists }).into_response()
+}
+
+/// Whether a request asks to turn its connection into a transfer.
+fn wants_upgrade(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::UPGRADE)
+        .is_some_and(|v| v.as_bytes() == TRANSFER_UPGRADE.as_bytes())
+}
+
+fn switching() -> Response {
+    let mut resp = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static(TRANSFER_UPGRADE));
+    resp
+}
+
+/// Runs one half of a transfer over an upgraded connection, on a blocking thread.
+async fn over_connection(
+    upgrade: hyper::upgrade::OnUpgrade,
+    half: impl FnOnce(&mut dyn engine::Duplex) -> Result<engine::Summary, EngineError> + Send + 'static,
+) -> Result<engine::Summary, EngineError> {
+    let upgraded = upgrade.await.map_err(|e| EngineError::Io {
+        context: "taking over the connection".into(),
+        source: std::io::Error::other(e),
+    })?;
+    let io = hyper_util::rt::TokioIo::new(upgraded);
+    tokio::task::spawn_blocking(move || {
+        let mut stream = Stream::new(tokio_util::io::SyncIoBridge::new(io));
+        half(&mut stream)
+    })
+    .await
+    .unwrap_or_else(|_| Err(EngineError::Integrity("a transfer panicked".into())))
+}
+
+/// The target's half: a peer the control plane announced sends a tree.
+async fn transfer(
+    State(st): State<Arc<AgentState>>,
+    Extension(peer): Extension<Peer>,
+    mut req: Request,
+) -> Response {
+    if !wants_upgrade(req.headers()) {
+        return refused(
+            StatusCode::BAD_REQUEST,
+            "a transfer upgrades its connection",
+        );
+    }
+    let ticket = req
+        .headers()
+        .get(TICKET_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let expected = {
+        let mut expected = st.expected.lock();
+        match expected.get(&ticket) {
+            Some(e) if e.peer == peer.fingerprint && e.until > Instant::now() => {
+                expected.remove(&ticket)
+            }
+            _ => None,
+        }
+    };
+    st.repin();
+    let Some(expected) = expected else {
+        return refused(
+            StatusCode::FORBIDDEN,
+            "no such transfer is expected from you",
+        );
+    };
+    let upgrade = hyper::upgrade::on(&mut req);
+    let dst = container_place(&st.storage_root, &expected.container_id);
+    tokio::spawn(async move {
+        let mode = expected.mode;
+        let result = over_connection(upgrade, move |stream| {
+            let ctl = Control::new();
+            match mode {
+                TransferMode::Copy => engine::receive_copy_from(&dst, stream, &ctl),
+                TransferMode::Sync => {
+                    engine::receive_sync_from(&dst, stream, &identity::is_identity_path, &ctl)
+                }
+            }
+        })
+        .await;
+        match result {
+            Ok(s) => {
+                tracing::info!(container = %expected.container_id, files = s.tree_files, "received")
+            }
+            Err(e) => {
+                tracing::warn!(container = %expected.container_id, error = %e, "a transfer failed")
+            }
+        }
+    });
+    switching()
+}
+
+/// The place a source tree is read from: the container, or one of its snapshots.
+fn source_place(root: &Path, id: &str, snapshot: Option<&str>) -> Result<Place, Refused> {
+    let id = checked_id(id)?;
+    Ok(match snapshot {
+        Some(s) => snapshot_place(root, id, checked_id(s)?),
+        None => container_place(root, id),
+    })
+}
+
+/// The source's half, the other way round: the control plane's own server receives, over
+/// this very connection.
+async fn pull(
+    State(st): State<Arc<AgentState>>,
+    Query(q): Query<PullRequest>,
+    mut req: Request,
+) -> Response {
+    if !wants_upgrade(req.headers()) {
+        return refused(StatusCode::BAD_REQUEST, "a pull upgrades its connection");
+    }
+    let src = match source_place(&st.storage_root, &q.container_id, q.snapshot_id.as_deref()) {
+        Ok(p) => p,
+        Err(r) => return r.into_response(),
+    };
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let result = over_connection(upgrade, move |stream| {
+            send_half(&src, q.mode, stream, &Control::new())
+        })
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(container = %q.container_id, error = %e, "a pull failed");
+        }
+    });
+    switching()
+}
+
+/// Cancels a send when its answer is dropped (the control plane went away or cancelled).
+struct CancelOnDrop(Control);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+/// The source's half towards a peer: connect to the target's agent, send, and tell the
+/// control plane how it goes (JSON lines: progress, then the end).
+async fn send(State(st): State<Arc<AgentState>>, Json(req): Json<SendRequest>) -> Response {
+    let src = match source_place(
+        &st.storage_root,
+        &req.container_id,
+        req.snapshot_id.as_deref(),
+    ) {
+        Ok(p) => p,
+        Err(r) => return r.into_response(),
+    };
+    let Some(to_fp) = Fingerprint::parse(&req.to_fingerprint) else {
+        return refused(StatusCode::BAD_REQUEST, "a bad target fingerprint");
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<SendLine>(64);
+    let progress = tx.clone();
+    let ctl = Control::new().with_progress(move |p| {
+        let _ = progress.try_send(SendLine::Progress(p.clone()));
+    });
+    let guard = CancelOnDrop(ctl.clone());
+    let me_client = tls::client(&st.me, to_fp, Duration::from_secs(3600));
+    tokio::spawn(async move {
+        let line = match connect(me_client, &req).await {
+            Err(e) => SendLine::Failed {
+                error: e,
+                incomplete: false,
+                cancelled: false,
+            },
+            Ok(upgraded) => {
+                let mode = req.mode;
+                let result = tokio::task::spawn_blocking(move || {
+                    let mut stream = Stream::new(tokio_util::io::SyncIoBridge::new(upgraded));
+                    send_half(&src, mode, &mut stream, &ctl)
+                })
+                .await
+                .unwrap_or_else(|_| Err(EngineError::Integrity("a transfer panicked".into())));
+                match result {
+                    Ok(summary) => SendLine::Done(Box::new(summary)),
+                    Err(e) => engine_failure(&e, None),
+                }
+            }
+        };
+        let _ = tx.send(line).await;
+    });
+    let lines = futures::stream::unfold((rx, guard), |(mut rx, guard)| async move {
+        let line = rx.recv().await?;
+        let mut text = serde_json::to_vec(&line).unwrap_or_default();
+        text.push(b'\n');
+        Some((Ok::<_, std::convert::Infallible>(text), (rx, guard)))
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .body(Body::from_stream(lines))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// Opens a transfer's connection to the target's agent.
+async fn connect(
+    client: Result<reqwest::Client, String>,
+    req: &SendRequest,
+) -> Result<reqwest::Upgraded, String> {
+    let client = client?;
+    let resp = client
+        .post(format!("https://{}/v1/transfer", req.to))
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, TRANSFER_UPGRADE)
+        .header(TICKET_HEADER, &req.ticket)
+        .send()
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot reach the target server at {}: {}",
+                req.to,
+                crate::remote::describe(&e)
+            )
+        })?;
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        let status = resp.status();
+        let why = resp
+            .json::<ErrorAnswer>()
+            .await
+            .map(|e| e.error)
+            .unwrap_or_else(|_| status.to_string());
+        return Err(format!("the target server refused the transfer: {why}"));
+    }
+    resp.upgrade()
+        .await
+        .map_err(|e| format!("the target server's connection: {e}"))
+}
+
+/// A new copy's identity, once its tree is here: the files it made.
+async fn make_identity(
+    State(st): State<Arc<AgentState>>,
+    UrlPath(id): UrlPath<String>,
+    Json(req): Json<NewIdentity>,
+) -> Response {
+    let id = match checked_id(&id) {
+        Ok(id) => id.to_string(),
+        Err(r) => return r.into_response(),
+    };
+    let dst = container_place(&st.storage_root, &id);
+    let made = tokio::task::spawn_blocking(move || {
+        let who = identity::Identity {
+            hostname: &req.hostname,
+            ssh_public_key: req.ssh_public_key.as_deref(),
+        };
+        identity::make_new_machine(&dst, &who)
+    })
+    .await;
+    match made {
+        Ok(Ok(files)) => Json(files).into_response(),
+        Ok(Err(e)) => refused(StatusCode::CONFLICT, e.to_string()),
+        Err(_) => refused(StatusCode::INTERNAL_SERVER_ERROR, "it panicked"),
+    }
+}
+
+/// A deleted container's trees: its root, state, snapshots and runtime bundle.
+async fn remove(State(st): State<Arc<AgentState>>, UrlPath(id): UrlPath<String>) -> Response {
+    let id = match checked_id(&id) {
+        Ok(id) => id.to_string(),
+        Err(r) => return r.into_response(),
+    };
+    let root = st.storage_root.clone();
+    let removed = tokio::task::spawn_blocking(move || {
+        let place = container_place(&root, &id);
+        engine::remove_trees(&[
+            place.root.clone(),
+            place.state_dir.clone(),
+            snapshots_dir(&root).join(&id),
+            runtime_dir(&root, &id),
+        ])
+    })
+    .await;
+    match removed {
+        Ok(Ok(())) => StatusCode::NO_CONTENT.into_response(),
+        Ok(Err(e)) => refused(StatusCode::CONFLICT, e.to_string()),
+        Err(_) => refused(StatusCode::INTERNAL_SERVER_ERROR, "it panicked"),
+    }
+}
+
+/// The state of a source tree, read from metadata alone (see `engine::probe`): whether
+/// it changed since a copy was synced from it.
+async fn probe(State(st): State<Arc<AgentState>>, UrlPath(id): UrlPath<String>) -> Response {
+    let id = match checked_id(&id) {
+        Ok(id) => id.to_string(),
+        Err(r) => return r.into_response(),
+    };
+    let place = container_place(&st.storage_root, &id);
+    match tokio::task::spawn_blocking(move || engine::probe(&place)).await {
+        Ok(Ok(state)) => Json(state).into_response(),
+        Ok(Err(e)) => refused(StatusCode::NOT_FOUND, e.to_string()),
+        Err(_) => refused(StatusCode::INTERNAL_SERVER_ERROR, "it panicked"),
+    }
+}

@@ -1,0 +1,380 @@
+//! Transfers that involve another host, as the control plane runs them. Three shapes:
+//! - this process's server to an agent: the target's agent expects this control plane's
+//!   certificate, and the source's half runs here over a connection to it;
+//! - an agent to an agent: the target's agent expects the source agent's certificate, and
+//!   the source's agent is asked to send (the data goes host to host; only progress comes
+//!   here);
+//! - an agent to this process's server: the control plane pulls, running the target's
+//!   half here over a connection to the source's agent.
+
+use std::time::Duration;
+
+use axum::http::{header, StatusCode};
+
+use super::protocol::{
+    ErrorAnswer, Expect, ExpectAnswer, NewIdentity, PullRequest, SendLine, SendRequest,
+    TransferMode, TICKET_HEADER, TRANSFER_UPGRADE,
+};
+use super::{describe, Agents};
+use crate::engine::{self, identity, Control, EngineError, Peer as Stream, Place, Summary};
+
+/// Where one end of a transfer is.
+pub enum Where {
+    /// A server of this process: the tree's place (a container's, or a snapshot's).
+    Here(Place),
+    /// An agent: its server id.
+    Agent(String),
+}
+
+pub struct TransferRequest<'a> {
+    pub mode: TransferMode,
+    pub source: Where,
+    pub source_container: &'a str,
+    pub snapshot: Option<&'a str>,
+    pub target: Where,
+    pub target_container: &'a str,
+}
+
+fn failed(context: String, why: String) -> EngineError {
+    EngineError::Io {
+        context,
+        source: std::io::Error::other(why),
+    }
+}
+
+/// An error answer's message (or its status).
+async fn answer_error(resp: reqwest::Response) -> String {
+    let status = resp.status();
+    resp.json::<ErrorAnswer>()
+        .await
+        .map(|e| e.error)
+        .unwrap_or_else(|_| status.to_string())
+}
+
+impl Agents {
+    fn reach_or_fail(
+        &self,
+        server_id: &str,
+    ) -> Result<(String, crate::tls::Fingerprint, reqwest::Client), EngineError> {
+        self.reach(server_id).ok_or_else(|| {
+            EngineError::Refused(format!(
+                "server {server_id} has no agent (it has not joined)"
+            ))
+        })
+    }
+
+    /// Tells the target's agent a transfer will come from `peer`; the mode it will take
+    /// (a copy whose tree is there already becomes a sync).
+    async fn expect(
+        &self,
+        target: &str,
+        ticket: &str,
+        mode: TransferMode,
+        container: &str,
+        peer: crate::tls::Fingerprint,
+    ) -> Result<TransferMode, EngineError> {
+        let (address, _, client) = self.reach_or_fail(target)?;
+        let resp = client
+            .post(format!("https://{address}/v1/expect"))
+            .timeout(Duration::from_secs(10))
+            .json(&Expect {
+                ticket: ticket.to_string(),
+                mode,
+                container_id: container.to_string(),
+                peer: peer.to_string(),
+                identity: None,
+            })
+            .send()
+            .await
+            .map_err(|e| {
+                failed(
+                    format!("reaching the target server at {address}"),
+                    describe(&e),
+                )
+            })?;
+        if !resp.status().is_success() {
+            let why = answer_error(resp).await;
+            return Err(EngineError::Refused(format!("the target server: {why}")));
+        }
+        let answer: ExpectAnswer = resp
+            .json()
+            .await
+            .map_err(|e| failed("the target server's answer".into(), describe(&e)))?;
+        Ok(if answer.exists {
+            TransferMode::Sync
+        } else {
+            mode
+        })
+    }
+
+    /// Runs a transfer with at least one end on an agent (see the module's doc).
+    pub async fn transfer(
+        &self,
+        req: TransferRequest<'_>,
+        ctl: Control,
+    ) -> Result<Summary, EngineError> {
+        let ticket = crate::ids::new_secret();
+        match (&req.source, &req.target) {
+            (Where::Here(src), Where::Agent(target)) => {
+                let mode = self
+                    .expect(
+                        target,
+                        &ticket,
+                        req.mode,
+                        req.target_container,
+                        self.me.fingerprint,
+                    )
+                    .await?;
+                let (address, _, client) = self.reach_or_fail(target)?;
+                let resp = client
+                    .post(format!("https://{address}/v1/transfer"))
+                    .header(header::CONNECTION, "upgrade")
+                    .header(header::UPGRADE, TRANSFER_UPGRADE)
+                    .header(TICKET_HEADER, &ticket)
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        failed(
+                            format!("reaching the target server at {address}"),
+                            describe(&e),
+                        )
+                    })?;
+                let upgraded = upgraded(resp).await?;
+                let src = src.clone();
+                run_half(upgraded, move |stream| send_half(&src, mode, stream, &ctl)).await
+            }
+            (Where::Agent(source), Where::Agent(target)) => {
+                let (_, source_pin, _) = self.reach_or_fail(source)?;
+                let mode = self
+                    .expect(target, &ticket, req.mode, req.target_container, source_pin)
+                    .await?;
+                let (to, to_pin, _) = self.reach_or_fail(target)?;
+                let (address, _, client) = self.reach_or_fail(source)?;
+                let send = SendRequest {
+                    ticket,
+                    mode,
+                    container_id: req.source_container.to_string(),
+                    snapshot_id: req.snapshot.map(str::to_string),
+                    to,
+                    to_fingerprint: to_pin.to_string(),
+                };
+                let resp = client
+                    .post(format!("https://{address}/v1/send"))
+                    .json(&send)
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        failed(
+                            format!("reaching the source server at {address}"),
+                            describe(&e),
+                        )
+                    })?;
+                if !resp.status().is_success() {
+                    let why = answer_error(resp).await;
+                    return Err(EngineError::Refused(format!("the source server: {why}")));
+                }
+                follow(resp, &ctl).await
+            }
+            (Where::Agent(source), Where::Here(dst)) => {
+                let (address, _, client) = self.reach_or_fail(source)?;
+                // A copy whose tree an earlier run committed is brought up to date instead.
+                let mode =
+                    if req.mode == TransferMode::Copy && dst.root.is_dir() && !dst.commit_pending()
+                    {
+                        TransferMode::Sync
+                    } else {
+                        req.mode
+                    };
+                let pull = PullRequest {
+                    mode,
+                    container_id: req.source_container.to_string(),
+                    snapshot_id: req.snapshot.map(str::to_string),
+                };
+                let resp = client
+                    .post(format!("https://{address}/v1/pull"))
+                    .query(&pull)
+                    .header(header::CONNECTION, "upgrade")
+                    .header(header::UPGRADE, TRANSFER_UPGRADE)
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        failed(
+                            format!("reaching the source server at {address}"),
+                            describe(&e),
+                        )
+                    })?;
+                let upgraded = upgraded(resp).await?;
+                let dst = dst.clone();
+                run_half(upgraded, move |stream| match mode {
+                    TransferMode::Copy => engine::receive_copy_from(&dst, stream, &ctl),
+                    TransferMode::Sync => {
+                        engine::receive_sync_from(&dst, stream, &identity::is_identity_path, &ctl)
+                    }
+                })
+                .await
+            }
+            (Where::Here(_), Where::Here(_)) => Err(EngineError::Refused(
+                "both ends are on this host: no agent is involved".into(),
+            )),
+        }
+    }
+
+    /// A new copy's identity on its agent: the files made.
+    pub async fn make_identity(
+        &self,
+        server_id: &str,
+        container_id: &str,
+        identity: NewIdentity,
+    ) -> Result<Vec<String>, EngineError> {
+        let (address, _, client) = self.reach_or_fail(server_id)?;
+        let resp = client
+            .post(format!(
+                "https://{address}/v1/containers/{container_id}/identity"
+            ))
+            .timeout(Duration::from_secs(60))
+            .json(&identity)
+            .send()
+            .await
+            .map_err(|e| {
+                failed(
+                    format!("reaching the target server at {address}"),
+                    describe(&e),
+                )
+            })?;
+        if !resp.status().is_success() {
+            let why = answer_error(resp).await;
+            return Err(EngineError::Refused(format!("the target server: {why}")));
+        }
+        resp.json()
+            .await
+            .map_err(|e| failed("the target server's answer".into(), describe(&e)))
+    }
+
+    /// A source tree's state on its agent (see `engine::probe`).
+    pub async fn probe(&self, server_id: &str, container_id: &str) -> Result<String, EngineError> {
+        let (address, _, client) = self.reach_or_fail(server_id)?;
+        let resp = client
+            .get(format!(
+                "https://{address}/v1/containers/{container_id}/probe"
+            ))
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .map_err(|e| failed(format!("reaching server at {address}"), describe(&e)))?;
+        if !resp.status().is_success() {
+            let why = answer_error(resp).await;
+            return Err(EngineError::Refused(format!("the server: {why}")));
+        }
+        resp.json()
+            .await
+            .map_err(|e| failed("the server's answer".into(), describe(&e)))
+    }
+
+    /// Removes a deleted container's trees on its agent.
+    pub async fn remove_container(
+        &self,
+        server_id: &str,
+        container_id: &str,
+    ) -> Result<(), EngineError> {
+        let (address, _, client) = self.reach_or_fail(server_id)?;
+        let resp = client
+            .delete(format!("https://{address}/v1/containers/{container_id}"))
+            .timeout(Duration::from_secs(600))
+            .send()
+            .await
+            .map_err(|e| failed(format!("reaching server at {address}"), describe(&e)))?;
+        if resp.status() == StatusCode::NO_CONTENT {
+            return Ok(());
+        }
+        let why = answer_error(resp).await;
+        Err(EngineError::Refused(format!("the server: {why}")))
+    }
+}
+
+/// The source's half of a transfer in `mode` (a sync keeps the copy's identity files).
+pub fn send_half(
+    src: &Place,
+    mode: TransferMode,
+    stream: &mut dyn engine::Duplex,
+    ctl: &Control,
+) -> Result<Summary, EngineError> {
+    match mode {
+        TransferMode::Copy => engine::send_copy_to(src, stream, ctl),
+        TransferMode::Sync => engine::send_sync_to(src, stream, &identity::is_identity_path, ctl),
+    }
+}
+
+/// The connection of an answer that switched protocols.
+async fn upgraded(resp: reqwest::Response) -> Result<reqwest::Upgraded, EngineError> {
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        let why = answer_error(resp).await;
+        return Err(EngineError::Refused(format!("the other server: {why}")));
+    }
+    resp.upgrade()
+        .await
+        .map_err(|e| failed("taking over the connection".into(), e.to_string()))
+}
+
+/// Runs this process's half of a transfer over an upgraded connection, off the async
+/// workers.
+async fn run_half(
+    upgraded: reqwest::Upgraded,
+    half: impl FnOnce(&mut dyn engine::Duplex) -> Result<Summary, EngineError> + Send + 'static,
+) -> Result<Summary, EngineError> {
+    tokio::task::spawn_blocking(move || {
+        let mut stream = Stream::new(tokio_util::io::SyncIoBridge::new(upgraded));
+        half(&mut stream)
+    })
+    .await
+    .unwrap_or_else(|_| Err(EngineError::Integrity("a transfer panicked".into())))
+}
+
+/// Follows a source agent's `/v1/send` answer: progress relayed to `ctl`, until it ends;
+/// a cancel of `ctl` ends it (dropping the answer cancels the send there).
+async fn follow(resp: reqwest::Response, ctl: &Control) -> Result<Summary, EngineError> {
+    use futures::StreamExt;
+    let mut body = resp.bytes_stream();
+    let mut pending: Vec<u8> = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        let chunk = tokio::select! {
+            chunk = body.next() => chunk,
+            _ = tick.tick() => {
+                if ctl.is_cancelled() {
+                    return Err(EngineError::Cancelled);
+                }
+                continue;
+            }
+        };
+        let Some(chunk) = chunk else {
+            return Err(failed(
+                "following the transfer".into(),
+                "the source server ended it without saying how it went".into(),
+            ));
+        };
+        let chunk = chunk.map_err(|e| failed("following the transfer".into(), describe(&e)))?;
+        pending.extend_from_slice(&chunk);
+        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            let line: SendLine = serde_json::from_slice(&line)
+                .map_err(|e| failed("following the transfer".into(), e.to_string()))?;
+            match line {
+                SendLine::Progress(p) => ctl.relay(&p),
+                SendLine::Done(summary) => return Ok(*summary),
+                SendLine::Failed {
+                    error,
+                    incomplete,
+                    cancelled,
+                } => {
+                    return Err(if cancelled {
+                        EngineError::Cancelled
+                    } else if incomplete {
+                        EngineError::Incomplete(error)
+                    } else {
+                        EngineError::Refused(error)
+                    })
+                }
+            }
+        }
+    }
+}
