@@ -877,6 +877,10 @@ pub struct Job {
     pub container_id: String,
     pub source_container_id: String,
     pub progress: Option<JobProgress>,
+    /// Why a queued job has not started yet, e.g. `waiting for server b (offline: connection
+    /// refused)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
     /// Once succeeded.
     pub summary: Option<JobSummary>,
     pub error: Option<String>,

@@ -320,6 +320,16 @@ test('an admin makes a project and a user; the user works in it; the admin sees 
   // The admin sees her copy in the audit log.
   await page.goto('/login');
   await logIn(page, 'admin');
+  // Servers: this host's are online; a new one waits for its host, its token shown once.
+  await page.goto('/servers');
+  await expect(page.locator('body')).toHaveAttribute('data-hydrated', 'true');
+  await expect(page.locator('tr[data-server="local-a"]')).toContainText('online');
+  await page.locator('#new-server-name').fill('far-e2e');
+  await page.getByRole('button', { name: 'Add server' }).click();
+  await expect(page.locator('code.secret')).toContainText('doppel-join-1.');
+  await expect(page.locator('tr[data-server="far-e2e"]')).toContainText('pending');
+  await expect(page.locator('tr[data-server="far-e2e"]')).toContainText('waiting for its host to join');
+
   // A project that holds containers is not deleted: the reason is shown.
   await page.goto('/admin');
   await expect(page.locator('body')).toHaveAttribute('data-hydrated', 'true');

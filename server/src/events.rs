@@ -262,6 +262,7 @@ pub(crate) fn test_job(id: &str, status: app::model::JobStatus) -> Job {
         container_id: "c".into(),
         source_container_id: "s".into(),
         progress: None,
+        waiting_for: None,
         summary: None,
         error: None,
         created_at: 0,

@@ -118,6 +118,10 @@ struct ServeArgs {
         default_value = doppel::serve::RuntimeConfig::DEFAULT_NETWORK,
         value_parser = doppel::runtime::Ipv4Net::parse)]
     container_network: doppel::runtime::Ipv4Net,
+    /// Seconds a job waits for an offline server (another host) it needs before it fails.
+    #[arg(long, global = true, env = "DOPPEL_SERVER_WAIT", default_value_t = 600,
+        value_parser = clap::value_parser!(u64).range(1..))]
+    server_wait: u64,
     /// Where other hosts join as servers (`doppel agent join https://ADDR TOKEN`), over TLS
     /// with this control plane's certificate; e.g. 0.0.0.0:7443. Unset: no host can join.
     #[arg(long, global = true, env = "DOPPEL_AGENTS_ADDR")]
@@ -306,6 +310,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 per_server: cli.serve.max_jobs_per_server,
                 per_user: cli.serve.max_queued_jobs_per_user,
                 per_project: cli.serve.max_queued_jobs_per_project,
+                server_wait: std::time::Duration::from_secs(cli.serve.server_wait),
             },
             conn: doppel::serve::ConnLimits {
                 header_timeout: std::time::Duration::from_secs(cli.serve.header_timeout),

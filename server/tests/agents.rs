@@ -29,14 +29,15 @@ async fn control_plane(lab: &Lab, dir: &Path) -> ControlPlane {
     control_plane_with(lab, dir, false).await
 }
 
-/// With `demo`, the demo's projects and containers (on this host's servers).
+/// With `demo`, the demo's projects and containers (on this host's servers). Jobs wait 4 s
+/// for an offline server.
 async fn control_plane_with(lab: &Lab, dir: &Path, demo: bool) -> ControlPlane {
     let data = dir.join("cp");
     let addr = lab.addr("cp");
     let mut c = lab.command("cp", doppel());
     c.arg("--data-dir")
         .arg(&data)
-        .args(["serve", "--no-runtime"])
+        .args(["serve", "--no-runtime", "--server-wait", "4"])
         .args(if demo { &[][..] } else { &["--no-demo"][..] })
         .args(["--addr", &format!("{addr}:3000")])
         .args(["--agents-addr", &format!("{addr}:7443")])
@@ -661,4 +662,111 @@ async fn copies_and_syncs_cross_hosts_in_every_direction() {
     cp.succeeded(&started["job"]).await;
     assert!(!root_on(&c_data, &on_c).exists());
     drop(agents);
+}
+
+impl ControlPlane {
+    async fn job(&self, id: &str) -> Value {
+        self.call(reqwest::Method::GET, &format!("/jobs/{id}"), None)
+            .await
+            .1
+    }
+
+    async fn project(&self, name: &str) -> String {
+        let (_, list) = self.call(reqwest::Method::GET, "/projects", None).await;
+        list["projects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_for_an_offline_host_waits_saying_so_then_runs_or_fails_in_time() {
+    let lab = Lab::new(&["cp", "b"]);
+    let dir = tempfile::tempdir().unwrap();
+    let cp = control_plane_with(&lab, dir.path(), true).await;
+    let b_data = dir.path().join("b");
+    let token = cp.add_server("b").await;
+    let mut b = agent(
+        &lab,
+        "b",
+        &b_data,
+        Some((&cp.join_url, &token)),
+        &dir.path().join("b.log"),
+    );
+    cp.wait_state("b", "online", Duration::from_secs(20)).await;
+    let (project, server) = (cp.project("web-platform").await, cp.server_id("b").await);
+    let web_app = cp.id_of("web-app").await;
+
+    // b goes down; a copy onto it is accepted and waits, saying for what.
+    b.kill();
+    cp.wait_state("b", "offline", Duration::from_secs(10)).await;
+    let (st, started) = cp
+        .call(
+            reqwest::Method::POST,
+            &format!("/containers/{web_app}/copy"),
+            Some(json!({"target_project_id": project, "target_server_id": server, "name": "patient"})),
+        )
+        .await;
+    assert_eq!(st, 202, "{started}");
+    let job = started["job"]["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let waiting = loop {
+        let j = cp.job(&job).await;
+        if j["waiting_for"].is_string() {
+            break j;
+        }
+        assert!(Instant::now() < deadline, "no reason to wait given: {j}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(waiting["status"], "queued", "{waiting}");
+    assert!(
+        waiting["waiting_for"]
+            .as_str()
+            .unwrap()
+            .starts_with("waiting for server b"),
+        "{waiting}"
+    );
+    // Back within the wait: it runs, and the reason is gone.
+    b = agent(&lab, "b", &b_data, None, &dir.path().join("b2.log"));
+    let done = cp.succeeded(&started["job"]).await;
+    assert!(done.get("waiting_for").is_none(), "{done}");
+    let copy = started["container"]["id"].as_str().unwrap().to_string();
+    assert!(root_on(&b_data, &copy).join("www/content.html").is_file());
+
+    // Down for longer than the wait (4 s here): the sync fails, saying so, and the copy is
+    // as it was.
+    b.kill();
+    cp.wait_state("b", "offline", Duration::from_secs(10)).await;
+    let (st, started) = cp
+        .call(
+            reqwest::Method::POST,
+            &format!("/containers/{copy}/sync"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 202, "{started}");
+    let id = started["job"]["id"].as_str().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let failed = loop {
+        let j = cp.job(id).await;
+        if j["status"] == "failed" {
+            break j;
+        }
+        assert!(Instant::now() < deadline, "did not fail in time: {j}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        failed["error"].as_str().unwrap().contains("stayed offline"),
+        "{failed}"
+    );
+    let (_, detail) = cp
+        .call(reqwest::Method::GET, &format!("/containers/{copy}"), None)
+        .await;
+    assert_eq!(detail["status"], "stopped", "{detail}");
 }

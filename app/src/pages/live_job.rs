@@ -41,7 +41,9 @@ pub fn LiveJob(job: Job) -> impl IntoView {
                     } else {
                         j.phase.map_or_else(|| j.status.as_str(), |p| p.as_str()).to_string()
                     };
+                    let waiting = j.waiting_for.clone().map(|w| view! { <p class="notice waiting" role="status">{w}</p> });
                     view! {
+                        {waiting}
                         <p class="phase">"Phase: " <strong>{phase}</strong></p>
                         <progress max="100" value=format!("{percent:.0}") aria-label="Progress"></progress>
                         <span class="percent">{format!("{percent:.0} %")}</span>

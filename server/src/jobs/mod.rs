@@ -63,6 +63,9 @@ pub struct Limits {
     pub per_user: u64,
     /// Queued or running jobs one project may have, whoever started them.
     pub per_project: u64,
+    /// How long a job waits for an offline server it needs before it fails
+    /// (`--server-wait`).
+    pub server_wait: std::time::Duration,
 }
 
 impl Default for Limits {
@@ -72,6 +75,7 @@ impl Default for Limits {
             per_server: 1,
             per_user: 20,
             per_project: 50,
+            server_wait: std::time::Duration::from_secs(600),
         }
     }
 }
@@ -93,6 +97,8 @@ pub struct JobRunner {
     lifecycle: Arc<Lifecycle>,
     /// Servers on other hosts: transfers to, from and between them.
     agents: Arc<Agents>,
+    /// How long a job waits for an offline server.
+    server_wait: std::time::Duration,
 }
 
 /// A container lock held by a job or snapshot (until it is dropped).
@@ -125,6 +131,7 @@ impl JobRunner {
             active: Mutex::new(HashMap::new()),
             lifecycle,
             agents,
+            server_wait: limits.server_wait,
         })
     }
 
@@ -275,6 +282,17 @@ impl JobRunner {
             target_ssh_key,
         } = start;
 
+        // Servers on other hosts it needs must be online: it waits for them (saying so)
+        // before it takes a slot, so nothing else waits behind it.
+        let needs: Vec<&str> = match kind {
+            JobKind::Delete => vec![target_server.as_str()],
+            _ => vec![source_server.as_str(), target_server.as_str()],
+        };
+        if let Err(e) = self.wait_for_servers(job_id, &needs, &ctl, cancelled).await {
+            return self
+                .finish(job_id, kind, &target_id, &params, Ended::with(Err(e)))
+                .await;
+        }
         // Wait for a slot on the target server, then globally: a job waiting for a busy
         // server holds no global slot, so jobs for other servers are not held up behind it.
         // A job cancelled while it waits stops waiting: its copy is marked failed (or its
@@ -474,6 +492,49 @@ impl JobRunner {
 }
 
 impl JobRunner {
+    /// Waits until none of `servers` is an offline agent, saying why on the job meanwhile;
+    /// fails after `--server-wait`, or when the job is cancelled.
+    async fn wait_for_servers(
+        &self,
+        job_id: &str,
+        servers: &[&str],
+        ctl: &Control,
+        cancelled: &Notify,
+    ) -> Result<(), EngineError> {
+        let deadline = std::time::Instant::now() + self.server_wait;
+        let mut said: Option<String> = None;
+        loop {
+            if ctl.is_cancelled() {
+                return Err(EngineError::Cancelled);
+            }
+            let Some((name, reason)) = self.agents.first_offline(servers) else {
+                if said.is_some() {
+                    if let Ok(Some(job)) = self.db.set_job_waiting(job_id, None).await {
+                        self.hub.publish(EventKind::Status, job);
+                    }
+                }
+                return Ok(());
+            };
+            if std::time::Instant::now() >= deadline {
+                return Err(EngineError::Refused(format!(
+                    "server {name} stayed offline for {} s, the longest a job waits (--server-wait): {reason}",
+                    self.server_wait.as_secs()
+                )));
+            }
+            let why = format!("waiting for server {name} (offline: {reason})");
+            if said.as_deref() != Some(why.as_str()) {
+                if let Ok(Some(job)) = self.db.set_job_waiting(job_id, Some(why.clone())).await {
+                    self.hub.publish(EventKind::Status, job);
+                }
+                said = Some(why);
+            }
+            tokio::select! {
+                () = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+                () = cancelled.notified() => return Err(EngineError::Cancelled),
+            }
+        }
+    }
+
     /// A copy or sync with an end on another host (see `remote::transfer`); then a new
     /// copy's identity, made on its server.
     async fn across_hosts(

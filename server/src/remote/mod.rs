@@ -36,6 +36,8 @@ pub struct AgentView {
 }
 
 struct Agent {
+    /// Its server's name (for messages).
+    name: String,
     address: String,
     pin: Fingerprint,
     /// Status calls (a short timeout).
@@ -71,12 +73,19 @@ impl Agents {
     }
 
     /// Adds (or replaces, after a new join) the agent of a server.
-    pub fn set(&self, server_id: &str, address: &str, pin: Fingerprint) -> Result<(), String> {
+    pub fn set(
+        &self,
+        server_id: &str,
+        name: &str,
+        address: &str,
+        pin: Fingerprint,
+    ) -> Result<(), String> {
         let client = tls::client(&self.me, pin, CALL_TIMEOUT)?;
         let worker = tls::client(&self.me, pin, Duration::from_secs(7 * 24 * 3600))?;
         self.agents.lock().insert(
             server_id.to_string(),
             Agent {
+                name: name.to_string(),
                 address: address.to_string(),
                 pin,
                 client,
@@ -92,6 +101,15 @@ impl Agents {
     /// Whether the server is another host's (a joined agent).
     pub fn is_agent(&self, server_id: &str) -> bool {
         self.agents.lock().contains_key(server_id)
+    }
+
+    /// The first of these servers that is an agent and offline: its name and why.
+    pub fn first_offline<'a>(&self, server_ids: &[&'a str]) -> Option<(String, String)> {
+        server_ids.iter().find_map(|id| {
+            let name = self.agents.lock().get(*id)?.name.clone();
+            let view = self.view(id)?;
+            (!view.online).then(|| (name, view.reason.unwrap_or_else(|| "no answer".into())))
+        })
     }
 
     /// Where an agent is, its certificate, and a client for work on it.

@@ -75,6 +75,7 @@ impl NewCopy {
             container_id: self.id.clone(),
             source_container_id: self.source_id.clone(),
             progress: None,
+            waiting_for: None,
             summary: None,
             error: None,
             created_at: self.now,

@@ -211,7 +211,7 @@ impl Service {
             .map_err(internal)?
             .ok_or_else(|| ApiError::forbidden("this join token is unknown, used or expired"))?;
         self.agents
-            .set(&joined.id, &address, peer)
+            .set(&joined.id, &joined.name, &address, peer)
             .map_err(internal)?;
         tracing::info!(server = %joined.name, %address, fingerprint = %peer, "an agent joined");
         Ok(JoinAnswer {
@@ -236,7 +236,7 @@ impl Service {
                     .as_deref()
                     .and_then(Fingerprint::parse),
             ) {
-                if let Err(e) = self.agents.set(&row.id, address, fp) {
+                if let Err(e) = self.agents.set(&row.id, &row.name, address, fp) {
                     tracing::error!(server = %row.name, error = %e, "cannot call this agent");
                 }
             }

@@ -390,6 +390,25 @@ impl Db {
 
     /// Marks a queued (or interrupted) job running, unless it was cancelled meanwhile
     /// (`None`); `syncing`: its target shows `syncing` from the same commit on.
+    /// Why a queued job waits (None: it no longer does); the job as it is now.
+    pub(crate) async fn set_job_waiting(
+        &self,
+        job_id: &str,
+        why: Option<String>,
+    ) -> Result<Option<Job>, DbError> {
+        let id = job_id.to_string();
+        Ok(self
+            .transact(move |c| {
+                query_first(
+                    c,
+                    "UPDATE jobs SET waiting_for = $1 WHERE id = $2 AND status = $3 RETURNING *",
+                    &[&why, &id, &JobStatus::Queued.as_str()],
+                    |row| job_from_row(row),
+                )
+            })
+            .await?)
+    }
+
     pub(crate) async fn start_job(
         &self,
         job_id: &str,
@@ -401,7 +420,8 @@ impl Db {
                 let now = now_ms();
                 let running = query_first(
                     c,
-                    "UPDATE jobs SET status = $3, started_at = COALESCE(started_at, $1), phase = $4
+                    "UPDATE jobs SET status = $3, started_at = COALESCE(started_at, $1), phase = $4,
+                        waiting_for = NULL
                      WHERE id = $2 AND status IN ($5, $3) RETURNING *",
                     &[
                         &now,

@@ -14,6 +14,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0007_disabled_users.sql"),
     include_str!("../../migrations/0008_audit.sql"),
     include_str!("../../migrations/0009_agents.sql"),
+    include_str!("../../migrations/0010_job_waiting.sql"),
 ];
 
 pub(super) fn migrate(conn: &SyncConn) -> rusqlite::Result<()> {

@@ -108,6 +108,7 @@ pub(crate) fn job_from_row(r: &impl Cols) -> Job {
         container_id: r.col("container_id"),
         source_container_id: r.col("source_container_id"),
         progress: json("progress").and_then(|s| serde_json::from_str(&s).ok()),
+        waiting_for: r.col("waiting_for"),
         summary: json("summary").and_then(|s| serde_json::from_str(&s).ok()),
         error: r.col("error"),
         created_at: r.col("created_at"),
