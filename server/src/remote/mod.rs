@@ -104,7 +104,7 @@ impl Agents {
     }
 
     /// The first of these servers that is an agent and offline: its name and why.
-    pub fn first_offline<'a>(&self, server_ids: &[&'a str]) -> Option<(String, String)> {
+    pub fn first_offline(&self, server_ids: &[&str]) -> Option<(String, String)> {
         server_ids.iter().find_map(|id| {
             let name = self.agents.lock().get(*id)?.name.clone();
             let view = self.view(id)?;
