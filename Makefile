@@ -28,7 +28,7 @@ STAMP := target/.setup
 # cargo-installed tools, and wasm-opt from the pinned npm package binaryen.
 export PATH := $(HOME)/.cargo/bin:$(CURDIR)/end2end/node_modules/.bin:$(PATH)
 
-.PHONY: size help setup setup-test run build server site test lint unit e2e api-fuzz dev clean bench load
+.PHONY: size help setup setup-test run build server site test lint unit e2e api-fuzz dev clean bench bench-remote load
 
 help:
 	@echo "make run    set up, build (release) and start doppel on http://127.0.0.1:3000"
@@ -153,6 +153,11 @@ clean:
 bench: setup
 	@command -v rsync >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y rsync; }
 	cargo bench --profile perf -p doppel --bench engine
+
+# doppel between two agents (network namespaces, links shaped with tc) against rsync.
+bench-remote: setup
+	@command -v rsync >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y rsync; }
+	cargo bench --profile perf -p doppel --bench remote
 
 # 200 concurrent copy requests and 500 SSE subscribers against a real doppel (prints figures).
 load: setup

@@ -19,102 +19,10 @@ use std::time::Instant;
 
 use doppel::engine::{self, Control, Place, Summary};
 
-use doppel::rng::Rng;
+#[path = "tree.rs"]
+mod tree;
 
-fn scaled(n: f64, scale: f64) -> usize {
-    ((n * scale).round() as usize).max(1)
-}
-
-fn build_tree(root: &Path, scale: f64) -> (usize, Vec<PathBuf>) {
-    let mut rng = Rng(0x5eed);
-    let dirs = scaled(2000.0, scale);
-    let files = scaled(40_000.0, scale);
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut paths = Vec::with_capacity(files);
-    for d in 0..dirs {
-        fs::create_dir_all(root.join(format!("d{:02}/s{d:04}", d % 50))).unwrap();
-    }
-    for i in 0..files {
-        let len = 1024 + (rng.next_u64() % (63 * 1024)) as usize;
-        rng.fill(&mut buf[..len]);
-        let p = root.join(format!(
-            "d{:02}/s{:04}/f{i:05}.dat",
-            (i % dirs) % 50,
-            i % dirs
-        ));
-        fs::write(&p, &buf[..len]).unwrap();
-        paths.push(p);
-    }
-    let big = scaled(100.0 * 1024.0 * 1024.0, scale);
-    let mut chunk = vec![0u8; 1 << 20];
-    for b in 0..4 {
-        let mut f = fs::File::create(root.join(format!("big{b}.img"))).unwrap();
-        let mut left = big;
-        while left > 0 {
-            let n = left.min(chunk.len());
-            rng.fill(&mut chunk[..n]);
-            f.write_all(&chunk[..n]).unwrap();
-            left -= n;
-        }
-    }
-    for s in 0..scaled(400.0, scale) {
-        symlink(
-            format!("../s{:04}/f{s:05}.dat", s % dirs),
-            root.join(format!("d{:02}/link{s:04}", s % 50)),
-        )
-        .unwrap();
-    }
-    for h in 0..scaled(40.0, scale) {
-        fs::hard_link(
-            &paths[h * 7],
-            root.join(format!("d{:02}/hard{h:03}", h % 50)),
-        )
-        .unwrap();
-    }
-    (files, paths)
-}
-
-/// The "1 %" change: rewrites, additions, deletions, chmods, and four 1 MiB overwrites
-/// inside the big files.
-fn change_tree(root: &Path, paths: &[PathBuf], scale: f64) {
-    let mut rng = Rng(0xc0ffee);
-    let mut buf = vec![0u8; 64 * 1024];
-    let n = paths.len();
-    for i in 0..scaled(400.0, scale) {
-        let p = &paths[(i * 97 + 13) % n];
-        let len = 1024 + (rng.next_u64() % (63 * 1024)) as usize;
-        rng.fill(&mut buf[..len]);
-        fs::write(p, &buf[..len]).unwrap();
-    }
-    for i in 0..scaled(50.0, scale) {
-        rng.fill(&mut buf[..8192]);
-        fs::write(
-            root.join(format!("d{:02}/added{i:03}.dat", i % 50)),
-            &buf[..8192],
-        )
-        .unwrap();
-    }
-    for i in 0..scaled(50.0, scale) {
-        let _ = fs::remove_file(&paths[(i * 131 + 7) % n]);
-    }
-    for i in 0..scaled(50.0, scale) {
-        let p = &paths[(i * 61 + 3) % n];
-        if p.exists() {
-            fs::set_permissions(p, fs::Permissions::from_mode(0o600)).unwrap();
-        }
-    }
-    let mut mib = vec![0u8; 1 << 20];
-    for b in 0..4 {
-        rng.fill(&mut mib);
-        let f = fs::OpenOptions::new()
-            .write(true)
-            .open(root.join(format!("big{b}.img")))
-            .unwrap();
-        let len = f.metadata().unwrap().len();
-        f.write_all_at(&mib[..(len as usize / 2).min(mib.len())], len / 3)
-            .unwrap();
-    }
-}
+use tree::{build_tree, change_tree, rsync_sent_bytes};
 
 fn sync_all() {
     let _ = Command::new("sync").status();
@@ -184,14 +92,6 @@ fn run_child(args: &[String]) {
         std::process::exit(1)
     });
     println!("{}", serde_json::to_string(&s).unwrap());
-}
-
-fn rsync_sent_bytes(stats: &str) -> u64 {
-    stats
-        .lines()
-        .find_map(|l| l.strip_prefix("Total bytes sent: "))
-        .map(|v| v.replace(',', "").trim().parse().unwrap_or(0))
-        .unwrap_or(0)
 }
 
 fn main() {

@@ -92,6 +92,11 @@ impl Lab {
         format!("dlv{}{}", self.tag, self.index(host))
     }
 
+    /// The host side of the host's link (its counters count what the host sends and gets).
+    pub fn veth_of(&self, host: &str) -> String {
+        self.veth(host)
+    }
+
     pub fn namespace(&self, host: &str) -> String {
         self.index(host);
         format!("dl-{}-{host}", self.tag)
