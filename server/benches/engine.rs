@@ -11,8 +11,7 @@
 //! with the `sync` that makes them durable.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{symlink, FileExt, PermissionsExt};
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;

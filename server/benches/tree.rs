@@ -110,4 +110,3 @@ pub fn rsync_sent_bytes(stats: &str) -> u64 {
         .map(|v| v.replace(',', "").trim().parse().unwrap_or(0))
         .unwrap_or(0)
 }
-
