@@ -333,6 +333,7 @@ pub async fn serve(
             () = &mut stop => break,
         };
         let _ = tcp.set_nodelay(true);
+        let _ = dead_peer_detection(&socket2::SockRef::from(&tcp));
         let (acceptor, router) = (acceptor.clone(), router.clone());
         tokio::spawn(async move {
             let handshake =
@@ -372,6 +373,20 @@ pub async fn serve(
     }
 }
 
+/// How long a connection's peer may stay silent before the connection fails: keepalive
+/// probes after 5 s of quiet, then every 2 s, three of them; data unacknowledged for
+/// [`USER_TIMEOUT`]. A transfer over a cut link fails in seconds, and is tried again.
+pub const USER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+fn dead_peer_detection(sock: &socket2::SockRef<'_>) -> std::io::Result<()> {
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(std::time::Duration::from_secs(5))
+        .with_interval(std::time::Duration::from_secs(2))
+        .with_retries(3);
+    sock.set_tcp_keepalive(&keepalive)?;
+    sock.set_tcp_user_timeout(Some(USER_TIMEOUT))
+}
+
 /// A client for one pinned server, presenting `me` (HTTP/1.1 over TLS).
 pub fn client(
     me: &Identity,
@@ -381,6 +396,10 @@ pub fn client(
     let tls = client_config(me, pin).map_err(|e| e.to_string())?;
     reqwest::Client::builder()
         .use_preconfigured_tls(tls)
+        .tcp_keepalive(std::time::Duration::from_secs(5))
+        .tcp_keepalive_interval(std::time::Duration::from_secs(2))
+        .tcp_keepalive_retries(3)
+        .tcp_user_timeout(USER_TIMEOUT)
         .timeout(timeout)
         .connect_timeout(std::time::Duration::from_secs(3))
         .build()

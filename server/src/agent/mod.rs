@@ -143,9 +143,20 @@ pub(crate) struct AgentState {
     pins: ClientPins,
     /// Transfers announced by the control plane, by ticket, until used or expired.
     expected: parking_lot::Mutex<std::collections::HashMap<String, work::Expected>>,
+    /// One change at a time per container (a transfer, a delete): a retry after a lost
+    /// connection waits for the attempt it replaces to end.
+    busy: parking_lot::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl AgentState {
+    fn lock_of(&self, container_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.busy
+            .lock()
+            .entry(container_id.to_string())
+            .or_default()
+            .clone()
+    }
+
     /// The pins: the control plane, and the peer of each transfer still expected.
     fn repin(&self) {
         let now = std::time::Instant::now();
@@ -192,6 +203,7 @@ pub async fn run(
         control_plane,
         pins,
         expected: Default::default(),
+        busy: Default::default(),
     });
     tls::serve(listener, tls, work::router(state), stop).await;
     Ok(())

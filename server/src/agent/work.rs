@@ -97,6 +97,7 @@ fn engine_failure(e: &EngineError, place: Option<&Place>) -> SendLine {
         incomplete: matches!(e, EngineError::Incomplete(_))
             || place.is_some_and(Place::commit_pending),
         cancelled: matches!(e, EngineError::Cancelled),
+        disconnected: matches!(e, EngineError::Disconnected { .. }),
     }
 }
 
@@ -195,7 +196,9 @@ async fn transfer(
     };
     let upgrade = hyper::upgrade::on(&mut req);
     let dst = container_place(&st.storage_root, &expected.container_id);
+    let lock = st.lock_of(&expected.container_id);
     tokio::spawn(async move {
+        let _one = lock.lock().await;
         let mode = expected.mode;
         let result = over_connection(upgrade, move |stream| {
             let ctl = Control::new();
@@ -291,6 +294,7 @@ async fn send(State(st): State<Arc<AgentState>>, Json(req): Json<SendRequest>) -
                 error: e,
                 incomplete: false,
                 cancelled: false,
+                disconnected: true,
             },
             Ok(upgraded) => {
                 let mode = req.mode;
@@ -365,6 +369,8 @@ async fn make_identity(
         Err(r) => return r.into_response(),
     };
     let dst = container_place(&st.storage_root, &id);
+    let lock = st.lock_of(&id);
+    let _one = lock.lock().await;
     let made = tokio::task::spawn_blocking(move || {
         let who = identity::Identity {
             hostname: &req.hostname,
@@ -387,6 +393,8 @@ async fn remove(State(st): State<Arc<AgentState>>, UrlPath(id): UrlPath<String>)
         Err(r) => return r.into_response(),
     };
     let root = st.storage_root.clone();
+    let lock = st.lock_of(&id);
+    let _one = lock.lock().await;
     let removed = tokio::task::spawn_blocking(move || {
         let place = container_place(&root, &id);
         engine::remove_trees(&[

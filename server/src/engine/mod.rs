@@ -260,6 +260,10 @@ pub enum EngineError {
     Integrity(String),
     #[error("{0}")]
     Refused(String),
+    /// The connection to the other server of a transfer broke (or it stopped answering):
+    /// worth trying again once it is back.
+    #[error("{context}: {source}")]
+    Disconnected { context: String, source: io::Error },
     /// A sync failed while applying its changes (the cause): the target is partly updated
     /// until the next sync completes it.
     #[error("{0}; the copy is partly updated: sync again to complete it")]

@@ -360,7 +360,7 @@ impl JobRunner {
                     (&source_id, &source_server, &source_root),
                     (&target_id, &target_server, &target_root),
                     (&target_name, target_ssh_key.as_deref()),
-                    ctl,
+                    (job_id, ctl, cancelled),
                 )
                 .await;
             let ended = Ended {
@@ -544,7 +544,7 @@ impl JobRunner {
         (source_id, source_server, source_root): (&str, &str, &std::path::Path),
         (target_id, target_server, target_root): (&str, &str, &std::path::Path),
         (hostname, ssh_public_key): (&str, Option<&str>),
-        ctl: Control,
+        (job_id, ctl, cancelled): (&str, Control, &Notify),
     ) -> Result<engine::Summary, EngineError> {
         let mode = match kind {
             JobKind::Copy => TransferMode::Copy,
@@ -579,7 +579,33 @@ impl JobRunner {
             target,
             target_container: target_id,
         };
-        let mut summary = self.agents.transfer(request, ctl).await?;
+        // A broken connection (a host down, a link cut) is tried again once the servers
+        // answer, within --server-wait; a copy resumes from what already arrived.
+        let deadline = std::time::Instant::now() + self.server_wait;
+        let mut summary = loop {
+            match self.agents.transfer(request.clone(), ctl.clone()).await {
+                Err(e @ EngineError::Disconnected { .. })
+                    if std::time::Instant::now() < deadline && !ctl.is_cancelled() =>
+                {
+                    tracing::warn!(job = %job_id, error = %e, "a transfer lost its connection; trying again when the servers answer");
+                    let why =
+                        format!("its connection broke ({e}); trying again when the servers answer");
+                    if let Ok(Some(job)) = self.db.set_job_waiting(job_id, Some(why)).await {
+                        self.hub.publish(EventKind::Status, job);
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+                        () = cancelled.notified() => return Err(EngineError::Cancelled),
+                    }
+                    self.wait_for_servers(job_id, &[source_server, target_server], &ctl, cancelled)
+                        .await?;
+                    if let Ok(Some(job)) = self.db.set_job_waiting(job_id, None).await {
+                        self.hub.publish(EventKind::Status, job);
+                    }
+                }
+                r => break r?,
+            }
+        };
         if kind == JobKind::Copy {
             summary.identity_files = if self.agents.is_agent(target_server) {
                 let identity = NewIdentity {

@@ -45,6 +45,10 @@ pub(super) fn without_paths(e: EngineError, names: &[(String, &str)]) -> EngineE
             context: clean(context),
             source,
         },
+        EngineError::Disconnected { context, source } => EngineError::Disconnected {
+            context: clean(context),
+            source,
+        },
         EngineError::Integrity(m) => EngineError::Integrity(clean(m)),
         EngineError::Refused(m) => EngineError::Refused(clean(m)),
         EngineError::Incomplete(m) => EngineError::Incomplete(clean(m)),

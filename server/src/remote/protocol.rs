@@ -128,6 +128,9 @@ pub enum SendLine {
         /// The target is partly changed (a sync failed while committing).
         incomplete: bool,
         cancelled: bool,
+        /// The connection between the two servers broke: worth trying again.
+        #[serde(default)]
+        disconnected: bool,
     },
 }
 

@@ -19,6 +19,7 @@ use super::{describe, Agents};
 use crate::engine::{self, identity, Control, EngineError, Peer as Stream, Place, Summary};
 
 /// Where one end of a transfer is.
+#[derive(Clone)]
 pub enum Where {
     /// A server of this process: the tree's place (a container's, or a snapshot's).
     Here(Place),
@@ -26,6 +27,7 @@ pub enum Where {
     Agent(String),
 }
 
+#[derive(Clone)]
 pub struct TransferRequest<'a> {
     pub mode: TransferMode,
     pub source: Where,
@@ -35,8 +37,10 @@ pub struct TransferRequest<'a> {
     pub target_container: &'a str,
 }
 
+/// A call to another server that did not get through (or its answer did not): worth
+/// trying again once that server answers.
 fn failed(context: String, why: String) -> EngineError {
-    EngineError::Io {
+    EngineError::Disconnected {
         context,
         source: std::io::Error::other(why),
     }
@@ -365,11 +369,14 @@ async fn follow(resp: reqwest::Response, ctl: &Control) -> Result<Summary, Engin
                     error,
                     incomplete,
                     cancelled,
+                    disconnected,
                 } => {
                     return Err(if cancelled {
                         EngineError::Cancelled
                     } else if incomplete {
                         EngineError::Incomplete(error)
+                    } else if disconnected {
+                        failed("the source server".into(), error)
                     } else {
                         EngineError::Refused(error)
                     })

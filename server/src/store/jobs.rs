@@ -390,7 +390,7 @@ impl Db {
 
     /// Marks a queued (or interrupted) job running, unless it was cancelled meanwhile
     /// (`None`); `syncing`: its target shows `syncing` from the same commit on.
-    /// Why a queued job waits (None: it no longer does); the job as it is now.
+    /// Why a queued or running job waits (None: it no longer does); the job as it is now.
     pub(crate) async fn set_job_waiting(
         &self,
         job_id: &str,
@@ -401,8 +401,14 @@ impl Db {
             .transact(move |c| {
                 query_first(
                     c,
-                    "UPDATE jobs SET waiting_for = $1 WHERE id = $2 AND status = $3 RETURNING *",
-                    &[&why, &id, &JobStatus::Queued.as_str()],
+                    "UPDATE jobs SET waiting_for = $1 WHERE id = $2 AND status IN ($3, $4)
+                     RETURNING *",
+                    &[
+                        &why,
+                        &id,
+                        &JobStatus::Queued.as_str(),
+                        &JobStatus::Running.as_str(),
+                    ],
                     |row| job_from_row(row),
                 )
             })
@@ -475,7 +481,7 @@ impl Db {
                 let now = now_ms();
                 let job = query_first(
                     c,
-                    "UPDATE jobs SET status = $1, phase = NULL, summary = $2, error = $3,
+                    "UPDATE jobs SET status = $1, phase = NULL, waiting_for = NULL, summary = $2, error = $3,
                         finished_at = $4, progress = COALESCE($5, progress)
                      WHERE id = $6 RETURNING *",
                     &[

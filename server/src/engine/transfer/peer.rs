@@ -63,12 +63,15 @@ const CHANGES: u8 = 3;
 const ABORT: u8 = 4;
 const REPLY: u8 = 5;
 const READY: u8 = 6;
+/// A copy's READY says whether it starts afresh or resumes an interrupted one.
+const FRESH: u8 = 0;
+const RESUME: u8 = 1;
 /// The largest message (a manifest of some million entries fits).
 const MAX_MESSAGE: u64 = 1 << 30;
 const PIECE: usize = 256 << 10;
 
 fn peer_err(context: &'static str) -> impl Fn(io::Error) -> EngineError {
-    move |source| EngineError::Io {
+    move |source| EngineError::Disconnected {
         context: format!("{context} (the other server)"),
         source,
     }
@@ -250,6 +253,16 @@ pub fn send_copy_to(
     if tag != READY {
         return Err(read_reply_after(tag, &bytes));
     }
+    if bytes == [RESUME] {
+        // The target kept what an interrupted attempt sent: only the rest crosses now.
+        let mut summary = send_sync_to(src, stream, &|_| false, ctl)?;
+        summary.notes.push(format!(
+            "resumed a copy interrupted by a lost connection: {} of {} bytes sent again",
+            summary.content_bytes, summary.tree_bytes
+        ));
+        summary.files_added = summary.tree_files;
+        return Ok(summary);
+    }
     let (mut m, report) = match scanned {
         Ok(r) => r,
         Err(e) => {
@@ -278,21 +291,49 @@ pub fn send_copy_to(
     Ok(summary)
 }
 
+/// Where a copy interrupted by a lost connection keeps the tree it had received (each
+/// file checked as it was written; the one in progress may be short): the next attempt
+/// syncs it up to the source instead of starting from nothing.
+fn partial_of(dst: &Place) -> Place {
+    Place::new(
+        dst.state_dir.join("partial"),
+        dst.state_dir.join("partial-state"),
+    )
+}
+
 /// The target's half of a copy from another server: the tree laid down at `dst` (new),
 /// verified against the source's manifest, committed; the reply sent. Also its result here.
+/// When the connection breaks, what arrived is kept for the next attempt, which resumes
+/// from it (see [`partial_of`]).
 pub fn receive_copy_from(
     dst: &Place,
     stream: &mut dyn Duplex,
     ctl: &Control,
 ) -> Result<Summary, EngineError> {
+    let partial = partial_of(dst);
+    if partial.root.is_dir() && !dst.commit_marker().exists() && !dst.root.exists() {
+        let result = resume_copy(dst, &partial, stream, ctl);
+        reply(stream, dst, &result);
+        return result;
+    }
     let result = copy_into(dst, ctl, |staging| {
-        write_message(stream, READY, &[]).map_err(peer_err("answering"))?;
+        write_message(stream, READY, &[FRESH]).map_err(peer_err("answering"))?;
         let received = receive_frames(stream, |r| {
             receive(Mode::Copy, staging, staging, r, None, &[], ctl)
         });
         // The source's next message (the manifest, or why it stopped) is read even after a
         // failure here, before the reply.
         let next = read_message(stream).map_err(peer_err("reading the manifest"));
+        let lost = |e: &EngineError| matches!(e, EngineError::Disconnected { .. });
+        if received.as_ref().err().is_some_and(lost) || next.as_ref().err().is_some_and(lost) {
+            // Kept for the next attempt (the work dir itself is removed on the way out).
+            let _ = remove_tree(&partial.root);
+            let _ = remove_tree(&partial.state_dir);
+            if let Some(parent) = partial.root.parent() {
+                let _ = fs::create_dir_all(parent);
+            }
+            let _ = fs::rename(staging, &partial.root);
+        }
         let received = received?;
         let (tag, bytes) = next?;
         if tag == ABORT {
@@ -311,6 +352,36 @@ pub fn receive_copy_from(
     });
     reply(stream, dst, &result);
     result
+}
+
+/// A copy resumed: the partial tree synced up to the source (the source's half is a
+/// sync's), then moved into place as the copy. Nothing is visible before it is verified.
+fn resume_copy(
+    dst: &Place,
+    partial: &Place,
+    stream: &mut dyn Duplex,
+    ctl: &Control,
+) -> Result<Summary, EngineError> {
+    write_message(stream, READY, &[RESUME]).map_err(peer_err("answering"))?;
+    let summary = sync_target_half(partial, stream, &|_| false, ctl)?;
+    // The partial tree now is the source's state, verified and durable: it becomes the
+    // copy, with its manifest.
+    if let Some(parent) = dst.root.parent() {
+        fs::create_dir_all(parent).map_err(EngineError::io_path("creating", parent))?;
+    }
+    fs::rename(partial.manifest_path(), dst.manifest_path())
+        .map_err(io_err("recording the copy's manifest"))?;
+    fs::rename(&partial.root, &dst.root).map_err(EngineError::io_path(
+        "moving the copy into place at",
+        &dst.root,
+    ))?;
+    if let Some(parent) = dst.root.parent() {
+        if let Ok(d) = fs::File::open(parent) {
+            let _ = d.sync_all();
+        }
+    }
+    let _ = remove_tree(&partial.state_dir);
+    Ok(summary)
 }
 
 /// The source's half of a sync to another server: the target's manifest read, the plan
@@ -398,8 +469,20 @@ pub fn receive_sync_from(
     keep: &dyn Fn(&[u8]) -> bool,
     ctl: &Control,
 ) -> Result<Summary, EngineError> {
+    let result = sync_target_half(dst, stream, keep, ctl);
+    reply(stream, dst, &result);
+    result
+}
+
+/// [`receive_sync_from`] but the reply.
+fn sync_target_half(
+    dst: &Place,
+    stream: &mut dyn Duplex,
+    keep: &dyn Fn(&[u8]) -> bool,
+    ctl: &Control,
+) -> Result<Summary, EngineError> {
     let started = Instant::now();
-    let result = (|| {
+    (|| {
         let prepared = prepare_target(dst)?;
         ctl.phase(Phase::Scan, None, None);
         let target = scan_target(dst, prepared, ctl)?;
@@ -451,7 +534,5 @@ pub fn receive_sync_from(
         summary.duration_ms = started.elapsed().as_millis() as u64;
         summary.phase_ms = ctl.timings();
         Ok(summary)
-    })();
-    reply(stream, dst, &result);
-    result
+    })()
 }
