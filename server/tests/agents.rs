@@ -26,18 +26,18 @@ struct ControlPlane {
 }
 
 async fn control_plane(lab: &Lab, dir: &Path) -> ControlPlane {
-    control_plane_with(lab, dir, false).await
+    control_plane_with(lab, dir, false, 4).await
 }
 
-/// With `demo`, the demo's projects and containers (on this host's servers). Jobs wait 4 s
-/// for an offline server.
-async fn control_plane_with(lab: &Lab, dir: &Path, demo: bool) -> ControlPlane {
+/// With `demo`, the demo's projects and containers (on this host's servers). Jobs wait
+/// `wait` seconds for an offline server.
+async fn control_plane_with(lab: &Lab, dir: &Path, demo: bool, wait: u32) -> ControlPlane {
     let data = dir.join("cp");
     let addr = lab.addr("cp");
     let mut c = lab.command("cp", doppel());
     c.arg("--data-dir")
         .arg(&data)
-        .args(["serve", "--no-runtime", "--server-wait", "4"])
+        .args(["serve", "--no-runtime", "--server-wait", &wait.to_string()])
         .args(if demo { &[][..] } else { &["--no-demo"][..] })
         .args(["--addr", &format!("{addr}:3000")])
         .args(["--agents-addr", &format!("{addr}:7443")])
@@ -551,7 +551,7 @@ fn root_on(data: &Path, id: &str) -> std::path::PathBuf {
 async fn copies_and_syncs_cross_hosts_in_every_direction() {
     let lab = Lab::new(&["cp", "b", "c"]);
     let dir = tempfile::tempdir().unwrap();
-    let cp = control_plane_with(&lab, dir.path(), true).await;
+    let cp = control_plane_with(&lab, dir.path(), true, 4).await;
     let (b_data, c_data) = (dir.path().join("b"), dir.path().join("c"));
     let mut agents = Vec::new();
     for (name, data) in [("b", &b_data), ("c", &c_data)] {
@@ -689,7 +689,7 @@ impl ControlPlane {
 async fn a_job_for_an_offline_host_waits_saying_so_then_runs_or_fails_in_time() {
     let lab = Lab::new(&["cp", "b"]);
     let dir = tempfile::tempdir().unwrap();
-    let cp = control_plane_with(&lab, dir.path(), true).await;
+    let cp = control_plane_with(&lab, dir.path(), true, 4).await;
     let b_data = dir.path().join("b");
     let token = cp.add_server("b").await;
     let mut b = agent(
@@ -769,4 +769,95 @@ async fn a_job_for_an_offline_host_waits_saying_so_then_runs_or_fails_in_time() 
         .call(reqwest::Method::GET, &format!("/containers/{copy}"), None)
         .await;
     assert_eq!(detail["status"], "stopped", "{detail}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_whose_link_is_cut_resumes_from_what_arrived_when_it_returns() {
+    let lab = Lab::new(&["cp", "a", "b"]);
+    let dir = tempfile::tempdir().unwrap();
+    let cp = control_plane_with(&lab, dir.path(), true, 60).await;
+    let (a_data, b_data) = (dir.path().join("a"), dir.path().join("b"));
+    let mut agents = Vec::new();
+    for (name, data) in [("a", &a_data), ("b", &b_data)] {
+        let token = cp.add_server(name).await;
+        agents.push(agent(
+            &lab,
+            name,
+            data,
+            Some((&cp.join_url, &token)),
+            &dir.path().join(format!("{name}.log")),
+        ));
+        cp.wait_state(name, "online", Duration::from_secs(20)).await;
+    }
+    // A 24 MB tree on a (imported here, copied there before the link is slowed).
+    let tree_dir = dir.path().join("big");
+    let mut rng = doppel::rng::Rng(77);
+    for i in 0..24 {
+        let d = tree_dir.join(format!("d{}", i % 4));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join(format!("f{i}")), rng.bytes(1 << 20)).unwrap();
+    }
+    let project = cp.project("web-platform").await;
+    let local = cp.server_id("local-a").await;
+    let out = Command::new(doppel())
+        .arg("--data-dir")
+        .arg(&cp.data)
+        .arg("import")
+        .arg(&tree_dir)
+        .args(["--project", &project, "--server", &local, "--name", "big"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let big = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let (a, b) = (cp.server_id("a").await, cp.server_id("b").await);
+    let (on_a, _) = cp.copy(&big, &project, &a, "big-on-a").await;
+    // 16 Mbit/s between the agents: the copy to b takes about 12 s.
+    for host in ["a", "b"] {
+        lab.shape(host, "16mbit", None);
+    }
+    let (st, started) = cp
+        .call(
+            reqwest::Method::POST,
+            &format!("/containers/{on_a}/copy"),
+            Some(json!({"target_project_id": project, "target_server_id": b, "name": "big-on-b"})),
+        )
+        .await;
+    assert_eq!(st, 202, "{started}");
+    // Cut b off a few seconds in, for longer than it takes both ends to notice.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    lab.cut("b");
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let waiting = loop {
+        let j = cp.job(started["job"]["id"].as_str().unwrap()).await;
+        if j["waiting_for"]
+            .as_str()
+            .is_some_and(|w| w.contains("server b") || w.contains("connection"))
+        {
+            break j;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the job never said it waits: {j}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(waiting["status"], "running", "{waiting}");
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    lab.restore("b");
+    let job = cp.succeeded(&started["job"]).await;
+    let copy = started["container"]["id"].as_str().unwrap().to_string();
+    assert_same(&tree_dir, &root_on(&b_data, &copy));
+    let summary = &job["summary"];
+    eprintln!("the resumed copy: {summary}");
+    let notes = summary["notes"].to_string();
+    assert!(notes.contains("resumed"), "{job}");
+    assert!(
+        summary["content_bytes"].as_u64().unwrap() < 20 << 20,
+        "less than what was there again: {job}"
+    );
+    drop(agents);
 }

@@ -1303,3 +1303,85 @@ fn a_half_that_fails_ends_both_cleanly_and_leaves_no_tree() {
     let err = sent.unwrap_err().to_string();
     assert!(err.contains("does not exist"), "{err}");
 }
+
+/// A connection that breaks after `left` bytes were written: both ends see it go.
+struct Breaking {
+    inner: std::os::unix::net::UnixStream,
+    left: usize,
+}
+
+impl std::io::Read for Breaking {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        std::io::Read::read(&mut self.inner, buf)
+    }
+}
+
+impl std::io::Write for Breaking {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            let _ = self.inner.shutdown(std::net::Shutdown::Both);
+            return Err(std::io::ErrorKind::BrokenPipe.into());
+        }
+        let n = buf.len().min(self.left);
+        let n = std::io::Write::write(&mut self.inner, &buf[..n])?;
+        self.left -= n;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::Write::flush(&mut self.inner)
+    }
+}
+
+#[test]
+fn a_copy_cut_off_half_way_resumes_from_what_arrived() {
+    let env = Env::new();
+    let (src, dst) = (env.place("src"), env.place("dst"));
+    random_tree(&src.root, &mut Rng(23), 60);
+    let total: u64 = snapshot_tree(&src.root)
+        .values()
+        .map(|n| match n {
+            Node::File { len, .. } => *len,
+            _ => 0,
+        })
+        .sum();
+    // The source's connection breaks after about half the tree.
+    let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+    let (sent, received) = std::thread::scope(|s| {
+        let t = s.spawn(|| receive_copy_from(&dst, &mut Peer::new(b), &Control::new()));
+        let mut cut = Breaking {
+            inner: a,
+            left: total as usize / 2,
+        };
+        let sent = send_copy_to(&src, &mut Peer::new(&mut cut), &Control::new());
+        drop(cut);
+        (sent, t.join().unwrap())
+    });
+    assert!(
+        matches!(sent, Err(EngineError::Disconnected { .. })),
+        "{sent:?}"
+    );
+    assert!(
+        matches!(received, Err(EngineError::Disconnected { .. })),
+        "{received:?}"
+    );
+    assert!(!dst.root.exists(), "nothing is visible before it is whole");
+    // The next attempt sends only the rest, and the copy is exact.
+    let (sent, received) = across(
+        |c| send_copy_to(&src, c, &Control::new()),
+        |c| receive_copy_from(&dst, c, &Control::new()),
+    );
+    let (sent, _) = (sent.unwrap(), received.unwrap());
+    assert_same_tree(&src.root, &dst.root);
+    no_debris(&dst);
+    assert!(
+        sent.content_bytes < total * 3 / 4,
+        "{} of {total} bytes sent again",
+        sent.content_bytes
+    );
+    assert!(
+        sent.notes.iter().any(|n| n.contains("resumed")),
+        "{:?}",
+        sent.notes
+    );
+}

@@ -54,6 +54,9 @@ pub struct JobStart {
     pub target_ssh_key: Option<String>,
 }
 
+/// How many times a transfer whose connection broke is tried.
+const TRANSFER_ATTEMPTS: u32 = 10;
+
 /// How many jobs run at once, and how many one user or project may have queued or running.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -580,12 +583,14 @@ impl JobRunner {
             target_container: target_id,
         };
         // A broken connection (a host down, a link cut) is tried again once the servers
-        // answer, within --server-wait; a copy resumes from what already arrived.
-        let deadline = std::time::Instant::now() + self.server_wait;
+        // answer (each wait within --server-wait), a few times; a copy resumes from what
+        // already arrived.
+        let mut attempts = 0;
         let mut summary = loop {
+            attempts += 1;
             match self.agents.transfer(request.clone(), ctl.clone()).await {
                 Err(e @ EngineError::Disconnected { .. })
-                    if std::time::Instant::now() < deadline && !ctl.is_cancelled() =>
+                    if attempts < TRANSFER_ATTEMPTS && !ctl.is_cancelled() =>
                 {
                     tracing::warn!(job = %job_id, error = %e, "a transfer lost its connection; trying again when the servers answer");
                     let why =

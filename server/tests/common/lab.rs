@@ -115,6 +115,36 @@ impl Lab {
         c
     }
 
+    /// Shapes what the host sends: at most `rate` (tc's units, e.g. `100mbit`), and `delay`
+    /// more on each packet where the kernel has netem. Without netem (this machine's kernel
+    /// has none), a token bucket limits the rate and there is no added delay; the answer
+    /// says which: whether the delay is there.
+    pub fn shape(&self, host: &str, rate: &str, delay: Option<&str>) -> bool {
+        let ns = self.namespace(host);
+        if let Some(delay) = delay {
+            let netem = Command::new("ip")
+                .args([
+                    "netns", "exec", &ns, "tc", "qdisc", "add", "dev", "eth0", "root",
+                ])
+                .args(["netem", "delay", delay, "rate", rate])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if netem {
+                return true;
+            }
+        }
+        let ok = Command::new("ip")
+            .args([
+                "netns", "exec", &ns, "tc", "qdisc", "add", "dev", "eth0", "root",
+            ])
+            .args(["tbf", "rate", rate, "burst", "64kb", "latency", "400ms"])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "tc tbf on {host}");
+        false
+    }
+
     /// Cuts the host's link (its side of the bridge goes down), or restores it.
     pub fn cut(&self, host: &str) {
         ip(&["link", "set", &self.veth(host), "down"]);

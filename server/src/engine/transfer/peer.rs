@@ -99,8 +99,10 @@ fn read_message(input: &mut dyn Read) -> io::Result<(u8, Vec<u8>)> {
     Ok((head[0], bytes))
 }
 
-/// Sends what the pipe carries as a sub-stream, then its end.
-fn forward_out(mut from: wire::PipeReader, out: &mut dyn Write) -> io::Result<()> {
+/// Sends what the pipe carries as a sub-stream, then its end; what went out is the
+/// progress this side reports (the receiving side, which counts in one process, is on
+/// another host).
+fn forward_out(mut from: wire::PipeReader, out: &mut dyn Write, ctl: &Control) -> io::Result<()> {
     let mut buf = vec![0u8; PIECE];
     loop {
         let n = from.read(&mut buf)?;
@@ -109,6 +111,7 @@ fn forward_out(mut from: wire::PipeReader, out: &mut dyn Write) -> io::Result<()
             return out.flush();
         }
         out.write_all(&buf[..n])?;
+        ctl.add_progress(n as u64, 0);
     }
 }
 
@@ -205,7 +208,7 @@ fn send_frames<S: Send>(
     let (w, r) = wire::pipe();
     let (sent, forwarded) = std::thread::scope(|s| {
         let sender = s.spawn(|| send(w));
-        let forwarded = forward_out(r, stream);
+        let forwarded = forward_out(r, stream, ctl);
         (sender.join(), forwarded)
     });
     let sent = sent.unwrap_or_else(|_| Err(EngineError::Integrity("the sender panicked".into())));
