@@ -386,6 +386,13 @@ pub struct NewServer {
     )]
     pub name: String,
     /// At most 500 characters, no control characters but line breaks.
+    #[cfg_attr(
+        feature = "ssr",
+        schema(
+            max_length = 500,
+            pattern = "^[^\\u0000-\\u0009\\u000b-\\u001f\\u007f]*$"
+        )
+    )]
     #[serde(default)]
     pub description: Option<String>,
 }
