@@ -246,9 +246,10 @@ async fn pull(
         Err(r) => return r.into_response(),
     };
     let upgrade = hyper::upgrade::on(&mut req);
+    let (mode, target) = (q.mode, q.target_container_id.clone());
     tokio::spawn(async move {
         let result = over_connection(upgrade, move |stream| {
-            send_half(&src, q.mode, stream, &Control::new())
+            send_half(&src, mode, &target, stream, &Control::new())
         })
         .await;
         if let Err(e) = result {
@@ -297,10 +298,10 @@ async fn send(State(st): State<Arc<AgentState>>, Json(req): Json<SendRequest>) -
                 disconnected: true,
             },
             Ok(upgraded) => {
-                let mode = req.mode;
+                let (mode, target) = (req.mode, req.target_container_id.clone());
                 let result = tokio::task::spawn_blocking(move || {
                     let mut stream = Stream::new(tokio_util::io::SyncIoBridge::new(upgraded));
-                    send_half(&src, mode, &mut stream, &ctl)
+                    send_half(&src, mode, &target, &mut stream, &ctl)
                 })
                 .await
                 .unwrap_or_else(|_| Err(EngineError::Integrity("a transfer panicked".into())));

@@ -1223,7 +1223,15 @@ fn copies_and_syncs_between_two_ends_of_a_connection_reach_equality() {
         for round in 0..3 {
             random_changes(&src.root, &mut rng);
             let (sent, received) = across(
-                |c| send_sync_to(&src, c, keep_identity, &Control::new()),
+                |c| {
+                    send_sync_to(
+                        &src,
+                        c,
+                        keep_identity,
+                        Some(&env.base.join("peer")),
+                        &Control::new(),
+                    )
+                },
                 |c| receive_sync_from(&dst, c, keep_identity, &Control::new()),
             );
             let sent = sent.unwrap_or_else(|e| panic!("seed {seed} round {round}: {e}"));
@@ -1235,7 +1243,15 @@ fn copies_and_syncs_between_two_ends_of_a_connection_reach_equality() {
         }
         // Nothing changed: no content crosses, and what does is small (two manifests).
         let (sent, _) = across(
-            |c| send_sync_to(&src, c, keep_identity, &Control::new()),
+            |c| {
+                send_sync_to(
+                    &src,
+                    c,
+                    keep_identity,
+                    Some(&env.base.join("peer")),
+                    &Control::new(),
+                )
+            },
             |c| receive_sync_from(&dst, c, keep_identity, &Control::new()),
         );
         let sent = sent.unwrap();
@@ -1246,7 +1262,15 @@ fn copies_and_syncs_between_two_ends_of_a_connection_reach_equality() {
         // Changes on the copy are drift, reported by the target's half, and undone.
         write(&dst.root.join("a/edited-on-the-copy"), b"x");
         let (sent, _) = across(
-            |c| send_sync_to(&src, c, keep_identity, &Control::new()),
+            |c| {
+                send_sync_to(
+                    &src,
+                    c,
+                    keep_identity,
+                    Some(&env.base.join("peer")),
+                    &Control::new(),
+                )
+            },
             |c| receive_sync_from(&dst, c, keep_identity, &Control::new()),
         );
         assert_eq!(sent.unwrap().drift, 1);
@@ -1297,7 +1321,7 @@ fn a_half_that_fails_ends_both_cleanly_and_leaves_no_tree() {
     // A sync's target that fails verification: its reply says so, the source reports it.
     let missing = env.place("missing");
     let (sent, _) = across(
-        |c| send_sync_to(&src, c, &|_| false, &Control::new()),
+        |c| send_sync_to(&src, c, &|_| false, None, &Control::new()),
         |c| receive_sync_from(&missing, c, &|_| false, &Control::new()),
     );
     let err = sent.unwrap_err().to_string();
@@ -1384,4 +1408,92 @@ fn a_copy_cut_off_half_way_resumes_from_what_arrived() {
         "{:?}",
         sent.notes
     );
+}
+
+/// A connection that counts what crosses it, both ways.
+struct Counting<'a> {
+    inner: std::os::unix::net::UnixStream,
+    bytes: &'a AtomicUsize,
+}
+
+impl std::io::Read for Counting<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = std::io::Read::read(&mut self.inner, buf)?;
+        self.bytes.fetch_add(n, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+impl std::io::Write for Counting<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = std::io::Write::write(&mut self.inner, buf)?;
+        self.bytes.fetch_add(n, Ordering::Relaxed);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::Write::flush(&mut self.inner)
+    }
+}
+
+#[test]
+fn a_sync_with_nothing_to_do_sends_no_manifest_once_the_source_knows_the_target() {
+    let env = Env::new();
+    let (src, dst) = (env.place("src"), env.place("dst"));
+    random_tree(&src.root, &mut Rng(31), 200);
+    let peer = env.base.join("peer");
+    let no_op = |peer: Option<&Path>| -> (Summary, usize) {
+        let bytes = AtomicUsize::new(0);
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (sent, received) = std::thread::scope(|s| {
+            let t =
+                s.spawn(|| receive_sync_from(&dst, &mut Peer::new(b), &|_| false, &Control::new()));
+            let mut counted = Counting {
+                inner: a,
+                bytes: &bytes,
+            };
+            let sent = send_sync_to(
+                &src,
+                &mut Peer::new(&mut counted),
+                &|_| false,
+                peer,
+                &Control::new(),
+            );
+            (sent, t.join().unwrap())
+        });
+        received.unwrap();
+        (sent.unwrap(), bytes.load(Ordering::Relaxed))
+    };
+    let (sent, received) = across(
+        |c| send_copy_to(&src, c, &Control::new()),
+        |c| receive_copy_from(&dst, c, &Control::new()),
+    );
+    sent.unwrap();
+    received.unwrap();
+    // The first sync: the source has no copy of the target's manifest, which crosses.
+    let (_, first) = no_op(Some(&peer));
+    let manifest = dst.load_manifest().unwrap().unwrap().encode().len();
+    assert!(
+        first > manifest,
+        "{first} bytes for a manifest of {manifest}"
+    );
+    // From then on: a few hundred bytes.
+    let (s, again) = no_op(Some(&peer));
+    assert_eq!(s.files_changed + s.files_added + s.files_deleted, 0);
+    assert!(again < 2048, "{again} bytes for a sync with nothing to do");
+    // A change on the target makes its manifest cross again, and is undone.
+    write(&dst.root.join("a/drifted"), b"x");
+    let (s, after_drift) = no_op(Some(&peer));
+    assert_eq!(s.drift, 1);
+    assert!(after_drift > manifest, "{after_drift}");
+    assert_same_tree(&src.root, &dst.root);
+    // A changed source: only the changes and the state's delta cross, not the manifest.
+    write(&src.root.join("a/new-at-the-source"), &[7u8; 10_000]);
+    let (s, changed) = no_op(Some(&peer));
+    assert_eq!(s.files_added, 1);
+    assert!(
+        changed < 10_000 + 4096,
+        "{changed} bytes for one new 10 kB file"
+    );
+    assert_same_tree(&src.root, &dst.root);
 }

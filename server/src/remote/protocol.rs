@@ -99,6 +99,8 @@ pub struct SendRequest {
     pub ticket: String,
     pub mode: TransferMode,
     pub container_id: String,
+    /// The container it goes to (the source keeps a copy of what it left there).
+    pub target_container_id: String,
     #[serde(default)]
     pub snapshot_id: Option<String>,
     /// The target agent: host:port and certificate fingerprint.
@@ -113,6 +115,7 @@ pub struct SendRequest {
 pub struct PullRequest {
     pub mode: TransferMode,
     pub container_id: String,
+    pub target_container_id: String,
     #[serde(default)]
     pub snapshot_id: Option<String>,
 }

@@ -144,8 +144,11 @@ impl Agents {
                         )
                     })?;
                 let upgraded = upgraded(resp).await?;
-                let src = src.clone();
-                run_half(upgraded, move |stream| send_half(&src, mode, stream, &ctl)).await
+                let (src, target) = (src.clone(), req.target_container.to_string());
+                run_half(upgraded, move |stream| {
+                    send_half(&src, mode, &target, stream, &ctl)
+                })
+                .await
             }
             (Where::Agent(source), Where::Agent(target)) => {
                 let (_, source_pin, _) = self.reach_or_fail(source)?;
@@ -158,6 +161,7 @@ impl Agents {
                     ticket,
                     mode,
                     container_id: req.source_container.to_string(),
+                    target_container_id: req.target_container.to_string(),
                     snapshot_id: req.snapshot.map(str::to_string),
                     to,
                     to_fingerprint: to_pin.to_string(),
@@ -192,6 +196,7 @@ impl Agents {
                 let pull = PullRequest {
                     mode,
                     container_id: req.source_container.to_string(),
+                    target_container_id: req.target_container.to_string(),
                     snapshot_id: req.snapshot.map(str::to_string),
                 };
                 let resp = client
@@ -295,16 +300,22 @@ impl Agents {
     }
 }
 
-/// The source's half of a transfer in `mode` (a sync keeps the copy's identity files).
+/// The source's half of a transfer in `mode` to the container `target` (a sync keeps the
+/// copy's identity files; the source keeps a copy of the manifest it left there, so the
+/// next sync need not receive it).
 pub fn send_half(
     src: &Place,
     mode: TransferMode,
+    target: &str,
     stream: &mut dyn engine::Duplex,
     ctl: &Control,
 ) -> Result<Summary, EngineError> {
     match mode {
         TransferMode::Copy => engine::send_copy_to(src, stream, ctl),
-        TransferMode::Sync => engine::send_sync_to(src, stream, &identity::is_identity_path, ctl),
+        TransferMode::Sync => {
+            let peer = src.state_dir.join("peers").join(target);
+            engine::send_sync_to(src, stream, &identity::is_identity_path, Some(&peer), ctl)
+        }
     }
 }
 

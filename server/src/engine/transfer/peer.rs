@@ -6,8 +6,11 @@
 //! On the stream, in turn:
 //! - copy: target -> ready (its new tree can be laid down); source -> frames (as a
 //!   sub-stream), then the manifest as sent; target -> reply.
-//! - sync: target -> its manifest; source -> how many changes, their frames (if any), the
-//!   state to reach; target -> reply.
+//! - sync: target -> its manifest, or only its root hash when unchanged since it was
+//!   recorded (the source keeps a copy of what it last left there; if it has none, it asks
+//!   for the manifest); source -> how many changes, their frames (if any), the state to
+//!   reach as a change of the target's manifest (its root hash checked); target -> reply.
+//!   A sync with nothing to do costs a few hundred bytes.
 //!
 //! A sub-stream is the frame stream cut into pieces (`u32` length, bytes) ended by an empty
 //! piece, so the target knows where frames end even when the source gave up half way. A
@@ -63,6 +66,14 @@ const CHANGES: u8 = 3;
 const ABORT: u8 = 4;
 const REPLY: u8 = 5;
 const READY: u8 = 6;
+/// The target's state is the one it recorded, whose root hash follows: the source may use
+/// its own copy of that manifest (kept from the last transfer) instead of receiving it.
+const TARGET_SAME: u8 = 7;
+/// The source has no copy of that manifest: send it.
+const NEED_MANIFEST: u8 = 8;
+/// The state to reach, as the target's manifest changed: its root hash, the entries that
+/// change (as a manifest) and the paths that go.
+const STATE_DELTA: u8 = 9;
 /// A copy's READY says whether it starts afresh or resumes an interrupted one.
 const FRESH: u8 = 0;
 const RESUME: u8 = 1;
@@ -258,7 +269,7 @@ pub fn send_copy_to(
     }
     if bytes == [RESUME] {
         // The target kept what an interrupted attempt sent: only the rest crosses now.
-        let mut summary = send_sync_to(src, stream, &|_| false, ctl)?;
+        let mut summary = send_sync_to(src, stream, &|_| false, None, ctl)?;
         summary.notes.push(format!(
             "resumed a copy interrupted by a lost connection: {} of {} bytes sent again",
             summary.content_bytes, summary.tree_bytes
@@ -393,15 +404,21 @@ pub fn send_sync_to(
     src: &Place,
     stream: &mut dyn Duplex,
     keep: &dyn Fn(&[u8]) -> bool,
+    peer: Option<&std::path::Path>,
     ctl: &Control,
 ) -> Result<Summary, EngineError> {
     let started = Instant::now();
     ctl.phase(Phase::Scan, None, None);
     let scanned = scan_sync_source(src, ctl);
-    let (tag, bytes) = read_message(stream).map_err(peer_err("reading the target's manifest"))?;
-    if tag != TARGET_MANIFEST {
-        return Err(read_reply_after(tag, &bytes));
-    }
+    let t_man = match target_manifest(stream, peer) {
+        Ok(m) => m,
+        Err(e) => {
+            if !matches!(e, EngineError::Disconnected { .. }) {
+                abort(stream, &e);
+            }
+            return Err(e);
+        }
+    };
     let (s_man, s_report) = match scanned {
         Ok(s) => s,
         Err(e) => {
@@ -409,7 +426,6 @@ pub fn send_sync_to(
             return Err(e);
         }
     };
-    let t_man = Manifest::decode(&bytes).map_err(peer_err("reading the target's manifest"))?;
     ctl.phase(Phase::Plan, None, None);
     let mut summary = Summary::default();
     let mut plan = plan(s_man, &s_report, &t_man, keep, &mut summary, ctl);
@@ -427,9 +443,13 @@ pub fn send_sync_to(
             }
         }
     }
-    write_message(stream, MANIFEST, &plan.want.encode())
+    write_message(stream, STATE_DELTA, &state_delta(&plan))
         .map_err(peer_err("sending the state to reach"))?;
     let theirs = read_reply(stream)?;
+    // What the target now holds, for the next sync (its recorded manifest has this root).
+    if let Some(path) = peer {
+        let _ = plan.want.store(path);
+    }
     plan.finish(&mut summary);
     summary.drift = theirs.drift;
     summary.drift_paths = theirs.drift_paths;
@@ -447,6 +467,100 @@ pub fn send_sync_to(
             .or_insert(ms);
     }
     Ok(summary)
+}
+
+/// The target's manifest: sent whole, or named by its root hash when the source's copy
+/// (`peer`) has that root.
+fn target_manifest(
+    stream: &mut dyn Duplex,
+    peer: Option<&std::path::Path>,
+) -> Result<Manifest, EngineError> {
+    let (tag, bytes) = read_message(stream).map_err(peer_err("reading the target's manifest"))?;
+    let bytes = match tag {
+        TARGET_MANIFEST => bytes,
+        TARGET_SAME => {
+            let known = peer
+                .and_then(|p| Manifest::load(p).ok().flatten())
+                .filter(|m| m.root_hash().as_slice() == bytes.as_slice());
+            if let Some(m) = known {
+                return Ok(m);
+            }
+            write_message(stream, NEED_MANIFEST, &[]).map_err(peer_err("asking"))?;
+            let (tag, bytes) =
+                read_message(stream).map_err(peer_err("reading the target's manifest"))?;
+            if tag != TARGET_MANIFEST {
+                return Err(read_reply_after(tag, &bytes));
+            }
+            bytes
+        }
+        _ => return Err(read_reply_after(tag, &bytes)),
+    };
+    Manifest::decode(&bytes).map_err(peer_err("reading the target's manifest"))
+}
+
+/// The state to reach as a change of the target's manifest: its root hash, the entries
+/// that change (as the state has them, after any re-read) and the paths that go.
+fn state_delta(plan: &super::sync::Plan) -> Vec<u8> {
+    let changed: Vec<Entry> = plan
+        .changes
+        .iter()
+        .filter_map(|(_, e)| {
+            plan.want
+                .entries
+                .binary_search_by(|w| path_cmp(&w.path, &e.path))
+                .ok()
+                .map(|i| plan.want.entries[i].clone())
+        })
+        .collect();
+    let mut out = plan.want.root_hash().to_vec();
+    let changed = Manifest { entries: changed }.encode();
+    out.extend_from_slice(&(changed.len() as u64).to_le_bytes());
+    out.extend_from_slice(&changed);
+    out.extend_from_slice(&(plan.deleted.len() as u64).to_le_bytes());
+    for path in &plan.deleted {
+        out.extend_from_slice(&(path.len() as u32).to_le_bytes());
+        out.extend_from_slice(path);
+    }
+    out
+}
+
+/// The state to reach, from the target's manifest and a [`state_delta`]; its root hash
+/// must be the one the source computed.
+fn apply_state_delta(current: &Manifest, delta: &[u8]) -> Result<Manifest, EngineError> {
+    let bad = || EngineError::Integrity("a malformed state from the source".into());
+    let take = |at: &mut usize, n: usize| -> Result<&[u8], EngineError> {
+        let piece = delta.get(*at..*at + n).ok_or_else(bad)?;
+        *at += n;
+        Ok(piece)
+    };
+    let mut at = 0;
+    let root: [u8; 32] = take(&mut at, 32)?.try_into().map_err(|_| bad())?;
+    let len = u64::from_le_bytes(take(&mut at, 8)?.try_into().map_err(|_| bad())?) as usize;
+    let changed = Manifest::decode(take(&mut at, len)?).map_err(|_| bad())?;
+    let count = u64::from_le_bytes(take(&mut at, 8)?.try_into().map_err(|_| bad())?);
+    let mut gone = std::collections::HashSet::new();
+    for _ in 0..count {
+        let n = u32::from_le_bytes(take(&mut at, 4)?.try_into().map_err(|_| bad())?) as usize;
+        gone.insert(take(&mut at, n)?.to_vec());
+    }
+    let mut by_path: std::collections::HashMap<Vec<u8>, Entry> = current
+        .entries
+        .iter()
+        .filter(|e| !gone.contains(&e.path))
+        .map(|e| (e.path.clone(), e.clone()))
+        .collect();
+    for e in changed.entries {
+        by_path.insert(e.path.clone(), e);
+    }
+    let mut entries: Vec<Entry> = by_path.into_values().collect();
+    entries.sort_by(|a, b| path_cmp(&a.path, &b.path));
+    let want = Manifest { entries };
+    if want.root_hash() != root {
+        return Err(EngineError::Integrity(
+            "the state to reach does not match the source's".into(),
+        ));
+    }
+    Ok(want)
 }
 
 /// A reply where another message was due: the target failed before the transfer.
@@ -491,9 +605,19 @@ fn sync_target_half(
         let target = scan_target(dst, prepared, ctl)?;
         let mut summary = Summary::default();
         drift(&target, keep, &mut summary);
-        write_message(stream, TARGET_MANIFEST, &target.man.encode())
-            .map_err(peer_err("sending the manifest"))?;
-        let (tag, bytes) = read_message(stream).map_err(peer_err("reading the plan"))?;
+        // Unchanged since it was recorded: its root hash may be enough.
+        let (mut tag, mut bytes) = if target.is_recorded() {
+            write_message(stream, TARGET_SAME, &target.man.root_hash())
+                .map_err(peer_err("sending the manifest"))?;
+            read_message(stream).map_err(peer_err("reading the plan"))?
+        } else {
+            (NEED_MANIFEST, Vec::new())
+        };
+        if tag == NEED_MANIFEST {
+            write_message(stream, TARGET_MANIFEST, &target.man.encode())
+                .map_err(peer_err("sending the manifest"))?;
+            (tag, bytes) = read_message(stream).map_err(peer_err("reading the plan"))?;
+        }
         if tag == ABORT {
             return Err(EngineError::Refused(format!(
                 "the source gave up: {}",
@@ -525,14 +649,20 @@ fn sync_target_half(
             None
         };
         let (tag, bytes) = read_message(stream).map_err(peer_err("reading the state"))?;
-        if tag != MANIFEST {
+        if tag != STATE_DELTA {
             let _ = fs::remove_dir_all(dst.work_dir());
             return Err(EngineError::Refused(format!(
                 "the source gave up: {}",
                 String::from_utf8_lossy(&bytes)
             )));
         }
-        let want = Manifest::decode(&bytes).map_err(peer_err("reading the state"))?;
+        let want = match apply_state_delta(&target.man, &bytes) {
+            Ok(w) => w,
+            Err(e) => {
+                let _ = fs::remove_dir_all(dst.work_dir());
+                return Err(e);
+            }
+        };
         commit_sync(dst, target, &want, received, &mut summary, ctl)?;
         summary.duration_ms = started.elapsed().as_millis() as u64;
         summary.phase_ms = ctl.timings();
