@@ -1212,7 +1212,7 @@ fn copies_and_syncs_between_two_ends_of_a_connection_reach_equality() {
         let mut rng = Rng(seed * 104_729);
         random_tree(&src.root, &mut rng, 40);
         let (sent, received) = across(
-            |c| send_copy_to(&src, c, &Control::new()),
+            |c| send_copy_to(&src, c, None, &Control::new()),
             |c| receive_copy_from(&dst, c, &Control::new()),
         );
         let (sent, received) = (sent.unwrap(), received.unwrap());
@@ -1287,7 +1287,7 @@ fn a_half_that_fails_ends_both_cleanly_and_leaves_no_tree() {
     let ctl = Control::new();
     ctl.cancel();
     let (sent, received) = across(
-        |c| send_copy_to(&src, c, &ctl),
+        |c| send_copy_to(&src, c, None, &ctl),
         |c| receive_copy_from(&dst, c, &Control::new()),
     );
     assert!(matches!(sent, Err(EngineError::Cancelled)), "{sent:?}");
@@ -1298,7 +1298,7 @@ fn a_half_that_fails_ends_both_cleanly_and_leaves_no_tree() {
     // left blocked, and learns why; nothing is laid down.
     let (failing, _) = fail_at(5);
     let (sent, received) = across(
-        |c| send_copy_to(&src, c, &Control::new()),
+        |c| send_copy_to(&src, c, None, &Control::new()),
         |c| receive_copy_from(&dst, c, &failing),
     );
     let err = sent.unwrap_err().to_string();
@@ -1309,7 +1309,7 @@ fn a_half_that_fails_ends_both_cleanly_and_leaves_no_tree() {
     // The target refuses (its tree exists): the source learns why, from the target.
     fs::create_dir_all(&dst.root).unwrap();
     let (sent, received) = across(
-        |c| send_copy_to(&src, c, &Control::new()),
+        |c| send_copy_to(&src, c, None, &Control::new()),
         |c| receive_copy_from(&dst, c, &Control::new()),
     );
     let err = sent.unwrap_err().to_string();
@@ -1377,7 +1377,7 @@ fn a_copy_cut_off_half_way_resumes_from_what_arrived() {
             inner: a,
             left: total as usize / 2,
         };
-        let sent = send_copy_to(&src, &mut Peer::new(&mut cut), &Control::new());
+        let sent = send_copy_to(&src, &mut Peer::new(&mut cut), None, &Control::new());
         drop(cut);
         (sent, t.join().unwrap())
     });
@@ -1392,7 +1392,7 @@ fn a_copy_cut_off_half_way_resumes_from_what_arrived() {
     assert!(!dst.root.exists(), "nothing is visible before it is whole");
     // The next attempt sends only the rest, and the copy is exact.
     let (sent, received) = across(
-        |c| send_copy_to(&src, c, &Control::new()),
+        |c| send_copy_to(&src, c, None, &Control::new()),
         |c| receive_copy_from(&dst, c, &Control::new()),
     );
     let (sent, _) = (sent.unwrap(), received.unwrap());
@@ -1437,7 +1437,7 @@ impl std::io::Write for Counting<'_> {
 }
 
 #[test]
-fn a_sync_with_nothing_to_do_sends_no_manifest_once_the_source_knows_the_target() {
+fn manifests_cross_between_hosts_as_changes_of_the_state_both_sides_agreed_on() {
     let env = Env::new();
     let (src, dst) = (env.place("src"), env.place("dst"));
     random_tree(&src.root, &mut Rng(31), 200);
@@ -1465,27 +1465,31 @@ fn a_sync_with_nothing_to_do_sends_no_manifest_once_the_source_knows_the_target(
         (sent.unwrap(), bytes.load(Ordering::Relaxed))
     };
     let (sent, received) = across(
-        |c| send_copy_to(&src, c, &Control::new()),
+        |c| send_copy_to(&src, c, Some(&peer), &Control::new()),
         |c| receive_copy_from(&dst, c, &Control::new()),
     );
     sent.unwrap();
     received.unwrap();
-    // The first sync: the source has no copy of the target's manifest, which crosses.
-    let (_, first) = no_op(Some(&peer));
-    let manifest = dst.load_manifest().unwrap().unwrap().encode().len();
-    assert!(
-        first > manifest,
-        "{first} bytes for a manifest of {manifest}"
-    );
-    // From then on: a few hundred bytes.
-    let (s, again) = no_op(Some(&peer));
+    // Both ends agree on the state the copy left: a sync with nothing to do sends no
+    // manifest, only a few hundred bytes.
+    let (s, first) = no_op(Some(&peer));
     assert_eq!(s.files_changed + s.files_added + s.files_deleted, 0);
-    assert!(again < 2048, "{again} bytes for a sync with nothing to do");
-    // A change on the target makes its manifest cross again, and is undone.
+    assert!(first < 2048, "{first} bytes for a sync with nothing to do");
+    // A source without its copy of that state gets the whole manifest.
+    let manifest = dst.load_manifest().unwrap().unwrap().encode().len();
+    let (_, without) = no_op(None);
+    assert!(
+        without > manifest,
+        "{without} bytes for a manifest of {manifest}"
+    );
+    // A change on the target crosses as a change, and is undone.
     write(&dst.root.join("a/drifted"), b"x");
     let (s, after_drift) = no_op(Some(&peer));
     assert_eq!(s.drift, 1);
-    assert!(after_drift > manifest, "{after_drift}");
+    assert!(
+        after_drift < 4096,
+        "{after_drift} bytes after one file of drift"
+    );
     assert_same_tree(&src.root, &dst.root);
     // A changed source: only the changes and the state's delta cross, not the manifest.
     write(&src.root.join("a/new-at-the-source"), &[7u8; 10_000]);

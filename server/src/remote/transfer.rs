@@ -310,10 +310,10 @@ pub fn send_half(
     stream: &mut dyn engine::Duplex,
     ctl: &Control,
 ) -> Result<Summary, EngineError> {
+    let peer = src.state_dir.join("peers").join(target);
     match mode {
-        TransferMode::Copy => engine::send_copy_to(src, stream, ctl),
+        TransferMode::Copy => engine::send_copy_to(src, stream, Some(&peer), ctl),
         TransferMode::Sync => {
-            let peer = src.state_dir.join("peers").join(target);
             engine::send_sync_to(src, stream, &identity::is_identity_path, Some(&peer), ctl)
         }
     }

@@ -6,11 +6,11 @@
 //! On the stream, in turn:
 //! - copy: target -> ready (its new tree can be laid down); source -> frames (as a
 //!   sub-stream), then the manifest as sent; target -> reply.
-//! - sync: target -> its manifest, or only its root hash when unchanged since it was
-//!   recorded (the source keeps a copy of what it last left there; if it has none, it asks
-//!   for the manifest); source -> how many changes, their frames (if any), the state to
-//!   reach as a change of the target's manifest (its root hash checked); target -> reply.
-//!   A sync with nothing to do costs a few hundred bytes.
+//! - sync: target -> its manifest as a change of the state both sides agreed on at the end
+//!   of the last transfer (each keeps a copy; a source without it asks for the whole
+//!   manifest); source -> how many changes, their frames (if any), the state to reach as a
+//!   change of the target's manifest; target -> reply. Root hashes check every
+//!   reconstruction. A sync with nothing to do costs a few hundred bytes.
 //!
 //! A sub-stream is the frame stream cut into pieces (`u32` length, bytes) ended by an empty
 //! piece, so the target knows where frames end even when the source gave up half way. A
@@ -66,9 +66,9 @@ const CHANGES: u8 = 3;
 const ABORT: u8 = 4;
 const REPLY: u8 = 5;
 const READY: u8 = 6;
-/// The target's state is the one it recorded, whose root hash follows: the source may use
-/// its own copy of that manifest (kept from the last transfer) instead of receiving it.
-const TARGET_SAME: u8 = 7;
+/// The target's manifest as a change of the state both sides agreed on at the end of the
+/// last transfer (its root hash first): the source keeps a copy of that state.
+const TARGET_DELTA: u8 = 7;
 /// The source has no copy of that manifest: send it.
 const NEED_MANIFEST: u8 = 8;
 /// The state to reach, as the target's manifest changed: its root hash, the entries that
@@ -258,6 +258,7 @@ fn receive_frames<R: Send>(
 pub fn send_copy_to(
     src: &Place,
     stream: &mut dyn Duplex,
+    peer: Option<&std::path::Path>,
     ctl: &Control,
 ) -> Result<Summary, EngineError> {
     let started = Instant::now();
@@ -269,7 +270,7 @@ pub fn send_copy_to(
     }
     if bytes == [RESUME] {
         // The target kept what an interrupted attempt sent: only the rest crosses now.
-        let mut summary = send_sync_to(src, stream, &|_| false, None, ctl)?;
+        let mut summary = send_sync_to(src, stream, &|_| false, peer, ctl)?;
         summary.notes.push(format!(
             "resumed a copy interrupted by a lost connection: {} of {} bytes sent again",
             summary.content_bytes, summary.tree_bytes
@@ -299,6 +300,10 @@ pub fn send_copy_to(
     let _ = m.store(&src.manifest_path());
     write_message(stream, MANIFEST, &m.encode()).map_err(peer_err("sending the manifest"))?;
     let mut summary = read_reply(stream)?;
+    if let Some(path) = peer {
+        // The state both sides now agree on (the target keeps the same).
+        let _ = without_specials(m).store(path);
+    }
     source_facts(&mut summary, report, sent_unstable, stats);
     summary.duration_ms = started.elapsed().as_millis() as u64;
     summary.phase_ms.extend(ctl.timings());
@@ -362,6 +367,7 @@ pub fn receive_copy_from(
         let m = Manifest::decode(&bytes).map_err(peer_err("reading the manifest"))?;
         let mut summary = finish_copy(dst, staging, &m, ctl)?;
         summary.reused_bytes = received.reused_bytes;
+        let _ = without_specials(m).store(&agreed_path(dst));
         Ok(summary)
     });
     reply(stream, dst, &result);
@@ -385,6 +391,7 @@ fn resume_copy(
     }
     fs::rename(partial.manifest_path(), dst.manifest_path())
         .map_err(io_err("recording the copy's manifest"))?;
+    let _ = fs::rename(agreed_path(partial), agreed_path(dst));
     fs::rename(&partial.root, &dst.root).map_err(EngineError::io_path(
         "moving the copy into place at",
         &dst.root,
@@ -469,8 +476,8 @@ pub fn send_sync_to(
     Ok(summary)
 }
 
-/// The target's manifest: sent whole, or named by its root hash when the source's copy
-/// (`peer`) has that root.
+/// The target's manifest: sent whole, or as a change of the agreed state when the
+/// source's copy of it (`peer`) has the same root hash.
 fn target_manifest(
     stream: &mut dyn Duplex,
     peer: Option<&std::path::Path>,
@@ -478,12 +485,12 @@ fn target_manifest(
     let (tag, bytes) = read_message(stream).map_err(peer_err("reading the target's manifest"))?;
     let bytes = match tag {
         TARGET_MANIFEST => bytes,
-        TARGET_SAME => {
+        TARGET_DELTA if bytes.len() >= 32 => {
             let known = peer
                 .and_then(|p| Manifest::load(p).ok().flatten())
-                .filter(|m| m.root_hash().as_slice() == bytes.as_slice());
-            if let Some(m) = known {
-                return Ok(m);
+                .filter(|m| m.root_hash().as_slice() == &bytes[..32]);
+            if let Some(agreed) = known {
+                return apply_delta(&agreed, &bytes[32..]);
             }
             write_message(stream, NEED_MANIFEST, &[]).map_err(peer_err("asking"))?;
             let (tag, bytes) =
@@ -498,8 +505,40 @@ fn target_manifest(
     Manifest::decode(&bytes).map_err(peer_err("reading the target's manifest"))
 }
 
-/// The state to reach as a change of the target's manifest: its root hash, the entries
-/// that change (as the state has them, after any re-read) and the paths that go.
+/// Where the target keeps the state both sides agreed on at the end of the last transfer.
+fn agreed_path(dst: &Place) -> std::path::PathBuf {
+    dst.state_dir.join("agreed-manifest")
+}
+
+/// A manifest as a change of another: its root hash, the entries that differ (as `new`
+/// has them) and the paths that go.
+fn encode_delta(root: [u8; 32], changed: Vec<Entry>, deleted: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = root.to_vec();
+    let changed = Manifest { entries: changed }.encode();
+    out.extend_from_slice(&(changed.len() as u64).to_le_bytes());
+    out.extend_from_slice(&changed);
+    out.extend_from_slice(&(deleted.len() as u64).to_le_bytes());
+    for path in deleted {
+        out.extend_from_slice(&(path.len() as u32).to_le_bytes());
+        out.extend_from_slice(path);
+    }
+    out
+}
+
+/// `new` as a change of `old` (see [`encode_delta`]).
+fn delta_between(old: &Manifest, new: &Manifest) -> Vec<u8> {
+    let (pairs, deleted) = diff(old, new);
+    let changed = pairs
+        .into_iter()
+        .filter(|(c, _, _)| *c != Change::Unchanged)
+        .map(|(_, e, _)| e.clone())
+        .collect();
+    let deleted: Vec<Vec<u8>> = deleted.iter().map(|e| e.path.clone()).collect();
+    encode_delta(new.root_hash(), changed, &deleted)
+}
+
+/// The state to reach as a change of the target's manifest: the entries that change (as
+/// the state has them, after any re-read) and the paths that go.
 fn state_delta(plan: &super::sync::Plan) -> Vec<u8> {
     let changed: Vec<Entry> = plan
         .changes
@@ -512,22 +551,13 @@ fn state_delta(plan: &super::sync::Plan) -> Vec<u8> {
                 .map(|i| plan.want.entries[i].clone())
         })
         .collect();
-    let mut out = plan.want.root_hash().to_vec();
-    let changed = Manifest { entries: changed }.encode();
-    out.extend_from_slice(&(changed.len() as u64).to_le_bytes());
-    out.extend_from_slice(&changed);
-    out.extend_from_slice(&(plan.deleted.len() as u64).to_le_bytes());
-    for path in &plan.deleted {
-        out.extend_from_slice(&(path.len() as u32).to_le_bytes());
-        out.extend_from_slice(path);
-    }
-    out
+    encode_delta(plan.want.root_hash(), changed, &plan.deleted)
 }
 
-/// The state to reach, from the target's manifest and a [`state_delta`]; its root hash
-/// must be the one the source computed.
-fn apply_state_delta(current: &Manifest, delta: &[u8]) -> Result<Manifest, EngineError> {
-    let bad = || EngineError::Integrity("a malformed state from the source".into());
+/// A manifest from another and a change of it ([`encode_delta`]); its root hash must be
+/// the one the other side computed.
+fn apply_delta(current: &Manifest, delta: &[u8]) -> Result<Manifest, EngineError> {
+    let bad = || EngineError::Integrity("a malformed manifest change from the other server".into());
     let take = |at: &mut usize, n: usize| -> Result<&[u8], EngineError> {
         let piece = delta.get(*at..*at + n).ok_or_else(bad)?;
         *at += n;
@@ -557,7 +587,7 @@ fn apply_state_delta(current: &Manifest, delta: &[u8]) -> Result<Manifest, Engin
     let want = Manifest { entries };
     if want.root_hash() != root {
         return Err(EngineError::Integrity(
-            "the state to reach does not match the source's".into(),
+            "a manifest rebuilt from a change does not match the other server's".into(),
         ));
     }
     Ok(want)
@@ -605,13 +635,17 @@ fn sync_target_half(
         let target = scan_target(dst, prepared, ctl)?;
         let mut summary = Summary::default();
         drift(&target, keep, &mut summary);
-        // Unchanged since it was recorded: its root hash may be enough.
-        let (mut tag, mut bytes) = if target.is_recorded() {
-            write_message(stream, TARGET_SAME, &target.man.root_hash())
-                .map_err(peer_err("sending the manifest"))?;
-            read_message(stream).map_err(peer_err("reading the plan"))?
-        } else {
-            (NEED_MANIFEST, Vec::new())
+        // As a change of the state agreed on last time, when there is one.
+        let agreed = Manifest::load(&agreed_path(dst)).ok().flatten();
+        let (mut tag, mut bytes) = match &agreed {
+            Some(agreed) => {
+                let mut message = agreed.root_hash().to_vec();
+                message.extend_from_slice(&delta_between(agreed, &target.man));
+                write_message(stream, TARGET_DELTA, &message)
+                    .map_err(peer_err("sending the manifest"))?;
+                read_message(stream).map_err(peer_err("reading the plan"))?
+            }
+            None => (NEED_MANIFEST, Vec::new()),
         };
         if tag == NEED_MANIFEST {
             write_message(stream, TARGET_MANIFEST, &target.man.encode())
@@ -656,7 +690,7 @@ fn sync_target_half(
                 String::from_utf8_lossy(&bytes)
             )));
         }
-        let want = match apply_state_delta(&target.man, &bytes) {
+        let want = match apply_delta(&target.man, &bytes) {
             Ok(w) => w,
             Err(e) => {
                 let _ = fs::remove_dir_all(dst.work_dir());
@@ -664,6 +698,8 @@ fn sync_target_half(
             }
         };
         commit_sync(dst, target, &want, received, &mut summary, ctl)?;
+        // The state both sides now agree on (the source keeps the same).
+        let _ = want.store(&agreed_path(dst));
         summary.duration_ms = started.elapsed().as_millis() as u64;
         summary.phase_ms = ctl.timings();
         Ok(summary)

@@ -101,13 +101,6 @@ pub(in crate::engine) struct TargetState {
     recorded: bool,
 }
 
-impl TargetState {
-    /// Whether the tree is as it was recorded (so its root hash names its manifest).
-    pub(in crate::engine) fn is_recorded(&self) -> bool {
-        self.recorded
-    }
-}
-
 pub(in crate::engine) fn scan_target(
     dst: &Place,
     prepared: Prepared,
