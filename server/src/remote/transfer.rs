@@ -46,6 +46,15 @@ fn failed(context: String, why: String) -> EngineError {
     }
 }
 
+/// An answer's JSON body.
+async fn answer_json<T: serde::de::DeserializeOwned>(
+    resp: reqwest::Response,
+) -> Result<T, EngineError> {
+    resp.json()
+        .await
+        .map_err(|e| failed("the other server's answer".into(), describe(&e)))
+}
+
 /// An error answer's message (or its status).
 async fn answer_error(resp: reqwest::Response) -> String {
     let status = resp.status();
@@ -67,6 +76,29 @@ impl Agents {
         })
     }
 
+    /// A control call to an agent: `build` makes the request from its client and address;
+    /// the answer once it said yes (a refusal carries the agent's reason).
+    async fn control_call(
+        &self,
+        server_id: &str,
+        timeout: Duration,
+        build: impl FnOnce(&reqwest::Client, &str) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, EngineError> {
+        let (address, _, client) = self.reach_or_fail(server_id)?;
+        let resp = build(&client, &address)
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| failed(format!("reaching the server at {address}"), describe(&e)))?;
+        if !resp.status().is_success() {
+            let why = answer_error(resp).await;
+            return Err(EngineError::Refused(format!(
+                "the server at {address}: {why}"
+            )));
+        }
+        Ok(resp)
+    }
+
     /// Tells the target's agent a transfer will come from `peer`; the mode it will take
     /// (a copy whose tree is there already becomes a sync).
     async fn expect(
@@ -77,33 +109,22 @@ impl Agents {
         container: &str,
         peer: crate::tls::Fingerprint,
     ) -> Result<TransferMode, EngineError> {
-        let (address, _, client) = self.reach_or_fail(target)?;
-        let resp = client
-            .post(format!("https://{address}/v1/expect"))
-            .timeout(Duration::from_secs(10))
-            .json(&Expect {
-                ticket: ticket.to_string(),
-                mode,
-                container_id: container.to_string(),
-                peer: peer.to_string(),
-                identity: None,
+        let expect = Expect {
+            ticket: ticket.to_string(),
+            mode,
+            container_id: container.to_string(),
+            peer: peer.to_string(),
+            identity: None,
+        };
+        let answer: ExpectAnswer = answer_json(
+            self.control_call(target, Duration::from_secs(10), |client, address| {
+                client
+                    .post(format!("https://{address}/v1/expect"))
+                    .json(&expect)
             })
-            .send()
-            .await
-            .map_err(|e| {
-                failed(
-                    format!("reaching the target server at {address}"),
-                    describe(&e),
-                )
-            })?;
-        if !resp.status().is_success() {
-            let why = answer_error(resp).await;
-            return Err(EngineError::Refused(format!("the target server: {why}")));
-        }
-        let answer: ExpectAnswer = resp
-            .json()
-            .await
-            .map_err(|e| failed("the target server's answer".into(), describe(&e)))?;
+            .await?,
+        )
+        .await?;
         Ok(if answer.exists {
             TransferMode::Sync
         } else {
@@ -235,48 +256,28 @@ impl Agents {
         container_id: &str,
         identity: NewIdentity,
     ) -> Result<Vec<String>, EngineError> {
-        let (address, _, client) = self.reach_or_fail(server_id)?;
-        let resp = client
-            .post(format!(
-                "https://{address}/v1/containers/{container_id}/identity"
-            ))
-            .timeout(Duration::from_secs(60))
-            .json(&identity)
-            .send()
-            .await
-            .map_err(|e| {
-                failed(
-                    format!("reaching the target server at {address}"),
-                    describe(&e),
-                )
-            })?;
-        if !resp.status().is_success() {
-            let why = answer_error(resp).await;
-            return Err(EngineError::Refused(format!("the target server: {why}")));
-        }
-        resp.json()
-            .await
-            .map_err(|e| failed("the target server's answer".into(), describe(&e)))
+        let resp = self
+            .control_call(server_id, Duration::from_secs(60), |client, address| {
+                client
+                    .post(format!(
+                        "https://{address}/v1/containers/{container_id}/identity"
+                    ))
+                    .json(&identity)
+            })
+            .await?;
+        answer_json(resp).await
     }
 
     /// A source tree's state on its agent (see `engine::probe`).
     pub async fn probe(&self, server_id: &str, container_id: &str) -> Result<String, EngineError> {
-        let (address, _, client) = self.reach_or_fail(server_id)?;
-        let resp = client
-            .get(format!(
-                "https://{address}/v1/containers/{container_id}/probe"
-            ))
-            .timeout(Duration::from_secs(30))
-            .send()
-            .await
-            .map_err(|e| failed(format!("reaching server at {address}"), describe(&e)))?;
-        if !resp.status().is_success() {
-            let why = answer_error(resp).await;
-            return Err(EngineError::Refused(format!("the server: {why}")));
-        }
-        resp.json()
-            .await
-            .map_err(|e| failed("the server's answer".into(), describe(&e)))
+        let resp = self
+            .control_call(server_id, Duration::from_secs(30), |client, address| {
+                client.get(format!(
+                    "https://{address}/v1/containers/{container_id}/probe"
+                ))
+            })
+            .await?;
+        answer_json(resp).await
     }
 
     /// Removes a deleted container's trees on its agent.
@@ -285,18 +286,11 @@ impl Agents {
         server_id: &str,
         container_id: &str,
     ) -> Result<(), EngineError> {
-        let (address, _, client) = self.reach_or_fail(server_id)?;
-        let resp = client
-            .delete(format!("https://{address}/v1/containers/{container_id}"))
-            .timeout(Duration::from_secs(600))
-            .send()
-            .await
-            .map_err(|e| failed(format!("reaching server at {address}"), describe(&e)))?;
-        if resp.status() == StatusCode::NO_CONTENT {
-            return Ok(());
-        }
-        let why = answer_error(resp).await;
-        Err(EngineError::Refused(format!("the server: {why}")))
+        self.control_call(server_id, Duration::from_secs(600), |client, address| {
+            client.delete(format!("https://{address}/v1/containers/{container_id}"))
+        })
+        .await
+        .map(|_| ())
     }
 }
 

@@ -139,18 +139,7 @@ pub(in crate::engine) fn finish_copy(
     let staging_fd = fsx::open_dir(staging).map_err(io_err("opening the staging tree"))?;
     fsx::syncfs(staging_fd.as_fd()).map_err(io_err("syncfs"))?;
     ctl.fail("copy:before-rename")?;
-    if let Some(parent) = dst.root.parent() {
-        fs::create_dir_all(parent).map_err(EngineError::io_path("creating", parent))?;
-    }
-    fs::rename(staging, &dst.root).map_err(EngineError::io_path(
-        "moving the copy into place at",
-        &dst.root,
-    ))?;
-    if let Some(parent) = dst.root.parent() {
-        if let Ok(d) = fs::File::open(parent) {
-            let _ = d.sync_all();
-        }
-    }
+    move_into_place(staging, dst)?;
     let _ = fs::remove_file(dst.commit_marker());
     Ok(Summary {
         files_added: want.entries.len() as u64,

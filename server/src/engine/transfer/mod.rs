@@ -37,6 +37,24 @@ fn remove_tree(path: &Path) -> Result<(), EngineError> {
     }
 }
 
+/// Moves a complete, durable tree to `dst.root` (its parent made if needed) and makes the
+/// rename itself durable.
+fn move_into_place(tree: &Path, dst: &Place) -> Result<(), EngineError> {
+    if let Some(parent) = dst.root.parent() {
+        fs::create_dir_all(parent).map_err(EngineError::io_path("creating", parent))?;
+    }
+    fs::rename(tree, &dst.root).map_err(EngineError::io_path(
+        "moving the copy into place at",
+        &dst.root,
+    ))?;
+    if let Some(parent) = dst.root.parent() {
+        if let Ok(d) = fs::File::open(parent) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
 /// Writes the commit marker durably: from here on, an interruption means "repair".
 fn write_marker(place: &Place) -> Result<(), EngineError> {
     let path = place.commit_marker();

@@ -386,21 +386,11 @@ fn resume_copy(
     let summary = sync_target_half(partial, stream, &|_| false, ctl)?;
     // The partial tree now is the source's state, verified and durable: it becomes the
     // copy, with its manifest.
-    if let Some(parent) = dst.root.parent() {
-        fs::create_dir_all(parent).map_err(EngineError::io_path("creating", parent))?;
-    }
+    fs::create_dir_all(&dst.state_dir).map_err(io_err("recording the copy's manifest"))?;
     fs::rename(partial.manifest_path(), dst.manifest_path())
         .map_err(io_err("recording the copy's manifest"))?;
     let _ = fs::rename(agreed_path(partial), agreed_path(dst));
-    fs::rename(&partial.root, &dst.root).map_err(EngineError::io_path(
-        "moving the copy into place at",
-        &dst.root,
-    ))?;
-    if let Some(parent) = dst.root.parent() {
-        if let Ok(d) = fs::File::open(parent) {
-            let _ = d.sync_all();
-        }
-    }
+    move_into_place(&partial.root, dst)?;
     let _ = remove_tree(&partial.state_dir);
     Ok(summary)
 }
