@@ -16,9 +16,29 @@ fn doppel() -> String {
     env!("CARGO_BIN_EXE_doppel").to_string()
 }
 
+/// `doppel serve` in the lab's host `cp` (its data in `dir/cp`), once it answers.
+async fn cp_process(lab: &Lab, dir: &Path, demo: bool, wait: u32, log: &str) -> Running {
+    let addr = lab.addr("cp");
+    let mut c = lab.command("cp", doppel());
+    c.arg("--data-dir")
+        .arg(dir.join("cp"))
+        .args(["serve", "--no-runtime", "--server-wait", &wait.to_string()])
+        .args(if demo { &[][..] } else { &["--no-demo"][..] })
+        .args(["--addr", &format!("{addr}:3000")])
+        .args(["--agents-addr", &format!("{addr}:7443")])
+        .env_remove("DOPPEL_DATABASE_URL");
+    let process = Running::spawn(c, &dir.join(log));
+    common::process::wait_up(
+        &common::TestServer::client(),
+        &format!("http://{addr}:3000"),
+    )
+    .await;
+    process
+}
+
 /// A control plane in the lab's host `cp`: the console on :3000, the agent port on :7443.
 struct ControlPlane {
-    _process: Running,
+    process: Running,
     base: String,
     join_url: String,
     token: String,
@@ -34,17 +54,8 @@ async fn control_plane(lab: &Lab, dir: &Path) -> ControlPlane {
 async fn control_plane_with(lab: &Lab, dir: &Path, demo: bool, wait: u32) -> ControlPlane {
     let data = dir.join("cp");
     let addr = lab.addr("cp");
-    let mut c = lab.command("cp", doppel());
-    c.arg("--data-dir")
-        .arg(&data)
-        .args(["serve", "--no-runtime", "--server-wait", &wait.to_string()])
-        .args(if demo { &[][..] } else { &["--no-demo"][..] })
-        .args(["--addr", &format!("{addr}:3000")])
-        .args(["--agents-addr", &format!("{addr}:7443")])
-        .env_remove("DOPPEL_DATABASE_URL");
-    let process = Running::spawn(c, &dir.join("cp.log"));
+    let process = cp_process(lab, dir, demo, wait, "cp.log").await;
     let base = format!("http://{addr}:3000");
-    common::process::wait_up(&common::TestServer::client(), &base).await;
     let out = Command::new(doppel())
         .arg("--data-dir")
         .arg(&data)
@@ -57,7 +68,7 @@ async fn control_plane_with(lab: &Lab, dir: &Path, demo: bool, wait: u32) -> Con
         String::from_utf8_lossy(&out.stderr)
     );
     ControlPlane {
-        _process: process,
+        process,
         base,
         join_url: format!("https://{addr}:7443"),
         token: String::from_utf8(out.stdout).unwrap().trim().to_string(),
@@ -771,8 +782,21 @@ async fn a_job_for_an_offline_host_waits_saying_so_then_runs_or_fails_in_time() 
     assert_eq!(detail["status"], "stopped", "{detail}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_copy_whose_link_is_cut_resumes_from_what_arrived_when_it_returns() {
+/// A control plane and agents a and b, a 24 MB tree copied onto a, and the links
+/// between the agents slowed to 16 Mbit/s (a copy to b takes about 12 s).
+struct SlowPair {
+    lab: Lab,
+    dir: tempfile::TempDir,
+    cp: ControlPlane,
+    agents: Vec<Running>,
+    b_data: std::path::PathBuf,
+    tree: std::path::PathBuf,
+    project: String,
+    b: String,
+    on_a: String,
+}
+
+async fn slow_pair() -> SlowPair {
     let lab = Lab::new(&["cp", "a", "b"]);
     let dir = tempfile::tempdir().unwrap();
     let cp = control_plane_with(&lab, dir.path(), true, 60).await;
@@ -789,11 +813,10 @@ async fn a_copy_whose_link_is_cut_resumes_from_what_arrived_when_it_returns() {
         ));
         cp.wait_state(name, "online", Duration::from_secs(20)).await;
     }
-    // A 24 MB tree on a (imported here, copied there before the link is slowed).
-    let tree_dir = dir.path().join("big");
+    let tree = dir.path().join("big");
     let mut rng = doppel::rng::Rng(77);
     for i in 0..24 {
-        let d = tree_dir.join(format!("d{}", i % 4));
+        let d = tree.join(format!("d{}", i % 4));
         std::fs::create_dir_all(&d).unwrap();
         std::fs::write(d.join(format!("f{i}")), rng.bytes(1 << 20)).unwrap();
     }
@@ -803,7 +826,7 @@ async fn a_copy_whose_link_is_cut_resumes_from_what_arrived_when_it_returns() {
         .arg("--data-dir")
         .arg(&cp.data)
         .arg("import")
-        .arg(&tree_dir)
+        .arg(&tree)
         .args(["--project", &project, "--server", &local, "--name", "big"])
         .output()
         .unwrap();
@@ -815,10 +838,51 @@ async fn a_copy_whose_link_is_cut_resumes_from_what_arrived_when_it_returns() {
     let big = String::from_utf8(out.stdout).unwrap().trim().to_string();
     let (a, b) = (cp.server_id("a").await, cp.server_id("b").await);
     let (on_a, _) = cp.copy(&big, &project, &a, "big-on-a").await;
-    // 16 Mbit/s between the agents: the copy to b takes about 12 s.
     for host in ["a", "b"] {
         lab.shape(host, "16mbit", None);
     }
+    SlowPair {
+        lab,
+        dir,
+        cp,
+        agents,
+        b_data,
+        tree,
+        project,
+        b,
+        on_a,
+    }
+}
+
+impl SlowPair {
+    /// Starts the copy of a's tree onto b: its answer.
+    async fn start_copy(&self, name: &str) -> Value {
+        let (st, started) = self
+            .cp
+            .call(
+                reqwest::Method::POST,
+                &format!("/containers/{}/copy", self.on_a),
+                Some(json!({"target_project_id": self.project, "target_server_id": self.b, "name": name})),
+            )
+            .await;
+        assert_eq!(st, 202, "{started}");
+        started
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_whose_link_is_cut_resumes_from_what_arrived_when_it_returns() {
+    let SlowPair {
+        lab,
+        dir: _dir,
+        cp,
+        agents,
+        b_data,
+        tree: tree_dir,
+        project,
+        b,
+        on_a,
+    } = slow_pair().await;
     let (st, started) = cp
         .call(
             reqwest::Method::POST,
@@ -860,4 +924,48 @@ async fn a_copy_whose_link_is_cut_resumes_from_what_arrived_when_it_returns() {
         "less than what was there again: {job}"
     );
     drop(agents);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_mid_copy_and_a_control_plane_killed_mid_copy_end_truthfully() {
+    let mut pair = slow_pair().await;
+    // The target's agent is killed (-9) mid-copy: the job waits for it, and when it is
+    // started again the copy completes, whole.
+    let started = pair.start_copy("after-agent-kill").await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    pair.agents[1].kill();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    pair.agents[1] = agent(
+        &pair.lab,
+        "b",
+        &pair.b_data,
+        None,
+        &pair.dir.path().join("b2.log"),
+    );
+    pair.cp.succeeded(&started["job"]).await;
+    let copy = started["container"]["id"].as_str().unwrap().to_string();
+    assert_same(&pair.tree, &root_on(&pair.b_data, &copy));
+
+    // The control plane is killed (-9) mid-copy: the source's agent stops sending (its
+    // answer went away), and the job, resumed when the control plane starts again, ends
+    // with the tree whole on b.
+    let started = pair.start_copy("after-cp-kill").await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    pair.cp.process.kill();
+    pair.cp.process = cp_process(&pair.lab, pair.dir.path(), true, 60, "cp2.log").await;
+    let job = pair.cp.succeeded(&started["job"]).await;
+    let copy = started["container"]["id"].as_str().unwrap().to_string();
+    assert_same(&pair.tree, &root_on(&pair.b_data, &copy));
+    let (_, detail) = pair
+        .cp
+        .call(reqwest::Method::GET, &format!("/containers/{copy}"), None)
+        .await;
+    assert_eq!(detail["status"], "stopped", "{detail} {job}");
+    // Nothing was left half-made on b: the two copies' trees, and no staging.
+    let staging: Vec<_> = std::fs::read_dir(pair.b_data.join("storage/state"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.path().join("work").exists())
+        .collect();
+    assert!(staging.is_empty(), "{staging:?}");
 }
