@@ -304,7 +304,7 @@ pub struct MemberRequest {
 }
 
 #[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Server {
     pub id: String,
     pub name: String,
@@ -342,6 +342,27 @@ pub struct Server {
     /// A pending server: until when its join token is good.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub join_expires_at: Option<Millis>,
+    /// Copies and syncs under way to or from it (of containers the caller may see), with
+    /// their rates.
+    #[serde(default)]
+    pub transfers: Vec<ServerTransfer>,
+}
+
+/// A copy or sync under way, as a server sees it.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServerTransfer {
+    pub job_id: String,
+    pub kind: JobKind,
+    /// The container it makes or updates.
+    pub container_id: String,
+    pub container_name: String,
+    /// `in`: the server receives it; `out`: it sends it (both, for a copy between two
+    /// containers of one server).
+    pub direction: String,
+    pub bytes_done: u64,
+    pub bytes_total: Option<u64>,
+    pub bytes_per_second: Option<f64>,
 }
 
 #[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
@@ -399,7 +420,7 @@ pub struct NewServer {
 
 /// A new server and the one-time token its host joins with.
 #[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ServerWithJoinToken {
     pub server: Server,
     /// For `doppel agent join URL TOKEN` on the new host: good once, until

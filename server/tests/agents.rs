@@ -933,6 +933,15 @@ async fn an_agent_killed_mid_copy_and_a_control_plane_killed_mid_copy_end_truthf
     // started again the copy completes, whole.
     let started = pair.start_copy("after-agent-kill").await;
     tokio::time::sleep(Duration::from_secs(4)).await;
+    // Meanwhile both servers show it, with its rate.
+    for (server, direction) in [("a", "out"), ("b", "in")] {
+        let s = pair.cp.server(server).await;
+        let t = &s["transfers"][0];
+        assert_eq!(t["job_id"], started["job"]["id"], "{s}");
+        assert_eq!(t["direction"], direction, "{s}");
+        assert_eq!(t["container_name"], "after-agent-kill", "{s}");
+        assert!(t["bytes_done"].as_u64().unwrap() > 0, "{s}");
+    }
     pair.agents[1].kill();
     tokio::time::sleep(Duration::from_secs(3)).await;
     pair.agents[1] = agent(

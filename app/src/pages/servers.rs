@@ -93,6 +93,7 @@ fn ServerTable(now: Millis, list: Vec<Server>) -> impl IntoView {
                     <th scope="col">"Version"</th>
                     <th scope="col">"Free space"</th>
                     <th scope="col">"Containers"</th>
+                    <th scope="col">"Transfers"</th>
                     {admin.then(|| view! { <th scope="col">"Where"</th> })}
                 </tr>
             </thead>
@@ -117,6 +118,30 @@ fn ServerTable(now: Millis, list: Vec<Server>) -> impl IntoView {
                             None => a,
                         })
                         .or_else(|| s.storage_root.clone());
+                    let transfers = s
+                        .transfers
+                        .iter()
+                        .map(|t| {
+                            let rate = t
+                                .bytes_per_second
+                                .map(|r| format!(" at {}/s", format::bytes(r as i64)))
+                                .unwrap_or_default();
+                            let done = match t.bytes_total {
+                                Some(total) => format!(
+                                    "{} of {}",
+                                    format::bytes(t.bytes_done as i64),
+                                    format::bytes(total as i64)
+                                ),
+                                None => format::bytes(t.bytes_done as i64),
+                            };
+                            view! {
+                                <div>
+                                    <a href=format!("/containers/{}", t.container_id)>{t.container_name.clone()}</a>
+                                    {format!(" ({} {}): {done}{rate}", t.kind.as_str(), t.direction)}
+                                </div>
+                            }
+                        })
+                        .collect_view();
                     view! {
                         <tr data-server=s.name.clone()>
                             <td data-label="Name">{s.name.clone()}</td>
@@ -126,6 +151,7 @@ fn ServerTable(now: Millis, list: Vec<Server>) -> impl IntoView {
                             <td data-label="Version">{s.version.clone().unwrap_or_default()}</td>
                             <td data-label="Free space">{space}</td>
                             <td data-label="Containers">{s.container_count}</td>
+                            <td data-label="Transfers" class="small">{transfers}</td>
                             {admin.then(|| view! { <td data-label="Where" class="small">{place}</td> })}
                         </tr>
                     }

@@ -52,8 +52,13 @@ impl Service {
     /// `GET /servers`: every server with its state; where and which certificate to platform
     /// admins only.
     pub async fn list_servers(&self, user: &UserInfo) -> Result<Vec<Server>, ApiError> {
-        let (rows, counts) =
-            tokio::try_join!(self.db.servers(), self.db.container_counts()).map_err(internal)?;
+        let (rows, counts, running) = tokio::try_join!(
+            self.db.servers(),
+            self.db.container_counts(),
+            self.db.running_transfers()
+        )
+        .map_err(internal)?;
+        let vis = self.visibility(user).await?;
         let admin = user.is_admin && user.scope.projects.is_none();
         let mut servers = Vec::with_capacity(rows.len());
         for row in rows {
@@ -61,7 +66,31 @@ impl Service {
                 .iter()
                 .find(|(id, _)| *id == row.id)
                 .map_or(0, |(_, n)| *n as u64);
-            servers.push(self.shown(row, count, admin).await);
+            let mut server = self.shown(row, count, admin).await;
+            server.transfers = running
+                .iter()
+                .filter(|(job, ..)| vis.can_see(&job.project_id))
+                .filter_map(|(job, name, target, source)| {
+                    let direction = match (*target == server.id, *source == server.id) {
+                        (true, true) => "in and out",
+                        (true, false) => "in",
+                        (false, true) => "out",
+                        (false, false) => return None,
+                    };
+                    let progress = job.progress.as_ref();
+                    Some(ServerTransfer {
+                        job_id: job.id.clone(),
+                        kind: job.kind,
+                        container_id: job.container_id.clone(),
+                        container_name: name.clone(),
+                        direction: direction.to_string(),
+                        bytes_done: progress.map_or(0, |p| p.bytes_done),
+                        bytes_total: progress.and_then(|p| p.bytes_total),
+                        bytes_per_second: progress.and_then(|p| p.bytes_per_second),
+                    })
+                })
+                .collect();
+            servers.push(server);
         }
         Ok(servers)
     }
@@ -85,6 +114,7 @@ impl Service {
             agent_address: None,
             agent_fingerprint: None,
             join_expires_at: None,
+            transfers: Vec::new(),
         };
         match row.kind {
             ServerKind::Embedded => {

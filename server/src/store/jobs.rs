@@ -390,6 +390,37 @@ impl Db {
 
     /// Marks a queued (or interrupted) job running, unless it was cancelled meanwhile
     /// (`None`); `syncing`: its target shows `syncing` from the same commit on.
+    /// Copies and syncs running now: (job, its target's name, project, target server and
+    /// source server).
+    pub(crate) async fn running_transfers(
+        &self,
+    ) -> Result<Vec<(Job, String, String, String)>, DbError> {
+        let rows = sqlx::query(
+            "SELECT j.*, t.name AS target_name, t.server_id AS target_server,
+                    s.server_id AS source_server
+             FROM jobs j
+             JOIN containers t ON t.id = j.container_id
+             JOIN containers s ON s.id = j.source_container_id
+             WHERE j.status = $1 AND j.kind IN ($2, $3)",
+        )
+        .bind(JobStatus::Running.as_str())
+        .bind(JobKind::Copy.as_str())
+        .bind(JobKind::Sync.as_str())
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    job_from_row(r),
+                    r.get("target_name"),
+                    r.get("target_server"),
+                    r.get("source_server"),
+                )
+            })
+            .collect())
+    }
+
     /// Why a queued or running job waits (None: it no longer does); the job as it is now.
     pub(crate) async fn set_job_waiting(
         &self,
