@@ -155,21 +155,28 @@ async fn admins_make_disable_and_reset_users() {
     assert_eq!(st, 404);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_user_changes_their_own_password() {
-    let s = TestServer::start().await;
-    let (_, made) = s
+/// A user the admin makes through the API: their password (shown once) and an API token
+/// of theirs.
+async fn made_with_token(s: &TestServer, name: &str) -> (String, String) {
+    let (st, made) = s
         .call(
             Method::POST,
             "/api/v1/users",
             &s.admin_token,
-            Some(json!({"name": "carol"})),
+            Some(json!({"name": name})),
         )
         .await;
-    let first = made["password"].as_str().unwrap().to_string();
-    let token = doppel::auth::create_token(s.service.db(), "carol", "t")
+    assert_eq!(st, 201, "{made}");
+    let token = doppel::auth::create_token(s.service.db(), name, "t")
         .await
         .unwrap();
+    (made["password"].as_str().unwrap().to_string(), token)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_changes_their_own_password() {
+    let s = TestServer::start().await;
+    let (first, token) = made_with_token(&s, "carol").await;
     let (st, e) = s
         .call(
             Method::POST,
@@ -233,18 +240,7 @@ async fn a_user_changes_their_own_password() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guessing_the_current_password_is_throttled() {
     let s = TestServer::start().await;
-    let (_, made) = s
-        .call(
-            Method::POST,
-            "/api/v1/users",
-            &s.admin_token,
-            Some(json!({"name": "gus"})),
-        )
-        .await;
-    let password = made["password"].as_str().unwrap().to_string();
-    let token = doppel::auth::create_token(s.service.db(), "gus", "t")
-        .await
-        .unwrap();
+    let (password, token) = made_with_token(&s, "gus").await;
     let change = |current: &str| json!({"current": current, "new": "a-new-password"});
     for i in 0..5 {
         let (st, e) = s

@@ -17,12 +17,12 @@ use axum::{Extension, Json, Router};
 
 use super::AgentState;
 use crate::config::{container_place, runtime_dir, snapshot_place, snapshots_dir};
-use crate::engine::{self, identity, Control, EngineError, Peer as Stream, Place};
+use crate::engine::{self, identity, Control, EngineError, Place};
 use crate::remote::protocol::{
-    ErrorAnswer, Expect, ExpectAnswer, NewIdentity, PullRequest, SendLine, SendRequest,
-    TransferMode, TICKET_HEADER, TRANSFER_UPGRADE,
+    Expect, ExpectAnswer, NewIdentity, PullRequest, Refused, SendLine, SendRequest, TransferMode,
+    TICKET_HEADER, TRANSFER_UPGRADE,
 };
-use crate::remote::send_half;
+use crate::remote::{open_transfer, run_half, send_half};
 use crate::tls::{self, Fingerprint, Peer};
 
 /// How long an announced transfer waits for its peer.
@@ -56,15 +56,6 @@ pub(super) fn router(state: Arc<AgentState>) -> Router {
 
 fn refused(status: StatusCode, error: impl Into<String>) -> Response {
     Refused(status, error.into()).into_response()
-}
-
-/// A request refused: its status and why.
-struct Refused(StatusCode, String);
-
-impl IntoResponse for Refused {
-    fn into_response(self) -> Response {
-        (self.0, Json(ErrorAnswer { error: self.1 })).into_response()
-    }
 }
 
 async fn only_control_plane(
@@ -142,7 +133,7 @@ fn switching() -> Response {
     resp
 }
 
-/// Runs one half of a transfer over an upgraded connection, on a blocking thread.
+/// Runs one half of a transfer over the connection its request upgrades.
 async fn over_connection(
     upgrade: hyper::upgrade::OnUpgrade,
     half: impl FnOnce(&mut dyn engine::Duplex) -> Result<engine::Summary, EngineError> + Send + 'static,
@@ -151,13 +142,7 @@ async fn over_connection(
         context: "taking over the connection".into(),
         source: std::io::Error::other(e),
     })?;
-    let io = hyper_util::rt::TokioIo::new(upgraded);
-    tokio::task::spawn_blocking(move || {
-        let mut stream = Stream::new(tokio_util::io::SyncIoBridge::new(io));
-        half(&mut stream)
-    })
-    .await
-    .unwrap_or_else(|_| Err(EngineError::Integrity("a transfer panicked".into())))
+    run_half(hyper_util::rt::TokioIo::new(upgraded), half).await
 }
 
 /// The target's half: a peer the control plane announced sends a tree.
@@ -288,28 +273,29 @@ async fn send(State(st): State<Arc<AgentState>>, Json(req): Json<SendRequest>) -
         let _ = progress.try_send(SendLine::Progress(p.clone()));
     });
     let guard = CancelOnDrop(ctl.clone());
-    let me_client = tls::client(&st.me, to_fp, Duration::from_secs(3600));
+    let client = tls::client(&st.me, to_fp, Duration::from_secs(3600));
     tokio::spawn(async move {
-        let line = match connect(me_client, &req).await {
-            Err(e) => SendLine::Failed {
-                error: e,
-                incomplete: false,
-                cancelled: false,
-                disconnected: true,
-            },
-            Ok(upgraded) => {
-                let (mode, target) = (req.mode, req.target_container_id.clone());
-                let result = tokio::task::spawn_blocking(move || {
-                    let mut stream = Stream::new(tokio_util::io::SyncIoBridge::new(upgraded));
-                    send_half(&src, mode, &target, &mut stream, &ctl)
-                })
-                .await
-                .unwrap_or_else(|_| Err(EngineError::Integrity("a transfer panicked".into())));
-                match result {
-                    Ok(summary) => SendLine::Done(Box::new(summary)),
-                    Err(e) => engine_failure(&e, None),
+        let result = match client {
+            Err(e) => Err(EngineError::Refused(e)),
+            Ok(client) => {
+                let request = client
+                    .post(format!("https://{}/v1/transfer", req.to))
+                    .header(TICKET_HEADER, &req.ticket);
+                match open_transfer(request, &req.to).await {
+                    Ok(upgraded) => {
+                        let (mode, target) = (req.mode, req.target_container_id.clone());
+                        run_half(upgraded, move |stream| {
+                            send_half(&src, mode, &target, stream, &ctl)
+                        })
+                        .await
+                    }
+                    Err(e) => Err(e),
                 }
             }
+        };
+        let line = match result {
+            Ok(summary) => SendLine::Done(Box::new(summary)),
+            Err(e) => engine_failure(&e, None),
         };
         let _ = tx.send(line).await;
     });
@@ -323,40 +309,6 @@ async fn send(State(st): State<Arc<AgentState>>, Json(req): Json<SendRequest>) -
         .header(header::CONTENT_TYPE, "application/x-ndjson")
         .body(Body::from_stream(lines))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
-}
-
-/// Opens a transfer's connection to the target's agent.
-async fn connect(
-    client: Result<reqwest::Client, String>,
-    req: &SendRequest,
-) -> Result<reqwest::Upgraded, String> {
-    let client = client?;
-    let resp = client
-        .post(format!("https://{}/v1/transfer", req.to))
-        .header(header::CONNECTION, "upgrade")
-        .header(header::UPGRADE, TRANSFER_UPGRADE)
-        .header(TICKET_HEADER, &req.ticket)
-        .send()
-        .await
-        .map_err(|e| {
-            format!(
-                "cannot reach the target server at {}: {}",
-                req.to,
-                crate::remote::describe(&e)
-            )
-        })?;
-    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-        let status = resp.status();
-        let why = resp
-            .json::<ErrorAnswer>()
-            .await
-            .map(|e| e.error)
-            .unwrap_or_else(|_| status.to_string());
-        return Err(format!("the target server refused the transfer: {why}"));
-    }
-    resp.upgrade()
-        .await
-        .map_err(|e| format!("the target server's connection: {e}"))
 }
 
 /// A new copy's identity, once its tree is here: the files it made.

@@ -1328,19 +1328,23 @@ fn a_half_that_fails_ends_both_cleanly_and_leaves_no_tree() {
     assert!(err.contains("does not exist"), "{err}");
 }
 
-/// A connection that breaks after `left` bytes were written: both ends see it go.
-struct Breaking {
+/// One end of a real connection that counts what crosses it (both ways), and breaks, both
+/// ends seeing it go, once `left` bytes were written.
+struct Wire<'a> {
     inner: std::os::unix::net::UnixStream,
     left: usize,
+    bytes: &'a AtomicUsize,
 }
 
-impl std::io::Read for Breaking {
+impl std::io::Read for Wire<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        std::io::Read::read(&mut self.inner, buf)
+        let n = std::io::Read::read(&mut self.inner, buf)?;
+        self.bytes.fetch_add(n, Ordering::Relaxed);
+        Ok(n)
     }
 }
 
-impl std::io::Write for Breaking {
+impl std::io::Write for Wire<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         if self.left == 0 {
             let _ = self.inner.shutdown(std::net::Shutdown::Both);
@@ -1349,6 +1353,7 @@ impl std::io::Write for Breaking {
         let n = buf.len().min(self.left);
         let n = std::io::Write::write(&mut self.inner, &buf[..n])?;
         self.left -= n;
+        self.bytes.fetch_add(n, Ordering::Relaxed);
         Ok(n)
     }
 
@@ -1373,9 +1378,11 @@ fn a_copy_cut_off_half_way_resumes_from_what_arrived() {
     let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
     let (sent, received) = std::thread::scope(|s| {
         let t = s.spawn(|| receive_copy_from(&dst, &mut Peer::new(b), &Control::new()));
-        let mut cut = Breaking {
+        let bytes = AtomicUsize::new(0);
+        let mut cut = Wire {
             inner: a,
             left: total as usize / 2,
+            bytes: &bytes,
         };
         let sent = send_copy_to(&src, &mut Peer::new(&mut cut), None, &Control::new());
         drop(cut);
@@ -1410,32 +1417,6 @@ fn a_copy_cut_off_half_way_resumes_from_what_arrived() {
     );
 }
 
-/// A connection that counts what crosses it, both ways.
-struct Counting<'a> {
-    inner: std::os::unix::net::UnixStream,
-    bytes: &'a AtomicUsize,
-}
-
-impl std::io::Read for Counting<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = std::io::Read::read(&mut self.inner, buf)?;
-        self.bytes.fetch_add(n, Ordering::Relaxed);
-        Ok(n)
-    }
-}
-
-impl std::io::Write for Counting<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = std::io::Write::write(&mut self.inner, buf)?;
-        self.bytes.fetch_add(n, Ordering::Relaxed);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        std::io::Write::flush(&mut self.inner)
-    }
-}
-
 #[test]
 fn manifests_cross_between_hosts_as_changes_of_the_state_both_sides_agreed_on() {
     let env = Env::new();
@@ -1448,8 +1429,9 @@ fn manifests_cross_between_hosts_as_changes_of_the_state_both_sides_agreed_on() 
         let (sent, received) = std::thread::scope(|s| {
             let t =
                 s.spawn(|| receive_sync_from(&dst, &mut Peer::new(b), &|_| false, &Control::new()));
-            let mut counted = Counting {
+            let mut counted = Wire {
                 inner: a,
+                left: usize::MAX,
                 bytes: &bytes,
             };
             let sent = send_sync_to(

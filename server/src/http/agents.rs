@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Extension, Json, Router};
 
-use crate::remote::protocol::{ErrorAnswer, JoinRequest};
+use crate::remote::protocol::{JoinRequest, Refused};
 use crate::service::Service;
 use crate::tls::Peer;
 
@@ -22,7 +22,7 @@ pub fn router(service: Arc<Service>) -> Router {
 }
 
 fn refused(status: StatusCode, error: String) -> Response {
-    (status, Json(ErrorAnswer { error })).into_response()
+    Refused(status, error).into_response()
 }
 
 async fn join(

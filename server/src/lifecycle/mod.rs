@@ -172,7 +172,7 @@ impl Lifecycle {
         row: &ContainerRow,
         notes: &mut Vec<String>,
     ) -> Result<Observed, String> {
-        if row.storage_root.is_empty() {
+        if row.is_on_agent() {
             return Err(
                 "not started: containers on other hosts (agents) do not run yet; its tree is there"
                     .into(),
@@ -344,7 +344,7 @@ impl Lifecycle {
 
     /// The last lines of a container's output.
     pub(crate) fn logs(&self, row: &ContainerRow, lines: usize) -> Vec<String> {
-        if row.storage_root.is_empty() {
+        if row.is_on_agent() {
             // On another host, where containers do not run yet.
             return Vec::new();
         }
@@ -372,7 +372,7 @@ impl Lifecycle {
             },
         };
         for row in rows {
-            if row.storage_root.is_empty() {
+            if row.is_on_agent() {
                 // On another host (an agent): not run by this process.
                 continue;
             }

@@ -6,7 +6,7 @@
 pub mod protocol;
 mod transfer;
 
-pub use transfer::{send_half, TransferRequest, Where};
+pub use transfer::{open_transfer, run_half, send_half, TransferRequest, Where};
 
 use std::collections::HashMap;
 use std::sync::Arc;

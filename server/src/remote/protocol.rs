@@ -34,6 +34,15 @@ pub struct ErrorAnswer {
     pub error: String,
 }
 
+/// A request refused, as either side answers it: its status and an [`ErrorAnswer`].
+pub struct Refused(pub axum::http::StatusCode, pub String);
+
+impl axum::response::IntoResponse for Refused {
+    fn into_response(self) -> axum::response::Response {
+        (self.0, axum::Json(ErrorAnswer { error: self.1 })).into_response()
+    }
+}
+
 /// `GET /v1/status` on an agent.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentStatus {

@@ -151,20 +151,10 @@ impl Agents {
                     )
                     .await?;
                 let (address, _, client) = self.reach_or_fail(target)?;
-                let resp = client
+                let request = client
                     .post(format!("https://{address}/v1/transfer"))
-                    .header(header::CONNECTION, "upgrade")
-                    .header(header::UPGRADE, TRANSFER_UPGRADE)
-                    .header(TICKET_HEADER, &ticket)
-                    .send()
-                    .await
-                    .map_err(|e| {
-                        failed(
-                            format!("reaching the target server at {address}"),
-                            describe(&e),
-                        )
-                    })?;
-                let upgraded = upgraded(resp).await?;
+                    .header(TICKET_HEADER, &ticket);
+                let upgraded = open_transfer(request, &address).await?;
                 let (src, target) = (src.clone(), req.target_container.to_string());
                 run_half(upgraded, move |stream| {
                     send_half(&src, mode, &target, stream, &ctl)
@@ -220,20 +210,10 @@ impl Agents {
                     target_container_id: req.target_container.to_string(),
                     snapshot_id: req.snapshot.map(str::to_string),
                 };
-                let resp = client
+                let request = client
                     .post(format!("https://{address}/v1/pull"))
-                    .query(&pull)
-                    .header(header::CONNECTION, "upgrade")
-                    .header(header::UPGRADE, TRANSFER_UPGRADE)
-                    .send()
-                    .await
-                    .map_err(|e| {
-                        failed(
-                            format!("reaching the source server at {address}"),
-                            describe(&e),
-                        )
-                    })?;
-                let upgraded = upgraded(resp).await?;
+                    .query(&pull);
+                let upgraded = open_transfer(request, &address).await?;
                 let dst = dst.clone();
                 run_half(upgraded, move |stream| match mode {
                     TransferMode::Copy => engine::receive_copy_from(&dst, stream, &ctl),
@@ -313,25 +293,40 @@ pub fn send_half(
     }
 }
 
-/// The connection of an answer that switched protocols.
-async fn upgraded(resp: reqwest::Response) -> Result<reqwest::Upgraded, EngineError> {
+/// A transfer's connection: `request` (to the server at `address`) upgraded to the
+/// engine's stream.
+pub async fn open_transfer(
+    request: reqwest::RequestBuilder,
+    address: &str,
+) -> Result<reqwest::Upgraded, EngineError> {
+    let resp = request
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, TRANSFER_UPGRADE)
+        .send()
+        .await
+        .map_err(|e| failed(format!("reaching the server at {address}"), describe(&e)))?;
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         let why = answer_error(resp).await;
-        return Err(EngineError::Refused(format!("the other server: {why}")));
+        return Err(EngineError::Refused(format!(
+            "the server at {address} refused the transfer: {why}"
+        )));
     }
     resp.upgrade()
         .await
         .map_err(|e| failed("taking over the connection".into(), e.to_string()))
 }
 
-/// Runs this process's half of a transfer over an upgraded connection, off the async
-/// workers.
-async fn run_half(
-    upgraded: reqwest::Upgraded,
+/// Runs this process's half of a transfer over a connection that was upgraded to the
+/// engine's stream, off the async workers (the engine reads and writes blocking).
+pub async fn run_half<T>(
+    connection: T,
     half: impl FnOnce(&mut dyn engine::Duplex) -> Result<Summary, EngineError> + Send + 'static,
-) -> Result<Summary, EngineError> {
+) -> Result<Summary, EngineError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     tokio::task::spawn_blocking(move || {
-        let mut stream = Stream::new(tokio_util::io::SyncIoBridge::new(upgraded));
+        let mut stream = Stream::new(tokio_util::io::SyncIoBridge::new(connection));
         half(&mut stream)
     })
     .await

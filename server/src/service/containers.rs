@@ -81,6 +81,7 @@ impl Service {
             .into_iter()
             .filter(|c| vis.can_see(&c.project_id))
             .collect();
+        let on_agent = row.is_on_agent();
         Ok(ContainerDetail {
             summary: row.summary(vis),
             status_reason: row.status_reason,
@@ -99,10 +100,7 @@ impl Service {
             file_count: row.file_count,
             size_bytes: row.size_bytes,
             updated_at: row.updated_at,
-            root_path: (user.is_admin
-                && user.scope.projects.is_none()
-                && !row.storage_root.is_empty())
-            .then(|| {
+            root_path: (user.is_admin && user.scope.projects.is_none() && !on_agent).then(|| {
                 container_root(Path::new(&row.storage_root), &row.id)
                     .display()
                     .to_string()

@@ -230,9 +230,10 @@ impl Db {
     pub(crate) async fn container_storage_root(&self, id: &str) -> Result<Option<String>, DbError> {
         Ok(sqlx::query_scalar(
             "SELECT s.storage_root FROM containers c JOIN servers s ON s.id = c.server_id
-             WHERE c.id = $1 AND c.deleted_at IS NULL AND s.storage_root <> ''",
+             WHERE c.id = $1 AND c.deleted_at IS NULL AND s.kind = $2",
         )
         .bind(id)
+        .bind(super::projects::kind_str(app::model::ServerKind::Embedded))
         .fetch_optional(&self.read)
         .await?)
     }

@@ -43,7 +43,7 @@ pub(crate) struct JoinedAgent {
     pub(crate) name: String,
 }
 
-fn kind_str(kind: ServerKind) -> &'static str {
+pub(super) fn kind_str(kind: ServerKind) -> &'static str {
     match kind {
         ServerKind::Embedded => "embedded",
         ServerKind::Agent => "agent",

@@ -38,6 +38,14 @@ pub(crate) struct ContainerRow {
     pub(crate) src_project_name: Option<String>,
 }
 
+impl ContainerRow {
+    /// Whether it lives on another host (an agent's server, whose storage root is the
+    /// agent's own and is not recorded here).
+    pub(crate) fn is_on_agent(&self) -> bool {
+        self.storage_root.is_empty()
+    }
+}
+
 /// Deleted containers (`deleted_at`) are left out, and so is a copy's deleted source.
 pub(crate) const CONTAINER_SELECT: &str =
     "SELECT c.id, c.name, c.status, c.status_reason, c.project_id,
