@@ -834,6 +834,10 @@ pub struct JobSummary {
     pub bytes_sent: u64,
     /// Literal content in that stream (whole files and the literal parts of deltas).
     pub content_bytes: u64,
+    /// Between two hosts: the bytes that crossed their connection, both ways, after
+    /// compression (absent within one host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wire_bytes: Option<u64>,
     /// Bytes the target produced from what it already had (delta copies, reused files).
     pub reused_bytes: u64,
     /// Files sent as deltas against their previous version.

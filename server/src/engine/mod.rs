@@ -100,14 +100,40 @@ pub struct Progress {
 type ProgressFn = dyn Fn(&Progress) + Send + Sync;
 type FailFn = dyn Fn(&str) -> io::Result<()> + Send + Sync;
 
-/// How a caller steers a run: progress reports, cancellation, and (for tests) failure
-/// injection at named points.
+/// How a caller steers a run: progress reports, cancellation, a bandwidth limit, and (for
+/// tests) failure injection at named points.
 #[derive(Clone, Default)]
 pub struct Control {
     cancel: Arc<AtomicBool>,
     progress: Option<Arc<ProgressFn>>,
     failpoint: Option<Arc<FailFn>>,
+    pace: Option<Arc<Mutex<Pace>>>,
     state: Arc<ProgressState>,
+}
+
+/// A bandwidth limit as a token bucket: `rate` bytes a second on average, in bursts of at
+/// most a tenth of a second's worth (at least one piece of the stream, so every piece
+/// passes). What a piece takes beyond the bucket is waited for before the next.
+struct Pace {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Pace {
+    /// Takes `n` bytes' worth; how long to wait before sending more.
+    fn take(&mut self, n: u64) -> Duration {
+        let now = Instant::now();
+        let earned = now.duration_since(self.at).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + earned).min(self.burst) - n as f64;
+        self.at = now;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / self.rate)
+        }
+    }
 }
 
 type PhaseState = (Phase, Option<u64>, Option<u64>, Instant);
@@ -140,6 +166,35 @@ impl Control {
     ) -> Control {
         self.failpoint = Some(Arc::new(f));
         self
+    }
+
+    /// Moves data at most `bytes_per_second` on average (`None`: as fast as it goes). The
+    /// side that sends paces what it puts on the connection (after compression); a transfer
+    /// within one process paces the content it writes.
+    pub fn with_bwlimit(mut self, bytes_per_second: Option<u64>) -> Control {
+        self.pace = bytes_per_second.filter(|r| *r > 0).map(|rate| {
+            let rate = rate as f64;
+            let burst = (rate / 10.0).max(512.0 * 1024.0);
+            Arc::new(Mutex::new(Pace {
+                rate,
+                burst,
+                tokens: burst,
+                at: Instant::now(),
+            }))
+        });
+        self
+    }
+
+    /// Waits as long as the bandwidth limit asks after `bytes` were moved (in steps, so a
+    /// cancel is seen within a fifth of a second).
+    fn throttle(&self, bytes: u64) {
+        let Some(pace) = &self.pace else { return };
+        let mut wait = pace.lock().map(|mut p| p.take(bytes)).unwrap_or_default();
+        while !wait.is_zero() && !self.is_cancelled() {
+            let step = wait.min(Duration::from_millis(200));
+            std::thread::sleep(step);
+            wait -= step;
+        }
     }
 
     /// The flag that cancels the run when set.

@@ -1457,12 +1457,15 @@ fn manifests_cross_between_hosts_as_changes_of_the_state_both_sides_agreed_on() 
     let (s, first) = no_op(Some(&peer));
     assert_eq!(s.files_changed + s.files_added + s.files_deleted, 0);
     assert!(first < 2048, "{first} bytes for a sync with nothing to do");
-    // A source without its copy of that state gets the whole manifest.
-    let manifest = dst.load_manifest().unwrap().unwrap().encode().len();
+    // A source without its copy of that state gets the whole manifest (compressed as it
+    // crosses, as every large message is).
+    let manifest = dst.load_manifest().unwrap().unwrap().encode();
+    let packed = zstd::bulk::compress(&manifest, 1).unwrap().len();
     let (_, without) = no_op(None);
     assert!(
-        without > manifest,
-        "{without} bytes for a manifest of {manifest}"
+        without > packed,
+        "{without} bytes for a manifest of {} ({packed} compressed)",
+        manifest.len()
     );
     // A change on the target crosses as a change, and is undone.
     write(&dst.root.join("a/drifted"), b"x");
@@ -1482,4 +1485,106 @@ fn manifests_cross_between_hosts_as_changes_of_the_state_both_sides_agreed_on() 
         "{changed} bytes for one new 10 kB file"
     );
     assert_same_tree(&src.root, &dst.root);
+}
+
+/// A tree of `files` files of `len` bytes each: text that compresses well, or random bytes
+/// that do not compress at all.
+fn tree_of(root: &Path, files: usize, len: usize, text: bool, rng: &mut Rng) -> u64 {
+    fs::create_dir_all(root).unwrap();
+    let words = [
+        "container ",
+        "copy ",
+        "sync ",
+        "server ",
+        "doppel ",
+        "host ",
+        "tree ",
+    ];
+    for i in 0..files {
+        let mut bytes = Vec::with_capacity(len);
+        if text {
+            while bytes.len() < len {
+                let w = words[(rng.next_u64() % words.len() as u64) as usize];
+                bytes.extend_from_slice(w.as_bytes());
+                if rng.next_u64() % 9 == 0 {
+                    bytes.extend_from_slice(format!("{}\n", rng.next_u64() % 1000).as_bytes());
+                }
+            }
+            bytes.truncate(len);
+        } else {
+            bytes.resize(len, 0);
+            rng.fill(&mut bytes);
+        }
+        write(&root.join(format!("f{i:03}")), &bytes);
+    }
+    (files * len) as u64
+}
+
+#[test]
+fn between_hosts_content_is_compressed_when_that_pays_and_sent_as_it_is_when_not() {
+    for text in [true, false] {
+        let env = Env::new();
+        let (src, dst) = (env.place("src"), env.place("dst"));
+        let total = tree_of(&src.root, 24, 300_000, text, &mut Rng(41));
+        let (sent, received) = across(
+            |c| send_copy_to(&src, c, None, &Control::new()),
+            |c| receive_copy_from(&dst, c, &Control::new()),
+        );
+        let (sent, _) = (sent.unwrap(), received.unwrap());
+        assert_same_tree(&src.root, &dst.root);
+        let wire = sent
+            .wire_bytes
+            .expect("a transfer between hosts counts its bytes");
+        assert_eq!(sent.content_bytes, total);
+        if text {
+            assert!(wire < total / 3, "{wire} bytes crossed for {total} of text");
+        } else {
+            // Not compressed (nor expanded): the content, frames and manifest.
+            assert!(
+                wire > total && wire < total + total / 50,
+                "{wire} bytes crossed for {total} random bytes"
+            );
+        }
+        // A sync of a changed text file compresses too.
+        if text {
+            let mut changed = fs::read(src.root.join("f003")).unwrap();
+            changed.reverse();
+            write(&src.root.join("f003"), &changed);
+            let (sent, _) = across(
+                |c| send_sync_to(&src, c, &|_| false, None, &Control::new()),
+                |c| receive_sync_from(&dst, c, &|_| false, &Control::new()),
+            );
+            let sent = sent.unwrap();
+            assert_same_tree(&src.root, &dst.root);
+            assert!(sent.wire_bytes.unwrap() < 300_000 / 2, "{sent:?}");
+        }
+    }
+}
+
+#[test]
+fn a_bandwidth_limit_holds_a_transfer_to_its_rate() {
+    // 3 MB at 1 MB/s (after a first half-megabyte burst) cannot take less than 2 s: between
+    // hosts the sender paces what it puts on the connection, within one the receiver what
+    // it writes.
+    let limit = 1_000_000;
+    let env = Env::new();
+    let src = env.place("src");
+    let total = tree_of(&src.root, 12, 250_000, false, &mut Rng(43));
+    let dst = env.place("across");
+    let started = Instant::now();
+    let (sent, received) = across(
+        |c| send_copy_to(&src, c, None, &Control::new().with_bwlimit(Some(limit))),
+        |c| receive_copy_from(&dst, c, &Control::new()),
+    );
+    let took = started.elapsed();
+    sent.unwrap();
+    received.unwrap();
+    assert_same_tree(&src.root, &dst.root);
+    assert!(took >= Duration::from_secs(2), "{total} bytes in {took:?}");
+    let dst = env.place("local");
+    let started = Instant::now();
+    copy(&src, &dst, &Control::new().with_bwlimit(Some(limit))).unwrap();
+    let took = started.elapsed();
+    assert_same_tree(&src.root, &dst.root);
+    assert!(took >= Duration::from_secs(2), "{total} bytes in {took:?}");
 }

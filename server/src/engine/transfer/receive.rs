@@ -387,6 +387,10 @@ pub(super) fn receive_content(
                 }
                 written += d.len() as u64;
                 ctl.add_progress(d.len() as u64, 0);
+                // Within one process the receiver sets the pace (the sender waits on the
+                // pipe); between hosts the sending side does, and the receiver's control
+                // has no limit.
+                ctl.throttle(d.len() as u64);
             }
             Frame::CopyOld { offset, len } => {
                 let old =
