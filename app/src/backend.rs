@@ -19,6 +19,13 @@ pub trait Backend: Send + Sync + 'static {
         user: &UserInfo,
         req: NewServer,
     ) -> Result<ServerWithJoinToken, ApiError>;
+    /// A server's bandwidth limit, or none (platform admins).
+    async fn set_server_bwlimit(
+        &self,
+        user: &UserInfo,
+        id: &str,
+        req: ServerBwlimit,
+    ) -> Result<Server, ApiError>;
     async fn list_containers(
         &self,
         user: &UserInfo,
@@ -32,6 +39,7 @@ pub trait Backend: Send + Sync + 'static {
         source_id: &str,
         req: CopyRequest,
         idempotency_key: Option<&str>,
+        options: &TransferOptions,
     ) -> Result<CopyStarted, ApiError>;
     /// Starts a sync of a copy with its source (one at a time per copy).
     async fn sync_container(
@@ -39,6 +47,7 @@ pub trait Backend: Send + Sync + 'static {
         user: &UserInfo,
         id: &str,
         idempotency_key: Option<&str>,
+        options: &TransferOptions,
     ) -> Result<Job, ApiError>;
     async fn list_snapshots(
         &self,

@@ -346,6 +346,21 @@ pub struct Server {
     /// their rates.
     #[serde(default)]
     pub transfers: Vec<ServerTransfer>,
+    /// Bytes a second that transfers to or from it may move (the lowest of the two
+    /// servers' and the request's limits applies); absent: no limit.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub bwlimit_bytes_per_second: Option<u64>,
+}
+
+/// `PUT /api/v1/servers/{id}/bwlimit`: a server's bandwidth limit, or none.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerBwlimit {
+    /// Bytes a second, as `?bwlimit=` takes them (`50M`); null or absent: no limit.
+    #[serde(default)]
+    #[cfg_attr(feature = "ssr", schema(pattern = "^[0-9]{1,15}[KkMmGg]?$"))]
+    pub bwlimit: Option<String>,
 }
 
 /// A copy or sync under way, as a server sees it.
@@ -1056,6 +1071,21 @@ pub struct JobFilter {
         param(pattern = "^(copy|sync|delete|start|stop|restart)$")
     )]
     pub kind: Option<String>,
+}
+
+/// How a copy or sync moves its data: `?bwlimit=` on both endpoints (beside the
+/// contract's fields, which it leaves as they are).
+#[cfg_attr(feature = "ssr", derive(utoipa::IntoParams))]
+#[cfg_attr(feature = "ssr", into_params(parameter_in = Query))]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferOptions {
+    /// At most this many bytes a second, as rsync's `--bwlimit`: a number with an optional
+    /// K, M or G (powers of 1024), at least 64K. The servers' own limits apply too: the
+    /// lowest wins.
+    #[serde(default)]
+    #[cfg_attr(feature = "ssr", param(pattern = "^[0-9]{1,15}[KkMmGg]?$"))]
+    pub bwlimit: Option<String>,
 }
 
 /// The body of `POST /api/v1/containers/{id}/copy` (the contract's fields).

@@ -118,7 +118,9 @@ pub async fn copy_container(
         copy_firewall_rules: copy_firewall_rules.is_some(),
         copy_network_rules: copy_network_rules.is_some(),
     };
-    let result = backend.copy_container(&user, &id, req.clone(), None).await;
+    let result = backend
+        .copy_container(&user, &id, req.clone(), None, &TransferOptions::default())
+        .await;
     if plain_form_post().await {
         // No JavaScript: answer with a page. The new container with its job, or the form
         // again with what was sent and why it was refused.
@@ -189,7 +191,11 @@ pub async fn get_job(id: String) -> Result<Job, ApiError> {
 #[server]
 pub async fn sync_container(id: String) -> Answer<Job> {
     let (backend, user) = caller().await?;
-    answer(backend.sync_container(&user, &id, None).await)
+    answer(
+        backend
+            .sync_container(&user, &id, None, &TransferOptions::default())
+            .await,
+    )
 }
 
 #[server]
@@ -481,6 +487,18 @@ pub async fn add_server(name: String, description: Option<String>) -> Answer<Ser
         description: description.filter(|d| !d.trim().is_empty()),
     };
     answer(backend.add_server(&user, req).await)
+}
+
+/// A server's bandwidth limit (`50M`), or none when empty (platform admins).
+#[server]
+pub async fn set_server_bwlimit(server_id: String, bwlimit: Option<String>) -> Answer<Server> {
+    let (backend, user) = caller().await?;
+    let req = ServerBwlimit {
+        bwlimit: bwlimit
+            .map(|b| b.trim().to_string())
+            .filter(|b| !b.is_empty()),
+    };
+    answer(backend.set_server_bwlimit(&user, &server_id, req).await)
 }
 
 /// A project's new name and description (its admins).

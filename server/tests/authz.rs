@@ -381,6 +381,8 @@ async fn the_authorisation_matrix_of_lifecycle_and_administration() {
     let command = json!(detail["command"]);
     let network = json!({"rules": detail["network_rules"]});
 
+    let (_, servers) = s.get("/api/v1/servers", &s.admin_token).await;
+    let server = servers["servers"][0]["id"].as_str().unwrap().to_string();
     let members = [200, 200, 200, 200, 404];
     let writers = |ok: u16| [ok, ok, ok, 403, 404];
     let project_admins = |ok: u16| [ok, ok, 403, 403, 404];
@@ -585,6 +587,14 @@ async fn the_authorisation_matrix_of_lifecycle_and_administration() {
             [200, 200, 403, 403, 403],
             [0; 5],
         ),
+        (
+            "PUT",
+            same(format!("/servers/{server}/bwlimit")),
+            vec![],
+            Some(json!({"bwlimit": null})),
+            platform_admins(200),
+            [0; 5],
+        ),
     ];
     let mut failures = Vec::new();
     for (method, own_paths, other_paths, body, want_own, want_other) in rows {
@@ -731,6 +741,8 @@ async fn the_authorisation_matrix_of_the_console_server_functions() {
             .unwrap_or_else(|| panic!("server function {f}"))
             .to_string()
     };
+    let (_, servers) = s.get("/api/v1/servers", &s.admin_token).await;
+    let server = servers["servers"][0]["id"].as_str().unwrap().to_string();
     let all_ok = ["ok"; 5];
     let members = ["ok", "ok", "ok", "ok", "not_found"];
     let writers = |ok: &'static str| [ok, ok, ok, "forbidden", "not_found"];
@@ -854,6 +866,13 @@ async fn the_authorisation_matrix_of_the_console_server_functions() {
             "create_user",
             vec![],
             vec![],
+            platform_admins,
+            platform_admins,
+        ),
+        (
+            "set_server_bwlimit",
+            vec![("server_id", server.clone())],
+            vec![("server_id", server.clone())],
             platform_admins,
             platform_admins,
         ),

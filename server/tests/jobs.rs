@@ -1248,3 +1248,126 @@ async fn a_copy_gets_its_own_identity_and_never_the_source_s_keys() {
     assert_eq!(read("etc/hostname"), "new-machine\n");
     assert_eq!(read("root/.ssh/authorized_keys"), format!("{key}\n"));
 }
+
+/// `n` random bytes (they do not compress).
+fn random_bytes(n: u64) -> Vec<u8> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .take(n)
+        .read_to_end(&mut bytes)
+        .unwrap();
+    bytes
+}
+
+async fn put_bwlimit(s: &TestServer, server: &str, token: &str, body: Value) -> (u16, Value) {
+    let resp = TestServer::client()
+        .put(s.url(&format!("/api/v1/servers/{server}/bwlimit")))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (
+        resp.status().as_u16(),
+        resp.json().await.unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bandwidth_limits_hold_copies_and_syncs_to_their_rate() {
+    let s = TestServer::start().await;
+    let source = s.container_id("web-app").await;
+    let (_, src) = s
+        .get(&format!("/api/v1/containers/{source}"), &s.admin_token)
+        .await;
+    let big = tree_root(&src).join("srv/big.bin");
+    std::fs::create_dir_all(big.parent().unwrap()).unwrap();
+    std::fs::write(&big, random_bytes(3 << 20)).unwrap();
+    let project = src["project_id"].as_str().unwrap().to_string();
+    let copy_path = format!("/api/v1/containers/{source}/copy");
+    // Limits that are not rates, or too low to move a piece a second, are refused.
+    for bad in ["banana", "12X", "1K", "", "-5M"] {
+        let (st, body, _) = post(
+            &s,
+            &format!("{copy_path}?bwlimit={bad}"),
+            &s.admin_token,
+            Some(json!({"target_project_id": project})),
+            None,
+        )
+        .await;
+        assert_eq!(
+            (st, body["error"]["field"].as_str()),
+            (422, Some("bwlimit")),
+            "{bad}: {body}"
+        );
+    }
+    // A copy at 1 MiB/s: more than 3 MiB take more than 2 s (after a half-megabyte burst).
+    let started = std::time::Instant::now();
+    let (st, body, _) = post(
+        &s,
+        &format!("{copy_path}?bwlimit=1M"),
+        &s.admin_token,
+        Some(json!({"target_project_id": project, "name": "slow-copy"})),
+        None,
+    )
+    .await;
+    assert_eq!(st, 202, "{body}");
+    let job = s.wait_job(body["job"]["url"].as_str().unwrap()).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(2),
+        "3 MiB at 1 MiB/s in {took:?}"
+    );
+    let copy = body["container"]["id"].as_str().unwrap().to_string();
+
+    // A server's limit: platform admins set it; everyone sees it.
+    let server = src["server_id"].as_str().unwrap().to_string();
+    let (st, _) = put_bwlimit(&s, &server, &s.alice_token, json!({"bwlimit": "1M"})).await;
+    assert_eq!(st, 403);
+    let (st, body) = put_bwlimit(&s, &server, &s.admin_token, json!({"bwlimit": "fast"})).await;
+    assert_eq!(
+        (st, body["error"]["field"].as_str()),
+        (422, Some("bwlimit")),
+        "{body}"
+    );
+    let (st, body) = put_bwlimit(&s, &server, &s.admin_token, json!({"bwlimit": "1M"})).await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(body["bwlimit_bytes_per_second"], 1 << 20);
+    let (_, listed) = s.get("/api/v1/servers", &s.alice_token).await;
+    let shown = listed["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == server.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(shown["bwlimit_bytes_per_second"], 1 << 20);
+    // A sync that moves 3 MiB again keeps to the server's limit.
+    std::fs::write(&big, random_bytes(3 << 20)).unwrap();
+    let started = std::time::Instant::now();
+    let (st, body, _) = post(
+        &s,
+        &format!("/api/v1/containers/{copy}/sync"),
+        &s.admin_token,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(st, 202, "{body}");
+    let job = s.wait_job(body["job"]["url"].as_str().unwrap()).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(2),
+        "3 MiB at 1 MiB/s in {took:?}"
+    );
+    // Lifted: the field is gone.
+    let (st, body) = put_bwlimit(&s, &server, &s.admin_token, json!({"bwlimit": null})).await;
+    assert_eq!(st, 200, "{body}");
+    assert!(body.get("bwlimit_bytes_per_second").is_none(), "{body}");
+    let (st, _) = put_bwlimit(&s, &"0".repeat(24), &s.admin_token, json!({})).await;
+    assert_eq!(st, 404);
+}

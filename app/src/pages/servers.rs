@@ -11,17 +11,18 @@ use leptos_meta::Title;
 use super::widgets::{ErrorBox, Loading};
 use crate::format;
 use crate::model::{Millis, Server, ServerKind, ServerState};
-use crate::server_fns::{server_overview, AddServer};
+use crate::server_fns::{server_overview, AddServer, SetServerBwlimit};
 
 #[component]
 pub fn ServersPage() -> impl IntoView {
     let add = ServerAction::<AddServer>::new();
+    let limit = ServerAction::<SetServerBwlimit>::new();
     let tick = RwSignal::new(0u64);
     Effect::new(move |_| {
         set_interval(move || tick.update(|t| *t += 1), Duration::from_secs(2));
     });
     let servers = Resource::new(
-        move || (tick.get(), add.version().get()),
+        move || (tick.get(), add.version().get(), limit.version().get()),
         |_| server_overview(),
     );
     view! {
@@ -32,7 +33,16 @@ pub fn ServersPage() -> impl IntoView {
         <Transition fallback=Loading>
             {move || Suspend::new(async move {
                 match servers.await {
-                    Ok((now, list)) => view! { <ServerTable now list/> }.into_any(),
+                    Ok((now, list)) => {
+                        let admin = is_admin_view(&list);
+                        let names: Vec<(String, String)> =
+                            list.iter().map(|s| (s.id.clone(), s.name.clone())).collect();
+                        view! {
+                            <ServerTable now list/>
+                            {admin.then(|| view! { <LimitForm action=limit names/> })}
+                        }
+                        .into_any()
+                    }
                     Err(error) => view! { <ErrorBox error/> }.into_any(),
                 }
             })}
@@ -65,6 +75,43 @@ pub fn ServersPage() -> impl IntoView {
     }
 }
 
+/// Platform admins see where servers are; nobody else does.
+fn is_admin_view(list: &[Server]) -> bool {
+    list.iter()
+        .any(|s| s.storage_root.is_some() || s.agent_address.is_some())
+}
+
+/// A server's bandwidth limit, set or lifted (platform admins).
+#[component]
+fn LimitForm(
+    action: ServerAction<SetServerBwlimit>,
+    names: Vec<(String, String)>,
+) -> impl IntoView {
+    view! {
+        <section class="card">
+            <h2>"Bandwidth limit"</h2>
+            <p class="muted">
+                "Copies and syncs to or from a server move at most this many bytes a second (e.g. "
+                <code>"50M"</code>"); empty lifts the limit. A copy or sync may ask for less with "
+                <code>"?bwlimit="</code>"."
+            </p>
+            <ActionForm action attr:class="stacked-form">
+                <label for="limit-server">"Server"</label>
+                <select id="limit-server" name="server_id">
+                    {names.into_iter().map(|(id, name)| view! { <option value=id>{name}</option> }).collect_view()}
+                </select>
+                <label for="limit-rate">"Limit (bytes a second)"</label>
+                <input id="limit-rate" name="bwlimit" placeholder="none"/>
+                <button type="submit">"Set limit"</button>
+            </ActionForm>
+            {move || match action.value().get().map(Result::flatten) {
+                Some(Err(error)) => view! { <ErrorBox error/> }.into_any(),
+                _ => ().into_any(),
+            }}
+        </section>
+    }
+}
+
 fn state_badge(s: &Server) -> impl IntoView {
     let class = match s.state {
         ServerState::Online => "badge sync-current",
@@ -79,9 +126,7 @@ fn state_badge(s: &Server) -> impl IntoView {
 
 #[component]
 fn ServerTable(now: Millis, list: Vec<Server>) -> impl IntoView {
-    let admin = list
-        .iter()
-        .any(|s| s.storage_root.is_some() || s.agent_address.is_some());
+    let admin = is_admin_view(&list);
     view! {
         <table class="grid servers">
             <thead>
@@ -94,6 +139,7 @@ fn ServerTable(now: Millis, list: Vec<Server>) -> impl IntoView {
                     <th scope="col">"Free space"</th>
                     <th scope="col">"Containers"</th>
                     <th scope="col">"Transfers"</th>
+                    <th scope="col">"Limit"</th>
                     {admin.then(|| view! { <th scope="col">"Where"</th> })}
                 </tr>
             </thead>
@@ -118,6 +164,10 @@ fn ServerTable(now: Millis, list: Vec<Server>) -> impl IntoView {
                             None => a,
                         })
                         .or_else(|| s.storage_root.clone());
+                    let limit = s
+                        .bwlimit_bytes_per_second
+                        .map(|b| format!("{}/s", format::bytes(b as i64)))
+                        .unwrap_or_else(|| "none".into());
                     let transfers = s
                         .transfers
                         .iter()
@@ -152,6 +202,7 @@ fn ServerTable(now: Millis, list: Vec<Server>) -> impl IntoView {
                             <td data-label="Free space">{space}</td>
                             <td data-label="Containers">{s.container_count}</td>
                             <td data-label="Transfers" class="small">{transfers}</td>
+                            <td data-label="Limit">{limit}</td>
                             {admin.then(|| view! { <td data-label="Where" class="small">{place}</td> })}
                         </tr>
                     }

@@ -234,7 +234,8 @@ async fn pull(
     let (mode, target) = (q.mode, q.target_container_id.clone());
     tokio::spawn(async move {
         let result = over_connection(upgrade, move |stream| {
-            send_half(&src, mode, &target, stream, &Control::new())
+            let ctl = Control::new().with_bwlimit(q.bwlimit);
+            send_half(&src, mode, &target, stream, &ctl)
         })
         .await;
         if let Err(e) = result {
@@ -269,9 +270,11 @@ async fn send(State(st): State<Arc<AgentState>>, Json(req): Json<SendRequest>) -
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<SendLine>(64);
     let progress = tx.clone();
-    let ctl = Control::new().with_progress(move |p| {
-        let _ = progress.try_send(SendLine::Progress(p.clone()));
-    });
+    let ctl = Control::new()
+        .with_progress(move |p| {
+            let _ = progress.try_send(SendLine::Progress(p.clone()));
+        })
+        .with_bwlimit(req.bwlimit);
     let guard = CancelOnDrop(ctl.clone());
     let client = tls::client(&st.me, to_fp, Duration::from_secs(3600));
     tokio::spawn(async move {

@@ -35,6 +35,9 @@ pub struct JobParams {
     pub source_snapshot_id: Option<String>,
     /// Sync: the target's status before the sync, restored after it.
     pub previous_status: Option<ContainerStatus>,
+    /// The request's bandwidth limit (bytes a second; the servers' limits apply too).
+    #[serde(default)]
+    pub bwlimit: Option<u64>,
 }
 
 /// What the runner needs to start a job: the rows it acts on and where their trees are.
@@ -352,6 +355,15 @@ impl JobRunner {
                 .finish(job_id, kind, &target_id, &params, Ended::with(result))
                 .await;
         }
+        // The lowest of the request's and both servers' bandwidth limits.
+        let server_limit = self
+            .db
+            .servers_bwlimit(&[&source_server, &target_server])
+            .await?;
+        let bwlimit = match (params.bwlimit, server_limit) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         if self.agents.is_agent(&source_server) || self.agents.is_agent(&target_server) {
             let reporter = Arc::new(ProgressReporter::new(self.clone(), running));
             let r2 = reporter.clone();
@@ -364,6 +376,7 @@ impl JobRunner {
                     (&target_id, &target_server, &target_root),
                     (&target_name, target_ssh_key.as_deref()),
                     (job_id, ctl, cancelled),
+                    bwlimit,
                 )
                 .await;
             let ended = Ended {
@@ -405,7 +418,9 @@ impl JobRunner {
         names.sort_by_key(|(path, _)| std::cmp::Reverse(path.len()));
         let reporter = Arc::new(ProgressReporter::new(self.clone(), running));
         let r2 = reporter.clone();
-        let ctl = ctl.with_progress(move |p| r2.report(p));
+        let ctl = ctl
+            .with_progress(move |p| r2.report(p))
+            .with_bwlimit(bwlimit);
         let target = dst.clone();
         let (src2, dst2, ctl2) = (src.clone(), dst.clone(), ctl.clone());
         let result = run_in_background(move || match kind {
@@ -548,6 +563,7 @@ impl JobRunner {
         (target_id, target_server, target_root): (&str, &str, &std::path::Path),
         (hostname, ssh_public_key): (&str, Option<&str>),
         (job_id, ctl, cancelled): (&str, Control, &Notify),
+        bwlimit: Option<u64>,
     ) -> Result<engine::Summary, EngineError> {
         let mode = match kind {
             JobKind::Copy => TransferMode::Copy,
@@ -581,6 +597,7 @@ impl JobRunner {
             snapshot,
             target,
             target_container: target_id,
+            bwlimit,
         };
         // A broken connection (a host down, a link cut) is tried again once the servers
         // answer (each wait within --server-wait), a few times; a copy resumes from what

@@ -115,6 +115,9 @@ pub struct SendRequest {
     /// The target agent: host:port and certificate fingerprint.
     pub to: String,
     pub to_fingerprint: String,
+    /// Bytes a second the source's agent may send.
+    #[serde(default)]
+    pub bwlimit: Option<u64>,
 }
 
 /// `POST /v1/pull` (upgraded), control plane -> the source's agent: send this tree over
@@ -127,6 +130,9 @@ pub struct PullRequest {
     pub target_container_id: String,
     #[serde(default)]
     pub snapshot_id: Option<String>,
+    /// Bytes a second the source's agent may send.
+    #[serde(default)]
+    pub bwlimit: Option<u64>,
 }
 
 /// One line of a `/v1/send` answer.

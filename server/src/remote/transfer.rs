@@ -35,6 +35,8 @@ pub struct TransferRequest<'a> {
     pub snapshot: Option<&'a str>,
     pub target: Where,
     pub target_container: &'a str,
+    /// Bytes a second, paced by the side that sends.
+    pub bwlimit: Option<u64>,
 }
 
 /// A call to another server that did not get through (or its answer did not): worth
@@ -156,6 +158,7 @@ impl Agents {
                     .header(TICKET_HEADER, &ticket);
                 let upgraded = open_transfer(request, &address).await?;
                 let (src, target) = (src.clone(), req.target_container.to_string());
+                let ctl = ctl.with_bwlimit(req.bwlimit);
                 run_half(upgraded, move |stream| {
                     send_half(&src, mode, &target, stream, &ctl)
                 })
@@ -176,6 +179,7 @@ impl Agents {
                     snapshot_id: req.snapshot.map(str::to_string),
                     to,
                     to_fingerprint: to_pin.to_string(),
+                    bwlimit: req.bwlimit,
                 };
                 let resp = client
                     .post(format!("https://{address}/v1/send"))
@@ -209,6 +213,7 @@ impl Agents {
                     container_id: req.source_container.to_string(),
                     target_container_id: req.target_container.to_string(),
                     snapshot_id: req.snapshot.map(str::to_string),
+                    bwlimit: req.bwlimit,
                 };
                 let request = client
                     .post(format!("https://{address}/v1/pull"))

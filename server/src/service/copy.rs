@@ -6,7 +6,7 @@ use std::path::Path;
 
 use app::model::*;
 
-use super::jobs::{check_idempotency_key, request_fingerprint};
+use super::jobs::{check_idempotency_key, parse_bwlimit, request_fingerprint};
 use super::visibility::Visibility;
 use super::{check_id, internal, Service};
 use crate::config::container_root;
@@ -204,13 +204,15 @@ impl Service {
         source_id: &str,
         req: CopyRequest,
         idempotency_key: Option<&str>,
+        options: &TransferOptions,
     ) -> Result<CopyStarted, ApiError> {
         let project = is_valid_id(&req.target_project_id).then(|| req.target_project_id.clone());
         let target = source_id.to_string();
         self.audited(user, "container.copy", &target, project, async {
             let idem = check_idempotency_key(idempotency_key)?;
             let body = serde_json::to_string(&req).map_err(internal)?;
-            let fingerprint = request_fingerprint(&["copy", source_id, &body]);
+            let limit = options.bwlimit.as_deref().unwrap_or_default();
+            let fingerprint = request_fingerprint(&["copy", source_id, &body, limit]);
             if let Some(started) = self
                 .copy_started_with(user, idem.as_deref(), &fingerprint)
                 .await?
@@ -220,6 +222,7 @@ impl Service {
             check_id("container id", source_id)?;
             let (source, visibility, target) =
                 self.copy_source_and_target(user, source_id, &req)?;
+            let bwlimit = parse_bwlimit(options.bwlimit.as_deref())?;
             let snapshot_id = self
                 .snapshot_of(source_id, req.source_snapshot.as_deref())
                 .await?;
@@ -247,6 +250,7 @@ impl Service {
             let params = JobParams {
                 source_snapshot_id: snapshot_id,
                 previous_status: None,
+                bwlimit,
             };
             let row = NewCopy {
                 id: new_id(),

@@ -37,6 +37,7 @@ impl Service {
             let params = JobParams {
                 source_snapshot_id: None,
                 previous_status: Some(status),
+                bwlimit: None,
             };
             self.queue_and_run(NewJob {
                 kind: JobKind::Delete,

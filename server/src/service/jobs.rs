@@ -201,6 +201,47 @@ pub(super) fn check_idempotency_key(key: Option<&str>) -> Result<Option<String>,
     }
 }
 
+/// The lowest bandwidth limit there is (64 KiB/s): below it a transfer's pieces would
+/// wait seconds each.
+pub const MIN_BWLIMIT: u64 = 64 << 10;
+
+/// A bandwidth limit as given (`?bwlimit=`, a server's limit): bytes a second, with an
+/// optional K, M or G (powers of 1024, as rsync counts). None: no limit.
+pub(super) fn parse_bwlimit(text: Option<&str>) -> Result<Option<u64>, ApiError> {
+    let Some(text) = text.map(str::trim) else {
+        return Ok(None);
+    };
+    let (digits, unit) = match text.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&text[..i], c.to_ascii_uppercase()),
+        _ => (text, 'B'),
+    };
+    let factor: u64 = match unit {
+        'B' => 1,
+        'K' => 1 << 10,
+        'M' => 1 << 20,
+        'G' => 1 << 30,
+        _ => 0,
+    };
+    let rate = (factor > 0 && !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse::<u64>().ok())
+        .flatten()
+        // Beyond any link (a limit of zettabytes a second): as good as none.
+        .map(|n| n.saturating_mul(factor));
+    match rate {
+        Some(r) if r >= MIN_BWLIMIT => Ok(Some(r)),
+        Some(_) => Err(ApiError::new(
+            ErrorCode::Unprocessable,
+            format!("bwlimit: at least 64K (bytes a second), not {text:?}"),
+        )
+        .on_field("bwlimit")),
+        None => Err(ApiError::new(
+            ErrorCode::Unprocessable,
+            format!("bwlimit: bytes a second, as a number with an optional K, M or G (e.g. 50M), not {text:?}"),
+        )
+        .on_field("bwlimit")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::{Duration, Instant};
@@ -276,7 +317,7 @@ mod tests {
             ..Default::default()
         };
         let started = svc
-            .copy_container(user, &web_app.id, req, None)
+            .copy_container(user, &web_app.id, req, None, &TransferOptions::default())
             .await
             .unwrap();
         assert_eq!(started.job.status, JobStatus::Queued);
@@ -334,7 +375,7 @@ mod tests {
             ..Default::default()
         };
         let copy = svc
-            .copy_container(&user, &web_app.id, req, None)
+            .copy_container(&user, &web_app.id, req, None, &TransferOptions::default())
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -408,14 +449,14 @@ mod tests {
             ..Default::default()
         };
         let err = svc
-            .copy_container(&user, &web_app.id, req, None)
+            .copy_container(&user, &web_app.id, req, None, &TransferOptions::default())
             .await
             .unwrap_err();
         assert_eq!(err.code, ErrorCode::TooManyRequests, "{err}");
         assert!(err.message.contains("wait for some to finish"), "{err}");
         let staging = named(&svc, &user, "web-app-staging").await;
         let err = svc
-            .sync_container(&user, &staging.id, None)
+            .sync_container(&user, &staging.id, None, &TransferOptions::default())
             .await
             .unwrap_err();
         assert_eq!(err.code, ErrorCode::TooManyRequests, "{err}");
@@ -424,7 +465,10 @@ mod tests {
             .await
             .unwrap();
         let alice = svc.user_for_token(&token).await.unwrap().unwrap();
-        let job = svc.sync_container(&alice, &staging.id, None).await.unwrap();
+        let job = svc
+            .sync_container(&alice, &staging.id, None, &TransferOptions::default())
+            .await
+            .unwrap();
         drop(held);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {

@@ -164,6 +164,15 @@ impl Backend for Service {
         Service::add_server(self, user, req).await
     }
 
+    async fn set_server_bwlimit(
+        &self,
+        user: &UserInfo,
+        id: &str,
+        req: ServerBwlimit,
+    ) -> Result<Server, ApiError> {
+        Service::set_server_bwlimit(self, user, id, req).await
+    }
+
     async fn list_containers(
         &self,
         user: &UserInfo,
@@ -182,8 +191,9 @@ impl Backend for Service {
         source_id: &str,
         req: CopyRequest,
         idempotency_key: Option<&str>,
+        options: &TransferOptions,
     ) -> Result<CopyStarted, ApiError> {
-        Service::copy_container(self, user, source_id, req, idempotency_key).await
+        Service::copy_container(self, user, source_id, req, idempotency_key, options).await
     }
 
     async fn sync_container(
@@ -191,8 +201,9 @@ impl Backend for Service {
         user: &UserInfo,
         id: &str,
         idempotency_key: Option<&str>,
+        options: &TransferOptions,
     ) -> Result<Job, ApiError> {
-        Service::sync_container(self, user, id, idempotency_key).await
+        Service::sync_container(self, user, id, idempotency_key, options).await
     }
 
     async fn list_snapshots(

@@ -8,8 +8,9 @@ use std::net::SocketAddr;
 use app::model::*;
 
 use super::audit::Actor;
+use super::jobs::parse_bwlimit;
 use super::projects::{check_description, check_name};
-use super::{internal, Service};
+use super::{check_id, internal, Service};
 use crate::ids::{new_id, new_secret, now_ms, secret_hash};
 use crate::remote::protocol::{join_token, JoinAnswer, JoinRequest, PROTOCOL};
 use crate::store::{Db, ServerRow};
@@ -115,6 +116,7 @@ impl Service {
             agent_fingerprint: None,
             join_expires_at: None,
             transfers: Vec::new(),
+            bwlimit_bytes_per_second: row.bwlimit.and_then(|b| u64::try_from(b).ok()),
         };
         match row.kind {
             ServerKind::Embedded => {
@@ -158,6 +160,41 @@ impl Service {
             }
         }
         s
+    }
+
+    /// `PUT /servers/{id}/bwlimit` (platform admins): the limit for transfers to and from a
+    /// server, or none; jobs that start from now on keep to it.
+    pub async fn set_server_bwlimit(
+        &self,
+        user: &UserInfo,
+        id: &str,
+        req: ServerBwlimit,
+    ) -> Result<Server, ApiError> {
+        self.audited(user, "server.bwlimit", id, None, async {
+            Self::require_platform_admin(user, "limiting a server's bandwidth")?;
+            check_id("server id", id)?;
+            // A server that is not there is a 404 whatever the limit.
+            let servers = self.db.servers().await.map_err(internal)?;
+            if !servers.iter().any(|s| s.id == id) {
+                return Err(ApiError::not_found("server", id));
+            }
+            let limit = parse_bwlimit(req.bwlimit.as_deref())?;
+            let stored = limit.map(|l| i64::try_from(l).unwrap_or(i64::MAX));
+            if !self
+                .db
+                .set_server_bwlimit(id, stored)
+                .await
+                .map_err(internal)?
+            {
+                return Err(ApiError::not_found("server", id));
+            }
+            self.list_servers(user)
+                .await?
+                .into_iter()
+                .find(|s| s.id == id)
+                .ok_or_else(|| ApiError::not_found("server", id))
+        })
+        .await
     }
 
     /// `POST /servers` (platform admins): a pending server and its one-time join token.

@@ -2,7 +2,7 @@
 
 use app::model::*;
 
-use super::jobs::{check_idempotency_key, request_fingerprint};
+use super::jobs::{check_idempotency_key, parse_bwlimit, request_fingerprint};
 use super::{internal, Service};
 use crate::ids::{new_id, now_ms};
 use crate::jobs::JobParams;
@@ -16,6 +16,7 @@ impl Service {
         user: &UserInfo,
         id: &str,
         idempotency_key: Option<&str>,
+        options: &TransferOptions,
     ) -> Result<Job, ApiError> {
         let project = self.project_of(id).await;
         let target = id.to_string();
@@ -28,7 +29,9 @@ impl Service {
             if let Some(source_project) = &row.src_project_id {
                 vis.require_source_operator(source_project, "syncing from the source")?;
             }
-            let fingerprint = request_fingerprint(&["sync", id]);
+            let bwlimit = parse_bwlimit(options.bwlimit.as_deref())?;
+            let limit = options.bwlimit.as_deref().unwrap_or_default();
+            let fingerprint = request_fingerprint(&["sync", id, limit]);
             if let Some(key) = &idem {
                 if let Some(job) = self.job_by_idempotency_key(user, key, &fingerprint).await? {
                     return Ok(job);
@@ -89,6 +92,7 @@ impl Service {
             let params = JobParams {
                 source_snapshot_id: None,
                 previous_status: Some(previous),
+                bwlimit,
             };
             self.queue_and_run(NewJob {
                 kind: JobKind::Sync,

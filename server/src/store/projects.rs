@@ -18,6 +18,8 @@ pub(crate) struct ServerRow {
     pub(crate) agent_fingerprint: Option<String>,
     pub(crate) join_expires_at: Option<i64>,
     pub(crate) joined_at: Option<i64>,
+    /// Bytes a second for transfers to and from it, if limited.
+    pub(crate) bwlimit: Option<i64>,
 }
 
 impl ServerRow {
@@ -33,6 +35,7 @@ impl ServerRow {
             agent_fingerprint: None,
             join_expires_at: None,
             joined_at: None,
+            bwlimit: None,
         }
     }
 }
@@ -51,7 +54,7 @@ pub(super) fn kind_str(kind: ServerKind) -> &'static str {
 }
 
 const SERVER_COLUMNS: &str = "id, name, description, storage_root, created_at, kind, \
-    agent_address, agent_fingerprint, join_expires_at, joined_at";
+    agent_address, agent_fingerprint, join_expires_at, joined_at, bwlimit";
 
 fn server_row(r: &sqlx::sqlite::SqliteRow) -> ServerRow {
     ServerRow {
@@ -69,6 +72,7 @@ fn server_row(r: &sqlx::sqlite::SqliteRow) -> ServerRow {
         agent_fingerprint: r.get("agent_fingerprint"),
         join_expires_at: r.get("join_expires_at"),
         joined_at: r.get("joined_at"),
+        bwlimit: r.get("bwlimit"),
     }
 }
 
@@ -261,6 +265,37 @@ impl Db {
         let sql = format!("SELECT {SERVER_COLUMNS} FROM servers ORDER BY name");
         let rows = sqlx::query(&sql).fetch_all(&self.read).await?;
         Ok(rows.iter().map(server_row).collect())
+    }
+
+    /// Sets or clears a server's bandwidth limit; false if there is no such server.
+    pub(crate) async fn set_server_bwlimit(
+        &self,
+        id: &str,
+        bwlimit: Option<i64>,
+    ) -> Result<bool, DbError> {
+        let n = self
+            .write(
+                "UPDATE servers SET bwlimit = $1 WHERE id = $2",
+                vec![Arg::arg(bwlimit), Arg::arg(id)],
+            )
+            .await?;
+        Ok(n > 0)
+    }
+
+    /// The lowest bandwidth limit among these servers (bytes a second), if any has one.
+    pub(crate) async fn servers_bwlimit(&self, ids: &[&str]) -> Result<Option<u64>, DbError> {
+        let mut lowest: Option<u64> = None;
+        for id in ids {
+            let limit: Option<Option<i64>> =
+                sqlx::query_scalar("SELECT bwlimit FROM servers WHERE id = $1")
+                    .bind(*id)
+                    .fetch_optional(&self.read)
+                    .await?;
+            if let Some(l) = limit.flatten().and_then(|l| u64::try_from(l).ok()) {
+                lowest = Some(lowest.map_or(l, |x| x.min(l)));
+            }
+        }
+        Ok(lowest)
     }
 
     /// Containers per server id (deleted ones left out).

@@ -1,8 +1,8 @@
 //! `/projects`, `/servers`, `/containers` and a container's copy, sync and snapshots.
 
 use app::model::{
-    ContainerDetail, CopyRequest, CopyStarted, NewServer, Project, Server, ServerWithJoinToken,
-    Snapshot,
+    ContainerDetail, CopyRequest, CopyStarted, NewServer, Project, Server, ServerBwlimit,
+    ServerWithJoinToken, Snapshot, TransferOptions,
 };
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -57,6 +57,29 @@ pub(super) async fn list_servers(
 ) -> ApiResult<ServerList> {
     let servers = st.service.list_servers(&user).await?;
     Ok(Json(ServerList { servers }))
+}
+
+/// Limit a server's bandwidth (platform admins)
+///
+/// Copies and syncs to or from the server move at most this many bytes a second (the
+/// lowest of both servers' limits and the request's `?bwlimit=` applies); `null` lifts it.
+/// Jobs that start from then on keep to it.
+#[utoipa::path(
+    put,
+    path = "/servers/{id}/bwlimit",
+    params(("id" = String, Path, description = "The server", pattern = "^[0-9a-f]{24}$")),
+    request_body = ServerBwlimit,
+    responses((status = 200, body = Server, description = "The server with its limit"), WriteErrors)
+)]
+pub(super) async fn set_server_bwlimit(
+    State(st): State<AppState>,
+    Caller(user): Caller,
+    id: Result<Path<String>, PathRejection>,
+    req: Result<Json<ServerBwlimit>, JsonRejection>,
+) -> ApiResult<Server> {
+    let id = path(id)?;
+    let req = body(req)?;
+    Ok(Json(st.service.set_server_bwlimit(&user, &id, req).await?))
 }
 
 /// Add a server on another host (platform admins): the answer holds the one-time token
@@ -165,6 +188,7 @@ pub(super) async fn delete_container(
         ("id" = String, Path, description = "The source container", pattern = "^[0-9a-f]{24}$"),
         ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,200}$",
             description = "A retried request with the same key returns the same job instead of starting another"),
+        TransferOptions,
     ),
     request_body = CopyRequest,
     responses((status = 202, body = CopyStarted, description = "Accepted: the new container and its job"), WriteErrors)
@@ -173,15 +197,17 @@ pub(super) async fn copy_container(
     State(st): State<AppState>,
     Caller(user): Caller,
     id: Result<Path<String>, PathRejection>,
+    options: Result<Query<TransferOptions>, QueryRejection>,
     headers: HeaderMap,
     req: Result<Json<CopyRequest>, JsonRejection>,
 ) -> Result<Response, RestError> {
     let id = path(id)?;
+    let options = query(options)?;
     let key = idempotency_key(&headers)?;
     let req = body(req)?;
     let started = st
         .service
-        .copy_container(&user, &id, req, key.as_deref())
+        .copy_container(&user, &id, req, key.as_deref(), &options)
         .await?;
     Ok(accepted(&started.job.url, &started))
 }
@@ -197,6 +223,7 @@ pub(super) async fn copy_container(
         ("id" = String, Path, description = "The copy", pattern = "^[0-9a-f]{24}$"),
         ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,200}$",
             description = "A retried request with the same key returns the same job instead of starting another"),
+        TransferOptions,
     ),
     responses((status = 202, body = JobAnswer, description = "Accepted: the sync's job"), WriteErrors)
 )]
@@ -204,13 +231,15 @@ pub(super) async fn sync_container(
     State(st): State<AppState>,
     Caller(user): Caller,
     id: Result<Path<String>, PathRejection>,
+    options: Result<Query<TransferOptions>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, RestError> {
     let id = path(id)?;
+    let options = query(options)?;
     let key = idempotency_key(&headers)?;
     let job = st
         .service
-        .sync_container(&user, &id, key.as_deref())
+        .sync_container(&user, &id, key.as_deref(), &options)
         .await?;
     let url = job.url.clone();
     Ok(accepted(&url, &JobAnswer { job }))

@@ -38,6 +38,7 @@ fn routes_and_document() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(projects::list_members))
         .routes(routes!(projects::set_member, projects::remove_member))
         .routes(routes!(containers::list_servers, containers::add_server))
+        .routes(routes!(containers::set_server_bwlimit))
         .routes(routes!(containers::list_containers))
         .routes(routes!(
             containers::get_container,
