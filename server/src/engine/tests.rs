@@ -1506,7 +1506,7 @@ fn tree_of(root: &Path, files: usize, len: usize, text: bool, rng: &mut Rng) -> 
             while bytes.len() < len {
                 let w = words[(rng.next_u64() % words.len() as u64) as usize];
                 bytes.extend_from_slice(w.as_bytes());
-                if rng.next_u64() % 9 == 0 {
+                if rng.next_u64().is_multiple_of(9) {
                     bytes.extend_from_slice(format!("{}\n", rng.next_u64() % 1000).as_bytes());
                 }
             }

@@ -368,15 +368,19 @@ impl JobRunner {
             let reporter = Arc::new(ProgressReporter::new(self.clone(), running));
             let r2 = reporter.clone();
             let ctl = ctl.with_progress(move |p| r2.report(p));
+            // The transfer keeps to the lowest limit (the request's is one of them).
+            let limited = JobParams {
+                bwlimit,
+                ..params.clone()
+            };
             let result = self
                 .across_hosts(
                     kind,
-                    &params,
+                    &limited,
                     (&source_id, &source_server, &source_root),
                     (&target_id, &target_server, &target_root),
                     (&target_name, target_ssh_key.as_deref()),
                     (job_id, ctl, cancelled),
-                    bwlimit,
                 )
                 .await;
             let ended = Ended {
@@ -563,7 +567,6 @@ impl JobRunner {
         (target_id, target_server, target_root): (&str, &str, &std::path::Path),
         (hostname, ssh_public_key): (&str, Option<&str>),
         (job_id, ctl, cancelled): (&str, Control, &Notify),
-        bwlimit: Option<u64>,
     ) -> Result<engine::Summary, EngineError> {
         let mode = match kind {
             JobKind::Copy => TransferMode::Copy,
@@ -597,7 +600,7 @@ impl JobRunner {
             snapshot,
             target,
             target_container: target_id,
-            bwlimit,
+            bwlimit: params.bwlimit,
         };
         // A broken connection (a host down, a link cut) is tried again once the servers
         // answer (each wait within --server-wait), a few times; a copy resumes from what
