@@ -99,8 +99,9 @@ const LEVEL: i32 = 1;
 const PACK_FROM: usize = 4096;
 
 /// Compresses pieces when that pays. A piece that does not shrink by an eighth goes as it
-/// is, and the next ones are not tried (1, 2, 4 ... up to 64 pieces, 16 MiB): content that
-/// does not compress (media, archives, encrypted files) costs an attempt per 16 MiB at most.
+/// is, and the next ones are not tried (1, 2, 4 ... up to 16 pieces, 4 MiB): content that
+/// does not compress (media, archives, encrypted files) costs an attempt per 4 MiB at most,
+/// and a tree that mixes both loses little of what compresses.
 struct Squeeze {
     ctx: Option<zstd::bulk::Compressor<'static>>,
     out: Vec<u8>,
@@ -139,7 +140,7 @@ impl Squeeze {
             self.backoff = 0;
             (true, &self.out)
         } else {
-            self.backoff = (self.backoff * 2).clamp(1, 64);
+            self.backoff = (self.backoff * 2).clamp(1, 16);
             self.skip = self.backoff;
             (false, raw)
         }
@@ -212,6 +213,8 @@ fn forward_out(mut from: wire::PipeReader, out: &mut dyn Write, ctl: &Control) -
         let n = from.read(&mut buf)?;
         if n == 0 {
             out.write_all(&0u32.to_le_bytes())?;
+            // The last report says all of it went.
+            ctl.report(true);
             return out.flush();
         }
         let (compressed, bytes) = squeeze.piece(&buf[..n]);
