@@ -289,6 +289,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             data_dir: data.data_dir,
             listen: args.listen,
             advertise: args.advertise,
+            no_runtime: cli.serve.no_runtime,
         };
         if let Some(AgentCommand::Join { url, token }) = args.command {
             let joined = doppel::agent::join(&cfg, &url, &token).await?;

@@ -106,10 +106,10 @@ pub async fn prepare(cfg: &ServeConfig) -> anyhow::Result<Prepared> {
     if let Some(why) = runtime.unavailable() {
         tracing::warn!("containers cannot run here: {why}; they stay stopped");
     }
-    let lifecycle = Lifecycle::new(pool.clone(), Arc::new(runtime));
     let identity = Identity::load_or_create(&cfg.data.identity_dir(), "doppel-control-plane")
         .map_err(|e| anyhow::anyhow!("this control plane's certificate: {e}"))?;
     let agents = Agents::new(identity);
+    let lifecycle = Lifecycle::new(pool.clone(), Arc::new(runtime), agents.clone());
     let service = Arc::new(Service::new(
         pool.clone(),
         cfg.limits,

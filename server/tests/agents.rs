@@ -131,9 +131,25 @@ impl ControlPlane {
     }
 }
 
-/// `doppel agent [join URL TOKEN]` on the lab's host, listening on :7700.
-fn agent(lab: &Lab, host: &str, data: &Path, join: Option<(&str, &str)>, log: &Path) -> Running {
-    let mut c = lab.command(host, doppel());
+/// `doppel agent [join URL TOKEN]` on the lab's host, listening on :7700. Its containers
+/// (they run with its host's runtime) are purged when it is dropped, and again when the
+/// test binary exits; killing it leaves them running, as a real kill does.
+fn agent(lab: &Lab, host: &str, data: &Path, join: Option<(&str, &str)>, log: &Path) -> Agent {
+    common::process::purge_path_at_exit(data);
+    Agent {
+        process: agent_process(lab, host, data, join, log),
+        data: data.to_path_buf(),
+    }
+}
+
+fn agent_process(
+    lab: &Lab,
+    host: &str,
+    data: &Path,
+    join: Option<(&str, &str)>,
+    log: &Path,
+) -> Running {
+    let mut c = lab.host_command(host, doppel());
     c.arg("--data-dir")
         .arg(data)
         .args(["agent", "--listen", &format!("{}:7700", lab.addr(host))]);
@@ -141,6 +157,30 @@ fn agent(lab: &Lab, host: &str, data: &Path, join: Option<(&str, &str)>, log: &P
         c.args(["join", url, token]);
     }
     Running::spawn(c, log)
+}
+
+struct Agent {
+    process: Running,
+    data: std::path::PathBuf,
+}
+
+impl Agent {
+    fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// Started again (after a kill), its containers as they are.
+    fn restart(&mut self, lab: &Lab, host: &str, log: &Path) {
+        self.process.kill();
+        self.process = agent_process(lab, host, &self.data, None, log);
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.process.kill();
+        doppel::runtime::purge(&self.data);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -610,18 +650,8 @@ async fn copies_and_syncs_cross_hosts_in_every_direction() {
     );
     let hostname = std::fs::read_to_string(root_on(&b_data, &on_b).join("etc/hostname")).unwrap();
     assert_eq!(hostname.trim(), "web-on-b");
-    // Containers on agents do not run yet: stopped, saying why.
-    let (_, detail) = cp
-        .call(reqwest::Method::GET, &format!("/containers/{on_b}"), None)
-        .await;
-    assert_eq!(detail["status"], "stopped", "{detail}");
-    assert!(
-        detail["status_reason"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("other hosts"),
-        "{detail}"
-    );
+    // It runs there (see containers_run_on_their_agent_s_host_and_survive_its_restart).
+    cp.wait_container(&on_b, "running").await;
     // b -> c, agent to agent.
     let (on_c, _) = cp.copy(&on_b, &project, &c, "web-on-c").await;
     assert_same(&web_root, &root_on(&c_data, &on_c));
@@ -805,16 +835,19 @@ async fn a_job_for_an_offline_host_waits_saying_so_then_runs_or_fails_in_time() 
     let (_, detail) = cp
         .call(reqwest::Method::GET, &format!("/containers/{copy}"), None)
         .await;
-    assert_eq!(detail["status"], "stopped", "{detail}");
+    // (Its process runs on b, which a killed agent leaves running.)
+    assert_eq!(detail["status"], "running", "{detail}");
 }
 
 /// A control plane and agents a and b, a 24 MB tree copied onto a, and the links
 /// between the agents slowed to 16 Mbit/s (a copy to b takes about 12 s).
+/// Fields drop in this order: the agents (their containers purged while their data dirs
+/// are there), the control plane, the lab, the data dirs.
 struct SlowPair {
+    agents: Vec<Agent>,
+    cp: ControlPlane,
     lab: Lab,
     dir: tempfile::TempDir,
-    cp: ControlPlane,
-    agents: Vec<Running>,
     b_data: std::path::PathBuf,
     tree: std::path::PathBuf,
     project: String,
@@ -1042,4 +1075,218 @@ async fn agents_killed_mid_copy_and_mid_sync_and_a_control_plane_killed_mid_copy
         .filter(|e| e.path().join("work").exists())
         .collect();
     assert!(staging.is_empty(), "{staging:?}");
+}
+
+/// A page of a container on `host`, fetched from that host (its bridge reaches it); `None`
+/// when it does not answer within 3 s.
+fn page_from(lab: &Lab, host: &str, address: &str, path: &str) -> Option<String> {
+    let out = lab
+        .command(host, "curl")
+        .args(["-s", "-f", "-m", "3", &format!("http://{address}{path}")])
+        .output()
+        .unwrap();
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+impl ControlPlane {
+    async fn detail(&self, id: &str) -> Value {
+        self.call(reqwest::Method::GET, &format!("/containers/{id}"), None)
+            .await
+            .1
+    }
+
+    /// A container's first address (without its prefix).
+    async fn address(&self, id: &str) -> String {
+        let d = self.detail(id).await;
+        d["interfaces"][0]["ipv4"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no address: {d}"))
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string()
+    }
+
+    async fn wait_container(&self, id: &str, status: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let d = self.detail(id).await;
+            if d["status"] == status {
+                return d;
+            }
+            assert!(Instant::now() < deadline, "never {status}: {d}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_run_on_their_agent_s_host_and_survive_its_restart() {
+    let lab = Lab::new(&["cp", "b"]);
+    let dir = tempfile::tempdir().unwrap();
+    let cp = control_plane_with(&lab, dir.path(), true, 30).await;
+    let b_data = dir.path().join("b");
+    let token = cp.add_server("b").await;
+    let mut b_agent = agent(
+        &lab,
+        "b",
+        &b_data,
+        Some((&cp.join_url, &token)),
+        &dir.path().join("b.log"),
+    );
+    cp.wait_state("b", "online", Duration::from_secs(20)).await;
+    let project = cp.project("web-platform").await;
+    let b = cp.server_id("b").await;
+    let web_app = cp.id_of("web-app").await;
+    let web_root = cp.root_here(&web_app).await;
+
+    // The copy starts on b, a new machine with its own address, serving its page there.
+    let (on_b, job) = cp.copy(&web_app, &project, &b, "web-on-b").await;
+    let d = cp.wait_container(&on_b, "running").await;
+    assert!(d["status_reason"].is_null(), "{d} {job}");
+    let address = cp.address(&on_b).await;
+    let content = std::fs::read_to_string(web_root.join("www/content.html")).unwrap();
+    assert_eq!(
+        page_from(&lab, "b", &address, "/content.html").as_deref(),
+        Some(content.as_str())
+    );
+    // Its output comes from b, with its own hostname.
+    let (st, logs) = cp
+        .call(
+            reqwest::Method::GET,
+            &format!("/containers/{on_b}/logs"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{logs}");
+    assert!(logs["lines"].to_string().contains("as web-on-b"), "{logs}");
+    // Open reaches containers of this host only, and says so.
+    let open = common::TestServer::client()
+        .get(format!("{}/containers/{on_b}/open/", cp.base))
+        .bearer_auth(&cp.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(open.status().as_u16(), 409);
+    assert!(open.text().await.unwrap().contains("another host"));
+
+    // A firewall rule is in force on b at once, and lifted again.
+    let rules = d["firewall_rules"].clone();
+    let deny = json!({"rules": [
+        {"direction": "ingress", "protocol": "tcp", "port": "80", "cidr": "0.0.0.0/0", "action": "deny"}
+    ]});
+    let path = format!("/containers/{on_b}/firewall-rules");
+    let (st, body) = cp.call(reqwest::Method::PUT, &path, Some(deny)).await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(page_from(&lab, "b", &address, "/content.html"), None);
+    let (st, body) = cp
+        .call(reqwest::Method::PUT, &path, Some(json!({ "rules": rules })))
+        .await;
+    assert_eq!(st, 200, "{body}");
+    assert!(page_from(&lab, "b", &address, "/content.html").is_some());
+
+    // A sync of the running copy: stopped only for its final pass, running after, and
+    // serving the new page.
+    std::fs::write(
+        web_root.join("www/content.html"),
+        b"changed at the source\n",
+    )
+    .unwrap();
+    let job = cp.sync(&on_b).await;
+    assert!(job["summary"]["downtime_ms"].is_u64(), "{job}");
+    cp.wait_container(&on_b, "running").await;
+    assert_eq!(
+        page_from(&lab, "b", &address, "/content.html").as_deref(),
+        Some("changed at the source\n")
+    );
+
+    // b's agent is killed (-9): its container runs on, and its status stays true; when the
+    // agent is back, the control plane stops and starts it there.
+    b_agent.kill();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(page_from(&lab, "b", &address, "/content.html").is_some());
+    assert_eq!(cp.detail(&on_b).await["status"], "running");
+    let (st, body) = cp
+        .call(
+            reqwest::Method::POST,
+            &format!("/containers/{on_b}/stop"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 409, "its server is down: not known to stop: {body}");
+    b_agent.restart(&lab, "b", &dir.path().join("b2.log"));
+    cp.wait_state("b", "online", Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(cp.detail(&on_b).await["status"], "running");
+    assert!(page_from(&lab, "b", &address, "/content.html").is_some());
+    let (st, body) = cp
+        .call(
+            reqwest::Method::POST,
+            &format!("/containers/{on_b}/stop"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(body["status"], "stopped", "{body}");
+    assert_eq!(page_from(&lab, "b", &address, "/content.html"), None);
+    let (st, body) = cp
+        .call(
+            reqwest::Method::POST,
+            &format!("/containers/{on_b}/start"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(body["status"], "running", "{body}");
+    assert!(page_from(&lab, "b", &address, "/content.html").is_some());
+
+    // Its process ends on its own (killed on b): the watch sees it and says how it ended.
+    let pid = Command::new("runc")
+        .arg("--root")
+        .arg(b_data.join("runc"))
+        .args(["state", &on_b])
+        .output()
+        .unwrap();
+    let state: Value = serde_json::from_slice(&pid.stdout).unwrap();
+    let pid = state["pid"].as_i64().unwrap();
+    Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    let d = cp.wait_container(&on_b, "stopped").await;
+    assert!(
+        d["status_reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("exited with code"),
+        "{d}"
+    );
+
+    // Deleted while it runs: its process, network namespace and tree go from b.
+    let (st, _) = cp
+        .call(
+            reqwest::Method::POST,
+            &format!("/containers/{on_b}/start"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200);
+    let (st, started) = cp
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/containers/{on_b}"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 202, "{started}");
+    cp.succeeded(&started["job"]).await;
+    assert!(!root_on(&b_data, &on_b).exists());
+    let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&netns.stdout).contains(&on_b),
+        "its network namespace is gone"
+    );
+    drop(b_agent);
 }

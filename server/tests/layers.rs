@@ -18,7 +18,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("events", 3),
     ("auth", 4),
     ("lifecycle", 4),
-    ("remote", 4),
+    ("remote", 3),
     ("jobs", 5),
     ("service", 6),
     ("seed", 7),

@@ -28,6 +28,8 @@ pub struct AgentConfig {
     /// host:port the control plane should call, when not the address it joins from with
     /// the listen port.
     pub advertise: Option<String>,
+    /// Do not run containers (`--no-runtime`): they stay stopped, saying why.
+    pub no_runtime: bool,
 }
 
 impl AgentConfig {
@@ -131,6 +133,7 @@ pub async fn join(cfg: &AgentConfig, url: &str, token: &str) -> anyhow::Result<J
     Ok(joined)
 }
 
+mod running;
 mod work;
 
 /// What the agent's handlers share.
@@ -143,9 +146,11 @@ pub(crate) struct AgentState {
     pins: ClientPins,
     /// Transfers announced by the control plane, by ticket, until used or expired.
     expected: parking_lot::Mutex<std::collections::HashMap<String, work::Expected>>,
-    /// One change at a time per container (a transfer, a delete): a retry after a lost
-    /// connection waits for the attempt it replaces to end.
+    /// One change at a time per container (a transfer, a delete, a start or stop): a
+    /// retry after a lost connection waits for the attempt it replaces to end.
     busy: parking_lot::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// This host's container runtime (or why there is none).
+    runtime: Arc<crate::runtime::Runtime>,
 }
 
 impl AgentState {
@@ -190,6 +195,14 @@ pub async fn run(
         .with_context(|| format!("listening on {}", cfg.listen))?;
     let pins = ClientPins::only([control_plane]);
     let tls = tls::server_config(&me, pins.clone())?;
+    // Addresses are planned by the control plane; this network is not used to pick any.
+    let network = crate::runtime::Ipv4Net::parse("10.88.0.0/16").expect("a valid network");
+    let shim = std::env::current_exe().context("finding this program (it runs the shims)")?;
+    let runtime =
+        crate::runtime::Runtime::detect(&cfg.data_dir, shim, network, cfg.no_runtime).await;
+    if let Some(why) = runtime.unavailable() {
+        tracing::warn!(%why, "containers on this host will not run");
+    }
     tracing::info!(
         server = %joined.server_name,
         listen = %cfg.listen,
@@ -204,6 +217,7 @@ pub async fn run(
         pins,
         expected: Default::default(),
         busy: Default::default(),
+        runtime: Arc::new(runtime),
     });
     tls::serve(listener, tls, work::router(state), stop).await;
     Ok(())
@@ -227,5 +241,6 @@ async fn status(State(st): State<Arc<AgentState>>) -> Json<AgentStatus> {
         free_bytes: free,
         total_bytes: total,
         containers,
+        runtime: st.runtime.unavailable().map(str::to_string),
     })
 }

@@ -1,5 +1,6 @@
 //! What an agent does for its control plane: transfers (expected from a peer, sent to a
-//! peer, or pulled by the control plane itself), a new copy's identity, and deletes.
+//! peer, or pulled by the control plane itself), a new copy's identity, deletes, and
+//! (`running.rs`) its containers' processes.
 //! Every route answers only the control plane's certificate, but `/v1/transfer`, which
 //! answers only the peer a ticket names (once, within a minute).
 
@@ -12,7 +13,7 @@ use axum::extract::{Path as UrlPath, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{Extension, Json, Router};
 
 use super::AgentState;
@@ -44,6 +45,14 @@ pub(super) fn router(state: Arc<AgentState>) -> Router {
         .route("/v1/containers/{id}", delete(remove))
         .route("/v1/containers/{id}/identity", post(make_identity))
         .route("/v1/containers/{id}/probe", get(probe))
+        .route("/v1/containers/{id}/start", post(super::running::start))
+        .route("/v1/containers/{id}/stop", post(super::running::stop))
+        .route("/v1/containers/{id}/logs", get(super::running::logs))
+        .route(
+            "/v1/containers/{id}/firewall",
+            put(super::running::firewall),
+        )
+        .route("/v1/observe", post(super::running::observe))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             only_control_plane,
@@ -54,7 +63,7 @@ pub(super) fn router(state: Arc<AgentState>) -> Router {
         .with_state(state)
 }
 
-fn refused(status: StatusCode, error: impl Into<String>) -> Response {
+pub(super) fn refused(status: StatusCode, error: impl Into<String>) -> Response {
     Refused(status, error.into()).into_response()
 }
 
@@ -71,7 +80,7 @@ async fn only_control_plane(
 }
 
 /// A container id from the control plane: 24 hex digits (it names directories).
-fn checked_id(id: &str) -> Result<&str, Refused> {
+pub(super) fn checked_id(id: &str) -> Result<&str, Refused> {
     if app::model::is_valid_id(id) {
         Ok(id)
     } else {
@@ -351,6 +360,8 @@ async fn remove(State(st): State<Arc<AgentState>>, UrlPath(id): UrlPath<String>)
     let root = st.storage_root.clone();
     let lock = st.lock_of(&id);
     let _one = lock.lock().await;
+    // Its process and network go first (the control plane stopped it already, normally).
+    st.stop_if_running(&id).await;
     let removed = tokio::task::spawn_blocking(move || {
         let place = container_place(&root, &id);
         engine::remove_trees(&[

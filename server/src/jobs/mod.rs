@@ -21,7 +21,7 @@ use tokio::sync::{
 use crate::config::{container_place, snapshot_place};
 use crate::engine::{self, Control, EngineError, Place};
 use crate::events::EventHub;
-use crate::lifecycle::Lifecycle;
+use crate::lifecycle::{Lifecycle, Outcome};
 use crate::remote::protocol::{NewIdentity, TransferMode};
 use crate::remote::{Agents, TransferRequest, Where};
 use crate::store::{Db, DbError};
@@ -339,13 +339,23 @@ impl JobRunner {
         self.hub.publish(EventKind::Status, running.clone());
         if kind == JobKind::Delete {
             let result = if self.agents.is_agent(&target_server) {
-                // Containers do not run on agents yet: only trees to remove.
+                // Its process stopped on its agent (recorded here), then its trees removed
+                // there.
                 let started = std::time::Instant::now();
+                let stopped = self
+                    .lifecycle
+                    .stop_for_job(&target_id, ContainerStatus::Deleting)
+                    .await?;
                 self.agents
                     .remove_container(&target_server, &target_id)
                     .await
                     .map(|()| engine::Summary {
                         duration_ms: started.elapsed().as_millis() as u64,
+                        notes: if stopped {
+                            vec!["its process was stopped".into()]
+                        } else {
+                            Vec::new()
+                        },
                         ..Default::default()
                     })
             } else {
@@ -373,8 +383,8 @@ impl JobRunner {
                 bwlimit,
                 ..params.clone()
             };
-            let result = self
-                .across_hosts(
+            let pass = |ctl: Control| {
+                self.across_hosts(
                     kind,
                     &limited,
                     (&source_id, &source_server, &source_root),
@@ -382,11 +392,18 @@ impl JobRunner {
                     (&target_name, target_ssh_key.as_deref()),
                     (job_id, ctl, cancelled),
                 )
-                .await;
+            };
+            let first = pass(ctl.clone()).await;
+            // (For a target on an agent this place is not on this host: its half-changed
+            // state comes back as `Incomplete`.)
+            let here = container_place(&target_root, &target_id);
+            let (result, restarted) = self
+                .final_pass(kind, &params, (&target_id, &here), first, || pass(ctl))
+                .await?;
             let ended = Ended {
                 result,
                 last_progress: reporter.flush().await,
-                restarted: None,
+                restarted,
             };
             return self.finish(job_id, kind, &target_id, &params, ended).await;
         }
@@ -449,54 +466,16 @@ impl JobRunner {
         })
         .await
         .map_err(|e| without_paths(e, &names));
-        // A sync of a running copy: the pass above ran while it ran; now it stops, a final
-        // pass brings the changes made meanwhile, and it starts again. Its downtime is only
-        // that final pass.
-        let mut restarted = None;
-        let result = match result {
-            Ok(first)
-                if kind == JobKind::Sync
-                    && params.previous_status == Some(ContainerStatus::Running) =>
-            {
-                let started = std::time::Instant::now();
-                if self
-                    .lifecycle
-                    .stop_for_job(&target_id, ContainerStatus::Syncing)
-                    .await?
-                {
-                    let last = run_in_background(move || {
-                        engine::sync_keeping(
-                            &src2,
-                            &dst2,
-                            &engine::identity::is_identity_path,
-                            &ctl2,
-                        )
-                    })
-                    .await
-                    .map_err(|e| without_paths(e, &names));
-                    let result = match last {
-                        Ok(last) => Ok(two_passes(first, last, started.elapsed())),
-                        Err(e) => Err(e),
-                    };
-                    // Back up unless the tree is half changed (the container is failed then).
-                    if !(result.is_err() && target.commit_pending()) {
-                        restarted = Some(
-                            self.lifecycle
-                                .start(&target_id, &[ContainerStatus::Syncing])
-                                .await?,
-                        );
-                    }
-                    result
-                } else {
-                    // Nothing ran to stop (it ended before or during the pass): stopped.
-                    restarted = Some(crate::lifecycle::Outcome::stopped(Some(
-                        "its process was not running when the sync ended".into(),
-                    )));
-                    Ok(first)
-                }
-            }
-            r => r,
+        let last = || async move {
+            run_in_background(move || {
+                engine::sync_keeping(&src2, &dst2, &engine::identity::is_identity_path, &ctl2)
+            })
+            .await
+            .map_err(|e| without_paths(e, &names))
         };
+        let (result, restarted) = self
+            .final_pass(kind, &params, (&target_id, &target), result, last)
+            .await?;
         let last_progress = reporter.flush().await;
         let result = match result {
             Err(e) if kind == JobKind::Sync && target.commit_pending() => {
@@ -514,6 +493,60 @@ impl JobRunner {
 }
 
 impl JobRunner {
+    /// A sync of a running copy: its first pass (`first`) ran while it ran; now it stops,
+    /// `last` brings the changes made meanwhile, and it starts again (unless its tree is
+    /// left half changed: it is failed then). Its downtime is only that final pass. The
+    /// result, and how starting it again went.
+    async fn final_pass<F, Fut>(
+        &self,
+        kind: JobKind,
+        params: &JobParams,
+        (target_id, target): (&str, &Place),
+        first: Result<engine::Summary, EngineError>,
+        last: F,
+    ) -> Result<(Result<engine::Summary, EngineError>, Option<Outcome>), DbError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<engine::Summary, EngineError>>,
+    {
+        let first = match first {
+            Ok(first)
+                if kind == JobKind::Sync
+                    && params.previous_status == Some(ContainerStatus::Running) =>
+            {
+                first
+            }
+            other => return Ok((other, None)),
+        };
+        let started = std::time::Instant::now();
+        if !self
+            .lifecycle
+            .stop_for_job(target_id, ContainerStatus::Syncing)
+            .await?
+        {
+            // Nothing ran to stop (it ended before or during the pass): stopped.
+            let stopped = Outcome::stopped(Some(
+                "its process was not running when the sync ended".into(),
+            ));
+            return Ok((Ok(first), Some(stopped)));
+        }
+        let result = last()
+            .await
+            .map(|last| two_passes(first, last, started.elapsed()));
+        let half_changed = matches!(result, Err(EngineError::Incomplete(_)))
+            || (result.is_err() && target.commit_pending());
+        let restarted = if half_changed {
+            None
+        } else {
+            Some(
+                self.lifecycle
+                    .start(target_id, &[ContainerStatus::Syncing])
+                    .await?,
+            )
+        };
+        Ok((result, restarted))
+    }
+
     /// Waits until none of `servers` is an offline agent, saying why on the job meanwhile;
     /// fails after `--server-wait`, or when the job is cancelled.
     async fn wait_for_servers(

@@ -218,9 +218,10 @@ mod tests {
         let url = format!("sqlite://{}", dir.path().join("t.db").display());
         let db = crate::store::connect(&url).await.unwrap();
         let runtime = crate::runtime::Runtime::none("a unit test");
-        let lifecycle = crate::lifecycle::Lifecycle::new(db.clone(), Arc::new(runtime));
         let me = crate::tls::Identity::load_or_create(&dir.path().join("identity"), "t").unwrap();
         let agents = crate::remote::Agents::new(me);
+        let lifecycle =
+            crate::lifecycle::Lifecycle::new(db.clone(), Arc::new(runtime), agents.clone());
         let runner = JobRunner::new(db, Limits::default(), lifecycle, agents);
         let mut seen = runner.hub.peek_id().saturating_sub(1);
         let job = crate::events::test_job("a", JobStatus::Running);

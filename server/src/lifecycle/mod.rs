@@ -2,6 +2,8 @@
 //! recorded in the database, and a watch that notices a process that ended (every
 //! `WATCH_EVERY`) and, at doppel's start, corrects every status from what runc reports.
 //! Containers outlive doppel (their shims are not its children), so a restart re-attaches.
+//! A container on another host runs there: its agent's runtime does what the local one
+//! would (`remote::Agents`), with the addresses planned here.
 
 mod network;
 
@@ -14,6 +16,8 @@ use app::model::{ContainerCommand, ContainerStatus, FirewallRule};
 use parking_lot::Mutex;
 
 use crate::config::{container_root, runtime_dir};
+use crate::remote::protocol::{RunInterface, RunRequest};
+use crate::remote::Agents;
 use crate::runtime::{oci, shim, Observed, RunSpec, Runtime};
 use crate::store::{ContainerRow, Db, DbError, RunRecord};
 
@@ -33,6 +37,8 @@ const SETTLED: [ContainerStatus; 3] = [
 pub struct Lifecycle {
     db: Db,
     pub runtime: Arc<Runtime>,
+    /// Servers on other hosts: their containers run there.
+    agents: Arc<Agents>,
     /// One start, stop or check at a time per container.
     busy: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Address and subnet planning, one at a time.
@@ -81,10 +87,11 @@ impl RunRecord {
 }
 
 impl Lifecycle {
-    pub fn new(db: Db, runtime: Arc<Runtime>) -> Arc<Lifecycle> {
+    pub fn new(db: Db, runtime: Arc<Runtime>, agents: Arc<Agents>) -> Arc<Lifecycle> {
         Arc::new(Lifecycle {
             db,
             runtime,
+            agents,
             busy: Mutex::new(HashMap::new()),
             allocating: tokio::sync::Mutex::new(()),
         })
@@ -148,15 +155,7 @@ impl Lifecycle {
         if !self.db.record_run(id, record, from).await? && status == ContainerStatus::Running {
             // A job took the container between the check and the record: its process must
             // not run unrecorded.
-            let _ = self
-                .runtime
-                .stop(
-                    id,
-                    &Self::bundle(&row),
-                    interface_count(&row),
-                    Duration::ZERO,
-                )
-                .await;
+            let _ = self.halt(&row, Duration::ZERO).await;
             return Ok(Outcome::stopped(Some("it changed while starting".into())));
         }
         Ok(Outcome {
@@ -172,14 +171,10 @@ impl Lifecycle {
         row: &ContainerRow,
         notes: &mut Vec<String>,
     ) -> Result<Observed, String> {
-        if row.is_on_agent() {
-            return Err(
-                "not started: containers on other hosts (agents) do not run yet; its tree is there"
-                    .into(),
-            );
-        }
-        if let Some(why) = self.runtime.unavailable() {
-            return Err(format!("not started: no container runtime here ({why})"));
+        if !row.is_on_agent() {
+            if let Some(why) = self.runtime.unavailable() {
+                return Err(format!("not started: no container runtime here ({why})"));
+            }
         }
         let command: ContainerCommand = serde_json::from_str(&row.command)
             .map_err(|e| format!("not started: its command cannot be read ({e})"))?;
@@ -196,6 +191,31 @@ impl Lifecycle {
             .await
             .map_err(|e| format!("not started: {e}"))?;
         notes.extend(plan.notes);
+        if row.is_on_agent() {
+            let req = RunRequest {
+                hostname: row.name.clone(),
+                command,
+                interfaces: plan
+                    .attachments
+                    .iter()
+                    .zip(&plan.bridges)
+                    .map(|(a, bridge)| RunInterface {
+                        iface: a.iface.clone(),
+                        bridge: *bridge,
+                        network: a.network.to_string(),
+                        address: a.address,
+                        mac: a.mac.clone(),
+                        mtu: a.mtu,
+                    })
+                    .collect(),
+                firewall,
+            };
+            return self
+                .agents
+                .start_container(&row.server_id, &row.id, &req)
+                .await
+                .map_err(|e| format!("not started on its server: {e}"));
+        }
         let rootfs = container_root(Path::new(&row.storage_root), &row.id);
         let bundle = Self::bundle(row);
         let spec = RunSpec {
@@ -237,16 +257,20 @@ impl Lifecycle {
                 notes: Vec::new(),
             });
         }
-        let exit = if self.runtime.unavailable().is_some() {
-            None
-        } else {
-            self.runtime
-                .stop(id, &Self::bundle(&row), interface_count(&row), grace)
-                .await
-                .unwrap_or_else(|e| {
-                    tracing::warn!(container = %id, error = %e, "stop");
-                    None
+        let exit = match self.halt(&row, grace).await {
+            Ok(exit) => exit,
+            // Its server did not answer: it may run still, so it is not recorded stopped.
+            Err(why) if row.is_on_agent() => {
+                return Ok(Outcome {
+                    status,
+                    reason: Some(format!("not stopped: {why}")),
+                    notes: Vec::new(),
                 })
+            }
+            Err(why) => {
+                tracing::warn!(container = %id, error = %why, "stop");
+                None
+            }
         };
         let record = RunRecord {
             status: ContainerStatus::Stopped,
@@ -265,38 +289,21 @@ impl Lifecycle {
     pub async fn stop_for_job(&self, id: &str, during: ContainerStatus) -> Result<bool, DbError> {
         let lock = self.lock_of(id);
         let _one = lock.lock().await;
-        if self.runtime.unavailable().is_some() {
-            return Ok(false);
-        }
         let Some(row) = self.db.container(id).await? else {
             return Ok(false);
         };
-        let listed = match self.runtime.list().await {
-            Ok(l) => l,
+        match self.observe_one(&row).await {
+            Ok(Observed::Running { .. }) => {}
+            Ok(_) => return Ok(false),
             Err(e) => {
-                tracing::warn!(container = %id, error = %e, "runc list");
+                tracing::warn!(container = %id, error = %e, "observing before a job");
                 return Ok(false);
             }
-        };
-        if !matches!(
-            Runtime::observe(&listed, id, &Self::bundle(&row)),
-            Observed::Running { .. }
-        ) {
-            return Ok(false);
         }
-        let exit = self
-            .runtime
-            .stop(
-                id,
-                &Self::bundle(&row),
-                interface_count(&row),
-                STOP_FOR_SYNC,
-            )
-            .await
-            .unwrap_or_else(|e| {
-                tracing::warn!(container = %id, error = %e, "stop for a sync");
-                None
-            });
+        let exit = self.halt(&row, STOP_FOR_SYNC).await.unwrap_or_else(|e| {
+            tracing::warn!(container = %id, error = %e, "stop for a job");
+            None
+        });
         let record = RunRecord {
             status: during,
             reason: None,
@@ -331,24 +338,84 @@ impl Lifecycle {
         let Some(row) = self.db.container(id).await.map_err(|e| e.to_string())? else {
             return Ok(());
         };
-        if row.status != ContainerStatus::Running.as_str() || self.runtime.unavailable().is_some() {
+        if row.status != ContainerStatus::Running.as_str() {
             return Ok(());
         }
         let rules: Vec<FirewallRule> =
             serde_json::from_str(&row.firewall_rules).map_err(|e| e.to_string())?;
+        if row.is_on_agent() {
+            return self
+                .agents
+                .apply_firewall(&row.server_id, id, &rules)
+                .await
+                .map_err(|e| e.to_string());
+        }
+        if self.runtime.unavailable().is_some() {
+            return Ok(());
+        }
         self.runtime
             .apply_firewall(id, &rules)
             .await
             .map_err(|e| e.to_string())
     }
 
-    /// The last lines of a container's output.
-    pub(crate) fn logs(&self, row: &ContainerRow, lines: usize) -> Vec<String> {
+    /// The last lines of a container's output (`Err`: its server did not answer).
+    pub(crate) async fn logs(
+        &self,
+        row: &ContainerRow,
+        lines: usize,
+    ) -> Result<Vec<String>, String> {
         if row.is_on_agent() {
-            // On another host, where containers do not run yet.
-            return Vec::new();
+            return self
+                .agents
+                .logs(&row.server_id, &row.id, lines)
+                .await
+                .map_err(|e| e.to_string());
         }
-        shim::tail(&Self::bundle(row), lines)
+        let bundle = Self::bundle(row);
+        tokio::task::spawn_blocking(move || shim::tail(&bundle, lines))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Stops a container's process wherever it runs; how it ended.
+    async fn halt(
+        &self,
+        row: &ContainerRow,
+        grace: Duration,
+    ) -> Result<Option<shim::Exit>, String> {
+        let interfaces = interface_count(row);
+        if row.is_on_agent() {
+            return self
+                .agents
+                .stop_container(&row.server_id, &row.id, interfaces, grace)
+                .await
+                .map_err(|e| e.to_string());
+        }
+        if self.runtime.unavailable().is_some() {
+            return Ok(None);
+        }
+        self.runtime
+            .stop(&row.id, &Self::bundle(row), interfaces, grace)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// What is true of one container's process, wherever it runs.
+    async fn observe_one(&self, row: &ContainerRow) -> Result<Observed, String> {
+        if row.is_on_agent() {
+            let mut states = self
+                .agents
+                .observe(&row.server_id, std::slice::from_ref(&row.id))
+                .await
+                .map_err(|e| e.to_string())?;
+            return Ok(states.remove(&row.id).unwrap_or(Observed::Gone));
+        }
+        if self.runtime.unavailable().is_some() {
+            return Ok(Observed::Gone);
+        }
+        let listed = self.runtime.list().await.map_err(|e| e.to_string())?;
+        Ok(Runtime::observe(&listed, &row.id, &Self::bundle(row)))
     }
 
     /// Makes every status true: a `running` container whose process ended is `stopped`
@@ -361,8 +428,10 @@ impl Lifecycle {
         if rows.is_empty() {
             return Ok(());
         }
+        let local = rows.iter().any(|r| !r.is_on_agent());
         let listed = match self.runtime.unavailable() {
             Some(_) => Default::default(),
+            None if !local => Default::default(),
             None => match self.runtime.list().await {
                 Ok(l) => l,
                 Err(e) => {
@@ -371,11 +440,38 @@ impl Lifecycle {
                 }
             },
         };
-        for row in rows {
-            if row.is_on_agent() {
-                // On another host (an agent): not run by this process.
+        // Containers on other hosts: one question to each agent that answers (those that
+        // do not are left as they are: nothing is known of them now).
+        let mut remote: HashMap<String, HashMap<String, Observed>> = HashMap::new();
+        for row in rows.iter().filter(|r| r.is_on_agent()) {
+            if remote.contains_key(&row.server_id)
+                || !self.agents.view(&row.server_id).is_some_and(|v| v.online)
+            {
                 continue;
             }
+            let ids: Vec<String> = rows
+                .iter()
+                .filter(|r| r.server_id == row.server_id)
+                .map(|r| r.id.clone())
+                .collect();
+            match self.agents.observe(&row.server_id, &ids).await {
+                Ok(states) => {
+                    remote.insert(row.server_id.clone(), states);
+                }
+                Err(e) => {
+                    tracing::warn!(server = %row.server_id, error = %e, "observing an agent's containers")
+                }
+            }
+        }
+        for row in rows {
+            let observed = if row.is_on_agent() {
+                match remote.get(&row.server_id) {
+                    Some(states) => states.get(&row.id).copied().unwrap_or(Observed::Gone),
+                    None => continue,
+                }
+            } else {
+                Runtime::observe(&listed, &row.id, &Self::bundle(&row))
+            };
             let lock = self.lock_of(&row.id);
             // A start or stop under way will record the truth itself.
             let Ok(_one) = lock.try_lock() else { continue };
@@ -384,7 +480,6 @@ impl Lifecycle {
                 Some(now) if now.status == row.status && now.started_at == row.started_at => {}
                 _ => continue,
             }
-            let observed = Runtime::observe(&listed, &row.id, &Self::bundle(&row));
             let running = row.status == ContainerStatus::Running.as_str();
             let record = match (running, observed) {
                 (true, Observed::Running { .. }) => continue,
@@ -406,8 +501,10 @@ impl Lifecycle {
                 (true, Observed::Gone) => RunRecord {
                     status: ContainerStatus::Stopped,
                     reason: Some(match self.runtime.unavailable() {
-                        Some(why) => format!("not running: no container runtime here ({why})"),
-                        None => {
+                        Some(why) if !row.is_on_agent() => {
+                            format!("not running: no container runtime here ({why})")
+                        }
+                        _ => {
                             "its process is gone and left no exit code (the host restarted?)".into()
                         }
                     }),
@@ -424,18 +521,8 @@ impl Lifecycle {
             };
             if self.db.record_run(&row.id, record, &[from]).await? && stopping {
                 tracing::info!(container = %row.id, name = %row.name, "process ended");
-                if self.runtime.unavailable().is_none() {
-                    // Its network goes with it.
-                    let _ = self
-                        .runtime
-                        .stop(
-                            &row.id,
-                            &Self::bundle(&row),
-                            interface_count(&row),
-                            Duration::ZERO,
-                        )
-                        .await;
-                }
+                // Its network goes with it.
+                let _ = self.halt(&row, Duration::ZERO).await;
             }
         }
         Ok(())

@@ -14,6 +14,8 @@ use crate::store::{ContainerRow, JsonColumn, NetworkRow};
 /// A container's network as its next start sets it up.
 pub(super) struct Plan {
     pub(super) attachments: Vec<Attachment>,
+    /// The number of each attachment's network on its server (an agent names its bridge).
+    pub(super) bridges: Vec<u32>,
     /// What was not as its rules asked (a copy's clashing static address replaced).
     pub(super) notes: Vec<String>,
 }
@@ -52,6 +54,7 @@ impl Lifecycle {
             .collect();
         let first_start_of_copy = row.source_container_id.is_some() && before.is_empty();
         let mut attachments = Vec::new();
+        let mut bridges = Vec::new();
         let mut interfaces = Vec::new();
         let mut notes = Vec::new();
         for (n, rule) in rules.iter().enumerate() {
@@ -127,6 +130,7 @@ impl Lifecycle {
                 ipv4: format!("{address}/{}", net.prefix),
                 mac: mac.clone(),
             });
+            bridges.push(network.number as u32);
             attachments.push(Attachment {
                 iface: rule.interface.clone(),
                 host_end: self.runtime.host_end(&row.id, n),
@@ -146,7 +150,11 @@ impl Lifecycle {
                 .await
                 .map_err(|e| e.to_string())?;
         }
-        Ok(Plan { attachments, notes })
+        Ok(Plan {
+            attachments,
+            bridges,
+            notes,
+        })
     }
 
     /// The network a rule names on this server, made when it does not exist: its subnet

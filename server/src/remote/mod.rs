@@ -4,6 +4,7 @@
 //! [`OFFLINE_AFTER`] is offline, with the last error as the reason.
 
 pub mod protocol;
+mod running;
 mod transfer;
 
 pub use transfer::{open_transfer, run_half, send_half, TransferRequest, Where};

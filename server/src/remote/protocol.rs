@@ -54,6 +54,9 @@ pub struct AgentStatus {
     pub total_bytes: u64,
     /// Container trees in its storage root.
     pub containers: u64,
+    /// Why containers cannot run on it (none: they can).
+    #[serde(default)]
+    pub runtime: Option<String>,
 }
 
 /// What a transfer does to its target.
@@ -193,4 +196,76 @@ mod tests {
             assert_eq!(parse_join_token(bad), None, "{bad}");
         }
     }
+}
+
+/// One interface of a container to start on an agent, as the control plane planned it
+/// (addresses are allocated there, per server); the agent names the host's ends itself.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunInterface {
+    pub iface: String,
+    /// The number of its network on that server (its bridge).
+    pub bridge: u32,
+    /// The network, e.g. `10.88.3.0/24`.
+    pub network: String,
+    pub address: std::net::Ipv4Addr,
+    pub mac: String,
+    #[serde(default)]
+    pub mtu: Option<u32>,
+}
+
+/// `POST /v1/containers/{id}/start`, control plane -> the container's agent.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunRequest {
+    pub hostname: String,
+    pub command: app::model::ContainerCommand,
+    pub interfaces: Vec<RunInterface>,
+    pub firewall: Vec<app::model::FirewallRule>,
+}
+
+/// What is true of a container's process on an agent (the runtime's `Observed`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    Running { pid: i64 },
+    Exited(crate::runtime::Exit),
+    Gone,
+}
+
+impl From<crate::runtime::Observed> for RunState {
+    fn from(o: crate::runtime::Observed) -> RunState {
+        match o {
+            crate::runtime::Observed::Running { pid } => RunState::Running { pid },
+            crate::runtime::Observed::Exited(e) => RunState::Exited(e),
+            crate::runtime::Observed::Gone => RunState::Gone,
+        }
+    }
+}
+
+impl From<RunState> for crate::runtime::Observed {
+    fn from(s: RunState) -> crate::runtime::Observed {
+        match s {
+            RunState::Running { pid } => crate::runtime::Observed::Running { pid },
+            RunState::Exited(e) => crate::runtime::Observed::Exited(e),
+            RunState::Gone => crate::runtime::Observed::Gone,
+        }
+    }
+}
+
+/// `POST /v1/containers/{id}/stop`: SIGTERM, `grace_ms`, then SIGKILL; the answer is how
+/// its process ended (`null`: it left no record).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StopRequest {
+    pub grace_ms: u64,
+    /// How many interfaces it has (their host ends are removed).
+    pub interfaces: usize,
+}
+
+/// `POST /v1/observe`: the state of each of these containers.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObserveRequest {
+    pub ids: Vec<String>,
 }

@@ -49,7 +49,7 @@ fn failed(context: String, why: String) -> EngineError {
 }
 
 /// An answer's JSON body.
-async fn answer_json<T: serde::de::DeserializeOwned>(
+pub(super) async fn answer_json<T: serde::de::DeserializeOwned>(
     resp: reqwest::Response,
 ) -> Result<T, EngineError> {
     resp.json()
@@ -80,7 +80,7 @@ impl Agents {
 
     /// A control call to an agent: `build` makes the request from its client and address;
     /// the answer once it said yes (a refusal carries the agent's reason).
-    async fn control_call(
+    pub(super) async fn control_call(
         &self,
         server_id: &str,
         timeout: Duration,

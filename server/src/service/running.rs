@@ -163,13 +163,21 @@ impl Service {
         let target = id.to_string();
         self.audited(user, "container.stop", &target, project, async {
             let (row, _) = self.operable(user, id, "stop").await?;
-            let (lifecycle, cid) = (self.lifecycle.clone(), row.id.clone());
+            let (lifecycle, name, cid) = (self.lifecycle.clone(), row.name.clone(), row.id.clone());
             let stop = async move {
-                lifecycle
+                let outcome = lifecycle
                     .stop(&cid, grace.unwrap_or(STOP_GRACE))
                     .await
-                    .map(drop)
-                    .map_err(internal)
+                    .map_err(internal)?;
+                match outcome {
+                    // Its server did not answer: it is not known to have stopped.
+                    Outcome {
+                        status: ContainerStatus::Running,
+                        reason: Some(why),
+                        ..
+                    } => Err(conflict(format!("{name}: {why}"))),
+                    _ => Ok(()),
+                }
             };
             self.recorded(user, &row, JobKind::Stop, stop).await?;
             self.detail_now(user, id).await
@@ -217,10 +225,11 @@ impl Service {
                 ApiError::invalid(format!("lines is 1 to {MAX_LOG_LINES}")).on_field("lines")
             );
         }
-        let lifecycle = self.lifecycle.clone();
-        let lines = tokio::task::spawn_blocking(move || lifecycle.logs(&row, lines))
+        let lines = self
+            .lifecycle
+            .logs(&row, lines)
             .await
-            .map_err(internal)?;
+            .map_err(|why| conflict(format!("its server did not give the logs: {why}")))?;
         Ok(ContainerLogs { lines })
     }
 
@@ -333,6 +342,13 @@ impl Service {
         let (row, _) = self.visible_container(user, id).await?;
         if row.status != ContainerStatus::Running.as_str() {
             return Err(conflict(format!("{} is not running", row.name)));
+        }
+        if row.is_on_agent() {
+            // Its address is on its own host's bridge, which this host cannot reach.
+            return Err(conflict(format!(
+                "{} runs on another host: Open reaches containers of this host only, for now",
+                row.name
+            )));
         }
         let interfaces: Vec<Interface> = serde_json::from_str(&row.interfaces).map_err(internal)?;
         let address = interfaces

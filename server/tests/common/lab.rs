@@ -108,6 +108,17 @@ impl Lab {
     }
 
     /// `program` to run on the host (in its namespace).
+    /// `program` in the host's network namespace only (nsenter): unlike `ip netns exec`,
+    /// which mounts a sysfs of its own over /sys, it keeps the cgroup filesystem that runc
+    /// needs to run containers there.
+    pub fn host_command(&self, host: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.namespace(host)))
+            .arg("--")
+            .arg(program);
+        c
+    }
+
     pub fn command(&self, host: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.namespace(host)])

@@ -81,22 +81,43 @@ impl Drop for Serving {
 /// are removed only then.
 static AT_EXIT: std::sync::Mutex<Vec<tempfile::TempDir>> = std::sync::Mutex::new(Vec::new());
 
+/// Data dirs kept by someone else, purged (again) at exit if they are still there.
+static PATHS_AT_EXIT: std::sync::Mutex<Vec<std::path::PathBuf>> = std::sync::Mutex::new(Vec::new());
+
 extern "C" fn purge_all() {
     let dirs = std::mem::take(&mut *AT_EXIT.lock().unwrap_or_else(|e| e.into_inner()));
     for dir in &dirs {
         doppel::runtime::purge(dir.path());
     }
+    let paths = std::mem::take(&mut *PATHS_AT_EXIT.lock().unwrap_or_else(|e| e.into_inner()));
+    for path in paths.iter().filter(|p| p.exists()) {
+        doppel::runtime::purge(path);
+    }
+}
+
+fn register_purge_all() {
+    static REGISTERED: std::sync::Once = std::sync::Once::new();
+    // SAFETY: atexit only records the function; purge_all touches nothing torn down at
+    // exit (static mutexes, files, child processes).
+    REGISTERED.call_once(|| unsafe {
+        libc::atexit(purge_all);
+    });
 }
 
 /// Keeps `dir` until the test binary exits, and purges its containers then.
 pub fn purge_at_exit(dir: tempfile::TempDir) {
-    static REGISTERED: std::sync::Once = std::sync::Once::new();
-    // SAFETY: atexit only records the function; purge_all touches nothing torn down at
-    // exit (a static mutex, files, child processes).
-    REGISTERED.call_once(|| unsafe {
-        libc::atexit(purge_all);
-    });
+    register_purge_all();
     AT_EXIT.lock().unwrap_or_else(|e| e.into_inner()).push(dir);
+}
+
+/// Purges the containers of the data dir at `path` when the test binary exits, if it is
+/// still there then.
+pub fn purge_path_at_exit(path: &std::path::Path) {
+    register_purge_all();
+    PATHS_AT_EXIT
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(path.to_path_buf());
 }
 
 /// `doppel serve` on a loopback port, with or without the demo data, with a container

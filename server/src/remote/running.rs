@@ -1,0 +1,108 @@
+//! Containers running on agents, as the control plane's lifecycle asks for them: start as
+//! planned here, stop, observe, firewall rules and logs, each a control call.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::protocol::{ObserveRequest, RunRequest, RunState, StopRequest};
+use super::transfer::answer_json;
+use super::Agents;
+use crate::engine::EngineError;
+use crate::runtime::{Exit, Observed};
+
+/// A start waits for the process to show up (the runtime's own limit is 15 s).
+const START_CALL: Duration = Duration::from_secs(30);
+
+impl Agents {
+    /// Starts a container on its agent; what is true of its process then.
+    pub async fn start_container(
+        &self,
+        server_id: &str,
+        id: &str,
+        req: &RunRequest,
+    ) -> Result<Observed, EngineError> {
+        let resp = self
+            .control_call(server_id, START_CALL, |client, address| {
+                client
+                    .post(format!("https://{address}/v1/containers/{id}/start"))
+                    .json(req)
+            })
+            .await?;
+        answer_json::<RunState>(resp).await.map(Observed::from)
+    }
+
+    /// Stops a container on its agent (SIGTERM, `grace`, SIGKILL): how its process ended.
+    pub async fn stop_container(
+        &self,
+        server_id: &str,
+        id: &str,
+        interfaces: usize,
+        grace: Duration,
+    ) -> Result<Option<Exit>, EngineError> {
+        let req = StopRequest {
+            grace_ms: grace.as_millis() as u64,
+            interfaces,
+        };
+        // The grace, then the kill's own waits.
+        let timeout = grace + Duration::from_secs(30);
+        let resp = self
+            .control_call(server_id, timeout, |client, address| {
+                client
+                    .post(format!("https://{address}/v1/containers/{id}/stop"))
+                    .json(&req)
+            })
+            .await?;
+        answer_json(resp).await
+    }
+
+    /// What is true of these containers' processes on their agent.
+    pub async fn observe(
+        &self,
+        server_id: &str,
+        ids: &[String],
+    ) -> Result<HashMap<String, Observed>, EngineError> {
+        let req = ObserveRequest { ids: ids.to_vec() };
+        let resp = self
+            .control_call(server_id, Duration::from_secs(10), |client, address| {
+                client
+                    .post(format!("https://{address}/v1/observe"))
+                    .json(&req)
+            })
+            .await?;
+        let states: HashMap<String, RunState> = answer_json(resp).await?;
+        Ok(states.into_iter().map(|(k, v)| (k, v.into())).collect())
+    }
+
+    /// Loads a running container's firewall rules again on its agent.
+    pub async fn apply_firewall(
+        &self,
+        server_id: &str,
+        id: &str,
+        rules: &[app::model::FirewallRule],
+    ) -> Result<(), EngineError> {
+        self.control_call(server_id, Duration::from_secs(30), |client, address| {
+            client
+                .put(format!("https://{address}/v1/containers/{id}/firewall"))
+                .json(rules)
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// The last lines of a container's output on its agent.
+    pub async fn logs(
+        &self,
+        server_id: &str,
+        id: &str,
+        lines: usize,
+    ) -> Result<Vec<String>, EngineError> {
+        let resp = self
+            .control_call(server_id, Duration::from_secs(10), |client, address| {
+                client
+                    .get(format!("https://{address}/v1/containers/{id}/logs"))
+                    .query(&[("lines", lines)])
+            })
+            .await?;
+        answer_json(resp).await
+    }
+}
