@@ -659,6 +659,18 @@ async fn copies_and_syncs_cross_hosts_in_every_direction() {
     let (home, _) = cp.copy(&on_c, &project, &local, "web-home").await;
     assert_same(&web_root, &cp.root_here(&home).await);
 
+    // A snapshot of the copy on b, taken there.
+    let (st, snap) = cp
+        .call(
+            reqwest::Method::POST,
+            &format!("/containers/{on_b}/snapshots"),
+            Some(json!({"name": "before"})),
+        )
+        .await;
+    assert_eq!(st, 201, "{snap}");
+    assert!(snap["file_count"].as_u64().unwrap() > 0, "{snap}");
+    let before = tree(&root_on(&b_data, &on_b));
+
     // The source changes; each sync brings exactly that, and the copy keeps its identity.
     std::fs::write(
         web_root.join("www/content.html"),
@@ -684,6 +696,24 @@ async fn copies_and_syncs_cross_hosts_in_every_direction() {
     // Nothing changed: a sync sends no content.
     let job = cp.sync(&on_c).await;
     assert_eq!(job["summary"]["content_bytes"], 0, "{job}");
+    // A copy from b's snapshot to this host has the tree as it was then.
+    let (st, started) = cp
+        .call(
+            reqwest::Method::POST,
+            &format!("/containers/{on_b}/copy"),
+            Some(
+                json!({"target_project_id": project, "target_server_id": local,
+                "name": "from-snapshot", "source_snapshot": "before"}),
+            ),
+        )
+        .await;
+    assert_eq!(st, 202, "{started}");
+    cp.succeeded(&started["job"]).await;
+    let from_snapshot = started["container"]["id"].as_str().unwrap();
+    assert!(
+        tree(&cp.root_here(from_snapshot).await) == before,
+        "the snapshot's tree, not the synced one"
+    );
 
     // The sync status knows copies whose sources are on agents are current.
     let (_, status) = cp.call(reqwest::Method::GET, "/sync-status", None).await;

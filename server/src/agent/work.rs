@@ -53,6 +53,10 @@ pub(super) fn router(state: Arc<AgentState>) -> Router {
             put(super::running::firewall),
         )
         .route("/v1/observe", post(super::running::observe))
+        .route(
+            "/v1/containers/{id}/snapshots/{snapshot}",
+            post(make_snapshot).delete(remove_snapshot),
+        )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             only_control_plane,
@@ -373,6 +377,68 @@ async fn remove(State(st): State<Arc<AgentState>>, UrlPath(id): UrlPath<String>)
     })
     .await;
     match removed {
+        Ok(Ok(())) => StatusCode::NO_CONTENT.into_response(),
+        Ok(Err(e)) => refused(StatusCode::CONFLICT, e.to_string()),
+        Err(_) => refused(StatusCode::INTERNAL_SERVER_ERROR, "it panicked"),
+    }
+}
+
+/// A snapshot: the container's tree frozen under `snapshot` (an id the control plane
+/// made); the copy's summary (its files and bytes).
+async fn make_snapshot(
+    State(st): State<Arc<AgentState>>,
+    UrlPath((id, snapshot)): UrlPath<(String, String)>,
+) -> Response {
+    let (id, snapshot) = match (checked_id(&id), checked_id(&snapshot)) {
+        (Ok(id), Ok(s)) => (id.to_string(), s.to_string()),
+        (Err(r), _) | (_, Err(r)) => return r.into_response(),
+    };
+    let root = st.storage_root.clone();
+    let lock = st.lock_of(&id);
+    let _one = lock.lock().await;
+    let made = tokio::task::spawn_blocking(move || {
+        let (src, dst) = (
+            container_place(&root, &id),
+            snapshot_place(&root, &id, &snapshot),
+        );
+        let made = engine::copy(&src, &dst, &Control::new());
+        if made.is_err() {
+            // Nothing half-made is kept.
+            let _ = engine::remove_trees(&[dst.root.clone(), dst.state_dir.clone()]);
+        }
+        made
+    })
+    .await;
+    match made {
+        Ok(Ok(summary)) => Json(summary).into_response(),
+        Ok(Err(EngineError::Io { source, .. }))
+            if source.kind() == std::io::ErrorKind::StorageFull =>
+        {
+            refused(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "not enough space on this host for the snapshot",
+            )
+        }
+        Ok(Err(e)) => refused(StatusCode::CONFLICT, e.to_string()),
+        Err(_) => refused(StatusCode::INTERNAL_SERVER_ERROR, "it panicked"),
+    }
+}
+
+/// A snapshot's trees removed (one the control plane could not record).
+async fn remove_snapshot(
+    State(st): State<Arc<AgentState>>,
+    UrlPath((id, snapshot)): UrlPath<(String, String)>,
+) -> Response {
+    let (id, snapshot) = match (checked_id(&id), checked_id(&snapshot)) {
+        (Ok(id), Ok(s)) => (id.to_string(), s.to_string()),
+        (Err(r), _) | (_, Err(r)) => return r.into_response(),
+    };
+    let place = snapshot_place(&st.storage_root, &id, &snapshot);
+    match tokio::task::spawn_blocking(move || {
+        engine::remove_trees(&[place.root.clone(), place.state_dir.clone()])
+    })
+    .await
+    {
         Ok(Ok(())) => StatusCode::NO_CONTENT.into_response(),
         Ok(Err(e)) => refused(StatusCode::CONFLICT, e.to_string()),
         Err(_) => refused(StatusCode::INTERNAL_SERVER_ERROR, "it panicked"),

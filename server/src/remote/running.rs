@@ -89,6 +89,40 @@ impl Agents {
         .map(|_| ())
     }
 
+    /// A snapshot of a container made on its agent (`snapshot` is its new id): the copy's
+    /// summary. A full disk there is `Io` with `StorageFull`.
+    pub async fn make_snapshot(
+        &self,
+        server_id: &str,
+        id: &str,
+        snapshot: &str,
+    ) -> Result<crate::engine::Summary, EngineError> {
+        let resp = self
+            .control_call(server_id, Duration::from_secs(3600), |client, address| {
+                client.post(format!(
+                    "https://{address}/v1/containers/{id}/snapshots/{snapshot}"
+                ))
+            })
+            .await?;
+        answer_json(resp).await
+    }
+
+    /// Removes a snapshot's trees on its agent.
+    pub async fn remove_snapshot(
+        &self,
+        server_id: &str,
+        id: &str,
+        snapshot: &str,
+    ) -> Result<(), EngineError> {
+        self.control_call(server_id, Duration::from_secs(600), |client, address| {
+            client.delete(format!(
+                "https://{address}/v1/containers/{id}/snapshots/{snapshot}"
+            ))
+        })
+        .await
+        .map(|_| ())
+    }
+
     /// The last lines of a container's output on its agent.
     pub async fn logs(
         &self,

@@ -92,6 +92,12 @@ impl Agents {
             .send()
             .await
             .map_err(|e| failed(format!("reaching the server at {address}"), describe(&e)))?;
+        if resp.status() == StatusCode::INSUFFICIENT_STORAGE {
+            return Err(EngineError::Io {
+                context: format!("the server at {address}"),
+                source: std::io::ErrorKind::StorageFull.into(),
+            });
+        }
         if !resp.status().is_success() {
             let why = answer_error(resp).await;
             return Err(EngineError::Refused(format!(

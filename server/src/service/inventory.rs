@@ -250,6 +250,52 @@ pub async fn create_snapshot(
     Ok(id)
 }
 
+/// A snapshot of a container on an agent: the tree frozen there, then its row written here
+/// (or the tree removed again there).
+pub(super) async fn create_snapshot_on_agent(
+    db: &Db,
+    agents: &crate::remote::Agents,
+    server: &str,
+    container_id: &str,
+    name: &str,
+) -> Result<String, InventoryError> {
+    valid_name(name)?;
+    let id = new_id();
+    let stats = agents
+        .make_snapshot(server, container_id, &id)
+        .await
+        .map_err(|e| match e {
+            EngineError::Io { source, context }
+                if source.kind() == std::io::ErrorKind::StorageFull =>
+            {
+                InventoryError::NoSpace {
+                    path: PathBuf::from(context),
+                }
+            }
+            e => InventoryError::Copy {
+                path: PathBuf::from(format!("server {server}")),
+                message: e.to_string(),
+            },
+        })?;
+    let res = db
+        .insert_snapshot(NewSnapshot {
+            id: &id,
+            container_id,
+            name,
+            file_count: stats.tree_files as i64,
+            size_bytes: stats.tree_bytes as i64,
+            created_at: now_ms(),
+        })
+        .await;
+    if let Err(e) = res {
+        let _ = agents.remove_snapshot(server, container_id, &id).await;
+        return Err(exists_or(e, || {
+            format!("a snapshot named {name:?} of this container")
+        }));
+    }
+    Ok(id)
+}
+
 /// `doppel server add NAME`: a server whose host joins later; its one-time join token.
 pub async fn add_agent_server(
     db: &Db,

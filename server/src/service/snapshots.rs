@@ -51,23 +51,26 @@ impl Service {
                     "the container has no complete tree yet",
                 ));
             }
-            if self.agents.is_agent(&c.summary.server_id) {
-                return Err(ApiError::new(
-                    ErrorCode::Conflict,
-                    "snapshots of containers on other hosts (agents) are not supported yet",
-                ));
-            }
             // A task of its own: the tree is copied and recorded (or removed) even if the client
             // goes away meanwhile, so no half-made or unrecorded tree is left behind.
-            let (db, jobs) = (self.db.clone(), self.jobs.clone());
+            let (db, jobs, agents) = (self.db.clone(), self.jobs.clone(), self.agents.clone());
             let (server, container, name) = (
                 c.summary.server_id.clone(),
                 container_id.to_string(),
                 name.to_string(),
             );
+            let on_agent = agents.is_agent(&server);
             let task = tokio::spawn(async move {
                 let _held = jobs.hold_for_snapshot(&server, &container).await;
-                super::inventory::create_snapshot(&db, &container, &name).await
+                if on_agent {
+                    // Taken on its own host, then recorded here.
+                    super::inventory::create_snapshot_on_agent(
+                        &db, &agents, &server, &container, &name,
+                    )
+                    .await
+                } else {
+                    super::inventory::create_snapshot(&db, &container, &name).await
+                }
             });
             let id = task.await.map_err(internal)?.map_err(|e| match e {
                 super::inventory::InventoryError::Exists(m) => {
