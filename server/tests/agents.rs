@@ -1192,15 +1192,19 @@ async fn containers_run_on_their_agent_s_host_and_survive_its_restart() {
         .await;
     assert_eq!(st, 200, "{logs}");
     assert!(logs["lines"].to_string().contains("as web-on-b"), "{logs}");
-    // Open reaches containers of this host only, and says so.
+    // Open reaches it through b's agent, sandboxed as a page of this host is.
     let open = common::TestServer::client()
-        .get(format!("{}/containers/{on_b}/open/", cp.base))
+        .get(format!("{}/containers/{on_b}/open/content.html", cp.base))
         .bearer_auth(&cp.token)
         .send()
         .await
         .unwrap();
-    assert_eq!(open.status().as_u16(), 409);
-    assert!(open.text().await.unwrap().contains("another host"));
+    assert_eq!(open.status().as_u16(), 200);
+    assert!(open
+        .headers()
+        .get("content-security-policy")
+        .is_some_and(|v| v.to_str().unwrap().starts_with("sandbox")));
+    assert_eq!(open.text().await.unwrap(), content);
 
     // A firewall rule is in force on b at once, and lifted again.
     let rules = d["firewall_rules"].clone();
@@ -1211,6 +1215,14 @@ async fn containers_run_on_their_agent_s_host_and_survive_its_restart() {
     let (st, body) = cp.call(reqwest::Method::PUT, &path, Some(deny)).await;
     assert_eq!(st, 200, "{body}");
     assert_eq!(page_from(&lab, "b", &address, "/content.html"), None);
+    let open = common::TestServer::client()
+        .get(format!("{}/containers/{on_b}/open/content.html", cp.base))
+        .bearer_auth(&cp.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(open.status().as_u16(), 502);
+    assert!(open.text().await.unwrap().contains("does not answer"));
     let (st, body) = cp
         .call(reqwest::Method::PUT, &path, Some(json!({ "rules": rules })))
         .await;

@@ -17,6 +17,7 @@ use serde::Deserialize;
 use super::work::{checked_id, refused};
 use super::AgentState;
 use crate::config::{container_root, runtime_dir};
+use crate::remote::page;
 use crate::remote::protocol::{ObserveRequest, RunRequest, RunState, StopRequest};
 use crate::runtime::{oci, shim, Attachment, Ipv4Net, RunSpec, Runtime};
 
@@ -148,6 +149,57 @@ pub(super) async fn observe(
         }
     }
     Json(states).into_response()
+}
+
+#[derive(Deserialize)]
+pub(super) struct OpenQuery {
+    /// The container's address and port.
+    address: std::net::SocketAddr,
+    /// The path and query to ask for.
+    target: String,
+}
+
+/// A page of a container of this host, for the control plane's Open: asked with the
+/// headers it forwards (those a page may see), answered as the container answered.
+pub(super) async fn open(
+    UrlPath(id): UrlPath<String>,
+    Query(q): Query<OpenQuery>,
+    req: axum::extract::Request,
+) -> Response {
+    if let Err(r) = checked_id(&id) {
+        return r.into_response();
+    }
+    let method = req.method().clone();
+    if method != axum::http::Method::GET && method != axum::http::Method::HEAD {
+        return refused(StatusCode::METHOD_NOT_ALLOWED, "GET or HEAD only");
+    }
+    if !q.target.starts_with('/') {
+        return refused(StatusCode::BAD_REQUEST, "the target is a path");
+    }
+    let mut out = axum::http::Request::builder()
+        .method(method)
+        .uri(&q.target)
+        .header(axum::http::header::HOST, q.address.to_string());
+    for name in page::FORWARDED {
+        if let Some(v) = req.headers().get(&name) {
+            out = out.header(name, v);
+        }
+    }
+    let Ok(out) = out.body(axum::body::Body::empty()) else {
+        return refused(StatusCode::BAD_REQUEST, "this path cannot be opened");
+    };
+    match page::fetch(q.address, out).await {
+        Ok(resp) => {
+            let (parts, body) = resp.into_parts();
+            Response::from_parts(parts, axum::body::Body::new(body))
+        }
+        Err(why) => {
+            let mut r = refused(StatusCode::BAD_GATEWAY, why);
+            r.headers_mut()
+                .insert(page::UNREACHABLE, axum::http::HeaderValue::from_static("1"));
+            r
+        }
+    }
 }
 
 #[derive(Deserialize)]

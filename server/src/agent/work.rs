@@ -53,6 +53,7 @@ pub(super) fn router(state: Arc<AgentState>) -> Router {
             put(super::running::firewall),
         )
         .route("/v1/observe", post(super::running::observe))
+        .route("/v1/containers/{id}/open", get(super::running::open))
         .route(
             "/v1/containers/{id}/snapshots/{snapshot}",
             post(make_snapshot).delete(remove_snapshot),

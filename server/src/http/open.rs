@@ -5,31 +5,16 @@
 //! with `Content-Security-Policy: sandbox` (an opaque origin, no scripts), its `Set-Cookie`
 //! headers are dropped, and the visitor's cookies and credentials are never sent to it.
 
-use std::time::Duration;
-
 use app::backend::CurrentUser;
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Extension;
-use hyper_util::rt::TokioIo;
 
 use super::AppState;
 
-/// Request headers a page may see; nothing that identifies the visitor to doppel.
-const FORWARDED: [header::HeaderName; 7] = [
-    header::ACCEPT,
-    header::ACCEPT_LANGUAGE,
-    header::USER_AGENT,
-    header::RANGE,
-    header::IF_MODIFIED_SINCE,
-    header::IF_NONE_MATCH,
-    header::CACHE_CONTROL,
-];
-
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+use crate::remote::page::{self, FORWARDED};
 
 fn text(status: StatusCode, message: impl Into<String>) -> Response {
     (status, message.into()).into_response()
@@ -122,7 +107,7 @@ async fn open(
             "a container's page is opened with GET or HEAD through doppel",
         );
     }
-    let addr = match st.service.open_address(&user, &id).await {
+    let at = match st.service.open_address(&user, &id).await {
         Ok(a) => a,
         Err(e) => {
             let status =
@@ -142,44 +127,60 @@ async fn open(
         target.push('?');
         target.push_str(q);
     }
-    let mut out = hyper::Request::builder()
-        .method(req.method().clone())
-        .uri(&target)
-        .header(header::HOST, addr.to_string());
+    let addr = at.address;
+    let mut forwarded = axum::http::HeaderMap::new();
     for name in FORWARDED {
         if let Some(v) = req.headers().get(&name) {
-            out = out.header(name, v);
+            forwarded.insert(name, v.clone());
         }
     }
-    let Ok(out) = out.body(Body::empty()) else {
-        return text(StatusCode::BAD_REQUEST, "this path cannot be opened");
-    };
     let unreachable = |why: String| {
         text(
             StatusCode::BAD_GATEWAY,
             format!("the container does not answer on {addr}: {why}"),
         )
     };
-    let stream =
-        match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return unreachable(e.to_string()),
-            Err(_) => return unreachable("no answer within 5 s (its firewall may drop it)".into()),
-        };
-    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
-    {
-        Ok(pair) => pair,
-        Err(e) => return unreachable(e.to_string()),
+    let (mut parts, body) = match &at.agent {
+        None => {
+            let mut out = hyper::Request::builder()
+                .method(req.method().clone())
+                .uri(&target)
+                .header(header::HOST, addr.to_string());
+            if let Some(h) = out.headers_mut() {
+                h.extend(forwarded);
+            }
+            let Ok(out) = out.body(Body::empty()) else {
+                return text(StatusCode::BAD_REQUEST, "this path cannot be opened");
+            };
+            match page::fetch(addr, out).await {
+                Ok(resp) => {
+                    let (parts, body) = resp.into_parts();
+                    (parts, Body::new(body))
+                }
+                Err(why) => return unreachable(why),
+            }
+        }
+        Some(server) => {
+            let agents = st.service.agents();
+            let asked = (req.method().clone(), target.as_str(), forwarded);
+            let resp = match agents.open_page(server, &id, addr, asked).await {
+                Ok(resp) => resp,
+                Err(e) => return unreachable(format!("its server: {e}")),
+            };
+            if resp.headers().contains_key(page::UNREACHABLE) {
+                let why = resp
+                    .json::<crate::remote::protocol::ErrorAnswer>()
+                    .await
+                    .map(|e| e.error)
+                    .unwrap_or_default();
+                return unreachable(why);
+            }
+            let mut parts = Response::new(()).into_parts().0;
+            parts.status = resp.status();
+            parts.headers = resp.headers().clone();
+            (parts, Body::from_stream(resp.bytes_stream()))
+        }
     };
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let resp = match tokio::time::timeout(RESPONSE_TIMEOUT, sender.send_request(out)).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => return unreachable(e.to_string()),
-        Err(_) => return unreachable("no answer within 30 s".into()),
-    };
-    let (mut parts, body) = resp.into_parts();
     let location = parts
         .headers
         .get(header::LOCATION)
@@ -206,5 +207,5 @@ async fn open(
         header::X_FRAME_OPTIONS,
         HeaderValue::from_static("SAMEORIGIN"),
     );
-    Response::from_parts(parts, Body::new(body))
+    Response::from_parts(parts, body)
 }

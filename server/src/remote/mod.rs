@@ -3,6 +3,7 @@
 //! agent for its status each second; an agent that has not answered for
 //! [`OFFLINE_AFTER`] is offline, with the last error as the reason.
 
+pub mod page;
 pub mod protocol;
 mod running;
 mod transfer;

@@ -123,6 +123,32 @@ impl Agents {
         .map(|_| ())
     }
 
+    /// A page of a container on its agent (Open): `target` (path and query) from `address`,
+    /// with the headers a page may see; the agent's answer is the page's.
+    pub async fn open_page(
+        &self,
+        server_id: &str,
+        id: &str,
+        address: std::net::SocketAddr,
+        (method, target, headers): (axum::http::Method, &str, axum::http::HeaderMap),
+    ) -> Result<reqwest::Response, EngineError> {
+        let (agent, _, client) = self.reach_or_fail(server_id)?;
+        let out = client
+            .request(method, format!("https://{agent}/v1/containers/{id}/open"))
+            .query(&[
+                ("address", address.to_string()),
+                ("target", target.to_string()),
+            ])
+            .headers(headers)
+            .timeout(Duration::from_secs(40));
+        out.send().await.map_err(|e| {
+            super::transfer::failed(
+                format!("reaching the server at {agent}"),
+                super::describe(&e),
+            )
+        })
+    }
+
     /// The last lines of a container's output on its agent.
     pub async fn logs(
         &self,

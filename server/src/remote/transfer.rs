@@ -41,7 +41,7 @@ pub struct TransferRequest<'a> {
 
 /// A call to another server that did not get through (or its answer did not): worth
 /// trying again once that server answers.
-fn failed(context: String, why: String) -> EngineError {
+pub(super) fn failed(context: String, why: String) -> EngineError {
     EngineError::Disconnected {
         context,
         source: std::io::Error::other(why),
@@ -67,7 +67,7 @@ async fn answer_error(resp: reqwest::Response) -> String {
 }
 
 impl Agents {
-    fn reach_or_fail(
+    pub(super) fn reach_or_fail(
         &self,
         server_id: &str,
     ) -> Result<(String, crate::tls::Fingerprint, reqwest::Client), EngineError> {

@@ -334,28 +334,26 @@ impl Service {
 
     /// Where a running container's page answers (its first interface, port 80), for the
     /// console's Open link; whoever may see the container may open it.
-    pub async fn open_address(
-        &self,
-        user: &UserInfo,
-        id: &str,
-    ) -> Result<std::net::SocketAddr, ApiError> {
+    pub async fn open_address(&self, user: &UserInfo, id: &str) -> Result<OpenAt, ApiError> {
         let (row, _) = self.visible_container(user, id).await?;
         if row.status != ContainerStatus::Running.as_str() {
             return Err(conflict(format!("{} is not running", row.name)));
-        }
-        if row.is_on_agent() {
-            // Its address is on its own host's bridge, which this host cannot reach.
-            return Err(conflict(format!(
-                "{} runs on another host: Open reaches containers of this host only, for now",
-                row.name
-            )));
         }
         let interfaces: Vec<Interface> = serde_json::from_str(&row.interfaces).map_err(internal)?;
         let address = interfaces
             .first()
             .and_then(|i| i.ipv4.split('/').next()?.parse::<std::net::Ipv4Addr>().ok())
             .ok_or_else(|| conflict(format!("{} has no address", row.name)))?;
-        Ok(std::net::SocketAddr::from((address, 80)))
+        Ok(OpenAt {
+            address: std::net::SocketAddr::from((address, 80)),
+            // Its address is on its own host's bridge: that host's agent asks it.
+            agent: row.is_on_agent().then(|| row.server_id.clone()),
+        })
+    }
+
+    /// The agents of servers on other hosts (Open asks them for pages).
+    pub fn agents(&self) -> &std::sync::Arc<crate::remote::Agents> {
+        &self.agents
     }
 
     /// `GET /healthz`: serving, and whether containers can run here.
@@ -369,6 +367,13 @@ impl Service {
             },
         }
     }
+}
+
+/// Where a container's page answers: its address, on this host or (`agent`: that server's)
+/// on another.
+pub struct OpenAt {
+    pub address: std::net::SocketAddr,
+    pub agent: Option<String>,
 }
 
 /// The first network rule that cannot be set up, and why. Static addresses come from the
