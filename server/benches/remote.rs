@@ -109,6 +109,10 @@ struct Figures {
     peak: (f64, f64),
     /// Whether the links have their 1 ms of delay (netem), or only the rate (tbf).
     delayed: bool,
+    /// The compressible tree's bytes, and its first copy (time, bytes on the wire) by
+    /// doppel, rsync and rsync -z.
+    text_bytes: u64,
+    text: ((f64, u64), (f64, u64), (f64, u64)),
 }
 
 fn run(rate: &str, scale: f64, dir: &Path) -> Figures {
@@ -297,6 +301,50 @@ fn run(rate: &str, scale: f64, dir: &Path) -> Figures {
     let (noop_rsync_t, noop_rsync_b) = rsync(&["--delete", "--no-whole-file"]);
     let peak = (peak_mb(pids[0]), peak_mb(pids[1]));
 
+    // A tree that compresses (log-like text): doppel compresses what pays; rsync does not
+    // unless asked (-z), so it runs both ways.
+    let text = dir.join("text");
+    let text_bytes = tree::build_text_tree(&text, scale);
+    let imported = Command::new(doppel())
+        .arg("--data-dir")
+        .arg(&cp_data)
+        .arg("import")
+        .arg(&text)
+        .args(["--project", &project, "--server", &local, "--name", "text"])
+        .output()
+        .unwrap();
+    assert!(imported.status.success());
+    let text_id = String::from_utf8(imported.stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    let (text_on_a, _) = copy(&text_id, &a, "text-on-a");
+    let text_root = dir.join("a/storage/containers").join(&text_on_a);
+    let _ = Command::new("sync").status();
+    let (w, t) = (wire_bytes(&veth), Instant::now());
+    copy(&text_on_a, &b, "text-on-b");
+    let text_doppel = (t.elapsed().as_secs_f64(), wire_bytes(&veth) - w);
+    let rsync_to = |module_dir: &str, extra: &[&str]| -> (f64, u64) {
+        let _ = Command::new("sync").status();
+        let (w, t) = (wire_bytes(&veth), Instant::now());
+        let out = lab
+            .command("a", "rsync")
+            .args(["-a"])
+            .args(extra)
+            .arg(format!("{}/", text_root.display()))
+            .arg(format!("rsync://{}:8730/m/{module_dir}/", lab.addr("b")))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "rsync: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (t.elapsed().as_secs_f64(), wire_bytes(&veth) - w)
+    };
+    let text_rsync = rsync_to("text", &[]);
+    let text_rsync_z = rsync_to("text-z", &["-z"]);
+
     // rsync over ssh needs sshd, which this machine may not have (it is not installed).
     let ssh = Path::new("/usr/sbin/sshd").exists();
     Figures {
@@ -309,6 +357,8 @@ fn run(rate: &str, scale: f64, dir: &Path) -> Figures {
         ssh,
         peak,
         delayed,
+        text_bytes,
+        text: (text_doppel, text_rsync, text_rsync_z),
     }
 }
 
@@ -371,6 +421,16 @@ fn main() {
         println!(
             "  peak memory: agent a {:.0} MB, agent b {:.0} MB",
             f.peak.0, f.peak.1
+        );
+        let ((dt, db), (rt, rb), (zt, zb)) = f.text;
+        println!(
+            "  compressible tree ({:.0} MB of log-like text), first copy: doppel {dt:.2} s and {:.1} MB on the wire; rsync {rt:.2} s and {:.1} MB (ratio {:.2}); rsync -z {zt:.2} s and {:.1} MB (ratio {:.2})",
+            mb(f.text_bytes),
+            mb(db),
+            mb(rb),
+            dt / rt,
+            mb(zb),
+            dt / zt
         );
         if f.ssh {
             println!("  rsync over ssh: not measured yet");

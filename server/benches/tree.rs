@@ -110,3 +110,57 @@ pub fn rsync_sent_bytes(stats: &str) -> u64 {
         .map(|v| v.replace(',', "").trim().parse().unwrap_or(0))
         .unwrap_or(0)
 }
+
+/// A tree that compresses, as source code, logs and configuration do: `scale` x 2,000
+/// files of 8 to 120 KB of log-like lines (about 125 MB at scale 1). Its bytes.
+pub fn build_text_tree(root: &Path, scale: f64) -> u64 {
+    let mut rng = Rng(0x7e47);
+    let words = [
+        "GET",
+        "POST",
+        "/api/v1/containers",
+        "/healthz",
+        "200",
+        "404",
+        "copy",
+        "sync",
+        "server",
+        "project",
+        "started",
+        "finished",
+        "in",
+        "ms",
+        "user",
+        "alice",
+        "bob",
+        "web-app",
+        "db-primary",
+        "INFO",
+        "WARN",
+        "request",
+        "bytes",
+    ];
+    let mut total = 0u64;
+    for i in 0..scaled(2000.0, scale) {
+        let dir = root.join(format!("logs{:02}", i % 40));
+        fs::create_dir_all(&dir).unwrap();
+        let len = 8_000 + (rng.next_u64() % 112_000) as usize;
+        let mut text = String::with_capacity(len + 200);
+        while text.len() < len {
+            text.push_str(&format!(
+                "2026-12-01T{:02}:{:02}:{:02}Z",
+                rng.next_u64() % 24,
+                rng.next_u64() % 60,
+                rng.next_u64() % 60
+            ));
+            for _ in 0..(4 + rng.next_u64() % 8) {
+                text.push(' ');
+                text.push_str(words[(rng.next_u64() % words.len() as u64) as usize]);
+            }
+            text.push_str(&format!(" id={:06x}\n", rng.next_u64() % 0xffffff));
+        }
+        fs::write(dir.join(format!("app{i:04}.log")), &text).unwrap();
+        total += text.len() as u64;
+    }
+    total
+}
