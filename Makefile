@@ -37,7 +37,7 @@ help:
 
 # What a build needs; the browser tests also need Chromium (`make run` does not wait for it).
 setup: $(STAMP)/toolchain $(STAMP)/wasm-bindgen-$(WASM_BINDGEN_VERSION) $(WASM_SPLIT) $(STAMP)/npm
-setup-test: setup $(STAMP)/chromium $(STAMP)/schemathesis $(STAMP)/runtime
+setup-test: setup $(STAMP)/chromium $(STAMP)/schemathesis $(STAMP)/runtime $(STAMP)/filesystems
 
 $(STAMP)/toolchain: rust-toolchain.toml
 	@mkdir -p $(STAMP)
@@ -90,6 +90,17 @@ $(STAMP)/runtime:
 	  echo "runc, nftables, iproute2 and busybox present"; \
 	else \
 	  $(SUDO) apt-get update && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y runc nftables iproute2 busybox-static; \
+	fi
+	@touch $@
+
+# XFS (reflink) and btrfs images that tests and `make bench` loop-mount: copies that share
+# extents are tested and measured there.
+$(STAMP)/filesystems:
+	@mkdir -p $(STAMP)
+	@if command -v mkfs.xfs >/dev/null && command -v mkfs.btrfs >/dev/null; then \
+	  echo "mkfs.xfs and mkfs.btrfs present"; \
+	else \
+	  $(SUDO) apt-get update && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y xfsprogs btrfs-progs; \
 	fi
 	@touch $@
 
@@ -150,7 +161,7 @@ clean:
 # The engine against rsync and cp (BENCH_SCALE=0.1 for a quick look). Not part of `make test`.
 # Benches build with the `perf` profile into target/perf/: target/release/doppel stays the
 # server `make build` built (one built without LEPTOS_ENV would serve a console it cannot find).
-bench: setup
+bench: setup $(STAMP)/filesystems
 	@command -v rsync >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y rsync; }
 	cargo bench --profile perf -p doppel --bench engine
 

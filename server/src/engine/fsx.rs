@@ -133,6 +133,19 @@ pub fn stat_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<rfs::Stat> {
     rfs::statat(dir, OsStr::from_bytes(name), AtFlags::SYMLINK_NOFOLLOW).map_err(to_io)
 }
 
+pub fn stat_fd(fd: BorrowedFd<'_>) -> io::Result<rfs::Stat> {
+    rfs::fstat(fd).map_err(to_io)
+}
+
+/// Whether a file is the version an entry describes, by the scan's quick check: the same
+/// inode, size, and modification and change times (content or xattr changes move them).
+pub fn same_version(st: &rfs::Stat, e: &Entry) -> bool {
+    st.st_ino == e.ino
+        && st.st_size as u64 == e.size
+        && mtime_ns(st) == e.mtime_ns
+        && ctime_ns(st) == e.ctime_ns
+}
+
 pub fn kind_of(st: &rfs::Stat) -> Kind {
     match FileType::from_raw_mode(st.st_mode) {
         FileType::Directory => Kind::Dir,
@@ -518,6 +531,63 @@ pub fn free_space(path: &Path) -> io::Result<(u64, u64)> {
         st.f_bavail.saturating_mul(st.f_frsize),
         st.f_blocks.saturating_mul(st.f_frsize),
     ))
+}
+
+/// How a file's content is laid down from another file of the same filesystem.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KernelCopy {
+    /// The new file shares the old one's extents (FICLONE: XFS with reflink, btrfs):
+    /// nothing is copied, and a write to either later copies only what it writes.
+    Reflink,
+    /// The kernel copies the bytes (copy_file_range): none pass through doppel.
+    CopyFileRange,
+}
+
+/// `dst` (new and empty) given `src`'s content by the kernel: its extents shared where the
+/// filesystem can, else copied by `copy_file_range`. `Err` where neither works (another
+/// filesystem, an old kernel): `dst` is left empty, for the caller to write it itself.
+pub fn kernel_copy(dst: &std::fs::File, src: &std::fs::File, len: u64) -> io::Result<KernelCopy> {
+    if rfs::ioctl_ficlone(dst, src).is_ok() {
+        return Ok(KernelCopy::Reflink);
+    }
+    let (mut from, mut to) = (0u64, 0u64);
+    while from < len {
+        let want = (len - from).min(1 << 30) as usize;
+        match rfs::copy_file_range(src, Some(&mut from), dst, Some(&mut to), want) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => {
+                // Nothing half-copied is left for the caller's own write to follow.
+                let _ = dst.set_len(0);
+                return Err(to_io(e));
+            }
+        }
+    }
+    if from != len {
+        let _ = dst.set_len(0);
+        return Err(io::Error::other("the file is shorter than its scan said"));
+    }
+    Ok(KernelCopy::CopyFileRange)
+}
+
+/// What the kernel can do for copies within the filesystem of `dir` (a storage root):
+/// tried on two scratch files made and removed there. `None`: only doppel's own stream.
+pub fn kernel_copy_support(dir: &Path) -> Option<KernelCopy> {
+    let name = |n: &str| dir.join(format!(".doppel-copy-probe-{}-{n}", std::process::id()));
+    let (a, b) = (name("a"), name("b"));
+    let probe = (|| -> io::Result<KernelCopy> {
+        std::fs::write(&a, [7u8; 4096])?;
+        let src = std::fs::File::open(&a)?;
+        let dst = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&b)?;
+        kernel_copy(&dst, &src, 4096)
+    })();
+    let _ = std::fs::remove_file(&a);
+    let _ = std::fs::remove_file(&b);
+    probe.ok()
 }
 
 pub fn syncfs(fd: BorrowedFd<'_>) -> io::Result<()> {

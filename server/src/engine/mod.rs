@@ -108,6 +108,9 @@ pub struct Control {
     progress: Option<Arc<ProgressFn>>,
     failpoint: Option<Arc<FailFn>>,
     pace: Option<Arc<Mutex<Pace>>>,
+    /// Stream every file, even where the kernel could copy it (tests and benchmarks of the
+    /// stream itself).
+    stream_only: bool,
     state: Arc<ProgressState>,
 }
 
@@ -195,6 +198,13 @@ impl Control {
             std::thread::sleep(step);
             wait -= step;
         }
+    }
+
+    /// Streams every file through the engine's pipe, even within one filesystem whose
+    /// kernel could copy it (what a copy between servers does; tests and benchmarks).
+    pub fn stream_only(mut self) -> Control {
+        self.stream_only = true;
+        self
     }
 
     /// The flag that cancels the run when set.

@@ -304,7 +304,9 @@ fn copy_reproduces_the_tree_exactly() {
     random_tree(&src.root, &mut Rng(42), 60);
     let reports = Arc::new(std::sync::Mutex::new(Vec::new()));
     let r2 = reports.clone();
-    let ctl = Control::new().with_progress(move |p| r2.lock().unwrap().push(p.clone()));
+    let ctl = Control::new()
+        .with_progress(move |p| r2.lock().unwrap().push(p.clone()))
+        .stream_only();
     let s = copy(&src, &dst, &ctl).unwrap();
     assert_same_tree(&src.root, &dst.root);
     no_debris(&dst);
@@ -787,7 +789,13 @@ fn a_first_copy_takes_what_the_target_server_already_holds_and_nothing_stale() {
     // no longer offered, so that file is sent.
     write(&first.root.join("unique.bin"), b"changed on the first copy");
 
-    let s = copy_reusing(&src, &second, std::slice::from_ref(&first), &Control::new()).unwrap();
+    let s = copy_reusing(
+        &src,
+        &second,
+        std::slice::from_ref(&first),
+        &Control::new().stream_only(),
+    )
+    .unwrap();
     assert_same_tree(&src.root, &second.root);
     no_debris(&second);
     assert_eq!(s.content_bytes, unique.len() as u64, "{s:?}");
@@ -1587,4 +1595,169 @@ fn a_bandwidth_limit_holds_a_transfer_to_its_rate() {
     let took = started.elapsed();
     assert_same_tree(&src.root, &dst.root);
     assert!(took >= Duration::from_secs(2), "{total} bytes in {took:?}");
+}
+
+#[test]
+fn copies_within_one_filesystem_are_laid_down_by_the_kernel_and_read_at_most_once() {
+    let env = Env::new();
+    let (src, dst, again) = (env.place("src"), env.place("dst"), env.place("again"));
+    random_tree(&src.root, &mut Rng(44), 60);
+    let s = copy(&src, &dst, &Control::new()).unwrap();
+    assert_same_tree(&src.root, &dst.root);
+    no_debris(&dst);
+    assert_eq!(s.content_bytes, 0, "nothing streamed: {s:?}");
+    assert_eq!(s.reused_bytes, s.tree_bytes, "{s:?}");
+    assert!(
+        s.notes
+            .iter()
+            .any(|n| n.contains("laid down by the kernel")),
+        "{:?}",
+        s.notes
+    );
+    assert!(verify(&dst, &Control::new()).unwrap().ok);
+    // The copy is its own: writing it leaves the source as it was.
+    let before = snapshot_tree(&src.root);
+    let victim = before
+        .iter()
+        .find(|(_, n)| matches!(n, Node::File { len, .. } if *len > 0))
+        .unwrap()
+        .0
+        .clone();
+    write(&dst.root.join(&victim), b"written on the copy");
+    assert_eq!(snapshot_tree(&src.root), before);
+
+    // A source file that changes between the scan and its copy (a running container): the
+    // copy holds it as copied, says it was unstable, and the next sync brings it up to date.
+    let changing = src.root.join(&victim);
+    let hit = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let h2 = hit.clone();
+    let ctl = Control::new().with_failpoint(move |point| {
+        if point == "copy:kernel-file" && !h2.swap(true, Ordering::SeqCst) {
+            let f = fs::OpenOptions::new().write(true).open(&changing)?;
+            std::os::unix::fs::FileExt::write_all_at(&f, b"changed", 0)?;
+        }
+        Ok(())
+    });
+    let s = copy(&src, &again, &ctl).unwrap();
+    assert!(hit.load(Ordering::SeqCst));
+    assert_eq!(s.unstable_count, 1, "{s:?}");
+    let report = verify(&again, &Control::new()).unwrap();
+    assert!(
+        report.ok,
+        "the copy's record is what it holds: {:?}",
+        report.differences
+    );
+    sync(&src, &again, &Control::new()).unwrap();
+    assert_same_tree(&src.root, &again.root);
+}
+
+/// A filesystem image of `kind` (`xfs` with reflink, or `btrfs`) loop-mounted for a test;
+/// unmounted and removed when dropped, whatever the test did.
+struct LoopFs {
+    dir: tempfile::TempDir,
+    mounted: bool,
+}
+
+impl LoopFs {
+    fn new(kind: &str) -> LoopFs {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("image");
+        let mnt = dir.path().join("mnt");
+        fs::create_dir(&mnt).unwrap();
+        fs::File::create(&image)
+            .unwrap()
+            .set_len(512 << 20)
+            .unwrap();
+        let mkfs = match kind {
+            "xfs" => std::process::Command::new("mkfs.xfs")
+                .args(["-q", "-m", "reflink=1"])
+                .arg(&image)
+                .status(),
+            _ => std::process::Command::new("mkfs.btrfs")
+                .arg("-q")
+                .arg(&image)
+                .status(),
+        };
+        assert!(
+            mkfs.is_ok_and(|s| s.success()),
+            "mkfs.{kind} (make setup-test installs it)"
+        );
+        let mut fs = LoopFs {
+            dir,
+            mounted: false,
+        };
+        let mount = std::process::Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&image)
+            .arg(&mnt)
+            .status()
+            .unwrap();
+        assert!(mount.success(), "mounting a {kind} image needs root");
+        fs.mounted = true;
+        fs
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("mnt")
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        if self.mounted {
+            let _ = std::process::Command::new("umount")
+                .arg(self.root())
+                .status();
+        }
+    }
+}
+
+#[test]
+fn reflinked_copies_share_extents_stay_independent_and_keep_every_property() {
+    for kind in ["xfs", "btrfs"] {
+        let lfs = LoopFs::new(kind);
+        let base = lfs.root();
+        let (src, dst) = (place_in(&base, "src"), place_in(&base, "dst"));
+        let mut rng = Rng(45);
+        random_tree(&src.root, &mut rng, 60);
+        let big = rng.bytes(64 << 20);
+        write(&src.root.join("big.img"), &big);
+        // (Written out first: btrfs counts space it has not allocated yet late.)
+        let used = || {
+            fsx::syncfs(fsx::open_dir(&base).unwrap().as_fd()).unwrap();
+            let (free, total) = fsx::free_space(&base).unwrap();
+            total - free
+        };
+        let before = used();
+        let s = copy(&src, &dst, &Control::new()).unwrap();
+        assert_same_tree(&src.root, &dst.root);
+        no_debris(&dst);
+        assert!(
+            s.notes.iter().any(|n| n.contains("shared extents")),
+            "{kind}: {:?}",
+            s.notes
+        );
+        assert_eq!(s.content_bytes, 0, "{kind}: {s:?}");
+        // 64 MB more in the tree, a few MB more on the disk: the extents are shared.
+        let grew = used().saturating_sub(before);
+        assert!(grew < 16 << 20, "{kind}: the copy took {grew} bytes");
+        // Independent both ways: writing either leaves the other as it was.
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .open(dst.root.join("big.img"))
+            .unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&mut f, b"copy", 1 << 20).unwrap();
+        drop(f);
+        assert_eq!(fs::read(src.root.join("big.img")).unwrap(), big);
+        write(&src.root.join("big.img"), b"the source changed");
+        assert_eq!(fs::read(dst.root.join("big.img")).unwrap()[..4], big[..4]);
+        assert!(verify(&src, &Control::new()).is_ok());
+        // Syncs on the same filesystem converge, as everywhere.
+        for _ in 0..3 {
+            random_changes(&src.root, &mut rng);
+            sync(&src, &dst, &Control::new()).unwrap();
+            assert_same_tree(&src.root, &dst.root);
+            no_debris(&dst);
+        }
+    }
 }

@@ -101,20 +101,64 @@ pub(super) fn copy_staged(
     ctl: &Control,
 ) -> Result<Summary, EngineError> {
     let (mut m, report) = scan_source(src, ctl)?;
-    // The receiver's offer: content its server holds already, by hash.
-    let offer = local_content(local, &m);
+    // Both trees on one filesystem whose kernel copies files (shared extents, or
+    // copy_file_range): every file is taken from the source tree by the kernel, none
+    // streamed. Otherwise the receiver's offer: content its server holds already, by hash.
+    let mut trees = local.to_vec();
+    let kernel = (!ctl.stream_only && same_filesystem(&src.root, staging))
+        .then(|| fsx::kernel_copy_support(staging.parent().unwrap_or(staging)))
+        .flatten();
+    let source_tree = kernel.map(|_| {
+        trees.push(src.clone());
+        (trees.len() - 1) as u32
+    });
+    let offer = match source_tree {
+        Some(_) => HashMap::new(),
+        None => local_content(local, &m),
+    };
     let (w, r) = wire::pipe();
     let (sent, received) = std::thread::scope(|s| {
-        let sender = s.spawn(|| send_copy(&src.root, &mut m, &offer, w, ctl));
-        let received = receive(Mode::Copy, staging, staging, r, None, local, ctl);
+        let sender = s.spawn(|| send_copy(&src.root, &mut m, (&offer, source_tree), w, ctl));
+        let received = receive(
+            Mode::Copy,
+            staging,
+            staging,
+            r,
+            None,
+            (&trees, source_tree),
+            ctl,
+        );
         (sender.join(), received)
     });
-    let ((stats, sent_unstable), received) = join_ends(sent, received, ctl)?;
+    let ((stats, mut sent_unstable), received) = join_ends(sent, received, ctl)?;
+    // Files of the source that changed between its scan and their copy: the copy holds
+    // them as they were copied (the next sync brings them up to date).
+    for changed in &received.changed {
+        sent_unstable.push(|| changed.display_path());
+        // The file and its other names (hard links share its content).
+        for e in m.entries.iter_mut().filter(|e| {
+            e.path == changed.path || e.link_to.as_deref() == Some(changed.path.as_slice())
+        }) {
+            e.hash = changed.hash;
+            e.size = changed.size;
+            e.chunks = changed.chunks.clone();
+        }
+    }
     // The source's manifest is its quick-check cache for the next sync (kept outside the
     // container root: the source tree itself is never written).
     let _ = m.store(&src.manifest_path());
     let mut summary = finish_copy(dst, staging, &m, ctl)?;
     summary.reused_bytes = received.reused_bytes;
+    if received.kernel_copied > 0 {
+        summary.notes.push(format!(
+            "{} files laid down by the kernel from the source ({}), none streamed",
+            received.kernel_copied,
+            match kernel {
+                Some(fsx::KernelCopy::Reflink) => "shared extents",
+                _ => "copy_file_range",
+            }
+        ));
+    }
     source_facts(&mut summary, report, sent_unstable, stats);
     Ok(summary)
 }
@@ -151,13 +195,24 @@ pub(in crate::engine) fn finish_copy(
     })
 }
 
+/// Whether two paths are on one filesystem (the kernel can copy between them).
+fn same_filesystem(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (fs::metadata(a), fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev(),
+        _ => false,
+    }
+}
+
 /// Sends every entry of `m` with its content, hashing files as it reads them and
-/// recording the hashes in `m`. Returns the stream's counters and files that changed
-/// while read.
+/// recording the hashes in `m`. With `source_tree` (the receiver has the source tree on
+/// its filesystem, as that local tree), a file's content is not sent: the receiver takes
+/// it from there, and the sender reads only files its cache has no hash of (one read, to
+/// hash). Returns the stream's counters and files that changed while read.
 pub(super) fn send_copy(
     root: &Path,
     m: &mut Manifest,
-    offer: &HashMap<[u8; 32], (u32, Vec<u8>)>,
+    (offer, source_tree): (&HashMap<[u8; 32], (u32, Vec<u8>)>, Option<u32>),
     out: PipeWriter,
     ctl: &Control,
 ) -> Result<(WireStats, Listed), EngineError> {
@@ -208,6 +263,27 @@ pub(super) fn send_copy(
                 };
                 if e.hash == [0; 32] {
                     e.xattrs = fsx::read_xattrs(file.as_fd()).map_err(io_err("reading xattrs"))?;
+                }
+                if let Some(tree) = source_tree.filter(|_| e.size > 0) {
+                    if e.hash == [0; 32] {
+                        let (hash, chunks, len) = hash_reader(&file, e.size, ctl, |_, _| Ok(()))?;
+                        if len != e.size {
+                            unstable.push(|| e.display_path());
+                            e.size = len;
+                        }
+                        e.hash = hash;
+                        e.chunks = chunks;
+                    }
+                    ctl.fail("copy:kernel-file")?;
+                    fw.send(&Frame::Entry(e.clone()))
+                        .map_err(io_err("sending"))?;
+                    let from = Frame::ReuseLocal {
+                        tree,
+                        from: e.path.clone(),
+                    };
+                    send_reused(&mut fw, from, e)?;
+                    hashes.insert(e.path.clone(), e.hash);
+                    continue;
                 }
                 fw.send(&Frame::Entry(e.clone()))
                     .map_err(io_err("sending"))?;

@@ -401,7 +401,9 @@ fn send_copy_to_counted(
     };
     let offer = HashMap::new();
     let root = &src.root;
-    let sent = send_frames(stream, ctl, |w| send_copy(root, &mut m, &offer, w, ctl));
+    let sent = send_frames(stream, ctl, |w| {
+        send_copy(root, &mut m, (&offer, None), w, ctl)
+    });
     let (stats, sent_unstable) = match sent {
         Ok(s) => s,
         Err(e) => {
@@ -450,7 +452,7 @@ fn receive_copy_from_counted(
     let result = copy_into(dst, ctl, |staging| {
         write_message(stream, READY, &[FRESH]).map_err(peer_err("answering"))?;
         let received = receive_frames(stream, |r| {
-            receive(Mode::Copy, staging, staging, r, None, &[], ctl)
+            receive(Mode::Copy, staging, staging, r, None, (&[], None), ctl)
         });
         // The source's next message (the manifest, or why it stopped) is read even after a
         // failure here, before the reply.
@@ -769,7 +771,15 @@ fn sync_target_half(
             let stage = stage_dir(dst)?;
             let current = &target.man;
             let received = receive_frames(stream, |r| {
-                receive(Mode::Sync, &dst.root, &stage, r, Some(current), &[], ctl)
+                receive(
+                    Mode::Sync,
+                    &dst.root,
+                    &stage,
+                    r,
+                    Some(current),
+                    (&[], None),
+                    ctl,
+                )
             });
             match received {
                 Ok(r) => Some(r),

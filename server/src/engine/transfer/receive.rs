@@ -36,6 +36,10 @@ pub(super) enum Pending {
 pub(super) struct Received {
     pub(super) pending: Vec<Pending>,
     pub(super) reused_bytes: u64,
+    /// Files laid down by the kernel (shared extents or copy_file_range).
+    pub(super) kernel_copied: u64,
+    /// Files that changed between the sender's scan and their kernel copy, as copied.
+    pub(super) changed: Vec<Entry>,
 }
 
 /// Applies frames from the stream. `root` is the tree being built (copy) or synced (sync);
@@ -47,12 +51,13 @@ pub(super) fn receive(
     stage: &Path,
     input: PipeReader,
     current: Option<&Manifest>,
-    local: &[Place],
+    (local, source): (&[Place], Option<u32>),
     ctl: &Control,
 ) -> Result<Received, EngineError> {
     let mut local = LocalTrees {
         places: local,
         open: local.iter().map(|_| None).collect(),
+        source,
     };
     let mut fr = FrameReader::new(input);
     let mut walker = Walker::new(fsx::open_dir(root).map_err(io_err("opening the target"))?);
@@ -71,6 +76,8 @@ pub(super) fn receive(
     let mut out = Received {
         pending: Vec::new(),
         reused_bytes: 0,
+        kernel_copied: 0,
+        changed: Vec::new(),
     };
     let mut seq = 0u64;
     loop {
@@ -143,6 +150,12 @@ pub(super) fn receive(
             e.hash = got.hash;
             e.size = got.size;
             e.chunks = got.chunks;
+            if got.kernel {
+                out.kernel_copied += 1;
+            }
+            if got.changed {
+                out.changed.push(e.clone());
+            }
             match got.patch {
                 Some(ops) if ops.iter().all(|op| op.old.is_none_or(|o| o == op.at)) => {
                     fsx::start_writeback(file.as_fd());
@@ -246,6 +259,9 @@ pub(super) fn create_entry(
 pub(super) struct LocalTrees<'a> {
     pub(super) places: &'a [Place],
     pub(super) open: Vec<Option<Walker>>,
+    /// Which of them is the source tree itself (a copy within one filesystem): a file of it
+    /// that changed since the sender's scan is copied as it is now, not refused.
+    pub(super) source: Option<u32>,
 }
 
 impl LocalTrees<'_> {
@@ -327,6 +343,12 @@ pub(super) struct Content {
     pub(super) reused: u64,
     /// For a patch: how the new version is made of the previous one and the staged bytes.
     pub(super) patch: Option<Vec<PatchOp>>,
+    /// Laid down by the kernel from a file that changed after the sender scanned it: the
+    /// content is what the file held when copied, not what the sender announced (a copy
+    /// records it as it is, and says the file was unstable).
+    pub(super) changed: bool,
+    /// Laid down by the kernel.
+    pub(super) kernel: bool,
 }
 
 /// Receives one file's content into `out`, hashing as it writes; fails unless the result
@@ -362,6 +384,9 @@ pub(super) fn receive_content(
     let mut written = 0u64;
     let mut reused = 0u64;
     let mut from_reuse: Option<([u8; 32], Vec<Chunk>)> = None;
+    // Laid down by the kernel; from the source tree's own file (which may have changed).
+    let mut kernel_copied = false;
+    let mut of_source = false;
     let mut buf = Vec::new();
     loop {
         match fr.read_frame().map_err(io_err("receiving"))? {
@@ -442,15 +467,42 @@ pub(super) fn receive_content(
                     return Err(EngineError::Integrity("reuse inside a file".into()));
                 }
                 patch = None;
-                let (walker, from) = match frame {
-                    Frame::ReuseLocal { tree, from } => (local.walker(tree)?, from),
-                    Frame::Reuse { from } => (&mut *other, from),
+                let (walker, from, from_source) = match frame {
+                    Frame::ReuseLocal { tree, from } => {
+                        let from_source = local.source == Some(tree) && from == e.path;
+                        (local.walker(tree)?, from, from_source)
+                    }
+                    Frame::Reuse { from } => (&mut *other, from, false),
                     _ => unreachable!("matched above"),
                 };
                 let (d, n) = walker
                     .parent(&from)
                     .map_err(io_err("opening a directory"))?;
                 let src = fsx::open_file_at(d, n).map_err(io_err("opening a file to reuse"))?;
+                of_source = from_source;
+                // Another tree of the same filesystem: the kernel lays the content down
+                // (shared extents, or copied inside the kernel); nothing passes through here.
+                if let Ok(how) = fsx::kernel_copy(out, &src, e.size) {
+                    // The very file the sender scanned (or read), unchanged since: its
+                    // inode, size and times as the sender saw them. Its hash is the sender's;
+                    // nothing is read again. Anything else is read once, from the new file.
+                    let unchanged = e.hash != [0; 32]
+                        && fsx::stat_fd(src.as_fd()).is_ok_and(|st| fsx::same_version(&st, e));
+                    let (hash, c, len) = if unchanged {
+                        (e.hash, e.chunks.clone(), e.size)
+                    } else {
+                        hash_reader(out, e.size, ctl, |_, _| Ok(()))?
+                    };
+                    written += len;
+                    reused += len;
+                    ctl.add_progress(len, 0);
+                    if how == fsx::KernelCopy::CopyFileRange {
+                        ctl.throttle(len);
+                    }
+                    from_reuse = Some((hash, c));
+                    kernel_copied = true;
+                    continue;
+                }
                 let (hash, c, len) = hash_reader(&src, e.size, ctl, |data, _| out.write_all(data))?;
                 written += len;
                 reused += len;
@@ -463,7 +515,10 @@ pub(super) fn receive_content(
                     None if chunked => (chunked_file_hash(&chunks), chunks),
                     None => (*whole.finalize().as_bytes(), Vec::new()),
                 };
-                if got != hash || written != size {
+                let changed = got != hash || written != size;
+                // Only the source's own file may have changed since (a running container):
+                // content of any other tree must be exactly what was offered.
+                if changed && !of_source {
                     return Err(EngineError::Integrity(format!(
                         "{:?}: received content does not match its hash",
                         e.display_path()
@@ -475,6 +530,8 @@ pub(super) fn receive_content(
                     chunks: got_chunks,
                     reused,
                     patch,
+                    changed,
+                    kernel: kernel_copied,
                 });
             }
             _ => {

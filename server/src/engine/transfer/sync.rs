@@ -37,7 +37,15 @@ pub(in crate::engine) fn sync(
                 let man = &target.man;
                 let (changes, deleted) = (&plan.changes, &plan.deleted);
                 let sender = s.spawn(|| send_sync(&src.root, changes, deleted, man, w, ctl));
-                let received = receive(Mode::Sync, &dst.root, &stage, r, Some(man), &[], ctl);
+                let received = receive(
+                    Mode::Sync,
+                    &dst.root,
+                    &stage,
+                    r,
+                    Some(man),
+                    (&[], None),
+                    ctl,
+                );
                 (sender.join(), received)
             });
             let (sent, received) = join_ends(sent, received, ctl)?;
