@@ -855,6 +855,10 @@ pub struct JobSummary {
     pub wire_bytes: Option<u64>,
     /// Bytes the target produced from what it already had (delta copies, reused files).
     pub reused_bytes: u64,
+    /// Bytes the kernel laid down from the source on the same filesystem (shared extents
+    /// or copy_file_range): neither streamed nor taken from the target's own content.
+    #[serde(default)]
+    pub kernel_bytes: u64,
     /// Files sent as deltas against their previous version.
     pub delta_files: u64,
     /// Entries changed on the copy itself since its last sync (overwritten).

@@ -77,6 +77,45 @@ async fn curl(args: &[&str]) -> (u16, Value) {
     )
 }
 
+/// A tmpfs mounted over a server's storage root for a test, so the server is on another
+/// filesystem than the others (the kernel cannot copy between them: content streams, or
+/// comes from what that server holds); unmounted when dropped, whatever the test did.
+struct OtherFilesystem(std::path::PathBuf);
+
+impl OtherFilesystem {
+    async fn under(s: &TestServer, server: &str) -> OtherFilesystem {
+        let (_, body) = s.get("/api/v1/servers", &s.admin_token).await;
+        let root = body["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == server)
+            .unwrap()["storage_root"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let root = std::path::PathBuf::from(root);
+        std::fs::create_dir_all(&root).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=256m", "tmpfs"])
+            .arg(&root)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "mounting a tmpfs needs root");
+        std::fs::create_dir_all(root.join("containers")).unwrap();
+        OtherFilesystem(root)
+    }
+}
+
+impl Drop for OtherFilesystem {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
 fn tree_root(c: &Value) -> std::path::PathBuf {
     std::path::PathBuf::from(c["root_path"].as_str().unwrap())
 }
@@ -842,6 +881,7 @@ async fn a_copy_takes_what_its_target_server_already_holds() {
     let web_app = s.container_id("web-app").await;
     let web = s.project_id("web-platform").await;
     let empty_server = server_id(&s, "local-c").await;
+    let _other = OtherFilesystem::under(&s, "local-c").await;
     let mut summaries = Vec::new();
     for name in ["reuse-first", "reuse-second"] {
         let (st, started, _) = copy_as(
@@ -882,6 +922,21 @@ async fn a_copy_takes_what_its_target_server_already_holds() {
         n(second, "tree_bytes") - identity,
         "{second}"
     );
+    // Onto a server on the source's filesystem, the kernel lays every file down: nothing
+    // streams, nothing needs to be held there already.
+    let same_fs = server_id(&s, "local-b").await;
+    let (st, started, _) = copy_as(
+        &s,
+        &s.admin_token,
+        &web_app,
+        json!({"target_project_id": web, "target_server_id": same_fs, "name": "by-kernel"}),
+    )
+    .await;
+    assert_eq!(st, 202, "{started}");
+    let job = s.wait_job(started["job"]["id"].as_str().unwrap()).await;
+    let third = &job["summary"];
+    assert_eq!(n(third, "content_bytes"), 0, "{third}");
+    assert_eq!(n(third, "kernel_bytes"), n(third, "tree_bytes"), "{third}");
 }
 
 /// The runner's limits (2 jobs at once, 1 per target server by default): never exceeded,
@@ -1072,6 +1127,7 @@ async fn a_first_copy_takes_content_only_from_trees_of_its_own_projects() {
         .await;
     let tree = std::path::PathBuf::from(c["root_path"].as_str().unwrap());
     let empty_server = server_id(&s, "local-c").await;
+    let _other = OtherFilesystem::under(&s, "local-c").await;
     let import = |project: String, name: &'static str| {
         let tree = tree.clone();
         let server = empty_server.clone();

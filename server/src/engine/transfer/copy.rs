@@ -149,6 +149,7 @@ pub(super) fn copy_staged(
     let _ = m.store(&src.manifest_path());
     let mut summary = finish_copy(dst, staging, &m, ctl)?;
     summary.reused_bytes = received.reused_bytes;
+    summary.kernel_bytes = received.kernel_bytes;
     if received.kernel_copied > 0 {
         summary.notes.push(format!(
             "{} files laid down by the kernel from the source ({}), none streamed",
@@ -195,6 +196,9 @@ pub(in crate::engine) fn finish_copy(
     })
 }
 
+/// Content the receiver's server holds: for each hash, a tree and a path there.
+pub(super) type Offer = HashMap<[u8; 32], (u32, Vec<u8>)>;
+
 /// Whether two paths are on one filesystem (the kernel can copy between them).
 fn same_filesystem(a: &Path, b: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
@@ -212,7 +216,7 @@ fn same_filesystem(a: &Path, b: &Path) -> bool {
 pub(super) fn send_copy(
     root: &Path,
     m: &mut Manifest,
-    (offer, source_tree): (&HashMap<[u8; 32], (u32, Vec<u8>)>, Option<u32>),
+    (offer, source_tree): (&Offer, Option<u32>),
     out: PipeWriter,
     ctl: &Control,
 ) -> Result<(WireStats, Listed), EngineError> {

@@ -36,8 +36,10 @@ pub(super) enum Pending {
 pub(super) struct Received {
     pub(super) pending: Vec<Pending>,
     pub(super) reused_bytes: u64,
-    /// Files laid down by the kernel (shared extents or copy_file_range).
+    /// Files laid down by the kernel (shared extents or copy_file_range), and the bytes of
+    /// those taken from the source itself.
     pub(super) kernel_copied: u64,
+    pub(super) kernel_bytes: u64,
     /// Files that changed between the sender's scan and their kernel copy, as copied.
     pub(super) changed: Vec<Entry>,
 }
@@ -77,6 +79,7 @@ pub(super) fn receive(
         pending: Vec::new(),
         reused_bytes: 0,
         kernel_copied: 0,
+        kernel_bytes: 0,
         changed: Vec::new(),
     };
     let mut seq = 0u64;
@@ -153,6 +156,7 @@ pub(super) fn receive(
             if got.kernel {
                 out.kernel_copied += 1;
             }
+            out.kernel_bytes += got.kernel_bytes;
             if got.changed {
                 out.changed.push(e.clone());
             }
@@ -347,8 +351,9 @@ pub(super) struct Content {
     /// content is what the file held when copied, not what the sender announced (a copy
     /// records it as it is, and says the file was unstable).
     pub(super) changed: bool,
-    /// Laid down by the kernel.
+    /// Laid down by the kernel; and how many bytes of it came from the source itself.
     pub(super) kernel: bool,
+    pub(super) kernel_bytes: u64,
 }
 
 /// Receives one file's content into `out`, hashing as it writes; fails unless the result
@@ -386,6 +391,7 @@ pub(super) fn receive_content(
     let mut from_reuse: Option<([u8; 32], Vec<Chunk>)> = None;
     // Laid down by the kernel; from the source tree's own file (which may have changed).
     let mut kernel_copied = false;
+    let mut kernel_bytes = 0u64;
     let mut of_source = false;
     let mut buf = Vec::new();
     loop {
@@ -494,7 +500,12 @@ pub(super) fn receive_content(
                         hash_reader(out, e.size, ctl, |_, _| Ok(()))?
                     };
                     written += len;
-                    reused += len;
+                    // From the source itself: not content the target held already.
+                    if from_source {
+                        kernel_bytes += len;
+                    } else {
+                        reused += len;
+                    }
                     ctl.add_progress(len, 0);
                     if how == fsx::KernelCopy::CopyFileRange {
                         ctl.throttle(len);
@@ -532,6 +543,7 @@ pub(super) fn receive_content(
                     patch,
                     changed,
                     kernel: kernel_copied,
+                    kernel_bytes,
                 });
             }
             _ => {
