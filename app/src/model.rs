@@ -350,6 +350,10 @@ pub struct Server {
     /// servers' and the request's limits applies); absent: no limit.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub bwlimit_bytes_per_second: Option<u64>,
+    /// What its filesystem does for copies from a source on the same filesystem (found at
+    /// start; absent while an agent has not said).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub storage: Option<StorageMode>,
 }
 
 /// `PUT /api/v1/servers/{id}/bwlimit`: a server's bandwidth limit, or none.
@@ -386,6 +390,29 @@ pub struct ServerTransfer {
 pub enum ServerKind {
     Embedded,
     Agent,
+}
+
+/// How a copy onto a server is laid down when its source is on the same filesystem.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StorageMode {
+    /// Files share the source's extents (XFS with reflink, btrfs): a copy is nearly free.
+    Reflink,
+    /// The kernel copies the bytes (ext4 and others): none pass through doppel.
+    CopyFileRange,
+    /// doppel streams every byte (what a copy between hosts always does).
+    Stream,
+}
+
+impl StorageMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StorageMode::Reflink => "reflink",
+            StorageMode::CopyFileRange => "copy_file_range",
+            StorageMode::Stream => "stream",
+        }
+    }
 }
 
 #[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]

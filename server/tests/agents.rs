@@ -208,6 +208,10 @@ async fn a_host_joins_once_and_its_state_is_seen_within_seconds() {
         "{seen}"
     );
     assert_eq!(seen["version"], env!("CARGO_PKG_VERSION"), "{seen}");
+    assert!(
+        seen["storage"].is_string(),
+        "what its filesystem does: {seen}"
+    );
     assert!(seen["free_bytes"].as_u64().unwrap() > 0, "{seen}");
     assert_eq!(seen["container_count"], 0, "{seen}");
     let b_identity =

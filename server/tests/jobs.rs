@@ -1401,6 +1401,11 @@ async fn bandwidth_limits_hold_copies_and_syncs_to_their_rate() {
         .unwrap()
         .clone();
     assert_eq!(shown["bwlimit_bytes_per_second"], 1 << 20);
+    // What its filesystem does for copies, found by trying it.
+    assert!(
+        ["reflink", "copy_file_range", "stream"].contains(&shown["storage"].as_str().unwrap()),
+        "{shown}"
+    );
     // A sync that moves 3 MiB again keeps to the server's limit.
     std::fs::write(&big, random_bytes(3 << 20)).unwrap();
     let started = std::time::Instant::now();

@@ -140,6 +140,7 @@ fn ServerTable(now: Millis, list: Vec<Server>) -> impl IntoView {
                     <th scope="col">"Containers"</th>
                     <th scope="col">"Transfers"</th>
                     <th scope="col">"Limit"</th>
+                    <th scope="col" title="How a copy from the same filesystem is laid down">"Storage"</th>
                     {admin.then(|| view! { <th scope="col">"Where"</th> })}
                 </tr>
             </thead>
@@ -203,6 +204,7 @@ fn ServerTable(now: Millis, list: Vec<Server>) -> impl IntoView {
                             <td data-label="Containers">{s.container_count}</td>
                             <td data-label="Transfers" class="small">{transfers}</td>
                             <td data-label="Limit">{limit}</td>
+                            <td data-label="Storage">{s.storage.map(|m| m.as_str()).unwrap_or("—")}</td>
                             {admin.then(|| view! { <td data-label="Where" class="small">{place}</td> })}
                         </tr>
                     }

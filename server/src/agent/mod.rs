@@ -151,6 +151,8 @@ pub(crate) struct AgentState {
     busy: parking_lot::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// This host's container runtime (or why there is none).
     runtime: Arc<crate::runtime::Runtime>,
+    /// What its storage's filesystem does for copies within it (found at start).
+    storage: app::model::StorageMode,
 }
 
 impl AgentState {
@@ -218,6 +220,9 @@ pub async fn run(
         expected: Default::default(),
         busy: Default::default(),
         runtime: Arc::new(runtime),
+        storage: crate::service::storage_mode_of(crate::engine::fsx::kernel_copy_support(
+            &cfg.storage_root(),
+        )),
     });
     tls::serve(listener, tls, work::router(state), stop).await;
     Ok(())
@@ -242,5 +247,6 @@ async fn status(State(st): State<Arc<AgentState>>) -> Json<AgentStatus> {
         total_bytes: total,
         containers,
         runtime: st.runtime.unavailable().map(str::to_string),
+        storage: Some(st.storage),
     })
 }

@@ -57,6 +57,9 @@ pub struct AgentStatus {
     /// Why containers cannot run on it (none: they can).
     #[serde(default)]
     pub runtime: Option<String>,
+    /// What its storage's filesystem does for copies within it.
+    #[serde(default)]
+    pub storage: Option<app::model::StorageMode>,
 }
 
 /// What a transfer does to its target.

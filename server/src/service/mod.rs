@@ -37,7 +37,7 @@ use crate::store::{Db, DbError};
 pub use audit::AUDIT_PAGE;
 pub use copy::parse_ssh_public_key;
 pub use running::{MAX_LOG_LINES, MAX_STOP_GRACE_S};
-pub use servers::JOIN_TOKEN_TTL_MS;
+pub use servers::{storage_mode_of, JOIN_TOKEN_TTL_MS};
 pub use sessions::LoginOutcome;
 use sync_status::SharedProbes;
 
@@ -56,6 +56,8 @@ pub struct Service {
     lifecycle: Arc<Lifecycle>,
     /// Servers on other hosts: their clients and what was last heard from them.
     agents: Arc<Agents>,
+    /// What each embedded server's filesystem does for copies (found once, on first ask).
+    storage_modes: parking_lot::Mutex<std::collections::HashMap<String, StorageMode>>,
 }
 
 /// Logs an unexpected failure and gives the user a generic error (details stay in the log).
@@ -97,6 +99,7 @@ impl Service {
             tokens: TokenCache::new(std::time::Duration::from_secs(2)),
             logins: Default::default(),
             probes: SharedProbes::default(),
+            storage_modes: Default::default(),
             lifecycle,
             agents,
         }

@@ -16,6 +16,15 @@ use crate::remote::protocol::{join_token, JoinAnswer, JoinRequest, PROTOCOL};
 use crate::store::{Db, ServerRow};
 use crate::tls::Fingerprint;
 
+/// The wire's name for what a filesystem's kernel does for copies.
+pub fn storage_mode_of(found: Option<crate::engine::fsx::KernelCopy>) -> StorageMode {
+    match found {
+        Some(crate::engine::fsx::KernelCopy::Reflink) => StorageMode::Reflink,
+        Some(crate::engine::fsx::KernelCopy::CopyFileRange) => StorageMode::CopyFileRange,
+        None => StorageMode::Stream,
+    }
+}
+
 /// How long a join token is good for.
 pub const JOIN_TOKEN_TTL_MS: i64 = 60 * 60 * 1000;
 
@@ -117,6 +126,7 @@ impl Service {
             join_expires_at: None,
             transfers: Vec::new(),
             bwlimit_bytes_per_second: row.bwlimit.and_then(|b| u64::try_from(b).ok()),
+            storage: None,
         };
         match row.kind {
             ServerKind::Embedded => {
@@ -129,6 +139,7 @@ impl Service {
                     s.free_bytes = Some(free);
                     s.total_bytes = Some(total);
                 }
+                s.storage = Some(self.storage_mode(&s.id, &row.storage_root).await);
                 s.storage_root = admin.then_some(row.storage_root);
             }
             ServerKind::Agent if row.joined_at.is_none() => {
@@ -149,6 +160,7 @@ impl Service {
                 s.state_reason = view.reason;
                 s.last_seen_at = view.last_seen_ms;
                 if let Some(st) = view.status {
+                    s.storage = st.storage;
                     s.version = Some(st.version);
                     s.free_bytes = Some(st.free_bytes);
                     s.total_bytes = Some(st.total_bytes);
@@ -195,6 +207,25 @@ impl Service {
                 .ok_or_else(|| ApiError::not_found("server", id))
         })
         .await
+    }
+
+    /// What an embedded server's filesystem does for copies: tried once (two scratch files
+    /// in its storage root), then remembered.
+    async fn storage_mode(&self, id: &str, storage_root: &str) -> StorageMode {
+        if let Some(mode) = self.storage_modes.lock().get(id) {
+            return *mode;
+        }
+        let root = std::path::PathBuf::from(storage_root);
+        let found = tokio::task::spawn_blocking(move || {
+            let _ = std::fs::create_dir_all(&root);
+            crate::engine::fsx::kernel_copy_support(&root)
+        })
+        .await
+        .ok()
+        .flatten();
+        let mode = storage_mode_of(found);
+        self.storage_modes.lock().insert(id.to_string(), mode);
+        mode
     }
 
     /// `POST /servers` (platform admins): a pending server and its one-time join token.
