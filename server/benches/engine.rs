@@ -102,17 +102,96 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1.0);
-    let dir = std::env::var("BENCH_DIR")
+    let base = std::env::var("BENCH_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench"));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    let dir = dir.canonicalize().unwrap();
+    let _ = fs::remove_dir_all(&base);
+    fs::create_dir_all(&base).unwrap();
+    let base = base.canonicalize().unwrap();
+    // The host's filesystem, then XFS (reflink) and btrfs images made and mounted for the
+    // run (root, mkfs.xfs and mkfs.btrfs: `make bench` installs them).
+    let host = base.join("host");
+    fs::create_dir_all(&host).unwrap();
+    bench(&host, scale, &fs_type(&host));
+    // Room for the tree, rsync's two full copies and cp's, with margin.
+    let image = ((8u64 << 30) as f64 * scale).max((2u64 << 30) as f64) as u64;
+    for kind in ["xfs", "btrfs"] {
+        match LoopFs::mount(&base.join(kind), kind, image) {
+            Ok(mounted) => bench(&mounted.root, scale, kind),
+            Err(why) => println!("\n{kind}: not measured ({why})"),
+        }
+    }
+    if std::env::var("BENCH_KEEP").is_err() {
+        let _ = fs::remove_dir_all(&base);
+    }
+}
+
+/// The type of the filesystem `dir` is on (`ext4`, `xfs`, ...).
+fn fs_type(dir: &Path) -> String {
+    Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(dir)
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| "host".into())
+}
+
+/// A filesystem image loop-mounted for the run; unmounted and removed when dropped.
+struct LoopFs {
+    root: PathBuf,
+    image: PathBuf,
+}
+
+impl LoopFs {
+    fn mount(dir: &Path, kind: &str, size: u64) -> Result<LoopFs, String> {
+        fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        let image = dir.join("image");
+        let root = dir.join("mnt");
+        fs::create_dir_all(&root).map_err(|e| e.to_string())?;
+        fs::File::create(&image)
+            .and_then(|f| f.set_len(size))
+            .map_err(|e| e.to_string())?;
+        let mkfs = match kind {
+            "xfs" => Command::new("mkfs.xfs")
+                .args(["-q", "-m", "reflink=1"])
+                .arg(&image)
+                .output(),
+            _ => Command::new("mkfs.btrfs").arg("-q").arg(&image).output(),
+        }
+        .map_err(|e| format!("mkfs.{kind}: {e}"))?;
+        if !mkfs.status.success() {
+            return Err(String::from_utf8_lossy(&mkfs.stderr).trim().to_string());
+        }
+        let mount = Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&image)
+            .arg(&root)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !mount.status.success() {
+            return Err(String::from_utf8_lossy(&mount.stderr).trim().to_string());
+        }
+        Ok(LoopFs { root, image })
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.root).status();
+        let _ = fs::remove_file(&self.image);
+    }
+}
+
+/// The benchmark in `dir`, on the filesystem called `fs_name`.
+fn bench(dir: &Path, scale: f64, fs_name: &str) {
     let place = |n: &str| Place::new(dir.join("roots").join(n), dir.join("state").join(n));
     let src = place("src");
 
+    println!();
     println!(
-        "doppel engine benchmark, BENCH_SCALE={scale}, in {}",
+        "doppel engine benchmark on {fs_name}, BENCH_SCALE={scale}, in {}",
         dir.display()
     );
     let t = Instant::now();
@@ -224,9 +303,11 @@ fn main() {
     println!("| no-op sync (s) | {noop:.3} | | |");
     println!();
     println!(
-        "copy: {} files, {:.1} MB; sync: +{} ~{} -{} meta {} delta files {}, content {:.2} MB, reused {:.2} MB",
+        "copy: {} files, {:.1} MB ({:.1} MB laid down by the kernel: {:?}); sync: +{} ~{} -{} meta {} delta files {}, content {:.2} MB, reused {:.2} MB",
         copy_summary.tree_files,
         mb(copy_summary.tree_bytes),
+        mb(copy_summary.kernel_bytes),
+        copy_summary.notes,
         sync_summary.files_added,
         sync_summary.files_changed,
         sync_summary.files_deleted,
@@ -239,19 +320,22 @@ fn main() {
         "doppel phases (ms): copy {:?}; sync {:?}; no-op sync {:?}",
         copy_summary.phase_ms, sync_summary.phase_ms, noop_summary.phase_ms
     );
-    println!("doppel_peak_rss_mb_during_copy {peak_rss:.1}");
-    println!("copy_time_ratio_vs_rsync {:.3}", copy_doppel / copy_rsync.0);
+    println!("{fs_name} doppel_peak_rss_mb_during_copy {peak_rss:.1}");
     println!(
-        "copy_time_ratio_vs_rsync_then_sync {:.3}",
+        "{fs_name} copy_time_ratio_vs_rsync {:.3}",
+        copy_doppel / copy_rsync.0
+    );
+    println!(
+        "{fs_name} copy_time_ratio_vs_rsync_then_sync {:.3}",
         copy_doppel / copy_rsync.1
     );
-    println!("sync_time_ratio_vs_rsync {:.3}", sync_doppel / sync_rsync);
     println!(
-        "sync_bytes_ratio_vs_rsync {:.3}",
+        "{fs_name} sync_time_ratio_vs_rsync {:.3}",
+        sync_doppel / sync_rsync
+    );
+    println!(
+        "{fs_name} sync_bytes_ratio_vs_rsync {:.3}",
         sync_summary.bytes_sent as f64 / rsync_bytes.max(1) as f64
     );
-    println!("noop_sync_seconds {noop:.3}");
-    if std::env::var("BENCH_KEEP").is_err() {
-        let _ = fs::remove_dir_all(&dir);
-    }
+    println!("{fs_name} noop_sync_seconds {noop:.3}");
 }
