@@ -1650,6 +1650,13 @@ fn copies_within_one_filesystem_are_laid_down_by_the_kernel_and_read_at_most_onc
     );
     sync(&src, &again, &Control::new()).unwrap();
     assert_same_tree(&src.root, &again.root);
+    // A sync on one filesystem takes changed files from the source by the kernel too.
+    write(&src.root.join(&victim), &Rng(46).bytes(20_000));
+    write(&src.root.join("new-at-the-source"), &Rng(47).bytes(30_000));
+    let s = sync(&src, &again, &Control::new()).unwrap();
+    assert_same_tree(&src.root, &again.root);
+    assert!(s.kernel_bytes > 0 && s.content_bytes == 0, "{s:?}");
+    assert!(verify(&again, &Control::new()).unwrap().ok);
 }
 
 /// A filesystem image of `kind` (`xfs` with reflink, or `btrfs`) loop-mounted for a test;

@@ -200,7 +200,7 @@ pub(in crate::engine) fn finish_copy(
 pub(super) type Offer = HashMap<[u8; 32], (u32, Vec<u8>)>;
 
 /// Whether two paths are on one filesystem (the kernel can copy between them).
-fn same_filesystem(a: &Path, b: &Path) -> bool {
+pub(super) fn same_filesystem(a: &Path, b: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     match (fs::metadata(a), fs::metadata(b)) {
         (Ok(a), Ok(b)) => a.dev() == b.dev(),

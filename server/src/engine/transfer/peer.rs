@@ -544,7 +544,7 @@ fn send_sync_to_counted(
     if plan.files_total > 0 {
         let (changes, deleted, root) = (&plan.changes, &plan.deleted, &src.root);
         let sent = send_frames(stream, ctl, |w| {
-            send_sync(root, changes, deleted, &t_man, w, ctl)
+            send_sync(root, (changes, deleted), &t_man, None, w, ctl)
         });
         match sent {
             Ok(sent) => plan.sent(sent, &mut summary),

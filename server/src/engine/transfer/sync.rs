@@ -31,19 +31,32 @@ pub(in crate::engine) fn sync(
     let mut plan = plan(s_man, &s_report, &target.man, keep, &mut summary, ctl);
     let received = if plan.files_total > 0 {
         let stage = stage_dir(dst)?;
+        // On the source's filesystem, changed files are laid down by the kernel from the
+        // source (shared extents, or copy_file_range) instead of streamed; deltas of large
+        // files stay deltas (only their new ranges are written).
+        let kernel = !ctl.stream_only
+            && super::copy::same_filesystem(&src.root, &stage)
+            && fsx::kernel_copy_support(&dst.work_dir()).is_some();
+        let source = [src.clone()];
+        let (trees, source_tree): (&[Place], _) = if kernel {
+            (&source, Some(0))
+        } else {
+            (&[], None)
+        };
         let result = (|| {
             let (w, r) = wire::pipe();
             let (sent, received) = std::thread::scope(|s| {
                 let man = &target.man;
                 let (changes, deleted) = (&plan.changes, &plan.deleted);
-                let sender = s.spawn(|| send_sync(&src.root, changes, deleted, man, w, ctl));
+                let sender =
+                    s.spawn(|| send_sync(&src.root, (changes, deleted), man, source_tree, w, ctl));
                 let received = receive(
                     Mode::Sync,
                     &dst.root,
                     &stage,
                     r,
                     Some(man),
-                    (&[], None),
+                    (trees, source_tree),
                     ctl,
                 );
                 (sender.join(), received)
@@ -52,7 +65,7 @@ pub(in crate::engine) fn sync(
             ctl.fail("sync:after-transfer")?;
             Ok::<_, EngineError>((sent, received))
         })();
-        let (sent, received) = match result {
+        let (mut sent, received) = match result {
             Ok(r) => r,
             Err(e) => {
                 // Nothing of the target was touched yet: roll back the staged content.
@@ -60,6 +73,13 @@ pub(in crate::engine) fn sync(
                 return Err(e);
             }
         };
+        // Files of the source that changed between the scan and their kernel copy: the
+        // state records them as copied, as for those the sender saw change.
+        for c in &received.changed {
+            sent.reread
+                .push((c.path.clone(), c.hash, c.size, c.chunks.clone()));
+        }
+        summary.kernel_bytes = received.kernel_bytes;
         plan.sent(sent, &mut summary);
         Some(received)
     } else {
@@ -352,9 +372,9 @@ pub(super) struct Sent {
 
 pub(super) fn send_sync(
     root: &Path,
-    changes: &[(Change, Entry)],
-    deleted: &[Vec<u8>],
+    (changes, deleted): (&[(Change, Entry)], &[Vec<u8>]),
     target: &Manifest,
+    source_tree: Option<u32>,
     out: PipeWriter,
     ctl: &Control,
 ) -> Result<Sent, EngineError> {
@@ -397,6 +417,19 @@ pub(super) fn send_sync(
         if let Some(from) = by_hash.get(&e.hash) {
             let from = Frame::Reuse {
                 from: from.to_vec(),
+            };
+            send_reused(&mut fw, from, e)?;
+            continue;
+        }
+        let has_base = by_path.get(e.path.as_slice()).is_some_and(|t| {
+            t.kind == Kind::File && !t.chunks.is_empty() && e.size >= CHUNKED_FILE_MIN
+        });
+        // The receiver has the source on its filesystem: the kernel lays the file down
+        // from there (a large file with a previous version still goes as a delta).
+        if let Some(tree) = source_tree.filter(|_| !has_base && e.hash != [0; 32] && e.size > 0) {
+            let from = Frame::ReuseLocal {
+                tree,
+                from: e.path.clone(),
             };
             send_reused(&mut fw, from, e)?;
             continue;
