@@ -326,8 +326,11 @@ impl Enc {
             self.u64(e.size);
             self.i64(e.mtime_ns);
         }
-        self.u64(0);
-        self.i64(0);
+        // The source's inode and change time: a receiver on the source's filesystem checks
+        // a file it takes from the source by the kernel is still the version the sender
+        // scanned (they mean nothing anywhere else, and are not applied).
+        self.u64(e.ino);
+        self.i64(e.ctime_ns);
         self.chunks(&[]);
     }
 

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The agent protocol's version: both sides refuse a peer of another.
-pub const PROTOCOL: u32 = 1;
+pub const PROTOCOL: u32 = 2;
 
 /// `POST /v1/join` on the control plane's agent port, from a host joining with a token.
 #[derive(Clone, Debug, Serialize, Deserialize)]

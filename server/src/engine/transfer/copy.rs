@@ -199,6 +199,24 @@ pub(in crate::engine) fn finish_copy(
 /// Content the receiver's server holds: for each hash, a tree and a path there.
 pub(super) type Offer = HashMap<[u8; 32], (u32, Vec<u8>)>;
 
+/// A file whose content the receiver takes from the source tree (`tree`) by the kernel:
+/// its entry, where to take it, and what it must be.
+fn from_source(
+    fw: &mut FrameWriter<PipeWriter>,
+    tree: u32,
+    e: &Entry,
+    ctl: &Control,
+) -> Result<(), EngineError> {
+    ctl.fail("copy:kernel-file")?;
+    fw.send(&Frame::Entry(e.clone()))
+        .map_err(io_err("sending"))?;
+    let from = Frame::ReuseLocal {
+        tree,
+        from: e.path.clone(),
+    };
+    send_reused(fw, from, e)
+}
+
 /// Whether two paths are on one filesystem (the kernel can copy between them).
 pub(super) fn same_filesystem(a: &Path, b: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
@@ -245,6 +263,17 @@ pub(super) fn send_copy(
                 send_reused(&mut fw, from, e)?;
                 hashes.insert(e.path.clone(), e.hash);
             }
+            // Known content the receiver takes from the source by the kernel: not opened.
+            Kind::File
+                if e.link_to.is_none()
+                    && source_tree.is_some()
+                    && e.hash != [0; 32]
+                    && e.size > 0 =>
+            {
+                let tree = source_tree.expect("matched above");
+                from_source(&mut fw, tree, e, ctl)?;
+                hashes.insert(e.path.clone(), e.hash);
+            }
             Kind::File if e.link_to.is_none() => {
                 let file = match walker
                     .parent(&e.path)
@@ -278,14 +307,7 @@ pub(super) fn send_copy(
                         e.hash = hash;
                         e.chunks = chunks;
                     }
-                    ctl.fail("copy:kernel-file")?;
-                    fw.send(&Frame::Entry(e.clone()))
-                        .map_err(io_err("sending"))?;
-                    let from = Frame::ReuseLocal {
-                        tree,
-                        from: e.path.clone(),
-                    };
-                    send_reused(&mut fw, from, e)?;
+                    from_source(&mut fw, tree, e, ctl)?;
                     hashes.insert(e.path.clone(), e.hash);
                     continue;
                 }

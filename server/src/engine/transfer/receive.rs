@@ -200,7 +200,10 @@ pub(super) fn receive(
                 None => {}
             }
             fsx::apply_meta_fd(file.as_fd(), &e).map_err(io_err("setting metadata"))?;
-            fsx::start_writeback(file.as_fd());
+            if !got.kernel {
+                // (A file the kernel laid down has no pages of its own to write.)
+                fsx::start_writeback(file.as_fd());
+            }
             ctl.fail("receive:file")?;
             ctl.add_progress(0, 1);
             match mode {
