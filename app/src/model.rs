@@ -363,7 +363,13 @@ pub struct Server {
 pub struct ServerBwlimit {
     /// Bytes a second, as `?bwlimit=` takes them (`50M`); null or absent: no limit.
     #[serde(default)]
-    #[cfg_attr(feature = "ssr", schema(pattern = "^[0-9]{1,15}[KkMmGg]?$"))]
+    // (At least 64K, as `?bwlimit=`.)
+    #[cfg_attr(
+        feature = "ssr",
+        schema(
+            pattern = "^([1-9][0-9]{5,14}|6553[6-9]|655[4-9][0-9]|65[6-9][0-9]{2}|6[6-9][0-9]{3}|[7-9][0-9]{4}|(6[4-9]|[7-9][0-9]|[1-9][0-9]{2,14})[Kk]|[1-9][0-9]{0,14}[MmGg])$"
+        )
+    )]
     pub bwlimit: Option<String>,
 }
 
@@ -1115,7 +1121,13 @@ pub struct TransferOptions {
     /// K, M or G (powers of 1024), at least 64K. The servers' own limits apply too: the
     /// lowest wins.
     #[serde(default)]
-    #[cfg_attr(feature = "ssr", param(pattern = "^[0-9]{1,15}[KkMmGg]?$"))]
+    // (At least 64K: bytes from 65536, K from 64, M or G from 1.)
+    #[cfg_attr(
+        feature = "ssr",
+        param(
+            pattern = "^([1-9][0-9]{5,14}|6553[6-9]|655[4-9][0-9]|65[6-9][0-9]{2}|6[6-9][0-9]{3}|[7-9][0-9]{4}|(6[4-9]|[7-9][0-9]|[1-9][0-9]{2,14})[Kk]|[1-9][0-9]{0,14}[MmGg])$"
+        )
+    )]
     pub bwlimit: Option<String>,
 }
 

@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::{
-    accepted, body, idempotency_key, path, query, ApiResult, Caller, JobAnswer, ReadErrors,
-    RestError, WriteErrors,
+    accepted, body, idempotency_key, object_body, path, query, ApiResult, Caller, JobAnswer,
+    ObjectBody, ReadErrors, RestError, WriteErrors,
 };
 use crate::http::AppState;
 
@@ -75,10 +75,10 @@ pub(super) async fn set_server_bwlimit(
     State(st): State<AppState>,
     Caller(user): Caller,
     id: Result<Path<String>, PathRejection>,
-    req: Result<Json<ServerBwlimit>, JsonRejection>,
+    req: ObjectBody,
 ) -> ApiResult<Server> {
     let id = path(id)?;
-    let req = body(req)?;
+    let req: ServerBwlimit = object_body(req)?;
     Ok(Json(st.service.set_server_bwlimit(&user, &id, req).await?))
 }
 
