@@ -248,5 +248,6 @@ async fn status(State(st): State<Arc<AgentState>>) -> Json<AgentStatus> {
         containers,
         runtime: st.runtime.unavailable().map(str::to_string),
         storage: Some(st.storage),
+        storage_root: st.storage_root.display().to_string(),
     })
 }

@@ -394,11 +394,17 @@ impl JobRunner {
                 )
             };
             let first = pass(ctl.clone()).await;
+            let first = first.map_err(|e| self.paths_named(e, &source_root, &target_root));
             // (For a target on an agent this place is not on this host: its half-changed
             // state comes back as `Incomplete`.)
             let here = container_place(&target_root, &target_id);
+            let last = || async {
+                pass(ctl)
+                    .await
+                    .map_err(|e| self.paths_named(e, &source_root, &target_root))
+            };
             let (result, restarted) = self
-                .final_pass(kind, &params, (&target_id, &here), first, || pass(ctl))
+                .final_pass(kind, &params, (&target_id, &here), first, last)
                 .await?;
             let ended = Ended {
                 result,
@@ -691,6 +697,36 @@ impl JobRunner {
             };
         }
         Ok(summary)
+    }
+
+    /// An error of a transfer across hosts with the storage roots it may name (this host's
+    /// and the agents') put as the servers they are.
+    fn paths_named(
+        &self,
+        e: EngineError,
+        source_root: &std::path::Path,
+        target_root: &std::path::Path,
+    ) -> EngineError {
+        let agent_roots: Vec<String> = self
+            .agents
+            .storage_roots()
+            .into_iter()
+            .filter(|r| !r.is_empty())
+            .collect();
+        let mut names: Vec<(String, &str)> = agent_roots
+            .into_iter()
+            .map(|r| (r, "the other host's storage"))
+            .collect();
+        for (root, name) in [
+            (source_root, "the source server"),
+            (target_root, "the target server"),
+        ] {
+            if !root.as_os_str().is_empty() {
+                names.push((root.display().to_string(), name));
+            }
+        }
+        names.sort_by_key(|(path, _)| std::cmp::Reverse(path.len()));
+        without_paths(e, &names)
     }
 
     /// A delete: the process stopped (its network goes with it), then the tree, the

@@ -101,6 +101,15 @@ impl Agents {
     }
 
     /// Whether the server is another host's (a joined agent).
+    /// The storage roots the agents reported (for naming them in errors).
+    pub fn storage_roots(&self) -> Vec<String> {
+        self.agents
+            .lock()
+            .values()
+            .filter_map(|a| a.status.as_ref().map(|s| s.storage_root.clone()))
+            .collect()
+    }
+
     pub fn is_agent(&self, server_id: &str) -> bool {
         self.agents.lock().contains_key(server_id)
     }

@@ -60,6 +60,10 @@ pub struct AgentStatus {
     /// What its storage's filesystem does for copies within it.
     #[serde(default)]
     pub storage: Option<app::model::StorageMode>,
+    /// Where its storage root is on its host: a job's error names it as the server's
+    /// storage, not by that host's path.
+    #[serde(default)]
+    pub storage_root: String,
 }
 
 /// What a transfer does to its target.
