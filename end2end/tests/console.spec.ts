@@ -329,6 +329,17 @@ test('an admin makes a project and a user; the user works in it; the admin sees 
   await expect(page.locator('code.secret')).toContainText('doppel-join-1.');
   await expect(page.locator('tr[data-server="far-e2e"]')).toContainText('pending');
   await expect(page.locator('tr[data-server="far-e2e"]')).toContainText('waiting for its host to join');
+  // What its filesystem does for copies is shown; a bandwidth limit is set, then lifted.
+  await expect(page.locator('tr[data-server="local-a"] td[data-label="Storage"]')).toHaveText(
+    /^(reflink|copy_file_range|stream)$/,
+  );
+  await page.locator('#limit-server').selectOption({ label: 'local-b' });
+  await page.locator('#limit-rate').fill('50M');
+  await page.getByRole('button', { name: 'Set limit' }).click();
+  await expect(page.locator('tr[data-server="local-b"] td[data-label="Limit"]')).toHaveText('50.0 MiB/s');
+  await page.locator('#limit-rate').fill('');
+  await page.getByRole('button', { name: 'Set limit' }).click();
+  await expect(page.locator('tr[data-server="local-b"] td[data-label="Limit"]')).toHaveText('none');
 
   // A project that holds containers is not deleted: the reason is shown.
   await page.goto('/admin');

@@ -159,6 +159,27 @@ fn agent_process(
     Running::spawn(c, log)
 }
 
+/// A control plane with the demo (jobs wait `wait` s for an offline server) and an agent
+/// joined as server b, online: the control plane, b's data dir, and b.
+async fn with_agent_b(
+    lab: &Lab,
+    dir: &Path,
+    wait: u32,
+) -> (ControlPlane, std::path::PathBuf, Agent) {
+    let cp = control_plane_with(lab, dir, true, wait).await;
+    let b_data = dir.join("b");
+    let token = cp.add_server("b").await;
+    let b = agent(
+        lab,
+        "b",
+        &b_data,
+        Some((&cp.join_url, &token)),
+        &dir.join("b.log"),
+    );
+    cp.wait_state("b", "online", Duration::from_secs(20)).await;
+    (cp, b_data, b)
+}
+
 struct Agent {
     process: Running,
     data: std::path::PathBuf,
@@ -790,17 +811,7 @@ impl ControlPlane {
 async fn a_job_for_an_offline_host_waits_saying_so_then_runs_or_fails_in_time() {
     let lab = Lab::new(&["cp", "b"]);
     let dir = tempfile::tempdir().unwrap();
-    let cp = control_plane_with(&lab, dir.path(), true, 4).await;
-    let b_data = dir.path().join("b");
-    let token = cp.add_server("b").await;
-    let mut b = agent(
-        &lab,
-        "b",
-        &b_data,
-        Some((&cp.join_url, &token)),
-        &dir.path().join("b.log"),
-    );
-    cp.wait_state("b", "online", Duration::from_secs(20)).await;
+    let (cp, b_data, mut b) = with_agent_b(&lab, dir.path(), 4).await;
     let (project, server) = (cp.project("web-platform").await, cp.server_id("b").await);
     let web_app = cp.id_of("web-app").await;
 
@@ -1160,17 +1171,7 @@ impl ControlPlane {
 async fn containers_run_on_their_agent_s_host_and_survive_its_restart() {
     let lab = Lab::new(&["cp", "b"]);
     let dir = tempfile::tempdir().unwrap();
-    let cp = control_plane_with(&lab, dir.path(), true, 30).await;
-    let b_data = dir.path().join("b");
-    let token = cp.add_server("b").await;
-    let mut b_agent = agent(
-        &lab,
-        "b",
-        &b_data,
-        Some((&cp.join_url, &token)),
-        &dir.path().join("b.log"),
-    );
-    cp.wait_state("b", "online", Duration::from_secs(20)).await;
+    let (cp, b_data, mut b_agent) = with_agent_b(&lab, dir.path(), 30).await;
     let project = cp.project("web-platform").await;
     let b = cp.server_id("b").await;
     let web_app = cp.id_of("web-app").await;

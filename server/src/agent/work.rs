@@ -367,21 +367,14 @@ async fn remove(State(st): State<Arc<AgentState>>, UrlPath(id): UrlPath<String>)
     let _one = lock.lock().await;
     // Its process and network go first (the control plane stopped it already, normally).
     st.stop_if_running(&id).await;
-    let removed = tokio::task::spawn_blocking(move || {
-        let place = container_place(&root, &id);
-        engine::remove_trees(&[
-            place.root.clone(),
-            place.state_dir.clone(),
-            snapshots_dir(&root).join(&id),
-            runtime_dir(&root, &id),
-        ])
-    })
-    .await;
-    match removed {
-        Ok(Ok(())) => StatusCode::NO_CONTENT.into_response(),
-        Ok(Err(e)) => refused(StatusCode::CONFLICT, e.to_string()),
-        Err(_) => refused(StatusCode::INTERNAL_SERVER_ERROR, "it panicked"),
-    }
+    let place = container_place(&root, &id);
+    removed(vec![
+        place.root,
+        place.state_dir,
+        snapshots_dir(&root).join(&id),
+        runtime_dir(&root, &id),
+    ])
+    .await
 }
 
 /// A snapshot: the container's tree frozen under `snapshot` (an id the control plane
@@ -390,9 +383,9 @@ async fn make_snapshot(
     State(st): State<Arc<AgentState>>,
     UrlPath((id, snapshot)): UrlPath<(String, String)>,
 ) -> Response {
-    let (id, snapshot) = match (checked_id(&id), checked_id(&snapshot)) {
-        (Ok(id), Ok(s)) => (id.to_string(), s.to_string()),
-        (Err(r), _) | (_, Err(r)) => return r.into_response(),
+    let (id, snapshot) = match checked_pair(&id, &snapshot) {
+        Ok(pair) => pair,
+        Err(r) => return r.into_response(),
     };
     let root = st.storage_root.clone();
     let lock = st.lock_of(&id);
@@ -430,16 +423,25 @@ async fn remove_snapshot(
     State(st): State<Arc<AgentState>>,
     UrlPath((id, snapshot)): UrlPath<(String, String)>,
 ) -> Response {
-    let (id, snapshot) = match (checked_id(&id), checked_id(&snapshot)) {
-        (Ok(id), Ok(s)) => (id.to_string(), s.to_string()),
-        (Err(r), _) | (_, Err(r)) => return r.into_response(),
+    let (id, snapshot) = match checked_pair(&id, &snapshot) {
+        Ok(pair) => pair,
+        Err(r) => return r.into_response(),
     };
     let place = snapshot_place(&st.storage_root, &id, &snapshot);
-    match tokio::task::spawn_blocking(move || {
-        engine::remove_trees(&[place.root.clone(), place.state_dir.clone()])
-    })
-    .await
-    {
+    removed(vec![place.root, place.state_dir]).await
+}
+
+/// A snapshot's ids: a container's and its snapshot's.
+fn checked_pair(id: &str, snapshot: &str) -> Result<(String, String), Refused> {
+    Ok((
+        checked_id(id)?.to_string(),
+        checked_id(snapshot)?.to_string(),
+    ))
+}
+
+/// Removes trees (off the async workers): 204, or why not.
+async fn removed(trees: Vec<std::path::PathBuf>) -> Response {
+    match tokio::task::spawn_blocking(move || engine::remove_trees(&trees)).await {
         Ok(Ok(())) => StatusCode::NO_CONTENT.into_response(),
         Ok(Err(e)) => refused(StatusCode::CONFLICT, e.to_string()),
         Err(_) => refused(StatusCode::INTERNAL_SERVER_ERROR, "it panicked"),

@@ -230,16 +230,7 @@ pub async fn create_snapshot(
     let id = new_id();
     let dest = snapshot_place(&root, container_id, &id);
     let stats = run_copy(container_place(&root, container_id), dest.clone()).await?;
-    let res = db
-        .insert_snapshot(NewSnapshot {
-            id: &id,
-            container_id,
-            name,
-            file_count: stats.tree_files as i64,
-            size_bytes: stats.tree_bytes as i64,
-            created_at: now_ms(),
-        })
-        .await;
+    let res = record_snapshot(db, (&id, container_id, name), &stats).await;
     if let Err(e) = res {
         let _ = std::fs::remove_dir_all(&dest.root);
         let _ = std::fs::remove_dir_all(&dest.state_dir);
@@ -248,6 +239,23 @@ pub async fn create_snapshot(
         }));
     }
     Ok(id)
+}
+
+/// A snapshot's row, for a tree `stats` describes.
+async fn record_snapshot(
+    db: &Db,
+    (id, container_id, name): (&str, &str, &str),
+    stats: &Summary,
+) -> Result<(), crate::store::DbError> {
+    db.insert_snapshot(NewSnapshot {
+        id,
+        container_id,
+        name,
+        file_count: stats.tree_files as i64,
+        size_bytes: stats.tree_bytes as i64,
+        created_at: now_ms(),
+    })
+    .await
 }
 
 /// A snapshot of a container on an agent: the tree frozen there, then its row written here
@@ -277,16 +285,7 @@ pub(super) async fn create_snapshot_on_agent(
                 message: e.to_string(),
             },
         })?;
-    let res = db
-        .insert_snapshot(NewSnapshot {
-            id: &id,
-            container_id,
-            name,
-            file_count: stats.tree_files as i64,
-            size_bytes: stats.tree_bytes as i64,
-            created_at: now_ms(),
-        })
-        .await;
+    let res = record_snapshot(db, (&id, container_id, name), &stats).await;
     if let Err(e) = res {
         let _ = agents.remove_snapshot(server, container_id, &id).await;
         return Err(exists_or(e, || {
