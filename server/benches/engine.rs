@@ -23,6 +23,10 @@ mod tree;
 
 use tree::{build_tree, change_tree, rsync_sent_bytes};
 
+/// The allocator the `doppel` binary runs the engine with (see server/src/main.rs).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn sync_all() {
     let _ = Command::new("sync").status();
 }
@@ -128,8 +132,8 @@ fn main() {
 
 /// The type of the filesystem `dir` is on (`ext4`, `xfs`, ...).
 fn fs_type(dir: &Path) -> String {
-    Command::new("stat")
-        .args(["-f", "-c", "%T"])
+    Command::new("findmnt")
+        .args(["-n", "-o", "FSTYPE", "-T"])
         .arg(dir)
         .output()
         .ok()
