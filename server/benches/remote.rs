@@ -258,15 +258,16 @@ fn run(rate: &str, scale: f64, dir: &Path) -> Figures {
     let _daemon = Running::spawn(daemon, &dir.join("rsyncd.log"));
     std::thread::sleep(Duration::from_millis(500));
     let target = format!("rsync://{}:8730/m/tree/", lab.addr("b"));
-    let rsync = |extra: &[&str]| -> (f64, u64) {
+    // rsync from a's `from` to `to` (an rsync URL on b): its time and bytes on a's link.
+    let rsync_from = |from: &Path, to: &str, extra: &[&str]| -> (f64, u64) {
         let _ = Command::new("sync").status();
         let (w, t) = (wire_bytes(&veth), Instant::now());
         let out = lab
             .command("a", "rsync")
             .args(["-a", "--stats"])
             .args(extra)
-            .arg(format!("{}/", a_root.display()))
-            .arg(&target)
+            .arg(format!("{}/", from.display()))
+            .arg(to)
             .output()
             .unwrap();
         assert!(
@@ -276,6 +277,7 @@ fn run(rate: &str, scale: f64, dir: &Path) -> Figures {
         );
         (t.elapsed().as_secs_f64(), wire_bytes(&veth) - w)
     };
+    let rsync = |extra: &[&str]| rsync_from(&a_root, &target, extra);
     let (copy_rsync_t, copy_rsync_b) = rsync(&[]);
 
     // The "1 %" change on a's tree; each syncs it.
@@ -324,26 +326,9 @@ fn run(rate: &str, scale: f64, dir: &Path) -> Figures {
     let (w, t) = (wire_bytes(&veth), Instant::now());
     copy(&text_on_a, &b, "text-on-b");
     let text_doppel = (t.elapsed().as_secs_f64(), wire_bytes(&veth) - w);
-    let rsync_to = |module_dir: &str, extra: &[&str]| -> (f64, u64) {
-        let _ = Command::new("sync").status();
-        let (w, t) = (wire_bytes(&veth), Instant::now());
-        let out = lab
-            .command("a", "rsync")
-            .args(["-a"])
-            .args(extra)
-            .arg(format!("{}/", text_root.display()))
-            .arg(format!("rsync://{}:8730/m/{module_dir}/", lab.addr("b")))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "rsync: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (t.elapsed().as_secs_f64(), wire_bytes(&veth) - w)
-    };
-    let text_rsync = rsync_to("text", &[]);
-    let text_rsync_z = rsync_to("text-z", &["-z"]);
+    let text_to = |dir: &str| format!("rsync://{}:8730/m/{dir}/", lab.addr("b"));
+    let text_rsync = rsync_from(&text_root, &text_to("text"), &[]);
+    let text_rsync_z = rsync_from(&text_root, &text_to("text-z"), &["-z"]);
 
     // rsync over ssh needs sshd, which this machine may not have (it is not installed).
     let ssh = Path::new("/usr/sbin/sshd").exists();

@@ -1317,6 +1317,22 @@ fn random_bytes(n: u64) -> Vec<u8> {
     bytes
 }
 
+/// Posts a copy or sync that moves 3 MiB under a limit of 1 MiB/s, as the admin: it
+/// succeeds, and cannot have taken less than 2 s. Its answer.
+async fn job_held_to_a_mebibyte_a_second(s: &TestServer, path: &str, body: Option<Value>) -> Value {
+    let started = std::time::Instant::now();
+    let (st, body, _) = post(s, path, &s.admin_token, body, None).await;
+    assert_eq!(st, 202, "{body}");
+    let job = s.wait_job(body["job"]["url"].as_str().unwrap()).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(2),
+        "3 MiB at 1 MiB/s in {took:?}"
+    );
+    body
+}
+
 async fn put_bwlimit(s: &TestServer, server: &str, token: &str, body: Value) -> (u16, Value) {
     let resp = TestServer::client()
         .put(s.url(&format!("/api/v1/servers/{server}/bwlimit")))
@@ -1360,23 +1376,12 @@ async fn bandwidth_limits_hold_copies_and_syncs_to_their_rate() {
         );
     }
     // A copy at 1 MiB/s: more than 3 MiB take more than 2 s (after a half-megabyte burst).
-    let started = std::time::Instant::now();
-    let (st, body, _) = post(
+    let body = job_held_to_a_mebibyte_a_second(
         &s,
         &format!("{copy_path}?bwlimit=1M"),
-        &s.admin_token,
         Some(json!({"target_project_id": project, "name": "slow-copy"})),
-        None,
     )
     .await;
-    assert_eq!(st, 202, "{body}");
-    let job = s.wait_job(body["job"]["url"].as_str().unwrap()).await;
-    assert_eq!(job["status"], "succeeded", "{job}");
-    let took = started.elapsed();
-    assert!(
-        took >= Duration::from_secs(2),
-        "3 MiB at 1 MiB/s in {took:?}"
-    );
     let copy = body["container"]["id"].as_str().unwrap().to_string();
 
     // A server's limit: platform admins set it; everyone sees it.
@@ -1408,23 +1413,7 @@ async fn bandwidth_limits_hold_copies_and_syncs_to_their_rate() {
     );
     // A sync that moves 3 MiB again keeps to the server's limit.
     std::fs::write(&big, random_bytes(3 << 20)).unwrap();
-    let started = std::time::Instant::now();
-    let (st, body, _) = post(
-        &s,
-        &format!("/api/v1/containers/{copy}/sync"),
-        &s.admin_token,
-        None,
-        None,
-    )
-    .await;
-    assert_eq!(st, 202, "{body}");
-    let job = s.wait_job(body["job"]["url"].as_str().unwrap()).await;
-    assert_eq!(job["status"], "succeeded", "{job}");
-    let took = started.elapsed();
-    assert!(
-        took >= Duration::from_secs(2),
-        "3 MiB at 1 MiB/s in {took:?}"
-    );
+    job_held_to_a_mebibyte_a_second(&s, &format!("/api/v1/containers/{copy}/sync"), None).await;
     // Lifted: the field is gone.
     let (st, body) = put_bwlimit(&s, &server, &s.admin_token, json!({"bwlimit": null})).await;
     assert_eq!(st, 200, "{body}");
