@@ -1228,20 +1228,16 @@ fn copies_and_syncs_between_two_ends_of_a_connection_reach_equality() {
         no_debris(&dst);
         assert_eq!(sent.root_hash, received.root_hash);
         assert!(sent.bytes_sent > 0 && sent.tree_files > 0, "{sent:?}");
+        let peer = env.base.join("peer");
+        let sync_across = || {
+            across(
+                |c| send_sync_to(&src, c, keep_identity, Some(&peer), &Control::new()),
+                |c| receive_sync_from(&dst, c, keep_identity, &Control::new()),
+            )
+        };
         for round in 0..3 {
             random_changes(&src.root, &mut rng);
-            let (sent, received) = across(
-                |c| {
-                    send_sync_to(
-                        &src,
-                        c,
-                        keep_identity,
-                        Some(&env.base.join("peer")),
-                        &Control::new(),
-                    )
-                },
-                |c| receive_sync_from(&dst, c, keep_identity, &Control::new()),
-            );
+            let (sent, received) = sync_across();
             let sent = sent.unwrap_or_else(|e| panic!("seed {seed} round {round}: {e}"));
             received.unwrap();
             assert_same_tree(&src.root, &dst.root);
@@ -1250,18 +1246,7 @@ fn copies_and_syncs_between_two_ends_of_a_connection_reach_equality() {
             assert_eq!(sent.source_root_hash, sent.root_hash, "{sent:?}");
         }
         // Nothing changed: no content crosses, and what does is small (two manifests).
-        let (sent, _) = across(
-            |c| {
-                send_sync_to(
-                    &src,
-                    c,
-                    keep_identity,
-                    Some(&env.base.join("peer")),
-                    &Control::new(),
-                )
-            },
-            |c| receive_sync_from(&dst, c, keep_identity, &Control::new()),
-        );
+        let (sent, _) = sync_across();
         let sent = sent.unwrap();
         assert_eq!(
             (sent.bytes_sent, sent.content_bytes, sent.files_changed),
@@ -1269,18 +1254,7 @@ fn copies_and_syncs_between_two_ends_of_a_connection_reach_equality() {
         );
         // Changes on the copy are drift, reported by the target's half, and undone.
         write(&dst.root.join("a/edited-on-the-copy"), b"x");
-        let (sent, _) = across(
-            |c| {
-                send_sync_to(
-                    &src,
-                    c,
-                    keep_identity,
-                    Some(&env.base.join("peer")),
-                    &Control::new(),
-                )
-            },
-            |c| receive_sync_from(&dst, c, keep_identity, &Control::new()),
-        );
+        let (sent, _) = sync_across();
         assert_eq!(sent.unwrap().drift, 1);
         assert_same_tree(&src.root, &dst.root);
     }

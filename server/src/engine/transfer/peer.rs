@@ -130,13 +130,12 @@ impl Squeeze {
             return (false, raw);
         }
         self.out.clear();
-        self.out.reserve(raw.len());
-        // Room for seven eighths of the piece: a result that does not fit does not pay.
-        let room = raw.len() - raw.len() / 8;
-        let fits = ctx
-            .compress_to_buffer(raw, &mut LimitedVec(&mut self.out, room))
-            .is_ok();
-        if fits && !self.out.is_empty() {
+        // Room for the worst case: zstd fills the vector's capacity, no more.
+        self.out.reserve(zstd::zstd_safe::compress_bound(raw.len()));
+        let pays = ctx
+            .compress_to_buffer(raw, &mut self.out)
+            .is_ok_and(|n| n > 0 && n <= raw.len() - raw.len() / 8);
+        if pays {
             self.backoff = 0;
             (true, &self.out)
         } else {
@@ -144,26 +143,6 @@ impl Squeeze {
             self.skip = self.backoff;
             (false, raw)
         }
-    }
-}
-
-/// A vector that zstd may fill up to a limit below its capacity.
-struct LimitedVec<'a>(&'a mut Vec<u8>, usize);
-
-// SAFETY: the pointer and capacity describe the vector's own allocation (the capacity
-// clamped to it), and zstd says through `filled_until` how much it initialised.
-unsafe impl zstd::zstd_safe::WriteBuf for LimitedVec<'_> {
-    fn as_slice(&self) -> &[u8] {
-        self.0
-    }
-    fn capacity(&self) -> usize {
-        self.1.min(self.0.capacity())
-    }
-    fn as_mut_ptr(&mut self) -> *mut u8 {
-        self.0.as_mut_ptr()
-    }
-    unsafe fn filled_until(&mut self, n: usize) {
-        self.0.set_len(n)
     }
 }
 
@@ -367,7 +346,7 @@ fn receive_frames<R: Send>(
 
 /// The source's half of a copy to another server: scan, send, then the manifest as sent;
 /// the summary with the target's part.
-fn send_copy_to_counted(
+fn copy_source_half(
     src: &Place,
     stream: &mut dyn Duplex,
     peer: Option<&std::path::Path>,
@@ -382,7 +361,7 @@ fn send_copy_to_counted(
     }
     if bytes == [RESUME] {
         // The target kept what an interrupted attempt sent: only the rest crosses now.
-        let mut summary = send_sync_to_counted(src, stream, &|_| false, peer, ctl)?;
+        let mut summary = sync_source_half(src, stream, &|_| false, peer, ctl)?;
         summary.notes.push(format!(
             "resumed a copy interrupted by a lost connection: {} of {} bytes sent again",
             summary.content_bytes, summary.tree_bytes
@@ -438,7 +417,7 @@ fn partial_of(dst: &Place) -> Place {
 /// verified against the source's manifest, committed; the reply sent. Also its result here.
 /// When the connection breaks, what arrived is kept for the next attempt, which resumes
 /// from it (see [`partial_of`]).
-fn receive_copy_from_counted(
+fn copy_target_half(
     dst: &Place,
     stream: &mut dyn Duplex,
     ctl: &Control,
@@ -511,7 +490,7 @@ fn resume_copy(
 
 /// The source's half of a sync to another server: the target's manifest read, the plan
 /// made, the changes sent, then the state to reach; the summary with the target's part.
-fn send_sync_to_counted(
+fn sync_source_half(
     src: &Place,
     stream: &mut dyn Duplex,
     keep: &dyn Fn(&[u8]) -> bool,
@@ -711,20 +690,6 @@ fn read_reply_after(tag: u8, bytes: &[u8]) -> EngineError {
     }
 }
 
-/// The target's half of a sync from another server: its tree scanned and its manifest
-/// sent, the changes staged, then applied (behind the commit marker) and verified against
-/// the state the source sends; the reply sent. Also its result here.
-fn receive_sync_from_counted(
-    dst: &Place,
-    stream: &mut dyn Duplex,
-    keep: &dyn Fn(&[u8]) -> bool,
-    ctl: &Control,
-) -> Result<Summary, EngineError> {
-    let result = sync_target_half(dst, stream, keep, ctl);
-    reply(stream, dst, &result);
-    result
-}
-
 /// [`receive_sync_from`] but the reply.
 fn sync_target_half(
     dst: &Place,
@@ -859,26 +824,29 @@ fn counted(
     result
 }
 
-/// The source's half of a copy to another server (see `send_copy_to_counted`).
+/// The source's half of a copy to another server (see `copy_source_half`), counting
+/// what crosses the connection.
 pub fn send_copy_to(
     src: &Place,
     stream: &mut dyn Duplex,
     peer: Option<&std::path::Path>,
     ctl: &Control,
 ) -> Result<Summary, EngineError> {
-    counted(stream, |s| send_copy_to_counted(src, s, peer, ctl))
+    counted(stream, |s| copy_source_half(src, s, peer, ctl))
 }
 
-/// The target's half of a copy from another server (see `receive_copy_from_counted`).
+/// The target's half of a copy from another server (see `copy_target_half`), counting
+/// what crosses the connection.
 pub fn receive_copy_from(
     dst: &Place,
     stream: &mut dyn Duplex,
     ctl: &Control,
 ) -> Result<Summary, EngineError> {
-    counted(stream, |s| receive_copy_from_counted(dst, s, ctl))
+    counted(stream, |s| copy_target_half(dst, s, ctl))
 }
 
-/// The source's half of a sync to another server (see `send_sync_to_counted`).
+/// The source's half of a sync to another server (see `sync_source_half`), counting
+/// what crosses the connection.
 pub fn send_sync_to(
     src: &Place,
     stream: &mut dyn Duplex,
@@ -886,15 +854,21 @@ pub fn send_sync_to(
     peer: Option<&std::path::Path>,
     ctl: &Control,
 ) -> Result<Summary, EngineError> {
-    counted(stream, |s| send_sync_to_counted(src, s, keep, peer, ctl))
+    counted(stream, |s| sync_source_half(src, s, keep, peer, ctl))
 }
 
-/// The target's half of a sync from another server (see `receive_sync_from_counted`).
+/// The target's half of a sync from another server: its tree scanned and its manifest
+/// sent, the changes staged, then applied (behind the commit marker) and verified against
+/// the state the source sends; the reply sent. Also its result here.
 pub fn receive_sync_from(
     dst: &Place,
     stream: &mut dyn Duplex,
     keep: &dyn Fn(&[u8]) -> bool,
     ctl: &Control,
 ) -> Result<Summary, EngineError> {
-    counted(stream, |s| receive_sync_from_counted(dst, s, keep, ctl))
+    counted(stream, |s| {
+        let result = sync_target_half(dst, s, keep, ctl);
+        reply(s, dst, &result);
+        result
+    })
 }
