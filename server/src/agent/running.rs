@@ -18,7 +18,7 @@ use super::work::{checked_id, refused};
 use super::AgentState;
 use crate::config::{container_root, runtime_dir};
 use crate::remote::page;
-use crate::remote::protocol::{ObserveRequest, RunRequest, RunState, StopRequest};
+use crate::remote::protocol::{ObserveRequest, Refused, RunRequest, RunState, StopRequest};
 use crate::runtime::{oci, shim, Attachment, Ipv4Net, RunSpec, Runtime};
 
 /// Interfaces a container may have (the host's end of each is named by its index).
@@ -46,30 +46,31 @@ pub(super) async fn start(
     State(st): State<Arc<AgentState>>,
     UrlPath(id): UrlPath<String>,
     Json(req): Json<RunRequest>,
-) -> Response {
-    let id = match checked_id(&id) {
-        Ok(id) => id.to_string(),
-        Err(r) => return r.into_response(),
-    };
+) -> Result<Response, Refused> {
+    let id = checked_id(&id)?.to_string();
     if let Some(why) = st.runtime.unavailable() {
-        return refused(
+        return Err(Refused(
             StatusCode::CONFLICT,
             format!("no container runtime on this host ({why})"),
-        );
+        ));
     }
     if req.interfaces.len() > MAX_INTERFACES {
-        return refused(StatusCode::BAD_REQUEST, "too many interfaces");
+        return Err(Refused(
+            StatusCode::BAD_REQUEST,
+            "too many interfaces".into(),
+        ));
     }
     let rootfs = container_root(&st.storage_root, &id);
     if !rootfs.is_dir() {
-        return refused(StatusCode::NOT_FOUND, "its tree is not on this host");
+        return Err(Refused(
+            StatusCode::NOT_FOUND,
+            "its tree is not on this host".into(),
+        ));
     }
     let mut attachments = Vec::with_capacity(req.interfaces.len());
     for (n, i) in req.interfaces.iter().enumerate() {
-        let network = match Ipv4Net::parse(&i.network) {
-            Ok(net) => net,
-            Err(e) => return refused(StatusCode::BAD_REQUEST, format!("network: {e}")),
-        };
+        let network = Ipv4Net::parse(&i.network)
+            .map_err(|e| Refused(StatusCode::BAD_REQUEST, format!("network: {e}")))?;
         attachments.push(Attachment {
             iface: i.iface.clone(),
             host_end: st.runtime.host_end(&id, n),
@@ -96,10 +97,12 @@ pub(super) async fn start(
         attachments: &attachments,
         firewall: &req.firewall,
     };
-    match st.runtime.start(&spec).await {
-        Ok(observed) => Json(RunState::from(observed)).into_response(),
-        Err(e) => refused(StatusCode::CONFLICT, format!("start failed: {e}")),
-    }
+    let observed = st
+        .runtime
+        .start(&spec)
+        .await
+        .map_err(|e| Refused(StatusCode::CONFLICT, format!("start failed: {e}")))?;
+    Ok(Json(RunState::from(observed)).into_response())
 }
 
 /// Stops a container: how its process ended (`null`: it left no record).
@@ -107,26 +110,21 @@ pub(super) async fn stop(
     State(st): State<Arc<AgentState>>,
     UrlPath(id): UrlPath<String>,
     Json(req): Json<StopRequest>,
-) -> Response {
-    let id = match checked_id(&id) {
-        Ok(id) => id.to_string(),
-        Err(r) => return r.into_response(),
-    };
+) -> Result<Response, Refused> {
+    let id = checked_id(&id)?.to_string();
     if st.runtime.unavailable().is_some() {
-        return Json(None::<crate::runtime::Exit>).into_response();
+        return Ok(Json(None::<crate::runtime::Exit>).into_response());
     }
     let lock = st.lock_of(&id);
     let _one = lock.lock().await;
     let grace = Duration::from_millis(req.grace_ms.min(600_000));
     let interfaces = req.interfaces.clamp(1, MAX_INTERFACES);
-    match st
+    let exit = st
         .runtime
         .stop(&id, &st.bundle(&id), interfaces, grace)
         .await
-    {
-        Ok(exit) => Json(exit).into_response(),
-        Err(e) => refused(StatusCode::CONFLICT, format!("stop failed: {e}")),
-    }
+        .map_err(|e| Refused(StatusCode::CONFLICT, format!("stop failed: {e}")))?;
+    Ok(Json(exit).into_response())
 }
 
 /// The state of each container asked for, from one `runc list`.
@@ -165,16 +163,20 @@ pub(super) async fn open(
     UrlPath(id): UrlPath<String>,
     Query(q): Query<OpenQuery>,
     req: axum::extract::Request,
-) -> Response {
-    if let Err(r) = checked_id(&id) {
-        return r.into_response();
-    }
+) -> Result<Response, Refused> {
+    checked_id(&id)?;
     let method = req.method().clone();
     if method != axum::http::Method::GET && method != axum::http::Method::HEAD {
-        return refused(StatusCode::METHOD_NOT_ALLOWED, "GET or HEAD only");
+        return Err(Refused(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "GET or HEAD only".into(),
+        ));
     }
     if !q.target.starts_with('/') {
-        return refused(StatusCode::BAD_REQUEST, "the target is a path");
+        return Err(Refused(
+            StatusCode::BAD_REQUEST,
+            "the target is a path".into(),
+        ));
     }
     let mut out = axum::http::Request::builder()
         .method(method)
@@ -185,10 +187,10 @@ pub(super) async fn open(
             out = out.header(name, v);
         }
     }
-    let Ok(out) = out.body(axum::body::Body::empty()) else {
-        return refused(StatusCode::BAD_REQUEST, "this path cannot be opened");
-    };
-    match page::fetch(q.address, out).await {
+    let out = out
+        .body(axum::body::Body::empty())
+        .map_err(|_| Refused(StatusCode::BAD_REQUEST, "this path cannot be opened".into()))?;
+    Ok(match page::fetch(q.address, out).await {
         Ok(resp) => {
             let (parts, body) = resp.into_parts();
             Response::from_parts(parts, axum::body::Body::new(body))
@@ -199,7 +201,7 @@ pub(super) async fn open(
                 .insert(page::UNREACHABLE, axum::http::HeaderValue::from_static("1"));
             r
         }
-    }
+    })
 }
 
 #[derive(Deserialize)]
@@ -212,17 +214,14 @@ pub(super) async fn logs(
     State(st): State<Arc<AgentState>>,
     UrlPath(id): UrlPath<String>,
     Query(q): Query<LogQuery>,
-) -> Response {
-    let id = match checked_id(&id) {
-        Ok(id) => id.to_string(),
-        Err(r) => return r.into_response(),
-    };
+) -> Result<Response, Refused> {
+    let id = checked_id(&id)?.to_string();
     let lines = q.lines.unwrap_or(200).min(10_000);
     let bundle = st.bundle(&id);
     let tail = tokio::task::spawn_blocking(move || shim::tail(&bundle, lines))
         .await
         .unwrap_or_default();
-    Json(tail).into_response()
+    Ok(Json(tail).into_response())
 }
 
 /// Loads a running container's firewall rules again.
@@ -230,15 +229,13 @@ pub(super) async fn firewall(
     State(st): State<Arc<AgentState>>,
     UrlPath(id): UrlPath<String>,
     Json(rules): Json<Vec<app::model::FirewallRule>>,
-) -> Response {
-    let id = match checked_id(&id) {
-        Ok(id) => id.to_string(),
-        Err(r) => return r.into_response(),
-    };
+) -> Result<Response, Refused> {
+    let id = checked_id(&id)?.to_string();
     let lock = st.lock_of(&id);
     let _one = lock.lock().await;
-    match st.runtime.apply_firewall(&id, &rules).await {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => refused(StatusCode::CONFLICT, format!("firewall: {e}")),
-    }
+    st.runtime
+        .apply_firewall(&id, &rules)
+        .await
+        .map_err(|e| Refused(StatusCode::CONFLICT, format!("firewall: {e}")))?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }

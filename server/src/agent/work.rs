@@ -333,35 +333,28 @@ async fn make_identity(
     State(st): State<Arc<AgentState>>,
     UrlPath(id): UrlPath<String>,
     Json(req): Json<NewIdentity>,
-) -> Response {
-    let id = match checked_id(&id) {
-        Ok(id) => id.to_string(),
-        Err(r) => return r.into_response(),
-    };
+) -> Result<Response, Refused> {
+    let id = checked_id(&id)?.to_string();
     let dst = container_place(&st.storage_root, &id);
     let lock = st.lock_of(&id);
     let _one = lock.lock().await;
-    let made = tokio::task::spawn_blocking(move || {
+    let files = blocking(StatusCode::CONFLICT, move || {
         let who = identity::Identity {
             hostname: &req.hostname,
             ssh_public_key: req.ssh_public_key.as_deref(),
         };
         identity::make_new_machine(&dst, &who)
     })
-    .await;
-    match made {
-        Ok(Ok(files)) => Json(files).into_response(),
-        Ok(Err(e)) => refused(StatusCode::CONFLICT, e.to_string()),
-        Err(_) => refused(StatusCode::INTERNAL_SERVER_ERROR, "it panicked"),
-    }
+    .await?;
+    Ok(Json(files).into_response())
 }
 
 /// A deleted container's trees: its root, state, snapshots and runtime bundle.
-async fn remove(State(st): State<Arc<AgentState>>, UrlPath(id): UrlPath<String>) -> Response {
-    let id = match checked_id(&id) {
-        Ok(id) => id.to_string(),
-        Err(r) => return r.into_response(),
-    };
+async fn remove(
+    State(st): State<Arc<AgentState>>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Response, Refused> {
+    let id = checked_id(&id)?.to_string();
     let root = st.storage_root.clone();
     let lock = st.lock_of(&id);
     let _one = lock.lock().await;
@@ -378,19 +371,19 @@ async fn remove(State(st): State<Arc<AgentState>>, UrlPath(id): UrlPath<String>)
 }
 
 /// A snapshot: the container's tree frozen under `snapshot` (an id the control plane
-/// made); the copy's summary (its files and bytes).
+/// made); the copy's summary (its files and bytes). A full disk is a 507.
 async fn make_snapshot(
     State(st): State<Arc<AgentState>>,
     UrlPath((id, snapshot)): UrlPath<(String, String)>,
-) -> Response {
-    let (id, snapshot) = match checked_pair(&id, &snapshot) {
-        Ok(pair) => pair,
-        Err(r) => return r.into_response(),
-    };
+) -> Result<Response, Refused> {
+    let (id, snapshot) = (
+        checked_id(&id)?.to_string(),
+        checked_id(&snapshot)?.to_string(),
+    );
     let root = st.storage_root.clone();
     let lock = st.lock_of(&id);
     let _one = lock.lock().await;
-    let made = tokio::task::spawn_blocking(move || {
+    let summary = blocking(StatusCode::CONFLICT, move || {
         let (src, dst) = (
             container_place(&root, &id),
             snapshot_place(&root, &id, &snapshot),
@@ -402,63 +395,57 @@ async fn make_snapshot(
         }
         made
     })
-    .await;
-    match made {
-        Ok(Ok(summary)) => Json(summary).into_response(),
-        Ok(Err(EngineError::Io { source, .. }))
-            if source.kind() == std::io::ErrorKind::StorageFull =>
-        {
-            refused(
-                StatusCode::INSUFFICIENT_STORAGE,
-                "not enough space on this host for the snapshot",
-            )
-        }
-        Ok(Err(e)) => refused(StatusCode::CONFLICT, e.to_string()),
-        Err(_) => refused(StatusCode::INTERNAL_SERVER_ERROR, "it panicked"),
-    }
+    .await?;
+    Ok(Json(summary).into_response())
 }
 
 /// A snapshot's trees removed (one the control plane could not record).
 async fn remove_snapshot(
     State(st): State<Arc<AgentState>>,
     UrlPath((id, snapshot)): UrlPath<(String, String)>,
-) -> Response {
-    let (id, snapshot) = match checked_pair(&id, &snapshot) {
-        Ok(pair) => pair,
-        Err(r) => return r.into_response(),
-    };
-    let place = snapshot_place(&st.storage_root, &id, &snapshot);
+) -> Result<Response, Refused> {
+    let (id, snapshot) = (checked_id(&id)?, checked_id(&snapshot)?);
+    let place = snapshot_place(&st.storage_root, id, snapshot);
     removed(vec![place.root, place.state_dir]).await
 }
 
-/// A snapshot's ids: a container's and its snapshot's.
-fn checked_pair(id: &str, snapshot: &str) -> Result<(String, String), Refused> {
-    Ok((
-        checked_id(id)?.to_string(),
-        checked_id(snapshot)?.to_string(),
-    ))
+/// Removes trees: 204, or why not.
+async fn removed(trees: Vec<std::path::PathBuf>) -> Result<Response, Refused> {
+    blocking(StatusCode::CONFLICT, move || engine::remove_trees(&trees)).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// Removes trees (off the async workers): 204, or why not.
-async fn removed(trees: Vec<std::path::PathBuf>) -> Response {
-    match tokio::task::spawn_blocking(move || engine::remove_trees(&trees)).await {
-        Ok(Ok(())) => StatusCode::NO_CONTENT.into_response(),
-        Ok(Err(e)) => refused(StatusCode::CONFLICT, e.to_string()),
-        Err(_) => refused(StatusCode::INTERNAL_SERVER_ERROR, "it panicked"),
+/// Engine work, off the async workers (it blocks); its failure as the agent refuses it:
+/// `status`, or 507 when the disk is full.
+pub(super) async fn blocking<T: Send + 'static>(
+    status: StatusCode,
+    work: impl FnOnce() -> Result<T, EngineError> + Send + 'static,
+) -> Result<T, Refused> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(Ok(done)) => Ok(done),
+        Ok(Err(EngineError::Io { source, .. }))
+            if source.kind() == std::io::ErrorKind::StorageFull =>
+        {
+            Err(Refused(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "not enough space on this host".into(),
+            ))
+        }
+        Ok(Err(e)) => Err(Refused(status, e.to_string())),
+        Err(_) => Err(Refused(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "it panicked".into(),
+        )),
     }
 }
 
 /// The state of a source tree, read from metadata alone (see `engine::probe`): whether
 /// it changed since a copy was synced from it.
-async fn probe(State(st): State<Arc<AgentState>>, UrlPath(id): UrlPath<String>) -> Response {
-    let id = match checked_id(&id) {
-        Ok(id) => id.to_string(),
-        Err(r) => return r.into_response(),
-    };
-    let place = container_place(&st.storage_root, &id);
-    match tokio::task::spawn_blocking(move || engine::probe(&place)).await {
-        Ok(Ok(state)) => Json(state).into_response(),
-        Ok(Err(e)) => refused(StatusCode::NOT_FOUND, e.to_string()),
-        Err(_) => refused(StatusCode::INTERNAL_SERVER_ERROR, "it panicked"),
-    }
+async fn probe(
+    State(st): State<Arc<AgentState>>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Response, Refused> {
+    let place = container_place(&st.storage_root, checked_id(&id)?);
+    let state = blocking(StatusCode::NOT_FOUND, move || engine::probe(&place)).await?;
+    Ok(Json(state).into_response())
 }
