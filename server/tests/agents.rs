@@ -160,24 +160,37 @@ fn agent_process(
 }
 
 /// A control plane with the demo (jobs wait `wait` s for an offline server) and an agent
-/// joined as server b, online: the control plane, b's data dir, and b.
+/// joined, online, for each of `hosts` (its data dir `dir/<host>`).
+async fn with_agents(
+    lab: &Lab,
+    dir: &Path,
+    wait: u32,
+    hosts: &[&str],
+) -> (ControlPlane, Vec<Agent>) {
+    let cp = control_plane_with(lab, dir, true, wait).await;
+    let mut agents = Vec::new();
+    for host in hosts {
+        let token = cp.add_server(host).await;
+        agents.push(agent(
+            lab,
+            host,
+            &dir.join(host),
+            Some((&cp.join_url, &token)),
+            &dir.join(format!("{host}.log")),
+        ));
+        cp.wait_state(host, "online", Duration::from_secs(20)).await;
+    }
+    (cp, agents)
+}
+
+/// [`with_agents`] with one agent, b: the control plane, b's data dir, and b.
 async fn with_agent_b(
     lab: &Lab,
     dir: &Path,
     wait: u32,
 ) -> (ControlPlane, std::path::PathBuf, Agent) {
-    let cp = control_plane_with(lab, dir, true, wait).await;
-    let b_data = dir.join("b");
-    let token = cp.add_server("b").await;
-    let b = agent(
-        lab,
-        "b",
-        &b_data,
-        Some((&cp.join_url, &token)),
-        &dir.join("b.log"),
-    );
-    cp.wait_state("b", "online", Duration::from_secs(20)).await;
-    (cp, b_data, b)
+    let (cp, mut agents) = with_agents(lab, dir, wait, &["b"]).await;
+    (cp, dir.join("b"), agents.remove(0))
 }
 
 struct Agent {
@@ -627,32 +640,9 @@ fn root_on(data: &Path, id: &str) -> std::path::PathBuf {
 async fn copies_and_syncs_cross_hosts_in_every_direction() {
     let lab = Lab::new(&["cp", "b", "c"]);
     let dir = tempfile::tempdir().unwrap();
-    let cp = control_plane_with(&lab, dir.path(), true, 4).await;
+    let (cp, agents) = with_agents(&lab, dir.path(), 4, &["b", "c"]).await;
     let (b_data, c_data) = (dir.path().join("b"), dir.path().join("c"));
-    let mut agents = Vec::new();
-    for (name, data) in [("b", &b_data), ("c", &c_data)] {
-        let token = cp.add_server(name).await;
-        agents.push(agent(
-            &lab,
-            name,
-            data,
-            Some((&cp.join_url, &token)),
-            &dir.path().join(format!("{name}.log")),
-        ));
-        cp.wait_state(name, "online", Duration::from_secs(20)).await;
-    }
-    let project = {
-        let (_, list) = cp.call(reqwest::Method::GET, "/projects", None).await;
-        list["projects"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == "web-platform")
-            .unwrap()["id"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
+    let project = cp.project("web-platform").await;
     let (b, c) = (cp.server_id("b").await, cp.server_id("c").await);
     let local = cp.server_id("local-b").await;
     let web_app = cp.id_of("web-app").await;
@@ -903,20 +893,8 @@ struct SlowPair {
 async fn slow_pair() -> SlowPair {
     let lab = Lab::new(&["cp", "a", "b"]);
     let dir = tempfile::tempdir().unwrap();
-    let cp = control_plane_with(&lab, dir.path(), true, 60).await;
-    let (a_data, b_data) = (dir.path().join("a"), dir.path().join("b"));
-    let mut agents = Vec::new();
-    for (name, data) in [("a", &a_data), ("b", &b_data)] {
-        let token = cp.add_server(name).await;
-        agents.push(agent(
-            &lab,
-            name,
-            data,
-            Some((&cp.join_url, &token)),
-            &dir.path().join(format!("{name}.log")),
-        ));
-        cp.wait_state(name, "online", Duration::from_secs(20)).await;
-    }
+    let (cp, agents) = with_agents(&lab, dir.path(), 60, &["a", "b"]).await;
+    let b_data = dir.path().join("b");
     let tree = dir.path().join("big");
     let mut rng = doppel::rng::Rng(77);
     for i in 0..24 {
