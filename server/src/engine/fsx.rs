@@ -571,9 +571,23 @@ pub fn kernel_copy(dst: &std::fs::File, src: &std::fs::File, len: u64) -> io::Re
     Ok(KernelCopy::CopyFileRange)
 }
 
-/// What the kernel can do for copies within the filesystem of `dir` (a storage root):
-/// tried on two scratch files made and removed there. `None`: only doppel's own stream.
+/// What the kernel can do for copies within the filesystem of `dir`: tried once per
+/// filesystem in this process, on two scratch files made and removed in `dir`. `None`:
+/// only doppel's own stream.
 pub fn kernel_copy_support(dir: &Path) -> Option<KernelCopy> {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    // A filesystem by its device and id (a device number alone may be reused by another
+    // filesystem mounted later).
+    type Found = HashMap<(u64, u64), Option<KernelCopy>>;
+    static FOUND: Mutex<Option<Found>> = Mutex::new(None);
+    let key = match (rfs::stat(dir), rfs::statvfs(dir)) {
+        (Ok(st), Ok(vfs)) => Some((st.st_dev, vfs.f_fsid)),
+        _ => None,
+    };
+    if let Some(found) = key.and_then(|k| FOUND.lock().ok()?.as_ref()?.get(&k).copied()) {
+        return found;
+    }
     let name = |n: &str| dir.join(format!(".doppel-copy-probe-{}-{n}", std::process::id()));
     let (a, b) = (name("a"), name("b"));
     let probe = (|| -> io::Result<KernelCopy> {
@@ -587,7 +601,11 @@ pub fn kernel_copy_support(dir: &Path) -> Option<KernelCopy> {
     })();
     let _ = std::fs::remove_file(&a);
     let _ = std::fs::remove_file(&b);
-    probe.ok()
+    let found = probe.ok();
+    if let (Some(k), Ok(mut cache)) = (key, FOUND.lock()) {
+        cache.get_or_insert_with(HashMap::new).insert(k, found);
+    }
+    found
 }
 
 pub fn syncfs(fd: BorrowedFd<'_>) -> io::Result<()> {

@@ -56,8 +56,6 @@ pub struct Service {
     lifecycle: Arc<Lifecycle>,
     /// Servers on other hosts: their clients and what was last heard from them.
     agents: Arc<Agents>,
-    /// What each embedded server's filesystem does for copies (found once, on first ask).
-    storage_modes: parking_lot::Mutex<std::collections::HashMap<String, StorageMode>>,
 }
 
 /// Logs an unexpected failure and gives the user a generic error (details stay in the log).
@@ -99,7 +97,6 @@ impl Service {
             tokens: TokenCache::new(std::time::Duration::from_secs(2)),
             logins: Default::default(),
             probes: SharedProbes::default(),
-            storage_modes: Default::default(),
             lifecycle,
             agents,
         }

@@ -132,14 +132,23 @@ impl Service {
             ServerKind::Embedded => {
                 s.version = Some(env!("CARGO_PKG_VERSION").to_string());
                 s.last_seen_at = Some(now_ms());
+                // Its free space, and what its filesystem does for copies (the engine tries
+                // that once per filesystem).
                 let root = std::path::PathBuf::from(&row.storage_root);
-                if let Ok(Ok((free, total))) =
-                    tokio::task::spawn_blocking(move || crate::engine::fsx::free_space(&root)).await
-                {
+                let (space, found) = tokio::task::spawn_blocking(move || {
+                    let _ = std::fs::create_dir_all(&root);
+                    (
+                        crate::engine::fsx::free_space(&root),
+                        crate::engine::fsx::kernel_copy_support(&root),
+                    )
+                })
+                .await
+                .unwrap_or((Err(std::io::ErrorKind::Other.into()), None));
+                if let Ok((free, total)) = space {
                     s.free_bytes = Some(free);
                     s.total_bytes = Some(total);
                 }
-                s.storage = Some(self.storage_mode(&s.id, &row.storage_root).await);
+                s.storage = Some(storage_mode_of(found));
                 s.storage_root = admin.then_some(row.storage_root);
             }
             ServerKind::Agent if row.joined_at.is_none() => {
@@ -207,25 +216,6 @@ impl Service {
                 .ok_or_else(|| ApiError::not_found("server", id))
         })
         .await
-    }
-
-    /// What an embedded server's filesystem does for copies: tried once (two scratch files
-    /// in its storage root), then remembered.
-    async fn storage_mode(&self, id: &str, storage_root: &str) -> StorageMode {
-        if let Some(mode) = self.storage_modes.lock().get(id) {
-            return *mode;
-        }
-        let root = std::path::PathBuf::from(storage_root);
-        let found = tokio::task::spawn_blocking(move || {
-            let _ = std::fs::create_dir_all(&root);
-            crate::engine::fsx::kernel_copy_support(&root)
-        })
-        .await
-        .ok()
-        .flatten();
-        let mode = storage_mode_of(found);
-        self.storage_modes.lock().insert(id.to_string(), mode);
-        mode
     }
 
     /// `POST /servers` (platform admins): a pending server and its one-time join token.
