@@ -114,12 +114,17 @@ fn main() {
     let base = base.canonicalize().unwrap();
     // The host's filesystem, then XFS (reflink) and btrfs images made and mounted for the
     // run (root, mkfs.xfs and mkfs.btrfs: `make bench` installs them).
-    let host = base.join("host");
-    fs::create_dir_all(&host).unwrap();
-    bench(&host, scale, &fs_type(&host));
+    // BENCH_FS (say `host,btrfs`) measures only those filesystems.
+    let wanted = std::env::var("BENCH_FS").unwrap_or_else(|_| "host,xfs,btrfs".into());
+    let wanted: Vec<&str> = wanted.split(',').map(str::trim).collect();
+    if wanted.contains(&"host") {
+        let host = base.join("host");
+        fs::create_dir_all(&host).unwrap();
+        bench(&host, scale, &fs_type(&host));
+    }
     // Room for the tree, rsync's two full copies and cp's, with margin.
     let image = ((8u64 << 30) as f64 * scale).max((2u64 << 30) as f64) as u64;
-    for kind in ["xfs", "btrfs"] {
+    for kind in ["xfs", "btrfs"].into_iter().filter(|k| wanted.contains(k)) {
         match LoopFs::mount(&base.join(kind), kind, image) {
             Ok(mounted) => bench(&mounted.root, scale, kind),
             Err(why) => println!("\n{kind}: not measured ({why})"),

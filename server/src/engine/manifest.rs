@@ -129,8 +129,19 @@ impl Entry {
 
 /// Orders paths component by component, so that a directory's descendants follow it
 /// directly (`a`, `a/b`, `a-b`): the order a depth-first walk produces.
+///
+/// That is byte order with `/` below every other byte (names hold no NUL): at the first
+/// byte where two paths differ, a `/` ends the one component first. One pass, no
+/// splitting (walks, diffs and sorts compare every path of a tree).
 pub fn path_cmp(a: &[u8], b: &[u8]) -> Ordering {
-    a.split(|&c| c == b'/').cmp(b.split(|&c| c == b'/'))
+    let common = a.iter().zip(b).position(|(x, y)| x != y);
+    match common {
+        Some(i) => {
+            let rank = |c: u8| if c == b'/' { 0 } else { u16::from(c) + 1 };
+            rank(a[i]).cmp(&rank(b[i]))
+        }
+        None => a.len().cmp(&b.len()),
+    }
 }
 
 /// `true` if `path` is a valid relative path: non-empty components, none `.` or `..`, no NUL.
@@ -511,6 +522,31 @@ mod tests {
         let mut v = vec!["a-b", "a/b", "a", "a/b/c", "b", "a.txt"];
         v.sort_by(|x, y| path_cmp(x.as_bytes(), y.as_bytes()));
         assert_eq!(v, ["a", "a/b", "a/b/c", "a-b", "a.txt", "b"]);
+    }
+
+    #[test]
+    fn path_order_is_the_order_of_components() {
+        // Every pair of paths of up to four bytes over bytes around `/`, against the
+        // definition.
+        let alphabet = [b'/', b'-', b'.', b'0', b'a', 0xff];
+        let mut paths = vec![Vec::new()];
+        let mut last = vec![Vec::new()];
+        for _ in 0..4 {
+            last = last
+                .iter()
+                .flat_map(|p: &Vec<u8>| {
+                    alphabet.iter().map(move |&c| [p.as_slice(), &[c]].concat())
+                })
+                .collect();
+            paths.extend(last.iter().cloned());
+        }
+        let by_components =
+            |a: &[u8], b: &[u8]| a.split(|&c| c == b'/').cmp(b.split(|&c| c == b'/'));
+        for a in &paths {
+            for b in &paths {
+                assert_eq!(path_cmp(a, b), by_components(a, b), "{a:?} {b:?}");
+            }
+        }
     }
 
     #[test]

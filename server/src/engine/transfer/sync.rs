@@ -354,9 +354,11 @@ fn keeping(
         })
         .cloned()
         .collect();
-    kept.extend(mine.iter().map(|e| e.display_path()));
-    want.entries.extend(mine);
-    want.entries.sort_by(|a, b| path_cmp(&a.path, &b.path));
+    if !mine.is_empty() {
+        kept.extend(mine.iter().map(|e| e.display_path()));
+        want.entries.extend(mine);
+        want.entries.sort_by(|a, b| path_cmp(&a.path, &b.path));
+    }
     want
 }
 
