@@ -203,6 +203,14 @@ fn bench(dir: &Path, scale: f64, fs_name: &str) {
         "doppel engine benchmark on {fs_name}, BENCH_SCALE={scale}, in {}",
         dir.display()
     );
+    // On btrfs every tree doppel lays down (a new container, a copy) is a subvolume of its
+    // own: the source is made one, as doppel would have made it.
+    if fs_name == "btrfs" {
+        let parent = src.root.parent().unwrap();
+        fs::create_dir_all(parent).unwrap();
+        let parent = engine::fsx::open_dir(parent).unwrap();
+        engine::btrfs::create_subvolume(std::os::fd::AsFd::as_fd(&parent), b"src").unwrap();
+    }
     let t = Instant::now();
     let (files, paths) = build_tree(&src.root, scale);
     println!(

@@ -7,6 +7,7 @@
 //! is written and checked before it can become visible) -> commit (one durability barrier,
 //! then renames; a marker file makes an interrupted commit repair itself on the next run).
 
+pub mod btrfs;
 pub mod fsx;
 pub mod identity;
 pub mod manifest;

@@ -264,7 +264,9 @@ fn random_changes(root: &Path, rng: &mut Rng) {
 }
 
 struct Env {
-    _tmp: tempfile::TempDir,
+    _tmp: Option<tempfile::TempDir>,
+    /// A loop-mounted btrfs the trees are on (unmounted when dropped).
+    btrfs: Option<LoopFs>,
     base: PathBuf,
 }
 
@@ -272,10 +274,35 @@ impl Env {
     fn new() -> Env {
         let tmp = tempfile::tempdir().unwrap();
         let base = tmp.path().to_path_buf();
-        Env { _tmp: tmp, base }
+        Env {
+            _tmp: Some(tmp),
+            btrfs: None,
+            base,
+        }
+    }
+    /// On a btrfs of its own, where trees are subvolumes and copies of them snapshots.
+    fn on_btrfs() -> Env {
+        let fs = LoopFs::new("btrfs");
+        let base = fs.root();
+        Env {
+            _tmp: None,
+            btrfs: Some(fs),
+            base,
+        }
     }
     fn place(&self, name: &str) -> Place {
         place_in(&self.base, name)
+    }
+    /// A source tree's place, its root made as the engine makes one (on btrfs a subvolume).
+    fn source(&self, name: &str) -> Place {
+        let p = self.place(name);
+        if self.btrfs.is_some() {
+            let parent = p.root.parent().unwrap();
+            fs::create_dir_all(parent).unwrap();
+            let parent = fsx::open_dir(parent).unwrap();
+            btrfs::create_subvolume(parent.as_fd(), name.as_bytes()).unwrap();
+        }
+        p
     }
 }
 
@@ -605,13 +632,22 @@ fn fail_at(n: usize) -> (Control, Arc<AtomicUsize>) {
 
 #[test]
 fn a_copy_interrupted_anywhere_leaves_nothing_and_succeeds_on_the_next_attempt() {
-    let env = Env::new();
-    let src = env.place("src");
+    copy_interrupted_anywhere(Env::new(), 20);
+}
+
+#[test]
+fn a_btrfs_snapshot_copy_interrupted_anywhere_leaves_nothing() {
+    // A snapshot has few places to fail: taken, verified, committed.
+    copy_interrupted_anywhere(Env::on_btrfs(), 1);
+}
+
+fn copy_interrupted_anywhere(env: Env, at_least: usize) {
+    let src = env.source("src");
     random_tree(&src.root, &mut Rng(77), 25);
     let (probe, count) = fail_at(usize::MAX);
     copy(&src, &env.place("probe"), &probe).unwrap();
     let points = count.load(Ordering::SeqCst);
-    assert!(points > 20, "{points} failure points");
+    assert!(points > at_least, "{points} failure points");
     for n in spread(points, 12) {
         let dst = env.place(&format!("dst{n}"));
         let (ctl, _) = fail_at(n);
@@ -630,8 +666,18 @@ fn a_copy_interrupted_anywhere_leaves_nothing_and_succeeds_on_the_next_attempt()
 
 #[test]
 fn a_sync_interrupted_anywhere_converges_on_the_next_run() {
-    let env = Env::new();
-    let src = env.place("src");
+    sync_interrupted_anywhere(Env::new());
+}
+
+#[test]
+fn a_sync_into_a_btrfs_snapshot_interrupted_anywhere_converges_on_the_next_run() {
+    // Its files cannot be renamed in from the work dir (another subvolume): they are
+    // cloned beside their place and renamed there.
+    sync_interrupted_anywhere(Env::on_btrfs());
+}
+
+fn sync_interrupted_anywhere(env: Env) {
+    let src = env.source("src");
     let mut rng = Rng(1234);
     random_tree(&src.root, &mut rng, 30);
     let base = env.place("base");
@@ -1742,4 +1788,101 @@ fn reflinked_copies_share_extents_stay_independent_and_keep_every_property() {
             no_debris(&dst);
         }
     }
+}
+
+#[test]
+fn btrfs_copies_of_a_subvolume_are_snapshots_whole_independent_and_verified() {
+    let lfs = LoopFs::new("btrfs");
+    let base = lfs.root();
+    let (plain, src) = (place_in(&base, "plain"), place_in(&base, "src"));
+    let mut rng = Rng(48);
+    random_tree(&plain.root, &mut rng, 60);
+    // A tree the engine lays down on btrfs is a subvolume: copying a plain directory makes
+    // one (file by file).
+    let s = copy(&plain, &src, &Control::new()).unwrap();
+    assert!(
+        !s.notes.iter().any(|n| n.contains("snapshot")),
+        "{:?}",
+        s.notes
+    );
+    let root = |p: &Place| fsx::open_dir(&p.root).unwrap();
+    assert!(btrfs::is_subvolume(root(&src).as_fd()));
+    assert!(!btrfs::is_subvolume(root(&plain).as_fd()));
+    let big = rng.bytes(64 << 20);
+    write(&src.root.join("big.img"), &big);
+    // A socket: not part of a copy.
+    let _socket = std::os::unix::net::UnixListener::bind(src.root.join("a/socket")).unwrap();
+    let used = || {
+        fsx::syncfs(fsx::open_dir(&base).unwrap().as_fd()).unwrap();
+        let (free, total) = fsx::free_space(&base).unwrap();
+        total - free
+    };
+
+    // A copy of a subvolume is its snapshot, taken before the source changes again: what
+    // the source becomes after that instant is not in the copy.
+    let dst = place_in(&base, "dst");
+    let before = snapshot_tree(&src.root);
+    let changed = src.root.join("a/changed-after-the-snapshot");
+    let c2 = changed.clone();
+    let ctl = Control::new().with_failpoint(move |point| {
+        if point == "copy:snapshot-taken" {
+            fs::write(&c2, b"too late")?;
+        }
+        Ok(())
+    });
+    let used_before = used();
+    let s = copy(&src, &dst, &ctl).unwrap();
+    assert!(
+        s.notes.iter().any(|n| n.contains("btrfs snapshot")),
+        "{:?}",
+        s.notes
+    );
+    assert_eq!((s.content_bytes, s.bytes_sent), (0, 0), "{s:?}");
+    assert_eq!(s.skipped_special_count, 1, "{s:?}");
+    assert_eq!(snapshot_tree(&dst.root), before);
+    assert!(src.root.join("a/socket").exists() && !dst.root.join("a/socket").exists());
+    assert!(changed.exists() && !dst.root.join("a/changed-after-the-snapshot").exists());
+    no_debris(&dst);
+    assert!(verify(&dst, &Control::new()).unwrap().ok);
+    assert!(btrfs::is_subvolume(root(&dst).as_fd()));
+    // 64 MB in the tree, almost nothing more on the disk.
+    let grew = used().saturating_sub(used_before);
+    assert!(grew < 16 << 20, "the snapshot took {grew} bytes");
+
+    // Independent both ways.
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(dst.root.join("big.img"))
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"copy", 1 << 20).unwrap();
+    drop(f);
+    assert_eq!(fs::read(src.root.join("big.img")).unwrap(), big);
+    write(&src.root.join("big.img"), b"the source changed");
+    assert_eq!(fs::read(dst.root.join("big.img")).unwrap()[..4], big[..4]);
+
+    // Syncs into it converge as everywhere, and its own copies are snapshots too.
+    for _ in 0..3 {
+        random_changes(&src.root, &mut rng);
+        sync(&src, &dst, &Control::new()).unwrap();
+        assert_same_tree(&src.root, &dst.root);
+        no_debris(&dst);
+    }
+    let again = place_in(&base, "again");
+    let s = copy(&dst, &again, &Control::new()).unwrap();
+    assert!(s.notes.iter().any(|n| n.contains("btrfs snapshot")));
+    assert_same_tree(&dst.root, &again.root);
+
+    // A copy that fails once the snapshot is taken leaves nothing behind.
+    let failed = place_in(&base, "failed");
+    let ctl = Control::new().with_failpoint(|point| match point {
+        "copy:snapshot-taken" => Err(io::Error::other("injected")),
+        _ => Ok(()),
+    });
+    assert!(copy(&src, &failed, &ctl).is_err());
+    assert!(!failed.root.exists());
+    no_debris(&failed);
+
+    // A subvolume goes like any tree.
+    crate::engine::remove_trees(&[again.root.clone(), dst.root.clone()]).unwrap();
+    assert!(!again.root.exists() && !dst.root.exists());
 }

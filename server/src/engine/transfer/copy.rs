@@ -39,8 +39,10 @@ pub(in crate::engine) fn copy_into(
         remove_tree(&work)?;
         recovered = true;
     }
-    let staging = work.join("root");
-    fs::create_dir_all(&staging).map_err(EngineError::io_path("creating", &staging))?;
+    let staging = work.join(STAGING);
+    fs::create_dir_all(&work).map_err(EngineError::io_path("creating", &work))?;
+    make_tree_root(&work, STAGING.as_bytes())
+        .map_err(EngineError::io_path("creating", &staging))?;
     let result = fill(&staging);
     match &result {
         Ok(_) => {
@@ -93,6 +95,19 @@ pub(in crate::engine) fn source_facts(
     summary.unstable_count = unstable.count;
 }
 
+/// The name of a copy's staging tree in its work dir.
+const STAGING: &str = "root";
+
+/// A new, empty tree root `name` in `parent`: on btrfs a subvolume (so that copies of it
+/// are snapshots), elsewhere a directory.
+fn make_tree_root(parent: &Path, name: &[u8]) -> io::Result<()> {
+    let dir = fsx::open_dir(parent)?;
+    if btrfs::is_btrfs(dir.as_fd()) && btrfs::create_subvolume(dir.as_fd(), name).is_ok() {
+        return Ok(());
+    }
+    fsx::mkdir_at(dir.as_fd(), name)
+}
+
 pub(super) fn copy_staged(
     src: &Place,
     dst: &Place,
@@ -100,6 +115,9 @@ pub(super) fn copy_staged(
     local: &[Place],
     ctl: &Control,
 ) -> Result<Summary, EngineError> {
+    if let Some(summary) = copy_by_snapshot(src, dst, staging, ctl)? {
+        return Ok(summary);
+    }
     let (mut m, report) = scan_source(src, ctl)?;
     // Both trees on one filesystem whose kernel copies files (shared extents, or
     // copy_file_range): every file is taken from the source tree by the kernel, none
@@ -164,6 +182,68 @@ pub(super) fn copy_staged(
     Ok(summary)
 }
 
+/// A copy on btrfs whose source tree is a subvolume: the staging tree is made a snapshot
+/// of it, the whole tree at one instant, sharing everything (no file is created, read or
+/// copied). `None`: not possible here; the copy goes file by file.
+///
+/// The snapshot is then the copy's truth: its manifest is scanned from the snapshot (never
+/// from the source, which may change meanwhile) with the source's quick-check cache, which
+/// still holds (a snapshot keeps inode numbers and times); files the cache cannot vouch for
+/// are read and hashed there. Special files are taken out, as a copy never has them. Then it
+/// is verified, made durable and moved into place like any copy.
+fn copy_by_snapshot(
+    src: &Place,
+    dst: &Place,
+    staging: &Path,
+    ctl: &Control,
+) -> Result<Option<Summary>, EngineError> {
+    let work = staging.parent().unwrap_or(staging);
+    let (Ok(source), Ok(work_fd)) = (fsx::open_dir(&src.root), fsx::open_dir(work)) else {
+        return Ok(None);
+    };
+    if ctl.stream_only || !btrfs::is_subvolume(source.as_fd()) || !same_filesystem(&src.root, work)
+    {
+        return Ok(None);
+    }
+    ctl.phase(Phase::Transfer, None, None);
+    // The empty staging root makes way for the snapshot.
+    fsx::remove_at(work_fd.as_fd(), STAGING.as_bytes())
+        .map_err(EngineError::io_path("removing", staging))?;
+    if let Err(e) = btrfs::snapshot(source.as_fd(), work_fd.as_fd(), STAGING.as_bytes()) {
+        tracing::debug!(error = %e, "no btrfs snapshot: copying file by file");
+        make_tree_root(work, STAGING.as_bytes())
+            .map_err(EngineError::io_path("creating", staging))?;
+        return Ok(None);
+    }
+    ctl.fail("copy:snapshot-taken")?;
+    ctl.phase(Phase::Scan, None, None);
+    let cache = src.load_manifest().ok().flatten();
+    let (m, report) = scan::scan(staging, cache.as_ref(), true, ctl)?;
+    let mut walker =
+        Walker::new(fsx::open_dir(staging).map_err(EngineError::io_path("opening", staging))?);
+    for e in m.entries.iter().filter(|e| e.kind == Kind::Special) {
+        let (dir, name) = walker
+            .parent(&e.path)
+            .map_err(io_err("opening a directory of the snapshot"))?;
+        fsx::remove_at(dir, name).map_err(io_err("removing a special file from the snapshot"))?;
+    }
+    // The source's quick-check cache for the next copy or sync.
+    let _ = m.store(&src.manifest_path());
+    let mut summary = finish_copy(dst, staging, &m, ctl)?;
+    summary.kernel_bytes = summary.tree_bytes;
+    summary.notes.push(format!(
+        "a btrfs snapshot of the source: {} files shared at once, none copied",
+        summary.tree_files
+    ));
+    source_facts(
+        &mut summary,
+        report,
+        Listed::default(),
+        WireStats::default(),
+    );
+    Ok(Some(summary))
+}
+
 /// The target's side of a copy, last: the staged tree checked against `m` (the source's
 /// manifest as sent), made durable, then moved into place.
 pub(in crate::engine) fn finish_copy(
@@ -217,11 +297,28 @@ fn from_source(
     send_reused(fw, from, e)
 }
 
-/// Whether two paths are on one filesystem (the kernel can copy between them).
+/// Whether two paths are on one filesystem (the kernel can copy between them). btrfs gives
+/// each subvolume a device number of its own: there, two paths of one mount are one
+/// filesystem.
 pub(super) fn same_filesystem(a: &Path, b: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     match (fs::metadata(a), fs::metadata(b)) {
-        (Ok(a), Ok(b)) => a.dev() == b.dev(),
+        (Ok(ma), Ok(mb)) if ma.dev() == mb.dev() => true,
+        (Ok(_), Ok(_)) => {
+            let on_btrfs = |p: &Path| fsx::open_dir(p).is_ok_and(|d| btrfs::is_btrfs(d.as_fd()));
+            let mount = |p: &Path| {
+                rustix::fs::statx(
+                    rustix::fs::CWD,
+                    p,
+                    rustix::fs::AtFlags::empty(),
+                    rustix::fs::StatxFlags::MNT_ID,
+                )
+                .ok()
+                .filter(|st| st.stx_mask & rustix::fs::StatxFlags::MNT_ID.bits() != 0)
+                .map(|st| st.stx_mnt_id)
+            };
+            on_btrfs(a) && on_btrfs(b) && mount(a).is_some() && mount(a) == mount(b)
+        }
         _ => false,
     }
 }

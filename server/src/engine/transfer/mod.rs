@@ -8,6 +8,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::Instant;
 
+use super::btrfs;
 use super::fsx::{self, split_parent, Walker};
 use super::manifest::{diff, path_cmp, Change, Chunk, Entry, Kind, Manifest};
 use super::scan::{self, chunked_file_hash, hash_reader, Listed, CHUNKED_FILE_MIN};

@@ -576,7 +576,42 @@ fn rewrite_whole(
     write_ranges(staged, &whole, ranges)?;
     whole.set_len(e.size).map_err(io_err("writing a file"))?;
     fsx::apply_meta_fd(whole.as_fd(), e).map_err(io_err("setting metadata"))?;
-    fsx::rename_at(stage, &whole_name, dir, name).map_err(io_err("placing a file"))
+    place_staged(stage, &whole_name, dir, name, e)
+}
+
+/// Moves the staged file `tmp` (its metadata `e` already set) to `name` in `dir` in one
+/// rename. Where the tree is a btrfs subvolume of its own (see `btrfs.rs`), the work dir is
+/// outside it and no rename can cross: the file is then cloned (shared extents, nothing
+/// copied) to a name of this process's own beside its place, given its metadata, and
+/// renamed over it: still one atomic rename. (What a crash leaves under that name is drift
+/// the next sync removes.)
+fn place_staged(
+    stage: BorrowedFd<'_>,
+    tmp: &[u8],
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+    e: &Entry,
+) -> Result<(), EngineError> {
+    match fsx::rename_at(stage, tmp, dir, name) {
+        Err(err) if err.raw_os_error() == Some(libc::EXDEV) => {}
+        placed => return placed.map_err(io_err("placing a file")),
+    }
+    static BESIDE: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+        format!(".doppel-placing-{}", crate::ids::new_id()).into_bytes()
+    });
+    let beside: &[u8] = &BESIDE;
+    fsx::remove_at(dir, beside).map_err(io_err("removing a file"))?;
+    let staged = fsx::open_file_at(stage, tmp).map_err(io_err("opening a staged file"))?;
+    let len = staged
+        .metadata()
+        .map_err(io_err("reading a staged file"))?
+        .len();
+    let copy = fsx::create_file_at(dir, beside).map_err(io_err("creating a file"))?;
+    if fsx::kernel_copy(&copy, &staged, len).is_err() {
+        io::copy(&mut &staged, &mut &copy).map_err(io_err("copying a staged file"))?;
+    }
+    fsx::apply_meta_fd(copy.as_fd(), e).map_err(io_err("setting metadata"))?;
+    fsx::rename_at(dir, beside, dir, name).map_err(io_err("placing a file"))
 }
 
 /// The commit of a sync: removals deepest first, then creations and placements in path
@@ -642,8 +677,7 @@ pub(super) fn apply_pending(
                 let (dir, name) = walker
                     .parent(&e.path)
                     .map_err(io_err("opening a directory"))?;
-                fsx::rename_at(stage_fd.as_fd(), tmp, dir, name)
-                    .map_err(io_err("placing a file"))?;
+                place_staged(stage_fd.as_fd(), tmp, dir, name, e)?;
                 touched_dirs.push(split_parent(&e.path).0.to_vec());
             }
             Pending::Patch { tmp, ranges, e } => {
