@@ -222,13 +222,44 @@ impl Manifest {
         Ok(Manifest { entries })
     }
 
-    /// Loads a manifest file; a missing file is an empty manifest.
+    /// Loads a manifest file; a missing file is `None`.
+    ///
+    /// The file is decoded where the page cache holds it (mapped, not read into a buffer of
+    /// its own): a no-op sync loads two manifests of 6 MB, and fresh buffers that size were
+    /// a fifth of its page faults (perf). Safe because a manifest file is never changed in
+    /// place: [`Manifest::store`] writes a new file and renames it over the old one, which
+    /// stays whole for whoever still maps it.
     pub fn load(path: &std::path::Path) -> io::Result<Option<Manifest>> {
-        match std::fs::read(path) {
-            Ok(buf) => Manifest::decode(&buf).map(Some),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
+        use std::os::fd::AsRawFd;
+        let file = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let len = usize::try_from(file.metadata()?.len()).map_err(|_| bad("too large"))?;
+        if len == 0 {
+            return Manifest::decode(&[]).map(Some);
         }
+        // SAFETY: a private read-only mapping of `len` bytes of an open file, unmapped below
+        // and only read through `bytes` before that (the file is never truncated: see above).
+        let at = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE | libc::MAP_POPULATE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if at == libc::MAP_FAILED {
+            return Manifest::decode(&std::fs::read(path)?).map(Some);
+        }
+        let bytes = unsafe { std::slice::from_raw_parts(at as *const u8, len) };
+        let decoded = Manifest::decode(bytes);
+        // SAFETY: the mapping made above; `bytes` is not used after this.
+        unsafe { libc::munmap(at, len) };
+        decoded.map(Some)
     }
 
     /// Writes atomically (temp file + rename). Durability comes from the caller's syncfs.
