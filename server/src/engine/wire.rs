@@ -132,6 +132,8 @@ impl<W: Write> FrameWriter<W> {
 pub struct FrameReader<R: Read> {
     inner: R,
     buf: Vec<u8>,
+    /// A frame read ahead and put back (`unread`): the next one `read_frame` returns.
+    ahead: Option<Frame>,
 }
 
 impl<R: Read> FrameReader<R> {
@@ -139,10 +141,20 @@ impl<R: Read> FrameReader<R> {
         FrameReader {
             inner,
             buf: Vec::new(),
+            ahead: None,
         }
     }
 
+    /// Puts back a frame read ahead: the next `read_frame` returns it.
+    pub fn unread(&mut self, frame: Frame) {
+        debug_assert!(self.ahead.is_none(), "one frame read ahead at most");
+        self.ahead = Some(frame);
+    }
+
     pub fn read_frame(&mut self) -> io::Result<Frame> {
+        if let Some(frame) = self.ahead.take() {
+            return Ok(frame);
+        }
         let mut h = [0u8; 5];
         self.inner.read_exact(&mut h)?;
         let len = u32::from_le_bytes([h[1], h[2], h[3], h[4]]) as usize;

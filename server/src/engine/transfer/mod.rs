@@ -15,6 +15,7 @@ use super::scan::{self, chunked_file_hash, hash_reader, Listed, CHUNKED_FILE_MIN
 use super::wire::{self, Frame, FrameReader, FrameWriter, PipeReader, PipeWriter, WireStats};
 use super::{Control, EngineError, Phase, Place, Summary};
 
+mod clones;
 mod copy;
 mod peer;
 mod receive;

@@ -2,6 +2,7 @@
 //! takes content from what the target's server already holds (its previous version,
 //! other trees) instead of the stream where it can.
 
+use super::clones::{KernelFile, KernelPool};
 use super::*;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -44,6 +45,38 @@ pub(super) struct Received {
     pub(super) changed: Vec<Entry>,
 }
 
+impl Received {
+    /// Counts a file laid down (`e` as it now is): what it took from where, and whether it
+    /// changed since the sender's scan.
+    pub(super) fn count_file(&mut self, got: &Content, e: &Entry) {
+        self.reused_bytes += got.reused;
+        if got.kernel {
+            self.kernel_copied += 1;
+        }
+        self.kernel_bytes += got.kernel_bytes;
+        if got.changed {
+            self.changed.push(e.clone());
+        }
+    }
+}
+
+/// A file's content is in place: its metadata is applied, its writeback started (unless the
+/// kernel laid it down: it has no pages of its own to write), and it counts as done.
+pub(super) fn finish_file(
+    file: &fs::File,
+    e: &Entry,
+    kernel: bool,
+    ctl: &Control,
+) -> Result<(), EngineError> {
+    fsx::apply_meta_fd(file.as_fd(), e).map_err(io_err("setting metadata"))?;
+    if !kernel {
+        fsx::start_writeback(file.as_fd());
+    }
+    ctl.fail("receive:file")?;
+    ctl.add_progress(0, 1);
+    Ok(())
+}
+
 /// Applies frames from the stream. `root` is the tree being built (copy) or synced (sync);
 /// `stage` is where sync content goes first; `current` is the target's current manifest
 /// (sync), from which deltas and reuse draw.
@@ -53,7 +86,40 @@ pub(super) fn receive(
     stage: &Path,
     input: PipeReader,
     current: Option<&Manifest>,
+    trees: (&[Place], Option<u32>),
+    ctl: &Control,
+) -> Result<Received, EngineError> {
+    if mode != Mode::Copy || trees.1.is_none() {
+        return receive_frames(mode, root, stage, input, current, trees, None, ctl);
+    }
+    // A copy whose files the kernel takes from the source: they are laid down by workers,
+    // several at once. (The pool's end closes its queue, and the scope waits for the
+    // workers, before the copy goes on or its staging tree is removed.)
+    std::thread::scope(|s| {
+        let mut pool = KernelPool::start(s, root, trees, ctl);
+        receive_frames(
+            mode,
+            root,
+            stage,
+            input,
+            current,
+            trees,
+            Some(&mut pool),
+            ctl,
+        )
+    })
+}
+
+// `receive`'s arguments, and the pool of kernel copies it may have started.
+#[allow(clippy::too_many_arguments)]
+fn receive_frames(
+    mode: Mode,
+    root: &Path,
+    stage: &Path,
+    input: PipeReader,
+    current: Option<&Manifest>,
     (local, source): (&[Place], Option<u32>),
+    mut pool: Option<&mut KernelPool>,
     ctl: &Control,
 ) -> Result<Received, EngineError> {
     let mut local = LocalTrees {
@@ -102,6 +168,31 @@ pub(super) fn receive(
             _ => return Err(EngineError::Integrity("unexpected frame".into())),
         };
         if e.has_data() {
+            if let Some(pool) = pool.as_deref_mut() {
+                // A file the kernel lays down from a tree of this server: to a worker.
+                match fr.read_frame().map_err(io_err("receiving"))? {
+                    Frame::ReuseLocal { tree, from } => {
+                        let Frame::FileEnd { hash, size } =
+                            fr.read_frame().map_err(io_err("receiving"))?
+                        else {
+                            return Err(EngineError::Integrity(
+                                "unexpected frame inside a file".into(),
+                            ));
+                        };
+                        pool.submit(
+                            KernelFile {
+                                e,
+                                tree,
+                                from,
+                                sent: (hash, size),
+                            },
+                            &mut out,
+                        )?;
+                        continue;
+                    }
+                    next => fr.unread(next),
+                }
+            }
             let (dir, name) = match mode {
                 Mode::Copy => walker
                     .parent(&e.path)
@@ -138,7 +229,7 @@ pub(super) fn receive(
                 }
                 _ => None,
             };
-            let got = receive_content(
+            let mut got = receive_content(
                 &mut fr,
                 &mut file,
                 &e,
@@ -148,18 +239,11 @@ pub(super) fn receive(
                 &mut local,
                 ctl,
             )?;
-            out.reused_bytes += got.reused;
             let mut e = e;
             e.hash = got.hash;
             e.size = got.size;
-            e.chunks = got.chunks;
-            if got.kernel {
-                out.kernel_copied += 1;
-            }
-            out.kernel_bytes += got.kernel_bytes;
-            if got.changed {
-                out.changed.push(e.clone());
-            }
+            e.chunks = std::mem::take(&mut got.chunks);
+            out.count_file(&got, &e);
             match got.patch {
                 Some(ops) if ops.iter().all(|op| op.old.is_none_or(|o| o == op.at)) => {
                     fsx::start_writeback(file.as_fd());
@@ -199,13 +283,7 @@ pub(super) fn receive(
                 }
                 None => {}
             }
-            fsx::apply_meta_fd(file.as_fd(), &e).map_err(io_err("setting metadata"))?;
-            if !got.kernel {
-                // (A file the kernel laid down has no pages of its own to write.)
-                fsx::start_writeback(file.as_fd());
-            }
-            ctl.fail("receive:file")?;
-            ctl.add_progress(0, 1);
+            finish_file(&file, &e, got.kernel, ctl)?;
             match mode {
                 Mode::Copy => {}
                 Mode::Sync => out.pending.push(Pending::Place { tmp: tmp_name, e }),
@@ -217,6 +295,10 @@ pub(super) fn receive(
             out.pending.push(Pending::Create(e));
             continue;
         }
+        if let (Some(pool), Some(_)) = (pool.as_deref_mut(), &e.link_to) {
+            // A hard link's first name may be a worker's file still being laid down.
+            pool.wait(&mut out)?;
+        }
         let (dir, name) = walker
             .parent(&e.path)
             .map_err(io_err("opening a directory"))?;
@@ -226,6 +308,9 @@ pub(super) fn receive(
         } else {
             fsx::apply_meta_at(dir, name, &e).map_err(io_err("setting metadata"))?;
         }
+    }
+    if let Some(pool) = pool {
+        pool.wait(&mut out)?;
     }
     // Directory metadata last, deepest first: creating children moves a directory's mtime.
     for d in dirs.iter().rev() {
@@ -272,7 +357,7 @@ pub(super) struct LocalTrees<'a> {
 }
 
 impl LocalTrees<'_> {
-    fn walker(&mut self, tree: u32) -> Result<&mut Walker, EngineError> {
+    pub(super) fn walker(&mut self, tree: u32) -> Result<&mut Walker, EngineError> {
         let i = tree as usize;
         let place = self
             .places
@@ -489,39 +574,12 @@ pub(super) fn receive_content(
                     .map_err(io_err("opening a directory"))?;
                 let src = fsx::open_file_at(d, n).map_err(io_err("opening a file to reuse"))?;
                 of_source = from_source;
-                // Another tree of the same filesystem: the kernel lays the content down
-                // (shared extents, or copied inside the kernel); nothing passes through here.
-                if let Ok(how) = fsx::kernel_copy(out, &src, e.size) {
-                    // The very file the sender scanned (or read), unchanged since: its
-                    // inode, size and times as the sender saw them. Its hash is the sender's;
-                    // nothing is read again. Anything else is read once, from the new file.
-                    let unchanged = e.hash != [0; 32]
-                        && fsx::stat_fd(src.as_fd()).is_ok_and(|st| fsx::same_version(&st, e));
-                    let (hash, c, len) = if unchanged {
-                        (e.hash, e.chunks.clone(), e.size)
-                    } else {
-                        hash_reader(out, e.size, ctl, |_, _| Ok(()))?
-                    };
-                    written += len;
-                    // From the source itself: not content the target held already.
-                    if from_source {
-                        kernel_bytes += len;
-                    } else {
-                        reused += len;
-                    }
-                    ctl.add_progress(len, 0);
-                    if how == fsx::KernelCopy::CopyFileRange {
-                        ctl.throttle(len);
-                    }
-                    from_reuse = Some((hash, c));
-                    kernel_copied = true;
-                    continue;
-                }
-                let (hash, c, len) = hash_reader(&src, e.size, ctl, |data, _| out.write_all(data))?;
-                written += len;
-                reused += len;
-                ctl.add_progress(len, 0);
-                from_reuse = Some((hash, c));
+                let taken = take_content(out, &src, e, from_source, ctl)?;
+                written += taken.len;
+                reused += taken.reused;
+                kernel_bytes += taken.kernel_bytes;
+                kernel_copied |= taken.kernel;
+                from_reuse = Some((taken.hash, taken.chunks));
             }
             Frame::FileEnd { hash, size } => {
                 let (got, got_chunks) = match from_reuse {
@@ -529,15 +587,7 @@ pub(super) fn receive_content(
                     None if chunked => (chunked_file_hash(&chunks), chunks),
                     None => (*whole.finalize().as_bytes(), Vec::new()),
                 };
-                let changed = got != hash || written != size;
-                // Only the source's own file may have changed since (a running container):
-                // content of any other tree must be exactly what was offered.
-                if changed && !of_source {
-                    return Err(EngineError::Integrity(format!(
-                        "{:?}: received content does not match its hash",
-                        e.display_path()
-                    )));
-                }
+                let changed = changed_since_sent(e, (got, written), (hash, size), of_source)?;
                 return Ok(Content {
                     hash: got,
                     size: written,
@@ -556,6 +606,86 @@ pub(super) fn receive_content(
             }
         }
     }
+}
+
+/// What `take_content` laid down.
+pub(super) struct Taken {
+    pub(super) hash: [u8; 32],
+    pub(super) chunks: Vec<Chunk>,
+    pub(super) len: u64,
+    /// Laid down by the kernel (else read and written here).
+    pub(super) kernel: bool,
+    /// Its bytes as content the target's server held, or as taken from the source itself.
+    pub(super) reused: u64,
+    pub(super) kernel_bytes: u64,
+}
+
+/// Lays the whole content of `src` (a file of a tree on the receiver's server) down in
+/// `out`. Where both share a filesystem the kernel does it (shared extents, or copied
+/// inside the kernel) and nothing passes through here: then the hash is the sender's if
+/// `src` is still the very version the sender scanned or read (inode, size and times as it
+/// saw them), else `out` is read once to hash it. Elsewhere `src` is read, hashed and
+/// written here.
+pub(super) fn take_content(
+    out: &mut fs::File,
+    src: &fs::File,
+    e: &Entry,
+    from_source: bool,
+    ctl: &Control,
+) -> Result<Taken, EngineError> {
+    let taken = if let Ok(how) = fsx::kernel_copy(out, src, e.size) {
+        let unchanged = e.hash != [0; 32]
+            && fsx::stat_fd(src.as_fd()).is_ok_and(|st| fsx::same_version(&st, e));
+        let (hash, chunks, len) = if unchanged {
+            (e.hash, e.chunks.clone(), e.size)
+        } else {
+            hash_reader(&*out, e.size, ctl, |_, _| Ok(()))?
+        };
+        if how == fsx::KernelCopy::CopyFileRange {
+            ctl.throttle(len);
+        }
+        // From the source itself: not content the target held already.
+        let (reused, kernel_bytes) = if from_source { (0, len) } else { (len, 0) };
+        Taken {
+            hash,
+            chunks,
+            len,
+            kernel: true,
+            reused,
+            kernel_bytes,
+        }
+    } else {
+        let (hash, chunks, len) = hash_reader(src, e.size, ctl, |data, _| out.write_all(data))?;
+        Taken {
+            hash,
+            chunks,
+            len,
+            kernel: false,
+            reused: len,
+            kernel_bytes: 0,
+        }
+    };
+    ctl.add_progress(taken.len, 0);
+    Ok(taken)
+}
+
+/// Whether a file's content as laid down (`got`: hash, length) differs from what the sender
+/// announced at its end (`sent`). Only the source's own file may have changed since (a
+/// running container): content of any other tree must be exactly what was offered.
+pub(super) fn changed_since_sent(
+    e: &Entry,
+    got: ([u8; 32], u64),
+    sent: ([u8; 32], u64),
+    of_source: bool,
+) -> Result<bool, EngineError> {
+    let changed = got != sent;
+    if changed && !of_source {
+        return Err(EngineError::Integrity(format!(
+            "{:?}: received content does not match its hash",
+            e.display_path()
+        )));
+    }
+    Ok(changed)
 }
 
 /// Builds the whole new version of a patched file into `full`, checking every range kept
