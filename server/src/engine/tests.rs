@@ -1679,6 +1679,20 @@ fn copies_within_one_filesystem_are_laid_down_by_the_kernel_and_read_at_most_onc
     assert!(verify(&again, &Control::new()).unwrap().ok);
 }
 
+/// A copy that shares extents with its source (`big.img`, holding `big`) is independent
+/// both ways: writing the copy leaves the source as it was, and the other way round.
+fn assert_independent(src: &Place, dst: &Place, big: &[u8]) {
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(dst.root.join("big.img"))
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"copy", 1 << 20).unwrap();
+    drop(f);
+    assert_eq!(fs::read(src.root.join("big.img")).unwrap(), big);
+    write(&src.root.join("big.img"), b"the source changed");
+    assert_eq!(fs::read(dst.root.join("big.img")).unwrap()[..4], big[..4]);
+}
+
 /// A filesystem image of `kind` (`xfs` with reflink, or `btrfs`) loop-mounted for a test;
 /// unmounted and removed when dropped, whatever the test did.
 struct LoopFs {
@@ -1770,15 +1784,7 @@ fn reflinked_copies_share_extents_stay_independent_and_keep_every_property() {
         let grew = used().saturating_sub(before);
         assert!(grew < 16 << 20, "{kind}: the copy took {grew} bytes");
         // Independent both ways: writing either leaves the other as it was.
-        let f = fs::OpenOptions::new()
-            .write(true)
-            .open(dst.root.join("big.img"))
-            .unwrap();
-        std::os::unix::fs::FileExt::write_all_at(&f, b"copy", 1 << 20).unwrap();
-        drop(f);
-        assert_eq!(fs::read(src.root.join("big.img")).unwrap(), big);
-        write(&src.root.join("big.img"), b"the source changed");
-        assert_eq!(fs::read(dst.root.join("big.img")).unwrap()[..4], big[..4]);
+        assert_independent(&src, &dst, &big);
         assert!(verify(&src, &Control::new()).is_ok());
         // Syncs on the same filesystem converge, as everywhere.
         for _ in 0..3 {
@@ -1849,16 +1855,7 @@ fn btrfs_copies_of_a_subvolume_are_snapshots_whole_independent_and_verified() {
     let grew = used().saturating_sub(used_before);
     assert!(grew < 16 << 20, "the snapshot took {grew} bytes");
 
-    // Independent both ways.
-    let f = fs::OpenOptions::new()
-        .write(true)
-        .open(dst.root.join("big.img"))
-        .unwrap();
-    std::os::unix::fs::FileExt::write_all_at(&f, b"copy", 1 << 20).unwrap();
-    drop(f);
-    assert_eq!(fs::read(src.root.join("big.img")).unwrap(), big);
-    write(&src.root.join("big.img"), b"the source changed");
-    assert_eq!(fs::read(dst.root.join("big.img")).unwrap()[..4], big[..4]);
+    assert_independent(&src, &dst, &big);
 
     // Syncs into it converge as everywhere, and its own copies are snapshots too.
     for _ in 0..3 {
