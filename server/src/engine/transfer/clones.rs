@@ -15,8 +15,9 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::Scope;
 
-use super::receive::Received;
-use super::receive::{changed_since_sent, finish_file, take_content, Content, LocalTrees};
+use super::receive::{
+    changed_since_sent, finish_file, take_content, Content, LocalTrees, Received,
+};
 use super::*;
 
 /// A file to lay down: its entry, which local tree holds its content and where, and the
@@ -45,21 +46,26 @@ impl KernelPool {
         root: &'scope Path,
         trees: (&'scope [Place], Option<u32>),
         ctl: &'scope Control,
-    ) -> KernelPool {
+    ) -> Result<KernelPool, EngineError> {
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4));
+        // Each worker's own handle on the tree, opened here: a worker's every result is
+        // then a file's.
+        let roots = (0..workers)
+            .map(|_| fsx::open_dir(root).map_err(io_err("opening the target")))
+            .collect::<Result<Vec<_>, _>>()?;
         // A short queue: enough to keep every worker busy, never the whole tree in memory.
         let (queue, jobs) = mpsc::sync_channel::<KernelFile>(workers * 4);
         let jobs = Arc::new(Mutex::new(jobs));
         let (tx, done) = mpsc::channel();
-        for _ in 0..workers {
+        for root in roots {
             let (jobs, tx) = (jobs.clone(), tx.clone());
-            s.spawn(move || work(root, trees, &jobs, &tx, ctl));
+            s.spawn(move || work(Walker::new(root), trees, &jobs, &tx, ctl));
         }
-        KernelPool {
+        Ok(KernelPool {
             queue,
             done,
             outstanding: 0,
-        }
+        })
     }
 
     /// Hands `file` to a worker; counts into `out` what the workers finished meanwhile, and
@@ -108,19 +114,12 @@ fn count(done: Done, out: &mut Received) -> Result<(), EngineError> {
 /// error is its last result; a panic is reported as an error, so the receiver never waits
 /// for a result that will not come).
 fn work(
-    root: &Path,
+    mut walker: Walker,
     (places, source): (&[Place], Option<u32>),
     jobs: &Mutex<mpsc::Receiver<KernelFile>>,
     done: &mpsc::Sender<Done>,
     ctl: &Control,
 ) {
-    let mut walker = match fsx::open_dir(root) {
-        Ok(fd) => Walker::new(fd),
-        Err(e) => {
-            let _ = done.send(Err(EngineError::io("opening the target")(e)));
-            return;
-        }
-    };
     let mut local = LocalTrees {
         places,
         open: places.iter().map(|_| None).collect(),
@@ -177,19 +176,17 @@ fn lay_down(
     let src = fsx::open_file_at(d, n).map_err(io_err("opening a file to reuse"))?;
     let taken = take_content(&mut out, &src, &e, of_source, ctl)?;
     let changed = changed_since_sent(&e, (taken.hash, taken.len), sent, of_source)?;
-    e.hash = taken.hash;
-    e.size = taken.len;
-    e.chunks = taken.chunks;
-    finish_file(&out, &e, taken.kernel, ctl)?;
-    let got = Content {
+    let mut got = Content {
         hash: taken.hash,
         size: taken.len,
-        chunks: Vec::new(),
+        chunks: taken.chunks,
         reused: taken.reused,
         patch: None,
         changed,
         kernel: taken.kernel,
         kernel_bytes: taken.kernel_bytes,
     };
+    got.record_in(&mut e);
+    finish_file(&out, &e, got.kernel, ctl)?;
     Ok((got, e))
 }

@@ -96,7 +96,7 @@ pub(super) fn receive(
     // several at once. (The pool's end closes its queue, and the scope waits for the
     // workers, before the copy goes on or its staging tree is removed.)
     std::thread::scope(|s| {
-        let mut pool = KernelPool::start(s, root, trees, ctl);
+        let mut pool = KernelPool::start(s, root, trees, ctl)?;
         receive_frames(
             mode,
             root,
@@ -240,9 +240,7 @@ fn receive_frames(
                 ctl,
             )?;
             let mut e = e;
-            e.hash = got.hash;
-            e.size = got.size;
-            e.chunks = std::mem::take(&mut got.chunks);
+            got.record_in(&mut e);
             out.count_file(&got, &e);
             match got.patch {
                 Some(ops) if ops.iter().all(|op| op.old.is_none_or(|o| o == op.at)) => {
@@ -442,6 +440,16 @@ pub(super) struct Content {
     /// Laid down by the kernel; and how many bytes of it came from the source itself.
     pub(super) kernel: bool,
     pub(super) kernel_bytes: u64,
+}
+
+impl Content {
+    /// Records what was received in the file's entry: its hash, size and chunk list (moved
+    /// there: the entry is what is kept).
+    pub(super) fn record_in(&mut self, e: &mut Entry) {
+        e.hash = self.hash;
+        e.size = self.size;
+        e.chunks = std::mem::take(&mut self.chunks);
+    }
 }
 
 /// Receives one file's content into `out`, hashing as it writes; fails unless the result
