@@ -479,6 +479,20 @@ async fn concurrent_retries_with_one_idempotency_key_make_one_copy() {
     }
     s.wait_job(first["job"]["id"].as_str().unwrap()).await;
     assert_eq!(containers_named(&s, "racing").await, 1);
+    // Every request is audited once: the one that wrote the copy in the copy's own commit,
+    // the retries answered from it apart.
+    let web_app = s.container_id("web-app").await;
+    let (st, audit) = s
+        .get("/api/v1/audit?action=container.copy&limit=100", &s.admin_token)
+        .await;
+    assert_eq!(st, 200, "{audit}");
+    let ok = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["target"] == web_app.as_str() && e["result"] == "ok")
+        .count();
+    assert_eq!(ok, answers.len(), "{audit:#}");
 }
 
 #[tokio::test]

@@ -20,6 +20,53 @@ pub(super) struct Actor<'a> {
     pub(super) address: Option<std::net::IpAddr>,
 }
 
+impl<'a> Actor<'a> {
+    fn of(user: &'a UserInfo) -> Actor<'a> {
+        Actor {
+            user: Some(user),
+            name: &user.name,
+            address: user.from,
+        }
+    }
+}
+
+/// Whether a write committed the audit entry of its success itself (`audited_with`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Committed {
+    Yes,
+    /// It answered from an earlier write (a retried request): recorded apart.
+    No,
+}
+
+/// The entry of an action: `ok`, `refused` (an error the caller can fix) or `failed`.
+fn entry(
+    actor: &Actor<'_>,
+    action: &str,
+    target: &str,
+    project: Option<String>,
+    error: Option<&ApiError>,
+) -> AuditEntry {
+    let result = match error.map(|e| e.code) {
+        None => "ok",
+        Some(ErrorCode::Internal | ErrorCode::Unavailable) => "failed",
+        Some(_) => "refused",
+    };
+    AuditEntry {
+        id: entry_id(),
+        at: crate::ids::now_ms(),
+        actor_id: actor.user.map(|u| u.id.clone()),
+        actor_name: actor.name.to_string(),
+        action: action.to_string(),
+        project_id: project,
+        target: target.to_string(),
+        address: actor
+            .address
+            .map_or_else(|| "unknown".to_string(), |a| a.to_string()),
+        result: result.to_string(),
+        detail: error.map(|e| e.message.clone()),
+    }
+}
+
 /// An id that sorts by the millisecond: 12 hex digits of time, 12 random.
 fn entry_id() -> String {
     format!(
@@ -41,19 +88,38 @@ impl Service {
         work: impl Future<Output = Result<T, ApiError>>,
     ) -> Result<T, ApiError> {
         let result = work.await;
-        self.record(
-            Actor {
-                user: Some(user),
-                name: &user.name,
-                address: user.from,
-            },
-            action,
-            target,
-            project,
-            result.as_ref().err(),
-        )
-        .await;
+        self.record(Actor::of(user), action, target, project, result.as_ref().err())
+            .await;
         result
+    }
+
+    /// Like `audited`, for a write that commits the entry of its success with its own rows
+    /// (one commit, and never the rows without their entry): `work` gets that entry and says
+    /// whether it committed it. A refusal or failure is recorded here, as by `audited`.
+    pub(super) async fn audited_with<T, F>(
+        &self,
+        user: &UserInfo,
+        action: &str,
+        target: &str,
+        project: Option<String>,
+        work: impl FnOnce(AuditEntry) -> F,
+    ) -> Result<T, ApiError>
+    where
+        F: Future<Output = Result<(T, Committed), ApiError>>,
+    {
+        let actor = Actor::of(user);
+        let success = entry(&actor, action, target, project.clone(), None);
+        let (value, committed) = match work(success).await {
+            Ok(done) => done,
+            Err(e) => {
+                self.record(actor, action, target, project, Some(&e)).await;
+                return Err(e);
+            }
+        };
+        if committed == Committed::No {
+            self.record(actor, action, target, project, None).await;
+        }
+        Ok(value)
     }
 
     /// Appends an entry; a failure to is logged, and the request it records stands.
@@ -65,25 +131,7 @@ impl Service {
         project: Option<String>,
         error: Option<&ApiError>,
     ) {
-        let result = match error.map(|e| e.code) {
-            None => "ok",
-            Some(ErrorCode::Internal | ErrorCode::Unavailable) => "failed",
-            Some(_) => "refused",
-        };
-        let entry = AuditEntry {
-            id: entry_id(),
-            at: crate::ids::now_ms(),
-            actor_id: actor.user.map(|u| u.id.clone()),
-            actor_name: actor.name.to_string(),
-            action: action.to_string(),
-            project_id: project,
-            target: target.to_string(),
-            address: actor
-                .address
-                .map_or_else(|| "unknown".to_string(), |a| a.to_string()),
-            result: result.to_string(),
-            detail: error.map(|e| e.message.clone()),
-        };
+        let entry = entry(&actor, action, target, project, error);
         if let Err(e) = self.db.append_audit(&entry).await {
             tracing::error!(error = %e, action, target, "audit entry not written");
         }

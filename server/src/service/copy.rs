@@ -6,6 +6,7 @@ use std::path::Path;
 
 use app::model::*;
 
+use super::audit::Committed;
 use super::jobs::{check_idempotency_key, parse_bwlimit, request_fingerprint};
 use super::visibility::Visibility;
 use super::{check_id, internal, Service};
@@ -208,7 +209,7 @@ impl Service {
     ) -> Result<CopyStarted, ApiError> {
         let project = is_valid_id(&req.target_project_id).then(|| req.target_project_id.clone());
         let target = source_id.to_string();
-        self.audited(user, "container.copy", &target, project, async {
+        self.audited_with(user, "container.copy", &target, project, |entry| async {
             let idem = check_idempotency_key(idempotency_key)?;
             let body = serde_json::to_string(&req).map_err(internal)?;
             let limit = options.bwlimit.as_deref().unwrap_or_default();
@@ -217,7 +218,7 @@ impl Service {
                 .copy_started_with(user, idem.as_deref(), &fingerprint)
                 .await?
             {
-                return Ok(started);
+                return Ok((started, Committed::No));
             }
             check_id("container id", source_id)?;
             let (source, visibility, target) =
@@ -270,8 +271,8 @@ impl Service {
                 idempotency_key: idem,
                 now: now_ms(),
             };
-            if let Some(started) = self.admit_copy(user, &row).await? {
-                return Ok(started);
+            if let Some(started) = self.admit_copy(user, &row, entry).await? {
+                return Ok((started, Committed::No));
             }
             // The answer is what was just written: no need to read it back.
             let job = row.job();
@@ -293,7 +294,7 @@ impl Service {
                 }),
             );
             let container = row.container(user, &source.summary(&visibility), target)?;
-            Ok(CopyStarted { container, job })
+            Ok((CopyStarted { container, job }, Committed::Yes))
         })
         .await
     }
@@ -443,14 +444,16 @@ impl Service {
         Ok(Some(key))
     }
 
-    /// Writes both rows in one atomic write (group-committed with the writes queued beside
-    /// it). `Some`: a retry that raced its first attempt, answered with the copy that won.
+    /// Writes both rows and `entry` (the audit entry of the copy's success) in one atomic
+    /// write, group-committed with the writes queued beside it. `Some`: a retry that raced
+    /// its first attempt, answered with the copy that won (and nothing written).
     async fn admit_copy(
         &self,
         user: &UserInfo,
         row: &NewCopy,
+        entry: AuditEntry,
     ) -> Result<Option<CopyStarted>, ApiError> {
-        let written = self.db.admit_copy(row.clone()).await;
+        let written = self.db.admit_copy(row.clone(), entry).await;
         // The same idempotency key means the same name too: the job that won is committed
         // by now.
         if let Err(Refusal::NameTaken | Refusal::SameIdempotencyKey) = &written {

@@ -3,30 +3,39 @@
 use app::model::{AuditEntry, AuditFilter};
 use sqlx::Row;
 
-use super::{Arg, Db, DbError};
+use super::sql::execute;
+use super::{Db, DbError, SyncConn};
+
+/// Appends `e` in the caller's transaction (a write that records its own success commits
+/// its entry with its rows: `Db::admit_copy`).
+pub(crate) fn insert_audit(c: &SyncConn, e: &AuditEntry) -> rusqlite::Result<()> {
+    execute(
+        c,
+        "INSERT INTO audit (id, at, actor_id, actor_name, action, project_id, target,
+            address, result, detail)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        &[
+            &e.id,
+            &e.at,
+            &e.actor_id,
+            &e.actor_name,
+            &e.action,
+            &e.project_id,
+            &e.target,
+            &e.address,
+            &e.result,
+            &e.detail,
+        ],
+    )?;
+    Ok(())
+}
 
 impl Db {
     /// Appends one entry.
     pub(crate) async fn append_audit(&self, e: &AuditEntry) -> Result<(), DbError> {
-        self.write(
-            "INSERT INTO audit (id, at, actor_id, actor_name, action, project_id, target,
-                address, result, detail)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-            vec![
-                Arg::arg(&e.id),
-                Arg::arg(e.at),
-                Arg::arg(&e.actor_id),
-                Arg::arg(&e.actor_name),
-                Arg::arg(&e.action),
-                Arg::arg(&e.project_id),
-                Arg::arg(&e.target),
-                Arg::arg(&e.address),
-                Arg::arg(&e.result),
-                Arg::arg(&e.detail),
-            ],
-        )
-        .await?;
-        Ok(())
+        let e = e.clone();
+        self.transact(move |c| Ok::<_, DbError>(insert_audit(c, &e)?))
+            .await
     }
 
     /// Entries as `filter` narrows them, newest first: all of them (`projects` = `None`),

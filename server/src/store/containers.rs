@@ -4,9 +4,10 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::LazyLock;
 
-use app::model::{ContainerRef, ContainerStatus, JobKind, JobStatus};
+use app::model::{AuditEntry, ContainerRef, ContainerStatus, JobKind, JobStatus};
 use sqlx::Row;
 
+use super::audit::insert_audit;
 use super::{
     execute, query_first, unique_violation, Arg, Cols, ContainerRow, Db, DbError, SyncConn,
     CONTAINER_SELECT,
@@ -323,10 +324,14 @@ impl Db {
         })
     }
 
-    /// Writes a copy's two rows in one atomic write, group-committed with the writes queued
-    /// beside it.
-    pub(crate) async fn admit_copy(&self, copy: NewCopy) -> Result<(), Refusal> {
-        self.transact(move |c| copy.insert(c)).await
+    /// Writes a copy's two rows and the audit entry of its success in one atomic write,
+    /// group-committed with the writes queued beside it.
+    pub(crate) async fn admit_copy(&self, copy: NewCopy, entry: AuditEntry) -> Result<(), Refusal> {
+        self.transact(move |c| {
+            copy.insert(c)?;
+            insert_audit(c, &entry).map_err(Refusal::Db)
+        })
+        .await
     }
 
     pub(crate) async fn insert_imported(&self, c: ImportedContainer<'_>) -> Result<(), DbError> {
