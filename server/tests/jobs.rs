@@ -483,7 +483,10 @@ async fn concurrent_retries_with_one_idempotency_key_make_one_copy() {
     // the retries answered from it apart.
     let web_app = s.container_id("web-app").await;
     let (st, audit) = s
-        .get("/api/v1/audit?action=container.copy&limit=100", &s.admin_token)
+        .get(
+            "/api/v1/audit?action=container.copy&limit=100",
+            &s.admin_token,
+        )
         .await;
     assert_eq!(st, 200, "{audit}");
     let ok = audit["entries"]

@@ -88,8 +88,14 @@ impl Service {
         work: impl Future<Output = Result<T, ApiError>>,
     ) -> Result<T, ApiError> {
         let result = work.await;
-        self.record(Actor::of(user), action, target, project, result.as_ref().err())
-            .await;
+        self.record(
+            Actor::of(user),
+            action,
+            target,
+            project,
+            result.as_ref().err(),
+        )
+        .await;
         result
     }
 
