@@ -137,8 +137,11 @@ impl Service {
         project: Option<String>,
         error: Option<&ApiError>,
     ) {
-        let entry = entry(&actor, action, target, project, error);
-        if let Err(e) = self.db.append_audit(&entry).await {
+        if let Err(e) = self
+            .db
+            .append_audit(entry(&actor, action, target, project, error))
+            .await
+        {
             tracing::error!(error = %e, action, target, "audit entry not written");
         }
     }

@@ -32,8 +32,7 @@ pub(crate) fn insert_audit(c: &SyncConn, e: &AuditEntry) -> rusqlite::Result<()>
 
 impl Db {
     /// Appends one entry.
-    pub(crate) async fn append_audit(&self, e: &AuditEntry) -> Result<(), DbError> {
-        let e = e.clone();
+    pub(crate) async fn append_audit(&self, e: AuditEntry) -> Result<(), DbError> {
         self.transact(move |c| Ok::<_, DbError>(insert_audit(c, &e)?))
             .await
     }
