@@ -135,6 +135,10 @@ pub(super) fn copy_staged(
         None => local_content(local, &m),
     };
     let (w, r) = wire::pipe();
+    // Written pages go to disk during the transfer, not all at the commit (shared extents
+    // have none).
+    let writeback =
+        (kernel != Some(fsx::KernelCopy::Reflink)).then(|| fsx::WriteBack::start(staging));
     let (sent, received) = std::thread::scope(|s| {
         let sender = s.spawn(|| send_copy(&src.root, &mut m, (&offer, source_tree), w, ctl));
         let received = receive(
@@ -148,6 +152,7 @@ pub(super) fn copy_staged(
         );
         (sender.join(), received)
     });
+    drop(writeback);
     let ((stats, mut sent_unstable), received) = join_ends(sent, received, ctl)?;
     // Files of the source that changed between its scan and their copy: the copy holds
     // them as they were copied (the next sync brings them up to date).
