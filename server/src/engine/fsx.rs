@@ -657,17 +657,6 @@ impl Drop for WriteBack {
     }
 }
 
-/// Starts writing a finished file's dirty pages to disk without waiting for them. The one
-/// syncfs before a commit then finds most of the data already written instead of
-/// flushing the whole tree at once; errors are ignored (syncfs reports the real ones).
-pub fn start_writeback(fd: BorrowedFd<'_>) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: a plain syscall on a valid, borrowed descriptor; no memory is passed.
-    unsafe {
-        libc::sync_file_range(fd.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
-    }
-}
-
 /// Splits `a/b/c` into (`a/b`, `c`).
 pub fn split_parent(path: &[u8]) -> (&[u8], &[u8]) {
     match path.iter().rposition(|&c| c == b'/') {

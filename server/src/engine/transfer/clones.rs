@@ -187,6 +187,6 @@ fn lay_down(
         kernel_bytes: taken.kernel_bytes,
     };
     got.record_in(&mut e);
-    finish_file(&out, &e, got.kernel, ctl)?;
+    finish_file(&out, &e, ctl)?;
     Ok((got, e))
 }

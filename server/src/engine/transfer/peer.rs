@@ -430,9 +430,11 @@ fn copy_target_half(
     }
     let result = copy_into(dst, ctl, |staging| {
         write_message(stream, READY, &[FRESH]).map_err(peer_err("answering"))?;
+        let writeback = fsx::WriteBack::start(staging);
         let received = receive_frames(stream, |r| {
             receive(Mode::Copy, staging, staging, r, None, (&[], None), ctl)
         });
+        drop(writeback);
         // The source's next message (the manifest, or why it stopped) is read even after a
         // failure here, before the reply.
         let next = read_message(stream).map_err(peer_err("reading the manifest"));
@@ -735,6 +737,7 @@ fn sync_target_half(
         let received = if files_total > 0 {
             let stage = stage_dir(dst)?;
             let current = &target.man;
+            let writeback = fsx::WriteBack::start(&stage);
             let received = receive_frames(stream, |r| {
                 receive(
                     Mode::Sync,
@@ -746,6 +749,7 @@ fn sync_target_half(
                     ctl,
                 )
             });
+            drop(writeback);
             match received {
                 Ok(r) => Some(r),
                 Err(e) => {

@@ -60,18 +60,10 @@ impl Received {
     }
 }
 
-/// A file's content is in place: its metadata is applied, its writeback started (unless the
-/// kernel laid it down: it has no pages of its own to write), and it counts as done.
-pub(super) fn finish_file(
-    file: &fs::File,
-    e: &Entry,
-    kernel: bool,
-    ctl: &Control,
-) -> Result<(), EngineError> {
+/// A file's content is in place: its metadata is applied and it counts as done. (Its pages
+/// are written back by the transfer's [`fsx::WriteBack`], not file by file.)
+pub(super) fn finish_file(file: &fs::File, e: &Entry, ctl: &Control) -> Result<(), EngineError> {
     fsx::apply_meta_fd(file.as_fd(), e).map_err(io_err("setting metadata"))?;
-    if !kernel {
-        fsx::start_writeback(file.as_fd());
-    }
     ctl.fail("receive:file")?;
     ctl.add_progress(0, 1);
     Ok(())
@@ -244,7 +236,6 @@ fn receive_frames(
             out.count_file(&got, &e);
             match got.patch {
                 Some(ops) if ops.iter().all(|op| op.old.is_none_or(|o| o == op.at)) => {
-                    fsx::start_writeback(file.as_fd());
                     let ranges = ops
                         .iter()
                         .filter(|op| op.old.is_none())
@@ -281,7 +272,7 @@ fn receive_frames(
                 }
                 None => {}
             }
-            finish_file(&file, &e, got.kernel, ctl)?;
+            finish_file(&file, &e, ctl)?;
             match mode {
                 Mode::Copy => {}
                 Mode::Sync => out.pending.push(Pending::Place { tmp: tmp_name, e }),
