@@ -633,13 +633,20 @@ impl WriteBack {
             std::thread::Builder::new()
                 .name("writeback".into())
                 .spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
+                    // A wait first: a transfer that ends within it never pays for a round
+                    // (its commit's syncfs is enough). Dropping unparks the thread.
+                    let mut wait = true;
+                    loop {
+                        if wait {
+                            std::thread::park_timeout(std::time::Duration::from_millis(50));
+                        }
+                        if stop.load(Ordering::Relaxed) {
+                            return;
+                        }
                         let started = std::time::Instant::now();
                         let _ = rfs::syncfs(&fd);
                         // Little was dirty: wait for more before the next round.
-                        if started.elapsed() < std::time::Duration::from_millis(20) {
-                            std::thread::sleep(std::time::Duration::from_millis(50));
-                        }
+                        wait = started.elapsed() < std::time::Duration::from_millis(20);
                     }
                 })
                 .ok()
@@ -652,6 +659,7 @@ impl Drop for WriteBack {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
+            t.thread().unpark();
             let _ = t.join();
         }
     }
