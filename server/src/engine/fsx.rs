@@ -7,6 +7,10 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
 
@@ -619,15 +623,14 @@ pub fn syncfs(fd: BorrowedFd<'_>) -> io::Result<()> {
 /// (syncfs batches writeback across the tree; a `sync_file_range` per small file measured
 /// slower than no flushing at all.) Errors are ignored: the commit's own syncfs reports them.
 pub struct WriteBack {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl WriteBack {
     /// Starts writing back the filesystem of `dir`.
     pub fn start(dir: &Path) -> WriteBack {
-        use std::sync::atomic::{AtomicBool, Ordering};
-        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
         let thread = open_dir(dir).ok().and_then(|fd| {
             let stop = stop.clone();
             std::thread::Builder::new()
@@ -638,15 +641,15 @@ impl WriteBack {
                     let mut wait = true;
                     loop {
                         if wait {
-                            std::thread::park_timeout(std::time::Duration::from_millis(50));
+                            std::thread::park_timeout(Duration::from_millis(50));
                         }
                         if stop.load(Ordering::Relaxed) {
                             return;
                         }
-                        let started = std::time::Instant::now();
+                        let started = Instant::now();
                         let _ = rfs::syncfs(&fd);
                         // Little was dirty: wait for more before the next round.
-                        wait = started.elapsed() < std::time::Duration::from_millis(20);
+                        wait = started.elapsed() < Duration::from_millis(20);
                     }
                 })
                 .ok()
@@ -657,7 +660,7 @@ impl WriteBack {
 
 impl Drop for WriteBack {
     fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             t.thread().unpark();
             let _ = t.join();

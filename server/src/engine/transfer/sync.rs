@@ -34,19 +34,18 @@ pub(in crate::engine) fn sync(
         // On the source's filesystem, changed files are laid down by the kernel from the
         // source (shared extents, or copy_file_range) instead of streamed; deltas of large
         // files stay deltas (only their new ranges are written).
-        let how = (!ctl.stream_only && super::copy::same_filesystem(&src.root, &stage))
-            .then(|| fsx::kernel_copy_support(&dst.work_dir()))
-            .flatten();
-        let kernel = how.is_some();
+        let kernel = !ctl.stream_only
+            && super::copy::same_filesystem(&src.root, &stage)
+            && fsx::kernel_copy_support(&dst.work_dir()).is_some();
         let source = [src.clone()];
         let (trees, source_tree): (&[Place], _) = if kernel {
             (&source, Some(0))
         } else {
             (&[], None)
         };
-        // Shared extents have no pages to write back.
-        let writeback =
-            (how != Some(fsx::KernelCopy::Reflink)).then(|| fsx::WriteBack::start(&stage));
+        // Even with shared extents a sync writes pages (a large file's new ranges); a
+        // short one ends before the first round.
+        let writeback = fsx::WriteBack::start(&stage);
         let result = (|| {
             let (w, r) = wire::pipe();
             let (sent, received) = std::thread::scope(|s| {
