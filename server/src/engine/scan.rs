@@ -11,6 +11,7 @@ use std::path::Path;
 
 use rustix::fs as rfs;
 
+use super::extents;
 use super::fsx::{self, ctime_ns, kind_of, mtime_ns};
 use super::manifest::{path_cmp, Chunk, Entry, Kind, Manifest};
 use super::{Control, EngineError};
@@ -32,6 +33,35 @@ pub struct ScanReport {
     /// Files whose content was read and hashed (cache misses).
     pub hashed_files: u64,
     pub hashed_bytes: u64,
+    /// Bytes of those files not read: ranges still sharing their extents with the twin's
+    /// file (see [`Twin`]).
+    pub shared_bytes: u64,
+}
+
+/// A copy of the tree being scanned, on the same filesystem, and its recorded manifest. A
+/// large file whose quick check fails is compared with its twin's extents (FIEMAP): where
+/// the two still share them, the content is the twin's as recorded, and is not read again.
+/// A sync's source scan has its target as twin; after a reflink copy or a snapshot, a
+/// large file written in place shares all but what was written.
+pub struct Twin<'a> {
+    pub root: OwnedFd,
+    pub recorded: &'a Manifest,
+}
+
+impl<'a> Twin<'a> {
+    /// The twin's file at `path`, opened beneath its root, with its recorded entry, if that
+    /// entry has chunks (large files only) and the file is still that version.
+    fn file(&self, path: &[u8]) -> Option<(File, &'a Entry)> {
+        let entries = &self.recorded.entries;
+        let e = &entries[entries.binary_search_by(|e| path_cmp(&e.path, path)).ok()?];
+        if e.kind != Kind::File || e.link_to.is_some() || e.chunks.is_empty() {
+            return None;
+        }
+        let mut walker = fsx::Walker::new(self.root.try_clone().ok()?);
+        let (dir, name) = walker.parent(path).ok()?;
+        let file = fsx::open_file_at(dir, name).ok()?;
+        Some((file, e))
+    }
 }
 
 /// How many paths of one kind a summary lists; the counts are exact. A tree with a million
@@ -190,14 +220,18 @@ fn cdc_chunks(
 /// the chunker over it; the chunker runs only from a chunk that differs, until one of its
 /// cuts lands on an earlier chunk's start again. Since a cut depends only on the bytes
 /// after its chunk's start (at most `CDC_MAX`, fewer near the end), the result is the
-/// same as chunking the whole file. Returns (hash, chunks, bytes read up to `size`).
+/// same as chunking the whole file. A chunk wholly within `same` (byte ranges known to
+/// hold the earlier content) is kept without reading it; `unread` counts those bytes.
+/// Returns (hash, chunks, bytes covered up to `size`).
 fn hash_with_earlier_chunks(
     file: &File,
     size: u64,
-    earlier: &[Chunk],
-    earlier_size: u64,
+    earlier: &Entry,
+    same: &[(u64, u64)],
+    unread: &mut u64,
     ctl: &Control,
 ) -> Result<([u8; 32], Vec<Chunk>, u64), EngineError> {
+    let (earlier, earlier_size) = (&earlier.chunks[..], earlier.size);
     let starts_at = |pos: u64| earlier.binary_search_by_key(&pos, |c| c.offset).ok();
     let mut chunks = Vec::new();
     // One window for the whole file: for comparing a chunk, and for the chunker.
@@ -211,6 +245,12 @@ fn hash_with_earlier_chunks(
             // The cut saw the same bytes and the same room before the end of the file.
             let room = |file_size: u64| (file_size - pos).min(u64::from(CDC_MAX));
             if end <= size && end <= earlier_size && room(size) == room(earlier_size) {
+                if extents::covers(same, pos, end) {
+                    *unread += u64::from(c.len);
+                    chunks.push(c.clone());
+                    pos = end;
+                    continue;
+                }
                 let n = read_at(file, &mut buf[..c.len as usize], pos)?;
                 if n == c.len as usize && blake3::hash(&buf[..n]).as_bytes() == &c.hash {
                     chunks.push(c.clone());
@@ -244,6 +284,17 @@ pub fn scan(
     hash_content: bool,
     ctl: &Control,
 ) -> Result<(Manifest, ScanReport), EngineError> {
+    scan_beside(root, cache, hash_content, None, ctl)
+}
+
+/// [`scan`], with the tree's twin (see [`Twin`]) if it has one.
+pub fn scan_beside(
+    root: &Path,
+    cache: Option<&Manifest>,
+    hash_content: bool,
+    twin: Option<Twin<'_>>,
+    ctl: &Control,
+) -> Result<(Manifest, ScanReport), EngineError> {
     let root_fd = fsx::open_dir(root).map_err(EngineError::io_path("opening", root))?;
     let cached = cache.map_or(&[][..], |m| m.entries.as_slice());
     let mut s = Scanner {
@@ -252,6 +303,7 @@ pub fn scan(
             next: 0,
         },
         hash_content,
+        twin,
         ctl,
         // Room for the tree as it was: no regrowing (copying) a large list entry by entry.
         entries: Vec::with_capacity(cached.len() + 64),
@@ -292,6 +344,7 @@ impl<'a> CacheCursor<'a> {
 struct Scanner<'a> {
     cache: CacheCursor<'a>,
     hash_content: bool,
+    twin: Option<Twin<'a>>,
     ctl: &'a Control,
     entries: Vec<Entry>,
     /// (dev, inode) of multiply-linked files -> index of their first entry.
@@ -509,7 +562,7 @@ impl Scanner<'_> {
             }
             return Ok(());
         }
-        if hash_file(dir, name, &mut e, None, self.ctl)? {
+        if hash_file(dir, name, &mut e, None, None, self.ctl)?.is_some() {
             self.report.hashed_files += 1;
             self.report.hashed_bytes += e.size;
         } else {
@@ -532,6 +585,7 @@ impl Scanner<'_> {
             .min(batch.len());
         let next = std::sync::atomic::AtomicUsize::new(0);
         let entries = &self.entries;
+        let twin = self.twin.as_ref();
         let ctl = self.ctl;
         let results: Vec<Result<Vec<Hashed>, EngineError>> = std::thread::scope(|s| {
             let workers: Vec<_> = (0..threads)
@@ -544,8 +598,10 @@ impl Scanner<'_> {
                                 return Ok(done);
                             };
                             let mut e = entries[d.index].clone();
-                            let stable = hash_file(d.dir.as_fd(), &d.name, &mut e, d.earlier, ctl)?;
-                            done.push((d.index, e, stable));
+                            let twin = twin.and_then(|t| t.file(&e.path));
+                            let read =
+                                hash_file(d.dir.as_fd(), &d.name, &mut e, d.earlier, twin, ctl)?;
+                            done.push((d.index, e, read));
                         }
                     })
                 })
@@ -560,10 +616,11 @@ impl Scanner<'_> {
                 .collect()
         });
         for r in results {
-            for (index, e, stable) in r? {
-                if stable {
+            for (index, e, read) in r? {
+                if let Some(unread) = read {
                     self.report.hashed_files += 1;
-                    self.report.hashed_bytes += e.size;
+                    self.report.hashed_bytes += e.size - unread.min(e.size);
+                    self.report.shared_bytes += unread;
                     self.entries[index] = e;
                 } else {
                     self.lost.push(index);
@@ -608,8 +665,8 @@ impl Scanner<'_> {
 /// opened beneath the root like any other.
 const DEFERRED_BATCH: usize = 32;
 
-/// A deferred file after hashing: (its index, its entry, whether it read stably).
-type Hashed = (usize, Entry, bool);
+/// A deferred file after hashing: (its index, its entry, what [`hash_file`] said).
+type Hashed = (usize, Entry, Option<u64>);
 
 struct Deferred<'a> {
     index: usize,
@@ -618,17 +675,20 @@ struct Deferred<'a> {
     earlier: Option<&'a Entry>,
 }
 
-/// Reads and hashes one file into `e`, retrying while it changes under the read. False when
-/// it vanished, was replaced by a non-file, or kept changing after three reads: such a file
-/// is left out of the state (and listed as unstable in the summary) rather than recorded
-/// with a hash that matches no moment of it. A file that cannot be opened is an error.
+/// Reads and hashes one file into `e`, retrying while it changes under the read. `None`
+/// when it vanished, was replaced by a non-file, or kept changing after three reads: such a
+/// file is left out of the state (and listed as unstable in the summary) rather than
+/// recorded with a hash that matches no moment of it. A file that cannot be opened is an
+/// error. Else the bytes it did not need to read: ranges shared with its `twin` (the twin
+/// tree's file at its path, and that file's recorded entry).
 fn hash_file(
     dir: BorrowedFd<'_>,
     name: &[u8],
     e: &mut Entry,
     earlier: Option<&Entry>,
+    twin: Option<(File, &Entry)>,
     ctl: &Control,
-) -> Result<bool, EngineError> {
+) -> Result<Option<u64>, EngineError> {
     for _attempt in 0..3 {
         let file = match fsx::open_file_at(dir, name) {
             Ok(f) => f,
@@ -639,9 +699,27 @@ fn hash_file(
             rfs::fstat(&file).map_err(|x| EngineError::io("reading metadata")(x.into()))?;
         e.xattrs = fsx::read_xattrs(file.as_fd()).map_err(EngineError::io("reading xattrs"))?;
         let size = before.st_size as u64;
-        let res = match earlier {
-            Some(old) if size >= CHUNKED_FILE_MIN => {
-                hash_with_earlier_chunks(&file, size, &old.chunks, old.size, ctl)
+        // Where the twin's file still shares this one's extents, the content is the twin's,
+        // as recorded: its version is checked before its extents are read and after, so a
+        // write to it in between cannot pass for the recorded content.
+        let shared = twin
+            .as_ref()
+            .filter(|_| size >= CHUNKED_FILE_MIN)
+            .and_then(|(file_b, b)| {
+                let recorded = || rfs::fstat(file_b).is_ok_and(|st| fsx::same_version(&st, b));
+                if !recorded() {
+                    return None;
+                }
+                let ranges = extents::same_ranges(&file, file_b);
+                (!ranges.is_empty() && recorded()).then_some((ranges, *b))
+            });
+        let mut unread = 0;
+        let res = match (shared, earlier) {
+            (Some((ranges, b)), _) => {
+                hash_with_earlier_chunks(&file, size, b, &ranges, &mut unread, ctl)
+            }
+            (None, Some(old)) if size >= CHUNKED_FILE_MIN => {
+                hash_with_earlier_chunks(&file, size, old, &[], &mut unread, ctl)
             }
             _ => hash_reader(&file, size, ctl, |_, _| Ok(())),
         };
@@ -659,13 +737,13 @@ fn hash_file(
                 e.ctime_ns = ctime_ns(&after);
                 e.mode = after.st_mode & 0o7777;
                 ctl.add_progress(len, 1);
-                return Ok(true);
+                return Ok(Some(unread));
             }
             Ok(_) => continue,
             Err(err) => return Err(err),
         }
     }
-    Ok(false)
+    Ok(None)
 }
 
 fn read_link(dir: BorrowedFd<'_>, name: &[u8]) -> Result<Vec<u8>, EngineError> {
@@ -776,14 +854,38 @@ mod tests {
         v[last] ^= 1;
         cases.push(("first and last byte flipped", v));
 
+        let mut earlier_entry = Entry::new(b"old".to_vec(), Kind::File);
+        (earlier_entry.chunks, earlier_entry.size) = (earlier, old_size);
         for (what, data) in cases {
             let f = file_with(&dir, "new", &data);
             let fresh = hash_reader(&f, data.len() as u64, &ctl, |_, _| Ok(())).unwrap();
+            let len = data.len() as u64;
+            let mut unread = 0;
             let reused =
-                hash_with_earlier_chunks(&f, data.len() as u64, &earlier, old_size, &ctl).unwrap();
+                hash_with_earlier_chunks(&f, len, &earlier_entry, &[], &mut unread, &ctl).unwrap();
             assert_eq!(reused.2, data.len() as u64, "{what}");
             assert_eq!(reused.1, fresh.1, "{what}: chunks");
             assert_eq!(reused.0, fresh.0, "{what}: hash");
+            assert_eq!(unread, 0, "{what}");
+            // Told which 4 KiB blocks still hold the earlier bytes (as shared extents would
+            // say): the same result, and those blocks are not read.
+            let same: Vec<(u64, u64)> = (0..data.len().min(base.len()) / 4096)
+                .filter(|b| data[b * 4096..][..4096] == base[b * 4096..][..4096])
+                .map(|b| (b as u64 * 4096, b as u64 * 4096 + 4096))
+                .fold(Vec::new(), |mut out, (s, e)| {
+                    match out.last_mut() {
+                        Some(last) if last.1 == s => last.1 = e,
+                        _ => out.push((s, e)),
+                    }
+                    out
+                });
+            let mut unread = 0;
+            let known = hash_with_earlier_chunks(&f, len, &earlier_entry, &same, &mut unread, &ctl)
+                .unwrap();
+            assert_eq!(known, reused, "{what}: with shared ranges");
+            if what == "overwritten in the middle" || what == "unchanged" {
+                assert!(unread > len / 2, "{what}: {unread} of {len} bytes not read");
+            }
         }
     }
 }

@@ -16,17 +16,34 @@ pub(in crate::engine) fn sync(
     // Both trees at once, each with its recorded manifest as quick-check cache: each scan
     // is mostly waiting on metadata syscalls.
     ctl.phase(Phase::Scan, None, None);
+    let old = recorded_target(dst, prepared)?;
     let (s_scan, t_scan) = std::thread::scope(|s| {
-        let t = s.spawn(|| scan_target(dst, prepared, ctl));
-        let src_result = scan_sync_source(src, ctl);
+        let t = s.spawn(|| scan::scan(&dst.root, old.as_ref(), true, ctl));
+        // On one filesystem, the target is the source's twin: a large file changed in
+        // place is read only where it no longer shares the target's extents.
+        let twin = old.as_ref().and_then(|recorded| {
+            // (Probed in the state dir: never a file of the tree being scanned.)
+            let shares = fsx::kernel_copy_support(&dst.state_dir) == Some(fsx::KernelCopy::Reflink)
+                && super::copy::same_filesystem(&src.root, &dst.root);
+            let root = fsx::open_dir(&dst.root).ok()?;
+            shares.then_some(scan::Twin { root, recorded })
+        });
+        let src_result = scan_source_beside(src, twin, ctl);
         (src_result, t.join())
     });
     let (s_man, s_report) = s_scan?;
-    let target =
-        t_scan.map_err(|_| EngineError::Integrity("the target scan panicked".into()))??;
+    let t_scan = t_scan.map_err(|_| EngineError::Integrity("the target scan panicked".into()))?;
+    let target = TargetState::new(prepared, old, t_scan?);
 
     ctl.phase(Phase::Plan, None, None);
     let mut summary = Summary::default();
+    if s_report.shared_bytes > 0 {
+        summary.notes.push(format!(
+            "{:.1} MB of changed files not read again: their extents are still shared with \
+             the copy's",
+            s_report.shared_bytes as f64 / 1e6
+        ));
+    }
     drift(&target, keep, &mut summary);
     let mut plan = plan(s_man, &s_report, &target.man, keep, &mut summary, ctl);
     let received = if plan.files_total > 0 {
@@ -138,22 +155,36 @@ pub(in crate::engine) fn scan_target(
     prepared: Prepared,
     ctl: &Control,
 ) -> Result<TargetState, EngineError> {
-    // After an interrupted commit the target's recorded state cannot be trusted: scan it
-    // without the cache, so every file is read and the diff is against what is really
-    // there.
-    let old = if prepared.interrupted_commit {
-        None
-    } else {
-        dst.load_manifest()
-            .map_err(io_err("reading the target manifest"))?
-    };
-    let (man, report) = scan::scan(&dst.root, old.as_ref(), true, ctl)?;
-    Ok(TargetState {
-        prepared,
-        recorded: old.is_some() && report.hashed_files == 0,
-        old,
-        man,
-    })
+    let old = recorded_target(dst, prepared)?;
+    let scanned = scan::scan(&dst.root, old.as_ref(), true, ctl)?;
+    Ok(TargetState::new(prepared, old, scanned))
+}
+
+/// The target's recorded manifest. After an interrupted commit the target's recorded state
+/// cannot be trusted: none, so the scan reads every file and the diff is against what is
+/// really there.
+fn recorded_target(dst: &Place, prepared: Prepared) -> Result<Option<Manifest>, EngineError> {
+    if prepared.interrupted_commit {
+        return Ok(None);
+    }
+    dst.load_manifest()
+        .map_err(io_err("reading the target manifest"))
+}
+
+impl TargetState {
+    /// The target as `scanned` with `old` (its recorded manifest) as cache.
+    fn new(
+        prepared: Prepared,
+        old: Option<Manifest>,
+        (man, report): (Manifest, scan::ScanReport),
+    ) -> TargetState {
+        TargetState {
+            prepared,
+            recorded: old.is_some() && report.hashed_files == 0,
+            old,
+            man,
+        }
+    }
 }
 
 /// The source's side, first: its scan with its quick-check cache, which is updated.
@@ -161,8 +192,17 @@ pub(in crate::engine) fn scan_sync_source(
     src: &Place,
     ctl: &Control,
 ) -> Result<(Manifest, scan::ScanReport), EngineError> {
+    scan_source_beside(src, None, ctl)
+}
+
+/// [`scan_sync_source`], with the source's twin (its target on the same filesystem).
+fn scan_source_beside(
+    src: &Place,
+    twin: Option<scan::Twin<'_>>,
+    ctl: &Control,
+) -> Result<(Manifest, scan::ScanReport), EngineError> {
     let src_cache = src.load_manifest().ok().flatten();
-    let (s_man, s_report) = scan::scan(&src.root, src_cache.as_ref(), true, ctl)?;
+    let (s_man, s_report) = scan::scan_beside(&src.root, src_cache.as_ref(), true, twin, ctl)?;
     if !(src_cache.is_some() && s_report.hashed_files == 0) {
         // The source's quick-check cache for the next sync.
         let _ = s_man.store(&src.manifest_path());
