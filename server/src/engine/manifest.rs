@@ -262,11 +262,21 @@ impl Manifest {
         decoded.map(Some)
     }
 
-    /// Writes atomically (temp file + rename). Durability comes from the caller's syncfs.
     /// Writes the manifest to `path` atomically: a temp file of this writer's own (several
     /// threads may store one container's manifest at once: a job and a status probe), made
     /// durable, then renamed over the old one.
     pub fn store(&self, path: &std::path::Path) -> io::Result<()> {
+        self.write_to(path, true)
+    }
+
+    /// [`Manifest::store`] without waiting for the disk: for a quick-check cache (after a
+    /// crash, one that is missing or does not decode only costs a scan that reads), or for
+    /// a manifest that the caller's `syncfs` of its filesystem makes durable next.
+    pub fn store_unsynced(&self, path: &std::path::Path) -> io::Result<()> {
+        self.write_to(path, false)
+    }
+
+    fn write_to(&self, path: &std::path::Path, durable: bool) -> io::Result<()> {
         use std::io::Write as _;
         use std::sync::atomic::{AtomicU64, Ordering};
         static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -278,7 +288,9 @@ impl Manifest {
         let written = (|| {
             let mut f = std::fs::File::create(&tmp)?;
             f.write_all(&self.encode())?;
-            f.sync_all()?;
+            if durable {
+                f.sync_all()?;
+            }
             std::fs::rename(&tmp, path)
         })();
         if written.is_err() {

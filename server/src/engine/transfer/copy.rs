@@ -169,7 +169,7 @@ pub(super) fn copy_staged(
     }
     // The source's manifest is its quick-check cache for the next sync (kept outside the
     // container root: the source tree itself is never written).
-    let _ = m.store(&src.manifest_path());
+    let _ = m.store_unsynced(&src.manifest_path());
     let mut summary = finish_copy(dst, staging, &m, ctl)?;
     summary.reused_bytes = received.reused_bytes;
     summary.kernel_bytes = received.kernel_bytes;
@@ -233,7 +233,7 @@ fn copy_by_snapshot(
         fsx::remove_at(dir, name).map_err(io_err("removing a special file from the snapshot"))?;
     }
     // The source's quick-check cache for the next copy or sync.
-    let _ = m.store(&src.manifest_path());
+    let _ = m.store_unsynced(&src.manifest_path());
     let mut summary = finish_copy(dst, staging, &m, ctl)?;
     summary.kernel_bytes = summary.tree_bytes;
     summary.notes.push(format!(

@@ -390,7 +390,7 @@ fn copy_source_half(
             return Err(e);
         }
     };
-    let _ = m.store(&src.manifest_path());
+    let _ = m.store_unsynced(&src.manifest_path());
     write_message(stream, MANIFEST, &m.encode()).map_err(peer_err("sending the manifest"))?;
     let mut summary = read_reply(stream)?;
     if let Some(path) = peer {

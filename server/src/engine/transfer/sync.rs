@@ -205,7 +205,7 @@ fn scan_source_beside(
     let (s_man, s_report) = scan::scan_beside(&src.root, src_cache.as_ref(), true, twin, ctl)?;
     if !(src_cache.is_some() && s_report.hashed_files == 0) {
         // The source's quick-check cache for the next sync.
-        let _ = s_man.store(&src.manifest_path());
+        let _ = s_man.store_unsynced(&src.manifest_path());
     }
     Ok((s_man, s_report))
 }
@@ -356,11 +356,17 @@ pub(in crate::engine) fn commit_sync(
         let root_hash = target.man.root_hex();
         (target.man, root_hash)
     };
+    // Made durable by the syncfs that follows, if one does.
+    let syncs = changed || target.prepared.interrupted_commit;
     if changed || !target.recorded || summary.drift > 0 {
-        got.store(&dst.manifest_path())
-            .map_err(io_err("writing the target manifest"))?;
+        let path = dst.manifest_path();
+        match syncs {
+            true => got.store_unsynced(&path),
+            false => got.store(&path),
+        }
+        .map_err(io_err("writing the target manifest"))?;
     }
-    if changed || target.prepared.interrupted_commit {
+    if syncs {
         let root_fd = fsx::open_dir(&dst.root).map_err(io_err("opening the target"))?;
         fsx::syncfs(root_fd.as_fd()).map_err(io_err("syncfs"))?;
     }
