@@ -98,3 +98,33 @@ pub fn delete_subvolume(parent: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
     };
     ioctl(parent, IOC_SNAP_DESTROY, &mut args)
 }
+
+const IOC_GET_SUBVOL_INFO: libc::c_ulong = 0x81F8_943C;
+
+/// `struct btrfs_ioctl_get_subvol_info_args` (504 bytes).
+#[repr(C)]
+struct SubvolInfo {
+    treeid: u64,
+    name: [u8; 256],
+    parent_id: u64,
+    dirid: u64,
+    generation: u64,
+    flags: u64,
+    uuid: [u8; 16],
+    parent_uuid: [u8; 16],
+    received_uuid: [u8; 16],
+    transids: [u64; 4],
+    /// ctime, otime, stime, rtime: `{ u64 sec; u32 nsec; }`, padded to 16 bytes each.
+    times: [[u64; 2]; 4],
+    reserved: [u64; 8],
+}
+
+/// The subvolume `dir` is in: its UUID, and its generation (the transaction that last
+/// changed anything in it). Only committed changes count: a `syncfs` first commits every
+/// change made before it (and writes dirty pages, whose extents change the tree too).
+pub fn subvolume_generation(dir: BorrowedFd<'_>) -> io::Result<([u8; 16], u64)> {
+    // SAFETY: the kernel fills the zeroed struct, laid out as linux/btrfs.h says.
+    let mut info: SubvolInfo = unsafe { std::mem::zeroed() };
+    ioctl(dir, IOC_GET_SUBVOL_INFO, &mut info)?;
+    Ok((info.uuid, info.generation))
+}

@@ -477,23 +477,29 @@ impl Scanner<'_> {
                 }));
             }
             Kind::Symlink => {
-                e.target = read_link(dir, name)?;
-                e.size = e.target.len() as u64;
-                // Setting an xattr moves ctime: an unchanged link keeps its cached ones.
-                e.xattrs = match self.cache.get(&e.path) {
+                // A link's target never changes in place (a new one is a new inode), and
+                // setting an xattr moves ctime: an unchanged link keeps its cached target
+                // and xattrs. (Not reading it again also leaves its access time alone.)
+                match self.cache.get(&e.path) {
                     Some(c)
                         if c.kind == Kind::Symlink
                             && c.ctime_ns == e.ctime_ns
-                            && c.ino == e.ino =>
+                            && c.ino == e.ino
+                            && c.size == st.st_size as u64 =>
                     {
-                        c.xattrs.clone()
+                        e.target = c.target.clone();
+                        e.xattrs = c.xattrs.clone();
                     }
-                    _ => match fsx::read_link_xattrs(dir, name) {
-                        Ok(x) => x,
-                        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
-                        Err(err) => return Err(EngineError::io("reading xattrs")(err)),
-                    },
-                };
+                    _ => {
+                        e.target = read_link(dir, name)?;
+                        e.xattrs = match fsx::read_link_xattrs(dir, name) {
+                            Ok(x) => x,
+                            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+                            Err(err) => return Err(EngineError::io("reading xattrs")(err)),
+                        };
+                    }
+                }
+                e.size = e.target.len() as u64;
                 self.entries.push(e);
             }
             Kind::File => {

@@ -1852,6 +1852,93 @@ fn a_sync_reads_a_large_file_only_where_it_no_longer_shares_its_copys_extents() 
 }
 
 #[test]
+fn a_btrfs_sync_skips_the_walks_of_trees_nothing_changed_and_only_those() {
+    use std::os::unix::fs::FileExt;
+    let env = Env::on_btrfs();
+    let src = env.source("src");
+    let mut rng = Rng(61);
+    random_tree(&src.root, &mut rng, 40);
+    write(&src.root.join("edited"), &[1u8; 5000]);
+    let dst = env.place("dst");
+    copy(&src, &dst, &Control::new()).unwrap();
+    let walked = |s: &Summary| s.phase_ms.contains_key("plan");
+    // Comparing the trees reads them: the access times it writes change both subvolumes,
+    // so the sync after it walks again (finding nothing), and the one after that skips.
+    let compared = || {
+        assert_same_tree(&src.root, &dst.root);
+        let s = sync(&src, &dst, &Control::new()).unwrap();
+        assert!(walked(&s) && s.files_unchanged > 40, "{s:?}");
+        assert!(!walked(&sync(&src, &dst, &Control::new()).unwrap()));
+    };
+    let without_times = |mut s: Summary| {
+        (s.duration_ms, s.phase_ms) = (0, Default::default());
+        s
+    };
+    // The first sync walks (nothing recorded yet); the next finds both trees untouched.
+    assert!(walked(&sync(&src, &dst, &Control::new()).unwrap()));
+    let skipped = sync(&src, &dst, &Control::new()).unwrap();
+    assert!(!walked(&skipped), "{skipped:?}");
+    // It says what a sync that walks both trees and finds nothing to do says.
+    fs::remove_file(dst.state_dir.join("untouched")).unwrap();
+    let full = sync(&src, &dst, &Control::new()).unwrap();
+    assert!(walked(&full));
+    assert_eq!(without_times(skipped), without_times(full.clone()));
+    assert!(
+        full.files_unchanged > 40 && full.root_hash != "",
+        "{full:?}"
+    );
+
+    // The source edited in place (same size, not yet written back): seen.
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(src.root.join("edited"))
+        .unwrap();
+    f.write_all_at(b"changed", 100).unwrap();
+    drop(f);
+    let s = sync(&src, &dst, &Control::new()).unwrap();
+    assert_eq!((s.files_changed, s.drift), (1, 0), "{s:?}");
+    compared();
+
+    // The copy edited (drift): seen, and overwritten.
+    fs::write(dst.root.join("edited"), b"drift").unwrap();
+    let s = sync(&src, &dst, &Control::new()).unwrap();
+    assert_eq!((s.files_changed, s.drift), (1, 1), "{s:?}");
+    compared();
+    // Only the copy's metadata: seen too.
+    fs::set_permissions(dst.root.join("edited"), fs::Permissions::from_mode(0o600)).unwrap();
+    let s = sync(&src, &dst, &Control::new()).unwrap();
+    assert_eq!((s.metadata_only, s.drift), (1, 1), "{s:?}");
+    compared();
+
+    // A sync that keeps other paths than the last one walks, and keeps them.
+    let keep = |p: &[u8]| p == b"edited";
+    let s = sync_keeping(&src, &dst, &keep, &Control::new()).unwrap();
+    assert!(walked(&s));
+    assert_eq!(s.identity_files, vec!["edited".to_string()]);
+    assert!(!walked(
+        &sync_keeping(&src, &dst, &keep, &Control::new()).unwrap()
+    ));
+    assert!(walked(&sync(&src, &dst, &Control::new()).unwrap()));
+
+    // Another subvolume put where the copy was is not the one recorded.
+    assert!(!walked(&sync(&src, &dst, &Control::new()).unwrap()));
+    let moved = env.place("moved");
+    fs::create_dir_all(moved.root.parent().unwrap()).unwrap();
+    fs::rename(&dst.root, &moved.root).unwrap();
+    let parent = fsx::open_dir(dst.root.parent().unwrap()).unwrap();
+    btrfs::snapshot(
+        fsx::open_dir(&moved.root).unwrap().as_fd(),
+        parent.as_fd(),
+        b"dst",
+    )
+    .unwrap();
+    fs::write(dst.root.join("edited"), b"in the other one").unwrap();
+    let s = sync(&src, &dst, &Control::new()).unwrap();
+    assert!(walked(&s) && s.drift == 1, "{s:?}");
+    assert_same_tree(&src.root, &dst.root);
+}
+
+#[test]
 fn btrfs_copies_of_a_subvolume_are_snapshots_whole_independent_and_verified() {
     let lfs = LoopFs::new("btrfs");
     let base = lfs.root();

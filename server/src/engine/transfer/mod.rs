@@ -20,6 +20,7 @@ mod copy;
 mod peer;
 mod receive;
 mod sync;
+mod untouched;
 
 pub(super) use copy::copy;
 pub use peer::{receive_copy_from, receive_sync_from, send_copy_to, send_sync_to, Duplex, Peer};

@@ -16,9 +16,26 @@ pub(in crate::engine) fn sync(
     // Both trees at once, each with its recorded manifest as quick-check cache: each scan
     // is mostly waiting on metadata syscalls.
     ctl.phase(Phase::Scan, None, None);
+    // Between btrfs subvolumes: the trees nothing changed since the last sync are not walked.
+    let marks = (!prepared.interrupted_commit && !prepared.recovered)
+        .then(|| untouched::marks(src, dst))
+        .flatten();
     let old = recorded_target(dst, prepared)?;
+    let last = marks
+        .as_ref()
+        .and_then(|m| untouched::last(dst, m, old.as_ref(), keep));
+    if let Some(last) = last.as_ref().filter(|l| l.source_untouched) {
+        let mut summary = last.unchanged.clone();
+        summary.duration_ms = started.elapsed().as_millis() as u64;
+        summary.phase_ms = ctl.timings();
+        return Ok(summary);
+    }
     let (s_scan, t_scan) = std::thread::scope(|s| {
-        let t = s.spawn(|| scan::scan(&dst.root, old.as_ref(), true, ctl));
+        let t = s.spawn(|| match (&last, &old) {
+            // As the last sync left it: its recorded state is current.
+            (Some(_), Some(recorded)) => Ok((recorded.clone(), scan::ScanReport::default())),
+            _ => scan::scan(&dst.root, old.as_ref(), true, ctl),
+        });
         // On one filesystem, the target is the source's twin: a large file changed in
         // place is read only where it no longer shares the target's extents.
         let twin = old.as_ref().and_then(|recorded| {
@@ -45,6 +62,15 @@ pub(in crate::engine) fn sync(
         ));
     }
     drift(&target, keep, &mut summary);
+    let source_kept: Vec<Vec<u8>> = match marks {
+        Some(_) => s_man
+            .entries
+            .iter()
+            .filter(|e| keep(&e.path))
+            .map(|e| e.path.clone())
+            .collect(),
+        None => Vec::new(),
+    };
     let mut plan = plan(s_man, &s_report, &target.man, keep, &mut summary, ctl);
     let received = if plan.files_total > 0 {
         let stage = stage_dir(dst)?;
@@ -106,7 +132,11 @@ pub(in crate::engine) fn sync(
     } else {
         None
     };
+    let changed = received.is_some();
     commit_sync(dst, target, &plan.want, received, &mut summary, ctl)?;
+    if let Some(marks) = marks {
+        untouched::record(dst, marks, changed, &plan.want, source_kept, keep, &summary);
+    }
     plan.finish(&mut summary);
     summary.duration_ms = started.elapsed().as_millis() as u64;
     summary.phase_ms = ctl.timings();

@@ -1,0 +1,179 @@
+//! Syncs between btrfs subvolumes skip the walks of trees that nothing changed since the
+//! last sync. A subvolume's generation is the transaction that last changed anything in it
+//! (after a `syncfs`, which commits every change made before it): at the end of a sync its
+//! target records both trees' generations (`untouched` in its state dir). The next sync
+//! reads them again first:
+//! - the target's unchanged: its recorded manifest is its state, no walk;
+//! - the source's unchanged too: the last sync's result holds, nothing to do.
+//!
+//! The record also holds the paths `keep` named (a copy's own identity files), so a sync
+//! that keeps other paths walks again. Elsewhere (other filesystems, a tree that is not a
+//! subvolume's root) every sync walks.
+
+use std::fs;
+use std::os::fd::AsFd;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::super::{btrfs, fsx, Manifest, Place, Summary};
+
+/// A subvolume as a sync found it: which one, and its generation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Mark {
+    uuid: String,
+    generation: u64,
+}
+
+impl Mark {
+    /// The mark of the subvolume whose root is `root`, with every change made so far
+    /// committed. `None` where `root` is no subvolume's root.
+    fn read(root: &Path, commit: bool) -> Option<Mark> {
+        let fd = fsx::open_dir(root).ok()?;
+        if !btrfs::is_subvolume(fd.as_fd()) {
+            return None;
+        }
+        if commit {
+            fsx::syncfs(fd.as_fd()).ok()?;
+        }
+        let (uuid, generation) = btrfs::subvolume_generation(fd.as_fd()).ok()?;
+        Some(Mark {
+            uuid: hex::encode(uuid),
+            generation,
+        })
+    }
+}
+
+/// Both trees' marks, read as a sync starts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(super) struct Marks {
+    source: Mark,
+    target: Mark,
+}
+
+/// What a sync leaves for the next one.
+#[derive(Serialize, Deserialize)]
+struct Record {
+    marks: Marks,
+    /// The paths `keep` named, of the target's entries (kept) and of the source's (left
+    /// out of the state).
+    kept: Vec<Vec<u8>>,
+    /// What a sync that finds nothing to do says.
+    unchanged: Summary,
+}
+
+/// What the last sync recorded, when the target is as it left it.
+pub(super) struct Last {
+    /// The source too: the last sync's result holds.
+    pub(super) source_untouched: bool,
+    pub(super) unchanged: Summary,
+}
+
+fn record_path(dst: &Place) -> std::path::PathBuf {
+    dst.state_dir.join("untouched")
+}
+
+/// Both trees' marks, if both are subvolumes (committing their changes first).
+pub(super) fn marks(src: &Place, dst: &Place) -> Option<Marks> {
+    Some(Marks {
+        source: Mark::read(&src.root, true)?,
+        target: Mark::read(&dst.root, true)?,
+    })
+}
+
+/// The last sync's record, if the target is still as it left it (`marks`: read now),
+/// `recorded` (the target's manifest) is the state it recorded, and `keep` names the same
+/// paths.
+pub(super) fn last(
+    dst: &Place,
+    marks: &Marks,
+    recorded: Option<&Manifest>,
+    keep: &dyn Fn(&[u8]) -> bool,
+) -> Option<Last> {
+    let record: Record = serde_json::from_slice(&fs::read(record_path(dst)).ok()?).ok()?;
+    let recorded = recorded?;
+    if record.marks.target != marks.target
+        || recorded.root_hex() != record.unchanged.root_hash
+        || !same_kept(&record.kept, recorded, keep)
+    {
+        return None;
+    }
+    Some(Last {
+        source_untouched: record.marks.source == marks.source,
+        unchanged: record.unchanged,
+    })
+}
+
+/// Whether `keep` names exactly `kept` among the target's paths and the source's kept
+/// ones (every other path of the source is one of the target's).
+fn same_kept(kept: &[Vec<u8>], target: &Manifest, keep: &dyn Fn(&[u8]) -> bool) -> bool {
+    let now: std::collections::BTreeSet<&[u8]> = target
+        .entries
+        .iter()
+        .map(|e| e.path.as_slice())
+        .chain(kept.iter().map(|p| p.as_slice()))
+        .filter(|p| keep(p))
+        .collect();
+    now.len() == kept.len() && kept.iter().all(|p| now.contains(p.as_slice()))
+}
+
+/// Records, after a sync that reached `want` (`summary` says how), what the next sync
+/// needs to skip its walks. `marks`: as read when this sync started; `changed`: whether it
+/// wrote into the target (then committed: its generation is read again). `source_kept`:
+/// the source's paths `keep` named.
+pub(super) fn record(
+    dst: &Place,
+    mut marks: Marks,
+    changed: bool,
+    want: &Manifest,
+    source_kept: Vec<Vec<u8>>,
+    keep: &dyn Fn(&[u8]) -> bool,
+    summary: &Summary,
+) {
+    let path = record_path(dst);
+    let target = if changed {
+        Mark::read(&dst.root, false)
+    } else {
+        Some(marks.target.clone())
+    };
+    let Some(target) = target else {
+        let _ = fs::remove_file(&path);
+        return;
+    };
+    marks.target = target;
+    let mut kept = source_kept;
+    kept.extend(
+        want.entries
+            .iter()
+            .filter(|e| keep(&e.path))
+            .map(|e| e.path.clone()),
+    );
+    kept.sort();
+    kept.dedup();
+    let record = Record {
+        marks,
+        kept,
+        unchanged: Summary {
+            files_unchanged: want.entries.len() as u64,
+            tree_files: summary.tree_files,
+            tree_bytes: summary.tree_bytes,
+            root_hash: summary.root_hash.clone(),
+            source_root_hash: summary.source_root_hash.clone(),
+            identity_files: summary.identity_files.clone(),
+            skipped_special: summary.skipped_special.clone(),
+            skipped_special_count: summary.skipped_special_count,
+            ..Summary::default()
+        },
+    };
+    // Not made durable: after a crash, a record that is missing or does not parse only
+    // costs a walk, and one left from an earlier sync names generations long gone.
+    let tmp = path.with_extension("tmp");
+    let written = serde_json::to_vec(&record)
+        .map_err(std::io::Error::other)
+        .and_then(|bytes| fs::write(&tmp, bytes))
+        .and_then(|()| fs::rename(&tmp, &path));
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+        let _ = fs::remove_file(&path);
+    }
+}
