@@ -239,7 +239,6 @@ impl Service {
                 }
                 None => self.generate_name(&target.project_id, &source.name).await?,
             };
-            self.admit_new_job(user, &target.project_id).await?;
             let agent_space = self
                 .agents
                 .view(&target.server_id)
@@ -453,7 +452,10 @@ impl Service {
         row: &NewCopy,
         entry: AuditEntry,
     ) -> Result<Option<CopyStarted>, ApiError> {
-        let written = self.db.admit_copy(row.clone(), entry).await;
+        let written = self
+            .db
+            .admit_copy(row.clone(), entry, self.job_caps())
+            .await;
         // The same idempotency key means the same name too: the job that won is committed
         // by now.
         if let Err(Refusal::NameTaken | Refusal::SameIdempotencyKey) = &written {
@@ -482,6 +484,10 @@ impl Service {
             Err(Refusal::KeyTaken) => {
                 Err(ApiError::new(ErrorCode::Conflict, KEY_TAKEN).on_field("ssh_public_key"))
             }
+            Err(Refusal::TooMany {
+                by_user,
+                in_project,
+            }) => Err(self.too_many_jobs(by_user, in_project)),
             Err(Refusal::ProjectGone) => {
                 Err(ApiError::not_found("project", &row.project_id).on_field("target_project_id"))
             }

@@ -33,7 +33,6 @@ impl Service {
                 }
             }
             let status = ContainerStatus::parse(&row.status).unwrap_or(ContainerStatus::Stopped);
-            self.admit_new_job(user, &row.project_id).await?;
             let params = JobParams {
                 source_snapshot_id: None,
                 previous_status: Some(status),

@@ -3,15 +3,25 @@
 use app::model::*;
 
 use super::{check_id, internal, Service};
-use crate::store::NewJob;
+use crate::store::{JobCaps, NewJob, Queued};
 
 impl Service {
     /// Queues a sync or a delete unless a job is queued or running for its container (409
     /// naming that one), announces it as queued, and hands it to the runner.
     pub(super) async fn queue_and_run(&self, new: NewJob) -> Result<Job, ApiError> {
         let (job_id, container_id) = (new.job_id.clone(), new.container_id.clone());
-        if !self.db.queue_job(new).await.map_err(internal)? {
-            return Err(self.job_in_the_way(&container_id).await);
+        match self
+            .db
+            .queue_job(new, self.job_caps())
+            .await
+            .map_err(internal)?
+        {
+            Queued::Yes => {}
+            Queued::Busy => return Err(self.job_in_the_way(&container_id).await),
+            Queued::TooMany {
+                by_user,
+                in_project,
+            } => return Err(self.too_many_jobs(by_user, in_project)),
         }
         // Announced as queued before the runner can announce it running.
         let job = self
@@ -119,30 +129,31 @@ impl Service {
 
     /// Refuses a new job when its user, or the project it is for, has too many queued or
     /// running already: one user cannot fill the queue (and the disks) for everyone.
-    pub(super) async fn admit_new_job(
-        &self,
-        user: &UserInfo,
-        project_id: &str,
-    ) -> Result<(), ApiError> {
-        let (by_user, in_project) = self
-            .db
-            .active_jobs_of(&user.id, project_id)
-            .map_err(internal)?;
-        let too_many = |m: String| Err(ApiError::new(ErrorCode::TooManyRequests, m));
+    /// The caps on jobs queued or running, per user and per project: checked in the write
+    /// that queues a job, so concurrent requests cannot pass one together.
+    pub(super) fn job_caps(&self) -> JobCaps {
+        JobCaps {
+            per_user: self.limits.per_user,
+            per_project: self.limits.per_project,
+        }
+    }
+
+    /// The 429 for a job refused at a cap (`by_user`, `in_project`: the jobs queued or
+    /// running when it was refused).
+    pub(super) fn too_many_jobs(&self, by_user: u64, in_project: u64) -> ApiError {
         let (per_user, per_project) = (self.limits.per_user, self.limits.per_project);
-        if by_user >= per_user {
-            return too_many(format!(
+        let message = if by_user >= per_user {
+            format!(
                 "you have {by_user} copy and sync jobs queued or running (at most \
                  {per_user}); wait for some to finish"
-            ));
-        }
-        if in_project >= per_project {
-            return too_many(format!(
+            )
+        } else {
+            format!(
                 "the project has {in_project} copy and sync jobs queued or running (at most \
                  {per_project}); wait for some to finish"
-            ));
-        }
-        Ok(())
+            )
+        };
+        ApiError::new(ErrorCode::TooManyRequests, message)
     }
 
     /// The job this user started with this idempotency key, if any. The key stands for
@@ -431,6 +442,48 @@ mod tests {
         let place =
             crate::config::snapshot_place(std::path::Path::new(&root), &web_app.id, &kept[0].id);
         assert!(place.root.exists(), "recorded snapshots stay");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_requests_cannot_queue_past_the_cap_together() {
+        let tmp = tempfile::tempdir().unwrap();
+        let svc = start(tmp.path()).await;
+        let user = admin(&svc).await;
+        let _held = svc.jobs.hold_every_slot().await;
+        let cap = Limits::default().per_user;
+        for i in 0..cap - 2 {
+            queued_copy(&svc, &user, &format!("queued-{i}")).await;
+        }
+        // Room for two more; ten ask at once (each reads the count before any commits).
+        let web_app = named(&svc, &user, "web-app").await;
+        let asks = (0..10).map(|i| {
+            let (svc, user, web_app) = (svc.clone(), user.clone(), web_app.clone());
+            tokio::spawn(async move {
+                let req = CopyRequest {
+                    target_project_id: web_app.project_id.clone(),
+                    name: Some(format!("at-once-{i}")),
+                    ..Default::default()
+                };
+                svc.copy_container(&user, &web_app.id, req, None, &TransferOptions::default())
+                    .await
+            })
+        });
+        let answers: Vec<_> = futures::future::join_all(asks).await;
+        let accepted = answers
+            .iter()
+            .filter(|a| a.as_ref().unwrap().is_ok())
+            .count();
+        for a in answers.iter().map(|a| a.as_ref().unwrap()) {
+            if let Err(e) = a {
+                assert_eq!(e.code, ErrorCode::TooManyRequests, "{e}");
+            }
+        }
+        assert_eq!(accepted, 2);
+        let (by_user, _) = svc
+            .db()
+            .active_jobs_of(&user.id, &web_app.project_id)
+            .unwrap();
+        assert_eq!(by_user, cap);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

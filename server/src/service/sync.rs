@@ -88,7 +88,6 @@ impl Service {
                 ContainerStatus::Syncing | ContainerStatus::Failed => ContainerStatus::Running,
                 s => s,
             };
-            self.admit_new_job(user, &c.summary.project_id).await?;
             let params = JobParams {
                 source_snapshot_id: None,
                 previous_status: Some(previous),

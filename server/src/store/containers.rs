@@ -8,6 +8,7 @@ use app::model::{AuditEntry, ContainerRef, ContainerStatus, JobKind, JobStatus};
 use sqlx::Row;
 
 use super::audit::insert_audit;
+use super::jobs::{JobCaps, Queued};
 use super::{
     execute, query_first, unique_violation, Arg, Cols, ContainerRow, Db, DbError, SyncConn,
     CONTAINER_SELECT,
@@ -41,6 +42,11 @@ pub(crate) enum Refusal {
     SameIdempotencyKey,
     /// The target project was deleted meanwhile.
     ProjectGone,
+    /// Its user or project is at a cap (see [`JobCaps`]).
+    TooMany {
+        by_user: u64,
+        in_project: u64,
+    },
     Db(rusqlite::Error),
 }
 
@@ -326,8 +332,23 @@ impl Db {
 
     /// Writes a copy's two rows and the audit entry of its success in one atomic write,
     /// group-committed with the writes queued beside it.
-    pub(crate) async fn admit_copy(&self, copy: NewCopy, entry: AuditEntry) -> Result<(), Refusal> {
+    pub(crate) async fn admit_copy(
+        &self,
+        copy: NewCopy,
+        entry: AuditEntry,
+        caps: JobCaps,
+    ) -> Result<(), Refusal> {
         self.transact(move |c| {
+            if let Some(Queued::TooMany {
+                by_user,
+                in_project,
+            }) = caps.exceeded(c, &copy.requested_by, &copy.project_id)?
+            {
+                return Err(Refusal::TooMany {
+                    by_user,
+                    in_project,
+                });
+            }
             copy.insert(c)?;
             insert_audit(c, &entry).map_err(Refusal::Db)
         })

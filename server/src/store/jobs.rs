@@ -44,6 +44,64 @@ pub(crate) struct JobEnd {
 
 /// A job row made by a request (a sync, a delete, a start, stop or restart): for
 /// `Db::queue_job` and `Db::record_op`.
+/// How many copy, sync and delete jobs one user, and one project, may have queued or
+/// running at once.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct JobCaps {
+    pub(crate) per_user: u64,
+    pub(crate) per_project: u64,
+}
+
+impl JobCaps {
+    /// `Some(TooMany)` if a new job of `user_id` in `project_id` would exceed a cap, counted
+    /// in the caller's write (so two writes cannot both take the last place).
+    pub(crate) fn exceeded(
+        self,
+        c: &SyncConn,
+        user_id: &str,
+        project_id: &str,
+    ) -> rusqlite::Result<Option<Queued>> {
+        let (by_user, in_project) = active_jobs(c, user_id, project_id)?;
+        Ok(
+            (by_user >= self.per_user || in_project >= self.per_project).then_some(
+                Queued::TooMany {
+                    by_user,
+                    in_project,
+                },
+            ),
+        )
+    }
+}
+
+/// What became of a job asked for.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Queued {
+    Yes,
+    /// A job is already queued or running for its container.
+    Busy,
+    /// Its user or project is at a cap: the jobs each has queued or running.
+    TooMany {
+        by_user: u64,
+        in_project: u64,
+    },
+}
+
+/// The jobs `user_id` has queued or running, and those of `project_id`.
+fn active_jobs(c: &SyncConn, user_id: &str, project_id: &str) -> rusqlite::Result<(u64, u64)> {
+    let (queued, running) = (JobStatus::Queued.as_str(), JobStatus::Running.as_str());
+    let counts = query_first(
+        c,
+        "SELECT COALESCE(SUM(requested_by = $1), 0) AS by_user,
+                COALESCE(SUM(project_id = $2), 0) AS in_project
+         FROM jobs WHERE status IN ($3, $4)",
+        &[&user_id, &project_id, &queued, &running],
+        |r| Ok::<_, rusqlite::Error>((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+    )?
+    .transpose()?;
+    let (by_user, in_project) = counts.unwrap_or((0, 0));
+    Ok((by_user.max(0) as u64, in_project.max(0) as u64))
+}
+
 pub(crate) struct NewJob {
     pub(crate) kind: JobKind,
     pub(crate) job_id: String,
@@ -153,19 +211,41 @@ impl Db {
         Ok(())
     }
 
-    /// Queues a sync or a delete unless a job is queued or running for its container, in
-    /// one statement: SQLite runs writes one at a time, so two racing requests cannot both
-    /// get in. `false`: one is.
-    pub(crate) async fn queue_job(&self, s: NewJob) -> Result<bool, DbError> {
-        let res = self.write(
-            "INSERT INTO jobs (id, kind, status, project_id, container_id, source_container_id,
-                requested_by, params, idempotency_key, created_at, request_fingerprint)
-             SELECT $1, $9, $10, $2, $3, $4, $5, $6, $7, $8, $12
-             WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE container_id = $3 AND status IN ($10, $11))",
-            vec![Arg::arg(&s.job_id), Arg::arg(&s.project_id), Arg::arg(&s.container_id), Arg::arg(&s.source_id), Arg::arg(&s.requested_by), Arg::arg(&s.params), Arg::arg(&s.idempotency_key), Arg::arg(s.now), Arg::arg(s.kind.as_str()), Arg::arg(JobStatus::Queued.as_str()), Arg::arg(JobStatus::Running.as_str()), Arg::arg(&s.request_fingerprint)],
-        )
-        .await?;
-        Ok(res > 0)
+    /// Queues a sync or a delete unless a job is queued or running for its container
+    /// (`Busy`) or its user or project has `caps` jobs queued or running already, in one
+    /// write: SQLite runs writes one at a time, so racing requests cannot both get in.
+    pub(crate) async fn queue_job(&self, s: NewJob, caps: JobCaps) -> Result<Queued, DbError> {
+        Ok(self
+            .transact(move |c| {
+                if let Some(over) = caps.exceeded(c, &s.requested_by, &s.project_id)? {
+                    return Ok(over);
+                }
+                let res = execute(
+                    c,
+                    "INSERT INTO jobs (id, kind, status, project_id, container_id,
+                        source_container_id, requested_by, params, idempotency_key, created_at,
+                        request_fingerprint)
+                     SELECT $1, $9, $10, $2, $3, $4, $5, $6, $7, $8, $12
+                     WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE container_id = $3
+                        AND status IN ($10, $11))",
+                    &[
+                        &s.job_id,
+                        &s.project_id,
+                        &s.container_id,
+                        &s.source_id,
+                        &s.requested_by,
+                        &s.params,
+                        &s.idempotency_key,
+                        &s.now,
+                        &s.kind.as_str(),
+                        &JobStatus::Queued.as_str(),
+                        &JobStatus::Running.as_str(),
+                        &s.request_fingerprint,
+                    ],
+                )?;
+                Ok::<_, rusqlite::Error>(if res > 0 { Queued::Yes } else { Queued::Busy })
+            })
+            .await?)
     }
 
     /// A start, stop or restart, recorded as a running job (its request does it), unless
@@ -278,28 +358,15 @@ impl Db {
         Ok(ids)
     }
 
-    /// Jobs queued or running that `user_id` started, and in `project_id`. Read on the
-    /// calling thread (like the copy admission's context): it is on the path of every copy
-    /// and sync request, and a burst of them should not queue for the async pool.
+    /// Jobs queued or running that `user_id` started, and in `project_id`: what the caps
+    /// count (a request counts them in the write that queues its job).
+    #[cfg(test)]
     pub(crate) fn active_jobs_of(
         &self,
         user_id: &str,
         project_id: &str,
     ) -> Result<(u64, u64), DbError> {
-        let (queued, running) = (JobStatus::Queued.as_str(), JobStatus::Running.as_str());
-        let counts = self.read_now(|c| {
-            query_first(
-                c,
-                "SELECT COALESCE(SUM(requested_by = $1), 0) AS by_user,
-                        COALESCE(SUM(project_id = $2), 0) AS in_project
-                 FROM jobs WHERE status IN ($3, $4)",
-                &[&user_id, &project_id, &queued, &running],
-                |r| Ok::<_, rusqlite::Error>((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
-            )?
-            .transpose()
-        })?;
-        let (by_user, in_project) = counts.unwrap_or((0, 0));
-        Ok((by_user.max(0) as u64, in_project.max(0) as u64))
+        Ok(self.read_now(|c| active_jobs(c, user_id, project_id))?)
     }
 
     /// Jobs cancelled while queued whose container still says `copying` or `syncing`: the
