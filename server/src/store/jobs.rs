@@ -366,7 +366,7 @@ impl Db {
         user_id: &str,
         project_id: &str,
     ) -> Result<(u64, u64), DbError> {
-        Ok(self.read_now(|c| active_jobs(c, user_id, project_id))?)
+        self.read_now(|c| active_jobs(c, user_id, project_id))
     }
 
     /// Jobs cancelled while queued whose container still says `copying` or `syncing`: the
