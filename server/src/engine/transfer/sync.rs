@@ -36,15 +36,7 @@ pub(in crate::engine) fn sync(
             (Some(_), Some(recorded)) => Ok((recorded.clone(), scan::ScanReport::default())),
             _ => scan::scan(&dst.root, old.as_ref(), true, ctl),
         });
-        // On one filesystem, the target is the source's twin: a large file changed in
-        // place is read only where it no longer shares the target's extents.
-        let twin = old.as_ref().and_then(|recorded| {
-            // (Probed in the state dir: never a file of the tree being scanned.)
-            let shares = fsx::kernel_copy_support(&dst.state_dir) == Some(fsx::KernelCopy::Reflink)
-                && super::copy::same_filesystem(&src.root, &dst.root);
-            let root = fsx::open_dir(&dst.root).ok()?;
-            shares.then_some(scan::Twin { root, recorded })
-        });
+        let twin = old.as_ref().and_then(|recorded| twin(src, dst, recorded));
         let src_result = scan_source_beside(src, twin, ctl);
         (src_result, t.join())
     });
@@ -188,6 +180,19 @@ pub(in crate::engine) fn scan_target(
     let old = recorded_target(dst, prepared)?;
     let scanned = scan::scan(&dst.root, old.as_ref(), true, ctl)?;
     Ok(TargetState::new(prepared, old, scanned))
+}
+
+/// The source's twin, where the target shares extents with it (one filesystem with
+/// reflinks): a large file changed in place is read only where it no longer shares the
+/// target's extents. `recorded`: the target's manifest.
+fn twin<'a>(src: &Place, dst: &Place, recorded: &'a Manifest) -> Option<scan::Twin<'a>> {
+    // (Probed in the state dir: never a file of a tree being scanned.)
+    let reflinks = fsx::kernel_copy_support(&dst.state_dir) == Some(fsx::KernelCopy::Reflink);
+    if !(reflinks && super::copy::same_filesystem(&src.root, &dst.root)) {
+        return None;
+    }
+    let root = fsx::open_dir(&dst.root).ok()?;
+    Some(scan::Twin { root, recorded })
 }
 
 /// The target's recorded manifest. After an interrupted commit the target's recorded state
