@@ -9,6 +9,12 @@
 //! The record also holds the paths `keep` named (a copy's own identity files), so a sync
 //! that keeps other paths walks again. Elsewhere (other filesystems, a tree that is not a
 //! subvolume's root) every sync walks.
+//!
+//! A sync that wrote into the target reads its generation after its final `syncfs`: a
+//! change someone else made to the copy while that sync ran (doppel itself holds the
+//! container meanwhile) would be in that generation without being in the manifest, and is
+//! seen only once the copy changes again. A sync that wrote nothing keeps the generation
+//! it read before its walk, which has no such gap.
 
 use std::fs;
 use std::os::fd::AsFd;
