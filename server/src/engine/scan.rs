@@ -50,7 +50,8 @@ pub struct Twin<'a> {
 
 impl<'a> Twin<'a> {
     /// The twin's file at `path`, opened beneath its root, with its recorded entry, if that
-    /// entry has chunks (large files only) and the file is still that version.
+    /// entry has chunks (large files only). Whether the file is still that version is
+    /// [`hash_file`]'s to check, around its reading of the extents.
     fn file(&self, path: &[u8]) -> Option<(File, &'a Entry)> {
         let entries = &self.recorded.entries;
         let e = &entries[entries.binary_search_by(|e| path_cmp(&e.path, path)).ok()?];
