@@ -55,7 +55,7 @@ fn without_atime<T>(open: impl Fn(OFlags) -> rustix::io::Result<T>) -> io::Resul
 
 /// Opens the regular file `name` in `dir` for reading, refusing symlinks and anything that
 /// is not a regular file (a FIFO would block). Without touching its access time where the
-/// caller may (see [`without_atime`]).
+/// caller may (as `without_atime` does for directories).
 pub fn open_file_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<std::fs::File> {
     match open_regular_at(dir, name, OFlags::RDONLY | OFlags::NOATIME) {
         Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
