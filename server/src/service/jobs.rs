@@ -3,7 +3,7 @@
 use app::model::*;
 
 use super::{check_id, internal, Service};
-use crate::store::{JobCaps, NewJob, Queued};
+use crate::store::{Admission, JobCaps, NewJob};
 
 impl Service {
     /// Queues a sync or a delete unless a job is queued or running for its container (409
@@ -16,9 +16,9 @@ impl Service {
             .await
             .map_err(internal)?
         {
-            Queued::Yes => {}
-            Queued::Busy => return Err(self.job_in_the_way(&container_id).await),
-            Queued::TooMany {
+            Admission::Yes => {}
+            Admission::Busy => return Err(self.job_in_the_way(&container_id).await),
+            Admission::TooMany {
                 by_user,
                 in_project,
             } => return Err(self.too_many_jobs(by_user, in_project)),

@@ -8,7 +8,7 @@ use app::model::{AuditEntry, ContainerRef, ContainerStatus, JobKind, JobStatus};
 use sqlx::Row;
 
 use super::audit::insert_audit;
-use super::jobs::{JobCaps, Queued};
+use super::jobs::{Admission, JobCaps};
 use super::{
     execute, query_first, unique_violation, Arg, Cols, ContainerRow, Db, DbError, SyncConn,
     CONTAINER_SELECT,
@@ -339,7 +339,7 @@ impl Db {
         caps: JobCaps,
     ) -> Result<(), Refusal> {
         self.transact(move |c| {
-            if let Some(Queued::TooMany {
+            if let Some(Admission::TooMany {
                 by_user,
                 in_project,
             }) = caps.exceeded(c, &copy.requested_by, &copy.project_id)?

@@ -60,11 +60,11 @@ impl JobCaps {
         c: &SyncConn,
         user_id: &str,
         project_id: &str,
-    ) -> rusqlite::Result<Option<Queued>> {
+    ) -> rusqlite::Result<Option<Admission>> {
         let (by_user, in_project) = active_jobs(c, user_id, project_id)?;
         Ok(
             (by_user >= self.per_user || in_project >= self.per_project).then_some(
-                Queued::TooMany {
+                Admission::TooMany {
                     by_user,
                     in_project,
                 },
@@ -75,7 +75,7 @@ impl JobCaps {
 
 /// What became of a job asked for.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub(crate) enum Queued {
+pub(crate) enum Admission {
     Yes,
     /// A job is already queued or running for its container.
     Busy,
@@ -214,7 +214,7 @@ impl Db {
     /// Queues a sync or a delete unless a job is queued or running for its container
     /// (`Busy`) or its user or project has `caps` jobs queued or running already, in one
     /// write: SQLite runs writes one at a time, so racing requests cannot both get in.
-    pub(crate) async fn queue_job(&self, s: NewJob, caps: JobCaps) -> Result<Queued, DbError> {
+    pub(crate) async fn queue_job(&self, s: NewJob, caps: JobCaps) -> Result<Admission, DbError> {
         Ok(self
             .transact(move |c| {
                 if let Some(over) = caps.exceeded(c, &s.requested_by, &s.project_id)? {
@@ -243,7 +243,11 @@ impl Db {
                         &s.request_fingerprint,
                     ],
                 )?;
-                Ok::<_, rusqlite::Error>(if res > 0 { Queued::Yes } else { Queued::Busy })
+                Ok::<_, rusqlite::Error>(if res > 0 {
+                    Admission::Yes
+                } else {
+                    Admission::Busy
+                })
             })
             .await?)
     }

@@ -39,7 +39,7 @@ mod sql;
 mod users;
 
 pub(crate) use containers::{ImportedContainer, NewCopy, Refusal};
-pub(crate) use jobs::{JobCaps, JobEnd, NewJob, Queued};
+pub(crate) use jobs::{Admission, JobCaps, JobEnd, NewJob};
 pub(crate) use projects::ServerRow;
 pub(crate) use rows::{job_from_row, ContainerRow, CONTAINER_SELECT};
 pub(crate) use runs::{JsonColumn, NetworkRow, RunRecord};
