@@ -127,10 +127,9 @@ impl Service {
         .await
     }
 
-    /// Refuses a new job when its user, or the project it is for, has too many queued or
-    /// running already: one user cannot fill the queue (and the disks) for everyone.
-    /// The caps on jobs queued or running, per user and per project: checked in the write
-    /// that queues a job, so concurrent requests cannot pass one together.
+    /// The caps on jobs queued or running, per user and per project (one user cannot fill
+    /// the queue, and the disks, for everyone): checked in the write that queues a job, so
+    /// concurrent requests cannot pass one together.
     pub(super) fn job_caps(&self) -> JobCaps {
         JobCaps {
             per_user: self.limits.per_user,
