@@ -42,8 +42,6 @@ pub(crate) struct JobEnd {
     pub(crate) deleted: bool,
 }
 
-/// A job row made by a request (a sync, a delete, a start, stop or restart): for
-/// `Db::queue_job` and `Db::record_op`.
 /// How many copy, sync and delete jobs one user, and one project, may have queued or
 /// running at once.
 #[derive(Clone, Copy, Debug)]
@@ -102,6 +100,8 @@ fn active_jobs(c: &SyncConn, user_id: &str, project_id: &str) -> rusqlite::Resul
     Ok((by_user.max(0) as u64, in_project.max(0) as u64))
 }
 
+/// A job row made by a request (a sync, a delete, a start, stop or restart): for
+/// `Db::queue_job` and `Db::record_op`.
 pub(crate) struct NewJob {
     pub(crate) kind: JobKind,
     pub(crate) job_id: String,
