@@ -28,6 +28,7 @@ pub fn open_dir(path: &Path) -> io::Result<OwnedFd> {
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | more,
             Mode::empty(),
         )
+        .map_err(to_io)
     })
 }
 
@@ -40,29 +41,25 @@ pub fn open_dir_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<OwnedFd> {
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC | more,
             Mode::empty(),
         )
+        .map_err(to_io)
     })
 }
 
 /// Opens with `O_NOATIME` where the caller may (the owner, or root), else without: reading
 /// a tree for a copy is no use of it, and on btrfs an access time written would change the
 /// subvolume's generation (see `transfer/untouched.rs`).
-fn without_atime<T>(open: impl Fn(OFlags) -> rustix::io::Result<T>) -> io::Result<T> {
+fn without_atime<T>(open: impl Fn(OFlags) -> io::Result<T>) -> io::Result<T> {
     match open(OFlags::NOATIME) {
-        Err(rustix::io::Errno::PERM) => open(OFlags::empty()).map_err(to_io),
-        r => r.map_err(to_io),
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(OFlags::empty()),
+        r => r,
     }
 }
 
 /// Opens the regular file `name` in `dir` for reading, refusing symlinks and anything that
-/// is not a regular file (a FIFO would block). Without touching its access time where the
-/// caller may (as `without_atime` does for directories).
+/// is not a regular file (a FIFO would block), without touching its access time where the
+/// caller may (see `without_atime`).
 pub fn open_file_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<std::fs::File> {
-    match open_regular_at(dir, name, OFlags::RDONLY | OFlags::NOATIME) {
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
-            open_regular_at(dir, name, OFlags::RDONLY)
-        }
-        r => r,
-    }
+    without_atime(|more| open_regular_at(dir, name, OFlags::RDONLY | more))
 }
 
 /// Opens an existing regular file for writing in place (never through a symlink).

@@ -297,13 +297,19 @@ impl Env {
     fn source(&self, name: &str) -> Place {
         let p = self.place(name);
         if self.btrfs.is_some() {
-            let parent = p.root.parent().unwrap();
-            fs::create_dir_all(parent).unwrap();
-            let parent = fsx::open_dir(parent).unwrap();
-            btrfs::create_subvolume(parent.as_fd(), name.as_bytes()).unwrap();
+            make_subvolume(&p);
         }
         p
     }
+}
+
+/// Makes `p`'s root a new, empty btrfs subvolume.
+fn make_subvolume(p: &Place) {
+    let parent = p.root.parent().unwrap();
+    fs::create_dir_all(parent).unwrap();
+    let parent = fsx::open_dir(parent).unwrap();
+    let name = p.root.file_name().unwrap().as_bytes();
+    btrfs::create_subvolume(parent.as_fd(), name).unwrap();
 }
 
 /// A tree `name` with its state dir under `base` (as an `Env` lays them out).
@@ -1805,9 +1811,7 @@ fn a_sync_reads_a_large_file_only_where_it_no_longer_shares_its_copys_extents() 
         let (src, dst) = (place_in(&base, "src"), place_in(&base, "dst"));
         if kind == "btrfs" {
             // As the engine lays trees down there: a subvolume, copied by a snapshot.
-            fs::create_dir_all(src.root.parent().unwrap()).unwrap();
-            let parent = fsx::open_dir(src.root.parent().unwrap()).unwrap();
-            btrfs::create_subvolume(parent.as_fd(), b"src").unwrap();
+            make_subvolume(&src);
         }
         let mut rng = Rng(52);
         random_tree(&src.root, &mut rng, 20);

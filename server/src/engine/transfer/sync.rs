@@ -13,8 +13,6 @@ pub(in crate::engine) fn sync(
 ) -> Result<Summary, EngineError> {
     let started = Instant::now();
     let prepared = prepare_target(dst)?;
-    // Both trees at once, each with its recorded manifest as quick-check cache: each scan
-    // is mostly waiting on metadata syscalls.
     ctl.phase(Phase::Scan, None, None);
     // Between btrfs subvolumes: the trees nothing changed since the last sync are not walked.
     let marks = (!prepared.interrupted_commit && !prepared.recovered)
@@ -30,19 +28,30 @@ pub(in crate::engine) fn sync(
         summary.phase_ms = ctl.timings();
         return Ok(summary);
     }
+    // Both trees at once, each with its recorded manifest as quick-check cache: each scan
+    // is mostly waiting on metadata syscalls. A target as the last sync left it is not
+    // scanned.
+    let walk_target = last.is_none();
     let (s_scan, t_scan) = std::thread::scope(|s| {
-        let t = s.spawn(|| match (&last, &old) {
-            // As the last sync left it: its recorded state is current.
-            (Some(_), Some(recorded)) => Ok((recorded.clone(), scan::ScanReport::default())),
-            _ => scan::scan(&dst.root, old.as_ref(), true, ctl),
-        });
+        let t = walk_target.then(|| s.spawn(|| scan::scan(&dst.root, old.as_ref(), true, ctl)));
         let twin = old.as_ref().and_then(|recorded| twin(src, dst, recorded));
         let src_result = scan_source_beside(src, twin, ctl);
-        (src_result, t.join())
+        (src_result, t.map(|t| t.join()))
     });
     let (s_man, s_report) = s_scan?;
-    let t_scan = t_scan.map_err(|_| EngineError::Integrity("the target scan panicked".into()))?;
-    let target = TargetState::new(prepared, old, t_scan?);
+    let target = match t_scan {
+        Some(t) => {
+            let t = t.map_err(|_| EngineError::Integrity("the target scan panicked".into()))?;
+            TargetState::new(prepared, old, t?)
+        }
+        // Its recorded manifest is its state: nothing to compare it with for drift.
+        None => TargetState {
+            prepared,
+            old: None,
+            man: old.ok_or_else(|| EngineError::Integrity("no recorded target".into()))?,
+            recorded: true,
+        },
+    };
 
     ctl.phase(Phase::Plan, None, None);
     let mut summary = Summary::default();
