@@ -4,16 +4,18 @@
 //! 1-64 KiB in 2,000 directories, four 100 MiB files, 400 symlinks, hard links), then times
 //! a full copy (doppel, `rsync -a`, `cp -a`; each twice, in opposite orders, best time
 //! kept), a sync after a "1 %" change (doppel against `rsync -a --delete --no-whole-file`),
-//! and a sync with nothing changed. Each doppel run is a child process, so its peak memory
-//! (RSS) is measured alone. The page cache is warm for every contender and `sync` runs
+//! and a sync with nothing changed. Each doppel copy is a child process, so its peak memory
+//! (RSS) is measured alone. Syncs run as `serve` runs them: in one long-lived process with
+//! the change watch, which has synced the copy once before the change (its steady state);
+//! a no-op sync in a new process without the watch is timed too. The page cache is warm for every contender and `sync` runs
 //! before each timing, so nobody pays for another's writes. doppel's times include its
 //! durability barrier (syncfs); rsync and cp do not sync, so their copies are also timed
 //! with the `sync` that makes them durable.
 
 use std::fs;
-
+use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
 use doppel::engine::{self, Control, Place, Summary};
@@ -81,6 +83,73 @@ fn doppel_op(op: &str, src: &Place, dst: &Place) -> Command {
     c
 }
 
+/// This binary again, running engine operations one after the other as `serve` does: in
+/// one process, with the change watch.
+struct Session {
+    child: Child,
+    out: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Session {
+    fn start() -> Session {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .arg("__session")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("run");
+        let out = std::io::BufReader::new(child.stdout.take().unwrap());
+        Session { child, out }
+    }
+
+    /// Runs `op` (`__copy`, `__sync`) after a `sync`: its time and its summary.
+    fn timed(&mut self, op: &str, src: &Place, dst: &Place) -> (f64, Summary) {
+        sync_all();
+        let t = Instant::now();
+        let line = [std::ffi::OsStr::new(op), src.root.as_os_str(), src.state_dir.as_os_str()]
+            .into_iter()
+            .chain([dst.root.as_os_str(), dst.state_dir.as_os_str()])
+            .map(|p| p.to_str().unwrap())
+            .collect::<Vec<_>>()
+            .join("\t");
+        let stdin = self.child.stdin.as_mut().unwrap();
+        writeln!(stdin, "{line}").and_then(|()| stdin.flush()).unwrap();
+        let mut answer = String::new();
+        self.out.read_line(&mut answer).unwrap();
+        let secs = t.elapsed().as_secs_f64();
+        let summary = serde_json::from_str(answer.trim())
+            .unwrap_or_else(|_| panic!("{op} failed: {answer}"));
+        (secs, summary)
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+/// `__session`: one operation per line of stdin (op, then both places' roots and state
+/// dirs, tab-separated), one summary (JSON) per line of stdout.
+fn run_session() {
+    let watch = engine::watch::Watch::shared();
+    for line in std::io::stdin().lock().lines() {
+        let line = line.unwrap();
+        let f: Vec<&str> = line.split('\t').collect();
+        let (src, dst) = (Place::new(f[1], f[2]), Place::new(f[3], f[4]));
+        let ctl = Control::new().with_watch(watch.clone());
+        let s = match f[0] {
+            "__copy" => engine::copy(&src, &dst, &ctl),
+            _ => engine::sync(&src, &dst, &ctl),
+        };
+        match s {
+            Ok(s) => println!("{}", serde_json::to_string(&s).unwrap()),
+            Err(e) => println!("{e}"),
+        }
+    }
+}
+
 fn run_child(args: &[String]) {
     let src = Place::new(&args[2], &args[3]);
     let dst = Place::new(&args[4], &args[5]);
@@ -101,6 +170,9 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() == 6 && args[1].starts_with("__") {
         return run_child(&args);
+    }
+    if args.get(1).map(String::as_str) == Some("__session") {
+        return run_session();
     }
     let scale: f64 = std::env::var("BENCH_SCALE")
         .ok()
@@ -270,18 +342,24 @@ fn bench(dir: &Path, scale: f64, fs_name: &str) {
     }
     let copy_summary = copy_summary.unwrap();
 
-    // Sync after the 1 % change.
+    // Sync after the 1 % change, in serve's steady state: the copy was synced once before.
+    let mut session = Session::start();
+    let (_, first) = session.timed("__sync", &src, &dcopy);
+    assert_eq!(first.bytes_sent, 0);
     change_tree(&src.root, &paths, scale);
     warm(&src.root);
-    let (sync_doppel, out) = timed(doppel_op("__sync", &src, &dcopy));
-    let sync_summary: Summary = serde_json::from_str(out.trim()).unwrap();
+    let (sync_doppel, sync_summary) = session.timed("__sync", &src, &dcopy);
 
     // Nothing changed since. (Right after the sync: rsync and the check below read the
     // trees, and a first read after a change writes access times, which on btrfs changes
     // the subvolume, as any other use of it would.)
-    let (noop, out) = timed(doppel_op("__sync", &src, &dcopy));
-    let noop_summary: Summary = serde_json::from_str(out.trim()).unwrap();
+    let (noop, noop_summary) = session.timed("__sync", &src, &dcopy);
     assert_eq!(noop_summary.bytes_sent, 0);
+    drop(session);
+    // The same in a new process, without the watch: both trees walked (outside btrfs).
+    let (noop_walked, out) = timed(doppel_op("__sync", &src, &dcopy));
+    let noop_walked_summary: Summary = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(noop_walked_summary.bytes_sent, 0);
 
     let (sync_rsync, stats) = timed({
         let mut c = Command::new("rsync");
@@ -322,6 +400,7 @@ fn bench(dir: &Path, scale: f64, fs_name: &str) {
         mb(rsync_bytes)
     );
     println!("| no-op sync (s) | {noop:.3} | | |");
+    println!("| no-op sync, new process without the watch (s) | {noop_walked:.3} | | |");
     println!();
     println!(
         "copy: {} files, {:.1} MB ({:.1} MB laid down by the kernel: {:?}); sync: +{} ~{} -{} meta {} delta files {}, content {:.2} MB, reused {:.2} MB",
@@ -338,8 +417,11 @@ fn bench(dir: &Path, scale: f64, fs_name: &str) {
         mb(sync_summary.reused_bytes)
     );
     println!(
-        "doppel phases (ms): copy {:?}; sync {:?}; no-op sync {:?}",
-        copy_summary.phase_ms, sync_summary.phase_ms, noop_summary.phase_ms
+        "doppel phases (ms): copy {:?}; sync {:?}; no-op sync {:?}; without the watch {:?}",
+        copy_summary.phase_ms,
+        sync_summary.phase_ms,
+        noop_summary.phase_ms,
+        noop_walked_summary.phase_ms
     );
     println!("{fs_name} doppel_peak_rss_mb_during_copy {peak_rss:.1}");
     println!(
@@ -359,4 +441,5 @@ fn bench(dir: &Path, scale: f64, fs_name: &str) {
         sync_summary.bytes_sent as f64 / rsync_bytes.max(1) as f64
     );
     println!("{fs_name} noop_sync_seconds {noop:.3}");
+    println!("{fs_name} noop_sync_without_watch_seconds {noop_walked:.3}");
 }

@@ -14,6 +14,7 @@ pub mod identity;
 pub mod manifest;
 pub mod scan;
 mod transfer;
+pub mod watch;
 pub mod wire;
 
 use std::io;
@@ -102,8 +103,9 @@ pub struct Progress {
 type ProgressFn = dyn Fn(&Progress) + Send + Sync;
 type FailFn = dyn Fn(&str) -> io::Result<()> + Send + Sync;
 
-/// How a caller steers a run: progress reports, cancellation, a bandwidth limit, and (for
-/// tests) failure injection at named points.
+/// How a caller steers a run: progress reports, cancellation, a bandwidth limit, the
+/// change watch that spares syncs their walks, and (for tests) failure injection at named
+/// points.
 #[derive(Clone, Default)]
 pub struct Control {
     cancel: Arc<AtomicBool>,
@@ -113,6 +115,9 @@ pub struct Control {
     /// Stream every file, even where the kernel could copy it (tests and benchmarks of the
     /// stream itself).
     stream_only: bool,
+    /// Which trees changed since a sync looked (ext4, XFS): a tree nothing touched is not
+    /// walked again.
+    watch: Option<Arc<watch::Watch>>,
     state: Arc<ProgressState>,
 }
 
@@ -206,6 +211,13 @@ impl Control {
     /// kernel could copy it (what a copy between servers does; tests and benchmarks).
     pub fn stream_only(mut self) -> Control {
         self.stream_only = true;
+        self
+    }
+
+    /// Syncs ask `watch` whether their trees changed since the last sync (see
+    /// [`watch::Watch`]); `None`: they walk them (outside btrfs).
+    pub fn with_watch(mut self, watch: Option<Arc<watch::Watch>>) -> Control {
+        self.watch = watch;
         self
     }
 

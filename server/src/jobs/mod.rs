@@ -197,7 +197,8 @@ impl JobRunner {
     /// Starts running a queued job in the background. `start`: what the job needs, when
     /// the caller has it at hand (it is read from the database otherwise).
     pub fn spawn(self: &Arc<Self>, job_id: String, start: Option<JobStart>) {
-        let ctl = Control::new();
+        // Syncs skip the walks of trees nothing changed since they last looked.
+        let ctl = Control::new().with_watch(engine::watch::Watch::shared());
         let cancelled = Arc::new(Notify::new());
         self.active
             .lock()

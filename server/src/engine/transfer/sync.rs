@@ -14,9 +14,11 @@ pub(in crate::engine) fn sync(
     let started = Instant::now();
     let prepared = prepare_target(dst)?;
     ctl.phase(Phase::Scan, None, None);
-    // Between btrfs subvolumes: the trees nothing changed since the last sync are not walked.
+    // Between btrfs subvolumes, or watched trees: the trees nothing changed since the last
+    // sync are not walked.
+    let watch = ctl.watch.as_deref();
     let marks = (!prepared.interrupted_commit && !prepared.recovered)
-        .then(|| untouched::marks(src, dst))
+        .then(|| untouched::marks(src, dst, watch))
         .flatten();
     let old = recorded_target(dst, prepared)?;
     let last = marks
@@ -136,7 +138,16 @@ pub(in crate::engine) fn sync(
     let changed = received.is_some();
     commit_sync(dst, target, &plan.want, received, &mut summary, ctl)?;
     if let Some(marks) = marks {
-        untouched::record(dst, marks, changed, &plan.want, source_kept, keep, &summary);
+        untouched::record(
+            dst,
+            watch,
+            marks,
+            changed,
+            &plan.want,
+            source_kept,
+            keep,
+            &summary,
+        );
     }
     plan.finish(&mut summary);
     summary.duration_ms = started.elapsed().as_millis() as u64;

@@ -1,14 +1,18 @@
-//! Syncs between btrfs subvolumes skip the walks of trees that nothing changed since the
-//! last sync. A subvolume's generation is the transaction that last changed anything in it
-//! (after a `syncfs`, which commits every change made before it): at the end of a sync its
-//! target records both trees' generations (`untouched` in its state dir). The next sync
-//! reads them again first:
+//! Syncs skip the walks of trees that nothing changed since the last sync, where a tree
+//! has a generation that moves with every change:
+//! - a btrfs subvolume's: the transaction that last changed anything in it (after a
+//!   `syncfs`, which commits every change made before it);
+//! - elsewhere, the change watch's ([`crate::engine::watch`]), where the caller runs one
+//!   (`serve` does) and it watches the tree's filesystem (ext4, XFS).
+//!
+//! At the end of a sync its target records both trees' generations (`untouched` in its
+//! state dir). The next sync reads them again first:
 //! - the target's unchanged: its recorded manifest is its state, no walk;
 //! - the source's unchanged too: the last sync's result holds, nothing to do.
 //!
 //! The record also holds the paths `keep` named (a copy's own identity files), so a sync
 //! that keeps other paths walks again. Elsewhere (other filesystems, a tree that is not a
-//! subvolume's root) every sync walks.
+//! subvolume's root, without a watch) every sync walks.
 //!
 //! A sync that wrote into the target reads its generation after its final `syncfs`: a
 //! change someone else made to the copy while that sync ran (doppel itself holds the
@@ -22,29 +26,32 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::super::watch::Watch;
 use super::super::{btrfs, fsx, Manifest, Place, Summary};
 
-/// A subvolume as a sync found it: which one, and its generation.
+/// A tree as a sync found it: what counts its generations (a subvolume's uuid, or a
+/// watch's id), and its generation.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct Mark {
-    uuid: String,
+    id: String,
     generation: u64,
 }
 
 impl Mark {
-    /// The mark of the subvolume whose root is `root`, with every change made so far
-    /// committed. `None` where `root` is no subvolume's root.
-    fn read(root: &Path, commit: bool) -> Option<Mark> {
+    /// The mark of the tree at `root`, with every change made so far committed. `None`
+    /// where `root` is no subvolume's root and `watch` does not watch it.
+    fn read(root: &Path, commit: bool, watch: Option<&Watch>) -> Option<Mark> {
         let fd = fsx::open_dir(root).ok()?;
         if !btrfs::is_subvolume(fd.as_fd()) {
-            return None;
+            let (id, generation) = watch?.generation(root)?;
+            return Some(Mark { id, generation });
         }
         if commit {
             fsx::syncfs(fd.as_fd()).ok()?;
         }
         let (uuid, generation) = btrfs::subvolume_generation(fd.as_fd()).ok()?;
         Some(Mark {
-            uuid: hex::encode(uuid),
+            id: hex::encode(uuid),
             generation,
         })
     }
@@ -79,11 +86,11 @@ fn record_path(dst: &Place) -> std::path::PathBuf {
     dst.state_dir.join("untouched")
 }
 
-/// Both trees' marks, if both are subvolumes (committing their changes first).
-pub(super) fn marks(src: &Place, dst: &Place) -> Option<Marks> {
+/// Both trees' marks, if both have generations (committing their changes first).
+pub(super) fn marks(src: &Place, dst: &Place, watch: Option<&Watch>) -> Option<Marks> {
     Some(Marks {
-        source: Mark::read(&src.root, true)?,
-        target: Mark::read(&dst.root, true)?,
+        source: Mark::read(&src.root, true, watch)?,
+        target: Mark::read(&dst.root, true, watch)?,
     })
 }
 
@@ -127,8 +134,10 @@ fn same_kept(kept: &[Vec<u8>], target: &Manifest, keep: &dyn Fn(&[u8]) -> bool) 
 /// needs to skip its walks. `marks`: as read when this sync started; `changed`: whether it
 /// wrote into the target (then committed: its generation is read again). `source_kept`:
 /// the source's paths `keep` named.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn record(
     dst: &Place,
+    watch: Option<&Watch>,
     mut marks: Marks,
     changed: bool,
     want: &Manifest,
@@ -138,7 +147,7 @@ pub(super) fn record(
 ) {
     let path = record_path(dst);
     let target = if changed {
-        Mark::read(&dst.root, false)
+        Mark::read(&dst.root, false, watch)
     } else {
         Some(marks.target.clone())
     };
