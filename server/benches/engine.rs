@@ -106,19 +106,25 @@ impl Session {
     fn timed(&mut self, op: &str, src: &Place, dst: &Place) -> (f64, Summary) {
         sync_all();
         let t = Instant::now();
-        let line = [std::ffi::OsStr::new(op), src.root.as_os_str(), src.state_dir.as_os_str()]
-            .into_iter()
-            .chain([dst.root.as_os_str(), dst.state_dir.as_os_str()])
-            .map(|p| p.to_str().unwrap())
-            .collect::<Vec<_>>()
-            .join("\t");
+        let line = [
+            std::ffi::OsStr::new(op),
+            src.root.as_os_str(),
+            src.state_dir.as_os_str(),
+        ]
+        .into_iter()
+        .chain([dst.root.as_os_str(), dst.state_dir.as_os_str()])
+        .map(|p| p.to_str().unwrap())
+        .collect::<Vec<_>>()
+        .join("\t");
         let stdin = self.child.stdin.as_mut().unwrap();
-        writeln!(stdin, "{line}").and_then(|()| stdin.flush()).unwrap();
+        writeln!(stdin, "{line}")
+            .and_then(|()| stdin.flush())
+            .unwrap();
         let mut answer = String::new();
         self.out.read_line(&mut answer).unwrap();
         let secs = t.elapsed().as_secs_f64();
-        let summary = serde_json::from_str(answer.trim())
-            .unwrap_or_else(|_| panic!("{op} failed: {answer}"));
+        let summary =
+            serde_json::from_str(answer.trim()).unwrap_or_else(|_| panic!("{op} failed: {answer}"));
         (secs, summary)
     }
 }

@@ -1956,7 +1956,9 @@ fn a_watched_sync_skips_the_walks_of_trees_nothing_changed_and_only_those() {
 fn watched_syncs(base: &Path) {
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::FileExt;
-    let watch = Some(Arc::new(watch::Watch::new().expect("a watch (tests run as root)")));
+    let watch = Some(Arc::new(
+        watch::Watch::new().expect("a watch (tests run as root)"),
+    ));
     let ctl = || Control::new().with_watch(watch.clone());
     let (src, dst) = (place_in(base, "src"), place_in(base, "dst"));
     let mut rng = Rng(62);
