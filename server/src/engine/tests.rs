@@ -2050,6 +2050,18 @@ fn watched_syncs(base: &Path) {
     assert_same_tree(&src.root, &dst.root);
     assert!(!walked(&sync(&src, &dst, &ctl()).unwrap()), "{at}");
 
+    // Another source synced into the copy (a snapshot, say) is walked, not taken for the
+    // last one.
+    let other_src = place_in(base, "src-2");
+    copy(&src, &other_src, &Control::new()).unwrap();
+    write(&other_src.root.join("edited"), b"in the other source");
+    let s = sync(&other_src, &dst, &ctl()).unwrap();
+    assert_eq!((s.files_changed, s.drift), (1, 0), "{at}: {s:?}");
+    assert_same_tree(&other_src.root, &dst.root);
+    let s = sync(&src, &dst, &ctl()).unwrap();
+    assert_eq!(s.files_changed, 1, "{at}: {s:?}");
+    assert_same_tree(&src.root, &dst.root);
+
     // Another watch (another process, or after a restart) knows nothing of this one's.
     let other = Some(Arc::new(watch::Watch::new().unwrap()));
     let s = sync(&src, &dst, &Control::new().with_watch(other)).unwrap();

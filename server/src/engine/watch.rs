@@ -11,14 +11,19 @@
 //! to its end before answering sees every change made before the question.
 //!
 //! What the kernel does not report, and how it is covered:
-//! - Writes through a shared writable mapping raise no event. While such a mapping of a
-//!   file in a tree exists (any process's `/proc/<pid>/maps`), the tree's generation moves
-//!   on every question; once it is gone, the file's last close was reported.
+//! - Writes through a shared mapping, Linux AIO and a few other paths raise no event. So
+//!   every question first looks at every process (`/proc`): while a file of a watched
+//!   filesystem is mapped shared, or open for writing, its tree's generation moves at
+//!   every question. Where such a file cannot be placed (a container's process names it
+//!   in its own mount namespace), every tree's does. Its last close is an event.
 //! - Changes made before a tree was first asked about: the first question registers it,
 //!   and a sync that records a generation walked the tree after asking.
-//! - Changes while no doppel process ran: a process's generations carry its own random id,
-//!   so nothing recorded by another process matches.
-//! - A file hard-linked into two trees is reported under the path it was written through.
+//! - Changes while no doppel process ran: a generation's id carries the watch's random id,
+//!   so nothing recorded by another process matches. It also carries the tree's root
+//!   directory (its handle), so another tree at the same path, or another source synced
+//!   into the same copy, never matches either.
+//! - A filesystem mounted inside a tree is not watched: such a tree gets no generation.
+//! - Not covered: a file hard-linked into two trees, written through the other's path.
 //!
 //! A directory that can no longer be resolved was deleted: its deletion (or that of an
 //! ancestor) is queued after the event and is reported against a directory that still
@@ -27,7 +32,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -58,15 +63,16 @@ struct Inner {
 #[derive(Default)]
 struct State {
     /// Each watched filesystem (its `f_fsid`): a directory of it to resolve handles with,
-    /// and its device number (to find its mapped files).
+    /// and its device number (to find its open and mapped files).
     filesystems: HashMap<[u8; 8], (OwnedFd, u64)>,
-    /// The trees asked about (canonical paths) and their counters.
-    trees: HashMap<PathBuf, u64>,
+    /// The trees asked about (canonical paths): their root directory's key (fsid, handle)
+    /// and their counters.
+    trees: HashMap<PathBuf, (Vec<u8>, u64)>,
     /// Changes that could not be placed in one tree: every tree's generation includes it.
     everything: u64,
     /// Directory handles already resolved, and their paths (forgotten when a directory
     /// moves).
-    dirs: HashMap<Vec<u8>, Option<PathBuf>>,
+    dirs: HashMap<Vec<u8>, PathBuf>,
 }
 
 impl Watch {
@@ -87,11 +93,13 @@ impl Watch {
 
     /// A new watch (its own fanotify group and reader thread), watching nothing yet.
     pub fn new() -> io::Result<Watch> {
+        // With the object's own handle too: an event that names no directory (a write
+        // through a handle, by the NFS server) cannot be placed, and is counted for all.
         let flags = libc::FAN_CLASS_NOTIF
             | libc::FAN_CLOEXEC
             | libc::FAN_NONBLOCK
-            | libc::FAN_UNLIMITED_QUEUE
-            | libc::FAN_REPORT_DFID_NAME;
+            | libc::FAN_REPORT_DFID_NAME
+            | libc::FAN_REPORT_FID;
         // SAFETY: plain syscall; the descriptor it returns is owned below.
         let fd = unsafe { libc::fanotify_init(flags, (libc::O_RDONLY | libc::O_CLOEXEC) as u32) };
         if fd < 0 {
@@ -105,7 +113,8 @@ impl Watch {
             state: Mutex::new(State::default()),
             stop: AtomicBool::new(false),
         });
-        // Reads the queue as it fills, so that it stays short between questions.
+        // Reads the queue as it fills (it holds 16,384 events; beyond, the kernel says it
+        // overflowed, and every tree counts as changed).
         let reader = inner.clone();
         std::thread::Builder::new()
             .name("doppel-watch".into())
@@ -113,26 +122,36 @@ impl Watch {
         Ok(Watch { inner })
     }
 
-    /// The generation of the tree at `root` and this watch's id: it changes whenever
-    /// something under `root` changes. `None` where the tree's filesystem is not watched
-    /// (then it must be walked).
+    /// The generation of the tree at `root`, and what it is comparable with (this watch,
+    /// this root directory): it changes whenever something under `root` changes. `None`
+    /// where the tree is not watched (then it must be walked).
     pub fn generation(&self, root: &Path) -> Option<(String, u64)> {
         let root = fs::canonicalize(root).ok()?;
+        if mounts_below(&root) {
+            return None;
+        }
+        let key = key_of(&root).ok()?;
         let mut st = self.inner.state.lock().ok()?;
-        if !st.trees.contains_key(&root) {
-            self.inner.track(&mut st, &root).ok()?;
+        if st.trees.get(&root).map(|(k, _)| k) != Some(&key) {
+            self.inner.track(&mut st, &root, &key).ok()?;
         }
+        // Open and mapped files first: a mapping gone after this look closed its file,
+        // which the queue read next holds.
+        open_for_writing(&mut st);
         self.inner.drain(&mut st);
-        for path in writable_mappings(&st) {
-            st.bump(&path);
-        }
-        Some((self.inner.id.clone(), st.everything + st.trees[&root]))
+        let id = format!("{}:{}", self.inner.id, hex::encode(&key));
+        Some((id, st.everything + st.trees[&root].1))
     }
 }
 
 impl Drop for Watch {
     fn drop(&mut self) {
         self.inner.stop.store(true, Ordering::Relaxed);
+        // Lets go of the filesystems now (each is held open by a directory): they can be
+        // unmounted as soon as their last user is gone.
+        if let Ok(mut st) = self.inner.state.lock() {
+            *st = State::default();
+        }
     }
 }
 
@@ -154,8 +173,9 @@ impl Inner {
         }
     }
 
-    /// Registers the tree at `root` (canonical), watching its filesystem from now on.
-    fn track(&self, st: &mut State, root: &Path) -> io::Result<()> {
+    /// Registers the tree at `root` (canonical; `key`: its root's), watching its
+    /// filesystem from now on.
+    fn track(&self, st: &mut State, root: &Path, key: &[u8]) -> io::Result<()> {
         let dir = crate::engine::fsx::open_dir(root)?;
         // SAFETY: fstatfs fills the zeroed struct it is given.
         let mut sfs: libc::statfs = unsafe { std::mem::zeroed() };
@@ -174,8 +194,6 @@ impl Inner {
                 | libc::FAN_CREATE
                 | libc::FAN_DELETE
                 | libc::FAN_RENAME
-                | libc::FAN_DELETE_SELF
-                | libc::FAN_MOVE_SELF
                 | libc::FAN_ONDIR;
             let path = std::ffi::CString::new(root.as_os_str().as_bytes())?;
             // SAFETY: plain syscall on descriptors and a C string we own.
@@ -197,11 +215,13 @@ impl Inner {
         // Directories are named through the first tree's mount: a tree seen through
         // another mount (a bind mount elsewhere) would be named otherwise, and is walked.
         let (mount, _) = &st.filesystems[&fsid];
-        let key = handle_of(root).map(|h| [&fsid[..], &h].concat())?;
-        if resolve(mount, &key[8..]).ok().as_deref() != Some(root) {
+        if key.get(..8) != Some(&fsid[..])
+            || resolve(mount, &key[8..]).ok().flatten().as_deref() != Some(root)
+        {
             return Err(io::Error::other("the tree is named otherwise by its mount"));
         }
-        st.trees.insert(root.to_path_buf(), 0);
+        let count = st.trees.get(root).map_or(0, |(_, n)| *n);
+        st.trees.insert(root.to_path_buf(), (key.to_vec(), count));
         Ok(())
     }
 
@@ -221,9 +241,18 @@ impl Inner {
                 }
             };
             let mut events = &buf[..n];
-            while let Some((event, rest)) = next_event(events) {
-                st.count(&event);
-                events = rest;
+            while !events.is_empty() {
+                match next_event(events) {
+                    Some((event, rest)) => {
+                        st.count(&event);
+                        events = rest;
+                    }
+                    None => {
+                        // Not an event this code knows how to read: what it said is lost.
+                        st.everything += 1;
+                        break;
+                    }
+                }
             }
         }
     }
@@ -236,14 +265,34 @@ impl State {
             self.everything += 1;
             return;
         }
+        if event.dirs.is_empty() {
+            // An inode's link count changed (a link to it made or removed: the name
+            // itself is an event in its directory), or a write by handle (the NFS
+            // server's), which cannot be placed.
+            if event.mask != libc::FAN_ATTRIB {
+                self.everything += 1;
+            }
+            return;
+        }
+        let on_dir = event.mask & libc::FAN_ONDIR != 0;
+        let dirent = event.mask & (libc::FAN_CREATE | libc::FAN_DELETE | libc::FAN_RENAME) != 0;
         for (dir, name) in &event.dirs {
             match self.dir_path(dir) {
                 Ok(Some(path)) => {
                     self.bump(&path);
+                    if name.is_empty() || *name == b"." {
+                        continue;
+                    }
                     // The event may be about a tree itself (created, removed, moved,
-                    // changed), reported in its parent.
-                    if !name.is_empty() && *name != b"." {
-                        self.bump(&path.join(std::ffi::OsStr::from_bytes(name)));
+                    // changed), reported in its parent, or about a directory above trees.
+                    let named = path.join(std::ffi::OsStr::from_bytes(name));
+                    self.bump(&named);
+                    if on_dir && dirent {
+                        for (root, (_, n)) in self.trees.iter_mut() {
+                            if root.starts_with(&named) && *root != named {
+                                *n += 1;
+                            }
+                        }
                     }
                 }
                 // Deleted since: its deletion is reported in a directory that exists.
@@ -251,18 +300,17 @@ impl State {
                 Err(()) => self.everything += 1,
             }
         }
-        if event.mask & libc::FAN_RENAME != 0 && event.mask & libc::FAN_ONDIR != 0 {
+        if on_dir && event.mask & libc::FAN_RENAME != 0 {
             // Every path remembered under the directory moved is wrong now.
             self.dirs.clear();
         }
     }
 
-    /// Counts a change at `path` against the tree holding it, if any.
+    /// Counts a change at `path` against every tree holding it.
     fn bump(&mut self, path: &Path) {
         for dir in path.ancestors() {
-            if let Some(n) = self.trees.get_mut(dir) {
+            if let Some((_, n)) = self.trees.get_mut(dir) {
                 *n += 1;
-                return;
             }
         }
     }
@@ -271,25 +319,22 @@ impl State {
     /// `Err` where it cannot be told.
     fn dir_path(&mut self, key: &[u8]) -> Result<Option<PathBuf>, ()> {
         if let Some(p) = self.dirs.get(key) {
-            return Ok(p.clone());
+            return Ok(Some(p.clone()));
         }
         let fsid: [u8; 8] = key.get(..8).and_then(|f| f.try_into().ok()).ok_or(())?;
         let (mount, _) = self.filesystems.get(&fsid).ok_or(())?;
-        let path = match resolve(mount, &key[8..]) {
-            Ok(p) => Some(p),
-            Err(e) if gone(&e) => None,
-            Err(_) => return Err(()),
-        };
-        if self.dirs.len() >= CACHED_DIRS {
-            self.dirs.clear();
+        // (Once more after a failure: a directory being renamed can fail to resolve for a
+        // moment.)
+        let found = resolve(mount, &key[8..]).or_else(|_| resolve(mount, &key[8..]));
+        let path = found.map_err(|_| ())?;
+        if let Some(p) = &path {
+            if self.dirs.len() >= CACHED_DIRS {
+                self.dirs.clear();
+            }
+            self.dirs.insert(key.to_vec(), p.clone());
         }
-        self.dirs.insert(key.to_vec(), path.clone());
         Ok(path)
     }
-}
-
-fn gone(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::ESTALE) | Some(libc::ENOENT))
 }
 
 /// One event: its mask, and the directories (fsid then handle) and names it names.
@@ -298,16 +343,16 @@ struct Event<'a> {
     dirs: Vec<(Vec<u8>, &'a [u8])>,
 }
 
-/// The first event in `buf` and what follows it.
+/// The first event in `buf` and what follows it; `None` if it is not one.
 fn next_event(buf: &[u8]) -> Option<(Event<'_>, &[u8])> {
     let meta = std::mem::size_of::<libc::fanotify_event_metadata>();
-    if buf.len() < meta {
+    if buf.len() < meta || buf[4] != libc::FANOTIFY_METADATA_VERSION {
         return None;
     }
     let event_len = u32::from_ne_bytes(buf[0..4].try_into().ok()?) as usize;
     let metadata_len = u16::from_ne_bytes(buf[6..8].try_into().ok()?) as usize;
     let mask = u64::from_ne_bytes(buf[8..16].try_into().ok()?);
-    if event_len < metadata_len || event_len > buf.len() {
+    if metadata_len < meta || event_len < metadata_len || event_len > buf.len() {
         return None;
     }
     let mut event = Event {
@@ -319,7 +364,7 @@ fn next_event(buf: &[u8]) -> Option<(Event<'_>, &[u8])> {
         let kind = info[0];
         let len = u16::from_ne_bytes([info[2], info[3]]) as usize;
         if len < 4 || len > info.len() {
-            break;
+            return None;
         }
         let record = &info[4..len];
         if matches!(
@@ -329,9 +374,9 @@ fn next_event(buf: &[u8]) -> Option<(Event<'_>, &[u8])> {
                 | libc::FAN_EVENT_INFO_TYPE_OLD_DFID_NAME
                 | libc::FAN_EVENT_INFO_TYPE_NEW_DFID_NAME
         ) {
-            if let Some(dir) = dir_record(record, kind != libc::FAN_EVENT_INFO_TYPE_DFID) {
-                event.dirs.push(dir);
-            }
+            event
+                .dirs
+                .push(dir_record(record, kind != libc::FAN_EVENT_INFO_TYPE_DFID)?);
         }
         info = &info[len..];
     }
@@ -359,8 +404,9 @@ fn fsid_bytes(sfs: &libc::statfs) -> [u8; 8] {
     unsafe { std::mem::transmute_copy::<libc::fsid_t, [u8; 8]>(&sfs.f_fsid) }
 }
 
-/// The handle of the directory at `path`: its type (4 bytes) then its bytes.
-fn handle_of(path: &Path) -> io::Result<Vec<u8>> {
+/// The key of the directory at `path`: its filesystem's fsid, its handle's type (4 bytes)
+/// and its handle's bytes (as events name directories).
+fn key_of(path: &Path) -> io::Result<Vec<u8>> {
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
     // `struct file_handle` with room for the largest handle (MAX_HANDLE_SZ, 128 bytes),
     // as u32s for its alignment.
@@ -380,14 +426,21 @@ fn handle_of(path: &Path) -> io::Result<Vec<u8>> {
     if r != 0 {
         return Err(io::Error::last_os_error());
     }
-    let bytes = buf[0] as usize;
+    // SAFETY: statfs fills the zeroed struct it is given.
+    let mut sfs: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut sfs) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let bytes = (buf[0] as usize).min(128);
     let raw: Vec<u8> = buf.iter().flat_map(|w| w.to_ne_bytes()).collect();
-    Ok(raw[4..8 + bytes].to_vec())
+    let mut key = fsid_bytes(&sfs).to_vec();
+    key.extend_from_slice(&raw[4..8 + bytes]);
+    Ok(key)
 }
 
 /// The path of the directory with `handle` (its type then its bytes), through the mount
-/// of `mount`.
-fn resolve(mount: &OwnedFd, handle: &[u8]) -> io::Result<PathBuf> {
+/// of `mount`; `None` if it was deleted.
+fn resolve(mount: &OwnedFd, handle: &[u8]) -> io::Result<Option<PathBuf>> {
     let bytes = handle.len().checked_sub(4).filter(|b| *b <= 128);
     let bytes = bytes.ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
     let mut buf = [0u32; 2 + 32];
@@ -410,79 +463,192 @@ fn resolve(mount: &OwnedFd, handle: &[u8]) -> io::Result<PathBuf> {
         )
     };
     if fd < 0 {
-        return Err(io::Error::last_os_error());
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ESTALE) | Some(libc::ENOENT) => Ok(None),
+            _ => Err(e),
+        };
     }
     // SAFETY: just opened, owned by nothing else.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let path = fs::read_link(format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd()))?;
-    if path.as_os_str().as_bytes().ends_with(b" (deleted)") {
-        return Err(io::Error::from_raw_os_error(libc::ENOENT));
+    if crate::engine::fsx::stat_fd(std::os::fd::AsFd::as_fd(&fd))?.st_nlink == 0 {
+        return Ok(None);
     }
-    Ok(path)
+    fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).map(Some)
 }
 
-/// Files of the watched filesystems that some process maps shared and writable (writes
-/// through such a mapping raise no event): their paths as seen here.
-fn writable_mappings(st: &State) -> Vec<PathBuf> {
-    let devs: Vec<(u32, u32)> = st
-        .filesystems
-        .values()
-        .map(|(_, dev)| (libc::major(*dev), libc::minor(*dev)))
-        .collect();
-    let mut found = Vec::new();
-    let Ok(procs) = fs::read_dir("/proc") else {
-        return found;
+/// Whether a filesystem is mounted somewhere below `root` (its changes are not watched).
+fn mounts_below(root: &Path) -> bool {
+    let Ok(info) = fs::read("/proc/self/mountinfo") else {
+        return true;
     };
+    info.split(|b| *b == b'\n').any(|line| {
+        // id parent major:minor root mount-point ...
+        let Some(point) = line.split(|b| *b == b' ').nth(4) else {
+            return false;
+        };
+        let point = PathBuf::from(std::ffi::OsStr::from_bytes(&unescape(point)));
+        point != root && point.starts_with(root)
+    })
+}
+
+/// A path as `/proc` prints it: space, tab, newline and backslash as `\ooo`.
+fn unescape(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        let octal = raw
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (raw[i], octal) {
+            (b'\\', Some(d)) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Counts the files of watched filesystems that some process maps shared or holds open
+/// for writing (changes to those may raise no event): each against its tree, or against
+/// all where it cannot be placed.
+fn open_for_writing(st: &mut State) {
+    let devs: Vec<u64> = st.filesystems.values().map(|(_, dev)| *dev).collect();
+    if devs.is_empty() {
+        return;
+    }
+    let Ok(procs) = fs::read_dir("/proc") else {
+        st.everything += 1;
+        return;
+    };
+    let mut found: Vec<(u64, u64, PathBuf, PathBuf)> = Vec::new();
+    let mut unreadable = false;
     for p in procs.flatten() {
         let name = p.file_name();
         if !name.as_bytes().iter().all(u8::is_ascii_digit) {
             continue;
         }
-        let Ok(maps) = fs::read(p.path().join("maps")) else {
-            continue;
-        };
-        let mut root: Option<PathBuf> = None;
-        for line in maps.split(|b| *b == b'\n') {
-            let Some(file) = writable_shared(line, &devs) else {
-                continue;
-            };
-            let root = match &root {
-                Some(r) => r,
-                None => match fs::read_link(p.path().join("root")) {
-                    Ok(r) => root.insert(r),
-                    Err(_) => break,
-                },
-            };
-            let rel = file.strip_prefix(b"/").unwrap_or(file);
-            found.push(root.join(std::ffi::OsStr::from_bytes(rel)));
+        let dir = p.path();
+        match process_files(&dir, &devs, &mut found).map_err(|e| e.raw_os_error()) {
+            // Gone meanwhile.
+            Ok(()) | Err(Some(libc::ENOENT | libc::ESRCH)) => {}
+            // Not ours to look at (a process marked not dumpable, as some sandboxes' init
+            // is): its writes through a mapping or Linux AIO are not seen.
+            Err(Some(libc::EACCES | libc::EPERM)) => {}
+            Err(_) => unreadable = true,
         }
     }
-    found
+    // Loop devices write their backing files from the kernel, with no event.
+    for dev in fs::read_dir("/sys/block").into_iter().flatten().flatten() {
+        let loop_dir = dev.path().join("loop");
+        let (Ok(file), Ok(ro)) = (
+            fs::read_to_string(loop_dir.join("backing_file")),
+            fs::read_to_string(dev.path().join("ro")),
+        ) else {
+            continue;
+        };
+        let file = PathBuf::from(file.trim_end_matches('\n'));
+        match fs::metadata(&file) {
+            Ok(m) if ro.trim() == "0" && devs.contains(&m.dev()) => {
+                found.push((m.dev(), m.ino(), file, PathBuf::from("/")));
+            }
+            _ => {}
+        }
+    }
+    if unreadable {
+        st.everything += 1;
+    }
+    for (dev, ino, path, root) in found {
+        match place(dev, ino, &path, &root) {
+            Some(at) => st.bump(&at),
+            None => st.everything += 1,
+        }
+    }
 }
 
-/// The path of a `maps` line's file if it is mapped shared and writable and lives on one
-/// of `devs` (major, minor).
-fn writable_shared<'a>(line: &'a [u8], devs: &[(u32, u32)]) -> Option<&'a [u8]> {
+/// Adds the files of the process at `dir` (`/proc/<pid>`) on `devs` that it maps shared
+/// or holds open for writing: device, inode, path as printed, and the process's root.
+fn process_files(
+    dir: &Path,
+    devs: &[u64],
+    found: &mut Vec<(u64, u64, PathBuf, PathBuf)>,
+) -> io::Result<()> {
+    let mut root: Option<PathBuf> = None;
+    let root_of = |root: &mut Option<PathBuf>| -> io::Result<PathBuf> {
+        if root.is_none() {
+            *root = Some(fs::read_link(dir.join("root"))?);
+        }
+        Ok(root.clone().unwrap_or_default())
+    };
+    let maps = fs::read(dir.join("maps"))?;
+    for line in maps.split(|b| *b == b'\n') {
+        if let Some((dev, ino, path)) = shared_mapping(line, devs) {
+            let path = PathBuf::from(std::ffi::OsStr::from_bytes(&unescape(path)));
+            found.push((dev, ino, path, root_of(&mut root)?));
+        }
+    }
+    for fd in fs::read_dir(dir.join("fd"))?.flatten() {
+        // (The link followed: the open file itself.)
+        let Ok(meta) = fs::metadata(fd.path()) else {
+            continue;
+        };
+        if !devs.contains(&meta.dev()) || !meta.is_file() {
+            continue;
+        }
+        let info = dir.join("fdinfo").join(fd.file_name());
+        let Ok(info) = fs::read_to_string(info) else {
+            continue;
+        };
+        let flags = info
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+            .unwrap_or(libc::O_RDWR as u32);
+        if flags & libc::O_ACCMODE as u32 == libc::O_RDONLY as u32 {
+            continue;
+        }
+        let Ok(path) = fs::read_link(fd.path()) else {
+            continue;
+        };
+        found.push((meta.dev(), meta.ino(), path, root_of(&mut root)?));
+    }
+    Ok(())
+}
+
+/// A `maps` line's device, inode and path, if it maps a file shared (of any protection:
+/// one mapped writable may have been made read-only since) on one of `devs`.
+fn shared_mapping<'a>(line: &'a [u8], devs: &[u64]) -> Option<(u64, u64, &'a [u8])> {
     // address perms offset dev inode path
     let mut fields = line.splitn(6, |b| *b == b' ');
     let _address = fields.next()?;
-    let perms = fields.next()?;
-    if perms.get(1) != Some(&b'w') || perms.get(3) != Some(&b's') {
+    if fields.next()?.get(3) != Some(&b's') {
         return None;
     }
     let _offset = fields.next()?;
-    let dev = std::str::from_utf8(fields.next()?).ok()?;
-    let (major, minor) = dev.split_once(':')?;
-    let dev = (
+    let (major, minor) = std::str::from_utf8(fields.next()?).ok()?.split_once(':')?;
+    let dev = libc::makedev(
         u32::from_str_radix(major, 16).ok()?,
         u32::from_str_radix(minor, 16).ok()?,
     );
     if !devs.contains(&dev) {
         return None;
     }
-    let _inode = fields.next()?;
-    let path = fields.next()?.trim_ascii_start();
-    (path.starts_with(b"/") && !path.ends_with(b" (deleted)")).then_some(path)
+    let ino = std::str::from_utf8(fields.next()?).ok()?.parse().ok()?;
+    Some((dev, ino, fields.next()?.trim_ascii_start()))
+}
+
+/// Where the file `dev`/`ino`, which a process with root `root` names `path`, is here:
+/// `path` itself, or under `root`, whichever is that file. `None` if neither is.
+fn place(dev: u64, ino: u64, path: &Path, root: &Path) -> Option<PathBuf> {
+    let under_root = root.join(path.strip_prefix("/").unwrap_or(path));
+    [path.to_path_buf(), under_root]
+        .into_iter()
+        .find(|p| fs::symlink_metadata(p).is_ok_and(|m| m.dev() == dev && m.ino() == ino))
 }
 
 #[cfg(test)]
@@ -631,7 +797,79 @@ mod tests {
         assert_eq!(fs::read(root.join("etc/deep/file")).unwrap(), b"Xne");
     }
 
-    /// Another process's watch (or one after a restart) never names the same generation.
+    /// A file held open for writing (written perhaps by Linux AIO, which raises no event)
+    /// keeps its tree changing until it is closed.
+    #[test]
+    fn a_file_open_for_writing_keeps_its_tree_changing() {
+        let base = tempfile::tempdir().unwrap();
+        let w = Watch::new().expect("a watch (the tests run as root)");
+        let (root, other) = (tree(base.path(), "o"), tree(base.path(), "p"));
+        let before = generation(&w, &root);
+        let other_before = generation(&w, &other);
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .open(root.join("etc/deep/file"))
+            .unwrap();
+        let open = generation(&w, &root);
+        assert_ne!(open, before);
+        assert_ne!(generation(&w, &root), open);
+        assert_eq!(generation(&w, &other), other_before, "only its own tree");
+        drop(file);
+        let closed = generation(&w, &root);
+        assert_eq!(generation(&w, &root), closed);
+        // Open for reading only: nothing.
+        let _read = fs::File::open(root.join("etc/deep/file")).unwrap();
+        assert_eq!(generation(&w, &root), closed);
+    }
+
+    /// Renaming or removing a directory above trees changes them; another directory at a
+    /// tree's path is another tree.
+    #[test]
+    fn trees_moved_or_replaced_under_their_path_are_changed() {
+        let base = tempfile::tempdir().unwrap();
+        let w = Watch::new().expect("a watch (the tests run as root)");
+        let root = tree(&base.path().join("p"), "t");
+        let (id, before) = w.generation(&root).unwrap();
+        fs::rename(base.path().join("p"), base.path().join("q")).unwrap();
+        fs::rename(base.path().join("q"), base.path().join("p")).unwrap();
+        let (same_id, after) = w.generation(&root).unwrap();
+        assert_eq!(id, same_id);
+        assert_ne!(after, before, "its parent moved away and back");
+        // Replaced by another directory: another id.
+        fs::rename(&root, base.path().join("old")).unwrap();
+        tree(&base.path().join("p"), "t");
+        let (new_id, _) = w.generation(&root).unwrap();
+        assert_ne!(new_id, id);
+    }
+
+    /// A filesystem mounted inside a tree is not watched: the tree has no generation.
+    #[test]
+    fn a_tree_with_a_mount_inside_is_not_watched() {
+        let base = tempfile::tempdir().unwrap();
+        let w = Watch::new().expect("a watch (the tests run as root)");
+        let root = tree(base.path(), "m");
+        assert!(w.generation(&root).is_some());
+        let point = root.join("etc/deep");
+        struct Mounted<'a>(&'a Path);
+        impl Drop for Mounted<'_> {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount").arg(self.0).status();
+            }
+        }
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+            .arg(&point)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "mounting a tmpfs (the tests run as root)");
+        let mounted = Mounted(&point);
+        assert!(w.generation(&root).is_none());
+        drop(mounted);
+        assert!(w.generation(&root).is_some());
+    }
+
+    /// Another process's watch (or one after a restart) never names the same generation, nor
+    /// does another tree.
     #[test]
     fn generations_are_only_comparable_within_one_watch() {
         let base = tempfile::tempdir().unwrap();
@@ -642,5 +880,8 @@ mod tests {
             w1.generation(&root).unwrap().0,
             w2.generation(&root).unwrap().0
         );
+        // Nor do two trees nothing changed (two snapshots synced in turn into one copy).
+        let other = tree(base.path(), "u");
+        assert_ne!(w1.generation(&root), w1.generation(&other));
     }
 }
