@@ -563,8 +563,9 @@ fn open_for_writing(st: &mut State) {
     if unreadable {
         st.everything += 1;
     }
+    let trees: Vec<PathBuf> = st.trees.keys().cloned().collect();
     for (dev, ino, path, root) in found {
-        match place(dev, ino, &path, &root) {
+        match place(dev, ino, &path, &root, &trees) {
             Some(at) => st.bump(&at),
             None => st.everything += 1,
         }
@@ -643,11 +644,14 @@ fn shared_mapping<'a>(line: &'a [u8], devs: &[u64]) -> Option<(u64, u64, &'a [u8
 }
 
 /// Where the file `dev`/`ino`, which a process with root `root` names `path`, is here:
-/// `path` itself, or under `root`, whichever is that file. `None` if neither is.
-fn place(dev: u64, ino: u64, path: &Path, root: &Path) -> Option<PathBuf> {
-    let under_root = root.join(path.strip_prefix("/").unwrap_or(path));
-    [path.to_path_buf(), under_root]
-        .into_iter()
+/// `path` itself, under `root`, or under one of `trees` (a container's process, whose
+/// root is its tree, names its files from there), whichever is that file. `None` if none
+/// is.
+fn place(dev: u64, ino: u64, path: &Path, root: &Path, trees: &[PathBuf]) -> Option<PathBuf> {
+    let rel = path.strip_prefix("/").unwrap_or(path);
+    std::iter::once(path.to_path_buf())
+        .chain(std::iter::once(root.join(rel)))
+        .chain(trees.iter().map(|t| t.join(rel)))
         .find(|p| fs::symlink_metadata(p).is_ok_and(|m| m.dev() == dev && m.ino() == ino))
 }
 
@@ -820,6 +824,28 @@ mod tests {
         // Open for reading only: nothing.
         let _read = fs::File::open(root.join("etc/deep/file")).unwrap();
         assert_eq!(generation(&w, &root), closed);
+    }
+
+    /// A file a container's process names from its own root is found in its tree (and
+    /// only where it is that file).
+    #[test]
+    fn files_are_placed_in_the_tree_a_container_names_them_from() {
+        let base = tempfile::tempdir().unwrap();
+        let (a, b) = (tree(base.path(), "a"), tree(base.path(), "b"));
+        let m = fs::metadata(b.join("etc/deep/file")).unwrap();
+        let named = Path::new("/etc/deep/file");
+        let trees = [a.clone(), b.clone()];
+        let at = place(m.dev(), m.ino(), named, Path::new("/"), &trees);
+        assert_eq!(at, Some(b.join("etc/deep/file")));
+        assert_eq!(
+            place(m.dev(), m.ino(), named, Path::new("/"), &trees[..1]),
+            None
+        );
+        let own = fs::metadata(b.join("etc")).unwrap();
+        assert_eq!(
+            place(own.dev(), own.ino(), &b.join("etc"), Path::new("/"), &[]),
+            Some(b.join("etc"))
+        );
     }
 
     /// Renaming or removing a directory above trees changes them; another directory at a
