@@ -14,8 +14,11 @@
 //! - Writes through a shared mapping, Linux AIO and a few other paths raise no event. So
 //!   every question first looks at every process (`/proc`): while a file of a watched
 //!   filesystem is mapped shared, or open for writing, its tree's generation moves at
-//!   every question. Where such a file cannot be placed (a container's process names it
-//!   in its own mount namespace), every tree's does. Its last close is an event.
+//!   every question. A file is placed by its device and inode: at the path the process
+//!   names it by, under the process's root, or under a tree (a container's process names
+//!   its files from its own root, its tree). Where it cannot be placed, every tree's
+//!   generation moves. Its last close is an event. Loop devices' backing files count as
+//!   open for writing.
 //! - Changes made before a tree was first asked about: the first question registers it,
 //!   and a sync that records a generation walked the tree after asking.
 //! - Changes while no doppel process ran: a generation's id carries the watch's random id,
@@ -23,7 +26,8 @@
 //!   directory (its handle), so another tree at the same path, or another source synced
 //!   into the same copy, never matches either.
 //! - A filesystem mounted inside a tree is not watched: such a tree gets no generation.
-//! - Not covered: a file hard-linked into two trees, written through the other's path.
+//! - Not covered: a file hard-linked into two trees, written through the other's path;
+//!   processes doppel may not inspect (marked not dumpable).
 //!
 //! A directory that can no longer be resolved was deleted: its deletion (or that of an
 //! ancestor) is queued after the event and is reported against a directory that still
