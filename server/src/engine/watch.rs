@@ -590,9 +590,18 @@ fn process_files(
         }
         Ok(root.clone().unwrap_or_default())
     };
+    // (A file in no directory, unlinked while open, is in no tree: a link made to it
+    // again is an event.)
+    let unlinked = |file: &Path| fs::metadata(file).is_ok_and(|m| m.nlink() == 0);
     let maps = fs::read(dir.join("maps"))?;
     for line in maps.split(|b| *b == b'\n') {
-        if let Some((dev, ino, path)) = shared_mapping(line, devs) {
+        if let Some((range, dev, ino, path)) = shared_mapping(line, devs) {
+            let mapped = dir
+                .join("map_files")
+                .join(std::ffi::OsStr::from_bytes(range));
+            if unlinked(&mapped) {
+                continue;
+            }
             let path = PathBuf::from(std::ffi::OsStr::from_bytes(&unescape(path)));
             found.push((dev, ino, path, root_of(&mut root)?));
         }
@@ -602,7 +611,7 @@ fn process_files(
         let Ok(meta) = fs::metadata(fd.path()) else {
             continue;
         };
-        if !devs.contains(&meta.dev()) || !meta.is_file() {
+        if !devs.contains(&meta.dev()) || !meta.is_file() || meta.nlink() == 0 {
             continue;
         }
         let info = dir.join("fdinfo").join(fd.file_name());
@@ -625,12 +634,13 @@ fn process_files(
     Ok(())
 }
 
-/// A `maps` line's device, inode and path, if it maps a file shared (of any protection:
-/// one mapped writable may have been made read-only since) on one of `devs`.
-fn shared_mapping<'a>(line: &'a [u8], devs: &[u64]) -> Option<(u64, u64, &'a [u8])> {
+/// A `maps` line's address range, device, inode and path, if it maps a file shared (of
+/// any protection: one mapped writable may have been made read-only since) on one of
+/// `devs`.
+fn shared_mapping<'a>(line: &'a [u8], devs: &[u64]) -> Option<(&'a [u8], u64, u64, &'a [u8])> {
     // address perms offset dev inode path
     let mut fields = line.splitn(6, |b| *b == b' ');
-    let _address = fields.next()?;
+    let range = fields.next()?;
     if fields.next()?.get(3) != Some(&b's') {
         return None;
     }
@@ -644,7 +654,7 @@ fn shared_mapping<'a>(line: &'a [u8], devs: &[u64]) -> Option<(u64, u64, &'a [u8
         return None;
     }
     let ino = std::str::from_utf8(fields.next()?).ok()?.parse().ok()?;
-    Some((dev, ino, fields.next()?.trim_ascii_start()))
+    Some((range, dev, ino, fields.next()?.trim_ascii_start()))
 }
 
 /// Where the file `dev`/`ino`, which a process with root `root` names `path`, is here:
@@ -825,6 +835,12 @@ mod tests {
         drop(file);
         let closed = generation(&w, &root);
         assert_eq!(generation(&w, &root), closed);
+        // Unlinked while open for writing: in no tree, so in no tree's way.
+        let gone = fs::File::create(base.path().join("scratch")).unwrap();
+        fs::remove_file(base.path().join("scratch")).unwrap();
+        let before_gone = generation(&w, &root);
+        assert_eq!(generation(&w, &root), before_gone);
+        drop(gone);
         // Open for reading only: nothing.
         let _read = fs::File::open(root.join("etc/deep/file")).unwrap();
         assert_eq!(generation(&w, &root), closed);
