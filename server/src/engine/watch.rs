@@ -69,6 +69,8 @@ struct State {
     /// Each watched filesystem (its `f_fsid`): a directory of it to resolve handles with,
     /// and its device number (to find its open and mapped files).
     filesystems: HashMap<[u8; 8], (OwnedFd, u64)>,
+    /// The mounts trees are seen through (a file found through another is not placed).
+    mounts: Vec<i32>,
     /// The trees asked about (canonical paths): their root directory's key (fsid, handle)
     /// and their counters.
     trees: HashMap<PathBuf, (Vec<u8>, u64)>,
@@ -134,15 +136,25 @@ impl Watch {
         if mounts_below(&root) {
             return None;
         }
-        let key = key_of(&root).ok()?;
+        let (key, mount) = key_of(&root).ok()?;
         let mut st = self.inner.state.lock().ok()?;
         if st.trees.get(&root).map(|(k, _)| k) != Some(&key) {
-            self.inner.track(&mut st, &root, &key).ok()?;
+            self.inner.track(&mut st, &root, &key, mount).ok()?;
         }
-        // Open and mapped files first: a mapping gone after this look closed its file,
-        // which the queue read next holds.
-        open_for_writing(&mut st);
+        // Open and mapped files first (a mapping gone after this look closed its file,
+        // which the queue read next holds), without holding up the reader meanwhile.
+        let (devs, trees) = (st.devs(), st.trees.keys().cloned().collect::<Vec<_>>());
+        let mounts = st.mounts.clone();
+        drop(st);
+        let seen = open_for_writing(&devs, &trees, &mounts);
+        let mut st = self.inner.state.lock().ok()?;
+        match seen {
+            Some(paths) => paths.iter().for_each(|p| st.bump(p)),
+            None => st.everything += 1,
+        }
         self.inner.drain(&mut st);
+        // (Gone meanwhile: it is another tree, or none, now.)
+        st.trees.get(&root)?;
         let id = format!("{}:{}", self.inner.id, hex::encode(&key));
         Some((id, st.everything + st.trees[&root].1))
     }
@@ -179,7 +191,7 @@ impl Inner {
 
     /// Registers the tree at `root` (canonical; `key`: its root's), watching its
     /// filesystem from now on.
-    fn track(&self, st: &mut State, root: &Path, key: &[u8]) -> io::Result<()> {
+    fn track(&self, st: &mut State, root: &Path, key: &[u8], mount_id: i32) -> io::Result<()> {
         let dir = crate::engine::fsx::open_dir(root)?;
         // SAFETY: fstatfs fills the zeroed struct it is given.
         let mut sfs: libc::statfs = unsafe { std::mem::zeroed() };
@@ -224,15 +236,26 @@ impl Inner {
         {
             return Err(io::Error::other("the tree is named otherwise by its mount"));
         }
+        if !st.mounts.contains(&mount_id) {
+            st.mounts.push(mount_id);
+        }
         let count = st.trees.get(root).map_or(0, |(_, n)| *n);
         st.trees.insert(root.to_path_buf(), (key.to_vec(), count));
         Ok(())
     }
 
-    /// Reads every queued event and counts it against its tree.
+    /// Reads the events queued when it starts (not more: under a steady stream of changes
+    /// it would never end) and counts each against its tree.
     fn drain(&self, st: &mut State) {
+        let mut queued: libc::c_int = 0;
+        // SAFETY: FIONREAD writes the queue's length in bytes into the int it is given.
+        if unsafe { libc::ioctl(self.fd.as_raw_fd(), libc::FIONREAD, &mut queued) } != 0 {
+            st.lost();
+            return;
+        }
+        let mut left = usize::try_from(queued).unwrap_or(0);
         let mut buf = vec![0u8; 64 * 1024];
-        loop {
+        while left > 0 {
             let n = match rustix::io::read(&self.fd, &mut buf) {
                 Ok(0) => return,
                 Ok(n) => n,
@@ -240,10 +263,11 @@ impl Inner {
                 Err(rustix::io::Errno::AGAIN) => return,
                 Err(_) => {
                     // The queue cannot be read: nothing it held is known.
-                    st.everything += 1;
+                    st.lost();
                     return;
                 }
             };
+            left = left.saturating_sub(n);
             let mut events = &buf[..n];
             while !events.is_empty() {
                 match next_event(events) {
@@ -253,7 +277,7 @@ impl Inner {
                     }
                     None => {
                         // Not an event this code knows how to read: what it said is lost.
-                        st.everything += 1;
+                        st.lost();
                         break;
                     }
                 }
@@ -266,15 +290,22 @@ impl State {
     /// Counts one event against the trees of the paths it names.
     fn count(&mut self, event: &Event<'_>) {
         if event.mask & libc::FAN_Q_OVERFLOW != 0 {
-            self.everything += 1;
+            self.lost();
             return;
         }
         if event.dirs.is_empty() {
-            // An inode's link count changed (a link to it made or removed: the name
-            // itself is an event in its directory), or a write by handle (the NFS
-            // server's), which cannot be placed.
-            if event.mask != libc::FAN_ATTRIB {
-                self.everything += 1;
+            // A change made through a handle (the NFS server's), with no directory to
+            // tell; or, for a bare ATTRIB, an inode's link count changing (its name is an
+            // event in its directory). Placed by the object's own handle where it can be.
+            let place = match &event.object {
+                Some(key) if event.mask == libc::FAN_ATTRIB => self.object_path(key),
+                _ => Err(()),
+            };
+            match place {
+                Ok(Some(path)) => self.bump(&path),
+                // Unlinked: in no tree.
+                Ok(None) => {}
+                Err(()) => self.everything += 1,
             }
             return;
         }
@@ -308,6 +339,35 @@ impl State {
             // Every path remembered under the directory moved is wrong now.
             self.dirs.clear();
         }
+    }
+
+    /// Events were lost: every tree changed, and any directory may have moved.
+    fn lost(&mut self) {
+        self.everything += 1;
+        self.dirs.clear();
+    }
+
+    fn devs(&self) -> Vec<u64> {
+        self.filesystems.values().map(|(_, dev)| *dev).collect()
+    }
+
+    /// The path of the file or directory with `key` (fsid then handle), if it has one
+    /// that names it (a file reached by handle alone may have none: `Err`); `None` if it
+    /// is linked nowhere.
+    fn object_path(&self, key: &[u8]) -> Result<Option<PathBuf>, ()> {
+        let fsid: [u8; 8] = key.get(..8).and_then(|f| f.try_into().ok()).ok_or(())?;
+        let (mount, _) = self.filesystems.get(&fsid).ok_or(())?;
+        let Some(fd) = open_handle(mount, &key[8..]).map_err(|_| ())? else {
+            return Ok(None);
+        };
+        let st = crate::engine::fsx::stat_fd(std::os::fd::AsFd::as_fd(&fd)).map_err(|_| ())?;
+        if st.st_nlink == 0 {
+            return Ok(None);
+        }
+        let path = fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).map_err(|_| ())?;
+        let same =
+            fs::symlink_metadata(&path).is_ok_and(|m| m.dev() == st.st_dev && m.ino() == st.st_ino);
+        same.then_some(Some(path)).ok_or(())
     }
 
     /// Counts a change at `path` against every tree holding it.
@@ -345,6 +405,8 @@ impl State {
 struct Event<'a> {
     mask: u64,
     dirs: Vec<(Vec<u8>, &'a [u8])>,
+    /// The object's own key (fsid then handle).
+    object: Option<Vec<u8>>,
 }
 
 /// The first event in `buf` and what follows it; `None` if it is not one.
@@ -362,6 +424,7 @@ fn next_event(buf: &[u8]) -> Option<(Event<'_>, &[u8])> {
     let mut event = Event {
         mask,
         dirs: Vec::new(),
+        object: None,
     };
     let mut info = &buf[metadata_len..event_len];
     while info.len() >= 4 {
@@ -381,6 +444,8 @@ fn next_event(buf: &[u8]) -> Option<(Event<'_>, &[u8])> {
             event
                 .dirs
                 .push(dir_record(record, kind != libc::FAN_EVENT_INFO_TYPE_DFID)?);
+        } else if kind == libc::FAN_EVENT_INFO_TYPE_FID {
+            event.object = Some(dir_record(record, false)?.0);
         }
         info = &info[len..];
     }
@@ -408,9 +473,9 @@ fn fsid_bytes(sfs: &libc::statfs) -> [u8; 8] {
     unsafe { std::mem::transmute_copy::<libc::fsid_t, [u8; 8]>(&sfs.f_fsid) }
 }
 
-/// The key of the directory at `path`: its filesystem's fsid, its handle's type (4 bytes)
-/// and its handle's bytes (as events name directories).
-fn key_of(path: &Path) -> io::Result<Vec<u8>> {
+/// The key of the directory at `path` (its filesystem's fsid, its handle's type (4 bytes)
+/// and its handle's bytes, as events name directories), and the mount it is seen through.
+fn key_of(path: &Path) -> io::Result<(Vec<u8>, i32)> {
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
     // `struct file_handle` with room for the largest handle (MAX_HANDLE_SZ, 128 bytes),
     // as u32s for its alignment.
@@ -439,12 +504,24 @@ fn key_of(path: &Path) -> io::Result<Vec<u8>> {
     let raw: Vec<u8> = buf.iter().flat_map(|w| w.to_ne_bytes()).collect();
     let mut key = fsid_bytes(&sfs).to_vec();
     key.extend_from_slice(&raw[4..8 + bytes]);
-    Ok(key)
+    Ok((key, mount_id))
 }
 
 /// The path of the directory with `handle` (its type then its bytes), through the mount
 /// of `mount`; `None` if it was deleted.
 fn resolve(mount: &OwnedFd, handle: &[u8]) -> io::Result<Option<PathBuf>> {
+    let Some(fd) = open_handle(mount, handle)? else {
+        return Ok(None);
+    };
+    if crate::engine::fsx::stat_fd(std::os::fd::AsFd::as_fd(&fd))?.st_nlink == 0 {
+        return Ok(None);
+    }
+    fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).map(Some)
+}
+
+/// What `handle` (its type then its bytes) names, opened (`O_PATH`) through the mount of
+/// `mount`; `None` if it is gone.
+fn open_handle(mount: &OwnedFd, handle: &[u8]) -> io::Result<Option<OwnedFd>> {
     let bytes = handle.len().checked_sub(4).filter(|b| *b <= 128);
     let bytes = bytes.ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
     let mut buf = [0u32; 2 + 32];
@@ -474,11 +551,7 @@ fn resolve(mount: &OwnedFd, handle: &[u8]) -> io::Result<Option<PathBuf>> {
         };
     }
     // SAFETY: just opened, owned by nothing else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    if crate::engine::fsx::stat_fd(std::os::fd::AsFd::as_fd(&fd))?.st_nlink == 0 {
-        return Ok(None);
-    }
-    fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).map(Some)
+    Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
 
 /// Whether a filesystem is mounted somewhere below `root` (its changes are not watched).
@@ -518,33 +591,30 @@ fn unescape(raw: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Counts the files of watched filesystems that some process maps shared or holds open
-/// for writing (changes to those may raise no event): each against its tree, or against
-/// all where it cannot be placed.
-fn open_for_writing(st: &mut State) {
-    let devs: Vec<u64> = st.filesystems.values().map(|(_, dev)| *dev).collect();
+/// The files of watched filesystems (`devs`) that some process maps shared or holds open
+/// for writing (changes to those may raise no event), where they are here; `None` if one
+/// of them cannot be placed (then every tree counts as changed). `trees`: the trees
+/// watched; `mounts`: the mounts they are seen through.
+fn open_for_writing(devs: &[u64], trees: &[PathBuf], mounts: &[i32]) -> Option<Vec<PathBuf>> {
+    let mut placed = Vec::new();
     if devs.is_empty() {
-        return;
+        return Some(placed);
     }
-    let Ok(procs) = fs::read_dir("/proc") else {
-        st.everything += 1;
-        return;
-    };
+    let procs = fs::read_dir("/proc").ok()?;
     let mut found: Vec<(u64, u64, PathBuf, PathBuf)> = Vec::new();
-    let mut unreadable = false;
     for p in procs.flatten() {
         let name = p.file_name();
         if !name.as_bytes().iter().all(u8::is_ascii_digit) {
             continue;
         }
         let dir = p.path();
-        match process_files(&dir, &devs, &mut found).map_err(|e| e.raw_os_error()) {
+        match process_files(&dir, devs, &mut found).map_err(|e| e.raw_os_error()) {
             // Gone meanwhile.
             Ok(()) | Err(Some(libc::ENOENT | libc::ESRCH)) => {}
             // Not ours to look at (a process marked not dumpable, as some sandboxes' init
             // is): its writes through a mapping or Linux AIO are not seen.
             Err(Some(libc::EACCES | libc::EPERM)) => {}
-            Err(_) => unreadable = true,
+            Err(_) => return None,
         }
     }
     // Loop devices write their backing files from the kernel, with no event.
@@ -564,16 +634,39 @@ fn open_for_writing(st: &mut State) {
             _ => {}
         }
     }
-    if unreadable {
-        st.everything += 1;
-    }
-    let trees: Vec<PathBuf> = st.trees.keys().cloned().collect();
     for (dev, ino, path, root) in found {
-        match place(dev, ino, &path, &root, &trees) {
-            Some(at) => st.bump(&at),
-            None => st.everything += 1,
+        let at = place(dev, ino, &path, &root, trees);
+        // Found outside every tree, through a mount trees are not seen through (a bind
+        // mount of part of one): it may still be a tree's file.
+        let elsewhere = |p: &PathBuf| {
+            !trees.iter().any(|t| p.starts_with(t))
+                && !mount_of(p).is_some_and(|m| mounts.contains(&m))
+        };
+        if at.is_empty() || at.iter().any(elsewhere) {
+            return None;
         }
+        placed.extend(at);
     }
+    Some(placed)
+}
+
+/// The id of the mount `path` is seen through.
+fn mount_of(path: &Path) -> Option<i32> {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut buf = [0u32; 2 + 32];
+    buf[0] = 128;
+    let mut mount_id = 0;
+    // SAFETY: `buf` is a `struct file_handle` with `handle_bytes` set to its room.
+    let r = unsafe {
+        libc::name_to_handle_at(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            &mut mount_id,
+            0,
+        )
+    };
+    (r == 0).then_some(mount_id)
 }
 
 /// Adds the files of the process at `dir` (`/proc/<pid>`) on `devs` that it maps shared
@@ -659,14 +752,17 @@ fn shared_mapping<'a>(line: &'a [u8], devs: &[u64]) -> Option<(&'a [u8], u64, u6
 
 /// Where the file `dev`/`ino`, which a process with root `root` names `path`, is here:
 /// `path` itself, under `root`, or under one of `trees` (a container's process, whose
-/// root is its tree, names its files from there), whichever is that file. `None` if none
-/// is.
-fn place(dev: u64, ino: u64, path: &Path, root: &Path, trees: &[PathBuf]) -> Option<PathBuf> {
+/// root is its tree, names its files from there): each of those that is that file.
+fn place(dev: u64, ino: u64, path: &Path, root: &Path, trees: &[PathBuf]) -> Vec<PathBuf> {
     let rel = path.strip_prefix("/").unwrap_or(path);
-    std::iter::once(path.to_path_buf())
+    let mut at: Vec<PathBuf> = std::iter::once(path.to_path_buf())
         .chain(std::iter::once(root.join(rel)))
         .chain(trees.iter().map(|t| t.join(rel)))
-        .find(|p| fs::symlink_metadata(p).is_ok_and(|m| m.dev() == dev && m.ino() == ino))
+        .filter(|p| fs::symlink_metadata(p).is_ok_and(|m| m.dev() == dev && m.ino() == ino))
+        .collect();
+    at.sort();
+    at.dedup();
+    at
 }
 
 #[cfg(test)]
@@ -856,15 +952,12 @@ mod tests {
         let named = Path::new("/etc/deep/file");
         let trees = [a.clone(), b.clone()];
         let at = place(m.dev(), m.ino(), named, Path::new("/"), &trees);
-        assert_eq!(at, Some(b.join("etc/deep/file")));
-        assert_eq!(
-            place(m.dev(), m.ino(), named, Path::new("/"), &trees[..1]),
-            None
-        );
+        assert_eq!(at, vec![b.join("etc/deep/file")]);
+        assert!(place(m.dev(), m.ino(), named, Path::new("/"), &trees[..1]).is_empty());
         let own = fs::metadata(b.join("etc")).unwrap();
         assert_eq!(
             place(own.dev(), own.ino(), &b.join("etc"), Path::new("/"), &[]),
-            Some(b.join("etc"))
+            vec![b.join("etc")]
         );
     }
 
@@ -886,6 +979,38 @@ mod tests {
         tree(&base.path().join("p"), "t");
         let (new_id, _) = w.generation(&root).unwrap();
         assert_ne!(new_id, id);
+    }
+
+    /// A file open for writing through a bind mount of part of a tree (outside every tree
+    /// and its mount) cannot be placed: every tree counts as changed.
+    #[test]
+    fn a_file_open_through_another_mount_counts_for_every_tree() {
+        let base = tempfile::tempdir().unwrap();
+        let w = Watch::new().expect("a watch (the tests run as root)");
+        let (root, other) = (tree(base.path(), "b"), tree(base.path(), "c"));
+        let point = base.path().join("bound");
+        fs::create_dir(&point).unwrap();
+        struct Mounted(PathBuf);
+        impl Drop for Mounted {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount").arg(&self.0).status();
+            }
+        }
+        let ok = std::process::Command::new("mount")
+            .arg("--bind")
+            .arg(root.join("etc"))
+            .arg(&point)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "a bind mount (the tests run as root)");
+        let _mounted = Mounted(point.clone());
+        let before = generation(&w, &other);
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .open(point.join("deep/file"))
+            .unwrap();
+        assert_ne!(generation(&w, &other), before);
+        drop(file);
     }
 
     /// A filesystem mounted inside a tree is not watched: the tree has no generation.
