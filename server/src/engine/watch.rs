@@ -476,6 +476,21 @@ fn fsid_bytes(sfs: &libc::statfs) -> [u8; 8] {
 /// The key of the directory at `path` (its filesystem's fsid, its handle's type (4 bytes)
 /// and its handle's bytes, as events name directories), and the mount it is seen through.
 fn key_of(path: &Path) -> io::Result<(Vec<u8>, i32)> {
+    let (handle, mount_id) = handle_at(path)?;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: statfs fills the zeroed struct it is given.
+    let mut sfs: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut sfs) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut key = fsid_bytes(&sfs).to_vec();
+    key.extend_from_slice(&handle);
+    Ok((key, mount_id))
+}
+
+/// The handle of what `path` names (its type, 4 bytes, then its bytes), and the id of the
+/// mount it is seen through.
+fn handle_at(path: &Path) -> io::Result<(Vec<u8>, i32)> {
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
     // `struct file_handle` with room for the largest handle (MAX_HANDLE_SZ, 128 bytes),
     // as u32s for its alignment.
@@ -495,16 +510,9 @@ fn key_of(path: &Path) -> io::Result<(Vec<u8>, i32)> {
     if r != 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: statfs fills the zeroed struct it is given.
-    let mut sfs: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(c.as_ptr(), &mut sfs) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
     let bytes = (buf[0] as usize).min(128);
     let raw: Vec<u8> = buf.iter().flat_map(|w| w.to_ne_bytes()).collect();
-    let mut key = fsid_bytes(&sfs).to_vec();
-    key.extend_from_slice(&raw[4..8 + bytes]);
-    Ok((key, mount_id))
+    Ok((raw[4..8 + bytes].to_vec(), mount_id))
 }
 
 /// The path of the directory with `handle` (its type then its bytes), through the mount
@@ -652,21 +660,7 @@ fn open_for_writing(devs: &[u64], trees: &[PathBuf], mounts: &[i32]) -> Option<V
 
 /// The id of the mount `path` is seen through.
 fn mount_of(path: &Path) -> Option<i32> {
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    let mut buf = [0u32; 2 + 32];
-    buf[0] = 128;
-    let mut mount_id = 0;
-    // SAFETY: `buf` is a `struct file_handle` with `handle_bytes` set to its room.
-    let r = unsafe {
-        libc::name_to_handle_at(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            &mut mount_id,
-            0,
-        )
-    };
-    (r == 0).then_some(mount_id)
+    handle_at(path).ok().map(|(_, mount_id)| mount_id)
 }
 
 /// Adds the files of the process at `dir` (`/proc/<pid>`) on `devs` that it maps shared
