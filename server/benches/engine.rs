@@ -7,8 +7,8 @@
 //! and a sync with nothing changed. Each doppel copy is a child process, so its peak memory
 //! (RSS) is measured alone. Syncs run as `serve` runs them: in one long-lived process with
 //! the change watch, which has synced the copy once before the change (its steady state);
-//! a no-op sync in a new process without the watch is timed too. The page cache is warm for every contender and `sync` runs
-//! before each timing, so nobody pays for another's writes. doppel's times include its
+//! a no-op sync in a new process without the watch is timed too. The page cache is warm
+//! for every contender and `sync` runs before each timing, so nobody pays for another's writes. doppel's times include its
 //! durability barrier (syncfs); rsync and cp do not sync, so their copies are also timed
 //! with the `sync` that makes them durable.
 
@@ -102,20 +102,13 @@ impl Session {
         Session { child, out }
     }
 
-    /// Runs `op` (`__copy`, `__sync`) after a `sync`: its time and its summary.
-    fn timed(&mut self, op: &str, src: &Place, dst: &Place) -> (f64, Summary) {
+    /// Runs a sync after a `sync`: its time and its summary.
+    fn timed_sync(&mut self, src: &Place, dst: &Place) -> (f64, Summary) {
         sync_all();
         let t = Instant::now();
-        let line = [
-            std::ffi::OsStr::new(op),
-            src.root.as_os_str(),
-            src.state_dir.as_os_str(),
-        ]
-        .into_iter()
-        .chain([dst.root.as_os_str(), dst.state_dir.as_os_str()])
-        .map(|p| p.to_str().unwrap())
-        .collect::<Vec<_>>()
-        .join("\t");
+        let line = [&src.root, &src.state_dir, &dst.root, &dst.state_dir]
+            .map(|p| p.to_str().unwrap())
+            .join("\t");
         let stdin = self.child.stdin.as_mut().unwrap();
         writeln!(stdin, "{line}")
             .and_then(|()| stdin.flush())
@@ -124,7 +117,7 @@ impl Session {
         self.out.read_line(&mut answer).unwrap();
         let secs = t.elapsed().as_secs_f64();
         let summary =
-            serde_json::from_str(answer.trim()).unwrap_or_else(|_| panic!("{op} failed: {answer}"));
+            serde_json::from_str(answer.trim()).unwrap_or_else(|_| panic!("sync failed: {answer}"));
         (secs, summary)
     }
 }
@@ -136,20 +129,16 @@ impl Drop for Session {
     }
 }
 
-/// `__session`: one operation per line of stdin (op, then both places' roots and state
-/// dirs, tab-separated), one summary (JSON) per line of stdout.
+/// `__session`: one sync per line of stdin (both places' roots and state dirs,
+/// tab-separated), one summary (JSON) or error per line of stdout.
 fn run_session() {
     let watch = engine::watch::Watch::shared();
     for line in std::io::stdin().lock().lines() {
         let line = line.unwrap();
         let f: Vec<&str> = line.split('\t').collect();
-        let (src, dst) = (Place::new(f[1], f[2]), Place::new(f[3], f[4]));
+        let (src, dst) = (Place::new(f[0], f[1]), Place::new(f[2], f[3]));
         let ctl = Control::new().with_watch(watch.clone());
-        let s = match f[0] {
-            "__copy" => engine::copy(&src, &dst, &ctl),
-            _ => engine::sync(&src, &dst, &ctl),
-        };
-        match s {
+        match engine::sync(&src, &dst, &ctl) {
             Ok(s) => println!("{}", serde_json::to_string(&s).unwrap()),
             Err(e) => println!("{e}"),
         }
@@ -350,16 +339,16 @@ fn bench(dir: &Path, scale: f64, fs_name: &str) {
 
     // Sync after the 1 % change, in serve's steady state: the copy was synced once before.
     let mut session = Session::start();
-    let (_, first) = session.timed("__sync", &src, &dcopy);
+    let (_, first) = session.timed_sync(&src, &dcopy);
     assert_eq!(first.bytes_sent, 0);
     change_tree(&src.root, &paths, scale);
     warm(&src.root);
-    let (sync_doppel, sync_summary) = session.timed("__sync", &src, &dcopy);
+    let (sync_doppel, sync_summary) = session.timed_sync(&src, &dcopy);
 
     // Nothing changed since. (Right after the sync: rsync and the check below read the
     // trees, and a first read after a change writes access times, which on btrfs changes
     // the subvolume, as any other use of it would.)
-    let (noop, noop_summary) = session.timed("__sync", &src, &dcopy);
+    let (noop, noop_summary) = session.timed_sync(&src, &dcopy);
     assert_eq!(noop_summary.bytes_sent, 0);
     drop(session);
     // The same in a new process, without the watch: both trees walked (outside btrfs).

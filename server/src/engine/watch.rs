@@ -132,31 +132,48 @@ impl Watch {
     /// this root directory): it changes whenever something under `root` changes. `None`
     /// where the tree is not watched (then it must be walked).
     pub fn generation(&self, root: &Path) -> Option<(String, u64)> {
-        let root = fs::canonicalize(root).ok()?;
-        if mounts_below(&root) {
-            return None;
-        }
-        let (key, mount) = key_of(&root).ok()?;
-        let mut st = self.inner.state.lock().ok()?;
-        if st.trees.get(&root).map(|(k, _)| k) != Some(&key) {
-            self.inner.track(&mut st, &root, &key, mount).ok()?;
-        }
+        let [g] = self.generations([root]);
+        g
+    }
+
+    /// [`Watch::generation`] of several trees at once (one look at the processes' files,
+    /// one read of the queue).
+    pub fn generations<const N: usize>(&self, roots: [&Path; N]) -> [Option<(String, u64)>; N] {
+        let Ok(mut st) = self.inner.state.lock() else {
+            return [(); N].map(|()| None);
+        };
+        let trees = roots.map(|root| {
+            let root = fs::canonicalize(root).ok()?;
+            if mounts_below(&root) {
+                return None;
+            }
+            let (key, mount) = key_of(&root).ok()?;
+            if st.trees.get(&root).map(|(k, _)| k) != Some(&key) {
+                self.inner.track(&mut st, &root, &key, mount).ok()?;
+            }
+            Some((root, key))
+        });
         // Open and mapped files first (a mapping gone after this look closed its file,
         // which the queue read next holds), without holding up the reader meanwhile.
-        let (devs, trees) = (st.devs(), st.trees.keys().cloned().collect::<Vec<_>>());
+        let (devs, all) = (st.devs(), st.trees.keys().cloned().collect::<Vec<_>>());
         let mounts = st.mounts.clone();
         drop(st);
-        let seen = open_for_writing(&devs, &trees, &mounts);
-        let mut st = self.inner.state.lock().ok()?;
+        let seen = open_for_writing(&devs, &all, &mounts);
+        let Ok(mut st) = self.inner.state.lock() else {
+            return [(); N].map(|()| None);
+        };
         match seen {
             Some(paths) => paths.iter().for_each(|p| st.bump(p)),
             None => st.everything += 1,
         }
         self.inner.drain(&mut st);
-        // (Gone meanwhile: it is another tree, or none, now.)
-        st.trees.get(&root)?;
-        let id = format!("{}:{}", self.inner.id, hex::encode(&key));
-        Some((id, st.everything + st.trees[&root].1))
+        trees.map(|tree| {
+            let (root, key) = tree?;
+            // (Gone meanwhile: it is another tree, or none, now.)
+            let (_, n) = st.trees.get(&root)?;
+            let id = format!("{}:{}", self.inner.id, hex::encode(&key));
+            Some((id, st.everything + n))
+        })
     }
 }
 
@@ -232,7 +249,12 @@ impl Inner {
         // another mount (a bind mount elsewhere) would be named otherwise, and is walked.
         let (mount, _) = &st.filesystems[&fsid];
         if key.get(..8) != Some(&fsid[..])
-            || resolve(mount, &key[8..]).ok().flatten().as_deref() != Some(root)
+            || resolve(mount, &key[8..])
+                .ok()
+                .flatten()
+                .map(|(p, _)| p)
+                .as_deref()
+                != Some(root)
         {
             return Err(io::Error::other("the tree is named otherwise by its mount"));
         }
@@ -355,19 +377,21 @@ impl State {
     /// that names it (a file reached by handle alone may have none: `Err`); `None` if it
     /// is linked nowhere.
     fn object_path(&self, key: &[u8]) -> Result<Option<PathBuf>, ()> {
-        let fsid: [u8; 8] = key.get(..8).and_then(|f| f.try_into().ok()).ok_or(())?;
-        let (mount, _) = self.filesystems.get(&fsid).ok_or(())?;
-        let Some(fd) = open_handle(mount, &key[8..]).map_err(|_| ())? else {
+        let Some((path, (dev, ino))) = resolve(self.mount_of(key)?, &key[8..]).map_err(|_| ())?
+        else {
             return Ok(None);
         };
-        let st = crate::engine::fsx::stat_fd(std::os::fd::AsFd::as_fd(&fd)).map_err(|_| ())?;
-        if st.st_nlink == 0 {
-            return Ok(None);
-        }
-        let path = fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).map_err(|_| ())?;
-        let same =
-            fs::symlink_metadata(&path).is_ok_and(|m| m.dev() == st.st_dev && m.ino() == st.st_ino);
+        let same = fs::symlink_metadata(&path).is_ok_and(|m| m.dev() == dev && m.ino() == ino);
         same.then_some(Some(path)).ok_or(())
+    }
+
+    /// The directory to resolve handles of the filesystem `key` (fsid then handle) is on.
+    fn mount_of(&self, key: &[u8]) -> Result<&OwnedFd, ()> {
+        let fsid: [u8; 8] = key.get(..8).and_then(|f| f.try_into().ok()).ok_or(())?;
+        self.filesystems
+            .get(&fsid)
+            .map(|(mount, _)| mount)
+            .ok_or(())
     }
 
     /// Counts a change at `path` against every tree holding it.
@@ -385,12 +409,11 @@ impl State {
         if let Some(p) = self.dirs.get(key) {
             return Ok(Some(p.clone()));
         }
-        let fsid: [u8; 8] = key.get(..8).and_then(|f| f.try_into().ok()).ok_or(())?;
-        let (mount, _) = self.filesystems.get(&fsid).ok_or(())?;
+        let mount = self.mount_of(key)?;
         // (Once more after a failure: a directory being renamed can fail to resolve for a
         // moment.)
         let found = resolve(mount, &key[8..]).or_else(|_| resolve(mount, &key[8..]));
-        let path = found.map_err(|_| ())?;
+        let path = found.map_err(|_| ())?.map(|(path, _)| path);
         if let Some(p) = &path {
             if self.dirs.len() >= CACHED_DIRS {
                 self.dirs.clear();
@@ -515,16 +538,19 @@ fn handle_at(path: &Path) -> io::Result<(Vec<u8>, i32)> {
     Ok((raw[4..8 + bytes].to_vec(), mount_id))
 }
 
-/// The path of the directory with `handle` (its type then its bytes), through the mount
-/// of `mount`; `None` if it was deleted.
-fn resolve(mount: &OwnedFd, handle: &[u8]) -> io::Result<Option<PathBuf>> {
+/// The path of what `handle` (its type then its bytes) names, through the mount of
+/// `mount`, and its device and inode (a file's path may name another file by now); `None`
+/// if it is linked nowhere.
+fn resolve(mount: &OwnedFd, handle: &[u8]) -> io::Result<Option<(PathBuf, (u64, u64))>> {
     let Some(fd) = open_handle(mount, handle)? else {
         return Ok(None);
     };
-    if crate::engine::fsx::stat_fd(std::os::fd::AsFd::as_fd(&fd))?.st_nlink == 0 {
+    let st = crate::engine::fsx::stat_fd(std::os::fd::AsFd::as_fd(&fd))?;
+    if st.st_nlink == 0 {
         return Ok(None);
     }
-    fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).map(Some)
+    let path = fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
+    Ok(Some((path, (st.st_dev, st.st_ino))))
 }
 
 /// What `handle` (its type then its bytes) names, opened (`O_PATH`) through the mount of

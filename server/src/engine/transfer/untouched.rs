@@ -41,10 +41,14 @@ impl Mark {
     /// The mark of the tree at `root`, with every change made so far committed. `None`
     /// where `root` is no subvolume's root and `watch` does not watch it.
     fn read(root: &Path, commit: bool, watch: Option<&Watch>) -> Option<Mark> {
+        Mark::subvolume(root, commit).or_else(|| watch?.generation(root).map(Mark::from))
+    }
+
+    /// The mark of the btrfs subvolume whose root is `root` (`commit`: after a `syncfs`).
+    fn subvolume(root: &Path, commit: bool) -> Option<Mark> {
         let fd = fsx::open_dir(root).ok()?;
         if !btrfs::is_subvolume(fd.as_fd()) {
-            let (id, generation) = watch?.generation(root)?;
-            return Some(Mark { id, generation });
+            return None;
         }
         if commit {
             fsx::syncfs(fd.as_fd()).ok()?;
@@ -88,10 +92,22 @@ fn record_path(dst: &Place) -> std::path::PathBuf {
 
 /// Both trees' marks, if both have generations (committing their changes first).
 pub(super) fn marks(src: &Place, dst: &Place, watch: Option<&Watch>) -> Option<Marks> {
+    if let Some(source) = Mark::subvolume(&src.root, true) {
+        let target = Mark::subvolume(&dst.root, true)?;
+        return Some(Marks { source, target });
+    }
+    let [source, target] = watch?.generations([&src.root, &dst.root]);
     Some(Marks {
-        source: Mark::read(&src.root, true, watch)?,
-        target: Mark::read(&dst.root, true, watch)?,
+        source: source?.into(),
+        target: target?.into(),
     })
+}
+
+impl From<(String, u64)> for Mark {
+    /// A watch's generation.
+    fn from((id, generation): (String, u64)) -> Mark {
+        Mark { id, generation }
+    }
 }
 
 /// The last sync's record, if the target is still as it left it (`marks`: read now),
