@@ -153,6 +153,28 @@ pub fn valid_path(path: &[u8]) -> bool {
             .all(|c| !c.is_empty() && c != b"." && c != b"..")
 }
 
+/// Which file a stored manifest is (its inode, modification time and length): each store
+/// writes a new file and renames it over the old one, so a file stored later is another.
+/// What pairs a stored manifest with facts about it kept elsewhere.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoredAs {
+    ino: u64,
+    mtime_ns: i64,
+    len: u64,
+}
+
+impl StoredAs {
+    fn of(file: &std::fs::File) -> io::Result<StoredAs> {
+        use std::os::unix::fs::MetadataExt;
+        let m = file.metadata()?;
+        Ok(StoredAs {
+            ino: m.ino(),
+            mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+            len: m.len(),
+        })
+    }
+}
+
 /// A tree's state: entries sorted by [`path_cmp`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Manifest {
@@ -230,15 +252,25 @@ impl Manifest {
     /// place: [`Manifest::store`] writes a new file and renames it over the old one, which
     /// stays whole for whoever still maps it.
     pub fn load(path: &std::path::Path) -> io::Result<Option<Manifest>> {
-        use std::os::fd::AsRawFd;
+        Ok(Manifest::load_stored(path)?.map(|(m, _)| m))
+    }
+
+    /// [`Manifest::load`], with which stored file it read.
+    pub fn load_stored(path: &std::path::Path) -> io::Result<Option<(Manifest, StoredAs)>> {
         let file = match std::fs::File::open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
+        let stored = StoredAs::of(&file)?;
+        Ok(Some((Manifest::decode_file(path, &file)?, stored)))
+    }
+
+    fn decode_file(path: &std::path::Path, file: &std::fs::File) -> io::Result<Manifest> {
+        use std::os::fd::AsRawFd;
         let len = usize::try_from(file.metadata()?.len()).map_err(|_| bad("too large"))?;
         if len == 0 {
-            return Manifest::decode(&[]).map(Some);
+            return Manifest::decode(&[]);
         }
         // SAFETY: a private read-only mapping of `len` bytes of an open file, unmapped below
         // and only read through `bytes` before that (the file is never truncated: see above).
@@ -253,30 +285,30 @@ impl Manifest {
             )
         };
         if at == libc::MAP_FAILED {
-            return Manifest::decode(&std::fs::read(path)?).map(Some);
+            return Manifest::decode(&std::fs::read(path)?);
         }
         let bytes = unsafe { std::slice::from_raw_parts(at as *const u8, len) };
         let decoded = Manifest::decode(bytes);
         // SAFETY: the mapping made above; `bytes` is not used after this.
         unsafe { libc::munmap(at, len) };
-        decoded.map(Some)
+        decoded
     }
 
     /// Writes the manifest to `path` atomically: a temp file of this writer's own (several
     /// threads may store one container's manifest at once: a job and a status probe), made
     /// durable, then renamed over the old one.
     pub fn store(&self, path: &std::path::Path) -> io::Result<()> {
-        self.write_to(path, true)
+        self.write_to(path, true).map(drop)
     }
 
     /// [`Manifest::store`] without waiting for the disk: for a quick-check cache (after a
     /// crash, one that is missing or does not decode only costs a scan that reads), or for
     /// a manifest that the caller's `syncfs` of its filesystem makes durable next.
-    pub fn store_unsynced(&self, path: &std::path::Path) -> io::Result<()> {
+    pub fn store_unsynced(&self, path: &std::path::Path) -> io::Result<StoredAs> {
         self.write_to(path, false)
     }
 
-    fn write_to(&self, path: &std::path::Path, durable: bool) -> io::Result<()> {
+    fn write_to(&self, path: &std::path::Path, durable: bool) -> io::Result<StoredAs> {
         use std::io::Write as _;
         use std::sync::atomic::{AtomicU64, Ordering};
         static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -291,7 +323,9 @@ impl Manifest {
             if durable {
                 f.sync_all()?;
             }
-            std::fs::rename(&tmp, path)
+            let stored = StoredAs::of(&f)?;
+            std::fs::rename(&tmp, path)?;
+            Ok(stored)
         })();
         if written.is_err() {
             let _ = std::fs::remove_file(&tmp);

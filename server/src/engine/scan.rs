@@ -2,7 +2,7 @@
 //! ctime and inode match the cached entry keeps its cached hash and is never read again.
 
 use std::cmp::Ordering;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -36,6 +36,8 @@ pub struct ScanReport {
     /// Bytes of those files not read: ranges still sharing their extents with the twin's
     /// file (see [`Twin`]).
     pub shared_bytes: u64,
+    /// For a scan of what changed only ([`scan_changed`]): the directories it listed.
+    pub listed_dirs: Option<u64>,
 }
 
 /// A copy of the tree being scanned, on the same filesystem, and its recorded manifest. A
@@ -296,6 +298,61 @@ pub fn scan_beside(
     twin: Option<Twin<'_>>,
     ctl: &Control,
 ) -> Result<(Manifest, ScanReport), EngineError> {
+    let (manifest, report, _) = scan_with(root, cache, hash_content, twin, None, ctl)?;
+    Ok((manifest, report))
+}
+
+/// [`scan_beside`], reading again only what changed since `cache` was scanned: the
+/// entries of the directories in `changed` (paths relative to `root`, as the change watch
+/// gives them) and of directories whose own metadata changed. Everything else is taken
+/// from `cache`, which must describe the tree as it was then, whole; each directory is
+/// still looked at (a change to its entries moves its times). `None` where the result
+/// could differ from a full scan's (a file hard-linked in a way `cache` does not record):
+/// then the tree must be scanned whole.
+pub fn scan_changed(
+    root: &Path,
+    cache: &Manifest,
+    changed: &[Vec<u8>],
+    twin: Option<Twin<'_>>,
+    ctl: &Control,
+) -> Result<Option<(Manifest, ScanReport)>, EngineError> {
+    let mut dirty: HashSet<Vec<u8>> = changed.iter().cloned().collect();
+    // Hard-linked files are read again wherever one of their names is: a write through
+    // one name is an event in that name's directory only.
+    let mut linked = HashSet::new();
+    for e in &cache.entries {
+        if let Some(first) = &e.link_to {
+            dirty.insert(parent_of(&e.path).to_vec());
+            dirty.insert(parent_of(first).to_vec());
+            linked.insert(e.ino);
+        }
+    }
+    let partial = Partial {
+        dirty,
+        linked,
+        unsure: false,
+    };
+    let (manifest, mut report, partial) =
+        scan_with(root, Some(cache), true, twin, Some(partial), ctl)?;
+    report.listed_dirs.get_or_insert(0);
+    Ok((!partial.is_some_and(|p| p.unsure)).then_some((manifest, report)))
+}
+
+/// The directory `path` (relative, `/`-separated) is in: `""` for the root.
+fn parent_of(path: &[u8]) -> &[u8] {
+    path.iter()
+        .rposition(|c| *c == b'/')
+        .map_or(&[][..], |i| &path[..i])
+}
+
+fn scan_with<'a>(
+    root: &Path,
+    cache: Option<&'a Manifest>,
+    hash_content: bool,
+    twin: Option<Twin<'a>>,
+    partial: Option<Partial>,
+    ctl: &'a Control,
+) -> Result<(Manifest, ScanReport, Option<Partial>), EngineError> {
     let root_fd = fsx::open_dir(root).map_err(EngineError::io_path("opening", root))?;
     let cached = cache.map_or(&[][..], |m| m.entries.as_slice());
     let mut s = Scanner {
@@ -313,9 +370,34 @@ pub fn scan_beside(
         deferred: Vec::new(),
         lost: Vec::new(),
         report: ScanReport::default(),
+        partial,
     };
     s.walk(root_fd)?;
-    s.finish()
+    let partial = s.partial.take();
+    let (manifest, report) = s.finish()?;
+    Ok((manifest, report, partial))
+}
+
+/// What a scan that reads only what changed ([`scan_changed`]) needs.
+struct Partial {
+    /// Directories whose entries are all looked at again.
+    dirty: HashSet<Vec<u8>>,
+    /// The inodes of the files the cache records as hard-linked (every name of those is
+    /// looked at again, or is in a directory where something changed).
+    linked: HashSet<u64>,
+    /// Set when a file looked at again is hard-linked and the cache does not say so: its
+    /// other names may be in directories taken from the cache.
+    unsure: bool,
+}
+
+/// What a directory taken from the cache holds next.
+enum Cached {
+    /// An entry other than a directory, taken as it is.
+    Taken,
+    /// A directory (its name): looked at, and maybe descended into.
+    Dir(Vec<u8>),
+    /// Nothing more.
+    End,
 }
 
 /// The cached manifest, looked up in walk order: the walk visits paths in the order a
@@ -357,13 +439,16 @@ struct Scanner<'a> {
     /// Entries to leave out: files that could not be read in a stable state.
     lost: Vec<usize>,
     report: ScanReport,
+    /// Set for a scan of what changed only.
+    partial: Option<Partial>,
 }
 
-/// A directory the walk is in: open, with the names it has yet to visit.
+/// A directory the walk is in: open, with the names it has yet to visit (`None`: those
+/// of its cached entries, in the cache's order).
 struct Level {
     fd: OwnedFd,
     prefix: Vec<u8>,
-    names: std::vec::IntoIter<Vec<u8>>,
+    names: Option<std::vec::IntoIter<Vec<u8>>>,
 }
 
 /// How many directories deep a tree may be. Deeper trees are refused with a clear error:
@@ -397,14 +482,33 @@ impl Scanner<'_> {
     /// instead of recursion: a tree of any depth cannot overflow the thread's stack, and
     /// one deeper than [`MAX_DEPTH`] fails the scan with an error that says so.
     fn walk(&mut self, root: OwnedFd) -> Result<(), EngineError> {
-        let names = fsx::list_dir(root.as_fd()).map_err(EngineError::io("listing a directory"))?;
+        let names = match &self.partial {
+            Some(p) if !p.dirty.contains(&b""[..]) => None,
+            partial => Some({
+                if partial.is_some() {
+                    self.report.listed_dirs = Some(1);
+                }
+                fsx::list_dir(root.as_fd())
+                    .map_err(EngineError::io("listing a directory"))?
+                    .into_iter()
+            }),
+        };
         let mut stack = vec![Level {
             fd: root,
             prefix: Vec::new(),
-            names: names.into_iter(),
+            names,
         }];
         while let Some(level) = stack.last_mut() {
-            let Some(name) = level.names.next() else {
+            let at = self.cache.next;
+            let (next, cached) = match &mut level.names {
+                Some(names) => (names.next(), false),
+                None => match self.next_cached(&level.prefix) {
+                    Cached::Taken => continue,
+                    Cached::Dir(name) => (Some(name), true),
+                    Cached::End => (None, false),
+                },
+            };
+            let Some(name) = next else {
                 stack.pop();
                 continue;
             };
@@ -416,11 +520,55 @@ impl Scanner<'_> {
             path.extend_from_slice(&name);
             let depth = stack.len();
             let dir = stack.last().expect("a level").fd.as_fd();
-            if let Some(sub) = self.entry(dir, &name, path, depth)? {
+            let sub = self.entry(dir, &name, path, depth)?;
+            if cached && self.cache.next == at {
+                // Gone since its parent was looked at: past its cached entry all the same.
+                self.cache.next += 1;
+            }
+            if let Some(sub) = sub {
                 stack.push(sub);
             }
         }
         Ok(())
+    }
+
+    /// In a directory taken from the cache (at `prefix`), its next cached entry: one other
+    /// than a directory is taken as it is.
+    fn next_cached(&mut self, prefix: &[u8]) -> Cached {
+        loop {
+            let Some(e) = self.cache.entries.get(self.cache.next) else {
+                return Cached::End;
+            };
+            let rest = match prefix {
+                [] => Some(&e.path[..]),
+                _ => e
+                    .path
+                    .strip_prefix(prefix)
+                    .and_then(|r| r.strip_prefix(b"/")),
+            };
+            // (The cache is in walk order: a directory's entries follow it, together.)
+            let Some(rest) = rest else {
+                return Cached::End;
+            };
+            if rest.contains(&b'/') {
+                // Left over from a subdirectory walked already (gone from it since).
+                self.cache.next += 1;
+                continue;
+            }
+            if e.kind == Kind::Dir {
+                // Looked up again by `entry`, like any directory.
+                return Cached::Dir(rest.to_vec());
+            }
+            self.cache.next += 1;
+            if e.link_to.is_some() {
+                // (Never here: the directories of hard links are all read again.)
+                if let Some(p) = &mut self.partial {
+                    p.unsure = true;
+                }
+            }
+            self.entries.push(e.clone());
+            return Cached::Taken;
+        }
     }
 
     /// Records the entry `name` of `dir` (at `path`, `depth` directories below the root);
@@ -465,8 +613,30 @@ impl Scanner<'_> {
                     }
                     Err(err) => return Err(unreadable("opening the directory", &e.path, err)),
                 };
+                let cached = self.cache.get(&e.path);
+                if let (Some(p), Some(c)) = (&self.partial, cached) {
+                    // Nothing changed in it, and its entries are the same (a change to
+                    // them moves its times): taken from the cache. (Its xattrs too: a
+                    // change to them moves its ctime.)
+                    if c.kind == Kind::Dir
+                        && (c.ino, c.mtime_ns, c.ctime_ns) == (e.ino, e.mtime_ns, e.ctime_ns)
+                        && !p.dirty.contains(&e.path)
+                    {
+                        e.xattrs = c.xattrs.clone();
+                        let prefix = e.path.clone();
+                        self.entries.push(e);
+                        return Ok(Some(Level {
+                            fd: sub,
+                            prefix,
+                            names: None,
+                        }));
+                    }
+                }
                 e.xattrs = fsx::read_xattrs(sub.as_fd())
                     .map_err(|err| unreadable("reading the xattrs of", &e.path, err))?;
+                if self.partial.is_some() {
+                    *self.report.listed_dirs.get_or_insert(0) += 1;
+                }
                 let names = fsx::list_dir(sub.as_fd())
                     .map_err(|err| unreadable("listing the directory", &e.path, err))?;
                 let prefix = e.path.clone();
@@ -474,7 +644,7 @@ impl Scanner<'_> {
                 return Ok(Some(Level {
                     fd: sub,
                     prefix,
-                    names: names.into_iter(),
+                    names: Some(names.into_iter()),
                 }));
             }
             Kind::Symlink => {
@@ -506,6 +676,9 @@ impl Scanner<'_> {
             Kind::File => {
                 e.size = st.st_size as u64;
                 if st.st_nlink > 1 {
+                    if let Some(p) = &mut self.partial {
+                        p.unsure |= !p.linked.contains(&e.ino);
+                    }
                     let key = (st.st_dev as u64, st.st_ino);
                     if let Some(&first) = self.links.get(&key) {
                         e.link_to = Some(self.entries[first].path.clone());

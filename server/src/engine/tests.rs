@@ -2068,6 +2068,150 @@ fn watched_syncs(base: &Path) {
     assert!(walked(&s), "{at}: {s:?}");
 }
 
+/// With a change watch, a sync's source scan reads again only where the watch saw changes,
+/// and finds what a full scan finds: after random change sets, and changes a directory
+/// listing alone would not show (in place, metadata, through a hard link, trees moved).
+#[test]
+fn watched_syncs_read_again_only_what_changed_and_find_what_a_full_scan_finds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let xfs = LoopFs::new("xfs");
+    for base in [tmp.path().to_path_buf(), xfs.root()] {
+        watched_partial_scans(&base);
+    }
+}
+
+fn watched_partial_scans(base: &Path) {
+    use std::os::unix::fs::FileExt;
+    let watch = Some(Arc::new(
+        watch::Watch::new().expect("a watch (tests run as root)"),
+    ));
+    let ctl = || Control::new().with_watch(watch.clone());
+    let (src, dst) = (place_in(base, "src"), place_in(base, "dst"));
+    let outside = base.join("outside");
+    let mut rng = Rng(63);
+    random_tree(&src.root, &mut rng, 60);
+    // Hard links across directories: a write through one name is an event in its
+    // directory only.
+    fs::hard_link(src.root.join("d/hard-link"), src.root.join("a/b/hard-2")).unwrap();
+    copy(&src, &dst, &Control::new()).unwrap();
+    let at = base.display();
+    let partial = |s: &Summary| s.notes.iter().any(|n| n.contains("change watch saw"));
+    let s = sync(&src, &dst, &ctl()).unwrap();
+    assert!(!partial(&s), "{at}: the first sync walks: {s:?}");
+    let check = |what: &str, expect_partial: bool| {
+        let s = sync(&src, &dst, &ctl()).unwrap_or_else(|e| panic!("{at}: {what}: {e}"));
+        assert_eq!(partial(&s), expect_partial, "{at}: {what}: {s:?}");
+        assert_same_tree(&src.root, &dst.root);
+        // What the source's scan recorded is what a full scan finds now.
+        let (full, _) = scan::scan(&src.root, None, true, &Control::new()).unwrap();
+        let recorded = src.load_manifest().unwrap().unwrap();
+        assert!(recorded == full, "{at}: {what}: the recorded scan differs");
+        s
+    };
+    for round in 0..3 {
+        random_changes(&src.root, &mut rng);
+        let s = check(&format!("random changes, round {round}"), true);
+        assert!(
+            s.files_added + s.files_changed + s.files_deleted > 0,
+            "{at}: {s:?}"
+        );
+    }
+    let f = src.root.join("a/b/c");
+    let file = fs::read_dir(&f)
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().is_file())
+        .unwrap()
+        .path();
+    type Change<'a> = (&'static str, Box<dyn Fn() + 'a>);
+    let changes: Vec<Change> = vec![
+        (
+            "written in place",
+            Box::new(|| {
+                let h = fs::OpenOptions::new().write(true).open(&file).unwrap();
+                h.write_all_at(b"in place", 0).unwrap();
+            }),
+        ),
+        (
+            "written through the other name of a hard link",
+            Box::new(|| {
+                let h = fs::OpenOptions::new()
+                    .write(true)
+                    .open(src.root.join("a/b/hard-2"))
+                    .unwrap();
+                h.write_all_at(b"through the link", 0).unwrap();
+            }),
+        ),
+        (
+            "a file's mode, a directory's mode and an xattr",
+            Box::new(|| {
+                fs::set_permissions(&file, fs::Permissions::from_mode(0o604)).unwrap();
+                fs::set_permissions(src.root.join("a/b"), fs::Permissions::from_mode(0o711))
+                    .unwrap();
+                rustix::fs::lsetxattr(
+                    src.root.join("a"),
+                    "user.doppel",
+                    b"on a directory",
+                    rustix::fs::XattrFlags::empty(),
+                )
+                .unwrap();
+            }),
+        ),
+        (
+            "a directory renamed, then a file in it written",
+            Box::new(|| {
+                fs::rename(src.root.join("a/b"), src.root.join("d/moved-b")).unwrap();
+                let moved = src.root.join("d/moved-b/c");
+                let inner = fs::read_dir(&moved).unwrap().flatten().next().unwrap();
+                if inner.path().is_file() {
+                    write(&inner.path(), b"written after the move");
+                }
+            }),
+        ),
+        (
+            "a tree moved in from outside, at a name that was there",
+            Box::new(|| {
+                fs::remove_dir_all(&outside).ok();
+                write(&outside.join("x/y/z"), b"from outside");
+                fs::remove_dir_all(src.root.join("d/moved-b/c")).unwrap();
+                fs::rename(&outside, src.root.join("d/moved-b/c")).unwrap();
+            }),
+        ),
+        (
+            "a symlink replaced and a fifo made",
+            Box::new(|| {
+                fs::remove_file(src.root.join("to-b")).unwrap();
+                symlink("elsewhere", src.root.join("to-b")).unwrap();
+                rustix::fs::mknodat(
+                    rustix::fs::CWD,
+                    src.root.join("d/fifo"),
+                    rustix::fs::FileType::Fifo,
+                    rustix::fs::Mode::from_raw_mode(0o600),
+                    0,
+                )
+                .unwrap();
+            }),
+        ),
+    ];
+    for (what, change) in &changes {
+        change();
+        check(what, true);
+    }
+    // A new name for a file whose other names the last scan did not record as linked: its
+    // other names may be anywhere, so the tree is walked whole.
+    let single = fs::read_dir(src.root.join("d/moved-b"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().is_file() && e.metadata().unwrap().nlink() == 1)
+        .unwrap()
+        .path();
+    fs::hard_link(&single, src.root.join("new-link")).unwrap();
+    check("a new hard link", false);
+    // Nothing changed: neither tree is walked.
+    let s = sync(&src, &dst, &ctl()).unwrap();
+    assert!(!s.phase_ms.contains_key("plan"), "{at}: {s:?}");
+}
+
 #[test]
 fn btrfs_copies_of_a_subvolume_are_snapshots_whole_independent_and_verified() {
     let lfs = LoopFs::new("btrfs");

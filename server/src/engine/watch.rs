@@ -51,6 +51,13 @@ const XFS_SUPER_MAGIC: i64 = 0x5846_5342;
 /// Above this many directories remembered, the cache of their paths starts again.
 const CACHED_DIRS: usize = 65_536;
 
+/// How many times a handle is resolved before it counts as one that cannot be.
+const RESOLVE_TRIES: usize = 4;
+
+/// Above this many places remembered as changed in one tree, it forgets them (the next
+/// sync of it walks it whole).
+const CHANGED_PLACES: usize = 100_000;
+
 /// Changes under trees, counted per tree (see the module's documentation).
 pub struct Watch {
     inner: Arc<Inner>,
@@ -71,14 +78,26 @@ struct State {
     filesystems: HashMap<[u8; 8], (OwnedFd, u64)>,
     /// The mounts trees are seen through (a file found through another is not placed).
     mounts: Vec<i32>,
-    /// The trees asked about (canonical paths): their root directory's key (fsid, handle)
-    /// and their counters.
-    trees: HashMap<PathBuf, (Vec<u8>, u64)>,
+    /// The trees asked about (canonical paths).
+    trees: HashMap<PathBuf, Tree>,
     /// Changes that could not be placed in one tree: every tree's generation includes it.
     everything: u64,
     /// Directory handles already resolved, and their paths (forgotten when a directory
     /// moves).
     dirs: HashMap<Vec<u8>, PathBuf>,
+}
+
+/// A tree asked about.
+struct Tree {
+    /// Its root directory's key (fsid, handle).
+    key: Vec<u8>,
+    /// Changes counted in it.
+    count: u64,
+    /// Where it changed (paths relative to its root: directories where something changed,
+    /// and what the change named), each with the tree's generation just after the change.
+    changed: HashMap<PathBuf, u64>,
+    /// Where it changed before this generation is not known.
+    floor: u64,
 }
 
 impl Watch {
@@ -148,7 +167,7 @@ impl Watch {
                 return None;
             }
             let (key, mount) = key_of(&root).ok()?;
-            if st.trees.get(&root).map(|(k, _)| k) != Some(&key) {
+            if st.trees.get(&root).map(|t| &t.key) != Some(&key) {
                 self.inner.track(&mut st, &root, &key, mount).ok()?;
             }
             Some((root, key))
@@ -163,17 +182,42 @@ impl Watch {
             return [(); N].map(|()| None);
         };
         match seen {
-            Some(paths) => paths.iter().for_each(|p| st.bump(p)),
-            None => st.everything += 1,
+            // (A file changes its directory's entries.)
+            Some(files) => files.iter().for_each(|f| st.bump(f.parent().unwrap_or(f))),
+            None => st.unplaced(),
         }
         self.inner.drain(&mut st);
         trees.map(|tree| {
             let (root, key) = tree?;
             // (Gone meanwhile: it is another tree, or none, now.)
-            let (_, n) = st.trees.get(&root)?;
-            let id = format!("{}:{}", self.inner.id, hex::encode(&key));
-            Some((id, st.everything + n))
+            let t = st.trees.get(&root)?;
+            Some((self.inner.id_of(&key), st.everything + t.count))
         })
+    }
+
+    /// Where the tree at `root` changed since its generation `generation` (as
+    /// [`Watch::generations`] gave it, with `id`), up to at least its last generation
+    /// given: paths relative to `root`, of directories where entries changed (created,
+    /// deleted, renamed, written, their metadata changed) and of what those changes named.
+    /// `None` where that is not known (another watch or tree, events lost or not placed
+    /// since): then the tree must be walked whole.
+    pub fn changed_since(&self, root: &Path, id: &str, generation: u64) -> Option<Vec<PathBuf>> {
+        let root = fs::canonicalize(root).ok()?;
+        let st = self.inner.state.lock().ok()?;
+        let t = st.trees.get(&root)?;
+        if self.inner.id_of(&t.key) != id
+            || generation < t.floor
+            || generation > st.everything + t.count
+        {
+            return None;
+        }
+        Some(
+            t.changed
+                .iter()
+                .filter(|(_, g)| **g > generation)
+                .map(|(p, _)| p.clone())
+                .collect(),
+        )
     }
 }
 
@@ -189,6 +233,11 @@ impl Drop for Watch {
 }
 
 impl Inner {
+    /// What a generation of the tree whose root has `key` is comparable with.
+    fn id_of(&self, key: &[u8]) -> String {
+        format!("{}:{}", self.id, hex::encode(key))
+    }
+
     fn run(&self) {
         while !self.stop.load(Ordering::Relaxed) {
             let mut poll = libc::pollfd {
@@ -261,8 +310,17 @@ impl Inner {
         if !st.mounts.contains(&mount_id) {
             st.mounts.push(mount_id);
         }
-        let count = st.trees.get(root).map_or(0, |(_, n)| *n);
-        st.trees.insert(root.to_path_buf(), (key.to_vec(), count));
+        let count = st.trees.get(root).map_or(0, |t| t.count);
+        st.trees.insert(
+            root.to_path_buf(),
+            Tree {
+                key: key.to_vec(),
+                count,
+                changed: HashMap::new(),
+                // Nothing is known of what changed before now.
+                floor: st.everything + count,
+            },
+        );
         Ok(())
     }
 
@@ -324,10 +382,10 @@ impl State {
                 _ => Err(()),
             };
             match place {
-                Ok(Some(path)) => self.bump(&path),
+                Ok(Some(path)) => self.bump(path.parent().unwrap_or(&path)),
                 // Unlinked: in no tree.
                 Ok(None) => {}
-                Err(()) => self.everything += 1,
+                Err(()) => self.unplaced(),
             }
             return;
         }
@@ -345,16 +403,20 @@ impl State {
                     let named = path.join(std::ffi::OsStr::from_bytes(name));
                     self.bump(&named);
                     if on_dir && dirent {
-                        for (root, (_, n)) in self.trees.iter_mut() {
+                        let generation = self.everything;
+                        for (root, t) in self.trees.iter_mut() {
                             if root.starts_with(&named) && *root != named {
-                                *n += 1;
+                                // Moved or deleted from above: events meanwhile named it
+                                // otherwise.
+                                t.count += 1;
+                                t.forget(generation);
                             }
                         }
                     }
                 }
                 // Deleted since: its deletion is reported in a directory that exists.
                 Ok(None) => {}
-                Err(()) => self.everything += 1,
+                Err(()) => self.unplaced(),
             }
         }
         if on_dir && event.mask & libc::FAN_RENAME != 0 {
@@ -365,8 +427,16 @@ impl State {
 
     /// Events were lost: every tree changed, and any directory may have moved.
     fn lost(&mut self) {
-        self.everything += 1;
+        self.unplaced();
         self.dirs.clear();
+    }
+
+    /// A change that could not be placed in one tree: it counts for every tree, and where
+    /// each tree changed before is not known any more.
+    fn unplaced(&mut self) {
+        self.everything += 1;
+        let generation = self.everything;
+        self.trees.values_mut().for_each(|t| t.forget(generation));
     }
 
     fn devs(&self) -> Vec<u64> {
@@ -377,12 +447,23 @@ impl State {
     /// that names it (a file reached by handle alone may have none: `Err`); `None` if it
     /// is linked nowhere.
     fn object_path(&self, key: &[u8]) -> Result<Option<PathBuf>, ()> {
-        let Some((path, (dev, ino))) = resolve(self.mount_of(key)?, &key[8..]).map_err(|_| ())?
-        else {
-            return Ok(None);
-        };
-        let same = fs::symlink_metadata(&path).is_ok_and(|m| m.dev() == dev && m.ino() == ino);
-        same.then_some(Some(path)).ok_or(())
+        let mount = self.mount_of(key)?;
+        // (A few times: a name being renamed or removed can name something else, or fail
+        // to resolve (XFS: ENOMEM), for a moment, while the file is being unlinked or
+        // another of its names stays.)
+        for _ in 0..RESOLVE_TRIES {
+            match resolve(mount, &key[8..]) {
+                Ok(None) => return Ok(None),
+                Ok(Some((path, (dev, ino))))
+                    if fs::symlink_metadata(&path)
+                        .is_ok_and(|m| m.dev() == dev && m.ino() == ino) =>
+                {
+                    return Ok(Some(path))
+                }
+                _ => std::thread::sleep(std::time::Duration::from_micros(200)),
+            }
+        }
+        Err(())
     }
 
     /// The directory to resolve handles of the filesystem `key` (fsid then handle) is on.
@@ -394,11 +475,18 @@ impl State {
             .ok_or(())
     }
 
-    /// Counts a change at `path` against every tree holding it.
+    /// Counts a change at `path` against every tree holding it, and remembers it there.
     fn bump(&mut self, path: &Path) {
         for dir in path.ancestors() {
-            if let Some((_, n)) = self.trees.get_mut(dir) {
-                *n += 1;
+            if let Some(t) = self.trees.get_mut(dir) {
+                t.count += 1;
+                let generation = self.everything + t.count;
+                if t.changed.len() >= CHANGED_PLACES {
+                    t.forget(generation);
+                } else {
+                    let rel = path.strip_prefix(dir).unwrap_or(path);
+                    t.changed.insert(rel.to_path_buf(), generation);
+                }
             }
         }
     }
@@ -410,9 +498,15 @@ impl State {
             return Ok(Some(p.clone()));
         }
         let mount = self.mount_of(key)?;
-        // (Once more after a failure: a directory being renamed can fail to resolve for a
-        // moment.)
-        let found = resolve(mount, &key[8..]).or_else(|_| resolve(mount, &key[8..]));
+        // (A few times: a directory being renamed can fail to resolve for a moment.)
+        let mut found = resolve(mount, &key[8..]);
+        for _ in 1..RESOLVE_TRIES {
+            if found.is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
+            found = resolve(mount, &key[8..]);
+        }
         let path = found.map_err(|_| ())?.map(|(path, _)| path);
         if let Some(p) = &path {
             if self.dirs.len() >= CACHED_DIRS {
@@ -421,6 +515,15 @@ impl State {
             self.dirs.insert(key.to_vec(), p.clone());
         }
         Ok(path)
+    }
+}
+
+impl Tree {
+    /// Where it changed before `everything` (the changes counted for all trees) moved on is
+    /// not known any more.
+    fn forget(&mut self, everything: u64) {
+        self.changed.clear();
+        self.floor = everything + self.count;
     }
 }
 
@@ -1074,5 +1177,34 @@ mod tests {
         // Nor do two trees nothing changed (two snapshots synced in turn into one copy).
         let other = tree(base.path(), "u");
         assert_ne!(w1.generation(&root), w1.generation(&other));
+    }
+
+    #[test]
+    fn where_a_tree_changed_is_told_since_any_of_its_generations() {
+        let base = tempfile::tempdir().unwrap();
+        let root = tree(base.path(), "w");
+        let w = Watch::new().unwrap();
+        let (id, g0) = w.generation(&root).unwrap();
+        fs::write(root.join("etc/deep/file"), b"two").unwrap();
+        let (_, g1) = w.generation(&root).unwrap();
+        fs::create_dir(root.join("new")).unwrap();
+        let (_, g2) = w.generation(&root).unwrap();
+        let since = |g| {
+            let mut places = w.changed_since(&root, &id, g).unwrap();
+            places.sort();
+            places
+        };
+        let p = |s: &str| PathBuf::from(s);
+        assert_eq!(since(g0), [p(""), p("etc/deep"), p("etc/deep/file"), p("new")]);
+        assert_eq!(since(g1), [p(""), p("new")]);
+        assert_eq!(since(g2), Vec::<PathBuf>::new());
+        // Not for another tree's or watch's generations.
+        assert_eq!(w.changed_since(&root, "another", g0), None);
+        assert_eq!(w.changed_since(&base.path().join("none"), &id, g0), None);
+        // Nor once events were lost.
+        w.inner.state.lock().unwrap().lost();
+        assert_eq!(w.changed_since(&root, &id, g2), None);
+        let (_, g3) = w.generation(&root).unwrap();
+        assert_eq!(since(g3), Vec::<PathBuf>::new());
     }
 }

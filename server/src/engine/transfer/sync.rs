@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use crate::engine::watch::Watch;
+
 use super::receive::*;
 use super::*;
 
@@ -36,8 +38,9 @@ pub(in crate::engine) fn sync(
     let walk_target = last.is_none();
     let (s_scan, t_scan) = std::thread::scope(|s| {
         let t = walk_target.then(|| s.spawn(|| scan::scan(&dst.root, old.as_ref(), true, ctl)));
-        let twin = old.as_ref().and_then(|recorded| twin(src, dst, recorded));
-        let src_result = scan_source_beside(src, twin, ctl);
+        let twin = || old.as_ref().and_then(|recorded| twin(src, dst, recorded));
+        let since = marks.as_ref().zip(watch);
+        let src_result = scan_source_beside(src, twin, since, ctl);
         (src_result, t.map(|t| t.join()))
     });
     let (s_man, s_report) = s_scan?;
@@ -62,6 +65,12 @@ pub(in crate::engine) fn sync(
             "{:.1} MB of changed files not read again: their extents are still shared with \
              the copy's",
             s_report.shared_bytes as f64 / 1e6
+        ));
+    }
+    if let Some(dirs) = s_report.listed_dirs {
+        summary.notes.push(format!(
+            "the source's scan read again only where the change watch saw it change ({dirs} \
+             directories listed); the rest is as its last scan found it"
         ));
     }
     drift(&target, keep, &mut summary);
@@ -247,20 +256,50 @@ pub(in crate::engine) fn scan_sync_source(
     src: &Place,
     ctl: &Control,
 ) -> Result<(Manifest, scan::ScanReport), EngineError> {
-    scan_source_beside(src, None, ctl)
+    scan_source_beside(src, || None, None, ctl)
 }
 
-/// [`scan_sync_source`], with the source's twin (its target on the same filesystem).
-fn scan_source_beside(
+/// [`scan_sync_source`], with the source's twin (its target on the same filesystem), and
+/// where the change watch (`since`: with this sync's marks) says what changed since the
+/// source's quick-check cache was scanned, reading only that.
+fn scan_source_beside<'a>(
     src: &Place,
-    twin: Option<scan::Twin<'_>>,
+    twin: impl Fn() -> Option<scan::Twin<'a>>,
+    since: Option<(&untouched::Marks, &Watch)>,
     ctl: &Control,
 ) -> Result<(Manifest, scan::ScanReport), EngineError> {
-    let src_cache = src.load_manifest().ok().flatten();
-    let (s_man, s_report) = scan::scan_beside(&src.root, src_cache.as_ref(), true, twin, ctl)?;
-    if !(src_cache.is_some() && s_report.hashed_files == 0) {
-        // The source's quick-check cache for the next sync.
-        let _ = s_man.store_unsynced(&src.manifest_path());
+    let loaded = Manifest::load_stored(&src.manifest_path()).ok().flatten();
+    let changed = since
+        .zip(loaded.as_ref())
+        .and_then(|((marks, watch), (_, stored))| {
+            untouched::source_changes(src, *stored, marks, watch)
+        });
+    let cache = loaded.as_ref().map(|(m, _)| m);
+    let partial = match (changed, cache) {
+        (Some(changed), Some(cache)) => {
+            scan::scan_changed(&src.root, cache, &changed, twin(), ctl)?
+        }
+        _ => None,
+    };
+    let (s_man, s_report) = match partial {
+        Some(scanned) => scanned,
+        None => scan::scan_beside(&src.root, cache, true, twin(), ctl)?,
+    };
+    let Some((marks, _)) = since else {
+        if !(cache.is_some() && s_report.hashed_files == 0) {
+            // The source's quick-check cache for the next sync.
+            let _ = s_man.store_unsynced(&src.manifest_path());
+        }
+        return Ok((s_man, s_report));
+    };
+    // The cache, paired with the mark read before this scan: the next sync reads again
+    // only what changed since.
+    let stored = match loaded {
+        Some((cache, stored)) if s_report.hashed_files == 0 && cache == s_man => Some(stored),
+        _ => s_man.store_unsynced(&src.manifest_path()).ok(),
+    };
+    if let Some(stored) = stored {
+        untouched::record_source(src, marks, stored);
     }
     Ok((s_man, s_report))
 }
@@ -416,7 +455,7 @@ pub(in crate::engine) fn commit_sync(
     if changed || !target.recorded || summary.drift > 0 {
         let path = dst.manifest_path();
         match syncs {
-            true => got.store_unsynced(&path),
+            true => got.store_unsynced(&path).map(drop),
             false => got.store(&path),
         }
         .map_err(io_err("writing the target manifest"))?;

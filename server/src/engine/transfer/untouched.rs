@@ -26,6 +26,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::super::manifest::StoredAs;
 use super::super::watch::Watch;
 use super::super::{btrfs, fsx, Manifest, Place, Summary};
 
@@ -88,6 +89,73 @@ pub(super) struct Last {
 
 fn record_path(dst: &Place) -> std::path::PathBuf {
     dst.state_dir.join("untouched")
+}
+
+/// The source's quick-check cache (its stored manifest), paired with the source's mark
+/// read before the scan that made it: where the watch saw no change since, the next scan
+/// takes the cache's entries without looking at them.
+#[derive(Serialize, Deserialize)]
+struct Scanned {
+    mark: Mark,
+    manifest: StoredAs,
+}
+
+fn scanned_path(src: &Place) -> std::path::PathBuf {
+    src.state_dir.join("scanned")
+}
+
+/// Where the source changed since its quick-check cache (the manifest file `stored`) was
+/// scanned (paths relative to its root), if the watch knows: `marks` were read by this
+/// sync, from `watch`.
+pub(super) fn source_changes(
+    src: &Place,
+    stored: StoredAs,
+    marks: &Marks,
+    watch: &Watch,
+) -> Option<Vec<Vec<u8>>> {
+    use std::os::unix::ffi::OsStringExt;
+    let record: Scanned = serde_json::from_slice(&fs::read(scanned_path(src)).ok()?).ok()?;
+    if record.manifest != stored || record.mark.id != marks.source.id {
+        return None;
+    }
+    let changed = watch.changed_since(&src.root, &record.mark.id, record.mark.generation)?;
+    Some(
+        changed
+            .into_iter()
+            .map(|p| p.into_os_string().into_vec())
+            .collect(),
+    )
+}
+
+/// Pairs the source's quick-check cache, just stored (`stored`) or found current, with the
+/// source's mark in `marks` (read before the scan).
+pub(super) fn record_source(src: &Place, marks: &Marks, stored: StoredAs) {
+    let record = Scanned {
+        mark: marks.source.clone(),
+        manifest: stored,
+    };
+    let Ok(bytes) = serde_json::to_vec(&record) else {
+        return;
+    };
+    write_atomically(&scanned_path(src), &bytes);
+}
+
+/// Writes `bytes` to `path` through a temp file of this writer's own (another sync may
+/// write the same record meanwhile), renamed over it; on failure, no record at all. Not
+/// made durable: a record missing after a crash only costs a walk, and an old one names a
+/// generation of a watch long gone.
+fn write_atomically(path: &Path, bytes: &[u8]) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp-{}-{n}", std::process::id()));
+    if fs::write(&tmp, bytes)
+        .and_then(|()| fs::rename(&tmp, path))
+        .is_err()
+    {
+        let _ = fs::remove_file(&tmp);
+        let _ = fs::remove_file(path);
+    }
 }
 
 /// Both trees' marks, if both have generations (committing their changes first).
@@ -196,15 +264,10 @@ pub(super) fn record(
             ..Summary::default()
         },
     };
-    // Not made durable: after a crash, a record that is missing or does not parse only
-    // costs a walk, and one left from an earlier sync names generations long gone.
-    let tmp = path.with_extension("tmp");
-    let written = serde_json::to_vec(&record)
-        .map_err(std::io::Error::other)
-        .and_then(|bytes| fs::write(&tmp, bytes))
-        .and_then(|()| fs::rename(&tmp, &path));
-    if written.is_err() {
-        let _ = fs::remove_file(&tmp);
-        let _ = fs::remove_file(&path);
+    match serde_json::to_vec(&record) {
+        Ok(bytes) => write_atomically(&path, &bytes),
+        Err(_) => {
+            let _ = fs::remove_file(&path);
+        }
     }
 }
