@@ -23,7 +23,7 @@ use doppel::engine::{self, Control, Place, Summary};
 #[path = "tree.rs"]
 mod tree;
 
-use tree::{build_tree, change_tree, rsync_sent_bytes};
+use tree::{build_tree, change_tree, change_tree_with, rsync_sent_bytes, small_files};
 
 /// The allocator the `doppel` binary runs the engine with (see server/src/main.rs).
 #[global_allocator]
@@ -173,6 +173,13 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1.0);
+    // `__change <root> <seed>`: the 1 % change, again, with new bytes, on a tree the bench
+    // built (BENCH_KEEP=1), to time syncs one by one in a `__session`.
+    if let (Some("__change"), Some(root)) = (args.get(1).map(String::as_str), args.get(2)) {
+        let root = Path::new(root);
+        let seed = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(1);
+        return change_tree_with(root, &small_files(root, scale), scale, seed);
+    }
     let base = std::env::var("BENCH_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench"));
@@ -398,7 +405,7 @@ fn bench(dir: &Path, scale: f64, fs_name: &str) {
     println!("| no-op sync, new process without the watch (s) | {noop_walked:.3} | | |");
     println!();
     println!(
-        "copy: {} files, {:.1} MB ({:.1} MB laid down by the kernel: {:?}); sync: +{} ~{} -{} meta {} delta files {}, content {:.2} MB, reused {:.2} MB",
+        "copy: {} files, {:.1} MB ({:.1} MB laid down by the kernel: {:?}); sync: +{} ~{} -{} meta {} delta files {}, content {:.2} MB, reused {:.2} MB, {:?}",
         copy_summary.tree_files,
         mb(copy_summary.tree_bytes),
         mb(copy_summary.kernel_bytes),
@@ -409,7 +416,8 @@ fn bench(dir: &Path, scale: f64, fs_name: &str) {
         sync_summary.metadata_only,
         sync_summary.delta_files,
         mb(sync_summary.content_bytes),
-        mb(sync_summary.reused_bytes)
+        mb(sync_summary.reused_bytes),
+        sync_summary.notes
     );
     println!(
         "doppel phases (ms): copy {:?}; sync {:?}; no-op sync {:?}; without the watch {:?}",

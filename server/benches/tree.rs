@@ -12,25 +12,33 @@ pub fn scaled(n: f64, scale: f64) -> usize {
     ((n * scale).round() as usize).max(1)
 }
 
+/// The paths of the reference tree's small files, in the order they are made.
+pub fn small_files(root: &Path, scale: f64) -> Vec<PathBuf> {
+    let dirs = scaled(2000.0, scale);
+    (0..scaled(40_000.0, scale))
+        .map(|i| {
+            root.join(format!(
+                "d{:02}/s{:04}/f{i:05}.dat",
+                (i % dirs) % 50,
+                i % dirs
+            ))
+        })
+        .collect()
+}
+
 pub fn build_tree(root: &Path, scale: f64) -> (usize, Vec<PathBuf>) {
     let mut rng = Rng(0x5eed);
     let dirs = scaled(2000.0, scale);
-    let files = scaled(40_000.0, scale);
     let mut buf = vec![0u8; 64 * 1024];
-    let mut paths = Vec::with_capacity(files);
+    let paths = small_files(root, scale);
+    let files = paths.len();
     for d in 0..dirs {
         fs::create_dir_all(root.join(format!("d{:02}/s{d:04}", d % 50))).unwrap();
     }
-    for i in 0..files {
+    for p in &paths {
         let len = 1024 + (rng.next_u64() % (63 * 1024)) as usize;
         rng.fill(&mut buf[..len]);
-        let p = root.join(format!(
-            "d{:02}/s{:04}/f{i:05}.dat",
-            (i % dirs) % 50,
-            i % dirs
-        ));
-        fs::write(&p, &buf[..len]).unwrap();
-        paths.push(p);
+        fs::write(p, &buf[..len]).unwrap();
     }
     let big = scaled(100.0 * 1024.0 * 1024.0, scale);
     let mut chunk = vec![0u8; 1 << 20];
@@ -64,7 +72,12 @@ pub fn build_tree(root: &Path, scale: f64) -> (usize, Vec<PathBuf>) {
 /// The "1 %" change: rewrites, additions, deletions, chmods, and four 1 MiB overwrites
 /// inside the big files.
 pub fn change_tree(root: &Path, paths: &[PathBuf], scale: f64) {
-    let mut rng = Rng(0xc0ffee);
+    change_tree_with(root, paths, scale, 0xc0ffee)
+}
+
+/// [`change_tree`], with new bytes for each `seed`.
+pub fn change_tree_with(root: &Path, paths: &[PathBuf], scale: f64, seed: u64) {
+    let mut rng = Rng(seed);
     let mut buf = vec![0u8; 64 * 1024];
     let n = paths.len();
     for i in 0..scaled(400.0, scale) {

@@ -62,6 +62,51 @@ pub fn open_file_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<std::fs::Fil
     without_atime(|more| open_regular_at(dir, name, OFlags::RDONLY | more))
 }
 
+/// The file `name` in `dir` held (opened as a path, not followed), if it is one: while the
+/// handle lives, removing its last name does not free it. Freeing a file's blocks is work
+/// (ext4 does it inside the unlink or rename that drops the last name); holding it first
+/// lets the caller drop the handle where that work does not hold it up ([`Reaper`]).
+pub fn hold_file_at(dir: BorrowedFd<'_>, name: &[u8]) -> Option<OwnedFd> {
+    let fd = rfs::openat(
+        dir,
+        OsStr::from_bytes(name),
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    let st = rfs::fstat(&fd).ok()?;
+    (FileType::from_raw_mode(st.st_mode) == FileType::RegularFile).then_some(fd)
+}
+
+/// Drops the handles it is given ([`hold_file_at`]) on a thread of its own, so the files
+/// they held are freed there, on another core, while the caller goes on (and after it is
+/// done: the space comes free a moment later). At most [`Reaper::HELD`] wait at once: a
+/// caller faster than the freeing waits for it rather than run out of descriptors.
+pub struct Reaper {
+    queue: Option<std::sync::mpsc::SyncSender<OwnedFd>>,
+}
+
+impl Reaper {
+    pub const HELD: usize = 256;
+
+    pub fn start() -> Reaper {
+        let (queue, handles) = std::sync::mpsc::sync_channel::<OwnedFd>(Reaper::HELD);
+        let thread = std::thread::Builder::new()
+            .name("doppel-reaper".into())
+            .spawn(move || handles.into_iter().for_each(drop));
+        Reaper {
+            queue: thread.is_ok().then_some(queue),
+        }
+    }
+
+    /// Drops `held` on the reaper's thread (here, if it has none).
+    pub fn take(&self, held: Option<OwnedFd>) {
+        if let (Some(fd), Some(queue)) = (held, &self.queue) {
+            let _ = queue.send(fd);
+        }
+    }
+}
+
 /// Opens an existing regular file for writing in place (never through a symlink).
 pub fn open_file_for_patch_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<std::fs::File> {
     open_regular_at(dir, name, OFlags::WRONLY)

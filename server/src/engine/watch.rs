@@ -1195,7 +1195,10 @@ mod tests {
             places
         };
         let p = |s: &str| PathBuf::from(s);
-        assert_eq!(since(g0), [p(""), p("etc/deep"), p("etc/deep/file"), p("new")]);
+        assert_eq!(
+            since(g0),
+            [p(""), p("etc/deep"), p("etc/deep/file"), p("new")]
+        );
         assert_eq!(since(g1), [p(""), p("new")]);
         assert_eq!(since(g2), Vec::<PathBuf>::new());
         // Not for another tree's or watch's generations.

@@ -429,6 +429,8 @@ pub(in crate::engine) fn commit_sync(
     ctl: &Control,
 ) -> Result<(), EngineError> {
     let changed = received.is_some();
+    // The files a sync replaces or deletes are freed beside the rest of its commit.
+    let reaper = fsx::Reaper::start();
     if let Some(received) = received {
         summary.reused_bytes = received.reused_bytes;
         ctl.phase(Phase::Commit, None, Some(received.pending.len() as u64));
@@ -436,7 +438,13 @@ pub(in crate::engine) fn commit_sync(
         let root_fd = fsx::open_dir(&dst.root).map_err(io_err("opening the target"))?;
         fsx::syncfs(root_fd.as_fd()).map_err(io_err("syncfs"))?;
         let stage = dst.work_dir().join("stage");
-        apply_pending(&dst.root, &stage, received.pending, &target.man, want, ctl)?;
+        apply_pending(
+            (&dst.root, &stage),
+            received.pending,
+            (&target.man, want),
+            &reaper,
+            ctl,
+        )?;
     }
 
     ctl.phase(Phase::Verify, None, None);
@@ -762,11 +770,10 @@ fn place_staged(
 /// order (parents before children), then metadata, then the mtimes of every directory
 /// whose contents changed.
 pub(super) fn apply_pending(
-    root: &Path,
-    stage: &Path,
+    (root, stage): (&Path, &Path),
     pending: Vec<Pending>,
-    current: &Manifest,
-    want: &Manifest,
+    (current, want): (&Manifest, &Manifest),
+    reaper: &fsx::Reaper,
     ctl: &Control,
 ) -> Result<(), EngineError> {
     let current: HashMap<&[u8], &Entry> = current
@@ -805,6 +812,7 @@ pub(super) fn apply_pending(
     for path in removals {
         ctl.fail("sync:commit-op")?;
         let (dir, name) = walker.parent(path).map_err(io_err("opening a directory"))?;
+        reaper.take(fsx::hold_file_at(dir, name));
         fsx::remove_at(dir, name).map_err(io_err("removing"))?;
         touched_dirs.push(split_parent(path).0.to_vec());
     }
@@ -821,6 +829,8 @@ pub(super) fn apply_pending(
                 let (dir, name) = walker
                     .parent(&e.path)
                     .map_err(io_err("opening a directory"))?;
+                // (The file it replaces, if any.)
+                reaper.take(fsx::hold_file_at(dir, name));
                 place_staged(stage_fd.as_fd(), tmp, dir, name, e)?;
                 touched_dirs.push(split_parent(&e.path).0.to_vec());
             }
