@@ -29,6 +29,11 @@
 //! - Not covered: a file hard-linked into two trees, written through the other's path;
 //!   processes doppel may not inspect (marked not dumpable).
 //!
+//! Each tree also remembers where it changed (the directories events named, and the names
+//! in them, with the generation each change made): [`Watch::changed_since`] tells a
+//! sync's source scan what to read again since the generation its last scan started at.
+//! Events lost or not placed make that unknown until the tree's next generation.
+//!
 //! A directory that can no longer be resolved was deleted: its deletion (or that of an
 //! ancestor) is queued after the event and is reported against a directory that still
 //! exists, in the same tree.
