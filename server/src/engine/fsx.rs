@@ -62,10 +62,13 @@ pub fn open_file_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<std::fs::Fil
     without_atime(|more| open_regular_at(dir, name, OFlags::RDONLY | more))
 }
 
-/// The file `name` in `dir` held (opened as a path, not followed), if it is one: while the
-/// handle lives, removing its last name does not free it. Freeing a file's blocks is work
-/// (ext4 does it inside the unlink or rename that drops the last name); holding it first
-/// lets the caller drop the handle where that work does not hold it up ([`Reaper`]).
+/// The file `name` in `dir` held (opened as a path, not followed), if it is a regular file
+/// with that one name: while the handle lives, removing the name does not free it.
+/// Freeing a file's blocks is work (ext4 does it inside the unlink or rename that drops
+/// the last name); holding it first lets the caller drop the handle where that work does
+/// not hold it up ([`free_later`]). (A file with other names is not freed by losing one,
+/// and is not held: a held name would stay its name for whoever resolves the file by
+/// handle, as the change watch does, though it is gone.)
 pub fn hold_file_at(dir: BorrowedFd<'_>, name: &[u8]) -> Option<OwnedFd> {
     let fd = rfs::openat(
         dir,
@@ -74,37 +77,46 @@ pub fn hold_file_at(dir: BorrowedFd<'_>, name: &[u8]) -> Option<OwnedFd> {
         Mode::empty(),
     )
     .ok()?;
+    held_if_freed(fd)
+}
+
+fn held_if_freed(fd: OwnedFd) -> Option<OwnedFd> {
     let st = rfs::fstat(&fd).ok()?;
-    (FileType::from_raw_mode(st.st_mode) == FileType::RegularFile).then_some(fd)
+    (FileType::from_raw_mode(st.st_mode) == FileType::RegularFile && st.st_nlink == 1).then_some(fd)
 }
 
-/// Drops the handles it is given ([`hold_file_at`]) on a thread of its own, so the files
-/// they held are freed there, on another core, while the caller goes on (and after it is
-/// done: the space comes free a moment later). At most [`Reaper::HELD`] wait at once: a
-/// caller faster than the freeing waits for it rather than run out of descriptors.
-pub struct Reaper {
-    queue: Option<std::sync::mpsc::SyncSender<OwnedFd>>,
-}
-
-impl Reaper {
-    pub const HELD: usize = 256;
-
-    pub fn start() -> Reaper {
-        let (queue, handles) = std::sync::mpsc::sync_channel::<OwnedFd>(Reaper::HELD);
-        let thread = std::thread::Builder::new()
+/// Drops `held` ([`hold_file_at`], [`hold_file`]) on the process's reaper thread, so the
+/// file it holds is freed there, on another core, while the caller goes on (its space
+/// comes free a moment later). At most [`REAPED_AT_ONCE`] wait: a caller faster than the
+/// freeing waits for it rather than run out of descriptors. (Dropped here if the thread
+/// cannot be started.)
+pub fn free_later(held: Option<OwnedFd>) {
+    static REAPER: std::sync::OnceLock<Option<std::sync::mpsc::SyncSender<OwnedFd>>> =
+        std::sync::OnceLock::new();
+    let reaper = REAPER.get_or_init(|| {
+        let (queue, handles) = std::sync::mpsc::sync_channel::<OwnedFd>(REAPED_AT_ONCE);
+        std::thread::Builder::new()
             .name("doppel-reaper".into())
-            .spawn(move || handles.into_iter().for_each(drop));
-        Reaper {
-            queue: thread.is_ok().then_some(queue),
-        }
+            .spawn(move || handles.into_iter().for_each(drop))
+            .ok()
+            .map(|_| queue)
+    });
+    if let (Some(fd), Some(queue)) = (held, reaper) {
+        let _ = queue.send(fd);
     }
+}
 
-    /// Drops `held` on the reaper's thread (here, if it has none).
-    pub fn take(&self, held: Option<OwnedFd>) {
-        if let (Some(fd), Some(queue)) = (held, &self.queue) {
-            let _ = queue.send(fd);
-        }
-    }
+pub const REAPED_AT_ONCE: usize = 256;
+
+/// [`hold_file_at`] for a path.
+pub fn hold_file(path: &Path) -> Option<OwnedFd> {
+    let fd = rfs::open(
+        path,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    held_if_freed(fd)
 }
 
 /// Opens an existing regular file for writing in place (never through a symlink).

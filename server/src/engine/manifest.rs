@@ -222,7 +222,25 @@ impl Manifest {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut enc = Enc::default();
+        // Room for the whole encoding at once: a buffer doubled again and again copies it
+        // and touches fresh pages each time.
+        let room: usize = self
+            .entries
+            .iter()
+            .map(|e| {
+                112 + e.path.len()
+                    + e.target.len()
+                    + e.link_to.as_ref().map_or(0, Vec::len)
+                    + e.xattrs
+                        .iter()
+                        .map(|(k, v)| 8 + k.len() + v.len())
+                        .sum::<usize>()
+                    + 44 * e.chunks.len()
+            })
+            .sum();
+        let mut enc = Enc {
+            buf: Vec::with_capacity(room),
+        };
         enc.buf.extend_from_slice(MAGIC);
         enc.u64(self.entries.len() as u64);
         for e in &self.entries {
@@ -324,7 +342,11 @@ impl Manifest {
                 f.sync_all()?;
             }
             let stored = StoredAs::of(&f)?;
+            // The manifest replaced is freed on another thread (ext4 frees its blocks in
+            // the rename otherwise).
+            let old = super::fsx::hold_file(path);
             std::fs::rename(&tmp, path)?;
+            super::fsx::free_later(old);
             Ok(stored)
         })();
         if written.is_err() {

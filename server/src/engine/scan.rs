@@ -499,6 +499,7 @@ impl Scanner<'_> {
             names,
         }];
         while let Some(level) = stack.last_mut() {
+            self.ctl.check()?;
             let at = self.cache.next;
             let (next, cached) = match &mut level.names {
                 Some(names) => (names.next(), false),
@@ -512,7 +513,6 @@ impl Scanner<'_> {
                 stack.pop();
                 continue;
             };
-            self.ctl.check()?;
             let mut path = level.prefix.clone();
             if !path.is_empty() {
                 path.push(b'/');

@@ -2210,6 +2210,13 @@ fn watched_partial_scans(base: &Path) {
     // Nothing changed: neither tree is walked.
     let s = sync(&src, &dst, &ctl()).unwrap();
     assert!(!s.phase_ms.contains_key("plan"), "{at}: {s:?}");
+    // One name of a hard-linked file removed: the sync that removes it from the copy
+    // leaves the file's other name resolvable for the watch, and the next sync walks
+    // nothing.
+    fs::remove_file(src.root.join("new-link")).unwrap();
+    check("a hard link removed", true);
+    let s = sync(&src, &dst, &ctl()).unwrap();
+    assert!(!s.phase_ms.contains_key("plan"), "{at}: {s:?}");
 }
 
 #[test]

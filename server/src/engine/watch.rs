@@ -60,8 +60,9 @@ const CACHED_DIRS: usize = 65_536;
 const RESOLVE_TRIES: usize = 4;
 
 /// Above this many places remembered as changed in one tree, it forgets them (the next
-/// sync of it walks it whole).
-const CHANGED_PLACES: usize = 100_000;
+/// sync of it walks it whole, which costs little more than reading that many places
+/// again). About 2 MB per tree at most.
+const CHANGED_PLACES: usize = 20_000;
 
 /// Changes under trees, counted per tree (see the module's documentation).
 pub struct Watch {

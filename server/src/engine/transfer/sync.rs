@@ -429,8 +429,6 @@ pub(in crate::engine) fn commit_sync(
     ctl: &Control,
 ) -> Result<(), EngineError> {
     let changed = received.is_some();
-    // The files a sync replaces or deletes are freed beside the rest of its commit.
-    let reaper = fsx::Reaper::start();
     if let Some(received) = received {
         summary.reused_bytes = received.reused_bytes;
         ctl.phase(Phase::Commit, None, Some(received.pending.len() as u64));
@@ -442,7 +440,6 @@ pub(in crate::engine) fn commit_sync(
             (&dst.root, &stage),
             received.pending,
             (&target.man, want),
-            &reaper,
             ctl,
         )?;
     }
@@ -773,7 +770,6 @@ pub(super) fn apply_pending(
     (root, stage): (&Path, &Path),
     pending: Vec<Pending>,
     (current, want): (&Manifest, &Manifest),
-    reaper: &fsx::Reaper,
     ctl: &Control,
 ) -> Result<(), EngineError> {
     let current: HashMap<&[u8], &Entry> = current
@@ -812,7 +808,8 @@ pub(super) fn apply_pending(
     for path in removals {
         ctl.fail("sync:commit-op")?;
         let (dir, name) = walker.parent(path).map_err(io_err("opening a directory"))?;
-        reaper.take(fsx::hold_file_at(dir, name));
+        // (Freed beside the rest of the commit, as the files placements replace.)
+        fsx::free_later(fsx::hold_file_at(dir, name));
         fsx::remove_at(dir, name).map_err(io_err("removing"))?;
         touched_dirs.push(split_parent(path).0.to_vec());
     }
@@ -830,7 +827,7 @@ pub(super) fn apply_pending(
                     .parent(&e.path)
                     .map_err(io_err("opening a directory"))?;
                 // (The file it replaces, if any.)
-                reaper.take(fsx::hold_file_at(dir, name));
+                fsx::free_later(fsx::hold_file_at(dir, name));
                 place_staged(stage_fd.as_fd(), tmp, dir, name, e)?;
                 touched_dirs.push(split_parent(&e.path).0.to_vec());
             }
