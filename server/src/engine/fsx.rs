@@ -106,7 +106,7 @@ pub fn free_later(held: Option<OwnedFd>) {
     }
 }
 
-pub const REAPED_AT_ONCE: usize = 256;
+pub const REAPED_AT_ONCE: usize = 64;
 
 /// [`hold_file_at`] for a path.
 pub fn hold_file(path: &Path) -> Option<OwnedFd> {

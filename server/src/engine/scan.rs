@@ -374,6 +374,9 @@ fn scan_with<'a>(
     };
     s.walk(root_fd)?;
     let partial = s.partial.take();
+    if partial.as_ref().is_some_and(|p| p.unsure) {
+        return Ok((Manifest::default(), ScanReport::default(), partial));
+    }
     let (manifest, report) = s.finish()?;
     Ok((manifest, report, partial))
 }
@@ -500,6 +503,10 @@ impl Scanner<'_> {
         }];
         while let Some(level) = stack.last_mut() {
             self.ctl.check()?;
+            if self.partial.as_ref().is_some_and(|p| p.unsure) {
+                // Its result is thrown away: the tree is scanned whole instead.
+                return Ok(());
+            }
             let at = self.cache.next;
             let (next, cached) = match &mut level.names {
                 Some(names) => (names.next(), false),

@@ -409,13 +409,20 @@ impl State {
                     let named = path.join(std::ffi::OsStr::from_bytes(name));
                     self.bump(&named);
                     if on_dir && dirent {
-                        let generation = self.everything;
+                        let everything = self.everything;
+                        let renamed = event.mask & libc::FAN_RENAME != 0;
                         for (root, t) in self.trees.iter_mut() {
                             if root.starts_with(&named) && *root != named {
                                 // Moved or deleted from above: events meanwhile named it
                                 // otherwise.
                                 t.count += 1;
-                                t.forget(generation);
+                                t.forget(everything);
+                            } else if renamed && named.starts_with(root) {
+                                // A directory moved within, into or out of it: changes
+                                // remembered under it (by the path they were read at,
+                                // maybe after it moved, maybe before it moved back) may
+                                // name another place than where they happened.
+                                t.forget(everything);
                             }
                         }
                     }
@@ -483,12 +490,13 @@ impl State {
 
     /// Counts a change at `path` against every tree holding it, and remembers it there.
     fn bump(&mut self, path: &Path) {
+        let everything = self.everything;
         for dir in path.ancestors() {
             if let Some(t) = self.trees.get_mut(dir) {
                 t.count += 1;
-                let generation = self.everything + t.count;
+                let generation = everything + t.count;
                 if t.changed.len() >= CHANGED_PLACES {
-                    t.forget(generation);
+                    t.forget(everything);
                 } else {
                     let rel = path.strip_prefix(dir).unwrap_or(path);
                     t.changed.insert(rel.to_path_buf(), generation);
