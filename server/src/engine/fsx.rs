@@ -77,15 +77,11 @@ pub fn hold_file_at(dir: BorrowedFd<'_>, name: &[u8]) -> Option<OwnedFd> {
         Mode::empty(),
     )
     .ok()?;
-    held_if_freed(fd)
-}
-
-fn held_if_freed(fd: OwnedFd) -> Option<OwnedFd> {
     let st = rfs::fstat(&fd).ok()?;
     (FileType::from_raw_mode(st.st_mode) == FileType::RegularFile && st.st_nlink == 1).then_some(fd)
 }
 
-/// Drops `held` ([`hold_file_at`], [`hold_file`]) on the process's reaper thread, so the
+/// Drops `held` ([`hold_file_at`]) on the process's reaper thread, so the
 /// file it holds is freed there, on another core, while the caller goes on (its space
 /// comes free a moment later). At most [`REAPED_AT_ONCE`] wait: a caller faster than the
 /// freeing waits for it rather than run out of descriptors. (Dropped here if the thread
@@ -106,17 +102,35 @@ pub fn free_later(held: Option<OwnedFd>) {
     }
 }
 
-pub const REAPED_AT_ONCE: usize = 64;
+const REAPED_AT_ONCE: usize = 64;
 
-/// [`hold_file_at`] for a path.
-pub fn hold_file(path: &Path) -> Option<OwnedFd> {
-    let fd = rfs::open(
-        path,
-        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .ok()?;
-    held_if_freed(fd)
+/// Replaces the file at `path` with `bytes`, whole or not at all: written to a temp file
+/// of this writer's own beside it (several threads or processes may replace one file at
+/// once), made durable first if `durable`, then renamed over it. The file replaced is
+/// freed on the reaper's thread ([`free_later`]). The new file's metadata (the rename
+/// keeps its inode and mtime).
+pub fn replace_file(path: &Path, bytes: &[u8], durable: bool) -> io::Result<std::fs::Metadata> {
+    use std::io::Write as _;
+    use std::sync::atomic::AtomicU64;
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp-{}-{n}", std::process::id()));
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        if durable {
+            f.sync_all()?;
+        }
+        let meta = f.metadata()?;
+        let old = hold_file_at(rfs::CWD, path.as_os_str().as_bytes());
+        std::fs::rename(&tmp, path)?;
+        free_later(old);
+        Ok(meta)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// Opens an existing regular file for writing in place (never through a symlink).

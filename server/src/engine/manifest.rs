@@ -164,14 +164,13 @@ pub struct StoredAs {
 }
 
 impl StoredAs {
-    fn of(file: &std::fs::File) -> io::Result<StoredAs> {
+    fn of(m: &std::fs::Metadata) -> StoredAs {
         use std::os::unix::fs::MetadataExt;
-        let m = file.metadata()?;
-        Ok(StoredAs {
+        StoredAs {
             ino: m.ino(),
             mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
             len: m.len(),
-        })
+        }
     }
 }
 
@@ -280,7 +279,7 @@ impl Manifest {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
-        let stored = StoredAs::of(&file)?;
+        let stored = StoredAs::of(&file.metadata()?);
         Ok(Some((Manifest::decode_file(path, &file)?, stored)))
     }
 
@@ -327,32 +326,11 @@ impl Manifest {
     }
 
     fn write_to(&self, path: &std::path::Path, durable: bool) -> io::Result<StoredAs> {
-        use std::io::Write as _;
-        use std::sync::atomic::{AtomicU64, Ordering};
-        static NEXT: AtomicU64 = AtomicU64::new(0);
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let tmp = path.with_extension(format!("tmp-{}-{n}", std::process::id()));
-        let written = (|| {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&self.encode())?;
-            if durable {
-                f.sync_all()?;
-            }
-            let stored = StoredAs::of(&f)?;
-            // The manifest replaced is freed on another thread (ext4 frees its blocks in
-            // the rename otherwise).
-            let old = super::fsx::hold_file(path);
-            std::fs::rename(&tmp, path)?;
-            super::fsx::free_later(old);
-            Ok(stored)
-        })();
-        if written.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        written
+        let meta = super::fsx::replace_file(path, &self.encode(), durable)?;
+        Ok(StoredAs::of(&meta))
     }
 }
 

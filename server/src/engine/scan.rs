@@ -36,8 +36,11 @@ pub struct ScanReport {
     /// Bytes of those files not read: ranges still sharing their extents with the twin's
     /// file (see [`Twin`]).
     pub shared_bytes: u64,
-    /// For a scan of what changed only ([`scan_changed`]): the directories it listed.
-    pub listed_dirs: Option<u64>,
+    /// Directories listed (in a scan of what changed only, [`scan_changed`], those it
+    /// read again).
+    pub listed_dirs: u64,
+    /// Whether it read only what changed ([`scan_changed`]).
+    pub partial: bool,
 }
 
 /// A copy of the tree being scanned, on the same filesystem, and its recorded manifest. A
@@ -334,7 +337,7 @@ pub fn scan_changed(
     };
     let (manifest, mut report, partial) =
         scan_with(root, Some(cache), true, twin, Some(partial), ctl)?;
-    report.listed_dirs.get_or_insert(0);
+    report.partial = true;
     Ok((!partial.is_some_and(|p| p.unsure)).then_some((manifest, report)))
 }
 
@@ -487,14 +490,12 @@ impl Scanner<'_> {
     fn walk(&mut self, root: OwnedFd) -> Result<(), EngineError> {
         let names = match &self.partial {
             Some(p) if !p.dirty.contains(&b""[..]) => None,
-            partial => Some({
-                if partial.is_some() {
-                    self.report.listed_dirs = Some(1);
-                }
-                fsx::list_dir(root.as_fd())
-                    .map_err(EngineError::io("listing a directory"))?
-                    .into_iter()
-            }),
+            _ => {
+                self.report.listed_dirs += 1;
+                let names =
+                    fsx::list_dir(root.as_fd()).map_err(EngineError::io("listing a directory"))?;
+                Some(names.into_iter())
+            }
         };
         let mut stack = vec![Level {
             fd: root,
@@ -641,9 +642,7 @@ impl Scanner<'_> {
                 }
                 e.xattrs = fsx::read_xattrs(sub.as_fd())
                     .map_err(|err| unreadable("reading the xattrs of", &e.path, err))?;
-                if self.partial.is_some() {
-                    *self.report.listed_dirs.get_or_insert(0) += 1;
-                }
+                self.report.listed_dirs += 1;
                 let names = fsx::list_dir(sub.as_fd())
                     .map_err(|err| unreadable("listing the directory", &e.path, err))?;
                 let prefix = e.path.clone();

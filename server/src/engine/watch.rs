@@ -460,23 +460,15 @@ impl State {
     /// that names it (a file reached by handle alone may have none: `Err`); `None` if it
     /// is linked nowhere.
     fn object_path(&self, key: &[u8]) -> Result<Option<PathBuf>, ()> {
-        let mount = self.mount_of(key)?;
-        // (A few times: a name being renamed or removed can name something else, or fail
-        // to resolve (XFS: ENOMEM), for a moment, while the file is being unlinked or
-        // another of its names stays.)
-        for _ in 0..RESOLVE_TRIES {
-            match resolve(mount, &key[8..]) {
-                Ok(None) => return Ok(None),
-                Ok(Some((path, (dev, ino))))
-                    if fs::symlink_metadata(&path)
-                        .is_ok_and(|m| m.dev() == dev && m.ino() == ino) =>
-                {
-                    return Ok(Some(path))
-                }
-                _ => std::thread::sleep(std::time::Duration::from_micros(200)),
-            }
-        }
-        Err(())
+        // (A name being renamed or removed can name something else for a moment, while
+        // the file is being unlinked or another of its names stays.)
+        resolve_settled(self.mount_of(key)?, &key[8..], |found| match found {
+            None => Some(None),
+            Some((path, (dev, ino))) => fs::symlink_metadata(&path)
+                .is_ok_and(|m| m.dev() == dev && m.ino() == ino)
+                .then_some(Some(path)),
+        })
+        .ok_or(())
     }
 
     /// The directory to resolve handles of the filesystem `key` (fsid then handle) is on.
@@ -511,17 +503,8 @@ impl State {
         if let Some(p) = self.dirs.get(key) {
             return Ok(Some(p.clone()));
         }
-        let mount = self.mount_of(key)?;
-        // (A few times: a directory being renamed can fail to resolve for a moment.)
-        let mut found = resolve(mount, &key[8..]);
-        for _ in 1..RESOLVE_TRIES {
-            if found.is_ok() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_micros(200));
-            found = resolve(mount, &key[8..]);
-        }
-        let path = found.map_err(|_| ())?.map(|(path, _)| path);
+        let found = resolve_settled(self.mount_of(key)?, &key[8..], Some);
+        let path = found.ok_or(())?.map(|(path, _)| path);
         if let Some(p) = &path {
             if self.dirs.len() >= CACHED_DIRS {
                 self.dirs.clear();
@@ -668,6 +651,25 @@ fn resolve(mount: &OwnedFd, handle: &[u8]) -> io::Result<Option<(PathBuf, (u64, 
     }
     let path = fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
     Ok(Some((path, (st.st_dev, st.st_ino))))
+}
+
+/// [`resolve`], tried up to [`RESOLVE_TRIES`] times, 200 µs apart, until it gives what
+/// `settled` takes: a directory being renamed, or a file being unlinked, can fail to
+/// resolve (XFS: ENOMEM) for a moment. `None` if it never does.
+fn resolve_settled<T>(
+    mount: &OwnedFd,
+    handle: &[u8],
+    settled: impl Fn(Option<(PathBuf, (u64, u64))>) -> Option<T>,
+) -> Option<T> {
+    for i in 0..RESOLVE_TRIES {
+        if i > 0 {
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+        if let Some(taken) = resolve(mount, handle).ok().and_then(&settled) {
+            return Some(taken);
+        }
+    }
+    None
 }
 
 /// What `handle` (its type then its bytes) names, opened (`O_PATH`) through the mount of

@@ -67,10 +67,11 @@ pub(in crate::engine) fn sync(
             s_report.shared_bytes as f64 / 1e6
         ));
     }
-    if let Some(dirs) = s_report.listed_dirs {
+    if s_report.partial {
         summary.notes.push(format!(
-            "the source's scan read again only where the change watch saw it change ({dirs} \
-             directories listed); the rest is as its last scan found it"
+            "the source's scan read again only where the change watch saw it change ({} \
+             directories listed); the rest is as its last scan found it",
+            s_report.listed_dirs
         ));
     }
     drift(&target, keep, &mut summary);

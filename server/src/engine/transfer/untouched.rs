@@ -140,20 +140,11 @@ pub(super) fn record_source(src: &Place, marks: &Marks, stored: StoredAs) {
     write_atomically(&scanned_path(src), &bytes);
 }
 
-/// Writes `bytes` to `path` through a temp file of this writer's own (another sync may
-/// write the same record meanwhile), renamed over it; on failure, no record at all. Not
-/// made durable: a record missing after a crash only costs a walk, and an old one names a
-/// generation of a watch long gone.
+/// Writes `bytes` to `path` whole (another sync may write the same record meanwhile); on
+/// failure, no record at all. Not made durable: a record missing after a crash only costs
+/// a walk, and an old one names a generation of a watch long gone.
 fn write_atomically(path: &Path, bytes: &[u8]) {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let tmp = path.with_extension(format!("tmp-{}-{n}", std::process::id()));
-    if fs::write(&tmp, bytes)
-        .and_then(|()| fs::rename(&tmp, path))
-        .is_err()
-    {
-        let _ = fs::remove_file(&tmp);
+    if fsx::replace_file(path, bytes, false).is_err() {
         let _ = fs::remove_file(path);
     }
 }
