@@ -83,9 +83,10 @@ pub fn hold_file_at(dir: BorrowedFd<'_>, name: &[u8]) -> Option<OwnedFd> {
 
 /// Drops `held` ([`hold_file_at`]) on the process's reaper thread, so the
 /// file it holds is freed there, on another core, while the caller goes on (its space
-/// comes free a moment later). At most [`REAPED_AT_ONCE`] wait: a caller faster than the
-/// freeing waits for it rather than run out of descriptors. (Dropped here if the thread
-/// cannot be started.)
+/// comes free a moment later). At most [`REAPED_AT_ONCE`] wait; beyond that (the thread
+/// is behind, freeing for every job of the process) it is dropped here, as if never held:
+/// a caller never waits for another job's frees, and never runs out of descriptors.
+/// (Dropped here too if the thread cannot be started.)
 pub fn free_later(held: Option<OwnedFd>) {
     static REAPER: std::sync::OnceLock<Option<std::sync::mpsc::SyncSender<OwnedFd>>> =
         std::sync::OnceLock::new();
@@ -98,7 +99,8 @@ pub fn free_later(held: Option<OwnedFd>) {
             .map(|_| queue)
     });
     if let (Some(fd), Some(queue)) = (held, reaper) {
-        let _ = queue.send(fd);
+        // (Full or gone: the descriptor comes back in the error, and is dropped here.)
+        let _ = queue.try_send(fd);
     }
 }
 
