@@ -1708,6 +1708,16 @@ struct LoopFs {
 
 impl LoopFs {
     fn new(kind: &str) -> LoopFs {
+        LoopFs::mounted_with(kind, "loop")
+    }
+
+    /// Mounted `noatime`: reading a file changes nothing (on btrfs, an access time
+    /// written is a change of the subvolume's tree, and moves its generation).
+    fn noatime(kind: &str) -> LoopFs {
+        LoopFs::mounted_with(kind, "loop,noatime")
+    }
+
+    fn mounted_with(kind: &str, options: &str) -> LoopFs {
         let dir = tempfile::tempdir().unwrap();
         let image = dir.path().join("image");
         let mnt = dir.path().join("mnt");
@@ -1735,7 +1745,7 @@ impl LoopFs {
             mounted: false,
         };
         let mount = std::process::Command::new("mount")
-            .args(["-o", "loop"])
+            .args(["-o", options])
             .arg(&image)
             .arg(&mnt)
             .status()
@@ -1899,6 +1909,7 @@ fn a_btrfs_sync_skips_the_walks_of_trees_nothing_changed_and_only_those() {
     assert!(!walked(&skipped), "{skipped:?}");
     // It says what a sync that walks both trees and finds nothing to do says.
     fs::remove_file(dst.state_dir.join("untouched")).unwrap();
+    fs::remove_file(src.state_dir.join("scanned")).unwrap();
     let full = sync(&src, &dst, &Control::new()).unwrap();
     assert!(walked(&full));
     assert_eq!(without_times(skipped), without_times(full.clone()));
@@ -2083,25 +2094,38 @@ fn watched_syncs(base: &Path) {
     assert!(walked(&s), "{at}: {s:?}");
 }
 
-/// With a change watch, a sync's source scan reads again only where the watch saw changes,
-/// and finds what a full scan finds: after random change sets, and changes a directory
-/// listing alone would not show (in place, metadata, through a hard link, trees moved).
+/// With a change watch (ext4, XFS) or between btrfs subvolumes, a sync's source scan reads
+/// again only where the source changed since its last scan, and finds what a full scan
+/// finds: after random change sets, and changes a directory listing alone would not show
+/// (in place, metadata, through a hard link, trees moved).
 #[test]
 fn watched_syncs_read_again_only_what_changed_and_find_what_a_full_scan_finds() {
     let tmp = tempfile::tempdir().unwrap();
     let xfs = LoopFs::new("xfs");
-    for base in [tmp.path().to_path_buf(), xfs.root()] {
-        watched_partial_scans(&base);
+    // (The test reads both trees after each sync.)
+    let btrfs = LoopFs::noatime("btrfs");
+    for (base, subvolume) in [
+        (tmp.path().to_path_buf(), false),
+        (xfs.root(), false),
+        (btrfs.root(), true),
+    ] {
+        partial_scans(&base, subvolume);
     }
 }
 
-fn watched_partial_scans(base: &Path) {
+/// `subvolume`: on btrfs, where the source is a subvolume and its tree tells what changed
+/// (by inode: a change made while its directory was elsewhere is found where it is now).
+fn partial_scans(base: &Path, subvolume: bool) {
     use std::os::unix::fs::FileExt;
     let watch = Some(Arc::new(
         watch::Watch::new().expect("a watch (tests run as root)"),
     ));
     let ctl = || Control::new().with_watch(watch.clone());
     let (src, dst) = (place_in(base, "src"), place_in(base, "dst"));
+    if subvolume {
+        make_subvolume(&src);
+    }
+    // (Outside the source's subvolume on btrfs, where nothing moves in from.)
     let outside = base.join("outside");
     let mut rng = Rng(63);
     random_tree(&src.root, &mut rng, 60);
@@ -2110,7 +2134,11 @@ fn watched_partial_scans(base: &Path) {
     fs::hard_link(src.root.join("d/hard-link"), src.root.join("a/b/hard-2")).unwrap();
     copy(&src, &dst, &Control::new()).unwrap();
     let at = base.display();
-    let partial = |s: &Summary| s.notes.iter().any(|n| n.contains("change watch saw"));
+    let partial = |s: &Summary| {
+        s.notes
+            .iter()
+            .any(|n| n.contains("read again only where it changed"))
+    };
     let s = sync(&src, &dst, &ctl()).unwrap();
     assert!(!partial(&s), "{at}: the first sync walks: {s:?}");
     let check = |what: &str, expect_partial: bool| {
@@ -2178,7 +2206,7 @@ fn watched_partial_scans(base: &Path) {
         ),
         (
             "a directory renamed, then a file in it written",
-            false,
+            subvolume,
             Box::new(|| {
                 fs::rename(src.root.join("a/b"), src.root.join("d/moved-b")).unwrap();
                 let moved = src.root.join("d/moved-b/c");
@@ -2190,8 +2218,14 @@ fn watched_partial_scans(base: &Path) {
         ),
         (
             "a tree moved in from outside, at a name that was there",
-            false,
+            subvolume,
             Box::new(|| {
+                // (On btrfs, from a directory of the source: nothing moves in across
+                // subvolumes.)
+                let outside = match subvolume {
+                    true => src.root.join("outside"),
+                    false => outside.clone(),
+                };
                 fs::remove_dir_all(&outside).ok();
                 write(&outside.join("x/y/z"), b"from outside");
                 fs::remove_dir_all(src.root.join("d/moved-b/c")).unwrap();
@@ -2230,7 +2264,7 @@ fn watched_partial_scans(base: &Path) {
     write(&src.root.join("d/away/c/x/y/z"), b"written while away");
     drain();
     fs::rename(src.root.join("d/away"), src.root.join("d/moved-b")).unwrap();
-    check("a directory moved away and back", false);
+    check("a directory moved away and back", subvolume);
     // A new name for a file whose other names the last scan did not record as linked: its
     // other names may be anywhere, so the tree is walked whole.
     let single = fs::read_dir(src.root.join("d/moved-b"))
@@ -2251,6 +2285,22 @@ fn watched_partial_scans(base: &Path) {
     check("a hard link removed", true);
     let s = sync(&src, &dst, &ctl()).unwrap();
     assert!(!s.phase_ms.contains_key("plan"), "{at}: {s:?}");
+    if subvolume {
+        // A subvolume made in the source: what changes in it is in a tree of its own, and
+        // does not move the source's generation, so every sync walks the source.
+        let nested = place_in(&src.root.join("d"), "nested");
+        make_subvolume(&nested);
+        write(&nested.root.join("inner"), b"in a nested subvolume");
+        check("a subvolume made in it", true);
+        write(
+            &nested.root.join("inner"),
+            b"changed in the nested subvolume",
+        );
+        check("a change in the nested subvolume", false);
+        check("nothing changed, with a nested subvolume", false);
+        let parent = fsx::open_dir(nested.root.parent().unwrap()).unwrap();
+        btrfs::delete_subvolume(parent.as_fd(), b"nested").unwrap();
+    }
 }
 
 #[test]

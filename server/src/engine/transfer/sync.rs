@@ -39,8 +39,7 @@ pub(in crate::engine) fn sync(
     let (s_scan, t_scan) = std::thread::scope(|s| {
         let t = walk_target.then(|| s.spawn(|| scan::scan(&dst.root, old.as_ref(), true, ctl)));
         let twin = || old.as_ref().and_then(|recorded| twin(src, dst, recorded));
-        let since = marks.as_ref().zip(watch);
-        let src_result = scan_source_beside(src, twin, since, ctl);
+        let src_result = scan_source_beside(src, twin, marks.as_ref(), watch, ctl);
         (src_result, t.map(|t| t.join()))
     });
     let (s_man, s_report) = s_scan?;
@@ -69,12 +68,19 @@ pub(in crate::engine) fn sync(
     }
     if s_report.partial {
         summary.notes.push(format!(
-            "the source's scan read again only where the change watch saw it change ({} \
-             directories listed); the rest is as its last scan found it",
+            "the source's scan read again only where it changed since its last scan ({} \
+             directories listed); the rest is as that scan found it",
             s_report.listed_dirs
         ));
     }
     drift(&target, keep, &mut summary);
+    let marks = match marks {
+        Some(_) if untouched::beyond_marks(src, &s_man) => {
+            untouched::forget(dst);
+            None
+        }
+        marks => marks,
+    };
     let source_kept: Vec<Vec<u8>> = match marks {
         Some(_) => s_man
             .entries
@@ -257,23 +263,24 @@ pub(in crate::engine) fn scan_sync_source(
     src: &Place,
     ctl: &Control,
 ) -> Result<(Manifest, scan::ScanReport), EngineError> {
-    scan_source_beside(src, || None, None, ctl)
+    scan_source_beside(src, || None, None, None, ctl)
 }
 
-/// [`scan_sync_source`], with the source's twin (its target on the same filesystem), and
-/// where the change watch (`since`: with this sync's marks) says what changed since the
-/// source's quick-check cache was scanned, reading only that.
+/// [`scan_sync_source`], with the source's twin (its target on the same filesystem), and,
+/// where the source has marks (`since`: this sync's), reading only where it changed since
+/// its quick-check cache was scanned (as btrfs or the change watch `watch` tell).
 fn scan_source_beside<'a>(
     src: &Place,
     twin: impl Fn() -> Option<scan::Twin<'a>>,
-    since: Option<(&untouched::Marks, &Watch)>,
+    since: Option<&untouched::Marks>,
+    watch: Option<&Watch>,
     ctl: &Control,
 ) -> Result<(Manifest, scan::ScanReport), EngineError> {
     let loaded = Manifest::load_stored(&src.manifest_path()).ok().flatten();
     let changed = since
         .zip(loaded.as_ref())
-        .and_then(|((marks, watch), (_, stored))| {
-            untouched::source_changes(src, *stored, marks, watch)
+        .and_then(|(marks, (cache, stored))| {
+            untouched::source_changes(src, cache, *stored, marks, watch)
         });
     let cache = loaded.as_ref().map(|(m, _)| m);
     let partial = match (changed, cache) {
@@ -286,7 +293,7 @@ fn scan_source_beside<'a>(
         Some(scanned) => scanned,
         None => scan::scan_beside(&src.root, cache, true, twin(), ctl)?,
     };
-    let Some((marks, _)) = since else {
+    let Some(marks) = since else {
         if !(cache.is_some() && s_report.hashed_files == 0) {
             // The source's quick-check cache for the next sync.
             let _ = s_man.store_unsynced(&src.manifest_path());

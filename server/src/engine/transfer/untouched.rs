@@ -104,27 +104,82 @@ fn scanned_path(src: &Place) -> std::path::PathBuf {
     src.state_dir.join("scanned")
 }
 
-/// Where the source changed since its quick-check cache (the manifest file `stored`) was
-/// scanned (paths relative to its root), if the watch knows: `marks` were read by this
-/// sync, from `watch`.
+/// Where the source changed since its quick-check cache (`cache`, the manifest file
+/// `stored`) was scanned: paths relative to its root, of directories whose entries changed
+/// and of what changed in them. `marks` were read by this sync. A btrfs subvolume's tree
+/// tells what changed since a generation; elsewhere `watch` does, if it watches the
+/// source. `None` where neither knows.
 pub(super) fn source_changes(
     src: &Place,
+    cache: &Manifest,
     stored: StoredAs,
     marks: &Marks,
-    watch: &Watch,
+    watch: Option<&Watch>,
 ) -> Option<Vec<Vec<u8>>> {
     use std::os::unix::ffi::OsStringExt;
     let record: Scanned = serde_json::from_slice(&fs::read(scanned_path(src)).ok()?).ok()?;
     if record.manifest != stored || record.mark.id != marks.source.id {
         return None;
     }
-    let changed = watch.changed_since(&src.root, &record.mark.id, record.mark.generation)?;
+    let root = fsx::open_dir(&src.root).ok()?;
+    if btrfs::is_subvolume(root.as_fd()) {
+        return subvolume_changes(root.as_fd(), cache, record.mark.generation);
+    }
+    let changed = watch?.changed_since(&src.root, &record.mark.id, record.mark.generation)?;
     Some(
         changed
             .into_iter()
             .map(|p| p.into_os_string().into_vec())
             .collect(),
     )
+}
+
+/// Where the subvolume whose root is `root` changed since its generation `since` (its
+/// changes committed since: [`marks`] commits them): every name of each inode written
+/// since, and the directory each is in. `None` where a subvolume is nested in it (`cache`
+/// records one: its changes are in a tree of its own) or the search fails.
+fn subvolume_changes(
+    root: std::os::fd::BorrowedFd<'_>,
+    cache: &Manifest,
+    since: u64,
+) -> Option<Vec<Vec<u8>>> {
+    if holds_subvolume(cache) {
+        return None;
+    }
+    let mut changed = Vec::new();
+    for ino in btrfs::changed_inodes(root, since).ok()? {
+        for path in btrfs::inode_paths(root, ino).ok()? {
+            let parent = path.iter().rposition(|c| *c == b'/').unwrap_or(0);
+            changed.push(path[..parent].to_vec());
+            changed.push(path);
+        }
+    }
+    Some(changed)
+}
+
+/// Whether the scan `man` of a btrfs subvolume found another subvolume in it: its changes
+/// do not move the generation of the subvolume it is in, nor are they in its tree.
+fn holds_subvolume(man: &Manifest) -> bool {
+    /// A subvolume's root directory, and what a snapshot leaves where one was nested.
+    const SUBVOLUME_ROOT_INO: u64 = 256;
+    const EMPTY_SUBVOLUME_INO: u64 = 2;
+    man.entries.iter().any(|e| {
+        e.kind == super::super::Kind::Dir
+            && matches!(e.ino, SUBVOLUME_ROOT_INO | EMPTY_SUBVOLUME_INO)
+    })
+}
+
+/// Whether the source's scan `man` found a tree its generation does not cover (a btrfs
+/// subvolume nested in the source's): then the next sync must walk it, as if it had no
+/// marks.
+pub(super) fn beyond_marks(src: &Place, man: &Manifest) -> bool {
+    fsx::open_dir(&src.root).is_ok_and(|root| btrfs::is_subvolume(root.as_fd()))
+        && holds_subvolume(man)
+}
+
+/// Drops the last sync's record: the next sync walks both trees.
+pub(super) fn forget(dst: &Place) {
+    let _ = fs::remove_file(record_path(dst));
 }
 
 /// Pairs the source's quick-check cache, just stored (`stored`) or found current, with the
