@@ -553,15 +553,20 @@ fn unlink_at(dir: BorrowedFd<'_>, name: &[u8], is_dir: bool) -> io::Result<()> {
 
 /// The names in a directory (without `.` and `..`), sorted bytewise.
 pub fn list_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<Vec<u8>>> {
+    Ok(list_dir_inodes(dir)?.into_iter().map(|(n, _)| n).collect())
+}
+
+/// The names in `dir`, sorted, each with the inode number the listing gives (no stat).
+pub fn list_dir_inodes(dir: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, u64)>> {
     let mut names = Vec::new();
     for entry in rfs::Dir::read_from(dir).map_err(to_io)? {
         let entry = entry.map_err(to_io)?;
         let name = entry.file_name().to_bytes();
         if name != b"." && name != b".." {
-            names.push(name.to_vec());
+            names.push((name.to_vec(), entry.ino()));
         }
     }
-    names.sort();
+    names.sort_unstable();
     Ok(names)
 }
 

@@ -39,6 +39,9 @@ pub struct ScanReport {
     /// Directories listed (in a scan of what changed only, [`scan_changed`], those it
     /// read again).
     pub listed_dirs: u64,
+    /// Entries looked at (stat); in a scan of what changed only, the others were taken
+    /// from the last scan.
+    pub looked_at: u64,
     /// Whether it read only what changed ([`scan_changed`]).
     pub partial: bool,
 }
@@ -305,13 +308,15 @@ pub fn scan_beside(
     Ok((manifest, report))
 }
 
-/// [`scan_beside`], reading again only what changed since `cache` was scanned: the
-/// entries of the directories in `changed` (paths relative to `root`, as the change watch
-/// gives them) and of directories whose own metadata changed. Everything else is taken
-/// from `cache`, which must describe the tree as it was then, whole; each directory is
-/// still looked at (a change to its entries moves its times). `None` where the result
-/// could differ from a full scan's (a file hard-linked in a way `cache` does not record):
-/// then the tree must be scanned whole.
+/// [`scan_beside`], reading again only what changed since `cache` was scanned. `changed`
+/// names (paths relative to `root`) every entry that changed since, and the directory it
+/// is in: those directories are listed again, as are those whose own metadata changed
+/// (each directory is looked at: a change to its entries moves its times). In a listed
+/// directory, an entry `changed` does not name that is still the same inode (as listed)
+/// is taken from `cache`, as is everything in the directories not listed. `cache` must
+/// describe the tree as it was then, whole. `None` where the result could differ from a
+/// full scan's (a file hard-linked in a way `cache` does not record): then the tree must
+/// be scanned whole.
 pub fn scan_changed(
     root: &Path,
     cache: &Manifest,
@@ -325,8 +330,10 @@ pub fn scan_changed(
     let mut linked = HashSet::new();
     for e in &cache.entries {
         if let Some(first) = &e.link_to {
-            dirty.insert(parent_of(&e.path).to_vec());
-            dirty.insert(parent_of(first).to_vec());
+            for name in [&e.path, first] {
+                dirty.insert(parent_of(name).to_vec());
+                dirty.insert(name.clone());
+            }
             linked.insert(e.ino);
         }
     }
@@ -386,7 +393,7 @@ fn scan_with<'a>(
 
 /// What a scan that reads only what changed ([`scan_changed`]) needs.
 struct Partial {
-    /// Directories whose entries are all looked at again.
+    /// Directories listed again, and entries looked at again.
     dirty: HashSet<Vec<u8>>,
     /// The inodes of the files the cache records as hard-linked (every name of those is
     /// looked at again, or is in a directory where something changed).
@@ -415,18 +422,22 @@ struct CacheCursor<'a> {
 }
 
 impl<'a> CacheCursor<'a> {
-    fn get(&mut self, path: &[u8]) -> Option<&'a Entry> {
+    /// The entry at `path`, left for [`CacheCursor::get`] to take.
+    fn peek(&mut self, path: &[u8]) -> Option<&'a Entry> {
         while let Some(e) = self.entries.get(self.next) {
             match path_cmp(&e.path, path) {
                 Ordering::Less => self.next += 1,
-                Ordering::Equal => {
-                    self.next += 1;
-                    return Some(e);
-                }
+                Ordering::Equal => return Some(e),
                 Ordering::Greater => return None,
             }
         }
         None
+    }
+
+    fn get(&mut self, path: &[u8]) -> Option<&'a Entry> {
+        let e = self.peek(path)?;
+        self.next += 1;
+        Some(e)
     }
 }
 
@@ -449,12 +460,12 @@ struct Scanner<'a> {
     partial: Option<Partial>,
 }
 
-/// A directory the walk is in: open, with the names it has yet to visit (`None`: those
-/// of its cached entries, in the cache's order).
+/// A directory the walk is in: open, with the names it has yet to visit and their inode
+/// numbers as listed (`None`: those of its cached entries, in the cache's order).
 struct Level {
     fd: OwnedFd,
     prefix: Vec<u8>,
-    names: Option<std::vec::IntoIter<Vec<u8>>>,
+    names: Option<std::vec::IntoIter<(Vec<u8>, u64)>>,
 }
 
 /// How many directories deep a tree may be. Deeper trees are refused with a clear error:
@@ -492,8 +503,8 @@ impl Scanner<'_> {
             Some(p) if !p.dirty.contains(&b""[..]) => None,
             _ => {
                 self.report.listed_dirs += 1;
-                let names =
-                    fsx::list_dir(root.as_fd()).map_err(EngineError::io("listing a directory"))?;
+                let names = fsx::list_dir_inodes(root.as_fd())
+                    .map_err(EngineError::io("listing a directory"))?;
                 Some(names.into_iter())
             }
         };
@@ -510,14 +521,14 @@ impl Scanner<'_> {
             }
             let at = self.cache.next;
             let (next, cached) = match &mut level.names {
-                Some(names) => (names.next(), false),
+                Some(names) => (names.next().map(|(name, ino)| (name, Some(ino))), false),
                 None => match self.next_cached(&level.prefix) {
                     Cached::Taken => continue,
-                    Cached::Dir(name) => (Some(name), true),
+                    Cached::Dir(name) => (Some((name, None)), true),
                     Cached::End => (None, false),
                 },
             };
-            let Some(name) = next else {
+            let Some((name, listed_ino)) = next else {
                 stack.pop();
                 continue;
             };
@@ -526,6 +537,9 @@ impl Scanner<'_> {
                 path.push(b'/');
             }
             path.extend_from_slice(&name);
+            if listed_ino.is_some_and(|ino| self.take_unchanged(&path, ino)) {
+                continue;
+            }
             let depth = stack.len();
             let dir = stack.last().expect("a level").fd.as_fd();
             let sub = self.entry(dir, &name, path, depth)?;
@@ -538,6 +552,32 @@ impl Scanner<'_> {
             }
         }
         Ok(())
+    }
+
+    /// In a scan of what changed only, takes the cached entry at `path` of a directory
+    /// listed again, if the change list does not name it and it is still the same inode
+    /// (`ino`, as listed): nothing changed it, or the change list would name it. Not a
+    /// directory (those are always looked at), nor a hard-linked file.
+    fn take_unchanged(&mut self, path: &[u8], ino: u64) -> bool {
+        let Some(p) = &self.partial else {
+            return false;
+        };
+        if p.dirty.contains(path) {
+            return false;
+        }
+        match self.cache.peek(path) {
+            Some(c)
+                if c.ino == ino
+                    && c.kind != Kind::Dir
+                    && c.link_to.is_none()
+                    && !p.linked.contains(&c.ino) =>
+            {
+                self.cache.next += 1;
+                self.entries.push(c.clone());
+                true
+            }
+            _ => false,
+        }
     }
 
     /// In a directory taken from the cache (at `prefix`), its next cached entry: one other
@@ -588,6 +628,7 @@ impl Scanner<'_> {
         path: Vec<u8>,
         depth: usize,
     ) -> Result<Option<Level>, EngineError> {
+        self.report.looked_at += 1;
         let st = match fsx::stat_at(dir, name) {
             Ok(st) => st,
             // Vanished since the listing: it is simply not part of this state.
@@ -643,7 +684,7 @@ impl Scanner<'_> {
                 e.xattrs = fsx::read_xattrs(sub.as_fd())
                     .map_err(|err| unreadable("reading the xattrs of", &e.path, err))?;
                 self.report.listed_dirs += 1;
-                let names = fsx::list_dir(sub.as_fd())
+                let names = fsx::list_dir_inodes(sub.as_fd())
                     .map_err(|err| unreadable("listing the directory", &e.path, err))?;
                 let prefix = e.path.clone();
                 self.entries.push(e);

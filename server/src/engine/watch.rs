@@ -188,8 +188,8 @@ impl Watch {
             return [(); N].map(|()| None);
         };
         match seen {
-            // (A file changes its directory's entries.)
-            Some(files) => files.iter().for_each(|f| st.bump(f.parent().unwrap_or(f))),
+            // (A change is remembered with the directory it is in: see `changed_since`.)
+            Some(files) => files.iter().for_each(|f| st.bump_entry(f)),
             None => st.unplaced(),
         }
         self.inner.drain(&mut st);
@@ -204,7 +204,9 @@ impl Watch {
     /// Where the tree at `root` changed since its generation `generation` (as
     /// [`Watch::generations`] gave it, with `id`), up to at least its last generation
     /// given: paths relative to `root`, of directories where entries changed (created,
-    /// deleted, renamed, written, their metadata changed) and of what those changes named.
+    /// deleted, renamed, written, their metadata changed) and of every entry those changes
+    /// named (a change is never remembered without the entry it changed, so a scan may
+    /// take an entry not named from its last scan).
     /// `None` where that is not known (another watch or tree, events lost or not placed
     /// since): then the tree must be walked whole.
     pub fn changed_since(&self, root: &Path, id: &str, generation: u64) -> Option<Vec<PathBuf>> {
@@ -388,7 +390,7 @@ impl State {
                 _ => Err(()),
             };
             match place {
-                Ok(Some(path)) => self.bump(path.parent().unwrap_or(&path)),
+                Ok(Some(path)) => self.bump_entry(&path),
                 // Unlinked: in no tree.
                 Ok(None) => {}
                 Err(()) => self.unplaced(),
@@ -478,6 +480,14 @@ impl State {
             .get(&fsid)
             .map(|(mount, _)| mount)
             .ok_or(())
+    }
+
+    /// Counts a change of the entry at `path` and of the directory it is in.
+    fn bump_entry(&mut self, path: &Path) {
+        if let Some(dir) = path.parent() {
+            self.bump(dir);
+        }
+        self.bump(path);
     }
 
     /// Counts a change at `path` against every tree holding it, and remembers it there.

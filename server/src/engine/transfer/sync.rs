@@ -69,8 +69,8 @@ pub(in crate::engine) fn sync(
     if s_report.partial {
         summary.notes.push(format!(
             "the source's scan read again only where it changed since its last scan ({} \
-             directories listed); the rest is as that scan found it",
-            s_report.listed_dirs
+             directories listed, {} entries looked at); the rest is as that scan found it",
+            s_report.listed_dirs, s_report.looked_at
         ));
     }
     drift(&target, keep, &mut summary);
