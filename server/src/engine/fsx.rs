@@ -106,6 +106,22 @@ pub fn free_later(held: Option<OwnedFd>) {
 
 const REAPED_AT_ONCE: usize = 64;
 
+/// Unlinks the regular files directly in `dir`, each freed on the reaper's thread where it
+/// has room ([`free_later`]): a sync's staged files may be clones of large files, whose
+/// extents take a while to let go of. What is not a file, or cannot be removed, stays.
+pub fn remove_files_freeing_later(dir: &Path) {
+    let Ok(fd) = open_dir(dir) else {
+        return;
+    };
+    for name in list_dir(fd.as_fd()).unwrap_or_default() {
+        if let Some(held) = hold_file_at(fd.as_fd(), &name) {
+            if remove_at(fd.as_fd(), &name).is_ok() {
+                free_later(Some(held));
+            }
+        }
+    }
+}
+
 /// Replaces the file at `path` with `bytes`, whole or not at all: written to a temp file
 /// of this writer's own beside it (several threads or processes may replace one file at
 /// once), made durable first if `durable`, then renamed over it. The file replaced is
@@ -703,6 +719,14 @@ pub fn kernel_copy_support(dir: &Path) -> Option<KernelCopy> {
         cache.get_or_insert_with(HashMap::new).insert(k, found);
     }
     found
+}
+
+/// Makes the entry `path` durable in its directory (a rename into it, say).
+pub fn sync_dir_of(path: &Path) -> io::Result<()> {
+    match path.parent() {
+        Some(dir) => std::fs::File::open(dir)?.sync_all(),
+        None => Ok(()),
+    }
 }
 
 pub fn syncfs(fd: BorrowedFd<'_>) -> io::Result<()> {

@@ -453,30 +453,48 @@ pub(in crate::engine) fn commit_sync(
     }
 
     ctl.phase(Phase::Verify, None, None);
-    // Nothing changed: the target scan just read back exactly this state, and the diff
-    // already compared every entry: one root hash is enough.
+    let path = dst.manifest_path();
     let (got, root_hash) = if changed {
-        let got = restat(&dst.root, want, Some(&target.man))?;
-        let root_hash = check_roots(want, &got)?;
-        (got, root_hash)
+        // What was applied goes to disk (syncfs) while it is read back, checked, and its
+        // manifest written and made durable by itself (fsync, and its directory's): one
+        // syncfs after all that took longer. (Until the work dir goes, after both, the
+        // commit marker says the recorded state is not to be trusted.)
+        let root_fd = fsx::open_dir(&dst.root).map_err(io_err("opening the target"))?;
+        let (flushed, read_back) = std::thread::scope(|s| {
+            let flush = s.spawn(|| fsx::syncfs(root_fd.as_fd()));
+            let read_back = restat(&dst.root, want, Some(&target.man)).and_then(|got| {
+                let root_hash = check_roots(want, &got)?;
+                got.store(&path)
+                    .and_then(|()| fsx::sync_dir_of(&path))
+                    .map_err(io_err("writing the target manifest"))?;
+                Ok((got, root_hash))
+            });
+            (flush.join(), read_back)
+        });
+        flushed
+            .map_err(|_| EngineError::Integrity("syncfs panicked".into()))?
+            .map_err(io_err("syncfs"))?;
+        read_back?
     } else {
+        // Nothing changed: the target scan just read back exactly this state, and the
+        // diff already compared every entry: one root hash is enough.
         let root_hash = target.man.root_hex();
+        let interrupted = target.prepared.interrupted_commit;
+        if !target.recorded || summary.drift > 0 {
+            // Made durable by the syncfs that follows, if one does.
+            match interrupted {
+                true => target.man.store_unsynced(&path).map(drop),
+                false => target.man.store(&path),
+            }
+            .map_err(io_err("writing the target manifest"))?;
+        }
+        if interrupted {
+            let root_fd = fsx::open_dir(&dst.root).map_err(io_err("opening the target"))?;
+            fsx::syncfs(root_fd.as_fd()).map_err(io_err("syncfs"))?;
+        }
         (target.man, root_hash)
     };
-    // Made durable by the syncfs that follows, if one does.
-    let syncs = changed || target.prepared.interrupted_commit;
-    if changed || !target.recorded || summary.drift > 0 {
-        let path = dst.manifest_path();
-        match syncs {
-            true => got.store_unsynced(&path).map(drop),
-            false => got.store(&path),
-        }
-        .map_err(io_err("writing the target manifest"))?;
-    }
-    if syncs {
-        let root_fd = fsx::open_dir(&dst.root).map_err(io_err("opening the target"))?;
-        fsx::syncfs(root_fd.as_fd()).map_err(io_err("syncfs"))?;
-    }
+    fsx::remove_files_freeing_later(&dst.work_dir().join("stage"));
     let _ = fs::remove_dir_all(dst.work_dir());
     summary.recovered |= target.prepared.interrupted_commit;
     summary.tree_files = got.files();
