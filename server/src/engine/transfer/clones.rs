@@ -8,7 +8,9 @@
 //!
 //! The receiver hands these files to the pool and goes on with the stream; it waits for
 //! the pool before anything that needs a worker's file (a hard link to it) and at the end
-//! (directory metadata, then the verification of the whole tree).
+//! (directory metadata, then the verification of the whole tree). A sync's changed files
+//! go the same way, into its stage: each is placed in order at its commit, by the entry
+//! the receiver listed for it when handing it out, which the worker's result completes.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc;
@@ -16,20 +18,24 @@ use std::sync::{Arc, Mutex};
 use std::thread::Scope;
 
 use super::receive::{
-    changed_since_sent, finish_file, take_content, Content, LocalTrees, Received,
+    changed_since_sent, finish_file, take_content, Content, LocalTrees, Pending, Received,
 };
 use super::*;
 
 /// A file to lay down: its entry, which local tree holds its content and where, and the
-/// hash and size the sender announced.
+/// hash and size the sender announced. `to`: where, in the pool's tree (a copy's: the
+/// entry's path; a sync's stage: its staged name); `pending`: for a sync, its place in
+/// what the commit applies.
 pub(super) struct KernelFile {
     pub(super) e: Entry,
+    pub(super) to: Vec<u8>,
+    pub(super) pending: Option<usize>,
     pub(super) tree: u32,
     pub(super) from: Vec<u8>,
     pub(super) sent: ([u8; 32], u64),
 }
 
-type Done = Result<(Content, Entry), EngineError>;
+type Done = Result<(Content, Entry, Option<usize>), EngineError>;
 
 pub(super) struct KernelPool {
     queue: mpsc::SyncSender<KernelFile>,
@@ -39,8 +45,8 @@ pub(super) struct KernelPool {
 }
 
 impl KernelPool {
-    /// Workers for the copy into `root`, taking content from `trees` (the local trees, and
-    /// which of them is the source).
+    /// Workers laying down files in `root` (the tree a copy builds, or a sync's stage),
+    /// taking content from `trees` (the local trees, and which of them is the source).
     pub(super) fn start<'scope>(
         s: &'scope Scope<'scope, '_>,
         root: &'scope Path,
@@ -105,8 +111,11 @@ impl KernelPool {
 }
 
 fn count(done: Done, out: &mut Received) -> Result<(), EngineError> {
-    let (got, e) = done?;
+    let (got, e, pending) = done?;
     out.count_file(&got, &e);
+    if let Some(Pending::Place { e: placed, .. }) = pending.and_then(|i| out.pending.get_mut(i)) {
+        *placed = e;
+    }
     Ok(())
 }
 
@@ -160,13 +169,13 @@ fn lay_down(
     ctl.check()?;
     let KernelFile {
         mut e,
+        to,
+        pending,
         tree,
         from,
         sent,
     } = file;
-    let (dir, name) = walker
-        .parent(&e.path)
-        .map_err(io_err("opening a directory"))?;
+    let (dir, name) = walker.parent(&to).map_err(io_err("opening a directory"))?;
     let mut out = fsx::create_file_at(dir, name).map_err(io_err("creating a file"))?;
     let of_source = local.source == Some(tree) && from == e.path;
     let (d, n) = local
@@ -188,5 +197,5 @@ fn lay_down(
     };
     got.record_in(&mut e);
     finish_file(&out, &e, ctl)?;
-    Ok((got, e))
+    Ok((got, e, pending))
 }

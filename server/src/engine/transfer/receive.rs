@@ -81,14 +81,19 @@ pub(super) fn receive(
     trees: (&[Place], Option<u32>),
     ctl: &Control,
 ) -> Result<Received, EngineError> {
-    if mode != Mode::Copy || trees.1.is_none() {
+    if trees.1.is_none() {
         return receive_frames(mode, root, stage, input, current, trees, None, ctl);
     }
-    // A copy whose files the kernel takes from the source: they are laid down by workers,
-    // several at once. (The pool's end closes its queue, and the scope waits for the
-    // workers, before the copy goes on or its staging tree is removed.)
+    // A copy or sync whose files the kernel takes from the source: they are laid down by
+    // workers, several at once (a sync's in its stage). (The pool's end closes its queue,
+    // and the scope waits for the workers, before the transfer goes on or its staging
+    // tree is removed.)
+    let into = match mode {
+        Mode::Copy => root,
+        Mode::Sync => stage,
+    };
     std::thread::scope(|s| {
-        let mut pool = KernelPool::start(s, root, trees, ctl)?;
+        let mut pool = KernelPool::start(s, into, trees, ctl)?;
         receive_frames(
             mode,
             root,
@@ -171,9 +176,24 @@ fn receive_frames(
                                 "unexpected frame inside a file".into(),
                             ));
                         };
+                        let (to, pending) = match mode {
+                            Mode::Copy => (e.path.clone(), None),
+                            Mode::Sync => {
+                                // Placed in this order at the commit, as the worker left it.
+                                seq += 1;
+                                let tmp = seq.to_string().into_bytes();
+                                out.pending.push(Pending::Place {
+                                    tmp: tmp.clone(),
+                                    e: e.clone(),
+                                });
+                                (tmp, Some(out.pending.len() - 1))
+                            }
+                        };
                         pool.submit(
                             KernelFile {
                                 e,
+                                to,
+                                pending,
                                 tree,
                                 from,
                                 sent: (hash, size),
