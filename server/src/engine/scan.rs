@@ -2,7 +2,7 @@
 //! ctime and inode match the cached entry keeps its cached hash and is never read again.
 
 use std::cmp::Ordering;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -14,7 +14,7 @@ use rustix::fs as rfs;
 use super::extents;
 use super::fsx::{self, ctime_ns, kind_of, mtime_ns};
 use super::manifest::{path_cmp, Chunk, Entry, Kind, Manifest};
-use super::{Control, EngineError};
+use super::{Control, EngineError, FastSet};
 
 /// Files from this size on are cut into content-defined chunks, so a later change can be
 /// sent as a delta.
@@ -324,10 +324,10 @@ pub fn scan_changed(
     twin: Option<Twin<'_>>,
     ctl: &Control,
 ) -> Result<Option<(Manifest, ScanReport)>, EngineError> {
-    let mut dirty: HashSet<Vec<u8>> = changed.iter().cloned().collect();
+    let mut dirty: FastSet<Vec<u8>> = changed.iter().cloned().collect();
     // Hard-linked files are read again wherever one of their names is: a write through
     // one name is an event in that name's directory only.
-    let mut linked = HashSet::new();
+    let mut linked = FastSet::default();
     for e in &cache.entries {
         if let Some(first) = &e.link_to {
             for name in [&e.path, first] {
@@ -394,10 +394,10 @@ fn scan_with<'a>(
 /// What a scan that reads only what changed ([`scan_changed`]) needs.
 struct Partial {
     /// Directories listed again, and entries looked at again.
-    dirty: HashSet<Vec<u8>>,
+    dirty: FastSet<Vec<u8>>,
     /// The inodes of the files the cache records as hard-linked (every name of those is
     /// looked at again, or is in a directory where something changed).
-    linked: HashSet<u64>,
+    linked: FastSet<u64>,
     /// Set when a file looked at again is hard-linked and the cache does not say so: its
     /// other names may be in directories taken from the cache.
     unsure: bool,

@@ -13,7 +13,7 @@ use super::fsx::{self, split_parent, Walker};
 use super::manifest::{diff, path_cmp, Change, Chunk, Entry, Kind, Manifest};
 use super::scan::{self, chunked_file_hash, hash_reader, Listed, CHUNKED_FILE_MIN};
 use super::wire::{self, Frame, FrameReader, FrameWriter, PipeReader, PipeWriter, WireStats};
-use super::{Control, EngineError, Phase, Place, Summary};
+use super::{Control, EngineError, FastMap, FastSet, Phase, Place, Summary};
 
 mod clones;
 mod copy;
@@ -88,7 +88,7 @@ fn restat(
     let before = before.map_or(&[][..], |m| &m.entries[..]);
     // Names of an inode with several links, before or after: linking or unlinking another
     // name of the same inode moves its ctime, though the entry itself did not change.
-    let multiply_linked: std::collections::HashSet<&[u8]> = before
+    let multiply_linked: FastSet<&[u8]> = before
         .iter()
         .chain(&want.entries)
         .filter_map(|e| e.link_to.as_deref().map(|first| [first, e.path.as_slice()]))

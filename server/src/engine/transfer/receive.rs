@@ -129,11 +129,11 @@ fn receive_frames(
     // A second walker for a second path at once (hard-link sources, reused files).
     let mut other = Walker::new(fsx::open_dir(root).map_err(io_err("opening the target"))?);
     let stage_fd = fsx::open_dir(stage).map_err(io_err("opening the work dir"))?;
-    let current: HashMap<&[u8], &Entry> = current
+    let current: FastMap<&[u8], &Entry> = current
         .map(|m| m.entries.iter().map(|e| (e.path.as_slice(), e)).collect())
         .unwrap_or_default();
     // Names that other names are hard links of: never changed in place.
-    let linked: std::collections::HashSet<&[u8]> = current
+    let linked: FastSet<&[u8]> = current
         .values()
         .filter_map(|e| e.link_to.as_deref())
         .collect();

@@ -513,7 +513,7 @@ fn keeping(
     kept: &mut Vec<String>,
 ) -> Manifest {
     want.entries.retain(|e| !keep(&e.path));
-    let dirs: std::collections::HashSet<&[u8]> = want
+    let dirs: FastSet<&[u8]> = want
         .entries
         .iter()
         .filter(|e| e.kind == Kind::Dir)
@@ -558,12 +558,12 @@ pub(super) fn send_sync(
     let mut fw = FrameWriter::new(out);
     let mut walker =
         Walker::new(fsx::open_dir(root).map_err(EngineError::io_path("opening", root))?);
-    let by_path: HashMap<&[u8], &Entry> = target
+    let by_path: FastMap<&[u8], &Entry> = target
         .entries
         .iter()
         .map(|e| (e.path.as_slice(), e))
         .collect();
-    let by_hash: HashMap<[u8; 32], &[u8]> = target
+    let by_hash: FastMap<[u8; 32], &[u8]> = target
         .entries
         .iter()
         .filter(|e| e.has_data() && e.hash != [0; 32])
@@ -616,7 +616,7 @@ pub(super) fn send_sync(
             .map_err(io_err("opening a source directory"))?;
         let file = fsx::open_file_at(dir, name).map_err(io_err("opening a source file"))?;
         // A large file whose previous version the target has: send only new chunks.
-        let base: Option<HashMap<[u8; 32], (u64, u32)>> = by_path
+        let base: Option<FastMap<[u8; 32], (u64, u32)>> = by_path
             .get(e.path.as_slice())
             .filter(|t| t.kind == Kind::File && !t.chunks.is_empty() && e.size >= CHUNKED_FILE_MIN)
             .map(|t| {
@@ -664,7 +664,7 @@ pub(super) fn send_sync(
 pub(super) fn send_known_chunks(
     file: &fs::File,
     chunks: &[Chunk],
-    base: &HashMap<[u8; 32], (u64, u32)>,
+    base: &FastMap<[u8; 32], (u64, u32)>,
     fw: &mut FrameWriter<PipeWriter>,
     ctl: &Control,
 ) -> Result<([u8; 32], Vec<Chunk>, u64), EngineError> {
@@ -798,7 +798,7 @@ pub(super) fn apply_pending(
     (current, want): (&Manifest, &Manifest),
     ctl: &Control,
 ) -> Result<(), EngineError> {
-    let current: HashMap<&[u8], &Entry> = current
+    let current: FastMap<&[u8], &Entry> = current
         .entries
         .iter()
         .map(|e| (e.path.as_slice(), e))
@@ -924,7 +924,7 @@ pub(super) fn apply_pending(
     touched_dirs.retain(|d| !d.is_empty());
     touched_dirs.sort_by(|a, b| path_cmp(b, a));
     touched_dirs.dedup();
-    let want_dirs: HashMap<&[u8], &Entry> = want
+    let want_dirs: FastMap<&[u8], &Entry> = want
         .entries
         .iter()
         .filter(|e| e.kind == Kind::Dir)
