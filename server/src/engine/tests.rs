@@ -267,6 +267,8 @@ struct Env {
     _tmp: Option<tempfile::TempDir>,
     /// A loop-mounted btrfs the trees are on (unmounted when dropped).
     btrfs: Option<LoopFs>,
+    /// A loop-mounted ext4 of its own the trees are on.
+    _ext4: Option<LoopFs>,
     base: PathBuf,
 }
 
@@ -277,6 +279,20 @@ impl Env {
         Env {
             _tmp: Some(tmp),
             btrfs: None,
+            _ext4: None,
+            base,
+        }
+    }
+    /// On an ext4 of its own: for trees whose every change is an event for every change
+    /// watch on their filesystem (a tree of 100,000 directories overflows a watch's queue,
+    /// and its changes too deep to be named count for every tree).
+    fn on_own_ext4() -> Env {
+        let fs = LoopFs::new("ext4");
+        let base = fs.root();
+        Env {
+            _tmp: None,
+            btrfs: None,
+            _ext4: Some(fs),
             base,
         }
     }
@@ -287,6 +303,7 @@ impl Env {
         Env {
             _tmp: None,
             btrfs: Some(fs),
+            _ext4: None,
             base,
         }
     }
@@ -955,7 +972,7 @@ fn deep_tree(root: &Path, levels: usize) {
 
 #[test]
 fn a_tree_deeper_than_the_limit_fails_cleanly_and_is_removed_without_recursion() {
-    let env = Env::new();
+    let env = Env::on_own_ext4();
     let (src, dst) = (env.place("src"), env.place("dst"));
     // 100,000 levels: a recursive walk on a 2 MiB thread overflows its stack (and aborts
     // the process) long before the bottom.
@@ -991,7 +1008,7 @@ fn a_tree_deeper_than_the_limit_fails_cleanly_and_is_removed_without_recursion()
 
 #[test]
 fn a_tree_just_within_the_depth_limit_copies_and_syncs() {
-    let env = Env::new();
+    let env = Env::on_own_ext4();
     let (src, dst) = (env.place("src"), env.place("dst"));
     deep_tree(&src.root, scan::MAX_DEPTH - 1);
     copy(&src, &dst, &Control::new()).unwrap();
@@ -1699,7 +1716,9 @@ fn assert_independent(src: &Place, dst: &Place, big: &[u8]) {
     assert_eq!(fs::read(dst.root.join("big.img")).unwrap()[..4], big[..4]);
 }
 
-/// A filesystem image of `kind` (`xfs` with reflink, or `btrfs`) loop-mounted for a test;
+/// A filesystem image of `kind` (`xfs` with reflink, `ext4` or `btrfs`) loop-mounted for a
+/// test (the change watch sees the whole filesystem: a test of its own sees only its own
+/// changes, none of other tests running meanwhile);
 /// unmounted and removed when dropped, whatever the test did.
 struct LoopFs {
     dir: tempfile::TempDir,
@@ -1722,13 +1741,17 @@ impl LoopFs {
         let image = dir.path().join("image");
         let mnt = dir.path().join("mnt");
         fs::create_dir(&mnt).unwrap();
-        fs::File::create(&image)
-            .unwrap()
-            .set_len(512 << 20)
-            .unwrap();
+        // (Sparse: only what is written takes space. ext4 holds a tree of 100,000
+        // directories: 400 MB of directory blocks, and an inode each.)
+        let size = if kind == "ext4" { 2 << 30 } else { 512 << 20 };
+        fs::File::create(&image).unwrap().set_len(size).unwrap();
         let mkfs = match kind {
             "xfs" => std::process::Command::new("mkfs.xfs")
                 .args(["-q", "-m", "reflink=1"])
+                .arg(&image)
+                .status(),
+            "ext4" => std::process::Command::new("mkfs.ext4")
+                .args(["-q", "-F", "-i", "8192"])
                 .arg(&image)
                 .status(),
             _ => std::process::Command::new("mkfs.btrfs")
@@ -1972,9 +1995,8 @@ fn a_btrfs_sync_skips_the_walks_of_trees_nothing_changed_and_only_those() {
 /// nothing touched, and see every change made to either tree.
 #[test]
 fn a_watched_sync_skips_the_walks_of_trees_nothing_changed_and_only_those() {
-    let tmp = tempfile::tempdir().unwrap();
-    let xfs = LoopFs::new("xfs");
-    for base in [tmp.path().to_path_buf(), xfs.root()] {
+    let (ext4, xfs) = (LoopFs::new("ext4"), LoopFs::new("xfs"));
+    for base in [ext4.root(), xfs.root()] {
         watched_syncs(&base);
     }
 }
@@ -2100,12 +2122,11 @@ fn watched_syncs(base: &Path) {
 /// (in place, metadata, through a hard link, trees moved).
 #[test]
 fn watched_syncs_read_again_only_what_changed_and_find_what_a_full_scan_finds() {
-    let tmp = tempfile::tempdir().unwrap();
-    let xfs = LoopFs::new("xfs");
+    let (ext4, xfs) = (LoopFs::new("ext4"), LoopFs::new("xfs"));
     // (The test reads both trees after each sync.)
     let btrfs = LoopFs::noatime("btrfs");
     for (base, subvolume) in [
-        (tmp.path().to_path_buf(), false),
+        (ext4.root(), false),
         (xfs.root(), false),
         (btrfs.root(), true),
     ] {

@@ -55,6 +55,9 @@ const XFS_SUPER_MAGIC: i64 = 0x5846_5342;
 
 /// Above this many directories remembered, the cache of their paths starts again.
 const CACHED_DIRS: usize = 65_536;
+/// How many levels up a directory too deep to be told looks for an ancestor that can be
+/// (each look is a few syscalls, once per directory; a tree can be deeper than that).
+const DEEP_LOOKS: usize = 4096;
 
 /// How many times a handle is resolved before it counts as one that cannot be.
 const RESOLVE_TRIES: usize = 4;
@@ -88,9 +91,18 @@ struct State {
     trees: HashMap<PathBuf, Tree>,
     /// Changes that could not be placed in one tree: every tree's generation includes it.
     everything: u64,
-    /// Directory handles already resolved, and their paths (forgotten when a directory
+    /// Directory handles already resolved, and where they are (forgotten when a directory
     /// moves).
-    dirs: HashMap<Vec<u8>, PathBuf>,
+    dirs: HashMap<Vec<u8>, DirAt>,
+}
+
+/// Where a directory is.
+#[derive(Clone)]
+enum DirAt {
+    Path(PathBuf),
+    /// Somewhere below this directory: its own path is too long to be told (PATH_MAX),
+    /// this is its deepest ancestor's that can be (shared by all the directories below).
+    Below(Arc<Path>),
 }
 
 /// A tree asked about.
@@ -401,7 +413,8 @@ impl State {
         let dirent = event.mask & (libc::FAN_CREATE | libc::FAN_DELETE | libc::FAN_RENAME) != 0;
         for (dir, name) in &event.dirs {
             match self.dir_path(dir) {
-                Ok(Some(path)) => {
+                Ok(Some(DirAt::Below(above))) => self.bump_below(&above),
+                Ok(Some(DirAt::Path(path))) => {
                     self.bump(&path);
                     if name.is_empty() || *name == b"." {
                         continue;
@@ -507,21 +520,82 @@ impl State {
         }
     }
 
-    /// The path of the directory with `key` (fsid then handle); `None` if it is gone;
-    /// `Err` where it cannot be told.
-    fn dir_path(&mut self, key: &[u8]) -> Result<Option<PathBuf>, ()> {
-        if let Some(p) = self.dirs.get(key) {
-            return Ok(Some(p.clone()));
+    /// Where the directory with `key` (fsid then handle) is; `None` if it is gone; `Err`
+    /// where that cannot be told.
+    fn dir_path(&mut self, key: &[u8]) -> Result<Option<DirAt>, ()> {
+        if let Some(at) = self.dirs.get(key) {
+            return Ok(Some(at.clone()));
         }
-        let found = resolve_settled(self.mount_of(key)?, &key[8..], Some);
-        let path = found.ok_or(())?.map(|(path, _)| path);
-        if let Some(p) = &path {
-            if self.dirs.len() >= CACHED_DIRS {
-                self.dirs.clear();
+        let at = match resolve_settled(self.mount_of(key)?, &key[8..], Some) {
+            Some(found) => found.map(|(path, _)| DirAt::Path(path)),
+            None => Some(DirAt::Below(self.printable_ancestor(key).ok_or(())?)),
+        };
+        if let Some(at) = &at {
+            self.remember(key.to_vec(), at.clone());
+        }
+        Ok(at)
+    }
+
+    /// For the directory with `key` whose path is too long to be told: its deepest ancestor
+    /// whose path can be, as the directories above it tell (resolved already, or read
+    /// now); the directories passed on the way up are remembered below it too. `None` if
+    /// it is gone, or no directory up to [`DEEP_LOOKS`] levels above says.
+    fn printable_ancestor(&mut self, key: &[u8]) -> Option<Arc<Path>> {
+        let mut dir = open_handle(self.mount_of(key).ok()?, &key[8..]).ok()??;
+        let path_of = |fd: &OwnedFd| fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+        if !path_of(&dir).is_err_and(|e| e.raw_os_error() == Some(libc::ENAMETOOLONG)) {
+            return None;
+        }
+        let mut passed = Vec::new();
+        for _ in 0..DEEP_LOOKS {
+            dir = rustix::fs::openat(
+                &dir,
+                "..",
+                rustix::fs::OFlags::PATH
+                    | rustix::fs::OFlags::DIRECTORY
+                    | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+            .ok()?;
+            let up = handle_of(dir.as_raw_fd(), c"", libc::AT_EMPTY_PATH)
+                .ok()
+                .map(|(handle, _)| [&key[..8], &handle[..]].concat());
+            let found = match up.as_ref().and_then(|k| self.dirs.get(k)) {
+                Some(DirAt::Path(p)) => Arc::from(p.as_path()),
+                Some(DirAt::Below(p)) => p.clone(),
+                None => match path_of(&dir) {
+                    Err(e) if e.raw_os_error() == Some(libc::ENAMETOOLONG) => {
+                        passed.extend(up);
+                        continue;
+                    }
+                    found => Arc::from(found.ok()?.as_path()),
+                },
+            };
+            for k in passed {
+                self.remember(k, DirAt::Below(found.clone()));
             }
-            self.dirs.insert(key.to_vec(), p.clone());
+            return Some(found);
         }
-        Ok(path)
+        None
+    }
+
+    fn remember(&mut self, key: Vec<u8>, at: DirAt) {
+        if self.dirs.len() >= CACHED_DIRS {
+            self.dirs.clear();
+        }
+        self.dirs.insert(key, at);
+    }
+
+    /// A change somewhere below `dir`, in a directory whose path cannot be told: counted
+    /// in the trees holding `dir`, which forget where they changed.
+    fn bump_below(&mut self, dir: &Path) {
+        let everything = self.everything;
+        for (root, t) in self.trees.iter_mut() {
+            if dir.starts_with(root) {
+                t.count += 1;
+                t.forget(everything);
+            }
+        }
     }
 }
 
@@ -625,6 +699,16 @@ fn key_of(path: &Path) -> io::Result<(Vec<u8>, i32)> {
 /// mount it is seen through.
 fn handle_at(path: &Path) -> io::Result<(Vec<u8>, i32)> {
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    handle_of(libc::AT_FDCWD, &c, 0)
+}
+
+/// [`handle_at`] of `path` from the directory `dir` (with `flags`: `AT_EMPTY_PATH` for
+/// `dir` itself).
+fn handle_of(
+    dir: libc::c_int,
+    path: &std::ffi::CStr,
+    flags: libc::c_int,
+) -> io::Result<(Vec<u8>, i32)> {
     // `struct file_handle` with room for the largest handle (MAX_HANDLE_SZ, 128 bytes),
     // as u32s for its alignment.
     let mut buf = [0u32; 2 + 32];
@@ -633,11 +717,11 @@ fn handle_at(path: &Path) -> io::Result<(Vec<u8>, i32)> {
     // SAFETY: `buf` is a `struct file_handle` with `handle_bytes` set to its room.
     let r = unsafe {
         libc::name_to_handle_at(
-            libc::AT_FDCWD,
-            c.as_ptr(),
+            dir,
+            path.as_ptr(),
             buf.as_mut_ptr().cast(),
             &mut mount_id,
-            0,
+            flags,
         )
     };
     if r != 0 {
@@ -675,8 +759,14 @@ fn resolve_settled<T>(
         if i > 0 {
             std::thread::sleep(std::time::Duration::from_micros(200));
         }
-        if let Some(taken) = resolve(mount, handle).ok().and_then(&settled) {
-            return Some(taken);
+        match resolve(mount, handle) {
+            // (Not a passing state: tried no more.)
+            Err(e) if e.raw_os_error() == Some(libc::ENAMETOOLONG) => return None,
+            found => {
+                if let Some(taken) = found.ok().and_then(&settled) {
+                    return Some(taken);
+                }
+            }
         }
     }
     None
@@ -764,7 +854,7 @@ fn open_for_writing(devs: &[u64], trees: &[PathBuf], mounts: &[i32]) -> Option<V
         return Some(placed);
     }
     let procs = fs::read_dir("/proc").ok()?;
-    let mut found: Vec<(u64, u64, PathBuf, PathBuf)> = Vec::new();
+    let mut found: Vec<Seen> = Vec::new();
     for p in procs.flatten() {
         let name = p.file_name();
         if !name.as_bytes().iter().all(u8::is_ascii_digit) {
@@ -792,13 +882,32 @@ fn open_for_writing(devs: &[u64], trees: &[PathBuf], mounts: &[i32]) -> Option<V
         let file = PathBuf::from(file.trim_end_matches('\n'));
         match fs::metadata(&file) {
             Ok(m) if ro.trim() == "0" && devs.contains(&m.dev()) => {
-                found.push((m.dev(), m.ino(), file, PathBuf::from("/")));
+                found.push(Seen {
+                    dev: m.dev(),
+                    ino: m.ino(),
+                    link: loop_dir.join("backing_file"),
+                    path: file,
+                    root: PathBuf::from("/"),
+                });
             }
             _ => {}
         }
     }
-    for (dev, ino, path, root) in found {
+    for Seen {
+        dev,
+        ino,
+        path,
+        root,
+        link,
+    } in found
+    {
         let at = place(dev, ino, &path, &root, trees);
+        if at.is_empty() && fs::read_link(&link).ok().as_ref() != Some(&path) {
+            // Closed, unmapped, renamed or unlinked since it was seen: not its name any
+            // more. A rename is an event; a file still open is found by its new name at
+            // the next look.
+            continue;
+        }
         // Found outside every tree, through a mount trees are not seen through (a bind
         // mount of part of one): it may still be a tree's file.
         let elsewhere = |p: &PathBuf| {
@@ -818,13 +927,21 @@ fn mount_of(path: &Path) -> Option<i32> {
     handle_at(path).ok().map(|(_, mount_id)| mount_id)
 }
 
+/// A file open for writing or mapped shared, as a process's entry in `/proc` shows it.
+struct Seen {
+    dev: u64,
+    ino: u64,
+    /// Its path as printed, for the process's root `root`.
+    path: PathBuf,
+    root: PathBuf,
+    /// The link in `/proc` it was read from (a descriptor's, a mapping's), read again
+    /// to tell whether that path was still its name.
+    link: PathBuf,
+}
+
 /// Adds the files of the process at `dir` (`/proc/<pid>`) on `devs` that it maps shared
-/// or holds open for writing: device, inode, path as printed, and the process's root.
-fn process_files(
-    dir: &Path,
-    devs: &[u64],
-    found: &mut Vec<(u64, u64, PathBuf, PathBuf)>,
-) -> io::Result<()> {
+/// or holds open for writing.
+fn process_files(dir: &Path, devs: &[u64], found: &mut Vec<Seen>) -> io::Result<()> {
     let mut root: Option<PathBuf> = None;
     let root_of = |root: &mut Option<PathBuf>| -> io::Result<PathBuf> {
         if root.is_none() {
@@ -845,7 +962,13 @@ fn process_files(
                 continue;
             }
             let path = PathBuf::from(std::ffi::OsStr::from_bytes(&unescape(path)));
-            found.push((dev, ino, path, root_of(&mut root)?));
+            found.push(Seen {
+                dev,
+                ino,
+                path,
+                root: root_of(&mut root)?,
+                link: mapped,
+            });
         }
     }
     for fd in fs::read_dir(dir.join("fd"))?.flatten() {
@@ -871,7 +994,13 @@ fn process_files(
         let Ok(path) = fs::read_link(fd.path()) else {
             continue;
         };
-        found.push((meta.dev(), meta.ino(), path, root_of(&mut root)?));
+        found.push(Seen {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            path,
+            root: root_of(&mut root)?,
+            link: fd.path(),
+        });
     }
     Ok(())
 }
@@ -917,7 +1046,9 @@ fn place(dev: u64, ino: u64, path: &Path, root: &Path, trees: &[PathBuf]) -> Vec
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::fsx;
     use std::io::Write;
+    use std::os::fd::AsFd;
 
     fn tree(base: &Path, name: &str) -> PathBuf {
         let root = base.join(name);
@@ -1235,5 +1366,34 @@ mod tests {
         assert_eq!(w.changed_since(&root, &id, g2), None);
         let (_, g3) = w.generation(&root).unwrap();
         assert_eq!(since(g3), Vec::<PathBuf>::new());
+    }
+
+    /// A change in a directory whose path is longer than PATH_MAX counts in the tree that
+    /// holds it (which forgets where it changed), and in no other tree.
+    #[test]
+    fn a_change_too_deep_to_be_named_counts_in_its_tree_only() {
+        let base = tempfile::tempdir().unwrap();
+        let (deep, other) = (tree(base.path(), "deep"), tree(base.path(), "other"));
+        let w = Watch::new().unwrap();
+        // 40 levels of 200-byte names: 8,000 bytes below the root.
+        let mut dir = fsx::open_dir(&deep).unwrap();
+        let name = "d".repeat(200);
+        for _ in 0..40 {
+            fsx::mkdir_at(dir.as_fd(), name.as_bytes()).unwrap();
+            dir = fsx::open_dir_at(dir.as_fd(), name.as_bytes()).unwrap();
+        }
+        let (id, g0) = w.generation(&deep).unwrap();
+        let (_, other0) = w.generation(&other).unwrap();
+        let everything = || w.inner.state.lock().unwrap().everything;
+        let before = everything();
+        let file = fsx::create_file_at(dir.as_fd(), b"file").unwrap();
+        std::io::Write::write_all(&mut &file, b"written deep down").unwrap();
+        drop(file);
+        let (_, g1) = w.generation(&deep).unwrap();
+        assert!(g1 > g0);
+        assert_eq!(w.generation(&other).unwrap().1, other0, "not unplaced");
+        assert_eq!(everything(), before, "not unplaced");
+        assert_eq!(w.changed_since(&deep, &id, g0), None, "where: not known");
+        assert_eq!(w.changed_since(&deep, &id, g1), Some(Vec::new()));
     }
 }

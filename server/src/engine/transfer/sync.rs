@@ -760,6 +760,44 @@ fn rewrite_whole(
 /// copied) to a name of this process's own beside its place, given its metadata, and
 /// renamed over it: still one atomic rename. (What a crash leaves under that name is drift
 /// the next sync removes.)
+/// Places the staged files `places` (staged name, entry) in the tree at `root`, on two
+/// threads where there are many: each is one rename, and a rename that replaces a file
+/// waits for the filesystem to let go of it (on btrfs, XFS: its extents) in the caller's
+/// time. Their directories exist; each thread takes its own part of the list, so the two
+/// mostly rename in different directories.
+fn place_all(
+    root: &Path,
+    stage: BorrowedFd<'_>,
+    places: &[(&[u8], &Entry)],
+    ctl: &Control,
+) -> Result<(), EngineError> {
+    let place_part = |part: &[(&[u8], &Entry)]| -> Result<(), EngineError> {
+        let mut walker = Walker::new(fsx::open_dir(root).map_err(io_err("opening the target"))?);
+        for (tmp, e) in part {
+            ctl.fail("sync:commit-op")?;
+            let (dir, name) = walker
+                .parent(&e.path)
+                .map_err(io_err("opening a directory"))?;
+            // (The file it replaces, if any.)
+            fsx::free_later(fsx::hold_file_at(dir, name));
+            place_staged(stage, tmp, dir, name, e)?;
+        }
+        Ok(())
+    };
+    // (Tests place on two threads from a few files on, so their syncs take that path.)
+    const TWO_THREADS_FROM: usize = if cfg!(test) { 4 } else { 64 };
+    if places.len() < TWO_THREADS_FROM {
+        return place_part(places);
+    }
+    let (first, second) = places.split_at(places.len() / 2);
+    let (a, b) = std::thread::scope(|s| {
+        let other = s.spawn(|| place_part(second));
+        (place_part(first), other.join())
+    });
+    a?;
+    b.map_err(|_| EngineError::Integrity("a placing thread panicked".into()))?
+}
+
 fn place_staged(
     stage: BorrowedFd<'_>,
     tmp: &[u8],
@@ -771,10 +809,12 @@ fn place_staged(
         Err(err) if err.raw_os_error() == Some(libc::EXDEV) => {}
         placed => return placed.map_err(io_err("placing a file")),
     }
-    static BESIDE: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
-        format!(".doppel-placing-{}", crate::ids::new_id()).into_bytes()
-    });
-    let beside: &[u8] = &BESIDE;
+    // (Of this thread's own: two threads may place files in one directory.)
+    thread_local! {
+        static BESIDE: Vec<u8> = format!(".doppel-placing-{}", crate::ids::new_id()).into_bytes();
+    }
+    let beside = BESIDE.with(Vec::clone);
+    let beside: &[u8] = &beside;
     fsx::remove_at(dir, beside).map_err(io_err("removing a file"))?;
     let staged = fsx::open_file_at(stage, tmp).map_err(io_err("opening a staged file"))?;
     let len = staged
@@ -842,19 +882,17 @@ pub(super) fn apply_pending(
     walker.reset();
     other.reset();
 
-    // 2. Creations and placements, parents first.
+    // 2. Directories made and files changed in place, parents first; the files placed
+    //    (below) and the other entries made (after them: a hard link may name a file
+    //    placed) wait.
     let mut metas = Vec::new();
+    let mut places = Vec::new();
+    let mut made_after = Vec::new();
     for p in &pending {
         match p {
             Pending::Delete(_) => {}
             Pending::Place { tmp, e } => {
-                ctl.fail("sync:commit-op")?;
-                let (dir, name) = walker
-                    .parent(&e.path)
-                    .map_err(io_err("opening a directory"))?;
-                // (The file it replaces, if any.)
-                fsx::free_later(fsx::hold_file_at(dir, name));
-                place_staged(stage_fd.as_fd(), tmp, dir, name, e)?;
+                places.push((tmp.as_slice(), e));
                 touched_dirs.push(split_parent(&e.path).0.to_vec());
             }
             Pending::Patch { tmp, ranges, e } => {
@@ -887,6 +925,7 @@ pub(super) fn apply_pending(
                 target.set_len(e.size).map_err(io_err("patching a file"))?;
                 fsx::apply_meta_fd(target.as_fd(), e).map_err(io_err("setting metadata"))?;
             }
+            Pending::Create(e) if e.kind != Kind::Dir => made_after.push(e),
             Pending::Create(e) => {
                 ctl.fail("sync:commit-op")?;
                 let exists_as_dir = e.kind == Kind::Dir
@@ -904,6 +943,16 @@ pub(super) fn apply_pending(
             }
             Pending::Meta(e) => metas.push(e),
         }
+    }
+    place_all(root, stage_fd.as_fd(), &places, ctl)?;
+    for e in made_after {
+        ctl.fail("sync:commit-op")?;
+        let (dir, name) = walker
+            .parent(&e.path)
+            .map_err(io_err("opening a directory"))?;
+        create_entry(dir, name, e, &mut other)?;
+        touched_dirs.push(split_parent(&e.path).0.to_vec());
+        metas.push(e);
     }
     // 3. Metadata of what was created or changed in place (directories come in step 4).
     for e in metas {
