@@ -10,6 +10,15 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 const BTRFS_SUPER_MAGIC: i64 = 0x9123_683E;
 /// The inode number of a subvolume's root directory.
 const SUBVOLUME_ROOT_INO: u64 = 256;
+/// The inode number of what a snapshot leaves where a subvolume was nested.
+const EMPTY_SUBVOLUME_INO: u64 = 2;
+
+/// Whether a directory of a btrfs subvolume with inode number `ino` is (or stands for) a
+/// subvolume nested in it: its changes are in a tree of its own, and do not move the
+/// generation of the subvolume it is in.
+pub fn is_nested_subvolume(ino: u64) -> bool {
+    matches!(ino, SUBVOLUME_ROOT_INO | EMPTY_SUBVOLUME_INO)
+}
 
 // The ioctls (linux/btrfs.h): _IOW(0x94, nr, 4096-byte argument).
 const IOC_SUBVOL_CREATE: libc::c_ulong = 0x5000_940E;

@@ -265,10 +265,10 @@ fn random_changes(root: &Path, rng: &mut Rng) {
 
 struct Env {
     _tmp: Option<tempfile::TempDir>,
-    /// A loop-mounted btrfs the trees are on (unmounted when dropped).
-    btrfs: Option<LoopFs>,
-    /// A loop-mounted ext4 of its own the trees are on.
-    _ext4: Option<LoopFs>,
+    /// A loop-mounted filesystem of its own the trees are on (unmounted when dropped).
+    _fs: Option<LoopFs>,
+    /// On btrfs: source trees are made subvolumes, as the engine makes them.
+    subvolumes: bool,
     base: PathBuf,
 }
 
@@ -278,8 +278,8 @@ impl Env {
         let base = tmp.path().to_path_buf();
         Env {
             _tmp: Some(tmp),
-            btrfs: None,
-            _ext4: None,
+            _fs: None,
+            subvolumes: false,
             base,
         }
     }
@@ -287,24 +287,18 @@ impl Env {
     /// watch on their filesystem (a tree of 100,000 directories overflows a watch's queue,
     /// and its changes too deep to be named count for every tree).
     fn on_own_ext4() -> Env {
-        let fs = LoopFs::new("ext4");
-        let base = fs.root();
-        Env {
-            _tmp: None,
-            btrfs: None,
-            _ext4: Some(fs),
-            base,
-        }
+        Env::on(LoopFs::new("ext4"), false)
     }
     /// On a btrfs of its own, where trees are subvolumes and copies of them snapshots.
     fn on_btrfs() -> Env {
-        let fs = LoopFs::new("btrfs");
-        let base = fs.root();
+        Env::on(LoopFs::new("btrfs"), true)
+    }
+    fn on(fs: LoopFs, subvolumes: bool) -> Env {
         Env {
             _tmp: None,
-            btrfs: Some(fs),
-            _ext4: None,
-            base,
+            base: fs.root(),
+            _fs: Some(fs),
+            subvolumes,
         }
     }
     fn place(&self, name: &str) -> Place {
@@ -313,7 +307,7 @@ impl Env {
     /// A source tree's place, its root made as the engine makes one (on btrfs a subvolume).
     fn source(&self, name: &str) -> Place {
         let p = self.place(name);
-        if self.btrfs.is_some() {
+        if self.subvolumes {
             make_subvolume(&p);
         }
         p

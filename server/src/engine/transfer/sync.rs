@@ -754,12 +754,6 @@ fn rewrite_whole(
     place_staged(stage, &whole_name, dir, name, e)
 }
 
-/// Moves the staged file `tmp` (its metadata `e` already set) to `name` in `dir` in one
-/// rename. Where the tree is a btrfs subvolume of its own (see `btrfs.rs`), the work dir is
-/// outside it and no rename can cross: the file is then cloned (shared extents, nothing
-/// copied) to a name of this process's own beside its place, given its metadata, and
-/// renamed over it: still one atomic rename. (What a crash leaves under that name is drift
-/// the next sync removes.)
 /// Places the staged files `places` (staged name, entry) in the tree at `root`, on two
 /// threads where there are many: each is one rename, and a rename that replaces a file
 /// waits for the filesystem to let go of it (on btrfs, XFS: its extents) in the caller's
@@ -798,6 +792,12 @@ fn place_all(
     b.map_err(|_| EngineError::Integrity("a placing thread panicked".into()))?
 }
 
+/// Moves the staged file `tmp` (its metadata `e` already set) to `name` in `dir` in one
+/// rename. Where the tree is a btrfs subvolume of its own (see `btrfs.rs`), the work dir is
+/// outside it and no rename can cross: the file is then cloned (shared extents, nothing
+/// copied) to a name of this thread's own beside its place, given its metadata, and
+/// renamed over it: still one atomic rename. (What a crash leaves under that name is drift
+/// the next sync removes.)
 fn place_staged(
     stage: BorrowedFd<'_>,
     tmp: &[u8],

@@ -149,24 +149,18 @@ fn subvolume_changes(
     let mut changed = Vec::new();
     for ino in btrfs::changed_inodes(root, since).ok()? {
         for path in btrfs::inode_paths(root, ino).ok()? {
-            let parent = path.iter().rposition(|c| *c == b'/').unwrap_or(0);
-            changed.push(path[..parent].to_vec());
+            changed.push(fsx::split_parent(&path).0.to_vec());
             changed.push(path);
         }
     }
     Some(changed)
 }
 
-/// Whether the scan `man` of a btrfs subvolume found another subvolume in it: its changes
-/// do not move the generation of the subvolume it is in, nor are they in its tree.
+/// Whether the scan `man` of a btrfs subvolume found another subvolume in it.
 fn holds_subvolume(man: &Manifest) -> bool {
-    /// A subvolume's root directory, and what a snapshot leaves where one was nested.
-    const SUBVOLUME_ROOT_INO: u64 = 256;
-    const EMPTY_SUBVOLUME_INO: u64 = 2;
-    man.entries.iter().any(|e| {
-        e.kind == super::super::Kind::Dir
-            && matches!(e.ino, SUBVOLUME_ROOT_INO | EMPTY_SUBVOLUME_INO)
-    })
+    man.entries
+        .iter()
+        .any(|e| e.kind == super::super::Kind::Dir && btrfs::is_nested_subvolume(e.ino))
 }
 
 /// Whether the source's scan `man` found a tree its generation does not cover (a btrfs
