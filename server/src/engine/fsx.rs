@@ -270,6 +270,10 @@ pub fn mtime_ns(st: &rfs::Stat) -> i64 {
     nanos(st.st_mtime, st.st_mtime_nsec as i64)
 }
 
+fn atime_ns(st: &rfs::Stat) -> i64 {
+    nanos(st.st_atime, st.st_atime_nsec as i64)
+}
+
 pub fn ctime_ns(st: &rfs::Stat) -> i64 {
     nanos(st.st_ctime, st.st_ctime_nsec as i64)
 }
@@ -420,18 +424,43 @@ pub fn read_link_xattrs(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Vec<(Vec
 
 /// Applies owner, mode, xattrs and mtime of `e` to an open file or directory. Owner first:
 /// chown clears setuid/setgid bits, which the mode then restores.
+///
+/// What the file already has is not set again: each change of an inode is a transaction
+/// of its own on XFS, even one to the same value, and a copy applies this to every file.
+/// (One `fstat` tells; a file just made already has our owner, and often its mode.)
 pub fn apply_meta_fd(fd: BorrowedFd<'_>, e: &Entry) -> io::Result<()> {
-    match rfs::fchown(
-        fd,
-        Some(rfs::Uid::from_raw(e.uid)),
-        Some(rfs::Gid::from_raw(e.gid)),
-    ) {
-        Ok(()) | Err(rustix::io::Errno::PERM) => {}
-        Err(err) => return Err(to_io(err)),
+    let st = rfs::fstat(fd).map_err(to_io)?;
+    if (st.st_uid, st.st_gid) != (e.uid, e.gid) {
+        match rfs::fchown(
+            fd,
+            Some(rfs::Uid::from_raw(e.uid)),
+            Some(rfs::Gid::from_raw(e.gid)),
+        ) {
+            Ok(()) | Err(rustix::io::Errno::PERM) => {}
+            Err(err) => return Err(to_io(err)),
+        }
+        // (chown may have cleared setuid/setgid bits: the mode is set again.)
+        rfs::fchmod(fd, Mode::from_raw_mode(e.mode)).map_err(to_io)?;
+    } else if st.st_mode & 0o7777 != e.mode {
+        rfs::fchmod(fd, Mode::from_raw_mode(e.mode)).map_err(to_io)?;
     }
-    rfs::fchmod(fd, Mode::from_raw_mode(e.mode)).map_err(to_io)?;
     XattrOf::Fd(fd).write(&e.xattrs)?;
+    if mtime_ns(&st) == e.mtime_ns && atime_ns(&st) == e.mtime_ns {
+        return Ok(());
+    }
     rfs::futimens(fd, &timestamps(e.mtime_ns)).map_err(to_io)
+}
+
+/// Sets the mtime (and atime) of `name` in `dir`, without following it: for a directory
+/// whose entries changed, the one thing that moved.
+pub fn set_mtime_at(dir: BorrowedFd<'_>, name: &[u8], mtime_ns: i64) -> io::Result<()> {
+    rfs::utimensat(
+        dir,
+        OsStr::from_bytes(name),
+        &timestamps(mtime_ns),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map_err(to_io)
 }
 
 /// Applies metadata to `name` in `dir` without following it: symlinks get owner, xattrs

@@ -153,6 +153,22 @@ fn assert_same_tree(a: &Path, b: &Path) {
     assert_eq!(link_groups(a), link_groups(b), "hard links differ");
 }
 
+/// Directories' mtimes (not part of a tree's identity, so not in [`snapshot_tree`]): a
+/// copy or sync sets them as the source has them, as `cp -a` and `rsync -a` do.
+fn assert_same_dir_mtimes(a: &Path, b: &Path) {
+    let mtimes = |root: &Path| -> BTreeMap<PathBuf, i64> {
+        snapshot_tree(root)
+            .into_iter()
+            .filter(|(_, n)| matches!(n, Node::Dir { .. }))
+            .map(|(p, _)| {
+                let m = fs::symlink_metadata(root.join(&p)).unwrap();
+                (p, m.mtime() * 1_000_000_000 + m.mtime_nsec())
+            })
+            .collect()
+    };
+    assert_eq!(mtimes(a), mtimes(b), "directory mtimes differ");
+}
+
 fn set_mtime(path: &Path, secs: u64) {
     let f = fs::File::open(path).unwrap();
     f.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
@@ -408,6 +424,7 @@ fn random_trees_and_change_sets_sync_to_equality() {
             let s = sync(&src, &dst, &Control::new())
                 .unwrap_or_else(|e| panic!("seed {seed} round {round}: {e}"));
             assert_same_tree(&src.root, &dst.root);
+            assert_same_dir_mtimes(&src.root, &dst.root);
             no_debris(&dst);
             assert_eq!(s.drift, 0);
             assert!(s.files_added + s.files_changed + s.files_deleted + s.metadata_only > 0);

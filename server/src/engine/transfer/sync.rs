@@ -955,8 +955,10 @@ pub(super) fn apply_pending(
         metas.push(e);
     }
     // 3. Metadata of what was created or changed in place (directories come in step 4).
+    let mut meta_dirs: FastSet<&[u8]> = FastSet::default();
     for e in metas {
         if e.kind == Kind::Dir {
+            meta_dirs.insert(&e.path);
             touched_dirs.push(e.path.clone());
             continue;
         }
@@ -969,7 +971,8 @@ pub(super) fn apply_pending(
             .map_err(io_err("opening a directory"))?;
         fsx::apply_meta_at(dir, name, e).map_err(io_err("setting metadata"))?;
     }
-    // 4. Directories whose entries changed get their recorded metadata back, deepest first.
+    // 4. Directories whose entries changed get their recorded mtime back, deepest first
+    //    (all their metadata, for those made or changed).
     touched_dirs.retain(|d| !d.is_empty());
     touched_dirs.sort_by(|a, b| path_cmp(b, a));
     touched_dirs.dedup();
@@ -985,7 +988,11 @@ pub(super) fn apply_pending(
             let (dir, name) = walker
                 .parent(&e.path)
                 .map_err(io_err("opening a directory"))?;
-            fsx::apply_meta_at(dir, name, e).map_err(io_err("setting metadata"))?;
+            match meta_dirs.contains(d.as_slice()) {
+                true => fsx::apply_meta_at(dir, name, e),
+                false => fsx::set_mtime_at(dir, name, e.mtime_ns),
+            }
+            .map_err(io_err("setting metadata"))?;
         }
     }
     Ok(())
