@@ -71,8 +71,11 @@ pub fn build_tree(root: &Path, scale: f64) -> (usize, Vec<PathBuf>) {
 
 /// The "1 %" change: rewrites, additions, deletions, chmods, and four 1 MiB overwrites
 /// inside the big files.
+/// The seed of [`change_tree`]'s bytes.
+pub const SEED: u64 = 0xc0ffee;
+
 pub fn change_tree(root: &Path, paths: &[PathBuf], scale: f64) {
-    change_tree_with(root, paths, scale, 0xc0ffee)
+    change_tree_with(root, paths, scale, SEED)
 }
 
 /// [`change_tree`], with new bytes for each `seed`.
