@@ -227,11 +227,22 @@ pub fn is_gone(e: &io::Error) -> bool {
 /// Creates a new file (never follows or reuses an existing name). Readable too: a staged
 /// patch is read back when it has to become a whole file.
 pub fn create_file_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<std::fs::File> {
+    create_file_with_mode_at(dir, name, 0o600)
+}
+
+/// [`create_file_at`], with the permission bits of `mode` (what the umask leaves of them;
+/// never setuid, setgid or sticky): a file made to be given an entry's metadata then needs
+/// no chmod, which on XFS is a transaction of its own ([`apply_meta_fd`]).
+pub fn create_file_with_mode_at(
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+    mode: u32,
+) -> io::Result<std::fs::File> {
     let fd = rfs::openat(
         dir,
         OsStr::from_bytes(name),
         OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::from_raw_mode(0o600),
+        Mode::from_raw_mode(mode & 0o777),
     )
     .map_err(to_io)?;
     Ok(std::fs::File::from(fd))

@@ -176,7 +176,8 @@ fn lay_down(
         sent,
     } = file;
     let (dir, name) = walker.parent(&to).map_err(io_err("opening a directory"))?;
-    let mut out = fsx::create_file_at(dir, name).map_err(io_err("creating a file"))?;
+    let mut out =
+        fsx::create_file_with_mode_at(dir, name, e.mode).map_err(io_err("creating a file"))?;
     let of_source = local.source == Some(tree) && from == e.path;
     let (d, n) = local
         .walker(tree)?

@@ -23,7 +23,8 @@ use std::io::{BufReader, Read, Write};
 use super::copy::{copy_into, finish_copy, scan_source, send_copy, source_facts};
 use super::receive::{receive, Mode};
 use super::sync::{
-    commit_sync, drift, plan, prepare_target, scan_sync_source, scan_target, send_sync, stage_dir,
+    commit_sync, drift, plan, prepare_target, remove_work, scan_sync_source, scan_target,
+    send_sync, stage_dir,
 };
 use super::*;
 
@@ -753,7 +754,7 @@ fn sync_target_half(
             match received {
                 Ok(r) => Some(r),
                 Err(e) => {
-                    let _ = fs::remove_dir_all(dst.work_dir());
+                    let _ = remove_work(dst);
                     // The source's next message (its state, or why it stopped) is read
                     // before the reply.
                     let _ = read_message(stream);
@@ -765,7 +766,7 @@ fn sync_target_half(
         };
         let (tag, bytes) = read_message(stream).map_err(peer_err("reading the state"))?;
         if tag != STATE_DELTA {
-            let _ = fs::remove_dir_all(dst.work_dir());
+            let _ = remove_work(dst);
             return Err(EngineError::Refused(format!(
                 "the source gave up: {}",
                 String::from_utf8_lossy(&bytes)
@@ -774,7 +775,7 @@ fn sync_target_half(
         let want = match apply_delta(&target.man, &bytes) {
             Ok(w) => w,
             Err(e) => {
-                let _ = fs::remove_dir_all(dst.work_dir());
+                let _ = remove_work(dst);
                 return Err(e);
             }
         };

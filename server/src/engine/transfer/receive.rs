@@ -220,7 +220,8 @@ fn receive_frames(
             } else {
                 name
             };
-            let mut file = fsx::create_file_at(dir, name).map_err(io_err("creating a file"))?;
+            let mut file = fsx::create_file_with_mode_at(dir, name, e.mode)
+                .map_err(io_err("creating a file"))?;
             // The version the target has now, for deltas.
             let old = match (mode, current.get(e.path.as_slice())) {
                 (Mode::Sync, Some(c)) if c.kind == Kind::File && !c.chunks.is_empty() => {

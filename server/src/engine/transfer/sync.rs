@@ -1,5 +1,6 @@
 //! A sync: stage what changed, verify it, write the commit marker, apply, verify again.
 
+use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 
 use crate::engine::watch::Watch;
@@ -135,7 +136,7 @@ pub(in crate::engine) fn sync(
             Ok(r) => r,
             Err(e) => {
                 // Nothing of the target was touched yet: roll back the staged content.
-                let _ = fs::remove_dir_all(dst.work_dir());
+                let _ = remove_work(dst);
                 return Err(e);
             }
         };
@@ -187,7 +188,7 @@ pub(in crate::engine) fn prepare_target(dst: &Place) -> Result<Prepared, EngineE
         recovered: work.exists(),
     };
     if prepared.recovered {
-        remove_tree(&work)?;
+        remove_work(dst)?;
     }
     if !dst.root.is_dir() {
         return Err(EngineError::Refused(format!(
@@ -419,11 +420,73 @@ impl Plan {
     }
 }
 
-/// The target's stage for a sync's content, in its work dir.
+/// The target's stage for a sync's content: a directory its files are renamed from into
+/// the target, at the commit.
+///
+/// Usually `stage` in the target's work dir. But no rename crosses into a btrfs subvolume:
+/// where the target is one, the stage is a directory in the target's own root,
+/// `.doppel-stage-<id>`. It is named first by an empty file in the work dir
+/// (`in-tree-<name>`), so that what a failure or a crash leaves of it is found and removed
+/// ([`remove_work`]), and it is gone before the commit's last flush. (Before, each staged
+/// file was cloned a second time beside its place, and both copies freed.)
 pub(in crate::engine) fn stage_dir(dst: &Place) -> Result<PathBuf, EngineError> {
-    let stage = dst.work_dir().join("stage");
-    fs::create_dir_all(&stage).map_err(EngineError::io_path("creating", &stage))?;
+    let work = dst.work_dir();
+    fs::create_dir_all(&work).map_err(EngineError::io_path("creating", &work))?;
+    let in_tree = fsx::open_dir(&dst.root).is_ok_and(|d| btrfs::is_subvolume(d.as_fd()));
+    let stage = if in_tree {
+        let name = format!("{IN_TREE_STAGE}{}", crate::ids::new_id());
+        let named = work.join(format!("{IN_TREE_MARK}{name}"));
+        fs::File::create(&named).map_err(EngineError::io_path("creating", &named))?;
+        let stage = dst.root.join(name);
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&stage)
+            .map_err(EngineError::io_path("creating", &stage))?;
+        stage
+    } else {
+        let stage = work.join("stage");
+        fs::create_dir_all(&stage).map_err(EngineError::io_path("creating", &stage))?;
+        stage
+    };
     Ok(stage)
+}
+
+/// The names of a stage in the target's tree ([`stage_dir`]), and of the work dir's file
+/// that names it.
+const IN_TREE_STAGE: &str = ".doppel-stage-";
+const IN_TREE_MARK: &str = "in-tree-";
+
+/// The name, in the target's root, of the stage a sync made there, if it made one.
+fn in_tree_stage(dst: &Place) -> Option<String> {
+    fs::read_dir(dst.work_dir())
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter_map(|n| n.strip_prefix(IN_TREE_MARK).map(str::to_owned))
+        .find(|n| n.starts_with(IN_TREE_STAGE) && !n.contains('/'))
+}
+
+/// Where the sync under way stages its content ([`stage_dir`]).
+fn staged_at(dst: &Place) -> PathBuf {
+    match in_tree_stage(dst) {
+        Some(name) => dst.root.join(name),
+        None => dst.work_dir().join("stage"),
+    }
+}
+
+/// Removes a sync's stage from the target's tree, if it made one there (whatever is left in
+/// it: never followed out of it).
+fn remove_in_tree_stage(dst: &Place) -> Result<(), EngineError> {
+    // (A target that is gone has no stage left in it.)
+    if let (Some(name), Ok(root)) = (in_tree_stage(dst), fsx::open_dir(&dst.root)) {
+        fsx::remove_at(root.as_fd(), name.as_bytes()).map_err(io_err("removing the stage"))?;
+    }
+    Ok(())
+}
+
+/// Removes what a sync left to roll back: its stage, wherever it is, and its work dir.
+pub(in crate::engine) fn remove_work(dst: &Place) -> Result<(), EngineError> {
+    remove_in_tree_stage(dst)?;
+    remove_tree(&dst.work_dir())
 }
 
 /// The target's side, last: the staged changes applied (behind the commit marker), the
@@ -443,13 +506,15 @@ pub(in crate::engine) fn commit_sync(
         write_marker(dst)?;
         let root_fd = fsx::open_dir(&dst.root).map_err(io_err("opening the target"))?;
         fsx::syncfs(root_fd.as_fd()).map_err(io_err("syncfs"))?;
-        let stage = dst.work_dir().join("stage");
+        let stage = staged_at(dst);
         apply_pending(
             (&dst.root, &stage),
             received.pending,
             (&target.man, want),
             ctl,
         )?;
+        // (Before the flush below, so the target's generation, read after it, is final.)
+        remove_in_tree_stage(dst)?;
     }
 
     ctl.phase(Phase::Verify, None, None);
@@ -793,10 +858,10 @@ fn place_all(
 }
 
 /// Moves the staged file `tmp` (its metadata `e` already set) to `name` in `dir` in one
-/// rename. Where the tree is a btrfs subvolume of its own (see `btrfs.rs`), the work dir is
-/// outside it and no rename can cross: the file is then cloned (shared extents, nothing
-/// copied) to a name of this thread's own beside its place, given its metadata, and
-/// renamed over it: still one atomic rename. (What a crash leaves under that name is drift
+/// rename. Where no rename can cross from the stage (a btrfs subvolume in the tree, whose
+/// own stage could not be made inside it: see [`stage_dir`]), the file is cloned (shared
+/// extents, nothing copied) to a name of this thread's own beside its place, given its
+/// metadata, and renamed over it: still one atomic rename. (What a crash leaves under that name is drift
 /// the next sync removes.)
 fn place_staged(
     stage: BorrowedFd<'_>,
