@@ -861,8 +861,8 @@ fn place_all(
 /// rename. Where no rename can cross from the stage (a btrfs subvolume in the tree, whose
 /// own stage could not be made inside it: see [`stage_dir`]), the file is cloned (shared
 /// extents, nothing copied) to a name of this thread's own beside its place, given its
-/// metadata, and renamed over it: still one atomic rename. (What a crash leaves under that name is drift
-/// the next sync removes.)
+/// metadata, and renamed over it: still one atomic rename. (What a crash leaves under that
+/// name is drift the next sync removes.)
 fn place_staged(
     stage: BorrowedFd<'_>,
     tmp: &[u8],
