@@ -770,37 +770,29 @@ impl Scanner<'_> {
             self.entries.push(e);
             return Ok(());
         }
-        if e.size >= CHUNKED_FILE_MIN {
-            // Large files are hashed in batches on every core once the walk has moved on:
-            // a sync that touched a few big files is bound by hashing them.
-            let dir = dir
-                .try_clone_to_owned()
-                .map_err(EngineError::io("duplicating a directory handle"))?;
-            self.deferred.push(Deferred {
-                index: self.entries.len(),
-                dir,
-                name: name.to_vec(),
-                // Its earlier chunks, if it had any: most of them are usually still there.
-                earlier: cached.filter(|c| c.kind == Kind::File && !c.chunks.is_empty()),
-            });
-            self.entries.push(e);
-            if self.deferred.len() >= DEFERRED_BATCH {
-                self.hash_deferred()?;
-            }
-            return Ok(());
-        }
-        if hash_file(dir, name, &mut e, None, None, self.ctl)?.is_some() {
-            self.report.hashed_files += 1;
-            self.report.hashed_bytes += e.size;
-        } else {
-            self.lost.push(self.entries.len());
-        }
-        // Pushed even when lost, so that indices (hard links) stay aligned until `finish`.
+        // Files are hashed in batches on every core once the walk has moved on: a sync
+        // that touched a few big files is bound by hashing them, a first scan by hashing
+        // all of them.
+        let dir = dir
+            .try_clone_to_owned()
+            .map_err(EngineError::io("duplicating a directory handle"))?;
+        self.deferred.push(Deferred {
+            index: self.entries.len(),
+            dir,
+            name: name.to_vec(),
+            // Its earlier chunks, if it had any: most of them are usually still there.
+            earlier: cached.filter(|c| c.kind == Kind::File && !c.chunks.is_empty()),
+        });
+        // Pushed even if it turns out lost, so that indices (hard links) stay aligned until
+        // `finish`.
         self.entries.push(e);
+        if self.deferred.len() >= DEFERRED_BATCH {
+            self.hash_deferred()?;
+        }
         Ok(())
     }
 
-    /// Hashes the deferred large files, spread over the available cores.
+    /// Hashes the deferred files, spread over the available cores.
     fn hash_deferred(&mut self) -> Result<(), EngineError> {
         let batch = std::mem::take(&mut self.deferred);
         if batch.is_empty() {
@@ -814,33 +806,32 @@ impl Scanner<'_> {
         let entries = &self.entries;
         let twin = self.twin.as_ref();
         let ctl = self.ctl;
+        let work = || {
+            let mut done = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(d) = batch.get(i) else {
+                    return Ok(done);
+                };
+                let mut e = entries[d.index].clone();
+                // (Only a large file is read by chunks, some of which the twin may share.)
+                let twin = twin
+                    .filter(|_| e.size >= CHUNKED_FILE_MIN)
+                    .and_then(|t| t.file(&e.path));
+                let read = hash_file(d.dir.as_fd(), &d.name, &mut e, d.earlier, twin, ctl)?;
+                done.push((d.index, e, read));
+            }
+        };
+        // The walk's own thread takes its share too.
         let results: Vec<Result<Vec<Hashed>, EngineError>> = std::thread::scope(|s| {
-            let workers: Vec<_> = (0..threads)
-                .map(|_| {
-                    s.spawn(|| {
-                        let mut done = Vec::new();
-                        loop {
-                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            let Some(d) = batch.get(i) else {
-                                return Ok(done);
-                            };
-                            let mut e = entries[d.index].clone();
-                            let twin = twin.and_then(|t| t.file(&e.path));
-                            let read =
-                                hash_file(d.dir.as_fd(), &d.name, &mut e, d.earlier, twin, ctl)?;
-                            done.push((d.index, e, read));
-                        }
-                    })
+            let workers: Vec<_> = (1..threads).map(|_| s.spawn(work)).collect();
+            let mut results = vec![work()];
+            results.extend(workers.into_iter().map(|w| {
+                w.join().unwrap_or_else(|_| {
+                    Err(EngineError::Integrity("a hashing thread panicked".into()))
                 })
-                .collect();
-            workers
-                .into_iter()
-                .map(|w| {
-                    w.join().unwrap_or_else(|_| {
-                        Err(EngineError::Integrity("a hashing thread panicked".into()))
-                    })
-                })
-                .collect()
+            }));
+            results
         });
         for r in results {
             for (index, e, read) in r? {
@@ -888,9 +879,9 @@ impl Scanner<'_> {
     }
 }
 
-/// Large files waiting to be hashed in parallel: each keeps its directory open, so it is
-/// opened beneath the root like any other.
-const DEFERRED_BATCH: usize = 32;
+/// Files waiting to be hashed in parallel: each keeps its directory open, so it is opened
+/// beneath the root like any other.
+const DEFERRED_BATCH: usize = 64;
 
 /// A deferred file after hashing: (its index, its entry, what [`hash_file`] said).
 type Hashed = (usize, Entry, Option<u64>);
