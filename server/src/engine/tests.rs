@@ -783,15 +783,33 @@ fn after_a_sync_the_recorded_state_matches_the_disk_so_the_next_scan_reads_nothi
         write(&src.root.join(name), name.as_bytes());
     }
     fs::hard_link(src.root.join("a"), src.root.join("b")).unwrap();
+    for name in [
+        "added/x",
+        "removed/x",
+        "replaced/x",
+        "kept/x",
+        "kept/deeper/x",
+    ] {
+        write(&src.root.join(name), name.as_bytes());
+    }
     copy(&src, &dst, &Control::new()).unwrap();
     // Unlinking one name of an inode, or linking a new one, moves the other names' ctime.
     fs::remove_file(src.root.join("b")).unwrap();
     fs::hard_link(src.root.join("c"), src.root.join("e")).unwrap();
     write(&src.root.join("plain"), b"changed");
+    // Entries added, removed or replaced move their directory's ctime; `kept` stays as is.
+    write(&src.root.join("added/y"), b"new");
+    fs::remove_file(src.root.join("removed/x")).unwrap();
+    fs::remove_file(src.root.join("replaced/x")).unwrap();
+    fs::create_dir(src.root.join("replaced/x")).unwrap();
     sync(&src, &dst, &Control::new()).unwrap();
     assert_same_tree(&src.root, &dst.root);
     let recorded = dst.load_manifest().unwrap().unwrap();
-    for e in recorded.entries.iter().filter(|e| e.kind == Kind::File) {
+    for e in recorded
+        .entries
+        .iter()
+        .filter(|e| matches!(e.kind, Kind::File | Kind::Dir))
+    {
         let st = fs::symlink_metadata(dst.root.join(std::ffi::OsStr::from_bytes(&e.path))).unwrap();
         let ctime = st.ctime() * 1_000_000_000 + st.ctime_nsec();
         assert_eq!(

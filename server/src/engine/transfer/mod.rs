@@ -94,10 +94,13 @@ fn restat(
         .filter_map(|e| e.link_to.as_deref().map(|first| [first, e.path.as_slice()]))
         .flatten()
         .collect();
+    // Directories whose entries were added, changed or removed (or that changed
+    // themselves): their change times moved.
+    let dirty = changed_dirs(before, &want.entries);
     let mut old = before.iter().peekable();
     for w in &want.entries {
-        // A file that a sync found already as wanted was not touched by it: the state its
-        // scan just read is current. (Directories are re-read: their entries changed.)
+        // An entry that a sync found already as wanted was not touched by it: the state its
+        // scan just read is current. (A directory, unless its entries changed.)
         while old
             .peek()
             .is_some_and(|o| path_cmp(&o.path, &w.path) == std::cmp::Ordering::Less)
@@ -106,12 +109,21 @@ fn restat(
         }
         if let Some(o) = old.peek().filter(|o| {
             o.path == w.path
-                && o.kind != Kind::Dir
                 && o.same_content(w)
                 && o.same_metadata(w)
-                && !multiply_linked.contains(o.path.as_slice())
+                && match o.kind {
+                    Kind::Dir => !dirty.contains(o.path.as_slice()),
+                    _ => !multiply_linked.contains(o.path.as_slice()),
+                }
         }) {
-            out.push((*o).clone());
+            if o.kind == Kind::Dir {
+                // (As read back below: the wanted entry, with what the disk says of it.)
+                let mut e = w.clone();
+                (e.ino, e.ctime_ns) = (o.ino, o.ctime_ns);
+                out.push(e);
+            } else {
+                out.push((*o).clone());
+            }
             continue;
         }
         let (dir, name) = walker
@@ -132,6 +144,40 @@ fn restat(
         out.push(e);
     }
     Ok(Manifest { entries: out })
+}
+
+/// The directories (paths) in which `want` differs from `before` (both sorted): where an
+/// entry was added, changed or removed, and those that differ themselves.
+fn changed_dirs<'a>(before: &'a [Entry], want: &'a [Entry]) -> FastSet<&'a [u8]> {
+    let (mut dirty, mut i) = (FastSet::default(), 0);
+    let mut changed = |path: &'a [u8], dir: bool| {
+        dirty.insert(split_parent(path).0);
+        if dir {
+            dirty.insert(path);
+        }
+    };
+    for w in want {
+        while before
+            .get(i)
+            .is_some_and(|o| path_cmp(&o.path, &w.path) == std::cmp::Ordering::Less)
+        {
+            changed(&before[i].path, false);
+            i += 1;
+        }
+        match before.get(i).filter(|o| o.path == w.path) {
+            Some(o) => {
+                if !(o.same_content(w) && o.same_metadata(w)) {
+                    changed(&w.path, w.kind == Kind::Dir);
+                }
+                i += 1;
+            }
+            None => changed(&w.path, w.kind == Kind::Dir),
+        }
+    }
+    for o in &before[i..] {
+        changed(&o.path, false);
+    }
+    dirty
 }
 
 /// Compares the two trees' root hashes; returns the (common) root as hex.
