@@ -949,7 +949,16 @@ fn copies_and_syncs_killed_at_any_moment_converge_when_run_again() {
         run_op(op, &place_in(base, "src"), &place_in(base, dst));
         return;
     }
-    let env = Env::new();
+    killed_at_any_moment(Env::new());
+}
+
+/// The same on btrfs, where the copies are subvolumes and a sync stages inside its copy.
+#[test]
+fn copies_and_syncs_into_btrfs_subvolumes_killed_at_any_moment_converge() {
+    killed_at_any_moment(Env::on_btrfs());
+}
+
+fn killed_at_any_moment(env: Env) {
     let src = env.place("src");
     random_tree(&src.root, &mut Rng(77), 400);
     const ROUNDS: u32 = 6;
