@@ -879,9 +879,9 @@ impl Scanner<'_> {
     }
 }
 
-/// Files waiting to be hashed in parallel: each keeps its directory open, so it is opened
-/// beneath the root like any other.
-const DEFERRED_BATCH: usize = 64;
+/// Files waiting to be hashed in parallel: each keeps its directory open (so it is opened
+/// beneath the root like any other), and a scan's descriptors stay few.
+const DEFERRED_BATCH: usize = 32;
 
 /// A deferred file after hashing: (its index, its entry, what [`hash_file`] said).
 type Hashed = (usize, Entry, Option<u64>);
