@@ -441,7 +441,8 @@ pub fn read_link_xattrs(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Vec<(Vec
 /// (One `fstat` tells; a file just made already has our owner, and often its mode.)
 pub fn apply_meta_fd(fd: BorrowedFd<'_>, e: &Entry) -> io::Result<()> {
     let st = rfs::fstat(fd).map_err(to_io)?;
-    if (st.st_uid, st.st_gid) != (e.uid, e.gid) {
+    let chown = (st.st_uid, st.st_gid) != (e.uid, e.gid);
+    if chown {
         match rfs::fchown(
             fd,
             Some(rfs::Uid::from_raw(e.uid)),
@@ -450,9 +451,9 @@ pub fn apply_meta_fd(fd: BorrowedFd<'_>, e: &Entry) -> io::Result<()> {
             Ok(()) | Err(rustix::io::Errno::PERM) => {}
             Err(err) => return Err(to_io(err)),
         }
-        // (chown may have cleared setuid/setgid bits: the mode is set again.)
-        rfs::fchmod(fd, Mode::from_raw_mode(e.mode)).map_err(to_io)?;
-    } else if st.st_mode & 0o7777 != e.mode {
+    }
+    // (After a chown, always: it may have cleared setuid/setgid bits.)
+    if chown || st.st_mode & 0o7777 != e.mode {
         rfs::fchmod(fd, Mode::from_raw_mode(e.mode)).map_err(to_io)?;
     }
     XattrOf::Fd(fd).write(&e.xattrs)?;

@@ -85,32 +85,34 @@ fn restat(
     let mut walker =
         Walker::new(fsx::open_dir(root).map_err(EngineError::io_path("opening", root))?);
     let mut out = Vec::with_capacity(want.entries.len());
-    let before = before.map_or(&[][..], |m| &m.entries[..]);
+    let nothing = Manifest::default();
+    let before = before.unwrap_or(&nothing);
     // Names of an inode with several links, before or after: linking or unlinking another
     // name of the same inode moves its ctime, though the entry itself did not change.
     let multiply_linked: FastSet<&[u8]> = before
+        .entries
         .iter()
         .chain(&want.entries)
         .filter_map(|e| e.link_to.as_deref().map(|first| [first, e.path.as_slice()]))
         .flatten()
         .collect();
-    // Directories whose entries were added, changed or removed (or that changed
-    // themselves): their change times moved.
-    let dirty = changed_dirs(before, &want.entries);
-    let mut old = before.iter().peekable();
-    for w in &want.entries {
+    let (pairs, deleted) = diff(before, want);
+    // Directories whose entries were added, changed or removed, or that changed
+    // themselves: their change times moved.
+    let mut dirty: FastSet<&[u8]> = deleted.iter().map(|o| split_parent(&o.path).0).collect();
+    for (c, w, _) in &pairs {
+        if *c != Change::Unchanged {
+            dirty.insert(split_parent(&w.path).0);
+            if w.kind == Kind::Dir {
+                dirty.insert(&w.path);
+            }
+        }
+    }
+    for (c, w, o) in pairs {
         // An entry that a sync found already as wanted was not touched by it: the state its
         // scan just read is current. (A directory, unless its entries changed.)
-        while old
-            .peek()
-            .is_some_and(|o| path_cmp(&o.path, &w.path) == std::cmp::Ordering::Less)
-        {
-            old.next();
-        }
-        if let Some(o) = old.peek().filter(|o| {
-            o.path == w.path
-                && o.same_content(w)
-                && o.same_metadata(w)
+        if let Some(o) = o.filter(|o| {
+            c == Change::Unchanged
                 && match o.kind {
                     Kind::Dir => !dirty.contains(o.path.as_slice()),
                     _ => !multiply_linked.contains(o.path.as_slice()),
@@ -122,7 +124,7 @@ fn restat(
                 (e.ino, e.ctime_ns) = (o.ino, o.ctime_ns);
                 out.push(e);
             } else {
-                out.push((*o).clone());
+                out.push(o.clone());
             }
             continue;
         }
@@ -144,40 +146,6 @@ fn restat(
         out.push(e);
     }
     Ok(Manifest { entries: out })
-}
-
-/// The directories (paths) in which `want` differs from `before` (both sorted): where an
-/// entry was added, changed or removed, and those that differ themselves.
-fn changed_dirs<'a>(before: &'a [Entry], want: &'a [Entry]) -> FastSet<&'a [u8]> {
-    let (mut dirty, mut i) = (FastSet::default(), 0);
-    let mut changed = |path: &'a [u8], dir: bool| {
-        dirty.insert(split_parent(path).0);
-        if dir {
-            dirty.insert(path);
-        }
-    };
-    for w in want {
-        while before
-            .get(i)
-            .is_some_and(|o| path_cmp(&o.path, &w.path) == std::cmp::Ordering::Less)
-        {
-            changed(&before[i].path, false);
-            i += 1;
-        }
-        match before.get(i).filter(|o| o.path == w.path) {
-            Some(o) => {
-                if !(o.same_content(w) && o.same_metadata(w)) {
-                    changed(&w.path, w.kind == Kind::Dir);
-                }
-                i += 1;
-            }
-            None => changed(&w.path, w.kind == Kind::Dir),
-        }
-    }
-    for o in &before[i..] {
-        changed(&o.path, false);
-    }
-    dirty
 }
 
 /// Compares the two trees' root hashes; returns the (common) root as hex.
