@@ -5,7 +5,8 @@
 //! doppel's peak memory, and a baseline measured just before in the same run: the same
 //! burst of requests, refused once read. A script, not a test: it prints figures and never
 //! fails on them.
-//! LOAD_POSTS and LOAD_SUBSCRIBERS change the numbers.
+//! LOAD_POSTS, LOAD_SUBSCRIBERS and LOAD_ROUNDS change the numbers; LOAD_PERF=<file>
+//! records a `perf` profile of doppel during the copy bursts.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
@@ -91,31 +92,28 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-/// CPU time (user + system) a process's threads have used so far, in milliseconds,
-/// leaving out threads named `skip` (doppel's engine threads: a job copying beside the burst
-/// is not what a copy request costs).
+/// CPU time a process's threads have used so far, in milliseconds, leaving out threads
+/// named `skip` (doppel's engine threads: a job copying beside the burst is not what a copy
+/// request costs). From each thread's `schedstat` (nanoseconds): `stat`'s clock ticks
+/// (10 ms) were too coarse for a burst that costs doppel about 30 ms.
 fn cpu_ms(pid: u32, skip: Option<&str>) -> f64 {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return f64::NAN;
     };
-    let mut ticks = 0.0;
+    let mut ns = 0.0;
     for task in tasks.flatten() {
-        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
-        // The command name is in parentheses and may hold spaces; fields follow it.
-        let Some((head, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let comm = head.split_once('(').map(|(_, c)| c).unwrap_or("");
-        if skip == Some(comm) {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if skip == Some(comm.trim_end()) {
             continue;
         }
-        let f: Vec<f64> = rest
+        let sched = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+        ns += sched
             .split_whitespace()
-            .map(|v| v.parse().unwrap_or(0.0))
-            .collect();
-        ticks += f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0);
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
     }
-    ticks * 1000.0 / 100.0
+    ns / 1e6
 }
 
 /// doppel's CPU so far, its engine threads left out.
@@ -373,6 +371,17 @@ async fn main() {
                 };
                 let baseline = poster.burst(posts, None).await;
                 assert_eq!(baseline.accepted, 0, "the baseline's requests are refused");
+                // LOAD_PERF=<file>: a CPU profile of doppel during the copy bursts only.
+                let profile = std::env::var("LOAD_PERF").ok().map(|file| {
+                    let perf = std::process::Command::new("perf")
+                        .args(["record", "-g", "-F", "9999", "-o", &file, "-p"])
+                        .arg(server_pid.to_string())
+                        .stderr(std::process::Stdio::null())
+                        .spawn()
+                        .expect("perf runs");
+                    std::thread::sleep(Duration::from_millis(500));
+                    perf
+                });
                 let mut burst = poster.burst(posts, Some("")).await;
                 // LOAD_ROUNDS > 1 repeats the burst on the same connections (for profiles,
                 // and steadier figures).
@@ -384,12 +393,20 @@ async fn main() {
                     burst.server_cpu += more.server_cpu;
                     burst.client_cpu += more.client_cpu;
                 }
+                if let Some(mut perf) = profile {
+                    let _ = std::process::Command::new("kill")
+                        .args(["-INT", &perf.id().to_string()])
+                        .status();
+                    let _ = perf.wait();
+                }
                 (baseline, burst)
             })
     });
     let (
         Burst {
             post_ms: mut baseline_ms,
+            server_cpu: baseline_server_cpu,
+            client_cpu: baseline_client_cpu,
             ..
         },
         Burst {
@@ -446,6 +463,17 @@ async fn main() {
     let per_post = |ms: f64| ms * 1000.0 / (posts * rounds) as f64;
     println!("doppel_cpu_per_post_us {:.0}", per_post(server_cpu));
     println!("client_cpu_per_post_us {:.0}", per_post(client_cpu));
+    // What a refused request costs each side: the part of a copy request's cost that is
+    // HTTP, the token check and JSON.
+    let per_refused = |ms: f64| ms * 1000.0 / posts as f64;
+    println!(
+        "baseline_doppel_cpu_per_post_us {:.0}",
+        per_refused(baseline_server_cpu)
+    );
+    println!(
+        "baseline_client_cpu_per_post_us {:.0}",
+        per_refused(baseline_client_cpu)
+    );
     // The whole run's CPU (requests, jobs' bookkeeping and every event stream; engine
     // threads left out) per thousand events delivered: steadier than latencies on a shared
     // machine, for comparing builds.

@@ -84,17 +84,17 @@ pub(crate) enum Admission {
     },
 }
 
-/// The jobs `user_id` has queued or running, and those of `project_id`.
+/// The jobs `user_id` has queued or running, and those of `project_id`. Each count reads
+/// only its partial index (`jobs_active_by_user`, `jobs_active_in_project`): the statuses
+/// are written out, not bound, so SQLite can tell the query matches the indexes' condition.
+pub(super) const ACTIVE_JOBS: &str = "SELECT
+        (SELECT COUNT(*) FROM jobs WHERE requested_by = $1 AND status IN ('queued', 'running')),
+        (SELECT COUNT(*) FROM jobs WHERE project_id = $2 AND status IN ('queued', 'running'))";
+
 fn active_jobs(c: &SyncConn, user_id: &str, project_id: &str) -> rusqlite::Result<(u64, u64)> {
-    let (queued, running) = (JobStatus::Queued.as_str(), JobStatus::Running.as_str());
-    let counts = query_first(
-        c,
-        "SELECT COALESCE(SUM(requested_by = $1), 0) AS by_user,
-                COALESCE(SUM(project_id = $2), 0) AS in_project
-         FROM jobs WHERE status IN ($3, $4)",
-        &[&user_id, &project_id, &queued, &running],
-        |r| Ok::<_, rusqlite::Error>((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
-    )?
+    let counts = query_first(c, ACTIVE_JOBS, &[&user_id, &project_id], |r| {
+        Ok::<_, rusqlite::Error>((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+    })?
     .transpose()?;
     let (by_user, in_project) = counts.unwrap_or((0, 0));
     Ok((by_user.max(0) as u64, in_project.max(0) as u64))

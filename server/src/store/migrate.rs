@@ -16,6 +16,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0009_agents.sql"),
     include_str!("../../migrations/0010_job_waiting.sql"),
     include_str!("../../migrations/0011_server_bwlimit.sql"),
+    include_str!("../../migrations/0012_active_jobs.sql"),
 ];
 
 pub(super) fn migrate(conn: &SyncConn) -> rusqlite::Result<()> {

@@ -336,6 +336,29 @@ mod tests {
         assert!(err.to_string().contains("readonly"), "{err}");
     }
 
+    /// Every copy and sync request counts its user's and project's active jobs: from the
+    /// partial indexes of active jobs alone, not from each active job's row (a statement
+    /// whose statuses were bound as parameters would not match the indexes' condition).
+    #[tokio::test]
+    async fn the_caps_count_active_jobs_from_their_partial_indexes_alone() {
+        let (_d, db) = db().await;
+        let plan = db
+            .read_now(|c| {
+                let mut st = c.prepare(&format!("EXPLAIN QUERY PLAN {}", jobs::ACTIVE_JOBS))?;
+                let details = st.query_map(["u", "p"], |r| r.get::<_, String>(3))?;
+                details.collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .unwrap()
+            .join("\n");
+        for index in ["jobs_active_by_user", "jobs_active_in_project"] {
+            assert!(
+                plan.contains(&format!("USING COVERING INDEX {index} ")),
+                "{index} not used:\n{plan}"
+            );
+        }
+        assert!(!plan.contains("SCAN jobs"), "{plan}");
+    }
+
     #[tokio::test]
     async fn the_read_pool_refuses_writes() {
         let (_d, db) = db().await;
