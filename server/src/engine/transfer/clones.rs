@@ -37,9 +37,20 @@ pub(super) struct KernelFile {
 
 type Done = Result<(Content, Entry, Option<usize>), EngineError>;
 
+/// Files go to the workers, and their results come back, in batches of up to this many
+/// files: one at a time, handing a file over and back cost more wake-ups (futex calls and
+/// context switches) than the file itself did syscalls (40,000 small files, strace).
+const BATCH_FILES: usize = 16;
+/// ... and of up to this many bytes: a large file closes its batch, so that two of them
+/// do not end up with one worker while another idles.
+const BATCH_BYTES: u64 = 1 << 20;
+
 pub(super) struct KernelPool {
-    queue: mpsc::SyncSender<KernelFile>,
-    done: mpsc::Receiver<Done>,
+    queue: mpsc::SyncSender<Vec<KernelFile>>,
+    done: mpsc::Receiver<Vec<Done>>,
+    /// Files not handed out yet.
+    batch: Vec<KernelFile>,
+    batch_bytes: u64,
     /// Files handed out whose result has not been counted yet.
     outstanding: usize,
 }
@@ -60,7 +71,7 @@ impl KernelPool {
             .map(|_| fsx::open_dir(root).map_err(io_err("opening the target")))
             .collect::<Result<Vec<_>, _>>()?;
         // A short queue: enough to keep every worker busy, never the whole tree in memory.
-        let (queue, jobs) = mpsc::sync_channel::<KernelFile>(workers * 4);
+        let (queue, jobs) = mpsc::sync_channel::<Vec<KernelFile>>(workers * 2);
         let jobs = Arc::new(Mutex::new(jobs));
         let (tx, done) = mpsc::channel();
         for root in roots {
@@ -70,63 +81,87 @@ impl KernelPool {
         Ok(KernelPool {
             queue,
             done,
+            batch: Vec::with_capacity(BATCH_FILES),
+            batch_bytes: 0,
             outstanding: 0,
         })
     }
 
-    /// Hands `file` to a worker; counts into `out` what the workers finished meanwhile, and
-    /// fails with the first error one of them met.
+    /// Hands `file` to a worker (with the next files, in a batch); counts into `out` what
+    /// the workers finished meanwhile, and fails with the first error one of them met.
     pub(super) fn submit(
         &mut self,
         file: KernelFile,
         out: &mut Received,
     ) -> Result<(), EngineError> {
-        while let Ok(done) = self.done.try_recv() {
-            self.outstanding -= 1;
-            count(done, out)?;
+        self.batch_bytes += file.e.size;
+        self.batch.push(file);
+        if self.batch.len() < BATCH_FILES && self.batch_bytes < BATCH_BYTES {
+            return Ok(());
         }
-        if self.queue.send(file).is_err() {
+        while let Ok(done) = self.done.try_recv() {
+            self.count(done, out)?;
+        }
+        self.hand_out(out)
+    }
+
+    /// Sends the batch being gathered to the workers.
+    fn hand_out(&mut self, out: &mut Received) -> Result<(), EngineError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_FILES));
+        let files = batch.len();
+        self.batch_bytes = 0;
+        if self.queue.send(batch).is_err() {
             // Every worker has stopped: their results say why.
             self.wait(out)?;
             return Err(EngineError::Integrity(
                 "the kernel copy workers stopped".into(),
             ));
         }
-        self.outstanding += 1;
+        self.outstanding += files;
         Ok(())
     }
 
     /// Waits until every file handed out is laid down (or one failed).
     pub(super) fn wait(&mut self, out: &mut Received) -> Result<(), EngineError> {
+        self.hand_out(out)?;
         while self.outstanding > 0 {
             let done = self
                 .done
                 .recv()
                 .map_err(|_| EngineError::Integrity("the kernel copy workers stopped".into()))?;
+            self.count(done, out)?;
+        }
+        Ok(())
+    }
+
+    /// Counts a batch's results into `out` (the first error fails the transfer: a worker
+    /// stops at its first failure, so a batch's results end with it).
+    fn count(&mut self, done: Vec<Done>, out: &mut Received) -> Result<(), EngineError> {
+        for result in done {
             self.outstanding -= 1;
-            count(done, out)?;
+            let (got, e, pending) = result?;
+            out.count_file(&got, &e);
+            if let Some(Pending::Place { e: placed, .. }) =
+                pending.and_then(|i| out.pending.get_mut(i))
+            {
+                *placed = e;
+            }
         }
         Ok(())
     }
 }
 
-fn count(done: Done, out: &mut Received) -> Result<(), EngineError> {
-    let (got, e, pending) = done?;
-    out.count_file(&got, &e);
-    if let Some(Pending::Place { e: placed, .. }) = pending.and_then(|i| out.pending.get_mut(i)) {
-        *placed = e;
-    }
-    Ok(())
-}
-
-/// A worker: lays down files from the queue until it closes, or until one fails (its
-/// error is its last result; a panic is reported as an error, so the receiver never waits
-/// for a result that will not come).
+/// A worker: lays down batches of files from the queue until it closes, or until one
+/// fails (its error is the last result it sends; a panic is reported as an error, so the
+/// receiver never waits for a result that will not come).
 fn work(
     mut walker: Walker,
     (places, source): (&[Place], Option<u32>),
-    jobs: &Mutex<mpsc::Receiver<KernelFile>>,
-    done: &mpsc::Sender<Done>,
+    jobs: &Mutex<mpsc::Receiver<Vec<KernelFile>>>,
+    done: &mpsc::Sender<Vec<Done>>,
     ctl: &Control,
 ) {
     let mut local = LocalTrees {
@@ -135,24 +170,32 @@ fn work(
         source,
     };
     loop {
-        // The lock is held only while waiting for the next file.
-        let Ok(file) = jobs
+        // The lock is held only while waiting for the next batch.
+        let Ok(batch) = jobs
             .lock()
             .map_err(|_| ())
             .and_then(|q| q.recv().map_err(|_| ()))
         else {
             return;
         };
-        let result = catch_unwind(AssertUnwindSafe(|| {
-            lay_down(file, &mut walker, &mut local, ctl)
-        }))
-        .unwrap_or_else(|_| {
-            Err(EngineError::Integrity(
-                "a kernel copy worker panicked".into(),
-            ))
-        });
-        let failed = result.is_err();
-        if done.send(result).is_err() || failed {
+        let mut results = Vec::with_capacity(batch.len());
+        let mut failed = false;
+        for file in batch {
+            let result = catch_unwind(AssertUnwindSafe(|| {
+                lay_down(file, &mut walker, &mut local, ctl)
+            }))
+            .unwrap_or_else(|_| {
+                Err(EngineError::Integrity(
+                    "a kernel copy worker panicked".into(),
+                ))
+            });
+            failed = result.is_err();
+            results.push(result);
+            if failed {
+                break;
+            }
+        }
+        if done.send(results).is_err() || failed {
             return;
         }
     }
