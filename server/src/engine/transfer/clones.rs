@@ -40,7 +40,7 @@ type Done = Result<(Content, Entry, Option<usize>), EngineError>;
 /// Files go to the workers, and their results come back, in batches of up to this many
 /// files: one at a time, handing a file over and back cost more wake-ups (futex calls and
 /// context switches) than the file itself did syscalls (40,000 small files, strace).
-const BATCH_FILES: usize = 16;
+const BATCH_FILES: usize = 32;
 /// ... and of up to this many bytes: a large file closes its batch, so that two of them
 /// do not end up with one worker while another idles.
 const BATCH_BYTES: u64 = 1 << 20;
@@ -94,11 +94,28 @@ impl KernelPool {
         file: KernelFile,
         out: &mut Received,
     ) -> Result<(), EngineError> {
+        // A batch holds one directory's files: two workers creating files in one
+        // directory take turns at its lock (and spin on it), in two they do not.
+        fn parent(f: &KernelFile) -> &[u8] {
+            fsx::split_parent(&f.to).0
+        }
+        if self
+            .batch
+            .last()
+            .is_some_and(|last| parent(last) != parent(&file))
+        {
+            self.hand_out_counting(out)?;
+        }
         self.batch_bytes += file.e.size;
         self.batch.push(file);
         if self.batch.len() < BATCH_FILES && self.batch_bytes < BATCH_BYTES {
             return Ok(());
         }
+        self.hand_out_counting(out)
+    }
+
+    /// Counts what the workers finished so far, then hands out the batch.
+    fn hand_out_counting(&mut self, out: &mut Received) -> Result<(), EngineError> {
         while let Ok(done) = self.done.try_recv() {
             self.count(done, out)?;
         }
