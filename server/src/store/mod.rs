@@ -341,6 +341,15 @@ mod tests {
     /// whose statuses were bound as parameters would not match the indexes' condition).
     #[tokio::test]
     async fn the_caps_count_active_jobs_from_their_partial_indexes_alone() {
+        // The statuses it names are the active ones.
+        let (queued, running) = (
+            app::model::JobStatus::Queued.as_str(),
+            app::model::JobStatus::Running.as_str(),
+        );
+        let named = format!("status IN ('{queued}', '{running}')");
+        assert_eq!(jobs::ACTIVE_JOBS.matches(&named).count(), 2);
+        let migration = include_str!("../../migrations/0012_active_jobs.sql");
+        assert_eq!(migration.matches(&named).count(), 2);
         let (_d, db) = db().await;
         let plan = db
             .read_now(|c| {
