@@ -379,6 +379,7 @@ async fn main() {
                         .stderr(std::process::Stdio::null())
                         .spawn()
                         .expect("perf runs");
+                    // (perf takes a moment to attach to every thread.)
                     std::thread::sleep(Duration::from_millis(500));
                     perf
                 });

@@ -84,13 +84,14 @@ pub(crate) enum Admission {
     },
 }
 
-/// The jobs `user_id` has queued or running, and those of `project_id`. Each count reads
-/// only its partial index (`jobs_active_by_user`, `jobs_active_in_project`): the statuses
-/// are written out, not bound, so SQLite can tell the query matches the indexes' condition.
+/// Counts the active jobs of a user (`$1`) and of a project (`$2`), each from its partial
+/// index alone (`jobs_active_by_user`, `jobs_active_in_project`): the statuses are written
+/// out, not bound, so SQLite can tell the query matches the indexes' condition.
 pub(super) const ACTIVE_JOBS: &str = "SELECT
         (SELECT COUNT(*) FROM jobs WHERE requested_by = $1 AND status IN ('queued', 'running')),
         (SELECT COUNT(*) FROM jobs WHERE project_id = $2 AND status IN ('queued', 'running'))";
 
+/// The jobs `user_id` has queued or running, and those of `project_id`.
 fn active_jobs(c: &SyncConn, user_id: &str, project_id: &str) -> rusqlite::Result<(u64, u64)> {
     let counts = query_first(c, ACTIVE_JOBS, &[&user_id, &project_id], |r| {
         Ok::<_, rusqlite::Error>((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))

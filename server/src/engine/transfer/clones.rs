@@ -6,7 +6,7 @@
 //! copied in 1.99 and 2.15 s with this pool against 2.48 and 2.50 s without (runs taking
 //! turns).
 //!
-//! The receiver hands these files to the pool and goes on with the stream; it waits for
+//! The receiver hands these files to the pool, a batch at a time, and goes on with the stream; it waits for
 //! the pool before anything that needs a worker's file (a hard link to it) and at the end
 //! (directory metadata, then the verification of the whole tree). A sync's changed files
 //! go the same way, into its stage: each is placed in order at its commit, by the entry
@@ -104,26 +104,21 @@ impl KernelPool {
             .last()
             .is_some_and(|last| parent(last) != parent(&file))
         {
-            self.hand_out_counting(out)?;
+            self.hand_out(out)?;
         }
         self.batch_bytes += file.e.size;
         self.batch.push(file);
         if self.batch.len() < BATCH_FILES && self.batch_bytes < BATCH_BYTES {
             return Ok(());
         }
-        self.hand_out_counting(out)
-    }
-
-    /// Counts what the workers finished so far, then hands out the batch.
-    fn hand_out_counting(&mut self, out: &mut Received) -> Result<(), EngineError> {
-        while let Ok(done) = self.done.try_recv() {
-            self.count(done, out)?;
-        }
         self.hand_out(out)
     }
 
-    /// Sends the batch being gathered to the workers.
+    /// Counts what the workers finished so far, then sends them the batch being gathered.
     fn hand_out(&mut self, out: &mut Received) -> Result<(), EngineError> {
+        while let Ok(done) = self.done.try_recv() {
+            self.count(done, out)?;
+        }
         if self.batch.is_empty() {
             return Ok(());
         }
