@@ -6,9 +6,9 @@
 //! copied in 1.99 and 2.15 s with this pool against 2.48 and 2.50 s without (runs taking
 //! turns).
 //!
-//! The receiver hands these files to the pool, a batch at a time, and goes on with the stream; it waits for
-//! the pool before anything that needs a worker's file (a hard link to it) and at the end
-//! (directory metadata, then the verification of the whole tree). A sync's changed files
+//! The receiver hands these files to the pool, a batch at a time, and goes on with the
+//! stream; it waits for the pool before anything that needs a worker's file (a hard link
+//! to it) and at the end (directory metadata, then the verification of the whole tree). A sync's changed files
 //! go the same way, into its stage: each is placed in order at its commit, by the entry
 //! the receiver listed for it when handing it out, which the worker's result completes.
 
