@@ -62,6 +62,72 @@ pub fn open_file_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<std::fs::Fil
     without_atime(|more| open_regular_at(dir, name, OFlags::RDONLY | more))
 }
 
+/// Whether the page cache holds every page of `file` from `offset` for `len` bytes (which
+/// should lie within the file): `cachestat` (Linux 6.5) counts them without reading or
+/// starting to read ahead. False where it cannot say.
+pub fn is_cached(file: &std::fs::File, offset: u64, len: u64) -> bool {
+    use std::os::fd::AsRawFd;
+    #[repr(C)]
+    struct Range {
+        off: u64,
+        len: u64,
+    }
+    #[repr(C)]
+    #[derive(Default)]
+    struct CacheStat {
+        nr_cache: u64,
+        nr_dirty: u64,
+        nr_writeback: u64,
+        nr_evicted: u64,
+        nr_recently_evicted: u64,
+    }
+    // The same number on every architecture (the generic table; libc does not name it yet).
+    const SYS_CACHESTAT: libc::c_long = 451;
+    if len == 0 {
+        return true;
+    }
+    let range = Range { off: offset, len };
+    let mut stat = CacheStat::default();
+    // SAFETY: both pointers are to live structs laid out as linux/mman.h says; the kernel
+    // only reads the first and fills the second.
+    let r = unsafe {
+        libc::syscall(
+            SYS_CACHESTAT,
+            file.as_raw_fd(),
+            &range as *const Range,
+            &mut stat as *mut CacheStat,
+            0u32,
+        )
+    };
+    // SAFETY: sysconf reads a constant.
+    let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    let pages = (offset + len).div_ceil(page) - offset / page;
+    r == 0 && stat.nr_cache >= pages
+}
+
+/// Reads `file` at `offset` into `buf` only as far as the page cache holds it, without
+/// waiting for the disk (`RWF_NOWAIT`): the bytes read, or `None` when none were cached (or
+/// the filesystem cannot say). (After a miss the kernel starts reading ahead: ask
+/// [`is_cached`] first.)
+pub fn read_cached_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -> Option<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let mut piece = [io::IoSliceMut::new(&mut buf[filled..])];
+        match rustix::io::preadv2(
+            file,
+            &mut piece,
+            offset + filled as u64,
+            rustix::io::ReadWriteFlags::NOWAIT,
+        ) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(_) => break,
+        }
+    }
+    (filled > 0).then_some(filled)
+}
+
 /// The file `name` in `dir` held (opened as a path, not followed), if it is a regular file
 /// with that one name: while the handle lives, removing the name does not free it.
 /// Freeing a file's blocks is work (ext4 does it inside the unlink or rename that drops

@@ -36,6 +36,9 @@ pub struct ScanReport {
     /// Bytes of those files not read: ranges still sharing their extents with the twin's
     /// file (see [`Twin`]).
     pub shared_bytes: u64,
+    /// Bytes of those files read but not hashed: found equal to the twin's bytes, cached
+    /// (see [`Twin`]).
+    pub compared_bytes: u64,
     /// Directories listed (in a scan of what changed only, [`scan_changed`], those it
     /// read again).
     pub listed_dirs: u64,
@@ -46,21 +49,33 @@ pub struct ScanReport {
     pub partial: bool,
 }
 
-/// A copy of the tree being scanned, on the same filesystem, and its recorded manifest. A
-/// large file whose quick check fails is compared with its twin's extents (FIEMAP): where
-/// the two still share them, the content is the twin's as recorded, and is not read again.
-/// A sync's source scan has its target as twin; after a reflink copy or a snapshot, a
-/// large file written in place shares all but what was written.
+/// A copy of the tree being scanned, and its recorded manifest: a sync's source scan has
+/// its target as twin. A large file whose quick check fails is compared with its twin's
+/// file, as long as that is the recorded version: where the two still share extents
+/// (FIEMAP; only where `shares_extents`), the content is the twin's as recorded, and is
+/// not read again (after a reflink copy or a snapshot, a large file written in place
+/// shares all but what was written); elsewhere the twin's bytes that are in the page
+/// cache are compared instead of hashing.
 pub struct Twin<'a> {
     pub root: OwnedFd,
     pub recorded: &'a Manifest,
+    /// One filesystem with reflinks: a shared extent is shared content. (Never on two
+    /// filesystems, where equal block numbers mean nothing.)
+    pub shares_extents: bool,
+}
+
+/// A twin's file: opened, with its recorded entry.
+struct TwinFile<'a> {
+    file: File,
+    recorded: &'a Entry,
+    shares_extents: bool,
 }
 
 impl<'a> Twin<'a> {
     /// The twin's file at `path`, opened beneath its root, with its recorded entry, if that
     /// entry has chunks (large files only). Whether the file is still that version is
-    /// [`hash_file`]'s to check, around its reading of the extents.
-    fn file(&self, path: &[u8]) -> Option<(File, &'a Entry)> {
+    /// [`hash_file`]'s to check, around its reading of the file.
+    fn file(&self, path: &[u8]) -> Option<TwinFile<'a>> {
         let entries = &self.recorded.entries;
         let e = &entries[entries.binary_search_by(|e| path_cmp(&e.path, path)).ok()?];
         if e.kind != Kind::File || e.link_to.is_some() || e.chunks.is_empty() {
@@ -69,7 +84,11 @@ impl<'a> Twin<'a> {
         let mut walker = fsx::Walker::new(self.root.try_clone().ok()?);
         let (dir, name) = walker.parent(path).ok()?;
         let file = fsx::open_file_at(dir, name).ok()?;
-        Some((file, e))
+        Some(TwinFile {
+            file,
+            recorded: e,
+            shares_extents: self.shares_extents,
+        })
     }
 }
 
@@ -224,20 +243,44 @@ fn cdc_chunks(
     }
 }
 
+/// What a large file's earlier version is known by, besides its chunk list: byte ranges
+/// known to hold the earlier content (`same`: extents still shared with the twin, never
+/// read), and a file that holds it all (`bytes`: the twin's, while it is as recorded).
+#[derive(Default)]
+struct Earlier<'a> {
+    same: &'a [(u64, u64)],
+    bytes: Option<&'a File>,
+}
+
+/// What [`hash_with_earlier_chunks`] did not hash: bytes it did not read (within `same`)
+/// and bytes it found equal to the earlier content's (`bytes`).
+#[derive(Default)]
+struct NotHashed {
+    unread: u64,
+    compared: u64,
+}
+
 /// Hashes a large file whose earlier chunk list is known (its quick check failed): a chunk
 /// still at its offset with the same bytes is kept after one BLAKE3 pass, without running
 /// the chunker over it; the chunker runs only from a chunk that differs, until one of its
 /// cuts lands on an earlier chunk's start again. Since a cut depends only on the bytes
 /// after its chunk's start (at most `CDC_MAX`, fewer near the end), the result is the
-/// same as chunking the whole file. A chunk wholly within `same` (byte ranges known to
-/// hold the earlier content) is kept without reading it; `unread` counts those bytes.
+/// same as chunking the whole file.
+///
+/// A chunk wholly within `known.same` is kept without reading it. Where `known.bytes` has
+/// the chunk's bytes in the page cache, they are compared instead of hashing the chunk: a
+/// sync after a small change to a large file on a filesystem without shared extents
+/// (ext4) otherwise hashes all of it, and reading and comparing costs less (measured on
+/// the bench's 100 MiB files: 0.3 ms per MB, reading this file included, against 0.48 for
+/// reading and hashing). What is not cached is never read from disk for this; the chunk
+/// is hashed.
 /// Returns (hash, chunks, bytes covered up to `size`).
 fn hash_with_earlier_chunks(
     file: &File,
     size: u64,
     earlier: &Entry,
-    same: &[(u64, u64)],
-    unread: &mut u64,
+    known: &Earlier<'_>,
+    not_hashed: &mut NotHashed,
     ctl: &Control,
 ) -> Result<([u8; 32], Vec<Chunk>, u64), EngineError> {
     let (earlier, earlier_size) = (&earlier.chunks[..], earlier.size);
@@ -245,6 +288,13 @@ fn hash_with_earlier_chunks(
     let mut chunks = Vec::new();
     // One window for the whole file: for comparing a chunk, and for the chunker.
     let mut buf = vec![0u8; CDC_WINDOW];
+    // The earlier bytes of one chunk, and a window of them known to be all cached or not.
+    let mut other = if known.bytes.is_some() {
+        vec![0u8; CDC_MAX as usize]
+    } else {
+        Vec::new()
+    };
+    let mut window = (0u64, 0u64, false);
     let mut pos = 0u64;
     while pos < size {
         ctl.check()?;
@@ -254,14 +304,32 @@ fn hash_with_earlier_chunks(
             // The cut saw the same bytes and the same room before the end of the file.
             let room = |file_size: u64| (file_size - pos).min(u64::from(CDC_MAX));
             if end <= size && end <= earlier_size && room(size) == room(earlier_size) {
-                if extents::covers(same, pos, end) {
-                    *unread += u64::from(c.len);
+                if extents::covers(known.same, pos, end) {
+                    not_hashed.unread += u64::from(c.len);
                     chunks.push(c.clone());
                     pos = end;
                     continue;
                 }
-                let n = read_at(file, &mut buf[..c.len as usize], pos)?;
-                if n == c.len as usize && blake3::hash(&buf[..n]).as_bytes() == &c.hash {
+                let len = c.len as usize;
+                let n = read_at(file, &mut buf[..len], pos)?;
+                let cached = known.bytes.and_then(|f| {
+                    if !(window.0 <= pos && end <= window.1) {
+                        let until = (pos + CDC_WINDOW as u64).clamp(end, earlier_size);
+                        window = (pos, until, fsx::is_cached(f, pos, until - pos));
+                    }
+                    window
+                        .2
+                        .then(|| fsx::read_cached_at(f, &mut other[..len], pos))
+                        .flatten()
+                });
+                let same = match cached {
+                    Some(m) => n == len && m == len && buf[..len] == other[..len],
+                    None => n == len && blake3::hash(&buf[..n]).as_bytes() == &c.hash,
+                };
+                if same {
+                    if cached.is_some() {
+                        not_hashed.compared += u64::from(c.len);
+                    }
                     chunks.push(c.clone());
                     pos = end;
                     continue;
@@ -835,10 +903,11 @@ impl Scanner<'_> {
         });
         for r in results {
             for (index, e, read) in r? {
-                if let Some(unread) = read {
+                if let Some(not) = read {
                     self.report.hashed_files += 1;
-                    self.report.hashed_bytes += e.size - unread.min(e.size);
-                    self.report.shared_bytes += unread;
+                    self.report.hashed_bytes += e.size.saturating_sub(not.unread + not.compared);
+                    self.report.shared_bytes += not.unread;
+                    self.report.compared_bytes += not.compared;
                     self.entries[index] = e;
                 } else {
                     self.lost.push(index);
@@ -884,7 +953,7 @@ impl Scanner<'_> {
 const DEFERRED_BATCH: usize = 32;
 
 /// A deferred file after hashing: (its index, its entry, what [`hash_file`] said).
-type Hashed = (usize, Entry, Option<u64>);
+type Hashed = (usize, Entry, Option<NotHashed>);
 
 struct Deferred<'a> {
     index: usize,
@@ -897,16 +966,16 @@ struct Deferred<'a> {
 /// when it vanished, was replaced by a non-file, or kept changing after three reads: such a
 /// file is left out of the state (and listed as unstable in the summary) rather than
 /// recorded with a hash that matches no moment of it. A file that cannot be opened is an
-/// error. Else the bytes it did not need to read: ranges shared with its `twin` (the twin
-/// tree's file at its path, and that file's recorded entry).
+/// error. Else the bytes it did not need to hash: ranges shared with its `twin` (the twin
+/// tree's file at its path, and that file's recorded entry), or equal to its bytes.
 fn hash_file(
     dir: BorrowedFd<'_>,
     name: &[u8],
     e: &mut Entry,
     earlier: Option<&Entry>,
-    twin: Option<(File, &Entry)>,
+    twin: Option<TwinFile<'_>>,
     ctl: &Control,
-) -> Result<Option<u64>, EngineError> {
+) -> Result<Option<NotHashed>, EngineError> {
     for _attempt in 0..3 {
         let file = match fsx::open_file_at(dir, name) {
             Ok(f) => f,
@@ -917,27 +986,41 @@ fn hash_file(
             rfs::fstat(&file).map_err(|x| EngineError::io("reading metadata")(x.into()))?;
         e.xattrs = fsx::read_xattrs(file.as_fd()).map_err(EngineError::io("reading xattrs"))?;
         let size = before.st_size as u64;
-        // Where the twin's file still shares this one's extents, the content is the twin's,
-        // as recorded: its version is checked before its extents are read and after, so a
-        // write to it in between cannot pass for the recorded content.
-        let shared = twin
+        // The twin's file holds its recorded content while its version is the recorded
+        // one: where it still shares this one's extents, that content is this one's too,
+        // and elsewhere its bytes can be compared. Its version is checked before and after
+        // both, so a write to it in between cannot pass for the recorded content.
+        let recorded = |t: &TwinFile<'_>| {
+            rfs::fstat(&t.file).is_ok_and(|st| fsx::same_version(&st, t.recorded))
+        };
+        let twin = twin
             .as_ref()
-            .filter(|_| size >= CHUNKED_FILE_MIN)
-            .and_then(|(file_b, b)| {
-                let recorded = || rfs::fstat(file_b).is_ok_and(|st| fsx::same_version(&st, b));
-                if !recorded() {
-                    return None;
+            .filter(|t| size >= CHUNKED_FILE_MIN && recorded(t));
+        let mut not_hashed = NotHashed::default();
+        let res = match (twin, earlier) {
+            (Some(t), _) => {
+                let same = if t.shares_extents {
+                    extents::same_ranges(&file, &t.file)
+                } else {
+                    Vec::new()
+                };
+                let known = Earlier {
+                    same: &same,
+                    bytes: Some(&t.file),
+                };
+                let res =
+                    hash_with_earlier_chunks(&file, size, t.recorded, &known, &mut not_hashed, ctl);
+                if recorded(t) {
+                    res
+                } else {
+                    not_hashed = NotHashed::default();
+                    let known = Earlier::default();
+                    hash_with_earlier_chunks(&file, size, t.recorded, &known, &mut not_hashed, ctl)
                 }
-                let ranges = extents::same_ranges(&file, file_b);
-                (!ranges.is_empty() && recorded()).then_some((ranges, *b))
-            });
-        let mut unread = 0;
-        let res = match (shared, earlier) {
-            (Some((ranges, b)), _) => {
-                hash_with_earlier_chunks(&file, size, b, &ranges, &mut unread, ctl)
             }
             (None, Some(old)) if size >= CHUNKED_FILE_MIN => {
-                hash_with_earlier_chunks(&file, size, old, &[], &mut unread, ctl)
+                let known = Earlier::default();
+                hash_with_earlier_chunks(&file, size, old, &known, &mut not_hashed, ctl)
             }
             _ => hash_reader(&file, size, ctl, |_, _| Ok(())),
         };
@@ -955,7 +1038,7 @@ fn hash_file(
                 e.ctime_ns = ctime_ns(&after);
                 e.mode = after.st_mode & 0o7777;
                 ctl.add_progress(len, 1);
-                return Ok(Some(unread));
+                return Ok(Some(not_hashed));
             }
             Ok(_) => continue,
             Err(err) => return Err(err),
@@ -1078,13 +1161,33 @@ mod tests {
             let f = file_with(&dir, "new", &data);
             let fresh = hash_reader(&f, data.len() as u64, &ctl, |_, _| Ok(())).unwrap();
             let len = data.len() as u64;
-            let mut unread = 0;
+            let mut not = NotHashed::default();
+            let nothing = Earlier::default();
             let reused =
-                hash_with_earlier_chunks(&f, len, &earlier_entry, &[], &mut unread, &ctl).unwrap();
+                hash_with_earlier_chunks(&f, len, &earlier_entry, &nothing, &mut not, &ctl)
+                    .unwrap();
             assert_eq!(reused.2, data.len() as u64, "{what}");
             assert_eq!(reused.1, fresh.1, "{what}: chunks");
             assert_eq!(reused.0, fresh.0, "{what}: hash");
-            assert_eq!(unread, 0, "{what}");
+            assert_eq!((not.unread, not.compared), (0, 0), "{what}");
+            // Given a file with the earlier bytes, in the page cache (just written): the same
+            // result, and the chunks still equal to it are compared, not hashed.
+            let mut not = NotHashed::default();
+            let bytes = Earlier {
+                same: &[],
+                bytes: Some(&old),
+            };
+            let compared =
+                hash_with_earlier_chunks(&f, len, &earlier_entry, &bytes, &mut not, &ctl).unwrap();
+            assert_eq!(compared, reused, "{what}: with the earlier bytes");
+            assert_eq!(not.unread, 0, "{what}");
+            if what == "overwritten in the middle" || what == "unchanged" {
+                assert!(
+                    not.compared > len / 2,
+                    "{what}: {} of {len} bytes compared",
+                    not.compared
+                );
+            }
             // Told which 4 KiB blocks still hold the earlier bytes (as shared extents would
             // say): the same result, and those blocks are not read.
             let same: Vec<(u64, u64)> = (0..data.len().min(base.len()) / 4096)
@@ -1097,13 +1200,43 @@ mod tests {
                     }
                     out
                 });
-            let mut unread = 0;
-            let known = hash_with_earlier_chunks(&f, len, &earlier_entry, &same, &mut unread, &ctl)
-                .unwrap();
+            let mut not = NotHashed::default();
+            let known = Earlier {
+                same: &same,
+                bytes: None,
+            };
+            let known =
+                hash_with_earlier_chunks(&f, len, &earlier_entry, &known, &mut not, &ctl).unwrap();
             assert_eq!(known, reused, "{what}: with shared ranges");
             if what == "overwritten in the middle" || what == "unchanged" {
-                assert!(unread > len / 2, "{what}: {unread} of {len} bytes not read");
+                assert!(
+                    not.unread > len / 2,
+                    "{what}: {} of {len} bytes not read",
+                    not.unread
+                );
             }
         }
+        // The earlier bytes out of the page cache: they are not read from the disk, the
+        // chunks are hashed (and the result is the same).
+        old.sync_all().unwrap();
+        rfs::fadvise(&old, 0, None, rfs::Advice::DontNeed).unwrap();
+        let f = file_with(&dir, "again", &base);
+        let mut not = NotHashed::default();
+        let bytes = Earlier {
+            same: &[],
+            bytes: Some(&old),
+        };
+        let (hash, chunks, _) = hash_with_earlier_chunks(
+            &f,
+            base.len() as u64,
+            &earlier_entry,
+            &bytes,
+            &mut not,
+            &ctl,
+        )
+        .unwrap();
+        assert_eq!(chunks, earlier_entry.chunks);
+        assert_eq!(hash, chunked_file_hash(&earlier_entry.chunks));
+        assert_eq!(not.compared, 0, "compared with bytes not cached");
     }
 }

@@ -1942,6 +1942,45 @@ fn a_sync_reads_a_large_file_only_where_it_no_longer_shares_its_copys_extents() 
 }
 
 #[test]
+fn a_sync_compares_a_large_file_with_its_copys_cached_bytes_instead_of_hashing_it() {
+    use std::os::unix::fs::FileExt;
+    // Where the copy shares no extents with its source (here: the temp dir's filesystem,
+    // a copy by copy_file_range or the stream), a large file changed in place is compared
+    // with the copy's file, whose bytes are still in the page cache, instead of hashed.
+    let env = Env::new();
+    let (src, dst) = (env.source("src"), env.place("dst"));
+    let mut rng = Rng(53);
+    random_tree(&src.root, &mut rng, 20);
+    write(&src.root.join("big.img"), &rng.bytes(32 << 20));
+    write(&src.root.join("other.img"), &rng.bytes(8 << 20));
+    copy(&src, &dst, &Control::new()).unwrap();
+    let overwrite = |p: &Place, name: &str, at: u64, data: &[u8]| {
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(p.root.join(name))
+            .unwrap();
+        f.write_all_at(data, at).unwrap();
+    };
+    overwrite(&src, "big.img", 12 << 20, &rng.bytes(1 << 20));
+    // The copy's other file changed too (drift): its bytes are not the recorded ones.
+    overwrite(&dst, "other.img", 4 << 20, b"drift");
+    overwrite(&src, "other.img", 1 << 20, b"changed");
+    let s = sync(&src, &dst, &Control::new()).unwrap();
+    assert_same_tree(&src.root, &dst.root);
+    assert_eq!(s.drift, 1, "{s:?}");
+    let note = s
+        .notes
+        .iter()
+        .find(|n| n.contains("compared with the copy's cached bytes"))
+        .unwrap_or_else(|| panic!("{:?}", s.notes));
+    let mb: f64 = note.split(' ').next().unwrap().parse().unwrap();
+    assert!((25.0..=33.6).contains(&mb), "{note}");
+    // The states recorded for both trees are what hashing them from scratch gives.
+    assert!(verify(&src, &Control::new()).unwrap().ok);
+    assert!(verify(&dst, &Control::new()).unwrap().ok);
+}
+
+#[test]
 fn a_btrfs_sync_skips_the_walks_of_trees_nothing_changed_and_only_those() {
     use std::os::unix::fs::FileExt;
     let env = Env::on_btrfs();

@@ -67,6 +67,13 @@ pub(in crate::engine) fn sync(
             s_report.shared_bytes as f64 / 1e6
         ));
     }
+    if s_report.compared_bytes > 0 {
+        summary.notes.push(format!(
+            "{:.1} MB of changed files compared with the copy's cached bytes instead of \
+             hashed",
+            s_report.compared_bytes as f64 / 1e6
+        ));
+    }
     if s_report.partial {
         summary.notes.push(format!(
             "the source's scan read again only where it changed since its last scan ({} \
@@ -219,17 +226,20 @@ pub(in crate::engine) fn scan_target(
     Ok(TargetState::new(prepared, old, scanned))
 }
 
-/// The source's twin, where the target shares extents with it (one filesystem with
-/// reflinks): a large file changed in place is read only where it no longer shares the
-/// target's extents. `recorded`: the target's manifest.
+/// The source's twin: its target, as recorded (`recorded`: the target's manifest). A large
+/// file changed in place is compared with the target's: on one filesystem with reflinks,
+/// it is read only where it no longer shares the target's extents; elsewhere, the target's
+/// bytes in the page cache are compared instead of hashing the source's.
 fn twin<'a>(src: &Place, dst: &Place, recorded: &'a Manifest) -> Option<scan::Twin<'a>> {
     // (Probed in the state dir: never a file of a tree being scanned.)
     let reflinks = fsx::kernel_copy_support(&dst.state_dir) == Some(fsx::KernelCopy::Reflink);
-    if !(reflinks && super::copy::same_filesystem(&src.root, &dst.root)) {
-        return None;
-    }
+    let shares_extents = reflinks && super::copy::same_filesystem(&src.root, &dst.root);
     let root = fsx::open_dir(&dst.root).ok()?;
-    Some(scan::Twin { root, recorded })
+    Some(scan::Twin {
+        root,
+        recorded,
+        shares_extents,
+    })
 }
 
 /// The target's recorded manifest. After an interrupted commit the target's recorded state
