@@ -1888,9 +1888,48 @@ fn reflinked_copies_share_extents_stay_independent_and_keep_every_property() {
     }
 }
 
+/// Writes `data` into the file `name` of `p` at `at`, in place.
+fn overwrite(p: &Place, name: &str, at: u64, data: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(p.root.join(name))
+        .unwrap();
+    f.write_all_at(data, at).unwrap();
+}
+
+/// Copies a tree holding a 32 MiB and an 8 MiB file, then syncs it after 1 MiB was written
+/// in place in the middle of the first, and a few bytes into the second, both in the source
+/// and in the copy (drift: the copy's recorded version of it is no twin). The sync's
+/// summary, once the trees are checked equal.
+fn sync_after_writes_in_place(src: &Place, dst: &Place, rng: &mut Rng) -> Summary {
+    random_tree(&src.root, rng, 20);
+    write(&src.root.join("big.img"), &rng.bytes(32 << 20));
+    write(&src.root.join("other.img"), &rng.bytes(8 << 20));
+    copy(src, dst, &Control::new()).unwrap();
+    // (Not yet on disk: a scan must not take the extent the file still maps for the old
+    // bytes.)
+    overwrite(src, "big.img", 12 << 20, &rng.bytes(1 << 20));
+    overwrite(dst, "other.img", 4 << 20, b"drift");
+    overwrite(src, "other.img", 1 << 20, b"changed");
+    let s = sync(src, dst, &Control::new()).unwrap();
+    assert_same_tree(&src.root, &dst.root);
+    assert_eq!(s.drift, 1, "{s:?}");
+    s
+}
+
+/// The megabytes a summary's note about `what` starts with.
+fn note_mb(s: &Summary, what: &str) -> f64 {
+    let note = s
+        .notes
+        .iter()
+        .find(|n| n.contains(what))
+        .unwrap_or_else(|| panic!("no note about {what:?}: {:?}", s.notes));
+    note.split(' ').next().unwrap().parse().unwrap()
+}
+
 #[test]
 fn a_sync_reads_a_large_file_only_where_it_no_longer_shares_its_copys_extents() {
-    use std::os::unix::fs::FileExt;
     for kind in ["xfs", "btrfs"] {
         let lfs = LoopFs::new(kind);
         let base = lfs.root();
@@ -1900,35 +1939,10 @@ fn a_sync_reads_a_large_file_only_where_it_no_longer_shares_its_copys_extents() 
             make_subvolume(&src);
         }
         let mut rng = Rng(52);
-        random_tree(&src.root, &mut rng, 20);
-        let big = rng.bytes(32 << 20);
-        write(&src.root.join("big.img"), &big);
-        write(&src.root.join("other.img"), &rng.bytes(8 << 20));
-        copy(&src, &dst, &Control::new()).unwrap();
-        let overwrite = |p: &Place, name: &str, at: u64, data: &[u8]| {
-            let f = fs::OpenOptions::new()
-                .write(true)
-                .open(p.root.join(name))
-                .unwrap();
-            f.write_all_at(data, at).unwrap();
-        };
-        // 1 MiB written in place in the middle of the big file (not yet on disk: the scan
-        // must not take the extent it still maps for the old one).
-        overwrite(&src, "big.img", 12 << 20, &rng.bytes(1 << 20));
-        // The copy's other file changed too (drift): its recorded version is no twin.
-        overwrite(&dst, "other.img", 4 << 20, b"drift");
-        overwrite(&src, "other.img", 1 << 20, b"changed");
-        let s = sync(&src, &dst, &Control::new()).unwrap();
-        assert_same_tree(&src.root, &dst.root);
-        assert_eq!(s.drift, 1, "{kind}: {s:?}");
+        let s = sync_after_writes_in_place(&src, &dst, &mut rng);
         // Most of the big file was known from its shared extents; none of the other.
-        let note = s
-            .notes
-            .iter()
-            .find(|n| n.contains("not read again"))
-            .unwrap_or_else(|| panic!("{kind}: {:?}", s.notes));
-        let mb: f64 = note.split(' ').next().unwrap().parse().unwrap();
-        assert!((25.0..=33.6).contains(&mb), "{kind}: {note}");
+        let mb = note_mb(&s, "not read again");
+        assert!((25.0..=33.6).contains(&mb), "{kind}: {mb} MB");
         // The states recorded for both trees are what hashing them from scratch gives.
         assert!(verify(&src, &Control::new()).unwrap().ok, "{kind}");
         assert!(verify(&dst, &Control::new()).unwrap().ok, "{kind}");
@@ -1943,38 +1957,15 @@ fn a_sync_reads_a_large_file_only_where_it_no_longer_shares_its_copys_extents() 
 
 #[test]
 fn a_sync_compares_a_large_file_with_its_copys_cached_bytes_instead_of_hashing_it() {
-    use std::os::unix::fs::FileExt;
     // Where the copy shares no extents with its source (here: the temp dir's filesystem,
     // a copy by copy_file_range or the stream), a large file changed in place is compared
     // with the copy's file, whose bytes are still in the page cache, instead of hashed.
     let env = Env::new();
     let (src, dst) = (env.source("src"), env.place("dst"));
-    let mut rng = Rng(53);
-    random_tree(&src.root, &mut rng, 20);
-    write(&src.root.join("big.img"), &rng.bytes(32 << 20));
-    write(&src.root.join("other.img"), &rng.bytes(8 << 20));
-    copy(&src, &dst, &Control::new()).unwrap();
-    let overwrite = |p: &Place, name: &str, at: u64, data: &[u8]| {
-        let f = fs::OpenOptions::new()
-            .write(true)
-            .open(p.root.join(name))
-            .unwrap();
-        f.write_all_at(data, at).unwrap();
-    };
-    overwrite(&src, "big.img", 12 << 20, &rng.bytes(1 << 20));
-    // The copy's other file changed too (drift): its bytes are not the recorded ones.
-    overwrite(&dst, "other.img", 4 << 20, b"drift");
-    overwrite(&src, "other.img", 1 << 20, b"changed");
-    let s = sync(&src, &dst, &Control::new()).unwrap();
-    assert_same_tree(&src.root, &dst.root);
-    assert_eq!(s.drift, 1, "{s:?}");
-    let note = s
-        .notes
-        .iter()
-        .find(|n| n.contains("compared with the copy's cached bytes"))
-        .unwrap_or_else(|| panic!("{:?}", s.notes));
-    let mb: f64 = note.split(' ').next().unwrap().parse().unwrap();
-    assert!((25.0..=33.6).contains(&mb), "{note}");
+    let s = sync_after_writes_in_place(&src, &dst, &mut Rng(53));
+    // Most of the big file; none of the other, whose copy drifted.
+    let mb = note_mb(&s, "compared with the copy's cached bytes");
+    assert!((25.0..=33.6).contains(&mb), "{mb} MB");
     // The states recorded for both trees are what hashing them from scratch gives.
     assert!(verify(&src, &Control::new()).unwrap().ok);
     assert!(verify(&dst, &Control::new()).unwrap().ok);
