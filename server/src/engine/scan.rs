@@ -247,7 +247,7 @@ fn cdc_chunks(
 /// known to hold the earlier content (`same`: extents still shared with the twin, never
 /// read), and a file that holds it all (`bytes`: the twin's, while it is as recorded).
 #[derive(Default)]
-struct Earlier<'a> {
+struct Known<'a> {
     same: &'a [(u64, u64)],
     bytes: Option<&'a File>,
 }
@@ -279,7 +279,7 @@ fn hash_with_earlier_chunks(
     file: &File,
     size: u64,
     earlier: &Entry,
-    known: &Earlier<'_>,
+    known: &Known<'_>,
     not_hashed: &mut NotHashed,
     ctl: &Control,
 ) -> Result<([u8; 32], Vec<Chunk>, u64), EngineError> {
@@ -1004,7 +1004,7 @@ fn hash_file(
                 } else {
                     Vec::new()
                 };
-                let known = Earlier {
+                let known = Known {
                     same: &same,
                     bytes: Some(&t.file),
                 };
@@ -1014,12 +1014,12 @@ fn hash_file(
                     res
                 } else {
                     not_hashed = NotHashed::default();
-                    let known = Earlier::default();
+                    let known = Known::default();
                     hash_with_earlier_chunks(&file, size, t.recorded, &known, &mut not_hashed, ctl)
                 }
             }
             (None, Some(old)) if size >= CHUNKED_FILE_MIN => {
-                let known = Earlier::default();
+                let known = Known::default();
                 hash_with_earlier_chunks(&file, size, old, &known, &mut not_hashed, ctl)
             }
             _ => hash_reader(&file, size, ctl, |_, _| Ok(())),
@@ -1162,7 +1162,7 @@ mod tests {
             let fresh = hash_reader(&f, data.len() as u64, &ctl, |_, _| Ok(())).unwrap();
             let len = data.len() as u64;
             let mut not = NotHashed::default();
-            let nothing = Earlier::default();
+            let nothing = Known::default();
             let reused =
                 hash_with_earlier_chunks(&f, len, &earlier_entry, &nothing, &mut not, &ctl)
                     .unwrap();
@@ -1173,7 +1173,7 @@ mod tests {
             // Given a file with the earlier bytes, in the page cache (just written): the same
             // result, and the chunks still equal to it are compared, not hashed.
             let mut not = NotHashed::default();
-            let bytes = Earlier {
+            let bytes = Known {
                 same: &[],
                 bytes: Some(&old),
             };
@@ -1201,7 +1201,7 @@ mod tests {
                     out
                 });
             let mut not = NotHashed::default();
-            let known = Earlier {
+            let known = Known {
                 same: &same,
                 bytes: None,
             };
@@ -1222,7 +1222,7 @@ mod tests {
         rfs::fadvise(&old, 0, None, rfs::Advice::DontNeed).unwrap();
         let f = file_with(&dir, "again", &base);
         let mut not = NotHashed::default();
-        let bytes = Earlier {
+        let bytes = Known {
             same: &[],
             bytes: Some(&old),
         };
