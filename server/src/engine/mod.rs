@@ -11,6 +11,7 @@ pub mod btrfs;
 pub mod extents;
 pub mod fsx;
 pub mod identity;
+pub mod image;
 pub mod manifest;
 pub mod scan;
 mod transfer;
@@ -379,6 +380,10 @@ pub fn remove_trees(paths: &[PathBuf]) -> Result<(), EngineError> {
         let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
             continue;
         };
+        // Image trees are unmounted and their images removed first.
+        if image::remove_image_trees(path).map_err(EngineError::io_path("removing", path))? {
+            continue;
+        }
         let dir = match fsx::open_dir(parent) {
             Ok(d) => d,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,

@@ -283,9 +283,18 @@ struct Env {
     _tmp: Option<tempfile::TempDir>,
     /// A loop-mounted filesystem of its own the trees are on (unmounted when dropped).
     _fs: Option<LoopFs>,
-    /// On btrfs: source trees are made subvolumes, as the engine makes them.
-    subvolumes: bool,
+    /// What a source tree's root is made.
+    roots: Roots,
     base: PathBuf,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Roots {
+    Directories,
+    /// On btrfs, as the engine makes them.
+    Subvolumes,
+    /// On XFS: image trees.
+    Images,
 }
 
 impl Env {
@@ -295,7 +304,7 @@ impl Env {
         Env {
             _tmp: Some(tmp),
             _fs: None,
-            subvolumes: false,
+            roots: Roots::Directories,
             base,
         }
     }
@@ -303,18 +312,22 @@ impl Env {
     /// watch on their filesystem (a tree of 100,000 directories overflows a watch's queue,
     /// and its changes too deep to be named count for every tree).
     fn on_own_ext4() -> Env {
-        Env::on(LoopFs::new("ext4"), false)
+        Env::on(LoopFs::new("ext4"), Roots::Directories)
     }
     /// On a btrfs of its own, where trees are subvolumes and copies of them snapshots.
     fn on_btrfs() -> Env {
-        Env::on(LoopFs::new("btrfs"), true)
+        Env::on(LoopFs::new("btrfs"), Roots::Subvolumes)
     }
-    fn on(fs: LoopFs, subvolumes: bool) -> Env {
+    /// On an XFS of its own, where source trees are image trees and copies of them clones.
+    fn with_xfs_images() -> Env {
+        Env::on(LoopFs::new("xfs"), Roots::Images)
+    }
+    fn on(fs: LoopFs, roots: Roots) -> Env {
         Env {
             _tmp: None,
             base: fs.root(),
             _fs: Some(fs),
-            subvolumes,
+            roots,
         }
     }
     fn place(&self, name: &str) -> Place {
@@ -323,8 +336,10 @@ impl Env {
     /// A source tree's place, its root made as the engine makes one (on btrfs a subvolume).
     fn source(&self, name: &str) -> Place {
         let p = self.place(name);
-        if self.subvolumes {
-            make_subvolume(&p);
+        match self.roots {
+            Roots::Directories => {}
+            Roots::Subvolumes => make_subvolume(&p),
+            Roots::Images => make_image_tree(&p),
         }
         p
     }
@@ -337,6 +352,24 @@ fn make_subvolume(p: &Place) {
     let parent = fsx::open_dir(parent).unwrap();
     let name = p.root.file_name().unwrap().as_bytes();
     btrfs::create_subvolume(parent.as_fd(), name).unwrap();
+}
+
+/// Makes `p`'s root a new, empty image tree (of at most 1 GiB).
+fn make_image_tree(p: &Place) {
+    fs::create_dir_all(p.root.parent().unwrap()).unwrap();
+    image::create(&p.root, 1 << 30).unwrap();
+}
+
+/// The mounts below `dir`.
+fn mounts_below(dir: &Path) -> Vec<String> {
+    let dir = format!("{}/", fs::canonicalize(dir).unwrap().display());
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(&dir))
+        .map(str::to_string)
+        .collect()
 }
 
 /// A tree `name` with its state dir under `base` (as an `Env` lays them out).
@@ -666,16 +699,108 @@ fn fail_at(n: usize) -> (Control, Arc<AtomicUsize>) {
 
 #[test]
 fn a_copy_interrupted_anywhere_leaves_nothing_and_succeeds_on_the_next_attempt() {
-    copy_interrupted_anywhere(Env::new(), 20);
+    copy_interrupted_anywhere(&Env::new(), 20);
 }
 
 #[test]
 fn a_btrfs_snapshot_copy_interrupted_anywhere_leaves_nothing() {
     // A snapshot has few places to fail: taken, verified, committed.
-    copy_interrupted_anywhere(Env::on_btrfs(), 1);
+    copy_interrupted_anywhere(&Env::on_btrfs(), 1);
 }
 
-fn copy_interrupted_anywhere(env: Env, at_least: usize) {
+#[test]
+fn an_image_clone_copy_interrupted_anywhere_leaves_nothing() {
+    let env = Env::with_xfs_images();
+    copy_interrupted_anywhere(&env, 1);
+    // Only the trees' own mounts (the copies are image trees too); none left in a work dir.
+    let mounts = mounts_below(&env.base);
+    assert!(mounts.len() > 2, "{mounts:?}");
+    assert!(mounts.iter().all(|m| m.contains("/roots/")), "{mounts:?}");
+}
+
+#[test]
+fn xfs_copies_of_an_image_tree_are_clones_whole_independent_and_verified() {
+    let env = Env::with_xfs_images();
+    let src = env.source("src");
+    assert!(image::is_image_tree(&src.root));
+    let plain = env.place("plain");
+    fs::create_dir_all(&plain.root).unwrap();
+    assert!(!image::is_image_tree(&plain.root));
+    let mut rng = Rng(62);
+    random_tree(&src.root, &mut rng, 60);
+    let big = rng.bytes(32 << 20);
+    write(&src.root.join("big.img"), &big);
+    // A socket: not part of a copy.
+    let _socket = std::os::unix::net::UnixListener::bind(src.root.join("a/socket")).unwrap();
+
+    // A copy of an image tree is a clone of its image, taken before the source changes
+    // again: what the source becomes after that instant is not in the copy.
+    let dst = env.place("dst");
+    let before = snapshot_tree(&src.root);
+    let changed = src.root.join("a/changed-after-the-clone");
+    let c2 = changed.clone();
+    let ctl = Control::new().with_failpoint(move |point| {
+        if point == "copy:image-cloned" {
+            fs::write(&c2, b"too late")?;
+        }
+        Ok(())
+    });
+    let s = copy(&src, &dst, &ctl).unwrap();
+    assert!(
+        s.notes.iter().any(|n| n.contains("a clone of the source's image")),
+        "{:?}",
+        s.notes
+    );
+    assert_eq!((s.content_bytes, s.bytes_sent), (0, 0), "{s:?}");
+    assert_eq!(s.skipped_special_count, 1, "{s:?}");
+    assert_eq!(snapshot_tree(&dst.root), before);
+    assert!(src.root.join("a/socket").exists() && !dst.root.join("a/socket").exists());
+    assert!(changed.exists() && !dst.root.join("a/changed-after-the-clone").exists());
+    no_debris(&dst);
+    assert!(verify(&dst, &Control::new()).unwrap().ok);
+    assert!(image::is_image_tree(&dst.root));
+    assert_independent(&src, &dst, &big);
+
+    // Syncs into it converge as everywhere (file by file: two filesystems), and its own
+    // copies are clones too.
+    for _ in 0..3 {
+        random_changes(&src.root, &mut rng);
+        sync(&src, &dst, &Control::new()).unwrap();
+        assert_same_tree(&src.root, &dst.root);
+        no_debris(&dst);
+    }
+    assert!(verify(&dst, &Control::new()).unwrap().ok);
+    let again = env.place("again");
+    let s = copy(&dst, &again, &Control::new()).unwrap();
+    assert!(s.notes.iter().any(|n| n.contains("clone")), "{:?}", s.notes);
+    assert_same_tree(&dst.root, &again.root);
+    // A plain directory's copy goes file by file.
+    random_tree(&plain.root, &mut rng, 10);
+    let s = copy(&plain, &env.place("of-plain"), &Control::new()).unwrap();
+    assert!(!s.notes.iter().any(|n| n.contains("clone")), "{:?}", s.notes);
+
+    // A copy that fails once the clone is made leaves nothing behind: no tree, no image,
+    // no mount.
+    let failed = env.place("failed");
+    let ctl = Control::new().with_failpoint(|point| match point {
+        "copy:image-cloned" => Err(io::Error::other("injected")),
+        _ => Ok(()),
+    });
+    assert!(copy(&src, &failed, &ctl).is_err());
+    assert!(!failed.root.exists() && !image::image_path(&failed.root).exists());
+    no_debris(&failed);
+
+    // An image tree goes like any tree: unmounted, its image removed.
+    crate::engine::remove_trees(&[again.root.clone(), dst.root.clone()]).unwrap();
+    for gone in [&again, &dst] {
+        assert!(!gone.root.exists() && !image::image_path(&gone.root).exists());
+    }
+    let mounts = mounts_below(&env.base);
+    assert_eq!(mounts.len(), 1, "only the source's: {mounts:?}");
+    assert!(mounts_below(&env.base.join("state")).is_empty());
+}
+
+fn copy_interrupted_anywhere(env: &Env, at_least: usize) {
     let src = env.source("src");
     random_tree(&src.root, &mut Rng(77), 25);
     let (probe, count) = fail_at(usize::MAX);
@@ -1826,8 +1951,10 @@ impl Drop for LoopFs {
         if self.mounted {
             // (A few times: a file a sync replaced may still be held, for a moment, by
             // the thread that frees it; then lazily, so nothing stays mounted.)
+            // (Recursively: image trees are mounted inside.)
             let unmounted = (0..20).any(|_| {
                 let ok = std::process::Command::new("umount")
+                    .arg("-R")
                     .arg(self.root())
                     .status()
                     .is_ok_and(|s| s.success());
@@ -1838,7 +1965,7 @@ impl Drop for LoopFs {
             });
             if !unmounted {
                 let _ = std::process::Command::new("umount")
-                    .arg("-l")
+                    .args(["-R", "-l"])
                     .arg(self.root())
                     .status();
             }

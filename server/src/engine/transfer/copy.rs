@@ -46,11 +46,11 @@ pub(in crate::engine) fn copy_into(
     let result = fill(&staging);
     match &result {
         Ok(_) => {
-            let _ = fs::remove_dir_all(&work);
+            let _ = remove_tree(&work);
         }
         Err(_) => {
             if !dst.commit_marker().exists() {
-                let _ = fs::remove_dir_all(&work);
+                let _ = remove_tree(&work);
             }
         }
     }
@@ -116,6 +116,9 @@ pub(super) fn copy_staged(
     ctl: &Control,
 ) -> Result<Summary, EngineError> {
     if let Some(summary) = copy_by_snapshot(src, dst, staging, ctl)? {
+        return Ok(summary);
+    }
+    if let Some(summary) = copy_by_image(src, dst, staging, ctl)? {
         return Ok(summary);
     }
     let (mut m, report) = scan_source(src, ctl)?;
@@ -189,13 +192,8 @@ pub(super) fn copy_staged(
 
 /// A copy on btrfs whose source tree is a subvolume: the staging tree is made a snapshot
 /// of it, the whole tree at one instant, sharing everything (no file is created, read or
-/// copied). `None`: not possible here; the copy goes file by file.
-///
-/// The snapshot is then the copy's truth: its manifest is scanned from the snapshot (never
-/// from the source, which may change meanwhile) with the source's quick-check cache, which
-/// still holds (a snapshot keeps inode numbers and times); files the cache cannot vouch for
-/// are read and hashed there. Special files are taken out, as a copy never has them. Then it
-/// is verified, made durable and moved into place like any copy.
+/// copied), then the copy's truth ([`finish_whole_tree_copy`]). `None`: not possible here;
+/// the copy goes file by file.
 fn copy_by_snapshot(
     src: &Place,
     dst: &Place,
@@ -221,6 +219,54 @@ fn copy_by_snapshot(
         return Ok(None);
     }
     ctl.fail("copy:snapshot-taken")?;
+    finish_whole_tree_copy(src, dst, staging, "a btrfs snapshot of the source", ctl).map(Some)
+}
+
+/// A copy on XFS whose source is an image tree ([`image`]) whose image is on the
+/// filesystem of the copy's work dir, which has reflinks: the staging tree is a clone of
+/// the source's image, mounted, the whole tree at one instant (no file is created, read or
+/// copied), then the copy's truth ([`finish_whole_tree_copy`]).
+/// `None`: not possible here; the copy goes file by file.
+fn copy_by_image(
+    src: &Place,
+    dst: &Place,
+    staging: &Path,
+    ctl: &Control,
+) -> Result<Option<Summary>, EngineError> {
+    let work = staging.parent().unwrap_or(staging);
+    if ctl.stream_only
+        || !image::is_image_tree(&src.root)
+        || !same_filesystem(&image::image_path(&src.root), work)
+        || fsx::kernel_copy_support(work) != Some(fsx::KernelCopy::Reflink)
+    {
+        return Ok(None);
+    }
+    ctl.phase(Phase::Transfer, None, None);
+    // The empty staging root makes way for the clone.
+    fs::remove_dir(staging).map_err(EngineError::io_path("removing", staging))?;
+    if let Err(e) = image::clone_tree(&src.root, staging) {
+        tracing::debug!(error = %e, "no clone of the source's image: copying file by file");
+        make_tree_root(work, STAGING.as_bytes())
+            .map_err(EngineError::io_path("creating", staging))?;
+        return Ok(None);
+    }
+    ctl.fail("copy:image-cloned")?;
+    finish_whole_tree_copy(src, dst, staging, "a clone of the source's image", ctl).map(Some)
+}
+
+/// The rest of a copy whose staging tree is the source's whole tree at one instant (a
+/// snapshot or a clone, `how`): its manifest scanned there (never from the source, which
+/// may change meanwhile) with the source's quick-check cache, which still holds (inode
+/// numbers and times are kept); files the cache cannot vouch for are read and hashed
+/// there. Special files are taken out, as a copy never has them. Then it is verified, made
+/// durable and moved into place like any copy.
+fn finish_whole_tree_copy(
+    src: &Place,
+    dst: &Place,
+    staging: &Path,
+    how: &str,
+    ctl: &Control,
+) -> Result<Summary, EngineError> {
     ctl.phase(Phase::Scan, None, None);
     let cache = src.load_manifest().ok().flatten();
     let (m, report) = scan::scan(staging, cache.as_ref(), true, ctl)?;
@@ -229,15 +275,16 @@ fn copy_by_snapshot(
     for e in m.entries.iter().filter(|e| e.kind == Kind::Special) {
         let (dir, name) = walker
             .parent(&e.path)
-            .map_err(io_err("opening a directory of the snapshot"))?;
-        fsx::remove_at(dir, name).map_err(io_err("removing a special file from the snapshot"))?;
+            .map_err(io_err("opening a directory of the staged tree"))?;
+        fsx::remove_at(dir, name).map_err(io_err("removing a special file from the staged tree"))?;
     }
+    drop(walker);
     // The source's quick-check cache for the next copy or sync.
     let _ = m.store_unsynced(&src.manifest_path());
     let mut summary = finish_copy(dst, staging, &m, ctl)?;
     summary.kernel_bytes = summary.tree_bytes;
     summary.notes.push(format!(
-        "a btrfs snapshot of the source: {} files shared at once, none copied",
+        "{how}: {} files shared at once, none copied",
         summary.tree_files
     ));
     source_facts(
@@ -246,7 +293,7 @@ fn copy_by_snapshot(
         Listed::default(),
         WireStats::default(),
     );
-    Ok(Some(summary))
+    Ok(summary)
 }
 
 /// The target's side of a copy, last: the staged tree checked against `m` (the source's
@@ -268,6 +315,8 @@ pub(in crate::engine) fn finish_copy(
     write_marker(dst)?;
     let staging_fd = fsx::open_dir(staging).map_err(io_err("opening the staging tree"))?;
     fsx::syncfs(staging_fd.as_fd()).map_err(io_err("syncfs"))?;
+    // (Nothing of it held open: an image tree is unmounted to be moved.)
+    drop(staging_fd);
     ctl.fail("copy:before-rename")?;
     move_into_place(staging, dst)?;
     let _ = fs::remove_file(dst.commit_marker());

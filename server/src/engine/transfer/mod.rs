@@ -8,8 +8,8 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::Instant;
 
-use super::btrfs;
 use super::fsx::{self, split_parent, Walker};
+use super::{btrfs, image};
 use super::manifest::{diff, path_cmp, Change, Chunk, Entry, Kind, Manifest};
 use super::scan::{self, chunked_file_hash, hash_reader, Listed, CHUNKED_FILE_MIN};
 use super::wire::{self, Frame, FrameReader, FrameWriter, PipeReader, PipeWriter, WireStats};
@@ -31,6 +31,9 @@ fn io_err(context: &'static str) -> impl Fn(io::Error) -> EngineError {
 }
 
 fn remove_tree(path: &Path) -> Result<(), EngineError> {
+    if image::remove_image_trees(path).map_err(EngineError::io_path("removing", path))? {
+        return Ok(());
+    }
     match fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => {
             fs::remove_dir_all(path).map_err(EngineError::io_path("removing", path))
@@ -45,6 +48,11 @@ fn remove_tree(path: &Path) -> Result<(), EngineError> {
 fn move_into_place(tree: &Path, dst: &Place) -> Result<(), EngineError> {
     if let Some(parent) = dst.root.parent() {
         fs::create_dir_all(parent).map_err(EngineError::io_path("creating", parent))?;
+    }
+    // (A mount's root cannot be renamed: an image tree is mounted again at its place.)
+    if image::is_image_tree(tree) {
+        return image::rename_tree(tree, &dst.root)
+            .map_err(EngineError::io_path("moving the copy into place at", &dst.root));
     }
     fs::rename(tree, &dst.root).map_err(EngineError::io_path(
         "moving the copy into place at",

@@ -433,8 +433,9 @@ impl Plan {
 /// The target's stage for a sync's content: a directory its files are renamed from into
 /// the target, at the commit.
 ///
-/// Usually `stage` in the target's work dir. But no rename crosses into a btrfs subvolume:
-/// where the target is one, the stage is a directory in the target's own root,
+/// Usually `stage` in the target's work dir. But no rename crosses into a btrfs subvolume
+/// or an image tree (a filesystem of its own, [`image`]): where the target is one, the
+/// stage is a directory in the target's own root,
 /// `.doppel-stage-<id>`. It is named first by an empty file in the work dir
 /// (`in-tree-<name>`), so that what a failure or a crash leaves of it is found and removed
 /// ([`remove_work`]), and it is gone before the commit's last flush. (Before, each staged
@@ -442,7 +443,8 @@ impl Plan {
 pub(in crate::engine) fn stage_dir(dst: &Place) -> Result<PathBuf, EngineError> {
     let work = dst.work_dir();
     fs::create_dir_all(&work).map_err(EngineError::io_path("creating", &work))?;
-    let in_tree = fsx::open_dir(&dst.root).is_ok_and(|d| btrfs::is_subvolume(d.as_fd()));
+    let in_tree = fsx::open_dir(&dst.root).is_ok_and(|d| btrfs::is_subvolume(d.as_fd()))
+        || image::is_image_tree(&dst.root);
     let stage = if in_tree {
         let name = format!("{IN_TREE_STAGE}{}", crate::ids::new_id());
         let named = work.join(format!("{IN_TREE_MARK}{name}"));

@@ -1,0 +1,263 @@
+//! Trees that are filesystem images: an XFS filesystem in a sparse file on a filesystem
+//! with reflinks (XFS), loop-mounted at the tree's root. A copy of such a tree is a clone
+//! of its image (one `FICLONE` of one file, taken while the tree's filesystem is frozen),
+//! the whole tree at one instant whatever its number of files; file by file, XFS spends
+//! about 50 µs of kernel time on each (a create, a clone and a time set, each a
+//! transaction), which bounds a 40,000-file copy to about a second.
+//!
+//! The image of the tree at `root` is the file `<root>.xfs` beside it, so that a tree
+//! and its image move and go together. Mounts are made with `mount(8)` (`-o loop`: its
+//! loop device is freed when the tree is unmounted) and `nouuid` (a clone has its
+//! source's filesystem id, and both are mounted).
+//!
+//! What doppel does not do yet (see the README): lay down new trees as images, and mount
+//! them again after the host restarts. Until then only trees made with [`create`] are
+//! images, and everything else here serves them.
+
+use std::ffi::OsString;
+use std::fs;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::fsx;
+
+/// The image file of the tree at `root`: `<root>.xfs`.
+pub fn image_path(root: &Path) -> PathBuf {
+    let mut p = root.as_os_str().to_owned();
+    p.push(".xfs");
+    PathBuf::from(p)
+}
+
+/// Whether the tree at `root` is an image tree: its root is the root of a filesystem on a
+/// loop device whose backing file is its image.
+pub fn is_image_tree(root: &Path) -> bool {
+    backing_file(root).is_some_and(|b| {
+        fs::canonicalize(image_path(root)).is_ok_and(|image| image == b)
+    })
+}
+
+/// The backing file of the loop device whose filesystem is mounted at `root` (`None`: no
+/// filesystem's root is at `root`, or it is not on a loop device).
+fn backing_file(root: &Path) -> Option<PathBuf> {
+    use rustix::fs::{statx, AtFlags, StatxAttributes, StatxFlags};
+    let st = statx(
+        rustix::fs::CWD,
+        root,
+        AtFlags::SYMLINK_NOFOLLOW,
+        StatxFlags::BASIC_STATS,
+    )
+    .ok()?;
+    // The root of a mount (not a directory of one).
+    let root_of_mount = StatxAttributes::MOUNT_ROOT;
+    if !st.stx_attributes_mask.contains(root_of_mount) || !st.stx_attributes.contains(root_of_mount)
+    {
+        return None;
+    }
+    let sys = format!(
+        "/sys/dev/block/{}:{}/loop/backing_file",
+        st.stx_dev_major, st.stx_dev_minor
+    );
+    let file = fs::read(sys).ok()?;
+    let file = file.strip_suffix(b"\n").unwrap_or(&file);
+    Some(PathBuf::from(OsString::from_vec(file.to_vec())))
+}
+
+/// Makes an empty image tree at `root` (which must not exist): an image of `size` bytes
+/// (sparse: it takes room as it fills), an XFS filesystem in it, mounted at `root`.
+pub fn create(root: &Path, size: u64) -> io::Result<()> {
+    let image = image_path(root);
+    fs::File::create_new(&image)?.set_len(size)?;
+    let made = run(Command::new("mkfs.xfs")
+        .args(["-q", "-m", "reflink=1"])
+        .arg(&image))
+    .and_then(|()| fs::create_dir(root))
+    .and_then(|()| mount(&image, root));
+    if made.is_err() {
+        let _ = fs::remove_dir(root);
+        let _ = fs::remove_file(&image);
+    }
+    made
+}
+
+/// Makes `to` (which must not exist) a clone of the image tree at `from`: the tree as it
+/// was at one instant (its filesystem frozen meanwhile: written out whole and holding its
+/// writers, for as long as the clone of one file takes), sharing all its extents.
+pub fn clone_tree(from: &Path, to: &Path) -> io::Result<()> {
+    let (from_image, to_image) = (image_path(from), image_path(to));
+    let source = fs::File::open(&from_image)?;
+    let clone = fs::File::create_new(&to_image)?;
+    let cloned = (|| {
+        let _frozen = Frozen::freeze(from)?;
+        rustix::fs::ioctl_ficlone(&clone, &source).map_err(io::Error::from)
+    })()
+    .and_then(|()| fs::create_dir(to))
+    .and_then(|()| mount(&to_image, to));
+    if cloned.is_err() {
+        let _ = fs::remove_dir(to);
+        let _ = fs::remove_file(&to_image);
+    }
+    cloned
+}
+
+/// Moves the image tree at `from` to `to` (which must not exist): unmounted, its image and
+/// its root renamed, mounted again. The renames are made durable.
+pub fn rename_tree(from: &Path, to: &Path) -> io::Result<()> {
+    unmount(from)?;
+    fs::rename(image_path(from), image_path(to))?;
+    fs::rename(from, to)?;
+    if let Some(parent) = to.parent() {
+        fs::File::open(parent)?.sync_all()?;
+    }
+    mount(&image_path(to), to)
+}
+
+/// Removes the image tree at `root` if it is one: unmounted, its root and image removed.
+/// `false`: it is not an image tree (nothing was done).
+fn remove_if_image(root: &Path) -> io::Result<bool> {
+    if !is_image_tree(root) {
+        return Ok(false);
+    }
+    unmount(root)?;
+    fs::remove_dir(root)?;
+    fs::remove_file(image_path(root))?;
+    Ok(true)
+}
+
+/// Before a tree at `path` is removed: removes the image trees at `path` and below it
+/// (unmounted, their images removed), and an image left beside `path` unmounted (by an
+/// interruption), so that what remains is plain files. `true`: `path` itself was an image
+/// tree, and is gone.
+pub fn remove_image_trees(path: &Path) -> io::Result<bool> {
+    remove_images_below(path)?;
+    if remove_if_image(path)? {
+        return Ok(true);
+    }
+    match fs::remove_file(image_path(path)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(false),
+    }
+}
+
+/// Removes every image tree mounted below `dir` (deepest first), so that `dir` can be
+/// removed as plain files: an interrupted copy's work dir, say.
+fn remove_images_below(dir: &Path) -> io::Result<()> {
+    let Ok(dir) = fs::canonicalize(dir) else {
+        return Ok(());
+    };
+    let mut below: Vec<PathBuf> = mount_points()?
+        .into_iter()
+        .filter(|m| m.starts_with(&dir) && m != &dir)
+        .collect();
+    below.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
+    for m in below {
+        remove_if_image(&m)?;
+    }
+    Ok(())
+}
+
+/// The mount points of this process's mount namespace.
+fn mount_points() -> io::Result<Vec<PathBuf>> {
+    let info = fs::read("/proc/self/mountinfo")?;
+    Ok(info
+        .split(|&b| b == b'\n')
+        .filter_map(|line| line.split(|&b| b == b' ').nth(4))
+        .map(|p| PathBuf::from(OsString::from_vec(unescape(p))))
+        .collect())
+}
+
+/// `/proc/self/mountinfo` writes space, tab, newline and backslash as `\ooo`.
+fn unescape(field: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(field.len());
+    let mut i = 0;
+    while i < field.len() {
+        let octal = field.get(i + 1..i + 4).filter(|d| {
+            field[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c))
+        });
+        match octal {
+            Some(d) => {
+                out.push(d.iter().fold(0u8, |n, c| n.wrapping_mul(8) + (c - b'0')));
+                i += 4;
+            }
+            None => {
+                out.push(field[i]);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+fn mount(image: &Path, root: &Path) -> io::Result<()> {
+    run(Command::new("mount")
+        .args(["-t", "xfs", "-o", "loop,nouuid"])
+        .arg(image)
+        .arg(root))
+}
+
+fn unmount(root: &Path) -> io::Result<()> {
+    let path = std::ffi::CString::new(root.as_os_str().as_bytes())
+        .map_err(|_| io::Error::other("a path with a NUL byte"))?;
+    // SAFETY: a plain syscall on a NUL-terminated path.
+    match unsafe { libc::umount2(path.as_ptr(), libc::UMOUNT_NOFOLLOW) } {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
+/// Runs a command, its failure an error that says what it printed.
+fn run(cmd: &mut Command) -> io::Result<()> {
+    let out = cmd.output().map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot run {}: {e}", cmd.get_program().to_string_lossy()),
+        )
+    })?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(io::Error::other(format!(
+        "{} failed: {}",
+        cmd.get_program().to_string_lossy(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    )))
+}
+
+/// A filesystem frozen (`FIFREEZE`: its dirty data and log written out, its writers held)
+/// until dropped.
+struct Frozen(fs::File);
+
+// _IOWR('X', 119, int) and _IOWR('X', 120, int).
+const FIFREEZE: libc::c_ulong = 0xC004_5877;
+const FITHAW: libc::c_ulong = 0xC004_5878;
+
+impl Frozen {
+    fn freeze(root: &Path) -> io::Result<Frozen> {
+        let dir = fs::File::from(fsx::open_dir(root)?);
+        // SAFETY: an ioctl on an open descriptor, with the int argument it takes.
+        match unsafe { libc::ioctl(dir.as_raw_fd(), FIFREEZE as _, 0) } {
+            0 => Ok(Frozen(dir)),
+            _ => Err(io::Error::last_os_error()),
+        }
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        unsafe { libc::ioctl(self.0.as_raw_fd(), FITHAW as _, 0) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_read_back() {
+        assert_eq!(unescape(br"/a\040b\011c\012d\134e"), b"/a b\tc\nd\\e");
+        assert_eq!(unescape(br"/plain\x"), br"/plain\x");
+    }
+}
