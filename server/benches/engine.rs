@@ -193,7 +193,8 @@ fn main() {
     // The host's filesystem, then XFS (reflink) and btrfs images made and mounted for the
     // run (root, mkfs.xfs and mkfs.btrfs: `make bench` installs them).
     // BENCH_FS (say `host,btrfs`) measures only those filesystems.
-    let wanted = std::env::var("BENCH_FS").unwrap_or_else(|_| "host,xfs,btrfs".into());
+    // `xfs-image`: XFS again, its source tree an image tree (see `engine::image`).
+    let wanted = std::env::var("BENCH_FS").unwrap_or_else(|_| "host,xfs,xfs-image,btrfs".into());
     let wanted: Vec<&str> = wanted.split(',').map(str::trim).collect();
     if wanted.contains(&"host") {
         let host = base.join("host");
@@ -202,8 +203,17 @@ fn main() {
     }
     // Room for the tree, rsync's two full copies and cp's, with margin.
     let image = ((8u64 << 30) as f64 * scale).max((2u64 << 30) as f64) as u64;
-    for kind in ["xfs", "btrfs"].into_iter().filter(|k| wanted.contains(k)) {
-        match LoopFs::mount(&base.join(kind), kind, image) {
+    for kind in ["xfs", "xfs-image", "btrfs"]
+        .into_iter()
+        .filter(|k| wanted.contains(k))
+    {
+        // (From an image tree, cp's copies are not reflinked: two more full copies.)
+        let size = if kind == "xfs-image" {
+            2 * image
+        } else {
+            image
+        };
+        match LoopFs::mount(&base.join(kind), kind, size) {
             Ok(mounted) => bench(&mounted.root, scale, kind),
             Err(why) => println!("\n{kind}: not measured ({why})"),
         }
@@ -241,7 +251,7 @@ impl LoopFs {
             .and_then(|f| f.set_len(size))
             .map_err(|e| e.to_string())?;
         let mkfs = match kind {
-            "xfs" => Command::new("mkfs.xfs")
+            "xfs" | "xfs-image" => Command::new("mkfs.xfs")
                 .args(["-q", "-m", "reflink=1"])
                 .arg(&image)
                 .output(),
@@ -266,7 +276,8 @@ impl LoopFs {
 
 impl Drop for LoopFs {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.root).status();
+        // (Recursively: image trees are mounted inside.)
+        let _ = Command::new("umount").arg("-R").arg(&self.root).status();
         let _ = fs::remove_file(&self.image);
     }
 }
@@ -288,6 +299,13 @@ fn bench(dir: &Path, scale: f64, fs_name: &str) {
         fs::create_dir_all(parent).unwrap();
         let parent = engine::fsx::open_dir(parent).unwrap();
         engine::btrfs::create_subvolume(std::os::fd::AsFd::as_fd(&parent), b"src").unwrap();
+    }
+    // An image tree: an XFS filesystem in a sparse file (as large as the filesystem the
+    // bench runs on), loop-mounted.
+    if fs_name == "xfs-image" {
+        fs::create_dir_all(src.root.parent().unwrap()).unwrap();
+        let (_, total) = engine::fsx::free_space(dir).unwrap();
+        engine::image::create(&src.root, total).unwrap();
     }
     let t = Instant::now();
     let (files, paths) = build_tree(&src.root, scale);

@@ -34,9 +34,8 @@ pub fn image_path(root: &Path) -> PathBuf {
 /// Whether the tree at `root` is an image tree: its root is the root of a filesystem on a
 /// loop device whose backing file is its image.
 pub fn is_image_tree(root: &Path) -> bool {
-    backing_file(root).is_some_and(|b| {
-        fs::canonicalize(image_path(root)).is_ok_and(|image| image == b)
-    })
+    backing_file(root)
+        .is_some_and(|b| fs::canonicalize(image_path(root)).is_ok_and(|image| image == b))
 }
 
 /// The backing file of the loop device whose filesystem is mounted at `root` (`None`: no
@@ -102,16 +101,21 @@ pub fn clone_tree(from: &Path, to: &Path) -> io::Result<()> {
     cloned
 }
 
-/// Moves the image tree at `from` to `to` (which must not exist): unmounted, its image and
-/// its root renamed, mounted again. The renames are made durable.
+/// Moves the image tree at `from` to `to` (which must not exist; a mount's root cannot be
+/// renamed): its image renamed, its mount moved (`MS_MOVE`; where the mount above is
+/// shared, which forbids that, unmounted and mounted again). The renames are made durable.
 pub fn rename_tree(from: &Path, to: &Path) -> io::Result<()> {
-    unmount(from)?;
     fs::rename(image_path(from), image_path(to))?;
-    fs::rename(from, to)?;
-    if let Some(parent) = to.parent() {
-        fs::File::open(parent)?.sync_all()?;
+    fs::create_dir(to)?;
+    if move_mount(from, to).is_err() {
+        unmount(from)?;
+        mount(&image_path(to), to)?;
     }
-    mount(&image_path(to), to)
+    fs::remove_dir(from)?;
+    for dir in [from.parent(), to.parent()].into_iter().flatten() {
+        fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// Removes the image tree at `root` if it is one: unmounted, its root and image removed.
@@ -141,8 +145,10 @@ pub fn remove_image_trees(path: &Path) -> io::Result<bool> {
     }
 }
 
-/// Removes every image tree mounted below `dir` (deepest first), so that `dir` can be
-/// removed as plain files: an interrupted copy's work dir, say.
+/// Unmounts everything mounted below `dir` (deepest first), removing the image trees
+/// among them, so that `dir` can be removed as plain files: an interrupted copy's work dir,
+/// say. (Below doppel's trees and work dirs, only doppel mounts; a mount whose image was
+/// already renamed away by an interruption is unmounted too.)
 fn remove_images_below(dir: &Path) -> io::Result<()> {
     let Ok(dir) = fs::canonicalize(dir) else {
         return Ok(());
@@ -153,7 +159,9 @@ fn remove_images_below(dir: &Path) -> io::Result<()> {
         .collect();
     below.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
     for m in below {
-        remove_if_image(&m)?;
+        if !remove_if_image(&m)? {
+            unmount(&m)?;
+        }
     }
     Ok(())
 }
@@ -173,9 +181,9 @@ fn unescape(field: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(field.len());
     let mut i = 0;
     while i < field.len() {
-        let octal = field.get(i + 1..i + 4).filter(|d| {
-            field[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c))
-        });
+        let octal = field
+            .get(i + 1..i + 4)
+            .filter(|d| field[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
         match octal {
             Some(d) => {
                 out.push(d.iter().fold(0u8, |n, c| n.wrapping_mul(8) + (c - b'0')));
@@ -195,6 +203,29 @@ fn mount(image: &Path, root: &Path) -> io::Result<()> {
         .args(["-t", "xfs", "-o", "loop,nouuid"])
         .arg(image)
         .arg(root))
+}
+
+/// Moves the mount at `from` to `to` (an empty directory).
+fn move_mount(from: &Path, to: &Path) -> io::Result<()> {
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| io::Error::other("a path with a NUL byte"))
+    };
+    let (from, to) = (c(from)?, c(to)?);
+    // SAFETY: a plain syscall on NUL-terminated paths; MS_MOVE takes no type or data.
+    let moved = unsafe {
+        libc::mount(
+            from.as_ptr(),
+            to.as_ptr(),
+            std::ptr::null(),
+            libc::MS_MOVE,
+            std::ptr::null(),
+        )
+    };
+    match moved {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    }
 }
 
 fn unmount(root: &Path) -> io::Result<()> {

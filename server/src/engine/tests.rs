@@ -747,7 +747,9 @@ fn xfs_copies_of_an_image_tree_are_clones_whole_independent_and_verified() {
     });
     let s = copy(&src, &dst, &ctl).unwrap();
     assert!(
-        s.notes.iter().any(|n| n.contains("a clone of the source's image")),
+        s.notes
+            .iter()
+            .any(|n| n.contains("a clone of the source's image")),
         "{:?}",
         s.notes
     );
@@ -777,7 +779,11 @@ fn xfs_copies_of_an_image_tree_are_clones_whole_independent_and_verified() {
     // A plain directory's copy goes file by file.
     random_tree(&plain.root, &mut rng, 10);
     let s = copy(&plain, &env.place("of-plain"), &Control::new()).unwrap();
-    assert!(!s.notes.iter().any(|n| n.contains("clone")), "{:?}", s.notes);
+    assert!(
+        !s.notes.iter().any(|n| n.contains("clone")),
+        "{:?}",
+        s.notes
+    );
 
     // A copy that fails once the clone is made leaves nothing behind: no tree, no image,
     // no mount.

@@ -276,7 +276,8 @@ fn finish_whole_tree_copy(
         let (dir, name) = walker
             .parent(&e.path)
             .map_err(io_err("opening a directory of the staged tree"))?;
-        fsx::remove_at(dir, name).map_err(io_err("removing a special file from the staged tree"))?;
+        fsx::remove_at(dir, name)
+            .map_err(io_err("removing a special file from the staged tree"))?;
     }
     drop(walker);
     // The source's quick-check cache for the next copy or sync.

@@ -9,10 +9,10 @@ use std::path::Path;
 use std::time::Instant;
 
 use super::fsx::{self, split_parent, Walker};
-use super::{btrfs, image};
 use super::manifest::{diff, path_cmp, Change, Chunk, Entry, Kind, Manifest};
 use super::scan::{self, chunked_file_hash, hash_reader, Listed, CHUNKED_FILE_MIN};
 use super::wire::{self, Frame, FrameReader, FrameWriter, PipeReader, PipeWriter, WireStats};
+use super::{btrfs, image};
 use super::{Control, EngineError, FastMap, FastSet, Phase, Place, Summary};
 
 mod clones;
@@ -51,8 +51,10 @@ fn move_into_place(tree: &Path, dst: &Place) -> Result<(), EngineError> {
     }
     // (A mount's root cannot be renamed: an image tree is mounted again at its place.)
     if image::is_image_tree(tree) {
-        return image::rename_tree(tree, &dst.root)
-            .map_err(EngineError::io_path("moving the copy into place at", &dst.root));
+        return image::rename_tree(tree, &dst.root).map_err(EngineError::io_path(
+            "moving the copy into place at",
+            &dst.root,
+        ));
     }
     fs::rename(tree, &dst.root).map_err(EngineError::io_path(
         "moving the copy into place at",
