@@ -828,6 +828,39 @@ pub fn kernel_copy_support(dir: &Path) -> Option<KernelCopy> {
     found
 }
 
+/// The mount points of this process's mount namespace (`/proc/self/mountinfo`).
+pub fn mount_points() -> io::Result<Vec<std::path::PathBuf>> {
+    let info = std::fs::read("/proc/self/mountinfo")?;
+    Ok(info
+        .split(|b| *b == b'\n')
+        // id parent major:minor root mount-point ...
+        .filter_map(|line| line.split(|b| *b == b' ').nth(4))
+        .map(|p| OsStr::from_bytes(&unescape_proc_path(p)).into())
+        .collect())
+}
+
+/// A path as `/proc` prints it: space, tab, newline and backslash as `\ooo`.
+pub fn unescape_proc_path(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        let octal = raw
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (raw[i], octal) {
+            (b'\\', Some(d)) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
 /// Makes the entry `path` durable in its directory (a rename into it, say).
 pub fn sync_dir_of(path: &Path) -> io::Result<()> {
     match path.parent() {

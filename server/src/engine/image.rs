@@ -69,17 +69,16 @@ fn backing_file(root: &Path) -> Option<PathBuf> {
 /// (sparse: it takes room as it fills), an XFS filesystem in it, mounted at `root`.
 pub fn create(root: &Path, size: u64) -> io::Result<()> {
     let image = image_path(root);
-    fs::File::create_new(&image)?.set_len(size)?;
-    let made = run(Command::new("mkfs.xfs")
-        .args(["-q", "-m", "reflink=1"])
-        .arg(&image))
-    .and_then(|()| fs::create_dir(root))
-    .and_then(|()| mount(&image, root));
-    if made.is_err() {
-        let _ = fs::remove_dir(root);
-        let _ = fs::remove_file(&image);
-    }
-    made
+    let sized = fs::File::create_new(&image)?.set_len(size);
+    let made = sized
+        .and_then(|()| {
+            run(Command::new("mkfs.xfs")
+                .args(["-q", "-m", "reflink=1"])
+                .arg(&image))
+        })
+        .and_then(|()| fs::create_dir(root))
+        .and_then(|()| mount(&image, root));
+    or_removed(made, root)
 }
 
 /// Makes `to` (which must not exist) a clone of the image tree at `from`, sharing all its
@@ -97,11 +96,17 @@ pub fn clone_tree(from: &Path, to: &Path) -> io::Result<()> {
         .map_err(io::Error::from)
         .and_then(|()| fs::create_dir(to))
         .and_then(|()| mount(&to_image, to));
-    if cloned.is_err() {
-        let _ = fs::remove_dir(to);
-        let _ = fs::remove_file(&to_image);
+    or_removed(cloned, to)
+}
+
+/// `made` (a new image tree at `root`, whose image this call created); where it failed,
+/// what it left of the tree and its image removed.
+fn or_removed(made: io::Result<()>, root: &Path) -> io::Result<()> {
+    if made.is_err() {
+        let _ = fs::remove_dir(root);
+        let _ = fs::remove_file(image_path(root));
     }
-    cloned
+    made
 }
 
 /// Moves the image tree at `from` to `to` (which must not exist; a mount's root cannot be
@@ -156,7 +161,7 @@ fn remove_images_below(dir: &Path) -> io::Result<()> {
     let Ok(dir) = fs::canonicalize(dir) else {
         return Ok(());
     };
-    let mut below: Vec<PathBuf> = mount_points()?
+    let mut below: Vec<PathBuf> = fsx::mount_points()?
         .into_iter()
         .filter(|m| m.starts_with(&dir) && m != &dir)
         .collect();
@@ -167,38 +172,6 @@ fn remove_images_below(dir: &Path) -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// The mount points of this process's mount namespace.
-fn mount_points() -> io::Result<Vec<PathBuf>> {
-    let info = fs::read("/proc/self/mountinfo")?;
-    Ok(info
-        .split(|&b| b == b'\n')
-        .filter_map(|line| line.split(|&b| b == b' ').nth(4))
-        .map(|p| PathBuf::from(OsString::from_vec(unescape(p))))
-        .collect())
-}
-
-/// `/proc/self/mountinfo` writes space, tab, newline and backslash as `\ooo`.
-fn unescape(field: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(field.len());
-    let mut i = 0;
-    while i < field.len() {
-        let octal = field
-            .get(i + 1..i + 4)
-            .filter(|d| field[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match octal {
-            Some(d) => {
-                out.push(d.iter().fold(0u8, |n, c| n.wrapping_mul(8) + (c - b'0')));
-                i += 4;
-            }
-            None => {
-                out.push(field[i]);
-                i += 1;
-            }
-        }
-    }
-    out
 }
 
 fn mount(image: &Path, root: &Path) -> io::Result<()> {
@@ -257,15 +230,4 @@ fn run(cmd: &mut Command) -> io::Result<()> {
         cmd.get_program().to_string_lossy(),
         String::from_utf8_lossy(&out.stderr).trim()
     )))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mountinfo_escapes_are_read_back() {
-        assert_eq!(unescape(br"/a\040b\011c\012d\134e"), b"/a b\tc\nd\\e");
-        assert_eq!(unescape(br"/plain\x"), br"/plain\x");
-    }
 }

@@ -361,15 +361,20 @@ fn make_image_tree(p: &Place) {
 }
 
 /// The mounts below `dir`.
-fn mounts_below(dir: &Path) -> Vec<String> {
-    let dir = format!("{}/", fs::canonicalize(dir).unwrap().display());
-    fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|m| m.starts_with(&dir))
-        .map(str::to_string)
+fn mounts_below(dir: &Path) -> Vec<PathBuf> {
+    let dir = fs::canonicalize(dir).unwrap();
+    let points = fsx::mount_points().unwrap();
+    points
+        .into_iter()
+        .filter(|m| m.starts_with(&dir) && m != &dir)
         .collect()
+}
+
+#[test]
+fn paths_from_proc_are_unescaped() {
+    let raw = br"/a\040b\011c\012d\134e";
+    assert_eq!(fsx::unescape_proc_path(raw), b"/a b\tc\nd\\e");
+    assert_eq!(fsx::unescape_proc_path(br"/plain\x"), br"/plain\x");
 }
 
 /// A tree `name` with its state dir under `base` (as an `Env` lays them out).
@@ -715,7 +720,8 @@ fn an_image_clone_copy_interrupted_anywhere_leaves_nothing() {
     // Only the trees' own mounts (the copies are image trees too); none left in a work dir.
     let mounts = mounts_below(&env.base);
     assert!(mounts.len() > 2, "{mounts:?}");
-    assert!(mounts.iter().all(|m| m.contains("/roots/")), "{mounts:?}");
+    let roots = env.base.join("roots");
+    assert!(mounts.iter().all(|m| m.starts_with(&roots)), "{mounts:?}");
 }
 
 #[test]
@@ -728,54 +734,13 @@ fn xfs_copies_of_an_image_tree_are_clones_whole_independent_and_verified() {
     assert!(!image::is_image_tree(&plain.root));
     let mut rng = Rng(62);
     random_tree(&src.root, &mut rng, 60);
-    let big = rng.bytes(32 << 20);
-    write(&src.root.join("big.img"), &big);
-    // A socket: not part of a copy.
-    let _socket = std::os::unix::net::UnixListener::bind(src.root.join("a/socket")).unwrap();
-
-    // A copy of an image tree is a clone of its image, taken before the source changes
-    // again: what the source becomes after that instant is not in the copy.
-    let dst = env.place("dst");
-    let before = snapshot_tree(&src.root);
-    let changed = src.root.join("a/changed-after-the-clone");
-    let c2 = changed.clone();
-    let ctl = Control::new().with_failpoint(move |point| {
-        if point == "copy:image-cloned" {
-            fs::write(&c2, b"too late")?;
-        }
-        Ok(())
-    });
-    let s = copy(&src, &dst, &ctl).unwrap();
-    assert!(
-        s.notes
-            .iter()
-            .any(|n| n.contains("a clone of the source's image")),
-        "{:?}",
-        s.notes
+    copies_taken_whole(
+        &env.base,
+        &src,
+        &mut rng,
+        ("copy:image-cloned", "a clone of the source's image"),
+        |p| image::is_image_tree(&p.root),
     );
-    assert_eq!((s.content_bytes, s.bytes_sent), (0, 0), "{s:?}");
-    assert_eq!(s.skipped_special_count, 1, "{s:?}");
-    assert_eq!(snapshot_tree(&dst.root), before);
-    assert!(src.root.join("a/socket").exists() && !dst.root.join("a/socket").exists());
-    assert!(changed.exists() && !dst.root.join("a/changed-after-the-clone").exists());
-    no_debris(&dst);
-    assert!(verify(&dst, &Control::new()).unwrap().ok);
-    assert!(image::is_image_tree(&dst.root));
-    assert_independent(&src, &dst, &big);
-
-    // Syncs into it converge as everywhere (file by file: two filesystems), and its own
-    // copies are clones too.
-    for _ in 0..3 {
-        random_changes(&src.root, &mut rng);
-        sync(&src, &dst, &Control::new()).unwrap();
-        assert_same_tree(&src.root, &dst.root);
-        no_debris(&dst);
-    }
-    assert!(verify(&dst, &Control::new()).unwrap().ok);
-    let again = env.place("again");
-    let s = copy(&dst, &again, &Control::new()).unwrap();
-    assert!(s.notes.iter().any(|n| n.contains("clone")), "{:?}", s.notes);
-    assert_same_tree(&dst.root, &again.root);
     // A plain directory's copy goes file by file.
     random_tree(&plain.root, &mut rng, 10);
     let s = copy(&plain, &env.place("of-plain"), &Control::new()).unwrap();
@@ -784,26 +749,14 @@ fn xfs_copies_of_an_image_tree_are_clones_whole_independent_and_verified() {
         "{:?}",
         s.notes
     );
-
-    // A copy that fails once the clone is made leaves nothing behind: no tree, no image,
-    // no mount.
-    let failed = env.place("failed");
-    let ctl = Control::new().with_failpoint(|point| match point {
-        "copy:image-cloned" => Err(io::Error::other("injected")),
-        _ => Ok(()),
-    });
-    assert!(copy(&src, &failed, &ctl).is_err());
-    assert!(!failed.root.exists() && !image::image_path(&failed.root).exists());
-    no_debris(&failed);
-
-    // An image tree goes like any tree: unmounted, its image removed.
-    crate::engine::remove_trees(&[again.root.clone(), dst.root.clone()]).unwrap();
-    for gone in [&again, &dst] {
-        assert!(!gone.root.exists() && !image::image_path(&gone.root).exists());
+    // Removed, the copies left no image and no mount behind: only the source's is left.
+    for gone in ["dst", "again", "failed"] {
+        assert!(!image::image_path(&env.place(gone).root).exists(), "{gone}");
     }
-    let mounts = mounts_below(&env.base);
-    assert_eq!(mounts.len(), 1, "only the source's: {mounts:?}");
-    assert!(mounts_below(&env.base.join("state")).is_empty());
+    assert_eq!(
+        mounts_below(&env.base),
+        vec![fs::canonicalize(&src.root).unwrap()]
+    );
 }
 
 fn copy_interrupted_anywhere(env: &Env, at_least: usize) {
@@ -2559,72 +2512,92 @@ fn btrfs_copies_of_a_subvolume_are_snapshots_whole_independent_and_verified() {
     let root = |p: &Place| fsx::open_dir(&p.root).unwrap();
     assert!(btrfs::is_subvolume(root(&src).as_fd()));
     assert!(!btrfs::is_subvolume(root(&plain).as_fd()));
+    copies_taken_whole(
+        &base,
+        &src,
+        &mut rng,
+        ("copy:snapshot-taken", "a btrfs snapshot of the source"),
+        |p| btrfs::is_subvolume(root(p).as_fd()),
+    );
+}
+
+/// What a copy that takes its source tree whole (a btrfs snapshot, a clone of an image)
+/// must be, its source `src` (under `base`) a tree of that kind: at the failure point
+/// `point`, once the tree is taken, the source changes, and the copy has it as it was;
+/// the summary says `note`; specials are left out; the copy is verified, of the kind
+/// (`whole`), takes almost no room, and is independent of its source both ways; syncs into
+/// it converge; its own copies are taken whole too; a copy that fails once its tree is
+/// taken leaves nothing behind; copies go as any tree does.
+fn copies_taken_whole(
+    base: &Path,
+    src: &Place,
+    rng: &mut Rng,
+    (point, note): (&'static str, &str),
+    whole: impl Fn(&Place) -> bool,
+) {
     let big = rng.bytes(64 << 20);
     write(&src.root.join("big.img"), &big);
     // A socket: not part of a copy.
     let _socket = std::os::unix::net::UnixListener::bind(src.root.join("a/socket")).unwrap();
+    // (The source's filesystem written out first: an image tree's into its image.)
     let used = || {
-        fsx::syncfs(fsx::open_dir(&base).unwrap().as_fd()).unwrap();
-        let (free, total) = fsx::free_space(&base).unwrap();
+        fsx::syncfs(fsx::open_dir(&src.root).unwrap().as_fd()).unwrap();
+        fsx::syncfs(fsx::open_dir(base).unwrap().as_fd()).unwrap();
+        let (free, total) = fsx::free_space(base).unwrap();
         total - free
     };
 
-    // A copy of a subvolume is its snapshot, taken before the source changes again: what
-    // the source becomes after that instant is not in the copy.
-    let dst = place_in(&base, "dst");
+    let dst = place_in(base, "dst");
     let before = snapshot_tree(&src.root);
-    let changed = src.root.join("a/changed-after-the-snapshot");
+    let changed = src.root.join("a/changed-after-it-was-taken");
     let c2 = changed.clone();
-    let ctl = Control::new().with_failpoint(move |point| {
-        if point == "copy:snapshot-taken" {
+    let ctl = Control::new().with_failpoint(move |at| {
+        if at == point {
             fs::write(&c2, b"too late")?;
         }
         Ok(())
     });
     let used_before = used();
-    let s = copy(&src, &dst, &ctl).unwrap();
-    assert!(
-        s.notes.iter().any(|n| n.contains("btrfs snapshot")),
-        "{:?}",
-        s.notes
-    );
+    let s = copy(src, &dst, &ctl).unwrap();
+    assert!(s.notes.iter().any(|n| n.contains(note)), "{:?}", s.notes);
     assert_eq!((s.content_bytes, s.bytes_sent), (0, 0), "{s:?}");
     assert_eq!(s.skipped_special_count, 1, "{s:?}");
     assert_eq!(snapshot_tree(&dst.root), before);
     assert!(src.root.join("a/socket").exists() && !dst.root.join("a/socket").exists());
-    assert!(changed.exists() && !dst.root.join("a/changed-after-the-snapshot").exists());
+    assert!(changed.exists() && !dst.root.join("a/changed-after-it-was-taken").exists());
     no_debris(&dst);
     assert!(verify(&dst, &Control::new()).unwrap().ok);
-    assert!(btrfs::is_subvolume(root(&dst).as_fd()));
+    assert!(whole(&dst));
     // 64 MB in the tree, almost nothing more on the disk.
     let grew = used().saturating_sub(used_before);
-    assert!(grew < 16 << 20, "the snapshot took {grew} bytes");
+    assert!(grew < 16 << 20, "the copy took {grew} bytes");
 
-    assert_independent(&src, &dst, &big);
+    assert_independent(src, &dst, &big);
 
-    // Syncs into it converge as everywhere, and its own copies are snapshots too.
+    // Syncs into it converge as everywhere, and its own copies are taken whole too.
     for _ in 0..3 {
-        random_changes(&src.root, &mut rng);
-        sync(&src, &dst, &Control::new()).unwrap();
+        random_changes(&src.root, rng);
+        sync(src, &dst, &Control::new()).unwrap();
         assert_same_tree(&src.root, &dst.root);
         no_debris(&dst);
     }
-    let again = place_in(&base, "again");
+    assert!(verify(&dst, &Control::new()).unwrap().ok);
+    let again = place_in(base, "again");
     let s = copy(&dst, &again, &Control::new()).unwrap();
-    assert!(s.notes.iter().any(|n| n.contains("btrfs snapshot")));
+    assert!(s.notes.iter().any(|n| n.contains(note)), "{:?}", s.notes);
     assert_same_tree(&dst.root, &again.root);
 
-    // A copy that fails once the snapshot is taken leaves nothing behind.
-    let failed = place_in(&base, "failed");
-    let ctl = Control::new().with_failpoint(|point| match point {
-        "copy:snapshot-taken" => Err(io::Error::other("injected")),
-        _ => Ok(()),
+    // A copy that fails once its tree is taken leaves nothing behind.
+    let failed = place_in(base, "failed");
+    let ctl = Control::new().with_failpoint(move |at| match at == point {
+        true => Err(io::Error::other("injected")),
+        false => Ok(()),
     });
-    assert!(copy(&src, &failed, &ctl).is_err());
+    assert!(copy(src, &failed, &ctl).is_err());
     assert!(!failed.root.exists());
     no_debris(&failed);
 
-    // A subvolume goes like any tree.
+    // Copies go like any tree.
     crate::engine::remove_trees(&[again.root.clone(), dst.root.clone()]).unwrap();
     assert!(!again.root.exists() && !dst.root.exists());
 }

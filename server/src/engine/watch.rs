@@ -48,6 +48,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use super::fsx;
+
 /// `statfs.f_type` of the filesystems watched: ext2/3/4 and XFS (btrfs has generations of
 /// its own; others are walked).
 const EXT4_SUPER_MAGIC: i64 = 0xEF53;
@@ -809,39 +811,10 @@ fn open_handle(mount: &OwnedFd, handle: &[u8]) -> io::Result<Option<OwnedFd>> {
 
 /// Whether a filesystem is mounted somewhere below `root` (its changes are not watched).
 fn mounts_below(root: &Path) -> bool {
-    let Ok(info) = fs::read("/proc/self/mountinfo") else {
+    let Ok(points) = fsx::mount_points() else {
         return true;
     };
-    info.split(|b| *b == b'\n').any(|line| {
-        // id parent major:minor root mount-point ...
-        let Some(point) = line.split(|b| *b == b' ').nth(4) else {
-            return false;
-        };
-        let point = PathBuf::from(std::ffi::OsStr::from_bytes(&unescape(point)));
-        point != root && point.starts_with(root)
-    })
-}
-
-/// A path as `/proc` prints it: space, tab, newline and backslash as `\ooo`.
-fn unescape(raw: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(raw.len());
-    let mut i = 0;
-    while i < raw.len() {
-        let octal = raw
-            .get(i + 1..i + 4)
-            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match (raw[i], octal) {
-            (b'\\', Some(d)) => {
-                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
-                i += 4;
-            }
-            (c, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    out
+    points.iter().any(|p| p != root && p.starts_with(root))
 }
 
 /// The files of watched filesystems (`devs`) that some process maps shared or holds open
@@ -961,7 +934,7 @@ fn process_files(dir: &Path, devs: &[u64], found: &mut Vec<Seen>) -> io::Result<
             if unlinked(&mapped) {
                 continue;
             }
-            let path = PathBuf::from(std::ffi::OsStr::from_bytes(&unescape(path)));
+            let path = PathBuf::from(std::ffi::OsStr::from_bytes(&fsx::unescape_proc_path(path)));
             found.push(Seen {
                 dev,
                 ino,

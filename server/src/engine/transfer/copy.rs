@@ -208,18 +208,14 @@ fn copy_by_snapshot(
     {
         return Ok(None);
     }
-    ctl.phase(Phase::Transfer, None, None);
-    // The empty staging root makes way for the snapshot.
-    fsx::remove_at(work_fd.as_fd(), STAGING.as_bytes())
-        .map_err(EngineError::io_path("removing", staging))?;
-    if let Err(e) = btrfs::snapshot(source.as_fd(), work_fd.as_fd(), STAGING.as_bytes()) {
-        tracing::debug!(error = %e, "no btrfs snapshot: copying file by file");
-        make_tree_root(work, STAGING.as_bytes())
-            .map_err(EngineError::io_path("creating", staging))?;
-        return Ok(None);
-    }
-    ctl.fail("copy:snapshot-taken")?;
-    finish_whole_tree_copy(src, dst, staging, "a btrfs snapshot of the source", ctl).map(Some)
+    copy_whole_tree(
+        src,
+        dst,
+        staging,
+        || btrfs::snapshot(source.as_fd(), work_fd.as_fd(), STAGING.as_bytes()),
+        ("copy:snapshot-taken", "a btrfs snapshot of the source"),
+        ctl,
+    )
 }
 
 /// A copy on XFS whose source is an image tree ([`image`]) whose image is on the
@@ -241,17 +237,39 @@ fn copy_by_image(
     {
         return Ok(None);
     }
+    copy_whole_tree(
+        src,
+        dst,
+        staging,
+        || image::clone_tree(&src.root, staging),
+        ("copy:image-cloned", "a clone of the source's image"),
+        ctl,
+    )
+}
+
+/// The staging tree made whole by `take` (a snapshot or a clone of the source, in place of
+/// the empty staging root), then the copy's truth ([`finish_whole_tree_copy`]). `None`:
+/// `take` failed (it leaves nothing); the copy goes file by file. `what`: the failure
+/// point once it is taken, and how the summary's note names it.
+fn copy_whole_tree(
+    src: &Place,
+    dst: &Place,
+    staging: &Path,
+    take: impl FnOnce() -> io::Result<()>,
+    (point, how): (&'static str, &str),
+    ctl: &Control,
+) -> Result<Option<Summary>, EngineError> {
     ctl.phase(Phase::Transfer, None, None);
-    // The empty staging root makes way for the clone.
     fs::remove_dir(staging).map_err(EngineError::io_path("removing", staging))?;
-    if let Err(e) = image::clone_tree(&src.root, staging) {
-        tracing::debug!(error = %e, "no clone of the source's image: copying file by file");
+    if let Err(e) = take() {
+        tracing::debug!(error = %e, "not taken whole ({how}): copying file by file");
+        let work = staging.parent().unwrap_or(staging);
         make_tree_root(work, STAGING.as_bytes())
             .map_err(EngineError::io_path("creating", staging))?;
         return Ok(None);
     }
-    ctl.fail("copy:image-cloned")?;
-    finish_whole_tree_copy(src, dst, staging, "a clone of the source's image", ctl).map(Some)
+    ctl.fail(point)?;
+    finish_whole_tree_copy(src, dst, staging, how, ctl).map(Some)
 }
 
 /// The rest of a copy whose staging tree is the source's whole tree at one instant (a
