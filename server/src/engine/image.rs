@@ -7,9 +7,9 @@
 //! its changed files instead of sharing their extents.
 //!
 //! The image of the tree at `root` is the file `<root>.xfs` beside it, so that a tree
-//! and its image move and go together. Mounts are made with `mount(8)` (`-o loop`: its
-//! loop device is freed when the tree is unmounted) and `nouuid` (a clone has its
-//! source's filesystem id, and both are mounted).
+//! and its image move and go together. Each is mounted on a loop device of its own, freed
+//! when the tree is unmounted, with `nouuid` (a clone has its source's filesystem id, and
+//! both are mounted).
 //!
 //! What doppel does not do yet (see the README): lay down new trees as images, and mount
 //! them again after the host restarts. Until then only trees made with [`create`] are
@@ -18,7 +18,7 @@
 use std::ffi::OsString;
 use std::fs;
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -174,11 +174,82 @@ fn remove_images_below(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Mounts the XFS filesystem in `image` at `root` on a loop device of its own, by syscalls
+/// (not `mount(8)`: a mount that a helper process finished after its caller was killed
+/// could land on a tree the caller's next attempt had made since). The loop device is set
+/// to clear itself when last closed: when the tree is unmounted, or, if this process dies
+/// before the mount, when it does.
 fn mount(image: &Path, root: &Path) -> io::Result<()> {
-    run(Command::new("mount")
-        .args(["-t", "xfs", "-o", "loop,nouuid"])
-        .arg(image)
-        .arg(root))
+    let image = fs::OpenOptions::new().read(true).write(true).open(image)?;
+    let control = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/loop-control")?;
+    // A free device may be taken by another process before it is configured: try again.
+    let mut tries = 0;
+    let (device, path) = loop {
+        // SAFETY: an ioctl without argument on an open descriptor.
+        let n = unsafe { libc::ioctl(control.as_raw_fd(), LOOP_CTL_GET_FREE as _) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let path = format!("/dev/loop{n}");
+        let device = fs::OpenOptions::new().read(true).write(true).open(&path)?;
+        let mut config = LoopConfig {
+            fd: image.as_raw_fd() as u32,
+            block_size: 0,
+            info: [0; 232],
+            reserved: [0; 8],
+        };
+        // `lo_flags`, after five u64 and three u32 of `loop_info64`.
+        config.info[52..56].copy_from_slice(&LO_FLAGS_AUTOCLEAR.to_ne_bytes());
+        // SAFETY: LOOP_CONFIGURE reads a `struct loop_config`, which `LoopConfig` lays out.
+        let configured = unsafe { libc::ioctl(device.as_raw_fd(), LOOP_CONFIGURE as _, &config) };
+        if configured == 0 {
+            break (device, path);
+        }
+        let e = io::Error::last_os_error();
+        tries += 1;
+        if e.raw_os_error() != Some(libc::EBUSY) || tries == 10 {
+            return Err(e);
+        }
+    };
+    let c = |s: &[u8]| {
+        std::ffi::CString::new(s).map_err(|_| io::Error::other("a path with a NUL byte"))
+    };
+    let (source, target) = (c(path.as_bytes())?, c(root.as_os_str().as_bytes())?);
+    // SAFETY: a plain syscall on NUL-terminated strings.
+    let mounted = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            c"xfs".as_ptr(),
+            0,
+            c"nouuid".as_ptr().cast(),
+        )
+    };
+    let mounted = match mounted {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    };
+    // (The mount holds the device now; closing it here clears it where the mount failed.)
+    drop(device);
+    mounted
+}
+
+// <linux/loop.h>
+const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
+const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
+const LO_FLAGS_AUTOCLEAR: u32 = 4;
+
+/// `struct loop_config`: the backing file, a block size (0: the default) and a
+/// `struct loop_info64` (232 bytes), then reserved room.
+#[repr(C)]
+struct LoopConfig {
+    fd: u32,
+    block_size: u32,
+    info: [u8; 232],
+    reserved: [u64; 8],
 }
 
 /// Moves the mount at `from` to `to` (an empty directory).
