@@ -19,7 +19,7 @@ use std::ffi::OsString;
 use std::fs;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -214,24 +214,14 @@ fn mount(image: &Path, root: &Path) -> io::Result<()> {
             return Err(e);
         }
     };
-    let c = |s: &[u8]| {
-        std::ffi::CString::new(s).map_err(|_| io::Error::other("a path with a NUL byte"))
-    };
-    let (source, target) = (c(path.as_bytes())?, c(root.as_os_str().as_bytes())?);
-    // SAFETY: a plain syscall on NUL-terminated strings.
-    let mounted = unsafe {
-        libc::mount(
-            source.as_ptr(),
-            target.as_ptr(),
-            c"xfs".as_ptr(),
-            0,
-            c"nouuid".as_ptr().cast(),
-        )
-    };
-    let mounted = match mounted {
-        0 => Ok(()),
-        _ => Err(io::Error::last_os_error()),
-    };
+    let mounted = rustix::mount::mount(
+        path.as_str(),
+        root,
+        "xfs",
+        rustix::mount::MountFlags::empty(),
+        c"nouuid",
+    )
+    .map_err(io::Error::from);
     // (The mount holds the device now; closing it here clears it where the mount failed.)
     drop(device);
     mounted
@@ -254,35 +244,11 @@ struct LoopConfig {
 
 /// Moves the mount at `from` to `to` (an empty directory).
 fn move_mount(from: &Path, to: &Path) -> io::Result<()> {
-    let c = |p: &Path| {
-        std::ffi::CString::new(p.as_os_str().as_bytes())
-            .map_err(|_| io::Error::other("a path with a NUL byte"))
-    };
-    let (from, to) = (c(from)?, c(to)?);
-    // SAFETY: a plain syscall on NUL-terminated paths; MS_MOVE takes no type or data.
-    let moved = unsafe {
-        libc::mount(
-            from.as_ptr(),
-            to.as_ptr(),
-            std::ptr::null(),
-            libc::MS_MOVE,
-            std::ptr::null(),
-        )
-    };
-    match moved {
-        0 => Ok(()),
-        _ => Err(io::Error::last_os_error()),
-    }
+    rustix::mount::mount_move(from, to).map_err(io::Error::from)
 }
 
 fn unmount(root: &Path) -> io::Result<()> {
-    let path = std::ffi::CString::new(root.as_os_str().as_bytes())
-        .map_err(|_| io::Error::other("a path with a NUL byte"))?;
-    // SAFETY: a plain syscall on a NUL-terminated path.
-    match unsafe { libc::umount2(path.as_ptr(), libc::UMOUNT_NOFOLLOW) } {
-        0 => Ok(()),
-        _ => Err(io::Error::last_os_error()),
-    }
+    rustix::mount::unmount(root, rustix::mount::UnmountFlags::NOFOLLOW).map_err(io::Error::from)
 }
 
 /// Runs a command, its failure an error that says what it printed.
