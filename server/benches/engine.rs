@@ -2,8 +2,8 @@
 //!
 //! Builds a deterministic reference tree (about 1 GB at BENCH_SCALE=1: 40,000 files of
 //! 1-64 KiB in 2,000 directories, four 100 MiB files, 400 symlinks, hard links), then times
-//! a full copy (doppel, `rsync -a`, `cp -a`; each twice, in opposite orders, best time
-//! kept), syncs after a "1 %" change (doppel against `rsync -a --delete --no-whole-file`,
+//! a full copy (doppel, `rsync -a`, `cp -a`; three rounds, each contender going first
+//! once, the median of the rounds' ratios reported), syncs after a "1 %" change (doppel against `rsync -a --delete --no-whole-file`,
 //! three rounds taking turns at going first, the median ratio reported), and a sync with
 //! nothing changed. Each doppel copy is a child process, so its peak memory
 //! (RSS) is measured alone. Syncs run as `serve` runs them: in one long-lived process with
@@ -32,6 +32,18 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Rounds of the sync after a 1 % change (odd: the median is one of them).
 const SYNC_ROUNDS: usize = 3;
+
+/// Rounds of the copy (odd, as the syncs').
+const COPY_ROUNDS: usize = 3;
+
+/// One round of copies: doppel's time and summary, rsync's and cp's times without and
+/// with the `sync` that makes them durable.
+struct CopyRound {
+    doppel: f64,
+    summary: Summary,
+    rsync: (f64, f64),
+    cp: (f64, f64),
+}
 
 fn sync_all() {
     let _ = Command::new("sync").status();
@@ -201,13 +213,13 @@ fn main() {
         fs::create_dir_all(&host).unwrap();
         bench(&host, scale, &fs_type(&host));
     }
-    // Room for the tree, rsync's two full copies and cp's, with margin.
-    let image = ((8u64 << 30) as f64 * scale).max((2u64 << 30) as f64) as u64;
+    // Room for the tree, rsync's three full copies and cp's, with margin.
+    let image = ((12u64 << 30) as f64 * scale).max((2u64 << 30) as f64) as u64;
     for kind in ["xfs", "xfs-image", "btrfs"]
         .into_iter()
         .filter(|k| wanted.contains(k))
     {
-        // (From an image tree, cp's copies are not reflinked: two more full copies.)
+        // (From an image tree, cp's copies are not reflinked: three more full copies.)
         let size = if kind == "xfs-image" {
             2 * image
         } else {
@@ -315,56 +327,83 @@ fn bench(dir: &Path, scale: f64, fs_name: &str) {
     );
     warm(&src.root);
 
-    // Copy. Each contender twice, in opposite orders, keeping its best time: creating
-    // files gets slower or faster as the filesystem's state drifts during a run (on ext4
-    // without a journal, inodes freed in the last minutes are skipped at a cost), and no
-    // contender should be favoured by its place in the line. Each copy's `sync` afterwards
-    // is timed too: doppel's copy is durable when it ends, the others' are not yet.
+    // Copy. Three rounds of doppel, rsync and cp, each contender going first once, and
+    // the median of the rounds' ratios reported: on these shared machines one copy's time
+    // can double from one minute to the next (the disk's, not the contender's), and a
+    // ratio taken within one round shares its weather. Creating files also gets slower or
+    // faster as the filesystem's state drifts during a run (on ext4 without a journal,
+    // inodes freed in the last minutes are skipped at a cost), so no contender keeps its
+    // place in the line. Each copy's `sync` afterwards is timed too: doppel's copy is
+    // durable when it ends, the others' are not yet.
     let dcopy = place("doppel");
     let rs_dst = dir.join("roots/rsync");
     let cp_dst = dir.join("roots/cp");
-    let mut copy_doppel = f64::MAX;
-    let (mut copy_rsync, mut copy_cp) = ((f64::MAX, f64::MAX), (f64::MAX, f64::MAX));
-    let mut copy_summary = None;
+    let mut copy_rounds: Vec<CopyRound> = Vec::new();
     let mut peak_rss = 0.0;
-    for round in 0..2 {
-        let suffix = if round == 0 { "" } else { "-2" };
-        let mut run_doppel = || {
-            let to = place(&format!("doppel{suffix}"));
-            let (t, out) = timed(doppel_op("__copy", &src, &to));
-            copy_doppel = copy_doppel.min(t);
-            if round == 0 {
-                // The largest child so far (only small helpers ran before it).
-                peak_rss = children_peak_rss_mb();
-                copy_summary = Some(serde_json::from_str::<Summary>(out.trim()).unwrap());
-            }
-        };
-        let rsync = || {
-            let mut c = Command::new("rsync");
-            c.arg("-a")
-                .arg(format!("{}/", src.root.display()))
-                .arg(format!("{}{suffix}", rs_dst.display()));
-            timed_then_synced(c)
-        };
-        let cp = || {
-            let mut c = Command::new("cp");
-            c.arg("-a")
-                .arg(&src.root)
-                .arg(format!("{}{suffix}", cp_dst.display()));
-            timed_then_synced(c)
-        };
-        let best = |a: (f64, f64), b: (f64, f64)| (a.0.min(b.0), a.1.min(b.1));
-        if round == 0 {
-            run_doppel();
-            copy_rsync = best(copy_rsync, rsync());
-            copy_cp = best(copy_cp, cp());
+    for round in 0..COPY_ROUNDS {
+        let suffix = if round == 0 {
+            String::new()
         } else {
-            copy_cp = best(copy_cp, cp());
-            copy_rsync = best(copy_rsync, rsync());
-            run_doppel();
+            format!("-{}", round + 1)
+        };
+        let (mut doppel, mut rsync, mut cp) = (None, None, None);
+        for turn in 0..3 {
+            match (round + turn) % 3 {
+                0 => {
+                    let to = place(&format!("doppel{suffix}"));
+                    let (t, out) = timed(doppel_op("__copy", &src, &to));
+                    if round == 0 && turn == 0 {
+                        // The largest child so far (only small helpers ran before it).
+                        peak_rss = children_peak_rss_mb();
+                    }
+                    doppel = Some((t, serde_json::from_str::<Summary>(out.trim()).unwrap()));
+                }
+                1 => {
+                    let mut c = Command::new("rsync");
+                    c.arg("-a")
+                        .arg(format!("{}/", src.root.display()))
+                        .arg(format!("{}{suffix}", rs_dst.display()));
+                    rsync = Some(timed_then_synced(c));
+                }
+                _ => {
+                    let mut c = Command::new("cp");
+                    c.arg("-a")
+                        .arg(&src.root)
+                        .arg(format!("{}{suffix}", cp_dst.display()));
+                    cp = Some(timed_then_synced(c));
+                }
+            }
         }
+        let (doppel, summary) = doppel.unwrap();
+        copy_rounds.push(CopyRound {
+            doppel,
+            summary,
+            rsync: rsync.unwrap(),
+            cp: cp.unwrap(),
+        });
     }
-    let copy_summary = copy_summary.unwrap();
+    let copy_per_round: Vec<String> = copy_rounds
+        .iter()
+        .map(|r| format!("{:.2}/{:.2}/{:.2}", r.doppel, r.rsync.0, r.rsync.1))
+        .collect();
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let copy_ratio = median(copy_rounds.iter().map(|r| r.doppel / r.rsync.0).collect());
+    let durable_ratio = median(copy_rounds.iter().map(|r| r.doppel / r.rsync.1).collect());
+    let copy_doppel = median(copy_rounds.iter().map(|r| r.doppel).collect());
+    let copy_rsync = (
+        median(copy_rounds.iter().map(|r| r.rsync.0).collect()),
+        median(copy_rounds.iter().map(|r| r.rsync.1).collect()),
+    );
+    let copy_cp = (
+        median(copy_rounds.iter().map(|r| r.cp.0).collect()),
+        median(copy_rounds.iter().map(|r| r.cp.1).collect()),
+    );
+    // What a copy does in the steady state: the last round's (the first copy of all reads
+    // the source without a quick-check cache).
+    let copy_summary = copy_rounds.pop().unwrap().summary;
 
     // Syncs after the 1 % change, in serve's steady state: the copy was synced once before.
     // Three rounds, each after a new 1 % change, doppel and rsync taking turns at going
@@ -429,11 +468,11 @@ fn bench(dir: &Path, scale: f64, fs_name: &str) {
     println!("| operation | doppel | rsync | cp -a |");
     println!("|---|---|---|---|");
     println!(
-        "| copy (s, best of 2) | {copy_doppel:.2} | {:.2} | {:.2} |",
+        "| copy (s, median of {COPY_ROUNDS} rounds) | {copy_doppel:.2} | {:.2} | {:.2} |",
         copy_rsync.0, copy_cp.0
     );
     println!(
-        "| copy until durable (s, best of 2; + sync for rsync and cp) | {copy_doppel:.2} | {:.2} | {:.2} |",
+        "| copy until durable (s, median; + sync for rsync and cp) | {copy_doppel:.2} | {:.2} | {:.2} |",
         copy_rsync.1, copy_cp.1
     );
     println!(
@@ -463,6 +502,10 @@ fn bench(dir: &Path, scale: f64, fs_name: &str) {
         sync_summary.notes
     );
     println!(
+        "copy rounds, doppel/rsync/rsync then sync (s): {}",
+        copy_per_round.join(", ")
+    );
+    println!(
         "sync rounds, doppel/rsync (s), by ratio: {}",
         per_round.join(", ")
     );
@@ -474,14 +517,9 @@ fn bench(dir: &Path, scale: f64, fs_name: &str) {
         noop_walked_summary.phase_ms
     );
     println!("{fs_name} doppel_peak_rss_mb_during_copy {peak_rss:.1}");
-    println!(
-        "{fs_name} copy_time_ratio_vs_rsync {:.3}",
-        copy_doppel / copy_rsync.0
-    );
-    println!(
-        "{fs_name} copy_time_ratio_vs_rsync_then_sync {:.3}",
-        copy_doppel / copy_rsync.1
-    );
+    // Medians of the rounds' ratios.
+    println!("{fs_name} copy_time_ratio_vs_rsync {copy_ratio:.3}");
+    println!("{fs_name} copy_time_ratio_vs_rsync_then_sync {durable_ratio:.3}");
     println!(
         "{fs_name} sync_time_ratio_vs_rsync {:.3}",
         sync_doppel / sync_rsync

@@ -11,15 +11,16 @@
 //! when the tree is unmounted, with `nouuid` (a clone has its source's filesystem id, and
 //! both are mounted).
 //!
-//! What doppel does not do yet (see the README): lay down new trees as images, and mount
-//! them again after the host restarts. Until then only trees made with [`create`] are
-//! images, and everything else here serves them.
+//! What doppel does not do yet (see the README): lay down new trees as images. Until then
+//! only trees made with [`create`] are images, and everything else here serves them. The
+//! engine mounts an image tree again before it reads or writes one whose filesystem is not
+//! mounted ([`ensure_mounted`]).
 
 use std::ffi::OsString;
 use std::fs;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
-use std::os::unix::ffi::OsStringExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -63,6 +64,48 @@ fn backing_file(root: &Path) -> Option<PathBuf> {
     let file = fs::read(sys).ok()?;
     let file = file.strip_suffix(b"\n").unwrap_or(&file);
     Some(PathBuf::from(OsString::from_vec(file.to_vec())))
+}
+
+/// Mounts the image tree at `root` again where its filesystem is not mounted (the host
+/// restarted: loop mounts do not survive that), so that `root` is the tree and not the
+/// empty directory beneath it: a sync from that would empty the tree's copies. An image
+/// that a loop device holds already (mounted elsewhere, as an interrupted move leaves it)
+/// is left as it is. A root that holds anything of its own is refused instead: something
+/// wrote into it while its filesystem was away, and mounting would hide that.
+pub fn ensure_mounted(root: &Path) -> io::Result<()> {
+    // One at a time: two jobs reading one source must not both mount it.
+    static MOUNTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let image = image_path(root);
+    if !image.is_file() || !root.is_dir() {
+        return Ok(());
+    }
+    let _one = MOUNTING.lock().unwrap_or_else(|e| e.into_inner());
+    if is_image_tree(root) || attached(&image)? {
+        return Ok(());
+    }
+    if fs::read_dir(root)?.next().is_some() {
+        return Err(io::Error::other(format!(
+            "{} is an image tree whose filesystem ({}) is not mounted, and the directory              under it is not empty; move what is in it away, then try again",
+            root.display(),
+            image.display()
+        )));
+    }
+    tracing::info!(tree = %root.display(), "mounting an image tree again");
+    mount(&image, root)
+}
+
+/// Whether a loop device is backed by `image`.
+pub(crate) fn attached(image: &Path) -> io::Result<bool> {
+    let image = fs::canonicalize(image)?;
+    let Ok(devices) = fs::read_dir("/sys/block") else {
+        return Ok(false);
+    };
+    Ok(devices.flatten().any(|d| {
+        fs::read(d.path().join("loop/backing_file")).is_ok_and(|file| {
+            let file = file.strip_suffix(b"\n").unwrap_or(&file);
+            Path::new(std::ffi::OsStr::from_bytes(file)) == image
+        })
+    }))
 }
 
 /// Makes an empty image tree at `root` (which must not exist): an image of `size` bytes

@@ -406,7 +406,16 @@ pub use app::model::JobSummary as Summary;
 /// Copies the tree at `src.root` to `dst.root`, which must not exist. The copy appears at
 /// `dst.root` complete and verified, or not at all.
 pub fn copy(src: &Place, dst: &Place, ctl: &Control) -> Result<Summary, EngineError> {
-    transfer::copy(src, dst, &[], ctl)
+    copy_reusing(src, dst, &[], ctl)
+}
+
+/// Image trees among `places` mounted where their filesystem is not (after the host
+/// restarted; see [`image::ensure_mounted`]): before anything reads or writes them.
+pub(crate) fn mounted(places: &[&Place]) -> Result<(), EngineError> {
+    for p in places {
+        image::ensure_mounted(&p.root).map_err(EngineError::io_path("mounting", &p.root))?;
+    }
+    Ok(())
 }
 
 /// [`copy`], taking content the target's server already holds in other trees (`local`,
@@ -419,6 +428,7 @@ pub fn copy_reusing(
     local: &[Place],
     ctl: &Control,
 ) -> Result<Summary, EngineError> {
+    mounted(&[src])?;
     transfer::copy(src, dst, local, ctl)
 }
 
@@ -433,6 +443,7 @@ pub fn resume_copy(
     local: &[Place],
     ctl: &Control,
 ) -> Result<Summary, EngineError> {
+    mounted(&[dst])?;
     if dst.root.is_dir() && !dst.commit_marker().exists() {
         return sync(src, dst, ctl);
     }
@@ -442,7 +453,7 @@ pub fn resume_copy(
 /// Brings the tree at `dst.root` (an earlier copy of `src`) to `src`'s current state,
 /// sending only what changed.
 pub fn sync(src: &Place, dst: &Place, ctl: &Control) -> Result<Summary, EngineError> {
-    transfer::sync(src, dst, &|_| false, ctl)
+    sync_keeping(src, dst, &|_| false, ctl)
 }
 
 /// [`sync`], leaving the target's entries at the paths `keep` names as they are (neither
@@ -455,6 +466,7 @@ pub fn sync_keeping(
     keep: &dyn Fn(&[u8]) -> bool,
     ctl: &Control,
 ) -> Result<Summary, EngineError> {
+    mounted(&[src, dst])?;
     transfer::sync(src, dst, keep, ctl)
 }
 
@@ -469,6 +481,7 @@ pub struct VerifyReport {
 }
 
 pub fn verify(place: &Place, ctl: &Control) -> Result<VerifyReport, EngineError> {
+    mounted(&[place])?;
     let expected = place
         .load_manifest()
         .map_err(EngineError::io("reading the manifest"))?
@@ -498,6 +511,7 @@ pub fn verify(place: &Place, ctl: &Control) -> Result<VerifyReport, EngineError>
 /// with the state a copy last matched answers "did the source change since?" without
 /// reading any content. Device files are left out, as copies leave them out.
 pub fn probe(place: &Place) -> Result<String, EngineError> {
+    mounted(&[place])?;
     let cache = place.load_manifest().ok().flatten();
     let (mut m, _) = scan::scan(&place.root, cache.as_ref(), false, &Control::new())?;
     m.entries.retain(|e| e.kind != manifest::Kind::Special);

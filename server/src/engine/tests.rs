@@ -759,6 +759,85 @@ fn xfs_copies_of_an_image_tree_are_clones_whole_independent_and_verified() {
     );
 }
 
+/// As after a restart of the host: the image tree at `root` unmounted, its loop device
+/// gone, the empty directory under it left.
+fn unmount_image_tree(root: &Path) {
+    let out = std::process::Command::new("umount")
+        .arg(root)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    // (The loop device clears itself once closed.)
+    let t = Instant::now();
+    while image::attached(&image::image_path(root)).unwrap() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the loop device stays"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!image::is_image_tree(root));
+    assert!(fs::read_dir(root).unwrap().next().is_none());
+}
+
+#[test]
+fn image_trees_whose_filesystem_is_not_mounted_are_mounted_again_never_read_as_empty() {
+    let env = Env::with_xfs_images();
+    let src = env.source("src");
+    random_tree(&src.root, &mut Rng(64), 40);
+    let dst = env.place("copy");
+    copy(&src, &dst, &Control::new()).unwrap();
+    assert!(image::is_image_tree(&dst.root));
+    let files = snapshot_tree(&src.root).len();
+    assert!(files > 40, "{files}");
+
+    // Both unmounted: the sync mounts them again and finds nothing to do.
+    for p in [&src, &dst] {
+        unmount_image_tree(&p.root);
+    }
+    let s = sync(&src, &dst, &Control::new()).unwrap();
+    assert_eq!(
+        (
+            s.files_added,
+            s.files_changed,
+            s.files_deleted,
+            s.bytes_sent
+        ),
+        (0, 0, 0, 0),
+        "{s:?}"
+    );
+    assert!(image::is_image_tree(&src.root) && image::is_image_tree(&dst.root));
+    assert_same_tree(&src.root, &dst.root);
+    assert_eq!(snapshot_tree(&dst.root).len(), files);
+    // So do a verification, a probe and a copy.
+    unmount_image_tree(&dst.root);
+    assert!(verify(&dst, &Control::new()).unwrap().ok);
+    unmount_image_tree(&src.root);
+    let state = probe(&src).unwrap();
+    assert_eq!(state, probe(&dst).unwrap());
+    unmount_image_tree(&src.root);
+    let again = env.place("again");
+    copy(&src, &again, &Control::new()).unwrap();
+    assert_same_tree(&src.root, &again.root);
+
+    // Something written into the directory under an unmounted tree: refused, and nothing
+    // is lost on either side.
+    unmount_image_tree(&src.root);
+    write(&src.root.join("stray"), b"written while the tree was away");
+    let e = sync(&src, &dst, &Control::new()).unwrap_err().to_string();
+    assert!(e.contains("not mounted"), "{e}");
+    assert!(!image::is_image_tree(&src.root));
+    assert_eq!(
+        fs::read(src.root.join("stray")).unwrap(),
+        b"written while the tree was away"
+    );
+    assert_eq!(snapshot_tree(&dst.root).len(), files);
+    assert!(verify(&dst, &Control::new()).unwrap().ok);
+    fs::remove_file(src.root.join("stray")).unwrap();
+    sync(&src, &dst, &Control::new()).unwrap();
+    assert_same_tree(&src.root, &dst.root);
+}
+
 fn copy_interrupted_anywhere(env: &Env, at_least: usize) {
     let src = env.source("src");
     random_tree(&src.root, &mut Rng(77), 25);

@@ -837,6 +837,7 @@ pub fn send_copy_to(
     peer: Option<&std::path::Path>,
     ctl: &Control,
 ) -> Result<Summary, EngineError> {
+    crate::engine::mounted(&[src])?;
     counted(stream, |s| copy_source_half(src, s, peer, ctl))
 }
 
@@ -847,6 +848,7 @@ pub fn receive_copy_from(
     stream: &mut dyn Duplex,
     ctl: &Control,
 ) -> Result<Summary, EngineError> {
+    crate::engine::mounted(&[dst])?;
     counted(stream, |s| copy_target_half(dst, s, ctl))
 }
 
@@ -859,6 +861,7 @@ pub fn send_sync_to(
     peer: Option<&std::path::Path>,
     ctl: &Control,
 ) -> Result<Summary, EngineError> {
+    crate::engine::mounted(&[src])?;
     counted(stream, |s| sync_source_half(src, s, keep, peer, ctl))
 }
 
@@ -872,7 +875,9 @@ pub fn receive_sync_from(
     ctl: &Control,
 ) -> Result<Summary, EngineError> {
     counted(stream, |s| {
-        let result = sync_target_half(dst, s, keep, ctl);
+        // (A tree that cannot be mounted fails here, so that the reply says why.)
+        let result =
+            crate::engine::mounted(&[dst]).and_then(|()| sync_target_half(dst, s, keep, ctl));
         reply(s, dst, &result);
         result
     })
