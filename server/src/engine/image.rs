@@ -85,7 +85,8 @@ pub fn ensure_mounted(root: &Path) -> io::Result<()> {
     }
     if fs::read_dir(root)?.next().is_some() {
         return Err(io::Error::other(format!(
-            "{} is an image tree whose filesystem ({}) is not mounted, and the directory              under it is not empty; move what is in it away, then try again",
+            "{} is an image tree whose filesystem ({}) is not mounted, and the directory \
+             under it is not empty; move what is in it away, then try again",
             root.display(),
             image.display()
         )));
