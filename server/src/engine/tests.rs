@@ -601,8 +601,18 @@ fn changes_made_on_the_copy_are_overwritten_and_reported_as_drift() {
 
 #[test]
 fn hostile_trees_never_make_the_engine_touch_anything_outside_the_roots() {
-    let env = Env::new();
-    let (src, dst) = (env.place("src"), env.place("dst"));
+    hostile_trees(Env::new());
+}
+
+#[test]
+fn hostile_trees_taken_whole_never_make_the_engine_touch_anything_outside_the_roots() {
+    // A snapshot of the source, and a clone of its image: the same rules hold.
+    hostile_trees(Env::on_btrfs());
+    hostile_trees(Env::with_xfs_images());
+}
+
+fn hostile_trees(env: Env) {
+    let (src, dst) = (env.source("src"), env.place("dst"));
     let outside = env.base.join("outside");
     write(&outside.join("secret"), b"outside the roots");
     fs::create_dir_all(&src.root).unwrap();
@@ -637,6 +647,19 @@ fn hostile_trees_never_make_the_engine_touch_anything_outside_the_roots() {
         .unwrap();
     }
     let s = copy(&src, &dst, &Control::new()).unwrap();
+    // (Taken whole where the source is a subvolume or an image tree.)
+    let whole = [
+        "a btrfs snapshot of the source",
+        "a clone of the source's image",
+    ];
+    assert_eq!(
+        s.notes
+            .iter()
+            .any(|n| whole.iter().any(|w| n.starts_with(w))),
+        !matches!(env.roots, Roots::Directories),
+        "{:?}",
+        s.notes
+    );
     assert_same_tree(&src.root, &dst.root);
     if is_root {
         assert_eq!(s.skipped_special, ["null-dev"]);
@@ -871,6 +894,13 @@ fn a_sync_into_a_btrfs_snapshot_interrupted_anywhere_converges_on_the_next_run()
     // Its files cannot be renamed in from the work dir (another subvolume): they are
     // cloned beside their place and renamed there.
     sync_interrupted_anywhere(Env::on_btrfs());
+}
+
+#[test]
+fn a_sync_between_image_trees_interrupted_anywhere_converges_on_the_next_run() {
+    // The copies are clones of images: the sync streams into another filesystem, and
+    // stages inside the copy (no rename crosses into it).
+    sync_interrupted_anywhere(Env::with_xfs_images());
 }
 
 fn sync_interrupted_anywhere(env: Env) {
