@@ -314,6 +314,10 @@ impl Env {
     fn on_own_ext4() -> Env {
         Env::on(LoopFs::new("ext4"), Roots::Directories)
     }
+    /// On an XFS (reflink) of its own, where a copy's files are clones of the source's.
+    fn on_xfs() -> Env {
+        Env::on(LoopFs::new("xfs"), Roots::Directories)
+    }
     /// On a btrfs of its own, where trees are subvolumes and copies of them snapshots.
     fn on_btrfs() -> Env {
         Env::on(LoopFs::new("btrfs"), Roots::Subvolumes)
@@ -605,6 +609,11 @@ fn hostile_trees_never_make_the_engine_touch_anything_outside_the_roots() {
 }
 
 #[test]
+fn hostile_trees_reflinked_never_make_the_engine_touch_anything_outside_the_roots() {
+    hostile_trees(Env::on_xfs());
+}
+
+#[test]
 fn hostile_trees_taken_whole_never_make_the_engine_touch_anything_outside_the_roots() {
     // A snapshot of the source, and a clone of its image: the same rules hold.
     hostile_trees(Env::on_btrfs());
@@ -728,6 +737,12 @@ fn fail_at(n: usize) -> (Control, Arc<AtomicUsize>) {
 #[test]
 fn a_copy_interrupted_anywhere_leaves_nothing_and_succeeds_on_the_next_attempt() {
     copy_interrupted_anywhere(&Env::new(), 20);
+}
+
+#[test]
+fn a_reflinked_copy_interrupted_anywhere_leaves_nothing_and_succeeds_on_the_next_attempt() {
+    // Its files cloned file by file, on the kernel copy's workers.
+    copy_interrupted_anywhere(&Env::on_xfs(), 20);
 }
 
 #[test]
@@ -894,6 +909,11 @@ fn a_sync_into_a_btrfs_snapshot_interrupted_anywhere_converges_on_the_next_run()
     // Its files cannot be renamed in from the work dir (another subvolume): they are
     // cloned beside their place and renamed there.
     sync_interrupted_anywhere(Env::on_btrfs());
+}
+
+#[test]
+fn a_reflinked_sync_interrupted_anywhere_converges_on_the_next_run() {
+    sync_interrupted_anywhere(Env::on_xfs());
 }
 
 #[test]
