@@ -456,33 +456,49 @@ fn copy_reproduces_the_tree_exactly() {
 #[test]
 fn random_trees_and_change_sets_sync_to_equality() {
     for seed in 1..=6u64 {
-        let env = Env::new();
-        let (src, dst) = (env.place("src"), env.place("dst"));
-        let mut rng = Rng(seed * 7919);
-        random_tree(&src.root, &mut rng, 40);
-        copy(&src, &dst, &Control::new()).unwrap();
-        for round in 0..3 {
-            random_changes(&src.root, &mut rng);
-            let s = sync(&src, &dst, &Control::new())
-                .unwrap_or_else(|e| panic!("seed {seed} round {round}: {e}"));
-            assert_same_tree(&src.root, &dst.root);
-            assert_same_dir_mtimes(&src.root, &dst.root);
-            no_debris(&dst);
-            assert_eq!(s.drift, 0);
-            assert!(s.files_added + s.files_changed + s.files_deleted + s.metadata_only > 0);
-        }
-        // Nothing changed: nothing sent.
-        let s = sync(&src, &dst, &Control::new()).unwrap();
-        assert_eq!(
-            (
-                s.bytes_sent,
-                s.files_added,
-                s.files_changed,
-                s.files_deleted
-            ),
-            (0, 0, 0, 0)
-        );
+        random_changes_sync_to_equality(Env::new(), seed);
     }
+}
+
+#[test]
+fn random_trees_and_change_sets_sync_to_equality_with_copy_on_write() {
+    // Files cloned one by one (XFS), a snapshot (btrfs), a clone of an image (XFS).
+    for (n, env) in [Env::on_xfs, Env::on_btrfs, Env::with_xfs_images]
+        .into_iter()
+        .enumerate()
+    {
+        random_changes_sync_to_equality(env(), 7 + n as u64);
+    }
+}
+
+/// A random tree copied, then synced after three random change sets, then once more with
+/// nothing changed.
+fn random_changes_sync_to_equality(env: Env, seed: u64) {
+    let (src, dst) = (env.source("src"), env.place("dst"));
+    let mut rng = Rng(seed * 7919);
+    random_tree(&src.root, &mut rng, 40);
+    copy(&src, &dst, &Control::new()).unwrap();
+    for round in 0..3 {
+        random_changes(&src.root, &mut rng);
+        let s = sync(&src, &dst, &Control::new())
+            .unwrap_or_else(|e| panic!("seed {seed} round {round}: {e}"));
+        assert_same_tree(&src.root, &dst.root);
+        assert_same_dir_mtimes(&src.root, &dst.root);
+        no_debris(&dst);
+        assert_eq!(s.drift, 0);
+        assert!(s.files_added + s.files_changed + s.files_deleted + s.metadata_only > 0);
+    }
+    // Nothing changed: nothing sent.
+    let s = sync(&src, &dst, &Control::new()).unwrap();
+    assert_eq!(
+        (
+            s.bytes_sent,
+            s.files_added,
+            s.files_changed,
+            s.files_deleted
+        ),
+        (0, 0, 0, 0)
+    );
 }
 
 #[test]
