@@ -20,7 +20,7 @@ use std::ffi::OsString;
 use std::fs;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -57,13 +57,20 @@ fn backing_file(root: &Path) -> Option<PathBuf> {
     {
         return None;
     }
-    let sys = format!(
-        "/sys/dev/block/{}:{}/loop/backing_file",
+    loop_backing_file(Path::new(&format!(
+        "/sys/dev/block/{}:{}",
         st.stx_dev_major, st.stx_dev_minor
-    );
-    let file = fs::read(sys).ok()?;
-    let file = file.strip_suffix(b"\n").unwrap_or(&file);
-    Some(PathBuf::from(OsString::from_vec(file.to_vec())))
+    )))
+}
+
+/// The backing file of the block device whose sysfs directory is `device` (`None`: it is
+/// not a loop device, or has none).
+fn loop_backing_file(device: &Path) -> Option<PathBuf> {
+    let mut file = fs::read(device.join("loop/backing_file")).ok()?;
+    if file.last() == Some(&b'\n') {
+        file.pop();
+    }
+    Some(PathBuf::from(OsString::from_vec(file)))
 }
 
 /// Mounts the image tree at `root` again where its filesystem is not mounted (the host
@@ -101,12 +108,9 @@ pub(crate) fn attached(image: &Path) -> io::Result<bool> {
     let Ok(devices) = fs::read_dir("/sys/block") else {
         return Ok(false);
     };
-    Ok(devices.flatten().any(|d| {
-        fs::read(d.path().join("loop/backing_file")).is_ok_and(|file| {
-            let file = file.strip_suffix(b"\n").unwrap_or(&file);
-            Path::new(std::ffi::OsStr::from_bytes(file)) == image
-        })
-    }))
+    Ok(devices
+        .flatten()
+        .any(|d| loop_backing_file(&d.path()).is_some_and(|file| file == image)))
 }
 
 /// Makes an empty image tree at `root` (which must not exist): an image of `size` bytes
