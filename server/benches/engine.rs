@@ -3,8 +3,9 @@
 //! Builds a deterministic reference tree (about 1 GB at BENCH_SCALE=1: 40,000 files of
 //! 1-64 KiB in 2,000 directories, four 100 MiB files, 400 symlinks, hard links), then times
 //! a full copy (doppel, `rsync -a`, `cp -a`; three rounds, each contender going first
-//! once, the median of the rounds' ratios reported), syncs after a "1 %" change (doppel against `rsync -a --delete --no-whole-file`,
-//! three rounds taking turns at going first, the median ratio reported), and a sync with
+//! once, the median of the rounds' ratios reported), syncs after a "1 %" change (doppel
+//! against `rsync -a --delete --no-whole-file`, three rounds taking turns at going first,
+//! the median ratio reported), and a sync with
 //! nothing changed. Each doppel copy is a child process, so its peak memory
 //! (RSS) is measured alone. Syncs run as `serve` runs them: in one long-lived process with
 //! the change watch, which has synced the copy once before the change (its steady state);
