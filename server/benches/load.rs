@@ -6,7 +6,8 @@
 //! burst of requests, refused once read. A script, not a test: it prints figures and never
 //! fails on them.
 //! LOAD_POSTS, LOAD_SUBSCRIBERS and LOAD_ROUNDS change the numbers; LOAD_PERF=<file>
-//! records a `perf` profile of doppel during the copy bursts.
+//! records a `perf` profile of doppel during the copy bursts (LOAD_PERF_GRAPH=dwarf for
+//! call graphs of a build without frame pointers; `fp` by default).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
@@ -373,8 +374,10 @@ async fn main() {
                 assert_eq!(baseline.accepted, 0, "the baseline's requests are refused");
                 // LOAD_PERF=<file>: a CPU profile of doppel during the copy bursts only.
                 let profile = std::env::var("LOAD_PERF").ok().map(|file| {
+                    let graph = std::env::var("LOAD_PERF_GRAPH").unwrap_or_else(|_| "fp".into());
                     let perf = std::process::Command::new("perf")
-                        .args(["record", "-g", "-F", "9999", "-o", &file, "-p"])
+                        .args(["record", "--call-graph", &graph, "-F", "9999", "-o", &file])
+                        .arg("-p")
                         .arg(server_pid.to_string())
                         .stderr(std::process::Stdio::null())
                         .spawn()

@@ -15,6 +15,7 @@ pub mod image;
 pub mod manifest;
 pub mod scan;
 mod transfer;
+mod warm;
 pub mod watch;
 pub mod wire;
 

@@ -1,7 +1,10 @@
 //! A copy: stage a new tree, verify it, make it durable, then rename it into place.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use super::receive::*;
 use super::*;
+use crate::engine::warm;
 
 pub(in crate::engine) fn copy(
     src: &Place,
@@ -276,8 +279,11 @@ fn copy_whole_tree(
 /// snapshot or a clone, `how`): its manifest scanned there (never from the source, which
 /// may change meanwhile) with the source's quick-check cache, which still holds (inode
 /// numbers and times are kept); files the cache cannot vouch for are read and hashed
-/// there. Special files are taken out, as a copy never has them. Then it is verified, made
-/// durable and moved into place like any copy.
+/// there. Walkers read the fresh tree's metadata ahead of the scan ([`warm`]). Special
+/// files are taken out, as a copy never has them. Then it is made durable and moved into
+/// place like any copy; its metadata is not read back to be checked against that manifest
+/// unless special files were taken out of it: the manifest was read from the staged tree
+/// itself, which nothing else writes.
 fn finish_whole_tree_copy(
     src: &Place,
     dst: &Place,
@@ -287,20 +293,34 @@ fn finish_whole_tree_copy(
 ) -> Result<Summary, EngineError> {
     ctl.phase(Phase::Scan, None, None);
     let cache = src.load_manifest().ok().flatten();
-    let (m, report) = scan::scan(staging, cache.as_ref(), true, ctl)?;
+    let done = AtomicBool::new(false);
+    let scanned = std::thread::scope(|s| {
+        s.spawn(|| warm::warm(staging, warm::WALKERS, &done));
+        let scanned = scan::scan(staging, cache.as_ref(), true, ctl);
+        done.store(true, Ordering::Relaxed);
+        scanned
+    });
+    let (m, report) = scanned?;
     let mut walker =
         Walker::new(fsx::open_dir(staging).map_err(EngineError::io_path("opening", staging))?);
+    let mut specials = false;
     for e in m.entries.iter().filter(|e| e.kind == Kind::Special) {
         let (dir, name) = walker
             .parent(&e.path)
             .map_err(io_err("opening a directory of the staged tree"))?;
         fsx::remove_at(dir, name)
             .map_err(io_err("removing a special file from the staged tree"))?;
+        specials = true;
     }
     drop(walker);
     // The source's quick-check cache for the next copy or sync.
     let _ = m.store_unsynced(&src.manifest_path());
-    let mut summary = finish_copy(dst, staging, &m, ctl)?;
+    let mut summary = if specials {
+        // (Their directories' times moved: what the copy records is read back.)
+        finish_copy(dst, staging, &m, ctl)?
+    } else {
+        place_copy(dst, staging, &m, hex::encode(m.root_hash()), ctl)?
+    };
     summary.kernel_bytes = summary.tree_bytes;
     summary.notes.push(format!(
         "{how}: {} files shared at once, none copied",
@@ -327,7 +347,18 @@ pub(in crate::engine) fn finish_copy(
     let want = without_specials(m.clone());
     let got = restat(staging, &want, None)?;
     let root_hash = check_roots(&want, &got)?;
+    place_copy(dst, staging, &got, root_hash, ctl)
+}
 
+/// The staged tree, which `got` describes as it is (its root hash `root_hash`, in hex),
+/// made durable and moved into place.
+fn place_copy(
+    dst: &Place,
+    staging: &Path,
+    got: &Manifest,
+    root_hash: String,
+    ctl: &Control,
+) -> Result<Summary, EngineError> {
     ctl.phase(Phase::Commit, None, None);
     got.store(&dst.manifest_path())
         .map_err(io_err("writing the target manifest"))?;
@@ -340,7 +371,7 @@ pub(in crate::engine) fn finish_copy(
     move_into_place(staging, dst)?;
     let _ = fs::remove_file(dst.commit_marker());
     Ok(Summary {
-        files_added: want.entries.len() as u64,
+        files_added: got.entries.len() as u64,
         tree_files: got.files(),
         tree_bytes: got.bytes(),
         source_root_hash: root_hash.clone(),
