@@ -23,8 +23,8 @@ use rustix::fs::FileType;
 use super::fsx;
 
 /// Walkers beside the scan: more than the cores, since they mostly wait for reads (`make
-/// bench`, xfs-image: the copy's scan took 749 ms alone, 555 ms beside three walkers, 485
-/// beside five).
+/// bench`, xfs-image, one run each: the copy's scan took 749 ms alone, 555 ms beside three
+/// walkers, 485 beside five; 626 in a noisier run once directories were opened by path).
 pub(crate) const WALKERS: usize = 5;
 
 /// Directories queued at most; the rest of a very wide tree is left to the scan.
