@@ -8,10 +8,9 @@
 //!
 //! Best effort: anything a walker cannot open or stat, and directories deeper than
 //! `MAX_DEPTH`, are left to the scan. Walkers resolve every name from an open directory
-//! with `O_NOFOLLOW` (as the scan does), never recurse (directories wait in a shared
+//! with `O_NOFOLLOW` ([`fsx::Walker`], as the scan does), never recurse (directories wait in a shared
 //! queue), and stop once the scan is done.
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -20,20 +19,20 @@ use parking_lot::{Condvar, Mutex};
 
 use rustix::fs::FileType;
 
-use super::fsx;
+use super::fsx::{self, Walker};
 
 /// Walkers beside the scan: more than the cores, since they mostly wait for reads (`make
 /// bench`, xfs-image, one run each: the copy's scan took 749 ms alone, 555 ms beside three
-/// walkers, 485 beside five; 626 in a noisier run once directories were opened by path).
+/// walkers, 485 beside five; 551-626 in two runs once walkers held paths, not open directories).
 pub(crate) const WALKERS: usize = 5;
 
 /// Directories queued at most; the rest of a very wide tree is left to the scan.
 const MAX_QUEUED: usize = 4096;
 
-/// Directories deeper than this are left to the scan: each directory is opened from the
-/// root, one component at a time (so a walker holds two descriptors at most; doppel may
-/// be serving many connections under its limit of open files).
-const MAX_DEPTH: usize = 64;
+/// Directories deeper than this are left to the scan: a walker keeps the directories above
+/// the one it lists open ([`fsx::Walker`]), and doppel may be serving many connections
+/// under its limit of open files.
+const MAX_DEPTH: usize = 32;
 
 /// Directories waiting to be listed (paths from the root, `/`-separated; empty for the
 /// root), and how many walkers are listing one (none listing and none waiting: the walk
@@ -55,14 +54,15 @@ pub(crate) fn warm(root: &Path, walkers: usize, done: &AtomicBool) -> usize {
     };
     std::thread::scope(|s| {
         let walkers: Vec<_> = (0..walkers)
-            .map(|_| s.spawn(|| walk(root.as_fd(), &queue, done)))
+            .filter_map(|_| root.try_clone().ok())
+            .map(|root| s.spawn(|| walk(Walker::new(root), &queue, done)))
             .collect();
         walkers.into_iter().map(|w| w.join().unwrap_or(0)).sum()
     })
 }
 
-/// One walker; says how many entries it looked at.
-fn walk(root: BorrowedFd<'_>, queue: &Queue, done: &AtomicBool) -> usize {
+/// One walker, opening directories with `dirs`; says how many entries it looked at.
+fn walk(mut dirs: Walker, queue: &Queue, done: &AtomicBool) -> usize {
     let mut seen = 0;
     loop {
         let path = {
@@ -86,7 +86,7 @@ fn walk(root: BorrowedFd<'_>, queue: &Queue, done: &AtomicBool) -> usize {
                     .wait_for(&mut state, Duration::from_millis(10));
             }
         };
-        let found = subdirectories(root, &path, done, &mut seen);
+        let found = subdirectories(&mut dirs, &path, done, &mut seen);
         let mut state = queue.state.lock();
         let room = MAX_QUEUED.saturating_sub(state.0.len());
         state.0.extend(found.into_iter().take(room));
@@ -98,23 +98,16 @@ fn walk(root: BorrowedFd<'_>, queue: &Queue, done: &AtomicBool) -> usize {
 /// Stats every entry of the directory at `path` (what reads its inode), counting them in
 /// `seen`; the paths of its subdirectories, unless they are too deep.
 fn subdirectories(
-    root: BorrowedFd<'_>,
+    dirs: &mut Walker,
     path: &[u8],
     done: &AtomicBool,
     seen: &mut usize,
 ) -> Vec<Vec<u8>> {
     let mut found = Vec::new();
-    let mut opened = None;
-    if !path.is_empty() {
-        for name in path.split(|&c| c == b'/') {
-            let parent = opened.as_ref().map_or(root, |d: &OwnedFd| d.as_fd());
-            match fsx::open_dir_at(parent, name) {
-                Ok(dir) => opened = Some(dir),
-                Err(_) => return found,
-            }
-        }
-    }
-    let dir = opened.as_ref().map_or(root, |d| d.as_fd());
+    let Ok(dir) = dirs.dir(path) else {
+        dirs.reset();
+        return found;
+    };
     let Ok(names) = fsx::list_dir_inodes(dir) else {
         return found;
     };
@@ -145,6 +138,7 @@ fn subdirectories(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsFd;
 
     /// Every entry once, down to `MAX_DEPTH` however deep the tree is, never through a
     /// symlink, and nothing once `done` is set.
