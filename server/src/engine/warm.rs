@@ -23,7 +23,7 @@ use super::fsx::{self, Walker};
 
 /// Walkers beside the scan: more than the cores, since they mostly wait for reads (`make
 /// bench`, xfs-image, one run each: the copy's scan took 749 ms alone, 555 ms beside three
-/// walkers, 485 beside five; 551-626 in two runs once walkers held paths, not open directories).
+/// walkers, 485 beside five; 551-626 in two runs once the queue held paths, not open directories).
 pub(crate) const WALKERS: usize = 5;
 
 /// Directories queued at most; the rest of a very wide tree is left to the scan.
