@@ -53,9 +53,11 @@ struct Extent {
     length: u64,
 }
 
-/// The file's extents that are shared with another file (or snapshot) and whose physical
-/// address identifies their bytes, in file order; its dirty pages are written back first.
-fn shared_extents(file: &File) -> io::Result<Vec<Extent>> {
+/// The file's extents within `[start, start + len)` whose physical address identifies
+/// their bytes and that `keep` accepts by their flags, in file order; its dirty pages are
+/// written back first.
+fn extents(file: &File, start: u64, len: u64, keep: impl Fn(u32) -> bool) -> io::Result<Vec<Extent>> {
+    let end = start.saturating_add(len);
     let mut out = Vec::new();
     let mut map = Box::new(Fiemap {
         start: 0,
@@ -66,10 +68,10 @@ fn shared_extents(file: &File) -> io::Result<Vec<Extent>> {
         reserved: 0,
         extents: [FiemapExtent::default(); BATCH],
     });
-    let mut start = 0u64;
-    loop {
-        map.start = start;
-        map.length = u64::MAX - start;
+    let mut from = start;
+    while from < end {
+        map.start = from;
+        map.length = end - from;
         map.flags = FIEMAP_FLAG_SYNC;
         map.mapped_extents = 0;
         map.extent_count = BATCH as u32;
@@ -81,11 +83,11 @@ fn shared_extents(file: &File) -> io::Result<Vec<Extent>> {
         }
         let got = &map.extents[..(map.mapped_extents as usize).min(BATCH)];
         let Some(last) = got.last() else {
-            return Ok(out);
+            break;
         };
         out.extend(
             got.iter()
-                .filter(|e| e.flags & EXTENT_SHARED != 0 && e.flags & EXTENT_UNCERTAIN == 0)
+                .filter(|e| e.flags & EXTENT_UNCERTAIN == 0 && keep(e.flags))
                 .map(|e| Extent {
                     logical: e.logical,
                     physical: e.physical,
@@ -93,11 +95,17 @@ fn shared_extents(file: &File) -> io::Result<Vec<Extent>> {
                 }),
         );
         let next = last.logical.saturating_add(last.length);
-        if last.flags & EXTENT_LAST != 0 || next <= start {
-            return Ok(out);
+        if last.flags & EXTENT_LAST != 0 || next <= from {
+            break;
         }
-        start = next;
+        from = next;
     }
+    Ok(out)
+}
+
+/// The file's extents that are shared with another file (or snapshot), in file order.
+fn shared_extents(file: &File) -> io::Result<Vec<Extent>> {
+    extents(file, 0, u64::MAX, |flags| flags & EXTENT_SHARED != 0)
 }
 
 /// The byte ranges `[start, end)`, in order and merged, where `a` and `b` map the same
@@ -112,9 +120,15 @@ pub fn same_ranges(a: &File, b: &File) -> Vec<(u64, u64)> {
 }
 
 /// The ranges where two extent lists (each in file order) map an offset to the same
-/// physical byte.
+/// physical byte, merged.
 fn common(a: &[Extent], b: &[Extent]) -> Vec<(u64, u64)> {
-    let mut out: Vec<(u64, u64)> = Vec::new();
+    merged(common_extents(a, b).iter().map(|e| (e.logical, e.logical + e.length)))
+}
+
+/// The pieces where two extent lists (each in file order) map an offset to the same
+/// physical byte, in order: each its offset, that byte, its length.
+fn common_extents(a: &[Extent], b: &[Extent]) -> Vec<Extent> {
+    let mut out = Vec::new();
     let (mut i, mut j) = (0, 0);
     while i < a.len() && j < b.len() {
         let (x, y) = (a[i], b[j]);
@@ -124,10 +138,11 @@ fn common(a: &[Extent], b: &[Extent]) -> Vec<(u64, u64)> {
         let aligned = i128::from(x.physical) - i128::from(x.logical)
             == i128::from(y.physical) - i128::from(y.logical);
         if start < end && aligned {
-            match out.last_mut() {
-                Some(last) if last.1 == start => last.1 = end,
-                _ => out.push((start, end)),
-            }
+            out.push(Extent {
+                logical: start,
+                physical: x.physical + (start - x.logical),
+                length: end - start,
+            });
         }
         if x_end <= y_end {
             i += 1;
@@ -136,6 +151,57 @@ fn common(a: &[Extent], b: &[Extent]) -> Vec<(u64, u64)> {
         }
     }
     out
+}
+
+/// Ranges (in order) with the touching ones joined.
+fn merged(ranges: impl Iterator<Item = (u64, u64)>) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for (start, end) in ranges {
+        match out.last_mut() {
+            Some(last) if last.1 == start => last.1 = end,
+            _ => out.push((start, end)),
+        }
+    }
+    out
+}
+
+/// [`same_ranges`] for two files on two image trees ([`super::image`]) whose images
+/// (`a_image`, `b_image`) are on one filesystem with reflinks, as a copy of an image tree
+/// and its source are: where `a` and `b` map an offset to the same offset of their
+/// filesystems (as a file does in a clone of its filesystem until it is written), and the
+/// two images share their extents there, the bytes are the same. A write to either file
+/// moves it (inside its filesystem) or writes its image in place, which gives the image a
+/// new extent there (outside): either way that range is no longer found. Each file's
+/// pages are written back before its image's, so that a write still in its page cache
+/// reaches the image first.
+pub fn same_ranges_through_images(
+    a: &File,
+    a_image: &File,
+    b: &File,
+    b_image: &File,
+) -> Vec<(u64, u64)> {
+    let all = |f: &File| extents(f, 0, u64::MAX, |_| true);
+    let (Ok(inner_a), Ok(inner_b)) = (all(a), all(b)) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for inner in common_extents(&inner_a, &inner_b) {
+        let shared = |image: &File| {
+            extents(image, inner.physical, inner.length, |flags| {
+                flags & EXTENT_SHARED != 0
+            })
+        };
+        let (Ok(outer_a), Ok(outer_b)) = (shared(a_image), shared(b_image)) else {
+            return Vec::new();
+        };
+        // Offsets in the images, back to offsets in the files.
+        let (lo, hi) = (inner.physical, inner.physical + inner.length);
+        out.extend(common(&outer_a, &outer_b).into_iter().filter_map(|(s, e)| {
+            let (s, e) = (s.max(lo), e.min(hi));
+            (s < e).then(|| (s - lo + inner.logical, e - lo + inner.logical))
+        }));
+    }
+    merged(out.into_iter())
 }
 
 /// Whether `[start, end)` lies within one of `ranges` (in order, merged).

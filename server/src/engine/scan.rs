@@ -52,30 +52,40 @@ pub struct ScanReport {
 /// A copy of the tree being scanned, and its recorded manifest: a sync's source scan has
 /// its target as twin. A large file whose quick check fails is compared with its twin's
 /// file, as long as that is the recorded version: where the two still share extents
-/// (FIEMAP; only where `shares_extents`), the content is the twin's as recorded, and is
+/// (FIEMAP; see [`Sharing`]), the content is the twin's as recorded, and is
 /// not read again (after a reflink copy or a snapshot, a large file written in place
 /// shares all but what was written); elsewhere the twin's bytes that are in the page
 /// cache are compared instead of hashing.
 pub struct Twin<'a> {
     pub root: OwnedFd,
     pub recorded: &'a Manifest,
-    /// One filesystem with reflinks: a shared extent is shared content. (Never on two
-    /// filesystems, where equal block numbers mean nothing.)
-    pub shares_extents: bool,
+    pub sharing: Sharing,
+}
+
+/// What the extents of a tree's files and of its twin's say about their content.
+pub enum Sharing {
+    /// Nothing: equal block numbers on two filesystems mean nothing, and a filesystem
+    /// without reflinks shares no extent.
+    Nothing,
+    /// One filesystem with reflinks: a shared extent is shared content.
+    OneFilesystem,
+    /// Two image trees whose images (the tree's, then the twin's) are on one filesystem
+    /// with reflinks: see [`extents::same_ranges_through_images`].
+    Images(File, File),
 }
 
 /// A twin's file: opened, with its recorded entry.
 struct TwinFile<'a> {
     file: File,
     recorded: &'a Entry,
-    shares_extents: bool,
+    sharing: &'a Sharing,
 }
 
 impl<'a> Twin<'a> {
     /// The twin's file at `path`, opened beneath its root, with its recorded entry, if that
     /// entry has chunks (large files only). Whether the file is still that version is
     /// [`hash_file`]'s to check, around its reading of the file.
-    fn file(&self, path: &[u8]) -> Option<TwinFile<'a>> {
+    fn file(&self, path: &[u8]) -> Option<TwinFile<'_>> {
         let entries = &self.recorded.entries;
         let e = &entries[entries.binary_search_by(|e| path_cmp(&e.path, path)).ok()?];
         if e.kind != Kind::File || e.link_to.is_some() || e.chunks.is_empty() {
@@ -87,7 +97,7 @@ impl<'a> Twin<'a> {
         Some(TwinFile {
             file,
             recorded: e,
-            shares_extents: self.shares_extents,
+            sharing: &self.sharing,
         })
     }
 }
@@ -999,10 +1009,12 @@ fn hash_file(
         let mut not_hashed = NotHashed::default();
         let res = match (twin, earlier) {
             (Some(t), _) => {
-                let same = if t.shares_extents {
-                    extents::same_ranges(&file, &t.file)
-                } else {
-                    Vec::new()
+                let same = match t.sharing {
+                    Sharing::Nothing => Vec::new(),
+                    Sharing::OneFilesystem => extents::same_ranges(&file, &t.file),
+                    Sharing::Images(image, twin_image) => {
+                        extents::same_ranges_through_images(&file, image, &t.file, twin_image)
+                    }
                 };
                 let known = Known {
                     same: &same,

@@ -2180,14 +2180,14 @@ fn note_mb(s: &Summary, what: &str) -> f64 {
 
 #[test]
 fn a_sync_reads_a_large_file_only_where_it_no_longer_shares_its_copys_extents() {
-    for kind in ["xfs", "btrfs"] {
-        let lfs = LoopFs::new(kind);
-        let base = lfs.root();
-        let (src, dst) = (place_in(&base, "src"), place_in(&base, "dst"));
-        if kind == "btrfs" {
-            // As the engine lays trees down there: a subvolume, copied by a snapshot.
-            make_subvolume(&src);
-        }
+    // Files cloned one by one (XFS), a snapshot (btrfs), a clone of an image (XFS): in
+    // the last, the two files are on two filesystems whose images share extents.
+    for (kind, env) in [
+        ("xfs", Env::on_xfs()),
+        ("btrfs", Env::on_btrfs()),
+        ("xfs-image", Env::with_xfs_images()),
+    ] {
+        let (src, dst) = (env.source("src"), env.place("dst"));
         let mut rng = Rng(52);
         let s = sync_after_writes_in_place(&src, &dst, &mut rng);
         // Most of the big file was known from its shared extents; none of the other.

@@ -1,8 +1,9 @@
 //! A sync: stage what changed, verify it, write the commit marker, apply, verify again.
 
 use std::os::unix::fs::DirBuilderExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use crate::engine::scan::Sharing;
 use crate::engine::watch::Watch;
 
 use super::receive::*;
@@ -227,19 +228,40 @@ pub(in crate::engine) fn scan_target(
 }
 
 /// The source's twin: its target, as recorded (`recorded`: the target's manifest). A large
-/// file changed in place is compared with the target's: on one filesystem with reflinks,
-/// it is read only where it no longer shares the target's extents; elsewhere, the target's
+/// file changed in place is compared with the target's: on one filesystem with reflinks
+/// (or in two image trees whose images share extents on one), it is read only where it no
+/// longer shares the target's extents; elsewhere, the target's
 /// bytes in the page cache are compared instead of hashing the source's.
 fn twin<'a>(src: &Place, dst: &Place, recorded: &'a Manifest) -> Option<scan::Twin<'a>> {
     // (Probed in the state dir: never a file of a tree being scanned.)
     let reflinks = fsx::kernel_copy_support(&dst.state_dir) == Some(fsx::KernelCopy::Reflink);
-    let shares_extents = reflinks && super::copy::same_filesystem(&src.root, &dst.root);
+    let sharing = if !reflinks {
+        Sharing::Nothing
+    } else if super::copy::same_filesystem(&src.root, &dst.root) {
+        Sharing::OneFilesystem
+    } else {
+        images_sharing(src, dst).unwrap_or(Sharing::Nothing)
+    };
     let root = fsx::open_dir(&dst.root).ok()?;
     Some(scan::Twin {
         root,
         recorded,
-        shares_extents,
+        sharing,
     })
+}
+
+/// Where source and target are image trees whose images are on one filesystem (the one
+/// with reflinks the target's state is on), their images, opened to read their extents.
+fn images_sharing(src: &Place, dst: &Place) -> Option<Sharing> {
+    let images = [&src.root, &dst.root].map(|root| image::image_path(root));
+    let on_state_fs = |p: &Path| super::copy::same_filesystem(p, &dst.state_dir);
+    if !(image::is_image_tree(&src.root) && image::is_image_tree(&dst.root))
+        || !images.iter().all(|p| on_state_fs(p))
+    {
+        return None;
+    }
+    let [a, b] = images.map(fs::File::open);
+    Some(Sharing::Images(a.ok()?, b.ok()?))
 }
 
 /// The target's recorded manifest. After an interrupted commit the target's recorded state
