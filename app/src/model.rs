@@ -892,6 +892,11 @@ pub struct JobSummary {
     /// or copy_file_range): neither streamed nor taken from the target's own content.
     #[serde(default)]
     pub kernel_bytes: u64,
+    /// Bytes taken from the source tree on the same server but read and written by doppel:
+    /// between two filesystems the kernel cannot copy across (two image trees); neither
+    /// streamed nor the kernel's.
+    #[serde(default)]
+    pub local_bytes: u64,
     /// Files sent as deltas against their previous version.
     pub delta_files: u64,
     /// Entries changed on the copy itself since its last sync (overwritten).

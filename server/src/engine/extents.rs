@@ -56,7 +56,12 @@ struct Extent {
 /// The file's extents within `[start, start + len)` whose physical address identifies
 /// their bytes and that `keep` accepts by their flags, in file order; its dirty pages are
 /// written back first.
-fn extents(file: &File, start: u64, len: u64, keep: impl Fn(u32) -> bool) -> io::Result<Vec<Extent>> {
+fn extents(
+    file: &File,
+    start: u64,
+    len: u64,
+    keep: impl Fn(u32) -> bool,
+) -> io::Result<Vec<Extent>> {
     let end = start.saturating_add(len);
     let mut out = Vec::new();
     let mut map = Box::new(Fiemap {
@@ -122,7 +127,11 @@ pub fn same_ranges(a: &File, b: &File) -> Vec<(u64, u64)> {
 /// The ranges where two extent lists (each in file order) map an offset to the same
 /// physical byte, merged.
 fn common(a: &[Extent], b: &[Extent]) -> Vec<(u64, u64)> {
-    merged(common_extents(a, b).iter().map(|e| (e.logical, e.logical + e.length)))
+    merged(
+        common_extents(a, b)
+            .iter()
+            .map(|e| (e.logical, e.logical + e.length)),
+    )
 }
 
 /// The pieces where two extent lists (each in file order) map an offset to the same

@@ -934,9 +934,39 @@ fn a_reflinked_sync_interrupted_anywhere_converges_on_the_next_run() {
 
 #[test]
 fn a_sync_between_image_trees_interrupted_anywhere_converges_on_the_next_run() {
-    // The copies are clones of images: the sync streams into another filesystem, and
-    // stages inside the copy (no rename crosses into it).
+    // The copies are clones of images: the sync reads changed files from the source into
+    // another filesystem, and stages inside the copy (no rename crosses into it).
     sync_interrupted_anywhere(Env::with_xfs_images());
+}
+
+#[test]
+fn a_sync_between_image_trees_of_one_server_reads_changed_files_from_the_source_itself() {
+    let env = Env::with_xfs_images();
+    let src = env.source("src");
+    let mut rng = Rng(77);
+    random_tree(&src.root, &mut rng, 30);
+    write(&src.root.join("x1"), &rng.bytes(1000));
+    write(&src.root.join("x2"), &rng.bytes(1000));
+    let dst = env.place("dst");
+    copy(&src, &dst, &Control::new()).unwrap();
+    // Two files changed, one new: 300 kB, none of it streamed.
+    write(&src.root.join("x1"), &rng.bytes(100_000));
+    write(&src.root.join("x2"), &rng.bytes(100_000));
+    write(&src.root.join("x3"), &rng.bytes(100_000));
+    let s = sync(&src, &dst, &Control::new()).unwrap();
+    assert_same_tree(&src.root, &dst.root);
+    assert_eq!(
+        (s.local_bytes, s.kernel_bytes, s.content_bytes),
+        (300_000, 0, 0),
+        "{s:?}"
+    );
+    assert!(s.bytes_sent < 10_000, "{s:?}");
+    assert!(verify(&dst, &Control::new()).unwrap().ok);
+    // Forced to stream (as between two servers), the same content goes through the stream.
+    write(&src.root.join("x1"), &rng.bytes(100_000));
+    let s = sync(&src, &dst, &Control::new().stream_only()).unwrap();
+    assert_same_tree(&src.root, &dst.root);
+    assert_eq!((s.local_bytes, s.content_bytes), (0, 100_000), "{s:?}");
 }
 
 fn sync_interrupted_anywhere(env: Env) {

@@ -249,7 +249,7 @@ fn lay_down(
         patch: None,
         changed,
         kernel: taken.kernel,
-        kernel_bytes: taken.kernel_bytes,
+        source_bytes: taken.source_bytes,
     };
     got.record_in(&mut e);
     finish_file(&out, &e, ctl)?;

@@ -179,6 +179,7 @@ pub(super) fn copy_staged(
     let mut summary = finish_copy(dst, staging, &m, ctl)?;
     summary.reused_bytes = received.reused_bytes;
     summary.kernel_bytes = received.kernel_bytes;
+    summary.local_bytes = received.local_bytes;
     if received.kernel_copied > 0 {
         summary.notes.push(format!(
             "{} files laid down by the kernel from the source ({}), none streamed",

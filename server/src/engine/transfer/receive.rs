@@ -41,6 +41,9 @@ pub(super) struct Received {
     /// those taken from the source itself.
     pub(super) kernel_copied: u64,
     pub(super) kernel_bytes: u64,
+    /// Bytes taken from the source itself but read and written here: on one server, between
+    /// two filesystems the kernel cannot copy across (two image trees).
+    pub(super) local_bytes: u64,
     /// Files that changed between the sender's scan and their kernel copy, as copied.
     pub(super) changed: Vec<Entry>,
 }
@@ -52,8 +55,10 @@ impl Received {
         self.reused_bytes += got.reused;
         if got.kernel {
             self.kernel_copied += 1;
+            self.kernel_bytes += got.source_bytes;
+        } else {
+            self.local_bytes += got.source_bytes;
         }
-        self.kernel_bytes += got.kernel_bytes;
         if got.changed {
             self.changed.push(e.clone());
         }
@@ -143,6 +148,7 @@ fn receive_frames(
         reused_bytes: 0,
         kernel_copied: 0,
         kernel_bytes: 0,
+        local_bytes: 0,
         changed: Vec::new(),
     };
     let mut seq = 0u64;
@@ -449,9 +455,10 @@ pub(super) struct Content {
     /// content is what the file held when copied, not what the sender announced (a copy
     /// records it as it is, and says the file was unstable).
     pub(super) changed: bool,
-    /// Laid down by the kernel; and how many bytes of it came from the source itself.
+    /// Laid down by the kernel; and how many bytes of it came from the source itself (by
+    /// the kernel, or else read and written here).
     pub(super) kernel: bool,
-    pub(super) kernel_bytes: u64,
+    pub(super) source_bytes: u64,
 }
 
 impl Content {
@@ -499,7 +506,7 @@ pub(super) fn receive_content(
     let mut from_reuse: Option<([u8; 32], Vec<Chunk>)> = None;
     // Laid down by the kernel; from the source tree's own file (which may have changed).
     let mut kernel_copied = false;
-    let mut kernel_bytes = 0u64;
+    let mut source_bytes = 0u64;
     let mut of_source = false;
     let mut buf = Vec::new();
     loop {
@@ -597,7 +604,7 @@ pub(super) fn receive_content(
                 let taken = take_content(out, &src, e, from_source, ctl)?;
                 written += taken.len;
                 reused += taken.reused;
-                kernel_bytes += taken.kernel_bytes;
+                source_bytes += taken.source_bytes;
                 kernel_copied |= taken.kernel;
                 from_reuse = Some((taken.hash, taken.chunks));
             }
@@ -616,7 +623,7 @@ pub(super) fn receive_content(
                     patch,
                     changed,
                     kernel: kernel_copied,
-                    kernel_bytes,
+                    source_bytes,
                 });
             }
             _ => {
@@ -637,15 +644,15 @@ pub(super) struct Taken {
     pub(super) kernel: bool,
     /// Its bytes as content the target's server held, or as taken from the source itself.
     pub(super) reused: u64,
-    pub(super) kernel_bytes: u64,
+    pub(super) source_bytes: u64,
 }
 
 /// Lays the whole content of `src` (a file of a tree on the receiver's server) down in
 /// `out`. Where both share a filesystem the kernel does it (shared extents, or copied
 /// inside the kernel) and nothing passes through here: then the hash is the sender's if
 /// `src` is still the very version the sender scanned or read (inode, size and times as it
-/// saw them), else `out` is read once to hash it. Elsewhere `src` is read, hashed and
-/// written here.
+/// saw them), else `out` is read once to hash it. Elsewhere (two filesystems) `src` is
+/// read, hashed and written here.
 pub(super) fn take_content(
     out: &mut fs::File,
     src: &fs::File,
@@ -665,24 +672,30 @@ pub(super) fn take_content(
             ctl.throttle(len);
         }
         // From the source itself: not content the target held already.
-        let (reused, kernel_bytes) = if from_source { (0, len) } else { (len, 0) };
+        let (reused, source_bytes) = if from_source { (0, len) } else { (len, 0) };
         Taken {
             hash,
             chunks,
             len,
             kernel: true,
             reused,
-            kernel_bytes,
+            source_bytes,
         }
     } else {
         let (hash, chunks, len) = hash_reader(src, e.size, ctl, |data, _| out.write_all(data))?;
+        let (reused, source_bytes) = if from_source {
+            ctl.throttle(len);
+            (0, len)
+        } else {
+            (len, 0)
+        };
         Taken {
             hash,
             chunks,
             len,
             kernel: false,
-            reused: len,
-            kernel_bytes: 0,
+            reused,
+            source_bytes,
         }
     };
     ctl.add_progress(taken.len, 0);

@@ -104,12 +104,15 @@ pub(in crate::engine) fn sync(
         let stage = stage_dir(dst)?;
         // On the source's filesystem, changed files are laid down by the kernel from the
         // source (shared extents, or copy_file_range) instead of streamed; deltas of large
-        // files stay deltas (only their new ranges are written).
+        // files stay deltas (only their new ranges are written). Between two image trees
+        // of one server, the receiver reads them from the source itself (the kernel copies
+        // nothing across two filesystems): one server's data crosses no connection.
         let kernel = !ctl.stream_only
             && super::copy::same_filesystem(&src.root, &stage)
             && fsx::kernel_copy_support(&dst.work_dir()).is_some();
+        let images = !ctl.stream_only && images_of_one_server(src, dst);
         let source = [src.clone()];
-        let (trees, source_tree): (&[Place], _) = if kernel {
+        let (trees, source_tree): (&[Place], _) = if kernel || images {
             (&source, Some(0))
         } else {
             (&[], None)
@@ -155,6 +158,7 @@ pub(in crate::engine) fn sync(
                 .push((c.path.clone(), c.hash, c.size, c.chunks.clone()));
         }
         summary.kernel_bytes = received.kernel_bytes;
+        summary.local_bytes = received.local_bytes;
         plan.sent(sent, &mut summary);
         Some(received)
     } else {
@@ -253,15 +257,21 @@ fn twin<'a>(src: &Place, dst: &Place, recorded: &'a Manifest) -> Option<scan::Tw
 /// Where source and target are image trees whose images are on one filesystem (the one
 /// with reflinks the target's state is on), their images, opened to read their extents.
 fn images_sharing(src: &Place, dst: &Place) -> Option<Sharing> {
-    let images = [&src.root, &dst.root].map(|root| image::image_path(root));
-    let on_state_fs = |p: &Path| super::copy::same_filesystem(p, &dst.state_dir);
-    if !(image::is_image_tree(&src.root) && image::is_image_tree(&dst.root))
-        || !images.iter().all(|p| on_state_fs(p))
-    {
+    if !images_of_one_server(src, dst) {
         return None;
     }
-    let [a, b] = images.map(fs::File::open);
+    let [a, b] = [&src.root, &dst.root].map(|root| fs::File::open(image::image_path(root)));
     Some(Sharing::Images(a.ok()?, b.ok()?))
+}
+
+/// Whether source and target are image trees whose images are on the filesystem of the
+/// target's state: two trees of one server.
+fn images_of_one_server(src: &Place, dst: &Place) -> bool {
+    let on_state_fs =
+        |root: &Path| super::copy::same_filesystem(&image::image_path(root), &dst.state_dir);
+    [&src.root, &dst.root]
+        .iter()
+        .all(|root| image::is_image_tree(root) && on_state_fs(root))
 }
 
 /// The target's recorded manifest. After an interrupted commit the target's recorded state
