@@ -200,6 +200,14 @@ fn main() {
     let base = std::env::var("BENCH_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench"));
+    // (What a run with BENCH_KEEP left mounted goes first.)
+    for kind in ["xfs", "xfs-image", "btrfs"] {
+        let _ = Command::new("umount")
+            .arg("-R")
+            .arg(base.join(kind).join("mnt"))
+            .stderr(Stdio::null())
+            .status();
+    }
     let _ = fs::remove_dir_all(&base);
     fs::create_dir_all(&base).unwrap();
     let base = base.canonicalize().unwrap();
@@ -289,6 +297,10 @@ impl LoopFs {
 
 impl Drop for LoopFs {
     fn drop(&mut self) {
+        // BENCH_KEEP: left mounted, to time syncs by hand (`__change`, `__session`).
+        if std::env::var("BENCH_KEEP").is_ok() {
+            return;
+        }
         // (Recursively: image trees are mounted inside.)
         let _ = Command::new("umount").arg("-R").arg(&self.root).status();
         let _ = fs::remove_file(&self.image);

@@ -779,7 +779,9 @@ pub fn kernel_copy(dst: &std::fs::File, src: &std::fs::File, len: u64) -> io::Re
             Ok(_) => {}
             Err(e) => {
                 // Nothing half-copied is left for the caller's own write to follow.
-                let _ = dst.set_len(0);
+                if to > 0 {
+                    let _ = dst.set_len(0);
+                }
                 return Err(to_io(e));
             }
         }

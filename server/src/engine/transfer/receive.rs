@@ -652,7 +652,8 @@ pub(super) struct Taken {
 /// inside the kernel) and nothing passes through here: then the hash is the sender's if
 /// `src` is still the very version the sender scanned or read (inode, size and times as it
 /// saw them), else `out` is read once to hash it. Elsewhere (two filesystems) `src` is
-/// read, hashed and written here.
+/// read and written here: hashed on the way, or, where it is the source's own file, with
+/// the sender's hash on the same condition as the kernel's copy.
 pub(super) fn take_content(
     out: &mut fs::File,
     src: &fs::File,
@@ -660,10 +661,10 @@ pub(super) fn take_content(
     from_source: bool,
     ctl: &Control,
 ) -> Result<Taken, EngineError> {
+    let unchanged =
+        || e.hash != [0; 32] && fsx::stat_fd(src.as_fd()).is_ok_and(|st| fsx::same_version(&st, e));
     let taken = if let Ok(how) = fsx::kernel_copy(out, src, e.size) {
-        let unchanged = e.hash != [0; 32]
-            && fsx::stat_fd(src.as_fd()).is_ok_and(|st| fsx::same_version(&st, e));
-        let (hash, chunks, len) = if unchanged {
+        let (hash, chunks, len) = if unchanged() {
             (e.hash, e.chunks.clone(), e.size)
         } else {
             hash_reader(&*out, e.size, ctl, |_, _| Ok(()))?
@@ -681,21 +682,35 @@ pub(super) fn take_content(
             reused,
             source_bytes,
         }
-    } else {
-        let (hash, chunks, len) = hash_reader(src, e.size, ctl, |data, _| out.write_all(data))?;
-        let (reused, source_bytes) = if from_source {
-            ctl.throttle(len);
-            (0, len)
+    } else if from_source {
+        // The source's own file on another filesystem of this server (two image trees):
+        // copied here, and like the kernel's copy it has the sender's hash while it is
+        // still the version the sender scanned.
+        let len = std::io::copy(&mut std::io::Read::take(src, e.size), out)
+            .map_err(io_err("copying a file from the source"))?;
+        let (hash, chunks, len) = if len == e.size && unchanged() {
+            (e.hash, e.chunks.clone(), len)
         } else {
-            (len, 0)
+            hash_reader(&*out, len, ctl, |_, _| Ok(()))?
         };
+        ctl.throttle(len);
         Taken {
             hash,
             chunks,
             len,
             kernel: false,
-            reused,
-            source_bytes,
+            reused: 0,
+            source_bytes: len,
+        }
+    } else {
+        let (hash, chunks, len) = hash_reader(src, e.size, ctl, |data, _| out.write_all(data))?;
+        Taken {
+            hash,
+            chunks,
+            len,
+            kernel: false,
+            reused: len,
+            source_bytes: 0,
         }
     };
     ctl.add_progress(taken.len, 0);
