@@ -940,6 +940,36 @@ fn a_sync_between_image_trees_interrupted_anywhere_converges_on_the_next_run() {
 }
 
 #[test]
+fn an_image_tree_left_frozen_is_thawed_before_the_engine_touches_it() {
+    use std::os::fd::AsRawFd;
+    let env = Env::with_xfs_images();
+    let src = env.source("src");
+    random_tree(&src.root, &mut Rng(5), 20);
+    let ioctl = |root: &Path, request| {
+        let dir = fsx::open_dir(root).unwrap();
+        // SAFETY: FIFREEZE and FITHAW take an int argument they ignore.
+        unsafe { libc::ioctl(dir.as_raw_fd(), request, 0) }
+    };
+    // As a doppel killed between the freeze and the thaw of a copy's clone leaves it.
+    assert_eq!(ioctl(&src.root, image::FIFREEZE as _), 0);
+    let dst = env.place("dst");
+    let s = copy(&src, &dst, &Control::new()).unwrap();
+    assert!(
+        s.notes
+            .iter()
+            .any(|n| n.contains("a clone of the source's image")),
+        "{s:?}"
+    );
+    assert_same_tree(&src.root, &dst.root);
+    // Thawed (a thaw of a filesystem that is not frozen is refused), and neither tree is
+    // left frozen by the copy's own freeze.
+    for root in [&src.root, &dst.root] {
+        assert_eq!(ioctl(root, image::FITHAW as _), -1, "{root:?}");
+    }
+    write(&src.root.join("after"), b"written");
+}
+
+#[test]
 fn a_sync_between_image_trees_of_one_server_reads_changed_files_from_the_source_itself() {
     let env = Env::with_xfs_images();
     let src = env.source("src");
