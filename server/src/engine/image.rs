@@ -3,8 +3,10 @@
 //! of its image (one `FICLONE` of one file), the whole tree at one instant whatever its
 //! number of files. File by file, XFS spends about 50 µs of kernel time on each (a create,
 //! a clone and a time set, each a transaction), which bounds a 40,000-file copy to about a
-//! second. The price: two image trees are two filesystems, so a sync between them streams
-//! its changed files instead of sharing their extents.
+//! second. The price: two image trees are two filesystems, which the kernel copies nothing
+//! between: a sync between two of one server has its receiver read the changed files from
+//! the source itself, and tells their unchanged ranges by the extents the images share
+//! ([`super::extents::same_ranges_through_images`]).
 //!
 //! The image of the tree at `root` is the file `<root>.xfs` beside it, so that a tree
 //! and its image move and go together. Each is mounted on a loop device of its own, freed
