@@ -55,11 +55,11 @@ struct Extent {
 
 /// The file's extents within `[start, start + len)` whose physical address identifies
 /// their bytes and that `keep` accepts by their flags, in file order; its dirty pages are
-/// written back first.
+/// written back first where `sync`.
 fn extents(
     file: &File,
-    start: u64,
-    len: u64,
+    (start, len): (u64, u64),
+    sync: bool,
     keep: impl Fn(u32) -> bool,
 ) -> io::Result<Vec<Extent>> {
     let end = start.saturating_add(len);
@@ -77,7 +77,7 @@ fn extents(
     while from < end {
         map.start = from;
         map.length = end - from;
-        map.flags = FIEMAP_FLAG_SYNC;
+        map.flags = if sync { FIEMAP_FLAG_SYNC } else { 0 };
         map.mapped_extents = 0;
         map.extent_count = BATCH as u32;
         // SAFETY: `map` is a `struct fiemap` followed by room for `extent_count` extents,
@@ -110,7 +110,9 @@ fn extents(
 
 /// The file's extents that are shared with another file (or snapshot), in file order.
 fn shared_extents(file: &File) -> io::Result<Vec<Extent>> {
-    extents(file, 0, u64::MAX, |flags| flags & EXTENT_SHARED != 0)
+    extents(file, (0, u64::MAX), true, |flags| {
+        flags & EXTENT_SHARED != 0
+    })
 }
 
 /// The byte ranges `[start, end)`, in order and merged, where `a` and `b` map the same
@@ -182,21 +184,23 @@ fn merged(ranges: impl Iterator<Item = (u64, u64)>) -> Vec<(u64, u64)> {
 /// moves it (inside its filesystem) or writes its image in place, which gives the image a
 /// new extent there (outside): either way that range is no longer found. Each file's
 /// pages are written back before its image's, so that a write still in its page cache
-/// reaches the image first.
+/// reaches the image first. (An image is written back once, at its first look: it is a
+/// large file, and what reaches it after that is a change made after the files' own
+/// looks, which their version checks around the scan see.)
 pub fn same_ranges_through_images(
     a: &File,
     a_image: &File,
     b: &File,
     b_image: &File,
 ) -> Vec<(u64, u64)> {
-    let all = |f: &File| extents(f, 0, u64::MAX, |_| true);
+    let all = |f: &File| extents(f, (0, u64::MAX), true, |_| true);
     let (Ok(inner_a), Ok(inner_b)) = (all(a), all(b)) else {
         return Vec::new();
     };
     let mut out = Vec::new();
-    for inner in common_extents(&inner_a, &inner_b) {
+    for (i, inner) in common_extents(&inner_a, &inner_b).into_iter().enumerate() {
         let shared = |image: &File| {
-            extents(image, inner.physical, inner.length, |flags| {
+            extents(image, (inner.physical, inner.length), i == 0, |flags| {
                 flags & EXTENT_SHARED != 0
             })
         };

@@ -110,13 +110,31 @@ pub fn ensure_mounted(root: &Path) -> io::Result<()> {
 /// Thaws the image tree at `root` if it is frozen: a doppel killed while it cloned the
 /// tree left it so ([`clone_tree`]), which would hold its container's writers until someone
 /// thawed it. (Never while this process holds a freeze of its own.)
+/// Best effort, as the freeze is: a thaw refused is logged, and the job goes on (it reads
+/// a frozen tree as well as any).
 fn thaw_left_frozen(root: &Path) -> io::Result<()> {
     let dir = fsx::open_dir(root)?;
     let _one = FREEZING.lock().unwrap_or_else(|e| e.into_inner());
-    if thaw(dir.as_fd())? {
-        tracing::warn!(tree = %root.display(), "thawed an image tree left frozen");
+    match thaw(dir.as_fd()) {
+        Ok(true) => tracing::warn!(tree = %root.display(), "thawed an image tree left frozen"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(tree = %root.display(), error = %e, "cannot thaw an image tree"),
     }
     Ok(())
+}
+
+/// At start: thaws the image trees mounted below `dir` (a data dir) that a doppel killed
+/// while it cloned them left frozen, so that their containers' writers do not wait for
+/// the next job on them. Best effort.
+pub fn thaw_frozen_below(dir: &Path) {
+    let Ok(dir) = fs::canonicalize(dir) else {
+        return;
+    };
+    for root in fsx::mount_points().unwrap_or_default() {
+        if root.starts_with(&dir) && is_image_tree(&root) {
+            let _ = thaw_left_frozen(&root);
+        }
+    }
 }
 
 /// Whether a loop device is backed by `image`.
