@@ -998,6 +998,35 @@ fn a_sync_between_image_trees_of_one_server_reads_changed_files_from_the_source_
     );
     assert!(s.bytes_sent < 10_000, "{s:?}");
     assert!(verify(&dst, &Control::new()).unwrap().ok);
+    // A source file that changes between the scan and its copy (a running container): the
+    // copy holds it as copied (read back and hashed), says it was unstable, and the next
+    // sync brings it up to date.
+    write(&src.root.join("x1"), &rng.bytes(100_000));
+    let changing = src.root.join("x1");
+    let hit = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let h2 = hit.clone();
+    let ctl = Control::new().with_failpoint(move |point| {
+        if point == "receive:local-file" && !h2.swap(true, Ordering::SeqCst) {
+            let f = fs::OpenOptions::new().write(true).open(&changing)?;
+            std::os::unix::fs::FileExt::write_all_at(&f, b"changed", 0)?;
+        }
+        Ok(())
+    });
+    let s = sync(&src, &dst, &ctl).unwrap();
+    assert!(hit.load(Ordering::SeqCst));
+    assert_eq!((s.unstable_count, s.local_bytes), (1, 100_000), "{s:?}");
+    assert_eq!(
+        fs::read(dst.root.join("x1")).unwrap(),
+        fs::read(&src.root.join("x1")).unwrap()
+    );
+    let report = verify(&dst, &Control::new()).unwrap();
+    assert!(
+        report.ok,
+        "the copy's record is what it holds: {:?}",
+        report.differences
+    );
+    sync(&src, &dst, &Control::new()).unwrap();
+    assert_same_tree(&src.root, &dst.root);
     // Forced to stream (as between two servers), the same content goes through the stream.
     write(&src.root.join("x1"), &rng.bytes(100_000));
     let s = sync(&src, &dst, &Control::new().stream_only()).unwrap();

@@ -686,6 +686,7 @@ pub(super) fn take_content(
         // The source's own file on another filesystem of this server (two image trees):
         // copied here, and like the kernel's copy it has the sender's hash while it is
         // still the version the sender scanned.
+        ctl.fail("receive:local-file")?;
         let len = std::io::copy(&mut std::io::Read::take(src, e.size), out)
             .map_err(io_err("copying a file from the source"))?;
         let (hash, chunks, len) = if len == e.size && unchanged() {
