@@ -1017,7 +1017,7 @@ fn a_sync_between_image_trees_of_one_server_reads_changed_files_from_the_source_
     assert_eq!((s.unstable_count, s.local_bytes), (1, 100_000), "{s:?}");
     assert_eq!(
         fs::read(dst.root.join("x1")).unwrap(),
-        fs::read(&src.root.join("x1")).unwrap()
+        fs::read(src.root.join("x1")).unwrap()
     );
     let report = verify(&dst, &Control::new()).unwrap();
     assert!(
