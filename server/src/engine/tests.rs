@@ -9,7 +9,7 @@ use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -734,6 +734,21 @@ fn spread(n: usize, k: usize) -> Vec<usize> {
     v
 }
 
+/// A control that writes into the file at `path` (in place, as a running container would)
+/// the first time the failure point `at` is reached; and whether it has.
+fn changes_file_at(at: &'static str, path: PathBuf) -> (Control, Arc<AtomicBool>) {
+    let hit = Arc::new(AtomicBool::new(false));
+    let h2 = hit.clone();
+    let ctl = Control::new().with_failpoint(move |point| {
+        if point == at && !h2.swap(true, Ordering::SeqCst) {
+            let f = fs::OpenOptions::new().write(true).open(&path)?;
+            std::os::unix::fs::FileExt::write_all_at(&f, b"changed", 0)?;
+        }
+        Ok(())
+    });
+    (ctl, hit)
+}
+
 /// Fails the n-th time any named point is reached.
 fn fail_at(n: usize) -> (Control, Arc<AtomicUsize>) {
     let count = Arc::new(AtomicUsize::new(0));
@@ -1002,16 +1017,7 @@ fn a_sync_between_image_trees_of_one_server_reads_changed_files_from_the_source_
     // copy holds it as copied (read back and hashed), says it was unstable, and the next
     // sync brings it up to date.
     write(&src.root.join("x1"), &rng.bytes(100_000));
-    let changing = src.root.join("x1");
-    let hit = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let h2 = hit.clone();
-    let ctl = Control::new().with_failpoint(move |point| {
-        if point == "receive:local-file" && !h2.swap(true, Ordering::SeqCst) {
-            let f = fs::OpenOptions::new().write(true).open(&changing)?;
-            std::os::unix::fs::FileExt::write_all_at(&f, b"changed", 0)?;
-        }
-        Ok(())
-    });
+    let (ctl, hit) = changes_file_at("receive:local-file", src.root.join("x1"));
     let s = sync(&src, &dst, &ctl).unwrap();
     assert!(hit.load(Ordering::SeqCst));
     assert_eq!((s.unstable_count, s.local_bytes), (1, 100_000), "{s:?}");
@@ -2053,16 +2059,7 @@ fn copies_within_one_filesystem_are_laid_down_by_the_kernel_and_read_at_most_onc
 
     // A source file that changes between the scan and its copy (a running container): the
     // copy holds it as copied, says it was unstable, and the next sync brings it up to date.
-    let changing = src.root.join(&victim);
-    let hit = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let h2 = hit.clone();
-    let ctl = Control::new().with_failpoint(move |point| {
-        if point == "copy:kernel-file" && !h2.swap(true, Ordering::SeqCst) {
-            let f = fs::OpenOptions::new().write(true).open(&changing)?;
-            std::os::unix::fs::FileExt::write_all_at(&f, b"changed", 0)?;
-        }
-        Ok(())
-    });
+    let (ctl, hit) = changes_file_at("copy:kernel-file", src.root.join(&victim));
     let s = copy(&src, &again, &ctl).unwrap();
     assert!(hit.load(Ordering::SeqCst));
     assert_eq!(s.unstable_count, 1, "{s:?}");
