@@ -734,6 +734,19 @@ fn spread(n: usize, k: usize) -> Vec<usize> {
     v
 }
 
+/// After a copy or sync that took a source file as it changed: the copy's record is what
+/// it holds, and the next sync brings it up to date.
+fn recorded_as_held_then_synced(src: &Place, dst: &Place) {
+    let report = verify(dst, &Control::new()).unwrap();
+    assert!(
+        report.ok,
+        "the copy's record is what it holds: {:?}",
+        report.differences
+    );
+    sync(src, dst, &Control::new()).unwrap();
+    assert_same_tree(&src.root, &dst.root);
+}
+
 /// A control that writes into the file at `path` (in place, as a running container would)
 /// the first time the failure point `at` is reached; and whether it has.
 fn changes_file_at(at: &'static str, path: PathBuf) -> (Control, Arc<AtomicBool>) {
@@ -1025,14 +1038,7 @@ fn a_sync_between_image_trees_of_one_server_reads_changed_files_from_the_source_
         fs::read(dst.root.join("x1")).unwrap(),
         fs::read(src.root.join("x1")).unwrap()
     );
-    let report = verify(&dst, &Control::new()).unwrap();
-    assert!(
-        report.ok,
-        "the copy's record is what it holds: {:?}",
-        report.differences
-    );
-    sync(&src, &dst, &Control::new()).unwrap();
-    assert_same_tree(&src.root, &dst.root);
+    recorded_as_held_then_synced(&src, &dst);
     // Forced to stream (as between two servers), the same content goes through the stream.
     write(&src.root.join("x1"), &rng.bytes(100_000));
     let s = sync(&src, &dst, &Control::new().stream_only()).unwrap();
@@ -2063,14 +2069,7 @@ fn copies_within_one_filesystem_are_laid_down_by_the_kernel_and_read_at_most_onc
     let s = copy(&src, &again, &ctl).unwrap();
     assert!(hit.load(Ordering::SeqCst));
     assert_eq!(s.unstable_count, 1, "{s:?}");
-    let report = verify(&again, &Control::new()).unwrap();
-    assert!(
-        report.ok,
-        "the copy's record is what it holds: {:?}",
-        report.differences
-    );
-    sync(&src, &again, &Control::new()).unwrap();
-    assert_same_tree(&src.root, &again.root);
+    recorded_as_held_then_synced(&src, &again);
     // A sync on one filesystem takes changed files from the source by the kernel too.
     write(&src.root.join(&victim), &Rng(46).bytes(20_000));
     write(&src.root.join("new-at-the-source"), &Rng(47).bytes(30_000));

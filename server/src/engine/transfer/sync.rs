@@ -38,9 +38,14 @@ pub(in crate::engine) fn sync(
     // is mostly waiting on metadata syscalls. A target as the last sync left it is not
     // scanned.
     let walk_target = last.is_none();
+    // (Looked at once: the twin's extents and the transfer both depend on it.)
+    let images = images_of_one_server(src, dst);
     let (s_scan, t_scan) = std::thread::scope(|s| {
         let t = walk_target.then(|| s.spawn(|| scan::scan(&dst.root, old.as_ref(), true, ctl)));
-        let twin = || old.as_ref().and_then(|recorded| twin(src, dst, recorded));
+        let twin = || {
+            old.as_ref()
+                .and_then(|recorded| twin(src, dst, recorded, images))
+        };
         let src_result = scan_source_beside(src, twin, marks.as_ref(), watch, ctl);
         (src_result, t.map(|t| t.join()))
     });
@@ -110,9 +115,8 @@ pub(in crate::engine) fn sync(
         let kernel = !ctl.stream_only
             && super::copy::same_filesystem(&src.root, &stage)
             && fsx::kernel_copy_support(&dst.work_dir()).is_some();
-        let images = !ctl.stream_only && images_of_one_server(src, dst);
         let source = [src.clone()];
-        let (trees, source_tree): (&[Place], _) = if kernel || images {
+        let (trees, source_tree): (&[Place], _) = if kernel || (images && !ctl.stream_only) {
             (&source, Some(0))
         } else {
             (&[], None)
@@ -235,16 +239,26 @@ pub(in crate::engine) fn scan_target(
 /// file changed in place is compared with the target's: on one filesystem with reflinks
 /// (or in two image trees whose images share extents on one), it is read only where it no
 /// longer shares the target's extents; elsewhere, the target's
-/// bytes in the page cache are compared instead of hashing the source's.
-fn twin<'a>(src: &Place, dst: &Place, recorded: &'a Manifest) -> Option<scan::Twin<'a>> {
+/// bytes in the page cache are compared instead of hashing the source's. `images`: both
+/// are image trees of one server ([`images_of_one_server`]).
+fn twin<'a>(
+    src: &Place,
+    dst: &Place,
+    recorded: &'a Manifest,
+    images: bool,
+) -> Option<scan::Twin<'a>> {
     // (Probed in the state dir: never a file of a tree being scanned.)
     let reflinks = fsx::kernel_copy_support(&dst.state_dir) == Some(fsx::KernelCopy::Reflink);
     let sharing = if !reflinks {
         Sharing::Nothing
     } else if super::copy::same_filesystem(&src.root, &dst.root) {
         Sharing::OneFilesystem
+    } else if images {
+        let [a, b] = [&src.root, &dst.root].map(|root| fs::File::open(image::image_path(root)));
+        a.and_then(|a| Ok(Sharing::Images(a, b?)))
+            .unwrap_or(Sharing::Nothing)
     } else {
-        images_sharing(src, dst).unwrap_or(Sharing::Nothing)
+        Sharing::Nothing
     };
     let root = fsx::open_dir(&dst.root).ok()?;
     Some(scan::Twin {
@@ -252,16 +266,6 @@ fn twin<'a>(src: &Place, dst: &Place, recorded: &'a Manifest) -> Option<scan::Tw
         recorded,
         sharing,
     })
-}
-
-/// Where source and target are image trees whose images are on one filesystem (the one
-/// with reflinks the target's state is on), their images, opened to read their extents.
-fn images_sharing(src: &Place, dst: &Place) -> Option<Sharing> {
-    if !images_of_one_server(src, dst) {
-        return None;
-    }
-    let [a, b] = [&src.root, &dst.root].map(|root| fs::File::open(image::image_path(root)));
-    Some(Sharing::Images(a.ok()?, b.ok()?))
 }
 
 /// Whether source and target are image trees whose images are on the filesystem of the
