@@ -354,6 +354,11 @@ pub struct Server {
     /// start; absent while an agent has not said).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub storage: Option<StorageMode>,
+    /// The trees it makes are image trees of this many bytes each (its host's
+    /// `--image-trees`, where its filesystem can hold them): a copy of one on this server
+    /// is a clone of one file. Absent: its trees are directories (btrfs: subvolumes).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub image_trees: Option<u64>,
 }
 
 /// `PUT /api/v1/servers/{id}/bwlimit`: a server's bandwidth limit, or none.

@@ -51,6 +51,22 @@ pub fn snapshot_root(storage_root: &Path, container_id: &str, snapshot_id: &str)
         .join(snapshot_id)
 }
 
+/// `--image-trees SIZE`: this process lays the trees it makes down as image trees of
+/// SIZE bytes where their filesystem can hold them (XFS with reflinks), so that copies of
+/// them are clones of one file. A setting of the process (its servers' storage roots are
+/// all on its host), set once at start; unset: directories.
+static IMAGE_TREES: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+
+/// Sets `--image-trees` for this process (the first call wins).
+pub fn lay_trees_down_as_images(size: u64) {
+    let _ = IMAGE_TREES.set(size);
+}
+
+/// The size of the image trees this process lays down, if it does.
+pub fn image_tree_size() -> Option<u64> {
+    IMAGE_TREES.get().copied()
+}
+
 /// The engine's view of a container: its root and its state (manifest, work dir), both
 /// on the server's filesystem so staged files can be renamed into place.
 pub fn container_place(storage_root: &Path, container_id: &str) -> crate::engine::Place {
@@ -58,6 +74,7 @@ pub fn container_place(storage_root: &Path, container_id: &str) -> crate::engine
         container_root(storage_root, container_id),
         storage_root.join("state").join(container_id),
     )
+    .with_image_size(image_tree_size())
 }
 
 pub fn snapshot_place(
@@ -73,6 +90,7 @@ pub fn snapshot_place(
             .join("snapshots")
             .join(snapshot_id),
     )
+    .with_image_size(image_tree_size())
 }
 
 /// A container's runtime bundle on its server: runc's `config.json`, the process's log and

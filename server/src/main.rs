@@ -46,6 +46,40 @@ struct DataArgs {
     /// Database URL; default: a SQLite file in the data dir.
     #[arg(long, global = true, env = "DOPPEL_DATABASE_URL")]
     database_url: Option<String>,
+    /// Lay the container trees this host makes (imports, copies, snapshots) down as image
+    /// trees of SIZE (e.g. 64G): an XFS filesystem in a sparse file of the storage root,
+    /// loop-mounted at the tree, so that a copy of one on its server is a clone of one
+    /// file, whatever its number of files. Where the storage root's filesystem has no
+    /// reflinks (XFS with reflink=1), trees stay directories. SIZE is each tree's most.
+    #[arg(long, global = true, env = "DOPPEL_IMAGE_TREES", value_name = "SIZE",
+        value_parser = parse_image_size)]
+    image_trees: Option<u64>,
+}
+
+/// `--image-trees`: a size with K, M, G or T (binary units), at least 1G (XFS wants room
+/// for its log).
+fn parse_image_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (digits, unit) = match text.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&text[..i], c.to_ascii_uppercase()),
+        _ => (text, 'B'),
+    };
+    let shift = match unit {
+        'B' => 0,
+        'K' => 10,
+        'M' => 20,
+        'G' => 30,
+        'T' => 40,
+        _ => return Err(format!("{text:?}: a size such as 64G (K, M, G or T)")),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?}: a size such as 64G (K, M, G or T)"))?;
+    match n.checked_mul(1 << shift) {
+        Some(size) if size >= 1 << 30 => Ok(size),
+        Some(_) => Err(format!("{text:?}: at least 1G")),
+        None => Err(format!("{text:?}: too large")),
+    }
 }
 
 #[derive(Args)]
@@ -280,6 +314,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         data_dir: cli.data.data_dir,
         database_url: cli.data.database_url,
     };
+    if let Some(size) = cli.data.image_trees {
+        doppel::config::lay_trees_down_as_images(size);
+    }
     let command = cli.command.unwrap_or(Command::Serve);
     if let Command::PurgeContainers = command {
         doppel::runtime::purge(&data.data_dir);

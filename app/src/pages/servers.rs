@@ -193,6 +193,10 @@ fn ServerTable(now: Millis, list: Vec<Server>) -> impl IntoView {
                             }
                         })
                         .collect_view();
+                    let mut storage = s.storage.map_or("—", |m| m.as_str()).to_string();
+                    if let Some(size) = s.image_trees {
+                        storage += &format!(", image trees of {}", format::bytes(size as i64));
+                    }
                     view! {
                         <tr data-server=s.name.clone()>
                             <td data-label="Name">{s.name.clone()}</td>
@@ -204,7 +208,7 @@ fn ServerTable(now: Millis, list: Vec<Server>) -> impl IntoView {
                             <td data-label="Containers">{s.container_count}</td>
                             <td data-label="Transfers" class="small">{transfers}</td>
                             <td data-label="Limit">{limit}</td>
-                            <td data-label="Storage">{s.storage.map(|m| m.as_str()).unwrap_or("—")}</td>
+                            <td data-label="Storage">{storage}</td>
                             {admin.then(|| view! { <td data-label="Where" class="small">{place}</td> })}
                         </tr>
                     }

@@ -153,6 +153,8 @@ pub(crate) struct AgentState {
     runtime: Arc<crate::runtime::Runtime>,
     /// What its storage's filesystem does for copies within it (found at start).
     storage: app::model::StorageMode,
+    /// The size of the image trees it lays down, if it does (found at start).
+    image_trees: Option<u64>,
 }
 
 impl AgentState {
@@ -224,6 +226,7 @@ pub async fn run(
         storage: crate::service::storage_mode_of(crate::engine::fsx::kernel_copy_support(
             &cfg.storage_root(),
         )),
+        image_trees: crate::service::image_trees_in(&cfg.storage_root()),
     });
     tls::serve(listener, tls, work::router(state), stop).await;
     Ok(())
@@ -249,6 +252,7 @@ async fn status(State(st): State<Arc<AgentState>>) -> Json<AgentStatus> {
         containers,
         runtime: st.runtime.unavailable().map(str::to_string),
         storage: Some(st.storage),
+        image_trees: st.image_trees,
         storage_root: st.storage_root.display().to_string(),
     })
 }

@@ -83,6 +83,9 @@ pub(super) async fn start(
     }
     let lock = st.lock_of(&id);
     let _one = lock.lock().await;
+    crate::lifecycle::mount_image_tree(&rootfs)
+        .await
+        .map_err(|e| Refused(StatusCode::CONFLICT, e))?;
     let bundle = st.bundle(&id);
     let spec = RunSpec {
         id: &id,

@@ -148,6 +148,14 @@ pub(crate) fn attached(image: &Path) -> io::Result<bool> {
         .any(|d| loop_backing_file(&d.path()).is_some_and(|file| file == image)))
 }
 
+/// Whether image trees are worth making in `dir`: its filesystem has reflinks (a copy of
+/// an image is a clone then) and is not btrfs (whose trees are subvolumes, copied by
+/// snapshots).
+pub fn can_hold(dir: &Path) -> bool {
+    let on_btrfs = fsx::open_dir(dir).is_ok_and(|d| super::btrfs::is_btrfs(d.as_fd()));
+    !on_btrfs && fsx::kernel_copy_support(dir) == Some(fsx::KernelCopy::Reflink)
+}
+
 /// Makes an empty image tree at `root` (which must not exist): an image of `size` bytes
 /// (sparse: it takes room as it fills), an XFS filesystem in it, mounted at `root`.
 pub fn create(root: &Path, size: u64) -> io::Result<()> {

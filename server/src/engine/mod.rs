@@ -44,6 +44,12 @@ pub use transfer::{
 pub struct Place {
     pub root: PathBuf,
     pub state_dir: PathBuf,
+    /// When a copy lays this tree down file by file: make it an image tree of this many
+    /// bytes ([`image`]; sparse, so it takes only what it holds), where its work dir's
+    /// filesystem has reflinks and is not btrfs (whose trees are subvolumes). Copies of an
+    /// image tree are clones of its image, whatever its number of files. `None`: a
+    /// directory. (A tree taken whole, a clone or a snapshot, is what its source is.)
+    pub image_size: Option<u64>,
 }
 
 impl Place {
@@ -51,6 +57,15 @@ impl Place {
         Place {
             root: root.into(),
             state_dir: state_dir.into(),
+            image_size: None,
+        }
+    }
+    /// The same place, laid down as an image tree of `size` bytes by a copy where it can
+    /// be (see [`Place::image_size`]).
+    pub fn with_image_size(self, size: Option<u64>) -> Place {
+        Place {
+            image_size: size,
+            ..self
         }
     }
     pub fn manifest_path(&self) -> PathBuf {

@@ -285,6 +285,8 @@ struct Env {
     _fs: Option<LoopFs>,
     /// What a source tree's root is made.
     roots: Roots,
+    /// What copies lay their trees down as ([`Place::image_size`]).
+    image_size: Option<u64>,
     base: PathBuf,
 }
 
@@ -305,6 +307,7 @@ impl Env {
             _tmp: Some(tmp),
             _fs: None,
             roots: Roots::Directories,
+            image_size: None,
             base,
         }
     }
@@ -326,16 +329,25 @@ impl Env {
     fn with_xfs_images() -> Env {
         Env::on(LoopFs::new("xfs"), Roots::Images)
     }
+    /// On an XFS of its own, where source trees are directories and copies lay their
+    /// trees down as image trees (`--image-trees`).
+    fn on_xfs_laying_down_images() -> Env {
+        Env {
+            image_size: Some(1 << 30),
+            ..Env::on_xfs()
+        }
+    }
     fn on(fs: LoopFs, roots: Roots) -> Env {
         Env {
             _tmp: None,
             base: fs.root(),
             _fs: Some(fs),
             roots,
+            image_size: None,
         }
     }
     fn place(&self, name: &str) -> Place {
-        place_in(&self.base, name)
+        place_in(&self.base, name).with_image_size(self.image_size)
     }
     /// A source tree's place, its root made as the engine makes one (on btrfs a subvolume).
     fn source(&self, name: &str) -> Place {
@@ -839,6 +851,74 @@ fn xfs_copies_of_an_image_tree_are_clones_whole_independent_and_verified() {
         mounts_below(&env.base),
         vec![fs::canonicalize(&src.root).unwrap()]
     );
+}
+
+#[test]
+fn copies_laid_down_as_image_trees_hold_the_tree_and_their_copies_are_clones() {
+    let env = Env::on_xfs_laying_down_images();
+    let src = env.source("src");
+    assert!(!image::is_image_tree(&src.root));
+    let mut rng = Rng(66);
+    random_tree(&src.root, &mut rng, 40);
+    // File by file into a filesystem of its own: the same tree, verified.
+    let dst = env.place("copy");
+    let s = copy(&src, &dst, &Control::new()).unwrap();
+    assert!(image::is_image_tree(&dst.root));
+    assert!(
+        s.notes
+            .iter()
+            .any(|n| n.starts_with("laid down as an image tree of 1.1 GB")),
+        "{:?}",
+        s.notes
+    );
+    assert_same_tree(&src.root, &dst.root);
+    assert!(verify(&dst, &Control::new()).unwrap().ok);
+    // Its copy is a clone of its image, taken whole, and independent of it.
+    let again = env.place("again");
+    let s = copy(&dst, &again, &Control::new()).unwrap();
+    assert!(
+        s.notes
+            .iter()
+            .any(|n| n.contains("a clone of the source's image")),
+        "{:?}",
+        s.notes
+    );
+    assert!(image::is_image_tree(&again.root));
+    assert_same_tree(&src.root, &again.root);
+    write(&again.root.join("only-in-again"), b"x");
+    assert!(!dst.root.join("only-in-again").exists());
+    // Syncs from the directory bring the image tree up to date (its stage inside it).
+    random_changes(&src.root, &mut rng);
+    sync(&src, &dst, &Control::new()).unwrap();
+    assert_same_tree(&src.root, &dst.root);
+    assert!(verify(&dst, &Control::new()).unwrap().ok);
+    // Where the filesystem has no reflinks, the copy is a directory, and says why.
+    let plain = Env::new();
+    let ext = plain.place("dir").with_image_size(Some(1 << 30));
+    let s = copy(&src, &ext, &Control::new()).unwrap();
+    assert!(!image::is_image_tree(&ext.root) && !image::image_path(&ext.root).exists());
+    assert!(
+        s.notes.iter().any(|n| n.contains("has no reflinks")),
+        "{:?}",
+        s.notes
+    );
+    assert_same_tree(&src.root, &ext.root);
+}
+
+#[test]
+fn a_copy_laid_down_as_an_image_tree_interrupted_anywhere_leaves_nothing() {
+    let env = Env::on_xfs_laying_down_images();
+    copy_interrupted_anywhere(&env, 1);
+    // Only the copies' own mounts; none left in a work dir.
+    let mounts = mounts_below(&env.base);
+    assert!(mounts.len() > 2, "{mounts:?}");
+    let roots = env.base.join("roots");
+    assert!(mounts.iter().all(|m| m.starts_with(&roots)), "{mounts:?}");
+}
+
+#[test]
+fn a_sync_into_an_image_tree_laid_down_by_a_copy_interrupted_anywhere_converges() {
+    sync_interrupted_anywhere(Env::on_xfs_laying_down_images());
 }
 
 /// As after a restart of the host: the image tree at `root` unmounted, its loop device

@@ -217,6 +217,7 @@ impl Lifecycle {
                 .map_err(|e| format!("not started on its server: {e}"));
         }
         let rootfs = container_root(Path::new(&row.storage_root), &row.id);
+        mount_image_tree(&rootfs).await?;
         let bundle = Self::bundle(row);
         let spec = RunSpec {
             id: &row.id,
@@ -549,4 +550,15 @@ fn interface_count(row: &ContainerRow) -> usize {
         .map(|v| v.len())
         .unwrap_or(0)
         .max(1)
+}
+
+/// Before a container starts: its tree's filesystem mounted again where it is an image tree
+/// and the host restarted since (loop mounts do not survive that), else runc would run the
+/// empty directory beneath it. `Err`: why it cannot start.
+pub(crate) async fn mount_image_tree(rootfs: &Path) -> Result<(), String> {
+    let root = rootfs.to_path_buf();
+    tokio::task::spawn_blocking(move || crate::engine::image::ensure_mounted(&root))
+        .await
+        .map_err(|e| format!("not started: {e}"))?
+        .map_err(|e| format!("not started: its tree cannot be mounted: {e}"))
 }

@@ -60,6 +60,9 @@ pub struct AgentStatus {
     /// What its storage's filesystem does for copies within it.
     #[serde(default)]
     pub storage: Option<app::model::StorageMode>,
+    /// The size of the image trees it lays down (`--image-trees`), if it does.
+    #[serde(default)]
+    pub image_trees: Option<u64>,
     /// Where its storage root is on its host: a job's error names it as the server's
     /// storage, not by that host's path.
     #[serde(default)]

@@ -37,7 +37,7 @@ use crate::store::{Db, DbError};
 pub use audit::AUDIT_PAGE;
 pub use copy::parse_ssh_public_key;
 pub use running::{MAX_LOG_LINES, MAX_STOP_GRACE_S};
-pub use servers::{storage_mode_of, JOIN_TOKEN_TTL_MS};
+pub use servers::{image_trees_in, storage_mode_of, JOIN_TOKEN_TTL_MS};
 pub use sessions::LoginOutcome;
 use sync_status::SharedProbes;
 

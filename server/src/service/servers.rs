@@ -25,6 +25,12 @@ pub fn storage_mode_of(found: Option<crate::engine::fsx::KernelCopy>) -> Storage
     }
 }
 
+/// The size of the image trees this host lays down in the storage root `root`: set
+/// (`--image-trees`) and possible there.
+pub fn image_trees_in(root: &std::path::Path) -> Option<u64> {
+    crate::config::image_tree_size().filter(|_| crate::engine::image::can_hold(root))
+}
+
 /// How long a join token is good for.
 pub const JOIN_TOKEN_TTL_MS: i64 = 60 * 60 * 1000;
 
@@ -127,6 +133,7 @@ impl Service {
             transfers: Vec::new(),
             bwlimit_bytes_per_second: row.bwlimit.and_then(|b| u64::try_from(b).ok()),
             storage: None,
+            image_trees: None,
         };
         match row.kind {
             ServerKind::Embedded => {
@@ -135,20 +142,22 @@ impl Service {
                 // Its free space, and what its filesystem does for copies (the engine tries
                 // that once per filesystem).
                 let root = std::path::PathBuf::from(&row.storage_root);
-                let (space, found) = tokio::task::spawn_blocking(move || {
+                let (space, found, images) = tokio::task::spawn_blocking(move || {
                     let _ = std::fs::create_dir_all(&root);
                     (
                         crate::engine::fsx::free_space(&root),
                         crate::engine::fsx::kernel_copy_support(&root),
+                        image_trees_in(&root),
                     )
                 })
                 .await
-                .unwrap_or((Err(std::io::ErrorKind::Other.into()), None));
+                .unwrap_or((Err(std::io::ErrorKind::Other.into()), None, None));
                 if let Ok((free, total)) = space {
                     s.free_bytes = Some(free);
                     s.total_bytes = Some(total);
                 }
                 s.storage = Some(storage_mode_of(found));
+                s.image_trees = images;
                 s.storage_root = admin.then_some(row.storage_root);
             }
             ServerKind::Agent if row.joined_at.is_none() => {
@@ -170,6 +179,7 @@ impl Service {
                 s.last_seen_at = view.last_seen_ms;
                 if let Some(st) = view.status {
                     s.storage = st.storage;
+                    s.image_trees = st.image_trees;
                     s.version = Some(st.version);
                     s.free_bytes = Some(st.free_bytes);
                     s.total_bytes = Some(st.total_bytes);

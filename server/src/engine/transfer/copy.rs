@@ -124,6 +124,7 @@ pub(super) fn copy_staged(
     if let Some(summary) = copy_by_image(src, dst, staging, ctl)? {
         return Ok(summary);
     }
+    let laid_down = stage_as_image(dst, staging)?;
     let (mut m, report) = scan_source(src, ctl)?;
     // Both trees on one filesystem whose kernel copies files (shared extents, or
     // copy_file_range): every file is taken from the source tree by the kernel, none
@@ -190,8 +191,46 @@ pub(super) fn copy_staged(
             }
         ));
     }
+    summary.notes.extend(laid_down);
     source_facts(&mut summary, report, sent_unstable, stats);
     Ok(summary)
+}
+
+/// Makes the empty staging tree an image tree where `dst` asks for one
+/// ([`Place::image_size`]) and its work dir's filesystem can hold one: XFS with reflinks.
+/// (On btrfs the staging tree is a subvolume already; elsewhere a directory.) A note says
+/// how the copy was laid down, or why not as asked.
+pub(super) fn stage_as_image(dst: &Place, staging: &Path) -> Result<Option<String>, EngineError> {
+    let Some(size) = dst.image_size else {
+        return Ok(None);
+    };
+    let work = staging.parent().unwrap_or(staging);
+    if fsx::open_dir(work).is_ok_and(|d| btrfs::is_btrfs(d.as_fd())) {
+        return Ok(None);
+    }
+    if !image::can_hold(work) {
+        return Ok(Some(
+            "laid down as a directory, not an image tree: its server's filesystem has no \
+             reflinks (image trees need XFS with reflink=1)"
+                .into(),
+        ));
+    }
+    fs::remove_dir(staging).map_err(EngineError::io_path("removing", staging))?;
+    match image::create(staging, size) {
+        Ok(()) => Ok(Some(format!(
+            "laid down as an image tree of {:.1} GB (sparse: it takes what it holds)",
+            size as f64 / 1e9
+        ))),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot make an image tree: copying into a directory");
+            // (`create` leaves nothing behind when it fails.)
+            make_tree_root(work, STAGING.as_bytes())
+                .map_err(EngineError::io_path("creating", staging))?;
+            Ok(Some(format!(
+                "laid down as a directory, not an image tree: {e}"
+            )))
+        }
+    }
 }
 
 /// A copy on btrfs whose source tree is a subvolume: the staging tree is made a snapshot

@@ -20,7 +20,7 @@
 
 use std::io::{BufReader, Read, Write};
 
-use super::copy::{copy_into, finish_copy, scan_source, send_copy, source_facts};
+use super::copy::{copy_into, finish_copy, scan_source, send_copy, source_facts, stage_as_image};
 use super::receive::{receive, Mode};
 use super::sync::{
     commit_sync, drift, plan, prepare_target, remove_work, scan_sync_source, scan_target,
@@ -430,6 +430,7 @@ fn copy_target_half(
         return result;
     }
     let result = copy_into(dst, ctl, |staging| {
+        let laid_down = stage_as_image(dst, staging)?;
         write_message(stream, READY, &[FRESH]).map_err(peer_err("answering"))?;
         let writeback = fsx::WriteBack::start(staging);
         let received = receive_frames(stream, |r| {
@@ -447,7 +448,11 @@ fn copy_target_half(
             if let Some(parent) = partial.root.parent() {
                 let _ = fs::create_dir_all(parent);
             }
-            let _ = fs::rename(staging, &partial.root);
+            let _ = if image::is_image_tree(staging) {
+                image::rename_tree(staging, &partial.root)
+            } else {
+                fs::rename(staging, &partial.root)
+            };
         }
         let received = received?;
         let (tag, bytes) = next?;
@@ -463,6 +468,7 @@ fn copy_target_half(
         let m = Manifest::decode(&bytes).map_err(peer_err("reading the manifest"))?;
         let mut summary = finish_copy(dst, staging, &m, ctl)?;
         summary.reused_bytes = received.reused_bytes;
+        summary.notes.extend(laid_down);
         let _ = without_specials(m).store(&agreed_path(dst));
         Ok(summary)
     });
