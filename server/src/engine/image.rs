@@ -138,7 +138,7 @@ pub fn thaw_frozen_below(dir: &Path) {
 }
 
 /// Whether a loop device is backed by `image`.
-pub(crate) fn attached(image: &Path) -> io::Result<bool> {
+pub fn attached(image: &Path) -> io::Result<bool> {
     let image = fs::canonicalize(image)?;
     let Ok(devices) = fs::read_dir("/sys/block") else {
         return Ok(false);

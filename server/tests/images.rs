@@ -1,0 +1,241 @@
+//! `--image-trees`: on a storage root on XFS, the trees doppel lays down are image trees,
+//! its copies of them are clones of their images, and a container whose tree's filesystem
+//! went away with a restart of the host is mounted again when it starts. Runs the real
+//! binary, as an operator would, on an XFS this test makes (root, as CI) and removes.
+
+#[path = "common/process.rs"]
+mod process;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use doppel::engine::image;
+use serde_json::{json, Value};
+
+/// A loop-mounted XFS (reflink) of its own. When dropped (test passed or not): the
+/// containers of the data dir on it purged, everything mounted on and below it unmounted
+/// (the image trees' loop devices clear themselves), its image removed.
+struct Xfs {
+    dir: tempfile::TempDir,
+}
+
+impl Xfs {
+    fn new() -> Xfs {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("xfs.img");
+        std::fs::File::create(&file)
+            .unwrap()
+            .set_len(8 << 30)
+            .unwrap();
+        let made = Command::new("mkfs.xfs")
+            .args(["-q", "-m", "reflink=1"])
+            .arg(&file)
+            .status();
+        assert!(
+            made.is_ok_and(|s| s.success()),
+            "mkfs.xfs (make setup-test installs it)"
+        );
+        std::fs::create_dir(dir.path().join("mnt")).unwrap();
+        let mounted = Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&file)
+            .arg(dir.path().join("mnt"))
+            .status()
+            .unwrap();
+        assert!(mounted.success());
+        Xfs { dir }
+    }
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("mnt/data")
+    }
+}
+
+impl Drop for Xfs {
+    fn drop(&mut self) {
+        doppel::runtime::purge(&self.data());
+        let _ = Command::new("umount")
+            .arg("--recursive")
+            .arg(self.dir.path().join("mnt"))
+            .status();
+    }
+}
+
+/// `doppel serve` on the data dir with `--image-trees 2G`, the demo data on first start.
+fn serve(data: &Path, port: u16, network: &str) -> process::Serving {
+    let child = process::doppel(data)
+        .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
+        .args(["--container-network", network, "--image-trees", "2G"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    process::Serving::adopt(child, data)
+}
+
+struct Api {
+    client: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Api {
+    async fn get(&self, path: &str) -> Value {
+        process::get_json(&self.client, format!("{}{path}", self.base), &self.token).await
+    }
+    async fn post(&self, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.unwrap();
+        (
+            resp.status().as_u16(),
+            resp.json().await.unwrap_or(Value::Null),
+        )
+    }
+    async fn container(&self, id: &str) -> Value {
+        self.get(&format!("/api/v1/containers/{id}")).await
+    }
+    async fn wait_job(&self, url: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let job = self.get(url).await;
+            if matches!(
+                job["status"].as_str(),
+                Some("succeeded" | "failed" | "cancelled")
+            ) {
+                return job;
+            }
+            assert!(Instant::now() < deadline, "the job did not end: {job}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn root(c: &Value) -> PathBuf {
+    PathBuf::from(c["root_path"].as_str().unwrap())
+}
+
+/// The page a container serves on port 80 (retried for a few seconds: its server starts).
+async fn page(c: &Value) -> String {
+    let address = c["interfaces"][0]["ipv4"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{c}"));
+    let address = address.split('/').next().unwrap();
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let got = client.get(format!("http://{address}/")).send().await;
+        if let Ok(resp) = got {
+            if resp.status().is_success() {
+                return resp.text().await.unwrap();
+            }
+        }
+        assert!(Instant::now() < deadline, "no page from {address}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_trees_are_laid_down_copied_as_clones_and_mounted_again_after_a_host_restart() {
+    let xfs = Xfs::new();
+    let data = xfs.data();
+    std::fs::create_dir_all(&data).unwrap();
+    let port = process::free_port();
+    let network = process::test_network().to_string();
+    let mut doppel = serve(&data, port, &network);
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    process::wait_up(&client, &base).await;
+    let out = process::doppel(&data)
+        .args(["token", "create", "--user", "admin"])
+        .output()
+        .unwrap();
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let api = Api {
+        client,
+        base,
+        token,
+    };
+
+    // The server says what it lays down.
+    let servers = api.get("/api/v1/servers").await;
+    let server = &servers["servers"][0];
+    assert_eq!(server["storage"], "reflink", "{servers}");
+    assert_eq!(server["image_trees"], 2u64 << 30, "{servers}");
+
+    // The demo's trees were laid down as image trees, and run.
+    let list = api.get("/api/v1/containers").await;
+    let web = list["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "web-app")
+        .unwrap_or_else(|| panic!("{list}"))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let web = api.container(&web).await;
+    assert!(image::is_image_tree(&root(&web)), "{web}");
+    assert_eq!(web["status"], "running", "{web}");
+
+    // A copy on its server is a clone of its image: a tree of its own that runs.
+    let project = web["project_id"].as_str().unwrap();
+    let (status, started) = api
+        .post(
+            &format!("/api/v1/containers/{}/copy", web["id"].as_str().unwrap()),
+            Some(json!({"target_project_id": project, "name": "web-clone"})),
+        )
+        .await;
+    assert_eq!(status, 202, "{started}");
+    let job = api.wait_job(started["job"]["url"].as_str().unwrap()).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let notes = job["summary"]["notes"].to_string();
+    assert!(notes.contains("a clone of the source's image"), "{job}");
+    let copy_id = started["container"]["id"].as_str().unwrap().to_string();
+    let copy = api.container(&copy_id).await;
+    let copy_root = root(&copy);
+    assert!(image::is_image_tree(&copy_root), "{copy}");
+    assert_ne!(copy_root, root(&web));
+    let served = page(&copy).await;
+    assert!(!served.is_empty());
+
+    // The host restarts: processes and loop mounts gone, the empty directory left.
+    doppel.kill().unwrap();
+    doppel.wait().unwrap();
+    drop(doppel);
+    doppel::runtime::purge(&data);
+    let out = Command::new("umount").arg(&copy_root).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let t = Instant::now();
+    while image::attached(&image::image_path(&copy_root)).unwrap() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the loop device stays"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!image::is_image_tree(&copy_root));
+    assert_eq!(std::fs::read_dir(&copy_root).unwrap().count(), 0);
+
+    // Started again: its tree is mounted before its process runs, and it serves its page.
+    let doppel = serve(&data, port, &network);
+    process::wait_up(&api.client, &api.base).await;
+    assert_eq!(api.container(&copy_id).await["status"], "stopped");
+    let (status, copy) = api
+        .post(&format!("/api/v1/containers/{copy_id}/start"), None)
+        .await;
+    assert_eq!(status, 200, "{copy}");
+    assert_eq!(copy["status"], "running", "{copy}");
+    assert!(image::is_image_tree(&copy_root));
+    assert_eq!(page(&copy).await, served);
+    drop(doppel);
+}
