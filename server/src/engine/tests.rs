@@ -892,6 +892,18 @@ fn copies_laid_down_as_image_trees_hold_the_tree_and_their_copies_are_clones() {
     sync(&src, &dst, &Control::new()).unwrap();
     assert_same_tree(&src.root, &dst.root);
     assert!(verify(&dst, &Control::new()).unwrap().ok);
+    // A tree that would fill most of its image: a directory, and says why.
+    let small = env.place("small").with_image_size(Some(150 << 20));
+    random_tree(&src.root.join("big"), &mut rng, 10);
+    write(&src.root.join("big/blob"), &vec![7u8; 8 << 20]);
+    let s = copy(&src, &small, &Control::new()).unwrap();
+    assert!(!image::is_image_tree(&small.root) && !image::image_path(&small.root).exists());
+    assert!(
+        s.notes.iter().any(|n| n.contains("would fill most of")),
+        "{:?}",
+        s.notes
+    );
+    assert_same_tree(&src.root, &small.root);
     // Where the filesystem has no reflinks, the copy is a directory, and says why.
     let plain = Env::new();
     let ext = plain.place("dir").with_image_size(Some(1 << 30));

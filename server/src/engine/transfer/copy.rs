@@ -124,8 +124,8 @@ pub(super) fn copy_staged(
     if let Some(summary) = copy_by_image(src, dst, staging, ctl)? {
         return Ok(summary);
     }
-    let laid_down = stage_as_image(dst, staging)?;
     let (mut m, report) = scan_source(src, ctl)?;
+    let laid_down = stage_as_image(dst, staging, Some(m.bytes()))?;
     // Both trees on one filesystem whose kernel copies files (shared extents, or
     // copy_file_range): every file is taken from the source tree by the kernel, none
     // streamed. Otherwise the receiver's offer: content its server holds already, by hash.
@@ -199,14 +199,29 @@ pub(super) fn copy_staged(
 /// Makes the empty staging tree an image tree where `dst` asks for one
 /// ([`Place::image_size`]) and its work dir's filesystem can hold one: XFS with reflinks.
 /// (On btrfs the staging tree is a subvolume already; elsewhere a directory.) A note says
-/// how the copy was laid down, or why not as asked.
-pub(super) fn stage_as_image(dst: &Place, staging: &Path) -> Result<Option<String>, EngineError> {
+/// how the copy was laid down, or why not as asked. `bytes`: the tree's size where it is
+/// known; a tree that would fill most of the image is laid down as a directory instead
+/// (it would have no room to change, or fail the copy).
+pub(super) fn stage_as_image(
+    dst: &Place,
+    staging: &Path,
+    bytes: Option<u64>,
+) -> Result<Option<String>, EngineError> {
     let Some(size) = dst.image_size else {
         return Ok(None);
     };
     let work = staging.parent().unwrap_or(staging);
     if fsx::open_dir(work).is_ok_and(|d| btrfs::is_btrfs(d.as_fd())) {
         return Ok(None);
+    }
+    // (XFS keeps a log of 64 MB and metadata in it besides the files.)
+    if bytes.is_some_and(|b| b.saturating_add(IMAGE_OVERHEAD) > size / 10 * 9) {
+        return Ok(Some(format!(
+            "laid down as a directory, not an image tree: its {:.1} GB would fill most of \
+             an image tree of {:.1} GB (--image-trees)",
+            bytes.unwrap_or(0) as f64 / 1e9,
+            size as f64 / 1e9
+        )));
     }
     if !image::can_hold(work) {
         return Ok(Some(
@@ -232,6 +247,9 @@ pub(super) fn stage_as_image(dst: &Place, staging: &Path) -> Result<Option<Strin
         }
     }
 }
+
+/// What an image tree holds besides its files: XFS's log (64 MB) and its metadata.
+const IMAGE_OVERHEAD: u64 = 128 << 20;
 
 /// A copy on btrfs whose source tree is a subvolume: the staging tree is made a snapshot
 /// of it, the whole tree at one instant, sharing everything (no file is created, read or

@@ -430,7 +430,7 @@ fn copy_target_half(
         return result;
     }
     let result = copy_into(dst, ctl, |staging| {
-        let laid_down = stage_as_image(dst, staging)?;
+        let laid_down = stage_as_image(dst, staging, None)?;
         write_message(stream, READY, &[FRESH]).map_err(peer_err("answering"))?;
         let writeback = fsx::WriteBack::start(staging);
         let received = receive_frames(stream, |r| {
