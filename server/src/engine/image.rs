@@ -13,10 +13,11 @@
 //! when the tree is unmounted, with `nouuid` (a clone has its source's filesystem id, and
 //! both are mounted).
 //!
-//! What doppel does not do yet (see the README): lay down new trees as images. Until then
-//! only trees made with [`create`] are images, and everything else here serves them. The
-//! engine mounts an image tree again before it reads or writes one whose filesystem is not
-//! mounted ([`ensure_mounted`]).
+//! doppel lays trees down as images where it is started with `--image-trees` (a copy laid
+//! down file by file is made in an empty image tree, `transfer::copy::stage_as_image`);
+//! copies of them are then clones. The engine, and the lifecycle before a container
+//! starts, mount an image tree again where its filesystem is not mounted
+//! ([`ensure_mounted`]).
 
 use std::ffi::OsString;
 use std::fs;
@@ -366,12 +367,17 @@ fn mount(image: &Path, root: &Path) -> io::Result<()> {
     // `noatime`: reading a tree (doppel's scans, a backup, a copy by other means) writes
     // nothing into it, where `relatime` logs a new access time at the first read of each
     // file since its last change: doppel would write into a source it only reads.
+    // `discard`: what is freed inside the tree is punched out of its image (a few seconds
+    // later, at XFS's next log checkpoint), else a sparse image only grows: 200 MB
+    // written and deleted kept 200 MB of the host without it, none with it (measured
+    // with `du` of the image). `make bench`'s sync between image trees took as long
+    // with it (0.28-0.34 s against 0.26-0.29 s, one run each: noise on this machine).
     let mounted = rustix::mount::mount(
         path.as_str(),
         root,
         "xfs",
         rustix::mount::MountFlags::NOATIME,
-        c"nouuid",
+        c"nouuid,discard",
     )
     .map_err(io::Error::from);
     // (The mount holds the device now; closing it here clears it where the mount failed.)

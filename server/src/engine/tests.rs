@@ -933,6 +933,32 @@ fn a_sync_into_an_image_tree_laid_down_by_a_copy_interrupted_anywhere_converges(
     sync_interrupted_anywhere(Env::on_xfs_laying_down_images());
 }
 
+#[test]
+fn space_freed_inside_an_image_tree_is_given_back_to_the_host() {
+    use std::os::unix::fs::MetadataExt;
+    let env = Env::with_xfs_images();
+    let tree = env.source("tree");
+    let image = image::image_path(&tree.root);
+    let held = || fs::metadata(&image).unwrap().blocks() * 512;
+    let empty = held();
+    write(&tree.root.join("big"), &vec![3u8; 64 << 20]);
+    let dir = fsx::open_dir(&tree.root).unwrap();
+    fsx::syncfs(dir.as_fd()).unwrap();
+    assert!(held() >= empty + (60 << 20), "{} {empty}", held());
+    fs::remove_file(tree.root.join("big")).unwrap();
+    // (Punched out of the image at XFS's next log checkpoint: a few seconds.)
+    let t = Instant::now();
+    while held() > empty + (8 << 20) {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the image still holds {} bytes (empty: {empty})",
+            held()
+        );
+        fsx::syncfs(dir.as_fd()).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// As after a restart of the host: the image tree at `root` unmounted, its loop device
 /// gone, the empty directory under it left.
 fn unmount_image_tree(root: &Path) {
