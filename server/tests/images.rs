@@ -237,5 +237,23 @@ async fn image_trees_are_laid_down_copied_as_clones_and_mounted_again_after_a_ho
     assert_eq!(copy["status"], "running", "{copy}");
     assert!(image::is_image_tree(&copy_root));
     assert_eq!(page(&copy).await, served);
+
+    // Deleted: its process, its mount, its loop device and its image are gone.
+    let resp = api
+        .client
+        .delete(format!("{}/api/v1/containers/{copy_id}", api.base))
+        .bearer_auth(&api.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    let body: Value = resp.json().await.unwrap();
+    let job = api.wait_job(body["job"]["url"].as_str().unwrap()).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert!(!copy_root.exists() && !image::image_path(&copy_root).exists());
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(!mounts.contains(copy_root.to_str().unwrap()), "{mounts}");
+    // The source is untouched.
+    assert!(image::is_image_tree(&root(&web)));
     drop(doppel);
 }
