@@ -8,6 +8,7 @@ use parking_lot::Mutex;
 use rusqlite::types::{ToSql, Value};
 use tokio::sync::{mpsc, oneshot};
 
+use super::jobs::forget_counts;
 use super::{execute, Db, DbError, SyncConn};
 
 /// Most writes one group commit takes.
@@ -113,22 +114,33 @@ fn run_one(write: &mut Box<dyn Queued>, conn: &SyncConn) -> bool {
 }
 
 fn run_batch(conn: &SyncConn, batch: &mut [Box<dyn Queued>]) -> rusqlite::Result<()> {
+    // (What a transaction's admissions counted holds only within it, and only for what
+    // it kept: see `jobs::Counted`.)
+    forget_counts();
+    let result = run_passes(conn, batch);
+    forget_counts();
+    result
+}
+
+fn run_passes(conn: &SyncConn, batch: &mut [Box<dyn Queued>]) -> rusqlite::Result<()> {
     // First pass, no savepoints: each write costs only its own statements.
     conn.execute_batch("BEGIN")?;
     if batch.iter_mut().all(|write| run_one(write, conn)) {
         return conn.execute_batch("COMMIT");
     }
     conn.execute_batch("ROLLBACK")?;
+    forget_counts();
     // A write failed: all of them again, each in a savepoint, so a failed one is undone
     // alone. One savepoint, kept open from write to write: released and taken again after a
     // write that succeeded; rolled back to (which keeps it) after one that failed.
     conn.execute_batch("BEGIN; SAVEPOINT write")?;
     for write in batch.iter_mut() {
-        conn.execute_batch(if run_one(write, conn) {
-            "RELEASE write; SAVEPOINT write"
+        if run_one(write, conn) {
+            conn.execute_batch("RELEASE write; SAVEPOINT write")?;
         } else {
-            "ROLLBACK TO write"
-        })?;
+            conn.execute_batch("ROLLBACK TO write")?;
+            forget_counts();
+        }
     }
     conn.execute_batch("RELEASE write; COMMIT")
 }
@@ -168,5 +180,106 @@ impl Db {
         let gone = || E::from(failure("the database writer has stopped".into()));
         self.batched.send(queued).map_err(|_| gone())?;
         answered.await.map_err(|_| gone())?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::jobs::{Admission, JobCaps};
+    use super::*;
+
+    type Seen = Result<(u64, u64), rusqlite::Error>;
+
+    fn queued<F>(write: F) -> (Box<dyn Queued>, oneshot::Receiver<Seen>)
+    where
+        F: Fn(&SyncConn) -> Seen + Send + 'static,
+    {
+        let (caller, answer) = oneshot::channel();
+        let write = Write {
+            write,
+            result: None,
+            caller,
+        };
+        (Box::new(write), answer)
+    }
+
+    /// A write that counts user u's and project p's active jobs as the caps do (caps of
+    /// none: the verdict says the counts), then queues one job, `id` (and then fails, if
+    /// `fails`).
+    fn admission(id: &'static str, fails: bool) -> (Box<dyn Queued>, oneshot::Receiver<Seen>) {
+        queued(move |c| {
+            let caps = JobCaps {
+                per_user: 0,
+                per_project: 0,
+            };
+            let Some(Admission::TooMany {
+                by_user,
+                in_project,
+            }) = caps.exceeded(c, "u", "p")?
+            else {
+                unreachable!("a cap of none is always exceeded")
+            };
+            execute(
+                c,
+                "INSERT INTO jobs (id, requested_by, project_id, status) VALUES ($1, 'u', 'p', 'queued')",
+                &[&id],
+            )?;
+            if fails {
+                return Err(rusqlite::Error::InvalidQuery);
+            }
+            JobCaps::admitted(c, "u", "p");
+            Ok((by_user, in_project))
+        })
+    }
+
+    /// Admissions of one commit take the counts the one before left only while nothing
+    /// else changed: a job that ended between them, and jobs rolled back (a write's own,
+    /// and a whole pass's), are seen.
+    #[tokio::test]
+    async fn the_caps_see_every_change_between_admissions_of_one_commit() {
+        let conn = SyncConn::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE jobs (id TEXT PRIMARY KEY, requested_by TEXT, project_id TEXT,
+                status TEXT);
+             INSERT INTO jobs VALUES ('j0', 'u', 'p', 'running');",
+        )
+        .unwrap();
+        let (a1, seen1) = admission("a1", false);
+        let (done, _) = queued(|c| {
+            execute(
+                c,
+                "UPDATE jobs SET status = 'succeeded' WHERE id = 'j0'",
+                &[],
+            )?;
+            Ok((0, 0))
+        });
+        let (a2, seen2) = admission("a2", false);
+        // Fails before it changes anything: the first pass is rolled back right after a2
+        // counted, and the batch runs again, each write in a savepoint.
+        let (refused, _) = queued(|_| Err(rusqlite::Error::InvalidQuery));
+        // Fails after its insert.
+        let (a3, seen3) = admission("a3", true);
+        let (a4, seen4) = admission("a4", false);
+        let (a5, seen5) = admission("a5", false);
+        let mut batch = vec![a1, done, a2, refused, a3, a4, a5];
+        commit_batch(&conn, &mut batch).unwrap();
+        for write in batch {
+            write.answer(Ok(()));
+        }
+        assert_eq!(seen1.await.unwrap().unwrap(), (1, 1));
+        // j0 ended since a1 counted.
+        assert_eq!(seen2.await.unwrap().unwrap(), (1, 1));
+        assert!(seen3.await.unwrap().is_err());
+        // a3 was rolled back.
+        assert_eq!(seen4.await.unwrap().unwrap(), (2, 2));
+        assert_eq!(seen5.await.unwrap().unwrap(), (3, 3));
+        let active: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(active, 4);
     }
 }

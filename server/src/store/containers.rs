@@ -350,7 +350,9 @@ impl Db {
                 });
             }
             copy.insert(c)?;
-            insert_audit(c, &entry).map_err(Refusal::Db)
+            insert_audit(c, &entry).map_err(Refusal::Db)?;
+            JobCaps::admitted(c, &copy.requested_by, &copy.project_id);
+            Ok(())
         })
         .await
     }
