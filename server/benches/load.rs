@@ -264,11 +264,7 @@ async fn main() {
         .build()
         .unwrap();
     process::wait_up(&client, &base).await;
-    let out = process::doppel(&data)
-        .args(["token", "create", "--user", "admin"])
-        .output()
-        .unwrap();
-    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let token = process::admin_token(&data);
     let containers = process::get_json(&client, format!("{base}/api/v1/containers"), &token).await;
     let pick = |name: &str| -> serde_json::Value {
         containers["containers"]

@@ -155,15 +155,10 @@ async fn image_trees_are_laid_down_copied_as_clones_and_mounted_again_after_a_ho
     let client = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
     process::wait_up(&client, &base).await;
-    let out = process::doppel(&data)
-        .args(["token", "create", "--user", "admin"])
-        .output()
-        .unwrap();
-    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
     let api = Api {
         client,
         base,
-        token,
+        token: process::admin_token(&data),
     };
 
     // The server says what it lays down.

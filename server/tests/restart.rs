@@ -6,7 +6,7 @@ mod process;
 
 use std::time::{Duration, Instant};
 
-use process::{doppel, free_port, get_json, project_and_server, wait_up};
+use process::{admin_token, doppel, free_port, get_json, project_and_server, wait_up};
 use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -57,11 +57,7 @@ async fn a_copy_interrupted_by_kill_9_is_resumed_after_the_restart() {
         String::from_utf8_lossy(&out.stderr)
     );
     let source = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    let out = doppel(&data)
-        .args(["token", "create", "--user", "admin"])
-        .output()
-        .unwrap();
-    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let token = admin_token(&data);
 
     let mut server_proc = process::serve(&data, port, false);
     wait_up(&client, &base).await;

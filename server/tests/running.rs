@@ -508,11 +508,7 @@ async fn containers_outlive_a_kill_9_and_every_status_is_true_after_the_restart(
     };
     let mut doppel = serve();
     process::wait_up(&client, &base).await;
-    let out = process::doppel(&data)
-        .args(["token", "create", "--user", "admin"])
-        .output()
-        .unwrap();
-    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let token = process::admin_token(&data);
     let list = process::get_json(&client, format!("{base}/api/v1/containers"), &token).await;
     let by_name = |list: &Value, name: &str| -> String {
         list["containers"]

@@ -141,6 +141,16 @@ pub fn serve(data: &Path, port: u16, demo: bool) -> Serving {
     }
 }
 
+/// A new API token of the admin of the data dir at `data` (`doppel token create`).
+pub fn admin_token(data: &Path) -> String {
+    let out = doppel(data)
+        .args(["token", "create", "--user", "admin"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
 /// Waits until the server at `base` answers its health check.
 pub async fn wait_up(client: &reqwest::Client, base: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
