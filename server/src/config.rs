@@ -51,6 +51,28 @@ pub fn snapshot_root(storage_root: &Path, container_id: &str, snapshot_id: &str)
         .join(snapshot_id)
 }
 
+/// A size as doppel's flags and fields take one: a number of bytes with an optional K, M
+/// or G (powers of 1024, as rsync counts), e.g. `50M`; beyond `u64`, the largest there is.
+/// `None`: not a size.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let (digits, unit) = match text.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&text[..i], c.to_ascii_uppercase()),
+        _ => (text, 'B'),
+    };
+    let factor: u64 = match unit {
+        'B' => 1,
+        'K' => 1 << 10,
+        'M' => 1 << 20,
+        'G' => 1 << 30,
+        _ => return None,
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(digits.parse::<u64>().ok()?.saturating_mul(factor))
+}
+
 /// `--image-trees SIZE`: this process lays the trees it makes down as image trees of
 /// SIZE bytes where their filesystem can hold them (XFS with reflinks), so that copies of
 /// them are clones of one file. A setting of the process (its servers' storage roots are
@@ -97,4 +119,20 @@ pub fn snapshot_place(
 /// its exit record. Beside the tree, never inside it (a sync would carry it).
 pub fn runtime_dir(storage_root: &Path, container_id: &str) -> PathBuf {
     storage_root.join("runtime").join(container_id)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sizes_are_bytes_with_an_optional_binary_unit() {
+        use super::parse_size;
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size(" 64k "), Some(64 << 10));
+        assert_eq!(parse_size("50M"), Some(50 << 20));
+        assert_eq!(parse_size("2G"), Some(2 << 30));
+        assert_eq!(parse_size("99999999999G"), Some(u64::MAX));
+        for bad in ["", "G", "1.5G", "-1", "1T", "1 G", "ten"] {
+            assert_eq!(parse_size(bad), None, "{bad:?}");
+        }
+    }
 }

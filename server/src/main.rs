@@ -56,29 +56,14 @@ struct DataArgs {
     image_trees: Option<u64>,
 }
 
-/// `--image-trees`: a size with K, M, G or T (binary units), at least 1G (XFS wants room
-/// for its log).
+/// `--image-trees`: a size as `doppel::config::parse_size` reads one, at least 1G (XFS
+/// wants room for its log) and at most 1048576G (a pebibyte).
 fn parse_image_size(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let (digits, unit) = match text.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => (&text[..i], c.to_ascii_uppercase()),
-        _ => (text, 'B'),
-    };
-    let shift = match unit {
-        'B' => 0,
-        'K' => 10,
-        'M' => 20,
-        'G' => 30,
-        'T' => 40,
-        _ => return Err(format!("{text:?}: a size such as 64G (K, M, G or T)")),
-    };
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("{text:?}: a size such as 64G (K, M, G or T)"))?;
-    match n.checked_mul(1 << shift) {
-        Some(size) if size >= 1 << 30 => Ok(size),
-        Some(_) => Err(format!("{text:?}: at least 1G")),
-        None => Err(format!("{text:?}: too large")),
+    match doppel::config::parse_size(text) {
+        Some(size) if size < 1 << 30 => Err(format!("{text:?}: at least 1G")),
+        Some(size) if size > 1 << 50 => Err(format!("{text:?}: at most 1048576G")),
+        Some(size) => Ok(size),
+        None => Err(format!("{text:?}: a size such as 64G (K, M or G)")),
     }
 }
 

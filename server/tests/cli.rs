@@ -121,3 +121,24 @@ async fn token_user_and_import_work_from_the_command_line() {
         1
     );
 }
+
+#[tokio::test]
+async fn image_trees_take_a_size_of_at_least_1g() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (size, why) in [
+        ("512M", "at least 1G"),
+        ("2T", "a size such as 64G"),
+        ("2000000G", "at most"),
+    ] {
+        let out = doppel(tmp.path(), &["--image-trees", size, "purge-containers"], "");
+        assert!(!out.status.success(), "{size}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(why), "{size}: {err}");
+    }
+    let out = doppel(
+        tmp.path(),
+        &["--image-trees", "64G", "purge-containers"],
+        "",
+    );
+    assert!(out.status.success(), "{out:?}");
+}

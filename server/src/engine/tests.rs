@@ -871,7 +871,7 @@ fn copies_laid_down_as_image_trees_hold_the_tree_and_their_copies_are_clones() {
     assert!(
         s.notes
             .iter()
-            .any(|n| n.starts_with("laid down as an image tree of 1.1 GB")),
+            .any(|n| n.starts_with("laid down as an image tree of 1.0 GiB")),
         "{:?}",
         s.notes
     );

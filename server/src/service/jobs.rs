@@ -221,22 +221,8 @@ pub(super) fn parse_bwlimit(text: Option<&str>) -> Result<Option<u64>, ApiError>
     let Some(text) = text.map(str::trim) else {
         return Ok(None);
     };
-    let (digits, unit) = match text.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => (&text[..i], c.to_ascii_uppercase()),
-        _ => (text, 'B'),
-    };
-    let factor: u64 = match unit {
-        'B' => 1,
-        'K' => 1 << 10,
-        'M' => 1 << 20,
-        'G' => 1 << 30,
-        _ => 0,
-    };
-    let rate = (factor > 0 && !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
-        .then(|| digits.parse::<u64>().ok())
-        .flatten()
-        // Beyond any link (a limit of zettabytes a second): as good as none.
-        .map(|n| n.saturating_mul(factor));
+    // (Beyond any link, a limit of zettabytes a second is as good as none.)
+    let rate = crate::config::parse_size(text);
     match rate {
         Some(r) if r >= MIN_BWLIMIT => Ok(Some(r)),
         Some(_) => Err(ApiError::new(

@@ -214,15 +214,6 @@ pub(super) fn stage_as_image(
     if fsx::open_dir(work).is_ok_and(|d| btrfs::is_btrfs(d.as_fd())) {
         return Ok(None);
     }
-    // (XFS keeps a log of 64 MB and metadata in it besides the files.)
-    if bytes.is_some_and(|b| b.saturating_add(IMAGE_OVERHEAD) > size / 10 * 9) {
-        return Ok(Some(format!(
-            "laid down as a directory, not an image tree: its {:.1} GB would fill most of \
-             an image tree of {:.1} GB (--image-trees)",
-            bytes.unwrap_or(0) as f64 / 1e9,
-            size as f64 / 1e9
-        )));
-    }
     if !image::can_hold(work) {
         return Ok(Some(
             "laid down as a directory, not an image tree: its server's filesystem has no \
@@ -230,11 +221,22 @@ pub(super) fn stage_as_image(
                 .into(),
         ));
     }
+    // (GiB: as `--image-trees` counts.)
+    let gib = |n: u64| n as f64 / (1u64 << 30) as f64;
+    // (XFS keeps a log of 64 MB and metadata in it besides the files.)
+    if bytes.is_some_and(|b| b.saturating_add(IMAGE_OVERHEAD) > size / 10 * 9) {
+        return Ok(Some(format!(
+            "laid down as a directory, not an image tree: its {:.1} GiB would fill most of \
+             an image tree of {:.1} GiB (--image-trees)",
+            gib(bytes.unwrap_or(0)),
+            gib(size)
+        )));
+    }
     fs::remove_dir(staging).map_err(EngineError::io_path("removing", staging))?;
     match image::create(staging, size) {
         Ok(()) => Ok(Some(format!(
-            "laid down as an image tree of {:.1} GB (sparse: it takes what it holds)",
-            size as f64 / 1e9
+            "laid down as an image tree of {:.1} GiB (sparse: it takes what it holds)",
+            gib(size)
         ))),
         Err(e) => {
             tracing::warn!(error = %e, "cannot make an image tree: copying into a directory");
