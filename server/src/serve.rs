@@ -94,7 +94,7 @@ pub fn leptos_options(cfg: &ServeConfig) -> LeptosOptions {
 
 pub async fn prepare(cfg: &ServeConfig) -> anyhow::Result<Prepared> {
     std::fs::create_dir_all(&cfg.data.data_dir)?;
-    crate::engine::image::thaw_frozen_below(&cfg.data.data_dir);
+    crate::engine::image::tend_below(&cfg.data.data_dir, crate::config::image_tree_size());
     let pool = store::connect(&cfg.data.database_url()).await?;
     let admin_password = auth::bootstrap_admin(&pool).await?;
     let runtime = Runtime::detect(

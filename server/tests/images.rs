@@ -61,11 +61,12 @@ impl Drop for Xfs {
     }
 }
 
-/// `doppel serve` on the data dir with `--image-trees 2G`, the demo data on first start.
-fn serve(data: &Path, port: u16, network: &str) -> process::Serving {
+/// `doppel serve` on the data dir with `--image-trees <size>`, the demo data on first
+/// start.
+fn serve(data: &Path, port: u16, network: &str, size: &str) -> process::Serving {
     let child = process::doppel(data)
         .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
-        .args(["--container-network", network, "--image-trees", "2G"])
+        .args(["--container-network", network, "--image-trees", size])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -116,6 +117,17 @@ impl Api {
     }
 }
 
+/// The length of the image of the image tree at `root`.
+fn image_len(root: &Path) -> u64 {
+    std::fs::metadata(image::image_path(root)).unwrap().len()
+}
+
+/// The size of the filesystem mounted at `root`, in bytes.
+fn filesystem_size(root: &Path) -> u64 {
+    let st = rustix::fs::statvfs(root).unwrap();
+    st.f_blocks * st.f_frsize
+}
+
 fn root(c: &Value) -> PathBuf {
     PathBuf::from(c["root_path"].as_str().unwrap())
 }
@@ -151,7 +163,7 @@ async fn image_trees_are_laid_down_copied_as_clones_and_mounted_again_after_a_ho
     std::fs::create_dir_all(&data).unwrap();
     let port = process::free_port();
     let network = process::test_network().to_string();
-    let mut doppel = serve(&data, port, &network);
+    let mut doppel = serve(&data, port, &network, "2G");
     let client = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
     process::wait_up(&client, &base).await;
@@ -181,6 +193,8 @@ async fn image_trees_are_laid_down_copied_as_clones_and_mounted_again_after_a_ho
     let web = api.container(&web).await;
     assert!(image::is_image_tree(&root(&web)), "{web}");
     assert_eq!(web["status"], "running", "{web}");
+    assert_eq!(image_len(&root(&web)), 2 << 30);
+    let web_page = page(&web).await;
 
     // A copy on its server is a clone of its image: a tree of its own that runs.
     let project = web["project_id"].as_str().unwrap();
@@ -221,9 +235,27 @@ async fn image_trees_are_laid_down_copied_as_clones_and_mounted_again_after_a_ho
     assert!(!image::is_image_tree(&copy_root));
     assert_eq!(std::fs::read_dir(&copy_root).unwrap().count(), 0);
 
-    // Started again: its tree is mounted before its process runs, and it serves its page.
-    let doppel = serve(&data, port, &network);
+    // Started again, with larger image trees: the trees still mounted are grown at start
+    // and run as before; the copy's tree is mounted (and grown) before its process runs,
+    // and it serves its page.
+    let doppel = serve(&data, port, &network, "3G");
     process::wait_up(&api.client, &api.base).await;
+    let servers = api.get("/api/v1/servers").await;
+    assert_eq!(
+        servers["servers"][0]["image_trees"],
+        3u64 << 30,
+        "{servers}"
+    );
+    assert_eq!(image_len(&root(&web)), 3 << 30);
+    assert!(filesystem_size(&root(&web)) > 5 << 29);
+    let web_id = web["id"].as_str().unwrap();
+    if api.container(web_id).await["status"] != "running" {
+        let (status, started) = api
+            .post(&format!("/api/v1/containers/{web_id}/start"), None)
+            .await;
+        assert_eq!(status, 200, "{started}");
+    }
+    assert_eq!(page(&web).await, web_page);
     assert_eq!(api.container(&copy_id).await["status"], "stopped");
     let (status, copy) = api
         .post(&format!("/api/v1/containers/{copy_id}/start"), None)
@@ -231,6 +263,8 @@ async fn image_trees_are_laid_down_copied_as_clones_and_mounted_again_after_a_ho
     assert_eq!(status, 200, "{copy}");
     assert_eq!(copy["status"], "running", "{copy}");
     assert!(image::is_image_tree(&copy_root));
+    assert_eq!(image_len(&copy_root), 3 << 30);
+    assert!(filesystem_size(&copy_root) > 5 << 29);
     assert_eq!(page(&copy).await, served);
 
     // Deleted: its process, its mount, its loop device and its image are gone.

@@ -194,7 +194,7 @@ pub async fn run(
     let storage_root = cfg.storage_root();
     std::fs::create_dir_all(crate::config::containers_dir(&storage_root))
         .with_context(|| format!("creating {}", storage_root.display()))?;
-    crate::engine::image::thaw_frozen_below(&cfg.data_dir);
+    crate::engine::image::tend_below(&cfg.data_dir, crate::config::image_tree_size());
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("listening on {}", cfg.listen))?;

@@ -46,6 +46,11 @@ pub fn is_image_tree(root: &Path) -> bool {
 /// The backing file of the loop device whose filesystem is mounted at `root` (`None`: no
 /// filesystem's root is at `root`, or it is not on a loop device).
 fn backing_file(root: &Path) -> Option<PathBuf> {
+    loop_backing_file(&mounted_device(root)?)
+}
+
+/// The sysfs directory of the block device whose filesystem's root is mounted at `root`.
+fn mounted_device(root: &Path) -> Option<PathBuf> {
     use rustix::fs::{statx, AtFlags, StatxAttributes, StatxFlags};
     let st = statx(
         rustix::fs::CWD,
@@ -60,7 +65,7 @@ fn backing_file(root: &Path) -> Option<PathBuf> {
     {
         return None;
     }
-    loop_backing_file(Path::new(&format!(
+    Some(PathBuf::from(format!(
         "/sys/dev/block/{}:{}",
         st.stx_dev_major, st.stx_dev_minor
     )))
@@ -81,8 +86,9 @@ fn loop_backing_file(device: &Path) -> Option<PathBuf> {
 /// empty directory beneath it: a sync from that would empty the tree's copies. An image
 /// that a loop device holds already (mounted elsewhere, as an interrupted move leaves it)
 /// is left as it is. A root that holds anything of its own is refused instead: something
-/// wrote into it while its filesystem was away, and mounting would hide that.
-pub fn ensure_mounted(root: &Path) -> io::Result<()> {
+/// wrote into it while its filesystem was away, and mounting would hide that. A tree
+/// mounted again is grown to `grow_to` where its image is smaller ([`grow`]).
+pub fn ensure_mounted(root: &Path, grow_to: Option<u64>) -> io::Result<()> {
     // One at a time: two jobs reading one source must not both mount it.
     static MOUNTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let image = image_path(root);
@@ -105,7 +111,11 @@ pub fn ensure_mounted(root: &Path) -> io::Result<()> {
         )));
     }
     tracing::info!(tree = %root.display(), "mounting an image tree again");
-    mount(&image, root)
+    mount(&image, root)?;
+    if let Some(size) = grow_to {
+        grow_or_warn(root, size);
+    }
+    Ok(())
 }
 
 /// Thaws the image tree at `root` if it is frozen: a doppel killed while it cloned the
@@ -124,18 +134,78 @@ fn thaw_left_frozen(root: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// At start: thaws the image trees mounted below `dir` (a data dir) that a doppel killed
-/// while it cloned them left frozen, so that their containers' writers do not wait for
-/// the next job on them. Best effort.
-pub fn thaw_frozen_below(dir: &Path) {
+/// At start, for the image trees mounted below `dir` (a data dir): thaws those a doppel
+/// killed while it cloned them left frozen, so that their containers' writers do not wait
+/// for the next job on them, and grows those whose image is smaller than `grow_to` (the
+/// `--image-trees` size, raised since they were made: [`grow`]). Best effort.
+pub fn tend_below(dir: &Path, grow_to: Option<u64>) {
     let Ok(dir) = fs::canonicalize(dir) else {
         return;
     };
     for root in fsx::mount_points().unwrap_or_default() {
         if root.starts_with(&dir) && is_image_tree(&root) {
             let _ = thaw_left_frozen(&root);
+            if let Some(size) = grow_to {
+                grow_or_warn(&root, size);
+            }
         }
     }
+}
+
+/// Grows the mounted image tree at `root` to `size` bytes where its image is smaller: the
+/// image lengthened (sparse: nothing is written), its loop device told
+/// (`LOOP_SET_CAPACITY`), and its XFS grown in place (`xfs_growfs`), while it is in use.
+/// `false`: it was that large already (XFS cannot shrink: a smaller size leaves it as it
+/// is). Where the filesystem cannot grow, the image is given its length back.
+pub fn grow(root: &Path, size: u64) -> io::Result<bool> {
+    let image = fs::OpenOptions::new().write(true).open(image_path(root))?;
+    let was = image.metadata()?.len();
+    if was >= size {
+        return Ok(false);
+    }
+    let device = loop_device(root)?;
+    let resize = |len: u64| {
+        image.set_len(len)?;
+        // SAFETY: LOOP_SET_CAPACITY takes no argument, on an open loop device.
+        match unsafe { libc::ioctl(device.as_raw_fd(), LOOP_SET_CAPACITY as _, 0) } {
+            0 => Ok(()),
+            _ => Err(io::Error::last_os_error()),
+        }
+    };
+    let grown = resize(size).and_then(|()| run(Command::new("xfs_growfs").arg("-d").arg(root)));
+    if let Err(e) = grown {
+        // (A failed growfs leaves the filesystem as it was: nothing lies past `was`.)
+        let _ = resize(was);
+        return Err(e);
+    }
+    Ok(true)
+}
+
+/// [`grow`], its failure logged: the tree stays usable at its size.
+pub(in crate::engine) fn grow_or_warn(root: &Path, size: u64) {
+    match grow(root, size) {
+        Ok(true) => tracing::info!(tree = %root.display(), size, "grew an image tree"),
+        Ok(false) => {}
+        Err(e) => {
+            tracing::warn!(tree = %root.display(), size, error = %e, "cannot grow an image tree")
+        }
+    }
+}
+
+/// The loop device (opened) whose filesystem is mounted at `root`.
+fn loop_device(root: &Path) -> io::Result<fs::File> {
+    let not_image = || io::Error::other(format!("{} is not an image tree", root.display()));
+    let sysfs = mounted_device(root).ok_or_else(not_image)?;
+    let uevent = fs::read_to_string(sysfs.join("uevent"))?;
+    let name = uevent
+        .lines()
+        .find_map(|l| l.strip_prefix("DEVNAME="))
+        .filter(|n| n.starts_with("loop") && !n.contains('/'))
+        .ok_or_else(not_image)?;
+    fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(Path::new("/dev").join(name))
 }
 
 /// Whether a loop device is backed by `image`.
@@ -389,6 +459,7 @@ fn mount(image: &Path, root: &Path) -> io::Result<()> {
 const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
 const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
 const LO_FLAGS_AUTOCLEAR: u32 = 4;
+const LOOP_SET_CAPACITY: libc::c_ulong = 0x4C07;
 
 /// `struct loop_config`: the backing file, a block size (0: the default) and a
 /// `struct loop_info64` (232 bytes), then reserved room.

@@ -429,7 +429,8 @@ pub fn copy(src: &Place, dst: &Place, ctl: &Control) -> Result<Summary, EngineEr
 /// restarted; see [`image::ensure_mounted`]): before anything reads or writes them.
 pub(crate) fn mounted(places: &[&Place]) -> Result<(), EngineError> {
     for p in places {
-        image::ensure_mounted(&p.root).map_err(EngineError::io_path("mounting", &p.root))?;
+        image::ensure_mounted(&p.root, p.image_size)
+            .map_err(EngineError::io_path("mounting", &p.root))?;
     }
     Ok(())
 }

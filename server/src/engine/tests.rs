@@ -957,6 +957,67 @@ fn space_freed_inside_an_image_tree_is_given_back_to_the_host() {
     }
 }
 
+/// The size of the filesystem mounted at `root`, in bytes.
+fn filesystem_size(root: &Path) -> u64 {
+    let st = rustix::fs::statvfs(root).unwrap();
+    st.f_blocks * st.f_frsize
+}
+
+#[test]
+fn image_trees_grow_to_a_larger_size_in_use_and_their_clones_with_them() {
+    const GIB: u64 = 1 << 30;
+    let env = Env::on_xfs_laying_down_images();
+    let src = env.source("src");
+    random_tree(&src.root, &mut Rng(67), 30);
+    let dst = env.place("copy");
+    copy(&src, &dst, &Control::new()).unwrap();
+    assert!(image::is_image_tree(&dst.root));
+    assert!(filesystem_size(&dst.root) <= GIB);
+    // Grown while a file in it is open for writing: the same tree, more room, and the
+    // file still writes.
+    let mut open = fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(dst.root.join("in-use"))
+        .unwrap();
+    assert!(image::grow(&dst.root, 2 * GIB).unwrap());
+    let image_len = |p: &Place| fs::metadata(image::image_path(&p.root)).unwrap().len();
+    assert_eq!(image_len(&dst), 2 * GIB);
+    assert!(
+        filesystem_size(&dst.root) > GIB + GIB / 2,
+        "{}",
+        filesystem_size(&dst.root)
+    );
+    open.write_all(b"still here").unwrap();
+    drop(open);
+    assert_eq!(fs::read(dst.root.join("in-use")).unwrap(), b"still here");
+    fs::remove_file(dst.root.join("in-use")).unwrap();
+    assert_same_tree(&src.root, &dst.root);
+    // Never shrunk, nor grown again.
+    assert!(!image::grow(&dst.root, 2 * GIB).unwrap());
+    assert!(!image::grow(&dst.root, GIB).unwrap());
+    assert_eq!(image_len(&dst), 2 * GIB);
+    // A clone of it is grown to its own place's size; the source stays as it is.
+    let again = env.place("again").with_image_size(Some(3 * GIB));
+    let s = copy(&dst, &again, &Control::new()).unwrap();
+    assert!(s
+        .notes
+        .iter()
+        .any(|n| n.contains("a clone of the source's image")));
+    assert_eq!(image_len(&again), 3 * GIB);
+    assert!(filesystem_size(&again.root) > 2 * GIB + GIB / 2);
+    assert_eq!(image_len(&dst), 2 * GIB);
+    assert_same_tree(&src.root, &again.root);
+    // Mounted again (after a restart of the host) with a larger size: grown too.
+    unmount_image_tree(&again.root);
+    image::ensure_mounted(&again.root, Some(4 * GIB)).unwrap();
+    assert!(image::is_image_tree(&again.root));
+    assert_eq!(image_len(&again), 4 * GIB);
+    assert!(filesystem_size(&again.root) > 3 * GIB + GIB / 2);
+    assert_same_tree(&src.root, &again.root);
+    assert!(verify(&again, &Control::new()).unwrap().ok);
+}
+
 /// As after a restart of the host: the image tree at `root` unmounted, its loop device
 /// gone, the empty directory under it left.
 fn unmount_image_tree(root: &Path) {
@@ -1115,7 +1176,7 @@ fn an_image_tree_left_frozen_is_thawed_before_the_engine_touches_it() {
     write(&src.root.join("after"), b"written");
     // At a start, what is left frozen below the data dir is thawed too.
     assert_eq!(ioctl(&src.root, image::FIFREEZE as _), 0);
-    image::thaw_frozen_below(&env.base);
+    image::tend_below(&env.base, None);
     assert!(thaw_refused(&src.root));
 }
 

@@ -557,7 +557,8 @@ fn interface_count(row: &ContainerRow) -> usize {
 /// empty directory beneath it. `Err`: why it cannot start.
 pub(crate) async fn mount_image_tree(rootfs: &Path) -> Result<(), String> {
     let root = rootfs.to_path_buf();
-    tokio::task::spawn_blocking(move || crate::engine::image::ensure_mounted(&root))
+    let size = crate::config::image_tree_size();
+    tokio::task::spawn_blocking(move || crate::engine::image::ensure_mounted(&root, size))
         .await
         .map_err(|e| format!("not started: {e}"))?
         .map_err(|e| format!("not started: its tree cannot be mounted: {e}"))

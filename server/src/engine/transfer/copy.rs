@@ -304,7 +304,14 @@ fn copy_by_image(
         src,
         dst,
         staging,
-        || image::clone_tree(&src.root, staging),
+        || {
+            image::clone_tree(&src.root, staging)?;
+            // (A clone is its source's size; this host's trees may be larger now.)
+            if let Some(size) = dst.image_size {
+                image::grow_or_warn(staging, size);
+            }
+            Ok(())
+        },
         ("copy:image-cloned", "a clone of the source's image"),
         ctl,
     )
