@@ -10,6 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::lab::{Lab, Running};
+use doppel::engine::image;
 use serde_json::{json, Value};
 
 fn doppel() -> String {
@@ -1314,4 +1315,86 @@ async fn containers_run_on_their_agent_s_host_and_survive_its_restart() {
         "its network namespace is gone"
     );
     drop(b_agent);
+}
+
+/// An agent's server holding both trees: a copy there and its syncs are made on its host as
+/// on the control plane's (not sent to itself through a connection). Started with
+/// `--image-trees` on an XFS, it lays the copies it receives down as image trees (the
+/// servers API says so), and a copy of one on its server is a clone of its image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_copies_on_its_own_server_there_and_with_image_trees_by_clones() {
+    let xfs = common::process::Xfs::new();
+    let lab = Lab::new(&["cp", "b"]);
+    let dir = tempfile::tempdir().unwrap();
+    let cp = control_plane_with(&lab, dir.path(), true, 4).await;
+    let token = cp.add_server("b").await;
+    let b_data = xfs.data();
+    common::process::purge_path_at_exit(&b_data);
+    let mut c = lab.host_command("b", doppel());
+    c.arg("--data-dir")
+        .arg(&b_data)
+        .args(["--image-trees", "2G", "agent"])
+        .args(["--listen", &format!("{}:7700", lab.addr("b"))])
+        .args(["join", &cp.join_url, &token]);
+    let _b_agent = Agent {
+        process: Running::spawn(c, &dir.path().join("b.log")),
+        data: b_data.clone(),
+    };
+    let server = cp.wait_state("b", "online", Duration::from_secs(20)).await;
+    assert_eq!(server["storage"], "reflink", "{server}");
+    assert_eq!(server["image_trees"], 2u64 << 30, "{server}");
+    let project = cp.project("web-platform").await;
+    let b = cp.server_id("b").await;
+    let web_app = cp.id_of("web-app").await;
+    let web_root = cp.root_here(&web_app).await;
+
+    // Received from this host: laid down as an image tree.
+    let (on_b, job) = cp.copy(&web_app, &project, &b, "web-on-b").await;
+    let notes = job["summary"]["notes"].to_string();
+    assert!(
+        notes.contains("laid down as an image tree of 2.0 GiB"),
+        "{job}"
+    );
+    assert!(image::is_image_tree(&root_on(&b_data, &on_b)));
+    assert_same(&web_root, &root_on(&b_data, &on_b));
+
+    // Copied on b: a clone of its image, nothing through a connection, a new machine.
+    let (again, job) = cp.copy(&on_b, &project, &b, "web-again").await;
+    let notes = job["summary"]["notes"].to_string();
+    assert!(notes.contains("a clone of the source's image"), "{job}");
+    assert_eq!(
+        job["summary"]["wire_bytes"].as_u64().unwrap_or(0),
+        0,
+        "{job}"
+    );
+    let again_root = root_on(&b_data, &again);
+    assert!(image::is_image_tree(&again_root));
+    assert_same(&web_root, &again_root);
+    let hostname = std::fs::read_to_string(again_root.join("etc/hostname")).unwrap();
+    assert_eq!(hostname.trim(), "web-again");
+    cp.wait_container(&again, "running").await;
+
+    // Synced on b: what changed in its source arrives, its identity stays.
+    std::fs::write(
+        root_on(&b_data, &on_b).join("www/content.html"),
+        b"changed on b\n",
+    )
+    .unwrap();
+    let job = cp.sync(&again).await;
+    assert!(
+        job["summary"]["files_changed"].as_u64().unwrap() >= 1,
+        "{job}"
+    );
+    assert_eq!(
+        job["summary"]["wire_bytes"].as_u64().unwrap_or(0),
+        0,
+        "{job}"
+    );
+    assert_eq!(
+        std::fs::read(again_root.join("www/content.html")).unwrap(),
+        b"changed on b\n"
+    );
+    let hostname = std::fs::read_to_string(again_root.join("etc/hostname")).unwrap();
+    assert_eq!(hostname.trim(), "web-again");
+    cp.wait_container(&again, "running").await;
 }

@@ -13,54 +13,6 @@ use std::time::{Duration, Instant};
 use doppel::engine::image;
 use serde_json::{json, Value};
 
-/// A loop-mounted XFS (reflink) of its own. When dropped (test passed or not): the
-/// containers of the data dir on it purged, everything mounted on and below it unmounted
-/// (the image trees' loop devices clear themselves), its image removed.
-struct Xfs {
-    dir: tempfile::TempDir,
-}
-
-impl Xfs {
-    fn new() -> Xfs {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("xfs.img");
-        std::fs::File::create(&file)
-            .unwrap()
-            .set_len(8 << 30)
-            .unwrap();
-        let made = Command::new("mkfs.xfs")
-            .args(["-q", "-m", "reflink=1"])
-            .arg(&file)
-            .status();
-        assert!(
-            made.is_ok_and(|s| s.success()),
-            "mkfs.xfs (make setup-test installs it)"
-        );
-        std::fs::create_dir(dir.path().join("mnt")).unwrap();
-        let mounted = Command::new("mount")
-            .args(["-o", "loop"])
-            .arg(&file)
-            .arg(dir.path().join("mnt"))
-            .status()
-            .unwrap();
-        assert!(mounted.success());
-        Xfs { dir }
-    }
-    fn data(&self) -> PathBuf {
-        self.dir.path().join("mnt/data")
-    }
-}
-
-impl Drop for Xfs {
-    fn drop(&mut self) {
-        doppel::runtime::purge(&self.data());
-        let _ = Command::new("umount")
-            .arg("--recursive")
-            .arg(self.dir.path().join("mnt"))
-            .status();
-    }
-}
-
 /// `doppel serve` on the data dir with `--image-trees <size>`, the demo data on first
 /// start.
 fn serve(data: &Path, port: u16, network: &str, size: &str) -> process::Serving {
@@ -158,7 +110,7 @@ async fn page(c: &Value) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn image_trees_are_laid_down_copied_as_clones_and_mounted_again_after_a_host_restart() {
-    let xfs = Xfs::new();
+    let xfs = process::Xfs::new();
     let data = xfs.data();
     std::fs::create_dir_all(&data).unwrap();
     let port = process::free_port();

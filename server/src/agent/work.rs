@@ -20,8 +20,8 @@ use super::AgentState;
 use crate::config::{container_place, runtime_dir, snapshot_place, snapshots_dir};
 use crate::engine::{self, identity, Control, EngineError, Place};
 use crate::remote::protocol::{
-    Expect, ExpectAnswer, NewIdentity, PullRequest, Refused, SendLine, SendRequest, TransferMode,
-    TICKET_HEADER, TRANSFER_UPGRADE,
+    Expect, ExpectAnswer, LocalRequest, NewIdentity, PullRequest, Refused, SendLine, SendRequest,
+    TransferMode, TICKET_HEADER, TRANSFER_UPGRADE,
 };
 use crate::remote::{open_transfer, run_half, send_half};
 use crate::tls::{self, Fingerprint, Peer};
@@ -34,6 +34,7 @@ pub(super) struct Expected {
     pub(super) until: Instant,
     mode: TransferMode,
     container_id: String,
+    source_bytes: Option<u64>,
 }
 
 pub(super) fn router(state: Arc<AgentState>) -> Router {
@@ -41,6 +42,7 @@ pub(super) fn router(state: Arc<AgentState>) -> Router {
         .route("/v1/status", get(super::status))
         .route("/v1/expect", post(expect))
         .route("/v1/send", post(send))
+        .route("/v1/local", post(local))
         .route("/v1/pull", post(pull))
         .route("/v1/containers/{id}", delete(remove))
         .route("/v1/containers/{id}/identity", post(make_identity))
@@ -126,6 +128,7 @@ async fn expect(State(st): State<Arc<AgentState>>, Json(req): Json<Expect>) -> R
             until: Instant::now() + EXPECT_FOR,
             mode,
             container_id: id,
+            source_bytes: req.source_bytes,
         },
     );
     st.repin();
@@ -198,11 +201,11 @@ async fn transfer(
     let lock = st.lock_of(&expected.container_id);
     tokio::spawn(async move {
         let _one = lock.lock().await;
-        let mode = expected.mode;
+        let (mode, bytes) = (expected.mode, expected.source_bytes);
         let result = over_connection(upgrade, move |stream| {
             let ctl = Control::new();
             match mode {
-                TransferMode::Copy => engine::receive_copy_from(&dst, stream, &ctl),
+                TransferMode::Copy => engine::receive_copy_from(&dst, bytes, stream, &ctl),
                 TransferMode::Sync => {
                     engine::receive_sync_from(&dst, stream, &identity::is_identity_path, &ctl)
                 }
@@ -283,12 +286,7 @@ async fn send(State(st): State<Arc<AgentState>>, Json(req): Json<SendRequest>) -
         return refused(StatusCode::BAD_REQUEST, "a bad target fingerprint");
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<SendLine>(64);
-    let progress = tx.clone();
-    let ctl = Control::new()
-        .with_progress(move |p| {
-            let _ = progress.try_send(SendLine::Progress(p.clone()));
-        })
-        .with_bwlimit(req.bwlimit);
+    let ctl = reporting(Control::new(), &tx).with_bwlimit(req.bwlimit);
     let guard = CancelOnDrop(ctl.clone());
     let client = tls::client(&st.me, to_fp, Duration::from_secs(3600));
     tokio::spawn(async move {
@@ -310,12 +308,68 @@ async fn send(State(st): State<Arc<AgentState>>, Json(req): Json<SendRequest>) -
                 }
             }
         };
-        let line = match result {
-            Ok(summary) => SendLine::Done(Box::new(summary)),
-            Err(e) => engine_failure(&e, None),
-        };
-        let _ = tx.send(line).await;
+        let _ = tx.send(ended(result, None)).await;
     });
+    lines(rx, guard)
+}
+
+/// A copy or sync between two trees of this server, on this host (see `LocalRequest`),
+/// told to the control plane as JSON lines (progress, then the end), as a send's.
+async fn local(State(st): State<Arc<AgentState>>, Json(req): Json<LocalRequest>) -> Response {
+    let src = match source_place(
+        &st.storage_root,
+        &req.container_id,
+        req.snapshot_id.as_deref(),
+    ) {
+        Ok(p) => p,
+        Err(r) => return r.into_response(),
+    };
+    let target = match checked_id(&req.target_container_id) {
+        Ok(id) => id.to_string(),
+        Err(r) => return r.into_response(),
+    };
+    let dst = container_place(&st.storage_root, &target);
+    let (tx, rx) = tokio::sync::mpsc::channel::<SendLine>(64);
+    // (A sync walks only the trees the change watch saw change, as on the control plane.)
+    let ctl = Control::new().with_watch(engine::watch::Watch::shared());
+    let ctl = reporting(ctl, &tx).with_bwlimit(req.bwlimit);
+    let guard = CancelOnDrop(ctl.clone());
+    let lock = st.lock_of(&target);
+    tokio::spawn(async move {
+        let _one = lock.lock().await;
+        let place = dst.clone();
+        let result = tokio::task::spawn_blocking(move || match req.mode {
+            TransferMode::Copy => engine::resume_copy(&src, &dst, &[], &ctl),
+            TransferMode::Sync => {
+                engine::sync_keeping(&src, &dst, &identity::is_identity_path, &ctl)
+            }
+        })
+        .await
+        .unwrap_or_else(|e| Err(EngineError::Refused(format!("the engine stopped: {e}"))));
+        let _ = tx.send(ended(result, Some(&place))).await;
+    });
+    lines(rx, guard)
+}
+
+/// `ctl`, its progress sent as lines to `tx` (dropped when the control plane reads slower).
+fn reporting(ctl: Control, tx: &tokio::sync::mpsc::Sender<SendLine>) -> Control {
+    let progress = tx.clone();
+    ctl.with_progress(move |p| {
+        let _ = progress.try_send(SendLine::Progress(p.clone()));
+    })
+}
+
+/// How a transfer ended, as its last line.
+fn ended(result: Result<engine::Summary, EngineError>, place: Option<&Place>) -> SendLine {
+    match result {
+        Ok(summary) => SendLine::Done(Box::new(summary)),
+        Err(e) => engine_failure(&e, place),
+    }
+}
+
+/// The lines of a transfer's answer as they come; the transfer is cancelled (`guard`) when
+/// the answer is dropped.
+fn lines(rx: tokio::sync::mpsc::Receiver<SendLine>, guard: CancelOnDrop) -> Response {
     let lines = futures::stream::unfold((rx, guard), |(mut rx, guard)| async move {
         let line = rx.recv().await?;
         let mut text = serde_json::to_vec(&line).unwrap_or_default();

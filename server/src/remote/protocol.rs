@@ -104,6 +104,11 @@ pub struct Expect {
     /// A copy's new identity.
     #[serde(default)]
     pub identity: Option<NewIdentity>,
+    /// A copy's size as the control plane last saw its source (bytes): where the agent lays
+    /// trees down as image trees (`--image-trees`), one that would not fit is laid down as
+    /// a directory instead, before anything is sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_bytes: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -111,6 +116,22 @@ pub struct ExpectAnswer {
     /// A copy's tree is there, complete, already (an earlier run committed before its job
     /// could record it): it is brought up to date by a sync instead.
     pub exists: bool,
+}
+
+/// `POST /v1/local`, control plane -> an agent: a copy or sync between two trees of its
+/// own server, made there as on any server (clones, snapshots, the kernel's copies: the
+/// engine's same-server paths), never through a connection. A copy whose tree an earlier
+/// run finished is brought up to date. The answer is JSON lines, as `/v1/send`'s.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalRequest {
+    pub mode: TransferMode,
+    pub container_id: String,
+    pub target_container_id: String,
+    #[serde(default)]
+    pub snapshot_id: Option<String>,
+    #[serde(default)]
+    pub bwlimit: Option<u64>,
 }
 
 /// `POST /v1/send`, control plane -> the source's agent: send this tree to the target's

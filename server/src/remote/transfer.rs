@@ -12,8 +12,8 @@ use std::time::Duration;
 use axum::http::{header, StatusCode};
 
 use super::protocol::{
-    ErrorAnswer, Expect, ExpectAnswer, NewIdentity, PullRequest, SendLine, SendRequest,
-    TransferMode, TICKET_HEADER, TRANSFER_UPGRADE,
+    ErrorAnswer, Expect, ExpectAnswer, LocalRequest, NewIdentity, PullRequest, SendLine,
+    SendRequest, TransferMode, TICKET_HEADER, TRANSFER_UPGRADE,
 };
 use super::{describe, Agents};
 use crate::engine::{self, identity, Control, EngineError, Peer as Stream, Place, Summary};
@@ -37,6 +37,8 @@ pub struct TransferRequest<'a> {
     pub target_container: &'a str,
     /// Bytes a second, paced by the side that sends.
     pub bwlimit: Option<u64>,
+    /// The source tree's size as last recorded, if known (see `Expect::source_bytes`).
+    pub source_bytes: Option<u64>,
 }
 
 /// A call to another server that did not get through (or its answer did not): worth
@@ -114,7 +116,7 @@ impl Agents {
         target: &str,
         ticket: &str,
         mode: TransferMode,
-        container: &str,
+        (container, source_bytes): (&str, Option<u64>),
         peer: crate::tls::Fingerprint,
     ) -> Result<TransferMode, EngineError> {
         let expect = Expect {
@@ -123,6 +125,7 @@ impl Agents {
             container_id: container.to_string(),
             peer: peer.to_string(),
             identity: None,
+            source_bytes,
         };
         let answer: ExpectAnswer = answer_json(
             self.control_call(target, Duration::from_secs(10), |client, address| {
@@ -154,7 +157,7 @@ impl Agents {
                         target,
                         &ticket,
                         req.mode,
-                        req.target_container,
+                        (req.target_container, req.source_bytes),
                         self.me.fingerprint,
                     )
                     .await?;
@@ -170,10 +173,41 @@ impl Agents {
                 })
                 .await
             }
+            // Both trees on one agent's server: made there as on this host's (clones,
+            // snapshots, the kernel's copies), not sent to itself through a connection.
+            (Where::Agent(server), Where::Agent(target)) if server == target => {
+                let (address, _, client) = self.reach_or_fail(server)?;
+                let local = LocalRequest {
+                    mode: req.mode,
+                    container_id: req.source_container.to_string(),
+                    target_container_id: req.target_container.to_string(),
+                    snapshot_id: req.snapshot.map(str::to_string),
+                    bwlimit: req.bwlimit,
+                };
+                let resp = client
+                    .post(format!("https://{address}/v1/local"))
+                    .json(&local)
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        failed(format!("reaching the server at {address}"), describe(&e))
+                    })?;
+                if !resp.status().is_success() {
+                    let why = answer_error(resp).await;
+                    return Err(EngineError::Refused(format!("the server: {why}")));
+                }
+                follow(resp, &ctl).await
+            }
             (Where::Agent(source), Where::Agent(target)) => {
                 let (_, source_pin, _) = self.reach_or_fail(source)?;
                 let mode = self
-                    .expect(target, &ticket, req.mode, req.target_container, source_pin)
+                    .expect(
+                        target,
+                        &ticket,
+                        req.mode,
+                        (req.target_container, req.source_bytes),
+                        source_pin,
+                    )
                     .await?;
                 let (to, to_pin, _) = self.reach_or_fail(target)?;
                 let (address, _, client) = self.reach_or_fail(source)?;
@@ -225,9 +259,9 @@ impl Agents {
                     .post(format!("https://{address}/v1/pull"))
                     .query(&pull);
                 let upgraded = open_transfer(request, &address).await?;
-                let dst = dst.clone();
+                let (dst, bytes) = (dst.clone(), req.source_bytes);
                 run_half(upgraded, move |stream| match mode {
-                    TransferMode::Copy => engine::receive_copy_from(&dst, stream, &ctl),
+                    TransferMode::Copy => engine::receive_copy_from(&dst, bytes, stream, &ctl),
                     TransferMode::Sync => {
                         engine::receive_sync_from(&dst, stream, &identity::is_identity_path, &ctl)
                     }

@@ -190,3 +190,52 @@ pub async fn project_and_server(db: &doppel::store::Db, data: &Path) -> (String,
         .unwrap();
     (project, server)
 }
+
+/// A loop-mounted XFS (reflink) of its own. When dropped (test passed or not): the
+/// containers of the data dir on it purged, everything mounted on and below it unmounted
+/// (the image trees' loop devices clear themselves), its image removed.
+pub struct Xfs {
+    dir: tempfile::TempDir,
+}
+
+impl Xfs {
+    pub fn new() -> Xfs {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("xfs.img");
+        std::fs::File::create(&file)
+            .unwrap()
+            .set_len(8 << 30)
+            .unwrap();
+        let made = std::process::Command::new("mkfs.xfs")
+            .args(["-q", "-m", "reflink=1"])
+            .arg(&file)
+            .status();
+        assert!(
+            made.is_ok_and(|s| s.success()),
+            "mkfs.xfs (make setup-test installs it)"
+        );
+        std::fs::create_dir(dir.path().join("mnt")).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&file)
+            .arg(dir.path().join("mnt"))
+            .status()
+            .unwrap();
+        assert!(mounted.success());
+        Xfs { dir }
+    }
+    /// A data dir on it.
+    pub fn data(&self) -> std::path::PathBuf {
+        self.dir.path().join("mnt/data")
+    }
+}
+
+impl Drop for Xfs {
+    fn drop(&mut self) {
+        doppel::runtime::purge(&self.data());
+        let _ = std::process::Command::new("umount")
+            .arg("--recursive")
+            .arg(self.dir.path().join("mnt"))
+            .status();
+    }
+}

@@ -417,9 +417,11 @@ fn partial_of(dst: &Place) -> Place {
 /// The target's half of a copy from another server: the tree laid down at `dst` (new),
 /// verified against the source's manifest, committed; the reply sent. Also its result here.
 /// When the connection breaks, what arrived is kept for the next attempt, which resumes
-/// from it (see [`partial_of`]).
+/// from it (see [`partial_of`]). `source_bytes`: the tree's size, if known (the frames
+/// come after the tree is laid down: [`stage_as_image`] needs it before).
 fn copy_target_half(
     dst: &Place,
+    source_bytes: Option<u64>,
     stream: &mut dyn Duplex,
     ctl: &Control,
 ) -> Result<Summary, EngineError> {
@@ -430,7 +432,7 @@ fn copy_target_half(
         return result;
     }
     let result = copy_into(dst, ctl, |staging| {
-        let laid_down = stage_as_image(dst, staging, None)?;
+        let laid_down = stage_as_image(dst, staging, source_bytes)?;
         write_message(stream, READY, &[FRESH]).map_err(peer_err("answering"))?;
         let writeback = fsx::WriteBack::start(staging);
         let received = receive_frames(stream, |r| {
@@ -848,14 +850,16 @@ pub fn send_copy_to(
 }
 
 /// The target's half of a copy from another server (see `copy_target_half`), counting
-/// what crosses the connection.
+/// what crosses the connection. `source_bytes`: the tree's size, where the caller knows it
+/// (a tree laid down as an image tree must fit in it).
 pub fn receive_copy_from(
     dst: &Place,
+    source_bytes: Option<u64>,
     stream: &mut dyn Duplex,
     ctl: &Control,
 ) -> Result<Summary, EngineError> {
     crate::engine::mounted(&[dst])?;
-    counted(stream, |s| copy_target_half(dst, s, ctl))
+    counted(stream, |s| copy_target_half(dst, source_bytes, s, ctl))
 }
 
 /// The source's half of a sync to another server (see `sync_source_half`), counting
