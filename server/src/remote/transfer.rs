@@ -184,19 +184,8 @@ impl Agents {
                     snapshot_id: req.snapshot.map(str::to_string),
                     bwlimit: req.bwlimit,
                 };
-                let resp = client
-                    .post(format!("https://{address}/v1/local"))
-                    .json(&local)
-                    .send()
-                    .await
-                    .map_err(|e| {
-                        failed(format!("reaching the server at {address}"), describe(&e))
-                    })?;
-                if !resp.status().is_success() {
-                    let why = answer_error(resp).await;
-                    return Err(EngineError::Refused(format!("the server: {why}")));
-                }
-                follow(resp, &ctl).await
+                let request = client.post(format!("https://{address}/v1/local"));
+                followed(request.json(&local), ("the server", &address), &ctl).await
             }
             (Where::Agent(source), Where::Agent(target)) => {
                 let (_, source_pin, _) = self.reach_or_fail(source)?;
@@ -221,22 +210,8 @@ impl Agents {
                     to_fingerprint: to_pin.to_string(),
                     bwlimit: req.bwlimit,
                 };
-                let resp = client
-                    .post(format!("https://{address}/v1/send"))
-                    .json(&send)
-                    .send()
-                    .await
-                    .map_err(|e| {
-                        failed(
-                            format!("reaching the source server at {address}"),
-                            describe(&e),
-                        )
-                    })?;
-                if !resp.status().is_success() {
-                    let why = answer_error(resp).await;
-                    return Err(EngineError::Refused(format!("the source server: {why}")));
-                }
-                follow(resp, &ctl).await
+                let request = client.post(format!("https://{address}/v1/send"));
+                followed(request.json(&send), ("the source server", &address), &ctl).await
             }
             (Where::Agent(source), Where::Here(dst)) => {
                 let (address, _, client) = self.reach_or_fail(source)?;
@@ -380,6 +355,24 @@ where
 
 /// Follows a source agent's `/v1/send` answer: progress relayed to `ctl`, until it ends;
 /// a cancel of `ctl` ends it (dropping the answer cancels the send there).
+/// Sends `request` to an agent (`who`, at `address`) that answers with a transfer's lines,
+/// and follows them to the end.
+async fn followed(
+    request: reqwest::RequestBuilder,
+    (who, address): (&str, &str),
+    ctl: &Control,
+) -> Result<Summary, EngineError> {
+    let resp = request
+        .send()
+        .await
+        .map_err(|e| failed(format!("reaching {who} at {address}"), describe(&e)))?;
+    if !resp.status().is_success() {
+        let why = answer_error(resp).await;
+        return Err(EngineError::Refused(format!("{who}: {why}")));
+    }
+    follow(resp, ctl).await
+}
+
 async fn follow(resp: reqwest::Response, ctl: &Control) -> Result<Summary, EngineError> {
     use futures::StreamExt;
     let mut body = resp.bytes_stream();
