@@ -832,12 +832,37 @@ pub fn kernel_copy_support(dir: &Path) -> Option<KernelCopy> {
 
 /// The mount points of this process's mount namespace (`/proc/self/mountinfo`).
 pub fn mount_points() -> io::Result<Vec<std::path::PathBuf>> {
+    Ok(mounts()?.into_iter().map(|m| m.point).collect())
+}
+
+/// A mount of this process's mount namespace, as `/proc/self/mountinfo` tells it.
+#[derive(Debug, Clone)]
+pub struct Mount {
+    /// Its id (as `name_to_handle_at` gives it).
+    pub id: i32,
+    /// The directory of its filesystem that it shows (`/` unless a bind mount of part).
+    pub root: std::path::PathBuf,
+    /// Where it is mounted.
+    pub point: std::path::PathBuf,
+}
+
+/// The mounts of this process's mount namespace.
+pub fn mounts() -> io::Result<Vec<Mount>> {
     let info = std::fs::read("/proc/self/mountinfo")?;
+    let path = |p: &[u8]| OsStr::from_bytes(&unescape_proc_path(p)).into();
     Ok(info
         .split(|b| *b == b'\n')
-        // id parent major:minor root mount-point ...
-        .filter_map(|line| line.split(|b| *b == b' ').nth(4))
-        .map(|p| OsStr::from_bytes(&unescape_proc_path(p)).into())
+        .filter_map(|line| {
+            // id parent major:minor root mount-point ...
+            let mut fields = line.split(|b| *b == b' ');
+            let id = std::str::from_utf8(fields.next()?).ok()?.parse().ok()?;
+            let root = fields.nth(2)?;
+            Some(Mount {
+                id,
+                root: path(root),
+                point: path(fields.next()?),
+            })
+        })
         .collect())
 }
 

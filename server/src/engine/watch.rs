@@ -16,8 +16,9 @@
 //!   filesystem is mapped shared, or open for writing, its tree's generation moves at
 //!   every question. A file is placed by its device and inode: at the path the process
 //!   names it by, under the process's root, or under a tree (a container's process names
-//!   its files from its own root, its tree). Where it cannot be placed, every tree's
-//!   generation moves. Its last close is an event. Loop devices' backing files count as
+//!   its files from its own root, its tree); a path seen through another mount of the
+//!   filesystem (a bind mount of part of a tree) is followed to where the trees' mounts
+//!   show it. Where it cannot be placed, every tree's generation moves. Its last close is an event. Loop devices' backing files count as
 //!   open for writing.
 //! - Changes made before a tree was first asked about: the first question registers it,
 //!   and a sync that records a generation walked the tree after asking.
@@ -201,10 +202,10 @@ impl Watch {
         let Ok(mut st) = self.inner.state.lock() else {
             return [(); N].map(|()| None);
         };
-        match seen {
-            // (A change is remembered with the directory it is in: see `changed_since`.)
-            Some(files) => files.iter().for_each(|f| st.bump_entry(f)),
-            None => st.unplaced(),
+        // (A change is remembered with the directory it is in: see `changed_since`.)
+        seen.placed.iter().for_each(|f| st.bump_entry(f));
+        if !seen.all_placed {
+            st.unplaced();
         }
         self.inner.drain(&mut st);
         trees.map(|tree| {
@@ -817,16 +818,29 @@ fn mounts_below(root: &Path) -> bool {
     points.iter().any(|p| p != root && p.starts_with(root))
 }
 
-/// The files of watched filesystems (`devs`) that some process maps shared or holds open
-/// for writing (changes to those may raise no event), where they are here; `None` if one
-/// of them cannot be placed (then every tree counts as changed). `trees`: the trees
-/// watched; `mounts`: the mounts they are seen through.
-fn open_for_writing(devs: &[u64], trees: &[PathBuf], mounts: &[i32]) -> Option<Vec<PathBuf>> {
-    let mut placed = Vec::new();
+/// The files of watched filesystems that some process maps shared or holds open for
+/// writing (changes to those may raise no event).
+struct OpenFiles {
+    /// Where they are here.
+    placed: Vec<PathBuf>,
+    /// Whether every one of them was placed (if not, every tree counts as changed).
+    all_placed: bool,
+}
+
+/// The files on `devs` that some process maps shared or holds open for writing (see
+/// [`OpenFiles`]). `trees`: the trees watched; `mounts`: the mounts they are seen through.
+fn open_for_writing(devs: &[u64], trees: &[PathBuf], mounts: &[i32]) -> OpenFiles {
+    let mut open = OpenFiles {
+        placed: Vec::new(),
+        all_placed: true,
+    };
     if devs.is_empty() {
-        return Some(placed);
+        return open;
     }
-    let procs = fs::read_dir("/proc").ok()?;
+    let Ok(procs) = fs::read_dir("/proc") else {
+        open.all_placed = false;
+        return open;
+    };
     let mut found: Vec<Seen> = Vec::new();
     for p in procs.flatten() {
         let name = p.file_name();
@@ -840,7 +854,7 @@ fn open_for_writing(devs: &[u64], trees: &[PathBuf], mounts: &[i32]) -> Option<V
             // Not ours to look at (a process marked not dumpable, as some sandboxes' init
             // is): its writes through a mapping or Linux AIO are not seen.
             Err(Some(libc::EACCES | libc::EPERM)) => {}
-            Err(_) => return None,
+            Err(_) => open.all_placed = false,
         }
     }
     // Loop devices write their backing files from the kernel, with no event.
@@ -866,33 +880,66 @@ fn open_for_writing(devs: &[u64], trees: &[PathBuf], mounts: &[i32]) -> Option<V
             _ => {}
         }
     }
-    for Seen {
-        dev,
-        ino,
-        path,
-        root,
-        link,
-    } in found
-    {
-        let at = place(dev, ino, &path, &root, trees);
-        if at.is_empty() && fs::read_link(&link).ok().as_ref() != Some(&path) {
-            // Closed, unmapped, renamed or unlinked since it was seen: not its name any
-            // more. A rename is an event; a file still open is found by its new name at
-            // the next look.
-            continue;
+    // The mounts, read once if a file is found through a mount trees are not seen through.
+    let mut table: Option<Vec<fsx::Mount>> = None;
+    for seen in found {
+        let at = place(seen.dev, seen.ino, &seen.path, &seen.root, trees);
+        if at.is_empty() {
+            if seen.names_another() {
+                // Closed, unmapped, renamed or unlinked since it was seen: not its name any
+                // more. A rename is an event; a file still open is found by its new name
+                // at the next look.
+                continue;
+            }
+            open.all_placed = false;
         }
-        // Found outside every tree, through a mount trees are not seen through (a bind
-        // mount of part of one): it may still be a tree's file.
-        let elsewhere = |p: &PathBuf| {
-            !trees.iter().any(|t| p.starts_with(t))
-                && !mount_of(p).is_some_and(|m| mounts.contains(&m))
-        };
-        if at.is_empty() || at.iter().any(elsewhere) {
-            return None;
+        for p in at {
+            if trees.iter().any(|t| p.starts_with(t)) {
+                open.placed.push(p);
+                continue;
+            }
+            match mount_of(&p) {
+                Some(m) if mounts.contains(&m) => open.placed.push(p),
+                // Found outside every tree, through a mount trees are not seen through (a
+                // bind mount of part of one): it may still be a tree's file, where that
+                // mount's directory is seen through theirs.
+                Some(m) => {
+                    let table = table.get_or_insert_with(|| fsx::mounts().unwrap_or_default());
+                    match through_mounts(&p, seen.dev, seen.ino, m, mounts, table) {
+                        Some(here) => open.placed.extend(here),
+                        None => open.all_placed = false,
+                    }
+                }
+                // Unlinked or renamed since (an event, read next).
+                None if fs::symlink_metadata(&p).is_err() => {}
+                None => open.all_placed = false,
+            }
         }
-        placed.extend(at);
     }
-    Some(placed)
+    open
+}
+
+/// Where the file `dev`/`ino`, found at `path` through the mount `mount`, is seen through
+/// the mounts `mounts` (`table`: every mount): its path within its filesystem (the mount's
+/// root, then its path below the mount point), below each of theirs that shows that
+/// directory. `None` if through none of them.
+fn through_mounts(
+    path: &Path,
+    dev: u64,
+    ino: u64,
+    mount: i32,
+    mounts: &[i32],
+    table: &[fsx::Mount],
+) -> Option<Vec<PathBuf>> {
+    let by = table.iter().find(|m| m.id == mount)?;
+    let within = by.root.join(path.strip_prefix(&by.point).ok()?);
+    let here: Vec<PathBuf> = table
+        .iter()
+        .filter(|m| mounts.contains(&m.id))
+        .filter_map(|m| Some(m.point.join(within.strip_prefix(&m.root).ok()?)))
+        .filter(|p| fs::symlink_metadata(p).is_ok_and(|m| m.dev() == dev && m.ino() == ino))
+        .collect();
+    (!here.is_empty()).then_some(here)
 }
 
 /// The id of the mount `path` is seen through.
@@ -910,6 +957,15 @@ struct Seen {
     /// The link in `/proc` it was read from (a descriptor's, a mapping's), read again
     /// to tell whether that path was still its name.
     link: PathBuf,
+}
+
+impl Seen {
+    /// Whether its link in `/proc` names another path, or another file, than when it was
+    /// seen (or nothing now).
+    fn names_another(&self) -> bool {
+        fs::read_link(&self.link).ok().as_ref() != Some(&self.path)
+            || fs::metadata(&self.link).is_ok_and(|m| (m.dev(), m.ino()) != (self.dev, self.ino))
+    }
 }
 
 /// Adds the files of the process at `dir` (`/proc/<pid>`) on `devs` that it maps shared
@@ -1246,9 +1302,10 @@ mod tests {
     }
 
     /// A file open for writing through a bind mount of part of a tree (outside every tree
-    /// and its mount) cannot be placed: every tree counts as changed.
+    /// and its mount) is found in that tree, where the mount's directory is, and in no
+    /// other.
     #[test]
-    fn a_file_open_through_another_mount_counts_for_every_tree() {
+    fn a_file_open_through_a_bind_mount_counts_in_the_tree_it_is_in() {
         let base = tempfile::tempdir().unwrap();
         let w = Watch::new().expect("a watch (the tests run as root)");
         let (root, other) = (tree(base.path(), "b"), tree(base.path(), "c"));
@@ -1268,12 +1325,20 @@ mod tests {
             .unwrap();
         assert!(ok.success(), "a bind mount (the tests run as root)");
         let _mounted = Mounted(point.clone());
-        let before = generation(&w, &other);
+        let (before, other_before) = (own_changes(&w, &root), own_changes(&w, &other));
+        let (id, g0) = w.generation(&root).unwrap();
         let file = fs::OpenOptions::new()
             .write(true)
             .open(point.join("deep/file"))
             .unwrap();
-        assert_ne!(generation(&w, &other), before);
+        let open = own_changes(&w, &root);
+        assert_ne!(open, before, "counted in its tree");
+        assert_ne!(own_changes(&w, &root), open, "at every look while open");
+        assert_eq!(own_changes(&w, &other), other_before, "and in no other");
+        let mut since = w.changed_since(&root, &id, g0).unwrap();
+        since.sort();
+        let p = PathBuf::from;
+        assert_eq!(since, [p("etc/deep"), p("etc/deep/file")], "where");
         drop(file);
     }
 
