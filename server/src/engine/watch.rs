@@ -18,8 +18,8 @@
 //!   names it by, under the process's root, or under a tree (a container's process names
 //!   its files from its own root, its tree); a path seen through another mount of the
 //!   filesystem (a bind mount of part of a tree) is followed to where the trees' mounts
-//!   show it. Where it cannot be placed, every tree's generation moves. Its last close is an event. Loop devices' backing files count as
-//!   open for writing.
+//!   show it. Where it cannot be placed, every tree's generation moves. Its last close
+//!   is an event. Loop devices' backing files count as open for writing.
 //! - Changes made before a tree was first asked about: the first question registers it,
 //!   and a sync that records a generation walked the tree after asking.
 //! - Changes while no doppel process ran: a generation's id carries the watch's random id,
