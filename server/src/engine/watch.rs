@@ -182,9 +182,12 @@ impl Watch {
         let Ok(mut st) = self.inner.state.lock() else {
             return [(); N].map(|()| None);
         };
+        // The mounts, read once for this look (`None`: not readable; then no tree is
+        // watched, and no file seen through another mount is placed).
+        let table = fsx::mounts().ok();
         let trees = roots.map(|root| {
             let root = fs::canonicalize(root).ok()?;
-            if mounts_below(&root) {
+            if table.as_deref().is_none_or(|t| mounts_below(&root, t)) {
                 return None;
             }
             let (key, mount) = key_of(&root).ok()?;
@@ -198,7 +201,7 @@ impl Watch {
         let (devs, all) = (st.devs(), st.trees.keys().cloned().collect::<Vec<_>>());
         let mounts = st.mounts.clone();
         drop(st);
-        let seen = open_for_writing(&devs, &all, &mounts);
+        let seen = open_for_writing(&devs, &all, &mounts, table.as_deref().unwrap_or_default());
         let Ok(mut st) = self.inner.state.lock() else {
             return [(); N].map(|()| None);
         };
@@ -811,11 +814,10 @@ fn open_handle(mount: &OwnedFd, handle: &[u8]) -> io::Result<Option<OwnedFd>> {
 }
 
 /// Whether a filesystem is mounted somewhere below `root` (its changes are not watched).
-fn mounts_below(root: &Path) -> bool {
-    let Ok(points) = fsx::mount_points() else {
-        return true;
-    };
-    points.iter().any(|p| p != root && p.starts_with(root))
+fn mounts_below(root: &Path, table: &[fsx::Mount]) -> bool {
+    table
+        .iter()
+        .any(|m| m.point != root && m.point.starts_with(root))
 }
 
 /// The files of watched filesystems that some process maps shared or holds open for
@@ -828,8 +830,14 @@ struct OpenFiles {
 }
 
 /// The files on `devs` that some process maps shared or holds open for writing (see
-/// [`OpenFiles`]). `trees`: the trees watched; `mounts`: the mounts they are seen through.
-fn open_for_writing(devs: &[u64], trees: &[PathBuf], mounts: &[i32]) -> OpenFiles {
+/// [`OpenFiles`]). `trees`: the trees watched; `mounts`: the mounts they are seen through;
+/// `table`: every mount.
+fn open_for_writing(
+    devs: &[u64],
+    trees: &[PathBuf],
+    mounts: &[i32],
+    table: &[fsx::Mount],
+) -> OpenFiles {
     let mut open = OpenFiles {
         placed: Vec::new(),
         all_placed: true,
@@ -880,8 +888,6 @@ fn open_for_writing(devs: &[u64], trees: &[PathBuf], mounts: &[i32]) -> OpenFile
             _ => {}
         }
     }
-    // The mounts, read once if a file is found through a mount trees are not seen through.
-    let mut table: Option<Vec<fsx::Mount>> = None;
     for seen in found {
         let at = place(seen.dev, seen.ino, &seen.path, &seen.root, trees);
         if at.is_empty() {
@@ -903,13 +909,10 @@ fn open_for_writing(devs: &[u64], trees: &[PathBuf], mounts: &[i32]) -> OpenFile
                 // Found outside every tree, through a mount trees are not seen through (a
                 // bind mount of part of one): it may still be a tree's file, where that
                 // mount's directory is seen through theirs.
-                Some(m) => {
-                    let table = table.get_or_insert_with(|| fsx::mounts().unwrap_or_default());
-                    match through_mounts(&p, seen.dev, seen.ino, m, mounts, table) {
-                        Some(here) => open.placed.extend(here),
-                        None => open.all_placed = false,
-                    }
-                }
+                Some(m) => match through_mounts(&p, seen.dev, seen.ino, m, mounts, table) {
+                    Some(here) => open.placed.extend(here),
+                    None => open.all_placed = false,
+                },
                 // Unlinked or renamed since (an event, read next).
                 None if fs::symlink_metadata(&p).is_err() => {}
                 None => open.all_placed = false,
