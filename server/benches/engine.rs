@@ -16,6 +16,7 @@
 
 use std::fs;
 use std::io::{BufRead, Write};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
@@ -98,6 +99,69 @@ fn doppel_op(op: &str, src: &Place, dst: &Place) -> Command {
         .arg(&dst.root)
         .arg(&dst.state_dir);
     c
+}
+
+/// Processes added for the no-op sync on a busy host (a host running many containers has
+/// thousands).
+const BUSY_HOST_PROCESSES: usize = 1000;
+
+/// A host busy with other work: processes that sleep, each holding seven files open to
+/// read (as a container's processes hold their libraries and data, on the filesystem of
+/// the trees, files in `files`), in a process group of their own, killed when dropped
+/// (a failed run included).
+struct Crowd(Child);
+
+impl Crowd {
+    fn start(n: usize, files: &Path) -> Crowd {
+        fs::create_dir_all(files).unwrap();
+        let fds: String = (3..10)
+            .map(|fd| {
+                let file = files.join(format!("file{fd}"));
+                fs::write(&file, b"held open").unwrap();
+                format!(" {fd}<'{}'", file.display())
+            })
+            .collect();
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "for i in $(seq {n}); do sleep 3600{fds} & done; echo started; wait"
+            ))
+            .stdout(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .expect("sh runs");
+        let out = child.stdout.take().unwrap();
+        let crowd = Crowd(child);
+        // (Printed once every one of them is forked.)
+        let mut line = String::new();
+        std::io::BufReader::new(out).read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "started");
+        crowd
+    }
+}
+
+impl Drop for Crowd {
+    fn drop(&mut self) {
+        // SAFETY: a signal to the process group this crowd leads.
+        unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
+        let _ = self.0.wait();
+    }
+}
+
+/// How many processes the host runs.
+fn process_count() -> usize {
+    fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .as_encoded_bytes()
+                        .iter()
+                        .all(u8::is_ascii_digit)
+                })
+                .count()
+        })
+        .unwrap_or(0)
 }
 
 /// This binary again, running engine operations one after the other as `serve` does: in
@@ -459,6 +523,16 @@ fn bench(dir: &Path, scale: f64, fs_name: &str) {
     // subvolume, as any other use of it would.)
     let (noop, noop_summary) = session.timed_sync(&src, &dcopy);
     assert_eq!(noop_summary.bytes_sent, 0);
+    // The same on a busy host: the change watch looks at every process's open files and
+    // mappings at each question (see engine/watch.rs), so its cost grows with them.
+    let (noop_busy, busy_processes) = {
+        let crowd = Crowd::start(BUSY_HOST_PROCESSES, &dir.join("crowd"));
+        let processes = process_count();
+        let (t, s) = session.timed_sync(&src, &dcopy);
+        assert_eq!(s.bytes_sent, 0);
+        drop(crowd);
+        (t, processes)
+    };
     drop(session);
     // The same in a new process, without the watch: both trees walked (outside btrfs).
     let (noop_walked, out) = timed(doppel_op("__sync", &src, &dcopy));
@@ -497,6 +571,9 @@ fn bench(dir: &Path, scale: f64, fs_name: &str) {
         mb(rsync_bytes)
     );
     println!("| no-op sync (s) | {noop:.3} | | |");
+    println!(
+        "| no-op sync, {BUSY_HOST_PROCESSES} more processes on the host ({busy_processes} in all) (s) | {noop_busy:.3} | | |"
+    );
     println!("| no-op sync, new process without the watch (s) | {noop_walked:.3} | | |");
     println!();
     println!(
@@ -543,4 +620,5 @@ fn bench(dir: &Path, scale: f64, fs_name: &str) {
     );
     println!("{fs_name} noop_sync_seconds {noop:.3}");
     println!("{fs_name} noop_sync_without_watch_seconds {noop_walked:.3}");
+    println!("{fs_name} noop_sync_busy_host_seconds {noop_busy:.3}");
 }

@@ -42,8 +42,8 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -845,26 +845,8 @@ fn open_for_writing(
     if devs.is_empty() {
         return open;
     }
-    let Ok(procs) = fs::read_dir("/proc") else {
-        open.all_placed = false;
-        return open;
-    };
-    let mut found: Vec<Seen> = Vec::new();
-    for p in procs.flatten() {
-        let name = p.file_name();
-        if !name.as_bytes().iter().all(u8::is_ascii_digit) {
-            continue;
-        }
-        let dir = p.path();
-        match process_files(&dir, devs, &mut found).map_err(|e| e.raw_os_error()) {
-            // Gone meanwhile.
-            Ok(()) | Err(Some(libc::ENOENT | libc::ESRCH)) => {}
-            // Not ours to look at (a process marked not dumpable, as some sandboxes' init
-            // is): its writes through a mapping or Linux AIO are not seen.
-            Err(Some(libc::EACCES | libc::EPERM)) => {}
-            Err(_) => open.all_placed = false,
-        }
-    }
+    let (mut found, all_seen) = processes_files(devs);
+    open.all_placed &= all_seen;
     // Loop devices write their backing files from the kernel, with no event.
     for dev in fs::read_dir("/sys/block").into_iter().flatten().flatten() {
         let loop_dir = dev.path().join("loop");
@@ -971,70 +953,286 @@ impl Seen {
     }
 }
 
-/// Adds the files of the process at `dir` (`/proc/<pid>`) on `devs` that it maps shared
-/// or holds open for writing.
-fn process_files(dir: &Path, devs: &[u64], found: &mut Vec<Seen>) -> io::Result<()> {
+/// Above this many processes, `/proc` is read on several threads: each process costs a
+/// dozen syscalls or so (its mappings, its descriptors, a stat of each), all in the kernel,
+/// and a host running many containers has thousands of processes.
+const PROCESSES_PER_THREAD: usize = 256;
+
+/// The files on `devs` that some process maps shared or holds open for writing, as
+/// [`process_files`] finds them, and whether every process could be looked at.
+fn processes_files(devs: &[u64]) -> (Vec<Seen>, bool) {
+    let Ok(proc) = fsx::open_dir(Path::new("/proc")) else {
+        return (Vec::new(), false);
+    };
+    let Ok(pids) = fsx::list_dir(proc.as_fd()) else {
+        return (Vec::new(), false);
+    };
+    let pids: Vec<Vec<u8>> = pids
+        .into_iter()
+        .filter(|name| name.iter().all(u8::is_ascii_digit))
+        .collect();
+    let look = |pids: &[Vec<u8>]| {
+        let mut found = Vec::new();
+        let mut all_seen = true;
+        // (One buffer for every process's mappings.)
+        let mut buf = Vec::new();
+        for pid in pids {
+            match process_files(proc.as_fd(), pid, devs, &mut found, &mut buf) {
+                // Gone meanwhile.
+                Ok(()) | Err(rustix::io::Errno::NOENT | rustix::io::Errno::SRCH) => {}
+                // Not ours to look at (a process marked not dumpable, as some sandboxes'
+                // init is): its writes through a mapping or Linux AIO are not seen.
+                Err(rustix::io::Errno::ACCESS | rustix::io::Errno::PERM) => {}
+                Err(_) => all_seen = false,
+            }
+        }
+        (found, all_seen)
+    };
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 4)
+        .min(pids.len().div_ceil(PROCESSES_PER_THREAD))
+        .max(1);
+    if threads == 1 {
+        return look(&pids);
+    }
+    let parts = pids.chunks(pids.len().div_ceil(threads));
+    std::thread::scope(|s| {
+        let looks: Vec<_> = parts.map(|part| s.spawn(move || look(part))).collect();
+        looks
+            .into_iter()
+            .fold((Vec::new(), true), |(mut found, all), l| match l.join() {
+                Ok((more, seen)) => {
+                    found.extend(more);
+                    (found, all && seen)
+                }
+                Err(_) => (found, false),
+            })
+    })
+}
+
+/// Adds the files of the process `pid` (its directory in `proc`, `/proc`) on `devs` that
+/// it maps shared or holds open for writing. Everything is read relative to the process's
+/// directory, opened once: `/proc` resolves a process at each path that names it.
+fn process_files(
+    proc: BorrowedFd<'_>,
+    pid: &[u8],
+    devs: &[u64],
+    found: &mut Vec<Seen>,
+    buf: &mut Vec<u8>,
+) -> rustix::io::Result<()> {
+    use rustix::fs::{openat, statat, AtFlags, Mode, OFlags};
+    let pid = std::ffi::OsStr::from_bytes(pid);
+    let dir = openat(
+        proc,
+        pid,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    // Its `/proc` path, for the links a `Seen` keeps (made only for what is found).
+    let at = |rel: &[u8]| -> PathBuf {
+        let mut p = PathBuf::from("/proc");
+        p.push(pid);
+        p.push(std::ffi::OsStr::from_bytes(rel));
+        p
+    };
     let mut root: Option<PathBuf> = None;
-    let root_of = |root: &mut Option<PathBuf>| -> io::Result<PathBuf> {
+    let root_of = |root: &mut Option<PathBuf>| -> rustix::io::Result<PathBuf> {
         if root.is_none() {
-            *root = Some(fs::read_link(dir.join("root"))?);
+            let link = rustix::fs::readlinkat(&dir, "root", Vec::new())?;
+            *root = Some(PathBuf::from(std::ffi::OsString::from_vec(
+                link.into_bytes(),
+            )));
         }
         Ok(root.clone().unwrap_or_default())
     };
     // (A file in no directory, unlinked while open, is in no tree: a link made to it
     // again is an event.)
-    let unlinked = |file: &Path| fs::metadata(file).is_ok_and(|m| m.nlink() == 0);
-    let maps = fs::read(dir.join("maps"))?;
-    for line in maps.split(|b| *b == b'\n') {
-        if let Some((range, dev, ino, path)) = shared_mapping(line, devs) {
-            let mapped = dir
-                .join("map_files")
-                .join(std::ffi::OsStr::from_bytes(range));
-            if unlinked(&mapped) {
-                continue;
+    let unlinked = |rel: &[u8]| {
+        statat(&dir, std::ffi::OsStr::from_bytes(rel), AtFlags::empty())
+            .is_ok_and(|st| st.st_nlink == 0)
+    };
+    let maps = openat(
+        &dir,
+        "maps",
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mut mapped = Vec::new();
+    if !shared_file_mappings(&maps, devs, &mut mapped)? {
+        // (A kernel before 6.11: its mappings as text, all of them.)
+        read_to_end(&maps, buf)?;
+        for line in buf.split(|b| *b == b'\n') {
+            if let Some((range, dev, ino, path)) = shared_mapping(line, devs) {
+                let path = fsx::unescape_proc_path(path);
+                mapped.push(([&b"map_files/"[..], range].concat(), dev, ino, path));
             }
-            let path = PathBuf::from(std::ffi::OsStr::from_bytes(&fsx::unescape_proc_path(path)));
-            found.push(Seen {
-                dev,
-                ino,
-                path,
-                root: root_of(&mut root)?,
-                link: mapped,
-            });
         }
     }
-    for fd in fs::read_dir(dir.join("fd"))?.flatten() {
+    drop(maps);
+    for (link, dev, ino, path) in mapped {
+        if unlinked(&link) {
+            continue;
+        }
+        found.push(Seen {
+            dev,
+            ino,
+            path: PathBuf::from(std::ffi::OsString::from_vec(path)),
+            root: root_of(&mut root)?,
+            link: at(&link),
+        });
+    }
+    let fds = openat(
+        &dir,
+        "fd",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    for name in fsx::list_dir(fds.as_fd())
+        .map_err(|e| rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO))?
+    {
+        let fd_name = std::ffi::OsStr::from_bytes(&name);
+        // The link's own mode is the descriptor's access (`lr-x`: open to read only, `l-wx`
+        // or `lrwx`: for writing): no descriptor open only to read (most are) is followed,
+        // and none needs its `fdinfo` read.
+        let Ok(link) = statat(&fds, fd_name, AtFlags::SYMLINK_NOFOLLOW) else {
+            continue;
+        };
+        if link.st_mode & libc::S_IWUSR == 0 {
+            continue;
+        }
         // (The link followed: the open file itself.)
-        let Ok(meta) = fs::metadata(fd.path()) else {
+        let Ok(st) = statat(&fds, fd_name, AtFlags::empty()) else {
             continue;
         };
-        if !devs.contains(&meta.dev()) || !meta.is_file() || meta.nlink() == 0 {
+        let is_file = st.st_mode & libc::S_IFMT == libc::S_IFREG;
+        if !devs.contains(&st.st_dev) || !is_file || st.st_nlink == 0 {
             continue;
         }
-        let info = dir.join("fdinfo").join(fd.file_name());
-        let Ok(info) = fs::read_to_string(info) else {
-            continue;
-        };
-        let flags = info
-            .lines()
-            .find_map(|l| l.strip_prefix("flags:"))
-            .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
-            .unwrap_or(libc::O_RDWR as u32);
-        if flags & libc::O_ACCMODE as u32 == libc::O_RDONLY as u32 {
-            continue;
-        }
-        let Ok(path) = fs::read_link(fd.path()) else {
+        let Ok(path) = rustix::fs::readlinkat(&fds, fd_name, Vec::new()) else {
             continue;
         };
         found.push(Seen {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            path,
+            dev: st.st_dev,
+            ino: st.st_ino,
+            path: PathBuf::from(std::ffi::OsString::from_vec(path.into_bytes())),
             root: root_of(&mut root)?,
-            link: fd.path(),
+            link: at(&[&b"fd/"[..], &name].concat()),
         });
     }
     Ok(())
+}
+
+/// `struct procmap_query` (linux/fs.h): one question about a process's mappings, asked
+/// of its `maps` file (`PROCMAP_QUERY`, Linux 6.11).
+#[repr(C)]
+#[derive(Default)]
+struct ProcmapQuery {
+    size: u64,
+    query_flags: u64,
+    query_addr: u64,
+    vma_start: u64,
+    vma_end: u64,
+    vma_flags: u64,
+    vma_page_size: u64,
+    vma_offset: u64,
+    inode: u64,
+    dev_major: u32,
+    dev_minor: u32,
+    vma_name_size: u32,
+    build_id_size: u32,
+    vma_name_addr: u64,
+    build_id_addr: u64,
+}
+
+/// `_IOWR('f', 17, struct procmap_query)`.
+const PROCMAP_QUERY: libc::c_ulong = 0xC068_6611;
+/// The mapping may be shared (`VM_MAYSHARE`: the `s` of `maps`).
+const QUERY_VMA_SHARED: u64 = 0x08;
+/// The mapping at the address, or the next one after it.
+const QUERY_COVERING_OR_NEXT_VMA: u64 = 0x10;
+const QUERY_FILE_BACKED_VMA: u64 = 0x20;
+
+/// Where the kernel has no `PROCMAP_QUERY`, so that it is not asked again.
+static NO_PROCMAP_QUERY: AtomicBool = AtomicBool::new(false);
+
+/// Adds to `out` the mappings of `maps` (a process's `maps` file) that are shared and of a
+/// file on `devs`: each one's `map_files/` link, device, inode and path. The kernel finds
+/// them (`PROCMAP_QUERY`): a process with none costs one call, where its `maps` text
+/// would print and this process parse every mapping it has (most of the time of a look at
+/// a process). `false`: the kernel cannot answer (before 6.11), nothing was added.
+fn shared_file_mappings(
+    maps: &OwnedFd,
+    devs: &[u64],
+    out: &mut Vec<(Vec<u8>, u64, u64, Vec<u8>)>,
+) -> rustix::io::Result<bool> {
+    if NO_PROCMAP_QUERY.load(Ordering::Relaxed) {
+        return Ok(false);
+    }
+    let mut name = vec![0u8; libc::PATH_MAX as usize];
+    let mut addr = 0u64;
+    loop {
+        let mut q = ProcmapQuery {
+            size: std::mem::size_of::<ProcmapQuery>() as u64,
+            query_flags: QUERY_VMA_SHARED | QUERY_COVERING_OR_NEXT_VMA | QUERY_FILE_BACKED_VMA,
+            query_addr: addr,
+            vma_name_size: name.len() as u32,
+            vma_name_addr: name.as_mut_ptr() as u64,
+            ..Default::default()
+        };
+        // SAFETY: `q` is a `struct procmap_query` of the size it says; the name buffer
+        // outlives the call and is as long as `vma_name_size` says.
+        let r = unsafe { libc::ioctl(maps.as_raw_fd(), PROCMAP_QUERY, &mut q) };
+        if r < 0 {
+            return match rustix::io::Errno::from_raw_os_error(
+                io::Error::last_os_error().raw_os_error().unwrap_or(0),
+            ) {
+                // No mapping left; or no memory at all (a kernel thread, a process
+                // exiting, which may still hold its descriptors), as its text says.
+                rustix::io::Errno::NOENT | rustix::io::Errno::SRCH => Ok(true),
+                rustix::io::Errno::NOTTY | rustix::io::Errno::INVAL if addr == 0 => {
+                    NO_PROCMAP_QUERY.store(true, Ordering::Relaxed);
+                    Ok(false)
+                }
+                e => Err(e),
+            };
+        }
+        let dev = libc::makedev(q.dev_major, q.dev_minor);
+        if devs.contains(&dev) {
+            // (The name's size counts its NUL.)
+            let len = (q.vma_name_size as usize).saturating_sub(1).min(name.len());
+            out.push((
+                format!("map_files/{:x}-{:x}", q.vma_start, q.vma_end).into_bytes(),
+                dev,
+                q.inode,
+                name[..len].to_vec(),
+            ));
+        }
+        if q.vma_end <= addr {
+            return Ok(true);
+        }
+        addr = q.vma_end;
+    }
+}
+
+/// Reads `file` whole into `buf` (emptied first).
+fn read_to_end(file: &OwnedFd, buf: &mut Vec<u8>) -> rustix::io::Result<()> {
+    buf.clear();
+    loop {
+        if buf.capacity() - buf.len() < 16 << 10 {
+            buf.reserve(64 << 10);
+        }
+        match rustix::io::read(file, buf.spare_capacity_mut()) {
+            Ok(([], _)) => return Ok(()),
+            Ok((filled, _)) => {
+                let n = filled.len();
+                // SAFETY: the kernel initialised the `n` bytes after the old length.
+                unsafe { buf.set_len(buf.len() + n) };
+            }
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// A `maps` line's address range, device, inode and path, if it maps a file shared (of
@@ -1193,18 +1391,20 @@ mod tests {
     }
 
     /// A write through a shared mapping raises no event: the tree counts as changed while
-    /// the mapping lives, and its end (the file's last close) is seen.
+    /// the mapping lives (in its own count: the mapping is placed in it, and in no other
+    /// tree), and its end (the file's last close) is seen.
     #[test]
     fn a_writable_mapping_keeps_its_tree_changing() {
         let base = tempfile::tempdir().unwrap();
         let w = Watch::new().expect("a watch (the tests run as root)");
-        let root = tree(base.path(), "m");
+        let (root, other) = (tree(base.path(), "m"), tree(base.path(), "n"));
         let file = fs::OpenOptions::new()
             .read(true)
             .write(true)
             .open(root.join("etc/deep/file"))
             .unwrap();
         let before = generation(&w, &root);
+        let other_before = own_changes(&w, &other);
         // SAFETY: a 3-byte shared mapping of a file we hold open, unmapped below.
         let map = unsafe {
             libc::mmap(
@@ -1220,6 +1420,13 @@ mod tests {
         drop(file);
         let while_mapped = generation(&w, &root);
         assert_ne!(while_mapped, before);
+        let own = own_changes(&w, &root);
+        assert_ne!(
+            own_changes(&w, &root),
+            own,
+            "placed in its tree at every look"
+        );
+        assert_eq!(own_changes(&w, &other), other_before);
         // SAFETY: the mapping is 3 bytes long and still mapped.
         unsafe { *map.cast::<u8>() = b'X' };
         assert_ne!(generation(&w, &root), while_mapped);
@@ -1261,8 +1468,17 @@ mod tests {
         assert_eq!(own_changes(&w, &root), before_gone);
         drop(gone);
         // Open for reading only: nothing.
-        let _read = fs::File::open(root.join("etc/deep/file")).unwrap();
+        let read = fs::File::open(root.join("etc/deep/file")).unwrap();
         assert_eq!(own_changes(&w, &root), closed);
+        // Open to read and write: as open for writing.
+        let both = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(root.join("etc/deep/file"))
+            .unwrap();
+        let open = own_changes(&w, &root);
+        assert_ne!(own_changes(&w, &root), open);
+        drop((read, both));
     }
 
     /// A file a container's process names from its own root is found in its tree (and
@@ -1448,5 +1664,64 @@ mod tests {
             "counted in its tree (not unplaced)"
         );
         assert_eq!(own_changes(&w, &other), other0, "not in another");
+    }
+
+    /// The kernel's answer about a process's shared file mappings (`PROCMAP_QUERY`) is what
+    /// its `maps` text says: here, of this process, with a file of its own mapped shared
+    /// (and the same file mapped private, which neither counts).
+    #[test]
+    fn the_kernel_finds_the_shared_mappings_the_text_shows() {
+        let base = tempfile::tempdir().unwrap();
+        let path = base.path().join("mapped file");
+        fs::write(&path, vec![7u8; 8192]).unwrap();
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let dev = file.metadata().unwrap().dev();
+        let map = |flags| {
+            // SAFETY: a mapping of a file we hold open, unmapped below.
+            let m = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    8192,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    flags,
+                    file.as_raw_fd(),
+                    0,
+                )
+            };
+            assert_ne!(m, libc::MAP_FAILED);
+            m
+        };
+        let (shared, private) = (map(libc::MAP_SHARED), map(libc::MAP_PRIVATE));
+        let maps = fs::File::open("/proc/self/maps").unwrap();
+        let mut asked = Vec::new();
+        let answered = shared_file_mappings(&OwnedFd::from(maps), &[dev], &mut asked).unwrap();
+        let text = fs::read("/proc/self/maps").unwrap();
+        let read: Vec<_> = text
+            .split(|b| *b == b'\n')
+            .filter_map(|line| shared_mapping(line, &[dev]))
+            .map(|(range, dev, ino, path)| {
+                let range = std::str::from_utf8(range).unwrap();
+                let (start, end) = range.split_once('-').unwrap();
+                let hex = |h: &str| u64::from_str_radix(h, 16).unwrap();
+                let link = format!("map_files/{:x}-{:x}", hex(start), hex(end));
+                (link.into_bytes(), dev, ino, fsx::unescape_proc_path(path))
+            })
+            .collect();
+        // SAFETY: unmapping what was mapped above.
+        unsafe {
+            libc::munmap(shared, 8192);
+            libc::munmap(private, 8192);
+        }
+        assert_eq!(read.len(), 1, "one shared mapping of the file");
+        assert_eq!(read[0].3, path.as_os_str().as_bytes());
+        if answered {
+            assert_eq!(asked, read);
+        } else {
+            assert!(asked.is_empty(), "a kernel before 6.11: the text is read");
+        }
     }
 }
