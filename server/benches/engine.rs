@@ -136,6 +136,13 @@ impl Crowd {
         let mut line = String::new();
         std::io::BufReader::new(out).read_line(&mut line).unwrap();
         assert_eq!(line.trim(), "started");
+        // Then each of them still runs `sleep` in (an exec, its libraries): the timing waits
+        // until all of them sleep, so that it shares the cores with none of that.
+        let group = crowd.0.id();
+        let started = Instant::now();
+        while sleeping_in(group) < n && started.elapsed().as_secs() < 60 {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
         crowd
     }
 }
@@ -146,6 +153,27 @@ impl Drop for Crowd {
         unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
         let _ = self.0.wait();
     }
+}
+
+/// How many processes of the process group `group` sleep in `sleep`.
+fn sleeping_in(group: u32) -> usize {
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return 0;
+    };
+    procs
+        .flatten()
+        .filter_map(|p| fs::read_to_string(p.path().join("stat")).ok())
+        .filter(|stat| {
+            // pid (comm) state ppid pgrp ...
+            let Some((comm, rest)) = stat.split_once(") ") else {
+                return false;
+            };
+            let fields: Vec<&str> = rest.split(' ').collect();
+            comm.ends_with("(sleep")
+                && fields.first() == Some(&"S")
+                && fields.get(2) == Some(&group.to_string().as_str())
+        })
+        .count()
 }
 
 /// How many processes the host runs.
@@ -525,13 +553,13 @@ fn bench(dir: &Path, scale: f64, fs_name: &str) {
     assert_eq!(noop_summary.bytes_sent, 0);
     // The same on a busy host: the change watch looks at every process's open files and
     // mappings at each question (see engine/watch.rs), so its cost grows with them.
-    let (noop_busy, busy_processes) = {
+    let (noop_busy, busy_processes, busy_summary) = {
         let crowd = Crowd::start(BUSY_HOST_PROCESSES, &dir.join("crowd"));
         let processes = process_count();
         let (t, s) = session.timed_sync(&src, &dcopy);
         assert_eq!(s.bytes_sent, 0);
         drop(crowd);
-        (t, processes)
+        (t, processes, s)
     };
     drop(session);
     // The same in a new process, without the watch: both trees walked (outside btrfs).
@@ -600,10 +628,11 @@ fn bench(dir: &Path, scale: f64, fs_name: &str) {
         per_round.join(", ")
     );
     println!(
-        "doppel phases (ms): copy {:?}; sync {:?}; no-op sync {:?}; without the watch {:?}",
+        "doppel phases (ms): copy {:?}; sync {:?}; no-op sync {:?}; on a busy host {:?}; without the watch {:?}",
         copy_summary.phase_ms,
         sync_summary.phase_ms,
         noop_summary.phase_ms,
+        busy_summary.phase_ms,
         noop_walked_summary.phase_ms
     );
     println!("{fs_name} doppel_peak_rss_mb_during_copy {peak_rss:.1}");

@@ -179,6 +179,26 @@ impl Watch {
     /// [`Watch::generation`] of several trees at once (one look at the processes' files,
     /// one read of the queue).
     pub fn generations<const N: usize>(&self, roots: [&Path; N]) -> [Option<(String, u64)>; N] {
+        self.generations_looking(roots, true)
+    }
+
+    /// The generation of the tree at `root` as the earlier of two to be compared (a mark
+    /// recorded now, compared with a generation read later): the changes queued so far,
+    /// without the look at the processes' files. That look is needed only by the later
+    /// question: a file written without events (mapped shared, open for writing) is
+    /// either still mapped or open then, and that look moves the generation, or its last
+    /// close since was an event. On a busy host the look is most of what a question costs.
+    pub fn earlier_generation(&self, root: &Path) -> Option<(String, u64)> {
+        let [g] = self.generations_looking([root], false);
+        g
+    }
+
+    /// [`Watch::generations`], with the look at the processes' files only if `look`.
+    fn generations_looking<const N: usize>(
+        &self,
+        roots: [&Path; N],
+        look: bool,
+    ) -> [Option<(String, u64)>; N] {
         let Ok(mut st) = self.inner.state.lock() else {
             return [(); N].map(|()| None);
         };
@@ -198,17 +218,21 @@ impl Watch {
         });
         // Open and mapped files first (a mapping gone after this look closed its file,
         // which the queue read next holds), without holding up the reader meanwhile.
-        let (devs, all) = (st.devs(), st.trees.keys().cloned().collect::<Vec<_>>());
-        let mounts = st.mounts.clone();
-        drop(st);
-        let seen = open_for_writing(&devs, &all, &mounts, table.as_deref().unwrap_or_default());
-        let Ok(mut st) = self.inner.state.lock() else {
-            return [(); N].map(|()| None);
-        };
-        // (A change is remembered with the directory it is in: see `changed_since`.)
-        seen.placed.iter().for_each(|f| st.bump_entry(f));
-        if !seen.all_placed {
-            st.unplaced();
+        if look {
+            let (devs, all) = (st.devs(), st.trees.keys().cloned().collect::<Vec<_>>());
+            let mounts = st.mounts.clone();
+            drop(st);
+            let table = table.as_deref().unwrap_or_default();
+            let seen = open_for_writing(&devs, &all, &mounts, table);
+            st = match self.inner.state.lock() {
+                Ok(st) => st,
+                Err(_) => return [(); N].map(|()| None),
+            };
+            // (A change is remembered with the directory it is in: see `changed_since`.)
+            seen.placed.iter().for_each(|f| st.bump_entry(f));
+            if !seen.all_placed {
+                st.unplaced();
+            }
         }
         self.inner.drain(&mut st);
         trees.map(|tree| {
@@ -1479,6 +1503,36 @@ mod tests {
         let open = own_changes(&w, &root);
         assert_ne!(own_changes(&w, &root), open);
         drop((read, both));
+    }
+
+    /// A generation read as an earlier mark does not look at the processes (a file open
+    /// for writing does not move it), and the later question's look still tells that file
+    /// apart from a tree at rest.
+    #[test]
+    fn an_earlier_generation_leaves_the_look_to_the_later_question() {
+        let base = tempfile::tempdir().unwrap();
+        let w = Watch::new().expect("a watch (the tests run as root)");
+        let root = tree(base.path(), "e");
+        let canonical = fs::canonicalize(&root).unwrap();
+        let own_earlier = |w: &Watch| {
+            w.earlier_generation(&root).expect("the tree is watched");
+            w.inner.state.lock().unwrap().trees[&canonical].count
+        };
+        own_changes(&w, &root);
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .open(root.join("etc/deep/file"))
+            .unwrap();
+        let earlier = own_earlier(&w);
+        assert_eq!(
+            own_earlier(&w),
+            earlier,
+            "no look: the open file is not seen"
+        );
+        assert_ne!(own_changes(&w, &root), earlier, "the later look sees it");
+        drop(file);
+        let earlier = own_earlier(&w);
+        assert_eq!(own_changes(&w, &root), earlier, "at rest");
     }
 
     /// A file a container's process names from its own root is found in its tree (and

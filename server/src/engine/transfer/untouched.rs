@@ -39,12 +39,6 @@ struct Mark {
 }
 
 impl Mark {
-    /// The mark of the tree at `root`, with every change made so far committed. `None`
-    /// where `root` is no subvolume's root and `watch` does not watch it.
-    fn read(root: &Path, commit: bool, watch: Option<&Watch>) -> Option<Mark> {
-        Mark::subvolume(root, commit).or_else(|| watch?.generation(root).map(Mark::from))
-    }
-
     /// The mark of the btrfs subvolume whose root is `root` (`commit`: after a `syncfs`).
     fn subvolume(root: &Path, commit: bool) -> Option<Mark> {
         let fd = fsx::open_dir(root).ok()?;
@@ -271,7 +265,9 @@ pub(super) fn record(
 ) {
     let path = record_path(dst);
     let target = if changed {
-        Mark::read(&dst.root, false, watch)
+        // (Only ever compared with a mark read later: see `Watch::earlier_generation`.)
+        Mark::subvolume(&dst.root, false)
+            .or_else(|| watch?.earlier_generation(&dst.root).map(Mark::from))
     } else {
         Some(marks.target.clone())
     };
