@@ -1733,7 +1733,10 @@ mod tests {
             .write(true)
             .open(&path)
             .unwrap();
-        let dev = file.metadata().unwrap().dev();
+        let (dev, ino) = (
+            file.metadata().unwrap().dev(),
+            file.metadata().unwrap().ino(),
+        );
         let map = |flags| {
             // SAFETY: a mapping of a file we hold open, unmapped below.
             let m = unsafe {
@@ -1753,10 +1756,13 @@ mod tests {
         let maps = fs::File::open("/proc/self/maps").unwrap();
         let mut asked = Vec::new();
         let answered = shared_file_mappings(&OwnedFd::from(maps), &[dev], &mut asked).unwrap();
+        // (Only this file's: tests beside this one map files of this filesystem too.)
+        asked.retain(|m| m.2 == ino);
         let text = fs::read("/proc/self/maps").unwrap();
         let read: Vec<_> = text
             .split(|b| *b == b'\n')
             .filter_map(|line| shared_mapping(line, &[dev]))
+            .filter(|m| m.2 == ino)
             .map(|(range, dev, ino, path)| {
                 let range = std::str::from_utf8(range).unwrap();
                 let (start, end) = range.split_once('-').unwrap();
