@@ -1001,22 +1001,25 @@ fn processes_files(devs: &[u64]) -> (Vec<Seen>, bool) {
         // (One buffer for every process's mappings.)
         let mut buf = Vec::new();
         for pid in pids {
-            match process_files(proc.as_fd(), pid, devs, &mut found, &mut buf) {
+            let looked = process_files(proc.as_fd(), pid, devs, &mut found, &mut buf);
+            match looked.map_err(|e| e.raw_os_error()) {
                 // Gone meanwhile.
-                Ok(()) | Err(rustix::io::Errno::NOENT | rustix::io::Errno::SRCH) => {}
+                Ok(()) | Err(Some(libc::ENOENT | libc::ESRCH)) => {}
                 // Not ours to look at (a process marked not dumpable, as some sandboxes'
                 // init is): its writes through a mapping or Linux AIO are not seen.
-                Err(rustix::io::Errno::ACCESS | rustix::io::Errno::PERM) => {}
+                Err(Some(libc::EACCES | libc::EPERM)) => {}
                 Err(_) => all_seen = false,
             }
         }
         (found, all_seen)
     };
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .clamp(1, 4)
-        .min(pids.len().div_ceil(PROCESSES_PER_THREAD))
-        .max(1);
+    // (The cores are asked only where more than one thread is wanted: most looks.)
+    let wanted = pids.len().div_ceil(PROCESSES_PER_THREAD);
+    if wanted <= 1 {
+        return look(&pids);
+    }
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4));
+    let threads = threads.min(wanted);
     if threads == 1 {
         return look(&pids);
     }
@@ -1044,7 +1047,7 @@ fn process_files(
     devs: &[u64],
     found: &mut Vec<Seen>,
     buf: &mut Vec<u8>,
-) -> rustix::io::Result<()> {
+) -> io::Result<()> {
     use rustix::fs::{openat, statat, AtFlags, Mode, OFlags};
     let pid = std::ffi::OsStr::from_bytes(pid);
     let dir = openat(
@@ -1061,7 +1064,7 @@ fn process_files(
         p
     };
     let mut root: Option<PathBuf> = None;
-    let root_of = |root: &mut Option<PathBuf>| -> rustix::io::Result<PathBuf> {
+    let root_of = |root: &mut Option<PathBuf>| -> io::Result<PathBuf> {
         if root.is_none() {
             let link = rustix::fs::readlinkat(&dir, "root", Vec::new())?;
             *root = Some(PathBuf::from(std::ffi::OsString::from_vec(
@@ -1083,9 +1086,10 @@ fn process_files(
         Mode::empty(),
     )?;
     let mut mapped = Vec::new();
-    if !shared_file_mappings(&maps, devs, &mut mapped)? {
+    if !shared_file_mappings(&maps, devs, &mut mapped, buf)? {
         // (A kernel before 6.11: its mappings as text, all of them.)
-        read_to_end(&maps, buf)?;
+        buf.clear();
+        io::Read::read_to_end(&mut fs::File::from(maps), buf)?;
         for line in buf.split(|b| *b == b'\n') {
             if let Some((range, dev, ino, path)) = shared_mapping(line, devs) {
                 let path = fsx::unescape_proc_path(path);
@@ -1093,7 +1097,6 @@ fn process_files(
             }
         }
     }
-    drop(maps);
     for (link, dev, ino, path) in mapped {
         if unlinked(&link) {
             continue;
@@ -1112,9 +1115,7 @@ fn process_files(
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     )?;
-    for name in fsx::list_dir(fds.as_fd())
-        .map_err(|e| rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO))?
-    {
+    for name in fsx::list_dir(fds.as_fd())? {
         let fd_name = std::ffi::OsStr::from_bytes(&name);
         // The link's own mode is the descriptor's access (`lr-x`: open to read only, `l-wx`
         // or `lrwx`: for writing): no descriptor open only to read (most are) is followed,
@@ -1184,16 +1185,18 @@ static NO_PROCMAP_QUERY: AtomicBool = AtomicBool::new(false);
 /// file on `devs`: each one's `map_files/` link, device, inode and path. The kernel finds
 /// them (`PROCMAP_QUERY`): a process with none costs one call, where its `maps` text
 /// would print and this process parse every mapping it has (most of the time of a look at
-/// a process). `false`: the kernel cannot answer (before 6.11), nothing was added.
+/// a process). `name`: room for a path, reused. `false`: the kernel cannot answer (before
+/// 6.11), nothing was added.
 fn shared_file_mappings(
     maps: &OwnedFd,
     devs: &[u64],
     out: &mut Vec<(Vec<u8>, u64, u64, Vec<u8>)>,
-) -> rustix::io::Result<bool> {
+    name: &mut Vec<u8>,
+) -> io::Result<bool> {
     if NO_PROCMAP_QUERY.load(Ordering::Relaxed) {
         return Ok(false);
     }
-    let mut name = vec![0u8; libc::PATH_MAX as usize];
+    name.resize(libc::PATH_MAX as usize, 0);
     let mut addr = 0u64;
     loop {
         let mut q = ProcmapQuery {
@@ -1208,17 +1211,16 @@ fn shared_file_mappings(
         // outlives the call and is as long as `vma_name_size` says.
         let r = unsafe { libc::ioctl(maps.as_raw_fd(), PROCMAP_QUERY, &mut q) };
         if r < 0 {
-            return match rustix::io::Errno::from_raw_os_error(
-                io::Error::last_os_error().raw_os_error().unwrap_or(0),
-            ) {
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
                 // No mapping left; or no memory at all (a kernel thread, a process
                 // exiting, which may still hold its descriptors), as its text says.
-                rustix::io::Errno::NOENT | rustix::io::Errno::SRCH => Ok(true),
-                rustix::io::Errno::NOTTY | rustix::io::Errno::INVAL if addr == 0 => {
+                Some(libc::ENOENT | libc::ESRCH) => Ok(true),
+                Some(libc::ENOTTY | libc::EINVAL) if addr == 0 => {
                     NO_PROCMAP_QUERY.store(true, Ordering::Relaxed);
                     Ok(false)
                 }
-                e => Err(e),
+                _ => Err(e),
             };
         }
         let dev = libc::makedev(q.dev_major, q.dev_minor);
@@ -1236,26 +1238,6 @@ fn shared_file_mappings(
             return Ok(true);
         }
         addr = q.vma_end;
-    }
-}
-
-/// Reads `file` whole into `buf` (emptied first).
-fn read_to_end(file: &OwnedFd, buf: &mut Vec<u8>) -> rustix::io::Result<()> {
-    buf.clear();
-    loop {
-        if buf.capacity() - buf.len() < 16 << 10 {
-            buf.reserve(64 << 10);
-        }
-        match rustix::io::read(file, buf.spare_capacity_mut()) {
-            Ok(([], _)) => return Ok(()),
-            Ok((filled, _)) => {
-                let n = filled.len();
-                // SAFETY: the kernel initialised the `n` bytes after the old length.
-                unsafe { buf.set_len(buf.len() + n) };
-            }
-            Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(e),
-        }
     }
 }
 
@@ -1755,7 +1737,9 @@ mod tests {
         let (shared, private) = (map(libc::MAP_SHARED), map(libc::MAP_PRIVATE));
         let maps = fs::File::open("/proc/self/maps").unwrap();
         let mut asked = Vec::new();
-        let answered = shared_file_mappings(&OwnedFd::from(maps), &[dev], &mut asked).unwrap();
+        let answered =
+            shared_file_mappings(&OwnedFd::from(maps), &[dev], &mut asked, &mut Vec::new())
+                .unwrap();
         // (Only this file's: tests beside this one map files of this filesystem too.)
         asked.retain(|m| m.2 == ino);
         let text = fs::read("/proc/self/maps").unwrap();
@@ -1771,6 +1755,39 @@ mod tests {
                 (link.into_bytes(), dev, ino, fsx::unescape_proc_path(path))
             })
             .collect();
+        // A look at this process finds it either way: by the kernel's answer, and by the
+        // text that kernels before 6.11 are read by. (Forcing the text for a moment makes
+        // tests beside this one read it too, which finds the same.)
+        let proc = fsx::open_dir(Path::new("/proc")).unwrap();
+        let pid = std::process::id().to_string();
+        let look = || {
+            let mut found = Vec::new();
+            process_files(
+                proc.as_fd(),
+                pid.as_bytes(),
+                &[dev],
+                &mut found,
+                &mut Vec::new(),
+            )
+            .unwrap();
+            let mut found: Vec<_> = found
+                .into_iter()
+                // (The file is open to write too: its descriptor is found as well.)
+                .filter(|s| {
+                    s.ino == ino && s.link.parent().is_some_and(|d| d.ends_with("map_files"))
+                })
+                .map(|s| (s.dev, s.ino, s.path, s.link))
+                .collect();
+            found.sort();
+            found
+        };
+        let by_kernel = look();
+        let answers = NO_PROCMAP_QUERY.swap(true, Ordering::Relaxed);
+        let by_text = look();
+        NO_PROCMAP_QUERY.store(answers, Ordering::Relaxed);
+        assert_eq!(by_kernel.len(), 1, "{by_kernel:?}");
+        assert_eq!(by_kernel, by_text);
+        assert_eq!(by_kernel[0].2, path);
         // SAFETY: unmapping what was mapped above.
         unsafe {
             libc::munmap(shared, 8192);
