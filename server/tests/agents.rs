@@ -1320,7 +1320,9 @@ async fn containers_run_on_their_agent_s_host_and_survive_its_restart() {
 /// An agent's server holding both trees: a copy there and its syncs are made on its host as
 /// on the control plane's (not sent to itself through a connection). Started with
 /// `--image-trees` on an XFS, it lays the copies it receives down as image trees (the
-/// servers API says so), and a copy of one on its server is a clone of its image.
+/// servers API says so), and a copy of one on its server is a clone of its image. A source
+/// grown beyond what an image tree holds arrives as a directory, whatever doppel last
+/// recorded of its size.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_copies_on_its_own_server_there_and_with_image_trees_by_clones() {
     let xfs = common::process::Xfs::new();
@@ -1333,7 +1335,7 @@ async fn an_agent_copies_on_its_own_server_there_and_with_image_trees_by_clones(
     let mut c = lab.host_command("b", doppel());
     c.arg("--data-dir")
         .arg(&b_data)
-        .args(["--image-trees", "2G", "agent"])
+        .args(["--image-trees", "1G", "agent"])
         .args(["--listen", &format!("{}:7700", lab.addr("b"))])
         .args(["join", &cp.join_url, &token]);
     let _b_agent = Agent {
@@ -1342,7 +1344,7 @@ async fn an_agent_copies_on_its_own_server_there_and_with_image_trees_by_clones(
     };
     let server = cp.wait_state("b", "online", Duration::from_secs(20)).await;
     assert_eq!(server["storage"], "reflink", "{server}");
-    assert_eq!(server["image_trees"], 2u64 << 30, "{server}");
+    assert_eq!(server["image_trees"], 1u64 << 30, "{server}");
     let project = cp.project("web-platform").await;
     let b = cp.server_id("b").await;
     let web_app = cp.id_of("web-app").await;
@@ -1352,7 +1354,7 @@ async fn an_agent_copies_on_its_own_server_there_and_with_image_trees_by_clones(
     let (on_b, job) = cp.copy(&web_app, &project, &b, "web-on-b").await;
     let notes = job["summary"]["notes"].to_string();
     assert!(
-        notes.contains("laid down as an image tree of 2.0 GiB"),
+        notes.contains("laid down as an image tree of 1.0 GiB"),
         "{job}"
     );
     assert!(image::is_image_tree(&root_on(&b_data, &on_b)));
@@ -1397,4 +1399,31 @@ async fn an_agent_copies_on_its_own_server_there_and_with_image_trees_by_clones(
     let hostname = std::fs::read_to_string(again_root.join("etc/hostname")).unwrap();
     assert_eq!(hostname.trim(), "web-again");
     cp.wait_container(&again, "running").await;
+
+    // A source grown in use to 1.1 GB (a hole on this host) while doppel's record of its
+    // size still says a few MB: its copy on b is not laid down in an image tree of 1 GiB it
+    // would not fit (the job failed with no room left, before), but as a directory, known
+    // from the source's own scan before anything arrives.
+    let grown = web_root.join("grown.img");
+    std::fs::File::create(&grown)
+        .unwrap()
+        .set_len(1100 << 20)
+        .unwrap();
+    let (big, job) = cp.copy(&web_app, &project, &b, "web-grown").await;
+    std::fs::remove_file(&grown).unwrap();
+    let notes = job["summary"]["notes"].to_string();
+    assert!(
+        notes.contains("would fill most of an image tree of 1.0 GiB"),
+        "{job}"
+    );
+    let big_root = root_on(&b_data, &big);
+    assert!(!image::is_image_tree(&big_root));
+    assert_eq!(
+        std::fs::metadata(big_root.join("grown.img")).unwrap().len(),
+        1100 << 20
+    );
+    assert_eq!(
+        std::fs::read(big_root.join("www/content.html")).unwrap(),
+        std::fs::read(web_root.join("www/content.html")).unwrap()
+    );
 }

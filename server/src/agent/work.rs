@@ -34,7 +34,6 @@ pub(super) struct Expected {
     pub(super) until: Instant,
     mode: TransferMode,
     container_id: String,
-    source_bytes: Option<u64>,
 }
 
 pub(super) fn router(state: Arc<AgentState>) -> Router {
@@ -128,7 +127,6 @@ async fn expect(State(st): State<Arc<AgentState>>, Json(req): Json<Expect>) -> R
             until: Instant::now() + EXPECT_FOR,
             mode,
             container_id: id,
-            source_bytes: req.source_bytes,
         },
     );
     st.repin();
@@ -201,11 +199,11 @@ async fn transfer(
     let lock = st.lock_of(&expected.container_id);
     tokio::spawn(async move {
         let _one = lock.lock().await;
-        let (mode, bytes) = (expected.mode, expected.source_bytes);
+        let mode = expected.mode;
         let result = over_connection(upgrade, move |stream| {
             let ctl = Control::new();
             match mode {
-                TransferMode::Copy => engine::receive_copy_from(&dst, bytes, stream, &ctl),
+                TransferMode::Copy => engine::receive_copy_from(&dst, stream, &ctl),
                 TransferMode::Sync => {
                     engine::receive_sync_from(&dst, stream, &identity::is_identity_path, &ctl)
                 }

@@ -627,14 +627,6 @@ impl JobRunner {
                 None => container_place(source_root, source_id),
             })
         };
-        // (A copy laid down as an image tree must fit in it: its size as last recorded. Not
-        // known, it is laid down as one anyway.)
-        let source_bytes = match mode {
-            TransferMode::Copy => self.db.container(source_id).await.ok().flatten(),
-            TransferMode::Sync => None,
-        }
-        .and_then(|c| u64::try_from(c.size_bytes).ok())
-        .filter(|&b| b > 0);
         let target_here = container_place(target_root, target_id);
         let target = if self.agents.is_agent(target_server) {
             Where::Agent(target_server.to_string())
@@ -649,7 +641,6 @@ impl JobRunner {
             target,
             target_container: target_id,
             bwlimit: params.bwlimit,
-            source_bytes,
         };
         // A broken connection (a host down, a link cut) is tried again once the servers
         // answer (each wait within --server-wait), a few times; a copy resumes from what

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The agent protocol's version: both sides refuse a peer of another.
-pub const PROTOCOL: u32 = 2;
+pub const PROTOCOL: u32 = 3;
 
 /// `POST /v1/join` on the control plane's agent port, from a host joining with a token.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -104,11 +104,6 @@ pub struct Expect {
     /// A copy's new identity.
     #[serde(default)]
     pub identity: Option<NewIdentity>,
-    /// A copy's size as the control plane last saw its source (bytes): where the agent lays
-    /// trees down as image trees (`--image-trees`), one that would not fit is laid down as
-    /// a directory instead, before anything is sent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source_bytes: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -37,8 +37,6 @@ pub struct TransferRequest<'a> {
     pub target_container: &'a str,
     /// Bytes a second, paced by the side that sends.
     pub bwlimit: Option<u64>,
-    /// The source tree's size as last recorded, if known (see `Expect::source_bytes`).
-    pub source_bytes: Option<u64>,
 }
 
 /// A call to another server that did not get through (or its answer did not): worth
@@ -116,7 +114,7 @@ impl Agents {
         target: &str,
         ticket: &str,
         mode: TransferMode,
-        (container, source_bytes): (&str, Option<u64>),
+        container: &str,
         peer: crate::tls::Fingerprint,
     ) -> Result<TransferMode, EngineError> {
         let expect = Expect {
@@ -125,7 +123,6 @@ impl Agents {
             container_id: container.to_string(),
             peer: peer.to_string(),
             identity: None,
-            source_bytes,
         };
         let answer: ExpectAnswer = answer_json(
             self.control_call(target, Duration::from_secs(10), |client, address| {
@@ -157,7 +154,7 @@ impl Agents {
                         target,
                         &ticket,
                         req.mode,
-                        (req.target_container, req.source_bytes),
+                        req.target_container,
                         self.me.fingerprint,
                     )
                     .await?;
@@ -190,13 +187,7 @@ impl Agents {
             (Where::Agent(source), Where::Agent(target)) => {
                 let (_, source_pin, _) = self.reach_or_fail(source)?;
                 let mode = self
-                    .expect(
-                        target,
-                        &ticket,
-                        req.mode,
-                        (req.target_container, req.source_bytes),
-                        source_pin,
-                    )
+                    .expect(target, &ticket, req.mode, req.target_container, source_pin)
                     .await?;
                 let (to, to_pin, _) = self.reach_or_fail(target)?;
                 let (address, _, client) = self.reach_or_fail(source)?;
@@ -234,9 +225,9 @@ impl Agents {
                     .post(format!("https://{address}/v1/pull"))
                     .query(&pull);
                 let upgraded = open_transfer(request, &address).await?;
-                let (dst, bytes) = (dst.clone(), req.source_bytes);
+                let dst = dst.clone();
                 run_half(upgraded, move |stream| match mode {
-                    TransferMode::Copy => engine::receive_copy_from(&dst, bytes, stream, &ctl),
+                    TransferMode::Copy => engine::receive_copy_from(&dst, stream, &ctl),
                     TransferMode::Sync => {
                         engine::receive_sync_from(&dst, stream, &identity::is_identity_path, &ctl)
                     }

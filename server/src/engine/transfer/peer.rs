@@ -75,6 +75,10 @@ const NEED_MANIFEST: u8 = 8;
 /// The state to reach, as the target's manifest changed: its root hash, the entries that
 /// change (as a manifest) and the paths that go.
 const STATE_DELTA: u8 = 9;
+/// A copy's first word from its source: the tree's size in bytes (u64, little-endian), as
+/// its scan found it, so that the target lays the tree down in something that can hold it
+/// (an image tree only where it fits) before anything arrives.
+const TREE_SIZE: u8 = 10;
 /// A copy's READY says whether it starts afresh or resumes an interrupted one.
 const FRESH: u8 = 0;
 const RESUME: u8 = 1;
@@ -354,8 +358,16 @@ fn copy_source_half(
     ctl: &Control,
 ) -> Result<Summary, EngineError> {
     let started = Instant::now();
-    let scanned = scan_source(src, ctl);
-    // The target says first whether it can take the tree at all.
+    let (mut m, report) = match scan_source(src, ctl) {
+        Ok(r) => r,
+        Err(e) => {
+            abort(stream, &e);
+            return Err(e);
+        }
+    };
+    write_message(stream, TREE_SIZE, &m.bytes().to_le_bytes())
+        .map_err(peer_err("sending the tree's size"))?;
+    // The target says whether it can take the tree at all.
     let (tag, bytes) = read_message(stream).map_err(peer_err("reading the target's answer"))?;
     if tag != READY {
         return Err(read_reply_after(tag, &bytes));
@@ -370,15 +382,6 @@ fn copy_source_half(
         summary.files_added = summary.tree_files;
         return Ok(summary);
     }
-    let (mut m, report) = match scanned {
-        Ok(r) => r,
-        Err(e) => {
-            // The target waits for frames: an empty sub-stream, then why.
-            let _ = stream.write_all(&0u32.to_le_bytes());
-            abort(stream, &e);
-            return Err(e);
-        }
-    };
     let offer = HashMap::new();
     let root = &src.root;
     let sent = send_frames(stream, ctl, |w| {
@@ -417,14 +420,21 @@ fn partial_of(dst: &Place) -> Place {
 /// The target's half of a copy from another server: the tree laid down at `dst` (new),
 /// verified against the source's manifest, committed; the reply sent. Also its result here.
 /// When the connection breaks, what arrived is kept for the next attempt, which resumes
-/// from it (see [`partial_of`]). `source_bytes`: the tree's size, if known (the frames
-/// come after the tree is laid down: [`stage_as_image`] needs it before).
+/// from it (see [`partial_of`]). The source's size comes first ([`TREE_SIZE`]): whether the
+/// tree fits an image tree is decided on it.
 fn copy_target_half(
     dst: &Place,
-    source_bytes: Option<u64>,
     stream: &mut dyn Duplex,
     ctl: &Control,
 ) -> Result<Summary, EngineError> {
+    let source_bytes = match read_tree_size(stream) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            let result = Err(e);
+            reply(stream, dst, &result);
+            return result;
+        }
+    };
     let partial = partial_of(dst);
     if partial.root.is_dir() && !dst.commit_marker().exists() && !dst.root.exists() {
         let result = resume_copy(dst, &partial, stream, ctl);
@@ -432,7 +442,7 @@ fn copy_target_half(
         return result;
     }
     let result = copy_into(dst, ctl, |staging| {
-        let laid_down = stage_as_image(dst, staging, source_bytes)?;
+        let laid_down = stage_as_image(dst, staging, Some(source_bytes))?;
         write_message(stream, READY, &[FRESH]).map_err(peer_err("answering"))?;
         let writeback = fsx::WriteBack::start(staging);
         let received = receive_frames(stream, |r| {
@@ -476,6 +486,23 @@ fn copy_target_half(
     });
     reply(stream, dst, &result);
     result
+}
+
+/// A copy's first message from its source: the tree's size, or why the source stopped.
+fn read_tree_size(stream: &mut dyn Duplex) -> Result<u64, EngineError> {
+    let (tag, bytes) = read_message(stream).map_err(peer_err("reading the tree's size"))?;
+    match tag {
+        TREE_SIZE => <[u8; 8]>::try_from(bytes.as_slice())
+            .map(u64::from_le_bytes)
+            .map_err(|_| EngineError::Integrity("the tree's size is not 8 bytes".into())),
+        ABORT => Err(EngineError::Refused(format!(
+            "the source gave up: {}",
+            String::from_utf8_lossy(&bytes)
+        ))),
+        _ => Err(EngineError::Integrity(
+            "the source spoke out of turn (another version of doppel?)".into(),
+        )),
+    }
 }
 
 /// A copy resumed: the partial tree synced up to the source (the source's half is a
@@ -850,16 +877,14 @@ pub fn send_copy_to(
 }
 
 /// The target's half of a copy from another server (see `copy_target_half`), counting
-/// what crosses the connection. `source_bytes`: the tree's size, where the caller knows it
-/// (a tree laid down as an image tree must fit in it).
+/// what crosses the connection.
 pub fn receive_copy_from(
     dst: &Place,
-    source_bytes: Option<u64>,
     stream: &mut dyn Duplex,
     ctl: &Control,
 ) -> Result<Summary, EngineError> {
     crate::engine::mounted(&[dst])?;
-    counted(stream, |s| copy_target_half(dst, source_bytes, s, ctl))
+    counted(stream, |s| copy_target_half(dst, s, ctl))
 }
 
 /// The source's half of a sync to another server (see `sync_source_half`), counting
