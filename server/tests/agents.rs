@@ -1322,7 +1322,7 @@ async fn containers_run_on_their_agent_s_host_and_survive_its_restart() {
 /// `--image-trees` on an XFS, it lays the copies it receives down as image trees (the
 /// servers API says so), and a copy of one on its server is a clone of its image. A source
 /// grown beyond what an image tree holds arrives as a directory, whatever doppel last
-/// recorded of its size.
+/// recorded of its size, and a sync grows its copy that is an image tree to hold it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_copies_on_its_own_server_there_and_with_image_trees_by_clones() {
     let xfs = common::process::Xfs::new();
@@ -1410,7 +1410,6 @@ async fn an_agent_copies_on_its_own_server_there_and_with_image_trees_by_clones(
         .set_len(1100 << 20)
         .unwrap();
     let (big, job) = cp.copy(&web_app, &project, &b, "web-grown").await;
-    std::fs::remove_file(&grown).unwrap();
     let notes = job["summary"]["notes"].to_string();
     assert!(
         notes.contains("would fill most of an image tree of 1.0 GiB"),
@@ -1425,5 +1424,23 @@ async fn an_agent_copies_on_its_own_server_there_and_with_image_trees_by_clones(
     assert_eq!(
         std::fs::read(big_root.join("www/content.html")).unwrap(),
         std::fs::read(web_root.join("www/content.html")).unwrap()
+    );
+
+    // Its copy laid down as an image tree of 1 GiB before it grew: the sync grows that
+    // image on b (sparse) to hold it and what it stages, instead of failing with no room.
+    let job = cp.sync(&on_b).await;
+    std::fs::remove_file(&grown).unwrap();
+    let notes = job["summary"]["notes"].to_string();
+    assert!(
+        notes.contains("its image tree grown from 1.0 to 3.0 GiB"),
+        "{job}"
+    );
+    let on_b_root = root_on(&b_data, &on_b);
+    assert!(image::is_image_tree(&on_b_root));
+    assert_eq!(
+        std::fs::metadata(on_b_root.join("grown.img"))
+            .unwrap()
+            .len(),
+        1100 << 20
     );
 }

@@ -1003,6 +1003,73 @@ fn copies_received_from_another_server_are_image_trees_where_they_fit() {
     assert!(verify(&too_big, &Control::new()).unwrap().ok);
 }
 
+/// A copy laid down as an image tree holds what its source holds: a source (a directory,
+/// with no such limit) grown beyond the copy's image makes a sync grow that image first,
+/// on this server and from another, instead of failing with no room left.
+#[test]
+fn copies_laid_down_as_image_trees_grow_to_hold_their_source() {
+    const MIB: u64 = 1 << 20;
+    // (Two copies of 330 MB and their stages: more than the 512 MiB of the usual XFS.)
+    let env = Env {
+        image_size: Some(1 << 30),
+        ..Env::on(
+            LoopFs::mounted_with("xfs", "loop", Some(2 << 30)),
+            Roots::Directories,
+        )
+    };
+    let src = env.source("src");
+    random_tree(&src.root, &mut Rng(69), 30);
+    // (XFS's smallest: 300 MB.)
+    let here = env.place("here").with_image_size(Some(320 * MIB));
+    copy(&src, &here, &Control::new()).unwrap();
+    let there = env.place("there").with_image_size(Some(320 * MIB));
+    let (sent, received) = across(
+        |c| send_copy_to(&src, c, None, &Control::new()),
+        |c| receive_copy_from(&there, c, &Control::new()),
+    );
+    sent.unwrap();
+    received.unwrap();
+    for copy in [&here, &there] {
+        assert!(image::is_image_tree(&copy.root));
+        assert!(filesystem_size(&copy.root) <= 320 * MIB);
+    }
+    // 330 MB more (a hole in the source: nothing on its disk), more than either image has.
+    fs::File::create(src.root.join("grown.img"))
+        .unwrap()
+        .set_len(330 * MIB)
+        .unwrap();
+    let s = sync(&src, &here, &Control::new()).unwrap();
+    let (sent, received) = across(
+        |c| send_sync_to(&src, c, &|_| false, None, &Control::new()),
+        |c| receive_sync_from(&there, c, &|_| false, &Control::new()),
+    );
+    let (sent, received) = (sent.unwrap(), received.unwrap());
+    for (copy, notes) in [
+        (&here, &s.notes),
+        (&there, &sent.notes),
+        (&there, &received.notes),
+    ] {
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.starts_with("its image tree grown from 0.3 to 1.0 GiB")),
+            "{notes:?}"
+        );
+        assert!(image::is_image_tree(&copy.root));
+        assert!(filesystem_size(&copy.root) > 900 * MIB);
+        assert_eq!(
+            fs::metadata(copy.root.join("grown.img")).unwrap().len(),
+            330 * MIB
+        );
+        assert!(verify(copy, &Control::new()).unwrap().ok);
+    }
+    // The rest of the trees as their source has them (the grown file aside: its 330 MB
+    // read whole, twice per tree, is what the checks above spare).
+    fs::remove_file(src.root.join("grown.img")).unwrap();
+    sync(&src, &here, &Control::new()).unwrap();
+    assert_same_tree(&src.root, &here.root);
+}
+
 /// The size of the filesystem mounted at `root`, in bytes.
 fn filesystem_size(root: &Path) -> u64 {
     let st = rustix::fs::statvfs(root).unwrap();
@@ -2327,23 +2394,24 @@ struct LoopFs {
 
 impl LoopFs {
     fn new(kind: &str) -> LoopFs {
-        LoopFs::mounted_with(kind, "loop")
+        LoopFs::mounted_with(kind, "loop", None)
     }
 
     /// Mounted `noatime`: reading a file changes nothing (on btrfs, an access time
     /// written is a change of the subvolume's tree, and moves its generation).
     fn noatime(kind: &str) -> LoopFs {
-        LoopFs::mounted_with(kind, "loop,noatime")
+        LoopFs::mounted_with(kind, "loop,noatime", None)
     }
 
-    fn mounted_with(kind: &str, options: &str) -> LoopFs {
+    /// `size`: bytes, where the default (2 GiB for ext4, else 512 MiB) is not enough.
+    fn mounted_with(kind: &str, options: &str, size: Option<u64>) -> LoopFs {
         let dir = tempfile::tempdir().unwrap();
         let image = dir.path().join("image");
         let mnt = dir.path().join("mnt");
         fs::create_dir(&mnt).unwrap();
         // (Sparse: only what is written takes space. ext4 holds a tree of 100,000
         // directories: 400 MB of directory blocks, and an inode each.)
-        let size = if kind == "ext4" { 2 << 30 } else { 512 << 20 };
+        let size = size.unwrap_or(if kind == "ext4" { 2 << 30 } else { 512 << 20 });
         fs::File::create(&image).unwrap().set_len(size).unwrap();
         let mkfs = match kind {
             "xfs" => std::process::Command::new("mkfs.xfs")

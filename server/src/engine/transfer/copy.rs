@@ -251,7 +251,7 @@ pub(super) fn stage_as_image(
 }
 
 /// What an image tree holds besides its files: XFS's log (64 MB) and its metadata.
-const IMAGE_OVERHEAD: u64 = 128 << 20;
+pub(super) const IMAGE_OVERHEAD: u64 = 128 << 20;
 
 /// A copy on btrfs whose source tree is a subvolume: the staging tree is made a snapshot
 /// of it, the whole tree at one instant, sharing everything (no file is created, read or

@@ -23,8 +23,8 @@ use std::io::{BufReader, Read, Write};
 use super::copy::{copy_into, finish_copy, scan_source, send_copy, source_facts, stage_as_image};
 use super::receive::{receive, Mode};
 use super::sync::{
-    commit_sync, drift, plan, prepare_target, remove_work, scan_sync_source, scan_target,
-    send_sync, stage_dir,
+    commit_sync, drift, make_room, plan, prepare_target, remove_work, scan_sync_source,
+    scan_target, send_sync, stage_dir,
 };
 use super::*;
 
@@ -557,7 +557,12 @@ fn sync_source_half(
     ctl.phase(Phase::Plan, None, None);
     let mut summary = Summary::default();
     let mut plan = plan(s_man, &s_report, &t_man, keep, &mut summary, ctl);
-    write_message(stream, CHANGES, &plan.files_total.to_le_bytes()).map_err(peer_err("sending"))?;
+    // How many entries change, what the target will hold and what it stages on the way
+    // (its image tree, if it is one, grows first where that would not fit).
+    let mut changes = plan.files_total.to_le_bytes().to_vec();
+    changes.extend_from_slice(&plan.want.bytes().to_le_bytes());
+    changes.extend_from_slice(&plan.bytes_total.to_le_bytes());
+    write_message(stream, CHANGES, &changes).map_err(peer_err("sending"))?;
     if plan.files_total > 0 {
         let (changes, deleted, root) = (&plan.changes, &plan.deleted, &src.root);
         let sent = send_frames(stream, ctl, |w| {
@@ -581,6 +586,7 @@ fn sync_source_half(
     plan.finish(&mut summary);
     summary.drift = theirs.drift;
     summary.drift_paths = theirs.drift_paths;
+    summary.notes.extend(theirs.notes);
     summary.recovered = theirs.recovered;
     summary.reused_bytes = theirs.reused_bytes;
     summary.tree_files = theirs.tree_files;
@@ -765,12 +771,19 @@ fn sync_target_half(
                 String::from_utf8_lossy(&bytes)
             )));
         }
-        let files_total = match <[u8; 8]>::try_from(bytes.as_slice()) {
-            Ok(b) if tag == CHANGES => u64::from_le_bytes(b),
+        let word = |i: usize| -> Option<u64> {
+            let b = bytes.get(i * 8..i * 8 + 8)?;
+            Some(u64::from_le_bytes(b.try_into().ok()?))
+        };
+        let (files_total, want, staged) = match (word(0), word(1), word(2)) {
+            (Some(files), Some(want), Some(staged)) if tag == CHANGES && bytes.len() == 24 => {
+                (files, want, staged)
+            }
             _ => return Err(EngineError::Integrity("no plan from the source".into())),
         };
         ctl.phase(Phase::Transfer, None, Some(files_total));
         let received = if files_total > 0 {
+            summary.notes.extend(make_room(dst, want, staged)?);
             let stage = stage_dir(dst)?;
             let current = &target.man;
             let writeback = fsx::WriteBack::start(&stage);

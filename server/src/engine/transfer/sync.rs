@@ -106,6 +106,9 @@ pub(in crate::engine) fn sync(
     };
     let mut plan = plan(s_man, &s_report, &target.man, keep, &mut summary, ctl);
     let received = if plan.files_total > 0 {
+        summary
+            .notes
+            .extend(make_room(dst, plan.want.bytes(), plan.bytes_total)?);
         let stage = stage_dir(dst)?;
         // On the source's filesystem, changed files are laid down by the kernel from the
         // source (shared extents, or copy_file_range) instead of streamed; deltas of large
@@ -391,6 +394,8 @@ pub(in crate::engine) struct Plan {
     pub(in crate::engine) changes: Vec<(Change, Entry)>,
     pub(in crate::engine) deleted: Vec<Vec<u8>>,
     pub(in crate::engine) files_total: u64,
+    /// The bytes of the files added or changed (staged beside those they replace).
+    pub(in crate::engine) bytes_total: u64,
     unstable: Listed,
 }
 
@@ -440,6 +445,7 @@ pub(in crate::engine) fn plan(
         changes,
         deleted,
         files_total,
+        bytes_total,
     }
 }
 
@@ -464,6 +470,59 @@ impl Plan {
         summary.unstable = self.unstable.paths;
         summary.unstable_count = self.unstable.count;
     }
+}
+
+/// Room in a copy laid down as an image tree for what its source holds now: where the state
+/// to reach (`want` bytes), with the changed files (`staged` bytes) staged beside those
+/// they replace, would fill more than a copy leaves room for (see
+/// [`super::copy::stage_as_image`]), its image grows first, in use (sparse: the host gives
+/// it only what it holds), by whole GiB. A copy holds what its source holds (a source
+/// that is a directory has no such limit); the container's own writes stay within its
+/// image. Its note, where it grew. An image that cannot grow, or a host without room for
+/// what is staged, fails the sync here, before anything is written.
+pub(in crate::engine) fn make_room(
+    dst: &Place,
+    want: u64,
+    staged: u64,
+) -> Result<Option<String>, EngineError> {
+    if !image::is_image_tree(&dst.root) {
+        return Ok(None);
+    }
+    let (_, capacity) = fsx::free_space(&dst.root).map_err(io_err("reading the copy's room"))?;
+    let needed = want
+        .saturating_add(staged)
+        .saturating_add(super::copy::IMAGE_OVERHEAD);
+    if needed <= capacity / 10 * 9 {
+        return Ok(None);
+    }
+    const GIB: u64 = 1 << 30;
+    let image = image::image_path(&dst.root);
+    let was = fs::metadata(&image)
+        .map_err(io_err("reading the copy's image"))?
+        .len();
+    let size = (needed / 9 * 10)
+        .div_ceil(GIB)
+        .max(was / GIB + 1)
+        .saturating_mul(GIB);
+    let host = image.parent().unwrap_or(Path::new("/"));
+    let (free, _) = fsx::free_space(host).map_err(io_err("reading the server's room"))?;
+    // (What the image will take of the host: at most what is staged, beyond what it holds.)
+    if free < staged {
+        return Err(EngineError::Refused(format!(
+            "the copy's image tree would have to grow to {:.1} GiB to hold its source, \
+             and its server has {:.1} GiB free for the {:.1} GiB the sync writes",
+            size as f64 / GIB as f64,
+            free as f64 / GIB as f64,
+            staged as f64 / GIB as f64
+        )));
+    }
+    image::grow(&dst.root, size).map_err(io_err("growing the copy's image tree"))?;
+    Ok(Some(format!(
+        "its image tree grown from {:.1} to {:.1} GiB to hold its source ({:.1} GiB)",
+        was as f64 / GIB as f64,
+        size as f64 / GIB as f64,
+        want as f64 / GIB as f64
+    )))
 }
 
 /// The target's stage for a sync's content: a directory its files are renamed from into
