@@ -233,9 +233,25 @@ impl Xfs {
 impl Drop for Xfs {
     fn drop(&mut self) {
         doppel::runtime::purge(&self.data());
-        let _ = std::process::Command::new("umount")
-            .arg("--recursive")
-            .arg(self.dir.path().join("mnt"))
-            .status();
+        let mnt = self.dir.path().join("mnt");
+        // The loop devices of image trees inside detach a moment after their unmount, and
+        // keep this filesystem busy until then: tried again for a while (a mount left
+        // behind outlives the test and its temp dir).
+        for _ in 0..100 {
+            let _ = Command::new("umount")
+                .arg("--recursive")
+                .arg(&mnt)
+                .stderr(Stdio::null())
+                .status();
+            let mounted = Command::new("mountpoint")
+                .arg("-q")
+                .arg(&mnt)
+                .status()
+                .is_ok_and(|s| s.success());
+            if !mounted {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
