@@ -331,6 +331,7 @@ fn copy_whole_tree(
 ) -> Result<Option<Summary>, EngineError> {
     ctl.phase(Phase::Transfer, None, None);
     fs::remove_dir(staging).map_err(EngineError::io_path("removing", staging))?;
+    let mark = untouched::source_mark_before(src, ctl.watch.as_deref());
     if let Err(e) = take() {
         tracing::debug!(error = %e, "not taken whole ({how}): copying file by file");
         let work = staging.parent().unwrap_or(staging);
@@ -339,35 +340,55 @@ fn copy_whole_tree(
         return Ok(None);
     }
     ctl.fail(point)?;
-    finish_whole_tree_copy(src, dst, staging, how, ctl).map(Some)
+    finish_whole_tree_copy(src, dst, staging, (how, mark), ctl).map(Some)
 }
 
 /// The rest of a copy whose staging tree is the source's whole tree at one instant (a
 /// snapshot or a clone, `how`): its manifest scanned there (never from the source, which
 /// may change meanwhile) with the source's quick-check cache, which still holds (inode
 /// numbers and times are kept); files the cache cannot vouch for are read and hashed
-/// there. Walkers read the fresh tree's metadata ahead of the scan ([`warm`]). Special
-/// files are taken out, as a copy never has them. Then it is made durable and moved into
-/// place like any copy; its metadata is not read back to be checked against that manifest
-/// unless special files were taken out of it: the manifest was read from the staged tree
-/// itself, which nothing else writes.
+/// there. Walkers read the fresh tree's metadata ahead of the scan ([`warm`]). Where the
+/// cache is paired with a mark of the source and btrfs or the change watch tell what
+/// changed in the source since (`untouched`), only that is looked at in the taken tree,
+/// the rest taken from the cache (as a sync's source scan does): a copy of a tree that
+/// rests, a template say, walks none of it. Special files are taken out, as a copy never
+/// has them. Then it is made durable and moved into place like any copy; its metadata is
+/// not read back to be checked against that manifest unless special files were taken out
+/// of it: the manifest was read from the staged tree itself, which nothing else writes.
+/// `mark`: the source's, read before its tree was taken.
 fn finish_whole_tree_copy(
     src: &Place,
     dst: &Place,
     staging: &Path,
-    how: &str,
+    (how, mark): (&str, Option<untouched::Mark>),
     ctl: &Control,
 ) -> Result<Summary, EngineError> {
     ctl.phase(Phase::Scan, None, None);
-    let cache = src.load_manifest().ok().flatten();
-    let done = AtomicBool::new(false);
-    let scanned = std::thread::scope(|s| {
-        s.spawn(|| warm::warm(staging, warm::WALKERS, &done));
-        let scanned = scan::scan(staging, cache.as_ref(), true, ctl);
-        done.store(true, Ordering::Relaxed);
-        scanned
+    let loaded = Manifest::load_stored(&src.manifest_path()).ok().flatten();
+    let watch = ctl.watch.as_deref();
+    let changed = loaded.as_ref().and_then(|(cache, stored)| {
+        let now = untouched::source_mark_now(src, watch)?;
+        untouched::source_changes(src, cache, *stored, &now, watch)
     });
-    let (m, report) = scanned?;
+    let partial = match (&changed, &loaded) {
+        (Some(changed), Some((cache, _))) => {
+            scan::scan_changed(staging, cache, changed, None, ctl)?
+        }
+        _ => None,
+    };
+    let (m, report) = match partial {
+        Some(scanned) => scanned,
+        None => {
+            let cache = loaded.as_ref().map(|(m, _)| m);
+            let done = AtomicBool::new(false);
+            std::thread::scope(|s| {
+                s.spawn(|| warm::warm(staging, warm::WALKERS, &done));
+                let scanned = scan::scan(staging, cache, true, ctl);
+                done.store(true, Ordering::Relaxed);
+                scanned
+            })?
+        }
+    };
     let mut walker =
         Walker::new(fsx::open_dir(staging).map_err(EngineError::io_path("opening", staging))?);
     let mut specials = false;
@@ -380,8 +401,15 @@ fn finish_whole_tree_copy(
         specials = true;
     }
     drop(walker);
-    // The source's quick-check cache for the next copy or sync.
-    let _ = m.store_unsynced(&src.manifest_path());
+    // The source's quick-check cache for the next copy or sync, paired with the mark read
+    // before the tree was taken (it describes the source then).
+    let stored = match loaded {
+        Some((cache, stored)) if cache == m => Some(stored),
+        _ => m.store_unsynced(&src.manifest_path()).ok(),
+    };
+    if let (Some(mark), Some(stored)) = (mark, stored) {
+        untouched::record_source(src, &mark, stored);
+    }
     let mut summary = if specials {
         // (Their directories' times moved: what the copy records is read back.)
         finish_copy(dst, staging, &m, ctl)?
@@ -393,6 +421,13 @@ fn finish_whole_tree_copy(
         "{how}: {} files shared at once, none copied",
         summary.tree_files
     ));
+    if report.partial {
+        summary.notes.push(format!(
+            "the copy's manifest is the source's last scan, read again in the copy only \
+             where the source changed since ({} directories listed, {} entries looked at)",
+            report.listed_dirs, report.looked_at
+        ));
+    }
     source_facts(
         &mut summary,
         report,

@@ -330,7 +330,7 @@ fn scan_source_beside<'a>(
     let changed = since
         .zip(loaded.as_ref())
         .and_then(|(marks, (cache, stored))| {
-            untouched::source_changes(src, cache, *stored, marks, watch)
+            untouched::source_changes(src, cache, *stored, &marks.source, watch)
         });
     let cache = loaded.as_ref().map(|(m, _)| m);
     let partial = match (changed, cache) {
@@ -357,7 +357,7 @@ fn scan_source_beside<'a>(
         _ => s_man.store_unsynced(&src.manifest_path()).ok(),
     };
     if let Some(stored) = stored {
-        untouched::record_source(src, marks, stored);
+        untouched::record_source(src, &marks.source, stored);
     }
     Ok((s_man, s_report))
 }

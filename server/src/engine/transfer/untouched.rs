@@ -33,7 +33,7 @@ use super::super::{btrfs, fsx, Manifest, Place, Summary};
 /// A tree as a sync found it: what counts its generations (a subvolume's uuid, or a
 /// watch's id), and its generation.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-struct Mark {
+pub(super) struct Mark {
     id: String,
     generation: u64,
 }
@@ -59,7 +59,7 @@ impl Mark {
 /// Both trees' marks, read as a sync starts.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub(super) struct Marks {
-    source: Mark,
+    pub(super) source: Mark,
     target: Mark,
 }
 
@@ -102,17 +102,17 @@ fn scanned_path(src: &Place) -> std::path::PathBuf {
 /// `stored`) was scanned: paths relative to its root, of directories whose entries changed
 /// and of what changed in them. `marks` were read by this sync. A btrfs subvolume's tree
 /// tells what changed since a generation; elsewhere `watch` does, if it watches the
-/// source. `None` where neither knows.
+/// source (up to `now`, the source's mark read last). `None` where neither knows.
 pub(super) fn source_changes(
     src: &Place,
     cache: &Manifest,
     stored: StoredAs,
-    marks: &Marks,
+    now: &Mark,
     watch: Option<&Watch>,
 ) -> Option<Vec<Vec<u8>>> {
     use std::os::unix::ffi::OsStringExt;
     let record: Scanned = serde_json::from_slice(&fs::read(scanned_path(src)).ok()?).ok()?;
-    if record.manifest != stored || record.mark.id != marks.source.id {
+    if record.manifest != stored || record.mark.id != now.id {
         return None;
     }
     let root = fsx::open_dir(&src.root).ok()?;
@@ -171,10 +171,10 @@ pub(super) fn forget(dst: &Place) {
 }
 
 /// Pairs the source's quick-check cache, just stored (`stored`) or found current, with the
-/// source's mark in `marks` (read before the scan).
-pub(super) fn record_source(src: &Place, marks: &Marks, stored: StoredAs) {
+/// source's mark `mark` (read before the scan, or before the tree scanned was taken).
+pub(super) fn record_source(src: &Place, mark: &Mark, stored: StoredAs) {
     let record = Scanned {
-        mark: marks.source.clone(),
+        mark: mark.clone(),
         manifest: stored,
     };
     let Ok(bytes) = serde_json::to_vec(&record) else {
@@ -190,6 +190,21 @@ fn write_atomically(path: &Path, bytes: &[u8]) {
     if fsx::replace_file(path, bytes, false).is_err() {
         let _ = fs::remove_file(path);
     }
+}
+
+/// The source's mark before a copy takes its tree whole (a clone of its image, a
+/// snapshot): what changes from then on counts as changed since the scan of what was
+/// taken. (As the earlier of two marks: see [`Watch::earlier_generation`].)
+pub(super) fn source_mark_before(src: &Place, watch: Option<&Watch>) -> Option<Mark> {
+    Mark::subvolume(&src.root, true)
+        .or_else(|| watch?.earlier_generation(&src.root).map(Mark::from))
+}
+
+/// The source's mark now, for [`source_changes`] after its tree was taken whole (btrfs
+/// committed every change before a snapshot; the watch looks at the files open for
+/// writing or mapped shared).
+pub(super) fn source_mark_now(src: &Place, watch: Option<&Watch>) -> Option<Mark> {
+    Mark::subvolume(&src.root, false).or_else(|| watch?.generation(&src.root).map(Mark::from))
 }
 
 /// Both trees' marks, if both have generations (committing their changes first).
