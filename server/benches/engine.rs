@@ -213,11 +213,17 @@ impl Session {
 
     /// Runs a sync after a `sync`: its time and its summary.
     fn timed_sync(&mut self, src: &Place, dst: &Place) -> (f64, Summary) {
+        self.timed("sync", src, dst)
+    }
+
+    /// [`Session::timed_sync`], for operation `op` (`sync` or `copy`).
+    fn timed(&mut self, op: &str, src: &Place, dst: &Place) -> (f64, Summary) {
         sync_all();
         let t = Instant::now();
         let line = [&src.root, &src.state_dir, &dst.root, &dst.state_dir]
             .map(|p| p.to_str().unwrap())
             .join("\t");
+        let line = format!("{op}\t{line}");
         let stdin = self.child.stdin.as_mut().unwrap();
         writeln!(stdin, "{line}")
             .and_then(|()| stdin.flush())
@@ -226,7 +232,7 @@ impl Session {
         self.out.read_line(&mut answer).unwrap();
         let secs = t.elapsed().as_secs_f64();
         let summary =
-            serde_json::from_str(answer.trim()).unwrap_or_else(|_| panic!("sync failed: {answer}"));
+            serde_json::from_str(answer.trim()).unwrap_or_else(|_| panic!("{op} failed: {answer}"));
         (secs, summary)
     }
 }
@@ -238,16 +244,20 @@ impl Drop for Session {
     }
 }
 
-/// `__session`: one sync per line of stdin (both places' roots and state dirs,
-/// tab-separated), one summary (JSON) or error per line of stdout.
+/// `__session`: one operation per line of stdin (`sync` or `copy`, then both places'
+/// roots and state dirs, tab-separated), one summary (JSON) or error per line of stdout.
 fn run_session() {
     let watch = engine::watch::Watch::shared();
     for line in std::io::stdin().lock().lines() {
         let line = line.unwrap();
         let f: Vec<&str> = line.split('\t').collect();
-        let (src, dst) = (Place::new(f[0], f[1]), Place::new(f[2], f[3]));
+        let (src, dst) = (Place::new(f[1], f[2]), Place::new(f[3], f[4]));
         let ctl = Control::new().with_watch(watch.clone());
-        match engine::sync(&src, &dst, &ctl) {
+        let done = match f[0] {
+            "copy" => engine::copy(&src, &dst, &ctl),
+            _ => engine::sync(&src, &dst, &ctl),
+        };
+        match done {
             Ok(s) => println!("{}", serde_json::to_string(&s).unwrap()),
             Err(e) => println!("{e}"),
         }
@@ -561,6 +571,13 @@ fn bench(dir: &Path, scale: f64, fs_name: &str) {
         drop(crowd);
         (t, processes, s)
     };
+    // A copy taken whole (a clone, a snapshot) of a source at rest, in a running doppel:
+    // the second of two in a row reads none of the source again (its first scan, or the
+    // syncs', are paired with the source's mark).
+    let again = matches!(fs_name, "xfs-image" | "btrfs").then(|| {
+        session.timed("copy", &src, &place("doppel-again-1"));
+        session.timed("copy", &src, &place("doppel-again-2"))
+    });
     drop(session);
     // The same in a new process, without the watch: both trees walked (outside btrfs).
     let (noop_walked, out) = timed(doppel_op("__sync", &src, &dcopy));
@@ -603,6 +620,9 @@ fn bench(dir: &Path, scale: f64, fs_name: &str) {
         "| no-op sync, {BUSY_HOST_PROCESSES} more processes on the host ({busy_processes} in all) (s) | {noop_busy:.3} | | |"
     );
     println!("| no-op sync, new process without the watch (s) | {noop_walked:.3} | | |");
+    if let Some((t, _)) = &again {
+        println!("| copy again, the source at rest, in a running doppel (s) | {t:.2} | | |");
+    }
     println!();
     println!(
         "copy: {} files, {:.1} MB ({:.1} MB laid down by the kernel: {:?}); sync: +{} ~{} -{} meta {} delta files {}, content {:.2} MB, reused {:.2} MB, {:?}",
@@ -635,6 +655,16 @@ fn bench(dir: &Path, scale: f64, fs_name: &str) {
         busy_summary.phase_ms,
         noop_walked_summary.phase_ms
     );
+    if let Some((t, summary)) = &again {
+        println!(
+            "copy again: {:?}, phases (ms) {:?}",
+            summary.notes, summary.phase_ms
+        );
+        println!(
+            "{fs_name} copy_again_time_ratio_vs_rsync {:.3}",
+            t / copy_rsync.0
+        );
+    }
     println!("{fs_name} doppel_peak_rss_mb_during_copy {peak_rss:.1}");
     // Medians of the rounds' ratios.
     println!("{fs_name} copy_time_ratio_vs_rsync {copy_ratio:.3}");
