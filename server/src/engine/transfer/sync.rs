@@ -479,7 +479,7 @@ impl Plan {
 /// it only what it holds), by whole GiB. A copy holds what its source holds (a source
 /// that is a directory has no such limit); the container's own writes stay within its
 /// image. Its note, where it grew. An image that cannot grow, or a host without room for
-/// what is staged, fails the sync here, before anything is written.
+/// what the source adds to it, fails the sync here, before anything is written.
 pub(in crate::engine) fn make_room(
     dst: &Place,
     want: u64,
@@ -488,7 +488,7 @@ pub(in crate::engine) fn make_room(
     if !image::is_image_tree(&dst.root) {
         return Ok(None);
     }
-    let (_, capacity) = fsx::free_space(&dst.root).map_err(io_err("reading the copy's room"))?;
+    let (room, capacity) = fsx::free_space(&dst.root).map_err(io_err("reading the copy's room"))?;
     let needed = want
         .saturating_add(staged)
         .saturating_add(super::copy::IMAGE_OVERHEAD);
@@ -506,14 +506,17 @@ pub(in crate::engine) fn make_room(
         .saturating_mul(GIB);
     let host = image.parent().unwrap_or(Path::new("/"));
     let (free, _) = fsx::free_space(host).map_err(io_err("reading the server's room"))?;
-    // (What the image will take of the host: at most what is staged, beyond what it holds.)
-    if free < staged {
+    // What the image will take of the host beyond what it holds now: at least what the
+    // state to reach adds. (`staged` can be far more than is written: a changed large file
+    // stays a delta, its unchanged ranges shared.)
+    let adds = want.saturating_sub(capacity.saturating_sub(room));
+    if free < adds {
         return Err(EngineError::Refused(format!(
             "the copy's image tree would have to grow to {:.1} GiB to hold its source, \
-             and its server has {:.1} GiB free for the {:.1} GiB the sync writes",
+             and its server has {:.1} GiB free for the {:.1} GiB it adds",
             size as f64 / GIB as f64,
             free as f64 / GIB as f64,
-            staged as f64 / GIB as f64
+            adds as f64 / GIB as f64
         )));
     }
     image::grow(&dst.root, size).map_err(io_err("growing the copy's image tree"))?;
