@@ -269,7 +269,10 @@ fn run_child(args: &[String]) {
     let dst = Place::new(&args[4], &args[5]);
     let ctl = Control::new();
     let s = match args[1].as_str() {
-        "__copy" => engine::copy(&src, &dst, &ctl),
+        // A copy as `serve` makes it, with the change watch, its first in this process: it
+        // knows nothing of the source from before (the watch starts with the copy).
+        "__copy" => engine::copy(&src, &dst, &ctl.with_watch(engine::watch::Watch::shared())),
+        // (The no-op sync of a new process without the watch: both trees walked.)
         "__sync" => engine::sync(&src, &dst, &ctl),
         _ => unreachable!(),
     }

@@ -351,7 +351,9 @@ fn copy_whole_tree(
 /// cache is paired with a mark of the source and btrfs or the change watch tell what
 /// changed in the source since (`untouched`), only that is looked at in the taken tree,
 /// the rest taken from the cache (as a sync's source scan does): a copy of a tree that
-/// rests, a template say, walks none of it. Special files are taken out, as a copy never
+/// rests, a template say, walks none of it. Else, where the change watch watches the
+/// source, the manifest is read from the source, whose metadata is in the caches
+/// ([`scan_from_source`]). Special files are taken out, as a copy never
 /// has them. Then it is made durable and moved into place like any copy; its metadata is
 /// not read back to be checked against that manifest unless special files were taken out
 /// of it: the manifest was read from the staged tree itself, which nothing else writes.
@@ -376,18 +378,38 @@ fn finish_whole_tree_copy(
         }
         _ => None,
     };
-    let (m, report) = match partial {
-        Some(scanned) => scanned,
-        None => {
-            let cache = loaded.as_ref().map(|(m, _)| m);
-            let done = AtomicBool::new(false);
-            std::thread::scope(|s| {
-                s.spawn(|| warm::warm(staging, warm::WALKERS, &done));
-                let scanned = scan::scan(staging, cache, true, ctl);
-                done.store(true, Ordering::Relaxed);
-                scanned
-            })?
+    let cache = loaded.as_ref().map(|(m, _)| m);
+    let (m, report, read) = match partial {
+        Some((m, report)) => {
+            let note = format!(
+                "the copy's manifest is the source's last scan, read again in the copy only \
+                 where the source changed since ({} directories listed, {} entries looked at)",
+                report.listed_dirs, report.looked_at
+            );
+            (m, report, Some(note))
         }
+        None => match scan_from_source(src, staging, cache, mark.as_ref(), ctl)? {
+            Some((m, report, again)) => {
+                let mut note = "the copy's manifest read from its source, which the change \
+                                watch saw unchanged from before it was taken until after that \
+                                scan"
+                    .to_string();
+                if again > 0 {
+                    note += &format!(" but for {again} entries, read again in the copy");
+                }
+                (m, report, Some(note))
+            }
+            None => {
+                let done = AtomicBool::new(false);
+                let (m, report) = std::thread::scope(|s| {
+                    s.spawn(|| warm::warm(staging, warm::WALKERS, &done));
+                    let scanned = scan::scan(staging, cache, true, ctl);
+                    done.store(true, Ordering::Relaxed);
+                    scanned
+                })?;
+                (m, report, None)
+            }
+        },
     };
     let mut walker =
         Walker::new(fsx::open_dir(staging).map_err(EngineError::io_path("opening", staging))?);
@@ -421,13 +443,7 @@ fn finish_whole_tree_copy(
         "{how}: {} files shared at once, none copied",
         summary.tree_files
     ));
-    if report.partial {
-        summary.notes.push(format!(
-            "the copy's manifest is the source's last scan, read again in the copy only \
-             where the source changed since ({} directories listed, {} entries looked at)",
-            report.listed_dirs, report.looked_at
-        ));
-    }
+    summary.notes.extend(read);
     source_facts(
         &mut summary,
         report,
@@ -435,6 +451,48 @@ fn finish_whole_tree_copy(
         WireStats::default(),
     );
     Ok(summary)
+}
+
+/// The manifest of a tree taken whole (`staging`), read from its source instead: the
+/// source's metadata is likely in the kernel's caches (a running container's, a tree just
+/// read) where that of the tree just taken is not (a new filesystem). Sound where the
+/// change watch tells what changed in the source from before the take (`mark`) until after
+/// this scan: those entries are looked at again in the taken tree, the rest are as the
+/// source has them. With how many were. `None` where the watch cannot tell, or the source
+/// cannot be scanned now (it changes under the scan): then the taken tree is scanned.
+fn scan_from_source(
+    src: &Place,
+    staging: &Path,
+    cache: Option<&Manifest>,
+    mark: Option<&untouched::Mark>,
+    ctl: &Control,
+) -> Result<Option<(Manifest, scan::ScanReport, usize)>, EngineError> {
+    let watch = ctl.watch.as_deref();
+    let Some(mark) = mark.filter(|m| untouched::watched_with(src, m, watch)) else {
+        return Ok(None);
+    };
+    let (from_source, report) = match scan::scan(&src.root, cache, true, ctl) {
+        Ok(scanned) => scanned,
+        Err(EngineError::Cancelled) => return Err(EngineError::Cancelled),
+        Err(e) => {
+            tracing::debug!(error = %e, "the source changed under its scan: scanning the copy");
+            return Ok(None);
+        }
+    };
+    let Some(changed) = untouched::watched_since(src, mark, watch) else {
+        return Ok(None);
+    };
+    if changed.is_empty() {
+        return Ok(Some((from_source, report, 0)));
+    }
+    let again = changed
+        .iter()
+        .collect::<std::collections::HashSet<_>>()
+        .len();
+    Ok(
+        scan::scan_changed(staging, &from_source, &changed, None, ctl)?
+            .map(|(m, report)| (m, report, again)),
+    )
 }
 
 /// The target's side of a copy, last: the staged tree checked against `m` (the source's

@@ -207,6 +207,37 @@ pub(super) fn source_mark_now(src: &Place, watch: Option<&Watch>) -> Option<Mark
     Mark::subvolume(&src.root, false).or_else(|| watch?.generation(&src.root).map(Mark::from))
 }
 
+/// Whether the change watch watches the source with `mark` (a mark of its, not btrfs's).
+pub(super) fn watched_with(src: &Place, mark: &Mark, watch: Option<&Watch>) -> bool {
+    watch
+        .and_then(|w| w.earlier_generation(&src.root))
+        .is_some_and(|(id, _)| id == mark.id)
+}
+
+/// Where the source changed since `mark` (read before its tree was taken whole), up to
+/// now (a question with the look at the processes' files), as the change watch tells:
+/// paths as [`source_changes`] gives them. `None` where it cannot tell (another watch, a
+/// change it could not place).
+pub(super) fn watched_since(
+    src: &Place,
+    mark: &Mark,
+    watch: Option<&Watch>,
+) -> Option<Vec<Vec<u8>>> {
+    use std::os::unix::ffi::OsStringExt;
+    let watch = watch?;
+    let (id, _) = watch.generation(&src.root)?;
+    if id != mark.id {
+        return None;
+    }
+    let changed = watch.changed_since(&src.root, &mark.id, mark.generation)?;
+    Some(
+        changed
+            .into_iter()
+            .map(|p| p.into_os_string().into_vec())
+            .collect(),
+    )
+}
+
 /// Both trees' marks, if both have generations (committing their changes first).
 pub(super) fn marks(src: &Place, dst: &Place, watch: Option<&Watch>) -> Option<Marks> {
     if let Some(source) = Mark::subvolume(&src.root, true) {
