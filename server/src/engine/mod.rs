@@ -141,6 +141,9 @@ pub struct Control {
     /// Which trees changed since a sync looked (ext4, XFS): a tree nothing touched is not
     /// walked again.
     watch: Option<Arc<watch::Watch>>,
+    /// The entries sent count as done (the sending half of a transfer between servers,
+    /// whose receiver counts on another host).
+    counts_sent: bool,
     state: Arc<ProgressState>,
 }
 
@@ -313,6 +316,30 @@ impl Control {
             .lock()
             .map(|t| t.iter().map(|(k, v)| (k.to_string(), *v)).collect())
             .unwrap_or_default()
+    }
+
+    /// This control, with the entries its sender sends counted as done (see
+    /// `counts_sent`).
+    fn counting_sent(&self) -> Control {
+        Control {
+            counts_sent: true,
+            ..self.clone()
+        }
+    }
+
+    /// An entry sent (a file, a directory, a link, a deletion), where the sender counts.
+    fn sent_entry(&self) {
+        if self.counts_sent {
+            self.add_progress(0, 1);
+        }
+    }
+
+    /// Content of a file sent, read as it is sent or (reused, a delta) all at once, where
+    /// the sender counts: against the files' sizes, as the phase's total is.
+    fn sent_bytes(&self, bytes: u64) {
+        if self.counts_sent {
+            self.add_progress(bytes, 0);
+        }
     }
 
     fn add_progress(&self, bytes: u64, files: u64) {

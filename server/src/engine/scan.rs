@@ -163,6 +163,7 @@ pub fn hash_reader(
             }
             h.update(&buf[..n]);
             each(&buf[..n], None).map_err(EngineError::io("sending a file"))?;
+            ctl.sent_bytes(n as u64);
             total += n as u64;
             ctl.check()?;
         }
@@ -179,6 +180,7 @@ pub fn hash_reader(
             hash: *blake3::hash(data).as_bytes(),
         };
         each(data, Some(&c)).map_err(EngineError::io("sending a file"))?;
+        ctl.sent_bytes(data.len() as u64);
         chunks.push(c);
         Ok(true)
     })?;

@@ -957,6 +957,72 @@ fn space_freed_inside_an_image_tree_is_given_back_to_the_host() {
     }
 }
 
+/// The sending half of a copy or a sync between servers reports its progress alone (its
+/// receiver counts on another host): the files and the content it sent, up to their
+/// totals (not the stream's own bytes, headers and metadata, beyond them).
+#[test]
+fn the_sending_half_between_servers_counts_the_files_it_sends() {
+    let env = Env::new();
+    let src = env.source("src");
+    random_tree(&src.root, &mut Rng(71), 30);
+    // Large enough to go as a delta when it changes.
+    let mut big = vec![0u8; 4 << 20];
+    Rng(72).fill(&mut big);
+    write(&src.root.join("big"), &big);
+    let last_transfer = |op: &dyn Fn(&Control)| {
+        let reports = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let r2 = reports.clone();
+        op(&Control::new().with_progress(move |p| r2.lock().unwrap().push(p.clone())));
+        let reports = reports.lock().unwrap();
+        let transfer: Vec<_> = reports
+            .iter()
+            .filter(|p| p.phase == Phase::Transfer)
+            .cloned()
+            .collect();
+        assert!(transfer
+            .windows(2)
+            .all(|w| w[0].files_done <= w[1].files_done && w[0].bytes_done <= w[1].bytes_done));
+        transfer.last().cloned().expect("a transfer reported")
+    };
+    let dst = env.place("dst");
+    let p = last_transfer(&|ctl| {
+        let (sent, received) = across(
+            |c| send_copy_to(&src, c, None, ctl),
+            |c| receive_copy_from(&dst, c, &Control::new()),
+        );
+        sent.unwrap();
+        received.unwrap();
+    });
+    assert!(p.files_total.is_some_and(|t| t > 30), "{p:?}");
+    assert_eq!(Some(p.files_done), p.files_total, "{p:?}");
+    assert_eq!(Some(p.bytes_done), p.bytes_total, "{p:?}");
+    write(&src.root.join("added"), b"new");
+    fs::remove_file(
+        fs::read_dir(&src.root)
+            .unwrap()
+            .flatten()
+            .find(|e| e.path().is_file() && e.file_name() != "added" && e.file_name() != "big")
+            .unwrap()
+            .path(),
+    )
+    .unwrap();
+    big[2 << 20..(2 << 20) + 100].fill(7);
+    write(&src.root.join("big"), &big);
+    let p = last_transfer(&|ctl| {
+        let (sent, received) = across(
+            |c| send_sync_to(&src, c, &|_| false, None, ctl),
+            |c| receive_sync_from(&dst, c, &|_| false, &Control::new()),
+        );
+        assert_eq!(sent.unwrap().delta_files, 1);
+        received.unwrap();
+    });
+    assert_eq!(p.files_total, Some(3), "{p:?}");
+    assert_eq!(Some(p.files_done), p.files_total, "{p:?}");
+    assert_eq!(p.bytes_total, Some(3 + (4 << 20)), "{p:?}");
+    assert_eq!(Some(p.bytes_done), p.bytes_total, "{p:?}");
+    assert_same_tree(&src.root, &dst.root);
+}
+
 /// A copy received from another server is laid down as an image tree where its place asks
 /// for one, unless the tree, at the size the source's scan found (its first word), would
 /// fill most of it: then a directory, saying why, before anything arrives. (What the

@@ -558,7 +558,7 @@ fn from_source(
         tree,
         from: e.path.clone(),
     };
-    send_reused(fw, from, e)
+    send_reused(fw, from, e, ctl)
 }
 
 /// Whether two paths are on one filesystem (the kernel can copy between them). btrfs gives
@@ -607,6 +607,9 @@ pub(super) fn send_copy(
     let mut hashes: HashMap<Vec<u8>, [u8; 32]> = HashMap::new();
     for (i, e) in m.entries.iter_mut().enumerate() {
         ctl.check()?;
+        if e.kind != Kind::Special {
+            ctl.sent_entry();
+        }
         match e.kind {
             Kind::Special => continue,
             // Content the receiver's server holds (known from the source's cache: the scan
@@ -621,7 +624,7 @@ pub(super) fn send_copy(
                     tree: *tree,
                     from: from.clone(),
                 };
-                send_reused(&mut fw, from, e)?;
+                send_reused(&mut fw, from, e, ctl)?;
                 hashes.insert(e.path.clone(), e.hash);
             }
             // Known content the receiver takes from the source by the kernel: not opened.

@@ -204,7 +204,9 @@ fn send_reused(
     fw: &mut FrameWriter<PipeWriter>,
     from: Frame,
     e: &Entry,
+    ctl: &Control,
 ) -> Result<(), EngineError> {
+    ctl.sent_bytes(e.size);
     fw.send(&from).map_err(io_err("sending"))?;
     fw.send(&Frame::FileEnd {
         hash: e.hash,

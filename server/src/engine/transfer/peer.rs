@@ -188,8 +188,8 @@ fn read_message(input: &mut dyn Read) -> io::Result<(u8, Vec<u8>)> {
 }
 
 /// Sends what the pipe carries as a sub-stream (pieces compressed where that pays), then
-/// its end; what went out is the progress this side reports (the receiving side, which
-/// counts in one process, is on another host), and it is paced by the job's bandwidth limit.
+/// its end, paced by the job's bandwidth limit. (The sender reports its progress, the
+/// content and entries it sent: `Control::counting_sent`.)
 fn forward_out(mut from: wire::PipeReader, out: &mut dyn Write, ctl: &Control) -> io::Result<()> {
     let mut buf = vec![0u8; PIECE];
     let mut squeeze = Squeeze::new();
@@ -205,7 +205,6 @@ fn forward_out(mut from: wire::PipeReader, out: &mut dyn Write, ctl: &Control) -
         let head = bytes.len() as u32 | if compressed { COMPRESSED } else { 0 };
         out.write_all(&head.to_le_bytes())?;
         out.write_all(bytes)?;
-        ctl.add_progress(n as u64, 0);
         ctl.throttle(4 + bytes.len() as u64);
     }
 }
@@ -384,8 +383,10 @@ fn copy_source_half(
     }
     let offer = HashMap::new();
     let root = &src.root;
+    // (Its receiver, which counts what it lays down, is on another host.)
+    let counting = ctl.counting_sent();
     let sent = send_frames(stream, ctl, |w| {
-        send_copy(root, &mut m, (&offer, None), w, ctl)
+        send_copy(root, &mut m, (&offer, None), w, &counting)
     });
     let (stats, sent_unstable) = match sent {
         Ok(s) => s,
@@ -565,8 +566,9 @@ fn sync_source_half(
     write_message(stream, CHANGES, &changes).map_err(peer_err("sending"))?;
     if plan.files_total > 0 {
         let (changes, deleted, root) = (&plan.changes, &plan.deleted, &src.root);
+        let counting = ctl.counting_sent();
         let sent = send_frames(stream, ctl, |w| {
-            send_sync(root, (changes, deleted), &t_man, None, w, ctl)
+            send_sync(root, (changes, deleted), &t_man, None, w, &counting)
         });
         match sent {
             Ok(sent) => plan.sent(sent, &mut summary),

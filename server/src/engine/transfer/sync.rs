@@ -752,9 +752,11 @@ pub(super) fn send_sync(
     for path in deleted {
         fw.send(&Frame::Delete { path: path.clone() })
             .map_err(io_err("sending"))?;
+        ctl.sent_entry();
     }
     for (change, e) in changes {
         ctl.check()?;
+        ctl.sent_entry();
         if *change == Change::MetadataOnly {
             fw.send(&Frame::Meta(e.clone()))
                 .map_err(io_err("sending"))?;
@@ -770,7 +772,7 @@ pub(super) fn send_sync(
             let from = Frame::Reuse {
                 from: from.to_vec(),
             };
-            send_reused(&mut fw, from, e)?;
+            send_reused(&mut fw, from, e, ctl)?;
             continue;
         }
         let has_base = by_path.get(e.path.as_slice()).is_some_and(|t| {
@@ -783,7 +785,7 @@ pub(super) fn send_sync(
                 tree,
                 from: e.path.clone(),
             };
-            send_reused(&mut fw, from, e)?;
+            send_reused(&mut fw, from, e, ctl)?;
             continue;
         }
         let (dir, name) = walker
@@ -807,7 +809,10 @@ pub(super) fn send_sync(
             // The scan already cut this file into chunks: send the new ones by reading
             // just their ranges, and skip reading what the target has.
             Some(base) if !e.chunks.is_empty() => {
-                send_known_chunks(&file, &e.chunks, base, &mut fw, ctl)?
+                let sent = send_known_chunks(&file, &e.chunks, base, &mut fw, ctl)?;
+                // (Its new chunks and those the target has: the whole file, done.)
+                ctl.sent_bytes(sent.2);
+                sent
             }
             _ => hash_reader(&file, e.size, ctl, |data, chunk| match (chunk, &base) {
                 (Some(c), Some(base)) => match base.get(&c.hash) {
