@@ -2757,6 +2757,25 @@ fn a_btrfs_sync_skips_the_walks_of_trees_nothing_changed_and_only_those() {
     assert_same_tree(&src.root, &dst.root);
 }
 
+/// A writable shared mapping of the first page of `f` (as a container's process may write
+/// a file: no event); the caller unmaps it (`libc::munmap(map, 4096)`).
+fn map_first_page(f: &fs::File) -> *mut libc::c_void {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a new mapping of one page of an open file, which the caller unmaps.
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(map, libc::MAP_FAILED);
+    map
+}
+
 /// With a change watch (what `serve` runs), syncs on ext4 and XFS skip the walks of trees
 /// nothing touched, and see every change made to either tree.
 #[test]
@@ -2768,7 +2787,6 @@ fn a_watched_sync_skips_the_walks_of_trees_nothing_changed_and_only_those() {
 }
 
 fn watched_syncs(base: &Path) {
-    use std::os::fd::AsRawFd;
     use std::os::unix::fs::FileExt;
     let watch = Some(Arc::new(
         watch::Watch::new().expect("a watch (tests run as root)"),
@@ -2804,18 +2822,7 @@ fn watched_syncs(base: &Path) {
     assert_eq!((s.files_changed, s.drift), (1, 0), "{at}: {s:?}");
     assert_same_tree(&src.root, &dst.root);
     // Written through a shared mapping (no event): seen while it is mapped...
-    // SAFETY: a mapping of the file's first page, unmapped below.
-    let map = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            4096,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            f.as_raw_fd(),
-            0,
-        )
-    };
-    assert_ne!(map, libc::MAP_FAILED);
+    let map = map_first_page(&f);
     drop(f);
     sync(&src, &dst, &ctl()).unwrap();
     std::thread::sleep(Duration::from_millis(20));
@@ -2890,7 +2897,6 @@ fn watched_syncs(base: &Path) {
 /// mapping that raises no event, metadata, added deep, removed, a directory renamed).
 #[test]
 fn copies_taken_whole_read_again_only_where_their_source_changed() {
-    use std::os::fd::AsRawFd;
     use std::os::unix::fs::FileExt;
     for (env, kind) in [
         (Env::with_xfs_images(), "image tree"),
@@ -2981,18 +2987,7 @@ fn copies_taken_whole_read_again_only_where_their_source_changed() {
         copied("renamed");
 
         // Written through a shared mapping (no event) while the copy is taken.
-        // SAFETY: a mapping of the file's first page, unmapped below.
-        let map = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                4096,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                f.as_raw_fd(),
-                0,
-            )
-        };
-        assert_ne!(map, libc::MAP_FAILED);
+        let map = map_first_page(&f);
         drop(f);
         copied("mapped");
         std::thread::sleep(Duration::from_millis(20));
