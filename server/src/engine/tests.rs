@@ -2757,6 +2757,18 @@ fn a_btrfs_sync_skips_the_walks_of_trees_nothing_changed_and_only_those() {
     assert_same_tree(&src.root, &dst.root);
 }
 
+/// The file at `path` opened to read and write, with "changed" written at offset 100 (in
+/// place, as a running container writes).
+fn written_in_place(path: &Path) -> fs::File {
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"changed", 100).unwrap();
+    f
+}
+
 /// A writable shared mapping of the first page of `f` (as a container's process may write
 /// a file: no event); the caller unmaps it (`libc::munmap(map, 4096)`).
 fn map_first_page(f: &fs::File) -> *mut libc::c_void {
@@ -2787,7 +2799,6 @@ fn a_watched_sync_skips_the_walks_of_trees_nothing_changed_and_only_those() {
 }
 
 fn watched_syncs(base: &Path) {
-    use std::os::unix::fs::FileExt;
     let watch = Some(Arc::new(
         watch::Watch::new().expect("a watch (tests run as root)"),
     ));
@@ -2812,12 +2823,7 @@ fn watched_syncs(base: &Path) {
     assert!(!walked(&sync(&src, &dst, &ctl()).unwrap()));
 
     // The source edited in place: seen.
-    let f = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(src.root.join("edited"))
-        .unwrap();
-    f.write_all_at(b"changed", 100).unwrap();
+    let f = written_in_place(&src.root.join("edited"));
     let s = sync(&src, &dst, &ctl()).unwrap();
     assert_eq!((s.files_changed, s.drift), (1, 0), "{at}: {s:?}");
     assert_same_tree(&src.root, &dst.root);
@@ -2897,7 +2903,6 @@ fn watched_syncs(base: &Path) {
 /// mapping that raises no event, metadata, added deep, removed, a directory renamed).
 #[test]
 fn copies_taken_whole_read_again_only_where_their_source_changed() {
-    use std::os::unix::fs::FileExt;
     for (env, kind) in [
         (Env::with_xfs_images(), "image tree"),
         (Env::on_btrfs(), "subvolume"),
@@ -2955,12 +2960,7 @@ fn copies_taken_whole_read_again_only_where_their_source_changed() {
         );
 
         // Changed in place, metadata, added deep, removed.
-        let f = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(src.root.join("edited"))
-            .unwrap();
-        f.write_all_at(b"changed", 100).unwrap();
+        let f = written_in_place(&src.root.join("edited"));
         let mut dirs = fs::read_dir(&src.root)
             .unwrap()
             .flatten()
