@@ -2757,6 +2757,39 @@ fn a_btrfs_sync_skips_the_walks_of_trees_nothing_changed_and_only_those() {
     assert_same_tree(&src.root, &dst.root);
 }
 
+/// A sync from the same source, run while a copy takes it whole (both only read it), stores
+/// a newer scan of the source: the copy never takes that scan for what it took.
+#[test]
+fn a_copy_taken_whole_records_what_it_took_while_a_sync_of_its_source_runs() {
+    let env = Env::with_xfs_images();
+    let watch = Some(Arc::new(watch::Watch::new().unwrap()));
+    let ctl = || Control::new().with_watch(watch.clone());
+    let src = env.source("src");
+    random_tree(&src.root, &mut Rng(73), 20);
+    write(&src.root.join("edited"), &[1u8; 5000]);
+    let other = env.place("other");
+    copy(&src, &other, &ctl()).unwrap();
+    // (The source's scan is paired with a mark of this watch.)
+    sync(&src, &other, &ctl()).unwrap();
+    let was = fs::read(src.root.join("edited")).unwrap();
+    let hit = Arc::new(AtomicBool::new(false));
+    let (h2, s2, o2, w2) = (hit.clone(), src.clone(), other.clone(), watch.clone());
+    let meanwhile = ctl().with_failpoint(move |point| {
+        if point == "copy:image-cloned" && !h2.swap(true, Ordering::SeqCst) {
+            written_in_place(&s2.root.join("edited"));
+            sync(&s2, &o2, &Control::new().with_watch(w2.clone()))
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+        }
+        Ok(())
+    });
+    let dst = env.place("dst");
+    copy(&src, &dst, &meanwhile).unwrap();
+    assert!(hit.load(Ordering::SeqCst));
+    assert_eq!(fs::read(dst.root.join("edited")).unwrap(), was);
+    assert!(verify(&dst, &Control::new()).unwrap().ok);
+    assert_same_tree(&src.root, &other.root);
+}
+
 /// The file at `path` opened to read and write, with "changed" written at offset 100 (in
 /// place, as a running container writes).
 fn written_in_place(path: &Path) -> fs::File {

@@ -368,10 +368,13 @@ fn finish_whole_tree_copy(
     ctl.phase(Phase::Scan, None, None);
     let loaded = Manifest::load_stored(&src.manifest_path()).ok().flatten();
     let watch = ctl.watch.as_deref();
-    let changed = loaded.as_ref().and_then(|(cache, stored)| {
-        let now = untouched::source_mark_now(src, watch)?;
-        untouched::source_changes(src, cache, *stored, &now, watch)
-    });
+    let changed = loaded
+        .as_ref()
+        .zip(mark.as_ref())
+        .and_then(|((cache, stored), before)| {
+            let now = untouched::source_mark_now(src, watch)?;
+            untouched::source_changes_taken(src, (staging, before), cache, *stored, &now, watch)
+        });
     let partial = match (&changed, &loaded) {
         (Some(changed), Some((cache, _))) => {
             scan::scan_changed(staging, cache, changed, None, ctl)?

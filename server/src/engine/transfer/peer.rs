@@ -785,8 +785,23 @@ fn sync_target_half(
         };
         ctl.phase(Phase::Transfer, None, Some(files_total));
         let received = if files_total > 0 {
-            summary.notes.extend(make_room(dst, want, staged)?);
-            let stage = stage_dir(dst)?;
+            let prepared =
+                make_room(dst, want, staged).and_then(|note| Ok((note, stage_dir(dst)?)));
+            let (note, stage) = match prepared {
+                Ok(prepared) => prepared,
+                Err(e) => {
+                    let _ = remove_work(dst);
+                    // The source sends its frames regardless: they are read to their end
+                    // (and dropped), then its next message, before the reply says why.
+                    let _ = receive_frames(stream, |r| {
+                        drop(r);
+                        Ok(())
+                    });
+                    let _ = read_message(stream);
+                    return Err(e);
+                }
+            };
+            summary.notes.extend(note);
             let current = &target.man;
             let writeback = fsx::WriteBack::start(&stage);
             let received = receive_frames(stream, |r| {

@@ -473,8 +473,8 @@ impl Plan {
 }
 
 /// Room in a copy laid down as an image tree for what its source holds now: where the state
-/// to reach (`want` bytes), with the changed files (`staged` bytes) staged beside those
-/// they replace, would fill more than a copy leaves room for (see
+/// to reach (`want` bytes) or what the copy holds, with the changed files (`staged` bytes)
+/// staged beside those they replace, would fill more than a copy leaves room for (see
 /// [`super::copy::stage_as_image`]), its image grows first, in use (sparse: the host gives
 /// it only what it holds), by whole GiB. A copy holds what its source holds (a source
 /// that is a directory has no such limit); the container's own writes stay within its
@@ -489,7 +489,11 @@ pub(in crate::engine) fn make_room(
         return Ok(None);
     }
     let (room, capacity) = fsx::free_space(&dst.root).map_err(io_err("reading the copy's room"))?;
+    let used = capacity.saturating_sub(room);
+    // At its fullest the copy holds what it held (what the source deleted goes only at the
+    // commit) or what it will hold, whichever is more, and what is staged beside it.
     let needed = want
+        .max(used)
         .saturating_add(staged)
         .saturating_add(super::copy::IMAGE_OVERHEAD);
     if needed <= capacity / 10 * 9 {
@@ -500,7 +504,8 @@ pub(in crate::engine) fn make_room(
     let was = fs::metadata(&image)
         .map_err(io_err("reading the copy's image"))?
         .len();
-    let size = (needed / 9 * 10)
+    let size = (needed / 9)
+        .saturating_mul(10)
         .div_ceil(GIB)
         .max(was / GIB + 1)
         .saturating_mul(GIB);
@@ -509,7 +514,7 @@ pub(in crate::engine) fn make_room(
     // What the image will take of the host beyond what it holds now: at least what the
     // state to reach adds. (`staged` can be far more than is written: a changed large file
     // stays a delta, its unchanged ranges shared.)
-    let adds = want.saturating_sub(capacity.saturating_sub(room));
+    let adds = want.saturating_sub(used);
     if free < adds {
         return Err(EngineError::Refused(format!(
             "the copy's image tree would have to grow to {:.1} GiB to hold its source, \

@@ -110,14 +110,50 @@ pub(super) fn source_changes(
     now: &Mark,
     watch: Option<&Watch>,
 ) -> Option<Vec<Vec<u8>>> {
+    source_changes_in(src, None, cache, stored, now, watch)
+}
+
+/// [`source_changes`], for a copy that took the source whole, in `taken` (its root)
+/// after the source's mark `before`: only a cache scanned no later than that mark
+/// describes what was taken or older (a sync running meanwhile may store a newer one),
+/// and btrfs names the changed inodes where they are in the snapshot, not where they are
+/// now (a file renamed since would be looked for under its new name).
+pub(super) fn source_changes_taken(
+    src: &Place,
+    (taken, before): (&Path, &Mark),
+    cache: &Manifest,
+    stored: StoredAs,
+    now: &Mark,
+    watch: Option<&Watch>,
+) -> Option<Vec<Vec<u8>>> {
+    source_changes_in(src, Some((taken, before)), cache, stored, now, watch)
+}
+
+fn source_changes_in(
+    src: &Place,
+    taken: Option<(&Path, &Mark)>,
+    cache: &Manifest,
+    stored: StoredAs,
+    now: &Mark,
+    watch: Option<&Watch>,
+) -> Option<Vec<Vec<u8>>> {
     use std::os::unix::ffi::OsStringExt;
     let record: Scanned = serde_json::from_slice(&fs::read(scanned_path(src)).ok()?).ok()?;
     if record.manifest != stored || record.mark.id != now.id {
         return None;
     }
+    if taken.is_some_and(|(_, before)| {
+        before.id != record.mark.id || before.generation < record.mark.generation
+    }) {
+        return None;
+    }
     let root = fsx::open_dir(&src.root).ok()?;
     if btrfs::is_subvolume(root.as_fd()) {
-        return subvolume_changes(root.as_fd(), cache, record.mark.generation);
+        let at = match taken {
+            Some((taken, _)) => fsx::open_dir(taken).ok()?,
+            None => root,
+        };
+        return subvolume_changes(at.as_fd(), cache, record.mark.generation);
     }
     let changed = watch?.changed_since(&src.root, &record.mark.id, record.mark.generation)?;
     Some(
