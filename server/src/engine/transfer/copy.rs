@@ -373,7 +373,7 @@ fn finish_whole_tree_copy(
         .zip(mark.as_ref())
         .and_then(|((cache, stored), before)| {
             let now = untouched::source_mark_now(src, watch)?;
-            untouched::source_changes_taken(src, (staging, before), cache, *stored, &now, watch)
+            untouched::source_changes(src, Some((staging, before)), cache, *stored, &now, watch)
         });
     let partial = match (&changed, &loaded) {
         (Some(changed), Some((cache, _))) => {

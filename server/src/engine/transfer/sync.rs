@@ -330,7 +330,7 @@ fn scan_source_beside<'a>(
     let changed = since
         .zip(loaded.as_ref())
         .and_then(|(marks, (cache, stored))| {
-            untouched::source_changes(src, cache, *stored, &marks.source, watch)
+            untouched::source_changes(src, None, cache, *stored, &marks.source, watch)
         });
     let cache = loaded.as_ref().map(|(m, _)| m);
     let partial = match (changed, cache) {

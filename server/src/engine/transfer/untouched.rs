@@ -39,6 +39,13 @@ pub(super) struct Mark {
 }
 
 impl Mark {
+    /// The mark of the tree at `root` as the earlier of two to be compared (a btrfs
+    /// subvolume's, committed first if `commit`, or the change watch's without its look at
+    /// the processes: see [`Watch::earlier_generation`]).
+    fn earlier(root: &Path, commit: bool, watch: Option<&Watch>) -> Option<Mark> {
+        Mark::subvolume(root, commit).or_else(|| watch?.earlier_generation(root).map(Mark::from))
+    }
+
     /// The mark of the btrfs subvolume whose root is `root` (`commit`: after a `syncfs`).
     fn subvolume(root: &Path, commit: bool) -> Option<Mark> {
         let fd = fsx::open_dir(root).ok()?;
@@ -103,33 +110,13 @@ fn scanned_path(src: &Place) -> std::path::PathBuf {
 /// and of what changed in them. `marks` were read by this sync. A btrfs subvolume's tree
 /// tells what changed since a generation; elsewhere `watch` does, if it watches the
 /// source (up to `now`, the source's mark read last). `None` where neither knows.
+///
+/// `taken`: for a copy that took the source whole, the root of what it took and the
+/// source's mark read before: only a cache scanned no later than that mark describes what
+/// was taken or older (a sync running meanwhile may store a newer one), and btrfs names
+/// the changed inodes where they are in the snapshot, not where they are now (a file
+/// renamed since would be looked for under its new name).
 pub(super) fn source_changes(
-    src: &Place,
-    cache: &Manifest,
-    stored: StoredAs,
-    now: &Mark,
-    watch: Option<&Watch>,
-) -> Option<Vec<Vec<u8>>> {
-    source_changes_in(src, None, cache, stored, now, watch)
-}
-
-/// [`source_changes`], for a copy that took the source whole, in `taken` (its root)
-/// after the source's mark `before`: only a cache scanned no later than that mark
-/// describes what was taken or older (a sync running meanwhile may store a newer one),
-/// and btrfs names the changed inodes where they are in the snapshot, not where they are
-/// now (a file renamed since would be looked for under its new name).
-pub(super) fn source_changes_taken(
-    src: &Place,
-    (taken, before): (&Path, &Mark),
-    cache: &Manifest,
-    stored: StoredAs,
-    now: &Mark,
-    watch: Option<&Watch>,
-) -> Option<Vec<Vec<u8>>> {
-    source_changes_in(src, Some((taken, before)), cache, stored, now, watch)
-}
-
-fn source_changes_in(
     src: &Place,
     taken: Option<(&Path, &Mark)>,
     cache: &Manifest,
@@ -137,7 +124,6 @@ fn source_changes_in(
     now: &Mark,
     watch: Option<&Watch>,
 ) -> Option<Vec<Vec<u8>>> {
-    use std::os::unix::ffi::OsStringExt;
     let record: Scanned = serde_json::from_slice(&fs::read(scanned_path(src)).ok()?).ok()?;
     if record.manifest != stored || record.mark.id != now.id {
         return None;
@@ -155,7 +141,14 @@ fn source_changes_in(
         };
         return subvolume_changes(at.as_fd(), cache, record.mark.generation);
     }
-    let changed = watch?.changed_since(&src.root, &record.mark.id, record.mark.generation)?;
+    watch_changes(watch?, src, &record.mark)
+}
+
+/// Where the watch saw the source change since `mark` (a mark of its own), as paths
+/// (see [`Watch::changed_since`]).
+fn watch_changes(watch: &Watch, src: &Place, mark: &Mark) -> Option<Vec<Vec<u8>>> {
+    use std::os::unix::ffi::OsStringExt;
+    let changed = watch.changed_since(&src.root, &mark.id, mark.generation)?;
     Some(
         changed
             .into_iter()
@@ -232,8 +225,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) {
 /// snapshot): what changes from then on counts as changed since the scan of what was
 /// taken. (As the earlier of two marks: see [`Watch::earlier_generation`].)
 pub(super) fn source_mark_before(src: &Place, watch: Option<&Watch>) -> Option<Mark> {
-    Mark::subvolume(&src.root, true)
-        .or_else(|| watch?.earlier_generation(&src.root).map(Mark::from))
+    Mark::earlier(&src.root, true, watch)
 }
 
 /// The source's mark now, for [`source_changes`] after its tree was taken whole (btrfs
@@ -259,19 +251,12 @@ pub(super) fn watched_since(
     mark: &Mark,
     watch: Option<&Watch>,
 ) -> Option<Vec<Vec<u8>>> {
-    use std::os::unix::ffi::OsStringExt;
     let watch = watch?;
     let (id, _) = watch.generation(&src.root)?;
     if id != mark.id {
         return None;
     }
-    let changed = watch.changed_since(&src.root, &mark.id, mark.generation)?;
-    Some(
-        changed
-            .into_iter()
-            .map(|p| p.into_os_string().into_vec())
-            .collect(),
-    )
+    watch_changes(watch, src, mark)
 }
 
 /// Both trees' marks, if both have generations (committing their changes first).
@@ -347,9 +332,8 @@ pub(super) fn record(
 ) {
     let path = record_path(dst);
     let target = if changed {
-        // (Only ever compared with a mark read later: see `Watch::earlier_generation`.)
-        Mark::subvolume(&dst.root, false)
-            .or_else(|| watch?.earlier_generation(&dst.root).map(Mark::from))
+        // (Only ever compared with a mark read later.)
+        Mark::earlier(&dst.root, false, watch)
     } else {
         Some(marks.target.clone())
     };
