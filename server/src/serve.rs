@@ -95,6 +95,7 @@ pub fn leptos_options(cfg: &ServeConfig) -> LeptosOptions {
 pub async fn prepare(cfg: &ServeConfig) -> anyhow::Result<Prepared> {
     std::fs::create_dir_all(&cfg.data.data_dir)?;
     crate::engine::image::tend_below(&cfg.data.data_dir, crate::config::image_tree_size());
+    crate::engine::image_room::keep_below(&cfg.data.data_dir);
     let pool = store::connect(&cfg.data.database_url()).await?;
     let admin_password = auth::bootstrap_admin(&pool).await?;
     let runtime = Runtime::detect(

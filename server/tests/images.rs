@@ -219,6 +219,47 @@ async fn image_trees_are_laid_down_copied_as_clones_and_mounted_again_after_a_ho
     assert!(filesystem_size(&copy_root) > 5 << 29);
     assert_eq!(page(&copy).await, served);
 
+    // The host runs short of room (another tenant's file): within a moment, no image tree
+    // offers its container more than the host has left, less a margin, so a tree fills up
+    // like a disk before its host does; room back, they offer it again.
+    let free = |dir: &Path| {
+        let st = rustix::fs::statvfs(dir).unwrap();
+        st.f_bavail * st.f_frsize
+    };
+    let trees = [root(&web), copy_root.clone()];
+    let hog = data.join("another-tenant");
+    let file = std::fs::File::create(&hog).unwrap();
+    rustix::fs::fallocate(
+        &file,
+        rustix::fs::FallocateFlags::empty(),
+        0,
+        free(&data) - (1 << 30),
+    )
+    .unwrap();
+    let margin = 256 << 20;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while trees.iter().any(|t| free(t) + margin > free(&data)) {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {}",
+            free(&trees[0]),
+            free(&data)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(file);
+    std::fs::remove_file(&hog).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while trees.iter().any(|t| free(t) < 2 << 30) {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {}",
+            free(&trees[0]),
+            free(&data)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     // Deleted: its process, its mount, its loop device and its image are gone.
     let resp = api
         .client

@@ -195,6 +195,7 @@ pub async fn run(
     std::fs::create_dir_all(crate::config::containers_dir(&storage_root))
         .with_context(|| format!("creating {}", storage_root.display()))?;
     crate::engine::image::tend_below(&cfg.data_dir, crate::config::image_tree_size());
+    crate::engine::image_room::keep_below(&cfg.data_dir);
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("listening on {}", cfg.listen))?;

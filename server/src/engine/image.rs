@@ -476,8 +476,20 @@ fn move_mount(from: &Path, to: &Path) -> io::Result<()> {
     rustix::mount::mount_move(from, to).map_err(io::Error::from)
 }
 
+/// Unmounts the filesystem at `root`. Busy, it is tried again for a moment: the keeper of
+/// image trees' room ([`super::image_room`]) holds each tree open for a few microseconds
+/// as it looks, and longer while it sets a reserve that a freeze holds up.
 fn unmount(root: &Path) -> io::Result<()> {
-    rustix::mount::unmount(root, rustix::mount::UnmountFlags::NOFOLLOW).map_err(io::Error::from)
+    let mut tries = 0;
+    loop {
+        match rustix::mount::unmount(root, rustix::mount::UnmountFlags::NOFOLLOW) {
+            Err(rustix::io::Errno::BUSY) if tries < 50 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            done => return done.map_err(io::Error::from),
+        }
+    }
 }
 
 /// Runs a command, its failure an error that says what it printed.

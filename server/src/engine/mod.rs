@@ -12,6 +12,7 @@ pub mod extents;
 pub mod fsx;
 pub mod identity;
 pub mod image;
+pub mod image_room;
 pub mod manifest;
 pub mod scan;
 mod transfer;

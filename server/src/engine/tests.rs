@@ -1142,6 +1142,86 @@ fn filesystem_size(root: &Path) -> u64 {
     st.f_blocks * st.f_frsize
 }
 
+/// Image trees are sparse, so their host may hold less than they offer together. The
+/// keeper lets each offer only what the host has left (less a margin): a tree filled up
+/// refuses the write itself ("no space left") and keeps all it accepted, where the host's
+/// full disk would have lost it behind writes that succeeded; room given back is offered
+/// again.
+#[test]
+fn image_trees_offer_no_more_than_their_host_has_left() {
+    const MIB: u64 = 1 << 20;
+    const MARGIN: u64 = 32 * MIB;
+    // Two image trees of 1 GiB on a host of 512 MiB.
+    let host = LoopFs::new("xfs");
+    let (a, b) = (host.root().join("a"), host.root().join("b"));
+    image::create(&a, 1 << 30).unwrap();
+    image::create(&b, 1 << 30).unwrap();
+    let free = |dir: &Path| {
+        let st = rustix::fs::statvfs(dir).unwrap();
+        st.f_bavail * st.f_frsize
+    };
+    let mut keeper = image_room::Keeper::new(&host.root(), Some(MARGIN)).unwrap();
+    let host_had = free(&host.root());
+    let looked = keeper.look();
+    keeper.settle();
+    assert_eq!(looked.len(), 2, "{looked:?}");
+    for tree in [&a, &b] {
+        assert!(free(tree) + MARGIN <= free(&host.root()), "{}", free(tree));
+    }
+    // A container's writes into one, the keeper looking as they go.
+    let data = Rng(71).bytes(4 << 20);
+    let mut file = fs::File::create(a.join("filling")).unwrap();
+    let mut written = 0;
+    let refused = loop {
+        let at = written as usize % data.len();
+        match file.write(&data[at..]) {
+            Ok(n) => written += n as u64,
+            Err(e) => break e,
+        }
+        assert!(written < 1 << 30, "never refused");
+        keeper.look();
+        keeper.settle();
+    };
+    assert_eq!(refused.raw_os_error(), Some(libc::ENOSPC), "{refused}");
+    // (Less what XFS sets aside as a file grows, and its metadata.)
+    assert!(
+        written > host_had - MARGIN - 64 * MIB,
+        "{written} of {host_had}"
+    );
+    // All it accepted is on the host: written out without error, and read back from the
+    // image (not the page cache).
+    file.sync_all().unwrap();
+    rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+    let back = fs::read(a.join("filling")).unwrap();
+    assert_eq!(back.len() as u64, written);
+    assert!(back.chunks(data.len()).all(|c| c == &data[..c.len()]));
+    assert!(free(&host.root()) > MARGIN / 4, "{}", free(&host.root()));
+    // The other tree offers only what is left.
+    keeper.look();
+    keeper.settle();
+    assert!(free(&b) + MARGIN <= free(&host.root()), "{}", free(&b));
+    // Emptied, the tree gives its room back to the host (`discard`), and both offer it again.
+    // (Its blocks are freed after the unlink, and given back at a log checkpoint, which a
+    // `syncfs` forces.)
+    drop(file);
+    fs::remove_file(a.join("filling")).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let again = host_had - MARGIN - 64 * MIB;
+    while free(&b) < again {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} (host {})",
+            free(&b),
+            free(&host.root())
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        fsx::syncfs(fsx::open_dir(&a).unwrap().as_fd()).unwrap();
+        keeper.look();
+        keeper.settle();
+    }
+    assert!(free(&a) >= again, "{}", free(&a));
+}
+
 #[test]
 fn image_trees_grow_to_a_larger_size_in_use_and_their_clones_with_them() {
     const GIB: u64 = 1 << 30;

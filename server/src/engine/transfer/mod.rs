@@ -12,7 +12,7 @@ use super::fsx::{self, split_parent, Walker};
 use super::manifest::{diff, path_cmp, Change, Chunk, Entry, Kind, Manifest};
 use super::scan::{self, chunked_file_hash, hash_reader, Listed, CHUNKED_FILE_MIN};
 use super::wire::{self, Frame, FrameReader, FrameWriter, PipeReader, PipeWriter, WireStats};
-use super::{btrfs, image};
+use super::{btrfs, image, image_room};
 use super::{Control, EngineError, FastMap, FastSet, Phase, Place, Summary};
 
 mod clones;

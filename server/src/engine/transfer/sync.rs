@@ -488,7 +488,8 @@ pub(in crate::engine) fn make_room(
     if !image::is_image_tree(&dst.root) {
         return Ok(None);
     }
-    let (room, capacity) = fsx::free_space(&dst.root).map_err(io_err("reading the copy's room"))?;
+    let (room, capacity) =
+        image_room::own_room(&dst.root).map_err(io_err("reading the copy's room"))?;
     let used = capacity.saturating_sub(room);
     // At its fullest the copy holds what it held (what the source deleted goes only at the
     // commit) or what it will hold, whichever is more, and what is staged beside it.
