@@ -209,7 +209,11 @@ impl Poster {
                 let request = self.client.post(&url).bearer_auth(&self.token).json(&body);
                 tokio::spawn(async move {
                     let t = Instant::now();
-                    let status = request.send().await.unwrap().status().as_u16();
+                    // The answer read whole, as a client does for the job's address (an
+                    // answer dropped unread closes its connection).
+                    let resp = request.send().await.unwrap();
+                    let status = resp.status().as_u16();
+                    resp.bytes().await.unwrap();
                     (t.elapsed().as_secs_f64() * 1000.0, status)
                 })
             })
