@@ -95,7 +95,6 @@ pub fn leptos_options(cfg: &ServeConfig) -> LeptosOptions {
 pub async fn prepare(cfg: &ServeConfig) -> anyhow::Result<Prepared> {
     std::fs::create_dir_all(&cfg.data.data_dir)?;
     crate::engine::image::tend_below(&cfg.data.data_dir, crate::config::image_tree_size());
-    crate::engine::image_room::keep_below(&cfg.data.data_dir);
     let pool = store::connect(&cfg.data.database_url()).await?;
     let admin_password = auth::bootstrap_admin(&pool).await?;
     let runtime = Runtime::detect(
@@ -148,6 +147,9 @@ pub async fn prepare(cfg: &ServeConfig) -> anyhow::Result<Prepared> {
 
 pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     let prepared = prepare(&cfg).await?;
+    // (For the life of the process: here, not in `prepare`, which tests call for each
+    // server they start in theirs.)
+    crate::engine::image_room::keep_below(&cfg.data.data_dir);
     let listener = tokio::net::TcpListener::bind(cfg.addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.addr))?;
