@@ -1136,6 +1136,41 @@ fn copies_laid_down_as_image_trees_grow_to_hold_their_source() {
     assert_same_tree(&src.root, &here.root);
 }
 
+/// A sync into an image tree whose host could not back what the source adds (beyond the
+/// margin the keeper of image trees' room leaves free: `image_room`) is refused before
+/// anything is written or grown, saying why, rather than failing half way with "no space
+/// left"; the copy stays as it was.
+#[test]
+fn a_sync_into_an_image_tree_refuses_up_front_what_its_host_cannot_back() {
+    const MIB: u64 = 1 << 20;
+    let env = Env {
+        image_size: Some(1 << 30),
+        ..Env::on(
+            LoopFs::mounted_with("xfs", "loop", Some(1 << 30)),
+            Roots::Directories,
+        )
+    };
+    let src = env.source("src");
+    random_tree(&src.root, &mut Rng(73), 20);
+    let dst = env.place("copy").with_image_size(Some(320 * MIB));
+    copy(&src, &dst, &Control::new()).unwrap();
+    assert!(image::is_image_tree(&dst.root));
+    let image_len = || fs::metadata(image::image_path(&dst.root)).unwrap().len();
+    let was = image_len();
+    // More than the host has free less the margin, less than all it has free.
+    let (free, size) = fsx::free_space(&env.base).unwrap();
+    let grown = free - image_room::margin(size) / 2;
+    fs::File::create(src.root.join("grown.img"))
+        .unwrap()
+        .set_len(grown)
+        .unwrap();
+    let e = sync(&src, &dst, &Control::new()).unwrap_err().to_string();
+    assert!(e.contains("kept free for the image trees' writes"), "{e}");
+    assert_eq!(image_len(), was);
+    assert!(!dst.root.join("grown.img").exists());
+    assert!(verify(&dst, &Control::new()).unwrap().ok);
+}
+
 /// The size of the filesystem mounted at `root`, in bytes.
 fn filesystem_size(root: &Path) -> u64 {
     let st = rustix::fs::statvfs(root).unwrap();

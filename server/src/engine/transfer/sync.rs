@@ -479,7 +479,8 @@ impl Plan {
 /// it only what it holds), by whole GiB. A copy holds what its source holds (a source
 /// that is a directory has no such limit); the container's own writes stay within its
 /// image. Its note, where it grew. An image that cannot grow, or a host without room for
-/// what the source adds to it, fails the sync here, before anything is written.
+/// what the source adds to it (beyond the margin image trees are not offered), fails the
+/// sync here, before anything is written, grown or not.
 pub(in crate::engine) fn make_room(
     dst: &Place,
     want: u64,
@@ -491,6 +492,27 @@ pub(in crate::engine) fn make_room(
     let (room, capacity) =
         image_room::own_room(&dst.root).map_err(io_err("reading the copy's room"))?;
     let used = capacity.saturating_sub(room);
+    const GIB: u64 = 1 << 30;
+    let gib = |b: u64| b as f64 / GIB as f64;
+    // What the image will take of the host beyond what it holds now: at least what the
+    // state to reach adds. (`staged` can be far more than is written: a changed large file
+    // stays a delta, its unchanged ranges shared.) The host keeps a margin free that image
+    // trees are not offered (`image_room`): a sync that needs it would fail half way with
+    // "no space left".
+    let image = image::image_path(&dst.root);
+    let host = image.parent().unwrap_or(Path::new("/"));
+    let (free, host_size) = fsx::free_space(host).map_err(io_err("reading the server's room"))?;
+    let offered = free.saturating_sub(image_room::margin(host_size));
+    let adds = want.saturating_sub(used);
+    if offered < adds {
+        return Err(EngineError::Refused(format!(
+            "the copy's image tree would take {:.1} GiB more of its server, which has {:.1} \
+             GiB free ({:.1} GiB of it kept free for the image trees' writes)",
+            gib(adds),
+            gib(free),
+            gib(free - offered)
+        )));
+    }
     // At its fullest the copy holds what it held (what the source deleted goes only at the
     // commit) or what it will hold, whichever is more, and what is staged beside it.
     let needed = want
@@ -500,8 +522,6 @@ pub(in crate::engine) fn make_room(
     if needed <= capacity / 10 * 9 {
         return Ok(None);
     }
-    const GIB: u64 = 1 << 30;
-    let image = image::image_path(&dst.root);
     let was = fs::metadata(&image)
         .map_err(io_err("reading the copy's image"))?
         .len();
@@ -510,27 +530,12 @@ pub(in crate::engine) fn make_room(
         .div_ceil(GIB)
         .max(was / GIB + 1)
         .saturating_mul(GIB);
-    let host = image.parent().unwrap_or(Path::new("/"));
-    let (free, _) = fsx::free_space(host).map_err(io_err("reading the server's room"))?;
-    // What the image will take of the host beyond what it holds now: at least what the
-    // state to reach adds. (`staged` can be far more than is written: a changed large file
-    // stays a delta, its unchanged ranges shared.)
-    let adds = want.saturating_sub(used);
-    if free < adds {
-        return Err(EngineError::Refused(format!(
-            "the copy's image tree would have to grow to {:.1} GiB to hold its source, \
-             and its server has {:.1} GiB free for the {:.1} GiB it adds",
-            size as f64 / GIB as f64,
-            free as f64 / GIB as f64,
-            adds as f64 / GIB as f64
-        )));
-    }
     image::grow(&dst.root, size).map_err(io_err("growing the copy's image tree"))?;
     Ok(Some(format!(
         "its image tree grown from {:.1} to {:.1} GiB to hold its source ({:.1} GiB)",
-        was as f64 / GIB as f64,
-        size as f64 / GIB as f64,
-        want as f64 / GIB as f64
+        gib(was),
+        gib(size),
+        gib(want)
     )))
 }
 
