@@ -247,6 +247,30 @@ async fn image_trees_are_laid_down_copied_as_clones_and_mounted_again_after_a_ho
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Short of that margin, a copy onto the server is refused up front (507): its tree
+    // would fail half way with "no space left".
+    let had = file.metadata().unwrap().len();
+    rustix::fs::fallocate(
+        &file,
+        rustix::fs::FallocateFlags::empty(),
+        had,
+        free(&data) - (200 << 20),
+    )
+    .unwrap();
+    let (status, refused) = api
+        .post(
+            &format!("/api/v1/containers/{web_id}/copy"),
+            Some(json!({"target_project_id": project, "name": "web-short"})),
+        )
+        .await;
+    assert_eq!(status, 507, "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("kept free for its image trees' writes"),
+        "{refused}"
+    );
     drop(file);
     std::fs::remove_file(&hog).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);

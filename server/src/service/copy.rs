@@ -157,9 +157,14 @@ const FREE_SPACE_RESERVE: u64 = 64 << 20;
 /// A copy of `size` bytes onto `target` fits, or 507 saying how much is missing. (A tree
 /// that grew since it was last measured can still fill the disk: then the job fails, and
 /// the engine gives the space back.)
+///
+/// Where the target lays trees down as image trees (`image_trees`), what it must leave
+/// free is at least the margin its keeper keeps free of them (`engine::image_room`): a
+/// copy into that room would fail half way with "no space left".
 fn check_free_space(
     target: &Target,
     agent_space: Option<(u64, u64)>,
+    image_trees: bool,
     size: i64,
 ) -> Result<(), ApiError> {
     // An agent's as it last said; this host's read now.
@@ -175,14 +180,20 @@ fn check_free_space(
             return Ok(());
         }
     };
-    let reserve = FREE_SPACE_RESERVE.min(total / 20);
+    let (reserve, kept) = match image_trees {
+        true => (
+            crate::engine::image_room::margin(total),
+            "kept free for its image trees' writes",
+        ),
+        false => (FREE_SPACE_RESERVE.min(total / 20), "to spare"),
+    };
     let need = (size.max(0) as u64).saturating_add(reserve);
     if need > free {
         return Err(ApiError::new(
             ErrorCode::InsufficientStorage,
             format!(
                 "not enough space on server {}: the copy needs about {} MiB ({} MiB of data \
-                 and {} MiB to spare), {} MiB are free",
+                 and {} MiB {kept}), {} MiB are free",
                 target.server_name,
                 need.div_ceil(1 << 20),
                 (size.max(0) as u64).div_ceil(1 << 20),
@@ -239,12 +250,17 @@ impl Service {
                 }
                 None => self.generate_name(&target.project_id, &source.name).await?,
             };
-            let agent_space = self
-                .agents
-                .view(&target.server_id)
-                .and_then(|v| v.status)
-                .map(|st| (st.free_bytes, st.total_bytes));
-            check_free_space(&target, agent_space, source.size_bytes)?;
+            let agent = self.agents.view(&target.server_id).and_then(|v| v.status);
+            let agent_space = agent.as_ref().map(|st| (st.free_bytes, st.total_bytes));
+            // (An agent says; this host's is asked only where it lays image trees at all.)
+            let image_trees = match &agent {
+                Some(st) => st.image_trees.is_some(),
+                None => {
+                    !target.storage_root.is_empty()
+                        && super::image_trees_in(Path::new(&target.storage_root)).is_some()
+                }
+            };
+            check_free_space(&target, agent_space, image_trees, source.size_bytes)?;
             // The source's rules as stored, or none.
             let rules = |copy: bool, json: &str| if copy { json.to_string() } else { "[]".into() };
             let params = JobParams {
