@@ -476,9 +476,9 @@ fn move_mount(from: &Path, to: &Path) -> io::Result<()> {
     rustix::mount::mount_move(from, to).map_err(io::Error::from)
 }
 
-/// Unmounts the filesystem at `root`. Busy, it is tried again for a moment: the keeper of
-/// image trees' room ([`super::image_room`]) holds each tree open for a few microseconds
-/// as it looks, and longer while it sets a reserve that a freeze holds up.
+/// Unmounts the filesystem at `root`. Busy, it is tried again for a moment (half a
+/// second): the keeper of image trees' room ([`super::image_room`]) holds each tree open
+/// for a few microseconds as it looks.
 fn unmount(root: &Path) -> io::Result<()> {
     let mut tries = 0;
     loop {

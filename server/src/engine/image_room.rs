@@ -18,9 +18,11 @@
 //! emptied: they are mounted `discard`, so their image gives it back), the reserve goes
 //! back down to XFS's own.
 //!
-//! What it cannot see: the room an image takes on its host when a tree overwrites in place
-//! what it shares with a clone (the host copies the shared extent first), and whatever
-//! several trees write between two looks; the margin is for those. It keeps them only
+//! What it cannot bound: a tree overwriting in place what its image still shares with a
+//! clone (every copy of an image tree is one) takes new room on the host when that is
+//! written back, with nothing allocated inside the tree that a reserve could refuse; a
+//! host that fills up that way still fails those writes. The margin covers what several
+//! trees write between two looks, and the first of such overwrites. It keeps them only
 //! while doppel runs: a tree keeps the reserve last set when doppel stops, and the next
 //! start sets it again. A look costs about 7 µs per tree (100 trees: 0.67 ms, 0.3 % of a
 //! core at five looks a second).
@@ -39,10 +41,10 @@ use super::{fsx, image};
 /// How often the keeper looks.
 pub const EVERY: Duration = Duration::from_millis(200);
 
-/// Room kept free on a host filesystem: for the writes made between two looks, and what
-/// the keeper cannot see (above). 256 MiB, or 2 % of a host larger than 12.5 GiB.
+/// Room kept free on a host filesystem: for the writes made between two looks (above).
+/// 2 % of the host, at least 256 MiB and at most 8 GiB.
 pub fn margin(host_bytes: u64) -> u64 {
-    (host_bytes / 50).max(256 << 20)
+    (host_bytes / 50).clamp(256 << 20, 8 << 30)
 }
 
 /// Starts the keeper for the image trees mounted below `dir` (a data dir), on a thread of
@@ -65,16 +67,24 @@ pub fn keep_below(dir: &Path) {
 /// The room of the image tree at `root` as if the keeper held none of it back: (free,
 /// size) in bytes. What a tree holds is its size less this (the reserve the keeper raised
 /// is room the tree has, not room it uses).
+/// Where the reserve cannot be read (not permitted), the free space as the filesystem says.
 pub fn own_room(root: &Path) -> io::Result<(u64, u64)> {
     let dir = fs::File::open(root)?;
     let st = rustix::fs::fstatvfs(&dir)?;
-    let res = get_reserve(&dir)?;
     let block = st.f_frsize.max(1);
-    let own = st.f_bavail + res.available.saturating_sub(xfs_base_reserve(st.f_blocks));
+    let own = match get_reserve(&dir) {
+        Ok(res) => {
+            let image = fs::metadata(image::image_path(root))?;
+            let base = xfs_base_reserve(image.len() / block);
+            st.f_bavail + res.available.saturating_sub(base)
+        }
+        Err(_) => st.f_bavail,
+    };
     Ok((own * block, st.f_blocks * block))
 }
 
-/// XFS's own reserve for a filesystem of `blocks` blocks: 5 % of them, at most 8192
+/// XFS's own reserve for a filesystem whose data section has `blocks` blocks (an image
+/// tree's: its image's length, log included): 5 % of them, at most 8192
 /// (`xfs_default_resblks`).
 fn xfs_base_reserve(blocks: u64) -> u64 {
     (blocks / 20).min(8192)
@@ -109,6 +119,12 @@ struct Tree {
     dev: u64,
     /// A reserve being set (on a thread: setting it waits while the tree is frozen).
     setting: Option<JoinHandle<()>>,
+    /// The least the tree was ever seen to hold beyond its image: what XFS sets aside in
+    /// it for its own metadata (per allocation group; about 0.6 % of a tree with reflinks)
+    /// counts as used and is never written. Taken off what it holds beyond its image.
+    set_aside: Option<u64>,
+    /// Whether its reserve could not be read, said once.
+    unreadable: bool,
 }
 
 impl Keeper {
@@ -132,10 +148,24 @@ impl Keeper {
         }
         let mut hosts: HashMap<u64, Host> = HashMap::new();
         let mut seen = Vec::new();
-        for (i, tree) in self.trees.iter().enumerate() {
-            let Ok(state) = TreeState::read(tree) else {
-                continue;
+        for (i, tree) in self.trees.iter_mut().enumerate() {
+            let mut state = match TreeState::read(tree) {
+                Ok(state) => state,
+                Err(e) => {
+                    if !tree.unreadable && e.kind() != io::ErrorKind::NotFound {
+                        tree.unreadable = true;
+                        tracing::warn!(tree = %tree.root.display(), error = %e,
+                            "cannot read an image tree's room; it is not held to its host's");
+                    }
+                    continue;
+                }
             };
+            // (At most what XFS could set aside: a tree found while it is being filled
+            // would otherwise have what it holds in memory taken for that.)
+            let beyond = state.pending.min(state.size / 100 + (16 << 20));
+            let set_aside = tree.set_aside.map_or(beyond, |s| s.min(beyond));
+            tree.set_aside = Some(set_aside);
+            state.pending -= set_aside;
             let Ok(host) = Host::of(&tree.image, &mut hosts) else {
                 continue;
             };
@@ -159,7 +189,7 @@ impl Keeper {
             if tree.setting.as_ref().is_some_and(|t| !t.is_finished()) {
                 continue;
             }
-            let want = state.base + (own - offered) / state.block;
+            let want = state.base + (own - offered).div_ceil(state.block);
             // Less room: at once. More: once it is worth an ioctl (16 MiB).
             let worth = (16 << 20) / state.block;
             if want > state.reserve || state.reserve >= want + worth {
@@ -205,12 +235,17 @@ impl Keeper {
     fn find_trees(&mut self) {
         let mut found = Vec::new();
         for root in fsx::mount_points().unwrap_or_default() {
-            if !root.starts_with(&self.dir) || !image::is_image_tree(&root) {
+            if !root.starts_with(&self.dir) {
                 continue;
             }
-            let Ok(dev) = fs::metadata(&root).map(|m| m.dev()) else {
+            // The device before and after it is found an image tree: the same, or it was
+            // unmounted meanwhile (and its device would be its host's).
+            let dev = || fs::metadata(&root).map(|m| m.dev()).ok();
+            let before = dev();
+            if !image::is_image_tree(&root) || before.is_none() || dev() != before {
                 continue;
-            };
+            }
+            let dev = before.expect("checked");
             // A tree whose reserve is still being set keeps its thread.
             let setting = self
                 .trees
@@ -222,6 +257,8 @@ impl Keeper {
                 root,
                 dev,
                 setting,
+                set_aside: None,
+                unreadable: false,
             });
         }
         self.trees = found;
@@ -266,24 +303,35 @@ struct TreeState {
     own: u64,
     /// Bytes it holds that its image does not yet hold on the host.
     pending: u64,
+    /// Its size, in bytes.
+    size: u64,
 }
 
 impl TreeState {
     fn read(tree: &Tree) -> io::Result<TreeState> {
         let dir = fs::File::open(&tree.root)?;
-        let meta = dir.metadata()?;
-        if meta.dev() != tree.dev {
-            return Err(io::Error::other("not the tree any more"));
+        let image = fs::metadata(&tree.image)?;
+        // What is open must be the root of the tree's own filesystem: a reserve set on
+        // anything else (its host's, were it unmounted since it was found) would take
+        // that filesystem's free space.
+        if !is_root_of(&dir, tree.dev)? || tree.dev == image.dev() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "not the tree's filesystem any more",
+            ));
         }
         let st = rustix::fs::fstatvfs(&dir)?;
         let block = st.f_frsize.max(1);
         let res = get_reserve(&dir)?;
-        let base = xfs_base_reserve(st.f_blocks);
+        let base = xfs_base_reserve(image.len() / block);
         // Free blocks exclude the reserve; what of it is unused beyond XFS's own would be
         // free without the keeper.
         let own_blocks = st.f_bavail + res.available.saturating_sub(base);
-        let used = (st.f_blocks - st.f_bfree).saturating_sub(res.available) * block;
-        let image = fs::metadata(&tree.image)?;
+        let used = st
+            .f_blocks
+            .saturating_sub(st.f_bfree)
+            .saturating_sub(res.available)
+            * block;
         // The image holds the filesystem's log too (written whole when it was made, or
         // shared with the image it was cloned from), which its free space leaves out: the
         // filesystem spans the whole image, less the log.
@@ -296,6 +344,7 @@ impl TreeState {
             reserve: res.asked,
             own: own_blocks * block,
             pending: used.saturating_sub(held),
+            size: st.f_blocks * block,
             dir,
         })
     }
@@ -313,6 +362,30 @@ impl TreeState {
             })
             .ok()
     }
+}
+
+/// Whether the keeper would read (and so could set the reserve of) the tree at `root`,
+/// found on device `dev`.
+#[cfg(test)]
+pub(crate) fn would_keep(root: &Path, dev: u64) -> bool {
+    let tree = Tree {
+        root: root.to_path_buf(),
+        image: image::image_path(root),
+        dev,
+        setting: None,
+        set_aside: None,
+        unreadable: false,
+    };
+    TreeState::read(&tree).is_ok()
+}
+
+/// Whether `dir` is the root of a mount of the filesystem on device `dev`.
+fn is_root_of(dir: &fs::File, dev: u64) -> io::Result<bool> {
+    use rustix::fs::{statx, AtFlags, StatxAttributes, StatxFlags};
+    let st = statx(dir, "", AtFlags::EMPTY_PATH, StatxFlags::BASIC_STATS)?;
+    let root = StatxAttributes::MOUNT_ROOT;
+    let on = rustix::fs::makedev(st.stx_dev_major, st.stx_dev_minor);
+    Ok(st.stx_attributes_mask.contains(root) && st.stx_attributes.contains(root) && on == dev)
 }
 
 /// `struct xfs_fsop_resblks`.

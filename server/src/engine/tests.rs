@@ -1255,6 +1255,16 @@ fn image_trees_offer_no_more_than_their_host_has_left() {
         keeper.settle();
     }
     assert!(free(&a) >= again, "{}", free(&a));
+    // A tree unmounted after it was found is never taken for its host, whose device its
+    // root now shows: a reserve set there would take the host's free space.
+    let dev = fs::metadata(&b).unwrap().dev();
+    assert!(image_room::would_keep(&b, dev));
+    rustix::mount::unmount(&b, rustix::mount::UnmountFlags::empty()).unwrap();
+    let host_dev = fs::metadata(&b).unwrap().dev();
+    assert_ne!(host_dev, dev);
+    assert!(!image_room::would_keep(&b, dev));
+    assert!(!image_room::would_keep(&b, host_dev));
+    assert!(!image_room::would_keep(&host.root(), host_dev));
 }
 
 #[test]

@@ -494,16 +494,18 @@ pub(in crate::engine) fn make_room(
     let used = capacity.saturating_sub(room);
     const GIB: u64 = 1 << 30;
     let gib = |b: u64| b as f64 / GIB as f64;
-    // What the image will take of the host beyond what it holds now: at least what the
-    // state to reach adds. (`staged` can be far more than is written: a changed large file
-    // stays a delta, its unchanged ranges shared.) The host keeps a margin free that image
-    // trees are not offered (`image_room`): a sync that needs it would fail half way with
-    // "no space left".
+    // What the image will take of the host beyond what it holds now: what the state to
+    // reach adds, and never more than the sync writes. (`want` counts files' lengths, and
+    // `used` the blocks they take: a tree holding sparse or shared files would otherwise
+    // seem to need room for a sync that writes nothing. `staged` can be far more than is
+    // written: a changed large file stays a delta, its unchanged ranges shared.) The host
+    // keeps a margin free that image trees are not offered (`image_room`): a sync that
+    // needs it would fail half way with "no space left".
     let image = image::image_path(&dst.root);
     let host = image.parent().unwrap_or(Path::new("/"));
     let (free, host_size) = fsx::free_space(host).map_err(io_err("reading the server's room"))?;
     let offered = free.saturating_sub(image_room::margin(host_size));
-    let adds = want.saturating_sub(used);
+    let adds = want.saturating_sub(used).min(staged);
     if offered < adds {
         return Err(EngineError::Refused(format!(
             "the copy's image tree would take {:.1} GiB more of its server, which has {:.1} \
