@@ -74,6 +74,21 @@ fn image_len(root: &Path) -> u64 {
     std::fs::metadata(image::image_path(root)).unwrap().len()
 }
 
+/// The room the filesystem at `dir` offers, in bytes.
+fn free(dir: &Path) -> u64 {
+    let st = rustix::fs::statvfs(dir).unwrap();
+    st.f_bavail * st.f_frsize
+}
+
+/// Waits until `done`, 10 s at most; `said` says where things stood if they never were.
+async fn within_10s(done: impl Fn() -> bool, said: impl Fn() -> String) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "{}", said());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The size of the filesystem mounted at `root`, in bytes.
 fn filesystem_size(root: &Path) -> u64 {
     let st = rustix::fs::statvfs(root).unwrap();
@@ -222,10 +237,6 @@ async fn image_trees_are_laid_down_copied_as_clones_and_mounted_again_after_a_ho
     // The host runs short of room (another tenant's file): within a moment, no image tree
     // offers its container more than the host has left, less a margin, so a tree fills up
     // like a disk before its host does; room back, they offer it again.
-    let free = |dir: &Path| {
-        let st = rustix::fs::statvfs(dir).unwrap();
-        st.f_bavail * st.f_frsize
-    };
     let trees = [root(&web), copy_root.clone()];
     let hog = data.join("another-tenant");
     let file = std::fs::File::create(&hog).unwrap();
@@ -237,16 +248,12 @@ async fn image_trees_are_laid_down_copied_as_clones_and_mounted_again_after_a_ho
     )
     .unwrap();
     let margin = 256 << 20;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while trees.iter().any(|t| free(t) + margin > free(&data)) {
-        assert!(
-            Instant::now() < deadline,
-            "{} of {}",
-            free(&trees[0]),
-            free(&data)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let said = || format!("{} of {}", free(&trees[0]), free(&data));
+    within_10s(
+        || trees.iter().all(|t| free(t) + margin <= free(&data)),
+        said,
+    )
+    .await;
     // Short of that margin, a copy onto the server is refused up front (507): its tree
     // would fail half way with "no space left".
     let had = file.metadata().unwrap().len();
@@ -273,16 +280,7 @@ async fn image_trees_are_laid_down_copied_as_clones_and_mounted_again_after_a_ho
     );
     drop(file);
     std::fs::remove_file(&hog).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while trees.iter().any(|t| free(t) < 2 << 30) {
-        assert!(
-            Instant::now() < deadline,
-            "{} of {}",
-            free(&trees[0]),
-            free(&data)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    within_10s(|| trees.iter().all(|t| free(t) >= 2 << 30), said).await;
 
     // Deleted: its process, its mount, its loop device and its image are gone.
     let resp = api
