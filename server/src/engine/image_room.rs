@@ -246,18 +246,22 @@ impl Keeper {
                 continue;
             }
             let dev = before.expect("checked");
-            // A tree whose reserve is still being set keeps its thread.
-            let setting = self
+            // A tree found before keeps what the keeper knows of it (a mount elsewhere
+            // must not make it forget what XFS sets aside in it), and the thread setting
+            // its reserve.
+            let before = self
                 .trees
                 .iter_mut()
-                .find(|t| t.root == root && t.dev == dev)
-                .and_then(|t| t.setting.take());
+                .find(|t| t.root == root && t.dev == dev);
+            let (setting, set_aside) = before
+                .map(|t| (t.setting.take(), t.set_aside))
+                .unwrap_or_default();
             found.push(Tree {
                 image: image::image_path(&root),
                 root,
                 dev,
                 setting,
-                set_aside: None,
+                set_aside,
                 unreadable: false,
             });
         }
