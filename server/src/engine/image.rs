@@ -51,24 +51,24 @@ fn backing_file(root: &Path) -> Option<PathBuf> {
 
 /// The sysfs directory of the block device whose filesystem's root is mounted at `root`.
 fn mounted_device(root: &Path) -> Option<PathBuf> {
-    use rustix::fs::{statx, AtFlags, StatxAttributes, StatxFlags};
-    let st = statx(
-        rustix::fs::CWD,
-        root,
-        AtFlags::SYMLINK_NOFOLLOW,
-        StatxFlags::BASIC_STATS,
-    )
-    .ok()?;
-    // The root of a mount (not a directory of one).
+    let flags = rustix::fs::AtFlags::SYMLINK_NOFOLLOW;
+    let (major, minor) = mount_root_device(rustix::fs::CWD, root, flags)?;
+    Some(PathBuf::from(format!("/sys/dev/block/{major}:{minor}")))
+}
+
+/// The device (major, minor) of the filesystem whose root is mounted at `path` in `dir`
+/// (`""` and `AtFlags::EMPTY_PATH`: `dir` itself); `None`: it is not the root of a mount
+/// (a directory of one), or cannot be read.
+pub(super) fn mount_root_device<Fd: AsFd>(
+    dir: Fd,
+    path: &Path,
+    flags: rustix::fs::AtFlags,
+) -> Option<(u32, u32)> {
+    use rustix::fs::{statx, StatxAttributes, StatxFlags};
+    let st = statx(dir, path, flags, StatxFlags::BASIC_STATS).ok()?;
     let root_of_mount = StatxAttributes::MOUNT_ROOT;
-    if !st.stx_attributes_mask.contains(root_of_mount) || !st.stx_attributes.contains(root_of_mount)
-    {
-        return None;
-    }
-    Some(PathBuf::from(format!(
-        "/sys/dev/block/{}:{}",
-        st.stx_dev_major, st.stx_dev_minor
-    )))
+    (st.stx_attributes_mask.contains(root_of_mount) && st.stx_attributes.contains(root_of_mount))
+        .then_some((st.stx_dev_major, st.stx_dev_minor))
 }
 
 /// The backing file of the block device whose sysfs directory is `device` (`None`: it is

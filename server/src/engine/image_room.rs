@@ -166,7 +166,7 @@ impl Keeper {
             let set_aside = tree.set_aside.map_or(beyond, |s| s.min(beyond));
             tree.set_aside = Some(set_aside);
             state.pending -= set_aside;
-            let Ok(host) = Host::of(&tree.image, &mut hosts) else {
+            let Ok(host) = Host::of(state.host_dev, &tree.image, &mut hosts) else {
                 continue;
             };
             host.pending += state.pending;
@@ -278,9 +278,14 @@ struct Host {
 }
 
 impl Host {
-    fn of<'a>(image: &Path, hosts: &'a mut HashMap<u64, Host>) -> io::Result<&'a mut Host> {
+    /// The host on device `dev`, which holds `image`; read at its first image.
+    fn of<'a>(
+        dev: u64,
+        image: &Path,
+        hosts: &'a mut HashMap<u64, Host>,
+    ) -> io::Result<&'a mut Host> {
         use std::collections::hash_map::Entry;
-        match hosts.entry(fs::metadata(image)?.dev()) {
+        match hosts.entry(dev) {
             Entry::Occupied(host) => Ok(host.into_mut()),
             Entry::Vacant(new) => {
                 let st = rustix::fs::statvfs(image)?;
@@ -318,7 +323,7 @@ impl TreeState {
         // What is open must be the root of the tree's own filesystem: a reserve set on
         // anything else (its host's, were it unmounted since it was found) would take
         // that filesystem's free space.
-        if !is_root_of(&dir, tree.dev)? || tree.dev == image.dev() {
+        if !is_root_of(&dir, tree.dev) || tree.dev == image.dev() {
             return Err(io::Error::new(
                 io::ErrorKind::NotFound,
                 "not the tree's filesystem any more",
@@ -384,12 +389,9 @@ pub(crate) fn would_keep(root: &Path, dev: u64) -> bool {
 }
 
 /// Whether `dir` is the root of a mount of the filesystem on device `dev`.
-fn is_root_of(dir: &fs::File, dev: u64) -> io::Result<bool> {
-    use rustix::fs::{statx, AtFlags, StatxAttributes, StatxFlags};
-    let st = statx(dir, "", AtFlags::EMPTY_PATH, StatxFlags::BASIC_STATS)?;
-    let root = StatxAttributes::MOUNT_ROOT;
-    let on = rustix::fs::makedev(st.stx_dev_major, st.stx_dev_minor);
-    Ok(st.stx_attributes_mask.contains(root) && st.stx_attributes.contains(root) && on == dev)
+fn is_root_of(dir: &fs::File, dev: u64) -> bool {
+    let here = image::mount_root_device(dir, Path::new(""), rustix::fs::AtFlags::EMPTY_PATH);
+    here.is_some_and(|(major, minor)| rustix::fs::makedev(major, minor) == dev)
 }
 
 /// `struct xfs_fsop_resblks`.
