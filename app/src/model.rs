@@ -1020,9 +1020,10 @@ pub struct SyncRun {
 pub enum Freshness {
     /// The source is in the state the copy last matched.
     Current,
-    /// The source changed since (or the copy never matched its live state).
+    /// The source changed since (or the copy never matched its live state), or it could
+    /// not be checked (`source_error` says why).
     Stale,
-    /// The source was deleted or its tree cannot be read.
+    /// The source was deleted, or its tree is gone.
     SourceMissing,
 }
 
@@ -1056,6 +1057,10 @@ pub struct CopyStatus {
     /// Recent finished runs, oldest first (at most 12), for the chart.
     pub history: Vec<SyncRun>,
     pub size_bytes: i64,
+    /// Why the source could not be checked (its tree is there but could not be read, or
+    /// its server did not answer): the copy is then not known to be current.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_error: Option<String>,
 }
 
 impl CopyStatus {

@@ -860,13 +860,49 @@ async fn sync_status_tells_current_stale_and_failing_copies_apart() {
     );
     assert_eq!(r["last_run"]["status"], "failed");
 
+    // A restart of the copy is not a run of its sync: the copy is still failing.
+    let (st, restarted, _) = post(
+        &s,
+        &format!("/api/v1/containers/{copy_id}/restart"),
+        admin,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(st, 200, "{restarted}");
+    let (_, body) = s.get("/api/v1/sync-status", admin).await;
+    let r = row(&body);
+    assert_eq!(r["failures_in_row"], 2, "{r}");
+    assert_eq!(r["last_run"]["kind"], "sync", "{r}");
+    assert!(r["last_error"].as_str().is_some(), "{r}");
+    assert!(
+        r["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|h| h["kind"] == "copy" || h["kind"] == "sync"),
+        "{r}"
+    );
+
     std::fs::rename(&away, &root).unwrap();
+
+    // A source that is there but cannot be read is not missing: stale, saying why.
+    let deep = root.join("deep");
+    std::fs::create_dir_all(deep.join("d/".repeat(1100))).unwrap();
+    let (_, body) = s.get("/api/v1/sync-status", admin).await;
+    let r = row(&body);
+    assert_eq!(r["freshness"], "stale", "{r}");
+    let why = r["source_error"].as_str().unwrap_or_default();
+    assert!(why.contains("deep"), "{r}");
+    std::fs::remove_dir_all(&deep).unwrap();
+
     assert_eq!(sync().await["status"], "succeeded");
     let (_, body) = s.get("/api/v1/sync-status", admin).await;
     let r = row(&body);
     assert_eq!(r["failures_in_row"], 0, "{r}");
     assert_eq!(r["freshness"], "current");
     assert!(r["last_error"].is_null());
+    assert!(r["source_error"].is_null(), "{r}");
     let statuses: Vec<&str> = r["history"]
         .as_array()
         .unwrap()

@@ -29,6 +29,7 @@ impl View {
             "stale" => c.freshness != Freshness::Current,
             "failing" => c.failing(),
             "current" => c.freshness == Freshness::Current && !c.failing(),
+            "source_missing" => c.freshness == Freshness::SourceMissing,
             _ => true,
         };
         shown && (self.project.is_empty() || c.copy.project_id == self.project)
@@ -142,7 +143,7 @@ fn StatusView(
         <Form method="GET" action="">
             <label for="show">"Show"</label>
             <select id="show" name="show">
-                {[("", "all copies"), ("stale", "stale"), ("failing", "failing"), ("current", "current")]
+                {[("", "all copies"), ("stale", "stale"), ("failing", "failing"), ("current", "current"), ("source_missing", "source missing")]
                     .into_iter()
                     .map(|(value, label)| {
                         view! { <option value=value selected=move || view.get().show == value>{label}</option> }
@@ -272,6 +273,12 @@ fn CopyRow(
         }
     };
     let state_text = c.freshness.label();
+    // Stale because its source could not be checked: why.
+    let unchecked = c.source_error.clone().map(|e| {
+        view! {
+            <p class="row-error" role="note">{format!("the source could not be checked: {e}")}</p>
+        }
+    });
     let failing = c.failing().then(|| {
         let n = c.failures_in_row;
         view! {
@@ -354,6 +361,7 @@ fn CopyRow(
                 <span class=state_class>{state_text}</span>
                 {failing}
                 {running}
+                {unchecked}
             </td>
             <td data-label="Last sync">{last_sync}</td>
             <td data-label="Result">{result}{error}</td>

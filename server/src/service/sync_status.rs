@@ -28,25 +28,48 @@ const PROBES_AT_ONCE: usize = 4;
 /// next load sees changes made since.
 #[derive(Default)]
 pub struct SharedProbes {
-    running: Mutex<HashMap<String, Arc<OnceCell<Option<String>>>>>,
+    running: Mutex<HashMap<String, Arc<OnceCell<Probed>>>>,
+}
+
+/// What a probe of a source found: its state, or why it could not be read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Probed {
+    State(String),
+    /// Its tree is not there.
+    Missing,
+    /// Its tree is there but could not be read (the error).
+    Unreadable(String),
 }
 
 impl SharedProbes {
     /// The state of source `id` from `probe` (run on a blocking thread), or from the walk
-    /// of it already under way. `None` when it cannot be read (missing).
+    /// of it already under way.
     pub async fn get(
         &self,
         id: &str,
-        probe: impl FnOnce() -> Option<String> + Send + 'static,
-    ) -> Option<String> {
+        probe: impl FnOnce() -> Probed + Send + 'static,
+    ) -> Probed {
         let walk = {
             let mut running = self.running.lock();
             running.retain(|_, walk| !walk.initialized());
             running.entry(id.to_string()).or_default().clone()
         };
-        walk.get_or_init(|| async move { tokio::task::spawn_blocking(probe).await.ok().flatten() })
-            .await
-            .clone()
+        walk.get_or_init(|| async move {
+            tokio::task::spawn_blocking(probe)
+                .await
+                .unwrap_or_else(|_| Probed::Unreadable("its check stopped unexpectedly".into()))
+        })
+        .await
+        .clone()
+    }
+}
+
+/// A local source's state ([`crate::engine::probe`]): missing only where its tree is.
+fn probe_local(place: &crate::engine::Place) -> Probed {
+    match crate::engine::probe(place) {
+        Ok(state) => Probed::State(state),
+        Err(_) if !place.root.exists() => Probed::Missing,
+        Err(e) => Probed::Unreadable(e.to_string()),
     }
 }
 
@@ -84,15 +107,17 @@ impl Service {
             .collect();
         // Metadata-only scans with each source's quick-check cache: no content is read. A
         // source on another host is scanned there.
-        let states: HashMap<String, Option<String>> = futures::stream::iter(wanted)
+        let states: HashMap<String, Probed> = futures::stream::iter(wanted)
             .map(|(id, (server, root))| async move {
                 let state = if self.agents.is_agent(&server) {
-                    self.agents.probe(&server, &id).await.ok()
+                    // (Its server not answering says nothing of whether the source is there.)
+                    match self.agents.probe(&server, &id).await {
+                        Ok(state) => Probed::State(state),
+                        Err(e) => Probed::Unreadable(e.to_string()),
+                    }
                 } else {
                     let place = container_place(Path::new(&root), &id);
-                    self.probes
-                        .get(&id, move || crate::engine::probe(&place).ok())
-                        .await
+                    self.probes.get(&id, move || probe_local(&place)).await
                 };
                 (id, state)
             })
@@ -104,18 +129,24 @@ impl Service {
             .iter()
             .map(|row| {
                 let jobs = jobs.remove(&row.id).unwrap_or_default();
-                let source_state = row
+                // (A source deleted since has no storage root: not probed, missing.)
+                let probed = row
                     .source_container_id
                     .as_ref()
-                    .and_then(|id| states.get(id).cloned().flatten());
-                let freshness = match source_state {
-                    None => Freshness::SourceMissing,
-                    Some(now) if row.source_state.as_deref() == Some(now.as_str()) => {
-                        Freshness::Current
+                    .and_then(|id| states.get(id).cloned())
+                    .unwrap_or(Probed::Missing);
+                let (freshness, source_error) = match probed {
+                    Probed::Missing => (Freshness::SourceMissing, None),
+                    Probed::State(now) if row.source_state.as_deref() == Some(now.as_str()) => {
+                        (Freshness::Current, None)
                     }
-                    Some(_) => Freshness::Stale,
+                    Probed::State(_) => (Freshness::Stale, None),
+                    // Not known to match it: stale, saying why it could not be checked.
+                    Probed::Unreadable(e) => (Freshness::Stale, Some(e)),
                 };
-                copy_status(row.summary(&vis), row, freshness, jobs)
+                let mut status = copy_status(row.summary(&vis), row, freshness, jobs);
+                status.source_error = source_error;
+                status
             })
             .collect())
     }
@@ -150,6 +181,7 @@ fn copy_status(
         last_error: failures.first().and_then(|r| r.error.clone()),
         history: finished.iter().take(HISTORY).rev().cloned().collect(),
         size_bytes: row.size_bytes,
+        source_error: None,
     }
 }
 
@@ -183,7 +215,7 @@ mod tests {
             move || {
                 let n = walks.fetch_add(1, Ordering::SeqCst) + 1;
                 std::thread::sleep(std::time::Duration::from_millis(100));
-                Some(format!("state {n}"))
+                Probed::State(format!("state {n}"))
             }
         };
         let (a, b, c) = tokio::join!(
@@ -192,20 +224,18 @@ mod tests {
             shared.get("src", walk()),
         );
         assert_eq!(walks.load(Ordering::SeqCst), 1, "one walk for three loads");
-        assert_eq!(
-            (a.as_deref(), b, c),
-            (Some("state 1"), a.clone(), a.clone())
-        );
+        let one = Probed::State("state 1".into());
+        assert_eq!((a, b, c), (one.clone(), one.clone(), one));
         let other = shared.get("other", walk()).await;
         assert_eq!(
-            other.as_deref(),
-            Some("state 2"),
+            other,
+            Probed::State("state 2".into()),
             "each source its own walk"
         );
         let later = shared.get("src", walk()).await;
         assert_eq!(
-            later.as_deref(),
-            Some("state 3"),
+            later,
+            Probed::State("state 3".into()),
             "a finished walk is not reused"
         );
     }

@@ -231,14 +231,16 @@ impl Db {
         Ok(rows.iter().map(job_from_row).collect())
     }
 
-    /// The newest `per_copy` jobs of every copy, newest first (a window keeps it one query).
+    /// The newest `per_copy` runs of every copy (the copy that made it and its syncs: a
+    /// start, stop, restart or delete is not a run of its sync), newest first (a window
+    /// keeps it one query).
     pub(crate) async fn recent_jobs_of_copies(&self, per_copy: i64) -> Result<Vec<Job>, DbError> {
         let rows = sqlx::query(
             "SELECT * FROM (
                 SELECT j.*, ROW_NUMBER() OVER (
                     PARTITION BY j.container_id ORDER BY j.created_at DESC, j.id DESC) AS rn
                 FROM jobs j JOIN containers c ON c.id = j.container_id
-                WHERE c.source_container_id IS NOT NULL) t
+                WHERE c.source_container_id IS NOT NULL AND j.kind IN ('copy', 'sync')) t
              WHERE rn <= $1 ORDER BY container_id, created_at DESC, id DESC",
         )
         .bind(per_copy)
