@@ -653,6 +653,17 @@ async fn a_cancelled_copy_leaves_a_truthful_state() {
             assert_eq!(c["status"], "failed");
             assert!(c["status_reason"].as_str().unwrap().contains("cancelled"));
             assert!(!tree_root(&c).exists(), "no half copy on disk");
+            // With no tree, it cannot be the source of a copy: refused up front, no job.
+            let (st, refused, _) = copy_as(
+                &s,
+                &s.admin_token,
+                c["id"].as_str().unwrap(),
+                json!({"target_project_id": data}),
+            )
+            .await;
+            assert_eq!(st, 409, "{refused}");
+            let msg = refused["error"]["message"].as_str().unwrap_or_default();
+            assert!(msg.contains("no complete tree"), "{refused}");
         }
         // The copy won the race: then the cancel was refused and the copy is whole.
         "succeeded" => {

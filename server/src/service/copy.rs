@@ -372,6 +372,25 @@ impl Service {
                 format!("{} is being deleted", source.name),
             ));
         }
+        // Still being copied, or a copy, sync or delete of it failed: no complete tree to
+        // copy (as a sync from it is refused). A job would only fail, leaving another
+        // failed container.
+        if [ContainerStatus::Copying, ContainerStatus::Failed]
+            .iter()
+            .any(|s| source.status == s.as_str())
+        {
+            let why = match &source.status_reason {
+                Some(reason) => format!(" ({reason})"),
+                None => String::new(),
+            };
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!(
+                    "{} is {}{why}: it has no complete tree to copy",
+                    source.name, source.status
+                ),
+            ));
+        }
         if !is_valid_id(&req.target_project_id) {
             return Err(
                 ApiError::invalid("target_project_id must be 24 lowercase hex digits")

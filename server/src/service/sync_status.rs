@@ -44,11 +44,7 @@ pub enum Probed {
 impl SharedProbes {
     /// The state of source `id` from `probe` (run on a blocking thread), or from the walk
     /// of it already under way.
-    pub async fn get(
-        &self,
-        id: &str,
-        probe: impl FnOnce() -> Probed + Send + 'static,
-    ) -> Probed {
+    pub async fn get(&self, id: &str, probe: impl FnOnce() -> Probed + Send + 'static) -> Probed {
         let walk = {
             let mut running = self.running.lock();
             running.retain(|_, walk| !walk.initialized());
