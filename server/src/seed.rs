@@ -308,21 +308,24 @@ pub async fn seed_if_empty(
         Ok(dir)
     };
     let (fw, net) = rules_web(pool);
+    let web_tree = make("web-app", 1, 3)?;
+    // The key its tree lets log in as root (a real key, as the API would take it).
+    let web_key = fs::read_to_string(web_tree.join("root/.ssh/authorized_keys"))
+        .ok()
+        .map(|k| k.trim().to_string());
     let web_app = inventory::import_container(
         db,
         NewContainer {
             project_id: web.clone(),
             server_id: a.clone(),
             name: "web-app".into(),
-            ssh_public_key: Some(
-                "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDemoKeyForWebAppOnlyNotRealxxxxxxxxxxxxx demo@web-app".into(),
-            ),
+            ssh_public_key: web_key,
             firewall_rules: fw,
             network_rules: net,
             command: demo_command(),
             ..Default::default()
         },
-        &make("web-app", 1, 3)?,
+        &web_tree,
     )
     .await?;
     inventory::create_snapshot(db, &web_app, "before-upgrade").await?;

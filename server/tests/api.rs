@@ -132,6 +132,38 @@ async fn container_detail_has_snapshots_rules_lineage_and_a_real_root() {
         std::fs::read(copy_root.join("var/lib/web-app/data-00.db")).unwrap(),
         std::fs::read(root.join("var/lib/web-app/data-00.db")).unwrap()
     );
+    // ... and it is a new machine, as a copy job makes one: its own host name, machine id
+    // and host key, and no one's key to log in as root.
+    let read = |r: &std::path::Path, f: &str| std::fs::read_to_string(r.join(f)).unwrap();
+    assert_eq!(read(&copy_root, "etc/hostname"), "web-app-staging\n");
+    for own in ["etc/machine-id", "etc/ssh/ssh_host_ed25519_key"] {
+        assert_ne!(read(&copy_root, own), read(&root, own), "{own}");
+    }
+    assert!(!copy_root.join("root/.ssh/authorized_keys").exists());
+    // The source's key in the API is the one its tree lets in, and a valid one.
+    let key = c["ssh_public_key"].as_str().unwrap();
+    assert_eq!(read(&root, "root/.ssh/authorized_keys").trim(), key);
+    let (st, refused) = s
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/v1/containers/{id}/copy"),
+            &s.admin_token,
+            Some(serde_json::json!({
+                "target_project_id": c["project_id"], "name": "same-key", "ssh_public_key": key
+            })),
+        )
+        .await;
+    assert_eq!(st, 409, "a valid key, already in use: {refused}");
+    // It matches its source as it was copied: current, with no sync run yet.
+    let (_, status) = s.get("/api/v1/sync-status", &s.admin_token).await;
+    let row = status["copies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["copy"]["id"] == copy_id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(row["freshness"], "current", "{row}");
 }
 
 #[tokio::test]

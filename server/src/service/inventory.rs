@@ -64,23 +64,39 @@ fn valid_name(name: &str) -> Result<(), InventoryError> {
 }
 
 /// A whole-tree copy through the engine, off the async workers.
-async fn run_copy(src: Place, dst: Place) -> Result<Summary, InventoryError> {
+/// Copies the tree at `src` to `dst`; where `identity` is given (a copy of a container),
+/// the tree then becomes a new machine, as a copy job's does.
+async fn run_copy(
+    src: Place,
+    dst: Place,
+    identity: Option<(String, Option<String>)>,
+) -> Result<Summary, InventoryError> {
     let path = src.root.clone();
-    tokio::task::spawn_blocking(move || engine::copy(&src, &dst, &Control::new()))
-        .await
-        .map_err(|e| InventoryError::Io {
-            path: path.clone(),
-            source: std::io::Error::other(e),
-        })?
-        .map_err(|e| match e {
-            EngineError::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull => {
-                InventoryError::NoSpace { path }
-            }
-            e => InventoryError::Copy {
-                path,
-                message: e.to_string(),
-            },
-        })
+    tokio::task::spawn_blocking(move || {
+        let mut summary = engine::copy(&src, &dst, &Control::new())?;
+        if let Some((hostname, key)) = &identity {
+            let id = engine::identity::Identity {
+                hostname,
+                ssh_public_key: key.as_deref(),
+            };
+            summary.identity_files = engine::identity::make_new_machine(&dst, &id)?;
+        }
+        Ok(summary)
+    })
+    .await
+    .map_err(|e| InventoryError::Io {
+        path: path.clone(),
+        source: std::io::Error::other(e),
+    })?
+    .map_err(|e| match e {
+        EngineError::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull => {
+            InventoryError::NoSpace { path }
+        }
+        e => InventoryError::Copy {
+            path,
+            message: e.to_string(),
+        },
+    })
 }
 
 pub async fn create_project(
@@ -176,7 +192,12 @@ pub async fn import_container(
     let dest = container_place(&root, &id);
     // The imported directory gets a throwaway state dir: doppel never writes beside it.
     let scratch = root.join("state").join(format!("import-{id}"));
-    let stats = run_copy(Place::new(tree, &scratch), dest.clone()).await;
+    // A copy of a container (the demo's) is a new machine, as a copy job makes it.
+    let identity = new
+        .source_container_id
+        .as_ref()
+        .map(|_| (new.name.clone(), new.ssh_public_key.clone()));
+    let stats = run_copy(Place::new(tree, &scratch), dest.clone(), identity).await;
     let _ = std::fs::remove_dir_all(&scratch);
     let stats = stats?;
     for skipped in &stats.skipped_special {
@@ -200,6 +221,11 @@ pub async fn import_container(
                 .unwrap_or_else(|_| "[]".into()),
             command: serde_json::to_string(&new.command).unwrap_or_else(|_| "{}".into()),
             source_container_id: new.source_container_id.as_deref(),
+            // The state of the source it matches (its own tree differs by its identity).
+            source_state: new
+                .source_container_id
+                .as_ref()
+                .map(|_| stats.source_root_hash.as_str()),
             file_count: stats.tree_files as i64,
             size_bytes: stats.tree_bytes as i64,
             now,
@@ -229,7 +255,7 @@ pub async fn create_snapshot(
         .ok_or_else(|| InventoryError::NoContainer(container_id.into()))?;
     let id = new_id();
     let dest = snapshot_place(&root, container_id, &id);
-    let stats = run_copy(container_place(&root, container_id), dest.clone()).await?;
+    let stats = run_copy(container_place(&root, container_id), dest.clone(), None).await?;
     let res = record_snapshot(db, (&id, container_id, name), &stats).await;
     if let Err(e) = res {
         let _ = std::fs::remove_dir_all(&dest.root);

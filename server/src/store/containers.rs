@@ -154,6 +154,8 @@ pub(crate) struct ImportedContainer<'a> {
     pub(crate) network_rules: String,
     pub(crate) command: String,
     pub(crate) source_container_id: Option<&'a str>,
+    /// For a copy: the state of its source it matches.
+    pub(crate) source_state: Option<&'a str>,
     pub(crate) file_count: i64,
     pub(crate) size_bytes: i64,
     pub(crate) now: i64,
@@ -361,8 +363,8 @@ impl Db {
         self.write(
             "INSERT INTO containers (id, name, project_id, server_id, status, ssh_public_key,
                 firewall_rules, network_rules, source_container_id, last_synced_at,
-                file_count, size_bytes, created_at, updated_at, command)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $14)",
+                file_count, size_bytes, created_at, updated_at, command, source_state)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $14, $15)",
             vec![
                 Arg::arg(c.id),
                 Arg::arg(c.name),
@@ -378,6 +380,7 @@ impl Db {
                 Arg::arg(c.size_bytes),
                 Arg::arg(c.now),
                 Arg::arg(&c.command),
+                Arg::arg(c.source_state),
             ],
         )
         .await?;
