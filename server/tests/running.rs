@@ -730,6 +730,31 @@ async fn a_sync_of_a_running_copy_is_down_only_for_its_final_pass() {
         "web-app-synced",
         "identity kept"
     );
+    // Its summary counts both passes: the bytes the first moved, and a duration that holds
+    // the downtime.
+    let summary = &job["summary"];
+    let moved: u64 = ["kernel_bytes", "content_bytes", "local_bytes"]
+        .iter()
+        .map(|k| summary[k].as_u64().unwrap())
+        .sum();
+    assert!(moved >= "<h1>edited</h1>\n".len() as u64, "{job}");
+    assert!(
+        summary["duration_ms"].as_u64().unwrap() >= downtime,
+        "{job}"
+    );
+
+    // With nothing to change, the running copy is not stopped at all.
+    let (st, body) = post(&s, &format!("/api/v1/containers/{id}/sync"), None).await;
+    assert_eq!(st, 202, "{body}");
+    let job = s.wait_job(body["job"]["url"].as_str().unwrap()).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert!(job["summary"].get("downtime_ms").is_none(), "{job}");
+    let unchanged = container(&s, &id).await;
+    assert_eq!(unchanged["status"], "running", "{unchanged}");
+    assert_eq!(
+        unchanged["started_at"], after["started_at"],
+        "not restarted"
+    );
 
     // A stopped copy stays stopped, with no downtime to speak of.
     let (st, _) = post(&s, &format!("/api/v1/containers/{id}/stop"), None).await;

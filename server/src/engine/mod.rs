@@ -191,6 +191,16 @@ impl Control {
         Control::default()
     }
 
+    /// This control (cancellation, progress, limit, watch) for another run, with progress
+    /// and phase timings of its own: a sync's final pass, whose summary's timings are then
+    /// its own, not the first pass's again.
+    pub fn for_another_run(&self) -> Control {
+        Control {
+            state: Arc::default(),
+            ..self.clone()
+        }
+    }
+
     pub fn with_progress(mut self, f: impl Fn(&Progress) + Send + Sync + 'static) -> Control {
         self.progress = Some(Arc::new(f));
         self

@@ -450,7 +450,7 @@ impl JobRunner {
             .with_progress(move |p| r2.report(p))
             .with_bwlimit(bwlimit);
         let target = dst.clone();
-        let (src2, dst2, ctl2) = (src.clone(), dst.clone(), ctl.clone());
+        let (src2, dst2, ctl2) = (src.clone(), dst.clone(), ctl.for_another_run());
         let result = run_in_background(move || match kind {
             // The target is this job's new container: if a run before a restart already
             // finished its tree, it is brought up to date rather than refused.
@@ -517,9 +517,12 @@ impl JobRunner {
         Fut: std::future::Future<Output = Result<engine::Summary, EngineError>>,
     {
         let first = match first {
+            // A first pass that found the copy as its source was (nothing to change, no
+            // drift) leaves nothing for a final pass: the copy is not stopped.
             Ok(first)
                 if kind == JobKind::Sync
-                    && params.previous_status == Some(ContainerStatus::Running) =>
+                    && params.previous_status == Some(ContainerStatus::Running)
+                    && changed_anything(&first) =>
             {
                 first
             }
@@ -537,9 +540,7 @@ impl JobRunner {
             ));
             return Ok((Ok(first), Some(stopped)));
         }
-        let result = last()
-            .await
-            .map(|last| two_passes(first, last, started.elapsed()));
+        let result = last().await;
         let half_changed = matches!(result, Err(EngineError::Incomplete(_)))
             || (result.is_err() && target.commit_pending());
         let restarted = if half_changed {
@@ -551,6 +552,8 @@ impl JobRunner {
                     .await?,
             )
         };
+        // (Down from its stop until its start again returned.)
+        let result = result.map(|last| two_passes(first, last, started.elapsed()));
         Ok((result, restarted))
     }
 
@@ -763,6 +766,11 @@ impl JobRunner {
     }
 }
 
+/// Whether a pass changed the copy (or found it changed on its own).
+fn changed_anything(s: &engine::Summary) -> bool {
+    s.files_added + s.files_changed + s.files_deleted + s.metadata_only + s.drift > 0
+}
+
 /// The summary of a sync done in two passes (while the copy ran, then stopped): what both
 /// changed, the tree as the last left it, and how long the copy was down.
 fn two_passes(
@@ -778,6 +786,10 @@ fn two_passes(
     drift_paths.extend(last.drift_paths);
     let mut notes = first.notes;
     notes.extend(last.notes);
+    let wire_bytes = match (first.wire_bytes, last.wire_bytes) {
+        (None, None) => None,
+        (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+    };
     engine::Summary {
         files_added: first.files_added + last.files_added,
         files_changed: first.files_changed + last.files_changed,
@@ -785,11 +797,15 @@ fn two_passes(
         metadata_only: first.metadata_only + last.metadata_only,
         bytes_sent: first.bytes_sent + last.bytes_sent,
         content_bytes: first.content_bytes + last.content_bytes,
+        wire_bytes,
         reused_bytes: first.reused_bytes + last.reused_bytes,
+        kernel_bytes: first.kernel_bytes + last.kernel_bytes,
+        local_bytes: first.local_bytes + last.local_bytes,
         delta_files: first.delta_files + last.delta_files,
         drift: first.drift + last.drift,
         drift_paths,
-        duration_ms: first.duration_ms + last.duration_ms,
+        // The first pass, then the copy down for the final one.
+        duration_ms: first.duration_ms + downtime.as_millis() as u64,
         recovered: first.recovered || last.recovered,
         phase_ms,
         notes,
