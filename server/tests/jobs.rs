@@ -1345,6 +1345,24 @@ async fn a_copy_gets_its_own_identity_and_never_the_source_s_keys() {
         listed.contains("etc/hostname") && listed.contains("authorized_keys"),
         "{job}"
     );
+    // Its root hash is its own tree's (as a sync with nothing to do finds it), not its
+    // source's.
+    let copied = job["summary"]["root_hash"].clone();
+    assert_ne!(copied, job["summary"]["source_root_hash"], "{job}");
+    let (st, body, _) = post(
+        &s,
+        &format!("/api/v1/containers/{copy_id}/sync"),
+        &s.admin_token,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(st, 202, "{body}");
+    let noop = s.wait_job(body["job"]["id"].as_str().unwrap()).await;
+    for changed in ["files_added", "files_changed", "files_deleted", "drift"] {
+        assert_eq!(noop["summary"][changed], 0, "{noop}");
+    }
+    assert_eq!(noop["summary"]["root_hash"], copied, "{noop}");
     // A sync brings the source's changes and keeps the copy's identity.
     std::fs::write(
         src.join("root/.ssh/authorized_keys"),

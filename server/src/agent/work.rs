@@ -395,7 +395,7 @@ async fn make_identity(
             hostname: &req.hostname,
             ssh_public_key: req.ssh_public_key.as_deref(),
         };
-        identity::make_new_machine(&dst, &who)
+        identity::make_new_machine(&dst, &who).map(|made| made.written)
     })
     .await?;
     Ok(Json(files).into_response())

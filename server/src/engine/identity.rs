@@ -45,8 +45,16 @@ const HOST_KEYS: [(&str, ssh_key::Algorithm); 3] = [
     ("rsa", ssh_key::Algorithm::Rsa { hash: None }),
 ];
 
+/// What [`make_new_machine`] did.
+pub struct NewMachine {
+    /// The paths written or removed.
+    pub written: Vec<String>,
+    /// The tree's manifest root now (BLAKE3, hex): its source's, but for these files.
+    pub root_hash: String,
+}
+
 /// Gives the tree at `place` its own identity, then records the tree's state (so the
-/// next sync sees no drift there). Returns the paths written or removed.
+/// next sync sees no drift there).
 ///
 /// - `etc/hostname`, where the tree has one: the host name.
 /// - `etc/machine-id`, where the tree has one: a new random id.
@@ -54,7 +62,7 @@ const HOST_KEYS: [(&str, ssh_key::Algorithm); 3] = [
 ///   keys of those types, private ones mode 0600.
 /// - `root/.ssh/authorized_keys`: exactly the given key (made, with `root/.ssh`, when the
 ///   tree has `root/`), or removed: the source's keys are never inherited.
-pub fn make_new_machine(place: &Place, id: &Identity<'_>) -> Result<Vec<String>, EngineError> {
+pub fn make_new_machine(place: &Place, id: &Identity<'_>) -> Result<NewMachine, EngineError> {
     let root = fsx::open_dir(&place.root).map_err(EngineError::io("opening the copy"))?;
     let mut written = Vec::new();
     if let Some(etc) = dir(root.as_fd(), b"etc")? {
@@ -146,7 +154,10 @@ pub fn make_new_machine(place: &Place, id: &Identity<'_>) -> Result<Vec<String>,
     let (m, _) = scan::scan(&place.root, cache.as_ref(), true, &Control::new())?;
     m.store(&place.manifest_path())
         .map_err(EngineError::io("writing the manifest"))?;
-    Ok(written)
+    Ok(NewMachine {
+        written,
+        root_hash: m.root_hex(),
+    })
 }
 
 /// What `name` in `dir` is, without following it (`None`: nothing there).

@@ -2053,7 +2053,7 @@ fn a_copy_is_a_new_machine_and_a_sync_keeps_its_identity() {
         hostname: "web-copy",
         ssh_public_key: Some(KEY),
     };
-    let written = identity::make_new_machine(&dst, &id).unwrap();
+    let written = identity::make_new_machine(&dst, &id).unwrap().written;
     assert_eq!(written.len(), 7, "{written:?}");
     let read = |p: &str| fs::read_to_string(dst.root.join(p)).unwrap();
     assert_eq!(read("etc/hostname"), "web-copy\n");
@@ -2135,7 +2135,7 @@ fn a_copy_s_identity_is_never_written_through_a_symlink() {
         hostname: "x",
         ssh_public_key: Some(KEY),
     };
-    let written = identity::make_new_machine(&dst, &id).unwrap();
+    let written = identity::make_new_machine(&dst, &id).unwrap().written;
     assert!(written.is_empty(), "{written:?}");
     assert_eq!(fs::read(outside.join("hostname")).unwrap(), b"host\n");
 }

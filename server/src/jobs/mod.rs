@@ -460,7 +460,9 @@ impl JobRunner {
                     hostname: &target_name,
                     ssh_public_key: target_ssh_key.as_deref(),
                 };
-                summary.identity_files = engine::identity::make_new_machine(&dst, &id)?;
+                let made = engine::identity::make_new_machine(&dst, &id)?;
+                summary.identity_files = made.written;
+                summary.root_hash = made.root_hash;
                 Ok(summary)
             }
             // The copy keeps its own identity files.
@@ -675,29 +677,40 @@ impl JobRunner {
             }
         };
         if kind == JobKind::Copy {
-            summary.identity_files = if self.agents.is_agent(target_server) {
+            // The copy's own files, and its tree's root hash with them.
+            (summary.identity_files, summary.root_hash) = if self.agents.is_agent(target_server) {
                 let identity = NewIdentity {
                     hostname: hostname.to_string(),
                     ssh_public_key: ssh_public_key.map(str::to_string),
                 };
-                self.agents
+                let written = self
+                    .agents
                     .make_identity(target_server, target_id, identity)
-                    .await?
+                    .await?;
+                // (Its manifest was just recorded there: a look at metadata. The copy is
+                // whole either way: where the look fails, the source's hash stays.)
+                let root_hash = self
+                    .agents
+                    .probe(target_server, target_id)
+                    .await
+                    .unwrap_or_else(|_| summary.root_hash.clone());
+                (written, root_hash)
             } else {
                 let (hostname, key) = (hostname.to_string(), ssh_public_key.map(str::to_string));
-                run_in_background(move || {
+                let made = run_in_background(move || {
                     let id = engine::identity::Identity {
                         hostname: &hostname,
                         ssh_public_key: key.as_deref(),
                     };
-                    let identity_files = engine::identity::make_new_machine(&target_here, &id)?;
+                    let made = engine::identity::make_new_machine(&target_here, &id)?;
                     Ok(engine::Summary {
-                        identity_files,
+                        identity_files: made.written,
+                        root_hash: made.root_hash,
                         ..Default::default()
                     })
                 })
-                .await?
-                .identity_files
+                .await?;
+                (made.identity_files, made.root_hash)
             };
         }
         Ok(summary)

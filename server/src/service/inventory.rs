@@ -79,7 +79,9 @@ async fn run_copy(
                 hostname,
                 ssh_public_key: key.as_deref(),
             };
-            summary.identity_files = engine::identity::make_new_machine(&dst, &id)?;
+            let made = engine::identity::make_new_machine(&dst, &id)?;
+            summary.identity_files = made.written;
+            summary.root_hash = made.root_hash;
         }
         Ok(summary)
     })
