@@ -192,7 +192,8 @@ impl EventHub {
             buffers.batching = true;
             tokio::spawn(self.clone().send_batches());
         }
-        // An id not issued yet (from before a restart, or made up) resumes nothing.
+        // An id not issued yet (made up) resumes nothing. One from before a restart is older
+        // than every id this process issued: everything buffered is newer, and replayed.
         let after = after.filter(|&id| id < self.peek_id());
         let seen = after.unwrap_or_else(|| self.peek_id().saturating_sub(1));
         let replay = match after {
@@ -296,7 +297,7 @@ mod tests {
         let (replay, seen, _rx) = hub.subscribe(Some(newest - 3));
         assert_eq!(replay.len(), 3);
         assert_eq!(seen, newest - 3);
-        // From the future (before a restart, or made up): live from now on, nothing skipped.
+        // From the future (made up): live from now on, nothing skipped.
         let (replay, seen, _rx) = hub.subscribe(Some(u64::MAX));
         assert!(replay.is_empty());
         assert_eq!(seen, newest);

@@ -289,8 +289,9 @@ async fn job_stream(
     let hub = service.events().clone();
     let (_, _, rx) = hub.subscribe(None);
     let mut queue: VecDeque<Arc<Published>> = hub.of_job(job_id).into();
-    // An id this doppel has not issued yet (one from before a restart, or made up) is no
-    // place to resume from: the stream starts from the job's current state.
+    // An id this doppel has not issued yet (made up) is no place to resume from: the
+    // stream starts from the job's current state. (One from before a restart is older
+    // than anything buffered: all of the job's buffered events follow it.)
     let after = after.filter(|&a| a < hub.peek_id());
     let last = after.unwrap_or(0);
     if queue.iter().all(|e| e.ev.id <= last) {
