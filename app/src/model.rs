@@ -1178,10 +1178,18 @@ pub struct CopyRequest {
         schema(pattern = "^([0-9a-f]{24}|[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)$")
     )]
     pub source_snapshot: Option<String>,
-    #[serde(default)]
+    /// Absent or `null`: false (as the optional strings take `null` for absent).
+    #[serde(default, deserialize_with = "null_is_false")]
+    #[cfg_attr(feature = "ssr", schema(nullable))]
     pub copy_firewall_rules: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_false")]
+    #[cfg_attr(feature = "ssr", schema(nullable))]
     pub copy_network_rules: bool,
+}
+
+/// A boolean that may be given as `null`, meaning false.
+fn null_is_false<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    Ok(Option::<bool>::deserialize(d)?.unwrap_or(false))
 }
 
 /// What a copy request starts: the new container and the job that fills it.
@@ -1210,6 +1218,8 @@ pub enum ErrorCode {
     Unavailable,
     /// The target server has not enough free space for it.
     InsufficientStorage,
+    /// The request body is larger than doppel reads.
+    PayloadTooLarge,
 }
 
 impl ErrorCode {
@@ -1226,6 +1236,7 @@ impl ErrorCode {
             ErrorCode::Internal => 500,
             ErrorCode::Unavailable => 503,
             ErrorCode::InsufficientStorage => 507,
+            ErrorCode::PayloadTooLarge => 413,
         }
     }
 }

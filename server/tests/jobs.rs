@@ -295,6 +295,65 @@ async fn copy_validation_answers_each_mistake_with_its_status() {
         assert_eq!(st, status, "{body}: {resp}");
         assert_eq!(resp["error"]["code"], code, "{body}: {resp}");
     }
+    // A body that is not the request names the field and says what is wrong in JSON's
+    // terms, never in Rust's.
+    for (body, field, says) in [
+        (
+            json!({}),
+            Some("target_project_id"),
+            "target_project_id is required",
+        ),
+        (
+            json!({"target_project_id": web, "colour": "red"}),
+            Some("colour"),
+            "colour is not a field of this request",
+        ),
+        (
+            json!({"target_project_id": web, "copy_firewall_rules": "yes"}),
+            Some("copy_firewall_rules"),
+            "copy_firewall_rules must be a boolean",
+        ),
+        (
+            json!({"target_project_id": 123}),
+            Some("target_project_id"),
+            "target_project_id must be a string",
+        ),
+        (json!([]), None, "the body must be a JSON object"),
+    ] {
+        let (st, resp, _) = copy(body.clone()).await;
+        assert_eq!(st, 422, "{body}: {resp}");
+        assert_eq!(resp["error"]["field"].as_str(), field, "{body}: {resp}");
+        let message = resp["error"]["message"].as_str().unwrap();
+        assert!(message.contains(says), "{body}: {resp}");
+        assert!(
+            !message.contains("struct") && !message.contains("CopyRequest"),
+            "{body}: {resp}"
+        );
+    }
+    // `null` is absent, for the flags as for the optional strings.
+    let (st, nulls, _) = copy(json!({
+        "target_project_id": data, "name": "nulls", "target_server_id": null,
+        "copy_firewall_rules": null, "copy_network_rules": null
+    }))
+    .await;
+    assert_eq!(st, 202, "{nulls}");
+    assert_eq!(nulls["container"]["firewall_rules"], json!([]));
+    s.wait_job(nulls["job"]["id"].as_str().unwrap()).await;
+    // A body beyond what doppel reads: 413, saying the limit.
+    let resp = TestServer::client()
+        .post(s.url(&format!("/api/v1/containers/{source}/copy")))
+        .bearer_auth(&s.admin_token)
+        .json(&json!({"target_project_id": web, "name": "a".repeat(3 << 20)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    let resp: Value = resp.json().await.unwrap();
+    assert!(
+        resp["error"]["message"].as_str().unwrap().contains("2 MiB"),
+        "{resp}"
+    );
+
     // A taken name is named as such (the unique index decides, the message explains).
     let (_, resp, _) = copy(json!({"target_project_id": web, "name": "web-app-staging"})).await;
     assert_eq!(
@@ -515,6 +574,26 @@ async fn sync_rules_originals_running_jobs_and_snapshots() {
         .as_str()
         .unwrap()
         .contains("not created by copy"));
+
+    // A sync takes no body: options sent there are refused, not ignored; `{}` is none.
+    let staging = s.container_id("web-app-staging").await;
+    let sync_with = |body: &'static str| {
+        TestServer::client()
+            .post(s.url(&format!("/api/v1/containers/{staging}/sync")))
+            .bearer_auth(&s.admin_token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let resp = sync_with(r#"{"bwlimit": "1M"}"#).await.unwrap();
+    assert_eq!(resp.status(), 422);
+    let refused: Value = resp.json().await.unwrap();
+    assert_eq!(refused["error"]["field"], "bwlimit", "{refused}");
+    assert_eq!(sync_with("garbage").await.unwrap().status(), 400);
+    let resp = sync_with("{}").await.unwrap();
+    assert_eq!(resp.status(), 202);
+    let started: Value = resp.json().await.unwrap();
+    s.wait_job(started["job"]["id"].as_str().unwrap()).await;
 
     // Snapshots: take one, change the source, copy from the snapshot: the old state.
     let (st, snap, _) = post(

@@ -756,7 +756,8 @@ async fn a_sync_of_a_running_copy_is_down_only_for_its_final_pass() {
         "not restarted"
     );
 
-    // A stopped copy stays stopped, with no downtime to speak of.
+    // A stopped copy is synced as it is (no downtime to speak of), then started: as the
+    // contract says, the target is running once its job is done.
     let (st, _) = post(&s, &format!("/api/v1/containers/{id}/stop"), None).await;
     assert_eq!(st, 200);
     std::fs::write(root(&source).join("www/content.html"), "<h1>again</h1>\n").unwrap();
@@ -764,8 +765,13 @@ async fn a_sync_of_a_running_copy_is_down_only_for_its_final_pass() {
     let job = s.wait_job(body["job"]["url"].as_str().unwrap()).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     assert!(job["summary"].get("downtime_ms").is_none(), "{job}");
-    assert_eq!(container(&s, &id).await["status"], "stopped");
+    let synced = container(&s, &id).await;
+    assert_eq!(synced["status"], "running", "{synced}");
     assert_eq!(read(&root(&after), "www/content.html"), "<h1>again</h1>\n");
+    assert_eq!(
+        page(&synced, "/content.html").await.unwrap(),
+        "<h1>again</h1>\n"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

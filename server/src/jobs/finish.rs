@@ -53,8 +53,8 @@ impl JobRunner {
             }
         };
         // A finished copy starts automatically (before the job ends, so whoever sees the job
-        // done sees the copy running, or stopped with the reason it is not), and a sync
-        // returns its target to its status. A copy that did not finish leaves no tree: the
+        // done sees the copy running, or stopped with the reason it is not), and so does a
+        // synced one. A copy that did not finish leaves no tree: the
         // container is failed. A sync that did not finish left the copy as it was: its
         // status comes back.
         let mut result = result;
@@ -91,6 +91,18 @@ impl JobRunner {
                     (None, r) => r,
                 };
                 (o.status, reason)
+            }
+            // The contract: the target is running once its job is done. A copy stopped
+            // before its sync is started (one that cannot run stays stopped, saying why).
+            (None, JobKind::Sync, None) if previous == ContainerStatus::Stopped => {
+                let started = self
+                    .lifecycle
+                    .start(target_id, &[ContainerStatus::Syncing])
+                    .await?;
+                if let Ok(summary) = &mut result {
+                    summary.notes.extend(started.notes);
+                }
+                (started.status, started.reason)
             }
             (None, JobKind::Sync, _) => (previous, None),
             (Some(m), JobKind::Copy, _) => (

@@ -536,11 +536,13 @@ impl JobRunner {
             .stop_for_job(target_id, ContainerStatus::Syncing)
             .await?
         {
-            // Nothing ran to stop (it ended before or during the pass): stopped.
-            let stopped = Outcome::stopped(Some(
-                "its process was not running when the sync ended".into(),
-            ));
-            return Ok((Ok(first), Some(stopped)));
+            // Nothing ran to stop (it ended before or during the pass): started again, as
+            // a finished sync leaves its copy.
+            let started = self
+                .lifecycle
+                .start(target_id, &[ContainerStatus::Syncing])
+                .await?;
+            return Ok((Ok(first), Some(started)));
         }
         let result = last().await;
         let half_changed = matches!(result, Err(EngineError::Incomplete(_)))

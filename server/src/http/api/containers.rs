@@ -233,16 +233,42 @@ pub(super) async fn sync_container(
     id: Result<Path<String>, PathRejection>,
     options: Result<Query<TransferOptions>, QueryRejection>,
     headers: HeaderMap,
+    sent: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, RestError> {
     let id = path(id)?;
     let options = query(options)?;
     let key = idempotency_key(&headers)?;
+    let sent = sent.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => super::too_large(),
+        _ => app::model::ApiError::invalid(format!("bad request body: {}", e.body_text())).into(),
+    })?;
+    no_body(&sent)?;
     let job = st
         .service
         .sync_container(&user, &id, key.as_deref(), &options)
         .await?;
     let url = job.url.clone();
     Ok(accepted(&url, &JobAnswer { job }))
+}
+
+/// A sync takes no request body: none, or an empty JSON object. Anything else is refused
+/// rather than ignored (a client sending options there would think they were taken).
+fn no_body(sent: &[u8]) -> Result<(), RestError> {
+    if sent.iter().all(u8::is_ascii_whitespace) {
+        return Ok(());
+    }
+    match serde_json::from_slice::<serde_json::Value>(sent) {
+        Ok(serde_json::Value::Object(fields)) => match fields.keys().next() {
+            None => Ok(()),
+            Some(field) => Err(app::model::ApiError::new(
+                app::model::ErrorCode::Unprocessable,
+                format!("{field} is not a field of this request: a sync takes no request body"),
+            )
+            .on_field(field)
+            .into()),
+        },
+        _ => Err(app::model::ApiError::invalid("a sync takes no request body").into()),
+    }
 }
 
 /// A container's snapshots

@@ -128,6 +128,11 @@ enum WriteErrors {
     #[response(status = 404, description = "Not found, or not visible to the caller")]
     NotFound(ErrorBody),
     #[response(
+        status = 413,
+        description = "The request body is larger than 2 MiB, the most doppel reads"
+    )]
+    PayloadTooLarge(ErrorBody),
+    #[response(
         status = 409,
         description = "Conflict (a taken name or key, a job already running)"
     )]
@@ -236,13 +241,128 @@ async fn method_not_allowed() -> Response {
 /// A JSON body that fails to parse: 400 for malformed JSON or a missing content type, 422
 /// for well-formed JSON with wrong, missing or unknown fields.
 fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, RestError> {
-    b.map(|Json(v)| v).map_err(|e| {
-        let code = match e {
-            JsonRejection::JsonDataError(_) => ErrorCode::Unprocessable,
-            _ => ErrorCode::InvalidRequest,
-        };
-        ApiError::new(code, format!("bad request body: {}", e.body_text())).into()
+    b.map(|Json(v)| v).map_err(|e| match e {
+        JsonRejection::JsonDataError(e) => data_error(&e).into(),
+        e if e.status() == StatusCode::PAYLOAD_TOO_LARGE => too_large(),
+        e => ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("bad request body: {}", e.body_text()),
+        )
+        .into(),
     })
+}
+
+/// A body beyond axum's default limit (2 MiB): no request of this API comes near it.
+pub(super) fn too_large() -> RestError {
+    ApiError::new(
+        ErrorCode::PayloadTooLarge,
+        "the request body is larger than 2 MiB, the most doppel reads",
+    )
+    .into()
+}
+
+/// Well-formed JSON that is not the request (422): which field, and what is wrong with it,
+/// in the request's terms (serde's own message names Rust types).
+fn data_error(e: &(dyn std::error::Error + 'static)) -> ApiError {
+    let mut at = Some(e);
+    while let Some(err) = at {
+        if let Some(e) = err.downcast_ref::<serde_path_to_error::Error<serde_json::Error>>() {
+            return field_error(&e.path().to_string(), &e.inner().to_string());
+        }
+        at = err.source();
+    }
+    ApiError::new(ErrorCode::Unprocessable, format!("bad request body: {e}"))
+}
+
+/// [`data_error`]'s message for serde's `message` about the value at `path` (`.`: the
+/// body itself).
+fn field_error(path: &str, message: &str) -> ApiError {
+    // (serde_json ends its messages with where: " at line 1 column 25".)
+    let message = message.rsplit_once(" at line ").map_or(message, |(m, _)| m);
+    let quoted = |m: &str| m.split('`').nth(1).map(str::to_string);
+    let (field, text) = if let Some(f) = message.strip_prefix("missing field ").and_then(quoted) {
+        let at = nested(path, &f);
+        (Some(at.clone()), format!("{at} is required"))
+    } else if let Some(f) = message.strip_prefix("unknown field ").and_then(quoted) {
+        let at = nested(path, &f);
+        let known = message
+            .split_once(", expected one of ")
+            .map(|(_, k)| format!(" (it has {})", k.replace('`', "")))
+            .unwrap_or_default();
+        (
+            Some(at.clone()),
+            format!("{at} is not a field of this request{known}"),
+        )
+    } else if let Some(v) = message.strip_prefix("unknown variant ").and_then(quoted) {
+        let known = message
+            .split_once(", expected one of ")
+            .map(|(_, k)| format!(": one of {}", k.replace('`', "")))
+            .unwrap_or_default();
+        (
+            field_at(path),
+            format!("{} must be{known}, not {v:?}", named(path)),
+        )
+    } else if let Some((got, want)) = message
+        .strip_prefix("invalid type: ")
+        .or_else(|| message.strip_prefix("invalid length "))
+        .and_then(|m| m.split_once(", expected "))
+    {
+        (
+            field_at(path),
+            format!("{} must be {}, not {got}", named(path), json_kind(want)),
+        )
+    } else if let Some((got, want)) = message
+        .strip_prefix("invalid value: ")
+        .and_then(|m| m.split_once(", expected "))
+    {
+        (
+            field_at(path),
+            format!("{} must be {want}, not {got}", named(path)),
+        )
+    } else {
+        (field_at(path), format!("{}: {message}", named(path)))
+    };
+    let e = ApiError::new(ErrorCode::Unprocessable, text);
+    match field {
+        Some(f) => e.on_field(&f),
+        None => e,
+    }
+}
+
+/// The field at `path`, if the error is about one (not the body itself).
+fn field_at(path: &str) -> Option<String> {
+    (path != ".").then(|| path.to_string())
+}
+
+/// How a message names the value at `path`.
+fn named(path: &str) -> String {
+    field_at(path).unwrap_or_else(|| "the body".into())
+}
+
+/// `field` inside the object at `path` (an unknown field's path already ends with it).
+fn nested(path: &str, field: &str) -> String {
+    match field_at(path) {
+        Some(p) if p == field || p.ends_with(&format!(".{field}")) => p,
+        Some(p) => format!("{p}.{field}"),
+        None => field.to_string(),
+    }
+}
+
+/// What serde expected, as JSON calls it.
+fn json_kind(want: &str) -> String {
+    if want.starts_with("struct ") || want.starts_with("a map") {
+        return "a JSON object".into();
+    }
+    if want.starts_with("a sequence") || want.starts_with("tuple") {
+        return "a JSON array".into();
+    }
+    match want {
+        "u8" | "u16" | "u32" | "u64" | "usize" | "i8" | "i16" | "i32" | "i64" | "isize" => {
+            "a whole number".into()
+        }
+        "f32" | "f64" => "a number".into(),
+        w => w.to_string(),
+    }
 }
 
 /// A body that must be a JSON object, for structs whose fields are all optional: serde
@@ -250,9 +370,8 @@ fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, RestError> {
 type ObjectBody = Result<Json<serde_json::Map<String, serde_json::Value>>, JsonRejection>;
 
 fn object_body<T: serde::de::DeserializeOwned>(b: ObjectBody) -> Result<T, RestError> {
-    serde_json::from_value(serde_json::Value::Object(body(b)?)).map_err(|e| {
-        ApiError::new(ErrorCode::Unprocessable, format!("bad request body: {e}")).into()
-    })
+    serde_path_to_error::deserialize(serde_json::Value::Object(body(b)?))
+        .map_err(|e| field_error(&e.path().to_string(), &e.inner().to_string()).into())
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, RestError> {
