@@ -947,8 +947,12 @@ pub struct JobSummary {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct JobProgress {
     pub phase: JobPhase,
+    /// Of the transfer: bytes moved so far, and in all once planned. A finished job shows
+    /// its transfer whole (0 of 0 where a sync had nothing to move).
     pub bytes_done: u64,
     pub bytes_total: Option<u64>,
+    /// Entries (files, directories, links) of the phase, done and in all; a summary's
+    /// `tree_files` counts regular files only.
     pub files_done: u64,
     pub files_total: Option<u64>,
     /// Of the transfer, once totals are known (0 to 100).

@@ -164,6 +164,11 @@ async fn the_contract_curl_examples_work_as_written() {
     let done = s.wait_job(job["id"].as_str().unwrap()).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["progress"]["percent"], 100.0);
+    // Where it ended: its transfer whole, not the last phase's count of nothing.
+    let progress = &done["progress"];
+    assert_eq!(progress["bytes_done"], progress["bytes_total"], "{done}");
+    assert_eq!(progress["files_done"], progress["files_total"], "{done}");
+    assert!(progress["files_done"].as_u64().unwrap() > 0, "{done}");
 
     let copy_id = body["container"]["id"].as_str().unwrap().to_string();
     let (_, copy) = s
@@ -1441,6 +1446,9 @@ async fn a_copy_gets_its_own_identity_and_never_the_source_s_keys() {
     for changed in ["files_added", "files_changed", "files_deleted", "drift"] {
         assert_eq!(noop["summary"][changed], 0, "{noop}");
     }
+    // Done, with nothing to move: 100 % of nothing, not a scan of unknown length.
+    assert_eq!(noop["progress"]["percent"], 100.0, "{noop}");
+    assert_eq!(noop["progress"]["bytes_total"], 0, "{noop}");
     assert_eq!(noop["summary"]["root_hash"], copied, "{noop}");
     // A sync brings the source's changes and keeps the copy's identity.
     std::fs::write(

@@ -408,8 +408,8 @@ impl JobRunner {
                 .final_pass(kind, &params, (&target_id, &here), first, last)
                 .await?;
             let ended = Ended {
+                last_progress: reporter.flush(result.is_ok()).await,
                 result,
-                last_progress: reporter.flush().await,
                 restarted,
             };
             return self.finish(job_id, kind, &target_id, &params, ended).await;
@@ -485,7 +485,7 @@ impl JobRunner {
         let (result, restarted) = self
             .final_pass(kind, &params, (&target_id, &target), result, last)
             .await?;
-        let last_progress = reporter.flush().await;
+        let last_progress = reporter.flush(result.is_ok()).await;
         let result = match result {
             Err(e) if kind == JobKind::Sync && target.commit_pending() => {
                 Err(EngineError::Incomplete(e.to_string()))

@@ -35,6 +35,8 @@ struct ReporterState {
     last_db: Option<Instant>,
     last_phase: Option<engine::Phase>,
     latest: Option<JobProgress>,
+    /// The transfer's last progress: what a finished job says it moved.
+    transfer: Option<JobProgress>,
     /// The publication of a state held back by the interval.
     trail: Option<tokio::task::JoinHandle<()>>,
     /// The job has ended: nothing more is published.
@@ -58,6 +60,9 @@ impl ProgressReporter {
         let mut st = self.state.lock();
         let phase_changed = st.last_phase != Some(p.phase);
         st.latest = Some(progress.clone());
+        if p.phase == engine::Phase::Transfer {
+            st.transfer = Some(progress.clone());
+        }
         // At most one event per interval, phase changes included (a short copy goes
         // through four phases in a few milliseconds); a state held back goes out at the
         // end of the interval (`trail`) unless the final status comes first.
@@ -120,14 +125,20 @@ impl ProgressReporter {
     /// Waits for the progress writes already handed out (a state held back is dropped: the
     /// final status says more), and gives the last progress seen (as JSON), for the finished job
     /// to show where it ended.
-    pub(super) async fn flush(&self) -> Option<JobProgress> {
+    /// A job that `succeeded` ends with its transfer whole: every byte and file of it
+    /// done, at 100 % (the later phases count nothing, and a sync with nothing to move has
+    /// a transfer of nothing), in the phase it ended in.
+    pub(super) async fn flush(&self, succeeded: bool) -> Option<JobProgress> {
         let latest = {
             let mut st = self.state.lock();
             st.finished = true;
             if let Some(trail) = st.trail.take() {
                 trail.abort();
             }
-            st.latest.clone()
+            match (succeeded, &st.latest) {
+                (true, Some(latest)) => Some(completed(latest.phase, st.transfer.as_ref())),
+                _ => st.latest.clone(),
+            }
         };
         let tasks = std::mem::take(&mut *self.pending.lock());
         for t in tasks {
@@ -145,6 +156,27 @@ pub(super) fn phase_of(p: engine::Phase) -> JobPhase {
         engine::Phase::Transfer => JobPhase::Transfer,
         engine::Phase::Verify => JobPhase::Verify,
         engine::Phase::Commit => JobPhase::Commit,
+    }
+}
+
+/// The progress of a job done in `phase`, whose transfer last reported `transfer`.
+fn completed(phase: JobPhase, transfer: Option<&JobProgress>) -> JobProgress {
+    let (bytes, files, rate) = transfer.map_or((0, 0, None), |t| {
+        (
+            t.bytes_total.unwrap_or(t.bytes_done),
+            t.files_total.unwrap_or(t.files_done),
+            t.bytes_per_second,
+        )
+    });
+    JobProgress {
+        phase,
+        bytes_done: bytes,
+        bytes_total: Some(bytes),
+        files_done: files,
+        files_total: Some(files),
+        percent: Some(100.0),
+        bytes_per_second: rate,
+        eta_seconds: None,
     }
 }
 
@@ -250,8 +282,14 @@ mod tests {
         reporter.report(&at(engine::Phase::Commit, 100));
         let before = phases(&runner.hub, &mut seen);
         assert!(before.len() <= 1, "{before:?}");
-        let last = reporter.flush().await.expect("the last progress");
+        let last = reporter.flush(true).await.expect("the last progress");
         assert_eq!(last.phase, JobPhase::Commit, "{last:?}");
+        // Done: the transfer whole, not the commit's count of nothing.
+        assert_eq!(
+            (last.bytes_done, last.bytes_total, last.percent),
+            (100, Some(100), Some(100.0)),
+            "{last:?}"
+        );
         tokio::time::sleep(EVENT_INTERVAL * 2).await;
         assert_eq!(
             phases(&runner.hub, &mut seen),
