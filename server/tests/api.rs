@@ -336,6 +336,21 @@ async fn console_login_sets_a_session_cookie_that_works_for_pages_and_api() {
         html.contains("nightly") && html.contains("data-backend"),
         "container page"
     );
+    // A page for a container that is not there says so, with the status to match.
+    for (path, status) in [
+        ("/containers/507f1f77bcf86cd799439011", 404),
+        ("/containers/zzz", 400),
+        ("/containers/507f1f77bcf86cd799439011/copy", 404),
+    ] {
+        let resp = client
+            .get(s.url(path))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), status, "{path}");
+        assert!(resp.text().await.unwrap().contains("error-box"), "{path}");
+    }
 
     // The session cookie also authenticates the API (EventSource cannot send headers).
     let resp = client

@@ -6,7 +6,7 @@ use leptos_meta::Title;
 use leptos_router::components::Form;
 use leptos_router::hooks::use_query_map;
 
-use super::widgets::{ErrorBox, Loading};
+use super::widgets::{Loading, PageError};
 use crate::format;
 use crate::server_fns::list_audit;
 
@@ -84,7 +84,7 @@ pub fn AuditPage() -> impl IntoView {
                         }
                             .into_any()
                     }
-                    Err(error) => view! { <ErrorBox error/> }.into_any(),
+                    Err(error) => view! { <PageError error/> }.into_any(),
                 }
             })}
         </Suspense>

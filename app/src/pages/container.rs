@@ -6,7 +6,7 @@ use super::copy_dialog::{CopyDialog, SyncNow};
 use super::live_job::LiveJob;
 use super::process::{DeleteCard, ProcessCard};
 use super::settings::{CommandEditor, Edits, FirewallEditor, NetworkEditor};
-use super::widgets::{ErrorBox, Loading, ReloadWithoutScript, StatusBadge};
+use super::widgets::{Loading, PageError, ReloadWithoutScript, StatusBadge};
 use crate::format;
 use crate::model::{ContainerDetail, ContainerStatus};
 use crate::server_fns::{get_container, get_job, ContainerAction};
@@ -49,7 +49,7 @@ pub fn ContainerPage() -> impl IntoView {
             {move || Suspend::new(async move {
                 match container.await {
                     Ok(c) => view! { <ContainerView c action edits/> }.into_any(),
-                    Err(error) => view! { <ErrorBox error/> }.into_any(),
+                    Err(error) => view! { <PageError error/> }.into_any(),
                 }
             })}
         </Suspense>

@@ -2,7 +2,7 @@ use leptos::prelude::*;
 use leptos_meta::Title;
 use leptos_router::{components::Form, hooks::use_query_map};
 
-use super::widgets::{ErrorBox, Loading, StatusBadge};
+use super::widgets::{Loading, PageError, StatusBadge};
 use crate::model::ContainerSummary;
 use crate::server_fns::{list_containers, list_projects};
 
@@ -46,7 +46,7 @@ pub fn ContainersPage() -> impl IntoView {
             {move || Suspend::new(async move {
                 match containers.await {
                     Ok(list) => view! { <ContainerTable list/> }.into_any(),
-                    Err(error) => view! { <ErrorBox error/> }.into_any(),
+                    Err(error) => view! { <PageError error/> }.into_any(),
                 }
             })}
         </Suspense>

@@ -7,7 +7,7 @@ use leptos::html::Dialog;
 use leptos::prelude::*;
 
 use super::live_job::LiveJob;
-use super::widgets::ErrorBox;
+use super::widgets::{ErrorBox, PageError};
 use crate::model::{validate_container_name, ContainerDetail, Role};
 use crate::server_fns::{list_projects, list_servers, CopyContainer, SyncContainer};
 
@@ -119,7 +119,7 @@ pub fn CopyPage() -> impl IntoView {
                         }
                             .into_any()
                     }
-                    Err(error) => view! { <ErrorBox error/> }.into_any(),
+                    Err(error) => view! { <PageError error/> }.into_any(),
                 }
             })}
         </Suspense>

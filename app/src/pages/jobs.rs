@@ -7,7 +7,7 @@ use leptos_meta::Title;
 use leptos_router::{components::Form, hooks::use_query_map};
 
 use super::live_job::{follow_all_jobs, reloader, JobProgressBar};
-use super::widgets::{ErrorBox, Loading};
+use super::widgets::{Loading, PageError};
 use crate::format;
 use crate::model::{EventKind, Job, JobKind, JobStatus};
 use crate::server_fns::{list_containers, list_jobs};
@@ -84,7 +84,7 @@ pub fn JobsPage() -> impl IntoView {
                     .collect();
                 match jobs.await {
                     Ok(list) => view! { <JobTable list live names/> }.into_any(),
-                    Err(error) => view! { <ErrorBox error/> }.into_any(),
+                    Err(error) => view! { <PageError error/> }.into_any(),
                 }
             })}
         </Transition>

@@ -8,7 +8,7 @@ use std::time::Duration;
 use leptos::prelude::*;
 use leptos_meta::Title;
 
-use super::widgets::{ErrorBox, Loading};
+use super::widgets::{ErrorBox, Loading, PageError};
 use crate::format;
 use crate::model::{Millis, Server, ServerKind, ServerState};
 use crate::server_fns::{server_overview, AddServer, SetServerBwlimit};
@@ -43,7 +43,7 @@ pub fn ServersPage() -> impl IntoView {
                         }
                         .into_any()
                     }
-                    Err(error) => view! { <ErrorBox error/> }.into_any(),
+                    Err(error) => view! { <PageError error/> }.into_any(),
                 }
             })}
         </Transition>

@@ -9,7 +9,7 @@ use leptos_meta::Title;
 use leptos_router::{components::Form, hooks::use_query_map};
 
 use super::live_job::{follow_all_jobs, reloader, JobProgressBar};
-use super::widgets::{ErrorBox, Loading, StatusBadge};
+use super::widgets::{Loading, PageError, StatusBadge};
 use crate::format;
 use crate::model::{CopyStatus, EventKind, Freshness, Job, JobStatus, Millis, SyncRun};
 use crate::server_fns::{sync_container, sync_status, SyncContainer};
@@ -93,7 +93,7 @@ pub fn SyncStatusPage() -> impl IntoView {
             {move || Suspend::new(async move {
                 match status.await {
                     Ok((now, list)) => view! { <StatusView now list view=view_settings live selected/> }.into_any(),
-                    Err(error) => view! { <ErrorBox error/> }.into_any(),
+                    Err(error) => view! { <PageError error/> }.into_any(),
                 }
             })}
         </Transition>

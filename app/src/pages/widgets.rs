@@ -22,6 +22,20 @@ pub fn ErrorBox(error: ApiError) -> impl IntoView {
     }
 }
 
+/// A page whose own data could not be loaded: the error, and, rendered on the server, the
+/// error's status as the page's (a container that is not there is a 404, not a page that
+/// says so with a 200).
+#[component]
+pub fn PageError(error: ApiError) -> impl IntoView {
+    #[cfg(feature = "ssr")]
+    if let Some(resp) = use_context::<leptos_axum::ResponseOptions>() {
+        if let Ok(status) = http::StatusCode::from_u16(error.code.status()) {
+            resp.set_status(status);
+        }
+    }
+    view! { <ErrorBox error/> }
+}
+
 /// Without JavaScript nothing follows a job live, so a page showing one still under way
 /// reloads itself every 2 s (a refresh inside `noscript`: browsers running scripts ignore
 /// it, and the live view updates them instead). Set as inner HTML so hydration leaves it be.
