@@ -130,6 +130,11 @@ async fn a_copy_runs_on_its_own_address_as_a_new_machine() {
     assert_ne!(copy["interfaces"][0]["mac"], source["interfaces"][0]["mac"]);
     let notes = job["summary"]["notes"].to_string();
     assert!(notes.contains(&a) && notes.contains(&b), "{job}");
+    // Its rules say the address it has, not the one it could not take.
+    let rule = copy["network_rules"][0]["ipv4"]
+        .as_str()
+        .unwrap_or_default();
+    assert_eq!(rule.split('/').next(), Some(b.as_str()), "{copy}");
 
     // The source's content, the copy's own name.
     assert_eq!(

@@ -57,6 +57,8 @@ impl Lifecycle {
         let mut bridges = Vec::new();
         let mut interfaces = Vec::new();
         let mut notes = Vec::new();
+        // The rules as they are honoured: a copy's static address replaced is its own.
+        let mut honoured = rules.clone();
         for (n, rule) in rules.iter().enumerate() {
             let network = self.network(&row.server_id, rule).await?;
             let net = Ipv4Net::parse(&network.cidr)
@@ -114,6 +116,7 @@ impl Lifecycle {
                                 "interface {}: {a} {p}; the copy got {a2} instead",
                                 rule.interface
                             ));
+                            honoured[n].ipv4 = Some(format!("{a2}/{}", net.prefix));
                             a2
                         }
                         Some(p) => {
@@ -140,6 +143,15 @@ impl Lifecycle {
                 mac,
                 mtu: rule.mtu,
             });
+        }
+        // A replaced static address becomes the copy's rule: its rules say what it has (and
+        // it keeps that address).
+        if honoured != rules && row.network_rules != "[]" {
+            let json = serde_json::to_string(&honoured).map_err(|e| e.to_string())?;
+            self.db
+                .set_container_json(&row.id, JsonColumn::NetworkRules, json)
+                .await
+                .map_err(|e| e.to_string())?;
         }
         // Recorded before the allocation lock is let go: the next plan sees these addresses
         // taken.
