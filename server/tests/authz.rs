@@ -734,6 +734,21 @@ async fn the_authorisation_matrix_of_the_console_server_functions() {
             .unwrap();
         cookies.push(s.session(name, password).await);
     }
+    // The copy page tells a viewer it may not copy, before anything is sent; an operator
+    // gets the form.
+    for (who, refused) in [(3, true), (2, false)] {
+        let html = TestServer::client()
+            .get(s.url(&format!("/containers/{own_c}/copy")))
+            .header("cookie", &cookies[who])
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(html.contains("copy-form"), "{}", WHO[who]);
+        assert_eq!(html.contains("not copy it"), refused, "{}", WHO[who]);
+    }
     let path_of = |f: &str| {
         leptos::server_fn::axum::server_fn_paths()
             .map(|(p, _)| p)

@@ -146,6 +146,7 @@ fn CopyForm(
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| c.summary.server_id.clone());
     let source_server = c.summary.server_id.clone();
+    let source_project = c.summary.project_id.clone();
     let chosen_project = Some(prefill.project.clone())
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| c.summary.project_id.clone());
@@ -286,7 +287,29 @@ fn CopyForm(
                     Some(close) => view! { <button type="button" on:click=move |_| close.run(())>"Close"</button> }.into_any(),
                     None => view! { <a href=back class="button">"Back to the container"</a> }.into_any(),
                 }}
-                <button type="submit" class="primary" disabled=move || action.pending().get()>"Copy"</button>
+                // A viewer of the source's project sees why it cannot copy, not a form
+                // that only fails when sent.
+                <Suspense fallback=|| view! { <button type="submit" class="primary" disabled=true>"Copy"</button> }>
+                    {
+                        let source_project = source_project.clone();
+                        move || {
+                            let source_project = source_project.clone();
+                            Suspend::new(async move {
+                                let viewer = projects.await.unwrap_or_default().iter().any(|p| {
+                                    p.id == source_project && p.role == Some(Role::Viewer)
+                                });
+                                view! {
+                                    {viewer.then(|| view! {
+                                        <p class="error-box" role="note">
+                                            "You may see this container but not copy it: your role in its project is viewer."
+                                        </p>
+                                    })}
+                                    <button type="submit" class="primary" disabled=move || viewer || action.pending().get()>"Copy"</button>
+                                }
+                            })
+                        }
+                    }
+                </Suspense>
             </div>
         </ActionForm>
         {move || match action.value().get().map(Result::flatten) {

@@ -201,7 +201,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
         if parts.extensions.get::<BadCredentials>().is_some() {
             return Err(ApiError::new(
                 ErrorCode::Unauthorized,
-                "invalid credentials: the Authorization header must be `Bearer <token>` with a token from `doppel token create`",
+                "invalid credentials: the token is unknown, revoked or expired, or the Authorization header is not `Bearer <token>`; make a token in Settings or with `doppel token create`",
             )
             .into());
         }
