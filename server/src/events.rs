@@ -97,6 +97,9 @@ pub struct EventHub {
     tx: broadcast::Sender<Arc<Batch>>,
     /// Wakes the batching task when an event is pending.
     wake: Notify,
+    /// Set when doppel stops: every event stream ends (cleanly, rather than being cut
+    /// when the connections' grace period runs out).
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl Default for EventHub {
@@ -143,7 +146,18 @@ impl EventHub {
             }),
             tx: broadcast::channel(4096).0,
             wake: Notify::new(),
+            closing: tokio::sync::watch::channel(false).0,
         }
+    }
+
+    /// Ends every event stream: doppel is stopping.
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Whether doppel is stopping, and a way to wait for it.
+    pub fn closing(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.closing.subscribe()
     }
 
     fn buffers(&self) -> parking_lot::MutexGuard<'_, Buffers> {

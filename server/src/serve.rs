@@ -180,7 +180,14 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         ));
     }
     tracing::info!(%url, data_dir = %cfg.data.data_dir.display(), "doppel listening");
-    http::listener::serve(listener, prepared.router, &cfg.conn, shutdown_signal()).await;
+    // Stopping ends every event stream first: their connections then close cleanly,
+    // without waiting out the grace period.
+    let events = prepared.service.events().clone();
+    let stop = async move {
+        shutdown_signal().await;
+        events.close();
+    };
+    http::listener::serve(listener, prepared.router, &cfg.conn, stop).await;
     prepared.service.close().await;
     tracing::info!("doppel stopped");
     Ok(())

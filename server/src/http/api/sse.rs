@@ -168,6 +168,8 @@ struct Live {
     /// The last event id sent (or not wanted).
     last: u64,
     done: bool,
+    /// Set when doppel stops: the stream ends.
+    closing: tokio::sync::watch::Receiver<bool>,
 }
 
 /// What a stream sends next.
@@ -195,7 +197,14 @@ impl Live {
             let wait = self.recheck.as_ref().map_or(KEEP_ALIVE, |r| {
                 r.due.saturating_duration_since(now).min(KEEP_ALIVE)
             });
-            let batch = match tokio::time::timeout(wait, self.rx.recv()).await {
+            if *self.closing.borrow() {
+                return Next::End;
+            }
+            let received = tokio::select! {
+                r = tokio::time::timeout(wait, self.rx.recv()) => r,
+                _ = self.closing.wait_for(|stopping| *stopping) => return Next::End,
+            };
+            let batch = match received {
                 Err(_)
                     if self
                         .recheck
@@ -314,6 +323,7 @@ async fn job_stream(
     let live = Live {
         rx,
         recheck: Some(recheck),
+        closing: hub.closing(),
         hub,
         filter: Filter::Job(job_id.to_string()),
         queue,
@@ -336,6 +346,7 @@ async fn all_stream(
     let live = Live {
         rx,
         recheck: Some(recheck),
+        closing: hub.closing(),
         hub,
         filter: Filter::Projects(projects),
         queue: replay.into(),
@@ -435,6 +446,7 @@ mod tests {
         Live {
             rx,
             recheck: None,
+            closing: hub.closing(),
             hub: hub.clone(),
             filter,
             queue: Default::default(),
@@ -470,6 +482,28 @@ mod tests {
             "other jobs' events and anything after the end are left out: {text}"
         );
         assert!(matches!(one.next_batch().await, Next::End));
+    }
+
+    #[tokio::test]
+    async fn streams_end_when_doppel_stops() {
+        let hub = Arc::new(EventHub::new());
+        let mut waiting = live(&hub, Filter::Projects(None));
+        let closer = {
+            let hub = hub.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                hub.close();
+            })
+        };
+        let t0 = std::time::Instant::now();
+        assert!(matches!(waiting.next_batch().await, Next::End));
+        assert!(
+            t0.elapsed() < KEEP_ALIVE,
+            "ended at once, not at the next keep-alive"
+        );
+        closer.await.unwrap();
+        let mut later = live(&hub, Filter::Projects(None));
+        assert!(matches!(later.next_batch().await, Next::End));
     }
 
     #[tokio::test(start_paused = true)]
