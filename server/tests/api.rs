@@ -311,27 +311,11 @@ async fn console_login_sets_a_session_cookie_that_works_for_pages_and_api() {
     let cookie = set_cookie.split(';').next().unwrap().to_string();
 
     // The server renders the page with the data in it (SSR through the server functions).
-    let html = client
-        .get(s.url("/containers"))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let (_, html) = s.page("/containers", &cookie).await;
     assert!(html.contains("web-app-staging"), "SSR lists containers");
     assert!(html.contains("/pkg/doppel.js"), "hydration scripts");
     let id = s.container_id("db-primary").await;
-    let html = client
-        .get(s.url(&format!("/containers/{id}")))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let (_, html) = s.page(&format!("/containers/{id}"), &cookie).await;
     assert!(
         html.contains("nightly") && html.contains("data-backend"),
         "container page"
@@ -342,14 +326,9 @@ async fn console_login_sets_a_session_cookie_that_works_for_pages_and_api() {
         ("/containers/zzz", 400),
         ("/containers/507f1f77bcf86cd799439011/copy", 404),
     ] {
-        let resp = client
-            .get(s.url(path))
-            .header("cookie", &cookie)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), status, "{path}");
-        assert!(resp.text().await.unwrap().contains("error-box"), "{path}");
+        let (got, html) = s.page(path, &cookie).await;
+        assert_eq!(got, status, "{path}");
+        assert!(html.contains("error-box"), "{path}");
     }
 
     // The session cookie also authenticates the API (EventSource cannot send headers).

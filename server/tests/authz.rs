@@ -737,15 +737,9 @@ async fn the_authorisation_matrix_of_the_console_server_functions() {
     // The copy page tells a viewer it may not copy, before anything is sent; an operator
     // gets the form.
     for (who, refused) in [(3, true), (2, false)] {
-        let html = TestServer::client()
-            .get(s.url(&format!("/containers/{own_c}/copy")))
-            .header("cookie", &cookies[who])
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let (_, html) = s
+            .page(&format!("/containers/{own_c}/copy"), &cookies[who])
+            .await;
         assert!(html.contains("copy-form"), "{}", WHO[who]);
         assert_eq!(html.contains("not copy it"), refused, "{}", WHO[who]);
     }

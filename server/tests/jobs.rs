@@ -1445,20 +1445,23 @@ async fn a_copy_gets_its_own_identity_and_never_the_source_s_keys() {
         listed.contains("etc/hostname") && listed.contains("authorized_keys"),
         "{job}"
     );
+    let sync = || async {
+        let (st, body, _) = post(
+            &s,
+            &format!("/api/v1/containers/{copy_id}/sync"),
+            &s.admin_token,
+            None,
+            None,
+        )
+        .await;
+        assert_eq!(st, 202, "{body}");
+        s.wait_job(body["job"]["id"].as_str().unwrap()).await
+    };
     // Its root hash is its own tree's (as a sync with nothing to do finds it), not its
     // source's.
     let copied = job["summary"]["root_hash"].clone();
     assert_ne!(copied, job["summary"]["source_root_hash"], "{job}");
-    let (st, body, _) = post(
-        &s,
-        &format!("/api/v1/containers/{copy_id}/sync"),
-        &s.admin_token,
-        None,
-        None,
-    )
-    .await;
-    assert_eq!(st, 202, "{body}");
-    let noop = s.wait_job(body["job"]["id"].as_str().unwrap()).await;
+    let noop = sync().await;
     for changed in ["files_added", "files_changed", "files_deleted", "drift"] {
         assert_eq!(noop["summary"][changed], 0, "{noop}");
     }
@@ -1473,16 +1476,7 @@ async fn a_copy_gets_its_own_identity_and_never_the_source_s_keys() {
     )
     .unwrap();
     std::fs::write(src.join("etc/new-file"), "x").unwrap();
-    let (st, body, _) = post(
-        &s,
-        &format!("/api/v1/containers/{copy_id}/sync"),
-        &s.admin_token,
-        None,
-        None,
-    )
-    .await;
-    assert_eq!(st, 202, "{body}");
-    let job = s.wait_job(body["job"]["id"].as_str().unwrap()).await;
+    let job = sync().await;
     assert_eq!(job["status"], "succeeded", "{job}");
     assert_eq!(job["summary"]["drift"], 0, "{job}");
     assert_eq!(read("etc/new-file"), "x");

@@ -235,12 +235,34 @@ impl Control {
     /// Waits as long as the bandwidth limit asks after `bytes` were moved (in steps, so a
     /// cancel is seen within a fifth of a second).
     fn throttle(&self, bytes: u64) {
+        self.paced(bytes, |_| {});
+    }
+
+    /// [`Control::throttle`] for `bytes` laid down at once (by the kernel, or a whole file
+    /// read and written here), counting them as done as the limit lets them through: with
+    /// a low limit, progress then moves at the limit's rate instead of standing still
+    /// through a large file's wait and jumping after it.
+    fn throttle_counting(&self, bytes: u64) {
+        let mut counted = 0;
+        self.paced(bytes, |share| {
+            let due = (bytes as f64 * share) as u64;
+            self.add_progress(due.saturating_sub(counted), 0);
+            counted = counted.max(due);
+        });
+        self.add_progress(bytes.saturating_sub(counted), 0);
+    }
+
+    /// Waits as long as the bandwidth limit wants for `bytes` (in steps, so that a cancel
+    /// is seen), telling `step` the share of the wait done after each step.
+    fn paced(&self, bytes: u64, mut step: impl FnMut(f64)) {
         let Some(pace) = &self.pace else { return };
-        let mut wait = pace.lock().map(|mut p| p.take(bytes)).unwrap_or_default();
-        while !wait.is_zero() && !self.is_cancelled() {
-            let step = wait.min(Duration::from_millis(200));
-            std::thread::sleep(step);
-            wait -= step;
+        let wait = pace.lock().map(|mut p| p.take(bytes)).unwrap_or_default();
+        let mut waited = Duration::ZERO;
+        while waited < wait && !self.is_cancelled() {
+            let s = (wait - waited).min(Duration::from_millis(200));
+            std::thread::sleep(s);
+            waited += s;
+            step(waited.as_secs_f64() / wait.as_secs_f64());
         }
     }
 

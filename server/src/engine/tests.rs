@@ -3519,3 +3519,38 @@ fn copies_taken_whole(
     crate::engine::remove_trees(&[again.root.clone(), dst.root.clone()]).unwrap();
     assert!(!again.root.exists() && !dst.root.exists());
 }
+
+#[test]
+fn bytes_laid_down_at_once_under_a_limit_count_as_the_limit_lets_them_through() {
+    // 1.5 MiB at 1 MiB/s, beyond a burst of 0.5 MiB: a wait of about a second.
+    let total = 3 << 19;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let ctl = Control::new()
+        .with_progress(move |p| log.lock().unwrap().push(p.bytes_done))
+        .with_bwlimit(Some(1 << 20));
+    ctl.phase(Phase::Transfer, Some(total), Some(1));
+    let t0 = Instant::now();
+    ctl.throttle_counting(total);
+    assert!(
+        t0.elapsed() >= Duration::from_millis(800),
+        "{:?}",
+        t0.elapsed()
+    );
+    let seen = seen.lock().unwrap().clone();
+    let during: Vec<u64> = seen
+        .iter()
+        .copied()
+        .filter(|b| *b > 0 && *b < total)
+        .collect();
+    assert!(
+        during.len() >= 3,
+        "progress moved through the wait: {seen:?}"
+    );
+    assert!(during.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+    assert_eq!(
+        ctl.state.bytes.load(Ordering::Relaxed),
+        total,
+        "all counted once"
+    );
+}

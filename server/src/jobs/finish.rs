@@ -73,15 +73,10 @@ impl JobRunner {
                 ContainerStatus::Failed,
                 Some(format!("delete {}: {m}; delete it again", status.as_str())),
             ),
+            // A finished copy starts automatically.
             (None, JobKind::Copy, _) => {
-                let started = self
-                    .lifecycle
-                    .start(target_id, &[ContainerStatus::Copying])
-                    .await?;
-                if let Ok(summary) = &mut result {
-                    summary.notes.extend(started.notes);
-                }
-                (started.status, started.reason)
+                self.start_after(target_id, ContainerStatus::Copying, &mut result)
+                    .await?
             }
             // A running copy stopped for the final pass: as its start again went.
             (_, JobKind::Sync, Some(o)) if !incomplete => {
@@ -92,17 +87,12 @@ impl JobRunner {
                 };
                 (o.status, reason)
             }
-            // The contract: the target is running once its job is done. A copy stopped
-            // before its sync is started (one that cannot run stays stopped, saying why).
+            // So does a synced copy that was stopped before: as the contract says, the
+            // target is running once its job is done (one that cannot run stays stopped,
+            // saying why).
             (None, JobKind::Sync, None) if previous == ContainerStatus::Stopped => {
-                let started = self
-                    .lifecycle
-                    .start(target_id, &[ContainerStatus::Syncing])
-                    .await?;
-                if let Ok(summary) = &mut result {
-                    summary.notes.extend(started.notes);
-                }
-                (started.status, started.reason)
+                self.start_after(target_id, ContainerStatus::Syncing, &mut result)
+                    .await?
             }
             (None, JobKind::Sync, _) => (previous, None),
             (Some(m), JobKind::Copy, _) => (
@@ -136,5 +126,20 @@ impl JobRunner {
             .await?;
         self.hub.publish(EventKind::Status, job);
         Ok(())
+    }
+
+    /// Starts a job's container (`during`: its status while the job ran); its status and
+    /// the reason after, and the start's notes added to the job's summary.
+    async fn start_after(
+        &self,
+        target_id: &str,
+        during: ContainerStatus,
+        result: &mut Result<engine::Summary, EngineError>,
+    ) -> Result<(ContainerStatus, Option<String>), DbError> {
+        let started = self.lifecycle.start(target_id, &[during]).await?;
+        if let Ok(summary) = result {
+            summary.notes.extend(started.notes);
+        }
+        Ok((started.status, started.reason))
     }
 }

@@ -152,6 +152,18 @@ impl TestServer {
         (status, body)
     }
 
+    /// A console page as the holder of session `cookie` gets it: its status and HTML.
+    pub async fn page(&self, path: &str, cookie: &str) -> (u16, String) {
+        let resp = Self::client()
+            .get(self.url(path))
+            .header("cookie", cookie)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.text().await.unwrap())
+    }
+
     /// Any request with a token and an optional JSON body: its status and JSON answer.
     pub async fn call(
         &self,

@@ -670,7 +670,9 @@ pub(super) fn take_content(
             hash_reader(&*out, e.size, ctl, |_, _| Ok(()))?
         };
         if how == fsx::KernelCopy::CopyFileRange {
-            ctl.throttle(len);
+            ctl.throttle_counting(len);
+        } else {
+            ctl.add_progress(len, 0);
         }
         // From the source itself: not content the target held already.
         let (reused, source_bytes) = if from_source { (0, len) } else { (len, 0) };
@@ -694,7 +696,7 @@ pub(super) fn take_content(
         } else {
             hash_reader(&*out, len, ctl, |_, _| Ok(()))?
         };
-        ctl.throttle(len);
+        ctl.throttle_counting(len);
         Taken {
             hash,
             chunks,
@@ -705,6 +707,7 @@ pub(super) fn take_content(
         }
     } else {
         let (hash, chunks, len) = hash_reader(src, e.size, ctl, |data, _| out.write_all(data))?;
+        ctl.add_progress(len, 0);
         Taken {
             hash,
             chunks,
@@ -714,7 +717,6 @@ pub(super) fn take_content(
             source_bytes: 0,
         }
     };
-    ctl.add_progress(taken.len, 0);
     Ok(taken)
 }
 
