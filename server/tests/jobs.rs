@@ -44,6 +44,20 @@ async fn post(
     (status, resp.json().await.unwrap_or(Value::Null), location)
 }
 
+/// `POST /containers/{copy}/sync` as the admin, and the job once it has ended.
+async fn sync_and_wait(s: &TestServer, copy: &str) -> Value {
+    let (st, body, _) = post(
+        s,
+        &format!("/api/v1/containers/{copy}/sync"),
+        &s.admin_token,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(st, 202, "{body}");
+    s.wait_job(body["job"]["id"].as_str().unwrap()).await
+}
+
 /// `POST /containers/{source}/copy` as the holder of `token`.
 async fn copy_as(
     s: &TestServer,
@@ -924,18 +938,7 @@ async fn sync_status_tells_current_stale_and_failing_copies_apart() {
             .cloned()
             .expect("the copy is listed")
     };
-    let sync = || async {
-        let (st, job, _) = post(
-            &s,
-            &format!("/api/v1/containers/{copy_id}/sync"),
-            admin,
-            None,
-            None,
-        )
-        .await;
-        assert_eq!(st, 202, "{job}");
-        s.wait_job(job["job"]["id"].as_str().unwrap()).await
-    };
+    let sync = || sync_and_wait(&s, &copy_id);
 
     let (st, body) = s.get("/api/v1/sync-status", admin).await;
     assert_eq!(st, 200, "{body}");
@@ -1222,18 +1225,7 @@ async fn a_sync_that_fails_while_applying_its_changes_marks_the_copy_failed_unti
         .get(&format!("/api/v1/containers/{staging}"), &s.admin_token)
         .await;
     let (src, dst) = (root_of(&src), root_of(&dst));
-    let sync = || async {
-        let (st, body, _) = post(
-            &s,
-            &format!("/api/v1/containers/{staging}/sync"),
-            &s.admin_token,
-            None,
-            None,
-        )
-        .await;
-        assert_eq!(st, 202, "{body}");
-        s.wait_job(body["job"]["id"].as_str().unwrap()).await
-    };
+    let sync = || sync_and_wait(&s, &staging);
     for dir in ["aaa-first", "zzz-last"] {
         std::fs::create_dir(src.join(dir)).unwrap();
         std::fs::write(src.join(dir).join("f"), b"old").unwrap();
@@ -1445,18 +1437,7 @@ async fn a_copy_gets_its_own_identity_and_never_the_source_s_keys() {
         listed.contains("etc/hostname") && listed.contains("authorized_keys"),
         "{job}"
     );
-    let sync = || async {
-        let (st, body, _) = post(
-            &s,
-            &format!("/api/v1/containers/{copy_id}/sync"),
-            &s.admin_token,
-            None,
-            None,
-        )
-        .await;
-        assert_eq!(st, 202, "{body}");
-        s.wait_job(body["job"]["id"].as_str().unwrap()).await
-    };
+    let sync = || sync_and_wait(&s, &copy_id);
     // Its root hash is its own tree's (as a sync with nothing to do finds it), not its
     // source's.
     let copied = job["summary"]["root_hash"].clone();
