@@ -35,8 +35,9 @@ struct ReporterState {
     last_db: Option<Instant>,
     last_phase: Option<engine::Phase>,
     latest: Option<JobProgress>,
-    /// The transfer's last progress: what a finished job says it moved.
-    transfer: Option<JobProgress>,
+    /// Each transfer's last progress (a sync of a running copy has two passes): what a
+    /// finished job says it moved.
+    transfers: Vec<JobProgress>,
     /// The publication of a state held back by the interval.
     trail: Option<tokio::task::JoinHandle<()>>,
     /// The job has ended: nothing more is published.
@@ -61,7 +62,11 @@ impl ProgressReporter {
         let phase_changed = st.last_phase != Some(p.phase);
         st.latest = Some(progress.clone());
         if p.phase == engine::Phase::Transfer {
-            st.transfer = Some(progress.clone());
+            if phase_changed {
+                st.transfers.push(progress.clone());
+            } else if let Some(last) = st.transfers.last_mut() {
+                *last = progress.clone();
+            }
         }
         // At most one event per interval, phase changes included (a short copy goes
         // through four phases in a few milliseconds); a state held back goes out at the
@@ -136,7 +141,7 @@ impl ProgressReporter {
                 trail.abort();
             }
             match (succeeded, &st.latest) {
-                (true, Some(latest)) => Some(completed(latest.phase, st.transfer.as_ref())),
+                (true, Some(latest)) => Some(completed(latest.phase, &st.transfers)),
                 _ => st.latest.clone(),
             }
         };
@@ -159,15 +164,17 @@ pub(super) fn phase_of(p: engine::Phase) -> JobPhase {
     }
 }
 
-/// The progress of a job done in `phase`, whose transfer last reported `transfer`.
-fn completed(phase: JobPhase, transfer: Option<&JobProgress>) -> JobProgress {
-    let (bytes, files, rate) = transfer.map_or((0, 0, None), |t| {
-        (
-            t.bytes_total.unwrap_or(t.bytes_done),
-            t.files_total.unwrap_or(t.files_done),
-            t.bytes_per_second,
-        )
-    });
+/// The progress of a job done in `phase`, whose transfers last reported `transfers`.
+fn completed(phase: JobPhase, transfers: &[JobProgress]) -> JobProgress {
+    let bytes = transfers
+        .iter()
+        .map(|t| t.bytes_total.unwrap_or(t.bytes_done))
+        .sum();
+    let files = transfers
+        .iter()
+        .map(|t| t.files_total.unwrap_or(t.files_done))
+        .sum();
+    let rate = transfers.last().and_then(|t| t.bytes_per_second);
     JobProgress {
         phase,
         bytes_done: bytes,
@@ -295,6 +302,27 @@ mod tests {
             phases(&runner.hub, &mut seen),
             Vec::<String>::new(),
             "nothing after the end"
+        );
+
+        // A sync of a running copy: two passes, each with its transfer; done, it shows both.
+        let two = Arc::new(ProgressReporter::new(
+            runner.clone(),
+            crate::events::test_job("b", JobStatus::Running),
+        ));
+        for (phase, done) in [
+            (engine::Phase::Transfer, 20),
+            (engine::Phase::Transfer, 70),
+            (engine::Phase::Commit, 0),
+            (engine::Phase::Transfer, 10),
+            (engine::Phase::Verify, 0),
+        ] {
+            two.report(&at(phase, done));
+        }
+        let last = two.flush(true).await.expect("the last progress");
+        assert_eq!(
+            (last.phase, last.bytes_done, last.bytes_total),
+            (JobPhase::Verify, 200, Some(200)),
+            "{last:?}"
         );
     }
 }
