@@ -53,6 +53,14 @@ pub struct NewMachine {
     pub root_hash: String,
 }
 
+impl NewMachine {
+    /// Into a copy's summary: its identity files, and its tree's root hash with them.
+    pub fn record_in(self, summary: &mut super::Summary) {
+        summary.identity_files = self.written;
+        summary.root_hash = self.root_hash;
+    }
+}
+
 /// Gives the tree at `place` its own identity, then records the tree's state (so the
 /// next sync sees no drift there).
 ///

@@ -54,9 +54,8 @@ impl JobRunner {
         };
         // A finished copy starts automatically (before the job ends, so whoever sees the job
         // done sees the copy running, or stopped with the reason it is not), and so does a
-        // synced one. A copy that did not finish leaves no tree: the
-        // container is failed. A sync that did not finish left the copy as it was: its
-        // status comes back.
+        // synced one. A copy that did not finish leaves no tree: the container is failed. A
+        // sync that did not finish left the copy as it was: its status comes back.
         let mut result = result;
         let incomplete = matches!(result, Err(EngineError::Incomplete(_)));
         let (container_status, reason) = match (&error, kind, restarted) {

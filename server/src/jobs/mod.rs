@@ -460,9 +460,7 @@ impl JobRunner {
                     hostname: &target_name,
                     ssh_public_key: target_ssh_key.as_deref(),
                 };
-                let made = engine::identity::make_new_machine(&dst, &id)?;
-                summary.identity_files = made.written;
-                summary.root_hash = made.root_hash;
+                engine::identity::make_new_machine(&dst, &id)?.record_in(&mut summary);
                 Ok(summary)
             }
             // The copy keeps its own identity files.
@@ -704,12 +702,9 @@ impl JobRunner {
                         hostname: &hostname,
                         ssh_public_key: key.as_deref(),
                     };
-                    let made = engine::identity::make_new_machine(&target_here, &id)?;
-                    Ok(engine::Summary {
-                        identity_files: made.written,
-                        root_hash: made.root_hash,
-                        ..Default::default()
-                    })
+                    let mut made = engine::Summary::default();
+                    engine::identity::make_new_machine(&target_here, &id)?.record_in(&mut made);
+                    Ok(made)
                 })
                 .await?;
                 (made.identity_files, made.root_hash)

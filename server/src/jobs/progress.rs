@@ -128,11 +128,10 @@ impl ProgressReporter {
     }
 
     /// Waits for the progress writes already handed out (a state held back is dropped: the
-    /// final status says more), and gives the last progress seen (as JSON), for the finished job
-    /// to show where it ended.
-    /// A job that `succeeded` ends with its transfer whole: every byte and file of it
-    /// done, at 100 % (the later phases count nothing, and a sync with nothing to move has
-    /// a transfer of nothing), in the phase it ended in.
+    /// final status says more), and gives the last progress seen, for the finished job to
+    /// show where it ended. A job that `succeeded` ends with its transfers whole: every byte
+    /// and entry of them done, at 100 % (the later phases count nothing, and a sync with
+    /// nothing to move has a transfer of nothing), in the phase it ended in.
     pub(super) async fn flush(&self, succeeded: bool) -> Option<JobProgress> {
         let latest = {
             let mut st = self.state.lock();

@@ -146,7 +146,7 @@ impl Lifecycle {
         }
         // A replaced static address becomes the copy's rule: its rules say what it has (and
         // it keeps that address).
-        if honoured != rules && row.network_rules != "[]" {
+        if honoured != rules {
             let json = serde_json::to_string(&honoured).map_err(|e| e.to_string())?;
             self.db
                 .set_container_json(&row.id, JsonColumn::NetworkRules, json)

@@ -63,9 +63,9 @@ fn valid_name(name: &str) -> Result<(), InventoryError> {
     })
 }
 
-/// A whole-tree copy through the engine, off the async workers.
-/// Copies the tree at `src` to `dst`; where `identity` is given (a copy of a container),
-/// the tree then becomes a new machine, as a copy job's does.
+/// A whole-tree copy through the engine, off the async workers; where `identity` (host
+/// name, SSH key) is given, a copy of a container, the tree then becomes a new machine,
+/// as a copy job's does.
 async fn run_copy(
     src: Place,
     dst: Place,
@@ -79,9 +79,7 @@ async fn run_copy(
                 hostname,
                 ssh_public_key: key.as_deref(),
             };
-            let made = engine::identity::make_new_machine(&dst, &id)?;
-            summary.identity_files = made.written;
-            summary.root_hash = made.root_hash;
+            engine::identity::make_new_machine(&dst, &id)?.record_in(&mut summary);
         }
         Ok(summary)
     })

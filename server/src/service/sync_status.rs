@@ -140,9 +140,7 @@ impl Service {
                     // Not known to match it: stale, saying why it could not be checked.
                     Probed::Unreadable(e) => (Freshness::Stale, Some(e)),
                 };
-                let mut status = copy_status(row.summary(&vis), row, freshness, jobs);
-                status.source_error = source_error;
-                status
+                copy_status(row.summary(&vis), row, (freshness, source_error), jobs)
             })
             .collect())
     }
@@ -152,7 +150,7 @@ impl Service {
 fn copy_status(
     copy: ContainerSummary,
     row: &ContainerRow,
-    freshness: Freshness,
+    (freshness, source_error): (Freshness, Option<String>),
     jobs: Vec<Job>,
 ) -> CopyStatus {
     let running_job = jobs.iter().find(|j| !j.status.is_final()).cloned();
@@ -177,7 +175,7 @@ fn copy_status(
         last_error: failures.first().and_then(|r| r.error.clone()),
         history: finished.iter().take(HISTORY).rev().cloned().collect(),
         size_bytes: row.size_bytes,
-        source_error: None,
+        source_error,
     }
 }
 

@@ -4,7 +4,8 @@ use app::model::{
     ContainerDetail, CopyRequest, CopyStarted, NewServer, Project, Server, ServerBwlimit,
     ServerWithJoinToken, Snapshot, TransferOptions,
 };
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -13,8 +14,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::{
-    accepted, body, idempotency_key, object_body, path, query, ApiResult, Caller, JobAnswer,
-    ObjectBody, ReadErrors, RestError, WriteErrors,
+    accepted, body, idempotency_key, no_body, object_body, path, query, ApiResult, Caller,
+    JobAnswer, ObjectBody, ReadErrors, RestError, WriteErrors,
 };
 use crate::http::AppState;
 
@@ -233,42 +234,18 @@ pub(super) async fn sync_container(
     id: Result<Path<String>, PathRejection>,
     options: Result<Query<TransferOptions>, QueryRejection>,
     headers: HeaderMap,
-    sent: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+    sent: Result<Bytes, BytesRejection>,
 ) -> Result<Response, RestError> {
     let id = path(id)?;
     let options = query(options)?;
     let key = idempotency_key(&headers)?;
-    let sent = sent.map_err(|e| match e.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => super::too_large(),
-        _ => app::model::ApiError::invalid(format!("bad request body: {}", e.body_text())).into(),
-    })?;
-    no_body(&sent)?;
+    no_body(sent)?;
     let job = st
         .service
         .sync_container(&user, &id, key.as_deref(), &options)
         .await?;
     let url = job.url.clone();
     Ok(accepted(&url, &JobAnswer { job }))
-}
-
-/// A sync takes no request body: none, or an empty JSON object. Anything else is refused
-/// rather than ignored (a client sending options there would think they were taken).
-fn no_body(sent: &[u8]) -> Result<(), RestError> {
-    if sent.iter().all(u8::is_ascii_whitespace) {
-        return Ok(());
-    }
-    match serde_json::from_slice::<serde_json::Value>(sent) {
-        Ok(serde_json::Value::Object(fields)) => match fields.keys().next() {
-            None => Ok(()),
-            Some(field) => Err(app::model::ApiError::new(
-                app::model::ErrorCode::Unprocessable,
-                format!("{field} is not a field of this request: a sync takes no request body"),
-            )
-            .on_field(field)
-            .into()),
-        },
-        _ => Err(app::model::ApiError::invalid("a sync takes no request body").into()),
-    }
 }
 
 /// A container's snapshots

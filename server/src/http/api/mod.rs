@@ -17,7 +17,8 @@ pub(crate) use sse::StreamSlots;
 
 use app::backend::CurrentUser;
 use app::model::{ApiError, ErrorCode, Job, UserInfo};
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequestParts, Path, Query};
 use axum::http::{header, request::Parts, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -243,22 +244,43 @@ async fn method_not_allowed() -> Response {
 fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, RestError> {
     b.map(|Json(v)| v).map_err(|e| match e {
         JsonRejection::JsonDataError(e) => data_error(&e).into(),
-        e if e.status() == StatusCode::PAYLOAD_TOO_LARGE => too_large(),
-        e => ApiError::new(
-            ErrorCode::InvalidRequest,
-            format!("bad request body: {}", e.body_text()),
-        )
-        .into(),
+        e => unread(e.status(), &e.body_text()),
     })
 }
 
-/// A body beyond axum's default limit (2 MiB): no request of this API comes near it.
-pub(super) fn too_large() -> RestError {
-    ApiError::new(
-        ErrorCode::PayloadTooLarge,
-        "the request body is larger than 2 MiB, the most doppel reads",
-    )
+/// A body that could not be read: beyond axum's default limit (2 MiB, which no request of
+/// this API comes near), 413; else (malformed, not JSON) 400.
+fn unread(status: StatusCode, why: &str) -> RestError {
+    match status {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            "the request body is larger than 2 MiB, the most doppel reads",
+        ),
+        _ => ApiError::invalid(format!("bad request body: {why}")),
+    }
     .into()
+}
+
+/// A request that takes no body (a sync): none, or an empty JSON object. Anything else is
+/// refused rather than ignored (a client sending options there would think they were
+/// taken).
+fn no_body(sent: Result<Bytes, BytesRejection>) -> Result<(), RestError> {
+    let sent = sent.map_err(|e| unread(e.status(), &e.body_text()))?;
+    if sent.iter().all(u8::is_ascii_whitespace) {
+        return Ok(());
+    }
+    match serde_json::from_slice::<serde_json::Value>(&sent) {
+        Ok(serde_json::Value::Object(fields)) => match fields.keys().next() {
+            None => Ok(()),
+            Some(field) => Err(ApiError::new(
+                ErrorCode::Unprocessable,
+                format!("{field} is not a field of this request: it takes no request body"),
+            )
+            .on_field(field)
+            .into()),
+        },
+        _ => Err(ApiError::invalid("this request takes no request body").into()),
+    }
 }
 
 /// Well-formed JSON that is not the request (422): which field, and what is wrong with it,
@@ -304,12 +326,20 @@ fn field_error(path: &str, message: &str) -> ApiError {
         )
     } else if let Some((got, want)) = message
         .strip_prefix("invalid type: ")
-        .or_else(|| message.strip_prefix("invalid length "))
         .and_then(|m| m.split_once(", expected "))
     {
         (
             field_at(path),
             format!("{} must be {}, not {got}", named(path), json_kind(want)),
+        )
+    } else if let Some((_, want)) = message
+        .strip_prefix("invalid length ")
+        .and_then(|m| m.split_once(", expected "))
+    {
+        // (An array where an object or a fixed number of items is wanted.)
+        (
+            field_at(path),
+            format!("{} must be {}, not an array", named(path), json_kind(want)),
         )
     } else if let Some((got, want)) = message
         .strip_prefix("invalid value: ")
