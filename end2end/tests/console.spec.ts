@@ -260,7 +260,10 @@ test('an admin makes a project and a user; the user works in it; the admin sees 
   await page.getByRole('link', { name: 'Admin', exact: true }).click();
   await expect(page.getByRole('heading', { name: 'Administration' })).toBeVisible();
 
-  await page.getByLabel('Name', { exact: true }).first().fill('dana');
+  // The user form is in the Users card, which loads after the page's heading; the
+  // projects card has a "Name" field of its own that is there at once.
+  const users = page.locator('section.card', { has: page.getByRole('heading', { name: 'Users' }) });
+  await users.getByLabel('Name', { exact: true }).fill('dana');
   await page.getByRole('button', { name: 'Create user' }).click();
   const password = (await page.locator('code.secret').innerText()).trim();
   await expect(page.getByRole('cell', { name: 'dana', exact: true })).toBeVisible();
