@@ -1319,6 +1319,15 @@ pub fn is_valid_id(id: &str) -> bool {
     id.len() == 24 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
+/// The name a copy gets when none is given, if it is free in the target project (else the
+/// server takes `-copy-2`, `-3`, ...): the source's name cut to 50 characters, so that
+/// the suffixes keep it within the 63 a name may have. Shared with the copy form's
+/// placeholder.
+pub fn default_copy_name(source: &str) -> String {
+    let base: String = source.chars().take(50).collect();
+    format!("{}-copy", base.trim_end_matches('-'))
+}
+
 /// The rule for container names (shared with the console, which validates as you type):
 /// 1 to 63 characters, ASCII letters, digits and hyphens, starting with a letter and not
 /// ending with a hyphen, so a name is also a valid host name.
@@ -1347,6 +1356,17 @@ pub fn validate_container_name(name: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_default_copy_name_is_a_valid_name_with_room_for_its_suffix() {
+        assert_eq!(default_copy_name("web-app"), "web-app-copy");
+        // 49 letters and a hyphen: the cut leaves a trailing hyphen, which goes.
+        let long = format!("{}-{}", "a".repeat(49), "b".repeat(13));
+        assert_eq!(long.len(), 63);
+        let name = default_copy_name(&long);
+        assert_eq!(name, format!("{}-copy", "a".repeat(49)));
+        assert!(validate_container_name(&format!("{name}-999")).is_ok());
+    }
 
     #[test]
     fn container_names_follow_host_name_rules() {

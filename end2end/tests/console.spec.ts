@@ -104,6 +104,8 @@ test('copy a container through the dialog, then change the source and sync, live
   const dialog = page.getByRole('dialog');
   await expect(dialog).toBeVisible();
   await expect(dialog.getByLabel('Name')).toHaveAttribute('placeholder', 'web-app-copy');
+  // The placeholder is only the first choice: the label says what an empty name gets when it is taken.
+  await expect(dialog.locator('label[for="copy-name"]')).toContainText('or web-app-copy-2, -3, … if taken');
   await expect(dialog.getByLabel('Target server')).toContainText("(the source's server)");
 
   // The name is checked as it is typed.

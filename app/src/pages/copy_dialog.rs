@@ -8,7 +8,7 @@ use leptos::prelude::*;
 
 use super::live_job::LiveJob;
 use super::widgets::{ErrorBox, PageError};
-use crate::model::{validate_container_name, ContainerDetail, Role};
+use crate::model::{default_copy_name, validate_container_name, ContainerDetail, Role};
 use crate::server_fns::{list_projects, list_servers, CopyContainer, SyncContainer};
 
 /// The form's fields that show their own errors; an error about anything else shows above
@@ -141,7 +141,9 @@ fn CopyForm(
     let projects = Resource::new(|| (), |_| list_projects());
     let servers = Resource::new(|| (), |_| list_servers());
     let name_error = RwSignal::new(String::new());
-    let default_name = format!("{}-copy", c.summary.name);
+    let default_name = default_copy_name(&c.summary.name);
+    // The placeholder is the first choice; the server takes the next free one.
+    let name_hint = format!("(optional; empty: {default_name}, or {default_name}-2, -3, … if taken)");
     let chosen_server = Some(prefill.server.clone())
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| c.summary.server_id.clone());
@@ -241,7 +243,7 @@ fn CopyForm(
                 }
             </Suspense>
             {error_for("target_server_id")}
-            <label for="copy-name">"Name"</label>
+            <label for="copy-name">"Name " <span class="muted">{name_hint}</span></label>
             <input
                 id="copy-name"
                 name="name"

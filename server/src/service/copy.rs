@@ -533,13 +533,7 @@ impl Service {
     /// `<source>-copy`, then `<source>-copy-2`, `-3`, ...: the first free name (one query,
     /// however many copies exist).
     async fn generate_name(&self, project_id: &str, source: &str) -> Result<String, ApiError> {
-        let base: String = source
-            .chars()
-            .take(50)
-            .collect::<String>()
-            .trim_end_matches('-')
-            .to_string();
-        let prefix = format!("{base}-copy");
+        let prefix = default_copy_name(source);
         let taken = self
             .db
             .names_starting_with(project_id, &prefix)
