@@ -143,7 +143,8 @@ fn CopyForm(
     let name_error = RwSignal::new(String::new());
     let default_name = default_copy_name(&c.summary.name);
     // The placeholder is the first choice; the server takes the next free one.
-    let name_hint = format!("(optional; empty: {default_name}, or {default_name}-2, -3, … if taken)");
+    let name_hint =
+        format!("(optional; empty: {default_name}, or {default_name}-2, -3, … if taken)");
     let chosen_server = Some(prefill.server.clone())
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| c.summary.server_id.clone());
