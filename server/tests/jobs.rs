@@ -731,6 +731,100 @@ async fn sync_rules_originals_running_jobs_and_snapshots() {
 }
 
 #[tokio::test]
+async fn a_snapshot_waits_for_its_job_slot_a_bounded_time_and_leaves_nothing_when_refused() {
+    let s = TestServer::start().await;
+    let web_app = s.container_id("web-app").await;
+    let web = s.project_id("web-platform").await;
+    let snapshot = |name: &'static str| {
+        let path = format!("/api/v1/containers/{web_app}/snapshots");
+        let s = &s;
+        async move {
+            post(
+                s,
+                &path,
+                &s.admin_token,
+                Some(json!({ "name": name })),
+                None,
+            )
+            .await
+        }
+    };
+    // A bad name is refused at once, naming its field.
+    let (st, refused, _) = snapshot("../x").await;
+    assert_eq!(st, 422, "{refused}");
+    assert_eq!(refused["error"]["field"], "name", "{refused}");
+
+    // A slow copy onto web-app's own server takes its one job slot (the default): 4 MiB
+    // at 64 KiB/s, a minute.
+    let (_, src) = s
+        .get(&format!("/api/v1/containers/{web_app}"), &s.admin_token)
+        .await;
+    let noise: Vec<u8> = (0..4u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::write(tree_root(&src).join("big.bin"), noise).unwrap();
+    let (st, started, _) = post(
+        &s,
+        &format!("/api/v1/containers/{web_app}/copy?bwlimit=64K"),
+        &s.admin_token,
+        Some(json!({"target_project_id": web, "name": "slow-copy"})),
+        None,
+    )
+    .await;
+    assert_eq!(st, 202, "{started}");
+    let job = started["job"]["id"].as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (_, j) = s.get(&format!("/api/v1/jobs/{job}"), &s.admin_token).await;
+        if j["status"] == "running" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the copy never ran: {j}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    // The snapshot is refused once its wait is over; before, it hung until the copy ended.
+    let (st, refused, _) = snapshot("while-busy").await;
+    assert_eq!(st, 503, "{refused}");
+    let msg = refused["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("no job slot") && msg.contains("not taken"),
+        "{refused}"
+    );
+
+    // With the slot free again, the refused snapshot does not appear after all.
+    let (st, body, _) = post(
+        &s,
+        &format!("/api/v1/jobs/{job}/cancel"),
+        &s.admin_token,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    s.wait_job(&job).await;
+    let (st, taken, _) = snapshot("after").await;
+    assert_eq!(st, 201, "{taken}");
+    let (_, list) = s
+        .get(
+            &format!("/api/v1/containers/{web_app}/snapshots"),
+            &s.admin_token,
+        )
+        .await;
+    let names: Vec<_> = list["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"after"), "{list}");
+    assert!(!names.contains(&"while-busy"), "{list}");
+}
+
+#[tokio::test]
 async fn a_cancelled_copy_leaves_a_truthful_state() {
     let s = TestServer::start().await;
     let source = s.container_id("db-primary").await;

@@ -11,6 +11,10 @@ use crate::config::{snapshot_place, snapshots_dir};
 use crate::engine::fsx;
 use crate::store::DbError;
 
+/// How long taking a snapshot waits for its job slots (on the container's server and
+/// overall, which copies and syncs take too) before it is refused with 503.
+const SLOT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl Service {
     pub async fn list_snapshots(
         &self,
@@ -34,8 +38,9 @@ impl Service {
             self.visibility(user)
                 .await?
                 .require_operator(&c.summary.project_id, "taking a snapshot")?;
-            validate_container_name(name)
-                .map_err(|m| ApiError::new(ErrorCode::Unprocessable, format!("name: {m}")))?;
+            validate_container_name(name).map_err(|m| {
+                ApiError::new(ErrorCode::Unprocessable, format!("name: {m}")).on_field("name")
+            })?;
             if c.snapshots.iter().any(|s| s.name == name) {
                 return Err(ApiError::new(
                     ErrorCode::Conflict,
@@ -51,17 +56,36 @@ impl Service {
                     "the container has no complete tree yet",
                 ));
             }
-            // A task of its own: the tree is copied and recorded (or removed) even if the client
-            // goes away meanwhile, so no half-made or unrecorded tree is left behind.
-            let (db, jobs, agents) = (self.db.clone(), self.jobs.clone(), self.agents.clone());
+            let (db, agents) = (self.db.clone(), self.agents.clone());
             let (server, container, name) = (
                 c.summary.server_id.clone(),
                 container_id.to_string(),
                 name.to_string(),
             );
+            // The slots are waited for here, not in the task: a request answers in bounded
+            // time, and a client that gives up before the snapshot starts leaves none behind.
+            let held = tokio::time::timeout(
+                SLOT_WAIT,
+                self.jobs.hold_for_snapshot(&server, &container),
+            )
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "no job slot on server {} came free within {} s (copies and syncs \
+                         running or queued take them, or a sync of this container is running); \
+                         the snapshot was not taken: try again when they are done",
+                        c.summary.server_name,
+                        SLOT_WAIT.as_secs()
+                    ),
+                )
+            })?;
             let on_agent = agents.is_agent(&server);
+            // A task of its own: the tree is copied and recorded (or removed) even if the client
+            // goes away meanwhile, so no half-made or unrecorded tree is left behind.
             let task = tokio::spawn(async move {
-                let _held = jobs.hold_for_snapshot(&server, &container).await;
+                let _held = held;
                 if on_agent {
                     // Taken on its own host, then recorded here.
                     super::inventory::create_snapshot_on_agent(

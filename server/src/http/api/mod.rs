@@ -148,7 +148,10 @@ enum WriteErrors {
         description = "Too many jobs queued or running for this user or project"
     )]
     TooManyRequests(ErrorBody),
-    #[response(status = 503, description = "The database does not answer; try again")]
+    #[response(
+        status = 503,
+        description = "The database does not answer, or (a snapshot) no job slot came free within 10 s; try again"
+    )]
     Unavailable(ErrorBody),
     #[response(
         status = 507,
