@@ -78,6 +78,45 @@ fn root(c: &Value) -> PathBuf {
 fn read(root: &Path, rel: &str) -> String {
     std::fs::read_to_string(root.join(rel)).unwrap_or_default()
 }
+/// Makes a running container a probe: it restarts serving its page, checks that `nc`
+/// connects (to that page), then tries each `(address, port)`. Its log says, for each,
+/// `REACHED <address>` or `BLOCKED <address>` (after `SELF-OK`); returns the log.
+async fn probe(s: &TestServer, id: &str, targets: &[(&str, u16)]) -> String {
+    let tries: String = targets
+        .iter()
+        .map(|(a, p)| {
+            format!(
+                "if nc -w 3 {a} {p} </dev/null; then echo REACHED {a}; else echo BLOCKED {a}; fi; "
+            )
+        })
+        .collect();
+    let command = json!({"args": ["/bin/sh", "-c", format!(
+        // nc connects (to the container's own page), so a failure is the block.
+        "httpd -p 80 -h /www; nc -w 3 127.0.0.1 80 </dev/null && echo SELF-OK; {tries}echo PROBED; sleep 60"
+    )]});
+    let path = format!("/api/v1/containers/{id}/command");
+    let (st, body) = send(s, reqwest::Method::PUT, &path, Some(command)).await;
+    assert_eq!(st, 200, "{body}");
+    let (st, body) = post(
+        s,
+        &format!("/api/v1/containers/{id}/restart?timeout=1"),
+        None,
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(10 + 5 * targets.len() as u64);
+    loop {
+        let (_, logs) = s
+            .get(&format!("/api/v1/containers/{id}/logs"), &s.admin_token)
+            .await;
+        let text = logs["lines"].to_string();
+        if text.contains("PROBED") {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "the probe said nothing: {logs}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_runs_on_its_own_address_as_a_new_machine() {
@@ -257,44 +296,11 @@ async fn firewall_rules_are_enforced_in_the_namespace_and_copied_only_when_asked
         let o = a.octets();
         format!("{}.{}.{}.1", o[0], o[1], o[2])
     };
-    let probe = json!({"args": ["/bin/sh", "-c", format!(
-        // nc connects (to the container's own page), so a failure is the block.
-        "httpd -p 80 -h /www; nc -w 3 127.0.0.1 80 </dev/null && echo SELF-OK; \
-         if nc -w 3 {host} {port} </dev/null; then echo REACHED; else echo BLOCKED; fi; sleep 60"
-    )]});
     let probe_id = without["id"].as_str().unwrap().to_string();
-    send(
-        &s,
-        reqwest::Method::PUT,
-        &format!("/api/v1/containers/{probe_id}/command"),
-        Some(probe),
-    )
-    .await;
-    let (st, body) = post(
-        &s,
-        &format!("/api/v1/containers/{probe_id}/restart?timeout=1"),
-        None,
-    )
-    .await;
-    assert_eq!(st, 200, "{body}");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let said = loop {
-        let (_, logs) = s
-            .get(
-                &format!("/api/v1/containers/{probe_id}/logs"),
-                &s.admin_token,
-            )
-            .await;
-        let text = logs["lines"].to_string();
-        if text.contains("REACHED") || text.contains("BLOCKED") {
-            break text;
-        }
-        assert!(Instant::now() < deadline, "the probe said nothing: {logs}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let said = probe(&s, &probe_id, &[(&host, port)]).await;
     assert!(said.contains("SELF-OK"), "the probe works: {said}");
     assert!(
-        said.contains("BLOCKED"),
+        said.contains(&format!("BLOCKED {host}")),
         "a container reached the host: {said}"
     );
     drop(listener);
@@ -900,4 +906,59 @@ async fn containers_started_together_get_addresses_of_their_own() {
     assert_eq!((a.0, b.0), (200, 200), "{a:?} {b:?}");
     assert_ne!(address(&a.1), address(&b.1));
     assert!(page(&a.1, "/").await.is_ok() && page(&b.1, "/").await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_of_two_projects_never_share_a_network() {
+    let s = TestServer::start().await;
+    // web-app and edge-proxy are web-platform's, web-app on its `web-frontend` network;
+    // etl-worker is data-pipeline's, without rules: on its project's `default` network.
+    // edge-proxy (stopped in the demo) joins web-platform's `web-frontend` and `default`,
+    // a name etl-worker's network has too, on the same server.
+    let edge = s.container_id("edge-proxy").await;
+    let rules = json!({"rules": [
+        {"interface": "eth0", "network": "web-frontend"},
+        {"interface": "eth1", "network": "default"},
+    ]});
+    let path = format!("/api/v1/containers/{edge}/network-rules");
+    let (st, body) = send(&s, reqwest::Method::PUT, &path, Some(rules)).await;
+    assert_eq!(st, 200, "{body}");
+    let (st, body) = post(&s, &format!("/api/v1/containers/{edge}/start"), None).await;
+    assert_eq!(st, 200, "{body}");
+    let mut running = Vec::new();
+    for name in ["web-app", "edge-proxy", "etl-worker"] {
+        let id = s.container_id(name).await;
+        running.push(s.wait_status(&id, "running", 30).await);
+    }
+    let [web_app, edge, etl] = &running[..] else {
+        unreachable!()
+    };
+    let subnet = |c: &Value, n: usize| {
+        let a = c["interfaces"][n]["ipv4"].as_str().unwrap();
+        a[..a.rfind('.').unwrap()].to_string()
+    };
+    assert_eq!(
+        subnet(web_app, 0),
+        subnet(edge, 0),
+        "one project, one network"
+    );
+    assert_eq!(etl["server_id"], edge["server_id"]);
+    assert_eq!(etl["interfaces"][0]["network"], "default");
+    assert_eq!(edge["interfaces"][1]["network"], "default");
+    assert_ne!(
+        subnet(etl, 0),
+        subnet(edge, 1),
+        "one name, two projects, two networks"
+    );
+    // Both pages are up (the host reaches every container)...
+    assert!(page(web_app, "/").await.is_ok() && page(etl, "/").await.is_ok());
+    // ...but from edge-proxy only its own project's container is reachable.
+    let (a, b) = (address(web_app), address(etl));
+    let said = probe(&s, edge["id"].as_str().unwrap(), &[(&a, 80), (&b, 80)]).await;
+    assert!(said.contains("SELF-OK"), "the probe works: {said}");
+    assert!(said.contains(&format!("REACHED {a}")), "{said}");
+    assert!(
+        said.contains(&format!("BLOCKED {b}")),
+        "another project's container: {said}"
+    );
 }

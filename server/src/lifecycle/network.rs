@@ -1,6 +1,6 @@
-//! Where a container's interfaces go: its network rules (or one `eth0` on its server's
-//! `default` network), each network a bridge and a subnet made on first use, and an
-//! address no other container of that network has.
+//! Where a container's interfaces go: its network rules (or one `eth0` on its project's
+//! `default` network on its server), each network a bridge and a subnet made on first use
+//! (a project's own), and an address no other container of that network has.
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
@@ -60,7 +60,7 @@ impl Lifecycle {
         // The rules as they are honoured: a copy's static address replaced is its own.
         let mut honoured = rules.clone();
         for (n, rule) in rules.iter().enumerate() {
-            let network = self.network(&row.server_id, rule).await?;
+            let network = self.network(&row.server_id, &row.project_id, rule).await?;
             let net = Ipv4Net::parse(&network.cidr)
                 .map_err(|e| format!("network {}: {e}", rule.network))?;
             let taken: HashSet<Ipv4Addr> = others
@@ -169,13 +169,22 @@ impl Lifecycle {
         })
     }
 
-    /// The network a rule names on this server, made when it does not exist: its subnet
-    /// is the static address's network, or the next free one of the pool.
-    async fn network(&self, server_id: &str, rule: &NetworkRule) -> Result<NetworkRow, String> {
+    /// The network a rule names in the container's project on this server, made when it
+    /// does not exist: its subnet is the static address's network, or the next free one of
+    /// the pool. Networks are the project's: a project is a tenant boundary, so containers
+    /// of two projects never share a bridge, whatever their networks are called (and a
+    /// container has no route off its own subnets).
+    async fn network(
+        &self,
+        server_id: &str,
+        project_id: &str,
+        rule: &NetworkRule,
+    ) -> Result<NetworkRow, String> {
+        let name = scoped_name(project_id, &rule.network);
         let all = self.db.networks().await.map_err(|e| e.to_string())?;
         if let Some(n) = all
             .iter()
-            .find(|n| n.server_id == server_id && n.name == rule.network)
+            .find(|n| n.server_id == server_id && n.name == name)
         {
             return Ok(n.clone());
         }
@@ -228,7 +237,7 @@ impl Lifecycle {
         };
         let row = NetworkRow {
             server_id: server_id.to_string(),
-            name: rule.network.clone(),
+            name,
             cidr: cidr.to_string(),
             number: all.iter().map(|n| n.number + 1).max().unwrap_or(0),
         };
@@ -238,6 +247,12 @@ impl Lifecycle {
             .map_err(|e| e.to_string())?;
         Ok(row)
     }
+}
+
+/// A network's name in the store: the project's id, then the name its rules give. (Rows
+/// made before networks were the project's have the bare name; nothing uses them again.)
+fn scoped_name(project_id: &str, network: &str) -> String {
+    format!("{project_id}/{network}")
 }
 
 /// The address of `a.b.c.d/n` (or a bare `a.b.c.d`).
