@@ -34,6 +34,8 @@ pub enum AuthError {
     WeakPassword,
     #[error("a user named {0:?} already exists")]
     UserExists(String),
+    #[error("user {0:?} is disabled, so a token of theirs would not be let in; enable them first (Admin in the console, or PATCH /api/v1/users/{0})")]
+    Disabled(String),
     #[error("database: {0}")]
     Db(#[from] DbError),
     #[error("password hashing failed: {0}")]
@@ -164,6 +166,14 @@ pub async fn create_token(db: &Db, user_name: &str, label: &str) -> Result<Strin
     let user = find_user(db, user_name)
         .await?
         .ok_or_else(|| AuthError::NoSuchUser(user_name.into()))?;
+    if db
+        .users()
+        .await?
+        .iter()
+        .any(|u| u.id == user.id && u.disabled)
+    {
+        return Err(AuthError::Disabled(user.name));
+    }
     let (_, secret) = issue_token(db, &user.id, label, None, &TokenScope::default()).await?;
     Ok(secret)
 }

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use doppel::config::DataConfig;
 use doppel::serve::{self, ServeConfig};
+use doppel::service::audit::record_command_line;
 use doppel::service::inventory::{self, NewContainer};
 use doppel::{auth, store};
 
@@ -352,7 +353,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         })
         .await;
     }
-    std::fs::create_dir_all(&data.data_dir)?;
+    // The admin subcommands work on an install `serve` made: a mistyped data dir is an
+    // error, not a new empty install with an admin and a token that work nowhere.
+    let db_file = data.data_dir.join("doppel.db");
+    if data.database_url.is_none() && !db_file.exists() {
+        anyhow::bail!(
+            "no doppel database at {}: is --data-dir (DOPPEL_DATA_DIR) right? `doppel serve` \
+             makes one on its first start",
+            db_file.display()
+        );
+    }
     let pool = store::connect(&data.database_url()).await?;
     if let Some(password) = auth::bootstrap_admin(&pool).await? {
         eprintln!(
@@ -366,19 +376,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Server(ServerCommand::Add { name, description }) => {
             let token = inventory::add_agent_server(&pool, &data, &name, &description).await?;
+            record_command_line(&pool, "server.add", &name, None).await?;
             eprintln!(
                 "server {name:?} waits for its host (for an hour). On that host run:\n  doppel agent join https://<this host's --agents-addr> TOKEN\nwith this token:"
             );
             println!("{token}");
         }
         Command::Token(TokenCommand::Create { user, label }) => {
-            println!("{}", auth::create_token(&pool, &user, &label).await?);
+            let token = auth::create_token(&pool, &user, &label).await?;
+            record_command_line(&pool, "token.create", &user, None).await?;
+            println!("{token}");
         }
         Command::User(UserCommand::SetPassword { name }) => {
             let mut input = String::new();
             std::io::stdin().read_to_string(&mut input)?;
             let password = input.trim_end_matches(['\r', '\n']);
             auth::set_password(&pool, &name, password).await?;
+            record_command_line(&pool, "user.reset_password", &name, None).await?;
             eprintln!("password of {name:?} updated");
         }
         Command::Import {
@@ -390,7 +404,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let id = inventory::import_container(
                 &pool,
                 NewContainer {
-                    project_id: project,
+                    project_id: project.clone(),
                     server_id: server,
                     name,
                     ..Default::default()
@@ -398,6 +412,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 &dir,
             )
             .await?;
+            record_command_line(&pool, "container.import", &id, Some(project)).await?;
             println!("{id}");
         }
     }

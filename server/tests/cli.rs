@@ -28,6 +28,18 @@ async fn token_user_and_import_work_from_the_command_line() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
 
+    // A data dir `serve` never made (a typo) is an error, not a new empty install.
+    let out = doppel(&data, &["token", "create", "--user", "admin"], "");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no doppel database at"), "{err}");
+    assert!(!data.exists(), "nothing is made");
+    // What `serve`'s first start makes: the database with its admin.
+    std::fs::create_dir_all(&data).unwrap();
+    let url = format!("sqlite://{}", data.join("doppel.db").display());
+    let db = doppel::store::connect(&url).await.unwrap();
+    doppel::auth::bootstrap_admin(&db).await.unwrap();
+
     let out = doppel(&data, &["token", "create", "--user", "admin"], "");
     assert!(
         out.status.success(),
@@ -60,8 +72,6 @@ async fn token_user_and_import_work_from_the_command_line() {
     let out = doppel(&data, &["user", "set-password", "admin"], "short\n");
     assert!(!out.status.success());
 
-    let url = format!("sqlite://{}", data.join("doppel.db").display());
-    let db = doppel::store::connect(&url).await.unwrap();
     assert!(
         doppel::auth::check_login(&db, "admin", "a new long password")
             .await
@@ -119,6 +129,45 @@ async fn token_user_and_import_work_from_the_command_line() {
             .unwrap()
             .count(),
         1
+    );
+
+    // A disabled user gets no token: it would not be let in.
+    doppel::auth::create_user(&db, "carol", None, false)
+        .await
+        .unwrap();
+    let sql = sqlx::SqlitePool::connect(&url).await.unwrap();
+    sqlx::query("UPDATE users SET disabled_at = 1 WHERE name = 'carol'")
+        .execute(&sql)
+        .await
+        .unwrap();
+    let out = doppel(&data, &["token", "create", "--user", "carol"], "");
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("\"carol\" is disabled"), "{err}");
+
+    // What the command line did is in the audit log, by "command line", from "local".
+    let logged: Vec<(String, String, String, String)> =
+        sqlx::query_as("SELECT actor_name, action, target, address FROM audit ORDER BY id")
+            .fetch_all(&sql)
+            .await
+            .unwrap();
+    let by_cli = |action: &str, target: &str| {
+        (
+            "command line".to_string(),
+            action.to_string(),
+            target.to_string(),
+            "local".to_string(),
+        )
+    };
+    assert_eq!(
+        logged,
+        [
+            by_cli("token.create", "admin"),
+            by_cli("user.reset_password", "admin"),
+            by_cli("container.import", &id),
+        ],
+        "each success once; what was refused changed nothing"
     );
 }
 

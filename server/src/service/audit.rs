@@ -67,6 +67,34 @@ fn entry(
     }
 }
 
+/// Records what an admin subcommand of the `doppel` binary did (`token create`, `user
+/// set-password`, `server add`, `import`): run as root on the host, by no user of doppel,
+/// so the actor is "command line" and the address "local". Those commands bypass the API's
+/// checks; the log still says what they did.
+pub async fn record_command_line(
+    db: &crate::store::Db,
+    action: &str,
+    target: &str,
+    project: Option<String>,
+) -> Result<(), crate::store::DbError> {
+    let mut e = entry(
+        &Actor {
+            user: None,
+            name: COMMAND_LINE,
+            address: None,
+        },
+        action,
+        target,
+        project,
+        None,
+    );
+    e.address = "local".into();
+    db.append_audit(e).await
+}
+
+/// The actor name of what the command line did.
+pub const COMMAND_LINE: &str = "command line";
+
 /// An id that sorts by the millisecond: 12 hex digits of time, 12 random.
 fn entry_id() -> String {
     format!(

@@ -4,7 +4,7 @@
 //! functions call alike. Each family of operations has its own file; none of them knows
 //! about HTTP.
 
-mod audit;
+pub mod audit;
 mod containers;
 mod copy;
 mod delete;
