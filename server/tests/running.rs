@@ -318,6 +318,22 @@ async fn firewall_rules_are_enforced_in_the_namespace_and_copied_only_when_asked
     .await;
     assert_eq!(st, 422, "{body}");
     assert_eq!(body["error"]["field"], "rules[0]");
+    // The rules alone, without their object: said so, not "[0] must be a JSON array".
+    let bare =
+        json!([{"direction": "ingress", "protocol": "any", "cidr": "0.0.0.0/0", "action": "deny"}]);
+    let (st, body) = send(
+        &s,
+        reqwest::Method::PUT,
+        &format!("/api/v1/containers/{id}/firewall-rules"),
+        Some(bare),
+    )
+    .await;
+    assert_eq!(st, 422, "{body}");
+    assert_eq!(
+        body["error"]["message"],
+        "the body must be a JSON object, not an array"
+    );
+    assert!(body["error"]["field"].is_null(), "{body}");
     assert!(page(&c, "/").await.is_ok());
 }
 

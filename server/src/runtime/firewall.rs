@@ -30,9 +30,8 @@ fn rule_line(r: &FirewallRule) -> Result<String, String> {
         ("tcp" | "udp", None) => format!(" meta l4proto {}", r.protocol),
         ("icmp", None) => " meta l4proto icmp".to_string(),
         ("any", None) => String::new(),
-        ("icmp" | "any", Some(_)) => {
-            return Err(format!("a {} rule has no port", r.protocol));
-        }
+        ("icmp", Some(_)) => return Err("an icmp rule has no port".into()),
+        ("any", Some(_)) => return Err("a rule with protocol any has no port".into()),
         (p, _) => return Err(format!("protocol {p:?} is not tcp, udp, icmp or any")),
     };
     Ok(format!("ip {addr} {cidr}{proto} {verdict}"))
@@ -188,7 +187,11 @@ mod tests {
             ),
             (
                 rule("ingress", "icmp", Some("80"), "0.0.0.0/0", "allow"),
-                "no port",
+                "an icmp rule has no port",
+            ),
+            (
+                rule("ingress", "any", Some("80"), "0.0.0.0/0", "allow"),
+                "a rule with protocol any has no port",
             ),
             (
                 rule("ingress", "sctp", None, "0.0.0.0/0", "allow"),

@@ -302,6 +302,14 @@ fn data_error(e: &(dyn std::error::Error + 'static)) -> ApiError {
 /// [`data_error`]'s message for serde's `message` about the value at `path` (`.`: the
 /// body itself).
 fn field_error(path: &str, message: &str) -> ApiError {
+    // Every request body is an object, but serde also reads a struct from an array (its
+    // fields in order): a path that starts with an index is inside a body that is an array.
+    if path.starts_with('[') {
+        return ApiError::new(
+            ErrorCode::Unprocessable,
+            "the body must be a JSON object, not an array",
+        );
+    }
     // (serde_json ends its messages with where: " at line 1 column 25".)
     let message = message.rsplit_once(" at line ").map_or(message, |(m, _)| m);
     let quoted = |m: &str| m.split('`').nth(1).map(str::to_string);
