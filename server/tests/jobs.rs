@@ -859,8 +859,20 @@ async fn a_cancelled_copy_leaves_a_truthful_state() {
         "cancelled" => {
             assert_eq!(st, 200);
             assert_eq!(c["status"], "failed");
-            assert!(c["status_reason"].as_str().unwrap().contains("cancelled"));
+            assert_eq!(c["status_reason"], "copy cancelled", "{c}");
             assert!(!tree_root(&c).exists(), "no half copy on disk");
+            // A start and a sync say the same: only a new copy makes it whole.
+            let id = c["id"].as_str().unwrap();
+            for action in ["start", "sync"] {
+                let path = format!("/api/v1/containers/{id}/{action}");
+                let (st, refused, _) = post(&s, &path, &s.admin_token, None, None).await;
+                assert_eq!(st, 409, "{refused}");
+                let msg = refused["error"]["message"].as_str().unwrap();
+                assert!(
+                    msg.contains("never completed: make a new copy"),
+                    "{action}: {refused}"
+                );
+            }
             // With no tree, it cannot be the source of a copy: refused up front, no job.
             let (st, refused, _) = copy_as(
                 &s,

@@ -123,6 +123,18 @@ async fn a_copy_interrupted_by_kill_9_is_resumed_after_the_restart() {
         c["status_reason"].as_str().unwrap().contains("no command"),
         "{c}"
     );
+    // Given one, that reason is no longer so, and goes.
+    let resp = client
+        .put(format!("{base}/api/v1/containers/{copy_id}/command"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"args": ["/bin/sleep", "60"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let changed: Value = resp.json().await.unwrap();
+    assert!(changed["status_reason"].is_null(), "{changed}");
+    assert_eq!(changed["status"], "stopped", "{changed}");
     let root = std::path::PathBuf::from(c["root_path"].as_str().unwrap());
     for i in [0, 17, 47] {
         let rel = format!("d{}/f{i}", i % 4);

@@ -70,7 +70,7 @@ impl JobRunner {
             // Part of it may be gone: not usable, and a delete again finishes it.
             (Some(m), JobKind::Delete, _) => (
                 ContainerStatus::Failed,
-                Some(format!("delete {}: {m}; delete it again", status.as_str())),
+                Some(format!("{}; delete it again", outcome("delete", status, m))),
             ),
             // A finished copy starts automatically.
             (None, JobKind::Copy, _) => {
@@ -80,8 +80,8 @@ impl JobRunner {
             // A running copy stopped for the final pass: as its start again went.
             (_, JobKind::Sync, Some(o)) if !incomplete => {
                 let reason = match (&error, o.reason) {
-                    (Some(m), Some(r)) => Some(format!("last sync {}: {m}; {r}", status.as_str())),
-                    (Some(m), None) => Some(format!("last sync {}: {m}", status.as_str())),
+                    (Some(m), Some(r)) => Some(format!("{}; {r}", outcome("last sync", status, m))),
+                    (Some(m), None) => Some(outcome("last sync", status, m)),
                     (None, r) => r,
                 };
                 (o.status, reason)
@@ -94,19 +94,15 @@ impl JobRunner {
                     .await?
             }
             (None, JobKind::Sync, _) => (previous, None),
-            (Some(m), JobKind::Copy, _) => (
-                ContainerStatus::Failed,
-                Some(format!("copy {}: {m}", status.as_str())),
-            ),
+            (Some(m), JobKind::Copy, _) => {
+                (ContainerStatus::Failed, Some(outcome("copy", status, m)))
+            }
             // Stopped half way through applying its changes: not as it was, not current.
             (Some(m), JobKind::Sync, _) if incomplete => (
                 ContainerStatus::Failed,
-                Some(format!("last sync {}: {m}", status.as_str())),
+                Some(outcome("last sync", status, m)),
             ),
-            (Some(m), JobKind::Sync, _) => (
-                previous,
-                Some(format!("last sync {}: {m}", status.as_str())),
-            ),
+            (Some(m), JobKind::Sync, _) => (previous, Some(outcome("last sync", status, m))),
         };
         let deleted = kind == JobKind::Delete && error.is_none();
         let job = self
@@ -140,5 +136,13 @@ impl JobRunner {
             summary.notes.extend(started.notes);
         }
         Ok((started.status, started.reason))
+    }
+}
+
+/// "copy failed: <error>", or "copy cancelled" (not "copy cancelled: cancelled").
+fn outcome(what: &str, status: JobStatus, error: &str) -> String {
+    match error == status.as_str() {
+        true => format!("{what} {error}"),
+        false => format!("{what} {}: {error}", status.as_str()),
     }
 }

@@ -24,6 +24,11 @@ use crate::store::{ContainerRow, Db, DbError, RunRecord};
 /// How long a copy's process has to end when a sync stops it for its final pass.
 const STOP_FOR_SYNC: Duration = Duration::from_secs(10);
 
+/// How a start that found no command to run says so (its status reason starts so).
+pub const NO_COMMAND: &str = "not started: it has no command";
+/// How a start that could not read its command says so.
+pub const BAD_COMMAND: &str = "not started: its command cannot be read";
+
 /// How often running containers are checked.
 pub const WATCH_EVERY: Duration = Duration::from_secs(2);
 
@@ -176,11 +181,11 @@ impl Lifecycle {
                 return Err(format!("not started: no container runtime here ({why})"));
             }
         }
-        let command: ContainerCommand = serde_json::from_str(&row.command)
-            .map_err(|e| format!("not started: its command cannot be read ({e})"))?;
+        let command: ContainerCommand =
+            serde_json::from_str(&row.command).map_err(|e| format!("{BAD_COMMAND} ({e})"))?;
         if command.args.is_empty() {
             return Err(format!(
-                "not started: it has no command (set one with PUT /api/v1/containers/{}/command)",
+                "{NO_COMMAND} (set one with PUT /api/v1/containers/{}/command)",
                 row.id
             ));
         }

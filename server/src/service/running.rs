@@ -8,7 +8,7 @@ use app::model::*;
 
 use super::{internal, Service};
 use crate::ids::{new_id, now_ms};
-use crate::lifecycle::Outcome;
+use crate::lifecycle::{Outcome, BAD_COMMAND, NO_COMMAND};
 use crate::runtime::{firewall, Ipv4Net};
 use crate::store::{ContainerRow, JsonColumn, NewJob};
 
@@ -28,8 +28,15 @@ fn refuse_failed(row: &ContainerRow, status: ContainerStatus) -> Result<(), ApiE
     if status != ContainerStatus::Failed {
         return Ok(());
     }
+    // What makes it whole again: a copy that never completed has no tree a sync could
+    // repair (a sync of it is refused too).
+    let remedy = match (&row.source_container_id, &row.source_state) {
+        (Some(_), None) => "the copy never completed: make a new copy (and delete this one)",
+        (Some(_), Some(_)) => "sync it again before starting it",
+        (None, _) => "it has no complete tree to run",
+    };
     Err(conflict(format!(
-        "{} failed ({}); sync it or copy it again before starting it",
+        "{} failed ({}); {remedy}",
         row.name,
         row.status_reason.as_deref().unwrap_or("no reason recorded")
     )))
@@ -253,6 +260,17 @@ impl Service {
                 .set_container_json(id, JsonColumn::Command, json)
                 .await
                 .map_err(internal)?;
+            // "not started: it has no command (or an unreadable one)" is no longer so.
+            if let Some(reason) = row
+                .status_reason
+                .as_deref()
+                .filter(|r| r.starts_with(NO_COMMAND) || r.starts_with(BAD_COMMAND))
+            {
+                self.db
+                    .clear_status_reason(id, reason)
+                    .await
+                    .map_err(internal)?;
+            }
             self.detail_now(user, id).await
         })
         .await

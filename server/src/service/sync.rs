@@ -82,7 +82,9 @@ impl Service {
                 }
                 // A copy that never completed has no tree: a sync cannot repair that.
                 ContainerStatus::Failed if c.source_state.is_none() => {
-                    return Err(conflict("the copy never completed; make a new copy".into()))
+                    return Err(conflict(
+                        "the copy never completed: make a new copy (and delete this one)".into(),
+                    ))
                 }
                 // Still "syncing" after a crash, or failed: a completed sync leaves it running.
                 ContainerStatus::Syncing | ContainerStatus::Failed => ContainerStatus::Running,

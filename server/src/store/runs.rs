@@ -56,6 +56,22 @@ impl Db {
         Ok(changed > 0)
     }
 
+    /// Forgets a container's status reason if it is still `reason` (one its owner has
+    /// just made untrue).
+    pub(crate) async fn clear_status_reason(&self, id: &str, reason: &str) -> Result<(), DbError> {
+        self.write(
+            "UPDATE containers SET status_reason = NULL, updated_at = $3
+             WHERE id = $1 AND status_reason = $2",
+            vec![
+                Arg::arg(id),
+                Arg::arg(reason),
+                Arg::arg(crate::ids::now_ms()),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Every container of this status, by server.
     pub(crate) async fn containers_in(
         &self,
