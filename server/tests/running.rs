@@ -414,6 +414,35 @@ async fn stop_start_restart_and_a_process_that_exits() {
         "the first run's end is in the log: {logs}"
     );
 
+    // A process that has no SIGTERM handler: as its namespace's init, the kernel drops
+    // the signal, so it is killed at once rather than after the whole grace (60 s here).
+    let cmd = json!({"args": ["/bin/sleep", "600"]});
+    let path = format!("/api/v1/containers/{id}/command");
+    let (st, body) = send(&s, reqwest::Method::PUT, &path, Some(cmd)).await;
+    assert_eq!(st, 200, "{body}");
+    let (st, body) = post(
+        &s,
+        &format!("/api/v1/containers/{id}/restart?timeout=0"),
+        None,
+    )
+    .await;
+    assert_eq!((st, &body["status"]), (200, &json!("running")), "{body}");
+    let asked = Instant::now();
+    let (st, stopped) = post(
+        &s,
+        &format!("/api/v1/containers/{id}/stop?timeout=60"),
+        None,
+    )
+    .await;
+    assert_eq!(st, 200, "{stopped}");
+    assert_eq!(stopped["status"], "stopped");
+    assert_eq!(stopped["exit_code"], 137, "killed: {stopped}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(30),
+        "the grace was waited out for a signal that was dropped: {:?}",
+        asked.elapsed()
+    );
+
     // A process that ends on its own: stopped, with its exit code, within a few seconds.
     let cmd = json!({"args": ["/bin/sh", "-c", "echo about to fail; sleep 1; exit 3"]});
     let (st, body) = send(

@@ -382,9 +382,23 @@ impl Runtime {
     ) -> Result<Option<Exit>, RuntimeError> {
         self.ready()?;
         let mut exit = shim::read_exit(bundle);
-        if exit.is_none() && self.list().await?.contains_key(id) {
+        let listed = self.list().await?;
+        if let (None, Some(state)) = (exit, listed.get(id)) {
             let _ = self.runc(&["kill", id, "TERM"]).await;
-            exit = wait_exit(bundle, grace).await;
+            // A container's first process is its pid namespace's init: the kernel drops a
+            // signal it has no handler for. Without one for SIGTERM when it was sent (a
+            // shell running a server, say), the grace would only be waited out.
+            let dropped = !catches_sigterm(state.pid);
+            if dropped {
+                tracing::info!(
+                    container = id,
+                    "its process does not handle SIGTERM: killed at once"
+                );
+            }
+            exit = match dropped {
+                true => None,
+                false => wait_exit(bundle, grace).await,
+            };
             if exit.is_none() {
                 let _ = self.runc(&["kill", id, "KILL"]).await;
                 exit = wait_exit(bundle, KILL_WAIT).await;
@@ -407,6 +421,20 @@ impl Runtime {
         self.ready()?;
         firewall::apply(&self.netns(id), rules).await
     }
+}
+
+/// Whether process `pid` has a handler for SIGTERM (its `SigCgt` mask in
+/// `/proc/<pid>/status`). Unknown (gone, unreadable) counts as yes: then the grace is waited.
+fn catches_sigterm(pid: i64) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return true;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        // Signal n is bit n-1; SIGTERM is 15.
+        .is_none_or(|mask| mask & (1 << 14) != 0)
 }
 
 async fn wait_exit(bundle: &Path, within: Duration) -> Option<Exit> {
