@@ -1007,3 +1007,62 @@ async fn containers_of_two_projects_never_share_a_network() {
         "another project's container: {said}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_address_that_could_never_be_had_is_refused_when_set() {
+    let s = TestServer::start().await;
+    let web_app = s.container_id("web-app").await;
+    let etl = s.container_id("etl-worker").await;
+    let subnet = |c: &Value| {
+        let a = address(c);
+        a[..a.rfind('.').unwrap()].to_string()
+    };
+    // web-app is on web-platform's `web-frontend`; etl-worker on data-pipeline's `default`.
+    let ours = subnet(&s.wait_status(&web_app, "running", 30).await);
+    let theirs = subnet(&s.wait_status(&etl, "running", 30).await);
+    let set = |network: &str, ipv4: String| {
+        let rules = json!({"rules": [{"interface": "eth0", "network": network, "ipv4": ipv4}]});
+        let s = &s;
+        let path = format!("/api/v1/containers/{web_app}/network-rules");
+        async move { send(s, reqwest::Method::PUT, &path, Some(rules)).await }
+    };
+    for (network, ipv4, why) in [
+        (
+            "web-frontend",
+            format!("{ours}.1/24"),
+            "not a container address",
+        ),
+        (
+            "web-frontend",
+            format!("{ours}.0/24"),
+            "not a container address",
+        ),
+        (
+            "web-frontend",
+            format!("{ours}.255/24"),
+            "not a container address",
+        ),
+        // A new network whose subnet is another project's: it would get another.
+        ("lab", format!("{theirs}.50/24"), "overlaps another network"),
+    ] {
+        let (st, body) = set(network, ipv4.clone()).await;
+        assert_eq!(st, 422, "{ipv4}: {body}");
+        assert_eq!(body["error"]["field"], "rules[0]", "{body}");
+        let msg = body["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(why), "{ipv4}: {body}");
+    }
+    let (_, c) = s
+        .get(&format!("/api/v1/containers/{web_app}"), &s.admin_token)
+        .await;
+    assert_eq!(
+        c["network_rules"][0]["network"], "web-frontend",
+        "nothing changed: {c}"
+    );
+    // One it can have is kept, and is its address at the next start.
+    let (st, body) = set("web-frontend", format!("{ours}.77/24")).await;
+    assert_eq!(st, 200, "{body}");
+    let path = format!("/api/v1/containers/{web_app}/restart?timeout=1");
+    let (st, restarted) = post(&s, &path, None).await;
+    assert_eq!(st, 200, "{restarted}");
+    assert_eq!(address(&restarted), format!("{ours}.77"));
+}

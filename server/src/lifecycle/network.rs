@@ -192,37 +192,9 @@ impl Lifecycle {
             .iter()
             .filter_map(|n| Ipv4Net::parse(&n.cidr).ok())
             .collect();
-        let overlaps = |a: &Ipv4Net| {
-            nets.iter()
-                .any(|b| a.contains(b.network()) || b.contains(a.network()))
-        };
+        let overlaps = |a: &Ipv4Net| overlaps_any(&nets, a);
         let cidr = match &rule.ipv4 {
-            Some(wanted) => {
-                let (addr, prefix) = wanted.split_once('/').unwrap_or((wanted, "24"));
-                let a: Ipv4Addr = addr
-                    .parse()
-                    .map_err(|_| format!("{wanted:?} is not an IPv4 address"))?;
-                let prefix: u8 = prefix
-                    .parse()
-                    .ok()
-                    .filter(|p| (8..=30).contains(p))
-                    .ok_or_else(|| format!("{wanted:?}: the prefix length is 8 to 30"))?;
-                let mask = u32::MAX << (32 - prefix);
-                let net = Ipv4Net {
-                    base: Ipv4Addr::from(u32::from(a) & mask),
-                    prefix,
-                };
-                // Taken on this host (the same name on another server, say), or outside
-                // the container network (a rule from before the pool changed): the
-                // network gets a subnet of the pool, and the static address is checked
-                // against that.
-                let pool = self.runtime.network;
-                if overlaps(&net) || !pool.contains(net.network()) || net.prefix < pool.prefix {
-                    None
-                } else {
-                    Some(net)
-                }
-            }
+            Some(wanted) => static_subnet(wanted, &nets, self.runtime.network)?,
             None => None,
         };
         let cidr = match cidr {
@@ -246,6 +218,85 @@ impl Lifecycle {
             .await
             .map_err(|e| e.to_string())?;
         Ok(row)
+    }
+}
+
+/// The subnet a new network takes from its first static address `wanted`: its own, or
+/// `None` when that is taken on this host (the same name on another server or in another
+/// project, say) or outside the container network (a rule from before the pool changed):
+/// then the network gets a subnet of the pool, and the static address is checked against
+/// that.
+fn static_subnet(wanted: &str, nets: &[Ipv4Net], pool: Ipv4Net) -> Result<Option<Ipv4Net>, String> {
+    let (addr, prefix) = wanted.split_once('/').unwrap_or((wanted, "24"));
+    let a: Ipv4Addr = addr
+        .parse()
+        .map_err(|_| format!("{wanted:?} is not an IPv4 address"))?;
+    let prefix: u8 = prefix
+        .parse()
+        .ok()
+        .filter(|p| (8..=30).contains(p))
+        .ok_or_else(|| format!("{wanted:?}: the prefix length is 8 to 30"))?;
+    let mask = u32::MAX << (32 - prefix);
+    let net = Ipv4Net {
+        base: Ipv4Addr::from(u32::from(a) & mask),
+        prefix,
+    };
+    let fits =
+        !overlaps_any(nets, &net) && pool.contains(net.network()) && net.prefix >= pool.prefix;
+    Ok(fits.then_some(net))
+}
+
+fn overlaps_any(nets: &[Ipv4Net], a: &Ipv4Net) -> bool {
+    nets.iter()
+        .any(|b| a.contains(b.network()) || b.contains(a.network()))
+}
+
+impl Lifecycle {
+    /// Why a rule's static address could not be had at the container's next start, if it
+    /// could not: checked when the rules are set, so that a mistake is a 422 then rather
+    /// than a failed start later. (Another container may still take it meanwhile.)
+    pub(crate) async fn static_address_problem(
+        &self,
+        server_id: &str,
+        project_id: &str,
+        rule: &NetworkRule,
+    ) -> Result<Option<String>, String> {
+        let Some(wanted) = &rule.ipv4 else {
+            return Ok(None);
+        };
+        let a = address_of(wanted).ok_or_else(|| format!("{wanted:?} is not an IPv4 address"))?;
+        let all = self.db.networks().await.map_err(|e| e.to_string())?;
+        let name = scoped_name(project_id, &rule.network);
+        let net = match all
+            .iter()
+            .find(|n| n.server_id == server_id && n.name == name)
+        {
+            Some(n) => Ipv4Net::parse(&n.cidr)?,
+            None => {
+                let nets: Vec<Ipv4Net> = all
+                    .iter()
+                    .filter_map(|n| Ipv4Net::parse(&n.cidr).ok())
+                    .collect();
+                match static_subnet(wanted, &nets, self.runtime.network)? {
+                    Some(net) => net,
+                    None => {
+                        return Ok(Some(format!(
+                            "{wanted}: its subnet overlaps another network of this host, so \
+                             network {} would get a subnet of its own instead; leave the \
+                             address out, or pick one of a free subnet",
+                            rule.network
+                        )))
+                    }
+                }
+            }
+        };
+        Ok((!usable(net, a)).then(|| {
+            format!(
+                "{a} is not a container address of network {} ({net}): not its first \
+                 (the host's), network or broadcast address, nor outside it",
+                rule.network
+            )
+        }))
     }
 }
 

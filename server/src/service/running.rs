@@ -339,6 +339,20 @@ impl Service {
                     )
                     .on_field(&format!("rules[{at}]")));
                 }
+                for (at, rule) in rules.iter().enumerate() {
+                    let problem = self
+                        .lifecycle
+                        .static_address_problem(&row.server_id, &row.project_id, rule)
+                        .await
+                        .map_err(internal)?;
+                    if let Some(why) = problem {
+                        return Err(ApiError::new(
+                            ErrorCode::Unprocessable,
+                            format!("rule {at}: {why}"),
+                        )
+                        .on_field(&format!("rules[{at}]")));
+                    }
+                }
                 let json = serde_json::to_string(&rules).map_err(internal)?;
                 self.db
                     .set_container_json(id, JsonColumn::NetworkRules, json)
