@@ -729,6 +729,9 @@ pub struct ContainerDetail {
     pub file_count: i64,
     pub size_bytes: i64,
     pub updated_at: Millis,
+    /// Whether the caller may change it (start, stop, edit, sync, snapshot, delete): an
+    /// operator or admin of its project. The console disables what a viewer may not do.
+    pub may_change: bool,
     /// The container's root directory on disk; shown to platform admins only.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub root_path: Option<String>,

@@ -96,6 +96,7 @@ async fn container_detail_has_snapshots_rules_lineage_and_a_real_root() {
     assert_eq!(st, 200, "{c}");
     assert_eq!(c["name"], "web-app");
     assert_eq!(c["status"], "running");
+    assert_eq!(c["may_change"], true, "the admin may change it");
     assert_eq!(c["snapshots"][0]["name"], "before-upgrade");
     assert_eq!(c["firewall_rules"].as_array().unwrap().len(), 3);
     assert_eq!(c["firewall_rules"][0]["port"], "80");

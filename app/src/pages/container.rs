@@ -62,26 +62,53 @@ fn ContainerView(
     action: ServerAction<ContainerAction>,
     edits: Edits,
 ) -> impl IntoView {
-    let copy_dialog = view! { <CopyDialog c=c.clone()/> };
-    let process = view! {
-        <ProcessCard c=c.clone() action/>
-        <CommandEditor id=c.summary.id.clone() command=c.command.clone() action=edits.command/>
+    // A viewer sees what it may not do disabled, not forms that fail only when sent (the
+    // server refuses them anyway).
+    let viewer = !c.may_change;
+    let guarded = move |controls: AnyView| {
+        view! { <fieldset class="plain" disabled=viewer>{controls}</fieldset> }
     };
-    let firewall_editor = view! {
-        <FirewallEditor id=c.summary.id.clone() rules=c.firewall_rules.clone() action=edits.firewall/>
-    };
-    let network_editor = view! {
-        <NetworkEditor id=c.summary.id.clone() rules=c.network_rules.clone() action=edits.network/>
-    };
-    let delete = view! { <DeleteCard id=c.summary.id.clone() name=c.summary.name.clone()/> };
-    let sync_now = c.summary.is_copy.then(|| {
+    let viewer_note = viewer.then(|| {
         view! {
-            <section class="card sync-card">
-                <h2>"Sync with the source"</h2>
-                <p class="muted">"Brings this copy up to the source's current state, sending only what changed. Changes made on the copy itself are overwritten and reported as drift."</p>
-                <SyncNow id=c.summary.id.clone()/>
-            </section>
+            <p class="notice" role="note">
+                "Your role in this container's project is viewer: you may look at it, not change it."
+            </p>
         }
+    });
+    let copy_dialog = view! { <CopyDialog c=c.clone()/> };
+    let process = guarded(
+        view! {
+            <ProcessCard c=c.clone() action/>
+            <CommandEditor id=c.summary.id.clone() command=c.command.clone() action=edits.command/>
+        }
+        .into_any(),
+    );
+    let firewall_editor = guarded(
+        view! {
+            <FirewallEditor id=c.summary.id.clone() rules=c.firewall_rules.clone() action=edits.firewall/>
+        }
+        .into_any(),
+    );
+    let network_editor = guarded(
+        view! {
+            <NetworkEditor id=c.summary.id.clone() rules=c.network_rules.clone() action=edits.network/>
+        }
+        .into_any(),
+    );
+    let delete = guarded(
+        view! { <DeleteCard id=c.summary.id.clone() name=c.summary.name.clone()/> }.into_any(),
+    );
+    let sync_now = c.summary.is_copy.then(|| {
+        guarded(
+            view! {
+                <section class="card sync-card">
+                    <h2>"Sync with the source"</h2>
+                    <p class="muted">"Brings this copy up to the source's current state, sending only what changed. Changes made on the copy itself are overwritten and reported as drift."</p>
+                    <SyncNow id=c.summary.id.clone()/>
+                </section>
+            }
+            .into_any(),
+        )
     });
     let s = c.summary;
     let title = format!("{} · doppel", s.name);
@@ -131,6 +158,7 @@ fn ContainerView(
             <div class="actions">{copy_dialog}</div>
         </div>
         {reason}
+        {viewer_note}
         {process}
         {sync_now}
         <section class="card">

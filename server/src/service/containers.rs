@@ -100,6 +100,7 @@ impl Service {
             file_count: row.file_count,
             size_bytes: row.size_bytes,
             updated_at: row.updated_at,
+            may_change: vis.require_operator(&row.project_id, "").is_ok(),
             root_path: (user.is_admin && user.scope.projects.is_none() && !on_agent).then(|| {
                 container_root(Path::new(&row.storage_root), &row.id)
                     .display()

@@ -128,6 +128,8 @@ impl NewCopy {
             file_count: 0,
             size_bytes: 0,
             updated_at: self.now,
+            // Only an operator of the target project gets this far.
+            may_change: true,
             root_path: (user.is_admin
                 && user.scope.projects.is_none()
                 && !target.storage_root.is_empty())
