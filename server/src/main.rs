@@ -51,7 +51,8 @@ struct DataArgs {
     /// trees of SIZE (e.g. 64G): an XFS filesystem in a sparse file of the storage root,
     /// loop-mounted at the tree, so that a copy of one on its server is a clone of one
     /// file, whatever its number of files. Where the storage root's filesystem has no
-    /// reflinks (XFS with reflink=1), trees stay directories. SIZE is each tree's most.
+    /// reflinks (XFS with reflink=1), trees stay directories. Each image tree holds up to
+    /// SIZE, and takes on the host only what it holds (the file is sparse)
     #[arg(long, global = true, env = "DOPPEL_IMAGE_TREES", value_name = "SIZE",
         value_parser = parse_image_size)]
     image_trees: Option<u64>,
@@ -202,11 +203,15 @@ enum Command {
     User(UserCommand),
     /// Create a container whose root is a copy of DIR; prints its id.
     Import {
+        /// The directory to copy (it is not changed).
         dir: PathBuf,
+        /// The id of the project the container goes into.
         #[arg(long)]
         project: String,
+        /// The id of the server (of this host) whose storage root gets the tree.
         #[arg(long)]
         server: String,
+        /// The new container's name: letters, digits and hyphens.
         #[arg(long)]
         name: String,
     },
