@@ -794,6 +794,7 @@ async fn a_snapshot_waits_for_its_job_slot_a_bounded_time_and_leaves_nothing_whe
         msg.contains("no job slot") && msg.contains("not taken"),
         "{refused}"
     );
+    assert_eq!(refused["error"]["retry_after"], 10, "{refused}");
 
     // With the slot free again, the refused snapshot does not appear after all.
     let (st, body, _) = post(

@@ -263,6 +263,26 @@ async fn guessing_the_current_password_is_throttled() {
         .await;
     assert_eq!(st, 429, "{e}");
     assert_eq!(e["error"]["field"], "current", "{e}");
+    // When to try again, as the login form says it: in the body and as Retry-After.
+    let wait = e["error"]["retry_after"].as_u64().unwrap_or(0);
+    assert!(wait >= 1, "{e}");
+    let resp = TestServer::client()
+        .post(s.url("/api/v1/me/password"))
+        .bearer_auth(&token)
+        .json(&change(&password))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    let header = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse::<u64>();
+    assert!(
+        header.is_ok_and(|h| (1..=wait).contains(&h)),
+        "{:?}",
+        resp.headers()
+    );
     // The login form counts the same failures.
     assert!(!logs_in(&s, "gus", &password).await);
 }

@@ -80,6 +80,7 @@ impl Service {
                         SLOT_WAIT.as_secs()
                     ),
                 )
+                .retry_after(SLOT_WAIT.as_secs())
             })?;
             let on_agent = agents.is_agent(&server);
             // A task of its own: the tree is copied and recorded (or removed) even if the client

@@ -153,7 +153,8 @@ impl Service {
                         wait.as_secs().max(1)
                     ),
                 )
-                .on_field("current"));
+                .on_field("current")
+                .retry_after(wait.as_secs()));
             }
             let checked = auth::check_login(&self.db, &user.name, &change.current)
                 .await

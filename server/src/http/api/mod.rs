@@ -174,7 +174,12 @@ impl IntoResponse for RestError {
         let status =
             StatusCode::from_u16(self.0.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let unauthorized = self.0.code == ErrorCode::Unauthorized;
+        let retry_after = self.0.retry_after;
         let mut resp = (status, Json(ErrorBody { error: self.0 })).into_response();
+        if let Some(secs) = retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         if unauthorized {
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
