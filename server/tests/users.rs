@@ -56,6 +56,24 @@ async fn admins_make_disable_and_reset_users() {
         )
         .await;
     assert_eq!(st, 409);
+    // Nor a name that differs only in case: nobody would tell "Bob" from bob in a list.
+    let (st, refused) = s
+        .call(
+            Method::POST,
+            "/api/v1/users",
+            &s.admin_token,
+            Some(json!({"name": "Bob"})),
+        )
+        .await;
+    assert_eq!(st, 409, "{refused}");
+    assert_eq!(refused["error"]["field"], "name", "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"bob\" exists"),
+        "{refused}"
+    );
     let (_, list) = s
         .call(Method::GET, "/api/v1/users", &s.admin_token, None)
         .await;

@@ -56,6 +56,22 @@ impl Service {
                 )
                 .on_field("name")
             })?;
+            // Names differing only in case would be told apart by nobody reading the audit
+            // log or a member list ("bob" and "BOB"): one of them is enough.
+            let users = self.db.users().await.map_err(internal)?;
+            if let Some(like) = users
+                .iter()
+                .find(|u| u.name != req.name && u.name.eq_ignore_ascii_case(&req.name))
+            {
+                return Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    format!(
+                        "a user named {:?} exists; names differing only in case are not told apart",
+                        like.name
+                    ),
+                )
+                .on_field("name"));
+            }
             let password = auth::random_password();
             match auth::create_user(&self.db, &req.name, Some(&password), req.is_admin).await {
                 Ok(made) => Ok(UserWithPassword {
