@@ -29,6 +29,14 @@ fn address(c: &Value) -> String {
     cidr.split('/').next().unwrap().to_string()
 }
 
+/// The first three octets of interface `n`'s address (the /24 it is on).
+fn subnet(c: &Value, n: usize) -> String {
+    let a = c["interfaces"][n]["ipv4"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no interface {n}: {c}"));
+    a[..a.rfind('.').unwrap()].to_string()
+}
+
 /// The page at `path` of a container's port 80, or the error.
 async fn page(c: &Value, path: &str) -> Result<String, String> {
     let resp = direct()
@@ -978,10 +986,6 @@ async fn containers_of_two_projects_never_share_a_network() {
     let [web_app, edge, etl] = &running[..] else {
         unreachable!()
     };
-    let subnet = |c: &Value, n: usize| {
-        let a = c["interfaces"][n]["ipv4"].as_str().unwrap();
-        a[..a.rfind('.').unwrap()].to_string()
-    };
     assert_eq!(
         subnet(web_app, 0),
         subnet(edge, 0),
@@ -1013,13 +1017,9 @@ async fn a_static_address_that_could_never_be_had_is_refused_when_set() {
     let s = TestServer::start().await;
     let web_app = s.container_id("web-app").await;
     let etl = s.container_id("etl-worker").await;
-    let subnet = |c: &Value| {
-        let a = address(c);
-        a[..a.rfind('.').unwrap()].to_string()
-    };
     // web-app is on web-platform's `web-frontend`; etl-worker on data-pipeline's `default`.
-    let ours = subnet(&s.wait_status(&web_app, "running", 30).await);
-    let theirs = subnet(&s.wait_status(&etl, "running", 30).await);
+    let ours = subnet(&s.wait_status(&web_app, "running", 30).await, 0);
+    let theirs = subnet(&s.wait_status(&etl, "running", 30).await, 0);
     let set = |network: &str, ipv4: String| {
         let rules = json!({"rules": [{"interface": "eth0", "network": network, "ipv4": ipv4}]});
         let s = &s;
