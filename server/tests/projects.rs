@@ -114,8 +114,34 @@ async fn admins_make_projects_and_project_admins_manage_members() {
         )
         .await;
     assert_eq!(st, 404, "no such user");
+    // Nor does she demote or remove herself: the project would have no admin of its own.
+    for (method, body) in [
+        (Method::PUT, Some(json!({"role": "operator"}))),
+        (Method::DELETE, None),
+    ] {
+        let (st, e) = s
+            .call(
+                method.clone(),
+                &format!("/api/v1/projects/{id}/members/alice"),
+                &s.alice_token,
+                body,
+            )
+            .await;
+        assert_eq!(st, 409, "{method}: {e}");
+        assert!(
+            e["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("another of its admins"),
+            "{e}"
+        );
+    }
+    let (_, members) = s
+        .get(&format!("/api/v1/projects/{id}/members"), &s.alice_token)
+        .await;
+    assert_eq!(members["members"][0]["role"], "admin", "{members}");
 
-    // Removed: out at once.
+    // Removed (by a platform admin): out at once.
     let (st, _) = s
         .call(
             Method::DELETE,

@@ -174,6 +174,9 @@ impl Service {
                 .await
                 .map_err(internal)?
                 .ok_or_else(|| ApiError::not_found("user", member))?;
+            if role != Role::Admin {
+                refuse_own_step_down(user, &who.id, "lower your own role in this project")?;
+            }
             self.db
                 .set_membership(id, &who.id, role)
                 .await
@@ -205,6 +208,7 @@ impl Service {
                 .await
                 .map_err(internal)?
                 .ok_or_else(|| ApiError::not_found("user", member))?;
+            refuse_own_step_down(user, &who.id, "take yourself out of this project")?;
             if !self
                 .db
                 .delete_membership(id, &who.id)
@@ -217,4 +221,17 @@ impl Service {
         })
         .await
     }
+}
+
+/// A project's admin does not demote or remove themselves (as nobody disables or demotes
+/// themselves as a user): the project would be left without an admin of its own. Another
+/// of its admins, or a platform admin, can. (A platform admin keeps every right anyway.)
+fn refuse_own_step_down(user: &UserInfo, member_id: &str, what: &str) -> Result<(), ApiError> {
+    if member_id != user.id || user.is_admin {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        ErrorCode::Conflict,
+        format!("you may not {what}: another of its admins, or a platform admin, can"),
+    ))
 }
