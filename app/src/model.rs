@@ -845,15 +845,19 @@ pub enum JobPhase {
     Transfer,
     Verify,
     Commit,
+    /// The tree is in place and the container's process is being started (a new copy, or
+    /// a stopped copy just synced); the job ends once it runs, or says why it does not.
+    Start,
 }
 
 impl JobPhase {
-    pub const ALL: [JobPhase; 5] = [
+    pub const ALL: [JobPhase; 6] = [
         JobPhase::Scan,
         JobPhase::Plan,
         JobPhase::Transfer,
         JobPhase::Verify,
         JobPhase::Commit,
+        JobPhase::Start,
     ];
 
     /// The name in JSON and in the database, as serde writes it.
@@ -864,6 +868,7 @@ impl JobPhase {
             JobPhase::Transfer => "transfer",
             JobPhase::Verify => "verify",
             JobPhase::Commit => "commit",
+            JobPhase::Start => "start",
         }
     }
 

@@ -981,6 +981,25 @@ async fn job_events_stream_to_the_end_and_resume_without_loss() {
         progress.windows(2).all(|w| w[0] <= w[1]),
         "monotonic: {progress:?}"
     );
+    // Its tree done, the copy is started before the job ends, and says so: the last
+    // progress is phase `start` with the whole transfer, right before the end.
+    let before_end = &all[all.len() - 2];
+    assert_eq!(before_end.1, "progress", "{before_end:?}");
+    let p = &before_end.2["job"]["progress"];
+    assert_eq!(p["phase"], "start", "{before_end:?}");
+    assert_eq!(p["percent"], 100.0, "{p}");
+    assert_eq!(p["bytes_done"], p["bytes_total"], "{p}");
+    assert_eq!(last.2["job"]["status"], "succeeded");
+    let (_, copy) = s
+        .get(
+            &format!(
+                "/api/v1/containers/{}",
+                started["container"]["id"].as_str().unwrap()
+            ),
+            &s.admin_token,
+        )
+        .await;
+    assert_eq!(copy["status"], "running", "started by then: {copy}");
 
     // Reconnect after the second event: the rest comes, nothing lost, nothing repeated.
     let resp = TestServer::client()

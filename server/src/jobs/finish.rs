@@ -139,6 +139,17 @@ impl JobRunner {
     }
 }
 
+/// Whether a job that succeeded starts its container before it ends (see
+/// `JobRunner::finish`): a copy, and a sync of a stopped copy (`restarted`: a running one
+/// was started again by its final pass already).
+pub(super) fn starts_after(kind: JobKind, params: &JobParams, restarted: bool) -> bool {
+    match kind {
+        JobKind::Copy => true,
+        JobKind::Sync => !restarted && params.previous_status == Some(ContainerStatus::Stopped),
+        _ => false,
+    }
+}
+
 /// "copy failed: <error>", or "copy cancelled" (not "copy cancelled: cancelled").
 fn outcome(what: &str, status: JobStatus, error: &str) -> String {
     match error == status.as_str() {

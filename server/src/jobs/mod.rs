@@ -407,8 +407,12 @@ impl JobRunner {
             let (result, restarted) = self
                 .final_pass(kind, &params, (&target_id, &here), first, last)
                 .await?;
+            let last_progress = reporter.flush(result.is_ok()).await;
+            if result.is_ok() && finish::starts_after(kind, &params, restarted.is_some()) {
+                reporter.starting(last_progress.as_ref()).await;
+            }
             let ended = Ended {
-                last_progress: reporter.flush(result.is_ok()).await,
+                last_progress,
                 result,
                 restarted,
             };
@@ -484,6 +488,9 @@ impl JobRunner {
             .final_pass(kind, &params, (&target_id, &target), result, last)
             .await?;
         let last_progress = reporter.flush(result.is_ok()).await;
+        if result.is_ok() && finish::starts_after(kind, &params, restarted.is_some()) {
+            reporter.starting(last_progress.as_ref()).await;
+        }
         let result = match result {
             Err(e) if kind == JobKind::Sync && target.commit_pending() => {
                 Err(EngineError::Incomplete(e.to_string()))

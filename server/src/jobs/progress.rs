@@ -152,6 +152,22 @@ impl ProgressReporter {
     }
 }
 
+impl ProgressReporter {
+    /// Says the job's container is being started, its tree done (`done`: the progress
+    /// [`Self::flush`] gave): the seconds a start takes show as phase `start`, not as a
+    /// commit at 100 %.
+    pub(super) async fn starting(&self, done: Option<&JobProgress>) {
+        let mut progress = done.cloned().unwrap_or_default();
+        progress.phase = JobPhase::Start;
+        self.publish(progress.clone());
+        let _ = self
+            .runner
+            .db
+            .record_progress(&self.job_id, &progress)
+            .await;
+    }
+}
+
 /// The engine's phase as the API names it.
 pub(super) fn phase_of(p: engine::Phase) -> JobPhase {
     match p {
