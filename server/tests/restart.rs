@@ -110,6 +110,13 @@ async fn a_copy_interrupted_by_kill_9_is_resumed_after_the_restart() {
             job["summary"]["recovered"], true,
             "the engine cleaned up the killed attempt: {job}"
         );
+        // ... and says what that meant for the work.
+        assert!(
+            job["summary"]["notes"]
+                .to_string()
+                .contains("made again from the start"),
+            "{job}"
+        );
     }
     let c = get_json(
         &client,

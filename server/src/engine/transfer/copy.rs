@@ -59,6 +59,14 @@ pub(in crate::engine) fn copy_into(
     }
     result.map(|mut s| {
         s.recovered = recovered;
+        if recovered {
+            // (Across servers a partial tree is kept and synced instead: see `peer`.)
+            s.notes.push(
+                "an earlier run of this copy was interrupted: what it had laid down was \
+                 removed, and the copy made again from the start"
+                    .into(),
+            );
+        }
         s.duration_ms = started.elapsed().as_millis() as u64;
         s.phase_ms = ctl.timings();
         s
