@@ -29,6 +29,20 @@ fn address(c: &Value) -> String {
     cidr.split('/').next().unwrap().to_string()
 }
 
+/// The pid of the shim (`doppel shim ... --id <id>`) running container `id`.
+fn shim_of(id: &str) -> Option<i32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|p| {
+        let pid: i32 = p.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(p.path().join("cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let is_shim = args.get(1) == Some(&&b"shim"[..])
+            && args
+                .windows(2)
+                .any(|w| w[0] == b"--id" && w[1] == id.as_bytes());
+        is_shim.then_some(pid)
+    })
+}
+
 /// The first three octets of interface `n`'s address (the /24 it is on).
 fn subnet(c: &Value, n: usize) -> String {
     let a = c["interfaces"][n]["ipv4"]
@@ -448,6 +462,31 @@ async fn stop_start_restart_and_a_process_that_exits() {
     assert!(
         asked.elapsed() < Duration::from_secs(30),
         "the grace was waited out for a signal that was dropped: {:?}",
+        asked.elapsed()
+    );
+
+    // Its shim killed from outside (the process runs on, unrecorded): a stop ends it
+    // without waiting out the grace for a record nobody is left to write.
+    let cmd =
+        json!({"args": ["/bin/sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]});
+    let (st, body) = send(&s, reqwest::Method::PUT, &path, Some(cmd)).await;
+    assert_eq!(st, 200, "{body}");
+    let (st, body) = post(&s, &format!("/api/v1/containers/{id}/start"), None).await;
+    assert_eq!((st, &body["status"]), (200, &json!("running")), "{body}");
+    let shim = shim_of(&id).expect("the container's shim");
+    assert_eq!(unsafe { libc::kill(shim, libc::SIGKILL) }, 0);
+    let asked = Instant::now();
+    let (st, stopped) = post(
+        &s,
+        &format!("/api/v1/containers/{id}/stop?timeout=60"),
+        None,
+    )
+    .await;
+    assert_eq!(st, 200, "{stopped}");
+    assert_eq!(stopped["status"], "stopped", "{stopped}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(30),
+        "waited for a record no shim was left to write: {:?}",
         asked.elapsed()
     );
 

@@ -397,15 +397,15 @@ impl Runtime {
             }
             exit = match dropped {
                 true => None,
-                false => wait_exit(bundle, grace).await,
+                false => wait_exit(bundle, grace, state.pid).await,
             };
-            if exit.is_none() {
+            if exit.is_none() && alive(state.pid) {
                 let _ = self.runc(&["kill", id, "KILL"]).await;
-                exit = wait_exit(bundle, KILL_WAIT).await;
+                exit = wait_exit(bundle, KILL_WAIT, state.pid).await;
             }
             if exit.is_none() {
                 let _ = self.runc(&["delete", "--force", id]).await;
-                exit = wait_exit(bundle, KILL_WAIT).await;
+                exit = wait_exit(bundle, KILL_WAIT, state.pid).await;
             }
         }
         net::teardown(&self.netns(id), &self.host_ends(id, interfaces)).await;
@@ -437,16 +437,34 @@ fn catches_sigterm(pid: i64) -> bool {
         .is_none_or(|mask| mask & (1 << 14) != 0)
 }
 
-async fn wait_exit(bundle: &Path, within: Duration) -> Option<Exit> {
+/// Waits up to `within` for the shim's record of how the container's process (`pid`)
+/// ended. When the process is gone and no shim of its bundle is left to write one (the
+/// shim was killed from outside), there is nothing to wait for: the end is unknown.
+async fn wait_exit(bundle: &Path, within: Duration, pid: i64) -> Option<Exit> {
     let deadline = Instant::now() + within;
     loop {
         if let Some(exit) = shim::read_exit(bundle) {
             return Some(exit);
         }
+        // (The shim writes its record just after its process ends: read it once more.)
+        if !alive(pid) && !process_mentions(&bundle.display().to_string()) {
+            return shim::read_exit(bundle);
+        }
         if Instant::now() >= deadline {
             return None;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Whether process `pid` still runs (not gone, not a zombie waiting to be reaped).
+fn alive(pid: i64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command in parentheses, which may itself hold any bytes.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_none_or(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => false,
     }
 }
 
