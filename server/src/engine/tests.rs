@@ -3554,3 +3554,29 @@ fn bytes_laid_down_at_once_under_a_limit_count_as_the_limit_lets_them_through() 
         "all counted once"
     );
 }
+
+#[test]
+fn a_copy_never_stores_an_older_picture_of_its_source_over_a_newer_one() {
+    let env = Env::new();
+    let (src, a, b) = (env.place("src"), env.place("a"), env.place("b"));
+    random_tree(&src.root, &mut Rng(7), 40);
+    copy(&src, &a, &Control::new()).unwrap();
+    // While b is being copied (its source scanned already), the source changes and a is
+    // synced to it: that sync's scan of the source is the newer one.
+    let synced = Arc::new(std::sync::Mutex::new(None));
+    let (s2, src2, a2) = (synced.clone(), src.clone(), a.clone());
+    let ctl = Control::new().stream_only().with_failpoint(move |point| {
+        let mut synced = s2.lock().unwrap();
+        if point == "receive:file" && synced.is_none() {
+            write(&src2.root.join("zz-late"), b"written during the copy\n");
+            let s = sync(&src2, &a2, &Control::new()).map_err(std::io::Error::other)?;
+            *synced = Some(s.source_root_hash);
+        }
+        Ok(())
+    });
+    copy(&src, &b, &ctl).unwrap();
+    let state_after_sync = synced.lock().unwrap().clone().expect("the sync ran");
+    // The source's quick-check cache still vouches for every file: a probe (which reads
+    // no content) finds the state a was synced to, so a shows as current.
+    assert_eq!(probe(&src).unwrap(), state_after_sync);
+}

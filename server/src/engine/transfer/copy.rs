@@ -132,6 +132,7 @@ pub(super) fn copy_staged(
     if let Some(summary) = copy_by_image(src, dst, staging, ctl)? {
         return Ok(summary);
     }
+    let began = scan_begins();
     let (mut m, report) = scan_source(src, ctl)?;
     let laid_down = stage_as_image(dst, staging, Some(m.bytes()))?;
     // Both trees on one filesystem whose kernel copies files (shared extents, or
@@ -184,7 +185,7 @@ pub(super) fn copy_staged(
     }
     // The source's manifest is its quick-check cache for the next sync (kept outside the
     // container root: the source tree itself is never written).
-    let _ = m.store_unsynced(&src.manifest_path());
+    let _ = store_source_cache(src, &m, began);
     let mut summary = finish_copy(dst, staging, &m, ctl)?;
     summary.reused_bytes = received.reused_bytes;
     summary.kernel_bytes = received.kernel_bytes;
@@ -374,6 +375,7 @@ fn finish_whole_tree_copy(
     ctl: &Control,
 ) -> Result<Summary, EngineError> {
     ctl.phase(Phase::Scan, None, None);
+    let began = scan_begins();
     let loaded = Manifest::load_stored(&src.manifest_path()).ok().flatten();
     let watch = ctl.watch.as_deref();
     let changed = loaded
@@ -438,7 +440,7 @@ fn finish_whole_tree_copy(
     // before the tree was taken (it describes the source then).
     let stored = match loaded {
         Some((cache, stored)) if cache == m => Some(stored),
-        _ => m.store_unsynced(&src.manifest_path()).ok(),
+        _ => store_source_cache(src, &m, began),
     };
     if let (Some(mark), Some(stored)) = (mark, stored) {
         untouched::record_source(src, &mark, stored);

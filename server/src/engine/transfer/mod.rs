@@ -15,6 +15,40 @@ use super::wire::{self, Frame, FrameReader, FrameWriter, PipeReader, PipeWriter,
 use super::{btrfs, image, image_room};
 use super::{Control, EngineError, FastMap, FastSet, Phase, Place, Summary};
 
+/// When a scan of a source begins, by the clock the kernel stamps files with (the coarse
+/// one): compared with the time its stored quick-check cache was written.
+pub(super) fn scan_begins() -> std::time::SystemTime {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the timespec it is given.
+    if unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) } != 0 {
+        return std::time::SystemTime::now();
+    }
+    std::time::UNIX_EPOCH + std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Stores `m`, a scan of the source `src` begun at `began` ([`scan_begins`]), as the
+/// source's quick-check cache, unless another scan stored one since (a sync of another
+/// copy of it, while this copy or sync ran). An older picture over a newer one would not
+/// vouch for what changed in between: a probe, which reads no content, would then find a
+/// state nobody recorded, and call every copy stale until a sync that reads them again.
+pub(super) fn store_source_cache(
+    src: &Place,
+    m: &Manifest,
+    began: std::time::SystemTime,
+) -> Option<super::manifest::StoredAs> {
+    let path = src.manifest_path();
+    let newer = fs::metadata(&path)
+        .and_then(|md| md.modified())
+        .is_ok_and(|stored| stored >= began);
+    if newer {
+        return None;
+    }
+    m.store_unsynced(&path).ok()
+}
+
 mod clones;
 mod copy;
 mod peer;

@@ -357,6 +357,7 @@ fn copy_source_half(
     ctl: &Control,
 ) -> Result<Summary, EngineError> {
     let started = Instant::now();
+    let began = scan_begins();
     let (mut m, report) = match scan_source(src, ctl) {
         Ok(r) => r,
         Err(e) => {
@@ -395,7 +396,7 @@ fn copy_source_half(
             return Err(e);
         }
     };
-    let _ = m.store_unsynced(&src.manifest_path());
+    let _ = store_source_cache(src, &m, began);
     write_message(stream, MANIFEST, &m.encode()).map_err(peer_err("sending the manifest"))?;
     let mut summary = read_reply(stream)?;
     if let Some(path) = peer {

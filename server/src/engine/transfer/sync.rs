@@ -332,6 +332,7 @@ fn scan_source_beside<'a>(
     watch: Option<&Watch>,
     ctl: &Control,
 ) -> Result<(Manifest, scan::ScanReport), EngineError> {
+    let began = scan_begins();
     let loaded = Manifest::load_stored(&src.manifest_path()).ok().flatten();
     let changed = since
         .zip(loaded.as_ref())
@@ -352,7 +353,7 @@ fn scan_source_beside<'a>(
     let Some(marks) = since else {
         if !(cache.is_some() && s_report.hashed_files == 0) {
             // The source's quick-check cache for the next sync.
-            let _ = s_man.store_unsynced(&src.manifest_path());
+            let _ = store_source_cache(src, &s_man, began);
         }
         return Ok((s_man, s_report));
     };
@@ -360,7 +361,7 @@ fn scan_source_beside<'a>(
     // only what changed since.
     let stored = match loaded {
         Some((cache, stored)) if s_report.hashed_files == 0 && cache == s_man => Some(stored),
-        _ => s_man.store_unsynced(&src.manifest_path()).ok(),
+        _ => store_source_cache(src, &s_man, began),
     };
     if let Some(stored) = stored {
         untouched::record_source(src, &marks.source, stored);
