@@ -72,6 +72,15 @@ test('log in, browse containers and open a container', async ({ page }) => {
   await expect(page.getByRole('cell', { name: 'before-upgrade' })).toBeVisible();
 
   await page.screenshot({ path: 'test-results/container-page.png', fullPage: true });
+
+  // On a phone, no page scrolls sideways: the navigation wraps in a row of its own.
+  await page.setViewportSize({ width: 390, height: 844 });
+  for (const path of ['/containers', '/sync-status', '/jobs', '/admin']) {
+    await page.goto(path);
+    await expect(page.locator('body')).toHaveAttribute('data-hydrated', 'true');
+    const width = await page.evaluate(() => document.documentElement.scrollWidth);
+    expect(width, path).toBeLessThanOrEqual(390);
+  }
   expect(problems).toEqual([]);
 });
 
@@ -127,6 +136,8 @@ test('copy a container through the dialog, then change the source and sync, live
   await dialog.getByRole('button', { name: 'Copy', exact: true }).click();
   await expect(dialog.locator('.live-job .percent')).toHaveText('100 %', { timeout: 30_000 });
   await expect(dialog.locator('.live-job h2')).toContainText('succeeded');
+  // Started once: another click would make another copy.
+  await expect(dialog.getByRole('button', { name: 'Copy', exact: true })).toBeDisabled();
   await page.screenshot({ path: 'test-results/copy-dialog.png' });
   await dialog.getByRole('link', { name: 'Open the container' }).click();
   await expect(page.getByRole('heading', { level: 1 })).toContainText('web-app-e2e');

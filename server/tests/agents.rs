@@ -1444,3 +1444,28 @@ async fn an_agent_copies_on_its_own_server_there_and_with_image_trees_by_clones(
         1100 << 20
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_copy_form_says_which_target_servers_a_copy_would_wait_for() {
+    let s = common::TestServer::start().await;
+    let (st, e) = s
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/servers",
+            &s.admin_token,
+            Some(json!({"name": "far-away"})),
+        )
+        .await;
+    assert_eq!(st, 201, "{e}");
+    let web_app = s.container_id("web-app").await;
+    let cookie = s.session("admin", &s.admin_password).await;
+    let (st, html) = s
+        .page(&format!("/containers/{web_app}/copy"), &cookie)
+        .await;
+    assert_eq!(st, 200);
+    assert!(
+        html.contains("far-away (its host has not joined: the copy waits for it)"),
+        "{html}"
+    );
+    assert!(html.contains("(the source&#x27;s server)") || html.contains("(the source's server)"));
+}

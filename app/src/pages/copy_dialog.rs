@@ -8,7 +8,9 @@ use leptos::prelude::*;
 
 use super::live_job::LiveJob;
 use super::widgets::{ErrorBox, PageError};
-use crate::model::{default_copy_name, validate_container_name, ContainerDetail, Role};
+use crate::model::{
+    default_copy_name, validate_container_name, ContainerDetail, Role, ServerState,
+};
 use crate::server_fns::{list_projects, list_servers, CopyContainer, SyncContainer};
 
 /// The form's fields that show their own errors; an error about anything else shows above
@@ -80,6 +82,8 @@ pub fn CopyDialog(c: ContainerDetail) -> impl IntoView {
             on:click=move |ev| {
                 if let Some(d) = dialog.get() {
                     ev.prevent_default();
+                    // A new copy each time it opens: the last one's job is not shown again.
+                    action.value().set(None);
                     let _ = d.show_modal();
                 }
             }
@@ -176,6 +180,8 @@ fn CopyForm(
             }
         }
     };
+    // Started: a second click would make a second copy (open the dialog again for one).
+    let started = move || action.value().with(|v| matches!(v, Some(Ok(Ok(_)))));
     let general_error = {
         let error = error.clone();
         move || {
@@ -233,7 +239,14 @@ fn CopyForm(
                                         .into_iter()
                                         .map(|s| {
                                             let sel = s.id == chosen_server;
-                                            let label = if s.id == source_server { format!("{} (the source's server)", s.name) } else { s.name };
+                                            // A copy to a server that is not online waits for it (at most
+                                            // --server-wait): said here, not discovered on the job.
+                                            let label = match (s.id == source_server, s.state) {
+                                                (true, _) => format!("{} (the source's server)", s.name),
+                                                (false, ServerState::Online) => s.name,
+                                                (false, ServerState::Offline) => format!("{} (offline: the copy waits for it)", s.name),
+                                                (false, ServerState::Pending) => format!("{} (its host has not joined: the copy waits for it)", s.name),
+                                            };
                                             view! { <option value=s.id selected=sel>{label}</option> }
                                         })
                                         .collect_view()}
@@ -307,7 +320,7 @@ fn CopyForm(
                                             "You may see this container but not copy it: your role in its project is viewer."
                                         </p>
                                     })}
-                                    <button type="submit" class="primary" disabled=move || viewer || action.pending().get()>"Copy"</button>
+                                    <button type="submit" class="primary" disabled=move || viewer || action.pending().get() || started()>"Copy"</button>
                                 }
                             })
                         }

@@ -97,11 +97,13 @@ fn JobTable(
     live: RwSignal<HashMap<String, Job>>,
     names: HashMap<String, String>,
 ) -> impl IntoView {
+    // A container the list loaded with the page names itself; one made since (a copy that
+    // arrived live) or deleted since is named by the end of its id, still linked.
     let name = move |id: &str| {
-        names
-            .get(id)
-            .cloned()
-            .unwrap_or_else(|| "(not visible)".into())
+        names.get(id).cloned().unwrap_or_else(|| {
+            let tail = &id[id.len().saturating_sub(6)..];
+            format!("container …{tail}")
+        })
     };
     if list.is_empty() {
         return view! { <p class="empty">"No jobs match."</p> }.into_any();
