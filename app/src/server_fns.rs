@@ -181,6 +181,100 @@ async fn plain_form_post() -> bool {
         .unwrap_or(false)
 }
 
+/// The cookie a plain form post's secret, shown once, rides on to the page the post
+/// redirects to: HttpOnly, for that page's path only, a minute at most, and taken (cleared)
+/// by the page that shows it ([`take_shown_once`]).
+#[cfg(feature = "ssr")]
+const SHOWN_ONCE: &str = "doppel_shown_once";
+
+/// After a form of the page at `page`, posted without JavaScript: back to that page, with
+/// the error (`?error=`, `&error_field=`) or, when the answer holds a secret shown once
+/// (`secret`: what it says, and the secret), that secret for the page to show. (With
+/// JavaScript the form's action shows both itself.)
+#[cfg(feature = "ssr")]
+async fn back_to_page<T>(
+    page: &str,
+    result: Answer<T>,
+    secret: impl FnOnce(&T) -> Option<(String, String)>,
+) -> Answer<T> {
+    if plain_form_post().await {
+        let enc = crate::backend::percent_encode;
+        match &result {
+            Ok(Err(e)) | Err(e) => leptos_axum::redirect(&format!(
+                "{page}?error={}&error_field={}",
+                enc(&e.message),
+                enc(e.field.as_deref().unwrap_or_default())
+            )),
+            Ok(Ok(value)) => {
+                if let Some((what, secret)) = secret(value) {
+                    let cookie = format!(
+                        "{SHOWN_ONCE}={}:{}; Path={page}; Max-Age=60; HttpOnly; SameSite=Strict",
+                        enc(&what),
+                        enc(&secret)
+                    );
+                    if let (Some(resp), Ok(v)) = (
+                        use_context::<leptos_axum::ResponseOptions>(),
+                        http::HeaderValue::from_str(&cookie),
+                    ) {
+                        resp.append_header(http::header::SET_COOKIE, v);
+                    }
+                }
+                leptos_axum::redirect(page)
+            }
+        }
+    }
+    result
+}
+
+/// The secret a plain form post left for this page (see [`back_to_page`]): what it is,
+/// and the secret, once; the cookie that held it is cleared with this page's answer.
+#[server]
+pub async fn take_shown_once(page: String) -> Result<Option<(String, String)>, ApiError> {
+    let parts: Option<http::request::Parts> = leptos_axum::extract().await.ok();
+    let found = parts.as_ref().and_then(|p| {
+        p.headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|c| c.trim().strip_prefix(&format!("{SHOWN_ONCE}=")))
+            .and_then(|v| v.split_once(':'))
+            .and_then(|(what, secret)| Some((percent_decode(what)?, percent_decode(secret)?)))
+    });
+    if found.is_some() {
+        let clear = format!("{SHOWN_ONCE}=; Path={page}; Max-Age=0; HttpOnly; SameSite=Strict");
+        if let (Some(resp), Ok(v)) = (
+            use_context::<leptos_axum::ResponseOptions>(),
+            http::HeaderValue::from_str(&clear),
+        ) {
+            resp.append_header(http::header::SET_COOKIE, v);
+        }
+    }
+    Ok(found)
+}
+
+/// The inverse of `percent_encode` (`%XX` escapes; `None` if malformed or not UTF-8).
+#[cfg(feature = "ssr")]
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 /// One job, as the caller may see it.
 #[server]
 pub async fn get_job(id: String) -> Result<Job, ApiError> {
@@ -354,11 +448,12 @@ pub async fn create_my_token(
                 + i64::from(d) * 86_400_000,
         ),
         Some(_) => {
-            return Ok(Err(ApiError::new(
+            let refused = Ok(Err(ApiError::new(
                 ErrorCode::Unprocessable,
                 "expires in: a number of days from 1 to 3650, or empty for never",
             )
-            .on_field("expires_in_days")))
+            .on_field("expires_in_days")));
+            return back_to_page("/settings", refused, |_| None).await;
         }
     };
     let req = NewToken {
@@ -367,24 +462,37 @@ pub async fn create_my_token(
         read_only: read_only.is_some(),
         projects: None,
     };
-    answer(backend.create_token(&user, req).await)
+    let result = answer(backend.create_token(&user, req).await);
+    back_to_page("/settings", result, |made| {
+        Some((
+            format!("Token {:?}, shown once; copy it now:", made.token.name),
+            made.secret.clone(),
+        ))
+    })
+    .await
 }
 
 #[server]
 pub async fn revoke_my_token(id: String) -> Answer<()> {
     let (backend, user) = caller().await?;
-    answer(backend.revoke_token(&user, &id).await)
+    back_to_page(
+        "/settings",
+        answer(backend.revoke_token(&user, &id).await),
+        |_| None,
+    )
+    .await
 }
 
 /// Changes the caller's password; their console sessions end (this one too).
 #[server]
 pub async fn change_my_password(current: String, new: String) -> Answer<()> {
     let (backend, user) = caller().await?;
-    answer(
+    let result = answer(
         backend
             .change_own_password(&user, PasswordChange { current, new })
             .await,
-    )
+    );
+    back_to_page("/settings", result, |_| None).await
 }
 
 /// The audit log, newest first, as `AuditFilter` narrows it (empty fields: any).
@@ -421,7 +529,20 @@ pub async fn create_user(name: String, is_admin: Option<String>) -> Answer<UserW
         name: name.trim().to_string(),
         is_admin: is_admin.is_some(),
     };
-    answer(backend.create_user(&user, req).await)
+    let result = answer(backend.create_user(&user, req).await);
+    back_to_page("/admin", result, shown_password).await
+}
+
+/// A new or reset password, as a plain form post's page shows it once.
+#[cfg(feature = "ssr")]
+fn shown_password(made: &UserWithPassword) -> Option<(String, String)> {
+    Some((
+        format!(
+            "Password of {:?}, shown once; give it to them:",
+            made.user.name
+        ),
+        made.password.clone(),
+    ))
 }
 
 /// `change`: `disable`, `enable`, `make-admin` or `remove-admin`.
@@ -447,14 +568,20 @@ pub async fn change_user(name: String, change: String) -> Answer<UserAccount> {
         },
         other => return Ok(Err(ApiError::invalid(format!("{other:?} is not a change")))),
     };
-    answer(backend.update_user(&user, &name, change).await)
+    back_to_page(
+        "/admin",
+        answer(backend.update_user(&user, &name, change).await),
+        |_| None,
+    )
+    .await
 }
 
 /// A new random password for a user, shown once.
 #[server]
 pub async fn reset_user_password(name: String) -> Answer<UserWithPassword> {
     let (backend, user) = caller().await?;
-    answer(backend.reset_password(&user, &name).await)
+    let result = answer(backend.reset_password(&user, &name).await);
+    back_to_page("/admin", result, shown_password).await
 }
 
 #[server]
@@ -464,7 +591,12 @@ pub async fn create_project(name: String, description: Option<String>) -> Answer
         name: name.trim().to_string(),
         description: description.filter(|d| !d.trim().is_empty()),
     };
-    answer(backend.create_project(&user, req).await)
+    back_to_page(
+        "/admin",
+        answer(backend.create_project(&user, req).await),
+        |_| None,
+    )
+    .await
 }
 
 /// Every server with its state, and the server's clock (for "seen 3 s ago").
@@ -486,7 +618,17 @@ pub async fn add_server(name: String, description: Option<String>) -> Answer<Ser
         name: name.trim().to_string(),
         description: description.filter(|d| !d.trim().is_empty()),
     };
-    answer(backend.add_server(&user, req).await)
+    let result = answer(backend.add_server(&user, req).await);
+    back_to_page("/servers", result, |added| {
+        Some((
+            format!(
+                "Join token of {:?}, shown once (good until it expires): on its host run doppel agent join https://<this host's --agents-addr> TOKEN with",
+                added.server.name
+            ),
+            added.join_token.clone(),
+        ))
+    })
+    .await
 }
 
 /// A server's bandwidth limit (`50M`), or none when empty (platform admins).
@@ -498,7 +640,8 @@ pub async fn set_server_bwlimit(server_id: String, bwlimit: Option<String>) -> A
             .map(|b| b.trim().to_string())
             .filter(|b| !b.is_empty()),
     };
-    answer(backend.set_server_bwlimit(&user, &server_id, req).await)
+    let result = answer(backend.set_server_bwlimit(&user, &server_id, req).await);
+    back_to_page("/servers", result, |_| None).await
 }
 
 /// A project's new name and description (its admins).
@@ -513,7 +656,8 @@ pub async fn update_project(
         name: Some(name.trim().to_string()),
         description: Some(description.unwrap_or_default().trim().to_string()),
     };
-    answer(backend.update_project(&user, &project_id, req).await)
+    let result = answer(backend.update_project(&user, &project_id, req).await);
+    back_to_page("/admin", result, |_| None).await
 }
 
 /// Deletes a project that holds no containers (platform admins), once its name is typed.
@@ -525,7 +669,7 @@ pub async fn delete_project(project_id: String, confirm: String) -> Answer<()> {
         .await?
         .into_iter()
         .find(|p| p.id == project_id);
-    answer(match project {
+    let result = answer(match project {
         Some(p) if confirm.trim() == p.name => backend.delete_project(&user, &project_id).await,
         Some(p) => Err(ApiError::new(
             ErrorCode::Unprocessable,
@@ -533,7 +677,8 @@ pub async fn delete_project(project_id: String, confirm: String) -> Answer<()> {
         )
         .on_field("confirm")),
         None => Err(ApiError::not_found("project", &project_id)),
-    })
+    });
+    back_to_page("/admin", result, |_| None).await
 }
 
 #[server]
@@ -546,20 +691,22 @@ pub async fn list_members(project_id: String) -> Result<Vec<Member>, ApiError> {
 #[server]
 pub async fn set_member(project_id: String, user_name: String, role: String) -> Answer<Member> {
     let (backend, user) = caller().await?;
-    let Some(role) = Role::parse(&role) else {
-        return Ok(Err(
+    let result = match Role::parse(&role) {
+        None => Ok(Err(
             ApiError::invalid("role is viewer, operator or admin").on_field("role")
-        ));
+        )),
+        Some(role) => answer(
+            backend
+                .set_member(&user, &project_id, user_name.trim(), role)
+                .await,
+        ),
     };
-    answer(
-        backend
-            .set_member(&user, &project_id, user_name.trim(), role)
-            .await,
-    )
+    back_to_page("/admin", result, |_| None).await
 }
 
 #[server]
 pub async fn remove_member(project_id: String, user_name: String) -> Answer<()> {
     let (backend, user) = caller().await?;
-    answer(backend.remove_member(&user, &project_id, &user_name).await)
+    let result = answer(backend.remove_member(&user, &project_id, &user_name).await);
+    back_to_page("/admin", result, |_| None).await
 }

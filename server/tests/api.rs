@@ -385,3 +385,96 @@ async fn server_functions_refuse_anonymous_callers() {
     let body = resp.text().await.unwrap();
     assert!(body.contains("unauthorized"), "{body}");
 }
+
+/// Without JavaScript, a form of Settings, Admin or Servers posts and is sent back to its
+/// page: with the error when it was refused, and with a secret shown once (a token, a
+/// password, a join token) when it made one, which that page shows once.
+#[tokio::test]
+async fn plain_form_posts_come_back_with_their_error_or_their_secret_shown_once() {
+    let s = TestServer::start().await;
+    let cookie = s.session("admin", &s.admin_password).await;
+    let path_of = |f: &str| {
+        leptos::server_fn::axum::server_fn_paths()
+            .map(|(p, _)| p)
+            .find(|p| p.rsplit('/').next().unwrap().starts_with(f))
+            .unwrap_or_else(|| panic!("server function {f}"))
+            .to_string()
+    };
+    let plain_post = |f: &str, form: Vec<(&'static str, &'static str)>| {
+        TestServer::client()
+            .post(s.url(&path_of(f)))
+            .header("cookie", &cookie)
+            .header("accept", "text/html")
+            .form(&form)
+            .send()
+    };
+    let location = |r: &reqwest::Response| r.headers()["location"].to_str().unwrap().to_string();
+
+    // Refused: back to the page with the error, which the page shows.
+    let resp = plain_post(
+        "create_my_token",
+        vec![("name", "t"), ("expires_in_days", "-3")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 302);
+    let back = location(&resp);
+    assert!(back.starts_with("/settings?error="), "{back}");
+    assert!(back.contains("error_field=expires_in_days"), "{back}");
+    let (_, html) = s.page(&back, &cookie).await;
+    assert!(html.contains("a number of days from 1 to 3650"), "{html}");
+
+    // Made: back to the page, which shows the secret once.
+    for (f, form, page, looks_like) in [
+        (
+            "create_my_token",
+            vec![("name", "nojs")],
+            "/settings",
+            "dpl_",
+        ),
+        (
+            "create_user",
+            vec![("name", "nojs-user")],
+            "/admin",
+            "Password of",
+        ),
+        (
+            "add_server",
+            vec![("name", "nojs-far")],
+            "/servers",
+            "doppel-join-1.",
+        ),
+    ] {
+        let resp = plain_post(f, form).await.unwrap();
+        assert_eq!(resp.status(), 302, "{f}");
+        assert_eq!(location(&resp), page, "{f}");
+        let carried: Vec<String> = resp
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .filter(|c| c.starts_with("doppel_shown_once="))
+            .collect();
+        assert_eq!(carried.len(), 1, "{f}: {carried:?}");
+        assert!(carried[0].contains("HttpOnly") && carried[0].contains(&format!("Path={page}")));
+        let once = carried[0].split(';').next().unwrap().to_string();
+        let resp = TestServer::client()
+            .get(s.url(page))
+            .header("cookie", format!("{cookie}; {once}"))
+            .send()
+            .await
+            .unwrap();
+        let cleared = resp
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .any(|v| v.to_str().unwrap().starts_with("doppel_shown_once=;"));
+        let html = resp.text().await.unwrap();
+        assert!(html.contains(r#"<code class="secret">"#), "{f}: {html}");
+        assert!(html.contains(looks_like), "{f}");
+        assert!(cleared, "{f}: the page that shows it clears it");
+        // Without the cookie (the next visit), it is not shown again.
+        let (_, html) = s.page(page, &cookie).await;
+        assert!(!html.contains(looks_like), "{f}");
+    }
+}

@@ -21,6 +21,7 @@ pub fn SettingsPage() -> impl IntoView {
         <div class="page-head">
             <h1>"Settings"</h1>
         </div>
+        <super::widgets::PostedResult page="/settings"/>
         <section class="card">
             <h2>"API tokens"</h2>
             <p class="muted">

@@ -55,6 +55,7 @@ pub fn AdminPage() -> impl IntoView {
         <div class="page-head">
             <h1>"Administration"</h1>
         </div>
+        <super::widgets::PostedResult page="/admin"/>
         <Suspense fallback=Loading>
             {move || Suspend::new(async move {
                 // Platform admins only: anyone else sees the projects part alone.

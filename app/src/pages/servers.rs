@@ -30,6 +30,7 @@ pub fn ServersPage() -> impl IntoView {
         <div class="page-head">
             <h1>"Servers"</h1>
         </div>
+        <super::widgets::PostedResult page="/servers"/>
         <Transition fallback=Loading>
             {move || Suspend::new(async move {
                 match servers.await {

@@ -36,6 +36,32 @@ pub fn PageError(error: ApiError) -> impl IntoView {
     view! { <ErrorBox error/> }
 }
 
+/// What a form of the page at `page`, posted without JavaScript, came back with: its
+/// error (`?error=`) or a secret shown once (`take_shown_once`). With JavaScript the
+/// forms' actions show both themselves, and the query holds no error.
+#[component]
+pub fn PostedResult(page: &'static str) -> impl IntoView {
+    let query = leptos_router::hooks::use_query_map();
+    let error = move || query.with(|q| q.get("error").filter(|e| !e.is_empty()));
+    let once = Resource::new(
+        || (),
+        move |_| crate::server_fns::take_shown_once(page.to_string()),
+    );
+    view! {
+        {move || error().map(|message| view! { <p class="error-box" role="alert">{message}</p> })}
+        <Suspense fallback=|| ()>
+            {move || Suspend::new(async move {
+                once.await.ok().flatten().map(|(what, secret)| view! {
+                    <div class="notice" role="status">
+                        <p>{what}</p>
+                        <code class="secret">{secret}</code>
+                    </div>
+                })
+            })}
+        </Suspense>
+    }
+}
+
 /// Without JavaScript nothing follows a job live, so a page showing one still under way
 /// reloads itself every 2 s (a refresh inside `noscript`: browsers running scripts ignore
 /// it, and the live view updates them instead). Set as inner HTML so hydration leaves it be.
