@@ -177,8 +177,12 @@ fn JobTable(
 /// "+3 ~12 -1 · 1.2 MiB sent in 2.1 s" from a finished job's summary.
 fn outcome(j: &Job) -> String {
     let s = j.summary.clone().unwrap_or_default();
+    let kernel = match s.kernel_bytes {
+        0 => String::new(),
+        k => format!(" (+{} by the kernel)", format::bytes(k as i64)),
+    };
     format!(
-        "+{} ~{} -{} · {} sent in {}",
+        "+{} ~{} -{} · {} sent{kernel} in {}",
         s.files_added,
         s.files_changed,
         s.files_deleted,

@@ -95,12 +95,36 @@ fn JobSummary(job: Job) -> impl IntoView {
             <p><strong>"Done."</strong> " " {link}</p>
             <ul>
                 <li>{format!("{} added, {} changed, {} deleted, {} metadata only", s.files_added, s.files_changed, s.files_deleted, s.metadata_only)}</li>
-                <li>{format!("{} sent for a tree of {}", format::bytes(s.bytes_sent as i64), format::bytes(s.tree_bytes as i64))}</li>
+                <li>{moved(&s)}</li>
                 <li>{format!("drift found on the copy: {}", s.drift)}</li>
                 <li>{format!("took {:.1} s", s.duration_ms as f64 / 1000.0)}</li>
             </ul>
         </div>
     }
+}
+
+/// What a transfer moved, and how: sent through doppel's stream, laid down by the kernel
+/// (shared extents or copy_file_range: a same-server copy sends next to nothing), taken
+/// from trees the target's server had.
+fn moved(s: &crate::model::JobSummary) -> String {
+    let mut how = vec![format!("{} sent", format::bytes(s.bytes_sent as i64))];
+    if s.kernel_bytes > 0 {
+        how.push(format!(
+            "{} laid down by the kernel",
+            format::bytes(s.kernel_bytes as i64)
+        ));
+    }
+    if s.local_bytes > 0 {
+        how.push(format!(
+            "{} taken from trees on its server",
+            format::bytes(s.local_bytes as i64)
+        ));
+    }
+    format!(
+        "{} for a tree of {}",
+        how.join(", "),
+        format::bytes(s.tree_bytes as i64)
+    )
 }
 
 /// Follows every job the user may see (`/api/v1/events`) while the calling component is
@@ -206,5 +230,33 @@ pub fn reloader(version: RwSignal<u32>) -> impl Fn() + Copy + 'static {
         );
         #[cfg(not(feature = "hydrate"))]
         let _ = version;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::moved;
+    use crate::model::JobSummary;
+
+    #[test]
+    fn what_a_transfer_moved_counts_the_kernel_and_local_trees_too() {
+        let s = JobSummary {
+            bytes_sent: 2048,
+            kernel_bytes: 5 << 20,
+            tree_bytes: 6 << 20,
+            ..Default::default()
+        };
+        let text = moved(&s);
+        assert!(
+            text.starts_with("2.0 KiB sent, 5.0 MiB laid down by the kernel"),
+            "{text}"
+        );
+        assert!(text.ends_with("for a tree of 6.0 MiB"), "{text}");
+        let streamed = JobSummary {
+            bytes_sent: 2048,
+            tree_bytes: 2048,
+            ..Default::default()
+        };
+        assert_eq!(moved(&streamed), "2.0 KiB sent for a tree of 2.0 KiB");
     }
 }
