@@ -4,7 +4,7 @@
 use leptos::prelude::*;
 
 use crate::format;
-use crate::model::{Job, JobStatus};
+use crate::model::{Job, JobKind, JobStatus};
 use crate::server_fns::CancelJob;
 
 #[component]
@@ -36,8 +36,10 @@ pub fn LiveJob(job: Job) -> impl IntoView {
                         JobStatus::Succeeded => 100.0,
                         _ => p.percent.unwrap_or(0.0),
                     };
-                    let phase = if j.status.is_final() {
+                    let phase = if j.status == JobStatus::Succeeded {
                         "done".to_string()
+                    } else if j.status.is_final() {
+                        j.status.as_str().to_string()
                     } else {
                         j.phase.map_or_else(|| j.status.as_str(), |p| p.as_str()).to_string()
                     };
@@ -86,6 +88,17 @@ pub fn LiveJob(job: Job) -> impl IntoView {
 
 #[component]
 fn JobSummary(job: Job) -> impl IntoView {
+    if job.kind == JobKind::Delete {
+        // Its page shows a container that is gone: on to the list.
+        let navigate = leptos_router::hooks::use_navigate();
+        Effect::new(move |_| navigate("/containers", Default::default()));
+        return view! {
+            <div class="job-summary">
+                <p><strong>"Deleted."</strong> " " <a href="/containers">"Back to the containers"</a></p>
+            </div>
+        }
+        .into_any();
+    }
     let s = job.summary.clone().unwrap_or_default();
     let link = view! {
         <a href=format!("/containers/{}", job.container_id)>"Open the container"</a>
@@ -101,6 +114,7 @@ fn JobSummary(job: Job) -> impl IntoView {
             </ul>
         </div>
     }
+    .into_any()
 }
 
 /// What a transfer moved, and how: sent through doppel's stream, laid down by the kernel

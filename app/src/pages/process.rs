@@ -120,7 +120,8 @@ pub fn DeleteCard(id: String, name: String) -> impl IntoView {
                     <button type="submit" class="danger" disabled=move || action.pending().get()>"Delete"</button>
                 </ActionForm>
                 {move || match action.value().get().map(Result::flatten) {
-                    Some(Ok(job)) => view! { <LiveJob job/> <p><a href="/containers">"Back to the containers"</a></p> }.into_any(),
+                    // (Once done, the job's summary goes on to the list.)
+                    Some(Ok(job)) => view! { <LiveJob job/> }.into_any(),
                     Some(Err(error)) => view! { <ErrorBox error/> }.into_any(),
                     None => ().into_any(),
                 }}
