@@ -477,4 +477,8 @@ async fn plain_form_posts_come_back_with_their_error_or_their_secret_shown_once(
         let (_, html) = s.page(page, &cookie).await;
         assert!(!html.contains(looks_like), "{f}");
     }
+    // The users' table offers nobody to disable or demote themselves.
+    let (_, html) = s.page("/admin", &cookie).await;
+    assert!(html.contains("Disable alice") && html.contains("Reset password of admin"));
+    assert!(!html.contains("Disable admin") && !html.contains("Remove admin from admin"));
 }

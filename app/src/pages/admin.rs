@@ -7,8 +7,8 @@ use leptos_meta::Title;
 use super::widgets::{ErrorBox, Loading};
 use crate::model::{ApiError, Project, Role};
 use crate::server_fns::{
-    list_members, list_projects, list_users, ChangeUser, CreateProject, CreateUser, DeleteProject,
-    RemoveMember, ResetUserPassword, SetMember, UpdateProject,
+    list_members, list_projects, list_users, whoami, ChangeUser, CreateProject, CreateUser,
+    DeleteProject, RemoveMember, ResetUserPassword, SetMember, UpdateProject,
 };
 
 /// A password shown once, or the error of the last attempt.
@@ -38,6 +38,7 @@ pub fn AdminPage() -> impl IntoView {
         move || (create_user.version().get(), change_user.version().get()),
         |_| list_users(),
     );
+    let me = Resource::new(|| (), |_| whoami());
     let update_project = ServerAction::<UpdateProject>::new();
     let delete_project = ServerAction::<DeleteProject>::new();
     let projects = Resource::new(
@@ -58,6 +59,9 @@ pub fn AdminPage() -> impl IntoView {
         <super::widgets::PostedResult page="/admin"/>
         <Suspense fallback=Loading>
             {move || Suspend::new(async move {
+                // Who is looking: nobody disables or demotes themselves (the server refuses
+                // it), so their own row offers neither.
+                let me = me.await.ok().flatten().map(|u| u.name).unwrap_or_default();
                 // Platform admins only: anyone else sees the projects part alone.
                 users.await.ok().map(|list| view! {
                     <section class="card">
@@ -90,8 +94,10 @@ pub fn AdminPage() -> impl IntoView {
                                             <td data-label="Platform admin">{if u.is_admin { "yes" } else { "no" }}</td>
                                             <td data-label="State">{if u.disabled { "disabled" } else { "active" }}</td>
                                             <td class="actions">
-                                                {if u.disabled { act("enable", format!("Enable {}", u.name)) } else { act("disable", format!("Disable {}", u.name)) }}
-                                                {if u.is_admin { act("remove-admin", format!("Remove admin from {}", u.name)) } else { act("make-admin", format!("Make {} admin", u.name)) }}
+                                                {(u.name != me).then(|| view! {
+                                                    {if u.disabled { act("enable", format!("Enable {}", u.name)) } else { act("disable", format!("Disable {}", u.name)) }}
+                                                    {if u.is_admin { act("remove-admin", format!("Remove admin from {}", u.name)) } else { act("make-admin", format!("Make {} admin", u.name)) }}
+                                                })}
                                                 <ActionForm action=reset attr:class="inline-form">
                                                     <input type="hidden" name="name" value=u.name.clone()/>
                                                     <button type="submit">{format!("Reset password of {}", u.name)}</button>
