@@ -1073,6 +1073,10 @@ pub struct CopyStatus {
     /// its server did not answer): the copy is then not known to be current.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_error: Option<String>,
+    /// Whether the caller may sync it: operator or admin of its project and of its
+    /// source's. The console disables "Sync now" otherwise.
+    #[serde(default)]
+    pub may_sync: bool,
 }
 
 impl CopyStatus {

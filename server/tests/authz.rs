@@ -767,6 +767,15 @@ async fn the_authorisation_matrix_of_the_console_server_functions() {
             "{}",
             WHO[who]
         );
+        // The sync status page: "Sync now" disabled, saying why, for a viewer of the copy.
+        let (_, html) = s.page("/sync-status", &cookies[who]).await;
+        assert!(html.contains("Sync now"), "{}", WHO[who]);
+        assert_eq!(
+            html.contains("Syncing it needs operator or admin"),
+            refused,
+            "{}",
+            WHO[who]
+        );
     }
     let path_of = |f: &str| {
         leptos::server_fn::axum::server_fn_paths()

@@ -1075,6 +1075,7 @@ async fn sync_status_tells_current_stale_and_failing_copies_apart() {
     assert_eq!(r["last_run"]["kind"], "copy");
     assert!(r["last_run"]["bytes_sent"].as_u64().unwrap() > 0, "{r}");
     assert_eq!(r["copy"]["source"]["id"], web_app.as_str());
+    assert_eq!(r["may_sync"], true, "the admin may sync it: {r}");
 
     // The source changes: the copy is stale until synced.
     let (_, src) = s.get(&format!("/api/v1/containers/{web_app}"), admin).await;

@@ -327,6 +327,7 @@ fn CopyRow(
         Some(Ok(Err(e))) | Some(Err(e)) => Some(e.message),
         None => None,
     };
+    let may_sync = c.may_sync;
     view! {
         <tr
             data-container-id=id
@@ -336,6 +337,7 @@ fn CopyRow(
             <td>
                 <input
                     type="checkbox"
+                    disabled=!may_sync
                     aria-label=format!("Select {}", c.copy.name)
                     prop:checked=move || selected.with(|s| s.contains(&check_id))
                     on:change=move |_| {
@@ -369,7 +371,13 @@ fn CopyRow(
             <td>
                 <ActionForm action=sync>
                     <input type="hidden" name="id" value=form_id/>
-                    <button type="submit" disabled=move || sync.pending().get()>"Sync now"</button>
+                    <button
+                        type="submit"
+                        disabled=move || !may_sync || sync.pending().get()
+                        title=(!may_sync).then_some("Syncing it needs operator or admin in its project and its source's")
+                    >
+                        "Sync now"
+                    </button>
                 </ActionForm>
                 <span class="small" aria-live="polite">{sync_msg}</span>
             </td>

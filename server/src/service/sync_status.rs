@@ -140,7 +140,14 @@ impl Service {
                     // Not known to match it: stale, saying why it could not be checked.
                     Probed::Unreadable(e) => (Freshness::Stale, Some(e)),
                 };
-                copy_status(row.summary(&vis), row, (freshness, source_error), jobs)
+                let mut status =
+                    copy_status(row.summary(&vis), row, (freshness, source_error), jobs);
+                status.may_sync = vis.require_operator(&row.project_id, "").is_ok()
+                    && row
+                        .src_project_id
+                        .as_ref()
+                        .is_some_and(|p| vis.require_source_operator(p, "").is_ok());
+                status
             })
             .collect())
     }
@@ -176,6 +183,7 @@ fn copy_status(
         history: finished.iter().take(HISTORY).rev().cloned().collect(),
         size_bytes: row.size_bytes,
         source_error,
+        may_sync: false,
     }
 }
 
