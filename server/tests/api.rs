@@ -393,13 +393,7 @@ async fn server_functions_refuse_anonymous_callers() {
 async fn plain_form_posts_come_back_with_their_error_or_their_secret_shown_once() {
     let s = TestServer::start().await;
     let cookie = s.session("admin", &s.admin_password).await;
-    let path_of = |f: &str| {
-        leptos::server_fn::axum::server_fn_paths()
-            .map(|(p, _)| p)
-            .find(|p| p.rsplit('/').next().unwrap().starts_with(f))
-            .unwrap_or_else(|| panic!("server function {f}"))
-            .to_string()
-    };
+    let path_of = common::server_fn_path;
     let plain_post = |f: &str, form: Vec<(&'static str, &'static str)>| {
         TestServer::client()
             .post(s.url(&path_of(f)))

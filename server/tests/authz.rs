@@ -777,13 +777,7 @@ async fn the_authorisation_matrix_of_the_console_server_functions() {
             WHO[who]
         );
     }
-    let path_of = |f: &str| {
-        leptos::server_fn::axum::server_fn_paths()
-            .map(|(p, _)| p)
-            .find(|p| p.rsplit('/').next().unwrap().starts_with(f))
-            .unwrap_or_else(|| panic!("server function {f}"))
-            .to_string()
-    };
+    let path_of = common::server_fn_path;
     let (_, servers) = s.get("/api/v1/servers", &s.admin_token).await;
     let server = servers["servers"][0]["id"].as_str().unwrap().to_string();
     let all_ok = ["ok"; 5];

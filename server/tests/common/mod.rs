@@ -16,6 +16,16 @@ pub mod lab;
 
 pub use process::test_network;
 
+/// The URL path of the console's server function named `f` (its registered path ends
+/// with the name and a hash).
+pub fn server_fn_path(f: &str) -> String {
+    leptos::server_fn::axum::server_fn_paths()
+        .map(|(p, _)| p)
+        .find(|p| p.rsplit('/').next().unwrap().starts_with(f))
+        .unwrap_or_else(|| panic!("server function {f}"))
+        .to_string()
+}
+
 pub struct TestServer {
     pub base: String,
     pub service: Arc<Service>,
