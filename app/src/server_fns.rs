@@ -230,6 +230,10 @@ async fn back_to_page<T>(
 /// and the secret, once; the cookie that held it is cleared with this page's answer.
 #[server]
 pub async fn take_shown_once(page: String) -> Result<Option<(String, String)>, ApiError> {
+    // Only the pages that are sent one (the path goes into a cookie attribute).
+    if !["/settings", "/admin", "/servers"].contains(&page.as_str()) {
+        return Ok(None);
+    }
     let parts: Option<http::request::Parts> = leptos_axum::extract().await.ok();
     let found = parts.as_ref().and_then(|p| {
         p.headers
