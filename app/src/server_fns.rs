@@ -363,17 +363,8 @@ pub async fn delete_container(id: String, confirm: String) -> Answer<Job> {
 /// error when there is one.
 #[cfg(feature = "ssr")]
 async fn back_to_container(id: &str, result: Answer<ContainerDetail>) -> Answer<ContainerDetail> {
-    if plain_form_post().await {
-        let back = format!("/containers/{}", crate::backend::percent_encode(id));
-        match &result {
-            Ok(Err(e)) => leptos_axum::redirect(&format!(
-                "{back}?error={}",
-                crate::backend::percent_encode(&e.message)
-            )),
-            _ => leptos_axum::redirect(&back),
-        }
-    }
-    result
+    let back = format!("/containers/{}", crate::backend::percent_encode(id));
+    back_to_page(&back, result, |_| None).await
 }
 
 /// What the container runs: arguments and environment one per line, and a directory.

@@ -58,6 +58,8 @@ impl JobRunner {
         // sync that did not finish left the copy as it was: its status comes back.
         let mut result = result;
         let incomplete = matches!(result, Err(EngineError::Incomplete(_)));
+        // (One rule with the `start` phase the runner announced: `starts_after`.)
+        let starts = error.is_none() && starts_after(kind, params, restarted.is_some());
         let (container_status, reason) = match (&error, kind, restarted) {
             // Recorded by their requests, never run here.
             (_, JobKind::Start | JobKind::Stop | JobKind::Restart, _) => (previous, None),
@@ -72,10 +74,15 @@ impl JobRunner {
                 ContainerStatus::Failed,
                 Some(format!("{}; delete it again", outcome("delete", status, m))),
             ),
-            // A finished copy starts automatically.
-            (None, JobKind::Copy, _) => {
-                self.start_after(target_id, ContainerStatus::Copying, &mut result)
-                    .await?
+            // A finished copy starts automatically, and so does a synced copy that was
+            // stopped before: as the contract says, the target is running once its job is
+            // done (one that cannot run stays stopped, saying why).
+            _ if starts => {
+                let during = match kind {
+                    JobKind::Copy => ContainerStatus::Copying,
+                    _ => ContainerStatus::Syncing,
+                };
+                self.start_after(target_id, during, &mut result).await?
             }
             // A running copy stopped for the final pass: as its start again went.
             (_, JobKind::Sync, Some(o)) if !incomplete => {
@@ -86,14 +93,8 @@ impl JobRunner {
                 };
                 (o.status, reason)
             }
-            // So does a synced copy that was stopped before: as the contract says, the
-            // target is running once its job is done (one that cannot run stays stopped,
-            // saying why).
-            (None, JobKind::Sync, None) if previous == ContainerStatus::Stopped => {
-                self.start_after(target_id, ContainerStatus::Syncing, &mut result)
-                    .await?
-            }
-            (None, JobKind::Sync, _) => (previous, None),
+            // (A finished copy always starts: `starts` above.)
+            (None, JobKind::Sync | JobKind::Copy, _) => (previous, None),
             (Some(m), JobKind::Copy, _) => {
                 (ContainerStatus::Failed, Some(outcome("copy", status, m)))
             }

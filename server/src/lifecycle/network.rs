@@ -182,16 +182,10 @@ impl Lifecycle {
     ) -> Result<NetworkRow, String> {
         let name = scoped_name(project_id, &rule.network);
         let all = self.db.networks().await.map_err(|e| e.to_string())?;
-        if let Some(n) = all
-            .iter()
-            .find(|n| n.server_id == server_id && n.name == name)
-        {
+        if let Some(n) = find_network(&all, server_id, &name) {
             return Ok(n.clone());
         }
-        let nets: Vec<Ipv4Net> = all
-            .iter()
-            .filter_map(|n| Ipv4Net::parse(&n.cidr).ok())
-            .collect();
+        let nets = subnets(&all);
         let overlaps = |a: &Ipv4Net| overlaps_any(&nets, a);
         let cidr = match &rule.ipv4 {
             Some(wanted) => static_subnet(wanted, &nets, self.runtime.network)?,
@@ -267,28 +261,19 @@ impl Lifecycle {
         let a = address_of(wanted).ok_or_else(|| format!("{wanted:?} is not an IPv4 address"))?;
         let all = self.db.networks().await.map_err(|e| e.to_string())?;
         let name = scoped_name(project_id, &rule.network);
-        let net = match all
-            .iter()
-            .find(|n| n.server_id == server_id && n.name == name)
-        {
+        let net = match find_network(&all, server_id, &name) {
             Some(n) => Ipv4Net::parse(&n.cidr)?,
-            None => {
-                let nets: Vec<Ipv4Net> = all
-                    .iter()
-                    .filter_map(|n| Ipv4Net::parse(&n.cidr).ok())
-                    .collect();
-                match static_subnet(wanted, &nets, self.runtime.network)? {
-                    Some(net) => net,
-                    None => {
-                        return Ok(Some(format!(
-                            "{wanted}: its subnet overlaps another network of this host, so \
+            None => match static_subnet(wanted, &subnets(&all), self.runtime.network)? {
+                Some(net) => net,
+                None => {
+                    return Ok(Some(format!(
+                        "{wanted}: its subnet overlaps another network of this host, so \
                              network {} would get a subnet of its own instead; leave the \
                              address out, or pick one of a free subnet",
-                            rule.network
-                        )))
-                    }
+                        rule.network
+                    )))
                 }
-            }
+            },
         };
         Ok((!usable(net, a)).then(|| {
             format!(
@@ -298,6 +283,19 @@ impl Lifecycle {
             )
         }))
     }
+}
+
+/// The network of this name (see [`scoped_name`]) on this server, if it was made.
+fn find_network<'a>(all: &'a [NetworkRow], server_id: &str, name: &str) -> Option<&'a NetworkRow> {
+    all.iter()
+        .find(|n| n.server_id == server_id && n.name == name)
+}
+
+/// Every network's subnet (they share this host's address space, whatever their server).
+fn subnets(all: &[NetworkRow]) -> Vec<Ipv4Net> {
+    all.iter()
+        .filter_map(|n| Ipv4Net::parse(&n.cidr).ok())
+        .collect()
 }
 
 /// A network's name in the store: the project's id, then the name its rules give. (Rows
