@@ -389,7 +389,7 @@ async fn server_functions_refuse_anonymous_callers() {
 /// Without JavaScript, a form of Settings, Admin or Servers posts and is sent back to its
 /// page: with the error when it was refused, and with a secret shown once (a token, a
 /// password, a join token) when it made one, which that page shows once.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_form_posts_come_back_with_their_error_or_their_secret_shown_once() {
     let s = TestServer::start().await;
     let cookie = s.session("admin", &s.admin_password).await;
