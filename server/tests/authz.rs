@@ -777,6 +777,17 @@ async fn the_authorisation_matrix_of_the_console_server_functions() {
             WHO[who]
         );
     }
+    // Forms only platform admins may use are offered to nobody else: making a project
+    // (Admin) and adding a server (Servers).
+    for (who, cookie) in cookies.iter().enumerate() {
+        let platform_admin = who == 0;
+        let (_, html) = s.page("/admin", cookie).await;
+        assert!(html.contains("Projects"), "{}", WHO[who]);
+        assert_eq!(html.contains("Create project"), platform_admin, "{}", WHO[who]);
+        let (_, html) = s.page("/servers", cookie).await;
+        assert!(html.contains("Free space"), "{}", WHO[who]);
+        assert_eq!(html.contains("Add server"), platform_admin, "{}", WHO[who]);
+    }
     let path_of = common::server_fn_path;
     let (_, servers) = s.get("/api/v1/servers", &s.admin_token).await;
     let server = servers["servers"][0]["id"].as_str().unwrap().to_string();

@@ -7,7 +7,7 @@ use leptos_meta::Title;
 use super::widgets::{ErrorBox, Loading};
 use crate::model::{ApiError, Project, Role};
 use crate::server_fns::{
-    list_members, list_projects, list_users, whoami, ChangeUser, CreateProject, CreateUser,
+    list_members, list_projects, list_users, ChangeUser, CreateProject, CreateUser,
     DeleteProject, RemoveMember, ResetUserPassword, SetMember, UpdateProject,
 };
 
@@ -38,7 +38,7 @@ pub fn AdminPage() -> impl IntoView {
         move || (create_user.version().get(), change_user.version().get()),
         |_| list_users(),
     );
-    let me = Resource::new(|| (), |_| whoami());
+    let me = super::current_user();
     let update_project = ServerAction::<UpdateProject>::new();
     let delete_project = ServerAction::<DeleteProject>::new();
     let projects = Resource::new(
@@ -141,15 +141,21 @@ pub fn AdminPage() -> impl IntoView {
                     }
                 })}
             </Suspense>
-            <h3>"New project"</h3>
-            <p class="muted">"Platform admins make projects."</p>
-            <ActionForm action=create_project attr:class="stacked-form">
-                <label for="new-project-name">"Name"</label>
-                <input id="new-project-name" name="name" required/>
-                <label for="new-project-description">"Description"</label>
-                <input id="new-project-description" name="description"/>
-                <button type="submit" class="primary">"Create project"</button>
-            </ActionForm>
+            // Only platform admins make projects: nobody else is offered the form.
+            <Suspense fallback=|| ()>
+                {move || Suspend::new(async move {
+                    matches!(me.await, Ok(Some(user)) if user.is_admin).then(|| view! {
+                        <h3>"New project"</h3>
+                        <ActionForm action=create_project attr:class="stacked-form">
+                            <label for="new-project-name">"Name"</label>
+                            <input id="new-project-name" name="name" required/>
+                            <label for="new-project-description">"Description"</label>
+                            <input id="new-project-description" name="description"/>
+                            <button type="submit" class="primary">"Create project"</button>
+                        </ActionForm>
+                    })
+                })}
+            </Suspense>
             {move || create_project.value().get().map(Result::flatten).and_then(Result::err).map(|error| view! { <ErrorBox error/> })}
             {move || update_project.value().get().map(Result::flatten).and_then(Result::err).map(|error| view! { <ErrorBox error/> })}
             {move || delete_project.value().get().map(Result::flatten).and_then(Result::err).map(|error| view! { <ErrorBox error/> })}

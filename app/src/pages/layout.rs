@@ -1,12 +1,26 @@
 use leptos::prelude::*;
 use leptos_router::components::{Outlet, A};
 
+use crate::model::{ApiError, UserInfo};
 use crate::server_fns::{get_runtime_health, whoami};
+
+/// Who is logged in, asked once per page load by the layout and shared with the pages
+/// (a page shows forms only to those who may use them).
+#[derive(Clone, Copy)]
+pub struct CurrentUser(pub Resource<Result<Option<UserInfo>, ApiError>>);
+
+/// The logged-in user's resource: the layout's, or a new one outside it.
+pub fn current_user() -> Resource<Result<Option<UserInfo>, ApiError>> {
+    use_context::<CurrentUser>()
+        .map(|c| c.0)
+        .unwrap_or_else(|| Resource::new(|| (), |_| whoami()))
+}
 
 /// Navigation around every page but the login.
 #[component]
 pub fn Layout() -> impl IntoView {
     let me = Resource::new(|| (), |_| whoami());
+    provide_context(CurrentUser(me));
     let runtime = Resource::new(|| (), |_| get_runtime_health());
     view! {
         <header class="topbar">

@@ -25,6 +25,7 @@ pub use containers::ContainersPage;
 pub use copy_dialog::CopyPage;
 pub use jobs::JobsPage;
 pub use layout::{Layout, NotFound};
+use layout::current_user;
 pub use login::LoginPage;
 pub use servers::ServersPage;
 pub use sync_status::SyncStatusPage;

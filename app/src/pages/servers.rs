@@ -16,6 +16,7 @@ use crate::server_fns::{server_overview, AddServer, SetServerBwlimit};
 #[component]
 pub fn ServersPage() -> impl IntoView {
     let add = ServerAction::<AddServer>::new();
+    let me = super::current_user();
     let limit = ServerAction::<SetServerBwlimit>::new();
     let tick = RwSignal::new(0u64);
     Effect::new(move |_| {
@@ -35,11 +36,11 @@ pub fn ServersPage() -> impl IntoView {
             {move || Suspend::new(async move {
                 match servers.await {
                     Ok((now, list)) => {
-                        let admin = is_admin_view(&list);
+                        let admin = matches!(me.await, Ok(Some(user)) if user.is_admin);
                         let names: Vec<(String, String)> =
                             list.iter().map(|s| (s.id.clone(), s.name.clone())).collect();
                         view! {
-                            <ServerTable now list/>
+                            <ServerTable now list admin/>
                             {admin.then(|| view! { <LimitForm action=limit names/> })}
                         }
                         .into_any()
@@ -48,38 +49,39 @@ pub fn ServersPage() -> impl IntoView {
                 }
             })}
         </Transition>
-        <section class="card">
-            <h2>"Add a server on another host"</h2>
-            <p class="muted">
-                "Platform admins add a server here; its host joins with the token, once, within the hour: "
-                <code>"doppel agent join https://<this control plane's --agents-addr> TOKEN"</code>
-            </p>
-            <ActionForm action=add attr:class="stacked-form">
-                <label for="new-server-name">"Name"</label>
-                <input id="new-server-name" name="name" required/>
-                <label for="new-server-description">"Description"</label>
-                <input id="new-server-description" name="description"/>
-                <button type="submit" class="primary">"Add server"</button>
-            </ActionForm>
-            {move || match add.value().get().map(Result::flatten) {
-                Some(Ok(added)) => view! {
-                    <div class="notice" role="status">
-                        <p>"Join token of " <strong>{added.server.name.clone()}</strong> ", shown once:"</p>
-                        <code class="secret">{added.join_token}</code>
-                    </div>
-                }
-                .into_any(),
-                Some(Err(error)) => view! { <ErrorBox error/> }.into_any(),
-                None => ().into_any(),
-            }}
-        </section>
+        // Only platform admins add servers: nobody else is offered the form.
+        <Suspense fallback=|| ()>
+            {move || Suspend::new(async move {
+                matches!(me.await, Ok(Some(user)) if user.is_admin).then(|| view! {
+                <section class="card">
+                    <h2>"Add a server on another host"</h2>
+                    <p class="muted">
+                        "Its host joins with the token, once, within the hour: "
+                        <code>"doppel agent join https://<this control plane's --agents-addr> TOKEN"</code>
+                    </p>
+                    <ActionForm action=add attr:class="stacked-form">
+                        <label for="new-server-name">"Name"</label>
+                        <input id="new-server-name" name="name" required/>
+                        <label for="new-server-description">"Description"</label>
+                        <input id="new-server-description" name="description"/>
+                        <button type="submit" class="primary">"Add server"</button>
+                    </ActionForm>
+                    {move || match add.value().get().map(Result::flatten) {
+                        Some(Ok(added)) => view! {
+                            <div class="notice" role="status">
+                                <p>"Join token of " <strong>{added.server.name.clone()}</strong> ", shown once:"</p>
+                                <code class="secret">{added.join_token}</code>
+                            </div>
+                        }
+                        .into_any(),
+                        Some(Err(error)) => view! { <ErrorBox error/> }.into_any(),
+                        None => ().into_any(),
+                    }}
+                </section>
+                })
+            })}
+        </Suspense>
     }
-}
-
-/// Platform admins see where servers are; nobody else does.
-fn is_admin_view(list: &[Server]) -> bool {
-    list.iter()
-        .any(|s| s.storage_root.is_some() || s.agent_address.is_some())
 }
 
 /// A server's bandwidth limit, set or lifted (platform admins).
@@ -126,8 +128,7 @@ fn state_badge(s: &Server) -> impl IntoView {
 }
 
 #[component]
-fn ServerTable(now: Millis, list: Vec<Server>) -> impl IntoView {
-    let admin = is_admin_view(&list);
+fn ServerTable(now: Millis, list: Vec<Server>, admin: bool) -> impl IntoView {
     view! {
         <table class="grid servers">
             <thead>
