@@ -364,6 +364,12 @@ test('an admin makes a project and a user; the user works in it; the admin sees 
   await page.getByRole('button', { name: 'Delete team-e2e' }).click();
   await expect(page.locator('.error-box', { hasText: 'the project holds containers' })).toBeVisible();
   await expect(page.getByRole('heading', { name: 'team-e2e' })).toBeVisible();
+  // Another form used afterwards takes that error away: errors do not pile up.
+  await page.getByLabel('Description of team-e2e').fill('The e2e team, again');
+  await page.getByRole('button', { name: 'Save team-e2e' }).click();
+  await expect(page.locator('.error-box')).toHaveCount(0);
+  await page.reload();
+  await expect(page.getByLabel('Description of team-e2e')).toHaveValue('The e2e team, again');
   await page.goto('/audit?actor=dana');
   await expect(page.locator('tr', { hasText: 'container.copy' }).first()).toContainText('ok');
   await expect(page.locator('tr', { hasText: 'login' }).first()).toContainText('dana');

@@ -3,7 +3,7 @@
 use leptos::prelude::*;
 use leptos_meta::Title;
 
-use super::widgets::{ErrorBox, Loading};
+use super::widgets::{one_error_at_a_time, ErrorBox, Loading};
 use crate::format;
 use crate::server_fns::{list_my_tokens, ChangeMyPassword, CreateMyToken, RevokeMyToken};
 
@@ -12,6 +12,7 @@ pub fn SettingsPage() -> impl IntoView {
     let create = ServerAction::<CreateMyToken>::new();
     let revoke = ServerAction::<RevokeMyToken>::new();
     let password = ServerAction::<ChangeMyPassword>::new();
+    one_error_at_a_time(vec![create.into(), revoke.into(), password.into()]);
     let tokens = Resource::new(
         move || (create.version().get(), revoke.version().get()),
         |_| list_my_tokens(),

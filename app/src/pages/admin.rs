@@ -4,7 +4,7 @@
 use leptos::prelude::*;
 use leptos_meta::Title;
 
-use super::widgets::{ErrorBox, Loading};
+use super::widgets::{one_error_at_a_time, ErrorBox, Loading};
 use crate::model::{ApiError, Project, Role};
 use crate::server_fns::{
     list_members, list_projects, list_users, ChangeUser, CreateProject, CreateUser,
@@ -51,6 +51,14 @@ pub fn AdminPage() -> impl IntoView {
         },
         |_| list_projects(),
     );
+    one_error_at_a_time(vec![
+        create_user.into(),
+        change_user.into(),
+        reset.into(),
+        create_project.into(),
+        update_project.into(),
+        delete_project.into(),
+    ]);
     view! {
         <Title text="Administration · doppel"/>
         <div class="page-head">
@@ -218,6 +226,7 @@ fn ProjectCard(
 fn ProjectMembers(project: Project) -> impl IntoView {
     let set = ServerAction::<SetMember>::new();
     let remove = ServerAction::<RemoveMember>::new();
+    one_error_at_a_time(vec![set.into(), remove.into()]);
     let id = project.id.clone();
     let members = Resource::new(
         move || (set.version().get(), remove.version().get()),

@@ -8,7 +8,7 @@ use std::time::Duration;
 use leptos::prelude::*;
 use leptos_meta::Title;
 
-use super::widgets::{ErrorBox, Loading, PageError};
+use super::widgets::{one_error_at_a_time, ErrorBox, Loading, PageError};
 use crate::format;
 use crate::model::{Millis, Server, ServerKind, ServerState};
 use crate::server_fns::{server_overview, AddServer, SetServerBwlimit};
@@ -18,6 +18,7 @@ pub fn ServersPage() -> impl IntoView {
     let add = ServerAction::<AddServer>::new();
     let me = super::current_user();
     let limit = ServerAction::<SetServerBwlimit>::new();
+    one_error_at_a_time(vec![add.into(), limit.into()]);
     let tick = RwSignal::new(0u64);
     Effect::new(move |_| {
         set_interval(move || tick.update(|t| *t += 1), Duration::from_secs(2));

@@ -74,3 +74,58 @@ pub fn ReloadWithoutScript() -> impl IntoView {
 pub fn Loading() -> impl IntoView {
     view! { <p class="loading">"Loading…"</p> }
 }
+
+/// One form of a page, as `one_error_at_a_time` sees it: whether it is being sent, and how
+/// to clear the error it shows.
+pub struct Shown {
+    sending: Signal<bool>,
+    clear_error: Callback<()>,
+}
+
+impl<S, T> From<ServerAction<S>> for Shown
+where
+    S: leptos::server_fn::ServerFn<Output = Result<T, ApiError>, Error = ApiError>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    T: Send + Sync + 'static,
+{
+    fn from(action: ServerAction<S>) -> Shown {
+        Shown {
+            sending: action.pending().into(),
+            clear_error: Callback::new(move |()| {
+                let failed = action
+                    .value()
+                    .with_untracked(|v| matches!(v, Some(Err(_) | Ok(Err(_)))));
+                if failed {
+                    action.clear();
+                }
+            }),
+        }
+    }
+}
+
+/// Of several forms on one page, only the one used last shows its error: sending one
+/// clears the others' (an error stayed beside the later success of another form, and
+/// errors piled up). What succeeded stays: a secret shown once is not taken away by
+/// other work on the page.
+pub fn one_error_at_a_time(forms: Vec<Shown>) {
+    let clears: Vec<Callback<()>> = forms.iter().map(|f| f.clear_error).collect();
+    for (i, form) in forms.into_iter().enumerate() {
+        let others: Vec<Callback<()>> = clears
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, c)| *c)
+            .collect();
+        let sending = form.sending;
+        Effect::new(move |_| {
+            if sending.get() {
+                for clear in &others {
+                    clear.run(());
+                }
+            }
+        });
+    }
+}
