@@ -1295,6 +1295,14 @@ impl ApiError {
         self.retry_after = Some(secs.max(1));
         self
     }
+
+    /// The message as the console shows it: a request field it starts with is named as the
+    /// console's forms label it ("SSH public key: ...", not "ssh_public_key: ..."). API
+    /// clients get the field's own name, which is what they sent.
+    pub fn for_people(&self) -> String {
+        humane_message(&self.message)
+    }
+
     pub fn unauthorized() -> Self {
         Self::new(
             ErrorCode::Unauthorized,
@@ -1322,6 +1330,33 @@ impl ApiError {
             "internal error; the server log has the details",
         )
     }
+}
+
+/// The console's names of the request fields whose errors it shows (see
+/// [`ApiError::for_people`]).
+const FIELD_LABELS: &[(&str, &str)] = &[
+    ("ssh_public_key", "SSH public key"),
+    ("target_project_id", "Target project"),
+    ("target_server_id", "Target server"),
+    ("source_snapshot", "Source state"),
+    ("name", "Name"),
+    ("new", "New password"),
+    ("current", "Current password"),
+    ("bwlimit", "Limit"),
+    ("timeout", "Timeout"),
+];
+
+/// `message` with the API field it starts with ("field: ..." or "field is ...") named by
+/// its console label.
+pub fn humane_message(message: &str) -> String {
+    for (field, label) in FIELD_LABELS {
+        if let Some(rest) = message.strip_prefix(field) {
+            if rest.starts_with(':') || rest.starts_with(' ') {
+                return format!("{label}{rest}");
+            }
+        }
+    }
+    message.to_string()
 }
 
 impl leptos::server_fn::error::FromServerFnError for ApiError {
@@ -1379,6 +1414,26 @@ pub fn validate_container_name(name: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_console_names_a_field_an_error_starts_with_as_its_form_labels_it() {
+        assert_eq!(
+            humane_message("ssh_public_key: not a key"),
+            "SSH public key: not a key"
+        );
+        assert_eq!(
+            humane_message("ssh_public_key is already used by another container"),
+            "SSH public key is already used by another container"
+        );
+        assert_eq!(humane_message("name: too long"), "Name: too long");
+        // Only a whole field name at the start: words that merely begin like one stay.
+        assert_eq!(humane_message("names must differ"), "names must differ");
+        assert_eq!(humane_message("newer: x"), "newer: x");
+        assert_eq!(
+            humane_message("the project holds containers"),
+            "the project holds containers"
+        );
+    }
 
     #[test]
     fn a_default_copy_name_is_a_valid_name_with_room_for_its_suffix() {

@@ -124,7 +124,9 @@ test('copy a container through the dialog, then change the source and sync, live
   await dialog.getByLabel('Name').fill('web-app-e2e');
   await dialog.getByLabel(/SSH public key/).fill('ssh-ed25519 nonsense');
   await dialog.getByRole('button', { name: 'Copy', exact: true }).click();
-  await expect(dialog.getByText(/ssh_public_key: /)).toBeVisible();
+  // Named as the form labels it, and read with its field by screen readers.
+  await expect(dialog.getByText(/SSH public key: /)).toBeVisible();
+  await expect(dialog.getByLabel(/SSH public key/)).toHaveAccessibleDescription(/SSH public key: /);
   await dialog.getByLabel(/SSH public key/).fill('');
   await dialog.getByLabel('Name').fill('edge-proxy');
   await dialog.getByRole('button', { name: 'Copy', exact: true }).click();

@@ -783,7 +783,12 @@ async fn the_authorisation_matrix_of_the_console_server_functions() {
         let platform_admin = who == 0;
         let (_, html) = s.page("/admin", cookie).await;
         assert!(html.contains("Projects"), "{}", WHO[who]);
-        assert_eq!(html.contains("Create project"), platform_admin, "{}", WHO[who]);
+        assert_eq!(
+            html.contains("Create project"),
+            platform_admin,
+            "{}",
+            WHO[who]
+        );
         let (_, html) = s.page("/servers", cookie).await;
         assert!(html.contains("Free space"), "{}", WHO[who]);
         assert_eq!(html.contains("Add server"), platform_admin, "{}", WHO[who]);

@@ -7,8 +7,8 @@ use leptos_meta::Title;
 use super::widgets::{one_error_at_a_time, ErrorBox, Loading};
 use crate::model::{ApiError, Project, Role};
 use crate::server_fns::{
-    list_members, list_projects, list_users, ChangeUser, CreateProject, CreateUser,
-    DeleteProject, RemoveMember, ResetUserPassword, SetMember, UpdateProject,
+    list_members, list_projects, list_users, ChangeUser, CreateProject, CreateUser, DeleteProject,
+    RemoveMember, ResetUserPassword, SetMember, UpdateProject,
 };
 
 /// A password shown once, or the error of the last attempt.

@@ -52,7 +52,7 @@ impl Prefill {
             error: q
                 .get("error")
                 .filter(|e| !e.is_empty())
-                .map(|e| (get("error_field"), e)),
+                .map(|e| (get("error_field"), crate::model::humane_message(&e))),
         }
     }
 }
@@ -130,6 +130,12 @@ pub fn CopyPage() -> impl IntoView {
     }
 }
 
+/// The id of the element that shows the server's error about `field` (the field's
+/// `aria-describedby` names it, so a screen reader reads the error with the field).
+fn error_id(field: &str) -> String {
+    format!("copy-error-{}", field.replace('_', "-"))
+}
+
 /// Every field of the copy contract. Submits through the `copy_container` server function:
 /// with JavaScript as an action (errors by their fields, then the job live below), without
 /// it as a plain form post that the server answers with a redirect.
@@ -165,7 +171,7 @@ fn CopyForm(
     let posted_error = prefill.error.clone();
     // (field, message); the field is empty when the error is about none in particular.
     let error = move || match action.value().get().map(Result::flatten) {
-        Some(Err(e)) => Some((e.field.unwrap_or_default(), e.message)),
+        Some(Err(e)) => Some((e.field.clone().unwrap_or_default(), e.for_people())),
         Some(Ok(_)) => None,
         None => posted_error.clone(),
     };
@@ -176,7 +182,7 @@ fn CopyForm(
             move || {
                 error()
                     .filter(|(f, _)| f == field)
-                    .map(|(_, m)| view! { <p class="field-error" role="alert">{m}</p> })
+                    .map(|(_, m)| view! { <p id=error_id(field) class="field-error" role="alert">{m}</p> })
             }
         }
     };
@@ -208,7 +214,7 @@ fn CopyForm(
                                 .filter(|p| p.role.is_none_or(|r| r >= Role::Operator))
                                 .collect();
                             view! {
-                                <select id="copy-project" name="target_project_id" required>
+                                <select id="copy-project" name="target_project_id" required aria-describedby=error_id("target_project_id")>
                                     {list
                                         .into_iter()
                                         .map(|p| {
@@ -234,7 +240,7 @@ fn CopyForm(
                         Suspend::new(async move {
                             let list = servers.await.unwrap_or_default();
                             view! {
-                                <select id="copy-server" name="target_server_id">
+                                <select id="copy-server" name="target_server_id" aria-describedby=error_id("target_server_id")>
                                     {list
                                         .into_iter()
                                         .map(|s| {
@@ -264,7 +270,7 @@ fn CopyForm(
                 value=prefill.name.clone()
                 placeholder=default_name
                 autocomplete="off"
-                aria-describedby="copy-name-error"
+                aria-describedby=format!("copy-name-error {}", error_id("name"))
                 on:input=move |ev| {
                     let v = event_target_value(&ev);
                     name_error.set(if v.is_empty() { String::new() } else { validate_container_name(&v).err().unwrap_or_default() });
@@ -275,10 +281,10 @@ fn CopyForm(
             </p>
             {error_for("name")}
             <label for="copy-key">"SSH public key " <span class="muted">"(optional; never copied from the source)"</span></label>
-            <textarea id="copy-key" name="ssh_public_key" rows="2" placeholder="ssh-ed25519 AAAA… you@host">{prefill.key.clone()}</textarea>
+            <textarea id="copy-key" name="ssh_public_key" rows="2" aria-describedby=error_id("ssh_public_key") placeholder="ssh-ed25519 AAAA… you@host">{prefill.key.clone()}</textarea>
             {error_for("ssh_public_key")}
             <label for="copy-snapshot">"Source state"</label>
-            <select id="copy-snapshot" name="source_snapshot">
+            <select id="copy-snapshot" name="source_snapshot" aria-describedby=error_id("source_snapshot")>
                 <option value="" selected=chosen_snapshot.is_empty()>"Latest state"</option>
                 {snapshots
                     .into_iter()

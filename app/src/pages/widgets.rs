@@ -16,7 +16,7 @@ pub fn ErrorBox(error: ApiError) -> impl IntoView {
         .then(|| view! { " " <a href="/login">"Log in again"</a> });
     view! {
         <div class="error-box" role="alert">
-            <strong>{error.message}</strong>
+            <strong>{error.for_people()}</strong>
             {login}
         </div>
     }
@@ -42,7 +42,13 @@ pub fn PageError(error: ApiError) -> impl IntoView {
 #[component]
 pub fn PostedResult(page: &'static str) -> impl IntoView {
     let query = leptos_router::hooks::use_query_map();
-    let error = move || query.with(|q| q.get("error").filter(|e| !e.is_empty()));
+    let error = move || {
+        query.with(|q| {
+            q.get("error")
+                .filter(|e| !e.is_empty())
+                .map(|e| crate::model::humane_message(&e))
+        })
+    };
     let once = Resource::new(
         || (),
         move |_| crate::server_fns::take_shown_once(page.to_string()),
