@@ -532,11 +532,11 @@ pub(super) fn receive_content(
                     staged += d.len() as u64;
                 }
                 written += d.len() as u64;
-                ctl.add_progress(d.len() as u64, 0);
                 // Within one process the receiver sets the pace (the sender waits on the
                 // pipe); between hosts the sending side does, and the receiver's control
-                // has no limit.
-                ctl.throttle(d.len() as u64);
+                // has no limit. Counted as the limit lets it through, so the rate shown
+                // is the limit's, not a piece ahead of it.
+                ctl.throttle_counting(d.len() as u64);
             }
             Frame::CopyOld { offset, len } => {
                 let old =
