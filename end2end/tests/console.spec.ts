@@ -1,4 +1,5 @@
 import { test, expect, Page } from '@playwright/test';
+import * as crypto from 'crypto';
 import * as fs from 'fs';
 import * as path from 'path';
 
@@ -20,6 +21,16 @@ async function logIn(page: Page, user: string) {
   await page.getByLabel('User name').fill(user);
   await page.getByLabel('Password').fill(password);
   await page.getByRole('button', { name: 'Log in' }).click();
+}
+
+/** Sets (or, with '', lifts) a server's bandwidth limit on the Servers page. */
+async function setLimit(page: Page, server: string, limit: string, shown: string) {
+  await page.goto('/servers');
+  await expect(page.locator('body')).toHaveAttribute('data-hydrated', 'true');
+  await page.locator('#limit-server').selectOption({ label: server });
+  await page.locator('#limit-rate').fill(limit);
+  await page.getByRole('button', { name: 'Set limit' }).click();
+  await expect(page.locator(`tr[data-server="${server}"] td[data-label="Limit"]`)).toHaveText(shown);
 }
 
 /** Logs in as the admin and opens the web-app container; returns its root on disk. */
@@ -191,10 +202,22 @@ test('a copy runs: open its page, sync an edit of the source into it, stop, star
   await expect(copy.locator('p.host')).toContainText('web-app-live');
   await expect(copy.locator('h1')).toHaveText('web-app');
 
-  // Edit the source's page, Sync now: the copy's page changes.
+  // Edit the source's page, Sync now: the copy's page changes. The badge follows the sync
+  // live, with no reload: syncing, then running again. (2 MiB more at a limit of 1 MiB/s
+  // on the server keep it syncing for seconds.)
+  const copyPage = page.url();
+  await setLimit(page, 'local-a', '1M', '1.0 MiB/s');
+  await page.goto(copyPage);
+  await expect(page.locator('body')).toHaveAttribute('data-hydrated', 'true');
   fs.writeFileSync(path.join(rootPath, 'www', 'content.html'), '<h1>web-app, edited</h1>\n');
+  fs.writeFileSync(path.join(rootPath, 'www', 'ballast.bin'), crypto.randomBytes(2 << 20));
   await page.getByRole('button', { name: 'Sync now' }).click();
+  await expect(badge).toHaveText('syncing');
   await expect(page.locator('.live-job h2')).toContainText('succeeded', { timeout: 30_000 });
+  await expect(badge).toHaveText('running');
+  await setLimit(page, 'local-a', '', 'none');
+  await page.goto(copyPage);
+  await expect(page.locator('body')).toHaveAttribute('data-hydrated', 'true');
   await copy.reload();
   await expect(copy.locator('h1')).toHaveText('web-app, edited');
   await expect(copy.locator('p.host')).toContainText('web-app-live');
@@ -351,13 +374,8 @@ test('an admin makes a project and a user; the user works in it; the admin sees 
   await expect(page.locator('tr[data-server="local-a"] td[data-label="Storage"]')).toHaveText(
     /^(reflink|copy_file_range|stream)$/,
   );
-  await page.locator('#limit-server').selectOption({ label: 'local-b' });
-  await page.locator('#limit-rate').fill('50M');
-  await page.getByRole('button', { name: 'Set limit' }).click();
-  await expect(page.locator('tr[data-server="local-b"] td[data-label="Limit"]')).toHaveText('50.0 MiB/s');
-  await page.locator('#limit-rate').fill('');
-  await page.getByRole('button', { name: 'Set limit' }).click();
-  await expect(page.locator('tr[data-server="local-b"] td[data-label="Limit"]')).toHaveText('none');
+  await setLimit(page, 'local-b', '50M', '50.0 MiB/s');
+  await setLimit(page, 'local-b', '', 'none');
 
   // A project that holds containers is not deleted: the reason is shown.
   await page.goto('/admin');

@@ -3,12 +3,12 @@ use leptos_meta::Title;
 use leptos_router::hooks::{use_params_map, use_query_map};
 
 use super::copy_dialog::{CopyDialog, SyncNow};
-use super::live_job::LiveJob;
+use super::live_job::{follow_all_jobs, reloader, LiveJob};
 use super::process::{DeleteCard, ProcessCard};
 use super::settings::{CommandEditor, Edits, FirewallEditor, NetworkEditor};
 use super::widgets::{Loading, PageError, ReloadWithoutScript, StatusBadge};
 use crate::format;
-use crate::model::{ContainerDetail, ContainerStatus};
+use crate::model::{ContainerDetail, ContainerStatus, EventKind};
 use crate::server_fns::{get_container, get_job, ContainerAction};
 
 /// One container: details, snapshots, rules, lineage.
@@ -54,6 +54,41 @@ pub fn ContainerPage() -> impl IntoView {
             })}
         </Suspense>
     }
+}
+
+/// The container's status as its jobs change it, from `loaded` on: every event of a job on
+/// it (a status, or a new phase: a sync stops a running copy for its final pass and starts
+/// it again) has its status read again, at most twice a second. Only the badge follows:
+/// reloading the whole page would cut short the forms and the live job on it.
+fn live_status(
+    id: String,
+    loaded: ContainerStatus,
+) -> impl Fn() -> ContainerStatus + Copy + Send + Sync + 'static {
+    let version = RwSignal::new(0u32);
+    let reload = reloader(version);
+    let last_phase = StoredValue::new(None);
+    let mine = id.clone();
+    follow_all_jobs(move |ev| {
+        if ev.job.container_id != mine {
+            return;
+        }
+        let new_phase = last_phase.get_value() != Some(ev.job.phase);
+        last_phase.set_value(Some(ev.job.phase));
+        if ev.kind == EventKind::Status || new_phase {
+            reload();
+        }
+    });
+    // In the browser only: the server renders the status as loaded.
+    let read = LocalResource::new(move || {
+        let (id, asked) = (id.clone(), version.get());
+        async move {
+            if asked == 0 {
+                return None;
+            }
+            get_container(id).await.ok().map(|c| c.summary.status)
+        }
+    });
+    move || read.get().flatten().unwrap_or(loaded)
 }
 
 #[component]
@@ -150,11 +185,12 @@ fn ContainerView(
         ContainerStatus::Copying | ContainerStatus::Syncing
     )
     .then(|| view! { <ReloadWithoutScript/> });
+    let badge = live_status(s.id.clone(), s.status);
     view! {
         <Title text=title/>
         {reload}
         <div class="page-head">
-            <h1>{s.name.clone()} " " <StatusBadge status=s.status/></h1>
+            <h1>{s.name.clone()} " " {move || view! { <StatusBadge status=badge()/> }}</h1>
             <div class="actions">{copy_dialog}</div>
         </div>
         {reason}
