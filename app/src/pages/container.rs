@@ -78,17 +78,23 @@ fn live_status(
             reload();
         }
     });
-    // In the browser only: the server renders the status as loaded.
-    let read = LocalResource::new(move || {
-        let (id, asked) = (id.clone(), version.get());
-        async move {
-            if asked == 0 {
-                return None;
-            }
-            get_container(id).await.ok().map(|c| c.summary.status)
+    // In the browser only (effects run there): the server renders the status as loaded.
+    // Not a resource: a Suspense around the page would wait for it, and a page rendered
+    // for a browser without JavaScript would never be complete.
+    let status = RwSignal::new(loaded);
+    Effect::new(move |_| {
+        if version.get() == 0 {
+            return;
         }
+        let id = id.clone();
+        leptos::task::spawn_local(async move {
+            if let Ok(c) = get_container(id).await {
+                // (The page may have been left meanwhile.)
+                let _ = status.try_set(c.summary.status);
+            }
+        });
     });
-    move || read.get().flatten().unwrap_or(loaded)
+    move || status.get()
 }
 
 #[component]
