@@ -765,32 +765,160 @@ pub enum KernelCopy {
 }
 
 /// `dst` (new and empty) given `src`'s content by the kernel: its extents shared where the
-/// filesystem can, else copied by `copy_file_range`. `Err` where neither works (another
-/// filesystem, an old kernel): `dst` is left empty, for the caller to write it itself.
+/// filesystem can, else copied by `copy_file_range`, its holes kept (a sparse file stays
+/// sparse: `copy_file_range` alone writes a hole out in full, and a 60 GB sparse file of
+/// 4 KB would have taken 60 GB). `Err` where neither works (another filesystem, an old
+/// kernel): `dst` is left empty, for the caller to write it itself.
 pub fn kernel_copy(dst: &std::fs::File, src: &std::fs::File, len: u64) -> io::Result<KernelCopy> {
     if rfs::ioctl_ficlone(dst, src).is_ok() {
         return Ok(KernelCopy::Reflink);
     }
-    let (mut from, mut to) = (0u64, 0u64);
-    while from < len {
-        let want = (len - from).min(1 << 30) as usize;
-        match rfs::copy_file_range(src, Some(&mut from), dst, Some(&mut to), want) {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(e) => {
-                // Nothing half-copied is left for the caller's own write to follow.
-                if to > 0 {
-                    let _ = dst.set_len(0);
+    let copied = (|| {
+        for (start, end) in data_segments(src, len) {
+            let (mut from, mut to) = (start, start);
+            while from < end {
+                let want = (end - from).min(1 << 30) as usize;
+                match rfs::copy_file_range(src, Some(&mut from), dst, Some(&mut to), want) {
+                    Ok(0) => {
+                        return Err(io::Error::other("the file is shorter than its scan said"))
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Err(to_io(e)),
                 }
-                return Err(to_io(e));
             }
         }
+        // A hole at the end: the length says where the file ends.
+        dst.set_len(len)
+    })();
+    match copied {
+        Ok(()) => Ok(KernelCopy::CopyFileRange),
+        Err(e) => {
+            // Nothing half-copied is left for the caller's own write to follow.
+            let _ = dst.set_len(0);
+            Err(e)
+        }
     }
-    if from != len {
-        let _ = dst.set_len(0);
-        return Err(io::Error::other("the file is shorter than its scan said"));
+}
+
+/// The parts of the first `len` bytes of `file` that hold data, as (start, end): its holes
+/// left out. One part, all of it, for a file without holes (one `lseek` tells) or where
+/// the filesystem cannot say. Moves the file's offset: callers read and write at offsets.
+pub fn data_segments(file: &std::fs::File, len: u64) -> Vec<(u64, u64)> {
+    use rustix::fs::SeekFrom;
+    let whole = vec![(0, len)];
+    match rfs::seek(file, SeekFrom::Hole(0)) {
+        Ok(hole) if hole < len => {}
+        _ => return whole,
     }
-    Ok(KernelCopy::CopyFileRange)
+    let mut parts = Vec::new();
+    let mut at = 0;
+    while at < len {
+        let start = match rfs::seek(file, SeekFrom::Data(at)) {
+            Ok(start) => start,
+            // No data after `at`: the rest is a hole.
+            Err(rustix::io::Errno::NXIO) => break,
+            Err(_) => return whole,
+        };
+        if start >= len {
+            break;
+        }
+        let end = match rfs::seek(file, SeekFrom::Hole(start)) {
+            Ok(end) => end.min(len),
+            Err(_) => return whole,
+        };
+        if end <= start {
+            return whole;
+        }
+        parts.push((start, end));
+        at = end;
+    }
+    parts
+}
+
+/// `dst` (new and empty) given the first `len` bytes of `src` read and written here (two
+/// filesystems), at offsets (whatever either file's offset is), holes kept. Says how many
+/// bytes of content `src` had (less than `len` if it ended sooner).
+pub fn copy_content(dst: &std::fs::File, src: &std::fs::File, len: u64) -> io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let mut out = SparseOut::new(dst);
+    let mut buf = vec![0u8; (len.min(1 << 20) as usize).max(1)];
+    let mut end = 0;
+    for (start, stop) in data_segments(src, len) {
+        out.skip_to(start);
+        let mut at = start;
+        while at < stop {
+            let want = ((stop - at) as usize).min(buf.len());
+            let n = src.read_at(&mut buf[..want], at)?;
+            if n == 0 {
+                return out.finish().map(|_| at);
+            }
+            out.write(&buf[..n])?;
+            at += n as u64;
+        }
+        end = stop;
+    }
+    // Content after the last data, up to `len`, is a hole: zeros.
+    out.skip_to(end.max(len.min(src.metadata()?.len())));
+    out.finish()
+}
+
+/// Makes `len` bytes of `file` from `at` a hole (zeros that take no room), where the
+/// filesystem can; beyond the file's end it changes nothing.
+pub fn punch_hole(file: &std::fs::File, at: u64, len: u64) -> io::Result<()> {
+    rfs::fallocate(
+        file,
+        rfs::FallocateFlags::PUNCH_HOLE | rfs::FallocateFlags::KEEP_SIZE,
+        at,
+        len,
+    )
+    .map_err(to_io)
+}
+
+/// Whether `data` is all zeros.
+pub fn is_zero(data: &[u8]) -> bool {
+    let mut words = data.chunks_exact(16);
+    words
+        .by_ref()
+        .all(|w| u128::from_ne_bytes(w.try_into().expect("16 bytes")) == 0)
+        && words.remainder().iter().all(|b| *b == 0)
+}
+
+/// Writes a new, empty file's content in order, at offsets, leaving a hole where a whole
+/// piece written is zeros (as `cp --sparse` and `rsync --sparse` do), so that a sparse
+/// file stays sparse wherever its content passes through doppel. `finish` sets the length
+/// a hole at the end leaves short.
+pub struct SparseOut<'a> {
+    file: &'a std::fs::File,
+    at: u64,
+}
+
+impl<'a> SparseOut<'a> {
+    pub fn new(file: &'a std::fs::File) -> SparseOut<'a> {
+        SparseOut { file, at: 0 }
+    }
+
+    /// The next piece of the content.
+    pub fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        if !is_zero(data) {
+            self.file.write_all_at(data, self.at)?;
+        }
+        self.at += data.len() as u64;
+        Ok(())
+    }
+
+    /// Zeros up to `at` (a hole of the source).
+    pub fn skip_to(&mut self, at: u64) {
+        self.at = self.at.max(at);
+    }
+
+    /// The content's length, set on the file where it ends in a hole.
+    pub fn finish(self) -> io::Result<u64> {
+        if self.file.metadata()?.len() < self.at {
+            self.file.set_len(self.at)?;
+        }
+        Ok(self.at)
+    }
 }
 
 /// What the kernel can do for copies within the filesystem of `dir`: tried once per

@@ -3582,3 +3582,92 @@ fn a_copy_never_stores_an_older_picture_of_its_source_over_a_newer_one() {
     // no content) finds the state a was synced to, so a shows as current.
     assert_eq!(probe(&src).unwrap(), state_after_sync);
 }
+
+/// What a file takes on its filesystem (its allocated blocks), in bytes.
+fn allocated(path: &Path) -> u64 {
+    fs::metadata(path).unwrap().blocks() * 512
+}
+
+/// A 64 MiB file holding 8 KiB: data at its start and in its middle, holes around, and a
+/// hole at its end.
+fn write_sparse(path: &Path, rng: &mut Rng) {
+    use std::os::unix::fs::FileExt;
+    let f = fs::File::create(path).unwrap();
+    f.write_all_at(&rng.bytes(4096), 0).unwrap();
+    f.write_all_at(&rng.bytes(4096), 32 << 20).unwrap();
+    f.set_len(64 << 20).unwrap();
+}
+
+#[test]
+fn sparse_files_stay_sparse_through_copies_and_syncs() {
+    // Through the kernel on one filesystem (ext4: copy_file_range), through the stream,
+    // and between two filesystems (a directory copied into an image tree).
+    let envs: Vec<(&str, Env, Control)> = vec![
+        ("kernel", Env::new(), Control::new()),
+        ("stream", Env::new(), Control::new().stream_only()),
+        (
+            "into an image tree",
+            Env::on_xfs_laying_down_images(),
+            Control::new(),
+        ),
+    ];
+    for (how, env, ctl) in envs {
+        let (src, dst) = (env.place("src"), env.place("dst"));
+        let mut rng = Rng(9);
+        random_tree(&src.root, &mut rng, 10);
+        let file = Path::new("disk.img");
+        write_sparse(&src.root.join(file), &mut rng);
+        let holds = allocated(&src.root.join(file));
+        assert!(holds < 1 << 20, "{how}: the source is sparse: {holds}");
+
+        copy(&src, &dst, &ctl).unwrap();
+        assert_same_tree(&src.root, &dst.root);
+        let taken = allocated(&dst.root.join(file));
+        assert!(
+            taken < 4 << 20,
+            "{how}: the copy of a 64 MiB file holding 8 KiB takes {taken} bytes"
+        );
+
+        // A change in its middle, and the file grown by a hole: synced, still sparse.
+        {
+            use std::os::unix::fs::FileExt;
+            let f = fs::OpenOptions::new()
+                .write(true)
+                .open(src.root.join(file))
+                .unwrap();
+            f.write_all_at(&rng.bytes(4096), 16 << 20).unwrap();
+            f.set_len(96 << 20).unwrap();
+        }
+        sync(&src, &dst, &ctl).unwrap();
+        assert_same_tree(&src.root, &dst.root);
+        assert_eq!(fs::metadata(dst.root.join(file)).unwrap().len(), 96 << 20);
+        let taken = allocated(&dst.root.join(file));
+        assert!(
+            taken < 8 << 20,
+            "{how}: the synced copy of a 96 MiB file holding 12 KiB takes {taken} bytes"
+        );
+    }
+}
+
+#[test]
+fn a_piece_of_zeros_is_a_hole_and_the_length_is_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("f");
+    let f = fs::File::create(&path).unwrap();
+    let mut out = fsx::SparseOut::new(&f);
+    out.write(b"head").unwrap();
+    out.write(&vec![0u8; 1 << 20]).unwrap();
+    out.write(b"tail").unwrap();
+    out.write(&vec![0u8; 1 << 20]).unwrap();
+    assert_eq!(out.finish().unwrap(), (2 << 20) + 8);
+    let content = fs::read(&path).unwrap();
+    assert_eq!(content.len(), (2 << 20) + 8);
+    assert_eq!(&content[..4], b"head");
+    assert_eq!(&content[(1 << 20) + 4..(1 << 20) + 8], b"tail");
+    assert!(fsx::is_zero(&content[4..(1 << 20) + 4]));
+    assert!(allocated(&path) < 1 << 20, "{}", allocated(&path));
+    assert!(!fsx::is_zero(&[
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1
+    ]));
+    assert!(fsx::is_zero(&[]));
+}

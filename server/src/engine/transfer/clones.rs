@@ -231,7 +231,7 @@ fn lay_down(
         sent,
     } = file;
     let (dir, name) = walker.parent(&to).map_err(io_err("opening a directory"))?;
-    let mut out =
+    let out =
         fsx::create_file_with_mode_at(dir, name, e.mode).map_err(io_err("creating a file"))?;
     let of_source = local.source == Some(tree) && from == e.path;
     let (d, n) = local
@@ -239,7 +239,7 @@ fn lay_down(
         .parent(&from)
         .map_err(io_err("opening a directory"))?;
     let src = fsx::open_file_at(d, n).map_err(io_err("opening a file to reuse"))?;
-    let taken = take_content(&mut out, &src, &e, of_source, ctl)?;
+    let taken = take_content(&out, &src, &e, of_source, ctl)?;
     let changed = changed_since_sent(&e, (taken.hash, taken.len), sent, of_source)?;
     let mut got = Content {
         hash: taken.hash,

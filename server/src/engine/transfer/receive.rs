@@ -509,10 +509,13 @@ pub(super) fn receive_content(
     let mut source_bytes = 0u64;
     let mut of_source = false;
     let mut buf = Vec::new();
+    // Pieces of zeros become holes: a sparse file stays sparse.
+    let out: &fs::File = out;
+    let mut sparse = fsx::SparseOut::new(out);
     loop {
         match fr.read_frame().map_err(io_err("receiving"))? {
             Frame::Data(d) => {
-                out.write_all(&d).map_err(io_err("writing a file"))?;
+                sparse.write(&d).map_err(io_err("writing a file"))?;
                 if chunked {
                     chunks.push(Chunk {
                         offset: written,
@@ -568,7 +571,7 @@ pub(super) fn receive_content(
                         buf.resize(len as usize, 0);
                         old.read_exact_at(&mut buf, offset)
                             .map_err(io_err("reading the previous version"))?;
-                        out.write_all(&buf).map_err(io_err("writing a file"))?;
+                        sparse.write(&buf).map_err(io_err("writing a file"))?;
                         *blake3::hash(&buf).as_bytes()
                     }
                 };
@@ -609,6 +612,7 @@ pub(super) fn receive_content(
                 from_reuse = Some((taken.hash, taken.chunks));
             }
             Frame::FileEnd { hash, size } => {
+                sparse.finish().map_err(io_err("writing a file"))?;
                 let (got, got_chunks) = match from_reuse {
                     Some(r) => r,
                     None if chunked => (chunked_file_hash(&chunks), chunks),
@@ -655,7 +659,7 @@ pub(super) struct Taken {
 /// read and written here: hashed on the way, or, where it is the source's own file, with
 /// the sender's hash on the same condition as the kernel's copy.
 pub(super) fn take_content(
-    out: &mut fs::File,
+    out: &fs::File,
     src: &fs::File,
     e: &Entry,
     from_source: bool,
@@ -689,7 +693,7 @@ pub(super) fn take_content(
         // copied here, and like the kernel's copy it has the sender's hash while it is
         // still the version the sender scanned.
         ctl.fail("receive:local-file")?;
-        let len = std::io::copy(&mut std::io::Read::take(src, e.size), out)
+        let len = fsx::copy_content(out, src, e.size)
             .map_err(io_err("copying a file from the source"))?;
         let (hash, chunks, len) = if len == e.size && unchanged() {
             (e.hash, e.chunks.clone(), len)
@@ -706,7 +710,9 @@ pub(super) fn take_content(
             source_bytes: len,
         }
     } else {
-        let (hash, chunks, len) = hash_reader(src, e.size, ctl, |data, _| out.write_all(data))?;
+        let mut sparse = fsx::SparseOut::new(out);
+        let (hash, chunks, len) = hash_reader(src, e.size, ctl, |data, _| sparse.write(data))?;
+        sparse.finish().map_err(io_err("writing a file"))?;
         ctl.add_progress(len, 0);
         Taken {
             hash,
@@ -750,6 +756,8 @@ pub(super) fn assemble(
 ) -> Result<(), EngineError> {
     let known: HashMap<u64, [u8; 32]> = base.chunks.iter().map(|c| (c.offset, c.hash)).collect();
     let mut buf = Vec::new();
+    // (A new file: pieces of zeros become holes.)
+    let mut sparse = fsx::SparseOut::new(full);
     for op in ops {
         buf.resize(op.len as usize, 0);
         match op.old {
@@ -767,7 +775,8 @@ pub(super) fn assemble(
                 .read_exact_at(&mut buf, op.staged)
                 .map_err(io_err("reading a staged file"))?,
         }
-        full.write_all(&buf).map_err(io_err("writing a file"))?;
+        sparse.write(&buf).map_err(io_err("writing a file"))?;
     }
+    sparse.finish().map_err(io_err("writing a file"))?;
     Ok(())
 }

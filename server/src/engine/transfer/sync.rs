@@ -932,6 +932,10 @@ fn write_ranges(
         staged
             .read_exact_at(&mut buf, from)
             .map_err(io_err("reading a staged file"))?;
+        // Zeros become a hole (a sparse file stays sparse), where the filesystem can.
+        if fsx::is_zero(&buf) && fsx::punch_hole(target, at, len).is_ok() {
+            continue;
+        }
         target
             .write_all_at(&buf, at)
             .map_err(io_err("patching a file"))?;
@@ -953,9 +957,12 @@ fn rewrite_whole(
 ) -> Result<(), EngineError> {
     let whole_name = [tmp, b".whole"].concat();
     fsx::remove_at(stage, &whole_name).map_err(io_err("removing a staged file"))?;
-    let mut whole = fsx::create_file_at(stage, &whole_name).map_err(io_err("creating a file"))?;
+    let whole = fsx::create_file_at(stage, &whole_name).map_err(io_err("creating a file"))?;
     let old = fsx::open_file_at(dir, name).map_err(io_err("opening a file"))?;
-    io::copy(&mut &old, &mut whole).map_err(io_err("copying a file"))?;
+    let len = old.metadata().map_err(io_err("reading a file"))?.len();
+    if fsx::kernel_copy(&whole, &old, len).is_err() {
+        fsx::copy_content(&whole, &old, len).map_err(io_err("copying a file"))?;
+    }
     write_ranges(staged, &whole, ranges)?;
     whole.set_len(e.size).map_err(io_err("writing a file"))?;
     fsx::apply_meta_fd(whole.as_fd(), e).map_err(io_err("setting metadata"))?;
@@ -1031,7 +1038,7 @@ fn place_staged(
         .len();
     let copy = fsx::create_file_at(dir, beside).map_err(io_err("creating a file"))?;
     if fsx::kernel_copy(&copy, &staged, len).is_err() {
-        io::copy(&mut &staged, &mut &copy).map_err(io_err("copying a staged file"))?;
+        fsx::copy_content(&copy, &staged, len).map_err(io_err("copying a staged file"))?;
     }
     fsx::apply_meta_fd(copy.as_fd(), e).map_err(io_err("setting metadata"))?;
     fsx::rename_at(dir, beside, dir, name).map_err(io_err("placing a file"))
