@@ -43,20 +43,71 @@ pub fn parse_ssh_public_key(key: &str) -> Result<String, String> {
     let blob = base64::engine::general_purpose::STANDARD
         .decode(b64)
         .map_err(|_| "the key data is not valid base64".to_string())?;
-    // The blob starts with its own type as an SSH string: it must agree.
-    let inner = blob
-        .get(..4)
-        .map(|l| u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize)
-        .and_then(|n| blob.get(4..4 + n));
-    if inner != Some(kind.as_bytes()) || blob.len() < 4 + kind.len() + 16 {
-        return Err("the key data does not match its type".into());
-    }
+    // The blob is the key itself, in SSH's wire format: it must be whole, of the type it
+    // says, and nothing more (a cut key, or one with bytes added, is refused).
+    key_blob_is(kind, &blob)?;
     let comment: Vec<&str> = parts.collect();
+    let comment_len: usize = comment.iter().map(|c| c.len() + 1).sum();
+    if comment_len > MAX_KEY_COMMENT {
+        return Err(format!(
+            "the comment after the key is at most {MAX_KEY_COMMENT} characters"
+        ));
+    }
+    if comment.iter().any(|c| c.chars().any(char::is_control)) {
+        return Err("the comment after the key has control characters".into());
+    }
     Ok(if comment.is_empty() {
         format!("{kind} {b64}")
     } else {
         format!("{kind} {b64} {}", comment.join(" "))
     })
+}
+
+/// The longest comment a key may carry (a name, an address: a .pub file's).
+const MAX_KEY_COMMENT: usize = 1024;
+
+/// Checks that `blob` is exactly a public key of type `kind` in SSH's wire format
+/// (RFC 4253 6.6, RFC 5656 3.1, OpenSSH's PROTOCOL.u2f): its fields, their sizes, and no
+/// bytes after them.
+fn key_blob_is(kind: &str, blob: &[u8]) -> Result<(), String> {
+    const BAD: &str = "the key data is not a whole key of its type";
+    let mut rest = blob;
+    // One SSH string (a u32 length, then that many bytes).
+    let mut string = || -> Result<&[u8], String> {
+        let len = rest.get(..4).ok_or(BAD)?;
+        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        let value = rest.get(4..4 + len).ok_or(BAD)?;
+        rest = &rest[4 + len..];
+        Ok(value)
+    };
+    if string()? != kind.as_bytes() {
+        return Err("the key data does not match its type".into());
+    }
+    let ecdsa_point = |curve: &[u8], point: &[u8], name: &str, size: usize| {
+        curve == name.as_bytes() && point.len() == 1 + 2 * size && point[0] == 4
+    };
+    let ok = match kind {
+        "ssh-ed25519" => string()?.len() == 32,
+        "sk-ssh-ed25519@openssh.com" => string()?.len() == 32 && !string()?.is_empty(),
+        "ssh-rsa" => {
+            let (e, n) = (string()?, string()?);
+            // (mpints: a leading zero byte keeps a high bit from reading as a sign.)
+            let bits = n.iter().skip_while(|b| **b == 0).count() * 8;
+            !e.is_empty() && (1024..=16384).contains(&bits)
+        }
+        "ecdsa-sha2-nistp256" => ecdsa_point(string()?, string()?, "nistp256", 32),
+        "ecdsa-sha2-nistp384" => ecdsa_point(string()?, string()?, "nistp384", 48),
+        "ecdsa-sha2-nistp521" => ecdsa_point(string()?, string()?, "nistp521", 66),
+        "sk-ecdsa-sha2-nistp256@openssh.com" => {
+            ecdsa_point(string()?, string()?, "nistp256", 32) && !string()?.is_empty()
+        }
+        "ssh-dss" => (0..4).all(|_| string().is_ok_and(|v| !v.is_empty())),
+        _ => false,
+    };
+    if !ok || !rest.is_empty() {
+        return Err(BAD.into());
+    }
+    Ok(())
 }
 
 /// The `type base64` part that identifies a key (comments do not make keys different).
@@ -552,7 +603,6 @@ impl Service {
 }
 
 #[cfg(test)]
-#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -571,6 +621,47 @@ mod tests {
         assert!(parse_ssh_public_key("ssh-ed25519 not*base64").is_err());
         // Valid base64 of a blob announcing another type.
         assert!(parse_ssh_public_key("ssh-ed25519 AAAAB3NzaC1yc2EAAAADAQABAAABAQC7").is_err());
+        // A key cut short, or with bytes added after it, is not a key.
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let blob = b64
+            .decode("AAAAC3NzaC1lZDI1NTE5AAAAIAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4f")
+            .unwrap();
+        for bad in [
+            &blob[..blob.len() - 4],
+            &[&blob[..], &[0, 0, 0, 0]].concat(),
+        ] {
+            let text = format!("ssh-ed25519 {}", b64.encode(bad));
+            let why = parse_ssh_public_key(&text).unwrap_err();
+            assert!(why.contains("not a whole key"), "{why}");
+        }
+        // Comments: of a .pub file's size, printable.
+        assert!(parse_ssh_public_key(&format!("{k} {}", "x".repeat(2000))).is_err());
+        assert!(parse_ssh_public_key(&format!("{k} a\u{7}b")).is_err());
+        // Other types, whole: RSA (2048 bits) and ECDSA P-256.
+        let ssh_string = |v: &[u8]| [&(v.len() as u32).to_be_bytes()[..], v].concat();
+        let rsa = [
+            ssh_string(b"ssh-rsa"),
+            ssh_string(&[1, 0, 1]),
+            ssh_string(&[&[0u8][..], &[0xC5; 256]].concat()),
+        ]
+        .concat();
+        assert!(parse_ssh_public_key(&format!("ssh-rsa {}", b64.encode(&rsa))).is_ok());
+        let short_rsa = [
+            ssh_string(b"ssh-rsa"),
+            ssh_string(&[1, 0, 1]),
+            ssh_string(&[0xC5; 64]),
+        ]
+        .concat();
+        assert!(parse_ssh_public_key(&format!("ssh-rsa {}", b64.encode(&short_rsa))).is_err());
+        let p256 = [
+            ssh_string(b"ecdsa-sha2-nistp256"),
+            ssh_string(b"nistp256"),
+            ssh_string(&[&[4u8][..], &[7; 64]].concat()),
+        ]
+        .concat();
+        let p256 = format!("ecdsa-sha2-nistp256 {}", b64.encode(&p256));
+        assert!(parse_ssh_public_key(&p256).is_ok());
         assert_eq!(
             key_identity(k),
             "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4f"
