@@ -433,6 +433,21 @@ async fn copy_validation_answers_each_mistake_with_its_status() {
     assert_eq!(second["container"]["name"], "web-app-copy-2");
     s.wait_job(first["job"]["id"].as_str().unwrap()).await;
     s.wait_job(second["job"]["id"].as_str().unwrap()).await;
+
+    // Copies asked for at once, none with a name: each gets the next free name, none a
+    // 409 for a name the client never sent.
+    let burst: Vec<_> = (0..8)
+        .map(|_| copy(json!({"target_project_id": data})))
+        .collect();
+    let mut names = std::collections::BTreeSet::new();
+    for (st, started, _) in futures::future::join_all(burst).await {
+        assert_eq!(st, 202, "{started}");
+        names.insert(started["container"]["name"].as_str().unwrap().to_string());
+        s.wait_job(started["job"]["id"].as_str().unwrap()).await;
+    }
+    let wanted: std::collections::BTreeSet<String> =
+        (3..11).map(|n| format!("web-app-copy-{n}")).collect();
+    assert_eq!(names, wanted);
 }
 
 #[tokio::test]

@@ -258,6 +258,11 @@ fn check_free_space(
     Ok(())
 }
 
+/// Whether `e` is the refusal of a copy's name as taken.
+fn is_name_taken(e: &ApiError) -> bool {
+    e.code == ErrorCode::Conflict && e.field.as_deref() == Some("name")
+}
+
 const KEY_TAKEN: &str = "ssh_public_key is already used by another container; keys are unique";
 
 impl Service {
@@ -273,97 +278,115 @@ impl Service {
     ) -> Result<CopyStarted, ApiError> {
         let project = is_valid_id(&req.target_project_id).then(|| req.target_project_id.clone());
         let target = source_id.to_string();
-        self.audited_with(user, "container.copy", &target, project, |entry| async {
-            let idem = check_idempotency_key(idempotency_key)?;
-            let body = serde_json::to_string(&req).map_err(internal)?;
-            let limit = options.bwlimit.as_deref().unwrap_or_default();
-            let fingerprint = request_fingerprint(&["copy", source_id, &body, limit]);
-            if let Some(started) = self
-                .copy_started_with(user, idem.as_deref(), &fingerprint)
-                .await?
-            {
-                return Ok((started, Committed::No));
-            }
-            check_id("container id", source_id)?;
-            let (source, visibility, target) =
-                self.copy_source_and_target(user, source_id, &req)?;
-            let bwlimit = parse_bwlimit(options.bwlimit.as_deref())?;
-            let snapshot_id = self
-                .snapshot_of(source_id, req.source_snapshot.as_deref())
-                .await?;
-            let key = self.unused_ssh_key(req.ssh_public_key.as_deref()).await?;
-            let name = match &req.name {
-                Some(n) => {
-                    validate_container_name(n).map_err(|m| {
-                        ApiError::new(ErrorCode::Unprocessable, format!("name: {m}"))
-                            .on_field("name")
-                    })?;
-                    // Taken or not, the insert says: UNIQUE (project_id, name).
-                    n.clone()
+        self.audited_with(
+            user,
+            "container.copy",
+            &target,
+            project,
+            |entry| async move {
+                let idem = check_idempotency_key(idempotency_key)?;
+                let body = serde_json::to_string(&req).map_err(internal)?;
+                let limit = options.bwlimit.as_deref().unwrap_or_default();
+                let fingerprint = request_fingerprint(&["copy", source_id, &body, limit]);
+                if let Some(started) = self
+                    .copy_started_with(user, idem.as_deref(), &fingerprint)
+                    .await?
+                {
+                    return Ok((started, Committed::No));
                 }
-                None => self.generate_name(&target.project_id, &source.name).await?,
-            };
-            let agent = self.agents.view(&target.server_id).and_then(|v| v.status);
-            let agent_space = agent.as_ref().map(|st| (st.free_bytes, st.total_bytes));
-            // (An agent says; this host's is asked only where it lays image trees at all.)
-            let image_trees = match &agent {
-                Some(st) => st.image_trees.is_some(),
-                None => {
-                    !target.storage_root.is_empty()
-                        && super::image_trees_in(Path::new(&target.storage_root)).is_some()
+                check_id("container id", source_id)?;
+                let (source, visibility, target) =
+                    self.copy_source_and_target(user, source_id, &req)?;
+                let bwlimit = parse_bwlimit(options.bwlimit.as_deref())?;
+                let snapshot_id = self
+                    .snapshot_of(source_id, req.source_snapshot.as_deref())
+                    .await?;
+                let key = self.unused_ssh_key(req.ssh_public_key.as_deref()).await?;
+                let name = match &req.name {
+                    Some(n) => {
+                        validate_container_name(n).map_err(|m| {
+                            ApiError::new(ErrorCode::Unprocessable, format!("name: {m}"))
+                                .on_field("name")
+                        })?;
+                        // Taken or not, the insert says: UNIQUE (project_id, name).
+                        n.clone()
+                    }
+                    None => self.generate_name(&target.project_id, &source.name).await?,
+                };
+                let agent = self.agents.view(&target.server_id).and_then(|v| v.status);
+                let agent_space = agent.as_ref().map(|st| (st.free_bytes, st.total_bytes));
+                // (An agent says; this host's is asked only where it lays image trees at all.)
+                let image_trees = match &agent {
+                    Some(st) => st.image_trees.is_some(),
+                    None => {
+                        !target.storage_root.is_empty()
+                            && super::image_trees_in(Path::new(&target.storage_root)).is_some()
+                    }
+                };
+                check_free_space(&target, agent_space, image_trees, source.size_bytes)?;
+                // The source's rules as stored, or none.
+                let rules =
+                    |copy: bool, json: &str| if copy { json.to_string() } else { "[]".into() };
+                let params = JobParams {
+                    source_snapshot_id: snapshot_id,
+                    previous_status: None,
+                    bwlimit,
+                };
+                let mut row = NewCopy {
+                    id: new_id(),
+                    job_id: new_id(),
+                    name,
+                    project_id: target.project_id.clone(),
+                    server_id: target.server_id.clone(),
+                    source_id: source_id.to_string(),
+                    ssh_public_key: key,
+                    firewall_rules: rules(req.copy_firewall_rules, &source.firewall_rules),
+                    network_rules: rules(req.copy_network_rules, &source.network_rules),
+                    // What runs in it runs in its copy (with the copy's own identity and address).
+                    command: source.command.clone(),
+                    requested_by: user.id.clone(),
+                    params: serde_json::to_string(&params).map_err(internal)?,
+                    request_fingerprint: idem.is_some().then(|| fingerprint.clone()),
+                    idempotency_key: idem,
+                    now: now_ms(),
+                };
+                // A name made here may be taken meanwhile by a copy admitted beside this one
+                // (concurrent requests without a name): the next free one is taken instead.
+                let mut tries = 0;
+                loop {
+                    match self.admit_copy(user, &row, entry.clone()).await {
+                        Ok(Some(started)) => return Ok((started, Committed::No)),
+                        Ok(None) => break,
+                        Err(e) if req.name.is_none() && tries < 8 && is_name_taken(&e) => {
+                            tries += 1;
+                            row.name = self.generate_name(&row.project_id, &source.name).await?;
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
-            };
-            check_free_space(&target, agent_space, image_trees, source.size_bytes)?;
-            // The source's rules as stored, or none.
-            let rules = |copy: bool, json: &str| if copy { json.to_string() } else { "[]".into() };
-            let params = JobParams {
-                source_snapshot_id: snapshot_id,
-                previous_status: None,
-                bwlimit,
-            };
-            let row = NewCopy {
-                id: new_id(),
-                job_id: new_id(),
-                name,
-                project_id: target.project_id.clone(),
-                server_id: target.server_id.clone(),
-                source_id: source_id.to_string(),
-                ssh_public_key: key,
-                firewall_rules: rules(req.copy_firewall_rules, &source.firewall_rules),
-                network_rules: rules(req.copy_network_rules, &source.network_rules),
-                // What runs in it runs in its copy (with the copy's own identity and address).
-                command: source.command.clone(),
-                requested_by: user.id.clone(),
-                params: serde_json::to_string(&params).map_err(internal)?,
-                request_fingerprint: idem.is_some().then(|| fingerprint.clone()),
-                idempotency_key: idem,
-                now: now_ms(),
-            };
-            if let Some(started) = self.admit_copy(user, &row, entry).await? {
-                return Ok((started, Committed::No));
-            }
-            // The answer is what was just written: no need to read it back.
-            let job = row.job();
-            self.jobs.hub.publish(EventKind::Status, job.clone());
-            // The runner starts from what was checked here, without reading it back.
-            self.jobs.spawn(
-                job.id.clone(),
-                Some(JobStart {
-                    kind: JobKind::Copy,
-                    params,
-                    target_id: row.id.clone(),
-                    source_id: row.source_id.clone(),
-                    target_server: target.server_id.clone(),
-                    source_server: source.server_id.clone(),
-                    target_root: target.storage_root.clone().into(),
-                    source_root: source.storage_root.clone().into(),
-                    target_name: row.name.clone(),
-                    target_ssh_key: row.ssh_public_key.clone(),
-                }),
-            );
-            let container = row.container(user, &source.summary(&visibility), target)?;
-            Ok((CopyStarted { container, job }, Committed::Yes))
-        })
+                // The answer is what was just written: no need to read it back.
+                let job = row.job();
+                self.jobs.hub.publish(EventKind::Status, job.clone());
+                // The runner starts from what was checked here, without reading it back.
+                self.jobs.spawn(
+                    job.id.clone(),
+                    Some(JobStart {
+                        kind: JobKind::Copy,
+                        params,
+                        target_id: row.id.clone(),
+                        source_id: row.source_id.clone(),
+                        target_server: target.server_id.clone(),
+                        source_server: source.server_id.clone(),
+                        target_root: target.storage_root.clone().into(),
+                        source_root: source.storage_root.clone().into(),
+                        target_name: row.name.clone(),
+                        target_ssh_key: row.ssh_public_key.clone(),
+                    }),
+                );
+                let container = row.container(user, &source.summary(&visibility), target)?;
+                Ok((CopyStarted { container, job }, Committed::Yes))
+            },
+        )
         .await
     }
 
