@@ -1139,6 +1139,12 @@ pub struct JobFilter {
         param(pattern = "^(copy|sync|delete|start|stop|restart)$")
     )]
     pub kind: Option<String>,
+    /// Jobs older than this one (its id): the next page, after the last job of a page.
+    #[cfg_attr(feature = "ssr", param(pattern = "^[0-9a-f]{24}$"))]
+    pub before: Option<String>,
+    /// How many, newest first (default 100, at most 500).
+    #[cfg_attr(feature = "ssr", param(minimum = 1, maximum = 500))]
+    pub limit: Option<u32>,
 }
 
 /// How a copy or sync moves its data: `?bwlimit=` on both endpoints (beside the

@@ -448,6 +448,39 @@ async fn copy_validation_answers_each_mistake_with_its_status() {
     let wanted: std::collections::BTreeSet<String> =
         (3..11).map(|n| format!("web-app-copy-{n}")).collect();
     assert_eq!(names, wanted);
+
+    // The jobs list in pages: `limit` of them, then those `before` the last one seen.
+    let (st, all) = s
+        .get("/api/v1/jobs?kind=copy&limit=500", &s.admin_token)
+        .await;
+    assert_eq!(st, 200, "{all}");
+    let all: Vec<String> = all["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(all.len() >= 10, "{all:?}");
+    let mut paged = Vec::new();
+    let mut before = String::new();
+    loop {
+        let (st, page) = s
+            .get(
+                &format!("/api/v1/jobs?kind=copy&limit=3{before}"),
+                &s.admin_token,
+            )
+            .await;
+        assert_eq!(st, 200, "{page}");
+        let page = page["jobs"].as_array().unwrap().clone();
+        assert!(page.len() <= 3);
+        let Some(last) = page.last() else { break };
+        before = format!("&before={}", last["id"].as_str().unwrap());
+        paged.extend(page.iter().map(|j| j["id"].as_str().unwrap().to_string()));
+    }
+    assert_eq!(
+        paged, all,
+        "the pages, one after the other, are the whole list"
+    );
 }
 
 #[tokio::test]

@@ -58,6 +58,15 @@ impl Service {
         if let Some(id) = &filter.container_id {
             check_id("container_id", id)?;
         }
+        if let Some(id) = &filter.before {
+            check_id("before", id)?;
+        }
+        let limit = filter.limit.unwrap_or(JOBS_PAGE);
+        if limit == 0 || limit > MAX_JOBS_PAGE {
+            return Err(
+                ApiError::invalid(format!("limit is 1 to {MAX_JOBS_PAGE}")).on_field("limit")
+            );
+        }
         if let Some(id) = &filter.project_id {
             check_id("project_id", id)?;
             if !vis.can_see(id) {
@@ -85,6 +94,7 @@ impl Service {
                 &user.id,
                 user.is_admin,
                 user.scope.projects.as_deref(),
+                limit,
             )
             .await
             .map_err(internal)?;
@@ -214,6 +224,10 @@ pub(super) fn check_idempotency_key(key: Option<&str>) -> Result<Option<String>,
 /// The lowest bandwidth limit there is (64 KiB/s): below it a transfer's pieces would
 /// wait seconds each.
 pub const MIN_BWLIMIT: u64 = 64 << 10;
+
+/// Jobs a page of `GET /jobs` holds unless `limit` says, and the most it may say.
+pub const JOBS_PAGE: u32 = 100;
+const MAX_JOBS_PAGE: u32 = 500;
 
 /// A bandwidth limit as given (`?bwlimit=`, a server's limit): bytes a second, with an
 /// optional K, M or G (powers of 1024, as rsync counts). None: no limit.

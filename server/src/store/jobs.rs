@@ -184,15 +184,17 @@ pub(crate) struct NewJob {
 }
 
 impl Db {
-    /// Jobs as `filter` narrows them, newest first (at most 500), of every project when
-    /// `all`, else of the projects `user_id` is a member of; and of `only` these projects
-    /// when given (an API token's scope). Never of a deleted project.
+    /// Jobs as `filter` narrows them, newest first (`limit` of them, older than
+    /// `filter.before` if given), of every project when `all`, else of the projects
+    /// `user_id` is a member of; and of `only` these projects when given (an API token's
+    /// scope). Never of a deleted project.
     pub(crate) async fn jobs(
         &self,
         filter: &JobFilter,
         user_id: &str,
         all: bool,
         only: Option<&[String]>,
+        limit: u32,
     ) -> Result<Vec<Job>, DbError> {
         // The scope is in the statement, not applied after the limit: 500 jobs of other
         // projects must not hide this one's.
@@ -201,7 +203,7 @@ impl Db {
             Some(ids) => format!(
                 " AND project_id IN ({})",
                 (0..ids.len())
-                    .map(|i| format!("${}", i + 7))
+                    .map(|i| format!("${}", i + 9))
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
@@ -215,15 +217,21 @@ impl Db {
                AND ($4 IS NULL OR kind = $4)
                AND ($5 = 1 OR project_id IN (SELECT project_id FROM memberships WHERE user_id = $6))
                AND project_id IN (SELECT id FROM projects WHERE deleted_at IS NULL){scope}
-             ORDER BY created_at DESC, id DESC LIMIT 500"
+               AND ($7 IS NULL
+                    OR (created_at, id) < (SELECT created_at, id FROM jobs WHERE id = $7))
+             ORDER BY created_at DESC, id DESC LIMIT $8"
         );
+        // (Ids hold whole seconds: within one, only `created_at` orders jobs, so a page
+        // ends where the order says, not at a smaller id.)
         let mut query = sqlx::query(&sql)
             .bind(&filter.container_id)
             .bind(&filter.project_id)
             .bind(&filter.status)
             .bind(&filter.kind)
             .bind(i64::from(all))
-            .bind(user_id);
+            .bind(user_id)
+            .bind(&filter.before)
+            .bind(i64::from(limit));
         for id in only.unwrap_or_default() {
             query = query.bind(id);
         }
