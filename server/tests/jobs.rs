@@ -1075,6 +1075,19 @@ async fn job_events_stream_to_the_end_and_resume_without_loss() {
     let expected: Vec<u64> = all.iter().map(|e| e.0).collect();
     assert_eq!(ids, expected);
 
+    // An id doppel never issued (made up) resumes from now: the job's state as it is, not
+    // its history again.
+    let resp = TestServer::client()
+        .get(s.url(&events_url))
+        .bearer_auth(&s.admin_token)
+        .header("last-event-id", (expected.last().unwrap() + 5000).to_string())
+        .send()
+        .await
+        .unwrap();
+    let now = read_events(resp, |_| false).await;
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert_eq!(now[0].2["job"]["status"], "succeeded", "{now:?}");
+
     // The all-jobs stream replays from a Last-Event-ID too.
     let resp = TestServer::client()
         .get(s.url("/api/v1/events"))

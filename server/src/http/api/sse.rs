@@ -299,8 +299,12 @@ async fn job_stream(
     let (_, _, rx) = hub.subscribe(None);
     let mut queue: VecDeque<Arc<Published>> = hub.of_job(job_id).into();
     // An id this doppel has not issued yet (made up) is no place to resume from: the
-    // stream starts from the job's current state. (One from before a restart is older
-    // than anything buffered: all of the job's buffered events follow it.)
+    // stream starts from the job's current state, its history not replayed. (One from
+    // before a restart is older than anything buffered: all of the job's buffered events
+    // follow it.)
+    if after.is_some_and(|a| a >= hub.peek_id()) {
+        queue.clear();
+    }
     let after = after.filter(|&a| a < hub.peek_id());
     let last = after.unwrap_or(0);
     if queue.iter().all(|e| e.ev.id <= last) {
