@@ -821,18 +821,7 @@ async fn a_snapshot_waits_for_its_job_slot_a_bounded_time_and_leaves_nothing_whe
     .await;
     assert_eq!(st, 202, "{started}");
     let job = started["job"]["id"].as_str().unwrap().to_string();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let (_, j) = s.get(&format!("/api/v1/jobs/{job}"), &s.admin_token).await;
-        if j["status"] == "running" {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the copy never ran: {j}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    wait_running(&s, &job).await;
 
     // The snapshot is refused once its wait is over; before, it hung until the copy ended.
     let (st, refused, _) = snapshot("while-busy").await;
@@ -1080,7 +1069,10 @@ async fn job_events_stream_to_the_end_and_resume_without_loss() {
     let resp = TestServer::client()
         .get(s.url(&events_url))
         .bearer_auth(&s.admin_token)
-        .header("last-event-id", (expected.last().unwrap() + 5000).to_string())
+        .header(
+            "last-event-id",
+            (expected.last().unwrap() + 5000).to_string(),
+        )
         .send()
         .await
         .unwrap();
@@ -1098,6 +1090,89 @@ async fn job_events_stream_to_the_end_and_resume_without_loss() {
         .unwrap();
     let replayed = read_events(resp, |v| v["job"]["status"] == "succeeded").await;
     assert_eq!(replayed.last().unwrap().0, *expected.last().unwrap());
+}
+
+/// Waits (at most 20 s) until the job `id` runs.
+async fn wait_running(s: &TestServer, id: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (_, j) = s.get(&format!("/api/v1/jobs/{id}"), &s.admin_token).await;
+        if j["status"] == "running" {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the job never ran: {j}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_whose_source_is_deleted_while_it_waits_fails_saying_so() {
+    let s = TestServer::start().await;
+    let admin = &s.admin_token;
+    let web_app = s.container_id("web-app").await;
+    let staging = s.container_id("web-app-staging").await;
+    let db = s.container_id("db-primary").await;
+    let (_, db_row) = s.get(&format!("/api/v1/containers/{db}"), admin).await;
+    let (_, staging_row) = s.get(&format!("/api/v1/containers/{staging}"), admin).await;
+    // A slow copy onto staging's server takes its one job slot: 4 MiB at 64 KiB/s.
+    std::fs::write(tree_root(&db_row).join("big.bin"), random_bytes(4 << 20)).unwrap();
+    let (st, slow, _) = post(
+        &s,
+        &format!("/api/v1/containers/{db}/copy?bwlimit=64K"),
+        admin,
+        Some(json!({
+            "target_project_id": db_row["project_id"],
+            "target_server_id": staging_row["server_id"],
+            "name": "slow-copy"
+        })),
+        None,
+    )
+    .await;
+    assert_eq!(st, 202, "{slow}");
+    let slow = slow["job"]["id"].as_str().unwrap().to_string();
+    wait_running(&s, &slow).await;
+    // A sync of staging waits behind it; meanwhile its source is deleted.
+    let (st, sync, _) = post(
+        &s,
+        &format!("/api/v1/containers/{staging}/sync"),
+        admin,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(st, 202, "{sync}");
+    let (st, deleted) = s
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/containers/{web_app}"),
+            admin,
+            None,
+        )
+        .await;
+    assert_eq!(st, 202, "{deleted}");
+    let deleted = s.wait_job(deleted["job"]["id"].as_str().unwrap()).await;
+    assert_eq!(deleted["status"], "succeeded", "{deleted}");
+    let (st, _, _) = post(
+        &s,
+        &format!("/api/v1/jobs/{slow}/cancel"),
+        admin,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(st, 200);
+    // The sync then runs, and says why it cannot: not as a missing directory.
+    let sync = s.wait_job(sync["job"]["id"].as_str().unwrap()).await;
+    assert_eq!(sync["status"], "failed", "{sync}");
+    let error = sync["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("the source was deleted before this sync ran"),
+        "{sync}"
+    );
+    assert!(!error.contains("os error"), "{sync}");
 }
 
 #[tokio::test]

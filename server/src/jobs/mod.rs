@@ -366,6 +366,17 @@ impl JobRunner {
                 .finish(job_id, kind, &target_id, &params, Ended::with(result))
                 .await;
         }
+        // A source deleted while this job waited (its delete ran first): nothing to read,
+        // said so rather than as a missing directory.
+        if self.db.container_status(&source_id).await?.is_none() {
+            let what = kind.as_str();
+            let gone = EngineError::Refused(format!(
+                "the source was deleted before this {what} ran: there is nothing to {what} from"
+            ));
+            return self
+                .finish(job_id, kind, &target_id, &params, Ended::with(Err(gone)))
+                .await;
+        }
         // The lowest of the request's and both servers' bandwidth limits.
         let server_limit = self
             .db
