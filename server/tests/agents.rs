@@ -1447,7 +1447,7 @@ async fn an_agent_copies_on_its_own_server_there_and_with_image_trees_by_clones(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_copy_form_says_which_target_servers_a_copy_would_wait_for() {
+async fn the_copy_form_says_which_target_servers_a_copy_would_wait_for_or_cannot_take() {
     let s = common::TestServer::start().await;
     let (st, e) = s
         .call(
@@ -1464,9 +1464,16 @@ async fn the_copy_form_says_which_target_servers_a_copy_would_wait_for() {
         .page(&format!("/containers/{web_app}/copy"), &cookie)
         .await;
     assert_eq!(st, 200);
+    // A server whose host never joined takes no copy (the API refuses it): offered
+    // disabled, saying why.
     assert!(
-        html.contains("far-away (its host has not joined: the copy waits for it)"),
+        html.contains("far-away (its host has not joined yet: no copy can go there)"),
         "{html}"
     );
+    let option = html
+        .split("<option")
+        .find(|o| o.contains("far-away"))
+        .unwrap();
+    assert!(option.contains("disabled"), "{option}");
     assert!(html.contains("(the source&#x27;s server)") || html.contains("(the source's server)"));
 }

@@ -245,15 +245,18 @@ fn CopyForm(
                                         .into_iter()
                                         .map(|s| {
                                             let sel = s.id == chosen_server;
-                                            // A copy to a server that is not online waits for it (at most
-                                            // --server-wait): said here, not discovered on the job.
+                                            // A copy to a server that is offline waits for it (at most
+                                            // --server-wait): said here, not discovered on the job. One
+                                            // whose host never joined takes no copy (the server refuses
+                                            // it): offered disabled, saying why.
+                                            let pending = s.state == ServerState::Pending;
                                             let label = match (s.id == source_server, s.state) {
                                                 (true, _) => format!("{} (the source's server)", s.name),
                                                 (false, ServerState::Online) => s.name,
                                                 (false, ServerState::Offline) => format!("{} (offline: the copy waits for it)", s.name),
-                                                (false, ServerState::Pending) => format!("{} (its host has not joined: the copy waits for it)", s.name),
+                                                (false, ServerState::Pending) => format!("{} (its host has not joined yet: no copy can go there)", s.name),
                                             };
-                                            view! { <option value=s.id selected=sel>{label}</option> }
+                                            view! { <option value=s.id selected=sel disabled=pending>{label}</option> }
                                         })
                                         .collect_view()}
                                 </select>
