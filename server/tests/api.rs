@@ -217,6 +217,35 @@ async fn membership_limits_what_a_user_sees() {
         )
         .await;
     assert_eq!(st, 404);
+    let (st, _) = s
+        .get(
+            &format!("/api/v1/sync-status?project_id={data_pid}"),
+            &s.alice_token,
+        )
+        .await;
+    assert_eq!(st, 404);
+    // A sync status of one project has that project's copies alone: web-platform holds
+    // the demo's copy, data-pipeline none.
+    let web_pid = s.project_id("web-platform").await;
+    let (_, all) = s.get("/api/v1/sync-status", &s.admin_token).await;
+    for (pid, expected) in [(&web_pid, 1), (&data_pid, 0)] {
+        let (st, one) = s
+            .get(
+                &format!("/api/v1/sync-status?project_id={pid}"),
+                &s.admin_token,
+            )
+            .await;
+        assert_eq!(st, 200, "{one}");
+        let copies = one["copies"].as_array().unwrap();
+        assert_eq!(copies.len(), expected, "{one}");
+        assert!(
+            copies
+                .iter()
+                .all(|c| c["copy"]["project_id"] == pid.as_str()),
+            "{one}"
+        );
+    }
+    assert_eq!(all["copies"].as_array().unwrap().len(), 1, "{all}");
 
     // No paths on disk for non-admins.
     let web = s.container_id("web-app").await;
@@ -242,6 +271,8 @@ async fn bad_input_gets_a_clear_4xx_never_a_500() {
         ("/api/v1/containers?bogus=1", 400, "invalid_request"),
         ("/api/v1/jobs?status=done", 400, "invalid_request"),
         ("/api/v1/jobs?kind=move", 400, "invalid_request"),
+        ("/api/v1/sync-status?foo=1", 400, "invalid_request"),
+        ("/api/v1/sync-status?project_id=xyz", 400, "invalid_request"),
         ("/api/v1/jobs?limit=0", 400, "invalid_request"),
         ("/api/v1/jobs?limit=501", 400, "invalid_request"),
         ("/api/v1/jobs?before=xyz", 400, "invalid_request"),

@@ -236,7 +236,7 @@ impl Backend for Service {
     }
 
     async fn sync_status(&self, user: &UserInfo) -> Result<Vec<CopyStatus>, ApiError> {
-        Service::sync_status(self, user).await
+        Service::sync_status(self, user, None).await
     }
 
     async fn delete_container(&self, user: &UserInfo, id: &str) -> Result<Job, ApiError> {

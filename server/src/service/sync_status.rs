@@ -12,7 +12,7 @@ use app::model::*;
 use futures::StreamExt;
 use tokio::sync::OnceCell;
 
-use super::{internal, Service};
+use super::{check_id, internal, Service};
 use crate::config::container_place;
 use crate::store::ContainerRow;
 
@@ -70,12 +70,23 @@ fn probe_local(place: &crate::engine::Place) -> Probed {
 }
 
 impl Service {
-    pub async fn sync_status(&self, user: &UserInfo) -> Result<Vec<CopyStatus>, ApiError> {
+    pub async fn sync_status(
+        &self,
+        user: &UserInfo,
+        project_id: Option<&str>,
+    ) -> Result<Vec<CopyStatus>, ApiError> {
         let vis = self.visibility(user).await?;
+        if let Some(pid) = project_id {
+            check_id("project_id", pid)?;
+            if !vis.can_see(pid) {
+                return Err(ApiError::not_found("project", pid));
+            }
+        }
         let rows = self.db.copies().await.map_err(internal)?;
         let rows: Vec<ContainerRow> = rows
             .into_iter()
             .filter(|r| vis.can_see(&r.project_id))
+            .filter(|r| project_id.is_none_or(|p| r.project_id == p))
             .collect();
         if rows.is_empty() {
             return Ok(Vec::new());
