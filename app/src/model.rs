@@ -1037,6 +1037,9 @@ pub enum Freshness {
     Stale,
     /// The source was deleted, or its tree is gone.
     SourceMissing,
+    /// The copy never completed (its copy failed or was cancelled): it has no tree a sync
+    /// could bring up to date; a new copy is the way.
+    Incomplete,
 }
 
 impl Freshness {
@@ -1046,6 +1049,7 @@ impl Freshness {
             Freshness::Current => "current",
             Freshness::Stale => "stale",
             Freshness::SourceMissing => "source missing",
+            Freshness::Incomplete => "never completed",
         }
     }
 }

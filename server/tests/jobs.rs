@@ -1303,6 +1303,36 @@ async fn sync_status_tells_current_stale_and_failing_copies_apart() {
     assert!(copies
         .iter()
         .all(|c| hers.contains(&c["copy"]["project_id"].as_str().unwrap())));
+
+    // A copy cancelled before it completed has no tree to sync: it never completed, says
+    // why, and offers no sync.
+    let (_, src) = s.get(&format!("/api/v1/containers/{web_app}"), admin).await;
+    std::fs::write(tree_root(&src).join("big.bin"), random_bytes(4 << 20)).unwrap();
+    let (st, slow, _) = post(
+        &s,
+        &format!("/api/v1/containers/{web_app}/copy?bwlimit=64K"),
+        admin,
+        Some(json!({"target_project_id": web, "name": "never-done"})),
+        None,
+    )
+    .await;
+    assert_eq!(st, 202, "{slow}");
+    let job = slow["job"]["id"].as_str().unwrap().to_string();
+    wait_running(&s, &job).await;
+    let (st, _, _) = post(&s, &format!("/api/v1/jobs/{job}/cancel"), admin, None, None).await;
+    assert_eq!(st, 200);
+    assert_eq!(s.wait_job(&job).await["status"], "cancelled");
+    let (_, body) = s.get("/api/v1/sync-status", admin).await;
+    let r = body["copies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["copy"]["name"] == "never-done")
+        .unwrap()
+        .clone();
+    assert_eq!(r["freshness"], "incomplete", "{r}");
+    assert_eq!(r["last_error"], "copy cancelled", "{r}");
+    assert_eq!(r["may_sync"], false, "{r}");
 }
 
 #[tokio::test]

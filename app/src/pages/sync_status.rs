@@ -26,10 +26,11 @@ struct View {
 impl View {
     fn keeps(&self, c: &CopyStatus) -> bool {
         let shown = match self.show.as_str() {
-            "stale" => c.freshness != Freshness::Current,
+            "stale" => c.freshness == Freshness::Stale,
             "failing" => c.failing(),
             "current" => c.freshness == Freshness::Current && !c.failing(),
             "source_missing" => c.freshness == Freshness::SourceMissing,
+            "incomplete" => c.freshness == Freshness::Incomplete,
             _ => true,
         };
         shown && (self.project.is_empty() || c.copy.project_id == self.project)
@@ -108,16 +109,17 @@ fn StatusView(
     live: RwSignal<HashMap<String, Job>>,
     selected: RwSignal<HashSet<String>>,
 ) -> impl IntoView {
+    // Each copy in one tally of its freshness (failing counts apart: a copy can be both).
+    let of = |f: Freshness| list.iter().filter(|c| c.freshness == f).count();
     let counts = (
         list.len(),
         list.iter()
             .filter(|c| c.freshness == Freshness::Current && !c.failing())
             .count(),
-        list.iter()
-            .filter(|c| c.freshness != Freshness::Current)
-            .count(),
+        of(Freshness::Stale),
         list.iter().filter(|c| c.failing()).count(),
     );
+    let (missing, incomplete) = (of(Freshness::SourceMissing), of(Freshness::Incomplete));
     let mut projects: Vec<(String, String)> = list
         .iter()
         .map(|c| (c.copy.project_id.clone(), c.copy.project_name.clone()))
@@ -138,12 +140,18 @@ fn StatusView(
             <a href="?show=current" class="tally good">{current} " current"</a>
             <a href="?show=stale" class="tally warn">{stale} " stale"</a>
             <a href="?show=failing" class="tally bad">{failing} " failing"</a>
+            {(missing > 0).then(|| view! {
+                <a href="?show=source_missing" class="tally bad">{missing} " source missing"</a>
+            })}
+            {(incomplete > 0).then(|| view! {
+                <a href="?show=incomplete" class="tally bad">{incomplete} " never completed"</a>
+            })}
         </p>
         <div class="filters">
         <Form method="GET" action="">
             <label for="show">"Show"</label>
             <select id="show" name="show">
-                {[("", "all copies"), ("stale", "stale"), ("failing", "failing"), ("current", "current"), ("source_missing", "source missing")]
+                {[("", "all copies"), ("stale", "stale"), ("failing", "failing"), ("current", "current"), ("source_missing", "source missing"), ("incomplete", "never completed")]
                     .into_iter()
                     .map(|(value, label)| {
                         view! { <option value=value selected=move || view.get().show == value>{label}</option> }
@@ -269,7 +277,7 @@ fn CopyRow(
         match c.freshness {
             Freshness::Current => "badge sync-current",
             Freshness::Stale => "badge sync-stale",
-            Freshness::SourceMissing => "badge sync-failing",
+            Freshness::SourceMissing | Freshness::Incomplete => "badge sync-failing",
         }
     };
     let state_text = c.freshness.label();
@@ -328,6 +336,7 @@ fn CopyRow(
         None => None,
     };
     let may_sync = c.may_sync;
+    let incomplete_copy = c.freshness == Freshness::Incomplete;
     view! {
         <tr
             data-container-id=id
@@ -374,7 +383,11 @@ fn CopyRow(
                     <button
                         type="submit"
                         disabled=move || !may_sync || sync.pending().get()
-                        title=(!may_sync).then_some("Syncing it needs operator or admin in its project and its source's")
+                        title=(!may_sync).then_some(if incomplete_copy {
+                            "It never completed: there is nothing to sync into; make a new copy"
+                        } else {
+                            "Syncing it needs operator or admin in its project and its source's"
+                        })
                     >
                         "Sync now"
                     </button>

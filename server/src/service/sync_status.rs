@@ -142,8 +142,13 @@ impl Service {
                     .as_ref()
                     .and_then(|id| states.get(id).cloned())
                     .unwrap_or(Probed::Missing);
+                // A copy that never completed (failed or cancelled; not one under way) has
+                // no tree a sync could bring up to date.
+                let never_completed = row.last_synced_at.is_none()
+                    && ContainerStatus::parse(&row.status) != Some(ContainerStatus::Copying);
                 let (freshness, source_error) = match probed {
                     Probed::Missing => (Freshness::SourceMissing, None),
+                    _ if never_completed => (Freshness::Incomplete, None),
                     Probed::State(now) if row.source_state.as_deref() == Some(now.as_str()) => {
                         (Freshness::Current, None)
                     }
@@ -153,7 +158,12 @@ impl Service {
                 };
                 let mut status =
                     copy_status(row.summary(&vis), row, (freshness, source_error), jobs);
-                status.may_sync = vis.require_operator(&row.project_id, "").is_ok()
+                if freshness == Freshness::Incomplete && status.last_error.is_none() {
+                    // (A cancelled copy is no failure in a row, but it is why.)
+                    status.last_error = row.status_reason.clone();
+                }
+                status.may_sync = freshness != Freshness::Incomplete
+                    && vis.require_operator(&row.project_id, "").is_ok()
                     && row
                         .src_project_id
                         .as_ref()
