@@ -732,6 +732,9 @@ pub struct ContainerDetail {
     /// Whether the caller may change it (start, stop, edit, sync, snapshot, delete): an
     /// operator or admin of its project. The console disables what a viewer may not do.
     pub may_change: bool,
+    /// A copy whose source was deleted: there is nothing to sync it from.
+    #[serde(default)]
+    pub source_deleted: bool,
     /// The container's root directory on disk; shown to platform admins only.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub root_path: Option<String>,

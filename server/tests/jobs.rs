@@ -1173,6 +1173,15 @@ async fn a_sync_whose_source_is_deleted_while_it_waits_fails_saying_so() {
         "{sync}"
     );
     assert!(!error.contains("os error"), "{sync}");
+
+    // The copy says so: in the API, and on its page, which offers no sync.
+    let (_, copy) = s.get(&format!("/api/v1/containers/{staging}"), admin).await;
+    assert_eq!(copy["source_deleted"], true, "{copy}");
+    let cookie = s.session("admin", &s.admin_password).await;
+    let (_, html) = s.page(&format!("/containers/{staging}"), &cookie).await;
+    assert!(html.contains("a container since deleted"), "{html}");
+    assert!(html.contains("Its source was deleted"), "{html}");
+    assert!(!html.contains("Sync now"), "{html}");
 }
 
 #[tokio::test]

@@ -140,12 +140,19 @@ fn ContainerView(
         view! { <DeleteCard id=c.summary.id.clone() name=c.summary.name.clone()/> }.into_any(),
     );
     let sync_now = c.summary.is_copy.then(|| {
+        // A copy whose source was deleted has nothing to sync from: said, not offered.
+        let sync = if c.source_deleted {
+            view! { <p class="notice" role="note">"Its source was deleted: there is nothing to sync from."</p> }
+                .into_any()
+        } else {
+            view! { <SyncNow id=c.summary.id.clone()/> }.into_any()
+        };
         guarded(
             view! {
                 <section class="card sync-card">
                     <h2>"Sync with the source"</h2>
                     <p class="muted">"Brings this copy up to the source's current state, sending only what changed. Changes made on the copy itself are overwritten and reported as drift."</p>
-                    <SyncNow id=c.summary.id.clone()/>
+                    {sync}
                 </section>
             }
             .into_any(),
@@ -160,6 +167,11 @@ fn ContainerView(
                 <a href=format!("/containers/{}", src.id)>{src.name}</a>
                 " in " {src.project_name}
             </dd>
+        }
+        .into_any(),
+        (None, true) if c.source_deleted => view! {
+            <dt>"Copy of"</dt>
+            <dd>"a container since deleted"</dd>
         }
         .into_any(),
         (None, true) => view! {

@@ -101,6 +101,8 @@ impl Service {
             size_bytes: row.size_bytes,
             updated_at: row.updated_at,
             may_change: vis.require_operator(&row.project_id, "").is_ok(),
+            // (The row's source is joined whoever may see it, and only while it exists.)
+            source_deleted: row.source_container_id.is_some() && row.src_name.is_none(),
             root_path: (user.is_admin && user.scope.projects.is_none() && !on_agent).then(|| {
                 container_root(Path::new(&row.storage_root), &row.id)
                     .display()

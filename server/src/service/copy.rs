@@ -181,6 +181,7 @@ impl NewCopy {
             updated_at: self.now,
             // Only an operator of the target project gets this far.
             may_change: true,
+            source_deleted: false,
             root_path: (user.is_admin
                 && user.scope.projects.is_none()
                 && !target.storage_root.is_empty())
