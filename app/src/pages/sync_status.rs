@@ -194,8 +194,8 @@ fn StatusView(
                             <th scope="col">"Copy"</th>
                             <th scope="col">"Source"</th>
                             <th scope="col">"State"</th>
-                            <th scope="col">"Last sync"</th>
-                            <th scope="col">"Result"</th>
+                            <th scope="col" title="When the copy last matched its source: its copy, or its last successful sync">"Matched source"</th>
+                            <th scope="col" title="The latest copy or sync of it, successful or not">"Last run"</th>
                             <th scope="col">"Recent syncs"</th>
                             <th scope="col"><span class="visually-hidden">"Actions"</span></th>
                         </tr>
@@ -310,10 +310,14 @@ fn CopyRow(
         .into_any(),
         None => view! { <span class="muted">"never"</span> }.into_any(),
     };
+    // The latest run with its own time: beside "Matched source" (the last success), a
+    // failure after it would otherwise read as that success's result.
     let result = c.last_run.clone().map(|r| {
         let status = r.status;
         view! {
             <span class=format!("badge job-{}", status.as_str())>{status.as_str()}</span>
+            " "
+            <time class="small" title=format::utc(r.finished_at)>{format::ago(now, r.finished_at)}</time>
             <span class="small">
                 {r.duration_ms.map(|d| format!(" in {}", format::duration(d)))}
                 {r.bytes_sent.map(|b| format!(" · {} sent", format::bytes(b as i64)))}
@@ -374,8 +378,8 @@ fn CopyRow(
                 {running}
                 {unchecked}
             </td>
-            <td data-label="Last sync">{last_sync}</td>
-            <td data-label="Result">{result}{error}</td>
+            <td data-label="Matched source">{last_sync}</td>
+            <td data-label="Last run">{result}{error}</td>
             <td data-label="Recent syncs"><HistoryChart runs=c.history.clone()/></td>
             <td>
                 <ActionForm action=sync>
