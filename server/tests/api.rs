@@ -287,6 +287,13 @@ async fn bad_input_gets_a_clear_4xx_never_a_500() {
         assert_eq!(body["error"]["code"], code, "{path}: {body}");
         assert!(!body["error"]["message"].as_str().unwrap().is_empty());
     }
+    // A bad query string says what is wrong with it, not which library failed.
+    let (_, body) = s.get("/api/v1/containers?bogus=1", &s.admin_token).await;
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("bad query string: bogus: unknown field `bogus`"),
+        "{body}"
+    );
     let resp = TestServer::client()
         .delete(s.url("/api/v1/projects"))
         .bearer_auth(&s.admin_token)

@@ -474,8 +474,14 @@ impl Service {
                     .on_field("target_project_id"),
             );
         }
+        if !visibility.can_see(&req.target_project_id) {
+            return Err(
+                ApiError::not_found("target project", &req.target_project_id)
+                    .on_field("target_project_id"),
+            );
+        }
         visibility
-            .require_operator(&req.target_project_id, "the target project")
+            .require_operator(&req.target_project_id, "copying into it")
             .map_err(|e| e.on_field("target_project_id"))?;
         let server_id = req
             .target_server_id

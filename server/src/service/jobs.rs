@@ -125,7 +125,10 @@ impl Service {
             if job.status.is_final() {
                 return Err(ApiError::new(
                     ErrorCode::Conflict,
-                    format!("the job has already {}", job.status.as_str()),
+                    match job.status {
+                        JobStatus::Cancelled => "the job was cancelled already".to_string(),
+                        s => format!("the job has already ended: it {}", s.as_str()),
+                    },
                 ));
             }
             // A queued job is marked at once (the runner sees it when it gets a slot); a

@@ -220,8 +220,14 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 
 /// Query parameters that fail to parse become a 400 that names the problem.
 fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, RestError> {
-    q.map(|Query(v)| v)
-        .map_err(|e| ApiError::invalid(format!("bad query string: {}", e.body_text())).into())
+    q.map(|Query(v)| v).map_err(|e| {
+        // (axum's text says which library failed before what was wrong.)
+        let text = e.body_text();
+        let why = text
+            .strip_prefix("Failed to deserialize query string: ")
+            .unwrap_or(&text);
+        ApiError::invalid(format!("bad query string: {why}")).into()
+    })
 }
 
 /// A path parameter that fails to decode becomes a 400 in the API's error format.
