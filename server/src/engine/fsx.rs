@@ -876,11 +876,8 @@ pub fn punch_hole(file: &std::fs::File, at: u64, len: u64) -> io::Result<()> {
 
 /// Whether `data` is all zeros.
 pub fn is_zero(data: &[u8]) -> bool {
-    let mut words = data.chunks_exact(16);
-    words
-        .by_ref()
-        .all(|w| u128::from_ne_bytes(w.try_into().expect("16 bytes")) == 0)
-        && words.remainder().iter().all(|b| *b == 0)
+    let (words, rest) = data.as_chunks::<16>();
+    words.iter().all(|w| u128::from_ne_bytes(*w) == 0) && rest.iter().all(|b| *b == 0)
 }
 
 /// Writes a new, empty file's content in order, at offsets, leaving a hole where a whole

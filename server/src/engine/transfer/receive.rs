@@ -671,7 +671,7 @@ pub(super) fn take_content(
         let (hash, chunks, len) = if unchanged() {
             (e.hash, e.chunks.clone(), e.size)
         } else {
-            hash_reader(&*out, e.size, ctl, |_, _| Ok(()))?
+            hash_reader(out, e.size, ctl, |_, _| Ok(()))?
         };
         if how == fsx::KernelCopy::CopyFileRange {
             ctl.throttle_counting(len);
@@ -698,7 +698,7 @@ pub(super) fn take_content(
         let (hash, chunks, len) = if len == e.size && unchanged() {
             (e.hash, e.chunks.clone(), len)
         } else {
-            hash_reader(&*out, len, ctl, |_, _| Ok(()))?
+            hash_reader(out, len, ctl, |_, _| Ok(()))?
         };
         ctl.throttle_counting(len);
         Taken {
