@@ -395,6 +395,10 @@ async fn copy_validation_answers_each_mistake_with_its_status() {
         resp["error"]["message"],
         "a container named \"web-app-staging\" already exists in the target project"
     );
+    // Names are host names: taken whatever their case.
+    let (st, resp, _) = copy(json!({"target_project_id": web, "name": "Web-App-Staging"})).await;
+    assert_eq!(st, 409, "{resp}");
+    assert_eq!(resp["error"]["field"], "name", "{resp}");
     let resp = TestServer::client()
         .post(s.url(&format!("/api/v1/containers/{source}/copy")))
         .bearer_auth(&s.admin_token)

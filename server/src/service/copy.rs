@@ -627,7 +627,8 @@ impl Service {
                 1 => prefix.clone(),
                 n => format!("{prefix}-{n}"),
             })
-            .find(|candidate| !taken.contains(candidate))
+            // (Names are unique ignoring case; `taken` holds them in lowercase.)
+            .find(|candidate| !taken.contains(&candidate.to_lowercase()))
             .ok_or_else(|| ApiError::new(ErrorCode::Conflict, "no free name; give one"))
     }
 }

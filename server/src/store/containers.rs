@@ -66,6 +66,18 @@ impl From<rusqlite::Error> for Refusal {
 impl NewCopy {
     /// Both rows, in the caller's transaction.
     fn insert(&self, c: &SyncConn) -> Result<(), Refusal> {
+        // A name is the container's host name: unique in its project ignoring case (the
+        // index compares exactly). Writes run one at a time, so nothing comes between.
+        let taken = query_first(
+            c,
+            "SELECT 1 FROM containers
+             WHERE project_id = $1 AND name = $2 COLLATE NOCASE AND deleted_at IS NULL",
+            &[&self.project_id, &self.name],
+            |_| (),
+        )?;
+        if taken.is_some() {
+            return Err(Refusal::NameTaken);
+        }
         // Only into a project that still exists: a delete of it checked for containers in
         // its own write, and writes run one at a time.
         let inserted = execute(
@@ -268,7 +280,8 @@ impl Db {
         name: &str,
     ) -> Result<Option<String>, DbError> {
         Ok(sqlx::query_scalar(
-            "SELECT id FROM containers WHERE project_id = $1 AND name = $2 AND deleted_at IS NULL",
+            "SELECT id FROM containers
+             WHERE project_id = $1 AND name = $2 COLLATE NOCASE AND deleted_at IS NULL",
         )
         .bind(project_id)
         .bind(name)
@@ -276,14 +289,15 @@ impl Db {
         .await?)
     }
 
-    /// The names in a project that start with `prefix`.
+    /// The names in a project that start with `prefix` (ignoring case), in lowercase.
     pub(crate) async fn names_starting_with(
         &self,
         project_id: &str,
         prefix: &str,
     ) -> Result<HashSet<String>, DbError> {
         let names: Vec<String> = sqlx::query_scalar(
-            "SELECT name FROM containers WHERE project_id = $1 AND substr(name, 1, $2) = $3
+            "SELECT lower(name) FROM containers
+             WHERE project_id = $1 AND substr(name, 1, $2) = $3 COLLATE NOCASE
                 AND deleted_at IS NULL",
         )
         .bind(project_id)
