@@ -256,7 +256,7 @@ fn CopyForm(
                                                 (false, ServerState::Offline) => format!("{} (offline: the copy waits for it)", s.name),
                                                 (false, ServerState::Pending) => format!("{} (its host has not joined yet: no copy can go there)", s.name),
                                             };
-                                            view! { <option value=s.id selected=sel disabled=pending>{label}</option> }
+                                            view! { <option value=s.id selected=sel && !pending disabled=pending>{label}</option> }
                                         })
                                         .collect_view()}
                                 </select>

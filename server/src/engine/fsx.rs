@@ -774,6 +774,11 @@ pub fn kernel_copy(dst: &std::fs::File, src: &std::fs::File, len: u64) -> io::Re
         return Ok(KernelCopy::Reflink);
     }
     let copied = (|| {
+        // A file shorter than its scan said (truncated since) is no copy of that version:
+        // its holes and its end look alike to `SEEK_DATA`, so the length decides.
+        if src.metadata()?.len() < len {
+            return Err(io::Error::other("the file is shorter than its scan said"));
+        }
         for (start, end) in data_segments(src, len) {
             let (mut from, mut to) = (start, start);
             while from < end {
@@ -872,6 +877,15 @@ pub fn punch_hole(file: &std::fs::File, at: u64, len: u64) -> io::Result<()> {
         len,
     )
     .map_err(to_io)
+}
+
+/// What of a file's `len` bytes of content takes room on its filesystem (its data, not
+/// its holes): what a copy of it moved.
+pub fn data_bytes(file: &std::fs::File, len: u64) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    file.metadata()
+        .map_or(len, |m| m.blocks().saturating_mul(512))
+        .min(len)
 }
 
 /// Whether `data` is all zeros.

@@ -3671,3 +3671,43 @@ fn a_piece_of_zeros_is_a_hole_and_the_length_is_kept() {
     ]));
     assert!(fsx::is_zero(&[]));
 }
+
+#[test]
+fn a_file_shorter_than_its_scan_is_not_padded_by_the_kernels_copy() {
+    // (Truncated between the scan and the copy: the kernel's copy must not make up the
+    // rest as a hole; the caller then copies what the file holds.)
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    fs::write(&a, Rng(3).bytes(1 << 20)).unwrap();
+    let src = fs::File::open(&a).unwrap();
+    let dst = fs::File::create(&b).unwrap();
+    match fsx::kernel_copy(&dst, &src, 2 << 20) {
+        // A reflink shares what the file holds, whatever the scan said.
+        Ok(fsx::KernelCopy::Reflink) => {}
+        other => {
+            assert!(other.is_err(), "{other:?}");
+            assert_eq!(
+                fs::metadata(&b).unwrap().len(),
+                0,
+                "left empty for the caller"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_sparse_file_under_a_limit_waits_for_its_data_only() {
+    // 64 MiB holding 8 KiB at 1 MiB/s: a wait for the data, not a minute for its holes.
+    let env = Env::new();
+    let (src, dst) = (env.place("src"), env.place("dst"));
+    fs::create_dir_all(&src.root).unwrap();
+    write_sparse(&src.root.join("disk.img"), &mut Rng(4));
+    let t0 = std::time::Instant::now();
+    copy(&src, &dst, &Control::new().with_bwlimit(Some(1 << 20))).unwrap();
+    assert_same_tree(&src.root, &dst.root);
+    assert!(
+        t0.elapsed() < Duration::from_secs(20),
+        "{:?} for 8 KiB of data",
+        t0.elapsed()
+    );
+}

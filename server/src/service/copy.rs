@@ -47,7 +47,7 @@ pub fn parse_ssh_public_key(key: &str) -> Result<String, String> {
     // says, and nothing more (a cut key, or one with bytes added, is refused).
     key_blob_is(kind, &blob)?;
     let comment: Vec<&str> = parts.collect();
-    let comment_len: usize = comment.iter().map(|c| c.len() + 1).sum();
+    let comment_len: usize = comment.iter().map(|c| c.chars().count() + 1).sum();
     if comment_len > MAX_KEY_COMMENT {
         return Err(format!(
             "the comment after the key is at most {MAX_KEY_COMMENT} characters"

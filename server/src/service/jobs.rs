@@ -60,6 +60,14 @@ impl Service {
         }
         if let Some(id) = &filter.before {
             check_id("before", id)?;
+            // A page after a job the caller may not see would say when it was made.
+            let visible = self.db.job(id).await.map_err(internal)?;
+            if !visible.is_some_and(|j| vis.can_see(&j.project_id)) {
+                return Err(
+                    ApiError::invalid(format!("before: no job {id} that you may see"))
+                        .on_field("before"),
+                );
+            }
         }
         let limit = filter.limit.unwrap_or(JOBS_PAGE);
         if limit == 0 || limit > MAX_JOBS_PAGE {

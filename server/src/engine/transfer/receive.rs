@@ -250,7 +250,7 @@ fn receive_frames(
             };
             let mut got = receive_content(
                 &mut fr,
-                &mut file,
+                &file,
                 &e,
                 old.as_ref(),
                 base,
@@ -484,7 +484,7 @@ impl Content {
 #[allow(clippy::too_many_arguments)]
 pub(super) fn receive_content(
     fr: &mut FrameReader<PipeReader>,
-    out: &mut fs::File,
+    out: &fs::File,
     e: &Entry,
     old: Option<&fs::File>,
     base: Option<&Entry>,
@@ -510,10 +510,14 @@ pub(super) fn receive_content(
     let mut of_source = false;
     let mut buf = Vec::new();
     // Pieces of zeros become holes: a sparse file stays sparse.
-    let out: &fs::File = out;
     let mut sparse = fsx::SparseOut::new(out);
     loop {
         match fr.read_frame().map_err(io_err("receiving"))? {
+            // A file's content is data and ranges of its previous version, or one reuse
+            // alone.
+            Frame::Data(_) | Frame::CopyOld { .. } if from_reuse.is_some() => {
+                return Err(EngineError::Integrity("data after a reuse".into()));
+            }
             Frame::Data(d) => {
                 sparse.write(&d).map_err(io_err("writing a file"))?;
                 if chunked {
@@ -674,7 +678,7 @@ pub(super) fn take_content(
             hash_reader(out, e.size, ctl, |_, _| Ok(()))?
         };
         if how == fsx::KernelCopy::CopyFileRange {
-            ctl.throttle_counting(len);
+            ctl.throttle_counting_moved(fsx::data_bytes(out, len), len);
         } else {
             ctl.add_progress(len, 0);
         }
@@ -700,7 +704,7 @@ pub(super) fn take_content(
         } else {
             hash_reader(out, len, ctl, |_, _| Ok(()))?
         };
-        ctl.throttle_counting(len);
+        ctl.throttle_counting_moved(fsx::data_bytes(out, len), len);
         Taken {
             hash,
             chunks,

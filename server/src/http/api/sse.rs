@@ -302,14 +302,16 @@ async fn job_stream(
     // stream starts from the job's current state, its history not replayed. (One from
     // before a restart is older than anything buffered: all of the job's buffered events
     // follow it.)
-    if after.is_some_and(|a| a >= hub.peek_id()) {
+    // (One look at the next id: an event published between two would fall between.)
+    let next_id = hub.peek_id();
+    if after.is_some_and(|a| a >= next_id) {
         queue.clear();
     }
-    let after = after.filter(|&a| a < hub.peek_id());
+    let after = after.filter(|&a| a < next_id);
     let last = after.unwrap_or(0);
     if queue.iter().all(|e| e.ev.id <= last) {
         // Nothing buffered to replay (e.g. after a restart): start from the current state.
-        let id = hub.peek_id().saturating_sub(1).max(last.saturating_add(1));
+        let id = next_id.saturating_sub(1).max(last.saturating_add(1));
         let kind = if job.status.is_final() {
             EventKind::Status
         } else {
