@@ -1154,6 +1154,9 @@ pub struct JobFilter {
     pub limit: Option<u32>,
 }
 
+/// Jobs a page of `GET /jobs` holds unless its `limit` says.
+pub const JOBS_PAGE: u32 = 100;
+
 /// How a copy or sync moves its data: `?bwlimit=` on both endpoints (beside the
 /// contract's fields, which it leaves as they are).
 #[cfg_attr(feature = "ssr", derive(utoipa::IntoParams))]

@@ -68,14 +68,20 @@ pub async fn sync_status() -> Result<(Millis, Vec<CopyStatus>), ApiError> {
     Ok((now, backend.sync_status(&user).await?))
 }
 
-/// Recent jobs, newest first, filtered by kind and status (empty: any).
+/// Recent jobs, newest first, filtered by kind and status (empty: any): a page of them,
+/// older than the job `before` when given.
 #[server]
-pub async fn list_jobs(kind: Option<String>, status: Option<String>) -> Result<Vec<Job>, ApiError> {
+pub async fn list_jobs(
+    kind: Option<String>,
+    status: Option<String>,
+    before: Option<String>,
+) -> Result<Vec<Job>, ApiError> {
     let (backend, user) = caller().await?;
     let given = |v: Option<String>| v.filter(|s| !s.is_empty());
     let filter = JobFilter {
         kind: given(kind),
         status: given(status),
+        before: given(before),
         ..JobFilter::default()
     };
     backend.list_jobs(&user, &filter).await

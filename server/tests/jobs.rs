@@ -485,6 +485,21 @@ async fn copy_validation_answers_each_mistake_with_its_status() {
         paged, all,
         "the pages, one after the other, are the whole list"
     );
+    // The console's jobs page pages the same way.
+    let cookie = s.session("admin", &s.admin_password).await;
+    let (st, html) = s
+        .page(&format!("/jobs?kind=copy&before={}", all[0]), &cookie)
+        .await;
+    assert_eq!(st, 200);
+    assert!(html.contains("Newest jobs"), "{html}");
+    assert!(
+        !html.contains(&format!("data-job-id=\"{}\"", all[0])),
+        "{html}"
+    );
+    assert!(
+        html.contains(&format!("data-job-id=\"{}\"", all[1])),
+        "{html}"
+    );
 }
 
 #[tokio::test]

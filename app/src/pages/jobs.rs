@@ -9,7 +9,7 @@ use leptos_router::{components::Form, hooks::use_query_map};
 use super::live_job::{follow_all_jobs, reloader, JobProgressBar};
 use super::widgets::{Loading, PageError};
 use crate::format;
-use crate::model::{EventKind, Job, JobKind, JobStatus};
+use crate::model::{EventKind, Job, JobKind, JobStatus, JOBS_PAGE};
 use crate::server_fns::{list_containers, list_jobs};
 
 #[component]
@@ -23,12 +23,27 @@ pub fn JobsPage() -> impl IntoView {
             )
         })
     };
+    // `?before=ID`: the page of jobs older than that one.
+    let before = move || query.with(|q| q.get("before").filter(|b| !b.is_empty()));
     // Bumped when a job starts or ends: the list is loaded again.
     let version = RwSignal::new(0u32);
     let jobs = Resource::new(
-        move || (filter(), version.get()),
-        |((kind, status), _)| list_jobs(kind, status),
+        move || (filter(), before(), version.get()),
+        |((kind, status), before, _)| list_jobs(kind, status, before),
     );
+    // Links to the next page (older jobs) and back to the newest, keeping the filter.
+    let page_link = move |before: Option<&str>| {
+        let (kind, status) = filter();
+        let mut href = format!(
+            "?kind={}&status={}",
+            kind.unwrap_or_default(),
+            status.unwrap_or_default()
+        );
+        if let Some(b) = before {
+            href.push_str(&format!("&before={b}"));
+        }
+        href
+    };
     // Names for the containers jobs refer to (jobs carry ids only).
     let containers = Resource::new(|| (), |_| list_containers(None));
     let live: RwSignal<HashMap<String, Job>> = RwSignal::new(HashMap::new());
@@ -83,7 +98,21 @@ pub fn JobsPage() -> impl IntoView {
                     .map(|c| (c.id, c.name))
                     .collect();
                 match jobs.await {
-                    Ok(list) => view! { <JobTable list live names/> }.into_any(),
+                    Ok(list) => {
+                        // A full page may have older jobs after it.
+                        let older = (list.len() >= JOBS_PAGE as usize)
+                            .then(|| list.last().map(|j| page_link(Some(&j.id))))
+                            .flatten()
+                            .map(|href| view! { <a href=href rel="next">"Older jobs"</a> });
+                        let newest = before().map(|_| {
+                            view! { <a href=page_link(None)>"Newest jobs"</a> " " }
+                        });
+                        view! {
+                            <JobTable list live names/>
+                            <p class="pager">{newest}{older}</p>
+                        }
+                        .into_any()
+                    }
                     Err(error) => view! { <PageError error/> }.into_any(),
                 }
             })}
@@ -122,7 +151,6 @@ fn JobTable(
             <tbody>
                 {list
                     .into_iter()
-                    .take(200)
                     .map(|job| {
                         let id = job.id.clone();
                         let loaded = job.clone();

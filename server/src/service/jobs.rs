@@ -236,8 +236,7 @@ pub(super) fn check_idempotency_key(key: Option<&str>) -> Result<Option<String>,
 /// wait seconds each.
 pub const MIN_BWLIMIT: u64 = 64 << 10;
 
-/// Jobs a page of `GET /jobs` holds unless `limit` says, and the most it may say.
-pub const JOBS_PAGE: u32 = 100;
+/// The most jobs a page of `GET /jobs` may hold (`JOBS_PAGE` unless its `limit` says).
 const MAX_JOBS_PAGE: u32 = 500;
 
 /// A bandwidth limit as given (`?bwlimit=`, a server's limit): bytes a second, with an
