@@ -40,6 +40,7 @@ struct Cli {
 }
 
 #[derive(Args)]
+#[command(next_help_heading = "Where the data is (every subcommand)")]
 struct DataArgs {
     /// Where doppel keeps its database and the storage roots of its servers.
     #[arg(long, global = true, env = "DOPPEL_DATA_DIR", default_value = "./data")]
@@ -69,7 +70,10 @@ fn parse_image_size(text: &str) -> Result<u64, String> {
     }
 }
 
+/// Global (so that `doppel --addr X` serves without the word `serve`), and shown apart in
+/// every subcommand's help, under their own heading, after the subcommand's own options.
 #[derive(Args)]
+#[command(next_help_heading = "Options of serve (doppel [serve])")]
 struct ServeArgs {
     /// Address to listen on.
     #[arg(
@@ -156,7 +160,9 @@ enum ServerCommand {
     /// A server on another host: prints the one-time token its host joins with (good for
     /// an hour): `doppel agent join https://<this host's --agents-addr> TOKEN` there.
     Add {
+        /// The new server's name.
         name: String,
+        /// What it is, for the Servers page.
         #[arg(long, default_value = "")]
         description: String,
     },
@@ -237,6 +243,7 @@ enum Command {
 enum TokenCommand {
     /// Print a new API token for a user, alone on stdout.
     Create {
+        /// The user's name; the token has every right the user has.
         #[arg(long)]
         user: String,
         /// A label to recognise the token by.
@@ -248,7 +255,10 @@ enum TokenCommand {
 #[derive(Subcommand)]
 enum UserCommand {
     /// Read a new password from stdin and set it (ends the user's console sessions).
-    SetPassword { name: String },
+    SetPassword {
+        /// The user's name.
+        name: String,
+    },
 }
 
 fn init_logging(json: bool) {

@@ -191,3 +191,18 @@ async fn image_trees_take_a_size_of_at_least_1g() {
     );
     assert!(out.status.success(), "{out:?}");
 }
+
+#[test]
+fn a_subcommands_help_shows_its_own_options_first_and_serves_apart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = doppel(tmp.path(), &["token", "create", "--help"], "");
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    let at = |what: &str| help.find(what).unwrap_or_else(|| panic!("{what}: {help}"));
+    // Its own options, then the data dir, then the serve flags (global, so that `doppel
+    // --addr X` serves) under a heading of their own.
+    assert!(at("--user") < at("Where the data is"), "{help}");
+    assert!(at("Where the data is") < at("Options of serve"), "{help}");
+    assert!(at("Options of serve") < at("--addr"), "{help}");
+    assert!(help.contains("The user's name"), "{help}");
+}
