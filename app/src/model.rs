@@ -480,6 +480,13 @@ pub struct ServerWithJoinToken {
     /// `server.join_expires_at`. It holds this control plane's certificate fingerprint, so
     /// the agent knows whom it joins.
     pub join_token: String,
+    /// The whole command for the new host, with where this control plane listens for
+    /// joins (`--agents-addr`); absent when it listens nowhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join_command: Option<String>,
+    /// Why the host cannot join yet, when it cannot (no `--agents-addr`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 #[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]

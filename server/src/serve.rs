@@ -172,6 +172,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         // whether it may join.
         let tls = tls::server_config(prepared.service.identity(), ClientPins::Any)?;
         tracing::info!(%addr, fingerprint = %prepared.service.identity().fingerprint, "hosts join at https://{addr}");
+        prepared.service.listen_for_joins_at(listener.local_addr()?);
         tokio::spawn(tls::serve(
             listener,
             tls,

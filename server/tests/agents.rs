@@ -128,7 +128,15 @@ impl ControlPlane {
             .await;
         assert_eq!(st, 201, "{added}");
         assert_eq!(added["server"]["state"], "pending", "{added}");
-        added["join_token"].as_str().unwrap().to_string()
+        let token = added["join_token"].as_str().unwrap().to_string();
+        // The whole command, where this control plane listens for joins.
+        let command = added["join_command"].as_str().unwrap();
+        assert!(
+            command.starts_with("doppel agent join https://") && command.ends_with(&token),
+            "{added}"
+        );
+        assert!(added.get("warning").is_none(), "{added}");
+        token
     }
 }
 
@@ -1458,6 +1466,12 @@ async fn the_copy_form_says_which_target_servers_a_copy_would_wait_for_or_cannot
         )
         .await;
     assert_eq!(st, 201, "{e}");
+    // This doppel listens for no joins (no --agents-addr): said with the token.
+    assert!(
+        e["warning"].as_str().unwrap().contains("--agents-addr"),
+        "{e}"
+    );
+    assert!(e.get("join_command").is_none(), "{e}");
     let web_app = s.container_id("web-app").await;
     let cookie = s.session("admin", &s.admin_password).await;
     let (st, html) = s

@@ -72,7 +72,9 @@ pub fn ServersPage() -> impl IntoView {
                             <div class="notice" role="status">
                                 <p>"Join token of " <strong>{added.server.name.clone()}</strong> ", shown once:"</p>
                                 <code class="secret">{added.join_token}</code>
+                                {added.join_command.map(|c| view! { <p>"On its host, run: " <code>{c}</code></p> })}
                             </div>
+                            {added.warning.map(|w| view! { <p class="warning-box" role="alert">{w}</p> })}
                         }
                         .into_any(),
                         Some(Err(error)) => view! { <ErrorBox error/> }.into_any(),

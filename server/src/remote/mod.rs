@@ -55,6 +55,8 @@ struct Agent {
 pub struct Agents {
     me: Identity,
     agents: Mutex<HashMap<String, Agent>>,
+    /// Where hosts join (`--agents-addr`), once this control plane listens there.
+    join_at: std::sync::OnceLock<std::net::SocketAddr>,
 }
 
 impl Agents {
@@ -62,7 +64,18 @@ impl Agents {
         Arc::new(Agents {
             me,
             agents: Mutex::new(HashMap::new()),
+            join_at: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Hosts join at `addr` from now on (`--agents-addr`).
+    pub fn listen_for_joins_at(&self, addr: std::net::SocketAddr) {
+        let _ = self.join_at.set(addr);
+    }
+
+    /// Where hosts join, if they can.
+    pub fn join_address(&self) -> Option<std::net::SocketAddr> {
+        self.join_at.get().copied()
     }
 
     /// This control plane's certificate fingerprint (join tokens carry it).

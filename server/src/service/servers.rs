@@ -245,10 +245,41 @@ impl Service {
     async fn add_pending_server(&self, req: NewServer) -> Result<ServerWithJoinToken, ApiError> {
         let (row, join_token) =
             add_pending_server(&self.db, self.agents.fingerprint(), req).await?;
+        // What to run on the new host, where this control plane listens for joins; where
+        // it does not, no host can join, and the answer says so.
+        let (join_command, warning) = match self.agents.join_address() {
+            // (Listening on every address: the host is reached at one of this host's.)
+            Some(addr) if addr.ip().is_unspecified() => (
+                Some(format!(
+                    "doppel agent join https://<this host's address>:{} {join_token}",
+                    addr.port()
+                )),
+                None,
+            ),
+            Some(addr) => (
+                Some(format!("doppel agent join https://{addr} {join_token}")),
+                None,
+            ),
+            None => (
+                None,
+                Some(
+                    "this control plane was started without --agents-addr: no host can join \
+                     until it is started with one (e.g. --agents-addr 0.0.0.0:7443)"
+                        .to_string(),
+                ),
+            ),
+        };
         Ok(ServerWithJoinToken {
             server: self.shown(row, 0, true).await,
             join_token,
+            join_command,
+            warning,
         })
+    }
+
+    /// Hosts join at `addr` from now on (`--agents-addr`).
+    pub fn listen_for_joins_at(&self, addr: std::net::SocketAddr) {
+        self.agents.listen_for_joins_at(addr);
     }
 
     /// An agent joins (the control plane's agent port): its token must be good, and from
