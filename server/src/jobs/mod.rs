@@ -338,6 +338,7 @@ impl JobRunner {
                 .await;
         };
         self.hub.publish(EventKind::Status, running.clone());
+        let job_created = running.created_at;
         if kind == JobKind::Delete {
             let result = if self.agents.is_agent(&target_server) {
                 // Its process stopped on its agent (recorded here), then its trees removed
@@ -416,7 +417,7 @@ impl JobRunner {
                     .map_err(|e| self.paths_named(e, &source_root, &target_root))
             };
             let (result, restarted) = self
-                .final_pass(kind, &params, (&target_id, &here), first, last)
+                .final_pass(kind, &params, (&target_id, &here), job_created, first, last)
                 .await?;
             let last_progress = reporter.flush(result.is_ok()).await;
             if result.is_ok() && finish::starts_after(kind, &params, restarted.is_some()) {
@@ -496,7 +497,14 @@ impl JobRunner {
             .map_err(|e| without_paths(e, &names))
         };
         let (result, restarted) = self
-            .final_pass(kind, &params, (&target_id, &target), result, last)
+            .final_pass(
+                kind,
+                &params,
+                (&target_id, &target),
+                job_created,
+                result,
+                last,
+            )
             .await?;
         let last_progress = reporter.flush(result.is_ok()).await;
         if result.is_ok() && finish::starts_after(kind, &params, restarted.is_some()) {
@@ -527,6 +535,7 @@ impl JobRunner {
         kind: JobKind,
         params: &JobParams,
         (target_id, target): (&str, &Place),
+        job_created: i64,
         first: Result<engine::Summary, EngineError>,
         last: F,
     ) -> Result<(Result<engine::Summary, EngineError>, Option<Outcome>), DbError>
@@ -552,12 +561,23 @@ impl JobRunner {
             .stop_for_job(target_id, ContainerStatus::Syncing)
             .await?
         {
-            // Nothing ran to stop (it ended before or during the pass): started again, as
-            // a finished sync leaves its copy.
+            // Nothing ran to stop (it ended before or during the pass, or this sync stopped
+            // it before a restart): started again, as a finished sync leaves its copy. It
+            // was down from that stop, if it came after the sync was asked for.
+            let stopped_at = self
+                .db
+                .container(target_id)
+                .await?
+                .and_then(|row| row.stopped_at)
+                .filter(|at| *at >= job_created);
             let started = self
                 .lifecycle
                 .start(target_id, &[ContainerStatus::Syncing])
                 .await?;
+            let mut first = first;
+            if let Some(at) = stopped_at {
+                first.downtime_ms = Some(crate::ids::now_ms().saturating_sub(at).max(0) as u64);
+            }
             return Ok((Ok(first), Some(started)));
         }
         let result = last().await;
