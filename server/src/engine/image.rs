@@ -84,8 +84,9 @@ fn loop_backing_file(device: &Path) -> Option<PathBuf> {
 /// Mounts the image tree at `root` again where its filesystem is not mounted (the host
 /// restarted: loop mounts do not survive that), so that `root` is the tree and not the
 /// empty directory beneath it: a sync from that would empty the tree's copies. An image
-/// that a loop device holds already (mounted elsewhere, as an interrupted move leaves it)
-/// is left as it is. A root that holds anything of its own is refused instead: something
+/// that a loop device holds already (its tree unmounted here while a running container's
+/// mount namespace holds its filesystem, or a move interrupted) has that device mounted
+/// here again. A root that holds anything of its own is refused instead: something
 /// wrote into it while its filesystem was away, and mounting would hide that. A tree
 /// mounted again is grown to `grow_to` where its image is smaller ([`grow`]).
 pub fn ensure_mounted(root: &Path, grow_to: Option<u64>) -> io::Result<()> {
@@ -99,9 +100,7 @@ pub fn ensure_mounted(root: &Path, grow_to: Option<u64>) -> io::Result<()> {
     if is_image_tree(root) {
         return thaw_left_frozen(root);
     }
-    if attached(&image)? {
-        return Ok(());
-    }
+    let device = attached_device(&image)?;
     if fs::read_dir(root)?.next().is_some() {
         return Err(io::Error::other(format!(
             "{} is an image tree whose filesystem ({}) is not mounted, and the directory \
@@ -110,8 +109,21 @@ pub fn ensure_mounted(root: &Path, grow_to: Option<u64>) -> io::Result<()> {
             image.display()
         )));
     }
-    tracing::info!(tree = %root.display(), "mounting an image tree again");
-    mount(&image, root)?;
+    match device {
+        // Its loop device is still there (the tree was unmounted here while its running
+        // container, in a mount namespace of its own, holds its filesystem; or a move was
+        // interrupted): that filesystem is mounted here again. Left as it was, the empty
+        // directory under it was read as the tree, and a sync emptied its copies.
+        Some(device) => {
+            tracing::warn!(tree = %root.display(), device = %device.display(),
+                "an image tree's filesystem is not mounted at its tree; mounting its loop device there again");
+            mount_device(&device, root)?;
+        }
+        None => {
+            tracing::info!(tree = %root.display(), "mounting an image tree again");
+            mount(&image, root)?;
+        }
+    }
     if let Some(size) = grow_to {
         grow_or_warn(root, size);
     }
@@ -210,13 +222,20 @@ fn loop_device(root: &Path) -> io::Result<fs::File> {
 
 /// Whether a loop device is backed by `image`.
 pub fn attached(image: &Path) -> io::Result<bool> {
+    Ok(attached_device(image)?.is_some())
+}
+
+/// The loop device backed by `image` (`/dev/loopN`), if one is.
+fn attached_device(image: &Path) -> io::Result<Option<PathBuf>> {
     let image = fs::canonicalize(image)?;
     let Ok(devices) = fs::read_dir("/sys/block") else {
-        return Ok(false);
+        return Ok(None);
     };
-    Ok(devices
-        .flatten()
-        .any(|d| loop_backing_file(&d.path()).is_some_and(|file| file == image)))
+    Ok(devices.flatten().find_map(|d| {
+        loop_backing_file(&d.path())
+            .filter(|file| *file == image)
+            .map(|_| Path::new("/dev").join(d.file_name()))
+    }))
 }
 
 /// Whether image trees are worth making in `dir`: its filesystem has reflinks (a copy of
@@ -434,6 +453,14 @@ fn mount(image: &Path, root: &Path) -> io::Result<()> {
             return Err(e);
         }
     };
+    let mounted = mount_device(Path::new(&path), root);
+    // (The mount holds the device now; closing it here clears it where the mount failed.)
+    drop(device);
+    mounted
+}
+
+/// Mounts the XFS of the loop device `device` at `root`.
+fn mount_device(device: &Path, root: &Path) -> io::Result<()> {
     // `noatime`: reading a tree (doppel's scans, a backup, a copy by other means) writes
     // nothing into it, where `relatime` logs a new access time at the first read of each
     // file since its last change: doppel would write into a source it only reads.
@@ -442,17 +469,14 @@ fn mount(image: &Path, root: &Path) -> io::Result<()> {
     // written and deleted kept 200 MB of the host without it, none with it (measured
     // with `du` of the image). `make bench`'s sync between image trees took as long
     // with it (0.28-0.34 s against 0.26-0.29 s, one run each: noise on this machine).
-    let mounted = rustix::mount::mount(
-        path.as_str(),
+    rustix::mount::mount(
+        device,
         root,
         "xfs",
         rustix::mount::MountFlags::NOATIME,
         c"nouuid,discard",
     )
-    .map_err(io::Error::from);
-    // (The mount holds the device now; closing it here clears it where the mount failed.)
-    drop(device);
-    mounted
+    .map_err(io::Error::from)
 }
 
 // <linux/loop.h>

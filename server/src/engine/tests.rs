@@ -3711,3 +3711,52 @@ fn a_sparse_file_under_a_limit_waits_for_its_data_only() {
         t0.elapsed()
     );
 }
+
+/// Unmounts what is mounted at its path when dropped (a test's extra mount).
+struct MountedAt(PathBuf);
+
+impl Drop for MountedAt {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn an_image_tree_unmounted_while_its_filesystem_is_held_elsewhere_is_mounted_again_not_read_empty()
+{
+    let env = Env::with_xfs_images();
+    let (src, dst) = (env.source("src"), env.place("dst"));
+    random_tree(&src.root, &mut Rng(5), 20);
+    // Its filesystem held elsewhere too (as a running container's mount namespace holds
+    // it), then unmounted at its tree: its loop device stays, the directory under it is
+    // empty.
+    let out = std::process::Command::new("findmnt")
+        .args(["-n", "-o", "SOURCE"])
+        .arg(&src.root)
+        .output()
+        .unwrap();
+    let device = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(device.starts_with("/dev/loop"), "{device:?}");
+    let elsewhere = tempfile::tempdir().unwrap();
+    let ok = std::process::Command::new("mount")
+        .args(["-o", "nouuid"])
+        .arg(&device)
+        .arg(elsewhere.path())
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let _held = MountedAt(elsewhere.path().to_path_buf());
+    let ok = std::process::Command::new("umount")
+        .arg(&src.root)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    assert!(!image::is_image_tree(&src.root));
+    assert!(image::attached(&image::image_path(&src.root)).unwrap());
+
+    // A copy of it is a copy of the tree, not of the empty directory under it.
+    copy(&src, &dst, &Control::new()).unwrap();
+    assert!(image::is_image_tree(&src.root), "mounted at its tree again");
+    assert_same_tree(elsewhere.path(), &dst.root);
+    assert!(fs::read_dir(&dst.root).unwrap().count() > 3);
+}
