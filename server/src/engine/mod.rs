@@ -161,17 +161,17 @@ struct Pace {
 }
 
 impl Pace {
-    /// Takes `n` bytes' worth; how long to wait before sending more.
-    fn take(&mut self, n: u64) -> Duration {
+    /// Takes `n` bytes' worth: how long to wait before sending more, and how much of that
+    /// wait is for what others took before (two workers laying files down at once: the
+    /// second waits out the first's bytes, then its own).
+    fn take(&mut self, n: u64) -> (Duration, Duration) {
         let now = Instant::now();
         let earned = now.duration_since(self.at).as_secs_f64() * self.rate;
-        self.tokens = (self.tokens + earned).min(self.burst) - n as f64;
+        let before = (self.tokens + earned).min(self.burst);
+        self.tokens = before - n as f64;
         self.at = now;
-        if self.tokens >= 0.0 {
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64(-self.tokens / self.rate)
-        }
+        let secs = |debt: f64| Duration::from_secs_f64(debt.max(0.0) / self.rate);
+        (secs(-self.tokens), secs(-before))
     }
 }
 
@@ -262,16 +262,21 @@ impl Control {
     }
 
     /// Waits as long as the bandwidth limit wants for `bytes` (in steps, so that a cancel
-    /// is seen), telling `step` the share of the wait done after each step.
+    /// is seen), telling `step` the share of its own wait done after each step: the part
+    /// that waits out what others took first counts for none of `bytes` (else two files
+    /// laid down at once each showed their bytes moving at the limit, together twice it).
     fn paced(&self, bytes: u64, mut step: impl FnMut(f64)) {
         let Some(pace) = &self.pace else { return };
-        let wait = pace.lock().map(|mut p| p.take(bytes)).unwrap_or_default();
+        let (wait, others) = pace.lock().map(|mut p| p.take(bytes)).unwrap_or_default();
+        let own = wait.saturating_sub(others);
         let mut waited = Duration::ZERO;
         while waited < wait && !self.is_cancelled() {
             let s = (wait - waited).min(Duration::from_millis(200));
             std::thread::sleep(s);
             waited += s;
-            step(waited.as_secs_f64() / wait.as_secs_f64());
+            if !own.is_zero() {
+                step(waited.saturating_sub(others).as_secs_f64() / own.as_secs_f64());
+            }
         }
     }
 

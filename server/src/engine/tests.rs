@@ -3760,3 +3760,32 @@ fn an_image_tree_unmounted_while_its_filesystem_is_held_elsewhere_is_mounted_aga
     assert_same_tree(elsewhere.path(), &dst.root);
     assert!(fs::read_dir(&dst.root).unwrap().count() > 3);
 }
+
+#[test]
+fn files_laid_down_at_once_under_a_limit_show_the_limit_together() {
+    // Two workers lay down 1 MiB each at once under 1 MiB/s: the second waits out the
+    // first's bytes, then its own. When the first is done, about 1 MiB shows as done, not
+    // the first's 1 MiB and a share of the second's counted over its whole wait.
+    let ctl = Control::new().with_bwlimit(Some(1 << 20));
+    ctl.phase(Phase::Transfer, Some(2 << 20), Some(2));
+    let (done, first_done) = std::sync::mpsc::channel();
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            let (ctl, done) = (ctl.clone(), done.clone());
+            std::thread::spawn(move || {
+                ctl.throttle_counting(1 << 20);
+                let _ = done.send(());
+            })
+        })
+        .collect();
+    first_done.recv().unwrap();
+    let shown = ctl.state.bytes.load(Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    assert!(
+        (900 << 10..=1200 << 10).contains(&shown),
+        "{shown} bytes shown done when the first MiB was"
+    );
+    assert_eq!(ctl.state.bytes.load(Ordering::Relaxed), 2 << 20);
+}

@@ -515,9 +515,11 @@ pub(in crate::engine) fn make_room(
     let adds = want.saturating_sub(used).min(staged);
     if offered < adds {
         return Err(EngineError::Refused(format!(
-            "the copy's image tree would take {:.1} GiB more of its server, which has {:.1} \
-             GiB free ({:.1} GiB of it kept free for the image trees' writes)",
+            "the copy's image tree would take {:.2} GiB more of its server, where it may take \
+             {:.2} GiB: the server has {:.2} GiB free, {:.2} GiB of it kept free for the \
+             image trees' writes",
             gib(adds),
+            gib(offered),
             gib(free),
             gib(free - offered)
         )));
