@@ -215,6 +215,19 @@ const FREE_SPACE_RESERVE: u64 = 64 << 20;
 /// Where the target lays trees down as image trees (`image_trees`), what it must leave
 /// free is at least the margin its keeper keeps free of them (`engine::image_room`): a
 /// copy into that room would fail half way with "no space left".
+/// Whether a tree copied from the storage root `source` to `target` (both of this host)
+/// shares its extents: one filesystem, which shares them.
+fn shares_extents(source: &str, target: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    if source.is_empty() || target.is_empty() {
+        return false;
+    }
+    let device = |root: &str| std::fs::metadata(root).map(|m| m.dev()).ok();
+    device(source).is_some()
+        && device(source) == device(target)
+        && fsx::kernel_copy_support(Path::new(target)) == Some(fsx::KernelCopy::Reflink)
+}
+
 fn check_free_space(
     target: &Target,
     agent_space: Option<(u64, u64)>,
@@ -324,7 +337,15 @@ impl Service {
                             && super::image_trees_in(Path::new(&target.storage_root)).is_some()
                     }
                 };
-                check_free_space(&target, agent_space, image_trees, source.size_bytes)?;
+                // A copy that shares its source's extents (a reflink, a btrfs snapshot, a clone
+                // of an image) takes next to nothing of its filesystem: only the reserve is
+                // checked.
+                let size = if shares_extents(&source.storage_root, &target.storage_root) {
+                    0
+                } else {
+                    source.size_bytes
+                };
+                check_free_space(&target, agent_space, image_trees, size)?;
                 // The source's rules as stored, or none.
                 let rules =
                     |copy: bool, json: &str| if copy { json.to_string() } else { "[]".into() };
