@@ -821,26 +821,13 @@ async fn a_snapshot_waits_for_its_job_slot_a_bounded_time_and_leaves_nothing_whe
     assert_eq!(st, 422, "{refused}");
     assert_eq!(refused["error"]["field"], "name", "{refused}");
 
-    // A slow copy onto web-app's own server takes its one job slot (the default): 4 MiB
-    // at 64 KiB/s, a minute.
-    let (_, src) = s
-        .get(&format!("/api/v1/containers/{web_app}"), &s.admin_token)
-        .await;
-    let noise: Vec<u8> = (0..4u32 << 20)
-        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-        .collect();
-    std::fs::write(tree_root(&src).join("big.bin"), noise).unwrap();
-    let (st, started, _) = post(
+    // A slow copy onto web-app's own server takes its one job slot (the default).
+    let job = slow_copy(
         &s,
-        &format!("/api/v1/containers/{web_app}/copy?bwlimit=64K"),
-        &s.admin_token,
-        Some(json!({"target_project_id": web, "name": "slow-copy"})),
-        None,
+        &web_app,
+        json!({"target_project_id": web, "name": "slow-copy"}),
     )
     .await;
-    assert_eq!(st, 202, "{started}");
-    let job = started["job"]["id"].as_str().unwrap().to_string();
-    wait_running(&s, &job).await;
 
     // The snapshot is refused once its wait is over; before, it hung until the copy ended.
     let (st, refused, _) = snapshot("while-busy").await;
@@ -1111,6 +1098,27 @@ async fn job_events_stream_to_the_end_and_resume_without_loss() {
     assert_eq!(replayed.last().unwrap().0, *expected.last().unwrap());
 }
 
+/// Starts a copy of `source` (`body` as the request's) that runs for about a minute: 4 MiB
+/// of noise added to the source, at 64 KiB/s. Its job's id, once it runs.
+async fn slow_copy(s: &TestServer, source: &str, body: Value) -> String {
+    let (_, src) = s
+        .get(&format!("/api/v1/containers/{source}"), &s.admin_token)
+        .await;
+    std::fs::write(tree_root(&src).join("big.bin"), random_bytes(4 << 20)).unwrap();
+    let (st, started, _) = post(
+        s,
+        &format!("/api/v1/containers/{source}/copy?bwlimit=64K"),
+        &s.admin_token,
+        Some(body),
+        None,
+    )
+    .await;
+    assert_eq!(st, 202, "{started}");
+    let job = started["job"]["id"].as_str().unwrap().to_string();
+    wait_running(s, &job).await;
+    job
+}
+
 /// Waits (at most 20 s) until the job `id` runs.
 async fn wait_running(s: &TestServer, id: &str) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
@@ -1136,23 +1144,17 @@ async fn a_sync_whose_source_is_deleted_while_it_waits_fails_saying_so() {
     let db = s.container_id("db-primary").await;
     let (_, db_row) = s.get(&format!("/api/v1/containers/{db}"), admin).await;
     let (_, staging_row) = s.get(&format!("/api/v1/containers/{staging}"), admin).await;
-    // A slow copy onto staging's server takes its one job slot: 4 MiB at 64 KiB/s.
-    std::fs::write(tree_root(&db_row).join("big.bin"), random_bytes(4 << 20)).unwrap();
-    let (st, slow, _) = post(
+    // A slow copy onto staging's server takes its one job slot.
+    let slow = slow_copy(
         &s,
-        &format!("/api/v1/containers/{db}/copy?bwlimit=64K"),
-        admin,
-        Some(json!({
+        &db,
+        json!({
             "target_project_id": db_row["project_id"],
             "target_server_id": staging_row["server_id"],
             "name": "slow-copy"
-        })),
-        None,
+        }),
     )
     .await;
-    assert_eq!(st, 202, "{slow}");
-    let slow = slow["job"]["id"].as_str().unwrap().to_string();
-    wait_running(&s, &slow).await;
     // A sync of staging waits behind it; meanwhile its source is deleted.
     let (st, sync, _) = post(
         &s,
@@ -1334,19 +1336,12 @@ async fn sync_status_tells_current_stale_and_failing_copies_apart() {
 
     // A copy cancelled before it completed has no tree to sync: it never completed, says
     // why, and offers no sync.
-    let (_, src) = s.get(&format!("/api/v1/containers/{web_app}"), admin).await;
-    std::fs::write(tree_root(&src).join("big.bin"), random_bytes(4 << 20)).unwrap();
-    let (st, slow, _) = post(
+    let job = slow_copy(
         &s,
-        &format!("/api/v1/containers/{web_app}/copy?bwlimit=64K"),
-        admin,
-        Some(json!({"target_project_id": web, "name": "never-done"})),
-        None,
+        &web_app,
+        json!({"target_project_id": web, "name": "never-done"}),
     )
     .await;
-    assert_eq!(st, 202, "{slow}");
-    let job = slow["job"]["id"].as_str().unwrap().to_string();
-    wait_running(&s, &job).await;
     let (st, _, _) = post(&s, &format!("/api/v1/jobs/{job}/cancel"), admin, None, None).await;
     assert_eq!(st, 200);
     assert_eq!(s.wait_job(&job).await["status"], "cancelled");

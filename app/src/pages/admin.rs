@@ -149,21 +149,16 @@ pub fn AdminPage() -> impl IntoView {
                     }
                 })}
             </Suspense>
-            // Only platform admins make projects: nobody else is offered the form.
-            <Suspense fallback=|| ()>
-                {move || Suspend::new(async move {
-                    matches!(me.await, Ok(Some(user)) if user.is_admin).then(|| view! {
-                        <h3>"New project"</h3>
-                        <ActionForm action=create_project attr:class="stacked-form">
-                            <label for="new-project-name">"Name"</label>
-                            <input id="new-project-name" name="name" required/>
-                            <label for="new-project-description">"Description"</label>
-                            <input id="new-project-description" name="description"/>
-                            <button type="submit" class="primary">"Create project"</button>
-                        </ActionForm>
-                    })
-                })}
-            </Suspense>
+            <super::PlatformAdminsOnly>
+                <h3>"New project"</h3>
+                <ActionForm action=create_project attr:class="stacked-form">
+                    <label for="new-project-name">"Name"</label>
+                    <input id="new-project-name" name="name" required/>
+                    <label for="new-project-description">"Description"</label>
+                    <input id="new-project-description" name="description"/>
+                    <button type="submit" class="primary">"Create project"</button>
+                </ActionForm>
+            </super::PlatformAdminsOnly>
             {move || create_project.value().get().map(Result::flatten).and_then(Result::err).map(|error| view! { <ErrorBox error/> })}
             {move || update_project.value().get().map(Result::flatten).and_then(Result::err).map(|error| view! { <ErrorBox error/> })}
             {move || delete_project.value().get().map(Result::flatten).and_then(Result::err).map(|error| view! { <ErrorBox error/> })}

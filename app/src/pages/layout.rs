@@ -16,6 +16,23 @@ pub fn current_user() -> Resource<Result<Option<UserInfo>, ApiError>> {
         .unwrap_or_else(|| Resource::new(|| (), |_| whoami()))
 }
 
+/// What only platform admins are offered (a form whose use anyone else would see
+/// refused): nothing at all for everyone else.
+#[component]
+pub fn PlatformAdminsOnly(children: ChildrenFn) -> impl IntoView {
+    let me = current_user();
+    view! {
+        <Suspense fallback=|| ()>
+            {move || {
+                let children = children.clone();
+                Suspend::new(async move {
+                    matches!(me.await, Ok(Some(user)) if user.is_admin).then(|| children())
+                })
+            }}
+        </Suspense>
+    }
+}
+
 /// Navigation around every page but the login.
 #[component]
 pub fn Layout() -> impl IntoView {

@@ -24,7 +24,7 @@ pub use container::ContainerPage;
 pub use containers::ContainersPage;
 pub use copy_dialog::CopyPage;
 pub use jobs::JobsPage;
-use layout::current_user;
+use layout::{current_user, PlatformAdminsOnly};
 pub use layout::{Layout, NotFound};
 pub use login::LoginPage;
 pub use servers::ServersPage;

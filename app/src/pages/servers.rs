@@ -50,40 +50,35 @@ pub fn ServersPage() -> impl IntoView {
                 }
             })}
         </Transition>
-        // Only platform admins add servers: nobody else is offered the form.
-        <Suspense fallback=|| ()>
-            {move || Suspend::new(async move {
-                matches!(me.await, Ok(Some(user)) if user.is_admin).then(|| view! {
-                <section class="card">
-                    <h2>"Add a server on another host"</h2>
-                    <p class="muted">
-                        "Its host joins with the token, once, within the hour: "
-                        <code>"doppel agent join https://<this control plane's --agents-addr> TOKEN"</code>
-                    </p>
-                    <ActionForm action=add attr:class="stacked-form">
-                        <label for="new-server-name">"Name"</label>
-                        <input id="new-server-name" name="name" required/>
-                        <label for="new-server-description">"Description"</label>
-                        <input id="new-server-description" name="description"/>
-                        <button type="submit" class="primary">"Add server"</button>
-                    </ActionForm>
-                    {move || match add.value().get().map(Result::flatten) {
-                        Some(Ok(added)) => view! {
-                            <div class="notice" role="status">
-                                <p>"Join token of " <strong>{added.server.name.clone()}</strong> ", shown once:"</p>
-                                <code class="secret">{added.join_token}</code>
-                                {added.join_command.map(|c| view! { <p>"On its host, run: " <code>{c}</code></p> })}
-                            </div>
-                            {added.warning.map(|w| view! { <p class="warning-box" role="alert">{w}</p> })}
-                        }
-                        .into_any(),
-                        Some(Err(error)) => view! { <ErrorBox error/> }.into_any(),
-                        None => ().into_any(),
-                    }}
-                </section>
-                })
-            })}
-        </Suspense>
+        <super::PlatformAdminsOnly>
+            <section class="card">
+                <h2>"Add a server on another host"</h2>
+                <p class="muted">
+                    "Its host joins with the token, once, within the hour: "
+                    <code>"doppel agent join https://<this control plane's --agents-addr> TOKEN"</code>
+                </p>
+                <ActionForm action=add attr:class="stacked-form">
+                    <label for="new-server-name">"Name"</label>
+                    <input id="new-server-name" name="name" required/>
+                    <label for="new-server-description">"Description"</label>
+                    <input id="new-server-description" name="description"/>
+                    <button type="submit" class="primary">"Add server"</button>
+                </ActionForm>
+                {move || match add.value().get().map(Result::flatten) {
+                    Some(Ok(added)) => view! {
+                        <div class="notice" role="status">
+                            <p>"Join token of " <strong>{added.server.name.clone()}</strong> ", shown once:"</p>
+                            <code class="secret">{added.join_token}</code>
+                            {added.join_command.map(|c| view! { <p>"On its host, run: " <code>{c}</code></p> })}
+                        </div>
+                        {added.warning.map(|w| view! { <p class="warning-box" role="alert">{w}</p> })}
+                    }
+                    .into_any(),
+                    Some(Err(error)) => view! { <ErrorBox error/> }.into_any(),
+                    None => ().into_any(),
+                }}
+            </section>
+        </super::PlatformAdminsOnly>
     }
 }
 
