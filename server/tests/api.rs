@@ -278,8 +278,8 @@ async fn bad_input_gets_a_clear_4xx_never_a_500() {
         ("/api/v1/jobs?before=xyz", 400, "invalid_request"),
         (
             "/api/v1/jobs?before=000000000000000000000000",
-            400,
-            "invalid_request",
+            404,
+            "not_found",
         ),
         ("/api/v1/jobs/000000000000000000000000", 404, "not_found"),
         ("/api/v1/jobs/ZZZ", 400, "invalid_request"),

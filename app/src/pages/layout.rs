@@ -7,11 +7,11 @@ use crate::server_fns::{get_runtime_health, whoami};
 /// Who is logged in, asked once per page load by the layout and shared with the pages
 /// (a page shows forms only to those who may use them).
 #[derive(Clone, Copy)]
-pub struct CurrentUser(pub Resource<Result<Option<UserInfo>, ApiError>>);
+pub struct LoggedIn(pub Resource<Result<Option<UserInfo>, ApiError>>);
 
 /// The logged-in user's resource: the layout's, or a new one outside it.
 pub fn current_user() -> Resource<Result<Option<UserInfo>, ApiError>> {
-    use_context::<CurrentUser>()
+    use_context::<LoggedIn>()
         .map(|c| c.0)
         .unwrap_or_else(|| Resource::new(|| (), |_| whoami()))
 }
@@ -37,7 +37,7 @@ pub fn PlatformAdminsOnly(children: ChildrenFn) -> impl IntoView {
 #[component]
 pub fn Layout() -> impl IntoView {
     let me = Resource::new(|| (), |_| whoami());
-    provide_context(CurrentUser(me));
+    provide_context(LoggedIn(me));
     let runtime = Resource::new(|| (), |_| get_runtime_health());
     view! {
         <header class="topbar">

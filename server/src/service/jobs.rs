@@ -60,13 +60,11 @@ impl Service {
         }
         if let Some(id) = &filter.before {
             check_id("before", id)?;
-            // A page after a job the caller may not see would say when it was made.
+            // A page after a job the caller may not see would say when it was made: it is
+            // not found, like a job that does not exist.
             let visible = self.db.job(id).await.map_err(internal)?;
             if !visible.is_some_and(|j| vis.can_see(&j.project_id)) {
-                return Err(
-                    ApiError::invalid(format!("before: no job {id} that you may see"))
-                        .on_field("before"),
-                );
+                return Err(ApiError::not_found("job", id).on_field("before"));
             }
         }
         let limit = filter.limit.unwrap_or(JOBS_PAGE);
