@@ -774,12 +774,14 @@ pub fn kernel_copy(dst: &std::fs::File, src: &std::fs::File, len: u64) -> io::Re
         return Ok(KernelCopy::Reflink);
     }
     let copied = (|| {
-        // A file shorter than its scan said (truncated since) is no copy of that version:
-        // its holes and its end look alike to `SEEK_DATA`, so the length decides.
-        if src.metadata()?.len() < len {
+        let segments = data_segments(src, len);
+        // A file shorter than its scan said (truncated since) is no copy of that version.
+        // Its end and a hole look alike to `SEEK_DATA`, so where it seems to have holes
+        // its length decides; a file read whole ends its `copy_file_range` early instead.
+        if segments != [(0, len)] && src.metadata()?.len() < len {
             return Err(io::Error::other("the file is shorter than its scan said"));
         }
-        for (start, end) in data_segments(src, len) {
+        for (start, end) in segments {
             let (mut from, mut to) = (start, start);
             while from < end {
                 let want = (end - from).min(1 << 30) as usize;

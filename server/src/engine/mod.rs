@@ -245,19 +245,22 @@ impl Control {
     /// a low limit, progress then moves at the limit's rate instead of standing still
     /// through a large file's wait and jumping after it.
     fn throttle_counting(&self, bytes: u64) {
-        self.throttle_counting_moved(bytes, bytes);
+        self.throttle_counting_moved(|| bytes, bytes);
     }
 
-    /// [`Control::throttle_counting`] for content of `bytes` of which only `moved` were
+    /// [`Control::throttle_counting`] for content of `bytes` of which only `moved()` were
     /// written (a sparse file's data, its holes left as they are): the limit waits for
-    /// what moved, and progress counts the whole content.
-    fn throttle_counting_moved(&self, moved: u64, bytes: u64) {
+    /// what moved, and progress counts the whole content. `moved` is asked only under a
+    /// limit (it costs a `stat` per file).
+    fn throttle_counting_moved(&self, moved: impl FnOnce() -> u64, bytes: u64) {
         let mut counted = 0;
-        self.paced(moved, |share| {
-            let due = (bytes as f64 * share) as u64;
-            self.add_progress(due.saturating_sub(counted), 0);
-            counted = counted.max(due);
-        });
+        if self.pace.is_some() {
+            self.paced(moved(), |share| {
+                let due = (bytes as f64 * share) as u64;
+                self.add_progress(due.saturating_sub(counted), 0);
+                counted = counted.max(due);
+            });
+        }
         self.add_progress(bytes.saturating_sub(counted), 0);
     }
 

@@ -223,8 +223,7 @@ fn shares_extents(source: &str, target: &str) -> bool {
         return false;
     }
     let device = |root: &str| std::fs::metadata(root).map(|m| m.dev()).ok();
-    device(source).is_some()
-        && device(source) == device(target)
+    matches!((device(source), device(target)), (Some(a), Some(b)) if a == b)
         && fsx::kernel_copy_support(Path::new(target)) == Some(fsx::KernelCopy::Reflink)
 }
 

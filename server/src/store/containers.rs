@@ -66,26 +66,18 @@ impl From<rusqlite::Error> for Refusal {
 impl NewCopy {
     /// Both rows, in the caller's transaction.
     fn insert(&self, c: &SyncConn) -> Result<(), Refusal> {
-        // A name is the container's host name: unique in its project ignoring case (the
-        // index compares exactly). Writes run one at a time, so nothing comes between.
-        let taken = query_first(
-            c,
-            "SELECT 1 FROM containers
-             WHERE project_id = $1 AND name = $2 COLLATE NOCASE AND deleted_at IS NULL",
-            &[&self.project_id, &self.name],
-            |_| (),
-        )?;
-        if taken.is_some() {
-            return Err(Refusal::NameTaken);
-        }
-        // Only into a project that still exists: a delete of it checked for containers in
-        // its own write, and writes run one at a time.
+        // Only into a project that still exists (a delete of it checked for containers in
+        // its own write, and writes run one at a time), and under a name no container of
+        // it has, whatever its case: a name is the container's host name (the unique index
+        // compares exactly). One statement: a copy request's commit is its hot path.
         let inserted = execute(
             c,
             "INSERT INTO containers (id, name, project_id, server_id, status, ssh_public_key,
                 firewall_rules, network_rules, source_container_id, created_at, updated_at, command)
              SELECT $1, $2, $3, $4, $10, $5, $6, $7, $8, $9, $9, $11
-             WHERE EXISTS (SELECT 1 FROM projects WHERE id = $3 AND deleted_at IS NULL)",
+             WHERE EXISTS (SELECT 1 FROM projects WHERE id = $3 AND deleted_at IS NULL)
+               AND NOT EXISTS (SELECT 1 FROM containers WHERE project_id = $3
+                    AND name = $2 COLLATE NOCASE AND deleted_at IS NULL)",
             &[
                 &self.id,
                 &self.name,
@@ -101,7 +93,18 @@ impl NewCopy {
             ],
         )?;
         if inserted == 0 {
-            return Err(Refusal::ProjectGone);
+            // Which of the two said no.
+            let taken = query_first(
+                c,
+                "SELECT 1 FROM containers
+                 WHERE project_id = $1 AND name = $2 COLLATE NOCASE AND deleted_at IS NULL",
+                &[&self.project_id, &self.name],
+                |_| (),
+            )?;
+            return Err(match taken {
+                Some(()) => Refusal::NameTaken,
+                None => Refusal::ProjectGone,
+            });
         }
         execute(
             c,

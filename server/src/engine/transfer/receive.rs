@@ -678,7 +678,7 @@ pub(super) fn take_content(
             hash_reader(out, e.size, ctl, |_, _| Ok(()))?
         };
         if how == fsx::KernelCopy::CopyFileRange {
-            ctl.throttle_counting_moved(fsx::data_bytes(out, len), len);
+            ctl.throttle_counting_moved(|| fsx::data_bytes(out, len), len);
         } else {
             ctl.add_progress(len, 0);
         }
@@ -704,7 +704,7 @@ pub(super) fn take_content(
         } else {
             hash_reader(out, len, ctl, |_, _| Ok(()))?
         };
-        ctl.throttle_counting_moved(fsx::data_bytes(out, len), len);
+        ctl.throttle_counting_moved(|| fsx::data_bytes(out, len), len);
         Taken {
             hash,
             chunks,
