@@ -52,8 +52,9 @@ pub fn snapshot_root(storage_root: &Path, container_id: &str, snapshot_id: &str)
 }
 
 /// A size as doppel's flags and fields take one: a number of bytes with an optional K, M
-/// or G (powers of 1024, as rsync counts), e.g. `50M`; beyond `u64`, the largest there is.
-/// `None`: not a size.
+/// or G (powers of 1024, as rsync counts), e.g. `50M`, or with a unit a decimal one, as
+/// rsync takes (`1.5M`: 1.5 MiB, whole bytes rounded down); beyond `u64`, the largest
+/// there is. `None`: not a size.
 pub fn parse_size(text: &str) -> Option<u64> {
     let text = text.trim();
     let (digits, unit) = match text.char_indices().last() {
@@ -67,10 +68,26 @@ pub fn parse_size(text: &str) -> Option<u64> {
         'G' => 1 << 30,
         _ => return None,
     };
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+    let (whole, fraction) = match digits.split_once('.') {
+        // A fraction of a byte is no size.
+        Some((w, f)) if unit != 'B' && !f.is_empty() => (w, f),
+        Some(_) => return None,
+        None => (digits, ""),
+    };
+    let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if whole.is_empty() || !all_digits(whole) || !all_digits(fraction) {
         return None;
     }
-    Some(digits.parse::<u64>().ok()?.saturating_mul(factor))
+    // The fraction's bytes: its first digits (nine are finer than a byte of a G) over their
+    // power of ten.
+    let fraction = &fraction[..fraction.len().min(9)];
+    let part = match fraction.parse::<u64>() {
+        Ok(f) => f * factor / 10u64.pow(fraction.len() as u32),
+        Err(_) => 0,
+    };
+    // A whole part too long for u64 is beyond any size: the largest there is.
+    let whole = whole.parse::<u64>().unwrap_or(u64::MAX);
+    Some(whole.saturating_mul(factor).saturating_add(part))
 }
 
 /// `--image-trees SIZE`: this process lays the trees it makes down as image trees of
@@ -131,7 +148,15 @@ mod tests {
         assert_eq!(parse_size("50M"), Some(50 << 20));
         assert_eq!(parse_size("2G"), Some(2 << 30));
         assert_eq!(parse_size("99999999999G"), Some(u64::MAX));
-        for bad in ["", "G", "1.5G", "-1", "1T", "1 G", "ten"] {
+        assert_eq!(parse_size("99999999999999999999999"), Some(u64::MAX));
+        assert_eq!(parse_size("1.5M"), Some(3 << 19), "decimals, as rsync takes");
+        assert_eq!(parse_size("0.5k"), Some(512));
+        assert_eq!(parse_size("2.25G"), Some(9 << 28));
+        assert_eq!(parse_size("1.0000000001G"), Some(1 << 30), "bytes rounded down");
+        assert_eq!(parse_size("0.1K"), Some(102));
+        for bad in [
+            "", "G", "1.5", "1.", ".5M", "1.5.5M", "1.-5M", "-1", "1T", "1 G", "ten", "1,5M",
+        ] {
             assert_eq!(parse_size(bad), None, "{bad:?}");
         }
     }

@@ -208,13 +208,6 @@ struct Target {
 /// twentieth of a smaller filesystem.
 const FREE_SPACE_RESERVE: u64 = 64 << 20;
 
-/// A copy of `size` bytes onto `target` fits, or 507 saying how much is missing. (A tree
-/// that grew since it was last measured can still fill the disk: then the job fails, and
-/// the engine gives the space back.)
-///
-/// Where the target lays trees down as image trees (`image_trees`), what it must leave
-/// free is at least the margin its keeper keeps free of them (`engine::image_room`): a
-/// copy into that room would fail half way with "no space left".
 /// Whether a tree copied from the storage root `source` to `target` (both of this host)
 /// shares its extents: one filesystem, which shares them.
 fn shares_extents(source: &str, target: &str) -> bool {
@@ -227,6 +220,13 @@ fn shares_extents(source: &str, target: &str) -> bool {
         && fsx::kernel_copy_support(Path::new(target)) == Some(fsx::KernelCopy::Reflink)
 }
 
+/// A copy of `size` bytes onto `target` fits, or 507 saying how much is missing. (A tree
+/// that grew since it was last measured can still fill the disk: then the job fails, and
+/// the engine gives the space back.)
+///
+/// Where the target lays trees down as image trees (`image_trees`), what it must leave
+/// free is at least the margin its keeper keeps free of them (`engine::image_room`): a
+/// copy into that room would fail half way with "no space left".
 fn check_free_space(
     target: &Target,
     agent_space: Option<(u64, u64)>,

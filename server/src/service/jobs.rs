@@ -254,7 +254,7 @@ pub(super) fn parse_bwlimit(text: Option<&str>) -> Result<Option<u64>, ApiError>
         .on_field("bwlimit")),
         None => Err(ApiError::new(
             ErrorCode::Unprocessable,
-            format!("bwlimit: bytes a second, as a number with an optional K, M or G (e.g. 50M), not {text:?}"),
+            format!("bwlimit: bytes a second, as a number with an optional K, M or G (e.g. 50M or 1.5M), not {text:?}"),
         )
         .on_field("bwlimit")),
     }
