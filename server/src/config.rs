@@ -149,10 +149,18 @@ mod tests {
         assert_eq!(parse_size("2G"), Some(2 << 30));
         assert_eq!(parse_size("99999999999G"), Some(u64::MAX));
         assert_eq!(parse_size("99999999999999999999999"), Some(u64::MAX));
-        assert_eq!(parse_size("1.5M"), Some(3 << 19), "decimals, as rsync takes");
+        assert_eq!(
+            parse_size("1.5M"),
+            Some(3 << 19),
+            "decimals, as rsync takes"
+        );
         assert_eq!(parse_size("0.5k"), Some(512));
         assert_eq!(parse_size("2.25G"), Some(9 << 28));
-        assert_eq!(parse_size("1.0000000001G"), Some(1 << 30), "bytes rounded down");
+        assert_eq!(
+            parse_size("1.0000000001G"),
+            Some(1 << 30),
+            "bytes rounded down"
+        );
         assert_eq!(parse_size("0.1K"), Some(102));
         for bad in [
             "", "G", "1.5", "1.", ".5M", "1.5.5M", "1.-5M", "-1", "1T", "1 G", "ten", "1,5M",

@@ -635,24 +635,32 @@ pub(in crate::engine) fn commit_sync(
     if let Some(received) = received {
         summary.reused_bytes = received.reused_bytes;
         ctl.phase(Phase::Commit, None, Some(received.pending.len() as u64));
-        // The marker, and what was staged, durable before the first change to the target:
-        // both at once (the marker is in the state dir, often another filesystem).
+        // The marker durable before the first change to the target. What was staged goes
+        // to disk while it is put in place: until the flush after the last change (below,
+        // in verify) the marker stands, and a commit it finds interrupted is not trusted:
+        // the next sync reads every file of the target again and mends what did not reach
+        // the disk. (Waiting for the staged files before the first rename took a sync of
+        // the bench's 1 % change 8 % longer on an image tree: two flushes in a row, not one
+        // beside the renames.)
         let root_fd = fsx::open_dir(&dst.root).map_err(io_err("opening the target"))?;
-        let (marked, flushed) = std::thread::scope(|s| {
+        let stage = staged_at(dst);
+        let (applied, flushed) = std::thread::scope(|s| {
             let flush = s.spawn(|| fsx::syncfs(root_fd.as_fd()));
-            (write_marker(dst), flush.join())
+            let applied = write_marker(dst).and_then(|()| {
+                apply_pending(
+                    (&dst.root, &stage),
+                    received.pending,
+                    (&target.man, want),
+                    ctl,
+                )
+            });
+            (applied, flush.join())
         });
-        marked?;
+        applied?;
+        // (Its error, if any, is this fd's alone: the flush below opens the root again.)
         flushed
             .map_err(|_| EngineError::Integrity("syncfs panicked".into()))?
             .map_err(io_err("syncfs"))?;
-        let stage = staged_at(dst);
-        apply_pending(
-            (&dst.root, &stage),
-            received.pending,
-            (&target.man, want),
-            ctl,
-        )?;
         // (Before the flush below, so the target's generation, read after it, is final.)
         remove_in_tree_stage(dst)?;
     }
