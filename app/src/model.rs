@@ -559,6 +559,7 @@ pub struct ContainerSummary {
 /// A firewall (ACL) rule of a container.
 #[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FirewallRule {
     /// `ingress` (packets coming in, by their source) or `egress` (going out, by their
     /// destination).
@@ -585,6 +586,7 @@ pub struct FirewallRule {
 /// A network attachment / setting of a container.
 #[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NetworkRule {
     /// The interface's name in the container, e.g. `eth0`.
     #[cfg_attr(feature = "ssr", schema(pattern = "^[A-Za-z0-9_.-]{1,15}$"))]
@@ -639,11 +641,14 @@ impl ContainerCommand {
         if self.args.first().is_some_and(|a| a.is_empty()) {
             return Some(("args", "the program (the first argument) is empty".into()));
         }
-        if self.args.iter().chain(&self.env).any(|a| a.contains('\0')) {
-            return Some(("args", "arguments and environment hold no NUL bytes".into()));
+        if self.args.iter().any(|a| a.contains('\0')) {
+            return Some(("args", "arguments hold no NUL bytes".into()));
         }
         if self.env.len() > 256 || self.env.iter().any(|e| e.len() > 4096) {
             return Some(("env", "at most 256 entries of 4096 bytes each".into()));
+        }
+        if self.env.iter().any(|e| e.contains('\0')) {
+            return Some(("env", "environment entries hold no NUL bytes".into()));
         }
         if let Some(e) = self
             .env

@@ -340,6 +340,23 @@ async fn firewall_rules_are_enforced_in_the_namespace_and_copied_only_when_asked
     .await;
     assert_eq!(st, 422, "{body}");
     assert_eq!(body["error"]["field"], "rules[0]");
+    // A misspelt field is refused, not dropped: without its port, a rule meant for one
+    // port would deny them all.
+    let typo = json!({"rules": [
+        {"direction": "ingress", "protocol": "tcp", "ports": "22", "cidr": "10.0.0.1/32", "action": "deny"}
+    ]});
+    let (st, body) = send(
+        &s,
+        reqwest::Method::PUT,
+        &format!("/api/v1/containers/{id}/firewall-rules"),
+        Some(typo),
+    )
+    .await;
+    assert_eq!(
+        (st, body["error"]["field"].as_str()),
+        (422, Some("rules[0].ports")),
+        "{body}"
+    );
     // The rules alone, without their object: said so, not "[0] must be a JSON array".
     let bare =
         json!([{"direction": "ingress", "protocol": "any", "cidr": "0.0.0.0/0", "action": "deny"}]);
@@ -538,28 +555,62 @@ async fn stop_start_restart_and_a_process_that_exits() {
         "{jobs}"
     );
 
-    // Bad commands and limits: 422 / 400, nothing stored.
-    for bad in [
-        json!({"args": [""]}),
-        json!({"args": ["x"], "cwd": "relative"}),
-        json!({"args": ["x"], "env": ["NOEQUALS"]}),
+    // Bad commands and limits: 422 naming the field at fault, nothing stored.
+    for (bad, field) in [
+        (json!({"args": [""]}), "args"),
+        (json!({"args": ["x"], "cwd": "relative"}), "cwd"),
+        (json!({"args": ["x"], "env": ["NOEQUALS"]}), "env"),
+        (json!({"args": ["x"], "env": ["A=b\u{0}c"]}), "env"),
     ] {
         let (st, body) = send(
             &s,
             reqwest::Method::PUT,
             &format!("/api/v1/containers/{id}/command"),
-            Some(bad),
+            Some(bad.clone()),
         )
         .await;
-        assert_eq!(st, 422, "{body}");
+        assert_eq!(
+            (st, body["error"]["field"].as_str()),
+            (422, Some(field)),
+            "{bad}: {body}"
+        );
     }
-    let (st, _) = post(
-        &s,
-        &format!("/api/v1/containers/{id}/stop?timeout=301"),
-        None,
-    )
-    .await;
-    assert_eq!(st, 400);
+    // Parameters out of range or malformed are refused naming the parameter; ones an
+    // endpoint does not take, and a body where it takes none, are refused, not ignored.
+    for (path, param) in [
+        ("stop?timeout=301", "timeout"),
+        ("stop?timeout=-1", "timeout"),
+        ("restart?timeout=abc", "timeout"),
+        ("start?timeout=1", "timeout"),
+        ("start?foo=1", "foo"),
+    ] {
+        let (st, body) = post(&s, &format!("/api/v1/containers/{id}/{path}"), None).await;
+        assert_eq!(
+            (st, body["error"]["field"].as_str()),
+            (400, Some(param)),
+            "{path}: {body}"
+        );
+    }
+    for verb in ["start", "stop", "restart"] {
+        let path = format!("/api/v1/containers/{id}/{verb}");
+        let (st, body) = post(&s, &path, Some(json!({"timeout": 1}))).await;
+        assert_eq!(
+            (st, body["error"]["field"].as_str()),
+            (422, Some("timeout")),
+            "{verb}: {body}"
+        );
+    }
+    let (st, body) = s
+        .get(
+            &format!("/api/v1/containers/{id}/logs?lines=abc"),
+            &s.admin_token,
+        )
+        .await;
+    assert_eq!(
+        (st, body["error"]["field"].as_str()),
+        (400, Some("lines")),
+        "{body}"
+    );
     let (st, _) = s
         .get(
             &format!("/api/v1/containers/{id}/logs?lines=0"),
@@ -1083,6 +1134,12 @@ async fn a_static_address_that_could_never_be_had_is_refused_when_set() {
         ),
         // A new network whose subnet is another project's: it would get another.
         ("lab", format!("{theirs}.50/24"), "overlaps another network"),
+        // Another prefix than the network's: the interface would get the network's.
+        (
+            "web-frontend",
+            format!("{ours}.20/28"),
+            "network web-frontend is",
+        ),
     ] {
         let (st, body) = set(network, ipv4.clone()).await;
         assert_eq!(st, 422, "{ipv4}: {body}");

@@ -122,10 +122,18 @@ impl Listed {
         }
     }
 
+    /// Adds `other`'s, each entry once: a path both list (a file that changed under the
+    /// scan and again as it was sent) is one entry, counted once. (Beyond the listed
+    /// paths, an entry in both is counted twice.)
     pub fn extend(&mut self, other: Listed) {
         self.count += other.count;
-        let room = LISTED_PATHS.saturating_sub(self.paths.len());
-        self.paths.extend(other.paths.into_iter().take(room));
+        for path in other.paths {
+            if self.paths.contains(&path) {
+                self.count -= 1;
+            } else if self.paths.len() < LISTED_PATHS {
+                self.paths.push(path);
+            }
+        }
     }
 }
 
@@ -1252,5 +1260,20 @@ mod tests {
         assert_eq!(chunks, earlier_entry.chunks);
         assert_eq!(hash, chunked_file_hash(&earlier_entry.chunks));
         assert_eq!(not.compared, 0, "compared with bytes not cached");
+    }
+
+    #[test]
+    fn a_path_listed_by_both_is_one_entry() {
+        let listed = |paths: &[&str]| {
+            let mut l = Listed::default();
+            for p in paths {
+                l.push(|| p.to_string());
+            }
+            l
+        };
+        let mut scanned = listed(&["data/blob", "data/counter"]);
+        scanned.extend(listed(&["data/blob", "logs/app"]));
+        assert_eq!(scanned.paths, ["data/blob", "data/counter", "logs/app"]);
+        assert_eq!(scanned.count, 3);
     }
 }

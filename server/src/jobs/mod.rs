@@ -830,8 +830,18 @@ fn two_passes(
     for (phase, ms) in last.phase_ms {
         *phase_ms.entry(phase).or_default() += ms;
     }
+    // A path that drifted before both passes is one entry, listed and counted once.
+    let again = last
+        .drift_paths
+        .iter()
+        .filter(|p| first.drift_paths.contains(p))
+        .count() as u64;
     let mut drift_paths = first.drift_paths;
-    drift_paths.extend(last.drift_paths);
+    for p in last.drift_paths {
+        if !drift_paths.contains(&p) {
+            drift_paths.push(p);
+        }
+    }
     let mut notes = first.notes;
     notes.extend(last.notes);
     let wire_bytes = match (first.wire_bytes, last.wire_bytes) {
@@ -850,7 +860,7 @@ fn two_passes(
         kernel_bytes: first.kernel_bytes + last.kernel_bytes,
         local_bytes: first.local_bytes + last.local_bytes,
         delta_files: first.delta_files + last.delta_files,
-        drift: first.drift + last.drift,
+        drift: (first.drift + last.drift).saturating_sub(again),
         drift_paths,
         // The first pass, then the copy down for the final one.
         duration_ms: first.duration_ms + downtime.as_millis() as u64,
@@ -868,5 +878,27 @@ impl JobRunner {
     pub(crate) async fn hold_every_slot(&self) -> tokio::sync::OwnedSemaphorePermit {
         let n = self.global.available_permits() as u32;
         self.global.clone().acquire_many_owned(n).await.unwrap()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_path_that_drifted_before_both_passes_is_one_entry() {
+        let drifted = |paths: &[&str]| engine::Summary {
+            drift: paths.len() as u64,
+            drift_paths: paths.iter().map(|p| p.to_string()).collect(),
+            ..Default::default()
+        };
+        let both = two_passes(
+            drifted(&["data/blob", "data/counter"]),
+            drifted(&["data/counter", "data/blob", "tmp/x"]),
+            std::time::Duration::from_millis(150),
+        );
+        assert_eq!(both.drift_paths, ["data/blob", "data/counter", "tmp/x"]);
+        assert_eq!(both.drift, 3);
+        assert_eq!(both.downtime_ms, Some(150));
     }
 }

@@ -275,6 +275,16 @@ impl Lifecycle {
                 }
             },
         };
+        // A prefix given must be the network's: the interface gets the network's, and
+        // the rule stored and shown must say what is in force.
+        if let Some((_, prefix)) = wanted.split_once('/') {
+            if prefix.parse::<u8>().ok() != Some(net.prefix) {
+                return Ok(Some(format!(
+                    "{wanted}: network {} is {net}, a /{}: give {a}/{} or {a} alone",
+                    rule.network, net.prefix, net.prefix
+                )));
+            }
+        }
         Ok((!usable(net, a)).then(|| {
             format!(
                 "{a} is not a container address of network {} ({net}): not its first \

@@ -47,6 +47,15 @@ fn check_cidr(s: &str) -> Result<String, String> {
         .ok()
         .filter(|p| *p <= 32)
         .ok_or_else(|| format!("{s:?} has no prefix length from 0 to 32"))?;
+    // nftables would take the network of an address with host bits set (10.0.0.1/8 as
+    // 10.0.0.0/8): the rule in force would not be the rule stored and shown.
+    let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+    let network = std::net::Ipv4Addr::from(u32::from(addr) & mask);
+    if network != addr {
+        return Err(format!(
+            "{s:?} is not a network: its address has bits beyond its /{prefix} set              (the network is {network}/{prefix}; one address is {addr}/32)"
+        ));
+    }
     Ok(format!("{addr}/{prefix}"))
 }
 
@@ -202,6 +211,10 @@ mod tests {
                 "prefix",
             ),
             (rule("ingress", "tcp", None, "example.com", "allow"), "IPv4"),
+            (
+                rule("ingress", "tcp", None, "10.0.0.1/8", "allow"),
+                "the network is 10.0.0.0/8",
+            ),
             (
                 rule("ingress", "tcp", None, "0.0.0.0/0", "reject"),
                 "action",

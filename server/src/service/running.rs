@@ -289,7 +289,9 @@ impl Service {
             let (row, vis) = self.visible_container(user, id).await?;
             vis.require_operator(&row.project_id, "changing a container")?;
             if rules.len() > 256 {
-                return Err(ApiError::new(ErrorCode::Unprocessable, "at most 256 rules"));
+                return Err(
+                    ApiError::new(ErrorCode::Unprocessable, "at most 256 rules").on_field("rules")
+                );
             }
             if let Err((at, why)) = firewall::validate(&rules) {
                 return Err(

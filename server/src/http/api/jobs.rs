@@ -1,13 +1,14 @@
 //! `/jobs`: list, read, cancel.
 
 use app::model::{Job, JobFilter};
-use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::{path, query, ApiResult, Caller, JobAnswer, ReadErrors, WriteErrors};
+use super::{no_body, path, query, ApiResult, Caller, JobAnswer, NoQuery, ReadErrors, WriteErrors};
 use crate::http::AppState;
 
 #[derive(Serialize, ToSchema)]
@@ -62,8 +63,12 @@ pub(super) async fn cancel_job(
     State(st): State<AppState>,
     Caller(user): Caller,
     id: Result<Path<String>, PathRejection>,
+    q: Result<Query<NoQuery>, QueryRejection>,
+    sent: Result<Bytes, BytesRejection>,
 ) -> ApiResult<JobAnswer> {
     let id = path(id)?;
+    query(q)?;
+    no_body(sent)?;
     let job = st.service.cancel_job(&user, &id).await?;
     Ok(Json(JobAnswer { job }))
 }

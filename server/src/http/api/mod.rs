@@ -226,9 +226,30 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, RestError> {
         let why = text
             .strip_prefix("Failed to deserialize query string: ")
             .unwrap_or(&text);
-        ApiError::invalid(format!("bad query string: {why}")).into()
+        // Which parameter: serde names it before its problem ("timeout: invalid digit"),
+        // or quoted in an unknown one's ("unknown field `foo`, expected ...").
+        let named = why
+            .strip_prefix("unknown field `")
+            .and_then(|rest| rest.split_once('`'))
+            .map(|(name, _)| name)
+            .or_else(|| why.split_once(": ").map(|(name, _)| name))
+            .filter(|name| {
+                !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            });
+        let e = ApiError::invalid(format!("bad query string: {why}"));
+        match named {
+            Some(name) => e.on_field(name),
+            None => e,
+        }
+        .into()
     })
 }
+
+/// The query of an endpoint that takes none: anything there is refused, not ignored (a
+/// client sending options there would think they were taken).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NoQuery {}
 
 /// A path parameter that fails to decode becomes a 400 in the API's error format.
 fn path(p: Result<Path<String>, PathRejection>) -> Result<String, RestError> {

@@ -4,13 +4,14 @@
 use std::time::Duration;
 
 use app::model::{ContainerCommand, ContainerDetail, ContainerLogs, FirewallRule, NetworkRule};
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::Json;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
-use super::{body, path, query, ApiResult, Caller, ReadErrors, WriteErrors};
+use super::{body, no_body, path, query, ApiResult, Caller, NoQuery, ReadErrors, WriteErrors};
 use crate::http::AppState;
 use crate::service::{MAX_LOG_LINES, MAX_STOP_GRACE_S};
 
@@ -53,8 +54,12 @@ pub(super) async fn start_container(
     State(st): State<AppState>,
     Caller(user): Caller,
     id: Result<Path<String>, PathRejection>,
+    q: Result<Query<NoQuery>, QueryRejection>,
+    sent: Result<Bytes, BytesRejection>,
 ) -> ApiResult<ContainerDetail> {
     let id = path(id)?;
+    query(q)?;
+    no_body(sent)?;
     Ok(Json(st.service.start_container(&user, &id).await?))
 }
 
@@ -73,9 +78,11 @@ pub(super) async fn stop_container(
     Caller(user): Caller,
     id: Result<Path<String>, PathRejection>,
     q: Result<Query<StopQuery>, QueryRejection>,
+    sent: Result<Bytes, BytesRejection>,
 ) -> ApiResult<ContainerDetail> {
     let id = path(id)?;
     let grace = query(q)?.grace()?;
+    no_body(sent)?;
     Ok(Json(st.service.stop_container(&user, &id, grace).await?))
 }
 
@@ -91,9 +98,11 @@ pub(super) async fn restart_container(
     Caller(user): Caller,
     id: Result<Path<String>, PathRejection>,
     q: Result<Query<StopQuery>, QueryRejection>,
+    sent: Result<Bytes, BytesRejection>,
 ) -> ApiResult<ContainerDetail> {
     let id = path(id)?;
     let grace = query(q)?.grace()?;
+    no_body(sent)?;
     Ok(Json(st.service.restart_container(&user, &id, grace).await?))
 }
 
