@@ -134,6 +134,69 @@ fn tree_root(c: &Value) -> std::path::PathBuf {
     std::path::PathBuf::from(c["root_path"].as_str().unwrap())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_that_cannot_have_a_key_of_its_own_fails_saying_why_and_leaves_no_tree() {
+    let s = TestServer::start().await;
+    let source = s.container_id("edge-proxy").await;
+    let project = s.project_id("web-platform").await;
+    let (_, src) = s
+        .get(&format!("/api/v1/containers/{source}"), &s.admin_token)
+        .await;
+    // The source's root/.ssh leads elsewhere in its tree: the copy's authorized_keys
+    // would have no place of its own (a sync would bring the source's back there).
+    let home = tree_root(&src).join("root");
+    std::fs::create_dir_all(home.join("keys")).unwrap();
+    let _ = std::fs::remove_dir_all(home.join(".ssh"));
+    std::os::unix::fs::symlink("keys", home.join(".ssh")).unwrap();
+    let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4f me@laptop";
+    let (st, started, _) = post(
+        &s,
+        &format!("/api/v1/containers/{source}/copy"),
+        &s.admin_token,
+        Some(json!({"target_project_id": project, "name": "keyed", "ssh_public_key": key})),
+        None,
+    )
+    .await;
+    assert_eq!(st, 202, "{started}");
+    let done = s.wait_job(started["job"]["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    let error = done["error"].as_str().unwrap();
+    assert!(error.contains("root/.ssh is a symlink"), "{error}");
+    let (_, copy) = s
+        .get(
+            &format!(
+                "/api/v1/containers/{}",
+                started["container"]["id"].as_str().unwrap()
+            ),
+            &s.admin_token,
+        )
+        .await;
+    assert_eq!(copy["status"], "failed", "{copy}");
+    assert!(
+        !tree_root(&copy).exists(),
+        "a copy with its source's identity is no copy: its tree is gone"
+    );
+    assert!(
+        !home.join("keys/authorized_keys").exists(),
+        "nothing written through the link"
+    );
+
+    // Without a key the copy is made, and says whose keys the link leads to.
+    let (st, started, _) = post(
+        &s,
+        &format!("/api/v1/containers/{source}/copy"),
+        &s.admin_token,
+        Some(json!({"target_project_id": project, "name": "keyless"})),
+        None,
+    )
+    .await;
+    assert_eq!(st, 202, "{started}");
+    let done = s.wait_job(started["job"]["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let notes = done["summary"]["notes"].to_string();
+    assert!(notes.contains("root/.ssh is a symlink"), "{notes}");
+}
+
 #[tokio::test]
 async fn the_contract_curl_examples_work_as_written() {
     let s = TestServer::start().await;

@@ -49,6 +49,8 @@ const HOST_KEYS: [(&str, ssh_key::Algorithm); 3] = [
 pub struct NewMachine {
     /// The paths written or removed.
     pub written: Vec<String>,
+    /// What of the machine could not be made new, and why (for the summary's notes).
+    pub notes: Vec<String>,
     /// The tree's manifest root now (BLAKE3, hex): its source's, but for these files.
     pub root_hash: String,
 }
@@ -58,6 +60,7 @@ impl NewMachine {
     pub fn record_in(self, summary: &mut super::Summary) {
         summary.identity_files = self.written;
         summary.root_hash = self.root_hash;
+        summary.notes.extend(self.notes);
     }
 }
 
@@ -70,9 +73,23 @@ impl NewMachine {
 ///   keys of those types, private ones mode 0600.
 /// - `root/.ssh/authorized_keys`: exactly the given key (made, with `root/.ssh`, when the
 ///   tree has `root/`), or removed: the source's keys are never inherited.
+///
+/// One of these files that is a symlink (to another file of the tree, say) is replaced by
+/// the new file, never written through: the copy's identity is its own either way. Where
+/// a directory on their way is a symlink (`etc/ssh`, `root/.ssh`), what it leads to is
+/// left alone and a note says so; a key asked for there is refused (a sync would bring
+/// the source's file back where the link leads).
 pub fn make_new_machine(place: &Place, id: &Identity<'_>) -> Result<NewMachine, EngineError> {
     let root = fsx::open_dir(&place.root).map_err(EngineError::io("opening the copy"))?;
     let mut written = Vec::new();
+    let mut notes = Vec::new();
+    if kind_at(root.as_fd(), b"etc")? == Some(Kind::Symlink) {
+        notes.push(
+            "etc is a symlink: the host name, machine id and SSH host keys where it leads are \
+             the source's, not made new"
+                .to_string(),
+        );
+    }
     if let Some(etc) = dir(root.as_fd(), b"etc")? {
         if is_file(etc.as_fd(), b"hostname")? {
             replace(
@@ -93,6 +110,13 @@ pub fn make_new_machine(place: &Place, id: &Identity<'_>) -> Result<NewMachine, 
                 0o444,
             )?;
             written.push("etc/machine-id".to_string());
+        }
+        if kind_at(etc.as_fd(), b"ssh")? == Some(Kind::Symlink) {
+            notes.push(
+                "etc/ssh is a symlink: the SSH host keys where it leads are the source's, not \
+                 made new"
+                    .to_string(),
+            );
         }
         if let Some(ssh) = dir(etc.as_fd(), b"ssh")? {
             for (kind, algorithm) in HOST_KEYS {
@@ -126,6 +150,21 @@ pub fn make_new_machine(place: &Place, id: &Identity<'_>) -> Result<NewMachine, 
         }
     }
     if let Some(home) = dir(root.as_fd(), b"root")? {
+        if kind_at(home.as_fd(), b".ssh")? == Some(Kind::Symlink) {
+            if id.ssh_public_key.is_some() {
+                return Err(EngineError::Refused(
+                    "the source's root/.ssh is a symlink, so the copy's own authorized_keys \
+                     has no place of its own (a sync would bring back the source's file \
+                     where it leads): make root/.ssh a directory in the source, or copy \
+                     without ssh_public_key"
+                        .into(),
+                ));
+            }
+            notes.push(
+                "root/.ssh is a symlink: the authorized_keys where it leads are the source's"
+                    .to_string(),
+            );
+        }
         let ssh = match (dir(home.as_fd(), b".ssh")?, id.ssh_public_key) {
             (Some(ssh), _) => Some(ssh),
             (None, Some(_)) => {
@@ -164,6 +203,7 @@ pub fn make_new_machine(place: &Place, id: &Identity<'_>) -> Result<NewMachine, 
         .map_err(EngineError::io("writing the manifest"))?;
     Ok(NewMachine {
         written,
+        notes,
         root_hash: m.root_hex(),
     })
 }
@@ -187,8 +227,13 @@ fn dir(parent: BorrowedFd<'_>, name: &[u8]) -> Result<Option<OwnedFd>, EngineErr
         .map_err(EngineError::io("opening a directory of the copy"))
 }
 
+/// Whether the tree has `name` in `dir` as one of its identity files: a file, or a symlink
+/// (replaced by [`replace`], not followed).
 fn is_file(dir: BorrowedFd<'_>, name: &[u8]) -> Result<bool, EngineError> {
-    Ok(kind_at(dir, name)? == Some(Kind::File))
+    Ok(matches!(
+        kind_at(dir, name)?,
+        Some(Kind::File | Kind::Symlink)
+    ))
 }
 
 /// Replaces `name` in `dir` with `content` (mode `mode`, owned by the directory's owner),

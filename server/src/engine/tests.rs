@@ -2135,9 +2135,73 @@ fn a_copy_s_identity_is_never_written_through_a_symlink() {
         hostname: "x",
         ssh_public_key: Some(KEY),
     };
-    let written = identity::make_new_machine(&dst, &id).unwrap().written;
-    assert!(written.is_empty(), "{written:?}");
+    let made = identity::make_new_machine(&dst, &id).unwrap();
+    assert!(made.written.is_empty(), "{:?}", made.written);
     assert_eq!(fs::read(outside.join("hostname")).unwrap(), b"host\n");
+    assert!(
+        made.notes[0].starts_with("etc is a symlink"),
+        "{:?}",
+        made.notes
+    );
+
+    // Identity files that are links (here to files of the tree): replaced by the copy's
+    // own, the files they led to left as they were.
+    let inside = env.place("inside");
+    machine(&inside.root);
+    let etc = inside.root.join("etc");
+    fs::rename(etc.join("machine-id"), etc.join("machine-id.real")).unwrap();
+    symlink("machine-id.real", etc.join("machine-id")).unwrap();
+    fs::rename(etc.join("hostname"), etc.join("hostname.real")).unwrap();
+    symlink("hostname.real", etc.join("hostname")).unwrap();
+    let made = identity::make_new_machine(&inside, &id).unwrap();
+    assert!(
+        made.written.contains(&"etc/machine-id".to_string()),
+        "{:?}",
+        made.written
+    );
+    let read = |p: &str| fs::read_to_string(inside.root.join(p)).unwrap();
+    assert!(!fs::symlink_metadata(etc.join("machine-id"))
+        .unwrap()
+        .is_symlink());
+    assert_ne!(read("etc/machine-id"), read("etc/machine-id.real"));
+    assert_eq!(
+        read("etc/machine-id.real"),
+        "0123456789abcdef0123456789abcdef\n"
+    );
+    assert_eq!(read("etc/hostname"), "x\n");
+    assert_eq!(read("etc/hostname.real"), "source\n");
+
+    // root/.ssh a link: a key asked for is refused (it would have no place of its own);
+    // without one, a note says whose keys are there.
+    let home = inside.root.join("root");
+    fs::rename(home.join(".ssh"), home.join("ssh.real")).unwrap();
+    symlink("ssh.real", home.join(".ssh")).unwrap();
+    write(
+        &home.join("ssh.real/authorized_keys"),
+        b"ssh-ed25519 AAAA source-admin\n",
+    );
+    let refused = identity::make_new_machine(&inside, &id).err().unwrap();
+    assert!(
+        refused.to_string().contains("root/.ssh is a symlink"),
+        "{refused}"
+    );
+    assert_eq!(
+        read("root/ssh.real/authorized_keys"),
+        "ssh-ed25519 AAAA source-admin\n",
+        "nothing written through it"
+    );
+    let none = identity::Identity {
+        hostname: "x",
+        ssh_public_key: None,
+    };
+    let made = identity::make_new_machine(&inside, &none).unwrap();
+    assert!(
+        made.notes
+            .iter()
+            .any(|n| n.starts_with("root/.ssh is a symlink")),
+        "{:?}",
+        made.notes
+    );
 }
 
 /// The two halves of a copy or sync between processes, here two threads joined by a real

@@ -476,7 +476,19 @@ impl JobRunner {
                     hostname: &target_name,
                     ssh_public_key: target_ssh_key.as_deref(),
                 };
-                engine::identity::make_new_machine(&dst, &id)?.record_in(&mut summary);
+                match engine::identity::make_new_machine(&dst, &id) {
+                    Ok(made) => made.record_in(&mut summary),
+                    // A copy that is not a machine of its own is no copy: like any copy
+                    // that did not finish, it leaves no tree.
+                    Err(e) => {
+                        if let Err(left) =
+                            engine::remove_trees(&[dst.root.clone(), dst.manifest_path()])
+                        {
+                            tracing::warn!(error = %left, "removing a copy without its identity");
+                        }
+                        return Err(e);
+                    }
+                }
                 Ok(summary)
             }
             // The copy keeps its own identity files.
