@@ -539,8 +539,20 @@ async fn stop_start_restart_and_a_process_that_exits() {
     .await;
     let (st, body) = post(&s, &format!("/api/v1/containers/{id}/start"), None).await;
     assert_eq!(st, 409, "{body}");
+    // runc's reason, not "its process exited at once with code 1": nothing ran.
+    let said = body["error"]["message"].as_str().unwrap();
+    assert!(
+        said.contains("could not be run: exec") && said.contains("/no/such/program"),
+        "{body}"
+    );
     let c = container(&s, &id).await;
     assert_eq!(c["status"], "stopped");
+    assert!(c["exit_code"].is_null(), "no process, no exit code: {c}");
+    assert_eq!(
+        c["status_reason"].as_str(),
+        said.split_once(": ").map(|(_, r)| r),
+        "{c}"
+    );
     // ... and in the history: the failed start with its reason.
     let (_, jobs) = s
         .get(

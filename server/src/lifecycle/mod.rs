@@ -137,9 +137,24 @@ impl Lifecycle {
         }
         let mut notes = Vec::new();
         let now = crate::ids::now_ms();
-        let (record, reason) = match self.launch(&row, &mut notes).await {
-            Ok(Observed::Running { .. }) => (RunRecord::running(now), None),
-            Ok(Observed::Exited(exit)) => {
+        let (bundle, local) = (Self::bundle(&row), !row.is_on_agent());
+        let log_end = local.then(|| shim::log_end(&bundle));
+        let launched = self.launch(&row, &mut notes).await;
+        // runc itself failed (no such program, say): the process never ran, and runc's
+        // last words, the last this run wrote to the log, say why.
+        let runc_failed = match (&launched, log_end) {
+            (Ok(Observed::Exited(exit)), Some(end)) if exit.code == 1 => {
+                runc_failure(&shim::output_since(&bundle, end))
+            }
+            _ => None,
+        };
+        let (record, reason) = match (launched, runc_failed) {
+            (_, Some(why)) => {
+                let reason = format!("its program could not be run: {why}");
+                (RunRecord::not_started(&reason), Some(reason))
+            }
+            (Ok(Observed::Running { .. }), None) => (RunRecord::running(now), None),
+            (Ok(Observed::Exited(exit)), None) => {
                 let reason = format!("its process exited at once with code {}", exit.code);
                 let record = RunRecord {
                     status: ContainerStatus::Stopped,
@@ -150,11 +165,11 @@ impl Lifecycle {
                 };
                 (record, Some(reason))
             }
-            Ok(Observed::Gone) => {
+            (Ok(Observed::Gone), None) => {
                 let reason = "start failed: no process".to_string();
                 (RunRecord::not_started(&reason), Some(reason))
             }
-            Err(reason) => (RunRecord::not_started(&reason), Some(reason)),
+            (Err(reason), None) => (RunRecord::not_started(&reason), Some(reason)),
         };
         let status = record.status;
         if !self.db.record_run(id, record, from).await? && status == ContainerStatus::Running {
@@ -567,4 +582,17 @@ pub(crate) async fn mount_image_tree(rootfs: &Path) -> Result<(), String> {
         .await
         .map_err(|e| format!("not started: {e}"))?
         .map_err(|e| format!("not started: its tree cannot be mounted: {e}"))
+}
+
+/// What runc said when it could not start a container's process, if `output`'s last line
+/// is that (`time=... level=error msg="runc run failed: unable to start container
+/// process: exec: \"/x\": stat /x: no such file or directory"`): its message, unquoted.
+fn runc_failure(output: &str) -> Option<String> {
+    let last = output.lines().rev().find(|l| !l.trim().is_empty())?;
+    let (_, said) = last.split_once("runc run failed: ")?;
+    let said = said.trim_end().strip_suffix('"').unwrap_or(said.trim_end());
+    let said = said
+        .strip_prefix("unable to start container process: ")
+        .unwrap_or(said);
+    Some(said.replace("\\\"", "\""))
 }

@@ -123,6 +123,24 @@ fn append(dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .write_all(bytes)
 }
 
+/// Where the log ends now: what a run adds comes after it ([`output_since`]).
+pub fn log_end(dir: &Path) -> u64 {
+    fs::metadata(dir.join(LOG)).map_or(0, |m| m.len())
+}
+
+/// What the log holds after `end` (a [`log_end`]), lossily decoded; empty when the log was
+/// started again since.
+pub fn output_since(dir: &Path, end: u64) -> String {
+    use std::io::{Seek, SeekFrom};
+    let mut bytes = Vec::new();
+    if let Ok(mut f) = File::open(dir.join(LOG)) {
+        if f.metadata().is_ok_and(|m| m.len() >= end) && f.seek(SeekFrom::Start(end)).is_ok() {
+            let _ = f.take(LOG_LIMIT).read_to_end(&mut bytes);
+        }
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
 /// How the last run ended, when it has.
 pub fn read_exit(dir: &Path) -> Option<Exit> {
     serde_json::from_slice(&fs::read(dir.join(EXIT)).ok()?).ok()
