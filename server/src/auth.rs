@@ -124,6 +124,14 @@ pub async fn set_password(db: &Db, name: &str, password: &str) -> Result<(), Aut
     Ok(db.set_password_hash(&user.id, &hash).await?)
 }
 
+/// Makes a user a platform admin, enabled (the command line's way back when none is left).
+pub async fn make_admin(db: &Db, name: &str) -> Result<(), AuthError> {
+    let user = find_user(db, name)
+        .await?
+        .ok_or_else(|| AuthError::NoSuchUser(name.into()))?;
+    Ok(db.make_admin(&user.id).await?)
+}
+
 /// Checks a user name and password; `None` for any mismatch (no hint which part was wrong).
 pub async fn check_login(db: &Db, name: &str, password: &str) -> Result<Option<UserInfo>, DbError> {
     let found = db.user_with_password(name).await?;

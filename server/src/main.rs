@@ -247,7 +247,7 @@ enum TokenCommand {
         #[arg(long)]
         user: String,
         /// A label to recognise the token by.
-        #[arg(long, default_value = "")]
+        #[arg(long, default_value = "command line")]
         label: String,
     },
 }
@@ -256,6 +256,11 @@ enum TokenCommand {
 enum UserCommand {
     /// Read a new password from stdin and set it (ends the user's console sessions).
     SetPassword {
+        /// The user's name.
+        name: String,
+    },
+    /// Make a user a platform admin, enabled: the way back when no admin is left.
+    MakeAdmin {
         /// The user's name.
         name: String,
     },
@@ -409,6 +414,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             auth::set_password(&pool, &name, password).await?;
             record_command_line(&pool, "user.reset_password", &name, None).await?;
             eprintln!("password of {name:?} updated");
+        }
+        Command::User(UserCommand::MakeAdmin { name }) => {
+            auth::make_admin(&pool, &name).await?;
+            record_command_line(&pool, "user.make_admin", &name, None).await?;
+            eprintln!("{name:?} is a platform admin, enabled");
         }
         Command::Import {
             dir,

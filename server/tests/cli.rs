@@ -72,6 +72,28 @@ async fn token_user_and_import_work_from_the_command_line() {
     let out = doppel(&data, &["user", "set-password", "admin"], "short\n");
     assert!(!out.status.success());
 
+    // The way back when no platform admin is left (here: the only one disabled and
+    // demoted behind doppel's back): the command line makes one again.
+    let sql = sqlx::SqlitePool::connect(&url).await.unwrap();
+    sqlx::query("UPDATE users SET is_admin = 0, disabled_at = 1 WHERE name = 'admin'")
+        .execute(&sql)
+        .await
+        .unwrap();
+    let out = doppel(&data, &["user", "make-admin", "admin"], "");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (is_admin, disabled_at): (i64, Option<i64>) =
+        sqlx::query_as("SELECT is_admin, disabled_at FROM users WHERE name = 'admin'")
+            .fetch_one(&sql)
+            .await
+            .unwrap();
+    assert_eq!((is_admin, disabled_at), (1, None), "an admin, enabled");
+    let out = doppel(&data, &["user", "make-admin", "nobody"], "");
+    assert!(!out.status.success());
+
     assert!(
         doppel::auth::check_login(&db, "admin", "a new long password")
             .await
@@ -135,7 +157,6 @@ async fn token_user_and_import_work_from_the_command_line() {
     doppel::auth::create_user(&db, "carol", None, false)
         .await
         .unwrap();
-    let sql = sqlx::SqlitePool::connect(&url).await.unwrap();
     sqlx::query("UPDATE users SET disabled_at = 1 WHERE name = 'carol'")
         .execute(&sql)
         .await
@@ -165,6 +186,7 @@ async fn token_user_and_import_work_from_the_command_line() {
         [
             by_cli("token.create", "admin"),
             by_cli("user.reset_password", "admin"),
+            by_cli("user.make_admin", "admin"),
             by_cli("container.import", &id),
         ],
         "each success once; what was refused changed nothing"

@@ -173,6 +173,62 @@ async fn admins_make_disable_and_reset_users() {
     assert_eq!(st, 404);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_admins_taking_each_others_rights_at_once_leave_one() {
+    let s = TestServer::start().await;
+    for round in 0..5 {
+        let name = format!("adm{round}");
+        let (_, token) = made_with_token(&s, &name).await;
+        let (st, _) = s
+            .call(
+                Method::PATCH,
+                &format!("/api/v1/users/{name}"),
+                &s.admin_token,
+                Some(json!({"is_admin": true})),
+            )
+            .await;
+        assert_eq!(st, 200);
+        // Each demotes the other at the same moment: one of them wins, and stays an admin.
+        let other = format!("/api/v1/users/{name}");
+        let demote_other = s.call(
+            Method::PATCH,
+            &other,
+            &s.admin_token,
+            Some(json!({"is_admin": false})),
+        );
+        let demote_admin = s.call(
+            Method::PATCH,
+            "/api/v1/users/admin",
+            &token,
+            Some(json!({"is_admin": false})),
+        );
+        let ((a, _), (b, body)) = tokio::join!(demote_other, demote_admin);
+        let (_, users) = s.get("/api/v1/users", &s.admin_token).await;
+        let (_, users_too) = s.get("/api/v1/users", &token).await;
+        let admins = [&users, &users_too]
+            .iter()
+            .flat_map(|u| u["users"].as_array().cloned().unwrap_or_default())
+            .filter(|u| u["is_admin"] == true)
+            .map(|u| u["name"].as_str().unwrap().to_string())
+            .collect::<std::collections::BTreeSet<_>>();
+        assert_eq!(admins.len(), 1, "{a} {b} {body}: {admins:?}");
+        assert!(
+            [a, b].contains(&200) && [a, b].contains(&403),
+            "{a} {b} {body}"
+        );
+        if admins.contains(&name) {
+            // The other way round: the admin gets their rights back for the next round.
+            s.call(
+                Method::PATCH,
+                "/api/v1/users/admin",
+                &token,
+                Some(json!({"is_admin": true})),
+            )
+            .await;
+        }
+    }
+}
+
 /// A user the admin makes through the API: their password (shown once) and an API token
 /// of theirs.
 async fn made_with_token(s: &TestServer, name: &str) -> (String, String) {

@@ -110,10 +110,17 @@ impl Service {
                     "you cannot disable yourself or take your own admin rights; another admin can",
                 ));
             }
-            self.db
-                .set_user_flags(&target.id, is_admin, disabled)
+            let set = self
+                .db
+                .set_user_flags(&target.id, is_admin, disabled, &user.id)
                 .await
                 .map_err(internal)?;
+            if !set {
+                // (The target exists: it was read above, and users are never deleted.)
+                return Err(ApiError::forbidden(
+                    "changing a user is for platform admins, and you are no longer one",
+                ));
+            }
             // Their tokens answer from the database again (refused, when disabled).
             self.tokens.forget_user(&target.id);
             target.is_admin = is_admin;

@@ -83,25 +83,49 @@ impl Db {
 
     /// Makes a user a platform admin or not, disabled or not (disabling ends their
     /// sessions); whether the user exists.
+    /// Sets a user's flags, as the platform admin `by` asks: only while `by` still is one,
+    /// enabled, when the change commits (`false` otherwise). Two admins taking each other's
+    /// rights at once would otherwise both succeed, and leave no admin at all.
     pub(crate) async fn set_user_flags(
         &self,
         user_id: &str,
         is_admin: bool,
         disabled: bool,
+        by: &str,
     ) -> Result<bool, DbError> {
-        let (user_id, now) = (user_id.to_string(), crate::ids::now_ms());
+        let (user_id, now, by) = (user_id.to_string(), crate::ids::now_ms(), by.to_string());
         self.transact(move |c| {
             let n = execute(
                 c,
                 "UPDATE users SET is_admin = $2,
                     disabled_at = CASE WHEN $3 THEN COALESCE(disabled_at, $4) ELSE NULL END
-                 WHERE id = $1",
-                &[&user_id, &i64::from(is_admin), &disabled, &now],
+                 WHERE id = $1
+                   AND EXISTS (SELECT 1 FROM users AS caller
+                               WHERE caller.id = $5 AND caller.is_admin <> 0
+                                 AND caller.disabled_at IS NULL)",
+                &[&user_id, &i64::from(is_admin), &disabled, &now, &by],
             )?;
+            if n == 0 {
+                return Ok(false);
+            }
             if disabled {
                 execute(c, "DELETE FROM sessions WHERE user_id = $1", &[&user_id])?;
             }
             Ok::<_, DbError>(n > 0)
+        })
+        .await
+    }
+
+    /// A platform admin, enabled, whoever asks (the command line, run as root on the host).
+    pub(crate) async fn make_admin(&self, user_id: &str) -> Result<(), DbError> {
+        let user_id = user_id.to_string();
+        self.transact(move |c| {
+            execute(
+                c,
+                "UPDATE users SET is_admin = 1, disabled_at = NULL WHERE id = $1",
+                &[&user_id],
+            )?;
+            Ok::<_, DbError>(())
         })
         .await
     }
