@@ -273,6 +273,23 @@ async fn a_limited_admin_token_has_no_admin_power() {
                 "/api/v1/tokens".to_string(),
                 Some(json!({"name": "wider"})),
             ),
+            // Its own project's members and settings too: a leaked CI token could make
+            // anyone an admin of the project, beyond the token's own revocation.
+            (
+                reqwest::Method::PUT,
+                format!("/api/v1/projects/{web}/members/alice"),
+                Some(json!({"role": "admin"})),
+            ),
+            (
+                reqwest::Method::DELETE,
+                format!("/api/v1/projects/{web}/members/alice"),
+                None,
+            ),
+            (
+                reqwest::Method::PATCH,
+                format!("/api/v1/projects/{web}"),
+                Some(json!({"description": "by a limited token"})),
+            ),
         ] {
             if token == &ro && method == reqwest::Method::GET {
                 continue; // reading the users is an admin's read

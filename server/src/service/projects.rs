@@ -89,6 +89,7 @@ impl Service {
             check_id("project id", id)?;
             let vis = self.visibility(user).await?;
             vis.require_project_admin(id, "changing this project")?;
+            require_full_credential(user, "changing a project")?;
             let current = self
                 .db
                 .projects()
@@ -170,6 +171,7 @@ impl Service {
             self.visibility(user)
                 .await?
                 .require_project_admin(id, "managing this project's members")?;
+            require_full_credential(user, "managing a project's members")?;
             let who = crate::auth::find_user(&self.db, member)
                 .await
                 .map_err(internal)?
@@ -204,6 +206,7 @@ impl Service {
             self.visibility(user)
                 .await?
                 .require_project_admin(id, "managing this project's members")?;
+            require_full_credential(user, "managing a project's members")?;
             let who = crate::auth::find_user(&self.db, member)
                 .await
                 .map_err(internal)?
