@@ -102,6 +102,12 @@ async fn every_write_and_login_is_recorded_once_and_read_by_admins() {
         refused["detail"].as_str().unwrap().contains("not found"),
         "{refused}"
     );
+    // What a grant gave is in its entry: granting and taking away read apart.
+    let granted = all
+        .iter()
+        .find(|e| e["action"] == "member.set" && e["result"] == "ok")
+        .unwrap();
+    assert_eq!(granted["detail"], "role viewer", "{granted}");
     let copied = all
         .iter()
         .find(|e| e["action"] == "container.copy" && e["result"] == "ok")
@@ -135,6 +141,18 @@ async fn every_write_and_login_is_recorded_once_and_read_by_admins() {
     .await;
     let (st, hers) = entries(&s, &s.alice_token, "?limit=500").await;
     assert_eq!(st, 200);
+    // A project she cannot see is not there, as everywhere.
+    let (st, page) = s
+        .get(
+            &format!("/api/v1/audit?project_id={}", "0".repeat(24)),
+            &s.alice_token,
+        )
+        .await;
+    assert_eq!(
+        (st, page["error"]["field"].as_str()),
+        (404, Some("project_id")),
+        "{page}"
+    );
     assert!(
         !hers.is_empty() && hers.iter().all(|e| e["project_id"] == web.as_str()),
         "{hers:#?}"

@@ -127,6 +127,31 @@ impl Service {
         result
     }
 
+    /// Like `audited`, saying in the entry of its success what it changed (`change`: a
+    /// role given, flags set), so the log tells granting from taking away.
+    pub(super) async fn audited_change<T>(
+        &self,
+        user: &UserInfo,
+        action: &str,
+        (target, change): (&str, String),
+        project: Option<String>,
+        work: impl Future<Output = Result<T, ApiError>>,
+    ) -> Result<T, ApiError> {
+        let result = work.await;
+        let mut e = entry(
+            &Actor::of(user),
+            action,
+            target,
+            project,
+            result.as_ref().err(),
+        );
+        if result.is_ok() {
+            e.detail = Some(change);
+        }
+        self.append(e).await;
+        result
+    }
+
     /// Like `audited`, for a write that commits the entry of its success with its own rows
     /// (one commit, and never the rows without their entry): `work` gets that entry and says
     /// whether it committed it. A refusal or failure is recorded here, as by `audited`.
@@ -165,12 +190,15 @@ impl Service {
         project: Option<String>,
         error: Option<&ApiError>,
     ) {
-        if let Err(e) = self
-            .db
-            .append_audit(entry(&actor, action, target, project, error))
-            .await
-        {
-            tracing::error!(error = %e, action, target, "audit entry not written");
+        self.append(entry(&actor, action, target, project, error))
+            .await;
+    }
+
+    /// Appends `e`; a failure to is logged, and the request it records stands.
+    async fn append(&self, e: AuditEntry) {
+        let (action, target) = (e.action.clone(), e.target.clone());
+        if let Err(err) = self.db.append_audit(e).await {
+            tracing::error!(error = %err, action, target, "audit entry not written");
         }
     }
 
@@ -214,6 +242,13 @@ impl Service {
             return Err(ApiError::invalid(format!("limit is 1 to {MAX_PAGE}")).on_field("limit"));
         }
         let everything = user.is_admin && user.scope.projects.is_none();
+        // A project asked for that the caller cannot see is a 404, as everywhere (an empty
+        // page would say nothing, or that it exists).
+        if let Some(project) = &filter.project_id {
+            if !self.visibility(user).await?.can_see(project) {
+                return Err(ApiError::not_found("project", project).on_field("project_id"));
+            }
+        }
         let projects: Option<Vec<String>> = if everything {
             None
         } else {

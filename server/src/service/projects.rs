@@ -166,7 +166,8 @@ impl Service {
     ) -> Result<Member, ApiError> {
         let project = is_valid_id(id).then(|| id.to_string());
         let target = member.to_string();
-        self.audited(user, "member.set", &target, project, async {
+        let change = format!("role {}", role.as_str());
+        self.audited_change(user, "member.set", (&target, change), project, async {
             check_id("project id", id)?;
             self.visibility(user)
                 .await?

@@ -99,7 +99,15 @@ impl Service {
     ) -> Result<UserAccount, ApiError> {
         let project = None;
         let target = name.to_string();
-        self.audited(user, "user.update", &target, project, async {
+        let asked = [
+            change.is_admin.map(|a| format!("is_admin {a}")),
+            change.disabled.map(|d| format!("disabled {d}")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(", ");
+        self.audited_change(user, "user.update", (&target, asked), project, async {
             Self::require_platform_admin(user, "changing a user")?;
             let mut target = self.account_named(name).await?;
             let is_admin = change.is_admin.unwrap_or(target.is_admin);
