@@ -1055,6 +1055,8 @@ pub enum Freshness {
     /// The copy never completed (its copy failed or was cancelled): it has no tree a sync
     /// could bring up to date; a new copy is the way.
     Incomplete,
+    /// The copy is being made: its first copy has not finished yet.
+    Copying,
 }
 
 impl Freshness {
@@ -1065,6 +1067,7 @@ impl Freshness {
             Freshness::Stale => "stale",
             Freshness::SourceMissing => "source missing",
             Freshness::Incomplete => "never completed",
+            Freshness::Copying => "being copied",
         }
     }
 }

@@ -1405,17 +1405,25 @@ async fn sync_status_tells_current_stale_and_failing_copies_apart() {
         json!({"target_project_id": web, "name": "never-done"}),
     )
     .await;
+    let never_done = |body: &Value| {
+        body["copies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["copy"]["name"] == "never-done")
+            .unwrap()
+            .clone()
+    };
+    // While it is being made it says so: not stale (it never matched anything yet).
+    let (_, body) = s.get("/api/v1/sync-status", admin).await;
+    let r = never_done(&body);
+    assert_eq!(r["freshness"], "copying", "{r}");
+    assert_eq!(r["may_sync"], false, "{r}");
     let (st, _, _) = post(&s, &format!("/api/v1/jobs/{job}/cancel"), admin, None, None).await;
     assert_eq!(st, 200);
     assert_eq!(s.wait_job(&job).await["status"], "cancelled");
     let (_, body) = s.get("/api/v1/sync-status", admin).await;
-    let r = body["copies"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["copy"]["name"] == "never-done")
-        .unwrap()
-        .clone();
+    let r = never_done(&body);
     assert_eq!(r["freshness"], "incomplete", "{r}");
     assert_eq!(r["last_error"], "copy cancelled", "{r}");
     assert_eq!(r["may_sync"], false, "{r}");

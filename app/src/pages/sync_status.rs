@@ -31,6 +31,7 @@ impl View {
             "current" => c.freshness == Freshness::Current && !c.failing(),
             "source_missing" => c.freshness == Freshness::SourceMissing,
             "incomplete" => c.freshness == Freshness::Incomplete,
+            "copying" => c.freshness == Freshness::Copying,
             _ => true,
         };
         shown && (self.project.is_empty() || c.copy.project_id == self.project)
@@ -119,7 +120,11 @@ fn StatusView(
         of(Freshness::Stale),
         list.iter().filter(|c| c.failing()).count(),
     );
-    let (missing, incomplete) = (of(Freshness::SourceMissing), of(Freshness::Incomplete));
+    let (missing, incomplete, copying) = (
+        of(Freshness::SourceMissing),
+        of(Freshness::Incomplete),
+        of(Freshness::Copying),
+    );
     let mut projects: Vec<(String, String)> = list
         .iter()
         .map(|c| (c.copy.project_id.clone(), c.copy.project_name.clone()))
@@ -146,12 +151,15 @@ fn StatusView(
             {(incomplete > 0).then(|| view! {
                 <a href="?show=incomplete" class="tally bad">{incomplete} " never completed"</a>
             })}
+            {(copying > 0).then(|| view! {
+                <a href="?show=copying" class="tally">{copying} " being copied"</a>
+            })}
         </p>
         <div class="filters">
         <Form method="GET" action="">
             <label for="show">"Show"</label>
             <select id="show" name="show">
-                {[("", "all copies"), ("stale", "stale"), ("failing", "failing"), ("current", "current"), ("source_missing", "source missing"), ("incomplete", "never completed")]
+                {[("", "all copies"), ("stale", "stale"), ("failing", "failing"), ("current", "current"), ("source_missing", "source missing"), ("incomplete", "never completed"), ("copying", "being copied")]
                     .into_iter()
                     .map(|(value, label)| {
                         view! { <option value=value selected=move || view.get().show == value>{label}</option> }
@@ -278,6 +286,7 @@ fn CopyRow(
             Freshness::Current => "badge sync-current",
             Freshness::Stale => "badge sync-stale",
             Freshness::SourceMissing | Freshness::Incomplete => "badge sync-failing",
+            Freshness::Copying => "badge",
         }
     };
     let state_text = c.freshness.label();
@@ -341,6 +350,7 @@ fn CopyRow(
     };
     let may_sync = c.may_sync;
     let incomplete_copy = c.freshness == Freshness::Incomplete;
+    let being_copied = c.freshness == Freshness::Copying;
     view! {
         <tr
             data-container-id=id
@@ -389,6 +399,8 @@ fn CopyRow(
                         disabled=move || !may_sync || sync.pending().get()
                         title=(!may_sync).then_some(if incomplete_copy {
                             "It never completed: there is nothing to sync into; make a new copy"
+                        } else if being_copied {
+                            "It is still being copied"
                         } else {
                             "Syncing it needs operator or admin in its project and its source's"
                         })

@@ -144,11 +144,12 @@ impl Service {
                     .unwrap_or(Probed::Missing);
                 // A copy that never completed (failed or cancelled; not one under way) has
                 // no tree a sync could bring up to date.
-                let never_completed = row.last_synced_at.is_none()
-                    && ContainerStatus::parse(&row.status) != Some(ContainerStatus::Copying);
+                let first_copy = row.last_synced_at.is_none();
+                let copying = ContainerStatus::parse(&row.status) == Some(ContainerStatus::Copying);
                 let (freshness, source_error) = match probed {
                     Probed::Missing => (Freshness::SourceMissing, None),
-                    _ if never_completed => (Freshness::Incomplete, None),
+                    _ if first_copy && copying => (Freshness::Copying, None),
+                    _ if first_copy => (Freshness::Incomplete, None),
                     Probed::State(now) if row.source_state.as_deref() == Some(now.as_str()) => {
                         (Freshness::Current, None)
                     }
@@ -162,7 +163,7 @@ impl Service {
                     // (A cancelled copy is no failure in a row, but it is why.)
                     status.last_error = row.status_reason.clone();
                 }
-                status.may_sync = freshness != Freshness::Incomplete
+                status.may_sync = !matches!(freshness, Freshness::Incomplete | Freshness::Copying)
                     && vis.require_operator(&row.project_id, "").is_ok()
                     && row
                         .src_project_id
