@@ -57,14 +57,32 @@ async fn every_documented_operation_answers_as_documented() {
                 path.replace("{id}", id).replace("{user}", "nobody-here")
             ));
             let req = match method.as_str() {
-                "get" => TestServer::client().get(url),
+                "get" => TestServer::client().get(&url),
                 // Empty bodies: a validation error, which must be documented too.
-                "post" => TestServer::client().post(url).json(&serde_json::json!({})),
-                "put" => TestServer::client().put(url).json(&serde_json::json!({})),
-                "delete" => TestServer::client().delete(url),
-                "patch" => TestServer::client().patch(url).json(&serde_json::json!({})),
+                "post" => TestServer::client().post(&url).json(&serde_json::json!({})),
+                "put" => TestServer::client().put(&url).json(&serde_json::json!({})),
+                "delete" => TestServer::client().delete(&url),
+                "patch" => TestServer::client()
+                    .patch(&url)
+                    .json(&serde_json::json!({})),
                 m => panic!("{path}: method {m} not covered"),
             };
+            // A parameter it does not document is refused, not ignored (and nothing is done).
+            let method_name =
+                reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let odd = TestServer::client()
+                .request(method_name, format!("{url}?undocumented_option=1"))
+                .json(&serde_json::json!({}))
+                .bearer_auth(&s.admin_token)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(odd.status(), 400, "{method} {path}?undocumented_option=1");
+            let odd: Value = odd.json().await.unwrap();
+            assert_eq!(
+                odd["error"]["field"], "undocumented_option",
+                "{method} {path}: {odd}"
+            );
             let resp = req.bearer_auth(&s.admin_token).send().await.unwrap();
             let status = resp.status().as_u16();
             let responses = op["responses"].as_object().unwrap();

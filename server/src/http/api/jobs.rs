@@ -8,7 +8,7 @@ use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::{no_body, path, query, ApiResult, Caller, JobAnswer, NoQuery, ReadErrors, WriteErrors};
+use super::{no_body, path, query, ApiResult, Caller, JobAnswer, ReadErrors, WriteErrors};
 use crate::http::AppState;
 
 #[derive(Serialize, ToSchema)]
@@ -63,11 +63,9 @@ pub(super) async fn cancel_job(
     State(st): State<AppState>,
     Caller(user): Caller,
     id: Result<Path<String>, PathRejection>,
-    q: Result<Query<NoQuery>, QueryRejection>,
     sent: Result<Bytes, BytesRejection>,
 ) -> ApiResult<JobAnswer> {
     let id = path(id)?;
-    query(q)?;
     no_body(sent)?;
     let job = st.service.cancel_job(&user, &id).await?;
     Ok(Json(JobAnswer { job }))

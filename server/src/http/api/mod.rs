@@ -6,6 +6,7 @@ mod audit;
 mod containers;
 mod jobs;
 mod openapi;
+mod params;
 mod projects;
 mod running;
 mod sse;
@@ -76,8 +77,13 @@ fn routes_and_document() -> (Router<AppState>, utoipa::openapi::OpenApi) {
 }
 
 pub fn routes() -> Router<AppState> {
-    routes_and_document()
-        .0
+    let (routes, document) = routes_and_document();
+    let documented = std::sync::Arc::new(params::Documented::of(&document));
+    routes
+        .route_layer(axum::middleware::from_fn_with_state(
+            documented,
+            params::refuse_undocumented,
+        ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
 }
@@ -244,12 +250,6 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, RestError> {
         .into()
     })
 }
-
-/// The query of an endpoint that takes none: anything there is refused, not ignored (a
-/// client sending options there would think they were taken).
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct NoQuery {}
 
 /// A path parameter that fails to decode becomes a 400 in the API's error format.
 fn path(p: Result<Path<String>, PathRejection>) -> Result<String, RestError> {

@@ -11,7 +11,7 @@ use axum::Json;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
-use super::{body, no_body, path, query, ApiResult, Caller, NoQuery, ReadErrors, WriteErrors};
+use super::{body, no_body, path, query, ApiResult, Caller, ReadErrors, WriteErrors};
 use crate::http::AppState;
 use crate::service::{MAX_LOG_LINES, MAX_STOP_GRACE_S};
 
@@ -54,11 +54,9 @@ pub(super) async fn start_container(
     State(st): State<AppState>,
     Caller(user): Caller,
     id: Result<Path<String>, PathRejection>,
-    q: Result<Query<NoQuery>, QueryRejection>,
     sent: Result<Bytes, BytesRejection>,
 ) -> ApiResult<ContainerDetail> {
     let id = path(id)?;
-    query(q)?;
     no_body(sent)?;
     Ok(Json(st.service.start_container(&user, &id).await?))
 }
