@@ -217,14 +217,26 @@ async fn two_admins_taking_each_others_rights_at_once_leave_one() {
             "{a} {b} {body}"
         );
         if admins.contains(&name) {
-            // The other way round: the admin gets their rights back for the next round.
-            s.call(
-                Method::PATCH,
-                "/api/v1/users/admin",
-                &token,
-                Some(json!({"is_admin": true})),
-            )
-            .await;
+            // The other way round: the admin gets their rights back, and the next round
+            // starts from one admin again.
+            let (st, _) = s
+                .call(
+                    Method::PATCH,
+                    "/api/v1/users/admin",
+                    &token,
+                    Some(json!({"is_admin": true})),
+                )
+                .await;
+            assert_eq!(st, 200);
+            let (st, _) = s
+                .call(
+                    Method::PATCH,
+                    &other,
+                    &s.admin_token,
+                    Some(json!({"is_admin": false})),
+                )
+                .await;
+            assert_eq!(st, 200);
         }
     }
 }
