@@ -31,19 +31,25 @@ async fn admins_make_projects_and_project_admins_manage_members() {
         .await;
     assert_eq!(st, 201, "{p}");
     let id = p["id"].as_str().unwrap().to_string();
-    let (st, e) = s
-        .call(
-            Method::POST,
-            "/api/v1/projects",
-            &s.admin_token,
-            Some(json!({"name": "staging"})),
-        )
-        .await;
-    assert_eq!(
-        (st, e["error"]["field"].as_str()),
-        (409, Some("name")),
-        "{e}"
-    );
+    // Taken whatever its case, as user and container names are; by a rename too.
+    for (method, path, name) in [
+        (Method::POST, "/api/v1/projects".to_string(), "staging"),
+        (Method::POST, "/api/v1/projects".to_string(), "STAGING"),
+        (
+            Method::PATCH,
+            format!("/api/v1/projects/{}", s.project_id("web-platform").await),
+            "Staging",
+        ),
+    ] {
+        let (st, e) = s
+            .call(method, &path, &s.admin_token, Some(json!({"name": name})))
+            .await;
+        assert_eq!(
+            (st, e["error"]["field"].as_str()),
+            (409, Some("name")),
+            "{name}: {e}"
+        );
+    }
     let (st, e) = s
         .call(
             Method::POST,
@@ -59,16 +65,20 @@ async fn admins_make_projects_and_project_admins_manage_members() {
         .get(&format!("/api/v1/projects/{id}/members"), &s.alice_token)
         .await;
     assert_eq!(st, 404);
+    // (A user is named whatever the case: ALICE is alice.)
     let (st, m) = s
         .call(
             Method::PUT,
-            &format!("/api/v1/projects/{id}/members/alice"),
+            &format!("/api/v1/projects/{id}/members/ALICE"),
             &s.admin_token,
             Some(json!({"role": "viewer"})),
         )
         .await;
     assert_eq!(st, 200, "{m}");
-    assert_eq!(m["role"], "viewer");
+    assert_eq!(
+        (m["role"].as_str(), m["user_name"].as_str()),
+        (Some("viewer"), Some("alice"))
+    );
     let (_, projects) = s.get("/api/v1/projects", &s.alice_token).await;
     assert!(projects.to_string().contains("staging"), "{projects}");
     // A viewer cannot manage members or rename; an admin of the project can.

@@ -105,9 +105,13 @@ pub async fn create_project(
     description: &str,
 ) -> Result<String, InventoryError> {
     let id = new_id();
-    db.insert_project(&id, name, description, now_ms())
+    let made = db
+        .insert_project(&id, name, description, now_ms())
         .await
         .map_err(|e| exists_or(e, || format!("project {name:?}")))?;
+    if !made {
+        return Err(InventoryError::Exists(format!("project {name:?}")));
+    }
     Ok(id)
 }
 

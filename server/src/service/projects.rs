@@ -58,18 +58,15 @@ impl Service {
             let id = crate::ids::new_id();
             let now = crate::ids::now_ms();
             match self.db.insert_project(&id, &name, &description, now).await {
-                Ok(()) => Ok(Project {
+                Ok(false) => Err(name_taken(&name)),
+                Ok(true) => Ok(Project {
                     id,
                     name,
                     description,
                     role: None,
                     created_at: now,
                 }),
-                Err(e) if e.is_unique_violation() => Err(ApiError::new(
-                    ErrorCode::Conflict,
-                    format!("a project named {name:?} exists"),
-                )
-                .on_field("name")),
+                Err(e) if e.is_unique_violation() => Err(name_taken(&name)),
                 Err(e) => Err(internal(e)),
             }
         })
@@ -104,14 +101,20 @@ impl Service {
             check_description(&description)?;
             match self.db.update_project(id, &name, &description).await {
                 Ok(true) => {}
-                Ok(false) => return Err(ApiError::not_found("project", id)),
-                Err(e) if e.is_unique_violation() => {
-                    return Err(ApiError::new(
-                        ErrorCode::Conflict,
-                        format!("a project named {name:?} exists"),
-                    )
-                    .on_field("name"))
+                // Still there (it was a moment ago): its new name is another's.
+                Ok(false)
+                    if self
+                        .db
+                        .projects()
+                        .await
+                        .map_err(internal)?
+                        .iter()
+                        .any(|p| p.id == id) =>
+                {
+                    return Err(name_taken(&name))
                 }
+                Ok(false) => return Err(ApiError::not_found("project", id)),
+                Err(e) if e.is_unique_violation() => return Err(name_taken(&name)),
                 Err(e) => return Err(internal(e)),
             }
             Ok(Project {
@@ -238,4 +241,13 @@ fn refuse_own_step_down(user: &UserInfo, member_id: &str, what: &str) -> Result<
         ErrorCode::Conflict,
         format!("you may not {what}: another of its admins, or a platform admin, can"),
     ))
+}
+
+/// The 409 of a project name another project has (names are unique ignoring case).
+fn name_taken(name: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::Conflict,
+        format!("a project named {name:?} exists (names are unique whatever their case)"),
+    )
+    .on_field("name")
 }

@@ -35,7 +35,8 @@ impl Service {
             .await
             .map_err(internal)?
             .into_iter()
-            .find(|u| u.name == name)
+            // (Names are unique whatever their case: `BOB` is bob.)
+            .find(|u| u.name.to_lowercase() == name.to_lowercase())
             .ok_or_else(|| ApiError::not_found("user", name))
     }
 

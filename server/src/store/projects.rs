@@ -134,18 +134,22 @@ impl Db {
         name: &str,
         description: &str,
         now: i64,
-    ) -> Result<(), DbError> {
-        self.write(
-            "INSERT INTO projects (id, name, description, created_at) VALUES ($1, $2, $3, $4)",
-            vec![
-                Arg::arg(id),
-                Arg::arg(name),
-                Arg::arg(description),
-                Arg::arg(now),
-            ],
-        )
-        .await?;
-        Ok(())
+    ) -> Result<bool, DbError> {
+        // Names are unique ignoring case (`false`: taken), as users' and containers' are.
+        let n = self
+            .write(
+                "INSERT INTO projects (id, name, description, created_at)
+                 SELECT $1, $2, $3, $4
+                 WHERE NOT EXISTS (SELECT 1 FROM projects WHERE name = $2 COLLATE NOCASE)",
+                vec![
+                    Arg::arg(id),
+                    Arg::arg(name),
+                    Arg::arg(description),
+                    Arg::arg(now),
+                ],
+            )
+            .await?;
+        Ok(n > 0)
     }
 
     pub(crate) async fn insert_membership(
@@ -166,7 +170,8 @@ impl Db {
         Ok(())
     }
 
-    /// Changes a project's name and description; `false`: no such project.
+    /// Changes a project's name and description; `false`: no such project, or another has
+    /// the name (whatever its case).
     pub(crate) async fn update_project(
         &self,
         id: &str,
@@ -176,7 +181,9 @@ impl Db {
         let n = self
             .write(
                 "UPDATE projects SET name = $2, description = $3
-                 WHERE id = $1 AND deleted_at IS NULL",
+                 WHERE id = $1 AND deleted_at IS NULL
+                   AND NOT EXISTS (SELECT 1 FROM projects AS other
+                                   WHERE other.id <> $1 AND other.name = $2 COLLATE NOCASE)",
                 vec![Arg::arg(id), Arg::arg(name), Arg::arg(description)],
             )
             .await?;

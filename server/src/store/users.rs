@@ -39,11 +39,13 @@ fn projects_of(row: &SqliteRow) -> Option<Vec<String>> {
 }
 
 impl Db {
+    /// A user by name, whatever its case (names are unique ignoring it).
     pub(crate) async fn user_named(&self, name: &str) -> Result<Option<UserInfo>, DbError> {
-        let row = sqlx::query("SELECT id, name, is_admin FROM users WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&self.read)
-            .await?;
+        let row =
+            sqlx::query("SELECT id, name, is_admin FROM users WHERE name = $1 COLLATE NOCASE")
+                .bind(name)
+                .fetch_optional(&self.read)
+                .await?;
         Ok(row.as_ref().map(user))
     }
 
