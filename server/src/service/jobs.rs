@@ -349,7 +349,10 @@ mod tests {
         let user = admin(&svc).await;
         let held = svc.jobs.hold_every_slot().await;
         let started = queued_copy(&svc, &user, "cancelled-early").await;
-        svc.cancel_job(&user, &started.job.id).await.unwrap();
+        let answer = svc.cancel_job(&user, &started.job.id).await.unwrap();
+        // The answer says what every later read says.
+        assert_eq!(answer.status, JobStatus::Cancelled);
+        assert_eq!(answer.error.as_deref(), Some("cancelled"));
         // Not `copying` until a slot frees: failed now, with the slots still held.
         status_becomes(
             &svc,

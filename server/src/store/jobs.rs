@@ -278,11 +278,14 @@ impl Db {
     /// Cancels a job that is still queued (a running one is stopped by its runner).
     pub(crate) async fn cancel_if_queued(&self, id: &str) -> Result<(), DbError> {
         self.write(
-            "UPDATE jobs SET status = $1 WHERE id = $2 AND status = $3",
+            // (Its error as the runner records one it stops: the answer to the cancel and
+            // every later read agree.)
+            "UPDATE jobs SET status = $1, error = $4 WHERE id = $2 AND status = $3",
             vec![
                 Arg::arg(JobStatus::Cancelled.as_str()),
                 Arg::arg(id),
                 Arg::arg(JobStatus::Queued.as_str()),
+                Arg::arg("cancelled"),
             ],
         )
         .await?;
