@@ -44,6 +44,22 @@ async fn post(
     (status, resp.json().await.unwrap_or(Value::Null), location)
 }
 
+/// `POST /containers/{source}/copy` of `body` as the admin: the answer, and the job once
+/// it has ended.
+async fn copy_and_wait(s: &TestServer, source: &str, body: Value) -> (Value, Value) {
+    let (st, started, _) = post(
+        s,
+        &format!("/api/v1/containers/{source}/copy"),
+        &s.admin_token,
+        Some(body),
+        None,
+    )
+    .await;
+    assert_eq!(st, 202, "{started}");
+    let done = s.wait_job(started["job"]["id"].as_str().unwrap()).await;
+    (started, done)
+}
+
 /// `POST /containers/{copy}/sync` as the admin, and the job once it has ended.
 async fn sync_and_wait(s: &TestServer, copy: &str) -> Value {
     let (st, body, _) = post(
@@ -149,16 +165,12 @@ async fn a_copy_that_cannot_have_a_key_of_its_own_fails_saying_why_and_leaves_no
     let _ = std::fs::remove_dir_all(home.join(".ssh"));
     std::os::unix::fs::symlink("keys", home.join(".ssh")).unwrap();
     let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4f me@laptop";
-    let (st, started, _) = post(
+    let (started, done) = copy_and_wait(
         &s,
-        &format!("/api/v1/containers/{source}/copy"),
-        &s.admin_token,
-        Some(json!({"target_project_id": project, "name": "keyed", "ssh_public_key": key})),
-        None,
+        &source,
+        json!({"target_project_id": project, "name": "keyed", "ssh_public_key": key}),
     )
     .await;
-    assert_eq!(st, 202, "{started}");
-    let done = s.wait_job(started["job"]["id"].as_str().unwrap()).await;
     assert_eq!(done["status"], "failed", "{done}");
     let error = done["error"].as_str().unwrap();
     assert!(error.contains("root/.ssh is a symlink"), "{error}");
@@ -182,16 +194,12 @@ async fn a_copy_that_cannot_have_a_key_of_its_own_fails_saying_why_and_leaves_no
     );
 
     // Without a key the copy is made, and says whose keys the link leads to.
-    let (st, started, _) = post(
+    let (_, done) = copy_and_wait(
         &s,
-        &format!("/api/v1/containers/{source}/copy"),
-        &s.admin_token,
-        Some(json!({"target_project_id": project, "name": "keyless"})),
-        None,
+        &source,
+        json!({"target_project_id": project, "name": "keyless"}),
     )
     .await;
-    assert_eq!(st, 202, "{started}");
-    let done = s.wait_job(started["job"]["id"].as_str().unwrap()).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     let notes = done["summary"]["notes"].to_string();
     assert!(notes.contains("root/.ssh is a symlink"), "{notes}");
@@ -1794,16 +1802,12 @@ async fn a_copy_gets_its_own_identity_and_never_the_source_s_keys() {
             .public_key()
             .to_openssh()
             .unwrap();
-    let (st, body, _) = post(
+    let (body, job) = copy_and_wait(
         &s,
-        &format!("/api/v1/containers/{web_app}/copy"),
-        &s.admin_token,
-        Some(json!({"target_project_id": web, "name": "new-machine", "ssh_public_key": key})),
-        None,
+        &web_app,
+        json!({"target_project_id": web, "name": "new-machine", "ssh_public_key": key}),
     )
     .await;
-    assert_eq!(st, 202, "{body}");
-    let job = s.wait_job(body["job"]["id"].as_str().unwrap()).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     let copy_id = body["container"]["id"].as_str().unwrap().to_string();
     let (_, c) = s
