@@ -262,3 +262,89 @@ async fn a_new_member_copies_into_their_project_and_a_removed_one_cannot() {
         "removed: not any more"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_project_admins_demoting_each_other_at_once_leave_one() {
+    let s = TestServer::start().await;
+    let (st, p) = s
+        .call(
+            Method::POST,
+            "/api/v1/projects",
+            &s.admin_token,
+            Some(json!({"name": "contested"})),
+        )
+        .await;
+    assert_eq!(st, 201, "{p}");
+    let id = p["id"].as_str().unwrap().to_string();
+    let mut tokens = Vec::new();
+    for name in ["pa", "pb"] {
+        let (st, made) = s
+            .call(
+                Method::POST,
+                "/api/v1/users",
+                &s.admin_token,
+                Some(json!({"name": name})),
+            )
+            .await;
+        assert_eq!(st, 201, "{made}");
+        tokens.push(
+            doppel::auth::create_token(s.service.db(), name, "t")
+                .await
+                .unwrap(),
+        );
+    }
+    let member = |who: &str| format!("/api/v1/projects/{id}/members/{who}");
+    for round in 0..5 {
+        for who in ["pa", "pb"] {
+            let (st, _) = s
+                .call(
+                    Method::PUT,
+                    &member(who),
+                    &s.admin_token,
+                    Some(json!({"role": "admin"})),
+                )
+                .await;
+            assert_eq!(st, 200);
+        }
+        // Each takes the other's role (demoted, or taken out) at the same moment.
+        let (pa_to_pb, pb_to_pa) = (member("pb"), member("pa"));
+        let (a, b) = if round % 2 == 0 {
+            tokio::join!(
+                s.call(
+                    Method::PUT,
+                    &pa_to_pb,
+                    &tokens[0],
+                    Some(json!({"role": "viewer"}))
+                ),
+                s.call(
+                    Method::PUT,
+                    &pb_to_pa,
+                    &tokens[1],
+                    Some(json!({"role": "viewer"}))
+                ),
+            )
+        } else {
+            tokio::join!(
+                s.call(Method::DELETE, &pa_to_pb, &tokens[0], None),
+                s.call(Method::DELETE, &pb_to_pa, &tokens[1], None),
+            )
+        };
+        let (_, members) = s
+            .get(&format!("/api/v1/projects/{id}/members"), &s.admin_token)
+            .await;
+        let admins = members["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["role"] == "admin")
+            .count();
+        assert_eq!(admins, 1, "round {round}: {a:?} {b:?}: {members}");
+        // The loser is refused: its role went before its change committed (403), or
+        // before it was read (taken out: it no longer sees the project, 404).
+        assert!(
+            [a.0, b.0].iter().any(|st| [200, 204].contains(st))
+                && [a.0, b.0].iter().any(|st| [403, 404].contains(st)),
+            "round {round}: {a:?} {b:?}"
+        );
+    }
+}

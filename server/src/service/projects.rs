@@ -183,10 +183,14 @@ impl Service {
             if role != Role::Admin {
                 refuse_own_step_down(user, &who.id, "lower your own role in this project")?;
             }
-            self.db
-                .set_membership(id, &who.id, role)
+            if !self
+                .db
+                .set_membership(id, &who.id, role, &user.id)
                 .await
-                .map_err(internal)?;
+                .map_err(internal)?
+            {
+                return Err(no_longer_admin());
+            }
             Ok(Member {
                 user_id: who.id,
                 user_name: who.name,
@@ -218,10 +222,18 @@ impl Service {
             refuse_own_step_down(user, &who.id, "take yourself out of this project")?;
             if !self
                 .db
-                .delete_membership(id, &who.id)
+                .delete_membership(id, &who.id, &user.id)
                 .await
                 .map_err(internal)?
             {
+                // Not a member, or the caller's own rights went meanwhile.
+                let vis = self.visibility(user).await?;
+                if vis
+                    .require_project_admin(id, "managing this project's members")
+                    .is_err()
+                {
+                    return Err(no_longer_admin());
+                }
                 return Err(ApiError::not_found("member", member));
             }
             Ok(())
@@ -250,4 +262,12 @@ fn name_taken(name: &str) -> ApiError {
         format!("a project named {name:?} exists (names are unique whatever their case)"),
     )
     .on_field("name")
+}
+
+/// The 403 of a change to a project's members whose maker lost the right to make it
+/// before it committed (another admin took it at the same moment).
+fn no_longer_admin() -> ApiError {
+    ApiError::forbidden(
+        "managing this project's members is for its admins, and you are no longer one",
+    )
 }

@@ -76,6 +76,25 @@ fn server_row(r: &sqlx::sqlite::SqliteRow) -> ServerRow {
     }
 }
 
+/// Whether the user whose id is parameter `$by` may manage the members of project `$1`
+/// as the write commits: an enabled platform admin, or an admin (the role in `$admin`) of
+/// the project.
+macro_rules! may_manage_members {
+    ($by:literal, $admin:literal) => {
+        concat!(
+            "(EXISTS (SELECT 1 FROM users WHERE id = ",
+            $by,
+            " AND is_admin <> 0 AND disabled_at IS NULL)
+              OR EXISTS (SELECT 1 FROM memberships AS maker
+                         WHERE maker.project_id = $1 AND maker.user_id = ",
+            $by,
+            " AND maker.role = ",
+            $admin,
+            "))"
+        )
+    };
+}
+
 impl Db {
     /// (project id, the user's role there if a member) for every project the user is a
     /// member of, or every project when `all`.
@@ -233,35 +252,57 @@ impl Db {
     }
 
     /// Gives a user a role in a project (a member already: the new role).
+    /// Gives a user a role in a project, as `by` asks: only while `by` still may (an
+    /// enabled platform admin, or an admin of the project) when it commits; `false`
+    /// otherwise. Two of its admins demoting each other at once would otherwise leave the
+    /// project without one.
     pub(crate) async fn set_membership(
         &self,
         project_id: &str,
         user_id: &str,
         role: Role,
-    ) -> Result<(), DbError> {
-        self.write(
-            "INSERT INTO memberships (project_id, user_id, role) VALUES ($1, $2, $3)
-             ON CONFLICT (project_id, user_id) DO UPDATE SET role = excluded.role",
-            vec![
-                Arg::arg(project_id),
-                Arg::arg(user_id),
-                Arg::arg(role.as_str()),
-            ],
-        )
-        .await?;
-        Ok(())
+        by: &str,
+    ) -> Result<bool, DbError> {
+        let n = self
+            .write(
+                concat!(
+                    "INSERT INTO memberships (project_id, user_id, role) SELECT $1, $2, $3
+                     WHERE ",
+                    may_manage_members!("$4", "$5"),
+                    " ON CONFLICT (project_id, user_id) DO UPDATE SET role = excluded.role"
+                ),
+                vec![
+                    Arg::arg(project_id),
+                    Arg::arg(user_id),
+                    Arg::arg(role.as_str()),
+                    Arg::arg(by),
+                    Arg::arg(Role::Admin.as_str()),
+                ],
+            )
+            .await?;
+        Ok(n > 0)
     }
 
-    /// Takes a user out of a project; whether they were in it.
+    /// Takes a user out of a project, as `by` asks (see [`Db::set_membership`]); whether
+    /// they were in it and `by` still may.
     pub(crate) async fn delete_membership(
         &self,
         project_id: &str,
         user_id: &str,
+        by: &str,
     ) -> Result<bool, DbError> {
         let n = self
             .write(
-                "DELETE FROM memberships WHERE project_id = $1 AND user_id = $2",
-                vec![Arg::arg(project_id), Arg::arg(user_id)],
+                concat!(
+                    "DELETE FROM memberships WHERE project_id = $1 AND user_id = $2 AND ",
+                    may_manage_members!("$3", "$4")
+                ),
+                vec![
+                    Arg::arg(project_id),
+                    Arg::arg(user_id),
+                    Arg::arg(by),
+                    Arg::arg(Role::Admin.as_str()),
+                ],
             )
             .await?;
         Ok(n > 0)
