@@ -278,20 +278,7 @@ async fn two_project_admins_demoting_each_other_at_once_leave_one() {
     let id = p["id"].as_str().unwrap().to_string();
     let mut tokens = Vec::new();
     for name in ["pa", "pb"] {
-        let (st, made) = s
-            .call(
-                Method::POST,
-                "/api/v1/users",
-                &s.admin_token,
-                Some(json!({"name": name})),
-            )
-            .await;
-        assert_eq!(st, 201, "{made}");
-        tokens.push(
-            doppel::auth::create_token(s.service.db(), name, "t")
-                .await
-                .unwrap(),
-        );
+        tokens.push(s.user_with_token(name).await.1);
     }
     let member = |who: &str| format!("/api/v1/projects/{id}/members/{who}");
     for round in 0..5 {

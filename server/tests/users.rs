@@ -178,7 +178,7 @@ async fn two_admins_taking_each_others_rights_at_once_leave_one() {
     let s = TestServer::start().await;
     for round in 0..5 {
         let name = format!("adm{round}");
-        let (_, token) = made_with_token(&s, &name).await;
+        let (_, token) = s.user_with_token(&name).await;
         let (st, _) = s
             .call(
                 Method::PATCH,
@@ -241,28 +241,10 @@ async fn two_admins_taking_each_others_rights_at_once_leave_one() {
     }
 }
 
-/// A user the admin makes through the API: their password (shown once) and an API token
-/// of theirs.
-async fn made_with_token(s: &TestServer, name: &str) -> (String, String) {
-    let (st, made) = s
-        .call(
-            Method::POST,
-            "/api/v1/users",
-            &s.admin_token,
-            Some(json!({"name": name})),
-        )
-        .await;
-    assert_eq!(st, 201, "{made}");
-    let token = doppel::auth::create_token(s.service.db(), name, "t")
-        .await
-        .unwrap();
-    (made["password"].as_str().unwrap().to_string(), token)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_changes_their_own_password() {
     let s = TestServer::start().await;
-    let (first, token) = made_with_token(&s, "carol").await;
+    let (first, token) = s.user_with_token("carol").await;
     let (st, e) = s
         .call(
             Method::POST,
@@ -326,7 +308,7 @@ async fn a_user_changes_their_own_password() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guessing_the_current_password_is_throttled() {
     let s = TestServer::start().await;
-    let (password, token) = made_with_token(&s, "gus").await;
+    let (password, token) = s.user_with_token("gus").await;
     let change = |current: &str| json!({"current": current, "new": "a-new-password"});
     for i in 0..5 {
         let (st, e) = s

@@ -91,7 +91,7 @@ pub fn make_new_machine(place: &Place, id: &Identity<'_>) -> Result<NewMachine, 
         );
     }
     if let Some(etc) = dir(root.as_fd(), b"etc")? {
-        if is_file(etc.as_fd(), b"hostname")? {
+        if is_present(etc.as_fd(), b"hostname")? {
             replace(
                 etc.as_fd(),
                 b"hostname",
@@ -100,7 +100,7 @@ pub fn make_new_machine(place: &Place, id: &Identity<'_>) -> Result<NewMachine, 
             )?;
             written.push("etc/hostname".to_string());
         }
-        if is_file(etc.as_fd(), b"machine-id")? {
+        if is_present(etc.as_fd(), b"machine-id")? {
             let mut raw = [0u8; 16];
             rand::rng().fill_bytes(&mut raw);
             replace(
@@ -121,7 +121,7 @@ pub fn make_new_machine(place: &Place, id: &Identity<'_>) -> Result<NewMachine, 
         if let Some(ssh) = dir(etc.as_fd(), b"ssh")? {
             for (kind, algorithm) in HOST_KEYS {
                 let name = format!("ssh_host_{kind}_key");
-                if !is_file(ssh.as_fd(), name.as_bytes())? {
+                if !is_present(ssh.as_fd(), name.as_bytes())? {
                     continue;
                 }
                 let mut key =
@@ -229,7 +229,7 @@ fn dir(parent: BorrowedFd<'_>, name: &[u8]) -> Result<Option<OwnedFd>, EngineErr
 
 /// Whether the tree has `name` in `dir` as one of its identity files: a file, or a symlink
 /// (replaced by [`replace`], not followed).
-fn is_file(dir: BorrowedFd<'_>, name: &[u8]) -> Result<bool, EngineError> {
+fn is_present(dir: BorrowedFd<'_>, name: &[u8]) -> Result<bool, EngineError> {
     Ok(matches!(
         kind_at(dir, name)?,
         Some(Kind::File | Kind::Symlink)

@@ -115,16 +115,8 @@ impl Service {
         project: Option<String>,
         work: impl Future<Output = Result<T, ApiError>>,
     ) -> Result<T, ApiError> {
-        let result = work.await;
-        self.record(
-            Actor::of(user),
-            action,
-            target,
-            project,
-            result.as_ref().err(),
-        )
-        .await;
-        result
+        self.audited_saying(user, action, (target, None), project, work)
+            .await
     }
 
     /// Like `audited`, saying in the entry of its success what it changed (`change`: a
@@ -137,6 +129,18 @@ impl Service {
         project: Option<String>,
         work: impl Future<Output = Result<T, ApiError>>,
     ) -> Result<T, ApiError> {
+        self.audited_saying(user, action, (target, Some(change)), project, work)
+            .await
+    }
+
+    async fn audited_saying<T>(
+        &self,
+        user: &UserInfo,
+        action: &str,
+        (target, change): (&str, Option<String>),
+        project: Option<String>,
+        work: impl Future<Output = Result<T, ApiError>>,
+    ) -> Result<T, ApiError> {
         let result = work.await;
         let mut e = entry(
             &Actor::of(user),
@@ -146,7 +150,7 @@ impl Service {
             result.as_ref().err(),
         );
         if result.is_ok() {
-            e.detail = Some(change);
+            e.detail = change;
         }
         self.append(e).await;
         result

@@ -193,6 +193,24 @@ impl TestServer {
         (status, resp.json().await.unwrap_or(serde_json::Value::Null))
     }
 
+    /// A user the admin makes through the API: their password (shown once) and an API
+    /// token of theirs.
+    pub async fn user_with_token(&self, name: &str) -> (String, String) {
+        let (st, made) = self
+            .call(
+                reqwest::Method::POST,
+                "/api/v1/users",
+                &self.admin_token,
+                Some(serde_json::json!({"name": name})),
+            )
+            .await;
+        assert_eq!(st, 201, "{made}");
+        let token = doppel::auth::create_token(self.service.db(), name, "t")
+            .await
+            .unwrap();
+        (made["password"].as_str().unwrap().to_string(), token)
+    }
+
     /// Logs in through the console's form: the session cookie (`name=value`).
     pub async fn session(&self, user: &str, password: &str) -> String {
         let resp = Self::client()

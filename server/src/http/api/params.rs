@@ -53,11 +53,9 @@ impl Documented {
     fn refusal(&self, method: &Method, path: &str, query: &str) -> Option<ApiError> {
         let path = path.strip_prefix("/api/v1").unwrap_or(path);
         let takes = self.0.get(&(method.clone(), path.to_string()))?;
-        let unknown = query
-            .split('&')
-            .map(|pair| pair.split_once('=').map_or(pair, |(k, _)| k))
-            .map(percent_decoded)
-            .find(|key| !key.is_empty() && !takes.contains(key))?;
+        let unknown = form_urlencoded::parse(query.as_bytes())
+            .map(|(key, _)| key)
+            .find(|key| !key.is_empty() && !takes.iter().any(|t| t == key))?;
         let known = match takes.as_slice() {
             [] => "it takes none".to_string(),
             names => format!("it takes {}", names.join(", ")),
@@ -69,30 +67,6 @@ impl Documented {
             .on_field(&unknown),
         )
     }
-}
-
-/// A query key as sent (`%xx` escapes and `+` decoded; invalid UTF-8 replaced).
-fn percent_decoded(raw: &str) -> String {
-    let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push((h * 16 + l) as u8);
-                    i += 3;
-                    continue;
-                }
-                _ => out.push(b'%'),
-            },
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The middleware: a request with a parameter its operation does not take is a 400.
