@@ -49,6 +49,12 @@ fn find(program: &str) -> Option<PathBuf> {
 }
 
 /// Runs a host tool; its output, or an error with what it said.
+/// Whether `runc list` failed only because an entry of its state directory went away
+/// between reading the directory and looking at the entry.
+fn vanished_during_list(said: &str) -> bool {
+    said.contains("msg=\"stat ") && said.contains("no such file or directory")
+}
+
 pub(crate) async fn command(
     program: &str,
     args: &[&str],
@@ -134,6 +140,8 @@ pub struct Runtime {
 
 /// How long a started process has to show up in runc's state.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
+/// How often `runc list` is asked again when a container vanished while it listed.
+const LIST_RETRIES: u32 = 20;
 /// How long a killed process has to end before runc deletes it by force.
 const KILL_WAIT: Duration = Duration::from_secs(5);
 
@@ -254,7 +262,21 @@ impl Runtime {
         if !self.state.exists() {
             return Ok(HashMap::new());
         }
-        let out = self.runc(&["list", "--format", "json"]).await?;
+        // runc (1.1) reads its state directory, then stats each entry and gives up when one
+        // is gone: a container deleted between the two (a process that could not start,
+        // whose `runc run` removes it) fails a list of everything else. It is retried.
+        let mut tries = 0;
+        let out = loop {
+            match self.runc(&["list", "--format", "json"]).await {
+                Err(RuntimeError::Command(said))
+                    if tries < LIST_RETRIES && vanished_during_list(&said) =>
+                {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                other => break other?,
+            }
+        };
         // runc prints `null` when there are none.
         let states: Option<Vec<RuncState>> = serde_json::from_str(out.trim())
             .map_err(|e| RuntimeError::Command(format!("runc list: {e}")))?;
@@ -529,5 +551,50 @@ pub fn purge(data_dir: &Path) {
         if name.starts_with(&format!("dpv{tag}")) || name.starts_with(&format!("dpb{tag}")) {
             run("ip", &["link", "delete", name]);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A container runc deletes while another caller lists (what a process that cannot
+    /// start does) never fails that list.
+    #[tokio::test]
+    async fn a_list_survives_containers_vanishing_while_it_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = Runtime::detect(
+            dir.path(),
+            PathBuf::from("/nonexistent"),
+            Ipv4Net::parse("10.250.0.0/16").unwrap(),
+            false,
+        )
+        .await;
+        if let Some(why) = runtime.unavailable() {
+            panic!("this test needs runc here: {why}");
+        }
+        std::fs::create_dir_all(&runtime.state).unwrap();
+        // Entries deleted one after another while lists run, as containers that end are.
+        let entries: Vec<PathBuf> = (0..300)
+            .map(|n| runtime.state.join(format!("gone{n}")))
+            .collect();
+        for entry in &entries {
+            std::fs::create_dir(entry).unwrap();
+        }
+        let churn = std::thread::spawn(move || {
+            for entry in entries {
+                std::fs::remove_dir(entry).unwrap();
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+        let mut failed = None;
+        while !churn.is_finished() {
+            if let Err(e) = runtime.list().await {
+                failed = Some(e.to_string());
+                break;
+            }
+        }
+        churn.join().unwrap();
+        assert_eq!(failed, None);
     }
 }
