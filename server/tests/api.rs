@@ -301,7 +301,21 @@ async fn bad_input_gets_a_clear_4xx_never_a_500() {
         "{body}"
     );
     assert_eq!(body["error"]["field"], "bogus");
-    // A malformed value of one it takes names it too.
+    // A value of one it takes that is out of range, not one of its values or malformed
+    // names it too, so a client can point at it.
+    for (path, field) in [
+        ("/api/v1/jobs?status=done", "status"),
+        ("/api/v1/jobs?kind=move", "kind"),
+        ("/api/v1/jobs?limit=0", "limit"),
+        ("/api/v1/jobs?before=xyz", "before"),
+        ("/api/v1/jobs?before=000000000000000000000000", "before"),
+        ("/api/v1/containers?project_id=xyz", "project_id"),
+        ("/api/v1/sync-status?project_id=xyz", "project_id"),
+        ("/api/v1/audit?before=xyz", "before"),
+    ] {
+        let (_, body) = s.get(path, &s.admin_token).await;
+        assert_eq!(body["error"]["field"], field, "{path}: {body}");
+    }
     let (st, body) = s.get("/api/v1/jobs?limit=abc", &s.admin_token).await;
     assert_eq!(
         (st, body["error"]["field"].as_str()),

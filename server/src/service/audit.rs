@@ -6,7 +6,7 @@ use std::future::Future;
 
 use app::model::*;
 
-use super::{check_id, internal, Service};
+use super::{check_param_id, internal, Service};
 
 /// Entries a page holds by default, and at most.
 pub const AUDIT_PAGE: u32 = 100;
@@ -238,8 +238,13 @@ impl Service {
         user: &UserInfo,
         filter: &AuditFilter,
     ) -> Result<Vec<AuditEntry>, ApiError> {
-        for id in [&filter.project_id, &filter.before].into_iter().flatten() {
-            check_id("id", id)?;
+        for (param, id) in [
+            ("project_id", &filter.project_id),
+            ("before", &filter.before),
+        ] {
+            if let Some(id) = id {
+                check_param_id(param, id)?;
+            }
         }
         let limit = filter.limit.unwrap_or(AUDIT_PAGE);
         if limit == 0 || limit > MAX_PAGE {

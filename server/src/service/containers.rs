@@ -5,7 +5,7 @@ use std::path::Path;
 use app::model::*;
 
 use super::visibility::Visibility;
-use super::{check_id, internal, Service};
+use super::{check_id, check_param_id, internal, Service};
 use crate::config::container_root;
 use crate::store::ContainerRow;
 
@@ -29,9 +29,9 @@ impl Service {
     ) -> Result<Vec<ContainerSummary>, ApiError> {
         let vis = self.visibility(user).await?;
         if let Some(pid) = project_id {
-            check_id("project_id", pid)?;
+            check_param_id("project_id", pid)?;
             if !vis.can_see(pid) {
-                return Err(ApiError::not_found("project", pid));
+                return Err(ApiError::not_found("project", pid).on_field("project_id"));
             }
         }
         let rows = self.db.containers(project_id).await.map_err(internal)?;

@@ -2,7 +2,7 @@
 
 use app::model::*;
 
-use super::{check_id, internal, Service};
+use super::{check_id, check_param_id, internal, Service};
 use crate::store::{Admission, JobCaps, NewJob};
 
 impl Service {
@@ -56,10 +56,10 @@ impl Service {
     ) -> Result<Vec<Job>, ApiError> {
         let vis = self.visibility(user).await?;
         if let Some(id) = &filter.container_id {
-            check_id("container_id", id)?;
+            check_param_id("container_id", id)?;
         }
         if let Some(id) = &filter.before {
-            check_id("before", id)?;
+            check_param_id("before", id)?;
             // A page after a job the caller may not see would say when it was made: it is
             // not found, like a job that does not exist.
             let visible = self.db.job(id).await.map_err(internal)?;
@@ -74,9 +74,9 @@ impl Service {
             );
         }
         if let Some(id) = &filter.project_id {
-            check_id("project_id", id)?;
+            check_param_id("project_id", id)?;
             if !vis.can_see(id) {
-                return Err(ApiError::not_found("project", id));
+                return Err(ApiError::not_found("project", id).on_field("project_id"));
             }
         }
         if let Some(s) = &filter.status {
@@ -84,6 +84,7 @@ impl Service {
                 ApiError::invalid(format!(
                     "status {s:?} is not one of queued, running, succeeded, failed, cancelled"
                 ))
+                .on_field("status")
             })?;
         }
         if let Some(k) = &filter.kind {
@@ -91,6 +92,7 @@ impl Service {
                 ApiError::invalid(format!(
                     "kind {k:?} is not one of copy, sync, delete, start, stop, restart"
                 ))
+                .on_field("kind")
             })?;
         }
         let jobs = self

@@ -77,6 +77,11 @@ fn require_full_credential(user: &UserInfo, what: &str) -> Result<(), ApiError> 
 }
 
 /// An id from a request: 24 lowercase hex digits, or a 400 saying so.
+/// `check_id` of a request parameter: its error names the parameter.
+fn check_param_id(param: &str, id: &str) -> Result<(), ApiError> {
+    check_id(param, id).map_err(|e| e.on_field(param))
+}
+
 fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
     if is_valid_id(id) {
         Ok(())

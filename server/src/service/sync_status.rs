@@ -12,7 +12,7 @@ use app::model::*;
 use futures::StreamExt;
 use tokio::sync::OnceCell;
 
-use super::{check_id, internal, Service};
+use super::{check_param_id, internal, Service};
 use crate::config::container_place;
 use crate::store::ContainerRow;
 
@@ -77,9 +77,9 @@ impl Service {
     ) -> Result<Vec<CopyStatus>, ApiError> {
         let vis = self.visibility(user).await?;
         if let Some(pid) = project_id {
-            check_id("project_id", pid)?;
+            check_param_id("project_id", pid)?;
             if !vis.can_see(pid) {
-                return Err(ApiError::not_found("project", pid));
+                return Err(ApiError::not_found("project", pid).on_field("project_id"));
             }
         }
         let rows = self.db.copies().await.map_err(internal)?;
