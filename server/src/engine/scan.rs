@@ -425,8 +425,19 @@ pub fn scan_changed(
             linked.insert(e.ino);
         }
     }
+    // The directories on the way to a change: the walk goes down those, and takes every
+    // other directory from the cache whole, unopened.
+    let mut ancestors = FastSet::default();
+    for path in &dirty {
+        for (i, c) in path.iter().enumerate() {
+            if *c == b'/' {
+                ancestors.insert(path[..i].to_vec());
+            }
+        }
+    }
     let partial = Partial {
         dirty,
+        ancestors,
         linked,
         unsure: false,
     };
@@ -483,6 +494,8 @@ fn scan_with<'a>(
 struct Partial {
     /// Directories listed again, and entries looked at again.
     dirty: FastSet<Vec<u8>>,
+    /// Every directory a path of `dirty` is in, however deep.
+    ancestors: FastSet<Vec<u8>>,
     /// The inodes of the files the cache records as hard-linked (every name of those is
     /// looked at again, or is in a directory where something changed).
     linked: FastSet<u64>,
@@ -495,8 +508,11 @@ struct Partial {
 enum Cached {
     /// An entry other than a directory, taken as it is.
     Taken,
-    /// A directory (its name): looked at, and maybe descended into.
-    Dir(Vec<u8>),
+    /// An entry (its name) to look at: a directory on the way to a change (and maybe
+    /// descended into), or an entry the change list names.
+    Look(Vec<u8>),
+    /// A directory nothing in changed, taken with all it holds.
+    Subtree,
     /// Nothing more.
     End,
 }
@@ -611,8 +627,8 @@ impl Scanner<'_> {
             let (next, cached) = match &mut level.names {
                 Some(names) => (names.next().map(|(name, ino)| (name, Some(ino))), false),
                 None => match self.next_cached(&level.prefix) {
-                    Cached::Taken => continue,
-                    Cached::Dir(name) => (Some((name, None)), true),
+                    Cached::Taken | Cached::Subtree => continue,
+                    Cached::Look(name) => (Some((name, None)), true),
                     Cached::End => (None, false),
                 },
             };
@@ -644,8 +660,9 @@ impl Scanner<'_> {
 
     /// In a scan of what changed only, takes the cached entry at `path` of a directory
     /// listed again, if the change list does not name it and it is still the same inode
-    /// (`ino`, as listed): nothing changed it, or the change list would name it. Not a
-    /// directory (those are always looked at), nor a hard-linked file.
+    /// (`ino`, as listed): nothing changed it, or the change list would name it. A
+    /// directory is taken with what it holds where no change is in it
+    /// ([`Scanner::take_unchanged_dir`]); a hard-linked file never.
     fn take_unchanged(&mut self, path: &[u8], ino: u64) -> bool {
         let Some(p) = &self.partial else {
             return false;
@@ -654,6 +671,7 @@ impl Scanner<'_> {
             return false;
         }
         match self.cache.peek(path) {
+            Some(c) if c.ino == ino && c.kind == Kind::Dir => self.take_unchanged_dir(path),
             Some(c)
                 if c.ino == ino
                     && c.kind != Kind::Dir
@@ -668,8 +686,40 @@ impl Scanner<'_> {
         }
     }
 
+    /// In a scan of what changed only, takes the directory at `path`, the cache's next
+    /// entry, and everything in it from the cache, if no change is in it: the change list
+    /// names every entry added, removed, renamed, written or whose metadata changed (its
+    /// directories' included), so nothing in it needs a look.
+    fn take_unchanged_dir(&mut self, path: &[u8]) -> bool {
+        let Some(p) = &self.partial else {
+            return false;
+        };
+        if p.dirty.contains(path) || p.ancestors.contains(path) {
+            return false;
+        }
+        let first = self.cache.next;
+        let entries = self.cache.entries;
+        if entries.get(first).is_none_or(|e| e.path != path) {
+            return false;
+        }
+        // (In walk order, what a directory holds follows it, together.)
+        let end = first
+            + 1
+            + entries[first + 1..]
+                .iter()
+                .take_while(|e| {
+                    e.path
+                        .strip_prefix(path)
+                        .is_some_and(|r| r.first() == Some(&b'/'))
+                })
+                .count();
+        self.entries.extend_from_slice(&entries[first..end]);
+        self.cache.next = end;
+        true
+    }
+
     /// In a directory taken from the cache (at `prefix`), its next cached entry: one other
-    /// than a directory is taken as it is.
+    /// than a directory is taken as it is, unless the change list names it.
     fn next_cached(&mut self, prefix: &[u8]) -> Cached {
         loop {
             let Some(e) = self.cache.entries.get(self.cache.next) else {
@@ -692,8 +742,19 @@ impl Scanner<'_> {
                 continue;
             }
             if e.kind == Kind::Dir {
-                // Looked up again by `entry`, like any directory.
-                return Cached::Dir(rest.to_vec());
+                if self.take_unchanged_dir(&e.path) {
+                    return Cached::Subtree;
+                }
+                // Looked up again by `entry`, like any directory on the way to a change.
+                return Cached::Look(rest.to_vec());
+            }
+            if self
+                .partial
+                .as_ref()
+                .is_some_and(|p| p.dirty.contains(&e.path))
+            {
+                // Written, or its metadata changed: looked at again.
+                return Cached::Look(rest.to_vec());
             }
             self.cache.next += 1;
             if e.link_to.is_some() {

@@ -228,8 +228,7 @@ impl Watch {
                 Ok(st) => st,
                 Err(_) => return [(); N].map(|()| None),
             };
-            // (A change is remembered with the directory it is in: see `changed_since`.)
-            seen.placed.iter().for_each(|f| st.bump_entry(f));
+            seen.placed.iter().for_each(|f| st.bump(f));
             if !seen.all_placed {
                 st.unplaced();
             }
@@ -245,10 +244,10 @@ impl Watch {
 
     /// Where the tree at `root` changed since its generation `generation` (as
     /// [`Watch::generations`] gave it, with `id`), up to at least its last generation
-    /// given: paths relative to `root`, of directories where entries changed (created,
-    /// deleted, renamed, written, their metadata changed) and of every entry those changes
-    /// named (a change is never remembered without the entry it changed, so a scan may
-    /// take an entry not named from its last scan).
+    /// given: paths relative to `root`, of directories where entries were made, removed or
+    /// renamed, and of every entry a change named (those, and entries written or whose
+    /// metadata changed), so a scan may take an entry not named from its last scan, and
+    /// the list of a directory not named too.
     /// `None` where that is not known (another watch or tree, events lost or not placed
     /// since): then the tree must be walked whole.
     pub fn changed_since(&self, root: &Path, id: &str, generation: u64) -> Option<Vec<PathBuf>> {
@@ -432,7 +431,7 @@ impl State {
                 _ => Err(()),
             };
             match place {
-                Ok(Some(path)) => self.bump_entry(&path),
+                Ok(Some(path)) => self.bump(&path),
                 // Unlinked: in no tree.
                 Ok(None) => {}
                 Err(()) => self.unplaced(),
@@ -445,9 +444,14 @@ impl State {
             match self.dir_path(dir) {
                 Ok(Some(DirAt::Below(above))) => self.bump_below(&above),
                 Ok(Some(DirAt::Path(path))) => {
-                    self.bump(&path);
                     if name.is_empty() || *name == b"." {
+                        self.bump(&path);
                         continue;
+                    }
+                    // The directory's list changed only where an entry was made, removed
+                    // or renamed; a write or a metadata change names the entry alone.
+                    if dirent {
+                        self.bump(&path);
                     }
                     // The event may be about a tree itself (created, removed, moved,
                     // changed), reported in its parent, or about a directory above trees.
@@ -526,13 +530,6 @@ impl State {
     }
 
     /// Counts a change of the entry at `path` and of the directory it is in.
-    fn bump_entry(&mut self, path: &Path) {
-        if let Some(dir) = path.parent() {
-            self.bump(dir);
-        }
-        self.bump(path);
-    }
-
     /// Counts a change at `path` against every tree holding it, and remembers it there.
     fn bump(&mut self, path: &Path) {
         let everything = self.everything;
@@ -1651,10 +1648,9 @@ mod tests {
             places
         };
         let p = |s: &str| PathBuf::from(s);
-        assert_eq!(
-            since(g0),
-            [p(""), p("etc/deep"), p("etc/deep/file"), p("new")]
-        );
+        // A write names the file alone (its directory's list is as it was); a directory
+        // made names it and the directory it is in.
+        assert_eq!(since(g0), [p(""), p("etc/deep/file"), p("new")]);
         assert_eq!(since(g1), [p(""), p("new")]);
         assert_eq!(since(g2), Vec::<PathBuf>::new());
         // Not for another tree's or watch's generations.

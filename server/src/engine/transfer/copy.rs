@@ -408,7 +408,8 @@ fn finish_whole_tree_copy(
                                 scan"
                     .to_string();
                 if again > 0 {
-                    note += &format!(" but for {again} entries, read again in the copy");
+                    let entries = if again == 1 { "entry" } else { "entries" };
+                    note += &format!(" but for {again} {entries}, read again in the copy");
                 }
                 (m, report, Some(note))
             }
