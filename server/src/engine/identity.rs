@@ -199,12 +199,14 @@ pub fn make_new_machine(place: &Place, id: &Identity<'_>) -> Result<NewMachine, 
         .load_manifest()
         .map_err(EngineError::io("reading the manifest"))?;
     let (m, _) = scan::scan(&place.root, cache.as_ref(), true, &Control::new())?;
-    m.store(&place.manifest_path())
+    let root_hash = m.root_hex();
+    // (Kept decoded: the copy's first sync loads it.)
+    m.store_keeping(&place.manifest_path())
         .map_err(EngineError::io("writing the manifest"))?;
     Ok(NewMachine {
         written,
         notes,
-        root_hash: m.root_hex(),
+        root_hash,
     })
 }
 

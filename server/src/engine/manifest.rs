@@ -316,6 +316,9 @@ impl Manifest {
             Err(e) => return Err(e),
         };
         let stored = StoredAs::of(&file.metadata()?);
+        if let Some(kept) = kept::take(path, stored) {
+            return Ok(Some((kept, stored)));
+        }
         Ok(Some((Manifest::decode_file(path, &file)?, stored)))
     }
 
@@ -361,12 +364,72 @@ impl Manifest {
         self.write_to(path, false)
     }
 
+    /// [`Manifest::store`], keeping the manifest decoded in this process for the next load
+    /// of `path` ([`kept`]): a sync's target state, which the next sync loads.
+    pub fn store_keeping(self, path: &std::path::Path) -> io::Result<()> {
+        let stored = self.write_to(path, true)?;
+        kept::keep(path, stored, self);
+        Ok(())
+    }
+
     fn write_to(&self, path: &std::path::Path, durable: bool) -> io::Result<StoredAs> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
         let meta = super::fsx::replace_file(path, &self.encode_stored(), durable)?;
+        // (What was kept for this path is of a file no longer there.)
+        kept::forget(path);
         Ok(StoredAs::of(&meta))
+    }
+}
+
+/// Manifests this process stored, kept decoded for the next load of their file: a sync
+/// loads the target's manifest the sync before it stored, and decoding one of 40,000
+/// entries took about 8 ms of each sync. A load takes its manifest out (the caller owns it,
+/// no copy); [`Manifest::store_keeping`] puts one in. Matched by path and by which file is
+/// there now ([`StoredAs`]), and forgotten when this process stores another at that path,
+/// so a load never gets what the file does not hold.
+mod kept {
+    use super::{Manifest, StoredAs};
+    use std::collections::VecDeque;
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+
+    /// How many entries all kept manifests hold at most (about 250 bytes each): the oldest
+    /// kept goes first.
+    const MOST_ENTRIES: usize = 100_000;
+
+    static KEPT: Mutex<VecDeque<(PathBuf, StoredAs, Manifest)>> = Mutex::new(VecDeque::new());
+
+    pub(super) fn keep(path: &Path, stored: StoredAs, m: Manifest) {
+        if m.entries.len() > MOST_ENTRIES {
+            return;
+        }
+        let Ok(mut kept) = KEPT.lock() else {
+            return;
+        };
+        kept.retain(|(p, _, _)| p != path);
+        let mut held: usize = kept.iter().map(|(_, _, m)| m.entries.len()).sum();
+        while held + m.entries.len() > MOST_ENTRIES {
+            match kept.pop_front() {
+                Some((_, _, old)) => held -= old.entries.len(),
+                None => break,
+            }
+        }
+        kept.push_back((path.to_path_buf(), stored, m));
+    }
+
+    pub(super) fn take(path: &Path, stored: StoredAs) -> Option<Manifest> {
+        let mut kept = KEPT.lock().ok()?;
+        let at = kept.iter().position(|(p, _, _)| p == path)?;
+        let (_, was, m) = kept.remove(at)?;
+        (was == stored).then_some(m)
+    }
+
+    pub(super) fn forget(path: &Path) {
+        if let Ok(mut kept) = KEPT.lock() {
+            kept.retain(|(p, _, _)| p != path);
+        }
     }
 }
 
@@ -792,6 +855,43 @@ mod tests {
         e.hash = *blake3::hash(content).as_bytes();
         e.mode = 0o644;
         e
+    }
+
+    /// A manifest stored keeping it is loaded once from memory, and never after its file
+    /// was replaced.
+    #[test]
+    fn a_kept_manifest_is_loaded_once_and_only_while_its_file_is_the_one_stored() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("manifest");
+        let one = Manifest {
+            entries: vec![file("a", b"one"), file("b", b"two")],
+        };
+        let two = Manifest {
+            entries: vec![file("c", b"three")],
+        };
+        one.clone().store_keeping(&path).unwrap();
+        // Its bytes spoilt in place, its length and time as they were: only a load that
+        // does not read the file gets the manifest (what proves it was kept).
+        let stored = std::fs::metadata(&path).unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(&vec![0xee; stored.len() as usize], 0)
+            .unwrap();
+        f.set_modified(stored.modified().unwrap()).unwrap();
+        drop(f);
+        assert_eq!(Manifest::load(&path).unwrap(), Some(one.clone()));
+        // Taken: the next load reads the file.
+        assert!(Manifest::load(&path).is_err());
+        // Kept, then another stored at its path: that one is loaded.
+        one.clone().store_keeping(&path).unwrap();
+        two.store(&path).unwrap();
+        assert_eq!(Manifest::load(&path).unwrap(), Some(two.clone()));
+        // Kept, then replaced by a file written by someone else.
+        one.clone().store_keeping(&path).unwrap();
+        let other = dir.path().join("other");
+        std::fs::write(&other, two.encode_stored()).unwrap();
+        std::fs::rename(&other, &path).unwrap();
+        assert_eq!(Manifest::load(&path).unwrap(), Some(two));
     }
 
     #[test]

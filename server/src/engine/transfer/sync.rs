@@ -21,15 +21,20 @@ pub(in crate::engine) fn sync(
     // Between btrfs subvolumes, or watched trees: the trees nothing changed since the last
     // sync are not walked.
     let watch = ctl.watch.as_deref();
-    // The marks (the watch looks at every process) while the target's manifest is read:
-    // neither needs the other, and each took a few milliseconds of a sync of 40,000 files.
-    let (marks, old) = std::thread::scope(|s| {
+    // The marks (the watch looks at every process) while the target's manifest and the
+    // source's quick-check cache are read: none needs another, and each took a few
+    // milliseconds of a sync of 40,000 files. (The target's is mostly kept decoded from
+    // the sync before: `Manifest::store_keeping`.)
+    let (marks, old, source_cache) = std::thread::scope(|s| {
         let marks = (!prepared.interrupted_commit && !prepared.recovered)
             .then(|| s.spawn(|| untouched::marks(src, dst, watch)));
+        let source_cache = s.spawn(|| SourceCache::load(src));
         let old = recorded_target(dst, prepared);
         let marks = marks.and_then(|m| m.join().ok()).flatten();
-        (marks, old)
+        (marks, old, source_cache.join())
     });
+    let source_cache = source_cache
+        .map_err(|_| EngineError::Integrity("reading the source's cache panicked".into()))?;
     let old = old?;
     let last = marks
         .as_ref()
@@ -52,7 +57,7 @@ pub(in crate::engine) fn sync(
             old.as_ref()
                 .and_then(|recorded| twin(src, dst, recorded, images))
         };
-        let src_result = scan_source_beside(src, twin, marks.as_ref(), watch, ctl);
+        let src_result = scan_source_beside(src, source_cache, twin, marks.as_ref(), watch, ctl);
         (src_result, t.map(|t| t.join()))
     });
     let (s_man, s_report) = s_scan?;
@@ -319,7 +324,24 @@ pub(in crate::engine) fn scan_sync_source(
     src: &Place,
     ctl: &Control,
 ) -> Result<(Manifest, scan::ScanReport), EngineError> {
-    scan_source_beside(src, || None, None, None, ctl)
+    scan_source_beside(src, SourceCache::load(src), || None, None, None, ctl)
+}
+
+/// A source's quick-check cache as read before its scan, and when that read began (a scan
+/// is stored as the cache only if no other scan stored one since it began).
+struct SourceCache {
+    began: std::time::SystemTime,
+    loaded: Option<(Manifest, crate::engine::manifest::StoredAs)>,
+}
+
+impl SourceCache {
+    fn load(src: &Place) -> SourceCache {
+        let began = scan_begins();
+        SourceCache {
+            began,
+            loaded: Manifest::load_stored(&src.manifest_path()).ok().flatten(),
+        }
+    }
 }
 
 /// [`scan_sync_source`], with the source's twin (its target on the same filesystem), and,
@@ -327,13 +349,12 @@ pub(in crate::engine) fn scan_sync_source(
 /// its quick-check cache was scanned (as btrfs or the change watch `watch` tell).
 fn scan_source_beside<'a>(
     src: &Place,
+    SourceCache { began, loaded }: SourceCache,
     twin: impl Fn() -> Option<scan::Twin<'a>>,
     since: Option<&untouched::Marks>,
     watch: Option<&Watch>,
     ctl: &Control,
 ) -> Result<(Manifest, scan::ScanReport), EngineError> {
-    let began = scan_begins();
-    let loaded = Manifest::load_stored(&src.manifest_path()).ok().flatten();
     let changed = since
         .zip(loaded.as_ref())
         .and_then(|(marks, (cache, stored))| {
@@ -667,7 +688,7 @@ pub(in crate::engine) fn commit_sync(
 
     ctl.phase(Phase::Verify, None, None);
     let path = dst.manifest_path();
-    let (got, root_hash) = if changed {
+    let ((files, bytes), root_hash) = if changed {
         // What was applied goes to disk (syncfs) while it is read back, checked, and its
         // manifest written and made durable by itself (fsync, and its directory's): one
         // syncfs after all that took longer. (Until the work dir goes, after both, the
@@ -677,10 +698,12 @@ pub(in crate::engine) fn commit_sync(
             let flush = s.spawn(|| fsx::syncfs(root_fd.as_fd()));
             let read_back = restat(&dst.root, want, Some(&target.man)).and_then(|got| {
                 let root_hash = check_roots(want, &got)?;
-                got.store(&path)
+                let counts = (got.files(), got.bytes());
+                // (Kept decoded: the next sync loads it.)
+                got.store_keeping(&path)
                     .and_then(|()| fsx::sync_dir_of(&path))
                     .map_err(io_err("writing the target manifest"))?;
-                Ok((got, root_hash))
+                Ok((counts, root_hash))
             });
             (flush.join(), read_back)
         });
@@ -692,12 +715,13 @@ pub(in crate::engine) fn commit_sync(
         // Nothing changed: the target scan just read back exactly this state, and the
         // diff already compared every entry: one root hash is enough.
         let root_hash = target.man.root_hex();
+        let counts = (target.man.files(), target.man.bytes());
         let interrupted = target.prepared.interrupted_commit;
         if !target.recorded || summary.drift > 0 {
             // Made durable by the syncfs that follows, if one does.
             match interrupted {
                 true => target.man.store_unsynced(&path).map(drop),
-                false => target.man.store(&path),
+                false => target.man.store_keeping(&path),
             }
             .map_err(io_err("writing the target manifest"))?;
         }
@@ -705,13 +729,13 @@ pub(in crate::engine) fn commit_sync(
             let root_fd = fsx::open_dir(&dst.root).map_err(io_err("opening the target"))?;
             fsx::syncfs(root_fd.as_fd()).map_err(io_err("syncfs"))?;
         }
-        (target.man, root_hash)
+        (counts, root_hash)
     };
     fsx::remove_files_freeing_later(&dst.work_dir().join("stage"));
     let _ = fs::remove_dir_all(dst.work_dir());
     summary.recovered |= target.prepared.interrupted_commit;
-    summary.tree_files = got.files();
-    summary.tree_bytes = got.bytes();
+    summary.tree_files = files;
+    summary.tree_bytes = bytes;
     summary.root_hash = root_hash;
     Ok(())
 }
