@@ -450,7 +450,8 @@ fn finish_whole_tree_copy(
         // (Their directories' times moved: what the copy records is read back.)
         finish_copy(dst, staging, &m, ctl)?
     } else {
-        place_copy(dst, staging, &m, hex::encode(m.root_hash()), ctl)?
+        let root_hash = hex::encode(m.root_hash());
+        place_copy(dst, staging, m, root_hash, ctl)?
     };
     summary.kernel_bytes = summary.tree_bytes;
     summary.notes.push(format!(
@@ -521,7 +522,7 @@ pub(in crate::engine) fn finish_copy(
     let want = without_specials(m.clone());
     let got = restat(staging, &want, None)?;
     let root_hash = check_roots(&want, &got)?;
-    place_copy(dst, staging, &got, root_hash, ctl)
+    place_copy(dst, staging, got, root_hash, ctl)
 }
 
 /// The staged tree, which `got` describes as it is (its root hash `root_hash`, in hex),
@@ -529,12 +530,14 @@ pub(in crate::engine) fn finish_copy(
 fn place_copy(
     dst: &Place,
     staging: &Path,
-    got: &Manifest,
+    got: Manifest,
     root_hash: String,
     ctl: &Control,
 ) -> Result<Summary, EngineError> {
     ctl.phase(Phase::Commit, None, None);
-    got.store(&dst.manifest_path())
+    let (entries, files, bytes) = (got.entries.len() as u64, got.files(), got.bytes());
+    // (Kept decoded: the copy's first sync loads it.)
+    got.store_keeping(&dst.manifest_path())
         .map_err(io_err("writing the target manifest"))?;
     write_marker(dst)?;
     let staging_fd = fsx::open_dir(staging).map_err(io_err("opening the staging tree"))?;
@@ -545,9 +548,9 @@ fn place_copy(
     move_into_place(staging, dst)?;
     let _ = fs::remove_file(dst.commit_marker());
     Ok(Summary {
-        files_added: got.entries.len() as u64,
-        tree_files: got.files(),
-        tree_bytes: got.bytes(),
+        files_added: entries,
+        tree_files: files,
+        tree_bytes: bytes,
         source_root_hash: root_hash.clone(),
         root_hash,
         ..Summary::default()
