@@ -49,7 +49,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use super::fsx;
+use super::{fsx, FastMap};
 
 /// `statfs.f_type` of the filesystems watched: ext2/3/4 and XFS (btrfs has generations of
 /// its own; others are walked).
@@ -91,12 +91,12 @@ struct State {
     /// The mounts trees are seen through (a file found through another is not placed).
     mounts: Vec<i32>,
     /// The trees asked about (canonical paths).
-    trees: HashMap<PathBuf, Tree>,
+    trees: FastMap<PathBuf, Tree>,
     /// Changes that could not be placed in one tree: every tree's generation includes it.
     everything: u64,
     /// Directory handles already resolved, and where they are (forgotten when a directory
     /// moves).
-    dirs: HashMap<Vec<u8>, DirAt>,
+    dirs: FastMap<Vec<u8>, DirAt>,
 }
 
 /// Where a directory is.
@@ -114,9 +114,9 @@ struct Tree {
     key: Vec<u8>,
     /// Changes counted in it.
     count: u64,
-    /// Where it changed (paths relative to its root: directories where something changed,
-    /// and what the change named), each with the tree's generation just after the change.
-    changed: HashMap<PathBuf, u64>,
+    /// Where it changed (paths relative to its root: directories whose list changed, and
+    /// what each change named), each with the tree's generation just after the change.
+    changed: FastMap<PathBuf, u64>,
     /// Where it changed before this generation is not known.
     floor: u64,
 }
@@ -365,7 +365,7 @@ impl Inner {
             Tree {
                 key: key.to_vec(),
                 count,
-                changed: HashMap::new(),
+                changed: FastMap::default(),
                 // Nothing is known of what changed before now.
                 floor: st.everything + count,
             },
@@ -533,7 +533,15 @@ impl State {
     /// Counts a change at `path` against every tree holding it, and remembers it there.
     fn bump(&mut self, path: &Path) {
         let everything = self.everything;
-        for dir in path.ancestors() {
+        // (Every event goes up its path: cut at its slashes, without parsing components.)
+        let bytes = path.as_os_str().as_bytes();
+        let cuts = (1..bytes.len()).rev().filter(|&i| bytes[i] == b'/');
+        let root = (bytes.len() > 1 && bytes[0] == b'/').then_some(Path::new("/"));
+        let ancestors = std::iter::once(bytes.len())
+            .chain(cuts)
+            .map(|i| Path::new(std::ffi::OsStr::from_bytes(&bytes[..i])))
+            .chain(root);
+        for dir in ancestors {
             if let Some(t) = self.trees.get_mut(dir) {
                 t.count += 1;
                 let generation = everything + t.count;
