@@ -506,13 +506,12 @@ struct Partial {
 
 /// What a directory taken from the cache holds next.
 enum Cached {
-    /// An entry other than a directory, taken as it is.
+    /// An entry other than a directory taken as it is, or a directory nothing in changed
+    /// taken with all it holds.
     Taken,
     /// An entry (its name) to look at: a directory on the way to a change (and maybe
     /// descended into), or an entry the change list names.
     Look(Vec<u8>),
-    /// A directory nothing in changed, taken with all it holds.
-    Subtree,
     /// Nothing more.
     End,
 }
@@ -627,7 +626,7 @@ impl Scanner<'_> {
             let (next, cached) = match &mut level.names {
                 Some(names) => (names.next().map(|(name, ino)| (name, Some(ino))), false),
                 None => match self.next_cached(&level.prefix) {
-                    Cached::Taken | Cached::Subtree => continue,
+                    Cached::Taken => continue,
                     Cached::Look(name) => (Some((name, None)), true),
                     Cached::End => (None, false),
                 },
@@ -743,7 +742,7 @@ impl Scanner<'_> {
             }
             if e.kind == Kind::Dir {
                 if self.take_unchanged_dir(&e.path) {
-                    return Cached::Subtree;
+                    return Cached::Taken;
                 }
                 // Looked up again by `entry`, like any directory on the way to a change.
                 return Cached::Look(rest.to_vec());

@@ -529,7 +529,6 @@ impl State {
             .ok_or(())
     }
 
-    /// Counts a change of the entry at `path` and of the directory it is in.
     /// Counts a change at `path` against every tree holding it, and remembers it there.
     fn bump(&mut self, path: &Path) {
         let everything = self.everything;

@@ -48,13 +48,13 @@ fn find(program: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Runs a host tool; its output, or an error with what it said.
 /// Whether `runc list` failed only because an entry of its state directory went away
 /// between reading the directory and looking at the entry.
 fn vanished_during_list(said: &str) -> bool {
     said.contains("msg=\"stat ") && said.contains("no such file or directory")
 }
 
+/// Runs a host tool; its output, or an error with what it said.
 pub(crate) async fn command(
     program: &str,
     args: &[&str],

@@ -24,7 +24,8 @@ pub(in crate::engine) fn sync(
     // The marks (the watch looks at every process) while the target's manifest and the
     // source's quick-check cache are read: none needs another, and each took a few
     // milliseconds of a sync of 40,000 files. (The target's is mostly kept decoded from
-    // the sync before: `Manifest::store_keeping`.)
+    // the sync before: `Manifest::store_keeping`. A sync that finds neither tree changed
+    // reads the source's cache for nothing, as it used to decode the target's.)
     let (marks, old, source_cache) = std::thread::scope(|s| {
         let marks = (!prepared.interrupted_commit && !prepared.recovered)
             .then(|| s.spawn(|| untouched::marks(src, dst, watch)));
@@ -671,7 +672,7 @@ pub(in crate::engine) fn commit_sync(
         // descriptor, and both are checked.)
         let last_fd = fsx::open_dir(&dst.root).map_err(io_err("opening the target"))?;
         let stage = staged_at(dst);
-        let (flushed, result) = std::thread::scope(|s| {
+        std::thread::scope(|s| {
             let first = s.spawn(|| fsx::syncfs(root_fd.as_fd()));
             let applied = write_marker(dst)
                 .and_then(|()| {
@@ -688,7 +689,7 @@ pub(in crate::engine) fn commit_sync(
             if let Err(e) = applied {
                 // (What failed to apply is the error to tell, not how its flush ended.)
                 let _ = first.join();
-                return (Vec::new(), Err(e));
+                return Err(e);
             }
             ctl.phase(Phase::Verify, None, None);
             let last = s.spawn(|| fsx::syncfs(last_fd.as_fd()));
@@ -701,14 +702,13 @@ pub(in crate::engine) fn commit_sync(
                     .map_err(io_err("writing the target manifest"))?;
                 Ok((counts, root_hash))
             });
-            (vec![first.join(), last.join()], read_back)
-        });
-        for flush in flushed {
-            flush
-                .map_err(|_| EngineError::Integrity("syncfs panicked".into()))?
-                .map_err(io_err("syncfs"))?;
-        }
-        result?
+            for flush in [first.join(), last.join()] {
+                flush
+                    .map_err(|_| EngineError::Integrity("syncfs panicked".into()))?
+                    .map_err(io_err("syncfs"))?;
+            }
+            read_back
+        })?
     } else {
         ctl.phase(Phase::Verify, None, None);
         // Nothing changed: the target scan just read back exactly this state, and the
