@@ -106,6 +106,57 @@ pub fn image_tree_size() -> Option<u64> {
     IMAGE_TREES.get().copied()
 }
 
+/// A data dir held by the one `doppel serve` or `doppel agent` that uses it: while this
+/// lives, no other can. Two on one data dir would each resume the same interrupted jobs
+/// into the same trees and each run the same containers. The lock is `flock` on
+/// `<data dir>/doppel.lock`, so it goes with the process however that ends (a `kill -9`
+/// too); the file says who holds it, for the error another one gets. Its descriptor is
+/// close-on-exec: the containers' shims, which outlive doppel, do not keep it.
+#[derive(Debug)]
+pub struct DataDirLock {
+    _file: std::fs::File,
+}
+
+/// Takes `data_dir` (made if missing) for this process, as `role` (`serve`, `agent`), or
+/// says which process has it.
+pub fn hold_data_dir(data_dir: &Path, role: &str) -> Result<DataDirLock, String> {
+    use std::io::{Read, Seek, Write};
+    let path = data_dir.join("doppel.lock");
+    let failed = |what: &str, e: std::io::Error| format!("{what} {}: {e}", path.display());
+    std::fs::create_dir_all(data_dir).map_err(|e| failed("creating the directory of", e))?;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| failed("opening", e))?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::WOULDBLOCK) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            let holder = if holder.is_empty() {
+                "another doppel".to_string()
+            } else {
+                format!("another doppel ({holder})")
+            };
+            return Err(format!(
+                "{holder} is using the data dir {}: one doppel serve or agent per data dir                  (stop that one first, or give this one a --data-dir of its own)",
+                data_dir.display()
+            ));
+        }
+        Err(e) => return Err(failed("locking", e.into())),
+    }
+    let who = format!("{role}, pid {}\n", std::process::id());
+    file.set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| file.write_all(who.as_bytes()))
+        .map_err(|e| failed("writing", e))?;
+    Ok(DataDirLock { _file: file })
+}
+
 /// The engine's view of a container: its root and its state (manifest, work dir), both
 /// on the server's filesystem so staged files can be renamed into place.
 pub fn container_place(storage_root: &Path, container_id: &str) -> crate::engine::Place {
@@ -140,6 +191,32 @@ pub fn runtime_dir(storage_root: &Path, container_id: &str) -> PathBuf {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_data_dir_is_held_by_one_process_at_a_time_and_freed_with_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        let held = super::hold_data_dir(&data, "serve").expect("a free data dir is taken");
+        let refused = super::hold_data_dir(&data, "agent").expect_err("it is taken");
+        let pid = std::process::id();
+        assert!(
+            refused.contains(&format!(
+                "another doppel (serve, pid {pid}) is using the data dir"
+            )),
+            "{refused}"
+        );
+        // Another data dir is free.
+        let other = super::hold_data_dir(&tmp.path().join("other"), "agent").unwrap();
+        drop(held);
+        let again = super::hold_data_dir(&data, "agent").expect("freed with its holder");
+        drop(again);
+        drop(other);
+        assert_eq!(
+            std::fs::read_to_string(data.join("doppel.lock")).unwrap(),
+            format!("agent, pid {pid}\n"),
+            "the file says who held it last"
+        );
+    }
+
     #[test]
     fn sizes_are_bytes_with_an_optional_binary_unit() {
         use super::parse_size;

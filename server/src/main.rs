@@ -329,6 +329,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         eprintln!("removed every container of {}", data.data_dir.display());
         return Ok(());
     }
+    // One serve or agent per data dir, held until this process ends.
+    let role = match &command {
+        Command::Serve => Some("serve"),
+        Command::Agent(_) => Some("agent"),
+        _ => None,
+    };
+    let _data_dir_lock = match role {
+        Some(role) => {
+            Some(doppel::config::hold_data_dir(&data.data_dir, role).map_err(anyhow::Error::msg)?)
+        }
+        None => None,
+    };
     if let Command::Agent(args) = command {
         let cfg = doppel::agent::AgentConfig {
             data_dir: data.data_dir,

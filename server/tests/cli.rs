@@ -228,3 +228,47 @@ fn a_subcommands_help_shows_its_own_options_first_and_serves_apart() {
     assert!(at("Options of serve") < at("--addr"), "{help}");
     assert!(help.contains("The user's name"), "{help}");
 }
+
+/// Two doppels on one data dir would each resume the same interrupted jobs into the same
+/// trees and run the same containers: the second one refuses to start, saying who holds
+/// it, and the first goes on serving.
+#[tokio::test]
+async fn a_second_serve_or_agent_on_a_data_dir_in_use_refuses_to_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let port = process::free_port();
+    let mut first = process::serve(&data, port, false);
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    process::wait_up(&client, &base).await;
+    let holder = format!(
+        "another doppel (serve, pid {}) is using the data dir",
+        first.id()
+    );
+    let other_port = process::free_port().to_string();
+    for args in [
+        vec!["serve", "--no-demo", "--addr"],
+        vec!["agent", "--listen"],
+    ] {
+        let mut child = process::doppel(&data)
+            .args(&args)
+            .arg(format!("127.0.0.1:{other_port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // (One that started anyway would serve until killed.)
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {err}");
+        assert!(err.contains(&holder), "{args:?}: {err}");
+    }
+    assert!(first.try_wait().unwrap().is_none(), "the first still runs");
+    let health = client.get(format!("{base}/healthz")).send().await.unwrap();
+    assert!(health.status().is_success());
+}
