@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use doppel::config::DataConfig;
 use doppel::serve::{self, ServeConfig};
 use doppel::service::audit::record_command_line;
+use doppel::service::convert::{self, Outcome, TreeConverted};
 use doppel::service::inventory::{self, NewContainer};
 use doppel::{auth, store};
 
@@ -221,6 +222,18 @@ enum Command {
         #[arg(long)]
         name: String,
     },
+    /// Make the directory trees of this host's containers image trees of --image-trees
+    /// SIZE, so that their copies on their server are clones of one file (trees made
+    /// before doppel ran with --image-trees stay directories until then). Run it while
+    /// doppel is stopped; containers whose process runs are left as they are. Each tree is
+    /// copied into its image, checked, then swapped with its directory; an interrupted
+    /// conversion is put right by the next run or the next start of doppel.
+    ConvertTrees {
+        /// Only this container (its id or name; again for more). Default: every container
+        /// whose tree is on this host.
+        #[arg(long = "container", value_name = "ID_OR_NAME")]
+        containers: Vec<String>,
+    },
     /// Kill every container of this data dir and remove their network namespaces, veths
     /// and bridges (containers outlive doppel; this is how a test or a wiped host ends them).
     PurgeContainers,
@@ -333,6 +346,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let role = match &command {
         Command::Serve => Some("serve"),
         Command::Agent(_) => Some("agent"),
+        Command::ConvertTrees { .. } => Some("convert-trees"),
         _ => None,
     };
     let _data_dir_lock = match role {
@@ -432,6 +446,36 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             record_command_line(&pool, "user.make_admin", &name, None).await?;
             eprintln!("{name:?} is a platform admin, enabled");
         }
+        Command::ConvertTrees { containers } => {
+            let Some(size) = doppel::config::image_tree_size() else {
+                anyhow::bail!(
+                    "say how large the image trees are to be: doppel --image-trees SIZE \
+                     convert-trees (e.g. 64G; what doppel is started with from then on)"
+                );
+            };
+            eprintln!(
+                "converting the trees of {} into image trees of {} GiB",
+                data.data_dir.display(),
+                size >> 30
+            );
+            let trees = convert::convert_trees(&pool, &data.data_dir, size, &containers, |t| {
+                println!("{}", said_of(t))
+            })
+            .await?;
+            for t in &trees {
+                if let Outcome::Converted(_) = t.outcome {
+                    record_command_line(&pool, "container.convert_tree", &t.id, None).await?;
+                }
+            }
+            let left = trees
+                .iter()
+                .filter(|t| matches!(t.outcome, Outcome::Left(_) | Outcome::Failed(_)))
+                .count();
+            if left > 0 {
+                pool.close().await;
+                anyhow::bail!("{left} of {} trees stay directories", trees.len());
+            }
+        }
         Command::Import {
             dir,
             project,
@@ -455,4 +499,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     pool.close().await;
     Ok(())
+}
+
+/// A line of `convert-trees`'s report: what became of one tree.
+fn said_of(t: &TreeConverted) -> String {
+    let what = match &t.outcome {
+        Outcome::Converted(s) => format!(
+            "converted: an image tree holding {} files, {:.1} MiB ({:.1} s)",
+            s.tree_files,
+            s.tree_bytes as f64 / (1 << 20) as f64,
+            s.duration_ms as f64 / 1000.0
+        ),
+        Outcome::Already => "an image tree already".into(),
+        Outcome::Left(why) => format!("stays a directory: {why}"),
+        Outcome::Failed(e) => format!(
+            "failed: {e} (what it left is put right by the next run or doppel's next start)"
+        ),
+    };
+    format!("{} ({}) at {}: {what}", t.name, t.id, t.root.display())
 }

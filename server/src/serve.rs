@@ -97,6 +97,8 @@ pub async fn prepare(cfg: &ServeConfig) -> anyhow::Result<Prepared> {
     crate::engine::image::tend_below(&cfg.data.data_dir, crate::config::image_tree_size());
     let pool = store::connect(&cfg.data.database_url()).await?;
     let admin_password = auth::bootstrap_admin(&pool).await?;
+    // Before anything uses a tree: a conversion to an image tree that was interrupted.
+    crate::service::convert::recover_conversions(&pool).await?;
     let runtime = Runtime::detect(
         &cfg.data.data_dir,
         cfg.runtime.shim_exe.clone(),

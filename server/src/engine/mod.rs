@@ -8,6 +8,7 @@
 //! then renames; a marker file makes an interrupted commit repair itself on the next run).
 
 pub mod btrfs;
+pub mod convert;
 pub mod extents;
 pub mod fsx;
 pub mod identity;

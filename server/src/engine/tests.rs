@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use super::convert::Converted;
 use super::*;
 
 use crate::rng::Rng;
@@ -3871,4 +3872,169 @@ fn files_laid_down_at_once_under_a_limit_show_the_limit_together() {
         "{shown} bytes shown done when the first MiB was"
     );
     assert_eq!(ctl.state.bytes.load(Ordering::Relaxed), 2 << 20);
+}
+
+/// A `Control` whose run fails at the failpoint `at` (as a crash there would stop it).
+fn failing_at(at: &'static str) -> Control {
+    Control::new().with_failpoint(move |point| match point == at {
+        true => Err(io::Error::other(format!("crash at {point}"))),
+        false => Ok(()),
+    })
+}
+
+#[test]
+fn a_directory_tree_converted_is_an_image_tree_holding_the_same_tree() {
+    let env = Env::on_xfs();
+    let tree = env.source("tree");
+    let mut rng = Rng(71);
+    random_tree(&tree.root, &mut rng, 40);
+    // What the tree was, kept apart; and a copy of it recorded (its syncs' records too).
+    let was = env.place("was");
+    copy(&tree, &was, &Control::new()).unwrap();
+    let copied = env.place("copied");
+    copy(&tree, &copied, &Control::new()).unwrap();
+    sync(&tree, &copied, &Control::new()).unwrap();
+    let Converted::Done(s) = convert::to_image_tree(&tree, 1 << 30, &Control::new()).unwrap()
+    else {
+        panic!("not converted")
+    };
+    assert!(image::is_image_tree(&tree.root));
+    assert_eq!(s.tree_files, 40 + 1, "its files and the hard link");
+    assert_same_tree(&was.root, &tree.root);
+    assert_same_dir_mtimes(&was.root, &tree.root);
+    // Its manifest is the new tree's: a verification passes, and its copy, untouched,
+    // is still its source's state.
+    assert!(verify(&tree, &Control::new()).unwrap().ok);
+    let s = sync(&tree, &copied, &Control::new()).unwrap();
+    assert_eq!(
+        (
+            s.files_added,
+            s.files_changed,
+            s.files_deleted,
+            s.metadata_only,
+            s.bytes_sent
+        ),
+        (0, 0, 0, 0, 0),
+        "{s:?}"
+    );
+    assert!(!tree.state_dir.join("convert").exists());
+    no_debris(&tree);
+    // Copies of it are clones of its image now, and independent of it.
+    let again = env.place("again");
+    let s = copy(&tree, &again, &Control::new()).unwrap();
+    assert!(
+        s.notes
+            .iter()
+            .any(|n| n.contains("a clone of the source's image")),
+        "{:?}",
+        s.notes
+    );
+    write(&again.root.join("only-in-again"), b"x");
+    assert!(!tree.root.join("only-in-again").exists());
+    // Converted again: nothing to do.
+    assert!(matches!(
+        convert::to_image_tree(&tree, 1 << 30, &Control::new()).unwrap(),
+        Converted::Already
+    ));
+    let mut mounts = mounts_below(&env.base);
+    mounts.sort();
+    let mut want = vec![
+        fs::canonicalize(&tree.root).unwrap(),
+        fs::canonicalize(&again.root).unwrap(),
+    ];
+    want.sort();
+    assert_eq!(mounts, want, "no other image is left mounted");
+}
+
+#[test]
+fn a_conversion_interrupted_anywhere_leaves_the_tree_or_its_image_whole() {
+    for (at, image_took_its_place) in [
+        ("copy:before-rename", false),
+        ("convert:aside", false),
+        ("convert:swapped", true),
+    ] {
+        let env = Env::on_xfs();
+        let tree = env.source("tree");
+        random_tree(&tree.root, &mut Rng(72), 30);
+        let was = env.place("was");
+        copy(&tree, &was, &Control::new()).unwrap();
+        let failed = convert::to_image_tree(&tree, 1 << 30, &failing_at(at));
+        assert!(failed.is_err(), "{at}: {failed:?}");
+        // Where it stopped: before the swap, in it (the directory moved aside), after it.
+        let left = match at {
+            "copy:before-rename" => tree.root.is_dir() && !image::is_image_tree(&tree.root),
+            "convert:aside" => !tree.root.exists(),
+            _ => image::is_image_tree(&tree.root) && tree.state_dir.join("convert/old").is_dir(),
+        };
+        assert!(left, "{at}");
+        // Put right as doppel's next start (or the next conversion) does.
+        convert::recover(&tree).unwrap();
+        assert_eq!(
+            image::is_image_tree(&tree.root),
+            image_took_its_place,
+            "{at}"
+        );
+        assert_same_tree(&was.root, &tree.root);
+        assert!(verify(&tree, &Control::new()).unwrap().ok, "{at}");
+        assert!(!tree.state_dir.join("convert").exists(), "{at}");
+        no_debris(&tree);
+        let mounts = mounts_below(&env.base);
+        assert_eq!(
+            mounts.len(),
+            usize::from(image_took_its_place),
+            "{at}: {mounts:?}"
+        );
+        // Converted again: done, or nothing to do.
+        let again = convert::to_image_tree(&tree, 1 << 30, &Control::new()).unwrap();
+        match image_took_its_place {
+            true => assert!(matches!(again, Converted::Already), "{at}"),
+            false => assert!(matches!(again, Converted::Done(_)), "{at}"),
+        }
+        assert!(image::is_image_tree(&tree.root));
+        assert_same_tree(&was.root, &tree.root);
+    }
+}
+
+#[test]
+fn a_tree_a_conversion_would_change_or_cannot_hold_stays_the_directory_it_was() {
+    let is_root = fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    let xfs = Env::on_xfs();
+    let ext4 = Env::on_own_ext4();
+    let mut cases = vec![
+        (&ext4, "on-ext4", 1u64 << 30, "cannot hold image trees"),
+        (
+            &xfs,
+            "too-big",
+            150 << 20,
+            "would fill most of an image tree",
+        ),
+    ];
+    if is_root {
+        cases.push((&xfs, "with-a-device", 1 << 30, "1 device files or sockets"));
+    }
+    for (env, name, size, why) in cases {
+        let tree = env.source(name);
+        random_tree(&tree.root, &mut Rng(73), 10);
+        match name {
+            "too-big" => write(&tree.root.join("big"), &Rng(74).bytes(12 << 20)),
+            "with-a-device" => rustix::fs::mknodat(
+                rustix::fs::CWD,
+                tree.root.join("null-dev"),
+                rustix::fs::FileType::CharacterDevice,
+                rustix::fs::Mode::from_raw_mode(0o666),
+                rustix::fs::makedev(1, 3),
+            )
+            .unwrap(),
+            _ => {}
+        }
+        let before = snapshot_tree(&tree.root);
+        match convert::to_image_tree(&tree, size, &Control::new()).unwrap() {
+            Converted::NotConverted(said) => assert!(said.contains(why), "{name}: {said}"),
+            other => panic!("{name}: {other:?}"),
+        }
+        assert!(!image::is_image_tree(&tree.root), "{name}");
+        assert_eq!(snapshot_tree(&tree.root), before, "{name}");
+        assert!(!tree.state_dir.join("convert").exists(), "{name}");
+        assert!(mounts_below(&env.base).is_empty(), "{name}");
+    }
 }

@@ -99,6 +99,58 @@ pub struct RuncState {
     pub status: String,
 }
 
+impl RuncState {
+    /// Whether the container has a process (made, running or paused).
+    fn has_process(&self) -> bool {
+        matches!(self.status.as_str(), "running" | "created" | "paused")
+    }
+}
+
+/// `runc list --format json` as read: its containers by id (runc prints `null` when there
+/// are none).
+fn parse_list(out: &str) -> Result<HashMap<String, RuncState>, RuntimeError> {
+    let states: Option<Vec<RuncState>> = serde_json::from_str(out.trim())
+        .map_err(|e| RuntimeError::Command(format!("runc list: {e}")))?;
+    Ok(states
+        .unwrap_or_default()
+        .into_iter()
+        .map(|s| (s.id.clone(), s))
+        .collect())
+}
+
+/// The containers of the doppel whose data dir this is that have a process now, read
+/// without it (containers outlive doppel): what must not be changed under them while
+/// doppel is stopped. Empty where runc is not installed (nothing runs without it).
+pub fn with_processes(data_dir: &Path) -> Result<std::collections::HashSet<String>, RuntimeError> {
+    let state = data_dir.join("runc");
+    let (true, Some(runc)) = (state.exists(), find("runc")) else {
+        return Ok(Default::default());
+    };
+    let mut tries = 0;
+    loop {
+        let out = std::process::Command::new(&runc)
+            .arg("--root")
+            .arg(&state)
+            .args(["list", "--format", "json"])
+            .output()
+            .map_err(|e| RuntimeError::Command(format!("runc list: {e}")))?;
+        let said = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() {
+            let listed = parse_list(&String::from_utf8_lossy(&out.stdout))?;
+            return Ok(listed
+                .into_values()
+                .filter(RuncState::has_process)
+                .map(|s| s.id)
+                .collect());
+        }
+        if tries == LIST_RETRIES || !vanished_during_list(&said) {
+            return Err(RuntimeError::Command(format!("runc list: {}", said.trim())));
+        }
+        tries += 1;
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// What is true of a container's process now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Observed {
@@ -277,22 +329,13 @@ impl Runtime {
                 other => break other?,
             }
         };
-        // runc prints `null` when there are none.
-        let states: Option<Vec<RuncState>> = serde_json::from_str(out.trim())
-            .map_err(|e| RuntimeError::Command(format!("runc list: {e}")))?;
-        Ok(states
-            .unwrap_or_default()
-            .into_iter()
-            .map(|s| (s.id.clone(), s))
-            .collect())
+        parse_list(&out)
     }
 
     /// The truth about one container, from runc's list (`listed`) and its exit record.
     pub fn observe(listed: &HashMap<String, RuncState>, id: &str, bundle: &Path) -> Observed {
         match listed.get(id) {
-            Some(s) if s.status == "running" || s.status == "created" || s.status == "paused" => {
-                Observed::Running { pid: s.pid }
-            }
+            Some(s) if s.has_process() => Observed::Running { pid: s.pid },
             _ => match shim::read_exit(bundle) {
                 Some(exit) => Observed::Exited(exit),
                 None => Observed::Gone,

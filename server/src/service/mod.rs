@@ -6,6 +6,7 @@
 
 pub mod audit;
 mod containers;
+pub mod convert;
 mod copy;
 mod delete;
 pub mod inventory;

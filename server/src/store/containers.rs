@@ -157,6 +157,13 @@ pub(crate) struct CopyContext {
     pub(crate) target_storage_root: Option<String>,
 }
 
+/// A container whose tree is on this host (`Db::trees_on_this_host`).
+pub(crate) struct HostTree {
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) storage_root: String,
+}
+
 /// A container imported from a directory (the CLI, the demo data).
 pub(crate) struct ImportedContainer<'a> {
     pub(crate) id: &'a str,
@@ -246,6 +253,27 @@ impl Db {
         Ok(rows
             .iter()
             .map(|r| (r.get("id"), (r.get("server_id"), r.get("storage_root"))))
+            .collect())
+    }
+
+    /// Every container whose tree is on this host (its server is embedded): id, name and
+    /// storage root, by name.
+    pub(crate) async fn trees_on_this_host(&self) -> Result<Vec<HostTree>, DbError> {
+        let rows = sqlx::query(
+            "SELECT c.id, c.name, s.storage_root FROM containers c
+             JOIN servers s ON s.id = c.server_id
+             WHERE c.deleted_at IS NULL AND s.kind = $1 ORDER BY c.name, c.id",
+        )
+        .bind(super::projects::kind_str(app::model::ServerKind::Embedded))
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| HostTree {
+                id: r.get("id"),
+                name: r.get("name"),
+                storage_root: r.get("storage_root"),
+            })
             .collect())
     }
 

@@ -38,7 +38,7 @@ mod snapshots;
 mod sql;
 mod users;
 
-pub(crate) use containers::{ImportedContainer, NewCopy, Refusal};
+pub(crate) use containers::{HostTree, ImportedContainer, NewCopy, Refusal};
 pub(crate) use jobs::{Admission, JobCaps, JobEnd, NewJob};
 pub(crate) use projects::ServerRow;
 pub(crate) use rows::{job_from_row, ContainerRow, CONTAINER_SELECT};
