@@ -16,9 +16,15 @@ use serde_json::{json, Value};
 /// `doppel serve` on the data dir with `--image-trees <size>`, the demo data on first
 /// start.
 fn serve(data: &Path, port: u16, network: &str, size: &str) -> process::Serving {
+    serve_with(data, port, network, &["--image-trees", size])
+}
+
+/// `doppel serve` on the data dir with these flags besides its address and network.
+fn serve_with(data: &Path, port: u16, network: &str, flags: &[&str]) -> process::Serving {
     let child = process::doppel(data)
         .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
-        .args(["--container-network", network, "--image-trees", size])
+        .args(["--container-network", network])
+        .args(flags)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -300,4 +306,172 @@ async fn image_trees_are_laid_down_copied_as_clones_and_mounted_again_after_a_ho
     // The source is untouched.
     assert!(image::is_image_tree(&root(&web)));
     drop(doppel);
+}
+
+/// Trees made before doppel ran with `--image-trees` are directories. `doppel
+/// convert-trees`, run while doppel is stopped, makes image trees of those whose container
+/// has no process: they run as before, their copies on their server are clones, and the
+/// copies made of them before are still their state. It leaves a running container's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn convert_trees_makes_the_trees_made_before_image_trees_and_leaves_running_ones() {
+    let xfs = process::Xfs::new();
+    let data = xfs.data();
+    std::fs::create_dir_all(&data).unwrap();
+    let port = process::free_port();
+    let network = process::test_network().to_string();
+    let mut doppel = serve_with(&data, port, &network, &[]);
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    process::wait_up(&client, &base).await;
+    let api = Api {
+        client,
+        base,
+        token: process::admin_token(&data),
+    };
+    let list = api.get("/api/v1/containers").await;
+    let by_name = |name: &str| -> Value {
+        list["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("{name}: {list}"))
+            .clone()
+    };
+    // (The list's entries are short: each container read whole.)
+    let web = api
+        .container(by_name("web-app")["id"].as_str().unwrap())
+        .await;
+    let etl = api
+        .container(by_name("etl-worker")["id"].as_str().unwrap())
+        .await;
+    let staging = by_name("web-app-staging");
+    let web_id = web["id"].as_str().unwrap().to_string();
+    for c in [&web, &etl] {
+        assert!(!image::is_image_tree(&root(c)), "{c}");
+        assert_eq!(c["status"], "running", "{c}");
+    }
+    let web_page = page(&web).await;
+    // web-app is stopped in doppel first; etl-worker is left running.
+    let (status, stopped) = api
+        .post(&format!("/api/v1/containers/{web_id}/stop"), None)
+        .await;
+    assert_eq!(status, 200, "{stopped}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while api.container(&web_id).await["status"] != "stopped" {
+        assert!(Instant::now() < deadline, "web-app does not stop");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    doppel.kill().unwrap();
+    doppel.wait().unwrap();
+
+    let convert = |args: &[&str]| {
+        let out = process::doppel(&data).args(args).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let line_of = |out: &str, c: &Value| -> String {
+        let start = format!(
+            "{} ({}) at ",
+            c["name"].as_str().unwrap(),
+            c["id"].as_str().unwrap()
+        );
+        out.lines()
+            .find(|l| l.starts_with(&start))
+            .unwrap_or_else(|| panic!("no line for {start}: {out}"))
+            .to_string()
+    };
+    let (ok, _, err) = convert(&["convert-trees"]);
+    assert!(!ok && err.contains("--image-trees SIZE"), "{err}");
+    let (ok, out, err) = convert(&["--image-trees", "2G", "convert-trees"]);
+    assert!(
+        !ok,
+        "a running container's tree stays a directory: {out}{err}"
+    );
+    assert!(err.contains("trees stay directories"), "{err}");
+    assert!(
+        line_of(&out, &web).contains(": converted: an image tree holding"),
+        "{out}"
+    );
+    assert!(
+        line_of(&out, &etl).contains(": stays a directory: its process is running"),
+        "{out}"
+    );
+    assert!(image::is_image_tree(&root(&web)));
+    assert!(!image::is_image_tree(&root(&etl)));
+    let (ok, out, err) = convert(&[
+        "--image-trees",
+        "2G",
+        "convert-trees",
+        "--container",
+        "web-app",
+    ]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        line_of(&out, &web).ends_with(": an image tree already"),
+        "{out}"
+    );
+    assert_eq!(out.lines().count(), 1, "{out}");
+    let (ok, _, err) = convert(&[
+        "--image-trees",
+        "2G",
+        "convert-trees",
+        "--container",
+        "nope",
+    ]);
+    assert!(
+        !ok && err.contains("no container \"nope\" on this host"),
+        "{err}"
+    );
+
+    // Started again: web-app runs from its image tree and serves its page as before.
+    let _doppel = serve(&data, port, &network, "2G");
+    process::wait_up(&api.client, &api.base).await;
+    let (status, started) = api
+        .post(&format!("/api/v1/containers/{web_id}/start"), None)
+        .await;
+    assert_eq!(
+        (status, &started["status"]),
+        (200, &json!("running")),
+        "{started}"
+    );
+    assert!(image::is_image_tree(&root(&web)));
+    assert_eq!(page(&web).await, web_page);
+    // Its copy made before is still its state: a sync finds nothing to send.
+    let staging_id = staging["id"].as_str().unwrap();
+    let (status, synced) = api
+        .post(&format!("/api/v1/containers/{staging_id}/sync"), None)
+        .await;
+    assert_eq!(status, 202, "{synced}");
+    let job = api.wait_job(synced["job"]["url"].as_str().unwrap()).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let s = &job["summary"];
+    for count in [
+        "files_added",
+        "files_changed",
+        "files_deleted",
+        "metadata_only",
+        "drift",
+    ] {
+        assert_eq!(s[count], 0, "{count}: {job}");
+    }
+    // A copy of it on its server is a clone of its image.
+    let (status, copied) = api
+        .post(
+            &format!("/api/v1/containers/{web_id}/copy"),
+            Some(json!({"target_project_id": web["project_id"], "name": "web-converted-copy"})),
+        )
+        .await;
+    assert_eq!(status, 202, "{copied}");
+    let job = api.wait_job(copied["job"]["url"].as_str().unwrap()).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert!(
+        job["summary"]["notes"]
+            .to_string()
+            .contains("a clone of the source's image"),
+        "{job}"
+    );
 }
