@@ -683,4 +683,31 @@ fn bench(dir: &Path, scale: f64, fs_name: &str) {
     println!("{fs_name} noop_sync_seconds {noop:.3}");
     println!("{fs_name} noop_sync_without_watch_seconds {noop_walked:.3}");
     println!("{fs_name} noop_sync_busy_host_seconds {noop_busy:.3}");
+    // XFS with directory trees: what `doppel convert-trees` costs once (a copy into an
+    // image tree, then the swap), and a copy of the converted source after it, in a new
+    // process (as a job after doppel starts again): a clone of its image.
+    if fs_name == "xfs" {
+        let (_, total) = engine::fsx::free_space(dir).unwrap();
+        let t = Instant::now();
+        let converted = engine::convert::to_image_tree(&src, total, &Control::new()).unwrap();
+        let convert_s = t.elapsed().as_secs_f64();
+        assert!(
+            matches!(converted, engine::convert::Converted::Done(_)),
+            "{converted:?}"
+        );
+        let (copy_s, out) = timed(doppel_op("__copy", &src, &place("doppel-converted")));
+        let copied: Summary = serde_json::from_str(out.trim()).unwrap();
+        println!(
+            "convert-trees of the source: {convert_s:.2} s; then a copy: {copy_s:.2} s, {:?}",
+            copied.notes
+        );
+        println!(
+            "{fs_name} convert_time_ratio_vs_rsync {:.3}",
+            convert_s / copy_rsync.0
+        );
+        println!(
+            "{fs_name} copy_after_convert_time_ratio_vs_rsync {:.3}",
+            copy_s / copy_rsync.0
+        );
+    }
 }
