@@ -39,6 +39,10 @@ struct Api {
 }
 
 impl Api {
+    /// The port doppel listens on.
+    fn port(&self) -> u16 {
+        self.base.rsplit(':').next().unwrap().parse().unwrap()
+    }
     async fn get(&self, path: &str) -> Value {
         process::get_json(&self.client, format!("{}{path}", self.base), &self.token).await
     }
@@ -73,6 +77,25 @@ impl Api {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// `doppel serve` started on an XFS of its own, with these flags, once it answers; and
+/// the API as its admin.
+async fn start_on(xfs: &process::Xfs, flags: &[&str]) -> (process::Serving, Api, String) {
+    let data = xfs.data();
+    std::fs::create_dir_all(&data).unwrap();
+    let port = process::free_port();
+    let network = process::test_network().to_string();
+    let doppel = serve_with(&data, port, &network, flags);
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    process::wait_up(&client, &base).await;
+    let api = Api {
+        client,
+        base,
+        token: process::admin_token(&data),
+    };
+    (doppel, api, network)
 }
 
 /// The length of the image of the image tree at `root`.
@@ -133,18 +156,8 @@ async fn page(c: &Value) -> String {
 async fn image_trees_are_laid_down_copied_as_clones_and_mounted_again_after_a_host_restart() {
     let xfs = process::Xfs::new();
     let data = xfs.data();
-    std::fs::create_dir_all(&data).unwrap();
-    let port = process::free_port();
-    let network = process::test_network().to_string();
-    let mut doppel = serve(&data, port, &network, "2G");
-    let client = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{port}");
-    process::wait_up(&client, &base).await;
-    let api = Api {
-        client,
-        base,
-        token: process::admin_token(&data),
-    };
+    let (mut doppel, api, network) = start_on(&xfs, &["--image-trees", "2G"]).await;
+    let port = api.port();
 
     // The server says what it lays down.
     let servers = api.get("/api/v1/servers").await;
@@ -316,18 +329,8 @@ async fn image_trees_are_laid_down_copied_as_clones_and_mounted_again_after_a_ho
 async fn convert_trees_makes_the_trees_made_before_image_trees_and_leaves_running_ones() {
     let xfs = process::Xfs::new();
     let data = xfs.data();
-    std::fs::create_dir_all(&data).unwrap();
-    let port = process::free_port();
-    let network = process::test_network().to_string();
-    let mut doppel = serve_with(&data, port, &network, &[]);
-    let client = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{port}");
-    process::wait_up(&client, &base).await;
-    let api = Api {
-        client,
-        base,
-        token: process::admin_token(&data),
-    };
+    let (mut doppel, api, network) = start_on(&xfs, &[]).await;
+    let port = api.port();
     let list = api.get("/api/v1/containers").await;
     let by_name = |name: &str| -> Value {
         list["containers"]

@@ -399,6 +399,23 @@ fn place_in(base: &Path, name: &str) -> Place {
     Place::new(base.join("roots").join(name), base.join("state").join(name))
 }
 
+/// Copies `src` (an image tree) to `to`: a clone of its image, a tree of its own (written,
+/// the source does not change).
+fn copy_is_a_clone_of_its_image(src: &Place, to: &Place) {
+    let s = copy(src, to, &Control::new()).unwrap();
+    assert!(
+        s.notes
+            .iter()
+            .any(|n| n.contains("a clone of the source's image")),
+        "{:?}",
+        s.notes
+    );
+    assert!(image::is_image_tree(&to.root));
+    assert_same_tree(&src.root, &to.root);
+    write(&to.root.join("only-in-the-clone"), b"x");
+    assert!(!src.root.join("only-in-the-clone").exists());
+}
+
 fn no_debris(p: &Place) {
     assert!(
         !p.work_dir().exists(),
@@ -880,18 +897,7 @@ fn copies_laid_down_as_image_trees_hold_the_tree_and_their_copies_are_clones() {
     assert!(verify(&dst, &Control::new()).unwrap().ok);
     // Its copy is a clone of its image, taken whole, and independent of it.
     let again = env.place("again");
-    let s = copy(&dst, &again, &Control::new()).unwrap();
-    assert!(
-        s.notes
-            .iter()
-            .any(|n| n.contains("a clone of the source's image")),
-        "{:?}",
-        s.notes
-    );
-    assert!(image::is_image_tree(&again.root));
-    assert_same_tree(&src.root, &again.root);
-    write(&again.root.join("only-in-again"), b"x");
-    assert!(!dst.root.join("only-in-again").exists());
+    copy_is_a_clone_of_its_image(&dst, &again);
     // Syncs from the directory bring the image tree up to date (its stage inside it).
     random_changes(&src.root, &mut rng);
     sync(&src, &dst, &Control::new()).unwrap();
@@ -3921,16 +3927,7 @@ fn a_directory_tree_converted_is_an_image_tree_holding_the_same_tree() {
     no_debris(&tree);
     // Copies of it are clones of its image now, and independent of it.
     let again = env.place("again");
-    let s = copy(&tree, &again, &Control::new()).unwrap();
-    assert!(
-        s.notes
-            .iter()
-            .any(|n| n.contains("a clone of the source's image")),
-        "{:?}",
-        s.notes
-    );
-    write(&again.root.join("only-in-again"), b"x");
-    assert!(!tree.root.join("only-in-again").exists());
+    copy_is_a_clone_of_its_image(&tree, &again);
     // Converted again: nothing to do.
     assert!(matches!(
         convert::to_image_tree(&tree, 1 << 30, &Control::new()).unwrap(),
