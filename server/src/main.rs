@@ -458,9 +458,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 data.data_dir.display(),
                 size >> 30
             );
-            let trees = convert::convert_trees(&pool, &data.data_dir, size, &containers, |t| {
-                println!("{}", said_of(t))
-            })
+            let trees = convert::convert_trees(
+                &pool,
+                &data.data_dir,
+                size,
+                &containers,
+                progress_on_stderr(),
+                |t| println!("{}", said_of(t)),
+            )
             .await?;
             for t in &trees {
                 if let Outcome::Converted(_) = t.outcome {
@@ -517,4 +522,32 @@ fn said_of(t: &TreeConverted) -> String {
         ),
     };
     format!("{} ({}) at {}: {what}", t.name, t.id, t.root.display())
+}
+
+/// `convert-trees`'s progress on stderr: where a tree's copy of its files starts, then
+/// every two seconds (a quick tree says nothing more than its result).
+fn progress_on_stderr() -> convert::ConvertProgress {
+    use doppel::engine::Phase;
+    let last = std::sync::Mutex::new((None, std::time::Instant::now()));
+    std::sync::Arc::new(move |name: &str, p: &doppel::engine::Progress| {
+        let Ok(mut last) = last.lock() else { return };
+        let starts_copying = p.phase == Phase::Transfer && last.0 != Some(Phase::Transfer);
+        let said_lately = last.1.elapsed() < std::time::Duration::from_secs(2);
+        last.0 = Some(p.phase);
+        if !starts_copying && said_lately {
+            return;
+        }
+        last.1 = std::time::Instant::now();
+        let of = |total: Option<u64>| total.map(|t| format!(" of {t}")).unwrap_or_default();
+        eprintln!(
+            "  {name}: {}, {:.1}{} MiB, {}{} files",
+            p.phase.as_str(),
+            p.bytes_done as f64 / (1 << 20) as f64,
+            p.bytes_total
+                .map(|t| format!(" of {:.1}", t as f64 / (1 << 20) as f64))
+                .unwrap_or_default(),
+            p.files_done,
+            of(p.files_total)
+        );
+    })
 }

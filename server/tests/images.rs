@@ -395,6 +395,7 @@ async fn convert_trees_makes_the_trees_made_before_image_trees_and_leaves_runnin
         "a running container's tree stays a directory: {out}{err}"
     );
     assert!(err.contains("trees stay directories"), "{err}");
+    assert!(err.contains("  web-app: transfer, "), "its progress: {err}");
     assert!(
         line_of(&out, &web).contains(": converted: an image tree holding"),
         "{out}"

@@ -6,10 +6,11 @@
 //! left before anything uses the trees ([`recover_conversions`]).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::config::container_place;
 use crate::engine::convert::{self, Converted};
-use crate::engine::{Control, Summary};
+use crate::engine::{Control, Progress, Summary};
 use crate::store::{Db, DbError, HostTree};
 
 #[derive(Debug, thiserror::Error)]
@@ -42,14 +43,20 @@ pub enum Outcome {
     Failed(String),
 }
 
+/// How a conversion goes: the container's name and the engine's report (at most every
+/// 50 ms, and at each phase).
+pub type ConvertProgress = Arc<dyn Fn(&str, &Progress) + Send + Sync>;
+
 /// Converts the trees of the containers on this host (or only those `only` names, by id
 /// or name) to image trees of `size` bytes, one at a time; `each` hears of every tree as
-/// it is done. Containers whose process runs are left (said so).
+/// it is done, `progress` of each one's copy as it goes. Containers whose process runs
+/// are left (said so).
 pub async fn convert_trees(
     db: &Db,
     data_dir: &Path,
     size: u64,
     only: &[String],
+    progress: ConvertProgress,
     mut each: impl FnMut(&TreeConverted),
 ) -> Result<Vec<TreeConverted>, ConvertError> {
     let mut trees = db.trees_on_this_host().await?;
@@ -83,10 +90,11 @@ pub async fn convert_trees(
             )
         } else {
             let place = place.clone();
-            let converted = tokio::task::spawn_blocking(move || {
-                convert::to_image_tree(&place, size, &Control::new())
-            })
-            .await;
+            let (progress, of) = (progress.clone(), name.clone());
+            let ctl = Control::new().with_progress(move |p| progress(&of, p));
+            let converted =
+                tokio::task::spawn_blocking(move || convert::to_image_tree(&place, size, &ctl))
+                    .await;
             match converted {
                 Ok(Ok(Converted::Done(summary))) => Outcome::Converted(summary),
                 Ok(Ok(Converted::Already)) => Outcome::Already,
