@@ -750,6 +750,25 @@ pub struct ContainerDetail {
     /// The container's root directory on disk; shown to platform admins only.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub root_path: Option<String>,
+    /// What that tree is on disk, which says what its copies on its server cost; with
+    /// `root_path`, where the tree is there.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub tree: Option<TreeKind>,
+}
+
+/// What a container's tree is on disk.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TreeKind {
+    /// A directory: its copies go file by file (`doppel convert-trees` makes it an image
+    /// tree where its filesystem can hold one).
+    Directory,
+    /// An XFS filesystem in an image beside it (`--image-trees`): its copies on its
+    /// server are clones of its image.
+    ImageTree,
+    /// A btrfs subvolume: its copies on its server are snapshots.
+    Subvolume,
 }
 
 #[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]

@@ -40,6 +40,11 @@ async function openWebAppAsAdmin(page: Page): Promise<string> {
   await expect(page.locator('body')).toHaveAttribute('data-hydrated', 'true');
   await page.locator('td[data-label="Name"] a').getByText('web-app', { exact: true }).click();
   await expect(page.getByRole('heading', { level: 1 })).toContainText('web-app');
+  // What the tree is, and what that makes its copies (the test's data dir has no image
+  // trees: a directory, or on btrfs a subvolume).
+  await expect(page.locator('dt:text-is("Tree") + dd')).toHaveText(
+    /^(a directory: its copies go file by file|a btrfs subvolume: its copies on its server are snapshots)/,
+  );
   return (await page.locator('dt:has-text("Root on disk") + dd').innerText()).trim();
 }
 

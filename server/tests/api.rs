@@ -107,6 +107,11 @@ async fn container_detail_has_snapshots_rules_lineage_and_a_real_root() {
         .unwrap()
         .starts_with("ssh-ed25519 "));
     let root = std::path::PathBuf::from(c["root_path"].as_str().unwrap());
+    // (Without --image-trees: a directory, or on btrfs a subvolume.)
+    assert!(
+        matches!(c["tree"].as_str(), Some("directory" | "subvolume")),
+        "{c}"
+    );
     assert!(
         root.join("etc/hostname").is_file(),
         "the tree exists on disk"
@@ -253,6 +258,7 @@ async fn membership_limits_what_a_user_sees() {
         .get(&format!("/api/v1/containers/{web}"), &s.alice_token)
         .await;
     assert!(c.get("root_path").is_none());
+    assert!(c.get("tree").is_none(), "{c}");
     let (_, servers) = s.get("/api/v1/servers", &s.alice_token).await;
     assert!(servers["servers"][0].get("storage_root").is_none());
 }

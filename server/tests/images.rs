@@ -178,6 +178,7 @@ async fn image_trees_are_laid_down_copied_as_clones_and_mounted_again_after_a_ho
         .to_string();
     let web = api.container(&web).await;
     assert!(image::is_image_tree(&root(&web)), "{web}");
+    assert_eq!(web["tree"], "image_tree", "{web}");
     assert_eq!(web["status"], "running", "{web}");
     assert_eq!(image_len(&root(&web)), 2 << 30);
     let web_page = page(&web).await;
@@ -352,6 +353,7 @@ async fn convert_trees_makes_the_trees_made_before_image_trees_and_leaves_runnin
     let web_id = web["id"].as_str().unwrap().to_string();
     for c in [&web, &etl] {
         assert!(!image::is_image_tree(&root(c)), "{c}");
+        assert_eq!(c["tree"], "directory", "{c}");
         assert_eq!(c["status"], "running", "{c}");
     }
     let web_page = page(&web).await;
@@ -443,6 +445,9 @@ async fn convert_trees_makes_the_trees_made_before_image_trees_and_leaves_runnin
         "{started}"
     );
     assert!(image::is_image_tree(&root(&web)));
+    assert_eq!(api.container(&web_id).await["tree"], "image_tree");
+    let etl_id = etl["id"].as_str().unwrap();
+    assert_eq!(api.container(etl_id).await["tree"], "directory");
     assert_eq!(page(&web).await, web_page);
     // Its copy made before is still its state: a sync finds nothing to send.
     let staging_id = staging["id"].as_str().unwrap();

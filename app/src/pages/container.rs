@@ -8,7 +8,7 @@ use super::process::{DeleteCard, ProcessCard};
 use super::settings::{CommandEditor, Edits, FirewallEditor, NetworkEditor};
 use super::widgets::{Loading, PageError, ReloadWithoutScript, StatusBadge};
 use crate::format;
-use crate::model::{ContainerDetail, ContainerStatus, EventKind};
+use crate::model::{ContainerDetail, ContainerStatus, EventKind, TreeKind};
 use crate::server_fns::{get_container, get_job, ContainerAction};
 
 /// One container: details, snapshots, rules, lineage.
@@ -193,6 +193,23 @@ fn ContainerView(
             <dd><code>{p}</code></dd>
         }
     });
+    // What the tree is says what its copies on its server cost.
+    let tree = c.tree.map(|t| {
+        let said = match t {
+            TreeKind::ImageTree => {
+                "an image tree: its copies on its server are clones of its image"
+            }
+            TreeKind::Subvolume => "a btrfs subvolume: its copies on its server are snapshots",
+            TreeKind::Directory => {
+                "a directory: its copies go file by file (doppel convert-trees makes it an \
+                 image tree where its filesystem is XFS with reflinks)"
+            }
+        };
+        view! {
+            <dt>"Tree"</dt>
+            <dd>{said}</dd>
+        }
+    });
     let reason = c
         .status_reason
         .map(|r| view! { <p class="error-box">{r}</p> });
@@ -238,6 +255,7 @@ fn ContainerView(
                 <dt>"Created"</dt>
                 <dd>{format::utc(s.created_at)}</dd>
                 {root}
+                {tree}
             </dl>
         </section>
         <section class="card">

@@ -82,6 +82,9 @@ impl Service {
             .filter(|c| vis.can_see(&c.project_id))
             .collect();
         let on_agent = row.is_on_agent();
+        let shows_root = user.is_admin && user.scope.projects.is_none() && !on_agent;
+        let root = container_root(Path::new(&row.storage_root), &row.id);
+        let root = root.as_path();
         Ok(ContainerDetail {
             summary: row.summary(vis),
             status_reason: row.status_reason,
@@ -103,11 +106,32 @@ impl Service {
             may_change: vis.require_operator(&row.project_id, "").is_ok(),
             // (The row's source is joined whoever may see it, and only while it exists.)
             source_deleted: row.source_container_id.is_some() && row.src_name.is_none(),
-            root_path: (user.is_admin && user.scope.projects.is_none() && !on_agent).then(|| {
-                container_root(Path::new(&row.storage_root), &row.id)
-                    .display()
-                    .to_string()
-            }),
+            root_path: shows_root.then(|| root.display().to_string()),
+            tree: match shows_root {
+                true => tree_kind(root).await,
+                false => None,
+            },
         })
     }
+}
+
+/// What the tree at `root` is on disk (`None`: there is none there, as while its copy is
+/// made). An image tree whose filesystem is not mounted (after a restart of the host) is
+/// one still: its image is beside it.
+async fn tree_kind(root: &Path) -> Option<TreeKind> {
+    use crate::engine::{btrfs, fsx, image};
+    let root = root.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        if image::is_image_tree(&root) || image::image_path(&root).exists() {
+            return Some(TreeKind::ImageTree);
+        }
+        let dir = fsx::open_dir(&root).ok()?;
+        Some(match btrfs::is_subvolume(std::os::fd::AsFd::as_fd(&dir)) {
+            true => TreeKind::Subvolume,
+            false => TreeKind::Directory,
+        })
+    })
+    .await
+    .ok()
+    .flatten()
 }

@@ -190,6 +190,8 @@ impl NewCopy {
                     .display()
                     .to_string()
             }),
+            // (Not made yet.)
+            tree: None,
         })
     }
 }
