@@ -521,7 +521,17 @@ fn said_of(t: &TreeConverted) -> String {
             "failed: {e} (what it left is put right by the next run or doppel's next start)"
         ),
     };
-    format!("{} ({}) at {}: {what}", t.name, t.id, t.root.display())
+    let snapshot = t
+        .snapshot
+        .as_ref()
+        .map(|s| format!(" snapshot {s}"))
+        .unwrap_or_default();
+    format!(
+        "{} ({}){snapshot} at {}: {what}",
+        t.name,
+        t.id,
+        t.root.display()
+    )
 }
 
 /// `convert-trees`'s progress on stderr: where a tree's copy of its files starts, then

@@ -378,11 +378,15 @@ async fn convert_trees_makes_the_trees_made_before_image_trees_and_leaves_runnin
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
-    let line_of = |out: &str, c: &Value| -> String {
+    // The line of a container's tree, or of its snapshot `snapshot`'s.
+    let line_of = |out: &str, c: &Value, snapshot: Option<&str>| -> String {
         let start = format!(
-            "{} ({}) at ",
+            "{} ({}){} at ",
             c["name"].as_str().unwrap(),
-            c["id"].as_str().unwrap()
+            c["id"].as_str().unwrap(),
+            snapshot
+                .map(|s| format!(" snapshot {s}"))
+                .unwrap_or_default()
         );
         out.lines()
             .find(|l| l.starts_with(&start))
@@ -398,12 +402,15 @@ async fn convert_trees_makes_the_trees_made_before_image_trees_and_leaves_runnin
     );
     assert!(err.contains("trees stay directories"), "{err}");
     assert!(err.contains("  web-app: transfer, "), "its progress: {err}");
+    // (The demo's web-app has a snapshot, before-upgrade: converted with its tree.)
+    for snapshot in [None, Some("before-upgrade")] {
+        assert!(
+            line_of(&out, &web, snapshot).contains(": converted: an image tree holding"),
+            "{out}"
+        );
+    }
     assert!(
-        line_of(&out, &web).contains(": converted: an image tree holding"),
-        "{out}"
-    );
-    assert!(
-        line_of(&out, &etl).contains(": stays a directory: its process is running"),
+        line_of(&out, &etl, None).contains(": stays a directory: its process is running"),
         "{out}"
     );
     assert!(image::is_image_tree(&root(&web)));
@@ -416,11 +423,13 @@ async fn convert_trees_makes_the_trees_made_before_image_trees_and_leaves_runnin
         "web-app",
     ]);
     assert!(ok, "{out}{err}");
-    assert!(
-        line_of(&out, &web).ends_with(": an image tree already"),
-        "{out}"
-    );
-    assert_eq!(out.lines().count(), 1, "{out}");
+    for snapshot in [None, Some("before-upgrade")] {
+        assert!(
+            line_of(&out, &web, snapshot).ends_with(": an image tree already"),
+            "{out}"
+        );
+    }
+    assert_eq!(out.lines().count(), 2, "{out}");
     let (ok, _, err) = convert(&[
         "--image-trees",
         "2G",
@@ -467,20 +476,26 @@ async fn convert_trees_makes_the_trees_made_before_image_trees_and_leaves_runnin
     ] {
         assert_eq!(s[count], 0, "{count}: {job}");
     }
-    // A copy of it on its server is a clone of its image.
-    let (status, copied) = api
-        .post(
-            &format!("/api/v1/containers/{web_id}/copy"),
-            Some(json!({"target_project_id": web["project_id"], "name": "web-converted-copy"})),
-        )
-        .await;
-    assert_eq!(status, 202, "{copied}");
-    let job = api.wait_job(copied["job"]["url"].as_str().unwrap()).await;
-    assert_eq!(job["status"], "succeeded", "{job}");
-    assert!(
-        job["summary"]["notes"]
-            .to_string()
-            .contains("a clone of the source's image"),
-        "{job}"
-    );
+    // A copy of it on its server is a clone of its image, and so is one of its snapshot.
+    for (name, snapshot) in [
+        ("web-converted-copy", None),
+        ("web-from-its-snapshot", Some("before-upgrade")),
+    ] {
+        let mut body = json!({"target_project_id": web["project_id"], "name": name});
+        if let Some(snapshot) = snapshot {
+            body["source_snapshot"] = snapshot.into();
+        }
+        let (status, copied) = api
+            .post(&format!("/api/v1/containers/{web_id}/copy"), Some(body))
+            .await;
+        assert_eq!(status, 202, "{copied}");
+        let job = api.wait_job(copied["job"]["url"].as_str().unwrap()).await;
+        assert_eq!(job["status"], "succeeded", "{job}");
+        assert!(
+            job["summary"]["notes"]
+                .to_string()
+                .contains("a clone of the source's image"),
+            "{name}: {job}"
+        );
+    }
 }

@@ -8,9 +8,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::config::container_place;
+use crate::config::{container_place, snapshot_place};
 use crate::engine::convert::{self, Converted};
-use crate::engine::{Control, Progress, Summary};
+use crate::engine::{Control, Place, Progress, Summary};
 use crate::store::{Db, DbError, HostTree};
 
 #[derive(Debug, thiserror::Error)]
@@ -23,10 +23,13 @@ pub enum ConvertError {
     Db(#[from] DbError),
 }
 
-/// What became of one container's tree.
+/// What became of one tree: a container's, or one of its snapshots'.
 pub struct TreeConverted {
+    /// The container's id and name.
     pub id: String,
     pub name: String,
+    /// The snapshot's name, for a snapshot's tree.
+    pub snapshot: Option<String>,
     pub root: PathBuf,
     pub outcome: Outcome,
 }
@@ -47,10 +50,11 @@ pub enum Outcome {
 /// 50 ms, and at each phase).
 pub type ConvertProgress = Arc<dyn Fn(&str, &Progress) + Send + Sync>;
 
-/// Converts the trees of the containers on this host (or only those `only` names, by id
-/// or name) to image trees of `size` bytes, one at a time; `each` hears of every tree as
-/// it is done, `progress` of each one's copy as it goes. Containers whose process runs
-/// are left (said so).
+/// Converts the trees of the containers on this host and of their snapshots (or only
+/// those of the containers `only` names, by id or name) to image trees of `size` bytes,
+/// one at a time; `each` hears of every tree as it is done, `progress` of each one's copy
+/// as it goes. A container whose process runs keeps its tree (said so); its snapshots are
+/// converted.
 pub async fn convert_trees(
     db: &Db,
     data_dir: &Path,
@@ -75,14 +79,13 @@ pub async fn convert_trees(
         .map_err(|e| ConvertError::Runtime(e.to_string()))?
         .map_err(|e| ConvertError::Runtime(e.to_string()))?;
     let mut done = Vec::with_capacity(trees.len());
-    for HostTree {
-        id,
-        name,
-        storage_root,
-    } in trees
-    {
-        let place = container_place(Path::new(&storage_root), &id);
-        let outcome = if running.contains(&id) {
+    for tree in trees {
+        let place = place_of(&tree);
+        let HostTree {
+            id, name, snapshot, ..
+        } = tree;
+        // (A snapshot is no running process's.)
+        let outcome = if snapshot.is_none() && running.contains(&id) {
             Outcome::Left(
                 "its process is running: stop the container in doppel first, then stop doppel \
                  and convert"
@@ -90,7 +93,11 @@ pub async fn convert_trees(
             )
         } else {
             let place = place.clone();
-            let (progress, of) = (progress.clone(), name.clone());
+            let of = match &snapshot {
+                Some((_, s)) => format!("{name} snapshot {s}"),
+                None => name.clone(),
+            };
+            let progress = progress.clone();
             let ctl = Control::new().with_progress(move |p| progress(&of, p));
             let converted =
                 tokio::task::spawn_blocking(move || convert::to_image_tree(&place, size, &ctl))
@@ -106,6 +113,7 @@ pub async fn convert_trees(
         let tree = TreeConverted {
             id,
             name,
+            snapshot: snapshot.map(|(_, name)| name),
             root: place.root,
             outcome,
         };
@@ -122,7 +130,7 @@ pub async fn recover_conversions(db: &Db) -> Result<(), DbError> {
         .trees_on_this_host()
         .await?
         .into_iter()
-        .map(|t| container_place(Path::new(&t.storage_root), &t.id))
+        .map(|t| place_of(&t))
         .collect();
     let _ = tokio::task::spawn_blocking(move || {
         for place in places {
@@ -133,4 +141,13 @@ pub async fn recover_conversions(db: &Db) -> Result<(), DbError> {
     })
     .await;
     Ok(())
+}
+
+/// Where a tree on this host is, with its engine state.
+fn place_of(tree: &HostTree) -> Place {
+    let root = Path::new(&tree.storage_root);
+    match &tree.snapshot {
+        Some((snapshot, _)) => snapshot_place(root, &tree.id, snapshot),
+        None => container_place(root, &tree.id),
+    }
 }

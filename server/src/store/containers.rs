@@ -157,11 +157,14 @@ pub(crate) struct CopyContext {
     pub(crate) target_storage_root: Option<String>,
 }
 
-/// A container whose tree is on this host (`Db::trees_on_this_host`).
+/// A tree on this host (`Db::trees_on_this_host`): a container's, or one of its snapshots'.
 pub(crate) struct HostTree {
+    /// The container's id and name.
     pub(crate) id: String,
     pub(crate) name: String,
     pub(crate) storage_root: String,
+    /// The snapshot's id and name, for a snapshot's tree.
+    pub(crate) snapshot: Option<(String, String)>,
 }
 
 /// A container imported from a directory (the CLI, the demo data).
@@ -256,13 +259,21 @@ impl Db {
             .collect())
     }
 
-    /// Every container whose tree is on this host (its server is embedded): id, name and
-    /// storage root, by name.
+    /// The trees on this host (of containers whose server is embedded): each container's,
+    /// then its snapshots', by the container's name and the snapshot's.
     pub(crate) async fn trees_on_this_host(&self) -> Result<Vec<HostTree>, DbError> {
+        // (SQLite sorts NULL first: a container's own tree before its snapshots.)
         let rows = sqlx::query(
-            "SELECT c.id, c.name, s.storage_root FROM containers c
+            "SELECT c.id AS id, c.name AS name, s.storage_root AS storage_root,
+                    NULL AS snapshot_id, NULL AS snapshot_name
+             FROM containers c JOIN servers s ON s.id = c.server_id
+             WHERE c.deleted_at IS NULL AND s.kind = $1
+             UNION ALL
+             SELECT c.id, c.name, s.storage_root, sn.id, sn.name
+             FROM snapshots sn JOIN containers c ON c.id = sn.container_id
              JOIN servers s ON s.id = c.server_id
-             WHERE c.deleted_at IS NULL AND s.kind = $1 ORDER BY c.name, c.id",
+             WHERE c.deleted_at IS NULL AND s.kind = $1
+             ORDER BY name, id, snapshot_name",
         )
         .bind(super::projects::kind_str(app::model::ServerKind::Embedded))
         .fetch_all(&self.read)
@@ -273,6 +284,9 @@ impl Db {
                 id: r.get("id"),
                 name: r.get("name"),
                 storage_root: r.get("storage_root"),
+                snapshot: r
+                    .get::<Option<String>, _>("snapshot_id")
+                    .zip(r.get::<Option<String>, _>("snapshot_name")),
             })
             .collect())
     }
