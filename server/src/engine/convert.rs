@@ -58,6 +58,12 @@ pub fn to_image_tree(place: &Place, size: u64, ctl: &Control) -> Result<Converte
             place.work_dir().display()
         )));
     }
+    // (A mount's root cannot be moved aside: found before the copy, not after it.)
+    if is_mount_point(&place.root) {
+        return Ok(Converted::NotConverted(
+            "something is mounted at its root (unmount it first)".into(),
+        ));
+    }
     let parent = place.root.parent().unwrap_or(&place.root);
     if !image::can_hold(parent) {
         return Ok(Converted::NotConverted(
@@ -111,7 +117,11 @@ pub fn to_image_tree(place: &Place, size: u64, ctl: &Control) -> Result<Converte
 /// [`finish`]. Each step durable before the next; an error leaves what [`recover`] mends.
 fn swap(place: &Place, work: &Path, new_root: &Path, ctl: &Control) -> Result<(), EngineError> {
     let old = work.join("old");
-    fs::rename(&place.root, &old).map_err(EngineError::io_path("moving aside", &place.root))?;
+    if let Err(e) = fs::rename(&place.root, &old) {
+        // Nothing moved: the directory is the tree, and the new image goes.
+        let _ = remove_trees(&[work.to_path_buf()]);
+        return Err(EngineError::io_path("moving aside", &place.root)(e));
+    }
     sync_dirs(&[place.root.parent(), Some(work)]).map_err(EngineError::io_path("syncing", work))?;
     ctl.fail("convert:aside")?;
     image::rename_tree(new_root, &place.root).map_err(EngineError::io_path(
@@ -183,4 +193,12 @@ fn sync_dirs(dirs: &[Option<&Path>]) -> io::Result<()> {
         fs::File::open(dir)?.sync_all()?;
     }
     Ok(())
+}
+
+/// Whether a filesystem is mounted at `root` (a bind mount, say).
+fn is_mount_point(root: &Path) -> bool {
+    let Ok(root) = fs::canonicalize(root) else {
+        return false;
+    };
+    super::fsx::mount_points().is_ok_and(|points| points.contains(&root))
 }

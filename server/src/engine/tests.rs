@@ -4008,6 +4008,12 @@ fn a_tree_a_conversion_would_change_or_cannot_hold_stays_the_directory_it_was() 
     ];
     if is_root {
         cases.push((&xfs, "with-a-device", 1 << 30, "1 device files or sockets"));
+        cases.push((
+            &xfs,
+            "a-mount-point",
+            1 << 30,
+            "something is mounted at its root",
+        ));
     }
     for (env, name, size, why) in cases {
         let tree = env.source(name);
@@ -4022,6 +4028,8 @@ fn a_tree_a_conversion_would_change_or_cannot_hold_stays_the_directory_it_was() 
                 rustix::fs::makedev(1, 3),
             )
             .unwrap(),
+            // (Bound onto itself: the root is a mount's, which cannot be moved aside.)
+            "a-mount-point" => rustix::mount::mount_bind(&tree.root, &tree.root).unwrap(),
             _ => {}
         }
         let before = snapshot_tree(&tree.root);
@@ -4032,6 +4040,10 @@ fn a_tree_a_conversion_would_change_or_cannot_hold_stays_the_directory_it_was() 
         assert!(!image::is_image_tree(&tree.root), "{name}");
         assert_eq!(snapshot_tree(&tree.root), before, "{name}");
         assert!(!tree.state_dir.join("convert").exists(), "{name}");
+        if name == "a-mount-point" {
+            assert_eq!(mounts_below(&env.base).len(), 1, "{name}: its own only");
+            rustix::mount::unmount(&tree.root, rustix::mount::UnmountFlags::empty()).unwrap();
+        }
         assert!(mounts_below(&env.base).is_empty(), "{name}");
     }
 }
