@@ -143,7 +143,8 @@ pub fn hold_data_dir(data_dir: &Path, role: &str) -> Result<DataDirLock, String>
                 format!("another doppel ({holder})")
             };
             return Err(format!(
-                "{holder} is using the data dir {}: one doppel serve or agent per data dir                  (stop that one first, or give this one a --data-dir of its own)",
+                "{holder} is using the data dir {}: one doppel serve or agent per data dir \
+                 (stop that one first, or give this one a --data-dir of its own)",
                 data_dir.display()
             ));
         }
@@ -207,7 +208,18 @@ mod tests {
         // Another data dir is free.
         let other = super::hold_data_dir(&tmp.path().join("other"), "agent").unwrap();
         drop(held);
-        let again = super::hold_data_dir(&data, "agent").expect("freed with its holder");
+        // Freed with its holder: at once, unless another test's thread is just spawning a
+        // process, whose copy of the descriptors (until its exec closes them) shares the
+        // lock for that moment.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let again = loop {
+            match super::hold_data_dir(&data, "agent") {
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(1))
+                }
+                taken => break taken.expect("freed with its holder"),
+            }
+        };
         drop(again);
         drop(other);
         assert_eq!(

@@ -224,11 +224,10 @@ enum Command {
     },
     /// Make the directory trees of this host's containers (and of their snapshots) image
     /// trees of --image-trees SIZE, so that their copies on their server are clones of one
-    /// file (trees made
-    /// before doppel ran with --image-trees stay directories until then). Run it while
-    /// doppel is stopped; containers whose process runs are left as they are. Each tree is
-    /// copied into its image, checked, then swapped with its directory; an interrupted
-    /// conversion is put right by the next run or the next start of doppel.
+    /// file (trees made before doppel ran with --image-trees stay directories until then).
+    /// Run it while doppel is stopped; containers whose process runs are left as they are.
+    /// Each tree is copied into its image, checked, then swapped with its directory; an
+    /// interrupted conversion is put right by the next run or the next start of doppel.
     ConvertTrees {
         /// Only this container and its snapshots (its id or name; again for more).
         /// Default: every container whose tree is on this host.

@@ -267,6 +267,10 @@ async fn a_second_serve_or_agent_on_a_data_dir_in_use_refuses_to_start() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?}: {err}");
         assert!(err.contains(&holder), "{args:?}: {err}");
+        assert!(
+            err.contains("one doppel serve or agent per data dir (stop that one first"),
+            "{args:?}: {err}"
+        );
     }
     assert!(first.try_wait().unwrap().is_none(), "the first still runs");
     let health = client.get(format!("{base}/healthz")).send().await.unwrap();

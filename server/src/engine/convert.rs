@@ -42,7 +42,8 @@ fn work_dir(place: &Place) -> PathBuf {
 /// written during the copy is refused, not lost, but one written after it would be.
 pub fn to_image_tree(place: &Place, size: u64, ctl: &Control) -> Result<Converted, EngineError> {
     recover(place)?;
-    if image::is_image_tree(&place.root) || image::image_path(&place.root).exists() {
+    // (Mounted or not, an image tree has its image beside it.)
+    if image::image_path(&place.root).exists() {
         return Ok(Converted::Already);
     }
     if !fs::symlink_metadata(&place.root).is_ok_and(|m| m.is_dir()) {

@@ -106,9 +106,31 @@ impl RuncState {
     }
 }
 
-/// `runc list --format json` as read: its containers by id (runc prints `null` when there
-/// are none).
-fn parse_list(out: &str) -> Result<HashMap<String, RuncState>, RuntimeError> {
+/// Every container runc knows of in its state directory `state`, by id.
+async fn list_at(state: &Path) -> Result<HashMap<String, RuncState>, RuntimeError> {
+    let state = state.display().to_string();
+    // runc (1.1) reads its state directory, then stats each entry and gives up when one
+    // is gone: a container deleted between the two (a process that could not start,
+    // whose `runc run` removes it) fails a list of everything else. It is retried.
+    let mut tries = 0;
+    let out = loop {
+        match command(
+            "runc",
+            &["--root", &state, "list", "--format", "json"],
+            None,
+        )
+        .await
+        {
+            Err(RuntimeError::Command(said))
+                if tries < LIST_RETRIES && vanished_during_list(&said) =>
+            {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            other => break other?,
+        }
+    };
+    // runc prints `null` when there are none.
     let states: Option<Vec<RuncState>> = serde_json::from_str(out.trim())
         .map_err(|e| RuntimeError::Command(format!("runc list: {e}")))?;
     Ok(states
@@ -121,34 +143,19 @@ fn parse_list(out: &str) -> Result<HashMap<String, RuncState>, RuntimeError> {
 /// The containers of the doppel whose data dir this is that have a process now, read
 /// without it (containers outlive doppel): what must not be changed under them while
 /// doppel is stopped. Empty where runc is not installed (nothing runs without it).
-pub fn with_processes(data_dir: &Path) -> Result<std::collections::HashSet<String>, RuntimeError> {
+pub async fn with_processes(
+    data_dir: &Path,
+) -> Result<std::collections::HashSet<String>, RuntimeError> {
     let state = data_dir.join("runc");
-    let (true, Some(runc)) = (state.exists(), find("runc")) else {
+    if !state.exists() || find("runc").is_none() {
         return Ok(Default::default());
-    };
-    let mut tries = 0;
-    loop {
-        let out = std::process::Command::new(&runc)
-            .arg("--root")
-            .arg(&state)
-            .args(["list", "--format", "json"])
-            .output()
-            .map_err(|e| RuntimeError::Command(format!("runc list: {e}")))?;
-        let said = String::from_utf8_lossy(&out.stderr);
-        if out.status.success() {
-            let listed = parse_list(&String::from_utf8_lossy(&out.stdout))?;
-            return Ok(listed
-                .into_values()
-                .filter(RuncState::has_process)
-                .map(|s| s.id)
-                .collect());
-        }
-        if tries == LIST_RETRIES || !vanished_during_list(&said) {
-            return Err(RuntimeError::Command(format!("runc list: {}", said.trim())));
-        }
-        tries += 1;
-        std::thread::sleep(Duration::from_millis(5));
     }
+    Ok(list_at(&state)
+        .await?
+        .into_values()
+        .filter(RuncState::has_process)
+        .map(|s| s.id)
+        .collect())
 }
 
 /// What is true of a container's process now.
@@ -314,22 +321,7 @@ impl Runtime {
         if !self.state.exists() {
             return Ok(HashMap::new());
         }
-        // runc (1.1) reads its state directory, then stats each entry and gives up when one
-        // is gone: a container deleted between the two (a process that could not start,
-        // whose `runc run` removes it) fails a list of everything else. It is retried.
-        let mut tries = 0;
-        let out = loop {
-            match self.runc(&["list", "--format", "json"]).await {
-                Err(RuntimeError::Command(said))
-                    if tries < LIST_RETRIES && vanished_during_list(&said) =>
-                {
-                    tries += 1;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                other => break other?,
-            }
-        };
-        parse_list(&out)
+        list_at(&self.state).await
     }
 
     /// The truth about one container, from runc's list (`listed`) and its exit record.

@@ -122,7 +122,8 @@ async fn tree_kind(root: &Path) -> Option<TreeKind> {
     use crate::engine::{btrfs, fsx, image};
     let root = root.to_path_buf();
     tokio::task::spawn_blocking(move || {
-        if image::is_image_tree(&root) || image::image_path(&root).exists() {
+        // (A mounted image tree has its image beside it too.)
+        if image::image_path(&root).exists() {
             return Some(TreeKind::ImageTree);
         }
         let dir = fsx::open_dir(&root).ok()?;

@@ -73,10 +73,8 @@ pub async fn convert_trees(
         }
         trees.retain(|t| only.iter().any(|o| o == &t.id || o == &t.name));
     }
-    let data_dir = data_dir.to_path_buf();
-    let running = tokio::task::spawn_blocking(move || crate::runtime::with_processes(&data_dir))
+    let running = crate::runtime::with_processes(data_dir)
         .await
-        .map_err(|e| ConvertError::Runtime(e.to_string()))?
         .map_err(|e| ConvertError::Runtime(e.to_string()))?;
     let mut done = Vec::with_capacity(trees.len());
     for tree in trees {
