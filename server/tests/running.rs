@@ -373,6 +373,37 @@ async fn firewall_rules_are_enforced_in_the_namespace_and_copied_only_when_asked
         "the body must be a JSON object, not an array"
     );
     assert!(body["error"]["field"].is_null(), "{body}");
+    // An array that serde would read as the object (its fields in order: `[[]]` as
+    // `{"rules": []}`), and one for a body whose fields are all optional: refused alike,
+    // and the rules stay.
+    for (path, array) in [
+        ("firewall-rules", json!([[]])),
+        ("network-rules", json!([[]])),
+    ] {
+        let (st, body) = send(
+            &s,
+            reqwest::Method::PUT,
+            &format!("/api/v1/containers/{id}/{path}"),
+            Some(array),
+        )
+        .await;
+        assert_eq!(st, 422, "{path}: {body}");
+        assert_eq!(
+            body["error"]["message"], "the body must be a JSON object, not an array",
+            "{path}"
+        );
+    }
+    let (_, kept) = send(
+        &s,
+        reqwest::Method::GET,
+        &format!("/api/v1/containers/{id}"),
+        None,
+    )
+    .await;
+    assert!(
+        !kept["firewall_rules"].as_array().unwrap().is_empty(),
+        "{kept}"
+    );
     assert!(page(&c, "/").await.is_ok());
 }
 

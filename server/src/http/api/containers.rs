@@ -5,7 +5,7 @@ use app::model::{
     ServerWithJoinToken, Snapshot, TransferOptions,
 };
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::{
-    accepted, body, idempotency_key, no_body, object_body, path, query, ApiResult, Caller,
-    JobAnswer, ObjectBody, ReadErrors, RestError, WriteErrors,
+    accepted, body, idempotency_key, no_body, path, query, ApiResult, Caller, JobAnswer, JsonBody,
+    ReadErrors, RestError, WriteErrors,
 };
 use crate::http::AppState;
 
@@ -76,10 +76,10 @@ pub(super) async fn set_server_bwlimit(
     State(st): State<AppState>,
     Caller(user): Caller,
     id: Result<Path<String>, PathRejection>,
-    req: ObjectBody,
+    req: JsonBody,
 ) -> ApiResult<Server> {
     let id = path(id)?;
-    let req: ServerBwlimit = object_body(req)?;
+    let req: ServerBwlimit = body(req)?;
     Ok(Json(st.service.set_server_bwlimit(&user, &id, req).await?))
 }
 
@@ -94,9 +94,9 @@ pub(super) async fn set_server_bwlimit(
 pub(super) async fn add_server(
     State(st): State<AppState>,
     Caller(user): Caller,
-    req: Result<Json<NewServer>, JsonRejection>,
+    req: JsonBody,
 ) -> Result<Response, RestError> {
-    let req = body(req)?;
+    let req = body::<NewServer>(req)?;
     let added = st.service.add_server(&user, req).await?;
     Ok((StatusCode::CREATED, Json(added)).into_response())
 }
@@ -200,12 +200,12 @@ pub(super) async fn copy_container(
     id: Result<Path<String>, PathRejection>,
     options: Result<Query<TransferOptions>, QueryRejection>,
     headers: HeaderMap,
-    req: Result<Json<CopyRequest>, JsonRejection>,
+    req: JsonBody,
 ) -> Result<Response, RestError> {
     let id = path(id)?;
     let options = query(options)?;
     let key = idempotency_key(&headers)?;
-    let req = body(req)?;
+    let req = body::<CopyRequest>(req)?;
     let started = st
         .service
         .copy_container(&user, &id, req, key.as_deref(), &options)
@@ -285,10 +285,10 @@ pub(super) async fn create_snapshot(
     State(st): State<AppState>,
     Caller(user): Caller,
     id: Result<Path<String>, PathRejection>,
-    req: Result<Json<SnapshotRequest>, JsonRejection>,
+    req: JsonBody,
 ) -> Result<Response, RestError> {
     let id = path(id)?;
-    let req = body(req)?;
+    let req = body::<SnapshotRequest>(req)?;
     let snap = st.service.create_snapshot(&user, &id, &req.name).await?;
     Ok((StatusCode::CREATED, Json(snap)).into_response())
 }

@@ -271,12 +271,24 @@ async fn method_not_allowed() -> Response {
 
 /// A JSON body that fails to parse: 400 for malformed JSON or a missing content type, 422
 /// for well-formed JSON with wrong, missing or unknown fields.
-fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, RestError> {
-    b.map(|Json(v)| v).map_err(|e| match e {
-        JsonRejection::JsonDataError(e) => data_error(&e).into(),
-        e => unread(e.status(), &e.body_text()),
-    })
+fn body<T: serde::de::DeserializeOwned>(b: JsonBody) -> Result<T, RestError> {
+    let Json(raw) = b.map_err(|e| unread(e.status(), &e.body_text()))?;
+    // Every request body is an object, but serde also reads a struct from an array (its
+    // fields in order): `[[]]` would be a firewall rule list's `{"rules": []}`.
+    if raw.get().trim_start().starts_with('[') {
+        return Err(ApiError::new(
+            ErrorCode::Unprocessable,
+            "the body must be a JSON object, not an array",
+        )
+        .into());
+    }
+    serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(raw.get()))
+        .map_err(|e| field_error(&e.path().to_string(), &e.inner().to_string()).into())
 }
+
+/// A request's JSON body as sent (checked to be JSON, within the size limit, with a JSON
+/// content type), read into its type by [`body`].
+type JsonBody = Result<Json<Box<serde_json::value::RawValue>>, JsonRejection>;
 
 /// A body that could not be read: beyond axum's default limit (2 MiB, which no request of
 /// this API comes near), 413; else (malformed, not JSON) 400.
@@ -313,21 +325,9 @@ fn no_body(sent: Result<Bytes, BytesRejection>) -> Result<(), RestError> {
     }
 }
 
-/// Well-formed JSON that is not the request (422): which field, and what is wrong with it,
-/// in the request's terms (serde's own message names Rust types).
-fn data_error(e: &(dyn std::error::Error + 'static)) -> ApiError {
-    let mut at = Some(e);
-    while let Some(err) = at {
-        if let Some(e) = err.downcast_ref::<serde_path_to_error::Error<serde_json::Error>>() {
-            return field_error(&e.path().to_string(), &e.inner().to_string());
-        }
-        at = err.source();
-    }
-    ApiError::new(ErrorCode::Unprocessable, format!("bad request body: {e}"))
-}
-
-/// [`data_error`]'s message for serde's `message` about the value at `path` (`.`: the
-/// body itself).
+/// The message for serde's `message` about the value at `path` of a body (`.`: the body
+/// itself): which field, and what is wrong with it, in the request's terms (serde's own
+/// message names Rust types).
 fn field_error(path: &str, message: &str) -> ApiError {
     // Every request body is an object, but serde also reads a struct from an array (its
     // fields in order): a path that starts with an index is inside a body that is an array.
@@ -431,15 +431,6 @@ fn json_kind(want: &str) -> String {
         "f32" | "f64" => "a number".into(),
         w => w.to_string(),
     }
-}
-
-/// A body that must be a JSON object, for structs whose fields are all optional: serde
-/// would also read one from an array (`[null, null]`), which is no such request.
-type ObjectBody = Result<Json<serde_json::Map<String, serde_json::Value>>, JsonRejection>;
-
-fn object_body<T: serde::de::DeserializeOwned>(b: ObjectBody) -> Result<T, RestError> {
-    serde_path_to_error::deserialize(serde_json::Value::Object(body(b)?))
-        .map_err(|e| field_error(&e.path().to_string(), &e.inner().to_string()).into())
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, RestError> {

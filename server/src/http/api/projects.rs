@@ -1,7 +1,7 @@
 //! `/projects` (making, changing, deleting) and `/projects/{id}/members`.
 
 use app::model::{Member, MemberRequest, NewProject, Project, ProjectRequest};
-use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -9,9 +9,7 @@ use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::{
-    body, object_body, path, ApiResult, Caller, ObjectBody, ReadErrors, RestError, WriteErrors,
-};
+use super::{body, path, ApiResult, Caller, JsonBody, ReadErrors, RestError, WriteErrors};
 use crate::http::AppState;
 
 #[derive(Serialize, ToSchema)]
@@ -37,9 +35,9 @@ fn project_and_user(
 pub(super) async fn create_project(
     State(st): State<AppState>,
     Caller(user): Caller,
-    req: Result<Json<NewProject>, JsonRejection>,
+    req: JsonBody,
 ) -> Result<Response, RestError> {
-    let req = body(req)?;
+    let req = body::<NewProject>(req)?;
     let project = st.service.create_project(&user, req).await?;
     Ok((StatusCode::CREATED, Json(project)).into_response())
 }
@@ -56,10 +54,10 @@ pub(super) async fn update_project(
     State(st): State<AppState>,
     Caller(user): Caller,
     id: Result<Path<String>, PathRejection>,
-    req: ObjectBody,
+    req: JsonBody,
 ) -> ApiResult<Project> {
     let id = path(id)?;
-    let req: ProjectRequest = object_body(req)?;
+    let req: ProjectRequest = body(req)?;
     Ok(Json(st.service.update_project(&user, &id, req).await?))
 }
 
@@ -113,10 +111,10 @@ pub(super) async fn set_member(
     State(st): State<AppState>,
     Caller(user): Caller,
     ids: Result<Path<(String, String)>, PathRejection>,
-    req: Result<Json<MemberRequest>, JsonRejection>,
+    req: JsonBody,
 ) -> ApiResult<Member> {
     let (id, member) = project_and_user(ids)?;
-    let req = body(req)?;
+    let req = body::<MemberRequest>(req)?;
     Ok(Json(
         st.service.set_member(&user, &id, &member, req.role).await?,
     ))

@@ -5,13 +5,13 @@ use std::time::Duration;
 
 use app::model::{ContainerCommand, ContainerDetail, ContainerLogs, FirewallRule, NetworkRule};
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::Json;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
-use super::{body, no_body, path, query, ApiResult, Caller, ReadErrors, WriteErrors};
+use super::{body, no_body, path, query, ApiResult, Caller, JsonBody, ReadErrors, WriteErrors};
 use crate::http::AppState;
 use crate::service::{MAX_LOG_LINES, MAX_STOP_GRACE_S};
 
@@ -143,10 +143,10 @@ pub(super) async fn set_command(
     State(st): State<AppState>,
     Caller(user): Caller,
     id: Result<Path<String>, PathRejection>,
-    req: Result<Json<ContainerCommand>, JsonRejection>,
+    req: JsonBody,
 ) -> ApiResult<ContainerDetail> {
     let id = path(id)?;
-    let command = body(req)?;
+    let command = body::<ContainerCommand>(req)?;
     Ok(Json(st.service.set_command(&user, &id, command).await?))
 }
 
@@ -177,10 +177,10 @@ pub(super) async fn set_firewall_rules(
     State(st): State<AppState>,
     Caller(user): Caller,
     id: Result<Path<String>, PathRejection>,
-    req: Result<Json<FirewallRules>, JsonRejection>,
+    req: JsonBody,
 ) -> ApiResult<ContainerDetail> {
     let id = path(id)?;
-    let rules = body(req)?.rules;
+    let rules = body::<FirewallRules>(req)?.rules;
     Ok(Json(
         st.service.set_firewall_rules(&user, &id, rules).await?,
     ))
@@ -211,9 +211,9 @@ pub(super) async fn set_network_rules(
     State(st): State<AppState>,
     Caller(user): Caller,
     id: Result<Path<String>, PathRejection>,
-    req: Result<Json<NetworkRules>, JsonRejection>,
+    req: JsonBody,
 ) -> ApiResult<ContainerDetail> {
     let id = path(id)?;
-    let rules = body(req)?.rules;
+    let rules = body::<NetworkRules>(req)?.rules;
     Ok(Json(st.service.set_network_rules(&user, &id, rules).await?))
 }

@@ -1,7 +1,7 @@
 //! `/tokens`: the caller's API tokens.
 
 use app::model::{ApiToken, CreatedToken, NewToken};
-use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -9,7 +9,7 @@ use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::{body, path, ApiResult, Caller, ReadErrors, RestError, WriteErrors};
+use super::{body, path, ApiResult, Caller, JsonBody, ReadErrors, RestError, WriteErrors};
 use crate::http::AppState;
 
 #[derive(Serialize, ToSchema)]
@@ -41,9 +41,9 @@ pub(super) async fn list_tokens(
 pub(super) async fn create_token(
     State(st): State<AppState>,
     Caller(user): Caller,
-    req: Result<Json<NewToken>, JsonRejection>,
+    req: JsonBody,
 ) -> Result<Response, RestError> {
-    let req = body(req)?;
+    let req = body::<NewToken>(req)?;
     let created = st.service.create_token(&user, req).await?;
     Ok((StatusCode::CREATED, Json(created)).into_response())
 }

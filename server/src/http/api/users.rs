@@ -1,7 +1,7 @@
 //! `/users` (platform admins) and `/me/password` (everyone, for themselves).
 
 use app::model::{NewUser, PasswordChange, UserAccount, UserChange, UserWithPassword};
-use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -9,9 +9,7 @@ use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::{
-    body, object_body, path, ApiResult, Caller, ObjectBody, ReadErrors, RestError, WriteErrors,
-};
+use super::{body, path, ApiResult, Caller, JsonBody, ReadErrors, RestError, WriteErrors};
 use crate::http::AppState;
 
 #[derive(Serialize, ToSchema)]
@@ -39,9 +37,9 @@ pub(super) async fn list_users(
 pub(super) async fn create_user(
     State(st): State<AppState>,
     Caller(user): Caller,
-    req: Result<Json<NewUser>, JsonRejection>,
+    req: JsonBody,
 ) -> Result<Response, RestError> {
-    let req = body(req)?;
+    let req = body::<NewUser>(req)?;
     let made = st.service.create_user(&user, req).await?;
     Ok((StatusCode::CREATED, Json(made)).into_response())
 }
@@ -60,10 +58,10 @@ pub(super) async fn update_user(
     State(st): State<AppState>,
     Caller(user): Caller,
     name: Result<Path<String>, PathRejection>,
-    req: ObjectBody,
+    req: JsonBody,
 ) -> ApiResult<UserAccount> {
     let name = path(name)?;
-    let change: UserChange = object_body(req)?;
+    let change: UserChange = body(req)?;
     Ok(Json(st.service.update_user(&user, &name, change).await?))
 }
 
@@ -95,9 +93,9 @@ pub(super) async fn reset_password(
 pub(super) async fn change_own_password(
     State(st): State<AppState>,
     Caller(user): Caller,
-    req: Result<Json<PasswordChange>, JsonRejection>,
+    req: JsonBody,
 ) -> Result<StatusCode, RestError> {
-    let req = body(req)?;
+    let req = body::<PasswordChange>(req)?;
     st.service.change_own_password(&user, req).await?;
     Ok(StatusCode::NO_CONTENT)
 }
