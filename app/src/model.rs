@@ -784,22 +784,30 @@ pub enum JobKind {
     Start,
     Stop,
     Restart,
+    /// A stopped container's directory tree (and its snapshots') made an image tree, so
+    /// that its copies on its server are clones of one file (platform admins, on a doppel
+    /// started with `--image-trees`).
+    Convert,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 6] = [
+    pub const ALL: [JobKind; 7] = [
         JobKind::Copy,
         JobKind::Sync,
         JobKind::Delete,
         JobKind::Start,
         JobKind::Stop,
         JobKind::Restart,
+        JobKind::Convert,
     ];
 
     /// A job the runner does (queued, resumed after a restart); the others are done by the
     /// request that records them.
     pub fn is_queued_work(self) -> bool {
-        matches!(self, JobKind::Copy | JobKind::Sync | JobKind::Delete)
+        matches!(
+            self,
+            JobKind::Copy | JobKind::Sync | JobKind::Delete | JobKind::Convert
+        )
     }
 
     pub fn as_str(self) -> &'static str {
@@ -810,6 +818,7 @@ impl JobKind {
             JobKind::Start => "start",
             JobKind::Stop => "stop",
             JobKind::Restart => "restart",
+            JobKind::Convert => "convert",
         }
     }
 
@@ -821,6 +830,7 @@ impl JobKind {
             "start" => Some(JobKind::Start),
             "stop" => Some(JobKind::Stop),
             "restart" => Some(JobKind::Restart),
+            "convert" => Some(JobKind::Convert),
             _ => None,
         }
     }

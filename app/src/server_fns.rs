@@ -365,6 +365,24 @@ pub async fn delete_container(id: String, confirm: String) -> Answer<Job> {
     answer(result)
 }
 
+/// Makes a stopped container's directory tree an image tree (platform admins); the job.
+/// Without JavaScript the browser goes back to the container's page, which follows the job
+/// (`?job=`) or says why it was refused.
+#[server]
+pub async fn convert_tree(id: String) -> Answer<Job> {
+    let (backend, user) = caller().await?;
+    let result = backend.convert_tree(&user, &id).await;
+    if plain_form_post().await {
+        let enc = crate::backend::percent_encode;
+        let page = format!("/containers/{}", enc(&id));
+        match &result {
+            Ok(job) => leptos_axum::redirect(&format!("{page}?job={}", enc(&job.id))),
+            Err(e) => leptos_axum::redirect(&format!("{page}?error={}", enc(&e.message))),
+        }
+    }
+    answer(result)
+}
+
 /// After a settings form: the container again, or (without JavaScript) its page, with the
 /// error when there is one.
 #[cfg(feature = "ssr")]

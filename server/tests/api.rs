@@ -259,6 +259,33 @@ async fn membership_limits_what_a_user_sees() {
         .await;
     assert!(c.get("root_path").is_none());
     assert!(c.get("tree").is_none(), "{c}");
+    // Converting a tree is about the host's storage: platform admins only. This doppel
+    // runs without --image-trees, so an admin is told that, and nothing is queued.
+    let convert = format!("/api/v1/containers/{web}/convert-tree");
+    let (st, refused) = s
+        .call(reqwest::Method::POST, &convert, &s.alice_token, None)
+        .await;
+    assert_eq!(st, 403, "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("is for platform admins"),
+        "{refused}"
+    );
+    let (st, refused) = s
+        .call(reqwest::Method::POST, &convert, &s.admin_token, None)
+        .await;
+    assert_eq!(st, 409, "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("doppel runs without --image-trees"),
+        "{refused}"
+    );
+    let (_, jobs) = s.get("/api/v1/jobs?kind=convert", &s.admin_token).await;
+    assert_eq!(jobs["jobs"], serde_json::json!([]), "{jobs}");
     let (_, servers) = s.get("/api/v1/servers", &s.alice_token).await;
     assert!(servers["servers"][0].get("storage_root").is_none());
 }

@@ -280,6 +280,17 @@ async fn the_authorisation_matrix() {
             writers(202),
             admin_only(202),
         ),
+        // The host's storage: platform admins alone (who hear that this doppel runs
+        // without --image-trees); members who see the container are refused, others
+        // do not see it.
+        (
+            "POST",
+            format!("/containers/{own_c}/convert-tree"),
+            format!("/containers/{other_c}/convert-tree"),
+            None,
+            [409, 403, 403, 403, 404],
+            admin_only(409),
+        ),
     ];
     let mut failures = Vec::new();
     for (method, own_path, other_path, body, want_own, want_other) in rows {

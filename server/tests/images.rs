@@ -498,4 +498,85 @@ async fn convert_trees_makes_the_trees_made_before_image_trees_and_leaves_runnin
             "{name}: {job}"
         );
     }
+
+    // While doppel runs, through the API: etl-worker, left a directory above since it
+    // ran, is converted by a job once it is stopped, and its snapshots with it.
+    let message = |v: &Value| {
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let convert = format!("/api/v1/containers/{etl_id}/convert-tree");
+    let (status, refused) = api.post(&convert, None).await;
+    assert_eq!(status, 409, "{refused}");
+    assert!(
+        message(&refused).contains("is running: stop it first"),
+        "{refused}"
+    );
+    let (status, snapshot) = api
+        .post(
+            &format!("/api/v1/containers/{etl_id}/snapshots"),
+            Some(json!({"name": "before-convert"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{snapshot}");
+    let (status, stopped) = api
+        .post(&format!("/api/v1/containers/{etl_id}/stop"), None)
+        .await;
+    assert_eq!(status, 200, "{stopped}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while api.container(etl_id).await["status"] != "stopped" {
+        assert!(Instant::now() < deadline, "etl-worker does not stop");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, started) = api.post(&convert, None).await;
+    assert_eq!(status, 202, "{started}");
+    assert_eq!(started["job"]["kind"], "convert", "{started}");
+    let job = api.wait_job(started["job"]["url"].as_str().unwrap()).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let notes = job["summary"]["notes"].to_string();
+    assert!(notes.contains("its tree is an image tree"), "{job}");
+    // (A snapshot of a directory taken by a doppel with --image-trees is laid down as an
+    // image tree: its snapshots are looked at too.)
+    assert!(
+        notes.contains("snapshot before-convert: an image tree already"),
+        "{job}"
+    );
+    let c = api.container(etl_id).await;
+    assert_eq!(
+        (&c["tree"], &c["status"]),
+        (&json!("image_tree"), &json!("stopped")),
+        "{c}"
+    );
+    assert!(image::is_image_tree(&root(&c)));
+    let (status, refused) = api.post(&convert, None).await;
+    assert_eq!(status, 409, "{refused}");
+    assert!(
+        message(&refused).contains("an image tree already"),
+        "{refused}"
+    );
+    // It runs from its image tree, and a copy of its snapshot is a clone of its image.
+    let (status, started) = api
+        .post(&format!("/api/v1/containers/{etl_id}/start"), None)
+        .await;
+    assert_eq!(
+        (status, &started["status"]),
+        (200, &json!("running")),
+        "{started}"
+    );
+    let body = json!({"target_project_id": c["project_id"], "name": "etl-from-its-snapshot",
+        "source_snapshot": "before-convert"});
+    let (status, copied) = api
+        .post(&format!("/api/v1/containers/{etl_id}/copy"), Some(body))
+        .await;
+    assert_eq!(status, 202, "{copied}");
+    let job = api.wait_job(copied["job"]["url"].as_str().unwrap()).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert!(
+        job["summary"]["notes"]
+            .to_string()
+            .contains("a clone of the source's image"),
+        "{job}"
+    );
 }

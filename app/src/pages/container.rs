@@ -6,10 +6,10 @@ use super::copy_dialog::{CopyDialog, SyncNow};
 use super::live_job::{follow_all_jobs, reloader, LiveJob};
 use super::process::{DeleteCard, ProcessCard};
 use super::settings::{CommandEditor, Edits, FirewallEditor, NetworkEditor};
-use super::widgets::{Loading, PageError, ReloadWithoutScript, StatusBadge};
+use super::widgets::{ErrorBox, Loading, PageError, ReloadWithoutScript, StatusBadge};
 use crate::format;
 use crate::model::{ContainerDetail, ContainerStatus, EventKind, TreeKind};
-use crate::server_fns::{get_container, get_job, ContainerAction};
+use crate::server_fns::{get_container, get_job, ContainerAction, ConvertTree};
 
 /// One container: details, snapshots, rules, lineage.
 #[component]
@@ -201,13 +201,14 @@ fn ContainerView(
             }
             TreeKind::Subvolume => "a btrfs subvolume: its copies on its server are snapshots",
             TreeKind::Directory => {
-                "a directory: its copies go file by file (doppel convert-trees makes it an \
-                 image tree where its filesystem is XFS with reflinks)"
+                "a directory: its copies go file by file (an image tree's are clones of its \
+                 image; that needs doppel started with --image-trees and XFS with reflinks)"
             }
         };
+        let convert = (t == TreeKind::Directory).then(|| view! { <ConvertTree id=s.id.clone()/> });
         view! {
             <dt>"Tree"</dt>
-            <dd>{said}</dd>
+            <dd>{said} {convert}</dd>
         }
     });
     let reason = c
@@ -385,5 +386,23 @@ fn ContainerView(
             }}
         </section>
         {delete}
+    }
+}
+
+/// "Make it an image tree" on a directory tree (platform admins see the tree): starts the
+/// conversion and follows it live; the container must be stopped (a refusal says why).
+#[component]
+fn ConvertTree(id: String) -> impl IntoView {
+    let action = ServerAction::<ConvertTree>::new();
+    view! {
+        <ActionForm action=action attr:class="inline-form">
+            <input type="hidden" name="id" value=id/>
+            <button type="submit" disabled=move || action.pending().get()>"Make it an image tree"</button>
+        </ActionForm>
+        {move || match action.value().get().map(Result::flatten) {
+            Some(Ok(job)) => view! { <LiveJob job/> }.into_any(),
+            Some(Err(error)) => view! { <ErrorBox error/> }.into_any(),
+            None => ().into_any(),
+        }}
     }
 }

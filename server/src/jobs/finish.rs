@@ -63,6 +63,8 @@ impl JobRunner {
         let (container_status, reason) = match (&error, kind, restarted) {
             // Recorded by their requests, never run here.
             (_, JobKind::Start | JobKind::Stop | JobKind::Restart, _) => (previous, None),
+            // (Not written: a conversion leaves the container's row as it was.)
+            (_, JobKind::Convert, _) => (previous, None),
             // Deleted: the row stays for its jobs (marked deleted in the same commit).
             (None, JobKind::Delete, _) => (ContainerStatus::Deleting, None),
             // Cancelled before it began: nothing was touched.
@@ -117,6 +119,9 @@ impl JobRunner {
                 target_id: target_id.to_string(),
                 container_status,
                 container_reason: reason,
+                // The same tree, laid down otherwise: its status, reason and recorded
+                // state are what they were.
+                container_changed: kind != JobKind::Convert,
                 deleted,
             })
             .await?;

@@ -2,6 +2,7 @@
 //! target server), streams their progress to the event hub, keeps the database truthful,
 //! and after a restart resumes whatever was queued or running.
 
+mod convert;
 mod finish;
 
 use finish::Ended;
@@ -292,7 +293,7 @@ impl JobRunner {
         // Servers on other hosts it needs must be online: it waits for them (saying so)
         // before it takes a slot, so nothing else waits behind it.
         let needs: Vec<&str> = match kind {
-            JobKind::Delete => vec![target_server.as_str()],
+            JobKind::Delete | JobKind::Convert => vec![target_server.as_str()],
             _ => vec![source_server.as_str(), target_server.as_str()],
         };
         if let Err(e) = self.wait_for_servers(job_id, &needs, &ctl, cancelled).await {
@@ -323,7 +324,8 @@ impl JobRunner {
             JobKind::Copy => None,
             JobKind::Sync => Some((target_id.as_str(), ContainerStatus::Syncing)),
             JobKind::Delete => Some((target_id.as_str(), ContainerStatus::Deleting)),
-            JobKind::Start | JobKind::Stop | JobKind::Restart => None,
+            // (A conversion keeps it stopped: no start is recorded while it runs.)
+            JobKind::Convert | JobKind::Start | JobKind::Stop | JobKind::Restart => None,
         };
         let running = self.db.start_job(job_id, during).await?;
         let Some(running) = running else {
@@ -366,6 +368,19 @@ impl JobRunner {
             return self
                 .finish(job_id, kind, &target_id, &params, Ended::with(result))
                 .await;
+        }
+        if kind == JobKind::Convert {
+            let reporter = Arc::new(ProgressReporter::new(self.clone(), running));
+            let r2 = reporter.clone();
+            let ctl = ctl.with_progress(move |p| r2.report(p));
+            let result = self.convert(&target_id, &target_root, ctl).await?;
+            let last_progress = reporter.flush(result.is_ok()).await;
+            let ended = Ended {
+                result,
+                last_progress,
+                restarted: None,
+            };
+            return self.finish(job_id, kind, &target_id, &params, ended).await;
         }
         // A source deleted while this job waited (its delete ran first): nothing to read,
         // said so rather than as a missing directory.
@@ -495,9 +510,14 @@ impl JobRunner {
             JobKind::Sync => {
                 engine::sync_keeping(&src, &dst, &engine::identity::is_identity_path, &ctl)
             }
-            JobKind::Delete | JobKind::Start | JobKind::Stop | JobKind::Restart => Err(
-                EngineError::Refused(format!("a {} has no transfer", kind.as_str())),
-            ),
+            JobKind::Delete
+            | JobKind::Convert
+            | JobKind::Start
+            | JobKind::Stop
+            | JobKind::Restart => Err(EngineError::Refused(format!(
+                "a {} has no transfer",
+                kind.as_str()
+            ))),
         })
         .await
         .map_err(|e| without_paths(e, &names));

@@ -118,7 +118,7 @@ impl Service {
 /// What the tree at `root` is on disk (`None`: there is none there, as while its copy is
 /// made). An image tree whose filesystem is not mounted (after a restart of the host) is
 /// one still: its image is beside it.
-async fn tree_kind(root: &Path) -> Option<TreeKind> {
+pub(super) async fn tree_kind(root: &Path) -> Option<TreeKind> {
     use crate::engine::{btrfs, fsx, image};
     let root = root.to_path_buf();
     tokio::task::spawn_blocking(move || {

@@ -1,16 +1,30 @@
-//! `doppel convert-trees`: the directory trees of this host's containers made image trees
-//! ([`crate::engine::convert`]), so that their copies on their server are clones of one
-//! file. Runs while doppel is stopped (its caller holds the data dir) and skips the
-//! containers whose process runs (they outlive doppel): nothing else reads or writes a
-//! tree while it is converted. At start, doppel puts right what an interrupted conversion
-//! left before anything uses the trees ([`recover_conversions`]).
+//! Directory trees made image trees ([`crate::engine::convert`]), so that their copies on
+//! their server are clones of one file. Two ways:
+//! - `POST /containers/{id}/convert-tree` ([`Service::convert_tree`]): a job for one
+//!   stopped container on this host (platform admins); the runner holds its lock while it
+//!   converts, so no job reads or writes the tree meanwhile, and no start is recorded
+//!   while the job is queued or running.
+//! - `doppel convert-trees` ([`convert_trees`]): every tree of this host, while doppel is
+//!   stopped (its caller holds the data dir), skipping the containers whose process runs
+//!   (they outlive doppel).
+//!
+//! At start, doppel puts right what an interrupted conversion left before anything uses
+//! the trees ([`recover_conversions`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::config::{container_place, snapshot_place};
+use app::model::*;
+
+use super::containers::tree_kind;
+use super::jobs::{check_idempotency_key, request_fingerprint};
+use super::{internal, Service};
+use crate::config::{container_place, container_root, image_tree_size, snapshot_place};
 use crate::engine::convert::{self, Converted};
 use crate::engine::{Control, Place, Progress, Summary};
+use crate::ids::{new_id, now_ms};
+use crate::jobs::JobParams;
+use crate::store::NewJob;
 use crate::store::{Db, DbError, HostTree};
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +58,118 @@ pub enum Outcome {
     /// The conversion failed: the tree is the directory it was, or what the failure left
     /// is put right by the next conversion or doppel's next start ([`convert::recover`]).
     Failed(String),
+}
+
+fn conflict(m: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorCode::Conflict, m)
+}
+
+impl Service {
+    /// `POST /containers/{id}/convert-tree`: a job that makes a stopped container's
+    /// directory tree, and its snapshots', image trees (platform admins: it is about the
+    /// host's storage). Refused with a 409 saying why where it cannot be: doppel runs
+    /// without `--image-trees`, the container is on another host, not stopped, already an
+    /// image tree or a subvolume, or its filesystem has no reflinks.
+    pub async fn convert_tree(
+        &self,
+        user: &UserInfo,
+        id: &str,
+        idempotency_key: Option<&str>,
+    ) -> Result<Job, ApiError> {
+        let project = self.project_of(id).await;
+        let target = id.to_string();
+        self.audited(user, "container.convert_tree", &target, project, async {
+            let idem = check_idempotency_key(idempotency_key)?;
+            let (row, _) = self.visible_container(user, id).await?;
+            Self::require_platform_admin(user, "converting a container's tree")?;
+            let fingerprint = request_fingerprint(&["convert", id]);
+            if let Some(key) = &idem {
+                if let Some(job) = self.job_by_idempotency_key(user, key, &fingerprint).await? {
+                    return Ok(job);
+                }
+            }
+            let name = &row.name;
+            if row.is_on_agent() {
+                return Err(conflict(format!(
+                    "{name} is on {}, a server on another host: only trees on doppel's own \
+                     host can be converted",
+                    row.server_name
+                )));
+            }
+            if image_tree_size().is_none() {
+                return Err(conflict(
+                    "doppel runs without --image-trees: start it with --image-trees SIZE (the \
+                     most each image tree may hold, e.g. 64G) to convert trees",
+                ));
+            }
+            let status = ContainerStatus::parse(&row.status).unwrap_or(ContainerStatus::Stopped);
+            match status {
+                ContainerStatus::Stopped => {}
+                ContainerStatus::Running => {
+                    return Err(conflict(format!(
+                        "{name} is running: stop it first (its tree is converted while \
+                         nothing runs from it)"
+                    )))
+                }
+                ContainerStatus::Failed => {
+                    return Err(conflict(format!(
+                        "{name} failed: it has no complete tree to convert"
+                    )))
+                }
+                other => {
+                    return Err(conflict(format!(
+                        "{name} is {}; convert it once that job has ended",
+                        other.as_str()
+                    )))
+                }
+            }
+            let root = container_root(Path::new(&row.storage_root), id);
+            match tree_kind(&root).await {
+                Some(TreeKind::Directory) => {}
+                Some(TreeKind::ImageTree) => {
+                    return Err(conflict(format!("{name}'s tree is an image tree already")))
+                }
+                Some(TreeKind::Subvolume) => {
+                    return Err(conflict(format!(
+                        "{name}'s tree is a btrfs subvolume: its copies on its server are \
+                         snapshots already"
+                    )))
+                }
+                None => return Err(conflict(format!("{name} has no tree on disk"))),
+            }
+            let storage = PathBuf::from(&row.storage_root);
+            let holds =
+                tokio::task::spawn_blocking(move || crate::engine::image::can_hold(&storage))
+                    .await
+                    .map_err(internal)?;
+            if !holds {
+                return Err(conflict(format!(
+                    "{}'s storage cannot hold image trees (they need XFS with reflink=1)",
+                    row.server_name
+                )));
+            }
+            let params = JobParams {
+                source_snapshot_id: None,
+                previous_status: Some(status),
+                bwlimit: None,
+            };
+            self.queue_and_run(NewJob {
+                kind: JobKind::Convert,
+                job_id: new_id(),
+                project_id: row.project_id.clone(),
+                container_id: id.to_string(),
+                // A conversion reads nothing else: its "source" is the container itself.
+                source_id: id.to_string(),
+                requested_by: user.id.clone(),
+                params: serde_json::to_string(&params).map_err(internal)?,
+                request_fingerprint: idem.is_some().then_some(fingerprint),
+                idempotency_key: idem,
+                now: now_ms(),
+            })
+            .await
+        })
+        .await
+    }
 }
 
 /// How a conversion goes: the container's name and the engine's report (at most every

@@ -249,6 +249,10 @@ impl Backend for Service {
         Service::delete_container(self, user, id, None).await
     }
 
+    async fn convert_tree(&self, user: &UserInfo, id: &str) -> Result<Job, ApiError> {
+        Service::convert_tree(self, user, id, None).await
+    }
+
     async fn start_container(
         &self,
         user: &UserInfo,

@@ -38,6 +38,9 @@ pub(crate) struct JobEnd {
     pub(crate) target_id: String,
     pub(crate) container_status: ContainerStatus,
     pub(crate) container_reason: Option<String>,
+    /// Whether the job changed the container: its status and reason are set, and a
+    /// summary records its tree's state. `false` leaves the container's row as it was.
+    pub(crate) container_changed: bool,
     /// A delete that succeeded: the container is marked deleted in the same commit.
     pub(crate) deleted: bool,
 }
@@ -679,6 +682,9 @@ impl Db {
                     |row| job_from_row(row),
                 )?
                 .ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+                if !end.container_changed {
+                    return Ok(job);
+                }
                 set_container_status(
                     c,
                     &end.target_id,

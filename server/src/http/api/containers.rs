@@ -248,6 +248,37 @@ pub(super) async fn sync_container(
     Ok(accepted(&url, &JobAnswer { job }))
 }
 
+/// Make a stopped container's directory tree an image tree (asynchronous; platform admins)
+///
+/// Its copies on its server are then clones of its image instead of file-by-file copies;
+/// its snapshots are converted too. Needs doppel started with `--image-trees` and XFS with
+/// reflink=1 under the server's storage; 409 saying why where it cannot be done (the
+/// container runs, is on another host, or is an image tree or subvolume already).
+#[utoipa::path(
+    post,
+    path = "/containers/{id}/convert-tree",
+    params(
+        ("id" = String, Path, description = "The container", pattern = "^[0-9a-f]{24}$"),
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,200}$",
+            description = "A retried request with the same key returns the same job instead of starting another"),
+    ),
+    responses((status = 202, body = JobAnswer, description = "Accepted: the conversion's job"), WriteErrors)
+)]
+pub(super) async fn convert_tree(
+    State(st): State<AppState>,
+    Caller(user): Caller,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    sent: Result<Bytes, BytesRejection>,
+) -> Result<Response, RestError> {
+    let id = path(id)?;
+    let key = idempotency_key(&headers)?;
+    no_body(sent)?;
+    let job = st.service.convert_tree(&user, &id, key.as_deref()).await?;
+    let url = job.url.clone();
+    Ok(accepted(&url, &JobAnswer { job }))
+}
+
 /// A container's snapshots
 #[utoipa::path(
     get,

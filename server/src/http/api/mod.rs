@@ -48,6 +48,7 @@ fn routes_and_document() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         ))
         .routes(routes!(containers::copy_container))
         .routes(routes!(containers::sync_container))
+        .routes(routes!(containers::convert_tree))
         .routes(routes!(
             containers::list_snapshots,
             containers::create_snapshot
