@@ -125,6 +125,18 @@ test('copy a container through the dialog, then change the source and sync, live
   const problems = watchConsole(page);
   const rootPath = await openWebAppAsAdmin(page);
 
+  // A directory tree offers to become an image tree; this doppel runs without
+  // --image-trees, and the refusal says so beside the button. (On btrfs the tree is a
+  // subvolume, with no such button.)
+  const tree = page.locator('dt:text-is("Tree") + dd');
+  const convert = tree.getByRole('button', { name: 'Make it an image tree' });
+  if ((await tree.innerText()).startsWith('a directory')) {
+    await convert.click();
+    await expect(tree.locator('.error-box')).toContainText('doppel runs without --image-trees');
+  } else {
+    await expect(convert).toHaveCount(0);
+  }
+
   await page.getByRole('button', { name: 'Copy container' }).click();
   const dialog = page.getByRole('dialog');
   await expect(dialog).toBeVisible();

@@ -100,6 +100,20 @@ fn JobSummary(job: Job) -> impl IntoView {
         .into_any();
     }
     let s = job.summary.clone().unwrap_or_default();
+    if job.kind == JobKind::Convert {
+        // What became of the tree and of each snapshot is in its notes.
+        let took = format!("took {:.1} s", s.duration_ms as f64 / 1000.0);
+        return view! {
+            <div class="job-summary">
+                <p><strong>"Done."</strong></p>
+                <ul>
+                    {s.notes.into_iter().map(|note| view! { <li>{note}</li> }).collect_view()}
+                    <li>{took}</li>
+                </ul>
+            </div>
+        }
+        .into_any();
+    }
     let link = view! {
         <a href=format!("/containers/{}", job.container_id)>"Open the container"</a>
     };
