@@ -1187,7 +1187,7 @@ pub struct JobFilter {
     pub status: Option<String>,
     #[cfg_attr(
         feature = "ssr",
-        param(pattern = "^(copy|sync|delete|start|stop|restart)$")
+        param(pattern = "^(copy|sync|delete|start|stop|restart|convert)$")
     )]
     pub kind: Option<String>,
     /// Jobs older than this one (its id): the next page, after the last job of a page.

@@ -357,6 +357,27 @@ async fn convert_trees_makes_the_trees_made_before_image_trees_and_leaves_runnin
         assert_eq!(c["status"], "running", "{c}");
     }
     let web_page = page(&web).await;
+    // edge-proxy gets a snapshot and a copy, both directories: it is converted later by a
+    // job, while doppel runs.
+    let edge = api
+        .container(by_name("edge-proxy")["id"].as_str().unwrap())
+        .await;
+    let edge_id = edge["id"].as_str().unwrap().to_string();
+    let (status, snapshot) = api
+        .post(
+            &format!("/api/v1/containers/{edge_id}/snapshots"),
+            Some(json!({"name": "before-convert"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{snapshot}");
+    let body = json!({"target_project_id": edge["project_id"], "name": "edge-copy"});
+    let (status, copied) = api
+        .post(&format!("/api/v1/containers/{edge_id}/copy"), Some(body))
+        .await;
+    assert_eq!(status, 202, "{copied}");
+    let edge_copy = copied["container"]["id"].as_str().unwrap().to_string();
+    let job = api.wait_job(copied["job"]["url"].as_str().unwrap()).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
     // web-app is stopped in doppel first; etl-worker is left running.
     let (status, stopped) = api
         .post(&format!("/api/v1/containers/{web_id}/stop"), None)
@@ -395,7 +416,15 @@ async fn convert_trees_makes_the_trees_made_before_image_trees_and_leaves_runnin
     };
     let (ok, _, err) = convert(&["convert-trees"]);
     assert!(!ok && err.contains("--image-trees SIZE"), "{err}");
-    let (ok, out, err) = convert(&["--image-trees", "2G", "convert-trees"]);
+    let (ok, out, err) = convert(&[
+        "--image-trees",
+        "2G",
+        "convert-trees",
+        "--container",
+        "web-app",
+        "--container",
+        "etl-worker",
+    ]);
     assert!(
         !ok,
         "a running container's tree stays a directory: {out}{err}"
@@ -499,76 +528,143 @@ async fn convert_trees_makes_the_trees_made_before_image_trees_and_leaves_runnin
         );
     }
 
-    // While doppel runs, through the API: etl-worker, left a directory above since it
-    // ran, is converted by a job once it is stopped, and its snapshots with it.
+    // While doppel runs, through the API: edge-proxy, left a directory above, is converted
+    // by a job once it is stopped, and its snapshot with it.
     let message = |v: &Value| {
         v["error"]["message"]
             .as_str()
             .unwrap_or_default()
             .to_string()
     };
-    let convert = format!("/api/v1/containers/{etl_id}/convert-tree");
-    let (status, refused) = api.post(&convert, None).await;
-    assert_eq!(status, 409, "{refused}");
-    assert!(
-        message(&refused).contains("is running: stop it first"),
-        "{refused}"
-    );
-    let (status, snapshot) = api
-        .post(
-            &format!("/api/v1/containers/{etl_id}/snapshots"),
-            Some(json!({"name": "before-convert"})),
-        )
-        .await;
-    assert_eq!(status, 201, "{snapshot}");
-    let (status, stopped) = api
-        .post(&format!("/api/v1/containers/{etl_id}/stop"), None)
-        .await;
-    assert_eq!(status, 200, "{stopped}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while api.container(etl_id).await["status"] != "stopped" {
-        assert!(Instant::now() < deadline, "etl-worker does not stop");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let (status, started) = api.post(&convert, None).await;
-    assert_eq!(status, 202, "{started}");
-    assert_eq!(started["job"]["kind"], "convert", "{started}");
-    let job = api.wait_job(started["job"]["url"].as_str().unwrap()).await;
-    assert_eq!(job["status"], "succeeded", "{job}");
-    let notes = job["summary"]["notes"].to_string();
-    assert!(notes.contains("its tree is an image tree"), "{job}");
-    // (A snapshot of a directory taken by a doppel with --image-trees is laid down as an
-    // image tree: its snapshots are looked at too.)
-    assert!(
-        notes.contains("snapshot before-convert: an image tree already"),
-        "{job}"
-    );
-    let c = api.container(etl_id).await;
-    assert_eq!(
-        (&c["tree"], &c["status"]),
-        (&json!("image_tree"), &json!("stopped")),
-        "{c}"
-    );
-    assert!(image::is_image_tree(&root(&c)));
-    let (status, refused) = api.post(&convert, None).await;
-    assert_eq!(status, 409, "{refused}");
-    assert!(
-        message(&refused).contains("an image tree already"),
-        "{refused}"
-    );
-    // It runs from its image tree, and a copy of its snapshot is a clone of its image.
+    let convert = format!("/api/v1/containers/{edge_id}/convert-tree");
     let (status, started) = api
-        .post(&format!("/api/v1/containers/{etl_id}/start"), None)
+        .post(&format!("/api/v1/containers/{edge_id}/start"), None)
         .await;
     assert_eq!(
         (status, &started["status"]),
         (200, &json!("running")),
         "{started}"
     );
-    let body = json!({"target_project_id": c["project_id"], "name": "etl-from-its-snapshot",
+    let (status, refused) = api.post(&convert, None).await;
+    assert_eq!(status, 409, "{refused}");
+    assert!(
+        message(&refused).contains("is running: stop it first"),
+        "{refused}"
+    );
+    let (status, stopped) = api
+        .post(&format!("/api/v1/containers/{edge_id}/stop"), None)
+        .await;
+    assert_eq!(status, 200, "{stopped}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while api.container(&edge_id).await["status"] != "stopped" {
+        assert!(Instant::now() < deadline, "edge-proxy does not stop");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Where its server lacks the room for the images, it is refused (507), nothing queued.
+    let filler = data.join("filler");
+    let fill = Command::new("fallocate")
+        .arg("-l")
+        .arg((free(&data) - (1 << 20)).to_string())
+        .arg(&filler)
+        .status()
+        .unwrap();
+    assert!(fill.success());
+    let (status, refused) = api.post(&convert, None).await;
+    std::fs::remove_file(&filler).unwrap();
+    assert_eq!(status, 507, "{refused}");
+    assert!(
+        message(&refused).contains("converting its tree and its snapshots' needs about"),
+        "{refused}"
+    );
+    // A slow copy of etl-worker, on edge-proxy's server, holds that server's one job slot:
+    // the conversion waits in the queue, and a start of edge-proxy meanwhile is refused,
+    // naming its job. Once that copy is cancelled, the conversion runs.
+    let body = json!({"target_project_id": etl["project_id"], "name": "etl-slow-copy"});
+    let (status, slow) = api
+        .post(
+            &format!("/api/v1/containers/{etl_id}/copy?bwlimit=100K"),
+            Some(body),
+        )
+        .await;
+    assert_eq!(status, 202, "{slow}");
+    let (status, started) = api.post(&convert, None).await;
+    assert_eq!(status, 202, "{started}");
+    assert_eq!(
+        (&started["job"]["kind"], &started["job"]["status"]),
+        (&json!("convert"), &json!("queued")),
+        "{started}"
+    );
+    let convert_job = started["job"]["url"].as_str().unwrap();
+    let (status, refused) = api
+        .post(&format!("/api/v1/containers/{edge_id}/start"), None)
+        .await;
+    assert_eq!(status, 409, "{refused}");
+    assert!(
+        message(&refused).contains("a job is already queued or running for this container")
+            && message(&refused).contains(convert_job),
+        "{refused}"
+    );
+    let slow_job = slow["job"]["id"].as_str().unwrap();
+    let (status, cancelled) = api
+        .post(&format!("/api/v1/jobs/{slow_job}/cancel"), None)
+        .await;
+    assert_eq!(status, 200, "{cancelled}");
+    let job = api.wait_job(convert_job).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let notes = job["summary"]["notes"].to_string();
+    assert!(notes.contains("its tree is an image tree"), "{job}");
+    assert!(
+        notes.contains("snapshot before-convert: an image tree now"),
+        "{job}"
+    );
+    let c = api.container(&edge_id).await;
+    assert_eq!(
+        (&c["tree"], &c["status"]),
+        (&json!("image_tree"), &json!("stopped")),
+        "{c}"
+    );
+    assert!(image::is_image_tree(&root(&c)));
+    // (Its row is as it was: not a copy, it matched no source.)
+    assert_eq!(c["last_synced_at"], Value::Null, "{c}");
+    let (status, refused) = api.post(&convert, None).await;
+    assert_eq!(status, 409, "{refused}");
+    assert!(
+        message(&refused).contains("an image tree already"),
+        "{refused}"
+    );
+    // It runs from its image tree.
+    let (status, started) = api
+        .post(&format!("/api/v1/containers/{edge_id}/start"), None)
+        .await;
+    assert_eq!(
+        (status, &started["status"]),
+        (200, &json!("running")),
+        "{started}"
+    );
+    // Its copy is as current as before, and a sync of it finds nothing to send.
+    let statuses = api.get("/api/v1/sync-status").await;
+    let copy_status = statuses["copies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["copy"]["id"] == edge_copy.as_str())
+        .unwrap_or_else(|| panic!("no edge-copy: {statuses}"))
+        .clone();
+    assert_eq!(copy_status["freshness"], "current", "{copy_status}");
+    let (status, synced) = api
+        .post(&format!("/api/v1/containers/{edge_copy}/sync"), None)
+        .await;
+    assert_eq!(status, 202, "{synced}");
+    let job = api.wait_job(synced["job"]["url"].as_str().unwrap()).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    for count in ["files_added", "files_changed", "files_deleted", "drift"] {
+        assert_eq!(job["summary"][count], 0, "{count}: {job}");
+    }
+    // A copy of its converted snapshot is a clone of its image.
+    let body = json!({"target_project_id": c["project_id"], "name": "edge-from-its-snapshot",
         "source_snapshot": "before-convert"});
     let (status, copied) = api
-        .post(&format!("/api/v1/containers/{etl_id}/copy"), Some(body))
+        .post(&format!("/api/v1/containers/{edge_id}/copy"), Some(body))
         .await;
     assert_eq!(status, 202, "{copied}");
     let job = api.wait_job(copied["job"]["url"].as_str().unwrap()).await;

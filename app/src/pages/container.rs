@@ -394,11 +394,21 @@ fn ContainerView(
 #[component]
 fn ConvertTree(id: String) -> impl IntoView {
     let action = ServerAction::<ConvertTree>::new();
+    // Once its job is started, the job says the rest.
+    let started = move || matches!(action.value().get(), Some(Ok(Ok(_))));
+    let form = move || {
+        let id = id.clone();
+        (!started()).then(move || {
+            view! {
+                <ActionForm action=action attr:class="inline-form">
+                    <input type="hidden" name="id" value=id/>
+                    <button type="submit" disabled=move || action.pending().get()>"Make it an image tree"</button>
+                </ActionForm>
+            }
+        })
+    };
     view! {
-        <ActionForm action=action attr:class="inline-form">
-            <input type="hidden" name="id" value=id/>
-            <button type="submit" disabled=move || action.pending().get()>"Make it an image tree"</button>
-        </ActionForm>
+        {form}
         {move || match action.value().get().map(Result::flatten) {
             Some(Ok(job)) => view! { <LiveJob job/> }.into_any(),
             Some(Err(error)) => view! { <ErrorBox error/> }.into_any(),

@@ -205,6 +205,14 @@ fn JobTable(
 /// "+3 ~12 -1 · 1.2 MiB sent in 2.1 s" from a finished job's summary.
 fn outcome(j: &Job) -> String {
     let s = j.summary.clone().unwrap_or_default();
+    if j.kind == JobKind::Convert {
+        // (Nothing moved between containers: its notes say what became of each tree.)
+        return format!(
+            "made an image tree in {} ({} notes)",
+            format::duration(s.duration_ms),
+            s.notes.len()
+        );
+    }
     let kernel = match s.kernel_bytes {
         0 => String::new(),
         k => format!(" (+{} by the kernel)", format::bytes(k as i64)),

@@ -54,8 +54,8 @@ pub fn to_image_tree(place: &Place, size: u64, ctl: &Control) -> Result<Converte
     }
     if place.work_dir().exists() {
         return Err(EngineError::Refused(format!(
-            "a job that was interrupted left its work in {}: start doppel, which finishes \
-             or undoes it, then convert",
+            "a job that did not end left its work in {}: doppel's next start finishes or \
+             undoes it (a copy's next sync too); then convert",
             place.work_dir().display()
         )));
     }

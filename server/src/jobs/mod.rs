@@ -106,6 +106,8 @@ pub struct JobRunner {
     agents: Arc<Agents>,
     /// How long a job waits for an offline server.
     server_wait: std::time::Duration,
+    /// Containers whose trees a convert job is swapping now (`is_converting`).
+    converting: Mutex<std::collections::HashSet<String>>,
 }
 
 /// A container lock held by a job or snapshot (until it is dropped).
@@ -139,6 +141,7 @@ impl JobRunner {
             lifecycle,
             agents,
             server_wait: limits.server_wait,
+            converting: Mutex::default(),
         })
     }
 

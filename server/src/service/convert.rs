@@ -137,17 +137,35 @@ impl Service {
                 }
                 None => return Err(conflict(format!("{name} has no tree on disk"))),
             }
+            // The trees to copy into images: its own, and its snapshots' that are directories.
+            let snapshots = self.db.snapshots_of(id).await.map_err(internal)?;
             let storage = PathBuf::from(&row.storage_root);
-            let holds =
-                tokio::task::spawn_blocking(move || crate::engine::image::can_hold(&storage))
-                    .await
-                    .map_err(internal)?;
+            let of = id.to_string();
+            let (holds, snapshot_bytes) = tokio::task::spawn_blocking(move || {
+                let directories = snapshots.iter().filter(|s| {
+                    let place = snapshot_place(&storage, &of, &s.id);
+                    !crate::engine::image::image_path(&place.root).exists()
+                });
+                let bytes: i64 = directories.map(|s| s.size_bytes).sum();
+                (crate::engine::image::can_hold(&storage), bytes)
+            })
+            .await
+            .map_err(internal)?;
             if !holds {
                 return Err(conflict(format!(
                     "{}'s storage cannot hold image trees (they need XFS with reflink=1)",
                     row.server_name
                 )));
             }
+            // Each tree is copied into its image before its directory goes, and a directory
+            // whose extents its copies share frees nothing when it goes: all of it may stay.
+            super::copy::check_free_space(
+                (&row.server_name, &row.storage_root),
+                None,
+                true,
+                row.size_bytes.saturating_add(snapshot_bytes),
+                "converting its tree and its snapshots'",
+            )?;
             let params = JobParams {
                 source_snapshot_id: None,
                 previous_status: Some(status),

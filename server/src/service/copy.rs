@@ -222,29 +222,31 @@ fn shares_extents(source: &str, target: &str) -> bool {
         && fsx::kernel_copy_support(Path::new(target)) == Some(fsx::KernelCopy::Reflink)
 }
 
-/// A copy of `size` bytes onto `target` fits, or 507 saying how much is missing. (A tree
-/// that grew since it was last measured can still fill the disk: then the job fails, and
-/// the engine gives the space back.)
+/// `size` bytes more fit on the server named `server` whose storage is `storage_root`
+/// (`what` takes them: "the copy"), or 507 saying how much is missing. (A tree that grew
+/// since it was last measured can still fill the disk: then the job fails, and the engine
+/// gives the space back.)
 ///
 /// Where the target lays trees down as image trees (`image_trees`), what it must leave
 /// free is at least the margin its keeper keeps free of them (`engine::image_room`): a
 /// copy into that room would fail half way with "no space left".
-fn check_free_space(
-    target: &Target,
+pub(super) fn check_free_space(
+    (server, storage_root): (&str, &str),
     agent_space: Option<(u64, u64)>,
     image_trees: bool,
     size: i64,
+    what: &str,
 ) -> Result<(), ApiError> {
     // An agent's as it last said; this host's read now.
     let space = match agent_space {
         Some(space) => Ok(space),
-        None if target.storage_root.is_empty() => return Ok(()),
-        None => fsx::free_space(Path::new(&target.storage_root)),
+        None if storage_root.is_empty() => return Ok(()),
+        None => fsx::free_space(Path::new(storage_root)),
     };
     let (free, total) = match space {
         Ok(space) => space,
         Err(e) => {
-            tracing::warn!(server = %target.server_name, error = %e, "cannot read free space");
+            tracing::warn!(server = %server, error = %e, "cannot read free space");
             return Ok(());
         }
     };
@@ -260,9 +262,8 @@ fn check_free_space(
         return Err(ApiError::new(
             ErrorCode::InsufficientStorage,
             format!(
-                "not enough space on server {}: the copy needs about {} MiB ({} MiB of data \
-                 and {} MiB {kept}), {} MiB are free",
-                target.server_name,
+                "not enough space on server {server}: {what} needs about {} MiB ({} MiB of \
+                 data and {} MiB {kept}), {} MiB are free",
                 need.div_ceil(1 << 20),
                 (size.max(0) as u64).div_ceil(1 << 20),
                 reserve.div_ceil(1 << 20),
@@ -346,7 +347,8 @@ impl Service {
                 } else {
                     source.size_bytes
                 };
-                check_free_space(&target, agent_space, image_trees, size)?;
+                let room = (target.server_name.as_str(), target.storage_root.as_str());
+                check_free_space(room, agent_space, image_trees, size, "the copy")?;
                 // The source's rules as stored, or none.
                 let rules =
                     |copy: bool, json: &str| if copy { json.to_string() } else { "[]".into() };

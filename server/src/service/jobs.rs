@@ -89,10 +89,9 @@ impl Service {
         }
         if let Some(k) = &filter.kind {
             JobKind::parse(k).ok_or_else(|| {
-                ApiError::invalid(format!(
-                    "kind {k:?} is not one of copy, sync, delete, start, stop, restart"
-                ))
-                .on_field("kind")
+                let kinds: Vec<&str> = JobKind::ALL.iter().map(|k| k.as_str()).collect();
+                ApiError::invalid(format!("kind {k:?} is not one of {}", kinds.join(", ")))
+                    .on_field("kind")
             })?;
         }
         let jobs = self

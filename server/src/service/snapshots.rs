@@ -73,9 +73,9 @@ impl Service {
                 ApiError::new(
                     ErrorCode::Unavailable,
                     format!(
-                        "no job slot on server {} came free within {} s (copies and syncs \
-                         running or queued take them, or a sync of this container is running); \
-                         the snapshot was not taken: try again when they are done",
+                        "no job slot on server {} came free within {} s (jobs running or \
+                         queued take them, or a sync or conversion of this container is \
+                         running); the snapshot was not taken: try again when they are done",
                         c.summary.server_name,
                         SLOT_WAIT.as_secs()
                     ),

@@ -122,6 +122,13 @@ impl Service {
                         Ok(state) => Probed::State(state),
                         Err(e) => Probed::Unreadable(e.to_string()),
                     }
+                } else if self.jobs.is_converting(&id) {
+                    // (Its tree is swapped for an image tree: not looked at meanwhile.)
+                    Probed::Unreadable(
+                        "its tree is being made an image tree (a convert job); it is checked \
+                         again once that job ends"
+                            .into(),
+                    )
                 } else {
                     let place = container_place(Path::new(&root), &id);
                     self.probes.get(&id, move || probe_local(&place)).await
