@@ -68,7 +68,7 @@ pub trait Backend: Send + Sync + 'static {
     async fn sync_status(&self, user: &UserInfo) -> Result<Vec<CopyStatus>, ApiError>;
     /// Starts a job that stops the container and removes it (its copies stay).
     async fn delete_container(&self, user: &UserInfo, id: &str) -> Result<Job, ApiError>;
-    /// Starts a job that makes a stopped container's directory tree, and its snapshots',
+    /// Starts a job that makes a container's directory tree, and its snapshots',
     /// image trees (platform admins).
     async fn convert_tree(&self, user: &UserInfo, id: &str) -> Result<Job, ApiError>;
     /// Starts a stopped container (a running one stays as it is).

@@ -784,9 +784,9 @@ pub enum JobKind {
     Start,
     Stop,
     Restart,
-    /// A stopped container's directory tree (and its snapshots') made an image tree, so
-    /// that its copies on its server are clones of one file (platform admins, on a doppel
-    /// started with `--image-trees`).
+    /// A container's directory tree (and its snapshots') made an image tree, so that its
+    /// copies on its server are clones of one file (platform admins, on a doppel started
+    /// with `--image-trees`); a running container is stopped for the final pass only.
     Convert,
 }
 

@@ -365,7 +365,7 @@ pub async fn delete_container(id: String, confirm: String) -> Answer<Job> {
     answer(result)
 }
 
-/// Makes a stopped container's directory tree an image tree (platform admins); the job.
+/// Makes a container's directory tree an image tree (platform admins); the job.
 /// Without JavaScript the browser goes back to the container's page, which follows the job
 /// (`?job=`) or says why it was refused.
 #[server]

@@ -529,7 +529,8 @@ async fn convert_trees_makes_the_trees_made_before_image_trees_and_leaves_runnin
     }
 
     // While doppel runs, through the API: edge-proxy, left a directory above, is converted
-    // by a job once it is stopped, and its snapshot with it.
+    // by a job while it runs (stopped for the final pass only), its snapshot with it; then
+    // etl-worker, stopped first, in one pass.
     let message = |v: &Value| {
         v["error"]["message"]
             .as_str()
@@ -545,21 +546,7 @@ async fn convert_trees_makes_the_trees_made_before_image_trees_and_leaves_runnin
         (200, &json!("running")),
         "{started}"
     );
-    let (status, refused) = api.post(&convert, None).await;
-    assert_eq!(status, 409, "{refused}");
-    assert!(
-        message(&refused).contains("is running: stop it first"),
-        "{refused}"
-    );
-    let (status, stopped) = api
-        .post(&format!("/api/v1/containers/{edge_id}/stop"), None)
-        .await;
-    assert_eq!(status, 200, "{stopped}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while api.container(&edge_id).await["status"] != "stopped" {
-        assert!(Instant::now() < deadline, "edge-proxy does not stop");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let edge_page = page(&api.container(&edge_id).await).await;
     // Where its server lacks the room for the images, it is refused (507), nothing queued.
     let filler = data.join("filler");
     let fill = Command::new("fallocate")
@@ -577,7 +564,7 @@ async fn convert_trees_makes_the_trees_made_before_image_trees_and_leaves_runnin
         "{refused}"
     );
     // A slow copy of etl-worker, on edge-proxy's server, holds that server's one job slot:
-    // the conversion waits in the queue, and a start of edge-proxy meanwhile is refused,
+    // the conversion waits in the queue, and a stop of edge-proxy meanwhile is refused,
     // naming its job. Once that copy is cancelled, the conversion runs.
     let body = json!({"target_project_id": etl["project_id"], "name": "etl-slow-copy"});
     let (status, slow) = api
@@ -596,7 +583,7 @@ async fn convert_trees_makes_the_trees_made_before_image_trees_and_leaves_runnin
     );
     let convert_job = started["job"]["url"].as_str().unwrap();
     let (status, refused) = api
-        .post(&format!("/api/v1/containers/{edge_id}/start"), None)
+        .post(&format!("/api/v1/containers/{edge_id}/stop"), None)
         .await;
     assert_eq!(status, 409, "{refused}");
     assert!(
@@ -617,13 +604,16 @@ async fn convert_trees_makes_the_trees_made_before_image_trees_and_leaves_runnin
         notes.contains("snapshot before-convert: an image tree now"),
         "{job}"
     );
+    assert!(job["summary"]["downtime_ms"].is_u64(), "{job}");
+    // Running again, from its image tree, serving the same page.
     let c = api.container(&edge_id).await;
     assert_eq!(
         (&c["tree"], &c["status"]),
-        (&json!("image_tree"), &json!("stopped")),
+        (&json!("image_tree"), &json!("running")),
         "{c}"
     );
     assert!(image::is_image_tree(&root(&c)));
+    assert_eq!(page(&c).await, edge_page);
     // (Its row is as it was: not a copy, it matched no source.)
     assert_eq!(c["last_synced_at"], Value::Null, "{c}");
     let (status, refused) = api.post(&convert, None).await;
@@ -631,15 +621,6 @@ async fn convert_trees_makes_the_trees_made_before_image_trees_and_leaves_runnin
     assert!(
         message(&refused).contains("an image tree already"),
         "{refused}"
-    );
-    // It runs from its image tree.
-    let (status, started) = api
-        .post(&format!("/api/v1/containers/{edge_id}/start"), None)
-        .await;
-    assert_eq!(
-        (status, &started["status"]),
-        (200, &json!("running")),
-        "{started}"
     );
     // Its copy is as current as before, and a sync of it finds nothing to send.
     let statuses = api.get("/api/v1/sync-status").await;
@@ -674,5 +655,29 @@ async fn convert_trees_makes_the_trees_made_before_image_trees_and_leaves_runnin
             .to_string()
             .contains("a clone of the source's image"),
         "{job}"
+    );
+
+    // A stopped container: converted in one pass, and left stopped.
+    let (status, stopped) = api
+        .post(&format!("/api/v1/containers/{etl_id}/stop"), None)
+        .await;
+    assert_eq!(status, 200, "{stopped}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while api.container(etl_id).await["status"] != "stopped" {
+        assert!(Instant::now() < deadline, "etl-worker does not stop");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, started) = api
+        .post(&format!("/api/v1/containers/{etl_id}/convert-tree"), None)
+        .await;
+    assert_eq!(status, 202, "{started}");
+    let job = api.wait_job(started["job"]["url"].as_str().unwrap()).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert!(job["summary"]["downtime_ms"].is_null(), "{job}");
+    let c = api.container(etl_id).await;
+    assert_eq!(
+        (&c["tree"], &c["status"]),
+        (&json!("image_tree"), &json!("stopped")),
+        "{c}"
     );
 }

@@ -390,7 +390,8 @@ fn ContainerView(
 }
 
 /// "Make it an image tree" on a directory tree (platform admins see the tree): starts the
-/// conversion and follows it live; the container must be stopped (a refusal says why).
+/// conversion and follows it live (a running container is stopped for its final pass;
+/// a refusal says why).
 #[component]
 fn ConvertTree(id: String) -> impl IntoView {
     let action = ServerAction::<ConvertTree>::new();

@@ -102,7 +102,14 @@ fn JobSummary(job: Job) -> impl IntoView {
     let s = job.summary.clone().unwrap_or_default();
     if job.kind == JobKind::Convert {
         // What became of the tree and of each snapshot is in its notes.
-        let took = format!("took {:.1} s", s.duration_ms as f64 / 1000.0);
+        let took = match s.downtime_ms {
+            Some(down) => format!(
+                "took {:.1} s; it was stopped for {:.1} s of it, for the final pass",
+                s.duration_ms as f64 / 1000.0,
+                down as f64 / 1000.0
+            ),
+            None => format!("took {:.1} s", s.duration_ms as f64 / 1000.0),
+        };
         return view! {
             <div class="job-summary">
                 <p><strong>"Done."</strong></p>

@@ -41,6 +41,68 @@ fn work_dir(place: &Place) -> PathBuf {
 /// nothing else reads or writes the tree meanwhile (no job, no running process): a file
 /// written during the copy is refused, not lost, but one written after it would be.
 pub fn to_image_tree(place: &Place, size: u64, ctl: &Control) -> Result<Converted, EngineError> {
+    match copy_into_image(place, size, false, ctl)? {
+        Converted::Done(summary) => {
+            swap(place, &work_dir(place), &image_place(place).root, ctl)?;
+            Ok(Converted::Done(summary))
+        }
+        other => Ok(other),
+    }
+}
+
+/// The first pass of a conversion of a tree whose container runs: the tree copied into its
+/// image (`Done`: ready, not yet in the tree's place). Files written meanwhile are fine:
+/// [`finish_stopped`], once the container is stopped, brings them.
+pub fn copy_while_running(
+    place: &Place,
+    size: u64,
+    ctl: &Control,
+) -> Result<Converted, EngineError> {
+    copy_into_image(place, size, true, ctl)
+}
+
+/// The final pass of a conversion begun by [`copy_while_running`], its container stopped:
+/// what changed since brought into the image by a sync, then the swap. Refused (the image
+/// removed, the directory the tree) where a file changes even now, or the tree holds
+/// device files or sockets.
+pub fn finish_stopped(place: &Place, size: u64, ctl: &Control) -> Result<Converted, EngineError> {
+    let work = work_dir(place);
+    let new = image_place(place).with_image_size(Some(size));
+    if !image::is_image_tree(&new.root) {
+        return Err(EngineError::Refused(
+            "no image made by a first pass to finish".into(),
+        ));
+    }
+    let summary = match super::sync(place, &new, ctl) {
+        Ok(summary) => summary,
+        Err(e) => {
+            let _ = remove_trees(&[work]);
+            return Err(e);
+        }
+    };
+    if let Some(why) = refusal(&summary, false) {
+        remove_trees(&[work])?;
+        return Ok(Converted::NotConverted(why));
+    }
+    swap(place, &work, &new.root, ctl)?;
+    Ok(Converted::Done(Box::new(summary)))
+}
+
+/// Where a conversion lays the tree's image down: in its work dir, with its own state.
+fn image_place(place: &Place) -> Place {
+    let work = work_dir(place);
+    Place::new(work.join("new"), work.join("state"))
+}
+
+/// The checks before a conversion, then the tree copied into a new image tree in its work
+/// dir (`Done`: its copy's summary). `running`: files changing meanwhile are let be (a
+/// final pass brings them); else they refuse it.
+fn copy_into_image(
+    place: &Place,
+    size: u64,
+    running: bool,
+    ctl: &Control,
+) -> Result<Converted, EngineError> {
     recover(place)?;
     // (Mounted or not, an image tree has its image beside it.)
     if image::image_path(&place.root).exists() {
@@ -73,7 +135,7 @@ pub fn to_image_tree(place: &Place, size: u64, ctl: &Control) -> Result<Converte
     }
     let work = work_dir(place);
     fs::create_dir_all(&work).map_err(EngineError::io_path("creating", &work))?;
-    let new = Place::new(work.join("new"), work.join("state")).with_image_size(Some(size));
+    let new = image_place(place).with_image_size(Some(size));
     let summary = match super::copy(place, &new, ctl) {
         Ok(summary) => summary,
         Err(e) => {
@@ -91,13 +153,26 @@ pub fn to_image_tree(place: &Place, size: u64, ctl: &Control) -> Result<Converte
                 .cloned()
                 .unwrap_or_else(|| "its copy was laid down as a directory".into()),
         )
-    } else if summary.skipped_special_count > 0 {
+    } else {
+        refusal(&summary, running)
+    };
+    if let Some(why) = refused {
+        remove_trees(&[work])?;
+        return Ok(Converted::NotConverted(why));
+    }
+    Ok(Converted::Done(Box::new(summary)))
+}
+
+/// Why a pass's copy cannot become the tree, if it cannot: it left device files or sockets
+/// out, or (unless `running`: a final pass follows) files changed while it copied them.
+fn refusal(summary: &Summary, running: bool) -> Option<String> {
+    if summary.skipped_special_count > 0 {
         Some(format!(
             "it holds {} device files or sockets, which a copy leaves out (first: {})",
             summary.skipped_special_count,
             summary.skipped_special.first().map_or("", String::as_str)
         ))
-    } else if summary.unstable_count > 0 {
+    } else if summary.unstable_count > 0 && !running {
         Some(format!(
             "{} files changed while it was copied (first: {}): stop what writes to it",
             summary.unstable_count,
@@ -105,13 +180,7 @@ pub fn to_image_tree(place: &Place, size: u64, ctl: &Control) -> Result<Converte
         ))
     } else {
         None
-    };
-    if let Some(why) = refused {
-        remove_trees(&[work])?;
-        return Ok(Converted::NotConverted(why));
     }
-    swap(place, &work, &new.root, ctl)?;
-    Ok(Converted::Done(Box::new(summary)))
 }
 
 /// The swap: the directory moved aside, the image tree moved to its place, then

@@ -3943,6 +3943,74 @@ fn a_directory_tree_converted_is_an_image_tree_holding_the_same_tree() {
     assert_eq!(mounts, want, "no other image is left mounted");
 }
 
+/// A running container's tree: copied into its image while it runs, then, stopped, what
+/// changed meanwhile synced in and the two swapped. A stop between the passes leaves the
+/// directory, and a device node appearing between them refuses the conversion.
+#[test]
+fn a_tree_converted_in_two_passes_takes_what_changed_between_them() {
+    let env = Env::on_xfs();
+    let tree = env.source("tree");
+    random_tree(&tree.root, &mut Rng(75), 30);
+    write(&tree.root.join("changed-between"), b"before");
+    write(&tree.root.join("deleted-between"), b"gone soon");
+    let first = convert::copy_while_running(&tree, 1 << 30, &Control::new()).unwrap();
+    assert!(matches!(first, Converted::Done(_)), "{first:?}");
+    assert!(!image::is_image_tree(&tree.root), "still the directory");
+    // Written between the passes, as a running container does.
+    write(&tree.root.join("changed-between"), b"after, and longer");
+    write(&tree.root.join("added-between"), b"new");
+    fs::remove_file(tree.root.join("deleted-between")).unwrap();
+    let was = env.place("was");
+    copy(&tree, &was, &Control::new()).unwrap();
+    let Converted::Done(s) = convert::finish_stopped(&tree, 1 << 30, &Control::new()).unwrap()
+    else {
+        panic!("not converted")
+    };
+    assert_eq!(
+        (s.files_added, s.files_changed, s.files_deleted),
+        (1, 1, 1),
+        "{s:?}"
+    );
+    assert!(image::is_image_tree(&tree.root));
+    assert_same_tree(&was.root, &tree.root);
+    assert!(verify(&tree, &Control::new()).unwrap().ok);
+    assert!(!tree.state_dir.join("convert").exists());
+    no_debris(&tree);
+
+    // Stopped between the passes (doppel killed): put right, the directory as it was.
+    let other = env.source("other");
+    random_tree(&other.root, &mut Rng(76), 10);
+    let before = snapshot_tree(&other.root);
+    convert::copy_while_running(&other, 1 << 30, &Control::new()).unwrap();
+    convert::recover(&other).unwrap();
+    assert!(!image::is_image_tree(&other.root));
+    assert!(!other.state_dir.join("convert").exists());
+    assert_eq!(snapshot_tree(&other.root), before);
+    // A device node made between the passes: not converted, nothing left of the image.
+    convert::copy_while_running(&other, 1 << 30, &Control::new()).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        other.root.join("null-dev"),
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::Mode::from_raw_mode(0o666),
+        rustix::fs::makedev(1, 3),
+    )
+    .unwrap();
+    match convert::finish_stopped(&other, 1 << 30, &Control::new()).unwrap() {
+        Converted::NotConverted(said) => assert!(said.contains("1 device files"), "{said}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(!image::is_image_tree(&other.root));
+    assert!(!other.state_dir.join("convert").exists());
+    let mut mounts = mounts_below(&env.base);
+    mounts.sort();
+    assert_eq!(
+        mounts,
+        vec![fs::canonicalize(&tree.root).unwrap()],
+        "no image left mounted"
+    );
+}
+
 #[test]
 fn a_conversion_interrupted_anywhere_leaves_the_tree_or_its_image_whole() {
     for (at, image_took_its_place) in [

@@ -1,8 +1,9 @@
-//! A conversion job (`POST /containers/{id}/convert-tree`): a stopped container's
-//! directory tree, then its snapshots', made image trees on this host
-//! ([`engine::convert`]). The runner holds the container's lock for writing meanwhile, so
-//! no copy, sync or snapshot reads or writes the trees; no start is recorded while the
-//! job is queued or running; the sync status does not look at the tree while it is
+//! A conversion job (`POST /containers/{id}/convert-tree`): a container's directory tree,
+//! then its snapshots', made image trees on this host ([`engine::convert`]); a running
+//! container is stopped for the final pass only ([`JobRunner::convert_running`]). The
+//! runner holds the container's lock for writing meanwhile, so no copy, sync or snapshot
+//! reads or writes the trees; no start or stop is recorded while the job is queued or
+//! running; the sync status does not look at the tree while it is
 //! swapped ([`JobRunner::is_converting`]). The container's row is left as it was: the tree
 //! holds the same entries (and its manifest the same root hash), so its copies stay as
 //! current as they were.
@@ -14,9 +15,16 @@ use app::model::ContainerStatus;
 use super::thread::{run_in_background, without_paths};
 use super::JobRunner;
 use crate::config::{container_place, image_tree_size, snapshot_place};
-use crate::engine::convert::{recover, to_image_tree, Converted};
+use crate::engine::convert::{
+    copy_while_running, finish_stopped, recover, to_image_tree, Converted,
+};
 use crate::engine::{self, Control, EngineError, Place};
+use crate::lifecycle::Outcome;
 use crate::store::DbError;
+
+/// How long a container stopped for a conversion's final pass has to exit before it is
+/// killed (as for a sync's).
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Marks a container as being converted while it lives.
 struct Converting<'a>(&'a JobRunner, String);
@@ -35,26 +43,29 @@ impl JobRunner {
     }
 
     /// Converts the trees of container `id` on the server whose storage is `storage`.
+    /// `was`: its status when the job was asked for (one that ran then runs after it).
     pub(super) async fn convert(
         &self,
         id: &str,
         storage: &Path,
+        was: Option<ContainerStatus>,
         ctl: Control,
     ) -> Result<Result<engine::Summary, EngineError>, DbError> {
         let refused = |m: String| Ok(Err(EngineError::Refused(m)));
-        // Its request found it stopped, and no start is recorded while this job is queued;
-        // but a start that ended between that read and the job's queueing is seen here.
-        match self.db.container_status(id).await? {
-            Some(ContainerStatus::Stopped) => {}
+        // Its request found it stopped or running, and no start or stop is recorded while
+        // this job is queued; as it is now decides how its tree is converted.
+        let running = match self.db.container_status(id).await? {
+            Some(ContainerStatus::Stopped) => false,
+            Some(ContainerStatus::Running) => true,
             Some(status) => {
                 return refused(format!(
-                    "the container is {}: a tree is converted only while its container is \
-                     stopped",
+                    "the container is {}: a tree is converted while its container is stopped \
+                     or running",
                     status.as_str()
                 ))
             }
             None => return refused("the container was deleted".into()),
-        }
+        };
         // (A job resumed after a restart without the setting.)
         let Some(size) = image_tree_size() else {
             return refused(
@@ -68,32 +79,41 @@ impl JobRunner {
         let _converting = Converting(self, id.to_string());
         let tree = container_place(storage, id);
         let named = names(&tree, ("the tree", "the tree's state"), storage);
+        let own = match running {
+            true => self.convert_running(id, &tree, size, &ctl).await?,
+            false => {
+                let (tree, ctl) = (tree.clone(), ctl.clone());
+                let done = run_in_background(move || converted(&tree, size, Pass::Whole, &ctl));
+                let mut own = own_tree(done.await);
+                // It ran when the job was asked for, and stopped since: this job stopped it
+                // for its final pass before a restart of doppel (or it ended on its own, as
+                // it may during a sync, which starts it again too).
+                if was == Some(ContainerStatus::Running) {
+                    let again = self
+                        .lifecycle
+                        .start(id, &[ContainerStatus::Stopped])
+                        .await?;
+                    started_again(&mut own, again);
+                }
+                own
+            }
+        };
+        let mut summary = match own {
+            Ok(summary) => summary,
+            Err(e) => return Ok(Err(without_paths(e, &named))),
+        };
+        // Its snapshots too (copies from them are clones then). One that cannot be
+        // converted stays a directory, said so, and the job still succeeds: the container's
+        // own tree is converted. So does a job cancelled now: the snapshots not converted
+        // yet stay directories.
         let (storage, id) = (storage.to_path_buf(), id.to_string());
         let result = run_in_background(move || {
-            let mut summary = match converted(&tree, size, &ctl)? {
-                Converted::Done(summary) => *summary,
-                Converted::Already => engine::Summary::default(),
-                Converted::NotConverted(why) => {
-                    return Err(EngineError::Refused(format!(
-                        "its tree stays the directory it was: {why}"
-                    )))
-                }
-            };
-            summary.notes.insert(
-                0,
-                "its tree is an image tree: its copies on its server are clones of its image"
-                    .into(),
-            );
-            // Its snapshots too (copies from them are clones then). One that cannot be
-            // converted stays a directory, said so, and the job still succeeds: the
-            // container's own tree is converted. So does a job cancelled now: the snapshots
-            // not converted yet stay directories.
             for snapshot in snapshots {
                 let place = snapshot_place(&storage, &id, &snapshot.id);
                 let name = &snapshot.name;
                 let note = match ctl.is_cancelled() {
                     true => Ok(Converted::NotConverted("the job was cancelled".into())),
-                    false => converted(&place, size, &ctl.for_another_run()),
+                    false => converted(&place, size, Pass::Whole, &ctl.for_another_run()),
                 };
                 summary.notes.push(match note {
                     Ok(Converted::Done(_)) => format!("snapshot {name}: an image tree now"),
@@ -113,18 +133,110 @@ impl JobRunner {
         .await;
         Ok(result.map_err(|e| without_paths(e, &named)))
     }
+
+    /// The container's own tree while its process runs: copied into its image meanwhile,
+    /// then the container stopped, what changed since synced in and the two swapped, and
+    /// the container started again. It is down for the final pass alone (`downtime_ms`).
+    /// A final pass that fails leaves the directory, and the container is started again
+    /// from it.
+    async fn convert_running(
+        &self,
+        id: &str,
+        tree: &Place,
+        size: u64,
+        ctl: &Control,
+    ) -> Result<Result<engine::Summary, EngineError>, DbError> {
+        let (t, c) = (tree.clone(), ctl.clone());
+        let first = run_in_background(move || converted(&t, size, Pass::WhileRunning, &c)).await;
+        let first = match first {
+            Ok(Converted::Done(first)) => *first,
+            other => return Ok(own_tree(other)),
+        };
+        let down = std::time::Instant::now();
+        let stopped = self.lifecycle.stop(id, STOP_GRACE).await?;
+        if stopped.status != ContainerStatus::Stopped {
+            let t = tree.clone();
+            // (The image made by the first pass goes; the directory is the tree.)
+            let _ = run_in_background(move || recover(&t)).await;
+            let why = stopped
+                .reason
+                .unwrap_or_else(|| stopped.status.as_str().into());
+            return Ok(Err(EngineError::Refused(format!(
+                "it could not be stopped for the final pass: {why}"
+            ))));
+        }
+        let (t, c) = (tree.clone(), ctl.for_another_run());
+        let last = run_in_background(move || converted(&t, size, Pass::Final, &c)).await;
+        let again = self
+            .lifecycle
+            .start(id, &[ContainerStatus::Stopped])
+            .await?;
+        let mut result = own_tree(last).map(|last| super::two_passes(first, last, down.elapsed()));
+        started_again(&mut result, again);
+        Ok(result)
+    }
 }
 
-/// [`to_image_tree`], and where it fails, what it left put right at once (not at the next
-/// start of doppel): the directory back, or the swap finished.
-fn converted(place: &Place, size: u64, ctl: &Control) -> Result<Converted, EngineError> {
-    let result = to_image_tree(place, size, ctl);
+/// How starting the container again went, in the summary's notes.
+fn started_again(result: &mut Result<engine::Summary, EngineError>, again: Outcome) {
+    match (result, again.status) {
+        (Ok(summary), ContainerStatus::Running) => summary.notes.extend(again.notes),
+        (Ok(summary), _) => summary.notes.push(format!(
+            "it did not start again: {}",
+            again.reason.as_deref().unwrap_or("no reason recorded")
+        )),
+        (Err(_), _) => {}
+    }
+}
+
+/// Which pass of a conversion.
+#[derive(Clone, Copy)]
+enum Pass {
+    /// The tree, nothing running from it, copied and swapped at once.
+    Whole,
+    /// The first of two, while its container runs: its image made.
+    WhileRunning,
+    /// The last, its container stopped: the changes since synced in, then the swap.
+    Final,
+}
+
+/// A pass of a conversion, and where it fails, what it left put right at once (not at the
+/// next start of doppel): the directory back, or the swap finished.
+fn converted(
+    place: &Place,
+    size: u64,
+    pass: Pass,
+    ctl: &Control,
+) -> Result<Converted, EngineError> {
+    let result = match pass {
+        Pass::Whole => to_image_tree(place, size, ctl),
+        Pass::WhileRunning => copy_while_running(place, size, ctl),
+        Pass::Final => finish_stopped(place, size, ctl),
+    };
     if result.is_err() {
         if let Err(e) = recover(place) {
             tracing::error!(tree = %place.root.display(), error = %e, "cannot put right a failed conversion to an image tree");
         }
     }
     result
+}
+
+/// What became of the container's own tree, as the job's result.
+fn own_tree(done: Result<Converted, EngineError>) -> Result<engine::Summary, EngineError> {
+    let mut summary = match done? {
+        Converted::Done(summary) => *summary,
+        Converted::Already => engine::Summary::default(),
+        Converted::NotConverted(why) => {
+            return Err(EngineError::Refused(format!(
+                "its tree stays the directory it was: {why}"
+            )))
+        }
+    };
+    summary.notes.insert(
+        0,
+        "its tree is an image tree: its copies on its server are clones of its image".into(),
+    );
+    Ok(summary)
 }
 
 /// How errors name the tree at `place` and its state (`(tree, state)`: "the tree", "the

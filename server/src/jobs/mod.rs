@@ -376,7 +376,8 @@ impl JobRunner {
             let reporter = Arc::new(ProgressReporter::new(self.clone(), running));
             let r2 = reporter.clone();
             let ctl = ctl.with_progress(move |p| r2.report(p));
-            let result = self.convert(&target_id, &target_root, ctl).await?;
+            let was = params.previous_status;
+            let result = self.convert(&target_id, &target_root, was, ctl).await?;
             let last_progress = reporter.flush(result.is_ok()).await;
             let ended = Ended {
                 result,
@@ -836,8 +837,7 @@ impl JobRunner {
             crate::config::runtime_dir(storage_root, id),
         ];
         let started = std::time::Instant::now();
-        run_in_background(move || engine::remove_trees(&trees).map(|()| Default::default()))
-            .await?;
+        run_in_background(move || engine::remove_trees(&trees)).await?;
         let mut summary = engine::Summary {
             duration_ms: started.elapsed().as_millis() as u64,
             ..Default::default()

@@ -1,15 +1,15 @@
 //! The thread a job's engine work runs on, and what its errors may say.
 
-use crate::engine::{self, EngineError};
+use crate::engine::EngineError;
 
 /// Runs a job's engine work on a thread of its own at the lowest CPU priority
 /// (`SCHED_IDLE`): a copy may use the machine fully, but requests and event streams come
 /// first, so the API stays responsive while copies run. (At nice 10, `make load` showed a
 /// copy's thread, busy in the kernel creating files, holding a third of both cores while
 /// 500 event streams waited.)
-pub(super) async fn run_in_background(
-    work: impl FnOnce() -> Result<engine::Summary, EngineError> + Send + 'static,
-) -> Result<engine::Summary, EngineError> {
+pub(super) async fn run_in_background<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, EngineError> + Send + 'static,
+) -> Result<T, EngineError> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let spawned = std::thread::Builder::new()
         .name("doppel-job".into())

@@ -1,9 +1,10 @@
 //! Directory trees made image trees ([`crate::engine::convert`]), so that their copies on
 //! their server are clones of one file. Two ways:
 //! - `POST /containers/{id}/convert-tree` ([`Service::convert_tree`]): a job for one
-//!   stopped container on this host (platform admins); the runner holds its lock while it
-//!   converts, so no job reads or writes the tree meanwhile, and no start is recorded
-//!   while the job is queued or running.
+//!   container on this host, stopped or running (stopped for the final pass only;
+//!   platform admins); the runner holds its lock while it converts, so no job reads or
+//!   writes the tree meanwhile, and no start or stop is recorded while the job is queued
+//!   or running.
 //! - `doppel convert-trees` ([`convert_trees`]): every tree of this host, while doppel is
 //!   stopped (its caller holds the data dir), skipping the containers whose process runs
 //!   (they outlive doppel).
@@ -65,11 +66,13 @@ fn conflict(m: impl Into<String>) -> ApiError {
 }
 
 impl Service {
-    /// `POST /containers/{id}/convert-tree`: a job that makes a stopped container's
-    /// directory tree, and its snapshots', image trees (platform admins: it is about the
-    /// host's storage). Refused with a 409 saying why where it cannot be: doppel runs
-    /// without `--image-trees`, the container is on another host, not stopped, already an
-    /// image tree or a subvolume, or its filesystem has no reflinks.
+    /// `POST /containers/{id}/convert-tree`: a job that makes a container's directory tree,
+    /// and its snapshots', image trees (platform admins: it is about the host's storage). A
+    /// running container runs on meanwhile but for the final pass. Refused with a 409
+    /// saying why where it cannot be: doppel runs without `--image-trees`, the container is
+    /// on another host, neither stopped nor running (a job has it, or it failed), already
+    /// an image tree or a subvolume, or its filesystem has no reflinks; with a 507 where
+    /// its server lacks the room.
     pub async fn convert_tree(
         &self,
         user: &UserInfo,
@@ -104,13 +107,8 @@ impl Service {
             }
             let status = ContainerStatus::parse(&row.status).unwrap_or(ContainerStatus::Stopped);
             match status {
-                ContainerStatus::Stopped => {}
-                ContainerStatus::Running => {
-                    return Err(conflict(format!(
-                        "{name} is running: stop it first (its tree is converted while \
-                         nothing runs from it)"
-                    )))
-                }
+                // (A running one is stopped for the final pass only.)
+                ContainerStatus::Stopped | ContainerStatus::Running => {}
                 ContainerStatus::Failed => {
                     return Err(conflict(format!(
                         "{name} failed: it has no complete tree to convert"

@@ -248,12 +248,14 @@ pub(super) async fn sync_container(
     Ok(accepted(&url, &JobAnswer { job }))
 }
 
-/// Make a stopped container's directory tree an image tree (asynchronous; platform admins)
+/// Make a container's directory tree an image tree (asynchronous; platform admins)
 ///
 /// Its copies on its server are then clones of its image instead of file-by-file copies;
-/// its snapshots are converted too. Needs doppel started with `--image-trees` and XFS with
-/// reflink=1 under the server's storage; 409 saying why where it cannot be done (the
-/// container runs, is on another host, or is an image tree or subvolume already).
+/// its snapshots are converted too. A running container is copied while it runs, then
+/// stopped for the final pass only (`downtime_ms`) and started again. Needs doppel started
+/// with `--image-trees` and XFS with reflink=1 under the server's storage; 409 saying why
+/// where it cannot be done (a job has the container, it failed, it is on another host, or
+/// it is an image tree or subvolume already); 507 where its server lacks the room.
 #[utoipa::path(
     post,
     path = "/containers/{id}/convert-tree",
