@@ -688,6 +688,37 @@ fn bench(dir: &Path, scale: f64, fs_name: &str) {
     // process (as a job after doppel starts again): a clone of its image.
     if fs_name == "xfs" {
         let (_, total) = engine::fsx::free_space(dir).unwrap();
+        // A running container's tree as a convert job takes it (rsync's copy of the source
+        // stands in): copied into its image while it runs, the 1 % change made meanwhile,
+        // then the final pass, with the container stopped: its downtime (less the stop and
+        // the start of its process).
+        // (With the change watch, as a job's.)
+        let running = Place::new(&rs_dst, dir.join("state/rsync-converted"));
+        let watched = Control::new().with_watch(engine::watch::Watch::shared());
+        let t = Instant::now();
+        let first = engine::convert::copy_while_running(&running, total, &watched);
+        let first_s = t.elapsed().as_secs_f64();
+        assert!(
+            matches!(first, Ok(engine::convert::Converted::Done(_))),
+            "{first:?}"
+        );
+        change_tree_with(&rs_dst, &small_files(&rs_dst, scale), scale, 99);
+        let t = Instant::now();
+        let last = engine::convert::finish_stopped(&running, total, &watched.for_another_run());
+        let last = last.unwrap();
+        let down_s = t.elapsed().as_secs_f64();
+        let engine::convert::Converted::Done(last) = last else {
+            panic!("{last:?}")
+        };
+        engine::convert::remove_old(&running).unwrap();
+        println!(
+            "a running tree converted: first pass {first_s:.2} s while it runs; after the 1 % \
+             change, the final pass {down_s:.2} s (+{} ~{} -{}), its downtime; phases (ms) {:?}, \
+             {:?}",
+            last.files_added, last.files_changed, last.files_deleted, last.phase_ms, last.notes
+        );
+        println!("{fs_name} convert_running_first_pass_seconds {first_s:.3}");
+        println!("{fs_name} convert_running_downtime_seconds {down_s:.3}");
         let t = Instant::now();
         let converted = engine::convert::to_image_tree(&src, total, &Control::new()).unwrap();
         let convert_s = t.elapsed().as_secs_f64();

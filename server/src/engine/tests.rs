@@ -3974,6 +3974,9 @@ fn a_tree_converted_in_two_passes_takes_what_changed_between_them() {
     assert!(image::is_image_tree(&tree.root));
     assert_same_tree(&was.root, &tree.root);
     assert!(verify(&tree, &Control::new()).unwrap().ok);
+    // The old directory waits in the work dir until the container runs again.
+    assert!(tree.state_dir.join("convert/old").is_dir());
+    convert::remove_old(&tree).unwrap();
     assert!(!tree.state_dir.join("convert").exists());
     no_debris(&tree);
 

@@ -16,7 +16,7 @@ use super::thread::{run_in_background, without_paths};
 use super::JobRunner;
 use crate::config::{container_place, image_tree_size, snapshot_place};
 use crate::engine::convert::{
-    copy_while_running, finish_stopped, recover, to_image_tree, Converted,
+    copy_while_running, finish_stopped, recover, remove_old, to_image_tree, Converted,
 };
 use crate::engine::{self, Control, EngineError, Place};
 use crate::lifecycle::Outcome;
@@ -171,7 +171,13 @@ impl JobRunner {
             .lifecycle
             .start(id, &[ContainerStatus::Stopped])
             .await?;
-        let mut result = own_tree(last).map(|last| super::two_passes(first, last, down.elapsed()));
+        let down = down.elapsed();
+        // The old directory goes once it runs again (outside its downtime).
+        let t = tree.clone();
+        if let Err(e) = run_in_background(move || remove_old(&t)).await {
+            tracing::warn!(tree = %tree.root.display(), error = %e, "removing a converted tree's old directory");
+        }
+        let mut result = own_tree(last).map(|last| super::two_passes(first, last, down));
         started_again(&mut result, again);
         Ok(result)
     }
