@@ -69,6 +69,7 @@ pub fn copy_while_running(
 /// [`remove_old`] once the container runs again (removing 40,000 files took most of a
 /// second of the downtime; [`recover`] removes it too).
 pub fn finish_stopped(place: &Place, size: u64, ctl: &Control) -> Result<Converted, EngineError> {
+    let ctl = &unwatched(ctl);
     let work = work_dir(place);
     let new = image_place(place).with_image_size(Some(size));
     if !image::is_image_tree(&new.root) {
@@ -83,12 +84,20 @@ pub fn finish_stopped(place: &Place, size: u64, ctl: &Control) -> Result<Convert
             return Err(e);
         }
     };
-    if let Some(why) = refusal(&summary, false) {
+    if let Some(why) = refusal(&summary) {
         remove_trees(&[work])?;
         return Ok(Converted::NotConverted(why));
     }
     swap(place, &work, &new.root, ctl)?;
     Ok(Converted::Done(Box::new(summary)))
+}
+
+/// `ctl` without the change watch, for a pass into the image: the watch holds open each
+/// filesystem it is asked about, so the image's could not be unmounted should the
+/// conversion be refused. (Its source is walked then: a copy file by file records no
+/// mark of it anyway.)
+fn unwatched(ctl: &Control) -> Control {
+    ctl.clone().with_watch(None)
 }
 
 /// Where a conversion lays the tree's image down: in its work dir, with its own state.
@@ -98,14 +107,16 @@ fn image_place(place: &Place) -> Place {
 }
 
 /// The checks before a conversion, then the tree copied into a new image tree in its work
-/// dir (`Done`: its copy's summary). `running`: files changing meanwhile are let be (a
-/// final pass brings them); else they refuse it.
+/// dir (`Done`: its copy's summary). `running`: files changing meanwhile, and device files
+/// or sockets (a service's socket is there only while it runs), are let be: the final
+/// pass decides; else they refuse it.
 fn copy_into_image(
     place: &Place,
     size: u64,
     running: bool,
     ctl: &Control,
 ) -> Result<Converted, EngineError> {
+    let ctl = &unwatched(ctl);
     recover(place)?;
     // (Mounted or not, an image tree has its image beside it.)
     if image::image_path(&place.root).exists() {
@@ -156,8 +167,10 @@ fn copy_into_image(
                 .cloned()
                 .unwrap_or_else(|| "its copy was laid down as a directory".into()),
         )
+    } else if running {
+        None
     } else {
-        refusal(&summary, running)
+        refusal(&summary)
     };
     if let Some(why) = refused {
         remove_trees(&[work])?;
@@ -167,15 +180,15 @@ fn copy_into_image(
 }
 
 /// Why a pass's copy cannot become the tree, if it cannot: it left device files or sockets
-/// out, or (unless `running`: a final pass follows) files changed while it copied them.
-fn refusal(summary: &Summary, running: bool) -> Option<String> {
+/// out, or files changed while it copied them.
+fn refusal(summary: &Summary) -> Option<String> {
     if summary.skipped_special_count > 0 {
         Some(format!(
             "it holds {} device files or sockets, which a copy leaves out (first: {})",
             summary.skipped_special_count,
             summary.skipped_special.first().map_or("", String::as_str)
         ))
-    } else if summary.unstable_count > 0 && !running {
+    } else if summary.unstable_count > 0 {
         Some(format!(
             "{} files changed while it was copied (first: {}): stop what writes to it",
             summary.unstable_count,

@@ -4,7 +4,8 @@
 //! runner holds the container's lock for writing meanwhile, so no copy, sync or snapshot
 //! reads or writes the trees; no start or stop is recorded while the job is queued or
 //! running; the sync status does not look at the tree while it is
-//! swapped ([`JobRunner::is_converting`]). The container's row is left as it was: the tree
+//! swapped ([`JobRunner::is_converting`]). The job's end leaves the container's row as it
+//! was (a running one's stop and start for the final pass record themselves): the tree
 //! holds the same entries (and its manifest the same root hash), so its copies stay as
 //! current as they were.
 
@@ -54,7 +55,26 @@ impl JobRunner {
         let refused = |m: String| Ok(Err(EngineError::Refused(m)));
         // Its request found it stopped or running, and no start or stop is recorded while
         // this job is queued; as it is now decides how its tree is converted.
-        let running = match self.db.container_status(id).await? {
+        let mut status = self.db.container_status(id).await?;
+        // It ran when the job was asked for, and has stopped since: this job stopped it for
+        // its final pass before a restart of doppel (or it ended on its own, as it may
+        // during a sync, which starts it again too). Started again first, it is converted
+        // while it runs, down for the final pass only.
+        let mut not_started = None;
+        if was == Some(ContainerStatus::Running) && status == Some(ContainerStatus::Stopped) {
+            let again = self
+                .lifecycle
+                .start(id, &[ContainerStatus::Stopped])
+                .await?;
+            if again.status != ContainerStatus::Running {
+                not_started = Some(format!(
+                    "it did not start again: {}",
+                    again.reason.as_deref().unwrap_or("no reason recorded")
+                ));
+            }
+            status = Some(again.status);
+        }
+        let running = match status {
             Some(ContainerStatus::Stopped) => false,
             Some(ContainerStatus::Running) => true,
             Some(status) => {
@@ -84,24 +104,14 @@ impl JobRunner {
             false => {
                 let (tree, ctl) = (tree.clone(), ctl.clone());
                 let done = run_in_background(move || converted(&tree, size, Pass::Whole, &ctl));
-                let mut own = own_tree(done.await);
-                // It ran when the job was asked for, and stopped since: this job stopped it
-                // for its final pass before a restart of doppel (or it ended on its own, as
-                // it may during a sync, which starts it again too).
-                if was == Some(ContainerStatus::Running) {
-                    let again = self
-                        .lifecycle
-                        .start(id, &[ContainerStatus::Stopped])
-                        .await?;
-                    started_again(&mut own, again);
-                }
-                own
+                own_tree(done.await)
             }
         };
         let mut summary = match own {
             Ok(summary) => summary,
             Err(e) => return Ok(Err(without_paths(e, &named))),
         };
+        summary.notes.extend(not_started);
         // Its snapshots too (copies from them are clones then). One that cannot be
         // converted stays a directory, said so, and the job still succeeds: the container's
         // own tree is converted. So does a job cancelled now: the snapshots not converted
@@ -152,15 +162,31 @@ impl JobRunner {
             Ok(Converted::Done(first)) => *first,
             other => return Ok(own_tree(other)),
         };
+        // (The image made by the first pass goes where no final pass follows; the
+        // directory is the tree.)
+        let undo = || {
+            let t = tree.clone();
+            run_in_background(move || recover(&t))
+        };
+        if ctl.is_cancelled() {
+            let _ = undo().await;
+            return Ok(Err(EngineError::Cancelled));
+        }
         let down = std::time::Instant::now();
         let stopped = self.lifecycle.stop(id, STOP_GRACE).await?;
-        if stopped.status != ContainerStatus::Stopped {
-            let t = tree.clone();
-            // (The image made by the first pass goes; the directory is the tree.)
-            let _ = run_in_background(move || recover(&t)).await;
-            let why = stopped
+        // (Recorded stopped, it must have no process: the final pass must not race one.)
+        let still = match stopped.status {
+            ContainerStatus::Stopped => self.lifecycle.has_process(id).await,
+            _ => Err(stopped
                 .reason
-                .unwrap_or_else(|| stopped.status.as_str().into());
+                .unwrap_or_else(|| stopped.status.as_str().into())),
+        };
+        if still != Ok(false) {
+            let _ = undo().await;
+            let why = match still {
+                Err(why) => why,
+                Ok(_) => "its process still runs".into(),
+            };
             return Ok(Err(EngineError::Refused(format!(
                 "it could not be stopped for the final pass: {why}"
             ))));
@@ -174,24 +200,34 @@ impl JobRunner {
         let down = down.elapsed();
         // The old directory goes once it runs again (outside its downtime).
         let t = tree.clone();
-        if let Err(e) = run_in_background(move || remove_old(&t)).await {
-            tracing::warn!(tree = %tree.root.display(), error = %e, "removing a converted tree's old directory");
-        }
+        let removed = run_in_background(move || remove_old(&t)).await;
         let mut result = own_tree(last).map(|last| super::two_passes(first, last, down));
+        if let (Ok(summary), Err(e)) = (&mut result, removed) {
+            tracing::warn!(tree = %tree.root.display(), error = %e, "removing a converted tree's old directory");
+            summary.notes.push(
+                "its old directory is not removed yet (doppel removes it at its next start)".into(),
+            );
+        }
         started_again(&mut result, again);
         Ok(result)
     }
 }
 
-/// How starting the container again went, in the summary's notes.
+/// How starting the container again went: in the summary's notes, or with the error.
 fn started_again(result: &mut Result<engine::Summary, EngineError>, again: Outcome) {
-    match (result, again.status) {
-        (Ok(summary), ContainerStatus::Running) => summary.notes.extend(again.notes),
-        (Ok(summary), _) => summary.notes.push(format!(
-            "it did not start again: {}",
-            again.reason.as_deref().unwrap_or("no reason recorded")
-        )),
-        (Err(_), _) => {}
+    if again.status == ContainerStatus::Running {
+        if let Ok(summary) = result {
+            summary.notes.extend(again.notes);
+        }
+        return;
+    }
+    let not = format!(
+        "it did not start again: {}",
+        again.reason.as_deref().unwrap_or("no reason recorded")
+    );
+    match result {
+        Ok(summary) => summary.notes.push(not),
+        Err(e) => *e = EngineError::Refused(format!("{e}; {not}")),
     }
 }
 

@@ -423,6 +423,18 @@ impl Lifecycle {
     }
 
     /// What is true of one container's process, wherever it runs.
+    /// Whether the container's process runs, as its runtime says (`Err`: it could not
+    /// tell).
+    pub async fn has_process(&self, id: &str) -> Result<bool, String> {
+        let Some(row) = self.db.container(id).await.map_err(|e| e.to_string())? else {
+            return Ok(false);
+        };
+        Ok(matches!(
+            self.observe_one(&row).await?,
+            Observed::Running { .. }
+        ))
+    }
+
     async fn observe_one(&self, row: &ContainerRow) -> Result<Observed, String> {
         if row.is_on_agent() {
             let mut states = self
