@@ -680,4 +680,20 @@ async fn convert_trees_makes_the_trees_made_before_image_trees_and_leaves_runnin
         (&json!("image_tree"), &json!("stopped")),
         "{c}"
     );
+
+    // A converted tree that syncs have read (the change watch looked at it) is deleted
+    // whole: its image unmounted and removed.
+    let web_root = root(&web);
+    let deleted = api
+        .client
+        .delete(format!("{}/api/v1/containers/{web_id}", api.base))
+        .bearer_auth(&api.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status().as_u16(), 202);
+    let deleted: Value = deleted.json().await.unwrap();
+    let job = api.wait_job(deleted["job"]["url"].as_str().unwrap()).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert!(!web_root.exists() && !image::image_path(&web_root).exists());
 }

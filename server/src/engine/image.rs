@@ -500,10 +500,12 @@ fn move_mount(from: &Path, to: &Path) -> io::Result<()> {
     rustix::mount::mount_move(from, to).map_err(io::Error::from)
 }
 
-/// Unmounts the filesystem at `root`. Busy, it is tried again for a moment (half a
+/// Unmounts the filesystem at `root`, which the process's change watch lets go of first
+/// ([`super::watch::Watch::release_shared`]). Busy, it is tried again for a moment (half a
 /// second): the keeper of image trees' room ([`super::image_room`]) holds each tree open
 /// for a few microseconds as it looks.
 fn unmount(root: &Path) -> io::Result<()> {
+    super::watch::Watch::release_shared(root);
     let mut tries = 0;
     loop {
         match rustix::mount::unmount(root, rustix::mount::UnmountFlags::NOFOLLOW) {

@@ -121,11 +121,33 @@ struct Tree {
     floor: u64,
 }
 
+/// The process's watch ([`Watch::shared`]), once started.
+static SHARED: OnceLock<Option<Arc<Watch>>> = OnceLock::new();
+
+/// What a watched filesystem's mark asks to hear of.
+const MARK_MASK: u64 = libc::FAN_MODIFY
+    | libc::FAN_ATTRIB
+    | libc::FAN_CLOSE_WRITE
+    | libc::FAN_CREATE
+    | libc::FAN_DELETE
+    | libc::FAN_RENAME
+    | libc::FAN_ONDIR;
+
 impl Watch {
+    /// Before the filesystem mounted at `point` is unmounted (an image tree removed): the
+    /// process's watch, if started, lets go of it. Each watched filesystem is held open by
+    /// a directory of it, which would keep the unmount busy (a delete of an image tree a
+    /// sync had looked at failed so). Its trees are watched no more; one asked about again
+    /// is watched anew, from then on.
+    pub fn release_shared(point: &Path) {
+        if let Some(Some(watch)) = SHARED.get() {
+            watch.inner.release(point);
+        }
+    }
+
     /// The process's watch, started on first use; `None` where fanotify cannot watch whole
     /// filesystems (not root, or a kernel without it).
     pub fn shared() -> Option<Arc<Watch>> {
-        static SHARED: OnceLock<Option<Arc<Watch>>> = OnceLock::new();
         SHARED
             .get_or_init(|| match Watch::new() {
                 Ok(w) => Some(Arc::new(w)),
@@ -304,6 +326,41 @@ impl Inner {
         }
     }
 
+    /// Lets go of the filesystem mounted at `point` (see [`Watch::release_shared`]).
+    fn release(&self, point: &Path) {
+        let Ok(dir) = crate::engine::fsx::open_dir(point) else {
+            return;
+        };
+        // SAFETY: fstatfs fills the zeroed struct it is given.
+        let mut sfs: libc::statfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::fstatfs(dir.as_raw_fd(), &mut sfs) } != 0 {
+            return;
+        }
+        let fsid = fsid_bytes(&sfs);
+        let Ok(mut st) = self.state.lock() else {
+            return;
+        };
+        if st.filesystems.remove(&fsid).is_none() {
+            return;
+        }
+        let on_it = |key: &[u8]| key.get(..8) == Some(&fsid[..]);
+        st.trees.retain(|_, t| !on_it(&t.key));
+        st.dirs.retain(|key, _| !on_it(key));
+        // (Its mark would go with the unmount; removed now, no event of it comes after.)
+        if let Ok(path) = std::ffi::CString::new(point.as_os_str().as_bytes()) {
+            // SAFETY: plain syscall on descriptors and a C string we own.
+            unsafe {
+                libc::fanotify_mark(
+                    self.fd.as_raw_fd(),
+                    libc::FAN_MARK_REMOVE | libc::FAN_MARK_FILESYSTEM,
+                    MARK_MASK,
+                    libc::AT_FDCWD,
+                    path.as_ptr(),
+                )
+            };
+        }
+    }
+
     /// Registers the tree at `root` (canonical; `key`: its root's), watching its
     /// filesystem from now on.
     fn track(&self, st: &mut State, root: &Path, key: &[u8], mount_id: i32) -> io::Result<()> {
@@ -319,13 +376,7 @@ impl Inner {
         }
         let fsid = fsid_bytes(&sfs);
         if let std::collections::hash_map::Entry::Vacant(slot) = st.filesystems.entry(fsid) {
-            let mask = libc::FAN_MODIFY
-                | libc::FAN_ATTRIB
-                | libc::FAN_CLOSE_WRITE
-                | libc::FAN_CREATE
-                | libc::FAN_DELETE
-                | libc::FAN_RENAME
-                | libc::FAN_ONDIR;
+            let mask = MARK_MASK;
             let path = std::ffi::CString::new(root.as_os_str().as_bytes())?;
             // SAFETY: plain syscall on descriptors and a C string we own.
             let r = unsafe {

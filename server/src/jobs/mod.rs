@@ -836,8 +836,22 @@ impl JobRunner {
             crate::config::snapshots_dir(storage_root).join(id),
             crate::config::runtime_dir(storage_root, id),
         ];
+        // (Its errors name what they are about, not paths on the server.)
+        let mut names: Vec<(String, &str)> = trees
+            .iter()
+            .map(|t| t.display().to_string())
+            .zip([
+                "its tree",
+                "its state",
+                "its snapshots",
+                "its runtime files",
+            ])
+            .collect();
+        names.push((storage_root.display().to_string(), "the server"));
         let started = std::time::Instant::now();
-        run_in_background(move || engine::remove_trees(&trees)).await?;
+        run_in_background(move || engine::remove_trees(&trees))
+            .await
+            .map_err(|e| without_paths(e, &names))?;
         let mut summary = engine::Summary {
             duration_ms: started.elapsed().as_millis() as u64,
             ..Default::default()
