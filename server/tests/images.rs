@@ -60,6 +60,48 @@ impl Api {
             resp.json().await.unwrap_or(Value::Null),
         )
     }
+    /// Stops the container, and waits until it is recorded stopped.
+    async fn stop_and_wait(&self, id: &str) {
+        let (status, stopped) = self
+            .post(&format!("/api/v1/containers/{id}/stop"), None)
+            .await;
+        assert_eq!(status, 200, "{stopped}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.container(id).await["status"] != "stopped" {
+            assert!(Instant::now() < deadline, "{id} does not stop");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    /// A copy of `source` (`body`: the copy request) that succeeded as a clone of its
+    /// source's image; its job.
+    async fn copied_as_clone(&self, source: &str, body: Value) -> Value {
+        let (status, copied) = self
+            .post(&format!("/api/v1/containers/{source}/copy"), Some(body))
+            .await;
+        assert_eq!(status, 202, "{copied}");
+        let job = self.wait_job(copied["job"]["url"].as_str().unwrap()).await;
+        assert_eq!(job["status"], "succeeded", "{job}");
+        assert!(
+            job["summary"]["notes"]
+                .to_string()
+                .contains("a clone of the source's image"),
+            "{job}"
+        );
+        job
+    }
+    /// `DELETE /containers/{id}`, and its job once it ended.
+    async fn delete_and_wait(&self, id: &str) -> Value {
+        let resp = self
+            .client
+            .delete(format!("{}/api/v1/containers/{id}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 202);
+        let body: Value = resp.json().await.unwrap();
+        self.wait_job(body["job"]["url"].as_str().unwrap()).await
+    }
     async fn container(&self, id: &str) -> Value {
         self.get(&format!("/api/v1/containers/{id}")).await
     }
@@ -303,16 +345,7 @@ async fn image_trees_are_laid_down_copied_as_clones_and_mounted_again_after_a_ho
     within_10s(|| trees.iter().all(|t| free(t) >= 2 << 30), said).await;
 
     // Deleted: its process, its mount, its loop device and its image are gone.
-    let resp = api
-        .client
-        .delete(format!("{}/api/v1/containers/{copy_id}", api.base))
-        .bearer_auth(&api.token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 202);
-    let body: Value = resp.json().await.unwrap();
-    let job = api.wait_job(body["job"]["url"].as_str().unwrap()).await;
+    let job = api.delete_and_wait(&copy_id).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     assert!(!copy_root.exists() && !image::image_path(&copy_root).exists());
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
@@ -379,15 +412,7 @@ async fn convert_trees_makes_the_trees_made_before_image_trees_and_leaves_runnin
     let job = api.wait_job(copied["job"]["url"].as_str().unwrap()).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     // web-app is stopped in doppel first; etl-worker is left running.
-    let (status, stopped) = api
-        .post(&format!("/api/v1/containers/{web_id}/stop"), None)
-        .await;
-    assert_eq!(status, 200, "{stopped}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while api.container(&web_id).await["status"] != "stopped" {
-        assert!(Instant::now() < deadline, "web-app does not stop");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    api.stop_and_wait(&web_id).await;
     doppel.kill().unwrap();
     doppel.wait().unwrap();
 
@@ -514,18 +539,7 @@ async fn convert_trees_makes_the_trees_made_before_image_trees_and_leaves_runnin
         if let Some(snapshot) = snapshot {
             body["source_snapshot"] = snapshot.into();
         }
-        let (status, copied) = api
-            .post(&format!("/api/v1/containers/{web_id}/copy"), Some(body))
-            .await;
-        assert_eq!(status, 202, "{copied}");
-        let job = api.wait_job(copied["job"]["url"].as_str().unwrap()).await;
-        assert_eq!(job["status"], "succeeded", "{job}");
-        assert!(
-            job["summary"]["notes"]
-                .to_string()
-                .contains("a clone of the source's image"),
-            "{name}: {job}"
-        );
+        api.copied_as_clone(&web_id, body).await;
     }
 
     // While doppel runs, through the API: edge-proxy, left a directory above, is converted
@@ -644,29 +658,10 @@ async fn convert_trees_makes_the_trees_made_before_image_trees_and_leaves_runnin
     // A copy of its converted snapshot is a clone of its image.
     let body = json!({"target_project_id": c["project_id"], "name": "edge-from-its-snapshot",
         "source_snapshot": "before-convert"});
-    let (status, copied) = api
-        .post(&format!("/api/v1/containers/{edge_id}/copy"), Some(body))
-        .await;
-    assert_eq!(status, 202, "{copied}");
-    let job = api.wait_job(copied["job"]["url"].as_str().unwrap()).await;
-    assert_eq!(job["status"], "succeeded", "{job}");
-    assert!(
-        job["summary"]["notes"]
-            .to_string()
-            .contains("a clone of the source's image"),
-        "{job}"
-    );
+    api.copied_as_clone(&edge_id, body).await;
 
     // A stopped container: converted in one pass, and left stopped.
-    let (status, stopped) = api
-        .post(&format!("/api/v1/containers/{etl_id}/stop"), None)
-        .await;
-    assert_eq!(status, 200, "{stopped}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while api.container(etl_id).await["status"] != "stopped" {
-        assert!(Instant::now() < deadline, "etl-worker does not stop");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    api.stop_and_wait(etl_id).await;
     let (status, started) = api
         .post(&format!("/api/v1/containers/{etl_id}/convert-tree"), None)
         .await;
@@ -684,16 +679,7 @@ async fn convert_trees_makes_the_trees_made_before_image_trees_and_leaves_runnin
     // A converted tree that syncs have read (the change watch looked at it) is deleted
     // whole: its image unmounted and removed.
     let web_root = root(&web);
-    let deleted = api
-        .client
-        .delete(format!("{}/api/v1/containers/{web_id}", api.base))
-        .bearer_auth(&api.token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(deleted.status().as_u16(), 202);
-    let deleted: Value = deleted.json().await.unwrap();
-    let job = api.wait_job(deleted["job"]["url"].as_str().unwrap()).await;
+    let job = api.delete_and_wait(&web_id).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     assert!(!web_root.exists() && !image::image_path(&web_root).exists());
 }

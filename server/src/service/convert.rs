@@ -18,14 +18,12 @@ use std::sync::Arc;
 use app::model::*;
 
 use super::containers::tree_kind;
-use super::jobs::{check_idempotency_key, request_fingerprint};
+use super::jobs::{check_idempotency_key, new_job, request_fingerprint};
 use super::{internal, Service};
 use crate::config::{container_place, container_root, image_tree_size, snapshot_place};
 use crate::engine::convert::{self, Converted};
 use crate::engine::{Control, Place, Progress, Summary};
-use crate::ids::{new_id, now_ms};
 use crate::jobs::JobParams;
-use crate::store::NewJob;
 use crate::store::{Db, DbError, HostTree};
 
 #[derive(Debug, thiserror::Error)]
@@ -169,20 +167,10 @@ impl Service {
                 previous_status: Some(status),
                 bwlimit: None,
             };
-            self.queue_and_run(NewJob {
-                kind: JobKind::Convert,
-                job_id: new_id(),
-                project_id: row.project_id.clone(),
-                container_id: id.to_string(),
-                // A conversion reads nothing else: its "source" is the container itself.
-                source_id: id.to_string(),
-                requested_by: user.id.clone(),
-                params: serde_json::to_string(&params).map_err(internal)?,
-                request_fingerprint: idem.is_some().then_some(fingerprint),
-                idempotency_key: idem,
-                now: now_ms(),
-            })
-            .await
+            // (A conversion reads nothing else: its "source" is the container itself.)
+            let on = (row.project_id.as_str(), id, id);
+            let job = new_job(JobKind::Convert, user, on, &params, (idem, fingerprint))?;
+            self.queue_and_run(job).await
         })
         .await
     }

@@ -3,11 +3,9 @@
 
 use app::model::*;
 
-use super::jobs::{check_idempotency_key, request_fingerprint};
-use super::{internal, Service};
-use crate::ids::{new_id, now_ms};
+use super::jobs::{check_idempotency_key, new_job, request_fingerprint};
+use super::Service;
 use crate::jobs::JobParams;
-use crate::store::NewJob;
 
 impl Service {
     /// `DELETE /containers/{id}`: operators and admins of its project; not while another
@@ -38,20 +36,10 @@ impl Service {
                 previous_status: Some(status),
                 bwlimit: None,
             };
-            self.queue_and_run(NewJob {
-                kind: JobKind::Delete,
-                job_id: new_id(),
-                project_id: row.project_id.clone(),
-                container_id: id.to_string(),
-                // A delete reads nothing else: its "source" is the container itself.
-                source_id: id.to_string(),
-                requested_by: user.id.clone(),
-                params: serde_json::to_string(&params).map_err(internal)?,
-                request_fingerprint: idem.is_some().then_some(fingerprint),
-                idempotency_key: idem,
-                now: now_ms(),
-            })
-            .await
+            // (A delete reads nothing else: its "source" is the container itself.)
+            let on = (row.project_id.as_str(), id, id);
+            let job = new_job(JobKind::Delete, user, on, &params, (idem, fingerprint))?;
+            self.queue_and_run(job).await
         })
         .await
     }

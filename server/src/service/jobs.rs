@@ -5,8 +5,31 @@ use app::model::*;
 use super::{check_id, check_param_id, internal, Service};
 use crate::store::{Admission, JobCaps, NewJob};
 
+/// A job of `kind` on `container` (of `project`; reading `source`) as `user` asks it: its
+/// params, and the request's idempotency key with the request's fingerprint.
+pub(super) fn new_job(
+    kind: JobKind,
+    user: &UserInfo,
+    (project, container, source): (&str, &str, &str),
+    params: &crate::jobs::JobParams,
+    (idempotency_key, fingerprint): (Option<String>, String),
+) -> Result<NewJob, ApiError> {
+    Ok(NewJob {
+        kind,
+        job_id: crate::ids::new_id(),
+        project_id: project.to_string(),
+        container_id: container.to_string(),
+        source_id: source.to_string(),
+        requested_by: user.id.clone(),
+        params: serde_json::to_string(params).map_err(internal)?,
+        request_fingerprint: idempotency_key.is_some().then_some(fingerprint),
+        idempotency_key,
+        now: crate::ids::now_ms(),
+    })
+}
+
 impl Service {
-    /// Queues a sync or a delete unless a job is queued or running for its container (409
+    /// Queues a sync, a delete or a conversion unless a job is queued or running for its container (409
     /// naming that one), announces it as queued, and hands it to the runner.
     pub(super) async fn queue_and_run(&self, new: NewJob) -> Result<Job, ApiError> {
         let (job_id, container_id) = (new.job_id.clone(), new.container_id.clone());

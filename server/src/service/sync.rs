@@ -2,11 +2,9 @@
 
 use app::model::*;
 
-use super::jobs::{check_idempotency_key, parse_bwlimit, request_fingerprint};
+use super::jobs::{check_idempotency_key, new_job, parse_bwlimit, request_fingerprint};
 use super::{internal, Service};
-use crate::ids::{new_id, now_ms};
 use crate::jobs::JobParams;
-use crate::store::NewJob;
 
 impl Service {
     /// `POST /containers/{id}/sync`: one sync at a time per container (a second request
@@ -95,19 +93,9 @@ impl Service {
                 previous_status: Some(previous),
                 bwlimit,
             };
-            self.queue_and_run(NewJob {
-                kind: JobKind::Sync,
-                job_id: new_id(),
-                project_id: c.summary.project_id.clone(),
-                container_id: id.to_string(),
-                source_id,
-                requested_by: user.id.clone(),
-                params: serde_json::to_string(&params).map_err(internal)?,
-                request_fingerprint: idem.is_some().then_some(fingerprint),
-                idempotency_key: idem,
-                now: now_ms(),
-            })
-            .await
+            let on = (c.summary.project_id.as_str(), id, source_id.as_str());
+            let job = new_job(JobKind::Sync, user, on, &params, (idem, fingerprint))?;
+            self.queue_and_run(job).await
         })
         .await
     }
