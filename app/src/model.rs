@@ -361,6 +361,27 @@ pub struct Server {
     pub image_trees: Option<u64>,
 }
 
+/// `POST /api/v1/servers/{id}/convert-trees`: the convert jobs started, one per container
+/// whose tree is a directory, and the containers with such a tree that got none, with why.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServerConversions {
+    pub jobs: Vec<Job>,
+    pub refused: Vec<ConversionRefused>,
+    /// Containers on the server whose trees are image trees (or subvolumes) already.
+    pub already: u64,
+}
+
+/// A container whose directory tree no convert job was started for.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConversionRefused {
+    pub container_id: String,
+    pub name: String,
+    /// What the container's own request would have been answered.
+    pub reason: String,
+}
+
 /// `PUT /api/v1/servers/{id}/bwlimit`: a server's bandwidth limit, or none.
 #[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

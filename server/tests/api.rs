@@ -284,6 +284,21 @@ async fn membership_limits_what_a_user_sees() {
             .contains("doppel runs without --image-trees"),
         "{refused}"
     );
+    // And a server's trees at once: the same.
+    let (_, servers) = s.get("/api/v1/servers", &s.admin_token).await;
+    let server = servers["servers"][0]["id"].as_str().unwrap().to_string();
+    let convert = format!("/api/v1/servers/{server}/convert-trees");
+    for (token, want, said) in [
+        (&s.alice_token, 403, "is for platform admins"),
+        (&s.admin_token, 409, "doppel runs without --image-trees"),
+    ] {
+        let (st, refused) = s.call(reqwest::Method::POST, &convert, token, None).await;
+        assert_eq!(st, want, "{refused}");
+        assert!(
+            refused["error"]["message"].as_str().unwrap().contains(said),
+            "{refused}"
+        );
+    }
     let (_, jobs) = s.get("/api/v1/jobs?kind=convert", &s.admin_token).await;
     assert_eq!(jobs["jobs"], serde_json::json!([]), "{jobs}");
     let (_, servers) = s.get("/api/v1/servers", &s.alice_token).await;

@@ -676,6 +676,36 @@ async fn convert_trees_makes_the_trees_made_before_image_trees_and_leaves_runnin
         "{c}"
     );
 
+    // Every directory tree left on edge-proxy's server at once: edge-copy gets a job, the
+    // cancelled etl-slow-copy (no tree) is refused saying why, the image trees are counted.
+    let (status, started) = api
+        .post(
+            &format!(
+                "/api/v1/servers/{}/convert-trees",
+                edge["server_id"].as_str().unwrap()
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(status, 202, "{started}");
+    let jobs = started["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 1, "{started}");
+    assert_eq!(jobs[0]["container_id"], edge_copy.as_str(), "{started}");
+    let refused = started["refused"].as_array().unwrap();
+    assert!(
+        refused.len() == 1
+            && refused[0]["name"] == "etl-slow-copy"
+            && refused[0]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("no complete tree"),
+        "{started}"
+    );
+    assert!(started["already"].as_u64().unwrap() >= 5, "{started}");
+    let job = api.wait_job(jobs[0]["url"].as_str().unwrap()).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(api.container(&edge_copy).await["tree"], "image_tree");
+
     // A converted tree that syncs have read (the change watch looked at it) is deleted
     // whole: its image unmounted and removed.
     let web_root = root(&web);

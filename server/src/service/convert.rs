@@ -19,7 +19,7 @@ use app::model::*;
 
 use super::containers::tree_kind;
 use super::jobs::{check_idempotency_key, new_job, request_fingerprint};
-use super::{internal, Service};
+use super::{check_id, internal, Service};
 use crate::config::{container_place, container_root, image_tree_size, snapshot_place};
 use crate::engine::convert::{self, Converted};
 use crate::engine::{Control, Place, Progress, Summary};
@@ -58,6 +58,9 @@ pub enum Outcome {
     /// is put right by the next conversion or doppel's next start ([`convert::recover`]).
     Failed(String),
 }
+
+const NO_IMAGE_TREES: &str = "doppel runs without --image-trees: start it with --image-trees \
+     SIZE (the most each image tree may hold, e.g. 64G) to convert trees";
 
 fn conflict(m: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::Conflict, m)
@@ -98,10 +101,7 @@ impl Service {
                 )));
             }
             if image_tree_size().is_none() {
-                return Err(conflict(
-                    "doppel runs without --image-trees: start it with --image-trees SIZE (the \
-                     most each image tree may hold, e.g. 64G) to convert trees",
-                ));
+                return Err(conflict(NO_IMAGE_TREES));
             }
             let status = ContainerStatus::parse(&row.status).unwrap_or(ContainerStatus::Stopped);
             match status {
@@ -173,6 +173,64 @@ impl Service {
             self.queue_and_run(job).await
         })
         .await
+    }
+}
+
+impl Service {
+    /// `POST /servers/{id}/convert-trees` (platform admins): a convert job
+    /// ([`Service::convert_tree`]) for each container on the server whose tree is a
+    /// directory. Those refused (a job has one, it failed, no room) are listed with why; the
+    /// request as a whole is refused only where no container of it could be converted: a
+    /// server on another host, or doppel without `--image-trees`. The jobs run one at a
+    /// time per server, as every job does with the default `--max-jobs-per-server`.
+    pub async fn convert_server_trees(
+        &self,
+        user: &UserInfo,
+        server_id: &str,
+    ) -> Result<ServerConversions, ApiError> {
+        Self::require_platform_admin(user, "converting a server's trees")?;
+        check_id("server id", server_id)?;
+        let servers = self.list_servers(user).await?;
+        let Some(server) = servers.iter().find(|s| s.id == server_id) else {
+            return Err(ApiError::not_found("server", server_id));
+        };
+        if server.kind == ServerKind::Agent {
+            return Err(conflict(format!(
+                "{} is a server on another host: only trees on doppel's own host can be \
+                 converted",
+                server.name
+            )));
+        }
+        if image_tree_size().is_none() {
+            return Err(conflict(NO_IMAGE_TREES));
+        }
+        let rows = self.db.containers(None).await.map_err(internal)?;
+        let mut done = ServerConversions {
+            jobs: Vec::new(),
+            refused: Vec::new(),
+            already: 0,
+        };
+        for row in rows.into_iter().filter(|r| r.server_id == server_id) {
+            let root = container_root(Path::new(&row.storage_root), &row.id);
+            match tree_kind(&root).await {
+                Some(TreeKind::Directory) => {}
+                Some(TreeKind::ImageTree | TreeKind::Subvolume) => {
+                    done.already += 1;
+                    continue;
+                }
+                // (No tree yet: a copy under way, or one that failed.)
+                None => {}
+            }
+            match self.convert_tree(user, &row.id, None).await {
+                Ok(job) => done.jobs.push(job),
+                Err(e) => done.refused.push(ConversionRefused {
+                    container_id: row.id,
+                    name: row.name,
+                    reason: e.message,
+                }),
+            }
+        }
+        Ok(done)
     }
 }
 

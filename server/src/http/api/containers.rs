@@ -2,7 +2,7 @@
 
 use app::model::{
     ContainerDetail, CopyRequest, CopyStarted, NewServer, Project, Server, ServerBwlimit,
-    ServerWithJoinToken, Snapshot, TransferOptions,
+    ServerConversions, ServerWithJoinToken, Snapshot, TransferOptions,
 };
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
@@ -81,6 +81,30 @@ pub(super) async fn set_server_bwlimit(
     let id = path(id)?;
     let req: ServerBwlimit = body(req)?;
     Ok(Json(st.service.set_server_bwlimit(&user, &id, req).await?))
+}
+
+/// Make every directory tree on a server an image tree (asynchronous; platform admins)
+///
+/// A `convert` job for each container on the server whose tree is a directory, as
+/// `POST /containers/{id}/convert-tree` starts one (a running container is stopped for
+/// the final pass only); those that get none are listed with why. 409 where none could:
+/// a server on another host, or doppel without `--image-trees`.
+#[utoipa::path(
+    post,
+    path = "/servers/{id}/convert-trees",
+    params(("id" = String, Path, description = "The server", pattern = "^[0-9a-f]{24}$")),
+    responses((status = 202, body = ServerConversions, description = "Accepted: the jobs started, and the containers refused"), WriteErrors)
+)]
+pub(super) async fn convert_server_trees(
+    State(st): State<AppState>,
+    Caller(user): Caller,
+    id: Result<Path<String>, PathRejection>,
+    sent: Result<Bytes, BytesRejection>,
+) -> Result<Response, RestError> {
+    let id = path(id)?;
+    no_body(sent)?;
+    let done = st.service.convert_server_trees(&user, &id).await?;
+    Ok((StatusCode::ACCEPTED, Json(done)).into_response())
 }
 
 /// Add a server on another host (platform admins): the answer holds the one-time token

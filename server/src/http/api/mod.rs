@@ -41,6 +41,7 @@ fn routes_and_document() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(projects::set_member, projects::remove_member))
         .routes(routes!(containers::list_servers, containers::add_server))
         .routes(routes!(containers::set_server_bwlimit))
+        .routes(routes!(containers::convert_server_trees))
         .routes(routes!(containers::list_containers))
         .routes(routes!(
             containers::get_container,
