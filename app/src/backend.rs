@@ -26,6 +26,13 @@ pub trait Backend: Send + Sync + 'static {
         id: &str,
         req: ServerBwlimit,
     ) -> Result<Server, ApiError>;
+    /// Starts a convert job for each directory tree on one of this host's servers
+    /// (platform admins).
+    async fn convert_server_trees(
+        &self,
+        user: &UserInfo,
+        server_id: &str,
+    ) -> Result<ServerConversions, ApiError>;
     async fn list_containers(
         &self,
         user: &UserInfo,

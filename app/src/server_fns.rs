@@ -663,6 +663,15 @@ pub async fn set_server_bwlimit(server_id: String, bwlimit: Option<String>) -> A
     back_to_page("/servers", result, |_| None).await
 }
 
+/// A convert job for each directory tree on one of this host's servers (platform
+/// admins). Without JavaScript the browser goes back to the Servers page.
+#[server]
+pub async fn convert_server_trees(server_id: String) -> Answer<ServerConversions> {
+    let (backend, user) = caller().await?;
+    let result = answer(backend.convert_server_trees(&user, &server_id).await);
+    back_to_page("/servers", result, |_| None).await
+}
+
 /// A project's new name and description (its admins).
 #[server]
 pub async fn update_project(

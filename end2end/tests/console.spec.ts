@@ -393,6 +393,14 @@ test('an admin makes a project and a user; the user works in it; the admin sees 
   );
   await setLimit(page, 'local-b', '50M', '50.0 MiB/s');
   await setLimit(page, 'local-b', '', 'none');
+  // A server's directory trees made image trees at once: only this host's servers are
+  // offered, and this doppel runs without --image-trees, which the answer says.
+  await expect(page.locator('#convert-server option', { hasText: 'far-e2e' })).toHaveCount(0);
+  await page.locator('#convert-server').selectOption({ label: 'local-a' });
+  await page.getByRole('button', { name: 'Make its directory trees image trees' }).click();
+  await expect(page.locator('section:has(#convert-server) .error-box')).toContainText(
+    'doppel runs without --image-trees',
+  );
 
   // A project that holds containers is not deleted: the reason is shown.
   await page.goto('/admin');

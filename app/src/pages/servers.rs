@@ -11,14 +11,15 @@ use leptos_meta::Title;
 use super::widgets::{one_error_at_a_time, ErrorBox, Loading, PageError};
 use crate::format;
 use crate::model::{Millis, Server, ServerKind, ServerState};
-use crate::server_fns::{server_overview, AddServer, SetServerBwlimit};
+use crate::server_fns::{server_overview, AddServer, ConvertServerTrees, SetServerBwlimit};
 
 #[component]
 pub fn ServersPage() -> impl IntoView {
     let add = ServerAction::<AddServer>::new();
     let me = super::current_user();
     let limit = ServerAction::<SetServerBwlimit>::new();
-    one_error_at_a_time(vec![add.into(), limit.into()]);
+    let convert = ServerAction::<ConvertServerTrees>::new();
+    one_error_at_a_time(vec![add.into(), limit.into(), convert.into()]);
     let tick = RwSignal::new(0u64);
     Effect::new(move |_| {
         set_interval(move || tick.update(|t| *t += 1), Duration::from_secs(2));
@@ -40,9 +41,18 @@ pub fn ServersPage() -> impl IntoView {
                         let admin = matches!(me.await, Ok(Some(user)) if user.is_admin);
                         let names: Vec<(String, String)> =
                             list.iter().map(|s| (s.id.clone(), s.name.clone())).collect();
+                        // (Trees are converted on this host's servers only.)
+                        let here: Vec<(String, String)> = list
+                            .iter()
+                            .filter(|s| s.kind == ServerKind::Embedded)
+                            .map(|s| (s.id.clone(), s.name.clone()))
+                            .collect();
                         view! {
                             <ServerTable now list admin/>
-                            {admin.then(|| view! { <LimitForm action=limit names/> })}
+                            {admin.then(|| view! {
+                                <LimitForm action=limit names/>
+                                <ConvertForm action=convert names=here/>
+                            })}
                         }
                         .into_any()
                     }
@@ -79,6 +89,52 @@ pub fn ServersPage() -> impl IntoView {
                 }}
             </section>
         </super::PlatformAdminsOnly>
+    }
+}
+
+/// Every directory tree of one of this host's servers made an image tree: a convert job
+/// each (platform admins).
+#[component]
+fn ConvertForm(
+    action: ServerAction<ConvertServerTrees>,
+    names: Vec<(String, String)>,
+) -> impl IntoView {
+    view! {
+        <section class="card">
+            <h2>"Image trees"</h2>
+            <p class="muted">
+                "A copy of an image tree on its server is a clone of one file; a directory's goes \
+                 file by file. This starts a job for each container whose tree is a directory: \
+                 a running one is stopped only for the job's final pass. It needs doppel started \
+                 with " <code>"--image-trees"</code> " and XFS with reflinks."
+            </p>
+            <ActionForm action attr:class="stacked-form">
+                <label for="convert-server">"Server"</label>
+                <select id="convert-server" name="server_id">
+                    {names.into_iter().map(|(id, name)| view! { <option value=id>{name}</option> }).collect_view()}
+                </select>
+                <button type="submit">"Make its directory trees image trees"</button>
+            </ActionForm>
+            {move || match action.value().get().map(Result::flatten) {
+                Some(Ok(done)) => view! {
+                    <div class="notice" role="status">
+                        <p>{format!(
+                            "{} conversion jobs started ({} image trees already); follow them on the Jobs page.",
+                            done.jobs.len(),
+                            done.already
+                        )}</p>
+                        <ul>
+                            {done.refused.into_iter().map(|r| view! {
+                                <li>{format!("{}: {}", r.name, r.reason)}</li>
+                            }).collect_view()}
+                        </ul>
+                    </div>
+                }
+                .into_any(),
+                Some(Err(error)) => view! { <ErrorBox error/> }.into_any(),
+                None => ().into_any(),
+            }}
+        </section>
     }
 }
 

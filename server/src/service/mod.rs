@@ -179,6 +179,14 @@ impl Backend for Service {
         Service::set_server_bwlimit(self, user, id, req).await
     }
 
+    async fn convert_server_trees(
+        &self,
+        user: &UserInfo,
+        server_id: &str,
+    ) -> Result<ServerConversions, ApiError> {
+        Service::convert_server_trees(self, user, server_id).await
+    }
+
     async fn list_containers(
         &self,
         user: &UserInfo,
