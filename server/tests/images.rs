@@ -60,6 +60,17 @@ impl Api {
             resp.json().await.unwrap_or(Value::Null),
         )
     }
+    /// Starts the container: it answers running.
+    async fn start_running(&self, id: &str) {
+        let (status, started) = self
+            .post(&format!("/api/v1/containers/{id}/start"), None)
+            .await;
+        assert_eq!(
+            (status, &started["status"]),
+            (200, &json!("running")),
+            "{started}"
+        );
+    }
     /// Stops the container, and waits until it is recorded stopped.
     async fn stop_and_wait(&self, id: &str) {
         let (status, stopped) = self
@@ -499,14 +510,7 @@ async fn convert_trees_makes_the_trees_made_before_image_trees_and_leaves_runnin
     // Started again: web-app runs from its image tree and serves its page as before.
     let _doppel = serve(&data, port, &network, "2G");
     process::wait_up(&api.client, &api.base).await;
-    let (status, started) = api
-        .post(&format!("/api/v1/containers/{web_id}/start"), None)
-        .await;
-    assert_eq!(
-        (status, &started["status"]),
-        (200, &json!("running")),
-        "{started}"
-    );
+    api.start_running(&web_id).await;
     assert!(image::is_image_tree(&root(&web)));
     assert_eq!(api.container(&web_id).await["tree"], "image_tree");
     let etl_id = etl["id"].as_str().unwrap();
@@ -552,14 +556,7 @@ async fn convert_trees_makes_the_trees_made_before_image_trees_and_leaves_runnin
             .to_string()
     };
     let convert = format!("/api/v1/containers/{edge_id}/convert-tree");
-    let (status, started) = api
-        .post(&format!("/api/v1/containers/{edge_id}/start"), None)
-        .await;
-    assert_eq!(
-        (status, &started["status"]),
-        (200, &json!("running")),
-        "{started}"
-    );
+    api.start_running(&edge_id).await;
     let edge_page = page(&api.container(&edge_id).await).await;
     // Where its server lacks the room for the images, it is refused (507), nothing queued.
     let filler = data.join("filler");
