@@ -60,6 +60,15 @@ impl Api {
             resp.json().await.unwrap_or(Value::Null),
         )
     }
+    /// A POST without a body that is refused with `status`: what its error says.
+    async fn refused(&self, path: &str, status: u16) -> String {
+        let (got, body) = self.post(path, None).await;
+        assert_eq!(got, status, "{path}: {body}");
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
     /// Starts the container: it answers running.
     async fn start_running(&self, id: &str) {
         let (status, started) = self
@@ -549,12 +558,6 @@ async fn convert_trees_makes_the_trees_made_before_image_trees_and_leaves_runnin
     // While doppel runs, through the API: edge-proxy, left a directory above, is converted
     // by a job while it runs (stopped for the final pass only), its snapshot with it; then
     // etl-worker, stopped first, in one pass.
-    let message = |v: &Value| {
-        v["error"]["message"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
-    };
     let convert = format!("/api/v1/containers/{edge_id}/convert-tree");
     api.start_running(&edge_id).await;
     let edge_page = page(&api.container(&edge_id).await).await;
@@ -567,12 +570,11 @@ async fn convert_trees_makes_the_trees_made_before_image_trees_and_leaves_runnin
         .status()
         .unwrap();
     assert!(fill.success());
-    let (status, refused) = api.post(&convert, None).await;
+    let said = api.refused(&convert, 507).await;
     std::fs::remove_file(&filler).unwrap();
-    assert_eq!(status, 507, "{refused}");
     assert!(
-        message(&refused).contains("converting its tree and its snapshots' needs about"),
-        "{refused}"
+        said.contains("converting its tree and its snapshots' needs about"),
+        "{said}"
     );
     // A slow copy of etl-worker, on edge-proxy's server, holds that server's one job slot:
     // the conversion waits in the queue, and a stop of edge-proxy meanwhile is refused,
@@ -593,14 +595,13 @@ async fn convert_trees_makes_the_trees_made_before_image_trees_and_leaves_runnin
         "{started}"
     );
     let convert_job = started["job"]["url"].as_str().unwrap();
-    let (status, refused) = api
-        .post(&format!("/api/v1/containers/{edge_id}/stop"), None)
+    let said = api
+        .refused(&format!("/api/v1/containers/{edge_id}/stop"), 409)
         .await;
-    assert_eq!(status, 409, "{refused}");
     assert!(
-        message(&refused).contains("a job is already queued or running for this container")
-            && message(&refused).contains(convert_job),
-        "{refused}"
+        said.contains("a job is already queued or running for this container")
+            && said.contains(convert_job),
+        "{said}"
     );
     let slow_job = slow["job"]["id"].as_str().unwrap();
     let (status, cancelled) = api
@@ -627,12 +628,8 @@ async fn convert_trees_makes_the_trees_made_before_image_trees_and_leaves_runnin
     assert_eq!(page(&c).await, edge_page);
     // (Its row is as it was: not a copy, it matched no source.)
     assert_eq!(c["last_synced_at"], Value::Null, "{c}");
-    let (status, refused) = api.post(&convert, None).await;
-    assert_eq!(status, 409, "{refused}");
-    assert!(
-        message(&refused).contains("an image tree already"),
-        "{refused}"
-    );
+    let said = api.refused(&convert, 409).await;
+    assert!(said.contains("an image tree already"), "{said}");
     // Its copy is as current as before, and a sync of it finds nothing to send.
     let statuses = api.get("/api/v1/sync-status").await;
     let copy_status = statuses["copies"]

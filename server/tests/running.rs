@@ -357,26 +357,14 @@ async fn firewall_rules_are_enforced_in_the_namespace_and_copied_only_when_asked
         (422, Some("rules[0].ports")),
         "{body}"
     );
-    // The rules alone, without their object: said so, not "[0] must be a JSON array".
-    let bare =
-        json!([{"direction": "ingress", "protocol": "any", "cidr": "0.0.0.0/0", "action": "deny"}]);
-    let (st, body) = send(
-        &s,
-        reqwest::Method::PUT,
-        &format!("/api/v1/containers/{id}/firewall-rules"),
-        Some(bare),
-    )
-    .await;
-    assert_eq!(st, 422, "{body}");
-    assert_eq!(
-        body["error"]["message"],
-        "the body must be a JSON object, not an array"
-    );
-    assert!(body["error"]["field"].is_null(), "{body}");
-    // An array that serde would read as the object (its fields in order: `[[]]` as
+    // The rules alone, without their object: said so, not "[0] must be a JSON array". An
+    // array that serde would read as the object (its fields in order: `[[]]` as
     // `{"rules": []}`), and one for a body whose fields are all optional: refused alike,
     // and the rules stay.
+    let bare =
+        json!([{"direction": "ingress", "protocol": "any", "cidr": "0.0.0.0/0", "action": "deny"}]);
     for (path, array) in [
+        ("firewall-rules", bare),
         ("firewall-rules", json!([[]])),
         ("network-rules", json!([[]])),
     ] {
@@ -392,6 +380,7 @@ async fn firewall_rules_are_enforced_in_the_namespace_and_copied_only_when_asked
             body["error"]["message"], "the body must be a JSON object, not an array",
             "{path}"
         );
+        assert!(body["error"]["field"].is_null(), "{path}: {body}");
     }
     let (_, kept) = send(
         &s,

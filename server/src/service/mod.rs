@@ -59,6 +59,11 @@ pub struct Service {
     agents: Arc<Agents>,
 }
 
+/// A 409: what the request asks cannot be done as things are now (saying why).
+fn conflict(m: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorCode::Conflict, m)
+}
+
 /// Logs an unexpected failure and gives the user a generic error (details stay in the log).
 fn internal(err: impl std::fmt::Display) -> ApiError {
     tracing::error!(error = %err, "internal error");

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use app::model::*;
 
-use super::{internal, Service};
+use super::{conflict, internal, Service};
 use crate::ids::{new_id, now_ms};
 use crate::lifecycle::{Outcome, BAD_COMMAND, NO_COMMAND};
 use crate::runtime::{firewall, Ipv4Net};
@@ -18,10 +18,6 @@ pub const MAX_STOP_GRACE_S: u64 = 300;
 /// Lines of output a logs request gets by default, and at most.
 pub const LOG_LINES: usize = 100;
 pub const MAX_LOG_LINES: usize = 1000;
-
-fn conflict(m: impl Into<String>) -> ApiError {
-    ApiError::new(ErrorCode::Conflict, m)
-}
 
 /// A failed container (a copy or sync that did not complete) has no tree to run.
 fn refuse_failed(row: &ContainerRow, status: ContainerStatus) -> Result<(), ApiError> {
