@@ -63,21 +63,34 @@ impl From<rusqlite::Error> for Refusal {
     }
 }
 
+/// A copy's row, only into a project that still exists and under a name free in it.
+pub(super) const INSERT_COPY: &str =
+    "INSERT INTO containers (id, name, project_id, server_id, status, ssh_public_key,
+        firewall_rules, network_rules, source_container_id, created_at, updated_at, command)
+     SELECT $1, $2, $3, $4, $10, $5, $6, $7, $8, $9, $9, $11
+     WHERE EXISTS (SELECT 1 FROM projects WHERE id = $3 AND deleted_at IS NULL)
+       AND NOT EXISTS (SELECT 1 FROM containers WHERE project_id = $3
+            AND name = $2 COLLATE NOCASE AND deleted_at IS NULL)";
+
+/// The names in project `$1` that start with `$3` (`$2` characters long), ignoring case. The
+/// range reads `containers_name_nocase` from the prefix on (U+10FFFF sorts after whatever
+/// follows a prefix in a name); `substr` says exactly.
+pub(super) const NAMES_STARTING_WITH: &str = "SELECT lower(name) FROM containers
+     WHERE project_id = $1 AND name >= $3 COLLATE NOCASE
+        AND name < $3 || char(1114111) COLLATE NOCASE
+        AND substr(name, 1, $2) = $3 COLLATE NOCASE AND deleted_at IS NULL";
+
 impl NewCopy {
     /// Both rows, in the caller's transaction.
     fn insert(&self, c: &SyncConn) -> Result<(), Refusal> {
         // Only into a project that still exists (a delete of it checked for containers in
         // its own write, and writes run one at a time), and under a name no container of
         // it has, whatever its case: a name is the container's host name (the unique index
-        // compares exactly). One statement: a copy request's commit is its hot path.
+        // compares exactly; `containers_name_nocase` finds it). One statement: a copy
+        // request's commit is its hot path.
         let inserted = execute(
             c,
-            "INSERT INTO containers (id, name, project_id, server_id, status, ssh_public_key,
-                firewall_rules, network_rules, source_container_id, created_at, updated_at, command)
-             SELECT $1, $2, $3, $4, $10, $5, $6, $7, $8, $9, $9, $11
-             WHERE EXISTS (SELECT 1 FROM projects WHERE id = $3 AND deleted_at IS NULL)
-               AND NOT EXISTS (SELECT 1 FROM containers WHERE project_id = $3
-                    AND name = $2 COLLATE NOCASE AND deleted_at IS NULL)",
+            INSERT_COPY,
             &[
                 &self.id,
                 &self.name,
@@ -340,16 +353,12 @@ impl Db {
         project_id: &str,
         prefix: &str,
     ) -> Result<HashSet<String>, DbError> {
-        let names: Vec<String> = sqlx::query_scalar(
-            "SELECT lower(name) FROM containers
-             WHERE project_id = $1 AND substr(name, 1, $2) = $3 COLLATE NOCASE
-                AND deleted_at IS NULL",
-        )
-        .bind(project_id)
-        .bind(prefix.chars().count() as i64)
-        .bind(prefix)
-        .fetch_all(&self.read)
-        .await?;
+        let names: Vec<String> = sqlx::query_scalar(NAMES_STARTING_WITH)
+            .bind(project_id)
+            .bind(prefix.chars().count() as i64)
+            .bind(prefix)
+            .fetch_all(&self.read)
+            .await?;
         Ok(names.into_iter().collect())
     }
 

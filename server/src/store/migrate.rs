@@ -18,6 +18,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0011_server_bwlimit.sql"),
     include_str!("../../migrations/0012_active_jobs.sql"),
     include_str!("../../migrations/0013_convert_jobs.sql"),
+    include_str!("../../migrations/0014_container_names.sql"),
 ];
 
 pub(super) fn migrate(conn: &SyncConn) -> rusqlite::Result<()> {

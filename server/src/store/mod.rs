@@ -368,6 +368,53 @@ mod tests {
         assert!(!plan.contains("SCAN jobs"), "{plan}");
     }
 
+    /// A copy's insert checks its name, ignoring case, against its project's containers, and
+    /// a copy without a name looks for the names its source's name starts: both by name, in
+    /// `containers_name_nocase`, not by reading every container of the project (which made
+    /// each copy of a burst into one project slower than the one before it).
+    #[tokio::test]
+    async fn a_name_is_looked_up_by_name_ignoring_case() {
+        let (_d, db) = db().await;
+        let plan = |sql: &str, args: &[&dyn rusqlite::ToSql]| {
+            db.read_now(|c| {
+                let mut st = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+                let details = st.query_map(args, |r| r.get::<_, String>(3))?;
+                details.collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .unwrap()
+            .join("\n")
+        };
+        let insert = plan(
+            containers::INSERT_COPY,
+            &[
+                &"i",
+                &"Web",
+                &"p",
+                &"s",
+                &None::<String>,
+                &"[]",
+                &"[]",
+                &"x",
+                &1,
+                &"copying",
+                &None::<String>,
+            ],
+        );
+        assert!(
+            insert.contains(
+                "SEARCH containers USING INDEX containers_name_nocase (project_id=? AND name=?)"
+            ),
+            "{insert}"
+        );
+        let prefixed = plan(containers::NAMES_STARTING_WITH, &[&"p", &3, &"Web"]);
+        assert!(
+            prefixed.contains(
+                "SEARCH containers USING INDEX containers_name_nocase (project_id=? AND name>? AND name<?)"
+            ),
+            "{prefixed}"
+        );
+    }
+
     #[tokio::test]
     async fn the_read_pool_refuses_writes() {
         let (_d, db) = db().await;
