@@ -63,13 +63,11 @@ impl From<rusqlite::Error> for Refusal {
     }
 }
 
-/// A copy's row, only into a project that still exists and under a name free in it.
-pub(super) const INSERT_COPY: &str =
-    "INSERT INTO containers (id, name, project_id, server_id, status, ssh_public_key,
-        firewall_rules, network_rules, source_container_id, created_at, updated_at, command)
-     SELECT $1, $2, $3, $4, $10, $5, $6, $7, $8, $9, $9, $11
-     WHERE EXISTS (SELECT 1 FROM projects WHERE id = $3 AND deleted_at IS NULL)
-       AND NOT EXISTS (SELECT 1 FROM containers WHERE project_id = $3
+/// Whether project `$1` still exists, and whether a container of it is named `$2` (ignoring
+/// case), both read from indexes (`containers_name_nocase`).
+pub(super) const PROJECT_AND_NAME: &str = "SELECT
+        EXISTS (SELECT 1 FROM projects WHERE id = $1 AND deleted_at IS NULL),
+        EXISTS (SELECT 1 FROM containers WHERE project_id = $1
             AND name = $2 COLLATE NOCASE AND deleted_at IS NULL)";
 
 /// The names in project `$1` that start with `$3` (`$2` characters long), ignoring case. The
@@ -86,11 +84,23 @@ impl NewCopy {
         // Only into a project that still exists (a delete of it checked for containers in
         // its own write, and writes run one at a time), and under a name no container of
         // it has, whatever its case: a name is the container's host name (the unique index
-        // compares exactly; `containers_name_nocase` finds it). One statement: a copy
-        // request's commit is its hot path.
-        let inserted = execute(
+        // compares exactly). Asked first, then a plain insert: an `INSERT ... SELECT ...
+        // WHERE NOT EXISTS` reading the table it writes made SQLite stage the row in a
+        // temporary table, and that was most of a copy request's commit (`make load`).
+        let found = query_first(c, PROJECT_AND_NAME, &[&self.project_id, &self.name], |r| {
+            Ok::<_, rusqlite::Error>((r.get::<_, bool>(0)?, r.get::<_, bool>(1)?))
+        })?
+        .transpose()?;
+        match found {
+            Some((true, false)) => {}
+            Some((_, true)) => return Err(Refusal::NameTaken),
+            _ => return Err(Refusal::ProjectGone),
+        }
+        execute(
             c,
-            INSERT_COPY,
+            "INSERT INTO containers (id, name, project_id, server_id, status, ssh_public_key,
+                firewall_rules, network_rules, source_container_id, created_at, updated_at, command)
+             VALUES ($1, $2, $3, $4, $10, $5, $6, $7, $8, $9, $9, $11)",
             &[
                 &self.id,
                 &self.name,
@@ -105,20 +115,6 @@ impl NewCopy {
                 &self.command,
             ],
         )?;
-        if inserted == 0 {
-            // Which of the two said no.
-            let taken = query_first(
-                c,
-                "SELECT 1 FROM containers
-                 WHERE project_id = $1 AND name = $2 COLLATE NOCASE AND deleted_at IS NULL",
-                &[&self.project_id, &self.name],
-                |_| (),
-            )?;
-            return Err(match taken {
-                Some(()) => Refusal::NameTaken,
-                None => Refusal::ProjectGone,
-            });
-        }
         execute(
             c,
             "INSERT INTO jobs (id, kind, status, project_id, container_id, source_container_id,

@@ -368,7 +368,7 @@ mod tests {
         assert!(!plan.contains("SCAN jobs"), "{plan}");
     }
 
-    /// A copy's insert checks its name, ignoring case, against its project's containers, and
+    /// A copy's admission checks its name, ignoring case, against its project's containers, and
     /// a copy without a name looks for the names its source's name starts: both by name, in
     /// `containers_name_nocase`, not by reading every container of the project (which made
     /// each copy of a burst into one project slower than the one before it).
@@ -384,22 +384,7 @@ mod tests {
             .unwrap()
             .join("\n")
         };
-        let insert = plan(
-            containers::INSERT_COPY,
-            &[
-                &"i",
-                &"Web",
-                &"p",
-                &"s",
-                &None::<String>,
-                &"[]",
-                &"[]",
-                &"x",
-                &1,
-                &"copying",
-                &None::<String>,
-            ],
-        );
+        let insert = plan(containers::PROJECT_AND_NAME, &[&"p", &"Web"]);
         assert!(
             insert.contains(
                 "SEARCH containers USING INDEX containers_name_nocase (project_id=? AND name=?)"
