@@ -208,12 +208,14 @@ impl JobRunner {
             .lock()
             .insert(job_id.clone(), (ctl.clone(), cancelled.clone()));
         let runner = self.clone();
-        tokio::spawn(async move {
+        // Boxed: a job's future holds every state of every kind of job, and spawning it
+        // unboxed copied all of it several times, on each copy request (`make load`).
+        tokio::spawn(Box::pin(async move {
             if let Err(e) = runner.run(&job_id, start, ctl, &cancelled).await {
                 tracing::error!(job = %job_id, error = %e, "job bookkeeping failed");
             }
             runner.active.lock().remove(&job_id);
-        });
+        }));
     }
 
     /// Asks a queued or running job to stop. `false` if it is not active here.
