@@ -94,6 +94,13 @@ impl DbError {
 
 /// Opens (creating if needed) the database at `url` and brings its schema up to date.
 pub async fn connect(url: &str) -> Result<Db, sqlx::Error> {
+    // SQLite counts the memory it holds under a lock it takes on every allocation, shared
+    // by all connections: only for `sqlite3_memory_used`, which doppel never asks. Off,
+    // before SQLite starts (where it already has, SQLite says no and nothing changes).
+    static NO_MEMORY_STATUS: std::sync::Once = std::sync::Once::new();
+    NO_MEMORY_STATUS.call_once(|| unsafe {
+        rusqlite::ffi::sqlite3_config(rusqlite::ffi::SQLITE_CONFIG_MEMSTATUS, 0);
+    });
     let opts = SqliteConnectOptions::from_str(url)?
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
