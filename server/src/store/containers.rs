@@ -70,12 +70,19 @@ pub(super) const PROJECT_AND_NAME: &str = "SELECT
         EXISTS (SELECT 1 FROM containers WHERE project_id = $1
             AND name = $2 COLLATE NOCASE AND deleted_at IS NULL)";
 
+/// A live container whose SSH key is `$1` (its `type base64`), with any comment: the key
+/// alone, or followed by a space (from `$2`, the key and a space, up to `$3`, the key and
+/// `!`, the character after the space). Both read the index of keys; a `LIKE` read every
+/// container (and ignored case, which base64 does not).
+pub(super) const KEY_IN_USE: &str = "SELECT id FROM containers
+     WHERE (ssh_public_key = $1 OR (ssh_public_key >= $2 AND ssh_public_key < $3))
+        AND deleted_at IS NULL";
+
 /// The names in project `$1` that start with `$3` (`$2` characters long), ignoring case. The
-/// range reads `containers_name_nocase` from the prefix on (U+10FFFF sorts after whatever
-/// follows a prefix in a name); `substr` says exactly.
+/// range (`$4`: the prefix and U+10FFFF, which sorts after whatever follows a prefix in a
+/// name) reads `containers_name_nocase` from the prefix on; `substr` says exactly.
 pub(super) const NAMES_STARTING_WITH: &str = "SELECT lower(name) FROM containers
-     WHERE project_id = $1 AND name >= $3 COLLATE NOCASE
-        AND name < $3 || char(1114111) COLLATE NOCASE
+     WHERE project_id = $1 AND name >= $3 COLLATE NOCASE AND name < $4 COLLATE NOCASE
         AND substr(name, 1, $2) = $3 COLLATE NOCASE AND deleted_at IS NULL";
 
 impl NewCopy {
@@ -353,6 +360,7 @@ impl Db {
             .bind(project_id)
             .bind(prefix.chars().count() as i64)
             .bind(prefix)
+            .bind(format!("{prefix}\u{10FFFF}"))
             .fetch_all(&self.read)
             .await?;
         Ok(names.into_iter().collect())
@@ -360,14 +368,12 @@ impl Db {
 
     /// Whether a container holds the SSH key `identity` (its `type base64`, any comment).
     pub(crate) async fn ssh_key_in_use(&self, identity: &str) -> Result<bool, DbError> {
-        let taken: Option<String> = sqlx::query_scalar(
-            "SELECT id FROM containers WHERE (ssh_public_key = $1 OR ssh_public_key LIKE $2)
-                AND deleted_at IS NULL",
-        )
-        .bind(identity)
-        .bind(format!("{identity} %"))
-        .fetch_optional(&self.read)
-        .await?;
+        let taken: Option<String> = sqlx::query_scalar(KEY_IN_USE)
+            .bind(identity)
+            .bind(format!("{identity} "))
+            .bind(format!("{identity}!"))
+            .fetch_optional(&self.read)
+            .await?;
         Ok(taken.is_some())
     }
 

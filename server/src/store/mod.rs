@@ -378,9 +378,10 @@ mod tests {
     /// A copy's admission checks its name, ignoring case, against its project's containers, and
     /// a copy without a name looks for the names its source's name starts: both by name, in
     /// `containers_name_nocase`, not by reading every container of the project (which made
-    /// each copy of a burst into one project slower than the one before it).
+    /// each copy of a burst into one project slower than the one before it). A copy given an
+    /// SSH key looks for it in the index of keys, not in every container.
     #[tokio::test]
-    async fn a_name_is_looked_up_by_name_ignoring_case() {
+    async fn a_copy_looks_up_names_and_keys_in_indexes() {
         let (_d, db) = db().await;
         let plan = |sql: &str, args: &[&dyn rusqlite::ToSql]| {
             db.read_now(|c| {
@@ -398,13 +399,31 @@ mod tests {
             ),
             "{insert}"
         );
-        let prefixed = plan(containers::NAMES_STARTING_WITH, &[&"p", &3, &"Web"]);
+        let prefixed = plan(
+            containers::NAMES_STARTING_WITH,
+            &[&"p", &3, &"Web", &"Web\u{10FFFF}"],
+        );
         assert!(
             prefixed.contains(
                 "SEARCH containers USING INDEX containers_name_nocase (project_id=? AND name>? AND name<?)"
             ),
             "{prefixed}"
         );
+        // A key in use, with any comment: from the index of keys too.
+        let key = plan(
+            containers::KEY_IN_USE,
+            &[
+                &"ssh-ed25519 AAAA",
+                &"ssh-ed25519 AAAA ",
+                &"ssh-ed25519 AAAA!",
+            ],
+        );
+        assert!(
+            key.contains("(ssh_public_key=?)")
+                && key.contains("(ssh_public_key>? AND ssh_public_key<?)"),
+            "{key}"
+        );
+        assert!(!key.contains("SCAN containers"), "{key}");
     }
 
     #[tokio::test]
