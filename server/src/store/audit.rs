@@ -6,14 +6,17 @@ use sqlx::Row;
 use super::sql::execute;
 use super::{Db, DbError, SyncConn};
 
+/// An audit entry.
+pub(super) const INSERT_AUDIT: &str = "INSERT INTO audit (id, at, actor_id, actor_name, action,
+        project_id, target, address, result, detail)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+
 /// Appends `e` in the caller's transaction (a write that records its own success commits
 /// its entry with its rows: `Db::admit_copy`).
 pub(crate) fn insert_audit(c: &SyncConn, e: &AuditEntry) -> rusqlite::Result<()> {
     execute(
         c,
-        "INSERT INTO audit (id, at, actor_id, actor_name, action, project_id, target,
-            address, result, detail)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        INSERT_AUDIT,
         &[
             &e.id,
             &e.at,

@@ -154,6 +154,36 @@ pub(crate) enum Admission {
     },
 }
 
+/// Whether a job is queued or running for container `$1` (statuses `$2`, `$3`).
+pub(super) const CONTAINER_BUSY: &str = "SELECT EXISTS (SELECT 1 FROM jobs WHERE container_id = $1
+        AND status IN ($2, $3))";
+
+/// Whether a job is queued or running for the container: asked before a job is written for
+/// it, in the same transaction (writes run one at a time, so nothing comes between). Not
+/// an `INSERT ... SELECT ... WHERE NOT EXISTS`: an insert that reads the table it writes
+/// makes SQLite stage the row in a temporary table first.
+fn container_busy(c: &SyncConn, container_id: &str) -> rusqlite::Result<bool> {
+    let statuses = (JobStatus::Queued.as_str(), JobStatus::Running.as_str());
+    let busy = query_first(
+        c,
+        CONTAINER_BUSY,
+        &[&container_id, &statuses.0, &statuses.1],
+        |r| r.get::<_, bool>(0),
+    )?;
+    busy.transpose().map(|b| b.unwrap_or(false))
+}
+
+/// A queued sync, delete or conversion.
+pub(super) const INSERT_QUEUED_JOB: &str = "INSERT INTO jobs (id, kind, status, project_id,
+        container_id, source_container_id, requested_by, params, idempotency_key, created_at,
+        request_fingerprint)
+     VALUES ($1, $9, $10, $2, $3, $4, $5, $6, $7, $8, $11)";
+
+/// A start, stop or restart, recorded as running.
+pub(super) const INSERT_RECORDED_OP: &str = "INSERT INTO jobs (id, kind, status, project_id,
+        container_id, source_container_id, requested_by, params, created_at, started_at)
+     VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8, $8)";
+
 /// Counts the active jobs of a user (`$1`) and of a project (`$2`), each from its partial
 /// index alone (`jobs_active_by_user`, `jobs_active_in_project`): the statuses are written
 /// out, not bound, so SQLite can tell the query matches the indexes' condition.
@@ -295,7 +325,7 @@ impl Db {
         Ok(())
     }
 
-    /// Queues a sync or a delete unless a job is queued or running for its container
+    /// Queues a sync, a delete or a conversion unless a job is queued or running for its container
     /// (`Busy`) or its user or project has `caps` jobs queued or running already, in one
     /// write: SQLite runs writes one at a time, so racing requests cannot both get in.
     pub(crate) async fn queue_job(&self, s: NewJob, caps: JobCaps) -> Result<Admission, DbError> {
@@ -304,14 +334,12 @@ impl Db {
                 if let Some(over) = caps.exceeded(c, &s.requested_by, &s.project_id)? {
                     return Ok(over);
                 }
-                let res = execute(
+                if container_busy(c, &s.container_id)? {
+                    return Ok(Admission::Busy);
+                }
+                execute(
                     c,
-                    "INSERT INTO jobs (id, kind, status, project_id, container_id,
-                        source_container_id, requested_by, params, idempotency_key, created_at,
-                        request_fingerprint)
-                     SELECT $1, $9, $10, $2, $3, $4, $5, $6, $7, $8, $12
-                     WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE container_id = $3
-                        AND status IN ($10, $11))",
+                    INSERT_QUEUED_JOB,
                     &[
                         &s.job_id,
                         &s.project_id,
@@ -323,16 +351,11 @@ impl Db {
                         &s.now,
                         &s.kind.as_str(),
                         &JobStatus::Queued.as_str(),
-                        &JobStatus::Running.as_str(),
                         &s.request_fingerprint,
                     ],
                 )?;
-                Ok::<_, rusqlite::Error>(if res > 0 {
-                    JobCaps::admitted(c, &s.requested_by, &s.project_id);
-                    Admission::Yes
-                } else {
-                    Admission::Busy
-                })
+                JobCaps::admitted(c, &s.requested_by, &s.project_id);
+                Ok::<_, rusqlite::Error>(Admission::Yes)
             })
             .await?)
     }
@@ -342,14 +365,12 @@ impl Db {
     pub(crate) async fn record_op(&self, s: NewJob) -> Result<Option<Job>, DbError> {
         Ok(self
             .transact(move |c| {
-                query_first(
+                if container_busy(c, &s.container_id)? {
+                    return Ok(None);
+                }
+                execute(
                     c,
-                    "INSERT INTO jobs (id, kind, status, project_id, container_id,
-                        source_container_id, requested_by, params, created_at, started_at)
-                     SELECT $1, $2, $3, $4, $5, $5, $6, $7, $8, $8
-                     WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE container_id = $5
-                        AND status IN ($3, $9))
-                     RETURNING *",
+                    INSERT_RECORDED_OP,
                     &[
                         &s.job_id,
                         &s.kind.as_str(),
@@ -359,10 +380,12 @@ impl Db {
                         &s.requested_by,
                         &s.params,
                         &s.now,
-                        &JobStatus::Queued.as_str(),
                     ],
-                    |row| job_from_row(row),
-                )
+                )?;
+                // Read back by its key (`RETURNING` would stage the row in a temporary table).
+                query_first(c, "SELECT * FROM jobs WHERE id = $1", &[&s.job_id], |row| {
+                    job_from_row(row)
+                })
             })
             .await?)
     }

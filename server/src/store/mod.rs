@@ -426,6 +426,46 @@ mod tests {
         assert!(!key.contains("SCAN containers"), "{key}");
     }
 
+    /// What a copy, sync, delete, conversion or start request writes: no statement builds a
+    /// temporary table or index (an `IN` list in a CHECK did on every insert, an insert
+    /// reading the table it writes staged its row in one), and the look-ups before them read
+    /// indexes.
+    #[tokio::test]
+    async fn admissions_write_without_temporary_tables() {
+        let (_d, db) = db().await;
+        // Column `column` of what `EXPLAIN [QUERY PLAN]` says of `sql`, parameters unbound.
+        let explain = |how: &str, sql: &str, column: usize| {
+            db.read_now(|c| {
+                let mut st = c.prepare(&format!("{how} {sql}"))?;
+                let mut rows = st.raw_query();
+                let mut out = Vec::new();
+                while let Some(row) = rows.next()? {
+                    out.push(row.get::<_, String>(column)?);
+                }
+                Ok(out)
+            })
+            .unwrap()
+        };
+        for sql in [
+            containers::INSERT_COPY,
+            containers::INSERT_COPY_JOB,
+            containers::PROJECT_AND_NAME,
+            jobs::INSERT_QUEUED_JOB,
+            jobs::INSERT_RECORDED_OP,
+            jobs::CONTAINER_BUSY,
+            audit::INSERT_AUDIT,
+        ] {
+            let ops = explain("EXPLAIN", sql, 1);
+            assert!(ops.iter().any(|op| op == "Halt"), "{sql}: {ops:?}");
+            assert!(
+                !ops.iter().any(|op| op == "OpenEphemeral"),
+                "{sql}: {ops:?}"
+            );
+        }
+        let busy = explain("EXPLAIN QUERY PLAN", jobs::CONTAINER_BUSY, 3).join("\n");
+        assert!(busy.contains("USING INDEX jobs_container"), "{busy}");
+    }
+
     #[tokio::test]
     async fn the_read_pool_refuses_writes() {
         let (_d, db) = db().await;
