@@ -69,12 +69,6 @@ pub(super) const INSERT_COPY: &str = "INSERT INTO containers (id, name, project_
         updated_at, command)
      VALUES ($1, $2, $3, $4, $10, $5, $6, $7, $8, $9, $9, $11)";
 
-/// A copy's job row.
-pub(super) const INSERT_COPY_JOB: &str = "INSERT INTO jobs (id, kind, status, project_id,
-        container_id, source_container_id, requested_by, params, idempotency_key, created_at,
-        request_fingerprint)
-     VALUES ($1, $9, $10, $2, $3, $4, $5, $6, $7, $8, $11)";
-
 /// Whether project `$1` still exists, and whether a container of it is named `$2` (ignoring
 /// case), both read from indexes (`containers_name_nocase`).
 pub(super) const PROJECT_AND_NAME: &str = "SELECT
@@ -134,7 +128,7 @@ impl NewCopy {
         )?;
         execute(
             c,
-            INSERT_COPY_JOB,
+            super::jobs::INSERT_QUEUED_JOB,
             &[
                 &self.job_id,
                 &self.project_id,

@@ -173,7 +173,7 @@ fn container_busy(c: &SyncConn, container_id: &str) -> rusqlite::Result<bool> {
     busy.transpose().map(|b| b.unwrap_or(false))
 }
 
-/// A queued sync, delete or conversion.
+/// A queued job: a copy, sync, delete or conversion.
 pub(super) const INSERT_QUEUED_JOB: &str = "INSERT INTO jobs (id, kind, status, project_id,
         container_id, source_container_id, requested_by, params, idempotency_key, created_at,
         request_fingerprint)
@@ -325,9 +325,9 @@ impl Db {
         Ok(())
     }
 
-    /// Queues a sync, a delete or a conversion unless a job is queued or running for its container
-    /// (`Busy`) or its user or project has `caps` jobs queued or running already, in one
-    /// write: SQLite runs writes one at a time, so racing requests cannot both get in.
+    /// Queues a sync, a delete or a conversion unless a job is queued or running for its
+    /// container (`Busy`) or its user or project has `caps` jobs queued or running already,
+    /// in one write: SQLite runs writes one at a time, so racing requests cannot both get in.
     pub(crate) async fn queue_job(&self, s: NewJob, caps: JobCaps) -> Result<Admission, DbError> {
         Ok(self
             .transact(move |c| {

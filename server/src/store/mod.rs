@@ -448,7 +448,6 @@ mod tests {
         };
         for sql in [
             containers::INSERT_COPY,
-            containers::INSERT_COPY_JOB,
             containers::PROJECT_AND_NAME,
             jobs::INSERT_QUEUED_JOB,
             jobs::INSERT_RECORDED_OP,
