@@ -18,8 +18,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0011_server_bwlimit.sql"),
     include_str!("../../migrations/0012_active_jobs.sql"),
     include_str!("../../migrations/0013_convert_jobs.sql"),
-    include_str!("../../migrations/0014_container_names.sql"),
-    include_str!("../../migrations/0015_checks_without_lists.sql"),
+    include_str!("../../migrations/0014_checks_and_name_index.sql"),
 ];
 
 pub(super) fn migrate(conn: &SyncConn) -> rusqlite::Result<()> {
@@ -129,7 +128,7 @@ mod tests {
             .expect("migration 2 added its column");
     }
 
-    /// Migration 15 makes containers, jobs and audit again: every row stays, nothing that
+    /// Migration 14 makes containers, jobs and audit again: every row stays, nothing that
     /// references them goes (a container's snapshots would cascade if foreign keys were
     /// enforced), the checks still refuse what they refused, and foreign keys are enforced
     /// again afterwards.
@@ -137,10 +136,10 @@ mod tests {
     fn tables_made_again_keep_their_rows_and_what_references_them() {
         let conn = SyncConn::open_in_memory().unwrap();
         conn.pragma_update(None, "foreign_keys", true).unwrap();
-        for sql in &MIGRATIONS[..14] {
+        for sql in &MIGRATIONS[..13] {
             conn.execute_batch(sql).unwrap();
         }
-        conn.pragma_update(None, "user_version", 14).unwrap();
+        conn.pragma_update(None, "user_version", 13).unwrap();
         conn.execute_batch(
             "INSERT INTO users (id, name, created_at) VALUES ('u', 'ada', 1);
              INSERT INTO projects (id, name, created_at) VALUES ('p', 'web', 1);
@@ -198,12 +197,7 @@ mod tests {
             "INSERT INTO audit (id, at, actor_name, action, target, address, result)
                  VALUES ('f', 2, 'ada', 'login', 'u', '::1', 'refused')",
         ] {
-            let mut plan = conn.prepare(&format!("EXPLAIN {insert}")).unwrap();
-            let ops: Vec<String> = plan
-                .query_map([], |r| r.get(1))
-                .unwrap()
-                .collect::<rusqlite::Result<_>>()
-                .unwrap();
+            let ops = super::super::sql::explain::opcodes(&conn, insert);
             assert!(!ops.iter().any(|op| op == "OpenEphemeral"), "{insert}: {ops:?}");
             conn.execute(insert, []).unwrap();
         }

@@ -226,6 +226,7 @@ impl Db {
 
 #[cfg(test)]
 mod tests {
+    use super::sql::explain::{opcodes, plan};
     use super::*;
 
     async fn db() -> (tempfile::TempDir, Db) {
@@ -358,14 +359,7 @@ mod tests {
         let migration = include_str!("../../migrations/0012_active_jobs.sql");
         assert_eq!(migration.matches(&named).count(), 2);
         let (_d, db) = db().await;
-        let plan = db
-            .read_now(|c| {
-                let mut st = c.prepare(&format!("EXPLAIN QUERY PLAN {}", jobs::ACTIVE_JOBS))?;
-                let details = st.query_map(["u", "p"], |r| r.get::<_, String>(3))?;
-                details.collect::<rusqlite::Result<Vec<_>>>()
-            })
-            .unwrap()
-            .join("\n");
+        let plan = db.read_now(|c| Ok(plan(c, jobs::ACTIVE_JOBS))).unwrap();
         for index in ["jobs_active_by_user", "jobs_active_in_project"] {
             assert!(
                 plan.contains(&format!("USING COVERING INDEX {index} ")),
@@ -383,26 +377,15 @@ mod tests {
     #[tokio::test]
     async fn a_copy_looks_up_names_and_keys_in_indexes() {
         let (_d, db) = db().await;
-        let plan = |sql: &str, args: &[&dyn rusqlite::ToSql]| {
-            db.read_now(|c| {
-                let mut st = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
-                let details = st.query_map(args, |r| r.get::<_, String>(3))?;
-                details.collect::<rusqlite::Result<Vec<_>>>()
-            })
-            .unwrap()
-            .join("\n")
-        };
-        let insert = plan(containers::PROJECT_AND_NAME, &[&"p", &"Web"]);
+        let plan_of = |sql: &str| db.read_now(|c| Ok(plan(c, sql))).unwrap();
+        let insert = plan_of(containers::PROJECT_AND_NAME);
         assert!(
             insert.contains(
                 "SEARCH containers USING INDEX containers_name_nocase (project_id=? AND name=?)"
             ),
             "{insert}"
         );
-        let prefixed = plan(
-            containers::NAMES_STARTING_WITH,
-            &[&"p", &3, &"Web", &"Web\u{10FFFF}"],
-        );
+        let prefixed = plan_of(containers::NAMES_STARTING_WITH);
         assert!(
             prefixed.contains(
                 "SEARCH containers USING INDEX containers_name_nocase (project_id=? AND name>? AND name<?)"
@@ -410,14 +393,7 @@ mod tests {
             "{prefixed}"
         );
         // A key in use, with any comment: from the index of keys too.
-        let key = plan(
-            containers::KEY_IN_USE,
-            &[
-                &"ssh-ed25519 AAAA",
-                &"ssh-ed25519 AAAA ",
-                &"ssh-ed25519 AAAA!",
-            ],
-        );
+        let key = plan_of(containers::KEY_IN_USE);
         assert!(
             key.contains("(ssh_public_key=?)")
                 && key.contains("(ssh_public_key>? AND ssh_public_key<?)"),
@@ -433,19 +409,6 @@ mod tests {
     #[tokio::test]
     async fn admissions_write_without_temporary_tables() {
         let (_d, db) = db().await;
-        // Column `column` of what `EXPLAIN [QUERY PLAN]` says of `sql`, parameters unbound.
-        let explain = |how: &str, sql: &str, column: usize| {
-            db.read_now(|c| {
-                let mut st = c.prepare(&format!("{how} {sql}"))?;
-                let mut rows = st.raw_query();
-                let mut out = Vec::new();
-                while let Some(row) = rows.next()? {
-                    out.push(row.get::<_, String>(column)?);
-                }
-                Ok(out)
-            })
-            .unwrap()
-        };
         for sql in [
             containers::INSERT_COPY,
             containers::PROJECT_AND_NAME,
@@ -454,14 +417,14 @@ mod tests {
             jobs::CONTAINER_BUSY,
             audit::INSERT_AUDIT,
         ] {
-            let ops = explain("EXPLAIN", sql, 1);
+            let ops = db.read_now(|c| Ok(opcodes(c, sql))).unwrap();
             assert!(ops.iter().any(|op| op == "Halt"), "{sql}: {ops:?}");
             assert!(
                 !ops.iter().any(|op| op == "OpenEphemeral"),
                 "{sql}: {ops:?}"
             );
         }
-        let busy = explain("EXPLAIN QUERY PLAN", jobs::CONTAINER_BUSY, 3).join("\n");
+        let busy = db.read_now(|c| Ok(plan(c, jobs::CONTAINER_BUSY))).unwrap();
         assert!(busy.contains("USING INDEX jobs_container"), "{busy}");
     }
 

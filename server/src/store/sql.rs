@@ -142,3 +142,35 @@ impl Arg for &Option<String> {
         self.as_deref().arg()
     }
 }
+
+/// What SQLite will do for `sql`, for tests that hold statements to their indexes and
+/// away from temporary tables; parameters are left unbound (the plan does not depend on
+/// them without `ANALYZE`'s statistics).
+#[cfg(test)]
+pub(crate) mod explain {
+    use super::SyncConn;
+
+    /// Column `column` of each row `<how> <sql>` answers.
+    fn column(c: &SyncConn, how: &str, sql: &str, column: usize) -> Vec<String> {
+        let read = || -> rusqlite::Result<Vec<String>> {
+            let mut st = c.prepare(&format!("{how} {sql}"))?;
+            let mut rows = st.raw_query();
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                out.push(row.get::<_, String>(column)?);
+            }
+            Ok(out)
+        };
+        read().unwrap_or_else(|e| panic!("{how} {sql}: {e}"))
+    }
+
+    /// The program's opcodes (`EXPLAIN`).
+    pub(crate) fn opcodes(c: &SyncConn, sql: &str) -> Vec<String> {
+        column(c, "EXPLAIN", sql, 1)
+    }
+
+    /// The query plan's lines (`EXPLAIN QUERY PLAN`), one string.
+    pub(crate) fn plan(c: &SyncConn, sql: &str) -> String {
+        column(c, "EXPLAIN QUERY PLAN", sql, 3).join("\n")
+    }
+}
