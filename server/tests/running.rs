@@ -1194,3 +1194,106 @@ async fn a_static_address_that_could_never_be_had_is_refused_when_set() {
     assert_eq!(st, 200, "{restarted}");
     assert_eq!(address(&restarted), format!("{ours}.77"));
 }
+
+/// A stop whose kill fails (runc refuses it here, as it would for a process stuck in
+/// uninterruptible sleep) is a 409 that says so, and the container stays `running`: its
+/// process does. Once runc obeys again, the stop goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_that_could_not_stop_the_process_leaves_the_container_running() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    // runc itself, except that `kill` and `delete` fail while the file `refuse` exists.
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let refuse = tmp.path().join("refuse");
+    let runc = which_runc();
+    std::fs::write(
+        bin.join("runc"),
+        format!(
+            "#!/bin/sh\nfor a in \"$@\"; do case \"$a\" in kill|delete) \
+             [ -e '{}' ] && {{ echo 'refused by the test' >&2; exit 1; }};; esac; done\n\
+             exec '{}' \"$@\"\n",
+            refuse.display(),
+            runc.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(bin.join("runc"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let port = process::free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let child = process::doppel(&data)
+        .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
+        .arg("--container-network")
+        .arg(common::test_network().to_string())
+        .env("PATH", path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _doppel = process::Serving::adopt(child, &data);
+    process::wait_up(&client, &base).await;
+    let token = process::admin_token(&data);
+    let list = process::get_json(&client, format!("{base}/api/v1/containers"), &token).await;
+    let etl = list["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "etl-worker")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let get = || process::get_json(&client, format!("{base}/api/v1/containers/{etl}"), &token);
+    assert_eq!(get().await["status"], "running");
+    let stop = || async {
+        let resp = client
+            .post(format!("{base}/api/v1/containers/{etl}/stop?timeout=0"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
+    };
+
+    std::fs::write(&refuse, "").unwrap();
+    let (st, body) = stop().await;
+    assert_eq!(st, 409, "{body}");
+    let said = body.to_string();
+    assert!(
+        said.contains("not stopped") && said.contains("still runs"),
+        "{body}"
+    );
+    let after = get().await;
+    assert_eq!(after["status"], "running", "its process runs: {after}");
+    let runc_state = data.join("runc").display().to_string();
+    let listed = std::process::Command::new(&runc)
+        .args(["--root", &runc_state, "state", &etl])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&listed.stdout).contains("\"running\""),
+        "runc still runs it: {listed:?}"
+    );
+
+    std::fs::remove_file(&refuse).unwrap();
+    let (st, body) = stop().await;
+    assert_eq!((st, &body["status"]), (200, &json!("stopped")), "{body}");
+}
+
+/// runc as this host has it (the test's PATH, or where Debian puts it).
+fn which_runc() -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/local/sbin", "/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|d| d.join("runc"))
+        .find(|p| p.is_file())
+        .expect("runc is installed")
+}

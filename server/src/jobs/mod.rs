@@ -351,22 +351,26 @@ impl JobRunner {
                 // Its process stopped on its agent (recorded here), then its trees removed
                 // there.
                 let started = std::time::Instant::now();
-                let stopped = self
+                match self
                     .lifecycle
                     .stop_for_job(&target_id, ContainerStatus::Deleting)
-                    .await?;
-                self.agents
-                    .remove_container(&target_server, &target_id)
-                    .await
-                    .map(|()| engine::Summary {
-                        duration_ms: started.elapsed().as_millis() as u64,
-                        notes: if stopped {
-                            vec!["its process was stopped".into()]
-                        } else {
-                            Vec::new()
-                        },
-                        ..Default::default()
-                    })
+                    .await?
+                {
+                    Err(why) => Err(not_stopped(&why)),
+                    Ok(stopped) => self
+                        .agents
+                        .remove_container(&target_server, &target_id)
+                        .await
+                        .map(|()| engine::Summary {
+                            duration_ms: started.elapsed().as_millis() as u64,
+                            notes: if stopped {
+                                vec!["its process was stopped".into()]
+                            } else {
+                                Vec::new()
+                            },
+                            ..Default::default()
+                        }),
+                }
             } else {
                 self.remove_container(&target_id, &target_root).await
             };
@@ -594,11 +598,16 @@ impl JobRunner {
             other => return Ok((other, None)),
         };
         let started = std::time::Instant::now();
-        if !self
+        let stopped = match self
             .lifecycle
             .stop_for_job(target_id, ContainerStatus::Syncing)
             .await?
         {
+            Ok(stopped) => stopped,
+            // It runs on: no final pass, and the sync fails (the copy keeps its status).
+            Err(why) => return Ok((Err(not_stopped(&why)), None)),
+        };
+        if !stopped {
             // Nothing ran to stop (it ended before or during the pass, or this sync stopped
             // it before a restart): started again, as a finished sync leaves its copy. It
             // was down from that stop, if it came after the sync was asked for.
@@ -830,7 +839,8 @@ impl JobRunner {
             .lifecycle
             .stop_for_job(id, ContainerStatus::Deleting)
             .await
-            .map_err(|e| EngineError::Refused(format!("stopping it: {e}")))?;
+            .map_err(|e| EngineError::Refused(format!("stopping it: {e}")))?
+            .map_err(|why| not_stopped(&why))?;
         let place = container_place(storage_root, id);
         let trees = vec![
             place.root.clone(),
@@ -930,6 +940,11 @@ impl JobRunner {
         let n = self.global.available_permits() as u32;
         self.global.clone().acquire_many_owned(n).await.unwrap()
     }
+}
+
+/// A job that needed its container's process stopped, which still runs.
+fn not_stopped(why: &str) -> EngineError {
+    EngineError::Refused(format!("its process could not be stopped: {why}"))
 }
 
 #[cfg(test)]

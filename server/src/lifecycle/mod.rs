@@ -280,18 +280,17 @@ impl Lifecycle {
         }
         let exit = match self.halt(&row, grace).await {
             Ok(exit) => exit,
-            // Its server did not answer: it may run still, so it is not recorded stopped.
-            Err(why) if row.is_on_agent() => {
-                return Ok(Outcome {
-                    status,
-                    reason: Some(format!("not stopped: {why}")),
-                    notes: Vec::new(),
-                })
-            }
-            Err(why) => {
-                tracing::warn!(container = %id, error = %why, "stop");
-                None
-            }
+            Err(why) => match self.still_runs(&row, &why).await {
+                // Its server did not answer, or its process outlived the stop: not stopped.
+                Some(why) => {
+                    return Ok(Outcome {
+                        status,
+                        reason: Some(format!("not stopped: {why}")),
+                        notes: Vec::new(),
+                    })
+                }
+                None => None,
+            },
         };
         let record = RunRecord {
             status: ContainerStatus::Stopped,
@@ -305,26 +304,34 @@ impl Lifecycle {
     }
 
     /// A sync's final pass or a delete: stops the container's process if it runs (its
-    /// status stays the job's, `during`); says whether it did. A sync starts it again with
-    /// `start`.
-    pub async fn stop_for_job(&self, id: &str, during: ContainerStatus) -> Result<bool, DbError> {
+    /// status stays the job's, `during`); says whether it did, or why its process still
+    /// runs (`Err`: the job must not go on as if it were stopped). A sync starts it again
+    /// with `start`.
+    pub async fn stop_for_job(
+        &self,
+        id: &str,
+        during: ContainerStatus,
+    ) -> Result<Result<bool, String>, DbError> {
         let lock = self.lock_of(id);
         let _one = lock.lock().await;
         let Some(row) = self.db.container(id).await? else {
-            return Ok(false);
+            return Ok(Ok(false));
         };
         match self.observe_one(&row).await {
             Ok(Observed::Running { .. }) => {}
-            Ok(_) => return Ok(false),
+            Ok(_) => return Ok(Ok(false)),
             Err(e) => {
                 tracing::warn!(container = %id, error = %e, "observing before a job");
-                return Ok(false);
+                return Ok(Ok(false));
             }
         }
-        let exit = self.halt(&row, STOP_FOR_SYNC).await.unwrap_or_else(|e| {
-            tracing::warn!(container = %id, error = %e, "stop for a job");
-            None
-        });
+        let exit = match self.halt(&row, STOP_FOR_SYNC).await {
+            Ok(exit) => exit,
+            Err(why) => match self.still_runs(&row, &why).await {
+                Some(why) => return Ok(Err(why)),
+                None => None,
+            },
+        };
         let record = RunRecord {
             status: during,
             reason: None,
@@ -333,7 +340,18 @@ impl Lifecycle {
             exit_code: exit.map(|e| e.code as i64),
         };
         self.db.record_run(id, record, &[during]).await?;
-        Ok(true)
+        Ok(Ok(true))
+    }
+
+    /// After a stop that failed (`why`): why the process may still run, or `None` when it
+    /// is seen ended after all. A process that cannot be seen is not recorded stopped.
+    async fn still_runs(&self, row: &ContainerRow, why: &str) -> Option<String> {
+        tracing::warn!(container = %row.id, error = %why, "stop");
+        match self.observe_one(row).await {
+            Ok(Observed::Running { .. }) => Some(why.to_string()),
+            Ok(_) => None,
+            Err(seen) => Some(format!("{why} (and it could not be seen: {seen})")),
+        }
     }
 
     /// Stop, then start, as one step no other start or stop comes between.

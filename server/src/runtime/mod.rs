@@ -464,6 +464,14 @@ impl Runtime {
                 let _ = self.runc(&["delete", "--force", id]).await;
                 exit = wait_exit(bundle, KILL_WAIT, state.pid).await;
             }
+            // (A process in uninterruptible sleep outlives SIGKILL until its I/O ends.) It
+            // still runs: not stopped, and its network stays.
+            if exit.is_none() && alive(state.pid) {
+                return Err(RuntimeError::Command(format!(
+                    "its process ({}) still runs after SIGKILL",
+                    state.pid
+                )));
+            }
         }
         net::teardown(&self.netns(id), &self.host_ends(id, interfaces)).await;
         Ok(exit)
