@@ -154,22 +154,54 @@ pub(crate) enum Admission {
     },
 }
 
-/// Whether a job is queued or running for container `$1` (statuses `$2`, `$3`).
-pub(super) const CONTAINER_BUSY: &str = "SELECT EXISTS (SELECT 1 FROM jobs WHERE container_id = $1
-        AND status IN ($2, $3))";
+/// The jobs list (`Db::jobs`): `$1` a container, `$2` a project, `$3` a status, `$4` a
+/// kind, `$5` all projects, `$6` the user, `$7` the page's last job, `$8` the limit, then
+/// the scope's projects. A container's jobs come from the indexes of its two columns;
+/// otherwise the newest first straight from `jobs_created`, read until the page is full
+/// (with `$1 IS NULL OR container_id = $1` SQLite would read every job and sort them).
+pub(super) fn jobs_list_sql(of_container: bool, scope: &str) -> String {
+    let of_container = match of_container {
+        true => "(container_id = $1 OR source_container_id = $1)",
+        false => "$1 IS NULL",
+    };
+    format!(
+        "SELECT * FROM jobs
+         WHERE {of_container}
+           AND ($2 IS NULL OR project_id = $2)
+           AND ($3 IS NULL OR status = $3)
+           AND ($4 IS NULL OR kind = $4)
+           AND ($5 = 1 OR project_id IN (SELECT project_id FROM memberships WHERE user_id = $6))
+           AND project_id IN (SELECT id FROM projects WHERE deleted_at IS NULL){scope}
+           AND ($7 IS NULL
+                OR (created_at, id) < (SELECT created_at, id FROM jobs WHERE id = $7))
+         ORDER BY created_at DESC, id DESC LIMIT $8"
+    )
+}
+
+/// The newest `$1` runs (copy, sync) of every copy, by copy and newest first: from the
+/// copies to each one's newest jobs in `jobs_container`. (A window over every job, as it
+/// was, read and sorted all of them: 877 ms at 200,000 jobs, now 3 ms.) `CROSS JOIN` keeps
+/// SQLite from starting at the jobs.
+pub(super) const RECENT_RUNS_OF_COPIES: &str = "SELECT j.* FROM containers c CROSS JOIN jobs j
+     WHERE c.source_container_id IS NOT NULL
+       AND j.id IN (SELECT l.id FROM jobs l
+                    WHERE l.container_id = c.id AND l.kind IN ('copy', 'sync')
+                    ORDER BY l.created_at DESC, l.id DESC LIMIT $1)
+     ORDER BY j.container_id, j.created_at DESC, j.id DESC";
+
+/// Whether a job is queued or running for container `$1`: from `jobs_live` alone (the
+/// statuses written out, so SQLite sees the query matches its condition; one look-up per
+/// status, as `status IN` or `OR` would make it build a temporary list of the two).
+pub(super) const CONTAINER_BUSY: &str = "SELECT
+        EXISTS (SELECT 1 FROM jobs WHERE status = 'queued' AND container_id = $1)
+        OR EXISTS (SELECT 1 FROM jobs WHERE status = 'running' AND container_id = $1)";
 
 /// Whether a job is queued or running for the container: asked before a job is written for
 /// it, in the same transaction (writes run one at a time, so nothing comes between). Not
 /// an `INSERT ... SELECT ... WHERE NOT EXISTS`: an insert that reads the table it writes
 /// makes SQLite stage the row in a temporary table first.
 fn container_busy(c: &SyncConn, container_id: &str) -> rusqlite::Result<bool> {
-    let statuses = (JobStatus::Queued.as_str(), JobStatus::Running.as_str());
-    let busy = query_first(
-        c,
-        CONTAINER_BUSY,
-        &[&container_id, &statuses.0, &statuses.1],
-        |r| r.get::<_, bool>(0),
-    )?;
+    let busy = query_first(c, CONTAINER_BUSY, &[&container_id], |r| r.get::<_, bool>(0))?;
     busy.transpose().map(|b| b.unwrap_or(false))
 }
 
@@ -242,18 +274,7 @@ impl Db {
             ),
             None => String::new(),
         };
-        let sql = format!(
-            "SELECT * FROM jobs
-             WHERE ($1 IS NULL OR container_id = $1 OR source_container_id = $1)
-               AND ($2 IS NULL OR project_id = $2)
-               AND ($3 IS NULL OR status = $3)
-               AND ($4 IS NULL OR kind = $4)
-               AND ($5 = 1 OR project_id IN (SELECT project_id FROM memberships WHERE user_id = $6))
-               AND project_id IN (SELECT id FROM projects WHERE deleted_at IS NULL){scope}
-               AND ($7 IS NULL
-                    OR (created_at, id) < (SELECT created_at, id FROM jobs WHERE id = $7))
-             ORDER BY created_at DESC, id DESC LIMIT $8"
-        );
+        let sql = jobs_list_sql(filter.container_id.is_some(), &scope);
         // (Ids hold whole seconds: within one, only `created_at` orders jobs, so a page
         // ends where the order says, not at a smaller id.)
         let mut query = sqlx::query(&sql)
@@ -273,20 +294,12 @@ impl Db {
     }
 
     /// The newest `per_copy` runs of every copy (the copy that made it and its syncs: a
-    /// start, stop, restart or delete is not a run of its sync), newest first (a window
-    /// keeps it one query).
+    /// start, stop, restart or delete is not a run of its sync), newest first.
     pub(crate) async fn recent_jobs_of_copies(&self, per_copy: i64) -> Result<Vec<Job>, DbError> {
-        let rows = sqlx::query(
-            "SELECT * FROM (
-                SELECT j.*, ROW_NUMBER() OVER (
-                    PARTITION BY j.container_id ORDER BY j.created_at DESC, j.id DESC) AS rn
-                FROM jobs j JOIN containers c ON c.id = j.container_id
-                WHERE c.source_container_id IS NOT NULL AND j.kind IN ('copy', 'sync')) t
-             WHERE rn <= $1 ORDER BY container_id, created_at DESC, id DESC",
-        )
-        .bind(per_copy)
-        .fetch_all(&self.read)
-        .await?;
+        let rows = sqlx::query(RECENT_RUNS_OF_COPIES)
+            .bind(per_copy)
+            .fetch_all(&self.read)
+            .await?;
         Ok(rows.iter().map(job_from_row).collect())
     }
 
@@ -418,11 +431,10 @@ impl Db {
         container_id: &str,
     ) -> Result<Option<String>, DbError> {
         Ok(sqlx::query_scalar(
-            "SELECT id FROM jobs WHERE container_id = $1 AND status IN ($2, $3) LIMIT 1",
+            "SELECT id FROM jobs WHERE container_id = $1
+               AND (status = 'queued' OR status = 'running') LIMIT 1",
         )
         .bind(container_id)
-        .bind(JobStatus::Queued.as_str())
-        .bind(JobStatus::Running.as_str())
         .fetch_optional(&self.read)
         .await?)
     }
@@ -442,24 +454,22 @@ impl Db {
         self.write(
             "UPDATE jobs SET status = $1, phase = NULL, finished_at = $2,
                 error = 'interrupted by a stop of doppel'
-             WHERE status IN ($3, $4) AND kind IN ($5, $6, $7)",
+             WHERE (status = 'queued' OR status = 'running') AND kind IN ($3, $4, $5)",
             vec![
                 Arg::arg(JobStatus::Failed.as_str()),
                 Arg::arg(now_ms()),
-                Arg::arg(JobStatus::Queued.as_str()),
-                Arg::arg(JobStatus::Running.as_str()),
                 Arg::arg(JobKind::Start.as_str()),
                 Arg::arg(JobKind::Stop.as_str()),
                 Arg::arg(JobKind::Restart.as_str()),
             ],
         )
         .await?;
-        let ids: Vec<String> =
-            sqlx::query_scalar("SELECT id FROM jobs WHERE status IN ($1, $2) ORDER BY created_at")
-                .bind(JobStatus::Queued.as_str())
-                .bind(JobStatus::Running.as_str())
-                .fetch_all(&self.read)
-                .await?;
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM jobs WHERE (status = 'queued' OR status = 'running')
+                 ORDER BY created_at",
+        )
+        .fetch_all(&self.read)
+        .await?;
         for id in &ids {
             self.write(
                 "UPDATE jobs SET status = $1, phase = NULL WHERE id = $2",
@@ -487,19 +497,20 @@ impl Db {
     /// no other job is queued or running for it.
     pub(crate) async fn cancelled_jobs_left_unfinished(&self) -> Result<Vec<String>, DbError> {
         let ids = sqlx::query_scalar(
-            "SELECT j.id FROM jobs j JOIN containers c ON c.id = j.container_id
-             WHERE j.status = $1 AND c.status IN ($2, $3)
-               AND j.created_at = (SELECT MAX(l.created_at) FROM jobs l
-                                   WHERE l.container_id = c.id)
+            // From the containers (few) to each one's latest job (`jobs_container`), not
+            // from every cancelled job.
+            "SELECT j.id FROM containers c CROSS JOIN jobs j
+             WHERE c.status IN ($1, $2)
+               AND j.id = (SELECT l.id FROM jobs l WHERE l.container_id = c.id
+                           ORDER BY l.created_at DESC, l.id DESC LIMIT 1)
+               AND j.status = $3
                AND NOT EXISTS (SELECT 1 FROM jobs q WHERE q.container_id = c.id
-                               AND q.status IN ($4, $5))
+                               AND (q.status = 'queued' OR q.status = 'running'))
              ORDER BY j.created_at",
         )
-        .bind(JobStatus::Cancelled.as_str())
         .bind(ContainerStatus::Copying.as_str())
         .bind(ContainerStatus::Syncing.as_str())
-        .bind(JobStatus::Queued.as_str())
-        .bind(JobStatus::Running.as_str())
+        .bind(JobStatus::Cancelled.as_str())
         .fetch_all(&self.read)
         .await?;
         Ok(ids)
@@ -580,9 +591,8 @@ impl Db {
              FROM jobs j
              JOIN containers t ON t.id = j.container_id
              JOIN containers s ON s.id = j.source_container_id
-             WHERE j.status = $1 AND j.kind IN ($2, $3)",
+             WHERE j.status = 'running' AND j.kind IN ($1, $2)",
         )
-        .bind(JobStatus::Running.as_str())
         .bind(JobKind::Copy.as_str())
         .bind(JobKind::Sync.as_str())
         .fetch_all(&self.read)

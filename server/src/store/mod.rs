@@ -425,7 +425,103 @@ mod tests {
             );
         }
         let busy = db.read_now(|c| Ok(plan(c, jobs::CONTAINER_BUSY))).unwrap();
-        assert!(busy.contains("USING INDEX jobs_container"), "{busy}");
+        assert!(
+            busy.contains("USING COVERING INDEX jobs_live (status=? AND container_id=?)"),
+            "{busy}"
+        );
+    }
+
+    /// Jobs pile up (a synced copy leaves hundreds a day): the jobs list and the sync
+    /// status page read index ranges, newest first, never every job and a sort of them.
+    #[tokio::test]
+    async fn job_lists_read_the_newest_jobs_from_indexes() {
+        let (_d, db) = db().await;
+        let plan_of = |sql: &str| db.read_now(|c| Ok(plan(c, sql))).unwrap();
+        for scope in ["", " AND project_id IN ($9, $10)"] {
+            let page = plan_of(&jobs::jobs_list_sql(false, scope));
+            assert!(
+                page.contains("SCAN jobs USING INDEX jobs_created"),
+                "{page}"
+            );
+            assert!(!page.contains("TEMP B-TREE"), "{page}");
+        }
+        // One container's: its jobs and those it was the source of, each from an index.
+        let of_one = plan_of(&jobs::jobs_list_sql(true, ""));
+        assert!(
+            of_one.contains("SEARCH jobs USING INDEX jobs_container (container_id=?)")
+                && of_one.contains("SEARCH jobs USING INDEX jobs_source (source_container_id=?)"),
+            "{of_one}"
+        );
+        assert!(!of_one.contains("SCAN jobs"), "{of_one}");
+        // The sync status page: from each copy to its newest runs.
+        let runs = plan_of(jobs::RECENT_RUNS_OF_COPIES);
+        assert!(runs.starts_with("SCAN c"), "{runs}");
+        assert!(
+            runs.contains("SEARCH l USING INDEX jobs_container (container_id=?)"),
+            "{runs}"
+        );
+        assert!(!runs.contains("SCAN j"), "{runs}");
+    }
+
+    /// The queries the indexes serve still pick the right jobs: a page of the list, newest
+    /// first; each copy's newest runs (copies and syncs only); and at a start, the copies
+    /// whose latest job was cancelled and not finished (none queued or running beside it).
+    #[tokio::test]
+    async fn job_queries_pick_the_newest_jobs() {
+        let (_d, db) = db().await;
+        db.transact(|c| {
+            c.execute_batch(
+                "INSERT INTO users (id, name, created_at) VALUES ('u', 'ada', 1);
+                 INSERT INTO projects (id, name, created_at) VALUES ('p', 'web', 1);
+                 INSERT INTO servers (id, name, storage_root, created_at)
+                     VALUES ('s', 'local', '/x', 1);
+                 INSERT INTO containers (id, name, project_id, server_id, status, created_at,
+                         updated_at)
+                     VALUES ('a', 'web-app', 'p', 's', 'running', 1, 1);
+                 INSERT INTO containers (id, name, project_id, server_id, status,
+                         source_container_id, created_at, updated_at)
+                     VALUES ('b', 'copy-b', 'p', 's', 'copying', 'a', 2, 2),
+                            ('c', 'copy-c', 'p', 's', 'syncing', 'a', 2, 2),
+                            ('d', 'copy-d', 'p', 's', 'syncing', 'a', 2, 2);
+                 INSERT INTO jobs (id, kind, status, project_id, container_id,
+                         source_container_id, requested_by, created_at) VALUES
+                     ('b1', 'copy', 'succeeded', 'p', 'b', 'a', 'u', 10),
+                     ('b2', 'sync', 'succeeded', 'p', 'b', 'a', 'u', 20),
+                     ('b3', 'stop', 'succeeded', 'p', 'b', 'b', 'u', 30),
+                     ('b4', 'sync', 'cancelled', 'p', 'b', 'a', 'u', 40),
+                     ('c1', 'copy', 'succeeded', 'p', 'c', 'a', 'u', 11),
+                     ('c2', 'sync', 'cancelled', 'p', 'c', 'a', 'u', 21),
+                     ('c3', 'sync', 'queued', 'p', 'c', 'a', 'u', 31),
+                     ('d1', 'copy', 'succeeded', 'p', 'd', 'a', 'u', 12),
+                     ('d2', 'sync', 'cancelled', 'p', 'd', 'a', 'u', 22),
+                     ('d3', 'sync', 'succeeded', 'p', 'd', 'a', 'u', 32);",
+            )
+        })
+        .await
+        .unwrap();
+        let ids = |jobs: Vec<app::model::Job>| jobs.into_iter().map(|j| j.id).collect::<Vec<_>>();
+        let filter = app::model::JobFilter::default();
+        let page = db.jobs(&filter, "u", true, None, 3).await.unwrap();
+        assert_eq!(ids(page), ["b4", "d3", "c3"]);
+        let next = app::model::JobFilter {
+            before: Some("c3".into()),
+            ..Default::default()
+        };
+        let page = db.jobs(&next, "u", true, None, 3).await.unwrap();
+        assert_eq!(ids(page), ["b3", "d2", "c2"]);
+        let of_c = app::model::JobFilter {
+            container_id: Some("c".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            ids(db.jobs(&of_c, "u", true, None, 10).await.unwrap()),
+            ["c3", "c2", "c1"]
+        );
+        let runs = db.recent_jobs_of_copies(2).await.unwrap();
+        assert_eq!(ids(runs), ["b4", "b2", "c3", "c2", "d3", "d2"]);
+        // b: its latest job was cancelled; c: a sync is queued beside its cancelled one;
+        // d: a job finished after the cancelled one.
+        assert_eq!(db.cancelled_jobs_left_unfinished().await.unwrap(), ["b4"]);
     }
 
     #[tokio::test]
