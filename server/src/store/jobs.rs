@@ -156,18 +156,14 @@ pub(crate) enum Admission {
 
 /// The jobs list (`Db::jobs`): `$1` a container, `$2` a project, `$3` a status, `$4` a
 /// kind, `$5` all projects, `$6` the user, `$7` the page's last job, `$8` the limit, then
-/// the scope's projects. A container's jobs come from the indexes of its two columns;
-/// otherwise the newest first straight from `jobs_created`, read until the page is full
-/// (with `$1 IS NULL OR container_id = $1` SQLite would read every job and sort them).
+/// the scope's projects. Each read newest first from an index until the page is full:
+/// every job from `jobs_created`; a container's, its own (`jobs_container`) merged with
+/// those it is the source of (`jobs_source`). (`$1 IS NULL OR container_id = $1 OR ...`
+/// read every job and sorted them: at 200,000 jobs, 235 ms a page, and 470 ms for a
+/// source whose copies' syncs made them.)
 pub(super) fn jobs_list_sql(of_container: bool, scope: &str) -> String {
-    let of_container = match of_container {
-        true => "(container_id = $1 OR source_container_id = $1)",
-        false => "$1 IS NULL",
-    };
-    format!(
-        "SELECT * FROM jobs
-         WHERE {of_container}
-           AND ($2 IS NULL OR project_id = $2)
+    let narrowed = format!(
+        "AND ($2 IS NULL OR project_id = $2)
            AND ($3 IS NULL OR status = $3)
            AND ($4 IS NULL OR kind = $4)
            AND ($5 = 1 OR project_id IN (SELECT project_id FROM memberships WHERE user_id = $6))
@@ -175,7 +171,18 @@ pub(super) fn jobs_list_sql(of_container: bool, scope: &str) -> String {
            AND ($7 IS NULL
                 OR (created_at, id) < (SELECT created_at, id FROM jobs WHERE id = $7))
          ORDER BY created_at DESC, id DESC LIMIT $8"
-    )
+    );
+    match of_container {
+        false => format!("SELECT * FROM jobs WHERE $1 IS NULL {narrowed}"),
+        // (A job of the container that is its own source, a start or a delete, is in
+        // both halves: `UNION` keeps it once.)
+        true => format!(
+            "SELECT * FROM (SELECT * FROM jobs WHERE container_id = $1 {narrowed})
+             UNION
+             SELECT * FROM (SELECT * FROM jobs WHERE source_container_id = $1 {narrowed})
+             ORDER BY created_at DESC, id DESC LIMIT $8"
+        ),
+    }
 }
 
 /// The newest `$1` runs (copy, sync) of every copy, by copy and newest first: from the

@@ -446,13 +446,19 @@ mod tests {
             assert!(!page.contains("TEMP B-TREE"), "{page}");
         }
         // One container's: its jobs and those it was the source of, each from an index.
-        let of_one = plan_of(&jobs::jobs_list_sql(true, ""));
-        assert!(
-            of_one.contains("SEARCH jobs USING INDEX jobs_container (container_id=?)")
-                && of_one.contains("SEARCH jobs USING INDEX jobs_source (source_container_id=?)"),
-            "{of_one}"
-        );
-        assert!(!of_one.contains("SCAN jobs"), "{of_one}");
+        for scope in ["", " AND project_id IN ($9)"] {
+            let of_one = plan_of(&jobs::jobs_list_sql(true, scope));
+            assert!(
+                of_one.contains("SEARCH jobs USING INDEX jobs_container (container_id=?)")
+                    && of_one
+                        .contains("SEARCH jobs USING INDEX jobs_source (source_container_id=?)"),
+                "{of_one}"
+            );
+            assert!(!of_one.contains("SCAN jobs"), "{of_one}");
+        }
+        // An idempotency key is looked up in the index of keys, which holds only jobs with one.
+        let keyed = plan_of("SELECT * FROM jobs WHERE requested_by = $1 AND idempotency_key = $2");
+        assert!(keyed.contains("USING INDEX jobs_idempotency"), "{keyed}");
         // The sync status page: from each copy to its newest runs.
         let runs = plan_of(jobs::RECENT_RUNS_OF_COPIES);
         assert!(runs.starts_with("SCAN c"), "{runs}");
@@ -516,6 +522,24 @@ mod tests {
         assert_eq!(
             ids(db.jobs(&of_c, "u", true, None, 10).await.unwrap()),
             ["c3", "c2", "c1"]
+        );
+        // A source's: the copies made of it and their syncs, not its copies' own stops.
+        let of = |id: &str| app::model::JobFilter {
+            container_id: Some(id.into()),
+            ..Default::default()
+        };
+        let of_a = db.jobs(&of("a"), "u", true, None, 4).await.unwrap();
+        assert_eq!(ids(of_a), ["b4", "d3", "c3", "d2"]);
+        // b's stop is its own and it is its source: once.
+        let of_b = db.jobs(&of("b"), "u", true, None, 10).await.unwrap();
+        assert_eq!(ids(of_b), ["b4", "b3", "b2", "b1"]);
+        let before = app::model::JobFilter {
+            before: Some("b3".into()),
+            ..of("b")
+        };
+        assert_eq!(
+            ids(db.jobs(&before, "u", true, None, 10).await.unwrap()),
+            ["b2", "b1"]
         );
         let runs = db.recent_jobs_of_copies(2).await.unwrap();
         assert_eq!(ids(runs), ["b4", "b2", "c3", "c2", "d3", "d2"]);
