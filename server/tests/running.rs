@@ -1283,6 +1283,43 @@ async fn a_stop_that_could_not_stop_the_process_leaves_the_container_running() {
         "runc still runs it: {listed:?}"
     );
 
+    // A delete needs the process stopped too: it fails, and the container runs on, saying
+    // why (not `failed`, its tree still there).
+    let resp = client
+        .delete(format!("{base}/api/v1/containers/{etl}"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    let body: Value = resp.json().await.unwrap();
+    let job_url = format!("{base}{}", body["job"]["url"].as_str().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let ended = loop {
+        let j = process::get_json(&client, job_url.clone(), &token).await;
+        if j["status"] != "queued" && j["status"] != "running" {
+            break j;
+        }
+        assert!(Instant::now() < deadline, "the delete did not end: {j}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(ended["status"], "failed", "{ended}");
+    assert!(
+        ended["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("could not be stopped")),
+        "{ended}"
+    );
+    let after = get().await;
+    assert_eq!(after["status"], "running", "{after}");
+    assert!(
+        after["status_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("delete it again")),
+        "{after}"
+    );
+    assert!(root(&after).exists(), "its tree is still there");
+
     std::fs::remove_file(&refuse).unwrap();
     let (st, body) = stop().await;
     assert_eq!((st, &body["status"]), (200, &json!("stopped")), "{body}");

@@ -60,6 +60,12 @@ impl JobRunner {
         let incomplete = matches!(result, Err(EngineError::Incomplete(_)));
         // (One rule with the `start` phase the runner announced: `starts_after`.)
         let starts = error.is_none() && starts_after(kind, params, restarted.is_some());
+        // A delete that failed while the process still runs (it could not be stopped): the
+        // container is running, saying why, not `failed`.
+        let still_runs = kind == JobKind::Delete
+            && error.is_some()
+            && !matches!(result, Err(EngineError::Cancelled))
+            && self.lifecycle.has_process(target_id).await == Ok(true);
         let (container_status, reason) = match (&error, kind, restarted) {
             // Recorded by their requests, never run here.
             (_, JobKind::Start | JobKind::Stop | JobKind::Restart, _) => (previous, None),
@@ -71,6 +77,10 @@ impl JobRunner {
             (Some(_), JobKind::Delete, _) if matches!(result, Err(EngineError::Cancelled)) => {
                 (previous, Some("delete cancelled".into()))
             }
+            (Some(m), JobKind::Delete, _) if still_runs => (
+                ContainerStatus::Running,
+                Some(format!("{}; delete it again", outcome("delete", status, m))),
+            ),
             // Part of it may be gone: not usable, and a delete again finishes it.
             (Some(m), JobKind::Delete, _) => (
                 ContainerStatus::Failed,
