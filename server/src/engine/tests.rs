@@ -1832,6 +1832,8 @@ fn killed_at_any_moment(env: &Env, src: &Place) {
 fn run_op(op: &str, src: &Place, dst: &Place) {
     match op {
         "copy" => resume_copy(src, dst, &[], &Control::new()).map(drop),
+        // A conversion's final pass, the tree `dst` (its first pass done).
+        "finish" => convert::finish_stopped(dst, 1 << 30, &Control::new()).map(drop),
         _ => sync(src, dst, &Control::new()).map(drop),
     }
     .unwrap();
@@ -4068,6 +4070,63 @@ fn a_conversion_interrupted_anywhere_leaves_the_tree_or_its_image_whole() {
         assert!(image::is_image_tree(&tree.root));
         assert_same_tree(&was.root, &tree.root);
     }
+}
+
+/// A running container's conversion, doppel killed (SIGKILL, in a child process) at spread
+/// moments of the final pass (the sync into the image, the swap): the next start's
+/// `recover` leaves the tree whole, the directory as it was or its image, with nothing of
+/// the conversion left mounted or on disk; converted again, it is the image tree.
+#[test]
+fn a_conversions_final_pass_killed_at_any_moment_leaves_the_tree_or_its_image_whole() {
+    // (Room for an image tree per round beside the directories: 4 GiB, sparse.)
+    let env = Env::on(
+        LoopFs::mounted_with("xfs", "loop", Some(4 << 30)),
+        Roots::Directories,
+    );
+    // A tree after its first pass, changed as a running container changes it meanwhile.
+    let first_pass = |name: &str, seed: u64| {
+        let tree = env.place(name);
+        random_tree(&tree.root, &mut Rng(seed), 300);
+        convert::copy_while_running(&tree, 1 << 30, &Control::new()).unwrap();
+        random_changes(&tree.root, &mut Rng(seed + 1));
+        let was = env.place(&format!("{name}-was"));
+        copy(&tree, &was, &Control::new()).unwrap();
+        (tree, was)
+    };
+    first_pass("timing", 80);
+    let whole = run_child("finish", &env.base, "timing", None).1;
+    const ROUNDS: u32 = 5;
+    let (mut interrupted, mut images) = (0, 0);
+    for round in 0..ROUNDS {
+        let name = format!("tree{round}");
+        let (tree, was) = first_pass(&name, 81 + 2 * u64::from(round));
+        let at = whole * (2 * round + 1) / (2 * ROUNDS);
+        interrupted += u32::from(run_child("finish", &env.base, &name, Some(at)).0);
+        // Put right as doppel's next start does.
+        convert::recover(&tree).unwrap();
+        let is_image = image::is_image_tree(&tree.root);
+        images += u32::from(is_image);
+        assert_same_tree(&was.root, &tree.root);
+        assert!(!tree.state_dir.join("convert").exists(), "round {round}");
+        no_debris(&tree);
+        let mounted = mounts_below(&env.base)
+            .into_iter()
+            .filter(|m| m.ends_with(&name) || m.to_string_lossy().contains(&format!("/{name}/")))
+            .count();
+        assert_eq!(mounted, usize::from(is_image), "round {round}");
+        // Converted again: done, or nothing to do; the same tree.
+        let again = convert::to_image_tree(&tree, 1 << 30, &Control::new()).unwrap();
+        match is_image {
+            true => assert!(matches!(again, Converted::Already), "round {round}"),
+            false => assert!(matches!(again, Converted::Done(_)), "round {round}"),
+        }
+        assert!(image::is_image_tree(&tree.root));
+        assert_same_tree(&was.root, &tree.root);
+        assert!(verify(&tree, &Control::new()).unwrap().ok, "round {round}");
+        crate::engine::remove_trees(&[tree.root, tree.state_dir, was.root, was.state_dir]).unwrap();
+    }
+    println!("final pass: {interrupted} of {ROUNDS} kills landed inside, {images} left the image (a whole run: {whole:?})");
+    assert!(interrupted > 0, "no kill landed inside a final pass");
 }
 
 #[test]
