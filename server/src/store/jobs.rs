@@ -160,11 +160,17 @@ pub(crate) enum Admission {
 /// every job from `jobs_created`; a container's, its own (`jobs_container`) merged with
 /// those it is the source of (`jobs_source`). (`$1 IS NULL OR container_id = $1 OR ...`
 /// read every job and sorted them: at 200,000 jobs, 235 ms a page, and 470 ms for a
-/// source whose copies' syncs made them.)
-pub(super) fn jobs_list_sql(of_container: bool, scope: &str) -> String {
+/// source whose copies' syncs made them.) `live`: the status asked for is queued or running,
+/// whose jobs `jobs_live` holds (few, however many ended): named, so SQLite reads them
+/// there instead of walking every job for them.
+pub(super) fn jobs_list_sql(of_container: bool, live: Option<JobStatus>, scope: &str) -> String {
+    let status = match live {
+        Some(live) => format!("status = '{0}' AND $3 = '{0}'", live.as_str()),
+        None => "($3 IS NULL OR status = $3)".to_string(),
+    };
     let narrowed = format!(
         "AND ($2 IS NULL OR project_id = $2)
-           AND ($3 IS NULL OR status = $3)
+           AND {status}
            AND ($4 IS NULL OR kind = $4)
            AND ($5 = 1 OR project_id IN (SELECT project_id FROM memberships WHERE user_id = $6))
            AND project_id IN (SELECT id FROM projects WHERE deleted_at IS NULL){scope}
@@ -281,7 +287,12 @@ impl Db {
             ),
             None => String::new(),
         };
-        let sql = jobs_list_sql(filter.container_id.is_some(), &scope);
+        let live = filter
+            .status
+            .as_deref()
+            .and_then(JobStatus::parse)
+            .filter(|s| matches!(s, JobStatus::Queued | JobStatus::Running));
+        let sql = jobs_list_sql(filter.container_id.is_some(), live, &scope);
         // (Ids hold whole seconds: within one, only `created_at` orders jobs, so a page
         // ends where the order says, not at a smaller id.)
         let mut query = sqlx::query(&sql)

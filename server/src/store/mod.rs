@@ -438,7 +438,7 @@ mod tests {
         let (_d, db) = db().await;
         let plan_of = |sql: &str| db.read_now(|c| Ok(plan(c, sql))).unwrap();
         for scope in ["", " AND project_id IN ($9, $10)"] {
-            let page = plan_of(&jobs::jobs_list_sql(false, scope));
+            let page = plan_of(&jobs::jobs_list_sql(false, None, scope));
             assert!(
                 page.contains("SCAN jobs USING INDEX jobs_created"),
                 "{page}"
@@ -447,7 +447,7 @@ mod tests {
         }
         // One container's: its jobs and those it was the source of, each from an index.
         for scope in ["", " AND project_id IN ($9)"] {
-            let of_one = plan_of(&jobs::jobs_list_sql(true, scope));
+            let of_one = plan_of(&jobs::jobs_list_sql(true, None, scope));
             assert!(
                 of_one.contains("SEARCH jobs USING INDEX jobs_container (container_id=?)")
                     && of_one
@@ -455,6 +455,18 @@ mod tests {
                 "{of_one}"
             );
             assert!(!of_one.contains("SCAN jobs"), "{of_one}");
+        }
+        // The live ones (the README's `?status=running`): from `jobs_live`, not a walk of
+        // every job for them.
+        for live in [
+            app::model::JobStatus::Queued,
+            app::model::JobStatus::Running,
+        ] {
+            let running = plan_of(&jobs::jobs_list_sql(false, Some(live), ""));
+            assert!(
+                running.contains("SEARCH jobs USING INDEX jobs_live (status=?)"),
+                "{running}"
+            );
         }
         // An idempotency key is looked up in the index of keys, which holds only jobs with one.
         let keyed = plan_of("SELECT * FROM jobs WHERE requested_by = $1 AND idempotency_key = $2");
@@ -541,6 +553,21 @@ mod tests {
             ids(db.jobs(&before, "u", true, None, 10).await.unwrap()),
             ["b2", "b1"]
         );
+        for (status, want) in [
+            ("queued", &["c3"][..]),
+            ("running", &[]),
+            ("cancelled", &["b4", "d2", "c2"]),
+        ] {
+            let only = app::model::JobFilter {
+                status: Some(status.into()),
+                ..Default::default()
+            };
+            assert_eq!(
+                ids(db.jobs(&only, "u", true, None, 10).await.unwrap()),
+                want,
+                "{status}"
+            );
+        }
         let runs = db.recent_jobs_of_copies(2).await.unwrap();
         assert_eq!(ids(runs), ["b4", "b2", "c3", "c2", "d3", "d2"]);
         // b: its latest job was cancelled; c: a sync is queued beside its cancelled one;
