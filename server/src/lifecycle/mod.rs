@@ -347,6 +347,11 @@ impl Lifecycle {
     /// is seen ended after all. A process that cannot be seen is not recorded stopped.
     async fn still_runs(&self, row: &ContainerRow, why: &str) -> Option<String> {
         tracing::warn!(container = %row.id, error = %why, "stop");
+        // An agent's stop fails when the agent does not answer: asking it again would only
+        // wait for it a second time.
+        if row.is_on_agent() {
+            return Some(why.to_string());
+        }
         match self.observe_one(row).await {
             Ok(Observed::Running { .. }) => Some(why.to_string()),
             Ok(_) => None,
