@@ -53,7 +53,7 @@ for bin in "$@"; do
   cp -a "$seed" "$data"
   p=$(port); serve "$bin" "$data" "$p"
   token=$("$bin" --data-dir "$data" token create --user admin)
-  for path in "/api/v1/jobs?limit=100" "/api/v1/jobs?status=running" "/api/v1/jobs?container_id=$copy_id" \
+  for path in "/api/v1/jobs?limit=100" "/api/v1/jobs?status=running" "/api/v1/jobs?status=failed" "/api/v1/jobs?status=succeeded" "/api/v1/jobs?container_id=$copy_id" \
       "/api/v1/jobs?container_id=$source_id" "/api/v1/sync-status"; do
     best=$(for _ in 1 2 3 4 5; do
       curl -sf -o /dev/null -w '%{time_total}\n' -H "Authorization: Bearer $token" "http://127.0.0.1:$p$path"

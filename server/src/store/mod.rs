@@ -468,6 +468,27 @@ mod tests {
                 "{running}"
             );
         }
+        // The ended ones: from `jobs_ended`, newest first, with no sort; one container's
+        // still from its own indexes.
+        for ended in [
+            app::model::JobStatus::Succeeded,
+            app::model::JobStatus::Failed,
+            app::model::JobStatus::Cancelled,
+        ] {
+            let page = plan_of(&jobs::jobs_list_sql(false, Some(ended), ""));
+            assert!(
+                page.contains("SEARCH jobs USING INDEX jobs_ended (status=?)"),
+                "{page}"
+            );
+            assert!(!page.contains("TEMP B-TREE"), "{page}");
+            let of_one = plan_of(&jobs::jobs_list_sql(true, Some(ended), ""));
+            assert!(
+                of_one.contains("SEARCH jobs USING INDEX jobs_container (container_id=?)")
+                    && of_one
+                        .contains("SEARCH jobs USING INDEX jobs_source (source_container_id=?)"),
+                "{of_one}"
+            );
+        }
         // An idempotency key is looked up in the index of keys, which holds only jobs with one.
         let keyed = plan_of("SELECT * FROM jobs WHERE requested_by = $1 AND idempotency_key = $2");
         assert!(keyed.contains("USING INDEX jobs_idempotency"), "{keyed}");
@@ -557,6 +578,8 @@ mod tests {
             ("queued", &["c3"][..]),
             ("running", &[]),
             ("cancelled", &["b4", "d2", "c2"]),
+            ("succeeded", &["d3", "b3", "b2", "d1", "c1", "b1"]),
+            ("failed", &[]),
         ] {
             let only = app::model::JobFilter {
                 status: Some(status.into()),
