@@ -33,6 +33,52 @@ pub(crate) fn insert_audit(c: &SyncConn, e: &AuditEntry) -> rusqlite::Result<()>
     Ok(())
 }
 
+/// The most projects whose pages `audit_list_sql` reads one by one.
+pub(super) const MERGED_PROJECTS: usize = 64;
+
+/// The statement of an audit page: `$1` project, `$2` actor, `$3` action, `$4` before (an
+/// entry's id), `$5` the limit, then the projects the caller may see (`scope`: their
+/// number; `None`: every project). A filter given is written as a plain comparison and one
+/// not given as `$n IS NULL`, so SQLite reads the page from that filter's index (ordered by
+/// id within it), newest first (ids grow with time), and stops when it is full. A caller
+/// scoped to some projects gets each project's newest entries from `audit_project`, then
+/// the newest of those: an `IN` list would make SQLite sort all their entries. (Up to
+/// [`MERGED_PROJECTS`]; past that, the `IN` list: SQLite takes at most 500 selects in one.)
+pub(super) fn audit_list_sql(filter: &AuditFilter, scope: Option<usize>) -> String {
+    let term = |given: bool, n: u32, cmp: &str| match given {
+        true => format!("{cmp} ${n}"),
+        false => format!("${n} IS NULL"),
+    };
+    let terms = [
+        term(filter.project_id.is_some(), 1, "project_id ="),
+        term(filter.actor.is_some(), 2, "actor_name ="),
+        term(filter.action.is_some(), 3, "action ="),
+        term(filter.before.is_some(), 4, "id <"),
+    ]
+    .join(" AND ");
+    let page =
+        |extra: &str| format!("SELECT * FROM audit WHERE {terms}{extra} ORDER BY id DESC LIMIT $5");
+    match scope {
+        None => page(""),
+        Some(0) => page(" AND 1 = 0"),
+        Some(n) if n > MERGED_PROJECTS => {
+            let ids: Vec<String> = (0..n).map(|i| format!("${}", i + 6)).collect();
+            page(&format!(" AND project_id IN ({})", ids.join(", ")))
+        }
+        Some(n) => {
+            let each: Vec<String> = (0..n)
+                .map(|i| {
+                    format!(
+                        "SELECT * FROM ({})",
+                        page(&format!(" AND project_id = ${}", i + 6))
+                    )
+                })
+                .collect();
+            format!("{} ORDER BY id DESC LIMIT $5", each.join(" UNION ALL "))
+        }
+    }
+}
+
 impl Db {
     /// Appends one entry.
     pub(crate) async fn append_audit(&self, e: AuditEntry) -> Result<(), DbError> {
@@ -48,26 +94,7 @@ impl Db {
         projects: Option<&[String]>,
         limit: u32,
     ) -> Result<Vec<AuditEntry>, DbError> {
-        let scope = match projects {
-            None => String::new(),
-            Some([]) => " AND 1 = 0".to_string(),
-            Some(ids) => format!(
-                " AND project_id IN ({})",
-                (0..ids.len())
-                    .map(|i| format!("${}", i + 6))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        };
-        // Ids grow with time (`ids::new_id`): "before" an entry is a smaller id.
-        let sql = format!(
-            "SELECT * FROM audit
-             WHERE ($1 IS NULL OR project_id = $1)
-               AND ($2 IS NULL OR actor_name = $2)
-               AND ($3 IS NULL OR action = $3)
-               AND ($4 IS NULL OR id < $4){scope}
-             ORDER BY id DESC LIMIT $5"
-        );
+        let sql = audit_list_sql(filter, projects.map(<[String]>::len));
         let mut query = sqlx::query(&sql)
             .bind(&filter.project_id)
             .bind(&filter.actor)

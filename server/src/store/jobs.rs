@@ -166,11 +166,7 @@ pub(crate) enum Admission {
 /// whole list, `jobs_ended` (a few failed among 200,000 jobs: 69 ms walked). One
 /// container's ended jobs stay in its own indexes (few; SQLite could not tell which index
 /// holds fewer).
-pub(super) fn jobs_list_sql(
-    of_container: bool,
-    status: Option<JobStatus>,
-    scope: &str,
-) -> String {
+pub(super) fn jobs_list_sql(of_container: bool, status: Option<JobStatus>, scope: &str) -> String {
     let status = match status {
         Some(s) if !of_container || !s.is_final() => {
             format!("status = '{0}' AND $3 = '{0}'", s.as_str())

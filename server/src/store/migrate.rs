@@ -20,7 +20,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0013_convert_jobs.sql"),
     include_str!("../../migrations/0014_checks_and_name_index.sql"),
     include_str!("../../migrations/0015_job_indexes.sql"),
-    include_str!("../../migrations/0016_ended_jobs_index.sql"),
+    include_str!("../../migrations/0016_list_indexes.sql"),
 ];
 
 pub(super) fn migrate(conn: &SyncConn) -> rusqlite::Result<()> {

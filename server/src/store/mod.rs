@@ -228,6 +228,7 @@ impl Db {
 mod tests {
     use super::sql::explain::{opcodes, plan};
     use super::*;
+    use app::model::{AuditEntry, AuditFilter};
 
     async fn db() -> (tempfile::TempDir, Db) {
         let dir = tempfile::tempdir().unwrap();
@@ -596,6 +597,142 @@ mod tests {
         // b: its latest job was cancelled; c: a sync is queued beside its cancelled one;
         // d: a job finished after the cancelled one.
         assert_eq!(db.cancelled_jobs_left_unfinished().await.unwrap(), ["b4"]);
+    }
+
+    /// An audit page is an index range read newest first, whatever narrows it: the log
+    /// itself, a project's, an actor's or an action's entries, and a project admin's
+    /// projects each read from `audit_project`, never a walk of every entry or a sort.
+    #[tokio::test]
+    async fn audit_pages_read_an_index_range_newest_first() {
+        let (_d, db) = db().await;
+        let plan_of = |sql: &str| db.read_now(|c| Ok(plan(c, sql))).unwrap();
+        let given = |project: bool, actor: bool, action: bool, before: bool| AuditFilter {
+            project_id: project.then(|| "p".into()),
+            actor: actor.then(|| "ada".into()),
+            action: action.then(|| "login".into()),
+            before: before.then(|| "e".into()),
+            limit: None,
+        };
+        for before in [false, true] {
+            let all = plan_of(&audit::audit_list_sql(
+                &given(false, false, false, before),
+                None,
+            ));
+            assert!(
+                all.contains("USING INDEX sqlite_autoindex_audit_1"),
+                "{all}"
+            );
+            for (filter, index) in [
+                (
+                    given(true, false, false, before),
+                    "audit_project (project_id=?",
+                ),
+                (
+                    given(false, true, false, before),
+                    "audit_actor (actor_name=?",
+                ),
+                (given(false, false, true, before), "audit_action (action=?"),
+            ] {
+                let page = plan_of(&audit::audit_list_sql(&filter, None));
+                assert!(
+                    page.contains(&format!("SEARCH audit USING INDEX {index}")),
+                    "{page}"
+                );
+                assert_eq!(page.contains("AND id<?"), before, "{page}");
+                assert!(!page.contains("TEMP B-TREE"), "{page}");
+            }
+            for projects in [1, 3, audit::MERGED_PROJECTS] {
+                let scoped = plan_of(&audit::audit_list_sql(
+                    &given(false, false, false, before),
+                    Some(projects),
+                ));
+                assert_eq!(
+                    scoped
+                        .matches("SEARCH audit USING INDEX audit_project (project_id=?")
+                        .count(),
+                    projects,
+                    "{scoped}"
+                );
+                assert!(!scoped.contains("SCAN audit"), "{scoped}");
+            }
+        }
+    }
+
+    /// Whatever narrows it and however the caller is scoped, an audit page holds the newest
+    /// entries that match, newest first, and the next page those after it.
+    #[tokio::test]
+    async fn audit_pages_hold_the_newest_matching_entries() {
+        let (_d, db) = db().await;
+        // 90 entries, written in a scrambled order (the page's order is the ids'), across
+        // projects p0..p2 and none, two actors and three actions.
+        let entries: Vec<AuditEntry> = (0..90u64)
+            .map(|k| (k * 37) % 90)
+            .map(|k| AuditEntry {
+                id: format!("{k:024x}"),
+                at: k as i64,
+                actor_id: None,
+                actor_name: ["ada", "bob"][k as usize % 2].into(),
+                action: ["login", "container.copy", "token.create"][k as usize % 3].into(),
+                project_id: (k % 4 != 3).then(|| format!("p{}", k % 4)),
+                target: "t".into(),
+                address: "::1".into(),
+                result: "ok".into(),
+                detail: None,
+            })
+            .collect();
+        for e in &entries {
+            db.append_audit(e.clone()).await.unwrap();
+        }
+        let ids = |page: Vec<AuditEntry>| page.into_iter().map(|e| e.id).collect::<Vec<_>>();
+        // Projects p0..p69: past MERGED_PROJECTS, the scope is an `IN` list.
+        let many: Vec<String> = (0..70).map(|i| format!("p{i}")).collect();
+        let scopes: [Option<&[String]>; 5] = [
+            None,
+            Some(&[]),
+            Some(&many[1..2]),
+            Some(&many[..2]),
+            Some(&many),
+        ];
+        let mut checked = 0;
+        for scope in scopes {
+            for project in [None, Some("p1"), Some("p3")] {
+                for actor in [None, Some("bob")] {
+                    for action in [None, Some("login")] {
+                        for before in [None, Some(format!("{:024x}", 60))] {
+                            let filter = AuditFilter {
+                                project_id: project.map(Into::into),
+                                actor: actor.map(Into::into),
+                                action: action.map(Into::into),
+                                before: before.clone(),
+                                limit: None,
+                            };
+                            let mut want: Vec<&AuditEntry> = entries
+                                .iter()
+                                .filter(|e| {
+                                    scope.is_none_or(|s| {
+                                        e.project_id.as_ref().is_some_and(|p| s.contains(p))
+                                    }) && project.is_none_or(|p| e.project_id.as_deref() == Some(p))
+                                        && actor.is_none_or(|a| e.actor_name == a)
+                                        && action.is_none_or(|a| e.action == a)
+                                        && before.as_ref().is_none_or(|b| e.id < *b)
+                                })
+                                .collect();
+                            want.sort_by(|a, b| b.id.cmp(&a.id));
+                            want.truncate(7);
+                            let want: Vec<String> =
+                                want.into_iter().map(|e| e.id.clone()).collect();
+                            let got = ids(db.audit(&filter, scope, 7).await.unwrap());
+                            assert_eq!(got, want, "{filter:?} in {:?}", scope.map(<[String]>::len));
+                            checked += usize::from(!want.is_empty());
+                        }
+                    }
+                }
+            }
+        }
+        assert!(
+            checked > 60,
+            "most of the cases match some entries: {checked}"
+        );
     }
 
     #[tokio::test]
