@@ -960,6 +960,70 @@ async fn a_sync_of_a_running_copy_is_down_only_for_its_final_pass() {
     );
 }
 
+/// A copy's process that ends on its own while a sync has the copy (`syncing`, which the
+/// watch leaves alone) is not lost: the sync's notes say its exit code, its end is its
+/// downtime's start, and it is started again, as a finished sync leaves its copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_whose_process_ends_during_a_sync_is_said_and_started_again() {
+    let s = TestServer::start().await;
+    let web = s.project_id("web-platform").await;
+    let source_id = s.container_id("web-app").await;
+    let source = container(&s, &source_id).await;
+    let (copy, _) = copy(
+        &s,
+        &source_id,
+        json!({"target_project_id": web, "name": "web-app-ends"}),
+    )
+    .await;
+    assert_eq!(copy["status"], "running");
+    let id = copy["id"].as_str().unwrap().to_string();
+
+    // A change the sync lays down for several seconds (512 KiB at 64 KiB a second).
+    let big: Vec<u8> = (0..512 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(root(&source).join("www/big.bin"), &big).unwrap();
+    let (st, body) = post(
+        &s,
+        &format!("/api/v1/containers/{id}/sync?bwlimit=64K"),
+        None,
+    )
+    .await;
+    assert_eq!(st, 202, "{body}");
+    let job_url = body["job"]["url"].as_str().unwrap().to_string();
+    s.wait_status(&id, "syncing", 10).await;
+    // Its process killed from outside while the first pass runs (as if it crashed).
+    let runc_state = s.data_dir.path().join("runc");
+    let killed = std::process::Command::new("runc")
+        .arg("--root")
+        .arg(&runc_state)
+        .args(["kill", &id, "KILL"])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+
+    let job = s.wait_job(&job_url).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let notes = job["summary"]["notes"].to_string();
+    assert!(
+        notes
+            .contains("the copy's process had exited with code 137 during the sync; started again"),
+        "{job}"
+    );
+    assert!(job["summary"]["downtime_ms"].as_u64().is_some(), "{job}");
+    let after = container(&s, &id).await;
+    assert_eq!(after["status"], "running", "{after}");
+    assert!(
+        after["started_at"].as_i64() > copy["started_at"].as_i64(),
+        "started again: {after}"
+    );
+    assert_eq!(
+        std::fs::read(root(&after).join("www/big.bin")).unwrap(),
+        big
+    );
+    assert!(page(&after, "/").await.is_ok(), "it serves again");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_stops_and_removes_a_container_and_its_copies_stay() {
     let s = TestServer::start().await;

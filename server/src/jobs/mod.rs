@@ -22,7 +22,7 @@ use tokio::sync::{
 use crate::config::{container_place, snapshot_place};
 use crate::engine::{self, Control, EngineError, Place};
 use crate::events::EventHub;
-use crate::lifecycle::{Lifecycle, Outcome};
+use crate::lifecycle::{Halted, Lifecycle, Outcome};
 use crate::remote::protocol::{NewIdentity, TransferMode};
 use crate::remote::{Agents, TransferRequest, Where};
 use crate::store::{Db, DbError};
@@ -373,13 +373,13 @@ impl JobRunner {
                     .await?
                 {
                     Err(why) => Err(not_stopped(&why)),
-                    Ok(stopped) => self
+                    Ok(halted) => self
                         .agents
                         .remove_container(&target_server, &target_id)
                         .await
                         .map(|()| engine::Summary {
                             duration_ms: started.elapsed().as_millis() as u64,
-                            notes: if stopped {
+                            notes: if halted.stopped() {
                                 vec!["its process was stopped".into()]
                             } else {
                                 Vec::new()
@@ -614,19 +614,21 @@ impl JobRunner {
             other => return Ok((other, None)),
         };
         let started = std::time::Instant::now();
-        let stopped = match self
+        let ended = match self
             .lifecycle
             .stop_for_job(target_id, ContainerStatus::Syncing)
             .await?
         {
-            Ok(stopped) => stopped,
+            Ok(Halted::Stopped) => None,
+            Ok(Halted::NotRunning { ended }) => Some(ended),
             // It runs on: no final pass, and the sync fails (the copy keeps its status).
             Err(why) => return Ok((Err(not_stopped(&why)), None)),
         };
-        if !stopped {
+        if let Some(ended) = ended {
             // Nothing ran to stop (it ended before or during the pass, or this sync stopped
             // it before a restart): started again, as a finished sync leaves its copy. It
-            // was down from that stop, if it came after the sync was asked for.
+            // was down from that stop, if it came after the sync was asked for. A process
+            // that ended on its own is said, with its exit code: the start replaces it.
             let stopped_at = self
                 .db
                 .container(target_id)
@@ -638,6 +640,12 @@ impl JobRunner {
                 .start(target_id, &[ContainerStatus::Syncing])
                 .await?;
             let mut first = first;
+            if let Some(exit) = ended {
+                first.notes.push(format!(
+                    "the copy's process had exited with code {} during the sync; started again",
+                    exit.code
+                ));
+            }
             if let Some(at) = stopped_at {
                 first.downtime_ms = Some(crate::ids::now_ms().saturating_sub(at).max(0) as u64);
             }
@@ -856,7 +864,8 @@ impl JobRunner {
             .stop_for_job(id, ContainerStatus::Deleting)
             .await
             .map_err(|e| EngineError::Refused(format!("stopping it: {e}")))?
-            .map_err(|why| not_stopped(&why))?;
+            .map_err(|why| not_stopped(&why))?
+            .stopped();
         let place = container_place(storage_root, id);
         let trees = vec![
             place.root.clone(),

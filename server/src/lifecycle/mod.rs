@@ -50,6 +50,28 @@ pub struct Lifecycle {
     allocating: tokio::sync::Mutex<()>,
 }
 
+/// What `Lifecycle::stop_for_job` found.
+#[derive(Debug)]
+pub enum Halted {
+    /// Its process ran, and was stopped.
+    Stopped,
+    /// Nothing ran. `ended`: its process had ended on its own since its last start, an
+    /// end nothing had recorded (it is recorded now).
+    NotRunning { ended: Option<shim::Exit> },
+}
+
+impl Halted {
+    pub fn stopped(&self) -> bool {
+        matches!(self, Halted::Stopped)
+    }
+}
+
+/// Whether `exit` ended the container's current run (not one before its last start) and
+/// is not what its row says already (a stop records the exit it caused).
+fn ended_unrecorded(row: &ContainerRow, exit: &shim::Exit) -> bool {
+    row.started_at.is_some_and(|started| exit.at >= started) && row.stopped_at != Some(exit.at)
+}
+
 /// How a container stands after a start or stop.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Outcome {
@@ -307,22 +329,37 @@ impl Lifecycle {
     /// status stays the job's, `during`); says whether it did, or why its process still
     /// runs (`Err`: the job must not go on as if it were stopped). A sync starts it again
     /// with `start`.
+    ///
+    /// A process that ended on its own while the job had the container (whose status then
+    /// keeps the watch from recording it) has its end recorded here, exit code and time,
+    /// and said in `Halted::NotRunning`: a sync that starts it again would otherwise lose it.
     pub async fn stop_for_job(
         &self,
         id: &str,
         during: ContainerStatus,
-    ) -> Result<Result<bool, String>, DbError> {
+    ) -> Result<Result<Halted, String>, DbError> {
         let lock = self.lock_of(id);
         let _one = lock.lock().await;
         let Some(row) = self.db.container(id).await? else {
-            return Ok(Ok(false));
+            return Ok(Ok(Halted::NotRunning { ended: None }));
         };
         match self.observe_one(&row).await {
             Ok(Observed::Running { .. }) => {}
-            Ok(_) => return Ok(Ok(false)),
+            Ok(Observed::Exited(exit)) if ended_unrecorded(&row, &exit) => {
+                let record = RunRecord {
+                    status: during,
+                    reason: None,
+                    started_at: row.started_at,
+                    stopped_at: Some(exit.at),
+                    exit_code: Some(exit.code as i64),
+                };
+                self.db.record_run(id, record, &[during]).await?;
+                return Ok(Ok(Halted::NotRunning { ended: Some(exit) }));
+            }
+            Ok(_) => return Ok(Ok(Halted::NotRunning { ended: None })),
             Err(e) => {
                 tracing::warn!(container = %id, error = %e, "observing before a job");
-                return Ok(Ok(false));
+                return Ok(Ok(Halted::NotRunning { ended: None }));
             }
         }
         let exit = match self.halt(&row, STOP_FOR_SYNC).await {
@@ -340,7 +377,7 @@ impl Lifecycle {
             exit_code: exit.map(|e| e.code as i64),
         };
         self.db.record_run(id, record, &[during]).await?;
-        Ok(Ok(true))
+        Ok(Ok(Halted::Stopped))
     }
 
     /// After a stop that failed (`why`): why the process may still run, or `None` when it
