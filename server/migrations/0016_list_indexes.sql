@@ -7,6 +7,12 @@
 CREATE INDEX jobs_ended ON jobs(status, created_at, id)
     WHERE status = 'succeeded' OR status = 'failed' OR status = 'cancelled';
 
+-- A project's jobs, newest first: what a member who sees some projects reads, one project
+-- at a time (walking every job for theirs read all 200,000 for a quiet project), and
+-- `?project_id=`. A kind's, for `?kind=` (the copies among many syncs).
+CREATE INDEX jobs_project ON jobs(project_id, created_at, id);
+CREATE INDEX jobs_kind ON jobs(kind, created_at, id);
+
 -- The audit log is read newest first, which is the order of its ids (they grow with time),
 -- narrowed by project (a project admin's view), actor or action: each has an index ordered
 -- by id within it, so a page is an index range read backwards, not a walk of every entry

@@ -155,45 +155,101 @@ pub(crate) enum Admission {
 }
 
 /// The jobs list (`Db::jobs`): `$1` a container, `$2` a project, `$3` a status, `$4` a
-/// kind, `$5` all projects, `$6` the user, `$7` the page's last job, `$8` the limit, then
-/// the scope's projects. Each read newest first from an index until the page is full:
-/// every job from `jobs_created`; a container's, its own (`jobs_container`) merged with
-/// those it is the source of (`jobs_source`). (`$1 IS NULL OR container_id = $1 OR ...`
-/// read every job and sorted them: at 200,000 jobs, 235 ms a page, and 470 ms for a
-/// source whose copies' syncs made them.) `status`: the status asked for, written out so
-/// SQLite sees which partial index holds its jobs and reads them there instead of walking
-/// every job for them: `jobs_live` (queued, running: few, however many ended) and, for the
-/// whole list, `jobs_ended` (a few failed among 200,000 jobs: 69 ms walked). One
-/// container's ended jobs stay in its own indexes (few; SQLite could not tell which index
-/// holds fewer).
-pub(super) fn jobs_list_sql(of_container: bool, status: Option<JobStatus>, scope: &str) -> String {
+/// kind, `$5` the page's last job, `$6` the limit, then the projects the caller may see
+/// (`scope`: their number; `None`: every project). Each page is read newest first from an
+/// index until it is full, never every job sorted (235 ms a page at 200,000 jobs):
+/// - one container's: its own (`jobs_container`) merged with those it is the source of
+///   (`jobs_source`); the other filters narrow those (few);
+/// - else a filter given is written as a plain comparison (a status as its literal, so
+///   SQLite sees which partial index holds it), so SQLite reads the page from that
+///   filter's index: `jobs_project`, `jobs_kind`, `jobs_live` (queued, running),
+///   `jobs_ended`; with none, `jobs_created`. A filter not given is `$n IS NULL`. (A
+///   deleted project's are left out by a look-up per job: `project_id IN (...)` would be
+///   taken for a filter, and all its jobs read and sorted);
+/// - a caller who sees some projects only gets each project's newest (`jobs_project`),
+///   then the newest of those: walking every job for theirs read all 200,000 for a quiet
+///   project, and an `IN` list would make SQLite sort all their jobs. (Past
+///   [`MERGED_PROJECTS`], the `IN` list: SQLite takes at most 500 selects in one.)
+pub(super) fn jobs_list_sql(
+    of_container: bool,
+    given: JobsGiven,
+    status: Option<JobStatus>,
+    scope: Option<usize>,
+) -> String {
+    let term = |is_given: bool, n: u32, cmp: &str| match (is_given, of_container) {
+        (false, _) => format!("${n} IS NULL"),
+        (true, false) => format!("{cmp} ${n}"),
+        (true, true) => format!("(${n} IS NULL OR {cmp} ${n})"),
+    };
     let status = match status {
         Some(s) if !of_container || !s.is_final() => {
             format!("status = '{0}' AND $3 = '{0}'", s.as_str())
         }
         _ => "($3 IS NULL OR status = $3)".to_string(),
     };
-    let narrowed = format!(
-        "AND ($2 IS NULL OR project_id = $2)
-           AND {status}
-           AND ($4 IS NULL OR kind = $4)
-           AND ($5 = 1 OR project_id IN (SELECT project_id FROM memberships WHERE user_id = $6))
-           AND project_id IN (SELECT id FROM projects WHERE deleted_at IS NULL){scope}
-           AND ($7 IS NULL
-                OR (created_at, id) < (SELECT created_at, id FROM jobs WHERE id = $7))
-         ORDER BY created_at DESC, id DESC LIMIT $8"
+    let before = match given.before {
+        true => "(created_at, id) < (SELECT created_at, id FROM jobs WHERE id = $5)",
+        false => "$5 IS NULL",
+    };
+    let filters = format!(
+        "{} AND {status} AND {} AND {before}
+           AND EXISTS (SELECT 1 FROM projects p
+                       WHERE p.id = jobs.project_id AND p.deleted_at IS NULL)",
+        term(given.project, 2, "project_id ="),
+        term(given.kind, 4, "kind ="),
     );
-    match of_container {
-        false => format!("SELECT * FROM jobs WHERE $1 IS NULL {narrowed}"),
+    let ids = |n: usize| (0..n).map(|i| format!("${}", i + 7)).collect::<Vec<_>>();
+    let page = |from: &str, scope: &str| {
+        format!(
+            "SELECT * FROM jobs WHERE {from} AND {filters}{scope}
+             ORDER BY created_at DESC, id DESC LIMIT $6"
+        )
+    };
+    let newest = "ORDER BY created_at DESC, id DESC LIMIT $6";
+    if of_container {
+        let scope = match scope {
+            None => String::new(),
+            Some(n) => format!(" AND project_id IN ({})", ids(n).join(", ")),
+        };
         // (A job of the container that is its own source, a start or a delete, is in
         // both halves: `UNION` keeps it once.)
-        true => format!(
-            "SELECT * FROM (SELECT * FROM jobs WHERE container_id = $1 {narrowed})
-             UNION
-             SELECT * FROM (SELECT * FROM jobs WHERE source_container_id = $1 {narrowed})
-             ORDER BY created_at DESC, id DESC LIMIT $8"
-        ),
+        return format!(
+            "SELECT * FROM ({}) UNION SELECT * FROM ({}) {newest}",
+            page("container_id = $1", &scope),
+            page("source_container_id = $1", &scope)
+        );
     }
+    match scope {
+        None => page("$1 IS NULL", ""),
+        Some(0) => page("$1 IS NULL", " AND 1 = 0"),
+        Some(n) if n > MERGED_PROJECTS => page(
+            "$1 IS NULL",
+            &format!(" AND project_id IN ({})", ids(n).join(", ")),
+        ),
+        Some(n) => {
+            let each: Vec<String> = ids(n)
+                .iter()
+                .map(|id| {
+                    format!(
+                        "SELECT * FROM ({})",
+                        page("$1 IS NULL", &format!(" AND project_id = {id}"))
+                    )
+                })
+                .collect();
+            format!("{} {newest}", each.join(" UNION ALL "))
+        }
+    }
+}
+
+/// The most projects whose pages `jobs_list_sql` reads one by one.
+pub(super) const MERGED_PROJECTS: usize = 64;
+
+/// Which of the jobs list's filters were given (their values are bound).
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct JobsGiven {
+    pub(super) project: bool,
+    pub(super) kind: bool,
+    pub(super) before: bool,
 }
 
 /// The newest `$1` runs (copy, sync) of every copy, by copy and newest first: from the
@@ -268,32 +324,28 @@ pub(crate) struct NewJob {
 
 impl Db {
     /// Jobs as `filter` narrows them, newest first (`limit` of them, older than
-    /// `filter.before` if given), of every project when `all`, else of the projects
-    /// `user_id` is a member of; and of `only` these projects when given (an API token's
-    /// scope). Never of a deleted project.
+    /// `filter.before` if given), of every project (`projects` = `None`) or of these
+    /// projects only (those the caller may see). Never of a deleted project.
     pub(crate) async fn jobs(
         &self,
         filter: &JobFilter,
-        user_id: &str,
-        all: bool,
-        only: Option<&[String]>,
+        projects: Option<&[String]>,
         limit: u32,
     ) -> Result<Vec<Job>, DbError> {
         // The scope is in the statement, not applied after the limit: 500 jobs of other
         // projects must not hide this one's.
-        let scope = match only {
-            Some([]) => " AND 1 = 0".to_string(),
-            Some(ids) => format!(
-                " AND project_id IN ({})",
-                (0..ids.len())
-                    .map(|i| format!("${}", i + 9))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            None => String::new(),
+        let given = JobsGiven {
+            project: filter.project_id.is_some(),
+            kind: filter.kind.is_some(),
+            before: filter.before.is_some(),
         };
         let status = filter.status.as_deref().and_then(JobStatus::parse);
-        let sql = jobs_list_sql(filter.container_id.is_some(), status, &scope);
+        let sql = jobs_list_sql(
+            filter.container_id.is_some(),
+            given,
+            status,
+            projects.map(<[String]>::len),
+        );
         // (Ids hold whole seconds: within one, only `created_at` orders jobs, so a page
         // ends where the order says, not at a smaller id.)
         let mut query = sqlx::query(&sql)
@@ -301,11 +353,9 @@ impl Db {
             .bind(&filter.project_id)
             .bind(&filter.status)
             .bind(&filter.kind)
-            .bind(i64::from(all))
-            .bind(user_id)
             .bind(&filter.before)
             .bind(i64::from(limit));
-        for id in only.unwrap_or_default() {
+        for id in projects.unwrap_or_default() {
             query = query.bind(id);
         }
         let rows = query.fetch_all(&self.read).await?;

@@ -438,57 +438,101 @@ mod tests {
     async fn job_lists_read_the_newest_jobs_from_indexes() {
         let (_d, db) = db().await;
         let plan_of = |sql: &str| db.read_now(|c| Ok(plan(c, sql))).unwrap();
-        for scope in ["", " AND project_id IN ($9, $10)"] {
-            let page = plan_of(&jobs::jobs_list_sql(false, None, scope));
-            assert!(
-                page.contains("SCAN jobs USING INDEX jobs_created"),
-                "{page}"
-            );
+        use app::model::JobStatus;
+        use jobs::{jobs_list_sql, JobsGiven, MERGED_PROJECTS};
+        let none = JobsGiven::default();
+        for before in [false, true] {
+            let given = |project: bool, kind: bool| JobsGiven {
+                project,
+                kind,
+                before,
+            };
+            let page = plan_of(&jobs_list_sql(false, given(false, false), None, None));
+            assert!(page.contains("USING INDEX jobs_created"), "{page}");
             assert!(!page.contains("TEMP B-TREE"), "{page}");
+            // A filter given: its index, newest first, with no sort.
+            for (filter, status, index) in [
+                (given(true, false), None, "jobs_project (project_id=?"),
+                (given(false, true), None, "jobs_kind (kind=?"),
+                (
+                    given(false, false),
+                    Some(JobStatus::Queued),
+                    "jobs_live (status=?)",
+                ),
+                (
+                    given(false, false),
+                    Some(JobStatus::Running),
+                    "jobs_live (status=?)",
+                ),
+                (
+                    given(false, false),
+                    Some(JobStatus::Succeeded),
+                    "jobs_ended (status=?",
+                ),
+                (
+                    given(false, false),
+                    Some(JobStatus::Failed),
+                    "jobs_ended (status=?",
+                ),
+                (
+                    given(false, false),
+                    Some(JobStatus::Cancelled),
+                    "jobs_ended (status=?",
+                ),
+            ] {
+                let page = plan_of(&jobs_list_sql(false, filter, status, None));
+                assert!(
+                    page.contains(&format!("SEARCH jobs USING INDEX {index}")),
+                    "{page}"
+                );
+                if !status.is_some_and(|s| !s.is_final()) {
+                    // (The live ones are few: sorted.)
+                    assert!(!page.contains("TEMP B-TREE"), "{page}");
+                    assert_eq!(page.contains("created_at<?"), before, "{page}");
+                }
+            }
+            // A caller who sees some projects: each project's page from `jobs_project`.
+            for projects in [1, 3, MERGED_PROJECTS] {
+                let scoped = plan_of(&jobs_list_sql(
+                    false,
+                    given(false, false),
+                    None,
+                    Some(projects),
+                ));
+                assert_eq!(
+                    scoped
+                        .matches("SEARCH jobs USING INDEX jobs_project (project_id=?")
+                        .count(),
+                    projects,
+                    "{scoped}"
+                );
+                assert!(!scoped.contains("SCAN jobs"), "{scoped}");
+            }
         }
-        // One container's: its jobs and those it was the source of, each from an index.
-        for scope in ["", " AND project_id IN ($9)"] {
-            let of_one = plan_of(&jobs::jobs_list_sql(true, None, scope));
-            assert!(
-                of_one.contains("SEARCH jobs USING INDEX jobs_container (container_id=?)")
-                    && of_one
-                        .contains("SEARCH jobs USING INDEX jobs_source (source_container_id=?)"),
-                "{of_one}"
-            );
-            assert!(!of_one.contains("SCAN jobs"), "{of_one}");
-        }
-        // The live ones (the README's `?status=running`): from `jobs_live`, not a walk of
-        // every job for them.
-        for live in [
-            app::model::JobStatus::Queued,
-            app::model::JobStatus::Running,
+        // One container's: its jobs and those it was the source of, each from an index,
+        // whatever else narrows them.
+        for (given, status) in [
+            (none, None),
+            (
+                JobsGiven {
+                    project: true,
+                    kind: true,
+                    before: true,
+                },
+                None,
+            ),
+            (none, Some(JobStatus::Failed)),
         ] {
-            let running = plan_of(&jobs::jobs_list_sql(false, Some(live), ""));
-            assert!(
-                running.contains("SEARCH jobs USING INDEX jobs_live (status=?)"),
-                "{running}"
-            );
-        }
-        // The ended ones: from `jobs_ended`, newest first, with no sort; one container's
-        // still from its own indexes.
-        for ended in [
-            app::model::JobStatus::Succeeded,
-            app::model::JobStatus::Failed,
-            app::model::JobStatus::Cancelled,
-        ] {
-            let page = plan_of(&jobs::jobs_list_sql(false, Some(ended), ""));
-            assert!(
-                page.contains("SEARCH jobs USING INDEX jobs_ended (status=?)"),
-                "{page}"
-            );
-            assert!(!page.contains("TEMP B-TREE"), "{page}");
-            let of_one = plan_of(&jobs::jobs_list_sql(true, Some(ended), ""));
-            assert!(
-                of_one.contains("SEARCH jobs USING INDEX jobs_container (container_id=?)")
-                    && of_one
-                        .contains("SEARCH jobs USING INDEX jobs_source (source_container_id=?)"),
-                "{of_one}"
-            );
+            for scope in [None, Some(2)] {
+                let of_one = plan_of(&jobs_list_sql(true, given, status, scope));
+                assert!(
+                    of_one.contains("SEARCH jobs USING INDEX jobs_container (container_id=?")
+                        && of_one
+                            .contains("SEARCH jobs USING INDEX jobs_source (source_container_id=?"),
+                    "{of_one}"
+                );
+                assert!(!of_one.contains("SCAN jobs"), "{of_one}");
+            }
         }
         // An idempotency key is looked up in the index of keys, which holds only jobs with one.
         let keyed = plan_of("SELECT * FROM jobs WHERE requested_by = $1 AND idempotency_key = $2");
@@ -541,20 +585,20 @@ mod tests {
         .unwrap();
         let ids = |jobs: Vec<app::model::Job>| jobs.into_iter().map(|j| j.id).collect::<Vec<_>>();
         let filter = app::model::JobFilter::default();
-        let page = db.jobs(&filter, "u", true, None, 3).await.unwrap();
+        let page = db.jobs(&filter, None, 3).await.unwrap();
         assert_eq!(ids(page), ["b4", "d3", "c3"]);
         let next = app::model::JobFilter {
             before: Some("c3".into()),
             ..Default::default()
         };
-        let page = db.jobs(&next, "u", true, None, 3).await.unwrap();
+        let page = db.jobs(&next, None, 3).await.unwrap();
         assert_eq!(ids(page), ["b3", "d2", "c2"]);
         let of_c = app::model::JobFilter {
             container_id: Some("c".into()),
             ..Default::default()
         };
         assert_eq!(
-            ids(db.jobs(&of_c, "u", true, None, 10).await.unwrap()),
+            ids(db.jobs(&of_c, None, 10).await.unwrap()),
             ["c3", "c2", "c1"]
         );
         // A source's: the copies made of it and their syncs, not its copies' own stops.
@@ -562,19 +606,16 @@ mod tests {
             container_id: Some(id.into()),
             ..Default::default()
         };
-        let of_a = db.jobs(&of("a"), "u", true, None, 4).await.unwrap();
+        let of_a = db.jobs(&of("a"), None, 4).await.unwrap();
         assert_eq!(ids(of_a), ["b4", "d3", "c3", "d2"]);
         // b's stop is its own and it is its source: once.
-        let of_b = db.jobs(&of("b"), "u", true, None, 10).await.unwrap();
+        let of_b = db.jobs(&of("b"), None, 10).await.unwrap();
         assert_eq!(ids(of_b), ["b4", "b3", "b2", "b1"]);
         let before = app::model::JobFilter {
             before: Some("b3".into()),
             ..of("b")
         };
-        assert_eq!(
-            ids(db.jobs(&before, "u", true, None, 10).await.unwrap()),
-            ["b2", "b1"]
-        );
+        assert_eq!(ids(db.jobs(&before, None, 10).await.unwrap()), ["b2", "b1"]);
         for (status, want) in [
             ("queued", &["c3"][..]),
             ("running", &[]),
@@ -587,7 +628,7 @@ mod tests {
                 ..Default::default()
             };
             assert_eq!(
-                ids(db.jobs(&only, "u", true, None, 10).await.unwrap()),
+                ids(db.jobs(&only, None, 10).await.unwrap()),
                 want,
                 "{status}"
             );
@@ -597,6 +638,136 @@ mod tests {
         // b: its latest job was cancelled; c: a sync is queued beside its cancelled one;
         // d: a job finished after the cancelled one.
         assert_eq!(db.cancelled_jobs_left_unfinished().await.unwrap(), ["b4"]);
+    }
+
+    /// Whatever narrows it and whichever projects the caller sees, a page of the jobs list
+    /// holds the newest matching jobs, newest first, and the next page those after it;
+    /// never a deleted project's.
+    #[tokio::test]
+    async fn job_pages_hold_the_newest_matching_jobs() {
+        use app::model::{JobFilter, JobKind, JobStatus};
+        let (_d, db) = db().await;
+        let mut setup = String::from(
+            "INSERT INTO users (id, name, created_at) VALUES ('u', 'ada', 1);
+             INSERT INTO servers (id, name, storage_root, created_at) VALUES ('s', 'local', '/x', 1);
+             INSERT INTO projects (id, name, created_at, deleted_at) VALUES ('gone', 'gone', 1, 5);",
+        );
+        for p in 0..3 {
+            setup +=
+                &format!("INSERT INTO projects (id, name, created_at) VALUES ('p{p}', 'p{p}', 1);");
+        }
+        // Two containers per project (the second a copy of the first), and one in `gone`.
+        let containers = ["p0", "p0", "p1", "p1", "p2", "p2", "gone"];
+        for (i, p) in containers.iter().enumerate() {
+            let source = if i % 2 == 1 {
+                format!("'c{}'", i - 1)
+            } else {
+                "NULL".into()
+            };
+            setup += &format!(
+                "INSERT INTO containers (id, name, project_id, server_id, status, source_container_id,
+                     created_at, updated_at) VALUES ('c{i}', 'c{i}', '{p}', 's', 'stopped', {source}, 1, 1);"
+            );
+        }
+        // 120 jobs, made in a scrambled order: kinds, statuses and containers spread.
+        let kinds = [
+            JobKind::Copy,
+            JobKind::Sync,
+            JobKind::Sync,
+            JobKind::Delete,
+            JobKind::Start,
+        ];
+        let mut jobs = Vec::new();
+        for k in 0..120u32 {
+            let n = (k * 53) % 120;
+            let c = (n as usize * 5) % containers.len();
+            let source = if c % 2 == 1 { c - 1 } else { c };
+            let (kind, status) = (kinds[n as usize % 5], JobStatus::ALL[(n as usize / 5) % 5]);
+            let id = format!("j{n:03}");
+            setup += &format!(
+                "INSERT INTO jobs (id, kind, status, project_id, container_id, source_container_id,
+                     requested_by, created_at) VALUES ('{id}', '{}', '{}', '{}', 'c{c}', 'c{source}', 'u', {});",
+                kind.as_str(),
+                status.as_str(),
+                containers[c],
+                // Two jobs a millisecond: the id orders those.
+                1000 + n / 2
+            );
+            jobs.push((
+                id,
+                kind,
+                status,
+                containers[c],
+                format!("c{c}"),
+                format!("c{source}"),
+            ));
+        }
+        db.transact(move |c| c.execute_batch(&setup)).await.unwrap();
+        let mut checked = 0;
+        let p = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let many: Vec<String> = (0..70).map(|i| format!("p{i}")).collect();
+        let scopes = [
+            None,
+            Some(p(&[])),
+            Some(p(&["p1"])),
+            Some(p(&["p0", "p2", "gone"])),
+            Some(many),
+        ];
+        for scope in &scopes {
+            for container in [None, Some("c2"), Some("c3")] {
+                for project in [None, Some("p1")] {
+                    for status in [None, Some(JobStatus::Running), Some(JobStatus::Failed)] {
+                        for kind in [None, Some(JobKind::Sync)] {
+                            for before in [None, Some("j080"), Some("j081")] {
+                                let filter = JobFilter {
+                                    container_id: container.map(Into::into),
+                                    project_id: project.map(Into::into),
+                                    status: status.map(|s| s.as_str().into()),
+                                    kind: kind.map(|k| k.as_str().into()),
+                                    before: before.map(Into::into),
+                                    limit: None,
+                                };
+                                // Newest first: created_at, then id (both grow with n here).
+                                let cut = before.map(|b| b.to_string());
+                                let mut want: Vec<&String> = jobs
+                                    .iter()
+                                    .filter(|(id, k, st, proj, c, src)| {
+                                        *proj != "gone"
+                                            && scope
+                                                .as_ref()
+                                                .is_none_or(|s| s.iter().any(|x| x == proj))
+                                            && container.is_none_or(|x| c == x || src == x)
+                                            && project.is_none_or(|x| *proj == x)
+                                            && status.is_none_or(|x| *st == x)
+                                            && kind.is_none_or(|x| *k == x)
+                                            && cut.as_ref().is_none_or(|b| id < b)
+                                    })
+                                    .map(|(id, ..)| id)
+                                    .collect();
+                                want.sort_by(|a, b| b.cmp(a));
+                                want.truncate(6);
+                                let got: Vec<String> = db
+                                    .jobs(&filter, scope.as_deref(), 6)
+                                    .await
+                                    .unwrap()
+                                    .into_iter()
+                                    .map(|j| j.id)
+                                    .collect();
+                                let want: Vec<String> = want.into_iter().cloned().collect();
+                                assert_eq!(
+                                    got,
+                                    want,
+                                    "{filter:?} in {:?}",
+                                    scope.as_ref().map(Vec::len)
+                                );
+                                checked += usize::from(!want.is_empty());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(checked > 200, "most cases match some jobs: {checked}");
     }
 
     /// An audit page is an index range read newest first, whatever narrows it: the log
