@@ -871,20 +871,25 @@ async fn open_serves_the_page_sandboxed_without_doppel_credentials() {
     assert_eq!(resp.status(), 404);
 }
 
+/// The demo's web-app and a copy of it in its project (`body` adds to the request), running.
+async fn running_copy_of_web_app(s: &TestServer, mut body: Value) -> (Value, Value) {
+    let source_id = s.container_id("web-app").await;
+    let source = container(s, &source_id).await;
+    body["target_project_id"] = s.project_id("web-platform").await.into();
+    let (copy, _) = copy(s, &source_id, body).await;
+    assert_eq!(copy["status"], "running", "{copy}");
+    (source, copy)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sync_of_a_running_copy_is_down_only_for_its_final_pass() {
     let s = TestServer::start().await;
-    let web = s.project_id("web-platform").await;
-    let source_id = s.container_id("web-app").await;
-    let source = container(&s, &source_id).await;
-    let (copy, _) = copy(
+    // Its static address is replaced at its first start, and stays so on the next.
+    let (source, copy) = running_copy_of_web_app(
         &s,
-        &source_id,
-        // Its static address is replaced at its first start, and stays so on the next.
-        json!({"target_project_id": web, "name": "web-app-synced", "copy_network_rules": true}),
+        json!({"name": "web-app-synced", "copy_network_rules": true}),
     )
     .await;
-    assert_eq!(copy["status"], "running");
     let id = copy["id"].as_str().unwrap().to_string();
 
     std::fs::write(root(&source).join("www/content.html"), "<h1>edited</h1>\n").unwrap();
@@ -966,16 +971,7 @@ async fn a_sync_of_a_running_copy_is_down_only_for_its_final_pass() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_whose_process_ends_during_a_sync_is_said_and_started_again() {
     let s = TestServer::start().await;
-    let web = s.project_id("web-platform").await;
-    let source_id = s.container_id("web-app").await;
-    let source = container(&s, &source_id).await;
-    let (copy, _) = copy(
-        &s,
-        &source_id,
-        json!({"target_project_id": web, "name": "web-app-ends"}),
-    )
-    .await;
-    assert_eq!(copy["status"], "running");
+    let (source, copy) = running_copy_of_web_app(&s, json!({"name": "web-app-ends"})).await;
     let id = copy["id"].as_str().unwrap().to_string();
 
     // A change the sync lays down for several seconds (512 KiB at 64 KiB a second).
