@@ -641,8 +641,12 @@ impl JobRunner {
                 .await?;
             let mut first = first;
             if let Some(exit) = ended {
+                let then = match started.status {
+                    ContainerStatus::Running => "started again",
+                    _ => "it did not start again (its status says why)",
+                };
                 first.notes.push(format!(
-                    "the copy's process had exited with code {} during the sync; started again",
+                    "the copy's process had exited with code {} during the sync; {then}",
                     exit.code
                 ));
             }
