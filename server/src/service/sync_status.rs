@@ -82,8 +82,9 @@ impl Service {
                 return Err(ApiError::not_found("project", pid).on_field("project_id"));
             }
         }
-        let rows = self.db.copies().await.map_err(internal)?;
-        let rows: Vec<ContainerRow> = rows
+        let all = self.db.copies().await.map_err(internal)?;
+        let every = all.len();
+        let rows: Vec<ContainerRow> = all
             .into_iter()
             .filter(|r| vis.can_see(&r.project_id))
             .filter(|r| project_id.is_none_or(|p| r.project_id == p))
@@ -92,10 +93,12 @@ impl Service {
             return Ok(Vec::new());
         }
 
-        // The newest jobs of every copy, newest first.
+        // The newest jobs of each copy shown, newest first (of every copy when all are).
+        let shown: Option<Vec<String>> =
+            (rows.len() < every).then(|| rows.iter().map(|r| r.id.clone()).collect());
         let recent = self
             .db
-            .recent_jobs_of_copies((HISTORY + 8) as i64)
+            .recent_jobs_of_copies((HISTORY + 8) as i64, shown.as_deref())
             .await
             .map_err(internal)?;
         let mut jobs: HashMap<String, Vec<Job>> = HashMap::new();

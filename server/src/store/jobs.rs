@@ -255,13 +255,31 @@ pub(super) struct JobsGiven {
 /// The newest `$1` runs (copy, sync) of every copy, by copy and newest first: from the
 /// copies to each one's newest jobs in `jobs_container`. (A window over every job, as it
 /// was, read and sorted all of them: 877 ms at 200,000 jobs, now 3 ms.) `CROSS JOIN` keeps
-/// SQLite from starting at the jobs.
-pub(super) const RECENT_RUNS_OF_COPIES: &str = "SELECT j.* FROM containers c CROSS JOIN jobs j
-     WHERE c.source_container_id IS NOT NULL
-       AND j.id IN (SELECT l.id FROM jobs l
-                    WHERE l.container_id = c.id AND l.kind IN ('copy', 'sync')
-                    ORDER BY l.created_at DESC, l.id DESC LIMIT $1)
-     ORDER BY j.container_id, j.created_at DESC, j.id DESC";
+/// SQLite from starting at the jobs. A deleted copy's are not read.
+/// `copies`: only the copies `$2`, `$3`, ... (their number), or every one.
+pub(super) fn recent_runs_of_copies(copies: Option<usize>) -> String {
+    let only = match copies {
+        None => String::new(),
+        Some(n) => format!(
+            " AND c.id IN ({})",
+            (0..n)
+                .map(|i| format!("${}", i + 2))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    format!(
+        "SELECT j.* FROM containers c CROSS JOIN jobs j
+         WHERE c.source_container_id IS NOT NULL AND c.deleted_at IS NULL{only}
+           AND j.id IN (SELECT l.id FROM jobs l
+                        WHERE l.container_id = c.id AND l.kind IN ('copy', 'sync')
+                        ORDER BY l.created_at DESC, l.id DESC LIMIT $1)
+         ORDER BY j.container_id, j.created_at DESC, j.id DESC"
+    )
+}
+
+/// The most copies one statement of `recent_runs_of_copies` names.
+const COPIES_PER_READ: usize = 500;
 
 /// Whether a job is queued or running for container `$1`: from `jobs_live` alone (the
 /// statuses written out, so SQLite sees the query matches its condition; one look-up per
@@ -364,12 +382,32 @@ impl Db {
 
     /// The newest `per_copy` runs of every copy (the copy that made it and its syncs: a
     /// start, stop, restart or delete is not a run of its sync), newest first.
-    pub(crate) async fn recent_jobs_of_copies(&self, per_copy: i64) -> Result<Vec<Job>, DbError> {
-        let rows = sqlx::query(RECENT_RUNS_OF_COPIES)
-            .bind(per_copy)
-            .fetch_all(&self.read)
-            .await?;
-        Ok(rows.iter().map(job_from_row).collect())
+    ///
+    /// Of every copy, or of `only` these (a caller who sees some of them: what they cannot
+    /// see is not read, however many copies the platform has).
+    pub(crate) async fn recent_jobs_of_copies(
+        &self,
+        per_copy: i64,
+        only: Option<&[String]>,
+    ) -> Result<Vec<Job>, DbError> {
+        let Some(only) = only else {
+            let rows = sqlx::query(&recent_runs_of_copies(None))
+                .bind(per_copy)
+                .fetch_all(&self.read)
+                .await?;
+            return Ok(rows.iter().map(job_from_row).collect());
+        };
+        let mut jobs = Vec::new();
+        for ids in only.chunks(COPIES_PER_READ) {
+            let sql = recent_runs_of_copies(Some(ids.len()));
+            let mut query = sqlx::query(&sql).bind(per_copy);
+            for id in ids {
+                query = query.bind(id);
+            }
+            let rows = query.fetch_all(&self.read).await?;
+            jobs.extend(rows.iter().map(job_from_row));
+        }
+        Ok(jobs)
     }
 
     /// The job a user started with this idempotency key, if any, and the fingerprint of

@@ -538,13 +538,21 @@ mod tests {
         let keyed = plan_of("SELECT * FROM jobs WHERE requested_by = $1 AND idempotency_key = $2");
         assert!(keyed.contains("USING INDEX jobs_idempotency"), "{keyed}");
         // The sync status page: from each copy to its newest runs.
-        let runs = plan_of(jobs::RECENT_RUNS_OF_COPIES);
-        assert!(runs.starts_with("SCAN c"), "{runs}");
+        let runs = plan_of(&jobs::recent_runs_of_copies(None));
+        assert!(runs.starts_with("SEARCH c USING INDEX containers_source"), "{runs}");
         assert!(
             runs.contains("SEARCH l USING INDEX jobs_container (container_id=?)"),
             "{runs}"
         );
         assert!(!runs.contains("SCAN j"), "{runs}");
+        // Some copies only: each looked up by id, not every copy scanned.
+        let some = plan_of(&jobs::recent_runs_of_copies(Some(3)));
+        assert!(some.starts_with("SEARCH c USING INDEX"), "{some}");
+        assert!(
+            some.contains("SEARCH l USING INDEX jobs_container (container_id=?)"),
+            "{some}"
+        );
+        assert!(!some.contains("SCAN"), "{some}");
     }
 
     /// The queries the indexes serve still pick the right jobs: a page of the list, newest
@@ -633,8 +641,11 @@ mod tests {
                 "{status}"
             );
         }
-        let runs = db.recent_jobs_of_copies(2).await.unwrap();
+        let runs = db.recent_jobs_of_copies(2, None).await.unwrap();
         assert_eq!(ids(runs), ["b4", "b2", "c3", "c2", "d3", "d2"]);
+        let only: Vec<String> = vec!["d".into(), "b".into()];
+        let runs = db.recent_jobs_of_copies(2, Some(&only)).await.unwrap();
+        assert_eq!(ids(runs), ["b4", "b2", "d3", "d2"]);
         // b: its latest job was cancelled; c: a sync is queued beside its cancelled one;
         // d: a job finished after the cancelled one.
         assert_eq!(db.cancelled_jobs_left_unfinished().await.unwrap(), ["b4"]);
