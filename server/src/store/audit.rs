@@ -3,6 +3,7 @@
 use app::model::{AuditEntry, AuditFilter};
 use sqlx::Row;
 
+use super::scope::scoped_page;
 use super::sql::execute;
 use super::{Db, DbError, SyncConn};
 
@@ -33,17 +34,13 @@ pub(crate) fn insert_audit(c: &SyncConn, e: &AuditEntry) -> rusqlite::Result<()>
     Ok(())
 }
 
-/// The most projects whose pages `audit_list_sql` reads one by one.
-pub(super) const MERGED_PROJECTS: usize = 64;
-
 /// The statement of an audit page: `$1` project, `$2` actor, `$3` action, `$4` before (an
 /// entry's id), `$5` the limit, then the projects the caller may see (`scope`: their
 /// number; `None`: every project). A filter given is written as a plain comparison and one
 /// not given as `$n IS NULL`, so SQLite reads the page from that filter's index (ordered by
-/// id within it), newest first (ids grow with time), and stops when it is full. A caller
-/// scoped to some projects gets each project's newest entries from `audit_project`, then
-/// the newest of those: an `IN` list would make SQLite sort all their entries. (Up to
-/// [`MERGED_PROJECTS`]; past that, the `IN` list: SQLite takes at most 500 selects in one.)
+/// id within it), newest first (ids grow with time), and stops when it is full; a caller
+/// who sees some projects gets each one's page from `audit_project`, merged
+/// (`scope::scoped_page`).
 pub(super) fn audit_list_sql(filter: &AuditFilter, scope: Option<usize>) -> String {
     let term = |given: bool, n: u32, cmp: &str| match given {
         true => format!("{cmp} ${n}"),
@@ -56,27 +53,9 @@ pub(super) fn audit_list_sql(filter: &AuditFilter, scope: Option<usize>) -> Stri
         term(filter.before.is_some(), 4, "id <"),
     ]
     .join(" AND ");
-    let page =
-        |extra: &str| format!("SELECT * FROM audit WHERE {terms}{extra} ORDER BY id DESC LIMIT $5");
-    match scope {
-        None => page(""),
-        Some(0) => page(" AND 1 = 0"),
-        Some(n) if n > MERGED_PROJECTS => {
-            let ids: Vec<String> = (0..n).map(|i| format!("${}", i + 6)).collect();
-            page(&format!(" AND project_id IN ({})", ids.join(", ")))
-        }
-        Some(n) => {
-            let each: Vec<String> = (0..n)
-                .map(|i| {
-                    format!(
-                        "SELECT * FROM ({})",
-                        page(&format!(" AND project_id = ${}", i + 6))
-                    )
-                })
-                .collect();
-            format!("{} ORDER BY id DESC LIMIT $5", each.join(" UNION ALL "))
-        }
-    }
+    let newest = "ORDER BY id DESC LIMIT $5";
+    let page = |extra: &str| format!("SELECT * FROM audit WHERE {terms}{extra} {newest}");
+    scoped_page(scope, 6, page, newest)
 }
 
 impl Db {

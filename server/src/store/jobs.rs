@@ -8,6 +8,7 @@ use app::model::{
 };
 use sqlx::Row;
 
+use super::scope::scoped_page;
 use super::{execute, job_from_row, query_first, Arg, Db, DbError, SyncConn};
 use crate::ids::now_ms;
 
@@ -167,9 +168,8 @@ pub(crate) enum Admission {
 ///   deleted project's are left out by a look-up per job: `project_id IN (...)` would be
 ///   taken for a filter, and all its jobs read and sorted);
 /// - a caller who sees some projects only gets each project's newest (`jobs_project`),
-///   then the newest of those: walking every job for theirs read all 200,000 for a quiet
-///   project, and an `IN` list would make SQLite sort all their jobs. (Past
-///   [`MERGED_PROJECTS`], the `IN` list: SQLite takes at most 500 selects in one.)
+///   then the newest of those (`scope::scoped_page`): walking every job for theirs read
+///   all 200,000 for a quiet project.
 pub(super) fn jobs_list_sql(
     of_container: bool,
     given: JobsGiven,
@@ -199,13 +199,10 @@ pub(super) fn jobs_list_sql(
         term(given.kind, 4, "kind ="),
     );
     let ids = |n: usize| (0..n).map(|i| format!("${}", i + 7)).collect::<Vec<_>>();
-    let page = |from: &str, scope: &str| {
-        format!(
-            "SELECT * FROM jobs WHERE {from} AND {filters}{scope}
-             ORDER BY created_at DESC, id DESC LIMIT $6"
-        )
-    };
     let newest = "ORDER BY created_at DESC, id DESC LIMIT $6";
+    let page = |from: &str, scope: &str| {
+        format!("SELECT * FROM jobs WHERE {from} AND {filters}{scope} {newest}")
+    };
     if of_container {
         let scope = match scope {
             None => String::new(),
@@ -219,30 +216,8 @@ pub(super) fn jobs_list_sql(
             page("source_container_id = $1", &scope)
         );
     }
-    match scope {
-        None => page("$1 IS NULL", ""),
-        Some(0) => page("$1 IS NULL", " AND 1 = 0"),
-        Some(n) if n > MERGED_PROJECTS => page(
-            "$1 IS NULL",
-            &format!(" AND project_id IN ({})", ids(n).join(", ")),
-        ),
-        Some(n) => {
-            let each: Vec<String> = ids(n)
-                .iter()
-                .map(|id| {
-                    format!(
-                        "SELECT * FROM ({})",
-                        page("$1 IS NULL", &format!(" AND project_id = {id}"))
-                    )
-                })
-                .collect();
-            format!("{} {newest}", each.join(" UNION ALL "))
-        }
-    }
+    scoped_page(scope, 7, |scope| page("$1 IS NULL", scope), newest)
 }
-
-/// The most projects whose pages `jobs_list_sql` reads one by one.
-pub(super) const MERGED_PROJECTS: usize = 64;
 
 /// Which of the jobs list's filters were given (their values are bound).
 #[derive(Clone, Copy, Debug, Default)]

@@ -34,6 +34,7 @@ mod migrate;
 mod projects;
 mod rows;
 mod runs;
+mod scope;
 mod snapshots;
 mod sql;
 mod users;
@@ -439,7 +440,8 @@ mod tests {
         let (_d, db) = db().await;
         let plan_of = |sql: &str| db.read_now(|c| Ok(plan(c, sql))).unwrap();
         use app::model::JobStatus;
-        use jobs::{jobs_list_sql, JobsGiven, MERGED_PROJECTS};
+        use jobs::{jobs_list_sql, JobsGiven};
+        use scope::MERGED_PROJECTS;
         let none = JobsGiven::default();
         for before in [false, true] {
             let given = |project: bool, kind: bool| JobsGiven {
@@ -539,7 +541,10 @@ mod tests {
         assert!(keyed.contains("USING INDEX jobs_idempotency"), "{keyed}");
         // The sync status page: from each copy to its newest runs.
         let runs = plan_of(&jobs::recent_runs_of_copies(None));
-        assert!(runs.starts_with("SEARCH c USING INDEX containers_source"), "{runs}");
+        assert!(
+            runs.starts_with("SEARCH c USING INDEX containers_source"),
+            "{runs}"
+        );
         assert!(
             runs.contains("SEARCH l USING INDEX jobs_container (container_id=?)"),
             "{runs}"
@@ -823,7 +828,7 @@ mod tests {
                 assert_eq!(page.contains("AND id<?"), before, "{page}");
                 assert!(!page.contains("TEMP B-TREE"), "{page}");
             }
-            for projects in [1, 3, audit::MERGED_PROJECTS] {
+            for projects in [1, 3, scope::MERGED_PROJECTS] {
                 let scoped = plan_of(&audit::audit_list_sql(
                     &given(false, false, false, before),
                     Some(projects),
