@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # How the job lists hold up when jobs pile up: a doppel data dir (demo data, no runtime)
-# given JOBS jobs (default 200,000: 50 copies of a demo container, syncs of each), then the
+# given JOBS jobs (default 200,000: 50 copies of a demo container, syncs of each) and
+# CONTAINERS more containers in a project of their own (default 10,000), then the
 # lists timed end to end (curl, best of 5), for each build given; each gets its own copy
 # of the data dir (a newer build migrates it).
 #
@@ -42,6 +43,13 @@ c.executemany(
     "INSERT INTO jobs (id, kind, status, project_id, container_id, source_container_id, requested_by, params, created_at)"
     " VALUES (?, ?, 'succeeded', ?, ?, ?, ?, '{}', ?)",
     ((os.urandom(12).hex(), "copy" if k < 50 else "sync", src["project_id"], copies[k % 50], src["id"], user, t0 + 13 * k) for k in range(n)))
+# A project of many containers beside them (CONTAINERS, default 10,000), none of them the
+# demo member's.
+other = os.urandom(12).hex()
+c.execute("INSERT INTO projects (id, name, created_at) VALUES (?, 'scale-other', 1)", (other,))
+for i in range(int(os.environ.get("CONTAINERS", "10000"))):
+    row = dict(src, id=os.urandom(12).hex(), name=f"scale-other-{i}", project_id=other, source_container_id=None, ssh_public_key=None)
+    c.execute(f"INSERT INTO containers ({','.join(row)}) VALUES ({','.join('?' * len(row))})", list(row.values()))
 c.commit()
 print(f"{n} jobs written", file=sys.stderr)
 PY
@@ -66,5 +74,9 @@ for bin in "$@"; do
     curl -sf -o /dev/null -w '%{time_total}\n' -H "Authorization: Bearer $member" "http://127.0.0.1:$p/api/v1/jobs?limit=100"
   done | sort -g | head -1)
   printf '| %s | %s | %.1f |\n' "$bin" "/api/v1/jobs?limit=100 (alice, a member of other projects)" "$(python3 -c "print($best * 1000)")"
+  best=$(for _ in 1 2 3 4 5; do
+    curl -sf -o /dev/null -w '%{time_total}\n' -H "Authorization: Bearer $member" "http://127.0.0.1:$p/api/v1/containers"
+  done | sort -g | head -1)
+  printf '| %s | %s | %.1f |\n' "$bin" "/api/v1/containers (alice; the platform has 10,000 more in a project not hers)" "$(python3 -c "print($best * 1000)")"
   kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
 done

@@ -34,7 +34,14 @@ impl Service {
                 return Err(ApiError::not_found("project", pid).on_field("project_id"));
             }
         }
-        let rows = self.db.containers(project_id).await.map_err(internal)?;
+        // A member's (or a scoped token's) projects only: not every container read, then
+        // most of them dropped.
+        let projects = vis.narrowed(user);
+        let rows = self
+            .db
+            .containers(project_id, projects.as_deref())
+            .await
+            .map_err(internal)?;
         Ok(rows
             .iter()
             .filter(|r| vis.can_see(&r.project_id))

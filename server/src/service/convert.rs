@@ -201,7 +201,7 @@ impl Service {
         if image_tree_size().is_none() {
             return Err(conflict(NO_IMAGE_TREES));
         }
-        let rows = self.db.containers(None).await.map_err(internal)?;
+        let rows = self.db.containers(None, None).await.map_err(internal)?;
         let mut done = ServerConversions {
             jobs: Vec::new(),
             refused: Vec::new(),

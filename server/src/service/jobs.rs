@@ -119,10 +119,7 @@ impl Service {
         }
         // Every project's for a platform admin whose token is not scoped; else the
         // projects they may see, each read on its own.
-        let projects: Option<Vec<String>> = match user.is_admin && user.scope.projects.is_none() {
-            true => None,
-            false => Some(vis.roles.keys().cloned().collect()),
-        };
+        let projects = vis.narrowed(user);
         let jobs = self
             .db
             .jobs(filter, projects.as_deref(), limit)

@@ -56,6 +56,15 @@ impl Visibility {
         Ok(())
     }
 
+    /// The projects a read is narrowed to: those seen, or `None` when that is every
+    /// project (a platform admin, with a token not limited to some).
+    pub(super) fn narrowed(&self, user: &UserInfo) -> Option<Vec<String>> {
+        match user.is_admin && user.scope.projects.is_none() {
+            true => None,
+            false => Some(self.roles.keys().cloned().collect()),
+        }
+    }
+
     pub(super) fn can_see(&self, project_id: &str) -> bool {
         self.roles.contains_key(project_id)
     }

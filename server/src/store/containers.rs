@@ -165,6 +165,26 @@ static COPY_CONTEXT: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// `Db::containers`' statement: `$1` a project (`project`: given), then the `scope`
+/// projects from `$2` on (their number; `None`: every project).
+pub(super) fn containers_sql(project: bool, scope: Option<usize>) -> String {
+    let project = match project {
+        true => "c.project_id = $1",
+        false => "$1 IS NULL",
+    };
+    let scope = match scope {
+        None => String::new(),
+        Some(n) => format!(
+            " AND c.project_id IN ({})",
+            (0..n)
+                .map(|i| format!("${}", i + 2))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    format!("{CONTAINER_SELECT} WHERE {project}{scope} ORDER BY p.name, c.name")
+}
+
 /// A row of `COPY_CONTEXT`.
 pub(crate) struct CopyContext {
     pub(crate) source: ContainerRow,
@@ -215,16 +235,21 @@ impl Db {
     }
 
     /// Every container (of one project, if given), by project and name.
+    /// The containers of `project_id` if given, of the `projects` (those a caller may see)
+    /// if given, else every one; by project and name. A project given is looked up in an
+    /// index by project (`$1 IS NULL OR ...` read every container of the platform, as did
+    /// filtering what a member may see after reading them all).
     pub(crate) async fn containers(
         &self,
         project_id: Option<&str>,
+        projects: Option<&[String]>,
     ) -> Result<Vec<ContainerRow>, DbError> {
-        Ok(sqlx::query_as(&format!(
-            "{CONTAINER_SELECT} WHERE ($1 IS NULL OR c.project_id = $1) ORDER BY p.name, c.name"
-        ))
-        .bind(project_id)
-        .fetch_all(&self.read)
-        .await?)
+        let sql = containers_sql(project_id.is_some(), projects.map(<[String]>::len));
+        let mut query = sqlx::query_as(&sql).bind(project_id);
+        for id in projects.unwrap_or_default() {
+            query = query.bind(id);
+        }
+        Ok(query.fetch_all(&self.read).await?)
     }
 
     /// Every container made by copy, by project and name.

@@ -656,6 +656,29 @@ mod tests {
         assert_eq!(db.cancelled_jobs_left_unfinished().await.unwrap(), ["b4"]);
     }
 
+    /// The containers list looks a project's containers up in an index by project, and a
+    /// member's projects' too, never reading every container of the platform.
+    #[tokio::test]
+    async fn container_lists_look_their_projects_up() {
+        let (_d, db) = db().await;
+        let plan_of = |sql: &str| db.read_now(|c| Ok(plan(c, sql))).unwrap();
+        for (project, scope) in [
+            (true, None),
+            (false, Some(1)),
+            (false, Some(3)),
+            (true, Some(2)),
+        ] {
+            let list = plan_of(&containers::containers_sql(project, scope));
+            assert!(
+                list.lines()
+                    .any(|l| l.starts_with("SEARCH containers USING INDEX")
+                        && l.ends_with("(project_id=?)")),
+                "{list}"
+            );
+            assert!(!list.contains("SCAN containers"), "{list}");
+        }
+    }
+
     /// Whatever narrows it and whichever projects the caller sees, a page of the jobs list
     /// holds the newest matching jobs, newest first, and the next page those after it;
     /// never a deleted project's.
