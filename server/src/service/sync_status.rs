@@ -82,20 +82,24 @@ impl Service {
                 return Err(ApiError::not_found("project", pid).on_field("project_id"));
             }
         }
-        let all = self.db.copies().await.map_err(internal)?;
-        let every = all.len();
-        let rows: Vec<ContainerRow> = all
+        // The copies shown: of the project asked for, of the projects the caller sees.
+        let narrowed = vis.narrowed(user);
+        let rows: Vec<ContainerRow> = self
+            .db
+            .copies(project_id, narrowed.as_deref())
+            .await
+            .map_err(internal)?
             .into_iter()
+            // (A deleted project's, which the rule of who sees what leaves out.)
             .filter(|r| vis.can_see(&r.project_id))
-            .filter(|r| project_id.is_none_or(|p| r.project_id == p))
             .collect();
         if rows.is_empty() {
             return Ok(Vec::new());
         }
 
         // The newest jobs of each copy shown, newest first (of every copy when all are).
-        let shown: Option<Vec<String>> =
-            (rows.len() < every).then(|| rows.iter().map(|r| r.id.clone()).collect());
+        let shown: Option<Vec<String>> = (narrowed.is_some() || project_id.is_some())
+            .then(|| rows.iter().map(|r| r.id.clone()).collect());
         let recent = self
             .db
             .recent_jobs_of_copies((HISTORY + 8) as i64, shown.as_deref())

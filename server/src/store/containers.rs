@@ -9,6 +9,7 @@ use sqlx::Row;
 
 use super::audit::insert_audit;
 use super::jobs::{Admission, JobCaps};
+use super::scope::in_projects;
 use super::{
     execute, query_first, unique_violation, Arg, Cols, ContainerRow, Db, DbError, SyncConn,
     CONTAINER_SELECT,
@@ -165,24 +166,22 @@ static COPY_CONTEXT: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// `Db::containers`' statement: `$1` a project (`project`: given), then the `scope`
-/// projects from `$2` on (their number; `None`: every project).
-pub(super) fn containers_sql(project: bool, scope: Option<usize>) -> String {
+/// `Db::containers`' and `Db::copies`' statement: the copies only (`copies`), `$1` a
+/// project (`project`: given), then the `scope` projects from `$2` on (their number;
+/// `None`: every project). A project given, or the scope's, is looked up in an index by
+/// project (`$1 IS NULL OR ...` read every container of the platform, as did keeping what
+/// a member may see after reading them all).
+pub(super) fn containers_sql(copies: bool, project: bool, scope: Option<usize>) -> String {
     let project = match project {
         true => "c.project_id = $1",
         false => "$1 IS NULL",
     };
-    let scope = match scope {
-        None => String::new(),
-        Some(n) => format!(
-            " AND c.project_id IN ({})",
-            (0..n)
-                .map(|i| format!("${}", i + 2))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+    let copies = match copies {
+        true => " AND c.source_container_id IS NOT NULL",
+        false => "",
     };
-    format!("{CONTAINER_SELECT} WHERE {project}{scope} ORDER BY p.name, c.name")
+    let scope = scope.map_or(String::new(), |n| in_projects("c.project_id", n, 2));
+    format!("{CONTAINER_SELECT} WHERE {project}{copies}{scope} ORDER BY p.name, c.name")
 }
 
 /// A row of `COPY_CONTEXT`.
@@ -236,29 +235,36 @@ impl Db {
 
     /// Every container (of one project, if given), by project and name.
     /// The containers of `project_id` if given, of the `projects` (those a caller may see)
-    /// if given, else every one; by project and name. A project given is looked up in an
-    /// index by project (`$1 IS NULL OR ...` read every container of the platform, as did
-    /// filtering what a member may see after reading them all).
+    /// if given, else every one; by project and name.
     pub(crate) async fn containers(
         &self,
         project_id: Option<&str>,
         projects: Option<&[String]>,
     ) -> Result<Vec<ContainerRow>, DbError> {
-        let sql = containers_sql(project_id.is_some(), projects.map(<[String]>::len));
+        self.container_list(false, project_id, projects).await
+    }
+
+    /// The containers made by copy, as `containers` narrows them.
+    pub(crate) async fn copies(
+        &self,
+        project_id: Option<&str>,
+        projects: Option<&[String]>,
+    ) -> Result<Vec<ContainerRow>, DbError> {
+        self.container_list(true, project_id, projects).await
+    }
+
+    async fn container_list(
+        &self,
+        copies: bool,
+        project_id: Option<&str>,
+        projects: Option<&[String]>,
+    ) -> Result<Vec<ContainerRow>, DbError> {
+        let sql = containers_sql(copies, project_id.is_some(), projects.map(<[String]>::len));
         let mut query = sqlx::query_as(&sql).bind(project_id);
         for id in projects.unwrap_or_default() {
             query = query.bind(id);
         }
         Ok(query.fetch_all(&self.read).await?)
-    }
-
-    /// Every container made by copy, by project and name.
-    pub(crate) async fn copies(&self) -> Result<Vec<ContainerRow>, DbError> {
-        Ok(sqlx::query_as(&format!(
-            "{CONTAINER_SELECT} WHERE c.source_container_id IS NOT NULL ORDER BY p.name, c.name"
-        ))
-        .fetch_all(&self.read)
-        .await?)
     }
 
     /// The copies of a container, by project and name.

@@ -8,7 +8,7 @@ use app::model::{
 };
 use sqlx::Row;
 
-use super::scope::scoped_page;
+use super::scope::{in_projects, scoped_page};
 use super::{execute, job_from_row, query_first, Arg, Db, DbError, SyncConn};
 use crate::ids::now_ms;
 
@@ -198,16 +198,12 @@ pub(super) fn jobs_list_sql(
         term(given.project, 2, "project_id ="),
         term(given.kind, 4, "kind ="),
     );
-    let ids = |n: usize| (0..n).map(|i| format!("${}", i + 7)).collect::<Vec<_>>();
     let newest = "ORDER BY created_at DESC, id DESC LIMIT $6";
     let page = |from: &str, scope: &str| {
         format!("SELECT * FROM jobs WHERE {from} AND {filters}{scope} {newest}")
     };
     if of_container {
-        let scope = match scope {
-            None => String::new(),
-            Some(n) => format!(" AND project_id IN ({})", ids(n).join(", ")),
-        };
+        let scope = scope.map_or(String::new(), |n| in_projects("project_id", n, 7));
         // (A job of the container that is its own source, a start or a delete, is in
         // both halves: `UNION` keeps it once.)
         return format!(

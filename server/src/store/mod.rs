@@ -668,7 +668,9 @@ mod tests {
             (false, Some(3)),
             (true, Some(2)),
         ] {
-            let list = plan_of(&containers::containers_sql(project, scope));
+            let list = plan_of(&containers::containers_sql(false, project, scope));
+            let copies = plan_of(&containers::containers_sql(true, project, scope));
+            assert!(!copies.contains("SCAN containers"), "{copies}");
             assert!(
                 list.lines()
                     .any(|l| l.starts_with("SEARCH containers USING INDEX")

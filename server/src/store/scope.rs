@@ -17,22 +17,27 @@ pub(super) fn scoped_page(
     page: impl Fn(&str) -> String,
     newest: &str,
 ) -> String {
-    let param = |i: usize| format!("${}", i + first);
     match scope {
         None => page(""),
-        Some(0) => page(" AND 1 = 0"),
-        Some(n) if n > MERGED_PROJECTS => {
-            let ids: Vec<String> = (0..n).map(param).collect();
-            page(&format!(" AND project_id IN ({})", ids.join(", ")))
-        }
+        Some(n) if n == 0 || n > MERGED_PROJECTS => page(&in_projects("project_id", n, first)),
         Some(n) => {
             let each: Vec<String> = (0..n)
                 .map(|i| {
-                    let one = page(&format!(" AND project_id = {}", param(i)));
+                    let one = page(&format!(" AND project_id = ${}", i + first));
                     format!("SELECT * FROM ({one})")
                 })
                 .collect();
             format!("{} {newest}", each.join(" UNION ALL "))
         }
     }
+}
+
+/// The term narrowing a statement to `n` projects bound from `$first` on, `column` being
+/// the project's (none: nothing matches).
+pub(super) fn in_projects(column: &str, n: usize, first: usize) -> String {
+    if n == 0 {
+        return " AND 1 = 0".into();
+    }
+    let ids: Vec<String> = (first..first + n).map(|i| format!("${i}")).collect();
+    format!(" AND {column} IN ({})", ids.join(", "))
 }
